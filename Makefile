@@ -1,0 +1,45 @@
+# Every target sets up what it needs from nothing: a virtual environment in
+# .venv, the CPU torch wheel (installs offline, fast), the compiled extension.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# 2-thread torch ops stall on a busy 2-core machine under the default OpenMP
+# wait policy (see shared TOOLCHAIN notes); PASSIVE removes the stall.
+export OMP_WAIT_POLICY ?= PASSIVE
+TORCH_SPEC ?= torch==2.13.0
+CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' 2>/dev/null)
+
+.PHONY: all demo test test-fast bench build cuda-check clean
+
+all: build
+
+$(VENV)/.installed: setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
+	touch $@
+
+# Incremental rebuild (ninja only recompiles what changed). flock keeps
+# concurrent builds of the same tree from clobbering one another.
+build: $(VENV)/.installed
+	flock /tmp/kfac_ext_build.lock $(PY) setup.py -q build_ext --inplace
+
+test: build cuda-check
+	$(PY) -m pytest -q tests
+
+test-fast: build
+	$(PY) -m pytest -q -x tests -m "not slow"
+
+demo: build
+	$(PY) -m kfac_ext train
+
+bench: build
+	$(PY) benchmarks/run_all.py
+
+cuda-check: $(VENV)/.installed
+	bash tools/cuda_check.sh
+
+clean:
+	rm -rf build kfac_ext/*.so kfac_ext/placement/*.so *.egg-info

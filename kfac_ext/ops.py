@@ -1,0 +1,1 @@
+"""The kfac_ext op surface (placeholder: filled in by the ops work)."""
