@@ -1,0 +1,171 @@
+"""conv2d_act_factor (the Conv2d K-FAC activation factor) against an unfold reference.
+
+The reference is written out here from DESIGN.md section 2 so that this file
+does not depend on kfac_ext.ops: ā = F.unfold patches (plus a ones column for
+the bias), every entry divided by T, and A = āᵀā / (N·T).
+"""
+import itertools
+import random
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kfac_ext._C  # noqa: F401  (registers torch.ops.kfac_ext.*)
+
+op = torch.ops.kfac_ext.conv2d_act_factor
+
+
+def unfold_reference(x, kernel_size, stride, padding, dilation, has_bias):
+    """A = āᵀā / (N·T), computed in the dtype of x via F.unfold + mm."""
+    cols = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    n, d, t = cols.shape
+    a = cols.transpose(1, 2).reshape(n * t, d)
+    if has_bias:
+        a = torch.cat([a, a.new_ones(n * t, 1)], dim=1)
+    a = a / t
+    return a.t() @ a / (n * t)
+
+
+def _out_size(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _cases():
+    """Odd shapes over the whole parameter grid, subsampled deterministically."""
+    grid = list(
+        itertools.product(
+            [1, 3],  # N
+            [1, 3, 7],  # C
+            [(1, 1), (3, 3), (5, 3)],  # kernel
+            [(1, 1), (2, 2), (3, 2)],  # stride
+            [(0, 0), (1, 1), (2, 1)],  # padding
+            [(1, 1), (2, 2), (1, 2)],  # dilation
+            [False, True],  # bias
+        )
+    )
+    rng = random.Random(1234)
+    rng.shuffle(grid)
+    cases = []
+    for n, c, k, s, p, d, b in grid[:120]:
+        # Smallest image the kernel fits into, then a few odd sizes above it.
+        hmin = max(1, d[0] * (k[0] - 1) + 1 - 2 * p[0])
+        wmin = max(1, d[1] * (k[1] - 1) + 1 - 2 * p[1])
+        h = hmin + rng.choice([0, 1, 2, 4, 6])
+        w = wmin + rng.choice([0, 1, 3, 5])
+        cases.append((n, c, h, w, k, s, p, d, b))
+    return cases
+
+
+CASES = _cases()
+
+
+def _id(case):
+    n, c, h, w, k, s, p, d, b = case
+    return f"N{n}C{c}_{h}x{w}_k{k[0]}{k[1]}_s{s[0]}{s[1]}_p{p[0]}{p[1]}_d{d[0]}{d[1]}_{'b' if b else 'nb'}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_float64_matches_unfold(case):
+    n, c, h, w, k, s, p, d, b = case
+    g = torch.Generator().manual_seed(zlib.crc32(_id(case).encode()))
+    # Non-zero mean so the bias column and border handling matter.
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=g) + 0.5
+    got = op(x, k, s, p, d, b)
+    want = unfold_reference(x, k, s, p, d, b)
+    assert got.shape == want.shape and got.dtype == torch.float64
+    # Written as a product so that an all-zero factor (every tap in the
+    # padding) must come out exactly zero.
+    err = (got - want).abs().max()
+    assert err <= 1e-10 * want.abs().max(), f"error {err}, scale {want.abs().max()}"
+    # A is symmetric and positive semi-definite.
+    assert torch.equal(got, got.t()) or (got - got.t()).abs().max() <= 1e-12 * want.abs().max()
+
+
+@pytest.mark.parametrize(
+    "shape,k,s,p,d",
+    [
+        ((3, 7, 13, 11), (3, 3), (1, 1), (1, 1), (1, 1)),
+        ((2, 16, 17, 17), (3, 3), (2, 2), (1, 1), (1, 1)),
+        ((3, 5, 12, 9), (5, 3), (1, 2), (2, 1), (2, 1)),
+        ((1, 9, 8, 8), (1, 1), (2, 2), (0, 0), (1, 1)),
+    ],
+)
+@pytest.mark.parametrize("has_bias", [False, True])
+def test_float32_error_within_twice_unfold_mm(shape, k, s, p, d, has_bias):
+    g = torch.Generator().manual_seed(7)
+    x64 = torch.randn(*shape, dtype=torch.float64, generator=g) * 2 + 1
+    x32 = x64.float()
+    exact = unfold_reference(x64, k, s, p, d, has_bias)
+    ours = op(x32, k, s, p, d, has_bias)
+    assert ours.dtype == torch.float32
+    theirs = unfold_reference(x32, k, s, p, d, has_bias)
+    err_ours = (ours.double() - exact).abs().max().item()
+    err_theirs = (theirs.double() - exact).abs().max().item()
+    scale = exact.abs().max().item()
+    # 2x the same-precision composition's error, with a floor of a few ulps of
+    # the largest entry for cases where unfold+mm happens to be nearly exact.
+    assert err_ours <= max(2 * err_theirs, 4 * torch.finfo(torch.float32).eps * scale)
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    for args in [((3, 3), (1, 1), (1, 1), (1, 1), True), ((3, 2), (2, 1), (0, 1), (1, 2), False)]:
+        torch.library.opcheck(op, (x, *args), test_utils=("test_schema", "test_autograd_registration"))
+
+
+def test_non_contiguous_input():
+    x = torch.randn(3, 5, 9, 2, 7, dtype=torch.float64)[:, :, :, 1, :]  # strided view
+    assert not x.is_contiguous()
+    got = op(x, (3, 3), (1, 1), (1, 1), (1, 1), True)
+    want = unfold_reference(x, (3, 3), (1, 1), (1, 1), (1, 1), True)
+    assert (got - want).abs().max() <= 1e-12 * want.abs().max()
+    xl = torch.randn(2, 4, 6, 5, dtype=torch.float64).to(memory_format=torch.channels_last)
+    got = op(xl, (3, 3), (1, 1), (1, 1), (1, 1), False)
+    want = unfold_reference(xl.contiguous(), (3, 3), (1, 1), (1, 1), (1, 1), False)
+    assert (got - want).abs().max() <= 1e-12 * want.abs().max()
+
+
+def test_matches_conv_layer_shapes():
+    # Output side equals the flattened Conv2d weight (+1 for bias).
+    conv = torch.nn.Conv2d(5, 4, (3, 2), stride=2, padding=1, dilation=(1, 2))
+    x = torch.randn(2, 5, 10, 9)
+    a = op(x, conv.kernel_size, conv.stride, conv.padding, conv.dilation, True)
+    assert a.shape == (conv.weight[0].numel() + 1,) * 2
+
+
+def test_error_3d_input():
+    with pytest.raises(RuntimeError, match="input must be 4-D"):
+        op(torch.randn(3, 8, 8), (3, 3), (1, 1), (1, 1), (1, 1), False)
+
+
+def test_error_integer_dtype():
+    with pytest.raises(RuntimeError, match="input must be a floating"):
+        op(torch.ones(1, 2, 5, 5, dtype=torch.int64), (3, 3), (1, 1), (1, 1), (1, 1), False)
+
+
+def test_error_kernel_bigger_than_padded_input():
+    with pytest.raises(RuntimeError, match="output size must be > 0"):
+        op(torch.randn(1, 2, 4, 4), (5, 5), (1, 1), (0, 0), (1, 1), False)
+    with pytest.raises(RuntimeError, match="output size must be > 0"):
+        op(torch.randn(1, 2, 4, 4), (3, 3), (1, 1), (0, 0), (2, 2), False)
+
+
+@pytest.mark.parametrize(
+    "name,k,s,p,d",
+    [
+        ("kernel_size", (0, 3), (1, 1), (0, 0), (1, 1)),
+        ("stride", (3, 3), (1, 0), (0, 0), (1, 1)),
+        ("padding", (3, 3), (1, 1), (-1, 0), (1, 1)),
+        ("dilation", (3, 3), (1, 1), (0, 0), (0, 1)),
+    ],
+)
+def test_error_bad_conv_parameters(name, k, s, p, d):
+    with pytest.raises(RuntimeError, match=name):
+        op(torch.randn(1, 2, 6, 6), k, s, p, d, False)
+
+
+def test_empty_batch_or_channels_rejected():
+    with pytest.raises(RuntimeError, match="N > 0 and C > 0"):
+        op(torch.randn(0, 2, 6, 6), (3, 3), (1, 1), (0, 0), (1, 1), False)
