@@ -1,1 +1,273 @@
-"""The kfac_ext op surface (placeholder: filled in by the ops work)."""
+"""The kfac_ext op surface: typed wrappers of ``torch.ops.kfac_ext.*``.
+
+The ops are declared once in csrc/ops.cpp and implemented per device in
+csrc/cpu/ and csrc/cuda/. This module adds what a Python caller needs:
+docstrings, checks that can only be made before dispatch (Python types, all
+tensors on one device: with a CPU/CUDA mix the dispatcher would otherwise pick
+a kernel and fail obscurely), and a fake (meta) kernel per op so that the ops
+work under torch.compile / FakeTensor. Shape and dtype checks live in the
+kernels (a direct ``torch.ops.kfac_ext.*`` call gets the same messages) and,
+where they decide output shapes, in the fake kernels too.
+
+Plain-PyTorch references of every op: :mod:`kfac_ext.reference`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from kfac_ext import _C  # noqa: F401  (registers torch.ops.kfac_ext.*)
+from kfac_ext import reference  # noqa: F401  (re-exported: kfac_ext.ops.reference)
+
+__all__ = [
+    "cov_update_",
+    "channel_cov_update_",
+    "conv2d_act_factor",
+    "batched_eigh",
+    "eigen_precondition",
+    "pack_triu",
+    "unpack_triu_",
+    "kl_clip_sum",
+    "reference",
+]
+
+_ops = torch.ops.kfac_ext
+
+
+# ---------------------------------------------------------------- checks ----
+
+def _check_tensor(op: str, name: str, value) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(value).__name__}")
+
+
+def _check_tensor_list(op: str, name: str, value) -> list[Tensor]:
+    if isinstance(value, Tensor) or not isinstance(value, Sequence):
+        raise TypeError(f"{op}: {name} must be a list of tensors; got {type(value).__name__}")
+    for i, t in enumerate(value):
+        _check_tensor(op, f"{name}[{i}]", t)
+    return list(value)
+
+
+def _check_one_device(op: str, named: Sequence[tuple[str, Tensor]]) -> None:
+    """All tensors on the device of the first one, else an error naming both."""
+    if not named:
+        return
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise RuntimeError(f"{op}: {name} must be on the device of {first_name} "
+                               f"({first.device}); got {t.device}")
+
+
+def _listed(name: str, tensors: Sequence[Tensor]) -> list[tuple[str, Tensor]]:
+    return [(f"{name}[{i}]", t) for i, t in enumerate(tensors)]
+
+
+# ------------------------------------------------------------- wrappers ----
+
+def cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float,
+                append_ones: bool = False) -> None:
+    """In place ``factor <- beta*factor + alpha * XᵀX``.
+
+    x is (rows, d). With ``append_ones`` X is ``[x, 1]`` (the bias column,
+    never materialised) and factor is (d+1, d+1), else (d, d). factor must be
+    contiguous and symmetric: only its upper triangle is read, one triangle of
+    XᵀX is computed and mirrored. ``beta == 0`` ignores factor's old values
+    (NaN included), as ``torch.addmm`` does.
+    """
+    op = "cov_update_"
+    _check_tensor(op, "factor", factor)
+    _check_tensor(op, "x", x)
+    _check_one_device(op, [("factor", factor), ("x", x)])
+    _ops.cov_update_(factor, x, float(alpha), float(beta), bool(append_ones))
+
+
+def channel_cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float) -> None:
+    """In place ``factor <- beta*factor + alpha * Σ_n X[n] X[n]ᵀ`` for x (N, C, L).
+
+    This is the gradient factor of a Conv2d straight from its (N, C, H*W)
+    output gradient, without permuting it to (N*H*W, C). factor is (C, C),
+    contiguous and symmetric (only its upper triangle is read).
+    """
+    op = "channel_cov_update_"
+    _check_tensor(op, "factor", factor)
+    _check_tensor(op, "x", x)
+    _check_one_device(op, [("factor", factor), ("x", x)])
+    _ops.channel_cov_update_(factor, x, float(alpha), float(beta))
+
+
+def conv2d_act_factor(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
+                      padding: Sequence[int], dilation: Sequence[int],
+                      has_bias: bool) -> Tensor:
+    """The Conv2d activation factor A of DESIGN.md §2 straight from the NCHW input.
+
+    A = āᵀā / (N·T) where ā are the im2col patches (N·T rows of C·kh·kw, plus
+    a ones column if has_bias), every entry divided by T, the number of output
+    positions; no im2col buffer is built. padding is symmetric zero padding:
+    for 'same', asymmetric or non-zero padding modes, pad the input first
+    (F.pad) and pass 0; for groups > 1, call once per channel group.
+    Returns a (C·kh·kw [+1])² tensor of input's dtype.
+    """
+    op = "conv2d_act_factor"
+    _check_tensor(op, "input", input)
+    return _ops.conv2d_act_factor(input, _pair(kernel_size), _pair(stride), _pair(padding),
+                                  _pair(dilation), bool(has_bias))
+
+
+def batched_eigh(factors: Sequence[Tensor], clamp: bool = True
+                 ) -> tuple[list[Tensor], list[Tensor]]:
+    """Symmetric eigendecompositions ``F = Q diag(d) Qᵀ`` of a list of factors.
+
+    Returns (eigenvalues, eigenvectors) lists in input order; eigenvalues
+    ascending, clamped at 0 when ``clamp`` (negative round-off of PSD
+    factors). Factors of equal size and dtype are decomposed in one batched
+    call. A float32 batch that fails (LAPACK/cuSOLVER error or non-finite
+    output) is redone in float64 and returned in float32; a RuntimeError
+    naming the factor (index and size) is raised only if float64 fails too.
+    """
+    op = "batched_eigh"
+    factors = _check_tensor_list(op, "factors", factors)
+    _check_one_device(op, _listed("factors", factors))
+    if not factors:  # no tensor to dispatch on
+        return [], []
+    values, vectors = _ops.batched_eigh(factors, bool(clamp))
+    return list(values), list(vectors)
+
+
+def eigen_precondition(grads: Sequence[Tensor], qa: Sequence[Tensor], da: Sequence[Tensor],
+                       qg: Sequence[Tensor], dg: Sequence[Tensor], damping: float
+                       ) -> list[Tensor]:
+    """Per layer ``P = Q_G [(Q_Gᵀ Γ Q_A) / (d_G d_Aᵀ + λ)] Q_Aᵀ`` (new tensors).
+
+    grads[i] is Γ, shape (out, in[+1]) with the bias as the last column;
+    qa[i] (in, in), da[i] (in,), qg[i] (out, out), dg[i] (out,) come from
+    :func:`batched_eigh`; all of one dtype and device. Layers of equal shape
+    are computed together (batched matmuls).
+    """
+    op = "eigen_precondition"
+    lists = {name: _check_tensor_list(op, name, value)
+             for name, value in (("grads", grads), ("qa", qa), ("da", da), ("qg", qg),
+                                 ("dg", dg))}
+    named = [pair for name, value in lists.items() for pair in _listed(name, value)]
+    _check_one_device(op, named)
+    if not any(lists.values()):  # no tensor to dispatch on
+        return []
+    return list(_ops.eigen_precondition(*lists.values(), float(damping)))
+
+
+def pack_triu(mats: Sequence[Tensor]) -> Tensor:
+    """One 1-D tensor: the row-major upper triangles (diagonal included) of mats.
+
+    Each n×n matrix contributes n(n+1)/2 entries, in list order. All matrices
+    share one dtype and device; at least one is needed.
+    """
+    op = "pack_triu"
+    mats = _check_tensor_list(op, "mats", mats)
+    _check_one_device(op, _listed("mats", mats))
+    if not mats:
+        raise ValueError("pack_triu: mats must hold at least one matrix (the result's dtype "
+                         "and device come from it)")
+    return _ops.pack_triu(mats)
+
+
+def unpack_triu_(packed: Tensor, mats: Sequence[Tensor], scale: float = 1.0) -> None:
+    """Inverse of :func:`pack_triu`, in place: ``mats[i] <- scale * unpacked``, mirrored.
+
+    packed must have exactly Σ n(n+1)/2 entries for the given mats (an error
+    otherwise, before anything is written). ``scale = 1/world_size`` turns an
+    all-reduced sum into a mean on the way.
+    """
+    op = "unpack_triu_"
+    _check_tensor(op, "packed", packed)
+    mats = _check_tensor_list(op, "mats", mats)
+    _check_one_device(op, [("packed", packed)] + _listed("mats", mats))
+    _ops.unpack_triu_(packed, mats, float(scale))
+
+
+def kl_clip_sum(precond: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """``Σ_layers ⟨P, Γ⟩`` as a 0-d float64 tensor (accumulated in float64).
+
+    precond[i] and grads[i] must have equal shapes and one dtype. The result
+    is on the tensors' device (CPU for empty lists).
+    """
+    op = "kl_clip_sum"
+    precond = _check_tensor_list(op, "precond", precond)
+    grads = _check_tensor_list(op, "grads", grads)
+    _check_one_device(op, _listed("precond", precond) + _listed("grads", grads))
+    if not precond and not grads:  # no tensor to dispatch on
+        return torch.zeros((), dtype=torch.float64)
+    return _ops.kl_clip_sum(precond, grads)
+
+
+def _pair(value) -> list[int]:
+    if isinstance(value, int):
+        return [value, value]
+    value = [int(v) for v in value]
+    if len(value) != 2:
+        raise ValueError(f"conv2d_act_factor: expected an int or a pair of ints; got {value}")
+    return value
+
+
+# --------------------------------------------------------- fake kernels ----
+# Shapes only (FakeTensor / torch.compile / opcheck). In-place ops return None.
+
+@torch.library.register_fake("kfac_ext::cov_update_")
+def _cov_update_fake(factor, x, alpha, beta, append_ones=False):
+    d = factor.shape[0] - (1 if append_ones else 0)
+    torch._check(x.dim() == 2 and x.shape[1] == d,
+                 lambda: f"cov_update_: x must be 2-D (rows, {d}); got {tuple(x.shape)}")
+
+
+@torch.library.register_fake("kfac_ext::channel_cov_update_")
+def _channel_cov_update_fake(factor, x, alpha, beta):
+    torch._check(x.dim() == 3 and x.shape[1] == factor.shape[0],
+                 lambda: f"channel_cov_update_: x must be 3-D (N, {factor.shape[0]}, L); "
+                         f"got {tuple(x.shape)}")
+
+
+@torch.library.register_fake("kfac_ext::conv2d_act_factor")
+def _conv2d_act_factor_fake(input, kernel_size, stride, padding, dilation, has_bias):
+    torch._check(input.dim() == 4,
+                 lambda: f"conv2d_act_factor: input must be 4-D (N, C, H, W); "
+                         f"got {tuple(input.shape)}")
+    n = input.shape[1] * kernel_size[0] * kernel_size[1] + (1 if has_bias else 0)
+    return input.new_empty((n, n))
+
+
+@torch.library.register_fake("kfac_ext::batched_eigh")
+def _batched_eigh_fake(factors, clamp=True):
+    values = [f.new_empty((f.shape[0],)) for f in factors]
+    vectors = [f.new_empty((f.shape[0], f.shape[0])) for f in factors]
+    return values, vectors
+
+
+@torch.library.register_fake("kfac_ext::eigen_precondition")
+def _eigen_precondition_fake(grads, qa, da, qg, dg, damping):
+    torch._check(len(qa) == len(grads) and len(da) == len(grads) and len(qg) == len(grads)
+                 and len(dg) == len(grads),
+                 lambda: "eigen_precondition: grads, qa, da, qg, dg must be lists of equal length")
+    return [torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads]
+
+
+@torch.library.register_fake("kfac_ext::pack_triu")
+def _pack_triu_fake(mats):
+    torch._check(len(mats) > 0, lambda: "pack_triu: mats must hold at least one matrix")
+    total = sum(m.shape[0] * (m.shape[0] + 1) // 2 for m in mats)
+    return mats[0].new_empty((total,))
+
+
+@torch.library.register_fake("kfac_ext::unpack_triu_")
+def _unpack_triu_fake(packed, mats, scale=1.0):
+    total = sum(m.shape[0] * (m.shape[0] + 1) // 2 for m in mats)
+    torch._check(packed.dim() == 1 and packed.shape[0] == total,
+                 lambda: f"unpack_triu_: packed must be 1-D with {total} entries; "
+                         f"got {tuple(packed.shape)}")
+
+
+@torch.library.register_fake("kfac_ext::kl_clip_sum")
+def _kl_clip_sum_fake(precond, grads):
+    device = precond[0].device if precond else torch.device("cpu")
+    return torch.empty((), dtype=torch.float64, device=device)

@@ -1,0 +1,84 @@
+// Covariance-factor updates, in place, one triangle computed and mirrored:
+//   cov_update_:          F <- beta*F + alpha * X^T X          (X: rows x d, optionally [X, 1])
+//   channel_cov_update_:  F <- beta*F + alpha * sum_n X[n] X[n]^T   (X: N x C x L)
+// F is taken to be symmetric: only its upper triangle is read.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "symmetric.h"
+
+namespace kfac_ext::cpu {
+namespace {
+
+void check_factor(const at::Tensor& factor, const char* op) {
+  check_float(factor, op, "factor");
+  check_square(factor, op, "factor");
+  TORCH_CHECK(factor.is_contiguous(), op, ": factor must be contiguous (it is updated in place)");
+}
+
+// factor[0:d, d] (the bias column) <- beta*that + alpha * column sums of x, and
+// factor[d, d] <- beta*that + alpha*rows: the ones column of [X, 1] without a copy.
+void update_ones_column(at::Tensor& factor, const at::Tensor& x, double alpha, double beta) {
+  const int64_t d = x.size(1);
+  auto column = factor.slice(0, 0, d).select(1, d);
+  auto corner = factor.select(0, d).select(0, d);
+  const auto sums = x.sum(0);
+  if (beta == 0.0) {
+    at::mul_out(column, sums, alpha);
+    corner.fill_(alpha * static_cast<double>(x.size(0)));
+  } else {
+    column.mul_(beta).add_(sums, alpha);
+    corner.mul_(beta).add_(alpha * static_cast<double>(x.size(0)));
+  }
+}
+
+void cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha, double beta,
+                    bool append_ones) {
+  constexpr const char* op = "cov_update_";
+  check_factor(factor, op);
+  check_float(x, op, "x");
+  check_same_dtype(x, factor, op, "x", "factor");
+  const int64_t n = factor.size(0);
+  const int64_t d = append_ones ? n - 1 : n;
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == d, op, ": x must be 2-D (rows, d) with d == ",
+              append_ones ? "factor.size(0) - 1 (append_ones=True)" : "factor.size(0)",
+              " == ", d, "; got shape ", x.sizes(), " for factor of shape ", factor.sizes());
+
+  auto main = factor.slice(0, 0, d).slice(1, 0, d);
+  if (d > 0) syrk_upper(main, x, alpha, beta);
+  if (append_ones) update_ones_column(factor, x, alpha, beta);
+  mirror_upper_to_lower(factor);
+}
+
+void channel_cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha, double beta) {
+  constexpr const char* op = "channel_cov_update_";
+  check_factor(factor, op);
+  check_float(x, op, "x");
+  check_same_dtype(x, factor, op, "x", "factor");
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == factor.size(0), op,
+              ": x must be 3-D (N, C, L) with C == factor.size(0) == ", factor.size(0),
+              "; got shape ", x.sizes());
+
+  const int64_t samples = x.size(0);
+  if (samples == 0 || x.size(2) == 0) {
+    // Nothing to add: F <- beta*F (beta == 0 clears, ignoring NaN in F, as addmm).
+    beta == 0.0 ? factor.zero_() : factor.mul_(beta);
+    return;
+  }
+  // X[n] X[n]^T == A^T A with A = X[n]^T (L x C, a view): one triangle per
+  // sample, accumulated in place; beta applies once.
+  for (int64_t s = 0; s < samples; ++s) {
+    syrk_upper(factor, x.select(0, s).t(), alpha, s == 0 ? beta : 1.0);
+  }
+  mirror_upper_to_lower(factor);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kfac_ext, CPU, m) {
+  m.impl("cov_update_", &cov_update_cpu);
+  m.impl("channel_cov_update_", &channel_cov_update_cpu);
+}
+
+}  // namespace kfac_ext::cpu

@@ -1,0 +1,117 @@
+// Eigen-basis preconditioning, per layer:
+//   P = Q_G [(Q_G^T Γ Q_A) / (d_G d_A^T + damping)] Q_A^T
+// Layers of equal (out, in) shape and dtype are stacked and done with bmm;
+// the eigenvalue division is one in-place pass between the basis changes, and
+// two scratch buffers are reused for all four products.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+
+namespace kfac_ext::cpu {
+namespace {
+
+constexpr const char* kOp = "eigen_precondition";
+
+void check_layer(size_t i, const at::Tensor& g, const at::Tensor& qa, const at::Tensor& da,
+                 const at::Tensor& qg, const at::Tensor& dg, const at::Tensor& g0) {
+  const auto gn = item("grads", i);
+  check_float(g, kOp, gn.c_str());
+  TORCH_CHECK(g.dim() == 2, kOp, ": ", gn, " must be 2-D (out, in); got shape ", g.sizes());
+  check_same_device(g, g0, kOp, gn.c_str(), "grads[0]");
+  const int64_t out = g.size(0), in = g.size(1);
+  const std::pair<const at::Tensor*, std::string> named[] = {
+      {&qa, item("qa", i)}, {&da, item("da", i)}, {&qg, item("qg", i)}, {&dg, item("dg", i)}};
+  for (const auto& [t, name] : named) {
+    check_same_dtype(*t, g, kOp, name.c_str(), gn.c_str());
+    check_same_device(*t, g, kOp, name.c_str(), gn.c_str());
+  }
+  TORCH_CHECK(qa.dim() == 2 && qa.size(0) == in && qa.size(1) == in, kOp, ": ", named[0].second,
+              " must be (in, in) == (", in, ", ", in, ") to match ", gn, " of shape ", g.sizes(),
+              "; got shape ", qa.sizes());
+  TORCH_CHECK(da.dim() == 1 && da.size(0) == in, kOp, ": ", named[1].second, " must be (in,) == (",
+              in, ",) to match ", gn, " of shape ", g.sizes(), "; got shape ", da.sizes());
+  TORCH_CHECK(qg.dim() == 2 && qg.size(0) == out && qg.size(1) == out, kOp, ": ",
+              named[2].second, " must be (out, out) == (", out, ", ", out, ") to match ", gn,
+              " of shape ", g.sizes(), "; got shape ", qg.sizes());
+  TORCH_CHECK(dg.dim() == 1 && dg.size(0) == out, kOp, ": ", named[3].second,
+              " must be (out,) == (", out, ",) to match ", gn, " of shape ", g.sizes(),
+              "; got shape ", dg.sizes());
+}
+
+// v[b, i, j] /= dg[b, i] * da[b, j] + damping, in place; v contiguous (B, out, in).
+void divide_by_eigenvalues(at::Tensor& v, const at::Tensor& dg, const at::Tensor& da,
+                           double damping) {
+  const int64_t batch = v.size(0), out = v.size(1), in = v.size(2);
+  const auto dgc = dg.contiguous();
+  const auto dac = da.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "divide_by_eigenvalues", [&] {
+    scalar_t* pv = v.data_ptr<scalar_t>();
+    const scalar_t* pg = dgc.data_ptr<scalar_t>();
+    const scalar_t* pa = dac.data_ptr<scalar_t>();
+    const auto lam = static_cast<scalar_t>(damping);
+    at::parallel_for(0, batch * out, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / out;
+        const scalar_t g = pg[r];
+        const scalar_t* a = pa + b * in;
+        scalar_t* row = pv + r * in;
+        for (int64_t j = 0; j < in; ++j) row[j] /= g * a[j] + lam;
+      }
+    });
+  });
+}
+
+// One group of equal-shape layers, stacked: qg (B,out,out), g (B,out,in),
+// qa (B,in,in), dg (B,out), da (B,in). Returns P (B,out,in).
+at::Tensor precondition_stacked(const at::Tensor& g, const at::Tensor& qa, const at::Tensor& da,
+                                const at::Tensor& qg, const at::Tensor& dg, double damping) {
+  auto t = at::bmm(qg.transpose(1, 2), g);  // Q_G^T Γ
+  auto v = at::bmm(t, qa);                  // V1 = Q_G^T Γ Q_A
+  divide_by_eigenvalues(v, dg, da, damping);
+  at::bmm_out(t, qg, v);                    // Q_G V2
+  return at::bmm_out(v, t, qa.transpose(1, 2));  // P (reuses V's buffer)
+}
+
+std::vector<at::Tensor> eigen_precondition_cpu(at::TensorList grads, at::TensorList qa,
+                                               at::TensorList da, at::TensorList qg,
+                                               at::TensorList dg, double damping) {
+  const size_t layers = grads.size();
+  TORCH_CHECK(qa.size() == layers && da.size() == layers && qg.size() == layers &&
+                  dg.size() == layers,
+              kOp, ": grads, qa, da, qg, dg must be lists of equal length; got ", layers, ", ",
+              qa.size(), ", ", da.size(), ", ", qg.size(), ", ", dg.size());
+  for (size_t i = 0; i < layers; ++i) check_layer(i, grads[i], qa[i], da[i], qg[i], dg[i], grads[0]);
+
+  std::map<std::tuple<int64_t, int64_t, int>, std::vector<size_t>> groups;
+  for (size_t i = 0; i < layers; ++i) {
+    groups[{grads[i].size(0), grads[i].size(1), static_cast<int>(grads[i].scalar_type())}]
+        .push_back(i);
+  }
+  std::vector<at::Tensor> result(layers);
+  for (const auto& [key, members] : groups) {
+    auto gather = [&](at::TensorList list) {
+      if (members.size() == 1) return list[members[0]].unsqueeze(0);  // a view, no copy
+      std::vector<at::Tensor> parts;
+      for (size_t i : members) parts.push_back(list[i]);
+      return at::stack(parts);
+    };
+    auto p = precondition_stacked(gather(grads), gather(qa), gather(da), gather(qg), gather(dg),
+                                  damping);
+    for (size_t k = 0; k < members.size(); ++k) {
+      result[members[k]] = p.select(0, static_cast<int64_t>(k));
+    }
+  }
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kfac_ext, CPU, m) { m.impl("eigen_precondition", &eigen_precondition_cpu); }
+
+}  // namespace kfac_ext::cpu

@@ -1,0 +1,94 @@
+"""Plain-PyTorch references of every kfac_ext op.
+
+Each function computes what the matching op in :mod:`kfac_ext.ops` computes,
+the obvious way (full GEMMs, im2col, per-layer loops), without any of the
+kernels' tricks. Tests hold the ops to these; benchmarks time against them.
+Functions that update in place in the op return a new tensor here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def cov_update(factor: Tensor, x: Tensor, alpha: float, beta: float,
+               append_ones: bool = False) -> Tensor:
+    """beta*factor + alpha*XᵀX, with X = [x, 1] when append_ones."""
+    if append_ones:
+        x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+    return torch.addmm(factor, x.T, x, beta=beta, alpha=alpha)
+
+
+def channel_cov_update(factor: Tensor, x: Tensor, alpha: float, beta: float) -> Tensor:
+    """beta*factor + alpha*Σ_n X[n] X[n]ᵀ for x of shape (N, C, L)."""
+    rows = x.permute(0, 2, 1).reshape(-1, x.shape[1])  # (N*L, C)
+    return torch.addmm(factor, rows.T, rows, beta=beta, alpha=alpha)
+
+
+def conv2d_act_factor(input: Tensor, kernel_size, stride, padding, dilation,
+                      has_bias: bool) -> Tensor:
+    """Conv2d activation factor A = āᵀā/(N·T) through an explicit im2col (DESIGN.md §2).
+
+    ā holds the im2col patches (one row per sample and output position, plus a
+    ones column when has_bias), every entry divided by T (output positions).
+    """
+    patches = F.unfold(input, kernel_size, dilation=dilation, padding=padding, stride=stride)
+    n, _, positions = patches.shape  # (N, C*kh*kw, T)
+    rows = patches.transpose(1, 2).reshape(n * positions, -1)
+    if has_bias:
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+    rows = rows / positions
+    return rows.T @ rows / rows.shape[0]
+
+
+def batched_eigh(factors: list[Tensor], clamp: bool = True) -> tuple[list[Tensor], list[Tensor]]:
+    """torch.linalg.eigh of each factor, one at a time; eigenvalues clamped at 0."""
+    values, vectors = [], []
+    for f in factors:
+        d, q = torch.linalg.eigh(f)
+        values.append(d.clamp(min=0) if clamp else d)
+        vectors.append(q)
+    return values, vectors
+
+
+def eigen_precondition(grads: list[Tensor], qa: list[Tensor], da: list[Tensor],
+                       qg: list[Tensor], dg: list[Tensor], damping: float) -> list[Tensor]:
+    """Q_G [(Q_Gᵀ Γ Q_A) / (d_G d_Aᵀ + λ)] Q_Aᵀ per layer: four matmuls and a division."""
+    out = []
+    for g, qa_, da_, qg_, dg_ in zip(grads, qa, da, qg, dg):
+        v = qg_.T @ g @ qa_
+        v = v / (torch.outer(dg_, da_) + damping)
+        out.append(qg_ @ v @ qa_.T)
+    return out
+
+
+def pack_triu(mats: list[Tensor]) -> Tensor:
+    """The row-major upper triangles (diagonal included) of mats, concatenated."""
+    parts = []
+    for m in mats:
+        i, j = torch.triu_indices(m.shape[0], m.shape[0], device=m.device)
+        parts.append(m[i, j])
+    return torch.cat(parts)
+
+
+def unpack_triu(packed: Tensor, mats: list[Tensor], scale: float = 1.0) -> list[Tensor]:
+    """New symmetric matrices shaped like mats, filled from packed (times scale)."""
+    out, pos = [], 0
+    for m in mats:
+        n = m.shape[0]
+        i, j = torch.triu_indices(n, n, device=m.device)
+        full = m.new_zeros(n, n)
+        full[i, j] = packed[pos:pos + i.numel()] * scale
+        full[j, i] = packed[pos:pos + i.numel()] * scale
+        out.append(full)
+        pos += i.numel()
+    return out
+
+
+def kl_clip_sum(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
+    """Σ_layers ⟨P, Γ⟩ as a sum of (P*Γ).sum() over layers."""
+    total = torch.zeros((), dtype=torch.float64)
+    for p, g in zip(precond, grads):
+        total = total + (p * g).sum().double().cpu()
+    return total
