@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -35,6 +36,8 @@ void check_pair(at::IntArrayRef v, const char* name) {
 
 // Copies x (N, C, H, W), contiguous, into the zero-gapped layouts: `by_rows`
 // (outer axis = rows) always, `by_cols` (outer axis = columns) when defined.
+// Both come uninitialised: each channel is zeroed right before it is filled,
+// while it is in cache, instead of in a separate pass over the whole buffer.
 template <typename scalar_t>
 void fill_layouts(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols,
                   const FlatLayout& row_layout, at::Tensor& by_rows, const FlatLayout& col_layout,
@@ -48,15 +51,22 @@ void fill_layouts(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& col
     for (int64_t c = c0; c < c1; ++c) {
       scalar_t* out_r = dst_r + c * row_layout.total;
       scalar_t* out_c = dst_c ? dst_c + c * col_layout.total : nullptr;
+      std::fill(out_r, out_r + row_layout.total, scalar_t(0));
+      if (out_c) std::fill(out_c, out_c + col_layout.total, scalar_t(0));
       for (int64_t n = 0; n < N; ++n) {
         const scalar_t* img = src + (n * C + c) * H * W;
         for (int64_t u = 0; u < H; ++u) {
           const int64_t pr = u % sh, m = u / sh;
-          for (int64_t v = 0; v < W; ++v) {
-            const int64_t pc = v % sw, k = v / sw;
-            const scalar_t val = img[u * W + v];
-            out_r[row_layout.index(pr, pc, m, n, k)] = val;
-            if (out_c) out_c[col_layout.index(pc, pr, k, n, m)] = val;
+          const scalar_t* line = img + u * W;
+          // Column phase pc holds v = pc, pc + sw, ...: a strided read into
+          // one contiguous run of the row-major copy.
+          for (int64_t pc = 0; pc < sw && pc < W; ++pc) {
+            scalar_t* dst = out_r + row_layout.index(pr, pc, m, n, 0);
+            for (int64_t v = pc, k = 0; v < W; v += sw, ++k) dst[k] = line[v];
+            if (out_c) {
+              scalar_t* dst_t = out_c + col_layout.index(pc, pr, 0, n, m);
+              for (int64_t v = pc, k = 0; v < W; v += sw, ++k) dst_t[k * col_layout.row] = line[v];
+            }
           }
         }
       }
@@ -147,8 +157,8 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
   bool need_cols = false;
   for (const auto& cc : cols.combos)
     for (char n : cc.needed) need_cols |= (n != 0);
-  at::Tensor by_rows = at::zeros({C, lr.total}, x.options());
-  at::Tensor by_cols = need_cols ? at::zeros({C, lc.total}, x.options()) : at::Tensor();
+  at::Tensor by_rows = at::empty({C, lr.total}, x.options());
+  at::Tensor by_cols = need_cols ? at::empty({C, lc.total}, x.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_fill",
                              [&] { fill_layouts<scalar_t>(x, rows, cols, lr, by_rows, lc, by_cols); });
 
