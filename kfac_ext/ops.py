@@ -127,6 +127,8 @@ def batched_eigh(factors: Sequence[Tensor], clamp: bool = True
     call. A float32 batch that fails (LAPACK/cuSOLVER error or non-finite
     output) is redone in float64 and returned in float32; a RuntimeError
     naming the factor (index and size) is raised only if float64 fails too.
+    Eigenvectors are the columns of a column-major matrix (strides (1, n)),
+    as with torch.linalg.eigh.
     """
     op = "batched_eigh"
     factors = _check_tensor_list(op, "factors", factors)
@@ -240,7 +242,11 @@ def _conv2d_act_factor_fake(input, kernel_size, stride, padding, dilation, has_b
 @torch.library.register_fake("kfac_ext::batched_eigh")
 def _batched_eigh_fake(factors, clamp=True):
     values = [f.new_empty((f.shape[0],)) for f in factors]
-    vectors = [f.new_empty((f.shape[0], f.shape[0])) for f in factors]
+    # Eigenvectors are column-major (strides (1, n)), as torch.linalg.eigh
+    # returns them: LAPACK and cuSOLVER write them so, and copying to
+    # row-major would buy nothing.
+    vectors = [f.new_empty_strided((f.shape[0], f.shape[0]), (1, max(f.shape[0], 1)))
+               for f in factors]
     return values, vectors
 
 

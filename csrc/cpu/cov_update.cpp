@@ -5,11 +5,22 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "checks.h"
 #include "symmetric.h"
 
 namespace kfac_ext::cpu {
 namespace {
+
+// channel_cov_update_ batches the per-sample products up to this many
+// channels (where a triangle saves nothing: see symmetric.cpp's leaf size),
+// with scratch space of at most kChunkElements.
+constexpr int64_t kBatchedChannels = 128;
+constexpr int64_t kChunkElements = int64_t{1} << 20;
+// Above kBatchedChannels, samples with at least this many positions get one
+// triangle update each, straight from x; shorter ones are gathered first.
+constexpr int64_t kMinPerSampleLength = 64;
 
 void check_factor(const at::Tensor& factor, const char* op) {
   check_float(factor, op, "factor");
@@ -64,6 +75,28 @@ void channel_cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha
   if (samples == 0 || x.size(2) == 0) {
     // Nothing to add: F <- beta*F (beta == 0 clears, ignoring NaN in F, as addmm).
     beta == 0.0 ? factor.zero_() : factor.mul_(beta);
+    return;
+  }
+  const int64_t channels = x.size(1);
+  if (channels <= kBatchedChannels) {
+    // Small C: one GEMM per sample would be all call overhead. Batched
+    // products of a bounded chunk of samples, summed into the factor.
+    const int64_t chunk = std::max<int64_t>(1, kChunkElements / (channels * channels));
+    beta == 0.0 ? factor.zero_() : factor.mul_(beta);
+    for (int64_t s0 = 0; s0 < samples; s0 += chunk) {
+      const auto part = x.slice(0, s0, std::min(samples, s0 + chunk));
+      factor.add_(at::bmm(part, part.transpose(1, 2)).sum(0), alpha);
+    }
+    mirror_upper_to_lower(factor);  // GEMM kernels need not round (i,j) and (j,i) alike
+    return;
+  }
+  if (x.size(2) < kMinPerSampleLength) {
+    // Short L (e.g. 7x7 maps): per-sample GEMMs with K = L run far below peak;
+    // the (N*L, C) rows are then small next to the C x C factor, so one copy
+    // and a single triangle is cheaper.
+    const auto rows = x.transpose(1, 2).reshape({-1, channels});
+    syrk_upper(factor, rows, alpha, beta);
+    mirror_upper_to_lower(factor);
     return;
   }
   // X[n] X[n]^T == A^T A with A = X[n]^T (L x C, a view): one triangle per

@@ -2,7 +2,7 @@
 //   P = Q_G [(Q_G^T Γ Q_A) / (d_G d_A^T + damping)] Q_A^T
 // Layers of equal (out, in) shape and dtype are stacked and done with bmm;
 // the eigenvalue division is one in-place pass between the basis changes, and
-// two scratch buffers are reused for all four products.
+// two scratch buffers serve the first three products.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -68,14 +68,15 @@ void divide_by_eigenvalues(at::Tensor& v, const at::Tensor& dg, const at::Tensor
 }
 
 // One group of equal-shape layers, stacked: qg (B,out,out), g (B,out,in),
-// qa (B,in,in), dg (B,out), da (B,in). Returns P (B,out,in).
+// qa (B,in,in), dg (B,out), da (B,in). Returns Q_G V2 (B,out,in); the caller
+// applies the last factor Q_A^T per layer, so that every result owns its
+// memory (ops may not return outputs that alias one another).
 at::Tensor precondition_stacked(const at::Tensor& g, const at::Tensor& qa, const at::Tensor& da,
                                 const at::Tensor& qg, const at::Tensor& dg, double damping) {
   auto t = at::bmm(qg.transpose(1, 2), g);  // Q_G^T Γ
   auto v = at::bmm(t, qa);                  // V1 = Q_G^T Γ Q_A
   divide_by_eigenvalues(v, dg, da, damping);
-  at::bmm_out(t, qg, v);                    // Q_G V2
-  return at::bmm_out(v, t, qa.transpose(1, 2));  // P (reuses V's buffer)
+  return at::bmm_out(t, qg, v);             // Q_G V2, into Q_G^T Γ's buffer
 }
 
 std::vector<at::Tensor> eigen_precondition_cpu(at::TensorList grads, at::TensorList qa,
@@ -101,10 +102,11 @@ std::vector<at::Tensor> eigen_precondition_cpu(at::TensorList grads, at::TensorL
       for (size_t i : members) parts.push_back(list[i]);
       return at::stack(parts);
     };
-    auto p = precondition_stacked(gather(grads), gather(qa), gather(da), gather(qg), gather(dg),
-                                  damping);
+    const auto left = precondition_stacked(gather(grads), gather(qa), gather(da), gather(qg),
+                                           gather(dg), damping);
     for (size_t k = 0; k < members.size(); ++k) {
-      result[members[k]] = p.select(0, static_cast<int64_t>(k));
+      const size_t i = members[k];
+      result[i] = at::mm(left.select(0, static_cast<int64_t>(k)), qa[i].t());  // P = Q_G V2 Q_A^T
     }
   }
   return result;
