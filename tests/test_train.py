@@ -150,6 +150,17 @@ def test_bad_arguments_give_clear_errors(capsys):
     assert "data_batch_1" in capsys.readouterr().err
 
 
+def test_cifar10_path_runs_a_resnet_end_to_end(tmp_path, capsys):
+    from test_data import _write_fake_cifar
+
+    _write_fake_cifar(str(tmp_path), n_per_batch=8)
+    out = _train(capsys, "--data", "cifar10", "--data-dir", str(tmp_path), "--model", "resnet8",
+                 "--optimizer", "sgd", "--epochs", "1", "--batch-size", "20")
+    run = out["runs"]["sgd"]
+    assert out["model"] == "resnet8" and run["steps"] == 2 and len(run["history"]) == 1
+    assert 0.0 <= run["final_test_accuracy"] <= 1.0
+
+
 # --------------------------------------------------------------------------- resume
 def _history(out, name):
     return [(r["epoch"], r["train_loss"], r["test_loss"], r["test_accuracy"])
