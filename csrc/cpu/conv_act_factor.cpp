@@ -64,8 +64,8 @@ void fill_layouts(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& col
             scalar_t* dst = out_r + row_layout.index(pr, pc, m, n, 0);
             for (int64_t v = pc, k = 0; v < W; v += sw, ++k) dst[k] = line[v];
             if (out_c) {
-              scalar_t* dst_t = out_c + col_layout.index(pc, pr, 0, n, m);
-              for (int64_t v = pc, k = 0; v < W; v += sw, ++k) dst_t[k * col_layout.row] = line[v];
+              for (int64_t v = pc, k = 0; v < W; v += sw, ++k)
+                if (col_layout.outer_keep.pos[k] >= 0) out_c[col_layout.index(pc, pr, k, n, m)] = line[v];
             }
           }
         }
@@ -93,13 +93,13 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
   const int64_t shift_c = lc.base(cc.partner_phase, rc.partner_phase) - lc.base(cc.phase, rc.phase) +
                           cc.delta * lc.row + rc.delta;
   auto row_start = [&](int64_t m) { return lr.base(rc.phase, cc.phase) + m * lr.row; };
-  auto col_start = [&](int64_t k) { return lc.base(cc.phase, rc.phase) + k * lc.row; };
+  auto col_start = [&](int64_t k) { return lc.base(cc.phase, rc.phase) + lc.outer_keep.pos[k] * lc.row; };
 
-  // Whole valid row range, every column (out-of-range columns meet zeros).
-  const at::Tensor full = shifted_product(by_rows, row_start(rc.lo), (rc.hi - rc.lo) * lr.row, shift_r);
+  // One product per row segment, every column (out-of-range columns meet
+  // zeros); the segments partition the valid rows, so a tap's row window is
+  // a sum of whole segments and no row is multiplied twice.
   std::vector<at::Tensor> row_band(rc.segments.size()), col_band(cc.segments.size());
   for (size_t s = 0; s < rc.segments.size(); ++s) {
-    if (!rc.needed[s]) continue;
     const auto [m0, m1] = rc.segments[s];
     row_band[s] = shifted_product(by_rows, row_start(m0), (m1 - m0) * lr.row, shift_r);
   }
@@ -128,9 +128,12 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
   }
 
   for (size_t t = 0; t < rc.taps.size(); ++t) {
-    at::Tensor rows_part = full.clone();
-    for (size_t s = 0; s < rc.segments.size(); ++s)
-      if (rc.excluded[t][s]) rows_part.sub_(row_band[s]);
+    at::Tensor rows_part;
+    for (size_t s = 0; s < rc.segments.size(); ++s) {
+      if (rc.excluded[t][s]) continue;
+      rows_part = rows_part.defined() ? rows_part.add_(row_band[s]) : row_band[s].clone();
+    }
+    if (!rows_part.defined()) rows_part = at::zeros_like(row_band.at(0));
     for (size_t u = 0; u < cc.taps.size(); ++u) {
       const int64_t p = rc.taps[t] * kw + cc.taps[u];
       const int64_t pp = rc.partner_taps[t] * kw + cc.partner_taps[u];
@@ -153,10 +156,9 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
 at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols, int64_t Dout) {
   const int64_t N = x.size(0), C = x.size(1);
   const int64_t kh = rows.kernel, kw = cols.kernel;
-  const FlatLayout lr(N, rows, cols), lc(N, cols, rows);
-  bool need_cols = false;
-  for (const auto& cc : cols.combos)
-    for (char n : cc.needed) need_cols |= (n != 0);
+  const FlatLayout lr(N, rows, cols, conv_plan::keep_all(rows));
+  const FlatLayout lc(N, cols, rows, conv_plan::keep_band_neighbourhoods(cols));
+  const bool need_cols = lc.outer_len > 0;
   at::Tensor by_rows = at::empty({C, lr.total}, x.options());
   at::Tensor by_cols = need_cols ? at::empty({C, lc.total}, x.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_fill",

@@ -116,30 +116,68 @@ inline AxisPlan make_axis_plan(int64_t size, int64_t kernel, int64_t stride, int
   return plan;
 }
 
-// A flat (C, total) copy of the input, one block per (outer phase, inner
-// phase) sub-image; a block is `outer_gap` zero rows then `outer_sub` rows,
-// a row is N slots of `inner_sub` values followed by `inner_gap` zeros. With
-// the gaps at least the largest shift, a shift by (d_outer, d_inner) is one
-// constant flat offset whose out-of-range partners all land on zeros.
-struct FlatLayout {
-  int64_t batch = 0, outer_sub = 0, inner_sub = 0, outer_gap = 0, inner_gap = 0, inner_phases = 1;
-  int64_t slot = 0, row = 0, block = 0, lead = 0, total = 0;
+// Which sub-indices of an axis a copy keeps, and where: kept runs are
+// packed, `gap` zeros between runs, so a shift by |delta| <= gap inside a run
+// is still one constant offset. The column-major copy only serves the thin
+// column bands, so it keeps just the columns near the edges that they touch.
+struct AxisKeep {
+  std::vector<int64_t> pos;  // packed position of each sub-index, -1 if dropped
+  int64_t length = 0;        // packed length
+};
 
-  FlatLayout(int64_t batch_, const AxisPlan& outer, const AxisPlan& inner)
-      : batch(batch_), outer_sub(outer.sub), inner_sub(inner.sub), outer_gap(outer.gap),
-        inner_gap(inner.gap), inner_phases(inner.stride) {
+inline AxisKeep keep_all(const AxisPlan& plan) {
+  AxisKeep keep;
+  for (int64_t k = 0; k < plan.sub; ++k) keep.pos.push_back(k);
+  keep.length = plan.sub;
+  return keep;
+}
+
+// Keeps every segment some member tap excludes, widened by the gap so that
+// partners (k + delta, |delta| <= gap) fall inside the same run.
+inline AxisKeep keep_band_neighbourhoods(const AxisPlan& plan) {
+  std::vector<char> want(plan.sub, 0);
+  for (const auto& combo : plan.combos)
+    for (size_t s = 0; s < combo.segments.size(); ++s)
+      if (combo.needed[s])
+        for (int64_t k = std::max<int64_t>(0, combo.segments[s].first - plan.gap);
+             k < std::min(plan.sub, combo.segments[s].second + plan.gap); ++k)
+          want[k] = 1;
+  AxisKeep keep;
+  keep.pos.assign(plan.sub, -1);
+  for (int64_t k = 0; k < plan.sub; ++k) {
+    if (!want[k]) continue;
+    if (k > 0 && !want[k - 1] && keep.length > 0) keep.length += plan.gap;  // zeros between runs
+    keep.pos[k] = keep.length++;
+  }
+  return keep;
+}
+
+// A flat (C, total) copy of the input, one block per (outer phase, inner
+// phase) sub-image; a block is `outer_gap` zero rows then the kept outer
+// rows, a row is N slots of `inner_sub` values followed by `inner_gap` zeros.
+// With the gaps at least the largest shift, a shift by (d_outer, d_inner) is
+// one constant flat offset whose out-of-range partners all land on zeros.
+struct FlatLayout {
+  int64_t batch = 0, outer_len = 0, inner_sub = 0, outer_gap = 0, inner_gap = 0, inner_phases = 1;
+  int64_t slot = 0, row = 0, block = 0, lead = 0, total = 0;
+  AxisKeep outer_keep;
+
+  FlatLayout(int64_t batch_, const AxisPlan& outer, const AxisPlan& inner, AxisKeep keep)
+      : batch(batch_), outer_len(keep.length), inner_sub(inner.sub), outer_gap(outer.gap),
+        inner_gap(inner.gap), inner_phases(inner.stride), outer_keep(std::move(keep)) {
     slot = inner_sub + inner_gap;
     row = batch * slot;
-    block = (outer_gap + outer_sub) * row;
+    block = (outer_gap + outer_len) * row;
     lead = row;  // covers a negative inner shift from the very first value
     total = lead + outer.stride * inner.stride * block + (outer_gap + 1) * row;
   }
-  // Flat position of sub-row 0 of the (outer_phase, inner_phase) sub-image.
+  // Flat position of packed row 0 of the (outer_phase, inner_phase) sub-image.
   int64_t base(int64_t outer_phase, int64_t inner_phase) const {
     return lead + (outer_phase * inner_phases + inner_phase) * block + outer_gap * row;
   }
+  // Flat position of sub-index m (kept) of the outer axis, slot n, inner k.
   int64_t index(int64_t outer_phase, int64_t inner_phase, int64_t m, int64_t n, int64_t k) const {
-    return base(outer_phase, inner_phase) + m * row + n * slot + k;
+    return base(outer_phase, inner_phase) + outer_keep.pos[m] * row + n * slot + k;
   }
 };
 
