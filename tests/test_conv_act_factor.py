@@ -169,3 +169,34 @@ def test_error_bad_conv_parameters(name, k, s, p, d):
 def test_empty_batch_or_channels_rejected():
     with pytest.raises(RuntimeError, match="N > 0 and C > 0"):
         op(torch.randn(0, 2, 6, 6), (3, 3), (1, 1), (0, 0), (1, 1), False)
+
+
+@pytest.mark.parametrize(
+    "k,s,p,d",
+    [
+        ((3, 3), (1, 1), (1, 1), (1, 1)),
+        ((3, 3), (2, 2), (1, 1), (1, 1)),
+        ((5, 3), (3, 2), (2, 0), (2, 3)),
+        ((3, 5), (1, 3), (0, 3), (3, 1)),
+        ((1, 1), (2, 3), (1, 0), (1, 1)),
+    ],
+)
+def test_wider_images_float64(k, s, p, d):
+    # Images much wider than the kernel: the column-major copy then keeps only
+    # edge runs of columns, and the middle row segments are long.
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 23, 29, dtype=torch.float64, generator=g) + 0.25
+    for has_bias in (False, True):
+        got = op(x, k, s, p, d, has_bias)
+        want = unfold_reference(x, k, s, p, d, has_bias)
+        assert (got - want).abs().max() <= 1e-10 * want.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_input_returns_input_dtype(dtype):
+    x = torch.randn(2, 3, 9, 7).to(dtype)
+    got = op(x, (3, 3), (1, 1), (1, 1), (1, 1), True)
+    assert got.dtype == dtype
+    want = unfold_reference(x.double(), (3, 3), (1, 1), (1, 1), (1, 1), True)
+    # Accumulated in float32, rounded once to the input dtype at the end.
+    assert (got.double() - want).abs().max() <= 2 * torch.finfo(dtype).eps * want.abs().max()
