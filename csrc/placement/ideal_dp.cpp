@@ -1,0 +1,455 @@
+// Exact contiguous max-load placement: DP over the ideals of the unit DAG,
+// pruned by a threshold search (see ideal_dp.h for the model).
+//
+// Why it is fast enough: a pass at threshold T only enumerates sub-ideals I'
+// of I whose difference I \ I' could fit on one device, i.e. whose compute
+// time is <= T (and memory <= cap on an accelerator). Compute time and
+// memory only grow as I' shrinks, so a depth-first walk down the lattice of
+// sub-ideals (removing one maximal unit at a time) stops at the first set
+// that is too heavy. The walk also carries the transfer cost of the growing
+// set incrementally (O(edges of the added unit) per step), so a pair costs a
+// few memory accesses instead of a scan of the graph. Any T at or above the
+// optimum gives the exact optimum (every pair of the optimal chain has load
+// <= OPT <= T); a pass below it reports "infeasible". T climbs
+// geometrically from a lower bound, so the last pass overshoots by a few %.
+#include "ideal_dp.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+
+namespace kfac_placement {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+uint64_t mix(uint64_t x) {  // splitmix64 finaliser
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+// The lattice of ideals: bitsets in one pool, per-ideal sums, and for each
+// ideal the links to the ideals one maximal unit smaller.
+struct Lattice {
+    int words = 1;
+    std::vector<uint64_t> pool;
+    std::vector<double> accel, cpu, mem;
+    std::vector<int> not_accel;  // units that cannot go on an accelerator
+    std::vector<int64_t> link_start;
+    std::vector<int> link_unit, link_sub;
+
+    int64_t size() const { return static_cast<int64_t>(accel.size()); }
+    const uint64_t* bits(int64_t id) const { return pool.data() + id * words; }
+};
+
+class IdealTable {  // open addressing: bitset -> ideal id
+  public:
+    explicit IdealTable(const Lattice& l) : lattice_(l), slots_(1 << 12, -1) {}
+
+    uint64_t hash(const uint64_t* b) const {
+        uint64_t h = 0x1234567;
+        for (int w = 0; w < lattice_.words; ++w) h = mix(h ^ b[w]);
+        return h;
+    }
+    // Returns the id of `b`, or -1 with `slot` set to where it would go.
+    int64_t find(const uint64_t* b, size_t& slot) const {
+        size_t mask = slots_.size() - 1;
+        for (slot = hash(b) & mask;; slot = (slot + 1) & mask) {
+            int64_t id = slots_[slot];
+            if (id < 0) return -1;
+            if (std::memcmp(lattice_.bits(id), b, sizeof(uint64_t) * lattice_.words) == 0) return id;
+        }
+    }
+    void insert_at(size_t slot, int64_t id) {
+        slots_[slot] = id;
+        if (++count_ * 2 > slots_.size()) grow();
+    }
+
+  private:
+    void grow() {
+        std::vector<int64_t> old(slots_.size() * 2, -1);
+        old.swap(slots_);
+        size_t mask = slots_.size() - 1;
+        for (int64_t id : old) {
+            if (id < 0) continue;
+            size_t s = hash(lattice_.bits(id)) & mask;
+            while (slots_[s] >= 0) s = (s + 1) & mask;
+            slots_[s] = id;
+        }
+    }
+    const Lattice& lattice_;
+    std::vector<int64_t> slots_;
+    size_t count_ = 0;
+};
+
+void check_problem(const Problem& p) {
+    const int U = p.num_units;
+    if (U <= 0) throw std::invalid_argument("num_units must be positive");
+    auto check_len = [&](size_t n, const char* what) {
+        if (n != static_cast<size_t>(U))
+            throw std::invalid_argument(std::string(what) + " must have one entry per unit");
+    };
+    check_len(p.accel_time.size(), "accel_time");
+    check_len(p.cpu_time.size(), "cpu_time");
+    check_len(p.size.size(), "size");
+    check_len(p.accel_ok.size(), "accel_ok");
+    for (auto [a, b] : p.unit_edges) {
+        if (a < 0 || a >= U || b < 0 || b >= U || a == b)
+            throw std::invalid_argument("unit edge out of range or a self-loop");
+    }
+    for (const CommNode& c : p.comm_nodes) {
+        if (c.unit < 0 || c.unit >= U) throw std::invalid_argument("comm node unit out of range");
+        for (int s : c.succ_units)
+            if (s < 0 || s >= U || s == c.unit)
+                throw std::invalid_argument("comm node successor unit out of range or equal to its own unit");
+    }
+    if (p.num_accelerators < 0 || p.num_cpus < 0 || p.num_accelerators + p.num_cpus == 0)
+        throw std::invalid_argument("need at least one device");
+}
+
+Lattice enumerate_ideals(const Problem& p) {
+    const int U = p.num_units;
+    Lattice L;
+    L.words = (U + 63) / 64;
+    const int W = L.words;
+    std::vector<uint64_t> pred(static_cast<size_t>(U) * W, 0);
+    for (auto [a, b] : p.unit_edges) pred[static_cast<size_t>(b) * W + a / 64] |= 1ULL << (a % 64);
+
+    L.pool.assign(W, 0);
+    L.accel.push_back(0.0);
+    L.cpu.push_back(0.0);
+    L.mem.push_back(0.0);
+    L.not_accel.push_back(0);
+    IdealTable table(L);
+    size_t slot;
+    table.find(L.bits(0), slot);
+    table.insert_at(slot, 0);
+
+    struct RawLink { int64_t ideal; int unit; int64_t sub; };
+    std::vector<RawLink> raw;
+    std::vector<uint64_t> cur(W), next(W);
+    // Breadth first: ideals come out by size, so a sub-ideal has a smaller id.
+    for (int64_t id = 0; id < L.size(); ++id) {
+        std::copy(L.bits(id), L.bits(id) + W, cur.begin());
+        for (int v = 0; v < U; ++v) {
+            if (cur[v / 64] >> (v % 64) & 1ULL) continue;
+            const uint64_t* pv = &pred[static_cast<size_t>(v) * W];
+            bool ready = true;
+            for (int w = 0; w < W && ready; ++w) ready = (pv[w] & ~cur[w]) == 0;
+            if (!ready) continue;
+            next = cur;
+            next[v / 64] |= 1ULL << (v % 64);
+            int64_t nid = table.find(next.data(), slot);
+            if (nid < 0) {
+                nid = L.size();
+                if (nid >= p.max_ideals)
+                    throw std::length_error("the graph has more than " + std::to_string(p.max_ideals) +
+                                            " ideals; the exact DP would not finish");
+                L.pool.insert(L.pool.end(), next.begin(), next.end());
+                L.accel.push_back(L.accel[id] + p.accel_time[v]);
+                L.cpu.push_back(L.cpu[id] + p.cpu_time[v]);
+                L.mem.push_back(L.mem[id] + p.size[v]);
+                L.not_accel.push_back(L.not_accel[id] + (p.accel_ok[v] ? 0 : 1));
+                table.insert_at(slot, nid);
+            }
+            raw.push_back({nid, v, id});
+        }
+    }
+    const int64_t N = L.size();
+    L.link_start.assign(N + 1, 0);
+    for (const RawLink& r : raw) ++L.link_start[r.ideal + 1];
+    for (int64_t i = 0; i < N; ++i) L.link_start[i + 1] += L.link_start[i];
+    L.link_unit.resize(raw.size());
+    L.link_sub.resize(raw.size());
+    std::vector<int64_t> fill(L.link_start.begin(), L.link_start.end() - 1);
+    for (const RawLink& r : raw) {
+        int64_t at = fill[r.ideal]++;
+        L.link_unit[at] = r.unit;
+        L.link_sub[at] = static_cast<int>(r.sub);
+    }
+    return L;
+}
+
+// Transfer cost of a growing set of units, updated one unit at a time.
+class CommTracker {
+  public:
+    explicit CommTracker(const Problem& p) : in_set_(p.num_units, 0) {
+        const int U = p.num_units;
+        const int M = static_cast<int>(p.comm_nodes.size());
+        unit_.resize(M);
+        cost_.resize(M);
+        nsucc_.resize(M);
+        count_.assign(M, 0);
+        own_start_.assign(U + 1, 0);
+        feeds_start_.assign(U + 1, 0);
+        for (const CommNode& c : p.comm_nodes) {
+            ++own_start_[c.unit + 1];
+            for (int s : c.succ_units) ++feeds_start_[s + 1];
+        }
+        for (int u = 0; u < U; ++u) {
+            own_start_[u + 1] += own_start_[u];
+            feeds_start_[u + 1] += feeds_start_[u];
+        }
+        own_.resize(own_start_[U]);
+        feeds_.resize(feeds_start_[U]);
+        std::vector<int> of(own_start_.begin(), own_start_.end() - 1);
+        std::vector<int> ff(feeds_start_.begin(), feeds_start_.end() - 1);
+        for (int m = 0; m < M; ++m) {
+            const CommNode& c = p.comm_nodes[m];
+            unit_[m] = c.unit;
+            cost_[m] = c.cost;
+            nsucc_[m] = static_cast<int>(c.succ_units.size());
+            own_[of[c.unit]++] = m;
+            for (int s : c.succ_units) feeds_[ff[s]++] = m;
+        }
+    }
+
+    // Adds unit x to the set; returns the change of the set's transfer cost.
+    double add(int x) {
+        double delta = 0.0;
+        for (int i = own_start_[x]; i < own_start_[x + 1]; ++i) {
+            int m = own_[i];  // was outside: crossing iff a consumer inside; now inside: iff one outside
+            delta += cost_[m] * ((count_[m] < nsucc_[m]) - (count_[m] > 0));
+        }
+        in_set_[x] = 1;
+        for (int i = feeds_start_[x]; i < feeds_start_[x + 1]; ++i) {
+            int m = feeds_[i];
+            bool before = crossing(m);
+            ++count_[m];
+            delta += cost_[m] * (crossing(m) - before);
+        }
+        return delta;
+    }
+    void remove(int x) {
+        for (int i = feeds_start_[x]; i < feeds_start_[x + 1]; ++i) --count_[feeds_[i]];
+        in_set_[x] = 0;
+    }
+    double cost_of(const std::vector<int>& units) {
+        double total = 0.0;
+        for (int x : units) total += add(x);
+        for (int x : units) remove(x);
+        return total;
+    }
+
+  private:
+    bool crossing(int m) const {
+        return in_set_[unit_[m]] ? count_[m] < nsucc_[m] : count_[m] > 0;
+    }
+    std::vector<char> in_set_;
+    std::vector<int> unit_, nsucc_, count_;
+    std::vector<double> cost_;
+    std::vector<int> own_start_, own_, feeds_start_, feeds_;
+};
+
+enum : int8_t { kNone = 0, kAccel = 1, kCpu = 2, kFewerAccel = 3, kFewerCpu = 4 };
+
+// One pass of the DP restricted to device sets with load <= threshold.
+class ThresholdDP {
+  public:
+    ThresholdDP(const Problem& p, const Lattice& L, CommTracker& comm)
+        : p_(p), L_(L), comm_(comm), k_(p.num_accelerators), l_(p.num_cpus),
+          ns_((k_ + 1) * (l_ + 1)) {}
+
+    PassInfo run(double threshold) {
+        auto t0 = Clock::now();
+        const int64_t N = L_.size();
+        T_ = threshold + 1e-12 * std::max(1.0, threshold);
+        cap_ = p_.memory_cap * (1 + 1e-12);
+        best_.assign(static_cast<size_t>(N) * ns_, kInf);
+        type_.assign(static_cast<size_t>(N) * ns_, kNone);
+        sub_.assign(static_cast<size_t>(N) * ns_, -1);
+        stamp_.assign(N, 0);
+        visited_ = examined_ = 0;
+        for (int s = 0; s < ns_; ++s) best_[s] = 0.0;
+        for (int64_t I = 1; I < N; ++I) {
+            I_ = I;
+            stamp_[I] = I;  // stamps are ideal ids: unique per walk, no reset needed
+            walk(I, 0.0);
+            close_states(I);
+        }
+        PassInfo info;
+        info.threshold = threshold;
+        info.pairs_visited = visited_;
+        info.pairs_examined = examined_;
+        info.feasible = best_[static_cast<size_t>(N - 1) * ns_ + ns_ - 1] < kInf;
+        info.seconds = seconds_since(t0);
+        return info;
+    }
+
+    double value() const { return best_[static_cast<size_t>(L_.size() - 1) * ns_ + ns_ - 1]; }
+
+    // Follows the back pointers from the full ideal; devices in pipeline order.
+    std::vector<Device> devices() const {
+        std::vector<Device> out;
+        int64_t I = L_.size() - 1;
+        int j = k_, c = l_;
+        while (I != 0) {
+            size_t at = static_cast<size_t>(I) * ns_ + j * (l_ + 1) + c;
+            int8_t t = type_[at];
+            if (t == kFewerAccel) { --j; continue; }
+            if (t == kFewerCpu) { --c; continue; }
+            if (t != kAccel && t != kCpu) throw std::logic_error("broken DP back pointer");
+            int64_t sub = sub_[at];
+            Device d;
+            d.is_cpu = (t == kCpu);
+            const uint64_t* a = L_.bits(I);
+            const uint64_t* b = L_.bits(sub);
+            for (int u = 0; u < p_.num_units; ++u)
+                if ((a[u / 64] & ~b[u / 64]) >> (u % 64) & 1ULL) d.units.push_back(u);
+            out.push_back(std::move(d));
+            if (t == kCpu) --c; else --j;
+            I = sub;
+        }
+        std::reverse(out.begin(), out.end());
+        return out;
+    }
+
+  private:
+    void walk(int64_t Ip, double comm) {
+        const int64_t I = I_;
+        for (int64_t li = L_.link_start[Ip]; li < L_.link_start[Ip + 1]; ++li) {
+            const int64_t c = L_.link_sub[li];
+            if (stamp_[c] == I) continue;
+            stamp_[c] = I;
+            const double acc = L_.accel[I] - L_.accel[c];
+            const double cpu = L_.cpu[I] - L_.cpu[c];
+            const bool acc_ok = k_ > 0 && acc <= T_ && L_.not_accel[I] == L_.not_accel[c] &&
+                                L_.mem[I] - L_.mem[c] <= cap_;
+            const bool cpu_ok = l_ > 0 && cpu <= T_;
+            if (!acc_ok && !cpu_ok) continue;  // and so is every smaller sub-ideal: prune
+            ++visited_;
+            const int x = L_.link_unit[li];
+            const double cm = comm + comm_.add(x);
+            relax(c, acc_ok ? acc + cm : kInf, cpu_ok ? cpu : kInf);
+            walk(c, cm);
+            comm_.remove(x);
+        }
+    }
+
+    void relax(int64_t c, double acc_load, double cpu_load) {
+        const bool use_acc = acc_load <= T_, use_cpu = cpu_load <= T_;
+        if (!use_acc && !use_cpu) return;
+        ++examined_;
+        double* bI = &best_[static_cast<size_t>(I_) * ns_];
+        const double* bc = &best_[static_cast<size_t>(c) * ns_];
+        const int row = l_ + 1;
+        for (int j = 0; j <= k_; ++j) {
+            for (int cc = 0; cc <= l_; ++cc) {
+                const int s = j * row + cc;
+                if (use_acc && j > 0) {
+                    const double v = std::max(bc[s - row], acc_load);
+                    if (v < bI[s]) set(s, v, kAccel, c);
+                }
+                if (use_cpu && cc > 0) {
+                    const double v = std::max(bc[s - 1], cpu_load);
+                    if (v < bI[s]) set(s, v, kCpu, c);
+                }
+            }
+        }
+    }
+
+    void set(int s, double v, int8_t t, int64_t c) {
+        size_t at = static_cast<size_t>(I_) * ns_ + s;
+        best_[at] = v;
+        type_[at] = t;
+        sub_[at] = static_cast<int>(c);
+    }
+
+    // "At most j accelerators and c CPUs": a state may leave devices unused.
+    void close_states(int64_t I) {
+        const int row = l_ + 1;
+        double* b = &best_[static_cast<size_t>(I) * ns_];
+        for (int j = 0; j <= k_; ++j) {
+            for (int cc = 0; cc <= l_; ++cc) {
+                const int s = j * row + cc;
+                if (j > 0 && b[s - row] < b[s]) {
+                    b[s] = b[s - row];
+                    type_[static_cast<size_t>(I) * ns_ + s] = kFewerAccel;
+                }
+                if (cc > 0 && b[s - 1] < b[s]) {
+                    b[s] = b[s - 1];
+                    type_[static_cast<size_t>(I) * ns_ + s] = kFewerCpu;
+                }
+            }
+        }
+    }
+
+    const Problem& p_;
+    const Lattice& L_;
+    CommTracker& comm_;
+    const int k_, l_, ns_;
+    double T_ = 0.0, cap_ = 0.0;
+    int64_t I_ = 0;
+    std::vector<double> best_;
+    std::vector<int8_t> type_;
+    std::vector<int> sub_;
+    std::vector<int64_t> stamp_;
+    long long visited_ = 0, examined_ = 0;
+};
+
+}  // namespace
+
+Result solve(const Problem& p) {
+    auto t0 = Clock::now();
+    check_problem(p);
+    Result r;
+    Lattice L = enumerate_ideals(p);
+    r.ideals = L.size();
+    r.ideal_links = static_cast<long long>(L.link_unit.size());
+    r.enumerate_seconds = seconds_since(t0);
+    {
+        const uint64_t* full = L.bits(L.size() - 1);
+        int count = 0;
+        for (int w = 0; w < L.words; ++w) count += __builtin_popcountll(full[w]);
+        if (count != p.num_units) throw std::invalid_argument("unit edges contain a cycle");
+    }
+
+    // No device's load can exceed everything's time plus every transfer.
+    double ceiling = 0.0;
+    for (int u = 0; u < p.num_units; ++u) ceiling += std::max(p.accel_time[u], p.cpu_time[u]);
+    for (const CommNode& c : p.comm_nodes) ceiling += c.cost;
+    ceiling = ceiling * (1 + 1e-9) + 1e-9;
+    const double cap = std::min(ceiling, p.upper_bound * (1 + 1e-9));
+
+    CommTracker comm(p);
+    ThresholdDP dp(p, L, comm);
+    double T = std::max(0.0, p.lower_bound);
+    double step = p.growth;
+    for (;;) {
+        T = std::min(T, cap);
+        PassInfo info = dp.run(T);
+        r.passes.push_back(info);
+        r.pairs_visited += info.pairs_visited;
+        r.pairs_examined += info.pairs_examined;
+        if (info.feasible || T >= cap) break;
+        T = T > 0 ? T * (1 + step) : cap / 64;
+        step *= 1.5;
+    }
+    r.feasible = r.passes.back().feasible;
+    if (r.feasible) {
+        r.value = dp.value();
+        r.devices = dp.devices();
+        for (Device& d : r.devices) {
+            double load = 0.0;
+            for (int u : d.units) load += d.is_cpu ? p.cpu_time[u] : p.accel_time[u];
+            if (!d.is_cpu) load += comm.cost_of(d.units);
+            d.load = load;
+        }
+    } else {
+        r.message = "no contiguous split fits the devices (memory cap, CPU-only nodes or too few devices)";
+    }
+    r.seconds = seconds_since(t0);
+    return r;
+}
+
+}  // namespace kfac_placement
