@@ -81,11 +81,17 @@ at::Tensor shifted_product(const at::Tensor& flat, int64_t start, int64_t len, i
   return at::mm(flat.narrow(1, start, len), flat.narrow(1, start + shift, len).t());
 }
 
+// The C x C block of taps (p, p') in the tap-major Gram matrix.
+at::Tensor tap_block(at::Tensor& gram, int64_t p, int64_t pp, int64_t C) {
+  return gram.narrow(0, p * C, C).narrow(1, pp * C, C);
+}
+
 // The (c, c') block sums of U^T U for every tap pair served by one
-// (row combo, column combo), written into out4[c, p, c', p'] and its mirror.
+// (row combo, column combo), written into the tap-major gram[p*C + c,
+// p'*C + c'] and its mirror.
 void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at::Tensor& by_cols,
                       const FlatLayout& lc, const AxisCombo& rc, const AxisCombo& cc, bool self_transposed,
-                      int64_t kw, at::Tensor& out4) {
+                      int64_t kw, at::Tensor& gram) {
   const int64_t C = by_rows.size(0);
   // Flat offsets of the partner sub-image, in both layouts.
   const int64_t shift_r = lr.base(rc.partner_phase, cc.partner_phase) - lr.base(rc.phase, cc.phase) +
@@ -139,21 +145,26 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
       const int64_t pp = rc.partner_taps[t] * kw + cc.partner_taps[u];
       // A self-transposed combo serves (p, p') and (p', p): do one, mirror it.
       if (self_transposed && p > pp) continue;
-      at::Tensor block = rows_part.clone();
+      at::Tensor block = tap_block(gram, p, pp, C);
+      block.copy_(rows_part);
       for (size_t cs = 0; cs < cc.segments.size(); ++cs) {
         if (!cc.excluded[u][cs]) continue;
         block.sub_(col_band[cs]);
         for (size_t rs = 0; rs < rc.segments.size(); ++rs)
           if (rc.excluded[t][rs]) block.add_(corner[rs][cs]);
       }
-      out4.select(3, pp).select(1, p).copy_(block);
-      if (p != pp) out4.select(3, p).select(1, pp).copy_(block.t());
+      // The diagonal blocks come from one GEMM each, which need not be
+      // bitwise symmetric; every other block is an exact mirror.
+      if (p == pp) block.copy_((block + block.t()).mul_(0.5));
+      else tap_block(gram, pp, p, C).copy_(block.t());
     }
   }
 }
 
-// U^T U (unscaled) without the bias row/column, in the accumulation dtype.
-at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols, int64_t Dout) {
+// U^T U (unscaled) without the bias row/column, in the accumulation dtype and
+// in tap-major order (p*C + c, p = i*kw + j) so that every block is a plain
+// 2-D view with contiguous rows.
+at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols) {
   const int64_t N = x.size(0), C = x.size(1);
   const int64_t kh = rows.kernel, kw = cols.kernel;
   const FlatLayout lr(N, rows, cols, conv_plan::keep_all(rows));
@@ -164,9 +175,7 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_fill",
                              [&] { fill_layouts<scalar_t>(x, rows, cols, lr, by_rows, lc, by_cols); });
 
-  at::Tensor out = at::zeros({Dout, Dout}, x.options());
-  // out4[c, p, c', p'] with p = i*kw + j: the (c, i, j) order of F.unfold.
-  at::Tensor out4 = out.as_strided({C, kh * kw, C, kh * kw}, {kh * kw * Dout, Dout, kh * kw, 1});
+  at::Tensor gram = at::empty({kh * kw * C, kh * kw * C}, x.options());
   for (size_t r = 0; r < rows.combos.size(); ++r) {
     for (size_t q = 0; q < cols.combos.size(); ++q) {
       const auto& rc = rows.combos[r];
@@ -174,11 +183,42 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
       // The transposed combo's blocks are the transposes of this one's.
       const auto mirror = std::make_pair(static_cast<size_t>(rc.transposed), static_cast<size_t>(cc.transposed));
       if (mirror < std::make_pair(r, q)) continue;
-      if (rc.lo == rc.hi || cc.lo == cc.hi) continue;  // windows only ever meet zeros
-      accumulate_combo(by_rows, lr, by_cols, lc, rc, cc, mirror == std::make_pair(r, q), kw, out4);
+      if (rc.lo == rc.hi || cc.lo == cc.hi) {  // windows only ever meet zeros
+        for (size_t t = 0; t < rc.taps.size(); ++t)
+          for (size_t u = 0; u < cc.taps.size(); ++u) {
+            const int64_t p = rc.taps[t] * kw + cc.taps[u];
+            const int64_t pp = rc.partner_taps[t] * kw + cc.partner_taps[u];
+            tap_block(gram, p, pp, C).zero_();
+            tap_block(gram, pp, p, C).zero_();
+          }
+        continue;
+      }
+      accumulate_combo(by_rows, lr, by_cols, lc, rc, cc, mirror == std::make_pair(r, q), kw, gram);
     }
   }
-  return out;
+  return gram;
+}
+
+// out[c*KK + p, c'*KK + p'] = scale * gram[p*C + c, p'*C + c'] (KK = kh*kw):
+// back to the (c, i, j) order of F.unfold. Each output row is written once,
+// sequentially, from KK contiguous source runs.
+template <typename scalar_t>
+void untangle_taps(const at::Tensor& gram, at::Tensor& out, int64_t C, int64_t KK, double scale) {
+  const scalar_t* src = gram.data_ptr<scalar_t>();
+  scalar_t* dst = out.data_ptr<scalar_t>();
+  const int64_t D = C * KK, ld = out.stride(0);
+  const scalar_t s = static_cast<scalar_t>(scale);
+  at::parallel_for(0, D, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r / KK, p = r % KK;
+      const scalar_t* src_row = src + (p * C + c) * D;
+      scalar_t* dst_row = dst + r * ld;
+      for (int64_t pp = 0; pp < KK; ++pp) {
+        const scalar_t* run = src_row + pp * C;
+        for (int64_t cc = 0; cc < C; ++cc) dst_row[cc * KK + pp] = s * run[cc];
+      }
+    }
+  });
 }
 
 at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -217,7 +257,12 @@ at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel
   const at::Tensor x = input.to(acc_type).contiguous();
   const AxisPlan rows = conv_plan::make_axis_plan(H, kernel_size[0], stride[0], padding[0], dilation[0], Ho);
   const AxisPlan cols = conv_plan::make_axis_plan(W, kernel_size[1], stride[1], padding[1], dilation[1], Wo);
-  at::Tensor out = patch_gram(x, rows, cols, Dout);
+  const double scale = 1.0 / (static_cast<double>(N) * T * T * T);
+  const at::Tensor gram = patch_gram(x, rows, cols);
+  at::Tensor out = at::empty({Dout, Dout}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_untangle", [&] {
+    untangle_taps<scalar_t>(gram, out, C, kernel_size[0] * kernel_size[1], scale);
+  });
 
   if (has_bias) {
     // Ones column: U^T 1 sums the input over each tap's window; 1^T 1 = N*T.
@@ -229,15 +274,13 @@ at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel
         bias_col.select(2, j).select(1, i).copy_(
             padded.slice(1, r0, r0 + (Ho - 1) * stride[0] + 1, stride[0])
                 .slice(2, c0, c0 + (Wo - 1) * stride[1] + 1, stride[1])
-                .sum({1, 2}));
+                .sum({1, 2})
+                .mul_(scale));
       }
     }
     out.narrow(0, D, 1).narrow(1, 0, D).copy_(out.narrow(1, D, 1).narrow(0, 0, D).t());
-    out.select(0, D).select(0, D).fill_(static_cast<double>(N * T));
+    out.select(0, D).select(0, D).fill_(static_cast<double>(N * T) * scale);
   }
-  // Off-diagonal blocks were written as exact mirrors; diagonal blocks come
-  // from one GEMM each and may differ from their transpose in the last bit.
-  out = (out + out.t()).mul_(0.5 / (static_cast<double>(N) * T * T * T));
   return out.to(input.scalar_type());
 }
 
