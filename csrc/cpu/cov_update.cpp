@@ -3,9 +3,11 @@
 //   channel_cov_update_:  F <- beta*F + alpha * sum_n X[n] X[n]^T   (X: N x C x L)
 // F is taken to be symmetric: only its upper triangle is read.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "checks.h"
 #include "symmetric.h"
@@ -29,19 +31,29 @@ void check_factor(const at::Tensor& factor, const char* op) {
 }
 
 // factor[0:d, d] (the bias column) <- beta*that + alpha * column sums of x, and
-// factor[d, d] <- beta*that + alpha*rows: the ones column of [X, 1] without a copy.
+// factor[d, d] <- beta*that + alpha*rows: the ones column of [X, 1] without a
+// copy. One pass over x, column blocks in parallel, sums in double precision.
 void update_ones_column(at::Tensor& factor, const at::Tensor& x, double alpha, double beta) {
-  const int64_t d = x.size(1);
-  auto column = factor.slice(0, 0, d).select(1, d);
-  auto corner = factor.select(0, d).select(0, d);
-  const auto sums = x.sum(0);
-  if (beta == 0.0) {
-    at::mul_out(column, sums, alpha);
-    corner.fill_(alpha * static_cast<double>(x.size(0)));
-  } else {
-    column.mul_(beta).add_(sums, alpha);
-    corner.mul_(beta).add_(alpha * static_cast<double>(x.size(0)));
-  }
+  const int64_t rows = x.size(0), d = x.size(1), ld = factor.stride(0);
+  const int64_t xs0 = x.stride(0), xs1 = x.stride(1);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "update_ones_column", [&] {
+    const scalar_t* px = x.const_data_ptr<scalar_t>();
+    scalar_t* pf = factor.data_ptr<scalar_t>();
+    // beta == 0 ignores the old values (NaN included), as addmm does.
+    auto blend = [&](scalar_t old, double add) {
+      return static_cast<scalar_t>(beta == 0.0 ? alpha * add : beta * old + alpha * add);
+    };
+    const int64_t grain = std::max<int64_t>(16, 65536 / std::max<int64_t>(rows, 1));
+    at::parallel_for(0, d, grain, [&](int64_t j0, int64_t j1) {
+      std::vector<double> sums(j1 - j0, 0.0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* row = px + r * xs0;
+        for (int64_t j = j0; j < j1; ++j) sums[j - j0] += row[j * xs1];
+      }
+      for (int64_t j = j0; j < j1; ++j) pf[j * ld + d] = blend(pf[j * ld + d], sums[j - j0]);
+    });
+    pf[d * ld + d] = blend(pf[d * ld + d], static_cast<double>(rows));
+  });
 }
 
 void cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha, double beta,

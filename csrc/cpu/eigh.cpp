@@ -1,13 +1,22 @@
-// Batched symmetric eigendecomposition of a list of factors. Factors of equal
-// size and dtype go through one batched LAPACK call (torch.linalg.eigh). A
-// float32 group that fails (LAPACK error or non-finite output) is redone in
-// float64; only if that fails too is an error raised, naming the factor.
+// Batched symmetric eigendecomposition of a list of factors on the CPU.
+//
+// ATen's batched linalg_eigh on the CPU is a sequential loop of LAPACK calls,
+// and LAPACK's tridiagonal reduction (BLAS-2) scales poorly across threads on
+// K-FAC-sized factors. So the factors are spread over the intra-op threads
+// instead, one LAPACK call per factor and thread, largest first and dealt
+// round-robin (a near-even split of the n^3 work); each result owns its
+// memory. A float32 factor that fails (LAPACK error or non-finite output) is
+// redone in float64; only if that fails too is an error raised, naming it.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
-#include <map>
+#include <numeric>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -18,19 +27,6 @@ namespace {
 
 constexpr const char* kOp = "batched_eigh";
 
-// (eigenvalues, eigenvectors) of a (B, n, n) batch, or nothing when LAPACK
-// fails or returns non-finite values.
-std::optional<std::tuple<at::Tensor, at::Tensor>> try_eigh(const at::Tensor& batch) {
-  try {
-    auto [values, vectors] = at::linalg_eigh(batch);
-    if (values.isfinite().all().item<bool>() && vectors.isfinite().all().item<bool>()) {
-      return std::make_tuple(values, vectors);
-    }
-  } catch (const c10::Error&) {
-  }
-  return std::nullopt;
-}
-
 // LAPACK's float32 eigensolver rescales badly scaled matrices, so no input
 // that is finite in float32 (with finite float32 eigenvalues) makes it fail
 // while float64 succeeds; tests reach the float64 retry by setting this
@@ -40,59 +36,84 @@ bool fault_injected() {
   return flag != nullptr && flag[0] == '1';
 }
 
-[[noreturn]] void raise_failure(at::TensorList factors, const std::vector<size_t>& members) {
-  // Find the culprit(s) one by one, in float64, for the message.
-  std::string names;
-  for (size_t i : members) {
-    if (!try_eigh(factors[i].to(at::kDouble).unsqueeze(0))) {
-      names += (names.empty() ? "" : ", ") + item("factors", i) + " (" +
-               std::to_string(factors[i].size(0)) + "x" + std::to_string(factors[i].size(0)) + ")";
+// (eigenvalues, eigenvectors) of one matrix, or nothing when LAPACK fails or
+// returns non-finite values.
+std::optional<std::tuple<at::Tensor, at::Tensor>> try_eigh(const at::Tensor& a) {
+  try {
+    auto [values, vectors] = at::linalg_eigh(a);
+    if (values.isfinite().all().item<bool>() && vectors.isfinite().all().item<bool>()) {
+      return std::make_tuple(values, vectors);
     }
+  } catch (const c10::Error&) {
   }
-  if (names.empty()) names = "a batch of factors (each alone succeeded)";
-  TORCH_CHECK(false, kOp, ": eigendecomposition failed for ", names,
-              " even in float64 (LAPACK error or non-finite result); the factor probably holds "
-              "NaN/inf (check the inputs that built it)");
+  return std::nullopt;
+}
+
+// Runs work(i) for every i in order, spread over the intra-op threads:
+// order[t], order[t + T], ... go to thread slot t.
+// Below this much work (sum of n^3) waking the thread pool costs more than
+// the decompositions themselves.
+constexpr double kMinParallelWork = 2.0 * 64 * 64 * 64;
+
+template <typename Work>
+void deal_round_robin(const std::vector<size_t>& order, double total_work, Work work) {
+  const int64_t count = static_cast<int64_t>(order.size());
+  const int64_t slots = std::min<int64_t>(at::get_num_threads(), count);
+  if (slots <= 1 || total_work < kMinParallelWork) {
+    for (size_t i : order) work(i);
+    return;
+  }
+  at::parallel_for(0, slots, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      for (int64_t k = s; k < count; k += slots) work(order[k]);
+    }
+  });
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> batched_eigh_cpu(
     at::TensorList factors, bool clamp) {
-  for (size_t i = 0; i < factors.size(); ++i) {
+  const size_t count = factors.size();
+  for (size_t i = 0; i < count; ++i) {
     const auto name = item("factors", i);
     check_float(factors[i], kOp, name.c_str());
     check_square(factors[i], kOp, name);
     check_same_device(factors[i], factors[0], kOp, name.c_str(), "factors[0]");
   }
-  // Group by (size, dtype); std::map keeps the work order deterministic.
-  std::map<std::pair<int64_t, int>, std::vector<size_t>> groups;
-  for (size_t i = 0; i < factors.size(); ++i) {
-    groups[{factors[i].size(0), static_cast<int>(factors[i].scalar_type())}].push_back(i);
-  }
-  std::vector<at::Tensor> values(factors.size()), vectors(factors.size());
-  for (const auto& [key, members] : groups) {
-    std::vector<at::Tensor> parts;
-    parts.reserve(members.size());
-    for (size_t i : members) parts.push_back(factors[i]);
-    const auto batch = at::stack(parts);
-    const auto dtype = batch.scalar_type();
-    auto result = try_eigh(batch);
-    if (result && dtype != at::kDouble && fault_injected()) result.reset();
-    if (!result && dtype != at::kDouble) result = try_eigh(batch.to(at::kDouble));
-    if (!result) raise_failure(factors, members);
+  std::vector<size_t> order(count);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return factors[a].size(0) > factors[b].size(0); });
+
+  double total_work = 0;
+  for (const auto& f : factors) total_work += std::pow(static_cast<double>(f.size(0)), 3);
+
+  const bool fail_float32 = fault_injected();
+  std::vector<at::Tensor> values(count), vectors(count);
+  std::vector<char> failed(count, 0);
+  deal_round_robin(order, total_work, [&](size_t i) {
+    const auto& f = factors[i];
+    const bool is_double = f.scalar_type() == at::kDouble;
+    auto result = (!is_double && fail_float32) ? std::nullopt : try_eigh(f);
+    if (!result && !is_double) result = try_eigh(f.to(at::kDouble));  // the float64 retry
+    if (!result) {
+      failed[i] = 1;
+      return;
+    }
     auto [d, q] = *result;
     if (clamp) d.clamp_min_(0);
-    d = d.to(dtype);
-    q = q.to(dtype);
-    // Each result gets its own memory (ops may not return outputs that alias
-    // one another); the copy is O(n^2) next to the O(n^3) decomposition.
-    const bool shared = members.size() > 1;
-    for (size_t k = 0; k < members.size(); ++k) {
-      const auto dk = d.select(0, static_cast<int64_t>(k));
-      const auto qk = q.select(0, static_cast<int64_t>(k));
-      values[members[k]] = shared ? dk.clone() : dk;
-      vectors[members[k]] = shared ? qk.clone() : qk;
-    }
+    values[i] = d.to(f.scalar_type());
+    vectors[i] = q.to(f.scalar_type());
+  });
+
+  std::string names;
+  for (size_t i = 0; i < count; ++i) {
+    if (!failed[i]) continue;
+    const auto n = std::to_string(factors[i].size(0));
+    names += (names.empty() ? "" : ", ") + item("factors", i) + " (" + n + "x" + n + ")";
   }
+  TORCH_CHECK(names.empty(), kOp, ": eigendecomposition failed for ", names,
+              " even in float64 (LAPACK error or non-finite result); the factor probably holds "
+              "NaN/inf (check the inputs that built it)");
   return {values, vectors};
 }
 
