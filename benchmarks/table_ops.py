@@ -4,8 +4,9 @@ Each row times one op (kfac_ext.ops) and what a user would otherwise write
 (kfac_ext.reference: addmm, a loop of torch.linalg.eigh, four matmuls and a
 division, triu_indices gathers, (P*G).sum()), on factor and gradient shapes
 of ResNet-20/CIFAR (batch 128) and ResNet-50/ImageNet (batch 32), float32.
-Times are the best of interleaved repetitions (ours, torch, ours, ...), so
-that both sides see the same machine load.
+Repetitions are interleaved (ours, torch, ours, ...) so that both sides see
+the same machine load; times are the best of them, the speed-up is the median
+of the paired ratios (steadier than a ratio of bests on a shared machine).
 
 "% of floor" compares our time with the least work the op must do: FLOPs
 (one triangle for covariance updates, four GEMMs for preconditioning) at the
@@ -23,6 +24,7 @@ import datetime
 import os
 import platform
 import subprocess
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -186,26 +188,31 @@ def all_cases(quick):
 
 # --------------------------------------------------------------- timing ----
 
-def best_of_interleaved(fa, fb, reps):
+def interleaved(fa, fb, reps):
+    """(best time of fa, best time of fb, median of the paired ratios tb/ta).
+
+    fa and fb alternate, so a load spike from other processes hits both; the
+    median of the per-pair ratios is the figure least moved by such spikes.
+    """
     fa(), fb()  # warm-up (allocations, thread pools)
-    ta = tb = float("inf")
+    ta, tb, ratios = [], [], []
     for _ in range(reps):
         t0 = time.perf_counter(); fa(); t1 = time.perf_counter(); fb(); t2 = time.perf_counter()
-        ta, tb = min(ta, t1 - t0), min(tb, t2 - t1)
-    return ta, tb
+        ta.append(t1 - t0); tb.append(t2 - t1); ratios.append((t2 - t1) / (t1 - t0))
+    return min(ta), min(tb), statistics.median(ratios)
 
 
 def mm_rate(n=1024, reps=10):
     """FLOP/s of a float32 n x n torch.mm on this machine, now."""
-    a, b = _rand(n, n, seed=1), _rand(n, n, seed=2)
-    t, _ = best_of_interleaved(lambda: torch.mm(a, b), lambda: None, reps)
+    a, b, c = _rand(n, n, seed=1), _rand(n, n, seed=2), torch.empty(n, n, dtype=DTYPE)
+    t, _, _ = interleaved(lambda: torch.mm(a, b, out=c), lambda: None, reps)
     return 2 * n ** 3 / t
 
 
 def copy_rate(n=1 << 23, reps=10):
-    """Bytes/s of torch.clone (read + write) of a 32 MiB float32 tensor."""
-    x = _rand(n, seed=3)
-    t, _ = best_of_interleaved(lambda: x.clone(), lambda: None, reps)
+    """Bytes/s of a 32 MiB float32 copy_ (read + write) into allocated memory."""
+    x, y = _rand(n, seed=3), torch.empty(n, dtype=DTYPE)
+    t, _, _ = interleaved(lambda: y.copy_(x), lambda: None, reps)
     return 2 * n * ITEM / t
 
 
@@ -223,19 +230,26 @@ def machine():
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-20 shapes only")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (default: torch's default)")
+    parser.add_argument("--reps", type=float, default=1.0,
+                        help="multiply every case's repetitions (more: steadier ratios)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     flop_rate, byte_rate = mm_rate(), copy_rate()
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
           f"machine: {machine()}; torch {torch.__version__}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
-    print(f"command: python benchmarks/table_ops.py{' --quick' if args.quick else ''}")
+    print(f"command: python benchmarks/table_ops.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"measured floors: torch.mm {flop_rate / 1e9:.0f} GFLOP/s (float32, 1024^3), "
-          f"torch.clone {byte_rate / 1e9:.1f} GB/s\n")
+          f"copy {byte_rate / 1e9:.1f} GB/s (32 MiB)\n")
     print("| op | shape | ours ms | torch ms | speed-up | % of floor |")
     print("|---|---|---:|---:|---:|---:|")
     for case in all_cases(args.quick):
-        ours, theirs = best_of_interleaved(case.ours, case.torch, case.reps)
+        reps = max(3, round(case.reps * args.reps))
+        ours, theirs, ratio = interleaved(case.ours, case.torch, reps)
         if case.flops:
             floor = f"{100 * case.flops / flop_rate / ours:.0f}% (FLOP)"
         elif case.bytes:
@@ -243,7 +257,7 @@ def main(argv=None) -> int:
         else:
             floor = "-"
         print(f"| {case.op} | {case.shape} | {ours * 1e3:.2f} | {theirs * 1e3:.2f} | "
-              f"{theirs / ours:.2f}x | {floor} |", flush=True)
+              f"{ratio:.2f}x | {floor} |", flush=True)
     return 0
 
 
