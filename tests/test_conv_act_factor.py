@@ -60,6 +60,16 @@ def _cases():
 
 CASES = _cases()
 
+ALGO_ENV = "KFAC_EXT_CONV_FACTOR_ALGO"
+
+
+@pytest.fixture(params=["shift", "im2col"])
+def algo(request, monkeypatch):
+    """Forces one of the kernel's two algorithms (unforced, small shapes like
+    these would all take the im2col path)."""
+    monkeypatch.setenv(ALGO_ENV, request.param)
+    return request.param
+
 
 def _id(case):
     n, c, h, w, k, s, p, d, b = case
@@ -67,7 +77,7 @@ def _id(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_float64_matches_unfold(case):
+def test_float64_matches_unfold(case, algo):
     n, c, h, w, k, s, p, d, b = case
     g = torch.Generator().manual_seed(zlib.crc32(_id(case).encode()))
     # Non-zero mean so the bias column and border handling matter.
@@ -93,7 +103,7 @@ def test_float64_matches_unfold(case):
     ],
 )
 @pytest.mark.parametrize("has_bias", [False, True])
-def test_float32_error_within_twice_unfold_mm(shape, k, s, p, d, has_bias):
+def test_float32_error_within_twice_unfold_mm(shape, k, s, p, d, has_bias, algo):
     g = torch.Generator().manual_seed(7)
     x64 = torch.randn(*shape, dtype=torch.float64, generator=g) * 2 + 1
     x32 = x64.float()
@@ -109,13 +119,13 @@ def test_float32_error_within_twice_unfold_mm(shape, k, s, p, d, has_bias):
     assert err_ours <= max(2 * err_theirs, 4 * torch.finfo(torch.float32).eps * scale)
 
 
-def test_opcheck():
+def test_opcheck(algo):
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     for args in [((3, 3), (1, 1), (1, 1), (1, 1), True), ((3, 2), (2, 1), (0, 1), (1, 2), False)]:
         torch.library.opcheck(op, (x, *args), test_utils=("test_schema", "test_autograd_registration"))
 
 
-def test_non_contiguous_input():
+def test_non_contiguous_input(algo):
     x = torch.randn(3, 5, 9, 2, 7, dtype=torch.float64)[:, :, :, 1, :]  # strided view
     assert not x.is_contiguous()
     got = op(x, (3, 3), (1, 1), (1, 1), (1, 1), True)
@@ -181,7 +191,7 @@ def test_empty_batch_or_channels_rejected():
         ((1, 1), (2, 3), (1, 0), (1, 1)),
     ],
 )
-def test_wider_images_float64(k, s, p, d):
+def test_wider_images_float64(k, s, p, d, algo):
     # Images much wider than the kernel: the column-major copy then keeps only
     # edge runs of columns, and the middle row segments are long.
     g = torch.Generator().manual_seed(11)
@@ -193,10 +203,27 @@ def test_wider_images_float64(k, s, p, d):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_input_returns_input_dtype(dtype):
+def test_low_precision_input_returns_input_dtype(dtype, algo):
     x = torch.randn(2, 3, 9, 7).to(dtype)
     got = op(x, (3, 3), (1, 1), (1, 1), (1, 1), True)
     assert got.dtype == dtype
     want = unfold_reference(x.double(), (3, 3), (1, 1), (1, 1), (1, 1), True)
     # Accumulated in float32, rounded once to the input dtype at the end.
     assert (got.double() - want).abs().max() <= 2 * torch.finfo(dtype).eps * want.abs().max()
+
+
+def test_automatic_choice_on_a_large_shape(monkeypatch):
+    # Above the size threshold the unforced kernel takes the shift path; the
+    # result must not depend on which path ran.
+    monkeypatch.delenv(ALGO_ENV, raising=False)
+    x = torch.randn(16, 8, 16, 15, dtype=torch.float64)
+    auto = op(x, (3, 3), (1, 1), (1, 1), (1, 1), True)
+    monkeypatch.setenv(ALGO_ENV, "im2col")
+    dense = op(x, (3, 3), (1, 1), (1, 1), (1, 1), True)
+    assert (auto - dense).abs().max() <= 1e-12 * dense.abs().max()
+
+
+def test_error_bad_algorithm_override(monkeypatch):
+    monkeypatch.setenv(ALGO_ENV, "winograd")
+    with pytest.raises(RuntimeError, match="KFAC_EXT_CONV_FACTOR_ALGO must be"):
+        op(torch.randn(1, 2, 6, 6), (3, 3), (1, 1), (0, 0), (1, 1), False)

@@ -18,6 +18,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -221,6 +223,30 @@ void untangle_taps(const at::Tensor& gram, at::Tensor& out, int64_t C, int64_t K
   });
 }
 
+// Small problems: im2col + one GEMM. The shift algorithm issues a few hundred
+// small ATen calls (about 2 ms of overhead), which only pays off once the
+// dense GEMM costs more than that.
+constexpr double kShiftMinFlops = 4e7;
+
+// U^T U (unscaled, bias excluded) in unfold order via an explicit im2col.
+at::Tensor patch_gram_im2col(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+  const at::Tensor cols = at::im2col(x, kernel_size, dilation, padding, stride);  // (N, D, T)
+  const at::Tensor ut = cols.transpose(0, 1).reshape({cols.size(1), -1});         // (D, N*T)
+  return at::mm(ut, ut.t());
+}
+
+// KFAC_EXT_CONV_FACTOR_ALGO=shift|im2col forces an algorithm (tests cover
+// both on small shapes); unset, the problem size decides.
+bool use_shift_algorithm(double dense_flops) {
+  const char* forced = std::getenv("KFAC_EXT_CONV_FACTOR_ALGO");
+  if (forced != nullptr && std::string(forced) == "shift") return true;
+  if (forced != nullptr && std::string(forced) == "im2col") return false;
+  TORCH_CHECK(forced == nullptr || *forced == '\0',
+              "conv2d_act_factor: KFAC_EXT_CONV_FACTOR_ALGO must be 'shift' or 'im2col', got '", forced, "'");
+  return dense_flops >= kShiftMinFlops;
+}
+
 at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                  at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation, bool has_bias) {
@@ -258,11 +284,19 @@ at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel
   const AxisPlan rows = conv_plan::make_axis_plan(H, kernel_size[0], stride[0], padding[0], dilation[0], Ho);
   const AxisPlan cols = conv_plan::make_axis_plan(W, kernel_size[1], stride[1], padding[1], dilation[1], Wo);
   const double scale = 1.0 / (static_cast<double>(N) * T * T * T);
-  const at::Tensor gram = patch_gram(x, rows, cols);
   at::Tensor out = at::empty({Dout, Dout}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_untangle", [&] {
-    untangle_taps<scalar_t>(gram, out, C, kernel_size[0] * kernel_size[1], scale);
-  });
+  if (use_shift_algorithm(2.0 * N * T * D * D)) {
+    const at::Tensor gram = patch_gram(x, rows, cols);
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_untangle", [&] {
+      untangle_taps<scalar_t>(gram, out, C, kernel_size[0] * kernel_size[1], scale);
+    });
+  } else {
+    out.narrow(0, 0, D).narrow(1, 0, D).copy_(patch_gram_im2col(x, kernel_size, stride, padding, dilation))
+        .mul_(scale);
+    // Same exact symmetry as the shift path (one GEMM need not be symmetric).
+    at::Tensor core = out.narrow(0, 0, D).narrow(1, 0, D);
+    core.copy_((core + core.t()).mul_(0.5));
+  }
 
   if (has_bias) {
     // Ones column: U^T 1 sums the input over each tap's window; 1^T 1 = N*T.
