@@ -45,8 +45,10 @@ struct Lattice {
     std::vector<uint64_t> pool;
     std::vector<double> accel, cpu, mem;
     std::vector<int> not_accel;  // units that cannot go on an accelerator
-    std::vector<int64_t> link_start;
-    std::vector<int> link_unit, link_sub;
+    std::vector<double> cpu_only, accel_of_cpu_only;  // CPU / accelerator time of those units
+    // Up-links: from each ideal to the ideals one addable unit larger.
+    std::vector<int64_t> up_start;
+    std::vector<int> up_unit, up_super;
 
     int64_t size() const { return static_cast<int64_t>(accel.size()); }
     const uint64_t* bits(int64_t id) const { return pool.data() + id * words; }
@@ -115,6 +117,8 @@ void check_problem(const Problem& p) {
     }
     if (p.num_accelerators < 0 || p.num_cpus < 0 || p.num_accelerators + p.num_cpus == 0)
         throw std::invalid_argument("need at least one device");
+    if ((p.num_accelerators + 1) * (p.num_cpus + 1) > 4096)
+        throw std::invalid_argument("at most 4096 (accelerators+1)*(CPUs+1) device-count states");
 }
 
 Lattice enumerate_ideals(const Problem& p) {
@@ -130,6 +134,8 @@ Lattice enumerate_ideals(const Problem& p) {
     L.cpu.push_back(0.0);
     L.mem.push_back(0.0);
     L.not_accel.push_back(0);
+    L.cpu_only.push_back(0.0);
+    L.accel_of_cpu_only.push_back(0.0);
     IdealTable table(L);
     size_t slot;
     table.find(L.bits(0), slot);
@@ -160,22 +166,24 @@ Lattice enumerate_ideals(const Problem& p) {
                 L.cpu.push_back(L.cpu[id] + p.cpu_time[v]);
                 L.mem.push_back(L.mem[id] + p.size[v]);
                 L.not_accel.push_back(L.not_accel[id] + (p.accel_ok[v] ? 0 : 1));
+                L.cpu_only.push_back(L.cpu_only[id] + (p.accel_ok[v] ? 0.0 : p.cpu_time[v]));
+                L.accel_of_cpu_only.push_back(L.accel_of_cpu_only[id] + (p.accel_ok[v] ? 0.0 : p.accel_time[v]));
                 table.insert_at(slot, nid);
             }
             raw.push_back({nid, v, id});
         }
     }
     const int64_t N = L.size();
-    L.link_start.assign(N + 1, 0);
-    for (const RawLink& r : raw) ++L.link_start[r.ideal + 1];
-    for (int64_t i = 0; i < N; ++i) L.link_start[i + 1] += L.link_start[i];
-    L.link_unit.resize(raw.size());
-    L.link_sub.resize(raw.size());
-    std::vector<int64_t> fill(L.link_start.begin(), L.link_start.end() - 1);
+    L.up_start.assign(N + 1, 0);
+    for (const RawLink& r : raw) ++L.up_start[r.sub + 1];
+    for (int64_t i = 0; i < N; ++i) L.up_start[i + 1] += L.up_start[i];
+    L.up_unit.resize(raw.size());
+    L.up_super.resize(raw.size());
+    std::vector<int64_t> fill(L.up_start.begin(), L.up_start.end() - 1);
     for (const RawLink& r : raw) {
-        int64_t at = fill[r.ideal]++;
-        L.link_unit[at] = r.unit;
-        L.link_sub[at] = static_cast<int>(r.sub);
+        int64_t at = fill[r.sub]++;
+        L.up_unit[at] = r.unit;
+        L.up_super[at] = static_cast<int>(r.ideal);
     }
     return L;
 }
@@ -254,11 +262,29 @@ class CommTracker {
 enum : int8_t { kNone = 0, kAccel = 1, kCpu = 2, kFewerAccel = 3, kFewerCpu = 4 };
 
 // One pass of the DP restricted to device sets with load <= threshold.
+//
+// "Push" form: ideals are finished in size order; a finished ideal I' whose
+// states can still lead to a full split walks *up* the lattice over the
+// supersets I with compute(I \ I') <= T and offers max(state, load) to I.
+// An ideal whose every state is infinite, or cannot be completed (the work
+// left outside it does not fit the devices left, a bound computed from sums
+// alone), pushes nothing, so the walk only starts where a split can pass.
 class ThresholdDP {
   public:
     ThresholdDP(const Problem& p, const Lattice& L, CommTracker& comm)
         : p_(p), L_(L), comm_(comm), k_(p.num_accelerators), l_(p.num_cpus),
-          ns_((k_ + 1) * (l_ + 1)) {}
+          ns_((k_ + 1) * (l_ + 1)) {
+        // Best accelerator time saved per unit of CPU time (bounds what CPUs can absorb).
+        ratio_ = 0.0;
+        for (int u = 0; u < p.num_units; ++u) {
+            if (!p.accel_ok[u] || p.accel_time[u] <= 0) continue;
+            ratio_ = p.cpu_time[u] > 0 ? std::max(ratio_, p.accel_time[u] / p.cpu_time[u]) : kInf;
+        }
+        const int64_t N = L.size();
+        info_.resize(N);
+        for (int64_t i = 0; i < N; ++i)
+            info_[i] = {L.accel[i], L.cpu[i], L.mem[i], L.not_accel[i], -1};
+    }
 
     PassInfo run(double threshold) {
         auto t0 = Clock::now();
@@ -268,20 +294,21 @@ class ThresholdDP {
         best_.assign(static_cast<size_t>(N) * ns_, kInf);
         type_.assign(static_cast<size_t>(N) * ns_, kNone);
         sub_.assign(static_cast<size_t>(N) * ns_, -1);
-        stamp_.assign(N, 0);
+        for (auto& x : info_) x.stamp = -1;
         visited_ = examined_ = 0;
         for (int s = 0; s < ns_; ++s) best_[s] = 0.0;
-        for (int64_t I = 1; I < N; ++I) {
-            I_ = I;
-            stamp_[I] = I;  // stamps are ideal ids: unique per walk, no reset needed
-            walk(I, 0.0);
+        for (int64_t I = 0; I < N; ++I) {
             close_states(I);
+            if (!select_sources(I)) continue;
+            src_ = I;
+            info_[I].stamp = static_cast<int32_t>(I);
+            walk_up(I, 0.0);
         }
         PassInfo info;
         info.threshold = threshold;
         info.pairs_visited = visited_;
         info.pairs_examined = examined_;
-        info.feasible = best_[static_cast<size_t>(N - 1) * ns_ + ns_ - 1] < kInf;
+        info.feasible = value() < kInf;
         info.seconds = seconds_since(t0);
         return info;
     }
@@ -315,54 +342,83 @@ class ThresholdDP {
     }
 
   private:
-    void walk(int64_t Ip, double comm) {
-        const int64_t I = I_;
-        for (int64_t li = L_.link_start[Ip]; li < L_.link_start[Ip + 1]; ++li) {
-            const int64_t c = L_.link_sub[li];
-            if (stamp_[c] == I) continue;
-            stamp_[c] = I;
-            const double acc = L_.accel[I] - L_.accel[c];
-            const double cpu = L_.cpu[I] - L_.cpu[c];
-            const bool acc_ok = k_ > 0 && acc <= T_ && L_.not_accel[I] == L_.not_accel[c] &&
-                                L_.mem[I] - L_.mem[c] <= cap_;
-            const bool cpu_ok = l_ > 0 && cpu <= T_;
-            if (!acc_ok && !cpu_ok) continue;  // and so is every smaller sub-ideal: prune
+    // The states of I worth extending: finite, with a device left to add,
+    // and with the remaining work fitting the remaining devices.
+    bool select_sources(int64_t I) {
+        n_acc_src_ = n_cpu_src_ = 0;
+        const double* b = &best_[static_cast<size_t>(I) * ns_];
+        const double slack = T_ * (1 + 1e-9);
+        const double cpu_only_rest = L_.cpu_only.back() - L_.cpu_only[I];
+        // Accelerator time of the units outside I that may run on accelerators.
+        const double acc_ok_rest = (L_.accel.back() - L_.accel[I]) -
+                                   (L_.accel_of_cpu_only.back() - L_.accel_of_cpu_only[I]);
+        for (int j = 0; j <= k_; ++j) {
+            for (int c = 0; c <= l_; ++c) {
+                const int s = j * (l_ + 1) + c;
+                if (!(b[s] < kInf)) continue;
+                const int ka = k_ - j, lc = l_ - c;
+                const double cpu_room = lc * slack - cpu_only_rest;
+                if (cpu_room < 0) continue;
+                const double absorbed = ratio_ == kInf ? kInf : cpu_room * ratio_;
+                if (acc_ok_rest - absorbed > ka * slack) continue;
+                if (j < k_) acc_src_[n_acc_src_++] = s;
+                if (c < l_) cpu_src_[n_cpu_src_++] = s;
+            }
+        }
+        return n_acc_src_ + n_cpu_src_ > 0;
+    }
+
+    void walk_up(int64_t Ip, double comm) {
+        const IdealInfo& base = info_[src_];
+        const int32_t stamp = static_cast<int32_t>(src_);
+        for (int64_t li = L_.up_start[Ip]; li < L_.up_start[Ip + 1]; ++li) {
+            const int64_t J = L_.up_super[li];
+            IdealInfo& sup = info_[J];
+            if (sup.stamp == stamp) continue;
+            sup.stamp = stamp;
+            const double acc = sup.accel - base.accel;
+            const double cpu = sup.cpu - base.cpu;
+            const bool acc_ok = n_acc_src_ > 0 && acc <= T_ && sup.not_accel == base.not_accel &&
+                                sup.mem - base.mem <= cap_;
+            const bool cpu_ok = n_cpu_src_ > 0 && cpu <= T_;
+            if (!acc_ok && !cpu_ok) continue;  // and so is every larger superset: prune
             ++visited_;
-            const int x = L_.link_unit[li];
+            const int x = L_.up_unit[li];
             const double cm = comm + comm_.add(x);
-            relax(c, acc_ok ? acc + cm : kInf, cpu_ok ? cpu : kInf);
-            walk(c, cm);
+            push(J, acc_ok ? acc + cm : kInf, cpu_ok ? cpu : kInf);
+            walk_up(J, cm);
             comm_.remove(x);
         }
     }
 
-    void relax(int64_t c, double acc_load, double cpu_load) {
+    void push(int64_t J, double acc_load, double cpu_load) {
         const bool use_acc = acc_load <= T_, use_cpu = cpu_load <= T_;
         if (!use_acc && !use_cpu) return;
         ++examined_;
-        double* bI = &best_[static_cast<size_t>(I_) * ns_];
-        const double* bc = &best_[static_cast<size_t>(c) * ns_];
+        const double* bs = &best_[static_cast<size_t>(src_) * ns_];
+        double* bJ = &best_[static_cast<size_t>(J) * ns_];
         const int row = l_ + 1;
-        for (int j = 0; j <= k_; ++j) {
-            for (int cc = 0; cc <= l_; ++cc) {
-                const int s = j * row + cc;
-                if (use_acc && j > 0) {
-                    const double v = std::max(bc[s - row], acc_load);
-                    if (v < bI[s]) set(s, v, kAccel, c);
-                }
-                if (use_cpu && cc > 0) {
-                    const double v = std::max(bc[s - 1], cpu_load);
-                    if (v < bI[s]) set(s, v, kCpu, c);
-                }
+        if (use_acc) {
+            for (int i = 0; i < n_acc_src_; ++i) {
+                const int s = acc_src_[i];
+                const double v = std::max(bs[s], acc_load);
+                if (v < bJ[s + row]) set(J, s + row, v, kAccel);
+            }
+        }
+        if (use_cpu) {
+            for (int i = 0; i < n_cpu_src_; ++i) {
+                const int s = cpu_src_[i];
+                const double v = std::max(bs[s], cpu_load);
+                if (v < bJ[s + 1]) set(J, s + 1, v, kCpu);
             }
         }
     }
 
-    void set(int s, double v, int8_t t, int64_t c) {
-        size_t at = static_cast<size_t>(I_) * ns_ + s;
+    void set(int64_t J, int s, double v, int8_t t) {
+        size_t at = static_cast<size_t>(J) * ns_ + s;
         best_[at] = v;
         type_[at] = t;
-        sub_[at] = static_cast<int>(c);
+        sub_[at] = static_cast<int>(src_);
     }
 
     // "At most j accelerators and c CPUs": a state may leave devices unused.
@@ -388,12 +444,19 @@ class ThresholdDP {
     const Lattice& L_;
     CommTracker& comm_;
     const int k_, l_, ns_;
-    double T_ = 0.0, cap_ = 0.0;
-    int64_t I_ = 0;
+    double T_ = 0.0, cap_ = 0.0, ratio_ = 0.0;
+    int64_t src_ = 0;
+    int n_acc_src_ = 0, n_cpu_src_ = 0;
+    int acc_src_[4096], cpu_src_[4096];
     std::vector<double> best_;
     std::vector<int8_t> type_;
     std::vector<int> sub_;
-    std::vector<int64_t> stamp_;
+    // Per-ideal sums packed with the walk's visit stamp: one cache line per visit.
+    struct IdealInfo {
+        double accel, cpu, mem;
+        int32_t not_accel, stamp;
+    };
+    std::vector<IdealInfo> info_;
     long long visited_ = 0, examined_ = 0;
 };
 
@@ -405,7 +468,7 @@ Result solve(const Problem& p) {
     Result r;
     Lattice L = enumerate_ideals(p);
     r.ideals = L.size();
-    r.ideal_links = static_cast<long long>(L.link_unit.size());
+    r.ideal_links = static_cast<long long>(L.up_unit.size());
     r.enumerate_seconds = seconds_since(t0);
     {
         const uint64_t* full = L.bits(L.size() - 1);
@@ -423,10 +486,15 @@ Result solve(const Problem& p) {
 
     CommTracker comm(p);
     ThresholdDP dp(p, L, comm);
+    // Passes below the optimum are wasted and a pass costs more the larger T
+    // is: climb from the lower bound in small steps, but when a known split
+    // is already close to the bound, one pass at its value is cheapest.
     double T = std::max(0.0, p.lower_bound);
     double step = p.growth;
+    if (cap <= T * (1 + 2.5 * step)) T = cap;
     for (;;) {
         T = std::min(T, cap);
+        if (T < cap && T * (1 + step) >= cap) T = cap;
         PassInfo info = dp.run(T);
         r.passes.push_back(info);
         r.pairs_visited += info.pairs_visited;
