@@ -139,6 +139,16 @@ cusolverDnHandle_t solver_handle(cudaStream_t stream) {
   return handle;
 }
 
+void stream_wait(cudaStream_t waiter, cudaStream_t producer) {
+  if (waiter == producer) return;
+  cudaEvent_t event = nullptr;
+  KFAC_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  KFAC_CUDA_CHECK(cudaEventRecord(event, producer));
+  KFAC_CUDA_CHECK(cudaStreamWaitEvent(waiter, event, 0));
+  // Destroying a pending event is allowed: its resources go once it completes.
+  KFAC_CUDA_CHECK(cudaEventDestroy(event));
+}
+
 template <typename T>
 int64_t syevd_workspace(cusolverDnHandle_t handle, int64_t n, T* a, T* w) {
   const int ni = to_int(n, "factor size");

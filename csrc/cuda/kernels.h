@@ -112,6 +112,10 @@ void sum_partials(const double* partial, int64_t count, double* out, cudaStream_
 // stream, kept for the life of the process (as torch keeps its own).
 cusolverDnHandle_t solver_handle(cudaStream_t stream);
 
+// Orders all work enqueued on `waiter` after this call behind everything
+// enqueued so far on `producer` (an event, recorded and waited on; no host wait).
+void stream_wait(cudaStream_t waiter, cudaStream_t producer);
+
 // Workspace sizes in elements of T, queried once per (device, n[, batch]) and cached.
 template <typename T>
 int64_t syevd_workspace(cusolverDnHandle_t handle, int64_t n, T* a, T* w);
