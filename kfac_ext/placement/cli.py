@@ -1,0 +1,127 @@
+"""Place a DNN operator graph on k accelerators and l CPUs.
+
+  kfac-ext place FILE.json [--devices K] [--cpus L] [--memory BYTES]
+                 [--objective throughput|latency]
+                 [--method dp|milp|greedy|pipedream|one|expert --split FILE]
+                 [--json] [--plot PNG]
+
+FILE.json uses the workloads' schema (maxFPGAs, maxCPUs, maxSizePerFPGA,
+nodes, edges); --devices/--cpus/--memory override the file's machine.
+Methods: dp = exact optimum over contiguous splits (default for throughput),
+milp = any split, HiGHS (default for latency), pipedream = chain DP over a
+topological order, greedy, one = everything on one device, expert = the
+split in --split (an inference split also places a training graph's
+backward nodes). Under --objective latency a non-MILP method's split is
+scored by its single-sample latency.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+METHODS = ("dp", "milp", "greedy", "pipedream", "one", "expert")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("file", help="graph JSON (workloads' schema)")
+    parser.add_argument("--devices", type=int, help="number of accelerators k (default: the file's maxFPGAs)")
+    parser.add_argument("--cpus", type=int, help="number of CPUs l (default: the file's maxCPUs)")
+    parser.add_argument("--memory", type=float, help="memory cap per accelerator, bytes (default: maxSizePerFPGA)")
+    parser.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
+    parser.add_argument("--method", choices=METHODS,
+                        help="solver (default: dp for throughput, milp for latency)")
+    parser.add_argument("--split", help="expert split JSON (with --method expert)")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit, seconds (default 60)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--plot", metavar="PNG", help="draw the per-device loads into this PNG file")
+
+
+def _solve(graph, args):
+    from . import baselines
+    from .dp import ideal_dp
+
+    method = args.method or ("dp" if args.objective == "throughput" else "milp")
+    if method == "milp":
+        from . import milp  # lazy: pulls in highspy
+
+        return milp.solve_milp(graph, objective=args.objective, time_limit=args.time_limit)
+    if method == "expert":
+        if not args.split:
+            raise ValueError("--method expert needs --split FILE")
+        solution = baselines.expert(graph, args.split)
+    elif method == "dp":
+        solution = ideal_dp(graph)
+    else:
+        solution = {"one": baselines.one_device, "greedy": baselines.greedy,
+                    "pipedream": baselines.pipedream}[method](graph)
+    if args.objective == "latency":
+        from .latency import latency_of
+        from .objective import Solution
+
+        value = latency_of(graph, solution.placement, check_memory=False)
+        solution = Solution(solution.placement, "latency", method, value, False, 0.0,
+                            solution.solve_seconds, dict(solution.stats), solution.accel_loads,
+                            solution.cpu_loads)
+    return solution
+
+
+def _table(graph, solution) -> str:
+    from .objective import device_breakdown
+
+    rows = []
+    for kind, devices in (("accel", solution.placement.accelerators), ("cpu", solution.placement.cpus)):
+        for d, nodes in enumerate(devices):
+            b = device_breakdown(graph, nodes, on_cpu=(kind == "cpu"))
+            rows.append((f"{kind}{d}", b))
+    head = f"{'device':<8}{'nodes':>7}{'compute':>12}{'transfer':>12}{'load':>12}{'memory (B)':>14}"
+    lines = [head, "-" * len(head)]
+    for name, b in rows:
+        lines.append(f"{name:<8}{b['nodes']:>7}{b['compute']:>12.4f}{b['transfer']:>12.4f}"
+                     f"{b['load']:>12.4f}{b['memory']:>14.4g}")
+    loads = [(b["load"], name) for name, b in rows]
+    bottleneck = max(loads)[1] if loads else "-"
+    lines.append("")
+    what = "max load" if solution.objective == "throughput" else "latency"
+    if solution.optimal:
+        flag = "optimal"
+    elif solution.lower_bound > 0:
+        flag = f"lower bound {solution.lower_bound:.4f}"
+    else:
+        flag = "heuristic"
+    lines.append(f"{solution.method}: {what} {solution.value:.4f} ({flag}), bottleneck {bottleneck}, "
+                 f"{solution.solve_seconds:.3f} s")
+    if solution.stats.get("memory_ok") is False:
+        lines.append(f"warning: {solution.stats.get('memory_violation')}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from .graph import Graph, GraphError
+    from .objective import PlacementError
+
+    try:
+        graph = Graph.from_json(args.file, validate=False).with_resources(args.devices, args.cpus, args.memory)
+        graph.validate()
+        solution = _solve(graph, args)
+        if args.plot:
+            from .plot import plot_loads
+
+            plot_loads(graph, solution, args.plot)
+    except (GraphError, PlacementError, ValueError, OSError) as e:
+        print(f"kfac-ext place: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        out = solution.to_json()
+        out["stats"] = {k: v for k, v in out["stats"].items() if k != "passes"} | {
+            "passes": len(solution.stats.get("passes", []))}
+        print(json.dumps(out, default=_jsonable))
+    else:
+        print(_table(graph, solution))
+    return 0
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return str(x)
