@@ -88,6 +88,55 @@ at::Tensor tap_block(at::Tensor& gram, int64_t p, int64_t pp, int64_t C) {
   return gram.narrow(0, p * C, C).narrow(1, pp * C, C);
 }
 
+// gram[p*C + a, pp*C + b] = sum of sign * term[a, b] over `terms` (C x C,
+// contiguous), and its mirror gram[pp*C + b, p*C + a]; for p == pp the
+// symmetric part (one GEMM need not be bitwise symmetric). One pass, tiled
+// so that the transposed writes of the mirror stay in cache.
+template <typename scalar_t>
+void write_block(at::Tensor& gram, int64_t p, int64_t pp, int64_t C,
+                 const std::vector<std::pair<const at::Tensor*, int>>& terms) {
+  constexpr int64_t kTile = 32;
+  scalar_t* g = gram.data_ptr<scalar_t>();
+  const int64_t ld = gram.size(1);
+  std::vector<const scalar_t*> src;
+  std::vector<scalar_t> sign;
+  for (const auto& [term, sgn] : terms) {
+    TORCH_INTERNAL_ASSERT(term->defined() && term->is_contiguous() && term->size(0) == C);
+    src.push_back(term->template const_data_ptr<scalar_t>());
+    sign.push_back(static_cast<scalar_t>(sgn));
+  }
+  // Sum of the terms at (a, b0 .. b0+len) into acc.
+  auto sum_run = [&](int64_t a, int64_t b0, int64_t len, scalar_t* acc) {
+    std::fill(acc, acc + len, scalar_t(0));
+    for (size_t k = 0; k < src.size(); ++k) {
+      const scalar_t* run = src[k] + a * C + b0;
+      for (int64_t b = 0; b < len; ++b) acc[b] += sign[k] * run[b];
+    }
+  };
+  const int64_t tiles = (C + kTile - 1) / kTile;
+  at::parallel_for(0, tiles * tiles, 1, [&](int64_t t0, int64_t t1) {
+    scalar_t acc[kTile], acc_t[kTile][kTile];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t a0 = (t / tiles) * kTile, b0 = (t % tiles) * kTile;
+      const int64_t na = std::min(kTile, C - a0), nb = std::min(kTile, C - b0);
+      if (p == pp)  // the transposed tile, for the symmetric part
+        for (int64_t b = 0; b < nb; ++b) sum_run(b0 + b, a0, na, acc_t[b]);
+      for (int64_t a = 0; a < na; ++a) {
+        sum_run(a0 + a, b0, nb, acc);
+        scalar_t* dst = g + (p * C + a0 + a) * ld + pp * C + b0;
+        if (p == pp) {
+          for (int64_t b = 0; b < nb; ++b) dst[b] = (acc[b] + acc_t[b][a]) * scalar_t(0.5);
+        } else {
+          for (int64_t b = 0; b < nb; ++b) {
+            dst[b] = acc[b];
+            g[(pp * C + b0 + b) * ld + p * C + a0 + a] = acc[b];
+          }
+        }
+      }
+    }
+  });
+}
+
 // The (c, c') block sums of U^T U for every tap pair served by one
 // (row combo, column combo), written into the tap-major gram[p*C + c,
 // p'*C + c'] and its mirror.
@@ -136,29 +185,25 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
   }
 
   for (size_t t = 0; t < rc.taps.size(); ++t) {
-    at::Tensor rows_part;
-    for (size_t s = 0; s < rc.segments.size(); ++s) {
-      if (rc.excluded[t][s]) continue;
-      rows_part = rows_part.defined() ? rows_part.add_(row_band[s]) : row_band[s].clone();
-    }
-    if (!rows_part.defined()) rows_part = at::zeros_like(row_band.at(0));
     for (size_t u = 0; u < cc.taps.size(); ++u) {
       const int64_t p = rc.taps[t] * kw + cc.taps[u];
       const int64_t pp = rc.partner_taps[t] * kw + cc.partner_taps[u];
       // A self-transposed combo serves (p, p') and (p', p): do one, mirror it.
       if (self_transposed && p > pp) continue;
-      at::Tensor block = tap_block(gram, p, pp, C);
-      block.copy_(rows_part);
+      // Block = the row segments inside tap t's window, minus the column
+      // bands outside tap u's window restricted to those rows (= whole band
+      // minus its corners with the excluded row segments).
+      std::vector<std::pair<const at::Tensor*, int>> terms;
+      for (size_t rs = 0; rs < rc.segments.size(); ++rs)
+        if (!rc.excluded[t][rs]) terms.emplace_back(&row_band[rs], 1);
       for (size_t cs = 0; cs < cc.segments.size(); ++cs) {
         if (!cc.excluded[u][cs]) continue;
-        block.sub_(col_band[cs]);
+        terms.emplace_back(&col_band[cs], -1);
         for (size_t rs = 0; rs < rc.segments.size(); ++rs)
-          if (rc.excluded[t][rs]) block.add_(corner[rs][cs]);
+          if (rc.excluded[t][rs]) terms.emplace_back(&corner[rs][cs], 1);
       }
-      // The diagonal blocks come from one GEMM each, which need not be
-      // bitwise symmetric; every other block is an exact mirror.
-      if (p == pp) block.copy_((block + block.t()).mul_(0.5));
-      else tap_block(gram, pp, p, C).copy_(block.t());
+      AT_DISPATCH_FLOATING_TYPES(gram.scalar_type(), "conv2d_act_factor_block",
+                                 [&] { write_block<scalar_t>(gram, p, pp, C, terms); });
     }
   }
 }
