@@ -351,6 +351,7 @@ def _bad_calls():
     yield "unpack size", lambda: ops.unpack_triu_(packed[:-1], mats), r"packed must be 1-D with .* 16 entries", mats
     yield "unpack dtype", lambda: ops.unpack_triu_(packed.float(), mats), r"packed must have the dtype of mats\[0\]", mats
     yield "unpack late", lambda: ops.unpack_triu_(packed, mats + [x]), r"mats\[2\] must be a square", mats
+    yield "unpack overlap", lambda: ops.unpack_triu_(ref.pack_triu([mats[0]]), [torch.zeros(1, 1, dtype=torch.float64).expand(3, 3)]), r"mats\[0\] must not have overlapping memory", []
     yield "kl shape", lambda: ops.kl_clip_sum([f], [x]), r"grads\[0\] must have the shape of precond\[0\]", []
     yield "kl len", lambda: ops.kl_clip_sum([f], []), r"equal length", []
     yield "kl int", lambda: ops.kl_clip_sum([f.long()], [f.long()]), r"precond\[0\] must be float32 or float64", []
