@@ -1,8 +1,8 @@
 """Baselines scored with the same objective as the optimum (objective.py).
 
-* ``one_device``: everything on one accelerator (on a CPU if there is no
-  accelerator; CPU-only nodes on CPU 0). Scored even when it breaks the
-  memory cap (``stats["memory_ok"]`` says so), as a reference point.
+* ``one_device``: everything on one accelerator (on CPU 0 if there is no
+  accelerator or some node runs only on CPUs). Scored even when it breaks
+  the memory cap (``stats["memory_ok"]`` says so), as a reference point.
 * ``greedy``: walk the units in topological order and fill accelerator
   after accelerator up to an equal share of the accelerator time (and the
   memory cap); a CPU-only unit opens a CPU stage. Always a contiguous chain.
@@ -22,20 +22,16 @@ from .objective import Placement, Solution
 
 
 def one_device(graph: Graph) -> Solution:
+    """Everything on accelerator 0; on CPU 0 if a node cannot run on an
+    accelerator or there is none (a single device either way)."""
     t0 = time.perf_counter()
     k, l = graph.num_accelerators, graph.num_cpus
-    if k == 0:
-        placement = Placement([], [graph.ids] + [[] for _ in range(l - 1)])
+    on_cpu = k == 0 or (l > 0 and not all(n.accel_ok for n in graph.nodes))
+    ids = graph.ids
+    if on_cpu:
+        placement = Placement([[] for _ in range(k)], [ids] + [[] for _ in range(l - 1)])
     else:
-        cpu_only = [n.id for n in graph.nodes if not n.accel_ok]
-        # A CPU-only node drags its colour mates along (colour classes stay whole).
-        stuck = set()
-        for members in graph.colocation_groups():
-            if any(i in cpu_only for i in members):
-                stuck.update(members)
-        accel = [[i for i in graph.ids if i not in stuck]] + [[] for _ in range(k - 1)]
-        cpus = [[i for i in graph.ids if i in stuck]] + [[] for _ in range(l - 1)] if l else []
-        placement = Placement(accel, cpus)
+        placement = Placement([ids] + [[] for _ in range(k - 1)], [[] for _ in range(l)])
     return Solution.evaluated(graph, placement, "one", solve_seconds=time.perf_counter() - t0,
                               check_memory=False)
 
