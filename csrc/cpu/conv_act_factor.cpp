@@ -106,11 +106,12 @@ void write_block(at::Tensor& gram, int64_t p, int64_t pp, int64_t C,
     sign.push_back(static_cast<scalar_t>(sgn));
   }
   // Sum of the terms at (a, b0 .. b0+len) into acc.
-  auto sum_run = [&](int64_t a, int64_t b0, int64_t len, scalar_t* acc) {
+  auto sum_run = [&](int64_t a, int64_t b0, int64_t len, scalar_t* __restrict acc) {
     std::fill(acc, acc + len, scalar_t(0));
     for (size_t k = 0; k < src.size(); ++k) {
-      const scalar_t* run = src[k] + a * C + b0;
-      for (int64_t b = 0; b < len; ++b) acc[b] += sign[k] * run[b];
+      const scalar_t* __restrict run = src[k] + a * C + b0;
+      const scalar_t sgn = sign[k];
+      for (int64_t b = 0; b < len; ++b) acc[b] += sgn * run[b];
     }
   };
   const int64_t tiles = (C + kTile - 1) / kTile;
@@ -127,12 +128,13 @@ void write_block(at::Tensor& gram, int64_t p, int64_t pp, int64_t C,
         if (p == pp) {
           for (int64_t b = 0; b < nb; ++b) dst[b] = (acc[b] + acc_t[b][a]) * scalar_t(0.5);
         } else {
-          for (int64_t b = 0; b < nb; ++b) {
-            dst[b] = acc[b];
-            g[(pp * C + b0 + b) * ld + p * C + a0 + a] = acc[b];
-          }
+          for (int64_t b = 0; b < nb; ++b) dst[b] = acc_t[b][a] = acc[b];
         }
       }
+      // The mirror tile, written row by row (whole cache lines) from acc_t.
+      if (p != pp)
+        for (int64_t b = 0; b < nb; ++b)
+          std::copy(acc_t[b], acc_t[b] + na, g + (pp * C + b0 + b) * ld + p * C + a0);
     }
   });
 }
