@@ -1,0 +1,146 @@
+// CUDA kernels of pack_triu, unpack_triu_ (factor communication buffers stay
+// on the device) and kl_clip_sum (float64 result left on the device: the
+// caller decides when, if ever, to bring it to the host).
+#include "glue.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace kfac_ext::cuda {
+namespace {
+
+void check_mats(at::TensorList mats, const char* op) {
+  for (size_t i = 0; i < mats.size(); ++i) {
+    const auto name = item("mats", i);
+    check_cuda(mats[i], op, name);
+    check_float(mats[i], op, name.c_str());
+    check_square(mats[i], op, name);
+    check_same_dtype(mats[i], mats[0], op, name.c_str(), "mats[0]");
+    check_same_device(mats[i], mats[0], op, name.c_str(), "mats[0]");
+  }
+}
+
+// Calls launch(list) for consecutive chunks of at most kListChunk matrices.
+template <typename T, typename Launch>
+void for_each_chunk(at::TensorList mats, Launch launch) {
+  int64_t offset = 0;
+  for (size_t first = 0; first < mats.size(); first += kListChunk) {
+    TriangleList<T> list{};
+    const size_t count = std::min<size_t>(kListChunk, mats.size() - first);
+    for (size_t k = 0; k < count; ++k) {
+      const at::Tensor& m = mats[first + k];
+      const int64_t n = m.size(0);
+      list.mats[k] = static_cast<T*>(m.data_ptr());
+      list.n[k] = n;
+      list.stride0[k] = m.stride(0);
+      list.stride1[k] = m.stride(1);
+      list.offset[k] = offset;
+      list.max_n = std::max(list.max_n, n);
+      offset += n * (n + 1) / 2;
+    }
+    list.count = static_cast<int>(count);
+    launch(list);
+  }
+}
+
+int64_t packed_size(at::TensorList mats) {
+  int64_t total = 0;
+  for (const auto& m : mats) total += m.size(0) * (m.size(0) + 1) / 2;
+  return total;
+}
+
+at::Tensor pack_triu_cuda(at::TensorList mats) {
+  constexpr const char* op = "pack_triu";
+  TORCH_CHECK(!mats.empty(), op, ": mats must hold at least one matrix (the result's dtype "
+              "and device come from it)");
+  check_mats(mats, op);
+  const c10::cuda::CUDAGuard guard(mats[0].device());
+  auto packed = at::empty({packed_size(mats)}, mats[0].options());
+  AT_DISPATCH_FLOATING_TYPES(packed.scalar_type(), op, [&] {
+    scalar_t* out = ptr<scalar_t>(packed);
+    for_each_chunk<scalar_t>(mats, [&](const TriangleList<scalar_t>& list) {
+      pack_triu<scalar_t>(list, out, current_stream());
+    });
+  });
+  return packed;
+}
+
+void unpack_triu_cuda(const at::Tensor& packed, at::TensorList mats, double scale) {
+  constexpr const char* op = "unpack_triu_";
+  check_mats(mats, op);
+  check_float(packed, op, "packed");
+  const int64_t total = packed_size(mats);
+  TORCH_CHECK(packed.dim() == 1 && packed.size(0) == total, op,
+              ": packed must be 1-D with sum n(n+1)/2 over mats == ", total,
+              " entries; got shape ", packed.sizes());
+  if (mats.empty()) return;
+  check_same_dtype(packed, mats[0], op, "packed", "mats[0]");
+  check_same_device(packed, mats[0], op, "packed", "mats[0]");
+  const c10::cuda::CUDAGuard guard(mats[0].device());
+  const auto src = packed.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(packed.scalar_type(), op, [&] {
+    const scalar_t* in = cptr<scalar_t>(src);
+    for_each_chunk<scalar_t>(mats, [&](const TriangleList<scalar_t>& list) {
+      unpack_triu<scalar_t>(list, in, static_cast<scalar_t>(scale), current_stream());
+    });
+  });
+}
+
+at::Tensor kl_clip_sum_cuda(at::TensorList precond, at::TensorList grads) {
+  constexpr const char* op = "kl_clip_sum";
+  TORCH_CHECK(precond.size() == grads.size(), op,
+              ": precond and grads must be lists of equal length; got ", precond.size(), " and ",
+              grads.size());
+  for (size_t i = 0; i < precond.size(); ++i) {
+    const auto pn = item("precond", i), gn = item("grads", i);
+    check_cuda(precond[i], op, pn);
+    check_float(precond[i], op, pn.c_str());
+    check_same_dtype(grads[i], precond[i], op, gn.c_str(), pn.c_str());
+    check_same_device(grads[i], precond[i], op, gn.c_str(), pn.c_str());
+    check_same_device(precond[i], precond[0], op, pn.c_str(), "precond[0]");
+    TORCH_CHECK(grads[i].sizes() == precond[i].sizes(), op, ": ", gn, " must have the shape of ",
+                pn, " ", precond[i].sizes(), "; got ", grads[i].sizes());
+  }
+  if (precond.empty()) return at::zeros({}, at::TensorOptions().dtype(at::kDouble));
+  const c10::cuda::CUDAGuard guard(precond[0].device());
+  const auto stream = current_stream();
+  // Gradients and their preconditioned versions are contiguous in practice;
+  // anything else is made so (a copy, only then). The copies must outlive the
+  // launches only as far as the host is concerned: they are freed into the
+  // current stream's pool, behind the kernels that read them.
+  std::vector<at::Tensor> p, g;
+  for (size_t i = 0; i < precond.size(); ++i) {
+    p.push_back(precond[i].contiguous());
+    g.push_back(grads[i].contiguous());
+  }
+  const int64_t entries = static_cast<int64_t>(p.size());
+  const auto f64 = precond[0].options().dtype(at::kDouble);
+  auto partial = at::empty({entries * dot_partials_per_entry()}, f64);
+  auto total = at::empty({}, f64);
+  AT_DISPATCH_FLOATING_TYPES(p[0].scalar_type(), op, [&] {
+    for (int64_t first = 0; first < entries; first += kListChunk) {
+      DotList<scalar_t> list{};
+      const int64_t count = std::min<int64_t>(kListChunk, entries - first);
+      for (int64_t k = 0; k < count; ++k) {
+        list.a[k] = cptr<scalar_t>(p[first + k]);
+        list.b[k] = cptr<scalar_t>(g[first + k]);
+        list.numel[k] = p[first + k].numel();
+        list.max_numel = std::max(list.max_numel, list.numel[k]);
+      }
+      list.count = static_cast<int>(count);
+      dot_partials<scalar_t>(list, first, ptr<double>(partial), stream);
+    }
+  });
+  sum_partials(ptr<double>(partial), partial.numel(), ptr<double>(total), stream);
+  return total;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kfac_ext, CUDA, m) {
+  m.impl("pack_triu", &pack_triu_cuda);
+  m.impl("unpack_triu_", &unpack_triu_cuda);
+  m.impl("kl_clip_sum", &kl_clip_sum_cuda);
+}
+
+}  // namespace kfac_ext::cuda
