@@ -28,20 +28,57 @@ def _want_cuda():
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+def _find_cuda_library(name):
+    """(directory, link flag) for lib<name>: the toolkit's lib64 first, then the
+    nvidia-* wheels next to torch (CUDA torch builds use those; they ship only
+    versioned names such as libcusolver.so.12, hence -l:<file>)."""
+    import sysconfig
+
+    toolkit = os.environ.get("CUDA_HOME") or cpp_extension.CUDA_HOME or "/usr/local/cuda"
+    dirs = [os.path.join(toolkit, "lib64"), os.path.join(toolkit, "lib")]
+    dirs += sorted(glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "nvidia", "*", "lib")))
+    for d in dirs:
+        if os.path.exists(os.path.join(d, f"lib{name}.so")):
+            return d, f"-l{name}"
+        versioned = sorted(glob.glob(os.path.join(d, f"lib{name}.so.[0-9]*")), key=len)
+        if versioned:
+            return d, "-l:" + os.path.basename(versioned[0])
+    return None, f"-l{name}"  # let the linker search its default paths
+
+
+def _cuda_link_and_include():
+    """Include dirs and link args for cuBLAS and cuSOLVER, wherever they live:
+    headers from the same place as the library (a wheel's include/ beside its
+    lib/; the toolkit's include/ is on CUDAExtension's path already), and an
+    rpath so that the extension finds the library at import time."""
+    include_dirs, link_args = [], []
+    for name in ("cusolver", "cublas"):
+        directory, flag = _find_cuda_library(name)
+        if directory:
+            include = os.path.join(os.path.dirname(directory), "include")
+            if "nvidia" in directory and os.path.isdir(include) and include not in include_dirs:
+                include_dirs.append(include)
+            link_args += [f"-L{directory}", f"-Wl,-rpath,{directory}"]
+        link_args.append(flag)
+    return include_dirs, link_args
+
+
 def _ops_extension():
     # -g0: debug info makes each object ~17 MB and the build ~50% slower.
     cxx_flags = ["-O3", "-g0", "-std=c++20"]
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     if _want_cuda():
         cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+        include_dirs, link_args = _cuda_link_and_include()
         return cpp_extension.CUDAExtension(
             "kfac_ext._C",
             sources + cuda_sources,
+            include_dirs=include_dirs,
             extra_compile_args={
                 "cxx": cxx_flags + ["-DKFAC_EXT_WITH_CUDA"],
-                "nvcc": ["-O3", "-DKFAC_EXT_WITH_CUDA", "--expt-relaxed-constexpr"],
+                "nvcc": ["-O3", "-std=c++17", "-DKFAC_EXT_WITH_CUDA", "--expt-relaxed-constexpr"],
             },
-            libraries=["cusolver", "cublas"],
+            extra_link_args=link_args,
         )
     return cpp_extension.CppExtension(
         "kfac_ext._C", sources, extra_compile_args={"cxx": cxx_flags}
