@@ -120,6 +120,10 @@ def main(argv=None):
     print(f"Conv2d activation factor, float32, 3x3 pad 1, no bias; best of {reps} interleaved runs after a warm-up.")
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {machine()}; "
           f"torch {torch.__version__}; `python {' '.join(sys.argv)}`\n")
+    a = torch.randn(1536, 1536)
+    (t_gemm,) = best_times([lambda: a @ a], 3)
+    print(f"Dense float32 GEMM 1536^3 in this run: {2 * 1536**3 / t_gemm / 1e9:.1f} GFLOP/s "
+          "(the rate a compute-bound kernel could reach here).\n")
     print("| shape (N, C@HxW, stride) | unfold+GEMM ms | ours ms | speed-up | unfold GFLOP | ours GFLOP "
           "| ours GFLOP/s | max rel diff |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
