@@ -28,8 +28,9 @@ a] - 1``).  One device runs its nodes in topological order: for each pair
 ``o >= x[g(u), d] + x[g(v), d] - 1``, ``U`` = the warm start's latency (also an
 upper bound on every finish time).  Minimise ``L >= f_v``.
 
-Warm start: the contiguous DP optimum (kfac_ext.placement.dp) -- for latency
-the best of it and the single-device placements, by latency.  HiGHS gets it
+Warm start: the contiguous DP optimum (kfac_ext.placement.dp) for throughput;
+for latency the better of a first-fit fill of the accelerators in topological
+order and everything on one CPU (or a start the caller passes, e.g. the DP's).  HiGHS gets it
 through ``setSolution``; the answer is re-scored from the graph alone
 (throughput_loads / latency_of) and is never worse than the warm start.
 """
@@ -343,24 +344,51 @@ def _latency_program(graph: Graph, upper: float, max_pairs: int):
     return prog, place, start, stats
 
 
-def _default_warm_start(graph: Graph, objective: str) -> Placement | None:
-    from .dp import ideal_dp  # lazy: the DP module loads the C++ extension
+def _first_fit(graph: Graph) -> Placement | None:
+    """Groups in topological order fill accelerator 0 up to the memory cap, then
+    accelerator 1, ...; CPU-only groups and the overflow go to CPU 0.  A contiguous,
+    transfer-light start for latency, found in linear time."""
+    pos = {v: i for i, v in enumerate(graph.topological_order())}
+    groups = sorted(graph.colocation_groups(), key=lambda m: min(pos[i] for i in m))
+    acc = [[] for _ in range(graph.num_accelerators)]
+    cpus = [[] for _ in range(graph.num_cpus)]
+    a, used = 0, 0.0
+    for members in groups:
+        nodes = [graph.node(i) for i in members]
+        size = sum(n.size for n in nodes)
+        if all(n.accel_ok for n in nodes):
+            while a < len(acc) and used + size > graph.memory_cap:
+                a, used = a + 1, 0.0
+            if a < len(acc):
+                acc[a].extend(members)
+                used += size
+                continue
+        if not cpus:
+            return None
+        cpus[0].extend(members)
+    return Placement(acc, cpus)
 
+
+def _default_warm_start(graph: Graph, objective: str) -> Placement | None:
     candidates = []
-    try:
-        candidates.append(ideal_dp(graph).placement)
-    except (PlacementError, ValueError, MemoryError):
-        pass
-    if objective == "latency":  # everything on one device, where that is allowed
+    if objective == "throughput":
+        from .dp import ideal_dp  # lazy: the DP module loads the C++ extension
+
+        try:
+            candidates.append(ideal_dp(graph).placement)
+        except (PlacementError, ValueError, MemoryError):
+            pass
+    else:  # one sample: few transfers matter most; the DP (a throughput optimum) is
+        # not needed and can be slow on many devices, so cheap candidates only
         ids = graph.ids
+        candidates.append(_first_fit(graph))
         if graph.num_cpus:
             candidates.append(Placement([[] for _ in range(graph.num_accelerators)],
                                         [ids] + [[] for _ in range(graph.num_cpus - 1)]))
-        if graph.num_accelerators:
-            candidates.append(Placement([ids] + [[] for _ in range(graph.num_accelerators - 1)],
-                                        [[] for _ in range(graph.num_cpus)]))
     best, best_value = None, math.inf
     for p in candidates:
+        if p is None:
+            continue
         try:
             value = _score(graph, p, objective)
         except PlacementError:
@@ -381,8 +409,8 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
                max_pairs: int = 200_000, verbose: bool = False) -> Solution:
     """Best placement found by HiGHS within ``time_limit`` seconds, any split allowed.
 
-    ``warm_start`` (a Solution or Placement; default: the contiguous DP optimum,
-    and for latency also the single-device placements) is given to HiGHS and
+    ``warm_start`` (a Solution or Placement; default: the contiguous DP optimum
+    for throughput, a first-fit fill or one CPU for latency) is given to HiGHS and
     returned if HiGHS finds nothing better, so the answer is never worse than it.
     ``optimal`` is true when HiGHS proves the relative gap <= ``mip_rel_gap``;
     ``lower_bound`` is HiGHS's dual bound; ``stats`` has the gap, node count,
