@@ -10,3 +10,19 @@ from .objective import (Placement, PlacementError, Solution, check_placement, de
 
 __all__ = ["Graph", "GraphError", "Node", "Placement", "PlacementError", "Solution", "check_placement",
            "device_breakdown", "device_load", "throughput_loads"]
+# placement engineer B: latency and K-FAC work assignment (cheap), and lazily the
+# solvers/tools that pull in highspy or torch.fx/pipelining
+from .latency import latency_of
+from .makespan import MakespanResult, optimal_makespan_assignment
+
+__all__ += ["latency_of", "MakespanResult", "optimal_makespan_assignment", "from_module",
+            "solve_milp", "run_locally"]
+_LAZY = {"from_module": ".fx_graph", "solve_milp": ".milp", "run_locally": ".pipeline"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
