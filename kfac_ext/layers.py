@@ -1,0 +1,200 @@
+"""Per-layer K-FAC state: hooks, factor capture, gradient matrix get/set.
+
+A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``. While capture
+is on (the preconditioner turns it on for steps that update factors), a
+forward hook turns the layer input into this micro-batch's activation factor
+contribution at once, and registers a tensor hook on the layer output that
+does the same for the gradient factor during backward. Only the small d×d
+sums are kept, never the activations.
+
+Why a forward hook plus a tensor hook on the output instead of
+``register_full_backward_hook``: the full backward hook wraps the output in a
+custom autograd Function, and any in-place op on it afterwards (the usual
+``nn.ReLU(inplace=True)`` after a conv) raises; it also costs a wrapper on
+every step, not only on capture steps. A tensor hook sees the same gradient
+(the grad w.r.t. the layer output) and is only registered when capturing.
+
+Scaling (DESIGN.md §2): A = āᵀā/n with the ones column for the bias; for
+Conv2d ā are the im2col patches divided by T (output positions) per entry,
+and G = gᵀg/n with g = (N·T, C_out) divided by T per entry. All factor math
+runs through :mod:`kfac_ext.ops`, in the factor dtype (float32 for bf16/fp16
+activations), accumulated over micro-batches and averaged in
+:meth:`KFACLayer.batch_factors`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kfac_ext import ops
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+def unsupported_reason(module: nn.Module) -> Optional[str]:
+    """Why a Linear/Conv2d cannot be registered, or None when it can."""
+    if module.weight is None or not module.weight.requires_grad:
+        return "its weight is frozen"
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return f"groups={module.groups} (grouped convolutions are not supported; skipped)"
+    return None
+
+
+def _conv_explicit_padding(module: nn.Conv2d, in_hw: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero/mode padding the conv applies to its input."""
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return (0, 0, 0, 0)
+        # 'same': total d*(k-1) per dim, the extra pixel on the right/bottom (as torch does).
+        pads = []
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
+            total = d * (k - 1)
+            pads += [total // 2, total - total // 2]
+        return tuple(pads)
+    ph, pw = module.padding
+    return (pw, pw, ph, ph)
+
+
+class KFACLayer:
+    """K-FAC state of one registered module."""
+
+    def __init__(self, name: str, module: nn.Module, factor_dtype: Optional[torch.dtype] = None):
+        self.name = name
+        self.module = module
+        self.is_conv = isinstance(module, nn.Conv2d)
+        weight = module.weight
+        # A frozen bias is left out of the factor (K-FAC of the weight alone).
+        self.has_bias = module.bias is not None and module.bias.requires_grad
+        in_dim = weight[0].numel()  # in_features or C_in*kh*kw
+        self.a_dim = in_dim + int(self.has_bias)
+        self.g_dim = weight.shape[0]
+        if factor_dtype is None:
+            factor_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) \
+                else torch.float32
+        self.factor_dtype = factor_dtype
+        self.device = weight.device
+        # Running averages (start at the identity) and micro-batch sums.
+        self.A = torch.eye(self.a_dim, dtype=factor_dtype, device=self.device)
+        self.G = torch.eye(self.g_dim, dtype=factor_dtype, device=self.device)
+        self.A_sum: Optional[torch.Tensor] = None
+        self.G_sum: Optional[torch.Tensor] = None
+        self.a_count = 0
+        self.g_count = 0
+        self.factor_updates = 0  # how many running-average updates happened
+        self.ever_fired = False
+        self.capture = False
+        self._handles = [module.register_forward_hook(self._forward_hook)]
+
+    # ----------------------------------------------------------- hooks ----
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _forward_hook(self, module, args, output) -> None:
+        if not self.capture or not torch.is_grad_enabled() or not module.training:
+            return
+        x = args[0]
+        with torch.no_grad():
+            self._add_activation(x.detach())
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(self._grad_hook)
+
+    def _grad_hook(self, grad: torch.Tensor) -> None:
+        with torch.no_grad():
+            self._add_gradient(grad.detach())
+
+    def _add_activation(self, x: torch.Tensor) -> None:
+        x = x.to(self.factor_dtype)
+        if self.A_sum is None:
+            self.A_sum = torch.zeros_like(self.A)
+        m = self.module
+        if self.is_conv:
+            if x.dim() == 3:  # unbatched (C, H, W) input
+                x = x.unsqueeze(0)
+            left, right, top, bottom = _conv_explicit_padding(m, x.shape[-2:])
+            if m.padding_mode != "zeros" or left != right or top != bottom:
+                mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+                x = F.pad(x, (left, right, top, bottom), mode=mode)
+                padding = (0, 0)
+            else:
+                padding = (top, left)
+            a = ops.conv2d_act_factor(x.contiguous(), m.kernel_size, m.stride, padding,
+                                      m.dilation, self.has_bias)
+            self.A_sum.add_(a)
+        else:
+            x2d = x.reshape(-1, x.shape[-1])
+            ops.cov_update_(self.A_sum, x2d, 1.0 / max(x2d.shape[0], 1), 1.0, self.has_bias)
+        self.a_count += 1
+        self.ever_fired = True
+
+    def _add_gradient(self, g: torch.Tensor) -> None:
+        g = g.to(self.factor_dtype)
+        if self.G_sum is None:
+            self.G_sum = torch.zeros_like(self.G)
+        if self.is_conv:
+            if g.dim() == 3:
+                g = g.unsqueeze(0)
+            n, c = g.shape[:2]
+            t = g.shape[2] * g.shape[3]
+            # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
+            ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t).contiguous(),
+                                    1.0 / (n * t * t * t), 1.0)
+        else:
+            g2d = g.reshape(-1, g.shape[-1])
+            ops.cov_update_(self.G_sum, g2d, 1.0 / max(g2d.shape[0], 1), 1.0)
+        self.g_count += 1
+
+    # --------------------------------------------------------- factors ----
+    def has_batch(self) -> bool:
+        return self.a_count > 0 and self.g_count > 0
+
+    def batch_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This step's A and G averaged over the captured micro-batches (in place)."""
+        self.A_sum.div_(self.a_count)
+        self.G_sum.div_(self.g_count)
+        return self.A_sum, self.G_sum
+
+    def clear_batch(self) -> None:
+        self.a_count = self.g_count = 0
+        if self.A_sum is not None:
+            self.A_sum.zero_()
+        if self.G_sum is not None:
+            self.G_sum.zero_()
+
+    def update_running(self, a_batch: torch.Tensor, g_batch: torch.Tensor, decay: float) -> None:
+        """A <- decay*A + (1-decay)*A_batch, same for G."""
+        self.A.mul_(decay).add_(a_batch, alpha=1.0 - decay)
+        self.G.mul_(decay).add_(g_batch, alpha=1.0 - decay)
+        self.factor_updates += 1
+
+    # ------------------------------------------------------- gradients ----
+    def has_grad(self) -> bool:
+        m = self.module
+        if m.weight.grad is None:
+            return False
+        return not self.has_bias or m.bias.grad is not None
+
+    def grad_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """Γ: (out, in[+1]) with the bias gradient as the last column."""
+        m = self.module
+        w = m.weight.grad.reshape(self.g_dim, -1)
+        if self.has_bias:
+            return torch.cat([w, m.bias.grad.reshape(-1, 1)], dim=1).to(dtype)
+        return w.to(dtype)
+
+    def set_grad(self, p: torch.Tensor) -> None:
+        """Write P back into weight.grad (and bias.grad), in the parameters' dtype."""
+        m = self.module
+        if self.has_bias:
+            m.weight.grad.copy_(p[:, :-1].reshape(m.weight.shape))
+            m.bias.grad.copy_(p[:, -1].reshape(m.bias.shape))
+        else:
+            m.weight.grad.copy_(p.reshape(m.weight.shape))
+
+    def __repr__(self) -> str:
+        kind = type(self.module).__name__
+        return f"{self.name} ({kind}): A {self.a_dim}x{self.a_dim}, G {self.g_dim}x{self.g_dim}"

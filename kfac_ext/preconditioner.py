@@ -1,0 +1,457 @@
+"""KFACPreconditioner: drop-in K-FAC for an ordinary PyTorch training loop.
+
+    preconditioner = KFACPreconditioner(model, factor_update_steps=10, inv_update_steps=100)
+    ...
+    loss.backward()
+    preconditioner.step()     # .grad of every registered layer <- K-FAC preconditioned gradient
+    optimizer.step()
+
+The math is DESIGN.md §2 and goes through :mod:`kfac_ext.ops`. Distribution
+goes through a comm object (:mod:`kfac_ext.comm`): ``comm=None`` picks
+:class:`~kfac_ext.distributed.DistributedComm` when torch.distributed is
+initialised with more than one rank, else :class:`~kfac_ext.comm.LocalComm`.
+
+Documented behaviours a user may rely on:
+
+- Capture: the hooks capture only on factor-update steps, only in training
+  mode with grad enabled (``model.eval()`` or ``torch.no_grad()`` forwards are
+  ignored). Micro-batches captured before one ``step()`` are averaged, which is
+  the combined-batch factor when each micro-batch loss is divided by
+  ``accumulation_steps`` (the usual gradient-accumulation loop).
+- ``step()`` before any ``backward()`` (no registered layer has a ``.grad``)
+  raises ``RuntimeError``. A layer with a gradient but no factors yet (its hooks
+  never fired, e.g. a weight used functionally) is left unpreconditioned, with
+  one warning.
+- Data parallel: each rank's loss is a local mean, so its output gradients are
+  ``world_size`` times the combined-batch ones; G is multiplied by
+  ``1/world_size**2`` before the cross-rank average, so N ranks reproduce the
+  single-process result on the combined batch.
+- ``grad_scaler`` (``torch.amp.GradScaler``): ``.grad`` is assumed still scaled
+  when ``step()`` runs (backward, preconditioner.step(), scaler.step(optimizer)).
+  G is divided by scale² and the KL-clip sum by scale², so the result is the
+  scaled version of the unscaled computation.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from kfac_ext import ops
+from kfac_ext import schedules as sch
+from kfac_ext.comm import Comm, LocalComm
+from kfac_ext.layers import SUPPORTED, KFACLayer, unsupported_reason
+
+_COMPUTE_METHODS = ("eigen", "inverse")
+
+
+def _auto_comm(grad_worker_fraction: float) -> Comm:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        from kfac_ext.distributed import DistributedComm
+
+        return DistributedComm(grad_worker_fraction=grad_worker_fraction)
+    return LocalComm()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP / DataParallel: register the inner modules under their own names, so a
+    # checkpoint of a wrapped model loads into an unwrapped one and back.
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+class KFACPreconditioner:
+    """K-FAC preconditioning of the ``nn.Linear`` / ``nn.Conv2d`` layers of a model.
+
+    Every hyperparameter may be a number or a callable ``f(step)``.
+    factor_update_steps / inv_update_steps: interval of factor / eigendecomposition
+    updates (a step updates when that many steps passed since the last update).
+    damping: λ; eigen method: added to the eigenvalue outer product; inverse
+    method: added to each factor. factor_decay: running-average weight β in [0, 1).
+    kl_clip: κ of the KL clipping, None disables it. lr: the optimizer's learning
+    rate (only used by KL clipping). accumulation_steps: micro-batches per step
+    (their factors are averaged; a warning if a different number was captured).
+    compute_method: 'eigen' or 'inverse'. skip_layers: regexes matched (search,
+    case-insensitive) against module names and class names. factor_dtype: dtype
+    of the factors (None: the weight's, float32 for half types). inv_dtype: dtype
+    of eigendecompositions / inverses and of the preconditioning math.
+    grad_scaler: a GradScaler whose scale divides G. comm: distribution seam
+    (None = auto). grad_worker_fraction: passed to the distributed comm.
+    """
+
+    def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
+                 damping=0.001, factor_decay=0.95, kl_clip=0.001, lr=0.1,
+                 accumulation_steps: int = 1, compute_method: str = "eigen",
+                 skip_layers: Union[str, Iterable[str]] = (),
+                 factor_dtype: Optional[torch.dtype] = None,
+                 inv_dtype: torch.dtype = torch.float32, grad_scaler=None,
+                 comm: Optional[Comm] = None, grad_worker_fraction: float = 1.0):
+        self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
+                                                      sch.positive_int)
+        self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
+                                                   sch.positive_int)
+        self.damping = sch.Hyperparameter("damping", damping, sch.non_negative)
+        self.factor_decay = sch.Hyperparameter("factor_decay", factor_decay, sch.decay)
+        self.kl_clip = sch.Hyperparameter("kl_clip", kl_clip, sch.positive_or_none)
+        self.lr = sch.Hyperparameter("lr", lr, sch.non_negative)
+        if sch.positive_int(accumulation_steps) is not None:
+            raise ValueError(f"accumulation_steps must be a positive integer, got {accumulation_steps!r}")
+        self.accumulation_steps = accumulation_steps
+        if compute_method not in _COMPUTE_METHODS:
+            raise ValueError(f"compute_method must be one of {_COMPUTE_METHODS}, got {compute_method!r}")
+        self.compute_method = compute_method
+        for arg, dt in (("factor_dtype", factor_dtype), ("inv_dtype", inv_dtype)):
+            if dt is not None and (not isinstance(dt, torch.dtype) or not dt.is_floating_point):
+                raise ValueError(f"{arg} must be a floating-point torch.dtype, got {dt!r}")
+        if inv_dtype is None:
+            raise ValueError("inv_dtype must be a floating-point torch.dtype, got None")
+        self.factor_dtype = factor_dtype
+        self.inv_dtype = inv_dtype
+        if grad_scaler is not None and not hasattr(grad_scaler, "get_scale"):
+            raise ValueError("grad_scaler must be a torch.amp.GradScaler (with get_scale()), "
+                             f"got {type(grad_scaler).__name__}")
+        self.grad_scaler = grad_scaler
+        if isinstance(skip_layers, str):
+            skip_layers = [skip_layers]
+        self.skip_layers = [re.compile(p, re.IGNORECASE) for p in skip_layers]
+
+        self.layers: List[KFACLayer] = self._register(_unwrap(model))
+        self.comm = comm if comm is not None else _auto_comm(grad_worker_fraction)
+        self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
+
+        self.steps = 0
+        self.skipped_factor_updates = 0
+        self.failed_inverse_updates = 0
+        self._factor_tracker = sch.IntervalTracker(self.factor_update_steps)
+        self._inv_tracker = sch.IntervalTracker(self.inv_update_steps)
+        # second-order data per layer index: {"A": [d, Q] | [inv], "G": ...}
+        self._second: Dict[int, Dict[str, List[torch.Tensor]]] = {}
+        self._warned: set = set()
+        self._set_capture()
+
+    # ------------------------------------------------------- registration ----
+    def _skipped_by_user(self, name: str, module: nn.Module) -> bool:
+        return any(p.search(name) or p.search(type(module).__name__) for p in self.skip_layers)
+
+    def _register(self, model: nn.Module) -> List[KFACLayer]:
+        layers, seen = [], set()
+        for name, module in model.named_modules():
+            if not isinstance(module, SUPPORTED) or id(module) in seen:
+                continue
+            seen.add(id(module))
+            if self._skipped_by_user(name, module):
+                continue
+            reason = unsupported_reason(module)
+            if reason is not None:
+                if "frozen" not in reason:
+                    warnings.warn(f"KFACPreconditioner: layer {name!r} not registered: {reason}")
+                continue
+            layers.append(KFACLayer(name, module, self.factor_dtype))
+        return layers
+
+    def _warn_once(self, key, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    # -------------------------------------------------------------- step ----
+    def _set_capture(self) -> None:
+        self._capturing = self._factor_tracker.is_due(self.steps)
+        for layer in self.layers:
+            layer.capture = self._capturing
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Replace ``.grad`` of every registered layer by its preconditioned gradient."""
+        step = self.steps
+        with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
+        if self.layers and not with_grad:
+            raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered "
+                               "layer has a gradient")
+        if self._capturing:
+            self._update_factors(step)
+        self._update_second_order(step)
+        self._precondition(step, with_grad)
+        self.steps += 1
+        self._set_capture()
+
+    def _g_scale(self) -> float:
+        scale = 1.0 / float(self.comm.world_size) ** 2
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            scale /= float(self.grad_scaler.get_scale()) ** 2
+        return scale
+
+    def _update_factors(self, step: int) -> None:
+        ready = []
+        for layer in self.layers:
+            if layer.has_batch():
+                ready.append(layer)
+                if layer.a_count != self.accumulation_steps or layer.g_count != self.accumulation_steps:
+                    self._warn_once(("accum", layer.name),
+                                    f"KFACPreconditioner: layer {layer.name!r} captured "
+                                    f"{layer.a_count} forward / {layer.g_count} backward passes "
+                                    f"before step(), accumulation_steps={self.accumulation_steps}; "
+                                    "the captured passes are averaged")
+            elif layer.ever_fired:
+                layer.clear_batch()  # e.g. forward seen but output unused: nothing to pair
+        if not ready:
+            return
+        g_scale = self._g_scale()
+        batches = []
+        for layer in ready:
+            a, g = layer.batch_factors()
+            g.mul_(g_scale)
+            batches += [a, g]
+        self.comm.wait(self.comm.allreduce_factors(batches))
+        decay = self.factor_decay(step)
+        for k, layer in enumerate(ready):
+            a, g = batches[2 * k], batches[2 * k + 1]
+            if bool(torch.isfinite(a).all()) and bool(torch.isfinite(g).all()):
+                layer.update_running(a, g, decay)
+            else:
+                self.skipped_factor_updates += 1
+                warnings.warn(f"KFACPreconditioner: non-finite activations or gradients in layer "
+                              f"{layer.name!r} at step {step}; its factor update is skipped "
+                              f"(skipped so far: {self.skipped_factor_updates})")
+            layer.clear_batch()
+        self._factor_tracker.mark(step)
+
+    def _update_second_order(self, step: int) -> None:
+        due = self._inv_tracker.is_due(step)
+        todo = [i for i, l in enumerate(self.layers)
+                if l.factor_updates > 0 and (due or i not in self._second)]
+        if not todo:
+            return
+        comm, rank = self.comm, self.comm.rank
+        owned = [(i, w) for i in todo for w in ("A", "G") if comm.eigen_owner(i, w) == rank]
+        computed = self._compute_second_order(owned, step) if owned else {}
+        items = []
+        for i in todo:
+            if not (comm.is_grad_worker(i) or any(comm.eigen_owner(i, w) == rank for w in "AG")):
+                continue
+            slot = self._second.setdefault(i, {})
+            for w in ("A", "G"):
+                if (i, w) in computed:
+                    slot[w] = computed[(i, w)]
+                elif w not in slot:
+                    slot[w] = self._empty_second_order(self.layers[i], w)
+                items.append((i, w, slot[w]))
+        comm.wait(comm.broadcast_eigens(items))
+        if due:
+            self._inv_tracker.mark(step)
+
+    def _empty_second_order(self, layer: KFACLayer, which: str) -> List[torch.Tensor]:
+        n = layer.a_dim if which == "A" else layer.g_dim
+        kw = dict(dtype=self.inv_dtype, device=layer.device)
+        if self.compute_method == "eigen":
+            return [torch.zeros(n, **kw), torch.eye(n, **kw)]
+        return [torch.eye(n, **kw)]
+
+    def _factor(self, i: int, which: str) -> torch.Tensor:
+        layer = self.layers[i]
+        return (layer.A if which == "A" else layer.G).to(self.inv_dtype)
+
+    def _compute_second_order(self, owned, step: int) -> Dict[tuple, List[torch.Tensor]]:
+        """Eigendecompositions (or damped inverses) of the owned factors; failures keep the old."""
+        factors = [self._factor(i, w) for i, w in owned]
+        out: Dict[tuple, List[torch.Tensor]] = {}
+        if self.compute_method == "eigen":
+            try:
+                values, vectors = ops.batched_eigh(factors)
+                for key, d, q in zip(owned, values, vectors):
+                    out[key] = [d, q]
+                return out
+            except RuntimeError:
+                pass  # one factor failed even in float64: redo one by one, keep the rest
+        damping = self.damping(step)
+        for key, f in zip(owned, factors):
+            try:
+                if self.compute_method == "eigen":
+                    values, vectors = ops.batched_eigh([f])
+                    out[key] = [values[0], vectors[0]]
+                else:
+                    out[key] = [self._damped_inverse(f, damping)]
+            except RuntimeError as exc:
+                self.failed_inverse_updates += 1
+                i, w = key
+                kept = "the previous one is kept" if w in self._second.get(i, {}) else \
+                    "the layer is left unpreconditioned until one succeeds"
+                warnings.warn(f"KFACPreconditioner: {self.compute_method} of factor {w} of layer "
+                              f"{self.layers[i].name!r} failed at step {step} ({exc}); {kept}")
+        return out
+
+    @staticmethod
+    def _damped_inverse(f: torch.Tensor, damping: float) -> torch.Tensor:
+        damped = f + damping * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)
+        chol, info = torch.linalg.cholesky_ex(damped)
+        if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+            if f.dtype == torch.float64:
+                raise RuntimeError(f"Cholesky of a {f.shape[0]}x{f.shape[0]} factor failed")
+            return KFACPreconditioner._damped_inverse(f.double(), damping).to(f.dtype)
+        return torch.cholesky_inverse(chol)
+
+    def _precondition(self, step: int, with_grad: Sequence[int]) -> None:
+        comm = self.comm
+        active = []
+        for i in with_grad:
+            slot = self._second.get(i)
+            if slot is not None and "A" in slot and "G" in slot:
+                active.append(i)
+            else:
+                layer = self.layers[i]
+                why = ("its hooks never fired (is its weight used outside its forward?)"
+                       if not layer.ever_fired else "it has no factors yet")
+                self._warn_once(("noprecond", i), f"KFACPreconditioner: layer {layer.name!r} is "
+                                f"not preconditioned: {why}; its gradient is left as is")
+        if not active:
+            return
+        grads = {i: self.layers[i].grad_matrix(self.inv_dtype) for i in active}
+        mine = [i for i in active if comm.is_grad_worker(i)]
+        precond: Dict[int, torch.Tensor] = {}
+        if mine:
+            if self.compute_method == "eigen":
+                s = [self._second[i] for i in mine]
+                ps = ops.eigen_precondition([grads[i] for i in mine], [x["A"][1] for x in s],
+                                            [x["A"][0] for x in s], [x["G"][1] for x in s],
+                                            [x["G"][0] for x in s], self.damping(step))
+            else:
+                ps = [self._second[i]["G"][0] @ grads[i] @ self._second[i]["A"][0] for i in mine]
+            precond.update(zip(mine, ps))
+        for i in active:
+            if i not in precond:
+                precond[i] = torch.empty_like(grads[i])
+        comm.wait(comm.broadcast_preconditioned([(i, precond[i]) for i in active]))
+        nu = self._kl_scale(step, [precond[i] for i in active], [grads[i] for i in active])
+        for i in active:
+            p = precond[i]
+            if nu != 1.0:
+                p = p.mul_(nu)
+            self.layers[i].set_grad(p)
+
+    def _kl_scale(self, step: int, ps, gs) -> float:
+        kl_clip = self.kl_clip(step)
+        if kl_clip is None:
+            return 1.0
+        lr = self.lr(step)
+        vg = float(ops.kl_clip_sum(ps, gs)) * lr * lr
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            vg /= float(self.grad_scaler.get_scale()) ** 2
+        if vg == 0.0 or not math.isfinite(vg):
+            return 1.0
+        return min(1.0, math.sqrt(kl_clip / abs(vg)))
+
+    # -------------------------------------------------------- state ----
+    def state_dict(self, include_eigens: bool = True) -> dict:
+        """Step counters, factors and (``include_eigens``) this rank's eigendecompositions.
+
+        With the eigendecompositions a loaded preconditioner gives bit-identical
+        results at the next step; without them they are recomputed from the
+        factors on the first step after loading (identical when that step is an
+        inverse-update step).
+        """
+        layers = {}
+        for i, l in enumerate(self.layers):
+            entry = {"A": l.A.clone(), "G": l.G.clone(), "factor_updates": l.factor_updates}
+            if include_eigens and i in self._second:
+                entry["second_order"] = {w: [t.clone() for t in ts]
+                                         for w, ts in self._second[i].items()}
+            layers[l.name] = entry
+        return {"steps": self.steps, "compute_method": self.compute_method,
+                "factor_tracker": self._factor_tracker.state_dict(),
+                "inv_tracker": self._inv_tracker.state_dict(),
+                "skipped_factor_updates": self.skipped_factor_updates, "layers": layers}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a :meth:`state_dict`; everything is validated before anything is assigned."""
+        try:
+            saved = state["layers"]
+            steps = int(state["steps"])
+            trackers = state["factor_tracker"], state["inv_tracker"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"load_state_dict: not a KFACPreconditioner state dict ({exc!r})") from None
+        names = [l.name for l in self.layers]
+        missing = [n for n in names if n not in saved]
+        unexpected = [n for n in saved if n not in names]
+        if missing or unexpected:
+            raise ValueError(f"load_state_dict: layer sets differ; missing from the state dict: "
+                             f"{missing}, not registered here: {unexpected}")
+        if state.get("compute_method", self.compute_method) != self.compute_method and \
+                any("second_order" in e for e in saved.values()):
+            raise ValueError(f"load_state_dict: saved with compute_method="
+                             f"{state['compute_method']!r}, this one uses {self.compute_method!r}")
+        for i, l in enumerate(self.layers):
+            e = saved[l.name]
+            for w, n in (("A", l.a_dim), ("G", l.g_dim)):
+                t = e.get(w)
+                if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, n):
+                    got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                    raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be "
+                                     f"{n}x{n}, got {got}")
+            for w, ts in e.get("second_order", {}).items():
+                want = [tuple(t.shape) for t in self._empty_second_order(l, w)]
+                if w not in ("A", "G") or [tuple(t.shape) for t in ts] != want:
+                    raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
+                                     f"factor {w!r} must have shapes {want}")
+        # all checks passed: assign
+        self._second = {}
+        for i, l in enumerate(self.layers):
+            e = saved[l.name]
+            l.A.copy_(e["A"])
+            l.G.copy_(e["G"])
+            l.factor_updates = int(e.get("factor_updates", 1))
+            l.clear_batch()
+            if "second_order" in e:
+                self._second[i] = {w: [t.to(dtype=self.inv_dtype, device=l.device).clone()
+                                       for t in ts] for w, ts in e["second_order"].items()}
+        self.steps = steps
+        self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))
+        self._factor_tracker.load_state_dict(trackers[0])
+        self._inv_tracker.load_state_dict(trackers[1])
+        if any(l.factor_updates > 0 for l in self.layers) and not self._second:
+            self._inv_tracker.last = None  # recompute eigens from the loaded factors next step
+        self._set_capture()
+
+    def reset(self) -> None:
+        """Back to the state after construction: identity factors, no eigens, step 0."""
+        for l in self.layers:
+            l.A.copy_(torch.eye(l.a_dim, dtype=l.A.dtype))
+            l.G.copy_(torch.eye(l.g_dim, dtype=l.G.dtype))
+            l.factor_updates = 0
+            l.clear_batch()
+        self._second = {}
+        self.steps = 0
+        self.skipped_factor_updates = 0
+        self._factor_tracker.last = self._inv_tracker.last = None
+        self._set_capture()
+
+    def remove_hooks(self) -> None:
+        """Detach from the model (the hooks stop capturing for good)."""
+        for l in self.layers:
+            l.remove_hooks()
+
+    # ---------------------------------------------------- introspection ----
+    def memory_usage(self) -> Dict[str, int]:
+        """Bytes held, by kind: running factors, micro-batch sums, second-order data."""
+        def nbytes(ts):
+            return sum(t.numel() * t.element_size() for t in ts if t is not None)
+        kind = "eigen" if self.compute_method == "eigen" else "inverse"
+        return {
+            "factors": nbytes(t for l in self.layers for t in (l.A, l.G)),
+            "batch_factors": nbytes(t for l in self.layers for t in (l.A_sum, l.G_sum)),
+            kind: nbytes(t for s in self._second.values() for ts in s.values() for t in ts),
+        }
+
+    def __repr__(self) -> str:
+        hp = ", ".join(repr(h) for h in (self.factor_update_steps, self.inv_update_steps,
+                                        self.damping, self.factor_decay, self.kl_clip, self.lr))
+        lines = [f"KFACPreconditioner({hp}, compute_method={self.compute_method!r}, "
+                 f"steps={self.steps}, comm={self.comm!r}, {len(self.layers)} layers:"]
+        lines += [f"  {l!r}" for l in self.layers]
+        return "\n".join(lines) + "\n)"
