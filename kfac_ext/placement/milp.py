@@ -29,8 +29,8 @@ a] - 1``).  One device runs its nodes in topological order: for each pair
 upper bound on every finish time).  Minimise ``L >= f_v``.
 
 Warm start: the contiguous DP optimum (kfac_ext.placement.dp) for throughput;
-for latency the better of a first-fit fill of the accelerators in topological
-order and everything on one CPU (or a start the caller passes, e.g. the DP's).  HiGHS gets it
+for latency the best of latency.chain_split (a chain DP over the topological
+order), a first-fit fill of the accelerators and everything on one CPU (or a start the caller passes, e.g. the DP's).  HiGHS gets it
 through ``setSolution``; the answer is re-scored from the graph alone
 (throughput_loads / latency_of) and is never worse than the warm start.
 """
@@ -43,7 +43,7 @@ import highspy
 import numpy as np
 
 from .graph import Graph
-from .latency import latency_lower_bound, latency_of, latency_schedule
+from .latency import chain_split, latency_lower_bound, latency_of, latency_schedule
 from .objective import Placement, PlacementError, Solution, check_placement, throughput_loads
 
 __all__ = ["solve_milp", "MilpError"]
@@ -382,6 +382,7 @@ def _default_warm_start(graph: Graph, objective: str) -> Placement | None:
         # not needed and can be slow on many devices, so cheap candidates only
         ids = graph.ids
         candidates.append(_first_fit(graph))
+        candidates.append(chain_split(graph))
         if graph.num_cpus:
             candidates.append(Placement([[] for _ in range(graph.num_accelerators)],
                                         [ids] + [[] for _ in range(graph.num_cpus - 1)]))
@@ -410,7 +411,7 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
     """Best placement found by HiGHS within ``time_limit`` seconds, any split allowed.
 
     ``warm_start`` (a Solution or Placement; default: the contiguous DP optimum
-    for throughput, a first-fit fill or one CPU for latency) is given to HiGHS and
+    for throughput, the best cheap contiguous split for latency) is given to HiGHS and
     returned if HiGHS finds nothing better, so the answer is never worse than it.
     ``optimal`` is true when HiGHS proves the relative gap <= ``mip_rel_gap``;
     ``lower_bound`` is HiGHS's dual bound; ``stats`` has the gap, node count,

@@ -102,3 +102,20 @@ def test_too_wide_for_the_program():
     g = Graph([node(i, 1.0, 2.0, 0.0) for i in range(1, 11)], [], 2, 1, 100.0)
     with pytest.raises(MilpError, match="max_pairs"):
         solve_milp(g, objective="latency", max_pairs=10)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chain_split_is_optimal_on_chains(seed):
+    # on a chain with an accelerator per node to spare, the chain DP's cost is the
+    # exact latency and contiguous segments lose nothing: it must match brute force
+    import random
+
+    from kfac_ext.placement.latency import chain_split
+
+    rng = random.Random(seed)
+    n = 5
+    nodes = [node(i, rng.uniform(0.5, 3), rng.uniform(1, 8), rng.uniform(0, 2) if i < n else 0.0,
+                  size=float(rng.randint(1, 5))) for i in range(1, n + 1)]
+    g = Graph(nodes, [(i, i + 1) for i in range(1, n)], n, 1, 6.0)
+    p = chain_split(g)
+    assert latency_of(g, p) == pytest.approx(brute_force(g, latency_of), rel=1e-12)
