@@ -20,6 +20,8 @@ finishes quickly:
 from __future__ import annotations
 
 import heapq
+from array import array
+from bisect import bisect_left
 import math
 import time
 from dataclasses import dataclass
@@ -195,6 +197,10 @@ def _type_search(type_cost: list[float], type_count: list[int], n_workers: int,
         suffix[t] = suffix[t + 1] + type_cost[t] * type_count[t]
     total = suffix[0]
     reach, _ = _reachable_sums(type_cost, type_count)
+    # deep levels check one sorted list: bisect on an array.array beats numpy's
+    # per-call overhead by ~5x in this hot loop
+    flat = [array("d", r[1].tobytes()) if r is not None and len(r[0]) == 1 else None
+            for r in reach]
     best = [incumbent, None]
     counts = [[0] * n_workers for _ in range(n_types)]  # counts[type][physical worker]
     dead: set = set()
@@ -243,8 +249,13 @@ def _type_search(type_cost: list[float], type_count: list[int], n_workers: int,
         # able to reach that window with some sub-multiset of the remaining tasks
         if reach[t] is not None:
             low = total - (n_workers - 1) * cap
+            sums = flat[t]
             for x in loads:
-                if not _can_reach(reach[t], low - x - eps, cap - x + eps):
+                if sums is not None:
+                    i = bisect_left(sums, low - x - eps)
+                    if i == len(sums) or sums[i] > cap - x + eps:
+                        return False
+                elif not _can_reach(reach[t], low - x - eps, cap - x + eps):
                     return False
         if t == n_types:
             record(loads)

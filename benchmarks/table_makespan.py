@@ -1,0 +1,65 @@
+"""K-FAC work assignment: exact makespan vs LPT on ResNet-50's 108 factors.
+
+Costs are n^3 + 8 n^2 for an n x n factor (eigendecomposition FLOPs plus the
+bytes of the broadcast eigenvectors, in the same arbitrary unit); ResNet-50
+(torchvision) has 108 factors of 13 distinct sizes.  For each worker count:
+the solver's time, whether it proved optimality within the 1 s limit, its
+makespan over the lower bound max(largest, ceil(sum / N)), and LPT's.
+
+    python benchmarks/table_makespan.py
+"""
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs libtorch)
+
+from kfac_ext.placement.makespan import lpt_assignment, optimal_makespan_assignment
+
+
+def resnet50_factor_sizes():
+    sizes = [3 * 7 * 7, 64]
+    inp = 64
+    for width, blocks in [(64, 3), (128, 4), (256, 6), (512, 3)]:
+        for b in range(blocks):
+            sizes += [inp, width, width * 9, width, width, width * 4]
+            if b == 0:
+                sizes += [inp, width * 4]
+            inp = width * 4
+    return sizes + [2049, 1000]
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
+                     if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def main() -> int:
+    costs = [float(n) ** 3 + 8.0 * n * n for n in resnet50_factor_sizes()]
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}, "
+          f"torch {torch.__version__}, `python {' '.join(sys.argv)}`\n")
+    print("| workers | solve s | optimal | makespan / bound | LPT / bound | LPT / optimum |")
+    print("|---|---|---|---|---|---|")
+    for n in (2, 3, 4, 5, 8, 16, 32, 64):
+        t = time.perf_counter()
+        res = optimal_makespan_assignment(costs, n, time_limit=1.0)
+        dt = time.perf_counter() - t
+        lpt_loads = [0.0] * n
+        for c, w in zip(costs, lpt_assignment(costs, n)):
+            lpt_loads[w] += c
+        lpt = max(lpt_loads)
+        print(f"| {n} | {dt:.3f} | {res.optimal} | {res.makespan / res.lower_bound:.9f} "
+              f"| {lpt / res.lower_bound:.6f} | {lpt / res.makespan:.6f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
