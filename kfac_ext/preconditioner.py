@@ -302,7 +302,10 @@ class KFACPreconditioner:
         active = []
         for i in with_grad:
             slot = self._second.get(i)
-            if slot is not None and "A" in slot and "G" in slot:
+            # A rank that is not among the layer's grad workers holds no second-order data
+            # (HYBRID/MEM-OPT): it receives P, and must join that broadcast, once factors exist.
+            receives = not comm.is_grad_worker(i) and self.layers[i].factor_updates > 0
+            if (slot is not None and "A" in slot and "G" in slot) or receives:
                 active.append(i)
             else:
                 layer = self.layers[i]
