@@ -84,7 +84,8 @@ class KFACLayer:
         self.a_count = 0
         self.g_count = 0
         self.factor_updates = 0  # how many running-average updates happened
-        self.ever_fired = False
+        self.ever_fired = False     # a forward pass was captured at least once
+        self.ever_called = False    # the forward hook ran at all (even when not capturing)
         self.capture = False
         self._handles = [module.register_forward_hook(self._forward_hook)]
 
@@ -95,6 +96,7 @@ class KFACLayer:
         self._handles = []
 
     def _forward_hook(self, module, args, output) -> None:
+        self.ever_called = True
         if not self.capture or not torch.is_grad_enabled() or not module.training:
             return
         x = args[0]

@@ -309,8 +309,13 @@ class KFACPreconditioner:
                 active.append(i)
             else:
                 layer = self.layers[i]
-                why = ("its hooks never fired (is its weight used outside its forward?)"
-                       if not layer.ever_fired else "it has no factors yet")
+                if not layer.ever_called:
+                    why = "its hooks never fired (is its weight used outside its forward?)"
+                elif not layer.ever_fired:
+                    why = ("it has no factors yet (forward passes ran in eval mode or without "
+                           "grad, which are not captured)")
+                else:
+                    why = "it has no factors yet"
                 self._warn_once(("noprecond", i), f"KFACPreconditioner: layer {layer.name!r} is "
                                 f"not preconditioned: {why}; its gradient is left as is")
         if not active:
