@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# GPU verification of the CUDA kernels, from the repository alone (the GPU
+# hosts have a CUDA torch, nvcc, cuBLAS/cuSOLVER, CuPy and no package index):
+#   1. builds kfac_ext._C with the CUDA kernels in place (setup.py),
+#   2. runs the CUDA tests (tests/test_cuda_ops.py and the cuda cases of
+#      tests/test_ops.py / tests/test_conv_act_factor.py),
+#   3. runs them once more under compute-sanitizer memcheck, when available,
+#   4. prints the benchmark table (benchmarks/table_gpu.py), whose accuracy
+#      columns check every op against the float64 CPU reference.
+#
+#   bash benchmarks/gpu_check.sh            # full: ResNet-50 (batch 32) and ResNet-20
+#   QUICK=1 bash benchmarks/gpu_check.sh    # ResNet-20 shapes only, no sanitizer
+#
+# PY picks the interpreter (default: .venv/bin/python if present, else python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -z "${PY:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+export OMP_WAIT_POLICY=PASSIVE
+status=0
+step() { echo; echo "=== gpu_check: $* ==="; }
+
+step "device"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  echo "gpu_check: FAILED: $PY has no CUDA device (torch $("$PY" -c 'import torch; print(torch.__version__)'))"
+  exit 1
+fi
+"$PY" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "-", torch.cuda.get_device_name())'
+command -v nvcc >/dev/null && nvcc --version | tail -1
+
+step "build (setup.py build_ext --inplace, CUDA kernels forced on)"
+# The arch of the visible GPU unless the caller set a list.
+if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
+  TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
+  export TORCH_CUDA_ARCH_LIST
+fi
+t0=$(date +%s)
+if ! KFAC_EXT_FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q build_ext --inplace; then
+  echo "gpu_check: FAILED: the CUDA build"
+  exit 1
+fi
+echo "built in $(( $(date +%s) - t0 )) s for sm ${TORCH_CUDA_ARCH_LIST}"
+"$PY" -c 'import torch, kfac_ext
+print("CUDA kernel registered for every op:",
+      all(torch._C._dispatch_has_kernel_for_dispatch_key(f"kfac_ext::{op}", "CUDA")
+          for op in ["cov_update_", "channel_cov_update_", "conv2d_act_factor", "batched_eigh",
+                     "eigen_precondition", "pack_triu", "unpack_triu_", "kl_clip_sum"]))' || status=1
+
+CUDA_TESTS=(tests/test_cuda_ops.py)
+for f in tests/test_ops.py tests/test_conv_act_factor.py; do [[ -f $f ]] && CUDA_TESTS+=("$f"); done
+if "$PY" -c 'import pytest' 2>/dev/null; then
+  step "CUDA tests"
+  "$PY" -m pytest -q -p no:cacheprovider "${CUDA_TESTS[@]}" -k "cuda or test_cuda_ops" || status=1
+
+  SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+  if [[ -n "$SANITIZER" && -z "${QUICK:-}" ]]; then
+    step "compute-sanitizer memcheck on tests/test_cuda_ops.py"
+    # PYTORCH_NO_CUDA_MEMORY_CACHING: every allocation is a real cudaMalloc,
+    # so an out-of-bounds access cannot hide inside a cached block.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --error-exitcode 9 \
+      --print-limit 20 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py -x \
+      -k "not opcheck" || { echo "gpu_check: memcheck reported errors"; status=1; }
+  else
+    echo "gpu_check: compute-sanitizer not run (${SANITIZER:-not found}${QUICK:+, QUICK set})"
+  fi
+else
+  echo "gpu_check: pytest is not installed for $PY: tests NOT run (the table below still checks accuracy)"
+  status=1
+fi
+
+step "benchmark table"
+"$PY" benchmarks/table_gpu.py ${QUICK:+--quick} || status=1
+
+echo
+if (( status )); then echo "gpu_check: FAILED (see above)"; else echo "gpu_check: all passed"; fi
+exit $status
