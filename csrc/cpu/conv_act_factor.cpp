@@ -225,13 +225,23 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
                              [&] { fill_layouts<scalar_t>(x, rows, cols, lr, by_rows, lc, by_cols); });
 
   at::Tensor gram = at::empty({kh * kw * C, kh * kw * C}, x.options());
-  for (size_t r = 0; r < rows.combos.size(); ++r) {
+  // One task per (row combo, column combo) up to transposition; tasks write
+  // disjoint blocks. Threads take whole tasks (each GEMM single-threaded):
+  // on a busy machine a few long tasks per thread lose far less to
+  // stragglers than a 2-thread GEMM per call with a barrier each.
+  std::vector<std::pair<size_t, size_t>> tasks;
+  for (size_t r = 0; r < rows.combos.size(); ++r)
     for (size_t q = 0; q < cols.combos.size(); ++q) {
+      // The transposed combo's blocks are the transposes of this one's.
+      const auto mirror = std::make_pair(static_cast<size_t>(rows.combos[r].transposed),
+                                         static_cast<size_t>(cols.combos[q].transposed));
+      if (!(mirror < std::make_pair(r, q))) tasks.emplace_back(r, q);
+    }
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const auto [r, q] = tasks[k];
       const auto& rc = rows.combos[r];
       const auto& cc = cols.combos[q];
-      // The transposed combo's blocks are the transposes of this one's.
-      const auto mirror = std::make_pair(static_cast<size_t>(rc.transposed), static_cast<size_t>(cc.transposed));
-      if (mirror < std::make_pair(r, q)) continue;
       if (rc.lo == rc.hi || cc.lo == cc.hi) {  // windows only ever meet zeros
         for (size_t t = 0; t < rc.taps.size(); ++t)
           for (size_t u = 0; u < cc.taps.size(); ++u) {
@@ -242,9 +252,10 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
           }
         continue;
       }
-      accumulate_combo(by_rows, lr, by_cols, lc, rc, cc, mirror == std::make_pair(r, q), kw, gram);
+      const bool self_transposed = rc.transposed == static_cast<int>(r) && cc.transposed == static_cast<int>(q);
+      accumulate_combo(by_rows, lr, by_cols, lc, rc, cc, self_transposed, kw, gram);
     }
-  }
+  });
   return gram;
 }
 
