@@ -1,0 +1,169 @@
+"""KFACPreconditioner under DDP on Gloo ranks equals one process on the combined batch.
+
+Each spawned run executes every scenario of its world size in one go (process
+start dominates); the single-process references are computed here, in the
+test process, from the same seeds. Light damping and little factor decay
+make a wrong factor scale (e.g. a missing 1/N^2 on G) show.
+"""
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dist_utils import run_workers
+from kfac_ext.comm import LocalComm
+from kfac_ext.distributed import DistributedComm
+from kfac_ext.preconditioner import KFACPreconditioner
+
+STEPS = 4
+GLOBAL_BATCH = 12  # divisible by 1, 2, 4
+HPARAMS = dict(factor_update_steps=1, inv_update_steps=2, damping=1e-3, factor_decay=0.3,
+               kl_clip=None, lr=0.05)
+
+
+class TinyNet(nn.Module):
+    """Conv2d (bias) -> Conv2d (no bias, dilated) -> Linear -> Linear: every factor path."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 3, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 4, 2, stride=2, dilation=1, bias=False)
+        self.l1 = nn.Linear(4 * 3 * 3, 7)
+        self.l2 = nn.Linear(7, 5)
+
+    def forward(self, x):
+        x = torch.tanh(self.c1(x))
+        x = torch.tanh(self.c2(x))
+        return self.l2(torch.tanh(self.l1(x.flatten(1))))
+
+
+def make_model(dtype):
+    torch.manual_seed(0)
+    return TinyNet().to(dtype)
+
+
+def batches(dtype):
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(GLOBAL_BATCH, 2, 7, 7, generator=gen, dtype=dtype),
+             torch.randint(0, 5, (GLOBAL_BATCH,), generator=gen)) for _ in range(STEPS)]
+
+
+def train(model, precond, data, rank=0, world_size=1, save_after=None):
+    """SGD steps on this rank's slice of each global batch; returns the preconditioned grads."""
+    opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
+    grads, saved = [], None
+    for step, (x, y) in enumerate(data):
+        chunk = GLOBAL_BATCH // world_size
+        xs, ys = x[rank * chunk:(rank + 1) * chunk], y[rank * chunk:(rank + 1) * chunk]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xs), ys).backward()
+        precond.step()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+        if save_after == step:
+            saved = (copy.deepcopy(precond.state_dict()), copy.deepcopy(getattr(model, "module", model).state_dict()),
+                     copy.deepcopy(opt.state_dict()))
+    return grads, saved
+
+
+def ddp_run(rank, world_size, dtype, fraction, colocate, save_after=None):
+    model = make_model(dtype)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    comm = DistributedComm(grad_worker_fraction=fraction, colocate_factors=colocate, timeout=30)
+    precond = KFACPreconditioner(ddp, inv_dtype=dtype, comm=comm, **HPARAMS)
+    grads, saved = train(ddp, precond, batches(dtype), rank, world_size, save_after)
+    return dict(grads=grads, saved=saved, strategy=comm.strategy,
+                factor_elements=comm.factor_elements,
+                expected_factor_elements=STEPS * sum(n * (n + 1) // 2 for l in precond.layers
+                                                     for n in (l.a_dim, l.g_dim)))
+
+
+def scenarios_4(rank, world_size):
+    out = {}
+    for fraction in (1.0, 0.5, 0.25):
+        out[(fraction, True)] = ddp_run(rank, world_size, torch.float64, fraction, True)
+    out[(1.0, False)] = ddp_run(rank, world_size, torch.float64, 1.0, False)
+    out[(0.5, False)] = ddp_run(rank, world_size, torch.float64, 0.5, False)
+    dist.barrier()
+    return out
+
+
+def scenarios_2(rank, world_size):
+    out = {}
+    for fraction in (1.0, 0.5):
+        out[("f32", fraction)] = ddp_run(rank, world_size, torch.float32, fraction, True)
+    out["checkpoint"] = ddp_run(rank, world_size, torch.float64, 1.0, True, save_after=1)
+    dist.barrier()
+    return out
+
+
+def reference(dtype):
+    model = make_model(dtype)
+    precond = KFACPreconditioner(model, inv_dtype=dtype, comm=LocalComm(), **HPARAMS)
+    return train(model, precond, batches(dtype))[0]
+
+
+def assert_grads_close(got, want, rtol):
+    for step, (g_step, w_step) in enumerate(zip(got, want)):
+        for k, (g, w) in enumerate(zip(g_step, w_step)):
+            err = (g - w).norm() / w.norm()
+            assert err <= rtol, f"step {step} param {k}: relative error {err:.2e}"
+
+
+@pytest.fixture(scope="module")
+def four_ranks():
+    return run_workers(scenarios_4, 4, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def two_ranks():
+    return run_workers(scenarios_2, 2, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def ref64():
+    return reference(torch.float64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction, colocate, strategy", [
+    (1.0, True, "COMM-OPT"), (0.5, True, "HYBRID-OPT"), (0.25, True, "MEM-OPT"),
+    (1.0, False, "COMM-OPT"), (0.5, False, "HYBRID-OPT")])
+def test_four_ranks_match_one_process_float64(four_ranks, ref64, fraction, colocate, strategy):
+    for rank, out in enumerate(four_ranks):
+        res = out[(fraction, colocate)]
+        assert res["strategy"] == strategy
+        assert_grads_close(res["grads"], ref64, 1e-5)
+        # only upper triangles travel: n(n+1)/2 elements per n x n factor per update
+        assert res["factor_elements"] == res["expected_factor_elements"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fraction", [1.0, 0.5])
+def test_two_ranks_match_one_process_float32(two_ranks, fraction):
+    want = reference(torch.float32)
+    for out in two_ranks:
+        assert_grads_close(out[("f32", fraction)]["grads"], want, 1e-4)
+
+
+@pytest.mark.slow
+def test_checkpoint_from_two_ranks_resumes_on_one_identically(two_ranks, ref64):
+    run = two_ranks[0]["checkpoint"]
+    assert_grads_close(run["grads"], ref64, 1e-5)
+    precond_state, model_state, opt_state = run["saved"]
+    model = make_model(torch.float64)
+    model.load_state_dict(model_state)
+    precond = KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(), **HPARAMS)
+    precond.load_state_dict(precond_state)
+    opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
+    opt.load_state_dict(opt_state)
+    resumed = []
+    for x, y in batches(torch.float64)[2:]:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        precond.step()
+        resumed.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+    assert_grads_close(resumed, run["grads"][2:], 1e-9)
