@@ -134,7 +134,7 @@ def _canonical(placement: Placement, groups: list[list[int]], graph: Graph) -> P
                      order(placement.cpus, graph.num_cpus))
 
 
-class _Placement:
+class _PlacementVars:
     """The placement part of both programs: x[g, d], memory, symmetry."""
 
     def __init__(self, prog: _Program, graph: Graph):
@@ -209,7 +209,7 @@ class _Placement:
 
 def _throughput_program(graph: Graph):
     prog = _Program()
-    place = _Placement(prog, graph)
+    place = _PlacementVars(prog, graph)
     k = graph.num_accelerators
     m = prog.var(0.0, math.inf, cost=1.0)
     crossing = {}  # (node, accel) -> var
@@ -263,7 +263,7 @@ def _ancestor_sets(graph: Graph, order: list[int]) -> dict[int, int]:
 
 def _latency_program(graph: Graph, upper: float, max_pairs: int):
     prog = _Program()
-    place = _Placement(prog, graph)
+    place = _PlacementVars(prog, graph)
     devices = place.devices
     accel = [d for d, (kind, _) in enumerate(devices) if kind == "accel"]
     order = graph.topological_order()
