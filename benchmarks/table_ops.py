@@ -251,7 +251,8 @@ def main(argv=None) -> int:
 
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
           f"machine: {machine()}; torch {torch.__version__}; "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"command: python benchmarks/table_ops.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"measured floors: torch.mm {flop_rate / 1e9:.0f} GFLOP/s (float32, 1024^3), "
           f"copy {byte_rate / 1e9:.1f} GB/s (32 MiB)\n")
