@@ -76,7 +76,7 @@ def _ops_extension():
             include_dirs=include_dirs,
             extra_compile_args={
                 "cxx": cxx_flags + ["-DKFAC_EXT_WITH_CUDA"],
-                "nvcc": ["-O3", "-std=c++17", "-DKFAC_EXT_WITH_CUDA", "--expt-relaxed-constexpr"],
+                "nvcc": ["-O3", "-DKFAC_EXT_WITH_CUDA", "--expt-relaxed-constexpr"],  # -std: torch picks it
             },
             extra_link_args=link_args,
         )
