@@ -1,0 +1,112 @@
+"""Layer registration and capture of KFACPreconditioner (kfac_ext.layers)."""
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import kfac_ext
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
+                                      nn.Conv2d(4, 4, 3, groups=2, padding=1))
+        self.head = nn.Linear(4 * 5 * 5, 6)
+        self.classifier = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.head(self.features(x).flatten(1))))
+
+
+def _names(p):
+    return [l.name for l in p.layers]
+
+
+def test_registers_supported_layers_and_warns_for_groups():
+    with pytest.warns(UserWarning, match="features.2.*groups=2"):
+        p = kfac_ext.KFACPreconditioner(_Net())
+    assert _names(p) == ["features.0", "head", "classifier"]
+    dims = [(l.a_dim, l.g_dim) for l in p.layers]
+    assert dims == [(3 * 9 + 1, 4), (4 * 25 + 1, 6), (7, 2)]
+
+
+@pytest.mark.parametrize("skip, expected", [
+    ("classifier", ["features.0", "head"]),
+    (["^head$", "CLASSIFIER"], ["features.0"]),
+    ("conv2d", ["head", "classifier"]),       # class name, case-insensitive
+    ("linear", ["features.0"]),
+])
+def test_skip_layers_by_name_or_class(skip, expected, recwarn):
+    p = kfac_ext.KFACPreconditioner(_Net(), skip_layers=skip)
+    assert _names(p) == expected
+
+
+def test_frozen_weight_skipped_frozen_bias_dropped_from_factor():
+    net = _Net()
+    net.head.weight.requires_grad_(False)
+    net.classifier.bias.requires_grad_(False)
+    with pytest.warns(UserWarning, match="groups"):
+        p = kfac_ext.KFACPreconditioner(net)
+    assert _names(p) == ["features.0", "classifier"]
+    assert p.layers[1].a_dim == 6 and not p.layers[1].has_bias
+    net(torch.randn(2, 3, 5, 5)).sum().backward()
+    p.step()  # weight-only K-FAC for classifier; bias grad absent, no crash
+    assert net.classifier.bias.grad is None
+
+
+def test_inplace_relu_after_conv_and_hooks_only_on_capture_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(),
+                          nn.Linear(3 * 4 * 4, 2))
+    p = kfac_ext.KFACPreconditioner(model, factor_update_steps=2)
+    for step in range(3):
+        model.zero_grad()
+        model(torch.randn(4, 2, 6, 6)).sum().backward()
+        captured = [l.a_count for l in p.layers]
+        assert captured == ([1, 1] if step % 2 == 0 else [0, 0])
+        p.step()
+    assert [l.factor_updates for l in p.layers] == [2, 2]
+
+
+def test_shared_module_registered_once_and_accumulates_both_uses():
+    lin = nn.Linear(3, 3)
+    model = nn.Sequential(lin, nn.Tanh(), lin)
+    p = kfac_ext.KFACPreconditioner(model)
+    assert _names(p) == ["0"]
+    model(torch.randn(4, 3)).sum().backward()
+    assert p.layers[0].a_count == 2 and p.layers[0].g_count == 2
+
+
+def test_repr_and_memory_usage():
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3, bias=False))
+    p = kfac_ext.KFACPreconditioner(model)
+    text = repr(p)
+    assert "0 (Linear): A 6x6, G 4x4" in text and "2 (Linear): A 4x4, G 3x3" in text
+    mem = p.memory_usage()
+    assert mem["factors"] == 4 * (36 + 16 + 16 + 9) and mem["eigen"] == 0
+    model(torch.randn(2, 5)).sum().backward()
+    p.step()
+    assert p.memory_usage()["eigen"] == 4 * (36 + 6 + 16 + 4 + 16 + 4 + 9 + 3)
+
+
+def test_ddp_wrapped_model_registers_inner_names():
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'init')}",
+                                rank=0, world_size=1)
+        try:
+            inner = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+            ddp = nn.parallel.DistributedDataParallel(inner)
+            p = kfac_ext.KFACPreconditioner(ddp)
+            assert _names(p) == ["0", "2"]
+            ddp(torch.randn(5, 4)).sum().backward()
+            p.step()
+            assert all(l.factor_updates == 1 for l in p.layers)
+            plain = kfac_ext.KFACPreconditioner(nn.Sequential(nn.Linear(4, 3), nn.ReLU(),
+                                                              nn.Linear(3, 2)))
+            plain.load_state_dict(p.state_dict())  # same names: checkpoints interchange
+        finally:
+            dist.destroy_process_group()
