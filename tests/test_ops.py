@@ -121,6 +121,17 @@ def test_channel_cov_update_matches_reference(device, dtype, n, c, length):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("c,length", [(7, 33), (129, 70), (129, 9)])
+def test_channel_cov_update_channels_last_gradient(device, c, length):
+    # A channels_last Conv2d output gradient viewed as (N, C, H*W) has strides (C*L, 1, C).
+    x = randn(3, length, c, seed=c, device=device).transpose(1, 2)
+    factor = sym(c, seed=2, device=device)
+    exact = ref.channel_cov_update(factor.cpu(), x.cpu(), 0.5, 0.5)
+    ops.channel_cov_update_(factor, x, 0.5, 0.5)
+    assert rel_err(factor, exact) <= 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_channel_cov_update_empty_batch_scales_only(device):
     factor = sym(6, seed=1, device=device)
     expected = factor * 0.5
