@@ -31,7 +31,7 @@ from .fx_graph import trace
 from .graph import Graph
 from .objective import Placement, PlacementError
 
-__all__ = ["stage_order", "split_module", "build_pipe", "run_stage", "run_locally"]
+__all__ = ["stage_order", "pipeline_stages", "split_module", "build_pipe", "run_stage", "run_locally"]
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -89,6 +89,15 @@ def stage_order(graph: Graph, placement: Placement) -> list[list[str]]:
     return stages
 
 
+def pipeline_stages(model: torch.nn.Module, graph: Graph, placement: Placement) -> list[list[str]]:
+    """:func:`stage_order` without the stages that hold only model inputs
+    (placeholders): pipelining feeds the inputs to the first stage anyway, so such a
+    device would have nothing to run."""
+    gm = trace(model)
+    inputs = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
+    return [names for names in stage_order(graph, placement) if set(names) - inputs]
+
+
 def split_module(model: torch.nn.Module, stages: Sequence[Sequence[str]]) -> torch.fx.GraphModule:
     """The traced model with each stage's nodes consecutive and ``pipe_split()``
     between stages (inputs stay first, the output last)."""
@@ -135,7 +144,7 @@ def build_pipe(model: torch.nn.Module, graph: Graph, placement: Placement,
                microbatch_args: tuple):
     """``torch.distributed.pipelining.pipeline`` of the model cut at the placement's
     stage boundaries; ``microbatch_args`` is one example micro-batch."""
-    stages = stage_order(graph, placement)
+    stages = pipeline_stages(model, graph, placement)
     return pipeline(split_module(model, stages), mb_args=tuple(microbatch_args))
 
 
@@ -203,7 +212,7 @@ def run_locally(model: torch.nn.Module, graph: Graph, placement: Placement,
         if x.shape[0] % n_microbatches:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by "
                              f"n_microbatches={n_microbatches}")
-    world = len(stage_order(graph, placement))
+    world = len(pipeline_stages(model, graph, placement))
     with tempfile.TemporaryDirectory() as out_dir:
         torch.multiprocessing.start_processes(
             _worker, args=(world, _free_port(), model, graph, placement, inputs, target, loss_fn,

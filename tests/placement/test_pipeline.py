@@ -7,7 +7,7 @@ import torch.nn as nn
 from kfac_ext.placement.dp import ideal_dp
 from kfac_ext.placement.fx_graph import from_module
 from kfac_ext.placement.objective import Placement, PlacementError
-from kfac_ext.placement.pipeline import run_locally, split_module, stage_order
+from kfac_ext.placement.pipeline import pipeline_stages, run_locally, split_module, stage_order
 
 
 class Residual(nn.Module):
@@ -75,6 +75,10 @@ def test_stage_order_and_split_module():
                                   [ids["tanh"], ids["mid"], ids["relu"]]]))
     with pytest.raises(PlacementError, match="does not place"):
         stage_order(g, Placement([first]))
+    # a device holding only the model input is no stage: inputs go to the first stage
+    only_input = Placement([[ids["x"]], [i for i in first + second if i != ids["x"]]])
+    assert len(stage_order(g, only_input)) == 2
+    assert pipeline_stages(model, g, only_input) == [[n for n in names if n != "x"]]
 
 
 def test_dp_split_runs_as_gpipe_float64():
