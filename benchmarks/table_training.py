@@ -46,8 +46,7 @@ def machine_line() -> str:
     except (OSError, StopIteration):
         model = platform.processor() or "unknown CPU"
     return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {model}, "
-            f"{os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+            f"{os.cpu_count()} cores, torch {torch.__version__}")
 
 
 def _median(values):
