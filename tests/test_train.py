@@ -186,13 +186,14 @@ def test_mismatched_or_corrupt_checkpoint_is_refused_and_kept(tmp_path, capsys):
     _train(capsys, "--optimizer", "sgd", "--epochs", "1", "--save", str(tmp_path))
     path = tmp_path / "sgd.pt"
     before = path.read_bytes()
-    code = main(["train", *FAST, "--optimizer", "sgd", "--lr-sgd", "0.05",
+    code = main(["train", *FAST, "--optimizer", "sgd", "--epochs", "1", "--lr-sgd", "0.02",
                  "--resume", str(tmp_path), "--save", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "lr: checkpoint" in err and path.read_bytes() == before
+    assert "epochs" not in err                      # only the setting that differs is named
     path.write_bytes(before[:100])
-    code = main(["train", *FAST, "--optimizer", "sgd", "--resume", str(tmp_path),
-                 "--save", str(tmp_path)])
+    code = main(["train", *FAST, "--optimizer", "sgd", "--epochs", "1",
+                 "--resume", str(tmp_path), "--save", str(tmp_path)])
     assert code == 2 and "corrupt" in capsys.readouterr().err
     assert path.read_bytes() == before[:100]
     assert main(["train", *FAST, "--resume", str(tmp_path / "empty")]) == 2
@@ -202,13 +203,13 @@ def test_mismatched_or_corrupt_checkpoint_is_refused_and_kept(tmp_path, capsys):
 # --------------------------------------------------------------------------- K-FAC
 @needs_kfac
 def test_both_runs_share_initialisation_and_report_both(capsys):
-    out = _train(capsys, "--optimizer", "both", "--epochs", "2", "--target-accuracy", "0.5")
+    out = _train(capsys, "--optimizer", "both", "--epochs", "2", "--target-accuracy", "0.25")
     assert list(out["runs"]) == ["sgd", "kfac"]
     for run in out["runs"].values():
-        assert run["final_test_accuracy"] > 0.5 and run["step_ms_median"] > 0
+        assert run["final_test_accuracy"] > 0.25 and run["step_ms_median"] > 0  # chance: 0.1
     # Training K-FAC beside SGD leaves the SGD run exactly as it is alone (shared init,
     # data order and RNG stream are rebuilt from the seed for each run).
-    sgd_only = _train(capsys, "--optimizer", "sgd", "--epochs", "2", "--target-accuracy", "0.5")
+    sgd_only = _train(capsys, "--optimizer", "sgd", "--epochs", "2", "--target-accuracy", "0.25")
     assert _history(sgd_only, "sgd") == _history(out, "sgd")
 
 
