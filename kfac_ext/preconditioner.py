@@ -59,6 +59,16 @@ def _auto_comm(grad_worker_fraction: float) -> Comm:
     return LocalComm()
 
 
+def _all_finite_pairs(tensors: List[torch.Tensor]) -> List[bool]:
+    """For consecutive pairs (A, G): whether both are finite, with one sync per device."""
+    sums = [t.sum(dtype=torch.float64) for t in tensors]
+    if len({t.device for t in sums}) == 1:
+        flags = torch.isfinite(torch.stack(sums)).tolist()
+    else:
+        flags = [bool(torch.isfinite(t)) for t in sums]
+    return [flags[k] and flags[k + 1] for k in range(0, len(flags), 2)]
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     # DDP / DataParallel: register the inner modules under their own names, so a
     # checkpoint of a wrapped model loads into an unwrapped one and back.
@@ -211,9 +221,12 @@ class KFACPreconditioner:
             batches += [a, g]
         self.comm.wait(self.comm.allreduce_factors(batches))
         decay = self.factor_decay(step)
+        # One reduction per factor and one host sync for all: a NaN/Inf entry makes the
+        # sum NaN/Inf (finite factors of a sane model are far from float32 overflow).
+        finite = _all_finite_pairs(batches)
         for k, layer in enumerate(ready):
             a, g = batches[2 * k], batches[2 * k + 1]
-            if bool(torch.isfinite(a).all()) and bool(torch.isfinite(g).all()):
+            if finite[k]:
                 layer.update_running(a, g, decay)
             else:
                 self.skipped_factor_updates += 1
