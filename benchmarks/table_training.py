@@ -64,6 +64,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--also-targets", type=float, nargs="*", default=[0.98],
+                   help="further targets read off the same runs' per-epoch test accuracy")
     p.add_argument("extra", nargs="*", help="more `kfac-ext train` flags, after --")
     a = p.parse_args()
     results = [run_train(["--optimizer", "both", "--seed", str(s), *a.extra]) for s in a.seeds]
@@ -98,6 +100,14 @@ def main() -> int:
     if med["sgd"] and med["kfac"]:
         line += f"; median time to target K-FAC / SGD = {med['kfac'] / med['sgd']:.2f}"
     print(line)
+    for extra in a.also_targets:
+        cells = []
+        for name in ("sgd", "kfac"):
+            t = [next((h["train_time_s"] for h in r["runs"][name]["history"]
+                       if h["test_accuracy"] >= extra), None) for r in results]
+            cells.append(f"{name} {', '.join(fmt(v, '.2f') for v in t)} s "
+                         f"(median {fmt(_median(t), '.2f')})")
+        print(f"same runs, target {100 * extra:g}%: " + "; ".join(cells))
     return 0
 
 

@@ -43,7 +43,7 @@ DEFAULTS = {
     "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.05,
                    damping=0.1,
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
-                   target_accuracy=0.97, factor_update_steps=1, inv_update_steps=10,
+                   target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
                    threads=1),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
                     damping=0.003,
