@@ -221,8 +221,8 @@ class KFACPreconditioner:
             batches += [a, g]
         self.comm.wait(self.comm.allreduce_factors(batches))
         decay = self.factor_decay(step)
-        # One reduction per factor and one host sync for all: a NaN/Inf entry makes the
-        # sum NaN/Inf (finite factors of a sane model are far from float32 overflow).
+        # One float64 reduction per factor and one host sync for all: a NaN/Inf entry
+        # makes the sum NaN/Inf.
         finite = _all_finite_pairs(batches)
         for k, layer in enumerate(ready):
             a, g = batches[2 * k], batches[2 * k + 1]
@@ -267,6 +267,13 @@ class KFACPreconditioner:
             return [torch.zeros(n, **kw), torch.eye(n, **kw)]
         return [torch.eye(n, **kw)]
 
+    def _identity_second_order(self, layer: KFACLayer, which: str) -> List[torch.Tensor]:
+        """Second-order data of an identity factor (fallback when the first one fails)."""
+        data = self._empty_second_order(layer, which)
+        if self.compute_method == "eigen":
+            data[0].fill_(1.0)
+        return data
+
     def _factor(self, i: int, which: str) -> torch.Tensor:
         layer = self.layers[i]
         return (layer.A if which == "A" else layer.G).to(self.inv_dtype)
@@ -295,7 +302,9 @@ class KFACPreconditioner:
                 self.failed_inverse_updates += 1
                 i, w = key
                 kept = "the previous one is kept" if w in self._second.get(i, {}) else \
-                    "the layer is left unpreconditioned until one succeeds"
+                    "the identity is used for this factor until one succeeds"
+                if w not in self._second.get(i, {}):
+                    out[key] = self._identity_second_order(self.layers[i], w)
                 warnings.warn(f"KFACPreconditioner: {self.compute_method} of factor {w} of layer "
                               f"{self.layers[i].name!r} failed at step {step} ({exc}); {kept}")
         return out

@@ -72,6 +72,23 @@ def test_eigh_failure_keeps_previous_basis(monkeypatch):
     assert all(torch.isfinite(l.module.weight.grad).all() for l in p.layers)
 
 
+def test_first_eigh_failure_falls_back_to_identity(monkeypatch):
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, inv_dtype=torch.float64, kl_clip=None, damping=0.25)
+
+    def failing(factors, clamp=True):
+        raise RuntimeError("batched_eigh: factor 0 failed in float64")
+
+    monkeypatch.setattr(ops, "batched_eigh", failing)
+    _backward(model, _x(0))
+    raw = [m.weight.grad.clone() for m in (model[0], model[3])]
+    with pytest.warns(UserWarning, match="identity is used"):
+        p.step()
+    # both factors identity: P = Γ / (1*1 + λ)
+    for m, g in zip((model[0], model[3]), raw):
+        torch.testing.assert_close(m.weight.grad, g / 1.25)
+
+
 class _FunctionalUse(nn.Module):
     """out_proj's weight is used functionally (as in nn.MultiheadAttention): hooks never fire."""
 
@@ -159,11 +176,15 @@ def test_schedule_turning_invalid_raises_at_step():
 
 
 def test_kl_clip_none_disables_clipping():
-    model = _model()
-    p = kfac_ext.KFACPreconditioner(model, kl_clip=None, lr=1e6)
-    _backward(model, _x())
-    p.step()  # a huge lr would clip hard; None must leave the scale at 1
-    assert p._kl_scale(0, [], []) == 1.0
+    results = []
+    for kl_clip in (None, 1e300):  # a huge lr would clip any finite kl_clip hard
+        model = _model()
+        p = kfac_ext.KFACPreconditioner(model, kl_clip=kl_clip, lr=1e6, inv_dtype=torch.float64)
+        _backward(model, _x())
+        p.step()
+        results.append([m.weight.grad.clone() for m in (model[0], model[3])])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_load_state_dict_rejects_wrong_shapes_and_layers():
