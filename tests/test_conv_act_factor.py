@@ -28,10 +28,6 @@ def unfold_reference(x, kernel_size, stride, padding, dilation, has_bias):
     return a.t() @ a / (n * t)
 
 
-def _out_size(size, k, s, p, d):
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
-
-
 def _cases():
     """Odd shapes over the whole parameter grid, subsampled deterministically."""
     grid = list(
@@ -89,8 +85,9 @@ def test_float64_matches_unfold(case, algo):
     # padding) must come out exactly zero.
     err = (got - want).abs().max()
     assert err <= 1e-10 * want.abs().max(), f"error {err}, scale {want.abs().max()}"
-    # A is symmetric and positive semi-definite.
-    assert torch.equal(got, got.t()) or (got - got.t()).abs().max() <= 1e-12 * want.abs().max()
+    # Both paths return an exactly symmetric factor (eigh and triangle
+    # packing downstream rely on it).
+    assert torch.equal(got, got.t())
 
 
 @pytest.mark.parametrize(
@@ -240,3 +237,28 @@ def test_error_bad_algorithm_override(monkeypatch):
     monkeypatch.setenv(ALGO_ENV, "winograd")
     with pytest.raises(RuntimeError, match="KFAC_EXT_CONV_FACTOR_ALGO must be"):
         op(torch.randn(1, 2, 6, 6), (3, 3), (1, 1), (0, 0), (1, 1), False)
+
+
+def test_random_geometries_shift_path(monkeypatch):
+    # Random kernels up to 5, strides up to 4 (more phases than taps),
+    # padding up to 4 (windows reaching past the image) and dilation up to 3,
+    # on images up to 26 wide: every combination the axis plan has to get right.
+    monkeypatch.setenv(ALGO_ENV, "shift")
+    rng = random.Random(99)
+    checked = 0
+    while checked < 60:
+        k = (rng.randint(1, 5), rng.randint(1, 5))
+        s = (rng.randint(1, 4), rng.randint(1, 4))
+        p = (rng.randint(0, 4), rng.randint(0, 4))
+        d = (rng.randint(1, 3), rng.randint(1, 3))
+        h, w = rng.randint(1, 26), rng.randint(1, 26)
+        if h + 2 * p[0] - d[0] * (k[0] - 1) - 1 < 0 or w + 2 * p[1] - d[1] * (k[1] - 1) - 1 < 0:
+            continue
+        g = torch.Generator().manual_seed(checked)
+        x = torch.randn(rng.randint(1, 3), rng.randint(1, 4), h, w, dtype=torch.float64, generator=g) + 0.3
+        b = rng.random() < 0.5
+        got = op(x, k, s, p, d, b)
+        want = unfold_reference(x, k, s, p, d, b)
+        assert (got - want).abs().max() <= 1e-10 * want.abs().max(), (x.shape, k, s, p, d, b)
+        assert torch.equal(got, got.t())
+        checked += 1
