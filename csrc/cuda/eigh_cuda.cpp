@@ -180,8 +180,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> batched_eigh_cuda(
     auto info64 = at::zeros({static_cast<int64_t>(factors.size())}, int_opts);
     std::vector<std::pair<std::vector<size_t>, Decomposed>> redone;
     int64_t pos = 0;
-    for (const auto& [n, members] : retry) {
-      (void)n;
+    for (const auto& group : retry) {
+      const std::vector<size_t>& members = group.second;
       auto result = decompose(stack_copy(factors, members, at::kDouble), clamp,
                               info64.narrow(0, pos, static_cast<int64_t>(members.size())));
       for (size_t k = 0; k < members.size(); ++k) slot[members[k]] = pos + static_cast<int64_t>(k);
