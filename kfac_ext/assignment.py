@@ -34,7 +34,7 @@ class Assignment:
 
     owner: tuple[int, ...]
     loads: tuple[float, ...]
-    method: str  # "lpt" or the solver's name ("optimal")
+    method: str  # "lpt", "optimal" (proven by the solver) or "best-found" (solver timed out)
 
     @property
     def makespan(self) -> float:
@@ -141,7 +141,8 @@ def assign_work(costs: Sequence[float], n_workers: int, *, method: str = "auto",
             raise RuntimeError("assign_work: method='optimal' needs kfac_ext.placement.makespan")
         return greedy
     try:
-        owner = _owner_from_solver_result(solver(costs, n_workers, time_limit=time_limit), len(costs))
+        result = solver(costs, n_workers, time_limit=time_limit)
+        owner = _owner_from_solver_result(result, len(costs))
     except Exception:
         if method == "optimal":
             raise
@@ -151,4 +152,6 @@ def assign_work(costs: Sequence[float], n_workers: int, *, method: str = "auto",
     loads = _loads(costs, owner, n_workers)
     if max(loads) > greedy.makespan:
         return greedy
-    return Assignment(tuple(owner), loads, "optimal")
+    # a solver stopped by its time limit returns its best assignment, not a proven optimum
+    proven = getattr(result, "optimal", True)
+    return Assignment(tuple(owner), loads, "optimal" if proven else "best-found")

@@ -83,3 +83,12 @@ def test_bad_input_names_the_argument(bad_costs, bad_workers, match):
         assign_work(bad_costs, bad_workers)
     with pytest.raises(ValueError, match="method"):
         assign_work([1.0], 2, method="fastest")
+
+
+def test_uses_the_exact_solver_where_lpt_is_not_optimal():
+    pytest.importorskip("kfac_ext.placement.makespan")
+    costs = [3.0, 3.0, 2.0, 2.0, 2.0]  # LPT: {3,2,2} vs {3,2} -> 7; optimum {3,3} vs {2,2,2} -> 6
+    assert lpt_assignment(costs, 2).makespan == 7.0
+    a = assign_work(costs, 2)
+    assert a.method == "optimal" and a.makespan == 6.0 == brute_force_optimum(costs, 2)
+    assert assign_work(costs, 2, method="lpt").makespan == 7.0
