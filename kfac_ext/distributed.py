@@ -182,11 +182,17 @@ class WorkPlan:
     """Per layer: its block and the owners of its two eigendecompositions."""
 
     def __init__(self, factor_sizes: Sequence[tuple[int, int]], layout: GradWorkerLayout,
-                 colocate_factors: bool = True, method: str = "auto"):
+                 colocate_factors: bool = True, method: str = "auto",
+                 layers: Sequence[LayerWork] | None = None):
+        """``layers``: a plan computed elsewhere (rank 0's), adopted as is."""
         g = layout.grad_workers
         # broadcasting (Q, d) reaches the g-1 other grad workers of the block
         cost = [(eigen_cost(na, receivers=g - 1), eigen_cost(ng, receivers=g - 1))
                 for na, ng in factor_sizes]
+        self.layout = layout
+        if layers is not None:
+            self._set_layers(list(layers), cost)
+            return
         layer_cost = [ca + cg for ca, cg in cost]
         blocks = assign_work(layer_cost, layout.n_blocks, method=method).owner
         a_owner = [0] * len(cost)
@@ -202,10 +208,12 @@ class WorkPlan:
                 owner = assign_work(tasks, g, method=method).owner
                 for k, i in enumerate(layers):
                     a_owner[i], g_owner[i] = ranks[owner[2 * k]], ranks[owner[2 * k + 1]]
-        self.layers = [LayerWork(b, a, gw) for b, a, gw in zip(blocks, a_owner, g_owner)]
-        self.layout = layout
+        self._set_layers([LayerWork(b, a, gw) for b, a, gw in zip(blocks, a_owner, g_owner)], cost)
+
+    def _set_layers(self, layers: list[LayerWork], cost) -> None:
+        self.layers = layers
         # predicted eigendecomposition seconds per rank (for reports and tests)
-        self.rank_cost = [0.0] * layout.world_size
+        self.rank_cost = [0.0] * self.layout.world_size
         for (ca, cg), w in zip(cost, self.layers):
             self.rank_cost[w.a_owner] += ca
             self.rank_cost[w.g_owner] += cg
@@ -326,7 +334,13 @@ class DistributedComm(Comm):
         check_same_layers(list(zip(names, shapes)), self.group)
         self.layer_names = names
         self.factor_shapes = shapes
-        self.plan = WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment)
+        # Rank 0 plans and the others adopt its plan: a time-limited solver could
+        # otherwise return different (equally good) assignments on different ranks.
+        plan = [WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment).layers
+                if self.rank == 0 else None]
+        dist.broadcast_object_list(plan, src=0, group=self.group)
+        self.plan = WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment,
+                             layers=plan[0])
 
     def _barrier(self, where: str) -> None:
         kwargs = {}
