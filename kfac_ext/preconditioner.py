@@ -49,13 +49,13 @@ from kfac_ext.layers import SUPPORTED, KFACLayer, unsupported_reason
 _COMPUTE_METHODS = ("eigen", "inverse")
 
 
-def _auto_comm(grad_worker_fraction: float) -> Comm:
+def _auto_comm(grad_worker_fraction: float, **options) -> Comm:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         from kfac_ext.distributed import DistributedComm
 
-        return DistributedComm(grad_worker_fraction=grad_worker_fraction)
+        return DistributedComm(grad_worker_fraction=grad_worker_fraction, **options)
     return LocalComm()
 
 
@@ -93,7 +93,8 @@ class KFACPreconditioner:
     of the factors (None: the weight's, float32 for half types). inv_dtype: dtype
     of eigendecompositions / inverses and of the preconditioning math.
     grad_scaler: a GradScaler whose scale divides G. comm: distribution seam
-    (None = auto). grad_worker_fraction: passed to the distributed comm.
+    (None = auto). grad_worker_fraction, colocate_factors, allreduce_bucket_cap_mb:
+    passed to the distributed comm (kfac_ext.distributed.DistributedComm).
     """
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
@@ -102,7 +103,8 @@ class KFACPreconditioner:
                  skip_layers: Union[str, Iterable[str]] = (),
                  factor_dtype: Optional[torch.dtype] = None,
                  inv_dtype: torch.dtype = torch.float32, grad_scaler=None,
-                 comm: Optional[Comm] = None, grad_worker_fraction: float = 1.0):
+                 comm: Optional[Comm] = None, grad_worker_fraction: float = 1.0,
+                 colocate_factors: bool = True, allreduce_bucket_cap_mb: float = 25.0):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -133,7 +135,9 @@ class KFACPreconditioner:
         self.skip_layers = [re.compile(p, re.IGNORECASE) for p in skip_layers]
 
         self.layers: List[KFACLayer] = self._register(_unwrap(model))
-        self.comm = comm if comm is not None else _auto_comm(grad_worker_fraction)
+        self.comm = comm if comm is not None else _auto_comm(
+            grad_worker_fraction, colocate_factors=colocate_factors,
+            allreduce_bucket_cap_mb=allreduce_bucket_cap_mb)
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
 
         self.steps = 0

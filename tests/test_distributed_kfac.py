@@ -122,6 +122,11 @@ def scenarios_2(rank, world_size, four_rank_checkpoint):
     for fraction in (1.0, 0.5):
         out[("f32", fraction)] = ddp_run(rank, world_size, torch.float32, fraction, True)
     out["checkpoint"] = ddp_run(rank, world_size, torch.float64, 1.0, True, save_after=1)
+    auto = KFACPreconditioner(nn.parallel.DistributedDataParallel(make_model(torch.float64)),
+                              grad_worker_fraction=0.5, colocate_factors=False,
+                              allreduce_bucket_cap_mb=1e-3)
+    out["auto_comm"] = (type(auto.comm).__name__, auto.comm.strategy,
+                        auto.comm.colocate_factors, auto.comm.reducer.cap_bytes)
     dist.barrier()
     return out
 
@@ -188,3 +193,9 @@ def test_checkpoint_from_four_mem_opt_ranks_resumes_on_two_identically(four_rank
     want = four_ranks[0]["checkpoint"]["grads"][2:]
     for out in two_ranks:
         assert_grads_close(out["resumed_from_4"], want, 1e-9)
+
+
+@pytest.mark.slow
+def test_preconditioner_picks_the_distributed_comm_with_its_options(two_ranks):
+    for out in two_ranks:
+        assert out["auto_comm"] == ("DistributedComm", "MEM-OPT", False, int(1e-3 * 1024 * 1024))
