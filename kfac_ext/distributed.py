@@ -30,6 +30,17 @@ says which collective failed.
 Without DDP the user must average gradients before ``preconditioner.step()``
 (e.g. ``dist.all_reduce(p.grad); p.grad /= world_size`` for every
 parameter): K-FAC averages its factors, not the gradients it preconditions.
+Each rank's loss must be the mean over its local batch, as under DDP (the
+preconditioner's 1/world_size^2 correction of G assumes it).
+
+Overlap: ``allreduce_factors`` may be called several times before ``wait``
+(e.g. once per layer from a backward hook); full buckets go out at once, so
+the reductions then run while the backward pass goes on. The preconditioner
+currently calls it once per factor-update step, after backward; buckets still
+overlap one another's packing.
+
+On NCCL, set ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1`` (torchrun's default in
+recent versions) so that a timed-out collective raises instead of hanging.
 """
 from __future__ import annotations
 

@@ -80,6 +80,26 @@ def ddp_run(rank, world_size, dtype, fraction, colocate, save_after=None):
                                                      for n in (l.a_dim, l.g_dim)))
 
 
+def no_ddp_run(rank, world_size):
+    """Without DDP: the user averages gradients before preconditioner.step() (documented)."""
+    model = make_model(torch.float64)
+    precond = KFACPreconditioner(model, inv_dtype=torch.float64, comm=DistributedComm(), **HPARAMS)
+    opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
+    chunk = GLOBAL_BATCH // world_size
+    grads = []
+    for x, y in batches(torch.float64):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[rank * chunk:(rank + 1) * chunk]),
+                                    y[rank * chunk:(rank + 1) * chunk]).backward()
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+        precond.step()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+    return grads
+
+
 def scenarios_4(rank, world_size):
     out = {}
     for fraction in (1.0, 0.5, 0.25):
@@ -122,6 +142,7 @@ def scenarios_2(rank, world_size, four_rank_checkpoint):
     for fraction in (1.0, 0.5):
         out[("f32", fraction)] = ddp_run(rank, world_size, torch.float32, fraction, True)
     out["checkpoint"] = ddp_run(rank, world_size, torch.float64, 1.0, True, save_after=1)
+    out["no_ddp"] = no_ddp_run(rank, world_size)
     auto = KFACPreconditioner(nn.parallel.DistributedDataParallel(make_model(torch.float64)),
                               grad_worker_fraction=0.5, colocate_factors=False,
                               allreduce_bucket_cap_mb=1e-3)
@@ -199,3 +220,9 @@ def test_checkpoint_from_four_mem_opt_ranks_resumes_on_two_identically(four_rank
 def test_preconditioner_picks_the_distributed_comm_with_its_options(two_ranks):
     for out in two_ranks:
         assert out["auto_comm"] == ("DistributedComm", "MEM-OPT", False, int(1e-3 * 1024 * 1024))
+
+
+@pytest.mark.slow
+def test_without_ddp_averaging_grads_by_hand_matches_one_process(two_ranks, ref64):
+    for out in two_ranks:
+        assert_grads_close(out["no_ddp"], ref64, 1e-5)
