@@ -68,11 +68,11 @@ def train(model, precond, data, rank=0, world_size=1, save_after=None):
     return grads, saved
 
 
-def ddp_run(rank, world_size, dtype, fraction, colocate, save_after=None):
+def ddp_run(rank, world_size, dtype, fraction, colocate, save_after=None, method="eigen"):
     model = make_model(dtype)
     ddp = nn.parallel.DistributedDataParallel(model)
     comm = DistributedComm(grad_worker_fraction=fraction, colocate_factors=colocate, timeout=30)
-    precond = KFACPreconditioner(ddp, inv_dtype=dtype, comm=comm, **HPARAMS)
+    precond = KFACPreconditioner(ddp, inv_dtype=dtype, comm=comm, compute_method=method, **HPARAMS)
     grads, saved = train(ddp, precond, batches(dtype), rank, world_size, save_after)
     return dict(grads=grads, saved=saved, strategy=comm.strategy,
                 factor_elements=comm.factor_elements,
@@ -106,6 +106,7 @@ def scenarios_4(rank, world_size):
         out[(fraction, True)] = ddp_run(rank, world_size, torch.float64, fraction, True)
     out[(1.0, False)] = ddp_run(rank, world_size, torch.float64, 1.0, False)
     out[(0.5, False)] = ddp_run(rank, world_size, torch.float64, 0.5, False)
+    out["inverse"] = ddp_run(rank, world_size, torch.float64, 0.5, False, method="inverse")
     # MEM-OPT checkpoint after step 1; step 2 is an inverse-update step, so ranks that
     # did not own a layer's eigendecomposition recompute it exactly as the 4-rank run does
     out["checkpoint"] = ddp_run(rank, world_size, torch.float64, 0.25, True, save_after=1)
@@ -152,9 +153,10 @@ def scenarios_2(rank, world_size, four_rank_checkpoint):
     return out
 
 
-def reference(dtype):
+def reference(dtype, method="eigen"):
     model = make_model(dtype)
-    precond = KFACPreconditioner(model, inv_dtype=dtype, comm=LocalComm(), **HPARAMS)
+    precond = KFACPreconditioner(model, inv_dtype=dtype, comm=LocalComm(), compute_method=method,
+                                 **HPARAMS)
     return train(model, precond, batches(dtype))[0]
 
 
@@ -226,3 +228,10 @@ def test_preconditioner_picks_the_distributed_comm_with_its_options(two_ranks):
 def test_without_ddp_averaging_grads_by_hand_matches_one_process(two_ranks, ref64):
     for out in two_ranks:
         assert_grads_close(out["no_ddp"], ref64, 1e-5)
+
+
+@pytest.mark.slow
+def test_inverse_method_hybrid_matches_one_process(four_ranks):
+    want = reference(torch.float64, method="inverse")
+    for out in four_ranks:
+        assert_grads_close(out["inverse"]["grads"], want, 1e-5)
