@@ -3,7 +3,6 @@ import itertools
 import random
 
 import pytest
-import torch  # noqa: F401  (kfac_ext._C needs libtorch loaded first)
 
 from kfac_ext.assignment import (assign_work, eigen_cost, lpt_assignment,
                                  makespan_lower_bound)

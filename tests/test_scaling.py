@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch  # noqa: F401  (loads libtorch before kfac_ext._C)
 
 from kfac_ext import scaling
 from kfac_ext.cli import main
