@@ -35,11 +35,9 @@ SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
 def unsupported_reason(module: nn.Module) -> Optional[str]:
-    """Why a Linear/Conv2d cannot be registered, or None when it can."""
+    """Why a Linear/Conv2d cannot be registered, or None when it can (groups are supported)."""
     if module.weight is None or not module.weight.requires_grad:
         return "its weight is frozen"
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        return f"groups={module.groups} (grouped convolutions are not supported; skipped)"
     return None
 
 
@@ -61,16 +59,24 @@ def _conv_explicit_padding(module: nn.Conv2d, in_hw: Tuple[int, int]) -> Tuple[i
 class KFACLayer:
     """K-FAC state of one registered module."""
 
-    def __init__(self, name: str, module: nn.Module, factor_dtype: Optional[torch.dtype] = None):
+    def __init__(self, name: str, module: nn.Module, factor_dtype: Optional[torch.dtype] = None,
+                 group: Optional[int] = None):
         self.name = name
         self.module = module
         self.is_conv = isinstance(module, nn.Conv2d)
         weight = module.weight
         # A frozen bias is left out of the factor (K-FAC of the weight alone).
         self.has_bias = module.bias is not None and module.bias.requires_grad
-        in_dim = weight[0].numel()  # in_features or C_in*kh*kw
+        # A grouped conv is block-diagonal: group k maps input channels k*C_in/groups...
+        # to output channels k*C_out/groups..., so each group is a layer of its own.
+        self.group = group
+        self.g_dim = weight.shape[0] if group is None else weight.shape[0] // module.groups
+        self.out_slice = slice(0, weight.shape[0]) if group is None else \
+            slice(group * self.g_dim, (group + 1) * self.g_dim)
+        self.in_slice = None if group is None else \
+            slice(group * weight.shape[1], (group + 1) * weight.shape[1])
+        in_dim = weight[0].numel()  # in_features or (C_in/groups)*kh*kw
         self.a_dim = in_dim + int(self.has_bias)
-        self.g_dim = weight.shape[0]
         if factor_dtype is None:
             factor_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) \
                 else torch.float32
@@ -117,6 +123,8 @@ class KFACLayer:
         if self.is_conv:
             if x.dim() == 3:  # unbatched (C, H, W) input
                 x = x.unsqueeze(0)
+            if self.in_slice is not None:
+                x = x[:, self.in_slice]
             left, right, top, bottom = _conv_explicit_padding(m, x.shape[-2:])
             if m.padding_mode != "zeros" or left != right or top != bottom:
                 mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
@@ -140,6 +148,8 @@ class KFACLayer:
         if self.is_conv:
             if g.dim() == 3:
                 g = g.unsqueeze(0)
+            if self.group is not None:
+                g = g[:, self.out_slice]
             n, c = g.shape[:2]
             t = g.shape[2] * g.shape[3]
             # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
@@ -183,19 +193,20 @@ class KFACLayer:
     def grad_matrix(self, dtype: torch.dtype) -> torch.Tensor:
         """Γ: (out, in[+1]) with the bias gradient as the last column."""
         m = self.module
-        w = m.weight.grad.reshape(self.g_dim, -1)
+        w = m.weight.grad[self.out_slice].reshape(self.g_dim, -1)
         if self.has_bias:
-            return torch.cat([w, m.bias.grad.reshape(-1, 1)], dim=1).to(dtype)
+            return torch.cat([w, m.bias.grad[self.out_slice].reshape(-1, 1)], dim=1).to(dtype)
         return w.to(dtype)
 
     def set_grad(self, p: torch.Tensor) -> None:
         """Write P back into weight.grad (and bias.grad), in the parameters' dtype."""
         m = self.module
+        w = m.weight.grad[self.out_slice]
         if self.has_bias:
-            m.weight.grad.copy_(p[:, :-1].reshape(m.weight.shape))
-            m.bias.grad.copy_(p[:, -1].reshape(m.bias.shape))
+            w.copy_(p[:, :-1].reshape(w.shape))
+            m.bias.grad[self.out_slice].copy_(p[:, -1])
         else:
-            m.weight.grad.copy_(p.reshape(m.weight.shape))
+            w.copy_(p.reshape(w.shape))
 
     def __repr__(self) -> str:
         kind = type(self.module).__name__

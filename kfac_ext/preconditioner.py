@@ -167,7 +167,12 @@ class KFACPreconditioner:
                 if "frozen" not in reason:
                     warnings.warn(f"KFACPreconditioner: layer {name!r} not registered: {reason}")
                 continue
-            layers.append(KFACLayer(name, module, self.factor_dtype))
+            groups = getattr(module, "groups", 1)
+            if groups == 1:
+                layers.append(KFACLayer(name, module, self.factor_dtype))
+            else:  # block-diagonal: one K-FAC layer per channel group
+                layers += [KFACLayer(f"{name}[group {k}]", module, self.factor_dtype, group=k)
+                           for k in range(groups)]
         return layers
 
     def _warn_once(self, key, message: str) -> None:

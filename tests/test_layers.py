@@ -26,19 +26,19 @@ def _names(p):
     return [l.name for l in p.layers]
 
 
-def test_registers_supported_layers_and_warns_for_groups():
-    with pytest.warns(UserWarning, match="features.2.*groups=2"):
-        p = kfac_ext.KFACPreconditioner(_Net())
-    assert _names(p) == ["features.0", "head", "classifier"]
+def test_registers_supported_layers_one_per_conv_group():
+    p = kfac_ext.KFACPreconditioner(_Net())
+    assert _names(p) == ["features.0", "features.2[group 0]", "features.2[group 1]", "head",
+                         "classifier"]
     dims = [(l.a_dim, l.g_dim) for l in p.layers]
-    assert dims == [(3 * 9 + 1, 4), (4 * 25 + 1, 6), (7, 2)]
+    assert dims == [(3 * 9 + 1, 4), (2 * 9 + 1, 2), (2 * 9 + 1, 2), (4 * 25 + 1, 6), (7, 2)]
 
 
 @pytest.mark.parametrize("skip, expected", [
-    ("classifier", ["features.0", "head"]),
-    (["^head$", "CLASSIFIER"], ["features.0"]),
+    ("classifier|features.2", ["features.0", "head"]),
+    (["^head$", "CLASSIFIER", r"features\.2"], ["features.0"]),
     ("conv2d", ["head", "classifier"]),       # class name, case-insensitive
-    ("linear", ["features.0"]),
+    ("linear|features.2", ["features.0"]),
 ])
 def test_skip_layers_by_name_or_class(skip, expected, recwarn):
     p = kfac_ext.KFACPreconditioner(_Net(), skip_layers=skip)
@@ -49,8 +49,7 @@ def test_frozen_weight_skipped_frozen_bias_dropped_from_factor():
     net = _Net()
     net.head.weight.requires_grad_(False)
     net.classifier.bias.requires_grad_(False)
-    with pytest.warns(UserWarning, match="groups"):
-        p = kfac_ext.KFACPreconditioner(net)
+    p = kfac_ext.KFACPreconditioner(net, skip_layers=r"features\.2")
     assert _names(p) == ["features.0", "classifier"]
     assert p.layers[1].a_dim == 6 and not p.layers[1].has_bias
     net(torch.randn(2, 3, 5, 5)).sum().backward()

@@ -96,3 +96,28 @@ def test_kl_clip_scales_every_layer():
     assert nu < 1
     for clipped, plain in zip(results[1e-6], results[None]):
         torch.testing.assert_close(clipped, plain * nu, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("groups, padding_mode", [(2, "zeros"), (3, "reflect")])
+def test_grouped_conv_is_block_diagonal_dense_solve(groups, padding_mode):
+    torch.manual_seed(3)
+    layer = nn.Conv2d(6, 3 * groups, 3, stride=2, padding=1, groups=groups,
+                      padding_mode=padding_mode).double()
+    x = torch.randn(3, 6, 7, 8, dtype=torch.float64)
+    damping = 0.02
+    layer.zero_grad()
+    p = kfac_ext.KFACPreconditioner(layer, kl_clip=None, inv_dtype=torch.float64,
+                                    damping=damping, factor_decay=0.0)
+    assert [l.name for l in p.layers] == [f"[group {k}]" for k in range(groups)]
+    xin, gout = captured_io(layer, lambda: _loss(layer(x), 2).backward())
+    full_grad = grad_matrix(layer)
+    p.step()
+    cin, cout = 6 // groups, 3
+    for k, kl in enumerate(p.layers):
+        sub = nn.Conv2d(cin, cout, 3, stride=2, padding=1, padding_mode=padding_mode).double()
+        a, g = batch_factors(sub, xin[:, k * cin:(k + 1) * cin], gout[:, k * cout:(k + 1) * cout])
+        torch.testing.assert_close(kl.A, a, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(kl.G, g, rtol=1e-10, atol=1e-14)
+        rows = slice(k * cout, (k + 1) * cout)
+        want = dense_precondition(a, g, full_grad[rows], damping)
+        torch.testing.assert_close(grad_matrix(layer)[rows], want, rtol=1e-7, atol=1e-10)
