@@ -13,6 +13,11 @@ initialised with more than one rank, else :class:`~kfac_ext.comm.LocalComm`.
 
 Documented behaviours a user may rely on:
 
+- Registration: every ``nn.Linear`` / ``nn.Conv2d`` with a trainable weight (a
+  frozen bias is left out of the factor), not matched by ``skip_layers``; a
+  grouped conv becomes one block-diagonal K-FAC layer per channel group
+  (``"name[group k]"``); modules inside DDP/DataParallel keep their own names.
+
 - Capture: the hooks capture only on factor-update steps, only in training
   mode with grad enabled (``model.eval()`` or ``torch.no_grad()`` forwards are
   ignored). Micro-batches captured before one ``step()`` are averaged, which is
