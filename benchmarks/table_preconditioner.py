@@ -11,7 +11,8 @@ steps, interleaved so every row sees the same machine load:
   amortised      factors every 10, eigh every 100 steps: the weighted mean
                  (1*full + 9*factors + 90*precond) / 100 of the measured rows,
                  i.e. extrapolated from component times (pass --amortised-steps N
-                 to also time N real steps of that schedule)
+                 to also time N real steps of that schedule, interleaved with SGD
+                 steps, whose mean is then the SGD column of that row)
 
 for kfac_ext (fused ops) and for the same K-FAC loop written with plain torch
 ops (unfold + mm factors, torch.linalg.eigh per factor, four matmuls and a
@@ -173,13 +174,17 @@ def measure(make_model, shape, reps, amortised_steps):
     for kind in ("ours", "torch"):
         med[(kind, "amortised")] = sum(med[(kind, m)] * w for m, w in RATIOS) / 100
     if amortised_steps:
-        for kind in ("ours", "torch"):
-            r = runners[kind]
-            total = 0.0
-            for s in range(amortised_steps):
-                r.set_mode("kfac_full" if s % 100 == 0 else "kfac_factors" if s % 10 == 0
-                           else "kfac_precond")
-                total += r.step()
+        # Real steps of the /10, /100 schedule, interleaved with SGD steps so that the
+        # ratio compares steps taken under the same machine load.
+        totals = {"sgd": 0.0, "ours": 0.0, "torch": 0.0}
+        for s in range(amortised_steps):
+            mode = ("kfac_full" if s % 100 == 0 else "kfac_factors" if s % 10 == 0
+                    else "kfac_precond")
+            for kind, r in runners.items():
+                if kind != "sgd":
+                    r.set_mode(mode)
+                totals[kind] += r.step()
+        for kind, total in totals.items():
             med[(kind, "amortised_measured")] = total / amortised_steps
     return med
 
@@ -212,6 +217,7 @@ def main(argv=None):
             modes.append("amortised_measured")
         for mode in modes:
             ours, plain = med[("ours", mode)], med[("torch", mode)]
+            sgd = med.get(("sgd", mode), med[("sgd", "sgd")])
             print(f"| {name} | {mode} | {sgd:.3f} | {ours:.3f} | {ours / sgd:.2f} | {plain:.3f} | "
                   f"{plain / sgd:.2f} | {plain / ours:.2f} |")
     return 0
