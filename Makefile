@@ -19,6 +19,10 @@ $(VENV)/.installed: setup.py pyproject.toml
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]" --no-build-isolation
+	# An independent K-FAC (curvlinops) for the factor cross-check test; pinned
+	# to the installed torch, or its torchvision dependency upgrades torch.
+	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt curvlinops-for-pytorch
 	touch $@
 
 # Incremental rebuild (ninja only recompiles what changed). flock keeps
