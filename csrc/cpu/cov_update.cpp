@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "checks.h"
+#include "../checks.h"
 #include "symmetric.h"
 
 namespace kfac_ext::cpu {
@@ -23,12 +23,6 @@ constexpr int64_t kChunkElements = int64_t{1} << 20;
 // Above kBatchedChannels, samples with at least this many positions get one
 // triangle update each, straight from x; shorter ones are gathered first.
 constexpr int64_t kMinPerSampleLength = 64;
-
-void check_factor(const at::Tensor& factor, const char* op) {
-  check_float(factor, op, "factor");
-  check_square(factor, op, "factor");
-  TORCH_CHECK(factor.is_contiguous(), op, ": factor must be contiguous (it is updated in place)");
-}
 
 // factor[0:d, d] (the bias column) <- beta*that + alpha * column sums of x, and
 // factor[d, d] <- beta*that + alpha*rows: the ones column of [X, 1] without a
@@ -58,15 +52,7 @@ void update_ones_column(at::Tensor& factor, const at::Tensor& x, double alpha, d
 
 void cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha, double beta,
                     bool append_ones) {
-  constexpr const char* op = "cov_update_";
-  check_factor(factor, op);
-  check_float(x, op, "x");
-  check_same_dtype(x, factor, op, "x", "factor");
-  const int64_t n = factor.size(0);
-  const int64_t d = append_ones ? n - 1 : n;
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == d, op, ": x must be 2-D (rows, d) with d == ",
-              append_ones ? "factor.size(0) - 1 (append_ones=True)" : "factor.size(0)",
-              " == ", d, "; got shape ", x.sizes(), " for factor of shape ", factor.sizes());
+  const int64_t d = check_cov_update_args(factor, x, append_ones);
 
   auto main = factor.slice(0, 0, d).slice(1, 0, d);
   if (d > 0) syrk_upper(main, x, alpha, beta);
@@ -75,13 +61,7 @@ void cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha, double
 }
 
 void channel_cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha, double beta) {
-  constexpr const char* op = "channel_cov_update_";
-  check_factor(factor, op);
-  check_float(x, op, "x");
-  check_same_dtype(x, factor, op, "x", "factor");
-  TORCH_CHECK(x.dim() == 3 && x.size(1) == factor.size(0), op,
-              ": x must be 3-D (N, C, L) with C == factor.size(0) == ", factor.size(0),
-              "; got shape ", x.sizes());
+  check_channel_cov_update_args(factor, x);
 
   const int64_t samples = x.size(0);
   if (samples == 0 || x.size(2) == 0) {

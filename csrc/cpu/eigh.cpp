@@ -20,7 +20,7 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
+#include "../checks.h"
 
 namespace kfac_ext::cpu {
 namespace {

@@ -4,7 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "../checks.h"
 
 namespace kfac_ext::cpu {
 namespace {

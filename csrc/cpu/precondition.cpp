@@ -15,38 +15,12 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
+#include "../checks.h"
 
 namespace kfac_ext::cpu {
 namespace {
 
 constexpr const char* kOp = "eigen_precondition";
-
-void check_layer(size_t i, const at::Tensor& g, const at::Tensor& qa, const at::Tensor& da,
-                 const at::Tensor& qg, const at::Tensor& dg, const at::Tensor& g0) {
-  const auto gn = item("grads", i);
-  check_float(g, kOp, gn.c_str());
-  TORCH_CHECK(g.dim() == 2, kOp, ": ", gn, " must be 2-D (out, in); got shape ", g.sizes());
-  check_same_device(g, g0, kOp, gn.c_str(), "grads[0]");
-  const int64_t out = g.size(0), in = g.size(1);
-  const std::pair<const at::Tensor*, std::string> named[] = {
-      {&qa, item("qa", i)}, {&da, item("da", i)}, {&qg, item("qg", i)}, {&dg, item("dg", i)}};
-  for (const auto& [t, name] : named) {
-    check_same_dtype(*t, g, kOp, name.c_str(), gn.c_str());
-    check_same_device(*t, g, kOp, name.c_str(), gn.c_str());
-  }
-  TORCH_CHECK(qa.dim() == 2 && qa.size(0) == in && qa.size(1) == in, kOp, ": ", named[0].second,
-              " must be (in, in) == (", in, ", ", in, ") to match ", gn, " of shape ", g.sizes(),
-              "; got shape ", qa.sizes());
-  TORCH_CHECK(da.dim() == 1 && da.size(0) == in, kOp, ": ", named[1].second, " must be (in,) == (",
-              in, ",) to match ", gn, " of shape ", g.sizes(), "; got shape ", da.sizes());
-  TORCH_CHECK(qg.dim() == 2 && qg.size(0) == out && qg.size(1) == out, kOp, ": ",
-              named[2].second, " must be (out, out) == (", out, ", ", out, ") to match ", gn,
-              " of shape ", g.sizes(), "; got shape ", qg.sizes());
-  TORCH_CHECK(dg.dim() == 1 && dg.size(0) == out, kOp, ": ", named[3].second,
-              " must be (out,) == (", out, ",) to match ", gn, " of shape ", g.sizes(),
-              "; got shape ", dg.sizes());
-}
 
 // v[b, i, j] /= dg[b, i] * da[b, j] + damping, in place; v contiguous (B, out, in).
 void divide_by_eigenvalues(at::Tensor v, const at::Tensor& dg, const at::Tensor& da,
@@ -105,7 +79,9 @@ std::vector<at::Tensor> eigen_precondition_cpu(at::TensorList grads, at::TensorL
                   dg.size() == layers,
               kOp, ": grads, qa, da, qg, dg must be lists of equal length; got ", layers, ", ",
               qa.size(), ", ", da.size(), ", ", qg.size(), ", ", dg.size());
-  for (size_t i = 0; i < layers; ++i) check_layer(i, grads[i], qa[i], da[i], qg[i], dg[i], grads[0]);
+  for (size_t i = 0; i < layers; ++i) {
+    check_precondition_layer(i, grads[i], qa[i], da[i], qg[i], dg[i], grads[0]);
+  }
 
   std::vector<at::Tensor> result(layers);
   std::map<std::tuple<int64_t, int64_t, int>, std::vector<size_t>> small_groups;

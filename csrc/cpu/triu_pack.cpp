@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "checks.h"
+#include "../checks.h"
 #include "symmetric.h"
 
 namespace kfac_ext::cpu {
@@ -35,16 +35,6 @@ Layout layout_of(at::TensorList mats) {
     l.offset.push_back(l.offset.back() + n * (n + 1) / 2);
   }
   return l;
-}
-
-void check_mats(at::TensorList mats, const char* op) {
-  for (size_t i = 0; i < mats.size(); ++i) {
-    const auto name = item("mats", i);
-    check_float(mats[i], op, name.c_str());
-    check_square(mats[i], op, name);
-    check_same_dtype(mats[i], mats[0], op, name.c_str(), "mats[0]");
-    check_same_device(mats[i], mats[0], op, name.c_str(), "mats[0]");
-  }
 }
 
 // Calls fn(matrix, row, packed_offset_of_row) for every row of every matrix,
@@ -68,7 +58,7 @@ at::Tensor pack_triu_cpu(at::TensorList mats) {
   constexpr const char* op = "pack_triu";
   TORCH_CHECK(!mats.empty(), op, ": mats must hold at least one matrix (the result's dtype "
               "and device come from it)");
-  check_mats(mats, op);
+  check_triu_mats(mats, op);
   const auto l = layout_of(mats);
   auto packed = at::empty({l.offset.back()}, mats[0].options());
   AT_DISPATCH_FLOATING_TYPES(packed.scalar_type(), op, [&] {
@@ -91,21 +81,8 @@ at::Tensor pack_triu_cpu(at::TensorList mats) {
 
 void unpack_triu_cpu(const at::Tensor& packed, at::TensorList mats, double scale) {
   constexpr const char* op = "unpack_triu_";
-  check_mats(mats, op);
-  check_float(packed, op, "packed");
+  check_unpack_triu_args(packed, mats);
   const auto l = layout_of(mats);
-  TORCH_CHECK(packed.dim() == 1 && packed.size(0) == l.offset.back(), op,
-              ": packed must be 1-D with sum n(n+1)/2 over mats == ", l.offset.back(),
-              " entries; got shape ", packed.sizes());
-  for (size_t i = 0; i < mats.size(); ++i) {
-    TORCH_CHECK(at::has_internal_overlap(mats[i]) != at::MemOverlap::Yes, op, ": ",
-                item("mats", i), " must not have overlapping memory (e.g. an expanded tensor): "
-                "it is written in place");
-  }
-  if (!mats.empty()) {
-    check_same_dtype(packed, mats[0], op, "packed", "mats[0]");
-    check_same_device(packed, mats[0], op, "packed", "mats[0]");
-  }
   const auto src_packed = packed.contiguous();
   AT_DISPATCH_FLOATING_TYPES(packed.scalar_type(), op, [&] {
     const scalar_t* in = src_packed.const_data_ptr<scalar_t>();

@@ -9,15 +9,8 @@
 namespace kfac_ext::cuda {
 namespace {
 
-void check_mats(at::TensorList mats, const char* op) {
-  for (size_t i = 0; i < mats.size(); ++i) {
-    const auto name = item("mats", i);
-    check_cuda(mats[i], op, name);
-    check_float(mats[i], op, name.c_str());
-    check_square(mats[i], op, name);
-    check_same_dtype(mats[i], mats[0], op, name.c_str(), "mats[0]");
-    check_same_device(mats[i], mats[0], op, name.c_str(), "mats[0]");
-  }
+void check_mats_on_cuda(at::TensorList mats, const char* op) {
+  for (size_t i = 0; i < mats.size(); ++i) check_cuda(mats[i], op, item("mats", i));
 }
 
 // Calls launch(list) for consecutive chunks of at most kListChunk matrices.
@@ -43,19 +36,14 @@ void for_each_chunk(at::TensorList mats, Launch launch) {
   }
 }
 
-int64_t packed_size(at::TensorList mats) {
-  int64_t total = 0;
-  for (const auto& m : mats) total += m.size(0) * (m.size(0) + 1) / 2;
-  return total;
-}
-
 at::Tensor pack_triu_cuda(at::TensorList mats) {
   constexpr const char* op = "pack_triu";
   TORCH_CHECK(!mats.empty(), op, ": mats must hold at least one matrix (the result's dtype "
               "and device come from it)");
-  check_mats(mats, op);
+  check_mats_on_cuda(mats, op);
+  check_triu_mats(mats, op);
   const c10::cuda::CUDAGuard guard(mats[0].device());
-  auto packed = at::empty({packed_size(mats)}, mats[0].options());
+  auto packed = at::empty({packed_triu_size(mats)}, mats[0].options());
   AT_DISPATCH_FLOATING_TYPES(packed.scalar_type(), op, [&] {
     scalar_t* out = ptr<scalar_t>(packed);
     for_each_chunk<scalar_t>(mats, [&](const TriangleList<scalar_t>& list) {
@@ -67,15 +55,9 @@ at::Tensor pack_triu_cuda(at::TensorList mats) {
 
 void unpack_triu_cuda(const at::Tensor& packed, at::TensorList mats, double scale) {
   constexpr const char* op = "unpack_triu_";
-  check_mats(mats, op);
-  check_float(packed, op, "packed");
-  const int64_t total = packed_size(mats);
-  TORCH_CHECK(packed.dim() == 1 && packed.size(0) == total, op,
-              ": packed must be 1-D with sum n(n+1)/2 over mats == ", total,
-              " entries; got shape ", packed.sizes());
+  check_mats_on_cuda(mats, op);
+  check_unpack_triu_args(packed, mats);
   if (mats.empty()) return;
-  check_same_dtype(packed, mats[0], op, "packed", "mats[0]");
-  check_same_device(packed, mats[0], op, "packed", "mats[0]");
   const c10::cuda::CUDAGuard guard(mats[0].device());
   const auto src = packed.contiguous();
   AT_DISPATCH_FLOATING_TYPES(packed.scalar_type(), op, [&] {

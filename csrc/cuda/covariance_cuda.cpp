@@ -9,26 +9,12 @@
 namespace kfac_ext::cuda {
 namespace {
 
-void check_factor(const at::Tensor& factor, const char* op) {
-  check_cuda(factor, op, "factor");
-  check_float(factor, op, "factor");
-  check_square(factor, op, "factor");
-  TORCH_CHECK(factor.is_contiguous(), op, ": factor must be contiguous (it is updated in place)");
-}
-
 void cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alpha, double beta,
                      bool append_ones) {
   constexpr const char* op = "cov_update_";
-  check_factor(factor, op);
-  check_float(x, op, "x");
-  check_same_dtype(x, factor, op, "x", "factor");
-  check_same_device(x, factor, op, "x", "factor");
+  check_cuda(factor, op, "factor");
+  const int64_t d = check_cov_update_args(factor, x, append_ones);
   const int64_t n = factor.size(0);
-  TORCH_CHECK(!append_ones || n >= 1, op, ": factor must be at least 1x1 with append_ones=True");
-  const int64_t d = append_ones ? n - 1 : n;
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == d, op, ": x must be 2-D (rows, d) with d == ",
-              append_ones ? "factor.size(0) - 1 (append_ones=True)" : "factor.size(0)", " == ", d,
-              "; got shape ", x.sizes(), " for factor of shape ", factor.sizes());
   if (n == 0) return;
 
   const c10::cuda::CUDAGuard guard(factor.device());
@@ -56,13 +42,8 @@ void cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alpha, doubl
 
 void channel_cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alpha, double beta) {
   constexpr const char* op = "channel_cov_update_";
-  check_factor(factor, op);
-  check_float(x, op, "x");
-  check_same_dtype(x, factor, op, "x", "factor");
-  check_same_device(x, factor, op, "x", "factor");
-  TORCH_CHECK(x.dim() == 3 && x.size(1) == factor.size(0), op,
-              ": x must be 3-D (N, C, L) with C == factor.size(0) == ", factor.size(0),
-              "; got shape ", x.sizes());
+  check_cuda(factor, op, "factor");
+  check_channel_cov_update_args(factor, x);
   const int64_t samples = x.size(0), channels = x.size(1), length = x.size(2);
   if (channels == 0) return;
   const c10::cuda::CUDAGuard guard(factor.device());

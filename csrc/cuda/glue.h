@@ -9,16 +9,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "../cpu/checks.h"
+#include "../checks.h"
 #include "kernels.h"
 
 namespace kfac_ext::cuda {
 
-using cpu::check_float;
-using cpu::check_same_device;
-using cpu::check_same_dtype;
-using cpu::check_square;
-using cpu::item;
 
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
