@@ -13,9 +13,6 @@ between the two results.
 """
 import argparse
 import datetime
-import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -23,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import kfac_ext._C  # noqa: F401  (registers torch.ops.kfac_ext.*)
+from _machine import describe_machine
 
 # (label, N, C, H=W, stride); all 3x3, padding 1, dilation 1, no bias (as in ResNets).
 RESNET20 = [
@@ -99,15 +97,6 @@ def best_times(fns, reps):
     return best
 
 
-def machine():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model} ({os.cpu_count()} cores), {torch.get_num_threads()} torch threads"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-20 shapes only")
@@ -122,7 +111,7 @@ def main(argv=None):
     torch.manual_seed(0)
 
     print(f"Conv2d activation factor, float32, 3x3 pad 1, no bias; best of {reps} interleaved runs after a warm-up.")
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {machine()}; "
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {describe_machine()}; "
           f"torch {torch.__version__}; `python {' '.join(sys.argv)}`\n")
     a = torch.randn(1536, 1536)
     (t_gemm,) = best_times([lambda: a @ a], 3)

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from torch import nn
 
 from kfac_ext.distributed import DistributedComm
 from kfac_ext.preconditioner import KFACPreconditioner
+from _machine import describe_machine
 
 
 def _model(width: int) -> nn.Module:
@@ -104,12 +104,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128, help="global batch (split over ranks)")
     parser.add_argument("--worlds", default="2,4")
     args = parser.parse_args()
-    cpu = subprocess.run("lscpu | grep 'Model name' | cut -d: -f2", shell=True,
-                         capture_output=True, text=True).stdout.strip()
     print(f"Distributed K-FAC, Gloo on 127.0.0.1, MLP 128-{args.width}-{args.width}-{args.width}-10, "
           f"global batch {args.batch}, factors + eigh every step; median of {args.steps} steps")
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {cpu}, "
-          f"{os.cpu_count()} cores, 1 thread per rank; torch {torch.__version__}")
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {describe_machine(threads=False)}, "
+          f"1 thread per rank; torch {torch.__version__}")
     print("command: python benchmarks/table_distributed.py " + " ".join(sys.argv[1:]))
     print()
     print("| ranks | strategy | step ms | K-FAC step ms | vs DDP SGD | factor KB/step/rank | "

@@ -22,8 +22,6 @@ import argparse
 import contextlib
 import copy
 import datetime
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ import kfac_ext
 from kfac_ext import ops
 from kfac_ext import reference as ref
 from kfac_ext.models import resnet_cifar
+from _machine import describe_machine
 
 try:  # CuPy is compared where present; never required.
     import cupy
@@ -449,13 +448,7 @@ def measure(case, time_it):
 def _machine(device):
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                     if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {torch.get_num_threads()} threads"
+    return describe_machine()
 
 
 def main(argv=None) -> int:

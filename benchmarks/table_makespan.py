@@ -9,15 +9,13 @@ makespan over the lower bound max(largest, ceil(sum / N)), and LPT's.
     python benchmarks/table_makespan.py
 """
 import datetime
-import os
-import platform
-import subprocess
 import sys
 import time
 
 import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs libtorch)
 
 from kfac_ext.placement.makespan import lpt_assignment, optimal_makespan_assignment
+from _machine import describe_machine
 
 
 def resnet50_factor_sizes():
@@ -32,19 +30,9 @@ def resnet50_factor_sizes():
     return sizes + [2049, 1000]
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                     if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def main() -> int:
     costs = [float(n) ** 3 + 8.0 * n * n for n in resnet50_factor_sizes()]
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}, "
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine(threads=False)}, "
           f"torch {torch.__version__}, `python {' '.join(sys.argv)}`\n")
     print("| workers | solve s | optimal | makespan / bound | LPT / bound | LPT / optimum |")
     print("|---|---|---|---|---|---|")

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import torch
 
 from kfac_ext import ops
 from kfac_ext import reference as ref
+from _machine import describe_machine
 
 DTYPE = torch.float32
 ITEM = 4  # bytes per float32
@@ -216,17 +215,6 @@ def copy_rate(n=1 << 23, reps=10):
     return 2 * n * ITEM / t
 
 
-def machine():
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-20 shapes only")
@@ -250,7 +238,7 @@ def main(argv=None) -> int:
     flop_rate, byte_rate = max(flop_rate, mm_rate()), max(byte_rate, copy_rate())
 
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; "
-          f"machine: {machine()}; torch {torch.__version__}; "
+          f"machine: {describe_machine()}; torch {torch.__version__}; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
           f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"command: python benchmarks/table_ops.py {' '.join(sys.argv[1:] if argv is None else argv)}")

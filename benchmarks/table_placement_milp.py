@@ -12,8 +12,6 @@ answer, and the bound.  Every value is re-scored from the graph alone.
 import argparse
 import datetime
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -23,6 +21,7 @@ from kfac_ext.placement.dp import ideal_dp
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import latency_lower_bound
 from kfac_ext.placement.milp import solve_milp
+from _machine import describe_machine
 
 WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "placement-workloads"
 THROUGHPUT = ["LayerGraphs/bert24_inference.json", "LayerGraphs/bert24_training.json",
@@ -33,17 +32,6 @@ LATENCY = ["LayerGraphs/bert24_inference.json", "LayerGraphs/gnmt_inference.json
            "OperatorGraphs/bert_l-3_inference.json"]
 
 
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                     if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    import os
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-limit", type=float, default=10.0, help="seconds per MILP")
@@ -51,7 +39,7 @@ def main() -> int:
     if not WORKLOADS.is_dir():
         print(f"workloads not found at {WORKLOADS}", file=sys.stderr)
         return 1
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()}, "
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine(threads=False)}, "
           f"torch {torch.__version__}, `python {' '.join(sys.argv)}`, HiGHS 1 thread\n")
     print("| objective | workload | nodes | k / l | start (method) | start s | MILP | MILP s "
           "| bound | gap | HiGHS status |")

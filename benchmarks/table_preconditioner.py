@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -36,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import kfac_ext
+from _machine import describe_machine
 
 RATIOS = (("kfac_full", 1), ("kfac_factors", 9), ("kfac_precond", 90))
 
@@ -189,15 +188,6 @@ def measure(make_model, shape, reps, amortised_steps):
     return med
 
 
-def _machine():
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-    except Exception:
-        model = platform.processor() or "unknown"
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -205,7 +195,7 @@ def main(argv=None):
     ap.add_argument("--amortised-steps", type=int, default=0)
     args = ap.parse_args(argv)
     print(f"Preconditioner step, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-          f"{_machine()}; torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"{describe_machine()}; torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}\n")
     print("| model | step | SGD (s) | kfac_ext (s) | x SGD | plain torch (s) | x SGD | torch / ours |")
     print("|---|---|---|---|---|---|---|---|")
