@@ -28,13 +28,19 @@ returned ``Solution`` are recomputed from the graph by
 :func:`objective.throughput_loads`, independently of the C++ solver.
 
 How it scales (csrc/placement/ideal_dp.cpp): breadth-first enumeration of
-the ideals as bitsets; then DP passes restricted to device sets of load at
-most ``T``, walking each ideal's sub-ideals depth first and pruning as soon
-as the compute time (monotone) exceeds ``T`` or the memory exceeds the cap,
-with the transfer cost maintained incrementally along the walk. ``T`` rises
-geometrically from a lower bound (and never above a known contiguous
-split, PipeDream's chain optimum by default); the first pass that reaches
-the full ideal is exact.
+the ideals as bitsets (after fusing zero-cost units that hang off a single
+neighbour, which is exact and keeps GNMT's ideals at 17,914 instead of
+over a million); then DP passes restricted to device sets of load at most
+``T``. A pass finishes ideals in size order; a finished ideal ``I'`` whose
+states are finite *and* whose remaining work can still fit the remaining
+devices (a bound from sums alone) walks up the lattice over supersets ``I``
+with compute(``I \\ I'``) <= ``T`` (and memory <= cap), pruning as soon as
+the compute time -- which only grows -- exceeds ``T``, with the transfer
+cost maintained incrementally along the walk. Most ideals cannot lie on a
+chain of loads <= T and start no walk at all. ``T`` rises geometrically
+from a lower bound and is capped by a known contiguous split (PipeDream's
+chain optimum by default); the first pass that reaches the full ideal is
+exact, because every device set of an optimal split has load <= OPT <= T.
 """
 from __future__ import annotations
 

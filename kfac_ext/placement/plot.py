@@ -27,7 +27,8 @@ def plot_loads(graph: Graph, solution: Solution, path) -> None:
     ax.axhline(top, color="black", linewidth=0.8, linestyle="--", label=f"max load {top:.4g}")
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("load (time per sample)")
-    title = f"{solution.method}: {solution.objective} {solution.value:.4g}"
+    what = "max load" if solution.objective == "throughput" else "latency"
+    title = f"{solution.method}: {what} {solution.value:.4g}"
     if graph.source:
         title = f"{graph.source.rsplit('/', 1)[-1]} — {title}"
     ax.set_title(title, fontsize=9)
