@@ -1,17 +1,19 @@
 // Exact contiguous max-load placement: DP over the ideals of the unit DAG,
 // pruned by a threshold search (see ideal_dp.h for the model).
 //
-// Why it is fast enough: a pass at threshold T only enumerates sub-ideals I'
-// of I whose difference I \ I' could fit on one device, i.e. whose compute
-// time is <= T (and memory <= cap on an accelerator). Compute time and
-// memory only grow as I' shrinks, so a depth-first walk down the lattice of
-// sub-ideals (removing one maximal unit at a time) stops at the first set
-// that is too heavy. The walk also carries the transfer cost of the growing
-// set incrementally (O(edges of the added unit) per step), so a pair costs a
-// few memory accesses instead of a scan of the graph. Any T at or above the
-// optimum gives the exact optimum (every pair of the optimal chain has load
-// <= OPT <= T); a pass below it reports "infeasible". T climbs
-// geometrically from a lower bound, so the last pass overshoots by a few %.
+// Why it is fast enough: a pass at threshold T only pairs ideals I' ⊂ I whose
+// difference I \ I' could fit on one device, i.e. whose compute time is <= T
+// (and memory <= cap on an accelerator). The pass runs in "push" form: once
+// I' is final, a walk up the lattice (adding one addable unit at a time)
+// offers every superset I; compute time and memory only grow on the way up,
+// so the walk stops at the first set that is too heavy, and it carries the
+// transfer cost of the growing set incrementally (O(edges of the added unit)
+// per step). I' starts no walk at all unless one of its states is finite and
+// the work outside it can still fit the devices left; on the paper's graphs
+// that skips most ideals. Any T at or above the optimum gives the exact
+// optimum (every device set of the optimal chain has load <= OPT <= T); a
+// pass below it reports "infeasible". T climbs geometrically from a lower
+// bound and is capped by a known split, so the last pass overshoots little.
 #include "ideal_dp.h"
 
 #include <algorithm>
