@@ -11,10 +11,12 @@ Call order inside one ``KFACPreconditioner.step()`` (every rank makes the same
 calls in the same order with the same layer indices and shapes):
 
 1. once, after layer registration: ``setup(layer_names, factor_shapes)``.
-2. on a factor-update step: ``wait(allreduce_factors(batch_factors))``, where
-   ``batch_factors`` is ``[A_0, G_0, A_1, G_1, ...]`` for the layers whose hooks
-   captured this step (symmetric square matrices; only an upper triangle need
-   travel). The comm must leave the **mean over ranks** in place. The
+2. on a factor-update step: ``allreduce_factors([A_i, G_i])`` for each layer as
+   soon as its backward hook has captured every micro-batch of the step (when
+   ``world_size > 1``, so the reduction overlaps the rest of backward), then in
+   ``step()`` one ``wait(allreduce_factors(rest))`` for the layers not sent yet;
+   the wait must finish every reduction started since the last one (symmetric
+   square matrices; only an upper triangle need travel). The comm must leave the **mean over ranks** in place. The
    preconditioner multiplies G by ``1 / world_size**2`` itself (each rank's
    loss is a local mean, so its output grads are ``world_size`` times the
    combined-batch ones), so N ranks reproduce the 1-rank, combined-batch

@@ -23,7 +23,7 @@ activations), accumulated over micro-batches and averaged in
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +93,9 @@ class KFACLayer:
         self.ever_fired = False     # a forward pass was captured at least once
         self.ever_called = False    # the forward hook ran at all (even when not capturing)
         self.capture = False
+        # Called after each captured backward pass (the preconditioner uses it to
+        # start the factor all-reduce while the rest of backward still runs).
+        self.on_gradient_captured: Optional[Callable[["KFACLayer"], None]] = None
         self._handles = [module.register_forward_hook(self._forward_hook)]
 
     # ----------------------------------------------------------- hooks ----
@@ -114,6 +117,8 @@ class KFACLayer:
     def _grad_hook(self, grad: torch.Tensor) -> None:
         with torch.no_grad():
             self._add_gradient(grad.detach())
+            if self.on_gradient_captured is not None:
+                self.on_gradient_captured(self)
 
     def _add_activation(self, x: torch.Tensor) -> None:
         x = x.to(self.factor_dtype)
@@ -153,8 +158,7 @@ class KFACLayer:
             n, c = g.shape[:2]
             t = g.shape[2] * g.shape[3]
             # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
-            ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t).contiguous(),
-                                    1.0 / (n * t * t * t), 1.0)
+            ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), 1.0)
         else:
             g2d = g.reshape(-1, g.shape[-1])
             ops.cov_update_(self.G_sum, g2d, 1.0 / max(g2d.shape[0], 1), 1.0)

@@ -153,6 +153,12 @@ class KFACPreconditioner:
         # second-order data per layer index: {"A": [d, Q] | [inv], "G": ...}
         self._second: Dict[int, Dict[str, List[torch.Tensor]]] = {}
         self._warned: set = set()
+        # Layers whose batch factors were handed to the all-reduce from their
+        # backward hook (see _start_factor_reduce), with those factors.
+        self._reducing: Dict[KFACLayer, tuple] = {}
+        if self.comm.world_size > 1:
+            for layer in self.layers:
+                layer.on_gradient_captured = self._start_factor_reduce
         self._set_capture()
 
     # ------------------------------------------------------- registration ----
@@ -212,10 +218,28 @@ class KFACPreconditioner:
             scale /= float(self.grad_scaler.get_scale()) ** 2
         return scale
 
+    def _start_factor_reduce(self, layer: KFACLayer) -> None:
+        """Overlap communication with backward: once a layer has captured every
+        micro-batch of this step, its (scaled) batch factors go to the all-reduce
+        at once, while backward still runs for the layers below it. Every rank
+        runs the same backward, so every rank starts the same reductions in the
+        same order. Layers that do not complete here (e.g. a module used twice per
+        forward) are reduced in step() as before."""
+        if (layer in self._reducing or layer.a_count != self.accumulation_steps
+                or layer.g_count != self.accumulation_steps):
+            return
+        a, g = layer.batch_factors()
+        g.mul_(self._g_scale())
+        self.comm.allreduce_factors([a, g])
+        self._reducing[layer] = (a, g)
+
     def _update_factors(self, step: int) -> None:
+        reducing, self._reducing = self._reducing, {}
         ready = []
         for layer in self.layers:
-            if layer.has_batch():
+            if layer in reducing:
+                ready.append(layer)
+            elif layer.has_batch():
                 ready.append(layer)
                 if layer.a_count != self.accumulation_steps or layer.g_count != self.accumulation_steps:
                     self._warn_once(("accum", layer.name),
@@ -228,12 +252,16 @@ class KFACPreconditioner:
         if not ready:
             return
         g_scale = self._g_scale()
-        batches = []
+        batches, late = [], []
         for layer in ready:
-            a, g = layer.batch_factors()
-            g.mul_(g_scale)
+            if layer in reducing:
+                a, g = reducing[layer]
+            else:
+                a, g = layer.batch_factors()
+                g.mul_(g_scale)
+                late += [a, g]
             batches += [a, g]
-        self.comm.wait(self.comm.allreduce_factors(batches))
+        self.comm.wait(self.comm.allreduce_factors(late))
         decay = self.factor_decay(step)
         # One float64 reduction per factor and one host sync for all: a NaN/Inf entry
         # makes the sum NaN/Inf.
@@ -464,6 +492,9 @@ class KFACPreconditioner:
 
     def reset(self) -> None:
         """Back to the state after construction: identity factors, no eigens, step 0."""
+        if self._reducing:  # finish reductions started by a backward pass
+            self.comm.wait(self.comm.allreduce_factors([]))
+            self._reducing = {}
         for l in self.layers:
             l.A.copy_(torch.eye(l.a_dim, dtype=l.A.dtype))
             l.G.copy_(torch.eye(l.g_dim, dtype=l.G.dtype))

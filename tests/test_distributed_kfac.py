@@ -100,6 +100,28 @@ def no_ddp_run(rank, world_size):
     return grads
 
 
+def overlap_run(rank, world_size):
+    """A tiny bucket cap: each layer's factors fill a bucket, so its all-reduce
+    starts from the layer's backward hook, before step() runs."""
+    model = make_model(torch.float64)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    comm = DistributedComm(allreduce_bucket_cap_mb=1e-5, timeout=30)
+    precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=comm, **HPARAMS)
+    opt = torch.optim.SGD(ddp.parameters(), lr=HPARAMS["lr"])
+    chunk = GLOBAL_BATCH // world_size
+    grads, sent = [], []
+    for x, y in batches(torch.float64):
+        opt.zero_grad()
+        sent_before_backward = comm.reducer.buckets_sent
+        nn.functional.cross_entropy(ddp(x[rank * chunk:(rank + 1) * chunk]),
+                                    y[rank * chunk:(rank + 1) * chunk]).backward()
+        sent.append((sent_before_backward, comm.reducer.buckets_sent, len(precond.layers)))
+        precond.step()
+        grads.append([p.grad.detach().clone() for p in ddp.parameters()])
+        opt.step()
+    return dict(grads=grads, sent=sent)
+
+
 def scenarios_4(rank, world_size):
     out = {}
     for fraction in (1.0, 0.5, 0.25):
@@ -144,6 +166,7 @@ def scenarios_2(rank, world_size, four_rank_checkpoint):
         out[("f32", fraction)] = ddp_run(rank, world_size, torch.float32, fraction, True)
     out["checkpoint"] = ddp_run(rank, world_size, torch.float64, 1.0, True, save_after=1)
     out["no_ddp"] = no_ddp_run(rank, world_size)
+    out["overlap"] = overlap_run(rank, world_size)
     auto = KFACPreconditioner(nn.parallel.DistributedDataParallel(make_model(torch.float64)),
                               grad_worker_fraction=0.5, colocate_factors=False,
                               allreduce_bucket_cap_mb=1e-3)
@@ -235,3 +258,13 @@ def test_inverse_method_hybrid_matches_one_process(four_ranks):
     want = reference(torch.float64, method="inverse")
     for out in four_ranks:
         assert_grads_close(out["inverse"]["grads"], want, 1e-5)
+
+
+@pytest.mark.slow
+def test_factor_allreduce_overlaps_backward_and_matches_one_process(two_ranks, ref64):
+    for out in two_ranks:
+        run = out["overlap"]
+        for before, after_backward, layers in run["sent"]:
+            # every layer's A and G were sent during backward (a bucket each)
+            assert after_backward - before == 2 * layers
+        assert_grads_close(run["grads"], ref64, 1e-5)
