@@ -288,12 +288,74 @@ void untangle_taps(const at::Tensor& gram, at::Tensor& out, int64_t C, int64_t K
 // break-even with the dense GEMM at about 2e7 FLOPs on 2 cores.
 constexpr double kShiftMinFlops = 2e7;
 
-// U^T U (unscaled, bias excluded) in unfold order via an explicit im2col.
-at::Tensor patch_gram_im2col(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                             at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const at::Tensor cols = at::im2col(x, kernel_size, dilation, padding, stride);  // (N, D, T)
-  const at::Tensor ut = cols.transpose(0, 1).reshape({cols.size(1), -1});         // (D, N*T)
-  return at::mm(ut, ut.t());
+// Small problems: the whole factor from one GEMM. U^T (rows (c, i, j) in
+// F.unfold order, plus a ones row when has_bias; columns the N*T output
+// positions) is gathered straight from the input into one buffer, so the bias
+// column comes out of the same GEMM (U^T 1 = window sums, 1^T 1 = N*T) and the
+// per-call fixed cost is three allocations, one GEMM and two plain loops
+// instead of ~30 ATen ops (im2col, transpose copy, per-tap window sums,
+// symmetrisation) -- which dominated on digits-sized layers.
+template <typename scalar_t>
+void fill_patches_t(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef stride, at::IntArrayRef pad,
+                    at::IntArrayRef dil, int64_t Ho, int64_t Wo, bool has_bias, at::Tensor& ut) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t kh = k[0], kw = k[1], T = Ho * Wo, NT = N * T;
+  const scalar_t* src = x.data_ptr<scalar_t>();
+  scalar_t* dst = ut.data_ptr<scalar_t>();
+  const int64_t D = C * kh * kw;
+  at::parallel_for(0, D, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t c = r / (kh * kw), i = (r / kw) % kh, j = r % kw;
+      scalar_t* row = dst + r * NT;
+      // Output columns whose input column v = ow*s - p + j*d lies in [0, W).
+      const int64_t off = j * dil[1] - pad[1], s1 = stride[1];
+      const int64_t ow_lo = std::min(Wo, off >= 0 ? int64_t(0) : (-off + s1 - 1) / s1);
+      const int64_t ow_hi = std::max(ow_lo, std::min(Wo, W - 1 - off >= 0 ? (W - 1 - off) / s1 + 1 : 0));
+      for (int64_t n = 0; n < N; ++n) {
+        const scalar_t* img = src + (n * C + c) * H * W;
+        for (int64_t oh = 0; oh < Ho; ++oh) {
+          const int64_t u = oh * stride[0] - pad[0] + i * dil[0];
+          scalar_t* out = row + (n * Ho + oh) * Wo;
+          if (u < 0 || u >= H) {
+            std::fill(out, out + Wo, scalar_t(0));
+            continue;
+          }
+          const scalar_t* line = img + u * W;
+          std::fill(out, out + ow_lo, scalar_t(0));
+          for (int64_t ow = ow_lo; ow < ow_hi; ++ow) out[ow] = line[ow * s1 + off];
+          std::fill(out + ow_hi, out + Wo, scalar_t(0));
+        }
+      }
+    }
+  });
+  if (has_bias) std::fill(dst + D * NT, dst + (D + 1) * NT, scalar_t(1));
+}
+
+// out = scale * (g + g^T) / 2: exactly symmetric (one GEMM need not be).
+template <typename scalar_t>
+void scale_symmetric(const at::Tensor& g, at::Tensor& out, double scale) {
+  const int64_t n = g.size(0);
+  const scalar_t* a = g.data_ptr<scalar_t>();
+  scalar_t* o = out.data_ptr<scalar_t>();
+  const scalar_t h = static_cast<scalar_t>(0.5 * scale);
+  for (int64_t r = 0; r < n; ++r) {
+    o[r * n + r] = static_cast<scalar_t>(scale) * a[r * n + r];
+    for (int64_t c = r + 1; c < n; ++c) o[r * n + c] = o[c * n + r] = h * (a[r * n + c] + a[c * n + r]);
+  }
+}
+
+at::Tensor factor_im2col(const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation, int64_t Ho, int64_t Wo,
+                         bool has_bias, double scale) {
+  const int64_t D = x.size(1) * kernel_size[0] * kernel_size[1] + (has_bias ? 1 : 0);
+  at::Tensor ut = at::empty({D, x.size(0) * Ho * Wo}, x.options());
+  at::Tensor out = at::empty({D, D}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_im2col", [&] {
+    fill_patches_t<scalar_t>(x, kernel_size, stride, padding, dilation, Ho, Wo, has_bias, ut);
+    const at::Tensor g = at::mm(ut, ut.t());
+    scale_symmetric<scalar_t>(g, out, scale);
+  });
+  return out;
 }
 
 // KFAC_EXT_CONV_FACTOR_ALGO=shift|im2col forces an algorithm (tests cover
@@ -341,22 +403,17 @@ at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel
   // float otherwise (half / bfloat16 inputs are widened).
   const auto acc_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor x = input.to(acc_type).contiguous();
+  const double scale = 1.0 / (static_cast<double>(N) * T * T * T);
+  if (!use_shift_algorithm(2.0 * N * T * D * D))
+    return factor_im2col(x, kernel_size, stride, padding, dilation, Ho, Wo, has_bias, scale)
+        .to(input.scalar_type());
   const AxisPlan rows = conv_plan::make_axis_plan(H, kernel_size[0], stride[0], padding[0], dilation[0], Ho);
   const AxisPlan cols = conv_plan::make_axis_plan(W, kernel_size[1], stride[1], padding[1], dilation[1], Wo);
-  const double scale = 1.0 / (static_cast<double>(N) * T * T * T);
   at::Tensor out = at::empty({Dout, Dout}, x.options());
-  if (use_shift_algorithm(2.0 * N * T * D * D)) {
-    const at::Tensor gram = patch_gram(x, rows, cols);
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_untangle", [&] {
-      untangle_taps<scalar_t>(gram, out, C, kernel_size[0] * kernel_size[1], scale);
-    });
-  } else {
-    out.narrow(0, 0, D).narrow(1, 0, D).copy_(patch_gram_im2col(x, kernel_size, stride, padding, dilation))
-        .mul_(scale);
-    // Same exact symmetry as the shift path (one GEMM need not be symmetric).
-    at::Tensor core = out.narrow(0, 0, D).narrow(1, 0, D);
-    core.copy_((core + core.t()).mul_(0.5));
-  }
+  const at::Tensor gram = patch_gram(x, rows, cols);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_untangle", [&] {
+    untangle_taps<scalar_t>(gram, out, C, kernel_size[0] * kernel_size[1], scale);
+  });
 
   if (has_bias) {
     // Ones column: U^T 1 sums the input over each tap's window; 1^T 1 = N*T.
