@@ -417,18 +417,27 @@ at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel
 
   if (has_bias) {
     // Ones column: U^T 1 sums the input over each tap's window; 1^T 1 = N*T.
-    const at::Tensor padded = at::constant_pad_nd(x.sum(0), {padding[1], padding[1], padding[0], padding[0]});
-    at::Tensor bias_col = out.narrow(1, D, 1).narrow(0, 0, D).view({C, kernel_size[0], kernel_size[1]});
-    for (int64_t i = 0; i < kernel_size[0]; ++i) {
-      for (int64_t j = 0; j < kernel_size[1]; ++j) {
-        const int64_t r0 = i * dilation[0], c0 = j * dilation[1];
-        bias_col.select(2, j).select(1, i).copy_(
-            padded.slice(1, r0, r0 + (Ho - 1) * stride[0] + 1, stride[0])
-                .slice(2, c0, c0 + (Wo - 1) * stride[1] + 1, stride[1])
-                .sum({1, 2})
-                .mul_(scale));
-      }
-    }
+    // One pass over the batch-summed input (a loop, not 2 slices + a sum per tap).
+    const at::Tensor xs = x.sum(0);  // (C, H, W), contiguous
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_bias", [&] {
+      const scalar_t* img = xs.data_ptr<scalar_t>();
+      scalar_t* o = out.data_ptr<scalar_t>();
+      const int64_t kh = kernel_size[0], kw = kernel_size[1];
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j) {
+            double acc = 0;
+            for (int64_t oh = 0; oh < Ho; ++oh) {
+              const int64_t u = oh * stride[0] - padding[0] + i * dilation[0];
+              if (u < 0 || u >= H) continue;
+              for (int64_t ow = 0; ow < Wo; ++ow) {
+                const int64_t v = ow * stride[1] - padding[1] + j * dilation[1];
+                if (v >= 0 && v < W) acc += img[(c * H + u) * W + v];
+              }
+            }
+            o[((c * kh + i) * kw + j) * Dout + D] = static_cast<scalar_t>(acc * scale);
+          }
+    });
     out.narrow(0, D, 1).narrow(1, 0, D).copy_(out.narrow(1, D, 1).narrow(0, 0, D).t());
     out.select(0, D).select(0, D).fill_(static_cast<double>(N * T) * scale);
   }
