@@ -145,4 +145,42 @@ inline void check_unpack_triu_args(const at::Tensor& packed, at::TensorList mats
   }
 }
 
+// conv2d_act_factor(input, kernel_size, stride, padding, dilation): checks the
+// arguments and returns the number of output rows and columns.
+struct ConvOutputSize {
+  int64_t height;
+  int64_t width;
+};
+
+inline ConvOutputSize check_conv2d_act_factor_args(const at::Tensor& input,
+                                                   at::IntArrayRef kernel_size,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation) {
+  constexpr const char* op = "conv2d_act_factor";
+  TORCH_CHECK(input.dim() == 4, op, ": input must be 4-D (N, C, H, W), got ", input.dim(),
+              "-D of shape ", input.sizes());
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
+              ": input must be a floating tensor, got ", input.scalar_type());
+  const std::pair<at::IntArrayRef, const char*> pairs[] = {
+      {kernel_size, "kernel_size"}, {stride, "stride"}, {padding, "padding"}, {dilation, "dilation"}};
+  for (const auto& [v, name] : pairs) {
+    TORCH_CHECK(v.size() == 2, op, ": ", name, " must have 2 elements, got ", v.size());
+  }
+  for (int a = 0; a < 2; ++a) {
+    TORCH_CHECK(kernel_size[a] > 0, op, ": kernel_size must be > 0, got ", kernel_size);
+    TORCH_CHECK(stride[a] > 0, op, ": stride must be > 0, got ", stride);
+    TORCH_CHECK(dilation[a] > 0, op, ": dilation must be > 0, got ", dilation);
+    TORCH_CHECK(padding[a] >= 0, op, ": padding must be >= 0, got ", padding);
+  }
+  TORCH_CHECK(input.size(0) > 0 && input.size(1) > 0, op,
+              ": input must have N > 0 and C > 0, got ", input.sizes());
+  const int64_t span_h = input.size(2) + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1;
+  const int64_t span_w = input.size(3) + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1;
+  TORCH_CHECK(span_h >= 0 && span_w >= 0, op,
+              ": output size must be > 0, but out = (in + 2*padding - dilation*(kernel-1) - 1)"
+              " / stride + 1 is not, for input ", input.sizes(), ", kernel_size ", kernel_size,
+              ", stride ", stride, ", padding ", padding, ", dilation ", dilation);
+  return {span_h / stride[0] + 1, span_w / stride[1] + 1};
+}
+
 }  // namespace kfac_ext

@@ -68,38 +68,13 @@ void channel_cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alph
   });
 }
 
-void check_pair(at::IntArrayRef v, const char* name) {
-  TORCH_CHECK(v.size() == 2, "conv2d_act_factor: ", name, " must have 2 elements, got ", v.size());
-}
-
 at::Tensor conv2d_act_factor_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, bool has_bias) {
   check_cuda(input, "conv2d_act_factor", "input");
-  TORCH_CHECK(input.dim() == 4, "conv2d_act_factor: input must be 4-D (N, C, H, W), got ",
-              input.dim(), "-D of shape ", input.sizes());
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
-              "conv2d_act_factor: input must be a floating tensor, got ", input.scalar_type());
-  check_pair(kernel_size, "kernel_size");
-  check_pair(stride, "stride");
-  check_pair(padding, "padding");
-  check_pair(dilation, "dilation");
-  for (int a = 0; a < 2; ++a) {
-    TORCH_CHECK(kernel_size[a] > 0, "conv2d_act_factor: kernel_size must be > 0, got ", kernel_size);
-    TORCH_CHECK(stride[a] > 0, "conv2d_act_factor: stride must be > 0, got ", stride);
-    TORCH_CHECK(dilation[a] > 0, "conv2d_act_factor: dilation must be > 0, got ", dilation);
-    TORCH_CHECK(padding[a] >= 0, "conv2d_act_factor: padding must be >= 0, got ", padding);
-  }
+  const auto out_size =
+      check_conv2d_act_factor_args(input, kernel_size, stride, padding, dilation);
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  TORCH_CHECK(N > 0 && C > 0, "conv2d_act_factor: input must have N > 0 and C > 0, got ",
-              input.sizes());
-  const int64_t span_h = H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1;
-  const int64_t span_w = W + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1;
-  TORCH_CHECK(span_h >= 0 && span_w >= 0,
-              "conv2d_act_factor: output size must be > 0, but out = (in + 2*padding - "
-              "dilation*(kernel-1) - 1) / stride + 1 is not, for input ",
-              input.sizes(), ", kernel_size ", kernel_size, ", stride ", stride, ", padding ",
-              padding, ", dilation ", dilation);
 
   ConvGeometry g{};
   g.batch = N;
@@ -114,8 +89,8 @@ at::Tensor conv2d_act_factor_cuda(const at::Tensor& input, at::IntArrayRef kerne
   g.pad_w = padding[1];
   g.dil_h = dilation[0];
   g.dil_w = dilation[1];
-  g.out_h = span_h / stride[0] + 1;
-  g.out_w = span_w / stride[1] + 1;
+  g.out_h = out_size.height;
+  g.out_w = out_size.width;
   g.has_bias = has_bias;
   const int64_t dim = C * kernel_size[0] * kernel_size[1] + (has_bias ? 1 : 0);
 
