@@ -63,9 +63,21 @@ def _cuda_link_and_include():
     return include_dirs, link_args
 
 
+def _openmp_flags():
+    # ATen's at::parallel_for is a header template: with torch's OpenMP backend
+    # it is a `#pragma omp parallel`, which compiles to a serial loop unless
+    # the extension itself is built with -fopenmp. Linking -fopenmp names
+    # libgomp.so.1, the soname torch already loaded, so one thread pool serves
+    # both (and torch.set_num_threads applies to our kernels).
+    import torch
+
+    return ["-fopenmp"] if torch.backends.openmp.is_available() and os.name == "posix" else []
+
+
 def _ops_extension():
     # -g0: debug info makes each object ~17 MB and the build ~50% slower.
-    cxx_flags = ["-O3", "-g0", "-std=c++20"]
+    openmp = _openmp_flags()
+    cxx_flags = ["-O3", "-g0", "-std=c++20"] + openmp
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     if _want_cuda():
         cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
@@ -78,10 +90,10 @@ def _ops_extension():
                 "cxx": cxx_flags + ["-DKFAC_EXT_WITH_CUDA"],
                 "nvcc": ["-O3", "-DKFAC_EXT_WITH_CUDA", "--expt-relaxed-constexpr"],  # -std: torch picks it
             },
-            extra_link_args=link_args,
+            extra_link_args=link_args + openmp,
         )
     return cpp_extension.CppExtension(
-        "kfac_ext._C", sources, extra_compile_args={"cxx": cxx_flags}
+        "kfac_ext._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp
     )
 
 
