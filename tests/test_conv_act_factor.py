@@ -59,10 +59,12 @@ CASES = _cases()
 ALGO_ENV = "KFAC_EXT_CONV_FACTOR_ALGO"
 
 
-@pytest.fixture(params=["shift", "im2col"])
+@pytest.fixture(params=["shift", "shift-blas", "im2col"])
 def algo(request, monkeypatch):
-    """Forces one of the kernel's two algorithms (unforced, small shapes like
-    these would all take the im2col path)."""
+    """Forces one of the kernel's algorithms (unforced, small shapes like
+    these would all take the im2col path). 'shift' takes the vectorised shift
+    products for float32 on AVX-512 CPUs and GEMMs otherwise; 'shift-blas'
+    always takes GEMMs, so both product engines are tested on one machine."""
     monkeypatch.setenv(ALGO_ENV, request.param)
     return request.param
 
@@ -262,3 +264,28 @@ def test_random_geometries_shift_path(monkeypatch):
         assert (got - want).abs().max() <= 1e-10 * want.abs().max(), (x.shape, k, s, p, d, b)
         assert torch.equal(got, got.t())
         checked += 1
+
+
+@pytest.mark.parametrize("c", [16, 17, 33, 64, 70])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_float32_shift_products_many_channels(c, stride, monkeypatch):
+    """The vectorised shift products (float32) on channel counts that fill
+    whole vectors, leave partial ones (17, 33, 70) and need several column
+    blocks (70 > 64), on enough positions that each product spans several
+    register blocks: within the float32 error bound of the unfold reference,
+    and equal to the GEMM engine within float32 rounding."""
+    g = torch.Generator().manual_seed(c * 10 + stride)
+    x64 = torch.randn(6, c, 19, 17, dtype=torch.float64, generator=g) + 0.4
+    args = ((3, 3), (stride, stride), (1, 1), (1, 1), True)
+    exact = unfold_reference(x64, *args)
+    theirs = unfold_reference(x64.float(), *args)
+    monkeypatch.setenv(ALGO_ENV, "shift")
+    ours = op(x64.float(), *args)
+    monkeypatch.setenv(ALGO_ENV, "shift-blas")
+    blas = op(x64.float(), *args)
+    scale = exact.abs().max().item()
+    err_ours = (ours.double() - exact).abs().max().item()
+    err_theirs = (theirs.double() - exact).abs().max().item()
+    assert err_ours <= max(2 * err_theirs, 4 * torch.finfo(torch.float32).eps * scale)
+    assert torch.equal(ours, ours.t())
+    assert (ours - blas).abs().max().item() <= 8 * torch.finfo(torch.float32).eps * scale

@@ -7,9 +7,11 @@
 // the input with itself shifted by the tap difference, summed over the output
 // positions both taps use. Per axis (see conv_act_factor.h) the stride is
 // split into phases, so every tap pair is a stride-1 shift between two phase
-// sub-images; pairs with the same shifts share one C x C GEMM over the whole
-// sub-image (one flat offset into a zero-gapped copy of the input, no
-// gather). The GEMM is split at the rows where some tap's window starts or
+// sub-images; pairs with the same shifts share one C x C product over the
+// whole sub-image (one flat offset into a zero-gapped channels-last copy of
+// the input, no gather). The products run in the AVX-512 kernel of
+// shifted_gram.h for float32 (BLAS spends as long packing these skinny
+// operands as multiplying them), as GEMMs otherwise. The GEMM is split at the rows where some tap's window starts or
 // ends, so a pair sums the row segments inside its window; the few columns
 // outside its window are subtracted as thin bands (from a column-major copy
 // of the edge columns only) with their corners added back. 3x3 stride 1 needs
@@ -27,6 +29,7 @@
 
 #include "../checks.h"
 #include "conv_act_factor.h"
+#include "shifted_gram.h"
 
 namespace kfac_ext {
 namespace {
@@ -35,10 +38,11 @@ using conv_plan::AxisCombo;
 using conv_plan::AxisPlan;
 using conv_plan::FlatLayout;
 
-// Copies x (N, C, H, W), contiguous, into the zero-gapped layouts: `by_rows`
-// (outer axis = rows) always, `by_cols` (outer axis = columns) when defined.
-// Both come uninitialised: each channel is zeroed right before it is filled,
-// while it is in cache, instead of in a separate pass over the whole buffer.
+// Copies x (N, C, H, W), contiguous, into the zero-gapped channels-last
+// layouts: `by_rows` (outer axis = rows) always, `by_cols` (outer axis =
+// columns) when defined. Position p of a layout holds its C channels at
+// [p*C, p*C + C). Both come zeroed: the gaps must read as zeros. Images are
+// independent (disjoint positions), so threads take whole images.
 template <typename scalar_t>
 void fill_layouts(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols,
                   const FlatLayout& row_layout, at::Tensor& by_rows, const FlatLayout& col_layout,
@@ -48,25 +52,21 @@ void fill_layouts(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& col
   scalar_t* dst_r = by_rows.data_ptr<scalar_t>();
   scalar_t* dst_c = by_cols.defined() ? by_cols.data_ptr<scalar_t>() : nullptr;
   const int64_t sh = rows.stride, sw = cols.stride;
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      scalar_t* out_r = dst_r + c * row_layout.total;
-      scalar_t* out_c = dst_c ? dst_c + c * col_layout.total : nullptr;
-      std::fill(out_r, out_r + row_layout.total, scalar_t(0));
-      if (out_c) std::fill(out_c, out_c + col_layout.total, scalar_t(0));
-      for (int64_t n = 0; n < N; ++n) {
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t c = 0; c < C; ++c) {
         const scalar_t* img = src + (n * C + c) * H * W;
         for (int64_t u = 0; u < H; ++u) {
           const int64_t pr = u % sh, m = u / sh;
           const scalar_t* line = img + u * W;
-          // Column phase pc holds v = pc, pc + sw, ...: a strided read into
-          // one contiguous run of the row-major copy.
+          // Column phase pc holds v = pc, pc + sw, ...: consecutive positions
+          // of the row-major copy.
           for (int64_t pc = 0; pc < sw && pc < W; ++pc) {
-            scalar_t* dst = out_r + row_layout.index(pr, pc, m, n, 0);
-            for (int64_t v = pc, k = 0; v < W; v += sw, ++k) dst[k] = line[v];
-            if (out_c) {
+            scalar_t* dst = dst_r + row_layout.index(pr, pc, m, n, 0) * C + c;
+            for (int64_t v = pc, k = 0; v < W; v += sw, ++k) dst[k * C] = line[v];
+            if (dst_c) {
               for (int64_t v = pc, k = 0; v < W; v += sw, ++k)
-                if (col_layout.outer_keep.pos[k] >= 0) out_c[col_layout.index(pc, pr, k, n, m)] = line[v];
+                if (col_layout.outer_keep.pos[k] >= 0) dst_c[col_layout.index(pc, pr, k, n, m) * C + c] = line[v];
             }
           }
         }
@@ -75,11 +75,18 @@ void fill_layouts(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& col
   });
 }
 
-// X[:, start : start+len] @ X[:, start+shift : start+shift+len]^T, on views.
-at::Tensor shifted_product(const at::Tensor& flat, int64_t start, int64_t len, int64_t shift) {
-  TORCH_INTERNAL_ASSERT(start >= 0 && start + shift >= 0 && start + len <= flat.size(1) &&
-                        start + shift + len <= flat.size(1));
-  return at::mm(flat.narrow(1, start, len), flat.narrow(1, start + shift, len).t());
+// X[start : start+len]^T X[start+shift : start+shift+len] (C x C) of a
+// channels-last layout X (positions x C), on views: the vectorised kernel
+// when `vectorised` (float32 only), else a GEMM.
+at::Tensor shifted_product(const at::Tensor& flat, int64_t start, int64_t len, int64_t shift, bool vectorised) {
+  TORCH_INTERNAL_ASSERT(start >= 0 && start + shift >= 0 && start + len <= flat.size(0) &&
+                        start + shift + len <= flat.size(0));
+  if (!vectorised) return at::mm(flat.narrow(0, start, len).t(), flat.narrow(0, start + shift, len));
+  const int64_t C = flat.size(1);
+  at::Tensor out = at::empty({C, C}, flat.options());
+  const float* base = flat.const_data_ptr<float>();
+  shifted_gram::float32(base + start * C, base + (start + shift) * C, len, C, out.mutable_data_ptr<float>());
+  return out;
 }
 
 // The C x C block of taps (p, p') in the tap-major Gram matrix.
@@ -143,8 +150,8 @@ void write_block(at::Tensor& gram, int64_t p, int64_t pp, int64_t C,
 // p'*C + c'] and its mirror.
 void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at::Tensor& by_cols,
                       const FlatLayout& lc, const AxisCombo& rc, const AxisCombo& cc, bool self_transposed,
-                      int64_t kw, at::Tensor& gram) {
-  const int64_t C = by_rows.size(0);
+                      int64_t kw, bool vectorised, at::Tensor& gram) {
+  const int64_t C = by_rows.size(1);
   // Flat offsets of the partner sub-image, in both layouts.
   const int64_t shift_r = lr.base(rc.partner_phase, cc.partner_phase) - lr.base(rc.phase, cc.phase) +
                           rc.delta * lr.row + cc.delta;
@@ -159,12 +166,12 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
   std::vector<at::Tensor> row_band(rc.segments.size()), col_band(cc.segments.size());
   for (size_t s = 0; s < rc.segments.size(); ++s) {
     const auto [m0, m1] = rc.segments[s];
-    row_band[s] = shifted_product(by_rows, row_start(m0), (m1 - m0) * lr.row, shift_r);
+    row_band[s] = shifted_product(by_rows, row_start(m0), (m1 - m0) * lr.row, shift_r, vectorised);
   }
   for (size_t s = 0; s < cc.segments.size(); ++s) {
     if (!cc.needed[s]) continue;
     const auto [k0, k1] = cc.segments[s];
-    col_band[s] = shifted_product(by_cols, col_start(k0), (k1 - k0) * lc.row, shift_c);
+    col_band[s] = shifted_product(by_cols, col_start(k0), (k1 - k0) * lc.row, shift_c, vectorised);
   }
   // Corners (excluded rows x excluded columns) were subtracted twice.
   std::vector<std::vector<at::Tensor>> corner(rc.segments.size(),
@@ -176,12 +183,12 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
       if (!cc.needed[cs]) continue;
       const auto [k0, k1] = cc.segments[cs];
       auto patch = [&](int64_t start) {
-        return by_rows.narrow(1, start, (m1 - m0) * lr.row)
-            .view({C, m1 - m0, lr.batch, lr.slot})
-            .narrow(3, k0, k1 - k0)
-            .reshape({C, -1});
+        return by_rows.narrow(0, start, (m1 - m0) * lr.row)
+            .view({m1 - m0, lr.batch, lr.slot, C})
+            .narrow(2, k0, k1 - k0)
+            .reshape({-1, C});
       };
-      corner[rs][cs] = at::mm(patch(row_start(m0)), patch(row_start(m0) + shift_r).t());
+      corner[rs][cs] = at::mm(patch(row_start(m0)).t(), patch(row_start(m0) + shift_r));
     }
   }
 
@@ -212,14 +219,14 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
 // U^T U (unscaled) without the bias row/column, in the accumulation dtype and
 // in tap-major order (p*C + c, p = i*kw + j) so that every block is a plain
 // 2-D view with contiguous rows.
-at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols) {
+at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols, bool vectorised) {
   const int64_t N = x.size(0), C = x.size(1);
   const int64_t kh = rows.kernel, kw = cols.kernel;
   const FlatLayout lr(N, rows, cols, conv_plan::keep_all(rows));
   const FlatLayout lc(N, cols, rows, conv_plan::keep_band_neighbourhoods(cols));
   const bool need_cols = lc.outer_len > 0;
-  at::Tensor by_rows = at::empty({C, lr.total}, x.options());
-  at::Tensor by_cols = need_cols ? at::empty({C, lc.total}, x.options()) : at::Tensor();
+  at::Tensor by_rows = at::zeros({lr.total, C}, x.options());
+  at::Tensor by_cols = need_cols ? at::zeros({lc.total, C}, x.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_fill",
                              [&] { fill_layouts<scalar_t>(x, rows, cols, lr, by_rows, lc, by_cols); });
 
@@ -252,7 +259,7 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
         continue;
       }
       const bool self_transposed = rc.transposed == static_cast<int>(r) && cc.transposed == static_cast<int>(q);
-      accumulate_combo(by_rows, lr, by_cols, lc, rc, cc, self_transposed, kw, gram);
+      accumulate_combo(by_rows, lr, by_cols, lc, rc, cc, self_transposed, kw, vectorised, gram);
     }
   });
   return gram;
@@ -355,15 +362,23 @@ at::Tensor factor_im2col(const at::Tensor& x, at::IntArrayRef kernel_size, at::I
   return out;
 }
 
-// KFAC_EXT_CONV_FACTOR_ALGO=shift|im2col forces an algorithm (tests cover
-// both on small shapes); unset, the problem size decides.
-bool use_shift_algorithm(double dense_flops) {
+enum class Algorithm { kIm2col, kShiftBlas, kShiftVectorised };
+
+// KFAC_EXT_CONV_FACTOR_ALGO=im2col|shift|shift-blas forces an algorithm
+// ('shift' with the vectorised products where they apply, 'shift-blas' with
+// GEMMs; tests cover all three on small shapes); unset, the problem size
+// decides. The vectorised products need float32 and AVX-512.
+Algorithm choose_algorithm(double dense_flops, at::ScalarType acc_type) {
+  const bool vectorisable = acc_type == at::kFloat && shifted_gram::available();
+  const Algorithm shift = vectorisable ? Algorithm::kShiftVectorised : Algorithm::kShiftBlas;
   const char* forced = std::getenv("KFAC_EXT_CONV_FACTOR_ALGO");
-  if (forced != nullptr && std::string(forced) == "shift") return true;
-  if (forced != nullptr && std::string(forced) == "im2col") return false;
-  TORCH_CHECK(forced == nullptr || *forced == '\0',
-              "conv2d_act_factor: KFAC_EXT_CONV_FACTOR_ALGO must be 'shift' or 'im2col', got '", forced, "'");
-  return dense_flops >= kShiftMinFlops;
+  const std::string name = forced == nullptr ? "" : forced;
+  if (name == "shift") return shift;
+  if (name == "shift-blas") return Algorithm::kShiftBlas;
+  if (name == "im2col") return Algorithm::kIm2col;
+  TORCH_CHECK(name.empty(), "conv2d_act_factor: KFAC_EXT_CONV_FACTOR_ALGO must be 'shift', 'shift-blas' or "
+              "'im2col', got '", name, "'");
+  return dense_flops >= kShiftMinFlops ? shift : Algorithm::kIm2col;
 }
 
 at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -380,13 +395,14 @@ at::Tensor conv2d_act_factor_cpu(const at::Tensor& input, at::IntArrayRef kernel
   const auto acc_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor x = input.to(acc_type).contiguous();
   const double scale = 1.0 / (static_cast<double>(N) * T * T * T);
-  if (!use_shift_algorithm(2.0 * N * T * D * D))
+  const Algorithm algorithm = choose_algorithm(2.0 * N * T * D * D, acc_type);
+  if (algorithm == Algorithm::kIm2col)
     return factor_im2col(x, kernel_size, stride, padding, dilation, Ho, Wo, has_bias, scale)
         .to(input.scalar_type());
   const AxisPlan rows = conv_plan::make_axis_plan(H, kernel_size[0], stride[0], padding[0], dilation[0], Ho);
   const AxisPlan cols = conv_plan::make_axis_plan(W, kernel_size[1], stride[1], padding[1], dilation[1], Wo);
   at::Tensor out = at::empty({Dout, Dout}, x.options());
-  const at::Tensor gram = patch_gram(x, rows, cols);
+  const at::Tensor gram = patch_gram(x, rows, cols, algorithm == Algorithm::kShiftVectorised);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_untangle", [&] {
     untangle_taps<scalar_t>(gram, out, C, kernel_size[0] * kernel_size[1], scale);
   });

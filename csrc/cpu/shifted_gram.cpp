@@ -1,0 +1,135 @@
+// AVX-512 kernel of shifted_gram.h. Compiled for every x86-64 CPU (the
+// vector code carries a function-level target attribute) and chosen at run
+// time, so one build runs everywhere and uses AVX-512 where it exists.
+#include "shifted_gram.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define KFAC_EXT_HAVE_AVX512_KERNEL 1
+#include <immintrin.h>
+#endif
+
+namespace kfac_ext::shifted_gram {
+
+#ifdef KFAC_EXT_HAVE_AVX512_KERNEL
+namespace {
+
+constexpr int64_t kLanes = 16;
+
+// Lanes of vector v of a column block starting at column b0 that hold real
+// columns (< C); the rest are masked off on load and store.
+inline __mmask16 lane_mask(int64_t C, int64_t b0, int v) {
+  const int64_t cols = C - (b0 + v * kLanes);
+  if (cols >= kLanes) return 0xFFFF;
+  return cols <= 0 ? 0 : static_cast<__mmask16>((1u << cols) - 1u);
+}
+
+// acc[a][b] += sum_{q0 <= q < q1} x[q][a] * y[q][b] for the RA rows starting at
+// a0 (all < C) and the NB*16 columns starting at b0 (masked at C). The RA x NB
+// accumulators (<= 24 of the 32 vector registers) stay in registers for the
+// whole block; the RA broadcasts are constant offsets from one pointer.
+template <int RA, int NB>
+__attribute__((target("avx512f"))) void block_pass(const float* x, const float* y, int64_t q0, int64_t q1,
+                                                  int64_t C, int64_t a0, int64_t b0, double* acc) {
+  __m512 sum[RA][NB];
+  __mmask16 mask[NB];
+  // The constant-bound loops are unrolled before GCC decides what lives in
+  // registers; left rolled, it keeps `sum` in memory and stores it on every
+  // iteration of the position loop.
+#pragma GCC unroll 8
+  for (int v = 0; v < NB; ++v) mask[v] = lane_mask(C, b0, v);
+#pragma GCC unroll 32
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NB; ++v) sum[r][v] = _mm512_setzero_ps();
+  const float* xq = x + q0 * C + a0;
+  const float* yq = y + q0 * C + b0;
+  for (int64_t q = q0; q < q1; ++q, xq += C, yq += C) {
+    __m512 b[NB];
+#pragma GCC unroll 8
+    for (int v = 0; v < NB; ++v) b[v] = _mm512_maskz_loadu_ps(mask[v], yq + v * kLanes);
+#pragma GCC unroll 32
+    for (int r = 0; r < RA; ++r) {
+      const __m512 a = _mm512_set1_ps(xq[r]);
+#pragma GCC unroll 8
+      for (int v = 0; v < NB; ++v) sum[r][v] = _mm512_fmadd_ps(a, b[v], sum[r][v]);
+    }
+  }
+  // Widen to double and add into acc. (Spilled first through a plain array:
+  // reading the vectors lane-wise in place makes GCC keep `sum` in memory
+  // and store it on every iteration of the loop above.)
+  alignas(64) float lanes[RA][NB][kLanes];
+#pragma GCC unroll 32
+  for (int r = 0; r < RA; ++r)
+#pragma GCC unroll 8
+    for (int v = 0; v < NB; ++v) _mm512_store_ps(lanes[r][v], sum[r][v]);
+  for (int r = 0; r < RA; ++r) {
+    double* dst_row = acc + (a0 + r) * C + b0;
+    for (int v = 0; v < NB; ++v) {
+      const int64_t cols = std::min<int64_t>(kLanes, C - b0 - v * kLanes);
+      for (int64_t j = 0; j < cols; ++j) dst_row[v * kLanes + j] += lanes[r][v][j];
+    }
+  }
+}
+
+// The last `rows` (< R) rows starting at a0: one block_pass with exactly that many.
+template <int R, int NB>
+__attribute__((target("avx512f"))) void tail_rows(int64_t rows, const float* x, const float* y, int64_t q0,
+                                                 int64_t q1, int64_t C, int64_t a0, int64_t b0, double* acc) {
+  if constexpr (R > 1) {
+    if (rows == R - 1) return block_pass<R - 1, NB>(x, y, q0, q1, C, a0, b0, acc);
+    tail_rows<R - 1, NB>(rows, x, y, q0, q1, C, a0, b0, acc);
+  }
+}
+
+// All C rows against the NB column vectors at b0, RA rows at a time.
+template <int RA, int NB>
+__attribute__((target("avx512f"))) void column_block(const float* x, const float* y, int64_t q0, int64_t q1,
+                                                    int64_t C, int64_t b0, double* acc) {
+  int64_t a0 = 0;
+  for (; a0 + RA <= C; a0 += RA) block_pass<RA, NB>(x, y, q0, q1, C, a0, b0, acc);
+  if (a0 < C) tail_rows<RA, NB>(C - a0, x, y, q0, q1, C, a0, b0, acc);
+}
+
+// Every (row block, column block) pass over positions [q0, q1).
+__attribute__((target("avx512f"))) void all_passes(const float* x, const float* y, int64_t q0, int64_t q1,
+                                                  int64_t C, double* acc) {
+  for (int64_t b0 = 0; b0 < C; b0 += 4 * kLanes) {
+    switch (std::min<int64_t>(4, (C - b0 + kLanes - 1) / kLanes)) {
+      case 4: column_block<6, 4>(x, y, q0, q1, C, b0, acc); break;
+      case 3: column_block<8, 3>(x, y, q0, q1, C, b0, acc); break;
+      case 2: column_block<12, 2>(x, y, q0, q1, C, b0, acc); break;
+      default: column_block<16, 1>(x, y, q0, q1, C, b0, acc); break;
+    }
+  }
+}
+
+}  // namespace
+
+bool available() {
+  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
+  return has_avx512;
+}
+
+void float32(const float* x, const float* y, int64_t len, int64_t C, float* out) {
+  std::vector<double> acc(static_cast<size_t>(C * C), 0.0);
+  // Positions per block: the block's rows of x and y (2 * 4 * C * block
+  // bytes) stay in L1/L2 while every pass re-reads them; at most 512 float32
+  // terms are summed before the double accumulator takes over.
+  const int64_t block = std::clamp<int64_t>(8192 / C, 64, 512);
+  for (int64_t q0 = 0; q0 < len; q0 += block) all_passes(x, y, q0, std::min(len, q0 + block), C, acc.data());
+  for (int64_t k = 0; k < C * C; ++k) out[k] = static_cast<float>(acc[k]);
+}
+
+#else  // not x86-64 with GCC/Clang: no vector kernel, callers use a GEMM
+
+bool available() { return false; }
+
+void float32(const float*, const float*, int64_t, int64_t, float*) { std::abort(); }  // callers check available()
+
+#endif
+
+}  // namespace kfac_ext::shifted_gram
