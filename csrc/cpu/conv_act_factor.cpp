@@ -11,10 +11,11 @@
 // whole sub-image (one flat offset into a zero-gapped channels-last copy of
 // the input, no gather). The products run in the AVX-512 kernel of
 // shifted_gram.h for float32 (BLAS spends as long packing these skinny
-// operands as multiplying them), as GEMMs otherwise. The GEMM is split at the rows where some tap's window starts or
-// ends, so a pair sums the row segments inside its window; the few columns
-// outside its window are subtracted as thin bands (from a column-major copy
-// of the edge columns only) with their corners added back. 3x3 stride 1 needs
+// operands as multiplying them), as GEMMs otherwise. A product is split at
+// the rows where some tap's window starts or ends, so a pair sums the row
+// segments inside its window; the few columns outside its window are
+// subtracted as thin bands (from a column-outer copy of the edge columns
+// only) with their corners added back. 3x3 stride 1 needs
 // 13 C x C GEMMs of K ~ N*H*W instead of one (9C) x (9C) GEMM of K = N*T
 // (about 6x fewer FLOPs, exact); stride 2 about 2.3x fewer.
 #include <ATen/ATen.h>

@@ -58,9 +58,9 @@ __attribute__((target("avx512f"))) void block_pass(const float* x, const float* 
       for (int v = 0; v < NB; ++v) sum[r][v] = _mm512_fmadd_ps(a, b[v], sum[r][v]);
     }
   }
-  // Widen to double and add into acc. (Spilled first through a plain array:
-  // reading the vectors lane-wise in place makes GCC keep `sum` in memory
-  // and store it on every iteration of the loop above.)
+  // Widen to double and add into acc, lane by lane from a plain array (a
+  // partial last vector then needs no masked intrinsics; this runs once per
+  // block of up to 512 positions, off the hot loop).
   alignas(64) float lanes[RA][NB][kLanes];
 #pragma GCC unroll 32
   for (int r = 0; r < RA; ++r)
