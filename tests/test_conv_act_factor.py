@@ -289,3 +289,24 @@ def test_float32_shift_products_many_channels(c, stride, monkeypatch):
     assert err_ours <= max(2 * err_theirs, 4 * torch.finfo(torch.float32).eps * scale)
     assert torch.equal(ours, ours.t())
     assert (ours - blas).abs().max().item() <= 8 * torch.finfo(torch.float32).eps * scale
+
+
+@pytest.mark.parametrize("algo_name", ["shift", "shift-blas"])
+def test_reused_layout_buffer_leaks_nothing(algo_name, monkeypatch):
+    """The channels-last layouts live in a buffer each thread keeps between
+    calls, and the vectorised copy writes the gaps instead of clearing the
+    buffer first. A call after one that left NaN all over that buffer (a
+    larger input, so every position the next call uses was written) must
+    still equal the reference: any gap the copy missed would read a NaN."""
+    monkeypatch.setenv(ALGO_ENV, algo_name)
+    poison = torch.full((4, 24, 21, 19), float("nan"))
+    poisoned = op(poison, (3, 3), (1, 1), (1, 1), (1, 1), True)
+    assert torch.isnan(poisoned[:-1, :-1]).all()  # all but the bias count 1^T 1
+    g = torch.Generator().manual_seed(7)
+    for stride in (1, 2):
+        x = torch.randn(3, 17, 13, 11, generator=g)
+        args = ((3, 3), (stride, stride), (1, 1), (1, 1), True)
+        got = op(x, *args)
+        want = unfold_reference(x.double(), *args)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)

@@ -23,8 +23,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -40,53 +42,182 @@ using conv_plan::AxisPlan;
 using conv_plan::FlatLayout;
 
 // Copies x (N, C, H, W), contiguous, into the zero-gapped channels-last
-// layouts: `by_rows` (outer axis = rows) always, `by_cols` (outer axis =
-// columns) when defined. Position p of a layout holds its C channels at
-// [p*C, p*C + C). Both come zeroed: the gaps must read as zeros. Images are
-// independent (disjoint positions), so threads take whole images.
+// layout `by_rows` (outer axis = rows), which comes zeroed (the gaps must
+// read as zeros). Position p holds its C channels at [p*C, p*C + C). Images
+// are independent (disjoint positions), so threads take whole images. Any
+// dtype and stride; fill_rows_vectorised is the float32, column-stride-1 path.
 template <typename scalar_t>
-void fill_layouts(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols,
-                  const FlatLayout& row_layout, at::Tensor& by_rows, const FlatLayout& col_layout,
-                  at::Tensor& by_cols) {
+void fill_rows_scalar(const at::Tensor& x, const AxisPlan& rows, const AxisPlan& cols, const FlatLayout& lr,
+                      const at::Tensor& by_rows) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const scalar_t* src = x.data_ptr<scalar_t>();
-  scalar_t* dst_r = by_rows.data_ptr<scalar_t>();
-  scalar_t* dst_c = by_cols.defined() ? by_cols.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* src = x.const_data_ptr<scalar_t>();
+  scalar_t* dst_r = by_rows.mutable_data_ptr<scalar_t>();
   const int64_t sh = rows.stride, sw = cols.stride;
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t n = n0; n < n1; ++n)
       for (int64_t c = 0; c < C; ++c) {
         const scalar_t* img = src + (n * C + c) * H * W;
         for (int64_t u = 0; u < H; ++u) {
-          const int64_t pr = u % sh, m = u / sh;
           const scalar_t* line = img + u * W;
-          // Column phase pc holds v = pc, pc + sw, ...: consecutive positions
-          // of the row-major copy.
+          // Column phase pc holds v = pc, pc + sw, ...: consecutive positions.
           for (int64_t pc = 0; pc < sw && pc < W; ++pc) {
-            scalar_t* dst = dst_r + row_layout.index(pr, pc, m, n, 0) * C + c;
+            scalar_t* dst = dst_r + lr.index(u % sh, pc, u / sh, n, 0) * C + c;
             for (int64_t v = pc, k = 0; v < W; v += sw, ++k) dst[k * C] = line[v];
-            if (dst_c) {
-              for (int64_t v = pc, k = 0; v < W; v += sw, ++k)
-                if (col_layout.outer_keep.pos[k] >= 0) dst_c[col_layout.index(pc, pr, k, n, m) * C + c] = line[v];
-            }
           }
         }
       }
-    }
   });
 }
 
-// X[start : start+len]^T X[start+shift : start+shift+len] (C x C) of a
-// channels-last layout X (positions x C), on views: the vectorised kernel
-// when `vectorised` (float32 only), else a GEMM.
-at::Tensor shifted_product(const at::Tensor& flat, int64_t start, int64_t len, int64_t shift, bool vectorised) {
-  TORCH_INTERNAL_ASSERT(start >= 0 && start + shift >= 0 && start + len <= flat.size(0) &&
-                        start + shift + len <= flat.size(0));
-  if (!vectorised) return at::mm(flat.narrow(0, start, len).t(), flat.narrow(0, start + shift, len));
-  const int64_t C = flat.size(1);
-  at::Tensor out = at::empty({C, C}, flat.options());
-  const float* base = flat.const_data_ptr<float>();
-  shifted_gram::float32(base + start * C, base + (start + shift) * C, len, C, out.mutable_data_ptr<float>());
+// The column-outer layout `by_cols` (zeroed; only the kept columns) from the
+// filled `by_rows`: the same positions in another order, each a contiguous
+// run of C values in both, so a copy of whole runs.
+template <typename scalar_t>
+void fill_cols_from_rows(const AxisPlan& rows, const AxisPlan& cols, const FlatLayout& lr, const at::Tensor& by_rows,
+                         const FlatLayout& lc, const at::Tensor& by_cols, int64_t N) {
+  const int64_t C = by_rows.size(1);
+  const scalar_t* src = by_rows.const_data_ptr<scalar_t>();
+  scalar_t* dst = by_cols.mutable_data_ptr<scalar_t>();
+  const int64_t sh = rows.stride, sw = cols.stride;
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t v = 0; v < cols.size; ++v) {
+        const int64_t pc = v % sw, k = v / sw;
+        if (lc.outer_keep.pos[k] < 0) continue;
+        for (int64_t u = 0; u < rows.size; ++u) {
+          const int64_t pr = u % sh, m = u / sh;
+          std::copy_n(src + lr.index(pr, pc, m, n, k) * C, C, dst + lc.index(pc, pr, k, n, m) * C);
+        }
+      }
+  });
+}
+
+// The two layouts of one call (uninitialised), as views of a buffer this
+// thread keeps between calls. A fresh buffer of a ResNet-20 layer1 layout
+// (10 MB) is mmapped and page-faulted on every call (glibc maps allocations
+// at or above its mmap threshold, which freeing a chunk only raises to that
+// chunk's size): 2.5 ms to zero a new one against 0.12 ms for a resident
+// one, in a ~10 ms op. The buffer grows to the largest layout seen (about
+// 13 MB for ResNet-20 at batch 128) and is freed with the thread.
+std::pair<at::Tensor, at::Tensor> layout_buffers(int64_t rows_len, int64_t cols_len, int64_t C,
+                                                 const at::TensorOptions& options) {
+  thread_local at::Tensor workspace;
+  const int64_t need = (rows_len + cols_len) * C;
+  if (!workspace.defined() || workspace.numel() < need || workspace.dtype() != options.dtype())
+    workspace = at::empty({need}, options);
+  at::Tensor by_rows = workspace.narrow(0, 0, rows_len * C).view({rows_len, C});
+  at::Tensor by_cols =
+      cols_len > 0 ? workspace.narrow(0, rows_len * C, cols_len * C).view({cols_len, C}) : at::Tensor();
+  return {by_rows, by_cols};
+}
+
+// by_rows from a float32 x whose column stride is 1, so that every input row
+// is one contiguous run of a slot: per image and row, 16 x 16 tiles
+// transposed in registers, the slot's gap written as zeros in the same pass;
+// the rows no slot covers (the lead, each phase block's gap rows, rows a
+// shorter phase lacks, the tail) are zeroed here too, so nothing is written
+// twice.
+void fill_rows_vectorised(const at::Tensor& x, const AxisPlan& rows, const FlatLayout& lr, at::Tensor& by_rows) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_INTERNAL_ASSERT(lr.inner_phases == 1 && lr.inner_sub == W);
+  const float* src = x.const_data_ptr<float>();
+  float* dst = by_rows.mutable_data_ptr<float>();
+  std::vector<std::pair<int64_t, int64_t>> empty_rows = {{0, lr.lead}};
+  for (int64_t b = 0; b < rows.stride; ++b) {
+    const int64_t first = lr.base(b, 0);
+    empty_rows.emplace_back(first - lr.outer_gap * lr.row, first);
+    empty_rows.emplace_back(first + rows.phase_len(b) * lr.row, first + lr.outer_len * lr.row);
+  }
+  empty_rows.emplace_back(lr.base(rows.stride - 1, 0) + lr.outer_len * lr.row, lr.total);
+  at::parallel_for(0, static_cast<int64_t>(empty_rows.size()), 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) std::fill(dst + empty_rows[r].first * C, dst + empty_rows[r].second * C, 0.0f);
+  });
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t u = 0; u < H; ++u)
+        shifted_gram::to_channels_last(src + n * C * H * W + u * W, H * W, W, C, lr.slot,
+                                       dst + lr.index(u % rows.stride, 0, u / rows.stride, n, 0) * C);
+  });
+}
+
+// X[start : start+len]^T X[start+shift : start+shift+len] (C x C) of one
+// channels-last layout X (positions x C).
+struct ProductSpec {
+  const at::Tensor* layout;
+  int64_t start, len, shift;
+};
+
+// Positions per work item of the vectorised products: ~8 MFLOP at C = 64,
+// small enough that two threads taking items from a shared counter finish
+// together even when one of them is slowed by another process, large enough
+// that the counter and the double flushes cost nothing.
+int64_t positions_per_item(int64_t C) { return std::max<int64_t>(1024, 65536 / C); }
+
+// Every product of `specs`, as C x C tensors. Vectorised: the products are cut
+// into chunks of positions and the threads take chunks from one counter, each
+// adding into its own double accumulators (summed at the end), so the work is
+// balanced however unequal the products are; chunks go in layout order, so the
+// threads sweep the layout together and each region is reused from cache by
+// all the products that read it. Otherwise: one GEMM per product, threads
+// take whole products.
+std::vector<at::Tensor> compute_products(const std::vector<ProductSpec>& specs, int64_t C, bool vectorised,
+                                         const at::TensorOptions& options) {
+  const int64_t P = static_cast<int64_t>(specs.size());
+  std::vector<at::Tensor> out(specs.size());
+  if (!vectorised) {
+    at::parallel_for(0, P, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const auto& sp = specs[k];
+        TORCH_INTERNAL_ASSERT(sp.start >= 0 && sp.start + sp.shift >= 0 &&
+                              sp.start + sp.len <= sp.layout->size(0) &&
+                              sp.start + sp.shift + sp.len <= sp.layout->size(0));
+        out[k] = at::mm(sp.layout->narrow(0, sp.start, sp.len).t(),
+                        sp.layout->narrow(0, sp.start + sp.shift, sp.len));
+      }
+    });
+    return out;
+  }
+  struct Item {
+    int64_t product, q0, q1;
+    const float* x;
+  };
+  std::vector<Item> items;
+  const int64_t step = positions_per_item(C);
+  for (int64_t k = 0; k < P; ++k) {
+    const auto& sp = specs[k];
+    TORCH_INTERNAL_ASSERT(sp.start >= 0 && sp.start + sp.shift >= 0 && sp.start + sp.len <= sp.layout->size(0) &&
+                          sp.start + sp.shift + sp.len <= sp.layout->size(0));
+    const float* base = sp.layout->const_data_ptr<float>() + sp.start * C;
+    for (int64_t q0 = 0; q0 < sp.len; q0 += step)
+      items.push_back({k, q0, std::min(sp.len, q0 + step), base + q0 * C});
+  }
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.x < b.x; });
+
+  const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t CC = C * C;
+  std::vector<double> acc(static_cast<size_t>(slots * P * CC), 0.0);
+  std::atomic<size_t> next{0};
+  // One range element per thread; a serial fallback (e.g. nested inside
+  // another parallel region) gets the whole range once and does every item.
+  at::parallel_for(0, slots, 1, [&](int64_t slot, int64_t) {
+    double* mine = acc.data() + slot * P * CC;
+    for (size_t i = next++; i < items.size(); i = next++) {
+      const Item& it = items[i];
+      const int64_t len = it.q1 - it.q0;
+      shifted_gram::accumulate_float32(it.x, it.x + specs[it.product].shift * C, len, C, mine + it.product * CC);
+    }
+  });
+  for (int64_t k = 0; k < P; ++k) out[k] = at::empty({C, C}, options);
+  at::parallel_for(0, P, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      float* dst = out[k].mutable_data_ptr<float>();
+      for (int64_t e = 0; e < CC; ++e) {
+        double sum = 0.0;
+        for (int64_t slot = 0; slot < slots; ++slot) sum += acc[(slot * P + k) * CC + e];
+        dst[e] = static_cast<float>(sum);
+      }
+    }
+  });
   return out;
 }
 
@@ -146,37 +277,60 @@ void write_block(at::Tensor& gram, int64_t p, int64_t pp, int64_t C,
   });
 }
 
-// The (c, c') block sums of U^T U for every tap pair served by one
-// (row combo, column combo), written into the tap-major gram[p*C + c,
-// p'*C + c'] and its mirror.
-void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at::Tensor& by_cols,
-                      const FlatLayout& lc, const AxisCombo& rc, const AxisCombo& cc, bool self_transposed,
-                      int64_t kw, bool vectorised, at::Tensor& gram) {
-  const int64_t C = by_rows.size(1);
+// The shifted products one (row combo, column combo) task needs: one per row
+// segment over every column (out-of-range columns meet zeros; the segments
+// partition the valid rows, so a tap's row window is a sum of whole segments
+// and no row is multiplied twice), and one per column band some tap's window
+// leaves out, from the column-outer copy.
+struct ComboGeometry {
+  const FlatLayout& lr;
+  const FlatLayout& lc;
+  const AxisCombo& rc;
+  const AxisCombo& cc;
   // Flat offsets of the partner sub-image, in both layouts.
-  const int64_t shift_r = lr.base(rc.partner_phase, cc.partner_phase) - lr.base(rc.phase, cc.phase) +
-                          rc.delta * lr.row + cc.delta;
-  const int64_t shift_c = lc.base(cc.partner_phase, rc.partner_phase) - lc.base(cc.phase, rc.phase) +
-                          cc.delta * lc.row + rc.delta;
-  auto row_start = [&](int64_t m) { return lr.base(rc.phase, cc.phase) + m * lr.row; };
-  auto col_start = [&](int64_t k) { return lc.base(cc.phase, rc.phase) + lc.outer_keep.pos[k] * lc.row; };
+  int64_t shift_r() const {
+    return lr.base(rc.partner_phase, cc.partner_phase) - lr.base(rc.phase, cc.phase) + rc.delta * lr.row + cc.delta;
+  }
+  int64_t shift_c() const {
+    return lc.base(cc.partner_phase, rc.partner_phase) - lc.base(cc.phase, rc.phase) + cc.delta * lc.row + rc.delta;
+  }
+  int64_t row_start(int64_t m) const { return lr.base(rc.phase, cc.phase) + m * lr.row; }
+  int64_t col_start(int64_t k) const { return lc.base(cc.phase, rc.phase) + lc.outer_keep.pos[k] * lc.row; }
+};
 
-  // One product per row segment, every column (out-of-range columns meet
-  // zeros); the segments partition the valid rows, so a tap's row window is
-  // a sum of whole segments and no row is multiplied twice.
-  std::vector<at::Tensor> row_band(rc.segments.size()), col_band(cc.segments.size());
-  for (size_t s = 0; s < rc.segments.size(); ++s) {
-    const auto [m0, m1] = rc.segments[s];
-    row_band[s] = shifted_product(by_rows, row_start(m0), (m1 - m0) * lr.row, shift_r, vectorised);
+struct TaskProducts {
+  std::vector<int64_t> row_band, col_band;  // indices into the product list; -1: not needed
+};
+
+TaskProducts plan_products(const ComboGeometry& geo, const at::Tensor& by_rows, const at::Tensor& by_cols,
+                           std::vector<ProductSpec>& specs) {
+  TaskProducts task;
+  for (const auto& [m0, m1] : geo.rc.segments) {
+    task.row_band.push_back(static_cast<int64_t>(specs.size()));
+    specs.push_back({&by_rows, geo.row_start(m0), (m1 - m0) * geo.lr.row, geo.shift_r()});
   }
-  for (size_t s = 0; s < cc.segments.size(); ++s) {
-    if (!cc.needed[s]) continue;
-    const auto [k0, k1] = cc.segments[s];
-    col_band[s] = shifted_product(by_cols, col_start(k0), (k1 - k0) * lc.row, shift_c, vectorised);
+  for (size_t s = 0; s < geo.cc.segments.size(); ++s) {
+    if (!geo.cc.needed[s]) {
+      task.col_band.push_back(-1);
+      continue;
+    }
+    const auto [k0, k1] = geo.cc.segments[s];
+    task.col_band.push_back(static_cast<int64_t>(specs.size()));
+    specs.push_back({&by_cols, geo.col_start(k0), (k1 - k0) * geo.lc.row, geo.shift_c()});
   }
+  return task;
+}
+
+// The (c, c') block sums of U^T U for every tap pair served by one task,
+// from its products, written into the tap-major gram[p*C + c, p'*C + c'] and
+// its mirror.
+void finish_combo(const ComboGeometry& geo, const at::Tensor& by_rows, const TaskProducts& task,
+                  const std::vector<at::Tensor>& products, bool self_transposed, int64_t kw, at::Tensor& gram) {
+  const AxisCombo& rc = geo.rc;
+  const AxisCombo& cc = geo.cc;
+  const int64_t C = by_rows.size(1);
   // Corners (excluded rows x excluded columns) were subtracted twice.
-  std::vector<std::vector<at::Tensor>> corner(rc.segments.size(),
-                                              std::vector<at::Tensor>(cc.segments.size()));
+  std::vector<std::vector<at::Tensor>> corner(rc.segments.size(), std::vector<at::Tensor>(cc.segments.size()));
   for (size_t rs = 0; rs < rc.segments.size(); ++rs) {
     if (!rc.needed[rs]) continue;
     const auto [m0, m1] = rc.segments[rs];
@@ -184,12 +338,12 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
       if (!cc.needed[cs]) continue;
       const auto [k0, k1] = cc.segments[cs];
       auto patch = [&](int64_t start) {
-        return by_rows.narrow(0, start, (m1 - m0) * lr.row)
-            .view({m1 - m0, lr.batch, lr.slot, C})
+        return by_rows.narrow(0, start, (m1 - m0) * geo.lr.row)
+            .view({m1 - m0, geo.lr.batch, geo.lr.slot, C})
             .narrow(2, k0, k1 - k0)
             .reshape({-1, C});
       };
-      corner[rs][cs] = at::mm(patch(row_start(m0)).t(), patch(row_start(m0) + shift_r));
+      corner[rs][cs] = at::mm(patch(geo.row_start(m0)).t(), patch(geo.row_start(m0) + geo.shift_r()));
     }
   }
 
@@ -204,10 +358,10 @@ void accumulate_combo(const at::Tensor& by_rows, const FlatLayout& lr, const at:
       // minus its corners with the excluded row segments).
       std::vector<std::pair<const at::Tensor*, int>> terms;
       for (size_t rs = 0; rs < rc.segments.size(); ++rs)
-        if (!rc.excluded[t][rs]) terms.emplace_back(&row_band[rs], 1);
+        if (!rc.excluded[t][rs]) terms.emplace_back(&products[task.row_band[rs]], 1);
       for (size_t cs = 0; cs < cc.segments.size(); ++cs) {
         if (!cc.excluded[u][cs]) continue;
-        terms.emplace_back(&col_band[cs], -1);
+        terms.emplace_back(&products[task.col_band[cs]], -1);
         for (size_t rs = 0; rs < rc.segments.size(); ++rs)
           if (rc.excluded[t][rs]) terms.emplace_back(&corner[rs][cs], 1);
       }
@@ -226,27 +380,38 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
   const FlatLayout lr(N, rows, cols, conv_plan::keep_all(rows));
   const FlatLayout lc(N, cols, rows, conv_plan::keep_band_neighbourhoods(cols));
   const bool need_cols = lc.outer_len > 0;
-  at::Tensor by_rows = at::zeros({lr.total, C}, x.options());
-  at::Tensor by_cols = need_cols ? at::zeros({lc.total, C}, x.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_fill",
-                             [&] { fill_layouts<scalar_t>(x, rows, cols, lr, by_rows, lc, by_cols); });
+  at::Tensor by_rows, by_cols;
+  std::tie(by_rows, by_cols) = layout_buffers(lr.total, need_cols ? lc.total : 0, C, x.options());
+  if (vectorised && cols.stride == 1) {
+    fill_rows_vectorised(x, rows, lr, by_rows);
+  } else {
+    by_rows.zero_();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_fill",
+                               [&] { fill_rows_scalar<scalar_t>(x, rows, cols, lr, by_rows); });
+  }
+  if (by_cols.defined()) {
+    by_cols.zero_();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv2d_act_factor_fill_cols",
+                               [&] { fill_cols_from_rows<scalar_t>(rows, cols, lr, by_rows, lc, by_cols, N); });
+  }
 
   at::Tensor gram = at::empty({kh * kw * C, kh * kw * C}, x.options());
   // One task per (row combo, column combo) up to transposition; tasks write
-  // disjoint blocks. Threads take whole tasks (each GEMM single-threaded):
-  // on a busy machine a few long tasks per thread lose far less to
-  // stragglers than a 2-thread GEMM per call with a barrier each.
-  std::vector<std::pair<size_t, size_t>> tasks;
+  // disjoint blocks. Their products are computed together first (balanced
+  // over the threads), then each task assembles its blocks.
+  struct Task {
+    ComboGeometry geo;
+    bool self_transposed;
+    TaskProducts products;
+  };
+  std::vector<Task> tasks;
+  std::vector<ProductSpec> specs;
   for (size_t r = 0; r < rows.combos.size(); ++r)
     for (size_t q = 0; q < cols.combos.size(); ++q) {
       // The transposed combo's blocks are the transposes of this one's.
       const auto mirror = std::make_pair(static_cast<size_t>(rows.combos[r].transposed),
                                          static_cast<size_t>(cols.combos[q].transposed));
-      if (!(mirror < std::make_pair(r, q))) tasks.emplace_back(r, q);
-    }
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const auto [r, q] = tasks[k];
+      if (mirror < std::make_pair(r, q)) continue;
       const auto& rc = rows.combos[r];
       const auto& cc = cols.combos[q];
       if (rc.lo == rc.hi || cc.lo == cc.hi) {  // windows only ever meet zeros
@@ -259,9 +424,14 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
           }
         continue;
       }
+      const ComboGeometry geo{lr, lc, rc, cc};
       const bool self_transposed = rc.transposed == static_cast<int>(r) && cc.transposed == static_cast<int>(q);
-      accumulate_combo(by_rows, lr, by_cols, lc, rc, cc, self_transposed, kw, vectorised, gram);
+      tasks.push_back({geo, self_transposed, plan_products(geo, by_rows, by_cols, specs)});
     }
+  const std::vector<at::Tensor> products = compute_products(specs, C, vectorised, x.options());
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      finish_combo(tasks[k].geo, by_rows, tasks[k].products, products, tasks[k].self_transposed, kw, gram);
   });
   return gram;
 }

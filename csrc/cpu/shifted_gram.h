@@ -22,9 +22,19 @@ namespace kfac_ext::shifted_gram {
 // callers fall back to a GEMM.
 bool available();
 
-// out (C x C, row-major, overwritten) = X^T Y over `len` positions, where
+// acc (C x C, row-major, double) += X^T Y over `len` positions, where
 // X = x[0 .. len*C) and Y = y[0 .. len*C), both with row stride C.
-// Requires available(). Single-threaded: callers parallelise over products.
+// Requires available(). Single-threaded: callers split long products into
+// chunks of positions and give each thread its own accumulator.
+void accumulate_float32(const float* x, const float* y, int64_t len, int64_t C, double* acc);
+
+// out (C x C, row-major, float, overwritten) = X^T Y, as above.
 void float32(const float* x, const float* y, int64_t len, int64_t C, float* out);
+
+// The channels-last copy these products read: dst[k*C + c] = src[c*channel_stride + k]
+// for k < count, and zeros for count <= k < slot (the gap after a row).
+// 16 x 16 tiles transposed in registers. Requires available().
+void to_channels_last(const float* src, int64_t channel_stride, int64_t count, int64_t C, int64_t slot,
+                      float* dst);
 
 }  // namespace kfac_ext::shifted_gram
