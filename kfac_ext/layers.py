@@ -122,8 +122,8 @@ class KFACLayer:
 
     def _add_activation(self, x: torch.Tensor) -> None:
         x = x.to(self.factor_dtype)
-        if self.A_sum is None:
-            self.A_sum = torch.zeros_like(self.A)
+        # The first capture of a step overwrites the sum (beta 0): no zeroing pass.
+        first = self.a_count == 0
         m = self.module
         if self.is_conv:
             if x.dim() == 3:  # unbatched (C, H, W) input
@@ -139,17 +139,24 @@ class KFACLayer:
                 padding = (top, left)
             a = ops.conv2d_act_factor(x.contiguous(), m.kernel_size, m.stride, padding,
                                       m.dilation, self.has_bias)
-            self.A_sum.add_(a)
+            if first:
+                self.A_sum = a  # a fresh tensor the op returned
+            else:
+                self.A_sum.add_(a)
         else:
+            if self.A_sum is None:
+                self.A_sum = torch.empty_like(self.A)
             x2d = x.reshape(-1, x.shape[-1])
-            ops.cov_update_(self.A_sum, x2d, 1.0 / max(x2d.shape[0], 1), 1.0, self.has_bias)
+            ops.cov_update_(self.A_sum, x2d, 1.0 / max(x2d.shape[0], 1), 0.0 if first else 1.0,
+                            self.has_bias)
         self.a_count += 1
         self.ever_fired = True
 
     def _add_gradient(self, g: torch.Tensor) -> None:
         g = g.to(self.factor_dtype)
         if self.G_sum is None:
-            self.G_sum = torch.zeros_like(self.G)
+            self.G_sum = torch.empty_like(self.G)
+        beta = 0.0 if self.g_count == 0 else 1.0
         if self.is_conv:
             if g.dim() == 3:
                 g = g.unsqueeze(0)
@@ -158,10 +165,10 @@ class KFACLayer:
             n, c = g.shape[:2]
             t = g.shape[2] * g.shape[3]
             # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
-            ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), 1.0)
+            ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), beta)
         else:
             g2d = g.reshape(-1, g.shape[-1])
-            ops.cov_update_(self.G_sum, g2d, 1.0 / max(g2d.shape[0], 1), 1.0)
+            ops.cov_update_(self.G_sum, g2d, 1.0 / max(g2d.shape[0], 1), beta)
         self.g_count += 1
 
     # --------------------------------------------------------- factors ----
@@ -170,21 +177,20 @@ class KFACLayer:
 
     def batch_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """This step's A and G averaged over the captured micro-batches (in place)."""
-        self.A_sum.div_(self.a_count)
-        self.G_sum.div_(self.g_count)
+        if self.a_count > 1:
+            self.A_sum.div_(self.a_count)
+        if self.g_count > 1:
+            self.G_sum.div_(self.g_count)
         return self.A_sum, self.G_sum
 
     def clear_batch(self) -> None:
+        """Forget the captured micro-batches: the next capture overwrites the sums."""
         self.a_count = self.g_count = 0
-        if self.A_sum is not None:
-            self.A_sum.zero_()
-        if self.G_sum is not None:
-            self.G_sum.zero_()
 
     def update_running(self, a_batch: torch.Tensor, g_batch: torch.Tensor, decay: float) -> None:
-        """A <- decay*A + (1-decay)*A_batch, same for G."""
-        self.A.mul_(decay).add_(a_batch, alpha=1.0 - decay)
-        self.G.mul_(decay).add_(g_batch, alpha=1.0 - decay)
+        """A <- decay*A + (1-decay)*A_batch, same for G (one pass each)."""
+        self.A.lerp_(a_batch, 1.0 - decay)
+        self.G.lerp_(g_batch, 1.0 - decay)
         self.factor_updates += 1
 
     # ------------------------------------------------------- gradients ----

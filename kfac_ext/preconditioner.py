@@ -229,7 +229,9 @@ class KFACPreconditioner:
                 or layer.g_count != self.accumulation_steps):
             return
         a, g = layer.batch_factors()
-        g.mul_(self._g_scale())
+        scale = self._g_scale()
+        if scale != 1.0:
+            g.mul_(scale)
         self.comm.allreduce_factors([a, g])
         self._reducing[layer] = (a, g)
 
@@ -258,7 +260,8 @@ class KFACPreconditioner:
                 a, g = reducing[layer]
             else:
                 a, g = layer.batch_factors()
-                g.mul_(g_scale)
+                if g_scale != 1.0:
+                    g.mul_(g_scale)
                 late += [a, g]
             batches += [a, g]
         self.comm.wait(self.comm.allreduce_factors(late))
