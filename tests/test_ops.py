@@ -100,9 +100,13 @@ def test_cov_update_accepts_strided_x(device):
 
 # ------------------------------------------------ channel_cov_update_ ----
 
-# (N, C, L) chosen to hit each kernel path: small C (batched products), large
-# C with short L (gathered rows) and large C with long L (one triangle per sample).
-CHANNEL_CASES = [(3, 1, 5), (5, 7, 33), (4, 64, 9), (2, 129, 5), (3, 129, 70), (2, 513, 65)]
+# (N, C, L) chosen to hit each kernel path: small C (the vectorised channel
+# Gram for float32 on AVX-512, else batched products), large C with short L
+# (gathered rows) and large C with long L (one triangle per sample). (37, 19, 70)
+# spans two sample groups of the vectorised kernel with partial channel blocks
+# and a partial last vector of positions.
+CHANNEL_CASES = [(3, 1, 5), (5, 7, 33), (4, 64, 9), (37, 19, 70), (2, 129, 5), (3, 129, 70),
+                 (2, 513, 65)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -129,6 +133,18 @@ def test_channel_cov_update_channels_last_gradient(device, c, length):
     exact = ref.channel_cov_update(factor.cpu(), x.cpu(), 0.5, 0.5)
     ops.channel_cov_update_(factor, x, 0.5, 0.5)
     assert rel_err(factor, exact) <= 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_cov_update_beta_zero_ignores_old_factor(device, dtype):
+    # KFACLayer's first capture of a step writes into an uninitialised sum with beta 0.
+    factor = torch.full((19, 19), float("nan"), dtype=dtype, device=device)
+    x64 = randn(37, 19, 70, seed=4)
+    ops.channel_cov_update_(factor, x64.to(device, dtype), 0.5, 0.0)
+    exact = ref.channel_cov_update(torch.zeros(19, 19, dtype=torch.float64), x64, 0.5, 0.0)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert rel_err(factor, exact) <= tol
 
 
 @pytest.mark.parametrize("device", DEVICES)

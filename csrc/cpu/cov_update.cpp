@@ -7,9 +7,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "../checks.h"
+#include "channel_gram.h"
 #include "symmetric.h"
 
 namespace kfac_ext::cpu {
@@ -50,6 +52,38 @@ void update_ones_column(at::Tensor& factor, const at::Tensor& x, double alpha, d
   });
 }
 
+// factor <- beta*factor + alpha * sum_n x[n] x[n]^T for float32 x, contiguous
+// (N, C, L), with the vectorised channel_gram kernel: threads take groups of
+// samples from a shared counter, each adding into its own double upper
+// triangle; one pass then blends their sum into factor and mirrors it.
+void channel_gram_update(at::Tensor& factor, const at::Tensor& x, double alpha, double beta) {
+  const int64_t samples = x.size(0), C = x.size(1), len = x.size(2);
+  const int64_t group = channel_gram::samples_per_group(C, len);
+  const int64_t groups = (samples + group - 1) / group;
+  const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), groups));
+  std::vector<double> acc(static_cast<size_t>(slots * C * C), 0.0);
+  const float* px = x.const_data_ptr<float>();
+  std::atomic<int64_t> next{0};
+  // One range element per thread; a serial fallback gets the whole range once.
+  at::parallel_for(0, slots, 1, [&](int64_t slot, int64_t) {
+    double* mine = acc.data() + slot * C * C;
+    for (int64_t g = next++; g < groups; g = next++) {
+      const int64_t n0 = g * group;
+      channel_gram::accumulate_float32(px + n0 * C * len, std::min(group, samples - n0), C, len, mine);
+    }
+  });
+  float* pf = factor.data_ptr<float>();
+  const int64_t ld = factor.stride(0);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t d = c; d < C; ++d) {
+      double sum = 0.0;
+      for (int64_t s = 0; s < slots; ++s) sum += acc[(s * C + c) * C + d];
+      // beta == 0 ignores the old values (NaN included), as addmm does.
+      const double old = beta == 0.0 ? 0.0 : beta * static_cast<double>(pf[c * ld + d]);
+      pf[c * ld + d] = pf[d * ld + c] = static_cast<float>(old + alpha * sum);
+    }
+}
+
 void cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha, double beta,
                     bool append_ones) {
   const int64_t d = check_cov_update_args(factor, x, append_ones);
@@ -70,6 +104,11 @@ void channel_cov_update_cpu(at::Tensor factor, const at::Tensor& x, double alpha
     return;
   }
   const int64_t channels = x.size(1);
+  if (x.scalar_type() == at::kFloat && x.is_contiguous() && channels <= kBatchedChannels &&
+      channel_gram::available()) {
+    channel_gram_update(factor, x, alpha, beta);
+    return;
+  }
   if (channels <= kBatchedChannels) {
     // Small C: one GEMM per sample would be all call overhead. Batched
     // products of a bounded chunk of samples, summed into the factor.

@@ -9,7 +9,13 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define KFAC_EXT_HAVE_AVX512_KERNEL 1
+// GCC 12's AVX-512 shuffle/extract wrappers pass an undefined vector as the
+// unused merge source and then warn about it where they are inlined (GCC bug
+// 105593, fixed in 13); the state below applies to those header lines.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 namespace kfac_ext::shifted_gram {
