@@ -1,21 +1,14 @@
-// AVX-512 kernel of channel_gram.h, chosen at run time like shifted_gram.cpp.
+// AVX-512 kernel of channel_gram.h, chosen at run time (see avx512.h).
 #include "channel_gram.h"
+
+#include "avx512.h"
 
 #include <algorithm>
 #include <cstdlib>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define KFAC_EXT_HAVE_AVX512_KERNEL 1
-// GCC 12's AVX-512 shuffle/extract wrappers pass an undefined vector as the
-// unused merge source and then warn about it where they are inlined (GCC bug
-// 105593, fixed in 13); the state below applies to those header lines.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
-
 namespace kfac_ext::channel_gram {
+
+bool available() { return avx512::cpu_supported(); }
 
 #ifdef KFAC_EXT_HAVE_AVX512_KERNEL
 namespace {
@@ -84,11 +77,6 @@ __attribute__((target("avx512f"))) void block_pair(const float* x, int64_t sampl
 
 }  // namespace
 
-bool available() {
-  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  return has_avx512;
-}
-
 int64_t samples_per_group(int64_t C, int64_t len) {
   const int64_t positions = std::min<int64_t>(kGroupPositions, kGroupFloats / std::max<int64_t>(C, 1));
   return std::max<int64_t>(1, positions / std::max<int64_t>(len, 1));
@@ -105,8 +93,6 @@ void accumulate_float32(const float* x, int64_t samples, int64_t C, int64_t len,
 }
 
 #else  // not x86-64 with GCC/Clang: no vector kernel, callers use BLAS
-
-bool available() { return false; }
 
 int64_t samples_per_group(int64_t, int64_t) { return 1; }
 

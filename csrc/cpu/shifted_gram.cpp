@@ -1,24 +1,15 @@
-// AVX-512 kernel of shifted_gram.h. Compiled for every x86-64 CPU (the
-// vector code carries a function-level target attribute) and chosen at run
-// time, so one build runs everywhere and uses AVX-512 where it exists.
+// AVX-512 kernel of shifted_gram.h, chosen at run time (see avx512.h).
 #include "shifted_gram.h"
+
+#include "avx512.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define KFAC_EXT_HAVE_AVX512_KERNEL 1
-// GCC 12's AVX-512 shuffle/extract wrappers pass an undefined vector as the
-// unused merge source and then warn about it where they are inlined (GCC bug
-// 105593, fixed in 13); the state below applies to those header lines.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#endif
-
 namespace kfac_ext::shifted_gram {
+
+bool available() { return avx512::cpu_supported(); }
 
 #ifdef KFAC_EXT_HAVE_AVX512_KERNEL
 namespace {
@@ -170,11 +161,6 @@ __attribute__((target("avx512f"))) void transpose_tiles(const float* src, int64_
 
 }  // namespace
 
-bool available() {
-  static const bool has_avx512 = __builtin_cpu_supports("avx512f");
-  return has_avx512;
-}
-
 void accumulate_float32(const float* x, const float* y, int64_t len, int64_t C, double* acc) {
   // Positions per block: the block's rows of x and y (2 * 4 * C * block
   // bytes) stay in L1/L2 while every pass re-reads them; at most 512 float32
@@ -196,8 +182,6 @@ void to_channels_last(const float* src, int64_t channel_stride, int64_t count, i
 }
 
 #else  // not x86-64 with GCC/Clang: no vector kernel, callers use a GEMM
-
-bool available() { return false; }
 
 // Callers check available() first.
 void accumulate_float32(const float*, const float*, int64_t, int64_t, double*) { std::abort(); }
