@@ -288,7 +288,10 @@ def test_float32_shift_products_many_channels(c, stride, monkeypatch):
     err_theirs = (theirs.double() - exact).abs().max().item()
     assert err_ours <= max(2 * err_theirs, 4 * torch.finfo(torch.float32).eps * scale)
     assert torch.equal(ours, ours.t())
-    assert (ours - blas).abs().max().item() <= 8 * torch.finfo(torch.float32).eps * scale
+    # Two float32 engines, each off by up to ~8 eps * scale here (the unfold
+    # GEMM's own error on these inputs): they agree to the sum of the two. A
+    # dropped or doubled position would be off by ~1/(6*19*17) of scale.
+    assert (ours - blas).abs().max().item() <= 16 * torch.finfo(torch.float32).eps * scale
 
 
 @pytest.mark.parametrize("algo_name", ["shift", "shift-blas"])

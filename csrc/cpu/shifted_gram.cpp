@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <vector>
 
 namespace kfac_ext::shifted_gram {
 
@@ -24,13 +23,13 @@ inline __mmask16 lane_mask(int64_t C, int64_t b0, int v) {
   return cols <= 0 ? 0 : static_cast<__mmask16>((1u << cols) - 1u);
 }
 
-// acc[a][b] += sum_{q0 <= q < q1} x[q][a] * y[q][b] for the RA rows starting at
+// acc[a][b] += sum over the positions q of `runs` of x[q][a] * y[q][b] for the RA rows starting at
 // a0 (all < C) and the NB*16 columns starting at b0 (masked at C). The RA x NB
 // accumulators (<= 24 of the 32 vector registers) stay in registers for the
 // whole block; the RA broadcasts are constant offsets from one pointer.
 template <int RA, int NB>
-__attribute__((target("avx512f"))) void block_pass(const float* x, const float* y, int64_t q0, int64_t q1,
-                                                  int64_t C, int64_t a0, int64_t b0, double* acc) {
+__attribute__((target("avx512f"))) void block_pass(const float* x, const float* y, Runs runs, int64_t C,
+                                                  int64_t a0, int64_t b0, double* acc) {
   __m512 sum[RA][NB];
   __mmask16 mask[NB];
   // The constant-bound loops are unrolled before GCC decides what lives in
@@ -42,17 +41,19 @@ __attribute__((target("avx512f"))) void block_pass(const float* x, const float* 
   for (int r = 0; r < RA; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < NB; ++v) sum[r][v] = _mm512_setzero_ps();
-  const float* xq = x + q0 * C + a0;
-  const float* yq = y + q0 * C + b0;
-  for (int64_t q = q0; q < q1; ++q, xq += C, yq += C) {
-    __m512 b[NB];
+  for (int64_t run = 0; run < runs.count; ++run) {
+    const float* xq = x + run * runs.stride * C + a0;
+    const float* yq = y + run * runs.stride * C + b0;
+    for (int64_t q = 0; q < runs.len; ++q, xq += C, yq += C) {
+      __m512 b[NB];
 #pragma GCC unroll 8
-    for (int v = 0; v < NB; ++v) b[v] = _mm512_maskz_loadu_ps(mask[v], yq + v * kLanes);
+      for (int v = 0; v < NB; ++v) b[v] = _mm512_maskz_loadu_ps(mask[v], yq + v * kLanes);
 #pragma GCC unroll 32
-    for (int r = 0; r < RA; ++r) {
-      const __m512 a = _mm512_set1_ps(xq[r]);
+      for (int r = 0; r < RA; ++r) {
+        const __m512 a = _mm512_set1_ps(xq[r]);
 #pragma GCC unroll 8
-      for (int v = 0; v < NB; ++v) sum[r][v] = _mm512_fmadd_ps(a, b[v], sum[r][v]);
+        for (int v = 0; v < NB; ++v) sum[r][v] = _mm512_fmadd_ps(a, b[v], sum[r][v]);
+      }
     }
   }
   // Widen to double and add into acc, lane by lane from a plain array (a
@@ -75,32 +76,32 @@ __attribute__((target("avx512f"))) void block_pass(const float* x, const float* 
 
 // The last `rows` (< R) rows starting at a0: one block_pass with exactly that many.
 template <int R, int NB>
-__attribute__((target("avx512f"))) void tail_rows(int64_t rows, const float* x, const float* y, int64_t q0,
-                                                 int64_t q1, int64_t C, int64_t a0, int64_t b0, double* acc) {
+__attribute__((target("avx512f"))) void tail_rows(int64_t rows, const float* x, const float* y, Runs runs,
+                                                 int64_t C, int64_t a0, int64_t b0, double* acc) {
   if constexpr (R > 1) {
-    if (rows == R - 1) return block_pass<R - 1, NB>(x, y, q0, q1, C, a0, b0, acc);
-    tail_rows<R - 1, NB>(rows, x, y, q0, q1, C, a0, b0, acc);
+    if (rows == R - 1) return block_pass<R - 1, NB>(x, y, runs, C, a0, b0, acc);
+    tail_rows<R - 1, NB>(rows, x, y, runs, C, a0, b0, acc);
   }
 }
 
 // All C rows against the NB column vectors at b0, RA rows at a time.
 template <int RA, int NB>
-__attribute__((target("avx512f"))) void column_block(const float* x, const float* y, int64_t q0, int64_t q1,
-                                                    int64_t C, int64_t b0, double* acc) {
+__attribute__((target("avx512f"))) void column_block(const float* x, const float* y, Runs runs, int64_t C,
+                                                    int64_t b0, double* acc) {
   int64_t a0 = 0;
-  for (; a0 + RA <= C; a0 += RA) block_pass<RA, NB>(x, y, q0, q1, C, a0, b0, acc);
-  if (a0 < C) tail_rows<RA, NB>(C - a0, x, y, q0, q1, C, a0, b0, acc);
+  for (; a0 + RA <= C; a0 += RA) block_pass<RA, NB>(x, y, runs, C, a0, b0, acc);
+  if (a0 < C) tail_rows<RA, NB>(C - a0, x, y, runs, C, a0, b0, acc);
 }
 
-// Every (row block, column block) pass over positions [q0, q1).
-__attribute__((target("avx512f"))) void all_passes(const float* x, const float* y, int64_t q0, int64_t q1,
-                                                  int64_t C, double* acc) {
+// Every (row block, column block) pass over the positions of `runs`.
+__attribute__((target("avx512f"))) void all_passes(const float* x, const float* y, Runs runs, int64_t C,
+                                                  double* acc) {
   for (int64_t b0 = 0; b0 < C; b0 += 4 * kLanes) {
     switch (std::min<int64_t>(4, (C - b0 + kLanes - 1) / kLanes)) {
-      case 4: column_block<6, 4>(x, y, q0, q1, C, b0, acc); break;
-      case 3: column_block<8, 3>(x, y, q0, q1, C, b0, acc); break;
-      case 2: column_block<12, 2>(x, y, q0, q1, C, b0, acc); break;
-      default: column_block<16, 1>(x, y, q0, q1, C, b0, acc); break;
+      case 4: column_block<6, 4>(x, y, runs, C, b0, acc); break;
+      case 3: column_block<8, 3>(x, y, runs, C, b0, acc); break;
+      case 2: column_block<12, 2>(x, y, runs, C, b0, acc); break;
+      default: column_block<16, 1>(x, y, runs, C, b0, acc); break;
     }
   }
 }
@@ -161,18 +162,24 @@ __attribute__((target("avx512f"))) void transpose_tiles(const float* src, int64_
 
 }  // namespace
 
-void accumulate_float32(const float* x, const float* y, int64_t len, int64_t C, double* acc) {
+void accumulate_float32(const float* x, const float* y, Runs runs, int64_t C, double* acc) {
   // Positions per block: the block's rows of x and y (2 * 4 * C * block
   // bytes) stay in L1/L2 while every pass re-reads them; at most 512 float32
   // terms are summed before the double accumulator takes over.
   const int64_t block = std::clamp<int64_t>(8192 / C, 64, 512);
-  for (int64_t q0 = 0; q0 < len; q0 += block) all_passes(x, y, q0, std::min(len, q0 + block), C, acc);
-}
-
-void float32(const float* x, const float* y, int64_t len, int64_t C, float* out) {
-  std::vector<double> acc(static_cast<size_t>(C * C), 0.0);
-  accumulate_float32(x, y, len, C, acc.data());
-  for (int64_t k = 0; k < C * C; ++k) out[k] = static_cast<float>(acc[k]);
+  if (runs.len >= block) {  // long runs: blocks of one run each
+    for (int64_t run = 0; run < runs.count; ++run)
+      for (int64_t q0 = 0; q0 < runs.len; q0 += block) {
+        const int64_t offset = (run * runs.stride + q0) * C;
+        all_passes(x + offset, y + offset, Runs{1, std::min(block, runs.len - q0), 0}, C, acc);
+      }
+    return;
+  }
+  const int64_t per_block = block / std::max<int64_t>(runs.len, 1);  // short runs: whole runs per block
+  for (int64_t run = 0; run < runs.count; run += per_block) {
+    const int64_t offset = run * runs.stride * C;
+    all_passes(x + offset, y + offset, Runs{std::min(per_block, runs.count - run), runs.len, runs.stride}, C, acc);
+  }
 }
 
 void to_channels_last(const float* src, int64_t channel_stride, int64_t count, int64_t C, int64_t slot,
@@ -184,8 +191,7 @@ void to_channels_last(const float* src, int64_t channel_stride, int64_t count, i
 #else  // not x86-64 with GCC/Clang: no vector kernel, callers use a GEMM
 
 // Callers check available() first.
-void accumulate_float32(const float*, const float*, int64_t, int64_t, double*) { std::abort(); }
-void float32(const float*, const float*, int64_t, int64_t, float*) { std::abort(); }
+void accumulate_float32(const float*, const float*, Runs, int64_t, double*) { std::abort(); }
 void to_channels_last(const float*, int64_t, int64_t, int64_t, int64_t, float*) { std::abort(); }
 
 #endif

@@ -1,7 +1,7 @@
 // Shifted Gram product of a channels-last matrix with itself, the hot loop of
 // the Conv2d activation factor (conv_act_factor.cpp). Plain C++, no torch.
 //
-//   out[a*C + b] = sum_{q < len} x[q*C + a] * y[q*C + b],   y = x + shift*C
+//   acc[a*C + b] += sum_q x[q*C + a] * y[q*C + b],   y = x + shift*C
 //
 // for a, b < C: rows q of x are positions, columns channels. BLAS computes the
 // same product as a C x len by len x C GEMM, but for the few channels of a
@@ -22,14 +22,18 @@ namespace kfac_ext::shifted_gram {
 // callers fall back to a GEMM.
 bool available();
 
-// acc (C x C, row-major, double) += X^T Y over `len` positions, where
-// X = x[0 .. len*C) and Y = y[0 .. len*C), both with row stride C.
-// Requires available(). Single-threaded: callers split long products into
-// chunks of positions and give each thread its own accumulator.
-void accumulate_float32(const float* x, const float* y, int64_t len, int64_t C, double* acc);
+// Positions q = r*stride + k for r < count, k < len: `count` runs of `len`
+// consecutive positions, `stride` apart. A product over a zero-gapped layout
+// visits only the runs where both operands can be non-zero.
+struct Runs {
+  int64_t count, len, stride;
+};
 
-// out (C x C, row-major, float, overwritten) = X^T Y, as above.
-void float32(const float* x, const float* y, int64_t len, int64_t C, float* out);
+// acc (C x C, row-major, double) += X^T Y over the positions q of `runs`:
+// acc[a*C + b] += x[q*C + a] * y[q*C + b]. Requires available().
+// Single-threaded: callers split long products into chunks of runs and give
+// each thread its own accumulator.
+void accumulate_float32(const float* x, const float* y, Runs runs, int64_t C, double* acc);
 
 // The channels-last copy these products read: dst[k*C + c] = src[c*channel_stride + k]
 // for k < count, and zeros for count <= k < slot (the gap after a row).
