@@ -141,11 +141,14 @@ void fill_rows_vectorised(const at::Tensor& x, const AxisPlan& rows, const FlatL
 }
 
 // X[start : start+len]^T X[start+shift : start+shift+len] (C x C) of one
-// channels-last layout X (positions x C). The range is whole slots (one image
-// row or column each, `slot` positions apart), and inside a slot only
-// positions [live_begin, live_end) pair two values that can be non-zero: the
-// rest pair a gap or a missing phase entry with something, so the vectorised
-// products skip them (a quarter of the positions at 8x8 maps).
+// channels-last layout X (positions x C), restricted to positions
+// [live_begin, live_end) of every slot (the range is whole slots: one image
+// row or column each, `slot` positions apart). For a full product the live
+// positions are those that pair two values that can be non-zero -- the rest
+// pair a gap or a missing phase entry, a quarter of the positions at 8x8
+// maps -- and GEMMs, which take the whole range, get the same sum; for a
+// column band taken from the row layout they are the band's columns, which
+// only the vectorised products (runs) can restrict to.
 struct ProductSpec {
   const at::Tensor* layout;
   int64_t start, len, shift;
@@ -319,6 +322,8 @@ struct TaskProducts {
   std::vector<int64_t> row_band, col_band;  // indices into the product list; -1: not needed
 };
 
+// by_cols undefined: the column bands come from by_rows as strided runs (the
+// vectorised products take runs; GEMMs need the contiguous column-outer copy).
 TaskProducts plan_products(const ComboGeometry& geo, const at::Tensor& by_rows, const at::Tensor& by_cols,
                            std::vector<ProductSpec>& specs) {
   TaskProducts task;
@@ -336,8 +341,13 @@ TaskProducts plan_products(const ComboGeometry& geo, const at::Tensor& by_rows, 
     }
     const auto [k0, k1] = geo.cc.segments[s];
     task.col_band.push_back(static_cast<int64_t>(specs.size()));
-    specs.push_back({&by_cols, geo.col_start(k0), (k1 - k0) * geo.lc.row, geo.shift_c(), geo.lc.slot, col_live0,
-                     col_live1});
+    if (by_cols.defined()) {
+      specs.push_back({&by_cols, geo.col_start(k0), (k1 - k0) * geo.lc.row, geo.shift_c(), geo.lc.slot, col_live0,
+                       col_live1});
+    } else {  // runs of the band's columns, one per slot of the valid rows, straight from by_rows
+      specs.push_back({&by_rows, geo.row_start(geo.rc.lo), (geo.rc.hi - geo.rc.lo) * geo.lr.row, geo.shift_r(),
+                       geo.lr.slot, k0, k1});
+    }
   }
   return task;
 }
@@ -400,7 +410,7 @@ at::Tensor patch_gram(const at::Tensor& x, const AxisPlan& rows, const AxisPlan&
   const int64_t kh = rows.kernel, kw = cols.kernel;
   const FlatLayout lr(N, rows, cols, conv_plan::keep_all(rows));
   const FlatLayout lc(N, cols, rows, conv_plan::keep_band_neighbourhoods(cols));
-  const bool need_cols = lc.outer_len > 0;
+  const bool need_cols = !vectorised && lc.outer_len > 0;
   at::Tensor by_rows, by_cols;
   std::tie(by_rows, by_cols) = layout_buffers(lr.total, need_cols ? lc.total : 0, C, x.options());
   if (vectorised && cols.stride == 1) {
