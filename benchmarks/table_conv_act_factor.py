@@ -5,7 +5,8 @@ The baseline is the math kfac-pytorch runs in its forward hook: im2col
 get the same NCHW float32 input and return the same (C·kh·kw)² factor; the
 table shows the median time of each, the ratio, the FLOPs each performs
 (dense GEMM 2·N·T·D² for unfold; the shifted C×C products for ours, from the
-same tap-shift classes the kernel forms) and the largest relative difference
+same tap-shift classes the kernel forms, over the positions it multiplies)
+and the largest relative difference
 between the two results.
 
     python benchmarks/table_conv_act_factor.py            # all shapes
@@ -72,24 +73,26 @@ def _axis_classes(size, k, s, p, d, out):
             key = (phase[i], phase[j], off[j] - off[i])
             lo = max(0, -key[2])
             classes[key] = max(0, min(plen[key[0]], plen[key[1]] - key[2]) - lo)
-    gap = max(abs(key[2]) for key in classes)
-    return classes, gap, -(-size // s)
+    return classes
 
 
 def ours_flops(n, c, h, w, kernel, stride, padding, dilation):
-    """FLOPs of the full shift GEMMs (border bands and corners excluded: they are thin)."""
+    """FLOPs of the shift products over their live positions, the pairs of two
+    values that can be non-zero: what the vectorised kernel multiplies (GEMM
+    products also multiply the zero gaps between image rows). Border bands and
+    corners are left out: they are thin."""
     ho = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    rows, _, _ = _axis_classes(h, kernel[0], stride[0], padding[0], dilation[0], ho)
-    cols, col_gap, col_sub = _axis_classes(w, kernel[1], stride[1], padding[1], dilation[1], wo)
+    rows = _axis_classes(h, kernel[0], stride[0], padding[0], dilation[0], ho)
+    cols = _axis_classes(w, kernel[1], stride[1], padding[1], dilation[1], wo)
     seen, flops = set(), 0
     for rk, rlen in rows.items():
-        for ck in cols:
+        for ck, clen in cols.items():
             mirror = ((rk[1], rk[0], -rk[2]), (ck[1], ck[0], -ck[2]))
             if mirror in seen:
                 continue
             seen.add((rk, ck))
-            flops += 2 * c * c * rlen * n * (col_sub + col_gap)
+            flops += 2 * c * c * rlen * n * clen
     return flops
 
 
