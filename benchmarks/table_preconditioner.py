@@ -16,7 +16,9 @@ steps, interleaved so every row sees the same machine load:
 
 for kfac_ext (fused ops) and for the same K-FAC loop written with plain torch
 ops (unfold + mm factors, torch.linalg.eigh per factor, four matmuls and a
-division per layer). Ratios are against the SGD step of the same run.
+division per layer). Ratios are against the SGD step of the same run; "x SGD,
+paired" is the median over reps of each K-FAC step divided by the SGD step
+of the same rep (steadier on a shared machine).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_preconditioner.py [--reps 5] [--models resnet20,mlp]
 """
@@ -170,6 +172,13 @@ def measure(make_model, shape, reps, amortised_steps):
                 r.set_mode(mode)
             times.setdefault((kind, mode), []).append(r.step())
     med = {k: statistics.median(v) for k, v in times.items()}
+    # Paired: each rep's K-FAC step over that rep's SGD step, then the median.
+    # Cancels the drift of a shared machine between reps (the SGD step alone
+    # moved 0.30-0.40 s between runs of this script).
+    for kind in ("ours", "torch"):
+        for mode, _ in RATIOS:
+            pairs = [t / s for t, s in zip(times[(kind, mode)], times[("sgd", "sgd")])]
+            med[(kind, mode, "paired")] = statistics.median(pairs)
     for kind in ("ours", "torch"):
         med[(kind, "amortised")] = sum(med[(kind, m)] * w for m, w in RATIOS) / 100
     if amortised_steps:
@@ -197,8 +206,9 @@ def main(argv=None):
     print(f"Preconditioner step, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
           f"{describe_machine()}; torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}\n")
-    print("| model | step | SGD (s) | kfac_ext (s) | x SGD | plain torch (s) | x SGD | torch / ours |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | step | SGD (s) | kfac_ext (s) | x SGD | x SGD, paired | plain torch (s) | x SGD "
+          "| torch / ours |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, (make, shape) in _models(args.models.split(",")).items():
         med = measure(make, shape, args.reps, args.amortised_steps)
         sgd = med[("sgd", "sgd")]
@@ -208,8 +218,10 @@ def main(argv=None):
         for mode in modes:
             ours, plain = med[("ours", mode)], med[("torch", mode)]
             sgd = med.get(("sgd", mode), med[("sgd", "sgd")])
-            print(f"| {name} | {mode} | {sgd:.3f} | {ours:.3f} | {ours / sgd:.2f} | {plain:.3f} | "
-                  f"{plain / sgd:.2f} | {plain / ours:.2f} |")
+            paired = med.get(("ours", mode, "paired"))
+            paired = "" if paired is None else f"{paired:.2f}"
+            print(f"| {name} | {mode} | {sgd:.3f} | {ours:.3f} | {ours / sgd:.2f} | {paired} | "
+                  f"{plain:.3f} | {plain / sgd:.2f} | {plain / ours:.2f} |")
     return 0
 
 
