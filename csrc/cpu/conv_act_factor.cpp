@@ -97,17 +97,25 @@ void fill_cols_from_rows(const AxisPlan& rows, const AxisPlan& cols, const FlatL
 // (10 MB) is mmapped and page-faulted on every call (glibc maps allocations
 // at or above its mmap threshold, which freeing a chunk only raises to that
 // chunk's size): 2.5 ms to zero a new one against 0.12 ms for a resident
-// one, in a ~10 ms op. The buffer grows to the largest layout seen (about
-// 13 MB for ResNet-20 at batch 128) and is freed with the thread.
+// one, in a ~10 ms op. The kept buffer grows to the largest layout seen, up
+// to kKeptLayoutBytes (ResNet-20 at batch 128 needs ~13 MB), and is freed
+// with the thread; a larger layout is allocated for its call only, where the
+// page faults weigh less next to the products.
+constexpr int64_t kKeptLayoutBytes = int64_t{64} << 20;
+
 std::pair<at::Tensor, at::Tensor> layout_buffers(int64_t rows_len, int64_t cols_len, int64_t C,
                                                  const at::TensorOptions& options) {
-  thread_local at::Tensor workspace;
+  thread_local at::Tensor kept;
   const int64_t need = (rows_len + cols_len) * C;
-  if (!workspace.defined() || workspace.numel() < need || workspace.dtype() != options.dtype())
-    workspace = at::empty({need}, options);
-  at::Tensor by_rows = workspace.narrow(0, 0, rows_len * C).view({rows_len, C});
-  at::Tensor by_cols =
-      cols_len > 0 ? workspace.narrow(0, rows_len * C, cols_len * C).view({cols_len, C}) : at::Tensor();
+  at::Tensor buffer;
+  if (kept.defined() && kept.numel() >= need && kept.dtype() == options.dtype()) {
+    buffer = kept;
+  } else {
+    buffer = at::empty({need}, options);
+    if (need * buffer.element_size() <= kKeptLayoutBytes) kept = buffer;
+  }
+  at::Tensor by_rows = buffer.narrow(0, 0, rows_len * C).view({rows_len, C});
+  at::Tensor by_cols = cols_len > 0 ? buffer.narrow(0, rows_len * C, cols_len * C).view({cols_len, C}) : at::Tensor();
   return {by_rows, by_cols};
 }
 
