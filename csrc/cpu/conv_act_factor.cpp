@@ -9,15 +9,19 @@
 // split into phases, so every tap pair is a stride-1 shift between two phase
 // sub-images; pairs with the same shifts share one C x C product over the
 // whole sub-image (one flat offset into a zero-gapped channels-last copy of
-// the input, no gather). The products run in the AVX-512 kernel of
-// shifted_gram.h for float32 (BLAS spends as long packing these skinny
-// operands as multiplying them), as GEMMs otherwise. A product is split at
-// the rows where some tap's window starts or ends, so a pair sums the row
-// segments inside its window; the few columns outside its window are
-// subtracted as thin bands (from a column-outer copy of the edge columns
-// only) with their corners added back. 3x3 stride 1 needs
-// 13 C x C GEMMs of K ~ N*H*W instead of one (9C) x (9C) GEMM of K = N*T
-// (about 6x fewer FLOPs, exact); stride 2 about 2.3x fewer.
+// the input, no gather). A product is split at the rows where some tap's
+// window starts or ends, so a pair sums the row segments inside its window;
+// the few columns outside its window are subtracted as thin bands with their
+// corners added back. 3x3 stride 1 needs 13 C x C products of K ~ N*H*W
+// instead of one (9C) x (9C) GEMM of K = N*T (about 6x fewer FLOPs, exact);
+// stride 2 about 2.3x fewer.
+//
+// float32 on AVX-512: the products run in the kernel of shifted_gram.h (BLAS
+// spends as long packing these skinny operands as multiplying them), over
+// only the positions of each image row that pair two possibly non-zero
+// values, in chunks the threads share; the bands are strided runs of the same
+// copy. Otherwise the products are GEMMs over whole ranges and the bands come
+// from a second, column-outer copy of the edge columns.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
