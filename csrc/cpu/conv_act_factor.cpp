@@ -174,7 +174,7 @@ struct ProductSpec {
 int64_t positions_per_item(int64_t C) { return std::max<int64_t>(1024, 65536 / C); }
 
 // Every product of `specs`, as C x C tensors. Vectorised: the products are cut
-// into chunks of positions and the threads take chunks from one counter, each
+// into chunks of slots (their live runs) and the threads take chunks from one counter, each
 // adding into its own double accumulators (summed at the end), so the work is
 // balanced however unequal the products are; chunks go in layout order, so the
 // threads sweep the layout together and each region is reused from cache by
@@ -218,7 +218,7 @@ std::vector<at::Tensor> compute_products(const std::vector<ProductSpec>& specs, 
   }
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.x < b.x; });
 
-  const int64_t slots = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t slots = std::max<int64_t>(1, at::get_num_threads());  // accumulator sets, one per thread
   const int64_t CC = C * C;
   std::vector<double> acc(static_cast<size_t>(slots * P * CC), 0.0);
   std::atomic<size_t> next{0};
