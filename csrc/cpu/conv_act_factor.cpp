@@ -218,14 +218,14 @@ std::vector<at::Tensor> compute_products(const std::vector<ProductSpec>& specs, 
   }
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) { return a.x < b.x; });
 
-  const int64_t slots = std::max<int64_t>(1, at::get_num_threads());  // accumulator sets, one per thread
+  const int64_t sets = std::max<int64_t>(1, at::get_num_threads());  // of accumulators, one per thread
   const int64_t CC = C * C;
-  std::vector<double> acc(static_cast<size_t>(slots * P * CC), 0.0);
+  std::vector<double> acc(static_cast<size_t>(sets * P * CC), 0.0);
   std::atomic<size_t> next{0};
   // One range element per thread; a serial fallback (e.g. nested inside
   // another parallel region) gets the whole range once and does every item.
-  at::parallel_for(0, slots, 1, [&](int64_t slot, int64_t) {
-    double* mine = acc.data() + slot * P * CC;
+  at::parallel_for(0, sets, 1, [&](int64_t set, int64_t) {
+    double* mine = acc.data() + set * P * CC;
     for (size_t i = next++; i < items.size(); i = next++) {
       const Item& it = items[i];
       shifted_gram::accumulate_float32(it.x, it.x + specs[it.product].shift * C, it.runs, C, mine + it.product * CC);
@@ -237,7 +237,7 @@ std::vector<at::Tensor> compute_products(const std::vector<ProductSpec>& specs, 
       float* dst = out[k].mutable_data_ptr<float>();
       for (int64_t e = 0; e < CC; ++e) {
         double sum = 0.0;
-        for (int64_t slot = 0; slot < slots; ++slot) sum += acc[(slot * P + k) * CC + e];
+        for (int64_t set = 0; set < sets; ++set) sum += acc[(set * P + k) * CC + e];
         dst[e] = static_cast<float>(sum);
       }
     }
