@@ -183,14 +183,15 @@ int64_t positions_per_item(int64_t C) { return std::max<int64_t>(1024, 65536 / C
 std::vector<at::Tensor> compute_products(const std::vector<ProductSpec>& specs, int64_t C, bool vectorised,
                                          const at::TensorOptions& options) {
   const int64_t P = static_cast<int64_t>(specs.size());
+  for (const auto& sp : specs)  // both operand ranges inside the layout, whole slots
+    TORCH_INTERNAL_ASSERT(sp.start >= 0 && sp.start + sp.shift >= 0 && sp.start + sp.len <= sp.layout->size(0) &&
+                          sp.start + sp.shift + sp.len <= sp.layout->size(0) && sp.len % sp.slot == 0 &&
+                          0 <= sp.live_begin && sp.live_end <= sp.slot);
   std::vector<at::Tensor> out(specs.size());
   if (!vectorised) {
     at::parallel_for(0, P, 1, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
         const auto& sp = specs[k];
-        TORCH_INTERNAL_ASSERT(sp.start >= 0 && sp.start + sp.shift >= 0 &&
-                              sp.start + sp.len <= sp.layout->size(0) &&
-                              sp.start + sp.shift + sp.len <= sp.layout->size(0));
         out[k] = at::mm(sp.layout->narrow(0, sp.start, sp.len).t(),
                         sp.layout->narrow(0, sp.start + sp.shift, sp.len));
       }
@@ -205,9 +206,6 @@ std::vector<at::Tensor> compute_products(const std::vector<ProductSpec>& specs, 
   std::vector<Item> items;
   for (int64_t k = 0; k < P; ++k) {
     const auto& sp = specs[k];
-    TORCH_INTERNAL_ASSERT(sp.start >= 0 && sp.start + sp.shift >= 0 && sp.start + sp.len <= sp.layout->size(0) &&
-                          sp.start + sp.shift + sp.len <= sp.layout->size(0) && sp.len % sp.slot == 0 &&
-                          0 <= sp.live_begin && sp.live_end <= sp.slot);
     const int64_t live = sp.live_end - sp.live_begin;
     if (live <= 0) continue;  // every pair meets a zero: the product stays 0
     const int64_t slots_in_product = sp.len / sp.slot;
