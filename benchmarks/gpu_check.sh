@@ -4,9 +4,11 @@
 #   1. builds kfac_ext._C with the CUDA kernels in place (setup.py),
 #   2. runs the CUDA tests (tests/test_cuda_ops.py and the cuda cases of
 #      tests/test_ops.py / tests/test_conv_act_factor.py),
-#   3. runs them once more under compute-sanitizer memcheck, when available,
-#   4. prints the benchmark table (benchmarks/table_gpu.py), whose accuracy
-#      columns check every op against the float64 CPU reference.
+#   3. prints the benchmark table (benchmarks/table_gpu.py), whose accuracy
+#      columns check every op against the float64 CPU reference,
+#   4. runs the CUDA op tests once more under compute-sanitizer memcheck, when
+#      available (last, and bounded by SANITIZER_TIMEOUT seconds, default 240:
+#      under the sanitizer every cuBLAS/cuSOLVER kernel load is slow).
 #
 #   bash benchmarks/gpu_check.sh            # full: ResNet-50 (batch 32) and ResNet-20
 #   QUICK=1 bash benchmarks/gpu_check.sh    # ResNet-20 shapes only, no sanitizer
@@ -32,6 +34,15 @@ fi
 command -v nvcc >/dev/null && nvcc --version | tail -1
 
 step "build (setup.py build_ext --inplace, CUDA kernels forced on)"
+# torch derives CUDA_HOME from the nvcc on PATH; a wrapper such as
+# /usr/local/bin/nvcc would make it /usr/local, whose include/ has no crt/.
+if [[ -z "${CUDA_HOME:-}" ]]; then
+  for home in "$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent)")")")" \
+              /usr/local/cuda; do
+    if [[ -f "$home/include/cuda_runtime.h" ]]; then export CUDA_HOME=$home; break; fi
+  done
+fi
+echo "CUDA_HOME=${CUDA_HOME:-<torch decides>}"
 # The arch of the visible GPU unless the caller set a list.
 if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
   TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
@@ -53,19 +64,8 @@ CUDA_TESTS=(tests/test_cuda_ops.py)
 for f in tests/test_ops.py tests/test_conv_act_factor.py; do [[ -f $f ]] && CUDA_TESTS+=("$f"); done
 if "$PY" -c 'import pytest' 2>/dev/null; then
   step "CUDA tests"
-  "$PY" -m pytest -q -p no:cacheprovider "${CUDA_TESTS[@]}" -k "cuda or test_cuda_ops" || status=1
-
-  SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-  if [[ -n "$SANITIZER" && -z "${QUICK:-}" ]]; then
-    step "compute-sanitizer memcheck on tests/test_cuda_ops.py"
-    # PYTORCH_NO_CUDA_MEMORY_CACHING: every allocation is a real cudaMalloc,
-    # so an out-of-bounds access cannot hide inside a cached block.
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$SANITIZER" --tool memcheck --error-exitcode 9 \
-      --print-limit 20 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_ops.py -x \
-      -k "not opcheck" || { echo "gpu_check: memcheck reported errors"; status=1; }
-  else
-    echo "gpu_check: compute-sanitizer not run (${SANITIZER:-not found}${QUICK:+, QUICK set})"
-  fi
+  "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short "${CUDA_TESTS[@]}" \
+    -k "cuda or test_cuda_ops" || status=1
 else
   echo "gpu_check: pytest is not installed for $PY: tests NOT run (the table below still checks accuracy)"
   status=1
@@ -73,6 +73,21 @@ fi
 
 step "benchmark table"
 "$PY" benchmarks/table_gpu.py ${QUICK:+--quick} || status=1
+
+SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null || true)
+if [[ -n "$SANITIZER" && -z "${QUICK:-}" ]] && "$PY" -c 'import pytest' 2>/dev/null; then
+  step "compute-sanitizer memcheck on tests/test_cuda_ops.py (at most ${SANITIZER_TIMEOUT:-240} s)"
+  # PYTORCH_NO_CUDA_MEMORY_CACHING: every allocation is a real cudaMalloc,
+  # so an out-of-bounds access cannot hide inside a cached block.
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-240}" "$SANITIZER" --tool memcheck \
+    --error-exitcode 9 --print-limit 20 "$PY" -m pytest -q -p no:cacheprovider --tb=short \
+    tests/test_cuda_ops.py -x -k "not opcheck"
+  rc=$?
+  if (( rc == 124 )); then echo "gpu_check: memcheck did not finish within ${SANITIZER_TIMEOUT:-240} s (not a failure of the kernels; rerun with a larger SANITIZER_TIMEOUT)"
+  elif (( rc )); then echo "gpu_check: memcheck reported errors (rc $rc)"; status=1; fi
+else
+  echo "gpu_check: compute-sanitizer not run (${SANITIZER:-not found}${QUICK:+, QUICK set})"
+fi
 
 echo
 if (( status )); then echo "gpu_check: FAILED (see above)"; else echo "gpu_check: all passed"; fi

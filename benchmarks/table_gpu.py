@@ -54,6 +54,10 @@ class Case:
     # Accuracy check: (result of ours, result of torch) -> (err ours, err torch), or None.
     check: Optional[Callable[[], tuple]] = None
     reps: int = 5
+    # The same work without what is being compared (a plain SGD iteration for
+    # the K-FAC rows): timed in the same interleaved loop, so that the table
+    # can also give the ratio of the K-FAC overheads alone.
+    baseline: Optional[Callable[[], object]] = None
 
 
 # ---------------------------------------------------------------- shapes ----
@@ -379,10 +383,16 @@ def step_cases(device, quick):
     for label, build, shape, classes in models:
         torch.manual_seed(0)
         model = build().to(device)
+        sgd_model = copy.deepcopy(model)  # no hooks: the iteration K-FAC adds to
         x = torch.randn(*shape, device=device)
         y = torch.randint(0, classes, (shape[0],), device=device)
         pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=1)
         loss_fn = nn.CrossEntropyLoss()
+
+        def sgd_iteration():
+            sgd_model.zero_grad(set_to_none=True)
+            loss_fn(sgd_model(x), y).backward()
+            return [p.grad for p in sgd_model.parameters() if p.grad is not None]
 
         def iteration():
             model.zero_grad(set_to_none=True)
@@ -408,7 +418,7 @@ def step_cases(device, quick):
             return max(_rel_err(a, b) for a, b in zip(*grads)), 0.0
 
         yield Case("K-FAC iteration (fwd+bwd+step)", f"{label}, factors+eigh every step",
-                   iteration, plain_iteration, None, check, reps=3)
+                   iteration, plain_iteration, None, check, reps=3, baseline=sgd_iteration)
 
 
 # --------------------------------------------------------------- timing ----
@@ -436,6 +446,7 @@ def _timer(device):
 def measure(case, time_it):
     """Best seconds of each side over case.reps interleaved runs (after a warm-up)."""
     sides = [case.ours, case.torch] + ([case.cupy] if case.cupy else [])
+    sides += [case.baseline] if case.baseline else []
     for fn in sides:
         fn()
     best = [float("inf")] * len(sides)
@@ -483,7 +494,7 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for case, times, errs in rows:
         ours, theirs = times[0], times[1]
-        cp = times[2] if len(times) > 2 else None
+        cp = times[2] if case.cupy else None
         cp_ms = f"{cp * 1e3:.3f}" if cp else "-"
         cp_x = f"{cp / ours:.2f}" if cp else "-"
         e_ours, e_torch = (f"{errs[0]:.1e}", f"{errs[1]:.1e}") if errs else ("-", "-")
@@ -493,6 +504,14 @@ def main(argv=None) -> int:
     print("× = their time / ours (> 1: ours faster). err = largest relative error against the "
           "float64 CPU reference (eigh: eigenvalues; K-FAC iteration: preconditioned gradients "
           "of one iteration from the same state, ours vs the plain-torch iteration).")
+    for case, times, _ in rows:
+        if case.baseline:
+            base = times[-1]
+            ours, theirs = times[0] - base, times[1] - base
+            print(f"\nK-FAC overhead over a plain fwd+bwd ({base * 1e3:.1f} ms), {case.shape}: "
+                  f"ours {ours * 1e3:.1f} ms, plain torch {theirs * 1e3:.1f} ms, "
+                  f"× torch {theirs / ours:.2f}" if ours > 0 else
+                  f"\nK-FAC overhead, {case.shape}: not measurable (ours ≤ baseline)")
     return 0
 
 
