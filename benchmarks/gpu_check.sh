@@ -43,6 +43,13 @@ if [[ -z "${CUDA_HOME:-}" ]]; then
   done
 fi
 echo "CUDA_HOME=${CUDA_HOME:-<torch decides>}"
+# The GPU image sets CXX to a g++ wrapper (/opt/gcc/bin/g++) that links
+# libstdc++ statically: the extension then held a second copy of the iostream
+# code, and formatting a number into an error message segfaulted (2026-11-28,
+# H200). Build with the system g++ unless the caller names a compiler.
+if [[ -n "${KFAC_EXT_CXX:-}" ]]; then export CXX=$KFAC_EXT_CXX
+elif [[ -x /usr/bin/g++ ]]; then export CXX=/usr/bin/g++; fi
+echo "CXX=${CXX:-<default>}"
 # The arch of the visible GPU unless the caller set a list.
 if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
   TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')
@@ -54,6 +61,16 @@ if ! KFAC_EXT_FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" setup.py -q buil
   exit 1
 fi
 echo "built in $(( $(date +%s) - t0 )) s for sm ${TORCH_CUDA_ARCH_LIST}"
+if nm -D --defined-only kfac_ext/_C*.so 2>/dev/null | grep -q ' _ZNSo9_M_insertIlEERSoT_$'; then
+  echo "gpu_check: WARNING: kfac_ext/_C links libstdc++ statically (compiler ${CXX:-c++}):"\
+       "error messages with numbers will crash; set KFAC_EXT_CXX to a plain g++"
+  status=1
+fi
+# The build is in place, not installed: the benchmark scripts (run from
+# benchmarks/) must find the package in the repository root.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# TESTS_K narrows the test selection further (a pytest -k expression).
+K_EXTRA=${TESTS_K:+ and ($TESTS_K)}
 "$PY" -c 'import torch, kfac_ext
 print("CUDA kernel registered for every op:",
       all(torch._C._dispatch_has_kernel_for_dispatch_key(f"kfac_ext::{op}", "CUDA")
@@ -65,7 +82,7 @@ for f in tests/test_ops.py tests/test_conv_act_factor.py; do [[ -f $f ]] && CUDA
 if "$PY" -c 'import pytest' 2>/dev/null; then
   step "CUDA tests"
   "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short "${CUDA_TESTS[@]}" \
-    -k "cuda or test_cuda_ops" || status=1
+    -k "(cuda or test_cuda_ops)$K_EXTRA" || status=1
 else
   echo "gpu_check: pytest is not installed for $PY: tests NOT run (the table below still checks accuracy)"
   status=1
@@ -81,7 +98,7 @@ if [[ -n "$SANITIZER" && -z "${QUICK:-}" ]] && "$PY" -c 'import pytest' 2>/dev/n
   # so an out-of-bounds access cannot hide inside a cached block.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SANITIZER_TIMEOUT:-240}" "$SANITIZER" --tool memcheck \
     --error-exitcode 9 --print-limit 20 "$PY" -m pytest -q -p no:cacheprovider --tb=short \
-    tests/test_cuda_ops.py -x -k "not opcheck"
+    tests/test_cuda_ops.py -x -k "not opcheck$K_EXTRA"
   rc=$?
   if (( rc == 124 )); then echo "gpu_check: memcheck did not finish within ${SANITIZER_TIMEOUT:-240} s (not a failure of the kernels; rerun with a larger SANITIZER_TIMEOUT)"
   elif (( rc )); then echo "gpu_check: memcheck reported errors (rc $rc)"; status=1; fi

@@ -118,6 +118,9 @@ CONV_CASES = [
     (2, 7, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1), True),   # D = 64: exactly one tile
     (3, 70, 10, 9, (3, 3), (1, 1), (1, 1), (1, 1), True), # D = 631: 10 tiles, 55 upper
     (5, 16, 17, 17, (5, 5), (3, 3), (2, 2), (1, 1), False),
+    # The explicit im2col + GEMM path (D >= 1024, or D >= 512 with >= 32768 rows):
+    (2, 120, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), True),  # D = 1081
+    (8, 64, 64, 64, (3, 3), (1, 1), (1, 1), (1, 1), False),  # D = 576, 32768 rows
 ]
 
 
@@ -165,7 +168,8 @@ def test_batched_eigh(dtype):
     factors = [spd(n, seed=i, dtype=dtype) for i, n in enumerate(EIGH_SIZES)]
     values, vectors = ops.batched_eigh(factors)
     for i, (f, d, q) in enumerate(zip(factors, values, vectors)):
-        assert d.dtype == dtype and q.dtype == dtype and d.is_cuda and q.is_contiguous()
+        assert d.dtype == dtype and q.dtype == dtype and d.is_cuda
+        assert q.T.is_contiguous(), "column-major Q, as on the CPU and in the fake kernel"
         f64 = f.double().cpu()
         exact = torch.linalg.eigvalsh(f64)
         theirs_d, theirs_q = torch.linalg.eigh(f)  # same dtype, same GPU
@@ -205,9 +209,12 @@ def test_batched_eigh_float64_retry(monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [7, 50])
-def test_batched_eigh_names_the_failing_factor(dtype, n):
+@pytest.mark.parametrize("bad", ["inf", "nan"])
+def test_batched_eigh_names_the_failing_factor(dtype, n, bad):
+    """syevjBatched (n <= 32) returned info 0 and finite output for a NaN pair
+    off the diagonal: the input check, not cuSOLVER, must catch it."""
     factors = [spd(m, seed=i, dtype=dtype) for i, m in enumerate([5, n, n])]
-    factors[2][3, 4] = factors[2][4, 3] = float("inf")
+    factors[2][3, 4] = factors[2][4, 3] = float(bad)
     with pytest.raises(RuntimeError, match=rf"factors\[2\] \({n}x{n}\)"):
         ops.batched_eigh(factors)
 

@@ -1,11 +1,7 @@
-// Covariance-factor building blocks: cuBLAS SYRK on one triangle with the
-// running average (alpha, beta) fused, the mirror of that triangle, and the
-// ones column of [X, 1] from column sums (no copy of X with a ones column).
-//
-// Layout: cuBLAS is column-major, our matrices row-major. A row-major
-// (r x c) buffer with row stride ld is the column-major (c x r) transpose
-// with leading dimension ld, and a symmetric C is its own transpose, so the
-// row-major upper triangle is cuBLAS's CUBLAS_FILL_MODE_LOWER.
+// Covariance-factor building blocks around the glue's GEMM (X^T X with the
+// running average fused, through torch's cuBLAS call): the mirror of the
+// upper triangle, which makes the result exactly symmetric, and the ones
+// column of [X, 1] from column sums (no copy of X with a ones column).
 #include <algorithm>
 #include <climits>
 
@@ -15,42 +11,11 @@
 namespace kfac_ext::cuda {
 namespace {
 
-cublasStatus_t syrk(cublasHandle_t h, cublasOperation_t op, int n, int k, const float* alpha,
-                    const float* a, int lda, const float* beta, float* c, int ldc) {
-  return cublasSsyrk(h, CUBLAS_FILL_MODE_LOWER, op, n, k, alpha, a, lda, beta, c, ldc);
-}
-cublasStatus_t syrk(cublasHandle_t h, cublasOperation_t op, int n, int k, const double* alpha,
-                    const double* a, int lda, const double* beta, double* c, int ldc) {
-  return cublasDsyrk(h, CUBLAS_FILL_MODE_LOWER, op, n, k, alpha, a, lda, beta, c, ldc);
-}
-
 void check_int(int64_t v, const char* what) {
   if (v > INT_MAX) {
     throw std::runtime_error(std::string("kfac_ext CUDA: ") + what + " = " + std::to_string(v) +
-                             " exceeds the 32-bit range of the cuBLAS API");
+                             " exceeds the 32-bit range of a launch grid");
   }
-}
-
-// Column-major view: op(A) is (n x k) with lda; k may exceed INT_MAX, in
-// which case the sum over k is split into slices and beta applies once.
-// `slice_offset(k0)` gives the element offset of slice k0 within A.
-template <typename T, typename Offset>
-void syrk_sliced(cublasHandle_t h, cublasOperation_t op, const T* a, int64_t n, int64_t k,
-                 int64_t lda, T alpha, T beta, T* c, int64_t ldc, Offset slice_offset) {
-  check_int(n, "factor size");
-  check_int(lda, "row stride of x");
-  check_int(ldc, "row stride of factor");
-  if (n == 0) return;
-  constexpr int64_t kMaxSlice = int64_t{1} << 30;
-  int64_t k0 = 0;
-  do {
-    const int64_t len = std::min(kMaxSlice, k - k0);
-    const T b = k0 == 0 ? beta : T(1);
-    KFAC_CUBLAS_CHECK(syrk(h, op, static_cast<int>(n), static_cast<int>(len), &alpha,
-                           a + slice_offset(k0), static_cast<int>(lda), &b, c,
-                           static_cast<int>(ldc)));
-    k0 += len;
-  } while (k0 < k);
 }
 
 // Transpose through shared memory (coalesced on both sides); tiles wholly
@@ -123,22 +88,6 @@ __global__ void ones_column_finish_kernel(T* f, int64_t d, int64_t ldf, const do
 }  // namespace
 
 template <typename T>
-void syrk_xtx_upper(cublasHandle_t handle, const T* x, int64_t rows, int64_t n, int64_t ldx,
-                    T alpha, T beta, T* c, int64_t ldc) {
-  // X row-major (rows x n) = column-major M (n x rows, ld ldx); X^T X = M M^T.
-  syrk_sliced(handle, CUBLAS_OP_N, x, n, rows, ldx, alpha, beta, c, ldc,
-              [ldx](int64_t k0) { return k0 * ldx; });
-}
-
-template <typename T>
-void syrk_xxt_upper(cublasHandle_t handle, const T* y, int64_t n, int64_t k, int64_t ldy,
-                    T alpha, T beta, T* c, int64_t ldc) {
-  // Y row-major (n x k) = column-major M (k x n, ld ldy); Y Y^T = M^T M.
-  syrk_sliced(handle, CUBLAS_OP_T, y, n, k, ldy, alpha, beta, c, ldc,
-              [](int64_t k0) { return k0; });
-}
-
-template <typename T>
 void mirror_upper_to_lower(T* a, int64_t n, int64_t ld, cudaStream_t stream) {
   if (n <= 1) return;
   const int64_t tiles = (n + kMirrorTile - 1) / kMirrorTile;
@@ -171,10 +120,6 @@ void ones_column_update(const T* x, int64_t rows, int64_t d, int64_t ldx, T* f, 
 }
 
 #define KFAC_INSTANTIATE(T)                                                                      \
-  template void syrk_xtx_upper<T>(cublasHandle_t, const T*, int64_t, int64_t, int64_t, T, T, T*, \
-                                  int64_t);                                                      \
-  template void syrk_xxt_upper<T>(cublasHandle_t, const T*, int64_t, int64_t, int64_t, T, T, T*, \
-                                  int64_t);                                                      \
   template void mirror_upper_to_lower<T>(T*, int64_t, int64_t, cudaStream_t);                    \
   template void ones_column_update<T>(const T*, int64_t, int64_t, int64_t, T*, int64_t, double,  \
                                       double, double*, cudaStream_t);

@@ -2,12 +2,24 @@
 // argument checks (as on the CPU), then launches on the current stream.
 // F is taken to be symmetric: only its upper triangle is read, the lower one
 // is overwritten with the mirror of the result.
+//
+// The Gram products are cuBLAS GEMMs (through at::addmm_, on the current
+// stream), not SYRK: on an H200 (benchmarks/RESULTS.md, 2026-11-28) cuBLAS's
+// SYRK ran 5x slower than the GEMM at X 6272x256 and 40x slower at
+// 16 x 131072 (it does not split a long K over the chip), while computing
+// only half the products. The mirror then makes the result exactly symmetric.
 #include "glue.h"
 
 #include <algorithm>
 
 namespace kfac_ext::cuda {
 namespace {
+
+// Upper-left (rows x cols) block of a row-major matrix, as a strided view
+// that at::addmm_ writes in place (unit column stride: cuBLAS takes it as is).
+at::Tensor block(at::Tensor& m, int64_t rows, int64_t cols) {
+  return m.narrow(0, 0, rows).narrow(1, 0, cols);
+}
 
 void cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alpha, double beta,
                      bool append_ones) {
@@ -26,12 +38,10 @@ void cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alpha, doubl
     partial = at::empty({column_sum_splits(rows) * std::max<int64_t>(d, 1)},
                         factor.options().dtype(at::kDouble));
   }
+  // beta == 0 does not read F (NaN in it does not propagate), as in addmm.
+  if (d > 0) block(factor, d, d).addmm_(xc.t(), xc, beta, alpha);
   AT_DISPATCH_FLOATING_TYPES(factor.scalar_type(), op, [&] {
     scalar_t* f = ptr<scalar_t>(factor);
-    if (d > 0) {
-      syrk_xtx_upper<scalar_t>(blas_handle(), cptr<scalar_t>(xc), rows, d, d,
-                               static_cast<scalar_t>(alpha), static_cast<scalar_t>(beta), f, n);
-    }
     if (append_ones) {
       ones_column_update<scalar_t>(cptr<scalar_t>(xc), rows, d, std::max<int64_t>(d, 1), f, n,
                                    alpha, beta, ptr<double>(partial), stream);
@@ -54,18 +64,49 @@ void channel_cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alph
   }
   // sum_n X[n] X[n]^T == Y Y^T for Y = (C, N*L), the samples side by side.
   // Building Y copies N*C*L values, small next to the C^2*N*L multiply-adds,
-  // and buys one SYRK with K = N*L instead of N of them with K = L (L is 49
-  // on ResNet-50's last stage, where per-sample SYRKs run far below peak).
+  // and buys one GEMM with K = N*L instead of N of them with K = L (L is 49
+  // on ResNet-50's last stage, where per-sample products run far below peak).
   const at::Tensor y = samples == 1 ? x.select(0, 0).contiguous()
                                     : x.transpose(0, 1).contiguous().view({channels, -1});
-  const int64_t k = y.size(1);
+  factor.addmm_(y, y.t(), beta, alpha);
   AT_DISPATCH_FLOATING_TYPES(factor.scalar_type(), op, [&] {
-    scalar_t* f = ptr<scalar_t>(factor);
-    syrk_xxt_upper<scalar_t>(blas_handle(), cptr<scalar_t>(y), channels, k, k,
-                             static_cast<scalar_t>(alpha), static_cast<scalar_t>(beta), f,
-                             channels);
-    mirror_upper_to_lower<scalar_t>(f, channels, channels, current_stream());
+    mirror_upper_to_lower<scalar_t>(ptr<scalar_t>(factor), channels, channels, current_stream());
   });
+}
+
+// Which algorithm builds the Conv2d factor. The implicit-im2col kernel reads
+// the input once and never materialises U; cuBLAS on an explicit im2col copy
+// pays N*T*D values of copy but runs its GEMM near peak. Measured on an H200
+// at float32 (benchmarks/RESULTS.md, 2026-11-28), the kernel won at D <= 576
+// on the CIFAR ResNet-20 shapes (2.3-3.2x over unfold + GEMM) and at D = 147
+// (ResNet-50's first conv, 1.3x); the GEMM won at D = 576 with 1e5 rows
+// (1.2x) and at every D >= 1152 (1.3-1.6x). Beyond 1 GiB of copy the kernel
+// is kept, for memory.
+bool use_im2col_gemm(int64_t dim, int64_t rows, int64_t element_size) {
+  const bool gemm_wins = dim >= 1024 || (dim >= 512 && rows >= 32768);
+  return gemm_wins && rows * dim * element_size <= (int64_t{1} << 30);
+}
+
+// A = U^T U * scale with U = [im2col patches | 1] (rows N*T): one copy of the
+// patches into (D0, N*T) and one GEMM; the ones column is the row sums.
+at::Tensor factor_im2col_gemm(const at::Tensor& x, at::IntArrayRef kernel_size,
+                              at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, bool has_bias, double scale) {
+  const at::Tensor patches = at::im2col(x, kernel_size, dilation, padding, stride);  // (N, D0, T)
+  const int64_t d0 = patches.size(1);
+  const at::Tensor u = patches.transpose(0, 1).reshape({d0, -1});
+  const int64_t dim = d0 + (has_bias ? 1 : 0);
+  at::Tensor out = at::empty({dim, dim}, x.options());
+  block(out, d0, d0).addmm_(u, u.t(), 0.0, scale);  // beta 0: the empty block is not read
+  if (has_bias) {
+    const at::Tensor sums = u.sum(1).mul_(scale);  // U^T 1
+    out.narrow(0, 0, d0).select(1, d0).copy_(sums);
+    out.select(0, d0).select(0, d0).fill_(scale * static_cast<double>(u.size(1)));
+  }
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "conv2d_act_factor", [&] {
+    mirror_upper_to_lower<scalar_t>(ptr<scalar_t>(out), dim, dim, current_stream());
+  });
+  return out;
 }
 
 at::Tensor conv2d_act_factor_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -99,6 +140,12 @@ at::Tensor conv2d_act_factor_cuda(const at::Tensor& input, at::IntArrayRef kerne
   // float otherwise (half / bfloat16 inputs are widened), as on the CPU.
   const auto acc_type = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor x = input.to(acc_type).contiguous();
+  const int64_t positions = g.out_h * g.out_w;
+  if (use_im2col_gemm(dim, N * positions, x.element_size())) {
+    const double scale = 1.0 / (static_cast<double>(N) * positions * positions * positions);
+    return factor_im2col_gemm(x, kernel_size, stride, padding, dilation, has_bias, scale)
+        .to(input.scalar_type());
+  }
   at::Tensor out = at::zeros({dim, dim}, x.options());  // the kernel adds into it
   const int sm_count = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t splits = conv_act_factor_splits(g, sm_count);

@@ -79,6 +79,10 @@ Decomposed decompose(at::Tensor batch, bool clamp, at::Tensor info) {
   const int64_t count = batch.size(0), n = batch.size(1);
   auto w = at::empty({count, n}, batch.options());
   if (n == 0) return {w, batch};  // nothing to decompose (cuSOLVER rejects n == 0)
+  // cuSOLVER need not fail on non-finite input: syevjBatched returned info 0
+  // and finite results for a 7x7 factor with one NaN pair off the diagonal
+  // (H200, CUDA 13.0), so the input is checked too, before it is overwritten.
+  const at::Tensor bad_input = batch.isfinite().logical_not().flatten(1).any(1);
   at::Tensor work;
   AT_DISPATCH_FLOATING_TYPES(batch.scalar_type(), kOp, [&] {
     int* info_ptr = ptr<int>(info);
@@ -90,6 +94,7 @@ Decomposed decompose(at::Tensor batch, bool clamp, at::Tensor info) {
     check_finite_and_clamp<scalar_t>(ptr<scalar_t>(w), cptr<scalar_t>(batch), n, count, clamp,
                                      info_ptr, current_stream());
   });
+  info.masked_fill_(bad_input.logical_and(info.eq(0)), kNonFiniteInfo);
   return {w, batch};
 }
 
@@ -165,14 +170,17 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> batched_eigh_cuda(
   }
 
   // Results of the groups that succeeded. Each output owns its memory (ops
-  // may not return outputs that alias one another); vectors are transposed
-  // into contiguous Q (an O(n^2) copy next to the O(n^3) decomposition).
+  // may not return outputs that alias one another). Q stays column-major
+  // (strides (1, n)) as cuSOLVER wrote it: the layout the CPU kernel, LAPACK,
+  // torch.linalg.eigh and the op's fake kernel give.
   for (const auto& [members, result] : done) {
+    const bool shared = members.size() > 1;
     for (size_t k = 0; k < members.size(); ++k) {
       const size_t i = members[k];
       const auto kk = static_cast<int64_t>(k);
-      values[i] = members.size() > 1 ? result.values.select(0, kk).clone() : result.values.select(0, kk);
-      vectors[i] = result.vectors_t.select(0, kk).t().contiguous();
+      const auto w = result.values.select(0, kk), vt = result.vectors_t.select(0, kk);
+      values[i] = shared ? w.clone() : w;
+      vectors[i] = (shared ? vt.clone() : vt).t();
     }
   }
 
@@ -201,8 +209,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> batched_eigh_cuda(
         }
         const auto kk = static_cast<int64_t>(k);
         values[i] = result.values.select(0, kk).to(at::kFloat);
-        vectors[i] = result.vectors_t.select(0, kk).t().to(at::kFloat, false, false,
-                                                            at::MemoryFormat::Contiguous);
+        vectors[i] = result.vectors_t.select(0, kk).to(at::kFloat).t();
       }
     }
   }

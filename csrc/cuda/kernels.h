@@ -17,17 +17,6 @@ namespace kfac_ext::cuda {
 
 // ---- covariance.cu ----------------------------------------------------------
 
-// Upper triangle (row-major) of C (n x n) <- beta*C + alpha * X^T X, X (rows x n)
-// with row stride ldx: one cuBLAS SYRK (split along rows above INT_MAX).
-template <typename T>
-void syrk_xtx_upper(cublasHandle_t handle, const T* x, int64_t rows, int64_t n, int64_t ldx,
-                    T alpha, T beta, T* c, int64_t ldc);
-
-// Upper triangle of C (n x n) <- beta*C + alpha * Y Y^T, Y (n x k), row stride ldy.
-template <typename T>
-void syrk_xxt_upper(cublasHandle_t handle, const T* y, int64_t n, int64_t k, int64_t ldy,
-                    T alpha, T beta, T* c, int64_t ldc);
-
 // a[j][i] <- a[i][j] for i < j (strictly lower triangle from the upper).
 template <typename T>
 void mirror_upper_to_lower(T* a, int64_t n, int64_t ld, cudaStream_t stream);
