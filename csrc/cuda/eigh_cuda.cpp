@@ -1,18 +1,20 @@
 // CUDA kernel of batched_eigh. Factors are grouped by (size, dtype); a group
 // of n <= 32 goes through one syevjBatched call, larger ones through syevd,
-// one matrix per call, spread over a few pool streams so that independent
-// decompositions overlap. Every group's info codes and a finiteness check of
-// its results land in one device array that is copied to the host once (the
-// only host synchronisation: whether to retry or raise must be known before
-// returning). Failed float32 factors are redone in float64; a float64
+// one matrix per call, spread over a few pool streams (each fed by a host
+// thread of its own) so that independent decompositions overlap. Every
+// group's info codes and a finiteness check of its input and results land in
+// one device array that is copied to the host once (the only host
+// synchronisation: whether to retry or raise must be known before returning). Failed float32 factors are redone in float64; a float64
 // failure raises an error naming the factors.
 #include "glue.h"
 
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdlib>
+#include <exception>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kfac_ext::cuda {
@@ -62,14 +64,45 @@ void decompose_streams(at::Tensor& a, at::Tensor& w, at::Tensor& work, int* info
       stream_wait(s, main);  // inputs were written on the current stream
     }
   }
-  for (int64_t b = 0; b < batch; ++b) {
-    const cudaStream_t s = side[static_cast<size_t>(b % streams)];
-    T* work_b = ptr<T>(work) + (b % streams) * std::max<int64_t>(lwork, 1);
-    syevd<T>(solver_handle(s), ptr<T>(a) + b * n * n, n, ptr<T>(w) + b * n, work_b, lwork,
-             info + b);
+  // Stream k takes matrices k, k + streams, ... and is fed by a host thread of
+  // its own: cuSOLVER's syevd returns only when its matrix is done, so one
+  // submitting thread ran the pool's streams one after another (an H200
+  // overlapped nothing at n >= 576; benchmarks/table_eigh_groups.py).
+  T* a_ptr = ptr<T>(a);
+  T* w_ptr = ptr<T>(w);
+  T* work_ptr = ptr<T>(work);
+  auto run_stream = [&](int64_t k) {
+    for (int64_t b = k; b < batch; b += streams) {
+      syevd<T>(solver_handle(side[static_cast<size_t>(k)]), a_ptr + b * n * n, n, w_ptr + b * n,
+               work_ptr + k * std::max<int64_t>(lwork, 1), lwork, info + b);
+    }
+  };
+  if (streams == 1) {
+    run_stream(0);
+    return;
   }
-  if (streams > 1) {
-    for (auto s : side) stream_wait(main, s);
+  const c10::DeviceIndex device = a.device().index();
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(streams));
+  std::vector<std::thread> threads;
+  for (int64_t k = 1; k < streams; ++k) {
+    threads.emplace_back([&, k] {
+      try {
+        const c10::cuda::CUDAGuard guard(device);
+        run_stream(k);
+      } catch (...) {
+        errors[static_cast<size_t>(k)] = std::current_exception();
+      }
+    });
+  }
+  try {
+    run_stream(0);
+  } catch (...) {
+    errors[0] = std::current_exception();
+  }
+  for (auto& t : threads) t.join();
+  for (auto s : side) stream_wait(main, s);
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
   }
 }
 
