@@ -28,6 +28,12 @@ TORCH_LIBRARY(kfac_ext, m) {
   m.def("unpack_triu_(Tensor packed, Tensor(a!)[] mats, float scale=1.0) -> ()");
   // sum over layers of <precond, grad> (the KL-clip reduction), a 0-d tensor.
   m.def("kl_clip_sum(Tensor[] precond, Tensor[] grads) -> Tensor");
+  // One step of the eigen method on the parameters' gradients, in place:
+  // Γ = [weight_grad | bias_grad] per layer (bias_grads: one per layer whose
+  // qa has the extra row), P by eigen_precondition, ν = min(1, sqrt(kl_clip /
+  // |kl_factor * sum <P, Γ>|)) (1 when kl_clip <= 0), gradients <- ν P.
+  // Returns ν as a 0-d float64 CPU tensor. Device-agnostic (composite).
+  m.def("precondition_grads_(Tensor(a!)[] weight_grads, Tensor(b!)[] bias_grads, Tensor[] qa, Tensor[] da, Tensor[] qg, Tensor[] dg, float damping, float kl_clip, float kl_factor) -> Tensor");
 }
 
 // An importable, empty Python module: importing kfac_ext._C loads this shared

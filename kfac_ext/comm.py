@@ -84,6 +84,12 @@ class Comm:
         """Start sending each preconditioned gradient from a grad worker to the other ranks."""
         raise NotImplementedError
 
+    @property
+    def replicates_preconditioning(self) -> bool:
+        """True when every rank preconditions every layer itself, so that no
+        preconditioned gradient is ever sent (one process, or COMM-OPT)."""
+        return False
+
 
 class LocalComm(Comm):
     """One process: it owns every factor, preconditions every layer, sends nothing."""
@@ -112,6 +118,10 @@ class LocalComm(Comm):
 
     def broadcast_preconditioned(self, items) -> Handle:
         return None
+
+    @property
+    def replicates_preconditioning(self) -> bool:
+        return True
 
     def __repr__(self) -> str:
         return "LocalComm(world_size=1)"

@@ -432,6 +432,10 @@ class DistributedComm(Comm):
                 self.precond_elements += sent
         return handle
 
+    @property
+    def replicates_preconditioning(self) -> bool:
+        return self.layout.n_blocks == 1
+
     def __repr__(self) -> str:
         return (f"DistributedComm({self.strategy}, world_size={self.world_size}, "
                 f"grad_workers={self.layout.grad_workers}, colocate_factors={self.colocate_factors})")

@@ -208,6 +208,16 @@ class KFACLayer:
             return torch.cat([w, m.bias.grad[self.out_slice].reshape(-1, 1)], dim=1).to(dtype)
         return w.to(dtype)
 
+    def grad_tensors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(weight gradient, bias gradient or None) of this layer's rows, as
+        views of the parameters' ``.grad``: what ``ops.precondition_grads_``
+        reads and overwrites in place."""
+        m = self.module
+        if self.group is None:
+            return m.weight.grad, (m.bias.grad if self.has_bias else None)
+        return (m.weight.grad[self.out_slice],
+                m.bias.grad[self.out_slice] if self.has_bias else None)
+
     def set_grad(self, p: torch.Tensor) -> None:
         """Write P back into weight.grad (and bias.grad), in the parameters' dtype."""
         m = self.module

@@ -30,6 +30,7 @@ __all__ = [
     "pack_triu",
     "unpack_triu_",
     "kl_clip_sum",
+    "precondition_grads_",
     "reference",
 ]
 
@@ -204,6 +205,36 @@ def kl_clip_sum(precond: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
     return _ops.kl_clip_sum(precond, grads)
 
 
+def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor],
+                        qa: Sequence[Tensor], da: Sequence[Tensor], qg: Sequence[Tensor],
+                        dg: Sequence[Tensor], damping: float, kl_clip: float | None = None,
+                        kl_factor: float = 1.0) -> float:
+    """One eigen-method step on the gradients themselves, in place; returns ν.
+
+    Per layer ``Γ = [weight_grads[i] as (out, in) | bias]``, with the bias
+    taken from bias_grads (one tensor per layer whose qa[i] is (in+1, in+1),
+    in layer order), ``P = eigen_precondition(Γ, ...)``; then ``ν = min(1,
+    sqrt(kl_clip / |kl_factor · Σ⟨P, Γ⟩|))`` (1 without kl_clip, or when the
+    sum is 0 or not finite) and the gradients become ``ν·P``. weight_grads[i]
+    may have any shape with out rows (a Conv2d's (out, in, kh, kw)) and may be
+    a view, such as one group's slice. kl_factor is lr² divided by the square
+    of a gradient scaler's scale. One call replaces a cat, two copies and a
+    reduction per layer from Python; nothing is written if a check fails.
+    """
+    op = "precondition_grads_"
+    lists = {name: _check_tensor_list(op, name, value)
+             for name, value in (("weight_grads", weight_grads), ("bias_grads", bias_grads),
+                                 ("qa", qa), ("da", da), ("qg", qg), ("dg", dg))}
+    if kl_clip is not None and not kl_clip > 0:
+        raise ValueError(f"{op}: kl_clip must be > 0 or None; got {kl_clip}")
+    _check_one_device(op, [pair for name, value in lists.items() for pair in _listed(name, value)])
+    if not lists["weight_grads"]:
+        return 1.0
+    nu = _ops.precondition_grads_(*lists.values(), float(damping),
+                                  0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
+    return float(nu)
+
+
 def _pair(value) -> list[int]:
     if isinstance(value, int):
         return [value, value]
@@ -271,6 +302,16 @@ def _unpack_triu_fake(packed, mats, scale=1.0):
     torch._check(packed.dim() == 1 and packed.shape[0] == total,
                  lambda: f"unpack_triu_: packed must be 1-D with {total} entries; "
                          f"got {tuple(packed.shape)}")
+
+
+@torch.library.register_fake("kfac_ext::precondition_grads_")
+def _precondition_grads_fake(weight_grads, bias_grads, qa, da, qg, dg, damping, kl_clip,
+                             kl_factor):
+    n = len(weight_grads)
+    torch._check(len(qa) == n and len(da) == n and len(qg) == n and len(dg) == n,
+                 lambda: "precondition_grads_: weight_grads, qa, da, qg, dg must have one "
+                         "entry per layer")
+    return torch.empty((), dtype=torch.float64)
 
 
 @torch.library.register_fake("kfac_ext::kl_clip_sum")

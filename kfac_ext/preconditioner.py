@@ -387,6 +387,9 @@ class KFACPreconditioner:
                                 f"not preconditioned: {why}; its gradient is left as is")
         if not active:
             return
+        if self.compute_method == "eigen" and comm.replicates_preconditioning:
+            self._precondition_in_place(step, active)
+            return
         grads = {i: self.layers[i].grad_matrix(self.inv_dtype) for i in active}
         mine = [i for i in active if comm.is_grad_worker(i)]
         precond: Dict[int, torch.Tensor] = {}
@@ -409,6 +412,29 @@ class KFACPreconditioner:
             if nu != 1.0:
                 p = p.mul_(nu)
             self.layers[i].set_grad(p)
+
+    def _precondition_in_place(self, step: int, active: Sequence[int]) -> None:
+        """Every rank preconditions every layer (one process, COMM-OPT), so nothing is
+        sent: one op call builds Γ, computes P and the KL-clip scale, and writes ν·P
+        back into the gradients (on small models the Python version of these steps
+        cost more than the GEMMs)."""
+        weight_grads, bias_grads = [], []
+        for i in active:
+            w, b = self.layers[i].grad_tensors()
+            weight_grads.append(w)
+            if b is not None:
+                bias_grads.append(b)
+        second = [self._second[i] for i in active]
+        kl_clip = self.kl_clip(step)
+        kl_factor = 1.0
+        if kl_clip is not None:
+            kl_factor = float(self.lr(step)) ** 2
+            if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+                kl_factor /= float(self.grad_scaler.get_scale()) ** 2
+        ops.precondition_grads_(weight_grads, bias_grads, [s["A"][1] for s in second],
+                                [s["A"][0] for s in second], [s["G"][1] for s in second],
+                                [s["G"][0] for s in second], self.damping(step), kl_clip,
+                                kl_factor)
 
     def _kl_scale(self, step: int, ps, gs) -> float:
         kl_clip = self.kl_clip(step)

@@ -7,6 +7,8 @@ Functions that update in place in the op return a new tensor here.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -92,3 +94,30 @@ def kl_clip_sum(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
     for p, g in zip(precond, grads):
         total = total + (p * g).sum().double().cpu()
     return total
+
+
+def precondition_grads(weight_grads: list[Tensor], bias_grads: list[Tensor], qa: list[Tensor],
+                       da: list[Tensor], qg: list[Tensor], dg: list[Tensor], damping: float,
+                       kl_clip: float | None = None, kl_factor: float = 1.0
+                       ) -> tuple[list[Tensor], list[Tensor], float]:
+    """(new weight grads, new bias grads, ν) of ``precondition_grads_``, out of place."""
+    grads, has_bias, b = [], [], iter(bias_grads)
+    for w, q in zip(weight_grads, qa):
+        g = w.reshape(w.shape[0], -1)
+        has_bias.append(q.shape[0] == g.shape[1] + 1)
+        if has_bias[-1]:
+            g = torch.cat([g, next(b).reshape(-1, 1)], dim=1)
+        grads.append(g.to(q.dtype))
+    precond = eigen_precondition(grads, qa, da, qg, dg, damping)
+    nu = 1.0
+    if kl_clip is not None:
+        vg = float(kl_clip_sum(precond, grads)) * kl_factor
+        if vg != 0.0 and math.isfinite(vg):
+            nu = min(1.0, math.sqrt(kl_clip / abs(vg)))
+    new_w, new_b = [], []
+    for w, p, bias in zip(weight_grads, precond, has_bias):
+        p = p * nu
+        new_w.append(p[:, :p.shape[1] - bias].reshape(w.shape).to(w.dtype))
+        if bias:
+            new_b.append(p[:, -1].to(w.dtype))
+    return new_w, new_b, nu

@@ -1,0 +1,188 @@
+"""ops.precondition_grads_ (the fused eigen-method step on the parameters'
+gradients) against kfac_ext.reference.precondition_grads, and the
+preconditioner's two paths (fused, and the per-layer Python path kept for
+distributed strategies that send preconditioned gradients) against each other.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from kfac_ext import KFACPreconditioner, ops
+from kfac_ext import reference as ref
+from kfac_ext.comm import LocalComm
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+DTYPES = [torch.float32, torch.float64]
+
+# (weight shape, has bias): a 4-D conv weight, Linear weights, a single output
+# row, and a layer without bias between layers with one.
+LAYERS = [((16, 3, 3, 3), True), ((7, 5), False), ((1, 9), True), ((33, 4, 1, 2), False),
+          ((10, 65), True)]
+
+
+def _randn(*shape, seed, dtype, device):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
+
+
+def _eigh_of_spd(n, seed, dtype, device):
+    x = _randn(2 * n + 3, n, seed=seed, dtype=torch.float64, device="cpu")
+    d, q = torch.linalg.eigh(x.T @ x / x.shape[0] + 1e-3 * torch.eye(n, dtype=torch.float64))
+    return d.to(device, dtype), q.to(device, dtype)
+
+
+def _case(dtype, device, layers=LAYERS, seed=0):
+    weights, biases, qa, da, qg, dg = [], [], [], [], [], []
+    for i, (shape, bias) in enumerate(layers):
+        weights.append(_randn(*shape, seed=seed + 10 * i, dtype=dtype, device=device))
+        if bias:
+            biases.append(_randn(shape[0], seed=seed + 10 * i + 1, dtype=dtype, device=device))
+        n_in = weights[-1][0].numel() + int(bias)
+        d, q = _eigh_of_spd(n_in, seed + 10 * i + 2, dtype, device)
+        da.append(d); qa.append(q)
+        d, q = _eigh_of_spd(shape[0], seed + 10 * i + 3, dtype, device)
+        dg.append(d); qg.append(q)
+    return weights, biases, qa, da, qg, dg
+
+
+def _to64(tensors):
+    return [t.double().cpu() for t in tensors]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kl_clip,kl_factor", [(None, 1.0), (1e-3, 0.25), (1e9, 0.25)],
+                         ids=["no-clip", "clip-active", "clip-inactive"])
+def test_matches_reference(device, dtype, kl_clip, kl_factor):
+    weights, biases, qa, da, qg, dg = _case(dtype, device)
+    exact_w, exact_b, exact_nu = ref.precondition_grads(
+        _to64(weights), _to64(biases), _to64(qa), _to64(da), _to64(qg), _to64(dg), 0.01,
+        kl_clip, kl_factor)
+    theirs_w, theirs_b, _ = ref.precondition_grads(weights, biases, qa, da, qg, dg, 0.01,
+                                                   kl_clip, kl_factor)
+    nu = ops.precondition_grads_(weights, biases, qa, da, qg, dg, 0.01, kl_clip, kl_factor)
+    if kl_clip == 1e-3:
+        assert exact_nu < 0.5, "test premise: the clip scales the step down"
+    elif kl_clip is not None:
+        assert exact_nu == 1.0, "test premise: the clip is inactive"
+    assert nu == pytest.approx(exact_nu, rel=1e-5 if dtype == torch.float32 else 1e-12)
+    eps = torch.finfo(dtype).eps
+    for ours, exact, theirs in zip(weights + biases, exact_w + exact_b, theirs_w + theirs_b):
+        assert ours.dtype == dtype and ours.device.type == device
+        scale = exact.abs().max()
+        err = (ours.double().cpu() - exact).abs().max() / scale
+        their_err = (theirs.double().cpu() - exact).abs().max() / scale
+        assert err <= 2 * their_err + 16 * eps, f"{err:.3g} vs torch {their_err:.3g}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_writes_through_views_and_leaves_other_rows_alone(device):
+    """A grouped conv passes one group's rows of weight.grad / bias.grad."""
+    weight = _randn(12, 3, 3, 3, seed=1, dtype=torch.float64, device=device)
+    bias = _randn(12, seed=2, dtype=torch.float64, device=device)
+    before_w, before_b = weight.clone(), bias.clone()
+    _, _, qa, da, qg, dg = _case(torch.float64, device, [((4, 3, 3, 3), True)])
+    w_view, b_view = weight[4:8], bias[4:8]
+    exact_w, exact_b, _ = ref.precondition_grads([w_view.clone()], [b_view.clone()], qa, da, qg,
+                                                 dg, 0.1)
+    ops.precondition_grads_([w_view], [b_view], qa, da, qg, dg, 0.1)
+    assert torch.allclose(weight[4:8], exact_w[0], rtol=0, atol=1e-12)
+    assert torch.allclose(bias[4:8], exact_b[0], rtol=0, atol=1e-12)
+    rows = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11], device=device)
+    assert torch.equal(weight[rows], before_w[rows]) and torch.equal(bias[rows], before_b[rows])
+
+
+def test_bfloat16_gradients_are_preconditioned_in_the_factor_dtype():
+    weights, biases, qa, da, qg, dg = _case(torch.float32, "cpu", [((6, 5), True)])
+    w16, b16 = weights[0].bfloat16(), biases[0].bfloat16()
+    exact_w, exact_b, _ = ref.precondition_grads([w16.float()], [b16.float()], qa, da, qg, dg, 0.1)
+    ops.precondition_grads_([w16], [b16], qa, da, qg, dg, 0.1)
+    assert w16.dtype == torch.bfloat16
+    assert torch.allclose(w16.float(), exact_w[0], rtol=1e-2, atol=1e-2 * exact_w[0].abs().max())
+    assert torch.allclose(b16.float(), exact_b[0], rtol=1e-2, atol=1e-2 * exact_b[0].abs().max())
+
+
+def test_empty_lists():
+    assert ops.precondition_grads_([], [], [], [], [], [], 0.1) == 1.0
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("extra bias", r"bias_grads holds 4 tensors but only 3 layers have a bias row"),
+    ("missing bias", r"qa\[4\] has a bias row but bias_grads holds only 2 tensors"),
+    ("bias size", r"bias_grads\[1\] must have 1 elements"),
+    ("rows", r"weight_grads\[1\] must have qg\[1\].size\(0\) rows"),
+    ("qa size", r"qa\[3\] must be \(in, in\) or \(in \+ 1, in \+ 1\)"),
+    ("list length", r"one entry per layer"),
+])
+def test_bad_input_names_the_argument_and_writes_nothing(breakage, message):
+    weights, biases, qa, da, qg, dg = _case(torch.float64, "cpu")
+    if breakage == "extra bias":
+        biases.append(torch.zeros(3, dtype=torch.float64))
+    elif breakage == "missing bias":
+        biases.pop()
+    elif breakage == "bias size":
+        biases[1] = torch.zeros(2, dtype=torch.float64)
+    elif breakage == "rows":
+        weights[1] = torch.zeros(8, 5, dtype=torch.float64)
+    elif breakage == "qa size":
+        qa[3] = torch.eye(5, dtype=torch.float64)
+    else:
+        dg.pop()
+    before = [t.clone() for t in weights + biases]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.kfac_ext.precondition_grads_(weights, biases, qa, da, qg, dg, 0.1, 0.0, 1.0)
+    for t, b in zip(weights + biases, before):
+        assert torch.equal(t, b)
+
+
+def test_kl_clip_must_be_positive_or_none():
+    weights, biases, qa, da, qg, dg = _case(torch.float64, "cpu")
+    with pytest.raises(ValueError, match="kl_clip must be > 0 or None"):
+        ops.precondition_grads_(weights, biases, qa, da, qg, dg, 0.1, kl_clip=0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    weights, biases, qa, da, qg, dg = _case(torch.float64, device, LAYERS[:3])
+    torch.library.opcheck(torch.ops.kfac_ext.precondition_grads_.default,
+                          (weights, biases, qa, da, qg, dg, 0.1, 1e-3, 0.5))
+
+
+# ------------------------------------------- the preconditioner's two paths ----
+
+class _PythonPathComm(LocalComm):
+    """One process, but as if preconditioned gradients had to be sent: the
+    per-layer path (grad_matrix, eigen_precondition, KL clip, set_grad)."""
+
+    @property
+    def replicates_preconditioning(self) -> bool:
+        return False
+
+
+def _net():
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(6, 8, 3, groups=2, bias=False), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 5)).double()
+
+
+@pytest.mark.parametrize("kl_clip", [None, 1e-4])
+def test_fused_path_equals_the_per_layer_path(kl_clip):
+    torch.manual_seed(0)
+    model = _net()
+    twin = copy.deepcopy(model)
+    x, y = torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (4,))
+    fused = KFACPreconditioner(model, damping=0.01, kl_clip=kl_clip, lr=0.1)
+    per_layer = KFACPreconditioner(twin, damping=0.01, kl_clip=kl_clip, lr=0.1,
+                                   comm=_PythonPathComm())
+    for _ in range(3):
+        for m, pre in ((model, fused), (twin, per_layer)):
+            m.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(m(x), y).backward()
+            pre.step()
+        for p, q in zip(model.parameters(), twin.parameters()):
+            assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-14)
