@@ -71,7 +71,7 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # TESTS_K narrows the test selection further (a pytest -k expression).
 K_EXTRA=${TESTS_K:+ and ($TESTS_K)}
-"$PY" -c 'import torch, kfac_ext
+"$PY" -c 'import torch, kfac_ext.ops
 print("CUDA kernel registered for every op:",
       all(torch._C._dispatch_has_kernel_for_dispatch_key(f"kfac_ext::{op}", "CUDA")
           for op in ["cov_update_", "channel_cov_update_", "conv2d_act_factor", "batched_eigh",

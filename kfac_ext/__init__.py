@@ -1,9 +1,25 @@
-"""kfac_ext: distributed K-FAC preconditioning and optimal device placement for PyTorch."""
-import torch  # noqa: F401  (loads libc10/libtorch before the extension that links them)
+"""kfac_ext: distributed K-FAC preconditioning and optimal device placement for PyTorch.
 
-from kfac_ext import _C  # noqa: F401  (loads the library: registers torch.ops.kfac_ext.*)
-from kfac_ext import ops  # noqa: F401
-from kfac_ext.preconditioner import KFACPreconditioner
+``kfac_ext.KFACPreconditioner`` and ``kfac_ext.ops`` are loaded on first use
+(PEP 562), so that ``kfac_ext.placement`` and the ``kfac-ext place`` command,
+which need neither torch nor the compiled ops, start without loading them.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["KFACPreconditioner", "ops"]
+
+
+def __getattr__(name: str):
+    if name == "KFACPreconditioner":
+        from kfac_ext.preconditioner import KFACPreconditioner
+        return KFACPreconditioner
+    if name == "ops":
+        return importlib.import_module("kfac_ext.ops")
+    raise AttributeError(f"module 'kfac_ext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
