@@ -32,7 +32,8 @@ TORCH_LIBRARY(kfac_ext, m) {
   // Γ = [weight_grad | bias_grad] per layer (bias_grads: one per layer whose
   // qa has the extra row), P by eigen_precondition, ν = min(1, sqrt(kl_clip /
   // |kl_factor * sum <P, Γ>|)) (1 when kl_clip <= 0), gradients <- ν P.
-  // Returns ν as a 0-d float64 CPU tensor. Device-agnostic (composite).
+  // Returns ν as a 0-d float64 tensor on the gradients' device (no host
+  // synchronisation on a GPU). Device-agnostic (composite).
   m.def("precondition_grads_(Tensor(a!)[] weight_grads, Tensor(b!)[] bias_grads, Tensor[] qa, Tensor[] da, Tensor[] qg, Tensor[] dg, float damping, float kl_clip, float kl_factor) -> Tensor");
 }
 

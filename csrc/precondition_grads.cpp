@@ -9,9 +9,9 @@
 // the GEMMs themselves on the 4-layer digits CNN (benchmarks/RESULTS.md).
 //
 // Device-agnostic (CompositeExplicitAutograd): it calls the device kernels
-// of eigen_precondition and kl_clip_sum through the dispatcher. With KL
-// clipping on, ν needs the reduction's value on the host: one host
-// synchronisation on a GPU, as in the Python path it replaces.
+// of eigen_precondition and kl_clip_sum through the dispatcher. On a GPU ν
+// stays on the device (a 0-d tensor that scales P there), so the call never
+// waits for the GPU: the CPU can queue the next step's kernels meanwhile.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -104,14 +104,25 @@ at::Tensor precondition_grads(at::TensorList weight_grads, at::TensorList bias_g
 
   // Everything that can fail has run by now: nothing is written before it.
   std::vector<at::Tensor> precond = call_eigen_precondition(gammas, qa, da, qg, dg, damping);
-  double nu = 1.0;
-  if (kl_clip > 0 && layers > 0) {
-    const double vg = call_kl_clip_sum(precond, gammas).item<double>() * kl_factor;
-    if (vg != 0.0 && std::isfinite(vg)) nu = std::min(1.0, std::sqrt(kl_clip / std::abs(vg)));
+  const auto scalar_options = at::TensorOptions().dtype(at::kDouble);
+  if (layers == 0) return at::ones({}, scalar_options);
+  // nu = min(1, sqrt(kl_clip / |vg|)), and 1 when vg is 0 or not finite.
+  at::Tensor nu = at::ones({}, scalar_options.device(precond[0].device()));
+  bool scale = kl_clip > 0;
+  if (scale) {
+    const at::Tensor vg = call_kl_clip_sum(precond, gammas).mul(kl_factor).abs();
+    if (vg.is_cpu()) {  // no device to wait for: decide on the host, skip a scale by 1
+      const double v = vg.item<double>();
+      scale = v != 0.0 && std::isfinite(v) && kl_clip < v;
+      if (scale) nu.fill_(std::sqrt(kl_clip / v));
+    } else {
+      const at::Tensor clipped = vg.reciprocal().mul_(kl_clip).sqrt_().clamp_max_(1.0);
+      nu = at::where(at::isfinite(vg).logical_and(vg.ne(0)), clipped, nu);
+    }
   }
   for (size_t i = 0; i < layers; ++i) {
     at::Tensor p = precond[i];
-    if (nu != 1.0) p.mul_(nu);
+    if (scale) p.mul_(nu);  // a 0-d tensor: P keeps its dtype
     at::Tensor w = weight_grads[i];
     const int64_t in = p.size(1) - (bias_of[i] >= 0 ? 1 : 0);
     write_back(w, p.narrow(1, 0, in));
@@ -120,7 +131,7 @@ at::Tensor precondition_grads(at::TensorList weight_grads, at::TensorList bias_g
       write_back(b, p.select(1, in));
     }
   }
-  return at::scalar_tensor(nu, at::TensorOptions().dtype(at::kDouble));
+  return nu;
 }
 
 }  // namespace

@@ -208,7 +208,7 @@ def kl_clip_sum(precond: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
 def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor],
                         qa: Sequence[Tensor], da: Sequence[Tensor], qg: Sequence[Tensor],
                         dg: Sequence[Tensor], damping: float, kl_clip: float | None = None,
-                        kl_factor: float = 1.0) -> float:
+                        kl_factor: float = 1.0) -> Tensor:
     """One eigen-method step on the gradients themselves, in place; returns ν.
 
     Per layer ``Γ = [weight_grads[i] as (out, in) | bias]``, with the bias
@@ -220,6 +220,8 @@ def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Ten
     a view, such as one group's slice. kl_factor is lr² divided by the square
     of a gradient scaler's scale. One call replaces a cat, two copies and a
     reduction per layer from Python; nothing is written if a check fails.
+    ν comes back as a 0-d float64 tensor on the gradients' device: on a GPU
+    the call does not wait for the device.
     """
     op = "precondition_grads_"
     lists = {name: _check_tensor_list(op, name, value)
@@ -229,10 +231,9 @@ def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Ten
         raise ValueError(f"{op}: kl_clip must be > 0 or None; got {kl_clip}")
     _check_one_device(op, [pair for name, value in lists.items() for pair in _listed(name, value)])
     if not lists["weight_grads"]:
-        return 1.0
-    nu = _ops.precondition_grads_(*lists.values(), float(damping),
-                                  0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
-    return float(nu)
+        return torch.ones((), dtype=torch.float64)
+    return _ops.precondition_grads_(*lists.values(), float(damping),
+                                    0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
 
 
 def _pair(value) -> list[int]:
@@ -311,7 +312,8 @@ def _precondition_grads_fake(weight_grads, bias_grads, qa, da, qg, dg, damping, 
     torch._check(len(qa) == n and len(da) == n and len(qg) == n and len(dg) == n,
                  lambda: "precondition_grads_: weight_grads, qa, da, qg, dg must have one "
                          "entry per layer")
-    return torch.empty((), dtype=torch.float64)
+    device = weight_grads[0].device if weight_grads else torch.device("cpu")
+    return torch.empty((), dtype=torch.float64, device=device)
 
 
 @torch.library.register_fake("kfac_ext::kl_clip_sum")

@@ -70,7 +70,8 @@ def test_matches_reference(device, dtype, kl_clip, kl_factor):
         assert exact_nu < 0.5, "test premise: the clip scales the step down"
     elif kl_clip is not None:
         assert exact_nu == 1.0, "test premise: the clip is inactive"
-    assert nu == pytest.approx(exact_nu, rel=1e-5 if dtype == torch.float32 else 1e-12)
+    assert nu.dim() == 0 and nu.dtype == torch.float64 and nu.device.type == device
+    assert float(nu) == pytest.approx(exact_nu, rel=1e-5 if dtype == torch.float32 else 1e-12)
     eps = torch.finfo(dtype).eps
     for ours, exact, theirs in zip(weights + biases, exact_w + exact_b, theirs_w + theirs_b):
         assert ours.dtype == dtype and ours.device.type == device
@@ -108,7 +109,30 @@ def test_bfloat16_gradients_are_preconditioned_in_the_factor_dtype():
 
 
 def test_empty_lists():
-    assert ops.precondition_grads_([], [], [], [], [], [], 0.1) == 1.0
+    assert float(ops.precondition_grads_([], [], [], [], [], [], 0.1)) == 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_and_non_finite_kl_sums_leave_the_step_unscaled(device):
+    weights, biases, qa, da, qg, dg = _case(torch.float64, device, [((3, 4), True)])
+    zero_w, zero_b = [torch.zeros_like(weights[0])], [torch.zeros_like(biases[0])]
+    assert float(ops.precondition_grads_(zero_w, zero_b, qa, da, qg, dg, 0.1, 1e-3)) == 1.0
+    inf_w = [weights[0].clone()]
+    inf_w[0][0, 0] = float("inf")
+    assert float(ops.precondition_grads_(inf_w, [biases[0].clone()], qa, da, qg, dg, 0.1,
+                                         1e-3)) == 1.0
+
+
+@CUDA
+def test_no_host_synchronisation_on_cuda():
+    args = _case(torch.float32, "cuda")
+    ops.precondition_grads_(*args, 0.1, 1e-3, 0.5)  # warm-up: handles, allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ops.precondition_grads_(*args, 0.1, 1e-3, 0.5)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("breakage,message", [
