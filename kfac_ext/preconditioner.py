@@ -35,6 +35,17 @@ Documented behaviours a user may rely on:
   when ``step()`` runs (backward, preconditioner.step(), scaler.step(optimizer)).
   G is divided by scale² and the KL-clip sum by scale², so the result is the
   scaled version of the unscaled computation.
+- Host synchronisations on a GPU, each where a decision needs a value on the
+  host:
+  - A factor-update step makes one sync for the finiteness check of all new
+    factor batches, which decides whether to skip a NaN/Inf batch.
+  - An eigendecomposition step makes one sync in ``batched_eigh``, which reads
+    cuSOLVER's info codes and decides on a retry or an error; a float64 retry
+    adds a second.
+  - The inverse method makes one sync per factor for its Cholesky check.
+  - The per-layer path of HYBRID/MEM-OPT reads the KL-clip sum once a step.
+  - A plain step (one process or COMM-OPT, eigen method) makes none: the
+    KL-clip scale stays on the device (``ops.precondition_grads_``).
 """
 from __future__ import annotations
 
