@@ -3,7 +3,7 @@
 # hosts have a CUDA torch, nvcc, cuBLAS/cuSOLVER, CuPy and no package index):
 #   1. builds kfac_ext._C with the CUDA kernels in place (setup.py),
 #   2. runs the CUDA tests (tests/test_cuda_ops.py and the cuda cases of
-#      tests/test_ops.py / tests/test_conv_act_factor.py),
+#      tests/test_ops.py, test_conv_act_factor.py, test_precondition_grads.py),
 #   3. prints the benchmark table (benchmarks/table_gpu.py), whose accuracy
 #      columns check every op against the float64 CPU reference,
 #   4. runs the CUDA op tests once more under compute-sanitizer memcheck, when
@@ -78,7 +78,7 @@ print("CUDA kernel registered for every op:",
                      "eigen_precondition", "pack_triu", "unpack_triu_", "kl_clip_sum"]))' || status=1
 
 CUDA_TESTS=(tests/test_cuda_ops.py)
-for f in tests/test_ops.py tests/test_conv_act_factor.py; do [[ -f $f ]] && CUDA_TESTS+=("$f"); done
+for f in tests/test_ops.py tests/test_conv_act_factor.py tests/test_precondition_grads.py; do [[ -f $f ]] && CUDA_TESTS+=("$f"); done
 if "$PY" -c 'import pytest' 2>/dev/null; then
   step "CUDA tests"
   "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short "${CUDA_TESTS[@]}" \
