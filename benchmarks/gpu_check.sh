@@ -5,7 +5,8 @@
 #   2. runs the CUDA tests (tests/test_cuda_ops.py and the cuda cases of
 #      tests/test_ops.py, test_conv_act_factor.py, test_precondition_grads.py),
 #   3. prints the benchmark table (benchmarks/table_gpu.py), whose accuracy
-#      columns check every op against the float64 CPU reference,
+#      columns check every op against the float64 CPU reference, and the
+#      batched_eigh breakdown by factor size (benchmarks/table_eigh_groups.py),
 #   4. runs the CUDA op tests once more under compute-sanitizer memcheck, when
 #      available (last, and bounded by SANITIZER_TIMEOUT seconds, default 240:
 #      under the sanitizer every cuBLAS/cuSOLVER kernel load is slow).
@@ -90,6 +91,10 @@ fi
 
 step "benchmark table"
 "$PY" benchmarks/table_gpu.py ${QUICK:+--quick} || status=1
+if [[ -z "${QUICK:-}" ]]; then
+  step "batched_eigh by factor size (ResNet-50)"
+  "$PY" benchmarks/table_eigh_groups.py || status=1
+fi
 
 SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null || true)
 if [[ -n "$SANITIZER" && -z "${QUICK:-}" ]] && "$PY" -c 'import pytest' 2>/dev/null; then
