@@ -14,6 +14,7 @@
 #include <exception>
 #include <map>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -85,14 +86,19 @@ void decompose_streams(at::Tensor& a, at::Tensor& w, at::Tensor& work, int* info
   std::vector<std::exception_ptr> errors(static_cast<size_t>(streams));
   std::vector<std::thread> threads;
   for (int64_t k = 1; k < streams; ++k) {
-    threads.emplace_back([&, k] {
+    auto feed = [&, k] {
       try {
         const c10::cuda::CUDAGuard guard(device);
         run_stream(k);
       } catch (...) {
         errors[static_cast<size_t>(k)] = std::current_exception();
       }
-    });
+    };
+    try {
+      threads.emplace_back(feed);
+    } catch (const std::system_error&) {
+      feed();  // no thread to be had: feed this stream from here, in order
+    }
   }
   try {
     run_stream(0);
