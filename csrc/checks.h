@@ -77,6 +77,18 @@ inline void check_channel_cov_update_args(const at::Tensor& factor, const at::Te
               "; got shape ", x.sizes());
 }
 
+// The per-layer lists of eigen_precondition / precondition_grads_: one entry
+// per layer in each (`first` names the gradient list).
+inline void check_layer_lists(const char* op, const char* first, size_t layers,
+                              at::TensorList qa, at::TensorList da, at::TensorList qg,
+                              at::TensorList dg) {
+  TORCH_CHECK(qa.size() == layers && da.size() == layers && qg.size() == layers &&
+                  dg.size() == layers,
+              op, ": ", first, ", qa, da, qg, dg must be lists of equal length (one entry per "
+              "layer); got ", layers, ", ", qa.size(), ", ", da.size(), ", ", qg.size(), ", ",
+              dg.size());
+}
+
 // Layer i of eigen_precondition: grad (out, in), qa (in, in), da (in,),
 // qg (out, out), dg (out,), all of grads[0]'s dtype and device.
 inline void check_precondition_layer(size_t i, const at::Tensor& g, const at::Tensor& qa,

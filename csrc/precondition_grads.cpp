@@ -59,10 +59,7 @@ at::Tensor precondition_grads(at::TensorList weight_grads, at::TensorList bias_g
                               at::TensorList dg, double damping, double kl_clip,
                               double kl_factor) {
   const size_t layers = weight_grads.size();
-  TORCH_CHECK(qa.size() == layers && da.size() == layers && qg.size() == layers &&
-                  dg.size() == layers,
-              kOp, ": weight_grads, qa, da, qg, dg must have one entry per layer; got ", layers,
-              ", ", qa.size(), ", ", da.size(), ", ", qg.size(), ", ", dg.size());
+  check_layer_lists(kOp, "weight_grads", layers, qa, da, qg, dg);
   TORCH_CHECK(std::isfinite(kl_factor) && kl_factor >= 0, kOp,
               ": kl_factor must be finite and >= 0; got ", kl_factor);
 

@@ -61,10 +61,7 @@ std::vector<at::Tensor> eigen_precondition_cuda(at::TensorList grads, at::Tensor
                                                 at::TensorList da, at::TensorList qg,
                                                 at::TensorList dg, double damping) {
   const size_t layers = grads.size();
-  TORCH_CHECK(qa.size() == layers && da.size() == layers && qg.size() == layers &&
-                  dg.size() == layers,
-              kOp, ": grads, qa, da, qg, dg must be lists of equal length; got ", layers, ", ",
-              qa.size(), ", ", da.size(), ", ", qg.size(), ", ", dg.size());
+  check_layer_lists(kOp, "grads", layers, qa, da, qg, dg);
   for (size_t i = 0; i < layers; ++i) {
     check_cuda(grads[i], kOp, item("grads", i));
     check_precondition_layer(i, grads[i], qa[i], da[i], qg[i], dg[i], grads[0]);
