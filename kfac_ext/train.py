@@ -26,7 +26,6 @@ import random
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
