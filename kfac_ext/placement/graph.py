@@ -25,7 +25,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable
 
 
@@ -213,8 +213,8 @@ class Graph:
         self._validate_devices()
 
     def _validate_devices(self) -> None:
-        k, l, cap = self.num_accelerators, self.num_cpus, self.memory_cap
-        if l > 0:
+        cpus, cap = self.num_cpus, self.memory_cap
+        if cpus > 0:
             return  # a CPU runs anything and has no memory cap
         for n in self.nodes:
             if not n.accel_ok:
