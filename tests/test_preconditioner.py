@@ -1,7 +1,6 @@
 """KFACPreconditioner against float64 references from the definitions."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kfac_ext

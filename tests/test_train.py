@@ -12,12 +12,6 @@ from kfac_ext.cli import main
 from kfac_ext.models import build_model, digits_cnn, digits_mlp, resnet_cifar
 from kfac_ext.train import Schedule, format_table, summarize, RunState
 
-HAS_KFAC = True
-try:
-    from kfac_ext import KFACPreconditioner  # noqa: F401
-except ImportError:  # the preconditioner is written in parallel; its tests light up with it
-    HAS_KFAC = False
-needs_kfac = pytest.mark.skipif(not HAS_KFAC, reason="kfac_ext.KFACPreconditioner not built yet")
 
 # A tiny, fast configuration: the MLP on digits for a few epochs.
 FAST = ["--model", "digits-mlp", "--epochs", "3", "--batch-size", "128", "--quiet", "--json",
@@ -201,7 +195,6 @@ def test_mismatched_or_corrupt_checkpoint_is_refused_and_kept(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- K-FAC
-@needs_kfac
 def test_both_runs_share_initialisation_and_report_both(capsys):
     out = _train(capsys, "--optimizer", "both", "--epochs", "2", "--target-accuracy", "0.25")
     assert list(out["runs"]) == ["sgd", "kfac"]
@@ -213,7 +206,6 @@ def test_both_runs_share_initialisation_and_report_both(capsys):
     assert _history(sgd_only, "sgd") == _history(out, "sgd")
 
 
-@needs_kfac
 def test_resume_gives_the_uninterrupted_curve_kfac(tmp_path, capsys):
     _check_resume_matches(tmp_path, capsys, "kfac", ["kfac"])
 
@@ -226,7 +218,7 @@ def test_torchrun_two_processes_matches_one(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     if torchrun is None:
         pytest.skip("torchrun not installed next to this python")
-    optimizer = "both" if HAS_KFAC else "sgd"
+    optimizer = "both"
     args = ["-m", "kfac_ext", "train", *FAST, "--optimizer", optimizer, "--epochs", "2"]
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     one = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs torch loaded first)
 
 from kfac_ext.cli import main
 from kfac_ext.placement import Graph, Node, Placement, throughput_loads

@@ -9,7 +9,6 @@ import itertools
 import math
 
 import pytest
-import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs torch loaded first)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

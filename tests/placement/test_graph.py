@@ -3,7 +3,6 @@ import json
 import math
 
 import pytest
-import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs torch loaded first)
 
 from kfac_ext.placement import (Graph, GraphError, Node, Placement, PlacementError, check_placement,
                                 device_load, throughput_loads)

@@ -4,7 +4,6 @@ import math
 import random
 
 import pytest
-import torch  # noqa: F401  (loads libtorch before kfac_ext's extension)
 
 from kfac_ext.placement.makespan import lpt_assignment, optimal_makespan_assignment
 

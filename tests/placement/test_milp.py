@@ -4,7 +4,6 @@ import pathlib
 import sys
 
 import pytest
-import torch  # noqa: F401  (loads libtorch before kfac_ext's extension)
 
 sys.path.insert(0, os.path.dirname(__file__))  # the shared helper, whatever pytest's import mode
 from _small_graphs import brute_force, random_graph

@@ -4,7 +4,6 @@ import json
 import pathlib
 
 import pytest
-import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs torch loaded first)
 
 from kfac_ext.placement import Graph, Placement, throughput_loads
 from kfac_ext.placement.baselines import expert, greedy, one_device, pipedream
