@@ -43,13 +43,13 @@ Documented behaviours a user may rely on:
     cuSOLVER's info codes and decides on a retry or an error; a float64 retry
     adds a second.
   - The inverse method makes one sync per factor for its Cholesky check.
-  - The per-layer path of HYBRID/MEM-OPT reads the KL-clip sum once a step.
-  - A plain step (one process or COMM-OPT, eigen method) makes none: the
-    KL-clip scale stays on the device (``ops.precondition_grads_``).
+  - With an enabled ``grad_scaler``, reading its scale makes one per step.
+  - Otherwise a plain step makes none: the KL-clip scale stays on the device
+    (``ops.precondition_grads_`` in one process and COMM-OPT; the per-layer
+    path of HYBRID/MEM-OPT likewise).
 """
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from typing import Dict, Iterable, List, Optional, Sequence, Union
@@ -420,7 +420,7 @@ class KFACPreconditioner:
         nu = self._kl_scale(step, [precond[i] for i in active], [grads[i] for i in active])
         for i in active:
             p = precond[i]
-            if nu != 1.0:
+            if nu is not None:
                 p = p.mul_(nu)
             self.layers[i].set_grad(p)
 
@@ -437,27 +437,28 @@ class KFACPreconditioner:
                 bias_grads.append(b)
         second = [self._second[i] for i in active]
         kl_clip = self.kl_clip(step)
-        kl_factor = 1.0
-        if kl_clip is not None:
-            kl_factor = float(self.lr(step)) ** 2
-            if self.grad_scaler is not None and self.grad_scaler.is_enabled():
-                kl_factor /= float(self.grad_scaler.get_scale()) ** 2
+        kl_factor = 1.0 if kl_clip is None else self._kl_factor(step)
         ops.precondition_grads_(weight_grads, bias_grads, [s["A"][1] for s in second],
                                 [s["A"][0] for s in second], [s["G"][1] for s in second],
                                 [s["G"][0] for s in second], self.damping(step), kl_clip,
                                 kl_factor)
 
-    def _kl_scale(self, step: int, ps, gs) -> float:
+    def _kl_factor(self, step: int) -> float:
+        """lr², divided by a gradient scaler's scale² (the gradients are still scaled)."""
+        factor = float(self.lr(step)) ** 2
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            factor /= float(self.grad_scaler.get_scale()) ** 2
+        return factor
+
+    def _kl_scale(self, step: int, ps, gs) -> Optional[torch.Tensor]:
+        """ν = min(1, sqrt(κ / |Σ lr²⟨P, Γ⟩|)), 1 for a zero or non-finite sum, as a 0-d
+        tensor where the gradients live (no host synchronisation); None without KL clipping."""
         kl_clip = self.kl_clip(step)
         if kl_clip is None:
-            return 1.0
-        lr = self.lr(step)
-        vg = float(ops.kl_clip_sum(ps, gs)) * lr * lr
-        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
-            vg /= float(self.grad_scaler.get_scale()) ** 2
-        if vg == 0.0 or not math.isfinite(vg):
-            return 1.0
-        return min(1.0, math.sqrt(kl_clip / abs(vg)))
+            return None
+        vg = ops.kl_clip_sum(ps, gs).mul(self._kl_factor(step)).abs()
+        clipped = (kl_clip / vg).sqrt().clamp(max=1.0)
+        return torch.where(torch.isfinite(vg) & (vg != 0), clipped, torch.ones_like(vg))
 
     # -------------------------------------------------------- state ----
     def state_dict(self, include_eigens: bool = True) -> dict:
