@@ -210,3 +210,25 @@ def test_fused_path_equals_the_per_layer_path(kl_clip):
             pre.step()
         for p, q in zip(model.parameters(), twin.parameters()):
             assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-14)
+
+
+@CUDA
+@pytest.mark.parametrize("comm", [None, _PythonPathComm()], ids=["fused", "per-layer"])
+def test_plain_step_does_not_wait_for_the_gpu(comm):
+    """Between factor and eigendecomposition updates a step makes no host sync,
+    with the KL clip active, on both paths."""
+    torch.manual_seed(0)
+    model = _net().float().cuda()
+    x, y = torch.randn(4, 3, 6, 6, device="cuda"), torch.randint(0, 5, (4,), device="cuda")
+    pre = KFACPreconditioner(model, factor_update_steps=1000, inv_update_steps=1000,
+                             kl_clip=1e-6, lr=0.1, comm=comm)
+    for _ in range(2):  # step 0 captures and decomposes (syncs); step 1 is a plain step
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        torch.cuda.synchronize()
+        if pre.steps == 1:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            pre.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
