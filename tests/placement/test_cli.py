@@ -97,3 +97,15 @@ def test_bad_input_is_one_line_and_nonzero(graph_file, tmp_path, capsys, argv, m
 def test_infeasible_memory_is_reported(graph_file, capsys):
     code, _, err = _run(capsys, graph_file, "--memory", 4, "--cpus", 0)
     assert code != 0 and "needs 5 bytes" in err
+
+
+def test_placement_does_not_load_torch_or_the_kfac_ops():
+    """kfac_ext's __init__ loads the K-FAC side lazily, so the placement engine
+    and `kfac-ext place` start without torch (about a second on a small CPU)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kfac_ext.placement, kfac_ext.placement.dp; "
+            "print(sorted(m for m in ('torch', 'kfac_ext._C', 'kfac_ext.ops') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
