@@ -93,7 +93,7 @@ step "benchmark table"
 "$PY" benchmarks/table_gpu.py ${QUICK:+--quick} || status=1
 if [[ -z "${QUICK:-}" ]]; then
   step "batched_eigh by factor size (ResNet-50)"
-  "$PY" benchmarks/table_eigh_groups.py || status=1
+  "$PY" benchmarks/table_eigh_groups.py --streams 2 4 8 || status=1
 fi
 
 SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null || true)

@@ -1,14 +1,19 @@
 """Where batched_eigh's time goes on ResNet-50's 108 factors (GPU): per size
 group, kfac_ext.ops.batched_eigh on the group against a loop of
-torch.linalg.eigh, float32, random SPD factors. Guides the work on the
-issue-6 target (whole list >= 3x faster than the torch loop).
+torch.linalg.eigh, float32, random SPD factors, for one or more settings of
+KFAC_EXT_EIGH_STREAMS (the streams, each fed by its own host thread, that the
+syevd groups spread over). Guides the work on the issue-6 target (the whole
+list >= 3x faster than the torch loop).
 
-    python benchmarks/table_eigh_groups.py     # needs a CUDA device
+    python benchmarks/table_eigh_groups.py                  # 4 streams (the default)
+    python benchmarks/table_eigh_groups.py --streams 2 4 8  # compare settings
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import datetime
+import os
 import sys
 
 import torch
@@ -31,32 +36,42 @@ def best_ms(fn, reps: int) -> float:
     return best
 
 
-def main() -> int:
+def ours_ms(factors, streams: int) -> float:
+    os.environ["KFAC_EXT_EIGH_STREAMS"] = str(streams)  # read by the op on every call
+    return best_ms(lambda: ops.batched_eigh(factors), reps=2)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[4])
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("table_eigh_groups: skipped: no CUDA device")
         return 0
     groups = sorted(collections.Counter(resnet50_factor_sizes()).items())
-    rows, total_ours, total_torch = [], 0.0, 0.0
+    rows = []
     for n, count in groups:
         factors = [_spd(n, seed=i, device="cuda") for i in range(count)]
-        ours = best_ms(lambda: ops.batched_eigh(factors), reps=2)
         loop = best_ms(lambda: [torch.linalg.eigh(f) for f in factors], reps=2)
-        rows.append((n, count, ours, loop))
-        total_ours, total_torch = total_ours + ours, total_torch + loop
+        rows.append((n, count, loop, [ours_ms(factors, s) for s in args.streams]))
     everything = [_spd(n, seed=i, device="cuda") for i, n in enumerate(resnet50_factor_sizes())]
-    all_ours = best_ms(lambda: ops.batched_eigh(everything), reps=2)
     all_torch = best_ms(lambda: [torch.linalg.eigh(f) for f in everything], reps=2)
+    all_ours = [ours_ms(everything, s) for s in args.streams]
+    os.environ.pop("KFAC_EXT_EIGH_STREAMS")
+
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{now}; {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    print("| n | factors | ours ms | torch loop ms | × torch | share of torch loop |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n, count, ours, loop in rows:
-        print(f"| {n} | {count} | {ours:.2f} | {loop:.2f} | {loop / ours:.2f} | "
-              f"{100 * loop / total_torch:.0f} % |")
-    print(f"| all, group by group | {sum(c for _, c in groups)} | {total_ours:.1f} | "
-          f"{total_torch:.1f} | {total_torch / total_ours:.2f} | 100 % |")
-    print(f"| all in one call | {len(everything)} | {all_ours:.1f} | {all_torch:.1f} | "
-          f"{all_torch / all_ours:.2f} | |")
+    print(f"command: python benchmarks/table_eigh_groups.py --streams "
+          f"{' '.join(map(str, args.streams))}")
+    total_torch = sum(loop for _, _, loop, _ in rows)
+    head = " | ".join(f"ours ms, {s} streams | × torch" for s in args.streams)
+    print(f"| n | factors | torch loop ms | share of loop | {head} |")
+    print("|---:|---:|---:|---:|" + "---:|---:|" * len(args.streams))
+    for n, count, loop, ours in rows:
+        cells = " | ".join(f"{o:.2f} | {loop / o:.2f}" for o in ours)
+        print(f"| {n} | {count} | {loop:.2f} | {100 * loop / total_torch:.0f} % | {cells} |")
+    cells = " | ".join(f"{o:.1f} | {all_torch / o:.2f}" for o in all_ours)
+    print(f"| all in one call | {len(everything)} | {all_torch:.1f} | | {cells} |")
     return 0
 
 

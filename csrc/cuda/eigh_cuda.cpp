@@ -23,7 +23,20 @@ namespace {
 
 constexpr const char* kOp = "batched_eigh";
 constexpr int64_t kJacobiMaxSize = 32;  // syevjBatched's limit
-constexpr int64_t kPoolStreams = 4;
+constexpr int64_t kDefaultPoolStreams = 4;
+
+// Streams (and feeding host threads) for the syevd groups:
+// KFAC_EXT_EIGH_STREAMS=1..32 (torch's pool has 32 streams per priority),
+// default 4. Read on every call, so that a benchmark can compare settings.
+int64_t pool_streams() {
+  const char* value = std::getenv("KFAC_EXT_EIGH_STREAMS");
+  if (value == nullptr || value[0] == '\0') return kDefaultPoolStreams;
+  char* end = nullptr;
+  const long parsed = std::strtol(value, &end, 10);
+  TORCH_CHECK(end != value && *end == '\0' && parsed >= 1 && parsed <= 32, kOp,
+              ": KFAC_EXT_EIGH_STREAMS must be an integer from 1 to 32; got '", value, "'");
+  return parsed;
+}
 
 // Tests reach the float64 retry through this variable (as on the CPU): every
 // float32 result is then discarded as failed.
@@ -53,7 +66,7 @@ void decompose_streams(at::Tensor& a, at::Tensor& w, at::Tensor& work, int* info
   const cudaStream_t main = current_stream();
   const int64_t lwork =
       syevd_workspace<T>(solver_handle(main), n, ptr<T>(a), ptr<T>(w));
-  const int64_t streams = std::min(batch, kPoolStreams);
+  const int64_t streams = std::min(batch, pool_streams());
   // One workspace per stream; a stream runs its matrices one after another.
   // All buffers belong to the current stream's pool, and the current stream
   // waits for the side streams below, so their memory cannot be reused early.
