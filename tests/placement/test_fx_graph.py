@@ -7,6 +7,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from kfac_ext.placement.fx_graph import from_module, trace
 from kfac_ext.placement.graph import Graph
 
+from _small_modules import SmallCNN
+
 
 class Residual(nn.Module):
     def __init__(self):
@@ -18,19 +20,6 @@ class Residual(nn.Module):
     def forward(self, x):
         h = torch.relu(self.inp(x))
         return self.out(h + self.mid(h))
-
-
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 6, 3, stride=2)
-        self.fc = nn.Linear(6 * 3 * 3, 5)
-
-    def forward(self, x):
-        h = torch.relu(self.conv1(x))
-        h = torch.relu(self.conv2(h))
-        return self.fc(torch.flatten(h, 1))
 
 
 def test_structure_follows_fx():

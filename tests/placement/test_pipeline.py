@@ -9,6 +9,8 @@ from kfac_ext.placement.fx_graph import from_module
 from kfac_ext.placement.objective import Placement, PlacementError
 from kfac_ext.placement.pipeline import pipeline_stages, run_locally, split_module, stage_order
 
+from _small_modules import SmallCNN
+
 
 class Residual(nn.Module):
     """A skip connection that crosses the stage boundary."""
@@ -24,19 +26,6 @@ class Residual(nn.Module):
         h = torch.tanh(self.inp(x))
         g = torch.relu(self.mid(h))
         return self.out(h + self.deep(g))
-
-
-class SmallCNN(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = nn.Conv2d(4, 6, 3, stride=2)
-        self.fc = nn.Linear(6 * 3 * 3, 5)
-
-    def forward(self, x):
-        h = torch.relu(self.conv1(x))
-        h = torch.relu(self.conv2(h))
-        return self.fc(torch.flatten(h, 1))
 
 
 def reference(model, x, y, loss_fn, n_micro):
