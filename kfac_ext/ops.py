@@ -310,8 +310,8 @@ def _precondition_grads_fake(weight_grads, bias_grads, qa, da, qg, dg, damping, 
                              kl_factor):
     n = len(weight_grads)
     torch._check(len(qa) == n and len(da) == n and len(qg) == n and len(dg) == n,
-                 lambda: "precondition_grads_: weight_grads, qa, da, qg, dg must have one "
-                         "entry per layer")
+                 lambda: "precondition_grads_: weight_grads, qa, da, qg, dg must be lists "
+                         "of equal length (one entry per layer)")
     device = weight_grads[0].device if weight_grads else torch.device("cpu")
     return torch.empty((), dtype=torch.float64, device=device)
 
