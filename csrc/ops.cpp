@@ -7,8 +7,9 @@
 
 TORCH_LIBRARY(kfac_ext, m) {
   // factor <- beta * factor + alpha * X^T X for X (rows, d); with append_ones
-  // X is treated as [X, 1] (bias column) without copying it. One triangle is
-  // computed (symmetric rank-k update) and mirrored.
+  // X is treated as [X, 1] (bias column) without copying it. The CPU kernel
+  // computes one triangle (symmetric rank-k update), the CUDA kernel a full
+  // GEMM (faster there); both mirror the upper triangle into the lower one.
   m.def("cov_update_(Tensor(a!) factor, Tensor x, float alpha, float beta, bool append_ones=False) -> ()");
   // factor <- beta * factor + alpha * sum_n X[n] X[n]^T for X (N, C, L): the
   // gradient factor of a Conv2d straight from the NCHW output gradient.

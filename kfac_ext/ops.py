@@ -75,9 +75,11 @@ def cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float,
 
     x is (rows, d). With ``append_ones`` X is ``[x, 1]`` (the bias column,
     never materialised) and factor is (d+1, d+1), else (d, d). factor must be
-    contiguous and symmetric: only its upper triangle is read, one triangle of
-    XᵀX is computed and mirrored. ``beta == 0`` ignores factor's old values
-    (NaN included), as ``torch.addmm`` does.
+    contiguous and symmetric; the result's upper triangle is mirrored into the
+    lower one, so it is exactly symmetric (the CPU kernel computes one triangle
+    of XᵀX, the CUDA kernel a full GEMM, which measured faster there).
+    ``beta == 0`` ignores factor's old values (NaN included), as
+    ``torch.addmm`` does.
     """
     op = "cov_update_"
     _check_tensor(op, "factor", factor)
@@ -91,7 +93,7 @@ def channel_cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float) ->
 
     This is the gradient factor of a Conv2d straight from its (N, C, H*W)
     output gradient, without permuting it to (N*H*W, C). factor is (C, C),
-    contiguous and symmetric (only its upper triangle is read).
+    contiguous and symmetric; the result is mirrored to be exactly symmetric.
     """
     op = "channel_cov_update_"
     _check_tensor(op, "factor", factor)

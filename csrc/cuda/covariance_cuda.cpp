@@ -1,7 +1,7 @@
 // CUDA kernels of cov_update_, channel_cov_update_ and conv2d_act_factor:
 // argument checks (as on the CPU), then launches on the current stream.
-// F is taken to be symmetric: only its upper triangle is read, the lower one
-// is overwritten with the mirror of the result.
+// F is taken to be symmetric: the GEMM reads beta*F whole, and the lower
+// triangle of the result is then overwritten with the mirror of the upper.
 //
 // The Gram products are cuBLAS GEMMs (through at::addmm_, on the current
 // stream), not SYRK: on an H200 (benchmarks/RESULTS.md, 2026-11-28) cuBLAS's
