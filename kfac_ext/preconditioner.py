@@ -59,6 +59,7 @@ from torch import nn
 
 from kfac_ext import ops
 from kfac_ext import schedules as sch
+from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.layers import SUPPORTED, KFACLayer, unsupported_reason
 
@@ -111,6 +112,11 @@ class KFACPreconditioner:
     grad_scaler: a GradScaler whose scale divides G. comm: distribution seam
     (None = auto). grad_worker_fraction, colocate_factors, allreduce_bucket_cap_mb:
     passed to the distributed comm (kfac_ext.distributed.DistributedComm).
+    inv_lag_steps: 0 decomposes the factors inside ``step()`` when due; k >= 1
+    installs the decomposition of a snapshot of them k steps later and
+    preconditions with the old basis meanwhile; on a CPU model the solves run on
+    a background thread in between (:mod:`kfac_ext.background`), on a GPU they
+    run when the update lands. The first decomposition of a layer is done at once.
     """
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
@@ -120,7 +126,8 @@ class KFACPreconditioner:
                  factor_dtype: Optional[torch.dtype] = None,
                  inv_dtype: torch.dtype = torch.float32, grad_scaler=None,
                  comm: Optional[Comm] = None, grad_worker_fraction: float = 1.0,
-                 colocate_factors: bool = True, allreduce_bucket_cap_mb: float = 25.0):
+                 colocate_factors: bool = True, allreduce_bucket_cap_mb: float = 25.0,
+                 inv_lag_steps: int = 0):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -151,6 +158,19 @@ class KFACPreconditioner:
         self.skip_layers = [re.compile(p, re.IGNORECASE) for p in skip_layers]
 
         self.layers: List[KFACLayer] = self._register(_unwrap(model))
+        if not (isinstance(inv_lag_steps, int) and not isinstance(inv_lag_steps, bool)
+                and inv_lag_steps >= 0):
+            raise ValueError(f"inv_lag_steps must be an integer >= 0, got {inv_lag_steps!r}")
+        # CPU models only for now: on a GPU the lagged solve runs on this thread when
+        # it lands (same results; a side thread would need its own CUDA stream).
+        self._background = all(l.device.type == "cpu" for l in self.layers)
+        self.inv_lag_steps = inv_lag_steps
+        self._solver = BackgroundSolver()
+        self._pending: Optional[PendingSecondOrder] = None
+        # Layers that went through an inverse update, on every rank alike (which
+        # ranks hold a layer's second-order data differs under HYBRID/MEM-OPT,
+        # and whether an update is lagged must not: it decides the collectives).
+        self._has_basis: set = set()
         self.comm = comm if comm is not None else _auto_comm(
             grad_worker_fraction, colocate_factors=colocate_factors,
             allreduce_bucket_cap_mb=allreduce_bucket_cap_mb)
@@ -294,13 +314,45 @@ class KFACPreconditioner:
 
     def _update_second_order(self, step: int) -> None:
         due = self._inv_tracker.is_due(step)
+        pending = self._pending
+        # A lagged update lands at its step, or earlier when the next one is due
+        # (an interval shorter than the lag): never two in flight.
+        if pending is not None and (step >= pending.apply_step or due):
+            self._pending = None
+            self._install(pending.todo, self._finish(pending))
         todo = [i for i, l in enumerate(self.layers)
                 if l.factor_updates > 0 and (due or i not in self._second)]
         if not todo:
             return
+        rank = self.comm.rank
+        owned = [(i, w) for i in todo for w in ("A", "G") if self.comm.eigen_owner(i, w) == rank]
+        factors = [self._factor(i, w) for i, w in owned]
+        damping = self.damping(step)
+        if (self.inv_lag_steps and self._inv_tracker.last is not None
+                and all(i in self._has_basis for i in todo)):
+            # Snapshot: the running factors may change before the thread reads them.
+            factors = [f.clone() for f in factors]
+            self._pending = PendingSecondOrder(step, step + self.inv_lag_steps, todo, owned,
+                                               factors, damping)
+            if self._background:
+                self._pending.future = self._solver.submit(self._solve, factors, damping)
+        else:
+            self._install(todo, self._compute_second_order(
+                owned, factors, damping, step, lambda: self._solve(factors, damping)))
+        if due:
+            self._inv_tracker.mark(step)
+
+    def _finish(self, pending: PendingSecondOrder) -> Dict[tuple, List[torch.Tensor]]:
+        """The result of a lagged update (waiting for the thread if needed)."""
+        job = pending.future.result if pending.future is not None else \
+            (lambda: self._solve(pending.factors, pending.damping))
+        return self._compute_second_order(pending.owned, pending.factors, pending.damping,
+                                          pending.step, job)
+
+    def _install(self, todo: List[int], computed: Dict[tuple, List[torch.Tensor]]) -> None:
+        """Store this rank's new second-order data and exchange it (every rank, same order)."""
         comm, rank = self.comm, self.comm.rank
-        owned = [(i, w) for i in todo for w in ("A", "G") if comm.eigen_owner(i, w) == rank]
-        computed = self._compute_second_order(owned, step) if owned else {}
+        self._has_basis.update(todo)
         items = []
         for i in todo:
             if not (comm.is_grad_worker(i) or any(comm.eigen_owner(i, w) == rank for w in "AG")):
@@ -313,8 +365,6 @@ class KFACPreconditioner:
                     slot[w] = self._empty_second_order(self.layers[i], w)
                 items.append((i, w, slot[w]))
         comm.wait(comm.broadcast_eigens(items))
-        if due:
-            self._inv_tracker.mark(step)
 
     def _empty_second_order(self, layer: KFACLayer, which: str) -> List[torch.Tensor]:
         n = layer.a_dim if which == "A" else layer.g_dim
@@ -334,26 +384,28 @@ class KFACPreconditioner:
         layer = self.layers[i]
         return (layer.A if which == "A" else layer.G).to(self.inv_dtype)
 
-    def _compute_second_order(self, owned, step: int) -> Dict[tuple, List[torch.Tensor]]:
-        """Eigendecompositions (or damped inverses) of the owned factors; failures keep the old."""
-        factors = [self._factor(i, w) for i, w in owned]
-        out: Dict[tuple, List[torch.Tensor]] = {}
+    def _solve(self, factors: List[torch.Tensor], damping: float) -> List[List[torch.Tensor]]:
+        """Second-order data of each factor: [eigenvalues, eigenvectors] or [damped inverse].
+        Reads only its arguments, so it may run on the background thread."""
         if self.compute_method == "eigen":
-            try:
-                values, vectors = ops.batched_eigh(factors)
-                for key, d, q in zip(owned, values, vectors):
-                    out[key] = [d, q]
-                return out
-            except RuntimeError:
-                pass  # one factor failed even in float64: redo one by one, keep the rest
-        damping = self.damping(step)
+            values, vectors = ops.batched_eigh(factors)
+            return [[d, q] for d, q in zip(values, vectors)]
+        return [[self._damped_inverse(f, damping)] for f in factors]
+
+    def _compute_second_order(self, owned, factors, damping: float, step: int, batch
+                              ) -> Dict[tuple, List[torch.Tensor]]:
+        """``batch()`` (all owned factors at once), or when it fails one factor at a time;
+        a factor that fails even in float64 keeps its old data (or the identity)."""
+        if not owned:
+            return {}
+        try:
+            return dict(zip(owned, batch()))
+        except RuntimeError:
+            pass  # redo one by one, keep the rest
+        out: Dict[tuple, List[torch.Tensor]] = {}
         for key, f in zip(owned, factors):
             try:
-                if self.compute_method == "eigen":
-                    values, vectors = ops.batched_eigh([f])
-                    out[key] = [values[0], vectors[0]]
-                else:
-                    out[key] = [self._damped_inverse(f, damping)]
+                out[key] = self._solve([f], damping)[0]
             except RuntimeError as exc:
                 self.failed_inverse_updates += 1
                 i, w = key
@@ -476,10 +528,21 @@ class KFACPreconditioner:
                 entry["second_order"] = {w: [t.clone() for t in ts]
                                          for w, ts in self._second[i].items()}
             layers[l.name] = entry
-        return {"steps": self.steps, "compute_method": self.compute_method,
-                "factor_tracker": self._factor_tracker.state_dict(),
-                "inv_tracker": self._inv_tracker.state_dict(),
-                "skipped_factor_updates": self.skipped_factor_updates, "layers": layers}
+        state = {"steps": self.steps, "compute_method": self.compute_method,
+                 "factor_tracker": self._factor_tracker.state_dict(),
+                 "inv_tracker": self._inv_tracker.state_dict(),
+                 "skipped_factor_updates": self.skipped_factor_updates, "layers": layers}
+        pending = self._pending
+        if pending is not None:
+            # The snapshot, not the thread's result: loading recomputes it, and the
+            # decomposition of the same snapshot is the same basis at the same step.
+            names = [l.name for l in self.layers]
+            state["pending_second_order"] = {
+                "step": pending.step, "apply_step": pending.apply_step,
+                "layers": [names[i] for i in pending.todo],
+                "owned": [[names[i], w] for i, w in pending.owned],
+                "factors": [f.clone() for f in pending.factors], "damping": pending.damping}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Load a :meth:`state_dict`; everything is validated before anything is assigned."""
@@ -512,8 +575,12 @@ class KFACPreconditioner:
                 if w not in ("A", "G") or [tuple(t.shape) for t in ts] != want:
                     raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
                                      f"factor {w!r} must have shapes {want}")
+        pending = self._pending_from_state(state.get("pending_second_order"), names)
         # all checks passed: assign
         self._second = {}
+        self._pending = pending
+        if pending is not None and self.inv_lag_steps and self._background:  # else: when it lands
+            pending.future = self._solver.submit(self._solve, pending.factors, pending.damping)
         for i, l in enumerate(self.layers):
             e = saved[l.name]
             l.A.copy_(e["A"])
@@ -529,7 +596,32 @@ class KFACPreconditioner:
         self._inv_tracker.load_state_dict(trackers[1])
         if any(l.factor_updates > 0 for l in self.layers) and not self._second:
             self._inv_tracker.last = None  # recompute eigens from the loaded factors next step
+        # A layer gets its first basis in the step of its first factor update.
+        self._has_basis = {i for i, l in enumerate(self.layers) if l.factor_updates > 0}
         self._set_capture()
+
+    def _pending_from_state(self, saved, names: List[str]) -> Optional[PendingSecondOrder]:
+        """A lagged update from a state dict, validated (None when there is none)."""
+        if saved is None:
+            return None
+        try:
+            todo = [names.index(n) for n in saved["layers"]]
+            owned = [(names.index(n), w) for n, w in saved["owned"]]
+            factors, step = list(saved["factors"]), int(saved["step"])
+            apply_step, damping = int(saved["apply_step"]), float(saved["damping"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"load_state_dict: pending_second_order is malformed ({exc!r})") from None
+        for (i, w), f in zip(owned, factors):
+            n = self.layers[i].a_dim if w == "A" else self.layers[i].g_dim
+            if w not in ("A", "G") or not isinstance(f, torch.Tensor) or tuple(f.shape) != (n, n):
+                raise ValueError(f"load_state_dict: pending_second_order: factor {w!r} of layer "
+                                 f"{names[i]!r} must be a {n}x{n} tensor")
+        if len(factors) != len(owned):
+            raise ValueError(f"load_state_dict: pending_second_order has {len(factors)} factors "
+                             f"for {len(owned)} owned entries")
+        factors = [f.to(dtype=self.inv_dtype, device=self.layers[i].device).clone()
+                   for (i, _), f in zip(owned, factors)]
+        return PendingSecondOrder(step, apply_step, todo, owned, factors, damping)
 
     def reset(self) -> None:
         """Back to the state after construction: identity factors, no eigens, step 0."""
@@ -542,6 +634,8 @@ class KFACPreconditioner:
             l.factor_updates = 0
             l.clear_batch()
         self._second = {}
+        self._pending = None  # a lagged update still running is dropped
+        self._has_basis = set()
         self.steps = 0
         self.skipped_factor_updates = 0
         self._factor_tracker.last = self._inv_tracker.last = None

@@ -43,12 +43,12 @@ DEFAULTS = {
                    damping=0.1,
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
-                   threads=1),
+                   inv_lag_steps=2, threads=1),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
                     damping=0.003,
                     weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
                     target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
-                    threads=0),
+                    inv_lag_steps=0, threads=0),
 }
 OPTIMIZERS = ("sgd", "kfac")
 
@@ -95,6 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--inv-update-steps", type=int, default=None,
                    help="steps between eigendecompositions before the first lr decay "
                         "(default 20 on digits, 100 on cifar10)")
+    k.add_argument("--inv-lag-steps", type=int, default=None,
+                   help="install each eigendecomposition this many steps after its factors, "
+                        "solving it on a background thread meanwhile (CPU; default 2 on digits, "
+                        "whose one training thread leaves a core free; 0 on cifar10)")
     k.add_argument("--interval-growth", type=float, default=2.0,
                    help="both update intervals are multiplied by this at every lr decay "
                         "(dynamic decoupling: curvature is refreshed less as training settles)")
@@ -213,7 +217,8 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
     if name == "kfac":
         cfg.update(damping=a.damping, factor_decay=a.factor_decay, kl_clip=a.kl_clip,
                    factor_update_steps=a.factor_update_steps,
-                   inv_update_steps=a.inv_update_steps, interval_growth=a.interval_growth)
+                   inv_update_steps=a.inv_update_steps, interval_growth=a.interval_growth,
+                   inv_lag_steps=a.inv_lag_steps)
     return cfg
 
 
@@ -222,7 +227,8 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
 
     return KFACPreconditioner(model, factor_update_steps=sched.factor_update_steps,
                               inv_update_steps=sched.inv_update_steps, damping=a.damping,
-                              factor_decay=a.factor_decay, kl_clip=a.kl_clip, lr=sched.lr)
+                              factor_decay=a.factor_decay, kl_clip=a.kl_clip, lr=sched.lr,
+                              inv_lag_steps=a.inv_lag_steps)
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -392,6 +398,7 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
               ("--warmup-epochs", a.warmup_epochs >= 0, ">= 0"),
               ("--factor-update-steps", a.factor_update_steps >= 1, "an integer >= 1"),
               ("--inv-update-steps", a.inv_update_steps >= 1, "an integer >= 1"),
+              ("--inv-lag-steps", a.inv_lag_steps >= 0, "an integer >= 0"),
               ("--interval-growth", a.interval_growth >= 1, ">= 1"),
               ("--stop-after", a.stop_after is None or a.stop_after >= 1, "an integer >= 1")]
     for flag, ok, expected in checks:

@@ -1,0 +1,62 @@
+"""Eigendecompositions (or inverses) on a background thread: ``inv_lag_steps``.
+
+On an inverse-update step the preconditioner normally stops and decomposes
+every factor before it preconditions. With ``inv_lag_steps = k >= 1`` it
+instead snapshots the factors, hands the decompositions to one background
+thread and keeps preconditioning with the basis it already has; the new basis
+is installed at the start of ``step()`` k steps later. The thread runs the
+same ops (they release the GIL), with the caller's number of intra-op threads,
+so on a CPU with a spare core the solves overlap the next forward and backward
+passes instead of adding to the step.
+
+Deterministic by construction: the result depends only on the snapshot, and it
+is installed at a fixed step (waiting for the thread if it is not done), never
+"whenever it finishes". A checkpoint stores the snapshot, so a resumed run
+installs the same basis at the same step as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+
+@dataclass
+class PendingSecondOrder:
+    """One inverse update in flight: what was snapshotted and when it lands."""
+
+    step: int                          # the inverse-update step that took the snapshot
+    apply_step: int                    # the first step() that installs and uses the result
+    todo: List[int]                    # layers whose second-order data the update replaces
+    owned: List[Tuple[int, str]]       # the factors this rank decomposes, (layer, "A"|"G")
+    factors: List[torch.Tensor]        # their snapshot, in the order of ``owned``
+    damping: float                     # the inverse method's damping at ``step``
+    future: Optional[Future] = None    # the background job; None: not started
+
+
+def _with_threads(threads: int, fn: Callable, *args):
+    # A fresh thread does not inherit the caller's torch.set_num_threads (OpenMP
+    # keeps it per thread): without this the solves would use every core and
+    # compete with the training thread they are meant to stay out of the way of.
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return fn(*args)
+
+
+class BackgroundSolver:
+    """One worker thread, started on first use."""
+
+    def __init__(self) -> None:
+        self._pool: Optional[ThreadPoolExecutor] = None
+
+    def submit(self, fn: Callable, *args) -> Future:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-second-order")
+        return self._pool.submit(_with_threads, torch.get_num_threads(), fn, *args)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
