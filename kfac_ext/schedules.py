@@ -24,6 +24,9 @@ Schedule = Union[Number, Callable[[int], Number]]
 
 
 def _is_number(value) -> bool:
+    kind = type(value)
+    if kind is float or kind is int:  # the common case, without the ABC check (~1 us)
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -56,22 +59,39 @@ def positive_or_none(value) -> Optional[str]:
     return None if value is None else positive(value)
 
 
+_UNSET = object()
+
+
 class Hyperparameter:
     """A named hyperparameter: a number or a callable of the step, validated."""
 
     def __init__(self, name: str, value: Schedule, validator: Callable[[object], Optional[str]]):
         self.name = name
-        self.value = value
         self.validator = validator
-        # Fail at construction: a constant is checked now, a schedule at step 0.
-        self(0)
+        self.value = value
+
+    @property
+    def value(self) -> Schedule:
+        return self._value
+
+    @value.setter
+    def value(self, value: Schedule) -> None:
+        # Fail at once: a constant is checked now (and never again: it cannot
+        # change without passing here), a schedule at step 0 and on every call.
+        self._value = value
+        self._constant = _UNSET
+        checked = self(0)
+        if not callable(value):
+            self._constant = checked
 
     @property
     def is_schedule(self) -> bool:
-        return callable(self.value)
+        return callable(self._value)
 
     def __call__(self, step: int):
-        value = self.value(step) if callable(self.value) else self.value
+        if self._constant is not _UNSET:
+            return self._constant
+        value = self._value(step) if callable(self._value) else self._value
         expected = self.validator(value)
         if expected is not None:
             where = f" (schedule value at step {step})" if callable(self.value) else ""
