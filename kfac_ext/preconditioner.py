@@ -77,9 +77,19 @@ def _auto_comm(grad_worker_fraction: float, **options) -> Comm:
 
 
 def _all_finite_pairs(tensors: List[torch.Tensor]) -> List[bool]:
-    """For consecutive pairs (A, G): whether both are finite, with one sync per device."""
+    """For consecutive pairs (A, G): whether both are finite, with one sync per device.
+
+    One float64 sum over all of them first (a NaN/Inf anywhere makes it NaN/Inf);
+    only when that fails are the factors summed one by one to find the bad pairs.
+    """
+    if not tensors:
+        return []
+    devices = {t.device for t in tensors}
+    if len(devices) == 1 and bool(torch.isfinite(
+            torch.cat([t.reshape(-1) for t in tensors]).sum(dtype=torch.float64))):
+        return [True] * (len(tensors) // 2)
     sums = [t.sum(dtype=torch.float64) for t in tensors]
-    if len({t.device for t in sums}) == 1:
+    if len(devices) == 1:
         flags = torch.isfinite(torch.stack(sums)).tolist()
     else:
         flags = [bool(torch.isfinite(t)) for t in sums]
