@@ -39,7 +39,7 @@ from kfac_ext.data import Dataset, load_dataset
 
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
-    "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.05,
+    "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.1,
                    damping=0.1,
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--lr-sgd", type=float, default=None,
                    help="peak learning rate for SGD (default 0.05 on digits, 0.1 on cifar10)")
     o.add_argument("--lr-kfac", type=float, default=None,
-                   help="peak learning rate for K-FAC (default 0.05 on digits, 0.1 on cifar10)")
+                   help="peak learning rate for K-FAC (default 0.1 on digits and cifar10)")
     o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     o.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
     o.add_argument("--warmup-epochs", type=float, default=None,
