@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -34,6 +34,43 @@ class PendingSecondOrder:
     factors: List[torch.Tensor]        # their snapshot, in the order of ``owned``
     damping: float                     # the inverse method's damping at ``step``
     future: Optional[Future] = None    # the background job; None: not started
+
+    def state_dict(self, names: Sequence[str]) -> dict:
+        """The snapshot, not the thread's result: loading recomputes it, and the
+        decomposition of the same snapshot is the same basis at the same step."""
+        return {"step": self.step, "apply_step": self.apply_step,
+                "layers": [names[i] for i in self.todo],
+                "owned": [[names[i], w] for i, w in self.owned],
+                "factors": [f.clone() for f in self.factors], "damping": self.damping}
+
+    @classmethod
+    def from_state_dict(cls, saved: dict, names: Sequence[str], dims: Sequence[Dict[str, int]],
+                        dtype: torch.dtype, devices: Sequence[torch.device]
+                        ) -> "PendingSecondOrder":
+        """Validate and rebuild a :meth:`state_dict`; ``dims[i]`` maps "A"/"G" of
+        layer i to its factor size, the factors land in ``dtype`` on ``devices[i]``.
+        Raises ValueError naming what is wrong."""
+        names = list(names)
+        try:
+            todo = [names.index(n) for n in saved["layers"]]
+            owned = [(names.index(n), w) for n, w in saved["owned"]]
+            factors, step = list(saved["factors"]), int(saved["step"])
+            apply_step, damping = int(saved["apply_step"]), float(saved["damping"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"pending_second_order is malformed ({exc!r})") from None
+        if len(factors) != len(owned):
+            raise ValueError(f"pending_second_order has {len(factors)} factors for "
+                             f"{len(owned)} owned entries")
+        for (i, w), f in zip(owned, factors):
+            if w not in ("A", "G"):
+                raise ValueError(f"pending_second_order: a factor is 'A' or 'G', got {w!r}")
+            n = dims[i][w]
+            if not isinstance(f, torch.Tensor) or tuple(f.shape) != (n, n):
+                raise ValueError(f"pending_second_order: factor {w} of layer {names[i]!r} must "
+                                 f"be a {n}x{n} tensor")
+        factors = [f.to(dtype=dtype, device=devices[i]).clone()
+                   for (i, _), f in zip(owned, factors)]
+        return cls(step, apply_step, todo, owned, factors, damping)
 
 
 def _with_threads(threads: int, fn: Callable, *args):

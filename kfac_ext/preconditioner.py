@@ -544,16 +544,8 @@ class KFACPreconditioner:
                  "factor_tracker": self._factor_tracker.state_dict(),
                  "inv_tracker": self._inv_tracker.state_dict(),
                  "skipped_factor_updates": self.skipped_factor_updates, "layers": layers}
-        pending = self._pending
-        if pending is not None:
-            # The snapshot, not the thread's result: loading recomputes it, and the
-            # decomposition of the same snapshot is the same basis at the same step.
-            names = [l.name for l in self.layers]
-            state["pending_second_order"] = {
-                "step": pending.step, "apply_step": pending.apply_step,
-                "layers": [names[i] for i in pending.todo],
-                "owned": [[names[i], w] for i, w in pending.owned],
-                "factors": [f.clone() for f in pending.factors], "damping": pending.damping}
+        if self._pending is not None:
+            state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -617,23 +609,11 @@ class KFACPreconditioner:
         if saved is None:
             return None
         try:
-            todo = [names.index(n) for n in saved["layers"]]
-            owned = [(names.index(n), w) for n, w in saved["owned"]]
-            factors, step = list(saved["factors"]), int(saved["step"])
-            apply_step, damping = int(saved["apply_step"]), float(saved["damping"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"load_state_dict: pending_second_order is malformed ({exc!r})") from None
-        for (i, w), f in zip(owned, factors):
-            n = self.layers[i].a_dim if w == "A" else self.layers[i].g_dim
-            if w not in ("A", "G") or not isinstance(f, torch.Tensor) or tuple(f.shape) != (n, n):
-                raise ValueError(f"load_state_dict: pending_second_order: factor {w!r} of layer "
-                                 f"{names[i]!r} must be a {n}x{n} tensor")
-        if len(factors) != len(owned):
-            raise ValueError(f"load_state_dict: pending_second_order has {len(factors)} factors "
-                             f"for {len(owned)} owned entries")
-        factors = [f.to(dtype=self.inv_dtype, device=self.layers[i].device).clone()
-                   for (i, _), f in zip(owned, factors)]
-        return PendingSecondOrder(step, apply_step, todo, owned, factors, damping)
+            return PendingSecondOrder.from_state_dict(
+                saved, names, [{"A": l.a_dim, "G": l.g_dim} for l in self.layers],
+                self.inv_dtype, [l.device for l in self.layers])
+        except ValueError as exc:
+            raise ValueError(f"load_state_dict: {exc}") from None
 
     def reset(self) -> None:
         """Back to the state after construction: identity factors, no eigens, step 0."""

@@ -151,6 +151,7 @@ def _mid_lag_state():
 @pytest.mark.parametrize("corrupt, match", [
     (lambda p: p["factors"].__setitem__(0, torch.zeros(2, 2)), "must be a"),
     (lambda p: p["owned"].__setitem__(0, ["no.such.layer", "A"]), "malformed"),
+    (lambda p: p["owned"][0].__setitem__(1, "X"), "'A' or 'G'"),
     (lambda p: p.pop("apply_step"), "malformed"),
     (lambda p: p["factors"].pop(), "factors for"),
 ])
