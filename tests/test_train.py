@@ -210,6 +210,20 @@ def test_resume_gives_the_uninterrupted_curve_kfac(tmp_path, capsys):
     _check_resume_matches(tmp_path, capsys, "kfac", ["kfac"])
 
 
+def test_resume_with_an_eigendecomposition_in_flight_gives_the_uninterrupted_curve(
+        tmp_path, capsys):
+    # 10 steps an epoch; with these intervals the update of step 8 lands in step 11,
+    # after the checkpoint of epoch 1.
+    flags = ["--optimizer", "kfac", "--epochs", "3", "--decay-epochs", "2",
+             "--inv-update-steps", "4", "--inv-lag-steps", "3"]
+    full = _train(capsys, *flags)
+    _train(capsys, *flags, "--stop-after", "1", "--save", str(tmp_path))
+    saved = torch.load(tmp_path / "kfac.pt", weights_only=False)
+    assert saved["preconditioner"]["pending_second_order"]["apply_step"] == 11
+    resumed = _train(capsys, *flags, "--resume", str(tmp_path))
+    assert _history(resumed, "kfac") == _history(full, "kfac")
+
+
 # --------------------------------------------------------------------------- torchrun
 @pytest.mark.slow
 @pytest.mark.timeout(300)
