@@ -92,8 +92,3 @@ class BackgroundSolver:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-second-order")
         return self._pool.submit(_with_threads, torch.get_num_threads(), fn, *args)
-
-    def shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
