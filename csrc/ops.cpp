@@ -36,6 +36,9 @@ TORCH_LIBRARY(kfac_ext, m) {
   // Returns ν as a 0-d float64 tensor on the gradients' device (no host
   // synchronisation on a GPU). Device-agnostic (composite).
   m.def("precondition_grads_(Tensor(a!)[] weight_grads, Tensor(b!)[] bias_grads, Tensor[] qa, Tensor[] da, Tensor[] qg, Tensor[] dg, float damping, float kl_clip, float kl_factor) -> Tensor");
+  // The same for the inverse method: P = g_inv Γ a_inv per layer (the damped
+  // factor inverses; a_inv has the bias row where the layer has a bias).
+  m.def("precondition_grads_inverse_(Tensor(a!)[] weight_grads, Tensor(b!)[] bias_grads, Tensor[] a_inv, Tensor[] g_inv, float kl_clip, float kl_factor) -> Tensor");
 }
 
 // An importable, empty Python module: importing kfac_ext._C loads this shared

@@ -1,5 +1,6 @@
 // precondition_grads_: the whole per-step work of the eigen method on the
-// parameters' own gradients, in one call. It builds each layer's Γ = [W | b]
+// parameters' own gradients, in one call (precondition_grads_inverse_: the same
+// for the inverse method, P = G_inv Γ A_inv). It builds each layer's Γ = [W | b]
 // from weight.grad (and bias.grad), runs eigen_precondition, scales every P
 // by the KL-clip factor ν and writes ν·P back into the same gradients.
 //
@@ -54,60 +55,68 @@ void write_back(at::Tensor& grad, const at::Tensor& value) {
   }
 }
 
-at::Tensor precondition_grads(at::TensorList weight_grads, at::TensorList bias_grads,
-                              at::TensorList qa, at::TensorList da, at::TensorList qg,
-                              at::TensorList dg, double damping, double kl_clip,
-                              double kl_factor) {
-  const size_t layers = weight_grads.size();
-  check_layer_lists(kOp, "weight_grads", layers, qa, da, qg, dg);
-  TORCH_CHECK(std::isfinite(kl_factor) && kl_factor >= 0, kOp,
-              ": kl_factor must be finite and >= 0; got ", kl_factor);
-
-  // Γ per layer; which layers have a bias follows from qa's size (in + 1).
+// Each layer's Γ = [W | b] (in the dtype of the right-hand matrix) and which
+// bias_grads entry it took. `right[i]` is the matrix applied on Γ's right (qa or
+// a_inv): (in, in), or (in + 1, in + 1) when layer i has a bias row; `left[i]`
+// (qg or g_inv) has out rows. Checks everything; writes nothing.
+struct LayerGammas {
   std::vector<at::Tensor> gammas;
-  std::vector<int> bias_of(layers, -1);
-  gammas.reserve(layers);
+  std::vector<int> bias_of;  // index into bias_grads, -1 without a bias
+};
+
+LayerGammas build_gammas(const char* op, at::TensorList weight_grads, at::TensorList bias_grads,
+                         at::TensorList right, const char* right_name, at::TensorList left,
+                         const char* left_name) {
+  const size_t layers = weight_grads.size();
+  LayerGammas out{{}, std::vector<int>(layers, -1)};
+  out.gammas.reserve(layers);
   size_t next_bias = 0;
   for (size_t i = 0; i < layers; ++i) {
     const at::Tensor& w = weight_grads[i];
     const auto name = item("weight_grads", i);
-    // Any floating dtype (a bf16 model's gradients too): Γ is built in qa's dtype.
-    TORCH_CHECK(at::isFloatingType(w.scalar_type()), kOp, ": ", name,
+    const auto rname = item(right_name, i), lname = item(left_name, i);
+    // Any floating dtype (a bf16 model's gradients too): Γ is built in the right matrix's dtype.
+    TORCH_CHECK(at::isFloatingType(w.scalar_type()), op, ": ", name,
                 " must be a floating-point tensor; got ", w.scalar_type());
-    TORCH_CHECK(w.dim() >= 1 && qg[i].dim() == 2 && w.size(0) == qg[i].size(0), kOp, ": ", name,
-                " must have qg[", i, "].size(0) rows; got shape ", w.sizes(), " for qg of shape ",
-                qg[i].sizes());
-    const int64_t out = w.size(0), in = out == 0 ? 0 : w.numel() / out;
-    at::Tensor gamma = w.reshape({out, in});
-    TORCH_CHECK(qa[i].dim() == 2 && (qa[i].size(0) == in || qa[i].size(0) == in + 1), kOp,
-                ": qa[", i, "] must be (in, in) or (in + 1, in + 1) with a bias, in = ", in,
-                " for ", name, " of shape ", w.sizes(), "; got ", qa[i].sizes());
-    if (qa[i].size(0) == in + 1) {
-      TORCH_CHECK(next_bias < bias_grads.size(), kOp, ": qa[", i,
-                  "] has a bias row but bias_grads holds only ", bias_grads.size(),
+    TORCH_CHECK(w.dim() >= 1 && left[i].dim() == 2 && w.size(0) == left[i].size(0), op, ": ",
+                name, " must have ", lname, ".size(0) rows; got shape ", w.sizes(), " for ",
+                left_name, " of shape ", left[i].sizes());
+    const int64_t rows = w.size(0), in = rows == 0 ? 0 : w.numel() / rows;
+    at::Tensor gamma = w.reshape({rows, in});
+    TORCH_CHECK(right[i].dim() == 2 && (right[i].size(0) == in || right[i].size(0) == in + 1), op,
+                ": ", rname, " must be (in, in) or (in + 1, in + 1) with a bias, in = ", in,
+                " for ", name, " of shape ", w.sizes(), "; got ", right[i].sizes());
+    if (right[i].size(0) == in + 1) {
+      TORCH_CHECK(next_bias < bias_grads.size(), op, ": ", rname,
+                  " has a bias row but bias_grads holds only ", bias_grads.size(),
                   " tensors (one per layer with a bias, in layer order)");
       const at::Tensor& b = bias_grads[next_bias];
-      TORCH_CHECK(b.numel() == out, kOp, ": ", item("bias_grads", next_bias), " must have ", out,
-                  " elements (the rows of ", name, "); got shape ", b.sizes());
-      check_same_dtype(b, w, kOp, item("bias_grads", next_bias).c_str(), name.c_str());
-      check_same_device(b, w, kOp, item("bias_grads", next_bias).c_str(), name.c_str());
-      bias_of[i] = static_cast<int>(next_bias++);
-      gamma = at::cat({gamma, b.reshape({out, 1})}, 1);
+      const auto bname = item("bias_grads", next_bias);
+      TORCH_CHECK(b.numel() == rows, op, ": ", bname, " must have ", rows, " elements (the rows of ",
+                  name, "); got shape ", b.sizes());
+      check_same_dtype(b, w, op, bname.c_str(), name.c_str());
+      check_same_device(b, w, op, bname.c_str(), name.c_str());
+      out.bias_of[i] = static_cast<int>(next_bias++);
+      gamma = at::cat({gamma, b.reshape({rows, 1})}, 1);
     }
-    gammas.push_back(gamma.to(qa[i].scalar_type()));
+    out.gammas.push_back(gamma.to(right[i].scalar_type()));
   }
-  TORCH_CHECK(next_bias == bias_grads.size(), kOp, ": bias_grads holds ", bias_grads.size(),
-              " tensors but only ", next_bias, " layers have a bias row in qa");
+  TORCH_CHECK(next_bias == bias_grads.size(), op, ": bias_grads holds ", bias_grads.size(),
+              " tensors but only ", next_bias, " layers have a bias row in ", right_name);
+  return out;
+}
 
-  // Everything that can fail has run by now: nothing is written before it.
-  std::vector<at::Tensor> precond = call_eigen_precondition(gammas, qa, da, qg, dg, damping);
+// ν = min(1, sqrt(kl_clip / |kl_factor Σ<P, Γ>|)) (1 when kl_clip <= 0, or the
+// sum is 0 or not finite), then the gradients <- ν P. Returns ν.
+at::Tensor scale_and_write_back(at::TensorList weight_grads, at::TensorList bias_grads,
+                                const LayerGammas& built, std::vector<at::Tensor>& precond,
+                                double kl_clip, double kl_factor) {
   const auto scalar_options = at::TensorOptions().dtype(at::kDouble);
-  if (layers == 0) return at::ones({}, scalar_options);
-  // nu = min(1, sqrt(kl_clip / |vg|)), and 1 when vg is 0 or not finite.
+  if (precond.empty()) return at::ones({}, scalar_options);
   at::Tensor nu = at::ones({}, scalar_options.device(precond[0].device()));
   bool scale = kl_clip > 0;
   if (scale) {
-    const at::Tensor vg = call_kl_clip_sum(precond, gammas).mul(kl_factor).abs();
+    const at::Tensor vg = call_kl_clip_sum(precond, built.gammas).mul(kl_factor).abs();
     if (vg.is_cpu()) {  // no device to wait for: decide on the host, skip a scale by 1
       const double v = vg.item<double>();
       scale = v != 0.0 && std::isfinite(v) && kl_clip < v;
@@ -117,24 +126,74 @@ at::Tensor precondition_grads(at::TensorList weight_grads, at::TensorList bias_g
       nu = at::where(at::isfinite(vg).logical_and(vg.ne(0)), clipped, nu);
     }
   }
-  for (size_t i = 0; i < layers; ++i) {
+  for (size_t i = 0; i < precond.size(); ++i) {
     at::Tensor p = precond[i];
     if (scale) p.mul_(nu);  // a 0-d tensor: P keeps its dtype
     at::Tensor w = weight_grads[i];
-    const int64_t in = p.size(1) - (bias_of[i] >= 0 ? 1 : 0);
+    const int bias = built.bias_of[i];
+    const int64_t in = p.size(1) - (bias >= 0 ? 1 : 0);
     write_back(w, p.narrow(1, 0, in));
-    if (bias_of[i] >= 0) {
-      at::Tensor b = bias_grads[static_cast<size_t>(bias_of[i])];
+    if (bias >= 0) {
+      at::Tensor b = bias_grads[static_cast<size_t>(bias)];
       write_back(b, p.select(1, in));
     }
   }
   return nu;
 }
 
+void check_kl_factor(const char* op, double kl_factor) {
+  TORCH_CHECK(std::isfinite(kl_factor) && kl_factor >= 0, op,
+              ": kl_factor must be finite and >= 0; got ", kl_factor);
+}
+
+at::Tensor precondition_grads(at::TensorList weight_grads, at::TensorList bias_grads,
+                              at::TensorList qa, at::TensorList da, at::TensorList qg,
+                              at::TensorList dg, double damping, double kl_clip,
+                              double kl_factor) {
+  check_layer_lists(kOp, "weight_grads", weight_grads.size(), qa, da, qg, dg);
+  check_kl_factor(kOp, kl_factor);
+  const LayerGammas built = build_gammas(kOp, weight_grads, bias_grads, qa, "qa", qg, "qg");
+  // Everything that can fail has run by now (eigen_precondition checks the
+  // rest before it computes): nothing is written before it.
+  std::vector<at::Tensor> precond = call_eigen_precondition(built.gammas, qa, da, qg, dg, damping);
+  return scale_and_write_back(weight_grads, bias_grads, built, precond, kl_clip, kl_factor);
+}
+
+// The inverse method: P = G_inv Γ A_inv per layer (two GEMMs instead of four).
+at::Tensor precondition_grads_inverse(at::TensorList weight_grads, at::TensorList bias_grads,
+                                      at::TensorList a_inv, at::TensorList g_inv, double kl_clip,
+                                      double kl_factor) {
+  constexpr const char* op = "precondition_grads_inverse_";
+  const size_t layers = weight_grads.size();
+  TORCH_CHECK(a_inv.size() == layers && g_inv.size() == layers, op,
+              ": weight_grads, a_inv, g_inv must be lists of equal length (one entry per layer); "
+              "got ", layers, ", ", a_inv.size(), ", ", g_inv.size());
+  check_kl_factor(op, kl_factor);
+  for (size_t i = 0; i < layers; ++i) {
+    const auto aname = item("a_inv", i), gname = item("g_inv", i);
+    check_float(a_inv[i], op, aname.c_str());
+    check_square(a_inv[i], op, aname);
+    check_square(g_inv[i], op, gname);
+    check_same_dtype(g_inv[i], a_inv[i], op, gname.c_str(), aname.c_str());
+    const auto wname = item("weight_grads", i);
+    check_same_device(a_inv[i], weight_grads[i], op, aname.c_str(), wname.c_str());
+    check_same_device(g_inv[i], weight_grads[i], op, gname.c_str(), wname.c_str());
+  }
+  const LayerGammas built = build_gammas(op, weight_grads, bias_grads, a_inv, "a_inv", g_inv,
+                                         "g_inv");
+  std::vector<at::Tensor> precond;
+  precond.reserve(layers);
+  for (size_t i = 0; i < layers; ++i) {
+    precond.push_back(at::mm(at::mm(g_inv[i], built.gammas[i]), a_inv[i]));
+  }
+  return scale_and_write_back(weight_grads, bias_grads, built, precond, kl_clip, kl_factor);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(kfac_ext, CompositeExplicitAutograd, m) {
   m.impl("precondition_grads_", &precondition_grads);
+  m.impl("precondition_grads_inverse_", &precondition_grads_inverse);
 }
 
 }  // namespace kfac_ext

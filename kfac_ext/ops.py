@@ -31,6 +31,7 @@ __all__ = [
     "unpack_triu_",
     "kl_clip_sum",
     "precondition_grads_",
+    "precondition_grads_inverse_",
     "reference",
 ]
 
@@ -238,6 +239,31 @@ def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Ten
                                     0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
 
 
+def precondition_grads_inverse_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor],
+                                a_inv: Sequence[Tensor], g_inv: Sequence[Tensor],
+                                kl_clip: float | None = None, kl_factor: float = 1.0) -> Tensor:
+    """:func:`precondition_grads_` for the inverse method: ``P = g_inv[i] Γ a_inv[i]``.
+
+    a_inv[i] and g_inv[i] are the layer's damped factor inverses,
+    ``(A + λI)⁻¹`` ((in, in), or (in+1, in+1) with a bias row) and ``(G + λI)⁻¹``
+    ((out, out)), of one floating dtype; Γ is built in it. Two GEMMs a layer
+    instead of the eigen method's four. Same KL clipping, write-back, checks
+    and return value as precondition_grads_.
+    """
+    op = "precondition_grads_inverse_"
+    lists = {name: _check_tensor_list(op, name, value)
+             for name, value in (("weight_grads", weight_grads), ("bias_grads", bias_grads),
+                                 ("a_inv", a_inv), ("g_inv", g_inv))}
+    if kl_clip is not None and not kl_clip > 0:
+        raise ValueError(f"{op}: kl_clip must be > 0 or None; got {kl_clip}")
+    _check_one_device(op, [pair for name, value in lists.items() for pair in _listed(name, value)])
+    if not lists["weight_grads"]:
+        return torch.ones((), dtype=torch.float64)
+    return _ops.precondition_grads_inverse_(*lists.values(),
+                                            0.0 if kl_clip is None else float(kl_clip),
+                                            float(kl_factor))
+
+
 def _pair(value) -> list[int]:
     if isinstance(value, int):
         return [value, value]
@@ -313,6 +339,16 @@ def _precondition_grads_fake(weight_grads, bias_grads, qa, da, qg, dg, damping, 
     n = len(weight_grads)
     torch._check(len(qa) == n and len(da) == n and len(qg) == n and len(dg) == n,
                  lambda: "precondition_grads_: weight_grads, qa, da, qg, dg must be lists "
+                         "of equal length (one entry per layer)")
+    device = weight_grads[0].device if weight_grads else torch.device("cpu")
+    return torch.empty((), dtype=torch.float64, device=device)
+
+
+@torch.library.register_fake("kfac_ext::precondition_grads_inverse_")
+def _precondition_grads_inverse_fake(weight_grads, bias_grads, a_inv, g_inv, kl_clip, kl_factor):
+    n = len(weight_grads)
+    torch._check(len(a_inv) == n and len(g_inv) == n,
+                 lambda: "precondition_grads_inverse_: weight_grads, a_inv, g_inv must be lists "
                          "of equal length (one entry per layer)")
     device = weight_grads[0].device if weight_grads else torch.device("cpu")
     return torch.empty((), dtype=torch.float64, device=device)

@@ -45,8 +45,8 @@ Documented behaviours a user may rely on:
   - The inverse method makes one sync per factor for its Cholesky check.
   - With an enabled ``grad_scaler``, reading its scale makes one per step.
   - Otherwise a plain step makes none: the KL-clip scale stays on the device
-    (``ops.precondition_grads_`` in one process and COMM-OPT; the per-layer
-    path of HYBRID/MEM-OPT likewise).
+    (``ops.precondition_grads_`` or ``precondition_grads_inverse_`` in one
+    process and COMM-OPT; the per-layer path of HYBRID/MEM-OPT likewise).
 """
 from __future__ import annotations
 
@@ -460,7 +460,7 @@ class KFACPreconditioner:
                                 f"not preconditioned: {why}; its gradient is left as is")
         if not active:
             return
-        if self.compute_method == "eigen" and comm.replicates_preconditioning:
+        if comm.replicates_preconditioning:
             self._precondition_in_place(step, active)
             return
         grads = {i: self.layers[i].grad_matrix(self.inv_dtype) for i in active}
@@ -499,13 +499,19 @@ class KFACPreconditioner:
                 bias_grads.append(b)
         second = [self._second[i] for i in active]
         kl_clip = self.kl_clip(step)
-        kl_factor = 1.0 if kl_clip is None else self._kl_factor(step)
-        # The raw op, not the ops.py wrapper: every list is built here, so its Python
-        # type checks would only repeat the kernel's own (~25 us a step on small models).
-        torch.ops.kfac_ext.precondition_grads_(
-            weight_grads, bias_grads, [s["A"][1] for s in second], [s["A"][0] for s in second],
-            [s["G"][1] for s in second], [s["G"][0] for s in second], float(self.damping(step)),
-            0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
+        kl_clip, kl_factor = (0.0, 1.0) if kl_clip is None else \
+            (float(kl_clip), float(self._kl_factor(step)))
+        # The raw ops, not the ops.py wrappers: every list is built here, so their Python
+        # type checks would only repeat the kernels' own (~25 us a step on small models).
+        if self.compute_method == "eigen":
+            torch.ops.kfac_ext.precondition_grads_(
+                weight_grads, bias_grads, [s["A"][1] for s in second],
+                [s["A"][0] for s in second], [s["G"][1] for s in second],
+                [s["G"][0] for s in second], float(self.damping(step)), kl_clip, kl_factor)
+        else:
+            torch.ops.kfac_ext.precondition_grads_inverse_(
+                weight_grads, bias_grads, [s["A"][0] for s in second],
+                [s["G"][0] for s in second], kl_clip, kl_factor)
 
     def _kl_factor(self, step: int) -> float:
         """lr², divided by a gradient scaler's scale² (the gradients are still scaled)."""

@@ -96,19 +96,21 @@ def kl_clip_sum(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
     return total
 
 
-def precondition_grads(weight_grads: list[Tensor], bias_grads: list[Tensor], qa: list[Tensor],
-                       da: list[Tensor], qg: list[Tensor], dg: list[Tensor], damping: float,
-                       kl_clip: float | None = None, kl_factor: float = 1.0
-                       ) -> tuple[list[Tensor], list[Tensor], float]:
-    """(new weight grads, new bias grads, ν) of ``precondition_grads_``, out of place."""
+def _gammas(weight_grads: list[Tensor], bias_grads: list[Tensor], right: list[Tensor]
+             ) -> tuple[list[Tensor], list[bool]]:
+    """Γ = [W | b] per layer in right[i]'s dtype; a layer has a bias when right[i]
+    (qa or a_inv) has one row more than W has columns."""
     grads, has_bias, b = [], [], iter(bias_grads)
-    for w, q in zip(weight_grads, qa):
+    for w, q in zip(weight_grads, right):
         g = w.reshape(w.shape[0], -1)
         has_bias.append(q.shape[0] == g.shape[1] + 1)
         if has_bias[-1]:
             g = torch.cat([g, next(b).reshape(-1, 1)], dim=1)
         grads.append(g.to(q.dtype))
-    precond = eigen_precondition(grads, qa, da, qg, dg, damping)
+    return grads, has_bias
+
+
+def _clip_and_split(weight_grads, precond, grads, has_bias, kl_clip, kl_factor):
     nu = 1.0
     if kl_clip is not None:
         vg = float(kl_clip_sum(precond, grads)) * kl_factor
@@ -121,3 +123,23 @@ def precondition_grads(weight_grads: list[Tensor], bias_grads: list[Tensor], qa:
         if bias:
             new_b.append(p[:, -1].to(w.dtype))
     return new_w, new_b, nu
+
+
+def precondition_grads(weight_grads: list[Tensor], bias_grads: list[Tensor], qa: list[Tensor],
+                       da: list[Tensor], qg: list[Tensor], dg: list[Tensor], damping: float,
+                       kl_clip: float | None = None, kl_factor: float = 1.0
+                       ) -> tuple[list[Tensor], list[Tensor], float]:
+    """(new weight grads, new bias grads, ν) of ``precondition_grads_``, out of place."""
+    grads, has_bias = _gammas(weight_grads, bias_grads, qa)
+    precond = eigen_precondition(grads, qa, da, qg, dg, damping)
+    return _clip_and_split(weight_grads, precond, grads, has_bias, kl_clip, kl_factor)
+
+
+def precondition_grads_inverse(weight_grads: list[Tensor], bias_grads: list[Tensor],
+                               a_inv: list[Tensor], g_inv: list[Tensor],
+                               kl_clip: float | None = None, kl_factor: float = 1.0
+                               ) -> tuple[list[Tensor], list[Tensor], float]:
+    """(new weight grads, new bias grads, ν) of ``precondition_grads_inverse_``."""
+    grads, has_bias = _gammas(weight_grads, bias_grads, a_inv)
+    precond = [gi @ g @ ai for g, ai, gi in zip(grads, a_inv, g_inv)]
+    return _clip_and_split(weight_grads, precond, grads, has_bias, kl_clip, kl_factor)

@@ -1,7 +1,8 @@
-"""ops.precondition_grads_ (the fused eigen-method step on the parameters'
-gradients) against kfac_ext.reference.precondition_grads, and the
-preconditioner's two paths (fused, and the per-layer Python path kept for
-distributed strategies that send preconditioned gradients) against each other.
+"""ops.precondition_grads_ / precondition_grads_inverse_ (the fused eigen- and
+inverse-method steps on the parameters' gradients) against their references in
+kfac_ext.reference, and the preconditioner's two paths (fused, and the
+per-layer Python path kept for distributed strategies that send preconditioned
+gradients) against each other.
 """
 from __future__ import annotations
 
@@ -194,15 +195,17 @@ def _net():
                          nn.Linear(8 * 4 * 4, 5)).double()
 
 
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
 @pytest.mark.parametrize("kl_clip", [None, 1e-4])
-def test_fused_path_equals_the_per_layer_path(kl_clip):
+def test_fused_path_equals_the_per_layer_path(kl_clip, method):
     torch.manual_seed(0)
     model = _net()
     twin = copy.deepcopy(model)
     x, y = torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (4,))
-    fused = KFACPreconditioner(model, damping=0.01, kl_clip=kl_clip, lr=0.1)
+    fused = KFACPreconditioner(model, damping=0.01, kl_clip=kl_clip, lr=0.1,
+                               compute_method=method)
     per_layer = KFACPreconditioner(twin, damping=0.01, kl_clip=kl_clip, lr=0.1,
-                                   comm=_PythonPathComm())
+                                   comm=_PythonPathComm(), compute_method=method)
     for _ in range(3):
         for m, pre in ((model, fused), (twin, per_layer)):
             m.zero_grad(set_to_none=True)
@@ -213,15 +216,16 @@ def test_fused_path_equals_the_per_layer_path(kl_clip):
 
 
 @CUDA
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
 @pytest.mark.parametrize("comm", [None, _PythonPathComm()], ids=["fused", "per-layer"])
-def test_plain_step_does_not_wait_for_the_gpu(comm):
+def test_plain_step_does_not_wait_for_the_gpu(comm, method):
     """Between factor and eigendecomposition updates a step makes no host sync,
     with the KL clip active, on both paths."""
     torch.manual_seed(0)
     model = _net().float().cuda()
     x, y = torch.randn(4, 3, 6, 6, device="cuda"), torch.randint(0, 5, (4,), device="cuda")
     pre = KFACPreconditioner(model, factor_update_steps=1000, inv_update_steps=1000,
-                             kl_clip=1e-6, lr=0.1, comm=comm)
+                             kl_clip=1e-6, lr=0.1, comm=comm, compute_method=method)
     for _ in range(2):  # step 0 captures and decomposes (syncs); step 1 is a plain step
         model.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
@@ -232,3 +236,99 @@ def test_plain_step_does_not_wait_for_the_gpu(comm):
             pre.step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------ the inverse method's op ----
+
+def _inverse_case(dtype, device, layers=LAYERS, seed=0, damping=0.05):
+    """Gradients and the damped factor inverses (A + λI)⁻¹, (G + λI)⁻¹ of random SPD factors."""
+    weights, biases, qa, da, qg, dg = _case(dtype, device, layers, seed)
+
+    def damped_inverse(d, q):
+        d, q = d.double().cpu(), q.double().cpu()
+        return (q @ torch.diag(1.0 / (d + damping)) @ q.T).to(device, dtype)
+
+    return (weights, biases, [damped_inverse(d, q) for d, q in zip(da, qa)],
+            [damped_inverse(d, q) for d, q in zip(dg, qg)])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kl_clip,kl_factor", [(None, 1.0), (1e-3, 0.25), (1e9, 0.25)],
+                         ids=["no-clip", "clip-active", "clip-inactive"])
+def test_inverse_matches_reference(device, dtype, kl_clip, kl_factor):
+    weights, biases, a_inv, g_inv = _inverse_case(dtype, device)
+    exact_w, exact_b, exact_nu = ref.precondition_grads_inverse(
+        _to64(weights), _to64(biases), _to64(a_inv), _to64(g_inv), kl_clip, kl_factor)
+    theirs_w, theirs_b, _ = ref.precondition_grads_inverse(weights, biases, a_inv, g_inv,
+                                                           kl_clip, kl_factor)
+    nu = ops.precondition_grads_inverse_(weights, biases, a_inv, g_inv, kl_clip, kl_factor)
+    if kl_clip == 1e-3:
+        assert exact_nu < 0.5, "test premise: the clip scales the step down"
+    elif kl_clip is not None:
+        assert exact_nu == 1.0, "test premise: the clip is inactive"
+    assert nu.dim() == 0 and nu.dtype == torch.float64 and nu.device.type == device
+    assert float(nu) == pytest.approx(exact_nu, rel=1e-5 if dtype == torch.float32 else 1e-12)
+    eps = torch.finfo(dtype).eps
+    for ours, exact, theirs in zip(weights + biases, exact_w + exact_b, theirs_w + theirs_b):
+        assert ours.dtype == dtype and ours.device.type == device
+        scale = exact.abs().max()
+        err = (ours.double().cpu() - exact).abs().max() / scale
+        their_err = (theirs.double().cpu() - exact).abs().max() / scale
+        assert err <= 2 * their_err + 16 * eps, f"{err:.3g} vs torch {their_err:.3g}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inverse_writes_through_views_and_leaves_other_rows_alone(device):
+    weight = _randn(12, 3, 3, 3, seed=1, dtype=torch.float64, device=device)
+    bias = _randn(12, seed=2, dtype=torch.float64, device=device)
+    before_w, before_b = weight.clone(), bias.clone()
+    _, _, a_inv, g_inv = _inverse_case(torch.float64, device, [((4, 3, 3, 3), True)])
+    w_view, b_view = weight[4:8], bias[4:8]
+    exact_w, exact_b, _ = ref.precondition_grads_inverse([w_view.clone()], [b_view.clone()],
+                                                         a_inv, g_inv)
+    ops.precondition_grads_inverse_([w_view], [b_view], a_inv, g_inv)
+    assert torch.allclose(weight[4:8], exact_w[0], rtol=0, atol=1e-12)
+    assert torch.allclose(bias[4:8], exact_b[0], rtol=0, atol=1e-12)
+    rows = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11], device=device)
+    assert torch.equal(weight[rows], before_w[rows]) and torch.equal(bias[rows], before_b[rows])
+
+
+def test_inverse_empty_lists():
+    assert float(ops.precondition_grads_inverse_([], [], [], [])) == 1.0
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("list length", r"weight_grads, a_inv, g_inv must be lists of equal length"),
+    ("a_inv size", r"a_inv\[3\] must be \(in, in\) or \(in \+ 1, in \+ 1\)"),
+    ("g_inv rows", r"weight_grads\[1\] must have g_inv\[1\].size\(0\) rows"),
+    ("g_inv not square", r"g_inv\[2\] must be a square 2-D matrix"),
+    ("dtypes", r"g_inv\[0\] must have the dtype of a_inv\[0\]"),
+    ("missing bias", r"a_inv\[4\] has a bias row but bias_grads holds only 2 tensors"),
+])
+def test_inverse_bad_input_names_the_argument_and_writes_nothing(breakage, message):
+    weights, biases, a_inv, g_inv = _inverse_case(torch.float64, "cpu")
+    if breakage == "list length":
+        g_inv.pop()
+    elif breakage == "a_inv size":
+        a_inv[3] = torch.eye(5, dtype=torch.float64)
+    elif breakage == "g_inv rows":
+        g_inv[1] = torch.eye(8, dtype=torch.float64)
+    elif breakage == "g_inv not square":
+        g_inv[2] = torch.ones(1, 2, dtype=torch.float64)
+    elif breakage == "dtypes":
+        g_inv[0] = g_inv[0].float()
+    else:
+        biases.pop()
+    before = [t.clone() for t in weights + biases]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.kfac_ext.precondition_grads_inverse_(weights, biases, a_inv, g_inv, 0.0, 1.0)
+    for t, b in zip(weights + biases, before):
+        assert torch.equal(t, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inverse_opcheck(device):
+    weights, biases, a_inv, g_inv = _inverse_case(torch.float64, device, LAYERS[:3])
+    torch.library.opcheck(torch.ops.kfac_ext.precondition_grads_inverse_.default,
+                          (weights, biases, a_inv, g_inv, 1e-3, 0.5))
