@@ -11,6 +11,7 @@ background thread); SGD's steps at the same positions are listed alike. The
 amortised K-FAC step weights the kinds by how often they occur.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_step_breakdown.py [--steps 630] [--lag 2]
+        [--method eigen|inverse] [--damping 0.1]
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=630)
     p.add_argument("--lag", type=int, default=DEFAULTS["digits"]["inv_lag_steps"])
+    p.add_argument("--method", choices=("eigen", "inverse"), default="eigen")
+    p.add_argument("--damping", type=float, default=DEFAULTS["digits"]["damping"])
     a = p.parse_args()
     d = DEFAULTS["digits"]
     torch.set_num_threads(1)
@@ -56,8 +59,9 @@ def main() -> int:
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
                               weight_decay=d["weight_decay"])
         pre = KFACPreconditioner(model, factor_update_steps=d["factor_update_steps"],
-                                 inv_update_steps=d["inv_update_steps"], damping=d["damping"],
-                                 lr=lr, inv_lag_steps=a.lag) if name == "kfac" else None
+                                 inv_update_steps=d["inv_update_steps"], damping=a.damping,
+                                 lr=lr, inv_lag_steps=a.lag, compute_method=a.method) \
+            if name == "kfac" else None
         runs[name] = (model, opt, pre)
     times = {(name, kind): {ph: [] for ph in PHASES} for name in runs for kind in KINDS}
     batch = d["batch_size"]
@@ -88,7 +92,7 @@ def main() -> int:
                     rec[ph].append(1e3 * dt)
     print("## K-FAC step breakdown against SGD (digits CNN, defaults of `kfac-ext train`)\n")
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{describe_machine()}, lag {a.lag}")
+          f"{describe_machine()}, {a.method} method, lag {a.lag}")
     print(f"command: python benchmarks/table_step_breakdown.py {' '.join(sys.argv[1:])}".rstrip())
     print()
     print("| run | step kind | steps | " + " | ".join(f"{ph} ms" for ph in PHASES) + " |")

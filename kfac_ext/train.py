@@ -84,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="test accuracy (fraction) that time-to-target measures "
                         "(default 0.97 on digits, 0.91 on cifar10)")
     k = parser.add_argument_group("K-FAC")
+    k.add_argument("--compute-method", choices=("eigen", "inverse"), default="eigen",
+                   help="eigen: eigen-basis preconditioning (default); inverse: damped factor "
+                        "inverses (two GEMMs a layer instead of four; damping added to each "
+                        "factor, so it wants its own --damping)")
     k.add_argument("--damping", type=float, default=None,
                    help="lambda of the eigen method (default 0.1 on digits, 0.003 on cifar10)")
     k.add_argument("--factor-decay", type=float, default=0.95,
@@ -215,7 +219,8 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
                warmup_epochs=a.warmup_epochs, decay_epochs=list(a.decay_epochs),
                decay_factor=a.decay_factor, seed=a.seed, world_size=world.size)
     if name == "kfac":
-        cfg.update(damping=a.damping, factor_decay=a.factor_decay, kl_clip=a.kl_clip,
+        cfg.update(compute_method=a.compute_method, damping=a.damping,
+                   factor_decay=a.factor_decay, kl_clip=a.kl_clip,
                    factor_update_steps=a.factor_update_steps,
                    inv_update_steps=a.inv_update_steps, interval_growth=a.interval_growth,
                    inv_lag_steps=a.inv_lag_steps)
@@ -228,7 +233,7 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
     return KFACPreconditioner(model, factor_update_steps=sched.factor_update_steps,
                               inv_update_steps=sched.inv_update_steps, damping=a.damping,
                               factor_decay=a.factor_decay, kl_clip=a.kl_clip, lr=sched.lr,
-                              inv_lag_steps=a.inv_lag_steps)
+                              inv_lag_steps=a.inv_lag_steps, compute_method=a.compute_method)
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:

@@ -224,6 +224,16 @@ def test_resume_with_an_eigendecomposition_in_flight_gives_the_uninterrupted_cur
     assert _history(resumed, "kfac") == _history(full, "kfac")
 
 
+def test_inverse_method_trains_and_is_part_of_the_checkpoint_config(tmp_path, capsys):
+    out = _train(capsys, "--optimizer", "kfac", "--epochs", "1", "--compute-method", "inverse",
+                 "--save", str(tmp_path))
+    assert 0.0 <= out["runs"]["kfac"]["final_test_accuracy"] <= 1.0
+    saved = torch.load(tmp_path / "kfac.pt", weights_only=False)
+    assert saved["config"]["compute_method"] == "inverse"
+    assert all("second_order" in e and len(e["second_order"]["A"]) == 1  # [damped inverse]
+               for e in saved["preconditioner"]["layers"].values())
+
+
 # --------------------------------------------------------------------------- torchrun
 @pytest.mark.slow
 @pytest.mark.timeout(300)
