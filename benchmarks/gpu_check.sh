@@ -79,7 +79,8 @@ print("CUDA kernel registered for every op:",
                      "eigen_precondition", "pack_triu", "unpack_triu_", "kl_clip_sum"]))' || status=1
 
 CUDA_TESTS=(tests/test_cuda_ops.py)
-for f in tests/test_ops.py tests/test_conv_act_factor.py tests/test_precondition_grads.py; do [[ -f $f ]] && CUDA_TESTS+=("$f"); done
+for f in tests/test_ops.py tests/test_conv_act_factor.py tests/test_precondition_grads.py \
+         tests/test_preconditioner_lag.py; do [[ -f $f ]] && CUDA_TESTS+=("$f"); done
 if "$PY" -c 'import pytest' 2>/dev/null; then
   step "CUDA tests"
   "$PY" -m pytest -q -p no:cacheprovider -rfE --tb=short "${CUDA_TESTS[@]}" \
