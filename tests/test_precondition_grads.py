@@ -67,6 +67,14 @@ def test_matches_reference(device, dtype, kl_clip, kl_factor):
     theirs_w, theirs_b, _ = ref.precondition_grads(weights, biases, qa, da, qg, dg, 0.01,
                                                    kl_clip, kl_factor)
     nu = ops.precondition_grads_(weights, biases, qa, da, qg, dg, 0.01, kl_clip, kl_factor)
+    _check_against_reference(weights + biases, nu, (exact_w + exact_b, exact_nu),
+                             theirs_w + theirs_b, kl_clip, dtype, device)
+
+
+def _check_against_reference(ours, nu, exact, theirs, kl_clip, dtype, device):
+    """ours (the op's in-place results) and ν against the float64 reference, each
+    within twice the error of the same reference run in `dtype` (theirs)."""
+    exact, exact_nu = exact
     if kl_clip == 1e-3:
         assert exact_nu < 0.5, "test premise: the clip scales the step down"
     elif kl_clip is not None:
@@ -74,11 +82,11 @@ def test_matches_reference(device, dtype, kl_clip, kl_factor):
     assert nu.dim() == 0 and nu.dtype == torch.float64 and nu.device.type == device
     assert float(nu) == pytest.approx(exact_nu, rel=1e-5 if dtype == torch.float32 else 1e-12)
     eps = torch.finfo(dtype).eps
-    for ours, exact, theirs in zip(weights + biases, exact_w + exact_b, theirs_w + theirs_b):
-        assert ours.dtype == dtype and ours.device.type == device
-        scale = exact.abs().max()
-        err = (ours.double().cpu() - exact).abs().max() / scale
-        their_err = (theirs.double().cpu() - exact).abs().max() / scale
+    for o, e, t in zip(ours, exact, theirs):
+        assert o.dtype == dtype and o.device.type == device
+        scale = e.abs().max()
+        err = (o.double().cpu() - e).abs().max() / scale
+        their_err = (t.double().cpu() - e).abs().max() / scale
         assert err <= 2 * their_err + 16 * eps, f"{err:.3g} vs torch {their_err:.3g}"
 
 
@@ -263,19 +271,8 @@ def test_inverse_matches_reference(device, dtype, kl_clip, kl_factor):
     theirs_w, theirs_b, _ = ref.precondition_grads_inverse(weights, biases, a_inv, g_inv,
                                                            kl_clip, kl_factor)
     nu = ops.precondition_grads_inverse_(weights, biases, a_inv, g_inv, kl_clip, kl_factor)
-    if kl_clip == 1e-3:
-        assert exact_nu < 0.5, "test premise: the clip scales the step down"
-    elif kl_clip is not None:
-        assert exact_nu == 1.0, "test premise: the clip is inactive"
-    assert nu.dim() == 0 and nu.dtype == torch.float64 and nu.device.type == device
-    assert float(nu) == pytest.approx(exact_nu, rel=1e-5 if dtype == torch.float32 else 1e-12)
-    eps = torch.finfo(dtype).eps
-    for ours, exact, theirs in zip(weights + biases, exact_w + exact_b, theirs_w + theirs_b):
-        assert ours.dtype == dtype and ours.device.type == device
-        scale = exact.abs().max()
-        err = (ours.double().cpu() - exact).abs().max() / scale
-        their_err = (theirs.double().cpu() - exact).abs().max() / scale
-        assert err <= 2 * their_err + 16 * eps, f"{err:.3g} vs torch {their_err:.3g}"
+    _check_against_reference(weights + biases, nu, (exact_w + exact_b, exact_nu),
+                             theirs_w + theirs_b, kl_clip, dtype, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
