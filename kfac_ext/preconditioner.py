@@ -646,7 +646,8 @@ class KFACPreconditioner:
 
     # ---------------------------------------------------- introspection ----
     def memory_usage(self) -> Dict[str, int]:
-        """Bytes held, by kind: running factors, micro-batch sums, second-order data."""
+        """Bytes held, by kind: running factors, micro-batch sums, second-order data,
+        and the factor snapshot of a lagged update in flight (``inv_lag_steps``)."""
         def nbytes(ts):
             return sum(t.numel() * t.element_size() for t in ts if t is not None)
         kind = "eigen" if self.compute_method == "eigen" else "inverse"
@@ -654,6 +655,7 @@ class KFACPreconditioner:
             "factors": nbytes(t for l in self.layers for t in (l.A, l.G)),
             "batch_factors": nbytes(t for l in self.layers for t in (l.A_sum, l.G_sum)),
             kind: nbytes(t for s in self._second.values() for ts in s.values() for t in ts),
+            "pending_snapshot": nbytes(self._pending.factors) if self._pending else 0,
         }
 
     def __repr__(self) -> str:

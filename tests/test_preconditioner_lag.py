@@ -178,6 +178,16 @@ def test_malformed_pending_update_is_rejected_and_nothing_is_loaded(corrupt, mat
     assert "pending_second_order" not in pre.state_dict()
 
 
+def test_memory_usage_counts_the_snapshot_in_flight():
+    model = _model()
+    pre = kfac_ext.KFACPreconditioner(model, inv_update_steps=3, inv_lag_steps=2)
+    _run(model, pre, 4)  # the update of step 3 is in flight
+    factor_bytes = sum(4 * (l.a_dim ** 2 + l.g_dim ** 2) for l in pre.layers)
+    assert pre.memory_usage()["pending_snapshot"] == factor_bytes
+    _run(model, pre, 2)  # it lands in step 5
+    assert pre.memory_usage()["pending_snapshot"] == 0
+
+
 def test_reset_drops_the_pending_update():
     model = _model()
     initial = {k: v.clone() for k, v in model.state_dict().items()}
