@@ -338,7 +338,9 @@ class KFACPreconditioner:
         owned = [(i, w) for i in todo for w in ("A", "G") if self.comm.eigen_owner(i, w) == rank]
         factors = [self._factor(i, w) for i, w in owned]
         damping = self.damping(step)
-        if (self.inv_lag_steps and self._inv_tracker.last is not None
+        # Only a due update is lagged: a layer's first basis is needed now, and a rank
+        # that holds no data for a layer lists it in `todo` on every step.
+        if (self.inv_lag_steps and due and self._inv_tracker.last is not None
                 and all(i in self._has_basis for i in todo)):
             # Snapshot: the running factors may change before the thread reads them.
             factors = [f.clone() for f in factors]

@@ -13,6 +13,7 @@ from torch import nn
 
 import kfac_ext
 from kfac_ext import ops
+from kfac_ext.comm import LocalComm
 
 from _kfac_reference import dense_precondition, grad_matrix
 
@@ -242,3 +243,32 @@ def test_cpu_solves_run_on_the_background_thread_and_the_first_one_inline(monkey
     _run(model, pre, 6)  # updates at 0 (inline), 2 and 4 (background); 4's lands in 5
     assert threads[0] == threading.current_thread().name
     assert len(threads) == 3 and all(t.startswith("kfac-second-order") for t in threads[1:])
+
+
+class _BystanderComm(LocalComm):
+    """Rank 1 of a MEM-OPT-like layout that neither owns nor preconditions layer 0:
+    it holds no second-order data for it, ever (collectives are no-ops here)."""
+
+    rank = 1
+
+    def eigen_owner(self, layer_idx, which):
+        return 0 if layer_idx == 0 else 1
+
+    def is_grad_worker(self, layer_idx):
+        return layer_idx != 0
+
+    @property
+    def replicates_preconditioning(self):
+        return False
+
+
+def test_only_due_updates_are_lagged_on_a_rank_without_a_layers_data(monkeypatch):
+    model = _model()
+    pre = kfac_ext.KFACPreconditioner(model, inv_update_steps=5, inv_lag_steps=2,
+                                      comm=_BystanderComm())
+    submitted = []
+    real = pre._solver.submit
+    monkeypatch.setattr(pre._solver, "submit",
+                        lambda *a: submitted.append(pre.steps) or real(*a))
+    _run(model, pre, 12)
+    assert submitted == [5, 10]  # step 0 inline; nothing on the steps in between
