@@ -89,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "inverses (two GEMMs a layer instead of four; damping added to each "
                         "factor, so it wants its own --damping)")
     k.add_argument("--damping", type=float, default=None,
-                   help="lambda of the eigen method (default 0.1 on digits, 0.003 on cifar10)")
+                   help="lambda: added to the eigenvalue products (eigen) or to each factor "
+                        "(inverse); default 0.1 on digits, 0.003 on cifar10")
     k.add_argument("--factor-decay", type=float, default=0.95,
                    help="running-average weight of the factors (default 0.95)")
     k.add_argument("--kl-clip", type=float, default=0.001, help="default 0.001")
