@@ -11,7 +11,7 @@ background thread); SGD's steps at the same positions are listed alike. The
 amortised K-FAC step weights the kinds by how often they occur.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_step_breakdown.py [--steps 630] [--lag 2]
-        [--method eigen|inverse] [--damping 0.1]
+        [--method eigen|inverse] [--damping 0.1] [--skip-layers [PATTERN ...]]
 """
 from __future__ import annotations
 
@@ -47,8 +47,11 @@ def main() -> int:
     p.add_argument("--lag", type=int, default=DEFAULTS["digits"]["inv_lag_steps"])
     p.add_argument("--method", choices=("eigen", "inverse"), default="eigen")
     p.add_argument("--damping", type=float, default=DEFAULTS["digits"]["damping"])
+    p.add_argument("--skip-layers", nargs="*", default=None,
+                   help="default: the digits default (Conv2d); the flag alone: every layer")
     a = p.parse_args()
     d = DEFAULTS["digits"]
+    skip = d["skip_layers"] if a.skip_layers is None else a.skip_layers
     torch.set_num_threads(1)
     data = load_dataset("digits", None)
     runs = {}
@@ -60,7 +63,8 @@ def main() -> int:
                               weight_decay=d["weight_decay"])
         pre = KFACPreconditioner(model, factor_update_steps=d["factor_update_steps"],
                                  inv_update_steps=d["inv_update_steps"], damping=a.damping,
-                                 lr=lr, inv_lag_steps=a.lag, compute_method=a.method) \
+                                 lr=lr, inv_lag_steps=a.lag, compute_method=a.method,
+                                 skip_layers=skip) \
             if name == "kfac" else None
         runs[name] = (model, opt, pre)
     times = {(name, kind): {ph: [] for ph in PHASES} for name in runs for kind in KINDS}
@@ -92,7 +96,8 @@ def main() -> int:
                     rec[ph].append(1e3 * dt)
     print("## K-FAC step breakdown against SGD (digits CNN, defaults of `kfac-ext train`)\n")
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{describe_machine()}, {a.method} method, lag {a.lag}")
+          f"{describe_machine()}, {a.method} method, lag {a.lag}, "
+          f"skip_layers {list(skip)}")
     print(f"command: python benchmarks/table_step_breakdown.py {' '.join(sys.argv[1:])}".rstrip())
     print()
     print("| run | step kind | steps | " + " | ".join(f"{ph} ms" for ph in PHASES) + " |")

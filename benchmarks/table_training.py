@@ -100,6 +100,9 @@ def main() -> int:
     if med["sgd"] and med["kfac"]:
         line += f"; median time to target K-FAC / SGD = {med['kfac'] / med['sgd']:.2f}"
     print(line)
+    epochs = {name: [r["runs"][name]["epochs_to_target"] for r in results] for name in ("sgd", "kfac")}
+    print("epochs to target per seed (SGD/K-FAC): " +
+          ", ".join(f"{fmt(s, 'g')}/{fmt(k, 'g')}" for s, k in zip(epochs["sgd"], epochs["kfac"])))
     for extra in a.also_targets:
         cells = []
         for name in ("sgd", "kfac"):

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -39,13 +40,13 @@ from kfac_ext.data import Dataset, load_dataset
 
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
-    "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.1,
-                   damping=0.1,
+    "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.2,
+                   damping=0.1, skip_layers=("Conv2d",),
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
                    inv_lag_steps=2, threads=1),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
-                    damping=0.003,
+                    damping=0.003, skip_layers=(),
                     weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
                     target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
                     inv_lag_steps=0, threads=0),
@@ -71,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--lr-sgd", type=float, default=None,
                    help="peak learning rate for SGD (default 0.05 on digits, 0.1 on cifar10)")
     o.add_argument("--lr-kfac", type=float, default=None,
-                   help="peak learning rate for K-FAC (default 0.1 on digits and cifar10)")
+                   help="peak learning rate for K-FAC (default 0.2 on digits, 0.1 on cifar10)")
     o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     o.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
     o.add_argument("--warmup-epochs", type=float, default=None,
@@ -91,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--damping", type=float, default=None,
                    help="lambda: added to the eigenvalue products (eigen) or to each factor "
                         "(inverse); default 0.1 on digits, 0.003 on cifar10")
+    k.add_argument("--skip-layers", nargs="*", default=None, metavar="PATTERN",
+                   help="layers K-FAC leaves to plain SGD steps: regular expressions matched "
+                        "against module names and class names, e.g. Conv2d or '^0$'. Default "
+                        "on digits: Conv2d (the digits CNN's convolutions; see the README); "
+                        "on cifar10: none. Give the flag with no pattern to precondition "
+                        "every layer")
     k.add_argument("--factor-decay", type=float, default=0.95,
                    help="running-average weight of the factors (default 0.95)")
     k.add_argument("--kl-clip", type=float, default=0.001, help="default 0.001")
@@ -224,8 +231,21 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
                    factor_decay=a.factor_decay, kl_clip=a.kl_clip,
                    factor_update_steps=a.factor_update_steps,
                    inv_update_steps=a.inv_update_steps, interval_growth=a.interval_growth,
-                   inv_lag_steps=a.inv_lag_steps)
+                   inv_lag_steps=a.inv_lag_steps, skip_layers=list(a.skip_layers))
     return cfg
+
+
+def _check_skip_layers(model: torch.nn.Module, a: argparse.Namespace) -> None:
+    """Refuse --skip-layers patterns that leave K-FAC nothing, before any run starts."""
+    from kfac_ext import KFACPreconditioner
+    from kfac_ext.comm import LocalComm
+
+    probe = KFACPreconditioner(model, skip_layers=a.skip_layers, comm=LocalComm())
+    probe.remove_hooks()
+    if not probe.layers:
+        raise ValueError(f"--skip-layers {' '.join(a.skip_layers)} leaves no layer of {a.model} "
+                         "for K-FAC to precondition; give fewer patterns, or the flag alone "
+                         "to precondition every layer")
 
 
 def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Namespace):
@@ -234,7 +254,8 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
     return KFACPreconditioner(model, factor_update_steps=sched.factor_update_steps,
                               inv_update_steps=sched.inv_update_steps, damping=a.damping,
                               factor_decay=a.factor_decay, kl_clip=a.kl_clip, lr=sched.lr,
-                              inv_lag_steps=a.inv_lag_steps, compute_method=a.compute_method)
+                              inv_lag_steps=a.inv_lag_steps, compute_method=a.compute_method,
+                              skip_layers=a.skip_layers)
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -280,6 +301,12 @@ def _train_run(state: RunState, a: argparse.Namespace, data: Dataset, init_weigh
     optimizer = torch.optim.SGD(model.parameters(), lr=sched.lr(0), momentum=a.momentum,
                                 weight_decay=a.weight_decay)
     precond = _make_preconditioner(net, sched, a) if name == "kfac" else None
+    if precond is not None and state.epoch == 0 and resume is None:
+        skipped = f"; layers matching {', '.join(a.skip_layers)} take plain SGD steps" \
+            if a.skip_layers else ""
+        layers = ", ".join(f"{l.name} ({type(l.module).__name__})" for l in precond.layers)
+        log(f"kfac preconditions {layers or 'no layer'}"
+            f"{skipped}")
     if resume is not None:
         try:
             model.load_state_dict(resume["model"])
@@ -410,6 +437,12 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
     for flag, ok, expected in checks:
         if not ok:
             raise ValueError(f"{flag} must be {expected}")
+    for pattern in a.skip_layers:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"--skip-layers {pattern!r} is not a regular expression: {exc}") \
+                from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -462,8 +495,10 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
     torch.manual_seed(a.seed)
     from kfac_ext.models import build_model
 
-    init_weights = copy.deepcopy(build_model(a.model, data.num_classes,
-                                             data.in_channels).state_dict())
+    init_model = build_model(a.model, data.num_classes, data.in_channels)
+    if "kfac" in names:
+        _check_skip_layers(init_model, a)
+    init_weights = copy.deepcopy(init_model.state_dict())
     log(f"{a.data}: {len(data.train_y)} train / {len(data.test_y)} test samples, model "
         f"{a.model}, batch {a.batch_size}, {a.epochs} epochs, {world.size} process(es) on "
         f"{world.device}")
