@@ -95,9 +95,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     k.add_argument("--skip-layers", nargs="*", default=None, metavar="PATTERN",
                    help="layers K-FAC leaves to plain SGD steps: regular expressions matched "
                         "against module names and class names, e.g. Conv2d or '^0$'. Default "
-                        "on digits: Conv2d (the digits CNN's convolutions; see the README); "
-                        "on cifar10: none. Give the flag with no pattern to precondition "
-                        "every layer")
+                        "on digits: Conv2d (tuned with digits-cnn, like the other digits "
+                        "defaults, and applied whatever --model is; see the README); on "
+                        "cifar10: none. Give the flag with no pattern to precondition every "
+                        "layer")
     k.add_argument("--factor-decay", type=float, default=0.95,
                    help="running-average weight of the factors (default 0.95)")
     k.add_argument("--kl-clip", type=float, default=0.001, help="default 0.001")
@@ -392,7 +393,7 @@ def summarize(state: RunState, target: float) -> dict:
         step_ms_median=1000 * statistics.median(times) if times else None,
         step_ms_mean=1000 * statistics.fmean(times) if times else None,
         steps=state.step, epochs=state.epoch, train_s=state.train_time_s, wall_s=state.wall_s,
-        history=state.history)
+        config=state.config, history=state.history)
 
 
 def format_table(runs: dict, target: float) -> str:

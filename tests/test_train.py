@@ -237,7 +237,8 @@ def test_inverse_method_trains_and_is_part_of_the_checkpoint_config(tmp_path, ca
 def test_skip_layers_default_flag_and_bad_patterns(tmp_path, capsys):
     cnn = ["--model", "digits-cnn", "--optimizer", "kfac", "--epochs", "1"]
     # The digits default leaves the CNN's convolutions (modules 0 and 3) to plain SGD steps.
-    _train(capsys, *cnn, "--save", str(tmp_path / "default"))
+    out = _train(capsys, *cnn, "--save", str(tmp_path / "default"))
+    assert out["runs"]["kfac"]["config"]["skip_layers"] == ["Conv2d"]   # what ran, in the JSON
     saved = torch.load(tmp_path / "default" / "kfac.pt", weights_only=False)
     assert sorted(saved["preconditioner"]["layers"]) == ["7", "9"]
     assert saved["config"]["skip_layers"] == ["Conv2d"]
