@@ -45,6 +45,20 @@ def test_skip_layers_by_name_or_class(skip, expected, recwarn):
     assert _names(p) == expected
 
 
+def test_skipped_layers_keep_their_plain_gradient():
+    torch.manual_seed(0)
+    net = _Net()
+    p = kfac_ext.KFACPreconditioner(net, skip_layers="conv2d", damping=0.1)
+    for _ in range(2):  # the second step preconditions with the first step's factors
+        net.zero_grad()
+        net(torch.randn(4, 3, 5, 5)).sum().backward()
+        before = {n: q.grad.clone() for n, q in net.named_parameters()}
+        p.step()
+    for name, param in net.named_parameters():
+        changed = not torch.equal(param.grad, before[name])
+        assert changed == (not name.startswith("features.")), name  # the convs are skipped
+
+
 def test_frozen_weight_skipped_frozen_bias_dropped_from_factor():
     net = _Net()
     net.head.weight.requires_grad_(False)
