@@ -302,12 +302,11 @@ def _train_run(state: RunState, a: argparse.Namespace, data: Dataset, init_weigh
     optimizer = torch.optim.SGD(model.parameters(), lr=sched.lr(0), momentum=a.momentum,
                                 weight_decay=a.weight_decay)
     precond = _make_preconditioner(net, sched, a) if name == "kfac" else None
-    if precond is not None and state.epoch == 0 and resume is None:
+    if precond is not None and resume is None:
+        layers = ", ".join(f"{l.name} ({type(l.module).__name__})" for l in precond.layers)
         skipped = f"; layers matching {', '.join(a.skip_layers)} take plain SGD steps" \
             if a.skip_layers else ""
-        layers = ", ".join(f"{l.name} ({type(l.module).__name__})" for l in precond.layers)
-        log(f"kfac preconditions {layers or 'no layer'}"
-            f"{skipped}")
+        log(f"kfac preconditions {layers}{skipped}")
     if resume is not None:
         try:
             model.load_state_dict(resume["model"])
