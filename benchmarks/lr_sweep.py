@@ -10,6 +10,12 @@ seconds: for a fixed optimizer the time per step does not depend on the lr,
 and epochs are immune to the machine's load); runs that never reach the target
 count as epochs + 1, ties go to the higher median final accuracy.
 
+Not in the grid: K-FAC's update intervals, eigendecomposition lag and which
+layers it preconditions (`--skip-layers`, Conv2d on digits) were chosen on the
+same sweep seeds in separate comparisons (benchmarks/RESULTS.md), so K-FAC's
+configuration had more tries than SGD's. `sgd_conv_lr.py` gives SGD the one
+extra freedom that could explain K-FAC's digits lead.
+
     .venv/bin/python benchmarks/lr_sweep.py [--seeds 100 101] [-- more train flags]
 """
 from __future__ import annotations
