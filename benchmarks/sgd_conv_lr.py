@@ -65,12 +65,14 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for lr in a.lrs:
         for scale in a.scales:
-            train.torch.optim.SGD = conv_scaled(scale)
+            # `kfac-ext train` builds its optimizer as torch.optim.SGD(...): swap the
+            # class for this grid point, and put it back whatever happens.
+            torch.optim.SGD = conv_scaled(scale)
             try:
                 runs = [run_train(["--optimizer", "sgd", "--seed", str(s), "--lr-sgd", str(lr)])
                         ["runs"]["sgd"] for s in a.seeds]
             finally:
-                train.torch.optim.SGD = PlainSGD
+                torch.optim.SGD = PlainSGD
             epochs = [r["epochs_to_target"] for r in runs]
             never = train.DEFAULTS["digits"]["epochs"] + 1   # an unreached target ranks last
             median = statistics.median(never if e is None else e for e in epochs)
