@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from kfac_ext import train
+from kfac_ext.app import train
 from table_training import machine_line, run_train
 
 PlainSGD = torch.optim.SGD

@@ -33,7 +33,7 @@ from torch import nn
 import kfac_ext
 from kfac_ext import ops
 from kfac_ext import reference as ref
-from kfac_ext.models import resnet_cifar
+from kfac_ext.app.models import resnet_cifar
 from _machine import describe_machine
 
 try:  # CuPy is compared where present; never required.

@@ -53,7 +53,7 @@ def _fmt(sol) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", default=str(REPO.parent / "shared" / "placement-workloads"))
+    parser.add_argument("--workloads", default=str(REPO / "workloads"))
     parser.add_argument("--ks", default="2,4,8", help="extra accelerator counts for table 2")
     args = parser.parse_args()
     workloads = pathlib.Path(args.workloads)

@@ -23,7 +23,7 @@ from kfac_ext.placement.latency import latency_lower_bound
 from kfac_ext.placement.milp import solve_milp
 from _machine import describe_machine
 
-WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "placement-workloads"
+WORKLOADS = pathlib.Path(__file__).resolve().parents[1] / "workloads"
 THROUGHPUT = ["LayerGraphs/bert24_inference.json", "LayerGraphs/bert24_training.json",
               "LayerGraphs/gnmt_inference.json", "LayerGraphs/resnet50_inference.json",
               "OperatorGraphs/bert_l-3_inference.json"]

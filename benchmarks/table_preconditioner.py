@@ -105,7 +105,7 @@ class PlainTorchKFAC:
 
 
 def _models(names):
-    from kfac_ext.models import resnet_cifar
+    from kfac_ext.app.models import resnet_cifar
 
     out = {}
     if "resnet20" in names:

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from _machine import describe_machine
 from kfac_ext import KFACPreconditioner
-from kfac_ext.data import load_dataset
-from kfac_ext.models import build_model
-from kfac_ext.train import DEFAULTS
+from kfac_ext.app.data import load_dataset
+from kfac_ext.app.models import build_model
+from kfac_ext.app.train import DEFAULTS
 
 PHASES = ("batch", "fwd+bwd", "pre.step", "opt.step", "step")
 KINDS = ("plain", "factor", "eigh")

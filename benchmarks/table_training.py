@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from kfac_ext import train
+from kfac_ext.app import train
 
 
 def run_train(flags: list[str]) -> dict:

@@ -11,9 +11,9 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "train": "kfac_ext.train",
+    "train": "kfac_ext.app.train",
     "place": "kfac_ext.placement.cli",
-    "bench": "kfac_ext.bench",
+    "bench": "kfac_ext.app.bench",
 }
 
 

@@ -5,7 +5,7 @@ time, accelerator memory, colour class and output transfer cost, plus the
 machine it is placed on: ``num_accelerators`` accelerators ("FPGAs" in the
 schema) with ``memory_cap`` bytes each and ``num_cpus`` CPUs.
 
-JSON schema (see ../shared/placement-workloads/README.md)::
+JSON schema (see workloads/README.md in the repository)::
 
     {"maxSizePerFPGA": cap, "maxFPGAs": k, "maxCPUs": l,
      "nodes": [{"id", "name", "supportedOnFpga", "cpuLatency", "fpgaLatency",

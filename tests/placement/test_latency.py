@@ -1,11 +1,8 @@
 """Latency objective: the schedule by hand, brute force vs the latency MILP, bounds."""
-import os
 import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # the shared helper, whatever pytest's import mode
 from _small_graphs import all_placements, brute_force, random_graph
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import latency_lower_bound, latency_of, latency_schedule
@@ -83,8 +80,7 @@ def _valid(g, p):
         return False
 
 
-# CI clones the repository with shared/ beside it (as tests/placement/test_workloads.py)
-WORKLOADS = pathlib.Path(__file__).resolve().parents[3] / "shared" / "placement-workloads" / "latency-inputs"
+WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
 
 
 @pytest.mark.skipif(not WORKLOADS.is_dir(), reason=f"no workloads at {WORKLOADS}")

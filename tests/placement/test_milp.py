@@ -1,19 +1,15 @@
 """Non-contiguous throughput MILP (HiGHS): brute force on tiny graphs, never worse than the DP."""
-import os
 import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # the shared helper, whatever pytest's import mode
 from _small_graphs import brute_force, random_graph
 from kfac_ext.placement.dp import ideal_dp
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.milp import solve_milp
 from kfac_ext.placement.objective import Placement, throughput_loads
 
-# CI clones the repository with shared/ beside it (as tests/placement/test_workloads.py)
-WORKLOADS = pathlib.Path(__file__).resolve().parents[3] / "shared" / "placement-workloads" / "throughput-inputs"
+WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "throughput-inputs"
 needs_workloads = pytest.mark.skipif(not WORKLOADS.is_dir(), reason=f"no workloads at {WORKLOADS}")
 
 

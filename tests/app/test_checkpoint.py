@@ -1,4 +1,4 @@
-"""kfac_ext.checkpoint: round trip, RNG restore, atomic writes, clear errors."""
+"""kfac_ext.app.checkpoint: round trip, RNG restore, atomic writes, clear errors."""
 import os
 import random
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kfac_ext import checkpoint as ckpt
-from kfac_ext.checkpoint import (FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
+from kfac_ext.app import checkpoint as ckpt
+from kfac_ext.app.checkpoint import (FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
                                  restore_rng_state, save_checkpoint)
 
 

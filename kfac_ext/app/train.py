@@ -34,9 +34,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from kfac_ext.checkpoint import (CheckpointError, FORMAT, capture_rng_state, load_checkpoint,
+from kfac_ext.app.checkpoint import (CheckpointError, FORMAT, capture_rng_state, load_checkpoint,
                                  restore_rng_state, save_checkpoint)
-from kfac_ext.data import Dataset, load_dataset
+from kfac_ext.app.data import Dataset, load_dataset
 
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
@@ -283,7 +283,7 @@ def _evaluate(model, data: Dataset, world: World, batch_size: int = 1000) -> tup
 
 def _train_run(state: RunState, a: argparse.Namespace, data: Dataset, init_weights: dict,
                world: World, resume: dict | None, log) -> RunState:
-    from kfac_ext.models import build_model
+    from kfac_ext.app.models import build_model
     from tqdm import tqdm
 
     name = state.name
@@ -493,7 +493,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
     random.seed(a.seed)
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
-    from kfac_ext.models import build_model
+    from kfac_ext.app.models import build_model
 
     init_model = build_model(a.model, data.num_classes, data.in_channels)
     if "kfac" in names:
@@ -509,7 +509,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
         return 0
     runs = {n: summarize(s, a.target_accuracy) for n, s in states.items()}
     if a.plot:
-        from kfac_ext.plotting import plot_curves
+        from kfac_ext.app.plotting import plot_curves
 
         plot_curves({n: s.history for n, s in states.items()}, a.plot, a.target_accuracy,
                     title=f"{a.model} on {a.data}, seed {a.seed}")

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from kfac_ext import scaling
+from kfac_ext.app import scaling
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

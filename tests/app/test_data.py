@@ -1,4 +1,4 @@
-"""kfac_ext.data: the digits split, CIFAR-10 reading (on fake batches) and augmentation."""
+"""kfac_ext.app.data: the digits split, CIFAR-10 reading (on fake batches) and augmentation."""
 import os
 import pickle
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kfac_ext.data import (CIFAR10_FILES, _random_crop_flip, load_cifar10, load_dataset,
+from kfac_ext.app.data import (CIFAR10_FILES, _random_crop_flip, load_cifar10, load_dataset,
                            load_digits_dataset)
 
 

@@ -26,7 +26,7 @@ import torch
 __all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint",
            "check_config", "capture_rng_state", "restore_rng_state"]
 
-FORMAT = "kfac_ext.train.checkpoint/1"
+FORMAT = "kfac_ext.train.checkpoint/1"  # a format tag, not a module path: kept so old checkpoints load
 _REQUIRED = ("format", "config", "epoch", "step", "model", "optimizer", "rng")
 
 

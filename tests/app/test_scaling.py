@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from kfac_ext import scaling
+from kfac_ext.app import scaling
 from kfac_ext.cli import main
 
 NET = scaling.Network("test", alpha=1e-5, bandwidth=1e9)

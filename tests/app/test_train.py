@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kfac_ext.cli import main
-from kfac_ext.models import build_model, digits_cnn, digits_mlp, resnet_cifar
-from kfac_ext.train import Schedule, format_table, summarize, RunState
+from kfac_ext.app.models import build_model, digits_cnn, digits_mlp, resnet_cifar
+from kfac_ext.app.train import Schedule, format_table, summarize, RunState
 
 
 # A tiny, fast configuration: the MLP on digits for a few epochs.
