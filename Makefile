@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # 2-thread torch ops stall on a busy 2-core machine under the default OpenMP
-# wait policy (see shared TOOLCHAIN notes); PASSIVE removes the stall.
+# wait policy (docs/design.md §7); PASSIVE removes the stall.
 export OMP_WAIT_POLICY ?= PASSIVE
 TORCH_SPEC ?= torch==2.13.0
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' 2>/dev/null)

@@ -14,7 +14,7 @@ TORCH_LIBRARY(kfac_ext, m) {
   // factor <- beta * factor + alpha * sum_n X[n] X[n]^T for X (N, C, L): the
   // gradient factor of a Conv2d straight from the NCHW output gradient.
   m.def("channel_cov_update_(Tensor(a!) factor, Tensor x, float alpha, float beta) -> ()");
-  // Conv2d activation factor A (DESIGN.md section 2) from the NCHW input,
+  // Conv2d activation factor A (docs/design.md §2) from the NCHW input,
   // without materialising the im2col matrix.
   m.def("conv2d_act_factor(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool has_bias) -> Tensor");
   // Symmetric eigendecompositions (eigenvalues ascending, clamped at 0 when

@@ -1,4 +1,4 @@
-"""K-FAC over torch.distributed (KAISA, DESIGN.md section 3).
+"""K-FAC over torch.distributed (KAISA, docs/design.md §3).
 
 Pieces, each usable alone:
 - ``FactorAllReduce``: averages symmetric factors across ranks. Only upper

@@ -14,7 +14,7 @@ custom autograd Function, and any in-place op on it afterwards (the usual
 every step, not only on capture steps. A tensor hook sees the same gradient
 (the grad w.r.t. the layer output) and is only registered when capturing.
 
-Scaling (DESIGN.md §2): A = āᵀā/n with the ones column for the bias; for
+Scaling (docs/design.md §2): A = āᵀā/n with the ones column for the bias; for
 Conv2d ā are the im2col patches divided by T (output positions) per entry,
 and G = gᵀg/n with g = (N·T, C_out) divided by T per entry. All factor math
 runs through :mod:`kfac_ext.ops`, in the factor dtype (float32 for bf16/fp16

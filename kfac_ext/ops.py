@@ -106,7 +106,7 @@ def channel_cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float) ->
 def conv2d_act_factor(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
                       padding: Sequence[int], dilation: Sequence[int],
                       has_bias: bool) -> Tensor:
-    """The Conv2d activation factor A of DESIGN.md §2 straight from the NCHW input.
+    """The Conv2d activation factor A of docs/design.md §2 straight from the NCHW input.
 
     A = āᵀā / (N·T) where ā are the im2col patches (N·T rows of C·kh·kw, plus
     a ones column if has_bias), every entry divided by T, the number of output

@@ -6,7 +6,7 @@
     preconditioner.step()     # .grad of every registered layer <- K-FAC preconditioned gradient
     optimizer.step()
 
-The math is DESIGN.md §2 and goes through :mod:`kfac_ext.ops`. Distribution
+The math is docs/design.md §2 and goes through :mod:`kfac_ext.ops`. Distribution
 goes through a comm object (:mod:`kfac_ext.comm`): ``comm=None`` picks
 :class:`~kfac_ext.distributed.DistributedComm` when torch.distributed is
 initialised with more than one rank, else :class:`~kfac_ext.comm.LocalComm`.

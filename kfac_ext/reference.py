@@ -30,7 +30,7 @@ def channel_cov_update(factor: Tensor, x: Tensor, alpha: float, beta: float) -> 
 
 def conv2d_act_factor(input: Tensor, kernel_size, stride, padding, dilation,
                       has_bias: bool) -> Tensor:
-    """Conv2d activation factor A = āᵀā/(N·T) through an explicit im2col (DESIGN.md §2).
+    """Conv2d activation factor A = āᵀā/(N·T) through an explicit im2col (docs/design.md §2).
 
     ā holds the im2col patches (one row per sample and output position, plus a
     ones column when has_bias), every entry divided by T (output positions).

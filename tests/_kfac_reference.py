@@ -1,4 +1,4 @@
-"""Float64 K-FAC references from the definitions (DESIGN.md §2), for the preconditioner tests.
+"""Float64 K-FAC references from the definitions (docs/design.md §2), for the preconditioner tests.
 
 Conv2d patches come from torch.nn.functional.unfold after padding the input
 exactly as the conv does (torch's own _reversed_padding_repeated_twice), so

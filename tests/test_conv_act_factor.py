@@ -1,6 +1,6 @@
 """conv2d_act_factor (the Conv2d K-FAC activation factor) against an unfold reference.
 
-The reference is written out here from DESIGN.md section 2 so that this file
+The reference is written out here from docs/design.md §2 so that this file
 does not depend on kfac_ext.ops: ā = F.unfold patches (plus a ones column for
 the bias), every entry divided by T, and A = āᵀā / (N·T).
 """

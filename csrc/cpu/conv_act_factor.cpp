@@ -1,5 +1,5 @@
 // CPU kernel of kfac_ext::conv2d_act_factor: the Conv2d K-FAC activation
-// factor of DESIGN.md section 2. With U the raw im2col patch matrix (rows
+// factor of docs/design.md §2. With U the raw im2col patch matrix (rows
 // N*T, columns (c, i, j) in F.unfold order, plus a ones column when has_bias),
 // A = U^T U / (N * T^3): every entry of U divided by T, then / (N*T).
 //

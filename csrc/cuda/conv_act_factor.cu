@@ -1,5 +1,5 @@
 // Conv2d activation factor A = U^T U / (N*T^3) straight from the NCHW input
-// (DESIGN.md section 2): U is the im2col patch matrix, rows (n, oh, ow),
+// (docs/design.md §2): U is the im2col patch matrix, rows (n, oh, ow),
 // columns (c, i, j) in F.unfold order plus a ones column when has_bias.
 //
 // U is never materialised. Each thread block owns one 64x64 tile of A on or
