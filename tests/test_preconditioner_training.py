@@ -189,7 +189,7 @@ def test_factors_match_curvlinops():
     F.cross_entropy(model(x), y).backward()
     p.step()
     # curvlinops (KFAC-expand, mean loss, empirical Fisher): A = xᵀx/(N·T) on raw patches,
-    # G = N·gᵀg summed over rows. Ours (DESIGN §2): patches and g divided by T, rows N·T:
+    # G = N·gᵀg summed over rows. Ours (docs/design.md §2): patches and g divided by T, rows N·T:
     # A_ours = A_cl / T²,  G_ours = G_cl / (N² T³);  Linear: T = 1.
     conv, lin = p.layers
     t = model[0](x[:1]).shape[-1] * model[0](x[:1]).shape[-2]
