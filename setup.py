@@ -108,6 +108,10 @@ def _placement_extension():
     )
 
 
+APP_REQUIRES = ["tqdm", "matplotlib", "scikit-learn"]
+PLACEMENT_REQUIRES = ["highspy", "matplotlib"]
+TEST_REQUIRES = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff"]
+
 ext_modules = [_ops_extension()]
 if _sources("csrc/placement/*.cpp"):
     ext_modules.append(_placement_extension())
@@ -120,16 +124,13 @@ setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)},
     python_requires=">=3.10",
-    install_requires=[
-        "torch>=2.4",
-        "numpy",
-        "tqdm",
-        "matplotlib",
-        "highspy",
-        "scikit-learn",
-    ],
+    # The preconditioner needs torch alone (numpy: the eigendecomposition
+    # assignment's solver). The application and the MILP placement are extras.
+    install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis"],
+        "app": APP_REQUIRES,            # kfac-ext train / bench: progress bars, plots, digits
+        "placement": PLACEMENT_REQUIRES,  # kfac-ext place --method milp (HiGHS), --plot
+        "test": sorted(set(TEST_REQUIRES + APP_REQUIRES + PLACEMENT_REQUIRES)),
     },
     entry_points={"console_scripts": ["kfac-ext=kfac_ext.cli:main"]},
 )
