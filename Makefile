@@ -10,7 +10,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 TORCH_SPEC ?= torch==2.13.0
 CSRC := $(shell find csrc -name '*.cpp' -o -name '*.h' 2>/dev/null)
 
-.PHONY: all demo test test-fast bench build cuda-check clean
+.PHONY: all demo test test-fast lint bench build cuda-check clean
 
 all: build
 
@@ -30,8 +30,12 @@ $(VENV)/.installed: setup.py pyproject.toml
 build: $(VENV)/.installed
 	flock /tmp/kfac_ext_build.lock $(PY) setup.py -q build_ext --inplace
 
-test: build cuda-check
+# The linter first: it takes a second and names the line; the rules are in pyproject.toml.
+test: build cuda-check lint
 	$(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
 
 test-fast: build
 	$(PY) -m pytest -q -x tests -m "not slow"

@@ -113,7 +113,8 @@ def best_times(fns, reps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-20 shapes only")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions, interleaved (best reported); default 5")
+    parser.add_argument("--reps", type=int, default=None,
+                        help="timed repetitions, interleaved (best reported); default 5")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for both sides (default: torch's own choice)")
     args = parser.parse_args(argv)
