@@ -34,6 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--split", help="expert split JSON (with --method expert)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit, seconds (default 60)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--verbose", action="store_true", help="show the MILP solver's log (on stderr)")
     parser.add_argument("--plot", metavar="PNG", help="draw the per-device loads into this PNG file")
 
 
@@ -45,7 +46,8 @@ def _solve(graph, args):
     if method == "milp":
         from . import milp  # lazy: pulls in highspy
 
-        return milp.solve_milp(graph, objective=args.objective, time_limit=args.time_limit)
+        return milp.solve_milp(graph, objective=args.objective, time_limit=args.time_limit,
+                               verbose=getattr(args, "verbose", False))
     if method == "expert":
         if not args.split:
             raise ValueError("--method expert needs --split FILE")

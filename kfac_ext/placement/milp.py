@@ -36,7 +36,11 @@ through ``setSolution``; the answer is re-scored from the graph alone
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import os
+import sys
 import time
 
 import highspy
@@ -51,6 +55,36 @@ __all__ = ["solve_milp", "MilpError"]
 
 class MilpError(PlacementError):
     """The program could not be built or solved (the message says why)."""
+
+
+@contextlib.contextmanager
+def _solver_output(verbose: bool):
+    """Keep HiGHS off our stdout (``--json`` prints one object there): its banner,
+    printed when a solver is created whatever the options, and its log go to
+    stderr when ``verbose``, else nowhere.  HiGHS writes to file descriptor 1
+    from C++, so the descriptor itself is redirected for the duration."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable descriptor 1 (embedded interpreter): nothing to protect
+        yield
+        return
+    target = os.dup(2) if verbose else os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(target, 1)
+        yield
+    finally:
+        _flush_c_stdout()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(target)
+
+
+def _flush_c_stdout() -> None:
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 class _Program:
@@ -96,6 +130,11 @@ class _Program:
         lp.a_matrix_.value_ = np.array(self.value, dtype=np.float64)
         lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
                            for i in self.integer]
+        with _solver_output(verbose):
+            return self._run(lp, start, time_limit, rel_gap, verbose)
+
+    @staticmethod
+    def _run(lp, start, time_limit: float, rel_gap: float, verbose: bool):
         h = highspy.Highs()
         h.setOptionValue("output_flag", bool(verbose))
         h.setOptionValue("time_limit", float(max(time_limit, 0.01)))
