@@ -1,0 +1,279 @@
+"""A lower bound on single-sample latency that sees the memory cap: ``block_bound``.
+
+The path bound of latency.py (longest path, fastest device per node, free
+transfers) ignores memory, yet memory is what makes latency expensive on the
+bundled workloads: the model does not fit one accelerator, so the sample has
+to cross devices, and every crossing on its way costs a transfer.  This bound
+charges for those crossings.  Every step below only *relaxes* the problem, so
+the result is <= the latency of every valid placement (tests check it against
+brute force on small graphs).
+
+1. Sub-graph.  Dropping nodes never slows a placement down (the schedule of
+   latency.py is a longest path over precedence and same-device order edges;
+   a dropped node only removes paths) and only loosens memory.  We keep
+   ``H`` = the nodes on some path from ``a`` to ``b``, the ends of the
+   critical path; weights hanging off the side and side outputs are dropped
+   (their bytes stay counted on a kept node of their colocation group, which
+   shares its device).
+2. Blocks.  In ``H`` the *articulation* nodes ``a_0 .. a_m`` (on every
+   ``a -> b`` path, found as the positions of the topological order no edge
+   jumps over) cut ``H`` into blocks ``B_t`` (the nodes between ``a_(t-1)``
+   and ``a_t``).  ``finish(a_t) >= finish(a_(t-1)) + LP_t``, ``LP_t`` = the
+   longest path from ``a_(t-1)`` to ``a_t`` (times of ``B_t`` and ``a_t``,
+   transfer delays of its edges).
+3. Per block, one of two cases:
+   * *whole*: ``a_(t-1)``, ``B_t`` and ``a_t`` share one device ``D``.  ``D``
+     runs them one at a time after ``a_(t-1)`` and before ``a_t`` finishes,
+     so the stage costs their summed time on ``D``; consecutive whole blocks
+     on an accelerator form a *run* whose bytes (its articulation nodes
+     included) fit one cap.
+   * *split*: some node of ``B_t + a_t`` sits elsewhere, so some edge ``u ->
+     w`` on an ``a_(t-1) -> a_t`` path changes device.  ``LP_t`` is at least
+     the longest path through that edge with its transfer delay (and the
+     cheapest device-kind pair for ``u`` and ``w``): ``cut_t`` = the minimum
+     of that over the block's edges.  Memory is forgotten (a run ends).
+4. A dynamic program over the articulation chain picks the cheapest
+   sequence of runs and split blocks: O(m^2) for ``m`` articulation nodes.
+
+Where ``H`` has few articulation nodes (one big block) the bound degrades to
+the path bound with one cut, and never below :func:`latency_lower_bound`.
+"""
+from __future__ import annotations
+
+import math
+
+from .graph import Graph
+from .latency import latency_lower_bound
+
+__all__ = ["block_bound", "path_chain_bound", "latency_bound"]
+
+
+def _cheapest(graph: Graph):
+    has_accel, has_cpu = graph.num_accelerators > 0, graph.num_cpus > 0
+
+    def time(v: int) -> float:
+        n = graph.node(v)
+        options = ([n.accel_time] if has_accel and n.accel_ok else []) + ([n.cpu_time] if has_cpu else [])
+        return min(options) if options else math.inf
+
+    return time
+
+
+def _kept_subgraph(graph: Graph, order: list[int], fastest) -> list[int]:
+    """Nodes on some path between the two ends of the critical path, in ``order``."""
+    finish, back = {}, {}
+    for v in order:
+        preds = graph.predecessors(v)
+        arg = max(preds, key=lambda u: finish[u]) if preds else None
+        finish[v], back[v] = (finish[arg] if preds else 0.0) + fastest(v), arg
+    end = max(order, key=lambda v: finish[v])
+    start = end
+    while back[start] is not None:
+        start = back[start]
+    below = {start}
+    for v in order:
+        if v != start and any(u in below for u in graph.predecessors(v)):
+            below.add(v)
+    above = {end}
+    for v in reversed(order):
+        if v != end and any(w in above for w in graph.successors(v)):
+            above.add(v)
+    return [v for v in order if v in below and v in above]
+
+
+def block_bound(graph: Graph) -> float:
+    """A lower bound on the latency of every valid placement of ``graph``
+    (see the module docstring); at least :func:`latency.latency_lower_bound`."""
+    path_bound = latency_lower_bound(graph)
+    k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
+    fastest = _cheapest(graph)
+    order = graph.topological_order()
+    kept = _kept_subgraph(graph, order, fastest)
+    inside = set(kept)
+    pos = {v: i for i, v in enumerate(kept)}
+
+    # bytes per kept node, with dropped colour mates' bytes moved onto one kept mate
+    size = {v: graph.node(v).size for v in kept}
+    for members in graph.colocation_groups():
+        anchor = next((v for v in members if v in inside), None)
+        if anchor is not None:
+            size[anchor] += sum(graph.node(v).size for v in members if v not in inside)
+
+    # articulation nodes: positions of the kept order that no kept edge jumps over
+    n = len(kept)
+    cover = [0] * (n + 1)
+    for v in kept:
+        for w in graph.successors(v):
+            if w in inside and pos[w] - pos[v] > 1:
+                cover[pos[v] + 1] += 1
+                cover[pos[w]] -= 1
+    arts, depth = [], 0
+    for i in range(n):
+        depth += cover[i]
+        if depth == 0:
+            arts.append(i)
+    # arts[0] == 0 (the single source a), arts[-1] == n - 1 (the sink b)
+
+    def time_on(v: int, kind: str) -> float:
+        node = graph.node(v)
+        if kind == "accel":
+            return node.accel_time if (k > 0 and node.accel_ok) else math.inf
+        return node.cpu_time if l > 0 else math.inf
+
+    def change_delays(kind: str, cost: float):
+        """(next kind, delay) for each way of moving to another device."""
+        if kind == "accel":
+            return [("accel", 2 * cost)] * (k >= 2) + [("cpu", cost)] * (l >= 1)
+        return [("accel", cost)] * (k >= 1) + [("cpu", 0.0)] * (l >= 2)
+
+    def path_cost(path: list[int], must_change_by: int, head_kind: str, tail_kind: str) -> float:
+        """Least time + transfer delay along ``path`` (head's time excluded) over device
+        choices that change device at least once within its first ``must_change_by`` edges."""
+        states = {(head_kind, False): 0.0}
+        for j in range(1, len(path)):
+            cost = graph.node(path[j - 1]).out_cost
+            nxt: dict = {}
+            for (kind, changed), c in states.items():
+                moves = [(kind, 0.0, changed)] + [(kv, d, True) for kv, d in change_delays(kind, cost)]
+                for kv, delay, ch in moves:
+                    if j == len(path) - 1 and kv != tail_kind:
+                        continue
+                    if j == must_change_by and not ch:
+                        continue
+                    value = c + delay + time_on(path[j], kv)
+                    if value < nxt.get((kv, ch), math.inf):
+                        nxt[(kv, ch)] = value
+            states = nxt
+        return min(states.values(), default=math.inf)
+
+    def cut_cost(lo: int, hi: int, head_kind: str, tail_kind: str) -> float:
+        """Least LP_t over placements where a node of block (lo, hi] is not on the head's
+        device: along a path through that node the device changes before it."""
+        nodes = kept[lo:hi + 1]
+        head, tail = nodes[0], nodes[-1]
+        into, back = {head: 0.0}, {}  # longest fastest path head -> v (v's time included)
+        for v in nodes[1:]:
+            back[v] = max((u for u in graph.predecessors(v) if u in inside), key=into.__getitem__)
+            into[v] = into[back[v]] + fastest(v)
+        out_of, ahead = {tail: 0.0}, {}  # longest fastest path v -> tail (v's time excluded)
+        for v in reversed(nodes[:-1]):
+            ahead[v] = max((w for w in graph.successors(v) if w in inside),
+                           key=lambda w: out_of[w] + fastest(w))
+            out_of[v] = out_of[ahead[v]] + fastest(ahead[v])
+        best = math.inf
+        for w in nodes[1:]:
+            before = [w]
+            while before[-1] != head:
+                before.append(back[before[-1]])
+            path = before[::-1]
+            while path[-1] != tail:
+                path.append(ahead[path[-1]])
+            best = min(best, path_cost(path, len(before) - 1, head_kind, tail_kind))
+        # and, changes or not, the longest path with the tail's time on its kind
+        return max(best, out_of[head] - fastest(tail) + time_on(tail, tail_kind))
+
+    m = len(arts)
+    kinds = [kind for kind, count in (("accel", k), ("cpu", l)) if count > 0]
+    inf = math.inf
+    # split[t][kind] / whole[t][kind]: least finish(a_t) with a_t on a device of that kind
+    # (its time counted on it) when stage t is split / ends a run of whole stages
+    split = [{kind: inf for kind in kinds} for _ in range(m)]
+    whole = [{kind: inf for kind in kinds} for _ in range(m)]
+    for kind in kinds:
+        split[0][kind] = time_on(kept[0], kind)
+    for t in range(1, m):
+        lo, hi = arts[t - 1], arts[t]
+        for k2 in kinds:
+            split[t][k2] = min(min(split[t - 1][k1], whole[t - 1][k1]) + cut_cost(lo, hi, k1, k2)
+                               for k1 in kinds)
+        for kind in kinds:
+            run_time, run_size, best = 0.0, 0.0, inf
+            for i in range(t - 1, -1, -1):  # whole stages i+1 .. t on one device, from a_i
+                seg = kept[arts[i] + 1: arts[i + 1] + 1]
+                run_time += sum(time_on(v, kind) for v in seg)
+                run_size += sum(size[v] for v in seg)
+                if run_time == inf or (kind == "accel"
+                                       and run_size + size[kept[arts[i]]] > cap * (1 + 1e-12)):
+                    break
+                best = min(best, split[i][kind] + run_time)
+            whole[t][kind] = best
+    final = min(min(split[m - 1].values()), min(whole[m - 1].values()))
+    return max(path_bound, final)
+
+
+def path_chain_bound(graph: Graph, path: list[int]) -> float:
+    """Least time + transfer along ``path`` over every way to put its nodes on devices:
+    a lower bound on latency (the sample walks this path).  Maximal runs of one
+    accelerator hold at most a cap of bytes -- their nodes' and those nodes' colour
+    mates' (which share the device).  Exact DP over segments, O(len(path)^2) at worst."""
+    k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
+    on_path = set(path)
+    size = {v: graph.node(v).size for v in path}
+    for members in graph.colocation_groups():
+        anchor = next((v for v in members if v in on_path), None)
+        if anchor is not None:
+            size[anchor] += sum(graph.node(v).size for v in members if v not in on_path)
+    kinds = [kind for kind, count in (("accel", k), ("cpu", l)) if count > 0]
+    nodes = [graph.node(v) for v in path]
+    L = len(path)
+    inf = math.inf
+    # end[j][kind]: least cost of path[:j] whose last segment (ending at j-1) is of that kind
+    end = [{kind: inf for kind in kinds} for _ in range(L + 1)]
+    pre_cpu = [0.0]
+    for n in nodes:
+        pre_cpu.append(pre_cpu[-1] + n.cpu_time)
+
+    def entry(i: int, kind: str) -> float:
+        """Least cost of path[:i] plus the move into a new segment of ``kind`` at i."""
+        if i == 0:
+            return 0.0
+        cost = nodes[i - 1].out_cost
+        best = inf
+        for prev, c in end[i].items():
+            if prev == "accel":
+                delay = (2 * cost if k >= 2 else inf) if kind == "accel" else cost
+            else:
+                delay = cost if kind == "accel" else (0.0 if l >= 2 else inf)
+            best = min(best, c + delay)
+        return best
+
+    cpu_start = inf  # min over i of entry(i, cpu) - pre_cpu[i]
+    for j in range(1, L + 1):
+        if "cpu" in end[j]:
+            cpu_start = min(cpu_start, entry(j - 1, "cpu") - pre_cpu[j - 1])
+            end[j]["cpu"] = cpu_start + pre_cpu[j]
+        if "accel" in end[j]:
+            t, mem, best = 0.0, 0.0, inf
+            for i in range(j - 1, -1, -1):  # accelerator segment path[i:j]
+                if not nodes[i].accel_ok:
+                    break
+                t += nodes[i].accel_time
+                mem += size[path[i]]
+                if mem > cap * (1 + 1e-12):
+                    break
+                best = min(best, entry(i, "accel") + t)
+            end[j]["accel"] = best
+    return min(end[L].values())
+
+
+def heaviest_path(graph: Graph, weight) -> list[int]:
+    """A path of greatest total ``weight(node id)`` (ties: file order)."""
+    order = graph.topological_order()
+    total, back = {}, {}
+    for v in order:
+        preds = graph.predecessors(v)
+        back[v] = max(preds, key=total.__getitem__) if preds else None
+        total[v] = (total[back[v]] if preds else 0.0) + weight(v)
+    path = [max(order, key=total.__getitem__)]
+    while back[path[-1]] is not None:
+        path.append(back[path[-1]])
+    return path[::-1]
+
+
+def latency_bound(graph: Graph) -> float:
+    """The best of this module's lower bounds (and latency.latency_lower_bound):
+    the block bound, and the chain bound along the critical path and along the
+    path holding the most bytes."""
+    fastest = _cheapest(graph)
+    paths = [heaviest_path(graph, fastest), heaviest_path(graph, lambda v: graph.node(v).size)]
+    return max([block_bound(graph)] + [path_chain_bound(graph, p) for p in paths])

@@ -1,0 +1,61 @@
+"""The memory-aware latency lower bounds never exceed the true optimum (brute force)."""
+import pytest
+
+from _small_graphs import all_placements, random_graph
+from kfac_ext.placement.graph import Graph, Node
+from kfac_ext.placement.latency import latency_lower_bound, latency_of
+from kfac_ext.placement.latency_bound import block_bound, heaviest_path, latency_bound, path_chain_bound
+from kfac_ext.placement.objective import PlacementError
+
+
+def optimum(g):
+    best = float("inf")
+    for p in all_placements(g):
+        try:
+            best = min(best, latency_of(g, p))
+        except PlacementError:
+            pass
+    return best
+
+
+CASES = [(seed, n, k, l) for seed in range(40) for n, k, l in [(6, 2, 2), (6, 3, 1), (7, 2, 1)]
+         if (seed + n) % 3 != 0][:60]
+
+
+@pytest.mark.parametrize("seed,n,k,l", CASES)
+def test_bounds_never_exceed_the_optimum(seed, n, k, l):
+    g = random_graph(1000 + seed, n_nodes=n, k=k, l=l, colours=seed % 4 == 0, tight_memory=seed % 3 != 2)
+    if seed % 5 == 0:  # fewer CPUs, sometimes none: the moves between kinds change
+        g = g.with_resources(num_cpus=seed % 2)
+        if not any(True for _ in _valid(g)):
+            pytest.skip("no valid placement")
+    best = optimum(g)
+    assert latency_lower_bound(g) <= best + 1e-9
+    assert block_bound(g) <= best + 1e-9
+    for path in (heaviest_path(g, lambda v: g.node(v).size), heaviest_path(g, lambda v: g.node(v).accel_time)):
+        assert path_chain_bound(g, path) <= best + 1e-9
+    assert latency_lower_bound(g) <= latency_bound(g) <= best + 1e-9
+
+
+def _valid(g):
+    for p in all_placements(g):
+        try:
+            latency_of(g, p)
+            yield p
+        except PlacementError:
+            pass
+
+
+def node(i, accel, cpu, out_cost, size):
+    return Node(id=i, name=f"v{i}", accel_time=accel, cpu_time=cpu, size=size, accel_ok=True,
+                is_backward=False, color=None, out_cost=out_cost)
+
+
+def test_memory_forces_a_transfer_the_path_bound_misses():
+    # a chain of four nodes, two per accelerator at most: the sample must cross once
+    g = Graph([node(i, 1.0, 100.0, 3.0, 1.0) for i in range(1, 5)], [(1, 2), (2, 3), (3, 4)], 4, 1, 2.0)
+    assert latency_lower_bound(g) == pytest.approx(4.0)
+    assert optimum(g) == pytest.approx(4.0 + 2 * 3.0)  # one accelerator -> accelerator copy
+    assert block_bound(g) == pytest.approx(10.0)
+    assert path_chain_bound(g, [1, 2, 3, 4]) == pytest.approx(10.0)
+    assert latency_bound(g) == pytest.approx(10.0)
