@@ -1,6 +1,6 @@
 """The CUDA kernels (csrc/cuda/) against the float64 CPU references.
 
-Accuracy rule (issue 6): every CUDA op within 2x the error that the
+Accuracy rule: every CUDA op within 2x the error that the
 same-precision torch composition *on the same GPU* makes against the float64
 reference on the CPU (both errors measured here), plus a floor of a few ulps
 for results that come out exact. Shapes are chosen to cross each kernel's
@@ -12,41 +12,28 @@ cases on CUDA too; this file holds what is specific to the GPU path
 """
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-]
+import _tensors
+from _tensors import rel_err
+from kfac_ext import ops
+from kfac_ext import reference as ref
 
-from kfac_ext import ops  # noqa: E402
-from kfac_ext import reference as ref  # noqa: E402
+pytestmark = pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 
 DTYPES = [torch.float32, torch.float64]
 
 
 # ------------------------------------------------------------ helpers ----
 
-def randn(*shape, seed: int, dtype=torch.float64, device="cuda") -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
-
-
-def sym(n: int, seed: int, dtype=torch.float64, device="cuda") -> torch.Tensor:
-    a = randn(n, n, seed=seed, device="cpu")
-    return ((a + a.T) / 2).to(device, dtype)
-
-
-def spd(n: int, seed: int, dtype=torch.float64, device="cuda") -> torch.Tensor:
-    x = randn(2 * n + 3, n, seed=seed, device="cpu")
-    return (x.T @ x / x.shape[0] + 1e-3 * torch.eye(n, dtype=torch.float64)).to(device, dtype)
-
-
-def rel_err(result: torch.Tensor, exact: torch.Tensor) -> float:
-    exact = exact.double().cpu()
-    scale = exact.abs().max().clamp(min=1e-300)
-    return ((result.double().cpu() - exact).abs().max() / scale).item()
+# This file's tensors live on the GPU unless a call says device="cpu".
+randn = functools.partial(_tensors.randn, device="cuda")
+sym = functools.partial(_tensors.sym, device="cuda")
+spd = functools.partial(_tensors.spd, device="cuda")
+eigen_layers = functools.partial(_tensors.eigen_layers, device="cuda")
 
 
 def assert_as_accurate_as_torch(ours, torch_same_precision, exact64, what):
@@ -221,22 +208,10 @@ def test_batched_eigh_names_the_failing_factor(dtype, n, bad):
 
 # -------------------------------------------------- eigen_precondition ----
 
-def _layers(shapes, dtype, seed=0):
-    grads, qa, da, qg, dg = [], [], [], [], []
-    for i, (out, inp) in enumerate(shapes):
-        s = seed + 10 * i
-        grads.append(randn(out, inp, seed=s, dtype=dtype))
-        d, q = torch.linalg.eigh(spd(inp, seed=s + 1, device="cpu"))
-        da.append(d.to("cuda", dtype)); qa.append(q.to("cuda", dtype))
-        d, q = torch.linalg.eigh(spd(out, seed=s + 2, device="cpu"))
-        dg.append(d.to("cuda", dtype)); qg.append(q.to("cuda", dtype))
-    return grads, qa, da, qg, dg
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_eigen_precondition(dtype):
     shapes = [(7, 5), (64, 577), (7, 5), (1, 1), (10, 3), (7, 5), (64, 577), (257, 65)]
-    layers = _layers(shapes, dtype)
+    layers = eigen_layers(shapes, dtype)
     exact = ref.eigen_precondition(*[to_cpu64(lst) for lst in layers], 0.003)
     theirs = ref.eigen_precondition(*layers, 0.003)
     ours = ops.eigen_precondition(*layers, 0.003)
@@ -248,7 +223,7 @@ def test_eigen_precondition(dtype):
 
 
 def test_eigen_precondition_strided_inputs():
-    grads, qa, da, qg, dg = _layers([(9, 6)], torch.float64)
+    grads, qa, da, qg, dg = eigen_layers([(9, 6)], torch.float64)
     g_t = grads[0].T.contiguous().T  # column-major gradient
     ours = ops.eigen_precondition([g_t], [qa[0].T.contiguous().T], da, qg, dg, 0.1)
     exact = ref.eigen_precondition(to_cpu64(grads), to_cpu64(qa), to_cpu64(da), to_cpu64(qg),
@@ -295,7 +270,7 @@ def _async_inputs(dtype=torch.float32):
         "factor": sym(33, seed=1, dtype=dtype), "x": randn(50, 32, seed=2, dtype=dtype),
         "g_factor": sym(12, seed=3, dtype=dtype), "g": randn(4, 12, 25, seed=4, dtype=dtype),
         "image": randn(2, 3, 8, 8, seed=5, dtype=dtype),
-        "layers": _layers([(12, 33), (12, 33)], dtype),
+        "layers": eigen_layers([(12, 33), (12, 33)], dtype),
     }
 
 
@@ -348,7 +323,7 @@ def test_errors_name_the_argument_and_leave_inputs_untouched():
     with pytest.raises(RuntimeError, match=r"channel_cov_update_: x must be 3-D"):
         ops.channel_cov_update_(f, randn(4, 5, seed=2), 1.0, 1.0)
     with pytest.raises(RuntimeError, match=r"eigen_precondition: qa\[0\] must be \(in, in\)"):
-        layers = _layers([(3, 4)], torch.float64)
+        layers = eigen_layers([(3, 4)], torch.float64)
         layers[1][0] = layers[1][0][:3, :3]
         ops.eigen_precondition(*layers, 0.1)
     with pytest.raises(RuntimeError, match=r"unpack_triu_: packed must be 1-D"):
@@ -358,7 +333,7 @@ def test_errors_name_the_argument_and_leave_inputs_untouched():
 
 def test_opcheck_cuda():
     x = randn(9, 5, seed=1)
-    layers = _layers([(3, 4), (3, 4), (2, 5)], torch.float64)
+    layers = eigen_layers([(3, 4), (3, 4), (2, 5)], torch.float64)
     mats = [sym(n, seed=n) for n in (1, 4, 6)]
     cases = {
         "cov_update_": (sym(6, seed=2), x, 0.5, 0.9, True),

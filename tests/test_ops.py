@@ -11,41 +11,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _tensors import CUDA, DEVICES, eigen_layers, randn, rel_err, spd, sym
 from kfac_ext import ops
 from kfac_ext import reference as ref
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 DTYPES = [torch.float32, torch.float64]
 SIZES = [1, 7, 64, 129, 513]
 
 
 # ------------------------------------------------------------ helpers ----
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape, seed: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
-    return torch.randn(*shape, generator=gen(seed), dtype=torch.float64).to(device, dtype)
-
-
-def sym(n: int, seed: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
-    a = randn(n, n, seed=seed)
-    return ((a + a.T) / 2).to(device, dtype)
-
-
-def spd(n: int, seed: int, dtype=torch.float64, device="cpu") -> torch.Tensor:
-    """A covariance-like factor: XᵀX/rows + small ridge (positive definite)."""
-    x = randn(2 * n + 3, n, seed=seed)
-    return (x.T @ x / x.shape[0] + 1e-3 * torch.eye(n, dtype=torch.float64)).to(device, dtype)
-
-
-def rel_err(result: torch.Tensor, exact: torch.Tensor) -> float:
-    exact = exact.double().cpu()
-    scale = exact.abs().max().clamp(min=1e-300)
-    return ((result.double().cpu() - exact).abs().max() / scale).item()
-
 
 def assert_accurate(ours, exact64, theirs32=None, what=""):
     """float64: <= 1e-10; float32: <= 2x the error of the float32 torch composition."""
@@ -241,24 +215,12 @@ def test_batched_eigh_empty_list():
 LAYER_SHAPES = [(7, 5), (16, 28), (7, 5), (1, 1), (64, 129), (7, 5), (16, 28)]
 
 
-def _layers(shapes, dtype, device, seed=0):
-    grads, qa, da, qg, dg = [], [], [], [], []
-    for i, (out, inp) in enumerate(shapes):
-        s = seed + 10 * i
-        grads.append(randn(out, inp, seed=s, dtype=dtype, device=device))
-        d, q = torch.linalg.eigh(spd(inp, seed=s + 1))
-        da.append(d.to(device, dtype)); qa.append(q.to(device, dtype))
-        d, q = torch.linalg.eigh(spd(out, seed=s + 2))
-        dg.append(d.to(device, dtype)); qg.append(q.to(device, dtype))
-    return grads, qa, da, qg, dg
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shapes", [LAYER_SHAPES, [(513, 65)], [(64, 513)]],
                          ids=["mixed", "513x65", "64x513"])
 def test_eigen_precondition_matches_reference(device, dtype, shapes):
-    layers = _layers(shapes, dtype, device)
+    layers = eigen_layers(shapes, dtype, device)
     layers64 = [[t.double().cpu() for t in lst] for lst in layers]
     exact = ref.eigen_precondition(*layers64, 0.003)
     theirs = ref.eigen_precondition(*layers, 0.003)
@@ -326,7 +288,7 @@ def test_kl_clip_sum_empty_and_strided():
 
 def _opcheck_cases(device):
     x = randn(9, 5, seed=1, device=device)
-    layers = _layers([(3, 4), (3, 4), (2, 5)], torch.float64, device)
+    layers = eigen_layers([(3, 4), (3, 4), (2, 5)], torch.float64, device)
     mats = [sym(n, seed=n, device=device) for n in (1, 4, 6)]
     return {
         "cov_update_": (sym(6, seed=2, device=device), x, 0.5, 0.9, True),
@@ -353,7 +315,7 @@ def test_opcheck(device, name):
 def _bad_calls():
     f = sym(5, seed=1)
     x = randn(4, 5, seed=2)
-    layers = _layers([(3, 4)], torch.float64, "cpu")
+    layers = eigen_layers([(3, 4)], torch.float64, "cpu")
     mats = [sym(3, seed=3), sym(4, seed=4)]
     packed = ref.pack_triu(mats)
     yield "cov rank", lambda: ops.cov_update_(f, x[0], 1, 1), r"x must be 2-D", [f]
@@ -415,5 +377,5 @@ def test_cpu_cuda_mix_is_rejected_with_names():
     with pytest.raises(RuntimeError, match=r"x must be on the device of factor"):
         ops.cov_update_(f, randn(3, 5, seed=0), 1, 1)
     with pytest.raises(RuntimeError, match=r"qa\[0\] must be on the device of grads\[0\]"):
-        g, qa, da, qg, dg = _layers([(3, 4)], torch.float64, "cuda")
+        g, qa, da, qg, dg = eigen_layers([(3, 4)], torch.float64, "cuda")
         ops.eigen_precondition(g, [qa[0].cpu()], da, qg, dg, 0.1)

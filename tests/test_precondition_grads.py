@@ -12,12 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from _tensors import CUDA, DEVICES, randn, spd
 from kfac_ext import KFACPreconditioner, ops
 from kfac_ext import reference as ref
 from kfac_ext.comm import LocalComm
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 DTYPES = [torch.float32, torch.float64]
 
 # (weight shape, has bias): a 4-D conv weight, Linear weights, a single output
@@ -26,23 +25,17 @@ LAYERS = [((16, 3, 3, 3), True), ((7, 5), False), ((1, 9), True), ((33, 4, 1, 2)
           ((10, 65), True)]
 
 
-def _randn(*shape, seed, dtype, device):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype)
-
-
 def _eigh_of_spd(n, seed, dtype, device):
-    x = _randn(2 * n + 3, n, seed=seed, dtype=torch.float64, device="cpu")
-    d, q = torch.linalg.eigh(x.T @ x / x.shape[0] + 1e-3 * torch.eye(n, dtype=torch.float64))
+    d, q = torch.linalg.eigh(spd(n, seed=seed))
     return d.to(device, dtype), q.to(device, dtype)
 
 
 def _case(dtype, device, layers=LAYERS, seed=0):
     weights, biases, qa, da, qg, dg = [], [], [], [], [], []
     for i, (shape, bias) in enumerate(layers):
-        weights.append(_randn(*shape, seed=seed + 10 * i, dtype=dtype, device=device))
+        weights.append(randn(*shape, seed=seed + 10 * i, dtype=dtype, device=device))
         if bias:
-            biases.append(_randn(shape[0], seed=seed + 10 * i + 1, dtype=dtype, device=device))
+            biases.append(randn(shape[0], seed=seed + 10 * i + 1, dtype=dtype, device=device))
         n_in = weights[-1][0].numel() + int(bias)
         d, q = _eigh_of_spd(n_in, seed + 10 * i + 2, dtype, device)
         da.append(d); qa.append(q)
@@ -93,8 +86,8 @@ def _check_against_reference(ours, nu, exact, theirs, kl_clip, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_writes_through_views_and_leaves_other_rows_alone(device):
     """A grouped conv passes one group's rows of weight.grad / bias.grad."""
-    weight = _randn(12, 3, 3, 3, seed=1, dtype=torch.float64, device=device)
-    bias = _randn(12, seed=2, dtype=torch.float64, device=device)
+    weight = randn(12, 3, 3, 3, seed=1, dtype=torch.float64, device=device)
+    bias = randn(12, seed=2, dtype=torch.float64, device=device)
     before_w, before_b = weight.clone(), bias.clone()
     _, _, qa, da, qg, dg = _case(torch.float64, device, [((4, 3, 3, 3), True)])
     w_view, b_view = weight[4:8], bias[4:8]
@@ -277,8 +270,8 @@ def test_inverse_matches_reference(device, dtype, kl_clip, kl_factor):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_inverse_writes_through_views_and_leaves_other_rows_alone(device):
-    weight = _randn(12, 3, 3, 3, seed=1, dtype=torch.float64, device=device)
-    bias = _randn(12, seed=2, dtype=torch.float64, device=device)
+    weight = randn(12, 3, 3, 3, seed=1, dtype=torch.float64, device=device)
+    bias = randn(12, seed=2, dtype=torch.float64, device=device)
     before_w, before_b = weight.clone(), bias.clone()
     _, _, a_inv, g_inv = _inverse_case(torch.float64, device, [((4, 3, 3, 3), True)])
     w_view, b_view = weight[4:8], bias[4:8]

@@ -58,7 +58,7 @@ def _run(model, pre, steps, optimizer=None):
     return record
 
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = pytest.mark.cuda  # skipped without a CUDA device (tests/conftest.py)
 
 
 def _expected(method, a, g, gamma, damping):
