@@ -2,8 +2,8 @@
 group, kfac_ext.ops.batched_eigh on the group against a loop of
 torch.linalg.eigh, float32, random SPD factors, for one or more settings of
 KFAC_EXT_EIGH_STREAMS (the streams, each fed by its own host thread, that the
-syevd groups spread over). Guides the work on the issue-6 target (the whole
-list >= 3x faster than the torch loop).
+syevd groups spread over). Guides the work towards the goal of the whole list
+>= 3x faster than the torch loop (docs/cuda.md).
 
     python benchmarks/table_eigh_groups.py                  # 4 streams (the default)
     python benchmarks/table_eigh_groups.py --streams 2 4 8  # compare settings
@@ -19,7 +19,7 @@ import sys
 import torch
 
 from kfac_ext import ops
-from table_gpu import _spd, resnet50_factor_sizes
+from _common import resnet50_factor_sizes, spd
 
 
 def best_ms(fn, reps: int) -> float:
@@ -51,10 +51,10 @@ def main(argv=None) -> int:
     groups = sorted(collections.Counter(resnet50_factor_sizes()).items())
     rows = []
     for n, count in groups:
-        factors = [_spd(n, seed=i, device="cuda") for i in range(count)]
+        factors = [spd(n, seed=i, device="cuda") for i in range(count)]
         loop = best_ms(lambda: [torch.linalg.eigh(f) for f in factors], reps=2)
         rows.append((n, count, loop, [ours_ms(factors, s) for s in args.streams]))
-    everything = [_spd(n, seed=i, device="cuda") for i, n in enumerate(resnet50_factor_sizes())]
+    everything = [spd(n, seed=i, device="cuda") for i, n in enumerate(resnet50_factor_sizes())]
     all_torch = best_ms(lambda: [torch.linalg.eigh(f) for f in everything], reps=2)
     all_ours = [ours_ms(everything, s) for s in args.streams]
     os.environ.pop("KFAC_EXT_EIGH_STREAMS")

@@ -34,6 +34,7 @@ import kfac_ext
 from kfac_ext import ops
 from kfac_ext import reference as ref
 from kfac_ext.app.models import resnet_cifar
+from _common import rand, rel_err, resnet20_grad_shapes, resnet50_factor_sizes, resnet50_grad_shapes, spd
 from _machine import describe_machine
 
 try:  # CuPy is compared where present; never required.
@@ -60,63 +61,11 @@ class Case:
     baseline: Optional[Callable[[], object]] = None
 
 
-# ---------------------------------------------------------------- shapes ----
-
-def resnet50_convs():
-    """(C_in, C_out, kernel, stride, H_in) of every ResNet-50 conv at 224x224 (torchvision v1.5)."""
-    convs = [(3, 64, 7, 2, 224)]
-    c_in, size = 64, 56
-    for mid, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-        out = 4 * mid
-        for b in range(blocks):
-            s = stride if b == 0 else 1
-            convs += [(c_in, mid, 1, 1, size), (mid, mid, 3, s, size), (mid, out, 1, 1, size // s)]
-            if b == 0:
-                convs.append((c_in, out, 1, s, size))
-            c_in, size = out, size // s
-    return convs
-
-
-def resnet50_factor_sizes():
-    """A and G sizes of all ResNet-50 layers (convs without bias, fc 2048->1000 with bias)."""
-    sizes = []
-    for c_in, c_out, k, _, _ in resnet50_convs():
-        sizes += [c_in * k * k, c_out]
-    return sizes + [2049, 1000]
-
-
-def resnet50_grad_shapes():
-    return [(c_out, c_in * k * k) for c_in, c_out, k, _, _ in resnet50_convs()] + [(1000, 2049)]
-
-
-def resnet20_grad_shapes():
-    shapes = [(16, 27)] + [(16, 144)] * 6 + [(32, 144)] + [(32, 288)] * 5
-    return shapes + [(64, 288)] + [(64, 576)] * 5 + [(10, 65)]
-
-
-# ------------------------------------------------------------- helpers ----
-
-def _rand(*shape, seed, device):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=DTYPE).to(device)
-
-
-def _spd(n, seed, device):
-    x = _rand(n + 8, n, seed=seed, device="cpu")
-    return (x.T @ x / (n + 8) + 1e-3 * torch.eye(n, dtype=DTYPE)).to(device)
-
-
-def _rel_err(result, exact64):
-    exact64 = exact64.double().cpu()
-    scale = exact64.abs().max().clamp(min=1e-300)
-    return ((result.double().cpu() - exact64).abs().max() / scale).item()
-
-
 def _errs(ours_fn, torch_fn, exact_fn):
     """Closure computing (err ours, err torch) against the float64 CPU reference."""
     def run():
         exact = exact_fn()
-        return _rel_err(ours_fn(), exact), _rel_err(torch_fn(), exact)
+        return rel_err(ours_fn(), exact), rel_err(torch_fn(), exact)
     return run
 
 
@@ -134,7 +83,7 @@ def cov_cases(device, quick):
         shapes += [("R50 fc A", 32, 2048), ("R50 1x1 256ch @14x14", 32 * 196, 256),
                    ("R50 1x1 1024ch @7x7", 32 * 49, 1024)]
     for label, rows, d in shapes:
-        x = _rand(rows, d, seed=d, device=device)
+        x = rand(rows, d, seed=d, device=device)
         factor = torch.eye(d + 1, dtype=DTYPE, device=device)
         x64, f64 = x.double().cpu(), factor.double().cpu()
 
@@ -162,7 +111,7 @@ def channel_cases(device, quick):
         shapes += [("R50 256@56x56", 32, 256, 3136), ("R50 512@28x28", 32, 512, 784),
                    ("R50 1024@14x14", 32, 1024, 196), ("R50 2048@7x7", 32, 2048, 49)]
     for label, n, c, length in shapes:
-        x = _rand(n, c, length, seed=c, device=device)
+        x = rand(n, c, length, seed=c, device=device)
         factor = torch.eye(c, dtype=DTYPE, device=device)
 
         def ours(f=factor, x=x):
@@ -194,7 +143,7 @@ def conv_cases(device, quick):
                    ("R50 128@28x28", 32, 128, 28, 3, 1, 1), ("R50 256@14x14", 32, 256, 14, 3, 1, 1),
                    ("R50 512@7x7", 32, 512, 7, 3, 1, 1)]
     for label, n, c, h, k, s, p in shapes:
-        x = _rand(n, c, h, h, seed=c, device=device)
+        x = rand(n, c, h, h, seed=c, device=device)
         args = ((k, k), (s, s), (p, p), (1, 1), False)
 
         def ours(x=x, args=args):
@@ -215,7 +164,7 @@ def eigh_cases(device, quick):
     if not quick:
         groups += [("R50 all A+G", resnet50_factor_sizes())]
     for label, sizes in groups:
-        factors = [_spd(n, seed=i, device=device) for i, n in enumerate(sizes)]
+        factors = [spd(n, seed=i, device=device) for i, n in enumerate(sizes)]
 
         def ours(fs=factors):
             return ops.batched_eigh(fs)[0]
@@ -232,8 +181,8 @@ def eigh_cases(device, quick):
             worst_ours = worst_torch = 0.0
             for f, d_ours, d_torch in zip(fs, ours(fs), theirs(fs)):
                 exact = torch.linalg.eigvalsh(f.double().cpu())
-                worst_ours = max(worst_ours, _rel_err(d_ours, exact))
-                worst_torch = max(worst_torch, _rel_err(d_torch, exact))
+                worst_ours = max(worst_ours, rel_err(d_ours, exact))
+                worst_torch = max(worst_torch, rel_err(d_torch, exact))
             return worst_ours, worst_torch
         yield Case("batched_eigh", f"{label} ({len(sizes)} factors, max {max(sizes)})",
                    ours, theirs, cp, check, reps=3)
@@ -242,11 +191,11 @@ def eigh_cases(device, quick):
 def _layers(shapes, device):
     grads, qa, da, qg, dg = [], [], [], [], []
     for i, (out, inp) in enumerate(shapes):
-        grads.append(_rand(out, inp, seed=i, device=device))
-        qa.append(torch.linalg.qr(_rand(inp, inp, seed=1000 + i, device=device))[0])
-        qg.append(torch.linalg.qr(_rand(out, out, seed=2000 + i, device=device))[0])
-        da.append(_rand(inp, seed=3000 + i, device=device).abs())
-        dg.append(_rand(out, seed=4000 + i, device=device).abs())
+        grads.append(rand(out, inp, seed=i, device=device))
+        qa.append(torch.linalg.qr(rand(inp, inp, seed=1000 + i, device=device))[0])
+        qg.append(torch.linalg.qr(rand(out, out, seed=2000 + i, device=device))[0])
+        da.append(rand(inp, seed=3000 + i, device=device).abs())
+        dg.append(rand(out, seed=4000 + i, device=device).abs())
     return grads, qa, da, qg, dg
 
 
@@ -275,8 +224,8 @@ def precondition_cases(device, quick):
 
         def check(L=layers):
             exact = ref.eigen_precondition(*[[t.double().cpu() for t in lst] for lst in L], 0.003)
-            return (max(_rel_err(a, e) for a, e in zip(ours(L), exact)),
-                    max(_rel_err(a, e) for a, e in zip(theirs(L), exact)))
+            return (max(rel_err(a, e) for a, e in zip(ours(L), exact)),
+                    max(rel_err(a, e) for a, e in zip(theirs(L), exact)))
         yield Case("eigen_precondition", f"{label} ({len(shapes)} layers)", ours, theirs, cp,
                    check, reps=5)
 
@@ -285,14 +234,14 @@ def comm_cases(device, quick):
     shapes = resnet20_grad_shapes() if quick else resnet50_grad_shapes()
     label = "R20" if quick else "R50"
     sizes = [i for _, i in shapes] + [o for o, _ in shapes]
-    mats = [_spd(n, seed=i, device=device) if n <= 256 else _rand(n, n, seed=i, device=device)
+    mats = [spd(n, seed=i, device=device) if n <= 256 else rand(n, n, seed=i, device=device)
             for i, n in enumerate(sizes)]
     packed = ops.pack_triu(mats)
     targets = [torch.empty_like(m) for m in mats]
     yield Case("pack_triu", f"{label} A+G ({len(sizes)} factors, {packed.numel()} entries)",
                lambda: ops.pack_triu(mats), lambda: ref.pack_triu(mats), None,
-               lambda: (_rel_err(ops.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats])),
-                        _rel_err(ref.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats]))))
+               lambda: (rel_err(ops.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats])),
+                        rel_err(ref.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats]))))
 
     def unpack_ours():
         ops.unpack_triu_(packed, targets, 0.5)
@@ -300,10 +249,10 @@ def comm_cases(device, quick):
 
     yield Case("unpack_triu_", f"{label} A+G ({len(sizes)} factors)", unpack_ours,
                lambda: ref.unpack_triu(packed, mats, 0.5), None,
-               lambda: (max(_rel_err(a, e) for a, e in zip(unpack_ours(), ref.unpack_triu(
+               lambda: (max(rel_err(a, e) for a, e in zip(unpack_ours(), ref.unpack_triu(
                            packed.double().cpu(), [m.double().cpu() for m in mats], 0.5))), 0.0))
-    precond = [_rand(o, i, seed=i, device=device) for o, i in shapes]
-    grads = [_rand(o, i, seed=o + 7, device=device) for o, i in shapes]
+    precond = [rand(o, i, seed=i, device=device) for o, i in shapes]
+    grads = [rand(o, i, seed=o + 7, device=device) for o, i in shapes]
 
     def kl_torch():
         return sum((p * g).sum() for p, g in zip(precond, grads))
@@ -312,9 +261,9 @@ def comm_cases(device, quick):
                lambda: ops.kl_clip_sum(precond, grads), kl_torch,
                (lambda: sum(cupy.vdot(_to_cupy(p), _to_cupy(g)) for p, g in zip(precond, grads)))
                if cupy is not None and device == "cuda" else None,
-               lambda: (_rel_err(ops.kl_clip_sum(precond, grads), ref.kl_clip_sum(
+               lambda: (rel_err(ops.kl_clip_sum(precond, grads), ref.kl_clip_sum(
                    [p.double().cpu() for p in precond], [g.double().cpu() for g in grads])),
-                        _rel_err(kl_torch(), ref.kl_clip_sum(
+                        rel_err(kl_torch(), ref.kl_clip_sum(
                             [p.double().cpu() for p in precond], [g.double().cpu() for g in grads]))))
 
 
@@ -415,7 +364,7 @@ def step_cases(device, quick):
                     loss_fn(m(x), y).backward()
                     p.step()
                 grads.append([q.grad.double() for q in m.parameters() if q.grad is not None])
-            return max(_rel_err(a, b) for a, b in zip(*grads)), 0.0
+            return max(rel_err(a, b) for a, b in zip(*grads)), 0.0
 
         yield Case("K-FAC iteration (fwd+bwd+step)", f"{label}, factors+eigh every step",
                    iteration, plain_iteration, None, check, reps=3, baseline=sgd_iteration)

@@ -32,6 +32,7 @@ import torch
 
 from kfac_ext import ops
 from kfac_ext import reference as ref
+from _common import rand, resnet20_grad_shapes, spd
 from _machine import describe_machine
 
 DTYPE = torch.float32
@@ -53,23 +54,7 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
-def _rand(*shape, seed=0):
-    return torch.randn(*shape, generator=_gen(seed), dtype=DTYPE)
-
-
-def _spd(n, seed=0):
-    x = _rand(n + 8, n, seed=seed)
-    return x.T @ x / (n + 8) + 1e-3 * torch.eye(n, dtype=DTYPE)
-
-
 # --------------------------------------------------------------- shapes ----
-
-def resnet20_layers():
-    """(out, in) of ResNet-20's conv/fc weight gradients (3x3 convs, no bias; fc with bias)."""
-    layers = [(16, 27)] + [(16, 144)] * 6
-    layers += [(32, 144)] + [(32, 288)] * 5 + [(64, 288)] + [(64, 576)] * 5 + [(10, 65)]
-    return layers
-
 
 def resnet50_layers():
     """A representative subset of ResNet-50's (out, in) (1x1 and 3x3 convs, fc)."""
@@ -85,7 +70,7 @@ def cov_cases(quick):
         shapes += [("R50 A 64ch", 2048, 576), ("R50 A 128ch", 2048, 1152),
                    ("R50 A 256ch", 2048, 2304), ("R50 fc", 256, 2048), ("R50 A 512ch", 1024, 4608)]
     for label, rows, d in shapes:
-        x = _rand(rows, d, seed=d)
+        x = rand(rows, d, seed=d)
         factor = torch.eye(d + 1, dtype=DTYPE)
         yield Case("cov_update_", f"{label}: X {rows}x{d} +1",
                    lambda f=factor, x=x: ops.cov_update_(f, x, 0.05, 0.95, append_ones=True),
@@ -101,7 +86,7 @@ def channel_cases(quick):
         shapes += [("R50 256@56x56", 32, 256, 3136), ("R50 512@28x28", 32, 512, 784),
                    ("R50 1024@14x14", 32, 1024, 196), ("R50 2048@7x7", 32, 2048, 49)]
     for label, n, c, length in shapes:
-        x = _rand(n, c, length, seed=c)
+        x = rand(n, c, length, seed=c)
         factor = torch.eye(c, dtype=DTYPE)
         yield Case("channel_cov_update_", f"{label}: {n}x{c}x{length}",
                    lambda f=factor, x=x: ops.channel_cov_update_(f, x, 0.05, 0.95),
@@ -113,12 +98,12 @@ def eigh_cases(quick):
     def sizes_of(layers):
         return [i for _, i in layers] + [o for o, _ in layers]
 
-    groups = [("R20 all A+G factors", sizes_of(resnet20_layers()))]
+    groups = [("R20 all A+G factors", sizes_of(resnet20_grad_shapes()))]
     if not quick:
         groups += [("R50 576/1152 A, 64..512 G", [576] * 3 + [1152] * 2 + [64] * 3 + [128] * 4
                     + [256] * 2 + [512] * 4)]
     for label, sizes in groups:
-        factors = [_spd(n, seed=i) for i, n in enumerate(sizes)]
+        factors = [spd(n, seed=i) for i, n in enumerate(sizes)]
         yield Case("batched_eigh", f"{label} ({len(sizes)}, max {max(sizes)})",
                    lambda fs=factors: ops.batched_eigh(fs),
                    lambda fs=factors: ref.batched_eigh(fs), reps=3)
@@ -127,16 +112,16 @@ def eigh_cases(quick):
 def _layers(shapes):
     grads, qa, da, qg, dg = [], [], [], [], []
     for i, (out, inp) in enumerate(shapes):
-        grads.append(_rand(out, inp, seed=i))
-        qa.append(torch.linalg.qr(_rand(inp, inp, seed=1000 + i))[0])
-        qg.append(torch.linalg.qr(_rand(out, out, seed=2000 + i))[0])
+        grads.append(rand(out, inp, seed=i))
+        qa.append(torch.linalg.qr(rand(inp, inp, seed=1000 + i))[0])
+        qg.append(torch.linalg.qr(rand(out, out, seed=2000 + i))[0])
         da.append(torch.rand(inp, generator=_gen(i), dtype=DTYPE))
         dg.append(torch.rand(out, generator=_gen(i + 1), dtype=DTYPE))
     return grads, qa, da, qg, dg
 
 
 def precondition_cases(quick):
-    groups = [("R20 all layers", resnet20_layers()), ("R20 64x576 x5", [(64, 576)] * 5)]
+    groups = [("R20 all layers", resnet20_grad_shapes()), ("R20 64x576 x5", [(64, 576)] * 5)]
     if not quick:
         groups += [("R50 subset", resnet50_layers()), ("R50 512x4608", [(512, 4608)])]
     for label, shapes in groups:
@@ -149,11 +134,11 @@ def precondition_cases(quick):
 
 
 def triu_cases(quick):
-    groups = [("R20 A+G factors", [i for _, i in resnet20_layers()] + [o for o, _ in resnet20_layers()])]
+    groups = [("R20 A+G factors", [i for _, i in resnet20_grad_shapes()] + [o for o, _ in resnet20_grad_shapes()])]
     if not quick:
         groups += [("R50 subset A+G", [i for _, i in resnet50_layers()] + [o for o, _ in resnet50_layers()])]
     for label, sizes in groups:
-        mats = [_spd(n, seed=i) if n <= 600 else _rand(n, n, seed=i) for i, n in enumerate(sizes)]
+        mats = [spd(n, seed=i) if n <= 600 else rand(n, n, seed=i) for i, n in enumerate(sizes)]
         packed_len = sum(n * (n + 1) // 2 for n in sizes)
         packed = ops.pack_triu(mats)
         targets = [torch.empty_like(m) for m in mats]
@@ -167,12 +152,12 @@ def triu_cases(quick):
 
 
 def kl_cases(quick):
-    groups = [("R20 grads", resnet20_layers())]
+    groups = [("R20 grads", resnet20_grad_shapes())]
     if not quick:
         groups += [("R50 subset grads", resnet50_layers())]
     for label, shapes in groups:
-        precond = [_rand(o, i, seed=i) for o, i in shapes]
-        grads = [_rand(o, i, seed=o) for o, i in shapes]
+        precond = [rand(o, i, seed=i) for o, i in shapes]
+        grads = [rand(o, i, seed=o) for o, i in shapes]
         elems = sum(o * i for o, i in shapes)
         yield Case("kl_clip_sum", f"{label} ({len(shapes)} layers, {elems} entries)",
                    lambda p=precond, g=grads: ops.kl_clip_sum(p, g),
@@ -203,14 +188,14 @@ def interleaved(fa, fb, reps):
 
 def mm_rate(n=1024, reps=10):
     """FLOP/s of a float32 n x n torch.mm on this machine, now."""
-    a, b, c = _rand(n, n, seed=1), _rand(n, n, seed=2), torch.empty(n, n, dtype=DTYPE)
+    a, b, c = rand(n, n, seed=1), rand(n, n, seed=2), torch.empty(n, n, dtype=DTYPE)
     t, _ = interleaved(lambda: torch.mm(a, b, out=c), lambda: None, reps)
     return 2 * n ** 3 / t
 
 
 def copy_rate(n=1 << 23, reps=10):
     """Bytes/s of a 32 MiB float32 copy_ (read + write) into allocated memory."""
-    x, y = _rand(n, seed=3), torch.empty(n, dtype=DTYPE)
+    x, y = rand(n, seed=3), torch.empty(n, dtype=DTYPE)
     t, _ = interleaved(lambda: y.copy_(x), lambda: None, reps)
     return 2 * n * ITEM / t
 
