@@ -10,7 +10,7 @@ if int(os.environ.get("WORLD_SIZE", "1")) > 1:
     # alive past destroy_process_group(), and a Gloo worker thread that drops a
     # finished collective's tensors during shutdown needs the GIL, cannot get it, and
     # aborts the process after its work is done ("terminate called without an active
-    # exception": about 1 run in 25 on a busy 2-core machine; benchmarks/RESULTS.md).
+    # exception": about 1 run in 25 on a busy 2-core machine; docs/distributed.md).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -4,7 +4,7 @@
 // triangle of the result is then overwritten with the mirror of the upper.
 //
 // The Gram products are cuBLAS GEMMs (through at::addmm_, on the current
-// stream), not SYRK: on an H200 (benchmarks/RESULTS.md, 2026-11-28) cuBLAS's
+// stream), not SYRK: on an H200 (docs/cuda.md, 2026-11-28) cuBLAS's
 // SYRK ran 5x slower than the GEMM at X 6272x256 and 40x slower at
 // 16 x 131072 (it does not split a long K over the chip), while computing
 // only half the products. The mirror then makes the result exactly symmetric.
@@ -77,7 +77,7 @@ void channel_cov_update_cuda(at::Tensor factor, const at::Tensor& x, double alph
 // Which algorithm builds the Conv2d factor. The implicit-im2col kernel reads
 // the input once and never materialises U; cuBLAS on an explicit im2col copy
 // pays N*T*D values of copy but runs its GEMM near peak. Measured on an H200
-// at float32 (benchmarks/RESULTS.md, 2026-11-28), the kernel won at D <= 576
+// at float32 (docs/cuda.md, 2026-11-28), the kernel won at D <= 576
 // on the CIFAR ResNet-20 shapes (2.3-3.2x over unfold + GEMM) and at D = 147
 // (ResNet-50's first conv, 1.3x); the GEMM won at D = 576 with 1e5 rows
 // (1.2x) and at every D >= 1152 (1.3-1.6x). Beyond 1 GiB of copy the kernel
