@@ -3,11 +3,22 @@
 A subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``
 (its docstring is the help text). It is imported only when asked for, so
 ``kfac-ext place`` never loads the K-FAC code.
+
+Errors: every error a user can cause is one line on stderr and a non-zero exit
+(2 for a bad argument or input file, 1 for a run that failed on its own), never
+a traceback. "A user can cause" means ``ValueError`` (every argument check
+raises one), ``OSError`` (files and folders) and the types a subcommand lists
+in ``EXPECTED_ERRORS`` (e.g. a bad checkpoint). Anything else (``TypeError``,
+``IndexError``, ``KeyError``, ...) is a bug in kfac_ext and keeps its traceback,
+so it can be reported and fixed rather than hidden behind a line. Ctrl-C prints
+one line (the subcommand's ``interrupted_message(args)`` if it has one) and
+exits 130, the shell's code for SIGINT.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 SUBCOMMANDS = {
@@ -16,11 +27,60 @@ SUBCOMMANDS = {
     "bench": "kfac_ext.app.bench",
 }
 
+# The optional dependencies of each subcommand, by setup.py extra. The modules in
+# the third column are needed by every run, so they are checked before any work;
+# the others only by some options (kfac-ext place --method milp needs highspy).
+EXTRAS = {
+    "train": ("app", ("tqdm", "matplotlib", "sklearn"), ("tqdm", "matplotlib", "sklearn")),
+    "bench": ("app", ("matplotlib",), ("matplotlib",)),
+    "place": ("placement", ("highspy", "matplotlib"), ()),
+}
+
+
+def _needs_extra(name: str, module: str) -> str:
+    extra = EXTRAS[name][0]
+    return (f"kfac-ext {name}: needs the [{extra}] extra ({module!r} is not installed): "
+            f"pip install -e '.[{extra}]' --no-build-isolation")
+
+
+def _missing_upfront(name: str) -> str | None:
+    for module in EXTRAS[name][2]:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
 
 def _usage() -> str:
     lines = ["usage: kfac-ext {" + ",".join(SUBCOMMANDS) + "} [options]", ""]
     lines += [f"  kfac-ext {name} --help" for name in SUBCOMMANDS]
     return "\n".join(lines)
+
+
+# Bad input from the user: the file or argument is wrong, not the run.
+_USAGE_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+                    PermissionError)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+class _UsageError(Exception):
+    """argparse's complaint, raised instead of its multi-line usage dump."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the whole usage block
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, OSError) and not isinstance(exc, _USAGE_OS_ERRORS):
+        return 1   # e.g. disk full while writing: the arguments were fine
+    if isinstance(exc, ArithmeticError):
+        return 1   # e.g. the loss diverged
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,9 +93,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kfac-ext: unknown command {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name])
-    parser = argparse.ArgumentParser(prog=f"kfac-ext {name}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    prog = f"kfac-ext {name}"
+    args = None
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name])
+        parser = _Parser(prog=prog, description=module.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(parser)
+        expected = (ValueError, OSError) + tuple(getattr(module, "EXPECTED_ERRORS", ()))
+        try:
+            args = parser.parse_args(argv[1:])
+            return int(module.run(args) or 0)
+        except expected as exc:
+            print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+            return _exit_code(exc)
+    except _UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = getattr(sys.modules.get(SUBCOMMANDS[name]), "interrupted_message", None)
+        message = hint(args) if hint is not None and args is not None else "interrupted"
+        print(f"{prog}: {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -12,17 +12,35 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import platform
 import sys
 
 import torch
 
 from kfac_ext.app import scaling
+from kfac_ext.app.validation import check_output_path
+
+# An eigendecomposition of a larger factor takes minutes and gigabytes to time; the
+# fit needs only a few sizes (kfac_ext/app/scaling.py).
+MAX_EIGH_SIZE = 4096
+
+
+def _positive_ints(text: str) -> list[int]:
+    """argparse type: a comma-separated list of integers >= 1."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") \
+            from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
+    return values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["scaling"], help="which benchmark")
-    parser.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")],
+    parser.add_argument("--workers", type=_positive_ints,
                         default=[8, 16, 32, 64, 128, 256, 512, 1024],
                         help="comma-separated worker counts (default 8..1024, powers of two)")
     parser.add_argument("--network", choices=sorted(scaling.NETWORKS), default="ib100",
@@ -32,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factor-update-steps", type=int, default=10)
     parser.add_argument("--inv-update-steps", type=int, default=100)
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
-    parser.add_argument("--eigh-sizes", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[64, 128, 256, 512], help="factor sizes timed for the eigh fit")
+    parser.add_argument("--eigh-sizes", type=_positive_ints, default=[64, 128, 256, 512],
+                        help=f"factor sizes timed for the eigh fit (2..{MAX_EIGH_SIZE})")
     parser.add_argument("--plot", default="scaling.png", help="PNG path ('' for none)")
 
 
@@ -73,7 +91,35 @@ def _plot(rows, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _check_args(args) -> None:
+    """Refuse values the model cannot use before the kernels are timed (seconds of work)."""
+    bad = [s for s in args.eigh_sizes if not 2 <= s <= MAX_EIGH_SIZE]
+    if bad:
+        raise ValueError(f"--eigh-sizes must be in 2..{MAX_EIGH_SIZE}; got {bad[0]}")
+    if len(set(args.eigh_sizes)) < 2:
+        raise ValueError("--eigh-sizes needs two different sizes to fit t(n) = c3 n^3 + c0")
+    finite = lambda v: v is None or math.isfinite(v)  # noqa: E731
+    for flag, value, ok, expected in (
+            ("--alpha", args.alpha, finite(args.alpha) and (args.alpha is None or args.alpha >= 0),
+             "a finite number of seconds >= 0"),
+            ("--bandwidth", args.bandwidth,
+             finite(args.bandwidth) and (args.bandwidth is None or args.bandwidth > 0),
+             "a finite number of bytes/s > 0"),
+            ("--factor-update-steps", args.factor_update_steps, args.factor_update_steps >= 1,
+             "an integer >= 1"),
+            ("--inv-update-steps", args.inv_update_steps, args.inv_update_steps >= 1,
+             "an integer >= 1"),
+            ("--bucket-cap-mb", args.bucket_cap_mb,
+             math.isfinite(args.bucket_cap_mb) and args.bucket_cap_mb > 0,
+             "a finite number > 0")):
+        if not ok:
+            raise ValueError(f"{flag} must be {expected}; got {value}")
+    if args.plot:
+        check_output_path("--plot", args.plot)
+
+
 def run(args) -> int:
+    _check_args(args)
     net = scaling.NETWORKS[args.network]
     if args.alpha is not None or args.bandwidth is not None:
         net = scaling.Network(net.name + " (overridden)",

@@ -23,11 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_digits_dataset", "load_cifar10", "load_dataset", "CIFAR10_FILES"]
+__all__ = ["Dataset", "DataError", "load_digits_dataset", "load_cifar10", "load_dataset",
+           "CIFAR10_FILES"]
 
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class DataError(ValueError):
+    """A data file that cannot be trained on: unreadable, malformed, empty or mislabelled."""
 
 
 @dataclass
@@ -112,19 +117,37 @@ def _cifar_folder(data_dir: str) -> str:
         "kfac-ext never downloads data.")
 
 
-def _read_cifar_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 3, 32, 32) uint8, labels (n,) int64) of one batch file, checked whole.
+
+    Everything is checked here, at load, so a bad file is named before training
+    rather than failing (or silently wrapping a value) mid-epoch.
+    """
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="bytes")
-        data = np.asarray(entry[b"data"], dtype=np.uint8)
-        labels = np.asarray(entry[b"labels"], dtype=np.int64)
+        data, labels = np.asarray(entry[b"data"]), np.asarray(entry[b"labels"])
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise ValueError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") \
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") \
             from exc
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-        raise ValueError(f"{path}: expected data of shape (n, 3072) and n labels, got "
-                         f"{data.shape} and {len(labels)}")
-    return data.reshape(-1, 3, 32, 32), labels
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 \
+            or len(labels) != len(data):
+        raise DataError(f"{path}: expected data of shape (n, 3072) and n labels, got "
+                        f"{data.shape} and {labels.shape}")
+    if len(data) == 0:
+        raise DataError(f"{path}: holds no images")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: labels must be integers, got {labels.dtype}")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if len(bad):
+        raise DataError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside "
+                        f"0..{num_classes - 1} ({len(bad)} such labels)")
+    if data.dtype != np.uint8:
+        if not np.issubdtype(data.dtype, np.integer) or data.min() < 0 or data.max() > 255:
+            raise DataError(f"{path}: pixels must be integers in 0..255, got {data.dtype} "
+                            f"in [{data.min()}, {data.max()}]")
+        data = data.astype(np.uint8)
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar10(data_dir: str, augment: bool = True) -> Dataset:

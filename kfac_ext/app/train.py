@@ -35,8 +35,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from kfac_ext.app.checkpoint import (CheckpointError, FORMAT, capture_rng_state, load_checkpoint,
-                                 restore_rng_state, save_checkpoint)
+                                 restore_rng_state, resume_hint, save_checkpoint)
 from kfac_ext.app.data import Dataset, load_dataset
+from kfac_ext.app.validation import check_fits_data, check_outputs, check_train_args
 
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
@@ -424,19 +425,7 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
             setattr(a, key, value)
     if a.decay_epochs is None:
         a.decay_epochs = [0.5 * a.epochs, 0.75 * a.epochs]
-    checks = [("--epochs", a.epochs >= 1, "an integer >= 1"),
-              ("--batch-size", a.batch_size >= 1, "an integer >= 1"),
-              ("--lr-sgd", a.lr_sgd > 0, "> 0"), ("--lr-kfac", a.lr_kfac > 0, "> 0"),
-              ("--target-accuracy", 0 < a.target_accuracy <= 1, "a fraction in (0, 1]"),
-              ("--warmup-epochs", a.warmup_epochs >= 0, ">= 0"),
-              ("--factor-update-steps", a.factor_update_steps >= 1, "an integer >= 1"),
-              ("--inv-update-steps", a.inv_update_steps >= 1, "an integer >= 1"),
-              ("--inv-lag-steps", a.inv_lag_steps >= 0, "an integer >= 0"),
-              ("--interval-growth", a.interval_growth >= 1, ">= 1"),
-              ("--stop-after", a.stop_after is None or a.stop_after >= 1, "an integer >= 1")]
-    for flag, ok, expected in checks:
-        if not ok:
-            raise ValueError(f"{flag} must be {expected}")
+    check_train_args(a)  # every flag, whatever --optimizer runs (kfac_ext/app/validation.py)
     for pattern in a.skip_layers:
         try:
             re.compile(pattern)
@@ -445,12 +434,16 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
                 from None
 
 
+# Besides ValueError and OSError, which kfac_ext.cli.main prints as one line.
+EXPECTED_ERRORS = (CheckpointError, FloatingPointError)
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    return resume_hint(args.save)
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as exc:
-        print(f"kfac-ext train: error: {exc}", file=sys.stderr)
-        return 2
+    return _run(args)
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -464,9 +457,8 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _run_in_world(a: argparse.Namespace, world: World) -> int:
-    if a.batch_size % world.size:
-        raise ValueError(f"--batch-size {a.batch_size} must be divisible by the number of "
-                         f"processes ({world.size})")
+    if world.main:
+        check_outputs(a)  # --save / --plot writable: known now, not after an epoch
     if a.threads:
         torch.set_num_threads(a.threads)
     out = sys.stderr if a.json else sys.stdout
@@ -476,6 +468,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
             print(msg, file=out, flush=True)
 
     data = load_dataset(a.data, a.data_dir)
+    check_fits_data(a, a.data, len(data.train_y), world.size)
     names = OPTIMIZERS if a.optimizer == "both" else (a.optimizer,)
     states = {n: RunState(n, _run_config(n, a, world)) for n in names}
     resumes: dict[str, dict | None] = {n: None for n in names}

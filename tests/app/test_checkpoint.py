@@ -18,7 +18,9 @@ def _state(config=None, value=1.0):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     return dict(format=FORMAT, config=config or {"lr": 0.1, "seed": 0}, epoch=3, step=30,
                 model=model.state_dict(), optimizer=opt.state_dict(), preconditioner=None,
-                rng=capture_rng_state(), history=[{"epoch": 1, "test_accuracy": 0.5}])
+                rng=capture_rng_state(),
+                history=[{"epoch": e, "test_accuracy": 0.5} for e in (1, 2, 3)],
+                step_times=[0.01] * 30, train_time_s=0.3, wall_s=0.5)
 
 
 def test_round_trip_keeps_every_entry(tmp_path):
@@ -112,3 +114,104 @@ def test_save_refuses_an_incomplete_state(tmp_path):
     with pytest.raises(ValueError, match="rng"):
         save_checkpoint(tmp_path / "x.pt", {k: v for k, v in _state().items() if k != "rng"})
     assert not os.listdir(tmp_path)
+
+
+def test_empty_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "kfac.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"kfac.pt is empty \(0 bytes\)"):
+        load_checkpoint(path)
+    assert path.read_bytes() == b""
+
+
+def _edited(state, key, value):
+    state = dict(state)
+    if value is _DELETE:
+        del state[key]
+    else:
+        state[key] = value
+    return state
+
+
+_DELETE = object()
+_BAD_RNG = {"torch": torch.zeros(5, dtype=torch.uint8), "numpy": {}, "python": {}}
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("history", _DELETE, "lacks \\['history'\\]"),
+    ("rng", _BAD_RNG, "rng cannot be restored"),
+    ("rng", [1, 2], "rng is a list"),
+    ("history", {"epoch": 1}, "history is not a list"),
+    ("history", [{"epoch": 1}], "history holds 1 epochs, but epoch is 3"),
+    ("epoch", -1, "epoch is -1"),
+    ("step", "30", "step is '30'"),
+    ("config", [("lr", 0.1)], "config is a list"),
+    ("model", None, "model is a NoneType"),
+    ("step_times", [0.1, float("nan")], "step_times"),
+    ("train_time_s", -1.0, "train_time_s is -1.0"),
+    ("preconditioner", "x", "preconditioner is neither"),
+])
+def test_hand_edited_checkpoint_names_what_is_wrong_and_stays_untouched(tmp_path, key, value,
+                                                                        message):
+    path = tmp_path / "sgd.pt"
+    torch.save(_edited(_state(), key, value), path)
+    before = path.read_bytes()
+    rng_before = torch.get_rng_state()
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(path, {"lr": 0.1, "seed": 0})
+    assert "sgd.pt" in str(info.value)
+    assert path.read_bytes() == before
+    assert torch.equal(torch.get_rng_state(), rng_before)  # a trial restore is undone
+
+
+def test_stale_temporary_of_a_killed_save_is_removed_by_the_next_save_or_load(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "kfac.pt"
+    save_checkpoint(path, _state())
+    host = ckpt._HOST
+    # A writer that died (its pid is gone), an older-style name and an interrupted save
+    # of this very process: all stale. A live writer's file and other runs' files stay.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = [f".tmp-kfac.pt-{host}-{dead.stdout.strip()}-abc", ".tmp-kfac.pt-k2j3h4",
+             f".tmp-kfac.pt-{host}-{os.getpid()}-zzz"]
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        kept = [f".tmp-kfac.pt-{host}-{live.pid}-live", ".tmp-sgd.pt-k2j3h4",
+                ".tmp-kfac.pt-otherhost-1-x"]
+        for name in stale + kept:
+            (tmp_path / name).write_bytes(b"partial")
+        save_checkpoint(path, _state())
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + ["kfac.pt"])
+        for name in stale:
+            (tmp_path / name).write_bytes(b"partial")
+        load_checkpoint(path)
+        assert sorted(os.listdir(tmp_path)) == sorted(kept + ["kfac.pt"])
+        live.kill()
+
+
+def test_resume_hint_says_whether_there_is_anything_to_resume(tmp_path):
+    assert ckpt.resume_hint(None) == "interrupted"
+    assert "before the first checkpoint" in ckpt.resume_hint(str(tmp_path))
+    save_checkpoint(tmp_path / "sgd.pt", _state())
+    assert ckpt.resume_hint(str(tmp_path)) == f"interrupted; resume with --resume {tmp_path}"
+
+
+def test_ctrl_c_during_a_save_lands_after_it_with_the_checkpoint_complete(tmp_path, monkeypatch):
+    import signal
+
+    real_save = torch.save
+
+    def interrupted_save(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of the write
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", interrupted_save)
+    path = tmp_path / "kfac.pt"
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, _state(value=4.0))
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["weight"], torch.full((2, 3), 4.0))
+    assert os.listdir(tmp_path) == ["kfac.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

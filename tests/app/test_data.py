@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from kfac_ext.app.data import (CIFAR10_FILES, _random_crop_flip, load_cifar10, load_dataset,
-                           load_digits_dataset)
+from kfac_ext.app.data import (CIFAR10_FILES, DataError, _random_crop_flip, load_cifar10,
+                               load_dataset, load_digits_dataset)
 
 
 def test_digits_split_is_fixed_stratified_and_standardised():
@@ -117,3 +117,33 @@ def test_cifar10_corrupt_batch_names_the_file(tmp_path):
 def test_unknown_dataset_is_rejected():
     with pytest.raises(ValueError, match="digits"):
         load_dataset("mnist")
+
+
+def _rewrite_batch(folder, name, data, labels):
+    with open(os.path.join(folder, name), "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+
+
+@pytest.mark.parametrize("name,data,labels,message", [
+    ("data_batch_2", np.zeros((4, 3072), np.uint8), [0, 9, 255, 3],
+     "data_batch_2: label 255 at index 2 is outside 0..9"),
+    ("data_batch_4", np.zeros((2, 3072), np.uint8), [-1, 0], "label -1 at index 0"),
+    ("test_batch", np.zeros((0, 3072), np.uint8), [], "test_batch: holds no images"),
+    ("data_batch_1", np.zeros((2, 3072), np.uint8), [0.5, 1.0], "labels must be integers"),
+    ("data_batch_5", np.full((2, 3072), 300, np.int64), [0, 1], "pixels must be integers in 0..255"),
+    ("test_batch", np.zeros((2, 3072), np.uint8), [0, 1, 2], "expected data of shape"),
+])
+def test_cifar10_bad_batch_is_refused_at_load_naming_the_file(tmp_path, name, data, labels,
+                                                             message):
+    _write_fake_cifar(str(tmp_path))
+    _rewrite_batch(str(tmp_path), name, data, labels)
+    with pytest.raises(DataError, match=message) as info:
+        load_cifar10(str(tmp_path))
+    assert name in str(info.value)
+
+
+def test_cifar10_wider_integer_pixels_in_range_are_accepted(tmp_path):
+    _write_fake_cifar(str(tmp_path))
+    _rewrite_batch(str(tmp_path), "test_batch", np.full((2, 3072), 200, np.int64), [0, 1])
+    d = load_cifar10(str(tmp_path))
+    assert d.test_x.dtype == torch.uint8 and int(d.test_x.max()) == 200
