@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     prog = f"kfac-ext {name}"
+    missing = None if {"-h", "--help"} & set(argv[1:]) else _missing_upfront(name)
+    if missing is not None:  # before any work: the extra is needed by every run
+        print(_needs_extra(name, missing), file=sys.stderr)
+        return 2
     args = None
     try:
         module = importlib.import_module(SUBCOMMANDS[name])
@@ -107,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         except expected as exc:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
             return _exit_code(exc)
+        except ModuleNotFoundError as exc:  # an extra that only some options need
+            root = (exc.name or "").split(".")[0]
+            if root not in EXTRAS[name][1]:
+                raise
+            print(_needs_extra(name, root), file=sys.stderr)
+            return 2
     except _UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
