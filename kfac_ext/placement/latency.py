@@ -95,7 +95,7 @@ def latency_lower_bound(graph: Graph) -> float:
     return max(finish.values(), default=0.0)
 
 
-def chain_split(graph: Graph) -> Placement | None:
+def chain_split(graph: Graph, order: list[int] | None = None) -> Placement | None:
     """A good contiguous split for latency, by dynamic programming over the chain of
     colocation groups in topological order (what PipeDream does for throughput).
 
@@ -104,8 +104,9 @@ def chain_split(graph: Graph) -> Placement | None:
     the transfer cost of the outputs crossing it once per accelerator side -- the
     exact latency when the graph is a chain, an estimate otherwise (the caller
     scores the result with :func:`latency_of`).  O(groups^2 * k) time.
+    ``order``: the topological order to follow (default: the graph's).
     Returns None when no chain split fits the devices."""
-    pos = {v: i for i, v in enumerate(graph.topological_order())}
+    pos = {v: i for i, v in enumerate(order or graph.topological_order())}
     groups = sorted(graph.colocation_groups(), key=lambda m: min(pos[i] for i in m))
     G, k, cap = len(groups), graph.num_accelerators, graph.memory_cap
     gi = {i: g for g, m in enumerate(groups) for i in m}

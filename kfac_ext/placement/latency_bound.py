@@ -48,6 +48,10 @@ from .latency import latency_lower_bound
 __all__ = ["block_bound", "path_chain_bound", "latency_bound"]
 
 
+def _group_of(graph: Graph) -> dict[int, int]:
+    return {v: g for g, members in enumerate(graph.colocation_groups()) for v in members}
+
+
 def _cheapest(graph: Graph):
     has_accel, has_cpu = graph.num_accelerators > 0, graph.num_cpus > 0
 
@@ -87,6 +91,7 @@ def block_bound(graph: Graph) -> float:
     path_bound = latency_lower_bound(graph)
     k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
     fastest = _cheapest(graph)
+    group = _group_of(graph)
     order = graph.topological_order()
     kept = _kept_subgraph(graph, order, fastest)
     inside = set(kept)
@@ -133,8 +138,10 @@ def block_bound(graph: Graph) -> float:
         for j in range(1, len(path)):
             cost = graph.node(path[j - 1]).out_cost
             nxt: dict = {}
+            glued = group[path[j - 1]] == group[path[j]]  # colour mates share a device
             for (kind, changed), c in states.items():
-                moves = [(kind, 0.0, changed)] + [(kv, d, True) for kv, d in change_delays(kind, cost)]
+                moves = [(kind, 0.0, changed)] + [(kv, d, True) for kv, d in change_delays(kind, cost)
+                                                  if not glued]
                 for kv, delay, ch in moves:
                     if j == len(path) - 1 and kv != tail_kind:
                         continue
@@ -214,6 +221,7 @@ def path_chain_bound(graph: Graph, path: list[int]) -> float:
         if anchor is not None:
             size[anchor] += sum(graph.node(v).size for v in members if v not in on_path)
     kinds = [kind for kind, count in (("accel", k), ("cpu", l)) if count > 0]
+    group = _group_of(graph)
     nodes = [graph.node(v) for v in path]
     L = len(path)
     inf = math.inf
@@ -227,6 +235,8 @@ def path_chain_bound(graph: Graph, path: list[int]) -> float:
         """Least cost of path[:i] plus the move into a new segment of ``kind`` at i."""
         if i == 0:
             return 0.0
+        if group[path[i - 1]] == group[path[i]]:  # colour mates share a device
+            return inf
         cost = nodes[i - 1].out_cost
         best = inf
         for prev, c in end[i].items():

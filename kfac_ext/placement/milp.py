@@ -30,9 +30,17 @@ upper bound on every finish time).  Minimise ``L >= f_v``.
 
 Warm start: the contiguous DP optimum (kfac_ext.placement.dp) for throughput;
 for latency the best of latency.chain_split (a chain DP over the topological
-order), a first-fit fill of the accelerators and everything on one CPU (or a start the caller passes, e.g. the DP's).  HiGHS gets it
-through ``setSolution``; the answer is re-scored from the graph alone
+order, and over latency_search.chain_order, which keeps weights by their
+layer), a first-fit fill of the accelerators and everything on one CPU (or a
+start the caller passes), improved by latency_search.improve (local search on
+the exact latency, ``_SEARCH_SHARE`` of the time).  HiGHS gets it through
+``setSolution``; the answer is re-scored from the graph alone
 (throughput_loads / latency_of) and is never worse than the warm start.
+
+Latency bound: latency_bound.latency_bound (memory-aware, combinatorial) is
+the variable ``L``'s lower bound in the program and the reported bound when
+HiGHS's is weaker.  When it already certifies the search's answer within
+``mip_rel_gap``, or the program is too big for the time left, HiGHS is not run.
 """
 from __future__ import annotations
 
@@ -47,7 +55,9 @@ import highspy
 import numpy as np
 
 from .graph import Graph
-from .latency import chain_split, latency_lower_bound, latency_of, latency_schedule
+from .latency import chain_split, latency_of, latency_schedule
+from .latency_bound import latency_bound
+from .latency_search import chain_order, improve
 from .objective import Placement, PlacementError, Solution, check_placement, throughput_loads
 
 __all__ = ["solve_milp", "MilpError"]
@@ -300,14 +310,26 @@ def _ancestor_sets(graph: Graph, order: list[int]) -> dict[int, int]:
     return anc
 
 
-def _latency_program(graph: Graph, upper: float, max_pairs: int):
+def _sequencing_pairs(graph: Graph) -> list[tuple[int, int]]:
+    """(u, v), u before v in topological order, for every pair no path orders."""
+    order = graph.topological_order()
+    anc = _ancestor_sets(graph, order)
+    pairs = []
+    for j, v in enumerate(order):
+        for i in range(j):
+            if not (anc[v] >> i) & 1:
+                pairs.append((order[i], v))
+    return pairs
+
+
+def _latency_program(graph: Graph, upper: float, pairs: list[tuple[int, int]], lower: float = 0.0):
     prog = _Program()
     place = _PlacementVars(prog, graph)
     devices = place.devices
     accel = [d for d, (kind, _) in enumerate(devices) if kind == "accel"]
     order = graph.topological_order()
     upper = max(upper, 1e-12)
-    lat = prog.var(0.0, upper, cost=1.0)
+    lat = prog.var(min(lower, upper), upper, cost=1.0)  # a proven bound helps HiGHS prune
     s = {v: prog.var(0.0, upper) for v in order}
 
     def finish_terms(v: int, sign: float) -> dict[int, float]:
@@ -340,15 +362,6 @@ def _latency_program(graph: Graph, upper: float, max_pairs: int):
             edge_vars.append((u, v, y, e1, e2))
         prog.row(row, lo=0.0)
     # one node at a time per device, in topological order: pairs no path orders
-    anc = _ancestor_sets(graph, order)
-    pairs = []
-    for j, v in enumerate(order):
-        for i in range(j):
-            if not (anc[v] >> i) & 1:
-                pairs.append((order[i], v))
-    if len(pairs) > max_pairs:
-        raise MilpError(f"the latency program needs {len(pairs)} sequencing pairs (more than "
-                        f"max_pairs={max_pairs}); the graph is too wide for it")
     pair_vars = []
     for u, v in pairs:
         gu, gv = place.group_of[u], place.group_of[v]
@@ -422,6 +435,7 @@ def _default_warm_start(graph: Graph, objective: str) -> Placement | None:
         ids = graph.ids
         candidates.append(_first_fit(graph))
         candidates.append(chain_split(graph))
+        candidates.append(chain_split(graph, chain_order(graph)))
         if graph.num_cpus:
             candidates.append(Placement([[] for _ in range(graph.num_accelerators)],
                                         [ids] + [[] for _ in range(graph.num_cpus - 1)]))
@@ -473,13 +487,32 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
 
     groups = graph.colocation_groups()
     stats: dict = {"warm_start_value": None if warm_start is None else warm_value}
+    proven = 0.0  # a lower bound known before HiGHS runs
     if objective == "throughput":
         prog, place, start_of = _throughput_program(graph)
     else:
         if warm_start is None:
             raise MilpError("the latency program needs a warm start (its big-M is the warm "
                             "start's latency) and no placement fits the devices")
-        prog, place, start_of, extra = _latency_program(graph, warm_value, max_pairs)
+        proven = latency_bound(graph)
+        warm_start, warm_value, search = improve(graph, warm_start, _SEARCH_SHARE * time_limit)
+        stats.update(bound_before_milp=proven, search_value=warm_value, search_moves=search["moves"],
+                     search_seconds=search["seconds"])
+        if warm_value - proven <= mip_rel_gap * warm_value:  # certified: HiGHS has nothing to add
+            return _latency_solution(graph, warm_start, warm_value, proven, t0, stats, mip_rel_gap,
+                                     status="bound meets the local search")
+        pairs = _sequencing_pairs(graph)
+        if len(pairs) > max_pairs:
+            raise MilpError(f"the latency program needs {len(pairs)} sequencing pairs (more than "
+                            f"max_pairs={max_pairs}); the graph is too wide for it")
+        rows = len(pairs) * (len(_device_list(graph)) + 1)
+        left = time_limit - (time.perf_counter() - t0)
+        if rows > _ROWS_PER_SECOND * left:  # HiGHS would not finish its first LP in time
+            stats["sequencing_pairs"] = len(pairs)
+            return _latency_solution(graph, warm_start, warm_value, proven, t0, stats, mip_rel_gap,
+                                     status=f"HiGHS skipped: {rows} sequencing rows are too many "
+                                            f"for {left:.0f} s")
+        prog, place, start_of, extra = _latency_program(graph, warm_value, pairs, lower=proven)
         stats.update(extra)
     start = None
     if warm_start is not None:
@@ -504,17 +537,38 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
         raise MilpError(f"HiGHS found no feasible placement within {time_limit:g} s "
                         f"(status: {stats['status']})")
     bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else 0.0
-    if objective == "latency":  # both are valid bounds; the path bound helps on a timeout
-        bound = max(bound, latency_lower_bound(graph))
+    stats["improved_on_warm_start"] = best_value < warm_value
+    if objective == "latency":  # both bounds are valid; ours often beats HiGHS's on a timeout
+        return _latency_solution(graph, best, best_value, max(bound, proven), t0, stats,
+                                 mip_rel_gap)
     bound = min(bound, best_value)
     gap = 0.0 if best_value <= 0 else max(0.0, (best_value - bound) / best_value)
     stats["gap"] = gap
-    stats["improved_on_warm_start"] = best_value < warm_value
     optimal = status == highspy.HighsModelStatus.kOptimal and gap <= mip_rel_gap + 1e-12
     seconds = time.perf_counter() - t0
-    if objective == "throughput":
-        return Solution.evaluated(graph, best, "milp", optimal=optimal, lower_bound=bound,
-                                  solve_seconds=seconds, stats=stats)
+    return Solution.evaluated(graph, best, "milp", optimal=optimal, lower_bound=bound,
+                              solve_seconds=seconds, stats=stats)
+
+
+# share of the time limit the latency local search may use before HiGHS starts
+_SEARCH_SHARE = 0.3
+# sequencing rows per second of time left below which HiGHS is worth starting: on the
+# bundled latency workloads (20k to 1.7M rows) it ended every 20 s run at the root, having
+# built the program for up to 40 s; beyond this the search's answer and the bound stand
+_ROWS_PER_SECOND = 1000
+
+
+def _latency_solution(graph: Graph, best: Placement, best_value: float, bound: float, t0: float,
+                      stats: dict, mip_rel_gap: float, status: str | None = None) -> Solution:
+    """The latency answer: value recomputed from the graph, gap against a proven bound."""
+    best_value = latency_of(graph, best)
+    bound = min(bound, best_value)
+    gap = 0.0 if best_value <= 0 else max(0.0, (best_value - bound) / best_value)
+    stats["gap"] = gap
+    if status is not None:
+        stats["status"] = status
+    optimal = gap <= mip_rel_gap + 1e-12
+    seconds = time.perf_counter() - t0
     sched = latency_schedule(graph, best)
     busy = {}
     for v, sn in sched.items():

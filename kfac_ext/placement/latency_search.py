@@ -1,0 +1,154 @@
+"""Good latency placements fast: contiguous starts, then local search on the exact latency.
+
+``improve(graph, placement, time_limit)`` moves one colocation group at a time
+to another device -- one its neighbours use, an empty accelerator or a CPU --
+keeping a move when the single-sample latency (latency.py's model, recomputed
+from scratch by :class:`FastLatency`) drops, until a full pass finds nothing
+or the time is up.  ``chain_order`` is a topological order that keeps weights
+next to their consumers, so that a contiguous split of it (latency.chain_split)
+does not pay for a weight it cut off from its layer.
+"""
+from __future__ import annotations
+
+import time
+
+from .graph import Graph
+from .objective import Placement
+
+__all__ = ["FastLatency", "chain_order", "improve"]
+
+
+def chain_order(graph: Graph) -> list[int]:
+    """The topological order with every source moved to just before its first
+    consumer and every sink to just after its last producer (still topological)."""
+    order = graph.topological_order()
+    pos = {v: i for i, v in enumerate(order)}
+
+    def key(v: int):
+        succ, pred = graph.successors(v), graph.predecessors(v)
+        if not pred and succ:
+            return (min(pos[w] for w in succ) - 0.5, pos[v])
+        if not succ and pred:
+            return (max(pos[u] for u in pred) + 0.5, pos[v])
+        return (float(pos[v]), pos[v])
+
+    return sorted(order, key=key)
+
+
+class FastLatency:
+    """latency.latency_of for many device assignments of one graph: plain lists
+    indexed by topological position; devices 0..k-1 are accelerators, k..k+l-1 CPUs."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.order = graph.topological_order()
+        self.pos = {v: i for i, v in enumerate(self.order)}
+        self.k, self.l = graph.num_accelerators, graph.num_cpus
+        nodes = [graph.node(v) for v in self.order]
+        self.accel = [n.accel_time for n in nodes]
+        self.cpu = [n.cpu_time for n in nodes]
+        self.out = [n.out_cost for n in nodes]
+        self.preds = [[self.pos[u] for u in graph.predecessors(v)] for v in self.order]
+
+    def __call__(self, dev: list[int]) -> float:
+        k = self.k
+        free = [0.0] * (k + self.l)
+        finish = [0.0] * len(dev)
+        accel, cpu, out = self.accel, self.cpu, self.out
+        for i, preds in enumerate(self.preds):
+            d = dev[i]
+            ready = free[d]
+            for p in preds:
+                arrive = finish[p]
+                dp = dev[p]
+                if dp != d:
+                    arrive += out[p] * ((dp < k) + (d < k))
+                if arrive > ready:
+                    ready = arrive
+            f = ready + (accel[i] if d < k else cpu[i])
+            finish[i] = f
+            free[d] = f
+        return max(finish, default=0.0)
+
+    def devices_of(self, placement: Placement) -> list[int]:
+        dev = [0] * len(self.order)
+        for a, nodes in enumerate(placement.accelerators):
+            for v in nodes:
+                dev[self.pos[v]] = a
+        for c, nodes in enumerate(placement.cpus):
+            for v in nodes:
+                dev[self.pos[v]] = self.k + c
+        return dev
+
+    def placement(self, dev: list[int]) -> Placement:
+        acc = [[] for _ in range(self.k)]
+        cpus = [[] for _ in range(self.l)]
+        for i, d in enumerate(dev):
+            (acc[d] if d < self.k else cpus[d - self.k]).append(self.order[i])
+        return Placement(acc, cpus)
+
+
+def improve(graph: Graph, placement: Placement, time_limit: float,
+            evaluator: FastLatency | None = None) -> tuple[Placement, float, dict]:
+    """Local search from a valid ``placement``; returns (placement, latency, stats).
+    Every kept move respects memory caps, colour classes and CPU-only nodes."""
+    t0 = time.perf_counter()
+    ev = evaluator or FastLatency(graph)
+    k, l, cap = ev.k, ev.l, graph.memory_cap
+    dev = ev.devices_of(placement)
+    groups = [[ev.pos[v] for v in members] for members in graph.colocation_groups()]
+    groups.sort(key=min)
+    size = [sum(graph.node(ev.order[i]).size for i in g) for g in groups]
+    accel_ok = [all(graph.node(ev.order[i]).accel_ok for i in g) for g in groups]
+    group_of = [0] * len(dev)
+    for gi, g in enumerate(groups):
+        for i in g:
+            group_of[i] = gi
+    neighbours = [set() for _ in groups]
+    for i, preds in enumerate(ev.preds):
+        for p in preds:
+            if group_of[p] != group_of[i]:
+                neighbours[group_of[i]].add(group_of[p])
+                neighbours[group_of[p]].add(group_of[i])
+    used = [0.0] * k  # bytes per accelerator
+    count = [0] * (k + l)  # groups per device
+    for gi, g in enumerate(groups):
+        d = dev[g[0]]
+        count[d] += 1
+        if d < k:
+            used[d] += size[gi]
+    best = ev(dev)
+    moves = passes = 0
+    improved = True
+    while improved and time.perf_counter() - t0 < time_limit:
+        improved = False
+        passes += 1
+        for gi, g in enumerate(groups):
+            if time.perf_counter() - t0 >= time_limit:
+                break
+            here = dev[g[0]]
+            targets = {dev[groups[h][0]] for h in neighbours[gi]}
+            empty = [next((d for d in range(lo, hi) if count[d] == 0), None)
+                     for lo, hi in ((0, k), (k, k + l))]
+            targets |= {d for d in empty + [k if l else None] if d is not None}
+            targets.discard(here)
+            for d in sorted(targets):
+                if d < k and (not accel_ok[gi] or used[d] + size[gi] > cap * (1 + 1e-12)):
+                    continue
+                for i in g:
+                    dev[i] = d
+                value = ev(dev)
+                if value < best * (1 - 1e-12):
+                    best, moves, improved = value, moves + 1, True
+                    count[here] -= 1
+                    count[d] += 1
+                    if here < k:
+                        used[here] -= size[gi]
+                    if d < k:
+                        used[d] += size[gi]
+                    here = d
+                else:
+                    for i in g:
+                        dev[i] = here
+    stats = {"moves": moves, "passes": passes, "seconds": time.perf_counter() - t0}
+    return ev.placement(dev), best, stats
