@@ -10,7 +10,7 @@ from .objective import (Placement, PlacementError, Solution, check_placement, de
 
 __all__ = ["Graph", "GraphError", "Node", "Placement", "PlacementError", "Solution", "check_placement",
            "device_breakdown", "device_load", "throughput_loads"]
-# placement engineer B: latency and K-FAC work assignment (cheap), and lazily the
+# Latency and K-FAC work assignment (cheap), and lazily the
 # solvers/tools that pull in highspy or torch.fx/pipelining
 from .latency import latency_of
 from .makespan import MakespanResult, optimal_makespan_assignment
