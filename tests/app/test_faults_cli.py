@@ -9,7 +9,6 @@ and a SIGKILL inside a save use a subprocess.
 """
 import errno
 import json
-import math
 import os
 import signal
 import subprocess
