@@ -498,6 +498,9 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
         warm_start, warm_value, search = improve(graph, warm_start, _SEARCH_SHARE * time_limit)
         stats.update(bound_before_milp=proven, search_value=warm_value, search_moves=search["moves"],
                      search_seconds=search["seconds"])
+        if verbose:
+            print(f"latency: local search {warm_value:.6g} ({search['moves']} moves, "
+                  f"{search['seconds']:.2f} s), lower bound {proven:.6g}", file=sys.stderr)
         if warm_value - proven <= mip_rel_gap * warm_value:  # certified: HiGHS has nothing to add
             return _latency_solution(graph, warm_start, warm_value, proven, t0, stats, mip_rel_gap,
                                      status="bound meets the local search")
