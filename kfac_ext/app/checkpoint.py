@@ -180,11 +180,14 @@ def resume_hint(save_dir: str | None) -> str:
     return f"interrupted; resume with --resume {save_dir}"
 
 
-def load_checkpoint(path: str | os.PathLike,
-                    expected_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] | None = None,
+                    record_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a checkpoint; with ``expected_config``, insist it was made with that configuration.
 
-    Also removes the temporary files killed saves of ``path`` left beside it.
+    Every history record must hold ``epoch``, ``train_loss``, ``train_time_s``,
+    ``lr`` and ``record_keys`` (what the caller reads back, e.g. its target
+    metric). Also removes the temporary files killed saves of ``path`` left
+    beside it.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -204,7 +207,7 @@ def load_checkpoint(path: str | os.PathLike,
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: it lacks {missing}")
-    problem = _malformed_entry(state)
+    problem = _malformed_entry(state, _RECORD_KEYS + tuple(record_keys))
     if problem:
         raise CheckpointError(f"checkpoint {path} is damaged (edited by hand?): {problem}")
     if expected_config is not None:
@@ -221,7 +224,10 @@ def _is_seconds(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
-def _malformed_entry(state: Mapping[str, Any]) -> str | None:
+_RECORD_KEYS = ("epoch", "train_loss", "train_time_s", "lr")
+
+
+def _malformed_entry(state: Mapping[str, Any], record_keys: tuple[str, ...]) -> str | None:
     """What is wrong with the entries of a checkpoint that has them all, or None."""
     if not isinstance(state["config"], dict):
         return f"config is a {type(state['config']).__name__}, not a dict"
@@ -238,6 +244,15 @@ def _malformed_entry(state: Mapping[str, Any]) -> str | None:
         return "history is not a list of per-epoch records"
     if len(history) != state["epoch"]:
         return f"history holds {len(history)} epochs, but epoch is {state['epoch']}"
+    for i, record in enumerate(history):
+        missing = [k for k in record_keys if k not in record]
+        if missing:
+            return f"history record {i} lacks {missing}"
+        if record["epoch"] != i + 1:
+            return f"history record {i} is epoch {record['epoch']!r}, not {i + 1}"
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   for v in record.values()):
+            return f"history record {i} holds a value that is not a number"
     if not isinstance(state["step_times"], list) or not all(map(_is_seconds, state["step_times"])):
         return "step_times is not a list of seconds"
     for key in ("train_time_s", "wall_s"):

@@ -13,6 +13,7 @@ break the K-FAC run must not first cost a full SGD run.
   same thing the real write will do later (``os.access`` would say yes to root
   on any folder).
 - ``check_fits_data(a, n_train, world_size)``: the batch fits the training set.
+- ``check_model_fits(model, a, sample)``: ``--model`` takes ``--data``'s samples.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import tempfile
 
 import torch
 
-__all__ = ["check_train_args", "check_outputs", "check_output_path", "check_fits_data", "DEVICES",
-           "PLOT_SUFFIXES"]
+__all__ = ["check_train_args", "check_outputs", "check_output_path", "check_fits_data",
+           "check_model_fits", "DEVICES", "PLOT_SUFFIXES"]
 
 DEVICES = ("auto", "cpu", "cuda")
 # Formats matplotlib's Agg canvas writes; a path without one would be written
@@ -155,3 +156,23 @@ def check_fits_data(a: argparse.Namespace, dataset: str, n_train: int, world_siz
     if a.batch_size % world_size:
         raise ValueError(f"--batch-size {a.batch_size}: must be divisible by the number of "
                          f"processes ({world_size})")
+
+
+def check_model_fits(model: torch.nn.Module, a: argparse.Namespace, sample: torch.Tensor) -> None:
+    """--model takes --data's samples: one forward pass on ``sample`` before any training.
+
+    In eval mode and without gradients, so no weight, BatchNorm statistic or RNG
+    changes (the models draw no random numbers in eval mode).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(sample)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise ValueError(f"--model {a.model} does not take --data {a.data} samples of shape "
+                         f"{tuple(sample.shape[1:])} ({detail}); --help lists the models "
+                         "for each dataset") from None
+    finally:
+        model.train(was_training)

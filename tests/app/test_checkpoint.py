@@ -19,7 +19,8 @@ def _state(config=None, value=1.0):
     return dict(format=FORMAT, config=config or {"lr": 0.1, "seed": 0}, epoch=3, step=30,
                 model=model.state_dict(), optimizer=opt.state_dict(), preconditioner=None,
                 rng=capture_rng_state(),
-                history=[{"epoch": e, "test_accuracy": 0.5} for e in (1, 2, 3)],
+                history=[dict(epoch=e, train_loss=1.0 / e, train_time_s=0.1 * e, lr=0.1,
+                              test_accuracy=0.5) for e in (1, 2, 3)],
                 step_times=[0.01] * 30, train_time_s=0.3, wall_s=0.5)
 
 
@@ -143,6 +144,11 @@ _BAD_RNG = {"torch": torch.zeros(5, dtype=torch.uint8), "numpy": {}, "python": {
     ("rng", [1, 2], "rng is a list"),
     ("history", {"epoch": 1}, "history is not a list"),
     ("history", [{"epoch": 1}], "history holds 1 epochs, but epoch is 3"),
+    ("history", [{"epoch": 1, "lr": 0.1}] * 3, "history record 0 lacks \\['train_loss'"),
+    ("history", [dict(epoch=e, train_loss=1.0, train_time_s=1.0, lr=0.1) for e in (1, 1, 3)],
+     "history record 1 is epoch 1, not 2"),
+    ("history", [dict(epoch=e, train_loss="low", train_time_s=1.0, lr=0.1) for e in (1, 2, 3)],
+     "history record 0 holds a value that is not a number"),
     ("epoch", -1, "epoch is -1"),
     ("step", "30", "step is '30'"),
     ("config", [("lr", 0.1)], "config is a list"),
@@ -215,3 +221,11 @@ def test_ctrl_c_during_a_save_lands_after_it_with_the_checkpoint_complete(tmp_pa
     assert torch.equal(load_checkpoint(path)["model"]["weight"], torch.full((2, 3), 4.0))
     assert os.listdir(tmp_path) == ["kfac.pt"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_history_records_must_hold_what_the_caller_reads_back(tmp_path):
+    path = tmp_path / "sgd.pt"
+    save_checkpoint(path, _state())
+    assert load_checkpoint(path, record_keys=("test_accuracy",))["epoch"] == 3
+    with pytest.raises(CheckpointError, match=r"record 0 lacks \['train_eval_loss'\]"):
+        load_checkpoint(path, record_keys=("train_eval_loss",))

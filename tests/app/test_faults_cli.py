@@ -149,6 +149,15 @@ def test_bad_cifar10_batch_is_named_before_training(tmp_path, capsys, no_trainin
     _assert_one_line_error(code, out, err, *words)
 
 
+@pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
+def test_model_that_does_not_take_the_data_is_refused_before_training(tmp_path, capsys,
+                                                                      no_training, model):
+    _fake_cifar(tmp_path)
+    code, out, err = _train(capsys, "--data", "cifar10", "--data-dir", tmp_path,
+                            "--model", model, "--batch-size", "8")
+    _assert_one_line_error(code, out, err, f"--model {model}", "(3, 32, 32)")
+
+
 @pytest.mark.parametrize("where", ["file", "absent", "empty"])
 def test_bad_data_dir_is_one_line(tmp_path, capsys, no_training, where):
     path = tmp_path / where
@@ -256,6 +265,11 @@ def _edit(state, key, value):
     ("config", "sgd", ["config is a str"], False),
     ("model", lambda m: {k: v[:1] for k, v in m.items()}, ["does not fit"], True),
     ("optimizer", lambda o: {**o, "param_groups": []}, ["does not fit"], True),
+    ("optimizer", lambda o: {**o, "param_groups": "x"}, ["does not fit"], True),
+    ("optimizer", lambda o: {**o, "state": 5}, ["does not fit"], True),
+    ("history", lambda h: [{k: v for k, v in h[0].items() if k != "test_accuracy"}],
+     ["history record 0"], False),
+    ("history", lambda h: [{**h[0], "train_loss": "low"}], ["not a number"], False),
 ])
 def test_hand_edited_checkpoint_is_refused_and_kept(saved_run, tmp_path, capsys, monkeypatch,
                                                     key, value, words, trains):
