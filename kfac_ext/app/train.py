@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from kfac_ext.app.checkpoint import (CheckpointError, FORMAT, capture_rng_state, load_checkpoint,
                                  restore_rng_state, resume_hint, save_checkpoint)
 from kfac_ext.app.data import Dataset, load_dataset
-from kfac_ext.app.validation import check_fits_data, check_outputs, check_train_args
+from kfac_ext.app.validation import (check_fits_data, check_model_fits, check_outputs,
+                                     check_train_args)
 
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
@@ -314,7 +315,9 @@ def _train_run(state: RunState, a: argparse.Namespace, data: Dataset, init_weigh
             optimizer.load_state_dict(resume["optimizer"])
             if precond is not None:
                 precond.load_state_dict(resume["preconditioner"])
-        except (RuntimeError, KeyError, ValueError) as exc:
+        # The state dicts come from the file: any of these means it was edited or foreign.
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError,
+                IndexError) as exc:
             raise CheckpointError(f"checkpoint for {name} does not fit the model/optimizer: "
                                   f"{exc}") from exc
         restore_rng_state(resume["rng"])
@@ -481,7 +484,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
         # the run before a single file is written.
         for n, path in found.items():
             if os.path.isfile(path):
-                resumes[n] = load_checkpoint(path, states[n].config)
+                resumes[n] = load_checkpoint(path, states[n].config, ("test_accuracy",))
     # One initialisation, shared by both runs; every random choice follows --seed.
     random.seed(a.seed)
     np.random.seed(a.seed)
@@ -489,6 +492,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
     from kfac_ext.app.models import build_model
 
     init_model = build_model(a.model, data.num_classes, data.in_channels)
+    check_model_fits(init_model, a, data.batch(torch.arange(2), train=False)[0])
     if "kfac" in names:
         _check_skip_layers(init_model, a)
     init_weights = copy.deepcopy(init_model.state_dict())
