@@ -8,6 +8,9 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 
+#include <c10/util/safe_numerics.h>
+
+#include <cmath>
 #include <string>
 #include <utility>
 
@@ -40,6 +43,30 @@ inline std::string item(const char* list, size_t i) {
   return std::string(list) + "[" + std::to_string(i) + "]";
 }
 
+// An in-place output must not share memory with an input it reads: the
+// kernels read the input while they write the output, so the result would be
+// garbage. Overlap the ATen check cannot decide (non-dense views) counts as
+// sharing when the two live in one storage.
+inline void check_no_alias(const at::Tensor& out, const at::Tensor& in, const char* op,
+                           const std::string& out_name, const std::string& in_name) {
+  const auto status = at::get_overlap_status(out, in);
+  const bool shares = status == at::MemOverlapStatus::Full ||
+                      status == at::MemOverlapStatus::Partial ||
+                      (status == at::MemOverlapStatus::TooHard && out.has_storage() &&
+                       in.has_storage() && out.storage().is_alias_of(in.storage()));
+  TORCH_CHECK(!shares, op, ": ", out_name, " must not share memory with ", in_name, " (",
+              out_name, " is written in place while ", in_name,
+              " is read); pass a copy, e.g. ", in_name, ".clone()");
+}
+
+// Damping λ of the eigen method's (d_G d_A^T + λ): with λ <= 0 a zero
+// eigenvalue (a singular factor) divides by zero and every gradient turns NaN.
+inline void check_damping(double damping, const char* op) {
+  TORCH_CHECK(damping > 0 && std::isfinite(damping), op,
+              ": damping must be a finite number > 0 (it keeps d_G d_A^T + damping away from 0 "
+              "for singular factors); got ", damping);
+}
+
 // ---- per-op argument checks (device-independent) ----
 
 // A factor updated in place.
@@ -63,6 +90,7 @@ inline int64_t check_cov_update_args(const at::Tensor& factor, const at::Tensor&
   TORCH_CHECK(x.dim() == 2 && x.size(1) == d, op, ": x must be 2-D (rows, d) with d == ",
               append_ones ? "factor.size(0) - 1 (append_ones=True)" : "factor.size(0)", " == ", d,
               "; got shape ", x.sizes(), " for factor of shape ", factor.sizes());
+  check_no_alias(factor, x, op, "factor", "x");
   return d;
 }
 
@@ -75,6 +103,25 @@ inline void check_channel_cov_update_args(const at::Tensor& factor, const at::Te
   TORCH_CHECK(x.dim() == 3 && x.size(1) == factor.size(0), op,
               ": x must be 3-D (N, C, L) with C == factor.size(0) == ", factor.size(0),
               "; got shape ", x.sizes());
+  check_no_alias(factor, x, op, "factor", "x");
+}
+
+// kl_clip_sum(precond, grads): equal-length lists of equal-shape pairs, one
+// floating dtype per pair, all on precond[0]'s device.
+inline void check_kl_clip_sum_args(at::TensorList precond, at::TensorList grads) {
+  constexpr const char* op = "kl_clip_sum";
+  TORCH_CHECK(precond.size() == grads.size(), op,
+              ": precond and grads must be lists of equal length; got ", precond.size(), " and ",
+              grads.size());
+  for (size_t i = 0; i < precond.size(); ++i) {
+    const auto pn = item("precond", i), gn = item("grads", i);
+    check_float(precond[i], op, pn.c_str());
+    check_same_dtype(grads[i], precond[i], op, gn.c_str(), pn.c_str());
+    check_same_device(grads[i], precond[i], op, gn.c_str(), pn.c_str());
+    check_same_device(precond[i], precond[0], op, pn.c_str(), "precond[0]");
+    TORCH_CHECK(grads[i].sizes() == precond[i].sizes(), op, ": ", gn, " must have the shape of ",
+                pn, " ", precond[i].sizes(), "; got ", grads[i].sizes());
+  }
 }
 
 // The per-layer lists of eigen_precondition / precondition_grads_: one entry
@@ -150,6 +197,7 @@ inline void check_unpack_triu_args(const at::Tensor& packed, at::TensorList mats
     TORCH_CHECK(at::has_internal_overlap(mats[i]) != at::MemOverlap::Yes, op, ": ",
                 item("mats", i), " must not have overlapping memory (e.g. an expanded tensor): "
                 "it is written in place");
+    check_no_alias(mats[i], packed, op, item("mats", i), "packed");
   }
   if (!mats.empty()) {
     check_same_dtype(packed, mats[0], op, "packed", "mats[0]");
@@ -159,6 +207,10 @@ inline void check_unpack_triu_args(const at::Tensor& packed, at::TensorList mats
 
 // conv2d_act_factor(input, kernel_size, stride, padding, dilation): checks the
 // arguments and returns the number of output rows and columns.
+// Largest activation factor conv2d_act_factor attempts (1 TiB: a 524288^2
+// float32 matrix); beyond it a size is a mistake, not a model.
+constexpr int64_t kMaxFactorBytes = int64_t{1} << 40;
+
 struct ConvOutputSize {
   int64_t height;
   int64_t width;
@@ -186,8 +238,41 @@ inline ConvOutputSize check_conv2d_act_factor_args(const at::Tensor& input,
   }
   TORCH_CHECK(input.size(0) > 0 && input.size(1) > 0, op,
               ": input must have N > 0 and C > 0, got ", input.sizes());
-  const int64_t span_h = input.size(2) + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1;
-  const int64_t span_w = input.size(3) + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1;
+  // The factor is (C*kh*kw + 1)^2 entries: absurd kernel sizes must fail here,
+  // at once, not after planning O(kernel^2) tap pairs or overflowing a size.
+  int64_t taps = 0, factor_dim = 0, factor_entries = 0, factor_bytes = 0;
+  const bool overflow = c10::mul_overflows(kernel_size[0], kernel_size[1], &taps) ||
+                        c10::mul_overflows(input.size(1), taps, &factor_dim) ||
+                        c10::add_overflows(factor_dim, int64_t{1}, &factor_dim) ||
+                        c10::mul_overflows(factor_dim, factor_dim, &factor_entries) ||
+                        c10::mul_overflows(factor_entries, int64_t{input.element_size()},
+                                           &factor_bytes);
+  TORCH_CHECK(!overflow && factor_bytes <= kMaxFactorBytes, op,
+              ": the factor would be (C*kh*kw [+1])^2 = (", input.size(1), "*", kernel_size[0],
+              "*", kernel_size[1], " [+1])^2 entries, more than the ", kMaxFactorBytes >> 40,
+              " TiB allowed; check kernel_size ", kernel_size, " and the input's channels ",
+              input.sizes());
+  // The kernels copy the zero-padded input (or its patches): same bound.
+  int64_t padded_h = 0, padded_w = 0, padded_bytes = 0;
+  const bool padded_overflow =
+      c10::mul_overflows(padding[0], int64_t{2}, &padded_h) ||
+      c10::add_overflows(padded_h, input.size(2), &padded_h) ||
+      c10::mul_overflows(padding[1], int64_t{2}, &padded_w) ||
+      c10::add_overflows(padded_w, input.size(3), &padded_w) ||
+      c10::mul_overflows(padded_h, padded_w, &padded_bytes) ||
+      c10::mul_overflows(padded_bytes, input.size(0) * input.size(1) * input.element_size(),
+                         &padded_bytes);
+  TORCH_CHECK(!padded_overflow && padded_bytes <= kMaxFactorBytes, op,
+              ": the zero-padded input would be N*C*(H+2*padding)*(W+2*padding) elements, more "
+              "than the ", kMaxFactorBytes >> 40, " TiB allowed; check padding ", padding,
+              " for input ", input.sizes());
+  int64_t reach_h = 0, reach_w = 0;  // dilation*(kernel-1): how far one window reaches
+  TORCH_CHECK(!c10::mul_overflows(dilation[0], kernel_size[0] - 1, &reach_h) &&
+                  !c10::mul_overflows(dilation[1], kernel_size[1] - 1, &reach_w),
+              op, ": dilation*(kernel_size-1) overflows for dilation ", dilation,
+              ", kernel_size ", kernel_size);
+  const int64_t span_h = padded_h - reach_h - 1;
+  const int64_t span_w = padded_w - reach_w - 1;
   TORCH_CHECK(span_h >= 0 && span_w >= 0, op,
               ": output size must be > 0, but out = (in + 2*padding - dilation*(kernel-1) - 1)"
               " / stride + 1 is not, for input ", input.sizes(), ", kernel_size ", kernel_size,

@@ -151,6 +151,7 @@ at::Tensor precondition_grads(at::TensorList weight_grads, at::TensorList bias_g
                               at::TensorList dg, double damping, double kl_clip,
                               double kl_factor) {
   check_layer_lists(kOp, "weight_grads", weight_grads.size(), qa, da, qg, dg);
+  check_damping(damping, kOp);
   check_kl_factor(kOp, kl_factor);
   const LayerGammas built = build_gammas(kOp, weight_grads, bias_grads, qa, "qa", qg, "qg");
   // Everything that can fail has run by now (eigen_precondition checks the

@@ -76,8 +76,8 @@ class FactorAllReduce:
     """Bucketed, packed, asynchronous averaging of symmetric factors across ``group``."""
 
     def __init__(self, group=None, bucket_cap_mb: float = 25.0):
-        if bucket_cap_mb <= 0:
-            raise ValueError(f"allreduce_bucket_cap_mb must be > 0, got {bucket_cap_mb!r}")
+        if not bucket_cap_mb >= 0:  # 0: every factor in an all-reduce of its own
+            raise ValueError(f"allreduce_bucket_cap_mb must be >= 0, got {bucket_cap_mb!r}")
         self.group = group
         self.world_size = dist.get_world_size(group)
         self.cap_bytes = int(bucket_cap_mb * 1024 * 1024)
@@ -194,12 +194,21 @@ class WorkPlan:
 
     def __init__(self, factor_sizes: Sequence[tuple[int, int]], layout: GradWorkerLayout,
                  colocate_factors: bool = True, method: str = "auto",
-                 layers: Sequence[LayerWork] | None = None):
-        """``layers``: a plan computed elsewhere (rank 0's), adopted as is."""
+                 layers: Sequence[LayerWork] | None = None, cost: str = "compute"):
+        """``layers``: a plan computed elsewhere (rank 0's), adopted as is. ``cost``:
+        "compute" balances predicted seconds (eigendecomposition plus broadcast),
+        "memory" the bytes of the (Q, d) each rank holds."""
         g = layout.grad_workers
-        # broadcasting (Q, d) reaches the g-1 other grad workers of the block
-        cost = [(eigen_cost(na, receivers=g - 1), eigen_cost(ng, receivers=g - 1))
-                for na, ng in factor_sizes]
+        if cost == "compute":
+            # broadcasting (Q, d) reaches the g-1 other grad workers of the block
+            def of(n: int) -> float:
+                return eigen_cost(n, receivers=g - 1)
+        elif cost == "memory":
+            def of(n: int) -> float:
+                return 4.0 * (n * n + n)
+        else:
+            raise ValueError(f"WorkPlan: cost must be 'compute' or 'memory', got {cost!r}")
+        cost = [(of(na), of(ng)) for na, ng in factor_sizes]
         self.layout = layout
         if layers is not None:
             self._set_layers(list(layers), cost)
@@ -223,7 +232,7 @@ class WorkPlan:
 
     def _set_layers(self, layers: list[LayerWork], cost) -> None:
         self.layers = layers
-        # predicted eigendecomposition seconds per rank (for reports and tests)
+        # predicted cost per rank, seconds or bytes (for reports and tests)
         self.rank_cost = [0.0] * self.layout.world_size
         for (ca, cg), w in zip(cost, self.layers):
             self.rank_cost[w.a_owner] += ca
@@ -301,6 +310,8 @@ class DistributedComm(Comm):
     colocate_factors: eigendecompose a layer's A and G on the same rank.
     allreduce_bucket_cap_mb: size cap of one packed factor all-reduce.
     assignment: "auto" (optimal makespan solver, LPT fallback) or "lpt".
+    assignment_cost: what the assignment balances, "compute" (predicted seconds of
+    the eigendecompositions and broadcasts) or "memory" (bytes of their results).
     timeout: seconds the construction-time barrier waits for every rank (Gloo
     names the ranks that did not arrive); collectives during training fail
     after the process group's own timeout (``init_process_group(timeout=...)``).
@@ -308,7 +319,7 @@ class DistributedComm(Comm):
 
     def __init__(self, grad_worker_fraction: float = 1.0, colocate_factors: bool = True,
                  allreduce_bucket_cap_mb: float = 25.0, assignment: str = "auto",
-                 timeout: float | None = None, group=None):
+                 timeout: float | None = None, group=None, assignment_cost: str = "compute"):
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("DistributedComm needs torch.distributed initialised "
                                "(dist.init_process_group, or run under torchrun)")
@@ -320,6 +331,9 @@ class DistributedComm(Comm):
         self.grad_worker_fraction = grad_worker_fraction
         self.colocate_factors = colocate_factors
         self.assignment = assignment
+        if assignment_cost not in ("compute", "memory"):
+            raise ValueError(f"assignment_cost must be 'compute' or 'memory', got {assignment_cost!r}")
+        self.assignment_cost = assignment_cost
         self.timeout = timeout
         self.layout = GradWorkerLayout(self.world_size, self.rank, grad_worker_fraction)
         self.reducer = FactorAllReduce(group, allreduce_bucket_cap_mb)
@@ -347,11 +361,11 @@ class DistributedComm(Comm):
         self.factor_shapes = shapes
         # Rank 0 plans and the others adopt its plan: a time-limited solver could
         # otherwise return different (equally good) assignments on different ranks.
-        plan = [WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment).layers
-                if self.rank == 0 else None]
+        plan = [WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment,
+                         cost=self.assignment_cost).layers if self.rank == 0 else None]
         dist.broadcast_object_list(plan, src=0, group=self.group)
         self.plan = WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment,
-                             layers=plan[0])
+                             layers=plan[0], cost=self.assignment_cost)
 
     def _barrier(self, where: str) -> None:
         kwargs = {}

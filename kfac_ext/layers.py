@@ -34,14 +34,12 @@ from kfac_ext import ops
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
-def unsupported_reason(module: nn.Module) -> Optional[str]:
-    """Why a Linear/Conv2d cannot be registered, or None when it can (groups are supported)."""
-    if module.weight is None or not module.weight.requires_grad:
-        return "its weight is frozen"
-    return None
+def has_trainable_weight(module: nn.Module) -> bool:
+    """Whether a Linear/Conv2d can be registered (groups are supported; a frozen weight is not)."""
+    return module.weight is not None and module.weight.requires_grad
 
 
-def _conv_explicit_padding(module: nn.Conv2d, in_hw: Tuple[int, int]) -> Tuple[int, int, int, int]:
+def _conv_explicit_padding(module: nn.Conv2d) -> Tuple[int, int, int, int]:
     """(left, right, top, bottom) zero/mode padding the conv applies to its input."""
     if isinstance(module.padding, str):
         if module.padding == "valid":
@@ -93,6 +91,11 @@ class KFACLayer:
         self.ever_fired = False     # a forward pass was captured at least once
         self.ever_called = False    # the forward hook ran at all (even when not capturing)
         self.capture = False
+        # A micro-batch with no rows (an empty batch) adds nothing: skip_empty leaves it
+        # out and counts it in empty_batches; otherwise (set by the preconditioner when
+        # ranks must reduce the same factors) it counts as a zero contribution.
+        self.skip_empty = True
+        self.empty_batches = 0
         # Called after each captured backward pass (the preconditioner uses it to
         # start the factor all-reduce while the rest of backward still runs).
         self.on_gradient_captured: Optional[Callable[["KFACLayer"], None]] = None
@@ -109,6 +112,9 @@ class KFACLayer:
         if not self.capture or not torch.is_grad_enabled() or not module.training:
             return
         x = args[0]
+        if x.numel() == 0 and self.skip_empty:
+            self.empty_batches += 1
+            return
         with torch.no_grad():
             self._add_activation(x.detach())
         if isinstance(output, torch.Tensor) and output.requires_grad:
@@ -125,12 +131,15 @@ class KFACLayer:
         # The first capture of a step overwrites the sum (beta 0): no zeroing pass.
         first = self.a_count == 0
         m = self.module
-        if self.is_conv:
+        if x.numel() == 0:  # an empty batch, counted as a zero contribution
+            if first:
+                self.A_sum = torch.zeros_like(self.A)
+        elif self.is_conv:
             if x.dim() == 3:  # unbatched (C, H, W) input
                 x = x.unsqueeze(0)
             if self.in_slice is not None:
                 x = x[:, self.in_slice]
-            left, right, top, bottom = _conv_explicit_padding(m, x.shape[-2:])
+            left, right, top, bottom = _conv_explicit_padding(m)
             if m.padding_mode != "zeros" or left != right or top != bottom:
                 mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
                 x = F.pad(x, (left, right, top, bottom), mode=mode)
@@ -157,7 +166,10 @@ class KFACLayer:
         if self.G_sum is None:
             self.G_sum = torch.empty_like(self.G)
         beta = 0.0 if self.g_count == 0 else 1.0
-        if self.is_conv:
+        if g.numel() == 0:  # an empty batch, counted as a zero contribution
+            if beta == 0.0:
+                self.G_sum.zero_()
+        elif self.is_conv:
             if g.dim() == 3:
                 g = g.unsqueeze(0)
             if self.group is not None:
@@ -185,7 +197,7 @@ class KFACLayer:
 
     def clear_batch(self) -> None:
         """Forget the captured micro-batches: the next capture overwrites the sums."""
-        self.a_count = self.g_count = 0
+        self.a_count = self.g_count = self.empty_batches = 0
 
     def update_running(self, a_batch: torch.Tensor, g_batch: torch.Tensor, decay: float) -> None:
         """A <- decay*A + (1-decay)*A_batch, same for G (one pass each)."""

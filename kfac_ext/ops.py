@@ -13,6 +13,7 @@ Plain-PyTorch references of every op: :mod:`kfac_ext.reference`.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -62,6 +63,16 @@ def _check_one_device(op: str, named: Sequence[tuple[str, Tensor]]) -> None:
         if t.device != first.device:
             raise RuntimeError(f"{op}: {name} must be on the device of {first_name} "
                                f"({first.device}); got {t.device}")
+
+
+def _check_damping(op: str, damping) -> None:
+    # λ <= 0 divides by a zero eigenvalue of a singular factor: NaN gradients.
+    try:
+        value = float(damping)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(damping, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{op}: damping must be a finite number > 0; got {damping!r}")
 
 
 def _listed(name: str, tensors: Sequence[Tensor]) -> list[tuple[str, Tensor]]:
@@ -157,6 +168,7 @@ def eigen_precondition(grads: Sequence[Tensor], qa: Sequence[Tensor], da: Sequen
     lists = {name: _check_tensor_list(op, name, value)
              for name, value in (("grads", grads), ("qa", qa), ("da", da), ("qg", qg),
                                  ("dg", dg))}
+    _check_damping(op, damping)
     named = [pair for name, value in lists.items() for pair in _listed(name, value)]
     _check_one_device(op, named)
     if not any(lists.values()):  # no tensor to dispatch on
@@ -232,6 +244,7 @@ def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Ten
                                  ("qa", qa), ("da", da), ("qg", qg), ("dg", dg))}
     if kl_clip is not None and not kl_clip > 0:
         raise ValueError(f"{op}: kl_clip must be > 0 or None; got {kl_clip}")
+    _check_damping(op, damping)
     _check_one_device(op, [pair for name, value in lists.items() for pair in _listed(name, value)])
     if not lists["weight_grads"]:
         return torch.ones((), dtype=torch.float64)

@@ -50,26 +50,32 @@ Documented behaviours a user may rely on:
 """
 from __future__ import annotations
 
-import re
+import logging
 import warnings
+import weakref
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
+from kfac_ext import arguments as args
 from kfac_ext import ops
 from kfac_ext import schedules as sch
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
-from kfac_ext.layers import SUPPORTED, KFACLayer, unsupported_reason
+from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
 
-_COMPUTE_METHODS = ("eigen", "inverse")
+logger = logging.getLogger(__name__)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _auto_comm(grad_worker_fraction: float, **options) -> Comm:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _world_size() > 1:
         from kfac_ext.distributed import DistributedComm
 
         return DistributedComm(grad_worker_fraction=grad_worker_fraction, **options)
@@ -118,10 +124,24 @@ class KFACPreconditioner:
     compute_method: 'eigen' or 'inverse'. skip_layers: regexes matched (search,
     case-insensitive) against module names and class names. factor_dtype: dtype
     of the factors (None: the weight's, float32 for half types). inv_dtype: dtype
-    of eigendecompositions / inverses and of the preconditioning math.
-    grad_scaler: a GradScaler whose scale divides G. comm: distribution seam
-    (None = auto). grad_worker_fraction, colocate_factors, allreduce_bucket_cap_mb:
-    passed to the distributed comm (kfac_ext.distributed.DistributedComm).
+    of eigendecompositions / inverses and of the preconditioning math (float32
+    or float64: the kernels take no half types).
+    grad_scaler: a GradScaler whose scale divides G, or a callable returning
+    that scale. comm: distribution seam (None = auto).
+    grad_worker_fraction (in (0, 1]), colocate_factors, allreduce_bucket_cap_mb
+    (0: one all-reduce per factor), assignment_strategy ('compute': balance the
+    ~n³ eigendecomposition time, 'memory': the ~n² memory): passed to the
+    distributed comm (kfac_ext.distributed.DistributedComm).
+
+    kfac-pytorch's whole constructor is accepted (its enums are read by name,
+    see :mod:`kfac_ext.arguments`): compute_eigenvalue_outer_product (either
+    value: the division by d_G d_Aᵀ + λ is fused into the preconditioning
+    kernel), symmetry_aware (either value: only upper triangles of the exactly
+    symmetric factors are ever sent), update_factors_in_hook (True: with more
+    than one rank a layer's factor all-reduce starts from its backward hook;
+    False: all of them start in ``step()``; same results), defaults (kept as
+    ``self.defaults``), loglevel (the level at which the registered layers and
+    the comm are logged, on the ``kfac_ext.preconditioner`` logger).
     inv_lag_steps: 0 decomposes the factors inside ``step()`` when due; k >= 1
     installs the decomposition of a snapshot of them k steps later and
     preconditions with the old basis meanwhile; on a CPU model the solves run on
@@ -131,43 +151,49 @@ class KFACPreconditioner:
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
                  damping=0.001, factor_decay=0.95, kl_clip=0.001, lr=0.1,
-                 accumulation_steps: int = 1, compute_method: str = "eigen",
-                 skip_layers: Union[str, Iterable[str]] = (),
+                 accumulation_steps: int = 1, allreduce_bucket_cap_mb: float = 25.0,
+                 assignment_strategy="compute", colocate_factors: bool = True,
+                 compute_method="eigen", compute_eigenvalue_outer_product: bool = True,
+                 grad_worker_fraction=1.0, symmetry_aware: bool = False, grad_scaler=None,
                  factor_dtype: Optional[torch.dtype] = None,
-                 inv_dtype: torch.dtype = torch.float32, grad_scaler=None,
-                 comm: Optional[Comm] = None, grad_worker_fraction: float = 1.0,
-                 colocate_factors: bool = True, allreduce_bucket_cap_mb: float = 25.0,
+                 inv_dtype: torch.dtype = torch.float32,
+                 skip_layers: Union[None, str, Iterable[str]] = (),
+                 update_factors_in_hook: bool = True, defaults: Optional[dict] = None,
+                 loglevel=logging.DEBUG, comm: Optional[Comm] = None,
                  inv_lag_steps: int = 0):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
                                                    sch.positive_int)
-        self.damping = sch.Hyperparameter("damping", damping, sch.non_negative)
+        self.damping = sch.Hyperparameter("damping", damping, sch.positive)
         self.factor_decay = sch.Hyperparameter("factor_decay", factor_decay, sch.decay)
         self.kl_clip = sch.Hyperparameter("kl_clip", kl_clip, sch.positive_or_none)
         self.lr = sch.Hyperparameter("lr", lr, sch.non_negative)
         if sch.positive_int(accumulation_steps) is not None:
             raise ValueError(f"accumulation_steps must be a positive integer, got {accumulation_steps!r}")
         self.accumulation_steps = accumulation_steps
-        if compute_method not in _COMPUTE_METHODS:
-            raise ValueError(f"compute_method must be one of {_COMPUTE_METHODS}, got {compute_method!r}")
+        compute_method = args.compute_method(compute_method)
         self.compute_method = compute_method
-        for arg, dt in (("factor_dtype", factor_dtype), ("inv_dtype", inv_dtype)):
-            if dt is not None and (not isinstance(dt, torch.dtype) or not dt.is_floating_point):
-                raise ValueError(f"{arg} must be a floating-point torch.dtype, got {dt!r}")
-        if inv_dtype is None:
-            raise ValueError("inv_dtype must be a floating-point torch.dtype, got None")
-        self.factor_dtype = factor_dtype
-        self.inv_dtype = inv_dtype
-        if grad_scaler is not None and not hasattr(grad_scaler, "get_scale"):
-            raise ValueError("grad_scaler must be a torch.amp.GradScaler (with get_scale()), "
-                             f"got {type(grad_scaler).__name__}")
-        self.grad_scaler = grad_scaler
-        if isinstance(skip_layers, str):
-            skip_layers = [skip_layers]
-        self.skip_layers = [re.compile(p, re.IGNORECASE) for p in skip_layers]
+        self.factor_dtype = args.kernel_dtype("factor_dtype", factor_dtype, allow_none=True)
+        self.inv_dtype = args.kernel_dtype("inv_dtype", inv_dtype, allow_none=False)
+        self.grad_scaler = args.grad_scaler(grad_scaler)
+        self.skip_layers = args.skip_patterns(skip_layers)
+        self.assignment_strategy = args.assignment_strategy(assignment_strategy)
+        world_size = comm.world_size if comm is not None else _world_size()
+        self.grad_worker_fraction = args.grad_worker_fraction(grad_worker_fraction, world_size)
+        self.allreduce_bucket_cap_mb = args.bucket_cap_mb(allreduce_bucket_cap_mb)
+        self.colocate_factors = args.flag("colocate_factors", colocate_factors)
+        self.compute_eigenvalue_outer_product = args.flag("compute_eigenvalue_outer_product",
+                                                          compute_eigenvalue_outer_product)
+        self.symmetry_aware = args.flag("symmetry_aware", symmetry_aware)
+        self.update_factors_in_hook = args.flag("update_factors_in_hook", update_factors_in_hook)
+        if defaults is not None and not isinstance(defaults, dict):
+            raise ValueError(f"defaults must be a dict or None; got {type(defaults).__name__}")
+        self.defaults = dict(defaults or {})
+        self.loglevel = args.loglevel(loglevel)
 
-        self.layers: List[KFACLayer] = self._register(_unwrap(model))
+        self._model = _unwrap(model)
+        self.layers: List[KFACLayer] = self._register(self._model)
         if not (isinstance(inv_lag_steps, int) and not isinstance(inv_lag_steps, bool)
                 and inv_lag_steps >= 0):
             raise ValueError(f"inv_lag_steps must be an integer >= 0, got {inv_lag_steps!r}")
@@ -182,9 +208,13 @@ class KFACPreconditioner:
         # and whether an update is lagged must not: it decides the collectives).
         self._has_basis: set = set()
         self.comm = comm if comm is not None else _auto_comm(
-            grad_worker_fraction, colocate_factors=colocate_factors,
-            allreduce_bucket_cap_mb=allreduce_bucket_cap_mb)
+            self.grad_worker_fraction, colocate_factors=self.colocate_factors,
+            allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
+            assignment_cost=self.assignment_strategy)
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
+        for layer in self.layers:
+            logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
+        logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
 
         self.steps = 0
         self.skipped_factor_updates = 0
@@ -197,27 +227,46 @@ class KFACPreconditioner:
         # Layers whose batch factors were handed to the all-reduce from their
         # backward hook (see _start_factor_reduce), with those factors.
         self._reducing: Dict[KFACLayer, tuple] = {}
-        if self.comm.world_size > 1:
-            for layer in self.layers:
+        for layer in self.layers:
+            if self.comm.world_size > 1 and self.update_factors_in_hook:
                 layer.on_gradient_captured = self._start_factor_reduce
+            # An empty micro-batch adds nothing and is not counted; with more than one
+            # rank it adds zeros instead, so every rank reduces the same factors.
+            layer.skip_empty = self.comm.world_size == 1
+        # (weakref to each preconditioned .grad, its version) after the last step():
+        # an unchanged set means no backward since, and step() must not run twice.
+        self._grad_marks: List[tuple] = []
         self._set_capture()
 
     # ------------------------------------------------------- registration ----
     def _skipped_by_user(self, name: str, module: nn.Module) -> bool:
         return any(p.search(name) or p.search(type(module).__name__) for p in self.skip_layers)
 
+    def _candidates(self, model: nn.Module) -> Dict[int, tuple]:
+        """id -> (name, module) of every module registration takes: a supported class
+        with a trainable weight (a frozen one is left out silently), not skipped."""
+        return {id(module): (name, module) for name, module in model.named_modules()
+                if isinstance(module, SUPPORTED) and has_trainable_weight(module)
+                and not self._skipped_by_user(name, module)}
+
     def _register(self, model: nn.Module) -> List[KFACLayer]:
-        layers, seen = [], set()
-        for name, module in model.named_modules():
-            if not isinstance(module, SUPPORTED) or id(module) in seen:
-                continue
-            seen.add(id(module))
-            if self._skipped_by_user(name, module):
-                continue
-            reason = unsupported_reason(module)
-            if reason is not None:
-                if "frozen" not in reason:
-                    warnings.warn(f"KFACPreconditioner: layer {name!r} not registered: {reason}")
+        candidates = self._candidates(model)
+        self._known_modules = set(candidates)
+        # Tied weights (one Parameter in several layers): its gradient sums every use,
+        # and no single layer's factors describe that sum, so none of them is registered.
+        sharing: Dict[int, List[str]] = {}
+        for name, module in candidates.values():
+            sharing.setdefault(id(module.weight), []).append(name)
+        tied = {name for names in sharing.values() if len(names) > 1 for name in names}
+        for names in sharing.values():
+            if len(names) > 1:
+                warnings.warn(f"KFACPreconditioner: layers {names} share one weight (tied "
+                              "weights); none of them is registered, their weight keeps its plain "
+                              "gradient (to precondition it with one layer's factors anyway, name "
+                              "the others in skip_layers)", stacklevel=3)
+        layers: List[KFACLayer] = []
+        for name, module in candidates.values():
+            if name in tied:
                 continue
             groups = getattr(module, "groups", 1)
             if groups == 1:
@@ -225,7 +274,37 @@ class KFACPreconditioner:
             else:  # block-diagonal: one K-FAC layer per channel group
                 layers += [KFACLayer(f"{name}[group {k}]", module, self.factor_dtype, group=k)
                            for k in range(groups)]
+        if not layers:
+            warnings.warn("KFACPreconditioner: no layer registered (it preconditions nn.Linear and "
+                          "nn.Conv2d layers with a trainable weight, not matched by skip_layers); "
+                          "step() will leave every gradient as is", stacklevel=3)
         return layers
+
+    def _check_model(self) -> None:
+        """Warn once per module about supported modules put into the model after
+        construction (not preconditioned) and registered ones no longer in it."""
+        current = self._candidates(self._model)
+        for key, (name, _) in current.items():
+            if key not in self._known_modules:
+                self._warn_once(("added", key), f"KFACPreconditioner: module {name!r} was added "
+                                "to the model after the preconditioner was built; it is not "
+                                "preconditioned (build the preconditioner once the model is final)")
+        present = {id(m) for m in self._model.modules()}
+        for layer in self.layers:
+            if id(layer.module) not in present:
+                self._warn_once(("gone", layer.name), f"KFACPreconditioner: layer {layer.name!r} "
+                                "is no longer part of the model (replaced after the preconditioner "
+                                "was built?); it is not preconditioned")
+
+    def _raise_no_grad(self) -> None:
+        present = {id(m) for m in self._model.modules()}
+        if not any(id(l.module) in present for l in self.layers):
+            raise RuntimeError("KFACPreconditioner.step(): none of the registered layers is part of "
+                               "the model any more (were its modules replaced after the "
+                               "preconditioner was built?); build the preconditioner once the "
+                               "model is final")
+        raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered "
+                           "layer has a gradient")
 
     def _warn_once(self, key, message: str) -> None:
         if key not in self._warned:
@@ -244,14 +323,40 @@ class KFACPreconditioner:
         step = self.steps
         with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
         if self.layers and not with_grad:
-            raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered "
-                               "layer has a gradient")
+            self._raise_no_grad()
+        if with_grad and self._grads_unchanged(with_grad):
+            warnings.warn("KFACPreconditioner.step() called again with no backward() since the "
+                          "last call: the gradients are preconditioned already; this call does "
+                          "nothing", stacklevel=2)
+            return
         if self._capturing:
+            self._check_model()
             self._update_factors(step)
         self._update_second_order(step)
         self._precondition(step, with_grad)
+        self._grad_marks = self._mark_grads(with_grad)
         self.steps += 1
         self._set_capture()
+
+    def _param_grads(self, i: int):
+        m = self.layers[i].module
+        yield m.weight.grad
+        if self.layers[i].has_bias:
+            yield m.bias.grad
+
+    def _mark_grads(self, with_grad: Sequence[int]) -> List[tuple]:
+        return [(i, weakref.ref(g), g._version) for i in with_grad for g in self._param_grads(i)]
+
+    def _grads_unchanged(self, with_grad: Sequence[int]) -> bool:
+        """Whether every gradient is the very tensor, at the very version (in-place
+        writes bump it; a backward writes or replaces every one it reaches), that the
+        last step() left."""
+        marks = self._grad_marks
+        current = [(i, g) for i in with_grad for g in self._param_grads(i)]
+        if len(current) != len(marks):
+            return False
+        return all(i == j and ref() is g and g._version == version
+                   for (i, g), (j, ref, version) in zip(current, marks))
 
     def _g_scale(self) -> float:
         scale = 1.0 / float(self.comm.world_size) ** 2
@@ -278,7 +383,7 @@ class KFACPreconditioner:
 
     def _update_factors(self, step: int) -> None:
         reducing, self._reducing = self._reducing, {}
-        ready = []
+        ready, empty = [], []
         for layer in self.layers:
             if layer in reducing:
                 ready.append(layer)
@@ -290,8 +395,16 @@ class KFACPreconditioner:
                                     f"{layer.a_count} forward / {layer.g_count} backward passes "
                                     f"before step(), accumulation_steps={self.accumulation_steps}; "
                                     "the captured passes are averaged")
+            elif layer.empty_batches:
+                empty.append(layer.name)
+                layer.clear_batch()
             elif layer.ever_fired:
                 layer.clear_batch()  # e.g. forward seen but output unused: nothing to pair
+        if empty:
+            self.skipped_factor_updates += len(empty)
+            warnings.warn(f"KFACPreconditioner: only empty batches (0 rows) reached layers {empty} "
+                          f"at step {step}; their factor update is skipped (skipped so far: "
+                          f"{self.skipped_factor_updates})")
         if not ready:
             return
         g_scale = self._g_scale()
@@ -454,8 +567,8 @@ class KFACPreconditioner:
                 if not layer.ever_called:
                     why = "its hooks never fired (is its weight used outside its forward?)"
                 elif not layer.ever_fired:
-                    why = ("it has no factors yet (forward passes ran in eval mode or without "
-                           "grad, which are not captured)")
+                    why = ("it has no factors yet (no forward pass was captured: they ran in "
+                           "eval mode, without grad, or on empty batches)")
                 else:
                     why = "it has no factors yet"
                 self._warn_once(("noprecond", i), f"KFACPreconditioner: layer {layer.name!r} is "
@@ -610,6 +723,7 @@ class KFACPreconditioner:
             self._inv_tracker.last = None  # recompute eigens from the loaded factors next step
         # A layer gets its first basis in the step of its first factor update.
         self._has_basis = {i for i, l in enumerate(self.layers) if l.factor_updates > 0}
+        self._grad_marks = []
         self._set_capture()
 
     def _pending_from_state(self, saved, names: List[str]) -> Optional[PendingSecondOrder]:
@@ -634,6 +748,7 @@ class KFACPreconditioner:
             l.factor_updates = 0
             l.clear_batch()
         self._second = {}
+        self._grad_marks = []
         self._pending = None  # a lagged update still running is dropped
         self._has_basis = set()
         self.steps = 0

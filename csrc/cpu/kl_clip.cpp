@@ -29,18 +29,7 @@ double dot_f64(const scalar_t* a, const scalar_t* b, int64_t n) {
 }
 
 at::Tensor kl_clip_sum_cpu(at::TensorList precond, at::TensorList grads) {
-  TORCH_CHECK(precond.size() == grads.size(), kOp,
-              ": precond and grads must be lists of equal length; got ", precond.size(), " and ",
-              grads.size());
-  for (size_t i = 0; i < precond.size(); ++i) {
-    const auto pn = item("precond", i), gn = item("grads", i);
-    check_float(precond[i], kOp, pn.c_str());
-    check_same_dtype(grads[i], precond[i], kOp, gn.c_str(), pn.c_str());
-    check_same_device(grads[i], precond[i], kOp, gn.c_str(), pn.c_str());
-    check_same_device(precond[i], precond[0], kOp, pn.c_str(), "precond[0]");
-    TORCH_CHECK(grads[i].sizes() == precond[i].sizes(), kOp, ": ", gn, " must have the shape of ",
-                pn, " ", precond[i].sizes(), "; got ", grads[i].sizes());
-  }
+  check_kl_clip_sum_args(precond, grads);
   double total = 0.0;
   for (size_t i = 0; i < precond.size(); ++i) {
     // Gradients and their preconditioned versions are contiguous in practice;

@@ -78,6 +78,7 @@ std::vector<at::Tensor> eigen_precondition_cpu(at::TensorList grads, at::TensorL
                                                at::TensorList dg, double damping) {
   const size_t layers = grads.size();
   check_layer_lists(kOp, "grads", layers, qa, da, qg, dg);
+  check_damping(damping, kOp);
   for (size_t i = 0; i < layers; ++i) {
     check_precondition_layer(i, grads[i], qa[i], da[i], qg[i], dg[i], grads[0]);
   }

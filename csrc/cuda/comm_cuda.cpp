@@ -70,19 +70,8 @@ void unpack_triu_cuda(const at::Tensor& packed, at::TensorList mats, double scal
 
 at::Tensor kl_clip_sum_cuda(at::TensorList precond, at::TensorList grads) {
   constexpr const char* op = "kl_clip_sum";
-  TORCH_CHECK(precond.size() == grads.size(), op,
-              ": precond and grads must be lists of equal length; got ", precond.size(), " and ",
-              grads.size());
-  for (size_t i = 0; i < precond.size(); ++i) {
-    const auto pn = item("precond", i), gn = item("grads", i);
-    check_cuda(precond[i], op, pn);
-    check_float(precond[i], op, pn.c_str());
-    check_same_dtype(grads[i], precond[i], op, gn.c_str(), pn.c_str());
-    check_same_device(grads[i], precond[i], op, gn.c_str(), pn.c_str());
-    check_same_device(precond[i], precond[0], op, pn.c_str(), "precond[0]");
-    TORCH_CHECK(grads[i].sizes() == precond[i].sizes(), op, ": ", gn, " must have the shape of ",
-                pn, " ", precond[i].sizes(), "; got ", grads[i].sizes());
-  }
+  for (size_t i = 0; i < precond.size(); ++i) check_cuda(precond[i], op, item("precond", i));
+  check_kl_clip_sum_args(precond, grads);
   if (precond.empty()) return at::zeros({}, at::TensorOptions().dtype(at::kDouble));
   const c10::cuda::CUDAGuard guard(precond[0].device());
   const auto stream = current_stream();
