@@ -87,12 +87,15 @@ def check_train_args(a: argparse.Namespace) -> None:
     _number("--inv-update-steps", a.inv_update_steps, low=1, expected="an integer >= 1")
     _number("--inv-lag-steps", a.inv_lag_steps, low=0, expected="an integer >= 0")
     _number("--interval-growth", a.interval_growth, low=1, expected="a finite number >= 1")
+    _check_grown_intervals(a)
     # Run settings.
     _number("--seed", a.seed, low=0, high=_SEED_LIMIT, high_open=True,
             expected=f"an integer in [0, {_SEED_LIMIT - 1}]")
     if a.threads is not None:
-        _number("--threads", a.threads, low=0,
-                expected="an integer >= 1, or 0 for torch's default")
+        # Thousands of BLAS threads crash OpenBLAS (a segfault, not an error).
+        cores = _cores()
+        _number("--threads", a.threads, low=0, high=cores,
+                expected=f"0 (torch's default) to the {cores} cores this process may use")
     _check_device(a.device)
     if a.data_dir is not None and a.data != "cifar10":
         raise ValueError(f"--data-dir {a.data_dir}: only --data cifar10 reads a folder; "
@@ -105,6 +108,28 @@ def check_outputs(a: argparse.Namespace) -> None:
         check_output_path("--save", a.save, folder=True)
     if a.plot:
         check_output_path("--plot", a.plot)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_MAX_INTERVAL = 2 ** 31 - 1
+
+
+def _check_grown_intervals(a: argparse.Namespace) -> None:
+    """The intervals after every lr decay stay integers a step counter can reach."""
+    decays = len(a.decay_epochs)
+    for flag, steps in (("--factor-update-steps", a.factor_update_steps),
+                        ("--inv-update-steps", a.inv_update_steps)):
+        log_final = math.log(steps) + decays * math.log(a.interval_growth)
+        if log_final > math.log(_MAX_INTERVAL):
+            raise ValueError(f"--interval-growth {_show(a.interval_growth)}: after {decays} lr "
+                             f"decays the {flag} interval {steps} would grow past 2**31 steps; "
+                             "give a smaller growth")
 
 
 def _check_device(device: str) -> None:

@@ -72,7 +72,8 @@ BAD_VALUES = [
     ("--factor-update-steps", "0"), ("--inv-update-steps", "0"), ("--inv-lag-steps", "-1"),
     ("--interval-growth", "0.5"), ("--interval-growth", "nan"), ("--interval-growth", "inf"),
     ("--seed", "-1"), ("--seed", str(2 ** 32)),
-    ("--threads", "-1"), ("--stop-after", "0"),
+    ("--threads", "-1"), ("--threads", "1000000"),      # the latter: an OpenBLAS segfault
+    ("--stop-after", "0"),
     ("--data-dir", "/tmp"),            # digits reads no folder: silently ignored before
     ("--skip-layers", "["),
 ]
@@ -92,6 +93,14 @@ def test_decay_factor_is_checked_for_every_optimizer(capsys, no_training, optimi
     code, out, err = _train(capsys, "--optimizer", optimizer, "--epochs", "2",
                             "--decay-factor", value)
     _assert_one_line_error(code, out, err, "--decay-factor", "(0, 1]")
+
+
+@pytest.mark.parametrize("growth", ["1e308", "1e150"])
+def test_interval_growth_that_overflows_after_the_decays_is_refused(capsys, no_training, growth):
+    # Used to raise OverflowError at the first (or third) lr decay, mid-run.
+    code, out, err = _train(capsys, "--optimizer", "kfac", "--epochs", "3", "--decay-epochs",
+                            "1", "1", "1", "--interval-growth", growth)
+    _assert_one_line_error(code, out, err, "--interval-growth", "2**31")
 
 
 @pytest.mark.parametrize("argv,words", [
