@@ -45,7 +45,7 @@ import math
 from .graph import Graph
 from .latency import latency_lower_bound
 
-__all__ = ["block_bound", "path_chain_bound", "latency_bound"]
+__all__ = ["block_bound", "bound_paths", "heaviest_path", "latency_bound", "path_chain", "path_chain_bound"]
 
 
 def _group_of(graph: Graph) -> dict[int, int]:
@@ -131,31 +131,35 @@ def block_bound(graph: Graph) -> float:
             return [("accel", 2 * cost)] * (k >= 2) + [("cpu", cost)] * (l >= 1)
         return [("accel", cost)] * (k >= 1) + [("cpu", 0.0)] * (l >= 2)
 
-    def path_cost(path: list[int], must_change_by: int, head_kind: str, tail_kind: str) -> float:
+    def path_cost(path: list[int], head_kind: str, tail_kind: str, changes: int,
+                  pivot: int = 0) -> float:
         """Least time + transfer delay along ``path`` (head's time excluded) over device
-        choices that change device at least once within its first ``must_change_by`` edges."""
-        states = {(head_kind, False): 0.0}
+        choices with at least ``changes`` (1 or 2) device changes; with ``pivot``, the
+        first change comes at or before edge ``pivot`` and the second after it."""
+        states = {(head_kind, 0): 0.0}  # (kind, changes so far, capped) -> least cost
         for j in range(1, len(path)):
             cost = graph.node(path[j - 1]).out_cost
-            nxt: dict = {}
             glued = group[path[j - 1]] == group[path[j]]  # colour mates share a device
-            for (kind, changed), c in states.items():
-                moves = [(kind, 0.0, changed)] + [(kv, d, True) for kv, d in change_delays(kind, cost)
-                                                  if not glued]
-                for kv, delay, ch in moves:
-                    if j == len(path) - 1 and kv != tail_kind:
+            nxt: dict = {}
+            for (kind, c), value in states.items():
+                moves = [(kind, 0.0, c)]
+                if not glued:
+                    bump = 1 if (c == 0 and (not pivot or j <= pivot)) or (c == 1 and j > pivot) else 0
+                    moves += [(kv, d, min(c + bump, changes)) for kv, d in change_delays(kind, cost)]
+                for kv, delay, c2 in moves:
+                    if (j == len(path) - 1 and kv != tail_kind) or (j == pivot and c2 < 1):
                         continue
-                    if j == must_change_by and not ch:
-                        continue
-                    value = c + delay + time_on(path[j], kv)
-                    if value < nxt.get((kv, ch), math.inf):
-                        nxt[(kv, ch)] = value
+                    total = value + delay + time_on(path[j], kv)
+                    if total < nxt.get((kv, c2), math.inf):
+                        nxt[(kv, c2)] = total
             states = nxt
-        return min(states.values(), default=math.inf)
+        return min((v for (kind, c), v in states.items() if c >= changes), default=math.inf)
 
-    def cut_cost(lo: int, hi: int, head_kind: str, tail_kind: str) -> float:
-        """Least LP_t over placements where a node of block (lo, hi] is not on the head's
-        device: along a path through that node the device changes before it."""
+    def stage_costs(lo: int, hi: int):
+        """For the block (lo, hi]: the least LP_t when its tail shares the head's device
+        but some block node does not ("same", two changes on a path through that node),
+        and when the tail is on another device ("move": every path changes, so the
+        most expensive of the paths tried), per (head kind, tail kind)."""
         nodes = kept[lo:hi + 1]
         head, tail = nodes[0], nodes[-1]
         into, back = {head: 0.0}, {}  # longest fastest path head -> v (v's time included)
@@ -167,7 +171,7 @@ def block_bound(graph: Graph) -> float:
             ahead[v] = max((w for w in graph.successors(v) if w in inside),
                            key=lambda w: out_of[w] + fastest(w))
             out_of[v] = out_of[ahead[v]] + fastest(ahead[v])
-        best = math.inf
+        paths = []  # (path, index of w): the longest fastest path through each block node w
         for w in nodes[1:]:
             before = [w]
             while before[-1] != head:
@@ -175,36 +179,67 @@ def block_bound(graph: Graph) -> float:
             path = before[::-1]
             while path[-1] != tail:
                 path.append(ahead[path[-1]])
-            best = min(best, path_cost(path, len(before) - 1, head_kind, tail_kind))
-        # and, changes or not, the longest path with the tail's time on its kind
-        return max(best, out_of[head] - fastest(tail) + time_on(tail, tail_kind))
+            paths.append((path, len(before) - 1))
+        same = {kind: min((path_cost(p, kind, kind, 2, pivot) for p, pivot in paths
+                           if pivot < len(p) - 1), default=math.inf) for kind in kinds}
+        move = {(k1, k2): max(path_cost(p, k1, k2, 1) for p, _ in paths)
+                for k1 in kinds for k2 in kinds}
+        return same, move
 
-    m = len(arts)
     kinds = [kind for kind, count in (("accel", k), ("cpu", l)) if count > 0]
+    m = len(arts)
     inf = math.inf
-    # split[t][kind] / whole[t][kind]: least finish(a_t) with a_t on a device of that kind
-    # (its time counted on it) when stage t is split / ends a run of whole stages
-    split = [{kind: inf for kind in kinds} for _ in range(m)]
-    whole = [{kind: inf for kind in kinds} for _ in range(m)]
-    for kind in kinds:
-        split[0][kind] = time_on(kept[0], kind)
+    whole = [{kind: 0.0 for kind in kinds} for _ in range(m)]  # summed time on one device
+    same = [{kind: inf for kind in kinds} for _ in range(m)]
+    move = [{} for _ in range(m)]
+    block_size = [0.0] * m
     for t in range(1, m):
-        lo, hi = arts[t - 1], arts[t]
-        for k2 in kinds:
-            split[t][k2] = min(min(split[t - 1][k1], whole[t - 1][k1]) + cut_cost(lo, hi, k1, k2)
-                               for k1 in kinds)
+        block = kept[arts[t - 1] + 1: arts[t] + 1]
         for kind in kinds:
-            run_time, run_size, best = 0.0, 0.0, inf
-            for i in range(t - 1, -1, -1):  # whole stages i+1 .. t on one device, from a_i
-                seg = kept[arts[i] + 1: arts[i + 1] + 1]
-                run_time += sum(time_on(v, kind) for v in seg)
-                run_size += sum(size[v] for v in seg)
-                if run_time == inf or (kind == "accel"
-                                       and run_size + size[kept[arts[i]]] > cap * (1 + 1e-12)):
-                    break
-                best = min(best, split[i][kind] + run_time)
-            whole[t][kind] = best
-    final = min(min(split[m - 1].values()), min(whole[m - 1].values()))
+            whole[t][kind] = sum(time_on(v, kind) for v in block)
+        block_size[t] = sum(size[v] for v in block)
+        same[t], move[t] = stage_costs(arts[t - 1], arts[t])
+
+    def run_cost(i: int, t: int, kind: str) -> float:
+        """Least time of stages i+1 .. t with a_i .. a_t on one device of ``kind``: each
+        block whole or "same"; on an accelerator, the whole blocks' bytes (and the
+        articulation nodes') fit the cap -- relaxed to a fractional knapsack."""
+        base, room, options = 0.0, cap - size[kept[arts[i]]], []
+        for s in range(i + 1, t + 1):
+            tail_size = size[kept[arts[s]]]
+            w, sm = whole[s][kind], same[s][kind]
+            if kind != "accel":
+                base += min(w, sm)
+                continue
+            room -= tail_size
+            if sm == inf:  # the block must be whole
+                base += w
+                room -= block_size[s] - tail_size
+            elif w < sm:
+                base += sm
+                options.append((w - sm, block_size[s] - tail_size))
+            else:
+                base += sm
+        if base == inf or (kind == "accel" and room < -1e-12 * max(cap, 1.0)):
+            return inf
+        for gain, need in sorted(options, key=lambda o: o[0] / o[1] if o[1] > 0 else -inf):
+            if need <= room:
+                base, room = base + gain, room - need
+            else:
+                base += gain * max(room, 0.0) / need
+                break
+        return base
+
+    # ends[t][kind]: least finish(a_t) with a_t on a device of that kind, its time counted
+    ends = [{kind: inf for kind in kinds} for _ in range(m)]
+    starts = [{kind: time_on(kept[0], kind) if t == 0 else inf for kind in kinds} for t in range(m)]
+    for t in range(m):
+        if t > 0:  # a_t starts a run: stage t moves to another device
+            for k2 in kinds:
+                starts[t][k2] = min(ends[t - 1][k1] + move[t][(k1, k2)] for k1 in kinds)
+        for kind in kinds:
+            ends[t][kind] = min(starts[i][kind] + run_cost(i, t, kind) for i in range(t + 1))
+    final = min(ends[m - 1].values())
     return max(path_bound, final)
 
 
@@ -213,6 +248,12 @@ def path_chain_bound(graph: Graph, path: list[int]) -> float:
     a lower bound on latency (the sample walks this path).  Maximal runs of one
     accelerator hold at most a cap of bytes -- their nodes' and those nodes' colour
     mates' (which share the device).  Exact DP over segments, O(len(path)^2) at worst."""
+    return path_chain(graph, path)[0]
+
+
+def path_chain(graph: Graph, path: list[int]) -> tuple[float, list[tuple[int, int, str]]]:
+    """:func:`path_chain_bound` and the segments reaching it: (start, stop, kind) with
+    ``path[start:stop]`` on one device of that kind (empty when nothing fits)."""
     k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
     on_path = set(path)
     size = {v: graph.node(v).size for v in path}
@@ -231,27 +272,33 @@ def path_chain_bound(graph: Graph, path: list[int]) -> float:
     for n in nodes:
         pre_cpu.append(pre_cpu[-1] + n.cpu_time)
 
-    def entry(i: int, kind: str) -> float:
+    came: dict = {}  # (j, kind) -> (i, kind before i): the segment path[i:j] and its predecessor
+
+    def entry(i: int, kind: str) -> tuple[float, str | None]:
         """Least cost of path[:i] plus the move into a new segment of ``kind`` at i."""
         if i == 0:
-            return 0.0
+            return 0.0, None
         if group[path[i - 1]] == group[path[i]]:  # colour mates share a device
-            return inf
+            return inf, None
         cost = nodes[i - 1].out_cost
-        best = inf
+        best, arg = inf, None
         for prev, c in end[i].items():
             if prev == "accel":
                 delay = (2 * cost if k >= 2 else inf) if kind == "accel" else cost
             else:
                 delay = cost if kind == "accel" else (0.0 if l >= 2 else inf)
-            best = min(best, c + delay)
-        return best
+            if c + delay < best:
+                best, arg = c + delay, prev
+        return best, arg
 
-    cpu_start = inf  # min over i of entry(i, cpu) - pre_cpu[i]
+    cpu_start, cpu_from = inf, None  # min over i of entry(i, cpu) - pre_cpu[i]
     for j in range(1, L + 1):
         if "cpu" in end[j]:
-            cpu_start = min(cpu_start, entry(j - 1, "cpu") - pre_cpu[j - 1])
+            value, prev = entry(j - 1, "cpu")
+            if value - pre_cpu[j - 1] < cpu_start:
+                cpu_start, cpu_from = value - pre_cpu[j - 1], (j - 1, prev)
             end[j]["cpu"] = cpu_start + pre_cpu[j]
+            came[j, "cpu"] = cpu_from
         if "accel" in end[j]:
             t, mem, best = 0.0, 0.0, inf
             for i in range(j - 1, -1, -1):  # accelerator segment path[i:j]
@@ -261,9 +308,19 @@ def path_chain_bound(graph: Graph, path: list[int]) -> float:
                 mem += size[path[i]]
                 if mem > cap * (1 + 1e-12):
                     break
-                best = min(best, entry(i, "accel") + t)
+                value, prev = entry(i, "accel")
+                if value + t < best:
+                    best = value + t
+                    came[j, "accel"] = (i, prev)
             end[j]["accel"] = best
-    return min(end[L].values())
+    kind = min(end[L], key=end[L].__getitem__)
+    value = end[L][kind]
+    segments, j = [], L
+    while value < inf and j > 0:
+        i, prev = came[j, kind]
+        segments.append((i, j, kind))
+        j, kind = i, prev
+    return value, segments[::-1]
 
 
 def heaviest_path(graph: Graph, weight) -> list[int]:
@@ -284,6 +341,10 @@ def latency_bound(graph: Graph) -> float:
     """The best of this module's lower bounds (and latency.latency_lower_bound):
     the block bound, and the chain bound along the critical path and along the
     path holding the most bytes."""
-    fastest = _cheapest(graph)
-    paths = [heaviest_path(graph, fastest), heaviest_path(graph, lambda v: graph.node(v).size)]
-    return max([block_bound(graph)] + [path_chain_bound(graph, p) for p in paths])
+    return max([block_bound(graph)] + [path_chain_bound(graph, p) for p in bound_paths(graph)])
+
+
+def bound_paths(graph: Graph) -> list[list[int]]:
+    """The paths :func:`latency_bound` walks: the critical path (fastest devices) and
+    the path holding the most bytes."""
+    return [heaviest_path(graph, _cheapest(graph)), heaviest_path(graph, lambda v: graph.node(v).size)]

@@ -15,7 +15,7 @@ import time
 from .graph import Graph
 from .objective import Placement
 
-__all__ = ["FastLatency", "chain_order", "improve"]
+__all__ = ["FastLatency", "chain_order", "improve", "path_split"]
 
 
 def chain_order(graph: Graph) -> list[int]:
@@ -152,3 +152,66 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
                         dev[i] = here
     stats = {"moves": moves, "passes": passes, "seconds": time.perf_counter() - t0}
     return ev.placement(dev), best, stats
+
+
+def path_split(graph: Graph, path: list[int]) -> Placement | None:
+    """A placement that follows the segments of latency_bound.path_chain along ``path``
+    (the bound's own plan for the sample's route): accelerator segments on
+    accelerators (a fresh one while any is left, else the first with room), CPU
+    segments on CPU 0, colour mates with their node, every other node with a
+    placed neighbour that has room (else CPU 0).  None if that does not fit."""
+    from .latency_bound import path_chain  # the bound module imports nothing from here
+
+    k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
+    _, segments = path_chain(graph, path)
+    if not segments:
+        return None
+    group_of = {v: g for g, members in enumerate(graph.colocation_groups()) for v in members}
+    members = graph.colocation_groups()
+    group_size = [sum(graph.node(v).size for v in m) for m in members]
+    group_ok = [all(graph.node(v).accel_ok for v in m) for m in members]
+    where: dict[int, int] = {}  # group -> device (0..k-1 accelerators, k.. CPUs)
+    used = [0.0] * k
+
+    def put(g: int, d: int) -> bool:
+        if d < k:
+            if not group_ok[g] or used[d] + group_size[g] > cap * (1 + 1e-12):
+                return False
+            used[d] += group_size[g]
+        where[g] = d
+        return True
+
+    fresh = 0
+    for start, stop, kind in segments:
+        groups = [group_of[v] for v in path[start:stop] if group_of[v] not in where]
+        groups = list(dict.fromkeys(groups))
+        if kind == "cpu":
+            for g in groups:
+                where[g] = k
+            continue
+        need = sum(group_size[g] for g in groups)
+        if fresh < k:
+            d, fresh = fresh, fresh + 1
+        else:
+            d = next((a for a in range(k) if used[a] + need <= cap * (1 + 1e-12)), None)
+            if d is None:
+                return None
+        for g in groups:
+            if not put(g, d) and not (l and put(g, k)):
+                return None
+    for v in graph.topological_order():
+        g = group_of[v]
+        if g in where:
+            continue
+        near = [where[group_of[u]] for u in graph.predecessors(v) + graph.successors(v)
+                if group_of[u] in where]
+        if not any(put(g, d) for d in near + list(range(k))):
+            if not l:
+                return None
+            where[g] = k
+    acc = [[] for _ in range(k)]
+    cpus = [[] for _ in range(l)]
+    for g, m in enumerate(members):
+        d = where[g]
+        (acc[d] if d < k else cpus[d - k]).extend(m)
+    return Placement(acc, cpus)

@@ -56,8 +56,8 @@ import numpy as np
 
 from .graph import Graph
 from .latency import chain_split, latency_of, latency_schedule
-from .latency_bound import latency_bound
-from .latency_search import chain_order, improve
+from .latency_bound import bound_paths, latency_bound
+from .latency_search import chain_order, improve, path_split
 from .objective import Placement, PlacementError, Solution, check_placement, throughput_loads
 
 __all__ = ["solve_milp", "MilpError"]
@@ -436,6 +436,8 @@ def _default_warm_start(graph: Graph, objective: str) -> Placement | None:
         candidates.append(_first_fit(graph))
         candidates.append(chain_split(graph))
         candidates.append(chain_split(graph, chain_order(graph)))
+        for path in bound_paths(graph):  # the memory-aware bound's own route plans
+            candidates.append(path_split(graph, path))
         if graph.num_cpus:
             candidates.append(Placement([[] for _ in range(graph.num_accelerators)],
                                         [ids] + [[] for _ in range(graph.num_cpus - 1)]))
