@@ -8,7 +8,10 @@
 - ``load_cifar10(data_dir)``: the standard CIFAR-10 "python version" batches
   (data_batch_1..5, test_batch) from a local folder; never downloads. Kept as
   uint8 and normalised per batch (150 MB instead of 600 MB of float32);
-  training batches get the usual random crop (4 px padding) and flip.
+  training batches get the usual random crop (4 px padding) and flip. The
+  batches are pickles, so they are read with an unpickler that builds only
+  numpy arrays and plain containers (a pickle can otherwise run any code), and
+  checked whole at load (shape, pixel range, labels in 0..9, not empty).
 
 ``Dataset.batch(indices, train, generator)`` returns a ready float batch; every
 random choice of augmentation comes from the generator passed in, so a seeded
@@ -117,6 +120,22 @@ def _cifar_folder(data_dir: str) -> str:
         "kfac-ext never downloads data.")
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, numbers and numpy arrays; refuses every other global."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+                ("numpy._core.numeric", "_frombuffer")}   # the last: pickle protocol 5
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            module = "numpy._core." + module[len("numpy.core."):]  # numpy 1's name (CIFAR-10)
+        if (module.replace("numpy.core.", "numpy._core."), name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a CIFAR-10 batch holds "
+                                     "only numpy arrays and lists)")
+
+
 def _read_cifar_batch(path: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(images (n, 3, 32, 32) uint8, labels (n,) int64) of one batch file, checked whole.
 
@@ -125,7 +144,7 @@ def _read_cifar_batch(path: str, num_classes: int = 10) -> tuple[np.ndarray, np.
     """
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+            entry = _ArraysOnlyUnpickler(f, encoding="bytes").load()
         data, labels = np.asarray(entry[b"data"]), np.asarray(entry[b"labels"])
     except Exception as exc:  # a truncated or foreign file: say which one
         raise DataError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") \

@@ -106,6 +106,10 @@ def check_outputs(a: argparse.Namespace) -> None:
     """--save and --plot can be written, checked before any training."""
     if a.save:
         check_output_path("--save", a.save, folder=True)
+        for entry in sorted(os.listdir(a.save)):   # where a checkpoint would be renamed to
+            if entry.endswith(".pt") and os.path.isdir(os.path.join(a.save, entry)):
+                raise ValueError(f"--save {a.save}: {entry} there is a folder, where a "
+                                 "checkpoint file would go; move it or give another folder")
     if a.plot:
         check_output_path("--plot", a.plot)
 

@@ -147,3 +147,38 @@ def test_cifar10_wider_integer_pixels_in_range_are_accepted(tmp_path):
     _rewrite_batch(str(tmp_path), "test_batch", np.full((2, 3072), 200, np.int64), [0, 1])
     d = load_cifar10(str(tmp_path))
     assert d.test_x.dtype == torch.uint8 and int(d.test_x.max()) == 200
+
+
+class _Payload:
+    """A pickle that runs code when loaded (writes a file)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def test_cifar10_batch_that_would_run_code_is_refused(tmp_path):
+    _write_fake_cifar(str(tmp_path))
+    target = str(tmp_path / "pwned")
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Payload(target), b"labels": [0]}, f)
+    with pytest.raises(DataError, match="data_batch_1.*refusing to load posix.mkdir"):
+        load_cifar10(str(tmp_path))
+    assert not os.path.exists(target)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL, "numpy 1"])
+def test_cifar10_batches_of_every_pickle_protocol_load(tmp_path, protocol):
+    _write_fake_cifar(str(tmp_path))
+    data = np.arange(2 * 3072).reshape(2, 3072).astype(np.uint8)
+    blob = pickle.dumps({b"data": data, b"labels": [3, 4], b"filenames": [b"a.png", b"b.png"]},
+                        protocol=2 if protocol == "numpy 1" else protocol)
+    if protocol == "numpy 1":   # the module name numpy 1 wrote, as in the real CIFAR-10 files
+        assert b"numpy._core.multiarray\n" in blob
+        blob = blob.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    (tmp_path / "test_batch").write_bytes(blob)
+    d = load_cifar10(str(tmp_path))
+    assert torch.equal(d.test_x.reshape(2, -1), torch.from_numpy(data))
+    assert d.test_y.tolist() == [3, 4]

@@ -187,6 +187,13 @@ def test_save_to_an_existing_file_is_refused_before_training(tmp_path, capsys, n
     assert target.read_text() == "keep me"
 
 
+def test_save_where_a_checkpoint_name_is_a_folder_is_refused_before_training(tmp_path, capsys,
+                                                                            no_training):
+    (tmp_path / "sgd.pt").mkdir()     # os.replace onto it would fail after an epoch
+    code, out, err = _train(capsys, "--optimizer", "sgd", "--save", tmp_path)
+    _assert_one_line_error(code, out, err, "--save", "sgd.pt there is a folder")
+
+
 def test_save_below_a_file_is_refused_before_training(tmp_path, capsys, no_training):
     (tmp_path / "f").write_text("")
     code, out, err = _train(capsys, "--save", tmp_path / "f" / "run")
