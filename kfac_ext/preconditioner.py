@@ -50,6 +50,7 @@ Documented behaviours a user may rely on:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 import weakref
@@ -63,7 +64,9 @@ from kfac_ext import ops
 from kfac_ext import schedules as sch
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
+from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
+from kfac_ext.precision import check_precondition_dtype, precondition_grads_
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +150,11 @@ class KFACPreconditioner:
     preconditions with the old basis meanwhile; on a CPU model the solves run on
     a background thread in between (:mod:`kfac_ext.background`), on a GPU they
     run when the update lands. The first decomposition of a layer is done at once.
+    eigen_refresh: None (exact eigh at every update) or a
+    :class:`kfac_ext.eigen_refresh.SkipTest` that keeps a factor's basis while it
+    still diagonalises the factor within a tolerance. precondition_dtype:
+    torch.float32, 'tf32' or torch.bfloat16 for the preconditioning GEMMs of the
+    eigen method in one process / COMM-OPT (:mod:`kfac_ext.precision`).
     """
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
@@ -160,7 +168,8 @@ class KFACPreconditioner:
                  skip_layers: Union[None, str, Iterable[str]] = (),
                  update_factors_in_hook: bool = True, defaults: Optional[dict] = None,
                  loglevel=logging.DEBUG, comm: Optional[Comm] = None,
-                 inv_lag_steps: int = 0):
+                 inv_lag_steps: int = 0, eigen_refresh=None,
+                 precondition_dtype=torch.float32):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -201,6 +210,11 @@ class KFACPreconditioner:
         # it lands (same results; a side thread would need its own CUDA stream).
         self._background = all(l.device.type == "cpu" for l in self.layers)
         self.inv_lag_steps = inv_lag_steps
+        self.eigen_refresh = check_eigen_refresh(eigen_refresh, compute_method, inv_lag_steps)
+        self.precondition_dtype = check_precondition_dtype(precondition_dtype)
+        if self.precondition_dtype is not torch.float32 and compute_method != "eigen":
+            raise ValueError("precondition_dtype applies to compute_method='eigen', got "
+                             f"compute_method={compute_method!r}")
         self._solver = BackgroundSolver()
         self._pending: Optional[PendingSecondOrder] = None
         # Layers that went through an inverse update, on every rank alike (which
@@ -212,6 +226,9 @@ class KFACPreconditioner:
             allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
             assignment_cost=self.assignment_strategy)
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
+        if self.precondition_dtype is not torch.float32 and not self.comm.replicates_preconditioning:
+            raise ValueError("precondition_dtype other than torch.float32 needs a comm that "
+                             "preconditions every layer on every rank (one process, COMM-OPT)")
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
         logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
@@ -463,7 +480,10 @@ class KFACPreconditioner:
                 self._pending.future = self._solver.submit(self._solve, factors, damping)
         else:
             self._install(todo, self._compute_second_order(
-                owned, factors, damping, step, lambda: self._solve(factors, damping)))
+                owned, factors, damping, step, lambda: self._solve(factors, damping)
+                if self.eigen_refresh is None else self.eigen_refresh.solve(
+                    factors, [self._second.get(i, {}).get(w) for i, w in owned],
+                    lambda fs: self._solve(fs, damping))))
         if due:
             self._inv_tracker.mark(step)
 
@@ -619,7 +639,9 @@ class KFACPreconditioner:
         # The raw ops, not the ops.py wrappers: every list is built here, so their Python
         # type checks would only repeat the kernels' own (~25 us a step on small models).
         if self.compute_method == "eigen":
-            torch.ops.kfac_ext.precondition_grads_(
+            op = torch.ops.kfac_ext.precondition_grads_ if self.precondition_dtype is torch.float32 \
+                else functools.partial(precondition_grads_, self.precondition_dtype)
+            op(
                 weight_grads, bias_grads, [s["A"][1] for s in second],
                 [s["A"][0] for s in second], [s["G"][1] for s in second],
                 [s["G"][0] for s in second], float(self.damping(step)), kl_clip, kl_factor)
