@@ -48,6 +48,26 @@ from .latency import latency_lower_bound
 __all__ = ["block_bound", "bound_paths", "heaviest_path", "latency_bound", "path_chain", "path_chain_bound"]
 
 
+def _lower_hull(options: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The lower convex hull of (bytes, cost) points where cost falls as bytes grow:
+    the options an LP relaxation can mix, bytes ascending (empty if none is finite)."""
+    points = sorted((b, c) for b, c in options if c < math.inf)
+    front: list[tuple[float, float]] = []
+    for b, c in points:  # keep only points cheaper than every point with fewer bytes
+        if front and c >= front[-1][1]:
+            continue
+        if front and b == front[-1][0]:
+            front.pop()
+        while len(front) >= 2:  # drop the middle point when it is above the chord
+            (b0, c0), (b1, c1) = front[-2], front[-1]
+            if (c1 - c0) * (b - b0) >= (c - c0) * (b1 - b0):
+                front.pop()
+            else:
+                break
+        front.append((b, c))
+    return front
+
+
 def _group_of(graph: Graph) -> dict[int, int]:
     return {v: g for g, members in enumerate(graph.colocation_groups()) for v in members}
 
@@ -156,10 +176,16 @@ def block_bound(graph: Graph) -> float:
         return min((v for (kind, c), v in states.items() if c >= changes), default=math.inf)
 
     def stage_costs(lo: int, hi: int):
-        """For the block (lo, hi]: the least LP_t when its tail shares the head's device
-        but some block node does not ("same", two changes on a path through that node),
-        and when the tail is on another device ("move": every path changes, so the
-        most expensive of the paths tried), per (head kind, tail kind)."""
+        """For the block (lo, hi]: per run kind, the (bytes kept on the run's device,
+        least LP_t) options of a run through it, and per (head kind, tail kind) the
+        least LP_t when the tail is on another device than the head ("move": every
+        path changes, so the most expensive of the paths tried).
+
+        Run options: the block nodes ``S`` not on the run's device cost
+        ``LP_t >= max(c_w for w in S)`` (``c_w``: two changes on a path through
+        ``w``, out and back) and ``LP_t >=`` the summed time of the rest, which
+        that device runs one at a time; the cheapest ``S`` freeing given bytes is
+        a prefix of the nodes by ``c_w``."""
         nodes = kept[lo:hi + 1]
         head, tail = nodes[0], nodes[-1]
         into, back = {head: 0.0}, {}  # longest fastest path head -> v (v's time included)
@@ -171,6 +197,7 @@ def block_bound(graph: Graph) -> float:
             ahead[v] = max((w for w in graph.successors(v) if w in inside),
                            key=lambda w: out_of[w] + fastest(w))
             out_of[v] = out_of[ahead[v]] + fastest(ahead[v])
+        longest = out_of[head]
         paths = []  # (path, index of w): the longest fastest path through each block node w
         for w in nodes[1:]:
             before = [w]
@@ -180,53 +207,58 @@ def block_bound(graph: Graph) -> float:
             while path[-1] != tail:
                 path.append(ahead[path[-1]])
             paths.append((path, len(before) - 1))
-        same = {kind: min((path_cost(p, kind, kind, 2, pivot) for p, pivot in paths
-                           if pivot < len(p) - 1), default=math.inf) for kind in kinds}
+        run = {}
+        for kind in kinds:
+            inner = [(path_cost(p, kind, kind, 2, pivot), p[pivot]) for p, pivot in paths
+                     if pivot < len(p) - 1]
+            inner.sort()
+            busy = sum(time_on(v, kind) for v in nodes[1:])
+            kept_bytes = sum(size[w] for _, w in inner)
+            options = [(kept_bytes, max(busy, longest))]
+            for c, w in inner:
+                if c == math.inf:
+                    break
+                busy -= time_on(w, kind)
+                kept_bytes -= size[w]
+                options.append((kept_bytes, max(c, busy, longest)))
+            run[kind] = _lower_hull(options)
         move = {(k1, k2): max(path_cost(p, k1, k2, 1) for p, _ in paths)
                 for k1 in kinds for k2 in kinds}
-        return same, move
+        return run, move
 
     kinds = [kind for kind, count in (("accel", k), ("cpu", l)) if count > 0]
     m = len(arts)
     inf = math.inf
-    whole = [{kind: 0.0 for kind in kinds} for _ in range(m)]  # summed time on one device
-    same = [{kind: inf for kind in kinds} for _ in range(m)]
+    hull = [{} for _ in range(m)]  # run options per kind: (bytes kept, cost), bytes ascending
     move = [{} for _ in range(m)]
-    block_size = [0.0] * m
     for t in range(1, m):
-        block = kept[arts[t - 1] + 1: arts[t] + 1]
-        for kind in kinds:
-            whole[t][kind] = sum(time_on(v, kind) for v in block)
-        block_size[t] = sum(size[v] for v in block)
-        same[t], move[t] = stage_costs(arts[t - 1], arts[t])
+        hull[t], move[t] = stage_costs(arts[t - 1], arts[t])
 
     def run_cost(i: int, t: int, kind: str) -> float:
-        """Least time of stages i+1 .. t with a_i .. a_t on one device of ``kind``: each
-        block whole or "same"; on an accelerator, the whole blocks' bytes (and the
-        articulation nodes') fit the cap -- relaxed to a fractional knapsack."""
-        base, room, options = 0.0, cap - size[kept[arts[i]]], []
+        """Least time of stages i+1 .. t with a_i .. a_t on one device of ``kind``; on an
+        accelerator the bytes each block keeps there (and the articulation nodes') fit
+        the cap -- a multiple-choice knapsack, relaxed to its LP (greedy on the hulls)."""
+        base = 0.0
+        if kind != "accel":
+            for s in range(i + 1, t + 1):
+                base += min((c for _, c in hull[s][kind]), default=inf)
+            return base
+        room = cap * (1 + 1e-12) - size[kept[arts[i]]]
+        steps = []
         for s in range(i + 1, t + 1):
-            tail_size = size[kept[arts[s]]]
-            w, sm = whole[s][kind], same[s][kind]
-            if kind != "accel":
-                base += min(w, sm)
-                continue
-            room -= tail_size
-            if sm == inf:  # the block must be whole
-                base += w
-                room -= block_size[s] - tail_size
-            elif w < sm:
-                base += sm
-                options.append((w - sm, block_size[s] - tail_size))
-            else:
-                base += sm
-        if base == inf or (kind == "accel" and room < -1e-12 * max(cap, 1.0)):
+            points = hull[s][kind]
+            if not points:
+                return inf
+            room -= size[kept[arts[s]]] + points[0][0]
+            base += points[0][1]
+            steps += [(c1 - c0, b1 - b0) for (b0, c0), (b1, c1) in zip(points, points[1:])]
+        if room < 0:
             return inf
-        for gain, need in sorted(options, key=lambda o: o[0] / o[1] if o[1] > 0 else -inf):
+        for gain, need in sorted(steps, key=lambda st: st[0] / st[1]):
             if need <= room:
                 base, room = base + gain, room - need
             else:
-                base += gain * max(room, 0.0) / need
+                base += gain * room / need
                 break
         return base
 

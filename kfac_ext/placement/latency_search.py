@@ -132,24 +132,34 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
                      for lo, hi in ((0, k), (k, k + l))]
             targets |= {d for d in empty + [k if l else None] if d is not None}
             targets.discard(here)
+            # the group alone, and with the groups that hang off it only (its weights,
+            # side outputs): moved alone, those would add a transfer
+            hanging = [h for h in neighbours[gi] if neighbours[h] == {gi} and dev[groups[h][0]] == here]
+            units = [[gi]] + ([[gi] + hanging] if hanging else [])
             for d in sorted(targets):
-                if d < k and (not accel_ok[gi] or used[d] + size[gi] > cap * (1 + 1e-12)):
-                    continue
-                for i in g:
-                    dev[i] = d
-                value = ev(dev)
-                if value < best * (1 - 1e-12):
-                    best, moves, improved = value, moves + 1, True
-                    count[here] -= 1
-                    count[d] += 1
-                    if here < k:
-                        used[here] -= size[gi]
-                    if d < k:
-                        used[d] += size[gi]
-                    here = d
-                else:
-                    for i in g:
-                        dev[i] = here
+                for unit in units:
+                    need = sum(size[h] for h in unit)
+                    if d < k and (not all(accel_ok[h] for h in unit)
+                                  or used[d] + need > cap * (1 + 1e-12)):
+                        continue
+                    for h in unit:
+                        for i in groups[h]:
+                            dev[i] = d
+                    value = ev(dev)
+                    if value < best * (1 - 1e-12):
+                        best, moves, improved = value, moves + 1, True
+                        count[here] -= len(unit)
+                        count[d] += len(unit)
+                        if here < k:
+                            used[here] -= need
+                        if d < k:
+                            used[d] += need
+                        break
+                    for h in unit:
+                        for i in groups[h]:
+                            dev[i] = here
+                if dev[g[0]] != here:
+                    break
     stats = {"moves": moves, "passes": passes, "seconds": time.perf_counter() - t0}
     return ev.placement(dev), best, stats
 
