@@ -23,6 +23,8 @@ $(VENV)/.installed: setup.py pyproject.toml
 	# to the installed torch, or its torchvision dependency upgrades torch.
 	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
 	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt curvlinops-for-pytorch
+	# SOAP (heavyball) for `kfac-ext train --optimizer soap`, the same pin.
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt heavyball
 	touch $@
 
 # Incremental rebuild (ninja only recompiles what changed). flock keeps

@@ -130,6 +130,9 @@ setup(
     extras_require={
         "app": APP_REQUIRES,            # kfac-ext train / bench: progress bars, plots, digits
         "placement": PLACEMENT_REQUIRES,  # kfac-ext place --method milp (HiGHS), --plot
+        # kfac-ext train --optimizer soap. Install it with the torch pin as a constraint
+        # (the Makefile does): pip must not upgrade the pinned torch for it.
+        "soap": ["heavyball"],
         "test": sorted(set(TEST_REQUIRES + APP_REQUIRES + PLACEMENT_REQUIRES)),
     },
     entry_points={"console_scripts": ["kfac-ext=kfac_ext.cli:main"]},

@@ -24,14 +24,20 @@ import torch
 from kfac_ext.app import train
 
 
-def run_train(flags: list[str]) -> dict:
-    """Run `kfac-ext train FLAGS --json` in this process; its JSON result."""
+def run_train(flags: list[str], allow_diverged: bool = False) -> dict | None:
+    """Run `kfac-ext train FLAGS --json` in this process; its JSON result (None for a
+    diverged run when ``allow_diverged``: a sweep scores it as never reaching the target)."""
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     args = parser.parse_args([*flags, "--json", "--quiet", "--plot", ""])
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = train.run(args)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = train.run(args)
+    except FloatingPointError:
+        if allow_diverged:
+            return None
+        raise
     if code != 0:
         raise RuntimeError(f"kfac-ext train {' '.join(flags)} failed with exit code {code}")
     return json.loads(out.getvalue())

@@ -6,6 +6,8 @@
   global average pooling and one Linear layer. Depth 20/32/56/110/...
 - ``digits_cnn()``: a small CNN for the 1x8x8 scikit-learn digits.
 - ``digits_mlp()``: an MLP on the 64 flattened digit pixels.
+- ``digits_autoencoder()``: a deep autoencoder of the 64 digit pixels
+  (64-256-128-64-16-64-128-256-64), the problem class of Martens & Grosse 2015.
 
 All weights are initialised from torch's global RNG, so a fixed
 ``torch.manual_seed`` gives the same model every time.
@@ -18,7 +20,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["BasicBlock", "ResNetCIFAR", "resnet_cifar", "digits_cnn", "digits_mlp", "build_model"]
+__all__ = ["BasicBlock", "ResNetCIFAR", "resnet_cifar", "digits_cnn", "digits_mlp",
+           "digits_autoencoder", "build_model"]
 
 
 class _PadChannelsShortcut(nn.Module):
@@ -156,13 +159,43 @@ def digits_mlp(num_classes: int = 10, in_features: int = 64,
     return nn.Sequential(*layers)
 
 
+def digits_autoencoder(in_features: int = 64,
+                       encoder: Sequence[int] = (256, 128, 64, 16)) -> nn.Sequential:
+    """Deep autoencoder: tanh hidden layers, a linear code layer, a sigmoid output.
+
+    (N, in_features) in [0, 1] -> (N, in_features) in (0, 1). The decoder mirrors
+    the encoder. The shape follows Hinton & Salakhutdinov 2006 / Martens & Grosse
+    2015 (widening first layer, halving to a small linear code), scaled to the
+    64-pixel digits so that the largest K-FAC factor is 257x257 (its eigendecomposition
+    costs a few ms on one core; the papers' 1000-wide first layer would make it a
+    1001x1001 one, about 40x that, for 1347 training images).
+    """
+    if in_features < 1 or not encoder or any(h < 1 for h in encoder):
+        raise ValueError(f"in_features and the encoder sizes must be >= 1, got "
+                         f"{in_features}, {tuple(encoder)}")
+    sizes = [in_features, *encoder]
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if k < len(encoder) - 1:              # the code layer stays linear
+            layers.append(nn.Tanh())
+    back = sizes[::-1]
+    for k, (a, b) in enumerate(zip(back[:-1], back[1:])):
+        layers.append(nn.Linear(a, b))
+        layers.append(nn.Tanh() if k < len(back) - 2 else nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """A model by its CLI name: digits-cnn, digits-mlp, resnet20, resnet32, resnet56, ..."""
     if name == "digits-cnn":
         return digits_cnn(num_classes, in_channels)
     if name == "digits-mlp":
         return digits_mlp(num_classes, in_features=in_channels * 64)
+    if name == "digits-autoencoder":
+        return digits_autoencoder(in_features=in_channels * 64)
     if name.startswith("resnet") and name[len("resnet"):].isdigit():
         return resnet_cifar(int(name[len("resnet"):]), num_classes, in_channels)
-    raise ValueError(f"unknown model {name!r}; choose digits-cnn, digits-mlp or resnetN "
+    raise ValueError(f"unknown model {name!r}; choose digits-cnn, digits-mlp, "
+                     f"digits-autoencoder or resnetN "
                      f"(N = 6n+2, e.g. resnet20, resnet32, resnet56)")

@@ -1,11 +1,17 @@
-"""Train a model with SGD, with K-FAC-preconditioned SGD, or both side by side.
+"""Train a model with SGD, AdamW, K-FAC-preconditioned SGD (and SOAP), side by side.
 
-Default: scikit-learn's handwritten digits (no download), a small CNN, both
-optimizers from the same initial weights and the same data order, each with
-its own tuned learning rate (benchmarks/lr_sweep.py), momentum, weight decay,
-linear lr warm-up and step decay. Prints a table (epochs and training seconds
-to the target test accuracy, final accuracy, time per step, K-FAC overhead)
-and writes a PNG of the curves.
+Default: scikit-learn's handwritten digits (no download), a small CNN, SGD and
+K-FAC from the same initial weights and the same data order, each with its
+own tuned learning rate (benchmarks/lr_sweep.py), momentum, weight decay,
+linear lr warm-up and step decay (`--optimizer sgd,adamw,kfac` adds AdamW, with
+its own swept lr and weight decay). Prints a table (epochs and training
+seconds to the target, final accuracy, time per step, K-FAC overhead) and
+writes a PNG of the curves. `--task autoencoder` trains a deep autoencoder of
+the digits pixels instead, to a target training reconstruction loss.
+
+The runs are interleaved epoch by epoch (the order reversed every other
+epoch), so a change of the machine's load hits every optimizer alike; each
+run keeps its own RNG state, so its curve is the one it would have alone.
 
 Time to target counts training time only: the wall clock of the training
 steps (batch assembly included), summed over epochs; test-set evaluation and
@@ -36,24 +42,62 @@ import torch.nn.functional as F
 
 from kfac_ext.app.checkpoint import (CheckpointError, FORMAT, capture_rng_state, load_checkpoint,
                                  restore_rng_state, resume_hint, save_checkpoint)
-from kfac_ext.app.data import Dataset, load_dataset
+from kfac_ext.app.data import load_dataset
+from kfac_ext.app.tasks import TASKS, make_task
 from kfac_ext.app.validation import (check_fits_data, check_model_fits, check_outputs,
                                      check_train_args)
 
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
     "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.2,
-                   damping=0.1, skip_layers=("Conv2d",),
+                   lr_adamw=0.003, adamw_weight_decay=0.01, lr_soap=0.003,
+                   soap_weight_decay=0.01, damping=0.1, skip_layers=("Conv2d",),
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
                    inv_lag_steps=2, threads=1),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
-                    damping=0.003, skip_layers=(),
+                    lr_adamw=0.001, adamw_weight_decay=0.05, lr_soap=0.001,   # not swept
+                    soap_weight_decay=0.05, damping=0.003, skip_layers=(),
                     weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
                     target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
                     inv_lag_steps=0, threads=0),
 }
-OPTIMIZERS = ("sgd", "kfac")
+# --task autoencoder (digits only): these replace the digits defaults.
+AUTOENCODER_DEFAULTS = dict(model="digits-autoencoder", epochs=40, batch_size=64, lr_sgd=0.05,
+                            lr_kfac=0.05, lr_adamw=0.003, adamw_weight_decay=0.0, lr_soap=0.003,
+                            soap_weight_decay=0.0, damping=0.1, skip_layers=(),
+                            weight_decay=0.0, target_accuracy=1.0, target_loss=5.0)
+OPTIMIZERS = ("sgd", "adamw", "kfac", "soap")
+ALIASES = {"both": ("sgd", "kfac")}     # and "all": every installed optimizer
+NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "soap": "SOAP"}
+
+
+def installed_optimizers() -> tuple[str, ...]:
+    """sgd, adamw, kfac, and soap when heavyball (the [soap] extra) is installed."""
+    import importlib.util
+
+    return tuple(n for n in OPTIMIZERS
+                 if n != "soap" or importlib.util.find_spec("heavyball") is not None)
+
+
+def parse_optimizers(text: str) -> tuple[str, ...]:
+    """'sgd,adamw,kfac' -> ('sgd', 'adamw', 'kfac'); 'both' and 'all' expand."""
+    names: list[str] = []
+    for word in (w.strip().lower() for w in text.split(",")):
+        if word == "all":
+            expanded = installed_optimizers()
+        elif word in ALIASES:
+            expanded = ALIASES[word]
+        elif word in OPTIMIZERS:
+            expanded = (word,)
+        else:
+            raise ValueError(f"--optimizer {text}: unknown optimizer {word!r}; give a comma "
+                             f"list of {', '.join(OPTIMIZERS)}, or both (sgd,kfac) or all")
+        names += [n for n in expanded if n not in names]
+    if "soap" in names and "soap" not in installed_optimizers():
+        raise ValueError("--optimizer soap needs the heavyball package: "
+                         "pip install 'kfac_ext[soap]'")
+    return tuple(names)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +107,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--data-dir", default=None,
                    help="folder with the CIFAR-10 python batches (data_batch_1..5, test_batch)")
     d.add_argument("--model", default=None,
-                   help="digits-cnn, digits-mlp, resnet20, resnet32, resnet56 (default: "
-                        "digits-cnn for digits, resnet20 for cifar10)")
-    o = parser.add_argument_group("optimisation (both optimizers)")
-    o.add_argument("--optimizer", choices=("sgd", "kfac", "both"), default="both")
+                   help="digits-cnn, digits-mlp, digits-autoencoder, resnet20, resnet32, "
+                        "resnet56 (default: digits-cnn for digits, resnet20 for cifar10, "
+                        "digits-autoencoder for --task autoencoder)")
+    d.add_argument("--task", choices=TASKS, default="classify",
+                   help="classify (default): cross-entropy, target a test accuracy; "
+                        "autoencoder (digits): reconstruct the 64 pixels, target a training "
+                        "reconstruction loss (--target-loss)")
+    o = parser.add_argument_group("optimisation (every optimizer)")
+    o.add_argument("--optimizer", default="both",
+                   help="comma list of sgd, adamw, kfac, soap (soap needs the [soap] extra, "
+                        "heavyball); both = sgd,kfac (default); all = every installed one")
     o.add_argument("--epochs", type=int, default=None,
                    help="length of the lr schedule (default 12 on digits, 100 on cifar10)")
     o.add_argument("--batch-size", type=int, default=None,
@@ -75,8 +126,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="peak learning rate for SGD (default 0.05 on digits, 0.1 on cifar10)")
     o.add_argument("--lr-kfac", type=float, default=None,
                    help="peak learning rate for K-FAC (default 0.2 on digits, 0.1 on cifar10)")
-    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    o.add_argument("--weight-decay", type=float, default=None, help="default 5e-4")
+    o.add_argument("--lr-adamw", type=float, default=None,
+                   help="peak learning rate for AdamW (default from the digits sweep)")
+    o.add_argument("--adamw-weight-decay", type=float, default=None,
+                   help="AdamW's decoupled weight decay (default from the digits sweep)")
+    o.add_argument("--lr-soap", type=float, default=None, help="peak learning rate for SOAP")
+    o.add_argument("--soap-weight-decay", type=float, default=None,
+                   help="SOAP's decoupled weight decay")
+    o.add_argument("--momentum", type=float, default=0.9,
+                   help="SGD momentum, also K-FAC's (default 0.9)")
+    o.add_argument("--weight-decay", type=float, default=None,
+                   help="SGD's and K-FAC's L2 weight decay (default 5e-4; 0 for the autoencoder)")
     o.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear lr warm-up from lr/10 over this many epochs")
     o.add_argument("--decay-epochs", type=float, nargs="*", default=None,
@@ -86,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--target-accuracy", type=float, default=None,
                    help="test accuracy (fraction) that time-to-target measures "
                         "(default 0.97 on digits, 0.91 on cifar10)")
+    o.add_argument("--target-loss", type=float, default=None,
+                   help="--task autoencoder: training reconstruction loss (squared error summed "
+                        "over the 64 pixels, mean over images) that time-to-target measures")
     k = parser.add_argument_group("K-FAC")
     k.add_argument("--compute-method", choices=("eigen", "inverse"), default="eigen",
                    help="eigen: eigen-basis preconditioning (default); inverse: damped factor "
@@ -225,10 +288,15 @@ class RunState:
 def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
     """Everything that decides a run's curve; a checkpoint must match it to be resumed."""
     cfg = dict(optimizer=name, data=a.data, model=a.model, epochs=a.epochs,
-               batch_size=a.batch_size, lr=a.lr_kfac if name == "kfac" else a.lr_sgd,
+               batch_size=a.batch_size, lr=getattr(a, f"lr_{name}"),
                momentum=a.momentum, weight_decay=a.weight_decay,
                warmup_epochs=a.warmup_epochs, decay_epochs=list(a.decay_epochs),
                decay_factor=a.decay_factor, seed=a.seed, world_size=world.size)
+    if a.task != "classify":
+        cfg["task"] = a.task
+    if name in ("adamw", "soap"):
+        del cfg["momentum"]        # their own betas (library defaults)
+        cfg["weight_decay"] = getattr(a, f"{name}_weight_decay")
     if name == "kfac":
         cfg.update(compute_method=a.compute_method, damping=a.damping,
                    factor_decay=a.factor_decay, kl_clip=a.kl_clip,
@@ -266,85 +334,95 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 7 + stream)
 
 
-def _evaluate(model, data: Dataset, world: World, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean loss, accuracy) on the test set, sharded over the ranks."""
-    model.eval()
-    n = len(data.test_y)
-    mine = torch.arange(world.rank, n, world.size)
-    loss_sum, correct = 0.0, 0.0
-    with torch.no_grad():
-        for chunk in mine.split(batch_size):
-            x, y = data.batch(chunk, train=False)
-            x, y = x.to(world.device), y.to(world.device)
-            out = model(x)
-            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(1) == y).sum().item()
-    loss_sum, correct = _all_sum([loss_sum, correct], world)
-    return loss_sum / n, correct / n
+def _make_optimizer(name: str, model: torch.nn.Module, lr: float, a: argparse.Namespace):
+    """SGD with momentum (also under K-FAC), AdamW, or heavyball's SOAP (imported only here)."""
+    if name in ("sgd", "kfac"):
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=a.momentum,
+                               weight_decay=a.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=a.adamw_weight_decay)
+    import heavyball  # the [soap] extra
+    import heavyball.utils
+
+    # Eager: heavyball torch.compiles its fused kernels (and with compile_step the whole
+    # step) in max-autotune mode, minutes of autotuning on a CPU before the first step.
+    heavyball.utils.compile_mode = None
+    return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=a.soap_weight_decay,
+                          compile_step=False)
 
 
-def _train_run(state: RunState, a: argparse.Namespace, data: Dataset, init_weights: dict,
-               world: World, resume: dict | None, log) -> RunState:
-    from kfac_ext.app.models import build_model
-    from tqdm import tqdm
+class _Run:
+    """One optimizer's run: model, optimizer, preconditioner and schedule, an epoch at a time."""
 
-    name = state.name
-    model = build_model(a.model, data.num_classes, data.in_channels)
-    model.load_state_dict(init_weights)
-    model.to(world.device)
-    n_train = len(data.train_y)
-    steps_per_epoch = n_train // a.batch_size  # drop the last partial batch: equal steps
-    sched = Schedule(state.config["lr"], steps_per_epoch, a.warmup_epochs,
-                     tuple(a.decay_epochs), a.decay_factor, a.factor_update_steps or 1,
-                     a.inv_update_steps or 1, a.interval_growth)
-    net = model
-    if world.size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=sched.lr(0), momentum=a.momentum,
-                                weight_decay=a.weight_decay)
-    precond = _make_preconditioner(net, sched, a) if name == "kfac" else None
-    if precond is not None and resume is None:
-        layers = ", ".join(f"{l.name} ({type(l.module).__name__})" for l in precond.layers)
-        skipped = f"; layers matching {', '.join(a.skip_layers)} take plain SGD steps" \
-            if a.skip_layers else ""
-        log(f"kfac preconditions {layers}{skipped}")
-    if resume is not None:
-        try:
-            model.load_state_dict(resume["model"])
-            optimizer.load_state_dict(resume["optimizer"])
-            if precond is not None:
-                precond.load_state_dict(resume["preconditioner"])
-        # The state dicts come from the file: any of these means it was edited or foreign.
-        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError,
-                IndexError) as exc:
-            raise CheckpointError(f"checkpoint for {name} does not fit the model/optimizer: "
-                                  f"{exc}") from exc
-        restore_rng_state(resume["rng"])
-        state.history, state.step_times = list(resume["history"]), list(resume["step_times"])
-        state.train_time_s, state.wall_s = resume["train_time_s"], resume["wall_s"]
-        state.epoch, state.step = resume["epoch"], resume["step"]
-    last_epoch = a.epochs if a.stop_after is None else min(a.epochs, a.stop_after)
-    cuda = world.device.type == "cuda"
-    for epoch in range(state.epoch, last_epoch):
+    def __init__(self, state: RunState, a: argparse.Namespace, task, init_weights: dict,
+                 model_args: tuple, world: World, resume: dict | None, log):
+        from kfac_ext.app.models import build_model
+
+        self.state, self.a, self.task, self.world, self.log = state, a, task, world, log
+        name = state.name
+        model = build_model(a.model, *model_args)
+        model.load_state_dict(init_weights)
+        model.to(world.device)
+        self.model = model
+        self.steps_per_epoch = task.n_train // a.batch_size  # drop the last partial batch
+        self.sched = Schedule(state.config["lr"], self.steps_per_epoch, a.warmup_epochs,
+                              tuple(a.decay_epochs), a.decay_factor, a.factor_update_steps or 1,
+                              a.inv_update_steps or 1, a.interval_growth)
+        self.net = model
+        if world.size > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+        self.optimizer = _make_optimizer(name, model, self.sched.lr(0), a)
+        self.precond = _make_preconditioner(self.net, self.sched, a) if name == "kfac" else None
+        if self.precond is not None and resume is None:
+            layers = ", ".join(f"{l.name} ({type(l.module).__name__})"
+                               for l in self.precond.layers)
+            skipped = f"; layers matching {', '.join(a.skip_layers)} take plain SGD steps" \
+                if a.skip_layers else ""
+            log(f"kfac preconditions {layers}{skipped}")
+        if resume is not None:
+            try:
+                model.load_state_dict(resume["model"])
+                self.optimizer.load_state_dict(resume["optimizer"])
+                if self.precond is not None:
+                    self.precond.load_state_dict(resume["preconditioner"])
+            # The state dicts come from the file: any of these means it was edited or foreign.
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError,
+                    IndexError) as exc:
+                raise CheckpointError(f"checkpoint for {name} does not fit the model/optimizer: "
+                                      f"{exc}") from exc
+            restore_rng_state(resume["rng"])
+            state.history, state.step_times = list(resume["history"]), list(resume["step_times"])
+            state.train_time_s, state.wall_s = resume["train_time_s"], resume["wall_s"]
+            state.epoch, state.step = resume["epoch"], resume["step"]
+        self.rng = capture_rng_state()   # this run's RNG between its epochs
+
+    def train_epoch(self, epoch: int) -> None:
+        from tqdm import tqdm
+
+        a, state, world, sched = self.a, self.state, self.world, self.sched
+        name, net, optimizer, precond, task = (state.name, self.net, self.optimizer,
+                                               self.precond, self.task)
+        restore_rng_state(self.rng)
         wall0 = time.perf_counter()
         net.train()
-        order = torch.randperm(n_train, generator=_epoch_generator(a.seed, epoch, 0))
+        order = torch.randperm(task.n_train, generator=_epoch_generator(a.seed, epoch, 0))
         augment_rng = _epoch_generator(a.seed, epoch, 1)
         loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
         epoch_train_s = 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{a.epochs}",
+        cuda = world.device.type == "cuda"
+        bar = tqdm(range(self.steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{a.epochs}",
                    leave=False, disable=a.quiet or not world.main, file=sys.stderr)
         for i in bar:
             t0 = time.perf_counter()
             # Same global batch on every rank; each takes an interleaved 1/N slice.
-            x, y = data.batch(order[i * a.batch_size:(i + 1) * a.batch_size], True, augment_rng)
+            x, y = task.train_batch(order[i * a.batch_size:(i + 1) * a.batch_size], augment_rng)
             x = x[world.rank::world.size].to(world.device, non_blocking=True)
             y = y[world.rank::world.size].to(world.device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = sched.lr(state.step)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(x), y)
+            loss = task.loss(net(x), y)
             loss.backward()
             if precond is not None:
                 precond.step()
@@ -356,79 +434,138 @@ def _train_run(state: RunState, a: argparse.Namespace, data: Dataset, init_weigh
             epoch_train_s += dt
             state.step_times.append(dt)
             state.step += 1
-        train_loss = _all_sum([loss_sum.item() / steps_per_epoch], world)[0] / world.size
+        train_loss = _all_sum([loss_sum.item() / self.steps_per_epoch], world)[0] / world.size
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"{name}: training loss became {train_loss} in epoch "
                                      f"{epoch + 1}; lower the learning rate (--lr-{name})")
-        test_loss, test_acc = _evaluate(net, data, world)
+        net.eval()
+        metrics = task.evaluate(net, world.rank, world.size, world.device,
+                                lambda v: _all_sum(v, world))
         state.train_time_s += epoch_train_s
         state.epoch = epoch + 1
         state.wall_s += time.perf_counter() - wall0
-        record = dict(epoch=state.epoch, train_loss=train_loss, test_loss=test_loss,
-                      test_accuracy=test_acc, train_time_s=state.train_time_s,
-                      lr=sched.lr(state.step - 1))
+        record = dict(epoch=state.epoch, train_loss=train_loss, **metrics,
+                      train_time_s=state.train_time_s, lr=sched.lr(state.step - 1))
         state.history.append(record)
-        log(f"{name} epoch {state.epoch:3d}: train loss {train_loss:.4f}  test loss "
-            f"{test_loss:.4f}  test acc {100 * test_acc:6.2f}%  train {state.train_time_s:7.2f}s")
+        shown = "  ".join(f"{k.replace('_', ' ')} " +
+                          (f"{100 * v:6.2f}%" if k.endswith("accuracy") else f"{v:.4f}")
+                          for k, v in metrics.items())
+        self.log(f"{name} epoch {state.epoch:3d}: train loss {train_loss:.4f}  {shown}  "
+                 f"train {state.train_time_s:7.2f}s")
+        self.rng = capture_rng_state()
         if a.save and world.main:
             save_checkpoint(os.path.join(a.save, f"{name}.pt"), dict(
                 format=FORMAT, config=state.config, epoch=state.epoch, step=state.step,
-                model=model.state_dict(), optimizer=optimizer.state_dict(),
+                model=self.model.state_dict(), optimizer=optimizer.state_dict(),
                 preconditioner=precond.state_dict() if precond is not None else None,
-                rng=capture_rng_state(), data_order=dict(seed=a.seed, rule="randperm per epoch"),
+                rng=self.rng, data_order=dict(seed=a.seed, rule="randperm per epoch"),
                 history=state.history, step_times=state.step_times,
                 train_time_s=state.train_time_s, wall_s=state.wall_s))
-    return state
+
+
+def _train_run(states: dict, a: argparse.Namespace, task, init_weights: dict,
+               model_args: tuple, world: World, resumes: dict, log) -> None:
+    """Train every run, interleaved epoch by epoch."""
+    runs = []
+    for name, state in states.items():
+        torch.manual_seed(a.seed)  # identical RNG stream at the start of each run
+        runs.append(_Run(state, a, task, init_weights, model_args, world, resumes[name], log))
+    last_epoch = a.epochs if a.stop_after is None else min(a.epochs, a.stop_after)
+    first = min(r.state.epoch for r in runs)
+    for epoch in range(first, last_epoch):
+        # Reversed every other epoch: no optimizer always runs right after another.
+        for run in (runs if epoch % 2 == 0 else runs[::-1]):
+            if run.state.epoch <= epoch:
+                run.train_epoch(epoch)
 
 
 # --------------------------------------------------------------------------- results
-def summarize(state: RunState, target: float) -> dict:
+def summarize(state: RunState, target: float, metric: str = "test_accuracy",
+              higher_is_better: bool = True) -> dict:
     """The JSON record of one run."""
-    reached = next((r for r in state.history if r["test_accuracy"] >= target), None)
+    def reached(r):
+        return r[metric] >= target if higher_is_better else r[metric] <= target
+
+    hit = next((r for r in state.history if reached(r)), None)
     times = state.step_times
-    return dict(
+    last = state.history[-1] if state.history else {}
+    out = dict(
         lr=state.config["lr"],
-        time_to_target_s=reached["train_time_s"] if reached else None,
-        epochs_to_target=reached["epoch"] if reached else None,
-        final_test_accuracy=state.history[-1]["test_accuracy"] if state.history else None,
-        best_test_accuracy=max((r["test_accuracy"] for r in state.history), default=None),
-        final_test_loss=state.history[-1]["test_loss"] if state.history else None,
+        time_to_target_s=hit["train_time_s"] if hit else None,
+        epochs_to_target=hit["epoch"] if hit else None,
+        final_test_accuracy=last.get("test_accuracy"),
+        best_test_accuracy=max((r["test_accuracy"] for r in state.history
+                                if "test_accuracy" in r), default=None),
+        final_test_loss=last.get("test_loss"),
         step_ms_median=1000 * statistics.median(times) if times else None,
         step_ms_mean=1000 * statistics.fmean(times) if times else None,
         steps=state.step, epochs=state.epoch, train_s=state.train_time_s, wall_s=state.wall_s,
         config=state.config, history=state.history)
+    if metric != "test_accuracy":
+        out[f"final_{metric}"] = last.get(metric)
+    return out
 
 
-def format_table(runs: dict, target: float) -> str:
+def format_table(runs: dict, target: float, metric: str = "test_accuracy") -> str:
     fmt = lambda v, spec: "never" if v is None else format(v, spec)  # noqa: E731
-    lines = [f"target: {100 * target:g}% test accuracy; times are training time "
-             f"(evaluation excluded)", "",
-             "| optimizer | lr | epochs to target | seconds to target | final test acc "
+    accuracy = metric == "test_accuracy"
+    goal = f"{100 * target:g}% test accuracy" if accuracy else \
+        f"{metric.replace('_', ' ')} {target:g}"
+    final = "final test acc" if accuracy else f"final {metric.replace('_', ' ')}"
+    lines = [f"target: {goal}; times are training time (evaluation excluded)", "",
+             f"| optimizer | lr | epochs to target | seconds to target | {final} "
              "| step ms (median / mean) | train s |",
              "|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
+        value = r["final_test_accuracy"] if accuracy else r[f"final_{metric}"]
+        shown = "-" if value is None else (f"{100 * value:.2f}%" if accuracy else f"{value:.4f}")
         lines.append(f"| {name} | {r['lr']:g} | {fmt(r['epochs_to_target'], 'd')} | "
-                     f"{fmt(r['time_to_target_s'], '.2f')} | {100 * r['final_test_accuracy']:.2f}% "
+                     f"{fmt(r['time_to_target_s'], '.2f')} | {shown} "
                      f"| {r['step_ms_median']:.2f} / {r['step_ms_mean']:.2f} | {r['train_s']:.1f} |")
-    if "sgd" in runs and "kfac" in runs:
-        s, k = runs["sgd"], runs["kfac"]
-        lines.append("")
-        lines.append(f"K-FAC overhead per step: {100 * (k['step_ms_mean'] / s['step_ms_mean'] - 1):+.0f}%"
-                     f" (mean, includes factor and eigendecomposition steps), "
-                     f"{100 * (k['step_ms_median'] / s['step_ms_median'] - 1):+.0f}% (median)")
-        if s["time_to_target_s"] and k["time_to_target_s"]:
-            lines.append(f"time to target: K-FAC / SGD = "
-                         f"{k['time_to_target_s'] / s['time_to_target_s']:.2f}")
+    if "kfac" in runs:
+        k = runs["kfac"]
+        baselines = [n for n in runs if n != "kfac"]
+        if baselines:
+            lines.append("")
+        for b in baselines:
+            s = runs[b]
+            lines.append(f"K-FAC overhead per step vs {NAMES[b]}: "
+                         f"{100 * (k['step_ms_mean'] / s['step_ms_mean'] - 1):+.0f}%"
+                         f" (mean, includes factor and eigendecomposition steps), "
+                         f"{100 * (k['step_ms_median'] / s['step_ms_median'] - 1):+.0f}% (median)")
+        for b in baselines:
+            s = runs[b]
+            if s["time_to_target_s"] and k["time_to_target_s"]:
+                lines.append(f"time to target: K-FAC / {NAMES[b]} = "
+                             f"{k['time_to_target_s'] / s['time_to_target_s']:.2f}")
     return "\n".join(lines)
 
 
 def _resolve_defaults(a: argparse.Namespace) -> None:
-    for key, value in DEFAULTS[a.data].items():
+    if a.task == "autoencoder" and a.data != "digits":
+        raise ValueError(f"--task autoencoder: only --data digits is supported; got --data "
+                         f"{a.data}")
+    a.optimizers = parse_optimizers(a.optimizer)
+    defaults = dict(DEFAULTS[a.data], target_loss=None)
+    if a.task == "autoencoder":
+        defaults.update(AUTOENCODER_DEFAULTS)
+    for key, value in defaults.items():
         if getattr(a, key, None) is None:
             setattr(a, key, value)
     if a.decay_epochs is None:
         a.decay_epochs = [0.5 * a.epochs, 0.75 * a.epochs]
     check_train_args(a)  # every flag, whatever --optimizer runs (kfac_ext/app/validation.py)
+    for flag in ("adamw_weight_decay", "soap_weight_decay"):
+        value = getattr(a, flag)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{flag.replace('_', '-')} must be a finite number >= 0; "
+                             f"got {value:g}")
+    if a.target_loss is not None:
+        if a.task != "autoencoder":
+            raise ValueError("--target-loss applies to --task autoencoder; classification "
+                             "targets a test accuracy (--target-accuracy)")
+        if not (math.isfinite(a.target_loss) and a.target_loss > 0):
+            raise ValueError(f"--target-loss must be a finite number > 0; got {a.target_loss:g}")
     for pattern in a.skip_layers:
         try:
             re.compile(pattern)
@@ -471,8 +608,9 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
             print(msg, file=out, flush=True)
 
     data = load_dataset(a.data, a.data_dir)
-    check_fits_data(a, a.data, len(data.train_y), world.size)
-    names = OPTIMIZERS if a.optimizer == "both" else (a.optimizer,)
+    task = make_task(a.task, data)
+    check_fits_data(a, a.data, task.n_train, world.size)
+    names = a.optimizers
     states = {n: RunState(n, _run_config(n, a, world)) for n in names}
     resumes: dict[str, dict | None] = {n: None for n in names}
     if a.resume:
@@ -484,37 +622,41 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
         # the run before a single file is written.
         for n, path in found.items():
             if os.path.isfile(path):
-                resumes[n] = load_checkpoint(path, states[n].config, ("test_accuracy",))
-    # One initialisation, shared by both runs; every random choice follows --seed.
+                resumes[n] = load_checkpoint(path, states[n].config, (task.metric,))
+    # One initialisation, shared by every run; every random choice follows --seed.
     random.seed(a.seed)
     np.random.seed(a.seed)
     torch.manual_seed(a.seed)
     from kfac_ext.app.models import build_model
 
-    init_model = build_model(a.model, data.num_classes, data.in_channels)
-    check_model_fits(init_model, a, data.batch(torch.arange(2), train=False)[0])
+    model_args = (data.num_classes, data.in_channels)
+    init_model = build_model(a.model, *model_args)
+    check_model_fits(init_model, a, task.train_batch(torch.arange(2), torch.Generator())[0])
     if "kfac" in names:
         _check_skip_layers(init_model, a)
     init_weights = copy.deepcopy(init_model.state_dict())
-    log(f"{a.data}: {len(data.train_y)} train / {len(data.test_y)} test samples, model "
+    log(f"{a.data}: {task.n_train} train / {len(data.test_y)} test samples, model "
         f"{a.model}, batch {a.batch_size}, {a.epochs} epochs, {world.size} process(es) on "
         f"{world.device}")
-    for n in names:
-        torch.manual_seed(a.seed)  # identical RNG stream at the start of each run
-        _train_run(states[n], a, data, init_weights, world, resumes[n], log)
+    _train_run(states, a, task, init_weights, model_args, world, resumes, log)
     if not world.main:
         return 0
-    runs = {n: summarize(s, a.target_accuracy) for n, s in states.items()}
+    target = a.target_accuracy if a.task == "classify" else a.target_loss
+    runs = {n: summarize(s, target, task.metric, task.higher_is_better)
+            for n, s in states.items()}
     if a.plot:
         from kfac_ext.app.plotting import plot_curves
 
-        plot_curves({n: s.history for n, s in states.items()}, a.plot, a.target_accuracy,
-                    title=f"{a.model} on {a.data}, seed {a.seed}")
-    table = format_table(runs, a.target_accuracy)
+        plot_curves({n: s.history for n, s in states.items()}, a.plot, target,
+                    title=f"{a.model} on {a.data}, seed {a.seed}", metric=task.metric,
+                    metric_label=task.metric_label)
+    table = format_table(runs, target, task.metric)
     if a.json:
         if not a.quiet:
             print(table, file=sys.stderr)
-        print(json.dumps(dict(target_accuracy=a.target_accuracy, data=a.data, model=a.model,
+        goal = dict(target_accuracy=target) if a.task == "classify" else \
+            dict(task=a.task, target_loss=target)
+        print(json.dumps(dict(**goal, data=a.data, model=a.model,
                               seed=a.seed, world_size=world.size, plot=a.plot or None,
                               timing="training time only (evaluation excluded)", runs=runs)))
     else:
