@@ -66,6 +66,7 @@ from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
+from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
 from kfac_ext.precision import check_precondition_dtype, precondition_grads_
 
 logger = logging.getLogger(__name__)
@@ -226,20 +227,20 @@ class KFACPreconditioner:
             allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
             assignment_cost=self.assignment_strategy)
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
-        if self.precondition_dtype is not torch.float32 and not self.comm.replicates_preconditioning:
-            raise ValueError("precondition_dtype other than torch.float32 needs a comm that "
-                             "preconditions every layer on every rank (one process, COMM-OPT)")
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
         logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
+        if self.precondition_dtype is not torch.float32 and not self.comm.replicates_preconditioning:
+            raise ValueError("precondition_dtype other than torch.float32 needs a comm that "
+                             "preconditions every layer on every rank (one process, COMM-OPT)")
 
         self.steps = 0
         self.skipped_factor_updates = 0
         self.failed_inverse_updates = 0
         self._factor_tracker = sch.IntervalTracker(self.factor_update_steps)
         self._inv_tracker = sch.IntervalTracker(self.inv_update_steps)
-        # second-order data per layer index: {"A": [d, Q] | [inv], "G": ...}
-        self._second: Dict[int, Dict[str, List[torch.Tensor]]] = {}
+        # second-order data per layer index and factor: {"A": EigenData | InverseData, "G": ...}
+        self._second: Dict[int, Dict[str, SecondOrder]] = {}
         self._warned: set = set()
         # Layers whose batch factors were handed to the all-reduce from their
         # backward hook (see _start_factor_reduce), with those factors.
@@ -487,14 +488,14 @@ class KFACPreconditioner:
         if due:
             self._inv_tracker.mark(step)
 
-    def _finish(self, pending: PendingSecondOrder) -> Dict[tuple, List[torch.Tensor]]:
+    def _finish(self, pending: PendingSecondOrder) -> Dict[tuple, SecondOrder]:
         """The result of a lagged update (waiting for the thread if needed)."""
         job = pending.future.result if pending.future is not None else \
             (lambda: self._solve(pending.factors, pending.damping))
         return self._compute_second_order(pending.owned, pending.factors, pending.damping,
                                           pending.step, job)
 
-    def _install(self, todo: List[int], computed: Dict[tuple, List[torch.Tensor]]) -> None:
+    def _install(self, todo: List[int], computed: Dict[tuple, SecondOrder]) -> None:
         """Store this rank's new second-order data and exchange it (every rank, same order)."""
         comm, rank = self.comm, self.comm.rank
         self._has_basis.update(todo)
@@ -511,43 +512,44 @@ class KFACPreconditioner:
                 items.append((i, w, slot[w]))
         comm.wait(comm.broadcast_eigens(items))
 
-    def _empty_second_order(self, layer: KFACLayer, which: str) -> List[torch.Tensor]:
+    def _empty_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
         n = layer.a_dim if which == "A" else layer.g_dim
         kw = dict(dtype=self.inv_dtype, device=layer.device)
         if self.compute_method == "eigen":
-            return [torch.zeros(n, **kw), torch.eye(n, **kw)]
-        return [torch.eye(n, **kw)]
+            return EigenData(torch.zeros(n, **kw), torch.eye(n, **kw))
+        return InverseData(torch.eye(n, **kw))
 
-    def _identity_second_order(self, layer: KFACLayer, which: str) -> List[torch.Tensor]:
+    def _identity_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
         """Second-order data of an identity factor (fallback when the first one fails)."""
         data = self._empty_second_order(layer, which)
-        if self.compute_method == "eigen":
-            data[0].fill_(1.0)
+        if isinstance(data, EigenData):
+            data.values.fill_(1.0)
         return data
 
     def _factor(self, i: int, which: str) -> torch.Tensor:
         layer = self.layers[i]
         return (layer.A if which == "A" else layer.G).to(self.inv_dtype)
 
-    def _solve(self, factors: List[torch.Tensor], damping: float) -> List[List[torch.Tensor]]:
-        """Second-order data of each factor: [eigenvalues, eigenvectors] or [damped inverse].
-        Reads only its arguments, so it may run on the background thread."""
+    def _solve(self, factors: List[torch.Tensor], damping: float) -> List[SecondOrder]:
+        """Second-order data of each factor. Reads only its arguments, so it may run on
+        the background thread."""
         if self.compute_method == "eigen":
             values, vectors = ops.batched_eigh(factors)
-            return [[d, q] for d, q in zip(values, vectors)]
-        return [[self._damped_inverse(f, damping)] for f in factors]
+            return [EigenData(d, q) for d, q in zip(values, vectors)]
+        return [InverseData(self._damped_inverse(f, damping)) for f in factors]
 
     def _compute_second_order(self, owned, factors, damping: float, step: int, batch
-                              ) -> Dict[tuple, List[torch.Tensor]]:
+                              ) -> Dict[tuple, SecondOrder]:
         """``batch()`` (all owned factors at once), or when it fails one factor at a time;
         a factor that fails even in float64 keeps its old data (or the identity)."""
         if not owned:
             return {}
         try:
-            return dict(zip(owned, batch()))
+            return {key: second_order(self.compute_method, data)
+                    for key, data in zip(owned, batch())}
         except RuntimeError:
             pass  # redo one by one, keep the rest
-        out: Dict[tuple, List[torch.Tensor]] = {}
+        out: Dict[tuple, SecondOrder] = {}
         for key, f in zip(owned, factors):
             try:
                 out[key] = self._solve([f], damping)[0]
@@ -604,11 +606,12 @@ class KFACPreconditioner:
         if mine:
             if self.compute_method == "eigen":
                 s = [self._second[i] for i in mine]
-                ps = ops.eigen_precondition([grads[i] for i in mine], [x["A"][1] for x in s],
-                                            [x["A"][0] for x in s], [x["G"][1] for x in s],
-                                            [x["G"][0] for x in s], self.damping(step))
+                ps = ops.eigen_precondition([grads[i] for i in mine], [x["A"].vectors for x in s],
+                                            [x["A"].values for x in s], [x["G"].vectors for x in s],
+                                            [x["G"].values for x in s], self.damping(step))
             else:
-                ps = [self._second[i]["G"][0] @ grads[i] @ self._second[i]["A"][0] for i in mine]
+                ps = [self._second[i]["G"].inverse @ grads[i] @ self._second[i]["A"].inverse
+                      for i in mine]
             precond.update(zip(mine, ps))
         for i in active:
             if i not in precond:
@@ -642,13 +645,13 @@ class KFACPreconditioner:
             op = torch.ops.kfac_ext.precondition_grads_ if self.precondition_dtype is torch.float32 \
                 else functools.partial(precondition_grads_, self.precondition_dtype)
             op(
-                weight_grads, bias_grads, [s["A"][1] for s in second],
-                [s["A"][0] for s in second], [s["G"][1] for s in second],
-                [s["G"][0] for s in second], float(self.damping(step)), kl_clip, kl_factor)
+                weight_grads, bias_grads, [s["A"].vectors for s in second],
+                [s["A"].values for s in second], [s["G"].vectors for s in second],
+                [s["G"].values for s in second], float(self.damping(step)), kl_clip, kl_factor)
         else:
             torch.ops.kfac_ext.precondition_grads_inverse_(
-                weight_grads, bias_grads, [s["A"][0] for s in second],
-                [s["G"][0] for s in second], kl_clip, kl_factor)
+                weight_grads, bias_grads, [s["A"].inverse for s in second],
+                [s["G"].inverse for s in second], kl_clip, kl_factor)
 
     def _kl_factor(self, step: int) -> float:
         """lr², divided by a gradient scaler's scale² (the gradients are still scaled)."""
@@ -735,8 +738,9 @@ class KFACPreconditioner:
             l.factor_updates = int(e.get("factor_updates", 1))
             l.clear_batch()
             if "second_order" in e:
-                self._second[i] = {w: [t.to(dtype=self.inv_dtype, device=l.device).clone()
-                                       for t in ts] for w, ts in e["second_order"].items()}
+                self._second[i] = {w: second_order(self.compute_method, [
+                    t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts])
+                    for w, ts in e["second_order"].items()}
         self.steps = steps
         self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))
         self._factor_tracker.load_state_dict(trackers[0])

@@ -20,7 +20,8 @@ import numbers
 from typing import Callable, Optional, Union
 
 Number = Union[int, float]
-Schedule = Union[Number, Callable[[int], Number]]
+# A hyperparameter's value: a number, or a callable of the step returning one.
+NumberOrSchedule = Union[Number, Callable[[int], Number]]
 
 
 def _is_number(value) -> bool:
@@ -65,17 +66,18 @@ _UNSET = object()
 class Hyperparameter:
     """A named hyperparameter: a number or a callable of the step, validated."""
 
-    def __init__(self, name: str, value: Schedule, validator: Callable[[object], Optional[str]]):
+    def __init__(self, name: str, value: NumberOrSchedule,
+                 validator: Callable[[object], Optional[str]]):
         self.name = name
         self.validator = validator
         self.value = value
 
     @property
-    def value(self) -> Schedule:
+    def value(self) -> NumberOrSchedule:
         return self._value
 
     @value.setter
-    def value(self, value: Schedule) -> None:
+    def value(self, value: NumberOrSchedule) -> None:
         # Fail at once: a constant is checked now (and never again: it cannot
         # change without passing here), a schedule at step 0 and on every call.
         self._value = value
@@ -83,10 +85,6 @@ class Hyperparameter:
         checked = self(0)
         if not callable(value):
             self._constant = checked
-
-    @property
-    def is_schedule(self) -> bool:
-        return callable(self._value)
 
     def __call__(self, step: int):
         if self._constant is not _UNSET:
