@@ -24,6 +24,9 @@ from kfac_ext.app.validation import check_output_path
 # An eigendecomposition of a larger factor takes minutes and gigabytes to time; the
 # fit needs only a few sizes (kfac_ext/app/scaling.py).
 MAX_EIGH_SIZE = 4096
+# The prediction builds every worker's layer assignment: 65536 workers take ~13 s and
+# 260 MB, 2**20 a minute and 540 MB, 10**12 runs out of memory (2-core EPYC, 2026-12-01).
+MAX_WORKERS = 2 ** 16
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -42,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["scaling"], help="which benchmark")
     parser.add_argument("--workers", type=_positive_ints,
                         default=[8, 16, 32, 64, 128, 256, 512, 1024],
-                        help="comma-separated worker counts (default 8..1024, powers of two)")
+                        help="comma-separated worker counts (default 8..1024, powers of two; "
+                             f"at most {MAX_WORKERS})")
     parser.add_argument("--network", choices=sorted(scaling.NETWORKS), default="ib100",
                         help="alpha-beta defaults: ib100 = 100 Gb/s InfiniBand, nvlink = NVSwitch")
     parser.add_argument("--alpha", type=float, default=None, help="override latency (s)")
@@ -93,6 +97,8 @@ def _plot(rows, path: str, title: str) -> None:
 
 def _check_args(args) -> None:
     """Refuse values the model cannot use before the kernels are timed (seconds of work)."""
+    if max(args.workers) > MAX_WORKERS:
+        raise ValueError(f"--workers must be in 1..{MAX_WORKERS}; got {max(args.workers)}")
     bad = [s for s in args.eigh_sizes if not 2 <= s <= MAX_EIGH_SIZE]
     if bad:
         raise ValueError(f"--eigh-sizes must be in 2..{MAX_EIGH_SIZE}; got {bad[0]}")

@@ -404,6 +404,7 @@ def test_save_killed_mid_write_leaves_a_temporary_the_next_save_removes(tmp_path
 BENCH_BAD = [
     (["--workers", "0"], "--workers"), (["--workers", "8,-16"], "--workers"),
     (["--workers", "8,a"], "--workers"), (["--workers", ""], "--workers"),
+    (["--workers", str(10 ** 12)], "--workers"),        # was a MemoryError after measuring
     (["--eigh-sizes", "0"], "--eigh-sizes"), (["--eigh-sizes", "64,100000"], "--eigh-sizes"),
     (["--alpha", "-1"], "--alpha"), (["--alpha", "nan"], "--alpha"),
     (["--bandwidth", "0"], "--bandwidth"), (["--bandwidth", "inf"], "--bandwidth"),
