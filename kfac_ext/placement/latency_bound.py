@@ -175,6 +175,35 @@ def block_bound(graph: Graph) -> float:
             states = nxt
         return min((v for (kind, c), v in states.items() if c >= changes), default=math.inf)
 
+    def away_cost(path: list[int], away: set[int], kind: str) -> float:
+        """Least time + transfer along ``path`` (head's time excluded) when exactly the
+        nodes in ``away`` are off the one device D (of ``kind``) holding the others."""
+        other = [kv for kv in kinds if (k >= 2 if kv == "accel" else l >= 2) or kv != kind]
+        states = {"D": 0.0}  # "D", or the kind of the device an away node is on
+        for j in range(1, len(path)):
+            v, cost = path[j], graph.node(path[j - 1]).out_cost
+            glued = group[path[j - 1]] == group[v]
+            nxt: dict = {}
+            for prev, value in states.items():
+                targets = other if v in away else ["D"]
+                for tgt in targets:
+                    if prev == "D" and tgt == "D":
+                        delay = 0.0
+                    elif glued:
+                        continue
+                    else:
+                        src = kind if prev == "D" else prev
+                        dst = kind if tgt == "D" else tgt
+                        moves = dict(change_delays(src, cost))
+                        delay = moves.get(dst, math.inf)
+                        if prev != "D" and tgt == prev:  # two away nodes may share a device
+                            delay = 0.0
+                    total = value + delay + time_on(v, kind if tgt == "D" else tgt)
+                    if total < nxt.get(tgt, math.inf):
+                        nxt[tgt] = total
+            states = nxt
+        return states.get("D", math.inf)
+
     def stage_costs(lo: int, hi: int):
         """For the block (lo, hi]: per run kind, the (bytes kept on the run's device,
         least LP_t) options of a run through it, and per (head kind, tail kind) the
@@ -215,12 +244,15 @@ def block_bound(graph: Graph) -> float:
             busy = sum(time_on(v, kind) for v in nodes[1:])
             kept_bytes = sum(size[w] for _, w in inner)
             options = [(kept_bytes, max(busy, longest))]
+            away: set[int] = set()
             for c, w in inner:
                 if c == math.inf:
                     break
                 busy -= time_on(w, kind)
                 kept_bytes -= size[w]
-                options.append((kept_bytes, max(c, busy, longest)))
+                away.add(w)
+                walked = max(away_cost(p, away, kind) for p, _ in paths)
+                options.append((kept_bytes, max(c, busy, longest, walked)))
             run[kind] = _lower_hull(options)
         move = {(k1, k2): max(path_cost(p, k1, k2, 1) for p, _ in paths)
                 for k1 in kinds for k2 in kinds}
