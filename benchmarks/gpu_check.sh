@@ -7,12 +7,21 @@
 #   3. prints the benchmark table (benchmarks/table_gpu.py), whose accuracy
 #      columns check every op against the float64 CPU reference, and the
 #      batched_eigh breakdown by factor size (benchmarks/table_eigh_groups.py),
-#   4. runs the CUDA op tests once more under compute-sanitizer memcheck, when
+#   4. K-FAC at scale (benchmarks/table_scale.py --device cuda): SGD, kfac_ext and
+#      kfac-pytorch on ResNet-50 (batch 32) and a transformer stack; kfac-pytorch
+#      is imported from the git-ignored third_party/kfac-pytorch when present
+#      (the GPU hosts have no package index), else its column is left out;
+#      bounded by SCALE_TIMEOUT seconds (default 420),
+#   5. runs the CUDA op tests once more under compute-sanitizer memcheck, when
 #      available (last, and bounded by SANITIZER_TIMEOUT seconds, default 240:
 #      under the sanitizer every cuBLAS/cuSOLVER kernel load is slow).
 #
 #   bash benchmarks/gpu_check.sh            # full: ResNet-50 (batch 32) and ResNet-20
 #   QUICK=1 bash benchmarks/gpu_check.sh    # ResNet-20 shapes only, no sanitizer
+#   SCALE=1 bash benchmarks/gpu_check.sh    # build + table_scale.py only (< 10 min on one GPU)
+#
+# third_party/kfac-pytorch is a plain source tree of github.com/gpauloski/kfac-pytorch
+# (never committed; e.g. `git archive` of a clone, extracted there).
 #
 # PY picks the interpreter (default: .venv/bin/python if present, else python3).
 set -uo pipefail
@@ -78,6 +87,26 @@ print("CUDA kernel registered for every op:",
           for op in ["cov_update_", "channel_cov_update_", "conv2d_act_factor", "batched_eigh",
                      "eigen_precondition", "pack_triu", "unpack_triu_", "kl_clip_sum"]))' || status=1
 
+if [[ -d third_party/kfac-pytorch/kfac ]]; then
+  export PYTHONPATH="$PWD/third_party/kfac-pytorch:$PYTHONPATH"
+  echo "kfac-pytorch: third_party/kfac-pytorch (on PYTHONPATH)"
+else
+  echo "kfac-pytorch: third_party/kfac-pytorch absent (table_scale.py uses an installed one, if any)"
+fi
+scale_table() {
+  step "K-FAC at scale vs kfac-pytorch (table_scale.py --device cuda, at most ${SCALE_TIMEOUT:-420} s)"
+  timeout "${SCALE_TIMEOUT:-420}" "$PY" benchmarks/table_scale.py --device cuda ${QUICK:+--quick}
+  local rc=$?
+  if (( rc == 124 )); then echo "gpu_check: table_scale.py did not finish within ${SCALE_TIMEOUT:-420} s"; fi
+  return $rc
+}
+if [[ -n "${SCALE:-}" ]]; then
+  scale_table || status=1
+  echo
+  if (( status )); then echo "gpu_check: FAILED (see above)"; else echo "gpu_check: all passed"; fi
+  exit $status
+fi
+
 CUDA_TESTS=(tests/test_cuda_ops.py)
 for f in tests/test_ops.py tests/test_conv_act_factor.py tests/test_precondition_grads.py \
          tests/test_preconditioner_lag.py; do [[ -f $f ]] && CUDA_TESTS+=("$f"); done
@@ -96,6 +125,7 @@ if [[ -z "${QUICK:-}" ]]; then
   step "batched_eigh by factor size (ResNet-50)"
   "$PY" benchmarks/table_eigh_groups.py --streams 2 4 8 || status=1
 fi
+scale_table || status=1
 
 SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer 2>/dev/null || true)
 if [[ -n "$SANITIZER" && -z "${QUICK:-}" ]] && "$PY" -c 'import pytest' 2>/dev/null; then
