@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 SUBCOMMANDS = {
@@ -60,6 +61,7 @@ def _usage() -> str:
 _USAGE_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                     PermissionError)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a C tool piped into `head` exits with
 
 
 class _UsageError(Exception):
@@ -108,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             args = parser.parse_args(argv[1:])
             return int(module.run(args) or 0)
+        except BrokenPipeError:
+            # The reader left (`kfac-ext ... | head`): nobody to tell. Point stdout at
+            # /dev/null so the flush at exit does not raise a second time.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
         except expected as exc:
             print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
             return _exit_code(exc)

@@ -423,3 +423,13 @@ def test_bench_bad_value_is_refused_before_measuring(capsys, monkeypatch, argv, 
                         lambda *a, **k: pytest.fail("measured before checking the arguments"))
     code, out, err = _cli(capsys, "bench", "scaling", *argv)
     _assert_one_line_error(code, out, err, flag)
+
+
+@pytest.mark.timeout(120)
+def test_output_into_a_closed_pipe_exits_quietly_141():
+    """`kfac-ext bench scaling | head -0`: no 'Broken pipe' error line, no traceback."""
+    proc = _python("import sys; from kfac_ext.cli import main; sys.exit(main("
+                   "['bench', 'scaling', '--workers', '8', '--eigh-sizes', '16,32', '--plot', '']))")
+    proc.stdout.close()                      # the reader leaves before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=100) == 141 and err == "", err
