@@ -29,7 +29,8 @@ layers) and time, for ``KFACPreconditioner(precondition_dtype=...)``.
 
 On a 2-core CPU an eigendecomposition step of ResNet-50 takes minutes (3 factors
 of 4608): with --quick it is not timed (its rows say so) and both libraries
-start from identity eigenbases instead of a first eigh step.
+start from identity eigenbases instead of a first eigh step. Without --quick a
+CPU run times that step (batch 4) in every repetition: about an hour on 2 cores.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_scale.py --quick       # CPU, a few minutes
     python benchmarks/table_scale.py --device cuda                           # GPU: R50 b32, 4 blocks
@@ -339,7 +340,11 @@ def main(argv=None):
              if key in wanted]
     rows, prec = [], []
     for spec in specs:
+        t0 = time.perf_counter()
+        print(f"table_scale.py: {spec[0]} ...", file=sys.stderr, flush=True)
         r, pr = run_model(spec, device, reps, kfac, sync)
+        print(f"table_scale.py: {spec[0]} done in {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
         rows += r
         prec += pr
     ratios = {}
