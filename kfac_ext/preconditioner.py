@@ -369,12 +369,13 @@ class KFACPreconditioner:
         """Whether every gradient is the very tensor, at the very version (in-place
         writes bump it; a backward writes or replaces every one it reaches), that the
         last step() left."""
-        marks = self._grad_marks
-        current = [(i, g) for i in with_grad for g in self._param_grads(i)]
-        if len(current) != len(marks):
-            return False
-        return all(i == j and ref() is g and g._version == version
-                   for (i, g), (j, ref, version) in zip(current, marks))
+        marks = iter(self._grad_marks)
+        for i in with_grad:  # after a backward this stops at the first gradient
+            for g in self._param_grads(i):
+                j, ref, version = next(marks, (None, None, None))
+                if j != i or ref() is not g or g._version != version:
+                    return False
+        return next(marks, None) is None
 
     def _g_scale(self) -> float:
         scale = 1.0 / float(self.comm.world_size) ** 2
