@@ -110,6 +110,7 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
             if group_of[p] != group_of[i]:
                 neighbours[group_of[i]].add(group_of[p])
                 neighbours[group_of[p]].add(group_of[i])
+    chains = _chains(groups, group_of, ev.preds, neighbours)
     used = [0.0] * k  # bytes per accelerator
     count = [0] * (k + l)  # groups per device
     for gi, g in enumerate(groups):
@@ -136,6 +137,10 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
             # side outputs): moved alone, those would add a transfer
             hanging = [h for h in neighbours[gi] if neighbours[h] == {gi} and dev[groups[h][0]] == here]
             units = [[gi]] + ([[gi] + hanging] if hanging else [])
+            # and the whole branch it lies on (a chain of groups with one way in and out)
+            chain = [h for h in chains[gi] if dev[groups[h][0]] == here]
+            if len(chain) > len(units[-1]):
+                units.append(chain)
             for d in sorted(targets):
                 for unit in units:
                     need = sum(size[h] for h in unit)
@@ -225,3 +230,44 @@ def path_split(graph: Graph, path: list[int]) -> Placement | None:
         d = where[g]
         (acc[d] if d < k else cpus[d - k]).extend(m)
     return Placement(acc, cpus)
+
+
+def _chains(groups, group_of, preds, neighbours) -> list[list[int]]:
+    """For each group, the maximal chain of groups it lies on -- each link the only
+    way out of one and into the next, not counting groups that hang off one group
+    alone (weights, side outputs), which ride along -- with those hanging groups."""
+    n = len(groups)
+    succ = [set() for _ in range(n)]
+    pred = [set() for _ in range(n)]
+    for i, ps in enumerate(preds):
+        for p in ps:
+            a, b = group_of[p], group_of[i]
+            if a != b:
+                succ[a].add(b)
+                pred[b].add(a)
+    hangs = [len(neighbours[g]) == 1 for g in range(n)]
+    main_succ = [{h for h in succ[g] if not hangs[h]} for g in range(n)]
+    main_pred = [{h for h in pred[g] if not hangs[h]} for g in range(n)]
+
+    def linked(a: int, b: int) -> bool:
+        return main_succ[a] == {b} and main_pred[b] == {a}
+
+    out: list[list[int]] = [[] for _ in range(n)]
+    for g in range(n):
+        if out[g] or hangs[g]:
+            continue
+        first = g
+        while len(main_pred[first]) == 1 and linked(next(iter(main_pred[first])), first) \
+                and next(iter(main_pred[first])) != g:
+            first = next(iter(main_pred[first]))
+        chain, cur = [first], first
+        while len(main_succ[cur]) == 1 and linked(cur, next(iter(main_succ[cur]))):
+            cur = next(iter(main_succ[cur]))
+            chain.append(cur)
+        members = chain + [h for c in chain for h in neighbours[c] if hangs[h]]
+        for c in chain:
+            out[c] = members
+    for g in range(n):
+        if not out[g]:
+            out[g] = [g]
+    return out
