@@ -202,6 +202,8 @@ class KFACPreconditioner:
         self.defaults = dict(defaults or {})
         self.loglevel = args.loglevel(loglevel)
 
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self._model = _unwrap(model)
         self.layers: List[KFACLayer] = self._register(self._model)
         if not (isinstance(inv_lag_steps, int) and not isinstance(inv_lag_steps, bool)

@@ -111,6 +111,9 @@ CASES = [
      ("error", ValueError, "factor_update_steps")),
     ("inv_lag_steps=-1", _construct(inv_lag_steps=-1), ("error", ValueError, "inv_lag_steps")),
     ("unknown keyword", _construct(momentum=0.9), ("error", TypeError, "momentum")),
+    ("model is a list of layers", lambda: P([nn.Linear(2, 2)]), ("error", TypeError, "nn.Module")),
+    ("model passed as the optimizer's parameters", lambda: P(_mlp().parameters()),
+     ("error", TypeError, "nn.Module")),
     # ---- what registration finds ----
     ("no supported layer", lambda: P(nn.Sequential(nn.Conv1d(3, 4, 3))),
      ("warning", "no layer registered")),
