@@ -111,6 +111,7 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
                 neighbours[group_of[i]].add(group_of[p])
                 neighbours[group_of[p]].add(group_of[i])
     chains = _chains(groups, group_of, ev.preds, neighbours)
+    hangs_on = [{h for h in neighbours[g] if neighbours[h] == {g}} for g in range(len(groups))]
     used = [0.0] * k  # bytes per accelerator
     count = [0] * (k + l)  # groups per device
     for gi, g in enumerate(groups):
@@ -138,9 +139,13 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
             hanging = [h for h in neighbours[gi] if neighbours[h] == {gi} and dev[groups[h][0]] == here]
             units = [[gi]] + ([[gi] + hanging] if hanging else [])
             # and the whole branch it lies on (a chain of groups with one way in and out)
-            chain = [h for h in chains[gi] if dev[groups[h][0]] == here]
-            if len(chain) > len(units[-1]):
-                units.append(chain)
+            chain, spine = chains[gi]
+            at = spine.index(gi)
+            for part in (spine[:at + 1], spine[at:], spine):  # up to gi, from gi, all of it
+                unit = [h for h in part + [h for c in part for h in chain if h in hangs_on[c]]
+                        if dev[groups[h][0]] == here]
+                if len(unit) > 1 and unit not in units:
+                    units.append(unit)
             for d in sorted(targets):
                 for unit in units:
                     need = sum(size[h] for h in unit)
@@ -232,10 +237,11 @@ def path_split(graph: Graph, path: list[int]) -> Placement | None:
     return Placement(acc, cpus)
 
 
-def _chains(groups, group_of, preds, neighbours) -> list[list[int]]:
+def _chains(groups, group_of, preds, neighbours) -> list[tuple[list[int], list[int]]]:
     """For each group, the maximal chain of groups it lies on -- each link the only
     way out of one and into the next, not counting groups that hang off one group
-    alone (weights, side outputs), which ride along -- with those hanging groups."""
+    alone (weights, side outputs), which ride along: (chain with those hanging
+    groups, the chain alone in order)."""
     n = len(groups)
     succ = [set() for _ in range(n)]
     pred = [set() for _ in range(n)]
@@ -252,9 +258,9 @@ def _chains(groups, group_of, preds, neighbours) -> list[list[int]]:
     def linked(a: int, b: int) -> bool:
         return main_succ[a] == {b} and main_pred[b] == {a}
 
-    out: list[list[int]] = [[] for _ in range(n)]
+    out: list = [None] * n
     for g in range(n):
-        if out[g] or hangs[g]:
+        if out[g] is not None or hangs[g]:
             continue
         first = g
         while len(main_pred[first]) == 1 and linked(next(iter(main_pred[first])), first) \
@@ -266,8 +272,8 @@ def _chains(groups, group_of, preds, neighbours) -> list[list[int]]:
             chain.append(cur)
         members = chain + [h for c in chain for h in neighbours[c] if hangs[h]]
         for c in chain:
-            out[c] = members
+            out[c] = (members, chain)
     for g in range(n):
-        if not out[g]:
-            out[g] = [g]
+        if out[g] is None:
+            out[g] = ([g], [g])
     return out
