@@ -1,4 +1,4 @@
-"""A lower bound on single-sample latency that sees the memory cap: ``block_bound``.
+"""Lower bounds on single-sample latency that see the memory cap: ``latency_bound``.
 
 The path bound of latency.py (longest path, fastest device per node, free
 transfers) ignores memory, yet memory is what makes latency expensive on the
@@ -21,22 +21,32 @@ brute force on small graphs).
    and ``a_t``).  ``finish(a_t) >= finish(a_(t-1)) + LP_t``, ``LP_t`` = the
    longest path from ``a_(t-1)`` to ``a_t`` (times of ``B_t`` and ``a_t``,
    transfer delays of its edges).
-3. Per block, one of two cases:
-   * *whole*: ``a_(t-1)``, ``B_t`` and ``a_t`` share one device ``D``.  ``D``
-     runs them one at a time after ``a_(t-1)`` and before ``a_t`` finishes,
-     so the stage costs their summed time on ``D``; consecutive whole blocks
-     on an accelerator form a *run* whose bytes (its articulation nodes
-     included) fit one cap.
-   * *split*: some node of ``B_t + a_t`` sits elsewhere, so some edge ``u ->
-     w`` on an ``a_(t-1) -> a_t`` path changes device.  ``LP_t`` is at least
-     the longest path through that edge with its transfer delay (and the
-     cheapest device-kind pair for ``u`` and ``w``): ``cut_t`` = the minimum
-     of that over the block's edges.  Memory is forgotten (a run ends).
-4. A dynamic program over the articulation chain picks the cheapest
-   sequence of runs and split blocks: O(m^2) for ``m`` articulation nodes.
+3. Runs.  A *run* is a maximal stretch ``a_i .. a_t`` of articulation nodes on
+   one device ``D``.  Inside it, each block keeps some of its nodes on ``D``
+   and moves a set ``S`` elsewhere.  Order the block nodes by ``c_w``, the
+   cheapest walk through ``w`` that leaves ``D`` before ``w`` and comes back
+   after it, and let ``P`` be the shortest prefix of that order containing
+   ``S``.  Then ``LP_t`` is at least (a) ``c_w`` of the last node of ``P``,
+   (b) the time of the nodes outside ``P`` summed (they are on ``D``, which
+   runs them one at a time, after ``a_(t-1)`` and before ``a_t`` finishes),
+   (c) the longest path; and ``D`` keeps at least the bytes outside ``P``.  So each prefix
+   is a (bytes kept, cost) option of the block; the run's bytes (kept nodes
+   and articulation nodes) fit one cap on an accelerator: a multiple-choice
+   knapsack, relaxed to its LP (greedy over each block's lower hull).
+4. Moves.  A block whose tail ``a_t`` is on another device than its head
+   ends a run: every ``a_(t-1) -> a_t`` path changes device at least once,
+   so ``LP_t`` is at least the dearest over the tried paths of its cheapest
+   walk with a change (device kinds of head and tail given).  Its bytes are
+   forgotten.
+5. A dynamic program over the articulation chain picks the cheapest
+   sequence of runs and moves (per device kind of each ``a_t``): O(m^3) for
+   ``m`` articulation nodes.
 
-Where ``H`` has few articulation nodes (one big block) the bound degrades to
-the path bound with one cut, and never below :func:`latency_lower_bound`.
+Colour mates are never cut apart on a walk.  Where ``H`` has few articulation
+nodes (one big block) the bound degrades towards the path bound, and it is never
+below :func:`latency_lower_bound`.  ``path_chain_bound`` is the other bound here:
+the exact cheapest walk along one path with a cap on every accelerator stretch
+(off-path bytes ignored); ``latency_bound`` takes the best of both.
 """
 from __future__ import annotations
 
@@ -175,46 +185,14 @@ def block_bound(graph: Graph) -> float:
             states = nxt
         return min((v for (kind, c), v in states.items() if c >= changes), default=math.inf)
 
-    def away_cost(path: list[int], away: set[int], kind: str) -> float:
-        """Least time + transfer along ``path`` (head's time excluded) when exactly the
-        nodes in ``away`` are off the one device D (of ``kind``) holding the others."""
-        other = [kv for kv in kinds if (k >= 2 if kv == "accel" else l >= 2) or kv != kind]
-        states = {"D": 0.0}  # "D", or the kind of the device an away node is on
-        for j in range(1, len(path)):
-            v, cost = path[j], graph.node(path[j - 1]).out_cost
-            glued = group[path[j - 1]] == group[v]
-            nxt: dict = {}
-            for prev, value in states.items():
-                targets = other if v in away else ["D"]
-                for tgt in targets:
-                    if prev == "D" and tgt == "D":
-                        delay = 0.0
-                    elif glued:
-                        continue
-                    else:
-                        src = kind if prev == "D" else prev
-                        dst = kind if tgt == "D" else tgt
-                        moves = dict(change_delays(src, cost))
-                        delay = moves.get(dst, math.inf)
-                        if prev != "D" and tgt == prev:  # two away nodes may share a device
-                            delay = 0.0
-                    total = value + delay + time_on(v, kind if tgt == "D" else tgt)
-                    if total < nxt.get(tgt, math.inf):
-                        nxt[tgt] = total
-            states = nxt
-        return states.get("D", math.inf)
-
     def stage_costs(lo: int, hi: int):
         """For the block (lo, hi]: per run kind, the (bytes kept on the run's device,
         least LP_t) options of a run through it, and per (head kind, tail kind) the
         least LP_t when the tail is on another device than the head ("move": every
         path changes, so the most expensive of the paths tried).
 
-        Run options: the block nodes ``S`` not on the run's device cost
-        ``LP_t >= max(c_w for w in S)`` (``c_w``: two changes on a path through
-        ``w``, out and back) and ``LP_t >=`` the summed time of the rest, which
-        that device runs one at a time; the cheapest ``S`` freeing given bytes is
-        a prefix of the nodes by ``c_w``."""
+        Run options (module docstring, step 3): one per prefix of the block nodes
+        ordered by ``c_w`` (two changes on a path through ``w``, out and back)."""
         nodes = kept[lo:hi + 1]
         head, tail = nodes[0], nodes[-1]
         into, back = {head: 0.0}, {}  # longest fastest path head -> v (v's time included)
@@ -244,15 +222,12 @@ def block_bound(graph: Graph) -> float:
             busy = sum(time_on(v, kind) for v in nodes[1:])
             kept_bytes = sum(size[w] for _, w in inner)
             options = [(kept_bytes, max(busy, longest))]
-            away: set[int] = set()
             for c, w in inner:
                 if c == math.inf:
                     break
                 busy -= time_on(w, kind)
                 kept_bytes -= size[w]
-                away.add(w)
-                walked = max(away_cost(p, away, kind) for p, _ in paths)
-                options.append((kept_bytes, max(c, busy, longest, walked)))
+                options.append((kept_bytes, max(c, busy, longest)))
             run[kind] = _lower_hull(options)
         move = {(k1, k2): max(path_cost(p, k1, k2, 1) for p, _ in paths)
                 for k1 in kinds for k2 in kinds}

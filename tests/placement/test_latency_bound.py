@@ -59,3 +59,12 @@ def test_memory_forces_a_transfer_the_path_bound_misses():
     assert block_bound(g) == pytest.approx(10.0)
     assert path_chain_bound(g, [1, 2, 3, 4]) == pytest.approx(10.0)
     assert latency_bound(g) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bounds_on_wider_graphs(seed):
+    # eight nodes: blocks with several inner nodes, so the per-block run options matter
+    g = random_graph(2000 + seed, n_nodes=8, k=2, l=1, colours=seed % 3 == 0, tight_memory=True)
+    best = optimum(g)
+    assert block_bound(g) <= best + 1e-9
+    assert latency_bound(g) <= best + 1e-9
