@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <limits>
 #include <stdexcept>
 
 #include "ideal_dp.h"
@@ -18,7 +19,8 @@ py::dict solve_py(int num_units, std::vector<std::pair<int, int>> unit_edges,
                   std::vector<double> size, std::vector<bool> accel_ok,
                   std::vector<std::tuple<int, double, std::vector<int>>> comm_nodes,
                   int num_accelerators, int num_cpus, double memory_cap, double lower_bound,
-                  double upper_bound, long long max_ideals, double growth) {
+                  double upper_bound, long long max_ideals, double growth, double max_memory_bytes,
+                  double time_limit, double time_used) {
     Problem p;
     p.num_units = num_units;
     p.unit_edges = std::move(unit_edges);
@@ -34,6 +36,9 @@ py::dict solve_py(int num_units, std::vector<std::pair<int, int>> unit_edges,
     p.upper_bound = upper_bound;
     p.max_ideals = max_ideals;
     p.growth = growth;
+    p.max_memory_bytes = max_memory_bytes;
+    p.time_limit = time_limit;
+    p.time_used = time_used;
     Result r;
     {
         py::gil_scoped_release release;
@@ -75,10 +80,14 @@ py::dict solve_py(int num_units, std::vector<std::pair<int, int>> unit_edges,
 
 PYBIND11_MODULE(_dp, m) {
     m.doc() = "Exact contiguous max-load placement by DP over the ideals of a DAG (C++17).";
+    py::register_exception<LimitExceeded>(m, "LimitExceeded", PyExc_RuntimeError);
     m.def("solve", &solve_py, py::arg("num_units"), py::arg("unit_edges"), py::arg("accel_time"),
           py::arg("cpu_time"), py::arg("size"), py::arg("accel_ok"), py::arg("comm_nodes"),
           py::arg("num_accelerators"), py::arg("num_cpus"), py::arg("memory_cap"),
           py::arg("lower_bound") = 0.0, py::arg("upper_bound") = 1e300,
           py::arg("max_ideals") = 4000000LL, py::arg("growth") = 0.04,
-          "Solve; returns a dict (feasible, value, devices, ideals, pairs_visited, pairs_examined, passes, ...).");
+          py::arg("max_memory_bytes") = 1073741824.0,
+          py::arg("time_limit") = std::numeric_limits<double>::infinity(), py::arg("time_used") = 0.0,
+          "Solve; returns a dict (feasible, value, devices, ideals, pairs_visited, pairs_examined, passes, ...). "
+          "Raises LimitExceeded when the ideals, the memory or the time go over their limits.");
 }

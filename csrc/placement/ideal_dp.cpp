@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -119,17 +120,110 @@ void check_problem(const Problem& p) {
     }
     if (p.num_accelerators < 0 || p.num_cpus < 0 || p.num_accelerators + p.num_cpus == 0)
         throw std::invalid_argument("need at least one device");
-    if ((p.num_accelerators + 1) * (p.num_cpus + 1) > 4096)
+    if ((static_cast<long long>(p.num_accelerators) + 1) * (static_cast<long long>(p.num_cpus) + 1) > 4096)
         throw std::invalid_argument("at most 4096 (accelerators+1)*(CPUs+1) device-count states");
+    if (!(p.max_memory_bytes > 0) || !(p.time_limit > 0))
+        throw std::invalid_argument("max_memory_bytes and time_limit must be positive");
 }
 
-Lattice enumerate_ideals(const Problem& p) {
+// Wall-clock budget of one solve; `check` is cheap enough to call often.
+class Deadline {
+  public:
+    Deadline(Clock::time_point t0, double limit, double used_before)
+        : t0_(t0), limit_(limit), used_before_(used_before) {}
+    void check(const char* where) const {
+        if (limit_ == std::numeric_limits<double>::infinity()) return;
+        if (used_before_ + seconds_since(t0_) > limit_) {
+            char msg[160];
+            std::snprintf(msg, sizeof msg, "time limit of %g s reached while %s", limit_, where);
+            throw LimitExceeded(msg);
+        }
+    }
+
+  private:
+    Clock::time_point t0_;
+    double limit_, used_before_;
+};
+
+// Approximate bytes the solver holds per ideal and per lattice link: the
+// bitset and sums (x2 for vector growth), the hash slots, the DP's states
+// (best, type, back pointer) and the per-ideal walk info.
+double bytes_per_ideal(const Problem& p) {
+    const double words = (p.num_units + 63) / 64;
+    const double states = (p.num_accelerators + 1.0) * (p.num_cpus + 1.0);
+    return 2.0 * (8.0 * words + 44.0) + 32.0 + 40.0 + 13.0 * states;
+}
+constexpr double kBytesPerLink = 56.0;
+
+// The most ideals the limits allow.
+long long ideal_budget(const Problem& p) {
+    const double by_memory = p.max_memory_bytes / bytes_per_ideal(p);
+    return static_cast<long long>(std::min<double>(static_cast<double>(p.max_ideals), by_memory));
+}
+
+std::string format(const char* fmt, double a, double b = 0, double c = 0, double d = 0) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf, fmt, a, b, c, d);
+    return buf;
+}
+
+double mib(double bytes) { return bytes / (1 << 20); }
+
+// A lower bound on the number of ideals, from the unit order's levels
+// (longest-path depth): "every unit of depth < d, plus any subset of the
+// units of depth d" is an ideal for each d, so a wide level alone makes the
+// lattice explode. O(units + edges); lets a hopeless DP refuse at once.
+struct IdealCountBound {
+    double count;   // a lower bound on the number of ideals
+    int max_width;  // the widest level: at least 2^max_width ideals
+};
+
+IdealCountBound ideal_count_lower_bound(const Problem& p) {
     const int U = p.num_units;
+    std::vector<std::vector<int>> succ(U);
+    std::vector<int> indeg(U, 0), depth(U, 0), ready;
+    for (auto [a, b] : p.unit_edges) {
+        succ[a].push_back(b);
+        ++indeg[b];
+    }
+    for (int u = 0; u < U; ++u)
+        if (indeg[u] == 0) ready.push_back(u);
+    int max_depth = 0;
+    while (!ready.empty()) {
+        const int u = ready.back();
+        ready.pop_back();
+        max_depth = std::max(max_depth, depth[u]);
+        for (int v : succ[u]) {
+            depth[v] = std::max(depth[v], depth[u] + 1);
+            if (--indeg[v] == 0) ready.push_back(v);
+        }
+    }
+    std::vector<int> width(max_depth + 1, 0);
+    for (int u = 0; u < U; ++u) ++width[depth[u]];
+    double count = 1.0;  // the empty ideal
+    for (int w : width) count += std::ldexp(1.0, std::min(w, 1000)) - 1.0;
+    return {count, *std::max_element(width.begin(), width.end())};
+}
+
+Lattice enumerate_ideals(const Problem& p, const Deadline& deadline) {
+    const int U = p.num_units;
+    const long long budget = ideal_budget(p);  // ideals the memory limit allows
+    const double per_ideal = bytes_per_ideal(p);
     Lattice L;
     L.words = (U + 63) / 64;
     const int W = L.words;
-    std::vector<uint64_t> pred(static_cast<size_t>(U) * W, 0);
-    for (auto [a, b] : p.unit_edges) pred[static_cast<size_t>(b) * W + a / 64] |= 1ULL << (a % 64);
+    // Predecessor bitsets, kept sparse (word index, bits): a unit has few
+    // predecessors, so the readiness test costs O(its words), not O(W).
+    std::vector<uint64_t> dense(static_cast<size_t>(U) * W, 0);
+    for (auto [a, b] : p.unit_edges) dense[static_cast<size_t>(b) * W + a / 64] |= 1ULL << (a % 64);
+    std::vector<int> pred_start(U + 1, 0);
+    std::vector<std::pair<int, uint64_t>> pred;
+    for (int v = 0; v < U; ++v) {
+        for (int w = 0; w < W; ++w)
+            if (uint64_t bits = dense[static_cast<size_t>(v) * W + w]) pred.emplace_back(w, bits);
+        pred_start[v + 1] = static_cast<int>(pred.size());
+    }
+    std::vector<uint64_t>().swap(dense);
 
     L.pool.assign(W, 0);
     L.accel.push_back(0.0);
@@ -148,12 +242,13 @@ Lattice enumerate_ideals(const Problem& p) {
     std::vector<uint64_t> cur(W), next(W);
     // Breadth first: ideals come out by size, so a sub-ideal has a smaller id.
     for (int64_t id = 0; id < L.size(); ++id) {
+        if ((id & 255) == 0) deadline.check("enumerating the ideals");
         std::copy(L.bits(id), L.bits(id) + W, cur.begin());
         for (int v = 0; v < U; ++v) {
             if (cur[v / 64] >> (v % 64) & 1ULL) continue;
-            const uint64_t* pv = &pred[static_cast<size_t>(v) * W];
             bool ready = true;
-            for (int w = 0; w < W && ready; ++w) ready = (pv[w] & ~cur[w]) == 0;
+            for (int i = pred_start[v]; i < pred_start[v + 1] && ready; ++i)
+                ready = (pred[i].second & ~cur[pred[i].first]) == 0;
             if (!ready) continue;
             next = cur;
             next[v / 64] |= 1ULL << (v % 64);
@@ -161,8 +256,15 @@ Lattice enumerate_ideals(const Problem& p) {
             if (nid < 0) {
                 nid = L.size();
                 if (nid >= p.max_ideals)
-                    throw std::length_error("the graph has more than " + std::to_string(p.max_ideals) +
-                                            " ideals; the exact DP would not finish");
+                    throw LimitExceeded(format("the unit order has more than %.0f ideals, the DP's cap",
+                                               static_cast<double>(p.max_ideals)));
+                const double need = nid * per_ideal + raw.size() * kBytesPerLink;
+                if (nid >= budget || need > p.max_memory_bytes)
+                    throw LimitExceeded(format(
+                        "the ideals of the unit order need more than the DP's memory limit of %.0f MiB "
+                        "(%.0f ideals at %.0f B and %.0f lattice links so far)",
+                        mib(p.max_memory_bytes), static_cast<double>(nid), per_ideal,
+                        static_cast<double>(raw.size())));
                 L.pool.insert(L.pool.end(), next.begin(), next.end());
                 L.accel.push_back(L.accel[id] + p.accel_time[v]);
                 L.cpu.push_back(L.cpu[id] + p.cpu_time[v]);
@@ -273,8 +375,8 @@ enum : int8_t { kNone = 0, kAccel = 1, kCpu = 2, kFewerAccel = 3, kFewerCpu = 4 
 // alone), pushes nothing, so the walk only starts where a split can pass.
 class ThresholdDP {
   public:
-    ThresholdDP(const Problem& p, const Lattice& L, CommTracker& comm)
-        : p_(p), L_(L), comm_(comm), k_(p.num_accelerators), l_(p.num_cpus),
+    ThresholdDP(const Problem& p, const Lattice& L, CommTracker& comm, const Deadline& deadline)
+        : p_(p), L_(L), comm_(comm), deadline_(deadline), k_(p.num_accelerators), l_(p.num_cpus),
           ns_((k_ + 1) * (l_ + 1)) {
         // Best accelerator time saved per unit of CPU time (bounds what CPUs can absorb).
         ratio_ = 0.0;
@@ -300,6 +402,7 @@ class ThresholdDP {
         visited_ = examined_ = 0;
         for (int s = 0; s < ns_; ++s) best_[s] = 0.0;
         for (int64_t I = 0; I < N; ++I) {
+            if ((I & 255) == 0) deadline_.check("running a DP pass");
             close_states(I);
             if (!select_sources(I)) continue;
             src_ = I;
@@ -384,7 +487,7 @@ class ThresholdDP {
                                 sup.mem - base.mem <= cap_;
             const bool cpu_ok = n_cpu_src_ > 0 && cpu <= T_;
             if (!acc_ok && !cpu_ok) continue;  // and so is every larger superset: prune
-            ++visited_;
+            if ((++visited_ & 0xFFFF) == 0) deadline_.check("running a DP pass");
             const int x = L_.up_unit[li];
             const double cm = comm + comm_.add(x);
             push(J, acc_ok ? acc + cm : kInf, cpu_ok ? cpu : kInf);
@@ -445,6 +548,7 @@ class ThresholdDP {
     const Problem& p_;
     const Lattice& L_;
     CommTracker& comm_;
+    const Deadline& deadline_;
     const int k_, l_, ns_;
     double T_ = 0.0, cap_ = 0.0, ratio_ = 0.0;
     int64_t src_ = 0;
@@ -467,8 +571,20 @@ class ThresholdDP {
 Result solve(const Problem& p) {
     auto t0 = Clock::now();
     check_problem(p);
+    const Deadline deadline(t0, p.time_limit, p.time_used);
+    deadline.check("starting");
+    const IdealCountBound at_least = ideal_count_lower_bound(p);
+    if (at_least.count > static_cast<double>(ideal_budget(p))) {
+        const std::string count = at_least.max_width >= 64 ? format("2^%.0f", at_least.max_width)
+                                                           : format("%.3g", at_least.count);
+        throw LimitExceeded("the unit order has at least " + count + " ideals (" +
+                            format("it has %.0f units side by side), over the %.0f ideals the DP may hold "
+                                   "(its memory limit of %.0f MiB; cap %.0f)",
+                                   at_least.max_width, static_cast<double>(ideal_budget(p)),
+                                   mib(p.max_memory_bytes), static_cast<double>(p.max_ideals)));
+    }
     Result r;
-    Lattice L = enumerate_ideals(p);
+    Lattice L = enumerate_ideals(p, deadline);
     r.ideals = L.size();
     r.ideal_links = static_cast<long long>(L.up_unit.size());
     r.enumerate_seconds = seconds_since(t0);
@@ -487,7 +603,7 @@ Result solve(const Problem& p) {
     const double cap = std::min(ceiling, p.upper_bound * (1 + 1e-9));
 
     CommTracker comm(p);
-    ThresholdDP dp(p, L, comm);
+    ThresholdDP dp(p, L, comm, deadline);
     // Passes below the optimum are wasted and a pass costs more the larger T
     // is: climb from the lower bound in small steps, but when a known split
     // is already close to the bound, one pass at its value is cheapest.

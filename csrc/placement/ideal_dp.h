@@ -11,6 +11,8 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,11 @@ struct Problem {
     double lower_bound = 0.0;     // no split has a smaller max load
     double upper_bound = 1e300;   // some contiguous split reaches it (or "none known")
     long long max_ideals = 4'000'000;
+    // Bounds on the work itself (LimitExceeded names the one that was hit):
+    // the solver's approximate memory in bytes, and wall-clock seconds.
+    double max_memory_bytes = 1.0 * (1LL << 30);
+    double time_limit = std::numeric_limits<double>::infinity();
+    double time_used = 0.0;  // seconds the caller already spent of time_limit
     double growth = 0.04;         // first relative step of the threshold search
 };
 
@@ -68,8 +75,15 @@ struct Result {
     std::string message;
 };
 
-// Throws std::invalid_argument on malformed input, std::length_error when the
-// ideals exceed max_ideals.
+// The solve stopped at one of its limits (ideal count, memory, time) before
+// finding the optimum; what() names the limit and the figure reached.
+class LimitExceeded : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+// Throws std::invalid_argument on malformed input, LimitExceeded when the
+// lattice (or the time) exceeds the problem's limits.
 Result solve(const Problem& problem);
 
 }  // namespace kfac_placement

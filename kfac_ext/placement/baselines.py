@@ -25,7 +25,7 @@ def one_device(graph: Graph) -> Solution:
     """Everything on accelerator 0; on CPU 0 if a node cannot run on an
     accelerator or there is none (a single device either way)."""
     t0 = time.perf_counter()
-    k, l = graph.num_accelerators, graph.num_cpus
+    k, l = (min(n, len(graph)) for n in (graph.num_accelerators, graph.num_cpus))  # pad, but boundedly
     on_cpu = k == 0 or (l > 0 and not all(n.accel_ok for n in graph.nodes))
     ids = graph.ids
     if on_cpu:

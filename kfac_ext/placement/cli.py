@@ -3,7 +3,7 @@
   kfac-ext place FILE.json [--devices K] [--cpus L] [--memory BYTES]
                  [--objective throughput|latency]
                  [--method dp|milp|greedy|pipedream|one|expert --split FILE]
-                 [--json] [--plot PNG]
+                 [--time-limit S] [--dp-memory-mb MB] [--json] [--plot PNG]
 
 FILE.json uses the workloads' schema (maxFPGAs, maxCPUs, maxSizePerFPGA,
 nodes, edges); --devices/--cpus/--memory override the file's machine.
@@ -13,6 +13,11 @@ topological order, greedy, one = everything on one device, expert = the
 split in --split (an inference split also places a training graph's
 backward nodes). Under --objective latency a non-MILP method's split is
 scored by its single-sample latency.
+
+Every solver is bounded: dp and milp stop at --time-limit (dp also at
+--dp-memory-mb of lattice, and refuses at once a graph whose ideals would
+exceed it) with a one-line error; devices beyond the graph's colocation
+groups are dropped with a note on stderr (they cannot lower the optimum).
 """
 from __future__ import annotations
 
@@ -32,7 +37,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", choices=METHODS,
                         help="solver (default: dp for throughput, milp for latency)")
     parser.add_argument("--split", help="expert split JSON (with --method expert)")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="MILP time limit, seconds (default 60)")
+    parser.add_argument("--time-limit", type=float, default=60.0,
+                        help="time limit of the dp and milp solvers, seconds (default 60)")
+    parser.add_argument("--dp-memory-mb", type=float, default=1024.0,
+                        help="memory limit of the dp solver's lattice, MiB (default 1024)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--verbose", action="store_true", help="show the MILP solver's log (on stderr)")
     parser.add_argument("--plot", metavar="PNG", help="draw the per-device loads into this PNG file")
@@ -53,7 +61,7 @@ def _solve(graph, args):
             raise ValueError("--method expert needs --split FILE")
         solution = baselines.expert(graph, args.split)
     elif method == "dp":
-        solution = ideal_dp(graph)
+        solution = ideal_dp(graph, time_limit=args.time_limit, max_memory_bytes=args.dp_memory_mb * 2**20)
     else:
         solution = {"one": baselines.one_device, "greedy": baselines.greedy,
                     "pipedream": baselines.pipedream}[method](graph)
@@ -98,20 +106,63 @@ def _table(graph, solution) -> str:
     return "\n".join(lines)
 
 
+def _check_limits(args) -> None:
+    for flag, value in (("--time-limit", args.time_limit), ("--dp-memory-mb", args.dp_memory_mb)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a positive number, got {value}")
+
+
+def _check_plot_path(path: str) -> None:
+    """Fail before solving if the PNG cannot be written."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"--plot: cannot write {path}")
+
+
+def cap_devices(graph):
+    """The graph with at most one device of each kind per colocation group:
+    every group sits on one device, so more devices cannot lower the optimum,
+    and a huge --devices would only blow up the solvers. Returns (graph, note)."""
+    groups = len(graph.colocation_groups())
+    k, l = min(graph.num_accelerators, groups), min(graph.num_cpus, groups)
+    if (k, l) == (graph.num_accelerators, graph.num_cpus):
+        return graph, None
+    note = (f"the graph has {groups} colocation groups, so at most {groups} devices of a kind can "
+            f"hold work; solving with {k} accelerators and {l} CPUs "
+            f"(asked: {graph.num_accelerators} and {graph.num_cpus})")
+    return graph.with_resources(k, l), note
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
 def run(args) -> int:
     from .graph import Graph, GraphError
     from .objective import PlacementError
 
     try:
+        _check_limits(args)
+        if args.plot:
+            _check_plot_path(args.plot)
         graph = Graph.from_json(args.file, validate=False).with_resources(args.devices, args.cpus, args.memory)
         graph.validate()
+        graph, note = cap_devices(graph)
+        if note:
+            print(f"kfac-ext place: note: {note}", file=sys.stderr)
         solution = _solve(graph, args)
         if args.plot:
             from .plot import plot_loads
 
             plot_loads(graph, solution, args.plot)
     except (GraphError, PlacementError, ValueError, OSError) as e:
-        print(f"kfac-ext place: {e}", file=sys.stderr)
+        print(f"kfac-ext place: {one_line(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("kfac-ext place: out of memory; use --method greedy or a smaller graph", file=sys.stderr)
         return 1
     if args.json:
         out = solution.to_json()

@@ -44,6 +44,7 @@ exact, because every device set of an optimal split has load <= OPT <= T.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -54,6 +55,20 @@ from .objective import Placement, PlacementError, Solution, throughput_loads
 
 class InfeasibleError(PlacementError):
     """No split of the requested kind fits the devices."""
+
+
+class DPLimitError(PlacementError):
+    """The DP stopped at one of its limits (ideal count, memory, time) before
+    the optimum; the message names the limit and what to do instead."""
+
+
+#: Defaults of the DP's limits: every bundled throughput workload solves far
+#: inside them (the largest needs well under 100 MiB and a few seconds).
+MAX_IDEALS = 4_000_000
+MAX_MEMORY_BYTES = float(1 << 30)
+ADVICE = ("the exact DP does not fit this graph: use --method milp (any split, HiGHS) or "
+          "--method greedy, or raise the limit (--time-limit, --dp-memory-mb)")
+MAX_STATES = 4096
 
 
 @dataclass
@@ -86,14 +101,17 @@ class UnitProblem:
             succ = sorted({unit_of[v] for v in graph.successors(n.id)} - {unit_of[n.id]})
             if succ:  # an output read only inside its own unit never crosses a device
                 comm.append((unit_of[n.id], n.out_cost, succ))
-        edges = list(unit_edges)
-        if chain:  # PipeDream: only prefixes of one topological order of the units
-            edges = sorted(set(edges) | {(u, u + 1) for u in range(U - 1)})
-        return cls(U, unit_nodes, edges,
-                   [sum(x.accel_time for x in ns) for ns in nodes],
-                   [sum(x.cpu_time for x in ns) for ns in nodes],
-                   [sum(x.size for x in ns) for ns in nodes],
-                   [all(x.accel_ok for x in ns) for ns in nodes], comm)
+        problem = cls(U, unit_nodes, list(unit_edges),
+                      [sum(x.accel_time for x in ns) for ns in nodes],
+                      [sum(x.cpu_time for x in ns) for ns in nodes],
+                      [sum(x.size for x in ns) for ns in nodes],
+                      [all(x.accel_ok for x in ns) for ns in nodes], comm)
+        return problem.as_chain() if chain else problem
+
+    def as_chain(self) -> "UnitProblem":
+        """PipeDream's restriction: only prefixes of one topological order of the units."""
+        chain = {(u, u + 1) for u in range(self.num_units - 1)}
+        return dataclasses.replace(self, unit_edges=sorted(set(self.unit_edges) | chain))
 
     def lower_bound(self, k: int, l: int, cap: float) -> float:
         """A max load no split can beat: the heaviest unit on its best
@@ -198,21 +216,48 @@ def _fractional_bound(p: UnitProblem, k: int, l: int) -> float:
     return lo
 
 
+def device_counts(graph: Graph, problem: UnitProblem) -> tuple[int, int]:
+    """(k, l) as the DP sees them: never more devices of a kind than units,
+    since a split puts each unit on one device (so the optimum is the same);
+    raises DPLimitError when the DP's per-ideal states would still be too many."""
+    k = min(graph.num_accelerators, problem.num_units)
+    l = min(graph.num_cpus, problem.num_units)
+    if (k + 1) * (l + 1) > MAX_STATES:
+        raise DPLimitError(f"the DP keeps (accelerators+1)*(CPUs+1) = {(k + 1) * (l + 1)} states per ideal "
+                           f"(k={k}, l={l} after capping at {problem.num_units} units), over its limit of "
+                           f"{MAX_STATES}; use --method milp or --method greedy")
+    return k, l
+
+
 def run_ideal_dp(graph: Graph, problem: UnitProblem, *, lower_bound: float | None = None,
-                 upper_bound: float | None = None, max_ideals: int = 4_000_000) -> dict:
-    """Call the C++ solver on a unit problem; returns its raw dict."""
+                 upper_bound: float | None = None, max_ideals: int = MAX_IDEALS,
+                 max_memory_bytes: float = MAX_MEMORY_BYTES, time_limit: float | None = None,
+                 started: float | None = None) -> dict:
+    """Call the C++ solver on a unit problem; returns its raw dict. Raises
+    DPLimitError when the lattice, the memory or the time would exceed the
+    limits; ``time_limit`` counts from ``started`` (a ``time.perf_counter()``
+    reading; default now)."""
     from . import _dp
 
-    lb = problem.lower_bound(graph.num_accelerators, graph.num_cpus, graph.memory_cap)
+    k, l = device_counts(graph, problem)
+    lb = problem.lower_bound(k, l, graph.memory_cap)
     if lower_bound is not None:
         lb = max(lb, lower_bound)
     ub = 1e300 if upper_bound is None or not math.isfinite(upper_bound) else float(upper_bound)
     cap = graph.memory_cap if math.isfinite(graph.memory_cap) else 1e300
+    limit = math.inf if time_limit is None else float(time_limit)
+    if not limit > 0 or not max_memory_bytes > 0:
+        raise ValueError(f"time_limit and max_memory_bytes must be positive, got {time_limit!r}, "
+                         f"{max_memory_bytes!r}")
+    used = 0.0 if started is None else time.perf_counter() - started
     try:
         raw = _dp.solve(problem.num_units, problem.unit_edges, problem.accel_time, problem.cpu_time,
-                        problem.size, problem.accel_ok, problem.comm_nodes, graph.num_accelerators,
-                        graph.num_cpus, cap, lb, ub, max_ideals)
-    except (ValueError, OverflowError) as e:  # std::invalid_argument / length_error
+                        problem.size, problem.accel_ok, problem.comm_nodes, k, l, cap, lb, ub,
+                        int(max_ideals), max_memory_bytes=float(max_memory_bytes), time_limit=limit,
+                        time_used=used)
+    except _dp.LimitExceeded as e:
+        raise DPLimitError(f"{e}; {ADVICE}") from None
+    except (ValueError, OverflowError) as e:  # std::invalid_argument
         raise InfeasibleError(str(e)) from None
     raw["lower_bound_used"] = lb
     raw["upper_bound_used"] = None if ub >= 1e300 else ub
@@ -220,7 +265,8 @@ def run_ideal_dp(graph: Graph, problem: UnitProblem, *, lower_bound: float | Non
 
 
 def placement_from_devices(graph: Graph, problem: UnitProblem, devices: list[dict]) -> tuple[Placement, list]:
-    """Placement (padded to k accelerators and l CPUs) and the pipeline order."""
+    """Placement (padded to k accelerators and l CPUs, at most one per unit) and
+    the pipeline order."""
     accel, cpus, order = [], [], []
     for d in devices:
         nodes = [i for u in d["units"] for i in problem.unit_nodes[u]]
@@ -230,21 +276,31 @@ def placement_from_devices(graph: Graph, problem: UnitProblem, devices: list[dic
         else:
             order.append(("accel", len(accel)))
             accel.append(nodes)
-    accel += [[] for _ in range(graph.num_accelerators - len(accel))]
-    cpus += [[] for _ in range(graph.num_cpus - len(cpus))]
+    k, l = (min(n, problem.num_units) for n in (graph.num_accelerators, graph.num_cpus))
+    accel += [[] for _ in range(k - len(accel))]
+    cpus += [[] for _ in range(l - len(cpus))]
     return Placement(accel, cpus), order
 
 
 def solve_contiguous(graph: Graph, *, chain: bool = False, method: str | None = None,
                      upper_bound: float | None = None, validate: bool = True,
-                     max_ideals: int = 4_000_000) -> Solution:
+                     max_ideals: int = MAX_IDEALS, max_memory_bytes: float = MAX_MEMORY_BYTES,
+                     time_limit: float | None = None, started: float | None = None,
+                     problem: UnitProblem | None = None) -> Solution:
     """Optimal contiguous split (``chain=True``: over one topological order of
-    the units only, i.e. PipeDream's chain DP). Raises InfeasibleError."""
+    the units only, i.e. PipeDream's chain DP). Raises InfeasibleError, or
+    DPLimitError past the limits (``time_limit`` in seconds from ``started``,
+    None: none). ``problem``: the graph's UnitProblem, if already built."""
     t0 = time.perf_counter()
     if validate:
         graph.validate()
-    problem = UnitProblem.from_graph(graph, chain=chain)
-    raw = run_ideal_dp(graph, problem, upper_bound=upper_bound, max_ideals=max_ideals)
+    if problem is None:
+        problem = UnitProblem.from_graph(graph)
+    if chain:
+        problem = problem.as_chain()
+    raw = run_ideal_dp(graph, problem, upper_bound=upper_bound, max_ideals=max_ideals,
+                       max_memory_bytes=max_memory_bytes, time_limit=time_limit,
+                       started=t0 if started is None else started)
     if not raw["feasible"]:
         raise InfeasibleError(raw["message"] or "no contiguous split fits the devices")
     placement, order = placement_from_devices(graph, problem, raw["devices"])
@@ -261,21 +317,26 @@ def solve_contiguous(graph: Graph, *, chain: bool = False, method: str | None = 
 
 
 def ideal_dp(graph: Graph, *, upper_bound: float | None = None, validate: bool = True,
-             max_ideals: int = 4_000_000) -> Solution:
+             max_ideals: int = MAX_IDEALS, max_memory_bytes: float = MAX_MEMORY_BYTES,
+             time_limit: float | None = None) -> Solution:
     """The exact contiguous optimum. Unless an ``upper_bound`` is given, the
     PipeDream chain optimum (a contiguous split, cheap to find) caps the
-    threshold search."""
+    threshold search. Bounded: raises DPLimitError (naming the limit) when the
+    ideals exceed ``max_ideals`` or ``max_memory_bytes`` of solver state, or
+    the whole solve exceeds ``time_limit`` seconds."""
     t0 = time.perf_counter()
     if validate:
         graph.validate()
+    limits = {"max_ideals": max_ideals, "max_memory_bytes": max_memory_bytes, "time_limit": time_limit,
+              "started": t0, "problem": UnitProblem.from_graph(graph), "validate": False}
     if upper_bound is None:
         try:
-            upper_bound = solve_contiguous(graph, chain=True, validate=False).value
+            upper_bound = solve_contiguous(graph, chain=True, **limits).value
         except InfeasibleError:
             upper_bound = None  # the chain may not fit where a general split does
-    sol = solve_contiguous(graph, upper_bound=upper_bound, validate=False, max_ideals=max_ideals)
+    sol = solve_contiguous(graph, upper_bound=upper_bound, **limits)
     sol.solve_seconds = time.perf_counter() - t0
     return sol
 
 
-__all__ = ["InfeasibleError", "UnitProblem", "ideal_dp", "solve_contiguous"]
+__all__ = ["DPLimitError", "InfeasibleError", "UnitProblem", "ideal_dp", "solve_contiguous"]

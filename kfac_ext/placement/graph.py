@@ -50,10 +50,23 @@ class Node:
 
 
 def _number(value, what: str) -> float:
+    # JSON numbers only: a bool is an int to Python and a string would parse
+    # ("1e3"), but both are typos in a graph file, not numbers.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GraphError(f"{what} must be a number, got {value!r}")
     try:
         return float(value)
-    except (TypeError, ValueError):
-        raise GraphError(f"{what} must be a number, got {value!r}") from None
+    except OverflowError:  # an int too large for a float
+        raise GraphError(f"{what} is too large, got {value!r}") from None
+
+
+def _integer(value, what: str) -> int:
+    """A JSON integer (2 or 2.0); never a bool, a fraction or a non-finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GraphError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise GraphError(f"{what} must be an integer, got {value!r}")
+    return int(value)
 
 
 def _flag(value, what: str) -> bool:
@@ -305,6 +318,10 @@ class Graph:
                 raise GraphError(f"cannot read graph file {source}: {e.strerror}") from None
             except json.JSONDecodeError as e:
                 raise GraphError(f"{source} is not valid JSON: {e}") from None
+            except UnicodeDecodeError:
+                raise GraphError(f"{source} is not valid JSON: not UTF-8 text") from None
+            except RecursionError:
+                raise GraphError(f"{source} is nested too deeply to be a graph file") from None
         else:
             data = path_or_dict
         if not isinstance(data, dict):
@@ -318,7 +335,7 @@ class Graph:
             if not isinstance(e, dict) or "sourceId" not in e or "destId" not in e:
                 raise GraphError(f"edges[{j}] needs 'sourceId' and 'destId'")
             s, d = e["sourceId"], e["destId"]
-            if not isinstance(s, int) or not isinstance(d, int):
+            if not _is_id(s) or not _is_id(d):
                 raise GraphError(f"edges[{j}]: node ids must be integers, got {s!r} -> {d!r}")
             cost = _number(e.get("cost", 0.0), f"edge {s} -> {d}: cost")
             if s in out_cost and not _close(out_cost[s], cost):
@@ -328,15 +345,16 @@ class Graph:
             edges.append((s, d))
         nodes = []
         for j, n in enumerate(data["nodes"]):
-            if not isinstance(n, dict) or not isinstance(n.get("id"), int):
-                raise GraphError(f"nodes[{j}] needs an integer 'id'")
+            if not isinstance(n, dict) or not _is_id(n.get("id")):
+                got = f", got {n.get('id')!r}" if isinstance(n, dict) and "id" in n else ""
+                raise GraphError(f"nodes[{j}] needs an integer 'id'{got}")
             i = n["id"]
             where = f"node {i}"
             for key in ("fpgaLatency", "cpuLatency"):
                 if key not in n:
                     raise GraphError(f"{where}: missing {key!r}")
             color = n.get("colorClass")
-            if color is not None and not isinstance(color, int):
+            if color is not None and not _is_id(color):
                 raise GraphError(f"{where}: colorClass must be an integer, got {color!r}")
             nodes.append(Node(
                 id=i, name=str(n.get("name", "")),
@@ -346,11 +364,8 @@ class Graph:
                 accel_ok=_flag(n.get("supportedOnFpga", 1), f"{where}: supportedOnFpga"),
                 is_backward=_flag(n.get("isBackwardNode", 0), f"{where}: isBackwardNode"),
                 color=color, out_cost=out_cost.get(i, 0.0)))
-        try:
-            k = int(data.get("maxFPGAs", 1))
-            l = int(data.get("maxCPUs", 0))
-        except (TypeError, ValueError):
-            raise GraphError("maxFPGAs and maxCPUs must be integers") from None
+        k = _integer(data.get("maxFPGAs", 1), "maxFPGAs")
+        l = _integer(data.get("maxCPUs", 0), "maxCPUs")
         cap = _number(data.get("maxSizePerFPGA", math.inf), "maxSizePerFPGA")
         graph = cls(nodes, edges, k, l, cap, source=source)
         if validate:
@@ -378,6 +393,10 @@ class Graph:
     def __repr__(self) -> str:
         return (f"Graph({len(self.nodes)} nodes, {len(self.edges)} edges, k={self.num_accelerators}, "
                 f"cpus={self.num_cpus}, memory_cap={self.memory_cap:.6g})")
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _close(a: float, b: float) -> bool:

@@ -45,16 +45,18 @@ class Placement:
                     data = json.load(f)
             except OSError as e:
                 raise PlacementError(f"cannot read split file {os.fspath(path_or_dict)}: {e.strerror}") from None
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise PlacementError(f"{os.fspath(path_or_dict)} is not valid JSON: {e}") from None
-        if not isinstance(data, dict) or "fpgas" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("fpgas"), list) \
+                or not isinstance(data.get("cpus", []), list):
             raise PlacementError("a split needs an 'fpgas' list of {\"nodes\": [...]} (and optionally 'cpus')")
 
         def lists(key):
             out = []
             for j, dev in enumerate(data.get(key, [])):
                 nodes = dev.get("nodes") if isinstance(dev, dict) else None
-                if not isinstance(nodes, list) or not all(isinstance(i, int) for i in nodes):
+                if not isinstance(nodes, list) or not all(
+                        isinstance(i, int) and not isinstance(i, bool) for i in nodes):
                     raise PlacementError(f"{key}[{j}] needs a 'nodes' list of integer ids")
                 out.append(list(nodes))
             return out
