@@ -62,9 +62,11 @@ from torch import nn
 from kfac_ext import arguments as args
 from kfac_ext import ops
 from kfac_ext import schedules as sch
+from kfac_ext.adaptive_damping import AdaptiveDamping
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
+from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
 from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
 from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
 from kfac_ext.precision import check_precondition_dtype, precondition_grads_
@@ -156,6 +158,11 @@ class KFACPreconditioner:
     still diagonalises the factor within a tolerance. precondition_dtype:
     torch.float32, 'tf32' or torch.bfloat16 for the preconditioning GEMMs of the
     eigen method in one process / COMM-OPT (:mod:`kfac_ext.precision`).
+    factor_init: 'identity' (kfac-pytorch) or 'first_batch' (the running averages
+    start from the first captured factors), g_scale: multiplies every captured G
+    (batch_size**2: Martens & Grosse's per-example scale); :mod:`kfac_ext.factor_init`.
+    damping may be a :class:`kfac_ext.adaptive_damping.AdaptiveDamping`
+    (Levenberg–Marquardt λ); ``step`` then needs ``closure``.
     """
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
@@ -170,7 +177,8 @@ class KFACPreconditioner:
                  update_factors_in_hook: bool = True, defaults: Optional[dict] = None,
                  loglevel=logging.DEBUG, comm: Optional[Comm] = None,
                  inv_lag_steps: int = 0, eigen_refresh=None,
-                 precondition_dtype=torch.float32):
+                 precondition_dtype=torch.float32, factor_init: str = "identity",
+                 g_scale: float = 1.0):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -215,6 +223,9 @@ class KFACPreconditioner:
         self.inv_lag_steps = inv_lag_steps
         self.eigen_refresh = check_eigen_refresh(eigen_refresh, compute_method, inv_lag_steps)
         self.precondition_dtype = check_precondition_dtype(precondition_dtype)
+        self.factor_init = check_factor_init(factor_init)
+        self.g_scale = check_g_scale(g_scale)
+        self._adaptive = damping if isinstance(damping, AdaptiveDamping) else None
         if self.precondition_dtype is not torch.float32 and compute_method != "eigen":
             raise ValueError("precondition_dtype applies to compute_method='eigen', got "
                              f"compute_method={compute_method!r}")
@@ -338,8 +349,10 @@ class KFACPreconditioner:
             layer.capture = self._capturing
 
     @torch.no_grad()
-    def step(self) -> None:
-        """Replace ``.grad`` of every registered layer by its preconditioned gradient."""
+    def step(self, closure=None) -> None:
+        """Replace ``.grad`` of every registered layer by its preconditioned gradient.
+
+        ``closure``: returns the current batch's loss (adaptive damping only)."""
         step = self.steps
         with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
         if self.layers and not with_grad:
@@ -349,6 +362,8 @@ class KFACPreconditioner:
                           "last call: the gradients are preconditioned already; this call does "
                           "nothing", stacklevel=2)
             return
+        if self._adaptive is not None:  # reads the raw gradients: before any change
+            self._adaptive.observe(self, step, closure)
         if self._capturing:
             self._check_model()
             self._update_factors(step)
@@ -380,7 +395,7 @@ class KFACPreconditioner:
         return next(marks, None) is None
 
     def _g_scale(self) -> float:
-        scale = 1.0 / float(self.comm.world_size) ** 2
+        scale = self.g_scale / float(self.comm.world_size) ** 2
         if self.grad_scaler is not None and self.grad_scaler.is_enabled():
             scale /= float(self.grad_scaler.get_scale()) ** 2
         return scale
@@ -447,7 +462,7 @@ class KFACPreconditioner:
         for k, layer in enumerate(ready):
             a, g = batches[2 * k], batches[2 * k + 1]
             if finite[k]:
-                layer.update_running(a, g, decay)
+                update_running(layer, a, g, decay, self.factor_init)
             else:
                 self.skipped_factor_updates += 1
                 warnings.warn(f"KFACPreconditioner: non-finite activations or gradients in layer "
@@ -695,6 +710,8 @@ class KFACPreconditioner:
                  "skipped_factor_updates": self.skipped_factor_updates, "layers": layers}
         if self._pending is not None:
             state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
+        if self._adaptive is not None:
+            state["adaptive_damping"] = self._adaptive.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -745,6 +762,8 @@ class KFACPreconditioner:
                     t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts])
                     for w, ts in e["second_order"].items()}
         self.steps = steps
+        if self._adaptive is not None and "adaptive_damping" in state:
+            self._adaptive.load_state_dict(state["adaptive_damping"])
         self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))
         self._factor_tracker.load_state_dict(trackers[0])
         self._inv_tracker.load_state_dict(trackers[1])
