@@ -166,7 +166,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
             try:
                 os.unlink(tmp)
                 removed.append(tmp)
-            except FileNotFoundError:
+            except OSError:  # gone already, or a read-only folder: resuming from it is fine
                 pass
     return removed
 

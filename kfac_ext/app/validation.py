@@ -129,6 +129,8 @@ def _check_grown_intervals(a: argparse.Namespace) -> None:
     decays = len(a.decay_epochs)
     for flag, steps in (("--factor-update-steps", a.factor_update_steps),
                         ("--inv-update-steps", a.inv_update_steps)):
+        if steps > _MAX_INTERVAL:
+            raise ValueError(f"{flag} must be at most 2**31 - 1 steps; got {steps}")
         log_final = math.log(steps) + decays * math.log(a.interval_growth)
         if log_final > math.log(_MAX_INTERVAL):
             raise ValueError(f"--interval-growth {_show(a.interval_growth)}: after {decays} lr "

@@ -229,3 +229,26 @@ def test_history_records_must_hold_what_the_caller_reads_back(tmp_path):
     assert load_checkpoint(path, record_keys=("test_accuracy",))["epoch"] == 3
     with pytest.raises(CheckpointError, match=r"record 0 lacks \['train_eval_loss'\]"):
         load_checkpoint(path, record_keys=("train_eval_loss",))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root deletes in read-only folders")
+def test_a_checkpoint_in_a_read_only_folder_loads_despite_a_stale_temporary(tmp_path):
+    save_checkpoint(tmp_path / "kfac.pt", _state())
+    (tmp_path / ".tmp-kfac.pt-k2j3h4").write_bytes(b"partial")
+    tmp_path.chmod(0o500)
+    try:
+        assert load_checkpoint(tmp_path / "kfac.pt")["epoch"] == 3
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_stale_temporary_that_cannot_be_removed_does_not_stop_a_load(tmp_path, monkeypatch):
+    # What a read-only folder does (root, who runs these tests in CI, may delete anywhere).
+    save_checkpoint(tmp_path / "kfac.pt", _state())
+    (tmp_path / ".tmp-kfac.pt-k2j3h4").write_bytes(b"partial")
+
+    def read_only(path):
+        raise OSError(30, "Read-only file system", path)
+
+    monkeypatch.setattr(ckpt.os, "unlink", read_only)
+    assert load_checkpoint(tmp_path / "kfac.pt")["epoch"] == 3

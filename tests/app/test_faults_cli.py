@@ -70,6 +70,7 @@ BAD_VALUES = [
     ("--factor-decay", "1"), ("--factor-decay", "-0.1"), ("--factor-decay", "nan"),
     ("--kl-clip", "0"), ("--kl-clip", "nan"),
     ("--factor-update-steps", "0"), ("--inv-update-steps", "0"), ("--inv-lag-steps", "-1"),
+    ("--factor-update-steps", str(2 ** 31)), ("--inv-update-steps", str(10 ** 20)),
     ("--interval-growth", "0.5"), ("--interval-growth", "nan"), ("--interval-growth", "inf"),
     ("--seed", "-1"), ("--seed", str(2 ** 32)),
     ("--threads", "-1"), ("--threads", "1000000"),      # the latter: an OpenBLAS segfault
