@@ -3,8 +3,10 @@
 Throughput rows: the DP's contiguous optimum (``ideal_dp``, exact) and the
 non-contiguous MILP warm-started from it, with HiGHS's dual bound and gap
 after ``--time-limit`` seconds.  Latency rows: the best cheap contiguous
-split (chain DP / first fit / one CPU) the MILP starts from, the MILP's
-answer, and the bound.  Every value is re-scored from the graph alone.
+split the solver starts from, its answer (local search, then HiGHS when the
+program fits the time left) and the bound (memory-aware, or HiGHS's); the
+8-workload latency table is table_latency.py.  Every value is re-scored
+from the graph alone.
 
     python benchmarks/table_placement_milp.py                  # 10 s per MILP
     python benchmarks/table_placement_milp.py --time-limit 60

@@ -470,7 +470,10 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
     returned if HiGHS finds nothing better, so the answer is never worse than it.
     ``optimal`` is true when HiGHS proves the relative gap <= ``mip_rel_gap``;
     ``lower_bound`` is HiGHS's dual bound; ``stats`` has the gap, node count,
-    program size and the warm start's value.
+    program size and the warm start's value.  Latency: the start is first improved
+    by local search, ``lower_bound`` is the better of HiGHS's and
+    latency_bound.latency_bound's, ``optimal`` means gap <= ``mip_rel_gap`` against
+    it, and ``stats["status"]`` says whether and why HiGHS was not run.
     """
     if objective not in ("throughput", "latency"):
         raise ValueError(f"objective must be 'throughput' or 'latency', got {objective!r}")
