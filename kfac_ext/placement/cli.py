@@ -1,6 +1,7 @@
 """Place a DNN operator graph on k accelerators and l CPUs.
 
-  kfac-ext place FILE.json [--devices K] [--cpus L] [--memory BYTES]
+  kfac-ext place FILE.json | --module PKG.MOD:FACTORY --input-shape N,C,H,W
+                 [--save-graph FILE.json] [--cost flops|profile] [--devices K] [--cpus L] [--memory BYTES]
                  [--objective throughput|latency]
                  [--method dp|milp|greedy|pipedream|one|expert --split FILE]
                  [--time-limit S] [--dp-memory-mb MB] [--json] [--plot PNG]
@@ -29,7 +30,15 @@ METHODS = ("dp", "milp", "greedy", "pipedream", "one", "expert")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("file", help="graph JSON (workloads' schema)")
+    parser.add_argument("file", nargs="?", help="graph JSON (workloads' schema); or use --module")
+    parser.add_argument("--module", metavar="PKG.MOD:FACTORY",
+                        help="place this model instead of a file: FACTORY() returns an nn.Module, "
+                             "traced with torch.fx on a random input of --input-shape")
+    parser.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape for --module")
+    parser.add_argument("--cost", choices=("flops", "profile"), default="flops",
+                        help="--module node times: FLOP counts (default) or timed on this machine")
+    parser.add_argument("--save-graph", metavar="FILE.json",
+                        help="with --module: also write the traced graph in the workloads' schema")
     parser.add_argument("--devices", type=int, help="number of accelerators k (default: the file's maxFPGAs)")
     parser.add_argument("--cpus", type=int, help="number of CPUs l (default: the file's maxCPUs)")
     parser.add_argument("--memory", type=float, help="memory cap per accelerator, bytes (default: maxSizePerFPGA)")
@@ -112,13 +121,13 @@ def _check_limits(args) -> None:
             raise ValueError(f"{flag} must be a positive number, got {value}")
 
 
-def _check_plot_path(path: str) -> None:
-    """Fail before solving if the PNG cannot be written."""
+def _check_writable(flag: str, path: str) -> None:
+    """Fail before solving if an output file cannot be written."""
     import os
 
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ValueError(f"--plot: cannot write {path}")
+        raise ValueError(f"{flag}: cannot write {path}")
 
 
 def cap_devices(graph):
@@ -140,6 +149,31 @@ def one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
+def _load_graph(args, Graph):
+    """The graph from FILE.json, or traced from --module (saved by --save-graph)."""
+    if (args.file is None) == (args.module is None):
+        raise ValueError("give a graph FILE.json or --module PKG.MOD:FACTORY (one of them)")
+    if args.file is not None:
+        for flag in ("input_shape", "save_graph"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} goes with --module, not a graph file")
+        return Graph.from_json(args.file, validate=False)
+    from .module_source import build_model, example_input, parse_shape, trace_graph
+
+    if args.input_shape is None:
+        raise ValueError("--module needs --input-shape (e.g. 8,3,32,32)")
+    shape = parse_shape(args.input_shape)
+    if args.save_graph is not None:
+        _check_writable("--save-graph", args.save_graph)
+    model = build_model(args.module)
+    graph = trace_graph(model, example_input(shape), cost=args.cost,
+                        num_accelerators=2 if args.devices is None else max(args.devices, 0),
+                        num_cpus=0 if args.cpus is None else max(args.cpus, 0), memory_cap=args.memory)
+    if args.save_graph is not None:
+        graph.save(args.save_graph)
+    return graph
+
+
 def run(args) -> int:
     from .graph import Graph, GraphError
     from .objective import PlacementError
@@ -147,8 +181,8 @@ def run(args) -> int:
     try:
         _check_limits(args)
         if args.plot:
-            _check_plot_path(args.plot)
-        graph = Graph.from_json(args.file, validate=False).with_resources(args.devices, args.cpus, args.memory)
+            _check_writable("--plot", args.plot)
+        graph = _load_graph(args, Graph).with_resources(args.devices, args.cpus, args.memory)
         graph.validate()
         graph, note = cap_devices(graph)
         if note:

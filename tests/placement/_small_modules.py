@@ -16,3 +16,54 @@ class SmallCNN(nn.Module):
         h = torch.relu(self.conv1(x))
         h = torch.relu(self.conv2(h))
         return self.fc(torch.flatten(h, 1))
+
+
+class TinyTransformer(nn.Module):
+    """One pre-norm transformer block (single-head attention written out, so that
+    torch.fx traces it) over a (batch, tokens, features) input, then a mean-pooled
+    classifier. LayerNorm only: no batch statistics, so a pipelined step with
+    micro-batches equals the unsplit model's."""
+
+    def __init__(self, features: int = 8, hidden: int = 16, classes: int = 3):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(features)
+        self.q = nn.Linear(features, features)
+        self.k = nn.Linear(features, features)
+        self.v = nn.Linear(features, features)
+        self.proj = nn.Linear(features, features)
+        self.norm2 = nn.LayerNorm(features)
+        self.mlp1 = nn.Linear(features, hidden)
+        self.mlp2 = nn.Linear(hidden, features)
+        self.head = nn.Linear(features, classes)
+        self.scale = features ** -0.5
+
+    def forward(self, x):
+        h = self.norm1(x)
+        attn = torch.softmax(self.q(h) @ self.k(h).transpose(1, 2) * self.scale, dim=-1)
+        x = x + self.proj(attn @ self.v(h))
+        x = x + self.mlp2(torch.relu(self.mlp1(self.norm2(x))))
+        return self.head(x.mean(dim=1))
+
+
+def tiny_transformer() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyTransformer()
+
+
+def small_resnet() -> nn.Module:
+    """The application's CIFAR ResNet at its smallest depth (BatchNorm inside)."""
+    from kfac_ext.app.models import resnet_cifar
+
+    return resnet_cifar(depth=8)
+
+
+def small_cnn() -> nn.Module:
+    return SmallCNN()
+
+
+def not_a_module():
+    return 42
+
+
+def broken_factory():
+    raise RuntimeError("no weights here")

@@ -1,0 +1,96 @@
+"""A model named on the command line: ``--module PKG.MOD:FACTORY --input-shape 8,3,32,32``.
+
+Shared by ``kfac-ext place --module`` and ``kfac-ext pipeline``. Every check
+happens here, before any solving or process spawning, and fails with a
+ValueError whose message names the option and says what was wrong.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+
+#: An example input larger than this many elements would take minutes to
+#: trace on a CPU (and gigabytes); --input-shape is a *shape*, not a dataset.
+MAX_INPUT_ELEMENTS = 1 << 26
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"8,3,32,32"`` -> (8, 3, 32, 32); positive integers only."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--input-shape must be comma-separated positive integers "
+                         f"(e.g. 8,3,32,32), got {text!r}") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ValueError(f"--input-shape must be comma-separated positive integers "
+                         f"(e.g. 8,3,32,32), got {text!r}")
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ValueError(f"--input-shape {text} has {math.prod(shape)} elements, over the limit of "
+                         f"{MAX_INPUT_ELEMENTS}; a small batch gives the same graph")
+    return shape
+
+
+def load_factory(spec: str):
+    """The callable named by ``PKG.MOD:FACTORY`` (a function or a class); the
+    current directory is searched last, so a module beside the user is found."""
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--module must look like PKG.MOD:FACTORY, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` would: a module next to the user is found
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or anything the module raises at import
+        raise ValueError(f"--module: cannot import {module_name!r}: {type(e).__name__}: {e}") from None
+    factory = module
+    for part in attr.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"--module: {module_name!r} has no attribute {attr!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ValueError(f"--module: {spec} is not callable (it is a {type(factory).__name__})")
+    return factory
+
+
+def build_model(spec: str):
+    """Call the factory with no arguments; it must return an ``nn.Module``."""
+    import torch.nn as nn
+
+    factory = load_factory(spec)
+    try:
+        model = factory()
+    except Exception as e:
+        raise ValueError(f"--module: {spec}() raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"--module: {spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def example_input(shape: tuple[int, ...], seed: int = 0):
+    """A seeded standard-normal input of ``shape`` (float32)."""
+    import torch
+
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def trace_graph(model, example, *, cost: str = "flops", num_accelerators: int = 2, num_cpus: int = 0,
+                memory_cap: float | None = None):
+    """The placement graph of ``model`` on ``example`` (fx trace + FLOP or
+    measured costs), with the forward pass's own errors reported as one line."""
+    from .fx_graph import from_module
+
+    try:
+        return from_module(model, (example,), cost=cost, num_accelerators=num_accelerators,
+                           num_cpus=num_cpus, memory_cap=memory_cap)
+    except ValueError:
+        raise
+    except Exception as e:  # the model's forward on the example input failed
+        raise ValueError(f"the model's forward failed on an input of shape {tuple(example.shape)}: "
+                         f"{type(e).__name__}: {e}") from None
+
+
+__all__ = ["MAX_INPUT_ELEMENTS", "build_model", "example_input", "load_factory", "parse_shape",
+           "trace_graph"]
