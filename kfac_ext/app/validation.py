@@ -9,10 +9,11 @@ break the K-FAC run must not first cost a full SGD run.
   defaults are filled in). The learning rates are found by name (every
   ``lr_*`` attribute), so an optimizer added later is checked too.
 - ``check_outputs(a)`` / ``check_output_path(flag, path, folder=...)``:
-  ``--save`` / ``--plot`` can be written: the folder is created and a probe file written and removed, the
-  same thing the real write will do later (``os.access`` would say yes to root
-  on any folder).
-- ``check_fits_data(a, n_train, world_size)``: the batch fits the training set.
+  ``--save`` / ``--plot`` can be written: the folder is created and a probe
+  file written and removed, as the real write will do later (``os.access``
+  would say yes to root on any folder).
+- ``check_fits_data(a, dataset, n_train, world_size)``: the batch fits the
+  training set and splits evenly over the processes.
 - ``check_model_fits(model, a, sample)``: ``--model`` takes ``--data``'s samples.
 """
 from __future__ import annotations
