@@ -1,7 +1,8 @@
 """Good latency placements fast: contiguous starts, then local search on the exact latency.
 
-``improve(graph, placement, time_limit)`` moves one colocation group at a time
-to another device -- one its neighbours use, an empty accelerator or a CPU --
+``improve(graph, placement, time_limit)`` moves one colocation group (alone, with
+the weights hanging off it, or with the branch it lies on) at a time to another
+device -- one its neighbours use, an empty or the emptiest accelerator, a CPU --
 keeping a move when the single-sample latency (latency.py's model, recomputed
 from scratch by :class:`FastLatency`) drops, until a full pass finds nothing
 or the time is up.  ``chain_order`` is a topological order that keeps weights
@@ -132,7 +133,8 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
             targets = {dev[groups[h][0]] for h in neighbours[gi]}
             empty = [next((d for d in range(lo, hi) if count[d] == 0), None)
                      for lo, hi in ((0, k), (k, k + l))]
-            targets |= {d for d in empty + [k if l else None] if d is not None}
+            emptiest = min((a for a in range(k) if a != here), key=used.__getitem__, default=None)
+            targets |= {d for d in empty + [emptiest, k if l else None] if d is not None}
             targets.discard(here)
             # the group alone, and with the groups that hang off it only (its weights,
             # side outputs): moved alone, those would add a transfer
