@@ -49,14 +49,16 @@ from kfac_ext.app.validation import (check_fits_data, check_model_fits, check_ou
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
     "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.2,
-                   lr_adamw=0.003, adamw_weight_decay=0.01, lr_soap=0.003,
+                   lr_adamw=0.01, adamw_weight_decay=0.1, lr_soap=0.003,
                    soap_weight_decay=0.01, damping=0.1, skip_layers=("Conv2d",),
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
-                   inv_lag_steps=2, threads=1),
+                   inv_lag_steps=2, threads=1, factor_init="identity", per_example_g=False,
+                   adaptive_damping=0),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
                     lr_adamw=0.001, adamw_weight_decay=0.05, lr_soap=0.001,   # not swept
-                    soap_weight_decay=0.05, damping=0.003, skip_layers=(),
+                    soap_weight_decay=0.05, damping=0.003, factor_init="identity",
+                    per_example_g=False, adaptive_damping=0, skip_layers=(),
                     weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
                     target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
                     inv_lag_steps=0, threads=0),
@@ -165,6 +167,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "layer")
     k.add_argument("--factor-decay", type=float, default=0.95,
                    help="running-average weight of the factors (default 0.95)")
+    k.add_argument("--factor-init", choices=("identity", "first_batch"), default=None,
+                   help="start of the running factors: identity (kfac-pytorch) or the first "
+                        "captured batch")
+    k.add_argument("--per-example-g", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale G by batch**2 (Martens & Grosse's per-example factor; "
+                        "--damping is then in those units)")
+    k.add_argument("--adaptive-damping", type=int, default=None, metavar="T",
+                   help="adapt the damping every T steps by the Levenberg-Marquardt rule on "
+                        "the reduction ratio of the K-FAC quadratic model (one extra forward "
+                        "pass every T steps; --damping is the start); 0: fixed damping")
     k.add_argument("--kl-clip", type=float, default=0.001, help="default 0.001")
     k.add_argument("--factor-update-steps", type=int, default=None,
                    help="steps between factor updates before the first lr decay "
@@ -301,7 +313,9 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
                    factor_decay=a.factor_decay, kl_clip=a.kl_clip,
                    factor_update_steps=a.factor_update_steps,
                    inv_update_steps=a.inv_update_steps, interval_growth=a.interval_growth,
-                   inv_lag_steps=a.inv_lag_steps, skip_layers=list(a.skip_layers))
+                   inv_lag_steps=a.inv_lag_steps, skip_layers=list(a.skip_layers),
+                   factor_init=a.factor_init, per_example_g=a.per_example_g,
+                   adaptive_damping=a.adaptive_damping)
     return cfg
 
 
@@ -321,8 +335,16 @@ def _check_skip_layers(model: torch.nn.Module, a: argparse.Namespace) -> None:
 def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Namespace):
     from kfac_ext import KFACPreconditioner  # imported here: SGD runs never need it
 
+    g_scale = float(a.batch_size) ** 2 if a.per_example_g else 1.0
+    damping = a.damping
+    if a.adaptive_damping:
+        from kfac_ext.adaptive_damping import AdaptiveDamping
+
+        damping = AdaptiveDamping(a.damping, interval=a.adaptive_damping,
+                                  curvature_scale=float(a.batch_size) ** 2 / g_scale)
     return KFACPreconditioner(model, factor_update_steps=sched.factor_update_steps,
-                              inv_update_steps=sched.inv_update_steps, damping=a.damping,
+                              inv_update_steps=sched.inv_update_steps, damping=damping,
+                              factor_init=a.factor_init, g_scale=g_scale,
                               factor_decay=a.factor_decay, kl_clip=a.kl_clip, lr=sched.lr,
                               inv_lag_steps=a.inv_lag_steps, compute_method=a.compute_method,
                               skip_layers=a.skip_layers)
@@ -424,7 +446,10 @@ class _Run:
             loss = task.loss(net(x), y)
             loss.backward()
             if precond is not None:
-                precond.step()
+                # Adaptive damping re-evaluates this batch's loss (no grad) after the move.
+                # (x, y bound now: the closure is evaluated again at the next step.)
+                precond.step(closure=(lambda x=x, y=y: task.loss(net(x), y))
+                             if a.adaptive_damping else None)
             optimizer.step()
             loss_sum += loss.detach()
             if cuda:
@@ -554,6 +579,9 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
     if a.decay_epochs is None:
         a.decay_epochs = [0.5 * a.epochs, 0.75 * a.epochs]
     check_train_args(a)  # every flag, whatever --optimizer runs (kfac_ext/app/validation.py)
+    if a.adaptive_damping < 0:
+        raise ValueError(f"--adaptive-damping must be an integer >= 0 (0: fixed damping); "
+                         f"got {a.adaptive_damping}")
     for flag in ("adamw_weight_decay", "soap_weight_decay"):
         value = getattr(a, flag)
         if not (math.isfinite(value) and value >= 0):

@@ -166,3 +166,23 @@ def test_autoencoder_needs_digits_and_target_loss_needs_the_autoencoder(capsys):
     assert "--task autoencoder" in capsys.readouterr().err
     assert main(["train", *FAST, "--target-loss", "2"]) == 2
     assert "--target-loss applies to --task autoencoder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- K-FAC options
+def test_kfac_options_reach_the_preconditioner_and_the_config(capsys, tmp_path):
+    flags = ["--optimizer", "kfac", "--factor-init", "first_batch", "--per-example-g",
+             "--adaptive-damping", "3", "--damping", "10", "--save", str(tmp_path)]
+    out = _train(capsys, *flags)
+    cfg = out["runs"]["kfac"]["config"]
+    assert (cfg["factor_init"], cfg["per_example_g"], cfg["adaptive_damping"]) == \
+        ("first_batch", True, 3)
+    state = torch.load(tmp_path / "kfac.pt", weights_only=False)["preconditioner"]
+    # 10 steps an epoch, a measurement every 3 steps: 6 ratios in 2 epochs, λ moved.
+    assert state["adaptive_damping"]["updates"] == 6
+    assert state["adaptive_damping"]["value"] != 10.0
+    # The default run is the kfac-pytorch configuration.
+    default = _train(capsys, "--optimizer", "kfac", "--epochs", "1")["runs"]["kfac"]["config"]
+    assert (default["factor_init"], default["per_example_g"], default["adaptive_damping"]) == \
+        (train.DEFAULTS["digits"]["factor_init"], False, 0)
+    assert main(["train", *FAST, "--adaptive-damping", "-1"]) == 2
+    assert "--adaptive-damping" in capsys.readouterr().err
