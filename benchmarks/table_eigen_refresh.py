@@ -180,11 +180,35 @@ def replay(seq, damping):
     return rows
 
 
+def test_cost(sizes, reps=3):
+    """Median time of one skip test (QᵀFQ and two norms) against ops.batched_eigh, per size."""
+    rows = []
+    for n in sizes:
+        g = torch.Generator().manual_seed(n)
+        x = torch.randn(n + 8, n, generator=g)
+        f = x.T @ x / n
+        prev = _exact([f])[0]
+        test, eigh = [], []
+        for _ in range(reps):  # interleaved
+            t0 = time.perf_counter()
+            SkipTest(0.01).test(f, prev[1])[1].item()
+            test.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _exact([f])
+            eigh.append(time.perf_counter() - t0)
+        rows.append({"n": n, "test_ms": 1e3 * statistics.median(test),
+                     "eigh_ms": 1e3 * statistics.median(eigh)})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, nargs=2, default=[400, 300], metavar=("DIGITS", "R20"),
                    help="training steps recorded for digits and ResNet-20 (default 400 300)")
     p.add_argument("--models", default="digits,resnet20")
+    p.add_argument("--cost-sizes", type=int, nargs="*", default=[512, 1024, 2048],
+                   help="factor sizes at which one skip test is timed against eigh")
+    p.add_argument("--cost-only", action="store_true", help="only the cost table")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     a = p.parse_args(argv)
     models = [m.strip() for m in a.models.split(",") if m.strip()]
@@ -195,7 +219,10 @@ def main(argv=None) -> int:
         p.exit(2, f"table_eigen_refresh.py: error: --steps must be >= 1, got {a.steps}\n")
     result = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
               "machine": describe_machine(), "models": {}}
-    for name in models:
+    if any(n < 1 for n in a.cost_sizes):
+        p.exit(2, f"table_eigen_refresh.py: error: --cost-sizes must be >= 1, got {a.cost_sizes}\n")
+    result["cost"] = test_cost(a.cost_sizes)
+    for name in ([] if a.cost_only else models):
         steps = a.steps[0] if name == "digits" else a.steps[1]
         seq, damping = record(name, steps)
         result["models"][name] = {"steps": steps, "updates": len(seq),
@@ -204,6 +231,12 @@ def main(argv=None) -> int:
         print(json.dumps(result))
         return 0
     print(f"Eigenbasis refresh on recorded factor sequences, {result['date']}, {result['machine']}")
+    print("\nOne skip test vs one eigh (median of 3, interleaved):\n")
+    print("| n | skip test ms | eigh ms | test / eigh |")
+    print("|---:|---:|---:|---:|")
+    for r in result["cost"]:
+        print(f"| {r['n']} | {r['test_ms']:.1f} | {r['eigh_ms']:.1f} | "
+              f"{r['test_ms'] / r['eigh_ms']:.3f} |")
     for name, res in result["models"].items():
         print(f"\n{name}: {res['steps']} training steps, {res['updates']} decompositions\n")
         print("| method | skip rate | factor err max | P err median | P err max | "
