@@ -27,9 +27,11 @@ the preconditioned gradient with the four GEMMs in float32, TF32 (CUDA only) and
 bfloat16 (kfac_ext.precision), relative Frobenius error vs float64 (max over
 layers) and time, for ``KFACPreconditioner(precondition_dtype=...)``.
 
-On a 2-core CPU an eigendecomposition step of ResNet-50 takes minutes (3 factors
-of 4608): with --quick it is not timed (its rows say so) and both libraries
-start from identity eigenbases instead of a first eigh step. Without --quick a
+On a 2-core CPU an eigendecomposition step takes minutes at these widths
+(ResNet-50: 3 factors of 4608; the MLP: 4096): with --quick (or --eigh off) it is
+not timed (its rows say so), both libraries start from identity eigenbases
+instead of a first eigh step, and the precision rows use an eigh of the real
+factors of the layers at most 1025 wide. Without --quick a
 CPU run times that step (batch 4) in every repetition: about an hour on 2 cores.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_scale.py --quick       # CPU, a few minutes
@@ -99,17 +101,17 @@ class Block(nn.Module):
         return x + self.down(F.gelu(self.up(self.ln2(x))))
 
 
-def model_specs(device, quick):
+def model_specs(device, quick, time_eigh):
     """(name, build, input shape, loss kind, whether the eigh step is timed)."""
     cuda = device.type == "cuda"
     r50_batch = 32 if cuda else (2 if quick else 4)
     blocks, batch, seq = (4, 8, 512) if cuda else (1, 4, 512)
     return [
         (f"ResNet-50 ImageNet, batch {r50_batch}", resnet50, (r50_batch, 3, 224, 224), "ce",
-         cuda or not quick),
+         time_eigh),
         (f"Transformer {blocks}x(d 1024, 4 heads, MLP 4096), {batch}x{seq} tokens",
          lambda: nn.Sequential(*[Block() for _ in range(blocks)]), (batch, seq, 1024), "mse",
-         True),
+         time_eigh),
     ]
 
 
@@ -232,18 +234,29 @@ def run_model(spec, device, reps, kfac, sync):
                          "ms": None if ms is None else 1e3 * ms,
                          "x_sgd": None if ms is None else ms / sgd,
                          "reps": len(s.times.get(kind, [])) if kind != "amortised" else None})
-    prec = precision_rows(name, steppers[1], sync, device) if time_eigh else []
+    # Without timed eigh steps the bases are identities: decompose the real factors
+    # of the layers whose factors are at most 1025 wide for the precision rows.
+    prec = precision_rows(name, steppers[1], sync, device, None if time_eigh else 1025)
     return rows, prec
 
 
-def precision_rows(name, stepper, sync, device):
-    """The preconditioned gradient in float32 / TF32 / bfloat16 vs float64, kfac_ext's bases."""
+def precision_rows(name, stepper, sync, device, max_dim=None):
+    """The preconditioned gradient in float32 / TF32 / bfloat16 vs float64: kfac_ext's
+    bases, or (max_dim) eigh of the factors of the layers at most max_dim wide."""
     pre = stepper.pre
     stepper.model.zero_grad(set_to_none=True)
     stepper.loss_fn(stepper.model(stepper.x), stepper.target).backward()
-    idx = sorted(pre._second)  # noqa: SLF001  (the bases the preconditioner holds)
+    if max_dim is None:
+        idx = sorted(pre._second)  # noqa: SLF001  (the bases the preconditioner holds)
+        s = [pre._second[i] for i in idx]  # noqa: SLF001
+    else:
+        idx = [i for i, l in enumerate(pre.layers) if max(l.a_dim, l.g_dim) <= max_dim]
+        values, vectors = ops.batched_eigh([f for i in idx for f in (pre.layers[i].A,
+                                                                     pre.layers[i].G)])
+        s = [{"A": (values[2 * k], vectors[2 * k]), "G": (values[2 * k + 1], vectors[2 * k + 1])}
+             for k in range(len(idx))]
+        name = f"{name} ({len(idx)} of {len(pre.layers)} layers: factors <= {max_dim})"
     grads = [pre.layers[i].grad_matrix(torch.float32) for i in idx]
-    s = [pre._second[i] for i in idx]  # noqa: SLF001
     args = ([x["A"][1] for x in s], [x["A"][0] for x in s], [x["G"][1] for x in s],
             [x["G"][0] for x in s], HYPER["damping"])
     exact = ops.reference.eigen_precondition([g.double() for g in grads],
@@ -285,7 +298,7 @@ def print_tables(result):
     print("| model | library | step | median ms | x SGD | reps |")
     print("|---|---|---|---:|---:|---:|")
     for r in result["rows"]:
-        note = "" if r["ms"] is not None or r["kind"] == "amortised" else " (not timed: --quick)"
+        note = "" if r["ms"] is not None or r["kind"] == "amortised" else " (not timed: --eigh off)"
         if r["kind"] == "amortised" and r["ms"] is None:
             note = " (needs the eigh step)"
         print(f"| {r['model']} | {r['library']} | {r['kind']}{note} | {fmt(r['ms'], '.1f')} | "
@@ -315,6 +328,9 @@ def main(argv=None):
                    "with --quick, else 5)")
     p.add_argument("--models", default="resnet50,transformer",
                    help="comma-separated subset of resnet50,transformer")
+    p.add_argument("--eigh", choices=("auto", "on", "off"), default="auto",
+                   help="time the eigh step (and the amortised step); auto: on, except on a "
+                        "CPU with --quick (minutes per step at these widths on 2 cores)")
     p.add_argument("--no-kfac-pytorch", action="store_true", help="leave kfac-pytorch out")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = p.parse_args(argv)
@@ -336,8 +352,10 @@ def main(argv=None):
                   "choose from resnet50,transformer\n")
     kfac = None if args.no_kfac_pytorch else import_kfac_pytorch()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    specs = [s for key, s in zip(("resnet50", "transformer"), model_specs(device, args.quick))
-             if key in wanted]
+    time_eigh = args.eigh == "on" or (args.eigh == "auto" and
+                                      (device.type == "cuda" or not args.quick))
+    specs = [s for key, s in zip(("resnet50", "transformer"),
+                                 model_specs(device, args.quick, time_eigh)) if key in wanted]
     rows, prec = [], []
     for spec in specs:
         t0 = time.perf_counter()
