@@ -5,18 +5,20 @@ the weights hanging off it, or with the branch it lies on) at a time to another
 device -- one its neighbours use, an empty or the emptiest accelerator, a CPU --
 keeping a move when the single-sample latency (latency.py's model, recomputed
 from scratch by :class:`FastLatency`) drops, until a full pass finds nothing
-or the time is up.  ``chain_order`` is a topological order that keeps weights
+or the time is up; ``iterated_search`` restarts it from random perturbations.
+``chain_order`` is a topological order that keeps weights
 next to their consumers, so that a contiguous split of it (latency.chain_split)
 does not pay for a weight it cut off from its layer.
 """
 from __future__ import annotations
 
+import random
 import time
 
 from .graph import Graph
 from .objective import Placement
 
-__all__ = ["FastLatency", "chain_order", "improve", "path_split"]
+__all__ = ["FastLatency", "chain_order", "improve", "iterated_search", "path_split"]
 
 
 def chain_order(graph: Graph) -> list[int]:
@@ -279,3 +281,39 @@ def _chains(groups, group_of, preds, neighbours) -> list[tuple[list[int], list[i
         if out[g] is None:
             out[g] = ([g], [g])
     return out
+
+
+def iterated_search(graph: Graph, placement: Placement, value: float, time_limit: float,
+                    evaluator: FastLatency | None = None, seed: int = 0) -> tuple[Placement, float, dict]:
+    """Iterated local search from a local optimum: put a random window of the
+    topological order (with the nodes' colour mates) on one device seen near it,
+    run :func:`improve`, keep the result if it is faster; until ``time_limit``.
+    Seeded, so a run is repeatable on a machine of the same speed."""
+    from .objective import PlacementError, check_placement
+
+    t0 = time.perf_counter()
+    rng = random.Random(seed)
+    ev = evaluator or FastLatency(graph)
+    n, devices = len(ev.order), ev.k + ev.l
+    group_of = {v: g for g, members in enumerate(graph.colocation_groups()) for v in members}
+    members = graph.colocation_groups()
+    tries = kept = 0
+    while time.perf_counter() - t0 < time_limit:
+        tries += 1
+        dev = ev.devices_of(placement)
+        start, width = rng.randrange(n), rng.randint(2, 12)
+        near = {dev[j] for j in range(max(0, start - width), min(n, start + 2 * width))}
+        target = rng.choice(sorted(near | {rng.randrange(devices)}))
+        for j in range(start, min(n, start + width)):
+            for v in members[group_of[ev.order[j]]]:
+                dev[ev.pos[v]] = target
+        candidate = ev.placement(dev)
+        try:
+            check_placement(graph, candidate)
+        except PlacementError:  # over a memory cap, or a CPU-only node on an accelerator
+            continue
+        left = time_limit - (time.perf_counter() - t0)
+        candidate, candidate_value, _ = improve(graph, candidate, left, ev)
+        if candidate_value < value * (1 - 1e-12):
+            placement, value, kept = candidate, candidate_value, kept + 1
+    return placement, value, {"tries": tries, "kept": kept, "seconds": time.perf_counter() - t0}

@@ -57,7 +57,7 @@ import numpy as np
 from .graph import Graph
 from .latency import chain_split, latency_of, latency_schedule
 from .latency_bound import bound_paths, latency_bound
-from .latency_search import chain_order, improve, path_split
+from .latency_search import chain_order, improve, iterated_search, path_split
 from .objective import Placement, PlacementError, Solution, check_placement, throughput_loads
 
 __all__ = ["solve_milp", "MilpError"]
@@ -515,11 +515,15 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
                             f"max_pairs={max_pairs}); the graph is too wide for it")
         rows = len(pairs) * (len(_device_list(graph)) + 1)
         left = time_limit - (time.perf_counter() - t0)
-        if rows > _ROWS_PER_SECOND * left:  # HiGHS would not finish its first LP in time
-            stats["sequencing_pairs"] = len(pairs)
+        if rows > _ROWS_PER_SECOND * left:  # HiGHS would not finish its first LP in time:
+            # the time goes to the search instead (a margin is kept for the final scoring)
+            warm_start, warm_value, more = iterated_search(graph, warm_start, warm_value,
+                                                           max(0.0, 0.95 * left - 0.5))
+            stats.update(sequencing_pairs=len(pairs), search_value=warm_value,
+                         restarts=more["tries"], restarts_kept=more["kept"])
             return _latency_solution(graph, warm_start, warm_value, proven, t0, stats, mip_rel_gap,
-                                     status=f"HiGHS skipped: {rows} sequencing rows are too many "
-                                            f"for {left:.0f} s")
+                                     status=f"HiGHS skipped ({rows} sequencing rows are too many "
+                                            f"for {left:.0f} s): iterated local search")
         prog, place, start_of, extra = _latency_program(graph, warm_value, pairs, lower=proven)
         stats.update(extra)
     start = None
