@@ -8,7 +8,7 @@ identity in the factor. When a layer's true factor is far from 1 in scale
 (a conv's A is O(1/T), T output positions; every G is O(1/N**2) for a
 batch-mean loss), the factor is then mostly that identity for the whole of a
 short run, and its "preconditioning" a rescaled gradient step
-(benchmarks/RESULTS.md, the digits CNN's conv factors).
+(docs/training-races.md, the digits CNN's conv factors).
 
 ``factor_init='first_batch'`` replaces the identity by the first captured
 batch factors: the first update copies them, later ones blend as usual, so
