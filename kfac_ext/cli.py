@@ -25,6 +25,7 @@ import sys
 SUBCOMMANDS = {
     "train": "kfac_ext.app.train",
     "place": "kfac_ext.placement.cli",
+    "pipeline": "kfac_ext.placement.pipeline_cli",
     "bench": "kfac_ext.app.bench",
 }
 
@@ -35,6 +36,7 @@ EXTRAS = {
     "train": ("app", ("tqdm", "matplotlib", "sklearn"), ("tqdm", "matplotlib", "sklearn")),
     "bench": ("app", ("matplotlib",), ("matplotlib",)),
     "place": ("placement", ("highspy", "matplotlib"), ()),
+    "pipeline": ("placement", (), ()),
 }
 
 

@@ -9,7 +9,12 @@ consecutive and a ``pipe_split()`` call at every stage boundary, and
 stage then runs a GPipe or 1F1B schedule (:func:`run_stage`);
 :func:`run_locally` spawns those processes on this machine over Gloo and
 gathers the output, the loss and the parameter gradients, for checking
-against the unsplit model.
+against the unsplit model. They are equal (up to rounding) for a model whose
+output for a sample does not depend on the rest of its batch; BatchNorm in
+training mode does (each micro-batch is normalised by its own statistics), so
+there the pipelined step differs, while eval mode is exact
+(docs/placement-pipeline.md). A model input read by a later stage is relayed
+through the first stage (a copy), since pipelining feeds inputs to stage 0 only.
 
 Backward nodes of a training graph are ignored here: autograd places each
 backward op with its forward op, which is what the colour classes require.
@@ -31,7 +36,8 @@ from .fx_graph import trace
 from .graph import Graph
 from .objective import Placement, PlacementError
 
-__all__ = ["stage_order", "pipeline_stages", "split_module", "build_pipe", "run_stage", "run_locally"]
+__all__ = ["stage_order", "pipeline_stages", "split_module", "build_pipe", "contiguous_boundaries",
+           "run_stage", "run_locally"]
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -124,12 +130,19 @@ def split_module(model: torch.nn.Module, stages: Sequence[Sequence[str]]) -> tor
     for n in gm.graph.nodes:
         if n.op == "placeholder":
             env[n] = new.node_copy(n, env.__getitem__)
+    # Only the first stage receives the model's inputs: a later stage that reads one
+    # (a residual over the whole model, say) gets a copy relayed from the first stage.
+    relay: dict[torch.fx.Node, torch.fx.Node] = {}
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" and any(u.name in stage_of and stage_of[u.name] > 0 for u in n.users):
+            relay[n] = new.call_function(torch.clone, (env[n],))
     for k in range(len(stages)):
         if k > 0:
             new.call_function(pipe_split, ())
+        lookup = env.__getitem__ if k == 0 else (lambda a: relay.get(a) or env[a])
         for n in body:  # stable: original order inside a stage keeps it topological
             if stage_of[n.name] == k:
-                env[n] = new.node_copy(n, env.__getitem__)
+                env[n] = new.node_copy(n, lookup)
                 # drop fx's nn_module_stack: export would use it to outline
                 # submodules across our reordered stages and fail
                 env[n].meta = {}
@@ -145,7 +158,61 @@ def build_pipe(model: torch.nn.Module, graph: Graph, placement: Placement,
     """``torch.distributed.pipelining.pipeline`` of the model cut at the placement's
     stage boundaries; ``microbatch_args`` is one example micro-batch."""
     stages = pipeline_stages(model, graph, placement)
-    return pipeline(split_module(model, stages), mb_args=tuple(microbatch_args))
+    return contiguous_boundaries(pipeline(split_module(model, stages), mb_args=tuple(microbatch_args)))
+
+
+def contiguous_boundaries(pipe):
+    """Make every tensor that crosses a stage boundary contiguous, in place.
+
+    Gloo and NCCL send and receive only contiguous tensors, but a stage can end
+    in a strided view (ResNet's ``x[:, :, ::2, ::2]`` shortcut), and pipelining
+    sizes its buffers from the traced strides. So each stage's strided outputs
+    get a contiguous copy, and every stage input's traced value is declared
+    contiguous (the stage's own ops accept any strides)."""
+    for submod in pipe.split_gm.children():
+        graph = getattr(submod, "graph", None)
+        if graph is None:
+            continue
+        changed = False
+        for node in graph.nodes:
+            val = node.meta.get("val")
+            if node.op == "placeholder" and _strided(val):
+                node.meta["val"] = _contiguous_like(val)
+            elif node.op == "output":
+                outs = node.args[0]
+                seq = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+                new = [_contiguous_copy(graph, node, arg) for arg in seq]
+                if new != seq:
+                    node.args = (type(outs)(new) if isinstance(outs, (tuple, list)) else new[0],)
+                    changed = True
+        if changed:
+            submod.recompile()
+    return pipe
+
+
+def _contiguous_copy(graph, output, arg):
+    """``arg`` itself, or (if its traced value is strided) a contiguous copy of it
+    inserted before the graph's ``output`` node."""
+    val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+    if not _strided(val):
+        return arg
+    with graph.inserting_before(output):
+        copy = graph.call_function(torch.ops.aten.clone.default, (arg,),
+                                   {"memory_format": torch.contiguous_format})
+    copy.meta = dict(arg.meta, val=_contiguous_like(val))
+    return copy
+
+
+def _strided(val) -> bool:
+    return isinstance(val, torch.Tensor) and not val.is_contiguous()
+
+
+def _contiguous_like(val):
+    mode = getattr(val, "fake_mode", None)
+    if mode is None:
+        return val.contiguous()
+    with mode:
+        return val.clone(memory_format=torch.contiguous_format)
 
 
 def run_stage(pipe, rank: int, inputs: tuple, target: torch.Tensor | None,

@@ -67,3 +67,8 @@ def not_a_module():
 
 def broken_factory():
     raise RuntimeError("no weights here")
+
+
+def identity_features() -> nn.Module:
+    """Outputs (batch, tokens, features): not a classifier (for the --loss ce check)."""
+    return nn.Sequential(nn.Linear(8, 8), nn.Tanh())
