@@ -236,20 +236,20 @@ def test_inverse_method_trains_and_is_part_of_the_checkpoint_config(tmp_path, ca
 
 def test_skip_layers_default_flag_and_bad_patterns(tmp_path, capsys):
     cnn = ["--model", "digits-cnn", "--optimizer", "kfac", "--epochs", "1"]
-    # The digits default leaves the CNN's convolutions (modules 0 and 3) to plain SGD steps.
-    out = _train(capsys, *cnn, "--save", str(tmp_path / "default"))
-    assert out["runs"]["kfac"]["config"]["skip_layers"] == ["Conv2d"]   # what ran, in the JSON
-    saved = torch.load(tmp_path / "default" / "kfac.pt", weights_only=False)
-    assert sorted(saved["preconditioner"]["layers"]) == ["7", "9"]
-    assert saved["config"]["skip_layers"] == ["Conv2d"]
-    # The flag alone preconditions every layer.
-    _train(capsys, *cnn, "--skip-layers", "--save", str(tmp_path / "all"))
+    # The digits default preconditions every layer of the CNN, the convolutions too.
+    out = _train(capsys, *cnn, "--save", str(tmp_path / "all"))
+    assert out["runs"]["kfac"]["config"]["skip_layers"] == []   # what ran, in the JSON
     saved = torch.load(tmp_path / "all" / "kfac.pt", weights_only=False)
     assert sorted(saved["preconditioner"]["layers"]) == ["0", "3", "7", "9"]
+    # Conv2d leaves the convolutions (modules 0 and 3) to plain SGD steps.
+    _train(capsys, *cnn, "--skip-layers", "Conv2d", "--save", str(tmp_path / "linear"))
+    saved = torch.load(tmp_path / "linear" / "kfac.pt", weights_only=False)
+    assert sorted(saved["preconditioner"]["layers"]) == ["7", "9"]
+    assert saved["config"]["skip_layers"] == ["Conv2d"]
     # Resuming with other layers skipped is refused; the checkpoint is kept.
     before = (tmp_path / "all" / "kfac.pt").read_bytes()
-    code = main(["train", *FAST, *cnn, "--resume", str(tmp_path / "all"),
-                 "--save", str(tmp_path / "all")])
+    code = main(["train", *FAST, *cnn, "--skip-layers", "Conv2d", "--resume",
+                 str(tmp_path / "all"), "--save", str(tmp_path / "all")])
     assert code == 2 and "skip_layers" in capsys.readouterr().err
     assert (tmp_path / "all" / "kfac.pt").read_bytes() == before
     # Patterns that match every layer, or are not regular expressions: refused before
