@@ -13,11 +13,14 @@ time per step does not depend on the lr, and epochs are immune to the
 machine's load); runs that never reach the target count as epochs + 1, ties go
 to the better median final metric.
 
-Not in the grid: K-FAC's update intervals, eigendecomposition lag and which
-layers it preconditions (`--skip-layers`, Conv2d on digits) were chosen on the
-same sweep seeds in separate comparisons (benchmarks/RESULTS.md), so K-FAC's
-configuration had more tries than SGD's. `sgd_conv_lr.py` gives SGD the one
-extra freedom that could explain K-FAC's digits lead.
+Not in the grid: K-FAC's update intervals, eigendecomposition lag, KL clip,
+factor start (`--factor-init`), per-example G and adaptive damping were chosen
+(or rejected) on the same sweep seeds in separate comparisons
+(benchmarks/RESULTS.md), so K-FAC's configuration had more tries than the
+baselines'. Since 2026-12-02 K-FAC preconditions every layer of the digits CNN
+(before: `--skip-layers Conv2d`; `sgd_conv_lr.py` checked that configuration's
+lead against SGD with a separate convolution lr). The AdamW grid was moved up
+one lr step after its first run put the best at the grid's edge.
 
     .venv/bin/python benchmarks/lr_sweep.py [--task autoencoder] [--optimizers adamw]
         [--seeds 100 101] [-- more train flags]

@@ -1,7 +1,8 @@
 """Is K-FAC's digits lead only a larger step on the convolutions?
 
-On digits, `kfac-ext train` leaves the CNN's two convolutions to plain SGD steps
-(`--skip-layers Conv2d`) at K-FAC's learning rate (0.2), while SGD's own sweep
+Until 2026-12-02, `kfac-ext train` on digits left the CNN's two convolutions to
+plain SGD steps (`--skip-layers Conv2d`) at K-FAC's learning rate (0.2; now every
+layer is preconditioned by default, lr 0.1), while SGD's own sweep
 settles on 0.05 for the whole model (0.2 diverges). This script gives SGD the
 same freedom: the convolutions' learning rate is `scale` times the rest's, for a
 small grid of base rates and scales, on the sweep seeds. If SGD with a larger
