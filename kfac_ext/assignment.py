@@ -2,9 +2,11 @@
 
 The problem is makespan scheduling on identical machines: tasks with costs
 (predicted seconds) go to ``n_workers`` workers so that the slowest worker
-finishes first. ``assign_work`` is the one entry point. It asks the placement
-engine for an optimal assignment (``kfac_ext.placement.makespan``) when that
-module is present and otherwise, or when the solver gives up or returns
+finishes first. ``assign_work`` is the one entry point. This module holds the
+pieces every solver shares (``check_costs``, ``makespan_lower_bound``,
+``lpt_assignment``); the exact search lives in ``kfac_ext.placement.makespan``,
+which builds on them. ``assign_work`` asks that search for an optimal
+assignment when the module is present and otherwise, or when the solver gives up or returns
 something worse, uses LPT (longest processing time first): sort the tasks by
 decreasing cost and give each to the currently least loaded worker. LPT's
 makespan is at most 4/3 of the optimum and, more usefully for tests, at most
@@ -21,7 +23,8 @@ import heapq
 import math
 from typing import Callable, Sequence
 
-__all__ = ["Assignment", "assign_work", "lpt_assignment", "eigen_cost", "makespan_lower_bound"]
+__all__ = ["Assignment", "assign_work", "check_costs", "eigen_cost", "lpt_assignment",
+           "makespan_lower_bound"]
 
 # A symmetric eigendecomposition with eigenvectors costs about 9 n^3 flops
 # (tridiagonal reduction 4/3 n^3, divide and conquer, back-transformation).
@@ -45,10 +48,16 @@ class Assignment:
 
 
 def makespan_lower_bound(costs: Sequence[float], n_workers: int) -> float:
-    """No assignment can beat the largest task or a perfectly even split."""
+    """No assignment can beat the largest task or a perfectly even split
+    (rounded up when every cost is an integer: loads are integers then)."""
+    costs = [float(c) for c in costs]
     if not costs:
         return 0.0
-    return max(max(costs), sum(costs) / n_workers)
+    if all(c.is_integer() for c in costs):  # exact ceiling in Python ints
+        share = float(-(-sum(int(c) for c in costs) // n_workers))
+    else:
+        share = math.fsum(costs) / n_workers
+    return max(max(costs), share)
 
 
 def eigen_cost(n: int, *, flops_per_s: float = 1e10, bytes_per_s: float = 12.5e9,
@@ -63,14 +72,18 @@ def eigen_cost(n: int, *, flops_per_s: float = 1e10, bytes_per_s: float = 12.5e9
     return compute + comm
 
 
-def _check(costs: Sequence[float], n_workers: int) -> list[float]:
-    if not isinstance(n_workers, int) or n_workers < 1:
-        raise ValueError(f"assign_work: n_workers must be a positive int, got {n_workers!r}")
+def check_costs(costs: Sequence[float], n_workers: int, caller: str = "assign_work") -> list[float]:
+    """The costs as floats; ValueError naming ``caller`` and the bad argument."""
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"{caller}: n_workers must be a positive int, got {n_workers!r}")
     out = []
     for i, c in enumerate(costs):
-        c = float(c)
+        try:
+            c = float(c)
+        except (TypeError, ValueError):
+            raise ValueError(f"{caller}: costs[{i}] must be a number, got {c!r}") from None
         if not math.isfinite(c) or c < 0:
-            raise ValueError(f"assign_work: costs[{i}] must be finite and >= 0, got {c!r}")
+            raise ValueError(f"{caller}: costs[{i}] must be finite and >= 0, got {c!r}")
         out.append(c)
     return out
 
@@ -84,7 +97,7 @@ def _loads(costs: Sequence[float], owner: Sequence[int], n_workers: int) -> tupl
 
 def lpt_assignment(costs: Sequence[float], n_workers: int) -> Assignment:
     """Longest processing time first; ties go to the lowest worker id (deterministic)."""
-    costs = _check(costs, n_workers)
+    costs = check_costs(costs, n_workers, "lpt_assignment")
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     heap = [(0.0, w) for w in range(n_workers)]  # (load, worker): least loaded pops first
     owner = [0] * len(costs)
@@ -131,7 +144,7 @@ def assign_work(costs: Sequence[float], n_workers: int, *, method: str = "auto",
     """
     if method not in ("auto", "optimal", "lpt"):
         raise ValueError(f"assign_work: method must be 'auto', 'optimal' or 'lpt', got {method!r}")
-    costs = _check(costs, n_workers)
+    costs = check_costs(costs, n_workers)
     greedy = lpt_assignment(costs, n_workers)
     if method == "lpt" or n_workers == 1 or len(costs) <= 1:
         return greedy

@@ -122,10 +122,6 @@ class Graph:
     def predecessors(self, id: int) -> list[int]:
         return list(self._pred.get(id, ()))
 
-    @property
-    def is_training(self) -> bool:
-        return any(n.is_backward for n in self.nodes)
-
     def colour_classes(self) -> dict[int, list[int]]:
         """colour -> node ids (only coloured nodes)."""
         classes: dict[int, list[int]] = defaultdict(list)

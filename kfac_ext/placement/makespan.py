@@ -19,7 +19,6 @@ finishes quickly:
 """
 from __future__ import annotations
 
-import heapq
 from array import array
 from bisect import bisect_left
 import math
@@ -28,6 +27,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+# One home for what every makespan solver shares (checks, bound, LPT): the
+# K-FAC core's assignment module; re-exported here for the old import path.
+from kfac_ext.assignment import check_costs, lpt_assignment, makespan_lower_bound
 
 __all__ = ["MakespanResult", "optimal_makespan_assignment", "lpt_assignment"]
 
@@ -46,41 +49,6 @@ class MakespanResult:
         if self.makespan <= 0:
             return 0.0
         return max(0.0, (self.makespan - self.lower_bound) / self.makespan)
-
-
-def _check(costs: Sequence[float], n_workers: int) -> list[float]:
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
-    out = []
-    for i, c in enumerate(costs):
-        c = float(c)
-        if not math.isfinite(c) or c < 0:
-            raise ValueError(f"costs[{i}] must be finite and >= 0, got {c!r}")
-        out.append(c)
-    return out
-
-
-def _lower_bound(costs: list[float], n_workers: int) -> float:
-    if not costs:
-        return 0.0
-    if all(c.is_integer() for c in costs):  # integer costs: exact ceiling in Python ints
-        total = sum(int(c) for c in costs)
-        share = float(-(-total // n_workers))
-    else:
-        share = math.fsum(costs) / n_workers
-    return max(max(costs), share)
-
-
-def lpt_assignment(costs: Sequence[float], n_workers: int) -> list[int]:
-    """Longest processing time first: each task, largest first, to the least loaded worker."""
-    costs = _check(costs, n_workers)
-    owner = [0] * len(costs)
-    heap = [(0.0, w) for w in range(n_workers)]
-    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
-        load, w = heapq.heappop(heap)
-        owner[i] = w
-        heapq.heappush(heap, (load + costs[i], w))
-    return owner
 
 
 def _loads(costs: list[float], owner: list[int], n_workers: int) -> list[float]:
@@ -291,15 +259,15 @@ def optimal_makespan_assignment(costs: Sequence[float], n_workers: int,
     found (LPT + local search at least, so within 4/3 of optimal) and a lower bound.
     """
     start = time.perf_counter()
-    costs = _check(costs, n_workers)
+    costs = check_costs(costs, n_workers, "optimal_makespan_assignment")
     if time_limit < 0 or not math.isfinite(time_limit):
         raise ValueError(f"time_limit must be finite and >= 0, got {time_limit!r}")
     n = len(costs)
-    lb = _lower_bound(costs, n_workers)
+    lb = makespan_lower_bound(costs, n_workers)
     if n == 0:
         return MakespanResult([], [0.0] * n_workers, 0.0, 0.0, True)
     eps = 1e-12 * max(1.0, math.fsum(costs))
-    owner = _improve(costs, lpt_assignment(costs, n_workers), n_workers, eps)
+    owner = _improve(costs, list(lpt_assignment(costs, n_workers).owner), n_workers, eps)
     loads = _loads(costs, owner, n_workers)
     makespan = max(loads)
     if makespan <= lb + eps:

@@ -307,7 +307,6 @@ def table(result: dict) -> str:
 
 def run(args) -> int:
     under_torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", 0)) if under_torchrun else 0
     try:
         plan = make_plan(args)
         reports = run_under_torchrun(plan) if under_torchrun else run_spawned(plan)

@@ -63,8 +63,7 @@ def test_exact_matches_brute_force(seed):
 def test_lpt_is_not_always_optimal_but_search_is():
     # classic LPT counterexample: LPT gives 7 (5+2 | 4+3 ... ), optimum is 6
     costs = [3.0, 3.0, 2.0, 2.0, 2.0]
-    owner = lpt_assignment(costs, 2)
-    lpt = max(sum(c for c, w in zip(costs, owner) if w == k) for k in range(2))
+    lpt = lpt_assignment(costs, 2).makespan
     res = optimal_makespan_assignment(costs, 2)
     assert lpt == 7.0
     assert res.optimal and res.makespan == 6.0
@@ -77,10 +76,7 @@ def test_resnet50_factor_sizes(n_workers):
     costs = [float(n) ** 3 + 8.0 * n * n for n in sizes]  # eigh flops + bytes to broadcast
     res = optimal_makespan_assignment(costs, n_workers, time_limit=1.0)
     check_consistent(costs, n_workers, res)
-    greedy = [0.0] * n_workers
-    for c, w in zip(costs, lpt_assignment(costs, n_workers)):
-        greedy[w] += c
-    assert res.makespan <= max(greedy)
+    assert res.makespan <= lpt_assignment(costs, n_workers).makespan
     if n_workers >= 5:  # the three 4608x4608 factors dominate: bound max(cost) is met
         assert res.optimal and res.makespan == max(costs)
     # optimal, or the reported bound is within a hair (the tail items are tiny)
