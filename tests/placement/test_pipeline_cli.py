@@ -79,3 +79,41 @@ def test_pipeline_option_errors_are_one_line(argv, message, capsys):
     code, out, err = _pipeline(capsys, *base, *argv)
     assert code != 0 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_under_torchrun_each_process_is_one_stage(tmp_path):
+    """torchrun starts the stages (2 processes, Gloo); rank 0 prints the one JSON object,
+    and the losses are the unsplit model's, as with the self-spawned run."""
+    import os
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "kfac_ext", "pipeline", "--module", "_small_modules:tiny_transformer",
+           "--input-shape", "4,5,8", "--devices", "2", "--steps", "2", "--lr", "0.5", "--json"]
+    def run(argv):  # in its own session, so a hang kills torchrun's workers too
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             cwd=tmp_path, start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    expected = unsplit_losses("_small_modules:tiny_transformer", (4, 5, 8), 2, 0.5, 2, "ce")
+    assert result["losses"] == pytest.approx(expected, abs=1e-5)
+    # too many processes for the split: one clear line from every rank, non-zero exit
+    bad = cmd[:]
+    bad[bad.index("2")] = "3"  # --nproc-per-node 3
+    proc = run(bad)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "the split has 2 stages but torchrun started 3 processes" in proc.stderr
