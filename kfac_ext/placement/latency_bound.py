@@ -35,9 +35,9 @@ brute force on small graphs).
    knapsack, relaxed to its LP (greedy over each block's lower hull).
 4. Moves.  A block whose tail ``a_t`` is on another device than its head
    ends a run: every ``a_(t-1) -> a_t`` path changes device at least once,
-   so ``LP_t`` is at least the dearest over the tried paths of its cheapest
-   walk with a change (device kinds of head and tail given).  Its bytes are
-   forgotten.
+   so ``LP_t`` is at least the dearest over the tried paths (the longest
+   through each node and through each edge) of its cheapest walk with a
+   change (device kinds of head and tail given).  Its bytes are forgotten.
 5. A dynamic program over the articulation chain picks the cheapest
    sequence of runs and moves (per device kind of each ``a_t``): O(m^3) for
    ``m`` articulation nodes.
@@ -214,11 +214,29 @@ def block_bound(graph: Graph) -> float:
             while path[-1] != tail:
                 path.append(ahead[path[-1]])
             paths.append((path, len(before) - 1))
+        # a move changes device on every path, so every path tried raises its bound:
+        # also the longest through each edge (a skip connection is the longest path
+        # through no node, yet its tensor must cross too)
+        tried = {tuple(p) for p, _ in paths}
+        for u in nodes[:-1]:
+            for w in graph.successors(u):
+                if w in inside and ahead.get(u) != w:
+                    before = [u]
+                    while before[-1] != head:
+                        before.append(back[before[-1]])
+                    path = before[::-1] + [w]
+                    while path[-1] != tail:
+                        path.append(ahead[path[-1]])
+                    tried.add(tuple(path))
+        move = {(k1, k2): max(path_cost(list(p), k1, k2, 1) for p in tried)
+                for k1 in kinds for k2 in kinds}
+        through = {w: [(list(p), p.index(w)) for p in tried if w in p[1:-1]] for w in nodes[1:-1]}
         run = {}
         for kind in kinds:
-            inner = [(path_cost(p, kind, kind, 2, pivot), p[pivot]) for p, pivot in paths
-                     if pivot < len(p) - 1]
-            inner.sort()
+            # c_w: w away, head and tail on D: every tried path through w leaves D
+            # before w and comes back after it
+            inner = sorted((max(path_cost(p, kind, kind, 2, at) for p, at in through[w]), w)
+                           for w in nodes[1:-1])
             busy = sum(time_on(v, kind) for v in nodes[1:])
             kept_bytes = sum(size[w] for _, w in inner)
             options = [(kept_bytes, max(busy, longest))]
@@ -229,8 +247,6 @@ def block_bound(graph: Graph) -> float:
                 kept_bytes -= size[w]
                 options.append((kept_bytes, max(c, busy, longest)))
             run[kind] = _lower_hull(options)
-        move = {(k1, k2): max(path_cost(p, k1, k2, 1) for p, _ in paths)
-                for k1 in kinds for k2 in kinds}
         return run, move
 
     kinds = [kind for kind, count in (("accel", k), ("cpu", l)) if count > 0]
