@@ -41,6 +41,14 @@ chain of loads <= T and start no walk at all. ``T`` rises geometrically
 from a lower bound and is capped by a known contiguous split (PipeDream's
 chain optimum by default); the first pass that reaches the full ideal is
 exact, because every device set of an optimal split has load <= OPT <= T.
+
+Limits (DPLimitError names the one hit and suggests --method milp|greedy):
+the lattice may not exceed ``max_ideals`` nor ``max_memory_bytes`` of solver
+state (an estimate per ideal: bitset, sums, hash slot, the DP's
+(k+1)(l+1) states); a graph whose unit order has a level of w side-by-side
+units has at least 2**w ideals and is refused before enumerating; the whole
+solve stops at ``time_limit`` seconds; devices beyond the number of units
+cannot hold work and are dropped, and at most 4096 (k+1)(l+1) states are kept.
 """
 from __future__ import annotations
 
@@ -66,6 +74,7 @@ class DPLimitError(PlacementError):
 #: inside them (the largest needs well under 100 MiB and a few seconds).
 MAX_IDEALS = 4_000_000
 MAX_MEMORY_BYTES = float(1 << 30)
+TIME_LIMIT = 600.0  # seconds; None lifts it (`kfac-ext place` passes its --time-limit)
 ADVICE = ("the exact DP does not fit this graph: use --method milp (any split, HiGHS) or "
           "--method greedy, or raise the limit (--time-limit, --dp-memory-mb)")
 MAX_STATES = 4096
@@ -285,7 +294,7 @@ def placement_from_devices(graph: Graph, problem: UnitProblem, devices: list[dic
 def solve_contiguous(graph: Graph, *, chain: bool = False, method: str | None = None,
                      upper_bound: float | None = None, validate: bool = True,
                      max_ideals: int = MAX_IDEALS, max_memory_bytes: float = MAX_MEMORY_BYTES,
-                     time_limit: float | None = None, started: float | None = None,
+                     time_limit: float | None = TIME_LIMIT, started: float | None = None,
                      problem: UnitProblem | None = None) -> Solution:
     """Optimal contiguous split (``chain=True``: over one topological order of
     the units only, i.e. PipeDream's chain DP). Raises InfeasibleError, or
@@ -318,7 +327,7 @@ def solve_contiguous(graph: Graph, *, chain: bool = False, method: str | None = 
 
 def ideal_dp(graph: Graph, *, upper_bound: float | None = None, validate: bool = True,
              max_ideals: int = MAX_IDEALS, max_memory_bytes: float = MAX_MEMORY_BYTES,
-             time_limit: float | None = None) -> Solution:
+             time_limit: float | None = TIME_LIMIT) -> Solution:
     """The exact contiguous optimum. Unless an ``upper_bound`` is given, the
     PipeDream chain optimum (a contiguous split, cheap to find) caps the
     threshold search. Bounded: raises DPLimitError (naming the limit) when the
