@@ -35,6 +35,7 @@ import tempfile
 import time
 
 LOSSES = ("ce", "mse")
+MAX_STAGES = 64  # one process each: more would only thrash the machine
 
 
 def add_arguments(parser) -> None:
@@ -68,6 +69,9 @@ def make_plan(args) -> dict:
                              ("--microbatches", args.microbatches, 1)):
         if value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.devices > MAX_STAGES:
+        raise ValueError(f"--devices {args.devices}: a pipeline runs one process per stage, at most "
+                         f"{MAX_STAGES} here")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     shape = parse_shape(args.input_shape)

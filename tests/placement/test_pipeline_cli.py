@@ -67,6 +67,7 @@ def test_resnet_trains_as_a_1f1b_pipeline(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be >= 1, got 0"),
     (["--devices", "0"], "--devices must be >= 1"),
+    (["--devices", "100000"], "a pipeline runs one process per stage, at most 64"),
     (["--microbatches", "0"], "--microbatches must be >= 1"),
     (["--lr", "nan"], "--lr must be a positive number, got nan"),
     (["--lr", "-1"], "--lr must be a positive number"),

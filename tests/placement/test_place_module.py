@@ -37,8 +37,10 @@ def test_module_round_trip_through_save_graph(spec, shape, tmp_path, capsys):
     assert first["value"] < one["value"]
 
 
-def test_module_table(capsys):
-    code, out, _ = _place(capsys, "--module", MODELS[1][0], "--input-shape", MODELS[1][1], "--devices", 2)
+@pytest.mark.parametrize("cost", ["flops", "profile"])
+def test_module_table(capsys, cost):
+    code, out, _ = _place(capsys, "--module", MODELS[1][0], "--input-shape", MODELS[1][1], "--devices", 2,
+                          "--cost", cost)
     assert code == 0 and "accel1" in out and "optimal" in out
 
 
