@@ -52,7 +52,7 @@ DEFAULTS = {
     # the sweep with every layer; factor_init, per-example G and adaptive damping were
     # measured on the sweep seeds and did not help here (benchmarks/RESULTS.md).
     "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.1,
-                   lr_adamw=0.01, adamw_weight_decay=0.1, lr_soap=0.003,
+                   lr_adamw=0.01, adamw_weight_decay=0.1, lr_soap=0.01,
                    soap_weight_decay=0.01, damping=0.1, skip_layers=(),
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
