@@ -56,11 +56,13 @@ DEFAULTS = {
                    soap_weight_decay=0.01, damping=0.1, skip_layers=(),
                    weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
-                   inv_lag_steps=2, threads=1, factor_init="identity", per_example_g=False,
+                   inv_lag_steps=2, threads=1, compute_method="eigen", factor_init="identity",
+                   per_example_g=False,
                    adaptive_damping=0),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
                     lr_adamw=0.001, adamw_weight_decay=0.05, lr_soap=0.001,   # not swept
-                    soap_weight_decay=0.05, damping=0.003, factor_init="identity",
+                    soap_weight_decay=0.05, damping=0.003, compute_method="eigen",
+                    factor_init="identity",
                     per_example_g=False, adaptive_damping=0, skip_layers=(),
                     weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
                     target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
@@ -73,6 +75,7 @@ DEFAULTS = {
 AUTOENCODER_DEFAULTS = dict(model="digits-autoencoder", epochs=40, batch_size=64, lr_sgd=0.04,
                             lr_kfac=0.1, lr_adamw=0.001, adamw_weight_decay=0.01,
                             lr_soap=0.001, soap_weight_decay=0.01, damping=0.03,
+                            compute_method="inverse",
                             skip_layers=(), weight_decay=0.0, target_accuracy=1.0,
                             target_loss=1.5)
 OPTIMIZERS = ("sgd", "adamw", "kfac", "soap")
@@ -158,10 +161,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="--task autoencoder: training reconstruction loss (squared error summed "
                         "over the 64 pixels, mean over images) that time-to-target measures")
     k = parser.add_argument_group("K-FAC")
-    k.add_argument("--compute-method", choices=("eigen", "inverse"), default="eigen",
+    k.add_argument("--compute-method", choices=("eigen", "inverse"), default=None,
                    help="eigen: eigen-basis preconditioning (default); inverse: damped factor "
                         "inverses (two GEMMs a layer instead of four; damping added to each "
-                        "factor, so it wants its own --damping)")
+                        "factor, so it wants its own --damping; the autoencoder's default, "
+                        "whose square 256-wide layers make the GEMMs most of a K-FAC step)")
     k.add_argument("--damping", type=float, default=None,
                    help="lambda: added to the eigenvalue products (eigen) or to each factor "
                         "(inverse); default 0.1 on digits, 0.003 on cifar10")

@@ -157,6 +157,9 @@ def test_autoencoder_run_targets_the_training_loss(capsys, tmp_path):
         assert run["epochs_to_target"] == 1 and run["time_to_target_s"] == first["train_time_s"]
         assert run["final_train_eval_loss"] == run["history"][-1]["train_eval_loss"] < 64
         assert run["final_test_accuracy"] is None and run["config"]["task"] == "autoencoder"
+    # The autoencoder's K-FAC default is the inverse method; digits keeps the eigenbasis.
+    assert out["runs"]["kfac"]["config"]["compute_method"] == "inverse"
+    assert train.DEFAULTS["digits"]["compute_method"] == "eigen"
     unreached = _train(capsys, "--optimizer", "sgd", "--target-loss", "1e-6", base=AE)
     assert unreached["runs"]["sgd"]["time_to_target_s"] is None
 
