@@ -22,6 +22,10 @@ Models: ResNet-50 (torchvision v1.5 layout, from table_gpu.py), ImageNet shape
 1024x1024 and MLP 1024x4096x1024 Linear layers (all with bias), tokens = batch x
 sequence >= 2048, MSE loss on a random target.
 
+Refresh rows (with timed eigh steps): after 10 more factor updates on fresh batches (as
+between two eigh steps of the 10/100 schedule), one refresh of every kfac_ext factor,
+exact batched_eigh against eigen_refresh.SkipTest(0.01), and the share it kept.
+
 Precision rows (kfac_ext's own bases after the run, the model's real gradients):
 the preconditioned gradient with the four GEMMs in float32, TF32 (CUDA only) and
 bfloat16 (kfac_ext.precision), relative Frobenius error vs float64 (max over
@@ -56,12 +60,14 @@ from torch import nn
 
 import kfac_ext
 from kfac_ext import ops, precision
+from kfac_ext.eigen_refresh import SkipTest
 from _machine import describe_machine
 from table_gpu import resnet50
 
 NEVER = 10 ** 9  # an update interval no run reaches
 INTERVALS = {"precond": (NEVER, NEVER), "factor": (1, NEVER), "eigh": (1, 1)}
 AMORTISED = (("eigh", 1), ("factor", 9), ("precond", 90))
+REFRESH_AFTER = 10  # factor updates between two eigh steps with factors /10, eigh /100
 HYPER = dict(damping=0.001, factor_decay=0.95, kl_clip=0.001, lr=0.1)
 
 
@@ -212,7 +218,9 @@ def run_model(spec, device, reps, kfac, sync):
             if not time_eigh:
                 identity_bases(s, s.name)
             first = "eigh" if time_eigh else "precond"
-            s.plan([first] + [k for rep in order for k in rep])
+            # kfac_ext ends with untimed factor steps before the refresh measurement.
+            extra = ["factor"] * REFRESH_AFTER if time_eigh and s.name == "kfac_ext" else []
+            s.plan([first] + [k for rep in order for k in rep] + extra)
             s.step(first, sync)
         else:
             s.step("sgd", sync)
@@ -234,10 +242,45 @@ def run_model(spec, device, reps, kfac, sync):
                          "ms": None if ms is None else 1e3 * ms,
                          "x_sgd": None if ms is None else ms / sgd,
                          "reps": len(s.times.get(kind, [])) if kind != "amortised" else None})
+    if time_eigh:
+        # Fresh batches: with the timed steps' single batch every factor update mixes
+        # the same statistics and the basis would never move.
+        for _ in range(REFRESH_AFTER):
+            steppers[1].x = torch.randn_like(x)
+            steppers[1].step("factor", sync)
+        rows.append(refresh_row(name, steppers[1], sync))
     # Without timed eigh steps the bases are identities: decompose the real factors
     # of the layers whose factors are at most 1025 wide for the precision rows.
     prec = precision_rows(name, steppers[1], sync, device, None if time_eigh else 1025)
     return rows, prec
+
+
+def refresh_row(name, stepper, sync):
+    """One eigenbasis refresh of every kfac_ext factor: exact batched_eigh against
+    eigen_refresh.SkipTest(0.01) from the bases in use, REFRESH_AFTER factor updates
+    old (as between two refreshes of the amortised schedule)."""
+    pre = stepper.pre
+    keys = [(i, w) for i in sorted(pre._second) for w in "AG"]  # noqa: SLF001
+    factors = [(pre.layers[i].A if w == "A" else pre.layers[i].G) for i, w in keys]
+    previous = [pre._second[i][w] for i, w in keys]  # noqa: SLF001
+
+    def exact(fs):
+        values, vectors = ops.batched_eigh(fs)
+        return [[d, q] for d, q in zip(values, vectors)]
+
+    sync()
+    t0 = time.perf_counter()
+    exact(factors)
+    sync()
+    t_exact = time.perf_counter() - t0
+    skip = SkipTest(0.01)
+    t0 = time.perf_counter()
+    skip.solve(factors, previous, exact)
+    sync()
+    t_skip = time.perf_counter() - t0
+    return {"model": name, "library": "kfac_ext", "kind": "refresh", "ms": 1e3 * t_exact,
+            "skip_test_ms": 1e3 * t_skip, "skip_rate": skip.skip_rate, "factors": len(factors),
+            "x_sgd": None, "reps": 1}
 
 
 def precision_rows(name, stepper, sync, device, max_dim=None):
@@ -298,11 +341,21 @@ def print_tables(result):
     print("| model | library | step | median ms | x SGD | reps |")
     print("|---|---|---|---:|---:|---:|")
     for r in result["rows"]:
+        if r["kind"] == "refresh":
+            continue
         note = "" if r["ms"] is not None or r["kind"] == "amortised" else " (not timed: --eigh off)"
         if r["kind"] == "amortised" and r["ms"] is None:
             note = " (needs the eigh step)"
         print(f"| {r['model']} | {r['library']} | {r['kind']}{note} | {fmt(r['ms'], '.1f')} | "
               f"{fmt(r['x_sgd'], '.2f')} | {fmt(r['reps'], 'd') if r['reps'] else '-'} |")
+    refresh = [r for r in result["rows"] if r["kind"] == "refresh"]
+    if refresh:
+        print("\nEigenbasis refresh of all kfac_ext factors after the run (one call each):\n")
+        print("| model | factors | batched_eigh ms | SkipTest(0.01) ms | kept |")
+        print("|---|---:|---:|---:|---:|")
+        for r in refresh:
+            print(f"| {r['model']} | {r['factors']} | {r['ms']:.1f} | {r['skip_test_ms']:.1f} | "
+                  f"{100 * r['skip_rate']:.0f} % |")
     if result["ratios"]:
         print("\nkfac_ext / kfac-pytorch (median step time; < 1: kfac_ext faster):\n")
         print("| model | precond | factor | eigh | amortised |")
