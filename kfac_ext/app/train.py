@@ -69,12 +69,12 @@ DEFAULTS = {
                     inv_lag_steps=0, threads=0),
 }
 # --task autoencoder (digits only): these replace the digits defaults.
-# Learning rates, damping and AdamW's weight decay from benchmarks/lr_sweep.py --task
-# autoencoder (seeds 100, 101); the target is a loss the tuned SGD reaches in about half
-# the schedule (AdamW's best setting plateaus near 2.8 and does not).
+# Learning rates, damping and weight decays from benchmarks/lr_sweep.py --task autoencoder
+# (seeds 100, 101; K-FAC's with the inverse method); the target is a loss the tuned SGD
+# reaches in about half the schedule (AdamW's best setting plateaus near 2.8 and does not).
 AUTOENCODER_DEFAULTS = dict(model="digits-autoencoder", epochs=40, batch_size=64, lr_sgd=0.04,
-                            lr_kfac=0.1, lr_adamw=0.001, adamw_weight_decay=0.01,
-                            lr_soap=0.001, soap_weight_decay=0.01, damping=0.03,
+                            lr_kfac=0.025, lr_adamw=0.001, adamw_weight_decay=0.01,
+                            lr_soap=0.003, soap_weight_decay=0.0, damping=0.03,
                             compute_method="inverse",
                             skip_layers=(), weight_decay=0.0, target_accuracy=1.0,
                             target_loss=1.5)
