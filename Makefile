@@ -43,7 +43,7 @@ test-fast: build
 	$(PY) -m pytest -q -x tests -m "not slow"
 
 demo: build
-	$(PY) -m kfac_ext train
+	$(PY) -m kfac_ext train --optimizer sgd,adamw,kfac
 
 bench: build
 	$(PY) benchmarks/run_all.py
