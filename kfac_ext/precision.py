@@ -27,6 +27,8 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from kfac_ext.reference import _gammas  # Γ = [W | b], built one way for every path
+
 PRECONDITION_DTYPES = (torch.float32, "tf32", torch.bfloat16)
 
 
@@ -88,13 +90,7 @@ def precondition_grads_(dtype, weight_grads: List[Tensor], bias_grads: List[Tens
         torch.ops.kfac_ext.precondition_grads_(weight_grads, bias_grads, qa, da, qg, dg,
                                                damping, kl_clip, kl_factor)
         return
-    grads, has_bias, biases = [], [], iter(bias_grads)
-    for w, q in zip(weight_grads, qa):
-        g = w.reshape(w.shape[0], -1)
-        has_bias.append(q.shape[0] == g.shape[1] + 1)
-        if has_bias[-1]:
-            g = torch.cat([g, next(biases).reshape(-1, 1)], dim=1)
-        grads.append(g.to(q.dtype))
+    grads, has_bias = _gammas(list(weight_grads), list(bias_grads), list(qa))
     precond = eigen_precondition_bf16(grads, qa, da, qg, dg, damping)
     nu: Optional[Tensor] = None
     if kl_clip > 0:
