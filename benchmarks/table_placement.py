@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import pathlib
-import platform
-import subprocess
 import sys
 import time
 
@@ -22,18 +20,9 @@ import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs
 from kfac_ext.placement import Graph
 from kfac_ext.placement.baselines import expert, greedy, one_device, pipedream
 from kfac_ext.placement.dp import ideal_dp
+from _machine import describe_machine
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name"))
-        cpus = next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("CPU(s)"))
-        return f"{model}, {cpus} cores"
-    except Exception:
-        return platform.processor() or "unknown"
 
 
 def _expert_split(workloads: pathlib.Path, path: pathlib.Path):
@@ -63,7 +52,8 @@ def main() -> int:
         return 1
     ks = [int(k) for k in args.ks.split(",") if k]
 
-    print(f"Date {datetime.date.today()}, machine: {_machine()}, torch {torch.__version__}, "
+    print(f"Date {datetime.date.today()}, machine: {describe_machine(threads=False)}, "
+          f"torch {torch.__version__}, "
           f"command: `python benchmarks/{pathlib.Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip())
     print()
     print("Max load (time per sample, lower is better) at the file's own k (and l = 1 CPU); "

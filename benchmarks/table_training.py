@@ -17,15 +17,13 @@ import contextlib
 import datetime
 import io
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 
 import torch
 
 from kfac_ext.app import train
+from _machine import describe_machine
 
 
 def run_train(flags: list[str], allow_diverged: bool = False) -> dict | None:
@@ -49,14 +47,8 @@ def run_train(flags: list[str], allow_diverged: bool = False) -> dict | None:
 
 def machine_line() -> str:
     """Date, CPU model, cores, torch version and threads: the header of every table."""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                     if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {model}, "
-            f"{os.cpu_count()} cores, torch {torch.__version__}")
+    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+            f"{describe_machine(threads=False)}, torch {torch.__version__}")
 
 
 def _median(values):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import platform
 import sys
 
 import torch
 
 from kfac_ext.app import scaling
+from kfac_ext.app.machine import cpu_model
 from kfac_ext.app.validation import check_output_path
 
 # An eigendecomposition of a larger factor takes minutes and gigabytes to time; the
@@ -57,15 +57,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eigh-sizes", type=_positive_ints, default=[64, 128, 256, 512],
                         help=f"factor sizes timed for the eigh fit (2..{MAX_EIGH_SIZE})")
     parser.add_argument("--plot", default="scaling.png", help="PNG path ('' for none)")
-
-
-def _machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {torch.get_num_threads()} threads"
 
 
 def _plot(rows, path: str, title: str) -> None:
@@ -145,7 +136,8 @@ def run(args) -> int:
     print(f"Predicted ResNet-50 K-FAC time per step (slowest worker, amortised: factors every "
           f"{args.factor_update_steps}, eigh every {args.inv_update_steps} steps)")
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; kernels measured "
-          f"on {_machine()}, torch {torch.__version__}; network {net.name}: alpha {net.alpha * 1e6:g} us, "
+          f"on {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"network {net.name}: alpha {net.alpha * 1e6:g} us, "
           f"{net.bandwidth / 1e9:g} GB/s")
     fit = ", ".join(f"n={n}: {t * 1e3:.2f} ms" for n, t in samples)
     print(f"eigh fit t(n) = {kernels.eigh_c3:.3g} n^3 + {kernels.eigh_c0:.3g} s ({fit}); "
