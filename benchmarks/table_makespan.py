@@ -15,19 +15,8 @@ import time
 import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs libtorch)
 
 from kfac_ext.placement.makespan import lpt_assignment, optimal_makespan_assignment
+from _common import resnet50_factor_sizes
 from _machine import describe_machine
-
-
-def resnet50_factor_sizes():
-    sizes = [3 * 7 * 7, 64]
-    inp = 64
-    for width, blocks in [(64, 3), (128, 4), (256, 6), (512, 3)]:
-        for b in range(blocks):
-            sizes += [inp, width, width * 9, width, width, width * 4]
-            if b == 0:
-                sizes += [inp, width * 4]
-            inp = width * 4
-    return sizes + [2049, 1000]
 
 
 def main() -> int:
