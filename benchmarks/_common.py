@@ -1,10 +1,19 @@
-"""What several benchmark scripts share: seeded inputs and the layer shapes of
-the two reference networks. (The machine line is in _machine.py.)"""
+"""What several benchmark scripts share: seeded inputs, the layer shapes of the
+two reference networks, and the in-process `kfac-ext train` runner with its
+table header (the training races and their sweeps)."""
 from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
 
 import torch
 
+from kfac_ext.app import train
 from kfac_ext.app.scaling import resnet50_factor_shapes
+from _machine import describe_machine
 
 DTYPE = torch.float32
 
@@ -43,3 +52,28 @@ def resnet50_grad_shapes() -> list[tuple[int, int]]:
 def resnet50_factor_sizes() -> list[int]:
     """Sizes of ResNet-50's 108 factors, A then G per layer."""
     return [n for _, a, g in resnet50_factor_shapes() for n in (a, g)]
+
+
+def run_train(flags: list[str], allow_diverged: bool = False) -> dict | None:
+    """Run `kfac-ext train FLAGS --json` in this process; its JSON result (None for a
+    diverged run when ``allow_diverged``: a sweep scores it as never reaching the target)."""
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    args = parser.parse_args([*flags, "--json", "--quiet", "--plot", ""])
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = train.run(args)
+    except FloatingPointError:
+        if allow_diverged:
+            return None
+        raise
+    if code != 0:
+        raise RuntimeError(f"kfac-ext train {' '.join(flags)} failed with exit code {code}")
+    return json.loads(out.getvalue())
+
+
+def machine_line() -> str:
+    """Date, CPU model, cores, torch version: the header of every table."""
+    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+            f"{describe_machine(threads=False)}, torch {torch.__version__}")

@@ -33,7 +33,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from table_training import machine_line, run_train  # noqa: E402
+from _common import machine_line, run_train  # noqa: E402
 
 # Six configurations per optimizer and task: equal budgets.
 GRIDS = {

@@ -20,7 +20,7 @@ import sys
 import torch
 
 from kfac_ext.app import train
-from table_training import machine_line, run_train
+from _common import machine_line, run_train
 
 PlainSGD = torch.optim.SGD
 

@@ -13,42 +13,10 @@ too: they do not depend on the load.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import io
-import json
 import statistics
 import sys
 
-import torch
-
-from kfac_ext.app import train
-from _machine import describe_machine
-
-
-def run_train(flags: list[str], allow_diverged: bool = False) -> dict | None:
-    """Run `kfac-ext train FLAGS --json` in this process; its JSON result (None for a
-    diverged run when ``allow_diverged``: a sweep scores it as never reaching the target)."""
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    args = parser.parse_args([*flags, "--json", "--quiet", "--plot", ""])
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            code = train.run(args)
-    except FloatingPointError:
-        if allow_diverged:
-            return None
-        raise
-    if code != 0:
-        raise RuntimeError(f"kfac-ext train {' '.join(flags)} failed with exit code {code}")
-    return json.loads(out.getvalue())
-
-
-def machine_line() -> str:
-    """Date, CPU model, cores, torch version and threads: the header of every table."""
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"{describe_machine(threads=False)}, torch {torch.__version__}")
+from _common import machine_line, run_train
 
 
 def _median(values):
