@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from kfac_ext.app.scaling import resnet50_factor_shapes
 from kfac_ext.placement.makespan import lpt_assignment, optimal_makespan_assignment
 
 
@@ -16,19 +17,6 @@ def brute_force_makespan(costs, n_workers):
             loads[w] += c
         best = min(best, max(loads))
     return best
-
-
-def resnet50_factor_sizes():
-    """Sizes of the 108 K-FAC factors of torchvision's ResNet-50 (A: in[*k*k][+1], G: out)."""
-    sizes = [3 * 7 * 7, 64]  # stem conv, no bias
-    inp = 64
-    for width, blocks in [(64, 3), (128, 4), (256, 6), (512, 3)]:
-        for b in range(blocks):
-            sizes += [inp, width, width * 9, width, width, width * 4]
-            if b == 0:  # downsample 1x1 conv
-                sizes += [inp, width * 4]
-            inp = width * 4
-    return sizes + [2048 + 1, 1000]  # fc with bias
 
 
 def check_consistent(costs, n_workers, res):
@@ -71,7 +59,8 @@ def test_lpt_is_not_always_optimal_but_search_is():
 
 @pytest.mark.parametrize("n_workers", [2, 3, 4, 5, 8, 16, 32, 64])
 def test_resnet50_factor_sizes(n_workers):
-    sizes = resnet50_factor_sizes()
+    # The 108 factor sizes, A then G per layer (test_scaling checks the shapes themselves).
+    sizes = [n for _, a, g in resnet50_factor_shapes() for n in (a, g)]
     assert len(sizes) == 108
     costs = [float(n) ** 3 + 8.0 * n * n for n in sizes]  # eigh flops + bytes to broadcast
     res = optimal_makespan_assignment(costs, n_workers, time_limit=1.0)
