@@ -30,17 +30,25 @@ brute force on small graphs).
    (b) the time of the nodes outside ``P`` summed (they are on ``D``, which
    runs them one at a time, after ``a_(t-1)`` and before ``a_t`` finishes),
    (c) the longest path; and ``D`` keeps at least the bytes outside ``P``.  So each prefix
-   is a (bytes kept, cost) option of the block; the run's bytes (kept nodes
-   and articulation nodes) fit one cap on an accelerator: a multiple-choice
-   knapsack, relaxed to its LP (greedy over each block's lower hull).
-4. Moves.  A block whose tail ``a_t`` is on another device than its head
-   ends a run: every ``a_(t-1) -> a_t`` path changes device at least once,
+   is a (bytes kept, cost) option of the block.
+4. Moves.  A block whose tail ``a_t`` is on another device ``D2`` than its head's
+   ``D1`` ends a run: every ``a_(t-1) -> a_t`` path changes device at least once,
    so ``LP_t`` is at least the dearest over the tried paths (the longest
    through each node and through each edge) of its cheapest walk with a
-   change (device kinds of head and tail given).  Its bytes are forgotten.
-5. A dynamic program over the articulation chain picks the cheapest
-   sequence of runs and moves (per device kind of each ``a_t``): O(m^3) for
-   ``m`` articulation nodes.
+   change (device kinds of head and tail given).  Each inner node ``w`` is on
+   ``D1`` (every path through it changes after it), on ``D2`` (a change
+   before it) or on a third device (both); each shape has a least walk cost
+   on every tried path through ``w``.  At a cost level ``theta`` a node may take
+   only the shapes costing at most ``theta``: nodes allowed only on ``D1`` fill
+   ``D1``, those allowed only on ``D2`` fill ``D2``, those allowed on either
+   fill what ``D1``'s run left free and then ``D2``; bytes of nodes allowed on a
+   third device are not counted.
+5. A dynamic program along the articulation chain keeps, per device kind of
+   ``a_t``, the Pareto front of (bytes already on ``a_t``'s device in its run,
+   least ``finish(a_t)``): a run's bytes (articulation nodes, kept block nodes,
+   and the bytes moves leave at either end) fit one cap on an accelerator;
+   none count on a CPU.  Points in one bucket of ``cap / _BUCKETS`` bytes merge
+   into (least bytes, least cost), a relaxation that keeps the fronts short.
 
 Colour mates are never cut apart on a walk.  Where ``H`` has few articulation
 nodes (one big block) the bound degrades towards the path bound, and it is never
@@ -58,24 +66,30 @@ from .latency import latency_lower_bound
 __all__ = ["block_bound", "bound_paths", "heaviest_path", "latency_bound", "path_chain", "path_chain_bound"]
 
 
-def _lower_hull(options: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The lower convex hull of (bytes, cost) points where cost falls as bytes grow:
-    the options an LP relaxation can mix, bytes ascending (empty if none is finite)."""
-    points = sorted((b, c) for b, c in options if c < math.inf)
+_BUCKETS = 4096  # Pareto points closer than cap / _BUCKETS in bytes are merged
+
+
+def _pareto(options: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (bytes, cost) points no other point beats on both, bytes ascending."""
     front: list[tuple[float, float]] = []
-    for b, c in points:  # keep only points cheaper than every point with fewer bytes
-        if front and c >= front[-1][1]:
-            continue
-        if front and b == front[-1][0]:
-            front.pop()
-        while len(front) >= 2:  # drop the middle point when it is above the chord
-            (b0, c0), (b1, c1) = front[-2], front[-1]
-            if (c1 - c0) * (b - b0) >= (c - c0) * (b1 - b0):
-                front.pop()
-            else:
-                break
-        front.append((b, c))
+    for b, c in sorted(o for o in options if o[1] < math.inf):
+        if not front or c < front[-1][1]:
+            front.append((b, c))
     return front
+
+
+def _merge(points: list[tuple[float, float]], grain: float) -> list[tuple[float, float]]:
+    """The Pareto front of ``points`` with points in one ``grain`` of bytes replaced by
+    (their least bytes, their least cost): a relaxation, which keeps the front short."""
+    bucket: dict[int, tuple[float, float]] = {}
+    for b, c in points:
+        key = int(b // grain) if grain > 0 else 0
+        if key in bucket:
+            b0, c0 = bucket[key]
+            bucket[key] = (min(b, b0), min(c, c0))
+        else:
+            bucket[key] = (b, c)
+    return _pareto(list(bucket.values()))
 
 
 def _group_of(graph: Graph) -> dict[int, int]:
@@ -161,29 +175,72 @@ def block_bound(graph: Graph) -> float:
             return [("accel", 2 * cost)] * (k >= 2) + [("cpu", cost)] * (l >= 1)
         return [("accel", cost)] * (k >= 1) + [("cpu", 0.0)] * (l >= 2)
 
-    def path_cost(path: list[int], head_kind: str, tail_kind: str, changes: int,
-                  pivot: int = 0) -> float:
+    def walk_cost(path: list[int], head_kind: str, tail_kind: str, before: int, after: int = 0,
+                  at: int | None = None, at_kind: str | None = None) -> float:
         """Least time + transfer delay along ``path`` (head's time excluded) over device
-        choices with at least ``changes`` (1 or 2) device changes; with ``pivot``, the
-        first change comes at or before edge ``pivot`` and the second after it."""
-        states = {(head_kind, 0): 0.0}  # (kind, changes so far, capped) -> least cost
+        choices with at least ``before`` (0 or 1) device changes on its edges up to
+        ``path[at]`` and ``after`` on the edges beyond, ``path[at]`` on a device of
+        ``at_kind`` (any kind if None); without ``at``, ``before`` changes anywhere."""
+        last = len(path) - 1
+        at = last if at is None else at
+        states = {(head_kind, 0): 0.0}  # (kind, changes in this part, capped) -> least cost
         for j in range(1, len(path)):
             cost = graph.node(path[j - 1]).out_cost
             glued = group[path[j - 1]] == group[path[j]]  # colour mates share a device
+            need = before if j <= at else after
             nxt: dict = {}
             for (kind, c), value in states.items():
                 moves = [(kind, 0.0, c)]
                 if not glued:
-                    bump = 1 if (c == 0 and (not pivot or j <= pivot)) or (c == 1 and j > pivot) else 0
-                    moves += [(kv, d, min(c + bump, changes)) for kv, d in change_delays(kind, cost)]
+                    moves += [(kv, d, min(c + 1, need)) for kv, d in change_delays(kind, cost)]
                 for kv, delay, c2 in moves:
-                    if (j == len(path) - 1 and kv != tail_kind) or (j == pivot and c2 < 1):
+                    if j == last and kv != tail_kind:
                         continue
+                    if j == at and at < last:  # the pivot: check the first part, start the second
+                        if c2 < before or (at_kind is not None and kv != at_kind):
+                            continue
+                        c2 = 0
                     total = value + delay + time_on(path[j], kv)
                     if total < nxt.get((kv, c2), math.inf):
                         nxt[(kv, c2)] = total
             states = nxt
-        return min((v for (kind, c), v in states.items() if c >= changes), default=math.inf)
+        need = before if at == last else after
+        return min((v for (kind, c), v in states.items() if c >= need), default=math.inf)
+
+    def move_options(k1: str, k2: str, tried, through, inner: list[int]) -> list[tuple]:
+        """Options (cost, bytes only on the head's device, bytes only on the tail's, bytes
+        on either) of a block whose tail is on another device (of kind k2) than its head
+        (of kind k1).  Each inner node w is on the head's device (every path through it
+        changes device after it), the tail's (a change before it) or a third one (both);
+        a tried path through w costs the least walk of that shape, and no tried path
+        escapes its change.  At cost theta a node may only take the shapes costing at
+        most theta; bytes of a node allowed on a third device are not counted (the
+        relaxation lets them go anywhere)."""
+        change = max(walk_cost(list(p), k1, k2, 1) for p in tried)
+        shapes = {}
+        for w in inner:
+            shapes[w] = tuple(max(walk_cost(p, k1, k2, b, a, at, kind) for p, at in through[w])
+                              for b, a, kind in ((0, 1, k1), (1, 0, k2), (1, 1, None)))
+        levels = sorted({change} | {c for costs in shapes.values() for c in costs if change < c < math.inf})
+        options = []
+        for theta in levels:
+            head_only = tail_only = either = 0.0
+            for w, (on_head, on_tail, elsewhere) in shapes.items():
+                if elsewhere <= theta:
+                    continue
+                if on_head <= theta and on_tail <= theta:
+                    either += size[w]
+                elif on_head <= theta:
+                    head_only += size[w]
+                elif on_tail <= theta:
+                    tail_only += size[w]
+                else:
+                    break
+            else:
+                options.append((theta, head_only, tail_only, either))
+                if head_only == tail_only == either == 0.0:
+                    break
+        return options
 
     def stage_costs(lo: int, hi: int):
         """For the block (lo, hi]: per run kind, the (bytes kept on the run's device,
@@ -228,14 +285,16 @@ def block_bound(graph: Graph) -> float:
                     while path[-1] != tail:
                         path.append(ahead[path[-1]])
                     tried.add(tuple(path))
-        move = {(k1, k2): max(path_cost(list(p), k1, k2, 1) for p in tried)
-                for k1 in kinds for k2 in kinds}
         through = {w: [(list(p), p.index(w)) for p in tried if w in p[1:-1]] for w in nodes[1:-1]}
+        move = {}
+        for k1 in kinds:
+            for k2 in kinds:
+                move[k1, k2] = move_options(k1, k2, tried, through, nodes[1:-1])
         run = {}
         for kind in kinds:
             # c_w: w away, head and tail on D: every tried path through w leaves D
             # before w and comes back after it
-            inner = sorted((max(path_cost(p, kind, kind, 2, at) for p, at in through[w]), w)
+            inner = sorted((max(walk_cost(p, kind, kind, 1, 1, at) for p, at in through[w]), w)
                            for w in nodes[1:-1])
             busy = sum(time_on(v, kind) for v in nodes[1:])
             kept_bytes = sum(size[w] for _, w in inner)
@@ -246,55 +305,41 @@ def block_bound(graph: Graph) -> float:
                 busy -= time_on(w, kind)
                 kept_bytes -= size[w]
                 options.append((kept_bytes, max(c, busy, longest)))
-            run[kind] = _lower_hull(options)
+            run[kind] = _pareto(options)
         return run, move
 
     kinds = [kind for kind, count in (("accel", k), ("cpu", l)) if count > 0]
     m = len(arts)
-    inf = math.inf
-    hull = [{} for _ in range(m)]  # run options per kind: (bytes kept, cost), bytes ascending
-    move = [{} for _ in range(m)]
+    limit = cap * (1 + 1e-12)
+    grain = cap / _BUCKETS
+    art_bytes = [size[kept[a]] for a in arts]
+
+    def held(kind: str, t: int, extra: float) -> float:
+        """Bytes of a run's device after a_t joins it (none counted on a CPU)."""
+        return extra + art_bytes[t] if kind == "accel" else 0.0
+
+    # front[kind]: Pareto points (bytes already on a_t's device in its run, least
+    # finish(a_t)) with a_t on a device of that kind, its time counted
+    front = {kind: _merge([(held(kind, 0, 0.0), time_on(kept[0], kind))], grain) for kind in kinds}
     for t in range(1, m):
-        hull[t], move[t] = stage_costs(arts[t - 1], arts[t])
-
-    def run_cost(i: int, t: int, kind: str) -> float:
-        """Least time of stages i+1 .. t with a_i .. a_t on one device of ``kind``; on an
-        accelerator the bytes each block keeps there (and the articulation nodes') fit
-        the cap -- a multiple-choice knapsack, relaxed to its LP (greedy on the hulls)."""
-        base = 0.0
-        if kind != "accel":
-            for s in range(i + 1, t + 1):
-                base += min((c for _, c in hull[s][kind]), default=inf)
-            return base
-        room = cap * (1 + 1e-12) - size[kept[arts[i]]]
-        steps = []
-        for s in range(i + 1, t + 1):
-            points = hull[s][kind]
-            if not points:
-                return inf
-            room -= size[kept[arts[s]]] + points[0][0]
-            base += points[0][1]
-            steps += [(c1 - c0, b1 - b0) for (b0, c0), (b1, c1) in zip(points, points[1:])]
-        if room < 0:
-            return inf
-        for gain, need in sorted(steps, key=lambda st: st[0] / st[1]):
-            if need <= room:
-                base, room = base + gain, room - need
-            else:
-                base += gain * room / need
-                break
-        return base
-
-    # ends[t][kind]: least finish(a_t) with a_t on a device of that kind, its time counted
-    ends = [{kind: inf for kind in kinds} for _ in range(m)]
-    starts = [{kind: time_on(kept[0], kind) if t == 0 else inf for kind in kinds} for t in range(m)]
-    for t in range(m):
-        if t > 0:  # a_t starts a run: stage t moves to another device
-            for k2 in kinds:
-                starts[t][k2] = min(ends[t - 1][k1] + move[t][(k1, k2)] for k1 in kinds)
-        for kind in kinds:
-            ends[t][kind] = min(starts[i][kind] + run_cost(i, t, kind) for i in range(t + 1))
-    final = min(ends[m - 1].values())
+        run, move = stage_costs(arts[t - 1], arts[t])
+        nxt: dict[str, list] = {kind: [] for kind in kinds}
+        for k1 in kinds:
+            for b, c in front[k1]:
+                for kept_bytes, cost in run[k1]:  # a_t stays on a_(t-1)'s device
+                    nb = held(k1, t, b + kept_bytes)
+                    if nb <= limit:
+                        nxt[k1].append((nb, c + cost))
+                room = limit - b if k1 == "accel" else math.inf  # what a_(t-1)'s device can still take
+                for k2 in kinds:  # a_t moves: bytes allowed on either end fill a_(t-1)'s device first
+                    for cost, head_only, tail_only, either in move[k1, k2]:
+                        if head_only > room:
+                            continue
+                        nb = held(k2, t, tail_only + max(0.0, either - (room - head_only)))
+                        if nb <= limit:
+                            nxt[k2].append((nb, c + cost))
+        front = {kind: _merge(points, grain) for kind, points in nxt.items()}
+    final = min((c for points in front.values() for _, c in points), default=math.inf)
     return max(path_bound, final)
 
 

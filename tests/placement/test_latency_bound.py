@@ -1,4 +1,7 @@
 """The memory-aware latency lower bounds never exceed the true optimum (brute force)."""
+import math
+import random
+
 import pytest
 
 from _small_graphs import all_placements, brute_force, random_graph
@@ -60,5 +63,48 @@ def test_bounds_on_wider_graphs(seed):
     # eight nodes: blocks with several inner nodes, so the per-block run options matter
     g = random_graph(2000 + seed, n_nodes=8, k=2, l=1, colours=seed % 3 == 0, tight_memory=True)
     best = optimum(g)
+    assert block_bound(g) <= best + 1e-9
+    assert latency_bound(g) <= best + 1e-9
+
+
+def test_a_move_keeps_its_blocks_bytes_on_its_ends():
+    # 1 fills an accelerator; the block 1 -> {2 -> 3} -> 4 changes device (the skip 1 -> 4
+    # crosses), and 2, 3 then sit on 4's device (which overflows at 5) or on a third one
+    # (a detour). Forgetting the bytes of 2 and 3 would give 14: 1 + 10 + five nodes.
+    outs = {1: 5.0, 2: 1.0, 3: 1.0, 4: 2.0, 5: 2.0, 6: 0.0}
+    g = Graph([node(i, 1.0, 100.0, outs[i], 3.0 if i == 1 else 1.0) for i in range(1, 7)],
+              [(1, 2), (2, 3), (3, 4), (1, 4), (4, 5), (5, 6)], 3, 0, 3.0)
+    assert optimum(g) == pytest.approx(18.0)  # {1} | {2, 3} | {4, 5, 6}
+    assert block_bound(g) == pytest.approx(18.0)
+
+
+def residual_chain(seed: int, n: int, k: int, l: int) -> Graph:
+    """A chain with short skip connections (ResNet-like blocks), CPUs 1.5-10x slower,
+    and a cap of a half or a third of the bytes: moves, CPU runs and full devices."""
+    rng = random.Random(seed)
+    edges = {(v - 1, v) for v in range(2, n + 1)}
+    edges |= {(rng.randint(max(1, v - 4), v - 2), v) for v in range(3, n + 1) if rng.random() < 0.35}
+    has_out = {u for u, _ in edges}
+    nodes = []
+    for v in range(1, n + 1):
+        accel = round(rng.uniform(0.2, 3.0), 3)
+        nodes.append(Node(id=v, name=f"n{v}", accel_time=accel, cpu_time=round(accel * rng.choice([1.5, 3, 10]), 3),
+                          size=float(rng.randint(1, 9)), accel_ok=rng.random() > 0.05 or l == 0,
+                          is_backward=False, color=None if rng.random() < 0.85 else (v + 1) // 2,
+                          out_cost=round(rng.uniform(0.0, 4.0), 3) if v in has_out else 0.0))
+    total = sum(x.size for x in nodes)
+    cap = max(max(x.size for x in nodes), math.ceil(total / rng.choice([2, 3])))
+    g = Graph(nodes, sorted(edges), k, l, float(cap))
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bounds_on_residual_chains(seed):
+    k, l = [(2, 1), (3, 1), (2, 2), (3, 0), (1, 2)][seed % 5]
+    g = residual_chain(3000 + seed, n=7 if k + l <= 3 else 6, k=k, l=l)
+    best = optimum(g)
+    if best == math.inf:
+        pytest.skip("no valid placement")
     assert block_bound(g) <= best + 1e-9
     assert latency_bound(g) <= best + 1e-9
