@@ -31,9 +31,10 @@ upper bound on every finish time).  Minimise ``L >= f_v``.
 Warm start: the contiguous DP optimum (kfac_ext.placement.dp) for throughput;
 for latency the best of latency.chain_split (a chain DP over the topological
 order, and over latency_search.chain_order, which keeps weights by their
-layer), a first-fit fill of the accelerators and everything on one CPU (or a
-start the caller passes), improved by latency_search.improve (local search on
-the exact latency, ``_SEARCH_SHARE`` of the time).  HiGHS gets it through
+layer), latency_segments.segment_split (segments timed exactly), a first-fit
+fill of the accelerators and everything on one CPU (or a start the caller
+passes), improved by latency_search.improve (local search on the exact latency,
+``_SEARCH_SHARE`` of the time).  HiGHS gets it through
 ``setSolution``; the answer is re-scored from the graph alone
 (throughput_loads / latency_of) and is never worse than the warm start.
 
@@ -58,6 +59,7 @@ from .graph import Graph
 from .latency import chain_split, latency_of, latency_schedule
 from .latency_bound import bound_paths, latency_bound
 from .latency_search import chain_order, improve, iterated_search, path_split
+from .latency_segments import segment_split
 from .objective import Placement, PlacementError, Solution, check_placement, throughput_loads
 
 __all__ = ["solve_milp", "MilpError"]
@@ -421,7 +423,7 @@ def _first_fit(graph: Graph) -> Placement | None:
     return Placement(acc, cpus)
 
 
-def _default_warm_start(graph: Graph, objective: str) -> Placement | None:
+def _default_warm_start(graph: Graph, objective: str, time_limit: float) -> Placement | None:
     candidates = []
     if objective == "throughput":
         from .dp import ideal_dp  # lazy: the DP module loads the C++ extension
@@ -436,6 +438,8 @@ def _default_warm_start(graph: Graph, objective: str) -> Placement | None:
         candidates.append(_first_fit(graph))
         candidates.append(chain_split(graph))
         candidates.append(chain_split(graph, chain_order(graph)))
+        # timed exactly as it grows (skip connections, parallel transfers); O(n^2)
+        candidates.append(segment_split(graph, chain_order(graph), time_limit=_SEGMENT_DP_SHARE * time_limit))
         for path in bound_paths(graph):  # the memory-aware bound's own route plans
             candidates.append(path_split(graph, path))
         if graph.num_cpus:
@@ -484,7 +488,7 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
     if isinstance(warm_start, Solution):
         warm_start = warm_start.placement
     if warm_start is None:
-        warm_start = _default_warm_start(graph, objective)
+        warm_start = _default_warm_start(graph, objective, time_limit)
     warm_value = math.inf
     if warm_start is not None:
         check_placement(graph, warm_start)
@@ -574,6 +578,9 @@ def solve_milp(graph: Graph, *, objective: str = "throughput", time_limit: float
 # the share of what is left that HiGHS gets (the iterated search takes the rest when
 # HiGHS has not closed the gap; on the bundled workloads it never did)
 _SEARCH_SHARE = 0.3
+# share of the time limit the segment DP may use (it takes about 1 s on the 783-node
+# BERT-12 operator graph; past its share it gives up and the other starts stand)
+_SEGMENT_DP_SHARE = 0.2
 _HIGHS_SHARE = 0.5
 # sequencing rows per second of time left below which HiGHS is worth starting: on the
 # bundled latency workloads (20k to 1.7M rows) it ended every 20 s run at the root, having

@@ -1,0 +1,209 @@
+"""A latency split by dynamic programming over segments, timed exactly as it grows.
+
+``segment_split(graph)`` cuts a topological order into segments, each on a fresh
+accelerator (within the memory cap) or on CPU 0, like latency.chain_split; unlike
+it, a segment is not costed by a formula but by running latency.py's schedule on
+it: each state "positions [0, e) placed, the last segment on a CPU / an
+accelerator" keeps its best prefix (the one whose outputs reach host memory
+earliest), and a segment appended to it is timed node by node from that prefix's
+finish times.  So skip connections cost what they cost (transfers run in
+parallel, not one after the other), and the full split's value is its exact
+latency.  Keeping one prefix per state is a heuristic: a prefix that is slower at
+its boundary but faster on a skip edge may be dropped.
+
+Colour classes: a group is placed with its first member in the order; its later
+members run on that device when their turn comes.  Segments become accelerators
+by first-fit decreasing on their bytes; when they do not fit the ``k``
+accelerators, each accelerator segment is charged a penalty and the DP reruns.
+O(n^2) node steps for n nodes.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from .graph import Graph
+from .objective import Placement
+
+__all__ = ["segment_split"]
+
+_CPU = -1  # device id of the CPU in the DP; accelerator segments are 0, 1, 2, ...
+
+
+def segment_split(graph: Graph, order: list[int] | None = None, beam: int = 1,
+                  time_limit: float = math.inf) -> Placement | None:
+    """The best split found by the segment DP along ``order`` (default: the graph's
+    topological order), keeping ``beam`` prefixes per state; None if no split fits
+    the devices or the DP would run past ``time_limit`` seconds."""
+    deadline = time.perf_counter() + time_limit
+    dp = _SegmentDP(graph, order or graph.topological_order())
+    scale = max(1e-9, sum(dp.cpu) + sum(dp.out))
+    for penalty in (0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0):
+        segments = dp.run(penalty * scale / max(1, dp.k), beam, deadline)
+        if segments is None:
+            continue
+        placement = dp.placement(segments)
+        if placement is not None:
+            return placement
+    return None
+
+
+class _SegmentDP:
+    def __init__(self, graph: Graph, order: list[int]):
+        self.graph, self.order = graph, order
+        self.k, self.l, self.cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
+        pos = {v: i for i, v in enumerate(order)}
+        nodes = [graph.node(v) for v in order]
+        self.acc = [x.accel_time for x in nodes]
+        self.cpu = [x.cpu_time for x in nodes]
+        self.out = [x.out_cost for x in nodes]
+        self.preds = [sorted(pos[u] for u in graph.predecessors(v)) for v in order]
+        self.last_use = [max((pos[w] for w in graph.successors(v)), default=-1) for v in order]
+        n = len(order)
+        self.leader = list(range(n))  # first position of each node's colocation group
+        self.group_size = [0.0] * n  # bytes of the group, on its leader
+        self.group_ok = [True] * n
+        for members in graph.colocation_groups():
+            first = min(pos[v] for v in members)
+            for v in members:
+                self.leader[pos[v]] = first
+            self.group_size[first] = sum(graph.node(v).size for v in members)
+            self.group_ok[first] = all(graph.node(v).accel_ok for v in members)
+
+    def run(self, penalty: float, beam: int, deadline: float) -> list[tuple[int, int, int]] | None:
+        """Segments (start, stop, kind: 1 accelerator, 0 CPU) of the best split
+        found with ``penalty`` added per accelerator segment, or None (also when
+        past ``deadline``).  ``beam`` prefixes are kept per state (the fastest
+        at their boundary)."""
+        n, k, l, cap = len(self.order), self.k, self.l, self.cap
+        # best[e][kind] = sorted [(rank, start of the last segment, kind before it,
+        # index of the prefix at (start, kind before))]
+        best = [[[], []] for _ in range(n + 1)]
+        best[0][0] = [(0.0, -1, -1, -1)]  # the empty prefix, as if after a CPU segment
+        kinds = ([0] if l else []) + ([1] if k else [])
+        for b in range(n):
+            if time.perf_counter() > deadline:
+                return None
+            for before in (0, 1):
+                for index in range(len(best[b][before])):
+                    segments = self._segments(best, b, before, index)
+                    n_acc = sum(s[2] for s in segments)
+                    dev, finish, free = self._prefix(segments)
+                    for kind in kinds:
+                        if kind == 0 and before == 0 and b > 0:
+                            continue  # two CPU segments in a row are one segment
+                        d = n_acc if kind else _CPU
+                        self._extend(best, b, before, index, kind, d, dev, finish, dict(free),
+                                     penalty * (n_acc + kind), cap, beam)
+        ends = [(best[n][kind][0][0], kind) for kind in (0, 1) if best[n][kind]]
+        if not ends:
+            return None
+        return self._segments(best, n, min(ends)[1], 0)
+
+    def _segments(self, best, e: int, kind: int, index: int) -> list[tuple[int, int, int]]:
+        out = []
+        while e > 0:
+            _, b, before, prev = best[e][kind][index]
+            out.append((b, e, kind))
+            e, kind, index = b, before, prev
+        return out[::-1]
+
+    def _prefix(self, segments):
+        """Devices, finish times and device free times of the positions the segments cover."""
+        dev, finish, free = [], [], {}
+        n_acc = 0
+        for b, e, kind in segments:
+            d = n_acc if kind else _CPU
+            n_acc += kind
+            for p in range(b, e):
+                self._place(p, d, b, dev, finish, free)
+        return dev, finish, free
+
+    def _place(self, p, d, b, dev, finish, free) -> int:
+        """Schedule position p in a segment starting at b on device d; returns its device."""
+        lead = self.leader[p]
+        dp = dev[lead] if lead < b else d
+        ready = free.get(dp, 0.0)
+        for q in self.preds[p]:
+            dq = dev[q]
+            arrive = finish[q]
+            if dq != dp:
+                arrive += self.out[q] * ((dq >= 0) + (dp >= 0))
+            if arrive > ready:
+                ready = arrive
+        f = ready + (self.acc[p] if dp >= 0 else self.cpu[p])
+        if p < len(dev):
+            dev[p], finish[p] = dp, f
+        else:
+            dev.append(dp)
+            finish.append(f)
+        free[dp] = f
+        return dp
+
+    def _extend(self, best, b, before, index, kind, d, dev, finish, free, charge, cap, beam):
+        """Grow a segment [b, e) of ``kind`` on device d after the prefix [0, b) and offer
+        every e to the states (e, kind)."""
+        n = len(self.order)
+        del dev[b:], finish[b:]
+        latest = max(finish, default=0.0)
+        open_ = [q for q in range(b) if self.last_use[q] >= b]
+        mem = 0.0
+        for p in range(b, n):
+            lead = self.leader[p]
+            if kind and lead == p:
+                if not self.group_ok[p]:
+                    return
+                mem += self.group_size[p]
+                if mem > cap * (1 + 1e-12):
+                    return
+            self._place(p, d, b, dev, finish, free)
+            if finish[p] > latest:
+                latest = finish[p]
+            if self.last_use[p] > p:
+                open_.append(p)
+            e = p + 1
+            open_ = [q for q in open_ if self.last_use[q] >= e]
+            # rank: when everything so far has finished and its outputs still needed
+            # are in host memory (one copy off an accelerator), plus the penalty
+            rank = latest
+            for q in open_:
+                t = finish[q] + (self.out[q] if dev[q] >= 0 and dev[q] != _CPU else 0.0)
+                if t > rank:
+                    rank = t
+            rank += charge
+            kept = best[e][kind]
+            if len(kept) < beam or rank < kept[-1][0]:
+                kept.append((rank, b, before, index))
+                kept.sort()
+                del kept[beam:]
+
+    def placement(self, segments) -> Placement | None:
+        """Accelerator segments packed onto the k accelerators (first-fit decreasing on
+        bytes), CPU segments on CPU 0; None if they do not fit."""
+        k, l, cap = self.k, self.l, self.cap
+        acc_segments = [(b, e) for b, e, kind in segments if kind]
+        if acc_segments and k == 0 or any(not kind for _, _, kind in segments) and l == 0:
+            return None
+        size = [sum(self.group_size[p] for p in range(b, e) if self.leader[p] == p)
+                for b, e in acc_segments]
+        used = [0.0] * k
+        device_of = {}
+        for j in sorted(range(len(acc_segments)), key=lambda j: -size[j]):
+            a = next((a for a in range(k) if used[a] + size[j] <= cap * (1 + 1e-12)), None)
+            if a is None:
+                return None
+            used[a] += size[j]
+            device_of[j] = a
+        acc = [[] for _ in range(k)]
+        cpus = [[] for _ in range(l)]
+        where = {}  # leader position -> list to join
+        j = 0
+        for b, e, kind in segments:
+            target = acc[device_of[j]] if kind else cpus[0]
+            j += kind
+            for p in range(b, e):
+                lead = self.leader[p]
+                if lead == p:
+                    where[p] = target
+                where[lead].append(self.order[p])
+        return Placement(acc, cpus)
