@@ -63,6 +63,7 @@ from kfac_ext import arguments as args
 from kfac_ext import ops
 from kfac_ext import schedules as sch
 from kfac_ext.adaptive_damping import AdaptiveDamping
+from kfac_ext.auto_step import AutoStep
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
@@ -163,6 +164,12 @@ class KFACPreconditioner:
     (batch_size**2: Martens & Grosse's per-example scale); :mod:`kfac_ext.factor_init`.
     damping may be a :class:`kfac_ext.adaptive_damping.AdaptiveDamping`
     (Levenberg–Marquardt λ); ``step`` then needs ``closure``.
+    auto_step: None (kfac-pytorch: the optimizer's lr scales the step), or a
+    :class:`kfac_ext.auto_step.AutoStep` that chooses step length and momentum
+    from the exact quadratic model and writes the whole step into ``.grad`` (apply
+    it with ``SGD(lr=1.0)``, no momentum or weight decay); it needs
+    ``kl_clip=None``, a fixed-number or scheduled damping, one process, and
+    ``step(closure=...)`` returning (inputs, loss_of_outputs).
     """
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
@@ -178,7 +185,7 @@ class KFACPreconditioner:
                  loglevel=logging.DEBUG, comm: Optional[Comm] = None,
                  inv_lag_steps: int = 0, eigen_refresh=None,
                  precondition_dtype=torch.float32, factor_init: str = "identity",
-                 g_scale: float = 1.0):
+                 g_scale: float = 1.0, auto_step: Optional[AutoStep] = None):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -226,6 +233,7 @@ class KFACPreconditioner:
         self.factor_init = check_factor_init(factor_init)
         self.g_scale = check_g_scale(g_scale)
         self._adaptive = damping if isinstance(damping, AdaptiveDamping) else None
+        self._auto = self._check_auto_step(auto_step, kl_clip, grad_scaler, comm)
         if self.precondition_dtype is not torch.float32 and compute_method != "eigen":
             raise ValueError("precondition_dtype applies to compute_method='eigen', got "
                              f"compute_method={compute_method!r}")
@@ -270,6 +278,24 @@ class KFACPreconditioner:
         self._set_capture()
 
     # ------------------------------------------------------- registration ----
+    def _check_auto_step(self, auto_step, kl_clip, grad_scaler, comm) -> Optional[AutoStep]:
+        if auto_step is None:
+            return None
+        if not isinstance(auto_step, AutoStep):
+            raise TypeError(f"auto_step must be a kfac_ext.auto_step.AutoStep or None; got "
+                            f"{type(auto_step).__name__}")
+        if kl_clip is not None:
+            raise ValueError("auto_step chooses the step length itself; pass kl_clip=None "
+                             "(the KL clip would rescale the K-FAC layers against the others)")
+        if self._adaptive is not None:
+            raise ValueError("auto_step adapts the quadratic model's damping itself; give the "
+                             "preconditioner a fixed damping, not an AdaptiveDamping")
+        if grad_scaler is not None:
+            raise ValueError("auto_step does not take a grad_scaler (it reads unscaled gradients)")
+        if (comm.world_size if comm is not None else _world_size()) > 1:
+            raise ValueError("auto_step runs in one process only")
+        return auto_step
+
     def _skipped_by_user(self, name: str, module: nn.Module) -> bool:
         return any(p.search(name) or p.search(type(module).__name__) for p in self.skip_layers)
 
@@ -352,7 +378,8 @@ class KFACPreconditioner:
     def step(self, closure=None) -> None:
         """Replace ``.grad`` of every registered layer by its preconditioned gradient.
 
-        ``closure``: returns the current batch's loss (adaptive damping only)."""
+        ``closure``: returns the current batch's loss (adaptive damping), or
+        (inputs, loss_of_outputs) of it (auto_step)."""
         step = self.steps
         with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
         if self.layers and not with_grad:
@@ -364,11 +391,17 @@ class KFACPreconditioner:
             return
         if self._adaptive is not None:  # reads the raw gradients: before any change
             self._adaptive.observe(self, step, closure)
+        if self._auto is not None:  # adds weight decay to every gradient, keeps g
+            self._auto.before(self._model, closure)
         if self._capturing:
             self._check_model()
             self._update_factors(step)
         self._update_second_order(step)
         self._precondition(step, with_grad)
+        if self._auto is not None:
+            for layer in self.layers:  # its forwards are not training batches (_set_capture below)
+                layer.capture = False
+            self._auto.after(self._model, closure)
         self._grad_marks = self._mark_grads(with_grad)
         self.steps += 1
         self._set_capture()
@@ -712,6 +745,8 @@ class KFACPreconditioner:
             state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
         if self._adaptive is not None:
             state["adaptive_damping"] = self._adaptive.state_dict()
+        if self._auto is not None:
+            state["auto_step"] = self._auto.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -746,6 +781,8 @@ class KFACPreconditioner:
                     raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
                                      f"factor {w!r} must have shapes {want}")
         pending = self._pending_from_state(state.get("pending_second_order"), names)
+        if self._auto is not None and "auto_step" in state:  # validates before it assigns
+            self._auto.load_state_dict(state["auto_step"], self._model)
         # all checks passed: assign
         self._second = {}
         self._pending = pending
@@ -802,6 +839,8 @@ class KFACPreconditioner:
         self.steps = 0
         self.skipped_factor_updates = 0
         self._factor_tracker.last = self._inv_tracker.last = None
+        if self._auto is not None:
+            self._auto.reset()
         self._set_capture()
 
     def remove_hooks(self) -> None:

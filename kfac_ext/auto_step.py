@@ -1,0 +1,297 @@
+"""Automatic learning rate and momentum from the exact quadratic model (Martens & Grosse 2015, §7).
+
+Pass an :class:`AutoStep` to the preconditioner, a closure that gives the
+batch's inputs and its loss as a function of the model's outputs to ``step``,
+and apply the result with plain SGD at learning rate 1::
+
+    auto = AutoStep(damping=1.0, weight_decay=5e-4)
+    preconditioner = KFACPreconditioner(model, kl_clip=None, auto_step=auto)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)   # no momentum, no weight decay
+    ...
+    loss = F.cross_entropy(model(x), y); loss.backward()
+    preconditioner.step(closure=lambda: (x, lambda out: F.cross_entropy(out, y)))
+    optimizer.step()
+
+At step t, with g the gradient of h(θ) = mean loss + η/2·||θ||² (``weight_decay``
+η is added to every ``.grad`` here, so the optimizer must not add it again),
+Δ the K-FAC direction (-(preconditioned g) on registered layers, -g on every
+other trainable parameter) and δ the parameters' actual change at the last
+step, (α, μ) minimise
+
+    M(αΔ + μδ) = gᵀv + ½ vᵀ(C + (λ + η) I) v,
+
+C the exact Gauss–Newton matrix of the batch-mean loss (vᵀCw = (Jv)ᵀ H (Jw):
+J v by forward-mode AD through ``torch.func.functional_call`` of the model,
+both directions in one vmapped call; H the Hessian of the loss with respect to
+the outputs, applied by a jvp of its gradient). That is a 2×2 linear system
+(1×1 at the first step, when there is no δ); ``.grad`` becomes -(αΔ + μδ), so
+``SGD(lr=1)`` moves the parameters by exactly αΔ + μδ.
+
+λ (``damping``, in the units of the mean loss's curvature, unlike the
+preconditioner's own damping) is adapted by the Levenberg–Marquardt rule of
+:class:`~kfac_ext.adaptive_damping.AdaptiveDamping` every ``interval`` steps:
+the next step re-evaluates that batch's loss at the new parameters (one
+forward pass without grad) and compares the change of h with the undamped
+model's prediction (C + ηI). ``interval=0`` keeps λ fixed.
+
+Guards: a non-finite or not positive-definite 2×2 system falls back to the
+1-D problem in Δ (μ = 0); when that too is degenerate the step is skipped
+(every ``.grad`` zero, one warning each time). The parameters' change between
+two steps is checked against the step this object wrote: an optimizer that did
+not apply it (another lr, momentum, weight decay, clipping) is refused with a
+``RuntimeError`` at the next step.
+
+Costs per step: two jvps of the model and of the loss's gradient (vmapped over
+the two directions), and one forward every ``interval`` steps; memory: one copy
+of the gradients and two of the parameters. Single process only. Dropout or
+other randomness in the forward makes C that of another network than the one
+the step's gradient came from; evaluate such models deterministically.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad as func_grad, jvp, vmap
+
+from kfac_ext.adaptive_damping import AdaptiveDamping
+
+__all__ = ["AutoStep", "curvature_products", "solve_step"]
+
+# A 2x2 system whose determinant is below this fraction of its diagonal product is
+# treated as singular (δ nearly parallel to Δ): the 1-D problem is solved instead.
+_SINGULAR = 1e-10
+
+
+def _dot(xs: List[torch.Tensor], ys: List[torch.Tensor]) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(xs, ys)))
+
+
+def curvature_products(model: nn.Module, names: List[str], params: List[torch.Tensor],
+                       directions: List[List[torch.Tensor]], inputs,
+                       loss_of_outputs: Callable) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(k×k float64 matrix of d_iᵀ C d_j, the loss at ``params``) for k directions.
+
+    C is the Gauss–Newton matrix of ``loss_of_outputs(model(*inputs))`` with
+    respect to the parameters ``names`` (the others stay as they are)."""
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    # Copies: a BatchNorm in training mode updates its running statistics in place.
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    primals = {n: p.detach() for n, p in zip(names, params)}
+
+    def outputs(p):
+        return functional_call(model, {**p, **buffers}, args)
+
+    tangents = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
+    with torch.enable_grad():
+        out, jv = vmap(lambda t: jvp(outputs, (primals,), (t,)), out_dims=(None, 0))(tangents)
+        out = out.detach()
+        loss_grad = func_grad(loss_of_outputs)
+        hjv = vmap(lambda u: jvp(loss_grad, (out,), (u,))[1])(jv)
+        loss = loss_of_outputs(out)
+    jv, hjv = jv.reshape(len(directions), -1).double(), hjv.reshape(len(directions), -1).double()
+    gram = jv @ hjv.T
+    return 0.5 * (gram + gram.T), loss.detach()
+
+
+def solve_step(curvature: torch.Tensor, norms: torch.Tensor, linear: torch.Tensor,
+               damping: float) -> Tuple[Optional[torch.Tensor], str]:
+    """Minimiser c of linearᵀc + ½ cᵀ(curvature + damping·norms)c, and how it was found.
+
+    'full': the k×k system; '1d': its first coordinate only (the 2×2 one was
+    non-finite or not positive definite); 'skip' (None): neither is usable."""
+    system = curvature + damping * norms
+    k = system.shape[0]
+    if k == 2 and bool(torch.isfinite(system).all() and torch.isfinite(linear).all()):
+        det = float(system[0, 0] * system[1, 1] - system[0, 1] * system[1, 0])
+        if system[0, 0] > 0 and det > _SINGULAR * float(system[0, 0] * system[1, 1]):
+            c = -torch.linalg.solve(system, linear)
+            if bool(torch.isfinite(c).all()):
+                return c, "full"
+    a, b = float(system[0, 0]), float(linear[0])
+    if math.isfinite(a) and math.isfinite(b) and a > 0:
+        c = torch.zeros(k, dtype=torch.float64)
+        c[0] = -b / a
+        return c, "full" if k == 1 else "1d"
+    return None, "skip"
+
+
+class AutoStep:
+    """Chooses K-FAC's step length and momentum each step; see the module docstring."""
+
+    def __init__(self, damping: float = 1.0, weight_decay: float = 0.0, interval: int = 5,
+                 decay: Optional[float] = None, min_damping: float = 1e-8,
+                 max_damping: float = 1e4):
+        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
+                and weight_decay >= 0):
+            raise ValueError(f"AutoStep: weight_decay must be a finite number >= 0, "
+                             f"got {weight_decay!r}")
+        if not (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 0):
+            raise ValueError(f"AutoStep: interval must be an integer >= 0 (0: fixed damping), "
+                             f"got {interval!r}")
+        # λ and its Levenberg–Marquardt rule (AdaptiveDamping checks the numbers).
+        self.lm = AdaptiveDamping(damping, interval=max(interval, 1), decay=decay,
+                                  min_damping=min_damping, max_damping=max_damping)
+        self.weight_decay = float(weight_decay)
+        self.interval = interval
+        self.steps = 0
+        self.last_alpha: Optional[float] = None
+        self.last_mu: Optional[float] = None
+        self.last_predicted: Optional[float] = None   # M of the damped model at the step
+        self.fallbacks = {"1d": 0, "skip": 0}
+        self._prev: Optional[Dict[str, torch.Tensor]] = None   # θ at the last step
+        self._last: Optional[Dict[str, torch.Tensor]] = None   # the step written then
+        self._grads: Optional[List[torch.Tensor]] = None       # g of this step
+        self._delta: Dict[str, torch.Tensor] = {}
+        self._pending: Optional[tuple] = None  # (closure, h before, undamped model change)
+
+    @property
+    def damping(self) -> float:
+        return self.lm.value
+
+    # ----------------------------------------------------------------- step
+    @staticmethod
+    def _params(model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+        return [(n, p) for n, p in model.named_parameters()
+                if p.requires_grad and p.grad is not None]
+
+    def before(self, model: nn.Module, closure: Optional[Callable]) -> None:
+        """Called by ``KFACPreconditioner.step`` before it changes any gradient."""
+        if closure is None:
+            raise ValueError("KFACPreconditioner.step(closure=...): auto_step needs a closure "
+                             "returning (inputs, loss_of_outputs) of the current batch")
+        params = self._params(model)
+        if self._pending is not None:
+            self._finish_ratio(model, params)
+        self._delta = self._observed_change(params)
+        eta = self.weight_decay
+        for _, p in params:
+            if eta:
+                p.grad.add_(p.detach(), alpha=eta)
+        self._grads = [p.grad.detach().clone() for _, p in params]
+
+    def after(self, model: nn.Module, closure: Callable) -> None:
+        """Called by ``KFACPreconditioner.step`` once the registered gradients are
+        preconditioned: writes ``.grad = -(αΔ + μδ)``."""
+        named = self._params(model)
+        names, params = [n for n, _ in named], [p for _, p in named]
+        g = self._grads
+        self._grads = None
+        direction = [-p.grad.detach() for p in params]
+        has_momentum = bool(self._delta)
+        delta = [self._delta.get(n, torch.zeros_like(p)) for n, p in named]
+        dirs = [direction, delta] if has_momentum else [direction]
+        inputs, loss_of_outputs = closure()
+        curvature, loss = curvature_products(model, names, params, dirs, inputs,
+                                             loss_of_outputs)
+        k = len(dirs)
+        norms = torch.tensor([[_dot(dirs[i], dirs[j]) for j in range(k)] for i in range(k)],
+                             dtype=torch.float64)
+        linear = torch.tensor([_dot(g, d) for d in dirs], dtype=torch.float64)
+        eta = self.weight_decay
+        coeffs, how = solve_step(curvature, norms, linear, self.damping + eta)
+        if how != "full":
+            self.fallbacks[how] += 1
+            warnings.warn(f"AutoStep: the quadratic model's {k}x{k} system is not positive "
+                          f"definite at step {self.steps}; " +
+                          ("momentum is left out of this step (mu = 0)" if how == "1d" else
+                           "this step is skipped (every gradient set to zero)"), stacklevel=3)
+        if coeffs is None:
+            coeffs = torch.zeros(k, dtype=torch.float64)
+        alpha, mu = float(coeffs[0]), float(coeffs[1]) if k == 2 else 0.0
+        step = [alpha * d + mu * m for d, m in zip(direction, delta)]
+        system = curvature + (self.damping + eta) * norms
+        self.last_alpha, self.last_mu = alpha, mu
+        self.last_predicted = float(linear @ coeffs + 0.5 * coeffs @ system @ coeffs)
+        if self.interval and self.steps % self.interval == 0 and how != "skip":
+            undamped = float(linear @ coeffs + 0.5 * coeffs @ (curvature + eta * norms) @ coeffs)
+            h = float(loss) + 0.5 * eta * _dot(params, params)
+            self._pending = (closure, h, undamped)
+        for p, s in zip(params, step):
+            p.grad.copy_(-s)
+        self._prev = {n: p.detach().clone() for n, p in named}
+        self._last = {n: s.detach().clone() for n, s in zip(names, step)}
+        self.steps += 1
+
+    def _observed_change(self, params) -> Dict[str, torch.Tensor]:
+        """δ = θ now - θ at the last step, per parameter; refuses an optimizer that did not
+        apply the step written then."""
+        if self._prev is None:
+            return {}
+        delta, err, size, scale = {}, 0.0, 0.0, 0.0
+        for n, p in params:
+            if n not in self._prev:
+                continue
+            d = p.detach() - self._prev[n]
+            delta[n] = d
+            err += float((d.double() - self._last[n].double()).pow(2).sum())
+            size += float(self._last[n].double().pow(2).sum())
+            scale += float(p.detach().double().pow(2).sum())
+        # Rounding of θ + v in the parameters' dtype, plus a relative margin.
+        eps = torch.finfo(params[0][1].dtype).eps if params else 0.0
+        if math.sqrt(err) > 1e-3 * math.sqrt(size) + 8 * eps * math.sqrt(scale):
+            raise RuntimeError(
+                "AutoStep: the parameters did not move by the step KFACPreconditioner.step() "
+                f"wrote into .grad (off by {math.sqrt(err):.3g}, step norm "
+                f"{math.sqrt(size):.3g}); apply it with torch.optim.SGD(params, lr=1.0, "
+                "momentum=0, weight_decay=0) and nothing between step() and optimizer.step()")
+        return delta
+
+    def _finish_ratio(self, model: nn.Module, params) -> None:
+        """ρ = (h(θ + v) - h(θ)) / M(v) on the batch of the measured step; LM update of λ."""
+        closure, h_before, model_change = self._pending
+        self._pending = None
+        inputs, loss_of_outputs = closure()
+        args = inputs if isinstance(inputs, tuple) else (inputs,)
+        model_params = [p for _, p in params]
+        with torch.no_grad():
+            loss = float(loss_of_outputs(model(*args)))
+        h_after = loss + 0.5 * self.weight_decay * _dot(model_params, model_params)
+        if model_change >= 0 or not math.isfinite(h_after):
+            rho = -math.inf
+        else:
+            rho = (h_after - h_before) / model_change
+        self.lm.update(rho)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"damping": self.lm.state_dict(), "steps": self.steps,
+                "last_alpha": self.last_alpha, "last_mu": self.last_mu,
+                "fallbacks": dict(self.fallbacks),
+                "previous_params": None if self._prev is None else
+                {n: t.clone() for n, t in self._prev.items()},
+                "last_step": None if self._last is None else
+                {n: t.clone() for n, t in self._last.items()}}
+
+    def load_state_dict(self, state: dict, model: nn.Module) -> None:
+        """Validated against ``model``'s parameters before anything is assigned. A λ
+        measurement pending at saving time (its closure cannot be saved) is dropped."""
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        prev, last = state.get("previous_params"), state.get("last_step")
+        if (prev is None) != (last is None):
+            raise ValueError("AutoStep.load_state_dict: previous_params and last_step must "
+                             "both be given or both be None")
+        for key, saved in (("previous_params", prev), ("last_step", last)):
+            for n, t in (saved or {}).items():
+                if n not in shapes or not isinstance(t, torch.Tensor) or \
+                        tuple(t.shape) != shapes[n]:
+                    raise ValueError(f"AutoStep.load_state_dict: {key}[{n!r}] does not match "
+                                     "a parameter of the model")
+        self.lm.load_state_dict(state["damping"])
+        self.steps = int(state.get("steps", 0))
+        self.last_alpha, self.last_mu = state.get("last_alpha"), state.get("last_mu")
+        self.fallbacks = dict(state.get("fallbacks", {"1d": 0, "skip": 0}))
+        device = {n: p.device for n, p in model.named_parameters()}
+        self._prev = None if prev is None else {n: t.to(device[n]).clone() for n, t in prev.items()}
+        self._last = None if last is None else {n: t.to(device[n]).clone() for n, t in last.items()}
+        self._pending = None
+        self._grads = None
+
+    def reset(self) -> None:
+        """Forget the last step (no momentum at the next one); λ is kept."""
+        self.steps = 0
+        self._prev = self._last = self._pending = self._grads = None
+        self._delta = {}
