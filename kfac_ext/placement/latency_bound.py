@@ -63,32 +63,34 @@ import math
 from .graph import Graph
 from .latency import latency_lower_bound
 
-__all__ = ["block_bound", "bound_paths", "heaviest_path", "latency_bound", "path_chain", "path_chain_bound"]
+__all__ = ["block_bound", "block_plan", "bound_paths", "heaviest_path", "latency_bound", "path_chain", "path_chain_bound"]
 
 
 _BUCKETS = 4096  # Pareto points closer than cap / _BUCKETS in bytes are merged
 
 
-def _pareto(options: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The (bytes, cost) points no other point beats on both, bytes ascending."""
-    front: list[tuple[float, float]] = []
-    for b, c in sorted(o for o in options if o[1] < math.inf):
-        if not front or c < front[-1][1]:
-            front.append((b, c))
+def _pareto(options: list[tuple]) -> list[tuple]:
+    """The (bytes, cost, ...) points no other point beats on both, bytes ascending
+    (what follows bytes and cost rides along)."""
+    front: list[tuple] = []
+    for o in sorted((o for o in options if o[1] < math.inf), key=lambda o: (o[0], o[1])):
+        if not front or o[1] < front[-1][1]:
+            front.append(o)
     return front
 
 
-def _merge(points: list[tuple[float, float]], grain: float) -> list[tuple[float, float]]:
-    """The Pareto front of ``points`` with points in one ``grain`` of bytes replaced by
-    (their least bytes, their least cost): a relaxation, which keeps the front short."""
-    bucket: dict[int, tuple[float, float]] = {}
-    for b, c in points:
+def _merge(points: list[tuple], grain: float) -> list[tuple]:
+    """The Pareto front of (bytes, cost, plan) ``points`` with points in one ``grain``
+    of bytes replaced by (their least bytes, their least cost, the cheaper one's plan):
+    a relaxation, which keeps the front short."""
+    bucket: dict[int, tuple] = {}
+    for b, c, plan in points:
         key = int(b // grain) if grain > 0 else 0
         if key in bucket:
-            b0, c0 = bucket[key]
-            bucket[key] = (min(b, b0), min(c, c0))
+            b0, c0, plan0 = bucket[key]
+            bucket[key] = (min(b, b0), min(c, c0), plan if c < c0 else plan0)
         else:
-            bucket[key] = (b, c)
+            bucket[key] = (b, c, plan)
     return _pareto(list(bucket.values()))
 
 
@@ -132,7 +134,17 @@ def _kept_subgraph(graph: Graph, order: list[int], fastest) -> list[int]:
 def block_bound(graph: Graph) -> float:
     """A lower bound on the latency of every valid placement of ``graph``
     (see the module docstring); at least :func:`latency.latency_lower_bound`."""
-    path_bound = latency_lower_bound(graph)
+    return max(latency_lower_bound(graph), block_plan(graph)[0])
+
+
+def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
+    """The chain DP of :func:`block_bound` (without the path bound) and the choices
+    reaching it: (value, kept nodes in order, positions of the articulation nodes in
+    it, one step per block).  A step is ("stay", kind, nodes moved off the run's
+    device, bytes) or ("move", head kind, tail kind, per inner node (node, may sit
+    on the head's device, on the tail's, on a third one), bytes), bytes being those
+    counted on the tail's device in its run so far; steps are empty when no
+    placement fits.  latency_bound_plan turns them into a placement."""
     k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
     fastest = _cheapest(graph)
     group = _group_of(graph)
@@ -237,7 +249,9 @@ def block_bound(graph: Graph) -> float:
                 else:
                     break
             else:
-                options.append((theta, head_only, tail_only, either))
+                allowed = tuple((w, on_head <= theta, on_tail <= theta, elsewhere <= theta)
+                                for w, (on_head, on_tail, elsewhere) in shapes.items())
+                options.append((theta, head_only, tail_only, either, allowed))
                 if head_only == tail_only == either == 0.0:
                     break
         return options
@@ -298,13 +312,15 @@ def block_bound(graph: Graph) -> float:
                            for w in nodes[1:-1])
             busy = sum(time_on(v, kind) for v in nodes[1:])
             kept_bytes = sum(size[w] for _, w in inner)
-            options = [(kept_bytes, max(busy, longest))]
+            options = [(kept_bytes, max(busy, longest), ())]
+            moved: tuple = ()
             for c, w in inner:
                 if c == math.inf:
                     break
                 busy -= time_on(w, kind)
                 kept_bytes -= size[w]
-                options.append((kept_bytes, max(c, busy, longest)))
+                moved += (w,)
+                options.append((kept_bytes, max(c, busy, longest), moved))
             run[kind] = _pareto(options)
         return run, move
 
@@ -319,28 +335,35 @@ def block_bound(graph: Graph) -> float:
         return extra + art_bytes[t] if kind == "accel" else 0.0
 
     # front[kind]: Pareto points (bytes already on a_t's device in its run, least
-    # finish(a_t)) with a_t on a device of that kind, its time counted
-    front = {kind: _merge([(held(kind, 0, 0.0), time_on(kept[0], kind))], grain) for kind in kinds}
+    # finish(a_t), plan) with a_t on a device of that kind, its time counted; a plan
+    # is (plan before, step) or None
+    front = {kind: _merge([(held(kind, 0, 0.0), time_on(kept[0], kind), None)], grain) for kind in kinds}
     for t in range(1, m):
         run, move = stage_costs(arts[t - 1], arts[t])
         nxt: dict[str, list] = {kind: [] for kind in kinds}
         for k1 in kinds:
-            for b, c in front[k1]:
-                for kept_bytes, cost in run[k1]:  # a_t stays on a_(t-1)'s device
+            for b, c, plan in front[k1]:
+                for kept_bytes, cost, moved in run[k1]:  # a_t stays on a_(t-1)'s device
                     nb = held(k1, t, b + kept_bytes)
                     if nb <= limit:
-                        nxt[k1].append((nb, c + cost))
+                        nxt[k1].append((nb, c + cost, (plan, ("stay", k1, moved, nb))))
                 room = limit - b if k1 == "accel" else math.inf  # what a_(t-1)'s device can still take
                 for k2 in kinds:  # a_t moves: bytes allowed on either end fill a_(t-1)'s device first
-                    for cost, head_only, tail_only, either in move[k1, k2]:
+                    for cost, head_only, tail_only, either, allowed in move[k1, k2]:
                         if head_only > room:
                             continue
                         nb = held(k2, t, tail_only + max(0.0, either - (room - head_only)))
                         if nb <= limit:
-                            nxt[k2].append((nb, c + cost))
+                            nxt[k2].append((nb, c + cost, (plan, ("move", k1, k2, allowed, nb))))
         front = {kind: _merge(points, grain) for kind, points in nxt.items()}
-    final = min((c for points in front.values() for _, c in points), default=math.inf)
-    return max(path_bound, final)
+    best = min((p for points in front.values() for p in points), key=lambda p: p[1], default=None)
+    if best is None:
+        return math.inf, kept, arts, []
+    steps, plan = [], best[2]
+    while plan is not None:
+        plan, step = plan
+        steps.append(step)
+    return best[1], kept, arts, steps[::-1]
 
 
 def path_chain_bound(graph: Graph, path: list[int]) -> float:

@@ -1,9 +1,9 @@
 """The memory-aware latency lower bounds never exceed the true optimum (brute force)."""
 import math
-import random
 
 import pytest
 
+from _residual_graphs import residual_chain
 from _small_graphs import all_placements, brute_force, random_graph
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import latency_lower_bound, latency_of
@@ -76,27 +76,6 @@ def test_a_move_keeps_its_blocks_bytes_on_its_ends():
               [(1, 2), (2, 3), (3, 4), (1, 4), (4, 5), (5, 6)], 3, 0, 3.0)
     assert optimum(g) == pytest.approx(18.0)  # {1} | {2, 3} | {4, 5, 6}
     assert block_bound(g) == pytest.approx(18.0)
-
-
-def residual_chain(seed: int, n: int, k: int, l: int) -> Graph:
-    """A chain with short skip connections (ResNet-like blocks), CPUs 1.5-10x slower,
-    and a cap of a half or a third of the bytes: moves, CPU runs and full devices."""
-    rng = random.Random(seed)
-    edges = {(v - 1, v) for v in range(2, n + 1)}
-    edges |= {(rng.randint(max(1, v - 4), v - 2), v) for v in range(3, n + 1) if rng.random() < 0.35}
-    has_out = {u for u, _ in edges}
-    nodes = []
-    for v in range(1, n + 1):
-        accel = round(rng.uniform(0.2, 3.0), 3)
-        nodes.append(Node(id=v, name=f"n{v}", accel_time=accel, cpu_time=round(accel * rng.choice([1.5, 3, 10]), 3),
-                          size=float(rng.randint(1, 9)), accel_ok=rng.random() > 0.05 or l == 0,
-                          is_backward=False, color=None if rng.random() < 0.85 else (v + 1) // 2,
-                          out_cost=round(rng.uniform(0.0, 4.0), 3) if v in has_out else 0.0))
-    total = sum(x.size for x in nodes)
-    cap = max(max(x.size for x in nodes), math.ceil(total / rng.choice([2, 3])))
-    g = Graph(nodes, sorted(edges), k, l, float(cap))
-    g.validate()
-    return g
 
 
 @pytest.mark.parametrize("seed", range(40))

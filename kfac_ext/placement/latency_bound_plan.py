@@ -1,0 +1,253 @@
+"""A latency placement read off the memory-aware lower bound: ``plan_split``.
+
+latency_bound.block_plan's dynamic program picks, along the articulation chain,
+where the sample stays on one device and where it moves, and per block which
+nodes may sit on the head's device, the tail's or a third one.  Those choices
+are a relaxation's, but on the bundled workloads they are close to a real
+placement: this module follows them -- a fresh device for every run, a block's
+nodes on the run's device when they fit, a move's nodes on its head's device
+while it has room and then on its tail's, nodes the plan sends away on a spare
+CPU -- and puts the nodes the bound dropped (weights, side outputs) next to a
+neighbour.  The result is checked (memory, colours, CPU-only nodes) and is a
+start for latency_search.improve; None when the plan needs more accelerators than
+there are or something does not fit.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+from .graph import Graph
+from .latency import latency_of, transfer_delay
+from .latency_bound import block_plan
+from .objective import Placement, PlacementError, check_placement
+
+__all__ = ["plan_split"]
+
+
+class _Devices:
+    """Devices handed out in order, the bytes on each accelerator, and where each
+    colocation group went."""
+
+    def __init__(self, graph: Graph, away_kind: str):
+        self.graph = graph
+        self.k, self.l, self.cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
+        self.group_of = {v: g for g, members in enumerate(graph.colocation_groups()) for v in members}
+        self.groups = graph.colocation_groups()
+        self.bytes = [sum(graph.node(v).size for v in m) for m in self.groups]
+        self.cpu_only = [not all(graph.node(v).accel_ok for v in m) for m in self.groups]
+        self.where: dict[int, tuple[str, int]] = {}  # group -> device
+        self.load = [0.0] * self.k
+        self.next_accel = 0  # runs take accelerators from the first up
+        self.spares = 0  # nodes sent off the sample's way take them from the last down
+        self.next_cpu = 0
+        self.cpu_away = ("cpu", self.l - 1) if self.l else None
+        self.away_kind = away_kind if self.l else "accel"
+
+    def fresh(self, kind: str, current: tuple[str, int] | None) -> tuple[str, int] | None:
+        """A device of ``kind`` for a new run: a fresh one while there are, then the
+        emptiest other accelerator (None if there is none)."""
+        if kind == "accel":
+            if self.next_accel >= self.k - self.spares:  # all handed out: the emptiest other one
+                others = [a for a in range(self.k) if ("accel", a) != current]
+                return ("accel", min(others, key=self.load.__getitem__)) if others else None
+            self.next_accel += 1
+            return ("accel", self.next_accel - 1)
+        spare = [c for c in range(max(1, self.l - 1)) if ("cpu", c) != current]
+        if not spare:  # one CPU only: the run shares it
+            return ("cpu", 0)
+        self.next_cpu += 1
+        return ("cpu", spare[(self.next_cpu - 1) % len(spare)])
+
+    def fits(self, v: int, device: tuple[str, int]) -> bool:
+        g = self.group_of[v]
+        if g in self.where:
+            return self.where[g] == device
+        if device[0] == "cpu":
+            return True
+        return not self.cpu_only[g] and self.load[device[1]] + self.bytes[g] <= self.cap * (1 + 1e-12)
+
+    def put(self, v: int, device: tuple[str, int]) -> bool:
+        """Place ``v``'s group on ``device`` if it is not placed yet and fits."""
+        g = self.group_of[v]
+        if g in self.where:
+            return True
+        if not self.fits(v, device):
+            return False
+        self.where[g] = device
+        if device[0] == "accel":
+            self.load[device[1]] += self.bytes[g]
+        return True
+
+    def put_first(self, v: int, *devices) -> bool:
+        """Place ``v``'s group on the first of ``devices`` it fits, else send it away."""
+        return any(d is not None and self.put(v, d) for d in devices) or self.put_away(v)
+
+    def put_away(self, v: int) -> bool:
+        """Off the sample's way: the last CPU, or with ``away_kind`` "accel" a spare
+        accelerator (one after another from the last, while runs leave them free),
+        else the last CPU."""
+        if self.away_kind == "cpu":
+            return self.put(v, self.cpu_away)
+        for a in range(self.k - 1, self.k - 1 - self.spares, -1):
+            if self.put(v, ("accel", a)):
+                return True
+        if self.next_accel < self.k - self.spares - 1 or (not self.l and self.next_accel < self.k - self.spares):
+            self.spares += 1
+            if self.put(v, ("accel", self.k - self.spares)):
+                return True
+        return self.cpu_away is not None and self.put(v, self.cpu_away)
+
+    def placement(self) -> Placement:
+        acc = [[] for _ in range(self.k)]
+        cpus = [[] for _ in range(self.l)]
+        for g, (kind, i) in self.where.items():
+            (acc if kind == "accel" else cpus)[i].extend(self.groups[g])
+        return Placement(acc, cpus)
+
+
+def plan_split(graph: Graph) -> Placement | None:
+    """The placement latency_bound.block_plan's choices describe (module docstring),
+    the faster of nodes sent away going to a CPU or to spare accelerators; None if
+    the choices need more accelerators than there are or do not fit."""
+    plan = block_plan(graph)
+    best, best_value = None, math.inf
+    for away_kind, cuts in itertools.product(("cpu", "accel"), (True, False)):
+        placement = _follow(graph, plan, away_kind, cuts)
+        if placement is not None:
+            value = latency_of(graph, placement)
+            if value < best_value:
+                best, best_value = placement, value
+    return best
+
+
+def _follow(graph: Graph, plan, away_kind: str, cuts: bool) -> Placement | None:
+    _, kept, arts, steps = plan
+    if not steps and len(arts) > 1:
+        return None
+    devices = _Devices(graph, away_kind)
+    first_kind = steps[0][1] if steps else ("accel" if graph.num_accelerators else "cpu")
+    current = devices.fresh(first_kind, None)
+    if current is None or not devices.put_first(kept[arts[0]], current):
+        return None
+    later = []  # (node, devices it may take): the nodes whose bytes the bound did not count
+    run_end = [0.0] * (len(steps) + 2)  # bytes the plan has on a step's tail device when its run ends
+    for t in range(len(steps), 0, -1):
+        run_end[t] = run_end[t + 1] if t < len(steps) and steps[t][0] == "stay" else steps[t - 1][-1]
+    for t, step in enumerate(steps, start=1):
+        inner, tail = kept[arts[t - 1] + 1:arts[t]], kept[arts[t]]
+        if step[0] == "stay":
+            moved = set(step[2])  # ("stay", kind, moved, bytes)
+            for w in inner:
+                if w in moved:
+                    later.append((w, ()))
+                else:
+                    devices.put_first(w, current)
+            if not devices.fits(tail, current):  # the plan's bytes were a relaxation's
+                current = devices.fresh(current[0], current) or current
+            devices.put_first(tail, current)
+            continue
+        _, _, tail_kind, allowed, _ = step
+        nxt = devices.fresh(tail_kind, current)
+        if nxt is None:
+            return None
+        later_in_run = run_end[t] - step[-1]  # bytes the plan puts on nxt after this block
+        cut = _best_cut(graph, devices, inner, kept[arts[t - 1]], tail, current, nxt, later_in_run) if cuts else None
+        if cut is not None:
+            for w in inner:
+                devices.put_first(w, current if w in cut else nxt)
+        else:  # as the bound counts bytes: one end allowed first, then either
+            for w, on_head, on_tail, away in sorted(allowed, key=lambda a: a[1] and a[2]):
+                ends = (current if on_head else None, nxt if on_tail else None)
+                if away:
+                    later.append((w, ends))
+                else:
+                    devices.put_first(w, *ends)
+        devices.put_first(tail, nxt)
+        current = nxt
+    for w, ends in later:  # where there is room left, else away
+        devices.put_first(w, *ends)
+    _place_the_rest(graph, devices)
+    placement = devices.placement()
+    try:
+        check_placement(graph, placement)
+    except PlacementError:
+        return None
+    return placement
+
+
+_CUTS_TRIED = 4000  # down-sets of a block timed at most (the first ones in a depth-first order)
+
+
+def _best_cut(graph: Graph, devices: _Devices, inner: list[int], head: int, tail: int,
+              d1: tuple[str, int], d2: tuple[str, int], later_on_d2: float) -> set[int] | None:
+    """Where a block whose tail moves to ``d2`` changes device: the down-set of its inner
+    nodes kept on ``d1`` (the rest on ``d2``) whose tail finishes first, timed on the
+    block alone (latency.py's model, the head done at 0), among those that fit both
+    devices with ``later_on_d2`` bytes left for the rest of ``d2``'s run; None when
+    none of the down-sets tried fits."""
+    inside = set(inner)
+    preds = {w: [u for u in graph.predecessors(w) if u in inside or u == head] for w in inner + [tail]}
+    fixed = {w: devices.where.get(devices.group_of[w]) for w in inner}
+    size = {w: 0.0 if fixed[w] else graph.node(w).size for w in inner}
+    room = {d: (devices.cap * (1 + 1e-12) - devices.load[d[1]] if d[0] == "accel" else math.inf) for d in (d1, d2)}
+    room[d2] -= later_on_d2 + (0.0 if devices.where.get(devices.group_of[tail]) else graph.node(tail).size)
+    ok = {d: {w for w in inner if (fixed[w] or d) == d and (d[0] == "cpu" or graph.node(w).accel_ok)}
+          for d in (d1, d2)}
+
+    def finish_of_tail(on_d1: set[int]) -> float:
+        where, finish, free = {head: d1}, {head: 0.0}, {d1: 0.0, d2: 0.0}
+        for w in inner + [tail]:
+            dev = d1 if w in on_d1 else d2
+            ready = free[dev]
+            for u in preds[w]:
+                ready = max(ready, finish[u] + transfer_delay(graph.node(u).out_cost, where[u], dev))
+            node = graph.node(w)
+            finish[w] = free[dev] = ready + (node.accel_time if dev[0] == "accel" else node.cpu_time)
+            where[w] = dev
+        return finish[tail]
+
+    best, best_value, tried = None, math.inf, 0
+    chosen: set[int] = set()
+
+    def grow(i: int, used1: float, used2: float) -> None:
+        nonlocal best, best_value, tried
+        if tried >= _CUTS_TRIED:
+            return
+        if i == len(inner):
+            tried += 1
+            value = finish_of_tail(chosen)
+            if value < best_value:
+                best, best_value = set(chosen), value
+            return
+        w = inner[i]
+        if w in ok[d1] and used1 + size[w] <= room[d1] and all(u == head or u in chosen for u in preds[w]):
+            chosen.add(w)
+            grow(i + 1, used1 + size[w], used2)
+            chosen.discard(w)
+        if w in ok[d2] and used2 + size[w] <= room[d2]:
+            grow(i + 1, used1, used2 + size[w])
+
+    grow(0, 0.0, 0.0)
+    return best
+
+
+def _place_the_rest(graph: Graph, devices: _Devices) -> None:
+    """Nodes the bound dropped go next to a placed neighbour (a weight by its consumer,
+    a side output by its producer), else to the spare device."""
+    left = [v for v in graph.topological_order() if devices.group_of[v] not in devices.where]
+    while left:
+        stuck = []
+        for v in left:
+            near = [devices.where[devices.group_of[u]] for u in graph.predecessors(v) + graph.successors(v)
+                    if devices.group_of[u] in devices.where]
+            if not near:
+                stuck.append(v)
+            elif not devices.put_first(v, *near):
+                devices.put_first(v, ("cpu", 0) if devices.l else None,
+                                  *[("accel", a) for a in range(devices.k)])
+        if len(stuck) == len(left):  # nothing placed next to anything: the spare device
+            for v in stuck:
+                devices.put_first(v, *[("accel", a) for a in range(devices.k)])
+            return
+        left = stuck
