@@ -31,12 +31,16 @@ _CPU = -1  # device id of the CPU in the DP; accelerator segments are 0, 1, 2, .
 
 
 def segment_split(graph: Graph, order: list[int] | None = None, beam: int = 1,
-                  time_limit: float = math.inf) -> Placement | None:
+                  time_limit: float = math.inf, cap_share: float = 1.0) -> Placement | None:
     """The best split found by the segment DP along ``order`` (default: the graph's
     topological order), keeping ``beam`` prefixes per state; None if no split fits
-    the devices or the DP would run past ``time_limit`` seconds."""
+    the devices or the DP would run past ``time_limit`` seconds.  ``cap_share`` < 1
+    fills accelerators only that far (room for a local search to move nodes into)."""
+    if not 0 < cap_share <= 1:
+        raise ValueError(f"cap_share must be in (0, 1], got {cap_share!r}")
     deadline = time.perf_counter() + time_limit
     dp = _SegmentDP(graph, order or graph.topological_order())
+    dp.cap *= cap_share
     scale = max(1e-9, sum(dp.cpu) + sum(dp.out))
     for penalty in (0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0):
         segments = dp.run(penalty * scale / max(1, dp.k), beam, deadline)

@@ -9,7 +9,7 @@ import pytest
 from _small_graphs import brute_force, random_graph
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import chain_split, latency_of
-from kfac_ext.placement.latency_search import chain_order
+from kfac_ext.placement.latency_search import chain_order, improve, iterated_search
 from kfac_ext.placement.latency_segments import segment_split
 from kfac_ext.placement.objective import check_placement
 
@@ -86,3 +86,33 @@ def test_segment_split_beats_chain_split_on_resnet50():
     p = segment_split(g, chain_order(g))
     check_placement(g, p)
     assert latency_of(g, p) < 0.95 * latency_of(g, chain_split(g, chain_order(g)))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_iterated_search_is_valid_exact_and_repeatable(seed):
+    g = random_graph(1000 + seed, n_nodes=8, k=3, l=1, colours=seed % 2 == 0, tight_memory=True)
+    start = segment_split(g, chain_order(g))
+    if start is None:
+        return
+    runs = [iterated_search(g, start, latency_of(g, start), time_limit=60, seed=seed, max_restarts=15)
+            for _ in range(2)]
+    (p, value, stats), (p2, value2, _) = runs
+    check_placement(g, p)
+    assert value == pytest.approx(latency_of(g, p), rel=1e-12)
+    assert value <= latency_of(g, start) + 1e-12
+    assert stats["tries"] <= 15
+    assert value2 == value and p2.accelerators == p.accelerators and p2.cpus == p.cpus
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_search_reaches_the_optimum_on_small_graphs(seed):
+    # the DP start, local search and a few restarts: brute force on 7 nodes, 2 accelerators
+    # and a CPU (3^7 placements)
+    g = random_graph(1100 + seed, n_nodes=7, k=2, l=1, colours=seed % 2 == 0,
+                     tight_memory=seed % 3 != 0)
+    start = segment_split(g, chain_order(g))
+    if start is None:
+        return
+    start, value, _ = improve(g, start, 60)
+    p, value, _ = iterated_search(g, start, value, time_limit=60, seed=0, max_restarts=30)
+    assert value == pytest.approx(brute_force(g, latency_of), rel=1e-9)
