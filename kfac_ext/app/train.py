@@ -58,12 +58,14 @@ DEFAULTS = {
                    target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
                    inv_lag_steps=2, threads=1, compute_method="eigen", factor_init="identity",
                    per_example_g=False,
-                   adaptive_damping=0),
+                   adaptive_damping=0, auto_step=False, auto_step_damping=1.0,
+                   auto_step_interval=5),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
                     lr_adamw=0.001, adamw_weight_decay=0.05, lr_soap=0.001,   # not swept
                     soap_weight_decay=0.05, damping=0.003, compute_method="eigen",
                     factor_init="identity",
-                    per_example_g=False, adaptive_damping=0, skip_layers=(),
+                    per_example_g=False, adaptive_damping=0, auto_step=False,
+                    auto_step_damping=1.0, auto_step_interval=5, skip_layers=(),
                     weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
                     target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
                     inv_lag_steps=0, threads=0),
@@ -186,6 +188,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="adapt the damping every T steps by the Levenberg-Marquardt rule on "
                         "the reduction ratio of the K-FAC quadratic model (one extra forward "
                         "pass every T steps; --damping is the start); 0: fixed damping")
+    k.add_argument("--auto-step", action=argparse.BooleanOptionalAction, default=None,
+                   help="K-FAC chooses its step length and momentum each step from the exact "
+                        "Gauss-Newton quadratic model (Martens & Grosse 2015, sec. 7: two "
+                        "forward-mode passes a step); its optimizer becomes SGD with lr 1, "
+                        "momentum 0, and --lr-kfac, the lr schedule (warm-up, decays), "
+                        "--momentum and --kl-clip do not apply to it; --weight-decay enters "
+                        "the quadratic model instead (kfac_ext/auto_step.py)")
+    k.add_argument("--auto-step-damping", type=float, default=None, metavar="LAMBDA",
+                   help="--auto-step: the quadratic model's starting damping, in units of "
+                        "the batch-mean loss's curvature (not --damping's; default 1)")
+    k.add_argument("--auto-step-interval", type=int, default=None, metavar="T",
+                   help="--auto-step: adapt its damping every T steps by the "
+                        "Levenberg-Marquardt rule (one extra forward pass every T steps); "
+                        "0 keeps it fixed (default 5)")
     k.add_argument("--kl-clip", type=float, default=0.001, help="default 0.001")
     k.add_argument("--factor-update-steps", type=int, default=None,
                    help="steps between factor updates before the first lr decay "
@@ -325,6 +341,10 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
                    inv_lag_steps=a.inv_lag_steps, skip_layers=list(a.skip_layers),
                    factor_init=a.factor_init, per_example_g=a.per_example_g,
                    adaptive_damping=a.adaptive_damping)
+        if a.auto_step:  # the step is the quadratic model's: SGD at lr 1, no schedule
+            cfg.update(auto_step=True, auto_step_damping=a.auto_step_damping,
+                       auto_step_interval=a.auto_step_interval, lr=1.0, momentum=0.0,
+                       warmup_epochs=0.0, decay_factor=1.0, kl_clip=None)
     return cfg
 
 
@@ -345,7 +365,12 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
     from kfac_ext import KFACPreconditioner  # imported here: SGD runs never need it
 
     g_scale = float(a.batch_size) ** 2 if a.per_example_g else 1.0
-    damping = a.damping
+    damping, auto_step = a.damping, None
+    if a.auto_step:
+        from kfac_ext.auto_step import AutoStep
+
+        auto_step = AutoStep(damping=a.auto_step_damping, weight_decay=a.weight_decay,
+                             interval=a.auto_step_interval)
     if a.adaptive_damping:
         from kfac_ext.adaptive_damping import AdaptiveDamping
 
@@ -354,9 +379,10 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
     return KFACPreconditioner(model, factor_update_steps=sched.factor_update_steps,
                               inv_update_steps=sched.inv_update_steps, damping=damping,
                               factor_init=a.factor_init, g_scale=g_scale,
-                              factor_decay=a.factor_decay, kl_clip=a.kl_clip, lr=sched.lr,
+                              factor_decay=a.factor_decay,
+                              kl_clip=None if a.auto_step else a.kl_clip, lr=sched.lr,
                               inv_lag_steps=a.inv_lag_steps, compute_method=a.compute_method,
-                              skip_layers=a.skip_layers)
+                              skip_layers=a.skip_layers, auto_step=auto_step)
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -366,6 +392,8 @@ def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
 
 def _make_optimizer(name: str, model: torch.nn.Module, lr: float, a: argparse.Namespace):
     """SGD with momentum (also under K-FAC), AdamW, or heavyball's SOAP (imported only here)."""
+    if name == "kfac" and a.auto_step:  # applies the step K-FAC wrote into .grad as it is
+        return torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.0, weight_decay=0.0)
     if name in ("sgd", "kfac"):
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=a.momentum,
                                weight_decay=a.weight_decay)
@@ -395,8 +423,9 @@ class _Run:
         model.to(world.device)
         self.model = model
         self.steps_per_epoch = task.n_train // a.batch_size  # drop the last partial batch
-        self.sched = Schedule(state.config["lr"], self.steps_per_epoch, a.warmup_epochs,
-                              tuple(a.decay_epochs), a.decay_factor, a.factor_update_steps or 1,
+        self.sched = Schedule(state.config["lr"], self.steps_per_epoch,
+                              state.config["warmup_epochs"], tuple(a.decay_epochs),
+                              state.config["decay_factor"], a.factor_update_steps or 1,
                               a.inv_update_steps or 1, a.interval_growth)
         self.net = model
         if world.size > 1:
@@ -409,7 +438,9 @@ class _Run:
                                for l in self.precond.layers)
             skipped = f"; layers matching {', '.join(a.skip_layers)} take plain SGD steps" \
                 if a.skip_layers else ""
-            log(f"kfac preconditions {layers}{skipped}")
+            auto = "; step length and momentum from the quadratic model (--auto-step)" \
+                if a.auto_step else ""
+            log(f"kfac preconditions {layers}{skipped}{auto}")
         if resume is not None:
             try:
                 model.load_state_dict(resume["model"])
@@ -455,10 +486,16 @@ class _Run:
             loss = task.loss(net(x), y)
             loss.backward()
             if precond is not None:
-                # Adaptive damping re-evaluates this batch's loss (no grad) after the move.
+                # Adaptive damping re-evaluates this batch's loss (no grad) after the move;
+                # the auto step takes its inputs and loss of the outputs.
                 # (x, y bound now: the closure is evaluated again at the next step.)
-                precond.step(closure=(lambda x=x, y=y: task.loss(net(x), y))
-                             if a.adaptive_damping else None)
+                if a.auto_step:
+                    closure = lambda x=x, y=y: (x, lambda out: task.loss(out, y))  # noqa: E731
+                elif a.adaptive_damping:
+                    closure = lambda x=x, y=y: task.loss(net(x), y)  # noqa: E731
+                else:
+                    closure = None
+                precond.step(closure=closure)
             optimizer.step()
             loss_sum += loss.detach()
             if cuda:
@@ -591,6 +628,9 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
     if a.adaptive_damping < 0:
         raise ValueError(f"--adaptive-damping must be an integer >= 0 (0: fixed damping); "
                          f"got {a.adaptive_damping}")
+    if a.auto_step and a.adaptive_damping:
+        raise ValueError("--adaptive-damping and --auto-step: the auto step adapts its own "
+                         "damping (--auto-step-interval); give one of them")
     for flag in ("adamw_weight_decay", "soap_weight_decay"):
         value = getattr(a, flag)
         if not (math.isfinite(value) and value >= 0):

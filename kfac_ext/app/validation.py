@@ -87,6 +87,10 @@ def check_train_args(a: argparse.Namespace) -> None:
     _number("--factor-update-steps", a.factor_update_steps, low=1, expected="an integer >= 1")
     _number("--inv-update-steps", a.inv_update_steps, low=1, expected="an integer >= 1")
     _number("--inv-lag-steps", a.inv_lag_steps, low=0, expected="an integer >= 0")
+    _number("--auto-step-damping", a.auto_step_damping, low=0, low_open=True,
+            expected="a finite number > 0")
+    _number("--auto-step-interval", a.auto_step_interval, low=0,
+            expected="an integer >= 0 (0: fixed damping)")
     _number("--interval-growth", a.interval_growth, low=1, expected="a finite number >= 1")
     _check_grown_intervals(a)
     # Run settings.

@@ -1,5 +1,6 @@
 """`kfac-ext train`: the optimizer list (sgd, adamw, kfac, soap), interleaved runs, and the
 autoencoder task."""
+import argparse
 import importlib.util
 import json
 
@@ -189,3 +190,41 @@ def test_kfac_options_reach_the_preconditioner_and_the_config(capsys, tmp_path):
         (train.DEFAULTS["digits"]["factor_init"], False, 0)
     assert main(["train", *FAST, "--adaptive-damping", "-1"]) == 2
     assert "--adaptive-damping" in capsys.readouterr().err
+
+
+def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, tmp_path):
+    flags = ["--optimizer", "kfac", "--auto-step", "--auto-step-damping", "0.5",
+             "--save", str(tmp_path / "a")]
+    out = _train(capsys, *flags)
+    cfg = out["runs"]["kfac"]["config"]
+    assert (cfg["auto_step"], cfg["auto_step_damping"], cfg["auto_step_interval"]) == \
+        (True, 0.5, 5)
+    assert (cfg["lr"], cfg["momentum"], cfg["kl_clip"], cfg["warmup_epochs"]) == \
+        (1.0, 0.0, None, 0.0)
+    ckpt = torch.load(tmp_path / "a" / "kfac.pt", weights_only=False)
+    group = ckpt["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (1.0, 0.0, 0.0)
+    auto = ckpt["preconditioner"]["auto_step"]
+    # 10 steps an epoch, 2 epochs; λ measured at steps 0, 5, 10, 15 (each finished a step later).
+    assert auto["steps"] == 20 and auto["damping"]["updates"] == 4
+    assert auto["damping"]["value"] != 0.5 and auto["last_mu"] != 0.0
+    assert [r["lr"] for r in out["runs"]["kfac"]["history"]] == [1.0, 1.0]
+    assert out["runs"]["kfac"]["final_test_accuracy"] > 0.5
+    # With a fixed λ (nothing pending at an epoch's end), stop-and-resume is the same run.
+    fixed = ["--optimizer", "kfac", "--auto-step", "--auto-step-interval", "0"]
+    whole = _train(capsys, *fixed)
+    _train(capsys, *fixed, "--save", str(tmp_path / "b"), "--stop-after", "1")
+    resumed = _train(capsys, *fixed, "--resume", str(tmp_path / "b"))
+    assert _history(resumed, "kfac") == _history(whole, "kfac")
+    # The default K-FAC run has no auto step (and keeps its config, hence its checkpoints).
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    default = parser.parse_args(["--optimizer", "kfac"])
+    train._resolve_defaults(default)
+    cfg = train._run_config("kfac", default, train.World())
+    assert "auto_step" not in cfg and cfg["lr"] == train.DEFAULTS["digits"]["lr_kfac"]
+    for bad, flag in ((["--auto-step-damping", "0"], "--auto-step-damping"),
+                      (["--auto-step-interval", "-1"], "--auto-step-interval"),
+                      (["--auto-step", "--adaptive-damping", "3"], "--adaptive-damping")):
+        assert main(["train", *FAST, *bad]) == 2
+        assert flag in capsys.readouterr().err
