@@ -20,13 +20,43 @@ import time
 from .graph import Graph
 from .objective import Placement
 
-__all__ = ["FastLatency", "chain_order", "improve", "iterated_search", "path_split"]
+__all__ = ["FastLatency", "chain_order", "improve", "iterated_search", "level_order", "path_split"]
 
 
 def chain_order(graph: Graph) -> list[int]:
     """The topological order with every source moved to just before its first
     consumer and every sink to just after its last producer (still topological)."""
-    order = graph.topological_order()
+    return _sources_and_sinks_by_neighbours(graph, graph.topological_order())
+
+
+def level_order(graph: Graph, late: bool = False) -> list[int]:
+    """A topological order by earliest start on accelerators with free transfers
+    (``late``: by latest start that keeps the longest path), then as :func:`chain_order`
+    for sources and sinks.  Parallel branches interleave by depth, so a contiguous
+    split of it can cut all the branches of a module at once (Inception) where
+    the plain order cuts one branch off the others."""
+    topo = graph.topological_order()
+    pos = {v: i for i, v in enumerate(topo)}
+    time_of = {v: graph.node(v).accel_time for v in topo}
+    if late:  # latest start = (longest path) - (longest path from v to a sink)
+        tail: dict[int, float] = {}
+        for v in reversed(topo):
+            tail[v] = time_of[v] + max((tail[w] for w in graph.successors(v)), default=0.0)
+        start = {v: -tail[v] for v in topo}
+    else:
+        start = {}
+        for v in topo:
+            start[v] = max((start[u] + time_of[u] for u in graph.predecessors(v)), default=0.0)
+    # (start, finish, position): along an edge start and finish never decrease, and
+    # ties (zero-time nodes) keep the topological order
+    order = sorted(topo, key=lambda v: (start[v], start[v] + time_of[v], pos[v]))
+    at = {v: i for i, v in enumerate(order)}
+    if any(at[u] > at[w] for u, w in graph.edges):  # float rounding on near-zero times
+        order = topo
+    return _sources_and_sinks_by_neighbours(graph, order)
+
+
+def _sources_and_sinks_by_neighbours(graph: Graph, order: list[int]) -> list[int]:
     pos = {v: i for i, v in enumerate(order)}
 
     def key(v: int):
@@ -291,9 +321,10 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
     """Restarts of :func:`improve` until ``time_limit`` (or ``max_restarts``), keeping
     the fastest result.
 
-    First from the segment DP's splits with part of each accelerator's memory held
-    back (``_CAP_SHARES``: room for the moves that the DP's full accelerators
-    block; the same starts on every machine), then from random perturbations of
+    First from the segment DP's splits (``_SEGMENT_STARTS``: along the level orders
+    and the chain order, with all or part of each accelerator's memory, which
+    leaves room for moves that full accelerators block; the same starts on every
+    machine, most useful first), then from random perturbations of
     the best so far: a random window of the topological order (with the nodes'
     colour mates) on one device seen near it.  Seeded: with ``max_restarts`` and
     time to spare, a run is repeatable on any machine."""
@@ -308,13 +339,14 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
     members = graph.colocation_groups()
     tries = kept = 0
     seen = set()
-    order = chain_order(graph)
+    orders = {"early": level_order(graph), "late": level_order(graph, late=True),
+              "chain": chain_order(graph)}
     budget = math.inf if max_restarts is None else max_restarts
-    for share in _CAP_SHARES:
+    for name, share in _SEGMENT_STARTS:
         left = time_limit - (time.perf_counter() - t0)
         if left <= 0 or tries >= budget:
             break
-        start = segment_split(graph, order, time_limit=left, cap_share=share)
+        start = segment_split(graph, orders[name], time_limit=left, cap_share=share)
         if start is None:
             continue
         key = tuple(ev.devices_of(start))
@@ -347,6 +379,9 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
     return placement, value, {"tries": tries, "kept": kept, "seconds": time.perf_counter() - t0}
 
 
-# shares of the memory cap the segment DP fills for iterated_search's first restarts
-# (on the bundled Inception-v3 0.95 led to 1008.6 against 1028.8 from the full cap)
-_CAP_SHARES = (0.99, 0.98, 0.95, 0.92, 0.9, 0.85, 0.8)
+# iterated_search's first restarts: (order, share of the memory cap the segment DP
+# fills).  On the bundled workloads, after improve: Inception-v3 948.3 from "early"
+# (1028.8 from "chain"), ResNet-50 layers 995.4 from "late" (1010.2), GNMT its optimum
+# 219.1 from "early"; a share below 1 helped "chain" on Inception-v3 (1008.6 at 0.95)
+_SEGMENT_STARTS = tuple((name, share) for share in (1.0, 0.95, 0.9, 0.85)
+                        for name in ("early", "late", "chain"))
