@@ -22,7 +22,7 @@ from .latency import latency_of, transfer_delay
 from .latency_bound import block_plan
 from .objective import Placement, PlacementError, check_placement
 
-__all__ = ["plan_split"]
+__all__ = ["plan_split", "plan_start"]
 
 
 class _Devices:
@@ -251,3 +251,15 @@ def _place_the_rest(graph: Graph, devices: _Devices) -> None:
                 devices.put_first(v, *[("accel", a) for a in range(devices.k)])
             return
         left = stuck
+
+
+def plan_start(graph: Graph, time_limit: float) -> Placement | None:
+    """:func:`plan_split` polished by latency_search.improve for at most ``time_limit``
+    seconds (the plan's own value is a poor guide: a few nodes left on the wrong side
+    of a cut cost a lot, and the local search moves them back at once)."""
+    from .latency_search import improve  # lazy: the search module imports latency_bound
+
+    placement = plan_split(graph)
+    if placement is None:
+        return None
+    return improve(graph, placement, time_limit)[0]

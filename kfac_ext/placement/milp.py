@@ -31,7 +31,8 @@ upper bound on every finish time).  Minimise ``L >= f_v``.
 Warm start: the contiguous DP optimum (kfac_ext.placement.dp) for throughput;
 for latency the best of latency.chain_split (a chain DP over the topological
 order, and over latency_search.chain_order, which keeps weights by their
-layer), latency_segments.segment_split (segments timed exactly), a first-fit
+layer), latency_segments.segment_split (segments timed exactly),
+latency_bound_plan.plan_start (the placement the bound's DP describes), a first-fit
 fill of the accelerators and everything on one CPU (or a start the caller
 passes), improved by latency_search.improve (local search on the exact latency,
 ``_SEARCH_SHARE`` of the time).  HiGHS gets it through
@@ -58,6 +59,7 @@ import numpy as np
 from .graph import Graph
 from .latency import chain_split, latency_of, latency_schedule
 from .latency_bound import bound_paths, latency_bound
+from .latency_bound_plan import plan_start
 from .latency_search import chain_order, improve, iterated_search, path_split
 from .latency_segments import segment_split
 from .objective import Placement, PlacementError, Solution, check_placement, throughput_loads
@@ -440,6 +442,8 @@ def _default_warm_start(graph: Graph, objective: str, time_limit: float) -> Plac
         candidates.append(chain_split(graph, chain_order(graph)))
         # timed exactly as it grows (skip connections, parallel transfers); O(n^2)
         candidates.append(segment_split(graph, chain_order(graph), time_limit=_SEGMENT_DP_SHARE * time_limit))
+        # the placement the memory-aware bound's DP describes, after a short local search
+        candidates.append(plan_start(graph, _PLAN_SHARE * time_limit))
         for path in bound_paths(graph):  # the memory-aware bound's own route plans
             candidates.append(path_split(graph, path))
         if graph.num_cpus:
@@ -581,6 +585,9 @@ _SEARCH_SHARE = 0.3
 # share of the time limit the segment DP may use (it takes about 1 s on the 783-node
 # BERT-12 operator graph; past its share it gives up and the other starts stand)
 _SEGMENT_DP_SHARE = 0.2
+# share of the time limit the bound's plan may spend in local search before the
+# candidates are compared (it stops earlier at a local optimum: 0.1-2 s on the workloads)
+_PLAN_SHARE = 0.1
 _HIGHS_SHARE = 0.5
 # sequencing rows per second of time left below which HiGHS is worth starting: on the
 # bundled latency workloads (20k to 1.7M rows) it ended every 20 s run at the root, having

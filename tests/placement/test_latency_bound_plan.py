@@ -9,7 +9,7 @@ from _small_graphs import brute_force, random_graph
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import latency_of
 from kfac_ext.placement.latency_bound import latency_bound
-from kfac_ext.placement.latency_bound_plan import plan_split
+from kfac_ext.placement.latency_bound_plan import plan_split, plan_start
 
 WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
 
@@ -41,3 +41,13 @@ def test_plan_split_certifies_resnet50_operator_graph_within_one_percent():
     g = Graph.from_json(WORKLOADS / "OperatorGraphs" / "resnet50_inference.json")
     value, bound = latency_of(g, plan_split(g)), latency_bound(g)
     assert value <= bound / (1 - 0.01)  # gap = (value - bound) / value <= 1 %
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_plan_start_polishes_the_plan(seed):
+    g = residual_chain(6000 + seed, n=7, k=3, l=1)
+    plan = plan_split(g)
+    if plan is None:
+        pytest.skip("the plan does not fit the devices")
+    polished = plan_start(g, time_limit=2.0)
+    assert latency_of(g, polished) <= latency_of(g, plan) + 1e-12  # valid, and no worse
