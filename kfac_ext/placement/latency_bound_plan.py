@@ -59,6 +59,18 @@ class _Devices:
         self.next_cpu += 1
         return ("cpu", spare[(self.next_cpu - 1) % len(spare)])
 
+    def third(self, busy) -> tuple[str, int] | None:
+        """Where a move may send nodes off its two ends: the last CPU, or with
+        ``away_kind`` "accel" the spare accelerator with most room (a new one while runs
+        leave one free), None if there is none."""
+        if self.away_kind == "cpu":
+            return self.cpu_away
+        spares = [("accel", a) for a in range(self.k - self.spares, self.k)]
+        if self.next_accel < self.k - self.spares - 1:
+            spares.append(("accel", self.k - self.spares - 1))
+        spares = [d for d in spares if d not in busy]
+        return max(spares, key=lambda d: -self.load[d[1]], default=self.cpu_away)
+
     def fits(self, v: int, device: tuple[str, int]) -> bool:
         g = self.group_of[v]
         if g in self.where:
@@ -77,6 +89,8 @@ class _Devices:
         self.where[g] = device
         if device[0] == "accel":
             self.load[device[1]] += self.bytes[g]
+            if self.next_accel <= device[1] < self.k - self.spares:  # a spare claimed by third()
+                self.spares = self.k - device[1]
         return True
 
     def put_first(self, v: int, *devices) -> bool:
@@ -112,7 +126,7 @@ def plan_split(graph: Graph) -> Placement | None:
     the choices need more accelerators than there are or do not fit."""
     plan = block_plan(graph)
     best, best_value = None, math.inf
-    for away_kind, cuts in itertools.product(("cpu", "accel"), (True, False)):
+    for away_kind, cuts in itertools.product(("cpu", "accel"), ("shaped", "free", None)):
         placement = _follow(graph, plan, away_kind, cuts)
         if placement is not None:
             value = latency_of(graph, placement)
@@ -121,7 +135,13 @@ def plan_split(graph: Graph) -> Placement | None:
     return best
 
 
-def _follow(graph: Graph, plan, away_kind: str, cuts: bool) -> Placement | None:
+def _follow(graph: Graph, plan, away_kind: str, cuts: str | None) -> Placement | None:
+    """The placement along ``plan``.  A move's block is cut by :func:`_best_cut`, first
+    with its bytes on the tail's device as the plan counts them, then as room allows;
+    with ``cuts`` "shaped", each node first where the plan allows it, then anywhere;
+    with "free", on either end or (if the plan lets it go) on a third device.  If
+    ``cuts`` is None or no cut fits, the block's nodes are placed one by one as the
+    plan counts bytes."""
     _, kept, arts, steps = plan
     if not steps and len(arts) > 1:
         return None
@@ -131,9 +151,6 @@ def _follow(graph: Graph, plan, away_kind: str, cuts: bool) -> Placement | None:
     if current is None or not devices.put_first(kept[arts[0]], current):
         return None
     later = []  # (node, devices it may take): the nodes whose bytes the bound did not count
-    run_end = [0.0] * (len(steps) + 2)  # bytes the plan has on a step's tail device when its run ends
-    for t in range(len(steps), 0, -1):
-        run_end[t] = run_end[t + 1] if t < len(steps) and steps[t][0] == "stay" else steps[t - 1][-1]
     for t, step in enumerate(steps, start=1):
         inner, tail = kept[arts[t - 1] + 1:arts[t]], kept[arts[t]]
         if step[0] == "stay":
@@ -151,11 +168,20 @@ def _follow(graph: Graph, plan, away_kind: str, cuts: bool) -> Placement | None:
         nxt = devices.fresh(tail_kind, current)
         if nxt is None:
             return None
-        later_in_run = run_end[t] - step[-1]  # bytes the plan puts on nxt after this block
-        cut = _best_cut(graph, devices, inner, kept[arts[t - 1]], tail, current, nxt, later_in_run) if cuts else None
+        cut = None
+        if cuts:  # within the bytes the plan counts on nxt for the block, else as room allows
+            counted = step[-1] - (graph.node(tail).size if tail_kind == "accel" else 0.0)
+            shapes = {w: (on_head, on_tail, may_go) for w, on_head, on_tail, may_go in allowed}
+            ends = {w: (True, True, may_go) for w, _, _, may_go in allowed}
+            tries = ([(counted + _SLACK * devices.cap, shapes), (math.inf, dict.fromkeys(shapes, (True,) * 3))]
+                     if cuts == "shaped" else [(counted + _SLACK * devices.cap, ends), (math.inf, ends)])
+            for budget, where in tries:
+                cut = _best_cut(graph, devices, inner, kept[arts[t - 1]], tail, current, nxt, budget, where)
+                if cut is not None:
+                    break
         if cut is not None:
             for w in inner:
-                devices.put_first(w, current if w in cut else nxt)
+                devices.put_first(w, cut[w])
         else:  # as the bound counts bytes: one end allowed first, then either
             for w, on_head, on_tail, away in sorted(allowed, key=lambda a: a[1] and a[2]):
                 ends = (current if on_head else None, nxt if on_tail else None)
@@ -176,59 +202,68 @@ def _follow(graph: Graph, plan, away_kind: str, cuts: bool) -> Placement | None:
     return placement
 
 
+_SLACK = 0.01  # share of the cap a move's cut may put on its tail device beyond the plan's count
 _CUTS_TRIED = 4000  # down-sets of a block timed at most (the first ones in a depth-first order)
 
 
 def _best_cut(graph: Graph, devices: _Devices, inner: list[int], head: int, tail: int,
-              d1: tuple[str, int], d2: tuple[str, int], later_on_d2: float) -> set[int] | None:
-    """Where a block whose tail moves to ``d2`` changes device: the down-set of its inner
-    nodes kept on ``d1`` (the rest on ``d2``) whose tail finishes first, timed on the
-    block alone (latency.py's model, the head done at 0), among those that fit both
-    devices with ``later_on_d2`` bytes left for the rest of ``d2``'s run; None when
-    none of the down-sets tried fits."""
+              d1: tuple[str, int], d2: tuple[str, int], budget: float,
+              allowed: dict[int, tuple[bool, bool, bool]]) -> dict[int, tuple[str, int]] | None:
+    """Where a block whose tail moves to ``d2`` changes device: a down-set of its inner
+    nodes kept on ``d1``, the rest on ``d2`` or on a third device, each node where
+    ``allowed`` (on d1, on d2, on a third) lets it -- the split whose tail finishes
+    first, timed on the block alone (latency.py's model, the head done at 0), among
+    those that fit the devices with at most ``budget`` bytes on ``d2``; None when none
+    of the splits tried fits."""
+    d3 = devices.third((d1, d2))
+    ends = (d1, d2) if d3 is None else (d1, d2, d3)
     inside = set(inner)
     preds = {w: [u for u in graph.predecessors(w) if u in inside or u == head] for w in inner + [tail]}
     fixed = {w: devices.where.get(devices.group_of[w]) for w in inner}
     size = {w: 0.0 if fixed[w] else graph.node(w).size for w in inner}
-    room = {d: (devices.cap * (1 + 1e-12) - devices.load[d[1]] if d[0] == "accel" else math.inf) for d in (d1, d2)}
-    room[d2] -= later_on_d2 + (0.0 if devices.where.get(devices.group_of[tail]) else graph.node(tail).size)
-    ok = {d: {w for w in inner if (fixed[w] or d) == d and (d[0] == "cpu" or graph.node(w).accel_ok)}
-          for d in (d1, d2)}
+    room = {d: (devices.cap * (1 + 1e-12) - devices.load[d[1]] if d[0] == "accel" else math.inf) for d in ends}
+    room[d2] = min(budget, room[d2] - (0.0 if devices.where.get(devices.group_of[tail]) else graph.node(tail).size))
+    ok = {d: {w for w in inner if (fixed[w] or d) == d and (d[0] == "cpu" or graph.node(w).accel_ok)
+              and allowed[w][(d1, d2, d3).index(d)]} for d in ends}
 
-    def finish_of_tail(on_d1: set[int]) -> float:
-        where, finish, free = {head: d1}, {head: 0.0}, {d1: 0.0, d2: 0.0}
+    def finish_of_tail() -> float:
+        finish, free = {head: 0.0}, dict.fromkeys(ends, 0.0)
         for w in inner + [tail]:
-            dev = d1 if w in on_d1 else d2
+            dev = where[w]
             ready = free[dev]
             for u in preds[w]:
                 ready = max(ready, finish[u] + transfer_delay(graph.node(u).out_cost, where[u], dev))
             node = graph.node(w)
             finish[w] = free[dev] = ready + (node.accel_time if dev[0] == "accel" else node.cpu_time)
-            where[w] = dev
         return finish[tail]
 
+    where = {head: d1, tail: d2}
+    used = dict.fromkeys(ends, 0.0)
     best, best_value, tried = None, math.inf, 0
-    chosen: set[int] = set()
 
-    def grow(i: int, used1: float, used2: float) -> None:
+    def grow(i: int) -> None:
         nonlocal best, best_value, tried
         if tried >= _CUTS_TRIED:
             return
         if i == len(inner):
             tried += 1
-            value = finish_of_tail(chosen)
+            value = finish_of_tail()
             if value < best_value:
-                best, best_value = set(chosen), value
+                best, best_value = dict(where), value
             return
         w = inner[i]
-        if w in ok[d1] and used1 + size[w] <= room[d1] and all(u == head or u in chosen for u in preds[w]):
-            chosen.add(w)
-            grow(i + 1, used1 + size[w], used2)
-            chosen.discard(w)
-        if w in ok[d2] and used2 + size[w] <= room[d2]:
-            grow(i + 1, used1, used2 + size[w])
+        for d in ends:
+            if w not in ok[d] or used[d] + size[w] > room[d]:
+                continue
+            if d == d1 and not all(where[u] == d1 for u in preds[w]):
+                continue  # d1 keeps a down-set: no path comes back to it
+            where[w] = d
+            used[d] += size[w]
+            grow(i + 1)
+            used[d] -= size[w]
+        where.pop(w, None)
 
-    grow(0, 0.0, 0.0)
+    grow(0)
     return best
 
 
