@@ -66,14 +66,11 @@ __all__ = ["AutoStep", "curvature_products", "solve_step"]
 _SINGULAR = 1e-10
 
 
-def _dot(xs: List[torch.Tensor], ys: List[torch.Tensor]) -> float:
-    return float(sum((x.double() * y.double()).sum() for x, y in zip(xs, ys)))
-
-
 def curvature_products(model: nn.Module, names: List[str], params: List[torch.Tensor],
-                       directions: List[List[torch.Tensor]], inputs,
+                       directions: torch.Tensor, inputs,
                        loss_of_outputs: Callable) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(k×k float64 matrix of d_iᵀ C d_j, the loss at ``params``) for k directions.
+    """(k×k float64 matrix of d_iᵀ C d_j, the loss at ``params``) for the k rows of
+    ``directions`` (each the parameters ``names`` flattened and concatenated in order).
 
     C is the Gauss–Newton matrix of ``loss_of_outputs(model(*inputs))`` with
     respect to the parameters ``names`` (the others stay as they are)."""
@@ -85,7 +82,9 @@ def curvature_products(model: nn.Module, names: List[str], params: List[torch.Te
     def outputs(p):
         return functional_call(model, {**p, **buffers}, args)
 
-    tangents = {n: torch.stack([d[i] for d in directions]) for i, n in enumerate(names)}
+    k = directions.shape[0]
+    tangents = {n: t.reshape(k, *p.shape).to(p.dtype) for n, p, t in
+                zip(names, params, directions.split([p.numel() for p in params], dim=1))}
     with torch.enable_grad():
         out, jv = vmap(lambda t: jvp(outputs, (primals,), (t,)), out_dims=(None, 0))(tangents)
         # H (J d) by double backward, batched over the directions: on small outputs 7-9x
@@ -97,7 +96,7 @@ def curvature_products(model: nn.Module, names: List[str], params: List[torch.Te
             (hjv,) = torch.autograd.grad(loss_grad, out, grad_outputs=jv, is_grads_batched=True)
         else:  # a loss linear in the outputs
             hjv = torch.zeros_like(jv)
-    jv, hjv = jv.reshape(len(directions), -1).double(), hjv.reshape(len(directions), -1).double()
+    jv, hjv = jv.reshape(k, -1).double(), hjv.reshape(k, -1).double()
     gram = jv @ hjv.T
     return 0.5 * (gram + gram.T), loss.detach()
 
@@ -147,10 +146,14 @@ class AutoStep:
         self.last_mu: Optional[float] = None
         self.last_predicted: Optional[float] = None   # M of the damped model at the step
         self.fallbacks = {"1d": 0, "skip": 0}
-        self._prev: Optional[Dict[str, torch.Tensor]] = None   # θ at the last step
-        self._last: Optional[Dict[str, torch.Tensor]] = None   # the step written then
-        self._grads: Optional[List[torch.Tensor]] = None       # g of this step
-        self._delta: Dict[str, torch.Tensor] = {}
+        # Flat float64 vectors over the parameters ``_names`` (those with gradients):
+        self._names: Optional[List[str]] = None
+        self._shapes: Dict[str, tuple] = {}
+        self._prev: Optional[torch.Tensor] = None    # θ at the last step
+        self._last: Optional[torch.Tensor] = None    # the step written then
+        self._theta: Optional[torch.Tensor] = None   # θ of this step
+        self._grads: Optional[torch.Tensor] = None   # g of this step
+        self._delta: Optional[torch.Tensor] = None   # δ of this step
         self._pending: Optional[tuple] = None  # (closure, h before, undamped model change)
 
     @property
@@ -158,44 +161,48 @@ class AutoStep:
         return self.lm.value
 
     # ----------------------------------------------------------------- step
+    # Parameters travel as one flat float64 vector (in named_parameters order): a few
+    # large ops instead of several small ones per parameter.
     @staticmethod
     def _params(model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
         return [(n, p) for n, p in model.named_parameters()
                 if p.requires_grad and p.grad is not None]
+
+    @staticmethod
+    def _flat(tensors) -> torch.Tensor:
+        return torch.cat([t.detach().reshape(-1).double() for t in tensors])
 
     def before(self, model: nn.Module, closure: Optional[Callable]) -> None:
         """Called by ``KFACPreconditioner.step`` before it changes any gradient."""
         if closure is None:
             raise ValueError("KFACPreconditioner.step(closure=...): auto_step needs a closure "
                              "returning (inputs, loss_of_outputs) of the current batch")
-        params = self._params(model)
+        named = self._params(model)
+        params = [p for _, p in named]
         if self._pending is not None:
             self._finish_ratio(model, params)
-        self._delta = self._observed_change(params)
-        eta = self.weight_decay
-        for _, p in params:
-            if eta:
-                p.grad.add_(p.detach(), alpha=eta)
-        self._grads = [p.grad.detach().clone() for _, p in params]
+        theta = self._flat(params)
+        self._delta = self._observed_change([n for n, _ in named], theta, params)
+        self._theta = theta
+        if self.weight_decay:
+            torch._foreach_add_([p.grad for p in params], [p.detach() for p in params],
+                                alpha=self.weight_decay)
+        self._grads = self._flat(p.grad for p in params)
 
     def after(self, model: nn.Module, closure: Callable) -> None:
         """Called by ``KFACPreconditioner.step`` once the registered gradients are
         preconditioned: writes ``.grad = -(αΔ + μδ)``."""
         named = self._params(model)
         names, params = [n for n, _ in named], [p for _, p in named]
-        g = self._grads
-        self._grads = None
-        direction = [-p.grad.detach() for p in params]
-        has_momentum = bool(self._delta)
-        delta = [self._delta.get(n, torch.zeros_like(p)) for n, p in named]
-        dirs = [direction, delta] if has_momentum else [direction]
+        g, theta = self._grads, self._theta
+        self._grads = self._theta = None
+        direction = -self._flat(p.grad for p in params)
+        dirs = torch.stack([direction] if self._delta is None else [direction, self._delta])
         inputs, loss_of_outputs = closure()
         curvature, loss = curvature_products(model, names, params, dirs, inputs,
                                              loss_of_outputs)
-        k = len(dirs)
-        norms = torch.tensor([[_dot(dirs[i], dirs[j]) for j in range(k)] for i in range(k)],
-                             dtype=torch.float64)
-        linear = torch.tensor([_dot(g, d) for d in dirs], dtype=torch.float64)
+        k = dirs.shape[0]
+        norms, linear = dirs @ dirs.T, dirs @ g
         eta = self.weight_decay
         coeffs, how = solve_step(curvature, norms, linear, self.damping + eta)
         if how != "full":
@@ -206,55 +213,50 @@ class AutoStep:
                            "this step is skipped (every gradient set to zero)"), stacklevel=3)
         if coeffs is None:
             coeffs = torch.zeros(k, dtype=torch.float64)
-        alpha, mu = float(coeffs[0]), float(coeffs[1]) if k == 2 else 0.0
-        step = [alpha * d + mu * m for d, m in zip(direction, delta)]
+        coeffs = coeffs.to(dirs.device)
+        self.last_alpha, self.last_mu = float(coeffs[0]), float(coeffs[1]) if k == 2 else 0.0
+        step = coeffs @ dirs
         system = curvature + (self.damping + eta) * norms
-        self.last_alpha, self.last_mu = alpha, mu
         self.last_predicted = float(linear @ coeffs + 0.5 * coeffs @ system @ coeffs)
         if self.interval and self.steps % self.interval == 0 and how != "skip":
             undamped = float(linear @ coeffs + 0.5 * coeffs @ (curvature + eta * norms) @ coeffs)
-            h = float(loss) + 0.5 * eta * _dot(params, params)
-            self._pending = (closure, h, undamped)
-        for p, s in zip(params, step):
-            p.grad.copy_(-s)
-        self._prev = {n: p.detach().clone() for n, p in named}
-        self._last = {n: s.detach().clone() for n, s in zip(names, step)}
+            self._pending = (closure, float(loss) + 0.5 * eta * float(theta @ theta), undamped)
+        for p, s in zip(params, step.split([p.numel() for p in params])):
+            p.grad.copy_(s.neg().view_as(p))
+        self._names, self._prev, self._last = names, theta, step
+        self._shapes = {n: tuple(p.shape) for n, p in named}
         self.steps += 1
 
-    def _observed_change(self, params) -> Dict[str, torch.Tensor]:
-        """δ = θ now - θ at the last step, per parameter; refuses an optimizer that did not
-        apply the step written then."""
-        if self._prev is None:
-            return {}
-        delta, err, size, scale = {}, 0.0, 0.0, 0.0
-        for n, p in params:
-            if n not in self._prev:
-                continue
-            d = p.detach() - self._prev[n]
-            delta[n] = d
-            err += float((d.double() - self._last[n].double()).pow(2).sum())
-            size += float(self._last[n].double().pow(2).sum())
-            scale += float(p.detach().double().pow(2).sum())
+    def _observed_change(self, names: List[str], theta: torch.Tensor,
+                         params: List[torch.Tensor]) -> Optional[torch.Tensor]:
+        """δ = θ now - θ at the last step (None: no last step, or other parameters had
+        gradients then); refuses an optimizer that did not apply the step written then."""
+        if self._prev is None or names != self._names:
+            return None
+        delta = theta - self._prev
+        err = float(torch.linalg.vector_norm(delta - self._last))
+        size = float(torch.linalg.vector_norm(self._last))
+        scale = float(torch.linalg.vector_norm(theta))
         # Rounding of θ + v in the parameters' dtype, plus a relative margin.
-        eps = torch.finfo(params[0][1].dtype).eps if params else 0.0
-        if math.sqrt(err) > 1e-3 * math.sqrt(size) + 8 * eps * math.sqrt(scale):
+        eps = max(torch.finfo(p.dtype).eps for p in params)
+        if err > 1e-3 * size + 8 * eps * scale:
             raise RuntimeError(
                 "AutoStep: the parameters did not move by the step KFACPreconditioner.step() "
-                f"wrote into .grad (off by {math.sqrt(err):.3g}, step norm "
-                f"{math.sqrt(size):.3g}); apply it with torch.optim.SGD(params, lr=1.0, "
-                "momentum=0, weight_decay=0) and nothing between step() and optimizer.step()")
+                f"wrote into .grad (off by {err:.3g}, step norm {size:.3g}); apply it with "
+                "torch.optim.SGD(params, lr=1.0, momentum=0, weight_decay=0) and nothing "
+                "between step() and optimizer.step()")
         return delta
 
-    def _finish_ratio(self, model: nn.Module, params) -> None:
+    def _finish_ratio(self, model: nn.Module, params: List[torch.Tensor]) -> None:
         """ρ = (h(θ + v) - h(θ)) / M(v) on the batch of the measured step; LM update of λ."""
         closure, h_before, model_change = self._pending
         self._pending = None
         inputs, loss_of_outputs = closure()
         args = inputs if isinstance(inputs, tuple) else (inputs,)
-        model_params = [p for _, p in params]
         with torch.no_grad():
             loss = float(loss_of_outputs(model(*args)))
-        h_after = loss + 0.5 * self.weight_decay * _dot(model_params, model_params)
+        h_after = loss + 0.5 * self.weight_decay * sum(
+            float(p.detach().double().pow(2).sum()) for p in params)
         if model_change >= 0 or not math.isfinite(h_after):
             rho = -math.inf
         else:
@@ -262,23 +264,31 @@ class AutoStep:
         self.lm.update(rho)
 
     # ------------------------------------------------------------------ state
+    def _by_name(self, flat: torch.Tensor, model_shapes: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
+        sizes = [math.prod(model_shapes[n]) for n in self._names]
+        return {n: t.reshape(model_shapes[n]).clone()
+                for n, t in zip(self._names, flat.split(sizes))}
+
     def state_dict(self) -> dict:
-        return {"damping": self.lm.state_dict(), "steps": self.steps,
-                "last_alpha": self.last_alpha, "last_mu": self.last_mu,
-                "fallbacks": dict(self.fallbacks),
-                "previous_params": None if self._prev is None else
-                {n: t.clone() for n, t in self._prev.items()},
-                "last_step": None if self._last is None else
-                {n: t.clone() for n, t in self._last.items()}}
+        """λ's state, counters, and (by parameter name, float64) θ and the step written at
+        the last step, from which the next step's δ follows."""
+        state = {"damping": self.lm.state_dict(), "steps": self.steps,
+                 "last_alpha": self.last_alpha, "last_mu": self.last_mu,
+                 "fallbacks": dict(self.fallbacks), "previous_params": None, "last_step": None}
+        if self._prev is not None:
+            shapes = self._shapes
+            state["previous_params"] = self._by_name(self._prev, shapes)
+            state["last_step"] = self._by_name(self._last, shapes)
+        return state
 
     def load_state_dict(self, state: dict, model: nn.Module) -> None:
         """Validated against ``model``'s parameters before anything is assigned. A λ
         measurement pending at saving time (its closure cannot be saved) is dropped."""
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         prev, last = state.get("previous_params"), state.get("last_step")
-        if (prev is None) != (last is None):
+        if (prev is None) != (last is None) or (prev is not None and list(prev) != list(last)):
             raise ValueError("AutoStep.load_state_dict: previous_params and last_step must "
-                             "both be given or both be None")
+                             "name the same parameters, or both be None")
         for key, saved in (("previous_params", prev), ("last_step", last)):
             for n, t in (saved or {}).items():
                 if n not in shapes or not isinstance(t, torch.Tensor) or \
@@ -289,14 +299,19 @@ class AutoStep:
         self.steps = int(state.get("steps", 0))
         self.last_alpha, self.last_mu = state.get("last_alpha"), state.get("last_mu")
         self.fallbacks = dict(state.get("fallbacks", {"1d": 0, "skip": 0}))
-        device = {n: p.device for n, p in model.named_parameters()}
-        self._prev = None if prev is None else {n: t.to(device[n]).clone() for n, t in prev.items()}
-        self._last = None if last is None else {n: t.to(device[n]).clone() for n, t in last.items()}
+        self._shapes = shapes
+        device = next(model.parameters()).device
+        if prev is None:
+            self._names, self._prev, self._last = None, None, None
+        else:
+            self._names = list(prev)
+            self._prev = self._flat(prev.values()).to(device)
+            self._last = self._flat(last.values()).to(device)
         self._pending = None
-        self._grads = None
+        self._grads = self._theta = None
 
     def reset(self) -> None:
         """Forget the last step (no momentum at the next one); λ is kept."""
         self.steps = 0
-        self._prev = self._last = self._pending = self._grads = None
-        self._delta = {}
+        self._names = self._prev = self._last = self._pending = None
+        self._grads = self._theta = self._delta = None

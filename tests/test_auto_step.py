@@ -70,10 +70,9 @@ def test_curvature_products_equal_the_explicit_gauss_newton_matrix(kind):
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     g = torch.Generator().manual_seed(4)
-    dirs = [[torch.randn(p.shape, generator=g, dtype=torch.float64) for p in params]
-            for _ in range(2)]
+    dirs = torch.randn(2, sum(p.numel() for p in params), generator=g, dtype=torch.float64)
     got, got_loss = curvature_products(model, names, params, dirs, x, loss)
-    u, v = _flat(dirs[0]), _flat(dirs[1])
+    u, v = dirs
     want = torch.stack([torch.stack([a @ ggn @ b for b in (u, v)]) for a in (u, v)])
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
     assert want[0, 1].abs() > 1e-3 and want.diagonal().min() > 0       # not a trivial check
