@@ -176,7 +176,8 @@ def _follow(graph: Graph, plan, away_kind: str, cuts: str | None) -> Placement |
             tries = ([(counted + _SLACK * devices.cap, shapes), (math.inf, dict.fromkeys(shapes, (True,) * 3))]
                      if cuts == "shaped" else [(counted + _SLACK * devices.cap, ends), (math.inf, ends)])
             for budget, where in tries:
-                cut = _best_cut(graph, devices, inner, kept[arts[t - 1]], tail, current, nxt, budget, where)
+                cut = _best_cut(graph, devices, inner, kept[arts[t - 1]], tail, current, nxt, budget, where,
+                                away_first=budget < math.inf)
                 if cut is not None:
                     break
         if cut is not None:
@@ -208,13 +209,16 @@ _CUTS_TRIED = 4000  # down-sets of a block timed at most (the first ones in a de
 
 def _best_cut(graph: Graph, devices: _Devices, inner: list[int], head: int, tail: int,
               d1: tuple[str, int], d2: tuple[str, int], budget: float,
-              allowed: dict[int, tuple[bool, bool, bool]]) -> dict[int, tuple[str, int]] | None:
+              allowed: dict[int, tuple[bool, bool, bool]], away_first: bool = False
+              ) -> dict[int, tuple[str, int]] | None:
     """Where a block whose tail moves to ``d2`` changes device: a down-set of its inner
     nodes kept on ``d1``, the rest on ``d2`` or on a third device, each node where
     ``allowed`` (on d1, on d2, on a third) lets it -- the split whose tail finishes
     first, timed on the block alone (latency.py's model, the head done at 0), among
     those that fit the devices with at most ``budget`` bytes on ``d2``; None when none
-    of the splits tried fits."""
+    of the splits tried fits.  The first :data:`_CUTS_TRIED` splits are tried, in a
+    depth-first order that puts each node first on d1 (``away_first``: on the third
+    device)."""
     d3 = devices.third((d1, d2))
     ends = (d1, d2) if d3 is None else (d1, d2, d3)
     inside = set(inner)
@@ -252,7 +256,7 @@ def _best_cut(graph: Graph, devices: _Devices, inner: list[int], head: int, tail
                 best, best_value = dict(where), value
             return
         w = inner[i]
-        for d in ends:
+        for d in ends[::-1] if away_first else ends:
             if w not in ok[d] or used[d] + size[w] > room[d]:
                 continue
             if d == d1 and not all(where[u] == d1 for u in preds[w]):
