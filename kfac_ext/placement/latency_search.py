@@ -342,11 +342,11 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
     orders = {"early": level_order(graph), "late": level_order(graph, late=True),
               "chain": chain_order(graph)}
     budget = math.inf if max_restarts is None else max_restarts
-    for name, share in _SEGMENT_STARTS:
+    for name, share, cpus in _SEGMENT_STARTS:
         left = time_limit - (time.perf_counter() - t0)
         if left <= 0 or tries >= budget:
             break
-        start = segment_split(graph, orders[name], time_limit=left, cap_share=share)
+        start = segment_split(graph, orders[name], time_limit=left, cap_share=share, cpus=cpus)
         if start is None:
             continue
         key = tuple(ev.devices_of(start))
@@ -380,8 +380,10 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
 
 
 # iterated_search's first restarts: (order, share of the memory cap the segment DP
-# fills).  On the bundled workloads, after improve: Inception-v3 948.3 from "early"
-# (1028.8 from "chain"), ResNet-50 layers 995.4 from "late" (1010.2), GNMT its optimum
-# 219.1 from "early"; a share below 1 helped "chain" on Inception-v3 (1008.6 at 0.95)
-_SEGMENT_STARTS = tuple((name, share) for share in (1.0, 0.95, 0.9, 0.85)
+# fills, CPUs a CPU segment may spread over: None = all).  On the bundled workloads,
+# after improve: Inception-v3 940.6 from "early" (1014.1 from "chain"; 948.3 on one
+# CPU), ResNet-50 layers 995.4 from "late" on one CPU (998.0 on all), GNMT its
+# optimum 219.1 from "early"; a share below 1 helped "chain" on Inception-v3 (1008.6
+# at 0.95 against 1028.8, one CPU)
+_SEGMENT_STARTS = tuple((name, share, cpus) for share in (1.0, 0.95, 0.9) for cpus in (None, 1)
                         for name in ("early", "late", "chain"))

@@ -1,21 +1,23 @@
 """A latency split by dynamic programming over segments, timed exactly as it grows.
 
-``segment_split(graph)`` cuts a topological order into segments, each on a fresh
-accelerator (within the memory cap) or on CPU 0, like latency.chain_split; unlike
-it, a segment is not costed by a formula but by running latency.py's schedule on
-it: each state "positions [0, e) placed, the last segment on a CPU / an
-accelerator" keeps its best prefix (the one whose outputs reach host memory
-earliest), and a segment appended to it is timed node by node from that prefix's
-finish times.  So skip connections cost what they cost (transfers run in
-parallel, not one after the other), and the full split's value is its exact
-latency.  Keeping one prefix per state is a heuristic: a prefix that is slower at
-its boundary but faster on a skip edge may be dropped.
+``segment_split(graph, order)`` cuts a topological order into segments, each on a
+fresh accelerator (within the memory cap) or on the CPUs, like
+latency.chain_split; unlike it, a segment is not costed by a formula but by
+running latency.py's schedule on it: each state "positions [0, e) placed, the
+last segment on the CPUs / an accelerator" keeps its best prefix (the one whose
+outputs reach host memory earliest), and a segment appended to it is timed node
+by node from that prefix's finish times.  So skip connections cost what they
+cost (transfers run in parallel, not one after the other).  A CPU segment's
+nodes go each to the CPU where it would finish first (parallel branches run in
+parallel).  Keeping one prefix per state is a heuristic: a prefix that is
+slower at its boundary but faster on a skip edge may be dropped; the split is
+scored exactly by the caller.
 
 Colour classes: a group is placed with its first member in the order; its later
 members run on that device when their turn comes.  Segments become accelerators
 by first-fit decreasing on their bytes; when they do not fit the ``k``
 accelerators, each accelerator segment is charged a penalty and the DP reruns.
-O(n^2) node steps for n nodes.
+O(n^2) node steps for n nodes (times the CPUs in use, on CPU segments).
 """
 from __future__ import annotations
 
@@ -27,23 +29,27 @@ from .objective import Placement
 
 __all__ = ["segment_split"]
 
-_CPU = -1  # device id of the CPU in the DP; accelerator segments are 0, 1, 2, ...
+_CPUS = None  # a CPU segment's device: CPU c is device -1 - c, accelerator segments 0, 1, 2, ...
 
 
-def segment_split(graph: Graph, order: list[int] | None = None, beam: int = 1,
-                  time_limit: float = math.inf, cap_share: float = 1.0) -> Placement | None:
+def segment_split(graph: Graph, order: list[int] | None = None, time_limit: float = math.inf,
+                  cap_share: float = 1.0, cpus: int | None = None) -> Placement | None:
     """The best split found by the segment DP along ``order`` (default: the graph's
-    topological order), keeping ``beam`` prefixes per state; None if no split fits
-    the devices or the DP would run past ``time_limit`` seconds.  ``cap_share`` < 1
-    fills accelerators only that far (room for a local search to move nodes into)."""
+    topological order); None if no split fits the devices or the DP would run
+    past ``time_limit`` seconds.  ``cap_share`` < 1 fills accelerators only that
+    far (room for a local search to move nodes into); ``cpus``: how many CPUs a
+    CPU segment may spread over (default all)."""
     if not 0 < cap_share <= 1:
         raise ValueError(f"cap_share must be in (0, 1], got {cap_share!r}")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+        raise ValueError(f"cpus must be a positive integer or None, got {cpus!r}")
     deadline = time.perf_counter() + time_limit
     dp = _SegmentDP(graph, order or graph.topological_order())
     dp.cap *= cap_share
+    dp.spread = dp.l if cpus is None else min(cpus, dp.l)
     scale = max(1e-9, sum(dp.cpu) + sum(dp.out))
     for penalty in (0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0):
-        segments = dp.run(penalty * scale / max(1, dp.k), beam, deadline)
+        segments = dp.run(penalty * scale / max(1, dp.k), deadline)
         if segments is None:
             continue
         placement = dp.placement(segments)
@@ -56,6 +62,7 @@ class _SegmentDP:
     def __init__(self, graph: Graph, order: list[int]):
         self.graph, self.order = graph, order
         self.k, self.l, self.cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
+        self.spread = self.l  # CPUs a CPU segment may use
         pos = {v: i for i, v in enumerate(order)}
         nodes = [graph.node(v) for v in order]
         self.acc = [x.accel_time for x in nodes]
@@ -74,42 +81,40 @@ class _SegmentDP:
             self.group_size[first] = sum(graph.node(v).size for v in members)
             self.group_ok[first] = all(graph.node(v).accel_ok for v in members)
 
-    def run(self, penalty: float, beam: int, deadline: float) -> list[tuple[int, int, int]] | None:
-        """Segments (start, stop, kind: 1 accelerator, 0 CPU) of the best split
+    def run(self, penalty: float, deadline: float) -> list[tuple[int, int, int]] | None:
+        """Segments (start, stop, kind: 1 accelerator, 0 CPUs) of the best split
         found with ``penalty`` added per accelerator segment, or None (also when
-        past ``deadline``).  ``beam`` prefixes are kept per state (the fastest
-        at their boundary)."""
-        n, k, l, cap = len(self.order), self.k, self.l, self.cap
-        # best[e][kind] = sorted [(rank, start of the last segment, kind before it,
-        # index of the prefix at (start, kind before))]
-        best = [[[], []] for _ in range(n + 1)]
-        best[0][0] = [(0.0, -1, -1, -1)]  # the empty prefix, as if after a CPU segment
+        past ``deadline``)."""
+        n, k, l = len(self.order), self.k, self.l
+        # best[e][kind] = (rank, start of the last segment, kind before it)
+        best = [[None, None] for _ in range(n + 1)]
+        best[0][0] = (0.0, -1, -1)  # the empty prefix, as if after a CPU segment
         kinds = ([0] if l else []) + ([1] if k else [])
         for b in range(n):
             if time.perf_counter() > deadline:
                 return None
             for before in (0, 1):
-                for index in range(len(best[b][before])):
-                    segments = self._segments(best, b, before, index)
-                    n_acc = sum(s[2] for s in segments)
-                    dev, finish, free = self._prefix(segments)
-                    for kind in kinds:
-                        if kind == 0 and before == 0 and b > 0:
-                            continue  # two CPU segments in a row are one segment
-                        d = n_acc if kind else _CPU
-                        self._extend(best, b, before, index, kind, d, dev, finish, dict(free),
-                                     penalty * (n_acc + kind), cap, beam)
-        ends = [(best[n][kind][0][0], kind) for kind in (0, 1) if best[n][kind]]
+                if best[b][before] is None:
+                    continue
+                segments = self._segments(best, b, before)
+                n_acc = sum(s[2] for s in segments)
+                dev, finish, free = self._prefix(segments)
+                for kind in kinds:
+                    if kind == 0 and before == 0 and b > 0:
+                        continue  # two CPU segments in a row are one segment
+                    self._extend(best, b, before, kind, n_acc if kind else _CPUS, dev, finish,
+                                 dict(free), penalty * (n_acc + kind))
+        ends = [(best[n][kind][0], kind) for kind in (0, 1) if best[n][kind] is not None]
         if not ends:
             return None
-        return self._segments(best, n, min(ends)[1], 0)
+        return self._segments(best, n, min(ends)[1])
 
-    def _segments(self, best, e: int, kind: int, index: int) -> list[tuple[int, int, int]]:
+    def _segments(self, best, e: int, kind: int) -> list[tuple[int, int, int]]:
         out = []
         while e > 0:
-            _, b, before, prev = best[e][kind][index]
+            _, b, before = best[e][kind]
             out.append((b, e, kind))
-            e, kind, index = b, before, prev
+            e, kind = b, before
         return out[::-1]
 
     def _prefix(self, segments):
@@ -117,50 +122,54 @@ class _SegmentDP:
         dev, finish, free = [], [], {}
         n_acc = 0
         for b, e, kind in segments:
-            d = n_acc if kind else _CPU
+            d = n_acc if kind else _CPUS
             n_acc += kind
             for p in range(b, e):
-                self._place(p, d, b, dev, finish, free)
+                self._place(p, d, dev, finish, free)
         return dev, finish, free
 
-    def _place(self, p, d, b, dev, finish, free) -> int:
-        """Schedule position p in a segment starting at b on device d; returns its device."""
-        lead = self.leader[p]
-        dp = dev[lead] if lead < b else d
-        ready = free.get(dp, 0.0)
+    def _ready(self, p, d, dev, finish, free) -> float:
+        ready = free.get(d, 0.0)
         for q in self.preds[p]:
             dq = dev[q]
             arrive = finish[q]
-            if dq != dp:
-                arrive += self.out[q] * ((dq >= 0) + (dp >= 0))
+            if dq != d:
+                arrive += self.out[q] * ((dq >= 0) + (d >= 0))
             if arrive > ready:
                 ready = arrive
-        f = ready + (self.acc[p] if dp >= 0 else self.cpu[p])
-        if p < len(dev):
-            dev[p], finish[p] = dp, f
-        else:
-            dev.append(dp)
-            finish.append(f)
-        free[dp] = f
-        return dp
+        return ready
 
-    def _extend(self, best, b, before, index, kind, d, dev, finish, free, charge, cap, beam):
+    def _place(self, p, d, dev, finish, free) -> None:
+        """Schedule position p of a segment on device d (``_CPUS``:
+        on the CPU where it finishes first, a CPU in use before an idle one)."""
+        lead = self.leader[p]
+        if lead != p:  # a colour mate placed earlier decides
+            d = dev[lead]
+        if d is _CPUS:
+            in_use = sorted(c for c in free if c < 0)[::-1]
+            options = in_use + ([-1 - len(in_use)] if len(in_use) < self.spread else [])
+            d = min(options, key=lambda c: self._ready(p, c, dev, finish, free))
+        f = self._ready(p, d, dev, finish, free) + (self.acc[p] if d >= 0 else self.cpu[p])
+        dev.append(d)
+        finish.append(f)
+        free[d] = f
+
+    def _extend(self, best, b, before, kind, d, dev, finish, free, charge):
         """Grow a segment [b, e) of ``kind`` on device d after the prefix [0, b) and offer
-        every e to the states (e, kind)."""
-        n = len(self.order)
+        every e to the state (e, kind)."""
+        n, cap = len(self.order), self.cap
         del dev[b:], finish[b:]
         latest = max(finish, default=0.0)
         open_ = [q for q in range(b) if self.last_use[q] >= b]
         mem = 0.0
         for p in range(b, n):
-            lead = self.leader[p]
-            if kind and lead == p:
+            if kind and self.leader[p] == p:
                 if not self.group_ok[p]:
                     return
                 mem += self.group_size[p]
                 if mem > cap * (1 + 1e-12):
                     return
-            self._place(p, d, b, dev, finish, free)
+            self._place(p, d, dev, finish, free)
             if finish[p] > latest:
                 latest = finish[p]
             if self.last_use[p] > p:
@@ -171,23 +180,18 @@ class _SegmentDP:
             # are in host memory (one copy off an accelerator), plus the penalty
             rank = latest
             for q in open_:
-                t = finish[q] + (self.out[q] if dev[q] >= 0 and dev[q] != _CPU else 0.0)
+                t = finish[q] + (self.out[q] if dev[q] >= 0 else 0.0)
                 if t > rank:
                     rank = t
             rank += charge
-            kept = best[e][kind]
-            if len(kept) < beam or rank < kept[-1][0]:
-                kept.append((rank, b, before, index))
-                kept.sort()
-                del kept[beam:]
+            if best[e][kind] is None or rank < best[e][kind][0]:
+                best[e][kind] = (rank, b, before)
 
     def placement(self, segments) -> Placement | None:
         """Accelerator segments packed onto the k accelerators (first-fit decreasing on
-        bytes), CPU segments on CPU 0; None if they do not fit."""
-        k, l, cap = self.k, self.l, self.cap
+        bytes), CPU nodes where the DP put them; None if they do not fit."""
+        k, cap = self.k, self.cap
         acc_segments = [(b, e) for b, e, kind in segments if kind]
-        if acc_segments and k == 0 or any(not kind for _, _, kind in segments) and l == 0:
-            return None
         size = [sum(self.group_size[p] for p in range(b, e) if self.leader[p] == p)
                 for b, e in acc_segments]
         used = [0.0] * k
@@ -198,16 +202,9 @@ class _SegmentDP:
                 return None
             used[a] += size[j]
             device_of[j] = a
+        dev, _, _ = self._prefix(segments)
         acc = [[] for _ in range(k)]
-        cpus = [[] for _ in range(l)]
-        where = {}  # leader position -> list to join
-        j = 0
-        for b, e, kind in segments:
-            target = acc[device_of[j]] if kind else cpus[0]
-            j += kind
-            for p in range(b, e):
-                lead = self.leader[p]
-                if lead == p:
-                    where[p] = target
-                where[lead].append(self.order[p])
+        cpus = [[] for _ in range(self.l)]
+        for p, d in enumerate(dev):
+            (acc[device_of[d]] if d >= 0 else cpus[-1 - d]).append(self.order[p])
         return Placement(acc, cpus)

@@ -140,3 +140,21 @@ def test_level_order_cuts_inception_modules():
     by_depth = segment_split(g, level_order(g))
     check_placement(g, by_depth)
     assert latency_of(g, by_depth) < 0.97 * latency_of(g, segment_split(g, chain_order(g)))
+
+
+@pytest.mark.parametrize("colour", [None, 7])
+def test_segment_split_runs_parallel_branches_on_several_cpus(colour):
+    # 1 -> {2, 3} -> 4 on CPUs only (free transfers between CPUs): the branches run side
+    # by side on two CPUs (1 + 5 + 1) unless a colour class ties them to one (1 + 10 + 1)
+    nodes = [node(1, 1.0, 1.0, 0.5), node(2, 1.0, 5.0, 0.5, color=colour),
+             node(3, 1.0, 5.0, 0.5, color=colour), node(4, 1.0, 1.0, 0.0)]
+    g = Graph(nodes, [(1, 2), (1, 3), (2, 4), (3, 4)], 0, 2, 10.0)
+    p = segment_split(g)
+    check_placement(g, p)
+    assert latency_of(g, p) == pytest.approx(brute_force(g, latency_of))
+    assert latency_of(g, p) == pytest.approx(7.0 if colour is None else 12.0)
+    assert latency_of(g, segment_split(g, cpus=1)) == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="cpus"):
+        segment_split(g, cpus=0)
+    with pytest.raises(ValueError, match="cap_share"):
+        segment_split(g, cap_share=1.5)
