@@ -52,7 +52,12 @@ brute force on small graphs).
 
 Colour mates are never cut apart on a walk.  Where ``H`` has few articulation
 nodes (one big block) the bound degrades towards the path bound, and it is never
-below :func:`latency_lower_bound`.  ``path_chain_bound`` is the other bound here:
+below :func:`latency_lower_bound`.  What stays relaxed: each node of a block takes
+its cheapest shape on its own (a path whose nodes alternate between devices pays
+one change per node, not one per switch), bytes sent to a third device are not
+counted, and bytes allowed on either end of a move split as a fluid.
+:func:`block_plan` returns the DP's choices, which latency_bound_plan turns into a
+placement (on the ResNet-50 workloads within 1 % of this bound).  ``path_chain_bound`` is the other bound here:
 the exact cheapest walk along one path with a cap on every accelerator stretch
 (off-path bytes ignored); ``latency_bound`` takes the best of both.
 """
