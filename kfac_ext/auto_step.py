@@ -23,8 +23,9 @@ step, (α, μ) minimise
 C the exact Gauss–Newton matrix of the batch-mean loss (vᵀCw = (Jv)ᵀ H (Jw):
 J v by forward-mode AD through ``torch.func.functional_call`` of the model,
 both directions in one vmapped call; H the Hessian of the loss with respect to
-the outputs, applied to both J d by one batched double backward). That is a 2×2 linear system
-(1×1 at the first step, when there is no δ); ``.grad`` becomes -(αΔ + μδ), so
+the outputs, applied to both J d by one batched double backward). That is a
+2×2 linear system (1×1 at the first step, or when the set of parameters with a
+gradient changed); ``.grad`` becomes -(αΔ + μδ), so
 ``SGD(lr=1)`` moves the parameters by exactly αΔ + μδ.
 
 λ (``damping``, in the units of the mean loss's curvature, unlike the
@@ -41,9 +42,11 @@ two steps is checked against the step this object wrote: an optimizer that did
 not apply it (another lr, momentum, weight decay, clipping) is refused with a
 ``RuntimeError`` at the next step.
 
-Costs per step: two jvps of the model and of the loss's gradient (vmapped over
-the two directions), and one forward every ``interval`` steps; memory: one copy
-of the gradients and two of the parameters. Single process only. Dropout or
+Costs per step: one jvp of the model vmapped over the two directions (about a
+forward and backward pass), one batched double backward through the loss, and
+one forward every ``interval`` steps; a few host synchronisations (the 2×2
+system is solved on the host); memory: flat float64 copies of the parameters,
+the gradient, δ and the step. Single process only. Dropout or
 other randomness in the forward makes C that of another network than the one
 the step's gradient came from; evaluate such models deterministically.
 """
