@@ -6,7 +6,9 @@ device -- one its neighbours use, an empty or the emptiest accelerator, a CPU --
 keeping a move when the single-sample latency (latency.py's model, recomputed
 from scratch by :class:`FastLatency`) drops, until a full pass finds nothing
 or the time is up; ``iterated_search`` restarts it from the segment DP's splits
-(latency_segments) with memory held back, then from random perturbations.
+(latency_segments) along several orders (``level_order``: by depth, so that a
+cut runs across parallel branches), then from random ones and from random
+perturbations.
 ``chain_order`` is a topological order that keeps weights
 next to their consumers, so that a contiguous split of it (latency.chain_split)
 does not pay for a weight it cut off from its layer.
@@ -29,15 +31,16 @@ def chain_order(graph: Graph) -> list[int]:
     return _sources_and_sinks_by_neighbours(graph, graph.topological_order())
 
 
-def level_order(graph: Graph, late: bool = False) -> list[int]:
+def level_order(graph: Graph, late: bool = False, rng: random.Random | None = None) -> list[int]:
     """A topological order by earliest start on accelerators with free transfers
     (``late``: by latest start that keeps the longest path), then as :func:`chain_order`
     for sources and sinks.  Parallel branches interleave by depth, so a contiguous
     split of it can cut all the branches of a module at once (Inception) where
-    the plain order cuts one branch off the others."""
+    the plain order cuts one branch off the others.  With ``rng`` each node's time
+    is scaled by a random factor in [0.3, 1.7] first (another order to split)."""
     topo = graph.topological_order()
     pos = {v: i for i, v in enumerate(topo)}
-    time_of = {v: graph.node(v).accel_time for v in topo}
+    time_of = {v: graph.node(v).accel_time * (rng.uniform(0.3, 1.7) if rng else 1.0) for v in topo}
     if late:  # latest start = (longest path) - (longest path from v to a sink)
         tail: dict[int, float] = {}
         for v in reversed(topo):
@@ -322,12 +325,12 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
     the fastest result.
 
     First from the segment DP's splits (``_SEGMENT_STARTS``: along the level orders
-    and the chain order, with all or part of each accelerator's memory, which
-    leaves room for moves that full accelerators block; the same starts on every
-    machine, most useful first), then from random perturbations of
-    the best so far: a random window of the topological order (with the nodes'
-    colour mates) on one device seen near it.  Seeded: with ``max_restarts`` and
-    time to spare, a run is repeatable on any machine."""
+    and the chain order, CPU segments on one CPU or spread; the same starts on
+    every machine).  Then, taking turns: the DP along a level order
+    of randomly scaled node times, and a random perturbation of the best so far
+    (a random window of the topological order, with the nodes' colour mates, on
+    one device seen near it).  Seeded: with ``max_restarts`` and time to spare, a
+    run is repeatable on any machine."""
     from .latency_segments import segment_split
     from .objective import PlacementError, check_placement
 
@@ -339,27 +342,37 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
     members = graph.colocation_groups()
     tries = kept = 0
     seen = set()
-    orders = {"early": level_order(graph), "late": level_order(graph, late=True),
-              "chain": chain_order(graph)}
     budget = math.inf if max_restarts is None else max_restarts
-    for name, share, cpus in _SEGMENT_STARTS:
-        left = time_limit - (time.perf_counter() - t0)
-        if left <= 0 or tries >= budget:
-            break
-        start = segment_split(graph, orders[name], time_limit=left, cap_share=share, cpus=cpus)
+
+    def left() -> float:
+        return time_limit - (time.perf_counter() - t0)
+
+    def restart(start: Placement | None) -> None:
+        nonlocal placement, value, tries, kept
         if start is None:
-            continue
-        key = tuple(ev.devices_of(start))
-        if key in seen:  # the same split as a share tried already
-            continue
-        seen.add(key)
+            return
         tries += 1
-        left = time_limit - (time.perf_counter() - t0)
-        candidate, candidate_value, _ = improve(graph, start, left, ev)
+        key = tuple(ev.devices_of(start))
+        if key in seen:  # a split tried already: improve would end where it did
+            return
+        seen.add(key)
+        candidate, candidate_value, _ = improve(graph, start, left(), ev)
         if candidate_value < value * (1 - 1e-12):
             placement, value, kept = candidate, candidate_value, kept + 1
-    while time.perf_counter() - t0 < time_limit and tries < budget:
-        tries += 1
+
+    orders = {"early": level_order(graph), "late": level_order(graph, late=True),
+              "chain": chain_order(graph)}
+    for name, cpus in _SEGMENT_STARTS:
+        if left() <= 0 or tries >= budget:
+            break
+        restart(segment_split(graph, orders[name], time_limit=left(), cpus=cpus))
+    turn = 0
+    while left() > 0 and tries < budget:
+        turn += 1
+        if turn % 2:
+            order = level_order(graph, late=turn % 4 == 3, rng=rng)
+            restart(segment_split(graph, order, time_limit=left()))
+            continue
         dev = ev.devices_of(placement)
         start, width = rng.randrange(n), rng.randint(2, 12)
         near = {dev[j] for j in range(max(0, start - width), min(n, start + 2 * width))}
@@ -371,19 +384,15 @@ def iterated_search(graph: Graph, placement: Placement, value: float, time_limit
         try:
             check_placement(graph, candidate)
         except PlacementError:  # over a memory cap, or a CPU-only node on an accelerator
+            tries += 1
             continue
-        left = time_limit - (time.perf_counter() - t0)
-        candidate, candidate_value, _ = improve(graph, candidate, left, ev)
-        if candidate_value < value * (1 - 1e-12):
-            placement, value, kept = candidate, candidate_value, kept + 1
+        restart(candidate)
     return placement, value, {"tries": tries, "kept": kept, "seconds": time.perf_counter() - t0}
 
 
-# iterated_search's first restarts: (order, share of the memory cap the segment DP
-# fills, CPUs a CPU segment may spread over: None = all).  On the bundled workloads,
-# after improve: Inception-v3 940.6 from "early" (1014.1 from "chain"; 948.3 on one
-# CPU), ResNet-50 layers 995.4 from "late" on one CPU (998.0 on all), GNMT its
-# optimum 219.1 from "early"; a share below 1 helped "chain" on Inception-v3 (1008.6
-# at 0.95 against 1028.8, one CPU)
-_SEGMENT_STARTS = tuple((name, share, cpus) for share in (1.0, 0.95, 0.9) for cpus in (None, 1)
-                        for name in ("early", "late", "chain"))
+# iterated_search's first restarts: (order, CPUs a CPU segment may spread over: None
+# = all).  On the bundled workloads, after improve: Inception-v3 940.6 from "early"
+# (1014.1 from "chain"; 948.3 on one CPU), ResNet-50 layers 995.4 from "late" on one
+# CPU (998.0 on all), GNMT its optimum 219.1 from "early".  (Filling accelerators to
+# 0.8-0.99 of the cap gave 1008.6 on Inception-v3 along "chain", but never beat these.)
+_SEGMENT_STARTS = tuple((name, cpus) for cpus in (None, 1) for name in ("early", "late", "chain"))

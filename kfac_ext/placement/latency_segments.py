@@ -33,19 +33,15 @@ _CPUS = None  # a CPU segment's device: CPU c is device -1 - c, accelerator segm
 
 
 def segment_split(graph: Graph, order: list[int] | None = None, time_limit: float = math.inf,
-                  cap_share: float = 1.0, cpus: int | None = None) -> Placement | None:
+                  cpus: int | None = None) -> Placement | None:
     """The best split found by the segment DP along ``order`` (default: the graph's
     topological order); None if no split fits the devices or the DP would run
-    past ``time_limit`` seconds.  ``cap_share`` < 1 fills accelerators only that
-    far (room for a local search to move nodes into); ``cpus``: how many CPUs a
-    CPU segment may spread over (default all)."""
-    if not 0 < cap_share <= 1:
-        raise ValueError(f"cap_share must be in (0, 1], got {cap_share!r}")
+    past ``time_limit`` seconds.  ``cpus``: how many CPUs a CPU segment may
+    spread over (default all)."""
     if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
         raise ValueError(f"cpus must be a positive integer or None, got {cpus!r}")
     deadline = time.perf_counter() + time_limit
     dp = _SegmentDP(graph, order or graph.topological_order())
-    dp.cap *= cap_share
     dp.spread = dp.l if cpus is None else min(cpus, dp.l)
     scale = max(1e-9, sum(dp.cpu) + sum(dp.out))
     for penalty in (0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0):

@@ -156,5 +156,3 @@ def test_segment_split_runs_parallel_branches_on_several_cpus(colour):
     assert latency_of(g, segment_split(g, cpus=1)) == pytest.approx(12.0)
     with pytest.raises(ValueError, match="cpus"):
         segment_split(g, cpus=0)
-    with pytest.raises(ValueError, match="cap_share"):
-        segment_split(g, cap_share=1.5)
