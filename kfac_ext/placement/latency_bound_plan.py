@@ -43,6 +43,8 @@ class _Devices:
         self.next_cpu = 0
         self.cpu_away = ("cpu", self.l - 1) if self.l else None
         self.away_kind = away_kind if self.l else "accel"
+        self.sent: set[tuple[str, int]] = set()  # CPUs nodes were sent away to
+        self.turn = 0
 
     def fresh(self, kind: str, current: tuple[str, int] | None) -> tuple[str, int] | None:
         """A device of ``kind`` for a new run: a fresh one while there are, then the
@@ -98,11 +100,19 @@ class _Devices:
         return any(d is not None and self.put(v, d) for d in devices) or self.put_away(v)
 
     def put_away(self, v: int) -> bool:
-        """Off the sample's way: the last CPU, or with ``away_kind`` "accel" a spare
-        accelerator (one after another from the last, while runs leave them free),
-        else the last CPU."""
+        """Off the sample's way: with ``away_kind`` "cpu" the CPU a producer of ``v``
+        was sent to (a branch stays together), else the next CPU in turn (branches run
+        side by side); with "accel" a spare accelerator (one after another from the
+        last, while runs leave them free), else the last CPU."""
         if self.away_kind == "cpu":
-            return self.put(v, self.cpu_away)
+            for u in self.graph.predecessors(v):
+                d = self.where.get(self.group_of[u])
+                if d in self.sent:
+                    return self.put(v, d)
+            self.turn += 1
+            d = ("cpu", (self.l - self.turn % self.l) % self.l)
+            self.sent.add(d)
+            return self.put(v, d)
         for a in range(self.k - 1, self.k - 1 - self.spares, -1):
             if self.put(v, ("accel", a)):
                 return True
