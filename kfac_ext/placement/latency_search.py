@@ -108,6 +108,61 @@ class FastLatency:
             free[d] = f
         return max(finish, default=0.0)
 
+    def snapshot(self, dev: list[int]) -> tuple[list[float], list[list[float]], list[float]]:
+        """The schedule of ``dev`` as :meth:`resume` needs it: finish times, every
+        device's free time before each position, the latest finish before each."""
+        k = self.k
+        free = [0.0] * (k + self.l)
+        finish = [0.0] * len(dev)
+        frees, latest, run = [], [], 0.0
+        accel, cpu, out = self.accel, self.cpu, self.out
+        for i, preds in enumerate(self.preds):
+            frees.append(free[:])
+            latest.append(run)
+            d = dev[i]
+            ready = free[d]
+            for p in preds:
+                arrive = finish[p]
+                dp = dev[p]
+                if dp != d:
+                    arrive += out[p] * ((dp < k) + (d < k))
+                if arrive > ready:
+                    ready = arrive
+            f = ready + (accel[i] if d < k else cpu[i])
+            finish[i] = f
+            free[d] = f
+            if f > run:
+                run = f
+        return finish, frees, latest
+
+    def resume(self, dev: list[int], start: int, snapshot) -> float:
+        """The latency of ``dev`` when it differs from the snapshot's assignment only
+        at positions >= ``start``: the schedule before ``start`` is reused."""
+        if start >= len(dev):
+            return self(dev)
+        done, frees, latest = snapshot
+        k = self.k
+        free = frees[start][:]
+        finish = done[:]
+        run = latest[start]
+        accel, cpu, out, preds_of = self.accel, self.cpu, self.out, self.preds
+        for i in range(start, len(dev)):
+            d = dev[i]
+            ready = free[d]
+            for p in preds_of[i]:
+                arrive = finish[p]
+                dp = dev[p]
+                if dp != d:
+                    arrive += out[p] * ((dp < k) + (d < k))
+                if arrive > ready:
+                    ready = arrive
+            f = ready + (accel[i] if d < k else cpu[i])
+            finish[i] = f
+            free[d] = f
+            if f > run:
+                run = f
+        return run
+
     def devices_of(self, placement: Placement) -> list[int]:
         dev = [0] * len(self.order)
         for a, nodes in enumerate(placement.accelerators):
@@ -158,6 +213,8 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
         if d < k:
             used[d] += size[gi]
     best = ev(dev)
+    first = [min(g) for g in groups]  # a move of a group leaves the schedule before it alone
+    snapshot = ev.snapshot(dev)
     moves = passes = 0
     improved = True
     while improved and time.perf_counter() - t0 < time_limit:
@@ -194,9 +251,10 @@ def improve(graph: Graph, placement: Placement, time_limit: float,
                     for h in unit:
                         for i in groups[h]:
                             dev[i] = d
-                    value = ev(dev)
+                    value = ev.resume(dev, min(first[h] for h in unit), snapshot)
                     if value < best * (1 - 1e-12):
                         best, moves, improved = value, moves + 1, True
+                        snapshot = ev.snapshot(dev)
                         count[here] -= len(unit)
                         count[d] += len(unit)
                         if here < k:

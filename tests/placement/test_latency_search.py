@@ -9,7 +9,7 @@ import pytest
 from _small_graphs import brute_force, random_graph
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import chain_split, latency_of
-from kfac_ext.placement.latency_search import chain_order, improve, iterated_search, level_order
+from kfac_ext.placement.latency_search import FastLatency, chain_order, improve, iterated_search, level_order
 from kfac_ext.placement.latency_segments import segment_split
 from kfac_ext.placement.objective import check_placement
 
@@ -156,3 +156,20 @@ def test_segment_split_runs_parallel_branches_on_several_cpus(colour):
     assert latency_of(g, segment_split(g, cpus=1)) == pytest.approx(12.0)
     with pytest.raises(ValueError, match="cpus"):
         segment_split(g, cpus=0)
+
+
+def test_resume_matches_a_full_evaluation():
+    # the schedule before the first changed position is reused: same latency as from scratch
+    for seed in range(10):
+        g = random_graph(1300 + seed, n_nodes=10, k=3, l=2)
+        ev = FastLatency(g)
+        rng = random.Random(seed)
+        dev = [rng.randrange(5) for _ in ev.order]
+        snapshot = ev.snapshot(dev)
+        for _ in range(20):
+            changed = list(dev)
+            start = rng.randrange(len(dev) + 1)
+            for i in range(start, len(dev)):
+                if rng.random() < 0.3:
+                    changed[i] = rng.randrange(5)
+            assert ev.resume(changed, start, snapshot) == pytest.approx(ev(changed), rel=1e-12)
