@@ -191,8 +191,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "pass every T steps; --damping is the start); 0: fixed damping")
     k.add_argument("--auto-step", action=argparse.BooleanOptionalAction, default=None,
                    help="K-FAC chooses its step length and momentum each step from the exact "
-                        "Gauss-Newton quadratic model (Martens & Grosse 2015, sec. 7: two "
-                        "forward-mode passes a step); its optimizer becomes SGD with lr 1, "
+                        "Gauss-Newton quadratic model (Martens & Grosse 2015, sec. 7: a "
+                        "forward-mode pass in two directions a step); its optimizer becomes "
+                        "SGD with lr 1, "
                         "momentum 0, and --lr-kfac, the lr schedule (warm-up, decays), "
                         "--momentum and --kl-clip do not apply to it; --weight-decay enters "
                         "the quadratic model instead (kfac_ext/auto_step.py)")
