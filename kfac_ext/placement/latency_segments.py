@@ -10,8 +10,10 @@ by node from that prefix's finish times.  So skip connections cost what they
 cost (transfers run in parallel, not one after the other).  A CPU segment's
 nodes go each to the CPU where it would finish first (parallel branches run in
 parallel).  Keeping one prefix per state is a heuristic: a prefix that is
-slower at its boundary but faster on a skip edge may be dropped; the split is
-scored exactly by the caller.
+slower at its boundary but faster on a skip edge may be dropped.  And a device
+runs its nodes in the DP's order here, in the graph's topological order in
+latency.py (the same when ``order`` is the graph's own), so the caller scores
+the split with latency.py.
 
 Colour classes: a group is placed with its first member in the order; its later
 members run on that device when their turn comes.  Segments become accelerators
@@ -33,16 +35,18 @@ _CPUS = None  # a CPU segment's device: CPU c is device -1 - c, accelerator segm
 
 
 def segment_split(graph: Graph, order: list[int] | None = None, time_limit: float = math.inf,
-                  cpus: int | None = None) -> Placement | None:
+                  cpus: int | None = None, upper_bound: float = math.inf) -> Placement | None:
     """The best split found by the segment DP along ``order`` (default: the graph's
     topological order); None if no split fits the devices or the DP would run
     past ``time_limit`` seconds.  ``cpus``: how many CPUs a CPU segment may
-    spread over (default all)."""
+    spread over (default all).  ``upper_bound``: a latency to beat (a prefix
+    that ends later is not extended; then None may mean "none faster")."""
     if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
         raise ValueError(f"cpus must be a positive integer or None, got {cpus!r}")
     deadline = time.perf_counter() + time_limit
     dp = _SegmentDP(graph, order or graph.topological_order())
     dp.spread = dp.l if cpus is None else min(cpus, dp.l)
+    dp.upper_bound = upper_bound
     scale = max(1e-9, sum(dp.cpu) + sum(dp.out))
     for penalty in (0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0):
         segments = dp.run(penalty * scale / max(1, dp.k), deadline)
@@ -59,6 +63,7 @@ class _SegmentDP:
         self.graph, self.order = graph, order
         self.k, self.l, self.cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
         self.spread = self.l  # CPUs a CPU segment may use
+        self.upper_bound = math.inf  # prefixes that end later are dropped
         pos = {v: i for i, v in enumerate(order)}
         nodes = [graph.node(v) for v in order]
         self.acc = [x.accel_time for x in nodes]
@@ -168,6 +173,8 @@ class _SegmentDP:
             self._place(p, d, dev, finish, free)
             if finish[p] > latest:
                 latest = finish[p]
+                if latest > self.upper_bound:  # later positions only finish later
+                    return
             if self.last_use[p] > p:
                 open_.append(p)
             e = p + 1

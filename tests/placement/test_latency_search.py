@@ -173,3 +173,19 @@ def test_resume_matches_a_full_evaluation():
                 if rng.random() < 0.3:
                     changed[i] = rng.randrange(5)
             assert ev.resume(changed, start, snapshot) == pytest.approx(ev(changed), rel=1e-12)
+
+
+def test_segment_split_upper_bound_prunes_without_changing_the_split():
+    # prefixes that end past the bound are dropped: with the search's slack over the
+    # split's latency the same split comes back; below the path bound nothing does
+    from kfac_ext.placement.latency import latency_lower_bound
+
+    for seed in range(10):
+        g = random_graph(1400 + seed, n_nodes=9, k=2, l=2, tight_memory=True)
+        free = segment_split(g, chain_order(g))
+        if free is None:
+            continue
+        value = latency_of(g, free)
+        pruned = segment_split(g, chain_order(g), upper_bound=value * 1.25)
+        assert latency_of(g, pruned) == pytest.approx(value, rel=1e-12)
+        assert segment_split(g, chain_order(g), upper_bound=0.99 * latency_lower_bound(g)) is None
