@@ -121,7 +121,7 @@ def _kept_subgraph(graph: Graph, order: list[int], fastest) -> list[int]:
         preds = graph.predecessors(v)
         arg = max(preds, key=lambda u: finish[u]) if preds else None
         finish[v], back[v] = (finish[arg] if preds else 0.0) + fastest(v), arg
-    end = max(order, key=lambda v: finish[v])
+    end = max(reversed(order), key=lambda v: finish[v])  # ties: the last (a sink after zero-time nodes)
     start = end
     while back[start] is not None:
         start = back[start]

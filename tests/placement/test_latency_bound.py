@@ -87,3 +87,13 @@ def test_bounds_on_residual_chains(seed):
         pytest.skip("no valid placement")
     assert block_bound(g) <= best + 1e-9
     assert latency_bound(g) <= best + 1e-9
+
+
+def test_a_zero_time_sink_ends_the_critical_path():
+    # 1 -> {2, 3} -> 4 with 4 taking no time: the critical path 1 -> 2 ties with 1 -> 2 -> 4.
+    # Ending it at 2 would drop 3 (and its bytes) from the bound: 6; ending at 4 sees that
+    # the four nodes need both accelerators and that the skip 1 -> 3 or 1 -> 2 must cross.
+    t, o = {1: 1.0, 2: 5.0, 3: 1.0, 4: 0.0}, {1: 10.0, 2: 1.0, 3: 1.0, 4: 0.0}
+    g = Graph([node(i, t[i], 100.0, o[i], 1.0) for i in range(1, 5)], [(1, 2), (1, 3), (2, 4), (3, 4)], 2, 0, 2.0)
+    assert optimum(g) == pytest.approx(22.0)  # {1, 2} | {3, 4}
+    assert block_bound(g) == pytest.approx(22.0)
