@@ -5,12 +5,14 @@ where the sample stays on one device and where it moves, and per block which
 nodes may sit on the head's device, the tail's or a third one.  Those choices
 are a relaxation's, but on the bundled workloads they are close to a real
 placement: this module follows them -- a fresh device for every run, a block's
-nodes on the run's device when they fit, a move's nodes on its head's device
-while it has room and then on its tail's, nodes the plan sends away on a spare
-CPU -- and puts the nodes the bound dropped (weights, side outputs) next to a
-neighbour.  The result is checked (memory, colours, CPU-only nodes) and is a
-start for latency_search.improve; None when the plan needs more accelerators than
-there are or something does not fit.
+nodes on the run's device when they fit, a move's block cut where it finishes
+first (timed on the block alone, within the bytes the plan leaves on the tail's
+device when it can), nodes the plan sends away to CPUs (one branch per CPU) or
+spare accelerators -- and puts the nodes the bound dropped (weights, side
+outputs) next to a neighbour.  The result is checked (memory, colours, CPU-only
+nodes) and is a start for latency_search.improve (:func:`plan_start`); None when
+the plan needs more accelerators than there are or something does not fit.
+On ResNet-50's operator graph the plan alone is within 1 % of the bound.
 """
 from __future__ import annotations
 
@@ -131,9 +133,10 @@ class _Devices:
 
 
 def plan_split(graph: Graph) -> Placement | None:
-    """The placement latency_bound.block_plan's choices describe (module docstring),
-    the faster of nodes sent away going to a CPU or to spare accelerators; None if
-    the choices need more accelerators than there are or do not fit."""
+    """The placement latency_bound.block_plan's choices describe (module docstring):
+    the fastest of the ways :func:`_follow` has (nodes sent away to CPUs or to spare
+    accelerators; moves cut as the plan allows, cut freely or placed node by node);
+    None if none fits the devices."""
     plan = block_plan(graph)
     best, best_value = None, math.inf
     for away_kind, cuts in itertools.product(("cpu", "accel"), ("shaped", "free", None)):
