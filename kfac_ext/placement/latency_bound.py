@@ -42,7 +42,12 @@ brute force on small graphs).
    only the shapes costing at most ``theta``: nodes allowed only on ``D1`` fill
    ``D1``, those allowed only on ``D2`` fill ``D2``, those allowed on either
    fill what ``D1``'s run left free and then ``D2``; bytes of nodes allowed on a
-   third device are not counted.
+   third device are not counted.  Besides, along each of a set of node-disjoint
+   tried paths the nodes' devices form one walk costing at most ``theta``: the
+   bytes it leaves on ``D1`` and ``D2`` are a point of the walk's Pareto front, so
+   the block's bytes on ``D2`` are at least the least sum over the paths' points
+   that fits ``D1``'s room (plus the other nodes' as above); the larger of the two
+   counts holds.
 5. A dynamic program along the articulation chain keeps, per device kind of
    ``a_t``, the Pareto front of (bytes already on ``a_t``'s device in its run,
    least ``finish(a_t)``): a run's bytes (articulation nodes, kept block nodes,
@@ -52,10 +57,11 @@ brute force on small graphs).
 
 Colour mates are never cut apart on a walk.  Where ``H`` has few articulation
 nodes (one big block) the bound degrades towards the path bound, and it is never
-below :func:`latency_lower_bound`.  What stays relaxed: each node of a block takes
-its cheapest shape on its own (a path whose nodes alternate between devices pays
-one change per node, not one per switch), bytes sent to a third device are not
-counted, and bytes allowed on either end of a move split as a fluid.
+below :func:`latency_lower_bound`.  What stays relaxed: off the covering paths,
+each node of a block takes its cheapest shape on its own; bytes sent to a third
+device are not counted; a device's nodes may run in any order (latency.py runs
+them in topological order, so a node waiting for a transfer holds up the rest);
+and devices revisited later get a fresh cap per run.
 :func:`block_plan` returns the DP's choices, which latency_bound_plan turns into a
 placement (on the ResNet-50 workloads within 1 % of this bound).  ``path_chain_bound`` is the other bound here:
 the exact cheapest walk along one path with a cap on every accelerator stretch
@@ -82,6 +88,52 @@ def _pareto(options: list[tuple]) -> list[tuple]:
         if not front or o[1] < front[-1][1]:
             front.append(o)
     return front
+
+
+_LEVELS = 32  # cost levels of a move's options at most
+_STAIRS = 48  # Pareto points of bytes on a move's two ends kept at most
+
+
+def _least3(points: list[tuple[float, float, float]], keep: int = 64) -> list[tuple[float, float, float]]:
+    """The (cost, bytes, bytes) points no other point beats on all three, cost
+    ascending; beyond ``keep`` points, neighbours merge into their least of each (a
+    relaxation, as these feed lower bounds)."""
+    front: list[tuple[float, float, float]] = []
+    for p in sorted(points):
+        if p[0] < math.inf and not any(q[1] <= p[1] and q[2] <= p[2] for q in front):
+            front.append(p)
+    while len(front) > keep:
+        front = [tuple(map(min, *front[i:i + 2])) if i + 1 < len(front) else front[i]
+                 for i in range(0, len(front), 2)]
+    return front
+
+
+def _stairs(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (bytes, bytes) points no other beats on both, the first ascending; beyond
+    ``_STAIRS`` points, neighbours merge into their least of each (a relaxation)."""
+    stairs: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not stairs or y < stairs[-1][1]:
+            stairs.append((x, y))
+    while len(stairs) > _STAIRS:
+        stairs = [tuple(map(min, *stairs[i:i + 2])) if i + 1 < len(stairs) else stairs[i]
+                  for i in range(0, len(stairs), 2)]
+    return stairs
+
+
+def _walked(walked, room: float) -> float | None:
+    """Least bytes a move leaves on its tail's device with ``room`` bytes free on its
+    head's: the covering paths' walks at one of their Pareto points, the other nodes'
+    bytes split as a fluid; None if nothing fits the room."""
+    head_only, tail_only, either, sums = walked
+    best = None
+    for on_head, on_tail in sums:  # on_head ascending
+        left = room - head_only - on_head
+        if left < 0:
+            break
+        value = on_tail + tail_only + max(0.0, either - left)
+        best = value if best is None else min(best, value)
+    return best
 
 
 def _merge(points: list[tuple], grain: float) -> list[tuple]:
@@ -224,41 +276,90 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
         need = before if at == last else after
         return min((v for (kind, c), v in states.items() if c >= need), default=math.inf)
 
-    def move_options(k1: str, k2: str, tried, through, inner: list[int]) -> list[tuple]:
+    def move_walks(path: list[int], k1: str, k2: str) -> list[tuple[float, float, float]]:
+        """Walks along ``path`` with its head on a device D1 of kind k1, its tail on another,
+        D2, of kind k2, and each inner node on D1, D2 or a third device (third devices
+        told apart by kind only): the Pareto front of (time + transfer delay, bytes on
+        D1, bytes on D2)."""
+        kind_of = {"1": k1, "2": k2, "accel": "accel", "cpu": "cpu"}
+        states: dict = {"1": [(0.0, 0.0, 0.0)]}
+        last = len(path) - 1
+        for j in range(1, len(path)):
+            v, out = path[j], graph.node(path[j - 1]).out_cost
+            glued = group[path[j - 1]] == group[path[j]]
+            nxt: dict = {}
+            for state, points in states.items():
+                for to in ("1", "2", *kinds):
+                    if j == last and to != "2":
+                        continue
+                    if to == state:
+                        delay = 0.0
+                    elif glued:
+                        continue
+                    else:
+                        delay = min((d for kv, d in change_delays(kind_of[state], out) if kv == kind_of[to]),
+                                    default=math.inf)
+                    t = delay + time_on(v, kind_of[to])
+                    if t == math.inf:
+                        continue
+                    on1 = size[v] if to == "1" else 0.0
+                    on2 = size[v] if to == "2" and j < last else 0.0
+                    nxt.setdefault(to, []).extend((c + t, b1 + on1, b2 + on2) for c, b1, b2 in points)
+            states = {state: _least3(points) for state, points in nxt.items()}
+        return states.get("2", [])
+
+    def move_options(k1: str, k2: str, tried, through, inner: list[int], cover) -> list[tuple]:
         """Options (cost, bytes only on the head's device, bytes only on the tail's, bytes
-        on either) of a block whose tail is on another device (of kind k2) than its head
-        (of kind k1).  Each inner node w is on the head's device (every path through it
-        changes device after it), the tail's (a change before it) or a third one (both);
-        a tried path through w costs the least walk of that shape, and no tried path
-        escapes its change.  At cost theta a node may only take the shapes costing at
-        most theta; bytes of a node allowed on a third device are not counted (the
-        relaxation lets them go anywhere)."""
+        on either, allowed shapes, walked) of a block whose tail is on another device (of
+        kind k2) than its head (of kind k1).  Each inner node w is on the head's device
+        (every path through it changes device after it), the tail's (a change before
+        it) or a third one (both); a tried path through w costs the least walk of that
+        shape, and no tried path escapes its change.  At cost theta a node may only
+        take the shapes costing at most theta; bytes of a node allowed on a third
+        device are not counted (the relaxation lets them go anywhere).
+
+        Along each path of ``cover`` (node-disjoint) the nodes also form one walk of
+        cost at most theta (module docstring, step 4): "walked" is (the other nodes'
+        bytes only on the head's, only on the tail's, on either; the Pareto points of
+        (bytes on the head's, on the tail's) summed over the covering paths' walks)."""
         change = max(walk_cost(list(p), k1, k2, 1) for p in tried)
         shapes = {}
         for w in inner:
             shapes[w] = tuple(max(walk_cost(p, k1, k2, b, a, at, kind) for p, at in through[w])
                               for b, a, kind in ((0, 1, k1), (1, 0, k2), (1, 1, None)))
-        levels = sorted({change} | {c for costs in shapes.values() for c in costs if change < c < math.inf})
+        walks = [move_walks(p, k1, k2) for p in cover]
+        covered = {w for p in cover for w in p[1:-1]}
+        levels = sorted({change} | {c for costs in shapes.values() for c in costs if change < c < math.inf}
+                        | {c for f in walks for c, _, _ in f if change < c})
+        if len(levels) > _LEVELS:  # fewer levels: each allows what costs less than the next
+            levels = [levels[i * (len(levels) - 1) // (_LEVELS - 1)] for i in range(_LEVELS)]
         options = []
-        for theta in levels:
+        for theta, below in zip(levels, levels[1:] + [math.inf]):
             head_only = tail_only = either = 0.0
+            rest = [0.0, 0.0, 0.0]  # uncovered nodes' bytes: only head's, only tail's, either
             for w, (on_head, on_tail, elsewhere) in shapes.items():
-                if elsewhere <= theta:
+                if elsewhere < below:
                     continue
-                if on_head <= theta and on_tail <= theta:
+                if on_head < below and on_tail < below:
                     either += size[w]
-                elif on_head <= theta:
+                    rest[2] += size[w] if w not in covered else 0.0
+                elif on_head < below:
                     head_only += size[w]
-                elif on_tail <= theta:
+                    rest[0] += size[w] if w not in covered else 0.0
+                elif on_tail < below:
                     tail_only += size[w]
+                    rest[1] += size[w] if w not in covered else 0.0
                 else:
                     break
             else:
-                allowed = tuple((w, on_head <= theta, on_tail <= theta, elsewhere <= theta)
-                                for w, (on_head, on_tail, elsewhere) in shapes.items())
-                options.append((theta, head_only, tail_only, either, allowed))
-                if head_only == tail_only == either == 0.0:
-                    break
+                sums = [(0.0, 0.0)]
+                for front in walks:
+                    stairs = _stairs([(b1, b2) for c, b1, b2 in front if c < below])
+                    sums = _stairs([(x1 + y1, x2 + y2) for x1, x2 in sums for y1, y2 in stairs])
+                if sums:
+                    allowed = tuple((w, on_head < below, on_tail < below, elsewhere < below)
+                                    for w, (on_head, on_tail, elsewhere) in shapes.items())
+                    options.append((theta, head_only, tail_only, either, allowed, (*rest, sums)))
         return options
 
     def stage_costs(lo: int, hi: int):
@@ -305,10 +406,15 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
                         path.append(ahead[path[-1]])
                     tried.add(tuple(path))
         through = {w: [(list(p), p.index(w)) for p in tried if w in p[1:-1]] for w in nodes[1:-1]}
+        cover, covered = [], set()  # node-disjoint tried paths, longest first
+        for p in sorted(tried, key=len, reverse=True):
+            if len(p) > 2 and not covered.intersection(p[1:-1]):
+                cover.append(list(p))
+                covered.update(p[1:-1])
         move = {}
         for k1 in kinds:
             for k2 in kinds:
-                move[k1, k2] = move_options(k1, k2, tried, through, nodes[1:-1])
+                move[k1, k2] = move_options(k1, k2, tried, through, nodes[1:-1], cover)
         run = {}
         for kind in kinds:
             # c_w: w away, head and tail on D: every tried path through w leaves D
@@ -354,10 +460,11 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
                         nxt[k1].append((nb, c + cost, (plan, ("stay", k1, moved, nb))))
                 room = limit - b if k1 == "accel" else math.inf  # what a_(t-1)'s device can still take
                 for k2 in kinds:  # a_t moves: bytes allowed on either end fill a_(t-1)'s device first
-                    for cost, head_only, tail_only, either, allowed in move[k1, k2]:
-                        if head_only > room:
+                    for cost, head_only, tail_only, either, allowed, walked in move[k1, k2]:
+                        along = _walked(walked, room)
+                        if head_only > room or along is None:
                             continue
-                        nb = held(k2, t, tail_only + max(0.0, either - (room - head_only)))
+                        nb = held(k2, t, max(along, tail_only + max(0.0, either - (room - head_only))))
                         if nb <= limit:
                             nxt[k2].append((nb, c + cost, (plan, ("move", k1, k2, allowed, nb))))
         front = {kind: _merge(points, grain) for kind, points in nxt.items()}

@@ -97,3 +97,11 @@ def test_a_zero_time_sink_ends_the_critical_path():
     g = Graph([node(i, t[i], 100.0, o[i], 1.0) for i in range(1, 5)], [(1, 2), (1, 3), (2, 4), (3, 4)], 2, 0, 2.0)
     assert optimum(g) == pytest.approx(22.0)  # {1, 2} | {3, 4}
     assert block_bound(g) == pytest.approx(22.0)
+
+
+@pytest.mark.parametrize("seed,k,l", [(6, 3, 1), (26, 3, 1), (27, 2, 2)])
+def test_walks_along_a_moves_paths_make_the_bound_exact(seed, k, l):
+    # residual chains (found by search) where the per-node shapes alone left the bound
+    # below the optimum (14.62, 15.217, 16.691): one walk per covering path closes it
+    g = residual_chain(seed, n=6, k=k, l=l)
+    assert block_bound(g) == pytest.approx(optimum(g))
