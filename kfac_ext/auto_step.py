@@ -35,10 +35,6 @@ the next step re-evaluates that batch's loss at the new parameters (one
 forward pass without grad) and compares the change of h with the undamped
 model's prediction (C + ηI). ``interval=0`` keeps λ fixed.
 
-``solve_interval`` s > 1 solves the model only every s-th step (and measures ρ
-every ``interval`` solves); the steps between reuse the last (α, μ) on their own
-Δ and δ, which costs what a step without auto step costs.
-
 Guards: a non-finite or not positive-definite 2×2 system falls back to the
 1-D problem in Δ (μ = 0); when that too is degenerate the step is skipped
 (every ``.grad`` zero, one warning each time). The parameters' change between
@@ -48,8 +44,8 @@ not apply it (another lr, momentum, weight decay, clipping) is refused with a
 
 Costs per step: one jvp of the model vmapped over the two directions (about a
 forward and backward pass), one batched double backward through the loss, and
-one forward every ``interval`` steps; a few host synchronisations (the 2×2
-system is solved on the host); memory: flat float64 copies of the parameters,
+one forward every ``interval`` steps; a few host synchronisations (the
+fallback decisions and the optimizer check read numbers); memory: flat float64 copies of the parameters,
 the gradient, δ and the step. Single process only. Dropout or
 other randomness in the forward makes C that of another network than the one
 the step's gradient came from; evaluate such models deterministically.
@@ -135,7 +131,7 @@ class AutoStep:
 
     def __init__(self, damping: float = 1.0, weight_decay: float = 0.0, interval: int = 5,
                  decay: Optional[float] = None, min_damping: float = 1e-8,
-                 max_damping: float = 1e4, solve_interval: int = 1):
+                 max_damping: float = 1e4):
         if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
                 and weight_decay >= 0):
             raise ValueError(f"AutoStep: weight_decay must be a finite number >= 0, "
@@ -143,18 +139,12 @@ class AutoStep:
         if not (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 0):
             raise ValueError(f"AutoStep: interval must be an integer >= 0 (0: fixed damping), "
                              f"got {interval!r}")
-        if not (isinstance(solve_interval, int) and not isinstance(solve_interval, bool)
-                and solve_interval >= 1):
-            raise ValueError(f"AutoStep: solve_interval must be an integer >= 1, "
-                             f"got {solve_interval!r}")
         # λ and its Levenberg–Marquardt rule (AdaptiveDamping checks the numbers).
         self.lm = AdaptiveDamping(damping, interval=max(interval, 1), decay=decay,
                                   min_damping=min_damping, max_damping=max_damping)
         self.weight_decay = float(weight_decay)
         self.interval = interval
-        self.solve_interval = solve_interval
         self.steps = 0
-        self.solves = 0      # steps that solved the quadratic model
         self.last_alpha: Optional[float] = None
         self.last_mu: Optional[float] = None
         self.last_predicted: Optional[float] = None   # M of the damped model at the step
@@ -211,12 +201,6 @@ class AutoStep:
         self._grads = self._theta = None
         direction = -self._flat(p.grad for p in params)
         dirs = torch.stack([direction] if self._delta is None else [direction, self._delta])
-        if self.steps % self.solve_interval and self.last_alpha is not None:
-            # Between solves: the last (α, μ) on this step's Δ and δ.
-            coeffs = torch.tensor([self.last_alpha, self.last_mu][:dirs.shape[0]],
-                                  dtype=torch.float64, device=dirs.device)
-            self._write(named, theta, coeffs @ dirs)
-            return
         inputs, loss_of_outputs = closure()
         curvature, loss = curvature_products(model, names, params, dirs, inputs,
                                              loss_of_outputs)
@@ -237,18 +221,12 @@ class AutoStep:
         step = coeffs @ dirs
         system = curvature + (self.damping + eta) * norms
         self.last_predicted = float(linear @ coeffs + 0.5 * coeffs @ system @ coeffs)
-        if self.interval and self.solves % self.interval == 0 and how != "skip":
+        if self.interval and self.steps % self.interval == 0 and how != "skip":
             undamped = float(linear @ coeffs + 0.5 * coeffs @ (curvature + eta * norms) @ coeffs)
             self._pending = (closure, float(loss) + 0.5 * eta * float(theta @ theta), undamped)
-        self.solves += 1
-        self._write(named, theta, step)
-
-    def _write(self, named, theta: torch.Tensor, step: torch.Tensor) -> None:
-        """.grad = -step; remember θ and the step for the next δ."""
-        params = [p for _, p in named]
         for p, s in zip(params, step.split([p.numel() for p in params])):
             p.grad.copy_(s.neg().view_as(p))
-        self._names, self._prev, self._last = [n for n, _ in named], theta, step
+        self._names, self._prev, self._last = names, theta, step
         self._shapes = {n: tuple(p.shape) for n, p in named}
         self.steps += 1
 
@@ -297,7 +275,7 @@ class AutoStep:
     def state_dict(self) -> dict:
         """λ's state, counters, and (by parameter name, float64) θ and the step written at
         the last step, from which the next step's δ follows."""
-        state = {"damping": self.lm.state_dict(), "steps": self.steps, "solves": self.solves,
+        state = {"damping": self.lm.state_dict(), "steps": self.steps,
                  "last_alpha": self.last_alpha, "last_mu": self.last_mu,
                  "fallbacks": dict(self.fallbacks), "previous_params": None, "last_step": None}
         if self._prev is not None:
@@ -322,7 +300,6 @@ class AutoStep:
                                      "a parameter of the model")
         self.lm.load_state_dict(state["damping"])
         self.steps = int(state.get("steps", 0))
-        self.solves = int(state.get("solves", self.steps))
         self.last_alpha, self.last_mu = state.get("last_alpha"), state.get("last_mu")
         self.fallbacks = dict(state.get("fallbacks", {"1d": 0, "skip": 0}))
         self._shapes = shapes
@@ -338,7 +315,7 @@ class AutoStep:
 
     def reset(self) -> None:
         """Forget the last step (no momentum at the next one); λ is kept."""
-        self.steps = self.solves = 0
+        self.steps = 0
         self.last_alpha = self.last_mu = None
         self._names = self._prev = self._last = self._pending = None
         self._grads = self._theta = self._delta = None

@@ -284,38 +284,3 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="closure"):
         pre.step()
 
-
-def test_solve_interval_reuses_the_last_coefficients_between_solves(monkeypatch):
-    import kfac_ext.auto_step as auto_step_module
-
-    calls = []
-    real = auto_step_module.curvature_products
-    monkeypatch.setattr(auto_step_module, "curvature_products",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
-    model = _model()
-    x, loss = _batch("mse")
-    auto = AutoStep(damping=0.2, weight_decay=1e-3, interval=1, solve_interval=3)
-    pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=auto,
-                             damping=0.1)
-    opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    coeffs = []
-    for step in range(7):
-        twin = copy.deepcopy(model)
-        direction, _ = _twin_direction_with_state(pre, twin, x, loss, 1e-3, 0.1)
-        theta = _flat([p.detach() for p in model.parameters()]).clone()
-        opt.zero_grad()
-        loss(model(x)).backward()
-        pre.step(closure=lambda: (x, loss))
-        coeffs.append((auto.last_alpha, auto.last_mu))
-        if step % 3:           # reused: the written step is last (α, μ) on this Δ, δ
-            alpha, mu = coeffs[step - 1]
-            want = alpha * _flat(direction) + (mu * (theta - previous) if step > 1 else 0)
-            assert torch.allclose(-_flat([p.grad for p in model.parameters()]), want,
-                                  rtol=1e-9, atol=1e-12)
-            assert coeffs[step] == coeffs[step - 1]
-        opt.step()
-        previous = theta
-    assert len(calls) == 3 and auto.solves == 3 and auto.steps == 7   # steps 0, 3, 6
-    assert coeffs[3] != coeffs[2] and auto.lm.updates == 2           # ρ after solves 0 and 3
-    with pytest.raises(ValueError, match="solve_interval"):
-        AutoStep(solve_interval=0)

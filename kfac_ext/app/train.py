@@ -59,14 +59,13 @@ DEFAULTS = {
                    inv_lag_steps=2, threads=1, compute_method="eigen", factor_init="identity",
                    per_example_g=False,
                    adaptive_damping=0, auto_step=False, auto_step_damping=1.0,
-                   auto_step_interval=5, auto_step_solve_interval=1),
+                   auto_step_interval=5),
     "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
                     lr_adamw=0.001, adamw_weight_decay=0.05, lr_soap=0.001,   # not swept
                     soap_weight_decay=0.05, damping=0.003, compute_method="eigen",
                     factor_init="identity",
                     per_example_g=False, adaptive_damping=0, auto_step=False,
-                    auto_step_damping=1.0, auto_step_interval=5,
-                    auto_step_solve_interval=1, skip_layers=(),
+                    auto_step_damping=1.0, auto_step_interval=5, skip_layers=(),
                     weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
                     target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
                     inv_lag_steps=0, threads=0),
@@ -204,9 +203,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="--auto-step: adapt its damping every T steps by the "
                         "Levenberg-Marquardt rule (one extra forward pass every T steps); "
                         "0 keeps it fixed (default 5)")
-    k.add_argument("--auto-step-solve-interval", type=int, default=None, metavar="S",
-                   help="--auto-step: solve the quadratic model every S steps only; the steps "
-                        "between reuse its step length and momentum (default 1)")
     k.add_argument("--kl-clip", type=float, default=0.001, help="default 0.001")
     k.add_argument("--factor-update-steps", type=int, default=None,
                    help="steps between factor updates before the first lr decay "
@@ -348,8 +344,7 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
                    adaptive_damping=a.adaptive_damping)
         if a.auto_step:  # the step is the quadratic model's: SGD at lr 1, no schedule
             cfg.update(auto_step=True, auto_step_damping=a.auto_step_damping,
-                       auto_step_interval=a.auto_step_interval,
-                       auto_step_solve_interval=a.auto_step_solve_interval, lr=1.0, momentum=0.0,
+                       auto_step_interval=a.auto_step_interval, lr=1.0, momentum=0.0,
                        warmup_epochs=0.0, decay_factor=1.0, kl_clip=None)
     return cfg
 
@@ -376,8 +371,7 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
         from kfac_ext.auto_step import AutoStep
 
         auto_step = AutoStep(damping=a.auto_step_damping, weight_decay=a.weight_decay,
-                             interval=a.auto_step_interval,
-                             solve_interval=a.auto_step_solve_interval)
+                             interval=a.auto_step_interval)
     if a.adaptive_damping:
         from kfac_ext.adaptive_damping import AdaptiveDamping
 

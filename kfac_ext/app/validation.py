@@ -91,8 +91,6 @@ def check_train_args(a: argparse.Namespace) -> None:
             expected="a finite number > 0")
     _number("--auto-step-interval", a.auto_step_interval, low=0,
             expected="an integer >= 0 (0: fixed damping)")
-    _number("--auto-step-solve-interval", a.auto_step_solve_interval, low=1,
-            expected="an integer >= 1")
     _number("--interval-growth", a.interval_growth, low=1, expected="a finite number >= 1")
     _check_grown_intervals(a)
     # Run settings.

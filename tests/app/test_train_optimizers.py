@@ -197,8 +197,8 @@ def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, t
              "--save", str(tmp_path / "a")]
     out = _train(capsys, *flags)
     cfg = out["runs"]["kfac"]["config"]
-    assert (cfg["auto_step"], cfg["auto_step_damping"], cfg["auto_step_interval"],
-            cfg["auto_step_solve_interval"]) == (True, 0.5, 5, 1)
+    assert (cfg["auto_step"], cfg["auto_step_damping"], cfg["auto_step_interval"]) == \
+        (True, 0.5, 5)
     assert (cfg["lr"], cfg["momentum"], cfg["kl_clip"], cfg["warmup_epochs"]) == \
         (1.0, 0.0, None, 0.0)
     ckpt = torch.load(tmp_path / "a" / "kfac.pt", weights_only=False)
@@ -211,8 +211,7 @@ def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, t
     assert [r["lr"] for r in out["runs"]["kfac"]["history"]] == [1.0, 1.0]
     assert out["runs"]["kfac"]["final_test_accuracy"] > 0.5
     # With a fixed λ (nothing pending at an epoch's end), stop-and-resume is the same run.
-    fixed = ["--optimizer", "kfac", "--auto-step", "--auto-step-interval", "0",
-             "--auto-step-solve-interval", "3"]
+    fixed = ["--optimizer", "kfac", "--auto-step", "--auto-step-interval", "0"]
     whole = _train(capsys, *fixed)
     _train(capsys, *fixed, "--save", str(tmp_path / "b"), "--stop-after", "1")
     resumed = _train(capsys, *fixed, "--resume", str(tmp_path / "b"))
@@ -226,7 +225,6 @@ def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, t
     assert "auto_step" not in cfg and cfg["lr"] == train.DEFAULTS["digits"]["lr_kfac"]
     for bad, flag in ((["--auto-step-damping", "0"], "--auto-step-damping"),
                       (["--auto-step-interval", "-1"], "--auto-step-interval"),
-                      (["--auto-step-solve-interval", "0"], "--auto-step-solve-interval"),
                       (["--auto-step", "--adaptive-damping", "3"], "--adaptive-damping")):
         assert main(["train", *FAST, *bad]) == 2
         assert flag in capsys.readouterr().err
