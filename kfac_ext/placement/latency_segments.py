@@ -1,4 +1,4 @@
-"""A latency split by dynamic programming over segments, timed exactly as it grows.
+"""A latency split by dynamic programming over segments, timed by the schedule as it grows.
 
 ``segment_split(graph, order)`` cuts a topological order into segments, each on a
 fresh accelerator (within the memory cap) or on the CPUs, like
@@ -44,7 +44,14 @@ def segment_split(graph: Graph, order: list[int] | None = None, time_limit: floa
     if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
         raise ValueError(f"cpus must be a positive integer or None, got {cpus!r}")
     deadline = time.perf_counter() + time_limit
-    dp = _SegmentDP(graph, order or graph.topological_order())
+    order = graph.topological_order() if order is None else list(order)
+    at = {v: i for i, v in enumerate(order)}
+    if len(at) != len(order) or sorted(at) != sorted(graph.ids):
+        raise ValueError("order must list every node of the graph once")
+    bad = next(((u, w) for u, w in graph.edges if at[u] > at[w]), None)
+    if bad is not None:
+        raise ValueError(f"order must be topological: node {bad[1]} comes before its input {bad[0]}")
+    dp = _SegmentDP(graph, order)
     dp.spread = dp.l if cpus is None else min(cpus, dp.l)
     dp.upper_bound = upper_bound
     scale = max(1e-9, sum(dp.cpu) + sum(dp.out))

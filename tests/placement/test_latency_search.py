@@ -156,6 +156,10 @@ def test_segment_split_runs_parallel_branches_on_several_cpus(colour):
     assert latency_of(g, segment_split(g, cpus=1)) == pytest.approx(12.0)
     with pytest.raises(ValueError, match="cpus"):
         segment_split(g, cpus=0)
+    with pytest.raises(ValueError, match="order must be topological: node 2 comes before its input 1"):
+        segment_split(g, order=[2, 1, 3, 4])
+    with pytest.raises(ValueError, match="order must list every node"):
+        segment_split(g, order=[1, 2, 3])
 
 
 def test_resume_matches_a_full_evaluation():
