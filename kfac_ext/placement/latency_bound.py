@@ -47,7 +47,14 @@ brute force on small graphs).
    bytes it leaves on ``D1`` and ``D2`` are a point of the walk's Pareto front, so
    the block's bytes on ``D2`` are at least the least sum over the paths' points
    that fits ``D1``'s room (plus the other nodes' as above); the larger of the two
-   counts holds.
+   counts holds.  Each device runs its nodes one at a time, so a split leaving
+   nodes on ``D1`` costs at least their time plus the least walk from one of them
+   to ``a_t`` (the last of them to finish waits for that walk), and nodes on ``D2``
+   cost the least walk into one of them plus their and ``a_t``'s time.  Those times
+   are at least the covering paths' (one walk each, the (time, bytes) front of each
+   end summed over the paths) plus the other nodes' as a fluid of their cheapest
+   time per byte; the DP tries the split of the either-bytes in ``_SPLITS``
+   stretches, each charged for its least bytes on ``D1`` and its least on ``D2``.
 5. A dynamic program along the articulation chain keeps, per device kind of
    ``a_t``, the Pareto front of (bytes already on ``a_t``'s device in its run,
    least ``finish(a_t)``): a run's bytes (articulation nodes, kept block nodes,
@@ -133,6 +140,46 @@ def _walked(walked, room: float) -> float | None:
             break
         value = on_tail + tail_only + max(0.0, either - left)
         best = value if best is None else min(best, value)
+    return best
+
+
+_SPLITS = 8  # stretches of a move's split of either-bytes between its ends
+
+
+def _splits(top: float) -> list[tuple[float, float]]:
+    """Stretches [lo, hi] covering [0, top] (either-bytes a move's head device may take)."""
+    if top <= 0:
+        return [(0.0, 0.0)]
+    cuts = [top * i / _SPLITS for i in range(_SPLITS + 1)]
+    return list(zip(cuts, cuts[1:]))
+
+
+def _least_time(forced: float, loose: list[tuple[float, float]], need: float) -> float:
+    """Least time of a device holding the ``forced`` nodes and ``need`` more bytes of
+    the ``loose`` ones ((time per byte, bytes), cheapest first), split as a fluid."""
+    total = forced
+    for rate, bytes_ in loose:
+        if need <= 0:
+            break
+        take = min(need, bytes_)
+        total += rate * take
+        need -= take
+    return total
+
+
+def _serial_cost(serial, on_head: float, on_tail: float) -> float:
+    """A least time from a move's head finishing to its tail finishing, with at least
+    ``on_head`` either-bytes on the head's device and ``on_tail`` on the tail's.  The
+    head's device runs its block nodes one at a time after the head, and the tail waits
+    for the last of them plus a walk that changes device; the tail's device runs its
+    block nodes and the tail one at a time, after the first of them is reached by a
+    walk that changes device."""
+    best = 0.0
+    for (forced, any_forced, loose, walk, extra, forced_bytes, along, others), need in zip(serial, (on_head, on_tail)):
+        if any_forced or need > 0:
+            # the covering paths' nodes on this end form one walk each; the rest as a fluid
+            paths = min((t + _least_time(0.0, others, need + forced_bytes - b) for t, b in along), default=0.0)
+            best = max(best, walk + max(_least_time(forced, loose, need), paths) + extra)
     return best
 
 
@@ -276,11 +323,12 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
         need = before if at == last else after
         return min((v for (kind, c), v in states.items() if c >= need), default=math.inf)
 
-    def move_walks(path: list[int], k1: str, k2: str) -> list[tuple[float, float, float]]:
+    def move_walks(path: list[int], k1: str, k2: str, side: str | None = None) -> list[tuple[float, float, float]]:
         """Walks along ``path`` with its head on a device D1 of kind k1, its tail on another,
         D2, of kind k2, and each inner node on D1, D2 or a third device (third devices
         told apart by kind only): the Pareto front of (time + transfer delay, bytes on
-        D1, bytes on D2)."""
+        D1, bytes on D2); with ``side`` "1" or "2", of (time + transfer delay, minus the
+        bytes on that end's device, the time of those nodes), inner nodes only."""
         kind_of = {"1": k1, "2": k2, "accel": "accel", "cpu": "cpu"}
         states: dict = {"1": [(0.0, 0.0, 0.0)]}
         last = len(path) - 1
@@ -302,15 +350,18 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
                     t = delay + time_on(v, kind_of[to])
                     if t == math.inf:
                         continue
-                    on1 = size[v] if to == "1" else 0.0
-                    on2 = size[v] if to == "2" and j < last else 0.0
+                    if side is None:
+                        on1 = size[v] if to == "1" else 0.0
+                        on2 = size[v] if to == "2" and j < last else 0.0
+                    else:  # minus bytes, time
+                        on1, on2 = (-size[v], time_on(v, kind_of[to])) if to == side and j < last else (0.0, 0.0)
                     nxt.setdefault(to, []).extend((c + t, b1 + on1, b2 + on2) for c, b1, b2 in points)
             states = {state: _least3(points) for state, points in nxt.items()}
         return states.get("2", [])
 
-    def move_options(k1: str, k2: str, tried, through, inner: list[int], cover) -> list[tuple]:
+    def move_options(k1: str, k2: str, tried, through, inner: list[int], cover, tail: int) -> list[tuple]:
         """Options (cost, bytes only on the head's device, bytes only on the tail's, bytes
-        on either, allowed shapes, walked) of a block whose tail is on another device (of
+        on either, allowed shapes, walked, serial) of a block whose tail is on another device (of
         kind k2) than its head (of kind k1).  Each inner node w is on the head's device
         (every path through it changes device after it), the tail's (a change before
         it) or a third one (both); a tried path through w costs the least walk of that
@@ -321,13 +372,62 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
         Along each path of ``cover`` (node-disjoint) the nodes also form one walk of
         cost at most theta (module docstring, step 4): "walked" is (the other nodes'
         bytes only on the head's, only on the tail's, on either; the Pareto points of
-        (bytes on the head's, on the tail's) summed over the covering paths' walks)."""
+        (bytes on the head's, on the tail's) summed over the covering paths' walks).
+
+        Each device runs its nodes one at a time (module docstring, step 4): "serial"
+        is what :func:`_serial_cost` needs to charge the nodes a split leaves on either
+        end (their times on each end, the least walk out of a head-side node to the
+        tail, the least walk into a tail-side node, the tail's time)."""
         change = max(walk_cost(list(p), k1, k2, 1) for p in tried)
-        shapes = {}
+        shapes, leave, arrive = {}, {}, {}
         for w in inner:
             shapes[w] = tuple(max(walk_cost(p, k1, k2, b, a, at, kind) for p, at in through[w])
                               for b, a, kind in ((0, 1, k1), (1, 0, k2), (1, 1, None)))
+            # w on the head's device: the tail waits for w and then a walk that changes device
+            leave[w] = max(walk_cost(p[at:], k1, k2, 1) for p, at in through[w])
+            # w on the tail's device: w starts after a walk from the head that changes device
+            own = time_on(w, k2)
+            arrive[w] = (max(walk_cost(p[:at + 1], k1, k2, 1) for p, at in through[w]) - own
+                         if own < math.inf else math.inf)
+        tail_time = time_on(tail, k2)
+
+        def serial_of(allowed, below: float) -> tuple:
+            """(head side, tail side) for :func:`_serial_cost`: per side (time of the nodes
+            it must hold, whether there are any, the either-nodes' (time per byte, bytes)
+            cheapest first, least walk out of / into a node allowed there, time added,
+            bytes of the nodes it must hold, the covering paths' (time, bytes) on that end
+            summed over walks costing less than ``below``, the (time per byte, bytes) of
+            the other nodes allowed there, cheapest first)."""
+            forced, count, loose = {1: 0.0, 2: 0.0}, {1: 0, 2: 0}, {1: [], 2: []}
+            others, held_bytes = {1: [], 2: []}, {1: 0.0, 2: 0.0}
+            for w, on_head, on_tail, elsewhere in allowed:
+                for side, ok, kind in ((1, on_head, k1), (2, on_tail, k2)):
+                    if ok and w not in covered and size[w] > 0:
+                        others[side].append((time_on(w, kind) / size[w], size[w]))
+                if elsewhere:
+                    continue
+                for side, ok, other, kind in ((1, on_head, on_tail, k1), (2, on_tail, on_head, k2)):
+                    if ok and not other:
+                        forced[side] += time_on(w, kind)
+                        held_bytes[side] += size[w]
+                        count[side] += 1
+                    elif ok and size[w] > 0:
+                        loose[side].append((time_on(w, kind) / size[w], size[w]))
+            out = min((leave[w] for w, on_head, _, _ in allowed if on_head), default=math.inf)
+            into = min((arrive[w] for w, _, on_tail, _ in allowed if on_tail), default=math.inf)
+            along = {}
+            for side in (1, 2):
+                sums = [(0.0, 0.0)]  # (time, minus bytes): least of both
+                for front in ends[str(side)]:
+                    stairs = _stairs([(t, b) for c, b, t in front if c < below])
+                    sums = _stairs([(x1 + y1, x2 + y2) for x1, x2 in sums for y1, y2 in stairs])
+                along[side] = [(t, -b) for t, b in sums]
+            return tuple((forced[side], count[side] > 0, sorted(loose[side]), walk, extra, held_bytes[side],
+                          along[side], sorted(others[side]))
+                         for side, walk, extra in ((1, out, 0.0), (2, into, tail_time)))
+
         walks = [move_walks(p, k1, k2) for p in cover]
+        ends = {side: [move_walks(p, k1, k2, side) for p in cover] for side in ("1", "2")}
         covered = {w for p in cover for w in p[1:-1]}
         levels = sorted({change} | {c for costs in shapes.values() for c in costs if change < c < math.inf}
                         | {c for f in walks for c, _, _ in f if change < c})
@@ -359,7 +459,8 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
                 if sums:
                     allowed = tuple((w, on_head < below, on_tail < below, elsewhere < below)
                                     for w, (on_head, on_tail, elsewhere) in shapes.items())
-                    options.append((theta, head_only, tail_only, either, allowed, (*rest, sums)))
+                    options.append((theta, head_only, tail_only, either, allowed, (*rest, sums),
+                                    serial_of(allowed, below)))
         return options
 
     def stage_costs(lo: int, hi: int):
@@ -414,7 +515,7 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
         move = {}
         for k1 in kinds:
             for k2 in kinds:
-                move[k1, k2] = move_options(k1, k2, tried, through, nodes[1:-1], cover)
+                move[k1, k2] = move_options(k1, k2, tried, through, nodes[1:-1], cover, tail)
         run = {}
         for kind in kinds:
             # c_w: w away, head and tail on D: every tried path through w leaves D
@@ -460,13 +561,16 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
                         nxt[k1].append((nb, c + cost, (plan, ("stay", k1, moved, nb))))
                 room = limit - b if k1 == "accel" else math.inf  # what a_(t-1)'s device can still take
                 for k2 in kinds:  # a_t moves: bytes allowed on either end fill a_(t-1)'s device first
-                    for cost, head_only, tail_only, either, allowed, walked in move[k1, k2]:
+                    for cost, head_only, tail_only, either, allowed, walked, serial in move[k1, k2]:
                         along = _walked(walked, room)
                         if head_only > room or along is None:
                             continue
-                        nb = held(k2, t, max(along, tail_only + max(0.0, either - (room - head_only))))
-                        if nb <= limit:
-                            nxt[k2].append((nb, c + cost, (plan, ("move", k1, k2, allowed, nb))))
+                        top = min(either, room - head_only)  # either-bytes the head's device can take
+                        for lo, hi in _splits(top):  # the head's device takes between lo and hi of them
+                            nb = held(k2, t, max(along, tail_only + either - hi))
+                            if nb <= limit:
+                                at_least = max(cost, _serial_cost(serial, lo, either - hi))
+                                nxt[k2].append((nb, c + at_least, (plan, ("move", k1, k2, allowed, nb))))
         front = {kind: _merge(points, grain) for kind, points in nxt.items()}
     best = min((p for points in front.values() for p in points), key=lambda p: p[1], default=None)
     if best is None:

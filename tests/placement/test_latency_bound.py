@@ -1,5 +1,6 @@
 """The memory-aware latency lower bounds never exceed the true optimum (brute force)."""
 import math
+import random
 
 import pytest
 
@@ -105,3 +106,60 @@ def test_walks_along_a_moves_paths_make_the_bound_exact(seed, k, l):
     # below the optimum (14.62, 15.217, 16.691): one walk per covering path closes it
     g = residual_chain(seed, n=6, k=k, l=l)
     assert block_bound(g) == pytest.approx(optimum(g))
+
+
+def branching_blocks(seed: int, k: int, l: int) -> Graph:
+    """Inception-like: a head, two or three parallel branches of one to three nodes, a
+    concat; sometimes a second such block with one-node branches.  Moves that split the
+    branches between the two ends' devices are where the serial charge counts."""
+    rng = random.Random(seed)
+    nodes, edges = [], []
+
+    def add() -> int:
+        v = len(nodes) + 1
+        accel = round(rng.uniform(0.2, 3.0), 3)
+        nodes.append(Node(id=v, name=f"n{v}", accel_time=accel, cpu_time=round(accel * rng.choice([1.5, 3, 10]), 3),
+                          size=float(rng.randint(1, 9)), accel_ok=True, is_backward=False, color=None,
+                          out_cost=round(rng.uniform(0.0, 4.0), 3)))
+        return v
+
+    head = add()
+    for block in range(rng.choice([1, 2])):
+        ends = []
+        for _ in range(rng.choice([2, 3])):
+            prev = head
+            for _ in range(rng.choice([1, 2, 3]) if block == 0 else 1):
+                v = add()
+                edges.append((prev, v))
+                prev = v
+            ends.append(prev)
+        head = add()
+        edges += [(e, head) for e in ends]
+    total = sum(x.size for x in nodes)
+    cap = max(max(x.size for x in nodes), math.ceil(total / rng.choice([2, 3])))
+    g = Graph(nodes, edges, k, l, float(cap))
+    g.validate()
+    return g
+
+
+BRANCHING = [(seed, *[(2, 1), (3, 1), (2, 2), (3, 0), (2, 0)][seed % 5]) for seed in range(1, 80, 2)]
+
+
+@pytest.mark.parametrize("seed,k,l", [c for c in BRANCHING
+                                      if (c[1] + c[2]) ** len(branching_blocks(*c).nodes) <= 70000])
+def test_bounds_on_branching_blocks(seed, k, l):
+    g = branching_blocks(seed, k, l)
+    best = optimum(g)
+    if best == math.inf:
+        pytest.skip("no valid placement")
+    assert block_bound(g) <= best + 1e-9
+    assert latency_bound(g) <= best + 1e-9
+
+
+@pytest.mark.parametrize("seed,below", [(3, 16.353), (43, 13.548)])
+def test_serial_time_on_a_moves_ends_makes_the_bound_exact(seed, below):
+    # a move splits the branches between its two ends; without charging each end's
+    # device for running its share one node at a time the bound stopped at ``below``
+    g = branching_blocks(seed, 3, 0)
+    assert block_bound(g) == pytest.approx(optimum(g))
+    assert block_bound(g) > below + 0.5
