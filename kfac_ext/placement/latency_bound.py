@@ -55,6 +55,8 @@ brute force on small graphs).
    end summed over the paths) plus the other nodes' as a fluid of their cheapest
    time per byte; the DP tries the split of the either-bytes in ``_SPLITS``
    stretches, each charged for its least bytes on ``D1`` and its least on ``D2``.
+   The same holds for the nodes whose walk out (into) is at least some length:
+   they run one at a time too, and carry the bytes the shorter-walk nodes cannot.
 5. A dynamic program along the articulation chain keeps, per device kind of
    ``a_t``, the Pareto front of (bytes already on ``a_t``'s device in its run,
    least ``finish(a_t)``): a run's bytes (articulation nodes, kept block nodes,
@@ -175,12 +177,47 @@ def _serial_cost(serial, on_head: float, on_tail: float) -> float:
     block nodes and the tail one at a time, after the first of them is reached by a
     walk that changes device."""
     best = 0.0
-    for (forced, any_forced, loose, walk, extra, forced_bytes, along, others), need in zip(serial, (on_head, on_tail)):
+    for (forced, any_forced, loose, walk, extra, forced_bytes, along, others, steps), need in zip(
+            serial, (on_head, on_tail)):
         if any_forced or need > 0:
             # the covering paths' nodes on this end form one walk each; the rest as a fluid
             paths = min((t + _least_time(0.0, others, need + forced_bytes - b) for t, b in along), default=0.0)
             best = max(best, walk + max(_least_time(forced, loose, need), paths) + extra)
+        for key, time_, bytes_, any_, short, loose_ in steps:
+            # the nodes whose walk is at least ``key`` carry what the others cannot
+            missing = need + forced_bytes - short
+            if any_ or missing > 0:
+                best = max(best, key + time_ + _least_time(0.0, loose_, missing - bytes_) + extra)
     return best
+
+
+_THRESHOLDS = 6  # walk lengths tried per end of a move
+
+
+def _thresholds(keyed: list[tuple[float, float, float, bool]]) -> list[tuple]:
+    """For a few walk lengths ``key`` (out of a head-side node to the tail, or into a
+    tail-side node): (key, time and bytes of the nodes that must be there with a walk
+    at least key, whether there are any, bytes of all nodes allowed there with a
+    shorter walk, (time per byte, bytes) of the other nodes with a walk at least key,
+    cheapest first).  A device runs the nodes of walk >= key one at a time, all after
+    the head (and the tail waits for the last plus its walk out), or all after the
+    first is reached and before the tail."""
+    keys = sorted({k for k, _, _, _ in keyed if k < math.inf})[1:]  # the least is the plain charge
+    if len(keys) > _THRESHOLDS:
+        keys = [keys[i * (len(keys) - 1) // (_THRESHOLDS - 1)] for i in range(_THRESHOLDS)]
+    steps = []
+    for key in keys:
+        time_ = bytes_ = short = 0.0
+        any_, loose_ = False, []
+        for k, t, b, must in keyed:
+            if k < key:
+                short += b
+            elif must:
+                time_, bytes_, any_ = time_ + t, bytes_ + b, True
+            elif b > 0:
+                loose_.append((t / b, b))
+        steps.append((key, time_, bytes_, any_, short, sorted(loose_)))
+    return steps
 
 
 def _merge(points: list[tuple], grain: float) -> list[tuple]:
@@ -241,14 +278,16 @@ def block_bound(graph: Graph) -> float:
     return max(latency_lower_bound(graph), block_plan(graph)[0])
 
 
-def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
+def block_plan(graph: Graph, by_walk: bool = True) -> tuple[float, list[int], list[int], list[tuple]]:
     """The chain DP of :func:`block_bound` (without the path bound) and the choices
     reaching it: (value, kept nodes in order, positions of the articulation nodes in
     it, one step per block).  A step is ("stay", kind, nodes moved off the run's
     device, bytes) or ("move", head kind, tail kind, per inner node (node, may sit
     on the head's device, on the tail's, on a third one), bytes), bytes being those
     counted on the tail's device in its run so far; steps are empty when no
-    placement fits.  latency_bound_plan turns them into a placement."""
+    placement fits.  latency_bound_plan turns them into a placement.  ``by_walk=False``
+    leaves out the charge by walk length at a move's ends (``_thresholds``): a lower
+    value, whose choices are another start for the plan."""
     k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
     fastest = _cheapest(graph)
     group = _group_of(graph)
@@ -400,6 +439,7 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
             the other nodes allowed there, cheapest first)."""
             forced, count, loose = {1: 0.0, 2: 0.0}, {1: 0, 2: 0}, {1: [], 2: []}
             others, held_bytes = {1: [], 2: []}, {1: 0.0, 2: 0.0}
+            keyed = {1: [], 2: []}  # (walk out of / into it, time, bytes, must hold) per node
             for w, on_head, on_tail, elsewhere in allowed:
                 for side, ok, kind in ((1, on_head, k1), (2, on_tail, k2)):
                     if ok and w not in covered and size[w] > 0:
@@ -407,6 +447,8 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
                 if elsewhere:
                     continue
                 for side, ok, other, kind in ((1, on_head, on_tail, k1), (2, on_tail, on_head, k2)):
+                    if ok:
+                        keyed[side].append(((leave if side == 1 else arrive)[w], time_on(w, kind), size[w], not other))
                     if ok and not other:
                         forced[side] += time_on(w, kind)
                         held_bytes[side] += size[w]
@@ -423,7 +465,7 @@ def block_plan(graph: Graph) -> tuple[float, list[int], list[int], list[tuple]]:
                     sums = _stairs([(x1 + y1, x2 + y2) for x1, x2 in sums for y1, y2 in stairs])
                 along[side] = [(t, -b) for t, b in sums]
             return tuple((forced[side], count[side] > 0, sorted(loose[side]), walk, extra, held_bytes[side],
-                          along[side], sorted(others[side]))
+                          along[side], sorted(others[side]), _thresholds(keyed[side]) if by_walk else [])
                          for side, walk, extra in ((1, out, 0.0), (2, into, tail_time)))
 
         walks = [move_walks(p, k1, k2) for p in cover]

@@ -135,11 +135,12 @@ class _Devices:
 def plan_split(graph: Graph) -> Placement | None:
     """The placement latency_bound.block_plan's choices describe (module docstring):
     the fastest of the ways :func:`_follow` has (nodes sent away to CPUs or to spare
-    accelerators; moves cut as the plan allows, cut freely or placed node by node);
-    None if none fits the devices."""
-    plan = block_plan(graph)
+    accelerators; moves cut as the plan allows, cut freely or placed node by node),
+    over the DP's choices with and without its charge by walk length (either may
+    split a move's block the better way); None if none fits the devices."""
+    plans = [block_plan(graph), block_plan(graph, by_walk=False)]
     best, best_value = None, math.inf
-    for away_kind, cuts in itertools.product(("cpu", "accel"), ("shaped", "free", None)):
+    for plan, away_kind, cuts in itertools.product(plans, ("cpu", "accel"), ("shaped", "free", None)):
         placement = _follow(graph, plan, away_kind, cuts)
         if placement is not None:
             value = latency_of(graph, placement)

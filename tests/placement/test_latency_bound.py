@@ -8,7 +8,7 @@ from _residual_graphs import residual_chain
 from _small_graphs import all_placements, brute_force, random_graph
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import latency_lower_bound, latency_of
-from kfac_ext.placement.latency_bound import block_bound, heaviest_path, latency_bound, path_chain_bound
+from kfac_ext.placement.latency_bound import block_bound, block_plan, heaviest_path, latency_bound, path_chain_bound
 from kfac_ext.placement.objective import PlacementError
 
 
@@ -163,3 +163,11 @@ def test_serial_time_on_a_moves_ends_makes_the_bound_exact(seed, below):
     g = branching_blocks(seed, 3, 0)
     assert block_bound(g) == pytest.approx(optimum(g))
     assert block_bound(g) > below + 0.5
+
+
+@pytest.mark.parametrize("seed,k,l", [(137, 2, 2), (249, 2, 0), (381, 3, 1)])
+def test_the_walk_length_charge_raises_the_bound(seed, k, l):
+    # found by search: the nodes whose walk out of (into) a move's end is long run one
+    # at a time there too, which lifts the bound above the plain serial charge
+    g = branching_blocks(seed, k, l)
+    assert block_plan(g, by_walk=False)[0] + 0.01 < block_bound(g) <= optimum(g) + 1e-9
