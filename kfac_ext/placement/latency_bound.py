@@ -57,6 +57,10 @@ brute force on small graphs).
    stretches, each charged for its least bytes on ``D1`` and its least on ``D2``.
    The same holds for the nodes whose walk out (into) is at least some length:
    they run one at a time too, and carry the bytes the shorter-walk nodes cannot.
+   And latency.py runs a device's nodes in topological order: the last block node
+   on ``D1`` waits for all of ``D1``'s (the first on ``D2`` holds up all of
+   ``D2``'s), so the move costs at least, for the least such candidate node that
+   leaves room for the bytes, its walk plus that device's nodes' time.
 5. A dynamic program along the articulation chain keeps, per device kind of
    ``a_t``, the Pareto front of (bytes already on ``a_t``'s device in its run,
    least ``finish(a_t)``): a run's bytes (articulation nodes, kept block nodes,
@@ -68,8 +72,8 @@ Colour mates are never cut apart on a walk.  Where ``H`` has few articulation
 nodes (one big block) the bound degrades towards the path bound, and it is never
 below :func:`latency_lower_bound`.  What stays relaxed: off the covering paths,
 each node of a block takes its cheapest shape on its own; bytes sent to a third
-device are not counted; a device's nodes may run in any order (latency.py runs
-them in topological order, so a node waiting for a transfer holds up the rest);
+device are not counted; inside a run's blocks a device's nodes may run in any
+order, and at a move's ends only the first or last of them is placed in order;
 and devices revisited later get a fresh cap per run.
 :func:`block_plan` returns the DP's choices, which latency_bound_plan turns into a
 placement (on the ResNet-50 workloads within 1 % of this bound).  ``path_chain_bound`` is the other bound here:
@@ -177,7 +181,7 @@ def _serial_cost(serial, on_head: float, on_tail: float) -> float:
     block nodes and the tail one at a time, after the first of them is reached by a
     walk that changes device."""
     best = 0.0
-    for (forced, any_forced, loose, walk, extra, forced_bytes, along, others, steps), need in zip(
+    for (forced, any_forced, loose, walk, extra, forced_bytes, along, others, steps, ends), need in zip(
             serial, (on_head, on_tail)):
         if any_forced or need > 0:
             # the covering paths' nodes on this end form one walk each; the rest as a fluid
@@ -188,7 +192,36 @@ def _serial_cost(serial, on_head: float, on_tail: float) -> float:
             missing = need + forced_bytes - short
             if any_ or missing > 0:
                 best = max(best, key + time_ + _least_time(0.0, loose_, missing - bytes_) + extra)
+        if ends and (any_forced or need > 0):
+            # the device runs its nodes in topological order: the last of them on the
+            # head's device (the first on the tail's) is one of ``ends``
+            least = math.inf
+            for key, time_, bytes_, reach, loose_ in ends:
+                if reach >= need + forced_bytes:
+                    least = min(least, key + forced + time_ + _least_time(0.0, loose_, need - bytes_) + extra)
+            best = max(best, least)
     return best
+
+
+def _in_order(keyed: list[tuple], last: bool) -> list[tuple]:
+    """Candidates for the last node (``last``) or the first in topological order among
+    a move's block nodes on one end's device: (its walk out / in, its time unless it
+    must be there anyway, its bytes likewise, the bytes of all nodes allowed there at
+    or before it (at or after it), the (time per byte, bytes) of the optional nodes
+    strictly before (after) it, cheapest first).  Only nodes not before the last node
+    that must be there (not after the first) qualify."""
+    ordered = sorted(keyed, key=lambda e: e[4], reverse=not last)  # the side the set lies on first
+    musts = [i for i, e in enumerate(ordered) if e[3]]
+    start = musts[-1] if musts else 0
+    out = []
+    for i in range(start, len(ordered)):
+        key, t, b, must, _ = ordered[i]
+        if key == math.inf:
+            continue
+        reach = sum(e[2] for e in ordered[:i + 1])
+        loose_ = sorted((e[1] / e[2], e[2]) for e in ordered[:i] if not e[3] and e[2] > 0)
+        out.append((key, 0.0 if must else t, 0.0 if must else b, reach, loose_))
+    return out
 
 
 _THRESHOLDS = 6  # walk lengths tried per end of a move
@@ -202,14 +235,14 @@ def _thresholds(keyed: list[tuple[float, float, float, bool]]) -> list[tuple]:
     cheapest first).  A device runs the nodes of walk >= key one at a time, all after
     the head (and the tail waits for the last plus its walk out), or all after the
     first is reached and before the tail."""
-    keys = sorted({k for k, _, _, _ in keyed if k < math.inf})[1:]  # the least is the plain charge
+    keys = sorted({k for k, _, _, _, _ in keyed if k < math.inf})[1:]  # the least is the plain charge
     if len(keys) > _THRESHOLDS:
         keys = [keys[i * (len(keys) - 1) // (_THRESHOLDS - 1)] for i in range(_THRESHOLDS)]
     steps = []
     for key in keys:
         time_ = bytes_ = short = 0.0
         any_, loose_ = False, []
-        for k, t, b, must in keyed:
+        for k, t, b, must, _ in keyed:
             if k < key:
                 short += b
             elif must:
@@ -448,7 +481,8 @@ def block_plan(graph: Graph, by_walk: bool = True) -> tuple[float, list[int], li
                     continue
                 for side, ok, other, kind in ((1, on_head, on_tail, k1), (2, on_tail, on_head, k2)):
                     if ok:
-                        keyed[side].append(((leave if side == 1 else arrive)[w], time_on(w, kind), size[w], not other))
+                        keyed[side].append(((leave if side == 1 else arrive)[w], time_on(w, kind), size[w], not other,
+                                            pos[w]))
                     if ok and not other:
                         forced[side] += time_on(w, kind)
                         held_bytes[side] += size[w]
@@ -465,7 +499,8 @@ def block_plan(graph: Graph, by_walk: bool = True) -> tuple[float, list[int], li
                     sums = _stairs([(x1 + y1, x2 + y2) for x1, x2 in sums for y1, y2 in stairs])
                 along[side] = [(t, -b) for t, b in sums]
             return tuple((forced[side], count[side] > 0, sorted(loose[side]), walk, extra, held_bytes[side],
-                          along[side], sorted(others[side]), _thresholds(keyed[side]) if by_walk else [])
+                          along[side], sorted(others[side]), _thresholds(keyed[side]) if by_walk else [],
+                          _in_order(keyed[side], last=side == 1) if by_walk else [])
                          for side, walk, extra in ((1, out, 0.0), (2, into, tail_time)))
 
         walks = [move_walks(p, k1, k2) for p in cover]

@@ -171,3 +171,12 @@ def test_the_walk_length_charge_raises_the_bound(seed, k, l):
     # at a time there too, which lifts the bound above the plain serial charge
     g = branching_blocks(seed, k, l)
     assert block_plan(g, by_walk=False)[0] + 0.01 < block_bound(g) <= optimum(g) + 1e-9
+
+
+@pytest.mark.parametrize("seed,below", [(7, 9.4), (77, 9.5)])
+def test_the_topological_order_on_a_moves_ends_makes_the_bound_exact(seed, below):
+    # latency.py runs a device's nodes in topological order, so the last block node on
+    # the head's device (the first on the tail's) bounds the move by its walk plus all
+    # of that device's block nodes; without the walk-length charges the bound is below
+    g = branching_blocks(seed, 2, 2)
+    assert block_plan(g, by_walk=False)[0] < below < block_bound(g) == pytest.approx(optimum(g))
