@@ -89,24 +89,7 @@ class FastLatency:
         self.preds = [[self.pos[u] for u in graph.predecessors(v)] for v in self.order]
 
     def __call__(self, dev: list[int]) -> float:
-        k = self.k
-        free = [0.0] * (k + self.l)
-        finish = [0.0] * len(dev)
-        accel, cpu, out = self.accel, self.cpu, self.out
-        for i, preds in enumerate(self.preds):
-            d = dev[i]
-            ready = free[d]
-            for p in preds:
-                arrive = finish[p]
-                dp = dev[p]
-                if dp != d:
-                    arrive += out[p] * ((dp < k) + (d < k))
-                if arrive > ready:
-                    ready = arrive
-            f = ready + (accel[i] if d < k else cpu[i])
-            finish[i] = f
-            free[d] = f
-        return max(finish, default=0.0)
+        return self._finish_from(dev, 0, [0.0] * (self.k + self.l), [0.0] * len(dev), 0.0)
 
     def snapshot(self, dev: list[int]) -> tuple[list[float], list[list[float]], list[float]]:
         """The schedule of ``dev`` as :meth:`resume` needs it: finish times, every
@@ -141,10 +124,14 @@ class FastLatency:
         if start >= len(dev):
             return self(dev)
         done, frees, latest = snapshot
+        return self._finish_from(dev, start, frees[start][:], done[:], latest[start])
+
+    def _finish_from(self, dev: list[int], start: int, free: list[float],
+                     finish: list[float], run: float) -> float:
+        """Schedule positions ``start``.. of ``dev`` given each device's ``free`` time
+        and the ``finish`` times before ``start`` (updated in place); the latest finish.
+        The inner loop of every evaluation: kept flat, no calls per node."""
         k = self.k
-        free = frees[start][:]
-        finish = done[:]
-        run = latest[start]
         accel, cpu, out, preds_of = self.accel, self.cpu, self.out, self.preds
         for i in range(start, len(dev)):
             d = dev[i]
