@@ -86,10 +86,12 @@ import math
 
 from .graph import Graph
 from .latency import latency_lower_bound
+from .latency_floor import move_floor
 
 __all__ = ["block_bound", "block_plan", "bound_paths", "heaviest_path", "latency_bound", "path_chain", "path_chain_bound"]
 
 
+_FLOOR_ALL_KINDS = 18  # blocks up to this many nodes get a move floor for every pair of end kinds
 _BUCKETS = 4096  # Pareto points closer than cap / _BUCKETS in bytes are merged
 
 
@@ -311,7 +313,7 @@ def block_bound(graph: Graph) -> float:
     return max(latency_lower_bound(graph), block_plan(graph)[0])
 
 
-def block_plan(graph: Graph, by_walk: bool = True) -> tuple[float, list[int], list[int], list[tuple]]:
+def block_plan(graph: Graph, by_walk: bool = True, floors: bool = True) -> tuple[float, list[int], list[int], list[tuple]]:
     """The chain DP of :func:`block_bound` (without the path bound) and the choices
     reaching it: (value, kept nodes in order, positions of the articulation nodes in
     it, one step per block).  A step is ("stay", kind, nodes moved off the run's
@@ -320,7 +322,8 @@ def block_plan(graph: Graph, by_walk: bool = True) -> tuple[float, list[int], li
     counted on the tail's device in its run so far; steps are empty when no
     placement fits.  latency_bound_plan turns them into a placement.  ``by_walk=False``
     leaves out the charge by walk length at a move's ends (``_thresholds``): a lower
-    value, whose choices are another start for the plan."""
+    value, whose choices are another start for the plan.  ``floors=False`` leaves out
+    each block's least time on its own (latency_floor): faster, lower."""
     k, l, cap = graph.num_accelerators, graph.num_cpus, graph.memory_cap
     fastest = _cheapest(graph)
     group = _group_of(graph)
@@ -629,13 +632,19 @@ def block_plan(graph: Graph, by_walk: bool = True) -> tuple[float, list[int], li
     front = {kind: _merge([(held(kind, 0, 0.0), time_on(kept[0], kind), None)], grain) for kind in kinds}
     for t in range(1, m):
         run, move = stage_costs(arts[t - 1], arts[t])
+        block = kept[arts[t - 1]:arts[t] + 1]
+        # the least time of the block on its own, memory aside (latency_floor): per end kinds
+        # (None: it stays), on both ends accelerators always, every kind in small blocks
+        floor = {key: move_floor(graph, block, *key) if floors and (
+                 key[0] == "accel" and key[1] != "cpu" or len(block) <= _FLOOR_ALL_KINDS) else 0.0
+                 for key in [*move, *((kind, None) for kind in run)]}
         nxt: dict[str, list] = {kind: [] for kind in kinds}
         for k1 in kinds:
             for b, c, plan in front[k1]:
                 for kept_bytes, cost, moved in run[k1]:  # a_t stays on a_(t-1)'s device
                     nb = held(k1, t, b + kept_bytes)
                     if nb <= limit:
-                        nxt[k1].append((nb, c + cost, (plan, ("stay", k1, moved, nb))))
+                        nxt[k1].append((nb, c + max(cost, floor[k1, None]), (plan, ("stay", k1, moved, nb))))
                 room = limit - b if k1 == "accel" else math.inf  # what a_(t-1)'s device can still take
                 for k2 in kinds:  # a_t moves: bytes allowed on either end fill a_(t-1)'s device first
                     for cost, head_only, tail_only, either, allowed, walked, serial in move[k1, k2]:
@@ -646,7 +655,7 @@ def block_plan(graph: Graph, by_walk: bool = True) -> tuple[float, list[int], li
                         for lo, hi in _splits(top):  # the head's device takes between lo and hi of them
                             nb = held(k2, t, max(along, tail_only + either - hi))
                             if nb <= limit:
-                                at_least = max(cost, _serial_cost(serial, lo, either - hi))
+                                at_least = max(cost, floor[k1, k2], _serial_cost(serial, lo, either - hi))
                                 nxt[k2].append((nb, c + at_least, (plan, ("move", k1, k2, allowed, nb))))
         front = {kind: _merge(points, grain) for kind, points in nxt.items()}
     best = min((p for points in front.values() for p in points), key=lambda p: p[1], default=None)

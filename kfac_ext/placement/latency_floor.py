@@ -1,0 +1,145 @@
+"""The least time a block can take when its tail sits on another device than its
+head: ``move_floor``, a lower bound that latency_bound adds to each move.
+
+Setting (latency_bound's step 4): a block from head ``h`` on device D1 to tail
+``t`` on another device D2, everything before ``h`` finished (they are all its
+ancestors) when ``h`` finishes, at time 0.  Every placement of the block's inner
+nodes maps onto a *relaxed* one whose labels are D1, D2, ``EA`` (any other
+accelerator) and ``EC`` (any other CPU):
+
+* D1 and D2 still run their block nodes one at a time in topological order (D1
+  after ``h``, D2 ending with ``t``);
+* nodes labelled ``EA`` or ``EC`` wait for nothing but their inputs (as if each
+  had a device of its own), and an edge between two nodes of one such label is
+  free (on one device it is; between CPUs it is anyway);
+* every other edge costs what latency.py charges between those kinds of device;
+* memory is ignored.
+
+Each relaxation only removes waits, so the relaxed ``finish(t)`` is at most the
+real one, and its least value over all labellings bounds the block's time from
+below whatever bytes the DP gives the two ends.  That least value is computed
+exactly, up to the merging below, by a dynamic program along the topological
+order: a state is the labels and finish times of the nodes still awaited by a
+later node, D1's and D2's free times, and when the tail's inputs so far arrive on
+D2; of states with the same labels only those no other beats in every time are
+kept.  Beyond ``_KEEP`` of them, neighbours merge into their least in each time:
+a state at least as early as both, so the result stays a lower bound.  On the
+bundled Inception-v3 it meets the block DP's best move (latency_blocks) on every
+module.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+
+from .graph import Graph
+
+__all__ = ["move_floor"]
+
+_KEEP = 24  # states per label set at most (more merge into their least: a relaxation)
+_D1, _D2, _EA, _EC = 0, 1, 2, 3
+
+
+def move_floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None) -> float:
+    """A lower bound on ``finish(tail) - finish(head)`` for ``block`` (its head,
+    inner nodes and tail, in topological order) with the head on a device of kind
+    ``head_kind`` and the tail on another of kind ``tail_kind`` (module docstring);
+    ``tail_kind=None``: the tail on the head's device (a block that stays; then
+    there is no D2).  Edges into the block from outside it (and the head) are
+    dropped, which only loosens the bound.  Remembered per graph: latency_bound asks
+    for the same blocks more than once."""
+    known = _known.setdefault(graph, {})
+    key = (tuple(block), head_kind, tail_kind)
+    if key not in known:
+        known[key] = _floor(graph, block, head_kind, tail_kind)
+    return known[key]
+
+
+_known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None) -> float:
+    head, nodes = block[0], block[1:]
+    at = {v: i for i, v in enumerate(nodes)}
+    preds = [[at.get(u, -1) for u in graph.predecessors(v) if u in at or u == head] for v in nodes]
+    last = len(nodes) - 1
+    succs: list[list[int]] = [[] for _ in nodes]
+    for i, ps in enumerate(preds):
+        for p in ps:
+            if p >= 0:
+                succs[p].append(i)
+    on_accel = (head_kind == "accel", tail_kind == "accel", True, False)
+    k, l = graph.num_accelerators, graph.num_cpus
+    labels = [_D1] + [_D2] * (tail_kind is not None) + [_EA] * (k > 0) + [_EC] * (l > 0)
+    end = _D1 if tail_kind is None else _D2  # the tail's device
+    times = []
+    for v in nodes:
+        n = graph.node(v)
+        acc = n.accel_time if n.accel_ok and k > 0 else math.inf
+        cpu = n.cpu_time if l > 0 else math.inf
+        times.append(tuple(acc if a else cpu for a in on_accel))
+    out = [graph.node(v).out_cost for v in nodes]
+    head_out = graph.node(head).out_cost
+
+    def delay(a: int, b: int, cost: float) -> float:
+        return 0.0 if a == b else cost * (on_accel[a] + on_accel[b])
+
+    # states[labels of the awaited nodes] = [(their finish times..., free D1, free D2, tail ready)]
+    states: dict[tuple, list[tuple]] = {(): [(0.0, 0.0, 0.0)]}
+    for i in range(last):
+        # after i: which placed nodes are still awaited, and by the tail alone
+        grown: dict[tuple, list[tuple]] = {}
+        for key, points in states.items():
+            slot = {p: j for j, (p, _) in enumerate(key)}
+            label_of = dict(key)
+            for d in labels:
+                t = times[i][d]
+                if t == math.inf:
+                    continue
+                for point in points:
+                    ready = point[-3] if d == _D1 else point[-2] if d == _D2 else 0.0
+                    for p in preds[i]:
+                        a = (delay(_D1, d, head_out) if p < 0
+                             else point[slot[p]] + delay(label_of[p], d, out[p]))
+                        if a > ready:
+                            ready = a
+                    finish = ready + t
+                    tail_ready = point[-1]
+                    awaited = []
+                    for (p, lab), f in zip(key + ((i, d),), point[:-3] + (finish,)):
+                        later = [s for s in succs[p] if s > i]
+                        if later == [last]:  # only the tail still waits: fold it in
+                            tail_ready = max(tail_ready, f + delay(lab, end, out[p]))
+                        elif later:
+                            awaited.append(((p, lab), f))
+                    new_key = tuple(e for e, _ in awaited)
+                    grown.setdefault(new_key, []).append(
+                        tuple(f for _, f in awaited)
+                        + (finish if d == _D1 else point[-3], finish if d == _D2 else point[-2], tail_ready))
+        states = {key: _front(points) for key, points in grown.items()}
+    best = math.inf
+    for key, points in states.items():
+        slot = {p: j for j, (p, _) in enumerate(key)}
+        label_of = dict(key)
+        for point in points:
+            ready = max(point[-3 if end == _D1 else -2], point[-1])
+            for p in preds[last]:  # inputs not folded into the tail's ready time
+                if p < 0:
+                    ready = max(ready, delay(_D1, end, head_out))
+                elif p in slot:
+                    ready = max(ready, point[slot[p]] + delay(label_of[p], end, out[p]))
+            best = min(best, ready + times[last][end])
+    return best
+
+
+def _front(points: list[tuple]) -> list[tuple]:
+    """The points no other is at most in every coordinate; beyond _KEEP, neighbours
+    (in sorted order) merge into their least in each coordinate."""
+    front: list[tuple] = []
+    for p in sorted(set(points)):
+        if not any(all(a <= b for a, b in zip(q, p)) for q in front):
+            front.append(p)
+    while len(front) > _KEEP:
+        front = [tuple(map(min, front[i], front[i + 1])) if i + 1 < len(front) else front[i]
+                 for i in range(0, len(front), 2)]
+    return front
