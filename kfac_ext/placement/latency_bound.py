@@ -61,6 +61,9 @@ brute force on small graphs).
    on ``D1`` waits for all of ``D1``'s (the first on ``D2`` holds up all of
    ``D2``'s), so the move costs at least, for the least such candidate node that
    leaves room for the bytes, its walk plus that device's nodes' time.
+   Besides, every move and every stay costs at least the block's least time on its
+   own with those end kinds, memory aside (latency_floor.move_floor: D1 and D2 run
+   in order, other devices relaxed to unlimited).
 5. A dynamic program along the articulation chain keeps, per device kind of
    ``a_t``, the Pareto front of (bytes already on ``a_t``'s device in its run,
    least ``finish(a_t)``): a run's bytes (articulation nodes, kept block nodes,

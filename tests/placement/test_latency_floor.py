@@ -105,3 +105,26 @@ def test_inception_module_floor_meets_the_block_dp():
     order = g.topological_order()
     lo, hi = order.index(101), order.index(133)
     assert move_floor(g, order[lo:hi + 1], "accel", "accel") == pytest.approx(33.5737, abs=1e-3)
+
+
+def test_a_block_too_wide_to_follow_gets_no_floor(monkeypatch):
+    import kfac_ext.placement.latency_floor as latency_floor
+
+    g = module(2, 3, 1, branches=(2, 2, 2))
+    assert move_floor(g, g.topological_order(), "accel", "accel") > 0
+    monkeypatch.setattr(latency_floor, "_LABEL_SETS", 1)
+    assert move_floor(module(2, 3, 1, branches=(2, 2, 2)), g.topological_order(), "accel", "accel") == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dropping_states_that_cannot_win_keeps_the_floor_exact(seed, monkeypatch):
+    # the merged DP drops states that cannot end before a real labelling's end; with
+    # room for every state it must give the same value as without that cut
+    import kfac_ext.placement.latency_floor as latency_floor
+
+    g = module(seed, 3, 1, branches=(3, 2, 2))
+    order = g.topological_order()
+    cut = move_floor(g, order, "accel", "accel")
+    monkeypatch.setattr(latency_floor, "_KEEP", 10 ** 6)
+    full = latency_floor._floor(g, order, "accel", "accel", 10 ** 6, math.inf)
+    assert cut == pytest.approx(full, rel=1e-12)
