@@ -20,7 +20,8 @@ split becomes a chain of choices:
   also to a spare accelerator), freeing the run's memory while its device works
   on the other branches.  Where a block has more than ``_OPTIONS_CAP`` options,
   the side stretches of a move are first kept to where a branch crosses from D1
-  to D2, then made fewer.
+  to D2, then made fewer (a block structure found to have too many options at a
+  setting is not enumerated at it again, whatever its times).
 
 Every option of a block is timed node by node with latency.py's schedule from the
 head's finish (a depth-first walk over the choices keeps the schedule as it goes),
@@ -45,7 +46,7 @@ import time
 from .graph import Graph
 from .objective import Placement
 
-__all__ = ["articulation_positions", "block_split"]
+__all__ = ["articulation_positions", "block_split", "widest_block"]
 
 _STAY_SIDE = 2  # side stretches on CPUs of their own in a block that stays
 _MOVE_SIDE = 2  # and in a block that moves
@@ -70,6 +71,14 @@ def articulation_positions(graph: Graph, order: list[int]) -> list[int]:
         if depth == 0:
             arts.append(i)
     return arts
+
+
+def widest_block(graph: Graph) -> int:
+    """The most nodes strictly inside one block (between two articulation positions
+    of the topological order): what the enumeration's cost grows with."""
+    order = graph.topological_order()
+    arts = articulation_positions(graph, order)
+    return max((b - a - 1 for a, b in zip(arts, arts[1:])), default=0)
 
 
 def _pareto3(points: list[tuple]) -> list[tuple]:
@@ -110,6 +119,8 @@ class _Block:
         self.signature = (self.head_out, tuple(self.preds), tuple(self.chain), tuple(self.accel),
                           tuple(self.cpu), tuple(self.ok), tuple(self.size), tuple(self.out),
                           tuple(len(graph.successors(v)) for v in nodes))
+        # what the number of options depends on (with spare accelerators, the bytes too)
+        self.structure = (tuple(self.preds), tuple(self.chain), tuple(self.ok))
 
     def options(self, k1: str, k2: str | None, side: int, side_accel: bool = False,
                 crossing: bool = False, deadline: float = math.inf) -> list[tuple] | None:
@@ -221,6 +232,12 @@ def block_split(graph: Graph, time_limit: float = math.inf) -> Placement | None:
     """The best placement of the block DP (see the module docstring), or None when
     the graph has colour classes of several nodes, no option fits the devices, or
     the DP would run past ``time_limit`` seconds."""
+    found = _block_dp(graph, time_limit)
+    return None if found is None else found[1]
+
+
+def _block_dp(graph: Graph, time_limit: float) -> tuple[float, Placement] | None:
+    """block_split's work: the DP's value (the last node's finish) and its placement."""
     deadline = time.perf_counter() + time_limit
     if any(len(members) > 1 for members in graph.colocation_groups()):
         return None
@@ -261,11 +278,13 @@ def block_split(graph: Graph, time_limit: float = math.inf) -> Placement | None:
                 for side, crossing in [(s, c) for s in range(side, -1, -1) for c in (False, True)]:
                     if crossing and k2 is None:
                         continue  # the same walk as without
-                    # how many options there are does not depend on the kinds: one too many is enough
-                    shape = (block.signature, k2 is None, side, spare_ok, crossing)
+                    # how many options there are depends on the block's structure, not on its
+                    # times or the kinds (but for CPU-only nodes): one too many is enough
+                    shape = (block.structure, tuple(block.size) if spare_ok else None, k2 is None, side,
+                             spare_ok, crossing)
                     if shape in too_many:
                         continue
-                    key = shape + (k1, k2)
+                    key = (block.signature, k2 is None, side, spare_ok, crossing, k1, k2)
                     if key not in cache:
                         cache[key] = block.options(k1, k2, side, spare_ok, crossing, deadline)
                         if time.perf_counter() > deadline:
@@ -283,7 +302,8 @@ def block_split(graph: Graph, time_limit: float = math.inf) -> Placement | None:
     ends = [(p[1], p) for points in fronts.values() for p in points]
     if not ends:
         return None
-    return _placement(graph, order, arts, min(ends, key=lambda e: e[0])[1])
+    value, end = min(ends, key=lambda e: e[0])
+    return value, _placement(graph, order, arts, end)
 
 
 def _extend(points: list[tuple], option: tuple, k1: str, k2: str | None, cap: float,
