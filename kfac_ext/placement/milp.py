@@ -32,7 +32,8 @@ Warm start: the contiguous DP optimum (kfac_ext.placement.dp) for throughput;
 for latency the best of latency.chain_split (a chain DP over the topological
 order, and over latency_search.chain_order, which keeps weights by their
 layer), latency_segments.segment_split (segments timed exactly),
-latency_bound_plan.plan_start (the placement the bound's DP describes), a first-fit
+latency_bound_plan.plan_start (the placement the bound's DP describes),
+latency_blocks.block_split (a DP over the blocks, moving mid-block), a first-fit
 fill of the accelerators and everything on one CPU (or a start the caller
 passes), improved by latency_search.improve (local search on the exact latency,
 ``_SEARCH_SHARE`` of the time).  HiGHS gets it through
@@ -59,6 +60,7 @@ import numpy as np
 from .graph import Graph
 from .latency import chain_split, latency_of, latency_schedule
 from .latency_bound import bound_paths, latency_bound
+from .latency_blocks import block_split, widest_block
 from .latency_bound_plan import plan_start
 from .latency_search import chain_order, improve, iterated_search, path_split
 from .latency_segments import segment_split
@@ -440,6 +442,11 @@ def _default_warm_start(graph: Graph, objective: str, time_limit: float) -> Plac
         candidates.append(_first_fit(graph))
         candidates.append(chain_split(graph))
         candidates.append(chain_split(graph, chain_order(graph)))
+        # moves inside a block, each branch crossing on its own (Inception's modules);
+        # None at once on colour classes, and not tried where a block is too wide to enumerate;
+        # before the bound's plan, whose time varies, so that it keeps its share
+        if widest_block(graph) <= _BLOCK_DP_MAX_INNER:
+            candidates.append(block_split(graph, _BLOCK_DP_SHARE * time_limit))
         # timed exactly as it grows (skip connections, parallel transfers); O(n^2)
         candidates.append(segment_split(graph, chain_order(graph), time_limit=_SEGMENT_DP_SHARE * time_limit))
         # the placement the memory-aware bound's DP describes, after a short local search
@@ -588,6 +595,11 @@ _SEGMENT_DP_SHARE = 0.2
 # share of the time limit the bound's plan may spend in local search before the
 # candidates are compared (it stops earlier at a local optimum: 0.1-2 s on the workloads)
 _PLAN_SHARE = 0.1
+# share of the time limit the block DP may use (Inception-v3: about 22 s, ResNet-50
+# layers 0.3 s; past its share it returns None), and the widest block it is tried on
+# (GNMT's 92-node block takes it 5 s for nothing)
+_BLOCK_DP_SHARE = 0.5
+_BLOCK_DP_MAX_INNER = 40
 _HIGHS_SHARE = 0.5
 # sequencing rows per second of time left below which HiGHS is worth starting: on the
 # bundled latency workloads (20k to 1.7M rows) it ended every 20 s run at the root, having

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from _small_graphs import brute_force
+from kfac_ext.placement import milp
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import chain_split, latency_of
 from kfac_ext.placement.latency_blocks import _block_dp, articulation_positions, block_split, widest_block
@@ -193,3 +194,18 @@ def test_block_split_returns_at_once_on_colour_classes(name):
     t = time.perf_counter()
     assert block_split(g) is None
     assert time.perf_counter() - t < 1.0
+
+
+def test_the_latency_warm_start_tries_it_on_narrow_graphs_only(monkeypatch):
+    calls = []
+    real = milp.block_split
+    monkeypatch.setattr(milp, "block_split", lambda g, limit: calls.append(limit) or real(g, limit))
+    assert milp._default_warm_start(two_branch_module(cap=6.0), "latency", 10.0) is not None
+    assert calls == [milp._BLOCK_DP_SHARE * 10.0]
+    # a block of many parallel branches (BERT's, GNMT's) is left to the other candidates
+    n = milp._BLOCK_DP_MAX_INNER + 3
+    fan = Graph([node(i, 1.0, 5.0, 0.1 if i < n else 0.0) for i in range(1, n + 1)],
+                [(1, i) for i in range(2, n)] + [(i, n) for i in range(2, n)], 2, 1, float(n))
+    assert widest_block(fan) == n - 2
+    assert milp._default_warm_start(fan, "latency", 10.0) is not None
+    assert calls == [milp._BLOCK_DP_SHARE * 10.0]
