@@ -63,7 +63,11 @@ brute force on small graphs).
    leaves room for the bytes, its walk plus that device's nodes' time.
    Besides, every move and every stay costs at least the block's least time on its
    own with those end kinds, memory aside (latency_floor.move_floor: D1 and D2 run
-   in order, other devices relaxed to unlimited).
+   in order, other devices relaxed to unlimited); where both ends are accelerators,
+   the same relaxation with the bytes left on D1 and D2 followed
+   (latency_floor.move_front) gives points (bytes on D1, on D2, time), one at most
+   every placement: each option is paired with each point that fits D1's room,
+   charged the larger time and leaving the larger bytes on the tail's device.
 5. A dynamic program along the articulation chain keeps, per device kind of
    ``a_t``, the Pareto front of (bytes already on ``a_t``'s device in its run,
    least ``finish(a_t)``): a run's bytes (articulation nodes, kept block nodes,
@@ -89,7 +93,7 @@ import math
 
 from .graph import Graph
 from .latency import latency_lower_bound
-from .latency_floor import move_floor
+from .latency_floor import move_floor, move_front
 
 __all__ = ["block_bound", "block_plan", "bound_paths", "heaviest_path", "latency_bound", "path_chain", "path_chain_bound"]
 
@@ -641,13 +645,20 @@ def block_plan(graph: Graph, by_walk: bool = True, floors: bool = True) -> tuple
         floor = {key: move_floor(graph, block, *key) if floors and (
                  key[0] == "accel" and key[1] != "cpu" or len(block) <= _FLOOR_ALL_KINDS) else 0.0
                  for key in [*move, *((kind, None) for kind in run)]}
+        # with the bytes each placement leaves on the two ends, where both are accelerators:
+        # (bytes on the head's device, on the tail's, time) points, one at most every placement
+        with_bytes = {key: move_front(graph, block, *key) if floors and k > 0 else [(0.0, 0.0, 0.0)]
+                      for key in (("accel", "accel"), ("accel", None))}
         nxt: dict[str, list] = {kind: [] for kind in kinds}
         for k1 in kinds:
             for b, c, plan in front[k1]:
                 for kept_bytes, cost, moved in run[k1]:  # a_t stays on a_(t-1)'s device
                     nb = held(k1, t, b + kept_bytes)
-                    if nb <= limit:
-                        nxt[k1].append((nb, c + max(cost, floor[k1, None]), (plan, ("stay", k1, moved, nb))))
+                    for on_head, _, least in with_bytes.get((k1, None), [(0.0, 0.0, 0.0)]):
+                        nb_ = max(nb, b + on_head) if k1 == "accel" else nb
+                        if nb_ <= limit:
+                            charge = max(cost, floor[k1, None], least)
+                            nxt[k1].append((nb_, c + charge, (plan, ("stay", k1, moved, nb_))))
                 room = limit - b if k1 == "accel" else math.inf  # what a_(t-1)'s device can still take
                 for k2 in kinds:  # a_t moves: bytes allowed on either end fill a_(t-1)'s device first
                     for cost, head_only, tail_only, either, allowed, walked, serial in move[k1, k2]:
@@ -657,9 +668,12 @@ def block_plan(graph: Graph, by_walk: bool = True, floors: bool = True) -> tuple
                         top = min(either, room - head_only)  # either-bytes the head's device can take
                         for lo, hi in _splits(top):  # the head's device takes between lo and hi of them
                             nb = held(k2, t, max(along, tail_only + either - hi))
-                            if nb <= limit:
-                                at_least = max(cost, floor[k1, k2], _serial_cost(serial, lo, either - hi))
-                                nxt[k2].append((nb, c + at_least, (plan, ("move", k1, k2, allowed, nb))))
+                            at_least = max(cost, floor[k1, k2], _serial_cost(serial, lo, either - hi))
+                            for on_head, on_tail, least in with_bytes.get((k1, k2), [(0.0, 0.0, 0.0)]):
+                                nb_ = max(nb, on_tail) if k2 == "accel" else nb
+                                if on_head <= room and nb_ <= limit:
+                                    nxt[k2].append((nb_, c + max(at_least, least),
+                                                    (plan, ("move", k1, k2, allowed, nb_))))
         front = {kind: _merge(points, grain) for kind, points in nxt.items()}
     best = min((p for points in front.values() for p in points), key=lambda p: p[1], default=None)
     if best is None:

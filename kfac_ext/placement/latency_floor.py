@@ -28,9 +28,13 @@ first pass that drops states instead of merging them ends at a real labelling;
 states that cannot end before it (their awaited nodes' longest fastest path to
 the tail, free transfers) are then dropped from the merged pass, which keeps
 few enough states to stay exact on the bundled workloads.  A block whose
-awaited nodes carry more than ``_LABEL_SETS`` label sets gets no floor (0).  On
-Inception-v3 the floors meet the block DP's best moves (latency_blocks), and the
-bound rises from 903.0 to 915.4.
+awaited nodes carry more than ``_LABEL_SETS`` label sets gets no floor (0).
+
+``move_front`` follows the bytes on D1 and D2 too (two more coordinates): its
+points (bytes on D1, on D2, time) have one at most every placement of the block,
+which lets latency_bound charge a move for the memory it leaves on its two ends.
+On Inception-v3 the floors meet the block DP's best moves (latency_blocks), and
+the bound rises from 903.0 to 915.4 (floors) and 919.3 (with bytes).
 """
 from __future__ import annotations
 
@@ -39,10 +43,11 @@ import weakref
 
 from .graph import Graph
 
-__all__ = ["move_floor"]
+__all__ = ["move_floor", "move_front"]
 
 _KEEP = 64  # states per label set at most (more merge into their least: a relaxation)
 _BEAM = 8  # states per label set in the quick pass that finds a labelling to beat
+_CUT = 1.3  # move_front follows labellings ending before this times a real one's end
 _LABEL_SETS = 2048  # label sets of awaited nodes at most (4 ** awaited nodes): wider blocks get no floor
 _D1, _D2, _EA, _EC = 0, 1, 2, 3
 
@@ -66,15 +71,32 @@ def move_floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | 
     return known[key]
 
 
+def move_front(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None) -> list[tuple]:
+    """As :func:`move_floor`, with memory: points (bytes of the block on D1, on D2, time)
+    such that every placement of the block has one at most in all three (bytes
+    counted on D1 and D2 only; for a block that stays the tail's bytes are on D1).
+    Labellings that cannot end before _CUT times a real labelling's end are not
+    followed: the point (0, 0, that end) stands for them."""
+    known = _known.setdefault(graph, {})
+    key = (tuple(block), head_kind, tail_kind, "front")
+    if key not in known:
+        cutoff = _CUT * _floor(graph, block, head_kind, tail_kind, _BEAM, math.inf, beam=True)
+        front = _floor(graph, block, head_kind, tail_kind, _KEEP, cutoff, with_bytes=True)
+        known[key] = [(0.0, 0.0, 0.0)] if front == 0.0 else front + [(0.0, 0.0, cutoff)]
+    return known[key]
+
+
 _known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None, keep: int,
-           cutoff: float, beam: bool = False) -> float:
+           cutoff: float, beam: bool = False, with_bytes: bool = False):
     """The DP of the module docstring with at most ``keep`` states per label set:
     beyond, they merge (a lower bound) or, with ``beam``, the least promising are
     dropped (then the value is that of a real labelling: an upper bound).  States
-    that cannot end below ``cutoff`` are dropped; then inf means "none below it"."""
+    that cannot end below ``cutoff`` are dropped; then inf means "none below it".
+    ``with_bytes``: the bytes on D1 and on D2 are followed too (coordinates of the
+    states), and the result is the Pareto front of (bytes on D1, on D2, time)."""
     head, nodes = block[0], block[1:]
     at = {v: i for i, v in enumerate(nodes)}
     preds = [[at.get(u, -1) for u in graph.predecessors(v) if u in at or u == head] for v in nodes]
@@ -96,6 +118,7 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
         times.append(tuple(acc if a else cpu for a in on_accel))
     out = [graph.node(v).out_cost for v in nodes]
     head_out = graph.node(head).out_cost
+    size = [graph.node(v).size if with_bytes else 0.0 for v in nodes]
     # ahead[i]: the longest path from i's finish to the tail's, fastest times, free transfers
     ahead = [0.0] * len(nodes)
     for i in range(last - 1, -1, -1):
@@ -106,8 +129,8 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
         return 0.0 if a == b else cost * (on_accel[a] + on_accel[b])
 
     # states[labels of the awaited nodes] = [(soonest end, their finish times..., free D1,
-    # free D2, tail ready)]
-    states: dict[tuple, list[tuple]] = {(): [(0.0, 0.0, 0.0, 0.0)]}
+    # free D2, tail ready, bytes on D1, bytes on D2)]
+    states: dict[tuple, list[tuple]] = {(): [(0.0,) * 6]}
     for i in range(last):
         # after i: which placed nodes are still awaited, and by the tail alone
         grown: dict[tuple, list[tuple]] = {}
@@ -119,23 +142,23 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
                 if t == math.inf:
                     continue
                 for point in points:
-                    ready = point[-3] if d == _D1 else point[-2] if d == _D2 else 0.0
+                    ready = point[-5] if d == _D1 else point[-4] if d == _D2 else 0.0
                     for p in preds[i]:
                         a = (delay(_D1, d, head_out) if p < 0
                              else point[1 + slot[p]] + delay(label_of[p], d, out[p]))
                         if a > ready:
                             ready = a
                     finish = ready + t
-                    tail_ready = point[-1]
+                    tail_ready = point[-3]
                     awaited = []
-                    for (p, lab), f in zip(key + ((i, d),), point[1:-3] + (finish,)):
+                    for (p, lab), f in zip(key + ((i, d),), point[1:-5] + (finish,)):
                         later = [s for s in succs[p] if s > i]
                         if later == [last]:  # only the tail still waits: fold it in
                             tail_ready = max(tail_ready, f + delay(lab, end, out[p]))
                         elif later:
                             awaited.append(((p, lab), f))
-                    free1 = finish if d == _D1 else point[-3]
-                    free2 = finish if d == _D2 else point[-2]
+                    free1 = finish if d == _D1 else point[-5]
+                    free2 = finish if d == _D2 else point[-4]
                     # no ending of this state is earlier than this
                     soonest = max([tail_ready, free1 if end == _D1 else free2]) + tail_time
                     for (p, _), f in awaited:
@@ -143,23 +166,37 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
                     if soonest >= cutoff:
                         continue
                     grown.setdefault(tuple(e for e, _ in awaited), []).append(
-                        (soonest,) + tuple(f for _, f in awaited) + (free1, free2, tail_ready))
+                        (soonest,) + tuple(f for _, f in awaited) + (free1, free2, tail_ready,
+                                                                     point[-2] + size[i] * (d == _D1),
+                                                                     point[-1] + size[i] * (d == _D2)))
         if len(grown) > _LABEL_SETS:  # too wide a block to follow: no floor (or no labelling)
             return math.inf if beam else 0.0
         states = {key: _front(points, keep, beam) for key, points in grown.items()}
-    best = math.inf
+    best, ends = math.inf, []
     for key, points in states.items():
         slot = {p: j for j, (p, _) in enumerate(key)}
         label_of = dict(key)
         for point in points:
-            ready = max(point[-3 if end == _D1 else -2], point[-1])
+            ready = max(point[-5 if end == _D1 else -4], point[-3])
             for p in preds[last]:  # inputs not folded into the tail's ready time
                 if p < 0:
                     ready = max(ready, delay(_D1, end, head_out))
                 elif p in slot:
                     ready = max(ready, point[1 + slot[p]] + delay(label_of[p], end, out[p]))
             best = min(best, ready + times[last][end])
-    return best
+            if with_bytes:  # the tail's bytes count on its device
+                ends.append((point[-2] + size[last] * (end == _D1), point[-1] + size[last] * (end == _D2),
+                             ready + times[last][end]))
+    return _pareto3(ends) if with_bytes else best
+
+
+def _pareto3(points: list[tuple]) -> list[tuple]:
+    """The (bytes, bytes, time) points no other is at most in all three."""
+    front: list[tuple] = []
+    for p in sorted(points, key=lambda p: (p[2], p[0], p[1])):
+        if not any(q[0] <= p[0] and q[1] <= p[1] for q in front):
+            front.append(p)
+    return front
 
 
 def _front(points: list[tuple], keep: int, beam: bool) -> list[tuple]:

@@ -8,7 +8,7 @@ import pytest
 from _small_graphs import all_placements
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import latency_schedule
-from kfac_ext.placement.latency_floor import move_floor
+from kfac_ext.placement.latency_floor import move_floor, move_front
 from kfac_ext.placement.objective import PlacementError
 
 INCEPTION = (pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
@@ -128,3 +128,32 @@ def test_dropping_states_that_cannot_win_keeps_the_floor_exact(seed, monkeypatch
     monkeypatch.setattr(latency_floor, "_KEEP", 10 ** 6)
     full = latency_floor._floor(g, order, "accel", "accel", 10 ** 6, math.inf)
     assert cut == pytest.approx(full, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("kinds", [("accel", "accel"), ("accel", None)])
+def test_every_placement_has_a_front_point_below_it(seed, kinds):
+    # move_front: for each placement of the block, some point has at most its bytes on
+    # the head's device, at most its bytes on the tail's, and at most its time
+    rng = random.Random(seed)
+    g = module(seed, 3, 1, branches=(2, 2))
+    g = Graph([Node(id=n.id, name=n.name, accel_time=n.accel_time, cpu_time=n.cpu_time,
+                    size=float(rng.randint(1, 5)), accel_ok=True, is_backward=False, color=None,
+                    out_cost=n.out_cost) for n in g.nodes], g.edges, 3, 1, 1e9)
+    front = move_front(g, g.topological_order(), *kinds)
+    head, tail = 0, len(g.nodes) - 1
+    checked = 0
+    for p in all_placements(g):
+        s = latency_schedule(g, p)
+        h, t = s[head].device, s[tail].device
+        if h[0] != kinds[0] or (t != h if kinds[1] is None else (t == h or t[0] != kinds[1])):
+            continue
+        where = p.device_of()
+        on = {d: sum(g.node(v).size for v in where if where[v] == d and v != head) for d in (h, t)}
+        cost = s[tail].finish - s[head].finish
+        on_head, on_tail = (on[h], on[t]) if kinds[1] else (on[h], 0.0)
+        assert any(a <= on_head + 1e-9 and b <= on_tail + 1e-9 and c <= cost + 1e-9 for a, b, c in front)
+        checked += 1
+    assert checked > 0
+    # and the front is not empty of information: its best time is the floor
+    assert min(c for _, _, c in front if c > 0) == pytest.approx(move_floor(g, g.topological_order(), *kinds))
