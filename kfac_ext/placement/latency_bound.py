@@ -642,13 +642,13 @@ def block_plan(graph: Graph, by_walk: bool = True, floors: bool = True) -> tuple
         block = kept[arts[t - 1]:arts[t] + 1]
         # the least time of the block on its own, memory aside (latency_floor): per end kinds
         # (None: it stays), on both ends accelerators always, every kind in small blocks
-        floor = {key: move_floor(graph, block, *key) if floors and (
-                 key[0] == "accel" and key[1] != "cpu" or len(block) <= _FLOOR_ALL_KINDS) else 0.0
-                 for key in [*move, *((kind, None) for kind in run)]}
-        # with the bytes each placement leaves on the two ends, where both are accelerators:
+        # where both ends are accelerators, with the bytes each placement leaves on them:
         # (bytes on the head's device, on the tail's, time) points, one at most every placement
         with_bytes = {key: move_front(graph, block, *key) if floors and k > 0 else [(0.0, 0.0, 0.0)]
                       for key in (("accel", "accel"), ("accel", None))}
+        floor = {key: move_floor(graph, block, *key) if floors and (
+                 key in with_bytes or len(block) <= _FLOOR_ALL_KINDS) else 0.0
+                 for key in [*move, *((kind, None) for kind in run)]}
         nxt: dict[str, list] = {kind: [] for kind in kinds}
         for k1 in kinds:
             for b, c, plan in front[k1]:

@@ -41,13 +41,15 @@ from __future__ import annotations
 import math
 import weakref
 
+import numpy as np
+
 from .graph import Graph
 
 __all__ = ["move_floor", "move_front"]
 
 _KEEP = 64  # states per label set at most (more merge into their least: a relaxation)
 _BEAM = 8  # states per label set in the quick pass that finds a labelling to beat
-_CUT = 1.3  # move_front follows labellings ending before this times a real one's end
+_CUT = 1.15  # move_front follows labellings ending before this times a real one's end
 _LABEL_SETS = 2048  # label sets of awaited nodes at most (4 ** awaited nodes): wider blocks get no floor
 _D1, _D2, _EA, _EC = 0, 1, 2, 3
 
@@ -106,6 +108,8 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
         for p in ps:
             if p >= 0:
                 succs[p].append(i)
+    last_use = [max(ss, default=-1) for ss in succs]  # the last consumer, and the one before it
+    next_use = [max((x for x in ss if x != last_use[p]), default=-1) for p, ss in enumerate(succs)]
     on_accel = (head_kind == "accel", tail_kind == "accel", True, False)
     k, l = graph.num_accelerators, graph.num_cpus
     labels = [_D1] + [_D2] * (tail_kind is not None) + [_EA] * (k > 0) + [_EC] * (l > 0)
@@ -152,10 +156,11 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
                     tail_ready = point[-3]
                     awaited = []
                     for (p, lab), f in zip(key + ((i, d),), point[1:-5] + (finish,)):
-                        later = [s for s in succs[p] if s > i]
-                        if later == [last]:  # only the tail still waits: fold it in
+                        if last_use[p] <= i:
+                            continue  # nothing waits for it any more
+                        if last_use[p] == last and next_use[p] <= i:  # only the tail: fold it in
                             tail_ready = max(tail_ready, f + delay(lab, end, out[p]))
-                        elif later:
+                        else:
                             awaited.append(((p, lab), f))
                     free1 = finish if d == _D1 else point[-5]
                     free2 = finish if d == _D2 else point[-4]
@@ -204,9 +209,13 @@ def _front(points: list[tuple], keep: int, beam: bool) -> list[tuple]:
     ``keep``, the soonest-ending ``keep`` of them (``beam``), or else neighbours (in
     sorted order) merged into their least in each coordinate."""
     front: list[tuple] = []
+    rows = np.empty((len(points), len(points[0]) - 1))  # the front's times, as filled so far
     for p in sorted(set(points)):
-        if not any(all(a <= b for a, b in zip(q[1:], p[1:])) for q in front):
-            front.append(p)
+        times = p[1:]
+        if front and (rows[:len(front)] <= times).all(axis=1).any():
+            continue
+        rows[len(front)] = times
+        front.append(p)
     if beam:
         return front[:keep]  # sorted by the soonest end first
     while len(front) > keep:
