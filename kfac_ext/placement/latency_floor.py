@@ -34,7 +34,7 @@ awaited nodes carry more than ``_LABEL_SETS`` label sets gets no floor (0).
 points (bytes on D1, on D2, time) have one at most every placement of the block,
 which lets latency_bound charge a move for the memory it leaves on its two ends.
 On Inception-v3 the floors meet the block DP's best moves (latency_blocks), and
-the bound rises from 903.0 to 915.4 (floors) and 919.3 (with bytes).
+the bound rises from 903.0 to 915.4 (floors) and 919.8 (with bytes).
 """
 from __future__ import annotations
 
