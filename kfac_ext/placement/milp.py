@@ -595,10 +595,10 @@ _SEGMENT_DP_SHARE = 0.2
 # share of the time limit the bound's plan may spend in local search before the
 # candidates are compared (it stops earlier at a local optimum: 0.1-2 s on the workloads)
 _PLAN_SHARE = 0.1
-# share of the time limit the block DP may use (Inception-v3: about 22 s, ResNet-50
-# layers 0.3 s; past its share it returns None), and the widest block it is tried on
-# (GNMT's 92-node block takes it 5 s for nothing)
-_BLOCK_DP_SHARE = 0.5
+# share of the time limit the block DP may use (Inception-v3: 21-26 s on the 2-core
+# machine at load 0.8-1.8, ResNet-50 layers 0.3 s; past its share it returns None), and
+# the widest block it is tried on (GNMT's 92-node block takes it 5 s for nothing)
+_BLOCK_DP_SHARE = 0.55
 _BLOCK_DP_MAX_INNER = 40
 _HIGHS_SHARE = 0.5
 # sequencing rows per second of time left below which HiGHS is worth starting: on the
