@@ -221,30 +221,34 @@ class _Block:
             if not tail(0.0, 0.0, 0.0, 0.0):
                 return None
         else:
-            pending = [iter(choices(0, 0.0, 0.0, 0.0, 0.0))] + [iter(())] * (m - 1)
+            pending = [choices(0, 0.0, 0.0, 0.0, 0.0)] + [[]] * (m - 1)
+            taken = [0] * m  # choices of node i taken so far
             started = [False] * m  # node i started a side stretch
+            last = m - 1
             i = 0
             while i >= 0:
                 if started[i]:
                     stretch_kind.pop()
                     started[i] = False
-                choice = next(pending[i], None)
-                if choice is None:
+                at = taken[i]
+                if at == len(pending[i]):
                     dev[i] = 0
                     i -= 1
                     continue
-                d, f, free1, free2, b1, b2, kd = choice
+                taken[i] = at + 1
+                d, f, free1, free2, b1, b2, kd = pending[i][at]
                 if kd is not None:
                     stretch_kind.append(kd)
                     accel[d] = kd == "accel"
                     started[i] = True
                 dev[i], fin[i] = d, f
-                if i + 1 == m:
+                if i == last:
                     if not tail(free1, free2, b1, b2):
                         return None
                 else:
                     i += 1
-                    pending[i] = iter(choices(i, free1, free2, b1, b2))
+                    pending[i] = choices(i, free1, free2, b1, b2)
+                    taken[i] = 0
         return [p for spare in sorted({p[4] for p in found})
                 for p in _pareto3([p for p in found if p[4] == spare])]
 
