@@ -28,7 +28,8 @@ first pass that drops states instead of merging them ends at a real labelling;
 states that cannot end before it (their awaited nodes' longest fastest path to
 the tail, free transfers) are then dropped from the merged pass, which keeps
 few enough states to stay exact on the bundled workloads.  A block whose
-awaited nodes carry more than ``_LABEL_SETS`` label sets gets no floor (0).
+awaited nodes carry more than ``_LABEL_SETS`` label sets gets no floor (0), and so
+do the blocks left once ``_WORK`` states have been extended for one graph.
 
 ``move_front`` follows the bytes on D1 and D2 too (two more coordinates): its
 points (bytes on D1, on D2, time) have one at most every placement of the block,
@@ -50,6 +51,8 @@ __all__ = ["move_floor", "move_front"]
 _KEEP = 64  # states per label set at most (more merge into their least: a relaxation)
 _BEAM = 8  # states per label set in the quick pass that finds a labelling to beat
 _CUT = 1.15  # move_front follows labellings ending before this times a real one's end
+_WORK = 2_500_000  # states extended per graph at most (Inception-v3 needs 0.8M): past it,
+# the blocks left get no floor, which bounds the time on any graph
 _LABEL_SETS = 2048  # label sets of awaited nodes at most (4 ** awaited nodes): wider blocks get no floor
 _D1, _D2, _EA, _EC = 0, 1, 2, 3
 
@@ -89,6 +92,7 @@ def move_front(graph: Graph, block: list[int], head_kind: str, tail_kind: str | 
 
 
 _known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_spent: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None, keep: int,
@@ -99,6 +103,7 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
     that cannot end below ``cutoff`` are dropped; then inf means "none below it".
     ``with_bytes``: the bytes on D1 and on D2 are followed too (coordinates of the
     states), and the result is the Pareto front of (bytes on D1, on D2, time)."""
+    spent = _spent.setdefault(graph, [0])  # states extended for this graph so far
     head, nodes = block[0], block[1:]
     at = {v: i for i, v in enumerate(nodes)}
     preds = [[at.get(u, -1) for u in graph.predecessors(v) if u in at or u == head] for v in nodes]
@@ -135,6 +140,7 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
     # states[labels of the awaited nodes] = [(soonest end, their finish times..., free D1,
     # free D2, tail ready, bytes on D1, bytes on D2)]
     states: dict[tuple, list[tuple]] = {(): [(0.0,) * 6]}
+    work = 0  # states extended so far
     for i in range(last):
         # after i: which placed nodes are still awaited, and by the tail alone
         grown: dict[tuple, list[tuple]] = {}
@@ -145,6 +151,10 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
                 t = times[i][d]
                 if t == math.inf:
                     continue
+                work += len(points)
+                if spent[0] + work > _WORK:  # too much to follow: no floor (or no labelling)
+                    spent[0] += work
+                    return math.inf if beam else 0.0
                 for point in points:
                     ready = point[-5] if d == _D1 else point[-4] if d == _D2 else 0.0
                     for p in preds[i]:
@@ -192,6 +202,7 @@ def _floor(graph: Graph, block: list[int], head_kind: str, tail_kind: str | None
             if with_bytes:  # the tail's bytes count on its device
                 ends.append((point[-2] + size[last] * (end == _D1), point[-1] + size[last] * (end == _D2),
                              ready + times[last][end]))
+    spent[0] += work
     return _pareto3(ends) if with_bytes else best
 
 

@@ -168,3 +168,17 @@ def test_inception_bound_is_within_one_percent_of_a_known_placement():
     bound = latency_bound(Graph.from_json(INCEPTION))
     assert 919.5 < bound <= 924.0888
     assert (924.0888 - bound) / 924.0888 < 0.01
+
+
+def test_past_the_work_budget_a_graph_gets_no_floor(monkeypatch):
+    # the floors of one graph share a budget of extended states, so that no graph can
+    # make the bound slow; past it, the blocks left get 0 (no charge, still a bound)
+    import kfac_ext.placement.latency_floor as latency_floor
+
+    g = module(3, 3, 1, branches=(3, 3))
+    order = g.topological_order()
+    assert move_floor(g, order, "accel", "accel") > 0
+    monkeypatch.setattr(latency_floor, "_WORK", 5)
+    fresh = module(3, 3, 1, branches=(3, 3))
+    assert move_floor(fresh, order, "accel", "accel") == 0.0
+    assert move_front(fresh, order, "accel", "accel") == [(0.0, 0.0, 0.0)]
