@@ -640,12 +640,14 @@ def block_plan(graph: Graph, by_walk: bool = True, floors: bool = True) -> tuple
     for t in range(1, m):
         run, move = stage_costs(arts[t - 1], arts[t])
         block = kept[arts[t - 1]:arts[t] + 1]
-        # the least time of the block on its own, memory aside (latency_floor): per end kinds
-        # (None: it stays), on both ends accelerators always, every kind in small blocks
-        # where both ends are accelerators, with the bytes each placement leaves on them:
-        # (bytes on the head's device, on the tail's, time) points, one at most every placement
+        # where both ends are accelerators, the block on its own with the bytes each placement
+        # leaves on them (latency_floor.move_front): (bytes on the head's device, on the
+        # tail's, time) points, one at most every placement
         with_bytes = {key: move_front(graph, block, *key) if floors and k > 0 else [(0.0, 0.0, 0.0)]
                       for key in (("accel", "accel"), ("accel", None))}
+        # its least time, memory aside, per end kinds (None: it stays): on both ends
+        # accelerators always (the front's least time is lower: following bytes merges more
+        # states), every kind in small blocks
         floor = {key: move_floor(graph, block, *key) if floors and (
                  key in with_bytes or len(block) <= _FLOOR_ALL_KINDS) else 0.0
                  for key in [*move, *((kind, None) for kind in run)]}
