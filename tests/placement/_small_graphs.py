@@ -7,6 +7,13 @@ from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.objective import Placement, PlacementError
 
 
+def node(i: int, accel: float, cpu: float, out_cost: float, size: float = 1.0, color=None,
+         accel_ok: bool = True) -> Node:
+    """A forward node with id ``i`` for hand-built test graphs."""
+    return Node(id=i, name=f"v{i}", accel_time=accel, cpu_time=cpu, size=size, accel_ok=accel_ok,
+                is_backward=False, color=color, out_cost=out_cost)
+
+
 def random_graph(seed: int, n_nodes: int = 6, k: int = 2, l: int = 1, colours: bool = False,
                  tight_memory: bool = False) -> Graph:
     rng = random.Random(seed)

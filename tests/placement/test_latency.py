@@ -3,16 +3,11 @@ import pathlib
 
 import pytest
 
-from _small_graphs import all_placements, brute_force, random_graph
-from kfac_ext.placement.graph import Graph, Node
+from _small_graphs import all_placements, brute_force, node, random_graph
+from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import latency_lower_bound, latency_of, latency_schedule
 from kfac_ext.placement.milp import MilpError, solve_milp
 from kfac_ext.placement.objective import Placement, PlacementError
-
-
-def node(i, accel, cpu, out_cost, size=1.0, color=None):
-    return Node(id=i, name=f"v{i}", accel_time=accel, cpu_time=cpu, size=size, accel_ok=True,
-                is_backward=False, color=color, out_cost=out_cost)
 
 
 def triangle(k=1, l=1):

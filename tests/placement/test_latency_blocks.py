@@ -7,20 +7,15 @@ import time
 
 import pytest
 
-from _small_graphs import brute_force
+from _small_graphs import brute_force, node
 from kfac_ext.placement import milp
-from kfac_ext.placement.graph import Graph, Node
+from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import chain_split, latency_of
 from kfac_ext.placement.latency_blocks import _block_dp, articulation_positions, block_split, widest_block
 from kfac_ext.placement.objective import check_placement
 
 WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
 needs_workloads = pytest.mark.skipif(not WORKLOADS.is_dir(), reason=f"no workloads at {WORKLOADS}")
-
-
-def node(i, accel, cpu, out_cost, size=1.0, color=None, accel_ok=True):
-    return Node(id=i, name=f"v{i}", accel_time=accel, cpu_time=cpu, size=size, accel_ok=accel_ok,
-                is_backward=False, color=color, out_cost=out_cost)
 
 
 def unit_graph(edges, n, **kw):

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from _residual_graphs import residual_chain
-from _small_graphs import all_placements, brute_force, random_graph
+from _small_graphs import all_placements, brute_force, node, random_graph
 from kfac_ext.placement.graph import Graph, Node
 from kfac_ext.placement.latency import latency_lower_bound, latency_of
 from kfac_ext.placement.latency_bound import block_bound, block_plan, heaviest_path, latency_bound, path_chain_bound
@@ -42,11 +42,6 @@ def _valid(g):
             yield p
         except PlacementError:
             pass
-
-
-def node(i, accel, cpu, out_cost, size):
-    return Node(id=i, name=f"v{i}", accel_time=accel, cpu_time=cpu, size=size, accel_ok=True,
-                is_backward=False, color=None, out_cost=out_cost)
 
 
 def test_memory_forces_a_transfer_the_path_bound_misses():

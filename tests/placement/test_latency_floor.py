@@ -5,19 +5,14 @@ import random
 
 import pytest
 
-from _small_graphs import all_placements
-from kfac_ext.placement.graph import Graph, Node
+from _small_graphs import all_placements, node
+from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import latency_schedule
 from kfac_ext.placement.latency_floor import move_floor, move_front
 from kfac_ext.placement.objective import PlacementError
 
 INCEPTION = (pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
              / "LayerGraphs" / "inceptionv3_inference.json")
-
-
-def node(i, accel, cpu, out_cost):
-    return Node(id=i, name=f"v{i}", accel_time=accel, cpu_time=cpu, size=1.0, accel_ok=True,
-                is_backward=False, color=None, out_cost=out_cost)
 
 
 def module(seed, k, l, branches=(2, 1)):
@@ -137,9 +132,8 @@ def test_every_placement_has_a_front_point_below_it(seed, kinds):
     # the head's device, at most its bytes on the tail's, and at most its time
     rng = random.Random(seed)
     g = module(seed, 3, 1, branches=(2, 2))
-    g = Graph([Node(id=n.id, name=n.name, accel_time=n.accel_time, cpu_time=n.cpu_time,
-                    size=float(rng.randint(1, 5)), accel_ok=True, is_backward=False, color=None,
-                    out_cost=n.out_cost) for n in g.nodes], g.edges, 3, 1, 1e9)
+    g = Graph([node(n.id, n.accel_time, n.cpu_time, n.out_cost, size=float(rng.randint(1, 5)))
+               for n in g.nodes], g.edges, 3, 1, 1e9)
     front = move_front(g, g.topological_order(), *kinds)
     head, tail = 0, len(g.nodes) - 1
     checked = 0

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from _small_graphs import brute_force, random_graph
-from kfac_ext.placement.graph import Graph, Node
+from _small_graphs import brute_force, node, random_graph
+from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import chain_split, latency_of
 from kfac_ext.placement.latency_search import FastLatency, chain_order, improve, iterated_search, level_order
 from kfac_ext.placement.latency_segments import segment_split
@@ -15,11 +15,6 @@ from kfac_ext.placement.objective import check_placement
 
 WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
 needs_workloads = pytest.mark.skipif(not WORKLOADS.is_dir(), reason=f"no workloads at {WORKLOADS}")
-
-
-def node(i, accel, cpu, out_cost, size=1.0, color=None):
-    return Node(id=i, name=f"v{i}", accel_time=accel, cpu_time=cpu, size=size, accel_ok=True,
-                is_backward=False, color=color, out_cost=out_cost)
 
 
 @pytest.mark.parametrize("seed", range(8))
