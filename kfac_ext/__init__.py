@@ -1,23 +1,30 @@
 """kfac_ext: distributed K-FAC preconditioning and optimal device placement for PyTorch.
 
-``kfac_ext.KFACPreconditioner`` and ``kfac_ext.ops`` are loaded on first use
-(PEP 562), so that ``kfac_ext.placement`` and the ``kfac-ext place`` command,
-which need neither torch nor the compiled ops, start without loading them.
+``kfac_ext.KFACPreconditioner`` and the submodules that need torch are loaded on
+first use (PEP 562), so that ``kfac_ext.placement`` and the ``kfac-ext place``
+command, which need neither torch nor the compiled ops, start without loading
+them. The submodules a kfac-pytorch program reaches through the package
+(``kfac.preconditioner.KFACPreconditioner``, ``kfac.enums.ComputeMethod``,
+``kfac.scheduler.LambdaParamScheduler``) are attributes too, so
+``import kfac_ext as kfac`` runs it; ``kfac_ext.gpt_neox`` raises an ImportError
+saying that kfac-pytorch's GPT-NeoX integration is not supported.
 """
 from __future__ import annotations
 
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["KFACPreconditioner", "ops"]
+__all__ = ["KFACPreconditioner", "ops", "preconditioner", "enums", "scheduler"]
+# Submodules loaded as attributes on first access, as `import kfac` gives kfac-pytorch's.
+_LAZY_SUBMODULES = ("ops", "preconditioner", "enums", "scheduler", "schedules", "gpt_neox")
 
 
 def __getattr__(name: str):
     if name == "KFACPreconditioner":
         from kfac_ext.preconditioner import KFACPreconditioner
         return KFACPreconditioner
-    if name == "ops":
-        return importlib.import_module("kfac_ext.ops")
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"kfac_ext.{name}")
     raise AttributeError(f"module 'kfac_ext' has no attribute {name!r}")
 
 

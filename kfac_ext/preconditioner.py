@@ -122,7 +122,7 @@ class KFACPreconditioner:
 
     Every hyperparameter may be a number or a callable ``f(step)``.
     factor_update_steps / inv_update_steps: interval of factor / eigendecomposition
-    updates (a step updates when that many steps passed since the last update).
+    updates (a step s updates when s % interval(s) == 0, kfac-pytorch's rule).
     damping: λ; eigen method: added to the eigenvalue outer product; inverse
     method: added to each factor. factor_decay: running-average weight β in [0, 1).
     kl_clip: κ of the KL clipping, None disables it. lr: the optimizer's learning
@@ -721,6 +721,21 @@ class KFACPreconditioner:
         clipped = (kl_clip / vg).sqrt().clamp(max=1.0)
         return torch.where(torch.isfinite(vg) & (vg != 0), clipped, torch.ones_like(vg))
 
+    # ------------------------------------------------ hyperparameters ----
+    def _hyperparameters(self) -> List[sch.Hyperparameter]:
+        return [self.factor_update_steps, self.inv_update_steps, self.damping,
+                self.factor_decay, self.kl_clip, self.lr]
+
+    def set_hyperparameters(self, **values) -> None:
+        """Give hyperparameters that were numbers new numbers, e.g.
+        ``set_hyperparameters(damping=1e-4, inv_update_steps=50)`` (what
+        :class:`kfac_ext.scheduler.LambdaParamScheduler` does). Every value is checked
+        before any is set; a hyperparameter given as a schedule is refused. A new
+        ``factor_update_steps`` applies from the next forward pass."""
+        for h, value in sch.checked_values(self._hyperparameters(), values):
+            h.value = value
+        self._set_capture()
+
     # -------------------------------------------------------- state ----
     def state_dict(self, include_eigens: bool = True) -> dict:
         """Step counters, factors and (``include_eigens``) this rank's eigendecompositions.
@@ -740,7 +755,9 @@ class KFACPreconditioner:
         state = {"steps": self.steps, "compute_method": self.compute_method,
                  "factor_tracker": self._factor_tracker.state_dict(),
                  "inv_tracker": self._inv_tracker.state_dict(),
-                 "skipped_factor_updates": self.skipped_factor_updates, "layers": layers}
+                 "skipped_factor_updates": self.skipped_factor_updates, "layers": layers,
+                 # the current numbers, which a LambdaParamScheduler may have changed
+                 "hyperparameters": sch.number_values(self._hyperparameters())}
         if self._pending is not None:
             state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
         if self._adaptive is not None:
@@ -780,6 +797,11 @@ class KFACPreconditioner:
                 if w not in ("A", "G") or [tuple(t.shape) for t in ts] != want:
                     raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
                                      f"factor {w!r} must have shapes {want}")
+        try:  # a schedule given here wins over a saved number: it is a function of the step
+            numbers = sch.checked_values(self._hyperparameters(), state.get("hyperparameters", {}),
+                                         schedules="skip")
+        except ValueError as exc:
+            raise ValueError(f"load_state_dict: {exc}") from None
         pending = self._pending_from_state(state.get("pending_second_order"), names)
         if self._auto is not None and "auto_step" in state:  # validates before it assigns
             self._auto.load_state_dict(state["auto_step"], self._model)
@@ -799,6 +821,8 @@ class KFACPreconditioner:
                     t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts])
                     for w, ts in e["second_order"].items()}
         self.steps = steps
+        for h, value in numbers:
+            h.value = value
         if self._adaptive is not None and "adaptive_damping" in state:
             self._adaptive.load_state_dict(state["adaptive_damping"])
         self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))

@@ -6,10 +6,17 @@ built (a number is checked at once, a callable on its value at step 0) and on
 every evaluation, and raises ``ValueError`` naming the argument otherwise, so a
 schedule that drifts out of range fails loudly at the step where it does.
 
-:class:`IntervalTracker` decides whether a step is an update step when the
-interval itself may change ("dynamic update decoupling"): a step updates when
-at least ``interval(step)`` steps have passed since the previous update. With a
-constant interval ``k`` and a start at step 0 this is ``step % k == 0``.
+:class:`IntervalTracker` decides whether a step is an update step: ``step %
+interval(step) == 0`` (kfac-pytorch's rule), for a constant interval, one that a
+``LambdaParamScheduler`` rescales, and a schedule alike. The rule depends on the
+step alone, so a resumed run, or one whose interval changed mid-run, updates on
+the steps kfac-pytorch's would. The price: right after an interval changes, the
+gap to the next update may be shorter than either interval (7 -> 8 at step 15:
+updates at 14 and 16).
+
+:func:`number_values` and :func:`checked_values` read and (all checked first) set
+the hyperparameters that are numbers: what a checkpoint carries and what
+:class:`kfac_ext.scheduler.LambdaParamScheduler` rescales.
 
 :func:`growing_interval` builds the usual growing schedule.
 """
@@ -103,8 +110,10 @@ class Hyperparameter:
 class IntervalTracker:
     """Decides update steps for an interval that may change with the step.
 
-    A step ``s`` is an update step when nothing was updated yet, or when
-    ``s - last >= interval(s)``. ``mark(s)`` records that step ``s`` updated.
+    A step ``s`` is an update step when ``s % interval(s) == 0``, or when nothing
+    was updated yet (``last`` is None: a fresh start, or a loaded checkpoint whose
+    second-order data must be recomputed). ``mark(s)`` records that step ``s``
+    updated.
     """
 
     def __init__(self, interval: Hyperparameter):
@@ -112,8 +121,8 @@ class IntervalTracker:
         self.last: Optional[int] = None
 
     def is_due(self, step: int) -> bool:
-        interval = self.interval(step)
-        return self.last is None or step - self.last >= interval
+        interval = self.interval(step)  # evaluated always: a bad schedule value fails here
+        return self.last is None or step % interval == 0
 
     def mark(self, step: int) -> None:
         self.last = step
@@ -123,6 +132,40 @@ class IntervalTracker:
 
     def load_state_dict(self, state: dict) -> None:
         self.last = state["last"]
+
+
+def number_values(hyperparameters) -> dict:
+    """name -> value of each hyperparameter given as a number (a schedule needs no
+    saving: it is a function of the step)."""
+    return {h.name: h.value for h in hyperparameters if not callable(h.value)}
+
+
+def checked_values(hyperparameters, values: dict, *, schedules: str = "refuse") -> list:
+    """``[(hyperparameter, new value)]`` for ``values`` (name -> number), every one
+    validated before the caller assigns any. A name that is no hyperparameter is a
+    ``ValueError``; so is a value its validator refuses. A hyperparameter that is a
+    schedule here is refused (``schedules='refuse'``: replacing a callable of the
+    step by a number would drop it silently) or left out (``'skip'``: a checkpoint
+    of a run that had a number, resumed with a schedule, keeps the schedule)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"hyperparameter values must be a dict of name -> number; got "
+                         f"{type(values).__name__}")
+    by_name = {h.name: h for h in hyperparameters}
+    out = []
+    for name, value in values.items():
+        h = by_name.get(name)
+        if h is None:
+            raise ValueError(f"{name!r} is not a hyperparameter (one of {sorted(by_name)})")
+        if callable(h.value):
+            if schedules == "skip":
+                continue
+            raise ValueError(f"{name} is a schedule (a callable of the step); it cannot be "
+                             "set to a number (give a number at construction to change it later)")
+        expected = h.validator(value)
+        if expected is not None:
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+        out.append((h, value))
+    return out
 
 
 def growing_interval(start: int, factor: float = 2.0, every: int = 1000,

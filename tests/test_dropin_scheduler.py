@@ -1,0 +1,223 @@
+"""Drop-in for kfac-pytorch without kfac-pytorch: the module layout, ``kfac_ext.enums``,
+``kfac_ext.scheduler.LambdaParamScheduler``, the interval rule and the
+hyperparameters a checkpoint carries."""
+import importlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kfac_ext
+from kfac_ext.adaptive_damping import AdaptiveDamping
+from kfac_ext.enums import AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy
+from kfac_ext.scheduler import LambdaParamScheduler
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+def _step(model, p, s):
+    gen = torch.Generator().manual_seed(s)
+    model.zero_grad()
+    F.cross_entropy(model(torch.randn(8, 6, generator=gen)),
+                    torch.randint(0, 3, (8,), generator=gen)).backward()
+    p.step()
+
+
+# ------------------------------------------------------------- layout ----
+
+def test_enums_have_kfac_pytorchs_member_names_and_values():
+    assert {m.name: m.value for m in ComputeMethod} == {"EIGEN": 1, "INVERSE": 2}
+    assert {m.name: m.value for m in AssignmentStrategy} == {"COMPUTE": 1, "MEMORY": 2}
+    assert {m.name: m.value for m in DistributedStrategy} == \
+        {"COMM_OPT": 1, "MEM_OPT": 2, "HYBRID_OPT": 3}
+    assert {m.name: m.value for m in AllreduceMethod} == {"ALLREDUCE": 1, "ALLREDUCE_BUCKETED": 2}
+
+
+def test_the_constructor_takes_kfac_ext_enums():
+    p = kfac_ext.KFACPreconditioner(_model(), compute_method=ComputeMethod.INVERSE,
+                                    assignment_strategy=AssignmentStrategy.MEMORY,
+                                    grad_worker_fraction=DistributedStrategy.HYBRID_OPT)
+    assert (p.compute_method, p.assignment_strategy, p.grad_worker_fraction) == \
+        ("inverse", "memory", 0.5)
+
+
+def test_submodules_are_attributes_of_a_fresh_import_and_enums_need_no_torch():
+    """What `import kfac_ext as kfac` must give a kfac-pytorch program, in a fresh
+    interpreter (here every submodule is imported already)."""
+    code = ("import sys, kfac_ext as kfac\n"
+            "assert kfac.enums.ComputeMethod.EIGEN.value == 1\n"
+            "assert 'torch' not in sys.modules, 'enums loaded torch'\n"
+            "assert kfac.preconditioner.KFACPreconditioner is kfac.KFACPreconditioner\n"
+            "assert kfac.scheduler.LambdaParamScheduler.__name__ == 'LambdaParamScheduler'\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_gpt_neox_is_refused_by_name():
+    with pytest.raises(ImportError, match=r"kfac\.gpt_neox.*not supported"):
+        importlib.import_module("kfac_ext.gpt_neox")
+    with pytest.raises(ImportError, match="GPT-NeoX"):
+        kfac_ext.gpt_neox  # noqa: B018
+
+
+def test_unknown_attribute_is_still_an_attribute_error():
+    with pytest.raises(AttributeError, match="base_preconditioner"):
+        kfac_ext.base_preconditioner  # noqa: B018
+
+
+# ---------------------------------------------------------- scheduler ----
+
+def test_lambdas_multiply_the_current_values_and_compound():
+    p = kfac_ext.KFACPreconditioner(_model(), damping=0.004, factor_update_steps=1,
+                                    inv_update_steps=3, kl_clip=0.01, lr=0.2, factor_decay=0.9)
+    after_2 = lambda e: 0.5 if e >= 2 else 1.0  # noqa: E731
+    s = LambdaParamScheduler(p, damping_lambda=after_2, factor_update_steps_lambda=lambda e: 10,
+                             inv_update_steps_lambda=lambda e: 0.5 if e == 2 else 1.0,
+                             kl_clip_lambda=lambda e: 2,
+                             lr_lambda=lambda e: 0.1, factor_decay_lambda=lambda e: 1.0)
+    s.step(step=1)
+    assert p.damping(0) == 0.004 and p.inv_update_steps(0) == 3
+    assert p.factor_update_steps(0) == 10 and p.kl_clip(0) == 0.02
+    assert p.lr(0) == pytest.approx(0.02) and p.factor_decay(0) == 0.9
+    s.step(step=2)
+    assert p.damping(0) == 0.002 and p.inv_update_steps(0) == 1  # int(3 * 0.5): truncated
+    assert p.factor_update_steps(0) == 100                       # 10 * 10
+    s.step(step=3)
+    assert p.damping(0) == 0.001                                  # the factors compound
+
+
+def test_step_without_a_step_uses_the_preconditioners_step_count():
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model)
+    seen = []
+    s = LambdaParamScheduler(p, damping_lambda=lambda k: seen.append(k) or 1.0)
+    for k in range(3):
+        _step(model, p, k)
+        s.step()
+    s.step(step=42)
+    assert seen == [1, 2, 3, 42]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("damping", lambda s: 0.01), ("factor_update_steps", lambda s: 2),
+    ("inv_update_steps", kfac_ext.schedules.growing_interval(2)), ("kl_clip", lambda s: 1e-3),
+    ("lr", lambda s: 0.1), ("factor_decay", lambda s: 0.9), ("damping", AdaptiveDamping(0.01))])
+def test_a_parameter_that_is_already_a_callable_is_refused(name, value):
+    p = kfac_ext.KFACPreconditioner(_model(), **{name: value})
+    with pytest.raises(ValueError, match=f"{name} is already a callable"):
+        LambdaParamScheduler(p, **{f"{name}_lambda": lambda e: 0.5})
+    LambdaParamScheduler(p)  # nothing to rescale: fine
+
+
+def test_scheduler_misuse_is_refused_by_name():
+    p = kfac_ext.KFACPreconditioner(_model(), kl_clip=None)
+    with pytest.raises(ValueError, match="kl_clip is None"):
+        LambdaParamScheduler(p, kl_clip_lambda=lambda e: 2)
+    with pytest.raises(ValueError, match="damping_lambda must be a callable"):
+        LambdaParamScheduler(p, damping_lambda=0.5)
+    with pytest.raises(TypeError, match="needs a kfac_ext KFACPreconditioner"):
+        LambdaParamScheduler(object(), damping_lambda=lambda e: 0.5)
+
+
+def test_an_interval_truncated_to_zero_is_refused_before_anything_changes():
+    p = kfac_ext.KFACPreconditioner(_model(), damping=0.01, inv_update_steps=1)
+    s = LambdaParamScheduler(p, damping_lambda=lambda e: 0.1, inv_update_steps_lambda=lambda e: 0.5)
+    with pytest.raises(ValueError, match="inv_update_steps must be a positive integer, got 0"):
+        s.step(step=1)
+    assert p.damping(0) == 0.01 and p.inv_update_steps(0) == 1
+
+
+# ------------------------------------------------------ interval rule ----
+
+def _update_steps(p, model, steps, scheduler=None, at=None):
+    """Steps at which factors / eigendecompositions were updated."""
+    factors, eigens = [], []
+    for k in range(steps):
+        before = (p.layers[0].factor_updates, p._inv_tracker.last)
+        _step(model, p, k)
+        if p.layers[0].factor_updates != before[0]:
+            factors.append(k)
+        if p._inv_tracker.last != before[1]:
+            eigens.append(k)
+        if scheduler is not None and k == at:
+            scheduler.step(step=1)
+    return factors, eigens
+
+
+def test_a_rescaled_interval_updates_where_step_mod_interval_is_zero():
+    """kfac-pytorch's rule: after intervals 1/3 become 2/6 at the end of step 4, the
+    updates fall on the multiples of the new intervals (not 4 + 2, 4 + 6...)."""
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=3)
+    s = LambdaParamScheduler(p, factor_update_steps_lambda=lambda e: 2,
+                             inv_update_steps_lambda=lambda e: 2)
+    factors, eigens = _update_steps(p, model, 14, s, at=4)
+    assert factors == [0, 1, 2, 3, 4, 6, 8, 10, 12]
+    assert eigens == [0, 3, 6, 12]
+
+
+def test_a_schedule_interval_updates_where_step_mod_interval_is_zero():
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, factor_update_steps=lambda s: 2 if s < 5 else 3,
+                                    inv_update_steps=lambda s: 4 if s < 5 else 7)
+    factors, eigens = _update_steps(p, model, 15)
+    assert factors == [0, 2, 4, 6, 9, 12]
+    assert eigens == [0, 4, 7, 14]
+
+
+def test_set_hyperparameters_checks_everything_first():
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, damping=0.01, lr=lambda s: 0.1)
+    with pytest.raises(ValueError, match="'dampling' is not a hyperparameter"):
+        p.set_hyperparameters(damping=0.02, dampling=0.1)
+    with pytest.raises(ValueError, match="lr is a schedule"):
+        p.set_hyperparameters(damping=0.02, lr=0.5)
+    with pytest.raises(ValueError, match="factor_decay must be a number in"):
+        p.set_hyperparameters(damping=0.02, factor_decay=1.5)
+    assert p.damping(0) == 0.01
+    p.set_hyperparameters(damping=0.02, factor_update_steps=3)
+    assert p.damping(0) == 0.02
+    _step(model, p, 0)
+    assert not p._capturing  # step 1 of interval 3: the hooks already know
+
+
+# --------------------------------------------------------- checkpoint ----
+
+def test_state_dict_carries_the_rescaled_numbers():
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, damping=0.003, factor_update_steps=1,
+                                    inv_update_steps=2, lr=lambda s: 0.1)
+    s = LambdaParamScheduler(p, damping_lambda=lambda e: 0.5, factor_update_steps_lambda=lambda e: 2,
+                             inv_update_steps_lambda=lambda e: 2)
+    for k in range(3):
+        _step(model, p, k)
+        s.step()
+    state = p.state_dict()
+    assert state["hyperparameters"] == {
+        "factor_update_steps": 8, "inv_update_steps": 16, "damping": 0.000375,
+        "factor_decay": 0.95, "kl_clip": 0.001}  # lr is a schedule: nothing to save
+    fresh = kfac_ext.KFACPreconditioner(_model(), damping=0.003, factor_update_steps=1,
+                                        inv_update_steps=2, lr=lambda s: 0.2)
+    fresh.load_state_dict(state)
+    assert (fresh.damping(0), fresh.factor_update_steps(0), fresh.inv_update_steps(0)) == \
+        (0.000375, 8, 16)
+    assert fresh.lr(0) == 0.2  # a schedule given here is kept
+    assert not fresh._capturing  # step 3 % 8 != 0
+
+
+def test_a_bad_saved_hyperparameter_is_refused_before_loading():
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, damping=0.003)
+    _step(model, p, 0)
+    state = p.state_dict()
+    state["hyperparameters"]["damping"] = -1.0
+    fresh = kfac_ext.KFACPreconditioner(_model(), damping=0.003)
+    with pytest.raises(ValueError, match="load_state_dict: damping must be a finite number > 0"):
+        fresh.load_state_dict(state)
+    assert fresh.steps == 0 and fresh.damping(0) == 0.003
