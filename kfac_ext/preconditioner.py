@@ -141,9 +141,11 @@ class KFACPreconditioner:
     distributed comm (kfac_ext.distributed.DistributedComm).
 
     kfac-pytorch's whole constructor is accepted (its enums are read by name,
-    see :mod:`kfac_ext.arguments`): compute_eigenvalue_outer_product (either
-    value: the division by d_G d_Aᵀ + λ is fused into the preconditioning
-    kernel), symmetry_aware (either value: only upper triangles of the exactly
+    see :mod:`kfac_ext.arguments`): compute_eigenvalue_outer_product (the
+    division by d_G d_Aᵀ + λ is fused into the preconditioning kernel either way;
+    True, as kfac-pytorch, divides with the λ of the last eigendecomposition step,
+    False with the current step's: they differ only while a damping that changes
+    waits for the next eigendecomposition), symmetry_aware (either value: only upper triangles of the exactly
     symmetric factors are ever sent), update_factors_in_hook (True: with more
     than one rank a layer's factor all-reduce starts from its backward hook;
     False: all of them start in ``step()``; same results), defaults (kept as
@@ -260,6 +262,8 @@ class KFACPreconditioner:
         self.failed_inverse_updates = 0
         self._factor_tracker = sch.IntervalTracker(self.factor_update_steps)
         self._inv_tracker = sch.IntervalTracker(self.inv_update_steps)
+        self._basis_damping: Optional[float] = None  # λ of the last eigendecompositions
+        # (see _precondition_damping)
         # second-order data per layer index and factor: {"A": EigenData | InverseData, "G": ...}
         self._second: Dict[int, Dict[str, SecondOrder]] = {}
         self._warned: set = set()
@@ -512,6 +516,7 @@ class KFACPreconditioner:
         if pending is not None and (step >= pending.apply_step or due):
             self._pending = None
             self._install(pending.todo, self._finish(pending))
+            self._basis_damping = pending.damping
         todo = [i for i, l in enumerate(self.layers)
                 if l.factor_updates > 0 and (due or i not in self._second)]
         if not todo:
@@ -536,6 +541,8 @@ class KFACPreconditioner:
                 if self.eigen_refresh is None else self.eigen_refresh.solve(
                     factors, [self._second.get(i, {}).get(w) for i, w in owned],
                     lambda fs: self._solve(fs, damping))))
+            if due or self._basis_damping is None:  # not for one late layer's first basis
+                self._basis_damping = damping
         if due:
             self._inv_tracker.mark(step)
 
@@ -659,7 +666,8 @@ class KFACPreconditioner:
                 s = [self._second[i] for i in mine]
                 ps = ops.eigen_precondition([grads[i] for i in mine], [x["A"].vectors for x in s],
                                             [x["A"].values for x in s], [x["G"].vectors for x in s],
-                                            [x["G"].values for x in s], self.damping(step))
+                                            [x["G"].values for x in s],
+                                            self._precondition_damping(step))
             else:
                 ps = [self._second[i]["G"].inverse @ grads[i] @ self._second[i]["A"].inverse
                       for i in mine]
@@ -698,11 +706,24 @@ class KFACPreconditioner:
             op(
                 weight_grads, bias_grads, [s["A"].vectors for s in second],
                 [s["A"].values for s in second], [s["G"].vectors for s in second],
-                [s["G"].values for s in second], float(self.damping(step)), kl_clip, kl_factor)
+                [s["G"].values for s in second], float(self._precondition_damping(step)),
+                kl_clip, kl_factor)
         else:
             torch.ops.kfac_ext.precondition_grads_inverse_(
                 weight_grads, bias_grads, [s["A"].inverse for s in second],
                 [s["G"].inverse for s in second], kl_clip, kl_factor)
+
+    def _precondition_damping(self, step: int) -> float:
+        """λ of the eigen method's division by d_G d_Aᵀ + λ. With
+        compute_eigenvalue_outer_product=True (the default) kfac-pytorch forms that
+        divisor at the eigendecomposition step, so a damping that changes in between
+        (a schedule, a LambdaParamScheduler) takes effect at the next one: the same
+        here. False, or an AdaptiveDamping (its rule reads the step's own λ): this
+        step's damping."""
+        if (self.compute_eigenvalue_outer_product and self._adaptive is None
+                and self._basis_damping is not None):
+            return self._basis_damping
+        return self.damping(step)
 
     def _kl_factor(self, step: int) -> float:
         """lr², divided by a gradient scaler's scale² (the gradients are still scaled)."""
@@ -757,7 +778,8 @@ class KFACPreconditioner:
                  "inv_tracker": self._inv_tracker.state_dict(),
                  "skipped_factor_updates": self.skipped_factor_updates, "layers": layers,
                  # the current numbers, which a LambdaParamScheduler may have changed
-                 "hyperparameters": sch.number_values(self._hyperparameters())}
+                 "hyperparameters": sch.number_values(self._hyperparameters()),
+                 "basis_damping": self._basis_damping}
         if self._pending is not None:
             state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
         if self._adaptive is not None:
@@ -800,6 +822,10 @@ class KFACPreconditioner:
         try:  # a schedule given here wins over a saved number: it is a function of the step
             numbers = sch.checked_values(self._hyperparameters(), state.get("hyperparameters", {}),
                                          schedules="skip")
+            basis_damping = state.get("basis_damping")
+            if basis_damping is not None and sch.positive(basis_damping) is not None:
+                raise ValueError(f"basis_damping must be None or {sch.positive(basis_damping)}, "
+                                 f"got {basis_damping!r}")
         except ValueError as exc:
             raise ValueError(f"load_state_dict: {exc}") from None
         pending = self._pending_from_state(state.get("pending_second_order"), names)
@@ -823,6 +849,7 @@ class KFACPreconditioner:
         self.steps = steps
         for h, value in numbers:
             h.value = value
+        self._basis_damping = basis_damping
         if self._adaptive is not None and "adaptive_damping" in state:
             self._adaptive.load_state_dict(state["adaptive_damping"])
         self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))
@@ -863,6 +890,7 @@ class KFACPreconditioner:
         self.steps = 0
         self.skipped_factor_updates = 0
         self._factor_tracker.last = self._inv_tracker.last = None
+        self._basis_damping = None
         if self._auto is not None:
             self._auto.reset()
         self._set_capture()

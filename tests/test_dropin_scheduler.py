@@ -221,3 +221,34 @@ def test_a_bad_saved_hyperparameter_is_refused_before_loading():
     with pytest.raises(ValueError, match="load_state_dict: damping must be a finite number > 0"):
         fresh.load_state_dict(state)
     assert fresh.steps == 0 and fresh.damping(0) == 0.003
+
+
+# ------------------------------------------- damping between eigendecompositions ----
+
+def _second_step_grad(outer_product, new_damping, reload=False):
+    """Layer 0's gradient at step 1, when the damping changes after step 0 (an
+    eigendecomposition step) and step 1 is not one."""
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, damping=0.01, inv_update_steps=2, kl_clip=None,
+                                    compute_eigenvalue_outer_product=outer_product)
+    _step(model, p, 0)
+    p.set_hyperparameters(damping=new_damping)
+    if reload:
+        state = p.state_dict()
+        p = kfac_ext.KFACPreconditioner(model, damping=0.3, inv_update_steps=2, kl_clip=None,
+                                        compute_eigenvalue_outer_product=outer_product)
+        p.load_state_dict(state)
+    _step(model, p, 1)
+    return model[0].weight.grad.clone()
+
+
+def test_outer_product_keeps_the_damping_of_the_eigendecomposition_step():
+    """kfac-pytorch's compute_eigenvalue_outer_product=True forms 1 / (d_G d_Aᵀ + λ)
+    when it decomposes, so a new damping waits for the next decomposition; False
+    divides with the step's own damping."""
+    unchanged = _second_step_grad(True, 0.01)
+    torch.testing.assert_close(_second_step_grad(True, 0.5), unchanged, rtol=0, atol=0)
+    assert not torch.allclose(_second_step_grad(False, 0.5), unchanged)
+    # a checkpoint keeps it: a resumed run divides as the uninterrupted one
+    torch.testing.assert_close(_second_step_grad(True, 0.5, reload=True), unchanged,
+                               rtol=0, atol=0)
