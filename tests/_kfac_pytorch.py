@@ -72,10 +72,20 @@ def example(name: str):
     except Exception:  # noqa: BLE001  (any failure to load it: a stand-in will do)
         stubs["torchvision"] = _stub("torchvision")
         stubs["torchvision.models"] = stubs["torchvision"].models = _stub("torchvision.models")
+    # A stand-in found in sys.modules is not attached to its package unless the
+    # package was imported first ("import examples.vision.datasets as d" needs it).
+    for package in ("examples.vision", "examples.language"):
+        importlib.import_module(package)
     missing = {k: v for k, v in stubs.items() if k not in sys.modules}
-    with mock.patch.dict(sys.modules, missing), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return importlib.import_module(f"examples.{name}")
+    sys.modules.update(missing)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(f"examples.{name}")
+    finally:  # the stand-ins only, not what the import loaded for real
+        for key, stub in missing.items():
+            if sys.modules.get(key) is stub:
+                del sys.modules[key]
 
 
 def parse_args(script, argv):

@@ -148,15 +148,16 @@ def test_language_model_example_gives_kfac_pytorchs_gradients(kfac):
 
 # -------------------------------------------------------------- CIFAR-10 ----
 
-def _cifar_args(script, log_dir, extra=()):
-    """The CIFAR script's own arguments, small, with both schedulers acting: damping
-    halved and both intervals doubled after epochs 2 and 3 (the factors compound)."""
-    args = parse_args(script, [
-        "--model", "resnet20", "--batch-size", "8", "--val-batch-size", "8", "--epochs", "4",
-        "--kfac-inv-update-steps", "2", "--kfac-update-steps-alpha", "2",
-        "--kfac-update-steps-decay", "2", "3", "--kfac-damping-decay", "2", "3",
-        "--warmup-epochs", "1", "--lr-decay", "3", "--checkpoint-freq", "2", "--backend", "gloo",
-        "--no-cuda", "--log-dir", log_dir, *extra])
+CIFAR_ARGV = [
+    "--model", "resnet20", "--batch-size", "8", "--val-batch-size", "8", "--epochs", "4",
+    "--kfac-inv-update-steps", "2", "--kfac-update-steps-alpha", "2",
+    "--kfac-update-steps-decay", "2", "3", "--kfac-damping-decay", "2", "3",
+    "--warmup-epochs", "1", "--lr-decay", "3", "--checkpoint-freq", "2"]
+
+
+def _vision_args(script, log_dir, argv):
+    """A vision script's own arguments from ``argv``, one Gloo rank on the CPU."""
+    args = parse_args(script, [*argv, "--backend", "gloo", "--no-cuda", "--log-dir", log_dir])
     # what main() adds before training (one rank, not verbose: no progress bars)
     os.makedirs(args.log_dir)
     args.checkpoint_format = os.path.join(args.log_dir, args.checkpoint_format)
@@ -165,7 +166,7 @@ def _cifar_args(script, log_dir, extra=()):
     return args
 
 
-def _cifar_data(args):
+def _vision_data(args):
     gen = torch.Generator().manual_seed(args.seed)
     x, y = torch.randn(40, 3, 12, 12, generator=gen), torch.randint(0, 10, (40,), generator=gen)
     sampler, train = _loader(x[:32], y[:32], args.batch_size, shuffle=True)
@@ -173,17 +174,18 @@ def _cifar_data(args):
     return sampler, train, val
 
 
-def _run_cifar(library, args, resume_from=0):
-    """The training part of the CIFAR script's main(), on one Gloo rank: returns the
-    optimizer's gradients at every step and the preconditioner's last state."""
-    script = example("torch_cifar10_resnet")
+def _run_vision(library, args, resume_from=0, loss=None):
+    """The training part of the vision scripts' main() on one Gloo rank, with the
+    CIFAR ResNet of ``args.model``: the optimizer's gradients at every step and the
+    preconditioner."""
+    models = example("vision.cifar_resnet")
     optimizers, engine, utils = example("vision.optimizers"), example("vision.engine"), \
         example("utils")
     with pytest.MonkeyPatch.context() as mp, _process_group(mp):
         _bind(mp, library, optimizers, engine, utils)
         steps = _record_optimizer_grads(mp)
         torch.manual_seed(args.seed)
-        model = torch.nn.parallel.DistributedDataParallel(script.models.get_model(args.model))
+        model = torch.nn.parallel.DistributedDataParallel(models.get_model(args.model))
         optimizer, preconditioner, (lr_scheduler, kfac_scheduler) = \
             optimizers.get_optimizer(model, args)
         assert isinstance(preconditioner, library.preconditioner.KFACPreconditioner)
@@ -196,8 +198,8 @@ def _run_cifar(library, args, resume_from=0):
             optimizer.load_state_dict(checkpoint["optimizer"])
             lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
             preconditioner.load_state_dict(checkpoint["preconditioner"])
-        sampler, train, val = _cifar_data(args)
-        loss = torch.nn.CrossEntropyLoss()
+        sampler, train, val = _vision_data(args)
+        loss = loss or torch.nn.CrossEntropyLoss()
         for epoch in range(resume_from + 1, args.epochs + 1):
             engine.train(epoch, model, optimizer, preconditioner, loss, sampler, train, args)
             engine.test(epoch, model, loss, val, args)
@@ -211,9 +213,9 @@ def _run_cifar(library, args, resume_from=0):
 
 def test_cifar_example_gives_kfac_pytorchs_gradients_and_resumes_exactly(kfac, tmp_path):
     script = example("torch_cifar10_resnet")
-    theirs, their_p = _run_cifar(kfac, _cifar_args(script, str(tmp_path / "theirs")))
-    args = _cifar_args(script, str(tmp_path / "ours"))
-    ours, our_p = _run_cifar(kfac_ext, args)
+    theirs, their_p = _run_vision(kfac, _vision_args(script, str(tmp_path / "theirs"), CIFAR_ARGV))
+    args = _vision_args(script, str(tmp_path / "ours"), CIFAR_ARGV)
+    ours, our_p = _run_vision(kfac_ext, args)
     assert len(ours) == 16  # 4 epochs of 4 batches
     _assert_same_steps(ours, theirs)
     # the schedulers acted: damping 0.003 halved 3 times, intervals 1/2 doubled twice... then
@@ -222,7 +224,29 @@ def test_cifar_example_gives_kfac_pytorchs_gradients_and_resumes_exactly(kfac, t
     assert (our_p.factor_update_steps(0), our_p.inv_update_steps(0)) == \
         (their_p.factor_update_steps, their_p.inv_update_steps) == (32, 64)
 
-    resumed, resumed_p = _run_cifar(kfac_ext, args, resume_from=2)
+    resumed, _ = _run_vision(kfac_ext, args, resume_from=2)
     assert len(resumed) == 8
     for a, b in zip(resumed, ours[8:]):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# -------------------------------------------------------------- ImageNet ----
+
+def test_imagenet_example_optimizer_under_its_own_defaults(kfac, tmp_path):
+    """The ImageNet script's get_optimizer under its default K-FAC arguments (factors
+    every 10 steps, eigendecompositions every 100, damping 0.001), two micro-batches
+    per step (DDP's no_sync), its label-smoothing loss. The model is the CIFAR
+    ResNet-20: the script's torchvision ResNet-50 is too big for a CPU test (and
+    torchvision does not load here)."""
+    script, utils = example("torch_imagenet_resnet"), example("utils")
+    argv = ["--model", "resnet20", "--batch-size", "4", "--val-batch-size", "8", "--epochs", "1",
+            "--batches-per-allreduce", "2"]
+    runs = []
+    for library in (kfac, kfac_ext):
+        args = _vision_args(script, str(tmp_path / library.__name__), argv)
+        assert (args.kfac_factor_update_steps, args.kfac_inv_update_steps, args.kfac_damping) \
+            == (10, 100, 0.001)
+        runs.append(_run_vision(library, args, loss=utils.LabelSmoothLoss(args.label_smoothing)))
+    (theirs, _), (ours, p) = runs
+    assert len(ours) == 4 and p.steps == 4  # 32 samples, batches of 4, 2 per step
+    _assert_same_steps(ours, theirs)
