@@ -68,6 +68,7 @@ from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
+from kfac_ext.kfac_pytorch_names import KfacPytorchNames
 from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
 from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
 from kfac_ext.precision import check_precondition_dtype, precondition_grads_
@@ -117,7 +118,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-class KFACPreconditioner:
+class KFACPreconditioner(KfacPytorchNames):
     """K-FAC preconditioning of the ``nn.Linear`` / ``nn.Conv2d`` layers of a model.
 
     Every hyperparameter may be a number or a callable ``f(step)``.
@@ -758,14 +759,19 @@ class KFACPreconditioner:
         self._set_capture()
 
     # -------------------------------------------------------- state ----
-    def state_dict(self, include_eigens: bool = True) -> dict:
+    def state_dict(self, include_eigens: bool = True, include_factors: bool = True) -> dict:
         """Step counters, factors and (``include_eigens``) this rank's eigendecompositions.
 
         With the eigendecompositions a loaded preconditioner gives bit-identical
         results at the next step; without them they are recomputed from the
         factors on the first step after loading (identical when that step is an
-        inverse-update step).
+        inverse-update step). ``include_factors``: kfac-pytorch's; only True (a state
+        without factors would restart them from the identity).
         """
+        if include_factors is not True:
+            raise ValueError("state_dict(include_factors=False) is not supported: a kfac_ext "
+                             "state always holds the factors (include_eigens=False leaves out "
+                             "the eigendecompositions)")
         layers = {}
         for i, l in enumerate(self.layers):
             entry = {"A": l.A.clone(), "G": l.G.clone(), "factor_updates": l.factor_updates}
@@ -788,8 +794,10 @@ class KFACPreconditioner:
             state["auto_step"] = self._auto.state_dict()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Load a :meth:`state_dict`; everything is validated before anything is assigned."""
+    def load_state_dict(self, state: dict, compute_inverses: bool = True) -> None:
+        """Load a :meth:`state_dict`; everything is validated before anything is assigned.
+        Eigendecompositions the state lacks are computed at the next ``step()``, from
+        the loaded factors, whatever kfac-pytorch's ``compute_inverses`` says."""
         try:
             saved = state["layers"]
             steps = int(state["steps"])
@@ -903,16 +911,19 @@ class KFACPreconditioner:
     # ---------------------------------------------------- introspection ----
     def memory_usage(self) -> Dict[str, int]:
         """Bytes held, by kind: running factors, micro-batch sums, second-order data,
-        and the factor snapshot of a lagged update in flight (``inv_lag_steps``)."""
+        and the factor snapshot of a lagged update in flight (``inv_lag_steps``); and
+        their ``total``, as kfac-pytorch reports it."""
         def nbytes(ts):
             return sum(t.numel() * t.element_size() for t in ts if t is not None)
         kind = "eigen" if self.compute_method == "eigen" else "inverse"
-        return {
+        usage = {
             "factors": nbytes(t for l in self.layers for t in (l.A, l.G)),
             "batch_factors": nbytes(t for l in self.layers for t in (l.A_sum, l.G_sum)),
             kind: nbytes(t for s in self._second.values() for ts in s.values() for t in ts),
             "pending_snapshot": nbytes(self._pending.factors) if self._pending else 0,
         }
+        usage["total"] = sum(usage.values())
+        return usage
 
     def __repr__(self) -> str:
         hp = ", ".join(repr(h) for h in (self.factor_update_steps, self.inv_update_steps,

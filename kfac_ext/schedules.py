@@ -106,6 +106,23 @@ class Hyperparameter:
     def __repr__(self) -> str:
         return f"{self.name}={'<schedule>' if callable(self.value) else self.value!r}"
 
+    # kfac-pytorch's preconditioner.damping (and the rest) is the current number: a
+    # constant here converts and formats as that number; a schedule needs the step.
+    def _number(self):
+        if callable(self.value):
+            raise TypeError(f"{self.name} is a schedule: call it with the step, "
+                            f"{self.name}(preconditioner.steps)")
+        return self.value
+
+    def __float__(self) -> float:
+        return float(self._number())
+
+    def __int__(self) -> int:
+        return int(self._number())
+
+    def __format__(self, spec: str) -> str:
+        return format(repr(self) if callable(self.value) else self.value, spec)
+
 
 class IntervalTracker:
     """Decides update steps for an interval that may change with the step.

@@ -252,3 +252,55 @@ def test_outer_product_keeps_the_damping_of_the_eigendecomposition_step():
     # a checkpoint keeps it: a resumed run divides as the uninterrupted one
     torch.testing.assert_close(_second_step_grad(True, 0.5, reload=True), unchanged,
                                rtol=0, atol=0)
+
+
+# ----------------------------------------- kfac-pytorch's preconditioner names ----
+
+def test_hyperparameters_read_as_numbers_where_kfac_pytorch_gives_numbers():
+    p = kfac_ext.KFACPreconditioner(_model(), damping=0.003, inv_update_steps=10,
+                                    lr=lambda s: 0.1)
+    assert float(p.damping) == 0.003 and int(p.inv_update_steps) == 10
+    assert f"{p.damping:.4f} {p.inv_update_steps}" == "0.0030 10"
+    with pytest.raises(TypeError, match=r"lr is a schedule: call it with the step"):
+        float(p.lr)
+    assert f"{p.lr}" == repr(p.lr)
+
+
+@pytest.mark.parametrize("fraction, strategy", [
+    (DistributedStrategy.COMM_OPT, DistributedStrategy.COMM_OPT),
+    (DistributedStrategy.HYBRID_OPT, DistributedStrategy.HYBRID_OPT),
+    (DistributedStrategy.MEM_OPT, DistributedStrategy.MEM_OPT), (0.25, DistributedStrategy.MEM_OPT)])
+def test_distributed_strategy_and_allreduce_method(fraction, strategy):
+    from kfac_ext.comm import LocalComm
+
+    class FourRanks(LocalComm):  # only what the constructor reads
+        world_size = 4
+
+    p = kfac_ext.KFACPreconditioner(_model(), grad_worker_fraction=fraction, comm=FourRanks(),
+                                    allreduce_bucket_cap_mb=0)
+    assert p.distributed_strategy is strategy
+    assert p.allreduce_method is AllreduceMethod.ALLREDUCE
+    assert kfac_ext.KFACPreconditioner(_model()).allreduce_method is \
+        AllreduceMethod.ALLREDUCE_BUCKETED
+
+
+def test_reset_batch_forgets_the_captured_micro_batches():
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, accumulation_steps=2)
+    model(torch.randn(4, 6)).sum().backward()
+    assert p.layers[0].a_count == 1
+    p.reset_batch()
+    assert p.layers[0].a_count == 0 and p.layers[0].g_count == 0
+
+
+def test_kfac_pytorch_state_dict_keywords():
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model)
+    _step(model, p, 0)
+    state = p.state_dict(include_factors=True)
+    with pytest.raises(ValueError, match=r"include_factors=False\) is not supported"):
+        p.state_dict(include_factors=False)
+    for compute_inverses in (True, False):
+        p.load_state_dict(state, compute_inverses=compute_inverses)
+    usage = p.memory_usage()
+    assert usage["total"] == sum(v for k, v in usage.items() if k != "total") > 0

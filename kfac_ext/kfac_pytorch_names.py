@@ -1,0 +1,37 @@
+"""Names kfac-pytorch's ``KFACPreconditioner`` has that kfac_ext's spells otherwise.
+
+A mixin of :class:`kfac_ext.preconditioner.KFACPreconditioner`, kept apart so the
+preconditioner's own code does not carry them. kfac_ext keeps
+``grad_worker_fraction`` and ``allreduce_bucket_cap_mb`` and derives kfac-pytorch's
+enums from them; ``reset_batch`` forgets the captured micro-batches, as there.
+"""
+from __future__ import annotations
+
+from kfac_ext.enums import AllreduceMethod, DistributedStrategy
+
+
+class KfacPytorchNames:
+    @property
+    def distributed_strategy(self) -> DistributedStrategy:
+        """COMM_OPT (every rank a grad worker), MEM_OPT (one per layer) or HYBRID_OPT,
+        as kfac-pytorch names ``grad_worker_fraction``."""
+        if self.grad_worker_fraction == 1.0:
+            return DistributedStrategy.COMM_OPT
+        if self.grad_worker_fraction <= 1.0 / self.comm.world_size:
+            return DistributedStrategy.MEM_OPT
+        return DistributedStrategy.HYBRID_OPT
+
+    @property
+    def allreduce_method(self) -> AllreduceMethod:
+        """ALLREDUCE_BUCKETED when factors are bucketed (``allreduce_bucket_cap_mb > 0``)."""
+        return AllreduceMethod.ALLREDUCE_BUCKETED if self.allreduce_bucket_cap_mb > 0 \
+            else AllreduceMethod.ALLREDUCE
+
+    def reset_batch(self) -> None:
+        """Forget the micro-batches captured since the last ``step()`` (factors, step
+        count and eigendecompositions are kept)."""
+        if self._reducing:  # finish reductions that backward hooks started
+            self.comm.wait(self.comm.allreduce_factors([]))
+            self._reducing = {}
+        for layer in self.layers:
+            layer.clear_batch()
