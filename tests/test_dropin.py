@@ -1,8 +1,9 @@
 """Drop-in for kfac-pytorch (0.4): its whole constructor signature is accepted.
 
-kfac-pytorch is not installed here: its enums (``kfac.enums.ComputeMethod``,
-``AssignmentStrategy``, ``DistributedStrategy``) are stood in for by enum
-classes of the same names and members; kfac_ext reads members by name.
+The enums here are foreign classes with kfac-pytorch's names and members (as
+kfac-pytorch's own ``kfac.enums`` would be): kfac_ext reads any enum by member
+name. ``kfac_ext.enums`` and the scheduler are tested in test_dropin_scheduler.py,
+kfac-pytorch's example programs in test_dropin_examples.py.
 """
 import enum
 import logging
