@@ -16,7 +16,8 @@ import importlib
 __version__ = "0.1.0"
 __all__ = ["KFACPreconditioner", "ops", "preconditioner", "enums", "scheduler"]
 # Submodules loaded as attributes on first access, as `import kfac` gives kfac-pytorch's.
-_LAZY_SUBMODULES = ("ops", "preconditioner", "enums", "scheduler", "schedules", "gpt_neox")
+_LAZY_SUBMODULES = ("ops", "preconditioner", "enums", "scheduler", "schedules", "hyperparams",
+                    "gpt_neox")
 
 
 def __getattr__(name: str):

@@ -304,3 +304,18 @@ def test_kfac_pytorch_state_dict_keywords():
         p.load_state_dict(state, compute_inverses=compute_inverses)
     usage = p.memory_usage()
     assert usage["total"] == sum(v for k, v in usage.items() if k != "total") > 0
+
+
+def test_exp_decay_factor_averaging_as_kfac_pytorchs():
+    f = kfac_ext.hyperparams.exp_decay_factor_averaging(0.9)
+    assert [f(s) for s in (0, 1, 2, 4, 100)] == [0.0, 0.0, 0.5, 0.75, 0.9]
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        f(-1)
+    with pytest.raises(ValueError, match="min_value must be > 0"):
+        kfac_ext.hyperparams.exp_decay_factor_averaging(0)
+    model = _model()
+    p = kfac_ext.KFACPreconditioner(model, factor_decay=f)
+    _step(model, p, 0)  # β = 0 at step 0: A is the first batch's factor
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
+    a = torch.cat([x, torch.ones(8, 1)], 1)
+    torch.testing.assert_close(p.layers[0].A, a.T @ a / 8)
