@@ -23,6 +23,8 @@ $(VENV)/.installed: setup.py pyproject.toml
 	# to the installed torch, or its torchvision dependency upgrades torch.
 	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
 	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt curvlinops-for-pytorch
+	# kfac-pytorch is not on the package index (its README installs from source), so
+	# tests/test_dropin_examples.py runs only where a clone sits in third_party/kfac-pytorch.
 	# SOAP (heavyball) for `kfac-ext train --optimizer soap`, the same pin.
 	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt heavyball
 	touch $@
