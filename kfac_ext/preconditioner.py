@@ -146,10 +146,11 @@ class KFACPreconditioner(KfacPytorchNames):
     division by d_G d_Aᵀ + λ is fused into the preconditioning kernel either way;
     True, as kfac-pytorch, divides with the λ of the last eigendecomposition step,
     False with the current step's: they differ only while a damping that changes
-    waits for the next eigendecomposition), symmetry_aware (either value: only upper triangles of the exactly
-    symmetric factors are ever sent), update_factors_in_hook (True: with more
-    than one rank a layer's factor all-reduce starts from its backward hook;
-    False: all of them start in ``step()``; same results), defaults (kept as
+    waits for the next eigendecomposition), symmetry_aware (either value: only
+    upper triangles of the exactly symmetric factors are ever sent),
+    update_factors_in_hook (True: with more than one rank a layer's factor
+    all-reduce starts from its backward hook; False: all of them start in
+    ``step()``; same results), defaults (kept as
     ``self.defaults``), loglevel (the level at which the registered layers and
     the comm are logged, on the ``kfac_ext.preconditioner`` logger).
     inv_lag_steps: 0 decomposes the factors inside ``step()`` when due; k >= 1
@@ -263,8 +264,8 @@ class KFACPreconditioner(KfacPytorchNames):
         self.failed_inverse_updates = 0
         self._factor_tracker = sch.IntervalTracker(self.factor_update_steps)
         self._inv_tracker = sch.IntervalTracker(self.inv_update_steps)
-        self._basis_damping: Optional[float] = None  # λ of the last eigendecompositions
-        # (see _precondition_damping)
+        # λ of the last eigendecomposition step (see _precondition_damping)
+        self._basis_damping: Optional[float] = None
         # second-order data per layer index and factor: {"A": EigenData | InverseData, "G": ...}
         self._second: Dict[int, Dict[str, SecondOrder]] = {}
         self._warned: set = set()
@@ -798,6 +799,7 @@ class KFACPreconditioner(KfacPytorchNames):
         """Load a :meth:`state_dict`; everything is validated before anything is assigned.
         Eigendecompositions the state lacks are computed at the next ``step()``, from
         the loaded factors, whatever kfac-pytorch's ``compute_inverses`` says."""
+        args.flag("compute_inverses", compute_inverses)
         try:
             saved = state["layers"]
             steps = int(state["steps"])

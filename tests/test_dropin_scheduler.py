@@ -319,3 +319,9 @@ def test_exp_decay_factor_averaging_as_kfac_pytorchs():
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
     a = torch.cat([x, torch.ones(8, 1)], 1)
     torch.testing.assert_close(p.layers[0].A, a.T @ a / 8)
+
+
+def test_compute_inverses_must_be_a_flag():
+    p = kfac_ext.KFACPreconditioner(_model())
+    with pytest.raises(ValueError, match="compute_inverses must be True or False"):
+        p.load_state_dict(p.state_dict(), compute_inverses="yes")
