@@ -211,10 +211,12 @@ def _run_vision(library, args, resume_from=0, loss=None):
     return steps, preconditioner
 
 
-def test_cifar_example_gives_kfac_pytorchs_gradients_and_resumes_exactly(kfac, tmp_path):
+@pytest.mark.parametrize("method", [[], ["--kfac-inv-method"]], ids=["eigen", "inverse"])
+def test_cifar_example_gives_kfac_pytorchs_gradients_and_resumes_exactly(kfac, tmp_path, method):
     script = example("torch_cifar10_resnet")
-    theirs, their_p = _run_vision(kfac, _vision_args(script, str(tmp_path / "theirs"), CIFAR_ARGV))
-    args = _vision_args(script, str(tmp_path / "ours"), CIFAR_ARGV)
+    argv = CIFAR_ARGV + method
+    theirs, their_p = _run_vision(kfac, _vision_args(script, str(tmp_path / "theirs"), argv))
+    args = _vision_args(script, str(tmp_path / "ours"), argv)
     ours, our_p = _run_vision(kfac_ext, args)
     assert len(ours) == 16  # 4 epochs of 4 batches
     _assert_same_steps(ours, theirs)
