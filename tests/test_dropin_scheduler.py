@@ -2,6 +2,7 @@
 ``kfac_ext.scheduler.LambdaParamScheduler``, the interval rule and the
 hyperparameters a checkpoint carries."""
 import importlib
+import os
 import subprocess
 import sys
 
@@ -55,7 +56,8 @@ def test_submodules_are_attributes_of_a_fresh_import_and_enums_need_no_torch():
             "assert 'torch' not in sys.modules, 'enums loaded torch'\n"
             "assert kfac.preconditioner.KFACPreconditioner is kfac.KFACPreconditioner\n"
             "assert kfac.scheduler.LambdaParamScheduler.__name__ == 'LambdaParamScheduler'\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's kfac_ext
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert run.returncode == 0, run.stderr
 
 
