@@ -104,7 +104,7 @@ class Hyperparameter:
         return value
 
     def __repr__(self) -> str:
-        return f"{self.name}={'<schedule>' if callable(self.value) else self.value!r}"
+        return f"{self.name}={'<schedule>' if callable(self.value) else repr(self.value)}"
 
     # kfac-pytorch's preconditioner.damping (and the rest) is the current number: a
     # constant here converts and formats as that number; a schedule needs the step.

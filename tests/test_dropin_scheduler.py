@@ -265,7 +265,7 @@ def test_hyperparameters_read_as_numbers_where_kfac_pytorch_gives_numbers():
     assert f"{p.damping:.4f} {p.inv_update_steps}" == "0.0030 10"
     with pytest.raises(TypeError, match=r"lr is a schedule: call it with the step"):
         float(p.lr)
-    assert f"{p.lr}" == repr(p.lr)
+    assert f"{p.lr}" == repr(p.lr) == "lr=<schedule>"
 
 
 @pytest.mark.parametrize("fraction, strategy", [
