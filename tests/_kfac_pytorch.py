@@ -51,6 +51,8 @@ def kfac_pytorch():
                 import kfac
         except ImportError:
             pytest.skip("kfac-pytorch is not in third_party/kfac-pytorch nor installed")
+    if not hasattr(kfac, "scheduler"):  # e.g. the TensorFlow package that is also named kfac
+        pytest.skip(f"the kfac found ({kfac.__file__}) is not kfac-pytorch")
     if not os.path.isdir(os.path.join(SOURCE, "examples")):
         pytest.skip("kfac-pytorch's examples need its source tree in third_party/kfac-pytorch")
     return kfac
