@@ -2,8 +2,8 @@
 
 The enums here are foreign classes with kfac-pytorch's names and members (as
 kfac-pytorch's own ``kfac.enums`` would be): kfac_ext reads any enum by member
-name. ``kfac_ext.enums`` and the scheduler are tested in test_dropin_scheduler.py,
-kfac-pytorch's example programs in test_dropin_examples.py.
+name. ``kfac_ext.enums`` is tested in test_dropin_layout.py, the scheduler in
+test_dropin_scheduler.py, kfac-pytorch's example programs in test_dropin_examples.py.
 """
 import enum
 import logging
