@@ -26,7 +26,9 @@ def __getattr__(name: str):
         return KFACPreconditioner
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"kfac_ext.{name}")
-    raise AttributeError(f"module 'kfac_ext' has no attribute {name!r}")
+    from kfac_ext.kfac_pytorch_names import refuse_internal  # no torch: enums only
+
+    raise refuse_internal("module 'kfac_ext'", name)
 
 
 def __dir__() -> list[str]:

@@ -4,10 +4,29 @@ A mixin of :class:`kfac_ext.preconditioner.KFACPreconditioner`, kept apart so th
 preconditioner's own code does not carry them. kfac_ext keeps
 ``grad_worker_fraction`` and ``allreduce_bucket_cap_mb`` and derives kfac-pytorch's
 enums from them; ``reset_batch`` forgets the captured micro-batches, as there.
+
+kfac-pytorch's internals, which its ``kfac.preconditioner`` and ``kfac.scheduler``
+modules also expose, have no counterpart: :func:`refuse_internal` makes asking for
+one an AttributeError that says so (docs/kfac-pytorch.md).
 """
 from __future__ import annotations
 
 from kfac_ext.enums import AllreduceMethod, DistributedStrategy
+
+# kfac-pytorch's own machinery (its base class, work assignment, layer objects,
+# communicator): what kfac_ext does in its own way, with no objects of these kinds.
+INTERNALS = frozenset({
+    "BaseKFACPreconditioner", "KAISAAssignment", "KFACBaseLayer", "KFACEigenLayer",
+    "KFACInverseLayer", "TorchDistributedCommunicator", "register_modules", "tdc",
+    "base_preconditioner", "tracing"})
+
+
+def refuse_internal(owner: str, name: str) -> AttributeError:
+    """The AttributeError for ``owner.name``, saying why when it is kfac-pytorch's."""
+    if name in INTERNALS:
+        return AttributeError(f"{owner} has no {name!r}: that is an internal of kfac-pytorch, "
+                              "which kfac_ext does not provide (see docs/kfac-pytorch.md)")
+    return AttributeError(f"{owner} has no attribute {name!r}")
 
 
 class KfacPytorchNames:
@@ -26,6 +45,10 @@ class KfacPytorchNames:
         """ALLREDUCE_BUCKETED when factors are bucketed (``allreduce_bucket_cap_mb > 0``)."""
         return AllreduceMethod.ALLREDUCE_BUCKETED if self.allreduce_bucket_cap_mb > 0 \
             else AllreduceMethod.ALLREDUCE
+
+    @property
+    def tdc(self):
+        raise refuse_internal(type(self).__name__, "tdc")
 
     def reset_batch(self) -> None:
         """Forget the micro-batches captured since the last ``step()`` (factors, step

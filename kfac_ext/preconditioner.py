@@ -68,12 +68,18 @@ from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
-from kfac_ext.kfac_pytorch_names import KfacPytorchNames
+from kfac_ext.enums import (  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
+    AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy)
+from kfac_ext.kfac_pytorch_names import KfacPytorchNames, refuse_internal
 from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
 from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
 from kfac_ext.precision import check_precondition_dtype, precondition_grads_
 
 logger = logging.getLogger(__name__)
+
+
+def __getattr__(name: str):
+    raise refuse_internal(f"module {__name__!r}", name)
 
 
 def _world_size() -> int:

@@ -19,11 +19,16 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from kfac_ext.kfac_pytorch_names import refuse_internal
 from kfac_ext.schedules import Hyperparameter
 
 Factor = Callable[[int], float]
 # Intervals are step counts: kfac-pytorch truncates their rescaled value to an int.
 _INTEGER = ("factor_update_steps", "inv_update_steps")
+
+
+def __getattr__(name: str):  # kfac.scheduler also exposes BaseKFACPreconditioner
+    raise refuse_internal(f"module {__name__!r}", name)
 
 
 class LambdaParamScheduler:

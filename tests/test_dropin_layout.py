@@ -67,9 +67,21 @@ def test_gpt_neox_is_refused_by_name():
         kfac_ext.gpt_neox  # noqa: B018
 
 
-def test_unknown_attribute_is_still_an_attribute_error():
-    with pytest.raises(AttributeError, match="base_preconditioner"):
-        kfac_ext.base_preconditioner  # noqa: B018
+def test_kfac_pytorch_internals_are_refused_by_name():
+    internal = "has no '{}': that is an internal of kfac-pytorch"
+    for owner, name in ((kfac_ext, "base_preconditioner"),
+                        (kfac_ext.preconditioner, "KAISAAssignment"),
+                        (kfac_ext.scheduler, "BaseKFACPreconditioner"),
+                        (kfac_ext.KFACPreconditioner(_model()), "tdc")):
+        with pytest.raises(AttributeError, match=internal.format(name)):
+            getattr(owner, name)
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        kfac_ext.nothing_here  # noqa: B018
+
+
+def test_kfac_preconditioner_module_also_has_the_enums():
+    assert kfac_ext.preconditioner.ComputeMethod is ComputeMethod
+    assert kfac_ext.preconditioner.DistributedStrategy is DistributedStrategy
 
 
 # ----------------------------------------- kfac-pytorch's preconditioner names ----
