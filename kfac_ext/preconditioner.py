@@ -68,7 +68,7 @@ from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
-from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
+from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight, is_computed_weight
 from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
 from kfac_ext.precision import check_precondition_dtype, precondition_grads_
 
@@ -304,9 +304,22 @@ class KFACPreconditioner:
         with a trainable weight (a frozen one is left out silently), not skipped."""
         return {id(module): (name, module) for name, module in model.named_modules()
                 if isinstance(module, SUPPORTED) and has_trainable_weight(module)
-                and not self._skipped_by_user(name, module)}
+                and not is_computed_weight(module) and not self._skipped_by_user(name, module)}
+
+    def _warn_computed_weights(self, model: nn.Module) -> None:
+        """weight_norm / spectral_norm / parametrize: the weight is computed, its gradient
+        is not a parameter's, so the layer is left out; say so instead of doing nothing."""
+        names = [name for name, module in model.named_modules()
+                 if isinstance(module, SUPPORTED) and has_trainable_weight(module)
+                 and is_computed_weight(module) and not self._skipped_by_user(name, module)]
+        if names:
+            warnings.warn(f"KFACPreconditioner: layers {names} have a computed weight "
+                          "(weight_norm, spectral_norm or another parametrization); they are not "
+                          "registered and their parameters keep their plain gradients",
+                          stacklevel=4)
 
     def _register(self, model: nn.Module) -> List[KFACLayer]:
+        self._warn_computed_weights(model)
         candidates = self._candidates(model)
         self._known_modules = set(candidates)
         # Tied weights (one Parameter in several layers): its gradient sums every use,
@@ -360,8 +373,41 @@ class KFACPreconditioner:
                                "the model any more (were its modules replaced after the "
                                "preconditioner was built?); build the preconditioner once the "
                                "model is final")
+        lost = [l.name for l in self.layers if is_computed_weight(l.module)
+                or not l.module.weight.requires_grad]
+        if lost:
+            raise RuntimeError(f"KFACPreconditioner.step(): no registered layer has a gradient to "
+                               f"precondition; the weights of {lost} were frozen or parametrized "
+                               "after the preconditioner was built")
         raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered "
                            "layer has a gradient")
+
+    def _check_biases(self) -> None:
+        """Follow a bias frozen after registration: its layer continues as weight-only
+        K-FAC (the factor's bias row/column sliced off, the basis recomputed this step),
+        so neither is the weight left unpreconditioned nor a stale bias .grad moved. A
+        bias unfrozen after registration keeps its plain gradient (warned once)."""
+        for i, layer in enumerate(self.layers):
+            bias = layer.module.bias
+            if layer.has_bias and not bias.requires_grad:
+                if self.comm.world_size > 1:  # the comm's buffers have the registered sizes
+                    raise RuntimeError(f"KFACPreconditioner: the bias of layer {layer.name!r} was "
+                                       "frozen after the preconditioner was built; with more than "
+                                       "one process freeze it before building it")
+                if self._pending is not None:  # a lagged update of the old size lands first
+                    pending, self._pending = self._pending, None
+                    self._install(pending.todo, self._finish(pending))
+                layer.drop_bias()
+                self._second.pop(i, None)
+                self._has_basis.discard(i)
+                self._warn_once(("bias frozen", i), f"KFACPreconditioner: the bias of layer "
+                                f"{layer.name!r} was frozen after the preconditioner was built; "
+                                "the layer continues as weight-only K-FAC")
+            elif not layer.has_bias and bias is not None and bias.requires_grad and \
+                    bias.grad is not None:
+                self._warn_once(("bias unfrozen", i), f"KFACPreconditioner: the bias of layer "
+                                f"{layer.name!r} was frozen when the preconditioner was built and "
+                                "is trainable now; it keeps its plain gradient")
 
     def _warn_once(self, key, message: str) -> None:
         if key not in self._warned:
@@ -381,6 +427,7 @@ class KFACPreconditioner:
         ``closure``: returns the current batch's loss (adaptive damping), or
         (inputs, loss_of_outputs) of it (auto_step)."""
         step = self.steps
+        self._check_biases()
         with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
         if self.layers and not with_grad:
             self._raise_no_grad()
