@@ -436,22 +436,35 @@ class KFACPreconditioner:
                           "last call: the gradients are preconditioned already; this call does "
                           "nothing", stacklevel=2)
             return
+        if closure is not None and self._adaptive is None and self._auto is None:
+            self._warn_once("closure", "KFACPreconditioner.step(closure=...): the closure is "
+                            "not used (it serves an AdaptiveDamping damping or auto_step; this "
+                            "preconditioner has neither)")
         if self._adaptive is not None:  # reads the raw gradients: before any change
             self._adaptive.observe(self, step, closure)
         if self._auto is not None:  # adds weight decay to every gradient, keeps g
             self._auto.before(self._model, closure)
+            try:
+                self._precondition_step(step, with_grad)
+                for layer in self.layers:  # its forwards are not training batches
+                    layer.capture = False
+                self._auto.after(self._model)
+            except BaseException:  # the gradients go back as they came (no double retry)
+                self._auto.restore(self._model)
+                self._set_capture()
+                raise
+        else:
+            self._precondition_step(step, with_grad)
+        self._grad_marks = self._mark_grads(with_grad)
+        self.steps += 1
+        self._set_capture()
+
+    def _precondition_step(self, step: int, with_grad: Sequence[int]) -> None:
         if self._capturing:
             self._check_model()
             self._update_factors(step)
         self._update_second_order(step)
         self._precondition(step, with_grad)
-        if self._auto is not None:
-            for layer in self.layers:  # its forwards are not training batches (_set_capture below)
-                layer.capture = False
-            self._auto.after(self._model, closure)
-        self._grad_marks = self._mark_grads(with_grad)
-        self.steps += 1
-        self._set_capture()
 
     def _param_grads(self, i: int):
         m = self.layers[i].module
@@ -545,9 +558,11 @@ class KFACPreconditioner:
                 update_running(layer, a, g, decay, self.factor_init)
             else:
                 self.skipped_factor_updates += 1
+                scaled = f" (G is multiplied by g_scale={self.g_scale:g}: too large for " \
+                    f"{layer.factor_dtype}?)" if self.g_scale != 1.0 else ""
                 warnings.warn(f"KFACPreconditioner: non-finite activations or gradients in layer "
-                              f"{layer.name!r} at step {step}; its factor update is skipped "
-                              f"(skipped so far: {self.skipped_factor_updates})")
+                              f"{layer.name!r} at step {step}{scaled}; its factor update is "
+                              f"skipped (skipped so far: {self.skipped_factor_updates})")
             layer.clear_batch()
         self._factor_tracker.mark(step)
 
@@ -828,6 +843,8 @@ class KFACPreconditioner:
                     raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
                                      f"factor {w!r} must have shapes {want}")
         pending = self._pending_from_state(state.get("pending_second_order"), names)
+        if self._adaptive is not None and "adaptive_damping" in state:
+            self._adaptive.check_state_dict(state["adaptive_damping"], self.layers)
         if self._auto is not None and "auto_step" in state:  # validates before it assigns
             self._auto.load_state_dict(state["auto_step"], self._model)
         # all checks passed: assign
@@ -847,7 +864,7 @@ class KFACPreconditioner:
                     for w, ts in e["second_order"].items()}
         self.steps = steps
         if self._adaptive is not None and "adaptive_damping" in state:
-            self._adaptive.load_state_dict(state["adaptive_damping"])
+            self._adaptive.load_state_dict(state["adaptive_damping"], self.layers)
         self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))
         self._factor_tracker.load_state_dict(trackers[0])
         self._inv_tracker.load_state_dict(trackers[1])
