@@ -124,6 +124,12 @@ class AdaptiveDamping:
     def __call__(self, step: int) -> float:
         return self.value
 
+    @property
+    def pending(self) -> bool:
+        """Whether a measurement is started and waits for the next step (a checkpoint
+        taken now holds it; see :meth:`resume`)."""
+        return self._pending is not None
+
     # ---------------------------------------------------------------- observe
     def observe(self, preconditioner, step: int, closure: Optional[Callable]) -> None:
         """Called by ``KFACPreconditioner.step`` before it changes any gradient. The new
