@@ -46,6 +46,19 @@ def is_computed_weight(module: nn.Module) -> bool:
     return module.weight is not None and not isinstance(module.weight, nn.Parameter)
 
 
+def _checkpoint_recomputation() -> bool:
+    """Whether this forward is ``torch.utils.checkpoint``'s non-reentrant recomputation
+    (inside backward): the original forward captured the activations already, and the
+    recomputed output's gradient never reaches a hook, so it must not count again. It
+    runs under torch's private ``_recomputation_hook`` saved-tensor hooks; if torch
+    changes that, this says False (the capture then warns about 2 forwards, as before)."""
+    if torch._C._current_graph_task_id() == -1:  # not inside a backward pass: cheap exit
+        return False
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)(False)
+    return top is not None and \
+        getattr(top[0], "__qualname__", "").startswith("_recomputation_hook")
+
+
 def _conv_explicit_padding(module: nn.Conv2d) -> Tuple[int, int, int, int]:
     """(left, right, top, bottom) zero/mode padding the conv applies to its input."""
     if isinstance(module.padding, str):
@@ -117,7 +130,8 @@ class KFACLayer:
 
     def _forward_hook(self, module, args, output) -> None:
         self.ever_called = True
-        if not self.capture or not torch.is_grad_enabled() or not module.training:
+        if not self.capture or not torch.is_grad_enabled() or not module.training \
+                or _checkpoint_recomputation():
             return
         if module.weight is None or tuple(module.weight.shape) != self.weight_shape:
             # Checked here, not deep in a kernel: the factors have the registered size.

@@ -410,3 +410,26 @@ def test_auto_step_model_returning_a_tuple_is_named_and_gradients_restored():
         p.step(closure=lambda: (x, lambda out: nn.functional.mse_loss(out[0], y)))
     assert all(torch.equal(a, q.grad) for a, q in zip(grads, model.parameters()))
     assert p.steps == 0 and auto.steps == 0
+
+
+# ------------------------------------------------------ activation checkpointing ----
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_gives_the_plain_factors_without_a_warning(use_reentrant):
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(6, 5, requires_grad=use_reentrant)
+    plain = _mlp()
+    p = P(plain, kl_clip=None)
+    plain(x).pow(2).mean().backward()
+    p.step()
+    model = _mlp()
+    q = P(model, kl_clip=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checkpoint(model, x, use_reentrant=use_reentrant).pow(2).mean().backward()
+        q.step()
+    for a, b in zip(p.layers, q.layers):
+        assert torch.equal(a.A, b.A) and torch.equal(a.G, b.G)
+    for a, b in zip(plain.parameters(), model.parameters()):
+        assert torch.equal(a.grad, b.grad)
