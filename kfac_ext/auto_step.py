@@ -60,7 +60,7 @@ Costs per step: one jvp of the model vmapped over the two directions (about a
 forward and backward pass), one batched double backward through the loss, and
 one forward every ``interval`` steps; a few host synchronisations (the
 fallback decisions and the optimizer check read numbers); memory: flat float64 copies of the parameters,
-the gradient, δ and the step. Single process only. Dropout or
+the gradient (as it came, to restore it if the step fails, and with weight decay), δ and the step. Single process only. Dropout or
 other randomness in the forward makes C that of another network than the one
 the step's gradient came from; evaluate such models deterministically.
 """
@@ -374,8 +374,7 @@ class AutoStep:
                         tuple(t.shape) != shapes[n]:
                     raise ValueError(f"AutoStep.load_state_dict: {key}[{n!r}] does not match "
                                      "a parameter of the model")
-        self.lm.check_state_dict(state["damping"])
-        self.lm.load_state_dict(state["damping"])
+        self.lm.load_state_dict(state["damping"])  # checks it before assigning anything
         self.steps = int(state.get("steps", 0))
         self.last_alpha, self.last_mu = state.get("last_alpha"), state.get("last_mu")
         self.fallbacks = dict(state.get("fallbacks", {"1d": 0, "skip": 0}))

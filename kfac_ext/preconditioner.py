@@ -382,14 +382,19 @@ class KFACPreconditioner:
         raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered "
                            "layer has a gradient")
 
-    def _check_biases(self) -> None:
+    def _follow_layer_changes(self) -> None:
         """Follow a bias frozen after registration: its layer continues as weight-only
         K-FAC (the factor's bias row/column sliced off, the basis recomputed this step),
         so neither is the weight left unpreconditioned nor a stale bias .grad moved. A
-        bias unfrozen after registration keeps its plain gradient (warned once)."""
+        bias unfrozen after registration keeps its plain gradient; a weight frozen or
+        parametrized after it is not preconditioned (each warned once)."""
         for i, layer in enumerate(self.layers):
-            bias = layer.module.bias
-            if layer.has_bias and not bias.requires_grad:
+            bias, weight = layer.module.bias, layer.module.weight
+            if is_computed_weight(layer.module) or not weight.requires_grad:
+                self._warn_once(("weight lost", i), f"KFACPreconditioner: the weight of layer "
+                                f"{layer.name!r} was frozen or parametrized after the "
+                                "preconditioner was built; it is not preconditioned")
+            elif layer.has_bias and not bias.requires_grad:
                 if self.comm.world_size > 1:  # the comm's buffers have the registered sizes
                     raise RuntimeError(f"KFACPreconditioner: the bias of layer {layer.name!r} was "
                                        "frozen after the preconditioner was built; with more than "
@@ -427,7 +432,7 @@ class KFACPreconditioner:
         ``closure``: returns the current batch's loss (adaptive damping), or
         (inputs, loss_of_outputs) of it (auto_step)."""
         step = self.steps
-        self._check_biases()
+        self._follow_layer_changes()
         with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
         if self.layers and not with_grad:
             self._raise_no_grad()
