@@ -442,7 +442,8 @@ def _history(out):
             for r in json.loads(out)["runs"]["kfac"]["history"]]
 
 
-@pytest.mark.parametrize("flags", [["--adaptive-damping", "1"], ["--auto-step"]])
+@pytest.mark.parametrize("flags", [["--adaptive-damping", "1"],
+                                   ["--auto-step", "--auto-step-interval", "1"]])
 def test_resume_with_adaptive_damping_or_auto_step_is_bit_identical(tmp_path, capsys, flags):
     """Every step measures (T=1 / AutoStep's ratio), so the checkpoint lands mid-measurement."""
     argv = ["--optimizer", "kfac", "--epochs", "2", "--decay-epochs", "2", *flags]
