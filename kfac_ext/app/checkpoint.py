@@ -3,13 +3,19 @@
 A checkpoint is a ``torch.save``d dict: a format tag, the run's resolved
 configuration (everything that decides the curve), the epoch and step reached,
 the model / optimizer / preconditioner ``state_dict``s, the torch, numpy and
-Python RNG states, the data-order seed and the history recorded so far.
+Python RNG states, the data-order seed and the history recorded so far; and,
+optionally, ``pending_batch``: the last global batch (x, y) when an
+adaptive-damping measurement of it is pending, from which a resume re-makes
+its closure (kfac_ext.app.train).
 
 - Writing goes to a temporary file in the same folder, is fsynced, then
   ``os.replace``d over the old file: a crash leaves the old checkpoint or the
   new one, never half of one. The temporary file's name carries the host and
   process id of its writer, so the next save or resume removes the leftovers of
   a killed writer (and only those: a live writer's file is kept).
+- Ctrl-C and SIGTERM while writing are held until the file is complete, then
+  raised (``KeyboardInterrupt`` / ``Terminated``, which the CLI turns into the
+  resume hint and exit 130 / 143).
 - Loading uses ``weights_only=True`` (no arbitrary pickles), and a file that
   cannot be read, is empty, has the wrong format, lacks an entry or holds one of
   the wrong kind (a hand edit: history not a list, an RNG state torch cannot
