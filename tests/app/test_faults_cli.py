@@ -2,10 +2,10 @@
 
 Every case asserts what the user sees: one line on stderr naming the flag or the
 file, an exit code (2: a bad argument or input; 1: the run failed on its own;
-130: interrupted), nothing on stdout under --json, and, where the fault is known
+130: interrupted; 143: stopped by SIGTERM), nothing on stdout under --json, and, where the fault is known
 before any work, that no training step ran (``_train_run`` is replaced by a
-tripwire). The CLI runs in-process through ``kfac_ext.cli.main``; only SIGINT
-and a SIGKILL inside a save use a subprocess.
+tripwire). The CLI runs in-process through ``kfac_ext.cli.main``; only SIGINT,
+SIGTERM and a SIGKILL inside a save use a subprocess.
 """
 import errno
 import json
@@ -477,8 +477,6 @@ def test_resume_with_another_task_names_the_task(saved_run, tmp_path, capsys, no
 
 
 def test_cifar10_auto_step_trains_a_batchnorm_resnet(tmp_path, capsys):
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, here)
     from test_data import _write_fake_cifar
 
     _write_fake_cifar(str(tmp_path), n_per_batch=8)
