@@ -434,3 +434,21 @@ def test_activation_checkpointing_gives_the_plain_factors_without_a_warning(use_
         assert torch.equal(a.A, b.A) and torch.equal(a.G, b.G)
     for a, b in zip(plain.parameters(), model.parameters()):
         assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("kwargs", [dict(inv_lag_steps=1, inv_update_steps=2),
+                                    dict(compute_method="inverse")])
+def test_bias_frozen_mid_training_with_a_lagged_update_or_inverses(kwargs):
+    """A lagged update of the old size lands before the slice; the inverse method
+    recomputes the sliced layer's inverse the same way."""
+    model = _mlp()
+    p = P(model, kl_clip=None, damping=0.1, **kwargs)
+    _train(model, p, steps=3)
+    model[0].bias.requires_grad_(False)
+    bias = model[0].bias.detach().clone()
+    with pytest.warns(UserWarning, match="weight-only K-FAC"):
+        _train(model, p, steps=3)
+    assert torch.equal(model[0].bias, bias)
+    assert p.layers[0].a_dim == 5 and all(torch.isfinite(q).all() for q in model.parameters())
+    second = p._second[0]["A"]
+    assert all(t.shape[-1] == 5 for t in second)
