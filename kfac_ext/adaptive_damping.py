@@ -178,11 +178,17 @@ class AdaptiveDamping:
                           "dropped (give the closure of its batch with resume() after "
                           "load_state_dict to finish it)", stacklevel=5)
             return
+        now = [_layer_params(layer) for layer in layers]
+        if [t.shape for t in now] != [p.shape for p in params]:
+            warnings.warn("AdaptiveDamping: a registered layer changed shape since the pending "
+                          "measurement started (a bias frozen?); the measurement is dropped",
+                          stacklevel=5)
+            return
         with torch.no_grad():
             new_loss = _loss_value(closure())
             linear, curvature = 0.0, 0.0
-            for layer, g, p in zip(layers, grads, params):
-                d = _layer_params(layer) - p
+            for layer, g, p, q in zip(layers, grads, params, now):
+                d = q - p
                 linear += float((g * d).sum())
                 a = layer.A.to(torch.float64)
                 gf = layer.G.to(torch.float64)

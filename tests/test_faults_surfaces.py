@@ -452,3 +452,14 @@ def test_bias_frozen_mid_training_with_a_lagged_update_or_inverses(kwargs):
     assert p.layers[0].a_dim == 5 and all(torch.isfinite(q).all() for q in model.parameters())
     second = p._second[0]["A"]
     assert all(t.shape[-1] == 5 for t in second)
+
+
+def test_bias_frozen_while_a_damping_measurement_is_pending_drops_it():
+    batches = _batches(4)
+    model, damping, p, opt = _adaptive_setup()
+    _adaptive_steps(model, p, opt, batches[:2])
+    assert damping.pending
+    model[0].bias.requires_grad_(False)
+    with pytest.warns(UserWarning, match="changed shape since the pending measurement"):
+        _adaptive_steps(model, p, opt, batches[2:])
+    assert damping.updates == 1  # step 3 finished step 2's measurement, on the new shapes
