@@ -126,9 +126,10 @@ def loglevel(value) -> int:
     """A logging level: an int or a level name such as 'INFO'."""
     if isinstance(value, str) and isinstance(logging.getLevelName(value.upper()), int):
         return logging.getLevelName(value.upper())
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= logging.CRITICAL:
         return value
-    raise ValueError(f"loglevel must be a logging level (e.g. logging.INFO or 'INFO'); got {value!r}")
+    raise ValueError(f"loglevel must be a logging level from 0 to logging.CRITICAL (e.g. "
+                     f"logging.INFO or 'INFO'); got {value!r}")
 
 
 class _ScaleFunction:

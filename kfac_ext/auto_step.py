@@ -31,9 +31,23 @@ gradient changed); ``.grad`` becomes -(αΔ + μδ), so
 λ (``damping``, in the units of the mean loss's curvature, unlike the
 preconditioner's own damping) is adapted by the Levenberg–Marquardt rule of
 :class:`~kfac_ext.adaptive_damping.AdaptiveDamping` every ``interval`` steps:
-the next step re-evaluates that batch's loss at the new parameters (one
-forward pass without grad) and compares the change of h with the undamped
-model's prediction (C + ηI). ``interval=0`` keeps λ fixed.
+the same step evaluates the batch's loss at θ + v, the parameters SGD(lr=1)
+will produce (one forward pass without grad, through ``functional_call``, so
+the model's own parameters and buffers are not touched), and compares the
+change of h with the undamped model's prediction (C + ηI). The measurement
+ends inside the step, so nothing is pending between steps and a checkpoint
+taken between two steps resumes bit-identically. ``interval=0`` keeps λ fixed.
+
+BatchNorm in training mode: both the jvp and that forward use the batch's
+statistics, as the training forward did (the gradient g is of that function),
+and update no running statistics (they are not part of the model's outputs
+in training mode; updating them from these extra passes would count the batch
+twice). Other modules that change buffers in place inside a forward are not
+supported under the vmapped jvp.
+
+The closure is called once per step, before any gradient changes, and its
+result is checked (a pair (inputs, callable)); a model that does not return
+one tensor is refused with its gradients restored as they were.
 
 Guards: a non-finite or not positive-definite 2×2 system falls back to the
 1-D problem in Δ (μ = 0); when that too is degenerate the step is skipped
@@ -46,12 +60,13 @@ Costs per step: one jvp of the model vmapped over the two directions (about a
 forward and backward pass), one batched double backward through the loss, and
 one forward every ``interval`` steps; a few host synchronisations (the
 fallback decisions and the optimizer check read numbers); memory: flat float64 copies of the parameters,
-the gradient, δ and the step. Single process only. Dropout or
+the gradient (as it came, to restore it if the step fails, and with weight decay), δ and the step. Single process only. Dropout or
 other randomness in the forward makes C that of another network than the one
 the step's gradient came from; evaluate such models deterministically.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
@@ -59,6 +74,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from kfac_ext.adaptive_damping import AdaptiveDamping
 
@@ -67,6 +83,29 @@ __all__ = ["AutoStep", "curvature_products", "solve_step"]
 # A 2x2 system whose determinant is below this fraction of its diagonal product is
 # treated as singular (δ nearly parallel to Δ): the 1-D problem is solved instead.
 _SINGULAR = 1e-10
+
+
+@contextlib.contextmanager
+def batch_statistics(model: nn.Module):
+    """BatchNorm layers in training mode normalise by the batch's statistics and leave
+    their running statistics alone (``track_running_stats`` off for the duration)."""
+    changed = [m for m in model.modules()
+               if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    for m in changed:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.track_running_stats = True
+
+
+def _one_tensor(out):
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"AutoStep: the model returned a {type(out).__name__}; the auto step "
+                        "needs a model whose forward returns one tensor (wrap it in a module "
+                        "that returns the output the loss uses)")
+    return out
 
 
 def curvature_products(model: nn.Module, names: List[str], params: List[torch.Tensor],
@@ -83,12 +122,12 @@ def curvature_products(model: nn.Module, names: List[str], params: List[torch.Te
     primals = {n: p.detach() for n, p in zip(names, params)}
 
     def outputs(p):
-        return functional_call(model, {**p, **buffers}, args)
+        return _one_tensor(functional_call(model, {**p, **buffers}, args))
 
     k = directions.shape[0]
     tangents = {n: t.reshape(k, *p.shape).to(p.dtype) for n, p, t in
                 zip(names, params, directions.split([p.numel() for p in params], dim=1))}
-    with torch.enable_grad():
+    with torch.enable_grad(), batch_statistics(model):
         out, jv = vmap(lambda t: jvp(outputs, (primals,), (t,)), out_dims=(None, 0))(tangents)
         # H (J d) by double backward, batched over the directions: on small outputs 7-9x
         # faster than a vmapped jvp of torch.func.grad (same products).
@@ -139,6 +178,9 @@ class AutoStep:
         if not (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 0):
             raise ValueError(f"AutoStep: interval must be an integer >= 0 (0: fixed damping), "
                              f"got {interval!r}")
+        if not (isinstance(damping, (int, float)) and not isinstance(damping, bool)
+                and math.isfinite(damping) and damping > 0):
+            raise ValueError(f"AutoStep: damping must be a finite number > 0, got {damping!r}")
         # λ and its Levenberg–Marquardt rule (AdaptiveDamping checks the numbers).
         self.lm = AdaptiveDamping(damping, interval=max(interval, 1), decay=decay,
                                   min_damping=min_damping, max_damping=max_damping)
@@ -157,7 +199,8 @@ class AutoStep:
         self._theta: Optional[torch.Tensor] = None   # θ of this step
         self._grads: Optional[torch.Tensor] = None   # g of this step
         self._delta: Optional[torch.Tensor] = None   # δ of this step
-        self._pending: Optional[tuple] = None  # (closure, h before, undamped model change)
+        self._raw: Optional[torch.Tensor] = None     # .grad as it came, to restore on an error
+        self._batch: Optional[tuple] = None          # (inputs, loss_of_outputs) of this step
 
     @property
     def damping(self) -> float:
@@ -175,33 +218,58 @@ class AutoStep:
     def _flat(tensors) -> torch.Tensor:
         return torch.cat([t.detach().reshape(-1).double() for t in tensors])
 
-    def before(self, model: nn.Module, closure: Optional[Callable]) -> None:
-        """Called by ``KFACPreconditioner.step`` before it changes any gradient."""
+    @staticmethod
+    def _call_closure(closure: Optional[Callable]) -> tuple:
+        """(inputs, loss_of_outputs) from the closure, checked before anything changes."""
         if closure is None:
             raise ValueError("KFACPreconditioner.step(closure=...): auto_step needs a closure "
                              "returning (inputs, loss_of_outputs) of the current batch")
+        if not callable(closure):
+            raise TypeError(f"KFACPreconditioner.step(closure=...): closure must be callable, "
+                            f"got {type(closure).__name__}")
+        result = closure()
+        if not (isinstance(result, (tuple, list)) and len(result) == 2 and callable(result[1])):
+            got = type(result).__name__ if not isinstance(result, (tuple, list)) else \
+                f"a {type(result).__name__} of {len(result)}"
+            raise TypeError("KFACPreconditioner.step(closure=...): with auto_step the closure "
+                            f"must return (inputs, loss_of_outputs), got {got} (a closure "
+                            "returning the loss is AdaptiveDamping's form)")
+        return tuple(result)
+
+    def before(self, model: nn.Module, closure: Optional[Callable]) -> None:
+        """Called by ``KFACPreconditioner.step`` before it changes any gradient; every
+        check that can fail runs before the first change."""
+        batch = self._call_closure(closure)
         named = self._params(model)
         params = [p for _, p in named]
-        if self._pending is not None:
-            self._finish_ratio(model, params)
         theta = self._flat(params)
-        self._delta = self._observed_change([n for n, _ in named], theta, params)
-        self._theta = theta
+        delta = self._observed_change([n for n, _ in named], theta, params)
+        # the checks passed: from here on, state changes
+        self._batch, self._delta, self._theta = batch, delta, theta
+        self._raw = self._flat(p.grad for p in params)
         if self.weight_decay:
             torch._foreach_add_([p.grad for p in params], [p.detach() for p in params],
                                 alpha=self.weight_decay)
         self._grads = self._flat(p.grad for p in params)
 
-    def after(self, model: nn.Module, closure: Callable) -> None:
+    def restore(self, model: nn.Module) -> None:
+        """Put back every ``.grad`` as ``before`` found it (a step that failed midway)."""
+        if self._raw is None:
+            return
+        params = [p for _, p in self._params(model)]
+        for p, r in zip(params, self._raw.split([p.numel() for p in params])):
+            p.grad.copy_(r.view_as(p))
+        self._raw = self._grads = self._theta = self._delta = self._batch = None
+
+    def after(self, model: nn.Module) -> None:
         """Called by ``KFACPreconditioner.step`` once the registered gradients are
         preconditioned: writes ``.grad = -(αΔ + μδ)``."""
         named = self._params(model)
         names, params = [n for n, _ in named], [p for _, p in named]
         g, theta = self._grads, self._theta
-        self._grads = self._theta = None
         direction = -self._flat(p.grad for p in params)
         dirs = torch.stack([direction] if self._delta is None else [direction, self._delta])
-        inputs, loss_of_outputs = closure()
+        inputs, loss_of_outputs = self._batch
         curvature, loss = curvature_products(model, names, params, dirs, inputs,
                                              loss_of_outputs)
         k = dirs.shape[0]
@@ -221,13 +289,19 @@ class AutoStep:
         step = coeffs @ dirs
         system = curvature + (self.damping + eta) * norms
         self.last_predicted = float(linear @ coeffs + 0.5 * coeffs @ system @ coeffs)
+        rho = None
         if self.interval and self.steps % self.interval == 0 and how != "skip":
             undamped = float(linear @ coeffs + 0.5 * coeffs @ (curvature + eta * norms) @ coeffs)
-            self._pending = (closure, float(loss) + 0.5 * eta * float(theta @ theta), undamped)
+            h_before = float(loss) + 0.5 * eta * float(theta @ theta)
+            rho = self._ratio(model, names, params, step, h_before, undamped)
         for p, s in zip(params, step.split([p.numel() for p in params])):
             p.grad.copy_(s.neg().view_as(p))
+        # the step is written: commit this step's state
+        if rho is not None:
+            self.lm.update(rho)
         self._names, self._prev, self._last = names, theta, step
         self._shapes = {n: tuple(p.shape) for n, p in named}
+        self._raw = self._grads = self._theta = self._delta = self._batch = None
         self.steps += 1
 
     def _observed_change(self, names: List[str], theta: torch.Tensor,
@@ -250,21 +324,23 @@ class AutoStep:
                 "between step() and optimizer.step()")
         return delta
 
-    def _finish_ratio(self, model: nn.Module, params: List[torch.Tensor]) -> None:
-        """ρ = (h(θ + v) - h(θ)) / M(v) on the batch of the measured step; LM update of λ."""
-        closure, h_before, model_change = self._pending
-        self._pending = None
-        inputs, loss_of_outputs = closure()
+    def _ratio(self, model: nn.Module, names: List[str], params: List[torch.Tensor],
+               step: torch.Tensor, h_before: float, model_change: float) -> float:
+        """ρ = (h(θ + v) - h(θ)) / M(v) on this step's batch, θ + v computed as SGD(lr=1)
+        will compute it (θ - (-v) in the parameters' dtype)."""
+        inputs, loss_of_outputs = self._batch
         args = inputs if isinstance(inputs, tuple) else (inputs,)
-        with torch.no_grad():
-            loss = float(loss_of_outputs(model(*args)))
+        moved = {n: torch.add(p.detach(), s.neg().view_as(p).to(p.dtype), alpha=-1.0)
+                 for n, p, s in zip(names, params, step.split([p.numel() for p in params]))}
+        buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        with torch.no_grad(), batch_statistics(model):
+            out = _one_tensor(functional_call(model, {**moved, **buffers}, args))
+            loss = float(loss_of_outputs(out))
         h_after = loss + 0.5 * self.weight_decay * sum(
-            float(p.detach().double().pow(2).sum()) for p in params)
+            float(t.double().pow(2).sum()) for t in moved.values())
         if model_change >= 0 or not math.isfinite(h_after):
-            rho = -math.inf
-        else:
-            rho = (h_after - h_before) / model_change
-        self.lm.update(rho)
+            return -math.inf
+        return (h_after - h_before) / model_change
 
     # ------------------------------------------------------------------ state
     def _by_name(self, flat: torch.Tensor, model_shapes: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
@@ -285,8 +361,8 @@ class AutoStep:
         return state
 
     def load_state_dict(self, state: dict, model: nn.Module) -> None:
-        """Validated against ``model``'s parameters before anything is assigned. A λ
-        measurement pending at saving time (its closure cannot be saved) is dropped."""
+        """Validated against ``model``'s parameters before anything is assigned (λ's
+        measurement ends inside its step: none is ever pending between steps)."""
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         prev, last = state.get("previous_params"), state.get("last_step")
         if (prev is None) != (last is None) or (prev is not None and list(prev) != list(last)):
@@ -298,7 +374,7 @@ class AutoStep:
                         tuple(t.shape) != shapes[n]:
                     raise ValueError(f"AutoStep.load_state_dict: {key}[{n!r}] does not match "
                                      "a parameter of the model")
-        self.lm.load_state_dict(state["damping"])
+        self.lm.load_state_dict(state["damping"])  # checks it before assigning anything
         self.steps = int(state.get("steps", 0))
         self.last_alpha, self.last_mu = state.get("last_alpha"), state.get("last_mu")
         self.fallbacks = dict(state.get("fallbacks", {"1d": 0, "skip": 0}))
@@ -310,12 +386,11 @@ class AutoStep:
             self._names = list(prev)
             self._prev = self._flat(prev.values()).to(device)
             self._last = self._flat(last.values()).to(device)
-        self._pending = None
-        self._grads = self._theta = None
+        self._raw = self._grads = self._theta = self._delta = self._batch = None
 
     def reset(self) -> None:
         """Forget the last step (no momentum at the next one); λ is kept."""
         self.steps = 0
         self.last_alpha = self.last_mu = None
-        self._names = self._prev = self._last = self._pending = None
-        self._grads = self._theta = self._delta = None
+        self._names = self._prev = self._last = None
+        self._raw = self._grads = self._theta = self._delta = self._batch = None

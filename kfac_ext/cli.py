@@ -12,7 +12,8 @@ in ``EXPECTED_ERRORS`` (e.g. a bad checkpoint). Anything else (``TypeError``,
 ``IndexError``, ``KeyError``, ...) is a bug in kfac_ext and keeps its traceback,
 so it can be reported and fixed rather than hidden behind a line. Ctrl-C prints
 one line (the subcommand's ``interrupted_message(args)`` if it has one) and
-exits 130, the shell's code for SIGINT.
+exits 130, the shell's code for SIGINT (``train`` treats SIGTERM the same way
+and exits 143).
 """
 from __future__ import annotations
 
@@ -129,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = getattr(sys.modules.get(SUBCOMMANDS[name]), "interrupted_message", None)
         message = hint(args) if hint is not None and args is not None else "interrupted"
         print(f"{prog}: {message}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        # 143 for a SIGTERM that `train` turned into an interrupt (kfac_ext.app.checkpoint)
+        return getattr(exc, "exit_code", EXIT_INTERRUPTED)

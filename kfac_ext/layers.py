@@ -39,6 +39,26 @@ def has_trainable_weight(module: nn.Module) -> bool:
     return module.weight is not None and module.weight.requires_grad
 
 
+def is_computed_weight(module: nn.Module) -> bool:
+    """Whether the weight is computed from other parameters (``weight_norm``,
+    ``spectral_norm``, any ``torch.nn.utils.parametrize``): it is no leaf and gets no
+    ``.grad`` of its own, so K-FAC has no gradient to precondition."""
+    return module.weight is not None and not isinstance(module.weight, nn.Parameter)
+
+
+def _checkpoint_recomputation() -> bool:
+    """Whether this forward is ``torch.utils.checkpoint``'s non-reentrant recomputation
+    (inside backward): the original forward captured the activations already, and the
+    recomputed output's gradient never reaches a hook, so it must not count again. It
+    runs under torch's private ``_recomputation_hook`` saved-tensor hooks; if torch
+    changes that, this says False (the capture then warns about 2 forwards, as before)."""
+    if torch._C._current_graph_task_id() == -1:  # not inside a backward pass: cheap exit
+        return False
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)(False)
+    return top is not None and \
+        getattr(top[0], "__qualname__", "").startswith("_recomputation_hook")
+
+
 def _conv_explicit_padding(module: nn.Conv2d) -> Tuple[int, int, int, int]:
     """(left, right, top, bottom) zero/mode padding the conv applies to its input."""
     if isinstance(module.padding, str):
@@ -63,6 +83,7 @@ class KFACLayer:
         self.module = module
         self.is_conv = isinstance(module, nn.Conv2d)
         weight = module.weight
+        self.weight_shape = tuple(weight.shape)
         # A frozen bias is left out of the factor (K-FAC of the weight alone).
         self.has_bias = module.bias is not None and module.bias.requires_grad
         # A grouped conv is block-diagonal: group k maps input channels k*C_in/groups...
@@ -109,8 +130,16 @@ class KFACLayer:
 
     def _forward_hook(self, module, args, output) -> None:
         self.ever_called = True
-        if not self.capture or not torch.is_grad_enabled() or not module.training:
+        if not self.capture or not torch.is_grad_enabled() or not module.training \
+                or _checkpoint_recomputation():
             return
+        if module.weight is None or tuple(module.weight.shape) != self.weight_shape:
+            # Checked here, not deep in a kernel: the factors have the registered size.
+            got = None if module.weight is None else tuple(module.weight.shape)
+            raise RuntimeError(f"KFACPreconditioner: layer {self.name!r} has weight shape {got}, "
+                               f"registered with {self.weight_shape} (resized after the "
+                               "preconditioner was built?); build the preconditioner once the "
+                               "model is final")
         x = args[0]
         if x.numel() == 0 and self.skip_empty:
             self.empty_batches += 1
@@ -205,10 +234,25 @@ class KFACLayer:
         self.G.lerp_(g_batch, 1.0 - decay)
         self.factor_updates += 1
 
+    def drop_bias(self) -> None:
+        """Leave the bias out of the factor from now on (it was frozen after registration).
+
+        The bias is the last row/column of A (its ones column), and the weight-only
+        running average is exactly the rest, for Linear and Conv2d alike: slicing it
+        off gives the factor K-FAC of the weight alone would have kept."""
+        self.has_bias = False
+        self.a_dim -= 1
+        self.A = self.A[:-1, :-1].clone()
+        if self.A_sum is not None:
+            self.A_sum = self.A_sum[:-1, :-1].clone()
+
     # ------------------------------------------------------- gradients ----
     def has_grad(self) -> bool:
         m = self.module
-        if m.weight.grad is None:
+        # A weight frozen (or made computed) after registration is not preconditioned,
+        # even with a stale zero .grad left by zero_grad(set_to_none=False).
+        if not isinstance(m.weight, nn.Parameter) or not m.weight.requires_grad \
+                or m.weight.grad is None:
             return False
         return not self.has_bias or m.bias.grad is not None
 

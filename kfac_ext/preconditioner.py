@@ -71,7 +71,7 @@ from kfac_ext.factor_init import check_factor_init, check_g_scale, update_runnin
 from kfac_ext.enums import (  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
     AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy)
 from kfac_ext.kfac_pytorch_names import KfacPytorchNames, refuse_internal
-from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
+from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight, is_computed_weight
 from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
 from kfac_ext.precision import check_precondition_dtype, precondition_grads_
 
@@ -316,9 +316,22 @@ class KFACPreconditioner(KfacPytorchNames):
         with a trainable weight (a frozen one is left out silently), not skipped."""
         return {id(module): (name, module) for name, module in model.named_modules()
                 if isinstance(module, SUPPORTED) and has_trainable_weight(module)
-                and not self._skipped_by_user(name, module)}
+                and not is_computed_weight(module) and not self._skipped_by_user(name, module)}
+
+    def _warn_computed_weights(self, model: nn.Module) -> None:
+        """weight_norm / spectral_norm / parametrize: the weight is computed, its gradient
+        is not a parameter's, so the layer is left out; say so instead of doing nothing."""
+        names = [name for name, module in model.named_modules()
+                 if isinstance(module, SUPPORTED) and has_trainable_weight(module)
+                 and is_computed_weight(module) and not self._skipped_by_user(name, module)]
+        if names:
+            warnings.warn(f"KFACPreconditioner: layers {names} have a computed weight "
+                          "(weight_norm, spectral_norm or another parametrization); they are not "
+                          "registered and their parameters keep their plain gradients",
+                          stacklevel=4)
 
     def _register(self, model: nn.Module) -> List[KFACLayer]:
+        self._warn_computed_weights(model)
         candidates = self._candidates(model)
         self._known_modules = set(candidates)
         # Tied weights (one Parameter in several layers): its gradient sums every use,
@@ -372,8 +385,46 @@ class KFACPreconditioner(KfacPytorchNames):
                                "the model any more (were its modules replaced after the "
                                "preconditioner was built?); build the preconditioner once the "
                                "model is final")
+        lost = [l.name for l in self.layers if is_computed_weight(l.module)
+                or not l.module.weight.requires_grad]
+        if lost:
+            raise RuntimeError(f"KFACPreconditioner.step(): no registered layer has a gradient to "
+                               f"precondition; the weights of {lost} were frozen or parametrized "
+                               "after the preconditioner was built")
         raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered "
                            "layer has a gradient")
+
+    def _follow_layer_changes(self) -> None:
+        """Follow a bias frozen after registration: its layer continues as weight-only
+        K-FAC (the factor's bias row/column sliced off, the basis recomputed this step),
+        so neither is the weight left unpreconditioned nor a stale bias .grad moved. A
+        bias unfrozen after registration keeps its plain gradient; a weight frozen or
+        parametrized after it is not preconditioned (each warned once)."""
+        for i, layer in enumerate(self.layers):
+            bias, weight = layer.module.bias, layer.module.weight
+            if is_computed_weight(layer.module) or not weight.requires_grad:
+                self._warn_once(("weight lost", i), f"KFACPreconditioner: the weight of layer "
+                                f"{layer.name!r} was frozen or parametrized after the "
+                                "preconditioner was built; it is not preconditioned")
+            elif layer.has_bias and not bias.requires_grad:
+                if self.comm.world_size > 1:  # the comm's buffers have the registered sizes
+                    raise RuntimeError(f"KFACPreconditioner: the bias of layer {layer.name!r} was "
+                                       "frozen after the preconditioner was built; with more than "
+                                       "one process freeze it before building it")
+                if self._pending is not None:  # a lagged update of the old size lands first
+                    pending, self._pending = self._pending, None
+                    self._install(pending.todo, self._finish(pending))
+                layer.drop_bias()
+                self._second.pop(i, None)
+                self._has_basis.discard(i)
+                self._warn_once(("bias frozen", i), f"KFACPreconditioner: the bias of layer "
+                                f"{layer.name!r} was frozen after the preconditioner was built; "
+                                "the layer continues as weight-only K-FAC")
+            elif not layer.has_bias and bias is not None and bias.requires_grad and \
+                    bias.grad is not None:
+                self._warn_once(("bias unfrozen", i), f"KFACPreconditioner: the bias of layer "
+                                f"{layer.name!r} was frozen when the preconditioner was built and "
+                                "is trainable now; it keeps its plain gradient")
 
     def _warn_once(self, key, message: str) -> None:
         if key not in self._warned:
@@ -393,6 +444,7 @@ class KFACPreconditioner(KfacPytorchNames):
         ``closure``: returns the current batch's loss (adaptive damping), or
         (inputs, loss_of_outputs) of it (auto_step)."""
         step = self.steps
+        self._follow_layer_changes()
         with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
         if self.layers and not with_grad:
             self._raise_no_grad()
@@ -401,22 +453,35 @@ class KFACPreconditioner(KfacPytorchNames):
                           "last call: the gradients are preconditioned already; this call does "
                           "nothing", stacklevel=2)
             return
+        if closure is not None and self._adaptive is None and self._auto is None:
+            self._warn_once("closure", "KFACPreconditioner.step(closure=...): the closure is "
+                            "not used (it serves an AdaptiveDamping damping or auto_step; this "
+                            "preconditioner has neither)")
         if self._adaptive is not None:  # reads the raw gradients: before any change
             self._adaptive.observe(self, step, closure)
         if self._auto is not None:  # adds weight decay to every gradient, keeps g
             self._auto.before(self._model, closure)
+            try:
+                self._precondition_step(step, with_grad)
+                for layer in self.layers:  # its forwards are not training batches
+                    layer.capture = False
+                self._auto.after(self._model)
+            except BaseException:  # the gradients go back as they came (no double retry)
+                self._auto.restore(self._model)
+                self._set_capture()
+                raise
+        else:
+            self._precondition_step(step, with_grad)
+        self._grad_marks = self._mark_grads(with_grad)
+        self.steps += 1
+        self._set_capture()
+
+    def _precondition_step(self, step: int, with_grad: Sequence[int]) -> None:
         if self._capturing:
             self._check_model()
             self._update_factors(step)
         self._update_second_order(step)
         self._precondition(step, with_grad)
-        if self._auto is not None:
-            for layer in self.layers:  # its forwards are not training batches (_set_capture below)
-                layer.capture = False
-            self._auto.after(self._model, closure)
-        self._grad_marks = self._mark_grads(with_grad)
-        self.steps += 1
-        self._set_capture()
 
     def _param_grads(self, i: int):
         m = self.layers[i].module
@@ -510,9 +575,11 @@ class KFACPreconditioner(KfacPytorchNames):
                 update_running(layer, a, g, decay, self.factor_init)
             else:
                 self.skipped_factor_updates += 1
+                scaled = f" (G is multiplied by g_scale={self.g_scale:g}: too large for " \
+                    f"{layer.factor_dtype}?)" if self.g_scale != 1.0 else ""
                 warnings.warn(f"KFACPreconditioner: non-finite activations or gradients in layer "
-                              f"{layer.name!r} at step {step}; its factor update is skipped "
-                              f"(skipped so far: {self.skipped_factor_updates})")
+                              f"{layer.name!r} at step {step}{scaled}; its factor update is "
+                              f"skipped (skipped so far: {self.skipped_factor_updates})")
             layer.clear_batch()
         self._factor_tracker.mark(step)
 
@@ -845,6 +912,8 @@ class KFACPreconditioner(KfacPytorchNames):
         except ValueError as exc:
             raise ValueError(f"load_state_dict: {exc}") from None
         pending = self._pending_from_state(state.get("pending_second_order"), names)
+        if self._adaptive is not None and "adaptive_damping" in state:
+            self._adaptive.check_state_dict(state["adaptive_damping"], self.layers)
         if self._auto is not None and "auto_step" in state:  # validates before it assigns
             self._auto.load_state_dict(state["auto_step"], self._model)
         # all checks passed: assign
@@ -867,7 +936,7 @@ class KFACPreconditioner(KfacPytorchNames):
             h.value = value
         self._basis_damping = basis_damping
         if self._adaptive is not None and "adaptive_damping" in state:
-            self._adaptive.load_state_dict(state["adaptive_damping"])
+            self._adaptive.load_state_dict(state["adaptive_damping"], self.layers)
         self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))
         self._factor_tracker.load_state_dict(trackers[0])
         self._inv_tracker.load_state_dict(trackers[1])

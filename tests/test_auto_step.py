@@ -194,9 +194,9 @@ def test_a_quadratic_loss_gives_ratio_one_and_less_damping():
         loss(model(x)).backward()
         pre.step(closure=lambda: (x, loss))
         opt.step()
-    assert auto.lm.updates == 2                       # measured at steps 0 and 2
+    assert auto.lm.updates == 3     # measured at steps 0, 2 and 4, each inside its step
     assert auto.lm.last_rho == pytest.approx(1.0, abs=1e-9)
-    assert auto.damping == pytest.approx(((19 / 20) ** 2) ** 2)
+    assert auto.damping == pytest.approx(((19 / 20) ** 2) ** 3)
 
 
 def test_negative_curvature_skips_the_step_without_touching_the_parameters():
@@ -275,7 +275,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(TypeError, match="auto_step"):
         KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=True)
     for kwargs, words in ((dict(weight_decay=-1.0), "weight_decay"), (dict(interval=-1), "interval"),
-                          (dict(damping=0.0), "initial")):
+                          (dict(damping=0.0), "damping"), (dict(damping=True), "damping")):
         with pytest.raises(ValueError, match=words):
             AutoStep(**kwargs)
     pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=AutoStep())

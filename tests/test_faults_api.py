@@ -44,7 +44,13 @@ def _construct(**kwargs):
     return lambda: P(_mlp(), **kwargs)
 
 
-def _seconds(fn, limit):
+# An absurd size is refused by a check before any work (the error message says which
+# check), so the time it takes is not the verdict; this only catches a regression that
+# starts computing, with a margin no machine load reaches.
+FAIL_FAST_S = 120
+
+
+def _seconds(fn, limit=FAIL_FAST_S):
     """fn() must raise within `limit` seconds (an absurd size must not run for long)."""
     def timed():
         start = time.perf_counter()
@@ -152,13 +158,13 @@ CASES = [
      ("error", ValueError, "damping")),
     # ---- ops: sizes that must fail fast ----
     ("conv2d_act_factor kernel 100000, padding 100000",
-     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 100000, 1, 100000, 1, True), 5),
+     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 100000, 1, 100000, 1, True)),
      ("error", RuntimeError, "factor would be")),
     ("conv2d_act_factor kernel 1000",
-     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 1000, 1, 1000, 1, True), 5),
+     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 1000, 1, 1000, 1, True)),
      ("error", RuntimeError, "factor would be")),
     ("conv2d_act_factor padding 1e17",
-     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 3, 1, 10**17, 1, True), 5),
+     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 3, 1, 10**17, 1, True)),
      ("error", RuntimeError, "zero-padded input")),
     ("conv2d_act_factor dilation 1e18",
      lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 3, 1, 0, 10**18, True),

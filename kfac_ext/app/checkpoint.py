@@ -3,13 +3,19 @@
 A checkpoint is a ``torch.save``d dict: a format tag, the run's resolved
 configuration (everything that decides the curve), the epoch and step reached,
 the model / optimizer / preconditioner ``state_dict``s, the torch, numpy and
-Python RNG states, the data-order seed and the history recorded so far.
+Python RNG states, the data-order seed and the history recorded so far; and,
+optionally, ``pending_batch``: the last global batch (x, y) when an
+adaptive-damping measurement of it is pending, from which a resume re-makes
+its closure (kfac_ext.app.train).
 
 - Writing goes to a temporary file in the same folder, is fsynced, then
   ``os.replace``d over the old file: a crash leaves the old checkpoint or the
   new one, never half of one. The temporary file's name carries the host and
   process id of its writer, so the next save or resume removes the leftovers of
   a killed writer (and only those: a live writer's file is kept).
+- Ctrl-C and SIGTERM while writing are held until the file is complete, then
+  raised (``KeyboardInterrupt`` / ``Terminated``, which the CLI turns into the
+  resume hint and exit 130 / 143).
 - Loading uses ``weights_only=True`` (no arbitrary pickles), and a file that
   cannot be read, is empty, has the wrong format, lacks an entry or holds one of
   the wrong kind (a hand edit: history not a list, an RNG state torch cannot
@@ -33,9 +39,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "FORMAT", "save_checkpoint", "load_checkpoint",
+__all__ = ["CheckpointError", "FORMAT", "Terminated", "save_checkpoint", "load_checkpoint",
            "check_config", "capture_rng_state", "restore_rng_state",
-           "remove_stale_temporaries", "resume_hint"]
+           "remove_stale_temporaries", "resume_hint", "sigterm_as_interrupt"]
 
 FORMAT = "kfac_ext.train.checkpoint/1"  # a format tag, not a module path: kept so old checkpoints load
 # Every entry a resume reads; save and load both insist on all of them.
@@ -45,6 +51,29 @@ _REQUIRED = ("format", "config", "epoch", "step", "model", "optimizer", "precond
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, wrong format or mismatched."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, a scheduler's polite stop: handled as Ctrl-C is (a save in progress is
+    finished, the resume hint printed), but the process exits 143 (128 + SIGTERM)."""
+    exit_code = 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While inside: SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -77,30 +106,35 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """Write ``state`` (which must carry the keys of a checkpoint) to ``path`` atomically.
 
-    A Ctrl-C that arrives while writing is held until the write is done, then
-    raised: the run stops with its newest checkpoint on disk. (Raised inside
-    ``torch.save``, it would also surface as a RuntimeError of the zip writer.)
+    A Ctrl-C or SIGTERM that arrives while writing is held until the write is
+    done, then raised (``KeyboardInterrupt`` / :class:`Terminated`): the run stops
+    with its newest checkpoint on disk. (Raised inside ``torch.save``, it would
+    also surface as a RuntimeError of the zip writer.)
     """
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
-    with _sigint_deferred():
+    with _signals_deferred():
         _write_atomically(os.fspath(path), state)
 
 
 @contextlib.contextmanager
-def _sigint_deferred():
+def _signals_deferred():
     if threading.current_thread() is not threading.main_thread():
         yield                      # only the main thread receives signals
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         # None: a handler set outside Python, which cannot be put back; use Python's.
-        signal.signal(signal.SIGINT, previous if previous is not None
-                      else signal.default_int_handler)
+        for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                             (signal.SIGTERM, signal.SIG_DFL)):
+            signal.signal(sig, previous[sig] if previous[sig] is not None else default)
+    if signal.SIGTERM in received:
+        raise Terminated
     if received:
         raise KeyboardInterrupt
 
@@ -207,11 +241,13 @@ def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] 
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: it lacks {missing}")
+    # The settings first: another --task's history lacks this task's metric, and that
+    # is a different run, not a damaged file.
+    if expected_config is not None and isinstance(state["config"], dict):
+        check_config(state["config"], expected_config, path)
     problem = _malformed_entry(state, _RECORD_KEYS + tuple(record_keys))
     if problem:
         raise CheckpointError(f"checkpoint {path} is damaged (edited by hand?): {problem}")
-    if expected_config is not None:
-        check_config(state["config"], expected_config, path)
     remove_stale_temporaries(path)
     return state
 
@@ -258,6 +294,10 @@ def _malformed_entry(state: Mapping[str, Any], record_keys: tuple[str, ...]) -> 
     for key in ("train_time_s", "wall_s"):
         if not _is_seconds(state[key]):
             return f"{key} is {state[key]!r}, not seconds"
+    batch = state.get("pending_batch")  # optional: see kfac_ext.app.train
+    if batch is not None and not (isinstance(batch, dict) and
+                                  all(isinstance(batch.get(k), torch.Tensor) for k in "xy")):
+        return "pending_batch is not a dict of tensors x and y"
     return _unrestorable_rng(state["rng"])
 
 
@@ -275,11 +315,18 @@ def _unrestorable_rng(rng) -> str | None:
     return None
 
 
+# Settings a configuration leaves out when they have their default value.
+_ABSENT_MEANS = {"task": "classify"}
+
+
 def check_config(saved: Mapping[str, Any], expected: Mapping[str, Any], path: str = "") -> None:
     """Raise ``CheckpointError`` listing every setting that differs between the two."""
     keys = sorted(set(saved) | set(expected))
-    diffs = [f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs now {expected.get(k, '<absent>')!r}"
-             for k in keys if saved.get(k, "<absent>") != expected.get(k, "<absent>")]
+
+    def get(config, k):
+        return config.get(k, _ABSENT_MEANS.get(k, "<absent>"))
+    diffs = [f"{k}: checkpoint {get(saved, k)!r} vs now {get(expected, k)!r}"
+             for k in keys if get(saved, k) != get(expected, k)]
     if diffs:
         raise CheckpointError(f"checkpoint {path} was made with different settings; resume with "
                               f"the same ones (or start a new run): " + "; ".join(diffs))

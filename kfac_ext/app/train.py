@@ -40,7 +40,8 @@ import torch
 import torch.distributed as dist
 
 from kfac_ext.app.checkpoint import (CheckpointError, FORMAT, capture_rng_state, load_checkpoint,
-                                 restore_rng_state, resume_hint, save_checkpoint)
+                                 restore_rng_state, resume_hint, save_checkpoint,
+                                 sigterm_as_interrupt)
 from kfac_ext.app.data import load_dataset
 from kfac_ext.app.tasks import TASKS, make_task
 from kfac_ext.app.validation import (check_fits_data, check_model_fits, check_outputs,
@@ -365,6 +366,7 @@ def _check_skip_layers(model: torch.nn.Module, a: argparse.Namespace) -> None:
 
 
 def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Namespace):
+    """The preconditioner, and its AdaptiveDamping (None without --adaptive-damping)."""
     from kfac_ext import KFACPreconditioner  # imported here: SGD runs never need it
 
     g_scale = float(a.batch_size) ** 2 if a.per_example_g else 1.0
@@ -379,13 +381,14 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
 
         damping = AdaptiveDamping(a.damping, interval=a.adaptive_damping,
                                   curvature_scale=float(a.batch_size) ** 2 / g_scale)
+    adaptive = damping if a.adaptive_damping else None
     return KFACPreconditioner(model, factor_update_steps=sched.factor_update_steps,
                               inv_update_steps=sched.inv_update_steps, damping=damping,
                               factor_init=a.factor_init, g_scale=g_scale,
                               factor_decay=a.factor_decay,
                               kl_clip=None if a.auto_step else a.kl_clip, lr=sched.lr,
                               inv_lag_steps=a.inv_lag_steps, compute_method=a.compute_method,
-                              skip_layers=a.skip_layers, auto_step=auto_step)
+                              skip_layers=a.skip_layers, auto_step=auto_step), adaptive
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -435,7 +438,9 @@ class _Run:
             self.net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
         self.optimizer = _make_optimizer(name, model, self.sched.lr(0), a)
-        self.precond = _make_preconditioner(self.net, self.sched, a) if name == "kfac" else None
+        self.precond, self.adaptive = _make_preconditioner(self.net, self.sched, a) \
+            if name == "kfac" else (None, None)
+        self.last_batch = None  # the global batch of the last step (see _pending_batch)
         if self.precond is not None and resume is None:
             layers = ", ".join(f"{l.name} ({type(l.module).__name__})"
                                for l in self.precond.layers)
@@ -450,6 +455,7 @@ class _Run:
                 self.optimizer.load_state_dict(resume["optimizer"])
                 if self.precond is not None:
                     self.precond.load_state_dict(resume["preconditioner"])
+                    self._resume_measurement(resume.get("pending_batch"))
             # The state dicts come from the file: any of these means it was edited or foreign.
             except (RuntimeError, KeyError, ValueError, TypeError, AttributeError,
                     IndexError) as exc:
@@ -460,6 +466,23 @@ class _Run:
             state.train_time_s, state.wall_s = resume["train_time_s"], resume["wall_s"]
             state.epoch, state.step = resume["epoch"], resume["step"]
         self.rng = capture_rng_state()   # this run's RNG between its epochs
+
+    def _pending_batch(self) -> dict | None:
+        """The batch of an adaptive-damping measurement the checkpoint holds: its closure
+        is re-made from it on resume, so the resumed run stays bit-identical."""
+        if self.adaptive is None or not self.adaptive.pending:
+            return None
+        x, y = self.last_batch
+        return dict(x=x.cpu(), y=y.cpu())
+
+    def _resume_measurement(self, batch: dict | None) -> None:
+        if self.adaptive is None or not self.adaptive.pending \
+                or batch is None:
+            return  # without the batch the library drops the measurement, with a warning
+        world, net, task = self.world, self.net, self.task
+        x = batch["x"][world.rank::world.size].to(world.device)
+        y = batch["y"][world.rank::world.size].to(world.device)
+        self.adaptive.resume(lambda: task.loss(net(x), y))
 
     def train_epoch(self, epoch: int) -> None:
         from tqdm import tqdm
@@ -481,6 +504,7 @@ class _Run:
             t0 = time.perf_counter()
             # Same global batch on every rank; each takes an interleaved 1/N slice.
             x, y = task.train_batch(order[i * a.batch_size:(i + 1) * a.batch_size], augment_rng)
+            self.last_batch = (x, y)
             x = x[world.rank::world.size].to(world.device, non_blocking=True)
             y = y[world.rank::world.size].to(world.device, non_blocking=True)
             for group in optimizer.param_groups:
@@ -532,6 +556,7 @@ class _Run:
                 model=self.model.state_dict(), optimizer=optimizer.state_dict(),
                 preconditioner=precond.state_dict() if precond is not None else None,
                 rng=self.rng, data_order=dict(seed=a.seed, rule="randperm per epoch"),
+                pending_batch=self._pending_batch(),
                 history=state.history, step_times=state.step_times,
                 train_time_s=state.train_time_s, wall_s=state.wall_s))
 
@@ -619,6 +644,7 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
         raise ValueError(f"--task autoencoder: only --data digits is supported; got --data "
                          f"{a.data}")
     a.optimizers = parse_optimizers(a.optimizer)
+    _check_flags_apply(a)  # before the defaults fill in what the user did not give
     defaults = dict(DEFAULTS[a.data], target_loss=None)
     if a.task == "autoencoder":
         defaults.update(AUTOENCODER_DEFAULTS)
@@ -653,6 +679,19 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
                 from None
 
 
+def _check_flags_apply(a: argparse.Namespace) -> None:
+    """Flags that would be silently ignored by the runs asked for are refused."""
+    if "kfac" not in a.optimizers:
+        for flag, value in (("--auto-step", a.auto_step),
+                            ("--adaptive-damping", a.adaptive_damping)):
+            if value:
+                raise ValueError(f"{flag} applies to --optimizer kfac, which this run does not "
+                                 f"train (--optimizer {a.optimizer})")
+    if a.task == "autoencoder" and a.target_accuracy is not None:
+        raise ValueError("--target-accuracy applies to --task classify; the autoencoder targets "
+                         "a training reconstruction loss (--target-loss)")
+
+
 # Besides ValueError and OSError, which kfac_ext.cli.main prints as one line.
 EXPECTED_ERRORS = (CheckpointError, FloatingPointError)
 
@@ -669,7 +708,8 @@ def _run(a: argparse.Namespace) -> int:
     _resolve_defaults(a)
     world = _setup_world(a.device)
     try:
-        return _run_in_world(a, world)
+        with sigterm_as_interrupt():  # a scheduler's stop: as Ctrl-C, exit 143
+            return _run_in_world(a, world)
     finally:
         if world.owns_group:
             dist.destroy_process_group()

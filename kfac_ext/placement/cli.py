@@ -122,12 +122,22 @@ def _check_limits(args) -> None:
 
 
 def _check_writable(flag: str, path: str) -> None:
-    """Fail before solving if an output file cannot be written."""
+    """Fail before solving (or tracing) if an output file cannot be written: the file
+    is opened for appending for real (``os.access`` says yes to root everywhere, and
+    knows nothing of read-only mounts), and removed again if this made it."""
     import os
 
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    if os.path.isdir(path) or not os.path.isdir(folder):
         raise ValueError(f"{flag}: cannot write {path}")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write {path} ({e.strerror or e})") from None
+    if not existed:
+        os.unlink(path)
 
 
 def cap_devices(graph):
@@ -170,7 +180,10 @@ def _load_graph(args, Graph):
                         num_accelerators=2 if args.devices is None else max(args.devices, 0),
                         num_cpus=0 if args.cpus is None else max(args.cpus, 0), memory_cap=args.memory)
     if args.save_graph is not None:
-        graph.save(args.save_graph)
+        try:
+            graph.save(args.save_graph)
+        except OSError as e:  # e.g. the disk filled up while tracing
+            raise ValueError(f"--save-graph: cannot write {args.save_graph} ({e})") from None
     return graph
 
 

@@ -3,9 +3,16 @@
 Shared by ``kfac-ext place --module`` and ``kfac-ext pipeline``. Every check
 happens here, before any solving or process spawning, and fails with a
 ValueError whose message names the option and says what was wrong.
+
+The module is imported, and its factory called, with ``sys.argv`` set to the
+module's name alone: a module that parses the command line at import sees no
+arguments (not kfac-ext's), and one that calls ``sys.exit()`` there (an
+argparse error, a script's exit) is an error naming the module, not a silent
+exit of kfac-ext.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -33,6 +40,24 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+@contextlib.contextmanager
+def _as_if_run_alone(name: str):
+    """sys.argv = [name] inside (restored after): the user's module does not see
+    kfac-ext's own command line."""
+    saved = sys.argv
+    sys.argv = [name]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _exit_message(what: str, exc: SystemExit) -> str:
+    return (f"--module: {what} called sys.exit({exc.code!r}); a module given to --module must "
+            "build the model without exiting (guard script code with if __name__ == '__main__', "
+            "and do not parse the command line at import)")
+
+
 def load_factory(spec: str):
     """The callable named by ``PKG.MOD:FACTORY`` (a function or a class); the
     current directory is searched last, so a module beside the user is found."""
@@ -42,7 +67,10 @@ def load_factory(spec: str):
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # as `python -m` would: a module next to the user is found
     try:
-        module = importlib.import_module(module_name)
+        with _as_if_run_alone(module_name):
+            module = importlib.import_module(module_name)
+    except SystemExit as e:
+        raise ValueError(_exit_message(f"importing {module_name!r}", e)) from None
     except Exception as e:  # ImportError, or anything the module raises at import
         raise ValueError(f"--module: cannot import {module_name!r}: {type(e).__name__}: {e}") from None
     factory = module
@@ -61,7 +89,10 @@ def build_model(spec: str):
 
     factory = load_factory(spec)
     try:
-        model = factory()
+        with _as_if_run_alone(spec):
+            model = factory()
+    except SystemExit as e:
+        raise ValueError(_exit_message(f"{spec}()", e)) from None
     except Exception as e:
         raise ValueError(f"--module: {spec}() raised {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):

@@ -150,7 +150,10 @@ def train_stage(plan: dict, rank: int, world: int, device) -> dict:
     micro = batch(plan, 0)[0].chunk(plan["microbatches"])[0]
     pipe = contiguous_boundaries(pipeline(split_module(model, plan["stages"]), mb_args=(micro,)))
     stage = pipe.build_stage(rank, torch.device(device))
-    optimizer = torch.optim.SGD(stage.submod.parameters(), lr=plan["lr"])
+    # A stage may hold no parameters (the split can give a ReLU a stage of its own): it
+    # still runs forward and backward, it just has nothing to update.
+    params = list(stage.submod.parameters())
+    optimizer = torch.optim.SGD(params, lr=plan["lr"]) if params else None
     loss_fn = loss_function(plan["loss"])
     schedule = SCHEDULES[plan["schedule"]](stage, plan["microbatches"], loss_fn=loss_fn)
     captured = {}
@@ -160,7 +163,8 @@ def train_stage(plan: dict, rank: int, world: int, device) -> dict:
     losses, step_seconds = [], []
     for step in range(plan["steps"]):
         x, y = batch(plan, step)
-        optimizer.zero_grad()
+        if optimizer is not None:
+            optimizer.zero_grad()
         t0 = time.perf_counter()
         if last:
             micro_losses: list = []
@@ -168,7 +172,8 @@ def train_stage(plan: dict, rank: int, world: int, device) -> dict:
         else:
             kwargs = {}
         schedule.step(x.to(device), **kwargs) if rank == 0 else schedule.step(**kwargs)
-        optimizer.step()
+        if optimizer is not None:
+            optimizer.step()
         step_seconds.append(time.perf_counter() - t0)
         if last:
             losses.append(float(torch.stack([v.detach() for v in micro_losses]).mean()))

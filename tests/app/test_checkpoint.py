@@ -252,3 +252,43 @@ def test_stale_temporary_that_cannot_be_removed_does_not_stop_a_load(tmp_path, m
 
     monkeypatch.setattr(ckpt.os, "unlink", read_only)
     assert load_checkpoint(tmp_path / "kfac.pt")["epoch"] == 3
+
+
+def test_sigterm_during_a_save_lands_after_it_as_terminated(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM is a polite stop: the save finishes, then Terminated (exit 143)."""
+    import signal
+
+    real_save = torch.save
+
+    def terminated_save(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", terminated_save)
+    path = tmp_path / "kfac.pt"
+    with pytest.raises(ckpt.Terminated) as caught:
+        save_checkpoint(path, _state(value=5.0))
+    monkeypatch.undo()
+    assert caught.value.exit_code == 143
+    assert torch.equal(load_checkpoint(path)["model"]["weight"], torch.full((2, 3), 5.0))
+    assert os.listdir(tmp_path) == ["kfac.pt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_as_interrupt_raises_terminated_and_restores_the_handler():
+    import signal
+
+    with pytest.raises(ckpt.Terminated):
+        with ckpt.sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_another_task_is_named_not_called_damaged(tmp_path):
+    path = tmp_path / "kfac.pt"
+    save_checkpoint(path, _state())
+    saved = load_checkpoint(path)["config"]
+    with pytest.raises(CheckpointError, match="task: checkpoint 'classify' vs now 'autoencoder'"):
+        load_checkpoint(path, dict(saved, task="autoencoder"), record_keys=("train_eval_loss",))

@@ -2,10 +2,10 @@
 
 Every case asserts what the user sees: one line on stderr naming the flag or the
 file, an exit code (2: a bad argument or input; 1: the run failed on its own;
-130: interrupted), nothing on stdout under --json, and, where the fault is known
+130: interrupted; 143: stopped by SIGTERM), nothing on stdout under --json, and, where the fault is known
 before any work, that no training step ran (``_train_run`` is replaced by a
-tripwire). The CLI runs in-process through ``kfac_ext.cli.main``; only SIGINT
-and a SIGKILL inside a save use a subprocess.
+tripwire). The CLI runs in-process through ``kfac_ext.cli.main``; only SIGINT,
+SIGTERM and a SIGKILL inside a save use a subprocess.
 """
 import errno
 import json
@@ -434,3 +434,72 @@ def test_output_into_a_closed_pipe_exits_quietly_141():
     proc.stdout.close()                      # the reader leaves before the first line
     err = proc.stderr.read()
     assert proc.wait(timeout=100) == 141 and err == "", err
+
+
+# --------------------------------------------------------------------------- issue 26
+def _history(out):
+    return [(r["epoch"], r["train_loss"], r["test_loss"], r["test_accuracy"])
+            for r in json.loads(out)["runs"]["kfac"]["history"]]
+
+
+@pytest.mark.parametrize("flags", [["--adaptive-damping", "1"],
+                                   ["--auto-step", "--auto-step-interval", "1"]])
+def test_resume_with_adaptive_damping_or_auto_step_is_bit_identical(tmp_path, capsys, flags):
+    """Every step measures (T=1 / AutoStep's ratio), so the checkpoint lands mid-measurement."""
+    argv = ["--optimizer", "kfac", "--epochs", "2", "--decay-epochs", "2", *flags]
+    code, full, err = _train(capsys, *argv)
+    assert code == 0, err
+    code, _, err = _train(capsys, *argv, "--stop-after", "1", "--save", tmp_path)
+    assert code == 0, err
+    saved = torch.load(tmp_path / "kfac.pt", weights_only=True)
+    if "--adaptive-damping" in flags:
+        assert saved["preconditioner"]["adaptive_damping"]["pending"] is not None
+        assert saved["pending_batch"]["x"].shape[0] == 128
+    code, resumed, err = _train(capsys, *argv, "--resume", tmp_path)
+    assert code == 0, err
+    assert _history(resumed) == _history(full)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--optimizer", "adamw", "--auto-step"], "--auto-step"),
+    (["--optimizer", "sgd", "--adaptive-damping", "5"], "--adaptive-damping"),
+    (["--task", "autoencoder", "--target-accuracy", "0.5"], "--target-accuracy")])
+def test_flags_the_run_would_ignore_are_refused(capsys, no_training, argv, flag):
+    code, out, err = _train(capsys, *argv)
+    _assert_one_line_error(code, out, err, flag)
+
+
+def test_resume_with_another_task_names_the_task(saved_run, tmp_path, capsys, no_training):
+    (tmp_path / "sgd.pt").write_bytes(saved_run.read_bytes())
+    code, out, err = _train(capsys, *_resume_flags(tmp_path), "--task", "autoencoder")
+    _assert_one_line_error(code, out, err, "task: checkpoint 'classify' vs now 'autoencoder'")
+    assert "damaged" not in err
+
+
+def test_cifar10_auto_step_trains_a_batchnorm_resnet(tmp_path, capsys):
+    from test_data import _write_fake_cifar
+
+    _write_fake_cifar(str(tmp_path), n_per_batch=8)
+    code, out, err = _train(capsys, "--data", "cifar10", "--data-dir", tmp_path, "--model",
+                            "resnet8", "--optimizer", "kfac", "--auto-step", "--batch-size", "20")
+    assert code == 0, err
+    assert json.loads(out)["runs"]["kfac"]["steps"] == 2
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_stops_like_ctrl_c_with_exit_143(tmp_path):
+    """A scheduler's SIGTERM after the first checkpoint: the resume hint, exit 143, no
+    temporary left, and the checkpoint resumes."""
+    argv = ["train", *FAST, "--optimizer", "sgd", "--epochs", "10000", "--save", str(tmp_path)]
+    proc = _python(f"import sys; from kfac_ext.cli import main; sys.exit(main({argv!r}))")
+    checkpoint = tmp_path / "sgd.pt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists(), proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert out == "" and err.strip() == f"kfac-ext train: interrupted; resume with --resume {tmp_path}"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert load_checkpoint(checkpoint)["epoch"] >= 1

@@ -72,3 +72,14 @@ def broken_factory():
 def identity_features() -> nn.Module:
     """Outputs (batch, tokens, features): not a classifier (for the --loss ce check)."""
     return nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+
+
+def linear_relu_linear() -> nn.Module:
+    """Split three ways, the ReLU gets a stage of its own: a stage without parameters."""
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def exiting_factory():
+    import sys
+
+    sys.exit(0)

@@ -5,7 +5,6 @@ limit -- from ``Graph.from_json`` / ``ideal_dp`` as an exception, from ``kfac-ex
 place`` as one line on stderr with a non-zero exit -- and none runs unbounded."""
 import json
 import os
-import time
 
 import pytest
 
@@ -182,11 +181,12 @@ def test_dp_refuses_a_5000_node_wide_dag_at_once():
     """Issue 19 item 27: the DP ran > 120 s and 1.6 GB; now the ideal count's lower
     bound (from one level of 4,998 side-by-side nodes) refuses it before enumerating."""
     graph = _wide_dag(4998)
-    t0 = time.perf_counter()
     with pytest.raises(DPLimitError) as info:
         ideal_dp(graph)
-    assert time.perf_counter() - t0 < 20  # about 1 s; the Python side builds the units
     message = str(info.value)
+    # "side by side": refused by the bound, before enumerating (what made it fast; the
+    # wall time itself depends on the machine's load and is not the verdict).
+    assert "side by side" in message
     assert "ideals" in message and "memory limit of 1024 MiB" in message
     assert "--method milp" in message and "--method greedy" in message
 
@@ -225,10 +225,9 @@ def test_dp_caps_devices_at_the_unit_count_and_refuses_too_many_states():
 
 def test_cli_dp_on_gnmt_latency_file_is_bounded(capsys):
     """Issue 16 item 3: GNMT's latency file (8 CPUs) ran > 60 s at 3 GB; the DP now
-    stops at its memory limit with a one-line error naming it."""
-    t0 = time.perf_counter()
+    stops at its memory limit with a one-line error naming it (deterministic: the
+    limit is on memory, not time)."""
     code, out, err = _cli(capsys, os.path.join(LATENCY, "gnmt_inference.json"), "--dp-memory-mb", 64)
-    assert time.perf_counter() - t0 < 30
     _one_line_error(code, out, err, "memory limit of 64 MiB")
     assert "--method milp" in err
 
@@ -242,10 +241,9 @@ def test_cli_dp_time_limit(capsys):
 def test_cli_huge_device_count_is_capped_with_a_note(capsys):
     """Issue 19 item 26: --devices 100000 with the MILP ran > 60 s at 2.5 GB."""
     pytest.importorskip("highspy")
-    t0 = time.perf_counter()
     code, out, err = _cli(capsys, os.path.join(LATENCY, "bert24_inference.json"), "--devices", 100000,
                           "--method", "milp", "--time-limit", 1, "--json")
-    assert time.perf_counter() - t0 < 30 and code == 0
+    assert code == 0   # the cap (below) is what keeps it small, not a wall-time bound
     assert "note: the graph has 32 colocation groups" in err and "asked: 100000" in err
     data = json.loads(out)
     assert len(data["fpgas"]) == 32
@@ -256,3 +254,35 @@ def test_cli_dp_with_devices_past_the_graph(graph_file, capsys):
     assert code == 0 and "solving with 4 accelerators and 1 CPUs" in err
     exact = json.loads(_cli(capsys, graph_file, "--devices", 4, "--json")[1])
     assert json.loads(out)["value"] == pytest.approx(exact["value"])
+
+
+# ---- issue 26: --module and --save-graph ----
+@pytest.mark.parametrize("spec, message", [
+    ("_exits_at_import:model", "--module: importing '_exits_at_import' called sys.exit(3)"),
+    ("_small_modules:exiting_factory", "--module: _small_modules:exiting_factory() called sys.exit(0)"),
+])
+def test_module_that_exits_is_a_one_line_error(capsys, spec, message):
+    code, out, err = _cli(capsys, "--module", spec, "--input-shape", "2,2")
+    _one_line_error(code, out, err, message)
+
+
+def test_module_that_parses_argv_at_import_sees_no_kfac_ext_flags(capsys):
+    import sys
+
+    argv = list(sys.argv)
+    code, out, err = _cli(capsys, "--module", "_parses_argv:model", "--input-shape", "3,4",
+                          "--devices", 2)
+    assert code == 0, err
+    assert "optimal" in out and sys.argv == argv
+
+
+def test_save_graph_unwritable_is_named_before_tracing(capsys, monkeypatch):
+    from kfac_ext.placement import module_source
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("traced before the output was checked")
+
+    monkeypatch.setattr(module_source, "build_model", tripwire)
+    code, out, err = _cli(capsys, "--module", "_small_modules:small_cnn", "--input-shape",
+                          "2,3,8,8", "--save-graph", "/proc/kfac_ext_graph.json")
+    _one_line_error(code, out, err, "--save-graph: cannot write /proc/kfac_ext_graph.json")

@@ -118,3 +118,16 @@ def test_under_torchrun_each_process_is_one_stage(tmp_path):
     proc = run(bad)
     assert proc.returncode != 0 and proc.stdout == ""
     assert "the split has 2 stages but torchrun started 3 processes" in proc.stderr
+
+
+def test_a_stage_without_parameters_trains(capsys):
+    """Three stages of Linear-ReLU-Linear: the ReLU's stage has no parameters; the loss
+    sequence is still the unsplit model's."""
+    spec = "_small_modules:linear_relu_linear"
+    code, out, err = _pipeline(capsys, "--module", spec, "--input-shape", "4,8", "--devices", 3,
+                               "--steps", 3, "--lr", 0.5, "--microbatches", 2, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["stages"]) == 3
+    expected = unsplit_losses(spec, (4, 8), 3, 0.5, 2, "ce")
+    assert result["losses"] == pytest.approx(expected, abs=1e-5)
