@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="K-FAC's step may take this fraction more than SGD's (default 0.25)")
     parser.add_argument("--eigh-sizes", type=_positive_ints, default=[64, 128, 256, 512],
                         help=f"--profile cpu: factor sizes timed (2..{MAX_EIGH_SIZE})")
-    parser.add_argument("--repeats", type=int, default=7, help="--profile cpu: timings per size")
+    parser.add_argument("--repeats", type=int, default=15, help="--profile cpu: timings per size")
     parser.add_argument("--threads", type=int, default=1,
                         help="--profile cpu: torch threads while timing (1: the thread's CPU "
                              "time is the clock, robust on a shared machine)")
@@ -264,9 +264,10 @@ def _print_tables(args, work, profile, net, measured, rows, plans, limit, comman
           f"{profile.eigh_latency_s * 1e3:.3g} ms + 9n^3 at {profile.eigh_flops_per_s / 1e12:.3g} "
           f"TFLOP/s, {profile.memory_bytes / 1e9:.3g} GB ({profile.source})")
     if measured:
-        print(f"measured: eigh medians {[(n, round(t * 1e3, 3)) for n, t in measured['samples']]}"
-              f" ms, rejected {measured['rejected']}, spread of repeats: GEMM "
-              f"{measured['gemm_spread']:.2f}x, eigh {measured['eigh_spread']:.2f}x")
+        fastest = [(n, round(t * 1e3, 3)) for n, t, _ in measured["samples"]]
+        print(f"measured: eigh fastest of {args.repeats} (n, ms) {fastest}, rejected "
+              f"{measured['rejected']}, spread of repeats: GEMM {measured['gemm_spread']:.2f}x, "
+              f"eigh {measured['eigh_spread']:.2f}x")
     print(f"network {net.name}: alpha {net.alpha * 1e6:g} us, {net.bandwidth / 1e9:g} GB/s; "
           f"host time {args.host_ms:g} ms/step")
     print(f"command: {command}")
