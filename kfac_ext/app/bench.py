@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--factor-update-steps", type=int, default=10)
     parser.add_argument("--inv-update-steps", type=int, default=100)
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    parser.add_argument("--eigh-latency-ms", type=float, default=None,
+                        help="override the profile's time per eigendecomposition call (e.g. an "
+                             "older solver)")
     parser.add_argument("--host-ms", type=float, default=0.0,
                         help="time per step no FLOP count explains (input pipeline, framework)")
     parser.add_argument("--memory-limit-gb", type=float, default=None,
@@ -112,6 +115,10 @@ def _check_args(args) -> None:
              math.isfinite(args.bucket_cap_mb) and args.bucket_cap_mb > 0, "a finite number > 0"),
             ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
             ("--host-ms", args.host_ms, math.isfinite(args.host_ms) and args.host_ms >= 0,
+             "a finite number of ms >= 0"),
+            ("--eigh-latency-ms", args.eigh_latency_ms,
+             args.eigh_latency_ms is None or (math.isfinite(args.eigh_latency_ms)
+                                              and args.eigh_latency_ms >= 0),
              "a finite number of ms >= 0"),
             ("--memory-limit-gb", args.memory_limit_gb,
              args.memory_limit_gb is None or (math.isfinite(args.memory_limit_gb)
@@ -222,6 +229,8 @@ def run(args) -> int:
                          f"{','.join(map(str, shape))}: {' '.join(str(exc).split())[:300]}") \
             from None
     profile, measured = _profile(args)
+    if args.eigh_latency_ms is not None:
+        profile = dataclasses.replace(profile, eigh_latency_s=args.eigh_latency_ms / 1e3)
     limit = profile.memory_bytes if args.memory_limit_gb is None else args.memory_limit_gb * 1e9
     intervals = Intervals(args.factor_update_steps, args.inv_update_steps)
     common = dict(batch=args.batch_size, bucket_cap_mb=args.bucket_cap_mb,
@@ -244,15 +253,20 @@ def run(args) -> int:
                       "forward_flops": work.forward_flops, "backward_flops": work.backward_flops,
                       "params": work.params, "kfac_layers": len(work.layers),
                       "activation_bytes_per_sample": work.activation_bytes},
-            "profile": dataclasses.asdict(profile), "measured": measured,
+            "profile": _finite(dataclasses.asdict(profile)), "measured": measured,
             "network": dataclasses.asdict(net), "batch_size": args.batch_size,
             "intervals": {"factor": args.factor_update_steps, "inv": args.inv_update_steps},
             "memory_limit_bytes": limit, "max_overhead": args.max_overhead,
             "rows": [r.as_dict() for r in rows], "plans": [p.as_dict() for p in plans],
-            "plot": args.plot or None}))
+            "plot": args.plot or None}, allow_nan=False))
         return 0
     _print_tables(args, work, profile, net, measured, rows, plans, limit, command)
     return 0
+
+
+def _finite(d: dict) -> dict:
+    """JSON has no infinity: an unbounded quantity (a profile without a memory size) is null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 def _print_tables(args, work, profile, net, measured, rows, plans, limit, command) -> None:

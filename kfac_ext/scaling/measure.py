@@ -17,6 +17,7 @@ and 27 % from the medians; wall-clock medians on two threads varied by 25-60 %.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import time
 from typing import Callable, Sequence
@@ -78,14 +79,18 @@ def _timed(fn: Callable[[], object], sync: Callable[[], None], clock: Callable[[
 
 def measure_profile(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 15,
                     gemm_size: int = 512, device: str = "cpu", name: str | None = None,
-                    memory_bytes: float = float("inf")) -> Measurement:
+                    memory_bytes: float | None = None) -> Measurement:
     """Time eigh at ``sizes`` and a GEMM on ``device``: fastest samples, monotone rejection,
-    fit."""
+    fit. ``memory_bytes`` defaults to the device's (the GPU's, or this machine's RAM)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if len(set(sizes)) < 2 or min(sizes) < 2:
         raise ValueError(f"sizes needs two different sizes >= 2, got {list(sizes)}")
     dev = torch.device(device)
+    if memory_bytes is None:
+        memory_bytes = float(torch.cuda.get_device_properties(dev).total_memory
+                             if dev.type == "cuda"
+                             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     # On one CPU thread the work runs on this thread, so its CPU time is the work's time
     # and excludes the slices the scheduler gave to other processes; otherwise wall time.

@@ -89,8 +89,12 @@ def published(name: str, efficiency: float, eigh_efficiency: float, *,
 
 
 def to_json(profile: DeviceProfile, path: str, **extra) -> None:
+    """Write ``profile`` (and ``extra`` keys) as JSON; an unbounded memory is written null."""
+    data = dataclasses.asdict(profile)
+    if data["memory_bytes"] == float("inf"):
+        data["memory_bytes"] = None
     with open(path, "w") as f:
-        json.dump({**dataclasses.asdict(profile), **extra}, f, indent=1)
+        json.dump({**data, **extra}, f, indent=1, allow_nan=False)
 
 
 def from_json(path: str) -> DeviceProfile:
@@ -103,4 +107,4 @@ def from_json(path: str) -> DeviceProfile:
     missing = {"name", "flops_per_s", "eigh_flops_per_s"} - data.keys()
     if missing:
         raise ValueError(f"{path}: the profile lacks {sorted(missing)}")
-    return DeviceProfile(**{k: v for k, v in data.items() if k in names})
+    return DeviceProfile(**{k: v for k, v in data.items() if k in names and v is not None})

@@ -9,6 +9,7 @@ from kfac_ext.app.scaling import resnet50_factor_shapes
 from kfac_ext.cli import main
 from kfac_ext.scaling import (FactorLayer, Intervals, Network, Workload, plan, predict,
                               strategies, workload_of)
+from kfac_ext.scaling.calibrate import gpu_profile
 from kfac_ext.scaling.measure import fit_eigh, measure_profile, monotone
 from kfac_ext.scaling.network import broadcast_time, ring_allreduce_time
 from kfac_ext.scaling.profiles import DeviceProfile, from_json, to_json
@@ -172,6 +173,8 @@ def test_measured_profile_is_positive(tmp_path):
     path = tmp_path / "p.json"
     to_json(p, str(path), samples=list(m.samples))
     assert from_json(str(path)) == p
+    to_json(PROFILE, str(path))                  # unbounded memory travels as null
+    assert json.loads(path.read_text())["memory_bytes"] is None and from_json(str(path)) == PROFILE
 
 
 def _run(capsys, *argv):
@@ -195,6 +198,17 @@ def test_cli_json_is_one_object_with_rows_and_plans(capsys, tmp_path):
     assert [p["ranks"] for p in data["plans"]] == [1, 4]
     assert data["plans"][1]["choice"]["memory_total"] <= data["memory_limit_bytes"]
     assert png.stat().st_size > 1000
+
+
+def test_cli_eigh_latency_override_reaches_the_step(capsys):
+    _, out, _ = _run(capsys, *SMALL, "--json")
+    base = json.loads(out)["rows"][0]
+    _, out, _ = _run(capsys, *SMALL, "--json", "--eigh-latency-ms", "10")
+    slow = json.loads(out)
+    assert slow["profile"]["eigh_latency_s"] == 0.01
+    # 1 rank, 32 layers, 64 calls every 100 steps: each call 10 ms slower than before
+    added = slow["rows"][0]["eigen_compute"] - base["eigen_compute"]
+    assert added == pytest.approx(64 * (0.01 - gpu_profile("h100").eigh_latency_s) / 100)
 
 
 def test_cli_table_names_the_recommendation(capsys):
@@ -225,6 +239,7 @@ def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
     (["--profile", "nosuch"], "--profile"), (["--batch-size", "0"], "--batch-size"),
     (["--memory-limit-gb", "0"], "--memory-limit-gb"), (["--max-overhead", "-1"], "--max-overhead"),
     (["--host-ms", "nan"], "--host-ms"), (["--threads", "0"], "--threads"),
+    (["--eigh-latency-ms", "-1"], "--eigh-latency-ms"),
     (["--repeats", "0"], "--repeats"), (["--ranks", "0"], "--ranks"),
 ])
 def test_cli_refuses_bad_values_in_one_line(capsys, argv, flag):
