@@ -145,7 +145,7 @@ def _eigen_makespan(layer_cost: tuple[float, ...], n_blocks: int, g: int
     the slowest rank's summed cost)."""
     blocks = assign(layer_cost, n_blocks)
     worst = 0.0
-    for b in range(n_blocks):
+    for b in sorted(set(blocks)):  # a block without layers has nothing to decompose
         mine = [c for c, owner in zip(layer_cost, blocks) if owner == b]
         owners = assign(mine, g)
         loads = [0.0] * g
@@ -195,9 +195,12 @@ def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
     block_of, makespan = _eigen_makespan(layer_eig, n_blocks, g)
     eigen_compute = f_inv * makespan
 
-    # Every block is alike up to its layers: report the busiest one.
+    # Every block is alike up to its layers: report the busiest one. Blocks without
+    # layers are all alike, so one of them stands for the rest (65536 ranks stay fast).
+    owning = set(block_of)
+    empty = next((b for b in range(n_blocks) if b not in owning), None)
     worst, eig_bytes_max = None, 0.0
-    for b in range(n_blocks):
+    for b in sorted(owning) + ([] if empty is None else [empty]):
         mine = [lay for lay, owner in zip(layers, block_of) if owner == b]
         others = [lay for lay, owner in zip(layers, block_of) if owner != b]
         eig_bytes = sum((n * n + n) * eb for lay in mine for n in (lay.dim_a, lay.dim_g))
