@@ -28,6 +28,7 @@ from kfac_ext.app.validation import check_output_path
 from kfac_ext.scaling import NETWORKS, Intervals, Network, plan, predict, strategies, workload_of
 from kfac_ext.scaling import calibrate, models, profiles
 from kfac_ext.scaling.measure import measure_profile
+from kfac_ext.schedules import growing_interval
 
 # An eigendecomposition of a larger factor takes minutes and gigabytes to time.
 MAX_EIGH_SIZE = 4096
@@ -71,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bandwidth", type=float, default=None, help="override bandwidth (B/s)")
     parser.add_argument("--factor-update-steps", type=int, default=10)
     parser.add_argument("--inv-update-steps", type=int, default=100)
+    parser.add_argument("--interval-growth", type=float, default=1.0,
+                        help="both intervals grow by this factor every --growth-every steps "
+                             "(kfac_ext.schedules.growing_interval; 1: fixed)")
+    parser.add_argument("--growth-every", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=10000,
+                        help="training steps a schedule is averaged over")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
     parser.add_argument("--eigh-latency-ms", type=float, default=None,
                         help="override the profile's time per eigendecomposition call (e.g. an "
@@ -126,6 +133,10 @@ def _check_args(args) -> None:
             ("--max-overhead", args.max_overhead,
              math.isfinite(args.max_overhead) and args.max_overhead >= 0, "a number >= 0"),
             ("--repeats", args.repeats, args.repeats >= 1, "an integer >= 1"),
+            ("--interval-growth", args.interval_growth,
+             math.isfinite(args.interval_growth) and args.interval_growth >= 1, "a number >= 1"),
+            ("--growth-every", args.growth_every, args.growth_every >= 1, "an integer >= 1"),
+            ("--steps", args.steps, 1 <= args.steps <= 10 ** 7, "an integer in 1..10^7"),
             ("--threads", args.threads, args.threads >= 1, "an integer >= 1")):
         if not ok:
             raise ValueError(f"{flag} must be {expected}; got {value}")
@@ -154,6 +165,15 @@ def _factory(spec: str):
     if not callable(factory):
         raise ValueError(f"--model: {module_name!r} has no callable {attr!r}")
     return factory
+
+
+def _intervals(args, factor: int, inv: int) -> Intervals:
+    """Fixed intervals, or both growing by --interval-growth every --growth-every steps."""
+    if args.interval_growth == 1:
+        return Intervals(factor, inv, args.steps)
+    grow = lambda k: growing_interval(k, args.interval_growth, args.growth_every)  # noqa: E731
+    return Intervals(grow(factor), grow(inv), args.steps,
+                     f"{factor}/{inv} x{args.interval_growth:g} per {args.growth_every}")
 
 
 def _network(args) -> Network:
@@ -232,7 +252,7 @@ def run(args) -> int:
     if args.eigh_latency_ms is not None:
         profile = dataclasses.replace(profile, eigh_latency_s=args.eigh_latency_ms / 1e3)
     limit = profile.memory_bytes if args.memory_limit_gb is None else args.memory_limit_gb * 1e9
-    intervals = Intervals(args.factor_update_steps, args.inv_update_steps)
+    intervals = _intervals(args, args.factor_update_steps, args.inv_update_steps)
     common = dict(batch=args.batch_size, bucket_cap_mb=args.bucket_cap_mb,
                   host_s=args.host_ms / 1e3)
     rows = [predict(work, n, profile, net, grad_workers=g, intervals=intervals, **common)
@@ -240,7 +260,9 @@ def run(args) -> int:
     choices = sorted({1, 10, 50, args.factor_update_steps})
     inv_choices = sorted({10, 100, 1000, args.inv_update_steps})
     plans = [plan(work, n, profile, net, memory_limit=limit, max_overhead=args.max_overhead,
-                  factor_choices=choices, inv_choices=inv_choices, **common) for n in args.ranks]
+                  factor_choices=choices, inv_choices=inv_choices,
+                  make_intervals=lambda f, i: _intervals(args, f, i), **common)
+             for n in args.ranks]
     if args.plot:
         _plot(rows, plans, args.plot, f"{args.model}, batch {args.batch_size}/rank, "
               f"{profile.name}, {net.name}", limit)
@@ -255,7 +277,9 @@ def run(args) -> int:
                       "activation_bytes_per_sample": work.activation_bytes},
             "profile": _finite(dataclasses.asdict(profile)), "measured": measured,
             "network": dataclasses.asdict(net), "batch_size": args.batch_size,
-            "intervals": {"factor": args.factor_update_steps, "inv": args.inv_update_steps},
+            "intervals": {"factor": args.factor_update_steps, "inv": args.inv_update_steps,
+                          "growth": args.interval_growth, "growth_every": args.growth_every,
+                          "steps": args.steps},
             "memory_limit_bytes": limit, "max_overhead": args.max_overhead,
             "rows": [r.as_dict() for r in rows], "plans": [p.as_dict() for p in plans],
             "plot": args.plot or None}, allow_nan=False))
@@ -273,7 +297,10 @@ def _print_tables(args, work, profile, net, measured, rows, plans, limit, comman
     print(f"{work.name}: {work.forward_flops * args.batch_size / 1e9:.1f} GFLOP forward, "
           f"{len(work.layers)} K-FAC layers, {work.params / 1e6:.2f} M parameters; batch "
           f"{args.batch_size} per rank; factors every {args.factor_update_steps}, "
-          f"eigendecompositions every {args.inv_update_steps} steps")
+          f"eigendecompositions every {args.inv_update_steps} steps"
+          + ("" if args.interval_growth == 1 else
+             f", both x{args.interval_growth:g} every {args.growth_every} steps, averaged over "
+             f"{args.steps}"))
     print(f"profile {profile.name}: dense {profile.flops_per_s / 1e12:.3g} TFLOP/s, eigh "
           f"{profile.eigh_latency_s * 1e3:.3g} ms + 9n^3 at {profile.eigh_flops_per_s / 1e12:.3g} "
           f"TFLOP/s, {profile.memory_bytes / 1e9:.3g} GB ({profile.source})")

@@ -12,7 +12,7 @@ feasible candidate and says so (``within_budget``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kfac_ext.scaling.network import Network
 from kfac_ext.scaling.profiles import DeviceProfile
@@ -37,7 +37,9 @@ class Plan:
 def plan(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *, batch: int,
          memory_limit: float, max_overhead: float = 0.25,
          factor_choices: Sequence[int] = (1, 10, 50), inv_choices: Sequence[int] = (10, 100, 1000),
-         **predict_kwargs) -> Plan:
+         make_intervals: Callable[[int, int], Intervals] = Intervals, **predict_kwargs) -> Plan:
+    """``make_intervals(factor, inv)`` turns a candidate pair into ``Intervals`` (a schedule
+    that starts there, say)."""
     if not memory_limit > 0:
         raise ValueError(f"memory_limit must be > 0 bytes, got {memory_limit!r}")
     if not max_overhead >= 0:
@@ -49,7 +51,7 @@ def plan(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *, ba
                 if fi > ii:
                     continue
                 step = predict(work, ranks, profile, net, batch=batch, grad_workers=g,
-                               intervals=Intervals(fi, ii), **predict_kwargs)
+                               intervals=make_intervals(fi, ii), **predict_kwargs)
                 if smallest is None or step.memory_total < smallest.memory_total:
                     smallest = step
                 if step.memory_total <= memory_limit:

@@ -67,6 +67,7 @@ class Intervals:
     factor: Interval = 1
     inv: Interval = 1
     steps: int = 1000  # the horizon a schedule is averaged over
+    label: str = ""    # how to print a schedule (default "schedule")
 
     def fractions(self) -> tuple[float, float]:
         if self.steps < 1:
@@ -74,6 +75,8 @@ class Intervals:
         return update_fraction(self.factor, self.steps), update_fraction(self.inv, self.steps)
 
     def describe(self) -> str:
+        if self.label:
+            return self.label
         show = lambda v: "schedule" if callable(v) else str(v)  # noqa: E731
         return f"{show(self.factor)}/{show(self.inv)}"
 

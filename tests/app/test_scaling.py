@@ -211,6 +211,25 @@ def test_cli_eigh_latency_override_reaches_the_step(capsys):
     assert added == pytest.approx(64 * (0.01 - gpu_profile("h100").eigh_latency_s) / 100)
 
 
+def test_cli_growing_intervals_average_over_the_horizon(capsys):
+    from kfac_ext.schedules import growing_interval
+
+    _, out, _ = _run(capsys, *SMALL, "--json", "--factor-update-steps", "1",
+                     "--inv-update-steps", "1", "--steps", "20")
+    fixed = json.loads(out)["rows"][0]
+    _, out, _ = _run(capsys, *SMALL, "--json", "--factor-update-steps", "1",
+                     "--inv-update-steps", "1", "--steps", "20", "--interval-growth", "2",
+                     "--growth-every", "5")
+    grown = json.loads(out)
+    row = grown["rows"][0]
+    # intervals 1, 2, 4, 8 over 5 steps each: updates at 0-4, 6, 8, 12 = 8 of 20
+    assert update_fraction(growing_interval(1, 2, 5), 20) == 8 / 20
+    assert row["eigen_compute"] == pytest.approx(fixed["eigen_compute"] * 8 / 20)
+    assert row["factor_compute"] == pytest.approx(fixed["factor_compute"] * 8 / 20)
+    assert row["intervals"] == "1/1 x2 per 5"
+    assert grown["plans"][0]["choice"]["intervals"].endswith("x2 per 5")
+
+
 def test_cli_table_names_the_recommendation(capsys):
     code, out, _ = _run(capsys, *SMALL, "--memory-limit-gb", "1e-6")
     assert code == 0
@@ -240,6 +259,8 @@ def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
     (["--memory-limit-gb", "0"], "--memory-limit-gb"), (["--max-overhead", "-1"], "--max-overhead"),
     (["--host-ms", "nan"], "--host-ms"), (["--threads", "0"], "--threads"),
     (["--eigh-latency-ms", "-1"], "--eigh-latency-ms"),
+    (["--interval-growth", "0.5"], "--interval-growth"), (["--steps", "0"], "--steps"),
+    (["--growth-every", "0"], "--growth-every"),
     (["--repeats", "0"], "--repeats"), (["--ranks", "0"], "--ranks"),
 ])
 def test_cli_refuses_bad_values_in_one_line(capsys, argv, flag):
