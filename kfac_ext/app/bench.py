@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated rank counts (at most {MAX_WORKERS})")
     parser.add_argument("--profile", default="v100",
                         help=f"{', '.join(PROFILES)}, or a JSON file written by "
-                             "benchmarks/scaling_profile.py")
+                             "benchmarks/table_scaling_profile.py --out")
     parser.add_argument("--network", choices=sorted(NETWORKS), default="ib100",
                         help="alpha-beta defaults: ib100 = 100 Gb/s InfiniBand, nvlink = NVSwitch")
     parser.add_argument("--alpha", type=float, default=None, help="override latency (s)")

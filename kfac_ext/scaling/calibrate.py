@@ -47,7 +47,7 @@ def gpu_profile(name: str, k: float = 1.0) -> DeviceProfile:
     peak = PEAKS[name]
     return DeviceProfile(name, k * MEASURED["dense"] * peak.fp32_flops_per_s,
                          k * MEASURED["eigh"] * peak.fp32_flops_per_s,
-                         MEASURED["eigh_latency_s"] / k, 0.0, peak.memory_bytes, peak.source)
+                         MEASURED["eigh_latency_s"] / k, peak.memory_bytes, peak.source)
 
 
 @dataclasses.dataclass(frozen=True)

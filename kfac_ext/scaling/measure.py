@@ -124,7 +124,7 @@ def measure_profile(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 1
     gemm = times["gemm"]
     rate = 2.0 * gemm_size ** 3 / min(gemm)
     label = name or (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
-    profile = DeviceProfile(label, rate, eigh_rate, latency, 0.0, memory_bytes,
+    profile = DeviceProfile(label, rate, eigh_rate, latency, memory_bytes,
                             f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
                             f"eigh n={sorted(set(sizes))} x{repeats}, GEMM {gemm_size}, "
                             f"{torch.get_num_threads()} threads, "

@@ -4,23 +4,20 @@ A profile holds achieved rates, not peaks: dense FLOPs (convolutions, GEMMs) at
 ``flops_per_s``; a symmetric eigendecomposition of an n x n factor at
 ``eigh_latency_s + 9 n^3 / eigh_flops_per_s`` (``EIGH_FLOPS_PER_N3``: tridiagonal
 reduction, divide and conquer and back-transformation, about 9 n^3 flops);
-``kfac_layer_s``, host time per K-FAC layer and step that no FLOP count explains
-(hooks, small kernel launches, per-layer collectives); ``memory_bytes`` per device.
+``memory_bytes`` per device. ``PEAKS`` holds the datasheet figures of three GPUs.
 
-Three sources:
-- ``published(name, efficiency)``: V100, A100, H100 from their FP32 peak
-  (FP32 cores x 2 x boost clock, the vendors' datasheet figures; ``PEAKS``) times
-  an efficiency that ``calibrate`` fits to a published timing;
-- ``kfac_ext.scaling.measure.measure_cpu()``: this machine, timed;
-- ``from_json(path)``: a profile written by ``measure_cpu`` or on a GPU
-  (``benchmarks/scaling_profile.py``, run by ``benchmarks/gpu_check.sh``).
+Where profiles come from: ``kfac_ext.scaling.calibrate.gpu_profile`` (a datasheet
+peak times measured efficiencies; the V100 calibrated on a published timing),
+``kfac_ext.scaling.measure.measure_profile`` (this machine or a GPU, timed), and
+``from_json`` (a profile saved by ``to_json``, e.g. by
+``benchmarks/table_scaling_profile.py --out``, which ``benchmarks/gpu_check.sh`` runs).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 
-__all__ = ["DeviceProfile", "PEAKS", "EIGH_FLOPS_PER_N3", "published", "from_json", "to_json"]
+__all__ = ["DeviceProfile", "PEAKS", "EIGH_FLOPS_PER_N3", "from_json", "to_json"]
 
 EIGH_FLOPS_PER_N3 = 9.0
 
@@ -50,7 +47,6 @@ class DeviceProfile:
     flops_per_s: float
     eigh_flops_per_s: float
     eigh_latency_s: float = 0.0
-    kfac_layer_s: float = 0.0
     memory_bytes: float = float("inf")
     source: str = ""
 
@@ -59,10 +55,9 @@ class DeviceProfile:
             v = getattr(self, field)
             if not v > 0 or v == float("inf"):
                 raise ValueError(f"DeviceProfile.{field} must be a finite rate > 0, got {v!r}")
-        for field in ("eigh_latency_s", "kfac_layer_s"):
-            v = getattr(self, field)
-            if not 0 <= v < float("inf"):
-                raise ValueError(f"DeviceProfile.{field} must be finite seconds >= 0, got {v!r}")
+        if not 0 <= self.eigh_latency_s < float("inf"):
+            raise ValueError(f"DeviceProfile.eigh_latency_s must be finite seconds >= 0, "
+                             f"got {self.eigh_latency_s!r}")
         if not self.memory_bytes > 0:
             raise ValueError(f"DeviceProfile.memory_bytes must be > 0, got {self.memory_bytes!r}")
 
@@ -71,21 +66,6 @@ class DeviceProfile:
 
     def eigh_time(self, n: int) -> float:
         return self.eigh_latency_s + EIGH_FLOPS_PER_N3 * float(n) ** 3 / self.eigh_flops_per_s
-
-
-def published(name: str, efficiency: float, eigh_efficiency: float, *,
-              eigh_latency_s: float = 0.0, kfac_layer_s: float = 0.0) -> DeviceProfile:
-    """A profile from a datasheet peak: dense work at ``efficiency`` x peak, eigh's flops at
-    ``eigh_efficiency`` x peak."""
-    if name not in PEAKS:
-        raise ValueError(f"profile must be one of {sorted(PEAKS)}, got {name!r}")
-    for arg, v in (("efficiency", efficiency), ("eigh_efficiency", eigh_efficiency)):
-        if not 0 < v <= 1:
-            raise ValueError(f"{arg} must be in (0, 1], got {v!r}")
-    peak = PEAKS[name]
-    return DeviceProfile(name, efficiency * peak.fp32_flops_per_s,
-                         eigh_efficiency * peak.fp32_flops_per_s, eigh_latency_s, kfac_layer_s,
-                         peak.memory_bytes, peak.source)
 
 
 def to_json(profile: DeviceProfile, path: str, **extra) -> None:

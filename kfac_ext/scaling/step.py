@@ -9,7 +9,7 @@ of the run that ``kfac_ext.scaling.calibrate`` fits to a published step.
 
 K-FAC adds, for the slowest rank:
 - factor computation (on factor-update steps): A and G of every layer as full
-  GEMMs over the rank's batch, plus ``kfac_layer_s`` host time per layer;
+  GEMMs over the rank's batch;
 - factor all-reduce (on factor-update steps): the factors, packed upper
   triangles (kfac_ext) or full matrices (``packed_factors=False``, as kfac-pytorch
   of 2020 sent them), in buckets of ``bucket_cap_mb``;
@@ -183,8 +183,7 @@ def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
     fb = profile.compute_time(work.step_flops(batch))
     grad_ar = ring_allreduce_time(work.params * eb, ranks, net)
 
-    factor_compute = f_factor * (profile.compute_time(work.factor_flops(batch))
-                                 + profile.kfac_layer_s * len(layers))
+    factor_compute = f_factor * profile.compute_time(work.factor_flops(batch))
     elems = sum(n * (n + 1) // 2 if packed_factors else n * n
                 for lay in layers for n in (lay.dim_a, lay.dim_g))
     cap = bucket_cap_mb * 1024 * 1024

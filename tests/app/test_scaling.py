@@ -90,6 +90,15 @@ def test_one_rank_has_no_communication():
     assert s.eigen_compute == pytest.approx(4e-3 + (10 ** 3 + 20 ** 3 + 30 ** 3 + 40 ** 3) / 1e9)
 
 
+def test_eigendecompositions_go_through_the_makespan_solver():
+    from kfac_ext.scaling.assign import assign
+
+    # LPT gives 3+2+2 = 7 on one worker; the optimum splits {3, 3} / {2, 2, 2} = 6
+    owner = assign([3.0, 3.0, 2.0, 2.0, 2.0], 2)
+    loads = [sum(c for c, w in zip([3, 3, 2, 2, 2], owner) if w == k) for k in range(2)]
+    assert max(loads) == 6
+
+
 def test_strategies_and_bad_arguments():
     assert strategies(1) == {"COMM-OPT": 1}
     assert strategies(16) == {"COMM-OPT": 16, "HYBRID-OPT": 4, "MEM-OPT": 1}
