@@ -37,6 +37,8 @@ MAX_WORKERS = 2 ** 16
 BUILTIN = {"resnet50": (models.resnet50, (3, 224, 224)),
            "resnet32-cifar": (models.resnet32_cifar, (3, 32, 32))}
 PROFILES = ("v100", "a100", "h100", "cpu")
+INPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "int64": torch.int64}
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -59,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-shape", type=_positive_ints, default=None,
                         help="one sample's shape without the batch, e.g. 3,224,224 (needed for "
                              "MODULE:FACTORY)")
+    parser.add_argument("--input-dtype", choices=sorted(INPUT_DTYPES), default="float32",
+                        help="dtype of the model's input (int64 for token ids)")
     parser.add_argument("--batch-size", type=int, default=32, help="samples per rank and step")
     parser.add_argument("--ranks", "--workers", dest="ranks", type=_positive_ints,
                         default=[8, 16, 32, 64],
@@ -243,7 +247,8 @@ def run(args) -> int:
     factory = _factory(args.model)
     shape = args.input_shape or BUILTIN[args.model][1]
     try:
-        work = workload_of(factory, shape, name=args.model)
+        work = workload_of(factory, shape, name=args.model,
+                           input_dtype=INPUT_DTYPES[args.input_dtype])
     except (RuntimeError, TypeError) as exc:  # the model rejects the shape, or needs arguments
         raise ValueError(f"--model {args.model} with --input-shape "
                          f"{','.join(map(str, shape))}: {' '.join(str(exc).split())[:300]}") \

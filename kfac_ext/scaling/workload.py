@@ -70,8 +70,9 @@ def _factor_layer(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Te
 
 
 def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
-                name: str | None = None) -> Workload:
-    """Measure one sample of ``factory()`` on the meta device; ``input_shape`` excludes the batch."""
+                name: str | None = None, input_dtype: torch.dtype = torch.float32) -> Workload:
+    """Measure one sample of ``factory()`` on the meta device; ``input_shape`` excludes the batch
+    (``input_dtype=torch.long`` for token ids)."""
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"input_shape must be positive sizes without the batch, got {input_shape!r}")
@@ -88,7 +89,7 @@ def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
 
     hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
              if isinstance(m, SUPPORTED) and m.weight.requires_grad]
-    x = torch.empty((1, *shape), device="meta")
+    x = torch.zeros((1, *shape), device="meta", dtype=input_dtype)
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor):  # one entry per tensor object: a tensor saved twice counts once

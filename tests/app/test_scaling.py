@@ -152,6 +152,24 @@ def test_workload_of_a_small_mlp_and_conv_by_hand():
         workload_of(lambda: nn.Linear(4, 3), ())
 
 
+def token_model() -> nn.Module:
+    return nn.Sequential(nn.Embedding(100, 16), nn.Linear(16, 4))
+
+
+def test_token_inputs_and_sequence_rows(capsys):
+    w = workload_of(token_model, (8,), input_dtype=torch.long)
+    (layer,) = w.layers                               # the Embedding is not a K-FAC layer
+    assert (layer.dim_a, layer.dim_g, layer.rows) == (17, 4, 8)   # 8 positions per sample
+    assert w.forward_flops == 2 * 8 * 16 * 4
+    code, out, _ = _run(capsys, "--model", "test_scaling:token_model",
+                        "--input-shape", "8", "--input-dtype", "int64", "--ranks", "2",
+                        "--profile", "a100", "--json")
+    assert code == 0 and json.loads(out)["model"]["kfac_layers"] == 1
+    code, _, err = _run(capsys, "--model", "test_scaling:token_model",
+                        "--input-shape", "8", "--ranks", "2")   # float ids: a one-line error
+    assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
+
+
 def test_resnet50_workload_matches_the_listed_shapes():
     from kfac_ext.scaling.models import resnet50
 
