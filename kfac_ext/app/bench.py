@@ -338,7 +338,8 @@ def _print_tables(args, work, profile, net, measured, rows, plans, limit, comman
         if c is None:
             print(f"| {pl.ranks} | - | - | - | - | - | {pl.reason} |")
         else:
-            print(f"| {pl.ranks} | {c.strategy} (g={c.grad_workers}) | {c.intervals} "
+            print(f"| {pl.ranks} | {c.strategy}, grad_worker_fraction="
+                  f"{c.grad_workers}/{pl.ranks} | {c.intervals} "
                   f"| {c.kfac * 1e3:.1f} | {c.kfac / c.sgd:.2f} | {c.memory_total / 1e9:.2f} "
                   f"| {pl.reason} |")
     if args.plot:

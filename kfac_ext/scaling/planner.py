@@ -1,7 +1,9 @@
 """Which strategy and update intervals to use on N ranks under a memory limit.
 
-Candidates: every strategy of ``strategies(N)`` times every pair of intervals
-(factor interval <= eigendecomposition interval) from the candidate lists. A
+Candidates: every grad-worker count g (COMM-OPT g = N, MEM-OPT g = 1, HYBRID-OPT
+every power of two between that divides N: ``grad_worker_fraction = g / N``, KAISA's
+memory/communication knob) times every pair of intervals (factor interval <=
+eigendecomposition interval) from the candidate lists. A
 candidate is feasible when its memory per rank fits ``memory_limit`` (bytes).
 Fresher curvature converges in fewer steps, so among the feasible candidates
 whose K-FAC step stays within ``max_overhead`` of the SGD step the plan takes
@@ -19,7 +21,13 @@ from kfac_ext.scaling.profiles import DeviceProfile
 from kfac_ext.scaling.step import Intervals, StepTime, predict, strategies
 from kfac_ext.scaling.workload import Workload
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "plan", "grad_worker_counts"]
+
+
+def grad_worker_counts(ranks: int) -> list[int]:
+    """1, N and every power of two dividing N: the grad-worker counts the planner tries."""
+    powers = {2 ** k for k in range(ranks.bit_length()) if ranks % 2 ** k == 0}
+    return sorted(powers | set(strategies(ranks).values()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +37,14 @@ class Plan:
     within_budget: bool
     reason: str
 
+    @property
+    def grad_worker_fraction(self) -> float | None:
+        """The ``KFACPreconditioner(grad_worker_fraction=...)`` that runs the choice."""
+        return None if self.choice is None else self.choice.grad_workers / self.ranks
+
     def as_dict(self) -> dict:
         return {"ranks": self.ranks, "within_budget": self.within_budget, "reason": self.reason,
+                "grad_worker_fraction": self.grad_worker_fraction,
                 "choice": None if self.choice is None else self.choice.as_dict()}
 
 
@@ -45,7 +59,7 @@ def plan(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *, ba
     if not max_overhead >= 0:
         raise ValueError(f"max_overhead must be >= 0, got {max_overhead!r}")
     fits, smallest = [], None
-    for g in strategies(ranks).values():
+    for g in grad_worker_counts(ranks):
         for fi in factor_choices:
             for ii in inv_choices:
                 if fi > ii:

@@ -1,4 +1,5 @@
 """The scaling model's arithmetic on small hand-computed cases, and `kfac-ext bench scaling`."""
+import dataclasses
 import json
 
 import pytest
@@ -132,6 +133,25 @@ def test_planner_prefers_fresh_curvature_within_budget_and_memory():
     assert only.choice.strategy != "COMM-OPT" and only.choice.memory_total <= mem_opt
     none = plan(WORK, 4, PROFILE, NET, memory_limit=mem_opt - 1, **common)
     assert none.choice is None and "nothing fits" in none.reason
+    assert none.grad_worker_fraction is None and loose.grad_worker_fraction == 1.0
+
+
+def test_planner_tries_every_power_of_two_grad_worker_count():
+    from kfac_ext.scaling.planner import grad_worker_counts
+
+    assert grad_worker_counts(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert grad_worker_counts(12) == [1, 2, 4, 12]
+    assert grad_worker_counts(1) == [1]
+    # 16 layers, one per block at g = 16 / 4: a limit between MEM-OPT's eigenbases and
+    # HYBRID's (g = 4, 4 blocks) lets only the fractions at or below some g through
+    layers = tuple(FactorLayer(f"l{i}", 64, 64, 1) for i in range(16))
+    work = dataclasses.replace(WORK, layers=layers)
+    mem = {g: predict(work, 16, PROFILE, NET, batch=8, grad_workers=g).memory_total
+           for g in (1, 2, 4, 8, 16)}
+    assert mem[1] < mem[2] < mem[4] < mem[8] < mem[16]
+    chosen = plan(work, 16, PROFILE, NET, batch=8, memory_limit=mem[2], max_overhead=100.0,
+                  factor_choices=(1,), inv_choices=(1,))
+    assert chosen.choice.grad_workers in (1, 2) and chosen.choice.memory_total <= mem[2]
 
 
 def test_workload_of_a_small_mlp_and_conv_by_hand():
@@ -261,6 +281,8 @@ def test_cli_table_names_the_recommendation(capsys):
     code, out, _ = _run(capsys, *SMALL, "--memory-limit-gb", "1e-6")
     assert code == 0
     assert "| 4 | MEM-OPT | 1 |" in out and "nothing fits" in out
+    code, out, _ = _run(capsys, *SMALL)
+    assert "grad_worker_fraction=" in out
 
 
 def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
