@@ -228,6 +228,6 @@ def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
         "factors": float(sum((lay.dim_a ** 2 + lay.dim_g ** 2) * eb for lay in layers)),
         "eigenbases": float(eig_bytes_max),
     }
-    return StepTime(ranks, batch, _strategy_name(g, ranks), g, intervals.describe(), host_s, fb, grad_ar,
-                    factor_compute, factor_comm, eigen_compute, eigen_comm, precondition,
-                    grad_comm, memory)
+    return StepTime(ranks, batch, _strategy_name(g, ranks), g, intervals.describe(), host_s,
+                    fb, grad_ar, factor_compute, factor_comm, eigen_compute, eigen_comm,
+                    precondition, grad_comm, memory)

@@ -103,7 +103,8 @@ def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
             loss = out.float().sum() if isinstance(out, torch.Tensor) else sum(
                 o.float().sum() for o in out)
         with FlopCounterMode(display=False) as bwd:
-            loss.backward()
+            if loss.requires_grad:  # a model without trainable parameters has no backward
+                loss.backward()
     finally:
         for h in hooks:
             h.remove()

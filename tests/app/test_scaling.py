@@ -190,6 +190,13 @@ def test_token_inputs_and_sequence_rows(capsys):
     assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_model_without_parameters_has_nothing_to_precondition():
+    w = workload_of(lambda: nn.Sequential(nn.ReLU()), (4,))
+    assert w.layers == () and w.params == 0 and w.backward_flops == 0
+    s = predict(w, 4, PROFILE, NET, batch=2, grad_workers=1)
+    assert s.kfac_overhead == 0.0 and s.memory["eigenbases"] == 0.0
+
+
 def test_resnet50_workload_matches_the_listed_shapes():
     from kfac_ext.scaling.models import resnet50
 
