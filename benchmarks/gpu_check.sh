@@ -7,6 +7,8 @@
 #   3. prints the benchmark table (benchmarks/table_gpu.py), whose accuracy
 #      columns check every op against the float64 CPU reference, and the
 #      batched_eigh breakdown by factor size (benchmarks/table_eigh_groups.py),
+#      and a device profile for `kfac-ext bench scaling --profile FILE`
+#      (benchmarks/table_scaling_profile.py; FILE = $SCALING_PROFILE),
 #   4. K-FAC at scale (benchmarks/table_scale.py --device cuda): SGD, kfac_ext and
 #      kfac-pytorch on ResNet-50 (batch 32) and a transformer stack; kfac-pytorch
 #      is imported from the git-ignored third_party/kfac-pytorch when present
@@ -124,6 +126,9 @@ step "benchmark table"
 if [[ -z "${QUICK:-}" ]]; then
   step "batched_eigh by factor size (ResNet-50)"
   "$PY" benchmarks/table_eigh_groups.py --streams 2 4 8 || status=1
+  step "device profile for kfac-ext bench scaling --profile ${SCALING_PROFILE:-/tmp/kfac_ext_gpu_profile.json}"
+  "$PY" benchmarks/table_scaling_profile.py --device cuda --sizes 64,256,1024,2048,4096 \
+    --repeats 5 --runs 3 --out "${SCALING_PROFILE:-/tmp/kfac_ext_gpu_profile.json}" || status=1
 fi
 scale_table || status=1
 

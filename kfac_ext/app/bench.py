@@ -1,32 +1,44 @@
-"""Benchmarks and models. `kfac-ext bench scaling`: predicted distributed K-FAC step time.
+"""`kfac-ext bench scaling`: plan a K-FAC run on N ranks before paying for it.
 
-Predicts, for ResNet-50's 54 K-FAC layers, the amortised per-step K-FAC time
-of the slowest worker on 8..1024 workers for COMM-OPT, HYBRID-OPT and
-MEM-OPT, split into compute (eigendecompositions, preconditioning) and
-communication (factor all-reduce, eigenbasis and gradient broadcasts), from
-kernel times measured on this machine and an alpha-beta network model
-(kfac_ext/scaling.py documents the model and its defaults). Prints a markdown
-table and writes a plot.
+For the model (``--model``: resnet50, resnet32-cifar or MODULE:FACTORY, any
+nn.Module; its FLOPs are counted on the meta device) it predicts, per rank count,
+the step time of SGD and of K-FAC under COMM-OPT, HYBRID-OPT and MEM-OPT (forward
+and backward, gradient all-reduce, factor computation and all-reduce,
+eigendecompositions as the makespan solver assigns them, eigenbasis and
+preconditioned-gradient exchange), the memory per rank, and recommends a strategy
+and update intervals that fit ``--memory-limit-gb``. Device rates come from
+``--profile``: v100 (calibrated on a published timing), a100 or h100 (datasheet
+peak x efficiencies measured on an H200), cpu (this machine, timed now), or a JSON
+profile file. The model and its validation: docs/distributed.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import importlib
+import json
 import math
+import os
 import sys
 
 import torch
 
-from kfac_ext.app import scaling
-from kfac_ext.app.machine import cpu_model
 from kfac_ext.app.validation import check_output_path
+from kfac_ext.scaling import NETWORKS, Intervals, Network, plan, predict, strategies, workload_of
+from kfac_ext.scaling import calibrate, models, profiles
+from kfac_ext.scaling.measure import measure_profile
+from kfac_ext.schedules import growing_interval
 
-# An eigendecomposition of a larger factor takes minutes and gigabytes to time; the
-# fit needs only a few sizes (kfac_ext/app/scaling.py).
+# An eigendecomposition of a larger factor takes minutes and gigabytes to time.
 MAX_EIGH_SIZE = 4096
-# The prediction builds every worker's layer assignment: 65536 workers take ~13 s and
-# 260 MB, 2**20 a minute and 540 MB, 10**12 runs out of memory (2-core EPYC, 2026-12-01).
+# The eigendecomposition assignment of 65536 ranks takes seconds; more is not a plan.
 MAX_WORKERS = 2 ** 16
+BUILTIN = {"resnet50": (models.resnet50, (3, 224, 224)),
+           "resnet32-cifar": (models.resnet32_cifar, (3, 32, 32))}
+PROFILES = ("v100", "a100", "h100", "cpu")
+INPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "int64": torch.int64}
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -43,58 +55,62 @@ def _positive_ints(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["scaling"], help="which benchmark")
-    parser.add_argument("--workers", type=_positive_ints,
-                        default=[8, 16, 32, 64, 128, 256, 512, 1024],
-                        help="comma-separated worker counts (default 8..1024, powers of two; "
-                             f"at most {MAX_WORKERS})")
-    parser.add_argument("--network", choices=sorted(scaling.NETWORKS), default="ib100",
+    parser.add_argument("--model", default="resnet50",
+                        help="resnet50, resnet32-cifar, or MODULE:FACTORY (a callable with no "
+                             "arguments that returns an nn.Module)")
+    parser.add_argument("--input-shape", type=_positive_ints, default=None,
+                        help="one sample's shape without the batch, e.g. 3,224,224 (needed for "
+                             "MODULE:FACTORY)")
+    parser.add_argument("--input-dtype", choices=sorted(INPUT_DTYPES), default="float32",
+                        help="dtype of the model's input (int64 for token ids)")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per rank and step")
+    parser.add_argument("--ranks", "--workers", dest="ranks", type=_positive_ints,
+                        default=[8, 16, 32, 64],
+                        help=f"comma-separated rank counts (at most {MAX_WORKERS})")
+    parser.add_argument("--profile", default="v100",
+                        help=f"{', '.join(PROFILES)}, or a JSON file written by "
+                             "benchmarks/table_scaling_profile.py --out")
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="ib100",
                         help="alpha-beta defaults: ib100 = 100 Gb/s InfiniBand, nvlink = NVSwitch")
     parser.add_argument("--alpha", type=float, default=None, help="override latency (s)")
     parser.add_argument("--bandwidth", type=float, default=None, help="override bandwidth (B/s)")
     parser.add_argument("--factor-update-steps", type=int, default=10)
     parser.add_argument("--inv-update-steps", type=int, default=100)
+    parser.add_argument("--interval-growth", type=float, default=1.0,
+                        help="both intervals grow by this factor every --growth-every steps "
+                             "(kfac_ext.schedules.growing_interval; 1: fixed)")
+    parser.add_argument("--growth-every", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=10000,
+                        help="training steps a schedule is averaged over")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    parser.add_argument("--eigh-latency-ms", type=float, default=None,
+                        help="override the profile's time per eigendecomposition call (e.g. an "
+                             "older solver)")
+    parser.add_argument("--host-ms", type=float, default=0.0,
+                        help="time per step no FLOP count explains (input pipeline, framework)")
+    parser.add_argument("--memory-limit-gb", type=float, default=None,
+                        help="memory per rank for the recommendation (default: the profile's)")
+    parser.add_argument("--max-overhead", type=float, default=0.25,
+                        help="K-FAC's step may take this fraction more than SGD's (default 0.25)")
     parser.add_argument("--eigh-sizes", type=_positive_ints, default=[64, 128, 256, 512],
-                        help=f"factor sizes timed for the eigh fit (2..{MAX_EIGH_SIZE})")
-    parser.add_argument("--plot", default="scaling.png", help="PNG path ('' for none)")
-
-
-def _plot(rows, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_total, ax_comm) = plt.subplots(1, 2, figsize=(11, 4))
-    for strategy in ("COMM-OPT", "HYBRID-OPT", "MEM-OPT"):
-        pts = [p for p in rows if p.strategy == strategy]
-        if not pts:
-            continue
-        xs = [p.workers for p in pts]
-        ax_total.plot(xs, [p.total * 1e3 for p in pts], marker="o", label=strategy)
-        ax_comm.plot(xs, [p.comm * 1e3 for p in pts], marker="o", label=strategy)
-    for ax, name in ((ax_total, "K-FAC time per step (ms)"), (ax_comm, "communication per step (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("workers")
-        ax.set_ylabel(name)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+                        help=f"--profile cpu: factor sizes timed (2..{MAX_EIGH_SIZE})")
+    parser.add_argument("--repeats", type=int, default=15, help="--profile cpu: timings per size")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="--profile cpu: torch threads while timing (1: the thread's CPU "
+                             "time is the clock, robust on a shared machine)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    parser.add_argument("--plot", default="", help="write a plot to this path (.png, .pdf, ...)")
 
 
 def _check_args(args) -> None:
-    """Refuse values the model cannot use before the kernels are timed (seconds of work)."""
-    if max(args.workers) > MAX_WORKERS:
-        raise ValueError(f"--workers must be in 1..{MAX_WORKERS}; got {max(args.workers)}")
+    """Refuse values the model cannot use before any work (building, timing)."""
+    if max(args.ranks) > MAX_WORKERS:
+        raise ValueError(f"--ranks (--workers) must be in 1..{MAX_WORKERS}; got {max(args.ranks)}")
     bad = [s for s in args.eigh_sizes if not 2 <= s <= MAX_EIGH_SIZE]
     if bad:
         raise ValueError(f"--eigh-sizes must be in 2..{MAX_EIGH_SIZE}; got {bad[0]}")
     if len(set(args.eigh_sizes)) < 2:
-        raise ValueError("--eigh-sizes needs two different sizes to fit t(n) = c3 n^3 + c0")
+        raise ValueError("--eigh-sizes needs two different sizes to fit t(n) = c0 + 9 n^3 / rate")
     finite = lambda v: v is None or math.isfinite(v)  # noqa: E731
     for flag, value, ok, expected in (
             ("--alpha", args.alpha, finite(args.alpha) and (args.alpha is None or args.alpha >= 0),
@@ -107,52 +123,224 @@ def _check_args(args) -> None:
             ("--inv-update-steps", args.inv_update_steps, args.inv_update_steps >= 1,
              "an integer >= 1"),
             ("--bucket-cap-mb", args.bucket_cap_mb,
-             math.isfinite(args.bucket_cap_mb) and args.bucket_cap_mb > 0,
-             "a finite number > 0")):
+             math.isfinite(args.bucket_cap_mb) and args.bucket_cap_mb > 0, "a finite number > 0"),
+            ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
+            ("--host-ms", args.host_ms, math.isfinite(args.host_ms) and args.host_ms >= 0,
+             "a finite number of ms >= 0"),
+            ("--eigh-latency-ms", args.eigh_latency_ms,
+             args.eigh_latency_ms is None or (math.isfinite(args.eigh_latency_ms)
+                                              and args.eigh_latency_ms >= 0),
+             "a finite number of ms >= 0"),
+            ("--memory-limit-gb", args.memory_limit_gb,
+             args.memory_limit_gb is None or (math.isfinite(args.memory_limit_gb)
+                                              and args.memory_limit_gb > 0), "a number > 0"),
+            ("--max-overhead", args.max_overhead,
+             math.isfinite(args.max_overhead) and args.max_overhead >= 0, "a number >= 0"),
+            ("--repeats", args.repeats, args.repeats >= 1, "an integer >= 1"),
+            ("--interval-growth", args.interval_growth,
+             math.isfinite(args.interval_growth) and args.interval_growth >= 1, "a number >= 1"),
+            ("--growth-every", args.growth_every, args.growth_every >= 1, "an integer >= 1"),
+            ("--steps", args.steps, 1 <= args.steps <= 10 ** 7, "an integer in 1..10^7"),
+            ("--threads", args.threads, args.threads >= 1, "an integer >= 1")):
         if not ok:
             raise ValueError(f"{flag} must be {expected}; got {value}")
+    if args.profile not in PROFILES and not os.path.isfile(args.profile):
+        raise ValueError(f"--profile must be one of {', '.join(PROFILES)} or a JSON file; "
+                         f"got {args.profile!r}")
+    if args.model not in BUILTIN:
+        if ":" not in args.model:
+            raise ValueError(f"--model must be {', '.join(BUILTIN)} or MODULE:FACTORY; "
+                             f"got {args.model!r}")
+        if args.input_shape is None:
+            raise ValueError("--input-shape is needed with --model MODULE:FACTORY")
     if args.plot:
         check_output_path("--plot", args.plot)
 
 
+def _factory(spec: str):
+    if spec in BUILTIN:
+        return BUILTIN[spec][0]
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--model: cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"--model: {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def _intervals(args, factor: int, inv: int) -> Intervals:
+    """Fixed intervals, or both growing by --interval-growth every --growth-every steps."""
+    if args.interval_growth == 1:
+        return Intervals(factor, inv, args.steps)
+    grow = lambda k: growing_interval(k, args.interval_growth, args.growth_every)  # noqa: E731
+    return Intervals(grow(factor), grow(inv), args.steps,
+                     f"{factor}/{inv} x{args.interval_growth:g} per {args.growth_every}")
+
+
+def _network(args) -> Network:
+    net = NETWORKS[args.network]
+    if args.alpha is None and args.bandwidth is None:
+        return net
+    return Network(net.name + " (overridden)", net.alpha if args.alpha is None else args.alpha,
+                   net.bandwidth if args.bandwidth is None else args.bandwidth)
+
+
+def _profile(args) -> tuple[profiles.DeviceProfile, dict | None]:
+    if args.profile == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            m = measure_profile(args.eigh_sizes, args.repeats)
+        except RuntimeError as exc:  # too few sizes monotone in n: the user can retry
+            raise ValueError(f"--profile cpu: {exc} (--repeats, --eigh-sizes)") from None
+        finally:
+            torch.set_num_threads(threads)
+        return m.profile, m.as_dict()
+    if args.profile == "v100":
+        return calibrate.gpu_profile("v100", calibrate.V100_CALIBRATION["k"]), None
+    if args.profile in PROFILES:
+        return calibrate.gpu_profile(args.profile), None
+    return profiles.from_json(args.profile), None
+
+
+def _plot(rows, plans, path: str, title: str, limit: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+    sgd = {}
+    for name in ("COMM-OPT", "HYBRID-OPT", "MEM-OPT"):
+        pts = [p for p in rows if p.strategy == name]
+        if pts:
+            ax_t.plot([p.ranks for p in pts], [p.kfac * 1e3 for p in pts], marker="o",
+                      label=f"K-FAC {name}")
+            ax_m.plot([p.ranks for p in pts], [p.memory_total / 1e9 for p in pts], marker="o",
+                      label=name)
+        for p in pts:
+            sgd[p.ranks] = p.sgd
+    xs = sorted(sgd)
+    ax_t.plot(xs, [sgd[n] * 1e3 for n in xs], "k--", label="SGD")
+    chosen = [p.choice for p in plans if p.choice is not None]
+    ax_t.scatter([c.ranks for c in chosen], [c.kfac * 1e3 for c in chosen], s=120,
+                 facecolors="none", edgecolors="red", label="recommended (own intervals)")
+    ax_m.axhline(limit / 1e9, color="red", linestyle=":", label="memory limit")
+    for ax, label in ((ax_t, "time per step (ms)"), (ax_m, "memory per rank (GB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("ranks")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def run(args) -> int:
     _check_args(args)
-    net = scaling.NETWORKS[args.network]
-    if args.alpha is not None or args.bandwidth is not None:
-        net = scaling.Network(net.name + " (overridden)",
-                              net.alpha if args.alpha is None else args.alpha,
-                              net.bandwidth if args.bandwidth is None else args.bandwidth)
-    kernels, samples = scaling.measure_kernels(args.eigh_sizes)
-    shapes = scaling.resnet50_factor_shapes()
-    rows = []
-    for n in args.workers:
-        for fraction in scaling.strategy_fractions(n).values():
-            rows.append(scaling.predict_step(
-                shapes, n, fraction, kernels, net, factor_update_steps=args.factor_update_steps,
-                inv_update_steps=args.inv_update_steps, bucket_cap_mb=args.bucket_cap_mb))
-    order = {"COMM-OPT": 0, "HYBRID-OPT": 1, "MEM-OPT": 2}
-    rows.sort(key=lambda p: (p.workers, order[p.strategy]))
-
-    print(f"Predicted ResNet-50 K-FAC time per step (slowest worker, amortised: factors every "
-          f"{args.factor_update_steps}, eigh every {args.inv_update_steps} steps)")
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; kernels measured "
-          f"on {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"network {net.name}: alpha {net.alpha * 1e6:g} us, "
-          f"{net.bandwidth / 1e9:g} GB/s")
-    fit = ", ".join(f"n={n}: {t * 1e3:.2f} ms" for n, t in samples)
-    print(f"eigh fit t(n) = {kernels.eigh_c3:.3g} n^3 + {kernels.eigh_c0:.3g} s ({fit}); "
-          f"GEMM {kernels.gemm_flops_per_s / 1e9:.1f} GFLOP/s")
-    print("command: kfac-ext bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else ["scaling"]))
-    print()
-    print("| workers | strategy | grad workers/layer | total ms | compute ms (eigh + precond) "
-          "| comm ms (factors + eigen + grads) | MB received/step |")
-    print("|---:|---|---:|---:|---|---|---:|")
-    for p in rows:
-        print(f"| {p.workers} | {p.strategy} | {p.grad_workers} | {p.total * 1e3:.1f} "
-              f"| {p.compute * 1e3:.1f} ({p.eigen_compute * 1e3:.1f} + {p.precond_compute * 1e3:.1f}) "
-              f"| {p.comm * 1e3:.2f} ({p.factor_comm * 1e3:.2f} + {p.eigen_comm * 1e3:.2f} + "
-              f"{p.grad_comm * 1e3:.2f}) | {p.bytes_per_step / 1e6:.1f} |")
+    net = _network(args)
+    factory = _factory(args.model)
+    shape = args.input_shape or BUILTIN[args.model][1]
+    try:
+        work = workload_of(factory, shape, name=args.model,
+                           input_dtype=INPUT_DTYPES[args.input_dtype])
+    except (RuntimeError, TypeError) as exc:  # the model rejects the shape, or needs arguments
+        raise ValueError(f"--model {args.model} with --input-shape "
+                         f"{','.join(map(str, shape))}: {' '.join(str(exc).split())[:300]}") \
+            from None
+    profile, measured = _profile(args)
+    if args.eigh_latency_ms is not None:
+        profile = dataclasses.replace(profile, eigh_latency_s=args.eigh_latency_ms / 1e3)
+    limit = profile.memory_bytes if args.memory_limit_gb is None else args.memory_limit_gb * 1e9
+    intervals = _intervals(args, args.factor_update_steps, args.inv_update_steps)
+    common = dict(batch=args.batch_size, bucket_cap_mb=args.bucket_cap_mb,
+                  host_s=args.host_ms / 1e3)
+    rows = [predict(work, n, profile, net, grad_workers=g, intervals=intervals, **common)
+            for n in args.ranks for g in strategies(n).values()]
+    choices = sorted({1, 10, 50, args.factor_update_steps})
+    inv_choices = sorted({10, 100, 1000, args.inv_update_steps})
+    plans = [plan(work, n, profile, net, memory_limit=limit, max_overhead=args.max_overhead,
+                  factor_choices=choices, inv_choices=inv_choices,
+                  make_intervals=lambda f, i: _intervals(args, f, i), **common)
+             for n in args.ranks]
     if args.plot:
-        _plot(rows, args.plot, f"ResNet-50 K-FAC, {net.name}")
-        print(f"\nplot: {args.plot}")
+        _plot(rows, plans, args.plot, f"{args.model}, batch {args.batch_size}/rank, "
+              f"{profile.name}, {net.name}", limit)
+    command = "kfac-ext bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else ["scaling"])
+    if args.json:
+        print(json.dumps({
+            "command": command,
+            "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+            "model": {"name": work.name, "input_shape": list(shape),
+                      "forward_flops": work.forward_flops, "backward_flops": work.backward_flops,
+                      "params": work.params, "kfac_layers": len(work.layers),
+                      "activation_bytes_per_sample": work.activation_bytes},
+            "profile": _finite(dataclasses.asdict(profile)), "measured": measured,
+            "network": dataclasses.asdict(net), "batch_size": args.batch_size,
+            "intervals": {"factor": args.factor_update_steps, "inv": args.inv_update_steps,
+                          "growth": args.interval_growth, "growth_every": args.growth_every,
+                          "steps": args.steps},
+            "memory_limit_bytes": limit, "max_overhead": args.max_overhead,
+            "rows": [r.as_dict() for r in rows], "plans": [p.as_dict() for p in plans],
+            "plot": args.plot or None}, allow_nan=False))
+        return 0
+    _print_tables(args, work, profile, net, measured, rows, plans, limit, command)
     return 0
+
+
+def _finite(d: dict) -> dict:
+    """JSON has no infinity: an unbounded quantity (a profile without a memory size) is null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+
+
+def _print_tables(args, work, profile, net, measured, rows, plans, limit, command) -> None:
+    print(f"{work.name}: {work.forward_flops * args.batch_size / 1e9:.1f} GFLOP forward, "
+          f"{len(work.layers)} K-FAC layers, {work.params / 1e6:.2f} M parameters; batch "
+          f"{args.batch_size} per rank; factors every {args.factor_update_steps}, "
+          f"eigendecompositions every {args.inv_update_steps} steps"
+          + ("" if args.interval_growth == 1 else
+             f", both x{args.interval_growth:g} every {args.growth_every} steps, averaged over "
+             f"{args.steps}"))
+    print(f"profile {profile.name}: dense {profile.flops_per_s / 1e12:.3g} TFLOP/s, eigh "
+          f"{profile.eigh_latency_s * 1e3:.3g} ms + 9n^3 at {profile.eigh_flops_per_s / 1e12:.3g} "
+          f"TFLOP/s, {profile.memory_bytes / 1e9:.3g} GB ({profile.source})")
+    if measured:
+        fastest = [(n, round(t * 1e3, 3)) for n, t, _ in measured["samples"]]
+        print(f"measured: eigh fastest of {args.repeats} (n, ms) {fastest}, rejected "
+              f"{measured['rejected']}, spread of repeats: GEMM {measured['gemm_spread']:.2f}x, "
+              f"eigh {measured['eigh_spread']:.2f}x")
+    print(f"network {net.name}: alpha {net.alpha * 1e6:g} us, {net.bandwidth / 1e9:g} GB/s; "
+          f"host time {args.host_ms:g} ms/step")
+    print(f"command: {command}")
+    print()
+    print("| ranks | strategy | g | SGD ms | K-FAC ms | factors ms (compute + comm) "
+          "| eigh ms (compute + comm) | precond ms | grads ms | memory GB/rank |")
+    print("|---:|---|---:|---:|---:|---|---|---:|---:|---:|")
+    for p in rows:
+        print(f"| {p.ranks} | {p.strategy} | {p.grad_workers} | {p.sgd * 1e3:.1f} "
+              f"| {p.kfac * 1e3:.1f} | {p.factor_compute * 1e3:.1f} + {p.factor_comm * 1e3:.1f} "
+              f"| {p.eigen_compute * 1e3:.1f} + {p.eigen_comm * 1e3:.2f} "
+              f"| {p.precondition * 1e3:.1f} | {p.grad_comm * 1e3:.2f} "
+              f"| {p.memory_total / 1e9:.2f} |")
+    print()
+    print(f"Recommended (memory limit {limit / 1e9:.3g} GB/rank, K-FAC within "
+          f"{args.max_overhead:.0%} of SGD):")
+    print()
+    print("| ranks | strategy | factor/eigh every | K-FAC ms | x SGD | memory GB/rank | why |")
+    print("|---:|---|---|---:|---:|---:|---|")
+    for pl in plans:
+        c = pl.choice
+        if c is None:
+            print(f"| {pl.ranks} | - | - | - | - | - | {pl.reason} |")
+        else:
+            print(f"| {pl.ranks} | {c.strategy}, grad_worker_fraction="
+                  f"{c.grad_workers}/{pl.ranks} | {c.intervals} "
+                  f"| {c.kfac * 1e3:.1f} | {c.kfac / c.sgd:.2f} | {c.memory_total / 1e9:.2f} "
+                  f"| {pl.reason} |")
+    if args.plot:
+        print(f"\nplot: {args.plot}")

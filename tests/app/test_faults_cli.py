@@ -418,10 +418,12 @@ BENCH_BAD = [
 
 @pytest.mark.parametrize("argv,flag", BENCH_BAD)
 def test_bench_bad_value_is_refused_before_measuring(capsys, monkeypatch, argv, flag):
-    from kfac_ext.app import scaling
+    from kfac_ext.app import bench
 
-    monkeypatch.setattr(scaling, "measure_kernels",
+    monkeypatch.setattr(bench, "measure_profile",
                         lambda *a, **k: pytest.fail("measured before checking the arguments"))
+    monkeypatch.setattr(bench, "workload_of",
+                        lambda *a, **k: pytest.fail("built the model before checking the arguments"))
     code, out, err = _cli(capsys, "bench", "scaling", *argv)
     _assert_one_line_error(code, out, err, flag)
 

@@ -1,0 +1,233 @@
+"""The whole training step on N data-parallel ranks: SGD, and K-FAC on top of it.
+
+Per rank and step, amortised over the update intervals (``Intervals``):
+
+SGD: forward + backward (the workload's FLOPs at the profile's rate), the ring
+all-reduce of the gradients (``Network``), no overlap of the two, and ``host_s``:
+the part of a step no FLOP count explains (input pipeline, framework), a property
+of the run that ``kfac_ext.scaling.calibrate`` fits to a published step.
+
+K-FAC adds, for the slowest rank:
+- factor computation (on factor-update steps): A and G of every layer as full
+  GEMMs over the rank's batch;
+- factor all-reduce (on factor-update steps): the factors, packed upper
+  triangles (kfac_ext) or full matrices (``packed_factors=False``, as kfac-pytorch
+  of 2020 sent them), in buckets of ``bucket_cap_mb``;
+- eigendecompositions (on eigen-update steps): the slowest rank's share under the
+  makespan assignment (``kfac_ext.scaling.assign``) of layers to grad-worker
+  blocks and, inside a block, of each layer's pair (A, G) to one of its g ranks;
+- eigenbasis broadcast (on eigen-update steps) to the block's g ranks;
+- preconditioning (every step): the 4 basis-change GEMMs of each layer in the
+  rank's block;
+- preconditioned-gradient broadcast (every step, N/g > 1 blocks): every layer
+  outside the rank's block arrives from its block.
+Memory per rank: the tensors autograd saves for backward (activations), parameters,
+gradients and a momentum buffer, every factor (all ranks hold them after the
+all-reduce), and (Q, d) of each layer in its block. Workspace and the allocator's
+slack are not counted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Union
+
+from kfac_ext.scaling.assign import assign
+from kfac_ext.scaling.network import Network, broadcast_time, ring_allreduce_time
+from kfac_ext.scaling.profiles import DeviceProfile
+from kfac_ext.scaling.workload import Workload
+
+__all__ = ["Intervals", "StepTime", "predict", "strategies", "update_fraction"]
+
+Interval = Union[int, Callable[[int], int]]
+
+
+def update_fraction(interval: Interval, steps: int) -> float:
+    """Share of ``steps`` steps that update, for a constant interval or a schedule of the step:
+    a step updates when ``interval(step)`` steps have passed since the last update
+    (kfac_ext.schedules.IntervalTracker), starting with step 0."""
+    if not callable(interval):
+        k = int(interval)
+        if k < 1:
+            raise ValueError(f"an update interval must be >= 1, got {interval!r}")
+        return math.ceil(steps / k) / steps
+    updates, last = 0, None
+    for s in range(steps):
+        k = int(interval(s))
+        if k < 1:
+            raise ValueError(f"the interval schedule gave {k} at step {s}; it must be >= 1")
+        if last is None or s - last >= k:
+            updates, last = updates + 1, s
+    return updates / steps
+
+
+@dataclasses.dataclass(frozen=True)
+class Intervals:
+    factor: Interval = 1
+    inv: Interval = 1
+    steps: int = 1000  # the horizon a schedule is averaged over
+    label: str = ""    # how to print a schedule (default "schedule")
+
+    def fractions(self) -> tuple[float, float]:
+        if self.steps < 1:
+            raise ValueError(f"Intervals.steps must be >= 1, got {self.steps!r}")
+        return update_fraction(self.factor, self.steps), update_fraction(self.inv, self.steps)
+
+    def describe(self) -> str:
+        if self.label:
+            return self.label
+        show = lambda v: "schedule" if callable(v) else str(v)  # noqa: E731
+        return f"{show(self.factor)}/{show(self.inv)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTime:
+    """Seconds per step of the slowest rank and bytes each rank holds."""
+
+    ranks: int
+    batch: int
+    strategy: str
+    grad_workers: int
+    intervals: str
+    host: float
+    forward_backward: float
+    grad_allreduce: float
+    factor_compute: float
+    factor_comm: float
+    eigen_compute: float
+    eigen_comm: float
+    precondition: float
+    grad_comm: float
+    memory: dict
+
+    @property
+    def sgd(self) -> float:
+        return self.host + self.forward_backward + self.grad_allreduce
+
+    @property
+    def kfac_overhead(self) -> float:
+        return (self.factor_compute + self.factor_comm + self.eigen_compute + self.eigen_comm
+                + self.precondition + self.grad_comm)
+
+    @property
+    def kfac(self) -> float:
+        return self.sgd + self.kfac_overhead
+
+    @property
+    def memory_total(self) -> float:
+        return sum(self.memory.values())
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.update(sgd=self.sgd, kfac_overhead=self.kfac_overhead, kfac=self.kfac,
+                   memory_total=self.memory_total)
+        return out
+
+
+def strategies(ranks: int) -> dict[str, int]:
+    """Grad workers per layer: COMM-OPT g = N, MEM-OPT g = 1, HYBRID-OPT the power of two
+    nearest sqrt(N) (when it lies strictly between)."""
+    out = {"COMM-OPT": ranks}
+    g = 2 ** round(math.log2(math.sqrt(ranks)))
+    if 1 < g < ranks and ranks % g == 0:
+        out["HYBRID-OPT"] = g
+    if ranks > 1:
+        out["MEM-OPT"] = 1
+    return out
+
+
+def _strategy_name(g: int, ranks: int) -> str:
+    return "COMM-OPT" if g == ranks else "MEM-OPT" if g == 1 else "HYBRID-OPT"
+
+
+@functools.lru_cache(maxsize=256)  # the planner asks again for every pair of intervals
+def _eigen_makespan(layer_cost: tuple[float, ...], n_blocks: int, g: int
+                    ) -> tuple[tuple[int, ...], float]:
+    """Layers to blocks, then each block's layers to its g ranks: (block of each layer,
+    the slowest rank's summed cost)."""
+    blocks = assign(layer_cost, n_blocks)
+    worst = 0.0
+    for b in sorted(set(blocks)):  # a block without layers has nothing to decompose
+        mine = [c for c, owner in zip(layer_cost, blocks) if owner == b]
+        owners = assign(mine, g)
+        loads = [0.0] * g
+        for c, w in zip(mine, owners):
+            loads[w] += c
+        worst = max([worst, *loads])
+    return tuple(blocks), worst
+
+
+def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
+            batch: int, grad_workers: int | None = None, intervals: Intervals = Intervals(),
+            bucket_cap_mb: float = 25.0, packed_factors: bool = True,
+            eigen_allreduce: bool = False, host_s: float = 0.0, dtype_bytes: int = 4) -> StepTime:
+    """Step time and memory of one rank out of ``ranks``; ``grad_workers`` g (default N:
+    COMM-OPT) must divide N. ``packed_factors=False, eigen_allreduce=True`` is kfac-pytorch
+    of 2020 (kfac-lw): full factors all-reduced, and every (Q, d) all-reduced (summed, each
+    rank contributing the ones it computed) over all ranks instead of broadcast."""
+    if ranks < 1 or batch < 1:
+        raise ValueError(f"ranks and batch must be >= 1, got {ranks} and {batch}")
+    g = ranks if grad_workers is None else grad_workers
+    if not 1 <= g <= ranks or ranks % g:
+        raise ValueError(f"grad_workers must divide ranks={ranks}, got {g}")
+    if not 0 <= host_s < math.inf:
+        raise ValueError(f"host_s must be finite seconds >= 0, got {host_s}")
+    if not bucket_cap_mb > 0:
+        raise ValueError(f"bucket_cap_mb must be > 0, got {bucket_cap_mb}")
+    f_factor, f_inv = intervals.fractions()
+    eb = dtype_bytes
+    n_blocks = ranks // g
+    layers = work.layers
+
+    fb = profile.compute_time(work.step_flops(batch))
+    grad_ar = ring_allreduce_time(work.params * eb, ranks, net)
+
+    factor_compute = f_factor * profile.compute_time(work.factor_flops(batch))
+    elems = sum(n * (n + 1) // 2 if packed_factors else n * n
+                for lay in layers for n in (lay.dim_a, lay.dim_g))
+    cap = bucket_cap_mb * 1024 * 1024
+    nbytes = elems * eb
+    full, rest = divmod(nbytes, cap)
+    factor_comm = f_factor * (full * ring_allreduce_time(cap, ranks, net)
+                              + ring_allreduce_time(rest, ranks, net))
+
+    layer_eig = tuple(profile.eigh_time(lay.dim_a) + profile.eigh_time(lay.dim_g)
+                      for lay in layers)
+    block_of, makespan = _eigen_makespan(layer_eig, n_blocks, g)
+    eigen_compute = f_inv * makespan
+
+    # Every block is alike up to its layers: report the busiest one. Blocks without
+    # layers are all alike, so one of them stands for the rest (65536 ranks stay fast).
+    owning = set(block_of)
+    empty = next((b for b in range(n_blocks) if b not in owning), None)
+    worst, eig_bytes_max = None, 0.0
+    for b in sorted(owning) + ([] if empty is None else [empty]):
+        mine = [lay for lay, owner in zip(layers, block_of) if owner == b]
+        others = [lay for lay, owner in zip(layers, block_of) if owner != b]
+        eig_bytes = sum((n * n + n) * eb for lay in mine for n in (lay.dim_a, lay.dim_g))
+        if eigen_allreduce:
+            all_bytes = sum((n * n + n) * eb for lay in layers for n in (lay.dim_a, lay.dim_g))
+            ec = f_inv * ring_allreduce_time(all_bytes, ranks, net)
+        else:
+            ec = f_inv * (broadcast_time(eig_bytes, g, net) + 2 * len(mine) * net.alpha
+                          if g > 1 and mine else 0.0)
+        pc = profile.compute_time(sum(lay.precondition_flops() for lay in mine))
+        p_bytes = sum(lay.dim_a * lay.dim_g * eb for lay in others)
+        gc = (broadcast_time(p_bytes, n_blocks, net) + len(others) * net.alpha
+              if n_blocks > 1 and others else 0.0)
+        eig_bytes_max = max(eig_bytes_max, eig_bytes)
+        cand = (ec + pc + gc, ec, pc, gc)
+        if worst is None or cand[0] > worst[0]:
+            worst = cand
+    _, eigen_comm, precondition, grad_comm = worst
+
+    memory = {
+        "activations": float(batch * work.activation_bytes),
+        "params_grads_momentum": 3.0 * work.params * eb,
+        "factors": float(sum((lay.dim_a ** 2 + lay.dim_g ** 2) * eb for lay in layers)),
+        "eigenbases": float(eig_bytes_max),
+    }
+    return StepTime(ranks, batch, _strategy_name(g, ranks), g, intervals.describe(), host_s,
+                    fb, grad_ar, factor_compute, factor_comm, eigen_compute, eigen_comm,
+                    precondition, grad_comm, memory)
