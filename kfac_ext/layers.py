@@ -1,6 +1,8 @@
 """Per-layer K-FAC state: hooks, factor capture, gradient matrix get/set.
 
-A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``. While capture
+A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``; other layer
+types subclass it in a file of their own and register in
+:mod:`kfac_ext.layer_types` (docs/design.md §2.3). While capture
 is on (the preconditioner turns it on for steps that update factors), a
 forward hook turns the layer input into this micro-batch's activation factor
 contribution at once, and registers a tensor hook on the layer output that
@@ -23,7 +25,7 @@ activations), accumulated over micro-batches and averaged in
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,32 +59,50 @@ def _conv_explicit_padding(module: nn.Conv2d) -> Tuple[int, int, int, int]:
 class KFACLayer:
     """K-FAC state of one registered module."""
 
+    #: Whether ``grad_tensors`` gives views the fused op may overwrite in place (a
+    #: type whose Γ is not a reshape of its weight, e.g. a transposed one, says False).
+    direct_grads = True
+
     def __init__(self, name: str, module: nn.Module, factor_dtype: Optional[torch.dtype] = None,
-                 group: Optional[int] = None):
+                 group: Optional[int] = None, *, weight: Optional[torch.Tensor] = None,
+                 bias: Optional[torch.Tensor] = None, in_dim: Optional[int] = None,
+                 out_dim: Optional[int] = None, a_diagonal: bool = False,
+                 g_diagonal: bool = False):
         self.name = name
         self.module = module
         self.is_conv = isinstance(module, nn.Conv2d)
-        weight = module.weight
+        # The parameters this layer preconditions: the module's own unless a layer
+        # type names others (an attention block's slice of a packed weight).
+        self.weight = weight = module.weight if weight is None else weight
+        bias = getattr(module, "bias", None) if bias is None and in_dim is None else bias
         # A frozen bias is left out of the factor (K-FAC of the weight alone).
-        self.has_bias = module.bias is not None and module.bias.requires_grad
+        self.has_bias = bias is not None and bias.requires_grad
+        self.bias = bias if self.has_bias else None
         # A grouped conv is block-diagonal: group k maps input channels k*C_in/groups...
         # to output channels k*C_out/groups..., so each group is a layer of its own.
         self.group = group
-        self.g_dim = weight.shape[0] if group is None else weight.shape[0] // module.groups
+        if out_dim is not None:
+            self.g_dim = out_dim
+        else:
+            self.g_dim = weight.shape[0] if group is None else weight.shape[0] // module.groups
         self.out_slice = slice(0, weight.shape[0]) if group is None else \
             slice(group * self.g_dim, (group + 1) * self.g_dim)
         self.in_slice = None if group is None else \
             slice(group * weight.shape[1], (group + 1) * weight.shape[1])
-        in_dim = weight[0].numel()  # in_features or (C_in/groups)*kh*kw
+        if in_dim is None:
+            in_dim = weight[0].numel()  # in_features or (C_in/groups)*kh*kw
         self.a_dim = in_dim + int(self.has_bias)
         if factor_dtype is None:
             factor_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) \
                 else torch.float32
         self.factor_dtype = factor_dtype
         self.device = weight.device
+        # A diagonal factor is held as its diagonal (a 1-D tensor): an Embedding's A,
+        # or a factor over the preconditioner's size limit (docs/design.md §2.4).
+        self.a_diagonal, self.g_diagonal = a_diagonal, g_diagonal
         # Running averages (start at the identity) and micro-batch sums.
-        self.A = torch.eye(self.a_dim, dtype=factor_dtype, device=self.device)
-        self.G = torch.eye(self.g_dim, dtype=factor_dtype, device=self.device)
+        self.A = self._identity(self.a_dim, a_diagonal)
+        self.G = self._identity(self.g_dim, g_diagonal)
         self.A_sum: Optional[torch.Tensor] = None
         self.G_sum: Optional[torch.Tensor] = None
         self.a_count = 0
@@ -99,7 +119,26 @@ class KFACLayer:
         # Called after each captured backward pass (the preconditioner uses it to
         # start the factor all-reduce while the rest of backward still runs).
         self.on_gradient_captured: Optional[Callable[["KFACLayer"], None]] = None
-        self._handles = [module.register_forward_hook(self._forward_hook)]
+        self._handles = self._install_hooks()
+
+    def _install_hooks(self) -> list:
+        """The hooks that feed this layer (removable handles)."""
+        return [self.module.register_forward_hook(self._forward_hook)]
+
+    def _identity(self, n: int, diagonal: bool) -> torch.Tensor:
+        if diagonal:
+            return torch.ones(n, dtype=self.factor_dtype, device=self.device)
+        return torch.eye(n, dtype=self.factor_dtype, device=self.device)
+
+    def identity_factor(self, which: str) -> torch.Tensor:
+        """The identity of factor ``which`` ('A' or 'G') in its storage (dense or diagonal)."""
+        return self._identity(*((self.a_dim, self.a_diagonal) if which == "A"
+                                else (self.g_dim, self.g_diagonal)))
+
+    def factor_numels(self) -> Tuple[int, int]:
+        """Elements of A and G as stored (n for a diagonal factor, n² for a dense one)."""
+        return (self.a_dim if self.a_diagonal else self.a_dim ** 2,
+                self.g_dim if self.g_diagonal else self.g_dim ** 2)
 
     # ----------------------------------------------------------- hooks ----
     def remove_hooks(self) -> None:
@@ -153,11 +192,8 @@ class KFACLayer:
             else:
                 self.A_sum.add_(a)
         else:
-            if self.A_sum is None:
-                self.A_sum = torch.empty_like(self.A)
-            x2d = x.reshape(-1, x.shape[-1])
-            ops.cov_update_(self.A_sum, x2d, 1.0 / max(x2d.shape[0], 1), 0.0 if first else 1.0,
-                            self.has_bias)
+            self.add_activation_rows(x.reshape(-1, x.shape[-1]))
+            return
         self.a_count += 1
         self.ever_fired = True
 
@@ -179,8 +215,38 @@ class KFACLayer:
             # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
             ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), beta)
         else:
-            g2d = g.reshape(-1, g.shape[-1])
-            ops.cov_update_(self.G_sum, g2d, 1.0 / max(g2d.shape[0], 1), beta)
+            self.add_gradient_rows(g.reshape(-1, g.shape[-1]))
+            return
+        self.g_count += 1
+
+    def add_activation_rows(self, rows: torch.Tensor) -> None:
+        """Add one micro-batch's A = [a, 1]ᵀ[a, 1]/n (or its diagonal) from rows (n, in)."""
+        rows = rows.to(self.factor_dtype)
+        first = self.a_count == 0
+        if self.A_sum is None:
+            self.A_sum = torch.empty_like(self.A)
+        if self.a_diagonal:
+            d = rows.square().sum(0) / max(rows.shape[0], 1)
+            if self.has_bias:
+                d = torch.cat([d, d.new_ones(1)])
+            self.A_sum.copy_(d) if first else self.A_sum.add_(d)
+        else:
+            ops.cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0,
+                            self.has_bias)
+        self.a_count += 1
+        self.ever_fired = True
+
+    def add_gradient_rows(self, rows: torch.Tensor) -> None:
+        """Add one micro-batch's G = gᵀg/n (or its diagonal) from rows (n, out)."""
+        rows = rows.to(self.factor_dtype)
+        first = self.g_count == 0
+        if self.G_sum is None:
+            self.G_sum = torch.empty_like(self.G)
+        if self.g_diagonal:
+            d = rows.square().sum(0) / max(rows.shape[0], 1)
+            self.G_sum.copy_(d) if first else self.G_sum.add_(d)
+        else:
+            ops.cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
         self.g_count += 1
 
     # --------------------------------------------------------- factors ----
@@ -206,40 +272,50 @@ class KFACLayer:
         self.factor_updates += 1
 
     # ------------------------------------------------------- gradients ----
+    def params(self) -> List[torch.Tensor]:
+        """The parameters whose gradients this layer reads and writes."""
+        return [self.weight] + ([self.bias] if self.has_bias else [])
+
     def has_grad(self) -> bool:
-        m = self.module
-        if m.weight.grad is None:
-            return False
-        return not self.has_bias or m.bias.grad is not None
+        return all(p.grad is not None for p in self.params())
+
+    def weight_matrix(self, w: torch.Tensor) -> torch.Tensor:
+        """This layer's (out, in) block of a weight-shaped tensor (a view where possible)."""
+        return w[self.out_slice].reshape(self.g_dim, -1)
+
+    def write_weight(self, grad: torch.Tensor, p: torch.Tensor) -> None:
+        """Write an (out, in) matrix into this layer's block of a weight-shaped ``grad``."""
+        w = grad[self.out_slice]
+        w.copy_(p.reshape(w.shape))
+
+    def bias_rows(self, b: torch.Tensor) -> torch.Tensor:
+        return b[self.out_slice]
 
     def grad_matrix(self, dtype: torch.dtype) -> torch.Tensor:
         """Γ: (out, in[+1]) with the bias gradient as the last column."""
-        m = self.module
-        w = m.weight.grad[self.out_slice].reshape(self.g_dim, -1)
+        w = self.weight_matrix(self.weight.grad)
         if self.has_bias:
-            return torch.cat([w, m.bias.grad[self.out_slice].reshape(-1, 1)], dim=1).to(dtype)
+            return torch.cat([w, self.bias_rows(self.bias.grad).reshape(-1, 1)], dim=1).to(dtype)
         return w.to(dtype)
 
     def grad_tensors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(weight gradient, bias gradient or None) of this layer's rows, as
         views of the parameters' ``.grad``: what ``ops.precondition_grads_``
-        reads and overwrites in place."""
-        m = self.module
-        if self.group is None:
-            return m.weight.grad, (m.bias.grad if self.has_bias else None)
-        return (m.weight.grad[self.out_slice],
-                m.bias.grad[self.out_slice] if self.has_bias else None)
+        reads and overwrites in place (only when ``direct_grads``)."""
+        return self.weight.grad[self.out_slice], (self.bias_rows(self.bias.grad) if self.has_bias else None)
 
     def set_grad(self, p: torch.Tensor) -> None:
         """Write P back into weight.grad (and bias.grad), in the parameters' dtype."""
-        m = self.module
-        w = m.weight.grad[self.out_slice]
         if self.has_bias:
-            w.copy_(p[:, :-1].reshape(w.shape))
-            m.bias.grad[self.out_slice].copy_(p[:, -1])
+            self.write_weight(self.weight.grad, p[:, :-1])
+            self.bias_rows(self.bias.grad).copy_(p[:, -1])
         else:
-            w.copy_(p.reshape(w.shape))
+            self.write_weight(self.weight.grad, p)
 
     def __repr__(self) -> str:
         kind = type(self.module).__name__
-        return f"{self.name} ({kind}): A {self.a_dim}x{self.a_dim}, G {self.g_dim}x{self.g_dim}"
+
+        def dims(n, diagonal):
+            return f"{n} (diagonal)" if diagonal else f"{n}x{n}"
+        return (f"{self.name} ({kind}): A {dims(self.a_dim, self.a_diagonal)}, "
+                f"G {dims(self.g_dim, self.g_diagonal)}")

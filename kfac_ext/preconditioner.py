@@ -50,7 +50,6 @@ Documented behaviours a user may rely on:
 """
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 import weakref
@@ -68,9 +67,11 @@ from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
-from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight
-from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
-from kfac_ext.precision import check_precondition_dtype, precondition_grads_
+from kfac_ext.layer_types import layer_type_for
+from kfac_ext.layers import KFACLayer
+from kfac_ext.methods import method as make_method
+from kfac_ext.precision import check_precondition_dtype
+from kfac_ext.second_order import SecondOrder
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ class KFACPreconditioner:
         self.accumulation_steps = accumulation_steps
         compute_method = args.compute_method(compute_method)
         self.compute_method = compute_method
+        self._method = make_method(compute_method)
         self.factor_dtype = args.kernel_dtype("factor_dtype", factor_dtype, allow_none=True)
         self.inv_dtype = args.kernel_dtype("inv_dtype", inv_dtype, allow_none=False)
         self.grad_scaler = args.grad_scaler(grad_scaler)
@@ -300,11 +302,21 @@ class KFACPreconditioner:
         return any(p.search(name) or p.search(type(module).__name__) for p in self.skip_layers)
 
     def _candidates(self, model: nn.Module) -> Dict[int, tuple]:
-        """id -> (name, module) of every module registration takes: a supported class
-        with a trainable weight (a frozen one is left out silently), not skipped."""
-        return {id(module): (name, module) for name, module in model.named_modules()
-                if isinstance(module, SUPPORTED) and has_trainable_weight(module)
-                and not self._skipped_by_user(name, module)}
+        """id -> (name, module, layer type) of every module registration takes: one a
+        layer type matches (kfac_ext.layer_types), not skipped, not inside a module
+        whose type claims its children (an attention module's out_proj)."""
+        out: Dict[int, tuple] = {}
+        claimed: List[str] = []
+        for name, module in model.named_modules():
+            if any(name.startswith(prefix + ".") for prefix in claimed):
+                continue
+            layer_type = layer_type_for(module)
+            if layer_type is None or self._skipped_by_user(name, module):
+                continue
+            if layer_type.claims_children:
+                claimed.append(name)
+            out[id(module)] = (name, module, layer_type)
+        return out
 
     def _register(self, model: nn.Module) -> List[KFACLayer]:
         candidates = self._candidates(model)
@@ -312,8 +324,10 @@ class KFACPreconditioner:
         # Tied weights (one Parameter in several layers): its gradient sums every use,
         # and no single layer's factors describe that sum, so none of them is registered.
         sharing: Dict[int, List[str]] = {}
-        for name, module in candidates.values():
-            sharing.setdefault(id(module.weight), []).append(name)
+        for name, module, _ in candidates.values():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                sharing.setdefault(id(weight), []).append(name)
         tied = {name for names in sharing.values() if len(names) > 1 for name in names}
         for names in sharing.values():
             if len(names) > 1:
@@ -322,18 +336,18 @@ class KFACPreconditioner:
                               "gradient (to precondition it with one layer's factors anyway, name "
                               "the others in skip_layers)", stacklevel=3)
         layers: List[KFACLayer] = []
-        for name, module in candidates.values():
-            if name in tied:
-                continue
-            groups = getattr(module, "groups", 1)
-            if groups == 1:
-                layers.append(KFACLayer(name, module, self.factor_dtype))
-            else:  # block-diagonal: one K-FAC layer per channel group
-                layers += [KFACLayer(f"{name}[group {k}]", module, self.factor_dtype, group=k)
-                           for k in range(groups)]
+        try:
+            for name, module, layer_type in candidates.values():
+                if name not in tied:
+                    layers += layer_type.factory(name, module, self.factor_dtype)
+        except Exception:
+            for layer in layers:  # a layer type refused its module: leave the model as it was
+                layer.remove_hooks()
+            raise
         if not layers:
-            warnings.warn("KFACPreconditioner: no layer registered (it preconditions nn.Linear and "
-                          "nn.Conv2d layers with a trainable weight, not matched by skip_layers); "
+            warnings.warn("KFACPreconditioner: no layer registered (it preconditions the layer types "
+                          "of kfac_ext.layer_types with a trainable weight, not matched by "
+                          "skip_layers); "
                           "step() will leave every gradient as is", stacklevel=3)
         return layers
 
@@ -341,7 +355,7 @@ class KFACPreconditioner:
         """Warn once per module about supported modules put into the model after
         construction (not preconditioned) and registered ones no longer in it."""
         current = self._candidates(self._model)
-        for key, (name, _) in current.items():
+        for key, (name, _, _) in current.items():
             if key not in self._known_modules:
                 self._warn_once(("added", key), f"KFACPreconditioner: module {name!r} was added "
                                 "to the model after the preconditioner was built; it is not "
@@ -407,10 +421,8 @@ class KFACPreconditioner:
         self._set_capture()
 
     def _param_grads(self, i: int):
-        m = self.layers[i].module
-        yield m.weight.grad
-        if self.layers[i].has_bias:
-            yield m.bias.grad
+        for p in self.layers[i].params():
+            yield p.grad
 
     def _mark_grads(self, with_grad: Sequence[int]) -> List[tuple]:
         return [(i, weakref.ref(g), g._version) for i in with_grad for g in self._param_grads(i)]
@@ -534,7 +546,8 @@ class KFACPreconditioner:
             self._install(todo, self._compute_second_order(
                 owned, factors, damping, step, lambda: self._solve(factors, damping)
                 if self.eigen_refresh is None else self.eigen_refresh.solve(
-                    factors, [self._second.get(i, {}).get(w) for i, w in owned],
+                    factors, [self._second.get(i, {}).get(w) if f.dim() == 2 else None
+                              for (i, w), f in zip(owned, factors)],
                     lambda fs: self._solve(fs, damping))))
         if due:
             self._inv_tracker.mark(step)
@@ -563,19 +576,17 @@ class KFACPreconditioner:
                 items.append((i, w, slot[w]))
         comm.wait(comm.broadcast_eigens(items))
 
-    def _empty_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
-        n = layer.a_dim if which == "A" else layer.g_dim
-        kw = dict(dtype=self.inv_dtype, device=layer.device)
-        if self.compute_method == "eigen":
-            return EigenData(torch.zeros(n, **kw), torch.eye(n, **kw))
-        return InverseData(torch.eye(n, **kw))
+    @staticmethod
+    def _shape(layer: KFACLayer, which: str) -> tuple:
+        return (layer.a_dim, layer.a_diagonal) if which == "A" else (layer.g_dim, layer.g_diagonal)
 
-    def _identity_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
+    def _empty_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
+        return self._method.empty(*self._shape(layer, which), self.inv_dtype, layer.device)
+
+    def _identity_second_order(self, layer: KFACLayer, which: str, damping: float) -> SecondOrder:
         """Second-order data of an identity factor (fallback when the first one fails)."""
-        data = self._empty_second_order(layer, which)
-        if isinstance(data, EigenData):
-            data.values.fill_(1.0)
-        return data
+        return self._method.identity(*self._shape(layer, which), self.inv_dtype, layer.device,
+                                     damping)
 
     def _factor(self, i: int, which: str) -> torch.Tensor:
         layer = self.layers[i]
@@ -584,10 +595,7 @@ class KFACPreconditioner:
     def _solve(self, factors: List[torch.Tensor], damping: float) -> List[SecondOrder]:
         """Second-order data of each factor. Reads only its arguments, so it may run on
         the background thread."""
-        if self.compute_method == "eigen":
-            values, vectors = ops.batched_eigh(factors)
-            return [EigenData(d, q) for d, q in zip(values, vectors)]
-        return [InverseData(self._damped_inverse(f, damping)) for f in factors]
+        return self._method.solve(factors, damping)
 
     def _compute_second_order(self, owned, factors, damping: float, step: int, batch
                               ) -> Dict[tuple, SecondOrder]:
@@ -596,8 +604,8 @@ class KFACPreconditioner:
         if not owned:
             return {}
         try:
-            return {key: second_order(self.compute_method, data)
-                    for key, data in zip(owned, batch())}
+            return {key: self._method.from_tensors(data, f.dim() == 1)
+                    for key, data, f in zip(owned, batch(), factors)}
         except RuntimeError:
             pass  # redo one by one, keep the rest
         out: Dict[tuple, SecondOrder] = {}
@@ -610,20 +618,10 @@ class KFACPreconditioner:
                 kept = "the previous one is kept" if w in self._second.get(i, {}) else \
                     "the identity is used for this factor until one succeeds"
                 if w not in self._second.get(i, {}):
-                    out[key] = self._identity_second_order(self.layers[i], w)
+                    out[key] = self._identity_second_order(self.layers[i], w, damping)
                 warnings.warn(f"KFACPreconditioner: {self.compute_method} of factor {w} of layer "
                               f"{self.layers[i].name!r} failed at step {step} ({exc}); {kept}")
         return out
-
-    @staticmethod
-    def _damped_inverse(f: torch.Tensor, damping: float) -> torch.Tensor:
-        damped = f + damping * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)
-        chol, info = torch.linalg.cholesky_ex(damped)
-        if int(info) != 0 or not bool(torch.isfinite(chol).all()):
-            if f.dtype == torch.float64:
-                raise RuntimeError(f"Cholesky of a {f.shape[0]}x{f.shape[0]} factor failed")
-            return KFACPreconditioner._damped_inverse(f.double(), damping).to(f.dtype)
-        return torch.cholesky_inverse(chol)
 
     def _precondition(self, step: int, with_grad: Sequence[int]) -> None:
         comm = self.comm
@@ -655,15 +653,10 @@ class KFACPreconditioner:
         mine = [i for i in active if comm.is_grad_worker(i)]
         precond: Dict[int, torch.Tensor] = {}
         if mine:
-            if self.compute_method == "eigen":
-                s = [self._second[i] for i in mine]
-                ps = ops.eigen_precondition([grads[i] for i in mine], [x["A"].vectors for x in s],
-                                            [x["A"].values for x in s], [x["G"].vectors for x in s],
-                                            [x["G"].values for x in s], self.damping(step))
-            else:
-                ps = [self._second[i]["G"].inverse @ grads[i] @ self._second[i]["A"].inverse
-                      for i in mine]
-            precond.update(zip(mine, ps))
+            s = [self._second[i] for i in mine]
+            precond.update(zip(mine, self._method.precondition_many(
+                [grads[i] for i in mine], [x["A"] for x in s], [x["G"] for x in s],
+                self.damping(step))))
         for i in active:
             if i not in precond:
                 precond[i] = torch.empty_like(grads[i])
@@ -677,32 +670,43 @@ class KFACPreconditioner:
 
     def _precondition_in_place(self, step: int, active: Sequence[int]) -> None:
         """Every rank preconditions every layer (one process, COMM-OPT), so nothing is
-        sent: one op call builds Γ, computes P and the KL-clip scale, and writes ν·P
-        back into the gradients (on small models the Python version of these steps
-        cost more than the GEMMs)."""
-        weight_grads, bias_grads = [], []
-        for i in active:
-            w, b = self.layers[i].grad_tensors()
-            weight_grads.append(w)
-            if b is not None:
-                bias_grads.append(b)
+        sent: one fused op call builds Γ, computes P and the KL-clip scale, and writes
+        ν·P back into the gradients (on small models the Python version of these steps
+        cost more than the GEMMs). A layer whose Γ is not a view of its ``.grad`` (a
+        transposed weight) goes in as a Γ copy written back after; a layer with a
+        diagonal factor sends the whole step down the per-layer path."""
         second = [self._second[i] for i in active]
+        layers = [self.layers[i] for i in active]
+        if any(l.a_diagonal or l.g_diagonal for l in layers):
+            self._precondition_per_layer(step, active)
+            return
+        weight_grads, bias_grads, copies = [], [], []
+        for layer in layers:
+            if layer.direct_grads:
+                w, b = layer.grad_tensors()
+                weight_grads.append(w)
+                if b is not None:
+                    bias_grads.append(b)
+            else:  # Γ has a_dim columns: the op sees a layer without a bias
+                copies.append((layer, layer.grad_matrix(self.inv_dtype)))
+                weight_grads.append(copies[-1][1])
         kl_clip = self.kl_clip(step)
-        kl_clip, kl_factor = (0.0, 1.0) if kl_clip is None else \
-            (float(kl_clip), float(self._kl_factor(step)))
-        # The raw ops, not the ops.py wrappers: every list is built here, so their Python
-        # type checks would only repeat the kernels' own (~25 us a step on small models).
-        if self.compute_method == "eigen":
-            op = torch.ops.kfac_ext.precondition_grads_ if self.precondition_dtype is torch.float32 \
-                else functools.partial(precondition_grads_, self.precondition_dtype)
-            op(
-                weight_grads, bias_grads, [s["A"].vectors for s in second],
-                [s["A"].values for s in second], [s["G"].vectors for s in second],
-                [s["G"].values for s in second], float(self.damping(step)), kl_clip, kl_factor)
-        else:
-            torch.ops.kfac_ext.precondition_grads_inverse_(
-                weight_grads, bias_grads, [s["A"].inverse for s in second],
-                [s["G"].inverse for s in second], kl_clip, kl_factor)
+        self._method.precondition_fused_(
+            weight_grads, bias_grads, [s["A"] for s in second], [s["G"] for s in second],
+            self.damping(step), None if kl_clip is None else float(kl_clip),
+            float(self._kl_factor(step)) if kl_clip is not None else 1.0, self.precondition_dtype)
+        for layer, p in copies:
+            layer.set_grad(p)
+
+    def _precondition_per_layer(self, step: int, active: Sequence[int]) -> None:
+        """Γ, P per layer (any factor kind), one KL-clip scale over all, ν·P written back."""
+        grads = [self.layers[i].grad_matrix(self.inv_dtype) for i in active]
+        second = [self._second[i] for i in active]
+        ps = self._method.precondition_many(grads, [s["A"] for s in second],
+                                            [s["G"] for s in second], self.damping(step))
+        nu = self._kl_scale(step, ps, grads)
+        for i, p in zip(active, ps):
+            self.layers[i].set_grad(p if nu is None else p.mul_(nu.to(p.dtype)))
 
     def _kl_factor(self, step: int) -> float:
         """lr², divided by a gradient scaler's scale² (the gradients are still scaled)."""
@@ -769,12 +773,13 @@ class KFACPreconditioner:
                              f"{state['compute_method']!r}, this one uses {self.compute_method!r}")
         for i, l in enumerate(self.layers):
             e = saved[l.name]
-            for w, n in (("A", l.a_dim), ("G", l.g_dim)):
+            for w, want in (("A", tuple(l.A.shape)), ("G", tuple(l.G.shape))):
                 t = e.get(w)
-                if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, n):
+                if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
                     got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                    shape = "x".join(map(str, want)) + (" (diagonal)" if len(want) == 1 else "")
                     raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be "
-                                     f"{n}x{n}, got {got}")
+                                     f"{shape}, got {got}")
             for w, ts in e.get("second_order", {}).items():
                 want = [tuple(t.shape) for t in self._empty_second_order(l, w)]
                 if w not in ("A", "G") or [tuple(t.shape) for t in ts] != want:
@@ -795,9 +800,9 @@ class KFACPreconditioner:
             l.factor_updates = int(e.get("factor_updates", 1))
             l.clear_batch()
             if "second_order" in e:
-                self._second[i] = {w: second_order(self.compute_method, [
-                    t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts])
-                    for w, ts in e["second_order"].items()}
+                self._second[i] = {w: self._method.from_tensors([
+                    t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts],
+                    self._shape(l, w)[1]) for w, ts in e["second_order"].items()}
         self.steps = steps
         if self._adaptive is not None and "adaptive_damping" in state:
             self._adaptive.load_state_dict(state["adaptive_damping"])
@@ -828,8 +833,8 @@ class KFACPreconditioner:
             self.comm.wait(self.comm.allreduce_factors([]))
             self._reducing = {}
         for l in self.layers:
-            l.A.copy_(torch.eye(l.a_dim, dtype=l.A.dtype))
-            l.G.copy_(torch.eye(l.g_dim, dtype=l.G.dtype))
+            l.A.copy_(l.identity_factor("A"))
+            l.G.copy_(l.identity_factor("G"))
             l.factor_updates = 0
             l.clear_batch()
         self._second = {}
@@ -854,7 +859,7 @@ class KFACPreconditioner:
         and the factor snapshot of a lagged update in flight (``inv_lag_steps``)."""
         def nbytes(ts):
             return sum(t.numel() * t.element_size() for t in ts if t is not None)
-        kind = "eigen" if self.compute_method == "eigen" else "inverse"
+        kind = self._method.name
         return {
             "factors": nbytes(t for l in self.layers for t in (l.A, l.G)),
             "batch_factors": nbytes(t for l in self.layers for t in (l.A_sum, l.G_sum)),
