@@ -308,8 +308,8 @@ class KFACPreconditioner:
         out: Dict[int, tuple] = {}
         claimed: List[str] = []
         for name, module in model.named_modules():
-            if any(name.startswith(prefix + ".") for prefix in claimed):
-                continue
+            if any(name.startswith(prefix + ".") or (prefix == "" and name) for prefix in claimed):
+                continue  # inside a module whose layer type took its children
             layer_type = layer_type_for(module)
             if layer_type is None or self._skipped_by_user(name, module):
                 continue
