@@ -40,6 +40,7 @@ from kfac_ext.layers import KFACLayer
 class ProjectionLayer(KFACLayer):
     """One projection of an attention module: rows ``rows`` of ``weight`` (a Linear's layout)."""
 
+    per_use_capable = False  # its input is not a module-hook argument
     def __init__(self, name: str, module: nn.Module, weight: torch.Tensor,
                  bias: Optional[torch.Tensor], rows: Tuple[int, int], factor_dtype=None, **kw):
         self.rows = rows

@@ -49,6 +49,18 @@ class EmbeddingLayer(KFACLayer):
         self.a_count += 1
         self.ever_fired = True
 
+    def _add_use_grad(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        """Γ_u (dim × vocabulary) += the output-gradient rows added into their tokens'
+        columns (the padding row gets none, as in torch's own backward)."""
+        with torch.no_grad():
+            idx = x.reshape(-1)
+            rows = g.reshape(-1, g.shape[-1]).to(self.factor_dtype)
+            if self.module.padding_idx is not None:
+                keep = idx != self.module.padding_idx
+                idx, rows = idx[keep], rows[keep]
+            gamma = rows.new_zeros(self.g_dim, self.a_dim).index_add_(1, idx, rows.T)
+            self._accumulate_use(gamma)
+
     def weight_matrix(self, w: torch.Tensor) -> torch.Tensor:
         return w.T
 

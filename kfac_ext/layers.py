@@ -25,7 +25,9 @@ activations), accumulated over micro-batches and averaged in
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+import contextlib
+from contextvars import ContextVar
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,22 @@ from torch import nn
 from kfac_ext import ops
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+# The size limit of one dense factor while layers are built (docs/design.md §2.4): a
+# context variable, so layer types (a user's included) honour it without passing it on.
+_MAX_FACTOR_BYTES: ContextVar[Optional[int]] = ContextVar("max_factor_bytes", default=None)
+
+
+@contextlib.contextmanager
+def factor_size_limit(max_bytes: Optional[int]) -> Iterator[None]:
+    """Layers built inside hold a factor whose dense size n²·itemsize exceeds
+    ``max_bytes`` as its diagonal (row-type layers; a conv's factors stay dense)."""
+    token = _MAX_FACTOR_BYTES.set(max_bytes)
+    try:
+        yield
+    finally:
+        _MAX_FACTOR_BYTES.reset(token)
 
 
 def has_trainable_weight(module: nn.Module) -> bool:
@@ -71,6 +89,8 @@ class KFACLayer:
         self.name = name
         self.module = module
         self.is_conv = isinstance(module, nn.Conv2d)
+        if self.is_conv:
+            self.per_use_capable = False  # its Γ_u would need the im2col patches
         # The parameters this layer preconditions: the module's own unless a layer
         # type names others (an attention block's slice of a packed weight).
         self.weight = weight = module.weight if weight is None else weight
@@ -98,11 +118,19 @@ class KFACLayer:
         self.factor_dtype = factor_dtype
         self.device = weight.device
         # A diagonal factor is held as its diagonal (a 1-D tensor): an Embedding's A,
-        # or a factor over the preconditioner's size limit (docs/design.md §2.4).
-        self.a_diagonal, self.g_diagonal = a_diagonal, g_diagonal
+        # or a factor over the preconditioner's size limit (docs/design.md §2.4),
+        # decided here, before anything of that size is allocated.
+        limit = _MAX_FACTOR_BYTES.get()
+        itemsize = torch.empty((), dtype=factor_dtype).element_size()
+        self.over_limit = [w for w, n, diag in (("A", self.a_dim, a_diagonal),
+                                                ("G", self.g_dim, g_diagonal))
+                           if limit is not None and not diag and not self.is_conv
+                           and n * n * itemsize > limit]
+        self.a_diagonal = a_diagonal or "A" in self.over_limit
+        self.g_diagonal = g_diagonal or "G" in self.over_limit
         # Running averages (start at the identity) and micro-batch sums.
-        self.A = self._identity(self.a_dim, a_diagonal)
-        self.G = self._identity(self.g_dim, g_diagonal)
+        self.A = self._identity(self.a_dim, self.a_diagonal)
+        self.G = self._identity(self.g_dim, self.g_diagonal)
         self.A_sum: Optional[torch.Tensor] = None
         self.G_sum: Optional[torch.Tensor] = None
         self.a_count = 0
@@ -119,6 +147,12 @@ class KFACLayer:
         # Called after each captured backward pass (the preconditioner uses it to
         # start the factor all-reduce while the rest of backward still runs).
         self.on_gradient_captured: Optional[Callable[["KFACLayer"], None]] = None
+        # Tied weights (docs/design.md §2.5): a layer whose weight another registered
+        # layer also uses keeps its own use's gradient Γ_u = gᵀ[a, 1] (every step, not
+        # only capture steps), which the preconditioner preconditions with this layer's
+        # factors and sums over the uses.
+        self.tied = False
+        self.use_grad: Optional[torch.Tensor] = None
         self._handles = self._install_hooks()
 
     def _install_hooks(self) -> list:
@@ -148,6 +182,12 @@ class KFACLayer:
 
     def _forward_hook(self, module, args, output) -> None:
         self.ever_called = True
+        if self.tied and torch.is_grad_enabled() and isinstance(output, torch.Tensor) \
+                and output.requires_grad:  # this use's share of a tied weight's gradient
+            if self.weight.grad is None:  # zero_grad() since the last step(): start afresh
+                self.use_grad = None
+            x = args[0].detach()
+            output.register_hook(lambda g, x=x: self._add_use_grad(x, g.detach()))
         if not self.capture or not torch.is_grad_enabled() or not module.training:
             return
         x = args[0]
@@ -248,6 +288,27 @@ class KFACLayer:
         else:
             ops.cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
         self.g_count += 1
+
+    #: Whether this type can keep its own use's gradient (a tied weight's per-use sum).
+    per_use_capable = True
+
+    def _add_use_grad(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        """Γ_u += g_rowsᵀ [x_rows, 1]: this use's contribution to the weight's gradient."""
+        with torch.no_grad():
+            x2d = x.reshape(-1, x.shape[-1]).to(self.factor_dtype)
+            if self.has_bias:
+                x2d = torch.cat([x2d, x2d.new_ones(x2d.shape[0], 1)], dim=1)
+            self._accumulate_use(g.reshape(-1, g.shape[-1]).to(self.factor_dtype).T @ x2d)
+
+    def _accumulate_use(self, gamma: torch.Tensor) -> None:
+        if self.use_grad is None:
+            self.use_grad = gamma
+        else:
+            self.use_grad.add_(gamma)
+
+    def covers_weight(self) -> bool:
+        """Whether this layer's block is its whole weight (not a group or a slice)."""
+        return self.g_dim * (self.a_dim - int(self.has_bias)) == self.weight.numel()
 
     # --------------------------------------------------------- factors ----
     def has_batch(self) -> bool:

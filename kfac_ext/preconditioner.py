@@ -68,7 +68,7 @@ from kfac_ext.comm import Comm, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
 from kfac_ext.layer_types import layer_type_for
-from kfac_ext.layers import KFACLayer
+from kfac_ext.layers import KFACLayer, factor_size_limit
 from kfac_ext.methods import method as make_method
 from kfac_ext.precision import check_precondition_dtype
 from kfac_ext.second_order import SecondOrder
@@ -186,7 +186,8 @@ class KFACPreconditioner:
                  loglevel=logging.DEBUG, comm: Optional[Comm] = None,
                  inv_lag_steps: int = 0, eigen_refresh=None,
                  precondition_dtype=torch.float32, factor_init: str = "identity",
-                 g_scale: float = 1.0, auto_step: Optional[AutoStep] = None):
+                 g_scale: float = 1.0, auto_step: Optional[AutoStep] = None,
+                 max_factor_bytes: Optional[int] = 2 ** 30):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -219,6 +220,12 @@ class KFACPreconditioner:
         self.defaults = dict(defaults or {})
         self.loglevel = args.loglevel(loglevel)
 
+        if max_factor_bytes is not None and not (
+                isinstance(max_factor_bytes, int) and not isinstance(max_factor_bytes, bool)
+                and max_factor_bytes > 0):
+            raise ValueError(f"max_factor_bytes must be a positive integer or None, got "
+                             f"{max_factor_bytes!r}")
+        self.max_factor_bytes = max_factor_bytes
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self._model = _unwrap(model)
@@ -249,6 +256,10 @@ class KFACPreconditioner:
             self.grad_worker_fraction, colocate_factors=self.colocate_factors,
             allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
             assignment_cost=self.assignment_strategy)
+        if any(l.tied for l in self.layers) and not self.comm.replicates_preconditioning:
+            raise ValueError("tied weights (layers sharing one weight) are preconditioned per use "
+                             "on every rank: they need grad_worker_fraction=1 (COMM-OPT) or one "
+                             "process")
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
@@ -321,35 +332,60 @@ class KFACPreconditioner:
     def _register(self, model: nn.Module) -> List[KFACLayer]:
         candidates = self._candidates(model)
         self._known_modules = set(candidates)
-        # Tied weights (one Parameter in several layers): its gradient sums every use,
-        # and no single layer's factors describe that sum, so none of them is registered.
-        sharing: Dict[int, List[str]] = {}
-        for name, module, _ in candidates.values():
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, torch.Tensor):
-                sharing.setdefault(id(weight), []).append(name)
-        tied = {name for names in sharing.values() if len(names) > 1 for name in names}
-        for names in sharing.values():
-            if len(names) > 1:
-                warnings.warn(f"KFACPreconditioner: layers {names} share one weight (tied "
-                              "weights); none of them is registered, their weight keeps its plain "
-                              "gradient (to precondition it with one layer's factors anyway, name "
-                              "the others in skip_layers)", stacklevel=3)
         layers: List[KFACLayer] = []
         try:
-            for name, module, layer_type in candidates.values():
-                if name not in tied:
+            with factor_size_limit(self.max_factor_bytes):
+                for name, module, layer_type in candidates.values():
                     layers += layer_type.factory(name, module, self.factor_dtype)
         except Exception:
             for layer in layers:  # a layer type refused its module: leave the model as it was
                 layer.remove_hooks()
             raise
+        dropped = self._mark_tied(layers)
+        layers = [l for l in layers if l not in dropped]
+        big = [f"{l.name!r} ({'/'.join(l.over_limit)})" for l in layers if l.over_limit]
+        if big:
+            warnings.warn(f"KFACPreconditioner: factors over max_factor_bytes="
+                          f"{self.max_factor_bytes} are kept diagonal: {', '.join(big)}",
+                          stacklevel=3)
         if not layers:
             warnings.warn("KFACPreconditioner: no layer registered (it preconditions the layer types "
                           "of kfac_ext.layer_types with a trainable weight, not matched by "
                           "skip_layers); "
                           "step() will leave every gradient as is", stacklevel=3)
         return layers
+
+    def _mark_tied(self, layers: List[KFACLayer]) -> set:
+        """Tied weights (one Parameter used by several layers, docs/design.md §2.5): each
+        use is preconditioned with its own factors and the results summed. Returns the
+        layers that cannot be (a conv, a slice of a weight): they are not registered,
+        with a warning naming them."""
+        by_weight: Dict[int, List[KFACLayer]] = {}
+        for layer in layers:
+            by_weight.setdefault(id(layer.weight), []).append(layer)
+        dropped: set = set()
+        for group in by_weight.values():
+            whole = [l for l in group if l.covers_weight()]
+            if len(whole) < 2 and len(whole) in (0, len(group)):
+                continue  # one use, or disjoint blocks (conv groups, attention projections)
+            names = sorted({l.name.split("[")[0] for l in group})
+            if len(whole) == len(group) and all(l.per_use_capable for l in group):
+                for l in group:
+                    l.tied = True
+                logger.log(self.loglevel, "KFACPreconditioner: layers %s share one weight; each "
+                           "use is preconditioned with its own factors and the results summed",
+                           names)
+                continue
+            for l in group:
+                l.remove_hooks()
+            dropped.update(group)
+            warnings.warn(f"KFACPreconditioner: layers {names} share one weight (tied weights) "
+                          "and a conv or a slice of a weight is among them (only Linear, Conv1D "
+                          "and Embedding uses are preconditioned per use); none of them is "
+                          "registered, their weight keeps its plain gradient (to precondition "
+                          "it with one layer's factors anyway, name the others in skip_layers)",
+                          stacklevel=4)
+        return dropped
 
     def _check_model(self) -> None:
         """Warn once per module about supported modules put into the model after
@@ -417,6 +453,8 @@ class KFACPreconditioner:
                 layer.capture = False
             self._auto.after(self._model, closure)
         self._grad_marks = self._mark_grads(with_grad)
+        for layer in self.layers:
+            layer.use_grad = None  # a tied weight's per-use gradients were used up
         self.steps += 1
         self._set_capture()
 
@@ -677,7 +715,7 @@ class KFACPreconditioner:
         diagonal factor sends the whole step down the per-layer path."""
         second = [self._second[i] for i in active]
         layers = [self.layers[i] for i in active]
-        if any(l.a_diagonal or l.g_diagonal for l in layers):
+        if any(l.a_diagonal or l.g_diagonal or l.tied for l in layers):
             self._precondition_per_layer(step, active)
             return
         weight_grads, bias_grads, copies = [], [], []
@@ -699,14 +737,47 @@ class KFACPreconditioner:
             layer.set_grad(p)
 
     def _precondition_per_layer(self, step: int, active: Sequence[int]) -> None:
-        """Γ, P per layer (any factor kind), one KL-clip scale over all, ν·P written back."""
-        grads = [self.layers[i].grad_matrix(self.inv_dtype) for i in active]
+        """Γ, P per layer (any factor kind), one KL-clip scale over all, ν·P written back.
+
+        A tied weight's uses each precondition their own Γ_u; the weight's new gradient
+        is Σ_u P_u plus whatever of ``.grad`` the registered uses do not explain (a use
+        outside them: left as is), and the KL sum reads that whole update."""
+        active = [i for i in active if not self.layers[i].tied or self.layers[i].use_grad is not None]
+        layers = [self.layers[i] for i in active]
+        grads = [l.use_grad.to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
+                 for l in layers]
         second = [self._second[i] for i in active]
         ps = self._method.precondition_many(grads, [s["A"] for s in second],
                                             [s["G"] for s in second], self.damping(step))
-        nu = self._kl_scale(step, ps, grads)
-        for i, p in zip(active, ps):
-            self.layers[i].set_grad(p if nu is None else p.mul_(nu.to(p.dtype)))
+        pairs = [(p, g) for l, p, g in zip(layers, ps, grads) if not l.tied]
+        tied: Dict[int, torch.Tensor] = {}  # id(weight) -> its new gradient
+        for l, p, g in zip(layers, ps, grads):
+            if not l.tied:
+                continue
+            w = l.weight
+            if id(w) not in tied:
+                tied[id(w)] = w.grad.to(self.inv_dtype)
+            part = torch.zeros_like(tied[id(w)])
+            l.write_weight(part, g[:, :g.shape[1] - int(l.has_bias)])
+            tied[id(w)].sub_(part)
+            l.write_weight(part, p[:, :p.shape[1] - int(l.has_bias)])
+            tied[id(w)].add_(part)
+            if l.has_bias:
+                pairs.append((p[:, -1:], g[:, -1:]))
+        weights = {id(l.weight): l.weight for l in layers if l.tied}
+        pairs += [(t.reshape(t.shape[0], -1), weights[k].grad.to(t.dtype).reshape(t.shape[0], -1))
+                  for k, t in tied.items()]
+        nu = self._kl_scale(step, [p for p, _ in pairs], [g for _, g in pairs])
+
+        def scaled(t):
+            return t if nu is None else t.mul_(nu.to(t.dtype))
+        for l, p in zip(layers, ps):
+            if not l.tied:
+                l.set_grad(scaled(p))
+            elif l.has_bias:
+                l.bias_rows(l.bias.grad).copy_(scaled(p[:, -1].clone()))
+        for k, t in tied.items():
+            weights[k].grad.copy_(scaled(t))
 
     def _kl_factor(self, step: int) -> float:
         """lr², divided by a gradient scaler's scale² (the gradients are still scaled)."""
@@ -866,6 +937,23 @@ class KFACPreconditioner:
             kind: nbytes(t for s in self._second.values() for ts in s.values() for t in ts),
             "pending_snapshot": nbytes(self._pending.factors) if self._pending else 0,
         }
+
+    def memory(self) -> Dict[str, Dict[str, int]]:
+        """Bytes per layer, as held once every factor has been captured and solved:
+        ``A``/``G`` (running factors), ``batch`` (their micro-batch sums),
+        ``second_order`` (eigenbases and eigenvalues, or inverses, in ``inv_dtype``),
+        ``total``. Diagonal factors count n elements, dense ones n²."""
+        inv = torch.empty((), dtype=self.inv_dtype).element_size()
+        report = {}
+        for l in self.layers:
+            a, g = l.A.numel() * l.A.element_size(), l.G.numel() * l.G.element_size()
+            second = 0
+            for n, diag in ((l.a_dim, l.a_diagonal), (l.g_dim, l.g_diagonal)):
+                second += n if diag else n * n + (n if self._method.name == "eigen" else 0)
+            entry = {"A": a, "G": g, "batch": a + g, "second_order": second * inv}
+            entry["total"] = sum(entry.values())
+            report[l.name] = entry
+        return report
 
     def __repr__(self) -> str:
         hp = ", ".join(repr(h) for h in (self.factor_update_steps, self.inv_update_steps,

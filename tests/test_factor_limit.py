@@ -1,0 +1,57 @@
+"""max_factor_bytes: factors too large to hold densely are kept diagonal (decided before
+allocating), named in one warning; memory() reports every layer's bytes."""
+import pytest
+import torch
+from torch import nn
+
+import kfac_ext
+from _kfac_reference import batch_factors, captured_io, dense_precondition, grad_matrix
+
+
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
+def test_a_factor_over_the_limit_is_diagonal_and_matches_the_dense_solve(method):
+    torch.manual_seed(0)
+    layer = nn.Linear(7, 40).double()  # G: 40² · 8 = 12,800 bytes; A: 8² · 8 = 512
+    with pytest.warns(UserWarning, match=r"kept diagonal: '' \(G\)"):
+        p = kfac_ext.KFACPreconditioner(layer, max_factor_bytes=4096, kl_clip=None, damping=0.05,
+                                        factor_decay=0.0, inv_dtype=torch.float64,
+                                        compute_method=method)
+    kl = p.layers[0]
+    assert (kl.a_diagonal, kl.g_diagonal) == (False, True) and kl.G.shape == (40,)
+    x = torch.randn(3, 6, 7, dtype=torch.float64)
+    xin, gout = captured_io(layer, lambda: layer(x).pow(3).mean().backward())
+    grad = grad_matrix(layer)
+    p.step()
+    a, g = batch_factors(layer, xin, gout)
+    torch.testing.assert_close(kl.G, g.diagonal(), rtol=1e-12, atol=0)
+    g_diag = torch.diag(g.diagonal())
+    if method == "eigen":
+        want = dense_precondition(a, g_diag, grad, 0.05)
+    else:
+        eye = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
+        want = torch.linalg.solve(g_diag + 0.05 * eye(40), grad) @ torch.linalg.inv(a + 0.05 * eye(8))
+    got = grad_matrix(layer)
+    assert float((got - want).norm() / want.norm()) < 1e-8
+
+
+def test_memory_reports_dense_and_diagonal_factors_per_layer():
+    model = nn.Sequential(nn.Embedding(50, 4), nn.Linear(4, 3))
+    p = kfac_ext.KFACPreconditioner(model)
+    report = p.memory()
+    assert report["0"]["A"] == 50 * 4 and report["0"]["G"] == 16 * 4  # float32
+    assert report["0"]["second_order"] == (50 + 16 + 4) * 4  # diag A; Q_G and d_G
+    assert report["1"]["A"] == 25 * 4 and report["1"]["total"] == sum(
+        v for k, v in report["1"].items() if k != "total")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1GB"])
+def test_bad_max_factor_bytes_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="max_factor_bytes must be"):
+        kfac_ext.KFACPreconditioner(nn.Linear(2, 2), max_factor_bytes=bad)
+
+
+def test_default_limit_keeps_a_gpt2_sized_output_layer_diagonal_without_allocating_it():
+    head = nn.Linear(8, 50257, bias=False, device="meta")  # no memory behind the weight
+    with pytest.warns(UserWarning, match=r"kept diagonal: '' \(G\)"):
+        p = kfac_ext.KFACPreconditioner(head)
+    assert p.layers[0].G.shape == (50257,) and p.memory()[""]["G"] == 50257 * 4
