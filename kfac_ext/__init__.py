@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["KFACPreconditioner", "ops"]
+__all__ = ["KFACPreconditioner", "ops", "register_layer_type"]
 
 
 def __getattr__(name: str):
     if name == "KFACPreconditioner":
         from kfac_ext.preconditioner import KFACPreconditioner
         return KFACPreconditioner
+    if name == "register_layer_type":
+        from kfac_ext.layer_types import register_layer_type
+        return register_layer_type
     if name == "ops":
         return importlib.import_module("kfac_ext.ops")
     raise AttributeError(f"module 'kfac_ext' has no attribute {name!r}")

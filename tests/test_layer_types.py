@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import kfac_ext
+import kfac_ext.layer_types
+import kfac_ext.layers
 from _kfac_reference import dense_precondition
 
 DAMPING = 0.03
@@ -268,3 +270,52 @@ def test_transformer_encoder_has_every_weight_preconditioned():
             p.step()
     changed = {n for n, q in enc.named_parameters() if not torch.equal(q.grad, before[n])}
     assert changed == {n for n, _ in enc.named_parameters() if "norm" not in n}
+
+
+# ------------------------------------------------------ a user's layer type ----
+class _Scaled(nn.Module):
+    """A user's layer: y = x (s·W)ᵀ with W stored (out, in) and a fixed scale s."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+
+    def forward(self, x):
+        return x @ (2.0 * self.w).T
+
+
+class _ScaledLayer(kfac_ext.layers.KFACLayer):
+    # The Linear math with this module's parameter, no bias: A, G and Γ read as for
+    # nn.Linear; Γ here is ∂L/∂w = 2·(the Linear weight's gradient), a constant
+    # factor K-FAC carries through.
+    def __init__(self, name, module, factor_dtype):
+        super().__init__(name, module, factor_dtype, weight=module.w, bias=None, in_dim=4, out_dim=3)
+
+
+def test_a_users_layer_type_is_registered_and_preconditioned():
+    kfac_ext.register_layer_type(_Scaled, lambda name, m, dtype: [_ScaledLayer(name, m, dtype)])
+    try:
+        torch.manual_seed(6)
+        model = _Scaled()
+        p = _precond(model)
+        x = torch.randn(7, 4, dtype=torch.float64)
+        y = (x @ (2.0 * model.w.detach()).T).requires_grad_(True)
+        _loss(y).backward()
+        a, g = _factors(x, y.grad, bias=False)
+        _loss(model(x)).backward()
+        gamma = model.w.grad.clone()
+        p.step()
+        assert [l.name for l in p.layers] == [""]
+        assert _rel(p.layers[0].A, a) < 1e-12 and _rel(p.layers[0].G, g) < 1e-12
+        assert _rel(model.w.grad, dense_precondition(a, g, gamma, DAMPING)) < 1e-8
+    finally:
+        kfac_ext.layer_types.unregister_layer_type(_Scaled)
+    with pytest.warns(UserWarning, match="no layer registered"):
+        kfac_ext.KFACPreconditioner(_Scaled())
+
+
+def test_register_layer_type_checks_its_arguments():
+    with pytest.raises(TypeError, match="match must be"):
+        kfac_ext.register_layer_type(3, lambda *a: [])
+    with pytest.raises(TypeError, match="factory must be callable"):
+        kfac_ext.register_layer_type(nn.Linear, None)
