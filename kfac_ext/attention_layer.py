@@ -43,13 +43,16 @@ class ProjectionLayer(KFACLayer):
     per_use_capable = False  # its input is not a module-hook argument
     def __init__(self, name: str, module: nn.Module, weight: torch.Tensor,
                  bias: Optional[torch.Tensor], rows: Tuple[int, int], factor_dtype=None, **kw):
-        self.rows = rows
+        self.row_range = rows
         super().__init__(name, module, factor_dtype, weight=weight, bias=bias,
                          in_dim=weight.shape[1], out_dim=rows[1] - rows[0], **kw)
         self.out_slice = slice(*rows)
 
     def _install_hooks(self) -> list:
         return []  # fed by the module's _AttentionCapture
+
+    def sequence_dims(self, t: torch.Tensor) -> tuple:
+        return (0,)  # the functional forward's rows are (L, N, E)
 
     def bias_rows(self, b: torch.Tensor) -> torch.Tensor:
         return b[self.out_slice]
@@ -61,7 +64,8 @@ class _AttentionCapture:
     def __init__(self, module: nn.MultiheadAttention, layers: List[ProjectionLayer]):
         self.module, self.layers = module, layers
         self._saved = None
-        self._handles = [module.register_forward_pre_hook(self._enter),
+        self._target_len = 1  # L of this forward's query: out_proj's rows are (L·N, E)
+        self._handles = [module.register_forward_pre_hook(self._enter, with_kwargs=True),
                          module.register_forward_hook(self._exit, always_call=True)]
 
     def remove(self) -> None:
@@ -69,9 +73,12 @@ class _AttentionCapture:
             h.remove()
         self._handles = []
 
-    def _enter(self, module, args) -> None:
+    def _enter(self, module, args, kwargs) -> None:
         for layer in self.layers:
             layer.ever_called = True
+        query = args[0] if args else kwargs.get("query")
+        if isinstance(query, torch.Tensor):
+            self._target_len = query.shape[1 if module.batch_first and query.dim() == 3 else 0]
         if not (module.training and torch.is_grad_enabled()
                 and any(l.capture for l in self.layers)) or self._saved is not None:
             return
@@ -96,24 +103,31 @@ class _AttentionCapture:
                 continue  # not a view of this layer's weight
             offset, rem = divmod(weight.data_ptr() - base.data_ptr(),
                                  base.stride(0) * base.element_size())
-            lo, hi = layer.rows
+            lo, hi = layer.row_range
             if rem or offset < 0 or offset > lo or hi > offset + weight.shape[0] or not layer.capture:
                 continue
             if x.numel() == 0 and layer.skip_empty:
                 layer.empty_batches += 1
                 continue
             with torch.no_grad():
-                layer.add_activation_rows(x.detach().reshape(-1, x.shape[-1]))
-            if out.requires_grad:
-                cols = slice(lo - offset, hi - offset)
-                out.register_hook(lambda g, layer=layer, cols=cols: self._grad(layer, g[..., cols]))
+                layer.add_activation_rows(layer.rows(_sequences(x.detach(), self._target_len), "mean"))
+            if out.requires_grad:  # L bound now: another forward may run before this backward
+                cols, length = slice(lo - offset, hi - offset), self._target_len
+                out.register_hook(lambda g, layer=layer, cols=cols, length=length:
+                                  self._grad(layer, _sequences(g[..., cols], length)))
 
     @staticmethod
     def _grad(layer: ProjectionLayer, g: torch.Tensor) -> None:
         with torch.no_grad():
-            layer.add_gradient_rows(g.detach().reshape(-1, g.shape[-1]))
+            layer.add_gradient_rows(layer.rows(g.detach(), "sum"))
             if layer.on_gradient_captured is not None:
                 layer.on_gradient_captured(layer)
+
+
+def _sequences(t: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, N, E) rows; out_proj's input arrives flattened to (L·N, E) (and an unbatched
+    forward's as (L, E)), which only 'reduce' needs unflattened."""
+    return t.unflatten(0, (length, -1)) if t.dim() == 2 else t
 
 
 def attention_layers(name: str, module: nn.Module, factor_dtype) -> List[KFACLayer]:

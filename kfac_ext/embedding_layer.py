@@ -11,6 +11,8 @@ a Linear. Γ = W.gradᵀ.
   G and in n (exactly a Linear fed zeros there).
 - ``max_norm``: supported; torch renormalises the looked-up rows in place
   before the lookup, the factors describe the lookup that ran.
+- ``kfac_approx='reduce'``: an Embedding stays 'expand' (the averaged one-hot
+  rows would make A dense, V × V).
 - ``sparse=True``: a clear error (the gradient is a sparse tensor the dense
   preconditioning cannot write); skip the layer or use ``sparse=False``.
 """
@@ -26,6 +28,14 @@ from kfac_ext.layers import KFACLayer
 
 class EmbeddingLayer(KFACLayer):
     direct_grads = False  # Γ = W.gradᵀ
+
+    @property
+    def kfac_approx(self) -> str:
+        return "expand"
+
+    @kfac_approx.setter
+    def kfac_approx(self, value: str) -> None:
+        pass  # see the module docstring: always 'expand'
 
     def __init__(self, name: str, module: nn.Embedding, factor_dtype=None, **kw):
         if module.sparse:

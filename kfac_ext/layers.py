@@ -232,7 +232,7 @@ class KFACLayer:
             else:
                 self.A_sum.add_(a)
         else:
-            self.add_activation_rows(x.reshape(-1, x.shape[-1]))
+            self.add_activation_rows(self.rows(x, "mean"))
             return
         self.a_count += 1
         self.ever_fired = True
@@ -255,9 +255,26 @@ class KFACLayer:
             # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
             ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), beta)
         else:
-            self.add_gradient_rows(g.reshape(-1, g.shape[-1]))
+            self.add_gradient_rows(self.rows(g, "sum"))
             return
         self.g_count += 1
+
+    #: 'expand' (every position a row) or 'reduce' (one row per sequence: inputs
+    #: averaged, output gradients summed over the positions); set by the preconditioner.
+    kfac_approx = "expand"
+    #: The dimensions a 'reduce' folds: all between the batch (first) and the features.
+    #: A type that sees its rows in another layout (attention: (L, N, E)) overrides it.
+    def sequence_dims(self, t: torch.Tensor) -> Tuple[int, ...]:
+        return tuple(range(1, t.dim() - 1))
+
+    def rows(self, t: torch.Tensor, fold: str) -> torch.Tensor:
+        """``t`` (…, features) as factor rows: all leading dims flattened ('expand'), or
+        the sequence dims folded first ('reduce': ``fold`` is 'mean' for inputs, 'sum'
+        for output gradients; Eschenhagen et al. 2023)."""
+        if self.kfac_approx == "reduce" and t.dim() >= 3:
+            dims = self.sequence_dims(t)
+            t = t.mean(dims) if fold == "mean" else t.sum(dims)
+        return t.reshape(-1, t.shape[-1])
 
     def add_activation_rows(self, rows: torch.Tensor) -> None:
         """Add one micro-batch's A = [a, 1]ᵀ[a, 1]/n (or its diagonal) from rows (n, in)."""

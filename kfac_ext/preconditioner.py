@@ -119,7 +119,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class KFACPreconditioner:
-    """K-FAC preconditioning of the ``nn.Linear`` / ``nn.Conv2d`` layers of a model.
+    """K-FAC preconditioning of the layers of a model (docs/design.md §2a for the types).
 
     Every hyperparameter may be a number or a callable ``f(step)``.
     factor_update_steps / inv_update_steps: interval of factor / eigendecomposition
@@ -171,6 +171,11 @@ class KFACPreconditioner:
     it with ``SGD(lr=1.0)``, no momentum or weight decay); it needs
     ``kl_clip=None``, a fixed-number or scheduled damping, one process, and
     ``step(closure=...)`` returning (inputs, loss_of_outputs).
+    max_factor_bytes: a factor whose dense size exceeds it is kept diagonal (named in
+    a warning; None: no limit); ``memory()`` reports bytes per layer. kfac_approx:
+    'expand' or 'reduce' for layers applied to sequences (docs/design.md §2a, which
+    also lists the layer types: Linear, Conv2d, HF Conv1D, Embedding,
+    MultiheadAttention, and ``kfac_ext.register_layer_type`` for others).
     """
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
@@ -187,7 +192,7 @@ class KFACPreconditioner:
                  inv_lag_steps: int = 0, eigen_refresh=None,
                  precondition_dtype=torch.float32, factor_init: str = "identity",
                  g_scale: float = 1.0, auto_step: Optional[AutoStep] = None,
-                 max_factor_bytes: Optional[int] = 2 ** 30):
+                 max_factor_bytes: Optional[int] = 2 ** 30, kfac_approx: str = "expand"):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -226,6 +231,9 @@ class KFACPreconditioner:
             raise ValueError(f"max_factor_bytes must be a positive integer or None, got "
                              f"{max_factor_bytes!r}")
         self.max_factor_bytes = max_factor_bytes
+        if kfac_approx not in ("expand", "reduce"):
+            raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {kfac_approx!r}")
+        self.kfac_approx = kfac_approx
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self._model = _unwrap(model)
@@ -280,6 +288,7 @@ class KFACPreconditioner:
         # backward hook (see _start_factor_reduce), with those factors.
         self._reducing: Dict[KFACLayer, tuple] = {}
         for layer in self.layers:
+            layer.kfac_approx = self.kfac_approx
             if self.comm.world_size > 1 and self.update_factors_in_hook:
                 layer.on_gradient_captured = self._start_factor_reduce
             # An empty micro-batch adds nothing and is not counted; with more than one
