@@ -264,10 +264,12 @@ class KFACPreconditioner:
             self.grad_worker_fraction, colocate_factors=self.colocate_factors,
             allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
             assignment_cost=self.assignment_strategy)
-        if any(l.tied for l in self.layers) and not self.comm.replicates_preconditioning:
+        if any(l.tied for l in self.layers) and self.comm.world_size > 1:
+            # Each use's Γ_u is this rank's share; with DDP averaging .grad they would
+            # need an all-reduce of their own (not built yet).
             raise ValueError("tied weights (layers sharing one weight) are preconditioned per use "
-                             "on every rank: they need grad_worker_fraction=1 (COMM-OPT) or one "
-                             "process")
+                             "in one process only; with more than one rank name all but one use "
+                             "in skip_layers")
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
