@@ -106,11 +106,21 @@ class EigenMethod(Method):
         return v if isinstance(g, DiagonalData) else g.vectors @ v
 
     def precondition_many(self, grads, a, g, damping):
-        if all(isinstance(x, EigenData) for x in list(a) + list(g)):  # one batched op
-            return ops.eigen_precondition(list(grads), [x.vectors for x in a],
-                                          [x.values for x in a], [x.vectors for x in g],
-                                          [x.values for x in g], damping)
-        return super().precondition_many(grads, a, g, damping)
+        """The layers whose factors are all dense in one batched op, the rest one by one."""
+        dense = [k for k in range(len(grads))
+                 if isinstance(a[k], EigenData) and isinstance(g[k], EigenData)]
+        out = [None] * len(grads)
+        if dense:
+            done = ops.eigen_precondition([grads[k] for k in dense], [a[k].vectors for k in dense],
+                                          [a[k].values for k in dense],
+                                          [g[k].vectors for k in dense],
+                                          [g[k].values for k in dense], damping)
+            for k, p in zip(dense, done):
+                out[k] = p
+        for k in range(len(grads)):
+            if out[k] is None:
+                out[k] = self.precondition(grads[k], a[k], g[k], damping)
+        return out
 
     def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor,
                             dtype=torch.float32):
