@@ -72,6 +72,7 @@ from kfac_ext.layers import KFACLayer, factor_size_limit
 from kfac_ext.methods import method as make_method
 from kfac_ext.precision import check_precondition_dtype
 from kfac_ext.second_order import SecondOrder
+from kfac_ext.tied_weights import mark_tied
 
 logger = logging.getLogger(__name__)
 
@@ -352,7 +353,7 @@ class KFACPreconditioner:
             for layer in layers:  # a layer type refused its module: leave the model as it was
                 layer.remove_hooks()
             raise
-        dropped = self._mark_tied(layers)
+        dropped = mark_tied(layers, lambda msg, names: logger.log(self.loglevel, msg, names))
         layers = [l for l in layers if l not in dropped]
         big = [f"{l.name!r} ({'/'.join(l.over_limit)})" for l in layers if l.over_limit]
         if big:
@@ -365,38 +366,6 @@ class KFACPreconditioner:
                           "skip_layers); "
                           "step() will leave every gradient as is", stacklevel=3)
         return layers
-
-    def _mark_tied(self, layers: List[KFACLayer]) -> set:
-        """Tied weights (one Parameter used by several layers, docs/design.md §2.5): each
-        use is preconditioned with its own factors and the results summed. Returns the
-        layers that cannot be (a conv, a slice of a weight): they are not registered,
-        with a warning naming them."""
-        by_weight: Dict[int, List[KFACLayer]] = {}
-        for layer in layers:
-            by_weight.setdefault(id(layer.weight), []).append(layer)
-        dropped: set = set()
-        for group in by_weight.values():
-            whole = [l for l in group if l.covers_weight()]
-            if len(whole) < 2 and len(whole) in (0, len(group)):
-                continue  # one use, or disjoint blocks (conv groups, attention projections)
-            names = sorted({l.name.split("[")[0] for l in group})
-            if len(whole) == len(group) and all(l.per_use_capable for l in group):
-                for l in group:
-                    l.tied = True
-                logger.log(self.loglevel, "KFACPreconditioner: layers %s share one weight; each "
-                           "use is preconditioned with its own factors and the results summed",
-                           names)
-                continue
-            for l in group:
-                l.remove_hooks()
-            dropped.update(group)
-            warnings.warn(f"KFACPreconditioner: layers {names} share one weight (tied weights) "
-                          "and a conv or a slice of a weight is among them (only Linear, Conv1D "
-                          "and Embedding uses are preconditioned per use); none of them is "
-                          "registered, their weight keeps its plain gradient (to precondition "
-                          "it with one layer's factors anyway, name the others in skip_layers)",
-                          stacklevel=4)
-        return dropped
 
     def _check_model(self) -> None:
         """Warn once per module about supported modules put into the model after

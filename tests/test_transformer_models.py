@@ -7,7 +7,6 @@ import math
 import os
 import subprocess
 import sys
-import textwrap
 import warnings
 
 import pytest
@@ -102,28 +101,18 @@ def test_word_language_model_is_fully_preconditioned_and_trains():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_gpt2_small_config_takes_one_step_within_20_gb():
-    """GPT-2 small (124 M parameters) from its default config: the 50,257-wide factors go
-    diagonal (named in the warning) and one step's peak resident memory stays under 20 GB."""
-    script = textwrap.dedent("""
-        import resource, warnings, torch, transformers, kfac_ext
-        torch.manual_seed(0)
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config())
-        print("params", sum(p.numel() for p in model.parameters()))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            p = kfac_ext.KFACPreconditioner(model)
-        print("warning", [str(w.message) for w in caught if "diagonal" in str(w.message)])
-        print("factor_bytes", sum(e["total"] for e in p.memory().values()))
-        ids = torch.randint(0, 50257, (1, 32))
-        model(ids, labels=ids).loss.backward()
-        p.step()
-        print("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    """)
+    """GPT-2 small (124 M parameters) from its default config (benchmarks/gpt2_small_step.py):
+    the 50,257-wide output factor goes diagonal (named in the warning) and construction plus
+    one step peak under 20 GB resident. Slow: the step decomposes 102 factors of up to 3,073."""
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpt2_small_step.py")
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                         timeout=580, check=True).stdout
-    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(os.path.dirname(__file__), "..")]
+                                        + env.get("PYTHONPATH", "").split(os.pathsep))
+    out = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env,
+                         timeout=3500, check=True).stdout
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if " " in line)
     assert int(lines["params"]) > 124_000_000
-    assert "transformer.wte" in lines["warning"] or "lm_head" in lines["warning"]
+    assert "'lm_head' (G)" in lines["warning"]
     assert int(lines["peak_kib"]) * 1024 < 20e9, lines
