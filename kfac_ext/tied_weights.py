@@ -40,5 +40,5 @@ def mark_tied(layers: List[KFACLayer], log: Callable[[str, list], None]) -> set:
                       "and Embedding uses are preconditioned per use); none of them is "
                       "registered, their weight keeps its plain gradient (to precondition "
                       "it with one layer's factors anyway, name the others in skip_layers)",
-                      stacklevel=5)
+                      stacklevel=4)  # mark_tied, _register, __init__, the caller
     return dropped
