@@ -14,6 +14,7 @@ embedding is a K-FAC layer. One step = zero_grad, forward, backward,
   as precondition + (factors − precondition)/10 + (every − factors)/100.
 
     PYTHONPATH=. python benchmarks/table_transformer_step.py [--reps 5] [--approx reduce]
+        [--method inverse]
 
 Medians of ``--reps`` timed steps after 2 warm-up steps. The machine is shared: the
 absolute figures move with its load, the ratios less.
@@ -60,7 +61,7 @@ class GPT(nn.Module):
         return self.head(self.ln(x))
 
 
-def time_steps(intervals, reps: int, approx: str) -> float:
+def time_steps(intervals, reps: int, approx: str, method: str = "eigen") -> float:
     torch.manual_seed(0)
     model = GPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -68,7 +69,7 @@ def time_steps(intervals, reps: int, approx: str) -> float:
     if intervals is not None:
         pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=intervals[0],
                                           inv_update_steps=intervals[1], lr=1e-3,
-                                          kfac_approx=approx)
+                                          kfac_approx=approx, compute_method=method)
     idx = torch.randint(0, VOCAB, (BATCH, TOKENS + 1), generator=torch.Generator().manual_seed(1))
     times = []
     for step in range(reps + 2):
@@ -88,18 +89,19 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--approx", default="expand", choices=["expand", "reduce"])
+    parser.add_argument("--method", default="eigen", choices=["eigen", "inverse"])
     args = parser.parse_args(argv)
     never = 10 ** 9
     rows = {"AdamW": time_steps(None, args.reps, args.approx),
-            "every step": time_steps((1, 1), args.reps, args.approx),
-            "factors only": time_steps((1, never), args.reps, args.approx),
-            "precondition only": time_steps((never, never), args.reps, args.approx)}
+            "every step": time_steps((1, 1), args.reps, args.approx, args.method),
+            "factors only": time_steps((1, never), args.reps, args.approx, args.method),
+            "precondition only": time_steps((never, never), args.reps, args.approx, args.method)}
     rows["amortised (10, 100)"] = (rows["precondition only"]
                                    + (rows["factors only"] - rows["precondition only"]) / 10
                                    + (rows["every step"] - rows["factors only"]) / 100)
     adamw = rows["AdamW"]
     print(f"GPT-style d_model {D}, {LAYERS} layers, {BATCH}x{TOKENS} tokens, "
-          f"kfac_approx={args.approx}, torch {torch.__version__}, "
+          f"kfac_approx={args.approx}, compute_method={args.method}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("| step | ms | × AdamW |\n|---|---|---|")
     for name, t in rows.items():

@@ -319,3 +319,24 @@ def test_register_layer_type_checks_its_arguments():
         kfac_ext.register_layer_type(3, lambda *a: [])
     with pytest.raises(TypeError, match="factory must be callable"):
         kfac_ext.register_layer_type(nn.Linear, None)
+
+
+def test_adaptive_damping_reads_transposed_and_diagonal_layers():
+    """AdaptiveDamping's quadratic model takes each layer's parameters in its Γ layout and
+    a diagonal A as a vector: with an Embedding and a Conv1D it runs and moves λ."""
+    from kfac_ext.adaptive_damping import AdaptiveDamping
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Embedding(9, 4), Conv1D(3, 4)).double()
+    damping = AdaptiveDamping(initial=1.0, interval=1)
+    p = kfac_ext.KFACPreconditioner(model, damping=damping, kl_clip=None, inv_dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    idx = torch.randint(0, 9, (5, 3))
+
+    def closure():
+        return model(idx).pow(2).mean()
+    for _ in range(3):
+        opt.zero_grad()
+        closure().backward()
+        p.step(closure=closure)
+        opt.step()
+    assert math.isfinite(damping.value) and damping.value != 1.0
