@@ -275,6 +275,11 @@ class KFACPreconditioner:
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
         logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
+        if self.precondition_dtype is not torch.float32 and any(
+                l.a_diagonal or l.g_diagonal or l.tied for l in self.layers):
+            warnings.warn("KFACPreconditioner: precondition_dtype applies to the fused path; this "
+                          "model has diagonal factors or tied weights, whose per-layer path runs "
+                          f"in inv_dtype={self.inv_dtype}", stacklevel=2)
         if self.precondition_dtype is not torch.float32 and not self.comm.replicates_preconditioning:
             raise ValueError("precondition_dtype other than torch.float32 needs a comm that "
                              "preconditions every layer on every rank (one process, COMM-OPT)")

@@ -55,3 +55,8 @@ def test_default_limit_keeps_a_gpt2_sized_output_layer_diagonal_without_allocati
     with pytest.warns(UserWarning, match=r"kept diagonal: '' \(G\)"):
         p = kfac_ext.KFACPreconditioner(head)
     assert p.layers[0].G.shape == (50257,) and p.memory()[""]["G"] == 50257 * 4
+
+
+def test_precondition_dtype_with_a_diagonal_factor_says_it_does_not_apply():
+    with pytest.warns(UserWarning, match="precondition_dtype applies to the fused path"):
+        kfac_ext.KFACPreconditioner(nn.Embedding(5, 3), precondition_dtype=torch.bfloat16)
