@@ -35,7 +35,6 @@ from torch import nn
 
 from kfac_ext import ops
 
-SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
 # The size limit of one dense factor while layers are built (docs/design.md §2.4): a
