@@ -1,4 +1,4 @@
-"""``nn.MultiheadAttention`` as K-FAC layers (docs/design.md §2.3).
+"""``nn.MultiheadAttention`` as K-FAC layers (docs/design.md §2a).
 
 The module's forward is functional (``F.multi_head_attention_forward``): its
 projections are ``F.linear`` calls on slices of ``in_proj_weight`` (or on

@@ -3,7 +3,7 @@ stored transposed, ``y = x W + b`` with W of shape (in, out).
 
 Recognised by duck typing (class name ``Conv1D``, an ``nf`` attribute and a 2-D
 weight), so ``transformers`` is never imported. The factors are a Linear's
-(docs/design.md §2.3): A from the input rows, G from the output-gradient rows;
+(docs/design.md §2a): A from the input rows, G from the output-gradient rows;
 only the gradient's layout differs, Γ = W.gradᵀ.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``nn.Embedding`` as a K-FAC layer (docs/design.md §2.3).
+"""``nn.Embedding`` as a K-FAC layer (docs/design.md §2a).
 
 A lookup ``y = W[i]`` is a Linear without bias applied to the one-hot row
 ``e_i``: ``y = (Wᵀ) e_i``. With ``Wᵀ`` (dim × vocabulary) as the Linear's

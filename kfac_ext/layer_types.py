@@ -13,7 +13,7 @@ A factory whose module owns K-FAC blocks among its children (an
 not matched on their own.
 
 Adding a built-in layer type: a file with its :class:`~kfac_ext.layers.KFACLayer`
-subclass and factory, and one line in ``_BUILTIN`` below (docs/design.md §2.3).
+subclass and factory, and one line in ``_BUILTIN`` below (docs/design.md §2a).
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def register_layer_type(match: Match, factory: Factory, *, claims_children: bool
     for a module computing ``y = x Wᵀ + b`` over rows of x is a ``KFACLayer`` built
     with ``weight=``, ``bias=``, ``in_dim=``, ``out_dim=``; override ``weight_matrix``
     / ``write_weight`` when W is stored differently, and ``_forward_hook`` when the
-    input is not ``args[0]`` (docs/design.md §2.3).
+    input is not ``args[0]`` (docs/design.md §2a).
     """
     if not (isinstance(match, type) or callable(match)):
         raise TypeError(f"register_layer_type: match must be a class or a callable, got "

@@ -2,7 +2,7 @@
 
 A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``; other layer
 types subclass it in a file of their own and register in
-:mod:`kfac_ext.layer_types` (docs/design.md §2.3). While capture
+:mod:`kfac_ext.layer_types` (docs/design.md §2a). While capture
 is on (the preconditioner turns it on for steps that update factors), a
 forward hook turns the layer input into this micro-batch's activation factor
 contribution at once, and registers a tensor hook on the layer output that
@@ -35,9 +35,7 @@ from torch import nn
 
 from kfac_ext import ops
 
-
-
-# The size limit of one dense factor while layers are built (docs/design.md §2.4): a
+# The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
 _MAX_FACTOR_BYTES: ContextVar[Optional[int]] = ContextVar("max_factor_bytes", default=None)
 
@@ -117,7 +115,7 @@ class KFACLayer:
         self.factor_dtype = factor_dtype
         self.device = weight.device
         # A diagonal factor is held as its diagonal (a 1-D tensor): an Embedding's A,
-        # or a factor over the preconditioner's size limit (docs/design.md §2.4),
+        # or a factor over the preconditioner's size limit (docs/design.md §2a),
         # decided here, before anything of that size is allocated.
         limit = _MAX_FACTOR_BYTES.get()
         itemsize = torch.empty((), dtype=factor_dtype).element_size()
@@ -146,7 +144,7 @@ class KFACLayer:
         # Called after each captured backward pass (the preconditioner uses it to
         # start the factor all-reduce while the rest of backward still runs).
         self.on_gradient_captured: Optional[Callable[["KFACLayer"], None]] = None
-        # Tied weights (docs/design.md §2.5): a layer whose weight another registered
+        # Tied weights (docs/design.md §2a): a layer whose weight another registered
         # layer also uses keeps its own use's gradient Γ_u = gᵀ[a, 1] (every step, not
         # only capture steps), which the preconditioner preconditions with this layer's
         # factors and sums over the uses.

@@ -11,7 +11,7 @@ the identity fallback, and the two preconditioning paths all go through it.
 - :class:`InverseMethod`: ``(F + λI)⁻¹``; ``P = G⁻¹ Γ A⁻¹``.
 
 A factor may be diagonal (a 1-D tensor of its diagonal: an Embedding's A, or a
-factor too large to hold densely, docs/design.md §2.4). Its data is a
+factor too large to hold densely, docs/design.md §2a). Its data is a
 :class:`~kfac_ext.second_order.DiagonalData` under either method (the eigen
 method's eigenvalues are the diagonal itself; the inverse method's values are
 ``1/(d + λ)``), and a layer with one is preconditioned on the per-layer path.
