@@ -16,8 +16,9 @@ embedding is a K-FAC layer. One step = zero_grad, forward, backward,
     PYTHONPATH=. python benchmarks/table_transformer_step.py [--reps 5] [--approx reduce]
         [--method inverse]
 
-Medians of ``--reps`` timed steps after 2 warm-up steps. The machine is shared: the
-absolute figures move with its load, the ratios less.
+Medians of ``--reps`` timed steps after 2 warm-up steps, the four modes' steps
+interleaved. The machine is shared: the absolute figures move with its load, the
+ratios less.
 """
 from __future__ import annotations
 
@@ -61,28 +62,41 @@ class GPT(nn.Module):
         return self.head(self.ln(x))
 
 
-def time_steps(intervals, reps: int, approx: str, method: str = "eigen") -> float:
-    torch.manual_seed(0)
-    model = GPT()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    pre = None
-    if intervals is not None:
-        pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=intervals[0],
-                                          inv_update_steps=intervals[1], lr=1e-3,
-                                          kfac_approx=approx, compute_method=method)
-    idx = torch.randint(0, VOCAB, (BATCH, TOKENS + 1), generator=torch.Generator().manual_seed(1))
-    times = []
-    for step in range(reps + 2):
+class Runner:
+    """One model, its AdamW and (``intervals`` not None) its preconditioner."""
+
+    def __init__(self, intervals, approx: str, method: str):
+        torch.manual_seed(0)
+        self.model = GPT()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.pre = None if intervals is None else kfac_ext.KFACPreconditioner(
+            self.model, factor_update_steps=intervals[0], inv_update_steps=intervals[1],
+            lr=1e-3, kfac_approx=approx, compute_method=method)
+        self.idx = torch.randint(0, VOCAB, (BATCH, TOKENS + 1),
+                                 generator=torch.Generator().manual_seed(1))
+
+    def step(self) -> float:
         t0 = time.perf_counter()
-        opt.zero_grad()
-        out = model(idx[:, :-1])
-        nn.functional.cross_entropy(out.reshape(-1, VOCAB), idx[:, 1:].reshape(-1)).backward()
-        if pre is not None:
-            pre.step()
-        opt.step()
-        if step >= 2:  # the first step of every mode decomposes: warm-up
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        self.opt.zero_grad()
+        out = self.model(self.idx[:, :-1])
+        nn.functional.cross_entropy(out.reshape(-1, VOCAB), self.idx[:, 1:].reshape(-1)).backward()
+        if self.pre is not None:
+            self.pre.step()
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def time_modes(modes: dict, reps: int, approx: str, method: str) -> dict:
+    """Median step time of each mode, the modes' steps interleaved (one of each in
+    turn), so that a change of the shared machine's load falls on all of them alike."""
+    runners = {name: Runner(intervals, approx, method) for name, intervals in modes.items()}
+    times = {name: [] for name in modes}
+    for rep in range(reps + 2):
+        for name, runner in runners.items():
+            t = runner.step()
+            if rep >= 2:  # the first step of every mode decomposes: warm-up
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv=None) -> None:
@@ -92,10 +106,8 @@ def main(argv=None) -> None:
     parser.add_argument("--method", default="eigen", choices=["eigen", "inverse"])
     args = parser.parse_args(argv)
     never = 10 ** 9
-    rows = {"AdamW": time_steps(None, args.reps, args.approx),
-            "every step": time_steps((1, 1), args.reps, args.approx, args.method),
-            "factors only": time_steps((1, never), args.reps, args.approx, args.method),
-            "precondition only": time_steps((never, never), args.reps, args.approx, args.method)}
+    rows = time_modes({"AdamW": None, "every step": (1, 1), "factors only": (1, never),
+                       "precondition only": (never, never)}, args.reps, args.approx, args.method)
     rows["amortised (10, 100)"] = (rows["precondition only"]
                                    + (rows["factors only"] - rows["precondition only"]) / 10
                                    + (rows["every step"] - rows["factors only"]) / 100)
