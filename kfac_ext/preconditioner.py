@@ -878,7 +878,7 @@ class KFACPreconditioner:
             return None
         try:
             return PendingSecondOrder.from_state_dict(
-                saved, names, [{"A": l.a_dim, "G": l.g_dim} for l in self.layers],
+                saved, names, [{"A": tuple(l.A.shape), "G": tuple(l.G.shape)} for l in self.layers],
                 self.inv_dtype, [l.device for l in self.layers])
         except ValueError as exc:
             raise ValueError(f"load_state_dict: {exc}") from None

@@ -60,3 +60,28 @@ def test_default_limit_keeps_a_gpt2_sized_output_layer_diagonal_without_allocati
 def test_precondition_dtype_with_a_diagonal_factor_says_it_does_not_apply():
     with pytest.warns(UserWarning, match="precondition_dtype applies to the fused path"):
         kfac_ext.KFACPreconditioner(nn.Embedding(5, 3), precondition_dtype=torch.bfloat16)
+
+
+def test_a_lagged_update_with_a_diagonal_factor_survives_a_checkpoint():
+    def run(state=None, steps=range(4)):
+        torch.manual_seed(3)
+        model = nn.Sequential(nn.Embedding(7, 3), nn.Linear(3, 2)).double()
+        p = kfac_ext.KFACPreconditioner(model, inv_update_steps=2, inv_lag_steps=1,
+                                        inv_dtype=torch.float64, damping=0.1)
+        if state is not None:
+            model.load_state_dict(state[0])
+            p.load_state_dict(state[1])
+        grads = []
+        for s in steps:
+            model.zero_grad()
+            model(torch.tensor([[s % 7, 2, 5]])).pow(2).sum().backward()
+            p.step()
+            grads.append(model[0].weight.grad.clone())
+            if s == 2:
+                saved = ({k: v.clone() for k, v in model.state_dict().items()}, p.state_dict())
+        return grads, saved if state is None else None
+
+    grads, saved = run()
+    assert "pending_second_order" in saved[1]  # step 2's update lands at step 3
+    resumed, _ = run(saved, steps=[3])
+    assert torch.equal(resumed[0], grads[3])
