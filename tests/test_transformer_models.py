@@ -116,3 +116,44 @@ def test_gpt2_small_config_takes_one_step_within_20_gb():
     assert int(lines["params"]) > 124_000_000
     assert "'lm_head' (G)" in lines["warning"]
     assert int(lines["peak_kib"]) * 1024 < 20e9, lines
+
+
+def _kfac_pytorch_transformer():
+    """kfac-pytorch's own language-model example model, when a checkout of kfac-pytorch
+    sits in third_party/ (git-ignored; `git clone` it there), else None."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "third_party", "kfac-pytorch",
+                        "examples", "language", "transformer.py")
+    if not os.path.exists(path):
+        return None
+    spec = importlib.util.spec_from_file_location("kfac_pytorch_lm_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TransformerModel
+
+
+def test_kfac_pytorchs_language_model_example_is_fully_preconditioned_and_trains():
+    model_cls = _kfac_pytorch_transformer()
+    if model_cls is None:
+        pytest.skip("no kfac-pytorch checkout in third_party/")
+    torch.manual_seed(3)
+    model = model_cls(ntoken=53, d_model=16, nhead=2, d_hid=24, nlayers=2, dropout=0.1)
+    src = torch.randint(0, 53, (9, 4))
+    mask = nn.Transformer.generate_square_subsequent_mask(8)
+
+    def loss():
+        out = model(src[:-1], mask)
+        return nn.functional.cross_entropy(out.reshape(-1, 53), src[1:].reshape(-1))
+
+    changed, total, p = _coverage(model, [loss] * 2, skip=lambda n: "norm" in n)
+    assert changed == total
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.no_grad():
+        first = float(loss())
+    for _ in range(15):
+        opt.zero_grad()
+        loss().backward()
+        p.step()
+        opt.step()
+    with torch.no_grad():
+        assert float(loss()) < first
