@@ -406,6 +406,14 @@ class DistributedComm(Comm):
         if handle is not None:
             handle.wait()
 
+    def average(self, tensors):
+        # Few and small (a tied weight's per-use gradients): one blocking all-reduce each.
+        for t in tensors:
+            _wait(dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
+                  "per-use gradient all-reduce")
+            t.div_(self.world_size)
+        return None
+
     # -- work split
     def eigen_owner(self, layer_idx, which) -> int:
         work = self._plan().layers[layer_idx]

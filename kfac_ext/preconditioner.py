@@ -265,12 +265,10 @@ class KFACPreconditioner:
             self.grad_worker_fraction, colocate_factors=self.colocate_factors,
             allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
             assignment_cost=self.assignment_strategy)
-        if any(l.tied for l in self.layers) and self.comm.world_size > 1:
-            # Each use's Γ_u is this rank's share; with DDP averaging .grad they would
-            # need an all-reduce of their own (not built yet).
+        if any(l.tied for l in self.layers) and not self.comm.replicates_preconditioning:
             raise ValueError("tied weights (layers sharing one weight) are preconditioned per use "
-                             "in one process only; with more than one rank name all but one use "
-                             "in skip_layers")
+                             "on every rank: they need grad_worker_fraction=1 (COMM-OPT) or one "
+                             "process (or name all but one use in skip_layers)")
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
@@ -729,6 +727,10 @@ class KFACPreconditioner:
         outside them: left as is), and the KL sum reads that whole update."""
         active = [i for i in active if not self.layers[i].tied or self.layers[i].use_grad is not None]
         layers = [self.layers[i] for i in active]
+        # Each rank's Γ_u is its own batch's; data parallelism averaged .grad, so they too.
+        tied_uses = [l.use_grad for l in layers if l.tied]
+        if tied_uses and self.comm.world_size > 1:
+            self.comm.wait(self.comm.average(tied_uses))
         grads = [l.use_grad.to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
                  for l in layers]
         second = [self._second[i] for i in active]

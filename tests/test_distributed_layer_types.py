@@ -76,3 +76,40 @@ def test_two_ranks_match_one_process_with_the_transformer_layer_types():
                 for k, (g, w) in enumerate(zip(got, want)):
                     err = float((g - w).norm() / w.norm())
                     assert err < 1e-9, (fraction, rank, step, k, err)
+
+
+def _tied_ranks(rank, world_size):
+    from test_tied_weights import _LM
+    ddp = nn.parallel.DistributedDataParallel(_LM(True).double())
+    precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=DistributedComm(timeout=30),
+                                 **HPARAMS)
+    return _train_lm(ddp, precond, rank, world_size)
+
+
+def _train_lm(model, precond, rank=0, world_size=1):
+    opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
+    chunk, grads = BATCH // world_size, []
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(STEPS):
+        idx = torch.randint(0, 9, (BATCH, 6), generator=gen)[rank * chunk:(rank + 1) * chunk]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(idx).reshape(-1, 9), idx.roll(1, 1).reshape(-1)).backward()
+        precond.step()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+    return grads
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_with_a_tied_weight():
+    """Each rank's per-use gradients are averaged like .grad before the per-use sum."""
+    from test_tied_weights import _LM
+    model = _LM(True).double()
+    ref = _train_lm(model, KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(),
+                                              **HPARAMS))
+    results = run_workers(_tied_ranks, 2, timeout=240)
+    for rank in range(2):
+        for step, (got, want) in enumerate(zip(results[rank], ref)):
+            for k, (g, w) in enumerate(zip(got, want)):
+                err = float((g - w).norm() / w.norm())
+                assert err < 1e-9, (rank, step, k, err)
