@@ -13,10 +13,14 @@ initialised with more than one rank, else :class:`~kfac_ext.comm.LocalComm`.
 
 Documented behaviours a user may rely on:
 
-- Registration: every ``nn.Linear`` / ``nn.Conv2d`` with a trainable weight (a
-  frozen bias is left out of the factor), not matched by ``skip_layers``; a
-  grouped conv becomes one block-diagonal K-FAC layer per channel group
-  (``"name[group k]"``); modules inside DDP/DataParallel keep their own names.
+- Registration: every module a layer type of :mod:`kfac_ext.layer_types` takes
+  (``nn.Linear``, ``nn.Conv2d``, HF ``Conv1D``, ``nn.Embedding``,
+  ``nn.MultiheadAttention``, and any registered with ``register_layer_type``) with a
+  trainable weight (a frozen bias is left out of the factor), not matched by
+  ``skip_layers``; a grouped conv becomes one block-diagonal K-FAC layer per channel
+  group (``"name[group k]"``), an attention module one per projection
+  (``"name[q]"`` … ``"name[out]"``); modules inside DDP/DataParallel keep their own
+  names. A weight tied between layers is preconditioned per use (docs/design.md §2a).
 
 - Capture: the hooks capture only on factor-update steps, only in training
   mode with grad enabled (``model.eval()`` or ``torch.no_grad()`` forwards are
