@@ -22,7 +22,12 @@ $(VENV)/.installed: setup.py pyproject.toml
 	# An independent K-FAC (curvlinops) for the factor cross-check test; pinned
 	# to the installed torch, or its torchvision dependency upgrades torch.
 	echo "$(TORCH_SPEC)" > $(VENV)/torch-constraint.txt
-	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt curvlinops-for-pytorch
+	$(PY) -m pip install -q -c $(VENV)/torch-constraint.txt curvlinops-for-pytorch transformers
+	# curvlinops pulls in PyPI's torchvision (via backpack, which imports it only in its
+	# examples): built against the CUDA torch, it fails to load next to the CPU wheel
+	# ("operator torchvision::nms does not exist") and then breaks `import transformers`'
+	# models. Nothing here uses it.
+	$(PY) -m pip uninstall -q -y torchvision
 	# kfac-pytorch is not on the package index (its README installs from source), so
 	# tests/test_dropin_examples.py runs only where a clone sits in third_party/kfac-pytorch.
 	# SOAP (heavyball) for `kfac-ext train --optimizer soap`, the same pin.

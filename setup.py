@@ -110,7 +110,10 @@ def _placement_extension():
 
 APP_REQUIRES = ["tqdm", "matplotlib", "scikit-learn"]
 PLACEMENT_REQUIRES = ["highspy", "matplotlib"]
-TEST_REQUIRES = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff"]
+# transformers: the GPT-2 / BERT coverage tests build tiny models from configs (no weights
+# downloaded). It needs no torch of its own; the Makefile still installs it with the pin.
+TEST_REQUIRES = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff",
+                 "transformers"]
 
 ext_modules = [_ops_extension()]
 if _sources("csrc/placement/*.cpp"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 
 __version__ = "0.1.0"
-__all__ = ["KFACPreconditioner", "ops", "preconditioner", "enums", "scheduler"]
+__all__ = ["KFACPreconditioner", "ops", "preconditioner", "enums", "scheduler", "register_layer_type"]
 # Submodules loaded as attributes on first access, as `import kfac` gives kfac-pytorch's.
 _LAZY_SUBMODULES = ("ops", "preconditioner", "enums", "scheduler", "schedules", "hyperparams",
                     "gpt_neox")
@@ -24,6 +24,9 @@ def __getattr__(name: str):
     if name == "KFACPreconditioner":
         from kfac_ext.preconditioner import KFACPreconditioner
         return KFACPreconditioner
+    if name == "register_layer_type":
+        from kfac_ext.layer_types import register_layer_type
+        return register_layer_type
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"kfac_ext.{name}")
     from kfac_ext.kfac_pytorch_names import refuse_internal  # no torch: enums only

@@ -84,10 +84,9 @@ def _loss_value(result) -> float:
 
 def _layer_params(layer) -> torch.Tensor:
     """(out, in[+1]) parameters of a K-FAC layer, bias last: the layout of its gradient."""
-    m = layer.module
-    w = m.weight.detach()[layer.out_slice].reshape(layer.g_dim, -1)
+    w = layer.weight_matrix(layer.weight.detach())  # any layer type's layout (kfac_ext.layers)
     if layer.has_bias:
-        w = torch.cat([w, m.bias.detach()[layer.out_slice].reshape(-1, 1)], dim=1)
+        w = torch.cat([w, layer.bias_rows(layer.bias.detach()).reshape(-1, 1)], dim=1)
     return w.to(torch.float64, copy=True)
 
 
@@ -192,7 +191,10 @@ class AdaptiveDamping:
                 linear += float((g * d).sum())
                 a = layer.A.to(torch.float64)
                 gf = layer.G.to(torch.float64)
-                curvature += float(((gf @ d @ a) * d).sum())
+                # A diagonal factor (a 1-D tensor, docs/design.md §2a) scales rows/columns.
+                gd = gf.unsqueeze(1) * d if gf.dim() == 1 else gf @ d
+                gda = gd * a if a.dim() == 1 else gd @ a
+                curvature += float((gda * d).sum())
         model = linear + 0.5 * self.curvature_scale * curvature
         if not math.isfinite(new_loss):
             warnings.warn(f"AdaptiveDamping: the closure's loss after the step is {new_loss} "

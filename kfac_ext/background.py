@@ -48,7 +48,7 @@ class PendingSecondOrder:
                         dtype: torch.dtype, devices: Sequence[torch.device]
                         ) -> "PendingSecondOrder":
         """Validate and rebuild a :meth:`state_dict`; ``dims[i]`` maps "A"/"G" of
-        layer i to its factor size, the factors land in ``dtype`` on ``devices[i]``.
+        layer i to its factor size (or shape), the factors land in ``dtype`` on ``devices[i]``.
         Raises ValueError naming what is wrong."""
         names = list(names)
         try:
@@ -64,10 +64,11 @@ class PendingSecondOrder:
         for (i, w), f in zip(owned, factors):
             if w not in ("A", "G"):
                 raise ValueError(f"pending_second_order: a factor is 'A' or 'G', got {w!r}")
-            n = dims[i][w]
-            if not isinstance(f, torch.Tensor) or tuple(f.shape) != (n, n):
+            n = dims[i][w]  # a size, or a shape (a diagonal factor's is (n,))
+            shape = tuple(n) if isinstance(n, (tuple, list)) else (n, n)
+            if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape:
                 raise ValueError(f"pending_second_order: factor {w} of layer {names[i]!r} must "
-                                 f"be a {n}x{n} tensor")
+                                 f"be a {'x'.join(map(str, shape))} tensor")
         factors = [f.to(dtype=dtype, device=devices[i]).clone()
                    for (i, _), f in zip(owned, factors)]
         return cls(step, apply_step, todo, owned, factors, damping)

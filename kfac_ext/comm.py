@@ -68,6 +68,11 @@ class Comm:
         """Block until the operation behind ``handle`` has finished."""
         raise NotImplementedError
 
+    def average(self, tensors: List[torch.Tensor]) -> Handle:
+        """Start averaging arbitrary tensors over ranks, in place (a tied weight's
+        per-use gradients, which data parallelism averages like ``.grad``)."""
+        raise NotImplementedError
+
     def eigen_owner(self, layer_idx: int, which: str) -> int:
         """Rank that computes the eigendecomposition (or inverse) of factor ``which``."""
         raise NotImplementedError
@@ -103,6 +108,9 @@ class LocalComm(Comm):
 
     def allreduce_factors(self, tensors) -> Handle:
         return None  # the mean over one rank is the tensor itself
+
+    def average(self, tensors) -> Handle:
+        return None
 
     def wait(self, handle) -> None:
         return None

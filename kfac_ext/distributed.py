@@ -88,7 +88,14 @@ class FactorAllReduce:
         self.buckets_sent = 0
 
     def add(self, factor: torch.Tensor) -> None:
-        """Queue one square symmetric factor; its bucket is launched once full."""
+        """Queue one square symmetric factor; its bucket is launched once full. A 1-D
+        factor (a diagonal one, docs/design.md §2a) goes out at once, as it is."""
+        if factor.dim() == 1:
+            work = dist.all_reduce(factor, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+            self.elements_sent += factor.numel()
+            self.buckets_sent += 1
+            self._in_flight.append((work, None, [factor]))
+            return
         if factor.dim() != 2 or factor.shape[0] != factor.shape[1]:
             raise ValueError(f"FactorAllReduce.add: factor must be square 2-D, got {tuple(factor.shape)}")
         key = (factor.dtype, factor.device)
@@ -124,7 +131,10 @@ class FactorAllReduce:
         in_flight, self._in_flight = self._in_flight, []
         for work, packed, factors in in_flight:
             _wait(work, "factor all-reduce")
-            ops.unpack_triu_(packed, factors, 1.0 / self.world_size)
+            if packed is None:  # a diagonal factor, reduced in place
+                factors[0].div_(self.world_size)
+            else:
+                ops.unpack_triu_(packed, factors, 1.0 / self.world_size)
 
     def reduce(self, factors: Sequence[torch.Tensor]) -> None:
         """Average ``factors`` in place (add all, then wait)."""
@@ -395,6 +405,14 @@ class DistributedComm(Comm):
     def wait(self, handle) -> None:
         if handle is not None:
             handle.wait()
+
+    def average(self, tensors):
+        # Few and small (a tied weight's per-use gradients): one blocking all-reduce each.
+        for t in tensors:
+            _wait(dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
+                  "per-use gradient all-reduce")
+            t.div_(self.world_size)
+        return None
 
     # -- work split
     def eigen_owner(self, layer_idx, which) -> int:

@@ -1,6 +1,8 @@
 """Per-layer K-FAC state: hooks, factor capture, gradient matrix get/set.
 
-A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``. While capture
+A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``; other layer
+types subclass it in a file of their own and register in
+:mod:`kfac_ext.layer_types` (docs/design.md §2a). While capture
 is on (the preconditioner turns it on for steps that update factors), a
 forward hook turns the layer input into this micro-batch's activation factor
 contribution at once, and registers a tensor hook on the layer output that
@@ -23,7 +25,9 @@ activations), accumulated over micro-batches and averaged in
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+import contextlib
+from contextvars import ContextVar
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +35,20 @@ from torch import nn
 
 from kfac_ext import ops
 
-SUPPORTED = (nn.Linear, nn.Conv2d)
+# The size limit of one dense factor while layers are built (docs/design.md §2a): a
+# context variable, so layer types (a user's included) honour it without passing it on.
+_MAX_FACTOR_BYTES: ContextVar[Optional[int]] = ContextVar("max_factor_bytes", default=None)
+
+
+@contextlib.contextmanager
+def factor_size_limit(max_bytes: Optional[int]) -> Iterator[None]:
+    """Layers built inside hold a factor whose dense size n²·itemsize exceeds
+    ``max_bytes`` as its diagonal (row-type layers; a conv's factors stay dense)."""
+    token = _MAX_FACTOR_BYTES.set(max_bytes)
+    try:
+        yield
+    finally:
+        _MAX_FACTOR_BYTES.reset(token)
 
 
 def has_trainable_weight(module: nn.Module) -> bool:
@@ -43,7 +60,8 @@ def is_computed_weight(module: nn.Module) -> bool:
     """Whether the weight is computed from other parameters (``weight_norm``,
     ``spectral_norm``, any ``torch.nn.utils.parametrize``): it is no leaf and gets no
     ``.grad`` of its own, so K-FAC has no gradient to precondition."""
-    return module.weight is not None and not isinstance(module.weight, nn.Parameter)
+    weight = getattr(module, "weight", None)
+    return weight is not None and not isinstance(weight, nn.Parameter)
 
 
 def _checkpoint_recomputation() -> bool:
@@ -77,33 +95,66 @@ def _conv_explicit_padding(module: nn.Conv2d) -> Tuple[int, int, int, int]:
 class KFACLayer:
     """K-FAC state of one registered module."""
 
+    #: Whether ``grad_tensors`` gives views the fused op may overwrite in place (a
+    #: type whose Γ is not a reshape of its weight, e.g. a transposed one, says False).
+    direct_grads = True
+
     def __init__(self, name: str, module: nn.Module, factor_dtype: Optional[torch.dtype] = None,
-                 group: Optional[int] = None):
+                 group: Optional[int] = None, *, weight: Optional[torch.Tensor] = None,
+                 bias: Optional[torch.Tensor] = None, in_dim: Optional[int] = None,
+                 out_dim: Optional[int] = None, a_diagonal: bool = False,
+                 g_diagonal: bool = False):
         self.name = name
         self.module = module
         self.is_conv = isinstance(module, nn.Conv2d)
-        weight = module.weight
+        if self.is_conv:
+            self.per_use_capable = False  # its Γ_u would need the im2col patches
+        # The parameters this layer preconditions: the module's own unless a layer
+        # type names others (an attention block's slice of a packed weight).
+        self.weight = weight = module.weight if weight is None else weight
+        bias = getattr(module, "bias", None) if bias is None and in_dim is None else bias
+        # What to watch after registration (docs/faults.md): the module's own weight and
+        # bias attributes where this layer preconditions them (a parametrization or a
+        # resize replaces those attributes), else the tensors the layer type gave.
+        self._owns_module_weight = weight is getattr(module, "weight", None)
+        self._registered_bias = bias
         self.weight_shape = tuple(weight.shape)
         # A frozen bias is left out of the factor (K-FAC of the weight alone).
-        self.has_bias = module.bias is not None and module.bias.requires_grad
+        self.has_bias = bias is not None and bias.requires_grad
+        self.bias = bias if self.has_bias else None
         # A grouped conv is block-diagonal: group k maps input channels k*C_in/groups...
         # to output channels k*C_out/groups..., so each group is a layer of its own.
         self.group = group
-        self.g_dim = weight.shape[0] if group is None else weight.shape[0] // module.groups
+        if out_dim is not None:
+            self.g_dim = out_dim
+        else:
+            self.g_dim = weight.shape[0] if group is None else weight.shape[0] // module.groups
         self.out_slice = slice(0, weight.shape[0]) if group is None else \
             slice(group * self.g_dim, (group + 1) * self.g_dim)
         self.in_slice = None if group is None else \
             slice(group * weight.shape[1], (group + 1) * weight.shape[1])
-        in_dim = weight[0].numel()  # in_features or (C_in/groups)*kh*kw
+        if in_dim is None:
+            in_dim = weight[0].numel()  # in_features or (C_in/groups)*kh*kw
         self.a_dim = in_dim + int(self.has_bias)
         if factor_dtype is None:
             factor_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) \
                 else torch.float32
         self.factor_dtype = factor_dtype
         self.device = weight.device
+        # A diagonal factor is held as its diagonal (a 1-D tensor): an Embedding's A,
+        # or a factor over the preconditioner's size limit (docs/design.md §2a),
+        # decided here, before anything of that size is allocated.
+        limit = _MAX_FACTOR_BYTES.get()
+        itemsize = torch.empty((), dtype=factor_dtype).element_size()
+        self.over_limit = [w for w, n, diag in (("A", self.a_dim, a_diagonal),
+                                                ("G", self.g_dim, g_diagonal))
+                           if limit is not None and not diag and not self.is_conv
+                           and n * n * itemsize > limit]
+        self.a_diagonal = a_diagonal or "A" in self.over_limit
+        self.g_diagonal = g_diagonal or "G" in self.over_limit
         # Running averages (start at the identity) and micro-batch sums.
-        self.A = torch.eye(self.a_dim, dtype=factor_dtype, device=self.device)
-        self.G = torch.eye(self.g_dim, dtype=factor_dtype, device=self.device)
+        self.A = self._identity(self.a_dim, self.a_diagonal)
+        self.G = self._identity(self.g_dim, self.g_diagonal)
         self.A_sum: Optional[torch.Tensor] = None
         self.G_sum: Optional[torch.Tensor] = None
         self.a_count = 0
@@ -120,7 +171,32 @@ class KFACLayer:
         # Called after each captured backward pass (the preconditioner uses it to
         # start the factor all-reduce while the rest of backward still runs).
         self.on_gradient_captured: Optional[Callable[["KFACLayer"], None]] = None
-        self._handles = [module.register_forward_hook(self._forward_hook)]
+        # Tied weights (docs/design.md §2a): a layer whose weight another registered
+        # layer also uses keeps its own use's gradient Γ_u = gᵀ[a, 1] (every step, not
+        # only capture steps), which the preconditioner preconditions with this layer's
+        # factors and sums over the uses.
+        self.tied = False
+        self.use_grad: Optional[torch.Tensor] = None
+        self._handles = self._install_hooks()
+
+    def _install_hooks(self) -> list:
+        """The hooks that feed this layer (removable handles)."""
+        return [self.module.register_forward_hook(self._forward_hook)]
+
+    def _identity(self, n: int, diagonal: bool) -> torch.Tensor:
+        if diagonal:
+            return torch.ones(n, dtype=self.factor_dtype, device=self.device)
+        return torch.eye(n, dtype=self.factor_dtype, device=self.device)
+
+    def identity_factor(self, which: str) -> torch.Tensor:
+        """The identity of factor ``which`` ('A' or 'G') in its storage (dense or diagonal)."""
+        return self._identity(*((self.a_dim, self.a_diagonal) if which == "A"
+                                else (self.g_dim, self.g_diagonal)))
+
+    def factor_numels(self) -> Tuple[int, int]:
+        """Elements of A and G as stored (n for a diagonal factor, n² for a dense one)."""
+        return (self.a_dim if self.a_diagonal else self.a_dim ** 2,
+                self.g_dim if self.g_diagonal else self.g_dim ** 2)
 
     # ----------------------------------------------------------- hooks ----
     def remove_hooks(self) -> None:
@@ -130,12 +206,19 @@ class KFACLayer:
 
     def _forward_hook(self, module, args, output) -> None:
         self.ever_called = True
+        if self.tied and torch.is_grad_enabled() and isinstance(output, torch.Tensor) \
+                and output.requires_grad:  # this use's share of a tied weight's gradient
+            if self.weight.grad is None:  # zero_grad() since the last step(): start afresh
+                self.use_grad = None
+            x = args[0].detach()
+            output.register_hook(lambda g, x=x: self._add_use_grad(x, g.detach()))
         if not self.capture or not torch.is_grad_enabled() or not module.training \
                 or _checkpoint_recomputation():
             return
-        if module.weight is None or tuple(module.weight.shape) != self.weight_shape:
+        current = self.current_params()[0]
+        if current is None or tuple(current.shape) != self.weight_shape:
             # Checked here, not deep in a kernel: the factors have the registered size.
-            got = None if module.weight is None else tuple(module.weight.shape)
+            got = None if current is None else tuple(current.shape)
             raise RuntimeError(f"KFACPreconditioner: layer {self.name!r} has weight shape {got}, "
                                f"registered with {self.weight_shape} (resized after the "
                                "preconditioner was built?); build the preconditioner once the "
@@ -182,11 +265,8 @@ class KFACLayer:
             else:
                 self.A_sum.add_(a)
         else:
-            if self.A_sum is None:
-                self.A_sum = torch.empty_like(self.A)
-            x2d = x.reshape(-1, x.shape[-1])
-            ops.cov_update_(self.A_sum, x2d, 1.0 / max(x2d.shape[0], 1), 0.0 if first else 1.0,
-                            self.has_bias)
+            self.add_activation_rows(self.rows(x, "mean"))
+            return
         self.a_count += 1
         self.ever_fired = True
 
@@ -208,9 +288,77 @@ class KFACLayer:
             # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
             ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), beta)
         else:
-            g2d = g.reshape(-1, g.shape[-1])
-            ops.cov_update_(self.G_sum, g2d, 1.0 / max(g2d.shape[0], 1), beta)
+            self.add_gradient_rows(self.rows(g, "sum"))
+            return
         self.g_count += 1
+
+    #: 'expand' (every position a row) or 'reduce' (one row per sequence: inputs
+    #: averaged, output gradients summed over the positions); set by the preconditioner.
+    kfac_approx = "expand"
+    #: The dimensions a 'reduce' folds: all between the batch (first) and the features.
+    #: A type that sees its rows in another layout (attention: (L, N, E)) overrides it.
+    def sequence_dims(self, t: torch.Tensor) -> Tuple[int, ...]:
+        return tuple(range(1, t.dim() - 1))
+
+    def rows(self, t: torch.Tensor, fold: str) -> torch.Tensor:
+        """``t`` (…, features) as factor rows: all leading dims flattened ('expand'), or
+        the sequence dims folded first ('reduce': ``fold`` is 'mean' for inputs, 'sum'
+        for output gradients; Eschenhagen et al. 2023)."""
+        if self.kfac_approx == "reduce" and t.dim() >= 3:
+            dims = self.sequence_dims(t)
+            t = t.mean(dims) if fold == "mean" else t.sum(dims)
+        return t.reshape(-1, t.shape[-1])
+
+    def add_activation_rows(self, rows: torch.Tensor) -> None:
+        """Add one micro-batch's A = [a, 1]ᵀ[a, 1]/n (or its diagonal) from rows (n, in)."""
+        rows = rows.to(self.factor_dtype)
+        first = self.a_count == 0
+        if self.A_sum is None:
+            self.A_sum = torch.empty_like(self.A)
+        if self.a_diagonal:
+            d = rows.square().sum(0) / max(rows.shape[0], 1)
+            if self.has_bias:
+                d = torch.cat([d, d.new_ones(1)])
+            self.A_sum.copy_(d) if first else self.A_sum.add_(d)
+        else:
+            ops.cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0,
+                            self.has_bias)
+        self.a_count += 1
+        self.ever_fired = True
+
+    def add_gradient_rows(self, rows: torch.Tensor) -> None:
+        """Add one micro-batch's G = gᵀg/n (or its diagonal) from rows (n, out)."""
+        rows = rows.to(self.factor_dtype)
+        first = self.g_count == 0
+        if self.G_sum is None:
+            self.G_sum = torch.empty_like(self.G)
+        if self.g_diagonal:
+            d = rows.square().sum(0) / max(rows.shape[0], 1)
+            self.G_sum.copy_(d) if first else self.G_sum.add_(d)
+        else:
+            ops.cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
+        self.g_count += 1
+
+    #: Whether this type can keep its own use's gradient (a tied weight's per-use sum).
+    per_use_capable = True
+
+    def _add_use_grad(self, x: torch.Tensor, g: torch.Tensor) -> None:
+        """Γ_u += g_rowsᵀ [x_rows, 1]: this use's contribution to the weight's gradient."""
+        with torch.no_grad():
+            x2d = x.reshape(-1, x.shape[-1]).to(self.factor_dtype)
+            if self.has_bias:
+                x2d = torch.cat([x2d, x2d.new_ones(x2d.shape[0], 1)], dim=1)
+            self._accumulate_use(g.reshape(-1, g.shape[-1]).to(self.factor_dtype).T @ x2d)
+
+    def _accumulate_use(self, gamma: torch.Tensor) -> None:
+        if self.use_grad is None:
+            self.use_grad = gamma
+        else:
+            self.use_grad.add_(gamma)
+
+    def covers_weight(self) -> bool:
+        """Whether this layer's block is its whole weight (not a group or a slice)."""
+        return self.g_dim * (self.a_dim - int(self.has_bias)) == self.weight.numel()
 
     # --------------------------------------------------------- factors ----
     def has_batch(self) -> bool:
@@ -241,49 +389,72 @@ class KFACLayer:
         running average is exactly the rest, for Linear and Conv2d alike: slicing it
         off gives the factor K-FAC of the weight alone would have kept."""
         self.has_bias = False
+        self.bias = None
         self.a_dim -= 1
-        self.A = self.A[:-1, :-1].clone()
+        keep = slice(None, -1)
+        keep = keep if self.a_diagonal else (keep, keep)  # a diagonal A is held as a vector
+        self.A = self.A[keep].clone()
         if self.A_sum is not None:
-            self.A_sum = self.A_sum[:-1, :-1].clone()
+            self.A_sum = self.A_sum[keep].clone()
 
     # ------------------------------------------------------- gradients ----
+    def params(self) -> List[torch.Tensor]:
+        """The parameters whose gradients this layer reads and writes."""
+        return [self.weight] + ([self.bias] if self.has_bias else [])
+
     def has_grad(self) -> bool:
-        m = self.module
+        weight, bias = self.current_params()
         # A weight frozen (or made computed) after registration is not preconditioned,
         # even with a stale zero .grad left by zero_grad(set_to_none=False).
-        if not isinstance(m.weight, nn.Parameter) or not m.weight.requires_grad \
-                or m.weight.grad is None:
+        if not isinstance(weight, nn.Parameter) or not weight.requires_grad or weight.grad is None:
             return False
-        return not self.has_bias or m.bias.grad is not None
+        return not self.has_bias or (bias is not None and bias.grad is not None)
+
+    def current_params(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(weight, bias) as the model holds them now: the module's attributes where this
+        layer preconditions them (they may have been frozen, parametrized or replaced
+        since registration), else the tensors registered."""
+        if self._owns_module_weight:
+            return getattr(self.module, "weight", None), getattr(self.module, "bias", None)
+        return self.weight, self._registered_bias
+
+    def weight_matrix(self, w: torch.Tensor) -> torch.Tensor:
+        """This layer's (out, in) block of a weight-shaped tensor (a view where possible)."""
+        return w[self.out_slice].reshape(self.g_dim, -1)
+
+    def write_weight(self, grad: torch.Tensor, p: torch.Tensor) -> None:
+        """Write an (out, in) matrix into this layer's block of a weight-shaped ``grad``."""
+        w = grad[self.out_slice]
+        w.copy_(p.reshape(w.shape))
+
+    def bias_rows(self, b: torch.Tensor) -> torch.Tensor:
+        return b[self.out_slice]
 
     def grad_matrix(self, dtype: torch.dtype) -> torch.Tensor:
         """Γ: (out, in[+1]) with the bias gradient as the last column."""
-        m = self.module
-        w = m.weight.grad[self.out_slice].reshape(self.g_dim, -1)
+        w = self.weight_matrix(self.weight.grad)
         if self.has_bias:
-            return torch.cat([w, m.bias.grad[self.out_slice].reshape(-1, 1)], dim=1).to(dtype)
+            return torch.cat([w, self.bias_rows(self.bias.grad).reshape(-1, 1)], dim=1).to(dtype)
         return w.to(dtype)
 
     def grad_tensors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(weight gradient, bias gradient or None) of this layer's rows, as
         views of the parameters' ``.grad``: what ``ops.precondition_grads_``
-        reads and overwrites in place."""
-        m = self.module
-        if self.group is None:
-            return m.weight.grad, (m.bias.grad if self.has_bias else None)
-        return (m.weight.grad[self.out_slice],
-                m.bias.grad[self.out_slice] if self.has_bias else None)
+        reads and overwrites in place (only when ``direct_grads``)."""
+        return self.weight.grad[self.out_slice], (self.bias_rows(self.bias.grad) if self.has_bias else None)
 
     def set_grad(self, p: torch.Tensor) -> None:
         """Write P back into weight.grad (and bias.grad), in the parameters' dtype."""
-        m = self.module
-        w = m.weight.grad[self.out_slice]
         if self.has_bias:
-            w.copy_(p[:, :-1].reshape(w.shape))
-            m.bias.grad[self.out_slice].copy_(p[:, -1])
+            self.write_weight(self.weight.grad, p[:, :-1])
+            self.bias_rows(self.bias.grad).copy_(p[:, -1])
         else:
-            w.copy_(p.reshape(w.shape))
+            self.write_weight(self.weight.grad, p)
 
     def __repr__(self) -> str:
         kind = type(self.module).__name__
-        return f"{self.name} ({kind}): A {self.a_dim}x{self.a_dim}, G {self.g_dim}x{self.g_dim}"
+
+        def dims(n, diagonal):
+            return f"{n} (diagonal)" if diagonal else f"{n}x{n}"
+        return (f"{self.name} ({kind}): A {dims(self.a_dim, self.a_diagonal)}, "
+                f"G {dims(self.g_dim, self.g_diagonal)}")

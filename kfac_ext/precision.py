@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from kfac_ext.reference import _gammas  # Γ = [W | b], built one way for every path
+from kfac_ext.reference import gammas  # Γ = [W | b], built one way for every path
 
 PRECONDITION_DTYPES = (torch.float32, "tf32", torch.bfloat16)
 
@@ -78,22 +78,27 @@ def eigen_precondition_bf16(grads: Sequence[Tensor], qa: Sequence[Tensor], da: S
 
 def precondition_grads_(dtype, weight_grads: List[Tensor], bias_grads: List[Tensor],
                         qa: List[Tensor], da: List[Tensor], qg: List[Tensor], dg: List[Tensor],
-                        damping: float, kl_clip: float, kl_factor: float) -> None:
-    """``ops.precondition_grads_`` (same arguments; kl_clip 0 disables clipping) with the
-    GEMMs in ``dtype`` (see the module docstring), in place."""
+                        damping: float, kl_clip: Optional[float], kl_factor: float) -> None:
+    """The one Python entry to the fused eigen-method op: ``ops.precondition_grads_``'s
+    arguments (``kl_clip=None`` disables clipping) with the GEMMs in ``dtype`` (see the
+    module docstring), in place.
+
+    float32 calls the raw op directly: the caller built every list, so ops.py's
+    Python checks would only repeat the kernel's own (~25 us a step on small models)."""
+    op_clip = 0.0 if kl_clip is None else float(kl_clip)  # the op's "off" is 0
+    if dtype is torch.float32:
+        torch.ops.kfac_ext.precondition_grads_(weight_grads, bias_grads, qa, da, qg, dg,
+                                               damping, op_clip, kl_factor)
+        return
     if dtype == "tf32":
         with allow_tf32():
             torch.ops.kfac_ext.precondition_grads_(weight_grads, bias_grads, qa, da, qg, dg,
-                                                   damping, kl_clip, kl_factor)
+                                                   damping, op_clip, kl_factor)
         return
-    if dtype is torch.float32:
-        torch.ops.kfac_ext.precondition_grads_(weight_grads, bias_grads, qa, da, qg, dg,
-                                               damping, kl_clip, kl_factor)
-        return
-    grads, has_bias = _gammas(list(weight_grads), list(bias_grads), list(qa))
+    grads, has_bias = gammas(list(weight_grads), list(bias_grads), list(qa))
     precond = eigen_precondition_bf16(grads, qa, da, qg, dg, damping)
     nu: Optional[Tensor] = None
-    if kl_clip > 0:
+    if kl_clip is not None:
         vg = (sum((p.double() * g.double()).sum() for p, g in zip(precond, grads)) * kl_factor).abs()
         nu = torch.where(torch.isfinite(vg) & (vg != 0), (kl_clip / vg).sqrt().clamp(max=1.0),
                          torch.ones_like(vg))

@@ -13,10 +13,14 @@ initialised with more than one rank, else :class:`~kfac_ext.comm.LocalComm`.
 
 Documented behaviours a user may rely on:
 
-- Registration: every ``nn.Linear`` / ``nn.Conv2d`` with a trainable weight (a
-  frozen bias is left out of the factor), not matched by ``skip_layers``; a
-  grouped conv becomes one block-diagonal K-FAC layer per channel group
-  (``"name[group k]"``); modules inside DDP/DataParallel keep their own names.
+- Registration: every module a layer type of :mod:`kfac_ext.layer_types` takes
+  (``nn.Linear``, ``nn.Conv2d``, HF ``Conv1D``, ``nn.Embedding``,
+  ``nn.MultiheadAttention``, and any registered with ``register_layer_type``) with a
+  trainable weight (a frozen bias is left out of the factor), not matched by
+  ``skip_layers``; a grouped conv becomes one block-diagonal K-FAC layer per channel
+  group (``"name[group k]"``), an attention module one per projection
+  (``"name[q]"`` … ``"name[out]"``); modules inside DDP/DataParallel keep their own
+  names. A weight tied between layers is preconditioned per use (docs/design.md §2a).
 
 - Capture: the hooks capture only on factor-update steps, only in training
   mode with grad enabled (``model.eval()`` or ``torch.no_grad()`` forwards are
@@ -50,7 +54,6 @@ Documented behaviours a user may rely on:
 """
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 import weakref
@@ -71,9 +74,12 @@ from kfac_ext.factor_init import check_factor_init, check_g_scale, update_runnin
 from kfac_ext.enums import (  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
     AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy)
 from kfac_ext.kfac_pytorch_names import KfacPytorchNames, refuse_internal
-from kfac_ext.layers import SUPPORTED, KFACLayer, has_trainable_weight, is_computed_weight
-from kfac_ext.second_order import EigenData, InverseData, SecondOrder, second_order
-from kfac_ext.precision import check_precondition_dtype, precondition_grads_
+from kfac_ext.layer_types import layer_type_for
+from kfac_ext.layers import KFACLayer, factor_size_limit, is_computed_weight
+from kfac_ext.methods import method as make_method
+from kfac_ext.precision import check_precondition_dtype
+from kfac_ext.second_order import SecondOrder
+from kfac_ext.tied_weights import mark_tied
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +131,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class KFACPreconditioner(KfacPytorchNames):
-    """K-FAC preconditioning of the ``nn.Linear`` / ``nn.Conv2d`` layers of a model.
+    """K-FAC preconditioning of the layers of a model (docs/design.md §2a for the types).
 
     Every hyperparameter may be a number or a callable ``f(step)``.
     factor_update_steps / inv_update_steps: interval of factor / eigendecomposition
@@ -180,6 +186,11 @@ class KFACPreconditioner(KfacPytorchNames):
     it with ``SGD(lr=1.0)``, no momentum or weight decay); it needs
     ``kl_clip=None``, a fixed-number or scheduled damping, one process, and
     ``step(closure=...)`` returning (inputs, loss_of_outputs).
+    max_factor_bytes: a factor whose dense size exceeds it is kept diagonal (named in
+    a warning; None: no limit); ``memory()`` reports bytes per layer. kfac_approx:
+    'expand' or 'reduce' for layers applied to sequences (docs/design.md §2a, which
+    also lists the layer types: Linear, Conv2d, HF Conv1D, Embedding,
+    MultiheadAttention, and ``kfac_ext.register_layer_type`` for others).
     """
 
     def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
@@ -195,7 +206,8 @@ class KFACPreconditioner(KfacPytorchNames):
                  loglevel=logging.DEBUG, comm: Optional[Comm] = None,
                  inv_lag_steps: int = 0, eigen_refresh=None,
                  precondition_dtype=torch.float32, factor_init: str = "identity",
-                 g_scale: float = 1.0, auto_step: Optional[AutoStep] = None):
+                 g_scale: float = 1.0, auto_step: Optional[AutoStep] = None,
+                 max_factor_bytes: Optional[int] = 2 ** 30, kfac_approx: str = "expand"):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
                                                       sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
@@ -209,6 +221,7 @@ class KFACPreconditioner(KfacPytorchNames):
         self.accumulation_steps = accumulation_steps
         compute_method = args.compute_method(compute_method)
         self.compute_method = compute_method
+        self._method = make_method(compute_method)
         self.factor_dtype = args.kernel_dtype("factor_dtype", factor_dtype, allow_none=True)
         self.inv_dtype = args.kernel_dtype("inv_dtype", inv_dtype, allow_none=False)
         self.grad_scaler = args.grad_scaler(grad_scaler)
@@ -227,6 +240,15 @@ class KFACPreconditioner(KfacPytorchNames):
         self.defaults = dict(defaults or {})
         self.loglevel = args.loglevel(loglevel)
 
+        if max_factor_bytes is not None and not (
+                isinstance(max_factor_bytes, int) and not isinstance(max_factor_bytes, bool)
+                and max_factor_bytes > 0):
+            raise ValueError(f"max_factor_bytes must be a positive integer or None, got "
+                             f"{max_factor_bytes!r}")
+        self.max_factor_bytes = max_factor_bytes
+        if kfac_approx not in ("expand", "reduce"):
+            raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {kfac_approx!r}")
+        self.kfac_approx = kfac_approx
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self._model = _unwrap(model)
@@ -257,10 +279,19 @@ class KFACPreconditioner(KfacPytorchNames):
             self.grad_worker_fraction, colocate_factors=self.colocate_factors,
             allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
             assignment_cost=self.assignment_strategy)
+        if any(l.tied for l in self.layers) and not self.comm.replicates_preconditioning:
+            raise ValueError("tied weights (layers sharing one weight) are preconditioned per use "
+                             "on every rank: they need grad_worker_fraction=1 (COMM-OPT) or one "
+                             "process (or name all but one use in skip_layers)")
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
         logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
+        if self.precondition_dtype is not torch.float32 and any(
+                l.a_diagonal or l.g_diagonal or l.tied for l in self.layers):
+            warnings.warn("KFACPreconditioner: precondition_dtype applies to the fused path; this "
+                          "model has diagonal factors or tied weights, whose per-layer path runs "
+                          f"in inv_dtype={self.inv_dtype}", stacklevel=2)
         if self.precondition_dtype is not torch.float32 and not self.comm.replicates_preconditioning:
             raise ValueError("precondition_dtype other than torch.float32 needs a comm that "
                              "preconditions every layer on every rank (one process, COMM-OPT)")
@@ -279,6 +310,7 @@ class KFACPreconditioner(KfacPytorchNames):
         # backward hook (see _start_factor_reduce), with those factors.
         self._reducing: Dict[KFACLayer, tuple] = {}
         for layer in self.layers:
+            layer.kfac_approx = self.kfac_approx
             if self.comm.world_size > 1 and self.update_factors_in_hook:
                 layer.on_gradient_captured = self._start_factor_reduce
             # An empty micro-batch adds nothing and is not counted; with more than one
@@ -312,53 +344,57 @@ class KFACPreconditioner(KfacPytorchNames):
         return any(p.search(name) or p.search(type(module).__name__) for p in self.skip_layers)
 
     def _candidates(self, model: nn.Module) -> Dict[int, tuple]:
-        """id -> (name, module) of every module registration takes: a supported class
-        with a trainable weight (a frozen one is left out silently), not skipped."""
-        return {id(module): (name, module) for name, module in model.named_modules()
-                if isinstance(module, SUPPORTED) and has_trainable_weight(module)
-                and not is_computed_weight(module) and not self._skipped_by_user(name, module)}
-
-    def _warn_computed_weights(self, model: nn.Module) -> None:
-        """weight_norm / spectral_norm / parametrize: the weight is computed, its gradient
-        is not a parameter's, so the layer is left out; say so instead of doing nothing."""
-        names = [name for name, module in model.named_modules()
-                 if isinstance(module, SUPPORTED) and has_trainable_weight(module)
-                 and is_computed_weight(module) and not self._skipped_by_user(name, module)]
-        if names:
-            warnings.warn(f"KFACPreconditioner: layers {names} have a computed weight "
+        """id -> (name, module, layer type) of every module registration takes: one a
+        layer type matches (kfac_ext.layer_types), not skipped, not inside a module
+        whose type claims its children (an attention module's out_proj), and not one
+        whose weight is computed (weight_norm, spectral_norm, any parametrization: its
+        gradient is not a parameter's, so the layer is left out with a warning)."""
+        out: Dict[int, tuple] = {}
+        claimed: List[str] = []
+        computed: List[str] = []
+        for name, module in model.named_modules():
+            if any(name.startswith(prefix + ".") or (prefix == "" and name) for prefix in claimed):
+                continue  # inside a module whose layer type took its children
+            if is_computed_weight(module):
+                if layer_type_for(module) is not None and not self._skipped_by_user(name, module):
+                    computed.append(name)
+                continue
+            layer_type = layer_type_for(module)
+            if layer_type is None or self._skipped_by_user(name, module):
+                continue
+            if layer_type.claims_children:
+                claimed.append(name)
+            out[id(module)] = (name, module, layer_type)
+        if computed:
+            warnings.warn(f"KFACPreconditioner: layers {computed} have a computed weight "
                           "(weight_norm, spectral_norm or another parametrization); they are not "
                           "registered and their parameters keep their plain gradients",
                           stacklevel=4)
+        return out
 
     def _register(self, model: nn.Module) -> List[KFACLayer]:
-        self._warn_computed_weights(model)
         candidates = self._candidates(model)
         self._known_modules = set(candidates)
-        # Tied weights (one Parameter in several layers): its gradient sums every use,
-        # and no single layer's factors describe that sum, so none of them is registered.
-        sharing: Dict[int, List[str]] = {}
-        for name, module in candidates.values():
-            sharing.setdefault(id(module.weight), []).append(name)
-        tied = {name for names in sharing.values() if len(names) > 1 for name in names}
-        for names in sharing.values():
-            if len(names) > 1:
-                warnings.warn(f"KFACPreconditioner: layers {names} share one weight (tied "
-                              "weights); none of them is registered, their weight keeps its plain "
-                              "gradient (to precondition it with one layer's factors anyway, name "
-                              "the others in skip_layers)", stacklevel=3)
         layers: List[KFACLayer] = []
-        for name, module in candidates.values():
-            if name in tied:
-                continue
-            groups = getattr(module, "groups", 1)
-            if groups == 1:
-                layers.append(KFACLayer(name, module, self.factor_dtype))
-            else:  # block-diagonal: one K-FAC layer per channel group
-                layers += [KFACLayer(f"{name}[group {k}]", module, self.factor_dtype, group=k)
-                           for k in range(groups)]
+        try:
+            with factor_size_limit(self.max_factor_bytes):
+                for name, module, layer_type in candidates.values():
+                    layers += layer_type.factory(name, module, self.factor_dtype)
+        except Exception:
+            for layer in layers:  # a layer type refused its module: leave the model as it was
+                layer.remove_hooks()
+            raise
+        dropped = mark_tied(layers, lambda msg, names: logger.log(self.loglevel, msg, names))
+        layers = [l for l in layers if l not in dropped]
+        big = [f"{l.name!r} ({'/'.join(l.over_limit)})" for l in layers if l.over_limit]
+        if big:
+            warnings.warn(f"KFACPreconditioner: factors over max_factor_bytes="
+                          f"{self.max_factor_bytes} are kept diagonal: {', '.join(big)}",
+                          stacklevel=3)
         if not layers:
-            warnings.warn("KFACPreconditioner: no layer registered (it preconditions nn.Linear and "
-                          "nn.Conv2d layers with a trainable weight, not matched by skip_layers); "
+            warnings.warn("KFACPreconditioner: no layer registered (it preconditions the layer types "
+                          "of kfac_ext.layer_types with a trainable weight, not matched by "
+                          "skip_layers); "
                           "step() will leave every gradient as is", stacklevel=3)
         return layers
 
@@ -366,7 +402,7 @@ class KFACPreconditioner(KfacPytorchNames):
         """Warn once per module about supported modules put into the model after
         construction (not preconditioned) and registered ones no longer in it."""
         current = self._candidates(self._model)
-        for key, (name, _) in current.items():
+        for key, (name, _, _) in current.items():
             if key not in self._known_modules:
                 self._warn_once(("added", key), f"KFACPreconditioner: module {name!r} was added "
                                 "to the model after the preconditioner was built; it is not "
@@ -401,8 +437,8 @@ class KFACPreconditioner(KfacPytorchNames):
         bias unfrozen after registration keeps its plain gradient; a weight frozen or
         parametrized after it is not preconditioned (each warned once)."""
         for i, layer in enumerate(self.layers):
-            bias, weight = layer.module.bias, layer.module.weight
-            if is_computed_weight(layer.module) or not weight.requires_grad:
+            weight, bias = layer.current_params()
+            if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
                 self._warn_once(("weight lost", i), f"KFACPreconditioner: the weight of layer "
                                 f"{layer.name!r} was frozen or parametrized after the "
                                 "preconditioner was built; it is not preconditioned")
@@ -473,6 +509,8 @@ class KFACPreconditioner(KfacPytorchNames):
         else:
             self._precondition_step(step, with_grad)
         self._grad_marks = self._mark_grads(with_grad)
+        for layer in self.layers:
+            layer.use_grad = None  # a tied weight's per-use gradients were used up
         self.steps += 1
         self._set_capture()
 
@@ -484,10 +522,8 @@ class KFACPreconditioner(KfacPytorchNames):
         self._precondition(step, with_grad)
 
     def _param_grads(self, i: int):
-        m = self.layers[i].module
-        yield m.weight.grad
-        if self.layers[i].has_bias:
-            yield m.bias.grad
+        for p in self.layers[i].params():
+            yield p.grad
 
     def _mark_grads(self, with_grad: Sequence[int]) -> List[tuple]:
         return [(i, weakref.ref(g), g._version) for i in with_grad for g in self._param_grads(i)]
@@ -614,7 +650,8 @@ class KFACPreconditioner(KfacPytorchNames):
             self._install(todo, self._compute_second_order(
                 owned, factors, damping, step, lambda: self._solve(factors, damping)
                 if self.eigen_refresh is None else self.eigen_refresh.solve(
-                    factors, [self._second.get(i, {}).get(w) for i, w in owned],
+                    factors, [self._second.get(i, {}).get(w) if f.dim() == 2 else None
+                              for (i, w), f in zip(owned, factors)],
                     lambda fs: self._solve(fs, damping))))
             if due or self._basis_damping is None:  # not for one late layer's first basis
                 self._basis_damping = damping
@@ -645,19 +682,17 @@ class KFACPreconditioner(KfacPytorchNames):
                 items.append((i, w, slot[w]))
         comm.wait(comm.broadcast_eigens(items))
 
-    def _empty_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
-        n = layer.a_dim if which == "A" else layer.g_dim
-        kw = dict(dtype=self.inv_dtype, device=layer.device)
-        if self.compute_method == "eigen":
-            return EigenData(torch.zeros(n, **kw), torch.eye(n, **kw))
-        return InverseData(torch.eye(n, **kw))
+    @staticmethod
+    def _shape(layer: KFACLayer, which: str) -> tuple:
+        return (layer.a_dim, layer.a_diagonal) if which == "A" else (layer.g_dim, layer.g_diagonal)
 
-    def _identity_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
+    def _empty_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
+        return self._method.empty(*self._shape(layer, which), self.inv_dtype, layer.device)
+
+    def _identity_second_order(self, layer: KFACLayer, which: str, damping: float) -> SecondOrder:
         """Second-order data of an identity factor (fallback when the first one fails)."""
-        data = self._empty_second_order(layer, which)
-        if isinstance(data, EigenData):
-            data.values.fill_(1.0)
-        return data
+        return self._method.identity(*self._shape(layer, which), self.inv_dtype, layer.device,
+                                     damping)
 
     def _factor(self, i: int, which: str) -> torch.Tensor:
         layer = self.layers[i]
@@ -666,10 +701,7 @@ class KFACPreconditioner(KfacPytorchNames):
     def _solve(self, factors: List[torch.Tensor], damping: float) -> List[SecondOrder]:
         """Second-order data of each factor. Reads only its arguments, so it may run on
         the background thread."""
-        if self.compute_method == "eigen":
-            values, vectors = ops.batched_eigh(factors)
-            return [EigenData(d, q) for d, q in zip(values, vectors)]
-        return [InverseData(self._damped_inverse(f, damping)) for f in factors]
+        return self._method.solve(factors, damping)
 
     def _compute_second_order(self, owned, factors, damping: float, step: int, batch
                               ) -> Dict[tuple, SecondOrder]:
@@ -678,8 +710,8 @@ class KFACPreconditioner(KfacPytorchNames):
         if not owned:
             return {}
         try:
-            return {key: second_order(self.compute_method, data)
-                    for key, data in zip(owned, batch())}
+            return {key: self._method.from_tensors(data, f.dim() == 1)
+                    for key, data, f in zip(owned, batch(), factors)}
         except RuntimeError:
             pass  # redo one by one, keep the rest
         out: Dict[tuple, SecondOrder] = {}
@@ -692,20 +724,10 @@ class KFACPreconditioner(KfacPytorchNames):
                 kept = "the previous one is kept" if w in self._second.get(i, {}) else \
                     "the identity is used for this factor until one succeeds"
                 if w not in self._second.get(i, {}):
-                    out[key] = self._identity_second_order(self.layers[i], w)
+                    out[key] = self._identity_second_order(self.layers[i], w, damping)
                 warnings.warn(f"KFACPreconditioner: {self.compute_method} of factor {w} of layer "
                               f"{self.layers[i].name!r} failed at step {step} ({exc}); {kept}")
         return out
-
-    @staticmethod
-    def _damped_inverse(f: torch.Tensor, damping: float) -> torch.Tensor:
-        damped = f + damping * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)
-        chol, info = torch.linalg.cholesky_ex(damped)
-        if int(info) != 0 or not bool(torch.isfinite(chol).all()):
-            if f.dtype == torch.float64:
-                raise RuntimeError(f"Cholesky of a {f.shape[0]}x{f.shape[0]} factor failed")
-            return KFACPreconditioner._damped_inverse(f.double(), damping).to(f.dtype)
-        return torch.cholesky_inverse(chol)
 
     def _precondition(self, step: int, with_grad: Sequence[int]) -> None:
         comm = self.comm
@@ -737,16 +759,10 @@ class KFACPreconditioner(KfacPytorchNames):
         mine = [i for i in active if comm.is_grad_worker(i)]
         precond: Dict[int, torch.Tensor] = {}
         if mine:
-            if self.compute_method == "eigen":
-                s = [self._second[i] for i in mine]
-                ps = ops.eigen_precondition([grads[i] for i in mine], [x["A"].vectors for x in s],
-                                            [x["A"].values for x in s], [x["G"].vectors for x in s],
-                                            [x["G"].values for x in s],
-                                            self._precondition_damping(step))
-            else:
-                ps = [self._second[i]["G"].inverse @ grads[i] @ self._second[i]["A"].inverse
-                      for i in mine]
-            precond.update(zip(mine, ps))
+            s = [self._second[i] for i in mine]
+            precond.update(zip(mine, self._method.precondition_many(
+                [grads[i] for i in mine], [x["A"] for x in s], [x["G"] for x in s],
+                self._precondition_damping(step))))
         for i in active:
             if i not in precond:
                 precond[i] = torch.empty_like(grads[i])
@@ -760,33 +776,80 @@ class KFACPreconditioner(KfacPytorchNames):
 
     def _precondition_in_place(self, step: int, active: Sequence[int]) -> None:
         """Every rank preconditions every layer (one process, COMM-OPT), so nothing is
-        sent: one op call builds Γ, computes P and the KL-clip scale, and writes ν·P
-        back into the gradients (on small models the Python version of these steps
-        cost more than the GEMMs)."""
-        weight_grads, bias_grads = [], []
-        for i in active:
-            w, b = self.layers[i].grad_tensors()
-            weight_grads.append(w)
-            if b is not None:
-                bias_grads.append(b)
+        sent: one fused op call builds Γ, computes P and the KL-clip scale, and writes
+        ν·P back into the gradients (on small models the Python version of these steps
+        cost more than the GEMMs). A layer whose Γ is not a view of its ``.grad`` (a
+        transposed weight) goes in as a Γ copy written back after; a layer with a
+        diagonal factor sends the whole step down the per-layer path."""
         second = [self._second[i] for i in active]
+        layers = [self.layers[i] for i in active]
+        if any(l.a_diagonal or l.g_diagonal or l.tied for l in layers):
+            self._precondition_per_layer(step, active)
+            return
+        weight_grads, bias_grads, copies = [], [], []
+        for layer in layers:
+            if layer.direct_grads:
+                w, b = layer.grad_tensors()
+                weight_grads.append(w)
+                if b is not None:
+                    bias_grads.append(b)
+            else:  # Γ has a_dim columns: the op sees a layer without a bias
+                copies.append((layer, layer.grad_matrix(self.inv_dtype)))
+                weight_grads.append(copies[-1][1])
         kl_clip = self.kl_clip(step)
-        kl_clip, kl_factor = (0.0, 1.0) if kl_clip is None else \
-            (float(kl_clip), float(self._kl_factor(step)))
-        # The raw ops, not the ops.py wrappers: every list is built here, so their Python
-        # type checks would only repeat the kernels' own (~25 us a step on small models).
-        if self.compute_method == "eigen":
-            op = torch.ops.kfac_ext.precondition_grads_ if self.precondition_dtype is torch.float32 \
-                else functools.partial(precondition_grads_, self.precondition_dtype)
-            op(
-                weight_grads, bias_grads, [s["A"].vectors for s in second],
-                [s["A"].values for s in second], [s["G"].vectors for s in second],
-                [s["G"].values for s in second], float(self._precondition_damping(step)),
-                kl_clip, kl_factor)
-        else:
-            torch.ops.kfac_ext.precondition_grads_inverse_(
-                weight_grads, bias_grads, [s["A"].inverse for s in second],
-                [s["G"].inverse for s in second], kl_clip, kl_factor)
+        self._method.precondition_fused_(
+            weight_grads, bias_grads, [s["A"] for s in second], [s["G"] for s in second],
+            self._precondition_damping(step), None if kl_clip is None else float(kl_clip),
+            float(self._kl_factor(step)) if kl_clip is not None else 1.0, self.precondition_dtype)
+        for layer, p in copies:
+            layer.set_grad(p)
+
+    def _precondition_per_layer(self, step: int, active: Sequence[int]) -> None:
+        """Γ, P per layer (any factor kind), one KL-clip scale over all, ν·P written back.
+
+        A tied weight's uses each precondition their own Γ_u; the weight's new gradient
+        is Σ_u P_u plus whatever of ``.grad`` the registered uses do not explain (a use
+        outside them: left as is), and the KL sum reads that whole update."""
+        active = [i for i in active if not self.layers[i].tied or self.layers[i].use_grad is not None]
+        layers = [self.layers[i] for i in active]
+        # Each rank's Γ_u is its own batch's; data parallelism averaged .grad, so they too.
+        tied_uses = [l.use_grad for l in layers if l.tied]
+        if tied_uses and self.comm.world_size > 1:
+            self.comm.wait(self.comm.average(tied_uses))
+        grads = [l.use_grad.to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
+                 for l in layers]
+        second = [self._second[i] for i in active]
+        ps = self._method.precondition_many(grads, [s["A"] for s in second],
+                                            [s["G"] for s in second], self._precondition_damping(step))
+        pairs = [(p, g) for l, p, g in zip(layers, ps, grads) if not l.tied]
+        tied: Dict[int, torch.Tensor] = {}  # id(weight) -> its new gradient
+        for l, p, g in zip(layers, ps, grads):
+            if not l.tied:
+                continue
+            w = l.weight
+            if id(w) not in tied:
+                tied[id(w)] = w.grad.to(self.inv_dtype)
+            part = torch.zeros_like(tied[id(w)])
+            l.write_weight(part, g[:, :g.shape[1] - int(l.has_bias)])
+            tied[id(w)].sub_(part)
+            l.write_weight(part, p[:, :p.shape[1] - int(l.has_bias)])
+            tied[id(w)].add_(part)
+            if l.has_bias:
+                pairs.append((p[:, -1:], g[:, -1:]))
+        weights = {id(l.weight): l.weight for l in layers if l.tied}
+        pairs += [(t.reshape(t.shape[0], -1), weights[k].grad.to(t.dtype).reshape(t.shape[0], -1))
+                  for k, t in tied.items()]
+        nu = self._kl_scale(step, [p for p, _ in pairs], [g for _, g in pairs])
+
+        def scaled(t):
+            return t if nu is None else t.mul_(nu.to(t.dtype))
+        for l, p in zip(layers, ps):
+            if not l.tied:
+                l.set_grad(scaled(p))
+            elif l.has_bias:
+                l.bias_rows(l.bias.grad).copy_(scaled(p[:, -1].clone()))
+        for k, t in tied.items():
+            weights[k].grad.copy_(scaled(t))
 
     def _precondition_damping(self, step: int) -> float:
         """λ of the eigen method's division by d_G d_Aᵀ + λ. With
@@ -891,12 +954,13 @@ class KFACPreconditioner(KfacPytorchNames):
                              f"{state['compute_method']!r}, this one uses {self.compute_method!r}")
         for i, l in enumerate(self.layers):
             e = saved[l.name]
-            for w, n in (("A", l.a_dim), ("G", l.g_dim)):
+            for w, want in (("A", tuple(l.A.shape)), ("G", tuple(l.G.shape))):
                 t = e.get(w)
-                if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, n):
+                if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
                     got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                    shape = "x".join(map(str, want)) + (" (diagonal)" if len(want) == 1 else "")
                     raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be "
-                                     f"{n}x{n}, got {got}")
+                                     f"{shape}, got {got}")
             for w, ts in e.get("second_order", {}).items():
                 want = [tuple(t.shape) for t in self._empty_second_order(l, w)]
                 if w not in ("A", "G") or [tuple(t.shape) for t in ts] != want:
@@ -928,9 +992,9 @@ class KFACPreconditioner(KfacPytorchNames):
             l.factor_updates = int(e.get("factor_updates", 1))
             l.clear_batch()
             if "second_order" in e:
-                self._second[i] = {w: second_order(self.compute_method, [
-                    t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts])
-                    for w, ts in e["second_order"].items()}
+                self._second[i] = {w: self._method.from_tensors([
+                    t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts],
+                    self._shape(l, w)[1]) for w, ts in e["second_order"].items()}
         self.steps = steps
         for h, value in numbers:
             h.value = value
@@ -953,7 +1017,7 @@ class KFACPreconditioner(KfacPytorchNames):
             return None
         try:
             return PendingSecondOrder.from_state_dict(
-                saved, names, [{"A": l.a_dim, "G": l.g_dim} for l in self.layers],
+                saved, names, [{"A": tuple(l.A.shape), "G": tuple(l.G.shape)} for l in self.layers],
                 self.inv_dtype, [l.device for l in self.layers])
         except ValueError as exc:
             raise ValueError(f"load_state_dict: {exc}") from None
@@ -964,8 +1028,8 @@ class KFACPreconditioner(KfacPytorchNames):
             self.comm.wait(self.comm.allreduce_factors([]))
             self._reducing = {}
         for l in self.layers:
-            l.A.copy_(torch.eye(l.a_dim, dtype=l.A.dtype))
-            l.G.copy_(torch.eye(l.g_dim, dtype=l.G.dtype))
+            l.A.copy_(l.identity_factor("A"))
+            l.G.copy_(l.identity_factor("G"))
             l.factor_updates = 0
             l.clear_batch()
         self._second = {}
@@ -992,7 +1056,7 @@ class KFACPreconditioner(KfacPytorchNames):
         their ``total``, as kfac-pytorch reports it."""
         def nbytes(ts):
             return sum(t.numel() * t.element_size() for t in ts if t is not None)
-        kind = "eigen" if self.compute_method == "eigen" else "inverse"
+        kind = self._method.name
         usage = {
             "factors": nbytes(t for l in self.layers for t in (l.A, l.G)),
             "batch_factors": nbytes(t for l in self.layers for t in (l.A_sum, l.G_sum)),
@@ -1001,6 +1065,23 @@ class KFACPreconditioner(KfacPytorchNames):
         }
         usage["total"] = sum(usage.values())
         return usage
+
+    def memory(self) -> Dict[str, Dict[str, int]]:
+        """Bytes per layer, as held once every factor has been captured and solved:
+        ``A``/``G`` (running factors), ``batch`` (their micro-batch sums),
+        ``second_order`` (eigenbases and eigenvalues, or inverses, in ``inv_dtype``),
+        ``total``. Diagonal factors count n elements, dense ones n²."""
+        inv = torch.empty((), dtype=self.inv_dtype).element_size()
+        report = {}
+        for l in self.layers:
+            a, g = l.A.numel() * l.A.element_size(), l.G.numel() * l.G.element_size()
+            second = 0
+            for n, diag in ((l.a_dim, l.a_diagonal), (l.g_dim, l.g_diagonal)):
+                second += n if diag else n * n + (n if self._method.name == "eigen" else 0)
+            entry = {"A": a, "G": g, "batch": a + g, "second_order": second * inv}
+            entry["total"] = sum(entry.values())
+            report[l.name] = entry
+        return report
 
     def __repr__(self) -> str:
         hp = ", ".join(repr(h) for h in (self.factor_update_steps, self.inv_update_steps,

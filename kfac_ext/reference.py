@@ -96,8 +96,8 @@ def kl_clip_sum(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
     return total
 
 
-def _gammas(weight_grads: list[Tensor], bias_grads: list[Tensor], right: list[Tensor]
-             ) -> tuple[list[Tensor], list[bool]]:
+def gammas(weight_grads: list[Tensor], bias_grads: list[Tensor], right: list[Tensor]
+           ) -> tuple[list[Tensor], list[bool]]:
     """Γ = [W | b] per layer in right[i]'s dtype; a layer has a bias when right[i]
     (qa or a_inv) has one row more than W has columns."""
     grads, has_bias, b = [], [], iter(bias_grads)
@@ -130,7 +130,7 @@ def precondition_grads(weight_grads: list[Tensor], bias_grads: list[Tensor], qa:
                        kl_clip: float | None = None, kl_factor: float = 1.0
                        ) -> tuple[list[Tensor], list[Tensor], float]:
     """(new weight grads, new bias grads, ν) of ``precondition_grads_``, out of place."""
-    grads, has_bias = _gammas(weight_grads, bias_grads, qa)
+    grads, has_bias = gammas(weight_grads, bias_grads, qa)
     precond = eigen_precondition(grads, qa, da, qg, dg, damping)
     return _clip_and_split(weight_grads, precond, grads, has_bias, kl_clip, kl_factor)
 
@@ -140,6 +140,6 @@ def precondition_grads_inverse(weight_grads: list[Tensor], bias_grads: list[Tens
                                kl_clip: float | None = None, kl_factor: float = 1.0
                                ) -> tuple[list[Tensor], list[Tensor], float]:
     """(new weight grads, new bias grads, ν) of ``precondition_grads_inverse_``."""
-    grads, has_bias = _gammas(weight_grads, bias_grads, a_inv)
+    grads, has_bias = gammas(weight_grads, bias_grads, a_inv)
     precond = [gi @ g @ ai for g, ai, gi in zip(grads, a_inv, g_inv)]
     return _clip_and_split(weight_grads, precond, grads, has_bias, kl_clip, kl_factor)

@@ -2,14 +2,15 @@
 
 The eigen method keeps the factor's eigendecomposition, ``F = Q diag(d) Qᵀ``
 (:class:`EigenData`; the damping is added when preconditioning); the inverse
-method keeps the damped inverse ``(F + λI)⁻¹`` (:class:`InverseData`). Both are
-named tuples: the code reads them by name, and they still travel as plain
+method keeps the damped inverse ``(F + λI)⁻¹`` (:class:`InverseData`); a
+diagonal factor (a 1-D tensor) keeps one vector under either method
+(:class:`DiagonalData`, see :mod:`kfac_ext.methods`). All are named tuples: the code reads them by name, and they still travel as plain
 tensor sequences (broadcasts; state dicts store ``list(data)``, so the format
 is unchanged).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Union
 
 from torch import Tensor
 
@@ -23,13 +24,8 @@ class InverseData(NamedTuple):
     inverse: Tensor  # (F + λI)⁻¹
 
 
-SecondOrder = Union[EigenData, InverseData]
+class DiagonalData(NamedTuple):
+    values: Tensor   # eigen: the diagonal clamped at 0; inverse: 1 / (diagonal + λ)
 
 
-def second_order(compute_method: str, tensors: Sequence[Tensor]) -> SecondOrder:
-    """The typed data of ``compute_method`` from its tensors in field order."""
-    kind = EigenData if compute_method == "eigen" else InverseData
-    if len(tensors) != len(kind._fields):
-        raise ValueError(f"{compute_method} second-order data has {len(kind._fields)} tensors "
-                         f"({', '.join(kind._fields)}), got {len(tensors)}")
-    return kind(*tensors)
+SecondOrder = Union[EigenData, InverseData, DiagonalData]

@@ -219,7 +219,9 @@ CASES = [
 
 
 def _tied_preconditioner():
-    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+    # Linear/Conv1D/Embedding ties are preconditioned per use (test_tied_weights.py);
+    # a conv tie is not registered, with a warning.
+    model = nn.Sequential(nn.Conv2d(6, 6, 1), nn.Tanh(), nn.Conv2d(6, 6, 1))
     model[2].weight = model[0].weight
     return P(model)
 
@@ -343,13 +345,13 @@ def test_damping_zero_would_have_made_nan_gradients():
     assert all(torch.isfinite(g).all() for g in _grads(model))
 
 
-def test_tied_weights_keep_their_plain_gradient():
-    model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+def test_tied_conv_weights_keep_their_plain_gradient():
+    model = nn.Sequential(nn.Conv2d(6, 6, 1), nn.Tanh(), nn.Conv2d(6, 6, 1))
     model[2].weight = model[0].weight
     with pytest.warns(UserWarning, match=r"\['0', '2'\] share one weight"):
         p = P(model, kl_clip=None)
     assert p.layers == []
-    _backward(model, torch.randn(5, 6))
+    _backward(model, torch.randn(5, 6, 3, 3))
     plain = _grads(model)
     p.step()
     assert all(torch.equal(a, b) for a, b in zip(plain, _grads(model)))

@@ -1,4 +1,6 @@
 """KFACPreconditioner: bad batches, failing eigendecompositions, misuse, bad checkpoints."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -120,8 +122,10 @@ def test_multihead_attention_does_not_crash():
     p = kfac_ext.KFACPreconditioner(mha)
     x = torch.randn(3, 2, 8)
     mha(x, x, x)[0].sum().backward()
-    with pytest.warns(UserWarning, match="out_proj"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # out_proj's hooks used to "never fire"; now it is captured
         p.step()
+    assert [l.name for l in p.layers] == ["[q]", "[k]", "[v]", "[out]"]
 
 
 def test_step_before_backward_raises():

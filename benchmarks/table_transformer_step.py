@@ -1,0 +1,124 @@
+"""Per-step cost of K-FAC on a GPT-style model against AdamW (issue 25, item 6).
+
+Model: token + position Embedding, 4 pre-LayerNorm blocks of nn.MultiheadAttention
+(d_model 256, 4 heads, causal mask) and a 256-1024-256 MLP, an untied Linear head
+(vocabulary 512); batch 8 × 128 tokens; every Linear, attention projection and
+embedding is a K-FAC layer. One step = zero_grad, forward, backward,
+(preconditioner.step()), AdamW.step(). Rows:
+
+- AdamW: no preconditioner;
+- every step: factors and eigendecompositions every step;
+- factors only: factors every step, eigendecompositions never after the first;
+- precondition only: neither after the first (the steady-state step);
+- amortised (10, 100): factors every 10, eigendecompositions every 100 steps, computed
+  as precondition + (factors − precondition)/10 + (every − factors)/100.
+
+    PYTHONPATH=. python benchmarks/table_transformer_step.py [--reps 5] [--approx reduce]
+        [--method inverse]
+
+Medians of ``--reps`` timed steps after 2 warm-up steps, the four modes' steps
+interleaved. The machine is shared: the absolute figures move with its load, the
+ratios less.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import kfac_ext
+
+D, HEADS, LAYERS, VOCAB, BATCH, TOKENS = 256, 4, 4, 512, 8, 128
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.attn = nn.MultiheadAttention(D, HEADS, batch_first=True)
+        self.fc, self.proj = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
+
+    def forward(self, x, mask):
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.proj(torch.nn.functional.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(VOCAB, D), nn.Embedding(TOKENS, D)
+        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+        self.ln, self.head = nn.LayerNorm(D), nn.Linear(D, VOCAB)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(TOKENS) < 0)
+
+    def forward(self, idx):
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        for block in self.blocks:
+            x = block(x, self.mask)
+        return self.head(self.ln(x))
+
+
+class Runner:
+    """One model, its AdamW and (``intervals`` not None) its preconditioner."""
+
+    def __init__(self, intervals, approx: str, method: str):
+        torch.manual_seed(0)
+        self.model = GPT()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.pre = None if intervals is None else kfac_ext.KFACPreconditioner(
+            self.model, factor_update_steps=intervals[0], inv_update_steps=intervals[1],
+            lr=1e-3, kfac_approx=approx, compute_method=method)
+        self.idx = torch.randint(0, VOCAB, (BATCH, TOKENS + 1),
+                                 generator=torch.Generator().manual_seed(1))
+
+    def step(self) -> float:
+        t0 = time.perf_counter()
+        self.opt.zero_grad()
+        out = self.model(self.idx[:, :-1])
+        nn.functional.cross_entropy(out.reshape(-1, VOCAB), self.idx[:, 1:].reshape(-1)).backward()
+        if self.pre is not None:
+            self.pre.step()
+        self.opt.step()
+        return time.perf_counter() - t0
+
+
+def time_modes(modes: dict, reps: int, approx: str, method: str) -> dict:
+    """Median step time of each mode, the modes' steps interleaved (one of each in
+    turn), so that a change of the shared machine's load falls on all of them alike."""
+    runners = {name: Runner(intervals, approx, method) for name, intervals in modes.items()}
+    times = {name: [] for name in modes}
+    for rep in range(reps + 2):
+        for name, runner in runners.items():
+            t = runner.step()
+            if rep >= 2:  # the first step of every mode decomposes: warm-up
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--approx", default="expand", choices=["expand", "reduce"])
+    parser.add_argument("--method", default="eigen", choices=["eigen", "inverse"])
+    args = parser.parse_args(argv)
+    never = 10 ** 9
+    rows = time_modes({"AdamW": None, "every step": (1, 1), "factors only": (1, never),
+                       "precondition only": (never, never)}, args.reps, args.approx, args.method)
+    rows["amortised (10, 100)"] = (rows["precondition only"]
+                                   + (rows["factors only"] - rows["precondition only"]) / 10
+                                   + (rows["every step"] - rows["factors only"]) / 100)
+    adamw = rows["AdamW"]
+    print(f"GPT-style d_model {D}, {LAYERS} layers, {BATCH}x{TOKENS} tokens, "
+          f"kfac_approx={args.approx}, compute_method={args.method}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print("| step | ms | × AdamW |\n|---|---|---|")
+    for name, t in rows.items():
+        print(f"| {name} | {t * 1e3:.0f} | {t / adamw:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

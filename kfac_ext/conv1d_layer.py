@@ -1,0 +1,46 @@
+"""HF-style ``Conv1D`` (GPT-2's c_attn, c_proj, c_fc): a Linear whose weight is
+stored transposed, ``y = x W + b`` with W of shape (in, out).
+
+Recognised by duck typing (class name ``Conv1D``, an ``nf`` attribute and a 2-D
+weight), so ``transformers`` is never imported. The factors are a Linear's
+(docs/design.md §2a): A from the input rows, G from the output-gradient rows;
+only the gradient's layout differs, Γ = W.gradᵀ.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+from kfac_ext.layers import KFACLayer
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+            and isinstance(weight, torch.Tensor) and weight.dim() == 2)
+
+
+class Conv1DLayer(KFACLayer):
+    direct_grads = False  # Γ is the transpose of weight.grad, not a view the op can write
+
+    def __init__(self, name: str, module: nn.Module, factor_dtype=None, **kw):
+        w = module.weight
+        super().__init__(name, module, factor_dtype, weight=w, bias=module.bias,
+                         in_dim=w.shape[0], out_dim=w.shape[1], **kw)
+
+    def weight_matrix(self, w: torch.Tensor) -> torch.Tensor:
+        return w.T
+
+    def write_weight(self, grad: torch.Tensor, p: torch.Tensor) -> None:
+        grad.copy_(p.T)
+
+    def bias_rows(self, b: torch.Tensor) -> torch.Tensor:
+        return b
+
+
+def conv1d_layers(name: str, module: nn.Module, factor_dtype) -> List[KFACLayer]:
+    if not module.weight.requires_grad:
+        return []
+    return [Conv1DLayer(name, module, factor_dtype)]

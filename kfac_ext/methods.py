@@ -1,0 +1,179 @@
+"""The second-order methods behind one interface: what a factor turns into and how a
+gradient is preconditioned with it.
+
+``KFACPreconditioner`` holds one :class:`Method` (``compute_method='eigen'`` or
+``'inverse'``) and never branches on the method's name: solving factors,
+the shapes of their data (to receive a broadcast or validate a state dict),
+the identity fallback, and the two preconditioning paths all go through it.
+
+- :class:`EigenMethod`: ``F = Q diag(d) Qᵀ``; the damping is added when
+  preconditioning, ``P = Q_G [(Q_Gᵀ Γ Q_A) / (d_G d_Aᵀ + λ)] Q_Aᵀ``.
+- :class:`InverseMethod`: ``(F + λI)⁻¹``; ``P = G⁻¹ Γ A⁻¹``.
+
+A factor may be diagonal (a 1-D tensor of its diagonal: an Embedding's A, or a
+factor too large to hold densely, docs/design.md §2a). Its data is a
+:class:`~kfac_ext.second_order.DiagonalData` under either method (the eigen
+method's eigenvalues are the diagonal itself; the inverse method's values are
+``1/(d + λ)``), and a layer with one is preconditioned on the per-layer path.
+
+Two preconditioning paths:
+
+- :meth:`Method.precondition_fused_`: the fused op over every layer at once,
+  reading and writing the gradients in place (all factors dense);
+- :meth:`Method.precondition`: one layer's ``P`` from its ``Γ`` (any factor kind).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from kfac_ext import ops
+from kfac_ext.precision import precondition_grads_
+from kfac_ext.second_order import DiagonalData, EigenData, InverseData, SecondOrder
+
+
+class Method:
+    """Interface of a second-order method (see the module docstring)."""
+
+    name = ""
+
+    def solve(self, factors: Sequence[Tensor], damping: float) -> List[SecondOrder]:
+        raise NotImplementedError
+
+    def empty(self, n: int, diagonal: bool, dtype: torch.dtype, device) -> SecondOrder:
+        """Data of the right shapes (what a broadcast fills in; what a state dict holds)."""
+        raise NotImplementedError
+
+    def identity(self, n: int, diagonal: bool, dtype: torch.dtype, device,
+                 damping: float) -> SecondOrder:
+        """Data of an identity factor (the fallback when a factor's first solve fails)."""
+        raise NotImplementedError
+
+    def from_tensors(self, tensors: Sequence[Tensor], diagonal: bool) -> SecondOrder:
+        kind = DiagonalData if diagonal else self._dense
+        if len(tensors) != len(kind._fields):
+            raise ValueError(f"{self.name} second-order data has {len(kind._fields)} tensors "
+                             f"({', '.join(kind._fields)}), got {len(tensors)}")
+        return kind(*tensors)
+
+    def precondition(self, grad: Tensor, a: SecondOrder, g: SecondOrder, damping: float) -> Tensor:
+        raise NotImplementedError
+
+    def precondition_many(self, grads: Sequence[Tensor], a: Sequence[SecondOrder],
+                          g: Sequence[SecondOrder], damping: float) -> List[Tensor]:
+        return [self.precondition(x, a_, g_, damping) for x, a_, g_ in zip(grads, a, g)]
+
+    def precondition_fused_(self, weight_grads: List[Tensor], bias_grads: List[Tensor],
+                            a: Sequence[SecondOrder], g: Sequence[SecondOrder], damping: float,
+                            kl_clip: Optional[float], kl_factor: float,
+                            dtype=torch.float32) -> None:
+        raise NotImplementedError
+
+    _dense: type = EigenData
+
+
+class EigenMethod(Method):
+    name = "eigen"
+    _dense = EigenData
+
+    def solve(self, factors, damping):
+        dense = [f for f in factors if f.dim() == 2]
+        values, vectors = ops.batched_eigh(dense) if dense else ([], [])
+        solved = iter(zip(values, vectors))
+        return [EigenData(*next(solved)) if f.dim() == 2 else DiagonalData(f.clamp(min=0))
+                for f in factors]
+
+    def empty(self, n, diagonal, dtype, device):
+        if diagonal:
+            return DiagonalData(torch.zeros(n, dtype=dtype, device=device))
+        return EigenData(torch.zeros(n, dtype=dtype, device=device),
+                         torch.eye(n, dtype=dtype, device=device))
+
+    def identity(self, n, diagonal, dtype, device, damping):
+        data = self.empty(n, diagonal, dtype, device)
+        data.values.fill_(1.0)
+        return data
+
+    def precondition(self, grad, a, g, damping):
+        v = grad if isinstance(g, DiagonalData) else g.vectors.T @ grad
+        if not isinstance(a, DiagonalData):
+            v = v @ a.vectors
+        v = v / (torch.outer(g.values, a.values) + damping)
+        if not isinstance(a, DiagonalData):
+            v = v @ a.vectors.T
+        return v if isinstance(g, DiagonalData) else g.vectors @ v
+
+    def precondition_many(self, grads, a, g, damping):
+        """The layers whose factors are all dense in one batched op, the rest one by one."""
+        dense = [k for k in range(len(grads))
+                 if isinstance(a[k], EigenData) and isinstance(g[k], EigenData)]
+        out = [None] * len(grads)
+        if dense:
+            done = ops.eigen_precondition([grads[k] for k in dense], [a[k].vectors for k in dense],
+                                          [a[k].values for k in dense],
+                                          [g[k].vectors for k in dense],
+                                          [g[k].values for k in dense], damping)
+            for k, p in zip(dense, done):
+                out[k] = p
+        for k in range(len(grads)):
+            if out[k] is None:
+                out[k] = self.precondition(grads[k], a[k], g[k], damping)
+        return out
+
+    def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor,
+                            dtype=torch.float32):
+        precondition_grads_(dtype, weight_grads, bias_grads, [x.vectors for x in a],
+                            [x.values for x in a], [x.vectors for x in g],
+                            [x.values for x in g], float(damping), kl_clip, kl_factor)
+
+
+class InverseMethod(Method):
+    name = "inverse"
+    _dense = InverseData
+
+    def solve(self, factors, damping):
+        return [DiagonalData(1.0 / (f + damping)) if f.dim() == 1
+                else InverseData(damped_inverse(f, damping)) for f in factors]
+
+    def empty(self, n, diagonal, dtype, device):
+        if diagonal:
+            return DiagonalData(torch.ones(n, dtype=dtype, device=device))
+        return InverseData(torch.eye(n, dtype=dtype, device=device))
+
+    def identity(self, n, diagonal, dtype, device, damping):
+        # (I + λI)⁻¹ would be the exact inverse; the identity itself is what the
+        # preconditioner has always used for a failed first inverse.
+        return self.empty(n, diagonal, dtype, device)
+
+    def precondition(self, grad, a, g, damping):
+        v = grad * g.values.unsqueeze(1) if isinstance(g, DiagonalData) else g.inverse @ grad
+        return v * a.values if isinstance(a, DiagonalData) else v @ a.inverse
+
+    def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor,
+                            dtype=torch.float32):
+        # The raw op: every list is built by the caller, the wrapper's checks would repeat
+        # the kernel's own. kl_clip 0 is the op's "off".
+        torch.ops.kfac_ext.precondition_grads_inverse_(
+            weight_grads, bias_grads, [x.inverse for x in a], [x.inverse for x in g],
+            0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
+
+
+def damped_inverse(f: Tensor, damping: float) -> Tensor:
+    """(F + λI)⁻¹ through Cholesky; retried in float64 when float32 fails."""
+    damped = f + damping * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)
+    chol, info = torch.linalg.cholesky_ex(damped)
+    if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+        if f.dtype == torch.float64:
+            raise RuntimeError(f"Cholesky of a {f.shape[0]}x{f.shape[0]} factor failed")
+        return damped_inverse(f.double(), damping).to(f.dtype)
+    return torch.cholesky_inverse(chol)
+
+
+METHODS = {"eigen": EigenMethod, "inverse": InverseMethod}
+
+
+def method(name: str) -> Method:
+    """The method object of a validated ``compute_method`` name."""
+    return METHODS[name]()

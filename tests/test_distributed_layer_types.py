@@ -1,0 +1,115 @@
+"""The transformer layer types (Embedding with its diagonal A, MultiheadAttention,
+HF-style Conv1D) under DDP on 2 Gloo ranks equal one process on the combined batch."""
+import pytest
+import torch
+from torch import nn
+
+from dist_utils import run_workers
+from kfac_ext.comm import LocalComm
+from kfac_ext.distributed import DistributedComm
+from kfac_ext.preconditioner import KFACPreconditioner
+from test_layer_types import Conv1D
+
+STEPS, BATCH, VOCAB = 3, 8, 13
+HPARAMS = dict(factor_update_steps=1, inv_update_steps=2, damping=1e-3, factor_decay=0.3,
+               kl_clip=None, lr=0.05)
+
+
+class TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 6, padding_idx=0)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.mlp = Conv1D(6, 6)
+        self.head = nn.Linear(6, VOCAB)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return self.head(torch.tanh(self.mlp(x)))
+
+
+def _model():
+    torch.manual_seed(0)
+    return TinyLM().double()
+
+
+def _batches():
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randint(0, VOCAB, (BATCH, 5), generator=gen) for _ in range(STEPS)]
+
+
+def _train(model, precond, rank=0, world_size=1):
+    opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
+    chunk, grads = BATCH // world_size, []
+    for idx in _batches():
+        idx = idx[rank * chunk:(rank + 1) * chunk]
+        opt.zero_grad()
+        out = model(idx[:, :-1])
+        nn.functional.cross_entropy(out.reshape(-1, VOCAB), idx[:, 1:].reshape(-1)).backward()
+        precond.step()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+    return grads
+
+
+def _ranks(rank, world_size):
+    out = {}
+    for fraction in (1.0, 0.5):
+        ddp = nn.parallel.DistributedDataParallel(_model())
+        comm = DistributedComm(grad_worker_fraction=fraction, timeout=30)
+        precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=comm, **HPARAMS)
+        out[fraction] = _train(ddp, precond, rank, world_size)
+    return out
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_with_the_transformer_layer_types():
+    model = _model()
+    ref_pre = KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(), **HPARAMS)
+    assert {l.name for l in ref_pre.layers} >= {"emb", "attn[q]", "attn[out]", "mlp", "head"}
+    ref = _train(model, ref_pre)
+    results = run_workers(_ranks, 2, timeout=240)
+    for fraction in (1.0, 0.5):
+        for rank in range(2):
+            for step, (got, want) in enumerate(zip(results[rank][fraction], ref)):
+                for k, (g, w) in enumerate(zip(got, want)):
+                    err = float((g - w).norm() / w.norm())
+                    assert err < 1e-9, (fraction, rank, step, k, err)
+
+
+def _tied_ranks(rank, world_size):
+    from test_tied_weights import _LM
+    ddp = nn.parallel.DistributedDataParallel(_LM(True).double())
+    precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=DistributedComm(timeout=30),
+                                 **HPARAMS)
+    return _train_lm(ddp, precond, rank, world_size)
+
+
+def _train_lm(model, precond, rank=0, world_size=1):
+    opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
+    chunk, grads = BATCH // world_size, []
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(STEPS):
+        idx = torch.randint(0, 9, (BATCH, 6), generator=gen)[rank * chunk:(rank + 1) * chunk]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(idx).reshape(-1, 9), idx.roll(1, 1).reshape(-1)).backward()
+        precond.step()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+    return grads
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_with_a_tied_weight():
+    """Each rank's per-use gradients are averaged like .grad before the per-use sum."""
+    from test_tied_weights import _LM
+    model = _LM(True).double()
+    ref = _train_lm(model, KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(),
+                                              **HPARAMS))
+    results = run_workers(_tied_ranks, 2, timeout=240)
+    for rank in range(2):
+        for step, (got, want) in enumerate(zip(results[rank], ref)):
+            for k, (g, w) in enumerate(zip(got, want)):
+                err = float((g - w).norm() / w.norm())
+                assert err < 1e-9, (rank, step, k, err)

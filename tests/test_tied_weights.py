@@ -1,0 +1,91 @@
+"""Tied weights across layer types: each use preconditioned with its own factors and the
+results summed, exactly what a model with the weight untied into copies gets."""
+import pytest
+import torch
+from torch import nn
+
+import kfac_ext
+
+
+class _LM(nn.Module):
+    """Embedding -> Linear -> tanh -> output Linear, the output weight tied to the embedding."""
+
+    def __init__(self, tie, head_bias=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(9, 5, padding_idx=0)
+        self.mid = nn.Linear(5, 5)
+        self.head = nn.Linear(5, 9, bias=head_bias)
+        if tie:
+            self.head.weight = self.emb.weight
+        else:
+            self.head.weight = nn.Parameter(self.emb.weight.detach().clone())
+
+    def forward(self, idx):
+        return self.head(torch.tanh(self.mid(self.emb(idx))))
+
+
+def _steps(model, n=3, **kw):
+    p = kfac_ext.KFACPreconditioner(model, kl_clip=None, inv_dtype=torch.float64, damping=0.05,
+                                    factor_decay=0.7, **kw)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        model.zero_grad()
+        idx = torch.randint(0, 9, (4, 6), generator=gen)
+        nn.functional.cross_entropy(model(idx).reshape(-1, 9), idx.roll(1, 1).reshape(-1)).backward()
+        p.step()
+    return p
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
+def test_tied_embedding_and_linear_equal_the_untied_per_use_sum(head_bias, method):
+    tied, untied = _LM(True, head_bias).double(), _LM(False, head_bias).double()
+    p = _steps(tied, compute_method=method)
+    _steps(untied, compute_method=method)
+    assert [l.name for l in p.layers if l.tied] == ["emb", "head"]
+    want = untied.emb.weight.grad + untied.head.weight.grad
+    assert float((tied.emb.weight.grad - want).norm() / want.norm()) < 1e-8
+    for name in ("mid.weight", "mid.bias") + (("head.bias",) if head_bias else ()):
+        got, ref = tied.get_parameter(name).grad, untied.get_parameter(name).grad
+        assert float((got - ref).norm() / ref.norm()) < 1e-8, name
+
+
+def test_tied_linears_equal_the_untied_per_use_sum():
+    def model(tie):
+        torch.manual_seed(2)
+        m = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6)).double()
+        m[2].weight = m[0].weight if tie else nn.Parameter(m[0].weight.detach().clone())
+        return m
+
+    tied, untied = model(True), model(False)
+    for m in (tied, untied):
+        p = kfac_ext.KFACPreconditioner(m, kl_clip=None, inv_dtype=torch.float64, damping=0.1)
+        for seed in range(2):
+            m.zero_grad()
+            m(torch.randn(5, 6, generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.float64)).pow(2).mean().backward()
+            p.step()
+    want = untied[0].weight.grad + untied[2].weight.grad
+    assert float((tied[0].weight.grad - want).norm() / want.norm()) < 1e-8
+
+
+def test_tied_weights_with_kl_clip_stay_finite_and_are_not_the_plain_gradient():
+    model = _LM(True)
+    p = kfac_ext.KFACPreconditioner(model, damping=0.05)
+    idx = torch.randint(0, 9, (4, 6))
+    for _ in range(2):
+        model.zero_grad()
+        model(idx).logsumexp(-1).mean().backward()
+        plain = model.emb.weight.grad.clone()
+        p.step()
+    assert torch.isfinite(model.emb.weight.grad).all()
+    assert not torch.allclose(model.emb.weight.grad, plain)
+
+
+def test_a_tie_with_a_conv_is_not_registered_with_a_warning():
+    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1))
+    model[1].weight = model[0].weight
+    with pytest.warns(UserWarning, match=r"\['0', '1'\] share one weight"):
+        p = kfac_ext.KFACPreconditioner(model)
+    assert p.layers == []
