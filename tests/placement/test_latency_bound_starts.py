@@ -65,3 +65,15 @@ def test_orders_are_topological_and_keep_colour_classes_together():
                 ps = sorted(pos[v] for v in members)
                 between = {unit_of[order[p]] for p in range(ps[0], ps[-1] + 1)}
                 assert len(between) == 1  # nothing of another unit inside the class's stretch
+
+
+def test_path_bound_pays_the_cuts_memory_forces_on_a_chain():
+    g = chain(6, 3, 4.0)  # two nodes per call: three calls, two cuts
+    assert path_bound(g) == pytest.approx(brute_force_latency(g))
+    assert path_bound(g) > path_bound(chain(6, 3, 100.0))
+
+
+def test_a_colour_class_no_accelerator_holds_is_charged_on_the_cpu_pool():
+    nodes = [node(0, 1.0, 9.0, 0.0, size=3.0, color=1), node(1, 1.0, 9.0, 0.0, size=3.0, color=1)]
+    g = Graph(nodes, [], 2, 1, 5.0)  # the class needs 6 bytes on one device; an accelerator holds 5
+    assert path_bound(g) == pytest.approx(9.0) == pytest.approx(brute_force_latency(g))

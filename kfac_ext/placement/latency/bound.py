@@ -1,42 +1,78 @@
 """A lower bound on the least latency, by a DP along the graph (no solver).
 
-It restates the model's timing rule (:mod:`.model`) for one path at a time,
-relaxed: memory caps, colour classes, the number of accelerators and the other
-nodes of a call are ignored.  Per node ``v``, two values:
+It restates the model's timing rule (:mod:`.model`) path by path, relaxed: the
+number of accelerators, colour classes (but for a class that no accelerator can
+hold, which forces its nodes onto the CPU pool) and the nodes of a call off the
+path are ignored.  Per node ``v``:
 
 * ``cpu[v]``: a lower bound on v's finish if v is on the CPU pool:
-  ``cpu_time(v) + max over inputs u of min(cpu[u], acc[u] + out_cost(u))`` -- an
-  input on an accelerator arrives no sooner than its call ends, and the call
+  ``cpu_time(v) + max over inputs u of min(cpu[u], acc[u][cap] + out_cost(u))`` --
+  an input on an accelerator arrives no sooner than its call ends, and the call
   sends u (it has an edge leaving the call) after running u.
-* ``acc[v]``: a lower bound on the moment v's call has run v, counted from the
-  call's start (its transfers in, then its nodes; v after its inputs inside the
-  call): ``accel_time(v) + max over inputs u of min(cpu[u] + out_cost(u), acc[u])`` --
-  an outside input is waited for and then fetched; an input in the same call was
-  run before v; an input in another call is no better than that.
+* ``acc[v][b]``: a lower bound on the moment v's call has run v, counted from
+  the call's start (its transfers in, then its nodes, v after its inputs inside
+  the call), when v and its ancestors in the same call hold at most ``b`` bytes:
+  ``accel_time(v) + max over inputs u of min(cpu[u] + out_cost(u), acc[u][b -
+  size(v)], acc[u][cap] + 2 out_cost(u))`` -- an outside input is waited for and
+  fetched; an input in the same call was run before v within the bytes left; an
+  input in another call is sent by it and fetched by v's.  So along every path
+  the stretches in one call fit the memory cap, and a path longer than the cap
+  pays for its cuts.
 
-The call holding v ends no sooner than ``acc[v]``, so every split's latency is at
-least ``max_v min(cpu[v], acc[v])``.  Exact on a chain with enough memory;
-tested against brute force on small graphs.
+``b`` runs over a grid of ``cap / grid`` steps; a query between grid points is
+rounded up, which can only lower the value (less memory never helps), so the
+grid keeps it a bound.  The call holding v ends no sooner than ``acc[v][cap]``:
+every split's latency is at least ``max_v min(cpu[v], acc[v][cap])``.
+Tested against brute force on small graphs.
 """
 from __future__ import annotations
+
+import math
+
+import numpy as np
 
 from ..graph import Graph
 
 __all__ = ["path_bound"]
 
 
-def path_bound(graph: Graph) -> float:
+def path_bound(graph: Graph, grid: int = 256) -> float:
+    cap = graph.memory_cap
+    step = cap / grid if math.isfinite(cap) and cap > 0 else math.inf
+    budgets = np.arange(grid + 1) * step if math.isfinite(step) else np.array([math.inf])
+    top = len(budgets) - 1
+    on_cpu_only = _cpu_only(graph)
+    inf = math.inf
     cpu: dict[int, float] = {}
-    acc: dict[int, float] = {}
+    acc: dict[int, np.ndarray] = {}
     best = 0.0
     for v in graph.topological_order():
         node = graph.node(v)
-        wait_cpu = wait_acc = 0.0
+        wait_cpu = 0.0
+        wait_acc = np.zeros(len(budgets))
+        shift = int(node.size // step) if math.isfinite(step) else 0
         for u in graph.predecessors(v):
             c = graph.node(u).out_cost
-            wait_cpu = max(wait_cpu, min(cpu[u], acc[u] + c))
-            wait_acc = max(wait_acc, min(cpu[u] + c, acc[u]))
+            wait_cpu = max(wait_cpu, min(cpu[u], acc[u][top] + c))
+            same = np.full(len(budgets), inf)  # u in v's call, within the bytes left
+            if shift <= top:
+                same[shift:] = acc[u][:len(budgets) - shift]
+            wait_acc = np.maximum(wait_acc, np.minimum(same, min(cpu[u] + c, acc[u][top] + 2 * c)))
         cpu[v] = node.cpu_time + wait_cpu
-        acc[v] = node.accel_time + wait_acc if node.accel_ok else float("inf")
-        best = max(best, min(cpu[v], acc[v]))
+        if v in on_cpu_only:
+            acc[v] = np.full(len(budgets), inf)
+        else:
+            acc[v] = node.accel_time + wait_acc
+            acc[v][budgets < node.size] = inf  # v alone does not fit
+        best = max(best, min(cpu[v], float(acc[v][top])))
     return best
+
+
+def _cpu_only(graph: Graph) -> set[int]:
+    """Nodes whose colour class no accelerator can hold (a CPU-only member, or too big)."""
+    out: set[int] = set()
+    for members in graph.colocation_groups():
+        nodes = [graph.node(v) for v in members]
+        if not all(n.accel_ok for n in nodes) or sum(n.size for n in nodes) > graph.memory_cap * (1 + 1e-12):
+            out.update(members)
+    return out
