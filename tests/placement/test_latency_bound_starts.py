@@ -1,5 +1,6 @@
-"""The path bound never exceeds the brute-force optimum; interval starts are feasible splits of
-the paper's model, optimal on chains; the orders they cut keep colour classes together."""
+"""The path bound never exceeds the brute-force optimum; interval starts and the local search
+give feasible splits of the paper's model, interval starts optimal on chains; the orders they
+cut keep colour classes together."""
 import functools
 
 import pytest
@@ -77,3 +78,16 @@ def test_a_colour_class_no_accelerator_holds_is_charged_on_the_cpu_pool():
     nodes = [node(0, 1.0, 9.0, 0.0, size=3.0, color=1), node(1, 1.0, 9.0, 0.0, size=3.0, color=1)]
     g = Graph(nodes, [], 2, 1, 5.0)  # the class needs 6 bytes on one device; an accelerator holds 5
     assert path_bound(g) == pytest.approx(9.0) == pytest.approx(brute_force_latency(g))
+
+
+def test_local_search_keeps_splits_feasible_and_never_worse():
+    import time
+
+    from kfac_ext.placement.latency.search import improve
+    from kfac_ext.placement.latency.starts import all_on_cpu
+
+    for seed, g in graphs():
+        start = all_on_cpu(g)
+        split, value = improve(g, start, time.perf_counter() + 5)
+        assert latency_of(g, split) == pytest.approx(value)  # feasible, and the value is its latency
+        assert optimum(seed) - 1e-9 <= value <= latency_of(g, start) + 1e-9

@@ -10,7 +10,7 @@ placed elsewhere, contiguity (the node is reachable from an accelerator's set
 through an outside node), calls waiting on each other in a cycle.
 
 Bound: the latency of the placed prefix, scored by the model's rule on the
-prefix alone (:func:`_prefix_latency`).  The prefix is an ideal, so every path
+prefix alone (:func:`assignment_latency`).  The prefix is an ideal, so every path
 between its nodes stays inside it, and placing more nodes only adds costs to a
 call (compute, inputs to fetch, outputs to send) or waits, never removes one:
 the prefix's latency never exceeds that of any completion.  Stopped by the time
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..graph import Graph
 from .model import Split
 
-__all__ = ["ExactResult", "branch_and_bound"]
+__all__ = ["ExactResult", "assignment_latency", "branch_and_bound"]
 
 
 @dataclass
@@ -64,9 +64,11 @@ class _Problem:
             self.group_accel_ok.append(all(graph.node(v).accel_ok for v in members))
 
 
-def _prefix_latency(p: _Problem, dev: list[int]) -> float:
+def assignment_latency(p: _Problem, dev: list[int]) -> float:
     """Latency of the placed prefix ``dev`` (device per position: -1 CPU pool, a >= 0
-    accelerator a's one call), in the model of :mod:`.model`; inf on a cycle of calls."""
+    accelerator a's one call), by the model's rule (:mod:`.model`) on this array
+    encoding, without checking memory or contiguity; inf on a cycle of calls.
+    A full ``dev`` gives the split's latency."""
     m = len(dev)
     k = p.k
     # units: accelerator a -> a; CPU node at position i -> k + i
@@ -156,7 +158,7 @@ def branch_and_bound(graph: Graph, time_limit: float, upper: float = math.inf,
                 t | ((1 << i) if a != d and any(dev[u] == a or (t >> u) & 1 for u in p.preds[i]) else 0)
                 for a, t in enumerate(taint))
             new_dev = dev + (d,)
-            value = _prefix_latency(p, list(new_dev))
+            value = assignment_latency(p, list(new_dev))
             if value >= best_value:
                 continue
             new_gdev = gdev if gdev[g] is not None else gdev[:g] + (d,) + gdev[g + 1:]

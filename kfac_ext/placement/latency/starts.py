@@ -3,7 +3,7 @@
 An interval of a topological order is contiguous (a path that leaves it and comes
 back would pass through a node ordered inside it), and calls ordered like their
 intervals never wait on each other in a cycle.  So cutting an order into
-accelerator intervals and CPU nodes always gives a split of the model
+accelerator intervals and CPU stretches always gives a split of the model
 (:mod:`.model`), and its latency is at most the sum of its units' times taken one
 after another: each unit's inputs come from units before it.
 :func:`interval_split` minimises that sum exactly, over the order given, by a DP
@@ -21,6 +21,8 @@ from .model import Split
 
 __all__ = ["interval_split", "orders", "all_on_cpu"]
 
+_CPU_STRETCH = 48  # longest CPU stretch the DP considers (cost: n * this * in-degree)
+
 
 def all_on_cpu(graph: Graph) -> Split:
     """Every node on the CPU pool: always a split of the model."""
@@ -29,7 +31,7 @@ def all_on_cpu(graph: Graph) -> Split:
 
 def interval_split(graph: Graph, order: list[int], deadline: float = math.inf) -> Split | None:
     """The least chained sum over cuts of ``order`` into accelerator intervals (memory,
-    colour classes and CPU-only nodes respected) and CPU nodes; None past ``deadline``."""
+    colour classes and CPU-only nodes respected) and CPU stretches; None past ``deadline``."""
     n, k, cap = len(order), graph.num_accelerators, graph.memory_cap
     pos = {v: i for i, v in enumerate(order)}
     node = [graph.node(v) for v in order]
@@ -53,11 +55,18 @@ def interval_split(graph: Graph, order: list[int], deadline: float = math.inf) -
         if time.perf_counter() > deadline:
             return None
         row = best[i]
-        # node i alone on the CPU pool
-        c = node[i].cpu_time
-        for m in range(k + 1):
-            if row[m] + c < best[i + 1][m]:
-                best[i + 1][m], back[i + 1][m] = row[m] + c, (i, -1)
+        # CPU stretches [i, j): the pool runs them in parallel, so a stretch takes its
+        # longest path of CPU times (its inputs from before i are ready at its start);
+        # colour classes need no check here, as an accelerator interval holds a class whole
+        finish: dict[int, float] = {}
+        longest = 0.0
+        for j in range(i, min(n, i + _CPU_STRETCH)):
+            finish[j] = node[j].cpu_time + max((finish[u] for u in preds[j] if u >= i), default=0.0)
+            longest = max(longest, finish[j])
+            target = best[j + 1]
+            for m in range(k + 1):
+                if row[m] + longest < target[m]:
+                    target[m], back[j + 1][m] = row[m] + longest, (i, -1)
         if k == 0 or min(row[:k]) == inf:
             continue
         # accelerator intervals [i, j)
@@ -96,7 +105,7 @@ def interval_split(graph: Graph, order: list[int], deadline: float = math.inf) -
     while j > 0:
         i, how = back[j][m]
         if how < 0:
-            cpu.append(order[i])
+            cpu.extend(order[i:j])
         else:
             m -= 1
             calls.append((m, tuple(order[i:j])))
