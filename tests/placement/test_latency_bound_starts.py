@@ -91,3 +91,13 @@ def test_local_search_keeps_splits_feasible_and_never_worse():
         split, value = improve(g, start, time.perf_counter() + 5)
         assert latency_of(g, split) == pytest.approx(value)  # feasible, and the value is its latency
         assert optimum(seed) - 1e-9 <= value <= latency_of(g, start) + 1e-9
+
+
+def test_a_weight_coloured_with_its_operator_counts_on_the_operators_path():
+    # w (a weight: a source, 3 bytes) is coloured with b; the chain a -> b -> c cannot sit
+    # in one call (5 bytes with w, cap 4), so the bound must pay a cut
+    nodes = [node(0, 1.0, 20.0, 0.5, size=1.0), node(1, 1.0, 20.0, 0.5, size=0.5, color=5),
+             node(2, 1.0, 20.0, 0.0, size=0.5), node(3, 0.0, 0.0, 0.1, size=3.0, color=5)]
+    g = Graph(nodes, [(0, 1), (1, 2), (3, 1)], 2, 1, 4.0)
+    best = brute_force_latency(g)
+    assert path_bound(g, subgraphs=2) < path_bound(g) <= best + 1e-9

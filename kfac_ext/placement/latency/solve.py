@@ -65,7 +65,7 @@ def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1,
             if value < best_value:
                 best, best_value = split, value
     stats.update(orders_tried=tried, start_value=best_value)
-    bound = path_bound(graph)
+    bound = path_bound(graph, subgraphs=subgraphs)
     stats["path_bound"] = bound
     status = "the path bound meets the best start"
     if best_value - bound > _REL_GAP * best_value:
