@@ -75,3 +75,24 @@ def test_windows_of_the_workloads(name, start, k, share):
     r = branch_and_bound(g, time_limit=60)
     assert r.optimal and r.value == pytest.approx(best) and math.isfinite(best)
     assert solve_ip(g, r.split, time_limit=60).value == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("q", [1, 2])
+def test_ip_warm_start_satisfies_every_row(q):
+    """HiGHS drops a warm start that breaks a row: ours must satisfy all of them, the
+    accelerator-ordering rows included (the start is relabelled to match)."""
+    from kfac_ext.placement.latency.ip import _LatencyIp
+    from kfac_ext.placement.latency.model import evaluate
+    from kfac_ext.placement.latency.starts import interval_split, orders
+
+    for seed in range(8):
+        g = random_graph(seed, n_nodes=7, k=3, colours=seed % 2 == 0, tight_memory=True)
+        for order in orders(g, 3):
+            split = interval_split(g, order)
+            ip = _LatencyIp(g, q, evaluate(g, split, q).latency, 0.0)
+            values, prog = ip.values_of(split), ip.prog
+            for r in range(len(prog.row_lower)):
+                activity = sum(prog.value[t] * values[prog.index[t]]
+                               for t in range(prog.starts[r], prog.starts[r + 1]))
+                assert prog.row_lower[r] - 1e-6 <= activity <= prog.row_upper[r] + 1e-6
+            assert all(lo - 1e-9 <= x <= hi + 1e-9 for x, lo, hi in zip(values, prog.lower, prog.upper))

@@ -17,6 +17,9 @@ one per call, run in that order.  Variables and rows (the model of :mod:`.model`
   x[v, m])``; on the CPU pool ``lat[v] >= lat[u] + cpu_v x[v, 0]`` per edge and
   ``lat[v] >= cpu_v x[v, 0]``; an accelerator's calls in order ``start[m] >=
   finish[m - 1]``; minimise ``T >= lat[v]``.
+* with one call per accelerator (not in the authors' IP): the accelerators are
+  interchangeable, so call ``m + 1`` may hold a node only if call ``m`` holds an
+  earlier one in topological order; the warm start is relabelled to match.
 
 ``U`` is the big-M: an upper bound on every time in the splits of interest.  The
 authors use the sum of all CPU times; here it is the warm start's latency, which
@@ -110,9 +113,31 @@ class _LatencyIp:
             calls = self._calls(a)
             for m0, m1 in zip(calls, calls[1:]):
                 prog.row({self.start[m1]: 1.0, self.finish[m0]: -1.0}, lo=0.0)
+        self.order = graph.topological_order()
+        self.prefix: dict[tuple[int, int], int] = {}
+        if q == 1:  # accelerators are interchangeable: admit one labelling of each split
+            self._order_accelerators()
         self.total = prog.var(max(lower, 0.0), U, cost=1.0)
         for v in ids:
             prog.row({self.total: 1.0, self.lat[v]: -1.0}, lo=0.0)
+
+    def _order_accelerators(self) -> None:
+        """Call m + 1 holds a node only if call m holds an earlier one (in topological
+        order): prefix sums ``p[v, m] = sum of x[u, m] over u up to v``."""
+        prog, order = self.prog, self.order
+        for m in range(1, self.machines - 1):
+            running = None
+            for v in order:
+                p = prog.var(0.0, float(len(order)))
+                terms = {p: 1.0, self.x[v, m]: -1.0}
+                if running is not None:
+                    terms[running] = -1.0
+                prog.row(terms, 0.0, 0.0)
+                self.prefix[v, m] = running = p
+        for m in range(2, self.machines):
+            prog.row({self.x[order[0], m]: 1.0}, hi=0.0)
+            for before, v in zip(order, order[1:]):
+                prog.row({self.x[v, m]: 1.0, self.prefix[before, m - 1]: -1.0}, hi=0.0)
 
     def _calls(self, a: int) -> list[int]:
         return list(range(1 + a * self.q, 1 + (a + 1) * self.q))
@@ -121,7 +146,13 @@ class _LatencyIp:
         """The program's variables for a feasible split (HiGHS's warm start)."""
         graph = self.graph
         timing = evaluate(graph, split, self.q)
+        prev = dict(zip(self.order[1:], self.order))
         values = [0.0] * len(self.prog.lower)
+        if self.q == 1:  # the labelling the ordering rows admit: calls by their first node
+            rank = {v: i for i, v in enumerate(self.order)}
+            calls = sorted(split.calls, key=lambda c: min(rank[v] for v in c[1]))
+            split = Split.of([(a, nodes) for a, (_, nodes) in enumerate(calls)], split.cpu)
+            timing = evaluate(graph, split, self.q)
         machine_of: dict[int, int] = {v: 0 for v in split.cpu}
         call_machine: dict[int, int] = {}
         taken: dict[int, int] = {}
@@ -143,6 +174,8 @@ class _LatencyIp:
                     values[self.cin[u, m]] = 1.0
                 if (u in inside) and (v not in inside):
                     values[self.cout[u, m]] = 1.0
+        for (v, m), j in self.prefix.items():  # filled in order: the previous one is set
+            values[j] = values[self.x[v, m]] + (values[self.prefix[prev[v], m]] if v in prev else 0.0)
         for v in graph.ids:
             values[self.lat[v]] = timing.finish[v]
         for a in range(graph.num_accelerators):
