@@ -22,7 +22,7 @@ from kfac_ext.placement import baselines
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import Split, latency_of, score_placement
 from kfac_ext.placement.latency.starts import all_on_cpu
-from kfac_ext.placement.objective import PlacementError
+from kfac_ext.placement.objective import Placement, PlacementError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LATENCY = ROOT / "workloads" / "latency-inputs"
@@ -44,6 +44,17 @@ def _scored(graph, make) -> str:
     if s.stats.get("subgraphs", 1) > 1:
         flags.append(f"{s.stats['subgraphs']} calls/acc")
     return f"{s.value:.2f}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+def _expert(graph, path) -> str:
+    """The experts' split; bert24's uses 6 accelerators where the file allows 5, so it is
+    scored on as many as it uses, and the table says so."""
+    used = sum(1 for dev in Placement.from_json(path).accelerators if dev)
+    if used > graph.num_accelerators:
+        wider = graph.with_resources(num_accelerators=used)
+        text = _scored(wider, lambda: score_placement(wider, baselines.expert(wider, path).placement, "expert"))
+        return f"{text} (on {used} accelerators)"
+    return _scored(graph, lambda: score_placement(graph, baselines.expert(graph, path).placement, "expert"))
 
 
 def main() -> int:
@@ -82,8 +93,7 @@ def main() -> int:
                f"{latency_of(graph, all_on_cpu(graph)):.2f}",
                _scored(graph, lambda: score_placement(graph, baselines.greedy(graph).placement, "greedy")),
                _scored(graph, lambda: score_placement(graph, baselines.one_device(graph).placement, "one")),
-               _scored(graph, lambda: score_placement(graph, baselines.expert(graph, expert).placement,
-                                                      "expert")) if expert.is_file() else "-"]
+               _expert(graph, expert) if expert.is_file() else "-"]
         print("| " + " | ".join(row) + " |", flush=True)
     return 0
 
