@@ -173,10 +173,16 @@ def _latency_table(graph, solution) -> str:
 
 
 def _seconds_since_start() -> float:
-    """Wall seconds since this process started (Linux /proc: Python's start-up and
-    imports take about 1 s on a loaded machine); 0 where that cannot be read."""
+    """Wall seconds since this process started, when it was started as ``kfac-ext`` or
+    ``python -m kfac_ext`` (Python's start-up and imports take about 1 s on a loaded
+    machine); 0 when called from another program (a test, a notebook: its age is not
+    this command's) or where Linux's /proc cannot be read."""
     import os
 
+    program = sys.argv[0] if sys.argv else ""
+    if not (os.path.basename(program) == "kfac-ext"
+            or program.endswith(os.path.join("kfac_ext", "__main__.py"))):
+        return 0.0
     try:
         with open("/proc/self/stat") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
