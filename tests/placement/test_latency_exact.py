@@ -96,3 +96,14 @@ def test_ip_warm_start_satisfies_every_row(q):
                                for t in range(prog.starts[r], prog.starts[r + 1]))
                 assert prog.row_lower[r] - 1e-6 <= activity <= prog.row_upper[r] + 1e-6
             assert all(lo - 1e-9 <= x <= hi + 1e-9 for x, lo, hi in zip(values, prog.lower, prog.upper))
+
+
+def test_solve_latency_checks_its_arguments_and_keeps_the_cpu_pool():
+    from kfac_ext.placement.latency import solve_latency
+
+    g = random_graph(1, n_nodes=5)
+    for bad in ({"time_limit": 0}, {"time_limit": float("nan")}, {"subgraphs": 0}, {"subgraphs": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            solve_latency(g, **bad)
+    no_cpus = Graph(g.nodes, g.edges, g.num_accelerators, 0, g.memory_cap)
+    assert solve_latency(no_cpus, time_limit=10).value == pytest.approx(brute_force_latency(g))

@@ -49,6 +49,8 @@ def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1,
         raise ValueError(f"subgraphs must be an integer >= 1, got {subgraphs!r}")
     t0 = time.perf_counter()
     deadline = t0 + time_limit
+    if graph.num_cpus == 0:  # the model's CPU pool exists whatever maxCPUs says
+        graph = graph.with_resources(num_cpus=1)
     graph.validate()
     best = all_on_cpu(graph)
     best_value = evaluate(graph, best, subgraphs).latency
