@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from ..graph import Graph
 from .model import Split
 
-__all__ = ["ExactResult", "assignment_latency", "branch_and_bound"]
+__all__ = ["ExactResult", "Problem", "assignment_latency", "branch_and_bound"]
 
 
 @dataclass
@@ -39,7 +39,7 @@ class ExactResult:
     branches: int
 
 
-class _Problem:
+class Problem:
     """The graph by topological position, with what the search needs per node."""
 
     def __init__(self, graph: Graph):
@@ -64,7 +64,7 @@ class _Problem:
             self.group_accel_ok.append(all(graph.node(v).accel_ok for v in members))
 
 
-def assignment_latency(p: _Problem, dev: list[int]) -> float:
+def assignment_latency(p: Problem, dev: list[int]) -> float:
     """Latency of the placed prefix ``dev`` (device per position: -1 CPU pool, a >= 0
     accelerator a's one call), by the model's rule (:mod:`.model`) on this array
     encoding, without checking memory or contiguity; inf on a cycle of calls.
@@ -123,7 +123,7 @@ def branch_and_bound(graph: Graph, time_limit: float, upper: float = math.inf,
     is never worse.  Stops at ``time_limit`` seconds with the best split found
     and the least bound of the open branches."""
     t0 = time.perf_counter()
-    p = _Problem(graph)
+    p = Problem(graph)
     best_value, best_dev = upper, None
     # stack items: (bound, devices of the prefix, accelerators opened, memory used,
     #               per-accelerator taint bitmask, device per colour group)
@@ -168,7 +168,7 @@ def branch_and_bound(graph: Graph, time_limit: float, upper: float = math.inf,
     return _result(p, best_dev, start, best_value, best_value, True, branches)
 
 
-def _result(p: _Problem, dev, start: Split | None, value: float, bound: float, optimal: bool,
+def _result(p: Problem, dev, start: Split | None, value: float, bound: float, optimal: bool,
             branches: int) -> ExactResult:
     if dev is None:
         return ExactResult(start, value, min(bound, value), optimal, branches)

@@ -14,7 +14,7 @@ import math
 import time
 
 from ..graph import Graph
-from .exact import _Problem, assignment_latency
+from .exact import Problem, assignment_latency
 from .model import Split
 
 __all__ = ["improve"]
@@ -22,7 +22,7 @@ __all__ = ["improve"]
 
 def improve(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]:
     """A split no worse than ``split`` (one call per accelerator), by first-improvement moves."""
-    p = _Problem(graph)
+    p = Problem(graph)
     pos = {v: i for i, v in enumerate(p.ids)}
     dev = [-1] * p.n
     for a, nodes in split.calls:
@@ -70,7 +70,7 @@ def improve(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]:
     return Split.of(calls, tuple(p.ids[i] for i in range(p.n) if dev[i] < 0)), value
 
 
-def _contiguous(p: _Problem, dev: list[int], a: int) -> bool:
+def _contiguous(p: Problem, dev: list[int], a: int) -> bool:
     """No path leaves accelerator a's set and comes back (positions are topological)."""
     left = [False] * p.n  # reached after leaving the set
     for i in range(p.n):
