@@ -2,8 +2,9 @@
 
 One file per idea: ``model.py`` (the model: the Split encoding and the one
 evaluator), ``starts.py`` (fast feasible splits), ``bound.py`` (a lower bound
-without a solver), ``search.py`` (local search), ``exact.py`` (branch and bound), ``ip.py`` (the authors' IP
-on HiGHS) and ``solve.py`` (``solve_latency``: what runs when).
+without a solver), ``search.py`` (local search), ``exact.py`` (branch and
+bound), ``ip.py`` (the authors' IP on HiGHS) and ``solve.py``
+(``solve_latency``: what runs when).
 """
 from .model import Split, check_split, evaluate, latency_of, split_from_placement
 
