@@ -37,7 +37,7 @@ def _scored(graph, make) -> str:
     try:
         s = make()
     except (PlacementError, ValueError) as e:
-        return f"infeasible ({str(e)[:40]})"
+        return f"infeasible ({e})"
     flags = []
     if s.stats.get("memory_ok") is False:
         flags.append("over memory")
