@@ -157,3 +157,15 @@ def test_time_limit_counts_from_the_process_start():
     since_start, importing = map(float, proc.stdout.split())
     assert since_start >= importing * 0.9 - 0.02  # start-up is seen, at least the import
     assert since_start < 60
+
+
+@pytest.mark.skipif(not WORKLOADS.is_dir(), reason="bundled workloads missing")
+def test_latency_without_highspy_answers_without_the_ip():
+    """The [placement] extra missing: the exact search and the bound still run, the IP is skipped."""
+    code = ("import sys; sys.modules['highspy'] = None; from kfac_ext.cli import main; "
+            f"sys.exit(main(['place', {str(WORKLOADS / 'LayerGraphs' / 'gnmt_inference.json')!r}, "
+            "'--objective', 'latency', '--time-limit', '6', '--json']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "highspy" in out["stats"]["status"] and 0 < out["lower_bound"] <= out["value"]

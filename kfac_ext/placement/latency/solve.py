@@ -101,8 +101,10 @@ def _exact(graph: Graph, best: Split, best_value: float, bound: float, left: flo
     if rows > min(_IP_MAX_ROWS, _IP_ROWS_PER_SECOND * left):
         stats["ip_rows_estimate"] = rows
         return best, best_value, bound, f"IP not run (about {rows} rows for {left:.1f} s left)"
-    from .ip import solve_ip  # lazy: highspy
-
+    try:
+        from .ip import solve_ip  # lazy: highspy, from the [placement] extra
+    except ImportError:
+        return best, best_value, bound, "IP not run (highspy, the [placement] extra, is not installed)"
     r = solve_ip(graph, best, left, subgraphs=q, lower=bound, rel_gap=_REL_GAP, verbose=verbose)
     stats.update(method="authors' IP (HiGHS)", ip_status=r.status, ip_bound=r.bound,
                  ip_variables=r.variables, ip_rows=r.rows)
