@@ -110,7 +110,7 @@ def interval_split(graph: Graph, order: list[int], deadline: float = math.inf) -
             m -= 1
             calls.append((m, tuple(order[i:j])))
         j = i
-    return Split.of(calls, cpu)
+    return Split.of(reversed(calls), cpu)  # built back to front: calls in run order
 
 
 def orders(graph: Graph, count: int, seed: int = 0):
