@@ -1,12 +1,9 @@
-"""Placement MILP (HiGHS) vs the contiguous DP, and the latency MILP, on the paper's workloads.
+"""Placement MILP (HiGHS) vs the contiguous DP (throughput), on the paper's workloads.
 
-Throughput rows: the DP's contiguous optimum (``ideal_dp``, exact) and the
-non-contiguous MILP warm-started from it, with HiGHS's dual bound and gap
-after ``--time-limit`` seconds.  Latency rows: the best cheap contiguous
-split the solver starts from, its answer (local search, then HiGHS when the
-program fits the time left) and the bound (memory-aware, or HiGHS's); the
-8-workload latency table is table_latency.py.  Every value is re-scored
-from the graph alone.
+The DP's contiguous optimum (``ideal_dp``, exact) and the non-contiguous MILP
+warm-started from it, with HiGHS's dual bound and gap after ``--time-limit``
+seconds, re-scored from the graph alone.  Latency has its own table:
+table_latency.py.
 
     python benchmarks/table_placement_milp.py                  # 10 s per MILP
     python benchmarks/table_placement_milp.py --time-limit 60
@@ -21,7 +18,6 @@ import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs
 
 from kfac_ext.placement.dp import ideal_dp
 from kfac_ext.placement.graph import Graph
-from kfac_ext.placement.latency import latency_lower_bound
 from kfac_ext.placement.milp import solve_milp
 from _machine import describe_machine
 
@@ -29,9 +25,6 @@ WORKLOADS = pathlib.Path(__file__).resolve().parents[1] / "workloads"
 THROUGHPUT = ["LayerGraphs/bert24_inference.json", "LayerGraphs/bert24_training.json",
               "LayerGraphs/gnmt_inference.json", "LayerGraphs/resnet50_inference.json",
               "OperatorGraphs/bert_l-3_inference.json"]
-LATENCY = ["LayerGraphs/bert24_inference.json", "LayerGraphs/gnmt_inference.json",
-           "LayerGraphs/resnet50_inference.json", "LayerGraphs/inceptionv3_inference.json",
-           "OperatorGraphs/bert_l-3_inference.json"]
 
 
 def main() -> int:
@@ -56,13 +49,6 @@ def main() -> int:
               f"| {dp.value:.4f} (DP, exact contiguous) | {dp_s:.2f} | {m.value:.4f} "
               f"| {m.solve_seconds:.1f} | {m.lower_bound:.4f} | {100 * m.stats['gap']:.2f} % "
               f"| {m.stats['status']} |", flush=True)
-    for name in LATENCY:
-        g = Graph.from_json(WORKLOADS / "latency-inputs" / name)
-        m = solve_milp(g, objective="latency", time_limit=args.time_limit)
-        print(f"| latency | {name} | {len(g)} | {g.num_accelerators} / {g.num_cpus} "
-              f"| {m.stats['warm_start_value']:.4f} (best cheap split) | - | {m.value:.4f} "
-              f"| {m.solve_seconds:.1f} | {m.lower_bound:.4f} (path {latency_lower_bound(g):.1f}) "
-              f"| {100 * m.stats['gap']:.2f} % | {m.stats['status']} |", flush=True)
     return 0
 
 

@@ -15,9 +15,9 @@ __all__ = ["Graph", "GraphError", "Node", "Placement", "PlacementError", "Soluti
 from .latency import latency_of
 from .makespan import MakespanResult, optimal_makespan_assignment
 
-__all__ += ["latency_of", "MakespanResult", "optimal_makespan_assignment", "from_module",
+__all__ += ["latency_of", "solve_latency", "MakespanResult", "optimal_makespan_assignment", "from_module",
             "solve_milp", "run_locally"]
-_LAZY = {"from_module": ".fx_graph", "solve_milp": ".milp", "run_locally": ".pipeline"}
+_LAZY = {"solve_latency": ".latency", "from_module": ".fx_graph", "solve_milp": ".milp", "run_locally": ".pipeline"}
 
 
 def __getattr__(name):

@@ -2,31 +2,38 @@
 
   kfac-ext place FILE.json | --module PKG.MOD:FACTORY --input-shape N,C,H,W
                  [--save-graph FILE.json] [--cost flops|profile] [--devices K] [--cpus L] [--memory BYTES]
-                 [--objective throughput|latency]
-                 [--method dp|milp|greedy|pipedream|one|expert --split FILE]
+                 [--objective throughput|latency [--subgraphs Q]]
+                 [--method dp|milp|exact|greedy|pipedream|one|expert --split FILE]
                  [--time-limit S] [--dp-memory-mb MB] [--json] [--plot PNG]
 
 FILE.json uses the workloads' schema (maxFPGAs, maxCPUs, maxSizePerFPGA,
 nodes, edges); --devices/--cpus/--memory override the file's machine.
 Methods: dp = exact optimum over contiguous splits (default for throughput),
-milp = any split, HiGHS (default for latency), pipedream = chain DP over a
-topological order, greedy, one = everything on one device, expert = the
-split in --split (an inference split also places a training graph's
-backward nodes). Under --objective latency a non-MILP method's split is
-scored by its single-sample latency.
+milp = any split, HiGHS (throughput), exact = the latency solver (default for
+latency: exact search or the authors' IP, with a proven bound), pipedream =
+chain DP over a topological order, greedy, one = everything on one device,
+expert = the split in --split (an inference split also places a
+training graph's backward nodes).
+
+--objective latency is the model of Tarnawski et al. (kfac_ext.placement.latency):
+each accelerator runs at most Q contiguous calls (--subgraphs, default 1), CPUs
+are one pool. A baseline's split is scored there with each accelerator's nodes
+cut into contiguous calls (as the authors' evaluator does).
 
 Every solver is bounded: dp and milp stop at --time-limit (dp also at
 --dp-memory-mb of lattice, and refuses at once a graph whose ideals would
-exceed it) with a one-line error; devices beyond the graph's colocation
-groups are dropped with a note on stderr (they cannot lower the optimum).
+exceed it) with a one-line error; for latency the limit counts from the start
+of the command, reading the file included. Devices beyond the graph's
+colocation groups are dropped with a note on stderr (they cannot lower the optimum).
 """
 from __future__ import annotations
 
 import json
 import math
 import sys
+import time
 
-METHODS = ("dp", "milp", "greedy", "pipedream", "one", "expert")
+METHODS = ("dp", "milp", "exact", "greedy", "pipedream", "one", "expert")
 
 
 def add_arguments(parser) -> None:
@@ -43,8 +50,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cpus", type=int, help="number of CPUs l (default: the file's maxCPUs)")
     parser.add_argument("--memory", type=float, help="memory cap per accelerator, bytes (default: maxSizePerFPGA)")
     parser.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
+    parser.add_argument("--subgraphs", type=int, default=1, metavar="Q",
+                        help="latency: calls (contiguous node sets) per accelerator at most (default 1)")
     parser.add_argument("--method", choices=METHODS,
-                        help="solver (default: dp for throughput, milp for latency)")
+                        help="solver (default: dp for throughput, exact for latency)")
     parser.add_argument("--split", help="expert split JSON (with --method expert)")
     parser.add_argument("--time-limit", type=float, default=60.0,
                         help="time limit of the dp and milp solvers, seconds (default 60)")
@@ -55,16 +64,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="draw the per-device loads into this PNG file")
 
 
-def _solve(graph, args):
+def _solve(graph, args, started: float):
     from . import baselines
     from .dp import ideal_dp
 
-    method = args.method or ("dp" if args.objective == "throughput" else "milp")
+    method = args.method or ("dp" if args.objective == "throughput" else "exact")
+    if method == "exact" and args.objective != "latency":
+        raise ValueError("--method exact is the latency solver; for throughput use dp or milp")
+    if method == "milp" and args.objective == "latency":
+        raise ValueError("--method milp is the throughput program; for latency use --method exact "
+                         "(the default), which runs the authors' IP")
+    if method == "exact":
+        from .latency import solve_latency
+
+        # the limit holds for the whole command: what reading the file took, and a
+        # margin for scoring and printing, come off the solver's share
+        margin = min(_LATENCY_MARGIN, 0.1 * args.time_limit)
+        left = _LATENCY_SHARE * args.time_limit - (time.perf_counter() - started) - margin
+        return solve_latency(graph, time_limit=max(left, 0.01), subgraphs=args.subgraphs,
+                             verbose=getattr(args, "verbose", False))
     if method == "milp":
         from . import milp  # lazy: pulls in highspy
 
-        return milp.solve_milp(graph, objective=args.objective, time_limit=args.time_limit,
-                               verbose=getattr(args, "verbose", False))
+        return milp.solve_milp(graph, time_limit=args.time_limit, verbose=getattr(args, "verbose", False))
     if method == "expert":
         if not args.split:
             raise ValueError("--method expert needs --split FILE")
@@ -75,19 +97,24 @@ def _solve(graph, args):
         solution = {"one": baselines.one_device, "greedy": baselines.greedy,
                     "pipedream": baselines.pipedream}[method](graph)
     if args.objective == "latency":
-        from .latency import latency_of
-        from .objective import Solution
+        from .latency import score_placement
 
-        value = latency_of(graph, solution.placement, check_memory=False)
-        solution = Solution(solution.placement, "latency", method, value, False, 0.0,
-                            solution.solve_seconds, dict(solution.stats), solution.accel_loads,
-                            solution.cpu_loads)
+        solution = score_placement(graph, solution.placement, method, solution.solve_seconds)
     return solution
+
+
+# share of --time-limit the latency solver is given, and seconds kept back for the
+# output, so that the command's wall time (counted from the process's start) stays
+# under the limit
+_LATENCY_SHARE = 0.93
+_LATENCY_MARGIN = 1.0
 
 
 def _table(graph, solution) -> str:
     from .objective import device_breakdown
 
+    if solution.objective == "latency":
+        return _latency_table(graph, solution)
     rows = []
     for kind, devices in (("accel", solution.placement.accelerators), ("cpu", solution.placement.cpus)):
         for d, nodes in enumerate(devices):
@@ -115,10 +142,66 @@ def _table(graph, solution) -> str:
     return "\n".join(lines)
 
 
+def _latency_table(graph, solution) -> str:
+    """One row per call of the paper's model, then the CPU pool."""
+    head = (f"{'call':<10}{'nodes':>7}{'start':>12}{'in':>10}{'compute':>12}{'out':>10}"
+            f"{'finish':>12}")
+    lines = [head, "-" * len(head)]
+    seen: dict[int, int] = {}
+    for row in solution.stats.get("calls", []):
+        a = row["accelerator"]
+        seen[a] = seen.get(a, -1) + 1
+        lines.append(f"{f'accel{a}.{seen[a]}':<10}{len(row['nodes']):>7}{row['start']:>12.4f}"
+                     f"{row['transfer_in']:>10.4f}{row['compute']:>12.4f}{row['transfer_out']:>10.4f}"
+                     f"{row['finish']:>12.4f}")
+    cpu_nodes = sum(len(c) for c in solution.placement.cpus)
+    lines.append(f"{'cpu pool':<10}{cpu_nodes:>7}")
+    lines.append("")
+    if solution.optimal:
+        flag = "optimal"
+    elif solution.lower_bound > 0:
+        flag = f"lower bound {solution.lower_bound:.4f}, gap {solution.stats.get('gap', 0.0):.2%}"
+    else:
+        flag = "no bound"
+    lines.append(f"{solution.method}: latency {solution.value:.4f} ({flag}), "
+                 f"{solution.solve_seconds:.3f} s")
+    if solution.stats.get("status"):
+        lines.append(f"({solution.stats['status']})")
+    if solution.stats.get("memory_ok") is False:
+        lines.append(f"warning: {solution.stats.get('memory_violation')}")
+    return "\n".join(lines)
+
+
+def _seconds_since_start() -> float:
+    """Wall seconds since this process started, when it was started as ``kfac-ext`` or
+    ``python -m kfac_ext`` (Python's start-up and imports take about 1 s on a loaded
+    machine); 0 when called from another program (a test, a notebook: its age is not
+    this command's) or where Linux's /proc cannot be read."""
+    import os
+
+    program = sys.argv[0] if sys.argv else ""
+    if not (os.path.basename(program) == "kfac-ext"
+            or program.endswith(os.path.join("kfac_ext", "__main__.py"))):
+        return 0.0
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _check_limits(args) -> None:
     for flag, value in (("--time-limit", args.time_limit), ("--dp-memory-mb", args.dp_memory_mb)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag} must be a positive number, got {value}")
+    subgraphs = getattr(args, "subgraphs", 1)
+    if subgraphs < 1:
+        raise ValueError(f"--subgraphs must be >= 1, got {subgraphs}")
+    if subgraphs != 1 and getattr(args, "objective", "throughput") != "latency":
+        raise ValueError("--subgraphs goes with --objective latency")
 
 
 def _check_writable(flag: str, path: str) -> None:
@@ -191,16 +274,20 @@ def run(args) -> int:
     from .graph import Graph, GraphError
     from .objective import PlacementError
 
+    started = time.perf_counter() - _seconds_since_start()  # the limit counts start-up too
     try:
         _check_limits(args)
         if args.plot:
             _check_writable("--plot", args.plot)
         graph = _load_graph(args, Graph).with_resources(args.devices, args.cpus, args.memory)
+        if args.objective == "latency" and graph.num_cpus == 0:
+            # the paper's CPUs are one pool whatever maxCPUs says (the authors ignore it)
+            graph = graph.with_resources(num_cpus=1)
         graph.validate()
         graph, note = cap_devices(graph)
         if note:
             print(f"kfac-ext place: note: {note}", file=sys.stderr)
-        solution = _solve(graph, args)
+        solution = _solve(graph, args, started)
         if args.plot:
             from .plot import plot_loads
 

@@ -1,0 +1,140 @@
+"""``solve_latency``: what runs in what order, and with which share of the time.
+
+1. Starts (:mod:`.starts`): every node on the CPU pool, then interval DPs over
+   topological orders that keep colour classes together, for at most
+   ``_START_SHARE`` of the time.  The best is the incumbent.
+2. The path bound (:mod:`.bound`).  If it meets the incumbent, done.
+3. Local search (:mod:`.search`) from the incumbent, until ``_SEARCH_SHARE`` of
+   the time; done if it meets the bound.
+4. An exact method on what is left of the time (but ``_EXACT_SHARE`` of it, so
+   that scoring and output keep a margin under the limit):
+   branch and bound (:mod:`.exact`) when there is one call per accelerator
+   and the graph has at most ``_BNB_MAX_NODES`` nodes; else the authors' IP on
+   HiGHS (:mod:`.ip`), warm-started from the incumbent, when its program has at
+   most ``_IP_MAX_ROWS`` rows and the time left suits its size.  Either proves optimality or leaves a bound.
+5. The answer is scored by the model's evaluator; the bound is the best of the
+   bounds proven (each valid alone); ``optimal`` means the gap is closed.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from ..graph import Graph
+from ..objective import Placement, Solution, memory_violations
+from .bound import path_bound
+from .exact import branch_and_bound
+from .model import Split, evaluate, split_from_placement
+from .search import improve
+from .starts import all_on_cpu, interval_split, orders
+
+__all__ = ["solve_latency", "score_placement"]
+
+_START_SHARE = 0.2
+_SEARCH_SHARE = 0.45  # the local search ends by this share of the time
+_ORDERS = 24
+_EXACT_SHARE = 0.9
+_BNB_MAX_NODES = 30
+_IP_MAX_ROWS = 60_000
+# HiGHS checks its time limit seldom while it solves a big program's first LP: on
+# BERT-L12 (62k rows) it ran 7.4 s of a 4 s limit, so a program gets at least one
+# second per this many rows of its estimate
+_IP_ROWS_PER_SECOND = 5_000
+_REL_GAP = 1e-6
+
+
+def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1,
+                  verbose: bool = False) -> Solution:
+    """Least latency in the paper's model found within ``time_limit`` seconds, with a proven
+    lower bound; ``subgraphs`` calls per accelerator at most (the authors' default 1)."""
+    if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
+    if isinstance(subgraphs, bool) or not isinstance(subgraphs, int) or subgraphs < 1:
+        raise ValueError(f"subgraphs must be an integer >= 1, got {subgraphs!r}")
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit
+    if graph.num_cpus == 0:  # the model's CPU pool exists whatever maxCPUs says
+        graph = graph.with_resources(num_cpus=1)
+    graph.validate()
+    best = all_on_cpu(graph)
+    best_value = evaluate(graph, best, subgraphs).latency
+    stats: dict = {"subgraphs": subgraphs, "all_on_cpu": best_value}
+    start_deadline = t0 + _START_SHARE * time_limit
+    tried = 0
+    for order in orders(graph, _ORDERS):
+        if time.perf_counter() > start_deadline:
+            break
+        split = interval_split(graph, order, start_deadline)
+        tried += 1
+        if split is not None:
+            value = evaluate(graph, split, subgraphs).latency
+            if value < best_value:
+                best, best_value = split, value
+    stats.update(orders_tried=tried, start_value=best_value)
+    bound = path_bound(graph, subgraphs=subgraphs)
+    stats["path_bound"] = bound
+    status = "the path bound meets the best start"
+    if best_value - bound > _REL_GAP * best_value:
+        best, value = improve(graph, best, t0 + _SEARCH_SHARE * time_limit)
+        best_value = evaluate(graph, best, subgraphs).latency  # the model's own word
+        stats["search_value"] = best_value
+        status = "the path bound meets the local search"
+    if best_value - bound > _REL_GAP * best_value:
+        left = _EXACT_SHARE * (deadline - time.perf_counter())
+        best, best_value, bound, status = _exact(graph, best, best_value, bound, left, subgraphs,
+                                                 verbose, stats)
+    stats["status"] = status
+    return _solution(graph, best, bound, subgraphs, time.perf_counter() - t0, stats, "exact")
+
+
+def _exact(graph: Graph, best: Split, best_value: float, bound: float, left: float, q: int,
+           verbose: bool, stats: dict):
+    if left <= 0:
+        return best, best_value, bound, "no time left for an exact method"
+    if q == 1 and len(graph) <= _BNB_MAX_NODES:
+        r = branch_and_bound(graph, left, upper=best_value, start=best)
+        stats.update(method="branch and bound", branches=r.branches, bnb_bound=r.bound)
+        how = "branch and bound: " + ("finished" if r.optimal else "stopped by the time limit")
+        return r.split, r.value, max(bound, r.bound), how
+    machines = 1 + graph.num_accelerators * q
+    rows = machines * (3 * len(graph) + 4 * len(graph.edges))
+    if rows > min(_IP_MAX_ROWS, _IP_ROWS_PER_SECOND * left):
+        stats["ip_rows_estimate"] = rows
+        return best, best_value, bound, f"IP not run (about {rows} rows for {left:.1f} s left)"
+    try:
+        from .ip import solve_ip  # lazy: highspy, from the [placement] extra
+    except ImportError:
+        return best, best_value, bound, "IP not run (highspy, the [placement] extra, is not installed)"
+    r = solve_ip(graph, best, left, subgraphs=q, lower=bound, rel_gap=_REL_GAP, verbose=verbose)
+    stats.update(method="authors' IP (HiGHS)", ip_status=r.status, ip_bound=r.bound,
+                 ip_variables=r.variables, ip_rows=r.rows)
+    return r.split, r.value, max(bound, r.bound), f"IP: {r.status}"
+
+
+def score_placement(graph: Graph, placement: Placement, method: str, seconds: float = 0.0) -> Solution:
+    """A baseline's placement scored in the paper's model: each accelerator's nodes cut
+    into contiguous calls run one after another (``stats["subgraphs"]`` says how many
+    were needed), over the memory cap allowed but flagged (``stats["memory_ok"]``)."""
+    split, q = split_from_placement(graph, placement)
+    violations = memory_violations(graph, placement)
+    stats = {"subgraphs": q, "memory_ok": not violations}
+    if violations:
+        stats["memory_violation"] = violations[0]
+    return _solution(graph, split, 0.0, q, seconds, stats, method, check_memory=False)
+
+
+def _solution(graph: Graph, split: Split, bound: float, q: int, seconds: float, stats: dict,
+              method: str, check_memory: bool = True) -> Solution:
+    timing = evaluate(graph, split, q, check_memory)  # the reported value is always the evaluator's
+    value = timing.latency
+    bound = min(bound, value)
+    gap = 0.0 if value <= 0 else max(0.0, (value - bound) / value)
+    stats.update(gap=gap, calls=[dict(row, nodes=list(nodes))
+                                 for row, (_, nodes) in zip(timing.calls, split.calls)])
+    accel = [0.0] * graph.num_accelerators
+    for row in timing.calls:
+        accel[row["accelerator"]] += row["finish"] - row["start"]
+    cpu = [float(sum(graph.node(v).cpu_time for v in split.cpu))]
+    optimal = bound > 0 and gap <= _REL_GAP + 1e-12
+    return Solution(split.to_placement(graph.num_accelerators), "latency", method, value,
+                    optimal, bound, seconds, stats, accel, cpu)

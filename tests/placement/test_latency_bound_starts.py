@@ -1,0 +1,103 @@
+"""The path bound never exceeds the brute-force optimum; interval starts and the local search
+give feasible splits of the paper's model, interval starts optimal on chains; the orders they
+cut keep colour classes together."""
+import functools
+
+import pytest
+
+from _latency_brute import brute_force_latency
+from _small_graphs import node, random_graph
+from kfac_ext.placement.graph import Graph
+from kfac_ext.placement.latency.bound import path_bound
+from kfac_ext.placement.latency.model import latency_of
+from kfac_ext.placement.latency.starts import interval_split, orders
+
+
+def graphs():
+    for seed in range(20):
+        yield seed, random_graph(seed, n_nodes=4 + seed % 4, k=1 + seed % 3, colours=seed % 2 == 0,
+                                 tight_memory=seed % 3 != 2)
+
+
+@functools.cache
+def optimum(seed):
+    return brute_force_latency(dict(graphs())[seed])
+
+
+def test_path_bound_is_below_the_optimum():
+    for seed, g in graphs():
+        assert path_bound(g) <= optimum(seed) + 1e-9
+
+
+def chain(n, k, cap):
+    nodes = [node(i, 1.0 + i % 3, 4.0 + 3 * (i % 2), 0.3 + 0.1 * i if i < n - 1 else 0.0, size=2.0)
+             for i in range(n)]
+    return Graph(nodes, [(i, i + 1) for i in range(n - 1)], k, 1, cap)
+
+
+def test_path_bound_is_exact_on_a_chain_that_fits():
+    g = chain(6, 1, 100.0)
+    assert path_bound(g) == pytest.approx(brute_force_latency(g))
+
+
+@pytest.mark.parametrize("k,cap", [(1, 6.0), (2, 4.0), (3, 5.0)])
+def test_interval_split_is_the_optimum_on_chains(k, cap):
+    g = chain(7, k, cap)
+    split = interval_split(g, g.topological_order())
+    assert latency_of(g, split) == pytest.approx(brute_force_latency(g))
+
+
+def test_interval_splits_are_feasible():
+    for seed, g in graphs():
+        for order in orders(g, 5):
+            split = interval_split(g, order)
+            assert split is not None
+            assert latency_of(g, split) >= optimum(seed) - 1e-9  # feasible (else this raises)
+
+
+def test_orders_are_topological_and_keep_colour_classes_together():
+    for _, g in graphs():
+        for order in orders(g, 6):
+            pos = {v: i for i, v in enumerate(order)}
+            assert sorted(order) == sorted(g.ids)
+            assert all(pos[s] < pos[d] for s, d in g.edges)
+            unit_of, _ = g.contiguity_units()
+            for members in g.colour_classes().values():
+                ps = sorted(pos[v] for v in members)
+                between = {unit_of[order[p]] for p in range(ps[0], ps[-1] + 1)}
+                assert len(between) == 1  # nothing of another unit inside the class's stretch
+
+
+def test_path_bound_pays_the_cuts_memory_forces_on_a_chain():
+    g = chain(6, 3, 4.0)  # two nodes per call: three calls, two cuts
+    assert path_bound(g) == pytest.approx(brute_force_latency(g))
+    assert path_bound(g) > path_bound(chain(6, 3, 100.0))
+
+
+def test_a_colour_class_no_accelerator_holds_is_charged_on_the_cpu_pool():
+    nodes = [node(0, 1.0, 9.0, 0.0, size=3.0, color=1), node(1, 1.0, 9.0, 0.0, size=3.0, color=1)]
+    g = Graph(nodes, [], 2, 1, 5.0)  # the class needs 6 bytes on one device; an accelerator holds 5
+    assert path_bound(g) == pytest.approx(9.0) == pytest.approx(brute_force_latency(g))
+
+
+def test_local_search_keeps_splits_feasible_and_never_worse():
+    import time
+
+    from kfac_ext.placement.latency.search import improve
+    from kfac_ext.placement.latency.starts import all_on_cpu
+
+    for seed, g in graphs():
+        start = all_on_cpu(g)
+        split, value = improve(g, start, time.perf_counter() + 5)
+        assert latency_of(g, split) == pytest.approx(value)  # feasible, and the value is its latency
+        assert optimum(seed) - 1e-9 <= value <= latency_of(g, start) + 1e-9
+
+
+def test_a_weight_coloured_with_its_operator_counts_on_the_operators_path():
+    # w (a weight: a source, 3 bytes) is coloured with b; the chain a -> b -> c cannot sit
+    # in one call (5 bytes with w, cap 4), so the bound must pay a cut
+    nodes = [node(0, 1.0, 20.0, 0.5, size=1.0), node(1, 1.0, 20.0, 0.5, size=0.5, color=5),
+             node(2, 1.0, 20.0, 0.0, size=0.5), node(3, 0.0, 0.0, 0.1, size=3.0, color=5)]
+    g = Graph(nodes, [(0, 1), (1, 2), (3, 1)], 2, 1, 4.0)
+    best = brute_force_latency(g)
+    assert path_bound(g, subgraphs=2) < path_bound(g) <= best + 1e-9
