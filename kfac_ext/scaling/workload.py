@@ -3,8 +3,9 @@
 ``workload_of(factory, input_shape)`` builds the model on the meta device (no
 memory, no arithmetic), runs one forward and one backward of a single sample
 under ``torch.utils.flop_counter.FlopCounterMode``, sums
-the bytes autograd saves for backward (parameters excluded), and records every Linear/Conv2d K-FAC would register (``kfac_ext.layers.SUPPORTED``)
-with the shapes its factors take. Convolution and matmul FLOPs are linear in
+the bytes autograd saves for backward (parameters excluded), and records every Linear/Conv2d K-FAC would register with the
+shapes its factors take (the other layer types of docs/design.md §2a — attention,
+embeddings, HF Conv1D — are not modelled yet: their cost is left out). Convolution and matmul FLOPs are linear in
 the batch, so per-sample figures times the batch per rank give the step.
 """
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from kfac_ext.layers import SUPPORTED
 
 __all__ = ["FactorLayer", "Workload", "workload_of"]
+
+# The layer types whose factor shapes _factor_layer knows.
+MODELLED_TYPES = (nn.Linear, nn.Conv2d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +91,7 @@ def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
         return hook
 
     hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
-             if isinstance(m, SUPPORTED) and m.weight.requires_grad]
+             if isinstance(m, MODELLED_TYPES) and m.weight.requires_grad]
     x = torch.zeros((1, *shape), device="meta", dtype=input_dtype)
     saved: dict[int, int] = {}
 
