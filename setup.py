@@ -110,7 +110,7 @@ def _placement_extension():
 
 APP_REQUIRES = ["tqdm", "matplotlib", "scikit-learn"]
 PLACEMENT_REQUIRES = ["highspy", "matplotlib"]
-TEST_REQUIRES = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff"]
+TEST_REQUIRES = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff", "mypy"]
 
 ext_modules = [_ops_extension()]
 if _sources("csrc/placement/*.cpp"):

@@ -9,21 +9,25 @@ is unchanged).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Sequence
 
 from torch import Tensor
 
 
 class EigenData(NamedTuple):
+    """The eigen method's data: ``F = vectors diag(values) vectorsᵀ``."""
+
     values: Tensor   # d, ascending, clamped at 0
     vectors: Tensor  # Q, eigenvectors in its columns
 
 
 class InverseData(NamedTuple):
+    """The inverse method's data: the damped inverse of the factor."""
+
     inverse: Tensor  # (F + λI)⁻¹
 
 
-SecondOrder = Union[EigenData, InverseData]
+SecondOrder = EigenData | InverseData
 
 
 def second_order(compute_method: str, tensors: Sequence[Tensor]) -> SecondOrder:
