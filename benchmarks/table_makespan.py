@@ -14,7 +14,7 @@ import time
 
 import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs libtorch)
 
-from kfac_ext.placement.makespan import lpt_assignment, optimal_makespan_assignment
+from kfac_ext.assignment import lpt_assignment, optimal_makespan_assignment
 from _common import resnet50_factor_sizes
 from _machine import describe_machine
 

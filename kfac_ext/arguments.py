@@ -84,6 +84,7 @@ def bucket_cap_mb(value) -> float:
 
 
 def flag(arg: str, value) -> bool:
+    """``value`` when it is a bool; a ValueError naming ``arg`` otherwise."""
     if not isinstance(value, bool):
         raise ValueError(f"{arg} must be True or False; got {value!r}")
     return value

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -74,7 +74,7 @@ class PendingSecondOrder:
         return cls(step, apply_step, todo, owned, factors, damping)
 
 
-def _with_threads(threads: int, fn: Callable, *args):
+def _with_threads(threads: int, fn: Callable[..., Any], *args: Any) -> Any:
     # A fresh thread does not inherit the caller's torch.set_num_threads (OpenMP
     # keeps it per thread): without this the solves would use every core and
     # compete with the training thread they are meant to stay out of the way of.
@@ -89,7 +89,7 @@ class BackgroundSolver:
     def __init__(self) -> None:
         self._pool: Optional[ThreadPoolExecutor] = None
 
-    def submit(self, fn: Callable, *args) -> Future:
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-second-order")
         return self._pool.submit(_with_threads, torch.get_num_threads(), fn, *args)

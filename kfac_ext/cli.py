@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from typing import NoReturn
 
 SUBCOMMANDS = {
     "train": "kfac_ext.app.train",
@@ -72,7 +73,7 @@ class _UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the whole usage block
+    def error(self, message: str) -> NoReturn:  # one line, not the whole usage block
         raise _UsageError(f"{message} (see {self.prog} --help)")
 
 

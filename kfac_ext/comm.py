@@ -102,29 +102,29 @@ class LocalComm(Comm):
     world_size = 1
     rank = 0
 
-    def setup(self, layer_names, factor_shapes) -> None:
+    def setup(self, layer_names: Sequence[str], factor_shapes: Sequence[Tuple[int, int]]) -> None:
         self.layer_names = list(layer_names)
         self.factor_shapes = list(factor_shapes)
 
-    def allreduce_factors(self, tensors) -> Handle:
+    def allreduce_factors(self, tensors: List[torch.Tensor]) -> Handle:
         return None  # the mean over one rank is the tensor itself
 
-    def average(self, tensors) -> Handle:
+    def average(self, tensors: List[torch.Tensor]) -> Handle:
+        return None  # the mean over one rank is the tensor itself
+
+    def wait(self, handle: Handle) -> None:
         return None
 
-    def wait(self, handle) -> None:
-        return None
-
-    def eigen_owner(self, layer_idx, which) -> int:
+    def eigen_owner(self, layer_idx: int, which: str) -> int:
         return 0
 
-    def is_grad_worker(self, layer_idx) -> bool:
+    def is_grad_worker(self, layer_idx: int) -> bool:
         return True
 
-    def broadcast_eigens(self, items) -> Handle:
+    def broadcast_eigens(self, items: List[EigenItem]) -> Handle:
         return None
 
-    def broadcast_preconditioned(self, items) -> Handle:
+    def broadcast_preconditioned(self, items: List[PrecondItem]) -> Handle:
         return None
 
     @property

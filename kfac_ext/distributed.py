@@ -145,6 +145,7 @@ class FactorAllReduce:
 
 # --------------------------------------------------------------------------- layout and plan
 def strategy_name(grad_workers: int, world_size: int) -> str:
+    """KAISA's name of the trade-off: COMM-OPT, MEM-OPT or HYBRID-OPT."""
     if grad_workers == world_size:
         return "COMM-OPT"
     if grad_workers == 1:
@@ -194,6 +195,8 @@ class GradWorkerLayout:
 
 @dataclasses.dataclass(frozen=True)
 class LayerWork:
+    """Where one layer's second-order work runs."""
+
     block: int    # the grad-worker block that preconditions this layer
     a_owner: int  # global rank that eigendecomposes A
     g_owner: int  # global rank that eigendecomposes G

@@ -54,7 +54,7 @@ class SkipTest:
         return self.kept / self.checked if self.checked else 0.0
 
     @torch.no_grad()
-    def test(self, factor: Tensor, q: Tensor) -> tuple:
+    def test(self, factor: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
         """(eigenvalues diag(QᵀFQ) clamped at 0, ‖offdiag‖_F / ‖F‖_F as a 0-d tensor)."""
         m = q.T @ factor @ q
         d = m.diagonal().clone()
@@ -72,22 +72,22 @@ class SkipTest:
         to ``exact`` (whose own failure handling then applies).
         """
         out: List[Optional[Decomposition]] = [None] * len(factors)
-        tested = []
+        tested: List[tuple[int, Decomposition, Tensor, Tensor]] = []
         for k, (f, prev) in enumerate(zip(factors, previous)):
             if prev is not None:
                 d, ratio = self.test(f, prev[1])
-                tested.append((k, d, ratio))
+                tested.append((k, prev, d, ratio))
         # One host synchronisation for all the decisions.
-        ratios = torch.stack([r.to(torch.float64).cpu() for _, _, r in tested]).tolist() \
+        ratios = torch.stack([r.to(torch.float64).cpu() for _, _, _, r in tested]).tolist() \
             if tested else []
-        for (k, d, _), ratio in zip(tested, ratios):
+        for (k, prev, d, _), ratio in zip(tested, ratios):
             self.checked += 1
             if not math.isfinite(ratio) and not bool(torch.isfinite(factors[k]).all()):
                 self.nonfinite += 1
-                out[k] = previous[k]
+                out[k] = prev
             elif ratio <= self.tol:
                 self.kept += 1
-                out[k] = _with_values(previous[k], d)
+                out[k] = _with_values(prev, d)
         redo = [k for k in range(len(factors)) if out[k] is None]
         if redo:
             for k, dq in zip(redo, exact([factors[k] for k in redo])):
@@ -98,14 +98,14 @@ class SkipTest:
         return f"SkipTest(tol={self.tol}, checked={self.checked}, kept={self.kept})"
 
 
-def _with_values(decomposition, values: Tensor):
+def _with_values(decomposition: Decomposition, values: Tensor) -> Decomposition:
     """``decomposition`` (a list or a named tuple, values first) with new eigenvalues."""
     rest = list(decomposition[1:])
     return type(decomposition)(values, *rest) if isinstance(decomposition, tuple) else \
         [values, *rest]
 
 
-def check_eigen_refresh(value, compute_method: str, inv_lag_steps: int):
+def check_eigen_refresh(value: object, compute_method: str, inv_lag_steps: int) -> SkipTest | None:
     """The validated ``eigen_refresh`` argument of KFACPreconditioner (None: exact eigh)."""
     if value is None:
         return None

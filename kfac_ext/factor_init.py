@@ -25,28 +25,34 @@ eigenvalue product d_G d_A by N**2).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # for the annotation only: layers.py need not load to use this module
+    from kfac_ext.layers import KFACLayer
 
 __all__ = ["FACTOR_INITS", "check_factor_init", "check_g_scale", "update_running"]
 
 FACTOR_INITS = ("identity", "first_batch")
 
 
-def check_factor_init(value) -> str:
+def check_factor_init(value: object) -> str:
+    """The ``factor_init`` argument, one of FACTOR_INITS (a ValueError naming it otherwise)."""
     if value not in FACTOR_INITS:
         raise ValueError(f"factor_init must be one of {FACTOR_INITS}, got {value!r}")
-    return value
+    return str(value)
 
 
-def check_g_scale(value) -> float:
+def check_g_scale(value: object) -> float:
+    """The ``g_scale`` argument as a float > 0 (a ValueError naming it otherwise)."""
     if not (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value) and value > 0):
         raise ValueError(f"g_scale must be a finite number > 0, got {value!r}")
     return float(value)
 
 
-def update_running(layer, a: torch.Tensor, g: torch.Tensor, decay: float,
+def update_running(layer: KFACLayer, a: torch.Tensor, g: torch.Tensor, decay: float,
                    factor_init: str) -> None:
     """Blend this step's batch factors into ``layer``'s running averages.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,12 +42,12 @@ _ops = torch.ops.kfac_ext
 
 # ---------------------------------------------------------------- checks ----
 
-def _check_tensor(op: str, name: str, value) -> None:
+def _check_tensor(op: str, name: str, value: object) -> None:
     if not isinstance(value, Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor; got {type(value).__name__}")
 
 
-def _check_tensor_list(op: str, name: str, value) -> list[Tensor]:
+def _check_tensor_list(op: str, name: str, value: object) -> list[Tensor]:
     if isinstance(value, Tensor) or not isinstance(value, Sequence):
         raise TypeError(f"{op}: {name} must be a list of tensors; got {type(value).__name__}")
     for i, t in enumerate(value):
@@ -65,7 +66,7 @@ def _check_one_device(op: str, named: Sequence[tuple[str, Tensor]]) -> None:
                                f"({first.device}); got {t.device}")
 
 
-def _check_damping(op: str, damping) -> None:
+def _check_damping(op: str, damping: Any) -> None:
     # λ <= 0 divides by a zero eigenvalue of a singular factor: NaN gradients.
     try:
         value = float(damping)
@@ -277,13 +278,13 @@ def precondition_grads_inverse_(weight_grads: Sequence[Tensor], bias_grads: Sequ
                                             float(kl_factor))
 
 
-def _pair(value) -> list[int]:
+def _pair(value: int | Sequence[int]) -> list[int]:
     if isinstance(value, int):
         return [value, value]
-    value = [int(v) for v in value]
-    if len(value) != 2:
-        raise ValueError(f"conv2d_act_factor: expected an int or a pair of ints; got {value}")
-    return value
+    pair = [int(v) for v in value]
+    if len(pair) != 2:
+        raise ValueError(f"conv2d_act_factor: expected an int or a pair of ints; got {pair}")
+    return pair
 
 
 # --------------------------------------------------------- fake kernels ----

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
-Number = Union[int, float]
+Number = int | float
 # A hyperparameter's value: a number, or a callable of the step returning one.
-NumberOrSchedule = Union[Number, Callable[[int], Number]]
+NumberOrSchedule = Number | Callable[[int], Number]
 
 
 def _is_number(value) -> bool:
@@ -40,30 +40,35 @@ def _is_number(value) -> bool:
 
 # Validators: return None when the value is acceptable, else what was expected.
 def positive_int(value) -> Optional[str]:
+    """An int >= 1 (not a bool)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
         return None
     return "a positive integer"
 
 
 def non_negative(value) -> Optional[str]:
+    """A finite number >= 0."""
     if _is_number(value) and math.isfinite(value) and value >= 0:
         return None
     return "a finite number >= 0"
 
 
 def positive(value) -> Optional[str]:
+    """A finite number > 0."""
     if _is_number(value) and math.isfinite(value) and value > 0:
         return None
     return "a finite number > 0"
 
 
 def decay(value) -> Optional[str]:
+    """A number in [0, 1)."""
     if _is_number(value) and 0 <= value < 1:
         return None
     return "a number in [0, 1)"
 
 
 def positive_or_none(value) -> Optional[str]:
+    """None, or a finite number > 0."""
     return None if value is None else positive(value)
 
 

@@ -10,22 +10,28 @@ is unchanged).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from torch import Tensor
 
 
 class EigenData(NamedTuple):
+    """The eigen method's data: ``F = vectors diag(values) vectorsᵀ``."""
+
     values: Tensor   # d, ascending, clamped at 0
     vectors: Tensor  # Q, eigenvectors in its columns
 
 
 class InverseData(NamedTuple):
+    """The inverse method's data: the damped inverse of the factor."""
+
     inverse: Tensor  # (F + λI)⁻¹
 
 
 class DiagonalData(NamedTuple):
+    """A diagonal factor's data (an Embedding's A, a factor over max_factor_bytes)."""
+
     values: Tensor   # eigen: the diagonal clamped at 0; inverse: 1 / (diagonal + λ)
 
 
-SecondOrder = Union[EigenData, InverseData, DiagonalData]
+SecondOrder = EigenData | InverseData | DiagonalData

@@ -1,21 +1,10 @@
 """The eigendecomposition assignment: valid, balanced, deterministic."""
-import itertools
 import random
 
 import pytest
+from _brute_force import brute_force_makespan
 
-from kfac_ext.assignment import (assign_work, eigen_cost, lpt_assignment,
-                                 makespan_lower_bound)
-
-
-def brute_force_optimum(costs, n_workers):
-    best = float("inf")
-    for owner in itertools.product(range(n_workers), repeat=len(costs)):
-        loads = [0.0] * n_workers
-        for c, w in zip(costs, owner):
-            loads[w] += c
-        best = min(best, max(loads))
-    return best
+from kfac_ext.assignment import assign_work, eigen_cost, lpt_assignment, makespan_lower_bound
 
 
 def random_costs(rng, n):
@@ -45,7 +34,7 @@ def test_no_worse_than_optimum_plus_largest_and_lpt_ratio(seed):
     rng = random.Random(100 + seed)
     n_workers = rng.choice([2, 3, 4])
     costs = [rng.uniform(0.1, 10.0) for _ in range(rng.randint(2, 8))]
-    opt = brute_force_optimum(costs, n_workers)
+    opt = brute_force_makespan(costs, n_workers)
     a = assign_work(costs, n_workers)
     assert a.makespan <= opt + max(costs) + 1e-12
     # Graham's bound for LPT: at most (4/3 - 1/(3m)) times the optimum.
@@ -85,9 +74,24 @@ def test_bad_input_names_the_argument(bad_costs, bad_workers, match):
 
 
 def test_uses_the_exact_solver_where_lpt_is_not_optimal():
-    pytest.importorskip("kfac_ext.placement.makespan")
     costs = [3.0, 3.0, 2.0, 2.0, 2.0]  # LPT: {3,2,2} vs {3,2} -> 7; optimum {3,3} vs {2,2,2} -> 6
     assert lpt_assignment(costs, 2).makespan == 7.0
     a = assign_work(costs, 2)
-    assert a.method == "optimal" and a.makespan == 6.0 == brute_force_optimum(costs, 2)
+    assert a.method == "optimal" and a.makespan == 6.0 == brute_force_makespan(costs, 2)
     assert assign_work(costs, 2, method="lpt").makespan == 7.0
+
+
+def test_bad_time_limit_names_the_argument():
+    for bad in (-1.0, float("inf"), "1"):
+        with pytest.raises(ValueError, match="time_limit"):
+            assign_work([1.0, 2.0, 3.0], 2, time_limit=bad)
+
+
+def test_search_stopped_by_its_time_limit_says_so_and_keeps_a_valid_bound():
+    rng = random.Random(0)
+    costs = [rng.uniform(1.0, 2.0) for _ in range(41)]  # distinct sizes: no quick proof
+    a = assign_work(costs, 4, time_limit=0.05)
+    assert a.method == "best-found" and not a.optimal
+    assert makespan_lower_bound(costs, 4) <= a.lower_bound < a.makespan
+    assert 0 < a.gap < 0.05
+    assert a.makespan <= lpt_assignment(costs, 4).makespan

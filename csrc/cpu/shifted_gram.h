@@ -1,5 +1,5 @@
 // Shifted Gram product of a channels-last matrix with itself, the hot loop of
-// the Conv2d activation factor (conv_act_factor.cpp). Plain C++, no torch.
+// the Conv2d activation factor (conv2d_act_factor.cpp). Plain C++, no torch.
 //
 //   acc[a*C + b] += sum_q x[q*C + a] * y[q*C + b],   y = x + shift*C
 //

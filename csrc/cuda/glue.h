@@ -15,6 +15,12 @@
 namespace kfac_ext::cuda {
 
 
+// Upper-left (rows x cols) block of a row-major matrix, as a strided view
+// that at::addmm_ writes in place (unit column stride: cuBLAS takes it as is).
+inline at::Tensor block(at::Tensor& m, int64_t rows, int64_t cols) {
+  return m.narrow(0, 0, rows).narrow(1, 0, cols);
+}
+
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 
 // torch's per-thread handle, bound to the current stream (and honouring

@@ -15,7 +15,7 @@
 
 namespace kfac_ext::cuda {
 
-// ---- covariance.cu ----------------------------------------------------------
+// ---- cov_update.cu (the mirror also serves conv2d_act_factor) ---------------
 
 // a[j][i] <- a[i][j] for i < j (strictly lower triangle from the upper).
 template <typename T>
@@ -31,7 +31,7 @@ template <typename T>
 void ones_column_update(const T* x, int64_t rows, int64_t d, int64_t ldx, T* f, int64_t ldf,
                         double alpha, double beta, double* partial, cudaStream_t stream);
 
-// ---- conv_act_factor.cu -------------------------------------------------------
+// ---- conv2d_act_factor.cu -----------------------------------------------------
 
 struct ConvGeometry {
   int64_t batch, channels, height, width;  // input (N, C, H, W), contiguous
@@ -50,7 +50,7 @@ template <typename T>
 void conv_act_factor_upper(const T* x, const ConvGeometry& g, int64_t splits, T* out,
                            cudaStream_t stream);
 
-// ---- triangle.cu --------------------------------------------------------------
+// ---- pack_triu.cu (pack_triu, unpack_triu_) ----------------------------------
 
 // Up to kListChunk matrices per launch, passed by value as kernel parameters
 // (no pointer table to copy to the device). Arbitrary strides.
@@ -74,7 +74,7 @@ void pack_triu(const TriangleList<T>& list, T* packed, cudaStream_t stream);
 template <typename T>
 void unpack_triu(const TriangleList<T>& list, const T* packed, T scale, cudaStream_t stream);
 
-// ---- kl_clip.cu ---------------------------------------------------------------
+// ---- kl_clip_sum.cu -----------------------------------------------------------
 
 template <typename T>
 struct DotList {
@@ -95,7 +95,7 @@ void dot_partials(const DotList<T>& list, int64_t first_entry, double* partial,
 // *out <- sum of count partials, in a fixed order (deterministic), one block.
 void sum_partials(const double* partial, int64_t count, double* out, cudaStream_t stream);
 
-// ---- eigh.cu ------------------------------------------------------------------
+// ---- batched_eigh.cu ----------------------------------------------------------
 
 // cuSOLVER handle for (current device, stream): created once, bound to the
 // stream, kept for the life of the process (as torch keeps its own).
@@ -128,7 +128,7 @@ template <typename T>
 void check_finite_and_clamp(T* w, const T* v, int64_t n, int64_t batch, bool clamp, int* info,
                             cudaStream_t stream);
 
-// ---- precondition.cu ------------------------------------------------------------
+// ---- eigen_precondition.cu ----------------------------------------------------
 
 // C_b = alpha * op(A_b) op(B_b) + beta * C_b for b < batch, all row-major:
 // op(A) is M x K, op(B) K x N, C M x N; lda/ldb/ldc are row strides of the

@@ -82,6 +82,7 @@ def greedy(graph: Graph) -> Solution:
 
 
 def pipedream(graph: Graph) -> Solution:
+    """PipeDream's split: the contiguous DP over one topological order (a chain)."""
     return solve_contiguous(graph, chain=True, method="pipedream")
 
 

@@ -1,4 +1,4 @@
-"""Exact throughput (max-load) placement over contiguous splits: ``ideal_dp``.
+r"""Exact throughput (max-load) placement over contiguous splits: ``ideal_dp``.
 
 The model this solves exactly
 -----------------------------

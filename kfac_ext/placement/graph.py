@@ -35,6 +35,8 @@ class GraphError(ValueError):
 
 @dataclass(frozen=True)
 class Node:
+    """One operator of the graph, with its costs as the workloads' JSON gives them."""
+
     id: int
     name: str
     accel_time: float  # JSON fpgaLatency

@@ -1,22 +1,11 @@
-"""K-FAC work assignment: exact makespan minimisation on identical workers."""
-import itertools
-import math
+"""K-FAC work assignment: the exact makespan solver on identical workers."""
 import random
 
 import pytest
+from _brute_force import brute_force_makespan
 
 from kfac_ext.app.scaling import resnet50_factor_shapes
-from kfac_ext.placement.makespan import lpt_assignment, optimal_makespan_assignment
-
-
-def brute_force_makespan(costs, n_workers):
-    best = math.inf
-    for owner in itertools.product(range(n_workers), repeat=len(costs)):
-        loads = [0.0] * n_workers
-        for c, w in zip(costs, owner):
-            loads[w] += c
-        best = min(best, max(loads))
-    return best
+from kfac_ext.assignment import lpt_assignment, optimal_makespan_assignment
 
 
 def check_consistent(costs, n_workers, res):
@@ -79,7 +68,7 @@ def test_more_workers_than_tasks():
 
 def test_empty_and_zero_costs():
     res = optimal_makespan_assignment([], 3)
-    assert res.owner == [] and res.makespan == 0.0 and res.optimal
+    assert res.owner == () and res.makespan == 0.0 and res.optimal
     res = optimal_makespan_assignment([0.0, 0.0], 2)
     assert res.makespan == 0.0 and res.optimal
 

@@ -1,5 +1,5 @@
 // Geometry of the shift-product algorithm for the Conv2d activation factor
-// (csrc/cpu/conv_act_factor.cpp). Plain C++, no torch: one spatial axis at a
+// (csrc/cpu/conv2d_act_factor.cpp). Plain C++, no torch: one spatial axis at a
 // time, the 2-D plan is the product of a row plan and a column plan.
 //
 // Along one axis (size `size`, kernel k, stride s, padding p, dilation d,

@@ -5,7 +5,7 @@
 //
 // U is never built. Entry ((c,i,j), (c',i',j')) of U^T U is a correlation of
 // the input with itself shifted by the tap difference, summed over the output
-// positions both taps use. Per axis (see conv_act_factor.h) the stride is
+// positions both taps use. Per axis (see conv2d_act_factor.h) the stride is
 // split into phases, so every tap pair is a stride-1 shift between two phase
 // sub-images; pairs with the same shifts share one C x C product over the
 // whole sub-image (one flat offset into a zero-gapped channels-last copy of
@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "../checks.h"
-#include "conv_act_factor.h"
+#include "conv2d_act_factor.h"
 #include "shifted_gram.h"
 
 namespace kfac_ext {
