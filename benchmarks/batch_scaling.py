@@ -11,7 +11,10 @@ The loop: a constant learning rate (no warm-up, no decay), each step a fresh
 random draw of ``batch`` distinct training samples (seeded by the run's seed,
 so every optimizer sees the same batches), the target metric measured on the
 fixed evaluation set after step s whenever s <= 15 or s is a multiple of
-s // 15: a step count is exact up to 7 %.
+s // 15: a step count is exact up to 7 %. The evaluation, a pass over the whole
+evaluation set, costs more than a small batch's step, so it is skipped while the
+step's own batch loss is above 1.3x the target (the batch loss is an unbiased
+estimate of the training loss; 1.3x is several of its standard deviations).
 
 The sweep (per task, batch size and optimizer; every optimizer the same budget):
   1. a learning-rate grid of 4 points a factor 2 apart, centred by the square-root
@@ -53,6 +56,7 @@ NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "kfac-lazy": "K-FAC la
 # (cheap steps; the intervals measured best for time on the sweep seeds, docs/training-races.md).
 KFAC_INTERVALS = {"kfac": (1, 1), "kfac-lazy": (2, 10)}
 CUTOFF = 2.0          # a sweep run stops at this x the best median so far
+PREFILTER = 1.3       # evaluate only once the batch loss is within this x the target
 EDGE_EXTENSIONS = 3   # grid extensions allowed per side
 
 
@@ -165,12 +169,13 @@ def steps_to_target(problem: Problem, name: str, setting: dict, batch: int, seed
         optimizer.zero_grad(set_to_none=True)
         loss = problem.loss(model(x), y)
         loss.backward()
-        if not math.isfinite(loss.item()):
+        batch_loss = loss.item()
+        if not math.isfinite(batch_loss):
             return None, math.inf
         if precond is not None:
             precond.step()
         optimizer.step()
-        if _eval_due(step) or step == cap:
+        if (_eval_due(step) and batch_loss <= PREFILTER * problem.target) or step == cap:
             last = problem.metric(model)
             if not math.isfinite(last):
                 return None, math.inf
@@ -388,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-reps", type=int, default=30, help="timed steps per optimizer")
     p.add_argument("--json-out", default=None)
     p.add_argument("--plot", default=None, help="PNG of steps vs batch (log-log)")
+    p.add_argument("--sweep-only", action="store_true",
+                   help="stop after the steps (the results go to JSON_OUT.partial): one "
+                        "process per optimizer, then --merge")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no sweeps: take the steps from these --sweep-only results (one file "
+                        "per optimizer), then time the steps interleaved and report")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     problem = PROBLEMS[a.task](a.target)
@@ -411,7 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"batch_scaling {a.task}: {header}; batches {batches}, optimizers {names}")
     results: dict = {n: {} for n in names}
     t_start = time.time()
-    for b in batches:
+    if a.merge:
+        results = {}
+        for path in a.merge:
+            with open(path) as f:
+                results.update(json.load(f))
+        names = list(results)
+        batches = [b for b in batches if all(str(b) in results[n] for n in names)]
+    for b in batches if not a.merge else ():
         for n in names:
             best, tried = sweep(problem, n, b, sweep_seeds, max_steps, log)
             steps = [steps_to_target(problem, n, best["setting"], b, s, max_steps)[0]
@@ -423,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.json_out:                           # partial results survive an interrupted run
             with open(a.json_out + ".partial", "w") as f:
                 json.dump(results, f, indent=1)
+    if a.sweep_only:
+        return 0
     log("timing steps (interleaved)")
     step_ms = {}
     for b in batches:

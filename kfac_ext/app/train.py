@@ -87,7 +87,7 @@ LM_DEFAULTS = dict(model="char-gpt", epochs=2, batch_size=32, lr_sgd=0.1, lr_kfa
                    lr_adamw=0.003, adamw_weight_decay=0.0, lr_soap=0.003, soap_weight_decay=0.0,
                    damping=0.03, compute_method="inverse", skip_layers=(), weight_decay=0.0,
                    warmup_epochs=0.0, factor_update_steps=1, inv_update_steps=1,
-                   target_accuracy=1.0, target_loss=2.0)
+                   target_accuracy=1.0, target_loss=2.3)
 OPTIMIZERS = ("sgd", "adamw", "kfac", "soap")
 ALIASES = {"both": ("sgd", "kfac")}     # and "all": every installed optimizer
 NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "soap": "SOAP"}

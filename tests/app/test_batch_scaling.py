@@ -69,3 +69,20 @@ def test_quick_run_writes_tables_json_and_plot(tmp_path, capsys):
     assert png.stat().st_size > 1000
     with pytest.raises(SystemExit):
         bs.main(["--sweep-seeds", "0", "--seeds", "0", "1"])
+
+
+@pytest.mark.slow
+def test_one_process_per_optimizer_then_merge(tmp_path, capsys):
+    common = ["--task", "autoencoder", "--batches", "32", "64", "--max-steps", "4",
+              "--sweep-seeds", "100", "--seeds", "0", "--target", "20", "--time-reps", "2"]
+    for name in ("adamw", "kfac"):
+        assert bs.main([*common, "--optimizers", name, "--sweep-only",
+                        "--json-out", str(tmp_path / f"{name}.json")]) == 0
+    assert capsys.readouterr().out == ""                  # --sweep-only reports nothing
+    out = tmp_path / "all.json"
+    assert bs.main([*common, "--merge", str(tmp_path / "adamw.json.partial"),
+                    str(tmp_path / "kfac.json.partial"), "--json-out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["results"]) == {"adamw", "kfac"} and set(res["step_ms"]["64"]) == {"adamw",
+                                                                                     "kfac"}
+    assert "K-FAC / AdamW step time" in capsys.readouterr().out
