@@ -301,16 +301,16 @@ def plot(results: dict, batches: list[int], problem: Problem, path: str) -> None
     colors = {"sgd": "tab:blue", "adamw": "tab:orange", "kfac": "tab:green",
               "kfac-lazy": "tab:olive", "soap": "tab:red"}
     for name, per_batch in results.items():
-        xs = [b for b in batches if per_batch[b]["median"] is not None]
+        xs = [b for b in batches if b in per_batch and per_batch[b]["median"] is not None]
         ys = [per_batch[b]["median"] for b in xs]
         ax.plot(xs, ys, "o-", color=colors.get(name), label=NAMES[name])
-        for b in batches:
+        for b in (b for b in batches if b in per_batch):
             seeds = [s for s in per_batch[b]["steps"] if s is not None]
             ax.scatter([b] * len(seeds), seeds, s=8, color=colors.get(name), alpha=0.4)
-    lo = min(batches)
-    ref = [r["median"] for r in results.get("sgd", {}).values() if r["median"]]
-    if ref:
-        ax.plot(batches, [ref[0] * lo / b for b in batches], ":", color="grey",
+    ref = [(b, r["median"]) for b, r in sorted(results.get("sgd", {}).items()) if r["median"]]
+    if ref:                       # steps halving with each doubling, from SGD's first point
+        b0, m0 = ref[0]
+        ax.plot(batches, [m0 * b0 / b for b in batches], ":", color="grey",
                 label="perfect scaling")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -325,50 +325,55 @@ def plot(results: dict, batches: list[int], problem: Problem, path: str) -> None
 
 
 def format_tables(out: dict) -> str:
+    """The steps table, the settings, the step-time table and the summary lines; a point an
+    optimizer was not run at shows as '-'."""
     batches, results, times = out["batches"], out["results"], out["step_ms"]
     names = list(results)
     kfacs = [n for n in names if n.startswith("kfac")] if "adamw" in names else []
+
+    def median(n, b):
+        return results[n].get(str(b), {}).get("median")
+
     lines = ["| batch | " + " | ".join(f"{NAMES[n]} steps (per seed) | median" for n in names)
              + "".join(f" | {NAMES[k]} / AdamW steps" for k in kfacs) + " |",
              "|---" * (2 * len(names) + 1 + len(kfacs)) + "|"]
     for b in batches:
         cells = []
         for n in names:
-            r = results[n][str(b)]
-            per = ", ".join("never" if s is None else str(s) for s in r["steps"])
-            med = "never" if r["median"] is None else f"{r['median']:g}"
-            cells += [per, med]
-        a = results.get("adamw", {}).get(str(b))
+            r = results[n].get(str(b))
+            if r is None:
+                cells += ["-", "-"]
+                continue
+            cells += [", ".join("never" if s is None else str(s) for s in r["steps"]),
+                      "never" if r["median"] is None else f"{r['median']:g}"]
         for k in kfacs:
-            r = results[k][str(b)]
-            cells.append(f"{r['median'] / a['median']:.2f}" if r["median"] and a["median"]
-                         else "-")
+            cells.append(f"{median(k, b) / median('adamw', b):.2f}"
+                         if median(k, b) and median("adamw", b) else "-")
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     lines += ["", "Settings (best of the sweep): " + "; ".join(
         f"{NAMES[n]} " + ", ".join(f"B{b}: {_fmt_setting(results[n][str(b)]['setting'])}"
-                                   for b in batches) for n in names), ""]
+                                   for b in batches if str(b) in results[n]) for n in names), ""]
     lines += ["| batch | " + " | ".join(f"{NAMES[n]} ms/step" for n in names)
               + "".join(f" | {NAMES[k]} / AdamW step time" for k in kfacs) + " | "
               + " | ".join(f"{NAMES[n]} s to target" for n in names) + " |",
               "|---" * (2 * len(names) + 1 + len(kfacs)) + "|"]
+    best: dict = {}
     for b in batches:
         t = times[str(b)]
-        ratio = " | ".join(f"{t[k] / t['adamw']:.2f}" for k in kfacs)
-        ratio = f"{ratio} |" if kfacs else ""
-        secs = []
+        cells = [f"{t[n]:.2f}" if n in t else "-" for n in names]
+        cells += [f"{t[k] / t['adamw']:.2f}" if k in t and "adamw" in t else "-" for k in kfacs]
         for n in names:
-            m = results[n][str(b)]["median"]
-            secs.append("never" if m is None else f"{m * t[n] / 1000:.2f}")
-        lines.append(f"| {b} | " + " | ".join(f"{t[n]:.2f}" for n in names) + f" | {ratio} "
-                     + " | ".join(secs) + " |")
+            m = median(n, b)
+            if n not in t or str(b) not in results[n]:
+                cells.append("-")
+            elif m is None:
+                cells.append("never")
+            else:
+                cells.append(f"{m * t[n] / 1000:.2f}")
+                best[n] = min(best.get(n, (math.inf, b)), (m * t[n] / 1000, b))
+        lines.append(f"| {b} | " + " | ".join(cells) + " |")
     lines += ["", "Critical batch size (doubling cuts the steps by < 30 %): " + "; ".join(
         f"{NAMES[n]} {out['critical_batch'][n]}" for n in names)]
-    best = {}
-    for n in names:
-        cands = [(results[n][str(b)]["median"] * times[str(b)][n] / 1000, b) for b in batches
-                 if results[n][str(b)]["median"] is not None]
-        if cands:
-            best[n] = min(cands)
     lines.append("Best time to target, each at its own best batch: " + "; ".join(
         f"{NAMES[n]} {s:.2f} s (B {b})" for n, (s, b) in best.items()))
     return "\n".join(lines)
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(path) as f:
                 results.update(json.load(f))
         names = list(results)
-        batches = [b for b in batches if all(str(b) in results[n] for n in names)]
+        batches = [b for b in batches if any(str(b) in results[n] for n in names)]
     for b in batches if not a.merge else ():
         for n in names:
             best, tried = sweep(problem, n, b, sweep_seeds, max_steps, log)
@@ -446,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     log("timing steps (interleaved)")
     step_ms = {}
     for b in batches:
-        chosen = {n: results[n][str(b)]["setting"] for n in names}
+        chosen = {n: results[n][str(b)]["setting"] for n in names if str(b) in results[n]}
         step_ms[str(b)] = {n: 1000 * t for n, t in
                            step_times(problem, chosen, b, a.time_reps).items()}
     with open("/proc/loadavg") as f:
@@ -456,8 +461,10 @@ def main(argv: list[str] | None = None) -> int:
                + " ".join(sys.argv[1:] if argv is None else argv), batches=batches,
                sweep_seeds=sweep_seeds, seeds=a.seeds, max_steps=max_steps, results=results,
                step_ms=step_ms,
-               critical_batch={n: critical_batch(batches, [results[n][str(b)]["median"]
-                                                           for b in batches]) for n in names},
+               critical_batch={n: critical_batch(
+                   [b for b in batches if str(b) in results[n]],
+                   [results[n][str(b)]["median"] for b in batches if str(b) in results[n]])
+                   for n in names},
                wall_s=time.time() - t_start)
     print(f"steps to {problem.metric_label} <= {problem.target:g} ({header}; load at the end "
           f"{load}; {out['wall_s']:.0f} s)")
@@ -468,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.json_out, "w") as f:
             json.dump(out, f, indent=1)
     if a.plot:
-        plot({n: {b: results[n][str(b)] for b in batches} for n in names}, batches, problem,
-             a.plot)
+        plot({n: {b: results[n][str(b)] for b in batches if str(b) in results[n]}
+              for n in names}, batches, problem, a.plot)
         print(f"\nplot: {a.plot}")
     return 0
 
