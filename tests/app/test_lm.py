@@ -130,16 +130,17 @@ def test_make_task_lm_ignores_the_image_data():
 
 
 def test_train_task_lm_end_to_end(capsys, monkeypatch):
-    # A short text (textwrap.py alone) so that an epoch is two steps.
+    # A short text (textwrap.py alone) so that an epoch is four steps.
     monkeypatch.setattr(lm_data, "CORPUS_FILES", ("textwrap.py",))
     code = main(["train", "--task", "lm", "--optimizer", "adamw,kfac", "--epochs", "1",
-                 "--batch-size", "128", "--target-loss", "10", "--quiet", "--json", "--plot", "",
+                 "--batch-size", "64", "--target-loss", "10", "--json", "--plot", "",
                  "--threads", "1"])
     out = capsys.readouterr()
     assert code == 0, out.err
+    assert "textwrap.py" in out.err and "tokens/s" in out.err      # the log and the bar
     res = json.loads(out.out)
     assert res["task"] == "lm" and res["model"] == "char-gpt" and res["target_loss"] == 10
     for name in ("adamw", "kfac"):
         run = res["runs"][name]
-        assert run["epochs_to_target"] == 1 and run["steps"] == run["epochs"] * 2
+        assert run["epochs_to_target"] == 1 and run["steps"] == run["epochs"] * 4
         assert run["final_val_loss"] < math.log(256) + 0.5
