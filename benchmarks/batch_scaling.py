@@ -402,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="stop after the steps (the results go to JSON_OUT.partial): one "
                         "process per optimizer, then --merge")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="no sweeps: take the steps from these --sweep-only results (one file "
-                        "per optimizer), then time the steps interleaved and report")
+                   help="no sweeps: take the steps from these --sweep-only results (a file "
+                        "per optimizer or per batch sizes), then time the steps interleaved "
+                        "and report")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     problem = PROBLEMS[a.task](a.target)
@@ -429,9 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     if a.merge:
         results = {}
-        for path in a.merge:
+        for path in a.merge:             # several files may hold one optimizer's sizes
             with open(path) as f:
-                results.update(json.load(f))
+                for n, per_batch in json.load(f).items():
+                    results.setdefault(n, {}).update(per_batch)
         names = list(results)
         batches = [b for b in batches if any(str(b) in results[n] for n in names)]
     for b in batches if not a.merge else ():

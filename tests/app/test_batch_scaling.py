@@ -75,14 +75,16 @@ def test_quick_run_writes_tables_json_and_plot(tmp_path, capsys):
 def test_one_process_per_optimizer_then_merge(tmp_path, capsys):
     common = ["--task", "autoencoder", "--batches", "32", "64", "--max-steps", "4",
               "--sweep-seeds", "100", "--seeds", "0", "--target", "20", "--time-reps", "2"]
-    for name in ("adamw", "kfac"):
-        assert bs.main([*common, "--optimizers", name, "--sweep-only",
-                        "--json-out", str(tmp_path / f"{name}.json")]) == 0
+    runs = (("adamw", ["32", "64"]), ("kfac", ["32"]), ("kfac", ["64"]))   # K-FAC: two files
+    for i, (name, sizes) in enumerate(runs):
+        assert bs.main([*common, "--optimizers", name, "--batches", *sizes, "--sweep-only",
+                        "--json-out", str(tmp_path / f"{i}.json")]) == 0
     assert capsys.readouterr().out == ""                  # --sweep-only reports nothing
     out = tmp_path / "all.json"
-    assert bs.main([*common, "--merge", str(tmp_path / "adamw.json.partial"),
-                    str(tmp_path / "kfac.json.partial"), "--json-out", str(out)]) == 0
+    assert bs.main([*common, "--merge", *(str(tmp_path / f"{i}.json.partial") for i in range(3)),
+                    "--json-out", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert set(res["results"]) == {"adamw", "kfac"} and set(res["step_ms"]["64"]) == {"adamw",
-                                                                                     "kfac"}
+    assert set(res["results"]) == {"adamw", "kfac"} and set(res["results"]["kfac"]) == {"32",
+                                                                                       "64"}
+    assert set(res["step_ms"]["64"]) == {"adamw", "kfac"}
     assert "K-FAC / AdamW step time" in capsys.readouterr().out
