@@ -282,6 +282,9 @@ def critical_batch(batches: list[int], medians: list[float | None]) -> str:
             continue
         if b1 == 2 * b0 and s1 / s0 > 0.7:
             return str(b0)
+    never = [str(b) for b, m in zip(batches, medians) if m is None]
+    if never:
+        return f"not determined (median never at B {', '.join(never)})"
     return f"> {batches[-1]} (not reached)"
 
 
