@@ -82,8 +82,10 @@ AUTOENCODER_DEFAULTS = dict(model="digits-autoencoder", epochs=40, batch_size=64
                             skip_layers=(), weight_decay=0.0, target_accuracy=1.0,
                             target_loss=1.5)
 # --task lm (kfac_ext/app/lm_task.py): a byte-level GPT on Python's standard library; these
-# replace the digits defaults. Settings: benchmarks/batch_scaling.py --task lm (RESULTS.md).
-LM_DEFAULTS = dict(model="char-gpt", epochs=2, batch_size=32, lr_sgd=0.1, lr_kfac=0.05,
+# replace the digits defaults. AdamW's and K-FAC's lr: the best of the batch-8 sweep (seed 100,
+# benchmarks/batch_scaling.py --task lm; RESULTS.md) scaled to batch 32 by the square-root
+# rule; SGD's and SOAP's are not swept.
+LM_DEFAULTS = dict(model="char-gpt", epochs=2, batch_size=32, lr_sgd=0.1, lr_kfac=0.0177,
                    lr_adamw=0.003, adamw_weight_decay=0.0, lr_soap=0.003, soap_weight_decay=0.0,
                    damping=0.03, compute_method="inverse", skip_layers=(), weight_decay=0.0,
                    warmup_epochs=0.0, factor_update_steps=1, inv_update_steps=1,
