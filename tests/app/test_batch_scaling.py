@@ -89,3 +89,16 @@ def test_one_process_per_optimizer_then_merge(tmp_path, capsys):
                                                                                        "64"}
     assert set(res["step_ms"]["64"]) == {"adamw", "kfac"}
     assert "K-FAC / AdamW step time" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_quick_runs_the_stored_settings_without_a_sweep(tmp_path, capsys):
+    out = tmp_path / "q.json"
+    assert bs.main(["--quick", "--batches", "32", "--max-steps", "5", "--target", "20",
+                    "--time-reps", "2", "--json-out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["results"]) == {"sgd", "adamw", "kfac"}
+    assert res["results"]["kfac"]["32"]["setting"] == bs.SWEPT["autoencoder"]["kfac"][32]
+    assert all(r["32"]["sweep"] == [] for r in res["results"].values())
+    with pytest.raises(SystemExit):
+        bs.main(["--quick", "--task", "lm"])
