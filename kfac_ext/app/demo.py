@@ -6,9 +6,10 @@ from the same weights and data order, every optimizer at its swept default:
 1. **digits CNN to 97 % test accuracy** (the race as it was): a target every
    optimizer reaches in a few epochs; K-FAC's curvature saves no epochs over
    AdamW and its step costs more, so it is not first.
-2. **digits autoencoder to a training loss of 1.0**: a loss SGD and AdamW do not
-   reach in the 40-epoch budget and K-FAC reaches in about 10 epochs (the regime
-   of Martens & Grosse's autoencoders: more progress per step).
+2. **digits autoencoder to a training loss of 1.0**: the first 15 epochs of the
+   40-epoch schedule; SGD and AdamW flatten above 1.0 (they do not reach it in all 40
+   either) and K-FAC passes it in about 11 (the regime of Martens & Grosse's
+   autoencoders: more progress per step).
 
 Why, and the steps-to-target across batch sizes: docs/training-races.md.
 
@@ -26,8 +27,11 @@ from kfac_ext.app import train
 
 RACES = (
     ("digits CNN", "test accuracy ≥ 97 %", ["--optimizer", "sgd,adamw,kfac"]),
+    # The first 15 epochs of the 40-epoch schedule (--stop-after: the same curves, a third of
+    # the time): K-FAC passes 1.0 by epoch 11, SGD and AdamW have flattened by then.
     ("digits autoencoder", "training loss ≤ 1.0",
-     ["--task", "autoencoder", "--optimizer", "sgd,adamw,kfac", "--target-loss", "1.0"]),
+     ["--task", "autoencoder", "--optimizer", "sgd,adamw,kfac", "--target-loss", "1.0",
+      "--stop-after", "15"]),
 )
 
 
