@@ -290,6 +290,43 @@ def step_times(problem: Problem, chosen: dict, batch: int, reps: int) -> dict:
     return {n: statistics.median(r[4]) for n, r in runs.items()}
 
 
+def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]],
+                      reps: int) -> list[float]:
+    """Median seconds per step of each (optimizer, setting, batch), all of them stepped in
+    one round-robin loop (the order reversed every other round), so that configurations at
+    different batch sizes are timed under the same load; 3 warm-up steps each."""
+    runs = []
+    for name, setting, batch in configs:
+        torch.manual_seed(0)
+        model = problem.make_model()
+        opt, pre = make_optimizer(name, model, problem, setting)
+        runs.append((model, opt, pre, torch.Generator().manual_seed(batch), batch, []))
+    for i in range(reps + 3):
+        for model, opt, pre, gen, batch, times in (runs if i % 2 == 0 else runs[::-1]):
+            x, y = problem.sample(batch, gen)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            problem.loss(model(x), y).backward()
+            if pre is not None:
+                pre.step()
+            opt.step()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return [statistics.median(r[5]) for r in runs]
+
+
+def best_batches(out: dict, per_optimizer: int = 2) -> list[tuple[str, dict, int, float]]:
+    """Each optimizer's ``per_optimizer`` fastest batch sizes by the per-batch timing:
+    (optimizer, setting, batch, median steps)."""
+    picks = []
+    for n, per_batch in out["results"].items():
+        cands = sorted((r["median"] * out["step_ms"][b][n], int(b)) for b, r in per_batch.items()
+                       if r["median"] is not None and n in out["step_ms"].get(b, {}))
+        picks += [(n, per_batch[str(b)]["setting"], b, per_batch[str(b)]["median"])
+                  for _, b in cands[:per_optimizer]]
+    return picks
+
+
 # --------------------------------------------------------------------------- analysis
 def critical_batch(batches: list[int], medians: list[float | None]) -> str:
     """The smallest B at which doubling cuts the median steps by less than 30 %."""
@@ -500,6 +537,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep seeds {sweep_seeds}, reported seeds {a.seeds}, cap {max_steps} steps")
     print()
     print(format_tables(out))
+    picks = best_batches(out)
+    if picks:
+        secs = round_robin_times(problem, [(n, st, b) for n, st, b, _ in picks], a.time_reps)
+        out["best_batch_times"] = [dict(optimizer=n, setting=st, batch=b, median_steps=m,
+                                        ms=1000 * t, seconds=m * t)
+                                   for (n, st, b, m), t in zip(picks, secs)]
+        print("\nEach optimizer at its fastest batch sizes, timed in one round-robin loop:\n")
+        print("| optimizer | batch | setting | median steps | ms/step | s to target |")
+        print("|---|---|---|---|---|---|")
+        for r in out["best_batch_times"]:
+            print(f"| {NAMES[r['optimizer']]} | {r['batch']} | {_fmt_setting(r['setting'])} | "
+                  f"{r['median_steps']:g} | {r['ms']:.2f} | {r['seconds']:.2f} |")
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(out, f, indent=1)

@@ -100,5 +100,10 @@ def test_quick_runs_the_stored_settings_without_a_sweep(tmp_path, capsys):
     assert set(res["results"]) == {"sgd", "adamw", "kfac"}
     assert res["results"]["kfac"]["32"]["setting"] == bs.SWEPT["autoencoder"]["kfac"][32]
     assert all(r["32"]["sweep"] == [] for r in res["results"].values())
+    # Each optimizer's fastest batch, re-timed in one round-robin loop.
+    assert {r["optimizer"] for r in res["best_batch_times"]} <= {"sgd", "adamw", "kfac"}
+    assert all(r["seconds"] == pytest.approx(r["median_steps"] * r["ms"] / 1000)
+               for r in res["best_batch_times"])
+    assert "one round-robin loop" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bs.main(["--quick", "--task", "lm"])
