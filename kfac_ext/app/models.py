@@ -9,6 +9,8 @@
 - ``digits_autoencoder()``: a deep autoencoder of the 64 digit pixels
   (64-256-128-64-16-64-128-256-64), the problem class of Martens & Grosse 2015.
 
+- ``char-gpt`` (kfac_ext/app/lm_model.py): a GPT-style byte-level language model.
+
 All weights are initialised from torch's global RNG, so a fixed
 ``torch.manual_seed`` gives the same model every time.
 """
@@ -187,7 +189,13 @@ def digits_autoencoder(in_features: int = 64,
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
-    """A model by its CLI name: digits-cnn, digits-mlp, resnet20, resnet32, resnet56, ..."""
+    """A model by its CLI name: digits-cnn, digits-mlp, resnet20, resnet32, resnet56, ...
+
+    For ``char-gpt`` the two numbers are the vocabulary and the context length."""
+    if name == "char-gpt":
+        from kfac_ext.app.lm_model import char_gpt
+
+        return char_gpt(vocab=num_classes, context=in_channels)
     if name == "digits-cnn":
         return digits_cnn(num_classes, in_channels)
     if name == "digits-mlp":
@@ -197,5 +205,5 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Mo
     if name.startswith("resnet") and name[len("resnet"):].isdigit():
         return resnet_cifar(int(name[len("resnet"):]), num_classes, in_channels)
     raise ValueError(f"unknown model {name!r}; choose digits-cnn, digits-mlp, "
-                     f"digits-autoencoder or resnetN "
+                     f"digits-autoencoder, char-gpt or resnetN "
                      f"(N = 6n+2, e.g. resnet20, resnet32, resnet56)")

@@ -1,4 +1,5 @@
-"""What `kfac-ext train` optimises and measures: classification or an autoencoder.
+"""What `kfac-ext train` optimises and measures: classification, an autoencoder or a
+byte-level language model (``lm``: kfac_ext/app/lm_task.py).
 
 A task turns dataset samples into (input, target) batches, defines the loss,
 evaluates a model after each epoch (outside the timed training steps) and
@@ -24,7 +25,7 @@ from kfac_ext.app.data import Dataset
 
 __all__ = ["Classification", "Autoencoder", "make_task", "TASKS"]
 
-TASKS = ("classify", "autoencoder")
+TASKS = ("classify", "autoencoder", "lm")
 AllSum = Callable[[List[float]], List[float]]
 
 
@@ -118,7 +119,12 @@ class Autoencoder:
         return record[self.metric] <= target
 
 
-def make_task(name: str, data: Dataset):
+def make_task(name: str, data: Dataset | None):
+    if name == "lm":        # its own text (Python's standard library); `data` is not used
+        from kfac_ext.app.lm_data import load_text_corpus
+        from kfac_ext.app.lm_task import LanguageModel
+
+        return LanguageModel(load_text_corpus())
     if name == "classify":
         return Classification(data)
     if name == "autoencoder":

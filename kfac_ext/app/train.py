@@ -82,6 +82,15 @@ AUTOENCODER_DEFAULTS = dict(model="digits-autoencoder", epochs=40, batch_size=64
                             compute_method="inverse",
                             skip_layers=(), weight_decay=0.0, target_accuracy=1.0,
                             target_loss=1.5)
+# --task lm (kfac_ext/app/lm_task.py): a byte-level GPT on Python's standard library; these
+# replace the digits defaults. AdamW's and K-FAC's lr: the best of the batch-8 sweep (seed 100,
+# benchmarks/batch_scaling.py --task lm; RESULTS.md) scaled to batch 32 by the square-root
+# rule; SGD's and SOAP's are not swept.
+LM_DEFAULTS = dict(model="char-gpt", epochs=2, batch_size=32, lr_sgd=0.1, lr_kfac=0.0177,
+                   lr_adamw=0.003, adamw_weight_decay=0.0, lr_soap=0.003, soap_weight_decay=0.0,
+                   damping=0.03, compute_method="inverse", skip_layers=(), weight_decay=0.0,
+                   warmup_epochs=0.0, factor_update_steps=1, inv_update_steps=1,
+                   target_accuracy=1.0, target_loss=2.3)
 OPTIMIZERS = ("sgd", "adamw", "kfac", "soap")
 ALIASES = {"both": ("sgd", "kfac")}     # and "all": every installed optimizer
 NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "soap": "SOAP"}
@@ -128,7 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--task", choices=TASKS, default="classify",
                    help="classify (default): cross-entropy, target a test accuracy; "
                         "autoencoder (digits): reconstruct the 64 pixels, target a training "
-                        "reconstruction loss (--target-loss)")
+                        "reconstruction loss (--target-loss); lm: a byte-level GPT on Python's "
+                        "standard-library sources, target a validation loss (--target-loss)")
     o = parser.add_argument_group("optimisation (every optimizer)")
     o.add_argument("--optimizer", default="both",
                    help="comma list of sgd, adamw, kfac, soap (soap needs the [soap] extra, "
@@ -500,7 +510,11 @@ class _Run:
         cuda = world.device.type == "cuda"
         bar = tqdm(range(self.steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{a.epochs}",
                    leave=False, disable=a.quiet or not world.main, file=sys.stderr)
+        tokens_per_step = a.batch_size * getattr(task, "tokens_per_sample", 0)
         for i in bar:
+            if tokens_per_step and i:
+                bar.set_postfix_str(f"{tokens_per_step * i / epoch_train_s:,.0f} tokens/s",
+                                    refresh=False)
             t0 = time.perf_counter()
             # Same global batch on every rank; each takes an interleaved 1/N slice.
             x, y = task.train_batch(order[i * a.batch_size:(i + 1) * a.batch_size], augment_rng)
@@ -648,6 +662,8 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
     defaults = dict(DEFAULTS[a.data], target_loss=None)
     if a.task == "autoencoder":
         defaults.update(AUTOENCODER_DEFAULTS)
+    if a.task == "lm":
+        defaults.update(LM_DEFAULTS)
     for key, value in defaults.items():
         if getattr(a, key, None) is None:
             setattr(a, key, value)
@@ -666,8 +682,8 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be a finite number >= 0; "
                              f"got {value:g}")
     if a.target_loss is not None:
-        if a.task != "autoencoder":
-            raise ValueError("--target-loss applies to --task autoencoder; classification "
+        if a.task == "classify":
+            raise ValueError("--target-loss applies to --task autoencoder and lm; classification "
                              "targets a test accuracy (--target-accuracy)")
         if not (math.isfinite(a.target_loss) and a.target_loss > 0):
             raise ValueError(f"--target-loss must be a finite number > 0; got {a.target_loss:g}")
@@ -726,7 +742,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
         if world.main and not a.quiet:
             print(msg, file=out, flush=True)
 
-    data = load_dataset(a.data, a.data_dir)
+    data = None if a.task == "lm" else load_dataset(a.data, a.data_dir)   # lm: its own text
     task = make_task(a.task, data)
     check_fits_data(a, a.data, task.n_train, world.size)
     names = a.optimizers
@@ -748,13 +764,15 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
     torch.manual_seed(a.seed)
     from kfac_ext.app.models import build_model
 
-    model_args = (data.num_classes, data.in_channels)
+    model_args = task.model_args if data is None else (data.num_classes, data.in_channels)
     init_model = build_model(a.model, *model_args)
     check_model_fits(init_model, a, task.train_batch(torch.arange(2), torch.Generator())[0])
     if "kfac" in names:
         _check_skip_layers(init_model, a)
     init_weights = copy.deepcopy(init_model.state_dict())
-    log(f"{a.data}: {task.n_train} train / {len(data.test_y)} test samples, model "
+    what = task.describe() if data is None else \
+        f"{a.data}: {task.n_train} train / {len(data.test_y)} test samples"
+    log(f"{what}, model "
         f"{a.model}, batch {a.batch_size}, {a.epochs} epochs, {world.size} process(es) on "
         f"{world.device}")
     _train_run(states, a, task, init_weights, model_args, world, resumes, log)
