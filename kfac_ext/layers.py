@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,9 @@ class KFACLayer:
             self.per_use_capable = False  # its Γ_u would need the im2col patches
         # The parameters this layer preconditions: the module's own unless a layer
         # type names others (an attention block's slice of a packed weight).
-        self.weight = weight = module.weight if weight is None else weight
+        if weight is None:
+            weight = cast(torch.Tensor, module.weight)
+        self.weight: torch.Tensor = weight
         bias = getattr(module, "bias", None) if bias is None and in_dim is None else bias
         # What to watch after registration (docs/faults.md): the module's own weight and
         # bias attributes where this layer preconditions them (a parametrization or a
