@@ -15,7 +15,7 @@ import logging
 import math
 import numbers
 import re
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Iterable, List, Literal, Optional, Union, overload
 
 import torch
 
@@ -111,6 +111,10 @@ def skip_patterns(value: Union[None, str, Iterable[str]]) -> List[re.Pattern]:
     return compiled
 
 
+@overload
+def kernel_dtype(arg: str, value: Any, allow_none: Literal[False]) -> torch.dtype: ...
+@overload
+def kernel_dtype(arg: str, value: Any, allow_none: bool) -> torch.dtype | None: ...
 def kernel_dtype(arg: str, value: Any, allow_none: bool) -> Optional[torch.dtype]:
     """float32 or float64 (or None where allowed): the dtypes the factor kernels and the
     eigendecomposition / Cholesky take."""

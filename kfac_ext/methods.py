@@ -70,7 +70,7 @@ class Method:
     def precondition_fused_(self, weight_grads: List[Tensor], bias_grads: List[Tensor],
                             a: Sequence[SecondOrder], g: Sequence[SecondOrder], damping: float,
                             kl_clip: Optional[float], kl_factor: float,
-                            dtype: torch.dtype = torch.float32) -> None:
+                            dtype: torch.dtype | str = torch.float32) -> None:
         raise NotImplementedError
 
     _dense: type[EigenData | InverseData] = EigenData  # a dense factor's data

@@ -57,7 +57,8 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -68,7 +69,7 @@ from kfac_ext import schedules as sch
 from kfac_ext.adaptive_damping import AdaptiveDamping
 from kfac_ext.auto_step import AutoStep
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
-from kfac_ext.comm import Comm, LocalComm
+from kfac_ext.comm import Comm, EigenItem, LocalComm
 from kfac_ext.eigen_refresh import check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
 from kfac_ext.enums import (  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
@@ -84,7 +85,7 @@ from kfac_ext.tied_weights import mark_tied
 logger = logging.getLogger(__name__)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> NoReturn:
     raise refuse_internal(f"module {__name__!r}", name)
 
 
@@ -94,7 +95,7 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _auto_comm(grad_worker_fraction: float, **options) -> Comm:
+def _auto_comm(grad_worker_fraction: float, **options: Any) -> Comm:
     if _world_size() > 1:
         from kfac_ext.distributed import DistributedComm
 
@@ -322,7 +323,8 @@ class KFACPreconditioner(KfacPytorchNames):
         self._set_capture()
 
     # ------------------------------------------------------- registration ----
-    def _check_auto_step(self, auto_step, kl_clip, grad_scaler, comm) -> Optional[AutoStep]:
+    def _check_auto_step(self, auto_step: object, kl_clip: Any, grad_scaler: Any,
+                         comm: Comm | None) -> AutoStep | None:
         if auto_step is None:
             return None
         if not isinstance(auto_step, AutoStep):
@@ -462,7 +464,7 @@ class KFACPreconditioner(KfacPytorchNames):
                                 f"{layer.name!r} was frozen when the preconditioner was built and "
                                 "is trainable now; it keeps its plain gradient")
 
-    def _warn_once(self, key, message: str) -> None:
+    def _warn_once(self, key: Hashable, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
@@ -474,7 +476,7 @@ class KFACPreconditioner(KfacPytorchNames):
             layer.capture = self._capturing
 
     @torch.no_grad()
-    def step(self, closure=None) -> None:
+    def step(self, closure: Callable | None = None) -> None:
         """Replace ``.grad`` of every registered layer by its preconditioned gradient.
 
         ``closure``: returns the current batch's loss (adaptive damping), or
@@ -521,8 +523,10 @@ class KFACPreconditioner(KfacPytorchNames):
         self._update_second_order(step)
         self._precondition(step, with_grad)
 
-    def _param_grads(self, i: int):
+    def _param_grads(self, i: int) -> Iterator[torch.Tensor]:
+        """The gradients of layer i (one in with_grad: has_grad() saw them)."""
         for p in self.layers[i].params():
+            assert p.grad is not None
             yield p.grad
 
     def _mark_grads(self, with_grad: Sequence[int]) -> List[tuple]:
@@ -669,7 +673,7 @@ class KFACPreconditioner(KfacPytorchNames):
         """Store this rank's new second-order data and exchange it (every rank, same order)."""
         comm, rank = self.comm, self.comm.rank
         self._has_basis.update(todo)
-        items = []
+        items: list[EigenItem] = []
         for i in todo:
             if not (comm.is_grad_worker(i) or any(comm.eigen_owner(i, w) == rank for w in "AG")):
                 continue
@@ -683,7 +687,7 @@ class KFACPreconditioner(KfacPytorchNames):
         comm.wait(comm.broadcast_eigens(items))
 
     @staticmethod
-    def _shape(layer: KFACLayer, which: str) -> tuple:
+    def _shape(layer: KFACLayer, which: str) -> tuple[int, bool]:
         return (layer.a_dim, layer.a_diagonal) if which == "A" else (layer.g_dim, layer.g_diagonal)
 
     def _empty_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
@@ -703,7 +707,8 @@ class KFACPreconditioner(KfacPytorchNames):
         the background thread."""
         return self._method.solve(factors, damping)
 
-    def _compute_second_order(self, owned, factors, damping: float, step: int, batch
+    def _compute_second_order(self, owned: list[tuple], factors: list[torch.Tensor], damping: float,
+                              step: int, batch: Callable[[], Sequence[Sequence[torch.Tensor]]]
                               ) -> Dict[tuple, SecondOrder]:
         """``batch()`` (all owned factors at once), or when it fails one factor at a time;
         a factor that fails even in float64 keeps its old data (or the identity)."""
@@ -870,7 +875,8 @@ class KFACPreconditioner(KfacPytorchNames):
             factor /= float(self.grad_scaler.get_scale()) ** 2
         return factor
 
-    def _kl_scale(self, step: int, ps, gs) -> Optional[torch.Tensor]:
+    def _kl_scale(self, step: int, ps: Sequence[torch.Tensor],
+                  gs: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """ν = min(1, sqrt(κ / |Σ lr²⟨P, Γ⟩|)), 1 for a zero or non-finite sum, as a 0-d
         tensor where the gradients live (no host synchronisation); None without KL clipping."""
         kl_clip = self.kl_clip(step)
@@ -885,7 +891,7 @@ class KFACPreconditioner(KfacPytorchNames):
         return [self.factor_update_steps, self.inv_update_steps, self.damping,
                 self.factor_decay, self.kl_clip, self.lr]
 
-    def set_hyperparameters(self, **values) -> None:
+    def set_hyperparameters(self, **values: Any) -> None:
         """Give hyperparameters that were numbers new numbers, e.g.
         ``set_hyperparameters(damping=1e-4, inv_update_steps=50)`` (what
         :class:`kfac_ext.scheduler.LambdaParamScheduler` does). Every value is checked
@@ -962,10 +968,10 @@ class KFACPreconditioner(KfacPytorchNames):
                     raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be "
                                      f"{shape}, got {got}")
             for w, ts in e.get("second_order", {}).items():
-                want = [tuple(t.shape) for t in self._empty_second_order(l, w)]
-                if w not in ("A", "G") or [tuple(t.shape) for t in ts] != want:
+                shapes = [tuple(t.shape) for t in self._empty_second_order(l, w)]
+                if w not in ("A", "G") or [tuple(t.shape) for t in ts] != shapes:
                     raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
-                                     f"factor {w!r} must have shapes {want}")
+                                     f"factor {w!r} must have shapes {shapes}")
         try:  # a schedule given here wins over a saved number: it is a function of the step
             numbers = sch.checked_values(self._hyperparameters(), state.get("hyperparameters", {}),
                                          schedules="skip")
@@ -1011,7 +1017,7 @@ class KFACPreconditioner(KfacPytorchNames):
         self._grad_marks = []
         self._set_capture()
 
-    def _pending_from_state(self, saved, names: List[str]) -> Optional[PendingSecondOrder]:
+    def _pending_from_state(self, saved: dict | None, names: List[str]) -> Optional[PendingSecondOrder]:
         """A lagged update from a state dict, validated (None when there is none)."""
         if saved is None:
             return None
