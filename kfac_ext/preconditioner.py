@@ -89,6 +89,18 @@ def __getattr__(name: str) -> NoReturn:
     raise refuse_internal(f"module {__name__!r}", name)
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad`` of a parameter being preconditioned (it has one)."""
+    assert p.grad is not None
+    return p.grad
+
+
+def _use_grad(layer: KFACLayer) -> torch.Tensor:
+    """A tied layer's Γ_u (one without was left out of the step)."""
+    assert layer.use_grad is not None
+    return layer.use_grad
+
+
 def _world_size() -> int:
     import torch.distributed as dist
 
@@ -818,10 +830,10 @@ class KFACPreconditioner(KfacPytorchNames):
         active = [i for i in active if not self.layers[i].tied or self.layers[i].use_grad is not None]
         layers = [self.layers[i] for i in active]
         # Each rank's Γ_u is its own batch's; data parallelism averaged .grad, so they too.
-        tied_uses = [l.use_grad for l in layers if l.tied]
+        tied_uses = [_use_grad(l) for l in layers if l.tied]
         if tied_uses and self.comm.world_size > 1:
             self.comm.wait(self.comm.average(tied_uses))
-        grads = [l.use_grad.to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
+        grads = [_use_grad(l).to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
                  for l in layers]
         second = [self._second[i] for i in active]
         ps = self._method.precondition_many(grads, [s["A"] for s in second],
@@ -833,7 +845,7 @@ class KFACPreconditioner(KfacPytorchNames):
                 continue
             w = l.weight
             if id(w) not in tied:
-                tied[id(w)] = w.grad.to(self.inv_dtype)
+                tied[id(w)] = _grad(w).to(self.inv_dtype)
             part = torch.zeros_like(tied[id(w)])
             l.write_weight(part, g[:, :g.shape[1] - int(l.has_bias)])
             tied[id(w)].sub_(part)
@@ -842,7 +854,7 @@ class KFACPreconditioner(KfacPytorchNames):
             if l.has_bias:
                 pairs.append((p[:, -1:], g[:, -1:]))
         weights = {id(l.weight): l.weight for l in layers if l.tied}
-        pairs += [(t.reshape(t.shape[0], -1), weights[k].grad.to(t.dtype).reshape(t.shape[0], -1))
+        pairs += [(t.reshape(t.shape[0], -1), _grad(weights[k]).to(t.dtype).reshape(t.shape[0], -1))
                   for k, t in tied.items()]
         nu = self._kl_scale(step, [p for p, _ in pairs], [g for _, g in pairs])
 
@@ -852,9 +864,10 @@ class KFACPreconditioner(KfacPytorchNames):
             if not l.tied:
                 l.set_grad(scaled(p))
             elif l.has_bias:
-                l.bias_rows(l.bias.grad).copy_(scaled(p[:, -1].clone()))
+                assert l.bias is not None  # has_bias
+                l.bias_rows(_grad(l.bias)).copy_(scaled(p[:, -1].clone()))
         for k, t in tied.items():
-            weights[k].grad.copy_(scaled(t))
+            _grad(weights[k]).copy_(scaled(t))
 
     def _precondition_damping(self, step: int) -> float:
         """λ of the eigen method's division by d_G d_Aᵀ + λ. With
