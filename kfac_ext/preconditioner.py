@@ -57,6 +57,7 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
+from enum import Enum
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
 
@@ -70,7 +71,7 @@ from kfac_ext.adaptive_damping import AdaptiveDamping
 from kfac_ext.auto_step import AutoStep
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, EigenItem, LocalComm
-from kfac_ext.eigen_refresh import check_eigen_refresh
+from kfac_ext.eigen_refresh import SkipTest, check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
 from kfac_ext.enums import (  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
     AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy)
@@ -206,19 +207,22 @@ class KFACPreconditioner(KfacPytorchNames):
     MultiheadAttention, and ``kfac_ext.register_layer_type`` for others).
     """
 
-    def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
-                 damping=0.001, factor_decay=0.95, kl_clip=0.001, lr=0.1,
+    def __init__(self, model: nn.Module, *, factor_update_steps: sch.NumberOrSchedule = 1,
+                 inv_update_steps: sch.NumberOrSchedule = 1, damping: sch.NumberOrSchedule = 0.001,
+                 factor_decay: sch.NumberOrSchedule = 0.95,
+                 kl_clip: sch.NumberOrSchedule | None = 0.001, lr: sch.NumberOrSchedule = 0.1,
                  accumulation_steps: int = 1, allreduce_bucket_cap_mb: float = 25.0,
-                 assignment_strategy="compute", colocate_factors: bool = True,
-                 compute_method="eigen", compute_eigenvalue_outer_product: bool = True,
-                 grad_worker_fraction=1.0, symmetry_aware: bool = False, grad_scaler=None,
+                 assignment_strategy: str | Enum = "compute", colocate_factors: bool = True,
+                 compute_method: str | Enum = "eigen", compute_eigenvalue_outer_product: bool = True,
+                 grad_worker_fraction: float | Enum = 1.0, symmetry_aware: bool = False,
+                 grad_scaler: object = None,
                  factor_dtype: Optional[torch.dtype] = None,
                  inv_dtype: torch.dtype = torch.float32,
                  skip_layers: Union[None, str, Iterable[str]] = (),
                  update_factors_in_hook: bool = True, defaults: Optional[dict] = None,
-                 loglevel=logging.DEBUG, comm: Optional[Comm] = None,
-                 inv_lag_steps: int = 0, eigen_refresh=None,
-                 precondition_dtype=torch.float32, factor_init: str = "identity",
+                 loglevel: int | str = logging.DEBUG, comm: Optional[Comm] = None,
+                 inv_lag_steps: int = 0, eigen_refresh: SkipTest | None = None,
+                 precondition_dtype: torch.dtype | str = torch.float32, factor_init: str = "identity",
                  g_scale: float = 1.0, auto_step: Optional[AutoStep] = None,
                  max_factor_bytes: Optional[int] = 2 ** 30, kfac_approx: str = "expand"):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,

@@ -80,18 +80,18 @@ _UNSET = object()
 class Hyperparameter:
     """A named hyperparameter: a number or a callable of the step, validated."""
 
-    def __init__(self, name: str, value: NumberOrSchedule,
+    def __init__(self, name: str, value: NumberOrSchedule | None,  # None where the validator allows it
                  validator: Callable[[object], Optional[str]]):
         self.name = name
         self.validator = validator
         self.value = value
 
     @property
-    def value(self) -> NumberOrSchedule:
+    def value(self) -> NumberOrSchedule | None:
         return self._value
 
     @value.setter
-    def value(self, value: NumberOrSchedule) -> None:
+    def value(self, value: NumberOrSchedule | None) -> None:
         # Fail at once: a constant is checked now (and never again: it cannot
         # change without passing here), a schedule at step 0 and on every call.
         self._value = value
