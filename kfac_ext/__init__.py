@@ -12,6 +12,7 @@ saying that kfac-pytorch's GPT-NeoX integration is not supported.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 __all__ = ["KFACPreconditioner", "ops", "preconditioner", "enums", "scheduler", "register_layer_type"]
@@ -20,7 +21,7 @@ _LAZY_SUBMODULES = ("ops", "preconditioner", "enums", "scheduler", "schedules", 
                     "gpt_neox")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name == "KFACPreconditioner":
         from kfac_ext.preconditioner import KFACPreconditioner
         return KFACPreconditioner

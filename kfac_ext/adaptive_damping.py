@@ -57,19 +57,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from kfac_ext.layers import KFACLayer
+    from kfac_ext.preconditioner import KFACPreconditioner
 
 __all__ = ["AdaptiveDamping"]
 
 
-def _positive(value) -> bool:
+def _positive(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value) and value > 0
 
 
-def _loss_value(result) -> float:
+def _loss_value(result: object) -> float:
     """The closure's loss as a float; anything but a number or a one-element tensor is
     refused with what it was (the bare float() error would not say)."""
     if isinstance(result, torch.Tensor) and result.numel() == 1:
@@ -82,10 +86,11 @@ def _loss_value(result) -> float:
                     f"must return the batch's loss (a number or a one-element tensor), got {got}")
 
 
-def _layer_params(layer) -> torch.Tensor:
+def _layer_params(layer: KFACLayer) -> torch.Tensor:
     """(out, in[+1]) parameters of a K-FAC layer, bias last: the layout of its gradient."""
     w = layer.weight_matrix(layer.weight.detach())  # any layer type's layout (kfac_ext.layers)
     if layer.has_bias:
+        assert layer.bias is not None  # has_bias: the layer keeps its bias
         w = torch.cat([w, layer.bias_rows(layer.bias.detach()).reshape(-1, 1)], dim=1)
     return w.to(torch.float64, copy=True)
 
@@ -130,7 +135,7 @@ class AdaptiveDamping:
         return self._pending is not None
 
     # ---------------------------------------------------------------- observe
-    def observe(self, preconditioner, step: int, closure: Optional[Callable]) -> None:
+    def observe(self, preconditioner: KFACPreconditioner, step: int, closure: Optional[Callable]) -> None:
         """Called by ``KFACPreconditioner.step`` before it changes any gradient. The new
         measurement's closure is checked (and its loss taken) before the pending one
         finishes, so a bad closure changes nothing."""
@@ -144,6 +149,7 @@ class AdaptiveDamping:
             raise TypeError(f"KFACPreconditioner.step(closure=...): closure must be callable, "
                             f"got {type(closure).__name__}")
         if measure:  # else: no factors yet (or a layer without gradient): nothing to model
+            assert closure is not None  # a measuring step without one was refused above
             with torch.no_grad():
                 loss = _loss_value(closure())
         if self._pending is not None:
@@ -170,6 +176,7 @@ class AdaptiveDamping:
         self._pending = (closure,) + self._pending[1:]
 
     def _finish(self, layers: List, step: int) -> None:
+        assert self._pending is not None  # called only with a measurement pending
         closure, loss, grads, params = self._pending
         self._pending = None
         if closure is None:
@@ -218,7 +225,7 @@ class AdaptiveDamping:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """λ, counters and the pending measurement (without its closure, see resume())."""
-        state = {"value": self.value, "updates": self.updates, "last_rho": self.last_rho,
+        state: dict[str, Any] = {"value": self.value, "updates": self.updates, "last_rho": self.last_rho,
                  "pending": None}
         if self._pending is not None:
             _, loss, grads, params = self._pending

@@ -15,7 +15,7 @@ import logging
 import math
 import numbers
 import re
-from typing import Iterable, List, Optional, Union
+from typing import Any, Iterable, List, Literal, Optional, Union, overload
 
 import torch
 
@@ -27,7 +27,7 @@ ASSIGNMENT_STRATEGIES = ("compute", "memory")
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-def _member_name(value) -> Optional[str]:
+def _member_name(value: object) -> Optional[str]:
     """The lower-case name of an enum member or of a string, else None."""
     if isinstance(value, enum.Enum):
         return value.name.lower()
@@ -36,29 +36,29 @@ def _member_name(value) -> Optional[str]:
     return None
 
 
-def _choice(arg: str, value, choices) -> str:
+def _choice(arg: str, value: object, choices: tuple[str, ...]) -> str:
     name = _member_name(value)
-    if name not in choices:
+    if name is None or name not in choices:
         raise ValueError(f"{arg} must be one of {choices} (or kfac-pytorch's enum member of that "
                          f"name); got {value!r}")
     return name
 
 
-def compute_method(value) -> str:
+def compute_method(value: Any) -> str:
     """'eigen' or 'inverse' from a string or ``kfac.enums.ComputeMethod``."""
     return _choice("compute_method", value, COMPUTE_METHODS)
 
 
-def assignment_strategy(value) -> str:
+def assignment_strategy(value: Any) -> str:
     """'compute' or 'memory' from a string or ``kfac.enums.AssignmentStrategy``."""
     return _choice("assignment_strategy", value, ASSIGNMENT_STRATEGIES)
 
 
-def _is_real(value) -> bool:
+def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def grad_worker_fraction(value, world_size: int) -> float:
+def grad_worker_fraction(value: Any, world_size: int) -> float:
     """A fraction in (0, 1] from a number or ``kfac.enums.DistributedStrategy``.
 
     COMM_OPT is 1, HYBRID_OPT 1/2 and MEM_OPT 1/world_size, as in kfac-pytorch.
@@ -75,7 +75,7 @@ def grad_worker_fraction(value, world_size: int) -> float:
     return float(value)
 
 
-def bucket_cap_mb(value) -> float:
+def bucket_cap_mb(value: Any) -> float:
     """A finite size >= 0; 0 sends each factor in an all-reduce of its own (as kfac-pytorch)."""
     if not (_is_real(value) and math.isfinite(value) and value >= 0):
         raise ValueError("allreduce_bucket_cap_mb must be a finite number >= 0 (0: no bucketing, "
@@ -83,7 +83,7 @@ def bucket_cap_mb(value) -> float:
     return float(value)
 
 
-def flag(arg: str, value) -> bool:
+def flag(arg: str, value: object) -> bool:
     """``value`` when it is a bool; a ValueError naming ``arg`` otherwise."""
     if not isinstance(value, bool):
         raise ValueError(f"{arg} must be True or False; got {value!r}")
@@ -111,7 +111,11 @@ def skip_patterns(value: Union[None, str, Iterable[str]]) -> List[re.Pattern]:
     return compiled
 
 
-def kernel_dtype(arg: str, value, allow_none: bool) -> Optional[torch.dtype]:
+@overload
+def kernel_dtype(arg: str, value: Any, allow_none: Literal[False]) -> torch.dtype: ...
+@overload
+def kernel_dtype(arg: str, value: Any, allow_none: bool) -> torch.dtype | None: ...
+def kernel_dtype(arg: str, value: Any, allow_none: bool) -> Optional[torch.dtype]:
     """float32 or float64 (or None where allowed): the dtypes the factor kernels and the
     eigendecomposition / Cholesky take."""
     if value is None and allow_none:
@@ -123,7 +127,7 @@ def kernel_dtype(arg: str, value, allow_none: bool) -> Optional[torch.dtype]:
     return value
 
 
-def loglevel(value) -> int:
+def loglevel(value: object) -> int:
     """A logging level: an int or a level name such as 'INFO'."""
     if isinstance(value, str) and isinstance(logging.getLevelName(value.upper()), int):
         return logging.getLevelName(value.upper())

@@ -28,7 +28,8 @@ goes through the wrapper, which passes its call through unchanged.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any, List, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,8 @@ class ProjectionLayer(KFACLayer):
 
     per_use_capable = False  # its input is not a module-hook argument
     def __init__(self, name: str, module: nn.Module, weight: torch.Tensor,
-                 bias: Optional[torch.Tensor], rows: Tuple[int, int], factor_dtype=None, **kw):
+                 bias: Optional[torch.Tensor], rows: Tuple[int, int],
+                 factor_dtype: torch.dtype | None = None, **kw: Any) -> None:
         self.row_range = rows
         super().__init__(name, module, factor_dtype, weight=weight, bias=bias,
                          in_dim=weight.shape[1], out_dim=rows[1] - rows[0], **kw)
@@ -63,7 +65,7 @@ class _AttentionCapture:
 
     def __init__(self, module: nn.MultiheadAttention, layers: List[ProjectionLayer]):
         self.module, self.layers = module, layers
-        self._saved = None
+        self._saved: Callable[..., torch.Tensor] | None = None  # F.linear while swapped
         self._target_len = 1  # L of this forward's query: out_proj's rows are (L·N, E)
         self._handles = [module.register_forward_pre_hook(self._enter, with_kwargs=True),
                          module.register_forward_hook(self._exit, always_call=True)]
@@ -73,7 +75,8 @@ class _AttentionCapture:
             h.remove()
         self._handles = []
 
-    def _enter(self, module, args, kwargs) -> None:
+    def _enter(self, module: nn.MultiheadAttention, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> None:
         for layer in self.layers:
             layer.ever_called = True
         query = args[0] if args else kwargs.get("query")
@@ -85,13 +88,14 @@ class _AttentionCapture:
         self._saved = F.linear
         original = self._saved
 
-        def linear(input, weight, bias=None):
+        def linear(input: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
             out = original(input, weight, bias)
             self._record(input, weight, out)
             return out
         F.linear = linear
 
-    def _exit(self, module, args, output) -> None:
+    def _exit(self, module: nn.MultiheadAttention, args: tuple[Any, ...], output: Any) -> None:
         if self._saved is not None:
             F.linear, self._saved = self._saved, None
 
@@ -130,7 +134,9 @@ def _sequences(t: torch.Tensor, length: int) -> torch.Tensor:
     return t.unflatten(0, (length, -1)) if t.dim() == 2 else t
 
 
-def attention_layers(name: str, module: nn.Module, factor_dtype) -> List[KFACLayer]:
+def attention_layers(name: str, module: nn.Module,
+                     factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+    module = cast(nn.MultiheadAttention, module)  # registered for nn.MultiheadAttention
     e = module.embed_dim
     layers: List[ProjectionLayer] = []
     if module._qkv_same_embed_dim:
@@ -160,7 +166,9 @@ def attention_layers(name: str, module: nn.Module, factor_dtype) -> List[KFACLay
 class _SeparateProjection(ProjectionLayer):
     """q/k/v_proj_weight (E, d_in) with its bias at rows [start, start+E) of in_proj_bias."""
 
-    def __init__(self, name, module, weight, bias, start, factor_dtype):
+    def __init__(self, name: str, module: nn.Module, weight: torch.Tensor,
+                 bias: torch.Tensor | None, start: int,
+                 factor_dtype: torch.dtype | None) -> None:
         self.bias_start = start
         super().__init__(name, module, weight, bias, (0, weight.shape[0]), factor_dtype)
 

@@ -69,7 +69,8 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Iterable, Iterator
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ _SINGULAR = 1e-10
 
 
 @contextlib.contextmanager
-def batch_statistics(model: nn.Module):
+def batch_statistics(model: nn.Module) -> Iterator[None]:
     """BatchNorm layers in training mode normalise by the batch's statistics and leave
     their running statistics alone (``track_running_stats`` off for the duration)."""
     changed = [m for m in model.modules()
@@ -100,7 +101,7 @@ def batch_statistics(model: nn.Module):
             m.track_running_stats = True
 
 
-def _one_tensor(out):
+def _one_tensor(out: object) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"AutoStep: the model returned a {type(out).__name__}; the auto step "
                         "needs a model whose forward returns one tensor (wrap it in a module "
@@ -108,8 +109,14 @@ def _one_tensor(out):
     return out
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad`` of a parameter that AutoStep._params listed (it has one)."""
+    assert p.grad is not None
+    return p.grad
+
+
 def curvature_products(model: nn.Module, names: List[str], params: List[torch.Tensor],
-                       directions: torch.Tensor, inputs,
+                       directions: torch.Tensor, inputs: Any,
                        loss_of_outputs: Callable) -> Tuple[torch.Tensor, torch.Tensor]:
     """(k×k float64 matrix of d_iᵀ C d_j, the loss at ``params``) for the k rows of
     ``directions`` (each the parameters ``names`` flattened and concatenated in order).
@@ -128,7 +135,10 @@ def curvature_products(model: nn.Module, names: List[str], params: List[torch.Te
     tangents = {n: t.reshape(k, *p.shape).to(p.dtype) for n, p, t in
                 zip(names, params, directions.split([p.numel() for p in params], dim=1))}
     with torch.enable_grad(), batch_statistics(model):
-        out, jv = vmap(lambda t: jvp(outputs, (primals,), (t,)), out_dims=(None, 0))(tangents)
+        # torch's stub for out_dims leaves out None (an output not batched), which vmap
+        # takes; jvp without has_aux gives (output, its jvp).
+        batched = vmap(lambda t: jvp(outputs, (primals,), (t,)), out_dims=(None, 0))  # type: ignore[arg-type]
+        out, jv = cast(tuple[torch.Tensor, torch.Tensor], batched(tangents))
         # H (J d) by double backward, batched over the directions: on small outputs 7-9x
         # faster than a vmapped jvp of torch.func.grad (same products).
         out = out.detach().requires_grad_()
@@ -215,7 +225,7 @@ class AutoStep:
                 if p.requires_grad and p.grad is not None]
 
     @staticmethod
-    def _flat(tensors) -> torch.Tensor:
+    def _flat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t.detach().reshape(-1).double() for t in tensors])
 
     @staticmethod
@@ -246,11 +256,11 @@ class AutoStep:
         delta = self._observed_change([n for n, _ in named], theta, params)
         # the checks passed: from here on, state changes
         self._batch, self._delta, self._theta = batch, delta, theta
-        self._raw = self._flat(p.grad for p in params)
+        self._raw = self._flat(_grad(p) for p in params)
         if self.weight_decay:
-            torch._foreach_add_([p.grad for p in params], [p.detach() for p in params],
+            torch._foreach_add_([_grad(p) for p in params], [p.detach() for p in params],
                                 alpha=self.weight_decay)
-        self._grads = self._flat(p.grad for p in params)
+        self._grads = self._flat(_grad(p) for p in params)
 
     def restore(self, model: nn.Module) -> None:
         """Put back every ``.grad`` as ``before`` found it (a step that failed midway)."""
@@ -258,7 +268,7 @@ class AutoStep:
             return
         params = [p for _, p in self._params(model)]
         for p, r in zip(params, self._raw.split([p.numel() for p in params])):
-            p.grad.copy_(r.view_as(p))
+            _grad(p).copy_(r.view_as(p))
         self._raw = self._grads = self._theta = self._delta = self._batch = None
 
     def after(self, model: nn.Module) -> None:
@@ -267,7 +277,8 @@ class AutoStep:
         named = self._params(model)
         names, params = [n for n, _ in named], [p for _, p in named]
         g, theta = self._grads, self._theta
-        direction = -self._flat(p.grad for p in params)
+        assert g is not None and theta is not None and self._batch is not None  # before() set them
+        direction = -self._flat(_grad(p) for p in params)
         dirs = torch.stack([direction] if self._delta is None else [direction, self._delta])
         inputs, loss_of_outputs = self._batch
         curvature, loss = curvature_products(model, names, params, dirs, inputs,
@@ -295,7 +306,7 @@ class AutoStep:
             h_before = float(loss) + 0.5 * eta * float(theta @ theta)
             rho = self._ratio(model, names, params, step, h_before, undamped)
         for p, s in zip(params, step.split([p.numel() for p in params])):
-            p.grad.copy_(s.neg().view_as(p))
+            _grad(p).copy_(s.neg().view_as(p))
         # the step is written: commit this step's state
         if rho is not None:
             self.lm.update(rho)
@@ -310,6 +321,7 @@ class AutoStep:
         gradients then); refuses an optimizer that did not apply the step written then."""
         if self._prev is None or names != self._names:
             return None
+        assert self._last is not None  # set with _prev
         delta = theta - self._prev
         err = float(torch.linalg.vector_norm(delta - self._last))
         size = float(torch.linalg.vector_norm(self._last))
@@ -328,6 +340,7 @@ class AutoStep:
                step: torch.Tensor, h_before: float, model_change: float) -> float:
         """ρ = (h(θ + v) - h(θ)) / M(v) on this step's batch, θ + v computed as SGD(lr=1)
         will compute it (θ - (-v) in the parameters' dtype)."""
+        assert self._batch is not None  # called by after(), within the step
         inputs, loss_of_outputs = self._batch
         args = inputs if isinstance(inputs, tuple) else (inputs,)
         moved = {n: torch.add(p.detach(), s.neg().view_as(p).to(p.dtype), alpha=-1.0)
@@ -344,6 +357,7 @@ class AutoStep:
 
     # ------------------------------------------------------------------ state
     def _by_name(self, flat: torch.Tensor, model_shapes: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
+        assert self._names is not None  # set with _prev, which the caller holds
         sizes = [math.prod(model_shapes[n]) for n in self._names]
         return {n: t.reshape(model_shapes[n]).clone()
                 for n, t in zip(self._names, flat.split(sizes))}
@@ -357,6 +371,7 @@ class AutoStep:
         if self._prev is not None:
             shapes = self._shapes
             state["previous_params"] = self._by_name(self._prev, shapes)
+            assert self._last is not None  # set with _prev
             state["last_step"] = self._by_name(self._last, shapes)
         return state
 
@@ -364,7 +379,9 @@ class AutoStep:
         """Validated against ``model``'s parameters before anything is assigned (λ's
         measurement ends inside its step: none is ever pending between steps)."""
         shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-        prev, last = state.get("previous_params"), state.get("last_step")
+        # as loaded: checked below
+        prev: Any = state.get("previous_params")
+        last: Any = state.get("last_step")
         if (prev is None) != (last is None) or (prev is not None and list(prev) != list(last)):
             raise ValueError("AutoStep.load_state_dict: previous_params and last_step must "
                              "name the same parameters, or both be None")

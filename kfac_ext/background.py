@@ -44,7 +44,7 @@ class PendingSecondOrder:
                 "factors": [f.clone() for f in self.factors], "damping": self.damping}
 
     @classmethod
-    def from_state_dict(cls, saved: dict, names: Sequence[str], dims: Sequence[Dict[str, int]],
+    def from_state_dict(cls, saved: dict, names: Sequence[str], dims: Sequence[Dict[str, int | tuple[int, ...]]],
                         dtype: torch.dtype, devices: Sequence[torch.device]
                         ) -> "PendingSecondOrder":
         """Validate and rebuild a :meth:`state_dict`; ``dims[i]`` maps "A"/"G" of

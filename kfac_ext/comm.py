@@ -46,7 +46,7 @@ from typing import Any, List, Sequence, Tuple
 import torch
 
 Handle = Any
-EigenItem = Tuple[int, str, List[torch.Tensor]]
+EigenItem = Tuple[int, str, Sequence[torch.Tensor]]  # a SecondOrder is a sequence of tensors
 PrecondItem = Tuple[int, torch.Tensor]
 
 

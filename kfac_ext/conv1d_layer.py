@@ -8,7 +8,8 @@ only the gradient's layout differs, Γ = W.gradᵀ.
 """
 from __future__ import annotations
 
-from typing import List
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -25,9 +26,12 @@ def is_hf_conv1d(module: nn.Module) -> bool:
 class Conv1DLayer(KFACLayer):
     direct_grads = False  # Γ is the transpose of weight.grad, not a view the op can write
 
-    def __init__(self, name: str, module: nn.Module, factor_dtype=None, **kw):
-        w = module.weight
-        super().__init__(name, module, factor_dtype, weight=w, bias=module.bias,
+    def __init__(self, name: str, module: nn.Module, factor_dtype: torch.dtype | None = None,
+                 **kw: Any) -> None:
+        # Conv1D is duck-typed (no class to cast to): is_hf_conv1d saw a 2-D tensor weight.
+        w = cast(torch.Tensor, module.weight)
+        bias = cast(torch.Tensor | None, module.bias)
+        super().__init__(name, module, factor_dtype, weight=w, bias=bias,
                          in_dim=w.shape[0], out_dim=w.shape[1], **kw)
 
     def weight_matrix(self, w: torch.Tensor) -> torch.Tensor:
@@ -40,7 +44,8 @@ class Conv1DLayer(KFACLayer):
         return b
 
 
-def conv1d_layers(name: str, module: nn.Module, factor_dtype) -> List[KFACLayer]:
-    if not module.weight.requires_grad:
+def conv1d_layers(name: str, module: nn.Module,
+                  factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+    if not cast(torch.Tensor, module.weight).requires_grad:
         return []
     return [Conv1DLayer(name, module, factor_dtype)]

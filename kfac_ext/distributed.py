@@ -46,21 +46,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
 
 from kfac_ext import ops
 from kfac_ext.assignment import assign_work, eigen_cost
-from kfac_ext.comm import Comm
+from kfac_ext.comm import Comm, EigenItem, Handle, PrecondItem
 
 __all__ = ["FactorAllReduce", "GradWorkerLayout", "WorkPlan", "LayerWork",
            "check_same_layers", "DistributedComm", "strategy_name"]
 
 
 # --------------------------------------------------------------------------- helpers
-def _wait(work, what: str) -> None:
+def _wait(work: Any, what: str) -> None:  # an async collective's Work
     """Wait on an async collective; a failure or timeout becomes a clear RuntimeError."""
     try:
         work.wait()
@@ -75,7 +75,7 @@ def _wait(work, what: str) -> None:
 class FactorAllReduce:
     """Bucketed, packed, asynchronous averaging of symmetric factors across ``group``."""
 
-    def __init__(self, group=None, bucket_cap_mb: float = 25.0):
+    def __init__(self, group: dist.ProcessGroup | None = None, bucket_cap_mb: float = 25.0) -> None:
         if not bucket_cap_mb >= 0:  # 0: every factor in an all-reduce of its own
             raise ValueError(f"allreduce_bucket_cap_mb must be >= 0, got {bucket_cap_mb!r}")
         self.group = group
@@ -108,7 +108,7 @@ class FactorAllReduce:
         if self._pending_bytes[key] >= self.cap_bytes:
             self._launch(key)
 
-    def _launch(self, key) -> None:
+    def _launch(self, key: tuple) -> None:
         factors = self._pending.pop(key, [])
         self._pending_bytes.pop(key, None)
         if not factors:
@@ -153,7 +153,7 @@ def strategy_name(grad_workers: int, world_size: int) -> str:
     return "HYBRID-OPT"
 
 
-def _new_group(ranks: list[int], world_size: int):
+def _new_group(ranks: list[int], world_size: int) -> dist.ProcessGroup | None:
     if len(ranks) == world_size:
         return dist.group.WORLD
     return dist.new_group(ranks)  # every rank must call this, in the same order, for every group
@@ -221,29 +221,29 @@ class WorkPlan:
                 return 4.0 * (n * n + n)
         else:
             raise ValueError(f"WorkPlan: cost must be 'compute' or 'memory', got {cost!r}")
-        cost = [(of(na), of(ng)) for na, ng in factor_sizes]
+        costs = [(of(na), of(ng)) for na, ng in factor_sizes]
         self.layout = layout
         if layers is not None:
-            self._set_layers(list(layers), cost)
+            self._set_layers(list(layers), costs)
             return
-        layer_cost = [ca + cg for ca, cg in cost]
+        layer_cost = [ca + cg for ca, cg in costs]
         blocks = assign_work(layer_cost, layout.n_blocks, method=method).owner
-        a_owner = [0] * len(cost)
-        g_owner = [0] * len(cost)
+        a_owner = [0] * len(costs)
+        g_owner = [0] * len(costs)
         for j, ranks in enumerate(layout.blocks):
-            layers = [i for i, b in enumerate(blocks) if b == j]
+            members = [i for i, b in enumerate(blocks) if b == j]  # the block's layers
             if colocate_factors or g == 1:
-                owner = assign_work([layer_cost[i] for i in layers], g, method=method).owner
-                for i, w in zip(layers, owner):
+                owner = assign_work([layer_cost[i] for i in members], g, method=method).owner
+                for i, w in zip(members, owner):
                     a_owner[i] = g_owner[i] = ranks[w]
             else:
-                tasks = [c for i in layers for c in cost[i]]
+                tasks = [c for i in members for c in costs[i]]
                 owner = assign_work(tasks, g, method=method).owner
-                for k, i in enumerate(layers):
+                for k, i in enumerate(members):
                     a_owner[i], g_owner[i] = ranks[owner[2 * k]], ranks[owner[2 * k + 1]]
-        self._set_layers([LayerWork(b, a, gw) for b, a, gw in zip(blocks, a_owner, g_owner)], cost)
+        self._set_layers([LayerWork(b, a, gw) for b, a, gw in zip(blocks, a_owner, g_owner)], costs)
 
-    def _set_layers(self, layers: list[LayerWork], cost) -> None:
+    def _set_layers(self, layers: list[LayerWork], cost: Sequence[tuple[float, float]]) -> None:
         self.layers = layers
         # predicted cost per rank, seconds or bytes (for reports and tests)
         self.rank_cost = [0.0] * self.layout.world_size
@@ -256,7 +256,8 @@ class WorkPlan:
 
 
 # --------------------------------------------------------------------------- consistency check
-def check_same_layers(layers: Sequence[tuple[str, tuple[int, ...]]], group=None) -> None:
+def check_same_layers(layers: Sequence[tuple[str, tuple[int, ...]]],
+                      group: dist.ProcessGroup | None = None) -> None:
     """Raise on every rank, naming the first mismatch, unless all ranks registered the same layers.
 
     ``layers``: (name, factor shapes) in registration order.
@@ -300,7 +301,8 @@ class _Broadcasts:
                     offset += n
 
 
-def _broadcast_coalesced(handle: _Broadcasts, tensors: list[torch.Tensor], src: int, group,
+def _broadcast_coalesced(handle: _Broadcasts, tensors: list[torch.Tensor], src: int,
+                         group: dist.ProcessGroup | None,
                          rank: int) -> int:
     """One broadcast of all ``tensors`` (same dtype and device) from ``src``; returns elements."""
     if rank == src:
@@ -332,7 +334,8 @@ class DistributedComm(Comm):
 
     def __init__(self, grad_worker_fraction: float = 1.0, colocate_factors: bool = True,
                  allreduce_bucket_cap_mb: float = 25.0, assignment: str = "auto",
-                 timeout: float | None = None, group=None, assignment_cost: str = "compute"):
+                 timeout: float | None = None, group: dist.ProcessGroup | None = None,
+                 assignment_cost: str = "compute") -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("DistributedComm needs torch.distributed initialised "
                                "(dist.init_process_group, or run under torchrun)")
@@ -363,7 +366,7 @@ class DistributedComm(Comm):
     def factor_elements(self) -> int:
         return self.reducer.elements_sent
 
-    def setup(self, layer_names, factor_shapes) -> None:
+    def setup(self, layer_names: Sequence[str], factor_shapes: Sequence[tuple[int, int]]) -> None:
         names = list(layer_names)
         shapes = [(int(a), int(g)) for a, g in factor_shapes]
         if len(names) != len(shapes):
@@ -381,7 +384,7 @@ class DistributedComm(Comm):
                              layers=plan[0], cost=self.assignment_cost)
 
     def _barrier(self, where: str) -> None:
-        kwargs = {}
+        kwargs: dict[str, datetime.timedelta] = {}
         if self.timeout is not None:
             kwargs["timeout"] = datetime.timedelta(seconds=float(self.timeout))
         try:
@@ -400,16 +403,16 @@ class DistributedComm(Comm):
         return self.plan
 
     # -- factors
-    def allreduce_factors(self, tensors):
+    def allreduce_factors(self, tensors: list[torch.Tensor]) -> FactorAllReduce:
         for t in tensors:
             self.reducer.add(t)
         return self.reducer  # waiting on it flushes and finishes everything queued
 
-    def wait(self, handle) -> None:
+    def wait(self, handle: Handle) -> None:
         if handle is not None:
             handle.wait()
 
-    def average(self, tensors):
+    def average(self, tensors: list[torch.Tensor]) -> None:
         # Few and small (a tied weight's per-use gradients): one blocking all-reduce each.
         for t in tensors:
             _wait(dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
@@ -418,7 +421,7 @@ class DistributedComm(Comm):
         return None
 
     # -- work split
-    def eigen_owner(self, layer_idx, which) -> int:
+    def eigen_owner(self, layer_idx: int, which: str) -> int:
         work = self._plan().layers[layer_idx]
         if which == "A":
             return work.a_owner
@@ -426,11 +429,11 @@ class DistributedComm(Comm):
             return work.g_owner
         raise ValueError(f"eigen_owner: which must be 'A' or 'G', got {which!r}")
 
-    def is_grad_worker(self, layer_idx) -> bool:
+    def is_grad_worker(self, layer_idx: int) -> bool:
         return self._plan().is_grad_worker(layer_idx, self.rank)
 
     # -- second-order data: owner -> the grad workers of the layer's block
-    def broadcast_eigens(self, items):
+    def broadcast_eigens(self, items: list[EigenItem]) -> _Broadcasts:
         plan, layout = self._plan(), self.layout
         handle = _Broadcasts("eigendecomposition broadcast")
         if layout.grad_workers == 1:
@@ -450,7 +453,7 @@ class DistributedComm(Comm):
         return handle
 
     # -- preconditioned gradients: a grad worker -> the rest of its column
-    def broadcast_preconditioned(self, items):
+    def broadcast_preconditioned(self, items: list[PrecondItem]) -> _Broadcasts:
         plan, layout = self._plan(), self.layout
         handle = _Broadcasts("preconditioned-gradient broadcast")
         if layout.n_blocks == 1:

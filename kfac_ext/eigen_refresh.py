@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-Decomposition = List[Tensor]  # [eigenvalues, eigenvectors]
+Decomposition = Sequence[Tensor]  # [eigenvalues, eigenvectors]: a list or an EigenData
 
 
 class SkipTest:
@@ -63,7 +63,7 @@ class SkipTest:
         return d.clamp_(min=0.0), off / factor.norm().clamp(min=torch.finfo(factor.dtype).tiny)
 
     def solve(self, factors: Sequence[Tensor], previous: Sequence[Optional[Decomposition]],
-              exact: Callable[[List[Tensor]], List[Decomposition]]) -> List[Decomposition]:
+              exact: Callable[[List[Tensor]], Sequence[Decomposition]]) -> List[Decomposition]:
         """[eigenvalues, eigenvectors] of each factor: the previous basis where the test
         passes, ``exact`` (one call, for all the others) elsewhere.
 

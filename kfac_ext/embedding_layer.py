@@ -18,7 +18,8 @@ a Linear. Γ = W.gradᵀ.
 """
 from __future__ import annotations
 
-from typing import List
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -28,6 +29,7 @@ from kfac_ext.layers import KFACLayer
 
 class EmbeddingLayer(KFACLayer):
     direct_grads = False  # Γ = W.gradᵀ
+    module: nn.Embedding  # what __init__ is given
 
     @property
     def kfac_approx(self) -> str:
@@ -37,7 +39,8 @@ class EmbeddingLayer(KFACLayer):
     def kfac_approx(self, value: str) -> None:
         pass  # see the module docstring: always 'expand'
 
-    def __init__(self, name: str, module: nn.Embedding, factor_dtype=None, **kw):
+    def __init__(self, name: str, module: nn.Embedding,
+                 factor_dtype: torch.dtype | None = None, **kw: Any) -> None:
         if module.sparse:
             raise ValueError(f"KFACPreconditioner: embedding {name!r} has sparse=True; its "
                              "sparse gradient cannot be preconditioned (use sparse=False, or name "
@@ -55,6 +58,7 @@ class EmbeddingLayer(KFACLayer):
         if self.a_count == 0:
             self.A_sum = counts
         else:
+            assert self.A_sum is not None  # set by the first batch (a_count 0)
             self.A_sum.add_(counts)
         self.a_count += 1
         self.ever_fired = True
@@ -78,7 +82,9 @@ class EmbeddingLayer(KFACLayer):
         grad.copy_(p.T)
 
 
-def embedding_layers(name: str, module: nn.Module, factor_dtype) -> List[KFACLayer]:
-    if not module.weight.requires_grad:
+def embedding_layers(name: str, module: nn.Module,
+                     factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+    embedding = cast(nn.Embedding, module)  # registered for nn.Embedding
+    if not embedding.weight.requires_grad:
         return []
-    return [EmbeddingLayer(name, module, factor_dtype)]
+    return [EmbeddingLayer(name, embedding, factor_dtype)]

@@ -11,7 +11,13 @@ one an AttributeError that says so (docs/kfac-pytorch.md).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, NoReturn
+
 from kfac_ext.enums import AllreduceMethod, DistributedStrategy
+
+if TYPE_CHECKING:
+    from kfac_ext.comm import Comm
+    from kfac_ext.layers import KFACLayer
 
 # kfac-pytorch's own machinery (its base class, work assignment, layer objects,
 # communicator): what kfac_ext does in its own way, with no objects of these kinds.
@@ -30,6 +36,13 @@ def refuse_internal(owner: str, name: str) -> AttributeError:
 
 
 class KfacPytorchNames:
+    # What this mixin reads, set by KFACPreconditioner's __init__.
+    grad_worker_fraction: float
+    allreduce_bucket_cap_mb: float
+    comm: Comm
+    layers: list[KFACLayer]
+    _reducing: dict[KFACLayer, tuple]
+
     @property
     def distributed_strategy(self) -> DistributedStrategy:
         """COMM_OPT (every rank a grad worker), MEM_OPT (one per layer) or HYBRID_OPT,
@@ -47,7 +60,7 @@ class KfacPytorchNames:
             else AllreduceMethod.ALLREDUCE
 
     @property
-    def tdc(self):
+    def tdc(self) -> NoReturn:
         raise refuse_internal(type(self).__name__, "tdc")
 
     def reset_batch(self) -> None:

@@ -17,6 +17,7 @@ subclass and factory, and one line in ``_BUILTIN`` below (docs/design.md §2a).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -27,7 +28,7 @@ from kfac_ext.conv1d_layer import conv1d_layers, is_hf_conv1d
 from kfac_ext.embedding_layer import embedding_layers
 from kfac_ext.layers import KFACLayer, has_trainable_weight
 
-Factory = Callable[[str, nn.Module, Optional[torch.dtype]], List[KFACLayer]]
+Factory = Callable[[str, nn.Module, Optional[torch.dtype]], Sequence[KFACLayer]]
 Match = Union[type, Tuple[type, ...], Callable[[nn.Module], bool]]
 
 
@@ -42,7 +43,8 @@ class LayerType(NamedTuple):
         return bool(self.match(module))
 
 
-def linear_conv_layers(name: str, module: nn.Module, factor_dtype) -> List[KFACLayer]:
+def linear_conv_layers(name: str, module: nn.Module,
+                       factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
     """nn.Linear / nn.Conv2d: one layer, or one per channel group (block-diagonal)."""
     if not has_trainable_weight(module):
         return []  # a frozen weight is left out silently

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,8 @@ def factor_size_limit(max_bytes: Optional[int]) -> Iterator[None]:
 
 def has_trainable_weight(module: nn.Module) -> bool:
     """Whether a Linear/Conv2d can be registered (groups are supported; a frozen weight is not)."""
-    return module.weight is not None and module.weight.requires_grad
+    weight = cast(torch.Tensor | None, module.weight)
+    return weight is not None and weight.requires_grad
 
 
 def is_computed_weight(module: nn.Module) -> bool:
@@ -87,7 +88,7 @@ def _conv_explicit_padding(module: nn.Conv2d) -> Tuple[int, int, int, int]:
         for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
-        return tuple(pads)
+        return cast(tuple[int, int, int, int], tuple(pads))  # two pairs
     ph, pw = module.padding
     return (pw, pw, ph, ph)
 
@@ -111,7 +112,9 @@ class KFACLayer:
             self.per_use_capable = False  # its Γ_u would need the im2col patches
         # The parameters this layer preconditions: the module's own unless a layer
         # type names others (an attention block's slice of a packed weight).
-        self.weight = weight = module.weight if weight is None else weight
+        if weight is None:
+            weight = cast(torch.Tensor, module.weight)
+        self.weight: torch.Tensor = weight
         bias = getattr(module, "bias", None) if bias is None and in_dim is None else bias
         # What to watch after registration (docs/faults.md): the module's own weight and
         # bias attributes where this layer preconditions them (a parametrization or a
@@ -121,14 +124,15 @@ class KFACLayer:
         self.weight_shape = tuple(weight.shape)
         # A frozen bias is left out of the factor (K-FAC of the weight alone).
         self.has_bias = bias is not None and bias.requires_grad
-        self.bias = bias if self.has_bias else None
+        self.bias: torch.Tensor | None = bias if self.has_bias else None
         # A grouped conv is block-diagonal: group k maps input channels k*C_in/groups...
         # to output channels k*C_out/groups..., so each group is a layer of its own.
         self.group = group
         if out_dim is not None:
             self.g_dim = out_dim
         else:
-            self.g_dim = weight.shape[0] if group is None else weight.shape[0] // module.groups
+            self.g_dim = weight.shape[0] if group is None else \
+                weight.shape[0] // cast(nn.Conv2d, module).groups  # groups: a conv's
         self.out_slice = slice(0, weight.shape[0]) if group is None else \
             slice(group * self.g_dim, (group + 1) * self.g_dim)
         self.in_slice = None if group is None else \
@@ -204,7 +208,7 @@ class KFACLayer:
             h.remove()
         self._handles = []
 
-    def _forward_hook(self, module, args, output) -> None:
+    def _forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.ever_called = True
         if self.tied and torch.is_grad_enabled() and isinstance(output, torch.Tensor) \
                 and output.requires_grad:  # this use's share of a tied weight's gradient
@@ -247,6 +251,7 @@ class KFACLayer:
             if first:
                 self.A_sum = torch.zeros_like(self.A)
         elif self.is_conv:
+            m = cast(nn.Conv2d, m)
             if x.dim() == 3:  # unbatched (C, H, W) input
                 x = x.unsqueeze(0)
             if self.in_slice is not None:
@@ -263,6 +268,7 @@ class KFACLayer:
             if first:
                 self.A_sum = a  # a fresh tensor the op returned
             else:
+                assert self.A_sum is not None  # set by the step's first capture
                 self.A_sum.add_(a)
         else:
             self.add_activation_rows(self.rows(x, "mean"))
@@ -366,11 +372,13 @@ class KFACLayer:
 
     def batch_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """This step's A and G averaged over the captured micro-batches (in place)."""
+        a, g = self.A_sum, self.G_sum
+        assert a is not None and g is not None  # called with a captured batch (has_batch())
         if self.a_count > 1:
-            self.A_sum.div_(self.a_count)
+            a.div_(self.a_count)
         if self.g_count > 1:
-            self.G_sum.div_(self.g_count)
-        return self.A_sum, self.G_sum
+            g.div_(self.g_count)
+        return a, g
 
     def clear_batch(self) -> None:
         """Forget the captured micro-batches: the next capture overwrites the sums."""
@@ -391,8 +399,8 @@ class KFACLayer:
         self.has_bias = False
         self.bias = None
         self.a_dim -= 1
-        keep = slice(None, -1)
-        keep = keep if self.a_diagonal else (keep, keep)  # a diagonal A is held as a vector
+        rows = slice(None, -1)
+        keep = rows if self.a_diagonal else (rows, rows)  # a diagonal A is held as a vector
         self.A = self.A[keep].clone()
         if self.A_sum is not None:
             self.A_sum = self.A_sum[keep].clone()
@@ -400,7 +408,20 @@ class KFACLayer:
     # ------------------------------------------------------- gradients ----
     def params(self) -> List[torch.Tensor]:
         """The parameters whose gradients this layer reads and writes."""
-        return [self.weight] + ([self.bias] if self.has_bias else [])
+        return [self.weight] + ([self._bias()] if self.has_bias else [])
+
+    def _bias(self) -> torch.Tensor:
+        """The bias of a layer that has one (has_bias)."""
+        assert self.bias is not None  # has_bias and bias are set together
+        return self.bias
+
+    def _grads(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight.grad, bias.grad or None without a bias): read only where the layer
+        has its gradients (has_grad())."""
+        wg = self.weight.grad
+        bg = self._bias().grad if self.has_bias else None
+        assert wg is not None and (bg is not None or not self.has_bias)
+        return wg, bg
 
     def has_grad(self) -> bool:
         weight, bias = self.current_params()
@@ -432,24 +453,27 @@ class KFACLayer:
 
     def grad_matrix(self, dtype: torch.dtype) -> torch.Tensor:
         """Γ: (out, in[+1]) with the bias gradient as the last column."""
-        w = self.weight_matrix(self.weight.grad)
-        if self.has_bias:
-            return torch.cat([w, self.bias_rows(self.bias.grad).reshape(-1, 1)], dim=1).to(dtype)
+        wg, bg = self._grads()
+        w = self.weight_matrix(wg)
+        if bg is not None:
+            return torch.cat([w, self.bias_rows(bg).reshape(-1, 1)], dim=1).to(dtype)
         return w.to(dtype)
 
     def grad_tensors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(weight gradient, bias gradient or None) of this layer's rows, as
         views of the parameters' ``.grad``: what ``ops.precondition_grads_``
         reads and overwrites in place (only when ``direct_grads``)."""
-        return self.weight.grad[self.out_slice], (self.bias_rows(self.bias.grad) if self.has_bias else None)
+        wg, bg = self._grads()
+        return wg[self.out_slice], (self.bias_rows(bg) if bg is not None else None)
 
     def set_grad(self, p: torch.Tensor) -> None:
         """Write P back into weight.grad (and bias.grad), in the parameters' dtype."""
-        if self.has_bias:
-            self.write_weight(self.weight.grad, p[:, :-1])
-            self.bias_rows(self.bias.grad).copy_(p[:, -1])
+        wg, bg = self._grads()
+        if bg is not None:
+            self.write_weight(wg, p[:, :-1])
+            self.bias_rows(bg).copy_(p[:, -1])
         else:
-            self.write_weight(self.weight.grad, p)
+            self.write_weight(wg, p)
 
     def __repr__(self) -> str:
         kind = type(self.module).__name__

@@ -42,17 +42,19 @@ class Method:
     def solve(self, factors: Sequence[Tensor], damping: float) -> List[SecondOrder]:
         raise NotImplementedError
 
-    def empty(self, n: int, diagonal: bool, dtype: torch.dtype, device) -> SecondOrder:
+    def empty(self, n: int, diagonal: bool, dtype: torch.dtype,
+              device: torch.device | str | None) -> SecondOrder:
         """Data of the right shapes (what a broadcast fills in; what a state dict holds)."""
         raise NotImplementedError
 
-    def identity(self, n: int, diagonal: bool, dtype: torch.dtype, device,
+    def identity(self, n: int, diagonal: bool, dtype: torch.dtype,
+                 device: torch.device | str | None,
                  damping: float) -> SecondOrder:
         """Data of an identity factor (the fallback when a factor's first solve fails)."""
         raise NotImplementedError
 
     def from_tensors(self, tensors: Sequence[Tensor], diagonal: bool) -> SecondOrder:
-        kind = DiagonalData if diagonal else self._dense
+        kind: type[SecondOrder] = DiagonalData if diagonal else self._dense
         if len(tensors) != len(kind._fields):
             raise ValueError(f"{self.name} second-order data has {len(kind._fields)} tensors "
                              f"({', '.join(kind._fields)}), got {len(tensors)}")
@@ -68,10 +70,10 @@ class Method:
     def precondition_fused_(self, weight_grads: List[Tensor], bias_grads: List[Tensor],
                             a: Sequence[SecondOrder], g: Sequence[SecondOrder], damping: float,
                             kl_clip: Optional[float], kl_factor: float,
-                            dtype=torch.float32) -> None:
+                            dtype: torch.dtype | str = torch.float32) -> None:
         raise NotImplementedError
 
-    _dense: type = EigenData
+    _dense: type[EigenData | InverseData] = EigenData  # a dense factor's data
 
 
 class EigenMethod(Method):
@@ -109,7 +111,7 @@ class EigenMethod(Method):
         """The layers whose factors are all dense in one batched op, the rest one by one."""
         dense = [k for k in range(len(grads))
                  if isinstance(a[k], EigenData) and isinstance(g[k], EigenData)]
-        out = [None] * len(grads)
+        out: list[Tensor | None] = [None] * len(grads)
         if dense:
             done = ops.eigen_precondition([grads[k] for k in dense], [a[k].vectors for k in dense],
                                           [a[k].values for k in dense],

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ from kfac_ext.reference import gammas  # Γ = [W | b], built one way for every p
 PRECONDITION_DTYPES = (torch.float32, "tf32", torch.bfloat16)
 
 
-def check_precondition_dtype(value) -> Union[torch.dtype, str]:
+def check_precondition_dtype(value: Any) -> Union[torch.dtype, str]:
     """The validated ``precondition_dtype`` (a ValueError naming it otherwise)."""
     if isinstance(value, str) and value.lower() in ("tf32", "bfloat16", "bf16", "float32", "fp32"):
         value = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
@@ -76,7 +76,7 @@ def eigen_precondition_bf16(grads: Sequence[Tensor], qa: Sequence[Tensor], da: S
     return out
 
 
-def precondition_grads_(dtype, weight_grads: List[Tensor], bias_grads: List[Tensor],
+def precondition_grads_(dtype: torch.dtype | str, weight_grads: List[Tensor], bias_grads: List[Tensor],
                         qa: List[Tensor], da: List[Tensor], qg: List[Tensor], dg: List[Tensor],
                         damping: float, kl_clip: Optional[float], kl_factor: float) -> None:
     """The one Python entry to the fused eigen-method op: ``ops.precondition_grads_``'s
@@ -99,7 +99,9 @@ def precondition_grads_(dtype, weight_grads: List[Tensor], bias_grads: List[Tens
     precond = eigen_precondition_bf16(grads, qa, da, qg, dg, damping)
     nu: Optional[Tensor] = None
     if kl_clip is not None:
-        vg = (sum((p.double() * g.double()).sum() for p, g in zip(precond, grads)) * kl_factor).abs()
+        # a Tensor whenever there is a layer (mypy sees sum's int start too)
+        total = cast(Tensor, sum((p.double() * g.double()).sum() for p, g in zip(precond, grads)))
+        vg = (total * kl_factor).abs()
         nu = torch.where(torch.isfinite(vg) & (vg != 0), (kl_clip / vg).sqrt().clamp(max=1.0),
                          torch.ones_like(vg))
     biases = iter(bias_grads)

@@ -57,7 +57,9 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from enum import Enum
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -68,8 +70,8 @@ from kfac_ext import schedules as sch
 from kfac_ext.adaptive_damping import AdaptiveDamping
 from kfac_ext.auto_step import AutoStep
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
-from kfac_ext.comm import Comm, LocalComm
-from kfac_ext.eigen_refresh import check_eigen_refresh
+from kfac_ext.comm import Comm, EigenItem, LocalComm
+from kfac_ext.eigen_refresh import SkipTest, check_eigen_refresh
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
 from kfac_ext.enums import (  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
     AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy)
@@ -84,8 +86,20 @@ from kfac_ext.tied_weights import mark_tied
 logger = logging.getLogger(__name__)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> NoReturn:
     raise refuse_internal(f"module {__name__!r}", name)
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad`` of a parameter being preconditioned (it has one)."""
+    assert p.grad is not None
+    return p.grad
+
+
+def _use_grad(layer: KFACLayer) -> torch.Tensor:
+    """A tied layer's Γ_u (one without was left out of the step)."""
+    assert layer.use_grad is not None
+    return layer.use_grad
 
 
 def _world_size() -> int:
@@ -94,7 +108,7 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _auto_comm(grad_worker_fraction: float, **options) -> Comm:
+def _auto_comm(grad_worker_fraction: float, **options: Any) -> Comm:
     if _world_size() > 1:
         from kfac_ext.distributed import DistributedComm
 
@@ -193,19 +207,22 @@ class KFACPreconditioner(KfacPytorchNames):
     MultiheadAttention, and ``kfac_ext.register_layer_type`` for others).
     """
 
-    def __init__(self, model: nn.Module, *, factor_update_steps=1, inv_update_steps=1,
-                 damping=0.001, factor_decay=0.95, kl_clip=0.001, lr=0.1,
+    def __init__(self, model: nn.Module, *, factor_update_steps: sch.NumberOrSchedule = 1,
+                 inv_update_steps: sch.NumberOrSchedule = 1, damping: sch.NumberOrSchedule = 0.001,
+                 factor_decay: sch.NumberOrSchedule = 0.95,
+                 kl_clip: sch.NumberOrSchedule | None = 0.001, lr: sch.NumberOrSchedule = 0.1,
                  accumulation_steps: int = 1, allreduce_bucket_cap_mb: float = 25.0,
-                 assignment_strategy="compute", colocate_factors: bool = True,
-                 compute_method="eigen", compute_eigenvalue_outer_product: bool = True,
-                 grad_worker_fraction=1.0, symmetry_aware: bool = False, grad_scaler=None,
+                 assignment_strategy: str | Enum = "compute", colocate_factors: bool = True,
+                 compute_method: str | Enum = "eigen", compute_eigenvalue_outer_product: bool = True,
+                 grad_worker_fraction: float | Enum = 1.0, symmetry_aware: bool = False,
+                 grad_scaler: object = None,
                  factor_dtype: Optional[torch.dtype] = None,
                  inv_dtype: torch.dtype = torch.float32,
                  skip_layers: Union[None, str, Iterable[str]] = (),
                  update_factors_in_hook: bool = True, defaults: Optional[dict] = None,
-                 loglevel=logging.DEBUG, comm: Optional[Comm] = None,
-                 inv_lag_steps: int = 0, eigen_refresh=None,
-                 precondition_dtype=torch.float32, factor_init: str = "identity",
+                 loglevel: int | str = logging.DEBUG, comm: Optional[Comm] = None,
+                 inv_lag_steps: int = 0, eigen_refresh: SkipTest | None = None,
+                 precondition_dtype: torch.dtype | str = torch.float32, factor_init: str = "identity",
                  g_scale: float = 1.0, auto_step: Optional[AutoStep] = None,
                  max_factor_bytes: Optional[int] = 2 ** 30, kfac_approx: str = "expand"):
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
@@ -322,7 +339,8 @@ class KFACPreconditioner(KfacPytorchNames):
         self._set_capture()
 
     # ------------------------------------------------------- registration ----
-    def _check_auto_step(self, auto_step, kl_clip, grad_scaler, comm) -> Optional[AutoStep]:
+    def _check_auto_step(self, auto_step: object, kl_clip: Any, grad_scaler: Any,
+                         comm: Comm | None) -> AutoStep | None:
         if auto_step is None:
             return None
         if not isinstance(auto_step, AutoStep):
@@ -462,7 +480,7 @@ class KFACPreconditioner(KfacPytorchNames):
                                 f"{layer.name!r} was frozen when the preconditioner was built and "
                                 "is trainable now; it keeps its plain gradient")
 
-    def _warn_once(self, key, message: str) -> None:
+    def _warn_once(self, key: Hashable, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
@@ -474,7 +492,7 @@ class KFACPreconditioner(KfacPytorchNames):
             layer.capture = self._capturing
 
     @torch.no_grad()
-    def step(self, closure=None) -> None:
+    def step(self, closure: Callable | None = None) -> None:
         """Replace ``.grad`` of every registered layer by its preconditioned gradient.
 
         ``closure``: returns the current batch's loss (adaptive damping), or
@@ -521,8 +539,10 @@ class KFACPreconditioner(KfacPytorchNames):
         self._update_second_order(step)
         self._precondition(step, with_grad)
 
-    def _param_grads(self, i: int):
+    def _param_grads(self, i: int) -> Iterator[torch.Tensor]:
+        """The gradients of layer i (one in with_grad: has_grad() saw them)."""
         for p in self.layers[i].params():
+            assert p.grad is not None
             yield p.grad
 
     def _mark_grads(self, with_grad: Sequence[int]) -> List[tuple]:
@@ -669,7 +689,7 @@ class KFACPreconditioner(KfacPytorchNames):
         """Store this rank's new second-order data and exchange it (every rank, same order)."""
         comm, rank = self.comm, self.comm.rank
         self._has_basis.update(todo)
-        items = []
+        items: list[EigenItem] = []
         for i in todo:
             if not (comm.is_grad_worker(i) or any(comm.eigen_owner(i, w) == rank for w in "AG")):
                 continue
@@ -683,7 +703,7 @@ class KFACPreconditioner(KfacPytorchNames):
         comm.wait(comm.broadcast_eigens(items))
 
     @staticmethod
-    def _shape(layer: KFACLayer, which: str) -> tuple:
+    def _shape(layer: KFACLayer, which: str) -> tuple[int, bool]:
         return (layer.a_dim, layer.a_diagonal) if which == "A" else (layer.g_dim, layer.g_diagonal)
 
     def _empty_second_order(self, layer: KFACLayer, which: str) -> SecondOrder:
@@ -703,7 +723,8 @@ class KFACPreconditioner(KfacPytorchNames):
         the background thread."""
         return self._method.solve(factors, damping)
 
-    def _compute_second_order(self, owned, factors, damping: float, step: int, batch
+    def _compute_second_order(self, owned: list[tuple], factors: list[torch.Tensor], damping: float,
+                              step: int, batch: Callable[[], Sequence[Sequence[torch.Tensor]]]
                               ) -> Dict[tuple, SecondOrder]:
         """``batch()`` (all owned factors at once), or when it fails one factor at a time;
         a factor that fails even in float64 keeps its old data (or the identity)."""
@@ -813,10 +834,10 @@ class KFACPreconditioner(KfacPytorchNames):
         active = [i for i in active if not self.layers[i].tied or self.layers[i].use_grad is not None]
         layers = [self.layers[i] for i in active]
         # Each rank's Γ_u is its own batch's; data parallelism averaged .grad, so they too.
-        tied_uses = [l.use_grad for l in layers if l.tied]
+        tied_uses = [_use_grad(l) for l in layers if l.tied]
         if tied_uses and self.comm.world_size > 1:
             self.comm.wait(self.comm.average(tied_uses))
-        grads = [l.use_grad.to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
+        grads = [_use_grad(l).to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
                  for l in layers]
         second = [self._second[i] for i in active]
         ps = self._method.precondition_many(grads, [s["A"] for s in second],
@@ -828,7 +849,7 @@ class KFACPreconditioner(KfacPytorchNames):
                 continue
             w = l.weight
             if id(w) not in tied:
-                tied[id(w)] = w.grad.to(self.inv_dtype)
+                tied[id(w)] = _grad(w).to(self.inv_dtype)
             part = torch.zeros_like(tied[id(w)])
             l.write_weight(part, g[:, :g.shape[1] - int(l.has_bias)])
             tied[id(w)].sub_(part)
@@ -837,7 +858,7 @@ class KFACPreconditioner(KfacPytorchNames):
             if l.has_bias:
                 pairs.append((p[:, -1:], g[:, -1:]))
         weights = {id(l.weight): l.weight for l in layers if l.tied}
-        pairs += [(t.reshape(t.shape[0], -1), weights[k].grad.to(t.dtype).reshape(t.shape[0], -1))
+        pairs += [(t.reshape(t.shape[0], -1), _grad(weights[k]).to(t.dtype).reshape(t.shape[0], -1))
                   for k, t in tied.items()]
         nu = self._kl_scale(step, [p for p, _ in pairs], [g for _, g in pairs])
 
@@ -847,9 +868,10 @@ class KFACPreconditioner(KfacPytorchNames):
             if not l.tied:
                 l.set_grad(scaled(p))
             elif l.has_bias:
-                l.bias_rows(l.bias.grad).copy_(scaled(p[:, -1].clone()))
+                assert l.bias is not None  # has_bias
+                l.bias_rows(_grad(l.bias)).copy_(scaled(p[:, -1].clone()))
         for k, t in tied.items():
-            weights[k].grad.copy_(scaled(t))
+            _grad(weights[k]).copy_(scaled(t))
 
     def _precondition_damping(self, step: int) -> float:
         """λ of the eigen method's division by d_G d_Aᵀ + λ. With
@@ -870,7 +892,8 @@ class KFACPreconditioner(KfacPytorchNames):
             factor /= float(self.grad_scaler.get_scale()) ** 2
         return factor
 
-    def _kl_scale(self, step: int, ps, gs) -> Optional[torch.Tensor]:
+    def _kl_scale(self, step: int, ps: Sequence[torch.Tensor],
+                  gs: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """ν = min(1, sqrt(κ / |Σ lr²⟨P, Γ⟩|)), 1 for a zero or non-finite sum, as a 0-d
         tensor where the gradients live (no host synchronisation); None without KL clipping."""
         kl_clip = self.kl_clip(step)
@@ -885,7 +908,7 @@ class KFACPreconditioner(KfacPytorchNames):
         return [self.factor_update_steps, self.inv_update_steps, self.damping,
                 self.factor_decay, self.kl_clip, self.lr]
 
-    def set_hyperparameters(self, **values) -> None:
+    def set_hyperparameters(self, **values: Any) -> None:
         """Give hyperparameters that were numbers new numbers, e.g.
         ``set_hyperparameters(damping=1e-4, inv_update_steps=50)`` (what
         :class:`kfac_ext.scheduler.LambdaParamScheduler` does). Every value is checked
@@ -962,10 +985,10 @@ class KFACPreconditioner(KfacPytorchNames):
                     raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be "
                                      f"{shape}, got {got}")
             for w, ts in e.get("second_order", {}).items():
-                want = [tuple(t.shape) for t in self._empty_second_order(l, w)]
-                if w not in ("A", "G") or [tuple(t.shape) for t in ts] != want:
+                shapes = [tuple(t.shape) for t in self._empty_second_order(l, w)]
+                if w not in ("A", "G") or [tuple(t.shape) for t in ts] != shapes:
                     raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
-                                     f"factor {w!r} must have shapes {want}")
+                                     f"factor {w!r} must have shapes {shapes}")
         try:  # a schedule given here wins over a saved number: it is a function of the step
             numbers = sch.checked_values(self._hyperparameters(), state.get("hyperparameters", {}),
                                          schedules="skip")
@@ -1011,7 +1034,7 @@ class KFACPreconditioner(KfacPytorchNames):
         self._grad_marks = []
         self._set_capture()
 
-    def _pending_from_state(self, saved, names: List[str]) -> Optional[PendingSecondOrder]:
+    def _pending_from_state(self, saved: dict | None, names: List[str]) -> Optional[PendingSecondOrder]:
         """A lagged update from a state dict, validated (None when there is none)."""
         if saved is None:
             return None

@@ -28,8 +28,9 @@ def channel_cov_update(factor: Tensor, x: Tensor, alpha: float, beta: float) -> 
     return torch.addmm(factor, rows.T, rows, beta=beta, alpha=alpha)
 
 
-def conv2d_act_factor(input: Tensor, kernel_size, stride, padding, dilation,
-                      has_bias: bool) -> Tensor:
+def conv2d_act_factor(input: Tensor, kernel_size: int | tuple[int, ...],
+                      stride: int | tuple[int, ...], padding: int | tuple[int, ...],
+                      dilation: int | tuple[int, ...], has_bias: bool) -> Tensor:
     """Conv2d activation factor A = āᵀā/(N·T) through an explicit im2col (docs/design.md §2).
 
     ā holds the im2col patches (one row per sample and output position, plus a

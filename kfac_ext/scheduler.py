@@ -17,17 +17,20 @@ by zero at its next step), and they are saved with the preconditioner's
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional
 
 from kfac_ext.kfac_pytorch_names import refuse_internal
 from kfac_ext.schedules import Hyperparameter
+
+if TYPE_CHECKING:
+    from kfac_ext.preconditioner import KFACPreconditioner
 
 Factor = Callable[[int], float]
 # Intervals are step counts: kfac-pytorch truncates their rescaled value to an int.
 _INTEGER = ("factor_update_steps", "inv_update_steps")
 
 
-def __getattr__(name: str):  # kfac.scheduler also exposes BaseKFACPreconditioner
+def __getattr__(name: str) -> NoReturn:  # kfac.scheduler also exposes BaseKFACPreconditioner
     raise refuse_internal(f"module {__name__!r}", name)
 
 
@@ -38,15 +41,17 @@ class LambdaParamScheduler:
     ``preconditioner.steps``) or ``step(step=epoch)`` once per epoch.
     """
 
-    def __init__(self, preconditioner, *, factor_update_steps_lambda: Optional[Factor] = None,
+    def __init__(self, preconditioner: KFACPreconditioner, *,
+                 factor_update_steps_lambda: Optional[Factor] = None,
                  inv_update_steps_lambda: Optional[Factor] = None,
                  damping_lambda: Optional[Factor] = None,
                  factor_decay_lambda: Optional[Factor] = None,
-                 kl_clip_lambda: Optional[Factor] = None, lr_lambda: Optional[Factor] = None):
+                 kl_clip_lambda: Optional[Factor] = None,
+                 lr_lambda: Optional[Factor] = None) -> None:
         given = {"factor_update_steps": factor_update_steps_lambda,
                  "inv_update_steps": inv_update_steps_lambda, "damping": damping_lambda,
                  "factor_decay": factor_decay_lambda, "kl_clip": kl_clip_lambda, "lr": lr_lambda}
-        self._lambdas = {}
+        self._lambdas: dict[str, Factor] = {}
         for name, fn in given.items():
             if fn is None:
                 continue

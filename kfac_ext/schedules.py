@@ -24,50 +24,52 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 Number = int | float
 # A hyperparameter's value: a number, or a callable of the step returning one.
 NumberOrSchedule = Number | Callable[[int], Number]
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> bool:
     kind = type(value)
     if kind is float or kind is int:  # the common case, without the ABC check (~1 us)
         return True
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-# Validators: return None when the value is acceptable, else what was expected.
-def positive_int(value) -> Optional[str]:
+# Validators (of any value a user gives): return None when the value is acceptable, else
+# what was expected.
+def positive_int(value: Any) -> Optional[str]:
     """An int >= 1 (not a bool)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1:
         return None
     return "a positive integer"
 
 
-def non_negative(value) -> Optional[str]:
+def non_negative(value: Any) -> Optional[str]:
     """A finite number >= 0."""
     if _is_number(value) and math.isfinite(value) and value >= 0:
         return None
     return "a finite number >= 0"
 
 
-def positive(value) -> Optional[str]:
+def positive(value: Any) -> Optional[str]:
     """A finite number > 0."""
     if _is_number(value) and math.isfinite(value) and value > 0:
         return None
     return "a finite number > 0"
 
 
-def decay(value) -> Optional[str]:
+def decay(value: Any) -> Optional[str]:
     """A number in [0, 1)."""
     if _is_number(value) and 0 <= value < 1:
         return None
     return "a number in [0, 1)"
 
 
-def positive_or_none(value) -> Optional[str]:
+def positive_or_none(value: Any) -> Optional[str]:
     """None, or a finite number > 0."""
     return None if value is None else positive(value)
 
@@ -78,18 +80,18 @@ _UNSET = object()
 class Hyperparameter:
     """A named hyperparameter: a number or a callable of the step, validated."""
 
-    def __init__(self, name: str, value: NumberOrSchedule,
+    def __init__(self, name: str, value: NumberOrSchedule | None,  # None where the validator allows it
                  validator: Callable[[object], Optional[str]]):
         self.name = name
         self.validator = validator
         self.value = value
 
     @property
-    def value(self) -> NumberOrSchedule:
+    def value(self) -> NumberOrSchedule | None:
         return self._value
 
     @value.setter
-    def value(self, value: NumberOrSchedule) -> None:
+    def value(self, value: NumberOrSchedule | None) -> None:
         # Fail at once: a constant is checked now (and never again: it cannot
         # change without passing here), a schedule at step 0 and on every call.
         self._value = value
@@ -98,7 +100,7 @@ class Hyperparameter:
         if not callable(value):
             self._constant = checked
 
-    def __call__(self, step: int):
+    def __call__(self, step: int) -> Any:  # the validated value (None where allowed)
         if self._constant is not _UNSET:
             return self._constant
         value = self._value(step) if callable(self._value) else self._value
@@ -156,13 +158,13 @@ class IntervalTracker:
         self.last = state["last"]
 
 
-def number_values(hyperparameters) -> dict:
+def number_values(hyperparameters: Iterable[Hyperparameter]) -> dict:
     """name -> value of each hyperparameter given as a number (a schedule needs no
     saving: it is a function of the step)."""
     return {h.name: h.value for h in hyperparameters if not callable(h.value)}
 
 
-def checked_values(hyperparameters, values: dict, *, schedules: str = "refuse") -> list:
+def checked_values(hyperparameters: Iterable[Hyperparameter], values: dict, *, schedules: str = "refuse") -> list:
     """``[(hyperparameter, new value)]`` for ``values`` (name -> number), every one
     validated before the caller assigns any. A name that is no hyperparameter is a
     ``ValueError``; so is a value its validator refuses. A hyperparameter that is a
