@@ -460,7 +460,8 @@ class KFACPreconditioner(KfacPytorchNames):
                 self._warn_once(("weight lost", i), f"KFACPreconditioner: the weight of layer "
                                 f"{layer.name!r} was frozen or parametrized after the "
                                 "preconditioner was built; it is not preconditioned")
-            elif layer.has_bias and not bias.requires_grad:
+            elif layer.has_bias and (bias is None or not bias.requires_grad):
+                # a bias set to None after registration is one frozen for good
                 if self.comm.world_size > 1:  # the comm's buffers have the registered sizes
                     raise RuntimeError(f"KFACPreconditioner: the bias of layer {layer.name!r} was "
                                        "frozen after the preconditioner was built; with more than "
