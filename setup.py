@@ -5,6 +5,7 @@ is a CUDA build and a CUDA toolkit is found, or when KFAC_EXT_FORCE_CUDA=1;
 KFAC_EXT_NO_CUDA=1 turns them off. Build without isolation so that pip does
 not fetch a second torch:  pip install -e . --no-build-isolation
 """
+
 import glob
 import os
 
@@ -112,10 +113,17 @@ APP_REQUIRES = ["tqdm", "matplotlib", "scikit-learn"]
 PLACEMENT_REQUIRES = ["highspy", "matplotlib"]
 # ruff and mypy pinned: a newer ruff formats differently and a newer mypy finds
 # new errors, and `make test` must pass on a fresh machine as it does here.
-TEST_REQUIRES = ["pytest", "pytest-benchmark", "pytest-timeout", "hypothesis", "ruff==0.17.6", "mypy==2.4.1",
-                 # the GPT-2 / BERT coverage tests build tiny models from configs (no weights
-                 # downloaded); the Makefile installs it with the torch pin.
-                 "transformers"]
+TEST_REQUIRES = [
+    "pytest",
+    "pytest-benchmark",
+    "pytest-timeout",
+    "hypothesis",
+    "ruff==0.17.6",
+    "mypy==2.4.1",
+    # the GPT-2 / BERT coverage tests build tiny models from configs (no weights
+    # downloaded); the Makefile installs it with the torch pin.
+    "transformers",
+]
 
 ext_modules = [_ops_extension()]
 if _sources("csrc/placement/*.cpp"):
@@ -133,7 +141,7 @@ setup(
     # assignment's solver). The application and the MILP placement are extras.
     install_requires=["torch>=2.4", "numpy"],
     extras_require={
-        "app": APP_REQUIRES,            # kfac-ext train / bench: progress bars, plots, digits
+        "app": APP_REQUIRES,  # kfac-ext train / bench: progress bars, plots, digits
         "placement": PLACEMENT_REQUIRES,  # kfac-ext place --method milp (HiGHS), --plot
         # kfac-ext train --optimizer soap. Install it with the torch pin as a constraint
         # (the Makefile does): pip must not upgrade the pinned torch for it.

@@ -1,6 +1,7 @@
 """What several benchmark scripts share: seeded inputs, the layer shapes of the
 two reference networks, and the in-process `kfac-ext train` runner with its
 table header (the training races and their sweeps)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,10 @@ import io
 import json
 
 import torch
+from _machine import describe_machine
 
 from kfac_ext.app import train
 from kfac_ext.app.scaling import resnet50_factor_shapes
-from _machine import describe_machine
 
 DTYPE = torch.float32
 
@@ -75,5 +76,7 @@ def run_train(flags: list[str], allow_diverged: bool = False) -> dict | None:
 
 def machine_line() -> str:
     """Date, CPU model, cores, torch version: the header of every table."""
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-            f"{describe_machine(threads=False)}, torch {torch.__version__}")
+    return (
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{describe_machine(threads=False)}, torch {torch.__version__}"
+    )

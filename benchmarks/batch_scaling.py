@@ -34,6 +34,7 @@ scaling would halve them.
 
 --quick skips the sweep and runs the settings it chose on 2026-12-07 (SWEPT below).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -52,14 +53,13 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import machine_line  # noqa: E402
 
-NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "kfac-lazy": "K-FAC lazy",
-         "soap": "SOAP"}
+NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "kfac-lazy": "K-FAC lazy", "soap": "SOAP"}
 # K-FAC's factor / inverse update intervals: every step (most progress per step), and lazy
 # (cheap steps; the intervals measured best for time on the sweep seeds, docs/training-races.md).
 KFAC_INTERVALS = {"kfac": (1, 1), "kfac-lazy": (2, 10)}
-CUTOFF = 2.0          # a sweep run stops at this x the best median so far
-PREFILTER = 1.3       # evaluate only once the batch loss is within this x the target
-EDGE_EXTENSIONS = 3   # grid extensions allowed per side
+CUTOFF = 2.0  # a sweep run stops at this x the best median so far
+PREFILTER = 1.3  # evaluate only once the batch loss is within this x the target
+EDGE_EXTENSIONS = 3  # grid extensions allowed per side
 
 
 # --------------------------------------------------------------------------- problems
@@ -70,13 +70,13 @@ class Problem:
     name: str
     target: float
     metric_label: str
-    make_model: Callable[[], nn.Module]          # draws from torch's global RNG
+    make_model: Callable[[], nn.Module]  # draws from torch's global RNG
     sample: Callable[[int, torch.Generator], tuple]
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     metric: Callable[[nn.Module], float]
     n_train: int
-    center_lr: dict                              # optimizer -> lr at batch 64
-    kfac: dict = field(default_factory=dict)     # KFACPreconditioner arguments
+    center_lr: dict  # optimizer -> lr at batch 64
+    kfac: dict = field(default_factory=dict)  # KFACPreconditioner arguments
     damping: float = 0.03
     tokens_per_sample: int = 1
 
@@ -98,16 +98,25 @@ def autoencoder_problem(target: float | None = None) -> Problem:
             return task.loss(model(x_all), x_all).item()
 
     # The batch-64 centres are kfac-ext train's tuned autoencoder defaults.
-    return Problem("autoencoder", 1.5 if target is None else target, "training reconstruction loss", digits_autoencoder,
-                   sample, task.loss, metric, len(x_all),
-                   center_lr=dict(sgd=0.04, adamw=0.001, kfac=0.025, soap=0.003),
-                   kfac=dict(compute_method="inverse"), damping=0.03)
+    return Problem(
+        "autoencoder",
+        1.5 if target is None else target,
+        "training reconstruction loss",
+        digits_autoencoder,
+        sample,
+        task.loss,
+        metric,
+        len(x_all),
+        center_lr=dict(sgd=0.04, adamw=0.001, kfac=0.025, soap=0.003),
+        kfac=dict(compute_method="inverse"),
+        damping=0.03,
+    )
 
 
 def lm_problem(target: float | None = None) -> Problem:
     from kfac_ext.app.lm_data import load_text_corpus
     from kfac_ext.app.lm_model import char_gpt
-    from kfac_ext.app.lm_task import LanguageModel, LM_TARGET
+    from kfac_ext.app.lm_task import LM_TARGET, LanguageModel
 
     task = LanguageModel(load_text_corpus())
 
@@ -117,11 +126,20 @@ def lm_problem(target: float | None = None) -> Problem:
     def metric(model):
         return task.validation_loss(model)
 
-    return Problem("lm", LM_TARGET if target is None else target, "validation loss (nats/byte)",
-                   lambda: char_gpt(), sample, task.loss, metric, task.n_train,
-                   center_lr=dict(sgd=0.1, adamw=0.003, kfac=0.05, soap=0.003),
-                   kfac=dict(compute_method="inverse"), damping=0.03,
-                   tokens_per_sample=task.context)
+    return Problem(
+        "lm",
+        LM_TARGET if target is None else target,
+        "validation loss (nats/byte)",
+        lambda: char_gpt(),
+        sample,
+        task.loss,
+        metric,
+        task.n_train,
+        center_lr=dict(sgd=0.1, adamw=0.003, kfac=0.05, soap=0.003),
+        kfac=dict(compute_method="inverse"),
+        damping=0.03,
+        tokens_per_sample=task.context,
+    )
 
 
 PROBLEMS = {"autoencoder": autoencoder_problem, "lm": lm_problem}
@@ -129,16 +147,32 @@ PROBLEMS = {"autoencoder": autoencoder_problem, "lm": lm_problem}
 # --quick: no sweep, the settings the sweep of 2026-12-07 chose (benchmarks/RESULTS.md; sweep
 # seed 100, batches 32-512), run on the reported seeds. SGD's are the sweep's picks, at the
 # edge of its stability (RESULTS says what a smaller lr gives).
-SWEPT = {"autoencoder": {
-    "sgd": {32: dict(lr=0.0566), 64: dict(lr=0.08), 128: dict(lr=0.0566), 256: dict(lr=0.113),
-            512: dict(lr=0.0799)},
-    "adamw": {32: dict(lr=0.004), 64: dict(lr=0.008), 128: dict(lr=0.00566),
-              256: dict(lr=0.008), 512: dict(lr=0.008)},
-    "kfac": {32: dict(lr=0.0354, damping=0.09), 64: dict(lr=0.1, damping=0.03),
-             128: dict(lr=0.0707, damping=0.03), 256: dict(lr=0.05, damping=0.01),
-             512: dict(lr=0.0707, damping=0.01)},
-    "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
-}}
+SWEPT = {
+    "autoencoder": {
+        "sgd": {
+            32: dict(lr=0.0566),
+            64: dict(lr=0.08),
+            128: dict(lr=0.0566),
+            256: dict(lr=0.113),
+            512: dict(lr=0.0799),
+        },
+        "adamw": {
+            32: dict(lr=0.004),
+            64: dict(lr=0.008),
+            128: dict(lr=0.00566),
+            256: dict(lr=0.008),
+            512: dict(lr=0.008),
+        },
+        "kfac": {
+            32: dict(lr=0.0354, damping=0.09),
+            64: dict(lr=0.1, damping=0.03),
+            128: dict(lr=0.0707, damping=0.03),
+            256: dict(lr=0.05, damping=0.01),
+            512: dict(lr=0.0707, damping=0.01),
+        },
+        "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
+    }
+}
 
 
 # --------------------------------------------------------------------------- one run
@@ -152,8 +186,7 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict)
         import heavyball.utils
 
         heavyball.utils.compile_mode = None
-        return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=0.0,
-                              compile_step=False), None
+        return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=0.0, compile_step=False), None
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     if name == "sgd":
         return optimizer, None
@@ -161,19 +194,18 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict)
     from kfac_ext.comm import LocalComm
 
     factor_steps, inv_steps = KFAC_INTERVALS[name]
-    kw = dict(factor_update_steps=factor_steps, inv_update_steps=inv_steps, kl_clip=0.001,
-              factor_decay=0.95)
+    kw = dict(factor_update_steps=factor_steps, inv_update_steps=inv_steps, kl_clip=0.001, factor_decay=0.95)
     kw.update(problem.kfac)
-    return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"],
-                                         comm=LocalComm(), **kw)
+    return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
 
 
 def _eval_due(step: int) -> bool:
     return step <= 15 or step % (step // 15) == 0
 
 
-def steps_to_target(problem: Problem, name: str, setting: dict, batch: int, seed: int,
-                    cap: int) -> tuple[int | None, float]:
+def steps_to_target(
+    problem: Problem, name: str, setting: dict, batch: int, seed: int, cap: int
+) -> tuple[int | None, float]:
     """(steps to the target or None within ``cap`` steps, the last metric measured)."""
     torch.manual_seed(seed)
     model = problem.make_model()
@@ -205,8 +237,7 @@ def _score(steps: list[int | None], cap: int) -> float:
     return statistics.median([cap + 1 if s is None else s for s in steps])
 
 
-def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: int,
-          log) -> tuple[dict, list[dict]]:
+def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: int, log) -> tuple[dict, list[dict]]:
     """The best setting for (optimizer, batch) and every setting tried with its steps."""
     base = problem.center_lr.get(name, problem.center_lr[name.split("-")[0]])
     center = base * math.sqrt(batch / 64)
@@ -233,13 +264,13 @@ def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: 
             s["damping"] = problem.damping
         return s
 
-    grid = [center * 2.0 ** k for k in (-1, 0, 1, 2)]
+    grid = [center * 2.0**k for k in (-1, 0, 1, 2)]
     for lr in grid:
         run(with_lr(lr))
     for _ in range(EDGE_EXTENSIONS):
         lrs = sorted(grid)
         best_lr = best["setting"]["lr"]
-        if best["score"] > max_steps:          # nothing reached the target: both ways
+        if best["score"] > max_steps:  # nothing reached the target: both ways
             new = [lrs[0] / 2, lrs[-1] * 2]
         elif math.isclose(best_lr, float(f"{lrs[0]:.3g}")):
             new = [lrs[0] / 2]
@@ -255,7 +286,7 @@ def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: 
         for f in (1 / 3, 3.0):
             run(dict(stage1, damping=float(f"{stage1['damping'] * f:.3g}")))
     else:
-        for f in (2 ** -0.5, 2 ** 0.5):
+        for f in (2**-0.5, 2**0.5):
             run(with_lr(stage1["lr"] * f))
     return best, list(tried.values())
 
@@ -290,8 +321,7 @@ def step_times(problem: Problem, chosen: dict, batch: int, reps: int) -> dict:
     return {n: statistics.median(r[4]) for n, r in runs.items()}
 
 
-def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]],
-                      reps: int) -> list[float]:
+def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]], reps: int) -> list[float]:
     """Median seconds per step of each (optimizer, setting, batch), all of them stepped in
     one round-robin loop (the order reversed every other round), so that configurations at
     different batch sizes are timed under the same load; 3 warm-up steps each."""
@@ -302,7 +332,7 @@ def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]],
         opt, pre = make_optimizer(name, model, problem, setting)
         runs.append((model, opt, pre, torch.Generator().manual_seed(batch), batch, []))
     for i in range(reps + 3):
-        for model, opt, pre, gen, batch, times in (runs if i % 2 == 0 else runs[::-1]):
+        for model, opt, pre, gen, batch, times in runs if i % 2 == 0 else runs[::-1]:
             x, y = problem.sample(batch, gen)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
@@ -320,10 +350,12 @@ def best_batches(out: dict, per_optimizer: int = 2) -> list[tuple[str, dict, int
     (optimizer, setting, batch, median steps)."""
     picks = []
     for n, per_batch in out["results"].items():
-        cands = sorted((r["median"] * out["step_ms"][b][n], int(b)) for b, r in per_batch.items()
-                       if r["median"] is not None and n in out["step_ms"].get(b, {}))
-        picks += [(n, per_batch[str(b)]["setting"], b, per_batch[str(b)]["median"])
-                  for _, b in cands[:per_optimizer]]
+        cands = sorted(
+            (r["median"] * out["step_ms"][b][n], int(b))
+            for b, r in per_batch.items()
+            if r["median"] is not None and n in out["step_ms"].get(b, {})
+        )
+        picks += [(n, per_batch[str(b)]["setting"], b, per_batch[str(b)]["median"]) for _, b in cands[:per_optimizer]]
     return picks
 
 
@@ -354,8 +386,13 @@ def plot(results: dict, batches: list[int], problem: Problem, path: str) -> None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.2, 4.4))
-    colors = {"sgd": "tab:blue", "adamw": "tab:orange", "kfac": "tab:green",
-              "kfac-lazy": "tab:olive", "soap": "tab:red"}
+    colors = {
+        "sgd": "tab:blue",
+        "adamw": "tab:orange",
+        "kfac": "tab:green",
+        "kfac-lazy": "tab:olive",
+        "soap": "tab:red",
+    }
     for name, per_batch in results.items():
         xs = [b for b in batches if b in per_batch and per_batch[b]["median"] is not None]
         ys = [per_batch[b]["median"] for b in xs]
@@ -364,10 +401,9 @@ def plot(results: dict, batches: list[int], problem: Problem, path: str) -> None
             seeds = [s for s in per_batch[b]["steps"] if s is not None]
             ax.scatter([b] * len(seeds), seeds, s=8, color=colors.get(name), alpha=0.4)
     ref = [(b, r["median"]) for b, r in sorted(results.get("sgd", {}).items()) if r["median"]]
-    if ref:                       # steps halving with each doubling, from SGD's first point
+    if ref:  # steps halving with each doubling, from SGD's first point
         b0, m0 = ref[0]
-        ax.plot(batches, [m0 * b0 / b for b in batches], ":", color="grey",
-                label="perfect scaling")
+        ax.plot(batches, [m0 * b0 / b for b in batches], ":", color="grey", label="perfect scaling")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
@@ -390,9 +426,13 @@ def format_tables(out: dict) -> str:
     def median(n, b):
         return results[n].get(str(b), {}).get("median")
 
-    lines = ["| batch | " + " | ".join(f"{NAMES[n]} steps (per seed) | median" for n in names)
-             + "".join(f" | {NAMES[k]} / AdamW steps" for k in kfacs) + " |",
-             "|---" * (2 * len(names) + 1 + len(kfacs)) + "|"]
+    lines = [
+        "| batch | "
+        + " | ".join(f"{NAMES[n]} steps (per seed) | median" for n in names)
+        + "".join(f" | {NAMES[k]} / AdamW steps" for k in kfacs)
+        + " |",
+        "|---" * (2 * len(names) + 1 + len(kfacs)) + "|",
+    ]
     for b in batches:
         cells = []
         for n in names:
@@ -400,19 +440,32 @@ def format_tables(out: dict) -> str:
             if r is None:
                 cells += ["-", "-"]
                 continue
-            cells += [", ".join("never" if s is None else str(s) for s in r["steps"]),
-                      "never" if r["median"] is None else f"{r['median']:g}"]
+            cells += [
+                ", ".join("never" if s is None else str(s) for s in r["steps"]),
+                "never" if r["median"] is None else f"{r['median']:g}",
+            ]
         for k in kfacs:
-            cells.append(f"{median(k, b) / median('adamw', b):.2f}"
-                         if median(k, b) and median("adamw", b) else "-")
+            cells.append(f"{median(k, b) / median('adamw', b):.2f}" if median(k, b) and median("adamw", b) else "-")
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    lines += ["", "Settings (best of the sweep): " + "; ".join(
-        f"{NAMES[n]} " + ", ".join(f"B{b}: {_fmt_setting(results[n][str(b)]['setting'])}"
-                                   for b in batches if str(b) in results[n]) for n in names), ""]
-    lines += ["| batch | " + " | ".join(f"{NAMES[n]} ms/step" for n in names)
-              + "".join(f" | {NAMES[k]} / AdamW step time" for k in kfacs) + " | "
-              + " | ".join(f"{NAMES[n]} s to target" for n in names) + " |",
-              "|---" * (2 * len(names) + 1 + len(kfacs)) + "|"]
+    lines += [
+        "",
+        "Settings (best of the sweep): "
+        + "; ".join(
+            f"{NAMES[n]} "
+            + ", ".join(f"B{b}: {_fmt_setting(results[n][str(b)]['setting'])}" for b in batches if str(b) in results[n])
+            for n in names
+        ),
+        "",
+    ]
+    lines += [
+        "| batch | "
+        + " | ".join(f"{NAMES[n]} ms/step" for n in names)
+        + "".join(f" | {NAMES[k]} / AdamW step time" for k in kfacs)
+        + " | "
+        + " | ".join(f"{NAMES[n]} s to target" for n in names)
+        + " |",
+        "|---" * (2 * len(names) + 1 + len(kfacs)) + "|",
+    ]
     best: dict = {}
     for b in batches:
         t = times[str(b)]
@@ -428,25 +481,36 @@ def format_tables(out: dict) -> str:
                 cells.append(f"{m * t[n] / 1000:.2f}")
                 best[n] = min(best.get(n, (math.inf, b)), (m * t[n] / 1000, b))
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
-    lines += ["", "Critical batch size (doubling cuts the steps by < 30 %): " + "; ".join(
-        f"{NAMES[n]} {out['critical_batch'][n]}" for n in names)]
-    lines.append("Best time to target, each at its own best batch: " + "; ".join(
-        f"{NAMES[n]} {s:.2f} s (B {b})" for n, (s, b) in best.items()))
+    lines += [
+        "",
+        "Critical batch size (doubling cuts the steps by < 30 %): "
+        + "; ".join(f"{NAMES[n]} {out['critical_batch'][n]}" for n in names),
+    ]
+    lines.append(
+        "Best time to target, each at its own best batch: "
+        + "; ".join(f"{NAMES[n]} {s:.2f} s (B {b})" for n, (s, b) in best.items())
+    )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(PROBLEMS), default="autoencoder")
-    p.add_argument("--quick", action="store_true",
-                   help="no sweep: the settings the 2026-12-07 sweep chose (SWEPT), on the "
-                        "reported seeds, batches 32-512, sgd adamw kfac; then the step times")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="no sweep: the settings the 2026-12-07 sweep chose (SWEPT), on the "
+        "reported seeds, batches 32-512, sgd adamw kfac; then the step times",
+    )
     p.add_argument("--batches", type=int, nargs="+", default=None)
-    p.add_argument("--optimizers", nargs="+", default=None,
-                   help="any of sgd adamw kfac kfac-lazy soap (default: sgd adamw kfac "
-                        "kfac-lazy; soap, whose eager CPU step costs 3-15x AdamW's, on request)")
+    p.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=None,
+        help="any of sgd adamw kfac kfac-lazy soap (default: sgd adamw kfac "
+        "kfac-lazy; soap, whose eager CPU step costs 3-15x AdamW's, on request)",
+    )
     p.add_argument("--sweep-seeds", type=int, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-steps", type=int, default=None)
@@ -454,13 +518,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-reps", type=int, default=30, help="timed steps per optimizer")
     p.add_argument("--json-out", default=None)
     p.add_argument("--plot", default=None, help="PNG of steps vs batch (log-log)")
-    p.add_argument("--sweep-only", action="store_true",
-                   help="stop after the steps (the results go to JSON_OUT.partial): one "
-                        "process per optimizer, then --merge")
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="no sweeps: take the steps from these --sweep-only results (a file "
-                        "per optimizer or per batch sizes), then time the steps interleaved "
-                        "and report")
+    p.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="stop after the steps (the results go to JSON_OUT.partial): one process per optimizer, then --merge",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="no sweeps: take the steps from these --sweep-only results (a file "
+        "per optimizer or per batch sizes), then time the steps interleaved "
+        "and report",
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     problem = PROBLEMS[a.task](a.target)
@@ -477,8 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(sweep_seeds) & set(a.seeds):
         p.error("--sweep-seeds must be disjoint from --seeds")
     batches = [b for b in batches if b <= problem.n_train]
-    names = a.optimizers or (["sgd", "adamw", "kfac"] if a.quick else
-                             ["sgd", "adamw", "kfac", "kfac-lazy"])
+    names = a.optimizers or (["sgd", "adamw", "kfac"] if a.quick else ["sgd", "adamw", "kfac", "kfac-lazy"])
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -489,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     if a.merge:
         results = {}
-        for path in a.merge:             # several files may hold one optimizer's sizes
+        for path in a.merge:  # several files may hold one optimizer's sizes
             with open(path) as f:
                 for n, per_batch in json.load(f).items():
                     results.setdefault(n, {}).update(per_batch)
@@ -503,13 +573,10 @@ def main(argv: list[str] | None = None) -> int:
                 best, tried = dict(setting=SWEPT[a.task][n][b]), []
             else:
                 best, tried = sweep(problem, n, b, sweep_seeds, max_steps, log)
-            steps = [steps_to_target(problem, n, best["setting"], b, s, max_steps)[0]
-                     for s in a.seeds]
-            results[n][str(b)] = dict(setting=best["setting"], steps=steps,
-                                      median=median_or_none(steps), sweep=tried)
-            log(f"{n:5s} B={b:5d} {_fmt_setting(best['setting'])}: steps {steps} "
-                f"({time.time() - t_start:.0f} s)")
-        if a.json_out:                           # partial results survive an interrupted run
+            steps = [steps_to_target(problem, n, best["setting"], b, s, max_steps)[0] for s in a.seeds]
+            results[n][str(b)] = dict(setting=best["setting"], steps=steps, median=median_or_none(steps), sweep=tried)
+            log(f"{n:5s} B={b:5d} {_fmt_setting(best['setting'])}: steps {steps} ({time.time() - t_start:.0f} s)")
+        if a.json_out:  # partial results survive an interrupted run
             with open(a.json_out + ".partial", "w") as f:
                 json.dump(results, f, indent=1)
     if a.sweep_only:
@@ -518,43 +585,63 @@ def main(argv: list[str] | None = None) -> int:
     step_ms = {}
     for b in batches:
         chosen = {n: results[n][str(b)]["setting"] for n in names if str(b) in results[n]}
-        step_ms[str(b)] = {n: 1000 * t for n, t in
-                           step_times(problem, chosen, b, a.time_reps).items()}
+        step_ms[str(b)] = {n: 1000 * t for n, t in step_times(problem, chosen, b, a.time_reps).items()}
     with open("/proc/loadavg") as f:
         load = " ".join(f.read().split()[:3])
-    out = dict(task=a.task, target=problem.target, metric=problem.metric_label,
-               machine=header, load_after=load, command="python benchmarks/batch_scaling.py "
-               + " ".join(sys.argv[1:] if argv is None else argv), batches=batches,
-               sweep_seeds=sweep_seeds, seeds=a.seeds, max_steps=max_steps, results=results,
-               step_ms=step_ms,
-               critical_batch={n: critical_batch(
-                   [b for b in batches if str(b) in results[n]],
-                   [results[n][str(b)]["median"] for b in batches if str(b) in results[n]])
-                   for n in names},
-               wall_s=time.time() - t_start)
-    print(f"steps to {problem.metric_label} <= {problem.target:g} ({header}; load at the end "
-          f"{load}; {out['wall_s']:.0f} s)")
+    out = dict(
+        task=a.task,
+        target=problem.target,
+        metric=problem.metric_label,
+        machine=header,
+        load_after=load,
+        command="python benchmarks/batch_scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        batches=batches,
+        sweep_seeds=sweep_seeds,
+        seeds=a.seeds,
+        max_steps=max_steps,
+        results=results,
+        step_ms=step_ms,
+        critical_batch={
+            n: critical_batch(
+                [b for b in batches if str(b) in results[n]],
+                [results[n][str(b)]["median"] for b in batches if str(b) in results[n]],
+            )
+            for n in names
+        },
+        wall_s=time.time() - t_start,
+    )
+    print(
+        f"steps to {problem.metric_label} <= {problem.target:g} ({header}; load at the end "
+        f"{load}; {out['wall_s']:.0f} s)"
+    )
     print(f"sweep seeds {sweep_seeds}, reported seeds {a.seeds}, cap {max_steps} steps")
     print()
     print(format_tables(out))
     picks = best_batches(out)
     if picks:
         secs = round_robin_times(problem, [(n, st, b) for n, st, b, _ in picks], a.time_reps)
-        out["best_batch_times"] = [dict(optimizer=n, setting=st, batch=b, median_steps=m,
-                                        ms=1000 * t, seconds=m * t)
-                                   for (n, st, b, m), t in zip(picks, secs)]
+        out["best_batch_times"] = [
+            dict(optimizer=n, setting=st, batch=b, median_steps=m, ms=1000 * t, seconds=m * t)
+            for (n, st, b, m), t in zip(picks, secs)
+        ]
         print("\nEach optimizer at its fastest batch sizes, timed in one round-robin loop:\n")
         print("| optimizer | batch | setting | median steps | ms/step | s to target |")
         print("|---|---|---|---|---|---|")
         for r in out["best_batch_times"]:
-            print(f"| {NAMES[r['optimizer']]} | {r['batch']} | {_fmt_setting(r['setting'])} | "
-                  f"{r['median_steps']:g} | {r['ms']:.2f} | {r['seconds']:.2f} |")
+            print(
+                f"| {NAMES[r['optimizer']]} | {r['batch']} | {_fmt_setting(r['setting'])} | "
+                f"{r['median_steps']:g} | {r['ms']:.2f} | {r['seconds']:.2f} |"
+            )
     if a.json_out:
         with open(a.json_out, "w") as f:
             json.dump(out, f, indent=1)
     if a.plot:
-        plot({n: {b: results[n][str(b)] for b in batches if str(b) in results[n]}
-              for n in names}, batches, problem, a.plot)
+        plot(
+            {n: {b: results[n][str(b)] for b in batches if str(b) in results[n]} for n in names},
+            batches,
+            problem,
+            a.plot,
+        )
         print(f"\nplot: {a.plot}")
     return 0
 

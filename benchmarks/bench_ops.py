@@ -7,14 +7,13 @@ Each case is benchmarked twice, impl=ours and impl=torch:
     .venv/bin/python -m pytest benchmarks/bench_ops.py --benchmark-enable \\
         --benchmark-group-by=param:case --benchmark-columns=min,median,rounds
 """
+
 import os
 
 import pytest
-
 import table_ops
 
-CASES = {f"{c.op} {c.shape}": c
-         for c in table_ops.all_cases(quick=os.environ.get("KFAC_EXT_BENCH_FULL") != "1")}
+CASES = {f"{c.op} {c.shape}": c for c in table_ops.all_cases(quick=os.environ.get("KFAC_EXT_BENCH_FULL") != "1")}
 
 
 @pytest.mark.parametrize("impl", ["ours", "torch"])

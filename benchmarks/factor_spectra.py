@@ -10,6 +10,7 @@ steps on digits (README, "The training command").
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/factor_spectra.py [--epochs 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,16 +19,15 @@ import sys
 
 import torch
 import torch.nn.functional as F
-
 from _machine import describe_machine
+
 from kfac_ext import KFACPreconditioner
 from kfac_ext.app.data import load_dataset
 from kfac_ext.app.models import build_model
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=64)
@@ -37,23 +37,23 @@ def main() -> int:
     torch.manual_seed(0)
     model = build_model("digits-cnn", data.num_classes, data.in_channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
-    pre = KFACPreconditioner(model, factor_update_steps=5, inv_update_steps=20, damping=0.1,
-                             lr=a.lr)
+    pre = KFACPreconditioner(model, factor_update_steps=5, inv_update_steps=20, damping=0.1, lr=a.lr)
     gen = torch.Generator().manual_seed(0)
     for _ in range(a.epochs):
         order = torch.randperm(len(data.train_y), generator=gen)
         for i in range(len(order) // a.batch_size):
-            x, y = data.batch(order[i * a.batch_size:(i + 1) * a.batch_size], True, gen)
+            x, y = data.batch(order[i * a.batch_size : (i + 1) * a.batch_size], True, gen)
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             pre.step()
             optimizer.step()
     updates = pre.layers[0].factor_updates
-    print(f"## K-FAC factor spectra, digits CNN after {a.epochs} epochs ({pre.steps} steps, "
-          f"{updates} factor updates)\n")
+    print(
+        f"## K-FAC factor spectra, digits CNN after {a.epochs} epochs ({pre.steps} steps, {updates} factor updates)\n"
+    )
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine()}")
     print(f"command: python benchmarks/factor_spectra.py {' '.join(sys.argv[1:])}".rstrip())
-    print(f"\nidentity left: 0.95^{updates} = {0.95 ** updates:.3f}\n")
+    print(f"\nidentity left: 0.95^{updates} = {0.95**updates:.3f}\n")
     print("| layer | A | A eigenvalues min–max | G | G eigenvalues min–max |")
     print("|---|---|---|---|---|")
     for layer in pre.layers:

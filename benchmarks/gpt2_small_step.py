@@ -7,6 +7,7 @@ resident memory and wall time of construction plus one step (batch 1 × 32 token
 Prints ``key value`` lines (tests/test_transformer_models.py reads them). Wall times on a
 shared 2-core machine are indicative only.
 """
+
 import resource
 import time
 import warnings

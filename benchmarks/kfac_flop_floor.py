@@ -22,14 +22,15 @@ epochs_K / epochs_base <= R / (step ratio).
 
     python benchmarks/kfac_flop_floor.py
 """
+
 from __future__ import annotations
 
 import argparse
 
 import torch
 import torch.nn as nn
-
 from _common import machine_line
+
 from kfac_ext.app import train
 from kfac_ext.app.models import build_model
 
@@ -49,6 +50,7 @@ def layer_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, int,
                 kh, kw = module.kernel_size
                 a = module.in_channels // module.groups * kh * kw + bias
                 shapes.append((name, n * h * w, a, module.out_channels))
+
         return record
 
     for name, module in model.named_modules():
@@ -66,39 +68,47 @@ def step_macs(shapes, method: str, factor_steps: int, inv_steps: int) -> dict[st
     fwd_bwd = sum(3 * rows * (a - 1) * g for _, rows, a, g in shapes)  # bias adds are O(N.g)
     factors = sum(rows * (a * a + g * g) / 2 for _, rows, a, g in shapes)
     per_size = 2.3 if method == "eigen" else 0.5
-    second = sum(per_size * (a ** 3 + g ** 3) for _, _, a, g in shapes)
+    second = sum(per_size * (a**3 + g**3) for _, _, a, g in shapes)
     gemms = 2 if method == "eigen" else 1
     precondition = sum(gemms * (g * g * a + g * a * a) for _, _, a, g in shapes)
-    return {"fwd+bwd": fwd_bwd, "factors": factors / factor_steps,
-            "eigh/inverse": second / inv_steps, "precondition": precondition}
+    return {
+        "fwd+bwd": fwd_bwd,
+        "factors": factors / factor_steps,
+        "eigh/inverse": second / inv_steps,
+        "precondition": precondition,
+    }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.parse_args()
     digits = train.DEFAULTS["digits"]
     races = [
         ("digits CNN", "digits-cnn", (digits["batch_size"], 1, 8, 8), digits),
-        ("autoencoder", "digits-autoencoder", (train.AUTOENCODER_DEFAULTS["batch_size"], 64),
-         {**digits, **train.AUTOENCODER_DEFAULTS}),
+        (
+            "autoencoder",
+            "digits-autoencoder",
+            (train.AUTOENCODER_DEFAULTS["batch_size"], 64),
+            {**digits, **train.AUTOENCODER_DEFAULTS},
+        ),
     ]
     print(f"## MACs per training step, K-FAC against SGD ({machine_line()})")
     print("command: python benchmarks/kfac_flop_floor.py\n")
-    print("| race | method | f / i steps | fwd+bwd | factors | eigh/inverse | precondition "
-          "| K-FAC total | K-FAC / SGD |")
+    print(
+        "| race | method | f / i steps | fwd+bwd | factors | eigh/inverse | precondition | K-FAC total | K-FAC / SGD |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, model_name, shape, cfg in races:
         model = build_model(model_name, 10, 1)
         shapes = layer_shapes(model, torch.zeros(shape))
-        parts = step_macs(shapes, cfg["compute_method"], cfg["factor_update_steps"],
-                          cfg["inv_update_steps"])
+        parts = step_macs(shapes, cfg["compute_method"], cfg["factor_update_steps"], cfg["inv_update_steps"])
         total = sum(parts.values())
-        cells = " | ".join(f"{parts[k] / 1e6:.2f} M" for k in
-                           ("fwd+bwd", "factors", "eigh/inverse", "precondition"))
-        print(f"| {label} | {cfg['compute_method']} | {cfg['factor_update_steps']} / "
-              f"{cfg['inv_update_steps']} | {cells} | {total / 1e6:.2f} M | "
-              f"{total / parts['fwd+bwd']:.2f} |")
+        cells = " | ".join(f"{parts[k] / 1e6:.2f} M" for k in ("fwd+bwd", "factors", "eigh/inverse", "precondition"))
+        print(
+            f"| {label} | {cfg['compute_method']} | {cfg['factor_update_steps']} / "
+            f"{cfg['inv_update_steps']} | {cells} | {total / 1e6:.2f} M | "
+            f"{total / parts['fwd+bwd']:.2f} |"
+        )
     return 0
 
 

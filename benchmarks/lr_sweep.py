@@ -25,6 +25,7 @@ one lr step after its first run put the best at the grid's edge.
     .venv/bin/python benchmarks/lr_sweep.py [--task autoencoder] [--optimizers adamw]
         [--seeds 100 101] [-- more train flags]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,25 +42,20 @@ GRIDS = {
         "sgd": [{"lr-sgd": lr} for lr in (0.0125, 0.025, 0.05, 0.1, 0.2, 0.4)],
         "kfac": [{"lr-kfac": lr, "damping": d} for d in (0.1, 0.3) for lr in (0.05, 0.1, 0.2)],
         # lr 0.001-0.01 put the best at the grid's edge (0.01; RESULTS): moved up one step.
-        "adamw": [{"lr-adamw": lr, "adamw-weight-decay": wd} for wd in (0.01, 0.1)
-                  for lr in (0.003, 0.01, 0.03)],
-        "soap": [{"lr-soap": lr, "soap-weight-decay": wd} for wd in (0.01, 0.1)
-                 for lr in (0.003, 0.01, 0.03)],
+        "adamw": [{"lr-adamw": lr, "adamw-weight-decay": wd} for wd in (0.01, 0.1) for lr in (0.003, 0.01, 0.03)],
+        "soap": [{"lr-soap": lr, "soap-weight-decay": wd} for wd in (0.01, 0.1) for lr in (0.003, 0.01, 0.03)],
     },
     "autoencoder": {
         "sgd": [{"lr-sgd": lr} for lr in (0.01, 0.02, 0.04, 0.08, 0.16, 0.32)],
         "kfac": [{"lr-kfac": lr, "damping": d} for d in (0.03, 0.1) for lr in (0.025, 0.05, 0.1)],
-        "adamw": [{"lr-adamw": lr, "adamw-weight-decay": wd} for wd in (0.0, 0.01)
-                  for lr in (0.0003, 0.001, 0.003)],
-        "soap": [{"lr-soap": lr, "soap-weight-decay": wd} for wd in (0.0, 0.01)
-                 for lr in (0.0003, 0.001, 0.003)],
+        "adamw": [{"lr-adamw": lr, "adamw-weight-decay": wd} for wd in (0.0, 0.01) for lr in (0.0003, 0.001, 0.003)],
+        "soap": [{"lr-soap": lr, "soap-weight-decay": wd} for wd in (0.0, 0.01) for lr in (0.0003, 0.001, 0.003)],
     },
 }
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[100, 101])
     p.add_argument("--task", choices=sorted(GRIDS), default="classify")
     p.add_argument("--optimizers", nargs="+", default=["sgd", "adamw", "kfac"])
@@ -71,8 +67,10 @@ def main() -> int:
     print(f"command: python benchmarks/lr_sweep.py {' '.join(sys.argv[1:])}".rstrip())
     print()
     accuracy = a.task == "classify"
-    print(f"| optimizer | setting | epochs to target (per seed) | median "
-          f"| {'final acc' if accuracy else 'final train loss'} (median) | train s (median) |")
+    print(
+        f"| optimizer | setting | epochs to target (per seed) | median "
+        f"| {'final acc' if accuracy else 'final train loss'} (median) | train s (median) |"
+    )
     print("|---|---|---|---|---|---|")
     best = {}
     for name in a.optimizers:
@@ -81,28 +79,34 @@ def main() -> int:
             label = " ".join(f"{k} {v:g}" for k, v in setting.items())
             epochs, accs, secs = [], [], []
             for seed in a.seeds:
-                out = run_train(["--task", a.task, "--optimizer", name, *flags,
-                                 "--seed", str(seed), *a.extra], allow_diverged=True)
+                out = run_train(
+                    ["--task", a.task, "--optimizer", name, *flags, "--seed", str(seed), *a.extra], allow_diverged=True
+                )
                 run = out["runs"][name] if out else None
                 limit = (len(run["history"]) if run else out_epochs(a)) + 1
                 epochs.append((run and run["epochs_to_target"]) or limit)
                 if accuracy:
                     accs.append(run["final_test_accuracy"] if run else 0.0)
-                else:   # lower is better: score the negated loss
+                else:  # lower is better: score the negated loss
                     accs.append(-run["final_train_eval_loss"] if run else -float("inf"))
                 secs.append(run["train_s"] if run else float("nan"))
             score = (statistics.median(epochs), -statistics.median(accs))
             shown = ", ".join(str(e) if e < limit else "never" for e in epochs)
             final = statistics.median(accs)
             final = f"{100 * final:.2f}%" if accuracy else f"{-final:.4f}"
-            print(f"| {name} | {label} | {shown} | {statistics.median(epochs):g} | "
-                  f"{final} | {statistics.median(secs):.1f} |", flush=True)
+            print(
+                f"| {name} | {label} | {shown} | {statistics.median(epochs):g} | "
+                f"{final} | {statistics.median(secs):.1f} |",
+                flush=True,
+            )
             if name not in best or score < best[name][0]:
                 best[name] = (score, label)
     print()
     goal = "97% test accuracy (default)" if accuracy else "the default --target-loss"
-    print(f"target: {goal}; a diverged run counts as never; best: " +
-          "; ".join(f"{n}: {label}" for n, (_, label) in best.items()))
+    print(
+        f"target: {goal}; a diverged run counts as never; best: "
+        + "; ".join(f"{n}: {label}" for n, (_, label) in best.items())
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 Each table script is standalone (``python benchmarks/table_X.py --help``) and
 prints one markdown table with the machine, date and command it ran under.
 """
+
 import pathlib
 import subprocess
 import sys

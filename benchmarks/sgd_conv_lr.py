@@ -11,6 +11,7 @@ rate, not the preconditioning of the Linear layers.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/sgd_conv_lr.py [--seeds 100 101 102 103]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,9 @@ import statistics
 import sys
 
 import torch
+from _common import machine_line, run_train
 
 from kfac_ext.app import train
-from _common import machine_line, run_train
 
 PlainSGD = torch.optim.SGD
 
@@ -43,17 +44,20 @@ def conv_scaled(scale: float):
     def make(params, **kwargs):
         params = list(params)
         # digits-cnn's parameters in order: conv weight (4-d) then its bias, twice, then Linear.
-        conv = {id(p) for i, p in enumerate(params)
-                if p.dim() == 4 or (i > 0 and p.dim() == 1 and params[i - 1].dim() == 4)}
-        groups = [{"params": [p for p in params if id(p) in conv], "scale": scale},
-                  {"params": [p for p in params if id(p) not in conv], "scale": 1.0}]
+        conv = {
+            id(p) for i, p in enumerate(params) if p.dim() == 4 or (i > 0 and p.dim() == 1 and params[i - 1].dim() == 4)
+        }
+        groups = [
+            {"params": [p for p in params if id(p) in conv], "scale": scale},
+            {"params": [p for p in params if id(p) not in conv], "scale": 1.0},
+        ]
         return ConvScaledSGD(groups, **kwargs)
+
     return make
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102, 103])
     p.add_argument("--lrs", type=float, nargs="+", default=[0.05, 0.1])
     p.add_argument("--scales", type=float, nargs="+", default=[1, 2, 4])
@@ -70,17 +74,21 @@ def main() -> int:
             # class for this grid point, and put it back whatever happens.
             torch.optim.SGD = conv_scaled(scale)
             try:
-                runs = [run_train(["--optimizer", "sgd", "--seed", str(s), "--lr-sgd", str(lr)])
-                        ["runs"]["sgd"] for s in a.seeds]
+                runs = [
+                    run_train(["--optimizer", "sgd", "--seed", str(s), "--lr-sgd", str(lr)])["runs"]["sgd"]
+                    for s in a.seeds
+                ]
             finally:
                 torch.optim.SGD = PlainSGD
             epochs = [r["epochs_to_target"] for r in runs]
-            never = train.DEFAULTS["digits"]["epochs"] + 1   # an unreached target ranks last
+            never = train.DEFAULTS["digits"]["epochs"] + 1  # an unreached target ranks last
             median = statistics.median(never if e is None else e for e in epochs)
-            print(f"| {lr:g} | {lr * scale:g} | "
-                  f"{', '.join('never' if e is None else str(e) for e in epochs)} | "
-                  f"{'never' if median >= never else format(median, 'g')} | "
-                  f"{100 * statistics.median(r['final_test_accuracy'] for r in runs):.2f}% |")
+            print(
+                f"| {lr:g} | {lr * scale:g} | "
+                f"{', '.join('never' if e is None else str(e) for e in epochs)} | "
+                f"{'never' if median >= never else format(median, 'g')} | "
+                f"{100 * statistics.median(r['final_test_accuracy'] for r in runs):.2f}% |"
+            )
     return 0
 
 

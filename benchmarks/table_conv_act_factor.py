@@ -12,6 +12,7 @@ between the two results.
     python benchmarks/table_conv_act_factor.py            # all shapes
     python benchmarks/table_conv_act_factor.py --quick    # ResNet-20 shapes only
 """
+
 import argparse
 import datetime
 import os
@@ -20,9 +21,9 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _machine import describe_machine
 
 import kfac_ext._C  # noqa: F401  (registers torch.ops.kfac_ext.*)
-from _machine import describe_machine
 
 ALGO_ENV = "KFAC_EXT_CONV_FACTOR_ALGO"
 
@@ -113,10 +114,12 @@ def best_times(fns, reps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="ResNet-20 shapes only")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="timed repetitions, interleaved (best reported); default 5")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for both sides (default: torch's own choice)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed repetitions, interleaved (best reported); default 5"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both sides (default: torch's own choice)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,30 +128,38 @@ def main(argv=None):
     torch.manual_seed(0)
 
     print(f"Conv2d activation factor, float32, 3x3 pad 1, no bias; best of {reps} interleaved runs after a warm-up.")
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {describe_machine()}; "
-          f"torch {torch.__version__}; `python {' '.join(sys.argv)}`\n")
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {describe_machine()}; "
+        f"torch {torch.__version__}; `python {' '.join(sys.argv)}`\n"
+    )
     a = torch.randn(1536, 1536)
     (t_gemm,) = best_times([lambda: a @ a], 3)
-    print(f"Dense float32 GEMM 1536^3 in this run: {2 * 1536**3 / t_gemm / 1e9:.1f} GFLOP/s "
-          "(the rate a compute-bound kernel could reach here).\n")
-    print("| shape (N, C@HxW, stride) | unfold+GEMM ms | ours, GEMM products ms | ours ms | speed-up "
-          "vs unfold | vs GEMM products | unfold GFLOP | ours GFLOP | ours GFLOP/s | max rel diff |")
+    print(
+        f"Dense float32 GEMM 1536^3 in this run: {2 * 1536**3 / t_gemm / 1e9:.1f} GFLOP/s "
+        "(the rate a compute-bound kernel could reach here).\n"
+    )
+    print(
+        "| shape (N, C@HxW, stride) | unfold+GEMM ms | ours, GEMM products ms | ours ms | speed-up "
+        "vs unfold | vs GEMM products | unfold GFLOP | ours GFLOP | ours GFLOP/s | max rel diff |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, n, c, hw, s in shapes:
         x = torch.randn(n, c, hw, hw)
         conv = ((3, 3), (s, s), (1, 1), (1, 1))
-        t_ref, t_blas, t_ours = best_times([lambda: unfold_gemm(x, *conv),
-                                            lambda: ours(x, *conv, products="shift-blas"),
-                                            lambda: ours(x, *conv)], reps)
+        t_ref, t_blas, t_ours = best_times(
+            [lambda: unfold_gemm(x, *conv), lambda: ours(x, *conv, products="shift-blas"), lambda: ours(x, *conv)], reps
+        )
         ref, got = unfold_gemm(x, *conv), ours(x, *conv)
         diff = ((got - ref).abs().max() / ref.abs().max()).item()
         ho = (hw + 2 - 2 - 1) // s + 1
         flops_ref = 2 * n * ho * ho * (9 * c) ** 2
         flops_ours = ours_flops(n, c, hw, hw, *conv)
-        print(f"| {label}, N={n} | {t_ref * 1e3:.1f} | {t_blas * 1e3:.1f} | {t_ours * 1e3:.1f} "
-              f"| {t_ref / t_ours:.2f}x | {t_blas / t_ours:.2f}x "
-              f"| {flops_ref / 1e9:.2f} | {flops_ours / 1e9:.2f} | {flops_ours / t_ours / 1e9:.1f} | {diff:.1e} |",
-              flush=True)
+        print(
+            f"| {label}, N={n} | {t_ref * 1e3:.1f} | {t_blas * 1e3:.1f} | {t_ours * 1e3:.1f} "
+            f"| {t_ref / t_ours:.2f}x | {t_blas / t_ours:.2f}x "
+            f"| {flops_ref / 1e9:.2f} | {flops_ours / 1e9:.2f} | {flops_ours / t_ours / 1e9:.1f} | {diff:.1e} |",
+            flush=True,
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ all-reducing full n x n factors (what an unpacked implementation sends).
 
     python benchmarks/table_distributed.py [--steps 8] [--width 256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,17 +25,24 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _machine import describe_machine
 from torch import nn
 
 from kfac_ext.distributed import DistributedComm
 from kfac_ext.preconditioner import KFACPreconditioner
-from _machine import describe_machine
 
 
 def _model(width: int) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(128, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                         nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
+    return nn.Sequential(
+        nn.Linear(128, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, 10),
+    )
 
 
 def _worker(rank, world_size, port, fraction, args, out_dir):
@@ -46,12 +54,13 @@ def _worker(rank, world_size, port, fraction, args, out_dir):
     precond = comm = None
     if fraction is not None:
         comm = DistributedComm(grad_worker_fraction=fraction)
-        precond = KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=1,
-                                     comm=comm, lr=0.01)
+        precond = KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=1, comm=comm, lr=0.01)
     gen = torch.Generator().manual_seed(rank)
     local = args.batch // world_size
-    data = [(torch.randn(local, 128, generator=gen), torch.randint(0, 10, (local,), generator=gen))
-            for _ in range(args.steps + args.warmup)]
+    data = [
+        (torch.randn(local, 128, generator=gen), torch.randint(0, 10, (local,), generator=gen))
+        for _ in range(args.steps + args.warmup)
+    ]
     step_times, kfac_times = [], []
     for k, (x, y) in enumerate(data):
         if k == args.warmup and comm is not None:
@@ -70,10 +79,12 @@ def _worker(rank, world_size, port, fraction, args, out_dir):
             kfac_times.append(t2 - t1)
     result = {"step": step_times, "kfac": kfac_times}
     if comm is not None:
-        sent = [(now - before) * 4 / args.steps for now, before in
-                zip((comm.factor_elements, comm.eigen_elements, comm.precond_elements), base)]
+        sent = [
+            (now - before) * 4 / args.steps
+            for now, before in zip((comm.factor_elements, comm.eigen_elements, comm.precond_elements), base)
+        ]
         result["bytes"] = sent
-        result["full_factor_bytes"] = 4 * sum(l.a_dim ** 2 + l.g_dim ** 2 for l in precond.layers)
+        result["full_factor_bytes"] = 4 * sum(l.a_dim**2 + l.g_dim**2 for l in precond.layers)
         result["strategy"] = comm.strategy
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
@@ -104,14 +115,20 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=128, help="global batch (split over ranks)")
     parser.add_argument("--worlds", default="2,4")
     args = parser.parse_args()
-    print(f"Distributed K-FAC, Gloo on 127.0.0.1, MLP 128-{args.width}-{args.width}-{args.width}-10, "
-          f"global batch {args.batch}, factors + eigh every step; median of {args.steps} steps")
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {describe_machine(threads=False)}, "
-          f"1 thread per rank; torch {torch.__version__}")
+    print(
+        f"Distributed K-FAC, Gloo on 127.0.0.1, MLP 128-{args.width}-{args.width}-{args.width}-10, "
+        f"global batch {args.batch}, factors + eigh every step; median of {args.steps} steps"
+    )
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; {describe_machine(threads=False)}, "
+        f"1 thread per rank; torch {torch.__version__}"
+    )
     print("command: python benchmarks/table_distributed.py " + " ".join(sys.argv[1:]))
     print()
-    print("| ranks | strategy | step ms | K-FAC step ms | vs DDP SGD | factor KB/step/rank | "
-          "eigen KB/step/rank | grad KB/step/rank | packed/full factor bytes |")
+    print(
+        "| ranks | strategy | step ms | K-FAC step ms | vs DDP SGD | factor KB/step/rank | "
+        "eigen KB/step/rank | grad KB/step/rank | packed/full factor bytes |"
+    )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for world in [int(w) for w in args.worlds.split(",")]:
         sgd = _run(world, None, args)
@@ -124,9 +141,12 @@ def main() -> int:
             kfac = 1e3 * max(_median(r["kfac"]) for r in res)
             per_rank = [sum(r["bytes"][k] for r in res) / world / 1e3 for k in range(3)]
             ratio = sum(r["bytes"][0] for r in res) / world / res[0]["full_factor_bytes"]
-            print(f"| {world} | {res[0]['strategy']} (f={f:g}) | {step:.1f} | {kfac:.1f} | "
-                  f"{step / sgd_ms:.2f}x | {per_rank[0]:.0f} | {per_rank[1]:.0f} | {per_rank[2]:.0f} "
-                  f"| {ratio:.3f} |", flush=True)
+            print(
+                f"| {world} | {res[0]['strategy']} (f={f:g}) | {step:.1f} | {kfac:.1f} | "
+                f"{step / sgd_ms:.2f}x | {per_rank[0]:.0f} | {per_rank[1]:.0f} | {per_rank[2]:.0f} "
+                f"| {ratio:.3f} |",
+                flush=True,
+            )
     return 0
 
 

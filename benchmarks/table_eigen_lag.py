@@ -13,6 +13,7 @@ thread, position 0 should cost about what a factor step costs.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_eigen_lag.py [--reps 3] [--steps 420]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _machine import describe_machine
+
 from kfac_ext import KFACPreconditioner
 from kfac_ext.app.data import load_dataset
 from kfac_ext.app.models import build_model
@@ -37,8 +38,9 @@ def cycle_medians(data, lag: int, steps: int) -> dict[int, float]:
     torch.manual_seed(0)
     model = build_model("digits-cnn", data.num_classes, data.in_channels)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    pre = KFACPreconditioner(model, factor_update_steps=5, inv_update_steps=CYCLE, damping=0.1,
-                             lr=0.05, inv_lag_steps=lag)
+    pre = KFACPreconditioner(
+        model, factor_update_steps=5, inv_update_steps=CYCLE, damping=0.1, lr=0.05, inv_lag_steps=lag
+    )
     per_batch = 64
     batches = len(data.train_y) // per_batch
     gen = torch.Generator().manual_seed(1)
@@ -48,7 +50,7 @@ def cycle_medians(data, lag: int, steps: int) -> dict[int, float]:
         if i == 0:
             order = torch.randperm(len(data.train_y), generator=gen)
         t0 = time.perf_counter()
-        x, y = data.batch(order[i * per_batch:(i + 1) * per_batch], True, gen)
+        x, y = data.batch(order[i * per_batch : (i + 1) * per_batch], True, gen)
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         pre.step()
@@ -59,8 +61,7 @@ def cycle_medians(data, lag: int, steps: int) -> dict[int, float]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--steps", type=int, default=420)
     p.add_argument("--lags", type=int, nargs="+", default=[0, 1, 2])
@@ -71,16 +72,18 @@ def main() -> int:
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine()}")
     print(f"command: python benchmarks/table_eigen_lag.py {' '.join(sys.argv[1:])}".rstrip())
     print()
-    print("| rep | lag | step 0 (eigh) ms | step 1 | step 2 | plain (median) | factor step | "
-          "eigh step - plain |")
+    print("| rep | lag | step 0 (eigh) ms | step 1 | step 2 | plain (median) | factor step | eigh step - plain |")
     print("|---|---|---|---|---|---|---|---|")
     for rep in range(a.reps):
         for lag in a.lags:
             m = cycle_medians(data, lag, a.steps)
             plain = statistics.median(v for k, v in m.items() if k % 5)
             factor = statistics.median(m[k] for k in (5, 10, 15))
-            print(f"| {rep + 1} | {lag} | {m[0]:.2f} | {m[1]:.2f} | {m[2]:.2f} | {plain:.2f} | "
-                  f"{factor:.2f} | {m[0] - plain:+.2f} |", flush=True)
+            print(
+                f"| {rep + 1} | {lag} | {m[0]:.2f} | {m[1]:.2f} | {m[2]:.2f} | {plain:.2f} | "
+                f"{factor:.2f} | {m[0] - plain:+.2f} |",
+                flush=True,
+            )
     return 0
 
 

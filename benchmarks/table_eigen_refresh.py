@@ -32,6 +32,7 @@ sequence as a ratio to exact eigh's.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_eigen_refresh.py [--steps 400 300] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _machine import describe_machine
+
 from kfac_ext import KFACPreconditioner, ops
 from kfac_ext import reference as ref
 from kfac_ext.app.data import load_dataset
@@ -56,6 +57,7 @@ BAR = 1e-3
 
 
 # ------------------------------------------------------------- recording ----
+
 
 def record(name: str, steps: int):
     """[(factors [A0, G0, A1, G1, ...], gradients [Γ0, Γ1, ...])] at each eigh step, damping."""
@@ -72,15 +74,14 @@ def record(name: str, steps: int):
         xs = torch.randn(4096, 3, 32, 32, generator=gen)
         ys = torch.randint(0, 10, (4096,), generator=gen)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    pre = KFACPreconditioner(model, factor_update_steps=f_every, inv_update_steps=inv_every,
-                             damping=damping, lr=lr)
+    pre = KFACPreconditioner(model, factor_update_steps=f_every, inv_update_steps=inv_every, damping=damping, lr=lr)
     n = len(data.train_y) if xs is None else len(ys)
     out, order = [], None
     for step in range(steps):
         i = step % (n // batch)
         if i == 0:
             order = torch.randperm(n, generator=gen)
-        idx = order[i * batch:(i + 1) * batch]
+        idx = order[i * batch : (i + 1) * batch]
         x, y = data.batch(idx, True, gen) if xs is None else (xs[idx], ys[idx])
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
@@ -95,6 +96,7 @@ def record(name: str, steps: int):
 
 # ----------------------------------------------------------- warm starts ----
 
+
 def _rayleigh(f, q):
     return (q.T @ f @ q).diagonal().clamp(min=0.0)
 
@@ -105,6 +107,7 @@ def orth_iteration(steps):
         for _ in range(steps):
             q = torch.linalg.qr(f @ q)[0]
         return [_rayleigh(f, q), q]
+
     return refresh
 
 
@@ -112,7 +115,7 @@ def perturb(f, prev):
     q = prev[1]
     m = q.T @ f @ q
     d = m.diagonal()
-    gap = d.unsqueeze(0) - d.unsqueeze(1)          # gap[i, j] = d_j - d_i
+    gap = d.unsqueeze(0) - d.unsqueeze(1)  # gap[i, j] = d_j - d_i
     close = gap.abs() <= 1e-3 * d.abs().max().clamp(min=1e-30)
     k = torch.where(close, torch.zeros_like(m), m / torch.where(close, torch.ones_like(gap), gap))
     k.fill_diagonal_(0.0)
@@ -127,11 +130,17 @@ def _exact(fs):
 
 # ------------------------------------------------------------- replaying ----
 
+
 def _precondition64(grads, decomps, damping):
     dec = [[t.double() for t in d] for d in decomps]
-    return ref.eigen_precondition([g.double() for g in grads], [d[1] for d in dec[0::2]],
-                                  [d[0] for d in dec[0::2]], [d[1] for d in dec[1::2]],
-                                  [d[0] for d in dec[1::2]], damping)
+    return ref.eigen_precondition(
+        [g.double() for g in grads],
+        [d[1] for d in dec[0::2]],
+        [d[0] for d in dec[0::2]],
+        [d[1] for d in dec[1::2]],
+        [d[0] for d in dec[1::2]],
+        damping,
+    )
 
 
 def replay(seq, damping):
@@ -170,13 +179,18 @@ def replay(seq, damping):
     for name, method in methods.items():
         st = stats[name]
         perr = st["perr"]
-        rows.append({"method": name,
-                     "skip_rate": method.skip_rate if isinstance(method, SkipTest) else None,
-                     "factors_tested": method.checked if isinstance(method, SkipTest) else None,
-                     "factor_err_max": st["ferr"],
-                     "p_err_median": statistics.median(perr), "p_err_max": max(perr),
-                     "p_err_share_above_1e-3": sum(e > BAR for e in perr) / len(perr),
-                     "time_x_exact": st["time"] / exact_time})
+        rows.append(
+            {
+                "method": name,
+                "skip_rate": method.skip_rate if isinstance(method, SkipTest) else None,
+                "factors_tested": method.checked if isinstance(method, SkipTest) else None,
+                "factor_err_max": st["ferr"],
+                "p_err_median": statistics.median(perr),
+                "p_err_max": max(perr),
+                "p_err_share_above_1e-3": sum(e > BAR for e in perr) / len(perr),
+                "time_x_exact": st["time"] / exact_time,
+            }
+        )
     return rows
 
 
@@ -196,37 +210,48 @@ def test_cost(sizes, reps=3):
             t0 = time.perf_counter()
             _exact([f])
             eigh.append(time.perf_counter() - t0)
-        rows.append({"n": n, "test_ms": 1e3 * statistics.median(test),
-                     "eigh_ms": 1e3 * statistics.median(eigh)})
+        rows.append({"n": n, "test_ms": 1e3 * statistics.median(test), "eigh_ms": 1e3 * statistics.median(eigh)})
     return rows
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, nargs=2, default=[400, 300], metavar=("DIGITS", "R20"),
-                   help="training steps recorded for digits and ResNet-20 (default 400 300)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        default=[400, 300],
+        metavar=("DIGITS", "R20"),
+        help="training steps recorded for digits and ResNet-20 (default 400 300)",
+    )
     p.add_argument("--models", default="digits,resnet20")
-    p.add_argument("--cost-sizes", type=int, nargs="*", default=[512, 1024, 2048],
-                   help="factor sizes at which one skip test is timed against eigh")
+    p.add_argument(
+        "--cost-sizes",
+        type=int,
+        nargs="*",
+        default=[512, 1024, 2048],
+        help="factor sizes at which one skip test is timed against eigh",
+    )
     p.add_argument("--cost-only", action="store_true", help="only the cost table")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     a = p.parse_args(argv)
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     if not models or any(m not in ("digits", "resnet20") for m in models):
-        p.exit(2, f"table_eigen_refresh.py: error: --models: choose from digits,resnet20; "
-                  f"got {a.models!r}\n")
+        p.exit(2, f"table_eigen_refresh.py: error: --models: choose from digits,resnet20; got {a.models!r}\n")
     if min(a.steps) < 1:
         p.exit(2, f"table_eigen_refresh.py: error: --steps must be >= 1, got {a.steps}\n")
-    result = {"date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-              "machine": describe_machine(), "models": {}}
+    result = {
+        "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "machine": describe_machine(),
+        "models": {},
+    }
     if any(n < 1 for n in a.cost_sizes):
         p.exit(2, f"table_eigen_refresh.py: error: --cost-sizes must be >= 1, got {a.cost_sizes}\n")
     result["cost"] = test_cost(a.cost_sizes)
-    for name in ([] if a.cost_only else models):
+    for name in [] if a.cost_only else models:
         steps = a.steps[0] if name == "digits" else a.steps[1]
         seq, damping = record(name, steps)
-        result["models"][name] = {"steps": steps, "updates": len(seq),
-                                  "rows": replay(seq, damping)}
+        result["models"][name] = {"steps": steps, "updates": len(seq), "rows": replay(seq, damping)}
     if a.json:
         print(json.dumps(result))
         return 0
@@ -235,18 +260,18 @@ def main(argv=None) -> int:
     print("| n | skip test ms | eigh ms | test / eigh |")
     print("|---:|---:|---:|---:|")
     for r in result["cost"]:
-        print(f"| {r['n']} | {r['test_ms']:.1f} | {r['eigh_ms']:.1f} | "
-              f"{r['test_ms'] / r['eigh_ms']:.3f} |")
+        print(f"| {r['n']} | {r['test_ms']:.1f} | {r['eigh_ms']:.1f} | {r['test_ms'] / r['eigh_ms']:.3f} |")
     for name, res in result["models"].items():
         print(f"\n{name}: {res['steps']} training steps, {res['updates']} decompositions\n")
-        print("| method | skip rate | factor err max | P err median | P err max | "
-              "P err > 1e-3 | time x eigh |")
+        print("| method | skip rate | factor err max | P err median | P err max | P err > 1e-3 | time x eigh |")
         print("|---|---:|---:|---:|---:|---:|---:|")
         for r in res["rows"]:
             skip = "-" if r["skip_rate"] is None else f"{r['skip_rate']:.2f} of {r['factors_tested']}"
-            print(f"| {r['method']} | {skip} | {r['factor_err_max']:.1e} | {r['p_err_median']:.1e} | "
-                  f"{r['p_err_max']:.1e} | {100 * r['p_err_share_above_1e-3']:.0f}% | "
-                  f"{r['time_x_exact']:.2f} |")
+            print(
+                f"| {r['method']} | {skip} | {r['factor_err_max']:.1e} | {r['p_err_median']:.1e} | "
+                f"{r['p_err_max']:.1e} | {100 * r['p_err_share_above_1e-3']:.0f}% | "
+                f"{r['time_x_exact']:.2f} |"
+            )
     return 0
 
 

@@ -8,6 +8,7 @@ syevd groups spread over). Guides the work towards the goal of the whole list
     python benchmarks/table_eigh_groups.py                  # 4 streams (the default)
     python benchmarks/table_eigh_groups.py --streams 2 4 8  # compare settings
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,9 @@ import os
 import sys
 
 import torch
+from _common import resnet50_factor_sizes, spd
 
 from kfac_ext import ops
-from _common import resnet50_factor_sizes, spd
 
 
 def best_ms(fn, reps: int) -> float:
@@ -61,8 +62,7 @@ def main(argv=None) -> int:
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"{now}; {torch.cuda.get_device_name()}; torch {torch.__version__}")
-    print(f"command: python benchmarks/table_eigh_groups.py --streams "
-          f"{' '.join(map(str, args.streams))}")
+    print(f"command: python benchmarks/table_eigh_groups.py --streams {' '.join(map(str, args.streams))}")
     total_torch = sum(loop for _, _, loop, _ in rows)
     head = " | ".join(f"ours ms, {s} streams | × torch" for s in args.streams)
     print(f"| n | factors | torch loop ms | share of loop | {head} |")

@@ -16,6 +16,7 @@ interleaved (ours, torch, CuPy, ours, ...), best of reps.
     python benchmarks/table_gpu.py --quick     # ResNet-20 shapes only
     python benchmarks/table_gpu.py --device cpu --quick   # smoke test of this script
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,18 +25,18 @@ import copy
 import datetime
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
+from _common import rand, rel_err, resnet20_grad_shapes, resnet50_factor_sizes, resnet50_grad_shapes, spd
+from _machine import describe_machine
 from torch import nn
 
 import kfac_ext
 from kfac_ext import ops
 from kfac_ext import reference as ref
 from kfac_ext.app.models import resnet_cifar
-from _common import rand, rel_err, resnet20_grad_shapes, resnet50_factor_sizes, resnet50_grad_shapes, spd
-from _machine import describe_machine
 
 try:  # CuPy is compared where present; never required.
     import cupy
@@ -51,21 +52,23 @@ class Case:
     shape: str
     ours: Callable[[], object]
     torch: Callable[[], object]
-    cupy: Optional[Callable[[], object]] = None
+    cupy: Callable[[], object] | None = None
     # Accuracy check: (result of ours, result of torch) -> (err ours, err torch), or None.
-    check: Optional[Callable[[], tuple]] = None
+    check: Callable[[], tuple] | None = None
     reps: int = 5
     # The same work without what is being compared (a plain SGD iteration for
     # the K-FAC rows): timed in the same interleaved loop, so that the table
     # can also give the ratio of the K-FAC overheads alone.
-    baseline: Optional[Callable[[], object]] = None
+    baseline: Callable[[], object] | None = None
 
 
 def _errs(ours_fn, torch_fn, exact_fn):
     """Closure computing (err ours, err torch) against the float64 CPU reference."""
+
     def run():
         exact = exact_fn()
         return rel_err(ours_fn(), exact), rel_err(torch_fn(), exact)
+
     return run
 
 
@@ -75,13 +78,17 @@ def _to_cupy(t):
 
 # ---------------------------------------------------------------- cases ----
 
+
 def cov_cases(device, quick):
     # Linear-style A factor with the bias column: ResNet-50's fc at batch 32,
     # and 1x1-conv-like inputs flattened to rows (32 * positions).
     shapes = [("R20 fc", 128, 64)]
     if not quick:
-        shapes += [("R50 fc A", 32, 2048), ("R50 1x1 256ch @14x14", 32 * 196, 256),
-                   ("R50 1x1 1024ch @7x7", 32 * 49, 1024)]
+        shapes += [
+            ("R50 fc A", 32, 2048),
+            ("R50 1x1 256ch @14x14", 32 * 196, 256),
+            ("R50 1x1 1024ch @7x7", 32 * 49, 1024),
+        ]
     for label, rows, d in shapes:
         x = rand(rows, d, seed=d, device=device)
         factor = torch.eye(d + 1, dtype=DTYPE, device=device)
@@ -97,19 +104,31 @@ def cov_cases(device, quick):
 
         cp = None
         if cupy is not None and device == "cuda":
+
             def cp(f=factor, x=x):
                 xc, fc = _to_cupy(x), _to_cupy(f)
                 xo = cupy.concatenate([xc, cupy.ones((xc.shape[0], 1), dtype=xc.dtype)], axis=1)
                 return 0.95 * fc + 0.05 * (xo.T @ xo)
-        yield Case("cov_update_", f"{label}: X {rows}x{d} +1", ours, theirs, cp,
-                   _errs(ours, theirs, lambda x=x64, f=f64: ref.cov_update(f, x, 0.05, 0.95, True)))
+
+        yield Case(
+            "cov_update_",
+            f"{label}: X {rows}x{d} +1",
+            ours,
+            theirs,
+            cp,
+            _errs(ours, theirs, lambda x=x64, f=f64: ref.cov_update(f, x, 0.05, 0.95, True)),
+        )
 
 
 def channel_cases(device, quick):
     shapes = [("R20 16@32x32", 128, 16, 1024), ("R20 64@8x8", 128, 64, 64)]
     if not quick:
-        shapes += [("R50 256@56x56", 32, 256, 3136), ("R50 512@28x28", 32, 512, 784),
-                   ("R50 1024@14x14", 32, 1024, 196), ("R50 2048@7x7", 32, 2048, 49)]
+        shapes += [
+            ("R50 256@56x56", 32, 256, 3136),
+            ("R50 512@28x28", 32, 512, 784),
+            ("R50 1024@14x14", 32, 1024, 196),
+            ("R50 2048@7x7", 32, 2048, 49),
+        ]
     for label, n, c, length in shapes:
         x = rand(n, c, length, seed=c, device=device)
         factor = torch.eye(c, dtype=DTYPE, device=device)
@@ -124,24 +143,42 @@ def channel_cases(device, quick):
 
         cp = None
         if cupy is not None and device == "cuda":
+
             def cp(f=factor, x=x):
                 xc = _to_cupy(x)
                 rows = cupy.ascontiguousarray(xc.transpose(0, 2, 1)).reshape(-1, xc.shape[1])
                 return 0.95 * _to_cupy(f) + 0.05 * (rows.T @ rows)
-        yield Case("channel_cov_update_", f"{label}: {n}x{c}x{length}", ours, theirs, cp,
-                   _errs(ours, theirs, lambda x=x, f=factor: ref.channel_cov_update(
-                       f.double().cpu(), x.double().cpu(), 0.05, 0.95)),
-                   reps=3 if c >= 1024 else 5)
+
+        yield Case(
+            "channel_cov_update_",
+            f"{label}: {n}x{c}x{length}",
+            ours,
+            theirs,
+            cp,
+            _errs(
+                ours,
+                theirs,
+                lambda x=x, f=factor: ref.channel_cov_update(f.double().cpu(), x.double().cpu(), 0.05, 0.95),
+            ),
+            reps=3 if c >= 1024 else 5,
+        )
 
 
 def conv_cases(device, quick):
     # (label, N, C, H, kernel, stride, padding)
-    shapes = [("R20 16@32x32", 128, 16, 32, 3, 1, 1), ("R20 32@16x16", 128, 32, 16, 3, 1, 1),
-              ("R20 64@8x8", 128, 64, 8, 3, 1, 1)]
+    shapes = [
+        ("R20 16@32x32", 128, 16, 32, 3, 1, 1),
+        ("R20 32@16x16", 128, 32, 16, 3, 1, 1),
+        ("R20 64@8x8", 128, 64, 8, 3, 1, 1),
+    ]
     if not quick:
-        shapes += [("R50 conv1 3@224", 32, 3, 224, 7, 2, 3), ("R50 64@56x56", 32, 64, 56, 3, 1, 1),
-                   ("R50 128@28x28", 32, 128, 28, 3, 1, 1), ("R50 256@14x14", 32, 256, 14, 3, 1, 1),
-                   ("R50 512@7x7", 32, 512, 7, 3, 1, 1)]
+        shapes += [
+            ("R50 conv1 3@224", 32, 3, 224, 7, 2, 3),
+            ("R50 64@56x56", 32, 64, 56, 3, 1, 1),
+            ("R50 128@28x28", 32, 128, 28, 3, 1, 1),
+            ("R50 256@14x14", 32, 256, 14, 3, 1, 1),
+            ("R50 512@7x7", 32, 512, 7, 3, 1, 1),
+        ]
     for label, n, c, h, k, s, p in shapes:
         x = rand(n, c, h, h, seed=c, device=device)
         args = ((k, k), (s, s), (p, p), (1, 1), False)
@@ -153,10 +190,15 @@ def conv_cases(device, quick):
             return ref.conv2d_act_factor(x, *args)
 
         cp = None  # CuPy has no conv patch covariance; unfold + matmul is the torch column
-        yield Case("conv2d_act_factor", f"{label} k{k} s{s}: D={c * k * k}", ours, theirs, cp,
-                   _errs(ours, theirs, lambda x=x, args=args: ref.conv2d_act_factor(
-                       x.double().cpu(), *args)),
-                   reps=3)
+        yield Case(
+            "conv2d_act_factor",
+            f"{label} k{k} s{s}: D={c * k * k}",
+            ours,
+            theirs,
+            cp,
+            _errs(ours, theirs, lambda x=x, args=args: ref.conv2d_act_factor(x.double().cpu(), *args)),
+            reps=3,
+        )
 
 
 def eigh_cases(device, quick):
@@ -174,6 +216,7 @@ def eigh_cases(device, quick):
 
         cp = None
         if cupy is not None and device == "cuda":
+
             def cp(fs=factors):
                 return [cupy.linalg.eigh(_to_cupy(f))[0] for f in fs]
 
@@ -184,8 +227,8 @@ def eigh_cases(device, quick):
                 worst_ours = max(worst_ours, rel_err(d_ours, exact))
                 worst_torch = max(worst_torch, rel_err(d_torch, exact))
             return worst_ours, worst_torch
-        yield Case("batched_eigh", f"{label} ({len(sizes)} factors, max {max(sizes)})",
-                   ours, theirs, cp, check, reps=3)
+
+        yield Case("batched_eigh", f"{label} ({len(sizes)} factors, max {max(sizes)})", ours, theirs, cp, check, reps=3)
 
 
 def _layers(shapes, device):
@@ -214,6 +257,7 @@ def precondition_cases(device, quick):
 
         cp = None
         if cupy is not None and device == "cuda":
+
             def cp(L=layers):
                 out = []
                 for g, qa, da, qg, dg in zip(*[[_to_cupy(t) for t in lst] for lst in L]):
@@ -224,61 +268,103 @@ def precondition_cases(device, quick):
 
         def check(L=layers):
             exact = ref.eigen_precondition(*[[t.double().cpu() for t in lst] for lst in L], 0.003)
-            return (max(rel_err(a, e) for a, e in zip(ours(L), exact)),
-                    max(rel_err(a, e) for a, e in zip(theirs(L), exact)))
-        yield Case("eigen_precondition", f"{label} ({len(shapes)} layers)", ours, theirs, cp,
-                   check, reps=5)
+            return (
+                max(rel_err(a, e) for a, e in zip(ours(L), exact)),
+                max(rel_err(a, e) for a, e in zip(theirs(L), exact)),
+            )
+
+        yield Case("eigen_precondition", f"{label} ({len(shapes)} layers)", ours, theirs, cp, check, reps=5)
 
 
 def comm_cases(device, quick):
     shapes = resnet20_grad_shapes() if quick else resnet50_grad_shapes()
     label = "R20" if quick else "R50"
     sizes = [i for _, i in shapes] + [o for o, _ in shapes]
-    mats = [spd(n, seed=i, device=device) if n <= 256 else rand(n, n, seed=i, device=device)
-            for i, n in enumerate(sizes)]
+    mats = [
+        spd(n, seed=i, device=device) if n <= 256 else rand(n, n, seed=i, device=device) for i, n in enumerate(sizes)
+    ]
     packed = ops.pack_triu(mats)
     targets = [torch.empty_like(m) for m in mats]
-    yield Case("pack_triu", f"{label} A+G ({len(sizes)} factors, {packed.numel()} entries)",
-               lambda: ops.pack_triu(mats), lambda: ref.pack_triu(mats), None,
-               lambda: (rel_err(ops.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats])),
-                        rel_err(ref.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats]))))
+    yield Case(
+        "pack_triu",
+        f"{label} A+G ({len(sizes)} factors, {packed.numel()} entries)",
+        lambda: ops.pack_triu(mats),
+        lambda: ref.pack_triu(mats),
+        None,
+        lambda: (
+            rel_err(ops.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats])),
+            rel_err(ref.pack_triu(mats), ref.pack_triu([m.double().cpu() for m in mats])),
+        ),
+    )
 
     def unpack_ours():
         ops.unpack_triu_(packed, targets, 0.5)
         return targets
 
-    yield Case("unpack_triu_", f"{label} A+G ({len(sizes)} factors)", unpack_ours,
-               lambda: ref.unpack_triu(packed, mats, 0.5), None,
-               lambda: (max(rel_err(a, e) for a, e in zip(unpack_ours(), ref.unpack_triu(
-                           packed.double().cpu(), [m.double().cpu() for m in mats], 0.5))), 0.0))
+    yield Case(
+        "unpack_triu_",
+        f"{label} A+G ({len(sizes)} factors)",
+        unpack_ours,
+        lambda: ref.unpack_triu(packed, mats, 0.5),
+        None,
+        lambda: (
+            max(
+                rel_err(a, e)
+                for a, e in zip(
+                    unpack_ours(), ref.unpack_triu(packed.double().cpu(), [m.double().cpu() for m in mats], 0.5)
+                )
+            ),
+            0.0,
+        ),
+    )
     precond = [rand(o, i, seed=i, device=device) for o, i in shapes]
     grads = [rand(o, i, seed=o + 7, device=device) for o, i in shapes]
 
     def kl_torch():
         return sum((p * g).sum() for p, g in zip(precond, grads))
 
-    yield Case("kl_clip_sum", f"{label} grads ({len(shapes)} layers)",
-               lambda: ops.kl_clip_sum(precond, grads), kl_torch,
-               (lambda: sum(cupy.vdot(_to_cupy(p), _to_cupy(g)) for p, g in zip(precond, grads)))
-               if cupy is not None and device == "cuda" else None,
-               lambda: (rel_err(ops.kl_clip_sum(precond, grads), ref.kl_clip_sum(
-                   [p.double().cpu() for p in precond], [g.double().cpu() for g in grads])),
-                        rel_err(kl_torch(), ref.kl_clip_sum(
-                            [p.double().cpu() for p in precond], [g.double().cpu() for g in grads]))))
+    yield Case(
+        "kl_clip_sum",
+        f"{label} grads ({len(shapes)} layers)",
+        lambda: ops.kl_clip_sum(precond, grads),
+        kl_torch,
+        (lambda: sum(cupy.vdot(_to_cupy(p), _to_cupy(g)) for p, g in zip(precond, grads)))
+        if cupy is not None and device == "cuda"
+        else None,
+        lambda: (
+            rel_err(
+                ops.kl_clip_sum(precond, grads),
+                ref.kl_clip_sum([p.double().cpu() for p in precond], [g.double().cpu() for g in grads]),
+            ),
+            rel_err(
+                kl_torch(), ref.kl_clip_sum([p.double().cpu() for p in precond], [g.double().cpu() for g in grads])
+            ),
+        ),
+    )
 
 
 # ------------------------------------------------- the K-FAC iteration ----
+
 
 class Bottleneck(nn.Module):
     def __init__(self, c_in, mid, stride):
         super().__init__()
         out = 4 * mid
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, mid, 3, stride, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out, 1, bias=False), nn.BatchNorm2d(out))
-        self.skip = (nn.Sequential(nn.Conv2d(c_in, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-                     if stride != 1 or c_in != out else nn.Identity())
+            nn.Conv2d(c_in, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, out, 1, bias=False),
+            nn.BatchNorm2d(out),
+        )
+        self.skip = (
+            nn.Sequential(nn.Conv2d(c_in, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            if stride != 1 or c_in != out
+            else nn.Identity()
+        )
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.skip(x))
@@ -286,8 +372,7 @@ class Bottleneck(nn.Module):
 
 def resnet50(num_classes=1000):
     """ResNet-50 (torchvision v1.5 layout) without torchvision, which the GPU hosts may lack."""
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-              nn.MaxPool2d(3, 2, 1)]
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
     c_in = 64
     for mid, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         for b in range(blocks):
@@ -299,6 +384,7 @@ def resnet50(num_classes=1000):
 
 def _plain_ops():
     """kfac_ext.ops replaced by plain torch compositions (the references)."""
+
     def cov_update_(factor, x, alpha, beta, append_ones=False):
         factor.copy_(ref.cov_update(factor, x, alpha, beta, append_ones))
 
@@ -308,9 +394,14 @@ def _plain_ops():
     def kl_clip_sum(precond, grads):
         return sum((p.double() * g.double()).sum() for p, g in zip(precond, grads))
 
-    return {"cov_update_": cov_update_, "channel_cov_update_": channel_cov_update_,
-            "conv2d_act_factor": ref.conv2d_act_factor, "batched_eigh": ref.batched_eigh,
-            "eigen_precondition": ref.eigen_precondition, "kl_clip_sum": kl_clip_sum}
+    return {
+        "cov_update_": cov_update_,
+        "channel_cov_update_": channel_cov_update_,
+        "conv2d_act_factor": ref.conv2d_act_factor,
+        "batched_eigh": ref.batched_eigh,
+        "eigen_precondition": ref.eigen_precondition,
+        "kl_clip_sum": kl_clip_sum,
+    }
 
 
 @contextlib.contextmanager
@@ -366,14 +457,24 @@ def step_cases(device, quick):
                 grads.append([q.grad.double() for q in m.parameters() if q.grad is not None])
             return max(rel_err(a, b) for a, b in zip(*grads)), 0.0
 
-        yield Case("K-FAC iteration (fwd+bwd+step)", f"{label}, factors+eigh every step",
-                   iteration, plain_iteration, None, check, reps=3, baseline=sgd_iteration)
+        yield Case(
+            "K-FAC iteration (fwd+bwd+step)",
+            f"{label}, factors+eigh every step",
+            iteration,
+            plain_iteration,
+            None,
+            check,
+            reps=3,
+            baseline=sgd_iteration,
+        )
 
 
 # --------------------------------------------------------------- timing ----
 
+
 def _timer(device):
     if device == "cuda":
+
         def time_it(fn):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
@@ -385,10 +486,12 @@ def _timer(device):
             torch.cuda.synchronize()
             return start.elapsed_time(end) / 1e3
     else:
+
         def time_it(fn):
             t0 = time.perf_counter()
             fn()
             return time.perf_counter() - t0
+
     return time_it
 
 
@@ -419,8 +522,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         # Not an error: `make bench` runs every table, GPU or not.
-        print("table_gpu: skipped: no CUDA device (on a GPU host: bash benchmarks/gpu_check.sh; "
-              "here: --device cpu --quick is a smoke test of the script)")
+        print(
+            "table_gpu: skipped: no CUDA device (on a GPU host: bash benchmarks/gpu_check.sh; "
+            "here: --device cpu --quick is a smoke test of the script)"
+        )
         return 0
     makers = [cov_cases, channel_cases, conv_cases, eigh_cases, precondition_cases, comm_cases]
     if not args.no_step:
@@ -435,8 +540,10 @@ def main(argv=None) -> int:
             print(f"  measured {case.op}: {case.shape}", file=sys.stderr)
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{now}; {_machine(args.device)}; torch {torch.__version__}"
-          f" (CUDA {torch.version.cuda}); CuPy {cupy.__version__ if cupy else 'absent'}")
+    print(
+        f"{now}; {_machine(args.device)}; torch {torch.__version__}"
+        f" (CUDA {torch.version.cuda}); CuPy {cupy.__version__ if cupy else 'absent'}"
+    )
     print(f"command: python benchmarks/table_gpu.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print()
     print("| op | shape | ours ms | torch ms | × torch | CuPy ms | × CuPy | err ours | err torch |")
@@ -447,20 +554,27 @@ def main(argv=None) -> int:
         cp_ms = f"{cp * 1e3:.3f}" if cp else "-"
         cp_x = f"{cp / ours:.2f}" if cp else "-"
         e_ours, e_torch = (f"{errs[0]:.1e}", f"{errs[1]:.1e}") if errs else ("-", "-")
-        print(f"| {case.op} | {case.shape} | {ours * 1e3:.3f} | {theirs * 1e3:.3f} | "
-              f"{theirs / ours:.2f} | {cp_ms} | {cp_x} | {e_ours} | {e_torch} |")
+        print(
+            f"| {case.op} | {case.shape} | {ours * 1e3:.3f} | {theirs * 1e3:.3f} | "
+            f"{theirs / ours:.2f} | {cp_ms} | {cp_x} | {e_ours} | {e_torch} |"
+        )
     print()
-    print("× = their time / ours (> 1: ours faster). err = largest relative error against the "
-          "float64 CPU reference (eigh: eigenvalues; K-FAC iteration: preconditioned gradients "
-          "of one iteration from the same state, ours vs the plain-torch iteration).")
+    print(
+        "× = their time / ours (> 1: ours faster). err = largest relative error against the "
+        "float64 CPU reference (eigh: eigenvalues; K-FAC iteration: preconditioned gradients "
+        "of one iteration from the same state, ours vs the plain-torch iteration)."
+    )
     for case, times, _ in rows:
         if case.baseline:
             base = times[-1]
             ours, theirs = times[0] - base, times[1] - base
-            print(f"\nK-FAC overhead over a plain fwd+bwd ({base * 1e3:.1f} ms), {case.shape}: "
-                  f"ours {ours * 1e3:.1f} ms, plain torch {theirs * 1e3:.1f} ms, "
-                  f"× torch {theirs / ours:.2f}" if ours > 0 else
-                  f"\nK-FAC overhead, {case.shape}: not measurable (ours ≤ baseline)")
+            print(
+                f"\nK-FAC overhead over a plain fwd+bwd ({base * 1e3:.1f} ms), {case.shape}: "
+                f"ours {ours * 1e3:.1f} ms, plain torch {theirs * 1e3:.1f} ms, "
+                f"× torch {theirs / ours:.2f}"
+                if ours > 0
+                else f"\nK-FAC overhead, {case.shape}: not measurable (ours ≤ baseline)"
+            )
     return 0
 
 

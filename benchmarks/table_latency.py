@@ -8,6 +8,7 @@ is bundled (an accelerator's nodes cut into contiguous calls, as the authors' ev
     python benchmarks/table_latency.py                  # --time-limit 60
     python benchmarks/table_latency.py --time-limit 10
 """
+
 import argparse
 import datetime
 import json
@@ -18,6 +19,7 @@ import sys
 import time
 
 from _machine import describe_machine
+
 from kfac_ext.placement import baselines
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import Split, latency_of, score_placement
@@ -27,10 +29,16 @@ from kfac_ext.placement.objective import Placement, PlacementError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LATENCY = ROOT / "workloads" / "latency-inputs"
 EXPERTS = ROOT / "workloads" / "human-experts"
-FILES = ["LayerGraphs/bert24_inference.json", "LayerGraphs/gnmt_inference.json",
-         "LayerGraphs/inceptionv3_inference.json", "LayerGraphs/resnet50_inference.json",
-         "OperatorGraphs/bert_l-12_inference.json", "OperatorGraphs/bert_l-3_inference.json",
-         "OperatorGraphs/bert_l-6_inference.json", "OperatorGraphs/resnet50_inference.json"]
+FILES = [
+    "LayerGraphs/bert24_inference.json",
+    "LayerGraphs/gnmt_inference.json",
+    "LayerGraphs/inceptionv3_inference.json",
+    "LayerGraphs/resnet50_inference.json",
+    "OperatorGraphs/bert_l-12_inference.json",
+    "OperatorGraphs/bert_l-3_inference.json",
+    "OperatorGraphs/bert_l-6_inference.json",
+    "OperatorGraphs/resnet50_inference.json",
+]
 
 
 def _scored(graph, make) -> str:
@@ -64,16 +72,30 @@ def main() -> int:
     if not LATENCY.is_dir():
         print(f"workloads not found at {LATENCY}", file=sys.stderr)
         return 1
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{describe_machine(threads=False)}, `python {' '.join(sys.argv)}`; each row: "
-          f"`kfac-ext place FILE --objective latency --time-limit {args.time_limit:g} --json`\n")
-    print("| workload | nodes | k | value | lower bound | gap | wall s | how | all on CPU | greedy "
-          "| one device | experts |")
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{describe_machine(threads=False)}, `python {' '.join(sys.argv)}`; each row: "
+        f"`kfac-ext place FILE --objective latency --time-limit {args.time_limit:g} --json`\n"
+    )
+    print(
+        "| workload | nodes | k | value | lower bound | gap | wall s | how | all on CPU | greedy "
+        "| one device | experts |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in FILES:
         graph = Graph.from_json(LATENCY / name)
-        cmd = [sys.executable, "-m", "kfac_ext", "place", str(LATENCY / name), "--objective", "latency",
-               "--time-limit", f"{args.time_limit:g}", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kfac_ext",
+            "place",
+            str(LATENCY / name),
+            "--objective",
+            "latency",
+            "--time-limit",
+            f"{args.time_limit:g}",
+            "--json",
+        ]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         seconds = time.perf_counter() - t
@@ -87,13 +109,20 @@ def main() -> int:
         value = latency_of(graph, split, stats["subgraphs"])
         assert math.isclose(value, out["value"], rel_tol=1e-9), (value, out["value"])
         expert = EXPERTS / (pathlib.Path(name).stem + "_expert.json")
-        row = [name, str(len(graph)), str(graph.num_accelerators), f"{value:.4f}",
-               f"{out['lower_bound']:.4f}", f"{100 * stats['gap']:.2f} %", f"{seconds:.1f}",
-               stats.get("status", ""),
-               f"{latency_of(graph, all_on_cpu(graph)):.2f}",
-               _scored(graph, lambda: score_placement(graph, baselines.greedy(graph).placement, "greedy")),
-               _scored(graph, lambda: score_placement(graph, baselines.one_device(graph).placement, "one")),
-               _expert(graph, expert) if expert.is_file() else "-"]
+        row = [
+            name,
+            str(len(graph)),
+            str(graph.num_accelerators),
+            f"{value:.4f}",
+            f"{out['lower_bound']:.4f}",
+            f"{100 * stats['gap']:.2f} %",
+            f"{seconds:.1f}",
+            stats.get("status", ""),
+            f"{latency_of(graph, all_on_cpu(graph)):.2f}",
+            _scored(graph, lambda: score_placement(graph, baselines.greedy(graph).placement, "greedy")),
+            _scored(graph, lambda: score_placement(graph, baselines.one_device(graph).placement, "one")),
+            _expert(graph, expert) if expert.is_file() else "-",
+        ]
         print("| " + " | ".join(row) + " |", flush=True)
     return 0
 

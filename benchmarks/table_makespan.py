@@ -8,21 +8,24 @@ makespan over the lower bound max(largest, ceil(sum / N)), and LPT's.
 
     python benchmarks/table_makespan.py
 """
+
 import datetime
 import sys
 import time
 
 import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs libtorch)
-
-from kfac_ext.assignment import lpt_assignment, optimal_makespan_assignment
 from _common import resnet50_factor_sizes
 from _machine import describe_machine
+
+from kfac_ext.assignment import lpt_assignment, optimal_makespan_assignment
 
 
 def main() -> int:
     costs = [float(n) ** 3 + 8.0 * n * n for n in resnet50_factor_sizes()]
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine(threads=False)}, "
-          f"torch {torch.__version__}, `python {' '.join(sys.argv)}`\n")
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine(threads=False)}, "
+        f"torch {torch.__version__}, `python {' '.join(sys.argv)}`\n"
+    )
     print("| workers | solve s | optimal | makespan / bound | LPT / bound | LPT / optimum |")
     print("|---|---|---|---|---|---|")
     for n in (2, 3, 4, 5, 8, 16, 32, 64):
@@ -30,8 +33,11 @@ def main() -> int:
         res = optimal_makespan_assignment(costs, n, time_limit=1.0)
         dt = time.perf_counter() - t
         lpt = lpt_assignment(costs, n).makespan
-        print(f"| {n} | {dt:.3f} | {res.optimal} | {res.makespan / res.lower_bound:.9f} "
-              f"| {lpt / res.lower_bound:.6f} | {lpt / res.makespan:.6f} |", flush=True)
+        print(
+            f"| {n} | {dt:.3f} | {res.optimal} | {res.makespan / res.lower_bound:.9f} "
+            f"| {lpt / res.lower_bound:.6f} | {lpt / res.makespan:.6f} |",
+            flush=True,
+        )
     return 0
 
 

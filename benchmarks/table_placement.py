@@ -7,6 +7,7 @@ Table 2: the ideal DP at k = 2, 4, 6/own, 8: ideals, pairs examined and seconds.
 
   python benchmarks/table_placement.py [--workloads DIR] [--ks 2,4,8]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,11 @@ import sys
 import time
 
 import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs torch loaded first)
+from _machine import describe_machine
 
 from kfac_ext.placement import Graph
 from kfac_ext.placement.baselines import expert, greedy, one_device, pipedream
 from kfac_ext.placement.dp import ideal_dp
-from _machine import describe_machine
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,12 +53,16 @@ def main() -> int:
         return 1
     ks = [int(k) for k in args.ks.split(",") if k]
 
-    print(f"Date {datetime.date.today()}, machine: {describe_machine(threads=False)}, "
-          f"torch {torch.__version__}, "
-          f"command: `python benchmarks/{pathlib.Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip())
+    print(
+        f"Date {datetime.date.today()}, machine: {describe_machine(threads=False)}, "
+        f"torch {torch.__version__}, "
+        f"command: `python benchmarks/{pathlib.Path(__file__).name} {' '.join(sys.argv[1:])}`".rstrip()
+    )
     print()
-    print("Max load (time per sample, lower is better) at the file's own k (and l = 1 CPU); "
-          "`*` = breaks the memory cap.\n")
+    print(
+        "Max load (time per sample, lower is better) at the file's own k (and l = 1 CPU); "
+        "`*` = breaks the memory cap.\n"
+    )
     print("| workload | k | one device | greedy | PipeDream | expert | **DP (exact)** | DP vs PipeDream | DP s |")
     print("|---|---|---|---|---|---|---|---|---|")
     sweep = []
@@ -71,9 +76,11 @@ def main() -> int:
         dp_seconds = time.perf_counter() - t0
         exp = _fmt(expert(g, split)) if split is not None else "–"
         gain = sols["pipedream"].value / dp.value
-        print(f"| {name} | {g.num_accelerators} | {_fmt(sols['one'])} | {_fmt(sols['greedy'])} | "
-              f"{_fmt(sols['pipedream'])} | {exp} | **{dp.value:.2f}** | {gain:.3f}x | {dp_seconds:.2f} |",
-              flush=True)
+        print(
+            f"| {name} | {g.num_accelerators} | {_fmt(sols['one'])} | {_fmt(sols['greedy'])} | "
+            f"{_fmt(sols['pipedream'])} | {exp} | **{dp.value:.2f}** | {gain:.3f}x | {dp_seconds:.2f} |",
+            flush=True,
+        )
         sweep.append((name, g.num_accelerators, dp, dp_seconds))
         for k in ks:
             if k == g.num_accelerators:
@@ -82,17 +89,23 @@ def main() -> int:
             sol = ideal_dp(g.with_resources(num_accelerators=k))
             sweep.append((name, k, sol, time.perf_counter() - t0))
 
-    print("\nIdeal DP per (workload, k): ideals, pairs examined (all passes), passes, seconds "
-          "(incl. the PipeDream bound).\n")
+    print(
+        "\nIdeal DP per (workload, k): ideals, pairs examined (all passes), passes, seconds "
+        "(incl. the PipeDream bound).\n"
+    )
     print("| workload | k | max load | units | ideals | pairs examined | passes | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for name, k, sol, seconds in sorted(sweep, key=lambda r: (r[0], r[1])):
         st = sol.stats
-        print(f"| {name} | {k} | {sol.value:.3f} | {st['units']} | {st['ideals']:,} | {st['pairs_examined']:,} | "
-              f"{len(st['passes'])} | {seconds:.2f} |")
+        print(
+            f"| {name} | {k} | {sol.value:.3f} | {st['units']} | {st['ideals']:,} | {st['pairs_examined']:,} | "
+            f"{len(st['passes'])} | {seconds:.2f} |"
+        )
     worst = max(sweep, key=lambda r: r[3])
-    print(f"\nSlowest solve: {worst[0]} at k={worst[1]}: {worst[3]:.2f} s; "
-          f"all {len(sweep)} solves: {sum(r[3] for r in sweep):.1f} s.")
+    print(
+        f"\nSlowest solve: {worst[0]} at k={worst[1]}: {worst[3]:.2f} s; "
+        f"all {len(sweep)} solves: {sum(r[3] for r in sweep):.1f} s."
+    )
     return 0
 
 

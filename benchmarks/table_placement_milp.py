@@ -8,6 +8,7 @@ table_latency.py.
     python benchmarks/table_placement_milp.py                  # 10 s per MILP
     python benchmarks/table_placement_milp.py --time-limit 60
 """
+
 import argparse
 import datetime
 import pathlib
@@ -15,16 +16,20 @@ import sys
 import time
 
 import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs libtorch)
+from _machine import describe_machine
 
 from kfac_ext.placement.dp import ideal_dp
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.milp import solve_milp
-from _machine import describe_machine
 
 WORKLOADS = pathlib.Path(__file__).resolve().parents[1] / "workloads"
-THROUGHPUT = ["LayerGraphs/bert24_inference.json", "LayerGraphs/bert24_training.json",
-              "LayerGraphs/gnmt_inference.json", "LayerGraphs/resnet50_inference.json",
-              "OperatorGraphs/bert_l-3_inference.json"]
+THROUGHPUT = [
+    "LayerGraphs/bert24_inference.json",
+    "LayerGraphs/bert24_training.json",
+    "LayerGraphs/gnmt_inference.json",
+    "LayerGraphs/resnet50_inference.json",
+    "OperatorGraphs/bert_l-3_inference.json",
+]
 
 
 def main() -> int:
@@ -34,10 +39,14 @@ def main() -> int:
     if not WORKLOADS.is_dir():
         print(f"workloads not found at {WORKLOADS}", file=sys.stderr)
         return 1
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine(threads=False)}, "
-          f"torch {torch.__version__}, `python {' '.join(sys.argv)}`, HiGHS 1 thread\n")
-    print("| objective | workload | nodes | k / l | start (method) | start s | MILP | MILP s "
-          "| bound | gap | HiGHS status |")
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {describe_machine(threads=False)}, "
+        f"torch {torch.__version__}, `python {' '.join(sys.argv)}`, HiGHS 1 thread\n"
+    )
+    print(
+        "| objective | workload | nodes | k / l | start (method) | start s | MILP | MILP s "
+        "| bound | gap | HiGHS status |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in THROUGHPUT:
         g = Graph.from_json(WORKLOADS / "throughput-inputs" / name)
@@ -45,10 +54,13 @@ def main() -> int:
         dp = ideal_dp(g)
         dp_s = time.perf_counter() - t
         m = solve_milp(g, time_limit=args.time_limit, warm_start=dp)
-        print(f"| throughput | {name} | {len(g)} | {g.num_accelerators} / {g.num_cpus} "
-              f"| {dp.value:.4f} (DP, exact contiguous) | {dp_s:.2f} | {m.value:.4f} "
-              f"| {m.solve_seconds:.1f} | {m.lower_bound:.4f} | {100 * m.stats['gap']:.2f} % "
-              f"| {m.stats['status']} |", flush=True)
+        print(
+            f"| throughput | {name} | {len(g)} | {g.num_accelerators} / {g.num_cpus} "
+            f"| {dp.value:.4f} (DP, exact contiguous) | {dp_s:.2f} | {m.value:.4f} "
+            f"| {m.solve_seconds:.1f} | {m.lower_bound:.4f} | {100 * m.stats['gap']:.2f} % "
+            f"| {m.stats['status']} |",
+            flush=True,
+        )
     return 0
 
 

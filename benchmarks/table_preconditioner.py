@@ -22,6 +22,7 @@ of the same rep (steadier on a shared machine).
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_preconditioner.py [--reps 5] [--models resnet20,mlp]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _machine import describe_machine
 from torch import nn
 
 import kfac_ext
-from _machine import describe_machine
 
 RATIOS = (("kfac_full", 1), ("kfac_factors", 9), ("kfac_precond", 90))
 
@@ -93,7 +94,7 @@ class PlainTorchKFAC:
             v = v / (s["dG"].clamp(min=0)[:, None] * s["dA"].clamp(min=0)[None, :] + self.damping)
             precond.append(s["QG"] @ v @ s["QA"].T)
             grads.append(g)
-        vg = sum((p * g).sum() for p, g in zip(precond, grads)) * self.lr ** 2
+        vg = sum((p * g).sum() for p, g in zip(precond, grads)) * self.lr**2
         nu = min(1.0, (self.kl_clip / abs(float(vg))) ** 0.5) if float(vg) != 0 else 1.0
         for m, p in zip(self.layers, precond):
             p = p * nu
@@ -109,12 +110,14 @@ def _models(names):
 
     out = {}
     if "resnet20" in names:
-        out["ResNet-20, batch 128, 3x32x32"] = (lambda: resnet_cifar(depth=20, num_classes=10),
-                                                (128, 3, 32, 32))
+        out["ResNet-20, batch 128, 3x32x32"] = (lambda: resnet_cifar(depth=20, num_classes=10), (128, 3, 32, 32))
     if "mlp" in names:
         out["MLP 1024-2048-2048-10, batch 256"] = (
-            lambda: nn.Sequential(nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 2048),
-                                  nn.ReLU(), nn.Linear(2048, 10)), (256, 1024))
+            lambda: nn.Sequential(
+                nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10)
+            ),
+            (256, 1024),
+        )
     return out
 
 
@@ -131,8 +134,10 @@ class Runner:
         self.schedule = {"factors": 1, "eigh": 1}
         if kind == "ours":
             self.pre = kfac_ext.KFACPreconditioner(
-                self.model, factor_update_steps=lambda s: self.schedule["factors"],
-                inv_update_steps=lambda s: self.schedule["eigh"])
+                self.model,
+                factor_update_steps=lambda s: self.schedule["factors"],
+                inv_update_steps=lambda s: self.schedule["eigh"],
+            )
         elif kind == "torch":
             self.pre = PlainTorchKFAC(self.model)
         else:
@@ -140,7 +145,7 @@ class Runner:
 
     def set_mode(self, mode):
         """Make the NEXT step a full / factors-only / precondition-only step."""
-        big = 10 ** 9
+        big = 10**9
         f, e = {"kfac_full": (1, 1), "kfac_factors": (1, big), "kfac_precond": (big, big)}[mode]
         if self.kind == "ours":
             self.schedule.update(factors=f, eigh=e)
@@ -186,8 +191,7 @@ def measure(make_model, shape, reps, amortised_steps):
         # ratio compares steps taken under the same machine load.
         totals = {"sgd": 0.0, "ours": 0.0, "torch": 0.0}
         for s in range(amortised_steps):
-            mode = ("kfac_full" if s % 100 == 0 else "kfac_factors" if s % 10 == 0
-                    else "kfac_precond")
+            mode = "kfac_full" if s % 100 == 0 else "kfac_factors" if s % 10 == 0 else "kfac_precond"
             for kind, r in runners.items():
                 if kind != "sgd":
                     r.set_mode(mode)
@@ -203,11 +207,12 @@ def main(argv=None):
     ap.add_argument("--models", default="resnet20,mlp")
     ap.add_argument("--amortised-steps", type=int, default=0)
     args = ap.parse_args(argv)
-    print(f"Preconditioner step, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-          f"{describe_machine()}; torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    print(
+        f"Preconditioner step, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"{describe_machine()}; torch {torch.__version__}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
+    )
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}\n")
-    print("| model | step | SGD (s) | kfac_ext (s) | x SGD | x SGD, paired | plain torch (s) | x SGD "
-          "| torch / ours |")
+    print("| model | step | SGD (s) | kfac_ext (s) | x SGD | x SGD, paired | plain torch (s) | x SGD | torch / ours |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, (make, shape) in _models(args.models.split(",")).items():
         med = measure(make, shape, args.reps, args.amortised_steps)
@@ -220,8 +225,10 @@ def main(argv=None):
             sgd = med.get(("sgd", mode), med[("sgd", "sgd")])
             paired = med.get(("ours", mode, "paired"))
             paired = "" if paired is None else f"{paired:.2f}"
-            print(f"| {name} | {mode} | {sgd:.3f} | {ours:.3f} | {ours / sgd:.2f} | {paired} | "
-                  f"{plain:.3f} | {plain / sgd:.2f} | {plain / ours:.2f} |")
+            print(
+                f"| {name} | {mode} | {sgd:.3f} | {ours:.3f} | {ours / sgd:.2f} | {paired} | "
+                f"{plain:.3f} | {plain / sgd:.2f} | {plain / ours:.2f} |"
+            )
     return 0
 
 

@@ -42,6 +42,7 @@ CPU run times that step (batch 4) in every repetition: about an hour on 2 cores.
     python benchmarks/table_scale.py --device cuda                           # GPU: R50 b32, 4 blocks
     python benchmarks/table_scale.py --quick --json                          # one JSON object
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,15 +57,15 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from _machine import describe_machine
+from table_gpu import resnet50
 from torch import nn
 
 import kfac_ext
 from kfac_ext import ops, precision
 from kfac_ext.eigen_refresh import SkipTest
-from _machine import describe_machine
-from table_gpu import resnet50
 
-NEVER = 10 ** 9  # an update interval no run reaches
+NEVER = 10**9  # an update interval no run reaches
 INTERVALS = {"precond": (NEVER, NEVER), "factor": (1, NEVER), "eigh": (1, 1)}
 AMORTISED = (("eigh", 1), ("factor", 9), ("precond", 90))
 REFRESH_AFTER = 10  # factor updates between two eigh steps with factors /10, eigh /100
@@ -87,6 +88,7 @@ def import_kfac_pytorch():
 
 # ----------------------------------------------------------------- models ----
 
+
 class Block(nn.Module):
     """Pre-LN transformer block: attention with q/k/v/o Linear layers, GELU MLP."""
 
@@ -100,8 +102,7 @@ class Block(nn.Module):
     def forward(self, x):
         b, s, d = x.shape
         h = self.ln1(x)
-        q, k, v = (lin(h).view(b, s, self.heads, d // self.heads).transpose(1, 2)
-                   for lin in (self.q, self.k, self.v))
+        q, k, v = (lin(h).view(b, s, self.heads, d // self.heads).transpose(1, 2) for lin in (self.q, self.k, self.v))
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.o(a.transpose(1, 2).reshape(b, s, d))
         return x + self.down(F.gelu(self.up(self.ln2(x))))
@@ -113,15 +114,19 @@ def model_specs(device, quick, time_eigh):
     r50_batch = 32 if cuda else (2 if quick else 4)
     blocks, batch, seq = (4, 8, 512) if cuda else (1, 4, 512)
     return [
-        (f"ResNet-50 ImageNet, batch {r50_batch}", resnet50, (r50_batch, 3, 224, 224), "ce",
-         time_eigh),
-        (f"Transformer {blocks}x(d 1024, 4 heads, MLP 4096), {batch}x{seq} tokens",
-         lambda: nn.Sequential(*[Block() for _ in range(blocks)]), (batch, seq, 1024), "mse",
-         time_eigh),
+        (f"ResNet-50 ImageNet, batch {r50_batch}", resnet50, (r50_batch, 3, 224, 224), "ce", time_eigh),
+        (
+            f"Transformer {blocks}x(d 1024, 4 heads, MLP 4096), {batch}x{seq} tokens",
+            lambda: nn.Sequential(*[Block() for _ in range(blocks)]),
+            (batch, seq, 1024),
+            "mse",
+            time_eigh,
+        ),
     ]
 
 
 # ---------------------------------------------------------- preconditioners ----
+
 
 class Stepper:
     """One model + optimizer (+ a preconditioner whose step kind follows a schedule)."""
@@ -160,15 +165,17 @@ class Stepper:
 
 
 def make_kfac_ext(stepper):
-    return kfac_ext.KFACPreconditioner(stepper.model, factor_update_steps=stepper.interval(0),
-                                       inv_update_steps=stepper.interval(1), **HYPER)
+    return kfac_ext.KFACPreconditioner(
+        stepper.model, factor_update_steps=stepper.interval(0), inv_update_steps=stepper.interval(1), **HYPER
+    )
 
 
 def make_kfac_pytorch(kfac):
     def make(stepper):
         return kfac.preconditioner.KFACPreconditioner(
-            stepper.model, factor_update_steps=stepper.interval(0),
-            inv_update_steps=stepper.interval(1), **HYPER)
+            stepper.model, factor_update_steps=stepper.interval(0), inv_update_steps=stepper.interval(1), **HYPER
+        )
+
     return make
 
 
@@ -182,7 +189,8 @@ def identity_bases(stepper, library):
             entry["factor_updates"] = 1
             entry["second_order"] = {
                 w: [torch.ones(n, device=l.device), torch.eye(n, device=l.device)]
-                for w, n in (("A", l.a_dim), ("G", l.g_dim))}
+                for w, n in (("A", l.a_dim), ("G", l.g_dim))
+            }
         state["steps"], state["inv_tracker"] = 1, {"last": 0}
         pre.load_state_dict(state)
     else:
@@ -196,23 +204,24 @@ def identity_bases(stepper, library):
 
 # ---------------------------------------------------------------- timing ----
 
+
 def run_model(spec, device, reps, kfac, sync):
     name, build, shape, loss_kind, time_eigh = spec
     torch.manual_seed(0)
     base = build().to(device)
     x = torch.randn(*shape, device=device)
-    target = (torch.randint(0, 1000, (shape[0],), device=device) if loss_kind == "ce"
-              else torch.randn(*shape, device=device))
+    target = (
+        torch.randint(0, 1000, (shape[0],), device=device) if loss_kind == "ce" else torch.randn(*shape, device=device)
+    )
     steppers = [Stepper("sgd", copy.deepcopy(base), x, target, loss_kind)]
     steppers.append(Stepper("kfac_ext", copy.deepcopy(base), x, target, loss_kind, make_kfac_ext))
     if kfac is not None:
-        steppers.append(Stepper("kfac-pytorch", copy.deepcopy(base), x, target, loss_kind,
-                                make_kfac_pytorch(kfac)))
+        steppers.append(Stepper("kfac-pytorch", copy.deepcopy(base), x, target, loss_kind, make_kfac_pytorch(kfac)))
     del base
     kinds = ["precond", "factor"] + (["eigh"] if time_eigh else [])
     # One step of each kind per repetition, the order rotated from one repetition
     # to the next (the step after an eigh step may find colder caches).
-    order = [kinds[r % len(kinds):] + kinds[:r % len(kinds)] for r in range(reps)]
+    order = [kinds[r % len(kinds) :] + kinds[: r % len(kinds)] for r in range(reps)]
     for s in steppers:  # warm-up (not timed): first step, allocations, first basis
         if s.pre is not None:
             if not time_eigh:
@@ -226,22 +235,27 @@ def run_model(spec, device, reps, kfac, sync):
             s.step("sgd", sync)
         s.times.clear()
     for rep in range(reps):
-        for s in steppers[rep % len(steppers):] + steppers[:rep % len(steppers)]:
-            for kind in (order[rep] if s.pre is not None else ["sgd"]):
+        for s in steppers[rep % len(steppers) :] + steppers[: rep % len(steppers)]:
+            for kind in order[rep] if s.pre is not None else ["sgd"]:
                 s.step(kind, sync)
     sgd = statistics.median(steppers[0].times["sgd"])
-    rows = [{"model": name, "library": "sgd", "kind": "sgd", "ms": 1e3 * sgd, "x_sgd": 1.0,
-             "reps": reps}]
+    rows = [{"model": name, "library": "sgd", "kind": "sgd", "ms": 1e3 * sgd, "x_sgd": 1.0, "reps": reps}]
     for s in steppers[1:]:
         med = {k: statistics.median(v) for k, v in s.times.items()}
         if time_eigh:
             med["amortised"] = sum(w * med[k] for k, w in AMORTISED) / 100
         for kind in ("precond", "factor", "eigh", "amortised"):
             ms = med.get(kind)
-            rows.append({"model": name, "library": s.name, "kind": kind,
-                         "ms": None if ms is None else 1e3 * ms,
-                         "x_sgd": None if ms is None else ms / sgd,
-                         "reps": len(s.times.get(kind, [])) if kind != "amortised" else None})
+            rows.append(
+                {
+                    "model": name,
+                    "library": s.name,
+                    "kind": kind,
+                    "ms": None if ms is None else 1e3 * ms,
+                    "x_sgd": None if ms is None else ms / sgd,
+                    "reps": len(s.times.get(kind, [])) if kind != "amortised" else None,
+                }
+            )
     if time_eigh:
         # Fresh batches: with the timed steps' single batch every factor update mixes
         # the same statistics and the basis would never move.
@@ -278,9 +292,17 @@ def refresh_row(name, stepper, sync):
     skip.solve(factors, previous, exact)
     sync()
     t_skip = time.perf_counter() - t0
-    return {"model": name, "library": "kfac_ext", "kind": "refresh", "ms": 1e3 * t_exact,
-            "skip_test_ms": 1e3 * t_skip, "skip_rate": skip.skip_rate, "factors": len(factors),
-            "x_sgd": None, "reps": 1}
+    return {
+        "model": name,
+        "library": "kfac_ext",
+        "kind": "refresh",
+        "ms": 1e3 * t_exact,
+        "skip_test_ms": 1e3 * t_skip,
+        "skip_rate": skip.skip_rate,
+        "factors": len(factors),
+        "x_sgd": None,
+        "reps": 1,
+    }
 
 
 def precision_rows(name, stepper, sync, device, max_dim=None):
@@ -294,22 +316,30 @@ def precision_rows(name, stepper, sync, device, max_dim=None):
         s = [pre._second[i] for i in idx]  # noqa: SLF001
     else:
         idx = [i for i, l in enumerate(pre.layers) if max(l.a_dim, l.g_dim) <= max_dim]
-        values, vectors = ops.batched_eigh([f for i in idx for f in (pre.layers[i].A,
-                                                                     pre.layers[i].G)])
-        s = [{"A": (values[2 * k], vectors[2 * k]), "G": (values[2 * k + 1], vectors[2 * k + 1])}
-             for k in range(len(idx))]
+        values, vectors = ops.batched_eigh([f for i in idx for f in (pre.layers[i].A, pre.layers[i].G)])
+        s = [
+            {"A": (values[2 * k], vectors[2 * k]), "G": (values[2 * k + 1], vectors[2 * k + 1])}
+            for k in range(len(idx))
+        ]
         name = f"{name} ({len(idx)} of {len(pre.layers)} layers: factors <= {max_dim})"
     grads = [pre.layers[i].grad_matrix(torch.float32) for i in idx]
-    args = ([x["A"][1] for x in s], [x["A"][0] for x in s], [x["G"][1] for x in s],
-            [x["G"][0] for x in s], HYPER["damping"])
-    exact = ops.reference.eigen_precondition([g.double() for g in grads],
-                                             *[[t.double() for t in a] for a in args[:4]],
-                                             args[4])
+    args = (
+        [x["A"][1] for x in s],
+        [x["A"][0] for x in s],
+        [x["G"][1] for x in s],
+        [x["G"][0] for x in s],
+        HYPER["damping"],
+    )
+    exact = ops.reference.eigen_precondition(
+        [g.double() for g in grads], *[[t.double() for t in a] for a in args[:4]], args[4]
+    )
     variants = [("float32", lambda: ops.eigen_precondition(grads, *args))]
     if device.type == "cuda":
+
         def tf32():
             with precision.allow_tf32():
                 return ops.eigen_precondition(grads, *args)
+
         variants.append(("tf32", tf32))
     variants.append(("bfloat16", lambda: precision.eigen_precondition_bf16(grads, *args)))
     rows = []
@@ -319,9 +349,14 @@ def precision_rows(name, stepper, sync, device, max_dim=None):
         t0 = time.perf_counter()
         out = fn()
         sync()
-        rows.append({"model": name, "precondition_dtype": label,
-                     "ms": 1e3 * (time.perf_counter() - t0),
-                     "rel_err_vs_fp64": precision.relative_error(out, exact)})
+        rows.append(
+            {
+                "model": name,
+                "precondition_dtype": label,
+                "ms": 1e3 * (time.perf_counter() - t0),
+                "rel_err_vs_fp64": precision.relative_error(out, exact),
+            }
+        )
     f32 = rows[0]["ms"]
     for r in rows:
         r["x_fp32"] = r["ms"] / f32
@@ -330,14 +365,17 @@ def precision_rows(name, stepper, sync, device, max_dim=None):
 
 # ----------------------------------------------------------------- output ----
 
+
 def fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
 def print_tables(result):
-    print(f"K-FAC at scale, {result['date']}, {result['machine']}, torch {result['torch']}, "
-          f"kfac-pytorch: {result['kfac_pytorch'] or 'not importable (column left out)'}, "
-          f"{result['reps']} reps\n")
+    print(
+        f"K-FAC at scale, {result['date']}, {result['machine']}, torch {result['torch']}, "
+        f"kfac-pytorch: {result['kfac_pytorch'] or 'not importable (column left out)'}, "
+        f"{result['reps']} reps\n"
+    )
     print("| model | library | step | median ms | x SGD | reps |")
     print("|---|---|---|---:|---:|---:|")
     for r in result["rows"]:
@@ -346,44 +384,56 @@ def print_tables(result):
         note = "" if r["ms"] is not None or r["kind"] == "amortised" else " (not timed: --eigh off)"
         if r["kind"] == "amortised" and r["ms"] is None:
             note = " (needs the eigh step)"
-        print(f"| {r['model']} | {r['library']} | {r['kind']}{note} | {fmt(r['ms'], '.1f')} | "
-              f"{fmt(r['x_sgd'], '.2f')} | {fmt(r['reps'], 'd') if r['reps'] else '-'} |")
+        print(
+            f"| {r['model']} | {r['library']} | {r['kind']}{note} | {fmt(r['ms'], '.1f')} | "
+            f"{fmt(r['x_sgd'], '.2f')} | {fmt(r['reps'], 'd') if r['reps'] else '-'} |"
+        )
     refresh = [r for r in result["rows"] if r["kind"] == "refresh"]
     if refresh:
         print("\nEigenbasis refresh of all kfac_ext factors after the run (one call each):\n")
         print("| model | factors | batched_eigh ms | SkipTest(0.01) ms | kept |")
         print("|---|---:|---:|---:|---:|")
         for r in refresh:
-            print(f"| {r['model']} | {r['factors']} | {r['ms']:.1f} | {r['skip_test_ms']:.1f} | "
-                  f"{100 * r['skip_rate']:.0f} % |")
+            print(
+                f"| {r['model']} | {r['factors']} | {r['ms']:.1f} | {r['skip_test_ms']:.1f} | "
+                f"{100 * r['skip_rate']:.0f} % |"
+            )
     if result["ratios"]:
         print("\nkfac_ext / kfac-pytorch (median step time; < 1: kfac_ext faster):\n")
         print("| model | precond | factor | eigh | amortised |")
         print("|---|---:|---:|---:|---:|")
         for model, r in result["ratios"].items():
-            print(f"| {model} | " + " | ".join(fmt(r.get(k), ".2f") for k in
-                                              ("precond", "factor", "eigh", "amortised")) + " |")
+            print(
+                f"| {model} | "
+                + " | ".join(fmt(r.get(k), ".2f") for k in ("precond", "factor", "eigh", "amortised"))
+                + " |"
+            )
     if result["precision"]:
         print("\nPreconditioning GEMMs (kfac_ext bases after the run, one call over all layers):\n")
         print("| model | precondition_dtype | ms | x fp32 | max rel. error vs fp64 |")
         print("|---|---|---:|---:|---:|")
         for r in result["precision"]:
-            print(f"| {r['model']} | {r['precondition_dtype']} | {r['ms']:.1f} | "
-                  f"{r['x_fp32']:.2f} | {r['rel_err_vs_fp64']:.1e} |")
+            print(
+                f"| {r['model']} | {r['precondition_dtype']} | {r['ms']:.1f} | "
+                f"{r['x_fp32']:.2f} | {r['rel_err_vs_fp64']:.1e} |"
+            )
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--quick", action="store_true",
-                   help="fewer reps, one transformer block; on a CPU no ResNet-50 eigh step")
-    p.add_argument("--reps", type=int, default=None, help="timed steps per kind (default 2 "
-                   "with --quick, else 5)")
-    p.add_argument("--models", default="resnet50,transformer",
-                   help="comma-separated subset of resnet50,transformer")
-    p.add_argument("--eigh", choices=("auto", "on", "off"), default="auto",
-                   help="time the eigh step (and the amortised step); auto: on, except on a "
-                        "CPU with --quick (minutes per step at these widths on 2 cores)")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer reps, one transformer block; on a CPU no ResNet-50 eigh step"
+    )
+    p.add_argument("--reps", type=int, default=None, help="timed steps per kind (default 2 with --quick, else 5)")
+    p.add_argument("--models", default="resnet50,transformer", help="comma-separated subset of resnet50,transformer")
+    p.add_argument(
+        "--eigh",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="time the eigh step (and the amortised step); auto: on, except on a "
+        "CPU with --quick (minutes per step at these widths on 2 cores)",
+    )
     p.add_argument("--no-kfac-pytorch", action="store_true", help="leave kfac-pytorch out")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = p.parse_args(argv)
@@ -401,37 +451,43 @@ def main(argv=None):
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in wanted if m not in ("resnet50", "transformer")]
     if bad or not wanted:
-        p.exit(2, f"table_scale.py: error: --models: unknown {bad or wanted}; "
-                  "choose from resnet50,transformer\n")
+        p.exit(2, f"table_scale.py: error: --models: unknown {bad or wanted}; choose from resnet50,transformer\n")
     kfac = None if args.no_kfac_pytorch else import_kfac_pytorch()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    time_eigh = args.eigh == "on" or (args.eigh == "auto" and
-                                      (device.type == "cuda" or not args.quick))
-    specs = [s for key, s in zip(("resnet50", "transformer"),
-                                 model_specs(device, args.quick, time_eigh)) if key in wanted]
+    time_eigh = args.eigh == "on" or (args.eigh == "auto" and (device.type == "cuda" or not args.quick))
+    specs = [
+        s for key, s in zip(("resnet50", "transformer"), model_specs(device, args.quick, time_eigh)) if key in wanted
+    ]
     rows, prec = [], []
     for spec in specs:
         t0 = time.perf_counter()
         print(f"table_scale.py: {spec[0]} ...", file=sys.stderr, flush=True)
         r, pr = run_model(spec, device, reps, kfac, sync)
-        print(f"table_scale.py: {spec[0]} done in {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr, flush=True)
+        print(f"table_scale.py: {spec[0]} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         rows += r
         prec += pr
     ratios = {}
     if kfac is not None:
         by = {(r["model"], r["library"], r["kind"]): r["ms"] for r in rows}
         for spec in specs:
-            ratios[spec[0]] = {k: by[(spec[0], "kfac_ext", k)] / by[(spec[0], "kfac-pytorch", k)]
-                               for k in ("precond", "factor", "eigh", "amortised")
-                               if by.get((spec[0], "kfac_ext", k)) and
-                               by.get((spec[0], "kfac-pytorch", k))}
-    machine = (torch.cuda.get_device_name() if device.type == "cuda" else describe_machine())
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "machine": machine, "device": device.type, "torch": torch.__version__,
-              "kfac_pytorch": getattr(kfac, "__version__", None) if kfac else None,
-              "quick": args.quick, "reps": reps, "rows": rows, "ratios": ratios,
-              "precision": prec}
+            ratios[spec[0]] = {
+                k: by[(spec[0], "kfac_ext", k)] / by[(spec[0], "kfac-pytorch", k)]
+                for k in ("precond", "factor", "eigh", "amortised")
+                if by.get((spec[0], "kfac_ext", k)) and by.get((spec[0], "kfac-pytorch", k))
+            }
+    machine = torch.cuda.get_device_name() if device.type == "cuda" else describe_machine()
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine,
+        "device": device.type,
+        "torch": torch.__version__,
+        "kfac_pytorch": getattr(kfac, "__version__", None) if kfac else None,
+        "quick": args.quick,
+        "reps": reps,
+        "rows": rows,
+        "ratios": ratios,
+        "precision": prec,
+    }
     if args.json:
         print(json.dumps(result))
     else:

@@ -8,22 +8,22 @@ repeats. The eigh rate is fitted on n <= 512 and extrapolated to the MLP's 2048.
 
     python benchmarks/table_scaling_cpu_check.py
 """
+
 import statistics
 import sys
 import time
 
 import torch
+from _common import machine_line
 from torch import nn
 
 import kfac_ext
 from kfac_ext.scaling import NETWORKS, Intervals, predict, workload_of
 from kfac_ext.scaling.measure import measure_profile
-from _common import machine_line
 
 
 def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(),
-                         nn.Linear(2048, 10))
+    return nn.Sequential(nn.Linear(1024, 2048), nn.ReLU(), nn.Linear(2048, 2048), nn.ReLU(), nn.Linear(2048, 10))
 
 
 def _times(fn, n: int) -> tuple[float, float]:
@@ -40,8 +40,7 @@ def main() -> int:
     torch.set_num_threads(1)
     batch = 256
     profile = measure_profile().profile
-    step = predict(workload_of(mlp, (1024,)), 1, profile, NETWORKS["ib100"], batch=batch,
-                   intervals=Intervals(1, 1))
+    step = predict(workload_of(mlp, (1024,)), 1, profile, NETWORKS["ib100"], batch=batch, intervals=Intervals(1, 1))
     torch.manual_seed(0)
     model = mlp()
     x, y = torch.randn(batch, 1024), torch.randint(0, 10, (batch,))
@@ -64,17 +63,19 @@ def main() -> int:
 
     kfac_t = _times(kfac, 3)
     print(f"{machine_line()}; `python {' '.join(sys.argv)}`")
-    print(f"profile: GEMM {profile.flops_per_s / 1e9:.1f} GFLOP/s, eigh "
-          f"{profile.eigh_latency_s * 1e3:.2f} ms + 9n^3 at {profile.eigh_flops_per_s / 1e9:.1f}"
-          " GFLOP/s (1 thread)\n")
-    print("| step, MLP 1024-2048-2048-10, batch 256 | predicted s | measured s (min, median) "
-          "| predicted / min |")
+    print(
+        f"profile: GEMM {profile.flops_per_s / 1e9:.1f} GFLOP/s, eigh "
+        f"{profile.eigh_latency_s * 1e3:.2f} ms + 9n^3 at {profile.eigh_flops_per_s / 1e9:.1f}"
+        " GFLOP/s (1 thread)\n"
+    )
+    print("| step, MLP 1024-2048-2048-10, batch 256 | predicted s | measured s (min, median) | predicted / min |")
     print("|---|---:|---:|---:|")
-    for name, pred, (lo, med) in (("SGD", step.sgd, sgd_t),
-                                  ("K-FAC, factors + eigh every step", step.kfac, kfac_t)):
+    for name, pred, (lo, med) in (("SGD", step.sgd, sgd_t), ("K-FAC, factors + eigh every step", step.kfac, kfac_t)):
         print(f"| {name} | {pred:.3f} | {lo:.3f}, {med:.3f} | {pred / lo:.2f} |")
-    print(f"\nprediction's parts: factors {step.factor_compute:.3f} s, eigh "
-          f"{step.eigen_compute:.3f} s, preconditioning {step.precondition:.3f} s")
+    print(
+        f"\nprediction's parts: factors {step.factor_compute:.3f} s, eigh "
+        f"{step.eigen_compute:.3f} s, preconditioning {step.precondition:.3f} s"
+    )
     return 0
 
 

@@ -10,14 +10,15 @@ run's profile as JSON. On a GPU host (``--device cuda``) this is the GPU profile
     python benchmarks/table_scaling_profile.py --device cuda --sizes 64,256,1024,2048,4096 \
         --out h100.json
 """
+
 import argparse
 import sys
 
 import torch
+from _common import machine_line
 
 from kfac_ext.scaling.measure import measure_profile
 from kfac_ext.scaling.profiles import to_json
-from _common import machine_line
 
 
 def main(argv=None) -> int:
@@ -32,26 +33,31 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     sizes = [int(s) for s in a.sizes.split(",")]
     print(f"{machine_line()}; `python {' '.join(sys.argv)}`\n")
-    print("| run | GEMM GFLOP/s | eigh GFLOP/s | eigh latency ms | rejected sizes "
-          "| spread of repeats: GEMM, eigh |")
+    print("| run | GEMM GFLOP/s | eigh GFLOP/s | eigh latency ms | rejected sizes | spread of repeats: GEMM, eigh |")
     print("|---:|---:|---:|---:|---|---|")
     runs = []
     for i in range(a.runs):
         m = measure_profile(sizes, a.repeats, device=a.device)
         runs.append(m)
         q = m.profile
-        print(f"| {i + 1} | {q.flops_per_s / 1e9:.1f} | {q.eigh_flops_per_s / 1e9:.2f} "
-              f"| {q.eigh_latency_s * 1e3:.3f} | {list(m.rejected) or '-'} "
-              f"| {m.gemm_spread:.2f}x, {m.eigh_spread:.2f}x |")
-    for label, key in (("GEMM", "flops_per_s"), ("eigh", "eigh_flops_per_s"),
-                       ("eigh latency", "eigh_latency_s")):
+        print(
+            f"| {i + 1} | {q.flops_per_s / 1e9:.1f} | {q.eigh_flops_per_s / 1e9:.2f} "
+            f"| {q.eigh_latency_s * 1e3:.3f} | {list(m.rejected) or '-'} "
+            f"| {m.gemm_spread:.2f}x, {m.eigh_spread:.2f}x |"
+        )
+    for label, key in (("GEMM", "flops_per_s"), ("eigh", "eigh_flops_per_s"), ("eigh latency", "eigh_latency_s")):
         vals = [getattr(m.profile, key) for m in runs]
         print(f"\n{label}: max/min across runs {max(vals) / min(vals):.3f}", end="")
     print()
     if a.out:
         mid = sorted(runs, key=lambda m: m.profile.eigh_flops_per_s)[len(runs) // 2]
-        to_json(mid.profile, a.out, samples=list(mid.samples), rejected=list(mid.rejected),
-                gemm_flops_per_s_of_runs=[r.profile.flops_per_s for r in runs])
+        to_json(
+            mid.profile,
+            a.out,
+            samples=list(mid.samples),
+            rejected=list(mid.rejected),
+            gemm_flops_per_s_of_runs=[r.profile.flops_per_s for r in runs],
+        )
         print(f"profile: {a.out}")
     return 0
 

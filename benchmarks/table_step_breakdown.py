@@ -13,6 +13,7 @@ amortised K-FAC step weights the kinds by how often they occur.
     OMP_WAIT_POLICY=PASSIVE python benchmarks/table_step_breakdown.py [--steps 630] [--lag 2]
         [--method eigen|inverse] [--damping 0.1] [--skip-layers [PATTERN ...]]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _machine import describe_machine
+
 from kfac_ext import KFACPreconditioner
 from kfac_ext.app.data import load_dataset
 from kfac_ext.app.models import build_model
@@ -41,14 +42,17 @@ def kind_of(step: int, factor_steps: int, inv_steps: int) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=630)
     p.add_argument("--lag", type=int, default=DEFAULTS["digits"]["inv_lag_steps"])
     p.add_argument("--method", choices=("eigen", "inverse"), default="eigen")
     p.add_argument("--damping", type=float, default=DEFAULTS["digits"]["damping"])
-    p.add_argument("--skip-layers", nargs="*", default=None,
-                   help="default: the digits default (Conv2d); the flag alone: every layer")
+    p.add_argument(
+        "--skip-layers",
+        nargs="*",
+        default=None,
+        help="default: the digits default (Conv2d); the flag alone: every layer",
+    )
     a = p.parse_args()
     d = DEFAULTS["digits"]
     skip = d["skip_layers"] if a.skip_layers is None else a.skip_layers
@@ -59,13 +63,21 @@ def main() -> int:
         torch.manual_seed(0)
         model = build_model(d["model"], data.num_classes, data.in_channels)
         lr = d["lr_kfac"] if name == "kfac" else d["lr_sgd"]
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9,
-                              weight_decay=d["weight_decay"])
-        pre = KFACPreconditioner(model, factor_update_steps=d["factor_update_steps"],
-                                 inv_update_steps=d["inv_update_steps"], damping=a.damping,
-                                 lr=lr, inv_lag_steps=a.lag, compute_method=a.method,
-                                 skip_layers=skip) \
-            if name == "kfac" else None
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=d["weight_decay"])
+        pre = (
+            KFACPreconditioner(
+                model,
+                factor_update_steps=d["factor_update_steps"],
+                inv_update_steps=d["inv_update_steps"],
+                damping=a.damping,
+                lr=lr,
+                inv_lag_steps=a.lag,
+                compute_method=a.method,
+                skip_layers=skip,
+            )
+            if name == "kfac"
+            else None
+        )
         runs[name] = (model, opt, pre)
     times = {(name, kind): {ph: [] for ph in PHASES} for name in runs for kind in KINDS}
     batch = d["batch_size"]
@@ -76,11 +88,10 @@ def main() -> int:
         if i == 0:
             order = torch.randperm(len(data.train_y), generator=gen)
         kind = kind_of(step, d["factor_update_steps"], d["inv_update_steps"])
-        for name in (("sgd", "kfac") if step % 2 else ("kfac", "sgd")):
+        for name in ("sgd", "kfac") if step % 2 else ("kfac", "sgd"):
             model, opt, pre = runs[name]
             t0 = time.perf_counter()
-            x, y = data.batch(order[i * batch:(i + 1) * batch], True,
-                              torch.Generator().manual_seed(step))
+            x, y = data.batch(order[i * batch : (i + 1) * batch], True, torch.Generator().manual_seed(step))
             t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
@@ -95,9 +106,11 @@ def main() -> int:
                 for ph, dt in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
                     rec[ph].append(1e3 * dt)
     print("## K-FAC step breakdown against SGD (digits CNN, defaults of `kfac-ext train`)\n")
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{describe_machine()}, {a.method} method, lag {a.lag}, "
-          f"skip_layers {list(skip)}")
+    print(
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{describe_machine()}, {a.method} method, lag {a.lag}, "
+        f"skip_layers {list(skip)}"
+    )
     print(f"command: python benchmarks/table_step_breakdown.py {' '.join(sys.argv[1:])}".rstrip())
     print()
     print("| run | step kind | steps | " + " | ".join(f"{ph} ms" for ph in PHASES) + " |")
@@ -108,13 +121,14 @@ def main() -> int:
     for (name, kind), rec in sorted(times.items(), key=lambda kv: (KINDS.index(kv[0][1]), kv[0][0])):
         n = len(rec["step"])
         med = {ph: statistics.median(v) for ph, v in rec.items()}
-        print(f"| {name} | {kind} | {n} | " +
-              " | ".join(f"{med[ph]:.3f}" for ph in PHASES) + " |")
+        print(f"| {name} | {kind} | {n} | " + " | ".join(f"{med[ph]:.3f}" for ph in PHASES) + " |")
         if name == "kfac":
             amortised += med["step"] * n / counted
     print()
-    print(f"K-FAC step, amortised over the kinds: {amortised:.3f} ms against SGD's median "
-          f"{sgd_step:.3f} ms: {100 * (amortised / sgd_step - 1):+.0f} %")
+    print(
+        f"K-FAC step, amortised over the kinds: {amortised:.3f} ms against SGD's median "
+        f"{sgd_step:.3f} ms: {100 * (amortised / sgd_step - 1):+.0f} %"
+    )
     return 0
 
 

@@ -20,6 +20,7 @@ Medians of ``--reps`` timed steps after 2 warm-up steps, the four modes' steps
 interleaved. The machine is shared: the absolute figures move with its load, the
 ratios less.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,11 +70,19 @@ class Runner:
         torch.manual_seed(0)
         self.model = GPT()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.pre = None if intervals is None else kfac_ext.KFACPreconditioner(
-            self.model, factor_update_steps=intervals[0], inv_update_steps=intervals[1],
-            lr=1e-3, kfac_approx=approx, compute_method=method)
-        self.idx = torch.randint(0, VOCAB, (BATCH, TOKENS + 1),
-                                 generator=torch.Generator().manual_seed(1))
+        self.pre = (
+            None
+            if intervals is None
+            else kfac_ext.KFACPreconditioner(
+                self.model,
+                factor_update_steps=intervals[0],
+                inv_update_steps=intervals[1],
+                lr=1e-3,
+                kfac_approx=approx,
+                compute_method=method,
+            )
+        )
+        self.idx = torch.randint(0, VOCAB, (BATCH, TOKENS + 1), generator=torch.Generator().manual_seed(1))
 
     def step(self) -> float:
         t0 = time.perf_counter()
@@ -105,16 +114,24 @@ def main(argv=None) -> None:
     parser.add_argument("--approx", default="expand", choices=["expand", "reduce"])
     parser.add_argument("--method", default="eigen", choices=["eigen", "inverse"])
     args = parser.parse_args(argv)
-    never = 10 ** 9
-    rows = time_modes({"AdamW": None, "every step": (1, 1), "factors only": (1, never),
-                       "precondition only": (never, never)}, args.reps, args.approx, args.method)
-    rows["amortised (10, 100)"] = (rows["precondition only"]
-                                   + (rows["factors only"] - rows["precondition only"]) / 10
-                                   + (rows["every step"] - rows["factors only"]) / 100)
+    never = 10**9
+    rows = time_modes(
+        {"AdamW": None, "every step": (1, 1), "factors only": (1, never), "precondition only": (never, never)},
+        args.reps,
+        args.approx,
+        args.method,
+    )
+    rows["amortised (10, 100)"] = (
+        rows["precondition only"]
+        + (rows["factors only"] - rows["precondition only"]) / 10
+        + (rows["every step"] - rows["factors only"]) / 100
+    )
     adamw = rows["AdamW"]
-    print(f"GPT-style d_model {D}, {LAYERS} layers, {BATCH}x{TOKENS} tokens, "
-          f"kfac_approx={args.approx}, compute_method={args.method}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"GPT-style d_model {D}, {LAYERS} layers, {BATCH}x{TOKENS} tokens, "
+        f"kfac_approx={args.approx}, compute_method={args.method}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| step | ms | × AdamW |\n|---|---|---|")
     for name, t in rows.items():
         print(f"| {name} | {t * 1e3:.0f} | {t / adamw:.2f} |")

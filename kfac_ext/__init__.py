@@ -9,6 +9,7 @@ them. The submodules a kfac-pytorch program reaches through the package
 ``import kfac_ext as kfac`` runs it; ``kfac_ext.gpt_neox`` raises an ImportError
 saying that kfac-pytorch's GPT-NeoX integration is not supported.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,16 +18,17 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = ["KFACPreconditioner", "ops", "preconditioner", "enums", "scheduler", "register_layer_type"]
 # Submodules loaded as attributes on first access, as `import kfac` gives kfac-pytorch's.
-_LAZY_SUBMODULES = ("ops", "preconditioner", "enums", "scheduler", "schedules", "hyperparams",
-                    "gpt_neox")
+_LAZY_SUBMODULES = ("ops", "preconditioner", "enums", "scheduler", "schedules", "hyperparams", "gpt_neox")
 
 
 def __getattr__(name: str) -> Any:
     if name == "KFACPreconditioner":
         from kfac_ext.preconditioner import KFACPreconditioner
+
         return KFACPreconditioner
     if name == "register_layer_type":
         from kfac_ext.layer_types import register_layer_type
+
         return register_layer_type
     if name in _LAZY_SUBMODULES:
         return importlib.import_module(f"kfac_ext.{name}")

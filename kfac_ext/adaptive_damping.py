@@ -53,11 +53,13 @@ meaningful); the extra forward costs one forward pass every ``interval``
 steps. Only the registered layers enter δ and M; layers skipped by the
 preconditioner still move, and their effect lands in the actual change.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -69,8 +71,7 @@ __all__ = ["AdaptiveDamping"]
 
 
 def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value) and value > 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _loss_value(result: object) -> float:
@@ -80,10 +81,15 @@ def _loss_value(result: object) -> float:
         return float(result)
     if isinstance(result, (int, float)) and not isinstance(result, bool):
         return float(result)
-    got = f"a tensor of shape {tuple(result.shape)}" if isinstance(result, torch.Tensor) \
+    got = (
+        f"a tensor of shape {tuple(result.shape)}"
+        if isinstance(result, torch.Tensor)
         else f"{type(result).__name__} {result!r}"[:120]
-    raise TypeError("KFACPreconditioner.step(closure=...): with adaptive damping the closure "
-                    f"must return the batch's loss (a number or a one-element tensor), got {got}")
+    )
+    raise TypeError(
+        "KFACPreconditioner.step(closure=...): with adaptive damping the closure "
+        f"must return the batch's loss (a number or a one-element tensor), got {got}"
+    )
 
 
 def _layer_params(layer: KFACLayer) -> torch.Tensor:
@@ -98,14 +104,23 @@ def _layer_params(layer: KFACLayer) -> torch.Tensor:
 class AdaptiveDamping:
     """λ as a callable ``f(step)`` for KFACPreconditioner, adapted from observed loss changes."""
 
-    def __init__(self, initial: float, interval: int = 5, decay: Optional[float] = None,
-                 curvature_scale: float = 1.0, min_damping: float = 1e-8,
-                 max_damping: float = 1e4):
-        for name, value in (("initial", initial), ("curvature_scale", curvature_scale),
-                            ("min_damping", min_damping), ("max_damping", max_damping)):
+    def __init__(
+        self,
+        initial: float,
+        interval: int = 5,
+        decay: float | None = None,
+        curvature_scale: float = 1.0,
+        min_damping: float = 1e-8,
+        max_damping: float = 1e4,
+    ):
+        for name, value in (
+            ("initial", initial),
+            ("curvature_scale", curvature_scale),
+            ("min_damping", min_damping),
+            ("max_damping", max_damping),
+        ):
             if not _positive(value):
-                raise ValueError(f"AdaptiveDamping: {name} must be a finite number > 0, "
-                                 f"got {value!r}")
+                raise ValueError(f"AdaptiveDamping: {name} must be a finite number > 0, got {value!r}")
         if not (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1):
             raise ValueError(f"AdaptiveDamping: interval must be an integer >= 1, got {interval!r}")
         if decay is None:
@@ -113,17 +128,18 @@ class AdaptiveDamping:
         if not (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 < decay < 1):
             raise ValueError(f"AdaptiveDamping: decay must be in (0, 1), got {decay!r}")
         if not min_damping <= initial <= max_damping:
-            raise ValueError(f"AdaptiveDamping: initial {initial} outside [min_damping "
-                             f"{min_damping}, max_damping {max_damping}]")
+            raise ValueError(
+                f"AdaptiveDamping: initial {initial} outside [min_damping {min_damping}, max_damping {max_damping}]"
+            )
         self.value = float(initial)
         self.interval = interval
         self.decay = float(decay)
         self.curvature_scale = float(curvature_scale)
         self.min_damping, self.max_damping = float(min_damping), float(max_damping)
-        self.last_rho: Optional[float] = None
+        self.last_rho: float | None = None
         self.updates = 0
         # (closure, loss, grads, params) of step t; closure None after a load until resume()
-        self._pending: Optional[tuple] = None
+        self._pending: tuple | None = None
 
     def __call__(self, step: int) -> float:
         return self.value
@@ -135,19 +151,21 @@ class AdaptiveDamping:
         return self._pending is not None
 
     # ---------------------------------------------------------------- observe
-    def observe(self, preconditioner: KFACPreconditioner, step: int, closure: Optional[Callable]) -> None:
+    def observe(self, preconditioner: KFACPreconditioner, step: int, closure: Callable | None) -> None:
         """Called by ``KFACPreconditioner.step`` before it changes any gradient. The new
         measurement's closure is checked (and its loss taken) before the pending one
         finishes, so a bad closure changes nothing."""
         layers = preconditioner.layers
-        measure = step % self.interval == 0 and \
-            all(l.has_grad() and l.factor_updates > 0 for l in layers)
+        measure = step % self.interval == 0 and all(l.has_grad() and l.factor_updates > 0 for l in layers)
         if step % self.interval == 0 and closure is None:
-            raise ValueError("KFACPreconditioner.step(closure=...): adaptive damping needs a "
-                             "closure that returns the loss of the current batch")
+            raise ValueError(
+                "KFACPreconditioner.step(closure=...): adaptive damping needs a "
+                "closure that returns the loss of the current batch"
+            )
         if closure is not None and not callable(closure):
-            raise TypeError(f"KFACPreconditioner.step(closure=...): closure must be callable, "
-                            f"got {type(closure).__name__}")
+            raise TypeError(
+                f"KFACPreconditioner.step(closure=...): closure must be callable, got {type(closure).__name__}"
+            )
         if measure:  # else: no factors yet (or a layer without gradient): nothing to model
             assert closure is not None  # a measuring step without one was refused above
             with torch.no_grad():
@@ -157,8 +175,11 @@ class AdaptiveDamping:
         if not measure:
             return
         if not math.isfinite(loss):
-            warnings.warn(f"AdaptiveDamping: the closure's loss is {loss} at step {step}; no "
-                          f"measurement this time (damping stays {self.value:g})", stacklevel=4)
+            warnings.warn(
+                f"AdaptiveDamping: the closure's loss is {loss} at step {step}; no "
+                f"measurement this time (damping stays {self.value:g})",
+                stacklevel=4,
+            )
             return
         grads = [l.grad_matrix(torch.float64) for l in layers]
         params = [_layer_params(l) for l in layers]
@@ -168,27 +189,32 @@ class AdaptiveDamping:
         """After ``load_state_dict``: the closure of the batch whose measurement the
         checkpoint holds (the last batch before saving), to finish it at the next step."""
         if not callable(closure):
-            raise TypeError(f"AdaptiveDamping.resume: closure must be callable, got "
-                            f"{type(closure).__name__}")
+            raise TypeError(f"AdaptiveDamping.resume: closure must be callable, got {type(closure).__name__}")
         if self._pending is None:
-            raise ValueError("AdaptiveDamping.resume: no measurement is pending (the state "
-                             "loaded had none); nothing to resume")
+            raise ValueError(
+                "AdaptiveDamping.resume: no measurement is pending (the state loaded had none); nothing to resume"
+            )
         self._pending = (closure,) + self._pending[1:]
 
-    def _finish(self, layers: List, step: int) -> None:
+    def _finish(self, layers: list, step: int) -> None:
         assert self._pending is not None  # called only with a measurement pending
         closure, loss, grads, params = self._pending
         self._pending = None
         if closure is None:
-            warnings.warn("AdaptiveDamping: the measurement pending in the loaded state was "
-                          "dropped (give the closure of its batch with resume() after "
-                          "load_state_dict to finish it)", stacklevel=5)
+            warnings.warn(
+                "AdaptiveDamping: the measurement pending in the loaded state was "
+                "dropped (give the closure of its batch with resume() after "
+                "load_state_dict to finish it)",
+                stacklevel=5,
+            )
             return
         now = [_layer_params(layer) for layer in layers]
         if [t.shape for t in now] != [p.shape for p in params]:
-            warnings.warn("AdaptiveDamping: a registered layer changed shape since the pending "
-                          "measurement started (a bias frozen?); the measurement is dropped",
-                          stacklevel=5)
+            warnings.warn(
+                "AdaptiveDamping: a registered layer changed shape since the pending "
+                "measurement started (a bias frozen?); the measurement is dropped",
+                stacklevel=5,
+            )
             return
         with torch.no_grad():
             new_loss = _loss_value(closure())
@@ -204,8 +230,10 @@ class AdaptiveDamping:
                 curvature += float((gda * d).sum())
         model = linear + 0.5 * self.curvature_scale * curvature
         if not math.isfinite(new_loss):
-            warnings.warn(f"AdaptiveDamping: the closure's loss after the step is {new_loss} "
-                          f"at step {step}; damping raised", stacklevel=5)
+            warnings.warn(
+                f"AdaptiveDamping: the closure's loss after the step is {new_loss} at step {step}; damping raised",
+                stacklevel=5,
+            )
         if model >= 0 or not math.isfinite(new_loss):
             rho = -math.inf  # the model predicts no decrease, or the step blew up
         else:
@@ -225,25 +253,33 @@ class AdaptiveDamping:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         """λ, counters and the pending measurement (without its closure, see resume())."""
-        state: dict[str, Any] = {"value": self.value, "updates": self.updates, "last_rho": self.last_rho,
-                 "pending": None}
+        state: dict[str, Any] = {
+            "value": self.value,
+            "updates": self.updates,
+            "last_rho": self.last_rho,
+            "pending": None,
+        }
         if self._pending is not None:
             _, loss, grads, params = self._pending
-            state["pending"] = {"loss": loss, "grads": [g.clone() for g in grads],
-                                "params": [p.clone() for p in params]}
+            state["pending"] = {
+                "loss": loss,
+                "grads": [g.clone() for g in grads],
+                "params": [p.clone() for p in params],
+            }
         return state
 
-    def check_state_dict(self, state: dict, layers: Optional[List] = None) -> None:
+    def check_state_dict(self, state: dict, layers: list | None = None) -> None:
         """Raise ValueError naming the entry if ``state`` cannot be loaded (into a
         preconditioner with these ``layers``); assigns nothing."""
         if not isinstance(state, dict) or "value" not in state:
-            raise ValueError(f"adaptive_damping: not an AdaptiveDamping state dict "
-                             f"({type(state).__name__})")
+            raise ValueError(f"adaptive_damping: not an AdaptiveDamping state dict ({type(state).__name__})")
         value = state["value"]
         if not (_positive(value) and self.min_damping <= value <= self.max_damping):
-            raise ValueError(f"adaptive_damping: value must be a finite number in [min_damping "
-                             f"{self.min_damping:g}, max_damping {self.max_damping:g}], got "
-                             f"{value!r}")
+            raise ValueError(
+                f"adaptive_damping: value must be a finite number in [min_damping "
+                f"{self.min_damping:g}, max_damping {self.max_damping:g}], got "
+                f"{value!r}"
+            )
         updates = state.get("updates", 0)
         if not (isinstance(updates, int) and not isinstance(updates, bool) and updates >= 0):
             raise ValueError(f"adaptive_damping: updates must be an integer >= 0, got {updates!r}")
@@ -264,10 +300,9 @@ class AdaptiveDamping:
             for key, ts in (("grads", grads), ("params", params)):
                 got = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in ts]
                 if got != want:
-                    raise ValueError(f"adaptive_damping: pending {key} have shapes {got}, the "
-                                     f"registered layers {want}")
+                    raise ValueError(f"adaptive_damping: pending {key} have shapes {got}, the registered layers {want}")
 
-    def load_state_dict(self, state: dict, layers: Optional[List] = None) -> None:
+    def load_state_dict(self, state: dict, layers: list | None = None) -> None:
         """Checked first (:meth:`check_state_dict`); a pending measurement comes back
         without its closure: give it with :meth:`resume`."""
         self.check_state_dict(state, layers)
@@ -278,8 +313,10 @@ class AdaptiveDamping:
         if pending is None:
             self._pending = None
             return
-        devices = [l.device for l in layers] if layers is not None else \
-            [t.device for t in pending["grads"]]
-        self._pending = (None, float(pending["loss"]),
-                         [t.to(d, torch.float64, copy=True) for t, d in zip(pending["grads"], devices)],
-                         [t.to(d, torch.float64, copy=True) for t, d in zip(pending["params"], devices)])
+        devices = [l.device for l in layers] if layers is not None else [t.device for t in pending["grads"]]
+        self._pending = (
+            None,
+            float(pending["loss"]),
+            [t.to(d, torch.float64, copy=True) for t, d in zip(pending["grads"], devices)],
+            [t.to(d, torch.float64, copy=True) for t, d in zip(pending["params"], devices)],
+        )

@@ -8,6 +8,7 @@ kfac-pytorch's enums works without importing kfac, and so do the strings
 kfac-pytorch accepts ('eigen', 'COMPUTE', ...). Every function raises
 ``ValueError`` naming the argument and what it expected.
 """
+
 from __future__ import annotations
 
 import enum
@@ -15,7 +16,8 @@ import logging
 import math
 import numbers
 import re
-from typing import Any, Iterable, List, Literal, Optional, Union, overload
+from collections.abc import Iterable
+from typing import Any, Literal, overload
 
 import torch
 
@@ -27,7 +29,7 @@ ASSIGNMENT_STRATEGIES = ("compute", "memory")
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-def _member_name(value: object) -> Optional[str]:
+def _member_name(value: object) -> str | None:
     """The lower-case name of an enum member or of a string, else None."""
     if isinstance(value, enum.Enum):
         return value.name.lower()
@@ -39,8 +41,7 @@ def _member_name(value: object) -> Optional[str]:
 def _choice(arg: str, value: object, choices: tuple[str, ...]) -> str:
     name = _member_name(value)
     if name is None or name not in choices:
-        raise ValueError(f"{arg} must be one of {choices} (or kfac-pytorch's enum member of that "
-                         f"name); got {value!r}")
+        raise ValueError(f"{arg} must be one of {choices} (or kfac-pytorch's enum member of that name); got {value!r}")
     return name
 
 
@@ -69,17 +70,21 @@ def grad_worker_fraction(value: Any, world_size: int) -> float:
     if isinstance(value, (enum.Enum, str)):
         return strategies[_choice("grad_worker_fraction", value, tuple(strategies))]
     if not (_is_real(value) and math.isfinite(value) and 0 < value <= 1):
-        raise ValueError("grad_worker_fraction must be a number in (0, 1] (1 = COMM-OPT, "
-                         "1/world_size = MEM-OPT) or a DistributedStrategy (COMM_OPT, HYBRID_OPT, "
-                         f"MEM_OPT); got {value!r}")
+        raise ValueError(
+            "grad_worker_fraction must be a number in (0, 1] (1 = COMM-OPT, "
+            "1/world_size = MEM-OPT) or a DistributedStrategy (COMM_OPT, HYBRID_OPT, "
+            f"MEM_OPT); got {value!r}"
+        )
     return float(value)
 
 
 def bucket_cap_mb(value: Any) -> float:
     """A finite size >= 0; 0 sends each factor in an all-reduce of its own (as kfac-pytorch)."""
     if not (_is_real(value) and math.isfinite(value) and value >= 0):
-        raise ValueError("allreduce_bucket_cap_mb must be a finite number >= 0 (0: no bucketing, "
-                         f"one all-reduce per factor); got {value!r}")
+        raise ValueError(
+            "allreduce_bucket_cap_mb must be a finite number >= 0 (0: no bucketing, "
+            f"one all-reduce per factor); got {value!r}"
+        )
     return float(value)
 
 
@@ -90,7 +95,7 @@ def flag(arg: str, value: object) -> bool:
     return value
 
 
-def skip_patterns(value: Union[None, str, Iterable[str]]) -> List[re.Pattern]:
+def skip_patterns(value: None | str | Iterable[str]) -> list[re.Pattern]:
     """Compiled case-insensitive regexes; None means none."""
     if value is None:
         return []
@@ -98,8 +103,9 @@ def skip_patterns(value: Union[None, str, Iterable[str]]) -> List[re.Pattern]:
     try:
         patterns = list(patterns)
     except TypeError:
-        raise ValueError(f"skip_layers must be a string or a list of strings (regular "
-                         f"expressions); got {value!r}") from None
+        raise ValueError(
+            f"skip_layers must be a string or a list of strings (regular expressions); got {value!r}"
+        ) from None
     compiled = []
     for p in patterns:
         if not isinstance(p, str):
@@ -115,15 +121,17 @@ def skip_patterns(value: Union[None, str, Iterable[str]]) -> List[re.Pattern]:
 def kernel_dtype(arg: str, value: Any, allow_none: Literal[False]) -> torch.dtype: ...
 @overload
 def kernel_dtype(arg: str, value: Any, allow_none: bool) -> torch.dtype | None: ...
-def kernel_dtype(arg: str, value: Any, allow_none: bool) -> Optional[torch.dtype]:
+def kernel_dtype(arg: str, value: Any, allow_none: bool) -> torch.dtype | None:
     """float32 or float64 (or None where allowed): the dtypes the factor kernels and the
     eigendecomposition / Cholesky take."""
     if value is None and allow_none:
         return None
     if value not in KERNEL_DTYPES:
         none = " or None" if allow_none else ""
-        raise ValueError(f"{arg} must be torch.float32 or torch.float64{none} (the factor kernels "
-                         f"and the eigendecompositions run in these); got {value!r}")
+        raise ValueError(
+            f"{arg} must be torch.float32 or torch.float64{none} (the factor kernels "
+            f"and the eigendecompositions run in these); got {value!r}"
+        )
     return value
 
 
@@ -133,8 +141,9 @@ def loglevel(value: object) -> int:
         return logging.getLevelName(value.upper())
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= logging.CRITICAL:
         return value
-    raise ValueError(f"loglevel must be a logging level from 0 to logging.CRITICAL (e.g. "
-                     f"logging.INFO or 'INFO'); got {value!r}")
+    raise ValueError(
+        f"loglevel must be a logging level from 0 to logging.CRITICAL (e.g. logging.INFO or 'INFO'); got {value!r}"
+    )
 
 
 class _ScaleFunction:
@@ -156,5 +165,7 @@ def grad_scaler(value):
         return value
     if callable(value):
         return _ScaleFunction(value)
-    raise ValueError("grad_scaler must be a torch.amp.GradScaler (with get_scale()) or a callable "
-                     f"returning the current scale; got {type(value).__name__}")
+    raise ValueError(
+        "grad_scaler must be a torch.amp.GradScaler (with get_scale()) or a callable "
+        f"returning the current scale; got {type(value).__name__}"
+    )

@@ -33,6 +33,7 @@ search finishes quickly:
 The module imports nothing else of kfac_ext; ``kfac_ext.placement`` (device
 placement of operator graphs) is a separate engine and does not take part.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -45,8 +46,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Assignment", "assign_work", "check_costs", "eigen_cost", "lpt_assignment",
-           "makespan_lower_bound", "optimal_makespan_assignment"]
+__all__ = [
+    "Assignment",
+    "assign_work",
+    "check_costs",
+    "eigen_cost",
+    "lpt_assignment",
+    "makespan_lower_bound",
+    "optimal_makespan_assignment",
+]
 
 # A symmetric eigendecomposition with eigenvectors costs about 9 n^3 flops
 # (tridiagonal reduction 4/3 n^3, divide and conquer, back-transformation).
@@ -87,8 +95,9 @@ class Assignment:
         return [i for i, w in enumerate(self.owner) if w == worker]
 
 
-def eigen_cost(n: int, *, flops_per_s: float = 1e10, bytes_per_s: float = 12.5e9,
-               element_bytes: int = 4, receivers: int = 1) -> float:
+def eigen_cost(
+    n: int, *, flops_per_s: float = 1e10, bytes_per_s: float = 12.5e9, element_bytes: int = 4, receivers: int = 1
+) -> float:
     """Predicted seconds to eigendecompose an n x n factor and broadcast (Q, d).
 
     Defaults: 10 GFLOP/s for LAPACK's eigh on a few cores, 100 Gb/s links.
@@ -135,8 +144,7 @@ def _loads(costs: Sequence[float], owner: Sequence[int], n_workers: int) -> list
     return loads
 
 
-def _result(costs: list[float], owner: Sequence[int], n_workers: int, lower_bound: float,
-            method: str) -> Assignment:
+def _result(costs: list[float], owner: Sequence[int], n_workers: int, lower_bound: float, method: str) -> Assignment:
     return Assignment(tuple(owner), tuple(_loads(costs, owner, n_workers)), lower_bound, method)
 
 
@@ -154,6 +162,7 @@ def lpt_assignment(costs: Sequence[float], n_workers: int) -> Assignment:
 
 
 # ---- the exact search (optimal_makespan_assignment's steps 2 and 3) ----
+
 
 def _improve(costs: list[float], owner: list[int], n_workers: int, eps: float) -> list[int]:
     """Local search: move one task off the most loaded worker, or swap two tasks,
@@ -206,8 +215,9 @@ def _sumsets(counts_costs: list[tuple[int, float]]) -> np.ndarray:
 _Reach = list[tuple[np.ndarray, np.ndarray] | None]
 
 
-def _reachable_sums(type_cost: list[float], type_count: list[int], tail_limit: int = 2_000_000,
-                    head_limit: int = 100_000) -> tuple[_Reach, int]:
+def _reachable_sums(
+    type_cost: list[float], type_count: list[int], tail_limit: int = 2_000_000, head_limit: int = 100_000
+) -> tuple[_Reach, int]:
     """What one worker can still collect at level t (types t.. all unassigned):
     reach[t] = (head, tail) with every collectable sum equal to h + s for some h in
     head (types t..t0-1) and s in tail (types t0..), both sorted; None where the head
@@ -229,8 +239,7 @@ def _reachable_sums(type_cost: list[float], type_count: list[int], tail_limit: i
                 break
             reach[t] = (head, tail)
     for t in range(t0 + 1, n_types + 1):  # tails of the levels below t0
-        reach[t] = (np.zeros(1), _sumsets([(type_count[j], type_cost[j])
-                                           for j in range(t, n_types)]))
+        reach[t] = (np.zeros(1), _sumsets([(type_count[j], type_cost[j]) for j in range(t, n_types)]))
     return reach, t0
 
 
@@ -250,9 +259,15 @@ class _TimeUpError(Exception):
     pass
 
 
-def _type_search(type_cost: list[float], type_count: list[int], n_workers: int,
-                 incumbent: float, lower_bound: float, eps: float,
-                 deadline: float) -> tuple[float, list[list[int]] | None, bool]:
+def _type_search(
+    type_cost: list[float],
+    type_count: list[int],
+    n_workers: int,
+    incumbent: float,
+    lower_bound: float,
+    eps: float,
+    deadline: float,
+) -> tuple[float, list[list[int]] | None, bool]:
     """Exact search for an assignment with makespan < incumbent.
 
     Branches type by type, largest first: how many tasks of this size each worker
@@ -269,8 +284,7 @@ def _type_search(type_cost: list[float], type_count: list[int], n_workers: int,
     reach, _ = _reachable_sums(type_cost, type_count)
     # deep levels check one sorted list: bisect on an array.array beats numpy's
     # per-call overhead by ~5x in this hot loop
-    flat = [array("d", r[1].tobytes()) if r is not None and len(r[0]) == 1 else None
-            for r in reach]
+    flat = [array("d", r[1].tobytes()) if r is not None and len(r[0]) == 1 else None for r in reach]
     best_makespan = [incumbent]
     best_counts: list[list[list[int]] | None] = [None]
     counts = [[0] * n_workers for _ in range(n_types)]  # counts[type][physical worker]
@@ -287,8 +301,7 @@ def _type_search(type_cost: list[float], type_count: list[int], n_workers: int,
         if ms < best_makespan[0] - eps:
             best_makespan[0], best_counts[0] = ms, [list(row) for row in counts]
 
-    def distribute(t: int, loads: list[float], w: int, left: int, cap: float,
-                   acc: list[int]) -> Iterator[list[int]]:
+    def distribute(t: int, loads: list[float], w: int, left: int, cap: float, acc: list[int]) -> Iterator[list[int]]:
         # give worker w (and those after it) the remaining `left` tasks of type t
         c = type_cost[t]
         if w == n_workers:
@@ -356,8 +369,7 @@ def _type_search(type_cost: list[float], type_count: list[int], n_workers: int,
     return best_makespan[0], best_counts[0], finished
 
 
-def optimal_makespan_assignment(costs: Sequence[float], n_workers: int,
-                                time_limit: float = 1.0) -> Assignment:
+def optimal_makespan_assignment(costs: Sequence[float], n_workers: int, time_limit: float = 1.0) -> Assignment:
     """Assign tasks (costs[i] >= 0) to ``n_workers`` identical workers so that the
     largest per-worker sum is minimal.
 
@@ -386,8 +398,7 @@ def optimal_makespan_assignment(costs: Sequence[float], n_workers: int,
     type_cost = sorted(by_cost, reverse=True)
     type_count = [len(by_cost[c]) for c in type_cost]
     deadline = start + time_limit
-    _, counts, finished = _type_search(type_cost, type_count, n_workers,
-                                       makespan, lb, eps, deadline)
+    _, counts, finished = _type_search(type_cost, type_count, n_workers, makespan, lb, eps, deadline)
     if counts is not None:
         owner = [0] * n
         for t, c in enumerate(type_cost):
@@ -403,13 +414,16 @@ def optimal_makespan_assignment(costs: Sequence[float], n_workers: int,
 
 
 def _check_time_limit(time_limit: float, caller: str) -> None:
-    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) \
-            or time_limit < 0 or not math.isfinite(time_limit):
+    if (
+        isinstance(time_limit, bool)
+        or not isinstance(time_limit, (int, float))
+        or time_limit < 0
+        or not math.isfinite(time_limit)
+    ):
         raise ValueError(f"{caller}: time_limit must be a finite number >= 0, got {time_limit!r}")
 
 
-def assign_work(costs: Sequence[float], n_workers: int, *, method: str = "auto",
-                time_limit: float = 1.0) -> Assignment:
+def assign_work(costs: Sequence[float], n_workers: int, *, method: str = "auto", time_limit: float = 1.0) -> Assignment:
     """Assign tasks of the given costs to ``n_workers`` workers, minimising the makespan.
 
     method: "auto" (the exact search of ``optimal_makespan_assignment``, never

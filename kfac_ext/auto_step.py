@@ -64,13 +64,14 @@ the gradient (as it came, to restore it if the step fails, and with weight decay
 other randomness in the forward makes C that of another network than the one
 the step's gradient came from; evaluate such models deterministically.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Dict, List, Optional, Tuple, cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -90,8 +91,7 @@ _SINGULAR = 1e-10
 def batch_statistics(model: nn.Module) -> Iterator[None]:
     """BatchNorm layers in training mode normalise by the batch's statistics and leave
     their running statistics alone (``track_running_stats`` off for the duration)."""
-    changed = [m for m in model.modules()
-               if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
+    changed = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
     for m in changed:
         m.track_running_stats = False
     try:
@@ -103,9 +103,11 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
 
 def _one_tensor(out: object) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"AutoStep: the model returned a {type(out).__name__}; the auto step "
-                        "needs a model whose forward returns one tensor (wrap it in a module "
-                        "that returns the output the loss uses)")
+        raise TypeError(
+            f"AutoStep: the model returned a {type(out).__name__}; the auto step "
+            "needs a model whose forward returns one tensor (wrap it in a module "
+            "that returns the output the loss uses)"
+        )
     return out
 
 
@@ -115,9 +117,14 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad
 
 
-def curvature_products(model: nn.Module, names: List[str], params: List[torch.Tensor],
-                       directions: torch.Tensor, inputs: Any,
-                       loss_of_outputs: Callable) -> Tuple[torch.Tensor, torch.Tensor]:
+def curvature_products(
+    model: nn.Module,
+    names: list[str],
+    params: list[torch.Tensor],
+    directions: torch.Tensor,
+    inputs: Any,
+    loss_of_outputs: Callable,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(k×k float64 matrix of d_iᵀ C d_j, the loss at ``params``) for the k rows of
     ``directions`` (each the parameters ``names`` flattened and concatenated in order).
 
@@ -132,8 +139,10 @@ def curvature_products(model: nn.Module, names: List[str], params: List[torch.Te
         return _one_tensor(functional_call(model, {**p, **buffers}, args))
 
     k = directions.shape[0]
-    tangents = {n: t.reshape(k, *p.shape).to(p.dtype) for n, p, t in
-                zip(names, params, directions.split([p.numel() for p in params], dim=1))}
+    tangents = {
+        n: t.reshape(k, *p.shape).to(p.dtype)
+        for n, p, t in zip(names, params, directions.split([p.numel() for p in params], dim=1))
+    }
     with torch.enable_grad(), batch_statistics(model):
         # torch's stub for out_dims leaves out None (an output not batched), which vmap
         # takes; jvp without has_aux gives (output, its jvp).
@@ -153,8 +162,9 @@ def curvature_products(model: nn.Module, names: List[str], params: List[torch.Te
     return 0.5 * (gram + gram.T), loss.detach()
 
 
-def solve_step(curvature: torch.Tensor, norms: torch.Tensor, linear: torch.Tensor,
-               damping: float) -> Tuple[Optional[torch.Tensor], str]:
+def solve_step(
+    curvature: torch.Tensor, norms: torch.Tensor, linear: torch.Tensor, damping: float
+) -> tuple[torch.Tensor | None, str]:
     """Minimiser c of linearᵀc + ½ cᵀ(curvature + damping·norms)c, and how it was found.
 
     'full': the k×k system; '1d': its first coordinate only (the 2×2 one was
@@ -178,39 +188,47 @@ def solve_step(curvature: torch.Tensor, norms: torch.Tensor, linear: torch.Tenso
 class AutoStep:
     """Chooses K-FAC's step length and momentum each step; see the module docstring."""
 
-    def __init__(self, damping: float = 1.0, weight_decay: float = 0.0, interval: int = 5,
-                 decay: Optional[float] = None, min_damping: float = 1e-8,
-                 max_damping: float = 1e4):
-        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
-                and weight_decay >= 0):
-            raise ValueError(f"AutoStep: weight_decay must be a finite number >= 0, "
-                             f"got {weight_decay!r}")
+    def __init__(
+        self,
+        damping: float = 1.0,
+        weight_decay: float = 0.0,
+        interval: int = 5,
+        decay: float | None = None,
+        min_damping: float = 1e-8,
+        max_damping: float = 1e4,
+    ):
+        if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"AutoStep: weight_decay must be a finite number >= 0, got {weight_decay!r}")
         if not (isinstance(interval, int) and not isinstance(interval, bool) and interval >= 0):
-            raise ValueError(f"AutoStep: interval must be an integer >= 0 (0: fixed damping), "
-                             f"got {interval!r}")
-        if not (isinstance(damping, (int, float)) and not isinstance(damping, bool)
-                and math.isfinite(damping) and damping > 0):
+            raise ValueError(f"AutoStep: interval must be an integer >= 0 (0: fixed damping), got {interval!r}")
+        if not (
+            isinstance(damping, (int, float))
+            and not isinstance(damping, bool)
+            and math.isfinite(damping)
+            and damping > 0
+        ):
             raise ValueError(f"AutoStep: damping must be a finite number > 0, got {damping!r}")
         # λ and its Levenberg–Marquardt rule (AdaptiveDamping checks the numbers).
-        self.lm = AdaptiveDamping(damping, interval=max(interval, 1), decay=decay,
-                                  min_damping=min_damping, max_damping=max_damping)
+        self.lm = AdaptiveDamping(
+            damping, interval=max(interval, 1), decay=decay, min_damping=min_damping, max_damping=max_damping
+        )
         self.weight_decay = float(weight_decay)
         self.interval = interval
         self.steps = 0
-        self.last_alpha: Optional[float] = None
-        self.last_mu: Optional[float] = None
-        self.last_predicted: Optional[float] = None   # M of the damped model at the step
+        self.last_alpha: float | None = None
+        self.last_mu: float | None = None
+        self.last_predicted: float | None = None  # M of the damped model at the step
         self.fallbacks = {"1d": 0, "skip": 0}
         # Flat float64 vectors over the parameters ``_names`` (those with gradients):
-        self._names: Optional[List[str]] = None
-        self._shapes: Dict[str, tuple] = {}
-        self._prev: Optional[torch.Tensor] = None    # θ at the last step
-        self._last: Optional[torch.Tensor] = None    # the step written then
-        self._theta: Optional[torch.Tensor] = None   # θ of this step
-        self._grads: Optional[torch.Tensor] = None   # g of this step
-        self._delta: Optional[torch.Tensor] = None   # δ of this step
-        self._raw: Optional[torch.Tensor] = None     # .grad as it came, to restore on an error
-        self._batch: Optional[tuple] = None          # (inputs, loss_of_outputs) of this step
+        self._names: list[str] | None = None
+        self._shapes: dict[str, tuple] = {}
+        self._prev: torch.Tensor | None = None  # θ at the last step
+        self._last: torch.Tensor | None = None  # the step written then
+        self._theta: torch.Tensor | None = None  # θ of this step
+        self._grads: torch.Tensor | None = None  # g of this step
+        self._delta: torch.Tensor | None = None  # δ of this step
+        self._raw: torch.Tensor | None = None  # .grad as it came, to restore on an error
+        self._batch: tuple | None = None  # (inputs, loss_of_outputs) of this step
 
     @property
     def damping(self) -> float:
@@ -220,33 +238,40 @@ class AutoStep:
     # Parameters travel as one flat float64 vector (in named_parameters order): a few
     # large ops instead of several small ones per parameter.
     @staticmethod
-    def _params(model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
-        return [(n, p) for n, p in model.named_parameters()
-                if p.requires_grad and p.grad is not None]
+    def _params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+        return [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
 
     @staticmethod
     def _flat(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
         return torch.cat([t.detach().reshape(-1).double() for t in tensors])
 
     @staticmethod
-    def _call_closure(closure: Optional[Callable]) -> tuple:
+    def _call_closure(closure: Callable | None) -> tuple:
         """(inputs, loss_of_outputs) from the closure, checked before anything changes."""
         if closure is None:
-            raise ValueError("KFACPreconditioner.step(closure=...): auto_step needs a closure "
-                             "returning (inputs, loss_of_outputs) of the current batch")
+            raise ValueError(
+                "KFACPreconditioner.step(closure=...): auto_step needs a closure "
+                "returning (inputs, loss_of_outputs) of the current batch"
+            )
         if not callable(closure):
-            raise TypeError(f"KFACPreconditioner.step(closure=...): closure must be callable, "
-                            f"got {type(closure).__name__}")
+            raise TypeError(
+                f"KFACPreconditioner.step(closure=...): closure must be callable, got {type(closure).__name__}"
+            )
         result = closure()
         if not (isinstance(result, (tuple, list)) and len(result) == 2 and callable(result[1])):
-            got = type(result).__name__ if not isinstance(result, (tuple, list)) else \
-                f"a {type(result).__name__} of {len(result)}"
-            raise TypeError("KFACPreconditioner.step(closure=...): with auto_step the closure "
-                            f"must return (inputs, loss_of_outputs), got {got} (a closure "
-                            "returning the loss is AdaptiveDamping's form)")
+            got = (
+                type(result).__name__
+                if not isinstance(result, (tuple, list))
+                else f"a {type(result).__name__} of {len(result)}"
+            )
+            raise TypeError(
+                "KFACPreconditioner.step(closure=...): with auto_step the closure "
+                f"must return (inputs, loss_of_outputs), got {got} (a closure "
+                "returning the loss is AdaptiveDamping's form)"
+            )
         return tuple(result)
 
-    def before(self, model: nn.Module, closure: Optional[Callable]) -> None:
+    def before(self, model: nn.Module, closure: Callable | None) -> None:
         """Called by ``KFACPreconditioner.step`` before it changes any gradient; every
         check that can fail runs before the first change."""
         batch = self._call_closure(closure)
@@ -258,8 +283,7 @@ class AutoStep:
         self._batch, self._delta, self._theta = batch, delta, theta
         self._raw = self._flat(_grad(p) for p in params)
         if self.weight_decay:
-            torch._foreach_add_([_grad(p) for p in params], [p.detach() for p in params],
-                                alpha=self.weight_decay)
+            torch._foreach_add_([_grad(p) for p in params], [p.detach() for p in params], alpha=self.weight_decay)
         self._grads = self._flat(_grad(p) for p in params)
 
     def restore(self, model: nn.Module) -> None:
@@ -281,18 +305,23 @@ class AutoStep:
         direction = -self._flat(_grad(p) for p in params)
         dirs = torch.stack([direction] if self._delta is None else [direction, self._delta])
         inputs, loss_of_outputs = self._batch
-        curvature, loss = curvature_products(model, names, params, dirs, inputs,
-                                             loss_of_outputs)
+        curvature, loss = curvature_products(model, names, params, dirs, inputs, loss_of_outputs)
         k = dirs.shape[0]
         norms, linear = dirs @ dirs.T, dirs @ g
         eta = self.weight_decay
         coeffs, how = solve_step(curvature, norms, linear, self.damping + eta)
         if how != "full":
             self.fallbacks[how] += 1
-            warnings.warn(f"AutoStep: the quadratic model's {k}x{k} system is not positive "
-                          f"definite at step {self.steps}; " +
-                          ("momentum is left out of this step (mu = 0)" if how == "1d" else
-                           "this step is skipped (every gradient set to zero)"), stacklevel=3)
+            warnings.warn(
+                f"AutoStep: the quadratic model's {k}x{k} system is not positive "
+                f"definite at step {self.steps}; "
+                + (
+                    "momentum is left out of this step (mu = 0)"
+                    if how == "1d"
+                    else "this step is skipped (every gradient set to zero)"
+                ),
+                stacklevel=3,
+            )
         if coeffs is None:
             coeffs = torch.zeros(k, dtype=torch.float64)
         coeffs = coeffs.to(dirs.device)
@@ -315,8 +344,9 @@ class AutoStep:
         self._raw = self._grads = self._theta = self._delta = self._batch = None
         self.steps += 1
 
-    def _observed_change(self, names: List[str], theta: torch.Tensor,
-                         params: List[torch.Tensor]) -> Optional[torch.Tensor]:
+    def _observed_change(
+        self, names: list[str], theta: torch.Tensor, params: list[torch.Tensor]
+    ) -> torch.Tensor | None:
         """δ = θ now - θ at the last step (None: no last step, or other parameters had
         gradients then); refuses an optimizer that did not apply the step written then."""
         if self._prev is None or names != self._names:
@@ -333,41 +363,55 @@ class AutoStep:
                 "AutoStep: the parameters did not move by the step KFACPreconditioner.step() "
                 f"wrote into .grad (off by {err:.3g}, step norm {size:.3g}); apply it with "
                 "torch.optim.SGD(params, lr=1.0, momentum=0, weight_decay=0) and nothing "
-                "between step() and optimizer.step()")
+                "between step() and optimizer.step()"
+            )
         return delta
 
-    def _ratio(self, model: nn.Module, names: List[str], params: List[torch.Tensor],
-               step: torch.Tensor, h_before: float, model_change: float) -> float:
+    def _ratio(
+        self,
+        model: nn.Module,
+        names: list[str],
+        params: list[torch.Tensor],
+        step: torch.Tensor,
+        h_before: float,
+        model_change: float,
+    ) -> float:
         """ρ = (h(θ + v) - h(θ)) / M(v) on this step's batch, θ + v computed as SGD(lr=1)
         will compute it (θ - (-v) in the parameters' dtype)."""
         assert self._batch is not None  # called by after(), within the step
         inputs, loss_of_outputs = self._batch
         args = inputs if isinstance(inputs, tuple) else (inputs,)
-        moved = {n: torch.add(p.detach(), s.neg().view_as(p).to(p.dtype), alpha=-1.0)
-                 for n, p, s in zip(names, params, step.split([p.numel() for p in params]))}
+        moved = {
+            n: torch.add(p.detach(), s.neg().view_as(p).to(p.dtype), alpha=-1.0)
+            for n, p, s in zip(names, params, step.split([p.numel() for p in params]))
+        }
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         with torch.no_grad(), batch_statistics(model):
             out = _one_tensor(functional_call(model, {**moved, **buffers}, args))
             loss = float(loss_of_outputs(out))
-        h_after = loss + 0.5 * self.weight_decay * sum(
-            float(t.double().pow(2).sum()) for t in moved.values())
+        h_after = loss + 0.5 * self.weight_decay * sum(float(t.double().pow(2).sum()) for t in moved.values())
         if model_change >= 0 or not math.isfinite(h_after):
             return -math.inf
         return (h_after - h_before) / model_change
 
     # ------------------------------------------------------------------ state
-    def _by_name(self, flat: torch.Tensor, model_shapes: Dict[str, tuple]) -> Dict[str, torch.Tensor]:
+    def _by_name(self, flat: torch.Tensor, model_shapes: dict[str, tuple]) -> dict[str, torch.Tensor]:
         assert self._names is not None  # set with _prev, which the caller holds
         sizes = [math.prod(model_shapes[n]) for n in self._names]
-        return {n: t.reshape(model_shapes[n]).clone()
-                for n, t in zip(self._names, flat.split(sizes))}
+        return {n: t.reshape(model_shapes[n]).clone() for n, t in zip(self._names, flat.split(sizes))}
 
     def state_dict(self) -> dict:
         """λ's state, counters, and (by parameter name, float64) θ and the step written at
         the last step, from which the next step's δ follows."""
-        state = {"damping": self.lm.state_dict(), "steps": self.steps,
-                 "last_alpha": self.last_alpha, "last_mu": self.last_mu,
-                 "fallbacks": dict(self.fallbacks), "previous_params": None, "last_step": None}
+        state = {
+            "damping": self.lm.state_dict(),
+            "steps": self.steps,
+            "last_alpha": self.last_alpha,
+            "last_mu": self.last_mu,
+            "fallbacks": dict(self.fallbacks),
+            "previous_params": None,
+            "last_step": None,
+        }
         if self._prev is not None:
             shapes = self._shapes
             state["previous_params"] = self._by_name(self._prev, shapes)
@@ -383,14 +427,13 @@ class AutoStep:
         prev: Any = state.get("previous_params")
         last: Any = state.get("last_step")
         if (prev is None) != (last is None) or (prev is not None and list(prev) != list(last)):
-            raise ValueError("AutoStep.load_state_dict: previous_params and last_step must "
-                             "name the same parameters, or both be None")
+            raise ValueError(
+                "AutoStep.load_state_dict: previous_params and last_step must name the same parameters, or both be None"
+            )
         for key, saved in (("previous_params", prev), ("last_step", last)):
             for n, t in (saved or {}).items():
-                if n not in shapes or not isinstance(t, torch.Tensor) or \
-                        tuple(t.shape) != shapes[n]:
-                    raise ValueError(f"AutoStep.load_state_dict: {key}[{n!r}] does not match "
-                                     "a parameter of the model")
+                if n not in shapes or not isinstance(t, torch.Tensor) or tuple(t.shape) != shapes[n]:
+                    raise ValueError(f"AutoStep.load_state_dict: {key}[{n!r}] does not match a parameter of the model")
         self.lm.load_state_dict(state["damping"])  # checks it before assigning anything
         self.steps = int(state.get("steps", 0))
         self.last_alpha, self.last_mu = state.get("last_alpha"), state.get("last_mu")

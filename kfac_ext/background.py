@@ -14,11 +14,13 @@ is installed at a fixed step (waiting for the thread if it is not done), never
 "whenever it finishes". A checkpoint stores the snapshot, so a resumed run
 installs the same basis at the same step as an uninterrupted one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 
@@ -27,26 +29,35 @@ import torch
 class PendingSecondOrder:
     """One inverse update in flight: what was snapshotted and when it lands."""
 
-    step: int                          # the inverse-update step that took the snapshot
-    apply_step: int                    # the first step() that installs and uses the result
-    todo: List[int]                    # layers whose second-order data the update replaces
-    owned: List[Tuple[int, str]]       # the factors this rank decomposes, (layer, "A"|"G")
-    factors: List[torch.Tensor]        # their snapshot, in the order of ``owned``
-    damping: float                     # the inverse method's damping at ``step``
-    future: Optional[Future] = None    # the background job; None: not started
+    step: int  # the inverse-update step that took the snapshot
+    apply_step: int  # the first step() that installs and uses the result
+    todo: list[int]  # layers whose second-order data the update replaces
+    owned: list[tuple[int, str]]  # the factors this rank decomposes, (layer, "A"|"G")
+    factors: list[torch.Tensor]  # their snapshot, in the order of ``owned``
+    damping: float  # the inverse method's damping at ``step``
+    future: Future | None = None  # the background job; None: not started
 
     def state_dict(self, names: Sequence[str]) -> dict:
         """The snapshot, not the thread's result: loading recomputes it, and the
         decomposition of the same snapshot is the same basis at the same step."""
-        return {"step": self.step, "apply_step": self.apply_step,
-                "layers": [names[i] for i in self.todo],
-                "owned": [[names[i], w] for i, w in self.owned],
-                "factors": [f.clone() for f in self.factors], "damping": self.damping}
+        return {
+            "step": self.step,
+            "apply_step": self.apply_step,
+            "layers": [names[i] for i in self.todo],
+            "owned": [[names[i], w] for i, w in self.owned],
+            "factors": [f.clone() for f in self.factors],
+            "damping": self.damping,
+        }
 
     @classmethod
-    def from_state_dict(cls, saved: dict, names: Sequence[str], dims: Sequence[Dict[str, int | tuple[int, ...]]],
-                        dtype: torch.dtype, devices: Sequence[torch.device]
-                        ) -> "PendingSecondOrder":
+    def from_state_dict(
+        cls,
+        saved: dict,
+        names: Sequence[str],
+        dims: Sequence[dict[str, int | tuple[int, ...]]],
+        dtype: torch.dtype,
+        devices: Sequence[torch.device],
+    ) -> PendingSecondOrder:
         """Validate and rebuild a :meth:`state_dict`; ``dims[i]`` maps "A"/"G" of
         layer i to its factor size (or shape), the factors land in ``dtype`` on ``devices[i]``.
         Raises ValueError naming what is wrong."""
@@ -59,18 +70,18 @@ class PendingSecondOrder:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"pending_second_order is malformed ({exc!r})") from None
         if len(factors) != len(owned):
-            raise ValueError(f"pending_second_order has {len(factors)} factors for "
-                             f"{len(owned)} owned entries")
+            raise ValueError(f"pending_second_order has {len(factors)} factors for {len(owned)} owned entries")
         for (i, w), f in zip(owned, factors):
             if w not in ("A", "G"):
                 raise ValueError(f"pending_second_order: a factor is 'A' or 'G', got {w!r}")
             n = dims[i][w]  # a size, or a shape (a diagonal factor's is (n,))
             shape = tuple(n) if isinstance(n, (tuple, list)) else (n, n)
             if not isinstance(f, torch.Tensor) or tuple(f.shape) != shape:
-                raise ValueError(f"pending_second_order: factor {w} of layer {names[i]!r} must "
-                                 f"be a {'x'.join(map(str, shape))} tensor")
-        factors = [f.to(dtype=dtype, device=devices[i]).clone()
-                   for (i, _), f in zip(owned, factors)]
+                raise ValueError(
+                    f"pending_second_order: factor {w} of layer {names[i]!r} must "
+                    f"be a {'x'.join(map(str, shape))} tensor"
+                )
+        factors = [f.to(dtype=dtype, device=devices[i]).clone() for (i, _), f in zip(owned, factors)]
         return cls(step, apply_step, todo, owned, factors, damping)
 
 
@@ -87,7 +98,7 @@ class BackgroundSolver:
     """One worker thread, started on first use."""
 
     def __init__(self) -> None:
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         if self._pool is None:

@@ -15,6 +15,7 @@ one line (the subcommand's ``interrupted_message(args)`` if it has one) and
 exits 130, the shell's code for SIGINT (``train`` treats SIGTERM the same way
 and exits 143).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ EXTRAS = {
 
 def _needs_extra(name: str, module: str) -> str:
     extra = EXTRAS[name][0]
-    return (f"kfac-ext {name}: needs the [{extra}] extra ({module!r} is not installed): "
-            f"pip install -e '.[{extra}]' --no-build-isolation")
+    return (
+        f"kfac-ext {name}: needs the [{extra}] extra ({module!r} is not installed): "
+        f"pip install -e '.[{extra}]' --no-build-isolation"
+    )
 
 
 def _missing_upfront(name: str) -> str | None:
@@ -62,8 +65,7 @@ def _usage() -> str:
 
 
 # Bad input from the user: the file or argument is wrong, not the run.
-_USAGE_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-                    PermissionError)
+_USAGE_OS_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a C tool piped into `head` exits with
 
@@ -83,9 +85,9 @@ def _one_line(exc: BaseException) -> str:
 
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, OSError) and not isinstance(exc, _USAGE_OS_ERRORS):
-        return 1   # e.g. disk full while writing: the arguments were fine
+        return 1  # e.g. disk full while writing: the arguments were fine
     if isinstance(exc, ArithmeticError):
-        return 1   # e.g. the loss diverged
+        return 1  # e.g. the loss diverged
     return 2
 
 
@@ -96,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name = argv[0]
     if name not in SUBCOMMANDS:
-        print(f"kfac-ext: unknown command {name!r}; choose one of {', '.join(SUBCOMMANDS)}",
-              file=sys.stderr)
+        print(f"kfac-ext: unknown command {name!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
     prog = f"kfac-ext {name}"
     missing = None if {"-h", "--help"} & set(argv[1:]) else _missing_upfront(name)
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         module = importlib.import_module(SUBCOMMANDS[name])
-        parser = _Parser(prog=prog, description=module.__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = _Parser(prog=prog, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(parser)
         expected = (ValueError, OSError) + tuple(getattr(module, "EXPECTED_ERRORS", ()))
         try:

@@ -39,15 +39,17 @@ calls in the same order with the same layer indices and shapes):
 over. Handles returned by the ``*`` methods are opaque; ``wait(None)`` must be
 accepted.
 """
+
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 Handle = Any
-EigenItem = Tuple[int, str, Sequence[torch.Tensor]]  # a SecondOrder is a sequence of tensors
-PrecondItem = Tuple[int, torch.Tensor]
+EigenItem = tuple[int, str, Sequence[torch.Tensor]]  # a SecondOrder is a sequence of tensors
+PrecondItem = tuple[int, torch.Tensor]
 
 
 class Comm:
@@ -56,11 +58,11 @@ class Comm:
     world_size: int = 1
     rank: int = 0
 
-    def setup(self, layer_names: Sequence[str], factor_shapes: Sequence[Tuple[int, int]]) -> None:
+    def setup(self, layer_names: Sequence[str], factor_shapes: Sequence[tuple[int, int]]) -> None:
         """Called once after registration. ``factor_shapes[i] = (dim_A, dim_G)``."""
         raise NotImplementedError
 
-    def allreduce_factors(self, tensors: List[torch.Tensor]) -> Handle:
+    def allreduce_factors(self, tensors: list[torch.Tensor]) -> Handle:
         """Start averaging the batch factors over ranks, in place."""
         raise NotImplementedError
 
@@ -68,7 +70,7 @@ class Comm:
         """Block until the operation behind ``handle`` has finished."""
         raise NotImplementedError
 
-    def average(self, tensors: List[torch.Tensor]) -> Handle:
+    def average(self, tensors: list[torch.Tensor]) -> Handle:
         """Start averaging arbitrary tensors over ranks, in place (a tied weight's
         per-use gradients, which data parallelism averages like ``.grad``)."""
         raise NotImplementedError
@@ -81,11 +83,11 @@ class Comm:
         """Whether this rank preconditions layer ``layer_idx``'s gradient."""
         raise NotImplementedError
 
-    def broadcast_eigens(self, items: List[EigenItem]) -> Handle:
+    def broadcast_eigens(self, items: list[EigenItem]) -> Handle:
         """Start sending each owner's second-order tensors to the layer's grad workers."""
         raise NotImplementedError
 
-    def broadcast_preconditioned(self, items: List[PrecondItem]) -> Handle:
+    def broadcast_preconditioned(self, items: list[PrecondItem]) -> Handle:
         """Start sending each preconditioned gradient from a grad worker to the other ranks."""
         raise NotImplementedError
 
@@ -102,14 +104,14 @@ class LocalComm(Comm):
     world_size = 1
     rank = 0
 
-    def setup(self, layer_names: Sequence[str], factor_shapes: Sequence[Tuple[int, int]]) -> None:
+    def setup(self, layer_names: Sequence[str], factor_shapes: Sequence[tuple[int, int]]) -> None:
         self.layer_names = list(layer_names)
         self.factor_shapes = list(factor_shapes)
 
-    def allreduce_factors(self, tensors: List[torch.Tensor]) -> Handle:
+    def allreduce_factors(self, tensors: list[torch.Tensor]) -> Handle:
         return None  # the mean over one rank is the tensor itself
 
-    def average(self, tensors: List[torch.Tensor]) -> Handle:
+    def average(self, tensors: list[torch.Tensor]) -> Handle:
         return None  # the mean over one rank is the tensor itself
 
     def wait(self, handle: Handle) -> None:
@@ -121,10 +123,10 @@ class LocalComm(Comm):
     def is_grad_worker(self, layer_idx: int) -> bool:
         return True
 
-    def broadcast_eigens(self, items: List[EigenItem]) -> Handle:
+    def broadcast_eigens(self, items: list[EigenItem]) -> Handle:
         return None
 
-    def broadcast_preconditioned(self, items: List[PrecondItem]) -> Handle:
+    def broadcast_preconditioned(self, items: list[PrecondItem]) -> Handle:
         return None
 
     @property

@@ -42,11 +42,13 @@ overlap one another's packing.
 On NCCL, set ``TORCH_NCCL_ASYNC_ERROR_HANDLING=1`` (torchrun's default in
 recent versions) so that a timed-out collective raises instead of hanging.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,8 +57,15 @@ from kfac_ext import ops
 from kfac_ext.assignment import assign_work, eigen_cost
 from kfac_ext.comm import Comm, EigenItem, Handle, PrecondItem
 
-__all__ = ["FactorAllReduce", "GradWorkerLayout", "WorkPlan", "LayerWork",
-           "check_same_layers", "DistributedComm", "strategy_name"]
+__all__ = [
+    "FactorAllReduce",
+    "GradWorkerLayout",
+    "WorkPlan",
+    "LayerWork",
+    "check_same_layers",
+    "DistributedComm",
+    "strategy_name",
+]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -68,7 +77,8 @@ def _wait(work: Any, what: str) -> None:  # an async collective's Work
         rank = dist.get_rank() if dist.is_initialized() else "?"
         raise RuntimeError(
             f"kfac_ext: {what} failed on rank {rank}: a peer rank exited, raised, or did not "
-            f"join within the process-group timeout ({type(exc).__name__}: {exc})") from exc
+            f"join within the process-group timeout ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- factor all-reduce
@@ -162,16 +172,19 @@ def _new_group(ranks: list[int], world_size: int) -> dist.ProcessGroup | None:
 class GradWorkerLayout:
     """Grad-worker blocks and receiver columns for ``grad_worker_fraction``; groups made once."""
 
-    def __init__(self, world_size: int, rank: int, grad_worker_fraction: float,
-                 create_groups: bool = True):
+    def __init__(self, world_size: int, rank: int, grad_worker_fraction: float, create_groups: bool = True):
         f = float(grad_worker_fraction)
         if not (1.0 / world_size - 1e-9 <= f <= 1.0 + 1e-9):
-            raise ValueError(f"grad_worker_fraction must be in [1/world_size, 1] = "
-                             f"[{1 / world_size:.4g}, 1], got {grad_worker_fraction!r}")
+            raise ValueError(
+                f"grad_worker_fraction must be in [1/world_size, 1] = "
+                f"[{1 / world_size:.4g}, 1], got {grad_worker_fraction!r}"
+            )
         g = max(1, round(f * world_size))
         if world_size % g:
-            raise ValueError(f"grad_worker_fraction * world_size = {f} * {world_size} must divide "
-                             f"world_size (grad workers per layer {g} does not)")
+            raise ValueError(
+                f"grad_worker_fraction * world_size = {f} * {world_size} must divide "
+                f"world_size (grad workers per layer {g} does not)"
+            )
         self.world_size, self.rank, self.grad_workers = world_size, rank, g
         self.n_blocks = world_size // g
         self.blocks = [list(range(j * g, (j + 1) * g)) for j in range(self.n_blocks)]
@@ -197,7 +210,7 @@ class GradWorkerLayout:
 class LayerWork:
     """Where one layer's second-order work runs."""
 
-    block: int    # the grad-worker block that preconditions this layer
+    block: int  # the grad-worker block that preconditions this layer
     a_owner: int  # global rank that eigendecomposes A
     g_owner: int  # global rank that eigendecomposes G
 
@@ -205,9 +218,15 @@ class LayerWork:
 class WorkPlan:
     """Per layer: its block and the owners of its two eigendecompositions."""
 
-    def __init__(self, factor_sizes: Sequence[tuple[int, int]], layout: GradWorkerLayout,
-                 colocate_factors: bool = True, method: str = "auto",
-                 layers: Sequence[LayerWork] | None = None, cost: str = "compute"):
+    def __init__(
+        self,
+        factor_sizes: Sequence[tuple[int, int]],
+        layout: GradWorkerLayout,
+        colocate_factors: bool = True,
+        method: str = "auto",
+        layers: Sequence[LayerWork] | None = None,
+        cost: str = "compute",
+    ):
         """``layers``: a plan computed elsewhere (rank 0's), adopted as is. ``cost``:
         "compute" balances predicted seconds (eigendecomposition plus broadcast),
         "memory" the bytes of the (Q, d) each rank holds."""
@@ -217,6 +236,7 @@ class WorkPlan:
             def of(n: int) -> float:
                 return eigen_cost(n, receivers=g - 1)
         elif cost == "memory":
+
             def of(n: int) -> float:
                 return 4.0 * (n * n + n)
         else:
@@ -256,8 +276,7 @@ class WorkPlan:
 
 
 # --------------------------------------------------------------------------- consistency check
-def check_same_layers(layers: Sequence[tuple[str, tuple[int, ...]]],
-                      group: dist.ProcessGroup | None = None) -> None:
+def check_same_layers(layers: Sequence[tuple[str, tuple[int, ...]]], group: dist.ProcessGroup | None = None) -> None:
     """Raise on every rank, naming the first mismatch, unless all ranks registered the same layers.
 
     ``layers``: (name, factor shapes) in registration order.
@@ -273,12 +292,14 @@ def check_same_layers(layers: Sequence[tuple[str, tuple[int, ...]]],
             if a != b:
                 raise RuntimeError(
                     f"kfac_ext: ranks registered different layers: layer #{i} is {a[0]!r} "
-                    f"(factor sizes {a[1]}) on rank 0 but {b[0]!r} (factor sizes {b[1]}) on rank {r}")
+                    f"(factor sizes {a[1]}) on rank 0 but {b[0]!r} (factor sizes {b[1]}) on rank {r}"
+                )
         longer, shorter, who = (ref, theirs, r) if len(ref) > len(theirs) else (theirs, ref, 0)
         extra = longer[len(shorter)]
         raise RuntimeError(
             f"kfac_ext: ranks registered different layers: rank 0 has {len(ref)} layers, rank {r} "
-            f"has {len(theirs)}; first unmatched: {extra[0]!r} (missing on rank {who})")
+            f"has {len(theirs)}; first unmatched: {extra[0]!r} (missing on rank {who})"
+        )
 
 
 # --------------------------------------------------------------------------- coalesced broadcasts
@@ -297,13 +318,13 @@ class _Broadcasts:
                 offset = 0
                 for t in receivers:
                     n = t.numel()
-                    t.copy_(flat[offset:offset + n].view_as(t))
+                    t.copy_(flat[offset : offset + n].view_as(t))
                     offset += n
 
 
-def _broadcast_coalesced(handle: _Broadcasts, tensors: list[torch.Tensor], src: int,
-                         group: dist.ProcessGroup | None,
-                         rank: int) -> int:
+def _broadcast_coalesced(
+    handle: _Broadcasts, tensors: list[torch.Tensor], src: int, group: dist.ProcessGroup | None, rank: int
+) -> int:
     """One broadcast of all ``tensors`` (same dtype and device) from ``src``; returns elements."""
     if rank == src:
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
@@ -332,13 +353,20 @@ class DistributedComm(Comm):
     after the process group's own timeout (``init_process_group(timeout=...)``).
     """
 
-    def __init__(self, grad_worker_fraction: float = 1.0, colocate_factors: bool = True,
-                 allreduce_bucket_cap_mb: float = 25.0, assignment: str = "auto",
-                 timeout: float | None = None, group: dist.ProcessGroup | None = None,
-                 assignment_cost: str = "compute") -> None:
+    def __init__(
+        self,
+        grad_worker_fraction: float = 1.0,
+        colocate_factors: bool = True,
+        allreduce_bucket_cap_mb: float = 25.0,
+        assignment: str = "auto",
+        timeout: float | None = None,
+        group: dist.ProcessGroup | None = None,
+        assignment_cost: str = "compute",
+    ) -> None:
         if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("DistributedComm needs torch.distributed initialised "
-                               "(dist.init_process_group, or run under torchrun)")
+            raise RuntimeError(
+                "DistributedComm needs torch.distributed initialised (dist.init_process_group, or run under torchrun)"
+            )
         self.group = group
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
@@ -377,11 +405,15 @@ class DistributedComm(Comm):
         self.factor_shapes = shapes
         # Rank 0 plans and the others adopt its plan: a time-limited solver could
         # otherwise return different (equally good) assignments on different ranks.
-        plan = [WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment,
-                         cost=self.assignment_cost).layers if self.rank == 0 else None]
+        plan = [
+            WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment, cost=self.assignment_cost).layers
+            if self.rank == 0
+            else None
+        ]
         dist.broadcast_object_list(plan, src=0, group=self.group)
-        self.plan = WorkPlan(shapes, self.layout, self.colocate_factors, self.assignment,
-                             layers=plan[0], cost=self.assignment_cost)
+        self.plan = WorkPlan(
+            shapes, self.layout, self.colocate_factors, self.assignment, layers=plan[0], cost=self.assignment_cost
+        )
 
     def _barrier(self, where: str) -> None:
         kwargs: dict[str, datetime.timedelta] = {}
@@ -394,8 +426,9 @@ class DistributedComm(Comm):
             else:
                 dist.barrier(self.group)
         except Exception as exc:
-            raise RuntimeError(f"kfac_ext: ranks did not all reach the {where} barrier on rank "
-                               f"{self.rank}: {exc}") from exc
+            raise RuntimeError(
+                f"kfac_ext: ranks did not all reach the {where} barrier on rank {self.rank}: {exc}"
+            ) from exc
 
     def _plan(self) -> WorkPlan:
         if self.plan is None:
@@ -415,8 +448,9 @@ class DistributedComm(Comm):
     def average(self, tensors: list[torch.Tensor]) -> None:
         # Few and small (a tied weight's per-use gradients): one blocking all-reduce each.
         for t in tensors:
-            _wait(dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group, async_op=True),
-                  "per-use gradient all-reduce")
+            _wait(
+                dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group, async_op=True), "per-use gradient all-reduce"
+            )
             t.div_(self.world_size)
         return None
 
@@ -475,5 +509,7 @@ class DistributedComm(Comm):
         return self.layout.n_blocks == 1
 
     def __repr__(self) -> str:
-        return (f"DistributedComm({self.strategy}, world_size={self.world_size}, "
-                f"grad_workers={self.layout.grad_workers}, colocate_factors={self.colocate_factors})")
+        return (
+            f"DistributedComm({self.strategy}, world_size={self.world_size}, "
+            f"grad_workers={self.layout.grad_workers}, colocate_factors={self.colocate_factors})"
+        )

@@ -20,10 +20,11 @@ preconditioned gradient is measured on real factor sequences by
 A warm start (orthogonal iteration or Jacobi sweeps from the old basis) was
 measured there too and is not offered: see RESULTS.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -42,8 +43,7 @@ class SkipTest:
     """
 
     def __init__(self, tol: float):
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or \
-                not math.isfinite(tol) or not 0.0 <= tol < 1.0:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or not 0.0 <= tol < 1.0:
             raise ValueError(f"SkipTest: tol must be a number in [0, 1), got {tol!r}")
         self.tol = float(tol)
         self.checked = self.kept = self.nonfinite = 0
@@ -62,8 +62,12 @@ class SkipTest:
         # A zero factor has ratio 0 (its old basis is exact for it), not 0/0.
         return d.clamp_(min=0.0), off / factor.norm().clamp(min=torch.finfo(factor.dtype).tiny)
 
-    def solve(self, factors: Sequence[Tensor], previous: Sequence[Optional[Decomposition]],
-              exact: Callable[[List[Tensor]], Sequence[Decomposition]]) -> List[Decomposition]:
+    def solve(
+        self,
+        factors: Sequence[Tensor],
+        previous: Sequence[Decomposition | None],
+        exact: Callable[[list[Tensor]], Sequence[Decomposition]],
+    ) -> list[Decomposition]:
         """[eigenvalues, eigenvectors] of each factor: the previous basis where the test
         passes, ``exact`` (one call, for all the others) elsewhere.
 
@@ -71,15 +75,14 @@ class SkipTest:
         A non-finite factor keeps its previous decomposition; without one it goes
         to ``exact`` (whose own failure handling then applies).
         """
-        out: List[Optional[Decomposition]] = [None] * len(factors)
-        tested: List[tuple[int, Decomposition, Tensor, Tensor]] = []
+        out: list[Decomposition | None] = [None] * len(factors)
+        tested: list[tuple[int, Decomposition, Tensor, Tensor]] = []
         for k, (f, prev) in enumerate(zip(factors, previous)):
             if prev is not None:
                 d, ratio = self.test(f, prev[1])
                 tested.append((k, prev, d, ratio))
         # One host synchronisation for all the decisions.
-        ratios = torch.stack([r.to(torch.float64).cpu() for _, _, _, r in tested]).tolist() \
-            if tested else []
+        ratios = torch.stack([r.to(torch.float64).cpu() for _, _, _, r in tested]).tolist() if tested else []
         for (k, prev, d, _), ratio in zip(tested, ratios):
             self.checked += 1
             if not math.isfinite(ratio) and not bool(torch.isfinite(factors[k]).all()):
@@ -101,8 +104,7 @@ class SkipTest:
 def _with_values(decomposition: Decomposition, values: Tensor) -> Decomposition:
     """``decomposition`` (a list or a named tuple, values first) with new eigenvalues."""
     rest = list(decomposition[1:])
-    return type(decomposition)(values, *rest) if isinstance(decomposition, tuple) else \
-        [values, *rest]
+    return type(decomposition)(values, *rest) if isinstance(decomposition, tuple) else [values, *rest]
 
 
 def check_eigen_refresh(value: object, compute_method: str, inv_lag_steps: int) -> SkipTest | None:
@@ -110,12 +112,15 @@ def check_eigen_refresh(value: object, compute_method: str, inv_lag_steps: int) 
     if value is None:
         return None
     if not isinstance(value, SkipTest):
-        raise ValueError("eigen_refresh must be None (exact eigh at every update) or a "
-                         f"kfac_ext.eigen_refresh.SkipTest, got {value!r}")
+        raise ValueError(
+            "eigen_refresh must be None (exact eigh at every update) or a "
+            f"kfac_ext.eigen_refresh.SkipTest, got {value!r}"
+        )
     if compute_method != "eigen":
-        raise ValueError(f"eigen_refresh applies to compute_method='eigen', got "
-                         f"compute_method={compute_method!r}")
+        raise ValueError(f"eigen_refresh applies to compute_method='eigen', got compute_method={compute_method!r}")
     if inv_lag_steps:
-        raise ValueError("eigen_refresh is not supported with inv_lag_steps > 0 (the lagged "
-                         f"update always decomposes), got inv_lag_steps={inv_lag_steps}")
+        raise ValueError(
+            "eigen_refresh is not supported with inv_lag_steps > 0 (the lagged "
+            f"update always decomposes), got inv_lag_steps={inv_lag_steps}"
+        )
     return value

@@ -16,6 +16,7 @@ a Linear. Γ = W.gradᵀ.
 - ``sparse=True``: a clear error (the gradient is a sparse tensor the dense
   preconditioning cannot write); skip the layer or use ``sparse=False``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,6 +29,8 @@ from kfac_ext.layers import KFACLayer
 
 
 class EmbeddingLayer(KFACLayer):
+    """K-FAC of an ``nn.Embedding``: A diagonal (token frequencies, ``padding_idx`` left out), G full."""
+
     direct_grads = False  # Γ = W.gradᵀ
     module: nn.Embedding  # what __init__ is given
 
@@ -39,15 +42,25 @@ class EmbeddingLayer(KFACLayer):
     def kfac_approx(self, value: str) -> None:
         pass  # see the module docstring: always 'expand'
 
-    def __init__(self, name: str, module: nn.Embedding,
-                 factor_dtype: torch.dtype | None = None, **kw: Any) -> None:
+    def __init__(self, name: str, module: nn.Embedding, factor_dtype: torch.dtype | None = None, **kw: Any) -> None:
         if module.sparse:
-            raise ValueError(f"KFACPreconditioner: embedding {name!r} has sparse=True; its "
-                             "sparse gradient cannot be preconditioned (use sparse=False, or name "
-                             "it in skip_layers)")
+            raise ValueError(
+                f"KFACPreconditioner: embedding {name!r} has sparse=True; its "
+                "sparse gradient cannot be preconditioned (use sparse=False, or name "
+                "it in skip_layers)"
+            )
         vocab, dim = module.weight.shape
-        super().__init__(name, module, factor_dtype, weight=module.weight, bias=None,
-                         in_dim=vocab, out_dim=dim, a_diagonal=True, **kw)
+        super().__init__(
+            name,
+            module,
+            factor_dtype,
+            weight=module.weight,
+            bias=None,
+            in_dim=vocab,
+            out_dim=dim,
+            a_diagonal=True,
+            **kw,
+        )
 
     def _add_activation(self, x: torch.Tensor) -> None:
         idx = x.reshape(-1)
@@ -82,8 +95,8 @@ class EmbeddingLayer(KFACLayer):
         grad.copy_(p.T)
 
 
-def embedding_layers(name: str, module: nn.Module,
-                     factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+def embedding_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+    """The K-FAC layer of an ``nn.Embedding`` with a trainable weight (none if it is frozen)."""
     embedding = cast(nn.Embedding, module)  # registered for nn.Embedding
     if not embedding.weight.requires_grad:
         return []

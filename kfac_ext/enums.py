@@ -7,6 +7,7 @@ A program written for kfac-pytorch passes these to the constructor
 by its member name (:mod:`kfac_ext.arguments`), so kfac-pytorch's own members
 work too, and so do the plain strings ('eigen', 'comm_opt', ...).
 """
+
 from __future__ import annotations
 
 from enum import Enum

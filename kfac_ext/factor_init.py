@@ -22,6 +22,7 @@ and with it a damping λ that means the same thing whatever the batch size
 (λ must then be chosen in those units: multiplying G by N**2 multiplies every
 eigenvalue product d_G d_A by N**2).
 """
+
 from __future__ import annotations
 
 import math
@@ -46,14 +47,12 @@ def check_factor_init(value: object) -> str:
 
 def check_g_scale(value: object) -> float:
     """The ``g_scale`` argument as a float > 0 (a ValueError naming it otherwise)."""
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value > 0):
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
         raise ValueError(f"g_scale must be a finite number > 0, got {value!r}")
     return float(value)
 
 
-def update_running(layer: KFACLayer, a: torch.Tensor, g: torch.Tensor, decay: float,
-                   factor_init: str) -> None:
+def update_running(layer: KFACLayer, a: torch.Tensor, g: torch.Tensor, decay: float, factor_init: str) -> None:
     """Blend this step's batch factors into ``layer``'s running averages.
 
     With ``first_batch``, a layer's first update takes the batch factors as they

@@ -4,9 +4,10 @@ Pass ``factor_decay=exp_decay_factor_averaging()``: early factor updates then
 weigh the new batch as a plain mean would (β = 1 − 1/k at step k), later ones
 with the usual fixed β (``min_value``).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def exp_decay_factor_averaging(min_value: float = 0.95) -> Callable[[int], float]:

@@ -9,6 +9,7 @@ kfac-pytorch's internals, which its ``kfac.preconditioner`` and ``kfac.scheduler
 modules also expose, have no counterpart: :func:`refuse_internal` makes asking for
 one an AttributeError that says so (docs/kfac-pytorch.md).
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, NoReturn
@@ -21,21 +22,35 @@ if TYPE_CHECKING:
 
 # kfac-pytorch's own machinery (its base class, work assignment, layer objects,
 # communicator): what kfac_ext does in its own way, with no objects of these kinds.
-INTERNALS = frozenset({
-    "BaseKFACPreconditioner", "KAISAAssignment", "KFACBaseLayer", "KFACEigenLayer",
-    "KFACInverseLayer", "TorchDistributedCommunicator", "register_modules", "tdc",
-    "base_preconditioner", "tracing"})
+INTERNALS = frozenset(
+    {
+        "BaseKFACPreconditioner",
+        "KAISAAssignment",
+        "KFACBaseLayer",
+        "KFACEigenLayer",
+        "KFACInverseLayer",
+        "TorchDistributedCommunicator",
+        "register_modules",
+        "tdc",
+        "base_preconditioner",
+        "tracing",
+    }
+)
 
 
 def refuse_internal(owner: str, name: str) -> AttributeError:
     """The AttributeError for ``owner.name``, saying why when it is kfac-pytorch's."""
     if name in INTERNALS:
-        return AttributeError(f"{owner} has no {name!r}: that is an internal of kfac-pytorch, "
-                              "which kfac_ext does not provide (see docs/kfac-pytorch.md)")
+        return AttributeError(
+            f"{owner} has no {name!r}: that is an internal of kfac-pytorch, "
+            "which kfac_ext does not provide (see docs/kfac-pytorch.md)"
+        )
     return AttributeError(f"{owner} has no attribute {name!r}")
 
 
 class KfacPytorchNames:
+    """kfac-pytorch's attribute names on a preconditioner (``distributed_strategy``, ``allreduce_method``, ``reset_batch``), mixed into KFACPreconditioner."""
+
     # What this mixin reads, set by KFACPreconditioner's __init__.
     grad_worker_fraction: float
     allreduce_bucket_cap_mb: float
@@ -56,8 +71,7 @@ class KfacPytorchNames:
     @property
     def allreduce_method(self) -> AllreduceMethod:
         """ALLREDUCE_BUCKETED when factors are bucketed (``allreduce_bucket_cap_mb > 0``)."""
-        return AllreduceMethod.ALLREDUCE_BUCKETED if self.allreduce_bucket_cap_mb > 0 \
-            else AllreduceMethod.ALLREDUCE
+        return AllreduceMethod.ALLREDUCE_BUCKETED if self.allreduce_bucket_cap_mb > 0 else AllreduceMethod.ALLREDUCE
 
     @property
     def tdc(self) -> NoReturn:

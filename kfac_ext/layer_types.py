@@ -15,10 +15,11 @@ not matched on their own.
 Adding a built-in layer type: a file with its :class:`~kfac_ext.layers.KFACLayer`
 subclass and factory, and one line in ``_BUILTIN`` below (docs/design.md §2a).
 """
+
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Callable, List, NamedTuple, Optional, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -28,11 +29,13 @@ from kfac_ext.conv1d_layer import conv1d_layers, is_hf_conv1d
 from kfac_ext.embedding_layer import embedding_layers
 from kfac_ext.layers import KFACLayer, has_trainable_weight
 
-Factory = Callable[[str, nn.Module, Optional[torch.dtype]], Sequence[KFACLayer]]
-Match = Union[type, Tuple[type, ...], Callable[[nn.Module], bool]]
+Factory = Callable[[str, nn.Module, torch.dtype | None], Sequence[KFACLayer]]
+Match = type | tuple[type, ...] | Callable[[nn.Module], bool]
 
 
 class LayerType(NamedTuple):
+    """How one kind of module becomes K-FAC layers: which modules it matches and the factory that builds their layers."""
+
     match: Match
     factory: Factory
     claims_children: bool = False
@@ -43,8 +46,7 @@ class LayerType(NamedTuple):
         return bool(self.match(module))
 
 
-def linear_conv_layers(name: str, module: nn.Module,
-                       factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+def linear_conv_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
     """nn.Linear / nn.Conv2d: one layer, or one per channel group (block-diagonal)."""
     if not has_trainable_weight(module):
         return []  # a frozen weight is left out silently
@@ -54,13 +56,13 @@ def linear_conv_layers(name: str, module: nn.Module,
     return [KFACLayer(f"{name}[group {k}]", module, factor_dtype, group=k) for k in range(groups)]
 
 
-_BUILTIN: List[LayerType] = [
+_BUILTIN: list[LayerType] = [
     LayerType((nn.Linear, nn.Conv2d), linear_conv_layers),
     LayerType(is_hf_conv1d, conv1d_layers),
     LayerType(nn.MultiheadAttention, attention_layers, claims_children=True),
     LayerType(nn.Embedding, embedding_layers),
 ]
-_USER: List[LayerType] = []
+_USER: list[LayerType] = []
 
 
 def register_layer_type(match: Match, factory: Factory, *, claims_children: bool = False) -> None:
@@ -75,11 +77,9 @@ def register_layer_type(match: Match, factory: Factory, *, claims_children: bool
     input is not ``args[0]`` (docs/design.md §2a).
     """
     if not (isinstance(match, type) or callable(match)):
-        raise TypeError(f"register_layer_type: match must be a class or a callable, got "
-                        f"{type(match).__name__}")
+        raise TypeError(f"register_layer_type: match must be a class or a callable, got {type(match).__name__}")
     if not callable(factory):
-        raise TypeError(f"register_layer_type: factory must be callable, got "
-                        f"{type(factory).__name__}")
+        raise TypeError(f"register_layer_type: factory must be callable, got {type(factory).__name__}")
     _USER.insert(0, LayerType(match, factory, claims_children))
 
 
@@ -88,7 +88,8 @@ def unregister_layer_type(match: Match) -> None:
     _USER[:] = [t for t in _USER if t.match is not match]
 
 
-def layer_type_for(module: nn.Module) -> Optional[LayerType]:
+def layer_type_for(module: nn.Module) -> LayerType | None:
+    """The layer type of ``module`` (users' registrations first, then the built-ins), or None."""
     for layer_type in _USER + _BUILTIN:
         if layer_type.matches(module):
             return layer_type

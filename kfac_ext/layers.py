@@ -23,11 +23,13 @@ runs through :mod:`kfac_ext.ops`, in the factor dtype (float32 for bf16/fp16
 activations), accumulated over micro-batches and averaged in
 :meth:`KFACLayer.batch_factors`.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator, List, Optional, Tuple, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,11 @@ from kfac_ext import ops
 
 # The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
-_MAX_FACTOR_BYTES: ContextVar[Optional[int]] = ContextVar("max_factor_bytes", default=None)
+_MAX_FACTOR_BYTES: ContextVar[int | None] = ContextVar("max_factor_bytes", default=None)
 
 
 @contextlib.contextmanager
-def factor_size_limit(max_bytes: Optional[int]) -> Iterator[None]:
+def factor_size_limit(max_bytes: int | None) -> Iterator[None]:
     """Layers built inside hold a factor whose dense size n²·itemsize exceeds
     ``max_bytes`` as its diagonal (row-type layers; a conv's factors stay dense)."""
     token = _MAX_FACTOR_BYTES.set(max_bytes)
@@ -74,11 +76,10 @@ def _checkpoint_recomputation() -> bool:
     if torch._C._current_graph_task_id() == -1:  # not inside a backward pass: cheap exit
         return False
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)(False)
-    return top is not None and \
-        getattr(top[0], "__qualname__", "").startswith("_recomputation_hook")
+    return top is not None and getattr(top[0], "__qualname__", "").startswith("_recomputation_hook")
 
 
-def _conv_explicit_padding(module: nn.Conv2d) -> Tuple[int, int, int, int]:
+def _conv_explicit_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) zero/mode padding the conv applies to its input."""
     if isinstance(module.padding, str):
         if module.padding == "valid":
@@ -100,11 +101,20 @@ class KFACLayer:
     #: type whose Γ is not a reshape of its weight, e.g. a transposed one, says False).
     direct_grads = True
 
-    def __init__(self, name: str, module: nn.Module, factor_dtype: Optional[torch.dtype] = None,
-                 group: Optional[int] = None, *, weight: Optional[torch.Tensor] = None,
-                 bias: Optional[torch.Tensor] = None, in_dim: Optional[int] = None,
-                 out_dim: Optional[int] = None, a_diagonal: bool = False,
-                 g_diagonal: bool = False):
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        factor_dtype: torch.dtype | None = None,
+        group: int | None = None,
+        *,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        in_dim: int | None = None,
+        out_dim: int | None = None,
+        a_diagonal: bool = False,
+        g_diagonal: bool = False,
+    ):
         self.name = name
         self.module = module
         self.is_conv = isinstance(module, nn.Conv2d)
@@ -131,18 +141,18 @@ class KFACLayer:
         if out_dim is not None:
             self.g_dim = out_dim
         else:
-            self.g_dim = weight.shape[0] if group is None else \
-                weight.shape[0] // cast(nn.Conv2d, module).groups  # groups: a conv's
-        self.out_slice = slice(0, weight.shape[0]) if group is None else \
-            slice(group * self.g_dim, (group + 1) * self.g_dim)
-        self.in_slice = None if group is None else \
-            slice(group * weight.shape[1], (group + 1) * weight.shape[1])
+            self.g_dim = (
+                weight.shape[0] if group is None else weight.shape[0] // cast(nn.Conv2d, module).groups
+            )  # groups: a conv's
+        self.out_slice = (
+            slice(0, weight.shape[0]) if group is None else slice(group * self.g_dim, (group + 1) * self.g_dim)
+        )
+        self.in_slice = None if group is None else slice(group * weight.shape[1], (group + 1) * weight.shape[1])
         if in_dim is None:
             in_dim = weight[0].numel()  # in_features or (C_in/groups)*kh*kw
         self.a_dim = in_dim + int(self.has_bias)
         if factor_dtype is None:
-            factor_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) \
-                else torch.float32
+            factor_dtype = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
         self.factor_dtype = factor_dtype
         self.device = weight.device
         # A diagonal factor is held as its diagonal (a 1-D tensor): an Embedding's A,
@@ -150,22 +160,23 @@ class KFACLayer:
         # decided here, before anything of that size is allocated.
         limit = _MAX_FACTOR_BYTES.get()
         itemsize = torch.empty((), dtype=factor_dtype).element_size()
-        self.over_limit = [w for w, n, diag in (("A", self.a_dim, a_diagonal),
-                                                ("G", self.g_dim, g_diagonal))
-                           if limit is not None and not diag and not self.is_conv
-                           and n * n * itemsize > limit]
+        self.over_limit = [
+            w
+            for w, n, diag in (("A", self.a_dim, a_diagonal), ("G", self.g_dim, g_diagonal))
+            if limit is not None and not diag and not self.is_conv and n * n * itemsize > limit
+        ]
         self.a_diagonal = a_diagonal or "A" in self.over_limit
         self.g_diagonal = g_diagonal or "G" in self.over_limit
         # Running averages (start at the identity) and micro-batch sums.
         self.A = self._identity(self.a_dim, self.a_diagonal)
         self.G = self._identity(self.g_dim, self.g_diagonal)
-        self.A_sum: Optional[torch.Tensor] = None
-        self.G_sum: Optional[torch.Tensor] = None
+        self.A_sum: torch.Tensor | None = None
+        self.G_sum: torch.Tensor | None = None
         self.a_count = 0
         self.g_count = 0
         self.factor_updates = 0  # how many running-average updates happened
-        self.ever_fired = False     # a forward pass was captured at least once
-        self.ever_called = False    # the forward hook ran at all (even when not capturing)
+        self.ever_fired = False  # a forward pass was captured at least once
+        self.ever_called = False  # the forward hook ran at all (even when not capturing)
         self.capture = False
         # A micro-batch with no rows (an empty batch) adds nothing: skip_empty leaves it
         # out and counts it in empty_batches; otherwise (set by the preconditioner when
@@ -174,13 +185,13 @@ class KFACLayer:
         self.empty_batches = 0
         # Called after each captured backward pass (the preconditioner uses it to
         # start the factor all-reduce while the rest of backward still runs).
-        self.on_gradient_captured: Optional[Callable[["KFACLayer"], None]] = None
+        self.on_gradient_captured: Callable[[KFACLayer], None] | None = None
         # Tied weights (docs/design.md §2a): a layer whose weight another registered
         # layer also uses keeps its own use's gradient Γ_u = gᵀ[a, 1] (every step, not
         # only capture steps), which the preconditioner preconditions with this layer's
         # factors and sums over the uses.
         self.tied = False
-        self.use_grad: Optional[torch.Tensor] = None
+        self.use_grad: torch.Tensor | None = None
         self._handles = self._install_hooks()
 
     def _install_hooks(self) -> list:
@@ -194,13 +205,11 @@ class KFACLayer:
 
     def identity_factor(self, which: str) -> torch.Tensor:
         """The identity of factor ``which`` ('A' or 'G') in its storage (dense or diagonal)."""
-        return self._identity(*((self.a_dim, self.a_diagonal) if which == "A"
-                                else (self.g_dim, self.g_diagonal)))
+        return self._identity(*((self.a_dim, self.a_diagonal) if which == "A" else (self.g_dim, self.g_diagonal)))
 
-    def factor_numels(self) -> Tuple[int, int]:
+    def factor_numels(self) -> tuple[int, int]:
         """Elements of A and G as stored (n for a diagonal factor, n² for a dense one)."""
-        return (self.a_dim if self.a_diagonal else self.a_dim ** 2,
-                self.g_dim if self.g_diagonal else self.g_dim ** 2)
+        return (self.a_dim if self.a_diagonal else self.a_dim**2, self.g_dim if self.g_diagonal else self.g_dim**2)
 
     # ----------------------------------------------------------- hooks ----
     def remove_hooks(self) -> None:
@@ -210,23 +219,25 @@ class KFACLayer:
 
     def _forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.ever_called = True
-        if self.tied and torch.is_grad_enabled() and isinstance(output, torch.Tensor) \
-                and output.requires_grad:  # this use's share of a tied weight's gradient
+        if (
+            self.tied and torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
+        ):  # this use's share of a tied weight's gradient
             if self.weight.grad is None:  # zero_grad() since the last step(): start afresh
                 self.use_grad = None
             x = args[0].detach()
             output.register_hook(lambda g, x=x: self._add_use_grad(x, g.detach()))
-        if not self.capture or not torch.is_grad_enabled() or not module.training \
-                or _checkpoint_recomputation():
+        if not self.capture or not torch.is_grad_enabled() or not module.training or _checkpoint_recomputation():
             return
         current = self.current_params()[0]
         if current is None or tuple(current.shape) != self.weight_shape:
             # Checked here, not deep in a kernel: the factors have the registered size.
             got = None if current is None else tuple(current.shape)
-            raise RuntimeError(f"KFACPreconditioner: layer {self.name!r} has weight shape {got}, "
-                               f"registered with {self.weight_shape} (resized after the "
-                               "preconditioner was built?); build the preconditioner once the "
-                               "model is final")
+            raise RuntimeError(
+                f"KFACPreconditioner: layer {self.name!r} has weight shape {got}, "
+                f"registered with {self.weight_shape} (resized after the "
+                "preconditioner was built?); build the preconditioner once the "
+                "model is final"
+            )
         x = args[0]
         if x.numel() == 0 and self.skip_empty:
             self.empty_batches += 1
@@ -263,8 +274,7 @@ class KFACLayer:
                 padding = (0, 0)
             else:
                 padding = (top, left)
-            a = ops.conv2d_act_factor(x.contiguous(), m.kernel_size, m.stride, padding,
-                                      m.dilation, self.has_bias)
+            a = ops.conv2d_act_factor(x.contiguous(), m.kernel_size, m.stride, padding, m.dilation, self.has_bias)
             if first:
                 self.A_sum = a  # a fresh tensor the op returned
             else:
@@ -301,9 +311,10 @@ class KFACLayer:
     #: 'expand' (every position a row) or 'reduce' (one row per sequence: inputs
     #: averaged, output gradients summed over the positions); set by the preconditioner.
     kfac_approx = "expand"
+
     #: The dimensions a 'reduce' folds: all between the batch (first) and the features.
     #: A type that sees its rows in another layout (attention: (L, N, E)) overrides it.
-    def sequence_dims(self, t: torch.Tensor) -> Tuple[int, ...]:
+    def sequence_dims(self, t: torch.Tensor) -> tuple[int, ...]:
         return tuple(range(1, t.dim() - 1))
 
     def rows(self, t: torch.Tensor, fold: str) -> torch.Tensor:
@@ -327,8 +338,7 @@ class KFACLayer:
                 d = torch.cat([d, d.new_ones(1)])
             self.A_sum.copy_(d) if first else self.A_sum.add_(d)
         else:
-            ops.cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0,
-                            self.has_bias)
+            ops.cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0, self.has_bias)
         self.a_count += 1
         self.ever_fired = True
 
@@ -370,7 +380,7 @@ class KFACLayer:
     def has_batch(self) -> bool:
         return self.a_count > 0 and self.g_count > 0
 
-    def batch_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def batch_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This step's A and G averaged over the captured micro-batches (in place)."""
         a, g = self.A_sum, self.G_sum
         assert a is not None and g is not None  # called with a captured batch (has_batch())
@@ -406,7 +416,7 @@ class KFACLayer:
             self.A_sum = self.A_sum[keep].clone()
 
     # ------------------------------------------------------- gradients ----
-    def params(self) -> List[torch.Tensor]:
+    def params(self) -> list[torch.Tensor]:
         """The parameters whose gradients this layer reads and writes."""
         return [self.weight] + ([self._bias()] if self.has_bias else [])
 
@@ -431,7 +441,7 @@ class KFACLayer:
             return False
         return not self.has_bias or (bias is not None and bias.grad is not None)
 
-    def current_params(self) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def current_params(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(weight, bias) as the model holds them now: the module's attributes where this
         layer preconditions them (they may have been frozen, parametrized or replaced
         since registration), else the tensors registered."""
@@ -459,7 +469,7 @@ class KFACLayer:
             return torch.cat([w, self.bias_rows(bg).reshape(-1, 1)], dim=1).to(dtype)
         return w.to(dtype)
 
-    def grad_tensors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def grad_tensors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(weight gradient, bias gradient or None) of this layer's rows, as
         views of the parameters' ``.grad``: what ``ops.precondition_grads_``
         reads and overwrites in place (only when ``direct_grads``)."""
@@ -480,5 +490,5 @@ class KFACLayer:
 
         def dims(n, diagonal):
             return f"{n} (diagonal)" if diagonal else f"{n}x{n}"
-        return (f"{self.name} ({kind}): A {dims(self.a_dim, self.a_diagonal)}, "
-                f"G {dims(self.g_dim, self.g_diagonal)}")
+
+        return f"{self.name} ({kind}): A {dims(self.a_dim, self.a_diagonal)}, G {dims(self.g_dim, self.g_diagonal)}"

@@ -22,9 +22,10 @@ Two preconditioning paths:
   reading and writing the gradients in place (all factors dense);
 - :meth:`Method.precondition`: one layer's ``P`` from its ``Γ`` (any factor kind).
 """
+
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -39,44 +40,55 @@ class Method:
 
     name = ""
 
-    def solve(self, factors: Sequence[Tensor], damping: float) -> List[SecondOrder]:
+    def solve(self, factors: Sequence[Tensor], damping: float) -> list[SecondOrder]:
         raise NotImplementedError
 
-    def empty(self, n: int, diagonal: bool, dtype: torch.dtype,
-              device: torch.device | str | None) -> SecondOrder:
+    def empty(self, n: int, diagonal: bool, dtype: torch.dtype, device: torch.device | str | None) -> SecondOrder:
         """Data of the right shapes (what a broadcast fills in; what a state dict holds)."""
         raise NotImplementedError
 
-    def identity(self, n: int, diagonal: bool, dtype: torch.dtype,
-                 device: torch.device | str | None,
-                 damping: float) -> SecondOrder:
+    def identity(
+        self, n: int, diagonal: bool, dtype: torch.dtype, device: torch.device | str | None, damping: float
+    ) -> SecondOrder:
         """Data of an identity factor (the fallback when a factor's first solve fails)."""
         raise NotImplementedError
 
     def from_tensors(self, tensors: Sequence[Tensor], diagonal: bool) -> SecondOrder:
         kind: type[SecondOrder] = DiagonalData if diagonal else self._dense
         if len(tensors) != len(kind._fields):
-            raise ValueError(f"{self.name} second-order data has {len(kind._fields)} tensors "
-                             f"({', '.join(kind._fields)}), got {len(tensors)}")
+            raise ValueError(
+                f"{self.name} second-order data has {len(kind._fields)} tensors "
+                f"({', '.join(kind._fields)}), got {len(tensors)}"
+            )
         return kind(*tensors)
 
     def precondition(self, grad: Tensor, a: SecondOrder, g: SecondOrder, damping: float) -> Tensor:
         raise NotImplementedError
 
-    def precondition_many(self, grads: Sequence[Tensor], a: Sequence[SecondOrder],
-                          g: Sequence[SecondOrder], damping: float) -> List[Tensor]:
+    def precondition_many(
+        self, grads: Sequence[Tensor], a: Sequence[SecondOrder], g: Sequence[SecondOrder], damping: float
+    ) -> list[Tensor]:
         return [self.precondition(x, a_, g_, damping) for x, a_, g_ in zip(grads, a, g)]
 
-    def precondition_fused_(self, weight_grads: List[Tensor], bias_grads: List[Tensor],
-                            a: Sequence[SecondOrder], g: Sequence[SecondOrder], damping: float,
-                            kl_clip: Optional[float], kl_factor: float,
-                            dtype: torch.dtype | str = torch.float32) -> None:
+    def precondition_fused_(
+        self,
+        weight_grads: list[Tensor],
+        bias_grads: list[Tensor],
+        a: Sequence[SecondOrder],
+        g: Sequence[SecondOrder],
+        damping: float,
+        kl_clip: float | None,
+        kl_factor: float,
+        dtype: torch.dtype | str = torch.float32,
+    ) -> None:
         raise NotImplementedError
 
     _dense: type[EigenData | InverseData] = EigenData  # a dense factor's data
 
 
 class EigenMethod(Method):
+    """The eigen method: factors kept as eigendecompositions, the gradient divided by d_G d_Aᵀ + λ in their basis."""
+
     name = "eigen"
     _dense = EigenData
 
@@ -84,14 +96,12 @@ class EigenMethod(Method):
         dense = [f for f in factors if f.dim() == 2]
         values, vectors = ops.batched_eigh(dense) if dense else ([], [])
         solved = iter(zip(values, vectors))
-        return [EigenData(*next(solved)) if f.dim() == 2 else DiagonalData(f.clamp(min=0))
-                for f in factors]
+        return [EigenData(*next(solved)) if f.dim() == 2 else DiagonalData(f.clamp(min=0)) for f in factors]
 
     def empty(self, n, diagonal, dtype, device):
         if diagonal:
             return DiagonalData(torch.zeros(n, dtype=dtype, device=device))
-        return EigenData(torch.zeros(n, dtype=dtype, device=device),
-                         torch.eye(n, dtype=dtype, device=device))
+        return EigenData(torch.zeros(n, dtype=dtype, device=device), torch.eye(n, dtype=dtype, device=device))
 
     def identity(self, n, diagonal, dtype, device, damping):
         data = self.empty(n, diagonal, dtype, device)
@@ -109,14 +119,17 @@ class EigenMethod(Method):
 
     def precondition_many(self, grads, a, g, damping):
         """The layers whose factors are all dense in one batched op, the rest one by one."""
-        dense = [k for k in range(len(grads))
-                 if isinstance(a[k], EigenData) and isinstance(g[k], EigenData)]
+        dense = [k for k in range(len(grads)) if isinstance(a[k], EigenData) and isinstance(g[k], EigenData)]
         out: list[Tensor | None] = [None] * len(grads)
         if dense:
-            done = ops.eigen_precondition([grads[k] for k in dense], [a[k].vectors for k in dense],
-                                          [a[k].values for k in dense],
-                                          [g[k].vectors for k in dense],
-                                          [g[k].values for k in dense], damping)
+            done = ops.eigen_precondition(
+                [grads[k] for k in dense],
+                [a[k].vectors for k in dense],
+                [a[k].values for k in dense],
+                [g[k].vectors for k in dense],
+                [g[k].values for k in dense],
+                damping,
+            )
             for k, p in zip(dense, done):
                 out[k] = p
         for k in range(len(grads)):
@@ -124,20 +137,32 @@ class EigenMethod(Method):
                 out[k] = self.precondition(grads[k], a[k], g[k], damping)
         return out
 
-    def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor,
-                            dtype=torch.float32):
-        precondition_grads_(dtype, weight_grads, bias_grads, [x.vectors for x in a],
-                            [x.values for x in a], [x.vectors for x in g],
-                            [x.values for x in g], float(damping), kl_clip, kl_factor)
+    def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor, dtype=torch.float32):
+        precondition_grads_(
+            dtype,
+            weight_grads,
+            bias_grads,
+            [x.vectors for x in a],
+            [x.values for x in a],
+            [x.vectors for x in g],
+            [x.values for x in g],
+            float(damping),
+            kl_clip,
+            kl_factor,
+        )
 
 
 class InverseMethod(Method):
+    """The inverse method: factors kept as damped inverses, P = (G + λI)⁻¹ Γ (A + λI)⁻¹."""
+
     name = "inverse"
     _dense = InverseData
 
     def solve(self, factors, damping):
-        return [DiagonalData(1.0 / (f + damping)) if f.dim() == 1
-                else InverseData(damped_inverse(f, damping)) for f in factors]
+        return [
+            DiagonalData(1.0 / (f + damping)) if f.dim() == 1 else InverseData(damped_inverse(f, damping))
+            for f in factors
+        ]
 
     def empty(self, n, diagonal, dtype, device):
         if diagonal:
@@ -153,13 +178,17 @@ class InverseMethod(Method):
         v = grad * g.values.unsqueeze(1) if isinstance(g, DiagonalData) else g.inverse @ grad
         return v * a.values if isinstance(a, DiagonalData) else v @ a.inverse
 
-    def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor,
-                            dtype=torch.float32):
+    def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor, dtype=torch.float32):
         # The raw op: every list is built by the caller, the wrapper's checks would repeat
         # the kernel's own. kl_clip 0 is the op's "off".
         torch.ops.kfac_ext.precondition_grads_inverse_(
-            weight_grads, bias_grads, [x.inverse for x in a], [x.inverse for x in g],
-            0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
+            weight_grads,
+            bias_grads,
+            [x.inverse for x in a],
+            [x.inverse for x in g],
+            0.0 if kl_clip is None else float(kl_clip),
+            float(kl_factor),
+        )
 
 
 def damped_inverse(f: Tensor, damping: float) -> Tensor:

@@ -11,6 +11,7 @@ where they decide output shapes, in the fake kernels too.
 
 Plain-PyTorch references of every op: :mod:`kfac_ext.reference`.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kfac_ext import _C  # noqa: F401  (registers torch.ops.kfac_ext.*)
-from kfac_ext import reference  # noqa: F401  (re-exported: kfac_ext.ops.reference)
+from kfac_ext import (
+    _C,  # noqa: F401  (registers torch.ops.kfac_ext.*)
+    reference,  # noqa: F401  (re-exported: kfac_ext.ops.reference)
+)
 
 __all__ = [
     "cov_update_",
@@ -41,6 +44,7 @@ _ops = torch.ops.kfac_ext
 
 
 # ---------------------------------------------------------------- checks ----
+
 
 def _check_tensor(op: str, name: str, value: object) -> None:
     if not isinstance(value, Tensor):
@@ -62,8 +66,7 @@ def _check_one_device(op: str, named: Sequence[tuple[str, Tensor]]) -> None:
     first_name, first = named[0]
     for name, t in named[1:]:
         if t.device != first.device:
-            raise RuntimeError(f"{op}: {name} must be on the device of {first_name} "
-                               f"({first.device}); got {t.device}")
+            raise RuntimeError(f"{op}: {name} must be on the device of {first_name} ({first.device}); got {t.device}")
 
 
 def _check_damping(op: str, damping: Any) -> None:
@@ -82,8 +85,8 @@ def _listed(name: str, tensors: Sequence[Tensor]) -> list[tuple[str, Tensor]]:
 
 # ------------------------------------------------------------- wrappers ----
 
-def cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float,
-                append_ones: bool = False) -> None:
+
+def cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float, append_ones: bool = False) -> None:
     """In place ``factor <- beta*factor + alpha * XᵀX``.
 
     x is (rows, d). With ``append_ones`` X is ``[x, 1]`` (the bias column,
@@ -115,9 +118,14 @@ def channel_cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float) ->
     _ops.channel_cov_update_(factor, x, float(alpha), float(beta))
 
 
-def conv2d_act_factor(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int],
-                      padding: Sequence[int], dilation: Sequence[int],
-                      has_bias: bool) -> Tensor:
+def conv2d_act_factor(
+    input: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    has_bias: bool,
+) -> Tensor:
     """The Conv2d activation factor A of docs/design.md §2 straight from the NCHW input.
 
     A = āᵀā / (N·T) where ā are the im2col patches (N·T rows of C·kh·kw, plus
@@ -129,12 +137,12 @@ def conv2d_act_factor(input: Tensor, kernel_size: Sequence[int], stride: Sequenc
     """
     op = "conv2d_act_factor"
     _check_tensor(op, "input", input)
-    return _ops.conv2d_act_factor(input, _pair(kernel_size), _pair(stride), _pair(padding),
-                                  _pair(dilation), bool(has_bias))
+    return _ops.conv2d_act_factor(
+        input, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(has_bias)
+    )
 
 
-def batched_eigh(factors: Sequence[Tensor], clamp: bool = True
-                 ) -> tuple[list[Tensor], list[Tensor]]:
+def batched_eigh(factors: Sequence[Tensor], clamp: bool = True) -> tuple[list[Tensor], list[Tensor]]:
     """Symmetric eigendecompositions ``F = Q diag(d) Qᵀ`` of a list of factors.
 
     Returns (eigenvalues, eigenvectors) lists in input order; eigenvalues
@@ -155,9 +163,14 @@ def batched_eigh(factors: Sequence[Tensor], clamp: bool = True
     return list(values), list(vectors)
 
 
-def eigen_precondition(grads: Sequence[Tensor], qa: Sequence[Tensor], da: Sequence[Tensor],
-                       qg: Sequence[Tensor], dg: Sequence[Tensor], damping: float
-                       ) -> list[Tensor]:
+def eigen_precondition(
+    grads: Sequence[Tensor],
+    qa: Sequence[Tensor],
+    da: Sequence[Tensor],
+    qg: Sequence[Tensor],
+    dg: Sequence[Tensor],
+    damping: float,
+) -> list[Tensor]:
     """Per layer ``P = Q_G [(Q_Gᵀ Γ Q_A) / (d_G d_Aᵀ + λ)] Q_Aᵀ`` (new tensors).
 
     grads[i] is Γ, shape (out, in[+1]) with the bias as the last column;
@@ -166,9 +179,10 @@ def eigen_precondition(grads: Sequence[Tensor], qa: Sequence[Tensor], da: Sequen
     are computed together (batched matmuls).
     """
     op = "eigen_precondition"
-    lists = {name: _check_tensor_list(op, name, value)
-             for name, value in (("grads", grads), ("qa", qa), ("da", da), ("qg", qg),
-                                 ("dg", dg))}
+    lists = {
+        name: _check_tensor_list(op, name, value)
+        for name, value in (("grads", grads), ("qa", qa), ("da", da), ("qg", qg), ("dg", dg))
+    }
     _check_damping(op, damping)
     named = [pair for name, value in lists.items() for pair in _listed(name, value)]
     _check_one_device(op, named)
@@ -187,8 +201,7 @@ def pack_triu(mats: Sequence[Tensor]) -> Tensor:
     mats = _check_tensor_list(op, "mats", mats)
     _check_one_device(op, _listed("mats", mats))
     if not mats:
-        raise ValueError("pack_triu: mats must hold at least one matrix (the result's dtype "
-                         "and device come from it)")
+        raise ValueError("pack_triu: mats must hold at least one matrix (the result's dtype and device come from it)")
     return _ops.pack_triu(mats)
 
 
@@ -221,10 +234,17 @@ def kl_clip_sum(precond: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
     return _ops.kl_clip_sum(precond, grads)
 
 
-def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor],
-                        qa: Sequence[Tensor], da: Sequence[Tensor], qg: Sequence[Tensor],
-                        dg: Sequence[Tensor], damping: float, kl_clip: float | None = None,
-                        kl_factor: float = 1.0) -> Tensor:
+def precondition_grads_(
+    weight_grads: Sequence[Tensor],
+    bias_grads: Sequence[Tensor],
+    qa: Sequence[Tensor],
+    da: Sequence[Tensor],
+    qg: Sequence[Tensor],
+    dg: Sequence[Tensor],
+    damping: float,
+    kl_clip: float | None = None,
+    kl_factor: float = 1.0,
+) -> Tensor:
     """One eigen-method step on the gradients themselves, in place; returns ν.
 
     Per layer ``Γ = [weight_grads[i] as (out, in) | bias]``, with the bias
@@ -240,22 +260,36 @@ def precondition_grads_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Ten
     the call does not wait for the device.
     """
     op = "precondition_grads_"
-    lists = {name: _check_tensor_list(op, name, value)
-             for name, value in (("weight_grads", weight_grads), ("bias_grads", bias_grads),
-                                 ("qa", qa), ("da", da), ("qg", qg), ("dg", dg))}
+    lists = {
+        name: _check_tensor_list(op, name, value)
+        for name, value in (
+            ("weight_grads", weight_grads),
+            ("bias_grads", bias_grads),
+            ("qa", qa),
+            ("da", da),
+            ("qg", qg),
+            ("dg", dg),
+        )
+    }
     if kl_clip is not None and not kl_clip > 0:
         raise ValueError(f"{op}: kl_clip must be > 0 or None; got {kl_clip}")
     _check_damping(op, damping)
     _check_one_device(op, [pair for name, value in lists.items() for pair in _listed(name, value)])
     if not lists["weight_grads"]:
         return torch.ones((), dtype=torch.float64)
-    return _ops.precondition_grads_(*lists.values(), float(damping),
-                                    0.0 if kl_clip is None else float(kl_clip), float(kl_factor))
+    return _ops.precondition_grads_(
+        *lists.values(), float(damping), 0.0 if kl_clip is None else float(kl_clip), float(kl_factor)
+    )
 
 
-def precondition_grads_inverse_(weight_grads: Sequence[Tensor], bias_grads: Sequence[Tensor],
-                                a_inv: Sequence[Tensor], g_inv: Sequence[Tensor],
-                                kl_clip: float | None = None, kl_factor: float = 1.0) -> Tensor:
+def precondition_grads_inverse_(
+    weight_grads: Sequence[Tensor],
+    bias_grads: Sequence[Tensor],
+    a_inv: Sequence[Tensor],
+    g_inv: Sequence[Tensor],
+    kl_clip: float | None = None,
+    kl_factor: float = 1.0,
+) -> Tensor:
     """:func:`precondition_grads_` for the inverse method: ``P = g_inv[i] Γ a_inv[i]``.
 
     a_inv[i] and g_inv[i] are the layer's damped factor inverses,
@@ -265,17 +299,23 @@ def precondition_grads_inverse_(weight_grads: Sequence[Tensor], bias_grads: Sequ
     and return value as precondition_grads_.
     """
     op = "precondition_grads_inverse_"
-    lists = {name: _check_tensor_list(op, name, value)
-             for name, value in (("weight_grads", weight_grads), ("bias_grads", bias_grads),
-                                 ("a_inv", a_inv), ("g_inv", g_inv))}
+    lists = {
+        name: _check_tensor_list(op, name, value)
+        for name, value in (
+            ("weight_grads", weight_grads),
+            ("bias_grads", bias_grads),
+            ("a_inv", a_inv),
+            ("g_inv", g_inv),
+        )
+    }
     if kl_clip is not None and not kl_clip > 0:
         raise ValueError(f"{op}: kl_clip must be > 0 or None; got {kl_clip}")
     _check_one_device(op, [pair for name, value in lists.items() for pair in _listed(name, value)])
     if not lists["weight_grads"]:
         return torch.ones((), dtype=torch.float64)
-    return _ops.precondition_grads_inverse_(*lists.values(),
-                                            0.0 if kl_clip is None else float(kl_clip),
-                                            float(kl_factor))
+    return _ops.precondition_grads_inverse_(
+        *lists.values(), 0.0 if kl_clip is None else float(kl_clip), float(kl_factor)
+    )
 
 
 def _pair(value: int | Sequence[int]) -> list[int]:
@@ -290,25 +330,28 @@ def _pair(value: int | Sequence[int]) -> list[int]:
 # --------------------------------------------------------- fake kernels ----
 # Shapes only (FakeTensor / torch.compile / opcheck). In-place ops return None.
 
+
 @torch.library.register_fake("kfac_ext::cov_update_")
 def _cov_update_fake(factor, x, alpha, beta, append_ones=False):
     d = factor.shape[0] - (1 if append_ones else 0)
-    torch._check(x.dim() == 2 and x.shape[1] == d,
-                 lambda: f"cov_update_: x must be 2-D (rows, {d}); got {tuple(x.shape)}")
+    torch._check(
+        x.dim() == 2 and x.shape[1] == d, lambda: f"cov_update_: x must be 2-D (rows, {d}); got {tuple(x.shape)}"
+    )
 
 
 @torch.library.register_fake("kfac_ext::channel_cov_update_")
 def _channel_cov_update_fake(factor, x, alpha, beta):
-    torch._check(x.dim() == 3 and x.shape[1] == factor.shape[0],
-                 lambda: f"channel_cov_update_: x must be 3-D (N, {factor.shape[0]}, L); "
-                         f"got {tuple(x.shape)}")
+    torch._check(
+        x.dim() == 3 and x.shape[1] == factor.shape[0],
+        lambda: f"channel_cov_update_: x must be 3-D (N, {factor.shape[0]}, L); got {tuple(x.shape)}",
+    )
 
 
 @torch.library.register_fake("kfac_ext::conv2d_act_factor")
 def _conv2d_act_factor_fake(input, kernel_size, stride, padding, dilation, has_bias):
-    torch._check(input.dim() == 4,
-                 lambda: f"conv2d_act_factor: input must be 4-D (N, C, H, W); "
-                         f"got {tuple(input.shape)}")
+    torch._check(
+        input.dim() == 4, lambda: f"conv2d_act_factor: input must be 4-D (N, C, H, W); got {tuple(input.shape)}"
+    )
     n = input.shape[1] * kernel_size[0] * kernel_size[1] + (1 if has_bias else 0)
     return input.new_empty((n, n))
 
@@ -319,16 +362,16 @@ def _batched_eigh_fake(factors, clamp=True):
     # Eigenvectors are column-major (strides (1, n)), as torch.linalg.eigh
     # returns them: LAPACK and cuSOLVER write them so, and copying to
     # row-major would buy nothing.
-    vectors = [f.new_empty_strided((f.shape[0], f.shape[0]), (1, max(f.shape[0], 1)))
-               for f in factors]
+    vectors = [f.new_empty_strided((f.shape[0], f.shape[0]), (1, max(f.shape[0], 1))) for f in factors]
     return values, vectors
 
 
 @torch.library.register_fake("kfac_ext::eigen_precondition")
 def _eigen_precondition_fake(grads, qa, da, qg, dg, damping):
-    torch._check(len(qa) == len(grads) and len(da) == len(grads) and len(qg) == len(grads)
-                 and len(dg) == len(grads),
-                 lambda: "eigen_precondition: grads, qa, da, qg, dg must be lists of equal length")
+    torch._check(
+        len(qa) == len(grads) and len(da) == len(grads) and len(qg) == len(grads) and len(dg) == len(grads),
+        lambda: "eigen_precondition: grads, qa, da, qg, dg must be lists of equal length",
+    )
     return [torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads]
 
 
@@ -342,18 +385,19 @@ def _pack_triu_fake(mats):
 @torch.library.register_fake("kfac_ext::unpack_triu_")
 def _unpack_triu_fake(packed, mats, scale=1.0):
     total = sum(m.shape[0] * (m.shape[0] + 1) // 2 for m in mats)
-    torch._check(packed.dim() == 1 and packed.shape[0] == total,
-                 lambda: f"unpack_triu_: packed must be 1-D with {total} entries; "
-                         f"got {tuple(packed.shape)}")
+    torch._check(
+        packed.dim() == 1 and packed.shape[0] == total,
+        lambda: f"unpack_triu_: packed must be 1-D with {total} entries; got {tuple(packed.shape)}",
+    )
 
 
 @torch.library.register_fake("kfac_ext::precondition_grads_")
-def _precondition_grads_fake(weight_grads, bias_grads, qa, da, qg, dg, damping, kl_clip,
-                             kl_factor):
+def _precondition_grads_fake(weight_grads, bias_grads, qa, da, qg, dg, damping, kl_clip, kl_factor):
     n = len(weight_grads)
-    torch._check(len(qa) == n and len(da) == n and len(qg) == n and len(dg) == n,
-                 lambda: "precondition_grads_: weight_grads, qa, da, qg, dg must be lists "
-                         "of equal length (one entry per layer)")
+    torch._check(
+        len(qa) == n and len(da) == n and len(qg) == n and len(dg) == n,
+        lambda: "precondition_grads_: weight_grads, qa, da, qg, dg must be lists of equal length (one entry per layer)",
+    )
     device = weight_grads[0].device if weight_grads else torch.device("cpu")
     return torch.empty((), dtype=torch.float64, device=device)
 
@@ -361,9 +405,13 @@ def _precondition_grads_fake(weight_grads, bias_grads, qa, da, qg, dg, damping, 
 @torch.library.register_fake("kfac_ext::precondition_grads_inverse_")
 def _precondition_grads_inverse_fake(weight_grads, bias_grads, a_inv, g_inv, kl_clip, kl_factor):
     n = len(weight_grads)
-    torch._check(len(a_inv) == n and len(g_inv) == n,
-                 lambda: "precondition_grads_inverse_: weight_grads, a_inv, g_inv must be lists "
-                         "of equal length (one entry per layer)")
+    torch._check(
+        len(a_inv) == n and len(g_inv) == n,
+        lambda: (
+            "precondition_grads_inverse_: weight_grads, a_inv, g_inv must be lists "
+            "of equal length (one entry per layer)"
+        ),
+    )
     device = weight_grads[0].device if weight_grads else torch.device("cpu")
     return torch.empty((), dtype=torch.float64, device=device)
 

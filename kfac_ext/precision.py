@@ -18,11 +18,13 @@ The error of each against float64 is measured by ``benchmarks/table_scale.py``: 
 1e-3 (benchmarks/RESULTS.md): the eigenvalue division amplifies the rounding of Γ and Q
 along small eigenvalues, so bf16 needs a larger damping to be safe.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, List, Optional, Sequence, Union, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -32,14 +34,17 @@ from kfac_ext.reference import gammas  # Γ = [W | b], built one way for every p
 PRECONDITION_DTYPES = (torch.float32, "tf32", torch.bfloat16)
 
 
-def check_precondition_dtype(value: Any) -> Union[torch.dtype, str]:
+def check_precondition_dtype(value: Any) -> torch.dtype | str:
     """The validated ``precondition_dtype`` (a ValueError naming it otherwise)."""
     if isinstance(value, str) and value.lower() in ("tf32", "bfloat16", "bf16", "float32", "fp32"):
-        value = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
-                 "fp32": torch.float32}.get(value.lower(), "tf32")
+        value = {
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float32": torch.float32,
+            "fp32": torch.float32,
+        }.get(value.lower(), "tf32")
     if not any(value is d or value == d for d in PRECONDITION_DTYPES):
-        raise ValueError(f"precondition_dtype must be one of torch.float32, 'tf32', "
-                         f"torch.bfloat16, got {value!r}")
+        raise ValueError(f"precondition_dtype must be one of torch.float32, 'tf32', torch.bfloat16, got {value!r}")
     return value
 
 
@@ -63,9 +68,14 @@ def allow_tf32():
             matmul.allow_tf32 = saved
 
 
-def eigen_precondition_bf16(grads: Sequence[Tensor], qa: Sequence[Tensor], da: Sequence[Tensor],
-                            qg: Sequence[Tensor], dg: Sequence[Tensor], damping: float
-                            ) -> List[Tensor]:
+def eigen_precondition_bf16(
+    grads: Sequence[Tensor],
+    qa: Sequence[Tensor],
+    da: Sequence[Tensor],
+    qg: Sequence[Tensor],
+    dg: Sequence[Tensor],
+    damping: float,
+) -> list[Tensor]:
     """``ops.eigen_precondition`` with the GEMMs in bfloat16; results in the grads' dtype."""
     out = []
     for g, qa_, da_, qg_, dg_ in zip(grads, qa, da, qg, dg):
@@ -76,9 +86,18 @@ def eigen_precondition_bf16(grads: Sequence[Tensor], qa: Sequence[Tensor], da: S
     return out
 
 
-def precondition_grads_(dtype: torch.dtype | str, weight_grads: List[Tensor], bias_grads: List[Tensor],
-                        qa: List[Tensor], da: List[Tensor], qg: List[Tensor], dg: List[Tensor],
-                        damping: float, kl_clip: Optional[float], kl_factor: float) -> None:
+def precondition_grads_(
+    dtype: torch.dtype | str,
+    weight_grads: list[Tensor],
+    bias_grads: list[Tensor],
+    qa: list[Tensor],
+    da: list[Tensor],
+    qg: list[Tensor],
+    dg: list[Tensor],
+    damping: float,
+    kl_clip: float | None,
+    kl_factor: float,
+) -> None:
     """The one Python entry to the fused eigen-method op: ``ops.precondition_grads_``'s
     arguments (``kl_clip=None`` disables clipping) with the GEMMs in ``dtype`` (see the
     module docstring), in place.
@@ -87,28 +106,27 @@ def precondition_grads_(dtype: torch.dtype | str, weight_grads: List[Tensor], bi
     Python checks would only repeat the kernel's own (~25 us a step on small models)."""
     op_clip = 0.0 if kl_clip is None else float(kl_clip)  # the op's "off" is 0
     if dtype is torch.float32:
-        torch.ops.kfac_ext.precondition_grads_(weight_grads, bias_grads, qa, da, qg, dg,
-                                               damping, op_clip, kl_factor)
+        torch.ops.kfac_ext.precondition_grads_(weight_grads, bias_grads, qa, da, qg, dg, damping, op_clip, kl_factor)
         return
     if dtype == "tf32":
         with allow_tf32():
-            torch.ops.kfac_ext.precondition_grads_(weight_grads, bias_grads, qa, da, qg, dg,
-                                                   damping, op_clip, kl_factor)
+            torch.ops.kfac_ext.precondition_grads_(
+                weight_grads, bias_grads, qa, da, qg, dg, damping, op_clip, kl_factor
+            )
         return
     grads, has_bias = gammas(list(weight_grads), list(bias_grads), list(qa))
     precond = eigen_precondition_bf16(grads, qa, da, qg, dg, damping)
-    nu: Optional[Tensor] = None
+    nu: Tensor | None = None
     if kl_clip is not None:
         # a Tensor whenever there is a layer (mypy sees sum's int start too)
         total = cast(Tensor, sum((p.double() * g.double()).sum() for p, g in zip(precond, grads)))
         vg = (total * kl_factor).abs()
-        nu = torch.where(torch.isfinite(vg) & (vg != 0), (kl_clip / vg).sqrt().clamp(max=1.0),
-                         torch.ones_like(vg))
+        nu = torch.where(torch.isfinite(vg) & (vg != 0), (kl_clip / vg).sqrt().clamp(max=1.0), torch.ones_like(vg))
     biases = iter(bias_grads)
     for w, p, bias in zip(weight_grads, precond, has_bias):
         if nu is not None:
             p = p * nu.to(p.dtype)
-        w.copy_(p[:, :p.shape[1] - bias].reshape(w.shape))
+        w.copy_(p[:, : p.shape[1] - bias].reshape(w.shape))
         if bias:
             next(biases).copy_(p[:, -1])
 

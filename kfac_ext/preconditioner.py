@@ -52,14 +52,15 @@ Documented behaviours a user may rely on:
     (``ops.precondition_grads_`` or ``precondition_grads_inverse_`` in one
     process and COMM-OPT; the per-layer path of HYBRID/MEM-OPT likewise).
 """
+
 from __future__ import annotations
 
 import logging
 import warnings
 import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from enum import Enum
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any, Dict, Iterable, List, NoReturn, Optional, Sequence, Union
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -72,9 +73,8 @@ from kfac_ext.auto_step import AutoStep
 from kfac_ext.background import BackgroundSolver, PendingSecondOrder
 from kfac_ext.comm import Comm, EigenItem, LocalComm
 from kfac_ext.eigen_refresh import SkipTest, check_eigen_refresh
+from kfac_ext.enums import AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
-from kfac_ext.enums import (  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
-    AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy)
 from kfac_ext.kfac_pytorch_names import KfacPytorchNames, refuse_internal
 from kfac_ext.layer_types import layer_type_for
 from kfac_ext.layers import KFACLayer, factor_size_limit, is_computed_weight
@@ -116,7 +116,7 @@ def _auto_comm(grad_worker_fraction: float, **options: Any) -> Comm:
     return LocalComm()
 
 
-def _all_finite_pairs(tensors: List[torch.Tensor]) -> List[bool]:
+def _all_finite_pairs(tensors: list[torch.Tensor]) -> list[bool]:
     """For consecutive pairs (A, G): whether both are finite, with one sync per device.
 
     One float64 sum over all of them first (a NaN/Inf anywhere makes it NaN/Inf);
@@ -125,8 +125,7 @@ def _all_finite_pairs(tensors: List[torch.Tensor]) -> List[bool]:
     if not tensors:
         return []
     devices = {t.device for t in tensors}
-    if len(devices) == 1 and bool(torch.isfinite(
-            torch.cat([t.reshape(-1) for t in tensors]).sum(dtype=torch.float64))):
+    if len(devices) == 1 and bool(torch.isfinite(torch.cat([t.reshape(-1) for t in tensors]).sum(dtype=torch.float64))):
         return [True] * (len(tensors) // 2)
     sums = [t.sum(dtype=torch.float64) for t in tensors]
     if len(devices) == 1:
@@ -207,28 +206,43 @@ class KFACPreconditioner(KfacPytorchNames):
     MultiheadAttention, and ``kfac_ext.register_layer_type`` for others).
     """
 
-    def __init__(self, model: nn.Module, *, factor_update_steps: sch.NumberOrSchedule = 1,
-                 inv_update_steps: sch.NumberOrSchedule = 1, damping: sch.NumberOrSchedule = 0.001,
-                 factor_decay: sch.NumberOrSchedule = 0.95,
-                 kl_clip: sch.NumberOrSchedule | None = 0.001, lr: sch.NumberOrSchedule = 0.1,
-                 accumulation_steps: int = 1, allreduce_bucket_cap_mb: float = 25.0,
-                 assignment_strategy: str | Enum = "compute", colocate_factors: bool = True,
-                 compute_method: str | Enum = "eigen", compute_eigenvalue_outer_product: bool = True,
-                 grad_worker_fraction: float | Enum = 1.0, symmetry_aware: bool = False,
-                 grad_scaler: object = None,
-                 factor_dtype: Optional[torch.dtype] = None,
-                 inv_dtype: torch.dtype = torch.float32,
-                 skip_layers: Union[None, str, Iterable[str]] = (),
-                 update_factors_in_hook: bool = True, defaults: Optional[dict] = None,
-                 loglevel: int | str = logging.DEBUG, comm: Optional[Comm] = None,
-                 inv_lag_steps: int = 0, eigen_refresh: SkipTest | None = None,
-                 precondition_dtype: torch.dtype | str = torch.float32, factor_init: str = "identity",
-                 g_scale: float = 1.0, auto_step: Optional[AutoStep] = None,
-                 max_factor_bytes: Optional[int] = 2 ** 30, kfac_approx: str = "expand"):
-        self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps,
-                                                      sch.positive_int)
-        self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps,
-                                                   sch.positive_int)
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        factor_update_steps: sch.NumberOrSchedule = 1,
+        inv_update_steps: sch.NumberOrSchedule = 1,
+        damping: sch.NumberOrSchedule = 0.001,
+        factor_decay: sch.NumberOrSchedule = 0.95,
+        kl_clip: sch.NumberOrSchedule | None = 0.001,
+        lr: sch.NumberOrSchedule = 0.1,
+        accumulation_steps: int = 1,
+        allreduce_bucket_cap_mb: float = 25.0,
+        assignment_strategy: str | Enum = "compute",
+        colocate_factors: bool = True,
+        compute_method: str | Enum = "eigen",
+        compute_eigenvalue_outer_product: bool = True,
+        grad_worker_fraction: float | Enum = 1.0,
+        symmetry_aware: bool = False,
+        grad_scaler: object = None,
+        factor_dtype: torch.dtype | None = None,
+        inv_dtype: torch.dtype = torch.float32,
+        skip_layers: None | str | Iterable[str] = (),
+        update_factors_in_hook: bool = True,
+        defaults: dict | None = None,
+        loglevel: int | str = logging.DEBUG,
+        comm: Comm | None = None,
+        inv_lag_steps: int = 0,
+        eigen_refresh: SkipTest | None = None,
+        precondition_dtype: torch.dtype | str = torch.float32,
+        factor_init: str = "identity",
+        g_scale: float = 1.0,
+        auto_step: AutoStep | None = None,
+        max_factor_bytes: int | None = 2**30,
+        kfac_approx: str = "expand",
+    ):
+        self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps, sch.positive_int)
+        self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps, sch.positive_int)
         self.damping = sch.Hyperparameter("damping", damping, sch.positive)
         self.factor_decay = sch.Hyperparameter("factor_decay", factor_decay, sch.decay)
         self.kl_clip = sch.Hyperparameter("kl_clip", kl_clip, sch.positive_or_none)
@@ -248,8 +262,9 @@ class KFACPreconditioner(KfacPytorchNames):
         self.grad_worker_fraction = args.grad_worker_fraction(grad_worker_fraction, world_size)
         self.allreduce_bucket_cap_mb = args.bucket_cap_mb(allreduce_bucket_cap_mb)
         self.colocate_factors = args.flag("colocate_factors", colocate_factors)
-        self.compute_eigenvalue_outer_product = args.flag("compute_eigenvalue_outer_product",
-                                                          compute_eigenvalue_outer_product)
+        self.compute_eigenvalue_outer_product = args.flag(
+            "compute_eigenvalue_outer_product", compute_eigenvalue_outer_product
+        )
         self.symmetry_aware = args.flag("symmetry_aware", symmetry_aware)
         self.update_factors_in_hook = args.flag("update_factors_in_hook", update_factors_in_hook)
         if defaults is not None and not isinstance(defaults, dict):
@@ -258,10 +273,9 @@ class KFACPreconditioner(KfacPytorchNames):
         self.loglevel = args.loglevel(loglevel)
 
         if max_factor_bytes is not None and not (
-                isinstance(max_factor_bytes, int) and not isinstance(max_factor_bytes, bool)
-                and max_factor_bytes > 0):
-            raise ValueError(f"max_factor_bytes must be a positive integer or None, got "
-                             f"{max_factor_bytes!r}")
+            isinstance(max_factor_bytes, int) and not isinstance(max_factor_bytes, bool) and max_factor_bytes > 0
+        ):
+            raise ValueError(f"max_factor_bytes must be a positive integer or None, got {max_factor_bytes!r}")
         self.max_factor_bytes = max_factor_bytes
         if kfac_approx not in ("expand", "reduce"):
             raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {kfac_approx!r}")
@@ -269,9 +283,8 @@ class KFACPreconditioner(KfacPytorchNames):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         self._model = _unwrap(model)
-        self.layers: List[KFACLayer] = self._register(self._model)
-        if not (isinstance(inv_lag_steps, int) and not isinstance(inv_lag_steps, bool)
-                and inv_lag_steps >= 0):
+        self.layers: list[KFACLayer] = self._register(self._model)
+        if not (isinstance(inv_lag_steps, int) and not isinstance(inv_lag_steps, bool) and inv_lag_steps >= 0):
             raise ValueError(f"inv_lag_steps must be an integer >= 0, got {inv_lag_steps!r}")
         # CPU models only for now: on a GPU the lagged solve runs on this thread when
         # it lands (same results; a side thread would need its own CUDA stream).
@@ -284,34 +297,49 @@ class KFACPreconditioner(KfacPytorchNames):
         self._adaptive = damping if isinstance(damping, AdaptiveDamping) else None
         self._auto = self._check_auto_step(auto_step, kl_clip, grad_scaler, comm)
         if self.precondition_dtype is not torch.float32 and compute_method != "eigen":
-            raise ValueError("precondition_dtype applies to compute_method='eigen', got "
-                             f"compute_method={compute_method!r}")
+            raise ValueError(
+                f"precondition_dtype applies to compute_method='eigen', got compute_method={compute_method!r}"
+            )
         self._solver = BackgroundSolver()
-        self._pending: Optional[PendingSecondOrder] = None
+        self._pending: PendingSecondOrder | None = None
         # Layers that went through an inverse update, on every rank alike (which
         # ranks hold a layer's second-order data differs under HYBRID/MEM-OPT,
         # and whether an update is lagged must not: it decides the collectives).
         self._has_basis: set = set()
-        self.comm = comm if comm is not None else _auto_comm(
-            self.grad_worker_fraction, colocate_factors=self.colocate_factors,
-            allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
-            assignment_cost=self.assignment_strategy)
+        self.comm = (
+            comm
+            if comm is not None
+            else _auto_comm(
+                self.grad_worker_fraction,
+                colocate_factors=self.colocate_factors,
+                allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
+                assignment_cost=self.assignment_strategy,
+            )
+        )
         if any(l.tied for l in self.layers) and not self.comm.replicates_preconditioning:
-            raise ValueError("tied weights (layers sharing one weight) are preconditioned per use "
-                             "on every rank: they need grad_worker_fraction=1 (COMM-OPT) or one "
-                             "process (or name all but one use in skip_layers)")
+            raise ValueError(
+                "tied weights (layers sharing one weight) are preconditioned per use "
+                "on every rank: they need grad_worker_fraction=1 (COMM-OPT) or one "
+                "process (or name all but one use in skip_layers)"
+            )
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
         logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
         if self.precondition_dtype is not torch.float32 and any(
-                l.a_diagonal or l.g_diagonal or l.tied for l in self.layers):
-            warnings.warn("KFACPreconditioner: precondition_dtype applies to the fused path; this "
-                          "model has diagonal factors or tied weights, whose per-layer path runs "
-                          f"in inv_dtype={self.inv_dtype}", stacklevel=2)
+            l.a_diagonal or l.g_diagonal or l.tied for l in self.layers
+        ):
+            warnings.warn(
+                "KFACPreconditioner: precondition_dtype applies to the fused path; this "
+                "model has diagonal factors or tied weights, whose per-layer path runs "
+                f"in inv_dtype={self.inv_dtype}",
+                stacklevel=2,
+            )
         if self.precondition_dtype is not torch.float32 and not self.comm.replicates_preconditioning:
-            raise ValueError("precondition_dtype other than torch.float32 needs a comm that "
-                             "preconditions every layer on every rank (one process, COMM-OPT)")
+            raise ValueError(
+                "precondition_dtype other than torch.float32 needs a comm that "
+                "preconditions every layer on every rank (one process, COMM-OPT)"
+            )
 
         self.steps = 0
         self.skipped_factor_updates = 0
@@ -319,13 +347,13 @@ class KFACPreconditioner(KfacPytorchNames):
         self._factor_tracker = sch.IntervalTracker(self.factor_update_steps)
         self._inv_tracker = sch.IntervalTracker(self.inv_update_steps)
         # λ of the last eigendecomposition step (see _precondition_damping)
-        self._basis_damping: Optional[float] = None
+        self._basis_damping: float | None = None
         # second-order data per layer index and factor: {"A": EigenData | InverseData, "G": ...}
-        self._second: Dict[int, Dict[str, SecondOrder]] = {}
+        self._second: dict[int, dict[str, SecondOrder]] = {}
         self._warned: set = set()
         # Layers whose batch factors were handed to the all-reduce from their
         # backward hook (see _start_factor_reduce), with those factors.
-        self._reducing: Dict[KFACLayer, tuple] = {}
+        self._reducing: dict[KFACLayer, tuple] = {}
         for layer in self.layers:
             layer.kfac_approx = self.kfac_approx
             if self.comm.world_size > 1 and self.update_factors_in_hook:
@@ -335,23 +363,25 @@ class KFACPreconditioner(KfacPytorchNames):
             layer.skip_empty = self.comm.world_size == 1
         # (weakref to each preconditioned .grad, its version) after the last step():
         # an unchanged set means no backward since, and step() must not run twice.
-        self._grad_marks: List[tuple] = []
+        self._grad_marks: list[tuple] = []
         self._set_capture()
 
     # ------------------------------------------------------- registration ----
-    def _check_auto_step(self, auto_step: object, kl_clip: Any, grad_scaler: Any,
-                         comm: Comm | None) -> AutoStep | None:
+    def _check_auto_step(self, auto_step: object, kl_clip: Any, grad_scaler: Any, comm: Comm | None) -> AutoStep | None:
         if auto_step is None:
             return None
         if not isinstance(auto_step, AutoStep):
-            raise TypeError(f"auto_step must be a kfac_ext.auto_step.AutoStep or None; got "
-                            f"{type(auto_step).__name__}")
+            raise TypeError(f"auto_step must be a kfac_ext.auto_step.AutoStep or None; got {type(auto_step).__name__}")
         if kl_clip is not None:
-            raise ValueError("auto_step chooses the step length itself; pass kl_clip=None "
-                             "(the KL clip would rescale the K-FAC layers against the others)")
+            raise ValueError(
+                "auto_step chooses the step length itself; pass kl_clip=None "
+                "(the KL clip would rescale the K-FAC layers against the others)"
+            )
         if self._adaptive is not None:
-            raise ValueError("auto_step adapts the quadratic model's damping itself; give the "
-                             "preconditioner a fixed damping, not an AdaptiveDamping")
+            raise ValueError(
+                "auto_step adapts the quadratic model's damping itself; give the "
+                "preconditioner a fixed damping, not an AdaptiveDamping"
+            )
         if grad_scaler is not None:
             raise ValueError("auto_step does not take a grad_scaler (it reads unscaled gradients)")
         if (comm.world_size if comm is not None else _world_size()) > 1:
@@ -361,15 +391,15 @@ class KFACPreconditioner(KfacPytorchNames):
     def _skipped_by_user(self, name: str, module: nn.Module) -> bool:
         return any(p.search(name) or p.search(type(module).__name__) for p in self.skip_layers)
 
-    def _candidates(self, model: nn.Module) -> Dict[int, tuple]:
+    def _candidates(self, model: nn.Module) -> dict[int, tuple]:
         """id -> (name, module, layer type) of every module registration takes: one a
         layer type matches (kfac_ext.layer_types), not skipped, not inside a module
         whose type claims its children (an attention module's out_proj), and not one
         whose weight is computed (weight_norm, spectral_norm, any parametrization: its
         gradient is not a parameter's, so the layer is left out with a warning)."""
-        out: Dict[int, tuple] = {}
-        claimed: List[str] = []
-        computed: List[str] = []
+        out: dict[int, tuple] = {}
+        claimed: list[str] = []
+        computed: list[str] = []
         for name, module in model.named_modules():
             if any(name.startswith(prefix + ".") or (prefix == "" and name) for prefix in claimed):
                 continue  # inside a module whose layer type took its children
@@ -384,16 +414,18 @@ class KFACPreconditioner(KfacPytorchNames):
                 claimed.append(name)
             out[id(module)] = (name, module, layer_type)
         if computed:
-            warnings.warn(f"KFACPreconditioner: layers {computed} have a computed weight "
-                          "(weight_norm, spectral_norm or another parametrization); they are not "
-                          "registered and their parameters keep their plain gradients",
-                          stacklevel=4)
+            warnings.warn(
+                f"KFACPreconditioner: layers {computed} have a computed weight "
+                "(weight_norm, spectral_norm or another parametrization); they are not "
+                "registered and their parameters keep their plain gradients",
+                stacklevel=4,
+            )
         return out
 
-    def _register(self, model: nn.Module) -> List[KFACLayer]:
+    def _register(self, model: nn.Module) -> list[KFACLayer]:
         candidates = self._candidates(model)
         self._known_modules = set(candidates)
-        layers: List[KFACLayer] = []
+        layers: list[KFACLayer] = []
         try:
             with factor_size_limit(self.max_factor_bytes):
                 for name, module, layer_type in candidates.values():
@@ -406,14 +438,19 @@ class KFACPreconditioner(KfacPytorchNames):
         layers = [l for l in layers if l not in dropped]
         big = [f"{l.name!r} ({'/'.join(l.over_limit)})" for l in layers if l.over_limit]
         if big:
-            warnings.warn(f"KFACPreconditioner: factors over max_factor_bytes="
-                          f"{self.max_factor_bytes} are kept diagonal: {', '.join(big)}",
-                          stacklevel=3)
+            warnings.warn(
+                f"KFACPreconditioner: factors over max_factor_bytes="
+                f"{self.max_factor_bytes} are kept diagonal: {', '.join(big)}",
+                stacklevel=3,
+            )
         if not layers:
-            warnings.warn("KFACPreconditioner: no layer registered (it preconditions the layer types "
-                          "of kfac_ext.layer_types with a trainable weight, not matched by "
-                          "skip_layers); "
-                          "step() will leave every gradient as is", stacklevel=3)
+            warnings.warn(
+                "KFACPreconditioner: no layer registered (it preconditions the layer types "
+                "of kfac_ext.layer_types with a trainable weight, not matched by "
+                "skip_layers); "
+                "step() will leave every gradient as is",
+                stacklevel=3,
+            )
         return layers
 
     def _check_model(self) -> None:
@@ -422,31 +459,39 @@ class KFACPreconditioner(KfacPytorchNames):
         current = self._candidates(self._model)
         for key, (name, _, _) in current.items():
             if key not in self._known_modules:
-                self._warn_once(("added", key), f"KFACPreconditioner: module {name!r} was added "
-                                "to the model after the preconditioner was built; it is not "
-                                "preconditioned (build the preconditioner once the model is final)")
+                self._warn_once(
+                    ("added", key),
+                    f"KFACPreconditioner: module {name!r} was added "
+                    "to the model after the preconditioner was built; it is not "
+                    "preconditioned (build the preconditioner once the model is final)",
+                )
         present = {id(m) for m in self._model.modules()}
         for layer in self.layers:
             if id(layer.module) not in present:
-                self._warn_once(("gone", layer.name), f"KFACPreconditioner: layer {layer.name!r} "
-                                "is no longer part of the model (replaced after the preconditioner "
-                                "was built?); it is not preconditioned")
+                self._warn_once(
+                    ("gone", layer.name),
+                    f"KFACPreconditioner: layer {layer.name!r} "
+                    "is no longer part of the model (replaced after the preconditioner "
+                    "was built?); it is not preconditioned",
+                )
 
     def _raise_no_grad(self) -> None:
         present = {id(m) for m in self._model.modules()}
         if not any(id(l.module) in present for l in self.layers):
-            raise RuntimeError("KFACPreconditioner.step(): none of the registered layers is part of "
-                               "the model any more (were its modules replaced after the "
-                               "preconditioner was built?); build the preconditioner once the "
-                               "model is final")
-        lost = [l.name for l in self.layers if is_computed_weight(l.module)
-                or not l.module.weight.requires_grad]
+            raise RuntimeError(
+                "KFACPreconditioner.step(): none of the registered layers is part of "
+                "the model any more (were its modules replaced after the "
+                "preconditioner was built?); build the preconditioner once the "
+                "model is final"
+            )
+        lost = [l.name for l in self.layers if is_computed_weight(l.module) or not l.module.weight.requires_grad]
         if lost:
-            raise RuntimeError(f"KFACPreconditioner.step(): no registered layer has a gradient to "
-                               f"precondition; the weights of {lost} were frozen or parametrized "
-                               "after the preconditioner was built")
-        raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered "
-                           "layer has a gradient")
+            raise RuntimeError(
+                f"KFACPreconditioner.step(): no registered layer has a gradient to "
+                f"precondition; the weights of {lost} were frozen or parametrized "
+                "after the preconditioner was built"
+            )
+        raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered layer has a gradient")
 
     def _follow_layer_changes(self) -> None:
         """Follow a bias frozen after registration: its layer continues as weight-only
@@ -457,29 +502,39 @@ class KFACPreconditioner(KfacPytorchNames):
         for i, layer in enumerate(self.layers):
             weight, bias = layer.current_params()
             if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
-                self._warn_once(("weight lost", i), f"KFACPreconditioner: the weight of layer "
-                                f"{layer.name!r} was frozen or parametrized after the "
-                                "preconditioner was built; it is not preconditioned")
+                self._warn_once(
+                    ("weight lost", i),
+                    f"KFACPreconditioner: the weight of layer "
+                    f"{layer.name!r} was frozen or parametrized after the "
+                    "preconditioner was built; it is not preconditioned",
+                )
             elif layer.has_bias and (bias is None or not bias.requires_grad):
                 # a bias set to None after registration is one frozen for good
                 if self.comm.world_size > 1:  # the comm's buffers have the registered sizes
-                    raise RuntimeError(f"KFACPreconditioner: the bias of layer {layer.name!r} was "
-                                       "frozen after the preconditioner was built; with more than "
-                                       "one process freeze it before building it")
+                    raise RuntimeError(
+                        f"KFACPreconditioner: the bias of layer {layer.name!r} was "
+                        "frozen after the preconditioner was built; with more than "
+                        "one process freeze it before building it"
+                    )
                 if self._pending is not None:  # a lagged update of the old size lands first
                     pending, self._pending = self._pending, None
                     self._install(pending.todo, self._finish(pending))
                 layer.drop_bias()
                 self._second.pop(i, None)
                 self._has_basis.discard(i)
-                self._warn_once(("bias frozen", i), f"KFACPreconditioner: the bias of layer "
-                                f"{layer.name!r} was frozen after the preconditioner was built; "
-                                "the layer continues as weight-only K-FAC")
-            elif not layer.has_bias and bias is not None and bias.requires_grad and \
-                    bias.grad is not None:
-                self._warn_once(("bias unfrozen", i), f"KFACPreconditioner: the bias of layer "
-                                f"{layer.name!r} was frozen when the preconditioner was built and "
-                                "is trainable now; it keeps its plain gradient")
+                self._warn_once(
+                    ("bias frozen", i),
+                    f"KFACPreconditioner: the bias of layer "
+                    f"{layer.name!r} was frozen after the preconditioner was built; "
+                    "the layer continues as weight-only K-FAC",
+                )
+            elif not layer.has_bias and bias is not None and bias.requires_grad and bias.grad is not None:
+                self._warn_once(
+                    ("bias unfrozen", i),
+                    f"KFACPreconditioner: the bias of layer "
+                    f"{layer.name!r} was frozen when the preconditioner was built and "
+                    "is trainable now; it keeps its plain gradient",
+                )
 
     def _warn_once(self, key: Hashable, message: str) -> None:
         if key not in self._warned:
@@ -504,14 +559,20 @@ class KFACPreconditioner(KfacPytorchNames):
         if self.layers and not with_grad:
             self._raise_no_grad()
         if with_grad and self._grads_unchanged(with_grad):
-            warnings.warn("KFACPreconditioner.step() called again with no backward() since the "
-                          "last call: the gradients are preconditioned already; this call does "
-                          "nothing", stacklevel=2)
+            warnings.warn(
+                "KFACPreconditioner.step() called again with no backward() since the "
+                "last call: the gradients are preconditioned already; this call does "
+                "nothing",
+                stacklevel=2,
+            )
             return
         if closure is not None and self._adaptive is None and self._auto is None:
-            self._warn_once("closure", "KFACPreconditioner.step(closure=...): the closure is "
-                            "not used (it serves an AdaptiveDamping damping or auto_step; this "
-                            "preconditioner has neither)")
+            self._warn_once(
+                "closure",
+                "KFACPreconditioner.step(closure=...): the closure is "
+                "not used (it serves an AdaptiveDamping damping or auto_step; this "
+                "preconditioner has neither)",
+            )
         if self._adaptive is not None:  # reads the raw gradients: before any change
             self._adaptive.observe(self, step, closure)
         if self._auto is not None:  # adds weight decay to every gradient, keeps g
@@ -546,7 +607,7 @@ class KFACPreconditioner(KfacPytorchNames):
             assert p.grad is not None
             yield p.grad
 
-    def _mark_grads(self, with_grad: Sequence[int]) -> List[tuple]:
+    def _mark_grads(self, with_grad: Sequence[int]) -> list[tuple]:
         return [(i, weakref.ref(g), g._version) for i in with_grad for g in self._param_grads(i)]
 
     def _grads_unchanged(self, with_grad: Sequence[int]) -> bool:
@@ -574,8 +635,11 @@ class KFACPreconditioner(KfacPytorchNames):
         runs the same backward, so every rank starts the same reductions in the
         same order. Layers that do not complete here (e.g. a module used twice per
         forward) are reduced in step() as before."""
-        if (layer in self._reducing or layer.a_count != self.accumulation_steps
-                or layer.g_count != self.accumulation_steps):
+        if (
+            layer in self._reducing
+            or layer.a_count != self.accumulation_steps
+            or layer.g_count != self.accumulation_steps
+        ):
             return
         a, g = layer.batch_factors()
         scale = self._g_scale()
@@ -593,11 +657,13 @@ class KFACPreconditioner(KfacPytorchNames):
             elif layer.has_batch():
                 ready.append(layer)
                 if layer.a_count != self.accumulation_steps or layer.g_count != self.accumulation_steps:
-                    self._warn_once(("accum", layer.name),
-                                    f"KFACPreconditioner: layer {layer.name!r} captured "
-                                    f"{layer.a_count} forward / {layer.g_count} backward passes "
-                                    f"before step(), accumulation_steps={self.accumulation_steps}; "
-                                    "the captured passes are averaged")
+                    self._warn_once(
+                        ("accum", layer.name),
+                        f"KFACPreconditioner: layer {layer.name!r} captured "
+                        f"{layer.a_count} forward / {layer.g_count} backward passes "
+                        f"before step(), accumulation_steps={self.accumulation_steps}; "
+                        "the captured passes are averaged",
+                    )
             elif layer.empty_batches:
                 empty.append(layer.name)
                 layer.clear_batch()
@@ -605,9 +671,11 @@ class KFACPreconditioner(KfacPytorchNames):
                 layer.clear_batch()  # e.g. forward seen but output unused: nothing to pair
         if empty:
             self.skipped_factor_updates += len(empty)
-            warnings.warn(f"KFACPreconditioner: only empty batches (0 rows) reached layers {empty} "
-                          f"at step {step}; their factor update is skipped (skipped so far: "
-                          f"{self.skipped_factor_updates})")
+            warnings.warn(
+                f"KFACPreconditioner: only empty batches (0 rows) reached layers {empty} "
+                f"at step {step}; their factor update is skipped (skipped so far: "
+                f"{self.skipped_factor_updates})"
+            )
         if not ready:
             return
         g_scale = self._g_scale()
@@ -632,11 +700,16 @@ class KFACPreconditioner(KfacPytorchNames):
                 update_running(layer, a, g, decay, self.factor_init)
             else:
                 self.skipped_factor_updates += 1
-                scaled = f" (G is multiplied by g_scale={self.g_scale:g}: too large for " \
-                    f"{layer.factor_dtype}?)" if self.g_scale != 1.0 else ""
-                warnings.warn(f"KFACPreconditioner: non-finite activations or gradients in layer "
-                              f"{layer.name!r} at step {step}{scaled}; its factor update is "
-                              f"skipped (skipped so far: {self.skipped_factor_updates})")
+                scaled = (
+                    f" (G is multiplied by g_scale={self.g_scale:g}: too large for {layer.factor_dtype}?)"
+                    if self.g_scale != 1.0
+                    else ""
+                )
+                warnings.warn(
+                    f"KFACPreconditioner: non-finite activations or gradients in layer "
+                    f"{layer.name!r} at step {step}{scaled}; its factor update is "
+                    f"skipped (skipped so far: {self.skipped_factor_updates})"
+                )
             layer.clear_batch()
         self._factor_tracker.mark(step)
 
@@ -649,8 +722,7 @@ class KFACPreconditioner(KfacPytorchNames):
             self._pending = None
             self._install(pending.todo, self._finish(pending))
             self._basis_damping = pending.damping
-        todo = [i for i, l in enumerate(self.layers)
-                if l.factor_updates > 0 and (due or i not in self._second)]
+        todo = [i for i, l in enumerate(self.layers) if l.factor_updates > 0 and (due or i not in self._second)]
         if not todo:
             return
         rank = self.comm.rank
@@ -659,34 +731,54 @@ class KFACPreconditioner(KfacPytorchNames):
         damping = self.damping(step)
         # Only a due update is lagged: a layer's first basis is needed now, and a rank
         # that holds no data for a layer lists it in `todo` on every step.
-        if (self.inv_lag_steps and due and self._inv_tracker.last is not None
-                and all(i in self._has_basis for i in todo)):
+        if (
+            self.inv_lag_steps
+            and due
+            and self._inv_tracker.last is not None
+            and all(i in self._has_basis for i in todo)
+        ):
             # Snapshot: the running factors may change before the thread reads them.
             factors = [f.clone() for f in factors]
-            self._pending = PendingSecondOrder(step, step + self.inv_lag_steps, todo, owned,
-                                               factors, damping)
+            self._pending = PendingSecondOrder(step, step + self.inv_lag_steps, todo, owned, factors, damping)
             if self._background:
                 self._pending.future = self._solver.submit(self._solve, factors, damping)
         else:
-            self._install(todo, self._compute_second_order(
-                owned, factors, damping, step, lambda: self._solve(factors, damping)
-                if self.eigen_refresh is None else self.eigen_refresh.solve(
-                    factors, [self._second.get(i, {}).get(w) if f.dim() == 2 else None
-                              for (i, w), f in zip(owned, factors)],
-                    lambda fs: self._solve(fs, damping))))
+            self._install(
+                todo,
+                self._compute_second_order(
+                    owned,
+                    factors,
+                    damping,
+                    step,
+                    lambda: (
+                        self._solve(factors, damping)
+                        if self.eigen_refresh is None
+                        else self.eigen_refresh.solve(
+                            factors,
+                            [
+                                self._second.get(i, {}).get(w) if f.dim() == 2 else None
+                                for (i, w), f in zip(owned, factors)
+                            ],
+                            lambda fs: self._solve(fs, damping),
+                        )
+                    ),
+                ),
+            )
             if due or self._basis_damping is None:  # not for one late layer's first basis
                 self._basis_damping = damping
         if due:
             self._inv_tracker.mark(step)
 
-    def _finish(self, pending: PendingSecondOrder) -> Dict[tuple, SecondOrder]:
+    def _finish(self, pending: PendingSecondOrder) -> dict[tuple, SecondOrder]:
         """The result of a lagged update (waiting for the thread if needed)."""
-        job = pending.future.result if pending.future is not None else \
-            (lambda: self._solve(pending.factors, pending.damping))
-        return self._compute_second_order(pending.owned, pending.factors, pending.damping,
-                                          pending.step, job)
+        job = (
+            pending.future.result
+            if pending.future is not None
+            else (lambda: self._solve(pending.factors, pending.damping))
+        )
+        return self._compute_second_order(pending.owned, pending.factors, pending.damping, pending.step, job)
 
-    def _install(self, todo: List[int], computed: Dict[tuple, SecondOrder]) -> None:
+    def _install(self, todo: list[int], computed: dict[tuple, SecondOrder]) -> None:
         """Store this rank's new second-order data and exchange it (every rank, same order)."""
         comm, rank = self.comm, self.comm.rank
         self._has_basis.update(todo)
@@ -712,43 +804,51 @@ class KFACPreconditioner(KfacPytorchNames):
 
     def _identity_second_order(self, layer: KFACLayer, which: str, damping: float) -> SecondOrder:
         """Second-order data of an identity factor (fallback when the first one fails)."""
-        return self._method.identity(*self._shape(layer, which), self.inv_dtype, layer.device,
-                                     damping)
+        return self._method.identity(*self._shape(layer, which), self.inv_dtype, layer.device, damping)
 
     def _factor(self, i: int, which: str) -> torch.Tensor:
         layer = self.layers[i]
         return (layer.A if which == "A" else layer.G).to(self.inv_dtype)
 
-    def _solve(self, factors: List[torch.Tensor], damping: float) -> List[SecondOrder]:
+    def _solve(self, factors: list[torch.Tensor], damping: float) -> list[SecondOrder]:
         """Second-order data of each factor. Reads only its arguments, so it may run on
         the background thread."""
         return self._method.solve(factors, damping)
 
-    def _compute_second_order(self, owned: list[tuple], factors: list[torch.Tensor], damping: float,
-                              step: int, batch: Callable[[], Sequence[Sequence[torch.Tensor]]]
-                              ) -> Dict[tuple, SecondOrder]:
+    def _compute_second_order(
+        self,
+        owned: list[tuple],
+        factors: list[torch.Tensor],
+        damping: float,
+        step: int,
+        batch: Callable[[], Sequence[Sequence[torch.Tensor]]],
+    ) -> dict[tuple, SecondOrder]:
         """``batch()`` (all owned factors at once), or when it fails one factor at a time;
         a factor that fails even in float64 keeps its old data (or the identity)."""
         if not owned:
             return {}
         try:
-            return {key: self._method.from_tensors(data, f.dim() == 1)
-                    for key, data, f in zip(owned, batch(), factors)}
+            return {key: self._method.from_tensors(data, f.dim() == 1) for key, data, f in zip(owned, batch(), factors)}
         except RuntimeError:
             pass  # redo one by one, keep the rest
-        out: Dict[tuple, SecondOrder] = {}
+        out: dict[tuple, SecondOrder] = {}
         for key, f in zip(owned, factors):
             try:
                 out[key] = self._solve([f], damping)[0]
             except RuntimeError as exc:
                 self.failed_inverse_updates += 1
                 i, w = key
-                kept = "the previous one is kept" if w in self._second.get(i, {}) else \
-                    "the identity is used for this factor until one succeeds"
+                kept = (
+                    "the previous one is kept"
+                    if w in self._second.get(i, {})
+                    else "the identity is used for this factor until one succeeds"
+                )
                 if w not in self._second.get(i, {}):
                     out[key] = self._identity_second_order(self.layers[i], w, damping)
-                warnings.warn(f"KFACPreconditioner: {self.compute_method} of factor {w} of layer "
-                              f"{self.layers[i].name!r} failed at step {step} ({exc}); {kept}")
+                warnings.warn(
+                    f"KFACPreconditioner: {self.compute_method} of factor {w} of layer "
+                    f"{self.layers[i].name!r} failed at step {step} ({exc}); {kept}"
+                )
         return out
 
     def _precondition(self, step: int, with_grad: Sequence[int]) -> None:
@@ -766,12 +866,17 @@ class KFACPreconditioner(KfacPytorchNames):
                 if not layer.ever_called:
                     why = "its hooks never fired (is its weight used outside its forward?)"
                 elif not layer.ever_fired:
-                    why = ("it has no factors yet (no forward pass was captured: they ran in "
-                           "eval mode, without grad, or on empty batches)")
+                    why = (
+                        "it has no factors yet (no forward pass was captured: they ran in "
+                        "eval mode, without grad, or on empty batches)"
+                    )
                 else:
                     why = "it has no factors yet"
-                self._warn_once(("noprecond", i), f"KFACPreconditioner: layer {layer.name!r} is "
-                                f"not preconditioned: {why}; its gradient is left as is")
+                self._warn_once(
+                    ("noprecond", i),
+                    f"KFACPreconditioner: layer {layer.name!r} is "
+                    f"not preconditioned: {why}; its gradient is left as is",
+                )
         if not active:
             return
         if comm.replicates_preconditioning:
@@ -779,12 +884,20 @@ class KFACPreconditioner(KfacPytorchNames):
             return
         grads = {i: self.layers[i].grad_matrix(self.inv_dtype) for i in active}
         mine = [i for i in active if comm.is_grad_worker(i)]
-        precond: Dict[int, torch.Tensor] = {}
+        precond: dict[int, torch.Tensor] = {}
         if mine:
             s = [self._second[i] for i in mine]
-            precond.update(zip(mine, self._method.precondition_many(
-                [grads[i] for i in mine], [x["A"] for x in s], [x["G"] for x in s],
-                self._precondition_damping(step))))
+            precond.update(
+                zip(
+                    mine,
+                    self._method.precondition_many(
+                        [grads[i] for i in mine],
+                        [x["A"] for x in s],
+                        [x["G"] for x in s],
+                        self._precondition_damping(step),
+                    ),
+                )
+            )
         for i in active:
             if i not in precond:
                 precond[i] = torch.empty_like(grads[i])
@@ -820,9 +933,15 @@ class KFACPreconditioner(KfacPytorchNames):
                 weight_grads.append(copies[-1][1])
         kl_clip = self.kl_clip(step)
         self._method.precondition_fused_(
-            weight_grads, bias_grads, [s["A"] for s in second], [s["G"] for s in second],
-            self._precondition_damping(step), None if kl_clip is None else float(kl_clip),
-            float(self._kl_factor(step)) if kl_clip is not None else 1.0, self.precondition_dtype)
+            weight_grads,
+            bias_grads,
+            [s["A"] for s in second],
+            [s["G"] for s in second],
+            self._precondition_damping(step),
+            None if kl_clip is None else float(kl_clip),
+            float(self._kl_factor(step)) if kl_clip is not None else 1.0,
+            self.precondition_dtype,
+        )
         for layer, p in copies:
             layer.set_grad(p)
 
@@ -838,13 +957,13 @@ class KFACPreconditioner(KfacPytorchNames):
         tied_uses = [_use_grad(l) for l in layers if l.tied]
         if tied_uses and self.comm.world_size > 1:
             self.comm.wait(self.comm.average(tied_uses))
-        grads = [_use_grad(l).to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype)
-                 for l in layers]
+        grads = [_use_grad(l).to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype) for l in layers]
         second = [self._second[i] for i in active]
-        ps = self._method.precondition_many(grads, [s["A"] for s in second],
-                                            [s["G"] for s in second], self._precondition_damping(step))
+        ps = self._method.precondition_many(
+            grads, [s["A"] for s in second], [s["G"] for s in second], self._precondition_damping(step)
+        )
         pairs = [(p, g) for l, p, g in zip(layers, ps, grads) if not l.tied]
-        tied: Dict[int, torch.Tensor] = {}  # id(weight) -> its new gradient
+        tied: dict[int, torch.Tensor] = {}  # id(weight) -> its new gradient
         for l, p, g in zip(layers, ps, grads):
             if not l.tied:
                 continue
@@ -852,19 +971,21 @@ class KFACPreconditioner(KfacPytorchNames):
             if id(w) not in tied:
                 tied[id(w)] = _grad(w).to(self.inv_dtype)
             part = torch.zeros_like(tied[id(w)])
-            l.write_weight(part, g[:, :g.shape[1] - int(l.has_bias)])
+            l.write_weight(part, g[:, : g.shape[1] - int(l.has_bias)])
             tied[id(w)].sub_(part)
-            l.write_weight(part, p[:, :p.shape[1] - int(l.has_bias)])
+            l.write_weight(part, p[:, : p.shape[1] - int(l.has_bias)])
             tied[id(w)].add_(part)
             if l.has_bias:
                 pairs.append((p[:, -1:], g[:, -1:]))
         weights = {id(l.weight): l.weight for l in layers if l.tied}
-        pairs += [(t.reshape(t.shape[0], -1), _grad(weights[k]).to(t.dtype).reshape(t.shape[0], -1))
-                  for k, t in tied.items()]
+        pairs += [
+            (t.reshape(t.shape[0], -1), _grad(weights[k]).to(t.dtype).reshape(t.shape[0], -1)) for k, t in tied.items()
+        ]
         nu = self._kl_scale(step, [p for p, _ in pairs], [g for _, g in pairs])
 
         def scaled(t):
             return t if nu is None else t.mul_(nu.to(t.dtype))
+
         for l, p in zip(layers, ps):
             if not l.tied:
                 l.set_grad(scaled(p))
@@ -881,8 +1002,7 @@ class KFACPreconditioner(KfacPytorchNames):
         (a schedule, a LambdaParamScheduler) takes effect at the next one: the same
         here. False, or an AdaptiveDamping (its rule reads the step's own λ): this
         step's damping."""
-        if (self.compute_eigenvalue_outer_product and self._adaptive is None
-                and self._basis_damping is not None):
+        if self.compute_eigenvalue_outer_product and self._adaptive is None and self._basis_damping is not None:
             return self._basis_damping
         return self.damping(step)
 
@@ -893,8 +1013,7 @@ class KFACPreconditioner(KfacPytorchNames):
             factor /= float(self.grad_scaler.get_scale()) ** 2
         return factor
 
-    def _kl_scale(self, step: int, ps: Sequence[torch.Tensor],
-                  gs: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    def _kl_scale(self, step: int, ps: Sequence[torch.Tensor], gs: Sequence[torch.Tensor]) -> torch.Tensor | None:
         """ν = min(1, sqrt(κ / |Σ lr²⟨P, Γ⟩|)), 1 for a zero or non-finite sum, as a 0-d
         tensor where the gradients live (no host synchronisation); None without KL clipping."""
         kl_clip = self.kl_clip(step)
@@ -905,9 +1024,8 @@ class KFACPreconditioner(KfacPytorchNames):
         return torch.where(torch.isfinite(vg) & (vg != 0), clipped, torch.ones_like(vg))
 
     # ------------------------------------------------ hyperparameters ----
-    def _hyperparameters(self) -> List[sch.Hyperparameter]:
-        return [self.factor_update_steps, self.inv_update_steps, self.damping,
-                self.factor_decay, self.kl_clip, self.lr]
+    def _hyperparameters(self) -> list[sch.Hyperparameter]:
+        return [self.factor_update_steps, self.inv_update_steps, self.damping, self.factor_decay, self.kl_clip, self.lr]
 
     def set_hyperparameters(self, **values: Any) -> None:
         """Give hyperparameters that were numbers new numbers, e.g.
@@ -930,23 +1048,28 @@ class KFACPreconditioner(KfacPytorchNames):
         without factors would restart them from the identity).
         """
         if include_factors is not True:
-            raise ValueError("state_dict(include_factors=False) is not supported: a kfac_ext "
-                             "state always holds the factors (include_eigens=False leaves out "
-                             "the eigendecompositions)")
+            raise ValueError(
+                "state_dict(include_factors=False) is not supported: a kfac_ext "
+                "state always holds the factors (include_eigens=False leaves out "
+                "the eigendecompositions)"
+            )
         layers = {}
         for i, l in enumerate(self.layers):
             entry = {"A": l.A.clone(), "G": l.G.clone(), "factor_updates": l.factor_updates}
             if include_eigens and i in self._second:
-                entry["second_order"] = {w: [t.clone() for t in ts]
-                                         for w, ts in self._second[i].items()}
+                entry["second_order"] = {w: [t.clone() for t in ts] for w, ts in self._second[i].items()}
             layers[l.name] = entry
-        state = {"steps": self.steps, "compute_method": self.compute_method,
-                 "factor_tracker": self._factor_tracker.state_dict(),
-                 "inv_tracker": self._inv_tracker.state_dict(),
-                 "skipped_factor_updates": self.skipped_factor_updates, "layers": layers,
-                 # the current numbers, which a LambdaParamScheduler may have changed
-                 "hyperparameters": sch.number_values(self._hyperparameters()),
-                 "basis_damping": self._basis_damping}
+        state = {
+            "steps": self.steps,
+            "compute_method": self.compute_method,
+            "factor_tracker": self._factor_tracker.state_dict(),
+            "inv_tracker": self._inv_tracker.state_dict(),
+            "skipped_factor_updates": self.skipped_factor_updates,
+            "layers": layers,
+            # the current numbers, which a LambdaParamScheduler may have changed
+            "hyperparameters": sch.number_values(self._hyperparameters()),
+            "basis_damping": self._basis_damping,
+        }
         if self._pending is not None:
             state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
         if self._adaptive is not None:
@@ -970,12 +1093,17 @@ class KFACPreconditioner(KfacPytorchNames):
         missing = [n for n in names if n not in saved]
         unexpected = [n for n in saved if n not in names]
         if missing or unexpected:
-            raise ValueError(f"load_state_dict: layer sets differ; missing from the state dict: "
-                             f"{missing}, not registered here: {unexpected}")
-        if state.get("compute_method", self.compute_method) != self.compute_method and \
-                any("second_order" in e for e in saved.values()):
-            raise ValueError(f"load_state_dict: saved with compute_method="
-                             f"{state['compute_method']!r}, this one uses {self.compute_method!r}")
+            raise ValueError(
+                f"load_state_dict: layer sets differ; missing from the state dict: "
+                f"{missing}, not registered here: {unexpected}"
+            )
+        if state.get("compute_method", self.compute_method) != self.compute_method and any(
+            "second_order" in e for e in saved.values()
+        ):
+            raise ValueError(
+                f"load_state_dict: saved with compute_method="
+                f"{state['compute_method']!r}, this one uses {self.compute_method!r}"
+            )
         for i, l in enumerate(self.layers):
             e = saved[l.name]
             for w, want in (("A", tuple(l.A.shape)), ("G", tuple(l.G.shape))):
@@ -983,20 +1111,19 @@ class KFACPreconditioner(KfacPytorchNames):
                 if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
                     got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                     shape = "x".join(map(str, want)) + (" (diagonal)" if len(want) == 1 else "")
-                    raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be "
-                                     f"{shape}, got {got}")
+                    raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be {shape}, got {got}")
             for w, ts in e.get("second_order", {}).items():
                 shapes = [tuple(t.shape) for t in self._empty_second_order(l, w)]
                 if w not in ("A", "G") or [tuple(t.shape) for t in ts] != shapes:
-                    raise ValueError(f"load_state_dict: layer {l.name!r}: second-order data of "
-                                     f"factor {w!r} must have shapes {shapes}")
+                    raise ValueError(
+                        f"load_state_dict: layer {l.name!r}: second-order data of "
+                        f"factor {w!r} must have shapes {shapes}"
+                    )
         try:  # a schedule given here wins over a saved number: it is a function of the step
-            numbers = sch.checked_values(self._hyperparameters(), state.get("hyperparameters", {}),
-                                         schedules="skip")
+            numbers = sch.checked_values(self._hyperparameters(), state.get("hyperparameters", {}), schedules="skip")
             basis_damping = state.get("basis_damping")
             if basis_damping is not None and sch.positive(basis_damping) is not None:
-                raise ValueError(f"basis_damping must be None or {sch.positive(basis_damping)}, "
-                                 f"got {basis_damping!r}")
+                raise ValueError(f"basis_damping must be None or {sch.positive(basis_damping)}, got {basis_damping!r}")
         except ValueError as exc:
             raise ValueError(f"load_state_dict: {exc}") from None
         pending = self._pending_from_state(state.get("pending_second_order"), names)
@@ -1016,9 +1143,12 @@ class KFACPreconditioner(KfacPytorchNames):
             l.factor_updates = int(e.get("factor_updates", 1))
             l.clear_batch()
             if "second_order" in e:
-                self._second[i] = {w: self._method.from_tensors([
-                    t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts],
-                    self._shape(l, w)[1]) for w, ts in e["second_order"].items()}
+                self._second[i] = {
+                    w: self._method.from_tensors(
+                        [t.to(dtype=self.inv_dtype, device=l.device).clone() for t in ts], self._shape(l, w)[1]
+                    )
+                    for w, ts in e["second_order"].items()
+                }
         self.steps = steps
         for h, value in numbers:
             h.value = value
@@ -1035,14 +1165,18 @@ class KFACPreconditioner(KfacPytorchNames):
         self._grad_marks = []
         self._set_capture()
 
-    def _pending_from_state(self, saved: dict | None, names: List[str]) -> Optional[PendingSecondOrder]:
+    def _pending_from_state(self, saved: dict | None, names: list[str]) -> PendingSecondOrder | None:
         """A lagged update from a state dict, validated (None when there is none)."""
         if saved is None:
             return None
         try:
             return PendingSecondOrder.from_state_dict(
-                saved, names, [{"A": tuple(l.A.shape), "G": tuple(l.G.shape)} for l in self.layers],
-                self.inv_dtype, [l.device for l in self.layers])
+                saved,
+                names,
+                [{"A": tuple(l.A.shape), "G": tuple(l.G.shape)} for l in self.layers],
+                self.inv_dtype,
+                [l.device for l in self.layers],
+            )
         except ValueError as exc:
             raise ValueError(f"load_state_dict: {exc}") from None
 
@@ -1074,12 +1208,14 @@ class KFACPreconditioner(KfacPytorchNames):
             l.remove_hooks()
 
     # ---------------------------------------------------- introspection ----
-    def memory_usage(self) -> Dict[str, int]:
+    def memory_usage(self) -> dict[str, int]:
         """Bytes held, by kind: running factors, micro-batch sums, second-order data,
         and the factor snapshot of a lagged update in flight (``inv_lag_steps``); and
         their ``total``, as kfac-pytorch reports it."""
+
         def nbytes(ts):
             return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
         kind = self._method.name
         usage = {
             "factors": nbytes(t for l in self.layers for t in (l.A, l.G)),
@@ -1090,7 +1226,7 @@ class KFACPreconditioner(KfacPytorchNames):
         usage["total"] = sum(usage.values())
         return usage
 
-    def memory(self) -> Dict[str, Dict[str, int]]:
+    def memory(self) -> dict[str, dict[str, int]]:
         """Bytes per layer, as held once every factor has been captured and solved:
         ``A``/``G`` (running factors), ``batch`` (their micro-batch sums),
         ``second_order`` (eigenbases and eigenvalues, or inverses, in ``inv_dtype``),
@@ -1108,9 +1244,20 @@ class KFACPreconditioner(KfacPytorchNames):
         return report
 
     def __repr__(self) -> str:
-        hp = ", ".join(repr(h) for h in (self.factor_update_steps, self.inv_update_steps,
-                                        self.damping, self.factor_decay, self.kl_clip, self.lr))
-        lines = [f"KFACPreconditioner({hp}, compute_method={self.compute_method!r}, "
-                 f"steps={self.steps}, comm={self.comm!r}, {len(self.layers)} layers:"]
+        hp = ", ".join(
+            repr(h)
+            for h in (
+                self.factor_update_steps,
+                self.inv_update_steps,
+                self.damping,
+                self.factor_decay,
+                self.kl_clip,
+                self.lr,
+            )
+        )
+        lines = [
+            f"KFACPreconditioner({hp}, compute_method={self.compute_method!r}, "
+            f"steps={self.steps}, comm={self.comm!r}, {len(self.layers)} layers:"
+        ]
         lines += [f"  {l!r}" for l in self.layers]
         return "\n".join(lines) + "\n)"

@@ -5,6 +5,7 @@ the obvious way (full GEMMs, im2col, per-layer loops), without any of the
 kernels' tricks. Tests hold the ops to these; benchmarks time against them.
 Functions that update in place in the op return a new tensor here.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def cov_update(factor: Tensor, x: Tensor, alpha: float, beta: float,
-               append_ones: bool = False) -> Tensor:
+def cov_update(factor: Tensor, x: Tensor, alpha: float, beta: float, append_ones: bool = False) -> Tensor:
     """beta*factor + alpha*XᵀX, with X = [x, 1] when append_ones."""
     if append_ones:
         x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
@@ -28,9 +28,14 @@ def channel_cov_update(factor: Tensor, x: Tensor, alpha: float, beta: float) -> 
     return torch.addmm(factor, rows.T, rows, beta=beta, alpha=alpha)
 
 
-def conv2d_act_factor(input: Tensor, kernel_size: int | tuple[int, ...],
-                      stride: int | tuple[int, ...], padding: int | tuple[int, ...],
-                      dilation: int | tuple[int, ...], has_bias: bool) -> Tensor:
+def conv2d_act_factor(
+    input: Tensor,
+    kernel_size: int | tuple[int, ...],
+    stride: int | tuple[int, ...],
+    padding: int | tuple[int, ...],
+    dilation: int | tuple[int, ...],
+    has_bias: bool,
+) -> Tensor:
     """Conv2d activation factor A = āᵀā/(N·T) through an explicit im2col (docs/design.md §2).
 
     ā holds the im2col patches (one row per sample and output position, plus a
@@ -55,8 +60,9 @@ def batched_eigh(factors: list[Tensor], clamp: bool = True) -> tuple[list[Tensor
     return values, vectors
 
 
-def eigen_precondition(grads: list[Tensor], qa: list[Tensor], da: list[Tensor],
-                       qg: list[Tensor], dg: list[Tensor], damping: float) -> list[Tensor]:
+def eigen_precondition(
+    grads: list[Tensor], qa: list[Tensor], da: list[Tensor], qg: list[Tensor], dg: list[Tensor], damping: float
+) -> list[Tensor]:
     """Q_G [(Q_Gᵀ Γ Q_A) / (d_G d_Aᵀ + λ)] Q_Aᵀ per layer: four matmuls and a division."""
     out = []
     for g, qa_, da_, qg_, dg_ in zip(grads, qa, da, qg, dg):
@@ -82,8 +88,8 @@ def unpack_triu(packed: Tensor, mats: list[Tensor], scale: float = 1.0) -> list[
         n = m.shape[0]
         i, j = torch.triu_indices(n, n, device=m.device)
         full = m.new_zeros(n, n)
-        full[i, j] = packed[pos:pos + i.numel()] * scale
-        full[j, i] = packed[pos:pos + i.numel()] * scale
+        full[i, j] = packed[pos : pos + i.numel()] * scale
+        full[j, i] = packed[pos : pos + i.numel()] * scale
         out.append(full)
         pos += i.numel()
     return out
@@ -97,8 +103,9 @@ def kl_clip_sum(precond: list[Tensor], grads: list[Tensor]) -> Tensor:
     return total
 
 
-def gammas(weight_grads: list[Tensor], bias_grads: list[Tensor], right: list[Tensor]
-           ) -> tuple[list[Tensor], list[bool]]:
+def gammas(
+    weight_grads: list[Tensor], bias_grads: list[Tensor], right: list[Tensor]
+) -> tuple[list[Tensor], list[bool]]:
     """Γ = [W | b] per layer in right[i]'s dtype; a layer has a bias when right[i]
     (qa or a_inv) has one row more than W has columns."""
     grads, has_bias, b = [], [], iter(bias_grads)
@@ -120,26 +127,37 @@ def _clip_and_split(weight_grads, precond, grads, has_bias, kl_clip, kl_factor):
     new_w, new_b = [], []
     for w, p, bias in zip(weight_grads, precond, has_bias):
         p = p * nu
-        new_w.append(p[:, :p.shape[1] - bias].reshape(w.shape).to(w.dtype))
+        new_w.append(p[:, : p.shape[1] - bias].reshape(w.shape).to(w.dtype))
         if bias:
             new_b.append(p[:, -1].to(w.dtype))
     return new_w, new_b, nu
 
 
-def precondition_grads(weight_grads: list[Tensor], bias_grads: list[Tensor], qa: list[Tensor],
-                       da: list[Tensor], qg: list[Tensor], dg: list[Tensor], damping: float,
-                       kl_clip: float | None = None, kl_factor: float = 1.0
-                       ) -> tuple[list[Tensor], list[Tensor], float]:
+def precondition_grads(
+    weight_grads: list[Tensor],
+    bias_grads: list[Tensor],
+    qa: list[Tensor],
+    da: list[Tensor],
+    qg: list[Tensor],
+    dg: list[Tensor],
+    damping: float,
+    kl_clip: float | None = None,
+    kl_factor: float = 1.0,
+) -> tuple[list[Tensor], list[Tensor], float]:
     """(new weight grads, new bias grads, ν) of ``precondition_grads_``, out of place."""
     grads, has_bias = gammas(weight_grads, bias_grads, qa)
     precond = eigen_precondition(grads, qa, da, qg, dg, damping)
     return _clip_and_split(weight_grads, precond, grads, has_bias, kl_clip, kl_factor)
 
 
-def precondition_grads_inverse(weight_grads: list[Tensor], bias_grads: list[Tensor],
-                               a_inv: list[Tensor], g_inv: list[Tensor],
-                               kl_clip: float | None = None, kl_factor: float = 1.0
-                               ) -> tuple[list[Tensor], list[Tensor], float]:
+def precondition_grads_inverse(
+    weight_grads: list[Tensor],
+    bias_grads: list[Tensor],
+    a_inv: list[Tensor],
+    g_inv: list[Tensor],
+    kl_clip: float | None = None,
+    kl_factor: float = 1.0,
+) -> tuple[list[Tensor], list[Tensor], float]:
     """(new weight grads, new bias grads, ν) of ``precondition_grads_inverse_``."""
     grads, has_bias = gammas(weight_grads, bias_grads, a_inv)
     precond = [gi @ g @ ai for g, ai, gi in zip(grads, a_inv, g_inv)]

@@ -15,9 +15,11 @@ set (an interval that truncates to 0 is refused, where kfac-pytorch would divide
 by zero at its next step), and they are saved with the preconditioner's
 ``state_dict()``, so a resumed run continues from the rescaled numbers.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NoReturn, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 from kfac_ext.kfac_pytorch_names import refuse_internal
 from kfac_ext.schedules import Hyperparameter
@@ -41,38 +43,49 @@ class LambdaParamScheduler:
     ``preconditioner.steps``) or ``step(step=epoch)`` once per epoch.
     """
 
-    def __init__(self, preconditioner: KFACPreconditioner, *,
-                 factor_update_steps_lambda: Optional[Factor] = None,
-                 inv_update_steps_lambda: Optional[Factor] = None,
-                 damping_lambda: Optional[Factor] = None,
-                 factor_decay_lambda: Optional[Factor] = None,
-                 kl_clip_lambda: Optional[Factor] = None,
-                 lr_lambda: Optional[Factor] = None) -> None:
-        given = {"factor_update_steps": factor_update_steps_lambda,
-                 "inv_update_steps": inv_update_steps_lambda, "damping": damping_lambda,
-                 "factor_decay": factor_decay_lambda, "kl_clip": kl_clip_lambda, "lr": lr_lambda}
+    def __init__(
+        self,
+        preconditioner: KFACPreconditioner,
+        *,
+        factor_update_steps_lambda: Factor | None = None,
+        inv_update_steps_lambda: Factor | None = None,
+        damping_lambda: Factor | None = None,
+        factor_decay_lambda: Factor | None = None,
+        kl_clip_lambda: Factor | None = None,
+        lr_lambda: Factor | None = None,
+    ) -> None:
+        given = {
+            "factor_update_steps": factor_update_steps_lambda,
+            "inv_update_steps": inv_update_steps_lambda,
+            "damping": damping_lambda,
+            "factor_decay": factor_decay_lambda,
+            "kl_clip": kl_clip_lambda,
+            "lr": lr_lambda,
+        }
         self._lambdas: dict[str, Factor] = {}
         for name, fn in given.items():
             if fn is None:
                 continue
             if not callable(fn):
-                raise ValueError(f"{name}_lambda must be a callable of the step returning a "
-                                 f"factor; got {fn!r}")
+                raise ValueError(f"{name}_lambda must be a callable of the step returning a factor; got {fn!r}")
             h = getattr(preconditioner, name, None)
             if not isinstance(h, Hyperparameter):
-                raise TypeError(f"LambdaParamScheduler needs a kfac_ext KFACPreconditioner (its "
-                                f"{name} is a kfac_ext.schedules.Hyperparameter); got "
-                                f"{type(preconditioner).__name__}")
+                raise TypeError(
+                    f"LambdaParamScheduler needs a kfac_ext KFACPreconditioner (its "
+                    f"{name} is a kfac_ext.schedules.Hyperparameter); got "
+                    f"{type(preconditioner).__name__}"
+                )
             if callable(h.value):
-                raise ValueError(f"preconditioner.{name} is already a callable (a schedule of "
-                                 f"the step) and cannot also be rescaled by {name}_lambda")
+                raise ValueError(
+                    f"preconditioner.{name} is already a callable (a schedule of "
+                    f"the step) and cannot also be rescaled by {name}_lambda"
+                )
             if h.value is None:
-                raise ValueError(f"preconditioner.{name} is None (turned off); {name}_lambda has "
-                                 "nothing to rescale")
+                raise ValueError(f"preconditioner.{name} is None (turned off); {name}_lambda has nothing to rescale")
             self._lambdas[name] = fn
         self._preconditioner = preconditioner
 
-    def step(self, step: Optional[int] = None) -> None:
+    def step(self, step: int | None = None) -> None:
         """Multiply each scheduled hyperparameter by its lambda's factor at ``step``
         (default: ``preconditioner.steps``)."""
         p = self._preconditioner

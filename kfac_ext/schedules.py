@@ -20,12 +20,13 @@ the hyperparameters that are numbers: what a checkpoint carries and what
 
 :func:`growing_interval` builds the usual growing schedule.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 Number = int | float
 # A hyperparameter's value: a number, or a callable of the step returning one.
@@ -41,35 +42,35 @@ def _is_number(value: object) -> bool:
 
 # Validators (of any value a user gives): return None when the value is acceptable, else
 # what was expected.
-def positive_int(value: Any) -> Optional[str]:
+def positive_int(value: Any) -> str | None:
     """An int >= 1 (not a bool)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1:
         return None
     return "a positive integer"
 
 
-def non_negative(value: Any) -> Optional[str]:
+def non_negative(value: Any) -> str | None:
     """A finite number >= 0."""
     if _is_number(value) and math.isfinite(value) and value >= 0:
         return None
     return "a finite number >= 0"
 
 
-def positive(value: Any) -> Optional[str]:
+def positive(value: Any) -> str | None:
     """A finite number > 0."""
     if _is_number(value) and math.isfinite(value) and value > 0:
         return None
     return "a finite number > 0"
 
 
-def decay(value: Any) -> Optional[str]:
+def decay(value: Any) -> str | None:
     """A number in [0, 1)."""
     if _is_number(value) and 0 <= value < 1:
         return None
     return "a number in [0, 1)"
 
 
-def positive_or_none(value: Any) -> Optional[str]:
+def positive_or_none(value: Any) -> str | None:
     """None, or a finite number > 0."""
     return None if value is None else positive(value)
 
@@ -80,8 +81,12 @@ _UNSET = object()
 class Hyperparameter:
     """A named hyperparameter: a number or a callable of the step, validated."""
 
-    def __init__(self, name: str, value: NumberOrSchedule | None,  # None where the validator allows it
-                 validator: Callable[[object], Optional[str]]):
+    def __init__(
+        self,
+        name: str,
+        value: NumberOrSchedule | None,  # None where the validator allows it
+        validator: Callable[[object], str | None],
+    ):
         self.name = name
         self.validator = validator
         self.value = value
@@ -117,8 +122,7 @@ class Hyperparameter:
     # constant here converts and formats as that number; a schedule needs the step.
     def _number(self):
         if callable(self.value):
-            raise TypeError(f"{self.name} is a schedule: call it with the step, "
-                            f"{self.name}(preconditioner.steps)")
+            raise TypeError(f"{self.name} is a schedule: call it with the step, {self.name}(preconditioner.steps)")
         return self.value
 
     def __float__(self) -> float:
@@ -142,7 +146,7 @@ class IntervalTracker:
 
     def __init__(self, interval: Hyperparameter):
         self.interval = interval
-        self.last: Optional[int] = None
+        self.last: int | None = None
 
     def is_due(self, step: int) -> bool:
         interval = self.interval(step)  # evaluated always: a bad schedule value fails here
@@ -172,8 +176,7 @@ def checked_values(hyperparameters: Iterable[Hyperparameter], values: dict, *, s
     step by a number would drop it silently) or left out (``'skip'``: a checkpoint
     of a run that had a number, resumed with a schedule, keeps the schedule)."""
     if not isinstance(values, dict):
-        raise ValueError(f"hyperparameter values must be a dict of name -> number; got "
-                         f"{type(values).__name__}")
+        raise ValueError(f"hyperparameter values must be a dict of name -> number; got {type(values).__name__}")
     by_name = {h.name: h for h in hyperparameters}
     out = []
     for name, value in values.items():
@@ -183,8 +186,10 @@ def checked_values(hyperparameters: Iterable[Hyperparameter], values: dict, *, s
         if callable(h.value):
             if schedules == "skip":
                 continue
-            raise ValueError(f"{name} is a schedule (a callable of the step); it cannot be "
-                             "set to a number (give a number at construction to change it later)")
+            raise ValueError(
+                f"{name} is a schedule (a callable of the step); it cannot be "
+                "set to a number (give a number at construction to change it later)"
+            )
         expected = h.validator(value)
         if expected is not None:
             raise ValueError(f"{name} must be {expected}, got {value!r}")
@@ -192,8 +197,9 @@ def checked_values(hyperparameters: Iterable[Hyperparameter], values: dict, *, s
     return out
 
 
-def growing_interval(start: int, factor: float = 2.0, every: int = 1000,
-                     maximum: Optional[int] = None) -> Callable[[int], int]:
+def growing_interval(
+    start: int, factor: float = 2.0, every: int = 1000, maximum: int | None = None
+) -> Callable[[int], int]:
     """Interval schedule ``start * factor**(step // every)``, capped at ``maximum``.
 
     For dynamic update decoupling: refresh factors/eigenbases often early in

@@ -8,6 +8,7 @@ diagonal factor (a 1-D tensor) keeps one vector under either method
 tensor sequences (broadcasts; state dicts store ``list(data)``, so the format
 is unchanged).
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -18,7 +19,7 @@ from torch import Tensor
 class EigenData(NamedTuple):
     """The eigen method's data: ``F = vectors diag(values) vectorsᵀ``."""
 
-    values: Tensor   # d, ascending, clamped at 0
+    values: Tensor  # d, ascending, clamped at 0
     vectors: Tensor  # Q, eigenvectors in its columns
 
 
@@ -31,7 +32,7 @@ class InverseData(NamedTuple):
 class DiagonalData(NamedTuple):
     """A diagonal factor's data (an Embedding's A, a factor over max_factor_bytes)."""
 
-    values: Tensor   # eigen: the diagonal clamped at 0; inverse: 1 / (diagonal + λ)
+    values: Tensor  # eigen: the diagonal clamped at 0; inverse: 1 / (diagonal + λ)
 
 
 SecondOrder = EigenData | InverseData | DiagonalData

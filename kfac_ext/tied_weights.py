@@ -4,20 +4,21 @@ Each use keeps its own share Γ_u of the weight's gradient (``KFACLayer.use_grad
 from its hooks); ``KFACPreconditioner`` preconditions each with that use's factors
 and sums the results. :func:`mark_tied` finds the ties when the layers are built.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 from kfac_ext.layers import KFACLayer
 
 
-def mark_tied(layers: List[KFACLayer], log: Callable[[str, list], None]) -> set:
+def mark_tied(layers: list[KFACLayer], log: Callable[[str, list], None]) -> set:
     """Set ``tied`` on every layer whose whole weight another layer also uses, and
     return the layers that cannot be preconditioned per use (a conv, or a tie that
     involves a slice of a weight): they are not registered, with a warning naming
     them. ``log(message, names)`` reports each tie that is preconditioned per use."""
-    by_weight: Dict[int, List[KFACLayer]] = {}
+    by_weight: dict[int, list[KFACLayer]] = {}
     for layer in layers:
         by_weight.setdefault(id(layer.weight), []).append(layer)
     dropped: set = set()
@@ -29,16 +30,21 @@ def mark_tied(layers: List[KFACLayer], log: Callable[[str, list], None]) -> set:
         if len(whole) == len(group) and all(l.per_use_capable for l in group):
             for l in group:
                 l.tied = True
-            log("KFACPreconditioner: layers %s share one weight; each use is preconditioned "
-                "with its own factors and the results summed", names)
+            log(
+                "KFACPreconditioner: layers %s share one weight; each use is preconditioned "
+                "with its own factors and the results summed",
+                names,
+            )
             continue
         for l in group:
             l.remove_hooks()
         dropped.update(group)
-        warnings.warn(f"KFACPreconditioner: layers {names} share one weight (tied weights) "
-                      "and a conv or a slice of a weight is among them (only Linear, Conv1D "
-                      "and Embedding uses are preconditioned per use); none of them is "
-                      "registered, their weight keeps its plain gradient (to precondition "
-                      "it with one layer's factors anyway, name the others in skip_layers)",
-                      stacklevel=4)  # mark_tied, _register, __init__, the caller
+        warnings.warn(
+            f"KFACPreconditioner: layers {names} share one weight (tied weights) "
+            "and a conv or a slice of a weight is among them (only Linear, Conv1D "
+            "and Embedding uses are preconditioned per use); none of them is "
+            "registered, their weight keeps its plain gradient (to precondition "
+            "it with one layer's factors anyway, name the others in skip_layers)",
+            stacklevel=4,
+        )  # mark_tied, _register, __init__, the caller
     return dropped

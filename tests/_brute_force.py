@@ -1,5 +1,6 @@
 """The optimum makespan by trying every assignment: the reference for the
 assignment tests (small instances only: n_workers ** len(costs) tries)."""
+
 import itertools
 import math
 

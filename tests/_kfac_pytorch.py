@@ -15,6 +15,7 @@ imports only, none on a path the tests compare:
   do not load into torch 2.13, "operator torchvision::nms does not exist"): the
   ImageNet script imports its models, which the tests do not build.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,8 +28,7 @@ from unittest import mock
 
 import pytest
 
-SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "third_party", "kfac-pytorch")
+SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "third_party", "kfac-pytorch")
 
 
 def _stub(name: str, **attrs) -> types.ModuleType:
@@ -66,8 +66,7 @@ def example(name: str):
         "torch.utils.tensorboard": _stub("torch.utils.tensorboard", SummaryWriter=None),
         "torchinfo": _stub("torchinfo", summary=None),
         "examples.language.dataset": _stub("examples.language.dataset", get_dataset=None),
-        "examples.vision.datasets": _stub("examples.vision.datasets", get_cifar=None,
-                                          get_imagenet=None),
+        "examples.vision.datasets": _stub("examples.vision.datasets", get_cifar=None, get_imagenet=None),
     }
     try:
         import torchvision.models  # noqa: F401

@@ -4,6 +4,7 @@ Conv2d patches come from torch.nn.functional.unfold after padding the input
 exactly as the conv does (torch's own _reversed_padding_repeated_twice), so
 nothing here shares code with kfac_ext.layers.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -3,6 +3,7 @@
 Every tensor is drawn in float64 on the CPU from its own seed and then moved
 and cast, so a CPU test and a CUDA test of the same case see the same numbers.
 """
+
 from __future__ import annotations
 
 import pytest

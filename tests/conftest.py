@@ -7,6 +7,7 @@ Shared helpers live in modules next to the tests and import by name (pytest's
 (Gloo process groups on 127.0.0.1), ``_small_graphs`` / ``_small_modules``
 (placement). This file makes the ``cuda`` marker skip without a CUDA device.
 """
+
 import pytest
 import torch
 

@@ -9,6 +9,7 @@ travel back through ``torch.save`` bytes, never through shared memory, so a
 worker may exit before the parent reads. A whole run is bounded by
 ``timeout``: a hang fails the test instead of stalling CI.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,12 +51,18 @@ def _to_bytes(obj) -> bytes:
 
 
 def _worker(rank, world_size, port, pg_timeout_s, fn, args, out_queue):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                      RANK=str(rank), WORLD_SIZE=str(world_size), OMP_WAIT_POLICY="PASSIVE")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        OMP_WAIT_POLICY="PASSIVE",
+    )
     torch.set_num_threads(1)  # N processes share two cores
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=pg_timeout_s))
+        dist.init_process_group(
+            "gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=pg_timeout_s)
+        )
         value = fn(rank, world_size, *args)
         out_queue.put((rank, _to_bytes(value), None))
     except BaseException:  # noqa: BLE001  (report everything, including SystemExit)
@@ -73,14 +80,17 @@ def _worker(rank, world_size, port, pg_timeout_s, fn, args, out_queue):
         os._exit(0)
 
 
-def run_workers(fn, world_size: int, args: tuple = (), *, timeout: float = 90.0,
-                pg_timeout_s: float = 30.0, check: bool = True):
+def run_workers(
+    fn, world_size: int, args: tuple = (), *, timeout: float = 90.0, pg_timeout_s: float = 30.0, check: bool = True
+):
     """Spawn ``world_size`` ranks; return their values (check) or their Outcomes."""
     ctx = mp.get_context("spawn")
     out_queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, pg_timeout_s, fn, args, out_queue),
-                         daemon=True) for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, pg_timeout_s, fn, args, out_queue), daemon=True)
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     outcomes = {r: Outcome(r) for r in range(world_size)}
@@ -112,8 +122,9 @@ def run_workers(fn, world_size: int, args: tuple = (), *, timeout: float = 90.0,
     for r, p in enumerate(procs):
         outcomes[r].exitcode = p.exitcode
     if timed_out:
-        raise TimeoutError(f"distributed run did not finish within {timeout} s; "
-                           f"ranks that reported: {sorted(reported)}")
+        raise TimeoutError(
+            f"distributed run did not finish within {timeout} s; ranks that reported: {sorted(reported)}"
+        )
     result = [outcomes[r] for r in range(world_size)]
     if not check:
         return result

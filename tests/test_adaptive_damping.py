@@ -1,5 +1,6 @@
 """AdaptiveDamping: the Levenberg–Marquardt rule, the reduction ratio of K-FAC's quadratic
 model (exact on a quadratic loss with exact factors), and its use by KFACPreconditioner."""
+
 import math
 
 import pytest
@@ -16,16 +17,16 @@ def test_levenberg_marquardt_rule_and_bounds():
     d = AdaptiveDamping(initial=1.0, interval=5, min_damping=0.5, max_damping=1.5)
     omega = (19 / 20) ** 5
     assert d.decay == pytest.approx(omega)
-    d.update(0.9)                      # trustworthy model: less damping
+    d.update(0.9)  # trustworthy model: less damping
     assert d(0) == pytest.approx(omega)
-    d.update(0.5)                      # in between: unchanged
+    d.update(0.5)  # in between: unchanged
     assert d(7) == pytest.approx(omega)
     d.update(0.1)
-    d.update(-math.inf)                # a step that did not decrease the loss: more
+    d.update(-math.inf)  # a step that did not decrease the loss: more
     assert d(0) == pytest.approx(1 / omega)
     for _ in range(50):
         d.update(0.9)
-    assert d.value == 0.5              # clamped at min_damping
+    assert d.value == 0.5  # clamped at min_damping
     for _ in range(50):
         d.update(0.0)
     assert d.value == 1.5
@@ -52,6 +53,7 @@ def _quadratic_setup():
 
     def closure():
         return 0.5 * ((model(x) - t) ** 2).sum(1).mean()
+
     return model, layer, closure
 
 
@@ -72,13 +74,12 @@ def test_reduction_ratio_is_one_for_a_quadratic_with_exact_factors(curvature_sca
         model.weight.add_(delta[:, :-1])
         model.bias.add_(delta[:, -1])
     new_loss = closure().item()
-    damping.observe(pre, 1, closure)      # next step: finishes the pending measurement
-    model_change = (g * delta).sum() + 0.5 * curvature_scale * (
-        (layer.G @ delta @ layer.A) * delta).sum()
+    damping.observe(pre, 1, closure)  # next step: finishes the pending measurement
+    model_change = (g * delta).sum() + 0.5 * curvature_scale * ((layer.G @ delta @ layer.A) * delta).sum()
     assert model_change < 0
     rho = (new_loss - loss.item()) / model_change.item()
     if want_rho is not None:
-        assert rho == pytest.approx(want_rho, abs=1e-9)   # the reference itself
+        assert rho == pytest.approx(want_rho, abs=1e-9)  # the reference itself
     assert damping.last_rho == pytest.approx(rho, rel=1e-9, abs=1e-12)
     assert damping.updates == 1
 
@@ -86,36 +87,41 @@ def test_reduction_ratio_is_one_for_a_quadratic_with_exact_factors(curvature_sca
 def test_preconditioner_adapts_its_damping_and_keeps_it_in_its_state():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    damping = AdaptiveDamping(initial=1.0, interval=2, curvature_scale=16 ** 2)
+    damping = AdaptiveDamping(initial=1.0, interval=2, curvature_scale=16**2)
     pre = KFACPreconditioner(model, comm=LocalComm(), damping=damping, lr=0.1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, t = torch.randn(16, 5), torch.randn(16, 3)
 
     def loss_fn():
         return ((model(x) - t) ** 2).sum(1).mean()
+
     for _ in range(12):
         opt.zero_grad()
         loss_fn().backward()
         pre.step(closure=loss_fn)
         opt.step()
     assert damping.updates == 5 and damping.value != 1.0 and damping.last_rho is not None
-    assert pre.damping(0) == damping.value            # what the preconditioner uses
+    assert pre.damping(0) == damping.value  # what the preconditioner uses
     state = pre.state_dict()
-    other = AdaptiveDamping(initial=1.0, interval=2, curvature_scale=16 ** 2)
+    other = AdaptiveDamping(initial=1.0, interval=2, curvature_scale=16**2)
     KFACPreconditioner(model, comm=LocalComm(), damping=other).load_state_dict(state)
     assert other.value == damping.value
     # Without a closure on a measuring step: a clear error.
     opt.zero_grad()
     loss_fn().backward()
     with pytest.raises(ValueError, match="closure"):
-        KFACPreconditioner(model, comm=LocalComm(),
-                           damping=AdaptiveDamping(initial=1.0)).step()
+        KFACPreconditioner(model, comm=LocalComm(), damping=AdaptiveDamping(initial=1.0)).step()
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(initial=0.0), "initial must be"), (dict(initial=1.0, interval=0), "interval"),
-    (dict(initial=1.0, decay=1.0), "decay"), (dict(initial=10.0, max_damping=1.0), "outside"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(initial=0.0), "initial must be"),
+        (dict(initial=1.0, interval=0), "interval"),
+        (dict(initial=1.0, decay=1.0), "decay"),
+        (dict(initial=10.0, max_damping=1.0), "outside"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
         AdaptiveDamping(**kwargs)

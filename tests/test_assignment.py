@@ -1,4 +1,5 @@
 """The eigendecomposition assignment: valid, balanced, deterministic."""
+
 import random
 
 import pytest
@@ -9,8 +10,7 @@ from kfac_ext.assignment import assign_work, eigen_cost, lpt_assignment, makespa
 
 def random_costs(rng, n):
     # ResNet-like factor sizes: the n^3 spread makes a few tasks dominate.
-    return [eigen_cost(rng.choice([3, 17, 64, 147, 257, 577, 1153])) * rng.uniform(0.5, 1.5)
-            for _ in range(n)]
+    return [eigen_cost(rng.choice([3, 17, 64, 147, 257, 577, 1153])) * rng.uniform(0.5, 1.5) for _ in range(n)]
 
 
 @pytest.mark.parametrize("method", ["auto", "lpt"])
@@ -61,11 +61,14 @@ def test_cost_model_grows_cubically_and_drops_broadcast_without_receivers():
     assert eigen_cost(100, receivers=0) < eigen_cost(100)
 
 
-@pytest.mark.parametrize("bad_costs, bad_workers, match", [
-    ([1.0, -2.0], 2, r"costs\[1\]"),
-    ([float("nan")], 2, r"costs\[0\]"),
-    ([1.0], 0, "n_workers"),
-])
+@pytest.mark.parametrize(
+    "bad_costs, bad_workers, match",
+    [
+        ([1.0, -2.0], 2, r"costs\[1\]"),
+        ([float("nan")], 2, r"costs\[0\]"),
+        ([1.0], 0, "n_workers"),
+    ],
+)
 def test_bad_input_names_the_argument(bad_costs, bad_workers, match):
     with pytest.raises(ValueError, match=match):
         assign_work(bad_costs, bad_workers)

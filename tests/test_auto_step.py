@@ -1,6 +1,7 @@
 """AutoStep: the exact quadratic model's curvature products (against an explicit float64
 Gauss–Newton matrix), the (α, μ) it chooses, the step SGD(lr=1) applies, its guards and
 its state."""
+
 import copy
 import math
 
@@ -21,8 +22,7 @@ N = 5  # batch
 def _model():
     """Conv2d then Linear on odd shapes, float64."""
     torch.manual_seed(3)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(),
-                         nn.Linear(3 * 5 * 4, 7)).double()
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 5 * 4, 7)).double()
 
 
 def _batch(kind):
@@ -44,7 +44,7 @@ def _explicit_ggn(model, x, loss_of_outputs):
     def unflatten(vec):
         out, k = {}, 0
         for n, s in zip(names, shapes):
-            out[n] = vec[k:k + s.numel()].reshape(s)
+            out[n] = vec[k : k + s.numel()].reshape(s)
             k += s.numel()
         return out
 
@@ -52,9 +52,8 @@ def _explicit_ggn(model, x, loss_of_outputs):
         return functional_call(model, unflatten(vec), (x,)).reshape(-1)
 
     out = outputs(theta).detach()
-    jac = torch.autograd.functional.jacobian(outputs, theta)               # (outs, P)
-    hess = torch.autograd.functional.hessian(
-        lambda o: loss_of_outputs(o.reshape(N, -1)), out)                   # (outs, outs)
+    jac = torch.autograd.functional.jacobian(outputs, theta)  # (outs, P)
+    hess = torch.autograd.functional.hessian(lambda o: loss_of_outputs(o.reshape(N, -1)), out)  # (outs, outs)
     return jac.T @ hess @ jac, unflatten
 
 
@@ -75,7 +74,7 @@ def test_curvature_products_equal_the_explicit_gauss_newton_matrix(kind):
     u, v = dirs
     want = torch.stack([torch.stack([a @ ggn @ b for b in (u, v)]) for a in (u, v)])
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
-    assert want[0, 1].abs() > 1e-3 and want.diagonal().min() > 0       # not a trivial check
+    assert want[0, 1].abs() > 1e-3 and want.diagonal().min() > 0  # not a trivial check
     assert float(got_loss) == pytest.approx(loss(model(x)).item(), rel=1e-12)
     one, _ = curvature_products(model, names, params, dirs[:1], x, loss)
     assert torch.allclose(one, want[:1, :1], rtol=1e-10)
@@ -88,7 +87,7 @@ def test_solve_step_is_the_closed_form_minimiser_and_falls_back():
     c, how = solve_step(curv, norms, lin, 0.3)
     a, b, d = 3.0 + 0.3, 0.5 + 0.3 * 0.2, 2.0 + 0.3 * 0.5
     det = a * d - b * b
-    alpha, mu = -(d * -1.0 - b * 0.4) / det, -(a * 0.4 - b * -1.0) / det   # Cramer's rule
+    alpha, mu = -(d * -1.0 - b * 0.4) / det, -(a * 0.4 - b * -1.0) / det  # Cramer's rule
     assert how == "full" and c.tolist() == pytest.approx([alpha, mu], rel=1e-12)
     # δ parallel to Δ: singular 2x2, the 1-D problem in Δ.
     sing = torch.tensor([[2.0, 4.0], [4.0, 8.0]], dtype=torch.float64)
@@ -110,21 +109,21 @@ def test_the_step_is_the_exact_model_minimiser_and_sgd_lr1_applies_it(kind):
     model = _model()
     x, loss = _batch(kind)
     auto = AutoStep(damping=lam, weight_decay=eta, interval=0)
-    pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, damping=damping,
-                             auto_step=auto)
+    pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, damping=damping, auto_step=auto)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     previous = None
     for step in range(3):
         twin = copy.deepcopy(model)
         # The twin's factors must be this step's: copy the running state into it.
         direction, g = _twin_direction_with_state(pre, twin, x, loss, eta, damping)
-        ggn, _ = _explicit_ggn(copy.deepcopy(model), x, loss)   # (a copy: no capture)
+        ggn, _ = _explicit_ggn(copy.deepcopy(model), x, loss)  # (a copy: no capture)
         theta = _flat([p.detach() for p in model.parameters()]).clone()
         dirs = [_flat(direction)] + ([theta - previous] if previous is not None else [])
         k = len(dirs)
-        system = torch.tensor([[float(a @ (ggn + (lam + eta) * torch.eye(len(a),
-                                                                        dtype=a.dtype)) @ b)
-                                for b in dirs] for a in dirs], dtype=torch.float64)
+        system = torch.tensor(
+            [[float(a @ (ggn + (lam + eta) * torch.eye(len(a), dtype=a.dtype)) @ b) for b in dirs] for a in dirs],
+            dtype=torch.float64,
+        )
         lin = torch.tensor([float(_flat(g) @ d) for d in dirs], dtype=torch.float64)
         want = -torch.linalg.solve(system, lin)
 
@@ -138,11 +137,10 @@ def test_the_step_is_the_exact_model_minimiser_and_sgd_lr1_applies_it(kind):
         else:
             assert abs(auto.last_mu) > 1e-6
         written = -_flat([p.grad for p in model.parameters()])
-        assert torch.allclose(written, sum(c * d for c, d in zip(want, dirs)),
-                              rtol=1e-8, atol=1e-12)
+        assert torch.allclose(written, sum(c * d for c, d in zip(want, dirs)), rtol=1e-8, atol=1e-12)
         opt.step()
         moved = _flat([p.detach() for p in model.parameters()])
-        assert torch.equal(moved, theta + written)      # exactly the written step
+        assert torch.equal(moved, theta + written)  # exactly the written step
         previous = theta
     assert auto.fallbacks == {"1d": 0, "skip": 0}
 
@@ -168,8 +166,9 @@ def test_unregistered_parameters_take_minus_the_gradient():
     x, loss = _batch("ce")
     auto = AutoStep(damping=0.1, weight_decay=0.0, interval=0)
     with pytest.warns(UserWarning, match="no layer registered"):
-        pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=auto,
-                                 skip_layers=["Conv2d", "Linear"])
+        pre = KFACPreconditioner(
+            model, comm=LocalComm(), kl_clip=None, auto_step=auto, skip_layers=["Conv2d", "Linear"]
+        )
     loss(model(x)).backward()
     g = [p.grad.clone() for p in model.parameters()]
     pre.step(closure=lambda: (x, loss))
@@ -194,7 +193,7 @@ def test_a_quadratic_loss_gives_ratio_one_and_less_damping():
         loss(model(x)).backward()
         pre.step(closure=lambda: (x, loss))
         opt.step()
-    assert auto.lm.updates == 3     # measured at steps 0, 2 and 4, each inside its step
+    assert auto.lm.updates == 3  # measured at steps 0, 2 and 4, each inside its step
     assert auto.lm.last_rho == pytest.approx(1.0, abs=1e-9)
     assert auto.damping == pytest.approx(((19 / 20) ** 2) ** 3)
 
@@ -202,7 +201,7 @@ def test_a_quadratic_loss_gives_ratio_one_and_less_damping():
 def test_negative_curvature_skips_the_step_without_touching_the_parameters():
     model = _model()
     x, _ = _batch("ce")
-    loss = lambda out: -(out ** 2).sum() / N  # noqa: E731  (concave in the outputs)
+    loss = lambda out: -(out**2).sum() / N  # noqa: E731  (concave in the outputs)
     auto = AutoStep(damping=1e-8, interval=0)
     pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=auto)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -215,13 +214,11 @@ def test_negative_curvature_skips_the_step_without_touching_the_parameters():
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
 
 
-@pytest.mark.parametrize("sgd", [dict(lr=0.5), dict(lr=1.0, momentum=0.9),
-                                 dict(lr=1.0, weight_decay=0.1)])
+@pytest.mark.parametrize("sgd", [dict(lr=0.5), dict(lr=1.0, momentum=0.9), dict(lr=1.0, weight_decay=0.1)])
 def test_an_optimizer_that_does_not_apply_the_step_is_refused(sgd):
     model = _model()
     x, loss = _batch("ce")
-    pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None,
-                             auto_step=AutoStep(damping=0.1))
+    pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=AutoStep(damping=0.1))
     opt = torch.optim.SGD(model.parameters(), **sgd)
     with pytest.raises(RuntimeError, match="lr=1.0"):
         for _ in range(3):
@@ -236,8 +233,11 @@ def test_state_dict_round_trip_continues_identically():
 
     def make(model):
         auto = AutoStep(damping=0.3, weight_decay=1e-3, interval=2)
-        return auto, KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=auto,
-                                        damping=0.1), torch.optim.SGD(model.parameters(), lr=1.0)
+        return (
+            auto,
+            KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=auto, damping=0.1),
+            torch.optim.SGD(model.parameters(), lr=1.0),
+        )
 
     def run(model, pre, opt, steps):
         for _ in range(steps):
@@ -248,7 +248,7 @@ def test_state_dict_round_trip_continues_identically():
 
     model = _model()
     auto, pre, opt = make(model)
-    run(model, pre, opt, 4)   # steps 0-3: step 2's measurement is finished, none pending
+    run(model, pre, opt, 4)  # steps 0-3: step 2's measurement is finished, none pending
     saved_model, saved_pre = copy.deepcopy(model.state_dict()), copy.deepcopy(pre.state_dict())
     run(model, pre, opt, 2)
     other = _model()
@@ -257,7 +257,7 @@ def test_state_dict_round_trip_continues_identically():
     other_pre.load_state_dict(saved_pre)
     assert other_auto.damping == saved_pre["auto_step"]["damping"]["value"]
     run(other, other_pre, other_opt, 2)
-    assert other_auto.last_mu == auto.last_mu != 0.0          # δ came through the state
+    assert other_auto.last_mu == auto.last_mu != 0.0  # δ came through the state
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), other.parameters()))
     bad = copy.deepcopy(saved_pre)
     bad["auto_step"]["previous_params"]["0.weight"] = torch.zeros(2)
@@ -270,12 +270,15 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="kl_clip=None"):
         KFACPreconditioner(model, comm=LocalComm(), auto_step=AutoStep())
     with pytest.raises(ValueError, match="AdaptiveDamping"):
-        KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=AutoStep(),
-                           damping=AdaptiveDamping(1.0))
+        KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=AutoStep(), damping=AdaptiveDamping(1.0))
     with pytest.raises(TypeError, match="auto_step"):
         KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=True)
-    for kwargs, words in ((dict(weight_decay=-1.0), "weight_decay"), (dict(interval=-1), "interval"),
-                          (dict(damping=0.0), "damping"), (dict(damping=True), "damping")):
+    for kwargs, words in (
+        (dict(weight_decay=-1.0), "weight_decay"),
+        (dict(interval=-1), "interval"),
+        (dict(damping=0.0), "damping"),
+        (dict(damping=True), "damping"),
+    ):
         with pytest.raises(ValueError, match=words):
             AutoStep(**kwargs)
     pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, auto_step=AutoStep())
@@ -283,4 +286,3 @@ def test_bad_settings_are_refused():
     loss(model(x)).backward()
     with pytest.raises(ValueError, match="closure"):
         pre.step()
-

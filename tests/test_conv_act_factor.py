@@ -4,6 +4,7 @@ The reference is written out here from docs/design.md §2 so that this file
 does not depend on kfac_ext.ops: ā = F.unfold patches (plus a ones column for
 the bias), every entry divided by T, and A = āᵀā / (N·T).
 """
+
 import itertools
 import random
 import zlib

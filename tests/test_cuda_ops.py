@@ -10,15 +10,16 @@ factor, the 32x32 limit of syevjBatched and the stream pool of syevd, the
 cases on CUDA too; this file holds what is specific to the GPU path
 (streams, no host synchronisation, path boundaries, the accuracy rule).
 """
+
 from __future__ import annotations
 
 import functools
 
+import _tensors
 import pytest
 import torch
-
-import _tensors
 from _tensors import rel_err
+
 from kfac_ext import ops
 from kfac_ext import reference as ref
 
@@ -55,9 +56,12 @@ def to_cpu64(tensors):
 
 # -------------------------------------------------------- covariance ----
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d,rows,append_ones", [(1, 5, True), (13, 37, False), (13, 37, True),
-                                                (65, 1000, True), (200, 3, False), (0, 4, True)])
+@pytest.mark.parametrize(
+    "d,rows,append_ones",
+    [(1, 5, True), (13, 37, False), (13, 37, True), (65, 1000, True), (200, 3, False), (0, 4, True)],
+)
 def test_cov_update(dtype, d, rows, append_ones):
     n = d + append_ones
     factor64 = sym(n, seed=d, device="cpu")
@@ -101,9 +105,9 @@ CONV_CASES = [
     (2, 3, 9, 7, (3, 3), (1, 1), (1, 1), (1, 1), True),
     (3, 5, 11, 10, (3, 3), (2, 2), (0, 1), (1, 1), False),
     (2, 4, 13, 12, (3, 2), (1, 2), (2, 0), (2, 3), True),
-    (1, 7, 8, 8, (1, 1), (1, 1), (0, 0), (1, 1), True),   # D = 8: one partial tile
-    (2, 7, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1), True),   # D = 64: exactly one tile
-    (3, 70, 10, 9, (3, 3), (1, 1), (1, 1), (1, 1), True), # D = 631: 10 tiles, 55 upper
+    (1, 7, 8, 8, (1, 1), (1, 1), (0, 0), (1, 1), True),  # D = 8: one partial tile
+    (2, 7, 9, 9, (3, 3), (1, 1), (1, 1), (1, 1), True),  # D = 64: exactly one tile
+    (3, 70, 10, 9, (3, 3), (1, 1), (1, 1), (1, 1), True),  # D = 631: 10 tiles, 55 upper
     (5, 16, 17, 17, (5, 5), (3, 3), (2, 2), (1, 1), False),
     # The explicit im2col + GEMM path (D >= 1024, or D >= 512 with >= 32768 rows):
     (2, 120, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), True),  # D = 1081
@@ -208,6 +212,7 @@ def test_batched_eigh_names_the_failing_factor(dtype, n, bad):
 
 # -------------------------------------------------- eigen_precondition ----
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_eigen_precondition(dtype):
     shapes = [(7, 5), (64, 577), (7, 5), (1, 1), (10, 3), (7, 5), (64, 577), (257, 65)]
@@ -226,12 +231,12 @@ def test_eigen_precondition_strided_inputs():
     grads, qa, da, qg, dg = eigen_layers([(9, 6)], torch.float64)
     g_t = grads[0].T.contiguous().T  # column-major gradient
     ours = ops.eigen_precondition([g_t], [qa[0].T.contiguous().T], da, qg, dg, 0.1)
-    exact = ref.eigen_precondition(to_cpu64(grads), to_cpu64(qa), to_cpu64(da), to_cpu64(qg),
-                                   to_cpu64(dg), 0.1)
+    exact = ref.eigen_precondition(to_cpu64(grads), to_cpu64(qa), to_cpu64(da), to_cpu64(qg), to_cpu64(dg), 0.1)
     assert rel_err(ours[0], exact[0]) <= 1e-12
 
 
 # ---------------------------------------------- pack / unpack, kl_clip ----
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pack_unpack_more_than_one_chunk(dtype):
@@ -263,12 +268,15 @@ def test_kl_clip_sum(dtype):
 
 # ----------------------------------------- streams and synchronisation ----
 
+
 def _async_inputs(dtype=torch.float32):
     """Inputs for every op but batched_eigh, made up front: copying them to
     the device is a host synchronisation of its own."""
     return {
-        "factor": sym(33, seed=1, dtype=dtype), "x": randn(50, 32, seed=2, dtype=dtype),
-        "g_factor": sym(12, seed=3, dtype=dtype), "g": randn(4, 12, 25, seed=4, dtype=dtype),
+        "factor": sym(33, seed=1, dtype=dtype),
+        "x": randn(50, 32, seed=2, dtype=dtype),
+        "g_factor": sym(12, seed=3, dtype=dtype),
+        "g": randn(4, 12, 25, seed=4, dtype=dtype),
         "image": randn(2, 3, 8, 8, seed=5, dtype=dtype),
         "layers": eigen_layers([(12, 33), (12, 33)], dtype),
     }
@@ -314,6 +322,7 @@ def test_ops_run_on_the_current_stream():
 
 
 # -------------------------------------------------------------- bad input ----
+
 
 def test_errors_name_the_argument_and_leave_inputs_untouched():
     f = sym(5, seed=1)

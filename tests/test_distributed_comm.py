@@ -4,11 +4,12 @@ One spawn runs every scenario (process start is the expensive part) and
 returns what each rank saw; the tests below check it against references
 computed here from the same seeds.
 """
+
 import pytest
 import torch
 import torch.distributed as dist
-
 from dist_utils import run_workers
+
 from kfac_ext.distributed import DistributedComm, FactorAllReduce, GradWorkerLayout, WorkPlan
 
 WORLD = 4
@@ -27,8 +28,7 @@ def rank_factors(rank):
 def owner_payload(layer, which, n):
     """What the owner of (layer, which) sends: values that identify the layer and factor."""
     base = 100.0 * layer + (1.0 if which == "A" else 2.0)
-    return [torch.full((n,), base, dtype=torch.float64),
-            base + torch.arange(n * n, dtype=torch.float64).reshape(n, n)]
+    return [torch.full((n,), base, dtype=torch.float64), base + torch.arange(n * n, dtype=torch.float64).reshape(n, n)]
 
 
 LAYER_SHAPES = [(7, 4), (5, 9), (12, 3), (2, 2), (6, 11)]  # (dim_A, dim_G)
@@ -50,8 +50,7 @@ def _comm_scenarios(rank, world_size):
     names = [f"layer{i}" for i in range(len(LAYER_SHAPES))]
     for fraction in (1.0, 0.5, 0.25):
         for colocate in (True, False):
-            comm = DistributedComm(grad_worker_fraction=fraction, colocate_factors=colocate,
-                                   timeout=20)
+            comm = DistributedComm(grad_worker_fraction=fraction, colocate_factors=colocate, timeout=20)
             comm.setup(names, LAYER_SHAPES)
             items, received = [], {}
             for i, (na, ng) in enumerate(LAYER_SHAPES):
@@ -60,24 +59,28 @@ def _comm_scenarios(rank, world_size):
                     if rank == owner:
                         items.append((i, which, owner_payload(i, which, n)))
                     elif comm.is_grad_worker(i):
-                        tensors = [torch.zeros(n, dtype=torch.float64),
-                                   torch.zeros(n, n, dtype=torch.float64)]
+                        tensors = [torch.zeros(n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64)]
                         items.append((i, which, tensors))
                         received[(i, which)] = tensors
             comm.wait(comm.broadcast_eigens(items))
             precond = []
             for i, (na, ng) in enumerate(LAYER_SHAPES):
-                p = (torch.full((ng, na), float(i + 1), dtype=torch.float64) if comm.is_grad_worker(i)
-                     else torch.full((ng, na), -7.0, dtype=torch.float64))
+                p = (
+                    torch.full((ng, na), float(i + 1), dtype=torch.float64)
+                    if comm.is_grad_worker(i)
+                    else torch.full((ng, na), -7.0, dtype=torch.float64)
+                )
                 precond.append(p)
             comm.wait(comm.broadcast_preconditioned(list(enumerate(precond))))
             out[("strategy", fraction, colocate)] = dict(
                 name=comm.strategy,
-                owners=[(comm.eigen_owner(i, "A"), comm.eigen_owner(i, "G"))
-                        for i in range(len(LAYER_SHAPES))],
+                owners=[(comm.eigen_owner(i, "A"), comm.eigen_owner(i, "G")) for i in range(len(LAYER_SHAPES))],
                 grad_worker=[comm.is_grad_worker(i) for i in range(len(LAYER_SHAPES))],
-                received=received, precond=precond,
-                eigen_elements=comm.eigen_elements, precond_elements=comm.precond_elements)
+                received=received,
+                precond=precond,
+                eigen_elements=comm.eigen_elements,
+                precond_elements=comm.precond_elements,
+            )
 
     # 3. a rank that registered different layers -> an error naming the mismatch, on every rank
     bad = list(names)
@@ -90,7 +93,7 @@ def _comm_scenarios(rank, world_size):
         out["mismatch_error"] = str(exc)
     short = names[:-1] if rank == 1 else names
     try:
-        DistributedComm(timeout=20).setup(short, LAYER_SHAPES[:len(short)])
+        DistributedComm(timeout=20).setup(short, LAYER_SHAPES[: len(short)])
         out["missing_error"] = None
     except RuntimeError as exc:
         out["missing_error"] = str(exc)
@@ -121,8 +124,7 @@ def test_only_upper_triangles_travel_in_several_buckets(outcomes):
 def test_strategies_deliver_eigens_and_preconditioned_grads(outcomes, fraction, groups, colocate):
     grad_workers = WORLD // groups
     results = [out[("strategy", fraction, colocate)] for out in outcomes]
-    assert {r["name"] for r in results} == {
-        {1.0: "COMM-OPT", 0.5: "HYBRID-OPT", 0.25: "MEM-OPT"}[fraction]}
+    assert {r["name"] for r in results} == {{1.0: "COMM-OPT", 0.5: "HYBRID-OPT", 0.25: "MEM-OPT"}[fraction]}
     owners = results[0]["owners"]
     assert all(r["owners"] == owners for r in results)  # every rank computed the same plan
     for i, (a_owner, g_owner) in enumerate(owners):
@@ -166,8 +168,7 @@ def test_layout_and_plan_without_processes():
     assert layout.columns == [[0, 4], [1, 5], [2, 6], [3, 7]]
     assert layout.block_of(5) == 1 and layout.column_of(5) == 1
     plan = WorkPlan([(577, 64), (64, 64)] * 6, layout, colocate_factors=False)
-    assert all(layout.block_of(w.a_owner) == w.block == layout.block_of(w.g_owner)
-               for w in plan.layers)
+    assert all(layout.block_of(w.a_owner) == w.block == layout.block_of(w.g_owner) for w in plan.layers)
     with pytest.raises(ValueError, match="grad_worker_fraction"):
         GradWorkerLayout(4, 0, 0.1, create_groups=False)
     with pytest.raises(ValueError, match="divide"):

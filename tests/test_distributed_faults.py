@@ -4,14 +4,15 @@ The run's wall-clock bound (dist_utils' timeout) is what fails the test on a
 hang; the process-group timeout here is short so that the hanging-rank case
 finishes quickly.
 """
+
 import os
 import time
 
 import pytest
 import torch
+from dist_utils import run_workers
 from torch import nn
 
-from dist_utils import run_workers
 from kfac_ext.distributed import DistributedComm
 from kfac_ext.preconditioner import KFACPreconditioner
 
@@ -21,8 +22,9 @@ PG_TIMEOUT_S = 6.0
 def _faulty_rank(rank, world_size, fault):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-    precond = KFACPreconditioner(model, inv_dtype=torch.float64, kl_clip=None,
-                                 comm=DistributedComm(timeout=PG_TIMEOUT_S))
+    precond = KFACPreconditioner(
+        model, inv_dtype=torch.float64, kl_clip=None, comm=DistributedComm(timeout=PG_TIMEOUT_S)
+    )
     gen = torch.Generator().manual_seed(rank)
     for step in range(3):
         model.zero_grad()
@@ -41,8 +43,7 @@ def _faulty_rank(rank, world_size, fault):
 
 @pytest.mark.parametrize("fault", ["raise", "exit", "hang"])
 def test_peer_failure_becomes_a_clear_error(fault):
-    outcomes = run_workers(_faulty_rank, 2, args=(fault,), timeout=90,
-                           pg_timeout_s=PG_TIMEOUT_S, check=False)
+    outcomes = run_workers(_faulty_rank, 2, args=(fault,), timeout=90, pg_timeout_s=PG_TIMEOUT_S, check=False)
     survivor = outcomes[0]
     assert survivor.reported and survivor.value is None, "rank 0 must not finish normally"
     assert "RuntimeError: kfac_ext: factor all-reduce failed on rank 0" in survivor.error

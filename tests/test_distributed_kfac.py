@@ -5,22 +5,22 @@ start dominates); the single-process references are computed here, in the
 test process, from the same seeds. Light damping and little factor decay
 make a wrong factor scale (e.g. a missing 1/N^2 on G) show.
 """
+
 import copy
 
 import pytest
 import torch
 import torch.distributed as dist
+from dist_utils import run_workers
 from torch import nn
 
-from dist_utils import run_workers
 from kfac_ext.comm import LocalComm
 from kfac_ext.distributed import DistributedComm
 from kfac_ext.preconditioner import KFACPreconditioner
 
 STEPS = 4
 GLOBAL_BATCH = 12  # divisible by 1, 2, 4
-HPARAMS = dict(factor_update_steps=1, inv_update_steps=2, damping=1e-3, factor_decay=0.3,
-               kl_clip=None, lr=0.05)
+HPARAMS = dict(factor_update_steps=1, inv_update_steps=2, damping=1e-3, factor_decay=0.3, kl_clip=None, lr=0.05)
 
 
 class TinyNet(nn.Module):
@@ -46,8 +46,13 @@ def make_model(dtype):
 
 def batches(dtype):
     gen = torch.Generator().manual_seed(1)
-    return [(torch.randn(GLOBAL_BATCH, 2, 7, 7, generator=gen, dtype=dtype),
-             torch.randint(0, 5, (GLOBAL_BATCH,), generator=gen)) for _ in range(STEPS)]
+    return [
+        (
+            torch.randn(GLOBAL_BATCH, 2, 7, 7, generator=gen, dtype=dtype),
+            torch.randint(0, 5, (GLOBAL_BATCH,), generator=gen),
+        )
+        for _ in range(STEPS)
+    ]
 
 
 def train(model, precond, data, rank=0, world_size=1, save_after=None):
@@ -56,15 +61,18 @@ def train(model, precond, data, rank=0, world_size=1, save_after=None):
     grads, saved = [], None
     for step, (x, y) in enumerate(data):
         chunk = GLOBAL_BATCH // world_size
-        xs, ys = x[rank * chunk:(rank + 1) * chunk], y[rank * chunk:(rank + 1) * chunk]
+        xs, ys = x[rank * chunk : (rank + 1) * chunk], y[rank * chunk : (rank + 1) * chunk]
         opt.zero_grad()
         nn.functional.cross_entropy(model(xs), ys).backward()
         precond.step()
         grads.append([p.grad.detach().clone() for p in model.parameters()])
         opt.step()
         if save_after == step:
-            saved = (copy.deepcopy(precond.state_dict()), copy.deepcopy(getattr(model, "module", model).state_dict()),
-                     copy.deepcopy(opt.state_dict()))
+            saved = (
+                copy.deepcopy(precond.state_dict()),
+                copy.deepcopy(getattr(model, "module", model).state_dict()),
+                copy.deepcopy(opt.state_dict()),
+            )
     return grads, saved
 
 
@@ -72,13 +80,15 @@ def ddp_run(rank, world_size, dtype, fraction, colocate, save_after=None, method
     model = make_model(dtype)
     ddp = nn.parallel.DistributedDataParallel(model)
     comm = DistributedComm(grad_worker_fraction=fraction, colocate_factors=colocate, timeout=30)
-    precond = KFACPreconditioner(ddp, inv_dtype=dtype, comm=comm, compute_method=method,
-                                 inv_lag_steps=lag, **HPARAMS)
+    precond = KFACPreconditioner(ddp, inv_dtype=dtype, comm=comm, compute_method=method, inv_lag_steps=lag, **HPARAMS)
     grads, saved = train(ddp, precond, batches(dtype), rank, world_size, save_after)
-    return dict(grads=grads, saved=saved, strategy=comm.strategy,
-                factor_elements=comm.factor_elements,
-                expected_factor_elements=STEPS * sum(n * (n + 1) // 2 for l in precond.layers
-                                                     for n in (l.a_dim, l.g_dim)))
+    return dict(
+        grads=grads,
+        saved=saved,
+        strategy=comm.strategy,
+        factor_elements=comm.factor_elements,
+        expected_factor_elements=STEPS * sum(n * (n + 1) // 2 for l in precond.layers for n in (l.a_dim, l.g_dim)),
+    )
 
 
 def no_ddp_run(rank, world_size):
@@ -90,8 +100,9 @@ def no_ddp_run(rank, world_size):
     grads = []
     for x, y in batches(torch.float64):
         opt.zero_grad()
-        nn.functional.cross_entropy(model(x[rank * chunk:(rank + 1) * chunk]),
-                                    y[rank * chunk:(rank + 1) * chunk]).backward()
+        nn.functional.cross_entropy(
+            model(x[rank * chunk : (rank + 1) * chunk]), y[rank * chunk : (rank + 1) * chunk]
+        ).backward()
         for p in model.parameters():
             dist.all_reduce(p.grad)
             p.grad /= world_size
@@ -114,8 +125,9 @@ def overlap_run(rank, world_size):
     for x, y in batches(torch.float64):
         opt.zero_grad()
         sent_before_backward = comm.reducer.buckets_sent
-        nn.functional.cross_entropy(ddp(x[rank * chunk:(rank + 1) * chunk]),
-                                    y[rank * chunk:(rank + 1) * chunk]).backward()
+        nn.functional.cross_entropy(
+            ddp(x[rank * chunk : (rank + 1) * chunk]), y[rank * chunk : (rank + 1) * chunk]
+        ).backward()
         sent.append((sent_before_backward, comm.reducer.buckets_sent, len(precond.layers)))
         precond.step()
         grads.append([p.grad.detach().clone() for p in ddp.parameters()])
@@ -146,8 +158,7 @@ def resume_run(rank, world_size, saved, fraction):
     model = make_model(torch.float64)
     model.load_state_dict(model_state)
     ddp = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
-    comm = DistributedComm(grad_worker_fraction=fraction, timeout=30) if world_size > 1 \
-        else LocalComm()
+    comm = DistributedComm(grad_worker_fraction=fraction, timeout=30) if world_size > 1 else LocalComm()
     precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=comm, **HPARAMS)
     precond.load_state_dict(precond_state)
     opt = torch.optim.SGD(ddp.parameters(), lr=HPARAMS["lr"])
@@ -156,7 +167,7 @@ def resume_run(rank, world_size, saved, fraction):
     grads = []
     for x, y in batches(torch.float64)[2:]:
         opt.zero_grad()
-        xs, ys = x[rank * chunk:(rank + 1) * chunk], y[rank * chunk:(rank + 1) * chunk]
+        xs, ys = x[rank * chunk : (rank + 1) * chunk], y[rank * chunk : (rank + 1) * chunk]
         nn.functional.cross_entropy(ddp(xs), ys).backward()
         precond.step()
         grads.append([p.grad.detach().clone() for p in ddp.parameters()])
@@ -171,19 +182,27 @@ def scenarios_2(rank, world_size, four_rank_checkpoint):
     out["checkpoint"] = ddp_run(rank, world_size, torch.float64, 1.0, True, save_after=1)
     out["no_ddp"] = no_ddp_run(rank, world_size)
     out["overlap"] = overlap_run(rank, world_size)
-    auto = KFACPreconditioner(nn.parallel.DistributedDataParallel(make_model(torch.float64)),
-                              grad_worker_fraction=0.5, colocate_factors=False,
-                              allreduce_bucket_cap_mb=1e-3)
-    out["auto_comm"] = (type(auto.comm).__name__, auto.comm.strategy,
-                        auto.comm.colocate_factors, auto.comm.reducer.cap_bytes)
+    auto = KFACPreconditioner(
+        nn.parallel.DistributedDataParallel(make_model(torch.float64)),
+        grad_worker_fraction=0.5,
+        colocate_factors=False,
+        allreduce_bucket_cap_mb=1e-3,
+    )
+    out["auto_comm"] = (
+        type(auto.comm).__name__,
+        auto.comm.strategy,
+        auto.comm.colocate_factors,
+        auto.comm.reducer.cap_bytes,
+    )
     dist.barrier()
     return out
 
 
 def reference(dtype, method="eigen", lag=0):
     model = make_model(dtype)
-    precond = KFACPreconditioner(model, inv_dtype=dtype, comm=LocalComm(), compute_method=method,
-                                 inv_lag_steps=lag, **HPARAMS)
+    precond = KFACPreconditioner(
+        model, inv_dtype=dtype, comm=LocalComm(), compute_method=method, inv_lag_steps=lag, **HPARAMS
+    )
     return train(model, precond, batches(dtype))[0]
 
 
@@ -210,9 +229,16 @@ def ref64():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fraction, colocate, strategy", [
-    (1.0, True, "COMM-OPT"), (0.5, True, "HYBRID-OPT"), (0.25, True, "MEM-OPT"),
-    (1.0, False, "COMM-OPT"), (0.5, False, "HYBRID-OPT")])
+@pytest.mark.parametrize(
+    "fraction, colocate, strategy",
+    [
+        (1.0, True, "COMM-OPT"),
+        (0.5, True, "HYBRID-OPT"),
+        (0.25, True, "MEM-OPT"),
+        (1.0, False, "COMM-OPT"),
+        (0.5, False, "HYBRID-OPT"),
+    ],
+)
 def test_four_ranks_match_one_process_float64(four_ranks, ref64, fraction, colocate, strategy):
     for rank, out in enumerate(four_ranks):
         res = out[(fraction, colocate)]

@@ -1,18 +1,18 @@
 """The transformer layer types (Embedding with its diagonal A, MultiheadAttention,
 HF-style Conv1D) under DDP on 2 Gloo ranks equal one process on the combined batch."""
+
 import pytest
 import torch
+from dist_utils import run_workers
+from test_layer_types import Conv1D
 from torch import nn
 
-from dist_utils import run_workers
 from kfac_ext.comm import LocalComm
 from kfac_ext.distributed import DistributedComm
 from kfac_ext.preconditioner import KFACPreconditioner
-from test_layer_types import Conv1D
 
 STEPS, BATCH, VOCAB = 3, 8, 13
-HPARAMS = dict(factor_update_steps=1, inv_update_steps=2, damping=1e-3, factor_decay=0.3,
-               kl_clip=None, lr=0.05)
+HPARAMS = dict(factor_update_steps=1, inv_update_steps=2, damping=1e-3, factor_decay=0.3, kl_clip=None, lr=0.05)
 
 
 class TinyLM(nn.Module):
@@ -43,7 +43,7 @@ def _train(model, precond, rank=0, world_size=1):
     opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
     chunk, grads = BATCH // world_size, []
     for idx in _batches():
-        idx = idx[rank * chunk:(rank + 1) * chunk]
+        idx = idx[rank * chunk : (rank + 1) * chunk]
         opt.zero_grad()
         out = model(idx[:, :-1])
         nn.functional.cross_entropy(out.reshape(-1, VOCAB), idx[:, 1:].reshape(-1)).backward()
@@ -80,9 +80,9 @@ def test_two_ranks_match_one_process_with_the_transformer_layer_types():
 
 def _tied_ranks(rank, world_size):
     from test_tied_weights import _LM
+
     ddp = nn.parallel.DistributedDataParallel(_LM(True).double())
-    precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=DistributedComm(timeout=30),
-                                 **HPARAMS)
+    precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=DistributedComm(timeout=30), **HPARAMS)
     return _train_lm(ddp, precond, rank, world_size)
 
 
@@ -91,7 +91,7 @@ def _train_lm(model, precond, rank=0, world_size=1):
     chunk, grads = BATCH // world_size, []
     gen = torch.Generator().manual_seed(4)
     for _ in range(STEPS):
-        idx = torch.randint(0, 9, (BATCH, 6), generator=gen)[rank * chunk:(rank + 1) * chunk]
+        idx = torch.randint(0, 9, (BATCH, 6), generator=gen)[rank * chunk : (rank + 1) * chunk]
         opt.zero_grad()
         nn.functional.cross_entropy(model(idx).reshape(-1, 9), idx.roll(1, 1).reshape(-1)).backward()
         precond.step()
@@ -104,9 +104,9 @@ def _train_lm(model, precond, rank=0, world_size=1):
 def test_two_ranks_match_one_process_with_a_tied_weight():
     """Each rank's per-use gradients are averaged like .grad before the per-use sum."""
     from test_tied_weights import _LM
+
     model = _LM(True).double()
-    ref = _train_lm(model, KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(),
-                                              **HPARAMS))
+    ref = _train_lm(model, KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(), **HPARAMS))
     results = run_workers(_tied_ranks, 2, timeout=240)
     for rank in range(2):
         for step, (got, want) in enumerate(zip(results[rank], ref)):

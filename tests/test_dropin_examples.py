@@ -14,6 +14,7 @@ receives, i.e. the preconditioned ones, must agree at every step:
   checkpoint it saved, which must continue bit for bit;
 - the ImageNet script: ``get_optimizer`` under its own default arguments.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,12 +23,12 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
+from _kfac_pytorch import example, kfac_pytorch, parse_args
+from dist_utils import free_port
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import kfac_ext
-from _kfac_pytorch import example, kfac_pytorch, parse_args
-from dist_utils import free_port
 
 pytestmark = pytest.mark.slow
 # float32 runs of two implementations: the preconditioned gradients differ by
@@ -44,8 +45,9 @@ def kfac():
 @contextlib.contextmanager
 def _single_rank_env(monkeypatch):
     """What torchrun sets for one process; the process group is destroyed after."""
-    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
-                           WORLD_SIZE="1", LOCAL_RANK="0").items():
+    for key, value in dict(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0"
+    ).items():
         monkeypatch.setenv(key, value)
     try:
         yield
@@ -73,8 +75,7 @@ def _record_optimizer_grads(monkeypatch):
     original = torch.optim.SGD.step
 
     def step(self, *args, **kwargs):
-        steps.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]
-                      if p.grad is not None])
+        steps.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"] if p.grad is not None])
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.SGD, "step", step)
@@ -87,8 +88,7 @@ def _assert_same_steps(ours, theirs, tol=TOL):
         assert len(a) == len(b)
         for x, y in zip(a, b):
             err = (x - y).abs().max().item() / max(y.abs().max().item(), 1e-30)
-            assert err <= tol, f"step {k}: preconditioned gradients differ by {err:.2e} " \
-                "(relative to the largest entry)"
+            assert err <= tol, f"step {k}: preconditioned gradients differ by {err:.2e} (relative to the largest entry)"
 
 
 def _loader(x, y, batch_size, shuffle):
@@ -98,6 +98,7 @@ def _loader(x, y, batch_size, shuffle):
 
 
 # ------------------------------------------------------- language model ----
+
 
 def _fake_text(args, ntokens=23):
     """A stand-in for examples.language.dataset.get_dataset: random token streams
@@ -110,19 +111,44 @@ def _fake_text(args, ntokens=23):
         data = TensorDataset(stream[..., :-1], stream[..., 1:])
         sampler = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=seed)
         # one item per batch, [seq_len, batch] as the language example expects
-        loader = DataLoader(data, batch_size=None, sampler=sampler,
-                            collate_fn=lambda item: (item[0].T.contiguous(), item[1].T.contiguous()))
+        loader = DataLoader(
+            data,
+            batch_size=None,
+            sampler=sampler,
+            collate_fn=lambda item: (item[0].T.contiguous(), item[1].T.contiguous()),
+        )
         return SimpleNamespace(sampler=sampler, loader=loader)
 
     def get_dataset(*_, **__):
-        return SimpleNamespace(train=split(4, 1), val=split(2, 2), test=split(2, 3)), \
-            list(range(ntokens))
+        return SimpleNamespace(train=split(4, 1), val=split(2, 2), test=split(2, 3)), list(range(ntokens))
+
     return get_dataset
 
 
-LM_ARGV = ["--kfac", "--backend", "gloo", "--no-cuda", "--embedding-dim", "16",
-           "--hidden-dim", "32", "--attention-heads", "2", "--layers", "2", "--seq-len", "8",
-           "--batch-size", "4", "--epochs", "3", "--inv-update-steps", "3", "--lr", "0.5"]
+LM_ARGV = [
+    "--kfac",
+    "--backend",
+    "gloo",
+    "--no-cuda",
+    "--embedding-dim",
+    "16",
+    "--hidden-dim",
+    "32",
+    "--attention-heads",
+    "2",
+    "--layers",
+    "2",
+    "--seq-len",
+    "8",
+    "--batch-size",
+    "4",
+    "--epochs",
+    "3",
+    "--inv-update-steps",
+    "3",
+    "--lr",
+    "0.5",
+]
 
 
 def _run_language_model(library):
@@ -149,10 +175,31 @@ def test_language_model_example_gives_kfac_pytorchs_gradients(kfac):
 # -------------------------------------------------------------- CIFAR-10 ----
 
 CIFAR_ARGV = [
-    "--model", "resnet20", "--batch-size", "8", "--val-batch-size", "8", "--epochs", "4",
-    "--kfac-inv-update-steps", "2", "--kfac-update-steps-alpha", "2",
-    "--kfac-update-steps-decay", "2", "3", "--kfac-damping-decay", "2", "3",
-    "--warmup-epochs", "1", "--lr-decay", "3", "--checkpoint-freq", "2"]
+    "--model",
+    "resnet20",
+    "--batch-size",
+    "8",
+    "--val-batch-size",
+    "8",
+    "--epochs",
+    "4",
+    "--kfac-inv-update-steps",
+    "2",
+    "--kfac-update-steps-alpha",
+    "2",
+    "--kfac-update-steps-decay",
+    "2",
+    "3",
+    "--kfac-damping-decay",
+    "2",
+    "3",
+    "--warmup-epochs",
+    "1",
+    "--lr-decay",
+    "3",
+    "--checkpoint-freq",
+    "2",
+]
 
 
 def _vision_args(script, log_dir, argv):
@@ -179,21 +226,18 @@ def _run_vision(library, args, resume_from=0, loss=None):
     CIFAR ResNet of ``args.model``: the optimizer's gradients at every step and the
     preconditioner."""
     models = example("vision.cifar_resnet")
-    optimizers, engine, utils = example("vision.optimizers"), example("vision.engine"), \
-        example("utils")
+    optimizers, engine, utils = example("vision.optimizers"), example("vision.engine"), example("utils")
     with pytest.MonkeyPatch.context() as mp, _process_group(mp):
         _bind(mp, library, optimizers, engine, utils)
         steps = _record_optimizer_grads(mp)
         torch.manual_seed(args.seed)
         model = torch.nn.parallel.DistributedDataParallel(models.get_model(args.model))
-        optimizer, preconditioner, (lr_scheduler, kfac_scheduler) = \
-            optimizers.get_optimizer(model, args)
+        optimizer, preconditioner, (lr_scheduler, kfac_scheduler) = optimizers.get_optimizer(model, args)
         assert isinstance(preconditioner, library.preconditioner.KFACPreconditioner)
         assert isinstance(kfac_scheduler, library.scheduler.LambdaParamScheduler)
         str(preconditioner)  # main() prints it
         if resume_from:  # as main() resumes
-            checkpoint = torch.load(args.checkpoint_format.format(epoch=resume_from),
-                                    weights_only=False)
+            checkpoint = torch.load(args.checkpoint_format.format(epoch=resume_from), weights_only=False)
             model.module.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
@@ -206,8 +250,9 @@ def _run_vision(library, args, resume_from=0, loss=None):
             lr_scheduler.step()
             kfac_scheduler.step(step=epoch)
             if epoch % args.checkpoint_freq == 0:
-                utils.save_checkpoint(model.module, optimizer, preconditioner, lr_scheduler,
-                                      args.checkpoint_format.format(epoch=epoch))
+                utils.save_checkpoint(
+                    model.module, optimizer, preconditioner, lr_scheduler, args.checkpoint_format.format(epoch=epoch)
+                )
     return steps, preconditioner
 
 
@@ -223,8 +268,11 @@ def test_cifar_example_gives_kfac_pytorchs_gradients_and_resumes_exactly(kfac, t
     # the schedulers acted: damping 0.003 halved 3 times, intervals 1/2 doubled twice... then
     # (the lambda of epoch 4 counts both decay epochs) 5 times in all
     assert our_p.damping(0) == pytest.approx(their_p.damping) == pytest.approx(0.003 / 32)
-    assert (our_p.factor_update_steps(0), our_p.inv_update_steps(0)) == \
-        (their_p.factor_update_steps, their_p.inv_update_steps) == (32, 64)
+    assert (
+        (our_p.factor_update_steps(0), our_p.inv_update_steps(0))
+        == (their_p.factor_update_steps, their_p.inv_update_steps)
+        == (32, 64)
+    )
 
     resumed, _ = _run_vision(kfac_ext, args, resume_from=2)
     assert len(resumed) == 8
@@ -234,6 +282,7 @@ def test_cifar_example_gives_kfac_pytorchs_gradients_and_resumes_exactly(kfac, t
 
 # -------------------------------------------------------------- ImageNet ----
 
+
 def test_imagenet_example_optimizer_under_its_own_defaults(kfac, tmp_path):
     """The ImageNet script's get_optimizer under its default K-FAC arguments (factors
     every 10 steps, eigendecompositions every 100, damping 0.001), two micro-batches
@@ -241,13 +290,22 @@ def test_imagenet_example_optimizer_under_its_own_defaults(kfac, tmp_path):
     ResNet-20: the script's torchvision ResNet-50 is too big for a CPU test (and
     torchvision does not load here)."""
     script, utils = example("torch_imagenet_resnet"), example("utils")
-    argv = ["--model", "resnet20", "--batch-size", "4", "--val-batch-size", "8", "--epochs", "1",
-            "--batches-per-allreduce", "2"]
+    argv = [
+        "--model",
+        "resnet20",
+        "--batch-size",
+        "4",
+        "--val-batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--batches-per-allreduce",
+        "2",
+    ]
     runs = []
     for library in (kfac, kfac_ext):
         args = _vision_args(script, str(tmp_path / library.__name__), argv)
-        assert (args.kfac_factor_update_steps, args.kfac_inv_update_steps, args.kfac_damping) \
-            == (10, 100, 0.001)
+        assert (args.kfac_factor_update_steps, args.kfac_inv_update_steps, args.kfac_damping) == (10, 100, 0.001)
         runs.append(_run_vision(library, args, loss=utils.LabelSmoothLoss(args.label_smoothing)))
     (theirs, _), (ours, p) = runs
     assert len(ours) == 4 and p.steps == 4  # 32 samples, batches of 4, 2 per step

@@ -2,6 +2,7 @@
 lazy submodules, ``gpt_neox`` refused, ``hyperparams``) and the names kfac-pytorch's
 preconditioner has (number-like hyperparameters, ``distributed_strategy``,
 ``reset_batch``, its ``state_dict`` / ``load_state_dict`` keywords)."""
+
 import importlib
 import os
 import subprocess
@@ -24,37 +25,40 @@ def _model():
 def _step(model, p, s):
     gen = torch.Generator().manual_seed(s)
     model.zero_grad()
-    F.cross_entropy(model(torch.randn(8, 6, generator=gen)),
-                    torch.randint(0, 3, (8,), generator=gen)).backward()
+    F.cross_entropy(model(torch.randn(8, 6, generator=gen)), torch.randint(0, 3, (8,), generator=gen)).backward()
     p.step()
 
 
 # ------------------------------------------------------------- layout ----
 
+
 def test_enums_have_kfac_pytorchs_member_names_and_values():
     assert {m.name: m.value for m in ComputeMethod} == {"EIGEN": 1, "INVERSE": 2}
     assert {m.name: m.value for m in AssignmentStrategy} == {"COMPUTE": 1, "MEMORY": 2}
-    assert {m.name: m.value for m in DistributedStrategy} == \
-        {"COMM_OPT": 1, "MEM_OPT": 2, "HYBRID_OPT": 3}
+    assert {m.name: m.value for m in DistributedStrategy} == {"COMM_OPT": 1, "MEM_OPT": 2, "HYBRID_OPT": 3}
     assert {m.name: m.value for m in AllreduceMethod} == {"ALLREDUCE": 1, "ALLREDUCE_BUCKETED": 2}
 
 
 def test_the_constructor_takes_kfac_ext_enums():
-    p = kfac_ext.KFACPreconditioner(_model(), compute_method=ComputeMethod.INVERSE,
-                                    assignment_strategy=AssignmentStrategy.MEMORY,
-                                    grad_worker_fraction=DistributedStrategy.HYBRID_OPT)
-    assert (p.compute_method, p.assignment_strategy, p.grad_worker_fraction) == \
-        ("inverse", "memory", 0.5)
+    p = kfac_ext.KFACPreconditioner(
+        _model(),
+        compute_method=ComputeMethod.INVERSE,
+        assignment_strategy=AssignmentStrategy.MEMORY,
+        grad_worker_fraction=DistributedStrategy.HYBRID_OPT,
+    )
+    assert (p.compute_method, p.assignment_strategy, p.grad_worker_fraction) == ("inverse", "memory", 0.5)
 
 
 def test_submodules_are_attributes_of_a_fresh_import_and_enums_need_no_torch():
     """What `import kfac_ext as kfac` must give a kfac-pytorch program, in a fresh
     interpreter (here every submodule is imported already)."""
-    code = ("import sys, kfac_ext as kfac\n"
-            "assert kfac.enums.ComputeMethod.EIGEN.value == 1\n"
-            "assert 'torch' not in sys.modules, 'enums loaded torch'\n"
-            "assert kfac.preconditioner.KFACPreconditioner is kfac.KFACPreconditioner\n"
-            "assert kfac.scheduler.LambdaParamScheduler.__name__ == 'LambdaParamScheduler'\n")
+    code = (
+        "import sys, kfac_ext as kfac\n"
+        "assert kfac.enums.ComputeMethod.EIGEN.value == 1\n"
+        "assert 'torch' not in sys.modules, 'enums loaded torch'\n"
+        "assert kfac.preconditioner.KFACPreconditioner is kfac.KFACPreconditioner\n"
+        "assert kfac.scheduler.LambdaParamScheduler.__name__ == 'LambdaParamScheduler'\n"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's kfac_ext
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert run.returncode == 0, run.stderr
@@ -69,10 +73,12 @@ def test_gpt_neox_is_refused_by_name():
 
 def test_kfac_pytorch_internals_are_refused_by_name():
     internal = "has no '{}': that is an internal of kfac-pytorch"
-    for owner, name in ((kfac_ext, "base_preconditioner"),
-                        (kfac_ext.preconditioner, "KAISAAssignment"),
-                        (kfac_ext.scheduler, "BaseKFACPreconditioner"),
-                        (kfac_ext.KFACPreconditioner(_model()), "tdc")):
+    for owner, name in (
+        (kfac_ext, "base_preconditioner"),
+        (kfac_ext.preconditioner, "KAISAAssignment"),
+        (kfac_ext.scheduler, "BaseKFACPreconditioner"),
+        (kfac_ext.KFACPreconditioner(_model()), "tdc"),
+    ):
         with pytest.raises(AttributeError, match=internal.format(name)):
             getattr(owner, name)
     with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
@@ -86,9 +92,9 @@ def test_kfac_preconditioner_module_also_has_the_enums():
 
 # ----------------------------------------- kfac-pytorch's preconditioner names ----
 
+
 def test_hyperparameters_read_as_numbers_where_kfac_pytorch_gives_numbers():
-    p = kfac_ext.KFACPreconditioner(_model(), damping=0.003, inv_update_steps=10,
-                                    lr=lambda s: 0.1)
+    p = kfac_ext.KFACPreconditioner(_model(), damping=0.003, inv_update_steps=10, lr=lambda s: 0.1)
     assert float(p.damping) == 0.003 and int(p.inv_update_steps) == 10
     assert f"{p.damping:.4f} {p.inv_update_steps}" == "0.0030 10"
     with pytest.raises(TypeError, match=r"lr is a schedule: call it with the step"):
@@ -96,22 +102,27 @@ def test_hyperparameters_read_as_numbers_where_kfac_pytorch_gives_numbers():
     assert f"{p.lr}" == repr(p.lr) == "lr=<schedule>"
 
 
-@pytest.mark.parametrize("fraction, strategy", [
-    (DistributedStrategy.COMM_OPT, DistributedStrategy.COMM_OPT),
-    (DistributedStrategy.HYBRID_OPT, DistributedStrategy.HYBRID_OPT),
-    (DistributedStrategy.MEM_OPT, DistributedStrategy.MEM_OPT), (0.25, DistributedStrategy.MEM_OPT)])
+@pytest.mark.parametrize(
+    "fraction, strategy",
+    [
+        (DistributedStrategy.COMM_OPT, DistributedStrategy.COMM_OPT),
+        (DistributedStrategy.HYBRID_OPT, DistributedStrategy.HYBRID_OPT),
+        (DistributedStrategy.MEM_OPT, DistributedStrategy.MEM_OPT),
+        (0.25, DistributedStrategy.MEM_OPT),
+    ],
+)
 def test_distributed_strategy_and_allreduce_method(fraction, strategy):
     from kfac_ext.comm import LocalComm
 
     class FourRanks(LocalComm):  # only what the constructor reads
         world_size = 4
 
-    p = kfac_ext.KFACPreconditioner(_model(), grad_worker_fraction=fraction, comm=FourRanks(),
-                                    allreduce_bucket_cap_mb=0)
+    p = kfac_ext.KFACPreconditioner(
+        _model(), grad_worker_fraction=fraction, comm=FourRanks(), allreduce_bucket_cap_mb=0
+    )
     assert p.distributed_strategy is strategy
     assert p.allreduce_method is AllreduceMethod.ALLREDUCE
-    assert kfac_ext.KFACPreconditioner(_model()).allreduce_method is \
-        AllreduceMethod.ALLREDUCE_BUCKETED
+    assert kfac_ext.KFACPreconditioner(_model()).allreduce_method is AllreduceMethod.ALLREDUCE_BUCKETED
 
 
 def test_reset_batch_forgets_the_captured_micro_batches():

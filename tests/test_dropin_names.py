@@ -3,14 +3,15 @@
 the preconditioner's public attributes, the parameters of its methods and of the
 scheduler) is there in kfac_ext, or refused with an AttributeError saying it is a
 kfac-pytorch internal. Skips without kfac-pytorch (see ``_kfac_pytorch``)."""
+
 import inspect
 
 import pytest
 import torch
+from _kfac_pytorch import kfac_pytorch
 from torch import nn
 
 import kfac_ext
-from _kfac_pytorch import kfac_pytorch
 
 
 @pytest.fixture
@@ -33,8 +34,11 @@ def _model():
 @pytest.mark.parametrize("module", ["enums", "scheduler", "preconditioner"])
 def test_the_classes_each_module_exposes(kfac, module):
     theirs, ours = getattr(kfac, module), getattr(kfac_ext, module)
-    classes = [n for n, obj in vars(theirs).items() if not n.startswith("_")
-               and inspect.isclass(obj) and obj.__module__.startswith("kfac.")]
+    classes = [
+        n
+        for n, obj in vars(theirs).items()
+        if not n.startswith("_") and inspect.isclass(obj) and obj.__module__.startswith("kfac.")
+    ]
     assert classes
     for name in classes:
         _there_or_refused(ours, name)
@@ -42,8 +46,9 @@ def test_the_classes_each_module_exposes(kfac, module):
 
 def test_enum_members(kfac):
     for name in ("AllreduceMethod", "AssignmentStrategy", "ComputeMethod", "DistributedStrategy"):
-        assert {m.name: m.value for m in getattr(kfac.enums, name)} == \
-            {m.name: m.value for m in getattr(kfac_ext.enums, name)}
+        assert {m.name: m.value for m in getattr(kfac.enums, name)} == {
+            m.name: m.value for m in getattr(kfac_ext.enums, name)
+        }
 
 
 def test_the_preconditioners_attributes_and_method_parameters(kfac):
@@ -56,13 +61,16 @@ def test_the_preconditioners_attributes_and_method_parameters(kfac):
         want = set(inspect.signature(getattr(theirs, name)).parameters) - {"state_dict"}
         assert want <= set(inspect.signature(getattr(ours, name)).parameters), name
     assert ours.memory_usage().keys() >= {"total"}
-    assert (ours.distributed_strategy.name, ours.allreduce_method.name) == \
-        (theirs.distributed_strategy.name, theirs.allreduce_method.name)
+    assert (ours.distributed_strategy.name, ours.allreduce_method.name) == (
+        theirs.distributed_strategy.name,
+        theirs.allreduce_method.name,
+    )
 
 
 def test_the_schedulers_parameters(kfac):
     theirs = inspect.signature(kfac.scheduler.LambdaParamScheduler)
     ours = inspect.signature(kfac_ext.scheduler.LambdaParamScheduler)
     assert list(theirs.parameters) == list(ours.parameters)
-    assert list(inspect.signature(kfac.scheduler.LambdaParamScheduler.step).parameters) == \
-        list(inspect.signature(kfac_ext.scheduler.LambdaParamScheduler.step).parameters)
+    assert list(inspect.signature(kfac.scheduler.LambdaParamScheduler.step).parameters) == list(
+        inspect.signature(kfac_ext.scheduler.LambdaParamScheduler.step).parameters
+    )

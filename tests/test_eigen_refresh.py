@@ -4,6 +4,7 @@ The bound is checked in float64 against the factor itself (F − Q diag(d) Qᵀ)
 the fallback against an exact eigh of the same factor, and the integration
 through KFACPreconditioner against its own running factors at every update.
 """
+
 import io
 
 import pytest
@@ -66,8 +67,8 @@ def test_failed_test_falls_back_to_exact_eigh_of_those_factors_only():
     f_moved = _running_factors(11, 1, seed=1)[0]
     other = _running_factors(11, 1, seed=2)[0]
     f_same = _running_factors(13, 3, seed=4)[-1]
-    stale = _exact([other])[0]             # a basis of an unrelated factor: test fails
-    exact_same = _exact([f_same])[0]       # its own basis: test passes
+    stale = _exact([other])[0]  # a basis of an unrelated factor: test fails
+    exact_same = _exact([f_same])[0]  # its own basis: test passes
     calls = []
 
     def exact(fs):
@@ -86,13 +87,13 @@ def test_failed_test_falls_back_to_exact_eigh_of_those_factors_only():
 def test_no_previous_basis_means_exact_without_a_test():
     f = _running_factors(9, 2, seed=0)[-1]
     refresh = SkipTest(0.5)
-    (d, q), = refresh.solve([f], [None], _exact)
+    ((d, q),) = refresh.solve([f], [None], _exact)
     assert refresh.checked == 0 and _rel_residual(f, d, q) < 1e-5
 
 
 def test_zero_factor_keeps_its_basis_with_zero_eigenvalues():
     q = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)))[0]
-    (d, q2), = SkipTest(0.01).solve([torch.zeros(6, 6)], [[torch.ones(6), q]], _exact)
+    ((d, q2),) = SkipTest(0.01).solve([torch.zeros(6, 6)], [[torch.ones(6), q]], _exact)
     assert q2 is q and torch.equal(d, torch.zeros(6))
 
 
@@ -105,11 +106,11 @@ def test_nonfinite_factor_never_installs_a_nonfinite_basis():
     def exact(fs):
         raise AssertionError("a non-finite factor with a previous basis must not be decomposed")
 
-    out, = refresh.solve([bad], [prev], exact)
+    (out,) = refresh.solve([bad], [prev], exact)
     assert out is prev and refresh.nonfinite == 1 and refresh.kept == 0
     inf = torch.eye(8)
     inf[0, 1] = inf[1, 0] = float("inf")
-    out, = refresh.solve([inf], [prev], exact)
+    (out,) = refresh.solve([inf], [prev], exact)
     assert out is prev and refresh.nonfinite == 2
 
 
@@ -121,10 +122,12 @@ def test_bad_tol_is_a_clear_error(tol):
 
 # ------------------------------------------------------- KFACPreconditioner ----
 
+
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(5 * 6 * 6, 7), nn.ReLU(), nn.Linear(7, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 5, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 6 * 6, 7), nn.ReLU(), nn.Linear(7, 3)
+    )
 
 
 def _train(model, pre, steps, start=0, record=None):
@@ -142,14 +145,16 @@ def _train(model, pre, steps, start=0, record=None):
 
 def test_preconditioner_bases_stay_within_tol_of_the_running_factors():
     model, refresh = _model(), SkipTest(0.05)
-    pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=3,
-                                      eigen_refresh=refresh, kl_clip=None)
+    pre = kfac_ext.KFACPreconditioner(
+        model, factor_update_steps=1, inv_update_steps=3, eigen_refresh=refresh, kl_clip=None
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for s in range(45):
         g = torch.Generator().manual_seed(s)
         model.zero_grad()
-        nn.functional.cross_entropy(model(torch.randn(16, 2, 6, 6, generator=g)),
-                                    torch.randint(0, 3, (16,), generator=g)).backward()
+        nn.functional.cross_entropy(
+            model(torch.randn(16, 2, 6, 6, generator=g)), torch.randint(0, 3, (16,), generator=g)
+        ).backward()
         pre.step()
         opt.step()
         if s % 3 == 0:  # an update step: every basis describes the factor it was built from
@@ -184,19 +189,16 @@ def test_state_dict_round_trip_continues_identically():
 
 def test_nan_running_factor_keeps_the_basis_in_the_preconditioner():
     model = _model()
-    pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=100, inv_update_steps=2,
-                                      eigen_refresh=SkipTest(0.1))
+    pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=100, inv_update_steps=2, eigen_refresh=SkipTest(0.1))
     _train(model, pre, 2)
-    before = [{w: [t.clone() for t in pre._second[i][w]] for w in "AG"}
-              for i in range(len(pre.layers))]
+    before = [{w: [t.clone() for t in pre._second[i][w]] for w in "AG"} for i in range(len(pre.layers))]
     pre.layers[1].A[0, 0] = float("nan")  # a corrupted running factor (e.g. a bad load)
     rec = []
     _train(model, pre, 1, start=2, record=rec)  # step 2: an update step
     assert all(torch.isfinite(g).all() for g in rec[0])
     for t, t0 in zip(pre._second[1]["A"], before[1]["A"]):
         assert torch.equal(t, t0)  # the previous basis, untouched
-    assert all(torch.isfinite(t).all() for s in pre._second.values() for ts in s.values()
-               for t in ts)
+    assert all(torch.isfinite(t).all() for s in pre._second.values() for ts in s.values() for t in ts)
     assert pre.eigen_refresh.nonfinite == 1
 
 
@@ -204,8 +206,7 @@ def test_preconditioner_rejects_bad_eigen_refresh():
     with pytest.raises(ValueError, match="eigen_refresh must be None"):
         kfac_ext.KFACPreconditioner(_model(), eigen_refresh="skip")
     with pytest.raises(ValueError, match="eigen_refresh applies to compute_method='eigen'"):
-        kfac_ext.KFACPreconditioner(_model(), compute_method="inverse",
-                                    eigen_refresh=SkipTest(0.1))
+        kfac_ext.KFACPreconditioner(_model(), compute_method="inverse", eigen_refresh=SkipTest(0.1))
     with pytest.raises(ValueError, match="inv_lag_steps"):
         kfac_ext.KFACPreconditioner(_model(), inv_lag_steps=1, eigen_refresh=SkipTest(0.1))
 

@@ -6,6 +6,7 @@ the core may not import the [app] (tqdm, matplotlib, scikit-learn) or [placement
 line, before doing any work. Each check runs in a fresh interpreter: this test
 process may already have imported any of those modules.
 """
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,9 @@ OPTIONAL = ("tqdm", "matplotlib", "sklearn", "highspy")
 
 
 def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_core_step_imports_no_optional_dependency():

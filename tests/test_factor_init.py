@@ -1,5 +1,6 @@
 """factor_init ('identity' | 'first_batch') and g_scale of KFACPreconditioner, against
 float64 references in plain PyTorch."""
+
 import pytest
 import torch
 from torch import nn
@@ -31,8 +32,7 @@ def _step(pre, model, x, target):
 def test_running_factors_start_where_factor_init_says(init):
     torch.manual_seed(0)
     model = nn.Linear(7, 5)
-    pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, damping=0.01,
-                             factor_init=init)
+    pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, damping=0.01, factor_init=init)
     x1, t1 = torch.randn(11, 7), torch.randn(11, 5)
     x2, t2 = torch.randn(11, 7), torch.randn(11, 5)
     a1, g1 = _batch_factors(model, x1, t1)
@@ -40,7 +40,7 @@ def test_running_factors_start_where_factor_init_says(init):
     layer = pre.layers[0]
     if init == "first_batch":
         want_a, want_g = a1, g1
-    else:   # kfac-pytorch: the identity, blended with weight 1 - 0.95
+    else:  # kfac-pytorch: the identity, blended with weight 1 - 0.95
         want_a = 0.95 * torch.eye(8, dtype=torch.float64) + 0.05 * a1
         want_g = 0.95 * torch.eye(5, dtype=torch.float64) + 0.05 * g1
     torch.testing.assert_close(layer.A.double(), want_a, rtol=1e-5, atol=1e-6)
@@ -55,13 +55,14 @@ def test_running_factors_start_where_factor_init_says(init):
 
 def test_g_scale_with_matching_damping_gives_the_same_step_over_the_scale():
     """Eigen method: G*s and λ*s turn every d_G d_A + λ into s (d_G d_A + λ): P becomes P / s."""
-    s = 64.0 ** 2
+    s = 64.0**2
     results = []
     for g_scale, damping in ((1.0, 0.01), (s, 0.01 * s)):
         torch.manual_seed(0)
         model = nn.Linear(7, 5)
-        pre = KFACPreconditioner(model, comm=LocalComm(), kl_clip=None, damping=damping,
-                                 factor_init="first_batch", g_scale=g_scale)
+        pre = KFACPreconditioner(
+            model, comm=LocalComm(), kl_clip=None, damping=damping, factor_init="first_batch", g_scale=g_scale
+        )
         x, t = torch.randn(11, 7), torch.randn(11, 5)
         _step(pre, model, x, t)
         results.append((model.weight.grad.clone(), pre.layers[0].G.clone()))
@@ -70,11 +71,14 @@ def test_g_scale_with_matching_damping_gives_the_same_step_over_the_scale():
     torch.testing.assert_close(p2 * s, p1, rtol=2e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,words", [
-    (dict(factor_init="zeros"), "factor_init must be one of"),
-    (dict(g_scale=0.0), "g_scale must be a finite number > 0"),
-    (dict(g_scale=float("nan")), "g_scale must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(factor_init="zeros"), "factor_init must be one of"),
+        (dict(g_scale=0.0), "g_scale must be a finite number > 0"),
+        (dict(g_scale=float("nan")), "g_scale must be a finite number > 0"),
+    ],
+)
 def test_bad_factor_options_are_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
         KFACPreconditioner(nn.Linear(3, 2), comm=LocalComm(), **kwargs)

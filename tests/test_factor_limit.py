@@ -1,11 +1,12 @@
 """max_factor_bytes: factors too large to hold densely are kept diagonal (decided before
 allocating), named in one warning; memory() reports every layer's bytes."""
+
 import pytest
 import torch
+from _kfac_reference import batch_factors, captured_io, dense_precondition, grad_matrix
 from torch import nn
 
 import kfac_ext
-from _kfac_reference import batch_factors, captured_io, dense_precondition, grad_matrix
 
 
 @pytest.mark.parametrize("method", ["eigen", "inverse"])
@@ -13,9 +14,15 @@ def test_a_factor_over_the_limit_is_diagonal_and_matches_the_dense_solve(method)
     torch.manual_seed(0)
     layer = nn.Linear(7, 40).double()  # G: 40² · 8 = 12,800 bytes; A: 8² · 8 = 512
     with pytest.warns(UserWarning, match=r"kept diagonal: '' \(G\)"):
-        p = kfac_ext.KFACPreconditioner(layer, max_factor_bytes=4096, kl_clip=None, damping=0.05,
-                                        factor_decay=0.0, inv_dtype=torch.float64,
-                                        compute_method=method)
+        p = kfac_ext.KFACPreconditioner(
+            layer,
+            max_factor_bytes=4096,
+            kl_clip=None,
+            damping=0.05,
+            factor_decay=0.0,
+            inv_dtype=torch.float64,
+            compute_method=method,
+        )
     kl = p.layers[0]
     assert (kl.a_diagonal, kl.g_diagonal) == (False, True) and kl.G.shape == (40,)
     x = torch.randn(3, 6, 7, dtype=torch.float64)
@@ -40,8 +47,7 @@ def test_memory_reports_dense_and_diagonal_factors_per_layer():
     report = p.memory()
     assert report["0"]["A"] == 50 * 4 and report["0"]["G"] == 16 * 4  # float32
     assert report["0"]["second_order"] == (50 + 16 + 4) * 4  # diag A; Q_G and d_G
-    assert report["1"]["A"] == 25 * 4 and report["1"]["total"] == sum(
-        v for k, v in report["1"].items() if k != "total")
+    assert report["1"]["A"] == 25 * 4 and report["1"]["total"] == sum(v for k, v in report["1"].items() if k != "total")
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "1GB"])
@@ -66,8 +72,9 @@ def test_a_lagged_update_with_a_diagonal_factor_survives_a_checkpoint():
     def run(state=None, steps=range(4)):
         torch.manual_seed(3)
         model = nn.Sequential(nn.Embedding(7, 3), nn.Linear(3, 2)).double()
-        p = kfac_ext.KFACPreconditioner(model, inv_update_steps=2, inv_lag_steps=1,
-                                        inv_dtype=torch.float64, damping=0.1)
+        p = kfac_ext.KFACPreconditioner(
+            model, inv_update_steps=2, inv_lag_steps=1, inv_dtype=torch.float64, damping=0.1
+        )
         if state is not None:
             model.load_state_dict(state[0])
             p.load_state_dict(state[1])

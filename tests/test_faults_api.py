@@ -6,6 +6,7 @@ before any work; a warning where the run can honestly go on; or a correct
 result. CASES is the table (counted in RESULTS); the tests below it check the
 results of the cases that must stay correct, not only that they do not raise.
 """
+
 import re
 import time
 import warnings
@@ -27,8 +28,7 @@ def _mlp():
 
 def _convnet():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 6 * 6, 2))
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
 
 
 def _backward(model, x):
@@ -52,12 +52,14 @@ FAIL_FAST_S = 120
 
 def _seconds(fn, limit=FAIL_FAST_S):
     """fn() must raise within `limit` seconds (an absurd size must not run for long)."""
+
     def timed():
         start = time.perf_counter()
         try:
             fn()
         finally:
             assert time.perf_counter() - start < limit
+
     return timed
 
 
@@ -74,147 +76,202 @@ CASES = [
     ("damping<0", _construct(damping=-1e-3), ("error", ValueError, "damping")),
     ("damping schedule hits 0", _construct(damping=lambda s: 0.0), ("error", ValueError, "damping")),
     ("damping=nan", _construct(damping=float("nan")), ("error", ValueError, "damping")),
-    ("grad_worker_fraction=0", _construct(grad_worker_fraction=0.0),
-     ("error", ValueError, "grad_worker_fraction")),
-    ("grad_worker_fraction=5", _construct(grad_worker_fraction=5),
-     ("error", ValueError, "grad_worker_fraction")),
-    ("grad_worker_fraction=nan", _construct(grad_worker_fraction=float("nan")),
-     ("error", ValueError, "grad_worker_fraction")),
-    ("grad_worker_fraction='half'", _construct(grad_worker_fraction="half"),
-     ("error", ValueError, "grad_worker_fraction")),
-    ("grad_worker_fraction=True", _construct(grad_worker_fraction=True),
-     ("error", ValueError, "grad_worker_fraction")),
-    ("allreduce_bucket_cap_mb=-1", _construct(allreduce_bucket_cap_mb=-1),
-     ("error", ValueError, "allreduce_bucket_cap_mb")),
-    ("allreduce_bucket_cap_mb=inf", _construct(allreduce_bucket_cap_mb=float("inf")),
-     ("error", ValueError, "allreduce_bucket_cap_mb")),
+    ("grad_worker_fraction=0", _construct(grad_worker_fraction=0.0), ("error", ValueError, "grad_worker_fraction")),
+    ("grad_worker_fraction=5", _construct(grad_worker_fraction=5), ("error", ValueError, "grad_worker_fraction")),
+    (
+        "grad_worker_fraction=nan",
+        _construct(grad_worker_fraction=float("nan")),
+        ("error", ValueError, "grad_worker_fraction"),
+    ),
+    (
+        "grad_worker_fraction='half'",
+        _construct(grad_worker_fraction="half"),
+        ("error", ValueError, "grad_worker_fraction"),
+    ),
+    ("grad_worker_fraction=True", _construct(grad_worker_fraction=True), ("error", ValueError, "grad_worker_fraction")),
+    (
+        "allreduce_bucket_cap_mb=-1",
+        _construct(allreduce_bucket_cap_mb=-1),
+        ("error", ValueError, "allreduce_bucket_cap_mb"),
+    ),
+    (
+        "allreduce_bucket_cap_mb=inf",
+        _construct(allreduce_bucket_cap_mb=float("inf")),
+        ("error", ValueError, "allreduce_bucket_cap_mb"),
+    ),
     ("skip_layers='['", _construct(skip_layers="["), ("error", ValueError, "skip_layers")),
     ("skip_layers=5", _construct(skip_layers=5), ("error", ValueError, "skip_layers")),
     ("skip_layers=['ok', 3]", _construct(skip_layers=["ok", 3]), ("error", ValueError, "skip_layers")),
     ("inv_dtype=float16", _construct(inv_dtype=torch.float16), ("error", ValueError, "inv_dtype")),
     ("inv_dtype=bfloat16", _construct(inv_dtype=torch.bfloat16), ("error", ValueError, "inv_dtype")),
     ("inv_dtype=None", _construct(inv_dtype=None), ("error", ValueError, "inv_dtype")),
-    ("factor_dtype=float16", _construct(factor_dtype=torch.float16),
-     ("error", ValueError, "factor_dtype")),
+    ("factor_dtype=float16", _construct(factor_dtype=torch.float16), ("error", ValueError, "factor_dtype")),
     ("factor_dtype=int32", _construct(factor_dtype=torch.int32), ("error", ValueError, "factor_dtype")),
-    ("compute_method='cholesky'", _construct(compute_method="cholesky"),
-     ("error", ValueError, "compute_method")),
-    ("assignment_strategy='speed'", _construct(assignment_strategy="speed"),
-     ("error", ValueError, "assignment_strategy")),
+    ("compute_method='cholesky'", _construct(compute_method="cholesky"), ("error", ValueError, "compute_method")),
+    (
+        "assignment_strategy='speed'",
+        _construct(assignment_strategy="speed"),
+        ("error", ValueError, "assignment_strategy"),
+    ),
     ("loglevel='loud'", _construct(loglevel="loud"), ("error", ValueError, "loglevel")),
     ("grad_scaler=object()", _construct(grad_scaler=object()), ("error", ValueError, "grad_scaler")),
-    ("colocate_factors='yes'", _construct(colocate_factors="yes"),
-     ("error", ValueError, "colocate_factors")),
-    ("update_factors_in_hook=1", _construct(update_factors_in_hook=1),
-     ("error", ValueError, "update_factors_in_hook")),
+    ("colocate_factors='yes'", _construct(colocate_factors="yes"), ("error", ValueError, "colocate_factors")),
+    ("update_factors_in_hook=1", _construct(update_factors_in_hook=1), ("error", ValueError, "update_factors_in_hook")),
     ("defaults=[1]", _construct(defaults=[1]), ("error", ValueError, "defaults")),
     ("factor_decay=1", _construct(factor_decay=1.0), ("error", ValueError, "factor_decay")),
     ("kl_clip=0", _construct(kl_clip=0.0), ("error", ValueError, "kl_clip")),
     ("lr<0", _construct(lr=-0.1), ("error", ValueError, "lr")),
-    ("accumulation_steps=0", _construct(accumulation_steps=0),
-     ("error", ValueError, "accumulation_steps")),
-    ("factor_update_steps=1.5", _construct(factor_update_steps=1.5),
-     ("error", ValueError, "factor_update_steps")),
+    ("accumulation_steps=0", _construct(accumulation_steps=0), ("error", ValueError, "accumulation_steps")),
+    ("factor_update_steps=1.5", _construct(factor_update_steps=1.5), ("error", ValueError, "factor_update_steps")),
     ("inv_lag_steps=-1", _construct(inv_lag_steps=-1), ("error", ValueError, "inv_lag_steps")),
     ("unknown keyword", _construct(momentum=0.9), ("error", TypeError, "momentum")),
     ("model is a list of layers", lambda: P([nn.Linear(2, 2)]), ("error", TypeError, "nn.Module")),
-    ("model passed as the optimizer's parameters", lambda: P(_mlp().parameters()),
-     ("error", TypeError, "nn.Module")),
+    ("model passed as the optimizer's parameters", lambda: P(_mlp().parameters()), ("error", TypeError, "nn.Module")),
     # ---- what registration finds ----
-    ("no supported layer", lambda: P(nn.Sequential(nn.Conv1d(3, 4, 3))),
-     ("warning", "no layer registered")),
+    ("no supported layer", lambda: P(nn.Sequential(nn.Conv1d(3, 4, 3))), ("warning", "no layer registered")),
     ("every layer skipped", _construct(skip_layers="linear"), ("warning", "no layer registered")),
     ("tied weights", lambda: _tied_preconditioner(), ("warning", "share one weight")),
     ("frozen weight", lambda: _frozen_preconditioner(), ("ok",)),
     # ---- misuse during training ----
     ("step() twice after one backward", lambda: _step_twice(), ("warning", "called again")),
     ("step() before backward", lambda: P(_mlp()).step(), ("error", RuntimeError, "before backward")),
-    ("every registered module replaced", lambda: _replace_all(),
-     ("error", RuntimeError, "none of the registered layers is part of the model")),
+    (
+        "every registered module replaced",
+        lambda: _replace_all(),
+        ("error", RuntimeError, "none of the registered layers is part of the model"),
+    ),
     ("module added after construction", lambda: _add_module(), ("warning", "added to the model")),
     ("empty Linear batch", lambda: _empty_batch(_mlp(), torch.randn(0, 10)), ("warning", "0 rows")),
-    ("empty Conv2d batch", lambda: _empty_batch(_convnet(), torch.randn(0, 3, 6, 6)),
-     ("warning", "0 rows")),
+    ("empty Conv2d batch", lambda: _empty_batch(_convnet(), torch.randn(0, 3, 6, 6)), ("warning", "0 rows")),
     ("NaN batch", lambda: _nan_batch(), ("warning", "non-finite")),
     ("zero_grad(set_to_none=False) then backward", lambda: _zeroed_in_place(), ("ok",)),
     # ---- ops: aliasing ----
-    ("cov_update_(f, f)", lambda: _self_alias(),
-     ("error", RuntimeError, "must not share memory")),
-    ("cov_update_ x a slice of factor", lambda: _partial_alias(),
-     ("error", RuntimeError, "must not share memory")),
-    ("channel_cov_update_ aliasing", lambda: _channel_alias(),
-     ("error", RuntimeError, "must not share memory")),
-    ("unpack_triu_ packed inside mats", _aliased_unpack,
-     ("error", RuntimeError, "must not share memory")),
+    ("cov_update_(f, f)", lambda: _self_alias(), ("error", RuntimeError, "must not share memory")),
+    ("cov_update_ x a slice of factor", lambda: _partial_alias(), ("error", RuntimeError, "must not share memory")),
+    ("channel_cov_update_ aliasing", lambda: _channel_alias(), ("error", RuntimeError, "must not share memory")),
+    ("unpack_triu_ packed inside mats", _aliased_unpack, ("error", RuntimeError, "must not share memory")),
     # ---- ops: damping ----
-    ("eigen_precondition damping=0", lambda: ops.eigen_precondition(*_layer(), 0.0),
-     ("error", ValueError, "damping")),
-    ("raw eigen_precondition damping=0",
-     lambda: torch.ops.kfac_ext.eigen_precondition(*_layer(), 0.0),
-     ("error", RuntimeError, "damping must be a finite number > 0")),
-    ("eigen_precondition damping=inf", lambda: ops.eigen_precondition(*_layer(), float("inf")),
-     ("error", ValueError, "damping")),
-    ("precondition_grads_ damping<0", lambda: _precondition_grads(-1.0),
-     ("error", ValueError, "damping")),
+    ("eigen_precondition damping=0", lambda: ops.eigen_precondition(*_layer(), 0.0), ("error", ValueError, "damping")),
+    (
+        "raw eigen_precondition damping=0",
+        lambda: torch.ops.kfac_ext.eigen_precondition(*_layer(), 0.0),
+        ("error", RuntimeError, "damping must be a finite number > 0"),
+    ),
+    (
+        "eigen_precondition damping=inf",
+        lambda: ops.eigen_precondition(*_layer(), float("inf")),
+        ("error", ValueError, "damping"),
+    ),
+    ("precondition_grads_ damping<0", lambda: _precondition_grads(-1.0), ("error", ValueError, "damping")),
     # ---- ops: sizes that must fail fast ----
-    ("conv2d_act_factor kernel 100000, padding 100000",
-     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 100000, 1, 100000, 1, True)),
-     ("error", RuntimeError, "factor would be")),
-    ("conv2d_act_factor kernel 1000",
-     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 1000, 1, 1000, 1, True)),
-     ("error", RuntimeError, "factor would be")),
-    ("conv2d_act_factor padding 1e17",
-     _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 3, 1, 10**17, 1, True)),
-     ("error", RuntimeError, "zero-padded input")),
-    ("conv2d_act_factor dilation 1e18",
-     lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 3, 1, 0, 10**18, True),
-     ("error", RuntimeError, "output size|overflows")),
-    ("conv2d_act_factor N=0", lambda: ops.conv2d_act_factor(torch.randn(0, 2, 5, 5), 3, 1, 1, 1, True),
-     ("error", RuntimeError, "N > 0")),
-    ("conv2d_act_factor kernel of 3 ints",
-     lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), (1, 2, 3), 1, 0, 1, True),
-     ("error", ValueError, "pair")),
-    ("conv2d_act_factor 3-D input", lambda: ops.conv2d_act_factor(torch.randn(2, 5, 5), 3, 1, 1, 1, True),
-     ("error", RuntimeError, "4-D")),
+    (
+        "conv2d_act_factor kernel 100000, padding 100000",
+        _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 100000, 1, 100000, 1, True)),
+        ("error", RuntimeError, "factor would be"),
+    ),
+    (
+        "conv2d_act_factor kernel 1000",
+        _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 1000, 1, 1000, 1, True)),
+        ("error", RuntimeError, "factor would be"),
+    ),
+    (
+        "conv2d_act_factor padding 1e17",
+        _seconds(lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 3, 1, 10**17, 1, True)),
+        ("error", RuntimeError, "zero-padded input"),
+    ),
+    (
+        "conv2d_act_factor dilation 1e18",
+        lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), 3, 1, 0, 10**18, True),
+        ("error", RuntimeError, "output size|overflows"),
+    ),
+    (
+        "conv2d_act_factor N=0",
+        lambda: ops.conv2d_act_factor(torch.randn(0, 2, 5, 5), 3, 1, 1, 1, True),
+        ("error", RuntimeError, "N > 0"),
+    ),
+    (
+        "conv2d_act_factor kernel of 3 ints",
+        lambda: ops.conv2d_act_factor(torch.randn(1, 2, 5, 5), (1, 2, 3), 1, 0, 1, True),
+        ("error", ValueError, "pair"),
+    ),
+    (
+        "conv2d_act_factor 3-D input",
+        lambda: ops.conv2d_act_factor(torch.randn(2, 5, 5), 3, 1, 1, 1, True),
+        ("error", RuntimeError, "4-D"),
+    ),
     # ---- ops: bad dtypes, shapes, devices, types ----
-    ("cov_update_ int tensors", lambda: ops.cov_update_(torch.zeros(3, 3, dtype=torch.int32),
-                                                        torch.zeros(2, 3, dtype=torch.int32), 1.0, 0.0),
-     ("error", RuntimeError, "float32 or float64")),
-    ("cov_update_ float16 factor", lambda: ops.cov_update_(torch.zeros(3, 3, dtype=torch.float16),
-                                                           torch.zeros(2, 3, dtype=torch.float16), 1.0, 0.0),
-     ("error", RuntimeError, "float32 or float64")),
-    ("cov_update_ non-contiguous factor",
-     lambda: ops.cov_update_(torch.zeros(6, 3)[::2], torch.randn(2, 3), 1.0, 0.0),
-     ("error", RuntimeError, "contiguous")),
-    ("cov_update_ x on meta", lambda: ops.cov_update_(torch.zeros(3, 3), torch.zeros(2, 3, device="meta"),
-                                                      1.0, 0.0),
-     ("error", RuntimeError, "device")),
-    ("cov_update_ x a list", lambda: ops.cov_update_(torch.zeros(3, 3), [[1.0, 2.0, 3.0]], 1.0, 0.0),
-     ("error", TypeError, "x must be a torch.Tensor")),
-    ("cov_update_ wrong width", lambda: ops.cov_update_(torch.zeros(3, 3), torch.randn(2, 4), 1.0, 0.0),
-     ("error", RuntimeError, "x must be 2-D")),
-    ("batched_eigh NaN factor", lambda: ops.batched_eigh([torch.full((3, 3), float("nan"))]),
-     ("error", RuntimeError, "factor")),
-    ("batched_eigh non-square", lambda: ops.batched_eigh([torch.randn(3, 4)]),
-     ("error", RuntimeError, "square")),
-    ("batched_eigh a tensor, not a list", lambda: ops.batched_eigh(torch.eye(3)),
-     ("error", TypeError, "list of tensors")),
-    ("kl_clip_sum lengths differ", lambda: ops.kl_clip_sum([torch.ones(2)], []),
-     ("error", RuntimeError, "equal length")),
-    ("kl_clip_sum dtypes differ",
-     lambda: ops.kl_clip_sum([torch.ones(2)], [torch.ones(2, dtype=torch.float64)]),
-     ("error", RuntimeError, "dtype")),
-    ("kl_clip_sum shapes differ", lambda: ops.kl_clip_sum([torch.ones(2)], [torch.ones(3)]),
-     ("error", RuntimeError, "shape")),
-    ("eigen_precondition qa of the wrong size",
-     lambda: ops.eigen_precondition([torch.randn(2, 3)], [torch.eye(4)], [torch.ones(3)],
-                                    [torch.eye(2)], [torch.ones(2)], 0.1),
-     ("error", RuntimeError, "qa\\[0\\]")),
+    (
+        "cov_update_ int tensors",
+        lambda: ops.cov_update_(torch.zeros(3, 3, dtype=torch.int32), torch.zeros(2, 3, dtype=torch.int32), 1.0, 0.0),
+        ("error", RuntimeError, "float32 or float64"),
+    ),
+    (
+        "cov_update_ float16 factor",
+        lambda: ops.cov_update_(
+            torch.zeros(3, 3, dtype=torch.float16), torch.zeros(2, 3, dtype=torch.float16), 1.0, 0.0
+        ),
+        ("error", RuntimeError, "float32 or float64"),
+    ),
+    (
+        "cov_update_ non-contiguous factor",
+        lambda: ops.cov_update_(torch.zeros(6, 3)[::2], torch.randn(2, 3), 1.0, 0.0),
+        ("error", RuntimeError, "contiguous"),
+    ),
+    (
+        "cov_update_ x on meta",
+        lambda: ops.cov_update_(torch.zeros(3, 3), torch.zeros(2, 3, device="meta"), 1.0, 0.0),
+        ("error", RuntimeError, "device"),
+    ),
+    (
+        "cov_update_ x a list",
+        lambda: ops.cov_update_(torch.zeros(3, 3), [[1.0, 2.0, 3.0]], 1.0, 0.0),
+        ("error", TypeError, "x must be a torch.Tensor"),
+    ),
+    (
+        "cov_update_ wrong width",
+        lambda: ops.cov_update_(torch.zeros(3, 3), torch.randn(2, 4), 1.0, 0.0),
+        ("error", RuntimeError, "x must be 2-D"),
+    ),
+    (
+        "batched_eigh NaN factor",
+        lambda: ops.batched_eigh([torch.full((3, 3), float("nan"))]),
+        ("error", RuntimeError, "factor"),
+    ),
+    ("batched_eigh non-square", lambda: ops.batched_eigh([torch.randn(3, 4)]), ("error", RuntimeError, "square")),
+    (
+        "batched_eigh a tensor, not a list",
+        lambda: ops.batched_eigh(torch.eye(3)),
+        ("error", TypeError, "list of tensors"),
+    ),
+    (
+        "kl_clip_sum lengths differ",
+        lambda: ops.kl_clip_sum([torch.ones(2)], []),
+        ("error", RuntimeError, "equal length"),
+    ),
+    (
+        "kl_clip_sum dtypes differ",
+        lambda: ops.kl_clip_sum([torch.ones(2)], [torch.ones(2, dtype=torch.float64)]),
+        ("error", RuntimeError, "dtype"),
+    ),
+    (
+        "kl_clip_sum shapes differ",
+        lambda: ops.kl_clip_sum([torch.ones(2)], [torch.ones(3)]),
+        ("error", RuntimeError, "shape"),
+    ),
+    (
+        "eigen_precondition qa of the wrong size",
+        lambda: ops.eigen_precondition(
+            [torch.randn(2, 3)], [torch.eye(4)], [torch.ones(3)], [torch.eye(2)], [torch.ones(2)], 0.1
+        ),
+        ("error", RuntimeError, "qa\\[0\\]"),
+    ),
     ("pack_triu of nothing", lambda: ops.pack_triu([]), ("error", ValueError, "at least one")),
-    ("unpack_triu_ wrong size", lambda: ops.unpack_triu_(torch.zeros(5), [torch.zeros(3, 3)]),
-     ("error", RuntimeError, "6 entries")),
-    ("precondition_grads_ kl_clip=0", lambda: _precondition_grads(0.1, kl_clip=0.0),
-     ("error", ValueError, "kl_clip")),
+    (
+        "unpack_triu_ wrong size",
+        lambda: ops.unpack_triu_(torch.zeros(5), [torch.zeros(3, 3)]),
+        ("error", RuntimeError, "6 entries"),
+    ),
+    ("precondition_grads_ kl_clip=0", lambda: _precondition_grads(0.1, kl_clip=0.0), ("error", ValueError, "kl_clip")),
 ]
 
 
@@ -307,8 +364,9 @@ def _layer():
 
 def _precondition_grads(damping, kl_clip=None):
     w, b = torch.randn(2, 2), torch.randn(2)
-    return ops.precondition_grads_([w], [b], [torch.eye(3)], [torch.ones(3)], [torch.eye(2)],
-                                   [torch.ones(2)], damping, kl_clip)
+    return ops.precondition_grads_(
+        [w], [b], [torch.eye(3)], [torch.ones(3)], [torch.eye(2)], [torch.ones(2)], damping, kl_clip
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -334,6 +392,7 @@ def test_fault_table_counts():
 
 
 # ---------------------------------------------- the results behind the cases ----
+
 
 def test_damping_zero_would_have_made_nan_gradients():
     """Why damping=0 is refused: with a singular factor (batch of 2 < 10 inputs and

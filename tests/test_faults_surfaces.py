@@ -3,6 +3,7 @@ layers frozen or parametrized after construction, AdaptiveDamping, AutoStep and
 their checkpoints. Each case: a clear error naming the argument or cause before
 any state changes, a documented warning, or a correct result (docs/faults.md).
 """
+
 import warnings
 
 import pytest
@@ -36,6 +37,7 @@ def _train(model, p, steps=3, set_to_none=True, after_build=None):
 
 # ------------------------------------------------------------ frozen bias ----
 
+
 @pytest.mark.parametrize("set_to_none", [True, False])
 def test_bias_frozen_after_construction_equals_frozen_before(set_to_none):
     """Weight-only K-FAC from the step the bias is frozen: the same parameters as a
@@ -66,6 +68,18 @@ def test_bias_frozen_mid_training_keeps_the_weight_block_of_the_factor():
     assert p.layers[0].A.shape == (5, 5)
     assert p.layers[0].factor_updates == 3
     assert not torch.equal(p.layers[0].A, a[:-1, :-1])  # and was updated this step
+
+
+def test_bias_removed_after_construction_continues_as_weight_only():
+    """A bias set to None after registration is a bias frozen for good: the layer goes on
+    as weight-only K-FAC (no AttributeError), with the weight block of its factor."""
+    model = _mlp()
+    p = P(model, kl_clip=None, damping=0.1)
+    _train(model, p, steps=1)
+    model[0].bias = None
+    with pytest.warns(UserWarning, match="weight-only K-FAC"):
+        _train(model, p, steps=1)
+    assert p.layers[0].a_dim == 5 and not p.layers[0].has_bias
 
 
 def test_only_layer_with_frozen_bias_is_not_a_step_before_backward_error():
@@ -111,8 +125,10 @@ def test_every_weight_frozen_after_construction_names_them():
 
 # ---------------------------------------------------- parametrized weights ----
 
-@pytest.mark.parametrize("wrap", [parametrizations.weight_norm, parametrizations.spectral_norm,
-                                  torch.nn.utils.weight_norm])
+
+@pytest.mark.parametrize(
+    "wrap", [parametrizations.weight_norm, parametrizations.spectral_norm, torch.nn.utils.weight_norm]
+)
 def test_parametrized_linear_is_named_and_left_out(wrap):
     model = _mlp()
     with warnings.catch_warnings():
@@ -140,20 +156,24 @@ def test_layer_resized_after_construction_is_named():
     model = _mlp()
     p = P(model)
     model[0].weight = nn.Parameter(torch.randn(4, 7))
-    with pytest.raises(RuntimeError, match=r"layer '0' has weight shape \(4, 7\), registered "
-                                           r"with \(4, 5\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"layer '0' has weight shape \(4, 7\), registered "
+        r"with \(4, 5\)",
+    ):
         model(torch.randn(3, 7))
     assert p.steps == 0
 
 
 # ------------------------------------------------------------- AdaptiveDamping ----
 
+
 def _adaptive_setup(interval=1):
     from kfac_ext.adaptive_damping import AdaptiveDamping
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
-    damping = AdaptiveDamping(0.1, interval=interval, curvature_scale=16 ** 2)
+    damping = AdaptiveDamping(0.1, interval=interval, curvature_scale=16**2)
     p = P(model, damping=damping, kl_clip=None, lr=0.1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     return model, damping, p, opt
@@ -208,9 +228,10 @@ def test_adaptive_damping_resume_without_closure_drops_it_with_a_warning():
     assert damping2.updates == updates
 
 
-@pytest.mark.parametrize("result, words", [
-    ("0.5", "str '0.5'"), (None, "NoneType"), ((1.0, 2.0), "tuple"),
-    (torch.ones(3), r"tensor of shape \(3,\)")])
+@pytest.mark.parametrize(
+    "result, words",
+    [("0.5", "str '0.5'"), (None, "NoneType"), ((1.0, 2.0), "tuple"), (torch.ones(3), r"tensor of shape \(3,\)")],
+)
 def test_adaptive_damping_closure_of_the_wrong_kind_changes_nothing(result, words):
     batches = _batches(3)
     model, damping, p, opt = _adaptive_setup()
@@ -233,14 +254,19 @@ def test_adaptive_damping_closure_returning_nan_warns():
     batches = _batches(3)
     model, damping, p, opt = _adaptive_setup()
     with pytest.warns(UserWarning, match="closure's loss is nan"):
-        _adaptive_steps(model, p, opt, batches,
-                        closure_of=lambda x, y: lambda: torch.tensor(float("nan")))
+        _adaptive_steps(model, p, opt, batches, closure_of=lambda x, y: lambda: torch.tensor(float("nan")))
     assert damping.updates == 0
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(initial=True), "initial"), (dict(initial=0.1, interval=True), "interval"),
-    (dict(initial=0.1, decay=True), "decay"), (dict(initial=0.1, max_damping=True), "max_damping")])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(initial=True), "initial"),
+        (dict(initial=0.1, interval=True), "interval"),
+        (dict(initial=0.1, decay=True), "decay"),
+        (dict(initial=0.1, max_damping=True), "max_damping"),
+    ],
+)
 def test_adaptive_damping_booleans_are_not_numbers(kwargs, words):
     from kfac_ext.adaptive_damping import AdaptiveDamping
 
@@ -248,12 +274,16 @@ def test_adaptive_damping_booleans_are_not_numbers(kwargs, words):
         AdaptiveDamping(**kwargs)
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda s: s["adaptive_damping"].update(value=1e9), "max_damping"),
-    (lambda s: s["adaptive_damping"].update(value="x"), "value"),
-    (lambda s: s["adaptive_damping"].update(updates=-1), "updates"),
-    (lambda s: s["adaptive_damping"]["pending"]["grads"].pop(), "pending grads"),
-    (lambda s: s.update(adaptive_damping=[1]), "not an AdaptiveDamping state")])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda s: s["adaptive_damping"].update(value=1e9), "max_damping"),
+        (lambda s: s["adaptive_damping"].update(value="x"), "value"),
+        (lambda s: s["adaptive_damping"].update(updates=-1), "updates"),
+        (lambda s: s["adaptive_damping"]["pending"]["grads"].pop(), "pending grads"),
+        (lambda s: s.update(adaptive_damping=[1]), "not an AdaptiveDamping state"),
+    ],
+)
 def test_load_state_dict_checks_adaptive_damping_before_assigning(edit, words):
     batches = _batches(3)
     model, damping, p, opt = _adaptive_setup()
@@ -278,7 +308,7 @@ def test_closure_with_fixed_damping_warns_once():
 
 def test_loglevel_above_critical_is_refused():
     with pytest.raises(ValueError, match="loglevel"):
-        P(_mlp(), loglevel=10 ** 30)
+        P(_mlp(), loglevel=10**30)
 
 
 def test_huge_g_scale_is_named_in_the_skipped_update_warning():
@@ -291,14 +321,15 @@ def test_huge_g_scale_is_named_in_the_skipped_update_warning():
 
 # -------------------------------------------------------------------- AutoStep ----
 
+
 def _auto_setup(bn=False, interval=2, tuple_out=False):
     from kfac_ext.auto_step import AutoStep
 
     torch.manual_seed(0)
-    layers = [nn.Linear(5, 6)] + ([nn.BatchNorm1d(6)] if bn else []) + [nn.Tanh(),
-                                                                          nn.Linear(6, 3)]
+    layers = [nn.Linear(5, 6)] + ([nn.BatchNorm1d(6)] if bn else []) + [nn.Tanh(), nn.Linear(6, 3)]
     model = nn.Sequential(*layers).double()
     if tuple_out:
+
         class Pair(nn.Module):
             def __init__(self, inner):
                 super().__init__()
@@ -306,6 +337,7 @@ def _auto_setup(bn=False, interval=2, tuple_out=False):
 
             def forward(self, x):
                 return self.inner(x), x
+
         model = Pair(model)
     auto = AutoStep(damping=0.5, weight_decay=1e-3, interval=interval)
     p = P(model, kl_clip=None, damping=0.1, auto_step=auto)
@@ -314,8 +346,10 @@ def _auto_setup(bn=False, interval=2, tuple_out=False):
 
 def _auto_batches(n):
     g = torch.Generator().manual_seed(5)
-    return [(torch.randn(8, 5, generator=g, dtype=torch.float64),
-             torch.randn(8, 3, generator=g, dtype=torch.float64)) for _ in range(n)]
+    return [
+        (torch.randn(8, 5, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64))
+        for _ in range(n)
+    ]
 
 
 def _auto_steps(model, p, opt, batches):
@@ -326,7 +360,7 @@ def _auto_steps(model, p, opt, batches):
         opt.step()
 
 
-@pytest.mark.parametrize("saved_after", [1, 3])   # both right after a measuring step
+@pytest.mark.parametrize("saved_after", [1, 3])  # both right after a measuring step
 def test_auto_step_resume_is_bit_identical(saved_after):
     import copy
 
@@ -363,16 +397,16 @@ def test_auto_step_with_batchnorm_in_training_mode():
     names = [n for n, _ in model.named_parameters()]
     params = [q for _, q in model.named_parameters()]
     dirs = torch.randn(2, sum(q.numel() for q in params), dtype=torch.float64)
-    got, _ = curvature_products(model, names, params, dirs, x,
-                                lambda out: nn.functional.mse_loss(out, y))
-    batch_stats = nn.Sequential(*[nn.BatchNorm1d(6, track_running_stats=False).double()
-                                  if isinstance(m, nn.BatchNorm1d) else m for m in model])
+    got, _ = curvature_products(model, names, params, dirs, x, lambda out: nn.functional.mse_loss(out, y))
+    batch_stats = nn.Sequential(
+        *[nn.BatchNorm1d(6, track_running_stats=False).double() if isinstance(m, nn.BatchNorm1d) else m for m in model]
+    )
     flat = torch.cat([q.detach().reshape(-1) for q in params])
 
     def out_of(vec):
         k, out = 0, {}
         for n, q in zip(names, params):
-            out[n] = vec[k:k + q.numel()].reshape(q.shape)
+            out[n] = vec[k : k + q.numel()].reshape(q.shape)
             k += q.numel()
         return torch.func.functional_call(batch_stats, out, (x,)).reshape(-1)
 
@@ -415,6 +449,7 @@ def test_auto_step_model_returning_a_tuple_is_named_and_gradients_restored():
 
 # ------------------------------------------------------ activation checkpointing ----
 
+
 @pytest.mark.parametrize("use_reentrant", [False, True])
 def test_activation_checkpointing_gives_the_plain_factors_without_a_warning(use_reentrant):
     from torch.utils.checkpoint import checkpoint
@@ -436,8 +471,7 @@ def test_activation_checkpointing_gives_the_plain_factors_without_a_warning(use_
         assert torch.equal(a.grad, b.grad)
 
 
-@pytest.mark.parametrize("kwargs", [dict(inv_lag_steps=1, inv_update_steps=2),
-                                    dict(compute_method="inverse")])
+@pytest.mark.parametrize("kwargs", [dict(inv_lag_steps=1, inv_update_steps=2), dict(compute_method="inverse")])
 def test_bias_frozen_mid_training_with_a_lagged_update_or_inverses(kwargs):
     """A lagged update of the old size lands before the slice; the inverse method
     recomputes the sliced layer's inverse the same way."""

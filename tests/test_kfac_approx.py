@@ -1,5 +1,6 @@
 """kfac_approx='expand' / 'reduce' on sequence inputs [B, T, d] against curvlinops'
 KFACLinearOperator (an independent K-FAC, empirical Fisher, mean loss), float64."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,8 +16,7 @@ class _ToClassesFirst(nn.Module):
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4, bias=False),
-                         _ToClassesFirst()).double()
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4, bias=False), _ToClassesFirst()).double()
 
 
 @pytest.mark.parametrize("approx", ["expand", "reduce"])
@@ -26,9 +26,16 @@ def test_sequence_factors_match_curvlinops(approx):
     x = torch.randn(n, t, 5, dtype=torch.float64)
     y = torch.randint(0, 4, (n, t))
     model = _model()
-    op = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()),
-                                       [(x, y)], fisher_type="empirical", kfac_approx=approx,
-                                       separate_weight_and_bias=False, check_deterministic=False)
+    op = curvlinops.KFACLinearOperator(
+        model,
+        nn.CrossEntropyLoss(),
+        list(model.parameters()),
+        [(x, y)],
+        fisher_type="empirical",
+        kfac_approx=approx,
+        separate_weight_and_bias=False,
+        check_deterministic=False,
+    )
     op.compute_kronecker_factors()
     p = kfac_ext.KFACPreconditioner(model, factor_decay=0.0, kfac_approx=approx)
     model.zero_grad()

@@ -2,17 +2,18 @@
 float64 references built without kfac_ext: each projection recomputed explicitly, its
 input rows and output-gradient rows read off that graph, the factors from their
 definitions and the preconditioned gradient from the dense Kronecker solve."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _kfac_reference import dense_precondition
 from torch import nn
 
 import kfac_ext
 import kfac_ext.layer_types
 import kfac_ext.layers
-from _kfac_reference import dense_precondition
 
 DAMPING = 0.03
 
@@ -31,12 +32,13 @@ def _factors(a_rows, g_rows, bias):
 
 def _loss(out):
     target = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)
-    return 0.5 * ((out - target) ** 2).mean() + (out ** 3).mean() / 3
+    return 0.5 * ((out - target) ** 2).mean() + (out**3).mean() / 3
 
 
 def _precond(model, **kw):
-    return kfac_ext.KFACPreconditioner(model, kl_clip=None, inv_dtype=torch.float64,
-                                       damping=DAMPING, factor_decay=0.0, **kw)
+    return kfac_ext.KFACPreconditioner(
+        model, kl_clip=None, inv_dtype=torch.float64, damping=DAMPING, factor_decay=0.0, **kw
+    )
 
 
 # ------------------------------------------------------------------ Conv1D ----
@@ -153,8 +155,7 @@ def _explicit_mha(mha, query, key, value, attn_mask, key_padding_mask):
         wq, wk, wv = mha.in_proj_weight.detach().chunk(3)
     else:
         wq, wk, wv = (getattr(mha, f"{p}_proj_weight").detach() for p in "qkv")
-    bq, bk, bv = (mha.in_proj_bias.detach().chunk(3) if mha.in_proj_bias is not None
-                  else (0, 0, 0))
+    bq, bk, bv = mha.in_proj_bias.detach().chunk(3) if mha.in_proj_bias is not None else (0, 0, 0)
     proj = {"q": query @ wq.T + bq, "k": key @ wk.T + bk, "v": value @ wv.T + bv}
     for t in proj.values():
         t.requires_grad_(True)  # leaves: .grad is the gradient of that projection's output
@@ -179,16 +180,16 @@ MHA_CASES = {
     "self,batch_first": dict(cross=False, batch_first=True, kdim=None, masks=False, bias=True),
     "self,seq_first,masks": dict(cross=False, batch_first=False, kdim=None, masks=True, bias=True),
     "cross,packed,masks": dict(cross=True, batch_first=True, kdim=None, masks=True, bias=True),
-    "cross,separate_qkv,no_bias": dict(cross=True, batch_first=False, kdim=5, masks=False,
-                                       bias=False),
+    "cross,separate_qkv,no_bias": dict(cross=True, batch_first=False, kdim=5, masks=False, bias=False),
 }
 
 
 def _mha_run(case, with_preconditioner, method="eigen"):
     torch.manual_seed(3)
     e, b, t, s = 6, 3, 5, 4
-    mha = nn.MultiheadAttention(e, 2, bias=case["bias"], batch_first=case["batch_first"],
-                                kdim=case["kdim"], vdim=case["kdim"]).double()
+    mha = nn.MultiheadAttention(
+        e, 2, bias=case["bias"], batch_first=case["batch_first"], kdim=case["kdim"], vdim=case["kdim"]
+    ).double()
     query = torch.randn(b, t, e, dtype=torch.float64)
     kv_dim = case["kdim"] or e
     key = torch.randn(b, s, kv_dim, dtype=torch.float64) if case["cross"] else query
@@ -199,8 +200,7 @@ def _mha_run(case, with_preconditioner, method="eigen"):
         kpm = torch.zeros(b, key.shape[1], dtype=torch.bool)
         kpm[1, -1] = True
     p = _precond(mha, compute_method=method) if with_preconditioner else None
-    args = (query, key, key) if case["batch_first"] else \
-        tuple(x.transpose(0, 1) for x in (query, key, key))
+    args = (query, key, key) if case["batch_first"] else tuple(x.transpose(0, 1) for x in (query, key, key))
     out, _ = mha(*args, attn_mask=attn_mask, key_padding_mask=kpm, need_weights=False)
     _loss(out if case["batch_first"] else out.transpose(0, 1)).backward()
     return mha, p, out, (query, key, attn_mask, kpm)
@@ -229,8 +229,9 @@ def test_multihead_attention_matches_the_dense_solve(case, method):
         if method == "eigen":
             want = dense_precondition(a, g, gamma, DAMPING)
         else:
-            want = torch.linalg.solve(g + DAMPING * eye(g.shape[0]), gamma) @ \
-                torch.linalg.inv(a + DAMPING * eye(a.shape[0]))
+            want = torch.linalg.solve(g + DAMPING * eye(g.shape[0]), gamma) @ torch.linalg.inv(
+                a + DAMPING * eye(a.shape[0])
+            )
         assert _rel(layer.grad_matrix(torch.float64), want) < 1e-8, layer.name
 
 
@@ -257,10 +258,10 @@ def test_multihead_attention_restores_f_linear_after_an_exception():
 
 def test_transformer_encoder_has_every_weight_preconditioned():
     torch.manual_seed(4)
-    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0,
-                                                           batch_first=True), 2)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2)
     p = kfac_ext.KFACPreconditioner(enc, damping=0.1)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "hooks never fired"
         for _ in range(2):
@@ -325,6 +326,7 @@ def test_adaptive_damping_reads_transposed_and_diagonal_layers():
     """AdaptiveDamping's quadratic model takes each layer's parameters in its Γ layout and
     a diagonal A as a vector: with an Embedding and a Conv1D it runs and moves λ."""
     from kfac_ext.adaptive_damping import AdaptiveDamping
+
     torch.manual_seed(7)
     model = nn.Sequential(nn.Embedding(9, 4), Conv1D(3, 4)).double()
     damping = AdaptiveDamping(initial=1.0, interval=1)
@@ -334,6 +336,7 @@ def test_adaptive_damping_reads_transposed_and_diagonal_layers():
 
     def closure():
         return model(idx).pow(2).mean()
+
     for _ in range(3):
         opt.zero_grad()
         closure().backward()

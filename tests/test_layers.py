@@ -1,4 +1,5 @@
 """Layer registration and capture of KFACPreconditioner (kfac_ext.layers)."""
+
 import os
 import tempfile
 
@@ -13,8 +14,9 @@ import kfac_ext
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True),
-                                      nn.Conv2d(4, 4, 3, groups=2, padding=1))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, groups=2, padding=1)
+        )
         self.head = nn.Linear(4 * 5 * 5, 6)
         self.classifier = nn.Linear(6, 2)
 
@@ -28,18 +30,20 @@ def _names(p):
 
 def test_registers_supported_layers_one_per_conv_group():
     p = kfac_ext.KFACPreconditioner(_Net())
-    assert _names(p) == ["features.0", "features.2[group 0]", "features.2[group 1]", "head",
-                         "classifier"]
+    assert _names(p) == ["features.0", "features.2[group 0]", "features.2[group 1]", "head", "classifier"]
     dims = [(l.a_dim, l.g_dim) for l in p.layers]
     assert dims == [(3 * 9 + 1, 4), (2 * 9 + 1, 2), (2 * 9 + 1, 2), (4 * 25 + 1, 6), (7, 2)]
 
 
-@pytest.mark.parametrize("skip, expected", [
-    ("classifier|features.2", ["features.0", "head"]),
-    (["^head$", "CLASSIFIER", r"features\.2"], ["features.0"]),
-    ("conv2d", ["head", "classifier"]),       # class name, case-insensitive
-    ("linear|features.2", ["features.0"]),
-])
+@pytest.mark.parametrize(
+    "skip, expected",
+    [
+        ("classifier|features.2", ["features.0", "head"]),
+        (["^head$", "CLASSIFIER", r"features\.2"], ["features.0"]),
+        ("conv2d", ["head", "classifier"]),  # class name, case-insensitive
+        ("linear|features.2", ["features.0"]),
+    ],
+)
 def test_skip_layers_by_name_or_class(skip, expected, recwarn):
     p = kfac_ext.KFACPreconditioner(_Net(), skip_layers=skip)
     assert _names(p) == expected
@@ -73,8 +77,7 @@ def test_frozen_weight_skipped_frozen_bias_dropped_from_factor():
 
 def test_inplace_relu_after_conv_and_hooks_only_on_capture_steps():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(),
-                          nn.Linear(3 * 4 * 4, 2))
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
     p = kfac_ext.KFACPreconditioner(model, factor_update_steps=2)
     for step in range(3):
         model.zero_grad()
@@ -108,8 +111,7 @@ def test_repr_and_memory_usage():
 
 def test_ddp_wrapped_model_registers_inner_names():
     with tempfile.TemporaryDirectory() as tmp:
-        dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'init')}",
-                                rank=0, world_size=1)
+        dist.init_process_group("gloo", init_method=f"file://{os.path.join(tmp, 'init')}", rank=0, world_size=1)
         try:
             inner = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
             ddp = nn.parallel.DistributedDataParallel(inner)
@@ -118,8 +120,7 @@ def test_ddp_wrapped_model_registers_inner_names():
             ddp(torch.randn(5, 4)).sum().backward()
             p.step()
             assert all(l.factor_updates == 1 for l in p.layers)
-            plain = kfac_ext.KFACPreconditioner(nn.Sequential(nn.Linear(4, 3), nn.ReLU(),
-                                                              nn.Linear(3, 2)))
+            plain = kfac_ext.KFACPreconditioner(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
             plain.load_state_dict(p.state_dict())  # same names: checkpoints interchange
         finally:
             dist.destroy_process_group()

@@ -1,4 +1,5 @@
 """K-FAC work assignment: the exact makespan solver on identical workers."""
+
 import random
 
 import pytest
@@ -73,12 +74,15 @@ def test_empty_and_zero_costs():
     assert res.makespan == 0.0 and res.optimal
 
 
-@pytest.mark.parametrize("costs, n_workers, match", [
-    ([1.0, -2.0], 2, r"costs\[1\]"),
-    ([1.0, float("nan")], 2, r"costs\[1\]"),
-    ([1.0], 0, "n_workers"),
-    ([1.0], 2.5, "n_workers"),
-])
+@pytest.mark.parametrize(
+    "costs, n_workers, match",
+    [
+        ([1.0, -2.0], 2, r"costs\[1\]"),
+        ([1.0, float("nan")], 2, r"costs\[1\]"),
+        ([1.0], 0, "n_workers"),
+        ([1.0], 2.5, "n_workers"),
+    ],
+)
 def test_bad_input(costs, n_workers, match):
     with pytest.raises(ValueError, match=match):
         optimal_makespan_assignment(costs, n_workers)

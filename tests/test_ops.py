@@ -6,12 +6,13 @@ float32 torch composition itself makes against the float64 reference (both
 errors measured here), plus a tiny floor for results that are exact.
 conv2d_act_factor has its own file (tests/test_conv_act_factor.py).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from _tensors import CUDA, DEVICES, eigen_layers, randn, rel_err, spd, sym
+
 from kfac_ext import ops
 from kfac_ext import reference as ref
 
@@ -20,6 +21,7 @@ SIZES = [1, 7, 64, 129, 513]
 
 
 # ------------------------------------------------------------ helpers ----
+
 
 def assert_accurate(ours, exact64, theirs32=None, what=""):
     """float64: <= 1e-10; float32: <= 2x the error of the float32 torch composition."""
@@ -79,8 +81,7 @@ def test_cov_update_accepts_strided_x(device):
 # (gathered rows) and large C with long L (one triangle per sample). (37, 19, 70)
 # spans two sample groups of the vectorised kernel with partial channel blocks
 # and a partial last vector of positions.
-CHANNEL_CASES = [(3, 1, 5), (5, 7, 33), (4, 64, 9), (37, 19, 70), (2, 129, 5), (3, 129, 70),
-                 (2, 513, 65)]
+CHANNEL_CASES = [(3, 1, 5), (5, 7, 33), (4, 64, 9), (37, 19, 70), (2, 129, 5), (3, 129, 70), (2, 513, 65)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -125,8 +126,7 @@ def test_channel_cov_update_beta_zero_ignores_old_factor(device, dtype):
 def test_channel_cov_update_empty_batch_scales_only(device):
     factor = sym(6, seed=1, device=device)
     expected = factor * 0.5
-    ops.channel_cov_update_(factor, torch.empty(0, 6, 4, dtype=torch.float64, device=device),
-                            1.0, 0.5)
+    ops.channel_cov_update_(factor, torch.empty(0, 6, 4, dtype=torch.float64, device=device), 1.0, 0.5)
     assert torch.equal(factor, expected)
 
 
@@ -217,8 +217,7 @@ LAYER_SHAPES = [(7, 5), (16, 28), (7, 5), (1, 1), (64, 129), (7, 5), (16, 28)]
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shapes", [LAYER_SHAPES, [(513, 65)], [(64, 513)]],
-                         ids=["mixed", "513x65", "64x513"])
+@pytest.mark.parametrize("shapes", [LAYER_SHAPES, [(513, 65)], [(64, 513)]], ids=["mixed", "513x65", "64x513"])
 def test_eigen_precondition_matches_reference(device, dtype, shapes):
     layers = eigen_layers(shapes, dtype, device)
     layers64 = [[t.double().cpu() for t in lst] for lst in layers]
@@ -236,6 +235,7 @@ def test_eigen_precondition_empty_list():
 
 
 # ---------------------------------------------- pack_triu / unpack_triu_ ----
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -262,6 +262,7 @@ def test_pack_unpack_strided_matrices(device):
 
 # ---------------------------------------------------------- kl_clip_sum ----
 
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_kl_clip_sum_matches_reference(device, dtype):
@@ -286,14 +287,14 @@ def test_kl_clip_sum_empty_and_strided():
 
 # -------------------------------------------------------------- opcheck ----
 
+
 def _opcheck_cases(device):
     x = randn(9, 5, seed=1, device=device)
     layers = eigen_layers([(3, 4), (3, 4), (2, 5)], torch.float64, device)
     mats = [sym(n, seed=n, device=device) for n in (1, 4, 6)]
     return {
         "cov_update_": (sym(6, seed=2, device=device), x, 0.5, 0.9, True),
-        "channel_cov_update_": (sym(4, seed=3, device=device),
-                                randn(2, 4, 7, seed=4, device=device), 0.5, 0.9),
+        "channel_cov_update_": (sym(4, seed=3, device=device), randn(2, 4, 7, seed=4, device=device), 0.5, 0.9),
         "batched_eigh": ([spd(n, seed=n, device=device) for n in (3, 5, 3)], True),
         "eigen_precondition": (*layers, 0.1),
         "pack_triu": (mats,),
@@ -312,6 +313,7 @@ def test_opcheck(device, name):
 # -------------------------------------------------------------- bad input ----
 # Each case: (callable, message regex, tensors that must be left untouched).
 
+
 def _bad_calls():
     f = sym(5, seed=1)
     x = randn(4, 5, seed=2)
@@ -319,7 +321,12 @@ def _bad_calls():
     mats = [sym(3, seed=3), sym(4, seed=4)]
     packed = ref.pack_triu(mats)
     yield "cov rank", lambda: ops.cov_update_(f, x[0], 1, 1), r"x must be 2-D", [f]
-    yield "cov d", lambda: ops.cov_update_(f, randn(4, 6, seed=0), 1, 1), r"x must be 2-D \(rows, d\) with d == factor.size\(0\)", [f]
+    yield (
+        "cov d",
+        lambda: ops.cov_update_(f, randn(4, 6, seed=0), 1, 1),
+        r"x must be 2-D \(rows, d\) with d == factor.size\(0\)",
+        [f],
+    )
     yield "cov ones d", lambda: ops.cov_update_(f, x, 1, 1, True), r"factor.size\(0\) - 1", [f]
     yield "cov factor", lambda: ops.cov_update_(randn(5, 4, seed=0), x, 1, 1), r"factor must be a square", []
     yield "cov int", lambda: ops.cov_update_(f, x.long(), 1, 1), r"x must be float32 or float64", [f]
@@ -333,18 +340,43 @@ def _bad_calls():
     yield "eigh int", lambda: ops.batched_eigh([f.long()]), r"factors\[0\] must be float32 or float64", []
     yield "eigh list", lambda: ops.batched_eigh(f), r"factors must be a list of tensors", []
     g, qa, da, qg, dg = layers
-    yield "prec qa", lambda: ops.eigen_precondition(g, qg, da, qg, dg, 0.1), r"qa\[0\] must be \(in, in\) == \(4, 4\)", []
+    yield (
+        "prec qa",
+        lambda: ops.eigen_precondition(g, qg, da, qg, dg, 0.1),
+        r"qa\[0\] must be \(in, in\) == \(4, 4\)",
+        [],
+    )
     yield "prec dg", lambda: ops.eigen_precondition(g, qa, da, qg, da, 0.1), r"dg\[0\] must be \(out,\) == \(3,\)", []
     yield "prec len", lambda: ops.eigen_precondition(g, qa, da, qg, [], 0.1), r"equal length", []
-    yield "prec dtype", lambda: ops.eigen_precondition(g, [qa[0].float()], da, qg, dg, 0.1), r"qa\[0\] must have the dtype of grads\[0\]", []
-    yield "prec rank", lambda: ops.eigen_precondition([g[0][0]], qa, da, qg, dg, 0.1), r"grads\[0\] must be 2-D \(out, in\)", []
+    yield (
+        "prec dtype",
+        lambda: ops.eigen_precondition(g, [qa[0].float()], da, qg, dg, 0.1),
+        r"qa\[0\] must have the dtype of grads\[0\]",
+        [],
+    )
+    yield (
+        "prec rank",
+        lambda: ops.eigen_precondition([g[0][0]], qa, da, qg, dg, 0.1),
+        r"grads\[0\] must be 2-D \(out, in\)",
+        [],
+    )
     yield "pack square", lambda: ops.pack_triu([f, x]), r"mats\[1\] must be a square", []
     yield "pack mixed", lambda: ops.pack_triu([f, f.float()]), r"mats\[1\] must have the dtype of mats\[0\]", []
     yield "pack empty", lambda: ops.pack_triu([]), r"at least one matrix", []
     yield "unpack size", lambda: ops.unpack_triu_(packed[:-1], mats), r"packed must be 1-D with .* 16 entries", mats
-    yield "unpack dtype", lambda: ops.unpack_triu_(packed.float(), mats), r"packed must have the dtype of mats\[0\]", mats
+    yield (
+        "unpack dtype",
+        lambda: ops.unpack_triu_(packed.float(), mats),
+        r"packed must have the dtype of mats\[0\]",
+        mats,
+    )
     yield "unpack late", lambda: ops.unpack_triu_(packed, mats + [x]), r"mats\[2\] must be a square", mats
-    yield "unpack overlap", lambda: ops.unpack_triu_(ref.pack_triu([mats[0]]), [torch.zeros(1, 1, dtype=torch.float64).expand(3, 3)]), r"mats\[0\] must not have overlapping memory", []
+    yield (
+        "unpack overlap",
+        lambda: ops.unpack_triu_(ref.pack_triu([mats[0]]), [torch.zeros(1, 1, dtype=torch.float64).expand(3, 3)]),
+        r"mats\[0\] must not have overlapping memory",
+        [],
+    )
     yield "kl shape", lambda: ops.kl_clip_sum([f], [x]), r"grads\[0\] must have the shape of precond\[0\]", []
     yield "kl len", lambda: ops.kl_clip_sum([f], []), r"equal length", []
     yield "kl int", lambda: ops.kl_clip_sum([f.long()], [f.long()]), r"precond\[0\] must be float32 or float64", []

@@ -1,5 +1,6 @@
 """The package's import structure: no circle, and the placement engine and the
 K-FAC core stand apart (read from the source with ``ast``, nothing imported)."""
+
 import ast
 import pathlib
 
@@ -66,7 +67,7 @@ def test_no_import_circle():
 
     def visit(m):
         if m in on_path:
-            pytest.fail("import circle: " + " -> ".join(on_path[on_path.index(m):] + [m]))
+            pytest.fail("import circle: " + " -> ".join(on_path[on_path.index(m) :] + [m]))
         if m in done:
             return
         on_path.append(m)
@@ -81,8 +82,7 @@ def test_no_import_circle():
 
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if _is_placement(m)))
 def test_placement_imports_nothing_of_the_kfac_core(name):
-    outside = {m for m in _imports(name, MODULES[name])
-               if not _is_placement(m)}
+    outside = {m for m in _imports(name, MODULES[name]) if not _is_placement(m)}
     assert not outside, f"{name} imports {sorted(outside)}"
 
 

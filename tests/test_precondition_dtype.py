@@ -1,6 +1,7 @@
 """KFACPreconditioner(precondition_dtype=...): the preconditioning GEMMs in float32
 (default, the fused op), TF32 (the same op, TF32 allowed: a GPU matter) or bfloat16
 (kfac_ext.precision), against the float64 reference of ops.precondition_grads_."""
+
 import pytest
 import torch
 from torch import nn
@@ -12,9 +13,15 @@ from kfac_ext import reference as ref
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.ReLU(),
-                         nn.Conv2d(6, 5, 3, bias=False), nn.Flatten(),
-                         nn.Linear(5 * 3 * 3, 7), nn.Tanh(), nn.Linear(7, 3))
+    return nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, bias=False),
+        nn.Flatten(),
+        nn.Linear(5 * 3 * 3, 7),
+        nn.Tanh(),
+        nn.Linear(7, 3),
+    )
 
 
 def _grads_after(dtype, steps=4):
@@ -23,8 +30,9 @@ def _grads_after(dtype, steps=4):
     for s in range(steps):
         g = torch.Generator().manual_seed(s)
         model.zero_grad()
-        nn.functional.cross_entropy(model(torch.randn(9, 4, 5, 5, generator=g)),
-                                    torch.randint(0, 3, (9,), generator=g)).backward()
+        nn.functional.cross_entropy(
+            model(torch.randn(9, 4, 5, 5, generator=g)), torch.randint(0, 3, (9,), generator=g)
+        ).backward()
         pre.step()
     return [p.grad.clone() for p in model.parameters()]
 
@@ -46,8 +54,11 @@ def test_bf16_precondition_grads_matches_the_float64_reference(kl_clip):
     shapes = [(5, 3, 3, 3, True), (6, 11, 1, 1, False), (4, 17, 1, 1, True)]
     weights, biases, qa, da, qg, dg = [], [], [], [], [], []
     for out, c, kh, kw, bias in shapes:
-        weights.append(torch.randn(out, c, kh, kw, generator=g).squeeze(-1).squeeze(-1)
-                       if kh == 1 else torch.randn(out, c, kh, kw, generator=g))
+        weights.append(
+            torch.randn(out, c, kh, kw, generator=g).squeeze(-1).squeeze(-1)
+            if kh == 1
+            else torch.randn(out, c, kh, kw, generator=g)
+        )
         n_in = c * kh * kw + bias
         if bias:
             biases.append(torch.randn(out, generator=g))
@@ -57,9 +68,13 @@ def test_bf16_precondition_grads_matches_the_float64_reference(kl_clip):
             qs.append(q)
             ds.append(d.clamp(min=0))
     want_w, want_b, _ = ref.precondition_grads(
-        [w.double() for w in weights], [b.double() for b in biases],
-        *[[t.double() for t in ts] for ts in (qa, da, qg, dg)], 0.01,
-        kl_clip, 0.5)
+        [w.double() for w in weights],
+        [b.double() for b in biases],
+        *[[t.double() for t in ts] for ts in (qa, da, qg, dg)],
+        0.01,
+        kl_clip,
+        0.5,
+    )
     ws, bs = [w.clone() for w in weights], [b.clone() for b in biases]
     precision.precondition_grads_(torch.bfloat16, ws, bs, qa, da, qg, dg, 0.01, kl_clip, 0.5)
     assert precision.relative_error(ws + bs, want_w + want_b) < 3e-2
@@ -74,5 +89,4 @@ def test_bad_precondition_dtype_is_a_clear_error(bad):
 
 def test_precondition_dtype_needs_the_eigen_method():
     with pytest.raises(ValueError, match="precondition_dtype applies to compute_method='eigen'"):
-        kfac_ext.KFACPreconditioner(_model(), compute_method="inverse",
-                                    precondition_dtype=torch.bfloat16)
+        kfac_ext.KFACPreconditioner(_model(), compute_method="inverse", precondition_dtype=torch.bfloat16)

@@ -4,15 +4,16 @@ kfac_ext.reference, and the preconditioner's two paths (fused, and the
 per-layer Python path kept for distributed strategies that send preconditioned
 gradients) against each other.
 """
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from _tensors import CUDA, DEVICES, randn, spd
 from torch import nn
 
-from _tensors import CUDA, DEVICES, randn, spd
 from kfac_ext import KFACPreconditioner, ops
 from kfac_ext import reference as ref
 from kfac_ext.comm import LocalComm
@@ -21,8 +22,7 @@ DTYPES = [torch.float32, torch.float64]
 
 # (weight shape, has bias): a 4-D conv weight, Linear weights, a single output
 # row, and a layer without bias between layers with one.
-LAYERS = [((16, 3, 3, 3), True), ((7, 5), False), ((1, 9), True), ((33, 4, 1, 2), False),
-          ((10, 65), True)]
+LAYERS = [((16, 3, 3, 3), True), ((7, 5), False), ((1, 9), True), ((33, 4, 1, 2), False), ((10, 65), True)]
 
 
 def _eigh_of_spd(n, seed, dtype, device):
@@ -38,9 +38,11 @@ def _case(dtype, device, layers=LAYERS, seed=0):
             biases.append(randn(shape[0], seed=seed + 10 * i + 1, dtype=dtype, device=device))
         n_in = weights[-1][0].numel() + int(bias)
         d, q = _eigh_of_spd(n_in, seed + 10 * i + 2, dtype, device)
-        da.append(d); qa.append(q)
+        da.append(d)
+        qa.append(q)
         d, q = _eigh_of_spd(shape[0], seed + 10 * i + 3, dtype, device)
-        dg.append(d); qg.append(q)
+        dg.append(d)
+        qg.append(q)
     return weights, biases, qa, da, qg, dg
 
 
@@ -50,18 +52,19 @@ def _to64(tensors):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kl_clip,kl_factor", [(None, 1.0), (1e-3, 0.25), (1e9, 0.25)],
-                         ids=["no-clip", "clip-active", "clip-inactive"])
+@pytest.mark.parametrize(
+    "kl_clip,kl_factor", [(None, 1.0), (1e-3, 0.25), (1e9, 0.25)], ids=["no-clip", "clip-active", "clip-inactive"]
+)
 def test_matches_reference(device, dtype, kl_clip, kl_factor):
     weights, biases, qa, da, qg, dg = _case(dtype, device)
     exact_w, exact_b, exact_nu = ref.precondition_grads(
-        _to64(weights), _to64(biases), _to64(qa), _to64(da), _to64(qg), _to64(dg), 0.01,
-        kl_clip, kl_factor)
-    theirs_w, theirs_b, _ = ref.precondition_grads(weights, biases, qa, da, qg, dg, 0.01,
-                                                   kl_clip, kl_factor)
+        _to64(weights), _to64(biases), _to64(qa), _to64(da), _to64(qg), _to64(dg), 0.01, kl_clip, kl_factor
+    )
+    theirs_w, theirs_b, _ = ref.precondition_grads(weights, biases, qa, da, qg, dg, 0.01, kl_clip, kl_factor)
     nu = ops.precondition_grads_(weights, biases, qa, da, qg, dg, 0.01, kl_clip, kl_factor)
-    _check_against_reference(weights + biases, nu, (exact_w + exact_b, exact_nu),
-                             theirs_w + theirs_b, kl_clip, dtype, device)
+    _check_against_reference(
+        weights + biases, nu, (exact_w + exact_b, exact_nu), theirs_w + theirs_b, kl_clip, dtype, device
+    )
 
 
 def _check_against_reference(ours, nu, exact, theirs, kl_clip, dtype, device):
@@ -91,8 +94,7 @@ def test_writes_through_views_and_leaves_other_rows_alone(device):
     before_w, before_b = weight.clone(), bias.clone()
     _, _, qa, da, qg, dg = _case(torch.float64, device, [((4, 3, 3, 3), True)])
     w_view, b_view = weight[4:8], bias[4:8]
-    exact_w, exact_b, _ = ref.precondition_grads([w_view.clone()], [b_view.clone()], qa, da, qg,
-                                                 dg, 0.1)
+    exact_w, exact_b, _ = ref.precondition_grads([w_view.clone()], [b_view.clone()], qa, da, qg, dg, 0.1)
     ops.precondition_grads_([w_view], [b_view], qa, da, qg, dg, 0.1)
     assert torch.allclose(weight[4:8], exact_w[0], rtol=0, atol=1e-12)
     assert torch.allclose(bias[4:8], exact_b[0], rtol=0, atol=1e-12)
@@ -121,8 +123,7 @@ def test_zero_and_non_finite_kl_sums_leave_the_step_unscaled(device):
     assert float(ops.precondition_grads_(zero_w, zero_b, qa, da, qg, dg, 0.1, 1e-3)) == 1.0
     inf_w = [weights[0].clone()]
     inf_w[0][0, 0] = float("inf")
-    assert float(ops.precondition_grads_(inf_w, [biases[0].clone()], qa, da, qg, dg, 0.1,
-                                         1e-3)) == 1.0
+    assert float(ops.precondition_grads_(inf_w, [biases[0].clone()], qa, da, qg, dg, 0.1, 1e-3)) == 1.0
 
 
 @CUDA
@@ -137,14 +138,17 @@ def test_no_host_synchronisation_on_cuda():
         torch.cuda.set_sync_debug_mode("default")
 
 
-@pytest.mark.parametrize("breakage,message", [
-    ("extra bias", r"bias_grads holds 4 tensors but only 3 layers have a bias row"),
-    ("missing bias", r"qa\[4\] has a bias row but bias_grads holds only 2 tensors"),
-    ("bias size", r"bias_grads\[1\] must have 1 elements"),
-    ("rows", r"weight_grads\[1\] must have qg\[1\].size\(0\) rows"),
-    ("qa size", r"qa\[3\] must be \(in, in\) or \(in \+ 1, in \+ 1\)"),
-    ("list length", r"one entry per layer"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("extra bias", r"bias_grads holds 4 tensors but only 3 layers have a bias row"),
+        ("missing bias", r"qa\[4\] has a bias row but bias_grads holds only 2 tensors"),
+        ("bias size", r"bias_grads\[1\] must have 1 elements"),
+        ("rows", r"weight_grads\[1\] must have qg\[1\].size\(0\) rows"),
+        ("qa size", r"qa\[3\] must be \(in, in\) or \(in \+ 1, in \+ 1\)"),
+        ("list length", r"one entry per layer"),
+    ],
+)
 def test_bad_input_names_the_argument_and_writes_nothing(breakage, message):
     weights, biases, qa, da, qg, dg = _case(torch.float64, "cpu")
     if breakage == "extra bias":
@@ -175,11 +179,13 @@ def test_kl_clip_must_be_positive_or_none():
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     weights, biases, qa, da, qg, dg = _case(torch.float64, device, LAYERS[:3])
-    torch.library.opcheck(torch.ops.kfac_ext.precondition_grads_.default,
-                          (weights, biases, qa, da, qg, dg, 0.1, 1e-3, 0.5))
+    torch.library.opcheck(
+        torch.ops.kfac_ext.precondition_grads_.default, (weights, biases, qa, da, qg, dg, 0.1, 1e-3, 0.5)
+    )
 
 
 # ------------------------------------------- the preconditioner's two paths ----
+
 
 class _PythonPathComm(LocalComm):
     """One process, but as if preconditioned gradients had to be sent: the
@@ -191,9 +197,13 @@ class _PythonPathComm(LocalComm):
 
 
 def _net():
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(6, 8, 3, groups=2, bias=False), nn.Flatten(),
-                         nn.Linear(8 * 4 * 4, 5)).double()
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 8, 3, groups=2, bias=False),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5),
+    ).double()
 
 
 @pytest.mark.parametrize("method", ["eigen", "inverse"])
@@ -203,10 +213,10 @@ def test_fused_path_equals_the_per_layer_path(kl_clip, method):
     model = _net()
     twin = copy.deepcopy(model)
     x, y = torch.randn(4, 3, 6, 6, dtype=torch.float64), torch.randint(0, 5, (4,))
-    fused = KFACPreconditioner(model, damping=0.01, kl_clip=kl_clip, lr=0.1,
-                               compute_method=method)
-    per_layer = KFACPreconditioner(twin, damping=0.01, kl_clip=kl_clip, lr=0.1,
-                                   comm=_PythonPathComm(), compute_method=method)
+    fused = KFACPreconditioner(model, damping=0.01, kl_clip=kl_clip, lr=0.1, compute_method=method)
+    per_layer = KFACPreconditioner(
+        twin, damping=0.01, kl_clip=kl_clip, lr=0.1, comm=_PythonPathComm(), compute_method=method
+    )
     for _ in range(3):
         for m, pre in ((model, fused), (twin, per_layer)):
             m.zero_grad(set_to_none=True)
@@ -225,8 +235,9 @@ def test_plain_step_does_not_wait_for_the_gpu(comm, method):
     torch.manual_seed(0)
     model = _net().float().cuda()
     x, y = torch.randn(4, 3, 6, 6, device="cuda"), torch.randint(0, 5, (4,), device="cuda")
-    pre = KFACPreconditioner(model, factor_update_steps=1000, inv_update_steps=1000,
-                             kl_clip=1e-6, lr=0.1, comm=comm, compute_method=method)
+    pre = KFACPreconditioner(
+        model, factor_update_steps=1000, inv_update_steps=1000, kl_clip=1e-6, lr=0.1, comm=comm, compute_method=method
+    )
     for _ in range(2):  # step 0 captures and decomposes (syncs); step 1 is a plain step
         model.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
@@ -241,6 +252,7 @@ def test_plain_step_does_not_wait_for_the_gpu(comm, method):
 
 # ------------------------------------------------ the inverse method's op ----
 
+
 def _inverse_case(dtype, device, layers=LAYERS, seed=0, damping=0.05):
     """Gradients and the damped factor inverses (A + λI)⁻¹, (G + λI)⁻¹ of random SPD factors."""
     weights, biases, qa, da, qg, dg = _case(dtype, device, layers, seed)
@@ -249,23 +261,29 @@ def _inverse_case(dtype, device, layers=LAYERS, seed=0, damping=0.05):
         d, q = d.double().cpu(), q.double().cpu()
         return (q @ torch.diag(1.0 / (d + damping)) @ q.T).to(device, dtype)
 
-    return (weights, biases, [damped_inverse(d, q) for d, q in zip(da, qa)],
-            [damped_inverse(d, q) for d, q in zip(dg, qg)])
+    return (
+        weights,
+        biases,
+        [damped_inverse(d, q) for d, q in zip(da, qa)],
+        [damped_inverse(d, q) for d, q in zip(dg, qg)],
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kl_clip,kl_factor", [(None, 1.0), (1e-3, 0.25), (1e9, 0.25)],
-                         ids=["no-clip", "clip-active", "clip-inactive"])
+@pytest.mark.parametrize(
+    "kl_clip,kl_factor", [(None, 1.0), (1e-3, 0.25), (1e9, 0.25)], ids=["no-clip", "clip-active", "clip-inactive"]
+)
 def test_inverse_matches_reference(device, dtype, kl_clip, kl_factor):
     weights, biases, a_inv, g_inv = _inverse_case(dtype, device)
     exact_w, exact_b, exact_nu = ref.precondition_grads_inverse(
-        _to64(weights), _to64(biases), _to64(a_inv), _to64(g_inv), kl_clip, kl_factor)
-    theirs_w, theirs_b, _ = ref.precondition_grads_inverse(weights, biases, a_inv, g_inv,
-                                                           kl_clip, kl_factor)
+        _to64(weights), _to64(biases), _to64(a_inv), _to64(g_inv), kl_clip, kl_factor
+    )
+    theirs_w, theirs_b, _ = ref.precondition_grads_inverse(weights, biases, a_inv, g_inv, kl_clip, kl_factor)
     nu = ops.precondition_grads_inverse_(weights, biases, a_inv, g_inv, kl_clip, kl_factor)
-    _check_against_reference(weights + biases, nu, (exact_w + exact_b, exact_nu),
-                             theirs_w + theirs_b, kl_clip, dtype, device)
+    _check_against_reference(
+        weights + biases, nu, (exact_w + exact_b, exact_nu), theirs_w + theirs_b, kl_clip, dtype, device
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -275,8 +293,7 @@ def test_inverse_writes_through_views_and_leaves_other_rows_alone(device):
     before_w, before_b = weight.clone(), bias.clone()
     _, _, a_inv, g_inv = _inverse_case(torch.float64, device, [((4, 3, 3, 3), True)])
     w_view, b_view = weight[4:8], bias[4:8]
-    exact_w, exact_b, _ = ref.precondition_grads_inverse([w_view.clone()], [b_view.clone()],
-                                                         a_inv, g_inv)
+    exact_w, exact_b, _ = ref.precondition_grads_inverse([w_view.clone()], [b_view.clone()], a_inv, g_inv)
     ops.precondition_grads_inverse_([w_view], [b_view], a_inv, g_inv)
     assert torch.allclose(weight[4:8], exact_w[0], rtol=0, atol=1e-12)
     assert torch.allclose(bias[4:8], exact_b[0], rtol=0, atol=1e-12)
@@ -288,14 +305,17 @@ def test_inverse_empty_lists():
     assert float(ops.precondition_grads_inverse_([], [], [], [])) == 1.0
 
 
-@pytest.mark.parametrize("breakage,message", [
-    ("list length", r"weight_grads, a_inv, g_inv must be lists of equal length"),
-    ("a_inv size", r"a_inv\[3\] must be \(in, in\) or \(in \+ 1, in \+ 1\)"),
-    ("g_inv rows", r"weight_grads\[1\] must have g_inv\[1\].size\(0\) rows"),
-    ("g_inv not square", r"g_inv\[2\] must be a square 2-D matrix"),
-    ("dtypes", r"g_inv\[0\] must have the dtype of a_inv\[0\]"),
-    ("missing bias", r"a_inv\[4\] has a bias row but bias_grads holds only 2 tensors"),
-])
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("list length", r"weight_grads, a_inv, g_inv must be lists of equal length"),
+        ("a_inv size", r"a_inv\[3\] must be \(in, in\) or \(in \+ 1, in \+ 1\)"),
+        ("g_inv rows", r"weight_grads\[1\] must have g_inv\[1\].size\(0\) rows"),
+        ("g_inv not square", r"g_inv\[2\] must be a square 2-D matrix"),
+        ("dtypes", r"g_inv\[0\] must have the dtype of a_inv\[0\]"),
+        ("missing bias", r"a_inv\[4\] has a bias row but bias_grads holds only 2 tensors"),
+    ],
+)
 def test_inverse_bad_input_names_the_argument_and_writes_nothing(breakage, message):
     weights, biases, a_inv, g_inv = _inverse_case(torch.float64, "cpu")
     if breakage == "list length":
@@ -320,5 +340,6 @@ def test_inverse_bad_input_names_the_argument_and_writes_nothing(breakage, messa
 @pytest.mark.parametrize("device", DEVICES)
 def test_inverse_opcheck(device):
     weights, biases, a_inv, g_inv = _inverse_case(torch.float64, device, LAYERS[:3])
-    torch.library.opcheck(torch.ops.kfac_ext.precondition_grads_inverse_.default,
-                          (weights, biases, a_inv, g_inv, 1e-3, 0.5))
+    torch.library.opcheck(
+        torch.ops.kfac_ext.precondition_grads_inverse_.default, (weights, biases, a_inv, g_inv, 1e-3, 0.5)
+    )

@@ -1,17 +1,18 @@
 """KFACPreconditioner against float64 references from the definitions."""
+
 import pytest
 import torch
+from _kfac_reference import batch_factors, captured_io, dense_precondition, grad_matrix
 from torch import nn
 
 import kfac_ext
-from _kfac_reference import batch_factors, captured_io, dense_precondition, grad_matrix
 
 CONV_CASES = [
     dict(kernel_size=3, bias=True),
     dict(kernel_size=3, stride=2, padding=1, bias=True),
     dict(kernel_size=(3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 3), bias=True),
     dict(kernel_size=3, padding=2, dilation=2, bias=False),
-    dict(kernel_size=4, padding="same", dilation=1, bias=True),   # asymmetric 'same'
+    dict(kernel_size=4, padding="same", dilation=1, bias=True),  # asymmetric 'same'
     dict(kernel_size=3, padding="same", dilation=2, bias=False),
     dict(kernel_size=3, padding=1, padding_mode="reflect", bias=True),
     dict(kernel_size=3, padding=(1, 2), padding_mode="circular", bias=True),
@@ -22,7 +23,7 @@ CONV_CASES = [
 def _loss(out, seed):
     gen = torch.Generator().manual_seed(seed)
     target = torch.randn(out.shape, generator=gen, dtype=out.dtype)
-    return 0.5 * ((out - target) ** 2).mean() + (out ** 3).mean() / 3
+    return 0.5 * ((out - target) ** 2).mean() + (out**3).mean() / 3
 
 
 def _one_step(layer, x, precond_kwargs):
@@ -60,8 +61,7 @@ def test_linear_dense_solve(bias, method):
     layer = nn.Linear(7, 4, bias=bias).double()
     x = torch.randn(3, 5, 7, dtype=torch.float64)  # extra leading dim: rows = 15
     damping, decay = 0.05, 0.9
-    p, (a, g), grad = _one_step(layer, x, dict(damping=damping, factor_decay=decay,
-                                               compute_method=method))
+    p, (a, g), grad = _one_step(layer, x, dict(damping=damping, factor_decay=decay, compute_method=method))
     # first update: decay * I + (1 - decay) * batch
     a = decay * torch.eye(a.shape[0], dtype=a.dtype) + (1 - decay) * a
     g = decay * torch.eye(g.shape[0], dtype=g.dtype) + (1 - decay) * g
@@ -71,8 +71,7 @@ def test_linear_dense_solve(bias, method):
         want = dense_precondition(a, g, grad, damping)
     else:
         eye = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
-        want = torch.linalg.solve(g + damping * eye(g.shape[0]), grad) @ \
-            torch.linalg.inv(a + damping * eye(a.shape[0]))
+        want = torch.linalg.solve(g + damping * eye(g.shape[0]), grad) @ torch.linalg.inv(a + damping * eye(a.shape[0]))
     torch.testing.assert_close(grad_matrix(layer), want, rtol=1e-7, atol=1e-10)
 
 
@@ -83,8 +82,7 @@ def test_kl_clip_scales_every_layer():
     results = {}
     for kl_clip in (None, 1e-6):
         model.zero_grad()
-        p = kfac_ext.KFACPreconditioner(model, kl_clip=kl_clip, lr=0.5, damping=0.01,
-                                        inv_dtype=torch.float64)
+        p = kfac_ext.KFACPreconditioner(model, kl_clip=kl_clip, lr=0.5, damping=0.01, inv_dtype=torch.float64)
         _loss(model(x), 3).backward()
         grads = [grad_matrix(m) for m in (model[0], model[2])]
         p.step()
@@ -100,13 +98,11 @@ def test_kl_clip_scales_every_layer():
 @pytest.mark.parametrize("groups, padding_mode", [(2, "zeros"), (3, "reflect")])
 def test_grouped_conv_is_block_diagonal_dense_solve(groups, padding_mode):
     torch.manual_seed(3)
-    layer = nn.Conv2d(6, 3 * groups, 3, stride=2, padding=1, groups=groups,
-                      padding_mode=padding_mode).double()
+    layer = nn.Conv2d(6, 3 * groups, 3, stride=2, padding=1, groups=groups, padding_mode=padding_mode).double()
     x = torch.randn(3, 6, 7, 8, dtype=torch.float64)
     damping = 0.02
     layer.zero_grad()
-    p = kfac_ext.KFACPreconditioner(layer, kl_clip=None, inv_dtype=torch.float64,
-                                    damping=damping, factor_decay=0.0)
+    p = kfac_ext.KFACPreconditioner(layer, kl_clip=None, inv_dtype=torch.float64, damping=damping, factor_decay=0.0)
     assert [l.name for l in p.layers] == [f"[group {k}]" for k in range(groups)]
     xin, gout = captured_io(layer, lambda: _loss(layer(x), 2).backward())
     full_grad = grad_matrix(layer)
@@ -114,7 +110,7 @@ def test_grouped_conv_is_block_diagonal_dense_solve(groups, padding_mode):
     cin, cout = 6 // groups, 3
     for k, kl in enumerate(p.layers):
         sub = nn.Conv2d(cin, cout, 3, stride=2, padding=1, padding_mode=padding_mode).double()
-        a, g = batch_factors(sub, xin[:, k * cin:(k + 1) * cin], gout[:, k * cout:(k + 1) * cout])
+        a, g = batch_factors(sub, xin[:, k * cin : (k + 1) * cin], gout[:, k * cout : (k + 1) * cout])
         torch.testing.assert_close(kl.A, a, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(kl.G, g, rtol=1e-10, atol=1e-14)
         rows = slice(k * cout, (k + 1) * cout)

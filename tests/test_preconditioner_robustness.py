@@ -1,4 +1,5 @@
 """KFACPreconditioner: bad batches, failing eigendecompositions, misuse, bad checkpoints."""
+
 import warnings
 
 import pytest
@@ -11,8 +12,7 @@ from kfac_ext import ops
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(3 * 5 * 5, 4)).double()
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 4)).double()
 
 
 def _x(seed=0):
@@ -150,20 +150,23 @@ def test_eval_forward_is_not_captured():
         p.step()  # nothing to precondition with: grads left as they are
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(damping=-1.0), "damping"),
-    (dict(factor_decay=1.0), "factor_decay"),
-    (dict(factor_decay=-0.1), "factor_decay"),
-    (dict(factor_update_steps=0), "factor_update_steps"),
-    (dict(inv_update_steps=-3), "inv_update_steps"),
-    (dict(inv_update_steps=2.5), "inv_update_steps"),
-    (dict(kl_clip=0.0), "kl_clip"),
-    (dict(lr=-0.1), "lr"),
-    (dict(accumulation_steps=0), "accumulation_steps"),
-    (dict(compute_method="cholesky"), "compute_method"),
-    (dict(factor_dtype=torch.int32), "factor_dtype"),
-    (dict(damping=lambda step: -1.0), "damping"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(damping=-1.0), "damping"),
+        (dict(factor_decay=1.0), "factor_decay"),
+        (dict(factor_decay=-0.1), "factor_decay"),
+        (dict(factor_update_steps=0), "factor_update_steps"),
+        (dict(inv_update_steps=-3), "inv_update_steps"),
+        (dict(inv_update_steps=2.5), "inv_update_steps"),
+        (dict(kl_clip=0.0), "kl_clip"),
+        (dict(lr=-0.1), "lr"),
+        (dict(accumulation_steps=0), "accumulation_steps"),
+        (dict(compute_method="cholesky"), "compute_method"),
+        (dict(factor_dtype=torch.int32), "factor_dtype"),
+        (dict(damping=lambda step: -1.0), "damping"),
+    ],
+)
 def test_invalid_hyperparameters(kwargs, name):
     with pytest.raises(ValueError, match=name):
         kfac_ext.KFACPreconditioner(_model(), **kwargs)

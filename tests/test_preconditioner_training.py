@@ -1,26 +1,31 @@
 """KFACPreconditioner in training loops: checkpoints, accumulation, AMP, digits, curvlinops."""
+
 import io
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _kfac_reference import batch_factors, captured_io
 from torch import nn
 
 import kfac_ext
-from _kfac_reference import batch_factors, captured_io
 
 
 def _cnn(seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(6 * 4 * 4, 5)).to(dtype)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 5),
+    ).to(dtype)
 
 
 def _batch(step, n=12, dtype=torch.float64):
     gen = torch.Generator().manual_seed(100 + step)
-    return (torch.randn(n, 1, 8, 8, generator=gen, dtype=dtype),
-            torch.randint(0, 5, (n,), generator=gen))
+    return (torch.randn(n, 1, 8, 8, generator=gen, dtype=dtype), torch.randint(0, 5, (n,), generator=gen))
 
 
 def _grads(model):
@@ -44,8 +49,9 @@ def test_checkpoint_gives_bit_identical_next_step(include_eigens, k):
     p = kfac_ext.KFACPreconditioner(model, **kwargs)
     _train(model, p, opt, k)
     buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
-                "kfac": p.state_dict(include_eigens=include_eigens)}, buf)
+    torch.save(
+        {"model": model.state_dict(), "opt": opt.state_dict(), "kfac": p.state_dict(include_eigens=include_eigens)}, buf
+    )
     # step k+1 (index k) on the original; without eigens k must be an inverse step (k % 3 == 0)
     x, y = _batch(k)
     opt.zero_grad()
@@ -73,8 +79,7 @@ def test_accumulation_equals_combined_batch():
     results = []
     for micro in (1, 2, 4):
         model = _cnn()
-        p = kfac_ext.KFACPreconditioner(model, accumulation_steps=micro, damping=0.01,
-                                        inv_dtype=torch.float64)
+        p = kfac_ext.KFACPreconditioner(model, accumulation_steps=micro, damping=0.01, inv_dtype=torch.float64)
         for xs, ys in zip(x.chunk(micro), y.chunk(micro)):
             (F.cross_entropy(model(xs), ys) / micro).backward()
         p.step()
@@ -88,12 +93,11 @@ def test_accumulation_equals_combined_batch():
 
 def test_grad_scaler_unscales_g_and_kl_clip():
     x, y = _batch(0)
-    scale = 2.0 ** 10
+    scale = 2.0**10
     out = []
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=scale)):
         model = _cnn()
-        p = kfac_ext.KFACPreconditioner(model, grad_scaler=scaler, kl_clip=1e-4, lr=0.5,
-                                        inv_dtype=torch.float64)
+        p = kfac_ext.KFACPreconditioner(model, grad_scaler=scaler, kl_clip=1e-4, lr=0.5, inv_dtype=torch.float64)
         loss = F.cross_entropy(model(x), y)
         (scaler.scale(loss) if scaler else loss).backward()
         p.step()
@@ -129,8 +133,9 @@ def test_growing_intervals_capture_only_on_update_steps():
     from kfac_ext.schedules import growing_interval
 
     model = _cnn()
-    p = kfac_ext.KFACPreconditioner(model, factor_update_steps=growing_interval(1, 2, every=3),
-                                    inv_update_steps=growing_interval(2, 2, every=3))
+    p = kfac_ext.KFACPreconditioner(
+        model, factor_update_steps=growing_interval(1, 2, every=3), inv_update_steps=growing_interval(2, 2, every=3)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     captured = []
     for s in range(12):
@@ -150,12 +155,20 @@ def test_digits_kfac_beats_sgd():
 
     def run(use_kfac):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-                              nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-                              nn.Flatten(), nn.Linear(16 * 4 * 4, 10))
+        model = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16 * 4 * 4, 10),
+        )
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        p = kfac_ext.KFACPreconditioner(model, damping=0.01, lr=0.05, factor_update_steps=2,
-                                        inv_update_steps=4) if use_kfac else None
+        p = (
+            kfac_ext.KFACPreconditioner(model, damping=0.01, lr=0.05, factor_update_steps=2, inv_update_steps=4)
+            if use_kfac
+            else None
+        )
         gen = torch.Generator().manual_seed(1)
         for step in range(60):
             idx = torch.randint(0, len(x), (64,), generator=gen)
@@ -174,15 +187,22 @@ def test_digits_kfac_beats_sgd():
 def test_factors_match_curvlinops():
     curvlinops = pytest.importorskip("curvlinops")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=2), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(3 * 3 * 3, 4)).double()
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)
+    ).double()
     n = 7
     x = torch.randn(n, 2, 7, 7, dtype=torch.float64)
     y = torch.randint(0, 4, (n,))
     params = [p for p in model.parameters()]
-    op = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), params, [(x, y)],
-                                       fisher_type="empirical", separate_weight_and_bias=False,
-                                       check_deterministic=False)
+    op = curvlinops.KFACLinearOperator(
+        model,
+        nn.CrossEntropyLoss(),
+        params,
+        [(x, y)],
+        fisher_type="empirical",
+        separate_weight_and_bias=False,
+        check_deterministic=False,
+    )
     op.compute_kronecker_factors()
     p = kfac_ext.KFACPreconditioner(model, factor_decay=0.0)
     model.zero_grad()
@@ -193,7 +213,7 @@ def test_factors_match_curvlinops():
     # A_ours = A_cl / T²,  G_ours = G_cl / (N² T³);  Linear: T = 1.
     conv, lin = p.layers
     t = model[0](x[:1]).shape[-1] * model[0](x[:1]).shape[-2]
-    torch.testing.assert_close(conv.A, op._input_covariances["0"] / t ** 2)
-    torch.testing.assert_close(conv.G, op._gradient_covariances["0"] / (n ** 2 * t ** 3))
+    torch.testing.assert_close(conv.A, op._input_covariances["0"] / t**2)
+    torch.testing.assert_close(conv.G, op._gradient_covariances["0"] / (n**2 * t**3))
     torch.testing.assert_close(lin.A, op._input_covariances["3"])
-    torch.testing.assert_close(lin.G, op._gradient_covariances["3"] / n ** 2)
+    torch.testing.assert_close(lin.G, op._gradient_covariances["3"] / n**2)

@@ -1,5 +1,6 @@
 """Tied weights across layer types: each use preconditioned with its own factors and the
 results summed, exactly what a model with the weight untied into copies gets."""
+
 import pytest
 import torch
 from torch import nn
@@ -26,8 +27,7 @@ class _LM(nn.Module):
 
 
 def _steps(model, n=3, **kw):
-    p = kfac_ext.KFACPreconditioner(model, kl_clip=None, inv_dtype=torch.float64, damping=0.05,
-                                    factor_decay=0.7, **kw)
+    p = kfac_ext.KFACPreconditioner(model, kl_clip=None, inv_dtype=torch.float64, damping=0.05, factor_decay=0.7, **kw)
     gen = torch.Generator().manual_seed(1)
     for _ in range(n):
         model.zero_grad()
@@ -63,8 +63,9 @@ def test_tied_linears_equal_the_untied_per_use_sum():
         p = kfac_ext.KFACPreconditioner(m, kl_clip=None, inv_dtype=torch.float64, damping=0.1)
         for seed in range(2):
             m.zero_grad()
-            m(torch.randn(5, 6, generator=torch.Generator().manual_seed(seed),
-                          dtype=torch.float64)).pow(2).mean().backward()
+            m(torch.randn(5, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).pow(
+                2
+            ).mean().backward()
             p.step()
     want = untied[0].weight.grad + untied[2].weight.grad
     assert float((tied[0].weight.grad - want).norm() / want.norm()) < 1e-8

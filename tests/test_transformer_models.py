@@ -3,6 +3,7 @@
 language-model example: Embedding, nn.TransformerEncoder, Linear decoder), and GPT-2
 small's full configuration within a memory limit. A parameter counts as preconditioned
 when ``step()`` changes its gradient."""
+
 import math
 import os
 import subprocess
@@ -36,27 +37,35 @@ def _coverage(model, batches, skip=lambda name: False):
 
 def test_gpt2_tiny_has_every_parameter_outside_layernorm_preconditioned():
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=24,
-                                  bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=101, n_positions=24, bos_token_id=0, eos_token_id=0
+    )
     model = transformers.GPT2LMHeadModel(cfg)
     ids = torch.randint(0, 101, (3, 11))
-    changed, total, p = _coverage(model, [lambda: model(ids, labels=ids).loss] * 2,
-                                  skip=lambda n: ".ln_" in n or n.startswith("transformer.ln_f"))
+    changed, total, p = _coverage(
+        model, [lambda: model(ids, labels=ids).loss] * 2, skip=lambda n: ".ln_" in n or n.startswith("transformer.ln_f")
+    )
     assert changed / total >= 0.99, (changed, total)
     assert {l.name for l in p.layers if l.tied} == {"transformer.wte", "lm_head"}
 
 
 def test_bert_tiny_has_every_parameter_outside_layernorm_preconditioned():
     torch.manual_seed(1)
-    cfg = transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=37,
-                                  max_position_embeddings=24, type_vocab_size=2)
+    cfg = transformers.BertConfig(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=24,
+        type_vocab_size=2,
+    )
     model = transformers.BertForMaskedLM(cfg)
     ids = torch.randint(0, 97, (3, 11))
     types = torch.randint(0, 2, (3, 11))  # both token types, so both rows get a gradient
     changed, total, _ = _coverage(
-        model, [lambda: model(ids, token_type_ids=types, labels=ids).loss] * 2,
-        skip=lambda n: "LayerNorm" in n)
+        model, [lambda: model(ids, token_type_ids=types, labels=ids).loss] * 2, skip=lambda n: "LayerNorm" in n
+    )
     assert changed / total >= 0.99, (changed, total)
 
 
@@ -74,7 +83,7 @@ class _WordLM(nn.Module):
 
     def forward(self, src):  # (T, B) token ids, a causal mask as in the example
         mask = nn.Transformer.generate_square_subsequent_mask(src.shape[0])
-        x = self.encoder(src) * math.sqrt(self.pe.shape[1]) + self.pe[:src.shape[0], None]
+        x = self.encoder(src) * math.sqrt(self.pe.shape[1]) + self.pe[: src.shape[0], None]
         return self.decoder(self.transformer_encoder(x, mask))
 
 
@@ -108,10 +117,12 @@ def test_gpt2_small_config_takes_one_step_within_20_gb():
     one step peak under 20 GB resident. Slow: the step decomposes 102 factors of up to 3,073."""
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpt2_small_step.py")
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(os.path.dirname(__file__), "..")]
-                                        + env.get("PYTHONPATH", "").split(os.pathsep))
-    out = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env,
-                         timeout=3500, check=True).stdout
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(os.path.dirname(__file__), "..")] + env.get("PYTHONPATH", "").split(os.pathsep)
+    )
+    out = subprocess.run(
+        [sys.executable, script], capture_output=True, text=True, env=env, timeout=3500, check=True
+    ).stdout
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if " " in line)
     assert int(lines["params"]) > 124_000_000
     assert "'lm_head' (G)" in lines["warning"]
@@ -122,8 +133,10 @@ def _kfac_pytorch_transformer():
     """kfac-pytorch's own language-model example model, when a checkout of kfac-pytorch
     sits in third_party/ (git-ignored; `git clone` it there), else None."""
     import importlib.util
-    path = os.path.join(os.path.dirname(__file__), "..", "third_party", "kfac-pytorch",
-                        "examples", "language", "transformer.py")
+
+    path = os.path.join(
+        os.path.dirname(__file__), "..", "third_party", "kfac-pytorch", "examples", "language", "transformer.py"
+    )
     if not os.path.exists(path):
         return None
     spec = importlib.util.spec_from_file_location("kfac_pytorch_lm_example", path)

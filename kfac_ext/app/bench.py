@@ -11,6 +11,7 @@ and update intervals that fit ``--memory-limit-gb``. Device rates come from
 peak x efficiencies measured on an H200), cpu (this machine, timed now), or a JSON
 profile file. The model and its validation: docs/distributed.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,20 +26,28 @@ import sys
 import torch
 
 from kfac_ext.app.validation import check_output_path
-from kfac_ext.scaling import NETWORKS, Intervals, Network, plan, predict, strategies, workload_of
-from kfac_ext.scaling import calibrate, models, profiles
+from kfac_ext.scaling import (
+    NETWORKS,
+    Intervals,
+    Network,
+    calibrate,
+    models,
+    plan,
+    predict,
+    profiles,
+    strategies,
+    workload_of,
+)
 from kfac_ext.scaling.measure import measure_profile
 from kfac_ext.schedules import growing_interval
 
 # An eigendecomposition of a larger factor takes minutes and gigabytes to time.
 MAX_EIGH_SIZE = 4096
 # The eigendecomposition assignment of 65536 ranks takes seconds; more is not a plan.
-MAX_WORKERS = 2 ** 16
-BUILTIN = {"resnet50": (models.resnet50, (3, 224, 224)),
-           "resnet32-cifar": (models.resnet32_cifar, (3, 32, 32))}
+MAX_WORKERS = 2**16
+BUILTIN = {"resnet50": (models.resnet50, (3, 224, 224)), "resnet32-cifar": (models.resnet32_cifar, (3, 32, 32))}
 PROFILES = ("v100", "a100", "h100", "cpu")
-INPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                "int64": torch.int64}
+INPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -46,8 +55,7 @@ def _positive_ints(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") \
-            from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= 1")
     return values
@@ -55,49 +63,92 @@ def _positive_ints(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["scaling"], help="which benchmark")
-    parser.add_argument("--model", default="resnet50",
-                        help="resnet50, resnet32-cifar, or MODULE:FACTORY (a callable with no "
-                             "arguments that returns an nn.Module)")
-    parser.add_argument("--input-shape", type=_positive_ints, default=None,
-                        help="one sample's shape without the batch, e.g. 3,224,224 (needed for "
-                             "MODULE:FACTORY)")
-    parser.add_argument("--input-dtype", choices=sorted(INPUT_DTYPES), default="float32",
-                        help="dtype of the model's input (int64 for token ids)")
+    parser.add_argument(
+        "--model",
+        default="resnet50",
+        help="resnet50, resnet32-cifar, or MODULE:FACTORY (a callable with no arguments that returns an nn.Module)",
+    )
+    parser.add_argument(
+        "--input-shape",
+        type=_positive_ints,
+        default=None,
+        help="one sample's shape without the batch, e.g. 3,224,224 (needed for MODULE:FACTORY)",
+    )
+    parser.add_argument(
+        "--input-dtype",
+        choices=sorted(INPUT_DTYPES),
+        default="float32",
+        help="dtype of the model's input (int64 for token ids)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="samples per rank and step")
-    parser.add_argument("--ranks", "--workers", dest="ranks", type=_positive_ints,
-                        default=[8, 16, 32, 64],
-                        help=f"comma-separated rank counts (at most {MAX_WORKERS})")
-    parser.add_argument("--profile", default="v100",
-                        help=f"{', '.join(PROFILES)}, or a JSON file written by "
-                             "benchmarks/table_scaling_profile.py --out")
-    parser.add_argument("--network", choices=sorted(NETWORKS), default="ib100",
-                        help="alpha-beta defaults: ib100 = 100 Gb/s InfiniBand, nvlink = NVSwitch")
+    parser.add_argument(
+        "--ranks",
+        "--workers",
+        dest="ranks",
+        type=_positive_ints,
+        default=[8, 16, 32, 64],
+        help=f"comma-separated rank counts (at most {MAX_WORKERS})",
+    )
+    parser.add_argument(
+        "--profile",
+        default="v100",
+        help=f"{', '.join(PROFILES)}, or a JSON file written by benchmarks/table_scaling_profile.py --out",
+    )
+    parser.add_argument(
+        "--network",
+        choices=sorted(NETWORKS),
+        default="ib100",
+        help="alpha-beta defaults: ib100 = 100 Gb/s InfiniBand, nvlink = NVSwitch",
+    )
     parser.add_argument("--alpha", type=float, default=None, help="override latency (s)")
     parser.add_argument("--bandwidth", type=float, default=None, help="override bandwidth (B/s)")
     parser.add_argument("--factor-update-steps", type=int, default=10)
     parser.add_argument("--inv-update-steps", type=int, default=100)
-    parser.add_argument("--interval-growth", type=float, default=1.0,
-                        help="both intervals grow by this factor every --growth-every steps "
-                             "(kfac_ext.schedules.growing_interval; 1: fixed)")
+    parser.add_argument(
+        "--interval-growth",
+        type=float,
+        default=1.0,
+        help="both intervals grow by this factor every --growth-every steps "
+        "(kfac_ext.schedules.growing_interval; 1: fixed)",
+    )
     parser.add_argument("--growth-every", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=10000,
-                        help="training steps a schedule is averaged over")
+    parser.add_argument("--steps", type=int, default=10000, help="training steps a schedule is averaged over")
     parser.add_argument("--bucket-cap-mb", type=float, default=25.0)
-    parser.add_argument("--eigh-latency-ms", type=float, default=None,
-                        help="override the profile's time per eigendecomposition call (e.g. an "
-                             "older solver)")
-    parser.add_argument("--host-ms", type=float, default=0.0,
-                        help="time per step no FLOP count explains (input pipeline, framework)")
-    parser.add_argument("--memory-limit-gb", type=float, default=None,
-                        help="memory per rank for the recommendation (default: the profile's)")
-    parser.add_argument("--max-overhead", type=float, default=0.25,
-                        help="K-FAC's step may take this fraction more than SGD's (default 0.25)")
-    parser.add_argument("--eigh-sizes", type=_positive_ints, default=[64, 128, 256, 512],
-                        help=f"--profile cpu: factor sizes timed (2..{MAX_EIGH_SIZE})")
+    parser.add_argument(
+        "--eigh-latency-ms",
+        type=float,
+        default=None,
+        help="override the profile's time per eigendecomposition call (e.g. an older solver)",
+    )
+    parser.add_argument(
+        "--host-ms", type=float, default=0.0, help="time per step no FLOP count explains (input pipeline, framework)"
+    )
+    parser.add_argument(
+        "--memory-limit-gb",
+        type=float,
+        default=None,
+        help="memory per rank for the recommendation (default: the profile's)",
+    )
+    parser.add_argument(
+        "--max-overhead",
+        type=float,
+        default=0.25,
+        help="K-FAC's step may take this fraction more than SGD's (default 0.25)",
+    )
+    parser.add_argument(
+        "--eigh-sizes",
+        type=_positive_ints,
+        default=[64, 128, 256, 512],
+        help=f"--profile cpu: factor sizes timed (2..{MAX_EIGH_SIZE})",
+    )
     parser.add_argument("--repeats", type=int, default=15, help="--profile cpu: timings per size")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="--profile cpu: torch threads while timing (1: the thread's CPU "
-                             "time is the clock, robust on a shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="--profile cpu: torch threads while timing (1: the thread's CPU "
+        "time is the clock, robust on a shared machine)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     parser.add_argument("--plot", default="", help="write a plot to this path (.png, .pdf, ...)")
 
@@ -113,44 +164,64 @@ def _check_args(args) -> None:
         raise ValueError("--eigh-sizes needs two different sizes to fit t(n) = c0 + 9 n^3 / rate")
     finite = lambda v: v is None or math.isfinite(v)  # noqa: E731
     for flag, value, ok, expected in (
-            ("--alpha", args.alpha, finite(args.alpha) and (args.alpha is None or args.alpha >= 0),
-             "a finite number of seconds >= 0"),
-            ("--bandwidth", args.bandwidth,
-             finite(args.bandwidth) and (args.bandwidth is None or args.bandwidth > 0),
-             "a finite number of bytes/s > 0"),
-            ("--factor-update-steps", args.factor_update_steps, args.factor_update_steps >= 1,
-             "an integer >= 1"),
-            ("--inv-update-steps", args.inv_update_steps, args.inv_update_steps >= 1,
-             "an integer >= 1"),
-            ("--bucket-cap-mb", args.bucket_cap_mb,
-             math.isfinite(args.bucket_cap_mb) and args.bucket_cap_mb > 0, "a finite number > 0"),
-            ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
-            ("--host-ms", args.host_ms, math.isfinite(args.host_ms) and args.host_ms >= 0,
-             "a finite number of ms >= 0"),
-            ("--eigh-latency-ms", args.eigh_latency_ms,
-             args.eigh_latency_ms is None or (math.isfinite(args.eigh_latency_ms)
-                                              and args.eigh_latency_ms >= 0),
-             "a finite number of ms >= 0"),
-            ("--memory-limit-gb", args.memory_limit_gb,
-             args.memory_limit_gb is None or (math.isfinite(args.memory_limit_gb)
-                                              and args.memory_limit_gb > 0), "a number > 0"),
-            ("--max-overhead", args.max_overhead,
-             math.isfinite(args.max_overhead) and args.max_overhead >= 0, "a number >= 0"),
-            ("--repeats", args.repeats, args.repeats >= 1, "an integer >= 1"),
-            ("--interval-growth", args.interval_growth,
-             math.isfinite(args.interval_growth) and args.interval_growth >= 1, "a number >= 1"),
-            ("--growth-every", args.growth_every, args.growth_every >= 1, "an integer >= 1"),
-            ("--steps", args.steps, 1 <= args.steps <= 10 ** 7, "an integer in 1..10^7"),
-            ("--threads", args.threads, args.threads >= 1, "an integer >= 1")):
+        (
+            "--alpha",
+            args.alpha,
+            finite(args.alpha) and (args.alpha is None or args.alpha >= 0),
+            "a finite number of seconds >= 0",
+        ),
+        (
+            "--bandwidth",
+            args.bandwidth,
+            finite(args.bandwidth) and (args.bandwidth is None or args.bandwidth > 0),
+            "a finite number of bytes/s > 0",
+        ),
+        ("--factor-update-steps", args.factor_update_steps, args.factor_update_steps >= 1, "an integer >= 1"),
+        ("--inv-update-steps", args.inv_update_steps, args.inv_update_steps >= 1, "an integer >= 1"),
+        (
+            "--bucket-cap-mb",
+            args.bucket_cap_mb,
+            math.isfinite(args.bucket_cap_mb) and args.bucket_cap_mb > 0,
+            "a finite number > 0",
+        ),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
+        ("--host-ms", args.host_ms, math.isfinite(args.host_ms) and args.host_ms >= 0, "a finite number of ms >= 0"),
+        (
+            "--eigh-latency-ms",
+            args.eigh_latency_ms,
+            args.eigh_latency_ms is None or (math.isfinite(args.eigh_latency_ms) and args.eigh_latency_ms >= 0),
+            "a finite number of ms >= 0",
+        ),
+        (
+            "--memory-limit-gb",
+            args.memory_limit_gb,
+            args.memory_limit_gb is None or (math.isfinite(args.memory_limit_gb) and args.memory_limit_gb > 0),
+            "a number > 0",
+        ),
+        (
+            "--max-overhead",
+            args.max_overhead,
+            math.isfinite(args.max_overhead) and args.max_overhead >= 0,
+            "a number >= 0",
+        ),
+        ("--repeats", args.repeats, args.repeats >= 1, "an integer >= 1"),
+        (
+            "--interval-growth",
+            args.interval_growth,
+            math.isfinite(args.interval_growth) and args.interval_growth >= 1,
+            "a number >= 1",
+        ),
+        ("--growth-every", args.growth_every, args.growth_every >= 1, "an integer >= 1"),
+        ("--steps", args.steps, 1 <= args.steps <= 10**7, "an integer in 1..10^7"),
+        ("--threads", args.threads, args.threads >= 1, "an integer >= 1"),
+    ):
         if not ok:
             raise ValueError(f"{flag} must be {expected}; got {value}")
     if args.profile not in PROFILES and not os.path.isfile(args.profile):
-        raise ValueError(f"--profile must be one of {', '.join(PROFILES)} or a JSON file; "
-                         f"got {args.profile!r}")
+        raise ValueError(f"--profile must be one of {', '.join(PROFILES)} or a JSON file; got {args.profile!r}")
     if args.model not in BUILTIN:
         if ":" not in args.model:
-            raise ValueError(f"--model must be {', '.join(BUILTIN)} or MODULE:FACTORY; "
-                             f"got {args.model!r}")
+            raise ValueError(f"--model must be {', '.join(BUILTIN)} or MODULE:FACTORY; got {args.model!r}")
         if args.input_shape is None:
             raise ValueError("--input-shape is needed with --model MODULE:FACTORY")
     if args.plot:
@@ -176,16 +247,20 @@ def _intervals(args, factor: int, inv: int) -> Intervals:
     if args.interval_growth == 1:
         return Intervals(factor, inv, args.steps)
     grow = lambda k: growing_interval(k, args.interval_growth, args.growth_every)  # noqa: E731
-    return Intervals(grow(factor), grow(inv), args.steps,
-                     f"{factor}/{inv} x{args.interval_growth:g} per {args.growth_every}")
+    return Intervals(
+        grow(factor), grow(inv), args.steps, f"{factor}/{inv} x{args.interval_growth:g} per {args.growth_every}"
+    )
 
 
 def _network(args) -> Network:
     net = NETWORKS[args.network]
     if args.alpha is None and args.bandwidth is None:
         return net
-    return Network(net.name + " (overridden)", net.alpha if args.alpha is None else args.alpha,
-                   net.bandwidth if args.bandwidth is None else args.bandwidth)
+    return Network(
+        net.name + " (overridden)",
+        net.alpha if args.alpha is None else args.alpha,
+        net.bandwidth if args.bandwidth is None else args.bandwidth,
+    )
 
 
 def _profile(args) -> tuple[profiles.DeviceProfile, dict | None]:
@@ -217,17 +292,21 @@ def _plot(rows, plans, path: str, title: str, limit: float) -> None:
     for name in ("COMM-OPT", "HYBRID-OPT", "MEM-OPT"):
         pts = [p for p in rows if p.strategy == name]
         if pts:
-            ax_t.plot([p.ranks for p in pts], [p.kfac * 1e3 for p in pts], marker="o",
-                      label=f"K-FAC {name}")
-            ax_m.plot([p.ranks for p in pts], [p.memory_total / 1e9 for p in pts], marker="o",
-                      label=name)
+            ax_t.plot([p.ranks for p in pts], [p.kfac * 1e3 for p in pts], marker="o", label=f"K-FAC {name}")
+            ax_m.plot([p.ranks for p in pts], [p.memory_total / 1e9 for p in pts], marker="o", label=name)
         for p in pts:
             sgd[p.ranks] = p.sgd
     xs = sorted(sgd)
     ax_t.plot(xs, [sgd[n] * 1e3 for n in xs], "k--", label="SGD")
     chosen = [p.choice for p in plans if p.choice is not None]
-    ax_t.scatter([c.ranks for c in chosen], [c.kfac * 1e3 for c in chosen], s=120,
-                 facecolors="none", edgecolors="red", label="recommended (own intervals)")
+    ax_t.scatter(
+        [c.ranks for c in chosen],
+        [c.kfac * 1e3 for c in chosen],
+        s=120,
+        facecolors="none",
+        edgecolors="red",
+        label="recommended (own intervals)",
+    )
     ax_m.axhline(limit / 1e9, color="red", linestyle=":", label="memory limit")
     for ax, label in ((ax_t, "time per step (ms)"), (ax_m, "memory per rank (GB)")):
         ax.set_xscale("log", base=2)
@@ -247,47 +326,77 @@ def run(args) -> int:
     factory = _factory(args.model)
     shape = args.input_shape or BUILTIN[args.model][1]
     try:
-        work = workload_of(factory, shape, name=args.model,
-                           input_dtype=INPUT_DTYPES[args.input_dtype])
+        work = workload_of(factory, shape, name=args.model, input_dtype=INPUT_DTYPES[args.input_dtype])
     except (RuntimeError, TypeError) as exc:  # the model rejects the shape, or needs arguments
-        raise ValueError(f"--model {args.model} with --input-shape "
-                         f"{','.join(map(str, shape))}: {' '.join(str(exc).split())[:300]}") \
-            from None
+        raise ValueError(
+            f"--model {args.model} with --input-shape {','.join(map(str, shape))}: {' '.join(str(exc).split())[:300]}"
+        ) from None
     profile, measured = _profile(args)
     if args.eigh_latency_ms is not None:
         profile = dataclasses.replace(profile, eigh_latency_s=args.eigh_latency_ms / 1e3)
     limit = profile.memory_bytes if args.memory_limit_gb is None else args.memory_limit_gb * 1e9
     intervals = _intervals(args, args.factor_update_steps, args.inv_update_steps)
-    common = dict(batch=args.batch_size, bucket_cap_mb=args.bucket_cap_mb,
-                  host_s=args.host_ms / 1e3)
-    rows = [predict(work, n, profile, net, grad_workers=g, intervals=intervals, **common)
-            for n in args.ranks for g in strategies(n).values()]
+    common = dict(batch=args.batch_size, bucket_cap_mb=args.bucket_cap_mb, host_s=args.host_ms / 1e3)
+    rows = [
+        predict(work, n, profile, net, grad_workers=g, intervals=intervals, **common)
+        for n in args.ranks
+        for g in strategies(n).values()
+    ]
     choices = sorted({1, 10, 50, args.factor_update_steps})
     inv_choices = sorted({10, 100, 1000, args.inv_update_steps})
-    plans = [plan(work, n, profile, net, memory_limit=limit, max_overhead=args.max_overhead,
-                  factor_choices=choices, inv_choices=inv_choices,
-                  make_intervals=lambda f, i: _intervals(args, f, i), **common)
-             for n in args.ranks]
+    plans = [
+        plan(
+            work,
+            n,
+            profile,
+            net,
+            memory_limit=limit,
+            max_overhead=args.max_overhead,
+            factor_choices=choices,
+            inv_choices=inv_choices,
+            make_intervals=lambda f, i: _intervals(args, f, i),
+            **common,
+        )
+        for n in args.ranks
+    ]
     if args.plot:
-        _plot(rows, plans, args.plot, f"{args.model}, batch {args.batch_size}/rank, "
-              f"{profile.name}, {net.name}", limit)
+        _plot(rows, plans, args.plot, f"{args.model}, batch {args.batch_size}/rank, {profile.name}, {net.name}", limit)
     command = "kfac-ext bench " + " ".join(sys.argv[2:] if len(sys.argv) > 2 else ["scaling"])
     if args.json:
-        print(json.dumps({
-            "command": command,
-            "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-            "model": {"name": work.name, "input_shape": list(shape),
-                      "forward_flops": work.forward_flops, "backward_flops": work.backward_flops,
-                      "params": work.params, "kfac_layers": len(work.layers),
-                      "activation_bytes_per_sample": work.activation_bytes},
-            "profile": _finite(dataclasses.asdict(profile)), "measured": measured,
-            "network": dataclasses.asdict(net), "batch_size": args.batch_size,
-            "intervals": {"factor": args.factor_update_steps, "inv": args.inv_update_steps,
-                          "growth": args.interval_growth, "growth_every": args.growth_every,
-                          "steps": args.steps},
-            "memory_limit_bytes": limit, "max_overhead": args.max_overhead,
-            "rows": [r.as_dict() for r in rows], "plans": [p.as_dict() for p in plans],
-            "plot": args.plot or None}, allow_nan=False))
+        print(
+            json.dumps(
+                {
+                    "command": command,
+                    "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+                    "model": {
+                        "name": work.name,
+                        "input_shape": list(shape),
+                        "forward_flops": work.forward_flops,
+                        "backward_flops": work.backward_flops,
+                        "params": work.params,
+                        "kfac_layers": len(work.layers),
+                        "activation_bytes_per_sample": work.activation_bytes,
+                    },
+                    "profile": _finite(dataclasses.asdict(profile)),
+                    "measured": measured,
+                    "network": dataclasses.asdict(net),
+                    "batch_size": args.batch_size,
+                    "intervals": {
+                        "factor": args.factor_update_steps,
+                        "inv": args.inv_update_steps,
+                        "growth": args.interval_growth,
+                        "growth_every": args.growth_every,
+                        "steps": args.steps,
+                    },
+                    "memory_limit_bytes": limit,
+                    "max_overhead": args.max_overhead,
+                    "rows": [r.as_dict() for r in rows],
+                    "plans": [p.as_dict() for p in plans],
+                    "plot": args.plot or None,
+                },
+                allow_nan=False,
+            )
+        )
         return 0
     _print_tables(args, work, profile, net, measured, rows, plans, limit, command)
     return 0
@@ -299,37 +408,50 @@ def _finite(d: dict) -> dict:
 
 
 def _print_tables(args, work, profile, net, measured, rows, plans, limit, command) -> None:
-    print(f"{work.name}: {work.forward_flops * args.batch_size / 1e9:.1f} GFLOP forward, "
-          f"{len(work.layers)} K-FAC layers, {work.params / 1e6:.2f} M parameters; batch "
-          f"{args.batch_size} per rank; factors every {args.factor_update_steps}, "
-          f"eigendecompositions every {args.inv_update_steps} steps"
-          + ("" if args.interval_growth == 1 else
-             f", both x{args.interval_growth:g} every {args.growth_every} steps, averaged over "
-             f"{args.steps}"))
-    print(f"profile {profile.name}: dense {profile.flops_per_s / 1e12:.3g} TFLOP/s, eigh "
-          f"{profile.eigh_latency_s * 1e3:.3g} ms + 9n^3 at {profile.eigh_flops_per_s / 1e12:.3g} "
-          f"TFLOP/s, {profile.memory_bytes / 1e9:.3g} GB ({profile.source})")
+    print(
+        f"{work.name}: {work.forward_flops * args.batch_size / 1e9:.1f} GFLOP forward, "
+        f"{len(work.layers)} K-FAC layers, {work.params / 1e6:.2f} M parameters; batch "
+        f"{args.batch_size} per rank; factors every {args.factor_update_steps}, "
+        f"eigendecompositions every {args.inv_update_steps} steps"
+        + (
+            ""
+            if args.interval_growth == 1
+            else f", both x{args.interval_growth:g} every {args.growth_every} steps, averaged over {args.steps}"
+        )
+    )
+    print(
+        f"profile {profile.name}: dense {profile.flops_per_s / 1e12:.3g} TFLOP/s, eigh "
+        f"{profile.eigh_latency_s * 1e3:.3g} ms + 9n^3 at {profile.eigh_flops_per_s / 1e12:.3g} "
+        f"TFLOP/s, {profile.memory_bytes / 1e9:.3g} GB ({profile.source})"
+    )
     if measured:
         fastest = [(n, round(t * 1e3, 3)) for n, t, _ in measured["samples"]]
-        print(f"measured: eigh fastest of {args.repeats} (n, ms) {fastest}, rejected "
-              f"{measured['rejected']}, spread of repeats: GEMM {measured['gemm_spread']:.2f}x, "
-              f"eigh {measured['eigh_spread']:.2f}x")
-    print(f"network {net.name}: alpha {net.alpha * 1e6:g} us, {net.bandwidth / 1e9:g} GB/s; "
-          f"host time {args.host_ms:g} ms/step")
+        print(
+            f"measured: eigh fastest of {args.repeats} (n, ms) {fastest}, rejected "
+            f"{measured['rejected']}, spread of repeats: GEMM {measured['gemm_spread']:.2f}x, "
+            f"eigh {measured['eigh_spread']:.2f}x"
+        )
+    print(
+        f"network {net.name}: alpha {net.alpha * 1e6:g} us, {net.bandwidth / 1e9:g} GB/s; "
+        f"host time {args.host_ms:g} ms/step"
+    )
     print(f"command: {command}")
     print()
-    print("| ranks | strategy | g | SGD ms | K-FAC ms | factors ms (compute + comm) "
-          "| eigh ms (compute + comm) | precond ms | grads ms | memory GB/rank |")
+    print(
+        "| ranks | strategy | g | SGD ms | K-FAC ms | factors ms (compute + comm) "
+        "| eigh ms (compute + comm) | precond ms | grads ms | memory GB/rank |"
+    )
     print("|---:|---|---:|---:|---:|---|---|---:|---:|---:|")
     for p in rows:
-        print(f"| {p.ranks} | {p.strategy} | {p.grad_workers} | {p.sgd * 1e3:.1f} "
-              f"| {p.kfac * 1e3:.1f} | {p.factor_compute * 1e3:.1f} + {p.factor_comm * 1e3:.1f} "
-              f"| {p.eigen_compute * 1e3:.1f} + {p.eigen_comm * 1e3:.2f} "
-              f"| {p.precondition * 1e3:.1f} | {p.grad_comm * 1e3:.2f} "
-              f"| {p.memory_total / 1e9:.2f} |")
+        print(
+            f"| {p.ranks} | {p.strategy} | {p.grad_workers} | {p.sgd * 1e3:.1f} "
+            f"| {p.kfac * 1e3:.1f} | {p.factor_compute * 1e3:.1f} + {p.factor_comm * 1e3:.1f} "
+            f"| {p.eigen_compute * 1e3:.1f} + {p.eigen_comm * 1e3:.2f} "
+            f"| {p.precondition * 1e3:.1f} | {p.grad_comm * 1e3:.2f} "
+            f"| {p.memory_total / 1e9:.2f} |"
+        )
     print()
-    print(f"Recommended (memory limit {limit / 1e9:.3g} GB/rank, K-FAC within "
-          f"{args.max_overhead:.0%} of SGD):")
+    print(f"Recommended (memory limit {limit / 1e9:.3g} GB/rank, K-FAC within {args.max_overhead:.0%} of SGD):")
     print()
     print("| ranks | strategy | factor/eigh every | K-FAC ms | x SGD | memory GB/rank | why |")
     print("|---:|---|---|---:|---:|---:|---|")
@@ -338,9 +460,11 @@ def _print_tables(args, work, profile, net, measured, rows, plans, limit, comman
         if c is None:
             print(f"| {pl.ranks} | - | - | - | - | - | {pl.reason} |")
         else:
-            print(f"| {pl.ranks} | {c.strategy}, grad_worker_fraction="
-                  f"{c.grad_workers}/{pl.ranks} | {c.intervals} "
-                  f"| {c.kfac * 1e3:.1f} | {c.kfac / c.sgd:.2f} | {c.memory_total / 1e9:.2f} "
-                  f"| {pl.reason} |")
+            print(
+                f"| {pl.ranks} | {c.strategy}, grad_worker_fraction="
+                f"{c.grad_workers}/{pl.ranks} | {c.intervals} "
+                f"| {c.kfac * 1e3:.1f} | {c.kfac / c.sgd:.2f} | {c.memory_total / 1e9:.2f} "
+                f"| {pl.reason} |"
+            )
     if args.plot:
         print(f"\nplot: {args.plot}")

@@ -23,6 +23,7 @@ its closure (kfac_ext.app.train).
   ``CheckpointError`` that names the file and the problem. The checkpoint is
   never written while loading, so a bad resume overwrites nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,19 +35,42 @@ import signal
 import socket
 import tempfile
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "FORMAT", "Terminated", "save_checkpoint", "load_checkpoint",
-           "check_config", "capture_rng_state", "restore_rng_state",
-           "remove_stale_temporaries", "resume_hint", "sigterm_as_interrupt"]
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "Terminated",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_config",
+    "capture_rng_state",
+    "restore_rng_state",
+    "remove_stale_temporaries",
+    "resume_hint",
+    "sigterm_as_interrupt",
+]
 
 FORMAT = "kfac_ext.train.checkpoint/1"  # a format tag, not a module path: kept so old checkpoints load
 # Every entry a resume reads; save and load both insist on all of them.
-_REQUIRED = ("format", "config", "epoch", "step", "model", "optimizer", "preconditioner", "rng",
-             "history", "step_times", "train_time_s", "wall_s")
+_REQUIRED = (
+    "format",
+    "config",
+    "epoch",
+    "step",
+    "model",
+    "optimizer",
+    "preconditioner",
+    "rng",
+    "history",
+    "step_times",
+    "train_time_s",
+    "wall_s",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -56,6 +80,7 @@ class CheckpointError(RuntimeError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, a scheduler's polite stop: handled as Ctrl-C is (a save in progress is
     finished, the resume hint printed), but the process exits 143 (128 + SIGTERM)."""
+
     exit_code = 128 + signal.SIGTERM
 
 
@@ -82,8 +107,13 @@ def capture_rng_state() -> dict[str, Any]:
     py_version, py_state, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
     }
     if torch.cuda.is_available():
@@ -95,8 +125,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Inverse of ``capture_rng_state``."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
@@ -121,17 +152,18 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
 @contextlib.contextmanager
 def _signals_deferred():
     if threading.current_thread() is not threading.main_thread():
-        yield                      # only the main thread receives signals
+        yield  # only the main thread receives signals
         return
     received = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
         # None: a handler set outside Python, which cannot be put back; use Python's.
-        for sig, default in ((signal.SIGINT, signal.default_int_handler),
-                             (signal.SIGTERM, signal.SIG_DFL)):
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
             signal.signal(sig, previous[sig] if previous[sig] is not None else default)
     if signal.SIGTERM in received:
         raise Terminated
@@ -143,8 +175,7 @@ def _write_atomically(path: str, state: Mapping[str, Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path) + f"{_HOST}-{os.getpid()}-",
-                               dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path) + f"{_HOST}-{os.getpid()}-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(state), f)
@@ -172,20 +203,20 @@ _HOST = socket.gethostname().replace("-", "_")
 
 def _writer_alive(name: str, prefix: str) -> bool:
     """Whether the writer of temporary file ``name`` may still be writing it."""
-    parts = name[len(prefix):].split("-")
+    parts = name[len(prefix) :].split("-")
     if len(parts) < 3 or not parts[1].isdigit():
-        return False       # an older or foreign name: no writer can be told apart, so stale
+        return False  # an older or foreign name: no writer can be told apart, so stale
     host, pid = parts[0], int(parts[1])
     if host != _HOST:
-        return True        # another machine's writer (shared folder): cannot tell, keep it
+        return True  # another machine's writer (shared folder): cannot tell, keep it
     if pid == os.getpid():
-        return False       # ours, from an earlier save that was interrupted
+        return False  # ours, from an earlier save that was interrupted
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True        # exists, owned by someone else
+        return True  # exists, owned by someone else
     return True
 
 
@@ -214,8 +245,9 @@ def resume_hint(save_dir: str | None) -> str:
     return f"interrupted; resume with --resume {save_dir}"
 
 
-def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] | None = None,
-                    record_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, expected_config: Mapping[str, Any] | None = None, record_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Read a checkpoint; with ``expected_config``, insist it was made with that configuration.
 
     Every history record must hold ``epoch``, ``train_loss``, ``train_time_s``,
@@ -227,14 +259,16 @@ def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] 
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): not a kfac_ext checkpoint; "
-                              "delete it, or resume from another folder")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): not a kfac_ext checkpoint; delete it, or resume from another folder"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         detail = " ".join(str(exc).split())[:200] or "no message"
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a kfac_ext checkpoint "
-                              f"({type(exc).__name__}: {detail})") from exc
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a kfac_ext checkpoint ({type(exc).__name__}: {detail})"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint {path} has format {found!r}, expected {FORMAT!r}")
@@ -286,8 +320,7 @@ def _malformed_entry(state: Mapping[str, Any], record_keys: tuple[str, ...]) -> 
             return f"history record {i} lacks {missing}"
         if record["epoch"] != i + 1:
             return f"history record {i} is epoch {record['epoch']!r}, not {i + 1}"
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                   for v in record.values()):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in record.values()):
             return f"history record {i} holds a value that is not a number"
     if not isinstance(state["step_times"], list) or not all(map(_is_seconds, state["step_times"])):
         return "step_times is not a list of seconds"
@@ -295,8 +328,9 @@ def _malformed_entry(state: Mapping[str, Any], record_keys: tuple[str, ...]) -> 
         if not _is_seconds(state[key]):
             return f"{key} is {state[key]!r}, not seconds"
     batch = state.get("pending_batch")  # optional: see kfac_ext.app.train
-    if batch is not None and not (isinstance(batch, dict) and
-                                  all(isinstance(batch.get(k), torch.Tensor) for k in "xy")):
+    if batch is not None and not (
+        isinstance(batch, dict) and all(isinstance(batch.get(k), torch.Tensor) for k in "xy")
+    ):
         return "pending_batch is not a dict of tensors x and y"
     return _unrestorable_rng(state["rng"])
 
@@ -325,8 +359,14 @@ def check_config(saved: Mapping[str, Any], expected: Mapping[str, Any], path: st
 
     def get(config, k):
         return config.get(k, _ABSENT_MEANS.get(k, "<absent>"))
-    diffs = [f"{k}: checkpoint {get(saved, k)!r} vs now {get(expected, k)!r}"
-             for k in keys if get(saved, k) != get(expected, k)]
+
+    diffs = [
+        f"{k}: checkpoint {get(saved, k)!r} vs now {get(expected, k)!r}"
+        for k in keys
+        if get(saved, k) != get(expected, k)
+    ]
     if diffs:
-        raise CheckpointError(f"checkpoint {path} was made with different settings; resume with "
-                              f"the same ones (or start a new run): " + "; ".join(diffs))
+        raise CheckpointError(
+            f"checkpoint {path} was made with different settings; resume with "
+            f"the same ones (or start a new run): " + "; ".join(diffs)
+        )

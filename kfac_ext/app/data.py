@@ -17,6 +17,7 @@
 random choice of augmentation comes from the generator passed in, so a seeded
 generator reproduces the batch exactly (that is what makes resume exact).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "DataError", "load_digits_dataset", "load_cifar10", "load_dataset",
-           "CIFAR10_FILES"]
+__all__ = ["Dataset", "DataError", "load_digits_dataset", "load_cifar10", "load_dataset", "CIFAR10_FILES"]
 
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -43,21 +43,22 @@ class Dataset:
     """Train and test tensors plus how to turn stored samples into a batch."""
 
     name: str
-    train_x: torch.Tensor          # (N, C, H, W), float32 (digits) or uint8 (CIFAR-10)
-    train_y: torch.Tensor          # (N,), int64
+    train_x: torch.Tensor  # (N, C, H, W), float32 (digits) or uint8 (CIFAR-10)
+    train_y: torch.Tensor  # (N,), int64
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    mean: torch.Tensor | None = None   # per-channel, applied in batch() when the storage is uint8
+    mean: torch.Tensor | None = None  # per-channel, applied in batch() when the storage is uint8
     std: torch.Tensor | None = None
-    augment: bool = False          # random crop + horizontal flip on training batches
+    augment: bool = False  # random crop + horizontal flip on training batches
 
     @property
     def in_channels(self) -> int:
         return int(self.train_x.shape[1])
 
-    def batch(self, indices: torch.Tensor, train: bool,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, indices: torch.Tensor, train: bool, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples ``indices`` of the train (``train=True``) or test split as float32."""
         xs, ys = (self.train_x, self.train_y) if train else (self.test_x, self.test_y)
         x, y = xs[indices], ys[indices]
@@ -70,8 +71,7 @@ class Dataset:
         return x, y
 
 
-def _random_crop_flip(x: torch.Tensor, padding: int,
-                      generator: torch.Generator | None) -> torch.Tensor:
+def _random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
     """Random crop after zero padding, then a random horizontal flip, per sample."""
     n, _, h, w = x.shape
     padded = torch.nn.functional.pad(x, (padding,) * 4)
@@ -79,8 +79,8 @@ def _random_crop_flip(x: torch.Tensor, padding: int,
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
     flip = torch.rand(n, generator=generator) < 0.5
     # Gather each sample's window with index arithmetic instead of a Python loop.
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h))                  # (n, h)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w))                  # (n, w)
+    rows = dy.view(n, 1) + torch.arange(h).view(1, h)  # (n, h)
+    cols = dx.view(n, 1) + torch.arange(w).view(1, w)  # (n, w)
     cols = torch.where(flip.view(n, 1), cols.flip(1), cols)
     idx_n = torch.arange(n).view(n, 1, 1)
     out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
@@ -95,14 +95,21 @@ def load_digits_dataset(test_fraction: float = 0.25, split_seed: int = 0) -> Dat
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     bunch = load_digits()
-    images = bunch.images.astype(np.float32)      # (1797, 8, 8), values 0..16
+    images = bunch.images.astype(np.float32)  # (1797, 8, 8), values 0..16
     labels = bunch.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
-        images, labels, test_size=test_fraction, random_state=split_seed, stratify=labels)
+        images, labels, test_size=test_fraction, random_state=split_seed, stratify=labels
+    )
     mean, std = float(x_train.mean()), float(x_train.std())
     to_tensor = lambda a: torch.from_numpy((a - mean) / std).unsqueeze(1).contiguous()  # noqa: E731
-    return Dataset("digits", to_tensor(x_train), torch.from_numpy(y_train),
-                   to_tensor(x_test), torch.from_numpy(y_test), num_classes=10)
+    return Dataset(
+        "digits",
+        to_tensor(x_train),
+        torch.from_numpy(y_train),
+        to_tensor(x_test),
+        torch.from_numpy(y_test),
+        num_classes=10,
+    )
 
 
 def _cifar_folder(data_dir: str) -> str:
@@ -117,23 +124,30 @@ def _cifar_folder(data_dir: str) -> str:
         + ". Put the CIFAR-10 python batches there: extract cifar-10-python.tar.gz from "
         "https://www.cs.toronto.edu/~kriz/cifar.html so that the folder (or its "
         "cifar-10-batches-py/ subfolder) holds " + ", ".join(CIFAR10_FILES) + ". "
-        "kfac-ext never downloads data.")
+        "kfac-ext never downloads data."
+    )
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists, bytes, numbers and numpy arrays; refuses every other global."""
 
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-                ("numpy._core.numeric", "_frombuffer")}   # the last: pickle protocol 5
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }  # the last: pickle protocol 5
 
     def find_class(self, module: str, name: str):
         if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            module = "numpy._core." + module[len("numpy.core."):]  # numpy 1's name (CIFAR-10)
+            module = "numpy._core." + module[len("numpy.core.") :]  # numpy 1's name (CIFAR-10)
         if (module.replace("numpy.core.", "numpy._core."), name) in self._ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (a CIFAR-10 batch holds "
-                                     "only numpy arrays and lists)")
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} (a CIFAR-10 batch holds only numpy arrays and lists)"
+        )
 
 
 def _read_cifar_batch(path: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -147,24 +161,23 @@ def _read_cifar_batch(path: str, num_classes: int = 10) -> tuple[np.ndarray, np.
             entry = _ArraysOnlyUnpickler(f, encoding="bytes").load()
         data, labels = np.asarray(entry[b"data"]), np.asarray(entry[b"labels"])
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") \
-            from exc
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 \
-            or len(labels) != len(data):
-        raise DataError(f"{path}: expected data of shape (n, 3072) and n labels, got "
-                        f"{data.shape} and {labels.shape}")
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or len(labels) != len(data):
+        raise DataError(f"{path}: expected data of shape (n, 3072) and n labels, got {data.shape} and {labels.shape}")
     if len(data) == 0:
         raise DataError(f"{path}: holds no images")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: labels must be integers, got {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
-        raise DataError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside "
-                        f"0..{num_classes - 1} ({len(bad)} such labels)")
+        raise DataError(
+            f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside 0..{num_classes - 1} ({len(bad)} such labels)"
+        )
     if data.dtype != np.uint8:
         if not np.issubdtype(data.dtype, np.integer) or data.min() < 0 or data.max() > 255:
-            raise DataError(f"{path}: pixels must be integers in 0..255, got {data.dtype} "
-                            f"in [{data.min()}, {data.max()}]")
+            raise DataError(
+                f"{path}: pixels must be integers in 0..255, got {data.dtype} in [{data.min()}, {data.max()}]"
+            )
         data = data.astype(np.uint8)
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
@@ -176,10 +189,17 @@ def load_cifar10(data_dir: str, augment: bool = True) -> Dataset:
     train_x = np.concatenate([p[0] for p in parts[:5]])
     train_y = np.concatenate([p[1] for p in parts[:5]])
     test_x, test_y = parts[5]
-    return Dataset("cifar10", torch.from_numpy(train_x), torch.from_numpy(train_y),
-                   torch.from_numpy(test_x), torch.from_numpy(test_y), num_classes=10,
-                   mean=torch.tensor(_CIFAR10_MEAN), std=torch.tensor(_CIFAR10_STD),
-                   augment=augment)
+    return Dataset(
+        "cifar10",
+        torch.from_numpy(train_x),
+        torch.from_numpy(train_y),
+        torch.from_numpy(test_x),
+        torch.from_numpy(test_y),
+        num_classes=10,
+        mean=torch.tensor(_CIFAR10_MEAN),
+        std=torch.tensor(_CIFAR10_STD),
+        augment=augment,
+    )
 
 
 def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
@@ -190,6 +210,7 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
         if not data_dir:
             raise FileNotFoundError(
                 "--data cifar10 needs --data-dir PATH: a folder with the CIFAR-10 python "
-                "batches (" + ", ".join(CIFAR10_FILES) + "); kfac-ext never downloads data.")
+                "batches (" + ", ".join(CIFAR10_FILES) + "); kfac-ext never downloads data."
+            )
         return load_cifar10(data_dir)
     raise ValueError(f"unknown dataset {name!r}; choose 'digits' or 'cifar10'")

@@ -15,6 +15,7 @@ Why, and the steps-to-target across batch sizes: docs/training-races.md.
 
     python -m kfac_ext.app.demo [--plot kfac_ext_demo.png] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,11 @@ RACES = (
     ("digits CNN", "test accuracy ≥ 97 %", ["--optimizer", "sgd,adamw,kfac"]),
     # The first 15 epochs of the 40-epoch schedule (--stop-after: the same curves, a third of
     # the time): K-FAC passes 1.0 by epoch 11, SGD and AdamW have flattened by then.
-    ("digits autoencoder", "training loss ≤ 1.0",
-     ["--task", "autoencoder", "--optimizer", "sgd,adamw,kfac", "--target-loss", "1.0",
-      "--stop-after", "15"]),
+    (
+        "digits autoencoder",
+        "training loss ≤ 1.0",
+        ["--task", "autoencoder", "--optimizer", "sgd,adamw,kfac", "--target-loss", "1.0", "--stop-after", "15"],
+    ),
 )
 
 
@@ -61,8 +64,7 @@ def verdict(race: str, goal: str, runs: dict) -> str:
     never = [train.NAMES[n] for n, r in runs.items() if r["time_to_target_s"] is None]
     line = f"{race} to {goal}: " + (f"{train.NAMES[first]} first" if first else "nobody reached it")
     k = runs.get("kfac", {}).get("time_to_target_s")
-    others = [r["time_to_target_s"] for n, r in runs.items()
-              if n != "kfac" and r["time_to_target_s"]]
+    others = [r["time_to_target_s"] for n, r in runs.items() if n != "kfac" and r["time_to_target_s"]]
     if k and others:
         line += f"; K-FAC / best other = {k / min(others):.2f} in time"
     if never:
@@ -72,19 +74,26 @@ def verdict(race: str, goal: str, runs: dict) -> str:
 
 def format_table(results: list[tuple[str, str, dict]]) -> str:
     fmt = lambda v, spec: "never" if v is None else format(v, spec)  # noqa: E731
-    lines = ["| race | target | optimizer | epochs to target | seconds to target | final "
-             "| step ms |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| race | target | optimizer | epochs to target | seconds to target | final | step ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for race, goal, res in results:
         runs = res["runs"]
         first = winner(runs)
         for name, r in runs.items():
-            final = (f"{100 * r['final_test_accuracy']:.1f} % acc" if "task" not in res
-                     else f"loss {r['final_train_eval_loss']:.3f}")
+            final = (
+                f"{100 * r['final_test_accuracy']:.1f} % acc"
+                if "task" not in res
+                else f"loss {r['final_train_eval_loss']:.3f}"
+            )
             mark = " (first)" if name == first else ""
-            lines.append(f"| {race} | {goal} | {train.NAMES[name]}{mark} | "
-                         f"{fmt(r['epochs_to_target'], 'd')} | "
-                         f"{fmt(r['time_to_target_s'], '.2f')} | {final} | "
-                         f"{r['step_ms_median']:.2f} |")
+            lines.append(
+                f"| {race} | {goal} | {train.NAMES[name]}{mark} | "
+                f"{fmt(r['epochs_to_target'], 'd')} | "
+                f"{fmt(r['time_to_target_s'], '.2f')} | {final} | "
+                f"{r['step_ms_median']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -112,8 +121,13 @@ def plot(results: list[tuple[str, str, dict]], path: str) -> str:
             ax.set_yscale("log")
             ax.set_ylabel("training reconstruction loss")
         first = winner(res["runs"])
-        verdict = "K-FAC first" if first == "kfac" else \
-            f"K-FAC not first ({train.NAMES[first]} is)" if first else "nobody reached it"
+        verdict = (
+            "K-FAC first"
+            if first == "kfac"
+            else f"K-FAC not first ({train.NAMES[first]} is)"
+            if first
+            else "nobody reached it"
+        )
         ax.set_title(f"{race}: {verdict}")
         ax.set_xlabel("training seconds (evaluation excluded)")
         ax.grid(True, alpha=0.3)
@@ -126,8 +140,7 @@ def plot(results: list[tuple[str, str, dict]], path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plot", default="kfac_ext_demo.png", help="PNG of both races ('' to skip)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

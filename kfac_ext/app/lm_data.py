@@ -8,6 +8,7 @@ training text, the last 10 % to the validation text, so validation is always
 code the model has not seen, and a missing or different file (another Python
 version) changes only its own share. Tokens are bytes (a vocabulary of 256).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,16 @@ import torch
 __all__ = ["CORPUS_FILES", "TextCorpus", "load_text_corpus", "stdlib_dir"]
 
 # Large, long-lived modules present in every CPython from 3.8 to 3.13.
-CORPUS_FILES = ("argparse.py", "typing.py", "inspect.py", "subprocess.py", "dataclasses.py",
-                "difflib.py", "tarfile.py", "textwrap.py")
+CORPUS_FILES = (
+    "argparse.py",
+    "typing.py",
+    "inspect.py",
+    "subprocess.py",
+    "dataclasses.py",
+    "difflib.py",
+    "tarfile.py",
+    "textwrap.py",
+)
 VALIDATION_FRACTION = 0.1
 
 
@@ -35,17 +44,20 @@ class TextCorpus:
     vocab: int = 256
 
     def describe(self) -> str:
-        return (f"{len(self.files)} Python stdlib files from {self.folder} "
-                f"({', '.join(self.files)}): {len(self.train):,} training / "
-                f"{len(self.val):,} validation bytes")
+        return (
+            f"{len(self.files)} Python stdlib files from {self.folder} "
+            f"({', '.join(self.files)}): {len(self.train):,} training / "
+            f"{len(self.val):,} validation bytes"
+        )
 
 
 def stdlib_dir() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-def load_text_corpus(files: tuple[str, ...] | None = None, folder: str | None = None,
-                     val_fraction: float = VALIDATION_FRACTION) -> TextCorpus:
+def load_text_corpus(
+    files: tuple[str, ...] | None = None, folder: str | None = None, val_fraction: float = VALIDATION_FRACTION
+) -> TextCorpus:
     """Read ``files`` (default ``CORPUS_FILES``; missing ones are left out) from ``folder``
     (default: this Python's standard library) and split each one train / validation."""
     files = CORPUS_FILES if files is None else tuple(files)
@@ -67,7 +79,10 @@ def load_text_corpus(files: tuple[str, ...] | None = None, folder: str | None = 
         raise FileNotFoundError(
             f"--task lm reads Python's standard-library sources ({', '.join(files)}) from "
             f"{folder}, and none is there: this Python installation ships without its .py "
-            "sources")
-    as_tensor = lambda parts: torch.frombuffer(bytearray(b"".join(parts)),  # noqa: E731
-                                               dtype=torch.uint8).clone()
+            "sources"
+        )
+
+    def as_tensor(parts: list[bytes]) -> torch.Tensor:
+        return torch.frombuffer(bytearray(b"".join(parts)), dtype=torch.uint8).clone()
+
     return TextCorpus(as_tensor(train), as_tensor(val), tuple(found), folder)

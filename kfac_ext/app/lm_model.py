@@ -9,13 +9,14 @@ inputs are (batch, time, features): the factors take every position as a sample)
 the embeddings and LayerNorms take plain steps until K-FAC supports those layer
 types.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = ["CharGPT", "char_gpt"]
 
@@ -32,8 +33,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
-                                           v.transpose(1, 2), is_causal=True)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -54,12 +54,13 @@ class Block(nn.Module):
 class CharGPT(nn.Module):
     """(batch, time) int64 tokens -> (batch, time, vocab) next-token logits."""
 
-    def __init__(self, vocab: int = 256, context: int = 64, d_model: int = 64,
-                 n_layers: int = 2, n_heads: int = 4):
+    def __init__(self, vocab: int = 256, context: int = 64, d_model: int = 64, n_layers: int = 2, n_heads: int = 4):
         super().__init__()
         if min(vocab, context, d_model, n_layers, n_heads) < 1:
-            raise ValueError(f"vocab, context, d_model, n_layers and n_heads must be >= 1, got "
-                             f"{vocab}, {context}, {d_model}, {n_layers}, {n_heads}")
+            raise ValueError(
+                f"vocab, context, d_model, n_layers and n_heads must be >= 1, got "
+                f"{vocab}, {context}, {d_model}, {n_layers}, {n_heads}"
+            )
         self.context = context
         self.tok = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(context, d_model)
@@ -67,9 +68,8 @@ class CharGPT(nn.Module):
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
         for name, p in self.named_parameters():
-            if p.dim() >= 2:        # GPT-2's initialisation; residual outputs scaled by depth
-                std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("proj.weight",
-                                                                       "out.weight")) else 0.02
+            if p.dim() >= 2:  # GPT-2's initialisation; residual outputs scaled by depth
+                std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("proj.weight", "out.weight")) else 0.02
                 nn.init.normal_(p, 0.0, std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -82,7 +82,6 @@ class CharGPT(nn.Module):
         return self.head(self.ln_f(self.blocks(x)))
 
 
-def char_gpt(vocab: int = 256, context: int = 64, d_model: int = 64, n_layers: int = 2,
-             n_heads: int = 4) -> CharGPT:
+def char_gpt(vocab: int = 256, context: int = 64, d_model: int = 64, n_layers: int = 2, n_heads: int = 4) -> CharGPT:
     """The `--task lm` default: 2 blocks of width 64, 4 heads, 64-byte context (~135k weights)."""
     return CharGPT(vocab, context, d_model, n_layers, n_heads)

@@ -8,6 +8,7 @@ covers the text once and two epochs see different windows. The target is a
 non-overlapping validation windows (``VAL_WINDOWS`` of them, evenly spaced over
 the validation text), measured after each epoch with the weights as they are.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,9 +18,9 @@ from kfac_ext.app.lm_data import TextCorpus
 
 __all__ = ["LanguageModel", "LM_TARGET", "CONTEXT", "VAL_WINDOWS"]
 
-CONTEXT = 64          # bytes per sample (the model's context)
-VAL_WINDOWS = 128     # fixed validation windows: 8,192 bytes predicted at each evaluation
-LM_TARGET = 2.3       # validation loss (nats per byte): AdamW, batch 16, gets there in ~200 steps
+CONTEXT = 64  # bytes per sample (the model's context)
+VAL_WINDOWS = 128  # fixed validation windows: 8,192 bytes predicted at each evaluation
+LM_TARGET = 2.3  # validation loss (nats per byte): AdamW, batch 16, gets there in ~200 steps
 
 
 class LanguageModel:
@@ -31,13 +32,15 @@ class LanguageModel:
 
     def __init__(self, corpus: TextCorpus, context: int = CONTEXT, val_windows: int = VAL_WINDOWS):
         if len(corpus.train) < 2 * (context + 1) or len(corpus.val) < context + 1:
-            raise ValueError(f"--task lm: the text is too short for a context of {context} "
-                             f"({len(corpus.train)} training, {len(corpus.val)} validation bytes)")
+            raise ValueError(
+                f"--task lm: the text is too short for a context of {context} "
+                f"({len(corpus.train)} training, {len(corpus.val)} validation bytes)"
+            )
         self.corpus = corpus
         self.context = context
         self.tokens_per_sample = context
         self.vocab = corpus.vocab
-        self.model_args = (corpus.vocab, context)   # build_model's (vocab, context) for char-gpt
+        self.model_args = (corpus.vocab, context)  # build_model's (vocab, context) for char-gpt
         self.train_text = corpus.train.long()
         self.n_train = (len(self.train_text) - 1) // context - 1
         val = corpus.val.long()
@@ -46,8 +49,10 @@ class LanguageModel:
         self.val_x, self.val_y = val[idx[:, :-1]], val[idx[:, 1:]]
 
     def describe(self) -> str:
-        return (f"{self.corpus.describe()}; {self.context}-byte windows, {self.n_train} per "
-                f"epoch, validation on {len(self.val_x)} fixed windows")
+        return (
+            f"{self.corpus.describe()}; {self.context}-byte windows, {self.n_train} per "
+            f"epoch, validation on {len(self.val_x)} fixed windows"
+        )
 
     def train_batch(self, indices: torch.Tensor, generator: torch.Generator | None = None):
         offset = torch.randint(0, self.context, (len(indices),), generator=generator)
@@ -66,8 +71,9 @@ class LanguageModel:
         with torch.no_grad():
             for x, y in zip(self.val_x.split(batch_size), self.val_y.split(batch_size)):
                 out = model(x.to(device) if device is not None else x)
-                total += F.cross_entropy(out.reshape(-1, out.shape[-1]),
-                                         y.reshape(-1).to(out.device), reduction="sum").item()
+                total += F.cross_entropy(
+                    out.reshape(-1, out.shape[-1]), y.reshape(-1).to(out.device), reduction="sum"
+                ).item()
         return total / self.val_y.numel()
 
     def evaluate(self, model, rank: int, size: int, device, all_sum, batch_size: int = 64) -> dict:
@@ -76,9 +82,9 @@ class LanguageModel:
         with torch.no_grad():
             for chunk in torch.arange(rank, len(self.val_x), size).split(batch_size):
                 out = model(self.val_x[chunk].to(device))
-                total += F.cross_entropy(out.reshape(-1, out.shape[-1]),
-                                         self.val_y[chunk].reshape(-1).to(device),
-                                         reduction="sum").item()
+                total += F.cross_entropy(
+                    out.reshape(-1, out.shape[-1]), self.val_y[chunk].reshape(-1).to(device), reduction="sum"
+                ).item()
         (total,) = all_sum([total])
         return dict(val_loss=total / self.val_y.numel())
 

@@ -14,16 +14,16 @@
 All weights are initialised from torch's global RNG, so a fixed
 ``torch.manual_seed`` gives the same model every time.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["BasicBlock", "ResNetCIFAR", "resnet_cifar", "digits_cnn", "digits_mlp",
-           "digits_autoencoder", "build_model"]
+__all__ = ["BasicBlock", "ResNetCIFAR", "resnet_cifar", "digits_cnn", "digits_mlp", "digits_autoencoder", "build_model"]
 
 
 class _PadChannelsShortcut(nn.Module):
@@ -49,8 +49,7 @@ class _PadChannelsShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus an identity (or projected) shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 shortcut: str = "A"):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "A"):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -78,14 +77,12 @@ class BasicBlock(nn.Module):
 class ResNetCIFAR(nn.Module):
     """CIFAR ResNet with 6n+2 layers (He et al. 2016, sec. 4.2)."""
 
-    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3,
-                 shortcut: str = "A"):
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A"):
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise ValueError(f"depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
         if num_classes < 1 or in_channels < 1:
-            raise ValueError(f"num_classes and in_channels must be >= 1, got "
-                             f"{num_classes} and {in_channels}")
+            raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
         blocks_per_stage = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -114,8 +111,7 @@ class ResNetCIFAR(nn.Module):
         return self.fc(x)
 
 
-def resnet_cifar(depth: int = 20, num_classes: int = 10, in_channels: int = 3,
-                 shortcut: str = "A") -> ResNetCIFAR:
+def resnet_cifar(depth: int = 20, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> ResNetCIFAR:
     """CIFAR ResNet-``depth`` (20, 32, 56, ...); ``shortcut`` 'A' (zero-pad) or 'B' (1x1 conv)."""
     return ResNetCIFAR(depth, num_classes, in_channels, shortcut)
 
@@ -130,15 +126,14 @@ def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> 
     whose eigendecomposition costs ~15 SGD steps of this model on one core).
     """
     if num_classes < 1 or in_channels < 1 or width < 1:
-        raise ValueError(f"num_classes, in_channels and width must be >= 1, got "
-                         f"{num_classes}, {in_channels}, {width}")
+        raise ValueError(f"num_classes, in_channels and width must be >= 1, got {num_classes}, {in_channels}, {width}")
     return nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1),
         nn.ReLU(),
-        nn.MaxPool2d(2),                       # 8x8 -> 4x4
+        nn.MaxPool2d(2),  # 8x8 -> 4x4
         nn.Conv2d(width, 2 * width, 3, padding=1),
         nn.ReLU(),
-        nn.MaxPool2d(2),                       # 4x4 -> 2x2
+        nn.MaxPool2d(2),  # 4x4 -> 2x2
         nn.Flatten(),
         nn.Linear(2 * width * 4, 64),
         nn.ReLU(),
@@ -146,12 +141,12 @@ def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> 
     )
 
 
-def digits_mlp(num_classes: int = 10, in_features: int = 64,
-               hidden: Sequence[int] = (128, 64)) -> nn.Sequential:
+def digits_mlp(num_classes: int = 10, in_features: int = 64, hidden: Sequence[int] = (128, 64)) -> nn.Sequential:
     """MLP on flattened digits: (N, 1, 8, 8) or (N, 64) -> (N, num_classes)."""
     if num_classes < 1 or in_features < 1 or any(h < 1 for h in hidden):
-        raise ValueError(f"num_classes, in_features and hidden sizes must be >= 1, got "
-                         f"{num_classes}, {in_features}, {tuple(hidden)}")
+        raise ValueError(
+            f"num_classes, in_features and hidden sizes must be >= 1, got {num_classes}, {in_features}, {tuple(hidden)}"
+        )
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
     for h in hidden:
@@ -161,8 +156,7 @@ def digits_mlp(num_classes: int = 10, in_features: int = 64,
     return nn.Sequential(*layers)
 
 
-def digits_autoencoder(in_features: int = 64,
-                       encoder: Sequence[int] = (256, 128, 64, 16)) -> nn.Sequential:
+def digits_autoencoder(in_features: int = 64, encoder: Sequence[int] = (256, 128, 64, 16)) -> nn.Sequential:
     """Deep autoencoder: tanh hidden layers, a linear code layer, a sigmoid output.
 
     (N, in_features) in [0, 1] -> (N, in_features) in (0, 1). The decoder mirrors
@@ -173,13 +167,12 @@ def digits_autoencoder(in_features: int = 64,
     1001x1001 one, about 40x that, for 1347 training images).
     """
     if in_features < 1 or not encoder or any(h < 1 for h in encoder):
-        raise ValueError(f"in_features and the encoder sizes must be >= 1, got "
-                         f"{in_features}, {tuple(encoder)}")
+        raise ValueError(f"in_features and the encoder sizes must be >= 1, got {in_features}, {tuple(encoder)}")
     sizes = [in_features, *encoder]
     layers: list[nn.Module] = []
     for k, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
-        if k < len(encoder) - 1:              # the code layer stays linear
+        if k < len(encoder) - 1:  # the code layer stays linear
             layers.append(nn.Tanh())
     back = sizes[::-1]
     for k, (a, b) in enumerate(zip(back[:-1], back[1:])):
@@ -202,8 +195,10 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 1) -> nn.Mo
         return digits_mlp(num_classes, in_features=in_channels * 64)
     if name == "digits-autoencoder":
         return digits_autoencoder(in_features=in_channels * 64)
-    if name.startswith("resnet") and name[len("resnet"):].isdigit():
-        return resnet_cifar(int(name[len("resnet"):]), num_classes, in_channels)
-    raise ValueError(f"unknown model {name!r}; choose digits-cnn, digits-mlp, "
-                     f"digits-autoencoder, char-gpt or resnetN "
-                     f"(N = 6n+2, e.g. resnet20, resnet32, resnet56)")
+    if name.startswith("resnet") and name[len("resnet") :].isdigit():
+        return resnet_cifar(int(name[len("resnet") :]), num_classes, in_channels)
+    raise ValueError(
+        f"unknown model {name!r}; choose digits-cnn, digits-mlp, "
+        f"digits-autoencoder, char-gpt or resnetN "
+        f"(N = 6n+2, e.g. resnet20, resnet32, resnet56)"
+    )

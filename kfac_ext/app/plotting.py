@@ -5,17 +5,23 @@ reconstruction loss of the autoencoder) against epochs, and the same against
 training seconds (evaluation excluded, the clock time-to-target uses), one
 line colour per run, the target as a dashed line.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["plot_curves"]
 
 
-def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str,
-                target_accuracy: float | None = None, title: str = "",
-                metric: str = "test_accuracy", metric_label: str = "test accuracy") -> str:
+def plot_curves(
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    path: str,
+    target_accuracy: float | None = None,
+    title: str = "",
+    metric: str = "test_accuracy",
+    metric_label: str = "test accuracy",
+) -> str:
     """Write the curves of ``histories`` (run name -> per-epoch records) to ``path``.
 
     Each record needs ``epoch``, ``train_loss``, ``test_loss``, ``metric``
@@ -41,12 +47,9 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
         seconds = [r["train_time_s"] for r in records]
         for col, xs in enumerate((epochs, seconds)):
             loss_ax, acc_ax = axes[0][col], axes[1][col]
-            loss_ax.plot(xs, [r["train_loss"] for r in records], color=colour,
-                         label=f"{name} train")
-            loss_ax.plot(xs, [r["test_loss"] for r in records], color=colour, linestyle=":",
-                         label=f"{name} test")
-            acc_ax.plot(xs, [scale * r[metric] for r in records], color=colour,
-                        marker=".", label=name)
+            loss_ax.plot(xs, [r["train_loss"] for r in records], color=colour, label=f"{name} train")
+            loss_ax.plot(xs, [r["test_loss"] for r in records], color=colour, linestyle=":", label=f"{name} test")
+            acc_ax.plot(xs, [scale * r[metric] for r in records], color=colour, marker=".", label=name)
     for col, xlabel in enumerate(("epoch", "training time (s, evaluation excluded)")):
         axes[0][col].set_yscale("log")
         axes[0][col].set_ylabel("loss" if not accuracy else "cross-entropy loss")
@@ -55,9 +58,13 @@ def plot_curves(histories: Mapping[str, Sequence[Mapping[str, float]]], path: st
             axes[1][col].set_yscale("log")
         axes[1][col].set_xlabel(xlabel)
         if target_accuracy is not None:
-            axes[1][col].axhline(scale * target_accuracy, color="grey", linestyle="--",
-                                 linewidth=1, label=f"target {scale * target_accuracy:g}"
-                                                    + ("%" if accuracy else ""))
+            axes[1][col].axhline(
+                scale * target_accuracy,
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"target {scale * target_accuracy:g}" + ("%" if accuracy else ""),
+            )
         for row in (0, 1):
             axes[row][col].grid(True, alpha=0.3)
             axes[row][col].legend(fontsize=8)

@@ -4,6 +4,7 @@ The scaling model itself lives in ``kfac_ext.scaling`` (`kfac-ext bench scaling`
 it derives these shapes from the network (``kfac_ext.scaling.models.resnet50``)
 and tests/app/test_scaling.py holds the two together.
 """
+
 from __future__ import annotations
 
 __all__ = ["resnet50_factor_shapes"]
@@ -16,8 +17,7 @@ def resnet50_factor_shapes(num_classes: int = 1000) -> list[tuple[str, int, int]
     for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
         for b in range(blocks):
             p = f"layer{stage}.{b}"
-            layers += [(f"{p}.conv1", in_ch, width), (f"{p}.conv2", width * 9, width),
-                       (f"{p}.conv3", width, width * 4)]
+            layers += [(f"{p}.conv1", in_ch, width), (f"{p}.conv2", width * 9, width), (f"{p}.conv3", width, width * 4)]
             if b == 0:
                 layers.append((f"{p}.downsample.0", in_ch, width * 4))
             in_ch = width * 4

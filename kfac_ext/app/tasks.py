@@ -14,9 +14,10 @@ says whether an epoch's record reached the target.
   the weights as they are (not the running mean of the epoch's batch losses,
   which mixes weights from the whole epoch).
 """
+
 from __future__ import annotations
 
-from typing import Callable, List
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,13 +27,13 @@ from kfac_ext.app.data import Dataset
 __all__ = ["Classification", "Autoencoder", "make_task", "TASKS"]
 
 TASKS = ("classify", "autoencoder", "lm")
-AllSum = Callable[[List[float]], List[float]]
+AllSum = Callable[[list[float]], list[float]]
 
 
 class Classification:
     """Cross-entropy on the class labels; reached when test accuracy >= target."""
 
-    metric = "test_accuracy"          # the record key the target is checked on
+    metric = "test_accuracy"  # the record key the target is checked on
     metric_label = "test accuracy"
     higher_is_better = True
 
@@ -48,8 +49,7 @@ class Classification:
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out, target)
 
-    def evaluate(self, model, rank: int, size: int, device, all_sum: AllSum,
-                 batch_size: int = 1000) -> dict:
+    def evaluate(self, model, rank: int, size: int, device, all_sum: AllSum, batch_size: int = 1000) -> dict:
         """Test loss and accuracy, sharded over the ranks."""
         n = len(self.data.test_y)
         loss_sum, correct = 0.0, 0.0
@@ -85,8 +85,7 @@ class Autoencoder:
 
     def __init__(self, data: Dataset):
         if data.name != "digits":
-            raise ValueError(f"--task autoencoder: only --data digits is supported, "
-                             f"got --data {data.name}")
+            raise ValueError(f"--task autoencoder: only --data digits is supported, got --data {data.name}")
         low, high = float(data.train_x.min()), float(data.train_x.max())
         self.train_x = _pixels(data.train_x, low, high)
         self.test_x = _pixels(data.test_x, low, high)
@@ -101,8 +100,7 @@ class Autoencoder:
     def loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(out, target, reduction="sum") / len(target)
 
-    def evaluate(self, model, rank: int, size: int, device, all_sum: AllSum,
-                 batch_size: int = 1000) -> dict:
+    def evaluate(self, model, rank: int, size: int, device, all_sum: AllSum, batch_size: int = 1000) -> dict:
         sums = []
         with torch.no_grad():
             for x in (self.train_x, self.test_x):
@@ -112,15 +110,14 @@ class Autoencoder:
                     total += F.mse_loss(model(xb), xb, reduction="sum").item()
                 sums.append(total)
         train_sum, test_sum = all_sum(sums)
-        return dict(train_eval_loss=train_sum / len(self.train_x),
-                    test_loss=test_sum / len(self.test_x))
+        return dict(train_eval_loss=train_sum / len(self.train_x), test_loss=test_sum / len(self.test_x))
 
     def reached(self, record: dict, target: float) -> bool:
         return record[self.metric] <= target
 
 
 def make_task(name: str, data: Dataset | None):
-    if name == "lm":        # its own text (Python's standard library); `data` is not used
+    if name == "lm":  # its own text (Python's standard library); `data` is not used
         from kfac_ext.app.lm_data import load_text_corpus
         from kfac_ext.app.lm_task import LanguageModel
 

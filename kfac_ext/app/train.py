@@ -21,6 +21,7 @@ after every epoch.
 Data parallel: torchrun --nproc_per_node=N -m kfac_ext train ...
 (Gloo on CPU, NCCL on GPU; --batch-size is the global batch, split evenly).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,60 +40,129 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kfac_ext.app.checkpoint import (CheckpointError, FORMAT, capture_rng_state, load_checkpoint,
-                                 restore_rng_state, resume_hint, save_checkpoint,
-                                 sigterm_as_interrupt)
+from kfac_ext.app.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    resume_hint,
+    save_checkpoint,
+    sigterm_as_interrupt,
+)
 from kfac_ext.app.data import load_dataset
 from kfac_ext.app.tasks import TASKS, make_task
-from kfac_ext.app.validation import (check_fits_data, check_model_fits, check_outputs,
-                                     check_train_args)
+from kfac_ext.app.validation import check_fits_data, check_model_fits, check_outputs, check_train_args
 
 # Per-dataset defaults; the learning rates come from benchmarks/lr_sweep.py.
 DEFAULTS = {
     # K-FAC preconditions every layer (the convolutions too): lr 0.1 and damping 0.1 from
     # the sweep with every layer; factor_init, per-example G and adaptive damping were
     # measured on the sweep seeds and did not help here (benchmarks/RESULTS.md).
-    "digits": dict(model="digits-cnn", epochs=12, batch_size=64, lr_sgd=0.05, lr_kfac=0.1,
-                   lr_adamw=0.01, adamw_weight_decay=0.1, lr_soap=0.01,
-                   soap_weight_decay=0.01, damping=0.1, skip_layers=(),
-                   weight_decay=5e-4, warmup_epochs=1.0, decay_epochs=None,
-                   target_accuracy=0.97, factor_update_steps=5, inv_update_steps=20,
-                   inv_lag_steps=2, threads=1, compute_method="eigen", factor_init="identity",
-                   per_example_g=False,
-                   adaptive_damping=0, auto_step=False, auto_step_damping=0.1,
-                   auto_step_interval=5),
-    "cifar10": dict(model="resnet20", epochs=100, batch_size=128, lr_sgd=0.1, lr_kfac=0.1,
-                    lr_adamw=0.001, adamw_weight_decay=0.05, lr_soap=0.001,   # not swept
-                    soap_weight_decay=0.05, damping=0.003, compute_method="eigen",
-                    factor_init="identity",
-                    per_example_g=False, adaptive_damping=0, auto_step=False,
-                    auto_step_damping=1.0, auto_step_interval=5,  # auto step: not measured
-                    skip_layers=(),
-                    weight_decay=5e-4, warmup_epochs=5.0, decay_epochs=None,
-                    target_accuracy=0.91, factor_update_steps=10, inv_update_steps=100,
-                    inv_lag_steps=0, threads=0),
+    "digits": dict(
+        model="digits-cnn",
+        epochs=12,
+        batch_size=64,
+        lr_sgd=0.05,
+        lr_kfac=0.1,
+        lr_adamw=0.01,
+        adamw_weight_decay=0.1,
+        lr_soap=0.01,
+        soap_weight_decay=0.01,
+        damping=0.1,
+        skip_layers=(),
+        weight_decay=5e-4,
+        warmup_epochs=1.0,
+        decay_epochs=None,
+        target_accuracy=0.97,
+        factor_update_steps=5,
+        inv_update_steps=20,
+        inv_lag_steps=2,
+        threads=1,
+        compute_method="eigen",
+        factor_init="identity",
+        per_example_g=False,
+        adaptive_damping=0,
+        auto_step=False,
+        auto_step_damping=0.1,
+        auto_step_interval=5,
+    ),
+    "cifar10": dict(
+        model="resnet20",
+        epochs=100,
+        batch_size=128,
+        lr_sgd=0.1,
+        lr_kfac=0.1,
+        lr_adamw=0.001,
+        adamw_weight_decay=0.05,
+        lr_soap=0.001,  # not swept
+        soap_weight_decay=0.05,
+        damping=0.003,
+        compute_method="eigen",
+        factor_init="identity",
+        per_example_g=False,
+        adaptive_damping=0,
+        auto_step=False,
+        auto_step_damping=1.0,
+        auto_step_interval=5,  # auto step: not measured
+        skip_layers=(),
+        weight_decay=5e-4,
+        warmup_epochs=5.0,
+        decay_epochs=None,
+        target_accuracy=0.91,
+        factor_update_steps=10,
+        inv_update_steps=100,
+        inv_lag_steps=0,
+        threads=0,
+    ),
 }
 # --task autoencoder (digits only): these replace the digits defaults.
 # Learning rates, damping and weight decays from benchmarks/lr_sweep.py --task autoencoder
 # (seeds 100, 101; K-FAC's with the inverse method); the target is a loss the tuned SGD
 # reaches in about half the schedule (AdamW's best setting plateaus near 2.8 and does not).
-AUTOENCODER_DEFAULTS = dict(model="digits-autoencoder", epochs=40, batch_size=64, lr_sgd=0.04,
-                            lr_kfac=0.025, lr_adamw=0.001, adamw_weight_decay=0.01,
-                            lr_soap=0.003, soap_weight_decay=0.0, damping=0.03,
-                            compute_method="inverse",
-                            skip_layers=(), weight_decay=0.0, target_accuracy=1.0,
-                            target_loss=1.5)
+AUTOENCODER_DEFAULTS = dict(
+    model="digits-autoencoder",
+    epochs=40,
+    batch_size=64,
+    lr_sgd=0.04,
+    lr_kfac=0.025,
+    lr_adamw=0.001,
+    adamw_weight_decay=0.01,
+    lr_soap=0.003,
+    soap_weight_decay=0.0,
+    damping=0.03,
+    compute_method="inverse",
+    skip_layers=(),
+    weight_decay=0.0,
+    target_accuracy=1.0,
+    target_loss=1.5,
+)
 # --task lm (kfac_ext/app/lm_task.py): a byte-level GPT on Python's standard library; these
 # replace the digits defaults. AdamW's and K-FAC's lr: the best of the batch-8 sweep (seed 100,
 # benchmarks/batch_scaling.py --task lm; RESULTS.md) scaled to batch 32 by the square-root
 # rule; SGD's and SOAP's are not swept.
-LM_DEFAULTS = dict(model="char-gpt", epochs=2, batch_size=32, lr_sgd=0.1, lr_kfac=0.0177,
-                   lr_adamw=0.003, adamw_weight_decay=0.0, lr_soap=0.003, soap_weight_decay=0.0,
-                   damping=0.03, compute_method="inverse", skip_layers=(), weight_decay=0.0,
-                   warmup_epochs=0.0, factor_update_steps=1, inv_update_steps=1,
-                   target_accuracy=1.0, target_loss=2.3)
+LM_DEFAULTS = dict(
+    model="char-gpt",
+    epochs=2,
+    batch_size=32,
+    lr_sgd=0.1,
+    lr_kfac=0.0177,
+    lr_adamw=0.003,
+    adamw_weight_decay=0.0,
+    lr_soap=0.003,
+    soap_weight_decay=0.0,
+    damping=0.03,
+    compute_method="inverse",
+    skip_layers=(),
+    weight_decay=0.0,
+    warmup_epochs=0.0,
+    factor_update_steps=1,
+    inv_update_steps=1,
+    target_accuracy=1.0,
+    target_loss=2.3,
+)
 OPTIMIZERS = ("sgd", "adamw", "kfac", "soap")
-ALIASES = {"both": ("sgd", "kfac")}     # and "all": every installed optimizer
+ALIASES = {"both": ("sgd", "kfac")}  # and "all": every installed optimizer
 NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "soap": "SOAP"}
 
 
@@ -100,8 +170,7 @@ def installed_optimizers() -> tuple[str, ...]:
     """sgd, adamw, kfac, and soap when heavyball (the [soap] extra) is installed."""
     import importlib.util
 
-    return tuple(n for n in OPTIMIZERS
-                 if n != "soap" or importlib.util.find_spec("heavyball") is not None)
+    return tuple(n for n in OPTIMIZERS if n != "soap" or importlib.util.find_spec("heavyball") is not None)
 
 
 def parse_optimizers(text: str) -> tuple[str, ...]:
@@ -115,137 +184,238 @@ def parse_optimizers(text: str) -> tuple[str, ...]:
         elif word in OPTIMIZERS:
             expanded = (word,)
         else:
-            raise ValueError(f"--optimizer {text}: unknown optimizer {word!r}; give a comma "
-                             f"list of {', '.join(OPTIMIZERS)}, or both (sgd,kfac) or all")
+            raise ValueError(
+                f"--optimizer {text}: unknown optimizer {word!r}; give a comma "
+                f"list of {', '.join(OPTIMIZERS)}, or both (sgd,kfac) or all"
+            )
         names += [n for n in expanded if n not in names]
     if "soap" in names and "soap" not in installed_optimizers():
-        raise ValueError("--optimizer soap needs the heavyball package: "
-                         "pip install 'kfac_ext[soap]'")
+        raise ValueError("--optimizer soap needs the heavyball package: pip install 'kfac_ext[soap]'")
     return tuple(names)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = parser.add_argument_group("data and model")
-    d.add_argument("--data", choices=sorted(DEFAULTS), default="digits",
-                   help="dataset (default digits: built into scikit-learn)")
-    d.add_argument("--data-dir", default=None,
-                   help="folder with the CIFAR-10 python batches (data_batch_1..5, test_batch)")
-    d.add_argument("--model", default=None,
-                   help="digits-cnn, digits-mlp, digits-autoencoder, resnet20, resnet32, "
-                        "resnet56 (default: digits-cnn for digits, resnet20 for cifar10, "
-                        "digits-autoencoder for --task autoencoder)")
-    d.add_argument("--task", choices=TASKS, default="classify",
-                   help="classify (default): cross-entropy, target a test accuracy; "
-                        "autoencoder (digits): reconstruct the 64 pixels, target a training "
-                        "reconstruction loss (--target-loss); lm: a byte-level GPT on Python's "
-                        "standard-library sources, target a validation loss (--target-loss)")
+    d.add_argument(
+        "--data", choices=sorted(DEFAULTS), default="digits", help="dataset (default digits: built into scikit-learn)"
+    )
+    d.add_argument(
+        "--data-dir", default=None, help="folder with the CIFAR-10 python batches (data_batch_1..5, test_batch)"
+    )
+    d.add_argument(
+        "--model",
+        default=None,
+        help="digits-cnn, digits-mlp, digits-autoencoder, resnet20, resnet32, "
+        "resnet56 (default: digits-cnn for digits, resnet20 for cifar10, "
+        "digits-autoencoder for --task autoencoder)",
+    )
+    d.add_argument(
+        "--task",
+        choices=TASKS,
+        default="classify",
+        help="classify (default): cross-entropy, target a test accuracy; "
+        "autoencoder (digits): reconstruct the 64 pixels, target a training "
+        "reconstruction loss (--target-loss); lm: a byte-level GPT on Python's "
+        "standard-library sources, target a validation loss (--target-loss)",
+    )
     o = parser.add_argument_group("optimisation (every optimizer)")
-    o.add_argument("--optimizer", default="both",
-                   help="comma list of sgd, adamw, kfac, soap (soap needs the [soap] extra, "
-                        "heavyball); both = sgd,kfac (default); all = every installed one")
-    o.add_argument("--epochs", type=int, default=None,
-                   help="length of the lr schedule (default 12 on digits, 100 on cifar10)")
-    o.add_argument("--batch-size", type=int, default=None,
-                   help="global batch size (default 64 on digits, 128 on cifar10)")
-    o.add_argument("--lr-sgd", type=float, default=None,
-                   help="peak learning rate for SGD (default 0.05 on digits, 0.1 on cifar10)")
-    o.add_argument("--lr-kfac", type=float, default=None,
-                   help="peak learning rate for K-FAC (default 0.1 on digits and cifar10)")
-    o.add_argument("--lr-adamw", type=float, default=None,
-                   help="peak learning rate for AdamW (default from the digits sweep)")
-    o.add_argument("--adamw-weight-decay", type=float, default=None,
-                   help="AdamW's decoupled weight decay (default from the digits sweep)")
+    o.add_argument(
+        "--optimizer",
+        default="both",
+        help="comma list of sgd, adamw, kfac, soap (soap needs the [soap] extra, "
+        "heavyball); both = sgd,kfac (default); all = every installed one",
+    )
+    o.add_argument(
+        "--epochs", type=int, default=None, help="length of the lr schedule (default 12 on digits, 100 on cifar10)"
+    )
+    o.add_argument(
+        "--batch-size", type=int, default=None, help="global batch size (default 64 on digits, 128 on cifar10)"
+    )
+    o.add_argument(
+        "--lr-sgd", type=float, default=None, help="peak learning rate for SGD (default 0.05 on digits, 0.1 on cifar10)"
+    )
+    o.add_argument(
+        "--lr-kfac", type=float, default=None, help="peak learning rate for K-FAC (default 0.1 on digits and cifar10)"
+    )
+    o.add_argument(
+        "--lr-adamw", type=float, default=None, help="peak learning rate for AdamW (default from the digits sweep)"
+    )
+    o.add_argument(
+        "--adamw-weight-decay",
+        type=float,
+        default=None,
+        help="AdamW's decoupled weight decay (default from the digits sweep)",
+    )
     o.add_argument("--lr-soap", type=float, default=None, help="peak learning rate for SOAP")
-    o.add_argument("--soap-weight-decay", type=float, default=None,
-                   help="SOAP's decoupled weight decay")
-    o.add_argument("--momentum", type=float, default=0.9,
-                   help="SGD momentum, also K-FAC's (default 0.9)")
-    o.add_argument("--weight-decay", type=float, default=None,
-                   help="SGD's and K-FAC's L2 weight decay (default 5e-4; 0 for the autoencoder)")
-    o.add_argument("--warmup-epochs", type=float, default=None,
-                   help="linear lr warm-up from lr/10 over this many epochs")
-    o.add_argument("--decay-epochs", type=float, nargs="*", default=None,
-                   help="epochs at which the lr is multiplied by --decay-factor "
-                        "(default: 50%% and 75%% of --epochs)")
+    o.add_argument("--soap-weight-decay", type=float, default=None, help="SOAP's decoupled weight decay")
+    o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, also K-FAC's (default 0.9)")
+    o.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="SGD's and K-FAC's L2 weight decay (default 5e-4; 0 for the autoencoder)",
+    )
+    o.add_argument(
+        "--warmup-epochs", type=float, default=None, help="linear lr warm-up from lr/10 over this many epochs"
+    )
+    o.add_argument(
+        "--decay-epochs",
+        type=float,
+        nargs="*",
+        default=None,
+        help="epochs at which the lr is multiplied by --decay-factor (default: 50%% and 75%% of --epochs)",
+    )
     o.add_argument("--decay-factor", type=float, default=0.1, help="default 0.1")
-    o.add_argument("--target-accuracy", type=float, default=None,
-                   help="test accuracy (fraction) that time-to-target measures "
-                        "(default 0.97 on digits, 0.91 on cifar10)")
-    o.add_argument("--target-loss", type=float, default=None,
-                   help="--task autoencoder: training reconstruction loss (squared error summed "
-                        "over the 64 pixels, mean over images) that time-to-target measures")
+    o.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        help="test accuracy (fraction) that time-to-target measures (default 0.97 on digits, 0.91 on cifar10)",
+    )
+    o.add_argument(
+        "--target-loss",
+        type=float,
+        default=None,
+        help="--task autoencoder: training reconstruction loss (squared error summed "
+        "over the 64 pixels, mean over images) that time-to-target measures",
+    )
     k = parser.add_argument_group("K-FAC")
-    k.add_argument("--compute-method", choices=("eigen", "inverse"), default=None,
-                   help="eigen: eigen-basis preconditioning (default); inverse: damped factor "
-                        "inverses (two GEMMs a layer instead of four; damping added to each "
-                        "factor, so it wants its own --damping; the autoencoder's default, "
-                        "whose square 256-wide layers make the GEMMs most of a K-FAC step)")
-    k.add_argument("--damping", type=float, default=None,
-                   help="lambda: added to the eigenvalue products (eigen) or to each factor "
-                        "(inverse); default 0.1 on digits, 0.003 on cifar10")
-    k.add_argument("--skip-layers", nargs="*", default=None, metavar="PATTERN",
-                   help="layers K-FAC leaves to plain SGD steps: regular expressions matched "
-                        "against module names and class names, e.g. Conv2d or '^0$'. Default: "
-                        "none (every layer is preconditioned); the flag with no pattern "
-                        "means the same")
-    k.add_argument("--factor-decay", type=float, default=0.95,
-                   help="running-average weight of the factors (default 0.95)")
-    k.add_argument("--factor-init", choices=("identity", "first_batch"), default=None,
-                   help="start of the running factors: identity (kfac-pytorch) or the first "
-                        "captured batch")
-    k.add_argument("--per-example-g", action=argparse.BooleanOptionalAction, default=None,
-                   help="scale G by batch**2 (Martens & Grosse's per-example factor; "
-                        "--damping is then in those units)")
-    k.add_argument("--adaptive-damping", type=int, default=None, metavar="T",
-                   help="adapt the damping every T steps by the Levenberg-Marquardt rule on "
-                        "the reduction ratio of the K-FAC quadratic model (one extra forward "
-                        "pass every T steps; --damping is the start); 0: fixed damping")
-    k.add_argument("--auto-step", action=argparse.BooleanOptionalAction, default=None,
-                   help="K-FAC chooses its step length and momentum each step from the exact "
-                        "Gauss-Newton quadratic model (Martens & Grosse 2015, sec. 7: a "
-                        "forward-mode pass in two directions a step); its optimizer becomes "
-                        "SGD with lr 1, "
-                        "momentum 0, and --lr-kfac, the lr schedule (warm-up, decays), "
-                        "--momentum and --kl-clip do not apply to it; --weight-decay enters "
-                        "the quadratic model instead (kfac_ext/auto_step.py)")
-    k.add_argument("--auto-step-damping", type=float, default=None, metavar="LAMBDA",
-                   help="--auto-step: the quadratic model's starting damping, in units of "
-                        "the batch-mean loss's curvature (not --damping's; default 0.1 on "
-                        "digits, the best of 0.01-100 on both digits tasks; 1 on cifar10)")
-    k.add_argument("--auto-step-interval", type=int, default=None, metavar="T",
-                   help="--auto-step: adapt its damping every T steps by the "
-                        "Levenberg-Marquardt rule (one extra forward pass every T steps); "
-                        "0 keeps it fixed (default 5)")
+    k.add_argument(
+        "--compute-method",
+        choices=("eigen", "inverse"),
+        default=None,
+        help="eigen: eigen-basis preconditioning (default); inverse: damped factor "
+        "inverses (two GEMMs a layer instead of four; damping added to each "
+        "factor, so it wants its own --damping; the autoencoder's default, "
+        "whose square 256-wide layers make the GEMMs most of a K-FAC step)",
+    )
+    k.add_argument(
+        "--damping",
+        type=float,
+        default=None,
+        help="lambda: added to the eigenvalue products (eigen) or to each factor "
+        "(inverse); default 0.1 on digits, 0.003 on cifar10",
+    )
+    k.add_argument(
+        "--skip-layers",
+        nargs="*",
+        default=None,
+        metavar="PATTERN",
+        help="layers K-FAC leaves to plain SGD steps: regular expressions matched "
+        "against module names and class names, e.g. Conv2d or '^0$'. Default: "
+        "none (every layer is preconditioned); the flag with no pattern "
+        "means the same",
+    )
+    k.add_argument(
+        "--factor-decay", type=float, default=0.95, help="running-average weight of the factors (default 0.95)"
+    )
+    k.add_argument(
+        "--factor-init",
+        choices=("identity", "first_batch"),
+        default=None,
+        help="start of the running factors: identity (kfac-pytorch) or the first captured batch",
+    )
+    k.add_argument(
+        "--per-example-g",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="scale G by batch**2 (Martens & Grosse's per-example factor; --damping is then in those units)",
+    )
+    k.add_argument(
+        "--adaptive-damping",
+        type=int,
+        default=None,
+        metavar="T",
+        help="adapt the damping every T steps by the Levenberg-Marquardt rule on "
+        "the reduction ratio of the K-FAC quadratic model (one extra forward "
+        "pass every T steps; --damping is the start); 0: fixed damping",
+    )
+    k.add_argument(
+        "--auto-step",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="K-FAC chooses its step length and momentum each step from the exact "
+        "Gauss-Newton quadratic model (Martens & Grosse 2015, sec. 7: a "
+        "forward-mode pass in two directions a step); its optimizer becomes "
+        "SGD with lr 1, "
+        "momentum 0, and --lr-kfac, the lr schedule (warm-up, decays), "
+        "--momentum and --kl-clip do not apply to it; --weight-decay enters "
+        "the quadratic model instead (kfac_ext/auto_step.py)",
+    )
+    k.add_argument(
+        "--auto-step-damping",
+        type=float,
+        default=None,
+        metavar="LAMBDA",
+        help="--auto-step: the quadratic model's starting damping, in units of "
+        "the batch-mean loss's curvature (not --damping's; default 0.1 on "
+        "digits, the best of 0.01-100 on both digits tasks; 1 on cifar10)",
+    )
+    k.add_argument(
+        "--auto-step-interval",
+        type=int,
+        default=None,
+        metavar="T",
+        help="--auto-step: adapt its damping every T steps by the "
+        "Levenberg-Marquardt rule (one extra forward pass every T steps); "
+        "0 keeps it fixed (default 5)",
+    )
     k.add_argument("--kl-clip", type=float, default=0.001, help="default 0.001")
-    k.add_argument("--factor-update-steps", type=int, default=None,
-                   help="steps between factor updates before the first lr decay "
-                        "(default 5 on digits, 10 on cifar10)")
-    k.add_argument("--inv-update-steps", type=int, default=None,
-                   help="steps between eigendecompositions before the first lr decay "
-                        "(default 20 on digits, 100 on cifar10)")
-    k.add_argument("--inv-lag-steps", type=int, default=None,
-                   help="install each eigendecomposition this many steps after its factors, "
-                        "solving it on a background thread meanwhile (CPU; default 2 on digits, "
-                        "whose one training thread leaves a core free; 0 on cifar10)")
-    k.add_argument("--interval-growth", type=float, default=2.0,
-                   help="both update intervals are multiplied by this at every lr decay "
-                        "(dynamic decoupling: curvature is refreshed less as training settles)")
+    k.add_argument(
+        "--factor-update-steps",
+        type=int,
+        default=None,
+        help="steps between factor updates before the first lr decay (default 5 on digits, 10 on cifar10)",
+    )
+    k.add_argument(
+        "--inv-update-steps",
+        type=int,
+        default=None,
+        help="steps between eigendecompositions before the first lr decay (default 20 on digits, 100 on cifar10)",
+    )
+    k.add_argument(
+        "--inv-lag-steps",
+        type=int,
+        default=None,
+        help="install each eigendecomposition this many steps after its factors, "
+        "solving it on a background thread meanwhile (CPU; default 2 on digits, "
+        "whose one training thread leaves a core free; 0 on cifar10)",
+    )
+    k.add_argument(
+        "--interval-growth",
+        type=float,
+        default=2.0,
+        help="both update intervals are multiplied by this at every lr decay "
+        "(dynamic decoupling: curvature is refreshed less as training settles)",
+    )
     r = parser.add_argument_group("run")
     r.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     r.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda if present)")
-    r.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default 1 on digits: its tiny layers run several "
-                        "times faster on one thread than on two busy cores; 0 = torch's default)")
-    r.add_argument("--save", metavar="DIR", default=None,
-                   help="write a checkpoint per run (DIR/sgd.pt, DIR/kfac.pt) after every epoch")
-    r.add_argument("--resume", metavar="DIR", default=None,
-                   help="continue the runs checkpointed in DIR (same settings required)")
-    r.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
-                   help="stop after this many epochs of the schedule (resume later)")
-    r.add_argument("--plot", default="kfac_ext_train.png",
-                   help="PNG of the learning curves ('' to skip)")
-    r.add_argument("--json", action="store_true",
-                   help="print one JSON object on stdout (logs go to stderr)")
+    r.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default 1 on digits: its tiny layers run several "
+        "times faster on one thread than on two busy cores; 0 = torch's default)",
+    )
+    r.add_argument(
+        "--save",
+        metavar="DIR",
+        default=None,
+        help="write a checkpoint per run (DIR/sgd.pt, DIR/kfac.pt) after every epoch",
+    )
+    r.add_argument(
+        "--resume", metavar="DIR", default=None, help="continue the runs checkpointed in DIR (same settings required)"
+    )
+    r.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="EPOCHS",
+        help="stop after this many epochs of the schedule (resume later)",
+    )
+    r.add_argument("--plot", default="kfac_ext_train.png", help="PNG of the learning curves ('' to skip)")
+    r.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
     r.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch logs")
 
 
@@ -287,7 +457,7 @@ class World:
     rank: int = 0
     size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False   # we initialised the process group, so we tear it down
+    owns_group: bool = False  # we initialised the process group, so we tear it down
 
     @property
     def main(self) -> bool:
@@ -327,7 +497,7 @@ def _all_sum(values: list[float], world: World) -> list[float]:
 class RunState:
     name: str
     config: dict
-    history: list = field(default_factory=list)     # one record per finished epoch
+    history: list = field(default_factory=list)  # one record per finished epoch
     step_times: list = field(default_factory=list)  # seconds per training step
     train_time_s: float = 0.0
     wall_s: float = 0.0
@@ -337,28 +507,52 @@ class RunState:
 
 def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
     """Everything that decides a run's curve; a checkpoint must match it to be resumed."""
-    cfg = dict(optimizer=name, data=a.data, model=a.model, epochs=a.epochs,
-               batch_size=a.batch_size, lr=getattr(a, f"lr_{name}"),
-               momentum=a.momentum, weight_decay=a.weight_decay,
-               warmup_epochs=a.warmup_epochs, decay_epochs=list(a.decay_epochs),
-               decay_factor=a.decay_factor, seed=a.seed, world_size=world.size)
+    cfg = dict(
+        optimizer=name,
+        data=a.data,
+        model=a.model,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=getattr(a, f"lr_{name}"),
+        momentum=a.momentum,
+        weight_decay=a.weight_decay,
+        warmup_epochs=a.warmup_epochs,
+        decay_epochs=list(a.decay_epochs),
+        decay_factor=a.decay_factor,
+        seed=a.seed,
+        world_size=world.size,
+    )
     if a.task != "classify":
         cfg["task"] = a.task
     if name in ("adamw", "soap"):
-        del cfg["momentum"]        # their own betas (library defaults)
+        del cfg["momentum"]  # their own betas (library defaults)
         cfg["weight_decay"] = getattr(a, f"{name}_weight_decay")
     if name == "kfac":
-        cfg.update(compute_method=a.compute_method, damping=a.damping,
-                   factor_decay=a.factor_decay, kl_clip=a.kl_clip,
-                   factor_update_steps=a.factor_update_steps,
-                   inv_update_steps=a.inv_update_steps, interval_growth=a.interval_growth,
-                   inv_lag_steps=a.inv_lag_steps, skip_layers=list(a.skip_layers),
-                   factor_init=a.factor_init, per_example_g=a.per_example_g,
-                   adaptive_damping=a.adaptive_damping)
+        cfg.update(
+            compute_method=a.compute_method,
+            damping=a.damping,
+            factor_decay=a.factor_decay,
+            kl_clip=a.kl_clip,
+            factor_update_steps=a.factor_update_steps,
+            inv_update_steps=a.inv_update_steps,
+            interval_growth=a.interval_growth,
+            inv_lag_steps=a.inv_lag_steps,
+            skip_layers=list(a.skip_layers),
+            factor_init=a.factor_init,
+            per_example_g=a.per_example_g,
+            adaptive_damping=a.adaptive_damping,
+        )
         if a.auto_step:  # the step is the quadratic model's: SGD at lr 1, no schedule
-            cfg.update(auto_step=True, auto_step_damping=a.auto_step_damping,
-                       auto_step_interval=a.auto_step_interval, lr=1.0, momentum=0.0,
-                       warmup_epochs=0.0, decay_factor=1.0, kl_clip=None)
+            cfg.update(
+                auto_step=True,
+                auto_step_damping=a.auto_step_damping,
+                auto_step_interval=a.auto_step_interval,
+                lr=1.0,
+                momentum=0.0,
+                warmup_epochs=0.0,
+                decay_factor=1.0,
+                kl_clip=None,
+            )
     return cfg
 
 
@@ -370,9 +564,11 @@ def _check_skip_layers(model: torch.nn.Module, a: argparse.Namespace) -> None:
     probe = KFACPreconditioner(model, skip_layers=a.skip_layers, comm=LocalComm())
     probe.remove_hooks()
     if not probe.layers:
-        raise ValueError(f"--skip-layers {' '.join(a.skip_layers)} leaves no layer of {a.model} "
-                         "for K-FAC to precondition; give fewer patterns, or the flag alone "
-                         "to precondition every layer")
+        raise ValueError(
+            f"--skip-layers {' '.join(a.skip_layers)} leaves no layer of {a.model} "
+            "for K-FAC to precondition; give fewer patterns, or the flag alone "
+            "to precondition every layer"
+        )
 
 
 def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Namespace):
@@ -384,21 +580,29 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
     if a.auto_step:
         from kfac_ext.auto_step import AutoStep
 
-        auto_step = AutoStep(damping=a.auto_step_damping, weight_decay=a.weight_decay,
-                             interval=a.auto_step_interval)
+        auto_step = AutoStep(damping=a.auto_step_damping, weight_decay=a.weight_decay, interval=a.auto_step_interval)
     if a.adaptive_damping:
         from kfac_ext.adaptive_damping import AdaptiveDamping
 
-        damping = AdaptiveDamping(a.damping, interval=a.adaptive_damping,
-                                  curvature_scale=float(a.batch_size) ** 2 / g_scale)
+        damping = AdaptiveDamping(
+            a.damping, interval=a.adaptive_damping, curvature_scale=float(a.batch_size) ** 2 / g_scale
+        )
     adaptive = damping if a.adaptive_damping else None
-    return KFACPreconditioner(model, factor_update_steps=sched.factor_update_steps,
-                              inv_update_steps=sched.inv_update_steps, damping=damping,
-                              factor_init=a.factor_init, g_scale=g_scale,
-                              factor_decay=a.factor_decay,
-                              kl_clip=None if a.auto_step else a.kl_clip, lr=sched.lr,
-                              inv_lag_steps=a.inv_lag_steps, compute_method=a.compute_method,
-                              skip_layers=a.skip_layers, auto_step=auto_step), adaptive
+    return KFACPreconditioner(
+        model,
+        factor_update_steps=sched.factor_update_steps,
+        inv_update_steps=sched.inv_update_steps,
+        damping=damping,
+        factor_init=a.factor_init,
+        g_scale=g_scale,
+        factor_decay=a.factor_decay,
+        kl_clip=None if a.auto_step else a.kl_clip,
+        lr=sched.lr,
+        inv_lag_steps=a.inv_lag_steps,
+        compute_method=a.compute_method,
+        skip_layers=a.skip_layers,
+        auto_step=auto_step,
+    ), adaptive
 
 
 def _epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -411,8 +615,7 @@ def _make_optimizer(name: str, model: torch.nn.Module, lr: float, a: argparse.Na
     if name == "kfac" and a.auto_step:  # applies the step K-FAC wrote into .grad as it is
         return torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.0, weight_decay=0.0)
     if name in ("sgd", "kfac"):
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=a.momentum,
-                               weight_decay=a.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=a.momentum, weight_decay=a.weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=a.adamw_weight_decay)
     import heavyball  # the [soap] extra
@@ -421,15 +624,23 @@ def _make_optimizer(name: str, model: torch.nn.Module, lr: float, a: argparse.Na
     # Eager: heavyball torch.compiles its fused kernels (and with compile_step the whole
     # step) in max-autotune mode, minutes of autotuning on a CPU before the first step.
     heavyball.utils.compile_mode = None
-    return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=a.soap_weight_decay,
-                          compile_step=False)
+    return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=a.soap_weight_decay, compile_step=False)
 
 
 class _Run:
     """One optimizer's run: model, optimizer, preconditioner and schedule, an epoch at a time."""
 
-    def __init__(self, state: RunState, a: argparse.Namespace, task, init_weights: dict,
-                 model_args: tuple, world: World, resume: dict | None, log):
+    def __init__(
+        self,
+        state: RunState,
+        a: argparse.Namespace,
+        task,
+        init_weights: dict,
+        model_args: tuple,
+        world: World,
+        resume: dict | None,
+        log,
+    ):
         from kfac_ext.app.models import build_model
 
         self.state, self.a, self.task, self.world, self.log = state, a, task, world, log
@@ -439,25 +650,28 @@ class _Run:
         model.to(world.device)
         self.model = model
         self.steps_per_epoch = task.n_train // a.batch_size  # drop the last partial batch
-        self.sched = Schedule(state.config["lr"], self.steps_per_epoch,
-                              state.config["warmup_epochs"], tuple(a.decay_epochs),
-                              state.config["decay_factor"], a.factor_update_steps or 1,
-                              a.inv_update_steps or 1, a.interval_growth)
+        self.sched = Schedule(
+            state.config["lr"],
+            self.steps_per_epoch,
+            state.config["warmup_epochs"],
+            tuple(a.decay_epochs),
+            state.config["decay_factor"],
+            a.factor_update_steps or 1,
+            a.inv_update_steps or 1,
+            a.interval_growth,
+        )
         self.net = model
         if world.size > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+                model, device_ids=[world.device.index] if world.device.type == "cuda" else None
+            )
         self.optimizer = _make_optimizer(name, model, self.sched.lr(0), a)
-        self.precond, self.adaptive = _make_preconditioner(self.net, self.sched, a) \
-            if name == "kfac" else (None, None)
+        self.precond, self.adaptive = _make_preconditioner(self.net, self.sched, a) if name == "kfac" else (None, None)
         self.last_batch = None  # the global batch of the last step (see _pending_batch)
         if self.precond is not None and resume is None:
-            layers = ", ".join(f"{l.name} ({type(l.module).__name__})"
-                               for l in self.precond.layers)
-            skipped = f"; layers matching {', '.join(a.skip_layers)} take plain SGD steps" \
-                if a.skip_layers else ""
-            auto = "; step length and momentum from the quadratic model (--auto-step)" \
-                if a.auto_step else ""
+            layers = ", ".join(f"{l.name} ({type(l.module).__name__})" for l in self.precond.layers)
+            skipped = f"; layers matching {', '.join(a.skip_layers)} take plain SGD steps" if a.skip_layers else ""
+            auto = "; step length and momentum from the quadratic model (--auto-step)" if a.auto_step else ""
             log(f"kfac preconditions {layers}{skipped}{auto}")
         if resume is not None:
             try:
@@ -467,15 +681,13 @@ class _Run:
                     self.precond.load_state_dict(resume["preconditioner"])
                     self._resume_measurement(resume.get("pending_batch"))
             # The state dicts come from the file: any of these means it was edited or foreign.
-            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError,
-                    IndexError) as exc:
-                raise CheckpointError(f"checkpoint for {name} does not fit the model/optimizer: "
-                                      f"{exc}") from exc
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                raise CheckpointError(f"checkpoint for {name} does not fit the model/optimizer: {exc}") from exc
             restore_rng_state(resume["rng"])
             state.history, state.step_times = list(resume["history"]), list(resume["step_times"])
             state.train_time_s, state.wall_s = resume["train_time_s"], resume["wall_s"]
             state.epoch, state.step = resume["epoch"], resume["step"]
-        self.rng = capture_rng_state()   # this run's RNG between its epochs
+        self.rng = capture_rng_state()  # this run's RNG between its epochs
 
     def _pending_batch(self) -> dict | None:
         """The batch of an adaptive-damping measurement the checkpoint holds: its closure
@@ -486,20 +698,18 @@ class _Run:
         return dict(x=x.cpu(), y=y.cpu())
 
     def _resume_measurement(self, batch: dict | None) -> None:
-        if self.adaptive is None or not self.adaptive.pending \
-                or batch is None:
+        if self.adaptive is None or not self.adaptive.pending or batch is None:
             return  # without the batch the library drops the measurement, with a warning
         world, net, task = self.world, self.net, self.task
-        x = batch["x"][world.rank::world.size].to(world.device)
-        y = batch["y"][world.rank::world.size].to(world.device)
+        x = batch["x"][world.rank :: world.size].to(world.device)
+        y = batch["y"][world.rank :: world.size].to(world.device)
         self.adaptive.resume(lambda: task.loss(net(x), y))
 
     def train_epoch(self, epoch: int) -> None:
         from tqdm import tqdm
 
         a, state, world, sched = self.a, self.state, self.world, self.sched
-        name, net, optimizer, precond, task = (state.name, self.net, self.optimizer,
-                                               self.precond, self.task)
+        name, net, optimizer, precond, task = (state.name, self.net, self.optimizer, self.precond, self.task)
         restore_rng_state(self.rng)
         wall0 = time.perf_counter()
         net.train()
@@ -508,19 +718,23 @@ class _Run:
         loss_sum = torch.zeros((), dtype=torch.float64, device=world.device)
         epoch_train_s = 0.0
         cuda = world.device.type == "cuda"
-        bar = tqdm(range(self.steps_per_epoch), desc=f"{name} epoch {epoch + 1}/{a.epochs}",
-                   leave=False, disable=a.quiet or not world.main, file=sys.stderr)
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"{name} epoch {epoch + 1}/{a.epochs}",
+            leave=False,
+            disable=a.quiet or not world.main,
+            file=sys.stderr,
+        )
         tokens_per_step = a.batch_size * getattr(task, "tokens_per_sample", 0)
         for i in bar:
             if tokens_per_step and i:
-                bar.set_postfix_str(f"{tokens_per_step * i / epoch_train_s:,.0f} tokens/s",
-                                    refresh=False)
+                bar.set_postfix_str(f"{tokens_per_step * i / epoch_train_s:,.0f} tokens/s", refresh=False)
             t0 = time.perf_counter()
             # Same global batch on every rank; each takes an interleaved 1/N slice.
-            x, y = task.train_batch(order[i * a.batch_size:(i + 1) * a.batch_size], augment_rng)
+            x, y = task.train_batch(order[i * a.batch_size : (i + 1) * a.batch_size], augment_rng)
             self.last_batch = (x, y)
-            x = x[world.rank::world.size].to(world.device, non_blocking=True)
-            y = y[world.rank::world.size].to(world.device, non_blocking=True)
+            x = x[world.rank :: world.size].to(world.device, non_blocking=True)
+            y = y[world.rank :: world.size].to(world.device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = sched.lr(state.step)
             optimizer.zero_grad(set_to_none=True)
@@ -547,36 +761,55 @@ class _Run:
             state.step += 1
         train_loss = _all_sum([loss_sum.item() / self.steps_per_epoch], world)[0] / world.size
         if not math.isfinite(train_loss):
-            raise FloatingPointError(f"{name}: training loss became {train_loss} in epoch "
-                                     f"{epoch + 1}; lower the learning rate (--lr-{name})")
+            raise FloatingPointError(
+                f"{name}: training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate (--lr-{name})"
+            )
         net.eval()
-        metrics = task.evaluate(net, world.rank, world.size, world.device,
-                                lambda v: _all_sum(v, world))
+        metrics = task.evaluate(net, world.rank, world.size, world.device, lambda v: _all_sum(v, world))
         state.train_time_s += epoch_train_s
         state.epoch = epoch + 1
         state.wall_s += time.perf_counter() - wall0
-        record = dict(epoch=state.epoch, train_loss=train_loss, **metrics,
-                      train_time_s=state.train_time_s, lr=sched.lr(state.step - 1))
+        record = dict(
+            epoch=state.epoch,
+            train_loss=train_loss,
+            **metrics,
+            train_time_s=state.train_time_s,
+            lr=sched.lr(state.step - 1),
+        )
         state.history.append(record)
-        shown = "  ".join(f"{k.replace('_', ' ')} " +
-                          (f"{100 * v:6.2f}%" if k.endswith("accuracy") else f"{v:.4f}")
-                          for k, v in metrics.items())
-        self.log(f"{name} epoch {state.epoch:3d}: train loss {train_loss:.4f}  {shown}  "
-                 f"train {state.train_time_s:7.2f}s")
+        shown = "  ".join(
+            f"{k.replace('_', ' ')} " + (f"{100 * v:6.2f}%" if k.endswith("accuracy") else f"{v:.4f}")
+            for k, v in metrics.items()
+        )
+        self.log(
+            f"{name} epoch {state.epoch:3d}: train loss {train_loss:.4f}  {shown}  train {state.train_time_s:7.2f}s"
+        )
         self.rng = capture_rng_state()
         if a.save and world.main:
-            save_checkpoint(os.path.join(a.save, f"{name}.pt"), dict(
-                format=FORMAT, config=state.config, epoch=state.epoch, step=state.step,
-                model=self.model.state_dict(), optimizer=optimizer.state_dict(),
-                preconditioner=precond.state_dict() if precond is not None else None,
-                rng=self.rng, data_order=dict(seed=a.seed, rule="randperm per epoch"),
-                pending_batch=self._pending_batch(),
-                history=state.history, step_times=state.step_times,
-                train_time_s=state.train_time_s, wall_s=state.wall_s))
+            save_checkpoint(
+                os.path.join(a.save, f"{name}.pt"),
+                dict(
+                    format=FORMAT,
+                    config=state.config,
+                    epoch=state.epoch,
+                    step=state.step,
+                    model=self.model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    preconditioner=precond.state_dict() if precond is not None else None,
+                    rng=self.rng,
+                    data_order=dict(seed=a.seed, rule="randperm per epoch"),
+                    pending_batch=self._pending_batch(),
+                    history=state.history,
+                    step_times=state.step_times,
+                    train_time_s=state.train_time_s,
+                    wall_s=state.wall_s,
+                ),
+            )
 
 
-def _train_run(states: dict, a: argparse.Namespace, task, init_weights: dict,
-               model_args: tuple, world: World, resumes: dict, log) -> None:
+def _train_run(
+    states: dict, a: argparse.Namespace, task, init_weights: dict, model_args: tuple, world: World, resumes: dict, log
+) -> None:
     """Train every run, interleaved epoch by epoch."""
     runs = []
     for name, state in states.items():
@@ -586,15 +819,15 @@ def _train_run(states: dict, a: argparse.Namespace, task, init_weights: dict,
     first = min(r.state.epoch for r in runs)
     for epoch in range(first, last_epoch):
         # Reversed every other epoch: no optimizer always runs right after another.
-        for run in (runs if epoch % 2 == 0 else runs[::-1]):
+        for run in runs if epoch % 2 == 0 else runs[::-1]:
             if run.state.epoch <= epoch:
                 run.train_epoch(epoch)
 
 
 # --------------------------------------------------------------------------- results
-def summarize(state: RunState, target: float, metric: str = "test_accuracy",
-              higher_is_better: bool = True) -> dict:
+def summarize(state: RunState, target: float, metric: str = "test_accuracy", higher_is_better: bool = True) -> dict:
     """The JSON record of one run."""
+
     def reached(r):
         return r[metric] >= target if higher_is_better else r[metric] <= target
 
@@ -606,13 +839,17 @@ def summarize(state: RunState, target: float, metric: str = "test_accuracy",
         time_to_target_s=hit["train_time_s"] if hit else None,
         epochs_to_target=hit["epoch"] if hit else None,
         final_test_accuracy=last.get("test_accuracy"),
-        best_test_accuracy=max((r["test_accuracy"] for r in state.history
-                                if "test_accuracy" in r), default=None),
+        best_test_accuracy=max((r["test_accuracy"] for r in state.history if "test_accuracy" in r), default=None),
         final_test_loss=last.get("test_loss"),
         step_ms_median=1000 * statistics.median(times) if times else None,
         step_ms_mean=1000 * statistics.fmean(times) if times else None,
-        steps=state.step, epochs=state.epoch, train_s=state.train_time_s, wall_s=state.wall_s,
-        config=state.config, history=state.history)
+        steps=state.step,
+        epochs=state.epoch,
+        train_s=state.train_time_s,
+        wall_s=state.wall_s,
+        config=state.config,
+        history=state.history,
+    )
     if metric != "test_accuracy":
         out[f"final_{metric}"] = last.get(metric)
     return out
@@ -621,19 +858,22 @@ def summarize(state: RunState, target: float, metric: str = "test_accuracy",
 def format_table(runs: dict, target: float, metric: str = "test_accuracy") -> str:
     fmt = lambda v, spec: "never" if v is None else format(v, spec)  # noqa: E731
     accuracy = metric == "test_accuracy"
-    goal = f"{100 * target:g}% test accuracy" if accuracy else \
-        f"{metric.replace('_', ' ')} {target:g}"
+    goal = f"{100 * target:g}% test accuracy" if accuracy else f"{metric.replace('_', ' ')} {target:g}"
     final = "final test acc" if accuracy else f"final {metric.replace('_', ' ')}"
-    lines = [f"target: {goal}; times are training time (evaluation excluded)", "",
-             f"| optimizer | lr | epochs to target | seconds to target | {final} "
-             "| step ms (median / mean) | train s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"target: {goal}; times are training time (evaluation excluded)",
+        "",
+        f"| optimizer | lr | epochs to target | seconds to target | {final} | step ms (median / mean) | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in runs.items():
         value = r["final_test_accuracy"] if accuracy else r[f"final_{metric}"]
         shown = "-" if value is None else (f"{100 * value:.2f}%" if accuracy else f"{value:.4f}")
-        lines.append(f"| {name} | {r['lr']:g} | {fmt(r['epochs_to_target'], 'd')} | "
-                     f"{fmt(r['time_to_target_s'], '.2f')} | {shown} "
-                     f"| {r['step_ms_median']:.2f} / {r['step_ms_mean']:.2f} | {r['train_s']:.1f} |")
+        lines.append(
+            f"| {name} | {r['lr']:g} | {fmt(r['epochs_to_target'], 'd')} | "
+            f"{fmt(r['time_to_target_s'], '.2f')} | {shown} "
+            f"| {r['step_ms_median']:.2f} / {r['step_ms_mean']:.2f} | {r['train_s']:.1f} |"
+        )
     if "kfac" in runs:
         k = runs["kfac"]
         baselines = [n for n in runs if n != "kfac"]
@@ -641,22 +881,24 @@ def format_table(runs: dict, target: float, metric: str = "test_accuracy") -> st
             lines.append("")
         for b in baselines:
             s = runs[b]
-            lines.append(f"K-FAC overhead per step vs {NAMES[b]}: "
-                         f"{100 * (k['step_ms_mean'] / s['step_ms_mean'] - 1):+.0f}%"
-                         f" (mean, includes factor and eigendecomposition steps), "
-                         f"{100 * (k['step_ms_median'] / s['step_ms_median'] - 1):+.0f}% (median)")
+            lines.append(
+                f"K-FAC overhead per step vs {NAMES[b]}: "
+                f"{100 * (k['step_ms_mean'] / s['step_ms_mean'] - 1):+.0f}%"
+                f" (mean, includes factor and eigendecomposition steps), "
+                f"{100 * (k['step_ms_median'] / s['step_ms_median'] - 1):+.0f}% (median)"
+            )
         for b in baselines:
             s = runs[b]
             if s["time_to_target_s"] and k["time_to_target_s"]:
-                lines.append(f"time to target: K-FAC / {NAMES[b]} = "
-                             f"{k['time_to_target_s'] / s['time_to_target_s']:.2f}")
+                lines.append(
+                    f"time to target: K-FAC / {NAMES[b]} = {k['time_to_target_s'] / s['time_to_target_s']:.2f}"
+                )
     return "\n".join(lines)
 
 
 def _resolve_defaults(a: argparse.Namespace) -> None:
     if a.task == "autoencoder" and a.data != "digits":
-        raise ValueError(f"--task autoencoder: only --data digits is supported; got --data "
-                         f"{a.data}")
+        raise ValueError(f"--task autoencoder: only --data digits is supported; got --data {a.data}")
     a.optimizers = parse_optimizers(a.optimizer)
     _check_flags_apply(a)  # before the defaults fill in what the user did not give
     defaults = dict(DEFAULTS[a.data], target_loss=None)
@@ -671,41 +913,44 @@ def _resolve_defaults(a: argparse.Namespace) -> None:
         a.decay_epochs = [0.5 * a.epochs, 0.75 * a.epochs]
     check_train_args(a)  # every flag, whatever --optimizer runs (kfac_ext/app/validation.py)
     if a.adaptive_damping < 0:
-        raise ValueError(f"--adaptive-damping must be an integer >= 0 (0: fixed damping); "
-                         f"got {a.adaptive_damping}")
+        raise ValueError(f"--adaptive-damping must be an integer >= 0 (0: fixed damping); got {a.adaptive_damping}")
     if a.auto_step and a.adaptive_damping:
-        raise ValueError("--adaptive-damping and --auto-step: the auto step adapts its own "
-                         "damping (--auto-step-interval); give one of them")
+        raise ValueError(
+            "--adaptive-damping and --auto-step: the auto step adapts its own "
+            "damping (--auto-step-interval); give one of them"
+        )
     for flag in ("adamw_weight_decay", "soap_weight_decay"):
         value = getattr(a, flag)
         if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"--{flag.replace('_', '-')} must be a finite number >= 0; "
-                             f"got {value:g}")
+            raise ValueError(f"--{flag.replace('_', '-')} must be a finite number >= 0; got {value:g}")
     if a.target_loss is not None:
         if a.task == "classify":
-            raise ValueError("--target-loss applies to --task autoencoder and lm; classification "
-                             "targets a test accuracy (--target-accuracy)")
+            raise ValueError(
+                "--target-loss applies to --task autoencoder and lm; classification "
+                "targets a test accuracy (--target-accuracy)"
+            )
         if not (math.isfinite(a.target_loss) and a.target_loss > 0):
             raise ValueError(f"--target-loss must be a finite number > 0; got {a.target_loss:g}")
     for pattern in a.skip_layers:
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise ValueError(f"--skip-layers {pattern!r} is not a regular expression: {exc}") \
-                from None
+            raise ValueError(f"--skip-layers {pattern!r} is not a regular expression: {exc}") from None
 
 
 def _check_flags_apply(a: argparse.Namespace) -> None:
     """Flags that would be silently ignored by the runs asked for are refused."""
     if "kfac" not in a.optimizers:
-        for flag, value in (("--auto-step", a.auto_step),
-                            ("--adaptive-damping", a.adaptive_damping)):
+        for flag, value in (("--auto-step", a.auto_step), ("--adaptive-damping", a.adaptive_damping)):
             if value:
-                raise ValueError(f"{flag} applies to --optimizer kfac, which this run does not "
-                                 f"train (--optimizer {a.optimizer})")
+                raise ValueError(
+                    f"{flag} applies to --optimizer kfac, which this run does not train (--optimizer {a.optimizer})"
+                )
     if a.task == "autoencoder" and a.target_accuracy is not None:
-        raise ValueError("--target-accuracy applies to --task classify; the autoencoder targets "
-                         "a training reconstruction loss (--target-loss)")
+        raise ValueError(
+            "--target-accuracy applies to --task classify; the autoencoder targets "
+            "a training reconstruction loss (--target-loss)"
+        )
 
 
 # Besides ValueError and OSError, which kfac_ext.cli.main prints as one line.
@@ -742,7 +987,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
         if world.main and not a.quiet:
             print(msg, file=out, flush=True)
 
-    data = None if a.task == "lm" else load_dataset(a.data, a.data_dir)   # lm: its own text
+    data = None if a.task == "lm" else load_dataset(a.data, a.data_dir)  # lm: its own text
     task = make_task(a.task, data)
     check_fits_data(a, a.data, task.n_train, world.size)
     names = a.optimizers
@@ -751,8 +996,7 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
     if a.resume:
         found = {n: os.path.join(a.resume, f"{n}.pt") for n in names}
         if not any(os.path.isfile(p) for p in found.values()):
-            raise CheckpointError(f"--resume {a.resume}: no checkpoint there "
-                                  f"(expected {', '.join(found.values())})")
+            raise CheckpointError(f"--resume {a.resume}: no checkpoint there (expected {', '.join(found.values())})")
         # Load (and check) every checkpoint before training anything: a bad one stops
         # the run before a single file is written.
         for n, path in found.items():
@@ -770,32 +1014,43 @@ def _run_in_world(a: argparse.Namespace, world: World) -> int:
     if "kfac" in names:
         _check_skip_layers(init_model, a)
     init_weights = copy.deepcopy(init_model.state_dict())
-    what = task.describe() if data is None else \
-        f"{a.data}: {task.n_train} train / {len(data.test_y)} test samples"
-    log(f"{what}, model "
-        f"{a.model}, batch {a.batch_size}, {a.epochs} epochs, {world.size} process(es) on "
-        f"{world.device}")
+    what = task.describe() if data is None else f"{a.data}: {task.n_train} train / {len(data.test_y)} test samples"
+    log(f"{what}, model {a.model}, batch {a.batch_size}, {a.epochs} epochs, {world.size} process(es) on {world.device}")
     _train_run(states, a, task, init_weights, model_args, world, resumes, log)
     if not world.main:
         return 0
     target = a.target_accuracy if a.task == "classify" else a.target_loss
-    runs = {n: summarize(s, target, task.metric, task.higher_is_better)
-            for n, s in states.items()}
+    runs = {n: summarize(s, target, task.metric, task.higher_is_better) for n, s in states.items()}
     if a.plot:
         from kfac_ext.app.plotting import plot_curves
 
-        plot_curves({n: s.history for n, s in states.items()}, a.plot, target,
-                    title=f"{a.model} on {a.data}, seed {a.seed}", metric=task.metric,
-                    metric_label=task.metric_label)
+        plot_curves(
+            {n: s.history for n, s in states.items()},
+            a.plot,
+            target,
+            title=f"{a.model} on {a.data}, seed {a.seed}",
+            metric=task.metric,
+            metric_label=task.metric_label,
+        )
     table = format_table(runs, target, task.metric)
     if a.json:
         if not a.quiet:
             print(table, file=sys.stderr)
-        goal = dict(target_accuracy=target) if a.task == "classify" else \
-            dict(task=a.task, target_loss=target)
-        print(json.dumps(dict(**goal, data=a.data, model=a.model,
-                              seed=a.seed, world_size=world.size, plot=a.plot or None,
-                              timing="training time only (evaluation excluded)", runs=runs)))
+        goal = dict(target_accuracy=target) if a.task == "classify" else dict(task=a.task, target_loss=target)
+        print(
+            json.dumps(
+                dict(
+                    **goal,
+                    data=a.data,
+                    model=a.model,
+                    seed=a.seed,
+                    world_size=world.size,
+                    plot=a.plot or None,
+                    timing="training time only (evaluation excluded)",
+                    runs=runs,
+                )
+            )
+        )
     else:
         print(table)
         if a.plot:

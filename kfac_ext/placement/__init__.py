@@ -10,10 +10,29 @@ that pull in HiGHS or torch live in their own modules; import them from there:
 ``.baselines``, ``.fx_graph`` (``from_module``), ``.pipeline`` (``run_locally``),
 ``.latency`` (``solve_latency``, the paper's latency model).
 """
+
 from .graph import Graph, GraphError, Node
 from .latency import latency_of
-from .objective import (Placement, PlacementError, Solution, check_placement, device_breakdown,
-                        device_load, throughput_loads)
+from .objective import (
+    Placement,
+    PlacementError,
+    Solution,
+    check_placement,
+    device_breakdown,
+    device_load,
+    throughput_loads,
+)
 
-__all__ = ["Graph", "GraphError", "Node", "Placement", "PlacementError", "Solution", "check_placement",
-           "device_breakdown", "device_load", "latency_of", "throughput_loads"]
+__all__ = [
+    "Graph",
+    "GraphError",
+    "Node",
+    "Placement",
+    "PlacementError",
+    "Solution",
+    "check_placement",
+    "device_breakdown",
+    "device_load",
+    "latency_of",
+    "throughput_loads",
+]

@@ -12,6 +12,7 @@
 * ``expert``: a hand-made split file; an inference split applied to a
   training graph places each backward node with its forward colour mates.
 """
+
 from __future__ import annotations
 
 import time
@@ -32,8 +33,7 @@ def one_device(graph: Graph) -> Solution:
         placement = Placement([[] for _ in range(k)], [ids] + [[] for _ in range(l - 1)])
     else:
         placement = Placement([ids] + [[] for _ in range(k - 1)], [[] for _ in range(l)])
-    return Solution.evaluated(graph, placement, "one", solve_seconds=time.perf_counter() - t0,
-                              check_memory=False)
+    return Solution.evaluated(graph, placement, "one", solve_seconds=time.perf_counter() - t0, check_memory=False)
 
 
 def greedy(graph: Graph) -> Solution:
@@ -69,16 +69,14 @@ def greedy(graph: Graph) -> Solution:
         elif current == "cpu":
             pass
         elif not open_stage("cpu"):
-            raise InfeasibleError(f"greedy ran out of devices at unit {u} "
-                                  f"(nodes {problem.unit_nodes[u][:3]}...)")
+            raise InfeasibleError(f"greedy ran out of devices at unit {u} (nodes {problem.unit_nodes[u][:3]}...)")
         stages[-1][1].append(u)
         load += a if stages[-1][0] == "accel" else problem.cpu_time[u]
         mem += s
     accel = [[i for u in units for i in problem.unit_nodes[u]] for kind, units in stages if kind == "accel"]
     cpus = [[i for u in units for i in problem.unit_nodes[u]] for kind, units in stages if kind == "cpu"]
     placement = Placement(accel + [[] for _ in range(k - len(accel))], cpus + [[] for _ in range(l - len(cpus))])
-    return Solution.evaluated(graph, placement, "greedy", solve_seconds=time.perf_counter() - t0,
-                              check_memory=False)
+    return Solution.evaluated(graph, placement, "greedy", solve_seconds=time.perf_counter() - t0, check_memory=False)
 
 
 def pipedream(graph: Graph) -> Solution:
@@ -91,8 +89,7 @@ def expert(graph: Graph, split) -> Solution:
     t0 = time.perf_counter()
     placement = split if isinstance(split, Placement) else Placement.from_json(split)
     placement = placement.complete_by_colour(graph)
-    return Solution.evaluated(graph, placement, "expert", solve_seconds=time.perf_counter() - t0,
-                              check_memory=False)
+    return Solution.evaluated(graph, placement, "expert", solve_seconds=time.perf_counter() - t0, check_memory=False)
 
 
 BASELINES = {"one": one_device, "greedy": greedy, "pipedream": pipedream}

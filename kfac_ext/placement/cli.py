@@ -26,6 +26,7 @@ exceed it) with a one-line error; for latency the limit counts from the start
 of the command, reading the file included. Devices beyond the graph's
 colocation groups are dropped with a note on stderr (they cannot lower the optimum).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,27 +39,41 @@ METHODS = ("dp", "milp", "exact", "greedy", "pipedream", "one", "expert")
 
 def add_arguments(parser) -> None:
     parser.add_argument("file", nargs="?", help="graph JSON (workloads' schema); or use --module")
-    parser.add_argument("--module", metavar="PKG.MOD:FACTORY",
-                        help="place this model instead of a file: FACTORY() returns an nn.Module, "
-                             "traced with torch.fx on a random input of --input-shape")
+    parser.add_argument(
+        "--module",
+        metavar="PKG.MOD:FACTORY",
+        help="place this model instead of a file: FACTORY() returns an nn.Module, "
+        "traced with torch.fx on a random input of --input-shape",
+    )
     parser.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape for --module")
-    parser.add_argument("--cost", choices=("flops", "profile"), default="flops",
-                        help="--module node times: FLOP counts (default) or timed on this machine")
-    parser.add_argument("--save-graph", metavar="FILE.json",
-                        help="with --module: also write the traced graph in the workloads' schema")
+    parser.add_argument(
+        "--cost",
+        choices=("flops", "profile"),
+        default="flops",
+        help="--module node times: FLOP counts (default) or timed on this machine",
+    )
+    parser.add_argument(
+        "--save-graph", metavar="FILE.json", help="with --module: also write the traced graph in the workloads' schema"
+    )
     parser.add_argument("--devices", type=int, help="number of accelerators k (default: the file's maxFPGAs)")
     parser.add_argument("--cpus", type=int, help="number of CPUs l (default: the file's maxCPUs)")
     parser.add_argument("--memory", type=float, help="memory cap per accelerator, bytes (default: maxSizePerFPGA)")
     parser.add_argument("--objective", choices=("throughput", "latency"), default="throughput")
-    parser.add_argument("--subgraphs", type=int, default=1, metavar="Q",
-                        help="latency: calls (contiguous node sets) per accelerator at most (default 1)")
-    parser.add_argument("--method", choices=METHODS,
-                        help="solver (default: dp for throughput, exact for latency)")
+    parser.add_argument(
+        "--subgraphs",
+        type=int,
+        default=1,
+        metavar="Q",
+        help="latency: calls (contiguous node sets) per accelerator at most (default 1)",
+    )
+    parser.add_argument("--method", choices=METHODS, help="solver (default: dp for throughput, exact for latency)")
     parser.add_argument("--split", help="expert split JSON (with --method expert)")
-    parser.add_argument("--time-limit", type=float, default=60.0,
-                        help="time limit of the dp and milp solvers, seconds (default 60)")
-    parser.add_argument("--dp-memory-mb", type=float, default=1024.0,
-                        help="memory limit of the dp solver's lattice, MiB (default 1024)")
+    parser.add_argument(
+        "--time-limit", type=float, default=60.0, help="time limit of the dp and milp solvers, seconds (default 60)"
+    )
+    parser.add_argument(
+        "--dp-memory-mb", type=float, default=1024.0, help="memory limit of the dp solver's lattice, MiB (default 1024)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--verbose", action="store_true", help="show the MILP solver's log (on stderr)")
     parser.add_argument("--plot", metavar="PNG", help="draw the per-device loads into this PNG file")
@@ -72,8 +87,10 @@ def _solve(graph, args, started: float):
     if method == "exact" and args.objective != "latency":
         raise ValueError("--method exact is the latency solver; for throughput use dp or milp")
     if method == "milp" and args.objective == "latency":
-        raise ValueError("--method milp is the throughput program; for latency use --method exact "
-                         "(the default), which runs the authors' IP")
+        raise ValueError(
+            "--method milp is the throughput program; for latency use --method exact "
+            "(the default), which runs the authors' IP"
+        )
     if method == "exact":
         from .latency import solve_latency
 
@@ -81,8 +98,9 @@ def _solve(graph, args, started: float):
         # margin for scoring and printing, come off the solver's share
         margin = min(_LATENCY_MARGIN, 0.1 * args.time_limit)
         left = _LATENCY_SHARE * args.time_limit - (time.perf_counter() - started) - margin
-        return solve_latency(graph, time_limit=max(left, 0.01), subgraphs=args.subgraphs,
-                             verbose=getattr(args, "verbose", False))
+        return solve_latency(
+            graph, time_limit=max(left, 0.01), subgraphs=args.subgraphs, verbose=getattr(args, "verbose", False)
+        )
     if method == "milp":
         from . import milp  # lazy: pulls in highspy
 
@@ -94,8 +112,9 @@ def _solve(graph, args, started: float):
     elif method == "dp":
         solution = ideal_dp(graph, time_limit=args.time_limit, max_memory_bytes=args.dp_memory_mb * 2**20)
     else:
-        solution = {"one": baselines.one_device, "greedy": baselines.greedy,
-                    "pipedream": baselines.pipedream}[method](graph)
+        solution = {"one": baselines.one_device, "greedy": baselines.greedy, "pipedream": baselines.pipedream}[method](
+            graph
+        )
     if args.objective == "latency":
         from .latency import score_placement
 
@@ -123,8 +142,9 @@ def _table(graph, solution) -> str:
     head = f"{'device':<8}{'nodes':>7}{'compute':>12}{'transfer':>12}{'load':>12}{'memory (B)':>14}"
     lines = [head, "-" * len(head)]
     for name, b in rows:
-        lines.append(f"{name:<8}{b['nodes']:>7}{b['compute']:>12.4f}{b['transfer']:>12.4f}"
-                     f"{b['load']:>12.4f}{b['memory']:>14.4g}")
+        lines.append(
+            f"{name:<8}{b['nodes']:>7}{b['compute']:>12.4f}{b['transfer']:>12.4f}{b['load']:>12.4f}{b['memory']:>14.4g}"
+        )
     loads = [(b["load"], name) for name, b in rows]
     bottleneck = max(loads)[1] if loads else "-"
     lines.append("")
@@ -135,8 +155,10 @@ def _table(graph, solution) -> str:
         flag = f"lower bound {solution.lower_bound:.4f}"
     else:
         flag = "heuristic"
-    lines.append(f"{solution.method}: {what} {solution.value:.4f} ({flag}), bottleneck {bottleneck}, "
-                 f"{solution.solve_seconds:.3f} s")
+    lines.append(
+        f"{solution.method}: {what} {solution.value:.4f} ({flag}), bottleneck {bottleneck}, "
+        f"{solution.solve_seconds:.3f} s"
+    )
     if solution.stats.get("memory_ok") is False:
         lines.append(f"warning: {solution.stats.get('memory_violation')}")
     return "\n".join(lines)
@@ -144,16 +166,17 @@ def _table(graph, solution) -> str:
 
 def _latency_table(graph, solution) -> str:
     """One row per call of the paper's model, then the CPU pool."""
-    head = (f"{'call':<10}{'nodes':>7}{'start':>12}{'in':>10}{'compute':>12}{'out':>10}"
-            f"{'finish':>12}")
+    head = f"{'call':<10}{'nodes':>7}{'start':>12}{'in':>10}{'compute':>12}{'out':>10}{'finish':>12}"
     lines = [head, "-" * len(head)]
     seen: dict[int, int] = {}
     for row in solution.stats.get("calls", []):
         a = row["accelerator"]
         seen[a] = seen.get(a, -1) + 1
-        lines.append(f"{f'accel{a}.{seen[a]}':<10}{len(row['nodes']):>7}{row['start']:>12.4f}"
-                     f"{row['transfer_in']:>10.4f}{row['compute']:>12.4f}{row['transfer_out']:>10.4f}"
-                     f"{row['finish']:>12.4f}")
+        lines.append(
+            f"{f'accel{a}.{seen[a]}':<10}{len(row['nodes']):>7}{row['start']:>12.4f}"
+            f"{row['transfer_in']:>10.4f}{row['compute']:>12.4f}{row['transfer_out']:>10.4f}"
+            f"{row['finish']:>12.4f}"
+        )
     cpu_nodes = sum(len(c) for c in solution.placement.cpus)
     lines.append(f"{'cpu pool':<10}{cpu_nodes:>7}")
     lines.append("")
@@ -163,8 +186,7 @@ def _latency_table(graph, solution) -> str:
         flag = f"lower bound {solution.lower_bound:.4f}, gap {solution.stats.get('gap', 0.0):.2%}"
     else:
         flag = "no bound"
-    lines.append(f"{solution.method}: latency {solution.value:.4f} ({flag}), "
-                 f"{solution.solve_seconds:.3f} s")
+    lines.append(f"{solution.method}: latency {solution.value:.4f} ({flag}), {solution.solve_seconds:.3f} s")
     if solution.stats.get("status"):
         lines.append(f"({solution.stats['status']})")
     if solution.stats.get("memory_ok") is False:
@@ -180,8 +202,7 @@ def _seconds_since_start() -> float:
     import os
 
     program = sys.argv[0] if sys.argv else ""
-    if not (os.path.basename(program) == "kfac-ext"
-            or program.endswith(os.path.join("kfac_ext", "__main__.py"))):
+    if not (os.path.basename(program) == "kfac-ext" or program.endswith(os.path.join("kfac_ext", "__main__.py"))):
         return 0.0
     try:
         with open("/proc/self/stat") as f:
@@ -231,9 +252,11 @@ def cap_devices(graph):
     k, l = min(graph.num_accelerators, groups), min(graph.num_cpus, groups)
     if (k, l) == (graph.num_accelerators, graph.num_cpus):
         return graph, None
-    note = (f"the graph has {groups} colocation groups, so at most {groups} devices of a kind can "
-            f"hold work; solving with {k} accelerators and {l} CPUs "
-            f"(asked: {graph.num_accelerators} and {graph.num_cpus})")
+    note = (
+        f"the graph has {groups} colocation groups, so at most {groups} devices of a kind can "
+        f"hold work; solving with {k} accelerators and {l} CPUs "
+        f"(asked: {graph.num_accelerators} and {graph.num_cpus})"
+    )
     return graph.with_resources(k, l), note
 
 
@@ -259,9 +282,14 @@ def _load_graph(args, Graph):
     if args.save_graph is not None:
         _check_writable("--save-graph", args.save_graph)
     model = build_model(args.module)
-    graph = trace_graph(model, example_input(shape), cost=args.cost,
-                        num_accelerators=2 if args.devices is None else max(args.devices, 0),
-                        num_cpus=0 if args.cpus is None else max(args.cpus, 0), memory_cap=args.memory)
+    graph = trace_graph(
+        model,
+        example_input(shape),
+        cost=args.cost,
+        num_accelerators=2 if args.devices is None else max(args.devices, 0),
+        num_cpus=0 if args.cpus is None else max(args.cpus, 0),
+        memory_cap=args.memory,
+    )
     if args.save_graph is not None:
         try:
             graph.save(args.save_graph)
@@ -301,7 +329,8 @@ def run(args) -> int:
     if args.json:
         out = solution.to_json()
         out["stats"] = {k: v for k, v in out["stats"].items() if k != "passes"} | {
-            "passes": len(solution.stats.get("passes", []))}
+            "passes": len(solution.stats.get("passes", []))
+        }
         print(json.dumps(out, default=_jsonable))
     else:
         print(_table(graph, solution))

@@ -50,6 +50,7 @@ units has at least 2**w ideals and is refused before enumerating; the whole
 solve stops at ``time_limit`` seconds; devices beyond the number of units
 cannot hold work and are dropped, and at most 4096 (k+1)(l+1) states are kept.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,8 +76,10 @@ class DPLimitError(PlacementError):
 MAX_IDEALS = 4_000_000
 MAX_MEMORY_BYTES = float(1 << 30)
 TIME_LIMIT = 600.0  # seconds; None lifts it (`kfac-ext place` passes its --time-limit)
-ADVICE = ("the exact DP does not fit this graph: use --method milp (any split, HiGHS) or "
-          "--method greedy, or raise the limit (--time-limit, --dp-memory-mb)")
+ADVICE = (
+    "the exact DP does not fit this graph: use --method milp (any split, HiGHS) or "
+    "--method greedy, or raise the limit (--time-limit, --dp-memory-mb)"
+)
 MAX_STATES = 4096
 
 
@@ -94,7 +97,7 @@ class UnitProblem:
     comm_nodes: list[tuple[int, float, list[int]]]  # (unit, out_cost, distinct successor units)
 
     @classmethod
-    def from_graph(cls, graph: Graph, chain: bool = False, merge: bool = True) -> "UnitProblem":
+    def from_graph(cls, graph: Graph, chain: bool = False, merge: bool = True) -> UnitProblem:
         unit_of, unit_edges = graph.contiguity_units()
         if merge:
             unit_of, unit_edges = _merge_dominated_units(graph, unit_of, unit_edges)
@@ -110,14 +113,19 @@ class UnitProblem:
             succ = sorted({unit_of[v] for v in graph.successors(n.id)} - {unit_of[n.id]})
             if succ:  # an output read only inside its own unit never crosses a device
                 comm.append((unit_of[n.id], n.out_cost, succ))
-        problem = cls(U, unit_nodes, list(unit_edges),
-                      [sum(x.accel_time for x in ns) for ns in nodes],
-                      [sum(x.cpu_time for x in ns) for ns in nodes],
-                      [sum(x.size for x in ns) for ns in nodes],
-                      [all(x.accel_ok for x in ns) for ns in nodes], comm)
+        problem = cls(
+            U,
+            unit_nodes,
+            list(unit_edges),
+            [sum(x.accel_time for x in ns) for ns in nodes],
+            [sum(x.cpu_time for x in ns) for ns in nodes],
+            [sum(x.size for x in ns) for ns in nodes],
+            [all(x.accel_ok for x in ns) for ns in nodes],
+            comm,
+        )
         return problem.as_chain() if chain else problem
 
-    def as_chain(self) -> "UnitProblem":
+    def as_chain(self) -> UnitProblem:
         """PipeDream's restriction: only prefixes of one topological order of the units."""
         chain = {(u, u + 1) for u in range(self.num_units - 1)}
         return dataclasses.replace(self, unit_edges=sorted(set(self.unit_edges) | chain))
@@ -186,16 +194,17 @@ def _merge_dominated_units(graph: Graph, unit_of: dict[int, int], unit_edges: li
     roots = sorted({find(u) for u in range(U)})  # old numbering is topological; keep its order
     renumber = {r: i for i, r in enumerate(roots)}
     new_unit_of = {i: renumber[find(u)] for i, u in unit_of.items()}
-    new_edges = sorted({(renumber[find(a)], renumber[find(b)]) for a, b in unit_edges
-                        if find(a) != find(b)})
+    new_edges = sorted({(renumber[find(a)], renumber[find(b)]) for a, b in unit_edges if find(a) != find(b)})
     return new_unit_of, new_edges
 
 
 def _fractional_bound(p: UnitProblem, k: int, l: int) -> float:
     """min T with a fractional assignment: accel work <= kT, CPU work <= lT."""
     forced_cpu = sum(c for c, ok in zip(p.cpu_time, p.accel_ok) if not ok)
-    movable = sorted(((a, c) for a, c, ok in zip(p.accel_time, p.cpu_time, p.accel_ok) if ok),
-                     key=lambda ac: -(ac[0] / ac[1]) if ac[1] > 0 else -math.inf)
+    movable = sorted(
+        ((a, c) for a, c, ok in zip(p.accel_time, p.cpu_time, p.accel_ok) if ok),
+        key=lambda ac: -(ac[0] / ac[1]) if ac[1] > 0 else -math.inf,
+    )
     total_acc = sum(a for a, _ in movable)
     if l == 0:
         return total_acc / k if k else math.inf
@@ -232,16 +241,25 @@ def device_counts(graph: Graph, problem: UnitProblem) -> tuple[int, int]:
     k = min(graph.num_accelerators, problem.num_units)
     l = min(graph.num_cpus, problem.num_units)
     if (k + 1) * (l + 1) > MAX_STATES:
-        raise DPLimitError(f"the DP keeps (accelerators+1)*(CPUs+1) = {(k + 1) * (l + 1)} states per ideal "
-                           f"(k={k}, l={l} after capping at {problem.num_units} units), over its limit of "
-                           f"{MAX_STATES}; use --method milp or --method greedy")
+        raise DPLimitError(
+            f"the DP keeps (accelerators+1)*(CPUs+1) = {(k + 1) * (l + 1)} states per ideal "
+            f"(k={k}, l={l} after capping at {problem.num_units} units), over its limit of "
+            f"{MAX_STATES}; use --method milp or --method greedy"
+        )
     return k, l
 
 
-def run_ideal_dp(graph: Graph, problem: UnitProblem, *, lower_bound: float | None = None,
-                 upper_bound: float | None = None, max_ideals: int = MAX_IDEALS,
-                 max_memory_bytes: float = MAX_MEMORY_BYTES, time_limit: float | None = None,
-                 started: float | None = None) -> dict:
+def run_ideal_dp(
+    graph: Graph,
+    problem: UnitProblem,
+    *,
+    lower_bound: float | None = None,
+    upper_bound: float | None = None,
+    max_ideals: int = MAX_IDEALS,
+    max_memory_bytes: float = MAX_MEMORY_BYTES,
+    time_limit: float | None = None,
+    started: float | None = None,
+) -> dict:
     """Call the C++ solver on a unit problem; returns its raw dict. Raises
     DPLimitError when the lattice, the memory or the time would exceed the
     limits; ``time_limit`` counts from ``started`` (a ``time.perf_counter()``
@@ -256,14 +274,27 @@ def run_ideal_dp(graph: Graph, problem: UnitProblem, *, lower_bound: float | Non
     cap = graph.memory_cap if math.isfinite(graph.memory_cap) else 1e300
     limit = math.inf if time_limit is None else float(time_limit)
     if not limit > 0 or not max_memory_bytes > 0:
-        raise ValueError(f"time_limit and max_memory_bytes must be positive, got {time_limit!r}, "
-                         f"{max_memory_bytes!r}")
+        raise ValueError(f"time_limit and max_memory_bytes must be positive, got {time_limit!r}, {max_memory_bytes!r}")
     used = 0.0 if started is None else time.perf_counter() - started
     try:
-        raw = _dp.solve(problem.num_units, problem.unit_edges, problem.accel_time, problem.cpu_time,
-                        problem.size, problem.accel_ok, problem.comm_nodes, k, l, cap, lb, ub,
-                        int(max_ideals), max_memory_bytes=float(max_memory_bytes), time_limit=limit,
-                        time_used=used)
+        raw = _dp.solve(
+            problem.num_units,
+            problem.unit_edges,
+            problem.accel_time,
+            problem.cpu_time,
+            problem.size,
+            problem.accel_ok,
+            problem.comm_nodes,
+            k,
+            l,
+            cap,
+            lb,
+            ub,
+            int(max_ideals),
+            max_memory_bytes=float(max_memory_bytes),
+            time_limit=limit,
+            time_used=used,
+        )
     except _dp.LimitExceeded as e:
         raise DPLimitError(f"{e}; {ADVICE}") from None
     except (ValueError, OverflowError) as e:  # std::invalid_argument
@@ -291,11 +322,19 @@ def placement_from_devices(graph: Graph, problem: UnitProblem, devices: list[dic
     return Placement(accel, cpus), order
 
 
-def solve_contiguous(graph: Graph, *, chain: bool = False, method: str | None = None,
-                     upper_bound: float | None = None, validate: bool = True,
-                     max_ideals: int = MAX_IDEALS, max_memory_bytes: float = MAX_MEMORY_BYTES,
-                     time_limit: float | None = TIME_LIMIT, started: float | None = None,
-                     problem: UnitProblem | None = None) -> Solution:
+def solve_contiguous(
+    graph: Graph,
+    *,
+    chain: bool = False,
+    method: str | None = None,
+    upper_bound: float | None = None,
+    validate: bool = True,
+    max_ideals: int = MAX_IDEALS,
+    max_memory_bytes: float = MAX_MEMORY_BYTES,
+    time_limit: float | None = TIME_LIMIT,
+    started: float | None = None,
+    problem: UnitProblem | None = None,
+) -> Solution:
     """Optimal contiguous split (``chain=True``: over one topological order of
     the units only, i.e. PipeDream's chain DP). Raises InfeasibleError, or
     DPLimitError past the limits (``time_limit`` in seconds from ``started``,
@@ -307,27 +346,62 @@ def solve_contiguous(graph: Graph, *, chain: bool = False, method: str | None = 
         problem = UnitProblem.from_graph(graph)
     if chain:
         problem = problem.as_chain()
-    raw = run_ideal_dp(graph, problem, upper_bound=upper_bound, max_ideals=max_ideals,
-                       max_memory_bytes=max_memory_bytes, time_limit=time_limit,
-                       started=t0 if started is None else started)
+    raw = run_ideal_dp(
+        graph,
+        problem,
+        upper_bound=upper_bound,
+        max_ideals=max_ideals,
+        max_memory_bytes=max_memory_bytes,
+        time_limit=time_limit,
+        started=t0 if started is None else started,
+    )
     if not raw["feasible"]:
         raise InfeasibleError(raw["message"] or "no contiguous split fits the devices")
     placement, order = placement_from_devices(graph, problem, raw["devices"])
     value, acc, cpu = throughput_loads(graph, placement)
     if not math.isclose(value, raw["value"], rel_tol=1e-9, abs_tol=1e-9):
         raise RuntimeError(f"DP value {raw['value']} disagrees with the recomputed max load {value}")
-    stats = {k: raw[k] for k in ("ideals", "ideal_links", "pairs_visited", "pairs_examined",
-                                 "enumerate_seconds", "lower_bound_used", "upper_bound_used")}
-    stats.update(units=problem.num_units, passes=raw["passes"], solver_seconds=raw["seconds"],
-                 pipeline=[f"{kind}{i}" for kind, i in order])
-    return Solution(placement, "throughput", method or ("pipedream" if chain else "dp"), value,
-                    optimal=not chain, lower_bound=value if not chain else raw["lower_bound_used"],
-                    solve_seconds=time.perf_counter() - t0, stats=stats, accel_loads=acc, cpu_loads=cpu)
+    stats = {
+        k: raw[k]
+        for k in (
+            "ideals",
+            "ideal_links",
+            "pairs_visited",
+            "pairs_examined",
+            "enumerate_seconds",
+            "lower_bound_used",
+            "upper_bound_used",
+        )
+    }
+    stats.update(
+        units=problem.num_units,
+        passes=raw["passes"],
+        solver_seconds=raw["seconds"],
+        pipeline=[f"{kind}{i}" for kind, i in order],
+    )
+    return Solution(
+        placement,
+        "throughput",
+        method or ("pipedream" if chain else "dp"),
+        value,
+        optimal=not chain,
+        lower_bound=value if not chain else raw["lower_bound_used"],
+        solve_seconds=time.perf_counter() - t0,
+        stats=stats,
+        accel_loads=acc,
+        cpu_loads=cpu,
+    )
 
 
-def ideal_dp(graph: Graph, *, upper_bound: float | None = None, validate: bool = True,
-             max_ideals: int = MAX_IDEALS, max_memory_bytes: float = MAX_MEMORY_BYTES,
-             time_limit: float | None = TIME_LIMIT) -> Solution:
+def ideal_dp(
+    graph: Graph,
+    *,
+    upper_bound: float | None = None,
+    validate: bool = True,
+    max_ideals: int = MAX_IDEALS,
+    max_memory_bytes: float = MAX_MEMORY_BYTES,
+    time_limit: float | None = TIME_LIMIT,
+) -> Solution:
     """The exact contiguous optimum. Unless an ``upper_bound`` is given, the
     PipeDream chain optimum (a contiguous split, cheap to find) caps the
     threshold search. Bounded: raises DPLimitError (naming the limit) when the
@@ -336,8 +410,14 @@ def ideal_dp(graph: Graph, *, upper_bound: float | None = None, validate: bool =
     t0 = time.perf_counter()
     if validate:
         graph.validate()
-    limits = {"max_ideals": max_ideals, "max_memory_bytes": max_memory_bytes, "time_limit": time_limit,
-              "started": t0, "problem": UnitProblem.from_graph(graph), "validate": False}
+    limits = {
+        "max_ideals": max_ideals,
+        "max_memory_bytes": max_memory_bytes,
+        "time_limit": time_limit,
+        "started": t0,
+        "problem": UnitProblem.from_graph(graph),
+        "validate": False,
+    }
     if upper_bound is None:
         try:
             upper_bound = solve_contiguous(graph, chain=True, **limits).value

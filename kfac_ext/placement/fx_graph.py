@@ -25,11 +25,13 @@ placement :class:`~kfac_ext.placement.graph.Node`:
   usual 2x for a matmul's two gradient GEMMs) so that the training-graph
   solvers place forward and backward together.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.fx
@@ -51,7 +53,8 @@ def trace(model: torch.nn.Module) -> torch.fx.GraphModule:
         raise ValueError(
             f"torch.fx.symbolic_trace could not trace {type(model).__name__}: {e}. "
             "Models with data-dependent control flow need concrete_args or a traceable "
-            "rewrite; pass an already traced torch.fx.GraphModule to skip tracing.") from e
+            "rewrite; pass an already traced torch.fx.GraphModule to skip tracing."
+        ) from e
 
 
 def _tensor_bytes(value: Any) -> int:
@@ -63,8 +66,7 @@ def _state_bytes(gm: torch.fx.GraphModule, node: torch.fx.Node) -> int:
     """Bytes of the parameters/buffers a node owns (module state or get_attr)."""
     if node.op == "call_module":
         mod = gm.get_submodule(node.target)
-        return sum(t.numel() * t.element_size()
-                   for t in list(mod.parameters()) + list(mod.buffers()))
+        return sum(t.numel() * t.element_size() for t in list(mod.parameters()) + list(mod.buffers()))
     if node.op == "get_attr":
         obj = gm
         for part in node.target.split("."):
@@ -105,12 +107,23 @@ class _Measure(torch.fx.Interpreter):
         return result
 
 
-def from_module(model: torch.nn.Module, example_inputs: Sequence[Any] | Any, *,
-                bandwidth: float = 16e9, cost: str = "flops", accel_flops: float = 10e12,
-                cpu_flops: float = 0.2e12, cpu_slowdown: float = 10.0, min_time_ms: float = 1e-4,
-                repeats: int = 5, training: bool = False, backward_factor: float = 2.0,
-                num_accelerators: int = 2, num_cpus: int = 0,
-                memory_cap: float | None = None) -> Graph:
+def from_module(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any] | Any,
+    *,
+    bandwidth: float = 16e9,
+    cost: str = "flops",
+    accel_flops: float = 10e12,
+    cpu_flops: float = 0.2e12,
+    cpu_slowdown: float = 10.0,
+    min_time_ms: float = 1e-4,
+    repeats: int = 5,
+    training: bool = False,
+    backward_factor: float = 2.0,
+    num_accelerators: int = 2,
+    num_cpus: int = 0,
+    memory_cap: float | None = None,
+) -> Graph:
     """The placement graph of ``model`` on ``example_inputs`` (see the module docstring).
 
     ``memory_cap`` defaults to the whole model's memory (no constraint).  The graph is
@@ -118,8 +131,12 @@ def from_module(model: torch.nn.Module, example_inputs: Sequence[Any] | Any, *,
     """
     if cost not in ("flops", "profile"):
         raise ValueError(f"cost must be 'flops' or 'profile', got {cost!r}")
-    for name, value in (("bandwidth", bandwidth), ("accel_flops", accel_flops),
-                        ("cpu_flops", cpu_flops), ("cpu_slowdown", cpu_slowdown)):
+    for name, value in (
+        ("bandwidth", bandwidth),
+        ("accel_flops", accel_flops),
+        ("cpu_flops", cpu_flops),
+        ("cpu_slowdown", cpu_slowdown),
+    ):
         if not (isinstance(value, (int, float)) and value > 0):
             raise ValueError(f"{name} must be a positive number, got {value!r}")
     if not (isinstance(repeats, int) and repeats >= 1):
@@ -151,19 +168,33 @@ def from_module(model: torch.nn.Module, example_inputs: Sequence[Any] | Any, *,
     for n in fx_nodes:
         accel, cpu = times(n)
         out_bytes = measure.out_bytes[n.name]
-        nodes.append(Node(id=ids[n.name], name=n.name, accel_time=accel, cpu_time=cpu,
-                          size=float(_state_bytes(gm, n) + out_bytes), accel_ok=True,
-                          is_backward=False, color=ids[n.name] if training else None,
-                          out_cost=ms * out_bytes / bandwidth if n.name in consumed else 0.0))
+        nodes.append(
+            Node(
+                id=ids[n.name],
+                name=n.name,
+                accel_time=accel,
+                cpu_time=cpu,
+                size=float(_state_bytes(gm, n) + out_bytes),
+                accel_ok=True,
+                is_backward=False,
+                color=ids[n.name] if training else None,
+                out_cost=ms * out_bytes / bandwidth if n.name in consumed else 0.0,
+            )
+        )
         edges += [(ids[p.name], ids[n.name]) for p in n.all_input_nodes]
 
     if training:
         nodes, edges = _add_backward(nodes, edges, backward_factor)
 
     total = sum(n.size for n in nodes)
-    graph = Graph(nodes, edges, num_accelerators, num_cpus,
-                  float(total if memory_cap is None else memory_cap),
-                  source=f"fx:{type(model).__name__}")
+    graph = Graph(
+        nodes,
+        edges,
+        num_accelerators,
+        num_cpus,
+        float(total if memory_cap is None else memory_cap),
+        source=f"fx:{type(model).__name__}",
+    )
     graph.validate()
     return graph
 
@@ -181,8 +212,19 @@ def _add_backward(nodes: list[Node], edges: list[tuple[int, int]], factor: float
     for s, d in edges:
         back_edges.append((d + off, s + off))
         grad_cost[d] = grad_cost.get(d, 0.0) + by_id[s].out_cost
-    back = [Node(id=v.id + off, name=v.name + "_backward", accel_time=factor * v.accel_time,
-                 cpu_time=factor * v.cpu_time, size=0.0, accel_ok=v.accel_ok, is_backward=True,
-                 color=v.color, out_cost=grad_cost.get(v.id, 0.0)) for v in nodes]
+    back = [
+        Node(
+            id=v.id + off,
+            name=v.name + "_backward",
+            accel_time=factor * v.accel_time,
+            cpu_time=factor * v.cpu_time,
+            size=0.0,
+            accel_ok=v.accel_ok,
+            is_backward=True,
+            color=v.color,
+            out_cost=grad_cost.get(v.id, 0.0),
+        )
+        for v in nodes
+    ]
     own = [(v.id, v.id + off) for v in nodes]
     return nodes + back, edges + back_edges + own

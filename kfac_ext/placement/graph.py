@@ -19,14 +19,15 @@ edges out of one node must agree on it.
 Construction is lenient (so that :meth:`Graph.validate` can name every
 problem); :meth:`Graph.from_json` validates unless told not to.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 class GraphError(ValueError):
@@ -82,9 +83,15 @@ def _flag(value, what: str) -> bool:
 class Graph:
     """Nodes in a stable order (the file's), edges (src, dst), and the machine."""
 
-    def __init__(self, nodes: Iterable[Node], edges: Iterable[tuple[int, int]],
-                 num_accelerators: int, num_cpus: int, memory_cap: float,
-                 source: str | None = None):
+    def __init__(
+        self,
+        nodes: Iterable[Node],
+        edges: Iterable[tuple[int, int]],
+        num_accelerators: int,
+        num_cpus: int,
+        memory_cap: float,
+        source: str | None = None,
+    ):
         self.nodes: list[Node] = list(nodes)
         # Duplicate edges carry no extra meaning (the cost is per source node).
         self.edges: list[tuple[int, int]] = list(dict.fromkeys((int(s), int(d)) for s, d in edges))
@@ -176,18 +183,22 @@ class Graph:
             seen[u] = len(path)
             path.append(u)
             u = next(p for p in self._pred[u] if p in stuck)
-        cycle = list(reversed(path[seen[u]:]))
+        cycle = list(reversed(path[seen[u] :]))
         shown = " -> ".join(str(i) for i in cycle + [cycle[0]])
         return f"graph has a cycle through {self.node(u).describe()}: {shown}"
 
     # ---- machine ------------------------------------------------------------
-    def with_resources(self, num_accelerators: int | None = None, num_cpus: int | None = None,
-                       memory_cap: float | None = None) -> "Graph":
-        return Graph(self.nodes, self.edges,
-                     self.num_accelerators if num_accelerators is None else num_accelerators,
-                     self.num_cpus if num_cpus is None else num_cpus,
-                     self.memory_cap if memory_cap is None else memory_cap,
-                     source=self.source)
+    def with_resources(
+        self, num_accelerators: int | None = None, num_cpus: int | None = None, memory_cap: float | None = None
+    ) -> Graph:
+        return Graph(
+            self.nodes,
+            self.edges,
+            self.num_accelerators if num_accelerators is None else num_accelerators,
+            self.num_cpus if num_cpus is None else num_cpus,
+            self.memory_cap if memory_cap is None else memory_cap,
+            source=self.source,
+        )
 
     # ---- validation ---------------------------------------------------------
     def validate(self) -> None:
@@ -208,10 +219,12 @@ class Graph:
                 raise GraphError(f"duplicate node id {n.id}")
             seen.add(n.id)
         for n in self.nodes:
-            for field, value in (("accel_time (fpgaLatency)", n.accel_time),
-                                 ("cpu_time (cpuLatency)", n.cpu_time),
-                                 ("size", n.size),
-                                 ("out_cost (edge cost)", n.out_cost)):
+            for field, value in (
+                ("accel_time (fpgaLatency)", n.accel_time),
+                ("cpu_time (cpuLatency)", n.cpu_time),
+                ("size", n.size),
+                ("out_cost (edge cost)", n.out_cost),
+            ):
                 if not math.isfinite(value) or value < 0:
                     raise GraphError(f"{n.describe()}: {field} must be finite and >= 0, got {value}")
         for s, d in self.edges:
@@ -231,8 +244,10 @@ class Graph:
             if not n.accel_ok:
                 raise GraphError(f"{n.describe()} is not supported on an accelerator and there are no CPUs")
             if n.size > cap:
-                raise GraphError(f"{n.describe()} needs {n.size:.6g} bytes but an accelerator holds "
-                                 f"{cap:.6g} and there are no CPUs to run it")
+                raise GraphError(
+                    f"{n.describe()} needs {n.size:.6g} bytes but an accelerator holds "
+                    f"{cap:.6g} and there are no CPUs to run it"
+                )
         for group in self.colocation_groups():
             total = sum(self._by_id[i].size for i in group)
             if total > cap:
@@ -241,7 +256,8 @@ class Graph:
                 raise GraphError(
                     f"colour class {colour} ({len(group)} nodes, e.g. {self._by_id[biggest].describe()}) "
                     f"needs {total:.6g} bytes on one device but an accelerator holds {cap:.6g} "
-                    f"and there are no CPUs")
+                    f"and there are no CPUs"
+                )
 
     # ---- contiguity ---------------------------------------------------------
     def contiguity_units(self) -> tuple[dict[int, int], list[tuple[int, int]]]:
@@ -305,7 +321,7 @@ class Graph:
 
     # ---- JSON ---------------------------------------------------------------
     @classmethod
-    def from_json(cls, path_or_dict, validate: bool = True) -> "Graph":
+    def from_json(cls, path_or_dict, validate: bool = True) -> Graph:
         source = None
         if isinstance(path_or_dict, (str, os.PathLike)):
             source = os.fspath(path_or_dict)
@@ -337,8 +353,10 @@ class Graph:
                 raise GraphError(f"edges[{j}]: node ids must be integers, got {s!r} -> {d!r}")
             cost = _number(e.get("cost", 0.0), f"edge {s} -> {d}: cost")
             if s in out_cost and not _close(out_cost[s], cost):
-                raise GraphError(f"edge {s} -> {d}: cost {cost} differs from {out_cost[s]} on another "
-                                 f"edge out of node {s} (the cost belongs to the source's output)")
+                raise GraphError(
+                    f"edge {s} -> {d}: cost {cost} differs from {out_cost[s]} on another "
+                    f"edge out of node {s} (the cost belongs to the source's output)"
+                )
             out_cost[s] = max(out_cost.get(s, cost), cost)
             edges.append((s, d))
         nodes = []
@@ -354,14 +372,19 @@ class Graph:
             color = n.get("colorClass")
             if color is not None and not _is_id(color):
                 raise GraphError(f"{where}: colorClass must be an integer, got {color!r}")
-            nodes.append(Node(
-                id=i, name=str(n.get("name", "")),
-                accel_time=_number(n["fpgaLatency"], f"{where}: fpgaLatency"),
-                cpu_time=_number(n["cpuLatency"], f"{where}: cpuLatency"),
-                size=_number(n.get("size", 0.0), f"{where}: size"),
-                accel_ok=_flag(n.get("supportedOnFpga", 1), f"{where}: supportedOnFpga"),
-                is_backward=_flag(n.get("isBackwardNode", 0), f"{where}: isBackwardNode"),
-                color=color, out_cost=out_cost.get(i, 0.0)))
+            nodes.append(
+                Node(
+                    id=i,
+                    name=str(n.get("name", "")),
+                    accel_time=_number(n["fpgaLatency"], f"{where}: fpgaLatency"),
+                    cpu_time=_number(n["cpuLatency"], f"{where}: cpuLatency"),
+                    size=_number(n.get("size", 0.0), f"{where}: size"),
+                    accel_ok=_flag(n.get("supportedOnFpga", 1), f"{where}: supportedOnFpga"),
+                    is_backward=_flag(n.get("isBackwardNode", 0), f"{where}: isBackwardNode"),
+                    color=color,
+                    out_cost=out_cost.get(i, 0.0),
+                )
+            )
         k = _integer(data.get("maxFPGAs", 1), "maxFPGAs")
         l = _integer(data.get("maxCPUs", 0), "maxCPUs")
         cap = _number(data.get("maxSizePerFPGA", math.inf), "maxSizePerFPGA")
@@ -373,24 +396,39 @@ class Graph:
     def to_json(self) -> dict:
         nodes = []
         for n in self.nodes:
-            d = {"name": n.name, "id": n.id, "supportedOnFpga": int(n.accel_ok),
-                 "cpuLatency": n.cpu_time, "fpgaLatency": n.accel_time,
-                 "isBackwardNode": int(n.is_backward), "size": n.size}
+            d = {
+                "name": n.name,
+                "id": n.id,
+                "supportedOnFpga": int(n.accel_ok),
+                "cpuLatency": n.cpu_time,
+                "fpgaLatency": n.accel_time,
+                "isBackwardNode": int(n.is_backward),
+                "size": n.size,
+            }
             if n.color is not None:
                 d["colorClass"] = n.color
             nodes.append(d)
-        edges = [{"sourceId": s, "destId": d, "cost": self._by_id[s].out_cost if s in self._by_id else 0.0}
-                 for s, d in self.edges]
-        return {"maxSizePerFPGA": self.memory_cap, "maxFPGAs": self.num_accelerators,
-                "maxCPUs": self.num_cpus, "nodes": nodes, "edges": edges}
+        edges = [
+            {"sourceId": s, "destId": d, "cost": self._by_id[s].out_cost if s in self._by_id else 0.0}
+            for s, d in self.edges
+        ]
+        return {
+            "maxSizePerFPGA": self.memory_cap,
+            "maxFPGAs": self.num_accelerators,
+            "maxCPUs": self.num_cpus,
+            "nodes": nodes,
+            "edges": edges,
+        }
 
     def save(self, path) -> None:
         with open(path, "w") as f:
             json.dump(self.to_json(), f, indent=1)
 
     def __repr__(self) -> str:
-        return (f"Graph({len(self.nodes)} nodes, {len(self.edges)} edges, k={self.num_accelerators}, "
-                f"cpus={self.num_cpus}, memory_cap={self.memory_cap:.6g})")
+        return (
+            f"Graph({len(self.nodes)} nodes, {len(self.edges)} edges, k={self.num_accelerators}, "
+            f"cpus={self.num_cpus}, memory_cap={self.memory_cap:.6g})"
+        )
 
 
 def _is_id(value) -> bool:

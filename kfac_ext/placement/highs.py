@@ -1,6 +1,7 @@
 """A sparse mixed-integer program assembled row by row and solved by HiGHS (``highspy``),
 with HiGHS kept off our stdout.  Shared by the throughput MILP (milp.py) and the
 latency IP (latency/ip.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,7 @@ class Program:
         self.row_lower.append(lo)
         self.row_upper.append(hi)
 
-    def solve(self, start: list[float] | None, time_limit: float, rel_gap: float,
-              verbose: bool):
+    def solve(self, start: list[float] | None, time_limit: float, rel_gap: float, verbose: bool):
         inf = highspy.kHighsInf
         lp = highspy.HighsLp()
         lp.num_col_ = len(self.lower)
@@ -86,8 +86,9 @@ class Program:
         lp.a_matrix_.start_ = np.array(self.starts, dtype=np.int32)
         lp.a_matrix_.index_ = np.array(self.index, dtype=np.int32)
         lp.a_matrix_.value_ = np.array(self.value, dtype=np.float64)
-        lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
-                           for i in self.integer]
+        lp.integrality_ = [
+            highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous for i in self.integer
+        ]
         with solver_output(verbose):
             return self._run(lp, start, time_limit, rel_gap, verbose)
 
@@ -111,5 +112,3 @@ class Program:
         has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
         values = list(h.getSolution().col_value) if has_solution else None
         return h.modelStatusToString(status), status, values, info
-
-

@@ -25,6 +25,7 @@ answer, re-scored from the graph alone (throughput_loads), is never worse.
 Latency is not here: it is the paper's IP and exact search in
 ``kfac_ext.placement.latency``.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,7 @@ class MilpError(PlacementError):
 
 
 def _device_list(graph: Graph) -> list[tuple[str, int]]:
-    return ([("accel", a) for a in range(graph.num_accelerators)]
-            + [("cpu", c) for c in range(graph.num_cpus)])
+    return [("accel", a) for a in range(graph.num_accelerators)] + [("cpu", c) for c in range(graph.num_cpus)]
 
 
 def _canonical(placement: Placement, groups: list[list[int]], graph: Graph) -> Placement:
@@ -57,8 +57,7 @@ def _canonical(placement: Placement, groups: list[list[int]], graph: Graph) -> P
         used = sorted((d for d in devices if d), key=lambda d: min(group_index[i] for i in d))
         return [list(d) for d in used] + [[] for _ in range(count - len(used))]
 
-    return Placement(order(placement.accelerators, graph.num_accelerators),
-                     order(placement.cpus, graph.num_cpus))
+    return Placement(order(placement.accelerators, graph.num_accelerators), order(placement.cpus, graph.num_cpus))
 
 
 class _PlacementVars:
@@ -82,13 +81,11 @@ class _PlacementVars:
                 self.x[g][d] = prog.var(0.0, hi, integer=True)
             prog.row({self.x[g][d]: 1.0 for d in range(len(self.devices))}, 1.0, 1.0)
             if not any(kind == "cpu" or accel_ok for kind, _ in self.devices):
-                raise MilpError(f"{nodes[0].describe()} fits on no device (CPU-only or too big, "
-                                "and there are no CPUs)")
+                raise MilpError(f"{nodes[0].describe()} fits on no device (CPU-only or too big, and there are no CPUs)")
         cap = graph.memory_cap
         if cap > 0:
             for a in range(k):
-                sizes = {self.x[g][a]: sum(graph.node(i).size for i in m) / cap
-                         for g, m in enumerate(self.groups)}
+                sizes = {self.x[g][a]: sum(graph.node(i).size for i in m) / cap for g, m in enumerate(self.groups)}
                 prog.row(sizes, hi=1.0 + 1e-9)
         # symmetry: device d (d > first of its kind) holds group g only if device d-1
         # holds one of the groups before g.  p[g][d] = sum_{g' <= g} x[g'][d].
@@ -153,8 +150,7 @@ def _throughput_program(graph: Graph):
     for d, (kind, j) in enumerate(place.devices):
         terms: dict[int, float] = {m: -1.0}
         for g, members in enumerate(place.groups):
-            t = sum(graph.node(i).accel_time if kind == "accel" else graph.node(i).cpu_time
-                    for i in members)
+            t = sum(graph.node(i).accel_time if kind == "accel" else graph.node(i).cpu_time for i in members)
             terms[place.x[g][d]] = t
         if kind == "accel":
             for (v, a), c in crossing.items():
@@ -168,8 +164,7 @@ def _throughput_program(graph: Graph):
         where = placement.device_of()
         for (v, a), c in crossing.items():
             inside = where[v] == ("accel", a)
-            values[c] = float(any((where[w] == ("accel", a)) != inside
-                                  for w in graph.successors(v)))
+            values[c] = float(any((where[w] == ("accel", a)) != inside for w in graph.successors(v)))
         values[m] = throughput_loads(graph, placement, check_memory=False)[0]
         return values
 
@@ -185,9 +180,14 @@ def _default_warm_start(graph: Graph) -> Placement | None:
         return None
 
 
-def solve_milp(graph: Graph, *, time_limit: float = 60.0,
-               warm_start: Solution | Placement | None = None, mip_rel_gap: float = 1e-6,
-               verbose: bool = False) -> Solution:
+def solve_milp(
+    graph: Graph,
+    *,
+    time_limit: float = 60.0,
+    warm_start: Solution | Placement | None = None,
+    mip_rel_gap: float = 1e-6,
+    verbose: bool = False,
+) -> Solution:
     """Least max load (throughput) found by HiGHS within ``time_limit`` seconds, any split allowed.
 
     ``warm_start`` (a Solution or Placement; default: the contiguous DP optimum)
@@ -229,8 +229,7 @@ def solve_milp(graph: Graph, *, time_limit: float = 60.0,
         if value < best_value - 1e-12 * max(1.0, abs(best_value)):
             best, best_value = found, value
     if best is None:
-        raise MilpError(f"HiGHS found no feasible placement within {time_limit:g} s "
-                        f"(status: {stats['status']})")
+        raise MilpError(f"HiGHS found no feasible placement within {time_limit:g} s (status: {stats['status']})")
     bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else 0.0
     stats["improved_on_warm_start"] = best_value < warm_value
     bound = min(bound, best_value)
@@ -238,5 +237,6 @@ def solve_milp(graph: Graph, *, time_limit: float = 60.0,
     stats["gap"] = gap
     optimal = status == highspy.HighsModelStatus.kOptimal and gap <= mip_rel_gap + 1e-12
     seconds = time.perf_counter() - t0
-    return Solution.evaluated(graph, best, "milp", optimal=optimal, lower_bound=bound,
-                              solve_seconds=seconds, stats=stats)
+    return Solution.evaluated(
+        graph, best, "milp", optimal=optimal, lower_bound=bound, solve_seconds=seconds, stats=stats
+    )

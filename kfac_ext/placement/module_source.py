@@ -10,6 +10,7 @@ arguments (not kfac-ext's), and one that calls ``sys.exit()`` there (an
 argparse error, a script's exit) is an error naming the module, not a silent
 exit of kfac-ext.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,14 +30,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--input-shape must be comma-separated positive integers "
-                         f"(e.g. 8,3,32,32), got {text!r}") from None
+        raise ValueError(
+            f"--input-shape must be comma-separated positive integers (e.g. 8,3,32,32), got {text!r}"
+        ) from None
     if not shape or any(d <= 0 for d in shape):
-        raise ValueError(f"--input-shape must be comma-separated positive integers "
-                         f"(e.g. 8,3,32,32), got {text!r}")
+        raise ValueError(f"--input-shape must be comma-separated positive integers (e.g. 8,3,32,32), got {text!r}")
     if math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise ValueError(f"--input-shape {text} has {math.prod(shape)} elements, over the limit of "
-                         f"{MAX_INPUT_ELEMENTS}; a small batch gives the same graph")
+        raise ValueError(
+            f"--input-shape {text} has {math.prod(shape)} elements, over the limit of "
+            f"{MAX_INPUT_ELEMENTS}; a small batch gives the same graph"
+        )
     return shape
 
 
@@ -53,9 +56,11 @@ def _as_if_run_alone(name: str):
 
 
 def _exit_message(what: str, exc: SystemExit) -> str:
-    return (f"--module: {what} called sys.exit({exc.code!r}); a module given to --module must "
-            "build the model without exiting (guard script code with if __name__ == '__main__', "
-            "and do not parse the command line at import)")
+    return (
+        f"--module: {what} called sys.exit({exc.code!r}); a module given to --module must "
+        "build the model without exiting (guard script code with if __name__ == '__main__', "
+        "and do not parse the command line at import)"
+    )
 
 
 def load_factory(spec: str):
@@ -107,21 +112,29 @@ def example_input(shape: tuple[int, ...], seed: int = 0):
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
-def trace_graph(model, example, *, cost: str = "flops", num_accelerators: int = 2, num_cpus: int = 0,
-                memory_cap: float | None = None):
+def trace_graph(
+    model,
+    example,
+    *,
+    cost: str = "flops",
+    num_accelerators: int = 2,
+    num_cpus: int = 0,
+    memory_cap: float | None = None,
+):
     """The placement graph of ``model`` on ``example`` (fx trace + FLOP or
     measured costs), with the forward pass's own errors reported as one line."""
     from .fx_graph import from_module
 
     try:
-        return from_module(model, (example,), cost=cost, num_accelerators=num_accelerators,
-                           num_cpus=num_cpus, memory_cap=memory_cap)
+        return from_module(
+            model, (example,), cost=cost, num_accelerators=num_accelerators, num_cpus=num_cpus, memory_cap=memory_cap
+        )
     except ValueError:
         raise
     except Exception as e:  # the model's forward on the example input failed
-        raise ValueError(f"the model's forward failed on an input of shape {tuple(example.shape)}: "
-                         f"{type(e).__name__}: {e}") from None
+        raise ValueError(
+            f"the model's forward failed on an input of shape {tuple(example.shape)}: {type(e).__name__}: {e}"
+        ) from None
 
 
-__all__ = ["MAX_INPUT_ELEMENTS", "build_model", "example_input", "load_factory", "parse_shape",
-           "trace_graph"]
+__all__ = ["MAX_INPUT_ELEMENTS", "build_model", "example_input", "load_factory", "parse_shape", "trace_graph"]

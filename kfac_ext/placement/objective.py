@@ -16,6 +16,7 @@ Cost model (Tarnawski et al. 2020, as in the authors' tools):
 
 The pipeline's throughput is 1 / (max load), so we minimise the max load.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ class Placement:
     cpus: list[list[int]] = field(default_factory=list)
 
     @classmethod
-    def from_json(cls, path_or_dict) -> "Placement":
+    def from_json(cls, path_or_dict) -> Placement:
         data = path_or_dict
         if isinstance(path_or_dict, (str, os.PathLike)):
             try:
@@ -47,8 +48,11 @@ class Placement:
                 raise PlacementError(f"cannot read split file {os.fspath(path_or_dict)}: {e.strerror}") from None
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise PlacementError(f"{os.fspath(path_or_dict)} is not valid JSON: {e}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("fpgas"), list) \
-                or not isinstance(data.get("cpus", []), list):
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("fpgas"), list)
+            or not isinstance(data.get("cpus", []), list)
+        ):
             raise PlacementError("a split needs an 'fpgas' list of {\"nodes\": [...]} (and optionally 'cpus')")
 
         def lists(key):
@@ -56,7 +60,8 @@ class Placement:
             for j, dev in enumerate(data.get(key, [])):
                 nodes = dev.get("nodes") if isinstance(dev, dict) else None
                 if not isinstance(nodes, list) or not all(
-                        isinstance(i, int) and not isinstance(i, bool) for i in nodes):
+                    isinstance(i, int) and not isinstance(i, bool) for i in nodes
+                ):
                     raise PlacementError(f"{key}[{j}] needs a 'nodes' list of integer ids")
                 out.append(list(nodes))
             return out
@@ -64,10 +69,13 @@ class Placement:
         return cls(lists("fpgas"), lists("cpus"))
 
     def to_json(self, loads: tuple[list[float], list[float]] | None = None) -> dict:
-        acc_loads, cpu_loads = loads if loads is not None else ([None] * len(self.accelerators),
-                                                                [None] * len(self.cpus))
-        return {"fpgas": [{"nodes": list(n), "load": x} for n, x in zip(self.accelerators, acc_loads)],
-                "cpus": [{"nodes": list(n), "load": x} for n, x in zip(self.cpus, cpu_loads)]}
+        acc_loads, cpu_loads = (
+            loads if loads is not None else ([None] * len(self.accelerators), [None] * len(self.cpus))
+        )
+        return {
+            "fpgas": [{"nodes": list(n), "load": x} for n, x in zip(self.accelerators, acc_loads)],
+            "cpus": [{"nodes": list(n), "load": x} for n, x in zip(self.cpus, cpu_loads)],
+        }
 
     def device_of(self) -> dict[int, tuple[str, int]]:
         """node id -> ("accel" | "cpu", index); raises on a node placed twice."""
@@ -80,7 +88,7 @@ class Placement:
                     where[i] = (kind, d)
         return where
 
-    def complete_by_colour(self, graph: Graph) -> "Placement":
+    def complete_by_colour(self, graph: Graph) -> Placement:
         """Place every node the split leaves out with its colour mates.
 
         An inference split applied to the training graph: each backward node
@@ -92,7 +100,9 @@ class Placement:
         for colour, members in graph.colour_classes().items():
             devices = {where[i] for i in members if i in where}
             if len(devices) > 1:
-                raise PlacementError(f"colour class {colour} is split over {', '.join(_dev(*d) for d in sorted(devices))}")
+                raise PlacementError(
+                    f"colour class {colour} is split over {', '.join(_dev(*d) for d in sorted(devices))}"
+                )
             if not devices:
                 continue
             kind, d = devices.pop()
@@ -102,8 +112,10 @@ class Placement:
                     where[i] = (kind, d)
         missing = [i for i in graph.ids if i not in where]
         if missing:
-            raise PlacementError(f"the split does not place node {missing[0]} nor any of its colour class"
-                                 + (f" ({len(missing)} nodes unplaced)" if len(missing) > 1 else ""))
+            raise PlacementError(
+                f"the split does not place node {missing[0]} nor any of its colour class"
+                + (f" ({len(missing)} nodes unplaced)" if len(missing) > 1 else "")
+            )
         return Placement(accel, cpus)
 
 
@@ -142,8 +154,13 @@ def device_breakdown(graph: Graph, node_ids, on_cpu: bool = False) -> dict:
     else:
         compute = sum(n.accel_time for n in nodes)
         transfer = sum(graph.node(i).out_cost for i in crossing_outputs(graph, node_ids))
-    return {"nodes": len(nodes), "compute": float(compute), "transfer": float(transfer),
-            "load": float(compute + transfer), "memory": float(sum(n.size for n in nodes))}
+    return {
+        "nodes": len(nodes),
+        "compute": float(compute),
+        "transfer": float(transfer),
+        "load": float(compute + transfer),
+        "memory": float(sum(n.size for n in nodes)),
+    }
 
 
 def check_placement(graph: Graph, placement: Placement, check_memory: bool = True) -> None:
@@ -167,16 +184,16 @@ def check_placement(graph: Graph, placement: Placement, check_memory: bool = Tru
     for d, nodes in enumerate(placement.accelerators):
         for i in nodes:
             if not graph.node(i).accel_ok:
-                raise PlacementError(f"{graph.node(i).describe()} is not supported on an accelerator "
-                                     f"but is placed on accelerator {d}")
+                raise PlacementError(
+                    f"{graph.node(i).describe()} is not supported on an accelerator but is placed on accelerator {d}"
+                )
         mem = sum(graph.node(i).size for i in nodes)
         if check_memory and mem > graph.memory_cap * (1 + 1e-12):
             raise PlacementError(f"accelerator {d} holds {mem:.6g} bytes, over the cap of {graph.memory_cap:.6g}")
     for colour, members in graph.colour_classes().items():
         devices = {where[i] for i in members}
         if len(devices) > 1:
-            raise PlacementError(f"colour class {colour} is split over "
-                                 f"{', '.join(_dev(*d) for d in sorted(devices))}")
+            raise PlacementError(f"colour class {colour} is split over {', '.join(_dev(*d) for d in sorted(devices))}")
 
 
 def memory_violations(graph: Graph, placement: Placement) -> list[str]:
@@ -189,8 +206,9 @@ def memory_violations(graph: Graph, placement: Placement) -> list[str]:
     return out
 
 
-def throughput_loads(graph: Graph, placement: Placement,
-                     check_memory: bool = True) -> tuple[float, list[float], list[float]]:
+def throughput_loads(
+    graph: Graph, placement: Placement, check_memory: bool = True
+) -> tuple[float, list[float], list[float]]:
     """(max load, per-accelerator loads, per-CPU loads), after checking the
     placement (see :func:`check_placement`; ``check_memory=False`` scores a
     split that breaks the memory cap, as baselines like "one device" may)."""
@@ -230,9 +248,18 @@ class Solution:
     cpu_loads: list[float] | None = None
 
     @classmethod
-    def evaluated(cls, graph: Graph, placement: Placement, method: str, *, optimal: bool = False,
-                  lower_bound: float = 0.0, solve_seconds: float = 0.0, stats: dict | None = None,
-                  check_memory: bool = True) -> "Solution":
+    def evaluated(
+        cls,
+        graph: Graph,
+        placement: Placement,
+        method: str,
+        *,
+        optimal: bool = False,
+        lower_bound: float = 0.0,
+        solve_seconds: float = 0.0,
+        stats: dict | None = None,
+        check_memory: bool = True,
+    ) -> Solution:
         """A throughput solution whose value and loads are recomputed from the
         graph. With ``check_memory=False`` a split over the memory cap is
         scored anyway and ``stats["memory_ok"]`` says so."""
@@ -242,15 +269,21 @@ class Solution:
         stats["memory_ok"] = not violations
         if violations:
             stats["memory_violation"] = violations[0]
-        return cls(placement, "throughput", method, value, optimal, min(lower_bound, value),
-                   solve_seconds, stats, acc, cpu)
+        return cls(
+            placement, "throughput", method, value, optimal, min(lower_bound, value), solve_seconds, stats, acc, cpu
+        )
 
     def to_json(self) -> dict:
         acc = self.accel_loads if self.accel_loads is not None else [None] * len(self.placement.accelerators)
         cpu = self.cpu_loads if self.cpu_loads is not None else [None] * len(self.placement.cpus)
-        out = {"objective": self.objective, "method": self.method, "optimal": bool(self.optimal),
-               "value": self.value, "lower_bound": self.lower_bound,
-               "solve_seconds": self.solve_seconds}
+        out = {
+            "objective": self.objective,
+            "method": self.method,
+            "optimal": bool(self.optimal),
+            "value": self.value,
+            "lower_bound": self.lower_bound,
+            "solve_seconds": self.solve_seconds,
+        }
         if self.objective == "throughput":
             out["maxLoad"] = self.value  # the key the authors' tools and the expert files use
         out.update(self.placement.to_json((acc, cpu)))
@@ -258,5 +291,15 @@ class Solution:
         return out
 
 
-__all__ = ["Placement", "PlacementError", "Solution", "GraphError", "check_placement", "crossing_outputs",
-           "device_breakdown", "device_load", "memory_violations", "throughput_loads"]
+__all__ = [
+    "Placement",
+    "PlacementError",
+    "Solution",
+    "GraphError",
+    "check_placement",
+    "crossing_outputs",
+    "device_breakdown",
+    "device_load",
+    "memory_violations",
+    "throughput_loads",
+]

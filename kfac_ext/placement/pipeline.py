@@ -19,25 +19,34 @@ through the first stage (a copy), since pipelining feeds inputs to stage 0 only.
 Backward nodes of a training graph are ignored here: autograd places each
 backward op with its forward op, which is what the colour classes require.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import tempfile
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.fx
-from torch.utils._pytree import tree_map
 from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, pipe_split, pipeline
+from torch.utils._pytree import tree_map
 
 from .fx_graph import trace
 from .graph import Graph
 from .objective import Placement, PlacementError
 
-__all__ = ["stage_order", "pipeline_stages", "split_module", "build_pipe", "contiguous_boundaries",
-           "run_stage", "run_locally"]
+__all__ = [
+    "stage_order",
+    "pipeline_stages",
+    "split_module",
+    "build_pipe",
+    "contiguous_boundaries",
+    "run_stage",
+    "run_locally",
+]
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
 
@@ -84,9 +93,11 @@ def stage_order(graph: Graph, placement: Placement) -> list[list[str]]:
             if indeg[b] == 0:
                 ready.append(b)
     if len(order) < n:
-        raise PlacementError("the placement is not contiguous: data flows back and forth between "
-                             "devices, so it cannot run as a pipeline (use a contiguous split, e.g. "
-                             "the DP's)")
+        raise PlacementError(
+            "the placement is not contiguous: data flows back and forth between "
+            "devices, so it cannot run as a pipeline (use a contiguous split, e.g. "
+            "the DP's)"
+        )
     position = {n.id: k for k, n in enumerate(graph.nodes)}
     stages = []
     for a in order:
@@ -113,8 +124,9 @@ def split_module(model: torch.nn.Module, stages: Sequence[Sequence[str]]) -> tor
     for k, names in enumerate(stages):
         for name in names:
             if name not in by_name:
-                raise PlacementError(f"stage {k} names fx node {name!r}, which the traced "
-                                     f"{type(model).__name__} does not have")
+                raise PlacementError(
+                    f"stage {k} names fx node {name!r}, which the traced {type(model).__name__} does not have"
+                )
             stage_of[name] = k
     body = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     unplaced = [n.name for n in body if n.name not in stage_of]
@@ -123,8 +135,10 @@ def split_module(model: torch.nn.Module, stages: Sequence[Sequence[str]]) -> tor
     for n in body:
         for p in n.all_input_nodes:
             if p.op != "placeholder" and stage_of[p.name] > stage_of[n.name]:
-                raise PlacementError(f"fx node {n.name!r} (stage {stage_of[n.name]}) reads "
-                                     f"{p.name!r} from a later stage {stage_of[p.name]}")
+                raise PlacementError(
+                    f"fx node {n.name!r} (stage {stage_of[n.name]}) reads "
+                    f"{p.name!r} from a later stage {stage_of[p.name]}"
+                )
     new = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
     for n in gm.graph.nodes:
@@ -153,8 +167,7 @@ def split_module(model: torch.nn.Module, stages: Sequence[Sequence[str]]) -> tor
     return torch.fx.GraphModule(gm, new)
 
 
-def build_pipe(model: torch.nn.Module, graph: Graph, placement: Placement,
-               microbatch_args: tuple):
+def build_pipe(model: torch.nn.Module, graph: Graph, placement: Placement, microbatch_args: tuple):
     """``torch.distributed.pipelining.pipeline`` of the model cut at the placement's
     stage boundaries; ``microbatch_args`` is one example micro-batch."""
     stages = pipeline_stages(model, graph, placement)
@@ -197,8 +210,7 @@ def _contiguous_copy(graph, output, arg):
     if not _strided(val):
         return arg
     with graph.inserting_before(output):
-        copy = graph.call_function(torch.ops.aten.clone.default, (arg,),
-                                   {"memory_format": torch.contiguous_format})
+        copy = graph.call_function(torch.ops.aten.clone.default, (arg,), {"memory_format": torch.contiguous_format})
     copy.meta = dict(arg.meta, val=_contiguous_like(val))
     return copy
 
@@ -215,9 +227,16 @@ def _contiguous_like(val):
         return val.clone(memory_format=torch.contiguous_format)
 
 
-def run_stage(pipe, rank: int, inputs: tuple, target: torch.Tensor | None,
-              loss_fn: Callable | None, n_microbatches: int, schedule: str = "gpipe",
-              device: torch.device | str = "cpu"):
+def run_stage(
+    pipe,
+    rank: int,
+    inputs: tuple,
+    target: torch.Tensor | None,
+    loss_fn: Callable | None,
+    n_microbatches: int,
+    schedule: str = "gpipe",
+    device: torch.device | str = "cpu",
+):
     """One training (or, without loss_fn, forward) step of stage ``rank`` in the
     current process group.  Returns (stage module, output, losses): the output
     (micro-batch outputs merged) and the per-micro-batch losses on the last stage,
@@ -227,8 +246,10 @@ def run_stage(pipe, rank: int, inputs: tuple, target: torch.Tensor | None,
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
     if pipe.num_stages != dist.get_world_size():
-        raise ValueError(f"the split has {pipe.num_stages} stages but the process group has "
-                         f"{dist.get_world_size()} ranks; run one rank per stage")
+        raise ValueError(
+            f"the split has {pipe.num_stages} stages but the process group has "
+            f"{dist.get_world_size()} ranks; run one rank per stage"
+        )
     stage = pipe.build_stage(rank, torch.device(device))
     sched = SCHEDULES[schedule](stage, n_microbatches, loss_fn=loss_fn)
     last = rank == pipe.num_stages - 1
@@ -244,30 +265,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, model, graph, placement, inputs, target, loss_fn,
-            n_microbatches, schedule, out_dir):
+def _worker(rank, world, port, model, graph, placement, inputs, target, loss_fn, n_microbatches, schedule, out_dir):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)  # one core per stage process on a shared machine
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         micro = tuple(x.chunk(n_microbatches)[0] for x in inputs)
         pipe = build_pipe(model, graph, placement, micro)
-        submod, output, losses = run_stage(pipe, rank, inputs, target, loss_fn,
-                                           n_microbatches, schedule)
-        grads = {name: p.grad.detach().clone() for name, p in submod.named_parameters()
-                 if p.grad is not None}
+        submod, output, losses = run_stage(pipe, rank, inputs, target, loss_fn, n_microbatches, schedule)
+        grads = {name: p.grad.detach().clone() for name, p in submod.named_parameters() if p.grad is not None}
         output = tree_map(lambda v: v.detach() if isinstance(v, torch.Tensor) else v, output)
-        torch.save({"grads": grads, "output": output,
-                    "losses": None if losses is None else [x.detach() for x in losses]},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {"grads": grads, "output": output, "losses": None if losses is None else [x.detach() for x in losses]},
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
 
-def run_locally(model: torch.nn.Module, graph: Graph, placement: Placement,
-                inputs: Sequence[torch.Tensor], target: torch.Tensor | None = None,
-                loss_fn: Callable | None = None, *, n_microbatches: int = 2,
-                schedule: str = "gpipe") -> dict[str, Any]:
+def run_locally(
+    model: torch.nn.Module,
+    graph: Graph,
+    placement: Placement,
+    inputs: Sequence[torch.Tensor],
+    target: torch.Tensor | None = None,
+    loss_fn: Callable | None = None,
+    *,
+    n_microbatches: int = 2,
+    schedule: str = "gpipe",
+) -> dict[str, Any]:
     """Run one pipelined step on this machine: one spawned Gloo process per stage
     (127.0.0.1, a free port).  ``inputs`` is the whole batch, split into
     ``n_microbatches`` along dim 0.  Returns {"output", "losses", "grads"} with
@@ -277,14 +303,28 @@ def run_locally(model: torch.nn.Module, graph: Graph, placement: Placement,
     inputs = tuple(inputs)
     for x in inputs:
         if x.shape[0] % n_microbatches:
-            raise ValueError(f"batch size {x.shape[0]} is not divisible by "
-                             f"n_microbatches={n_microbatches}")
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by n_microbatches={n_microbatches}")
     world = len(pipeline_stages(model, graph, placement))
     with tempfile.TemporaryDirectory() as out_dir:
         torch.multiprocessing.start_processes(
-            _worker, args=(world, _free_port(), model, graph, placement, inputs, target, loss_fn,
-                           n_microbatches, schedule, out_dir),
-            nprocs=world, join=True, start_method="spawn")
+            _worker,
+            args=(
+                world,
+                _free_port(),
+                model,
+                graph,
+                placement,
+                inputs,
+                target,
+                loss_fn,
+                n_microbatches,
+                schedule,
+                out_dir,
+            ),
+            nprocs=world,
+            join=True,
+            start_method="spawn",
+        )
         results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world)]
     grads: dict[str, torch.Tensor] = {}
     for r in results:

@@ -25,6 +25,7 @@ that micro-batch's own mean and variance, and updates its running statistics
 once per micro-batch, so the pipelined run differs from the unsplit one (eval
 mode is exact). See docs/placement-pipeline.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,22 +40,29 @@ MAX_STAGES = 64  # one process each: more would only thrash the machine
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--module", required=True, metavar="PKG.MOD:FACTORY",
-                        help="FACTORY() returns the nn.Module to train")
-    parser.add_argument("--input-shape", required=True, metavar="N,C,H,W",
-                        help="the shape of one training batch (N = batch size)")
+    parser.add_argument(
+        "--module", required=True, metavar="PKG.MOD:FACTORY", help="FACTORY() returns the nn.Module to train"
+    )
+    parser.add_argument(
+        "--input-shape", required=True, metavar="N,C,H,W", help="the shape of one training batch (N = batch size)"
+    )
     parser.add_argument("--devices", type=int, default=2, help="accelerators to split over (default 2)")
     parser.add_argument("--steps", type=int, default=3, help="training steps (default 3)")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
     parser.add_argument("--microbatches", type=int, default=2, help="micro-batches per batch (default 2)")
     parser.add_argument("--schedule", choices=("gpipe", "1f1b"), default="gpipe")
-    parser.add_argument("--loss", choices=LOSSES, default="ce",
-                        help="ce: cross entropy on (batch, classes) outputs; mse: mean squared error")
+    parser.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="ce",
+        help="ce: cross entropy on (batch, classes) outputs; mse: mean squared error",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the model's init and the data")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
 # ---- the plan: everything checked and decided before any process starts --------------------
+
 
 def make_plan(args) -> dict:
     """Check the arguments, trace and split the model; returns what every stage
@@ -65,35 +73,48 @@ def make_plan(args) -> dict:
     from .objective import device_breakdown
     from .pipeline import pipeline_stages
 
-    for flag, value, low in (("--devices", args.devices, 1), ("--steps", args.steps, 1),
-                             ("--microbatches", args.microbatches, 1)):
+    for flag, value, low in (
+        ("--devices", args.devices, 1),
+        ("--steps", args.steps, 1),
+        ("--microbatches", args.microbatches, 1),
+    ):
         if value < low:
             raise ValueError(f"{flag} must be >= {low}, got {value}")
     if args.devices > MAX_STAGES:
-        raise ValueError(f"--devices {args.devices}: a pipeline runs one process per stage, at most "
-                         f"{MAX_STAGES} here")
+        raise ValueError(f"--devices {args.devices}: a pipeline runs one process per stage, at most {MAX_STAGES} here")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise ValueError(f"--lr must be a positive number, got {args.lr}")
     shape = parse_shape(args.input_shape)
     if shape[0] % args.microbatches:
-        raise ValueError(f"the batch size {shape[0]} (first entry of --input-shape) is not divisible by "
-                         f"--microbatches {args.microbatches}")
+        raise ValueError(
+            f"the batch size {shape[0]} (first entry of --input-shape) is not divisible by "
+            f"--microbatches {args.microbatches}"
+        )
     model = seeded_model(args.module, args.seed, build_model)
     micro_shape = (shape[0] // args.microbatches,) + shape[1:]
     graph = trace_graph(model, example_input(micro_shape, args.seed), num_accelerators=args.devices)
     solution = ideal_dp(graph)
     stages = pipeline_stages(model, graph, solution.placement)
     ids = {n.name: n.id for n in graph.nodes}
-    predicted = [device_breakdown(graph, [ids[name] for name in names], on_cpu=False)["load"]
-                 for names in stages]
+    predicted = [device_breakdown(graph, [ids[name] for name in names], on_cpu=False)["load"] for names in stages]
     out_shape = tuple(_forward_shape(model, micro_shape))
     if args.loss == "ce" and len(out_shape) != 2:
-        raise ValueError(f"--loss ce needs (batch, classes) outputs, the model gives shape {out_shape}; "
-                         "use --loss mse")
-    return {"module": args.module, "seed": args.seed, "shape": shape, "out_shape": (shape[0],) + out_shape[1:],
-            "microbatches": args.microbatches, "schedule": args.schedule, "loss": args.loss,
-            "lr": args.lr, "steps": args.steps, "stages": stages, "predicted": predicted,
-            "optimum": solution.value, "devices": args.devices}
+        raise ValueError(f"--loss ce needs (batch, classes) outputs, the model gives shape {out_shape}; use --loss mse")
+    return {
+        "module": args.module,
+        "seed": args.seed,
+        "shape": shape,
+        "out_shape": (shape[0],) + out_shape[1:],
+        "microbatches": args.microbatches,
+        "schedule": args.schedule,
+        "loss": args.loss,
+        "lr": args.lr,
+        "steps": args.steps,
+        "stages": stages,
+        "predicted": predicted,
+        "optimum": solution.value,
+        "devices": args.devices,
+    }
 
 
 def seeded_model(spec: str, seed: int, build_model=None):
@@ -138,6 +159,7 @@ def loss_function(name: str):
 
 # ---- one stage process ------------------------------------------------------------------------
 
+
 def train_stage(plan: dict, rank: int, world: int, device) -> dict:
     """Run the plan's steps as stage ``rank`` of the current process group.
     Returns this stage's report; the last stage's carries the losses."""
@@ -158,7 +180,8 @@ def train_stage(plan: dict, rank: int, world: int, device) -> dict:
     schedule = SCHEDULES[plan["schedule"]](stage, plan["microbatches"], loss_fn=loss_fn)
     captured = {}
     hook = stage.submod.register_forward_pre_hook(
-        lambda mod, a, kw: captured.update(args=a, kwargs=kw), with_kwargs=True)
+        lambda mod, a, kw: captured.update(args=a, kwargs=kw), with_kwargs=True
+    )
     last = rank == world - 1
     losses, step_seconds = [], []
     for step in range(plan["steps"]):
@@ -178,8 +201,12 @@ def train_stage(plan: dict, rank: int, world: int, device) -> dict:
         if last:
             losses.append(float(torch.stack([v.detach() for v in micro_losses]).mean()))
     hook.remove()
-    return {"rank": rank, "losses": losses if last else None, "step_seconds": step_seconds,
-            "measured_ms": _time_alone(stage.submod, captured, device)}
+    return {
+        "rank": rank,
+        "losses": losses if last else None,
+        "step_seconds": step_seconds,
+        "measured_ms": _time_alone(stage.submod, captured, device),
+    }
 
 
 def _time_alone(submod, captured: dict, device, repeats: int = 3) -> float:
@@ -195,8 +222,11 @@ def _time_alone(submod, captured: dict, device, repeats: int = 3) -> float:
     for _ in range(repeats + 1):  # the first run warms up
         t0 = time.perf_counter()
         out = submod(*args, **kwargs)
-        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,))
-                if isinstance(o, torch.Tensor) and o.requires_grad]
+        outs = [
+            o
+            for o in (out if isinstance(out, (tuple, list)) else (out,))
+            if isinstance(o, torch.Tensor) and o.requires_grad
+        ]
         if outs:
             torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
         if str(device).startswith("cuda"):
@@ -232,8 +262,7 @@ def _stage_process(rank: int, world: int, port: int, plan: dict, out_dir: str) -
             dist.destroy_process_group()
         path = os.path.join(out_dir, f"rank{rank}.json")
     except Exception as e:  # reported by the parent as one line
-        report = {"error": f"stage {rank}: {type(e).__name__}: {' '.join(str(e).split())}",
-                  "time": time.time()}
+        report = {"error": f"stage {rank}: {type(e).__name__}: {' '.join(str(e).split())}", "time": time.time()}
         path = os.path.join(out_dir, f"error{rank}.json")
     with open(path, "w") as f:
         json.dump(report, f)
@@ -247,8 +276,9 @@ def run_spawned(plan: dict) -> list[dict]:
 
     world = len(plan["stages"])
     with tempfile.TemporaryDirectory() as out_dir:
-        torch.multiprocessing.start_processes(_stage_process, args=(world, _free_port(), plan, out_dir),
-                                              nprocs=world, join=True, start_method="spawn")
+        torch.multiprocessing.start_processes(
+            _stage_process, args=(world, _free_port(), plan, out_dir), nprocs=world, join=True, start_method="spawn"
+        )
         errors = []
         for name in os.listdir(out_dir):
             if name.startswith("error"):
@@ -269,8 +299,10 @@ def run_under_torchrun(plan: dict) -> list[dict] | None:
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != len(plan["stages"]):
-        raise ValueError(f"the split has {len(plan['stages'])} stages but torchrun started {world} "
-                         f"processes; run torchrun --nproc-per-node {len(plan['stages'])}")
+        raise ValueError(
+            f"the split has {len(plan['stages'])} stages but torchrun started {world} "
+            f"processes; run torchrun --nproc-per-node {len(plan['stages'])}"
+        )
     backend, device = _backend_and_device(world, int(os.environ.get("LOCAL_RANK", rank)))
     dist.init_process_group(backend)
     try:
@@ -285,17 +317,33 @@ def run_under_torchrun(plan: dict) -> list[dict] | None:
 
 # ---- the command ------------------------------------------------------------------------------
 
+
 def summary(plan: dict, reports: list[dict]) -> dict:
     last = reports[-1]
-    return {"module": plan["module"], "input_shape": list(plan["shape"]), "devices": plan["devices"],
-            "steps": plan["steps"], "lr": plan["lr"], "microbatches": plan["microbatches"],
-            "schedule": plan["schedule"], "loss_function": plan["loss"], "seed": plan["seed"],
-            "backend": last["backend"], "predicted_max_load": plan["optimum"],
-            "losses": last["losses"],
-            "stages": [{"stage": s, "nodes": len(names), "predicted_load": plan["predicted"][s],
-                        "measured_ms": reports[s]["measured_ms"],
-                        "median_step_seconds": sorted(reports[s]["step_seconds"])[len(reports[s]["step_seconds"]) // 2]}
-                       for s, names in enumerate(plan["stages"])]}
+    return {
+        "module": plan["module"],
+        "input_shape": list(plan["shape"]),
+        "devices": plan["devices"],
+        "steps": plan["steps"],
+        "lr": plan["lr"],
+        "microbatches": plan["microbatches"],
+        "schedule": plan["schedule"],
+        "loss_function": plan["loss"],
+        "seed": plan["seed"],
+        "backend": last["backend"],
+        "predicted_max_load": plan["optimum"],
+        "losses": last["losses"],
+        "stages": [
+            {
+                "stage": s,
+                "nodes": len(names),
+                "predicted_load": plan["predicted"][s],
+                "measured_ms": reports[s]["measured_ms"],
+                "median_step_seconds": sorted(reports[s]["step_seconds"])[len(reports[s]["step_seconds"]) // 2],
+            }
+            for s, names in enumerate(plan["stages"])
+        ],
+    }
 
 
 def table(result: dict) -> str:
@@ -303,14 +351,21 @@ def table(result: dict) -> str:
     lines += [f"{i + 1:>4}  {loss:>12.6f}" for i, loss in enumerate(result["losses"])]
     pred_total = sum(s["predicted_load"] for s in result["stages"]) or 1.0
     meas_total = sum(s["measured_ms"] for s in result["stages"]) or 1.0
-    lines += ["", f"{'stage':>5} {'nodes':>6} {'predicted load':>15} {'share':>6} "
-                  f"{'measured ms':>12} {'share':>6}   (measured: fwd+bwd of one micro-batch, alone)"]
+    lines += [
+        "",
+        f"{'stage':>5} {'nodes':>6} {'predicted load':>15} {'share':>6} "
+        f"{'measured ms':>12} {'share':>6}   (measured: fwd+bwd of one micro-batch, alone)",
+    ]
     for s in result["stages"]:
-        lines.append(f"{s['stage']:>5} {s['nodes']:>6} {s['predicted_load']:>15.6g} "
-                     f"{s['predicted_load'] / pred_total:>6.1%} {s['measured_ms']:>12.4g} "
-                     f"{s['measured_ms'] / meas_total:>6.1%}")
-    lines.append(f"\n{len(result['stages'])} stages over {result['backend']}, {result['schedule']}, "
-                 f"{result['microbatches']} micro-batches, SGD lr {result['lr']}")
+        lines.append(
+            f"{s['stage']:>5} {s['nodes']:>6} {s['predicted_load']:>15.6g} "
+            f"{s['predicted_load'] / pred_total:>6.1%} {s['measured_ms']:>12.4g} "
+            f"{s['measured_ms'] / meas_total:>6.1%}"
+        )
+    lines.append(
+        f"\n{len(result['stages'])} stages over {result['backend']}, {result['schedule']}, "
+        f"{result['microbatches']} micro-batches, SGD lr {result['lr']}"
+    )
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 """Per-device load chart of a placement (matplotlib, Agg: no display needed)."""
+
 from __future__ import annotations
 
 from .graph import Graph

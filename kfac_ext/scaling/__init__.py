@@ -11,12 +11,26 @@
 `kfac-ext bench scaling` is the command line (kfac_ext/app/bench.py);
 docs/distributed.md has the model's validation.
 """
+
 from kfac_ext.scaling.network import NETWORKS, Network, broadcast_time, ring_allreduce_time
 from kfac_ext.scaling.planner import Plan, plan
 from kfac_ext.scaling.profiles import DeviceProfile
 from kfac_ext.scaling.step import Intervals, StepTime, predict, strategies
 from kfac_ext.scaling.workload import FactorLayer, Workload, workload_of
 
-__all__ = ["NETWORKS", "Network", "broadcast_time", "ring_allreduce_time", "Plan", "plan",
-           "DeviceProfile", "Intervals", "StepTime", "predict", "strategies", "FactorLayer",
-           "Workload", "workload_of"]
+__all__ = [
+    "NETWORKS",
+    "Network",
+    "broadcast_time",
+    "ring_allreduce_time",
+    "Plan",
+    "plan",
+    "DeviceProfile",
+    "Intervals",
+    "StepTime",
+    "predict",
+    "strategies",
+    "FactorLayer",
+    "Workload",
+    "workload_of",
+]

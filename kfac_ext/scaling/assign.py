@@ -3,9 +3,10 @@
 Kept to one function so that a rename in ``kfac_ext.assignment`` (or the
 placement engine's makespan solver behind it) is one import to fix.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from kfac_ext.assignment import assign_work
 

@@ -14,6 +14,7 @@ overhead matches one published row, and takes the rest of that row's SGD step, b
 the FLOPs and the gradient all-reduce, as the run's host time (input pipeline,
 framework). Two numbers from one row: nothing else is fitted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,13 +46,20 @@ def gpu_profile(name: str, k: float = 1.0) -> DeviceProfile:
     if not k > 0:
         raise ValueError(f"k must be > 0, got {k!r}")
     peak = PEAKS[name]
-    return DeviceProfile(name, k * MEASURED["dense"] * peak.fp32_flops_per_s,
-                         k * MEASURED["eigh"] * peak.fp32_flops_per_s,
-                         MEASURED["eigh_latency_s"] / k, peak.memory_bytes, peak.source)
+    return DeviceProfile(
+        name,
+        k * MEASURED["dense"] * peak.fp32_flops_per_s,
+        k * MEASURED["eigh"] * peak.fp32_flops_per_s,
+        MEASURED["eigh_latency_s"] / k,
+        peak.memory_bytes,
+        peak.source,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
+    """A device profile fitted on one published row: its rate factor k and host time per step."""
+
     row: str
     k: float
     host_s: float
@@ -67,10 +75,11 @@ def calibrate(row: Row, work: Workload, net: Network, name: str = "v100") -> Cal
     K-FAC run); then the host time that closes the SGD step."""
     target = row.overhead_s[0]
     lo, hi = 1e-3, 1e3
-    if not _overhead(work, row, gpu_profile(name, hi), net) < target < \
-            _overhead(work, row, gpu_profile(name, lo), net):
-        raise ValueError(f"row {row.key}: no k in [{lo}, {hi}] reaches its overhead "
-                         f"{target * 1e3:.1f} ms (communication alone may exceed it)")
+    if not _overhead(work, row, gpu_profile(name, hi), net) < target < _overhead(work, row, gpu_profile(name, lo), net):
+        raise ValueError(
+            f"row {row.key}: no k in [{lo}, {hi}] reaches its overhead "
+            f"{target * 1e3:.1f} ms (communication alone may exceed it)"
+        )
     for _ in range(100):
         mid = (lo * hi) ** 0.5
         if _overhead(work, row, gpu_profile(name, mid), net) > target:

@@ -14,13 +14,14 @@ On this 2-core machine at load 16-18 (2026-12-07), five profiles of 15 rounds ga
 GEMM and eigh rates within 2 % and 6 % of each other from the fastest samples, 18 %
 and 27 % from the medians; wall-clock medians on two threads varied by 25-60 %.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -31,16 +32,22 @@ __all__ = ["Measurement", "monotone", "fit_eigh", "measure_profile"]
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
+    """A device profile measured on this machine, with the samples kept and rejected and their spread."""
+
     profile: DeviceProfile
     samples: tuple[tuple[int, float, float], ...]  # (n, fastest s, median s), sizes kept
-    rejected: tuple[int, ...]               # sizes dropped as not monotone
-    gemm_spread: float                      # max/min of the GEMM repeats
-    eigh_spread: float                      # largest max/min over the kept sizes' repeats
+    rejected: tuple[int, ...]  # sizes dropped as not monotone
+    gemm_spread: float  # max/min of the GEMM repeats
+    eigh_spread: float  # largest max/min over the kept sizes' repeats
 
     def as_dict(self) -> dict:
-        return {"profile": dataclasses.asdict(self.profile), "samples": list(self.samples),
-                "rejected": list(self.rejected), "gemm_spread": self.gemm_spread,
-                "eigh_spread": self.eigh_spread}
+        return {
+            "profile": dataclasses.asdict(self.profile),
+            "samples": list(self.samples),
+            "rejected": list(self.rejected),
+            "gemm_spread": self.gemm_spread,
+            "eigh_spread": self.eigh_spread,
+        }
 
 
 def monotone(samples: Sequence[tuple[int, float]]) -> tuple[list[tuple[int, float]], list[int]]:
@@ -60,13 +67,13 @@ def fit_eigh(samples: Sequence[tuple[int, float]]) -> tuple[float, float]:
     error; latency clamped to >= 0 (a pure cubic through the largest size then)."""
     if len(samples) < 2:
         raise ValueError(f"fit_eigh needs two sizes, got {len(samples)}")
-    a = torch.tensor([[EIGH_FLOPS_PER_N3 * n ** 3 / t, 1.0 / t] for n, t in samples],
-                     dtype=torch.float64)
-    inv_rate, latency = torch.linalg.lstsq(a, torch.ones(len(samples), 1, dtype=torch.float64)
-                                           ).solution.squeeze(1).tolist()
+    a = torch.tensor([[EIGH_FLOPS_PER_N3 * n**3 / t, 1.0 / t] for n, t in samples], dtype=torch.float64)
+    inv_rate, latency = (
+        torch.linalg.lstsq(a, torch.ones(len(samples), 1, dtype=torch.float64)).solution.squeeze(1).tolist()
+    )
     if latency < 0 or inv_rate <= 0:
         n, t = max(samples)
-        return 0.0, EIGH_FLOPS_PER_N3 * n ** 3 / t
+        return 0.0, EIGH_FLOPS_PER_N3 * n**3 / t
     return latency, 1.0 / inv_rate
 
 
@@ -77,9 +84,14 @@ def _timed(fn: Callable[[], object], sync: Callable[[], None], clock: Callable[[
     return clock() - t0
 
 
-def measure_profile(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 15,
-                    gemm_size: int = 512, device: str = "cpu", name: str | None = None,
-                    memory_bytes: float | None = None) -> Measurement:
+def measure_profile(
+    sizes: Sequence[int] = (64, 128, 256, 512),
+    repeats: int = 15,
+    gemm_size: int = 512,
+    device: str = "cpu",
+    name: str | None = None,
+    memory_bytes: float | None = None,
+) -> Measurement:
     """Time eigh at ``sizes`` and a GEMM on ``device``: fastest samples, monotone rejection,
     fit. ``memory_bytes`` defaults to the device's (the GPU's, or this machine's RAM)."""
     if repeats < 1:
@@ -88,9 +100,11 @@ def measure_profile(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 1
         raise ValueError(f"sizes needs two different sizes >= 2, got {list(sizes)}")
     dev = torch.device(device)
     if memory_bytes is None:
-        memory_bytes = float(torch.cuda.get_device_properties(dev).total_memory
-                             if dev.type == "cuda"
-                             else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        memory_bytes = float(
+            torch.cuda.get_device_properties(dev).total_memory
+            if dev.type == "cuda"
+            else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        )
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     # On one CPU thread the work runs on this thread, so its CPU time is the work's time
     # and excludes the slices the scheduler gave to other processes; otherwise wall time.
@@ -118,17 +132,26 @@ def measure_profile(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 1
     best = [(n, min(times[n])) for n in sizes]
     kept, rejected = monotone(best)
     if len(kept) < 2:
-        raise RuntimeError(f"only {len(kept)} eigh size(s) were monotone in n "
-                           f"({best}); the machine is too busy to fit, try more repeats")
+        raise RuntimeError(
+            f"only {len(kept)} eigh size(s) were monotone in n "
+            f"({best}); the machine is too busy to fit, try more repeats"
+        )
     latency, eigh_rate = fit_eigh(kept)
     gemm = times["gemm"]
-    rate = 2.0 * gemm_size ** 3 / min(gemm)
+    rate = 2.0 * gemm_size**3 / min(gemm)
     label = name or (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
-    profile = DeviceProfile(label, rate, eigh_rate, latency, memory_bytes,
-                            f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-                            f"eigh n={sorted(set(sizes))} x{repeats}, GEMM {gemm_size}, "
-                            f"{torch.get_num_threads()} threads, "
-                            f"{'thread CPU time' if cpu_clock else 'wall time'}, torch {torch.__version__}")
+    profile = DeviceProfile(
+        label,
+        rate,
+        eigh_rate,
+        latency,
+        memory_bytes,
+        f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"eigh n={sorted(set(sizes))} x{repeats}, GEMM {gemm_size}, "
+        f"{torch.get_num_threads()} threads, "
+        f"{'thread CPU time' if cpu_clock else 'wall time'}, torch {torch.__version__}",
+    )
     samples = tuple((n, t, statistics.median(times[n])) for n, t in kept)
-    return Measurement(profile, samples, tuple(rejected), max(gemm) / min(gemm),
-                       max(max(times[n]) / min(times[n]) for n, _ in kept))
+    return Measurement(
+        profile, samples, tuple(rejected), max(gemm) / min(gemm), max(max(times[n]) / min(times[n]) for n, _ in kept)
+    )

@@ -4,6 +4,7 @@
 conv of a bottleneck); ``resnet32_cifar()`` is the CIFAR ResNet-32 of He et al.
 2016 with the parameter-free option-A shortcut (kfac_ext.app.models).
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -26,8 +27,7 @@ class _Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or c_in != out:
-            self.downsample = nn.Sequential(nn.Conv2d(c_in, out, 1, stride, bias=False),
-                                            nn.BatchNorm2d(out))
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x):
         y = self.relu(self.bn1(self.conv1(x)))
@@ -37,8 +37,13 @@ class _Bottleneck(nn.Module):
 
 
 def resnet50(num_classes: int = 1000) -> nn.Module:
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                               nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)]
+    """ResNet-50 (bottleneck blocks 3-4-6-3) built without torchvision, for counting its step."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
     c_in = 64
     for mid, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
         for b in range(blocks):
@@ -49,4 +54,5 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
 
 
 def resnet32_cifar(num_classes: int = 10) -> nn.Module:
+    """The CIFAR ResNet-32 (three stages of five basic blocks)."""
     return resnet_cifar(32, num_classes)

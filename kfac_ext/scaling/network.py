@@ -6,6 +6,7 @@ A pipelined tree broadcast pays log2(N) latencies and the payload once. Both
 are idealised: no congestion, and broadcasts from different sources do not
 share links.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,10 @@ __all__ = ["Network", "NETWORKS", "ring_allreduce_time", "broadcast_time"]
 
 @dataclasses.dataclass(frozen=True)
 class Network:
+    """An alpha-beta network: a latency per message and a bandwidth per direction."""
+
     name: str
-    alpha: float      # seconds per message (latency)
+    alpha: float  # seconds per message (latency)
     bandwidth: float  # bytes per second per direction
 
 
@@ -31,6 +34,7 @@ NETWORKS = {
 
 
 def ring_allreduce_time(nbytes: float, workers: int, net: Network) -> float:
+    """Seconds of a ring all-reduce of ``nbytes`` over ``workers``: 2(n-1) messages, 2(n-1)/n of the bytes each way."""
     if workers <= 1 or nbytes <= 0:
         return 0.0
     return 2 * (workers - 1) * net.alpha + 2 * (workers - 1) / workers * nbytes / net.bandwidth

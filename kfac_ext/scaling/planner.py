@@ -11,10 +11,11 @@ the most frequent eigendecompositions, then the most frequent factor updates,
 then the fastest step. When none stays within the budget it takes the fastest
 feasible candidate and says so (``within_budget``).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from kfac_ext.scaling.network import Network
 from kfac_ext.scaling.profiles import DeviceProfile
@@ -26,14 +27,16 @@ __all__ = ["Plan", "plan", "grad_worker_counts"]
 
 def grad_worker_counts(ranks: int) -> list[int]:
     """1, N and every power of two dividing N: the grad-worker counts the planner tries."""
-    powers = {2 ** k for k in range(ranks.bit_length()) if ranks % 2 ** k == 0}
+    powers = {2**k for k in range(ranks.bit_length()) if ranks % 2**k == 0}
     return sorted(powers | set(strategies(ranks).values()))
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """The recommendation for one rank count: the fastest strategy that fits the memory limit, and why."""
+
     ranks: int
-    choice: StepTime | None     # None: nothing fits the memory limit
+    choice: StepTime | None  # None: nothing fits the memory limit
     within_budget: bool
     reason: str
 
@@ -43,15 +46,29 @@ class Plan:
         return None if self.choice is None else self.choice.grad_workers / self.ranks
 
     def as_dict(self) -> dict:
-        return {"ranks": self.ranks, "within_budget": self.within_budget, "reason": self.reason,
-                "grad_worker_fraction": self.grad_worker_fraction,
-                "choice": None if self.choice is None else self.choice.as_dict()}
+        return {
+            "ranks": self.ranks,
+            "within_budget": self.within_budget,
+            "reason": self.reason,
+            "grad_worker_fraction": self.grad_worker_fraction,
+            "choice": None if self.choice is None else self.choice.as_dict(),
+        }
 
 
-def plan(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *, batch: int,
-         memory_limit: float, max_overhead: float = 0.25,
-         factor_choices: Sequence[int] = (1, 10, 50), inv_choices: Sequence[int] = (10, 100, 1000),
-         make_intervals: Callable[[int, int], Intervals] = Intervals, **predict_kwargs) -> Plan:
+def plan(
+    work: Workload,
+    ranks: int,
+    profile: DeviceProfile,
+    net: Network,
+    *,
+    batch: int,
+    memory_limit: float,
+    max_overhead: float = 0.25,
+    factor_choices: Sequence[int] = (1, 10, 50),
+    inv_choices: Sequence[int] = (10, 100, 1000),
+    make_intervals: Callable[[int, int], Intervals] = Intervals,
+    **predict_kwargs,
+) -> Plan:
     """``make_intervals(factor, inv)`` turns a candidate pair into ``Intervals`` (a schedule
     that starts there, say)."""
     if not memory_limit > 0:
@@ -64,23 +81,42 @@ def plan(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *, ba
             for ii in inv_choices:
                 if fi > ii:
                     continue
-                step = predict(work, ranks, profile, net, batch=batch, grad_workers=g,
-                               intervals=make_intervals(fi, ii), **predict_kwargs)
+                step = predict(
+                    work,
+                    ranks,
+                    profile,
+                    net,
+                    batch=batch,
+                    grad_workers=g,
+                    intervals=make_intervals(fi, ii),
+                    **predict_kwargs,
+                )
                 if smallest is None or step.memory_total < smallest.memory_total:
                     smallest = step
                 if step.memory_total <= memory_limit:
                     fits.append((ii, fi, step))
     if not fits:
-        return Plan(ranks, None, False,
-                    f"nothing fits {memory_limit / 1e9:.3g} GB per rank; the least memory is "
-                    f"{smallest.memory_total / 1e9:.3g} GB ({smallest.strategy})")
+        return Plan(
+            ranks,
+            None,
+            False,
+            f"nothing fits {memory_limit / 1e9:.3g} GB per rank; the least memory is "
+            f"{smallest.memory_total / 1e9:.3g} GB ({smallest.strategy})",
+        )
     budget = [(ii, fi, s) for ii, fi, s in fits if s.kfac <= (1 + max_overhead) * s.sgd]
     if budget:
         ii, fi, best = min(budget, key=lambda c: (c[0], c[1], c[2].kfac))
-        return Plan(ranks, best, True,
-                    f"most frequent updates within {max_overhead:.0%} of SGD's step that fit "
-                    f"{memory_limit / 1e9:.3g} GB")
+        return Plan(
+            ranks,
+            best,
+            True,
+            f"most frequent updates within {max_overhead:.0%} of SGD's step that fit {memory_limit / 1e9:.3g} GB",
+        )
     ii, fi, best = min(fits, key=lambda c: c[2].kfac)
-    return Plan(ranks, best, False,
-                f"no candidate stays within {max_overhead:.0%} of SGD's step; the fastest "
-                f"that fits {memory_limit / 1e9:.3g} GB")
+    return Plan(
+        ranks,
+        best,
+        False,
+        f"no candidate stays within {max_overhead:.0%} of SGD's step; the fastest "
+        f"that fits {memory_limit / 1e9:.3g} GB",
+    )

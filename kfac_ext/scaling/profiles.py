@@ -12,6 +12,7 @@ peak times measured efficiencies; the V100 calibrated on a published timing),
 ``from_json`` (a profile saved by ``to_json``, e.g. by
 ``benchmarks/table_scaling_profile.py --out``, which ``benchmarks/gpu_check.sh`` runs).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,18 +32,32 @@ class Peak:
 
 # FP32 peak = FP32 cores x 2 (fused multiply-add) x boost clock, as in each datasheet.
 PEAKS = {
-    "v100": Peak(15.7e12, 16e9, "NVIDIA Tesla V100 SXM2 datasheet: 5120 FP32 cores, 1530 MHz "
-                                "boost, 15.7 TFLOP/s FP32; 16 GB HBM2 (Longhorn's V100s, SC20)"),
-    "a100": Peak(19.5e12, 80e9, "NVIDIA A100 SXM4 datasheet: 6912 FP32 cores, 1410 MHz boost, "
-                                "19.5 TFLOP/s FP32 (156 TF32 tensor, not used: torch's default "
-                                "allow_tf32=False for matmul); 80 GB HBM2e"),
-    "h100": Peak(66.9e12, 80e9, "NVIDIA H100 SXM5 datasheet: 16896 FP32 cores, 1980 MHz boost, "
-                                "67 TFLOP/s FP32 (495 dense TF32 tensor, not used); 80 GB HBM3"),
+    "v100": Peak(
+        15.7e12,
+        16e9,
+        "NVIDIA Tesla V100 SXM2 datasheet: 5120 FP32 cores, 1530 MHz "
+        "boost, 15.7 TFLOP/s FP32; 16 GB HBM2 (Longhorn's V100s, SC20)",
+    ),
+    "a100": Peak(
+        19.5e12,
+        80e9,
+        "NVIDIA A100 SXM4 datasheet: 6912 FP32 cores, 1410 MHz boost, "
+        "19.5 TFLOP/s FP32 (156 TF32 tensor, not used: torch's default "
+        "allow_tf32=False for matmul); 80 GB HBM2e",
+    ),
+    "h100": Peak(
+        66.9e12,
+        80e9,
+        "NVIDIA H100 SXM5 datasheet: 16896 FP32 cores, 1980 MHz boost, "
+        "67 TFLOP/s FP32 (495 dense TF32 tensor, not used); 80 GB HBM3",
+    ),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class DeviceProfile:
+    """A device's rates: dense FLOP/s, eigendecomposition FLOP/s and latency per call, memory."""
+
     name: str
     flops_per_s: float
     eigh_flops_per_s: float
@@ -56,8 +71,7 @@ class DeviceProfile:
             if not v > 0 or v == float("inf"):
                 raise ValueError(f"DeviceProfile.{field} must be a finite rate > 0, got {v!r}")
         if not 0 <= self.eigh_latency_s < float("inf"):
-            raise ValueError(f"DeviceProfile.eigh_latency_s must be finite seconds >= 0, "
-                             f"got {self.eigh_latency_s!r}")
+            raise ValueError(f"DeviceProfile.eigh_latency_s must be finite seconds >= 0, got {self.eigh_latency_s!r}")
         if not self.memory_bytes > 0:
             raise ValueError(f"DeviceProfile.memory_bytes must be > 0, got {self.memory_bytes!r}")
 

@@ -13,6 +13,7 @@ Distributed K-FAC", SC20): ResNet-50 on ImageNet reaches 75.9 % top-1 in 55
 epochs with K-FAC against 90 with SGD, and takes 18-25 % less time than SGD to
 get there.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,10 +27,12 @@ CIFAR10_TRAIN = 50_000
 
 @dataclasses.dataclass(frozen=True)
 class Row:
+    """One published per-iteration timing (kfac-lw results): model, GPUs, batch and the measured times."""
+
     key: str
-    model: str         # "resnet50" or "resnet32_cifar"
+    model: str  # "resnet50" or "resnet32_cifar"
     gpus: int
-    batch: int         # per GPU
+    batch: int  # per GPU
     images: int
     sgd_epoch_s: float
     kfac_epoch_s: tuple[float, ...]  # one per published K-FAC run with this GPU count

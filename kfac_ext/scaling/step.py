@@ -26,12 +26,13 @@ gradients and a momentum buffer, every factor (all ranks hold them after the
 all-reduce), and (Q, d) of each layer in its block. Workspace and the allocator's
 slack are not counted.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Callable, Union
+from collections.abc import Callable
 
 from kfac_ext.scaling.assign import assign
 from kfac_ext.scaling.network import Network, broadcast_time, ring_allreduce_time
@@ -40,7 +41,7 @@ from kfac_ext.scaling.workload import Workload
 
 __all__ = ["Intervals", "StepTime", "predict", "strategies", "update_fraction"]
 
-Interval = Union[int, Callable[[int], int]]
+Interval = int | Callable[[int], int]
 
 
 def update_fraction(interval: Interval, steps: int) -> float:
@@ -64,10 +65,12 @@ def update_fraction(interval: Interval, steps: int) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Intervals:
+    """Factor and eigendecomposition update intervals, constant or a schedule of the step."""
+
     factor: Interval = 1
     inv: Interval = 1
     steps: int = 1000  # the horizon a schedule is averaged over
-    label: str = ""    # how to print a schedule (default "schedule")
+    label: str = ""  # how to print a schedule (default "schedule")
 
     def fractions(self) -> tuple[float, float]:
         if self.steps < 1:
@@ -107,8 +110,14 @@ class StepTime:
 
     @property
     def kfac_overhead(self) -> float:
-        return (self.factor_compute + self.factor_comm + self.eigen_compute + self.eigen_comm
-                + self.precondition + self.grad_comm)
+        return (
+            self.factor_compute
+            + self.factor_comm
+            + self.eigen_compute
+            + self.eigen_comm
+            + self.precondition
+            + self.grad_comm
+        )
 
     @property
     def kfac(self) -> float:
@@ -120,8 +129,7 @@ class StepTime:
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        out.update(sgd=self.sgd, kfac_overhead=self.kfac_overhead, kfac=self.kfac,
-                   memory_total=self.memory_total)
+        out.update(sgd=self.sgd, kfac_overhead=self.kfac_overhead, kfac=self.kfac, memory_total=self.memory_total)
         return out
 
 
@@ -142,8 +150,7 @@ def _strategy_name(g: int, ranks: int) -> str:
 
 
 @functools.lru_cache(maxsize=256)  # the planner asks again for every pair of intervals
-def _eigen_makespan(layer_cost: tuple[float, ...], n_blocks: int, g: int
-                    ) -> tuple[tuple[int, ...], float]:
+def _eigen_makespan(layer_cost: tuple[float, ...], n_blocks: int, g: int) -> tuple[tuple[int, ...], float]:
     """Layers to blocks, then each block's layers to its g ranks: (block of each layer,
     the slowest rank's summed cost)."""
     blocks = assign(layer_cost, n_blocks)
@@ -158,10 +165,21 @@ def _eigen_makespan(layer_cost: tuple[float, ...], n_blocks: int, g: int
     return tuple(blocks), worst
 
 
-def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
-            batch: int, grad_workers: int | None = None, intervals: Intervals = Intervals(),
-            bucket_cap_mb: float = 25.0, packed_factors: bool = True,
-            eigen_allreduce: bool = False, host_s: float = 0.0, dtype_bytes: int = 4) -> StepTime:
+def predict(
+    work: Workload,
+    ranks: int,
+    profile: DeviceProfile,
+    net: Network,
+    *,
+    batch: int,
+    grad_workers: int | None = None,
+    intervals: Intervals = Intervals(),
+    bucket_cap_mb: float = 25.0,
+    packed_factors: bool = True,
+    eigen_allreduce: bool = False,
+    host_s: float = 0.0,
+    dtype_bytes: int = 4,
+) -> StepTime:
     """Step time and memory of one rank out of ``ranks``; ``grad_workers`` g (default N:
     COMM-OPT) must divide N. ``packed_factors=False, eigen_allreduce=True`` is kfac-pytorch
     of 2020 (kfac-lw): full factors all-reduced, and every (Q, d) all-reduced (summed, each
@@ -184,16 +202,13 @@ def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
     grad_ar = ring_allreduce_time(work.params * eb, ranks, net)
 
     factor_compute = f_factor * profile.compute_time(work.factor_flops(batch))
-    elems = sum(n * (n + 1) // 2 if packed_factors else n * n
-                for lay in layers for n in (lay.dim_a, lay.dim_g))
+    elems = sum(n * (n + 1) // 2 if packed_factors else n * n for lay in layers for n in (lay.dim_a, lay.dim_g))
     cap = bucket_cap_mb * 1024 * 1024
     nbytes = elems * eb
     full, rest = divmod(nbytes, cap)
-    factor_comm = f_factor * (full * ring_allreduce_time(cap, ranks, net)
-                              + ring_allreduce_time(rest, ranks, net))
+    factor_comm = f_factor * (full * ring_allreduce_time(cap, ranks, net) + ring_allreduce_time(rest, ranks, net))
 
-    layer_eig = tuple(profile.eigh_time(lay.dim_a) + profile.eigh_time(lay.dim_g)
-                      for lay in layers)
+    layer_eig = tuple(profile.eigh_time(lay.dim_a) + profile.eigh_time(lay.dim_g) for lay in layers)
     block_of, makespan = _eigen_makespan(layer_eig, n_blocks, g)
     eigen_compute = f_inv * makespan
 
@@ -210,12 +225,10 @@ def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
             all_bytes = sum((n * n + n) * eb for lay in layers for n in (lay.dim_a, lay.dim_g))
             ec = f_inv * ring_allreduce_time(all_bytes, ranks, net)
         else:
-            ec = f_inv * (broadcast_time(eig_bytes, g, net) + 2 * len(mine) * net.alpha
-                          if g > 1 and mine else 0.0)
+            ec = f_inv * (broadcast_time(eig_bytes, g, net) + 2 * len(mine) * net.alpha if g > 1 and mine else 0.0)
         pc = profile.compute_time(sum(lay.precondition_flops() for lay in mine))
         p_bytes = sum(lay.dim_a * lay.dim_g * eb for lay in others)
-        gc = (broadcast_time(p_bytes, n_blocks, net) + len(others) * net.alpha
-              if n_blocks > 1 and others else 0.0)
+        gc = broadcast_time(p_bytes, n_blocks, net) + len(others) * net.alpha if n_blocks > 1 and others else 0.0
         eig_bytes_max = max(eig_bytes_max, eig_bytes)
         cand = (ec + pc + gc, ec, pc, gc)
         if worst is None or cand[0] > worst[0]:
@@ -225,9 +238,23 @@ def predict(work: Workload, ranks: int, profile: DeviceProfile, net: Network, *,
     memory = {
         "activations": float(batch * work.activation_bytes),
         "params_grads_momentum": 3.0 * work.params * eb,
-        "factors": float(sum((lay.dim_a ** 2 + lay.dim_g ** 2) * eb for lay in layers)),
+        "factors": float(sum((lay.dim_a**2 + lay.dim_g**2) * eb for lay in layers)),
         "eigenbases": float(eig_bytes_max),
     }
-    return StepTime(ranks, batch, _strategy_name(g, ranks), g, intervals.describe(), host_s,
-                    fb, grad_ar, factor_compute, factor_comm, eigen_compute, eigen_comm,
-                    precondition, grad_comm, memory)
+    return StepTime(
+        ranks,
+        batch,
+        _strategy_name(g, ranks),
+        g,
+        intervals.describe(),
+        host_s,
+        fb,
+        grad_ar,
+        factor_compute,
+        factor_comm,
+        eigen_compute,
+        eigen_comm,
+        precondition,
+        grad_comm,
+        memory,
+    )

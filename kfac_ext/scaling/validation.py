@@ -8,10 +8,11 @@ ImageNet runs: CIFAR rows get none, so their SGD step is FLOPs and all-reduce on
 ``sc20_saving(r)``: with K-FAC at 55 epochs and SGD at 90 (SC20's epochs to 75.9 %),
 a K-FAC step r times SGD's saves 1 - (55/90) r of SGD's time.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 from kfac_ext.scaling.calibrate import KFAC_LW, V100_CALIBRATION, gpu_profile
 from kfac_ext.scaling.network import Network
@@ -28,6 +29,8 @@ SGD_TOLERANCE = 1.5
 
 @dataclasses.dataclass(frozen=True)
 class RowCheck:
+    """One published row against the model: SGD step and K-FAC overhead, published and predicted."""
+
     key: str
     calibration: bool
     sgd_published: float
@@ -51,28 +54,42 @@ def check_rows(works: Mapping[str, Workload], net: Network) -> list[RowCheck]:
     out = []
     for row in ROWS:
         host = V100_CALIBRATION["host_s"] if row.model == "resnet50" else 0.0
-        step = predict(works[row.model], row.gpus, profile, net, batch=row.batch, host_s=host,
-                       **KFAC_LW)
-        out.append(RowCheck(row.key, row.key == CALIBRATION_ROW, row.sgd_s, step.sgd,
-                            row.overhead_s, step.kfac_overhead, TOLERANCE[row.model]))
+        step = predict(works[row.model], row.gpus, profile, net, batch=row.batch, host_s=host, **KFAC_LW)
+        out.append(
+            RowCheck(
+                row.key,
+                row.key == CALIBRATION_ROW,
+                row.sgd_s,
+                step.sgd,
+                row.overhead_s,
+                step.kfac_overhead,
+                TOLERANCE[row.model],
+            )
+        )
     return out
 
 
 def sc20_saving(step_ratio: float) -> float:
+    """SC20's time saved by K-FAC against SGD, from the paper's epochs and K-FAC's step over SGD's."""
     return 1.0 - SC20_EPOCHS["kfac"] / SC20_EPOCHS["sgd"] * step_ratio
 
 
-def sc20_table(work: Workload, net: Network, gpus: int = 64, batch: int = 32,
-               intervals=((1, 10), (10, 100), (50, 500), (100, 1000))) -> list[dict]:
+def sc20_table(
+    work: Workload,
+    net: Network,
+    gpus: int = 64,
+    batch: int = 32,
+    intervals=((1, 10), (10, 100), (50, 500), (100, 1000)),
+) -> list[dict]:
     """Step ratio and time saving of K-FAC (kfac-lw exchange, calibrated V100 and host time)
     for several update intervals."""
     profile = gpu_profile("v100", V100_CALIBRATION["k"])
     rows = []
     for fi, ii in intervals:
         kw = dict(KFAC_LW, intervals=Intervals(fi, ii))
-        step = predict(work, gpus, profile, net, batch=batch,
-                       host_s=V100_CALIBRATION["host_s"], **kw)
+        step = predict(work, gpus, profile, net, batch=batch, host_s=V100_CALIBRATION["host_s"], **kw)
         r = step.kfac / step.sgd
-        rows.append({"factor": fi, "inv": ii, "sgd_s": step.sgd, "kfac_s": step.kfac,
-                     "step_ratio": r, "saving": sc20_saving(r)})
+        rows.append(
+            {"factor": fi, "inv": ii, "sgd_s": step.sgd, "kfac_s": step.kfac, "step_ratio": r, "saving": sc20_saving(r)}
+        )
     return rows

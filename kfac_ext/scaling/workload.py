@@ -8,16 +8,16 @@ shapes its factors take (the other layer types of docs/design.md §2a — attent
 embeddings, HF Conv1D — are not modelled yet: their cost is left out). Convolution and matmul FLOPs are linear in
 the batch, so per-sample figures times the batch per rank give the step.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
 
 __all__ = ["FactorLayer", "Workload", "workload_of"]
 
@@ -37,7 +37,7 @@ class FactorLayer:
 
     def factor_flops(self, batch: int) -> float:
         """Multiply-adds x 2 of the two covariances as full GEMMs (rows x n by n x rows)."""
-        return 2.0 * batch * self.rows * (self.dim_a ** 2 + self.dim_g ** 2)
+        return 2.0 * batch * self.rows * (self.dim_a**2 + self.dim_g**2)
 
     def precondition_flops(self) -> float:
         """The two basis changes each way: Q_G^T Γ Q_A and Q_G V Q_A^T, Γ of g x a."""
@@ -72,8 +72,12 @@ def _factor_layer(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Te
     return FactorLayer(name, module.in_features + bias, module.out_features, rows)
 
 
-def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
-                name: str | None = None, input_dtype: torch.dtype = torch.float32) -> Workload:
+def workload_of(
+    factory: Callable[[], nn.Module],
+    input_shape: Sequence[int],
+    name: str | None = None,
+    input_dtype: torch.dtype = torch.float32,
+) -> Workload:
     """Measure one sample of ``factory()`` on the meta device; ``input_shape`` excludes the batch
     (``input_dtype=torch.long`` for token ids)."""
     shape = tuple(int(s) for s in input_shape)
@@ -85,13 +89,18 @@ def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
         raise ValueError(f"the model factory returned {type(model).__name__}, not an nn.Module")
     model = model.to("meta")
     layers: dict[str, FactorLayer] = {}
+
     def record(name):
         def hook(module, args, out):  # returns None: the output is left as it is
             layers.setdefault(name, _factor_layer(name, module, args[0], out))
+
         return hook
 
-    hooks = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
-             if isinstance(m, MODELLED_TYPES) and m.weight.requires_grad]
+    hooks = [
+        m.register_forward_hook(record(n))
+        for n, m in model.named_modules()
+        if isinstance(m, MODELLED_TYPES) and m.weight.requires_grad
+    ]
     x = torch.zeros((1, *shape), device="meta", dtype=input_dtype)
     saved: dict[int, int] = {}
 
@@ -100,11 +109,9 @@ def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
         return t
 
     try:
-        with FlopCounterMode(display=False) as fwd, \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with FlopCounterMode(display=False) as fwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x)
-            loss = out.float().sum() if isinstance(out, torch.Tensor) else sum(
-                o.float().sum() for o in out)
+            loss = out.float().sum() if isinstance(out, torch.Tensor) else sum(o.float().sum() for o in out)
         with FlopCounterMode(display=False) as bwd:
             if loss.requires_grad:  # a model without trainable parameters has no backward
                 loss.backward()
@@ -115,6 +122,11 @@ def workload_of(factory: Callable[[], nn.Module], input_shape: Sequence[int],
     param_ids = {id(p) for p in model.parameters()}
     activation = sum(b for key, b in saved.items() if key not in param_ids)
     ordered = tuple(layers[n] for n, _ in model.named_modules() if n in layers)
-    return Workload(name or type(model).__name__, float(fwd.get_total_flops()),
-                    float(bwd.get_total_flops()), params, float(activation),
-                    ordered)
+    return Workload(
+        name or type(model).__name__,
+        float(fwd.get_total_flops()),
+        float(bwd.get_total_flops()),
+        params,
+        float(activation),
+        ordered,
+    )

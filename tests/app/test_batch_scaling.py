@@ -1,5 +1,6 @@
 """benchmarks/batch_scaling.py: the sweep's bookkeeping, the critical batch size, and a
 tiny end-to-end run (two batch sizes, a loose target) that writes its JSON and plot."""
+
 import json
 import math
 import os
@@ -13,11 +14,10 @@ import batch_scaling as bs  # noqa: E402
 
 def test_critical_batch_is_where_doubling_stops_paying():
     batches = [32, 64, 128, 256]
-    assert bs.critical_batch(batches, [400, 200, 110, 100]) == "128"   # 100/110 > 0.7
-    assert bs.critical_batch(batches, [400, 300, 290, 280]) == "32"    # 300/400 > 0.7
+    assert bs.critical_batch(batches, [400, 200, 110, 100]) == "128"  # 100/110 > 0.7
+    assert bs.critical_batch(batches, [400, 300, 290, 280]) == "32"  # 300/400 > 0.7
     assert bs.critical_batch(batches, [400, 200, 100, 50]).startswith("> 256")
-    assert bs.critical_batch(batches, [None, 200, 100, 50]) == \
-        "not determined (median never at B 32)"
+    assert bs.critical_batch(batches, [None, 200, 100, 50]) == "not determined (median never at B 32)"
 
 
 def test_median_counts_never_as_infinite():
@@ -29,7 +29,7 @@ def test_evaluations_are_dense_early_and_within_7_percent_later():
     due = [s for s in range(1, 2001) if bs._eval_due(s)]
     assert due[:15] == list(range(1, 16))
     assert all(b / a <= 1.07 for a, b in zip(due[15:], due[16:]))
-    assert len(due) < 200                      # the evaluations cost less than the steps
+    assert len(due) < 200  # the evaluations cost less than the steps
 
 
 def test_sweep_extends_the_grid_at_its_edge_and_gives_kfac_its_damping(monkeypatch):
@@ -37,11 +37,12 @@ def test_sweep_extends_the_grid_at_its_edge_and_gives_kfac_its_damping(monkeypat
 
     def fake(problem, name, setting, batch, seed, cap):
         calls.append(dict(setting))
-        return max(1, round(100 / setting["lr"] * (1 + 0 * seed))), 0.0   # larger lr: better
+        return max(1, round(100 / setting["lr"] * (1 + 0 * seed))), 0.0  # larger lr: better
 
     monkeypatch.setattr(bs, "steps_to_target", fake)
-    problem = bs.Problem("toy", 1.0, "loss", None, None, None, None, 100,
-                         center_lr=dict(sgd=1.0, kfac=1.0), damping=0.1)
+    problem = bs.Problem(
+        "toy", 1.0, "loss", None, None, None, None, 100, center_lr=dict(sgd=1.0, kfac=1.0), damping=0.1
+    )
     best, tried = bs.sweep(problem, "sgd", 64, [100], 10_000, lambda m: None)
     lrs = sorted(t["setting"]["lr"] for t in tried)
     # 0.5-4, three extensions up to 32, then 32 x 2^(+-1/2).
@@ -54,10 +55,38 @@ def test_sweep_extends_the_grid_at_its_edge_and_gives_kfac_its_damping(monkeypat
 @pytest.mark.slow
 def test_quick_run_writes_tables_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    assert bs.main(["--task", "autoencoder", "--batches", "32", "64", "--max-steps", "6",
-                    "--optimizers", "sgd", "adamw", "kfac", "--sweep-seeds", "100",
-                    "--seeds", "0", "1", "2", "--target", "20", "--time-reps", "2",
-                    "--json-out", str(out), "--plot", str(png)]) == 0
+    assert (
+        bs.main(
+            [
+                "--task",
+                "autoencoder",
+                "--batches",
+                "32",
+                "64",
+                "--max-steps",
+                "6",
+                "--optimizers",
+                "sgd",
+                "adamw",
+                "kfac",
+                "--sweep-seeds",
+                "100",
+                "--seeds",
+                "0",
+                "1",
+                "2",
+                "--target",
+                "20",
+                "--time-reps",
+                "2",
+                "--json-out",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "K-FAC / AdamW steps" in text and "Critical batch size" in text
     res = json.loads(out.read_text())
@@ -74,19 +103,48 @@ def test_quick_run_writes_tables_json_and_plot(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_one_process_per_optimizer_then_merge(tmp_path, capsys):
-    common = ["--task", "autoencoder", "--batches", "32", "64", "--max-steps", "4",
-              "--sweep-seeds", "100", "--seeds", "0", "--target", "20", "--time-reps", "2"]
-    runs = (("adamw", ["32", "64"]), ("kfac", ["32"]), ("kfac", ["64"]))   # K-FAC: two files
+    common = [
+        "--task",
+        "autoencoder",
+        "--batches",
+        "32",
+        "64",
+        "--max-steps",
+        "4",
+        "--sweep-seeds",
+        "100",
+        "--seeds",
+        "0",
+        "--target",
+        "20",
+        "--time-reps",
+        "2",
+    ]
+    runs = (("adamw", ["32", "64"]), ("kfac", ["32"]), ("kfac", ["64"]))  # K-FAC: two files
     for i, (name, sizes) in enumerate(runs):
-        assert bs.main([*common, "--optimizers", name, "--batches", *sizes, "--sweep-only",
-                        "--json-out", str(tmp_path / f"{i}.json")]) == 0
-    assert capsys.readouterr().out == ""                  # --sweep-only reports nothing
+        assert (
+            bs.main(
+                [
+                    *common,
+                    "--optimizers",
+                    name,
+                    "--batches",
+                    *sizes,
+                    "--sweep-only",
+                    "--json-out",
+                    str(tmp_path / f"{i}.json"),
+                ]
+            )
+            == 0
+        )
+    assert capsys.readouterr().out == ""  # --sweep-only reports nothing
     out = tmp_path / "all.json"
-    assert bs.main([*common, "--merge", *(str(tmp_path / f"{i}.json.partial") for i in range(3)),
-                    "--json-out", str(out)]) == 0
+    assert (
+        bs.main([*common, "--merge", *(str(tmp_path / f"{i}.json.partial") for i in range(3)), "--json-out", str(out)])
+        == 0
+    )
     res = json.loads(out.read_text())
-    assert set(res["results"]) == {"adamw", "kfac"} and set(res["results"]["kfac"]) == {"32",
-                                                                                       "64"}
+    assert set(res["results"]) == {"adamw", "kfac"} and set(res["results"]["kfac"]) == {"32", "64"}
     assert set(res["step_ms"]["64"]) == {"adamw", "kfac"}
     assert "K-FAC / AdamW step time" in capsys.readouterr().out
 
@@ -94,16 +152,31 @@ def test_one_process_per_optimizer_then_merge(tmp_path, capsys):
 @pytest.mark.slow
 def test_quick_runs_the_stored_settings_without_a_sweep(tmp_path, capsys):
     out = tmp_path / "q.json"
-    assert bs.main(["--quick", "--batches", "32", "--max-steps", "5", "--target", "20",
-                    "--time-reps", "2", "--json-out", str(out)]) == 0
+    assert (
+        bs.main(
+            [
+                "--quick",
+                "--batches",
+                "32",
+                "--max-steps",
+                "5",
+                "--target",
+                "20",
+                "--time-reps",
+                "2",
+                "--json-out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert set(res["results"]) == {"sgd", "adamw", "kfac"}
     assert res["results"]["kfac"]["32"]["setting"] == bs.SWEPT["autoencoder"]["kfac"][32]
     assert all(r["32"]["sweep"] == [] for r in res["results"].values())
     # Each optimizer's fastest batch, re-timed in one round-robin loop.
     assert {r["optimizer"] for r in res["best_batch_times"]} <= {"sgd", "adamw", "kfac"}
-    assert all(r["seconds"] == pytest.approx(r["median_steps"] * r["ms"] / 1000)
-               for r in res["best_batch_times"])
+    assert all(r["seconds"] == pytest.approx(r["median_steps"] * r["ms"] / 1000) for r in res["best_batch_times"])
     assert "one round-robin loop" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bs.main(["--quick", "--task", "lm"])

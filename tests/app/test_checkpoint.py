@@ -1,4 +1,5 @@
 """kfac_ext.app.checkpoint: round trip, RNG restore, atomic writes, clear errors."""
+
 import os
 import random
 
@@ -7,8 +8,14 @@ import pytest
 import torch
 
 from kfac_ext.app import checkpoint as ckpt
-from kfac_ext.app.checkpoint import (FORMAT, CheckpointError, capture_rng_state, load_checkpoint,
-                                 restore_rng_state, save_checkpoint)
+from kfac_ext.app.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 
 
 def _state(config=None, value=1.0):
@@ -16,23 +23,31 @@ def _state(config=None, value=1.0):
     with torch.no_grad():
         model.weight.fill_(value)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return dict(format=FORMAT, config=config or {"lr": 0.1, "seed": 0}, epoch=3, step=30,
-                model=model.state_dict(), optimizer=opt.state_dict(), preconditioner=None,
-                rng=capture_rng_state(),
-                history=[dict(epoch=e, train_loss=1.0 / e, train_time_s=0.1 * e, lr=0.1,
-                              test_accuracy=0.5) for e in (1, 2, 3)],
-                step_times=[0.01] * 30, train_time_s=0.3, wall_s=0.5)
+    return dict(
+        format=FORMAT,
+        config=config or {"lr": 0.1, "seed": 0},
+        epoch=3,
+        step=30,
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        preconditioner=None,
+        rng=capture_rng_state(),
+        history=[dict(epoch=e, train_loss=1.0 / e, train_time_s=0.1 * e, lr=0.1, test_accuracy=0.5) for e in (1, 2, 3)],
+        step_times=[0.01] * 30,
+        train_time_s=0.3,
+        wall_s=0.5,
+    )
 
 
 def test_round_trip_keeps_every_entry(tmp_path):
-    path = tmp_path / "run" / "sgd.pt"   # the folder is created
+    path = tmp_path / "run" / "sgd.pt"  # the folder is created
     state = _state(value=2.5)
     save_checkpoint(path, state)
     back = load_checkpoint(path, state["config"])
     assert back["epoch"] == 3 and back["step"] == 30 and back["history"] == state["history"]
     assert torch.equal(back["model"]["weight"], torch.full((2, 3), 2.5))
     assert back["optimizer"]["param_groups"][0]["momentum"] == 0.9
-    assert os.listdir(tmp_path / "run") == ["sgd.pt"]   # no temp file left behind
+    assert os.listdir(tmp_path / "run") == ["sgd.pt"]  # no temp file left behind
 
 
 def test_rng_restore_reproduces_torch_numpy_python_draws():
@@ -40,14 +55,12 @@ def test_rng_restore_reproduces_torch_numpy_python_draws():
     np.random.seed(12)
     random.seed(13)
     saved = capture_rng_state()
-    first = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)],
-             np.random.randn(1))
+    first = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)], np.random.randn(1))
     torch.manual_seed(99)
     np.random.seed(99)
     random.seed(99)
     restore_rng_state(saved)
-    again = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)],
-             np.random.randn(1))
+    again = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)], np.random.randn(1))
     assert torch.equal(first[0], again[0])
     assert np.array_equal(first[1], again[1]) and first[2] == again[2]
     assert np.array_equal(first[3], again[3])
@@ -138,27 +151,35 @@ _DELETE = object()
 _BAD_RNG = {"torch": torch.zeros(5, dtype=torch.uint8), "numpy": {}, "python": {}}
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("history", _DELETE, "lacks \\['history'\\]"),
-    ("rng", _BAD_RNG, "rng cannot be restored"),
-    ("rng", [1, 2], "rng is a list"),
-    ("history", {"epoch": 1}, "history is not a list"),
-    ("history", [{"epoch": 1}], "history holds 1 epochs, but epoch is 3"),
-    ("history", [{"epoch": 1, "lr": 0.1}] * 3, "history record 0 lacks \\['train_loss'"),
-    ("history", [dict(epoch=e, train_loss=1.0, train_time_s=1.0, lr=0.1) for e in (1, 1, 3)],
-     "history record 1 is epoch 1, not 2"),
-    ("history", [dict(epoch=e, train_loss="low", train_time_s=1.0, lr=0.1) for e in (1, 2, 3)],
-     "history record 0 holds a value that is not a number"),
-    ("epoch", -1, "epoch is -1"),
-    ("step", "30", "step is '30'"),
-    ("config", [("lr", 0.1)], "config is a list"),
-    ("model", None, "model is a NoneType"),
-    ("step_times", [0.1, float("nan")], "step_times"),
-    ("train_time_s", -1.0, "train_time_s is -1.0"),
-    ("preconditioner", "x", "preconditioner is neither"),
-])
-def test_hand_edited_checkpoint_names_what_is_wrong_and_stays_untouched(tmp_path, key, value,
-                                                                        message):
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("history", _DELETE, "lacks \\['history'\\]"),
+        ("rng", _BAD_RNG, "rng cannot be restored"),
+        ("rng", [1, 2], "rng is a list"),
+        ("history", {"epoch": 1}, "history is not a list"),
+        ("history", [{"epoch": 1}], "history holds 1 epochs, but epoch is 3"),
+        ("history", [{"epoch": 1, "lr": 0.1}] * 3, "history record 0 lacks \\['train_loss'"),
+        (
+            "history",
+            [dict(epoch=e, train_loss=1.0, train_time_s=1.0, lr=0.1) for e in (1, 1, 3)],
+            "history record 1 is epoch 1, not 2",
+        ),
+        (
+            "history",
+            [dict(epoch=e, train_loss="low", train_time_s=1.0, lr=0.1) for e in (1, 2, 3)],
+            "history record 0 holds a value that is not a number",
+        ),
+        ("epoch", -1, "epoch is -1"),
+        ("step", "30", "step is '30'"),
+        ("config", [("lr", 0.1)], "config is a list"),
+        ("model", None, "model is a NoneType"),
+        ("step_times", [0.1, float("nan")], "step_times"),
+        ("train_time_s", -1.0, "train_time_s is -1.0"),
+        ("preconditioner", "x", "preconditioner is neither"),
+    ],
+)
+def test_hand_edited_checkpoint_names_what_is_wrong_and_stays_untouched(tmp_path, key, value, message):
     path = tmp_path / "sgd.pt"
     torch.save(_edited(_state(), key, value), path)
     before = path.read_bytes()
@@ -179,13 +200,16 @@ def test_stale_temporary_of_a_killed_save_is_removed_by_the_next_save_or_load(tm
     host = ckpt._HOST
     # A writer that died (its pid is gone), an older-style name and an interrupted save
     # of this very process: all stale. A live writer's file and other runs' files stay.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    stale = [f".tmp-kfac.pt-{host}-{dead.stdout.strip()}-abc", ".tmp-kfac.pt-k2j3h4",
-             f".tmp-kfac.pt-{host}-{os.getpid()}-zzz"]
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    stale = [
+        f".tmp-kfac.pt-{host}-{dead.stdout.strip()}-abc",
+        ".tmp-kfac.pt-k2j3h4",
+        f".tmp-kfac.pt-{host}-{os.getpid()}-zzz",
+    ]
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
-        kept = [f".tmp-kfac.pt-{host}-{live.pid}-live", ".tmp-sgd.pt-k2j3h4",
-                ".tmp-kfac.pt-otherhost-1-x"]
+        kept = [f".tmp-kfac.pt-{host}-{live.pid}-live", ".tmp-sgd.pt-k2j3h4", ".tmp-kfac.pt-otherhost-1-x"]
         for name in stale + kept:
             (tmp_path / name).write_bytes(b"partial")
         save_checkpoint(path, _state())
@@ -210,7 +234,7 @@ def test_ctrl_c_during_a_save_lands_after_it_with_the_checkpoint_complete(tmp_pa
     real_save = torch.save
 
     def interrupted_save(obj, f, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of the write
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the write
         real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(ckpt.torch, "save", interrupted_save)

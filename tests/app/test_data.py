@@ -1,4 +1,5 @@
 """kfac_ext.app.data: the digits split, CIFAR-10 reading (on fake batches) and augmentation."""
+
 import os
 import pickle
 
@@ -6,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from kfac_ext.app.data import (CIFAR10_FILES, DataError, _random_crop_flip, load_cifar10,
-                               load_dataset, load_digits_dataset)
+from kfac_ext.app.data import (
+    CIFAR10_FILES,
+    DataError,
+    _random_crop_flip,
+    load_cifar10,
+    load_dataset,
+    load_digits_dataset,
+)
 
 
 def test_digits_split_is_fixed_stratified_and_standardised():
@@ -52,7 +59,7 @@ def _crop_flip_reference(x, padding, generator):
     padded = torch.nn.functional.pad(x, (padding,) * 4)
     out = []
     for i in range(n):
-        crop = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
         out.append(crop.flip(-1) if flip[i] else crop)
     return torch.stack(out)
 
@@ -124,17 +131,23 @@ def _rewrite_batch(folder, name, data, labels):
         pickle.dump({b"data": data, b"labels": labels}, f)
 
 
-@pytest.mark.parametrize("name,data,labels,message", [
-    ("data_batch_2", np.zeros((4, 3072), np.uint8), [0, 9, 255, 3],
-     "data_batch_2: label 255 at index 2 is outside 0..9"),
-    ("data_batch_4", np.zeros((2, 3072), np.uint8), [-1, 0], "label -1 at index 0"),
-    ("test_batch", np.zeros((0, 3072), np.uint8), [], "test_batch: holds no images"),
-    ("data_batch_1", np.zeros((2, 3072), np.uint8), [0.5, 1.0], "labels must be integers"),
-    ("data_batch_5", np.full((2, 3072), 300, np.int64), [0, 1], "pixels must be integers in 0..255"),
-    ("test_batch", np.zeros((2, 3072), np.uint8), [0, 1, 2], "expected data of shape"),
-])
-def test_cifar10_bad_batch_is_refused_at_load_naming_the_file(tmp_path, name, data, labels,
-                                                             message):
+@pytest.mark.parametrize(
+    "name,data,labels,message",
+    [
+        (
+            "data_batch_2",
+            np.zeros((4, 3072), np.uint8),
+            [0, 9, 255, 3],
+            "data_batch_2: label 255 at index 2 is outside 0..9",
+        ),
+        ("data_batch_4", np.zeros((2, 3072), np.uint8), [-1, 0], "label -1 at index 0"),
+        ("test_batch", np.zeros((0, 3072), np.uint8), [], "test_batch: holds no images"),
+        ("data_batch_1", np.zeros((2, 3072), np.uint8), [0.5, 1.0], "labels must be integers"),
+        ("data_batch_5", np.full((2, 3072), 300, np.int64), [0, 1], "pixels must be integers in 0..255"),
+        ("test_batch", np.zeros((2, 3072), np.uint8), [0, 1, 2], "expected data of shape"),
+    ],
+)
+def test_cifar10_bad_batch_is_refused_at_load_naming_the_file(tmp_path, name, data, labels, message):
     _write_fake_cifar(str(tmp_path))
     _rewrite_batch(str(tmp_path), name, data, labels)
     with pytest.raises(DataError, match=message) as info:
@@ -173,9 +186,11 @@ def test_cifar10_batch_that_would_run_code_is_refused(tmp_path):
 def test_cifar10_batches_of_every_pickle_protocol_load(tmp_path, protocol):
     _write_fake_cifar(str(tmp_path))
     data = np.arange(2 * 3072).reshape(2, 3072).astype(np.uint8)
-    blob = pickle.dumps({b"data": data, b"labels": [3, 4], b"filenames": [b"a.png", b"b.png"]},
-                        protocol=2 if protocol == "numpy 1" else protocol)
-    if protocol == "numpy 1":   # the module name numpy 1 wrote, as in the real CIFAR-10 files
+    blob = pickle.dumps(
+        {b"data": data, b"labels": [3, 4], b"filenames": [b"a.png", b"b.png"]},
+        protocol=2 if protocol == "numpy 1" else protocol,
+    )
+    if protocol == "numpy 1":  # the module name numpy 1 wrote, as in the real CIFAR-10 files
         assert b"numpy._core.multiarray\n" in blob
         blob = blob.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
     (tmp_path / "test_batch").write_bytes(blob)

@@ -1,12 +1,17 @@
 """`make demo` (kfac_ext/app/demo.py): the verdict comes from the figures, the table names
 the first optimizer, and a run with small races writes the table and the PNG."""
+
 from kfac_ext.app import demo
 
 
 def _run(t, epochs=None, acc=0.98, loss=None):
-    r = dict(time_to_target_s=t, epochs_to_target=epochs, final_test_accuracy=acc,
-             step_ms_median=2.0, history=[dict(train_time_s=0.1, test_accuracy=acc,
-                                               train_eval_loss=loss or 1.0)])
+    r = dict(
+        time_to_target_s=t,
+        epochs_to_target=epochs,
+        final_test_accuracy=acc,
+        step_ms_median=2.0,
+        history=[dict(train_time_s=0.1, test_accuracy=acc, train_eval_loss=loss or 1.0)],
+    )
     if loss is not None:
         r["final_train_eval_loss"] = loss
     return r
@@ -21,21 +26,34 @@ def test_verdict_and_table_follow_the_figures():
     assert "AdamW first" in v and "K-FAC / best other = 1.80" in v and "never" not in v
     v = demo.verdict("autoencoder", "loss 1.0", win)
     assert "K-FAC first" in v and "never reached in the budget: SGD, AdamW" in v
-    table = demo.format_table([("digits CNN", "97 %", dict(runs=lose, seed=0)),
-                               ("autoencoder", "loss 1.0",
-                                dict(runs=win, seed=0, task="autoencoder"))])
+    table = demo.format_table(
+        [
+            ("digits CNN", "97 %", dict(runs=lose, seed=0)),
+            ("autoencoder", "loss 1.0", dict(runs=win, seed=0, task="autoencoder")),
+        ]
+    )
     assert "| AdamW (first) |" in table and "| K-FAC (first) |" in table
     assert "| never |" in table and "loss 0.100" in table
 
 
 def test_demo_runs_two_small_races(monkeypatch, tmp_path, capsys):
     small = ["--epochs", "2", "--batch-size", "128", "--threads", "1"]
-    monkeypatch.setattr(demo, "RACES", (
-        ("digits MLP", "test accuracy ≥ 50 %", ["--optimizer", "sgd,adamw,kfac", "--model",
-                                                 "digits-mlp", "--target-accuracy", "0.5",
-                                                 *small]),
-        ("digits autoencoder", "training loss ≤ 100",
-         ["--task", "autoencoder", "--optimizer", "sgd,kfac", "--target-loss", "100", *small])))
+    monkeypatch.setattr(
+        demo,
+        "RACES",
+        (
+            (
+                "digits MLP",
+                "test accuracy ≥ 50 %",
+                ["--optimizer", "sgd,adamw,kfac", "--model", "digits-mlp", "--target-accuracy", "0.5", *small],
+            ),
+            (
+                "digits autoencoder",
+                "training loss ≤ 100",
+                ["--task", "autoencoder", "--optimizer", "sgd,kfac", "--target-loss", "100", *small],
+            ),
+        ),
+    )
     png = tmp_path / "demo.png"
     assert demo.main(["--plot", str(png)]) == 0
     out = capsys.readouterr().out

@@ -7,6 +7,7 @@ before any work, that no training step ran (``_train_run`` is replaced by a
 tripwire). The CLI runs in-process through ``kfac_ext.cli.main``; only SIGINT,
 SIGTERM and a SIGKILL inside a save use a subprocess.
 """
+
 import errno
 import json
 import os
@@ -22,8 +23,20 @@ from kfac_ext.app import train as train_module
 from kfac_ext.app.checkpoint import FORMAT, load_checkpoint
 from kfac_ext.cli import main
 
-FAST = ["--model", "digits-mlp", "--epochs", "1", "--batch-size", "128", "--quiet", "--json",
-        "--plot", "", "--threads", "1"]
+FAST = [
+    "--model",
+    "digits-mlp",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "128",
+    "--quiet",
+    "--json",
+    "--plot",
+    "",
+    "--threads",
+    "1",
+]
 
 
 def _cli(capsys, *argv):
@@ -38,9 +51,9 @@ def _train(capsys, *flags):
 
 def _assert_one_line_error(code, out, err, *words, exit_code=2):
     assert code == exit_code, err
-    assert out == "", out                                  # --json: stdout stays clean
+    assert out == "", out  # --json: stdout stays clean
     lines = err.strip().splitlines()
-    assert len(lines) == 1, err                            # one line, no traceback
+    assert len(lines) == 1, err  # one line, no traceback
     assert "Traceback" not in err
     for word in words:
         assert word in lines[0], (word, lines[0])
@@ -49,6 +62,7 @@ def _assert_one_line_error(code, out, err, *words, exit_code=2):
 @pytest.fixture
 def no_training(monkeypatch):
     """Fails the test if any run starts training: the fault must be caught before."""
+
     def tripwire(*args, **kwargs):
         raise AssertionError("a run started training before the fault was reported")
 
@@ -57,25 +71,54 @@ def no_training(monkeypatch):
 
 # --------------------------------------------------------------------------- bad flag values
 BAD_VALUES = [
-    ("--device", "tpu"), ("--device", "cuda:0"), ("--device", "CPU"),
-    ("--lr-sgd", "nan"), ("--lr-sgd", "inf"), ("--lr-sgd", "0"), ("--lr-kfac", "nan"),
+    ("--device", "tpu"),
+    ("--device", "cuda:0"),
+    ("--device", "CPU"),
+    ("--lr-sgd", "nan"),
+    ("--lr-sgd", "inf"),
+    ("--lr-sgd", "0"),
+    ("--lr-kfac", "nan"),
     ("--lr-kfac", "-1"),
-    ("--momentum", "-0.1"), ("--momentum", "1"), ("--momentum", "nan"),
-    ("--weight-decay", "-1"), ("--weight-decay", "nan"),
-    ("--warmup-epochs", "-1"), ("--warmup-epochs", "nan"), ("--warmup-epochs", "inf"),
-    ("--decay-epochs", "-1"), ("--decay-epochs", "nan"), ("--decay-epochs", "99"),
-    ("--target-accuracy", "2"), ("--target-accuracy", "0"), ("--target-accuracy", "nan"),
-    ("--epochs", "0"), ("--epochs", "-3"), ("--batch-size", "0"), ("--batch-size", "-5"),
-    ("--damping", "0"), ("--damping", "-1"), ("--damping", "nan"),
-    ("--factor-decay", "1"), ("--factor-decay", "-0.1"), ("--factor-decay", "nan"),
-    ("--kl-clip", "0"), ("--kl-clip", "nan"),
-    ("--factor-update-steps", "0"), ("--inv-update-steps", "0"), ("--inv-lag-steps", "-1"),
-    ("--factor-update-steps", str(2 ** 31)), ("--inv-update-steps", str(10 ** 20)),
-    ("--interval-growth", "0.5"), ("--interval-growth", "nan"), ("--interval-growth", "inf"),
-    ("--seed", "-1"), ("--seed", str(2 ** 32)),
-    ("--threads", "-1"), ("--threads", "1000000"),      # the latter: an OpenBLAS segfault
+    ("--momentum", "-0.1"),
+    ("--momentum", "1"),
+    ("--momentum", "nan"),
+    ("--weight-decay", "-1"),
+    ("--weight-decay", "nan"),
+    ("--warmup-epochs", "-1"),
+    ("--warmup-epochs", "nan"),
+    ("--warmup-epochs", "inf"),
+    ("--decay-epochs", "-1"),
+    ("--decay-epochs", "nan"),
+    ("--decay-epochs", "99"),
+    ("--target-accuracy", "2"),
+    ("--target-accuracy", "0"),
+    ("--target-accuracy", "nan"),
+    ("--epochs", "0"),
+    ("--epochs", "-3"),
+    ("--batch-size", "0"),
+    ("--batch-size", "-5"),
+    ("--damping", "0"),
+    ("--damping", "-1"),
+    ("--damping", "nan"),
+    ("--factor-decay", "1"),
+    ("--factor-decay", "-0.1"),
+    ("--factor-decay", "nan"),
+    ("--kl-clip", "0"),
+    ("--kl-clip", "nan"),
+    ("--factor-update-steps", "0"),
+    ("--inv-update-steps", "0"),
+    ("--inv-lag-steps", "-1"),
+    ("--factor-update-steps", str(2**31)),
+    ("--inv-update-steps", str(10**20)),
+    ("--interval-growth", "0.5"),
+    ("--interval-growth", "nan"),
+    ("--interval-growth", "inf"),
+    ("--seed", "-1"),
+    ("--seed", str(2**32)),
+    ("--threads", "-1"),
+    ("--threads", "1000000"),  # the latter: an OpenBLAS segfault
     ("--stop-after", "0"),
-    ("--data-dir", "/tmp"),            # digits reads no folder: silently ignored before
+    ("--data-dir", "/tmp"),  # digits reads no folder: silently ignored before
     ("--skip-layers", "["),
 ]
 
@@ -91,26 +134,29 @@ def test_bad_value_is_refused_up_front_naming_the_flag(capsys, no_training, flag
 def test_decay_factor_is_checked_for_every_optimizer(capsys, no_training, optimizer, value):
     # -1 used to flip the lr's sign at the first decay (gradient ascent, exit 0), nan to
     # end in "lower the learning rate" after an epoch.
-    code, out, err = _train(capsys, "--optimizer", optimizer, "--epochs", "2",
-                            "--decay-factor", value)
+    code, out, err = _train(capsys, "--optimizer", optimizer, "--epochs", "2", "--decay-factor", value)
     _assert_one_line_error(code, out, err, "--decay-factor", "(0, 1]")
 
 
 @pytest.mark.parametrize("growth", ["1e308", "1e150"])
 def test_interval_growth_that_overflows_after_the_decays_is_refused(capsys, no_training, growth):
     # Used to raise OverflowError at the first (or third) lr decay, mid-run.
-    code, out, err = _train(capsys, "--optimizer", "kfac", "--epochs", "3", "--decay-epochs",
-                            "1", "1", "1", "--interval-growth", growth)
+    code, out, err = _train(
+        capsys, "--optimizer", "kfac", "--epochs", "3", "--decay-epochs", "1", "1", "1", "--interval-growth", growth
+    )
     _assert_one_line_error(code, out, err, "--interval-growth", "2**31")
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--epochs", "x"], ["--epochs", "invalid int"]),
-    (["--batch-size", "1.5"], ["--batch-size"]),
-    (["--bogus"], ["unrecognized arguments: --bogus"]),
-    (["--data", "mnist"], ["--data", "invalid choice"]),
-    (["--lr-sgd"], ["--lr-sgd", "expected one argument"]),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--epochs", "x"], ["--epochs", "invalid int"]),
+        (["--batch-size", "1.5"], ["--batch-size"]),
+        (["--bogus"], ["unrecognized arguments: --bogus"]),
+        (["--data", "mnist"], ["--data", "invalid choice"]),
+        (["--lr-sgd"], ["--lr-sgd", "expected one argument"]),
+    ],
+)
 def test_argparse_errors_are_one_line_with_exit_2(capsys, argv, words):
     code, out, err = _cli(capsys, "train", *argv)
     _assert_one_line_error(code, out, err, *words, "--help")
@@ -146,25 +192,28 @@ def _fake_cifar(folder, edit=None):
         _rewrite_batch(str(folder), *edit)
 
 
-@pytest.mark.parametrize("edit,words", [
-    (("data_batch_3", torch.zeros(8, 3072, dtype=torch.uint8).numpy(), [0] * 7 + [255]),
-     ["data_batch_3", "label 255"]),
-    (("test_batch", torch.zeros(0, 3072, dtype=torch.uint8).numpy(), []),
-     ["test_batch", "holds no images"]),
-])
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (
+            ("data_batch_3", torch.zeros(8, 3072, dtype=torch.uint8).numpy(), [0] * 7 + [255]),
+            ["data_batch_3", "label 255"],
+        ),
+        (("test_batch", torch.zeros(0, 3072, dtype=torch.uint8).numpy(), []), ["test_batch", "holds no images"]),
+    ],
+)
 def test_bad_cifar10_batch_is_named_before_training(tmp_path, capsys, no_training, edit, words):
     _fake_cifar(tmp_path, edit)
-    code, out, err = _train(capsys, "--data", "cifar10", "--data-dir", tmp_path,
-                            "--model", "resnet8", "--batch-size", "8")
+    code, out, err = _train(
+        capsys, "--data", "cifar10", "--data-dir", tmp_path, "--model", "resnet8", "--batch-size", "8"
+    )
     _assert_one_line_error(code, out, err, *words)
 
 
 @pytest.mark.parametrize("model", ["digits-mlp", "digits-cnn"])
-def test_model_that_does_not_take_the_data_is_refused_before_training(tmp_path, capsys,
-                                                                      no_training, model):
+def test_model_that_does_not_take_the_data_is_refused_before_training(tmp_path, capsys, no_training, model):
     _fake_cifar(tmp_path)
-    code, out, err = _train(capsys, "--data", "cifar10", "--data-dir", tmp_path,
-                            "--model", model, "--batch-size", "8")
+    code, out, err = _train(capsys, "--data", "cifar10", "--data-dir", tmp_path, "--model", model, "--batch-size", "8")
     _assert_one_line_error(code, out, err, f"--model {model}", "(3, 32, 32)")
 
 
@@ -188,9 +237,8 @@ def test_save_to_an_existing_file_is_refused_before_training(tmp_path, capsys, n
     assert target.read_text() == "keep me"
 
 
-def test_save_where_a_checkpoint_name_is_a_folder_is_refused_before_training(tmp_path, capsys,
-                                                                            no_training):
-    (tmp_path / "sgd.pt").mkdir()     # os.replace onto it would fail after an epoch
+def test_save_where_a_checkpoint_name_is_a_folder_is_refused_before_training(tmp_path, capsys, no_training):
+    (tmp_path / "sgd.pt").mkdir()  # os.replace onto it would fail after an epoch
     code, out, err = _train(capsys, "--optimizer", "sgd", "--save", tmp_path)
     _assert_one_line_error(code, out, err, "--save", "sgd.pt there is a folder")
 
@@ -213,14 +261,16 @@ def test_save_to_a_read_only_folder_is_refused_before_training(tmp_path, capsys,
     _assert_one_line_error(code, out, err, "--save", "cannot write")
 
 
-@pytest.mark.parametrize("name,words", [
-    ("f/curves.png", ["--plot", "cannot write"]),     # below a regular file
-    ("curves", ["--plot", ".png"]),                   # matplotlib would write curves.png
-    ("curves.xyz", ["--plot", ".png"]),               # matplotlib fails after training
-    (".", ["--plot", "is a folder"]),
-])
-def test_plot_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, no_training,
-                                                                name, words):
+@pytest.mark.parametrize(
+    "name,words",
+    [
+        ("f/curves.png", ["--plot", "cannot write"]),  # below a regular file
+        ("curves", ["--plot", ".png"]),  # matplotlib would write curves.png
+        ("curves.xyz", ["--plot", ".png"]),  # matplotlib fails after training
+        (".", ["--plot", "is a folder"]),
+    ],
+)
+def test_plot_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, no_training, name, words):
     (tmp_path / "f").write_text("")
     argv = list(FAST)
     argv[argv.index("--plot") + 1] = str(tmp_path / name)
@@ -247,8 +297,9 @@ def test_diverged_run_is_one_line_exit_1(capsys):
 def saved_run(tmp_path_factory):
     """A one-epoch SGD checkpoint of a two-epoch schedule (sgd.pt), made once."""
     folder = tmp_path_factory.mktemp("saved")
-    assert main(["train", *FAST, "--optimizer", "sgd", "--epochs", "2", "--stop-after", "1",
-                 "--save", str(folder)]) == 0
+    assert (
+        main(["train", *FAST, "--optimizer", "sgd", "--epochs", "2", "--stop-after", "1", "--save", str(folder)]) == 0
+    )
     return folder / "sgd.pt"
 
 
@@ -272,24 +323,25 @@ def _edit(state, key, value):
     return state
 
 
-@pytest.mark.parametrize("key,value,words,trains", [
-    ("history", None, ["lacks ['history']"], False),
-    ("rng", lambda r: {**r, "torch": torch.zeros(7, dtype=torch.uint8)},
-     ["rng cannot be restored"], False),
-    ("rng", lambda r: {k: v for k, v in r.items() if k != "numpy"}, ["rng cannot be restored"],
-     False),
-    ("epoch", 5, ["history holds 1 epochs, but epoch is 5"], False),
-    ("config", "sgd", ["config is a str"], False),
-    ("model", lambda m: {k: v[:1] for k, v in m.items()}, ["does not fit"], True),
-    ("optimizer", lambda o: {**o, "param_groups": []}, ["does not fit"], True),
-    ("optimizer", lambda o: {**o, "param_groups": "x"}, ["does not fit"], True),
-    ("optimizer", lambda o: {**o, "state": 5}, ["does not fit"], True),
-    ("history", lambda h: [{k: v for k, v in h[0].items() if k != "test_accuracy"}],
-     ["history record 0"], False),
-    ("history", lambda h: [{**h[0], "train_loss": "low"}], ["not a number"], False),
-])
-def test_hand_edited_checkpoint_is_refused_and_kept(saved_run, tmp_path, capsys, monkeypatch,
-                                                    key, value, words, trains):
+@pytest.mark.parametrize(
+    "key,value,words,trains",
+    [
+        ("history", None, ["lacks ['history']"], False),
+        ("rng", lambda r: {**r, "torch": torch.zeros(7, dtype=torch.uint8)}, ["rng cannot be restored"], False),
+        ("rng", lambda r: {k: v for k, v in r.items() if k != "numpy"}, ["rng cannot be restored"], False),
+        ("epoch", 5, ["history holds 1 epochs, but epoch is 5"], False),
+        ("config", "sgd", ["config is a str"], False),
+        ("model", lambda m: {k: v[:1] for k, v in m.items()}, ["does not fit"], True),
+        ("optimizer", lambda o: {**o, "param_groups": []}, ["does not fit"], True),
+        ("optimizer", lambda o: {**o, "param_groups": "x"}, ["does not fit"], True),
+        ("optimizer", lambda o: {**o, "state": 5}, ["does not fit"], True),
+        ("history", lambda h: [{k: v for k, v in h[0].items() if k != "test_accuracy"}], ["history record 0"], False),
+        ("history", lambda h: [{**h[0], "train_loss": "low"}], ["not a number"], False),
+    ],
+)
+def test_hand_edited_checkpoint_is_refused_and_kept(
+    saved_run, tmp_path, capsys, monkeypatch, key, value, words, trains
+):
     if not trains:  # known from the file alone: refused before any run starts
         monkeypatch.setattr(train_module, "_train_run", lambda *a, **k: pytest.fail("trained"))
     path = tmp_path / "sgd.pt"
@@ -302,7 +354,7 @@ def test_hand_edited_checkpoint_is_refused_and_kept(saved_run, tmp_path, capsys,
 
 def test_resume_removes_the_leftover_of_a_killed_save(saved_run, tmp_path, capsys):
     (tmp_path / "sgd.pt").write_bytes(saved_run.read_bytes())
-    stale = tmp_path / ".tmp-sgd.pt-x1y2z3"      # the name a killed save left before
+    stale = tmp_path / ".tmp-sgd.pt-x1y2z3"  # the name a killed save left before
     stale.write_bytes(b"half a checkpoint")
     code, out, err = _train(capsys, *_resume_flags(tmp_path))
     assert code == 0, err
@@ -335,15 +387,19 @@ def test_keyboard_interrupt_is_one_line_exit_130(tmp_path, capsys, monkeypatch, 
     monkeypatch.setattr(train_module, "_train_run", interrupted)
     flags = ["--save", str(tmp_path)] if save else []
     code, out, err = _train(capsys, *flags)
-    want = (f"kfac-ext train: interrupted before the first checkpoint was written to {tmp_path}"
-            if save else "kfac-ext train: interrupted")
+    want = (
+        f"kfac-ext train: interrupted before the first checkpoint was written to {tmp_path}"
+        if save
+        else "kfac-ext train: interrupted"
+    )
     assert (code, out, err.strip()) == (130, "", want)
 
 
 def _python(code, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs
+    )
 
 
 @pytest.mark.timeout(240)
@@ -354,8 +410,7 @@ def test_sigint_prints_how_to_resume_and_the_resume_works(tmp_path):
     must still leave at once. (Without --save, the in-process test above.)
     """
     optimizer = "kfac"
-    argv = ["train", *FAST, "--optimizer", optimizer, "--epochs", "10000", "--save",
-            str(tmp_path)]
+    argv = ["train", *FAST, "--optimizer", optimizer, "--epochs", "10000", "--save", str(tmp_path)]
     proc = _python(f"import sys; from kfac_ext.cli import main; sys.exit(main({argv!r}))")
     checkpoint = tmp_path / f"{optimizer}.pt"
     deadline = time.monotonic() + 180
@@ -368,8 +423,20 @@ def test_sigint_prints_how_to_resume_and_the_resume_works(tmp_path):
     assert out == "" and err.strip() == f"kfac-ext train: interrupted; resume with --resume {tmp_path}"
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     epoch = load_checkpoint(checkpoint)["epoch"]
-    resumed = main(["train", *FAST, "--optimizer", optimizer, "--epochs", "10000",
-                    "--resume", str(tmp_path), "--stop-after", str(epoch + 1)])
+    resumed = main(
+        [
+            "train",
+            *FAST,
+            "--optimizer",
+            optimizer,
+            "--epochs",
+            "10000",
+            "--resume",
+            str(tmp_path),
+            "--stop-after",
+            str(epoch + 1),
+        ]
+    )
     assert resumed == 0
 
 
@@ -386,7 +453,8 @@ def test_save_killed_mid_write_leaves_a_temporary_the_next_save_removes(tmp_path
         "def stuck(fd):\n"
         "    print('writing', flush=True); time.sleep(120)\n"
         "c.os.fsync = stuck\n"
-        f"c.save_checkpoint({str(path)!r}, _state())\n")
+        f"c.save_checkpoint({str(path)!r}, _state())\n"
+    )
     assert proc.stdout.readline().strip() == "writing", proc.communicate()[1][-2000:]
     proc.kill()
     proc.communicate(timeout=30)
@@ -403,16 +471,23 @@ def test_save_killed_mid_write_leaves_a_temporary_the_next_save_removes(tmp_path
 
 # --------------------------------------------------------------------------- bench
 BENCH_BAD = [
-    (["--workers", "0"], "--workers"), (["--workers", "8,-16"], "--workers"),
-    (["--workers", "8,a"], "--workers"), (["--workers", ""], "--workers"),
-    (["--workers", str(10 ** 12)], "--workers"),        # was a MemoryError after measuring
-    (["--eigh-sizes", "0"], "--eigh-sizes"), (["--eigh-sizes", "64,100000"], "--eigh-sizes"),
-    (["--alpha", "-1"], "--alpha"), (["--alpha", "nan"], "--alpha"),
-    (["--bandwidth", "0"], "--bandwidth"), (["--bandwidth", "inf"], "--bandwidth"),
+    (["--workers", "0"], "--workers"),
+    (["--workers", "8,-16"], "--workers"),
+    (["--workers", "8,a"], "--workers"),
+    (["--workers", ""], "--workers"),
+    (["--workers", str(10**12)], "--workers"),  # was a MemoryError after measuring
+    (["--eigh-sizes", "0"], "--eigh-sizes"),
+    (["--eigh-sizes", "64,100000"], "--eigh-sizes"),
+    (["--alpha", "-1"], "--alpha"),
+    (["--alpha", "nan"], "--alpha"),
+    (["--bandwidth", "0"], "--bandwidth"),
+    (["--bandwidth", "inf"], "--bandwidth"),
     (["--factor-update-steps", "0"], "--factor-update-steps"),
     (["--inv-update-steps", "-1"], "--inv-update-steps"),
-    (["--bucket-cap-mb", "0"], "--bucket-cap-mb"), (["--bucket-cap-mb", "nan"], "--bucket-cap-mb"),
-    (["--plot", "/etc/passwd/x.png"], "--plot"), (["--plot", "scaling"], "--plot"),
+    (["--bucket-cap-mb", "0"], "--bucket-cap-mb"),
+    (["--bucket-cap-mb", "nan"], "--bucket-cap-mb"),
+    (["--plot", "/etc/passwd/x.png"], "--plot"),
+    (["--plot", "scaling"], "--plot"),
 ]
 
 
@@ -420,10 +495,10 @@ BENCH_BAD = [
 def test_bench_bad_value_is_refused_before_measuring(capsys, monkeypatch, argv, flag):
     from kfac_ext.app import bench
 
-    monkeypatch.setattr(bench, "measure_profile",
-                        lambda *a, **k: pytest.fail("measured before checking the arguments"))
-    monkeypatch.setattr(bench, "workload_of",
-                        lambda *a, **k: pytest.fail("built the model before checking the arguments"))
+    monkeypatch.setattr(bench, "measure_profile", lambda *a, **k: pytest.fail("measured before checking the arguments"))
+    monkeypatch.setattr(
+        bench, "workload_of", lambda *a, **k: pytest.fail("built the model before checking the arguments")
+    )
     code, out, err = _cli(capsys, "bench", "scaling", *argv)
     _assert_one_line_error(code, out, err, flag)
 
@@ -431,21 +506,24 @@ def test_bench_bad_value_is_refused_before_measuring(capsys, monkeypatch, argv, 
 @pytest.mark.timeout(120)
 def test_output_into_a_closed_pipe_exits_quietly_141():
     """`kfac-ext bench scaling | head -0`: no 'Broken pipe' error line, no traceback."""
-    proc = _python("import sys; from kfac_ext.cli import main; sys.exit(main("
-                   "['bench', 'scaling', '--workers', '8', '--eigh-sizes', '16,32', '--plot', '']))")
-    proc.stdout.close()                      # the reader leaves before the first line
+    proc = _python(
+        "import sys; from kfac_ext.cli import main; sys.exit(main("
+        "['bench', 'scaling', '--workers', '8', '--eigh-sizes', '16,32', '--plot', '']))"
+    )
+    proc.stdout.close()  # the reader leaves before the first line
     err = proc.stderr.read()
     assert proc.wait(timeout=100) == 141 and err == "", err
 
 
 # --------------------------------------------------------------------------- issue 26
 def _history(out):
-    return [(r["epoch"], r["train_loss"], r["test_loss"], r["test_accuracy"])
-            for r in json.loads(out)["runs"]["kfac"]["history"]]
+    return [
+        (r["epoch"], r["train_loss"], r["test_loss"], r["test_accuracy"])
+        for r in json.loads(out)["runs"]["kfac"]["history"]
+    ]
 
 
-@pytest.mark.parametrize("flags", [["--adaptive-damping", "1"],
-                                   ["--auto-step", "--auto-step-interval", "1"]])
+@pytest.mark.parametrize("flags", [["--adaptive-damping", "1"], ["--auto-step", "--auto-step-interval", "1"]])
 def test_resume_with_adaptive_damping_or_auto_step_is_bit_identical(tmp_path, capsys, flags):
     """Every step measures (T=1 / AutoStep's ratio), so the checkpoint lands mid-measurement."""
     argv = ["--optimizer", "kfac", "--epochs", "2", "--decay-epochs", "2", *flags]
@@ -462,10 +540,14 @@ def test_resume_with_adaptive_damping_or_auto_step_is_bit_identical(tmp_path, ca
     assert _history(resumed) == _history(full)
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--optimizer", "adamw", "--auto-step"], "--auto-step"),
-    (["--optimizer", "sgd", "--adaptive-damping", "5"], "--adaptive-damping"),
-    (["--task", "autoencoder", "--target-accuracy", "0.5"], "--target-accuracy")])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--optimizer", "adamw", "--auto-step"], "--auto-step"),
+        (["--optimizer", "sgd", "--adaptive-damping", "5"], "--adaptive-damping"),
+        (["--task", "autoencoder", "--target-accuracy", "0.5"], "--target-accuracy"),
+    ],
+)
 def test_flags_the_run_would_ignore_are_refused(capsys, no_training, argv, flag):
     code, out, err = _train(capsys, *argv)
     _assert_one_line_error(code, out, err, flag)
@@ -482,8 +564,20 @@ def test_cifar10_auto_step_trains_a_batchnorm_resnet(tmp_path, capsys):
     from test_data import _write_fake_cifar
 
     _write_fake_cifar(str(tmp_path), n_per_batch=8)
-    code, out, err = _train(capsys, "--data", "cifar10", "--data-dir", tmp_path, "--model",
-                            "resnet8", "--optimizer", "kfac", "--auto-step", "--batch-size", "20")
+    code, out, err = _train(
+        capsys,
+        "--data",
+        "cifar10",
+        "--data-dir",
+        tmp_path,
+        "--model",
+        "resnet8",
+        "--optimizer",
+        "kfac",
+        "--auto-step",
+        "--batch-size",
+        "20",
+    )
     assert code == 0, err
     assert json.loads(out)["runs"]["kfac"]["steps"] == 2
 

@@ -1,5 +1,6 @@
 """`kfac-ext train --task lm`: the standard-library corpus, its fixed split, the windows,
 the GPT model, K-FAC on its Linear layers, and the CLI end to end on a small text."""
+
 import json
 import math
 import os
@@ -30,9 +31,9 @@ def test_corpus_split_is_per_file_and_fixed(tmp_path):
     _write(tmp_path, "a.py", a)
     _write(tmp_path, "b.py", b)
     c = load_text_corpus(("a.py", "missing.py", "b.py"), folder=str(tmp_path))
-    assert c.files == ("a.py", "b.py")                       # a missing file is left out
-    assert bytes(c.train.tolist()) == a[:90] + b[:45]         # first 90 % of each file
-    assert bytes(c.val.tolist()) == a[90:] + b[45:]           # last 10 %: never trained on
+    assert c.files == ("a.py", "b.py")  # a missing file is left out
+    assert bytes(c.train.tolist()) == a[:90] + b[:45]  # first 90 % of each file
+    assert bytes(c.val.tolist()) == a[90:] + b[45:]  # last 10 %: never trained on
     again = load_text_corpus(("a.py", "b.py"), folder=str(tmp_path))
     assert torch.equal(again.train, c.train) and torch.equal(again.val, c.val)
 
@@ -53,17 +54,16 @@ def test_default_corpus_is_this_pythons_standard_library():
 def _small_task(tmp_path, context=8):
     text = ("def f(x):\n    return x + 1\n" * 40).encode()
     _write(tmp_path, "t.py", text)
-    return LanguageModel(load_text_corpus(("t.py",), folder=str(tmp_path)), context=context,
-                         val_windows=4)
+    return LanguageModel(load_text_corpus(("t.py",), folder=str(tmp_path)), context=context, val_windows=4)
 
 
 def test_windows_are_next_byte_pairs_inside_the_text(tmp_path):
     task = _small_task(tmp_path)
     gen = torch.Generator().manual_seed(0)
-    idx = torch.arange(task.n_train)           # every window, the last one included
+    idx = torch.arange(task.n_train)  # every window, the last one included
     x, y = task.train_batch(idx, gen)
     assert x.shape == y.shape == (task.n_train, 8) and x.dtype == torch.int64
-    assert torch.equal(x[:, 1:], y[:, :-1])    # the target is the input shifted by one
+    assert torch.equal(x[:, 1:], y[:, :-1])  # the target is the input shifted by one
     starts = [bytes(task.train_text.tolist()).find(bytes(row.tolist())) for row in x[:3]]
     assert all(s >= 0 for s in starts)
     # The same generator state gives the same batch (exact resume); another gives others.
@@ -94,7 +94,7 @@ def test_char_gpt_is_causal_and_checks_its_context():
     changed = idx.clone()
     changed[:, 10] = (changed[:, 10] + 1) % 256
     out2 = model(changed)
-    assert torch.allclose(out[:, :10], out2[:, :10], atol=1e-6)   # no look-ahead
+    assert torch.allclose(out[:, :10], out2[:, :10], atol=1e-6)  # no look-ahead
     assert not torch.allclose(out[:, 10:], out2[:, 10:])
     with pytest.raises(ValueError, match="longer than the context"):
         model(torch.zeros(1, 17, dtype=torch.long))
@@ -132,12 +132,29 @@ def test_make_task_lm_ignores_the_image_data():
 def test_train_task_lm_end_to_end(capsys, monkeypatch):
     # A short text (textwrap.py alone) so that an epoch is four steps.
     monkeypatch.setattr(lm_data, "CORPUS_FILES", ("textwrap.py",))
-    code = main(["train", "--task", "lm", "--optimizer", "adamw,kfac", "--epochs", "1",
-                 "--batch-size", "64", "--target-loss", "10", "--json", "--plot", "",
-                 "--threads", "1"])
+    code = main(
+        [
+            "train",
+            "--task",
+            "lm",
+            "--optimizer",
+            "adamw,kfac",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--target-loss",
+            "10",
+            "--json",
+            "--plot",
+            "",
+            "--threads",
+            "1",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "textwrap.py" in out.err and "tokens/s" in out.err      # the log and the bar
+    assert "textwrap.py" in out.err and "tokens/s" in out.err  # the log and the bar
     res = json.loads(out.out)
     assert res["task"] == "lm" and res["model"] == "char-gpt" and res["target_loss"] == 10
     for name in ("adamw", "kfac"):

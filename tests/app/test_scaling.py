@@ -1,4 +1,5 @@
 """The scaling model's arithmetic on small hand-computed cases, and `kfac-ext bench scaling`."""
+
 import dataclasses
 import json
 
@@ -8,8 +9,7 @@ from torch import nn
 
 from kfac_ext.app.scaling import resnet50_factor_shapes
 from kfac_ext.cli import main
-from kfac_ext.scaling import (FactorLayer, Intervals, Network, Workload, plan, predict,
-                              strategies, workload_of)
+from kfac_ext.scaling import FactorLayer, Intervals, Network, Workload, plan, predict, strategies, workload_of
 from kfac_ext.scaling.calibrate import gpu_profile
 from kfac_ext.scaling.measure import fit_eigh, measure_profile, monotone
 from kfac_ext.scaling.network import broadcast_time, ring_allreduce_time
@@ -19,9 +19,14 @@ from kfac_ext.scaling.step import update_fraction
 NET = Network("test", alpha=1e-5, bandwidth=1e9)
 # dense 1 TFLOP/s; eigh(n) = 1 ms + n^3 / 1e9 s (9 n^3 flops at 9 GFLOP/s)
 PROFILE = DeviceProfile("test", flops_per_s=1e12, eigh_flops_per_s=9e9, eigh_latency_s=1e-3)
-WORK = Workload("two", forward_flops=1e9, backward_flops=2e9, params=1_000_000,
-                activation_bytes=1e3,
-                layers=(FactorLayer("a", 10, 20, 1), FactorLayer("b", 30, 40, 1)))
+WORK = Workload(
+    "two",
+    forward_flops=1e9,
+    backward_flops=2e9,
+    params=1_000_000,
+    activation_bytes=1e3,
+    layers=(FactorLayer("a", 10, 20, 1), FactorLayer("b", 30, 40, 1)),
+)
 
 
 def test_alpha_beta_formulas():
@@ -32,7 +37,7 @@ def test_alpha_beta_formulas():
 
 def test_update_fraction_of_intervals_and_schedules():
     assert update_fraction(10, 100) == 0.1
-    assert update_fraction(10, 95) == 10 / 95          # steps 0, 10, ..., 90
+    assert update_fraction(10, 95) == 10 / 95  # steps 0, 10, ..., 90
     # every step for 10 steps, then every 5th since the last update: 0..9, 14, 19
     assert update_fraction(lambda s: 1 if s < 10 else 5, 20) == 12 / 20
     with pytest.raises(ValueError, match="interval"):
@@ -45,16 +50,20 @@ def test_comm_opt_step_by_hand():
     assert s.forward_backward == pytest.approx(8 * 3e9 / 1e12)
     assert s.grad_allreduce == pytest.approx(6e-5 + 1.5 * 4e6 / 1e9)
     assert s.factor_compute == pytest.approx(2 * 8 * (100 + 400 + 900 + 1600) / 1e12)
-    packed = (55 + 210 + 465 + 820) * 4                 # n(n+1)/2 of 10, 20, 30, 40
+    packed = (55 + 210 + 465 + 820) * 4  # n(n+1)/2 of 10, 20, 30, 40
     assert s.factor_comm == pytest.approx(6e-5 + 1.5 * packed / 1e9)
     # each layer's (A, G) pair on its own rank: the larger pair is the makespan
-    assert s.eigen_compute == pytest.approx(2e-3 + (30 ** 3 + 40 ** 3) / 1e9)
-    eig_bytes = (110 + 420 + 930 + 1640) * 4            # Q and d of every factor
+    assert s.eigen_compute == pytest.approx(2e-3 + (30**3 + 40**3) / 1e9)
+    eig_bytes = (110 + 420 + 930 + 1640) * 4  # Q and d of every factor
     assert s.eigen_comm == pytest.approx(2e-5 + eig_bytes / 1e9 + 4 * 1e-5)
     assert s.precondition == pytest.approx((4 * 20 * 10 * 30 + 4 * 40 * 30 * 70) / 1e12)
     assert s.grad_comm == 0.0
-    assert s.memory == {"activations": 8e3, "params_grads_momentum": 1.2e7,
-                        "factors": 12000.0, "eigenbases": float(eig_bytes)}
+    assert s.memory == {
+        "activations": 8e3,
+        "params_grads_momentum": 1.2e7,
+        "factors": 12000.0,
+        "eigenbases": float(eig_bytes),
+    }
     assert s.kfac == pytest.approx(s.sgd + s.kfac_overhead)
 
 
@@ -65,30 +74,30 @@ def test_mem_opt_step_by_hand():
     # the slowest rank owns no layer: it receives both preconditioned gradients
     assert s.grad_comm == pytest.approx(2e-5 + (200 + 1200) * 4 / 1e9 + 2 * 1e-5)
     assert s.precondition == 0.0
-    assert s.memory["eigenbases"] == (930 + 1640) * 4   # the rank that owns layer b
+    assert s.memory["eigenbases"] == (930 + 1640) * 4  # the rank that owns layer b
 
 
 def test_kfac_lw_exchange_intervals_and_buckets():
-    lw = predict(WORK, 4, PROFILE, NET, batch=8, intervals=Intervals(1, 1),
-                 packed_factors=False, eigen_allreduce=True)
+    lw = predict(WORK, 4, PROFILE, NET, batch=8, intervals=Intervals(1, 1), packed_factors=False, eigen_allreduce=True)
     assert lw.factor_comm == pytest.approx(6e-5 + 1.5 * 3000 * 4 / 1e9)
     assert lw.eigen_comm == pytest.approx(6e-5 + 1.5 * 3100 * 4 / 1e9)
     every = predict(WORK, 4, PROFILE, NET, batch=8, intervals=Intervals(1, 1))
     sparse = predict(WORK, 4, PROFILE, NET, batch=8, intervals=Intervals(10, 100, steps=1000))
     assert sparse.factor_compute == pytest.approx(every.factor_compute / 10)
     assert sparse.eigen_compute == pytest.approx(every.eigen_compute / 100)
-    assert sparse.precondition == every.precondition       # every step
+    assert sparse.precondition == every.precondition  # every step
     cap = 0.001 * 1024 * 1024
     nbytes = 1550 * 4
     tiny = predict(WORK, 4, PROFILE, NET, batch=8, intervals=Intervals(1, 1), bucket_cap_mb=0.001)
     assert tiny.factor_comm == pytest.approx(
-        5 * ring_allreduce_time(cap, 4, NET) + ring_allreduce_time(nbytes - 5 * cap, 4, NET))
+        5 * ring_allreduce_time(cap, 4, NET) + ring_allreduce_time(nbytes - 5 * cap, 4, NET)
+    )
 
 
 def test_one_rank_has_no_communication():
     s = predict(WORK, 1, PROFILE, NET, batch=8, intervals=Intervals(1, 1))
     assert s.grad_allreduce == s.factor_comm == s.eigen_comm == s.grad_comm == 0.0
-    assert s.eigen_compute == pytest.approx(4e-3 + (10 ** 3 + 20 ** 3 + 30 ** 3 + 40 ** 3) / 1e9)
+    assert s.eigen_compute == pytest.approx(4e-3 + (10**3 + 20**3 + 30**3 + 40**3) / 1e9)
 
 
 def test_eigendecompositions_go_through_the_makespan_solver():
@@ -121,9 +130,10 @@ def test_planner_prefers_fresh_curvature_within_budget_and_memory():
     # no budget at all: the fastest feasible candidate, flagged
     tight = plan(WORK, 4, PROFILE, NET, memory_limit=1e12, max_overhead=0.0, **common)
     assert not tight.within_budget and tight.choice.intervals == "10/100"
-    fastest = min((predict(WORK, 4, PROFILE, NET, batch=8, grad_workers=g,
-                           intervals=Intervals(10, 100)) for g in (4, 2, 1)),
-                  key=lambda s: s.kfac)
+    fastest = min(
+        (predict(WORK, 4, PROFILE, NET, batch=8, grad_workers=g, intervals=Intervals(10, 100)) for g in (4, 2, 1)),
+        key=lambda s: s.kfac,
+    )
     assert tight.choice.kfac == pytest.approx(fastest.kfac)
     # a limit COMM-OPT's eigenbases do not fit (HYBRID g=2 holds layer b alone, as MEM-OPT)
     mem_opt = predict(WORK, 4, PROFILE, NET, batch=8, grad_workers=1).memory_total
@@ -146,11 +156,11 @@ def test_planner_tries_every_power_of_two_grad_worker_count():
     # HYBRID's (g = 4, 4 blocks) lets only the fractions at or below some g through
     layers = tuple(FactorLayer(f"l{i}", 64, 64, 1) for i in range(16))
     work = dataclasses.replace(WORK, layers=layers)
-    mem = {g: predict(work, 16, PROFILE, NET, batch=8, grad_workers=g).memory_total
-           for g in (1, 2, 4, 8, 16)}
+    mem = {g: predict(work, 16, PROFILE, NET, batch=8, grad_workers=g).memory_total for g in (1, 2, 4, 8, 16)}
     assert mem[1] < mem[2] < mem[4] < mem[8] < mem[16]
-    chosen = plan(work, 16, PROFILE, NET, batch=8, memory_limit=mem[2], max_overhead=100.0,
-                  factor_choices=(1,), inv_choices=(1,))
+    chosen = plan(
+        work, 16, PROFILE, NET, batch=8, memory_limit=mem[2], max_overhead=100.0, factor_choices=(1,), inv_choices=(1,)
+    )
     assert chosen.choice.grad_workers in (1, 2) and chosen.choice.memory_total <= mem[2]
 
 
@@ -161,13 +171,12 @@ def test_workload_of_a_small_mlp_and_conv_by_hand():
     assert w.backward_flops == 2 * 4 * 3 + 2 * (2 * 3 * 2)
     assert w.params == 12 + 3 + 6 + 2
     assert [(la.dim_a, la.dim_g, la.rows) for la in w.layers] == [(5, 3, 1), (4, 2, 1)]
-    conv = workload_of(lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten()),
-                       (2, 5, 5))
+    conv = workload_of(lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten()), (2, 5, 5))
     (layer,) = conv.layers
     assert (layer.dim_a, layer.dim_g, layer.rows) == (2 * 9 + 1, 3, 25)
-    assert layer.factor_flops(4) == 2 * 4 * 25 * (19 ** 2 + 3 ** 2)
-    assert conv.forward_flops == 2 * 25 * 3 * 18     # output positions x out x (C_in k^2)
-    assert conv.activation_bytes >= 2 * 5 * 5 * 4    # at least the conv's input is saved
+    assert layer.factor_flops(4) == 2 * 4 * 25 * (19**2 + 3**2)
+    assert conv.forward_flops == 2 * 25 * 3 * 18  # output positions x out x (C_in k^2)
+    assert conv.activation_bytes >= 2 * 5 * 5 * 4  # at least the conv's input is saved
     with pytest.raises(ValueError, match="input_shape"):
         workload_of(lambda: nn.Linear(4, 3), ())
 
@@ -178,15 +187,27 @@ def token_model() -> nn.Module:
 
 def test_token_inputs_and_sequence_rows(capsys):
     w = workload_of(token_model, (8,), input_dtype=torch.long)
-    (layer,) = w.layers                               # the Embedding is not a K-FAC layer
-    assert (layer.dim_a, layer.dim_g, layer.rows) == (17, 4, 8)   # 8 positions per sample
+    (layer,) = w.layers  # the Embedding is not a K-FAC layer
+    assert (layer.dim_a, layer.dim_g, layer.rows) == (17, 4, 8)  # 8 positions per sample
     assert w.forward_flops == 2 * 8 * 16 * 4
-    code, out, _ = _run(capsys, "--model", "test_scaling:token_model",
-                        "--input-shape", "8", "--input-dtype", "int64", "--ranks", "2",
-                        "--profile", "a100", "--json")
+    code, out, _ = _run(
+        capsys,
+        "--model",
+        "test_scaling:token_model",
+        "--input-shape",
+        "8",
+        "--input-dtype",
+        "int64",
+        "--ranks",
+        "2",
+        "--profile",
+        "a100",
+        "--json",
+    )
     assert code == 0 and json.loads(out)["model"]["kfac_layers"] == 1
-    code, _, err = _run(capsys, "--model", "test_scaling:token_model",
-                        "--input-shape", "8", "--ranks", "2")   # float ids: a one-line error
+    code, _, err = _run(
+        capsys, "--model", "test_scaling:token_model", "--input-shape", "8", "--ranks", "2"
+    )  # float ids: a one-line error
     assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
 
 
@@ -201,21 +222,20 @@ def test_resnet50_workload_matches_the_listed_shapes():
     from kfac_ext.scaling.models import resnet50
 
     w = workload_of(resnet50, (3, 224, 224))
-    assert [(la.dim_a, la.dim_g) for la in w.layers] == [(a, g) for _, a, g in
-                                                         resnet50_factor_shapes()]
-    assert w.params == 25_557_032                      # torchvision's ResNet-50
-    assert w.forward_flops == pytest.approx(8.18e9, rel=0.01)   # 4.09 GMACs
+    assert [(la.dim_a, la.dim_g) for la in w.layers] == [(a, g) for _, a, g in resnet50_factor_shapes()]
+    assert w.params == 25_557_032  # torchvision's ResNet-50
+    assert w.forward_flops == pytest.approx(8.18e9, rel=0.01)  # 4.09 GMACs
 
 
 def test_monotone_rejection_and_the_eigh_fit():
     kept, rejected = monotone([(256, 2.0), (64, 1.0), (128, 0.5)])
     assert kept == [(64, 1.0), (256, 2.0)] and rejected == [128]
-    exact = [(n, 1e-3 + 9 * n ** 3 / 1e9) for n in (10, 20, 40, 80)]
+    exact = [(n, 1e-3 + 9 * n**3 / 1e9) for n in (10, 20, 40, 80)]
     latency, rate = fit_eigh(exact)
     assert latency == pytest.approx(1e-3, rel=1e-6) and rate == pytest.approx(1e9, rel=1e-6)
     # a fit that wants a negative latency becomes a pure cubic through the largest size
     latency, rate = fit_eigh([(10, 9e-6), (20, 9 * 8e3 / 1e9 * 1.5)])
-    assert latency == 0.0 and rate == pytest.approx(9 * 20 ** 3 / (9 * 8e3 / 1e9 * 1.5))
+    assert latency == 0.0 and rate == pytest.approx(9 * 20**3 / (9 * 8e3 / 1e9 * 1.5))
 
 
 def test_measured_profile_is_positive(tmp_path):
@@ -227,7 +247,7 @@ def test_measured_profile_is_positive(tmp_path):
     path = tmp_path / "p.json"
     to_json(p, str(path), samples=list(m.samples))
     assert from_json(str(path)) == p
-    to_json(PROFILE, str(path))                  # unbounded memory travels as null
+    to_json(PROFILE, str(path))  # unbounded memory travels as null
     assert json.loads(path.read_text())["memory_bytes"] is None and from_json(str(path)) == PROFILE
 
 
@@ -237,18 +257,32 @@ def _run(capsys, *argv):
     return code, out, err
 
 
-SMALL = ["--model", "kfac_ext.scaling.models:resnet32_cifar", "--input-shape", "3,32,32",
-         "--batch-size", "16", "--ranks", "1,4", "--profile", "h100"]
+SMALL = [
+    "--model",
+    "kfac_ext.scaling.models:resnet32_cifar",
+    "--input-shape",
+    "3,32,32",
+    "--batch-size",
+    "16",
+    "--ranks",
+    "1,4",
+    "--profile",
+    "h100",
+]
 
 
 def test_cli_json_is_one_object_with_rows_and_plans(capsys, tmp_path):
     png = tmp_path / "s.png"
     code, out, err = _run(capsys, *SMALL, "--json", "--plot", str(png))
     assert code == 0, err
-    data = json.loads(out)                       # exactly one JSON object, nothing else
+    data = json.loads(out)  # exactly one JSON object, nothing else
     assert data["model"]["kfac_layers"] == 32
     assert [(r["ranks"], r["strategy"]) for r in data["rows"]] == [
-        (1, "COMM-OPT"), (4, "COMM-OPT"), (4, "HYBRID-OPT"), (4, "MEM-OPT")]
+        (1, "COMM-OPT"),
+        (4, "COMM-OPT"),
+        (4, "HYBRID-OPT"),
+        (4, "MEM-OPT"),
+    ]
     assert [p["ranks"] for p in data["plans"]] == [1, 4]
     assert data["plans"][1]["choice"]["memory_total"] <= data["memory_limit_bytes"]
     assert png.stat().st_size > 1000
@@ -268,12 +302,23 @@ def test_cli_eigh_latency_override_reaches_the_step(capsys):
 def test_cli_growing_intervals_average_over_the_horizon(capsys):
     from kfac_ext.schedules import growing_interval
 
-    _, out, _ = _run(capsys, *SMALL, "--json", "--factor-update-steps", "1",
-                     "--inv-update-steps", "1", "--steps", "20")
+    _, out, _ = _run(capsys, *SMALL, "--json", "--factor-update-steps", "1", "--inv-update-steps", "1", "--steps", "20")
     fixed = json.loads(out)["rows"][0]
-    _, out, _ = _run(capsys, *SMALL, "--json", "--factor-update-steps", "1",
-                     "--inv-update-steps", "1", "--steps", "20", "--interval-growth", "2",
-                     "--growth-every", "5")
+    _, out, _ = _run(
+        capsys,
+        *SMALL,
+        "--json",
+        "--factor-update-steps",
+        "1",
+        "--inv-update-steps",
+        "1",
+        "--steps",
+        "20",
+        "--interval-growth",
+        "2",
+        "--growth-every",
+        "5",
+    )
     grown = json.loads(out)
     row = grown["rows"][0]
     # intervals 1, 2, 4, 8 over 5 steps each: updates at 0-4, 6, 8, 12 = 8 of 20
@@ -293,8 +338,7 @@ def test_cli_table_names_the_recommendation(capsys):
 
 
 def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
-    code, out, _ = _run(capsys, *SMALL[:-2], "--profile", "cpu", "--eigh-sizes", "48,96",
-                        "--repeats", "3", "--json")
+    code, out, _ = _run(capsys, *SMALL[:-2], "--profile", "cpu", "--eigh-sizes", "48,96", "--repeats", "3", "--json")
     assert code == 0
     data = json.loads(out)
     assert data["measured"]["samples"] and data["profile"]["name"] == "cpu"
@@ -304,21 +348,28 @@ def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
     assert code == 0 and json.loads(out)["profile"]["name"] == "fake-gpu"
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--model", "nosuchmodule_xyz:f", "--input-shape", "3"], "--model"),
-    (["--model", "kfac_ext.scaling.models:nothing", "--input-shape", "3"], "--model"),
-    (["--model", "resnet18"], "--model"),
-    (["--model", "kfac_ext.scaling.models:resnet32_cifar"], "--input-shape"),
-    (["--model", "kfac_ext.scaling.models:resnet32_cifar", "--input-shape", "3,2,2,2,2"],
-     "--model"),
-    (["--profile", "nosuch"], "--profile"), (["--batch-size", "0"], "--batch-size"),
-    (["--memory-limit-gb", "0"], "--memory-limit-gb"), (["--max-overhead", "-1"], "--max-overhead"),
-    (["--host-ms", "nan"], "--host-ms"), (["--threads", "0"], "--threads"),
-    (["--eigh-latency-ms", "-1"], "--eigh-latency-ms"),
-    (["--interval-growth", "0.5"], "--interval-growth"), (["--steps", "0"], "--steps"),
-    (["--growth-every", "0"], "--growth-every"),
-    (["--repeats", "0"], "--repeats"), (["--ranks", "0"], "--ranks"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--model", "nosuchmodule_xyz:f", "--input-shape", "3"], "--model"),
+        (["--model", "kfac_ext.scaling.models:nothing", "--input-shape", "3"], "--model"),
+        (["--model", "resnet18"], "--model"),
+        (["--model", "kfac_ext.scaling.models:resnet32_cifar"], "--input-shape"),
+        (["--model", "kfac_ext.scaling.models:resnet32_cifar", "--input-shape", "3,2,2,2,2"], "--model"),
+        (["--profile", "nosuch"], "--profile"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--memory-limit-gb", "0"], "--memory-limit-gb"),
+        (["--max-overhead", "-1"], "--max-overhead"),
+        (["--host-ms", "nan"], "--host-ms"),
+        (["--threads", "0"], "--threads"),
+        (["--eigh-latency-ms", "-1"], "--eigh-latency-ms"),
+        (["--interval-growth", "0.5"], "--interval-growth"),
+        (["--steps", "0"], "--steps"),
+        (["--growth-every", "0"], "--growth-every"),
+        (["--repeats", "0"], "--repeats"),
+        (["--ranks", "0"], "--ranks"),
+    ],
+)
 def test_cli_refuses_bad_values_in_one_line(capsys, argv, flag):
     code, out, err = _run(capsys, *argv)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and flag in err, err

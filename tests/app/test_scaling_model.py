@@ -1,4 +1,5 @@
 """The scaling model against the published K-FAC timings (docs/distributed.md, validation)."""
+
 import pytest
 
 from kfac_ext.scaling import NETWORKS, workload_of
@@ -12,8 +13,10 @@ NET = NETWORKS["ib100"]
 
 @pytest.fixture(scope="module")
 def works():
-    return {"resnet50": workload_of(resnet50, (3, 224, 224)),
-            "resnet32_cifar": workload_of(resnet32_cifar, (3, 32, 32))}
+    return {
+        "resnet50": workload_of(resnet50, (3, 224, 224)),
+        "resnet32_cifar": workload_of(resnet32_cifar, (3, 32, 32)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def checks(works):
 
 def test_published_rows_convert_to_the_issues_ms_per_iteration():
     rows = {r.key: r for r in ROWS}
-    assert rows["resnet50-32"].iterations == 1252          # ceil(1281167 / 1024)
+    assert rows["resnet50-32"].iterations == 1252  # ceil(1281167 / 1024)
     assert rows["resnet50-32"].overhead_s[0] * 1e3 == pytest.approx(293.9, abs=0.1)
     assert [round(o * 1e3) for o in rows["resnet50-64"].overhead_s] == [666, 302]
     assert [round(o * 1e3) for o in rows["cifar-1"].overhead_s] == [139]
@@ -55,9 +58,12 @@ def test_calibration_row_is_reproduced(checks):
     assert c.sgd_ratio == pytest.approx(1.0, rel=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: the CIFAR rows' K-FAC overhead needs "
-                   "~13-18 ms per eigendecomposition call (2020's symeig); the H200-measured "
-                   "latency gives 0.5 ms (docs/distributed.md)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known miss: the CIFAR rows' K-FAC overhead needs "
+    "~13-18 ms per eigendecomposition call (2020's symeig); the H200-measured "
+    "latency gives 0.5 ms (docs/distributed.md)",
+)
 @pytest.mark.parametrize("key", ["cifar-1", "cifar-4"])
 def test_cifar_rows_within_2x(checks, key):
     c = checks[key]
@@ -69,5 +75,5 @@ def test_sc20_saving_arithmetic_and_interval_trend(works):
     assert sc20_saving(90 / 55) == pytest.approx(0.0)
     table = sc20_table(works["resnet50"], NET)
     savings = [r["saving"] for r in table]
-    assert savings == sorted(savings)            # sparser updates, cheaper steps
-    assert savings[0] < 0 < savings[-1]          # every-step factors lose, sparse ones win
+    assert savings == sorted(savings)  # sparser updates, cheaper steps
+    assert savings[0] < 0 < savings[-1]  # every-step factors lose, sparse ones win

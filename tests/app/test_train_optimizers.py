@@ -1,5 +1,6 @@
 """`kfac-ext train`: the optimizer list (sgd, adamw, kfac, soap), interleaved runs, and the
 autoencoder task."""
+
 import argparse
 import importlib.util
 import json
@@ -13,10 +14,34 @@ from kfac_ext.app.tasks import Autoencoder
 from kfac_ext.app.train import RunState, format_table, parse_optimizers, summarize
 from kfac_ext.cli import main
 
-FAST = ["--model", "digits-mlp", "--epochs", "2", "--batch-size", "128", "--quiet", "--json",
-        "--plot", "", "--threads", "1"]
-AE = ["--task", "autoencoder", "--epochs", "2", "--batch-size", "128", "--quiet", "--json",
-      "--plot", "", "--threads", "1"]
+FAST = [
+    "--model",
+    "digits-mlp",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "128",
+    "--quiet",
+    "--json",
+    "--plot",
+    "",
+    "--threads",
+    "1",
+]
+AE = [
+    "--task",
+    "autoencoder",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "128",
+    "--quiet",
+    "--json",
+    "--plot",
+    "",
+    "--threads",
+    "1",
+]
 HAS_HEAVYBALL = importlib.util.find_spec("heavyball") is not None
 
 
@@ -34,15 +59,13 @@ def _history(out, name):
 def test_optimizer_lists_expand_and_bad_names_are_refused(monkeypatch):
     assert parse_optimizers("sgd,adamw,kfac") == ("sgd", "adamw", "kfac")
     assert parse_optimizers("both") == ("sgd", "kfac")
-    assert parse_optimizers("kfac, SGD,kfac") == ("kfac", "sgd")        # order kept, no repeats
-    assert parse_optimizers("all") == (("sgd", "adamw", "kfac", "soap") if HAS_HEAVYBALL
-                                       else ("sgd", "adamw", "kfac"))
+    assert parse_optimizers("kfac, SGD,kfac") == ("kfac", "sgd")  # order kept, no repeats
+    assert parse_optimizers("all") == (("sgd", "adamw", "kfac", "soap") if HAS_HEAVYBALL else ("sgd", "adamw", "kfac"))
     with pytest.raises(ValueError, match="--optimizer sgd,adam: unknown optimizer 'adam'"):
         parse_optimizers("sgd,adam")
     # Without heavyball, soap is named with the extra that provides it; `all` leaves it out.
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "heavyball" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "heavyball" else real(name, *a))
     with pytest.raises(ValueError, match=r"kfac_ext\[soap\]"):
         parse_optimizers("soap")
     assert parse_optimizers("all") == ("sgd", "adamw", "kfac")
@@ -63,8 +86,14 @@ def test_three_optimizers_report_every_field_and_interleaving_changes_no_curve(c
     out = _train(capsys, "--optimizer", "sgd,adamw,kfac", "--target-accuracy", "0.3")
     assert list(out["runs"]) == ["sgd", "adamw", "kfac"] and out["target_accuracy"] == 0.3
     for name, run in out["runs"].items():
-        for key in ("time_to_target_s", "epochs_to_target", "final_test_accuracy",
-                    "step_ms_median", "wall_s", "config"):
+        for key in (
+            "time_to_target_s",
+            "epochs_to_target",
+            "final_test_accuracy",
+            "step_ms_median",
+            "wall_s",
+            "config",
+        ):
             assert run[key] is not None, (name, key)
         assert run["config"]["optimizer"] == name and run["final_test_accuracy"] > 0.3
     adamw = out["runs"]["adamw"]["config"]
@@ -78,9 +107,21 @@ def test_three_optimizers_report_every_field_and_interleaving_changes_no_curve(c
 
 def test_adamw_run_is_torch_adamw_with_the_schedule(capsys):
     """One epoch of `--optimizer adamw` against a hand-written loop (same init, data order)."""
-    flags = ["--optimizer", "adamw", "--epochs", "1", "--lr-adamw", "0.002",
-             "--adamw-weight-decay", "0.05", "--warmup-epochs", "0", "--seed", "3",
-             "--decay-epochs"]   # no decay: a constant lr
+    flags = [
+        "--optimizer",
+        "adamw",
+        "--epochs",
+        "1",
+        "--lr-adamw",
+        "0.002",
+        "--adamw-weight-decay",
+        "0.05",
+        "--warmup-epochs",
+        "0",
+        "--seed",
+        "3",
+        "--decay-epochs",
+    ]  # no decay: a constant lr
     out = _train(capsys, *flags)
     from kfac_ext.app.data import load_dataset
     from kfac_ext.app.models import build_model
@@ -93,35 +134,36 @@ def test_adamw_run_is_torch_adamw_with_the_schedule(capsys):
     gen = train._epoch_generator(3, 0, 1)
     losses = []
     for i in range(len(data.train_y) // 128):
-        x, y = data.batch(order[i * 128:(i + 1) * 128], True, gen)
+        x, y = data.batch(order[i * 128 : (i + 1) * 128], True, gen)
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert out["runs"]["adamw"]["history"][0]["train_loss"] == pytest.approx(np.mean(losses),
-                                                                              rel=1e-6)
+    assert out["runs"]["adamw"]["history"][0]["train_loss"] == pytest.approx(np.mean(losses), rel=1e-6)
 
 
 @pytest.mark.skipif(not HAS_HEAVYBALL, reason="heavyball (the [soap] extra) not installed")
 def test_soap_trains_when_heavyball_is_installed(capsys):
-    out = _train(capsys, "--optimizer", "soap", "--epochs", "3", "--lr-soap", "0.01",
-                 "--target-accuracy", "0.3")
-    assert out["runs"]["soap"]["final_test_accuracy"] > 0.3          # chance: 0.1
-    assert out["runs"]["soap"]["config"]["weight_decay"] == \
-        train.DEFAULTS["digits"]["soap_weight_decay"]
+    out = _train(capsys, "--optimizer", "soap", "--epochs", "3", "--lr-soap", "0.01", "--target-accuracy", "0.3")
+    assert out["runs"]["soap"]["final_test_accuracy"] > 0.3  # chance: 0.1
+    assert out["runs"]["soap"]["config"]["weight_decay"] == train.DEFAULTS["digits"]["soap_weight_decay"]
 
 
 def test_table_compares_kfac_with_every_baseline():
     def state(name, step_s, acc):
         s = RunState(name, {"lr": 0.1}, step_times=[step_s] * 4, step=4, epoch=len(acc))
-        s.history = [dict(epoch=i + 1, test_accuracy=a, test_loss=1.0, train_time_s=float(i + 1))
-                     for i, a in enumerate(acc)]
+        s.history = [
+            dict(epoch=i + 1, test_accuracy=a, test_loss=1.0, train_time_s=float(i + 1)) for i, a in enumerate(acc)
+        ]
         s.train_time_s = float(len(acc))
         return s
-    runs = {"sgd": summarize(state("sgd", 0.01, [0.5, 0.9]), 0.9),
-            "adamw": summarize(state("adamw", 0.02, [0.5, 0.6, 0.7, 0.95]), 0.9),
-            "kfac": summarize(state("kfac", 0.015, [0.92]), 0.9)}
+
+    runs = {
+        "sgd": summarize(state("sgd", 0.01, [0.5, 0.9]), 0.9),
+        "adamw": summarize(state("adamw", 0.02, [0.5, 0.6, 0.7, 0.95]), 0.9),
+        "kfac": summarize(state("kfac", 0.015, [0.92]), 0.9),
+    }
     table = format_table(runs, 0.9)
     assert "| adamw | 0.1 | 4 | 4.00 | 95.00% |" in table
     assert "vs SGD: +50%" in table and "vs AdamW: -25%" in table
@@ -143,14 +185,13 @@ def test_autoencoder_pixels_are_the_digits_over_16():
     assert float(task.train_x.min()) == 0.0 and float(task.train_x.max()) == 1.0
     x = task.train_x[:5]
     out = torch.full_like(x, 0.5)
-    want = ((out - x) ** 2).sum(1).mean()                  # summed over pixels, mean over images
+    want = ((out - x) ** 2).sum(1).mean()  # summed over pixels, mean over images
     assert task.loss(out, x).item() == pytest.approx(want.item())
 
 
 def test_autoencoder_run_targets_the_training_loss(capsys, tmp_path):
     png = tmp_path / "ae.png"
-    out = _train(capsys, "--optimizer", "sgd,adamw,kfac", "--target-loss", "100",
-                 "--plot", str(png), base=AE)
+    out = _train(capsys, "--optimizer", "sgd,adamw,kfac", "--target-loss", "100", "--plot", str(png), base=AE)
     assert out["task"] == "autoencoder" and out["target_loss"] == 100.0
     assert "target_accuracy" not in out and png.stat().st_size > 0
     for name, run in out["runs"].items():
@@ -174,33 +215,43 @@ def test_autoencoder_needs_digits_and_target_loss_needs_the_autoencoder(capsys):
 
 # --------------------------------------------------------------------------- K-FAC options
 def test_kfac_options_reach_the_preconditioner_and_the_config(capsys, tmp_path):
-    flags = ["--optimizer", "kfac", "--factor-init", "first_batch", "--per-example-g",
-             "--adaptive-damping", "3", "--damping", "10", "--save", str(tmp_path)]
+    flags = [
+        "--optimizer",
+        "kfac",
+        "--factor-init",
+        "first_batch",
+        "--per-example-g",
+        "--adaptive-damping",
+        "3",
+        "--damping",
+        "10",
+        "--save",
+        str(tmp_path),
+    ]
     out = _train(capsys, *flags)
     cfg = out["runs"]["kfac"]["config"]
-    assert (cfg["factor_init"], cfg["per_example_g"], cfg["adaptive_damping"]) == \
-        ("first_batch", True, 3)
+    assert (cfg["factor_init"], cfg["per_example_g"], cfg["adaptive_damping"]) == ("first_batch", True, 3)
     state = torch.load(tmp_path / "kfac.pt", weights_only=False)["preconditioner"]
     # 10 steps an epoch, a measurement every 3 steps: 6 ratios in 2 epochs, λ moved.
     assert state["adaptive_damping"]["updates"] == 6
     assert state["adaptive_damping"]["value"] != 10.0
     # The default run is the kfac-pytorch configuration.
     default = _train(capsys, "--optimizer", "kfac", "--epochs", "1")["runs"]["kfac"]["config"]
-    assert (default["factor_init"], default["per_example_g"], default["adaptive_damping"]) == \
-        (train.DEFAULTS["digits"]["factor_init"], False, 0)
+    assert (default["factor_init"], default["per_example_g"], default["adaptive_damping"]) == (
+        train.DEFAULTS["digits"]["factor_init"],
+        False,
+        0,
+    )
     assert main(["train", *FAST, "--adaptive-damping", "-1"]) == 2
     assert "--adaptive-damping" in capsys.readouterr().err
 
 
 def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, tmp_path):
-    flags = ["--optimizer", "kfac", "--auto-step", "--auto-step-damping", "0.5",
-             "--save", str(tmp_path / "a")]
+    flags = ["--optimizer", "kfac", "--auto-step", "--auto-step-damping", "0.5", "--save", str(tmp_path / "a")]
     out = _train(capsys, *flags)
     cfg = out["runs"]["kfac"]["config"]
-    assert (cfg["auto_step"], cfg["auto_step_damping"], cfg["auto_step_interval"]) == \
-        (True, 0.5, 5)
-    assert (cfg["lr"], cfg["momentum"], cfg["kl_clip"], cfg["warmup_epochs"]) == \
-        (1.0, 0.0, None, 0.0)
+    assert (cfg["auto_step"], cfg["auto_step_damping"], cfg["auto_step_interval"]) == (True, 0.5, 5)
+    assert (cfg["lr"], cfg["momentum"], cfg["kl_clip"], cfg["warmup_epochs"]) == (1.0, 0.0, None, 0.0)
     ckpt = torch.load(tmp_path / "a" / "kfac.pt", weights_only=False)
     group = ckpt["optimizer"]["param_groups"][0]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (1.0, 0.0, 0.0)
@@ -223,8 +274,10 @@ def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, t
     train._resolve_defaults(default)
     cfg = train._run_config("kfac", default, train.World())
     assert "auto_step" not in cfg and cfg["lr"] == train.DEFAULTS["digits"]["lr_kfac"]
-    for bad, flag in ((["--auto-step-damping", "0"], "--auto-step-damping"),
-                      (["--auto-step-interval", "-1"], "--auto-step-interval"),
-                      (["--auto-step", "--adaptive-damping", "3"], "--adaptive-damping")):
+    for bad, flag in (
+        (["--auto-step-damping", "0"], "--auto-step-damping"),
+        (["--auto-step-interval", "-1"], "--auto-step-interval"),
+        (["--auto-step", "--adaptive-damping", "3"], "--adaptive-damping"),
+    ):
         assert main(["train", *FAST, *bad]) == 2
         assert flag in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """A script-like module that exits when imported (for the --module fault tests)."""
+
 import sys
 
 import torch.nn as nn

@@ -1,5 +1,6 @@
 """Brute-force latency optimum in the paper's model: every assignment of nodes to the
 CPU pool and to calls, scored by the one evaluator (infeasible splits skipped)."""
+
 import itertools
 import math
 
@@ -13,8 +14,10 @@ def brute_force_latency(graph: Graph, subgraphs: int = 1) -> float:
     slots = [(a, j) for a in range(graph.num_accelerators) for j in range(subgraphs)]
     best = math.inf
     for choice in itertools.product(range(-1, len(slots)), repeat=len(ids)):
-        split = Split.of([(slots[s][0], [v for v, d in zip(ids, choice) if d == s])
-                          for s in range(len(slots))], [v for v, d in zip(ids, choice) if d < 0])
+        split = Split.of(
+            [(slots[s][0], [v for v, d in zip(ids, choice) if d == s]) for s in range(len(slots))],
+            [v for v, d in zip(ids, choice) if d < 0],
+        )
         try:
             best = min(best, latency_of(graph, split, subgraphs))
         except PlacementError:
@@ -25,7 +28,7 @@ def brute_force_latency(graph: Graph, subgraphs: int = 1) -> float:
 def window(graph: Graph, start: int, size: int, k: int, cap_share: float) -> Graph:
     """``size`` consecutive nodes of the graph's topological order from ``start``, on ``k``
     accelerators whose cap is ``cap_share`` of the window's total size."""
-    order = graph.topological_order()[start:start + size]
+    order = graph.topological_order()[start : start + size]
     keep = set(order)
     nodes = [graph.node(v) for v in order]
     edges = [(s, d) for s, d in graph.edges if s in keep and d in keep]

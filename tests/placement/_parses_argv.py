@@ -1,4 +1,5 @@
 """A module that parses the command line at import, as a training script does."""
+
 import argparse
 
 import torch.nn as nn

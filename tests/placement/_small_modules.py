@@ -1,6 +1,7 @@
 """Small nn.Modules shared by the fx-graph and pipeline tests. They live in a
 module of their own (not a test file) so that the pipeline's spawned Gloo
 processes can unpickle them by importing it."""
+
 import torch
 import torch.nn as nn
 
@@ -35,7 +36,7 @@ class TinyTransformer(nn.Module):
         self.mlp1 = nn.Linear(features, hidden)
         self.mlp2 = nn.Linear(hidden, features)
         self.head = nn.Linear(features, classes)
-        self.scale = features ** -0.5
+        self.scale = features**-0.5
 
     def forward(self, x):
         h = self.norm1(x)

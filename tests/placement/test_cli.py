@@ -1,4 +1,5 @@
 """`kfac-ext place`: table, --json in the experts' split format, --plot, methods, one-line errors."""
+
 import json
 
 import pytest
@@ -10,11 +11,13 @@ from kfac_ext.placement import Graph, Node, Placement, throughput_loads
 @pytest.fixture
 def graph_file(tmp_path):
     # a diamond with a CPU-friendly tail
-    nodes = [Node(0, "in", 1.0, 10.0, 5.0, True, False, None, 0.2),
-             Node(1, "left", 4.0, 40.0, 5.0, True, False, None, 0.3),
-             Node(2, "right", 3.0, 30.0, 5.0, True, False, None, 0.1),
-             Node(3, "join", 2.0, 20.0, 5.0, True, False, None, 0.4),
-             Node(4, "post", 0.5, 1.0, 0.0, False, False, None, 0.0)]
+    nodes = [
+        Node(0, "in", 1.0, 10.0, 5.0, True, False, None, 0.2),
+        Node(1, "left", 4.0, 40.0, 5.0, True, False, None, 0.3),
+        Node(2, "right", 3.0, 30.0, 5.0, True, False, None, 0.1),
+        Node(3, "join", 2.0, 20.0, 5.0, True, False, None, 0.4),
+        Node(4, "post", 0.5, 1.0, 0.0, False, False, None, 0.0),
+    ]
     g = Graph(nodes, [(0, 1), (0, 2), (1, 3), (2, 3), (3, 4)], 2, 1, 12.0)
     path = tmp_path / "g.json"
     g.save(path)
@@ -30,8 +33,18 @@ def _run(capsys, *argv):
 def test_table_names_devices_and_bottleneck(graph_file, capsys):
     code, out, _ = _run(capsys, graph_file)
     assert code == 0
-    for word in ("device", "compute", "transfer", "load", "memory", "accel0", "accel1", "cpu0", "bottleneck",
-                 "optimal"):
+    for word in (
+        "device",
+        "compute",
+        "transfer",
+        "load",
+        "memory",
+        "accel0",
+        "accel1",
+        "cpu0",
+        "bottleneck",
+        "optimal",
+    ):
         assert word in out
 
 
@@ -76,13 +89,16 @@ def test_milp_is_dispatched(graph_file, capsys):
     assert data["method"] == "milp" and data["value"] <= dp["value"] + 1e-9
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["{missing}"], "cannot read graph file"),
-    (["{file}", "--devices", "0", "--cpus", "0"], "at least one device"),
-    (["{file}", "--method", "expert"], "--method expert needs --split"),
-    (["{file}", "--cpus", "0"], "node 4 ('post') is not supported on an accelerator"),
-    (["{bad}"], "edge 0 -> 7: destination 7 is not a node id"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{missing}"], "cannot read graph file"),
+        (["{file}", "--devices", "0", "--cpus", "0"], "at least one device"),
+        (["{file}", "--method", "expert"], "--method expert needs --split"),
+        (["{file}", "--cpus", "0"], "node 4 ('post') is not supported on an accelerator"),
+        (["{bad}"], "edge 0 -> 7: destination 7 is not a node id"),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(graph_file, tmp_path, capsys, argv, message):
     bad = tmp_path / "bad.json"
     doc = json.loads(graph_file.read_text())
@@ -105,7 +121,9 @@ def test_placement_does_not_load_torch_or_the_kfac_ops():
     import subprocess
     import sys
 
-    code = ("import sys, kfac_ext.placement, kfac_ext.placement.dp; "
-            "print(sorted(m for m in ('torch', 'kfac_ext._C', 'kfac_ext.ops') if m in sys.modules))")
+    code = (
+        "import sys, kfac_ext.placement, kfac_ext.placement.dp; "
+        "print(sorted(m for m in ('torch', 'kfac_ext._C', 'kfac_ext.ops') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -5,6 +5,7 @@ The brute force knows nothing of ideals: it tries every assignment of units
 devices, keeps those whose device quotient of the unit order is acyclic
 (= a chain of ideals), and scores them with objective.throughput_loads.
 """
+
 import itertools
 import math
 
@@ -66,20 +67,54 @@ def small_graphs(draw):
     cap = draw(st.sampled_from([math.inf, 6.0, 10.0]))
     nodes = []
     for i in range(n):
-        nodes.append(Node(i, f"f{i}", draw(times), draw(times) * 3, float(draw(st.integers(0, 5))),
-                          draw(st.sampled_from([True, True, True, False])), False, colour[i], draw(times)))
+        nodes.append(
+            Node(
+                i,
+                f"f{i}",
+                draw(times),
+                draw(times) * 3,
+                float(draw(st.integers(0, 5))),
+                draw(st.sampled_from([True, True, True, False])),
+                False,
+                colour[i],
+                draw(times),
+            )
+        )
     if training:  # mirror image: backward node n+i with the forward colour
         for i in range(n):
-            nodes.append(Node(n + i, f"b{i}", draw(times), draw(times) * 3, float(draw(st.integers(0, 3))),
-                              True, True, colour[i], draw(times)))
+            nodes.append(
+                Node(
+                    n + i,
+                    f"b{i}",
+                    draw(times),
+                    draw(times) * 3,
+                    float(draw(st.integers(0, 3))),
+                    True,
+                    True,
+                    colour[i],
+                    draw(times),
+                )
+            )
         edges += [(i, n + i) for i in range(n)] + [(n + j, n + i) for i, j in edges if j < n]
         if draw(st.booleans()):  # a backward-only colour class
             nodes.append(Node(2 * n, "b_only", draw(times), 1.0, 0.0, True, True, 99, draw(times)))
             edges.append((2 * n - 1, 2 * n))
             edges.append((2 * n, n))
     out_edges = {s for s, _ in edges}
-    nodes = [Node(x.id, x.name, x.accel_time, x.cpu_time, x.size, x.accel_ok, x.is_backward, x.color,
-                  x.out_cost if x.id in out_edges else 0.0) for x in nodes]
+    nodes = [
+        Node(
+            x.id,
+            x.name,
+            x.accel_time,
+            x.cpu_time,
+            x.size,
+            x.accel_ok,
+            x.is_backward,
+            x.color,
+            x.out_cost if x.id in out_edges else 0.0,
+        )
+        for x in nodes
+    ]
     k = draw(st.integers(1, 3))
     l = draw(st.integers(0, 1)) if k < 3 else 0
     return Graph(nodes, edges, k, l, cap)
@@ -122,8 +157,10 @@ def test_dp_equals_brute_force_and_beats_baselines(graph):
 def _chain(times, costs, k, l=0, cap=math.inf, sizes=None):
     n = len(times)
     sizes = sizes or [0.0] * n
-    nodes = [Node(i, f"n{i}", times[i], 10 * times[i], sizes[i], True, False, None,
-                  costs[i] if i < n - 1 else 0.0) for i in range(n)]
+    nodes = [
+        Node(i, f"n{i}", times[i], 10 * times[i], sizes[i], True, False, None, costs[i] if i < n - 1 else 0.0)
+        for i in range(n)
+    ]
     return Graph(nodes, [(i, i + 1) for i in range(n - 1)], k, l, cap)
 
 
@@ -136,9 +173,11 @@ def test_chain_known_optimum():
 
 def test_transfer_cost_counted_once_per_device_and_output():
     # node 0 feeds 1 and 2; splitting {0} | {1, 2} pays c0 on both sides once
-    nodes = [Node(0, "a", 5.0, 50.0, 0.0, True, False, None, 1.5),
-             Node(1, "b", 2.0, 20.0, 0.0, True, False, None, 0.0),
-             Node(2, "c", 2.0, 20.0, 0.0, True, False, None, 0.0)]
+    nodes = [
+        Node(0, "a", 5.0, 50.0, 0.0, True, False, None, 1.5),
+        Node(1, "b", 2.0, 20.0, 0.0, True, False, None, 0.0),
+        Node(2, "c", 2.0, 20.0, 0.0, True, False, None, 0.0),
+    ]
     g = Graph(nodes, [(0, 1), (0, 2)], 2, 0, math.inf)
     sol = ideal_dp(g)
     assert sol.value == pytest.approx(6.5)
@@ -157,8 +196,7 @@ def test_memory_cap_forces_a_split_and_cpu_takes_what_fits_nowhere():
 
 def test_dominated_zero_cost_units_are_fused_without_changing_the_optimum():
     # a layer with many zero-time leaves (GNMT-like): each leaf doubles the ideals unless fused
-    nodes = [Node(0, "x", 1.0, 10.0, 0.0, True, False, None, 0.3),
-             Node(1, "y", 2.0, 20.0, 0.0, True, False, None, 0.2)]
+    nodes = [Node(0, "x", 1.0, 10.0, 0.0, True, False, None, 0.3), Node(1, "y", 2.0, 20.0, 0.0, True, False, None, 0.2)]
     edges = [(0, 1)]
     for j in range(2, 9):
         nodes.append(Node(j, f"leaf{j}", 0.0, 0.0, 1.0, True, False, None, 0.0))

@@ -3,6 +3,7 @@ files, numbers that are not what they look like, resources far past the graph, a
 graphs the exact DP cannot afford. Each gets a clear error naming the field or the
 limit -- from ``Graph.from_json`` / ``ideal_dp`` as an exception, from ``kfac-ext
 place`` as one line on stderr with a non-zero exit -- and none runs unbounded."""
+
 import json
 import os
 
@@ -17,21 +18,39 @@ LATENCY = os.path.join(WORKLOADS, "latency-inputs", "LayerGraphs")
 
 
 def _doc():
-    return {"maxSizePerFPGA": 100.0, "maxFPGAs": 2, "maxCPUs": 1,
-            "nodes": [{"id": i, "name": f"n{i}", "supportedOnFpga": 1, "cpuLatency": 10.0 * (i + 1),
-                       "fpgaLatency": 1.0 * (i + 1), "isBackwardNode": 0, "size": 10.0}
-                      for i in range(4)],
-            "edges": [{"sourceId": 0, "destId": 1, "cost": 0.5}, {"sourceId": 1, "destId": 2, "cost": 0.25},
-                      {"sourceId": 2, "destId": 3, "cost": 0.125}]}
+    return {
+        "maxSizePerFPGA": 100.0,
+        "maxFPGAs": 2,
+        "maxCPUs": 1,
+        "nodes": [
+            {
+                "id": i,
+                "name": f"n{i}",
+                "supportedOnFpga": 1,
+                "cpuLatency": 10.0 * (i + 1),
+                "fpgaLatency": 1.0 * (i + 1),
+                "isBackwardNode": 0,
+                "size": 10.0,
+            }
+            for i in range(4)
+        ],
+        "edges": [
+            {"sourceId": 0, "destId": 1, "cost": 0.5},
+            {"sourceId": 1, "destId": 2, "cost": 0.25},
+            {"sourceId": 2, "destId": 3, "cost": 0.125},
+        ],
+    }
 
 
 def _set(path, value):
     """A mutation: put ``value`` at ``path`` (keys / list indices) of the document."""
+
     def mutate(doc):
         target = doc
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return mutate
 
 
@@ -58,7 +77,7 @@ DOCUMENT_FAULTS = [
     (_set(["nodes", 0, "fpgaLatency"], True), "node 0: fpgaLatency must be a number, got True"),
     (_set(["nodes", 0, "fpgaLatency"], "3"), "node 0: fpgaLatency must be a number, got '3'"),
     (_set(["nodes", 0, "cpuLatency"], None), "node 0: cpuLatency must be a number, got None"),
-    (_set(["nodes", 0, "size"], 10 ** 400), "node 0: size is too large"),
+    (_set(["nodes", 0, "size"], 10**400), "node 0: size is too large"),
     (_set(["nodes", 0, "size"], float("-inf")), "node 0 ('n0'): size must be finite and >= 0"),
     (_set(["nodes", 3, "fpgaLatency"], float("nan")), "node 3 ('n3'): accel_time (fpgaLatency) must be finite"),
     (_set(["nodes", 0, "supportedOnFpga"], 2), "node 0: supportedOnFpga must be 0/1 or a boolean"),
@@ -109,13 +128,16 @@ def test_document_fault_cli(mutate, message, tmp_path, capsys):
     _one_line_error(*_cli(capsys, path, "--plot", ""), message)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "is not valid JSON"),
-    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
-    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
-    (b'{"maxFPGAs": Infinity, "nodes": [], "edges": []}', "maxFPGAs must be an integer, got inf"),
-    (b"[1, 2]", "graph JSON must be an object"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "is not valid JSON"),
+        (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+        (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+        (b'{"maxFPGAs": Infinity, "nodes": [], "edges": []}', "maxFPGAs must be an integer, got inf"),
+        (b"[1, 2]", "graph JSON must be an object"),
+    ],
+)
 def test_file_faults(content, message, tmp_path, capsys):
     path = tmp_path / "g.json"
     path.write_bytes(content)
@@ -134,32 +156,38 @@ def graph_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--time-limit", "0"], "--time-limit must be a positive number, got 0.0"),
-    (["--time-limit", "-3"], "--time-limit must be a positive number"),
-    (["--time-limit", "nan"], "--time-limit must be a positive number, got nan"),
-    (["--time-limit", "inf"], "--time-limit must be a positive number, got inf"),
-    (["--dp-memory-mb", "0"], "--dp-memory-mb must be a positive number"),
-    (["--devices", "-1"], "number of accelerators must be >= 0"),
-    (["--cpus", "-2"], "number of CPUs must be >= 0"),
-    (["--memory", "nan"], "memory cap must be a non-negative number"),
-    (["--memory", "-1"], "memory cap must be a non-negative number"),
-    (["--plot", "{tmp}/no/such/dir/x.png"], "--plot: cannot write"),
-    (["--plot", "{tmp}"], "--plot: cannot write"),
-    (["--method", "expert", "--split", "{tmp}/absent.json"], "cannot read split file"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--time-limit", "0"], "--time-limit must be a positive number, got 0.0"),
+        (["--time-limit", "-3"], "--time-limit must be a positive number"),
+        (["--time-limit", "nan"], "--time-limit must be a positive number, got nan"),
+        (["--time-limit", "inf"], "--time-limit must be a positive number, got inf"),
+        (["--dp-memory-mb", "0"], "--dp-memory-mb must be a positive number"),
+        (["--devices", "-1"], "number of accelerators must be >= 0"),
+        (["--cpus", "-2"], "number of CPUs must be >= 0"),
+        (["--memory", "nan"], "memory cap must be a non-negative number"),
+        (["--memory", "-1"], "memory cap must be a non-negative number"),
+        (["--plot", "{tmp}/no/such/dir/x.png"], "--plot: cannot write"),
+        (["--plot", "{tmp}"], "--plot: cannot write"),
+        (["--method", "expert", "--split", "{tmp}/absent.json"], "cannot read split file"),
+    ],
+)
 def test_option_faults(graph_file, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     _one_line_error(*_cli(capsys, graph_file, *argv), message)
 
 
-@pytest.mark.parametrize("split, message", [
-    ({"fpgas": {"nodes": [0]}}, "a split needs an 'fpgas' list"),
-    ({"fpgas": [{"nodes": [0, 1, 2, 3]}], "cpus": 3}, "a split needs an 'fpgas' list"),
-    ({"fpgas": [{"nodes": [True, 1, 2, 3]}]}, "fpgas[0] needs a 'nodes' list of integer ids"),
-    ({"fpgas": [{"nodes": [0, 1.0, 2, 3]}]}, "fpgas[0] needs a 'nodes' list of integer ids"),
-    ({"fpgas": [{"nodes": [0, 1, 2, 3]}], "cpus": [{"nodes": [3]}]}, "node 3 is placed twice"),
-])
+@pytest.mark.parametrize(
+    "split, message",
+    [
+        ({"fpgas": {"nodes": [0]}}, "a split needs an 'fpgas' list"),
+        ({"fpgas": [{"nodes": [0, 1, 2, 3]}], "cpus": 3}, "a split needs an 'fpgas' list"),
+        ({"fpgas": [{"nodes": [True, 1, 2, 3]}]}, "fpgas[0] needs a 'nodes' list of integer ids"),
+        ({"fpgas": [{"nodes": [0, 1.0, 2, 3]}]}, "fpgas[0] needs a 'nodes' list of integer ids"),
+        ({"fpgas": [{"nodes": [0, 1, 2, 3]}], "cpus": [{"nodes": [3]}]}, "node 3 is placed twice"),
+    ],
+)
 def test_split_file_faults(graph_file, tmp_path, capsys, split, message):
     path = tmp_path / "split.json"
     path.write_text(json.dumps(split))
@@ -171,8 +199,7 @@ def test_split_file_faults(graph_file, tmp_path, capsys, split, message):
 def _wide_dag(width: int) -> Graph:
     """One source, ``width`` independent nodes, one sink: 2**width ideals."""
     n = width + 2
-    nodes = [Node(i, f"n{i}", 1.0, 2.0, 1.0, True, False, None, 0.1 if i < n - 1 else 0.0)
-             for i in range(n)]
+    nodes = [Node(i, f"n{i}", 1.0, 2.0, 1.0, True, False, None, 0.1 if i < n - 1 else 0.0) for i in range(n)]
     edges = [(0, i) for i in range(1, n - 1)] + [(i, n - 1) for i in range(1, n - 1)]
     return Graph(nodes, edges, 4, 1, 1e9)
 
@@ -199,8 +226,11 @@ def _two_chains(length: int) -> Graph:
 
 
 def test_dp_limits_name_themselves():
-    with pytest.raises(DPLimitError, match=r"at least 6.55e\+04 ideals \(it has 16 units side by side\), "
-                                           r"over the 1000 ideals the DP may hold"):
+    with pytest.raises(
+        DPLimitError,
+        match=r"at least 6.55e\+04 ideals \(it has 16 units side by side\), "
+        r"over the 1000 ideals the DP may hold",
+    ):
         ideal_dp(_wide_dag(16), max_ideals=1000)  # refused by the bound, before enumerating
     graph = _two_chains(300)  # 90,601 ideals, found only by enumerating them
     with pytest.raises(DPLimitError, match="more than 5000 ideals, the DP's cap"):
@@ -233,17 +263,25 @@ def test_cli_dp_on_gnmt_latency_file_is_bounded(capsys):
 
 
 def test_cli_dp_time_limit(capsys):
-    code, out, err = _cli(capsys, os.path.join(LATENCY, "inceptionv3_inference.json"),
-                          "--time-limit", 0.5)
+    code, out, err = _cli(capsys, os.path.join(LATENCY, "inceptionv3_inference.json"), "--time-limit", 0.5)
     _one_line_error(code, out, err, "time limit of 0.5 s reached")
 
 
 def test_cli_huge_device_count_is_capped_with_a_note(capsys):
     """Issue 19 item 26: --devices 100000 with the MILP ran > 60 s at 2.5 GB."""
     pytest.importorskip("highspy")
-    code, out, err = _cli(capsys, os.path.join(LATENCY, "bert24_inference.json"), "--devices", 100000,
-                          "--method", "milp", "--time-limit", 1, "--json")
-    assert code == 0   # the cap (below) is what keeps it small, not a wall-time bound
+    code, out, err = _cli(
+        capsys,
+        os.path.join(LATENCY, "bert24_inference.json"),
+        "--devices",
+        100000,
+        "--method",
+        "milp",
+        "--time-limit",
+        1,
+        "--json",
+    )
+    assert code == 0  # the cap (below) is what keeps it small, not a wall-time bound
     assert "note: the graph has 32 colocation groups" in err and "asked: 100000" in err
     data = json.loads(out)
     assert len(data["fpgas"]) == 32
@@ -257,10 +295,13 @@ def test_cli_dp_with_devices_past_the_graph(graph_file, capsys):
 
 
 # ---- issue 26: --module and --save-graph ----
-@pytest.mark.parametrize("spec, message", [
-    ("_exits_at_import:model", "--module: importing '_exits_at_import' called sys.exit(3)"),
-    ("_small_modules:exiting_factory", "--module: _small_modules:exiting_factory() called sys.exit(0)"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("_exits_at_import:model", "--module: importing '_exits_at_import' called sys.exit(3)"),
+        ("_small_modules:exiting_factory", "--module: _small_modules:exiting_factory() called sys.exit(0)"),
+    ],
+)
 def test_module_that_exits_is_a_one_line_error(capsys, spec, message):
     code, out, err = _cli(capsys, "--module", spec, "--input-shape", "2,2")
     _one_line_error(code, out, err, message)
@@ -270,8 +311,7 @@ def test_module_that_parses_argv_at_import_sees_no_kfac_ext_flags(capsys):
     import sys
 
     argv = list(sys.argv)
-    code, out, err = _cli(capsys, "--module", "_parses_argv:model", "--input-shape", "3,4",
-                          "--devices", 2)
+    code, out, err = _cli(capsys, "--module", "_parses_argv:model", "--input-shape", "3,4", "--devices", 2)
     assert code == 0, err
     assert "optimal" in out and sys.argv == argv
 
@@ -283,6 +323,13 @@ def test_save_graph_unwritable_is_named_before_tracing(capsys, monkeypatch):
         raise AssertionError("traced before the output was checked")
 
     monkeypatch.setattr(module_source, "build_model", tripwire)
-    code, out, err = _cli(capsys, "--module", "_small_modules:small_cnn", "--input-shape",
-                          "2,3,8,8", "--save-graph", "/proc/kfac_ext_graph.json")
+    code, out, err = _cli(
+        capsys,
+        "--module",
+        "_small_modules:small_cnn",
+        "--input-shape",
+        "2,3,8,8",
+        "--save-graph",
+        "/proc/kfac_ext_graph.json",
+    )
     _one_line_error(code, out, err, "--save-graph: cannot write /proc/kfac_ext_graph.json")

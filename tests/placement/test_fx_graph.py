@@ -1,13 +1,13 @@
 """Graphs of real modules: fx structure, FLOP-based times, memory and transfer costs."""
+
 import pytest
 import torch
 import torch.nn as nn
+from _small_modules import SmallCNN
 from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_ext.placement.fx_graph import from_module, trace
 from kfac_ext.placement.graph import Graph
-
-from _small_modules import SmallCNN
 
 
 class Residual(nn.Module):

@@ -1,20 +1,47 @@
 """Graph model: JSON round trip, validation messages, contiguity units, the objective."""
+
 import json
 import math
 
 import pytest
 
-from kfac_ext.placement import (Graph, GraphError, Node, Placement, PlacementError, check_placement,
-                                device_load, throughput_loads)
+from kfac_ext.placement import (
+    Graph,
+    GraphError,
+    Node,
+    Placement,
+    PlacementError,
+    check_placement,
+    device_load,
+    throughput_loads,
+)
 
 
 def _doc(**over):
-    doc = {"maxSizePerFPGA": 100.0, "maxFPGAs": 2, "maxCPUs": 1,
-           "nodes": [{"id": i, "name": f"n{i}", "supportedOnFpga": 1, "cpuLatency": 10.0 * (i + 1),
-                      "fpgaLatency": 1.0 * (i + 1), "isBackwardNode": 0, "colorClass": i, "size": 10.0}
-                     for i in range(4)],
-           "edges": [{"sourceId": 0, "destId": 1, "cost": 0.5}, {"sourceId": 0, "destId": 2, "cost": 0.5},
-                     {"sourceId": 1, "destId": 3, "cost": 0.25}, {"sourceId": 2, "destId": 3, "cost": 0.125}]}
+    doc = {
+        "maxSizePerFPGA": 100.0,
+        "maxFPGAs": 2,
+        "maxCPUs": 1,
+        "nodes": [
+            {
+                "id": i,
+                "name": f"n{i}",
+                "supportedOnFpga": 1,
+                "cpuLatency": 10.0 * (i + 1),
+                "fpgaLatency": 1.0 * (i + 1),
+                "isBackwardNode": 0,
+                "colorClass": i,
+                "size": 10.0,
+            }
+            for i in range(4)
+        ],
+        "edges": [
+            {"sourceId": 0, "destId": 1, "cost": 0.5},
+            {"sourceId": 0, "destId": 2, "cost": 0.5},
+            {"sourceId": 1, "destId": 3, "cost": 0.25},
+            {"sourceId": 2, "destId": 3, "cost": 0.125},
+        ],
+    }
     doc.update(over)
     return doc
 
@@ -40,18 +67,33 @@ def test_topological_order_and_resources():
     assert (h.num_accelerators, h.num_cpus, h.memory_cap) == (5, 1, 7.0) and g.num_accelerators == 2
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["edges"].append({"sourceId": 3, "destId": 0, "cost": 0.0}), "cycle through node"),
-    (lambda d: d["edges"].append({"sourceId": 2, "destId": 2, "cost": 0.125}), "node 2 ('n2') has an edge to itself"),
-    (lambda d: d["edges"].append({"sourceId": 1, "destId": 9, "cost": 0.25}), "edge 1 -> 9: destination 9 is not a node id"),
-    (lambda d: d["nodes"].append(dict(d["nodes"][0])), "duplicate node id 0"),
-    (lambda d: d["nodes"][1].update(fpgaLatency=-1.0), "node 1 ('n1'): accel_time (fpgaLatency) must be finite and >= 0"),
-    (lambda d: d["nodes"][2].update(cpuLatency=float("nan")), "node 2 ('n2'): cpu_time (cpuLatency) must be finite"),
-    (lambda d: d["nodes"][3].update(size=float("inf")), "node 3 ('n3'): size must be finite"),
-    (lambda d: d["edges"].__setitem__(3, {"sourceId": 2, "destId": 3, "cost": -2.0}), "node 2 ('n2'): out_cost"),
-    (lambda d: d["edges"].append({"sourceId": 0, "destId": 3, "cost": 9.0}), "edge 0 -> 3: cost 9.0 differs"),
-    (lambda d: d["nodes"][0].update(fpgaLatency="fast"), "node 0: fpgaLatency must be a number"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["edges"].append({"sourceId": 3, "destId": 0, "cost": 0.0}), "cycle through node"),
+        (
+            lambda d: d["edges"].append({"sourceId": 2, "destId": 2, "cost": 0.125}),
+            "node 2 ('n2') has an edge to itself",
+        ),
+        (
+            lambda d: d["edges"].append({"sourceId": 1, "destId": 9, "cost": 0.25}),
+            "edge 1 -> 9: destination 9 is not a node id",
+        ),
+        (lambda d: d["nodes"].append(dict(d["nodes"][0])), "duplicate node id 0"),
+        (
+            lambda d: d["nodes"][1].update(fpgaLatency=-1.0),
+            "node 1 ('n1'): accel_time (fpgaLatency) must be finite and >= 0",
+        ),
+        (
+            lambda d: d["nodes"][2].update(cpuLatency=float("nan")),
+            "node 2 ('n2'): cpu_time (cpuLatency) must be finite",
+        ),
+        (lambda d: d["nodes"][3].update(size=float("inf")), "node 3 ('n3'): size must be finite"),
+        (lambda d: d["edges"].__setitem__(3, {"sourceId": 2, "destId": 3, "cost": -2.0}), "node 2 ('n2'): out_cost"),
+        (lambda d: d["edges"].append({"sourceId": 0, "destId": 3, "cost": 9.0}), "edge 0 -> 3: cost 9.0 differs"),
+        (lambda d: d["nodes"][0].update(fpgaLatency="fast"), "node 0: fpgaLatency must be a number"),
+    ],
+)
 def test_validation_names_the_offender(mutate, message):
     doc = _doc()
     mutate(doc)
@@ -95,7 +137,10 @@ def _training_graph():
     # (node 6, between backward 5 and 4) and an uncoloured forward leaf 7.
     nodes = [Node(i, f"f{i}", 1.0, 10.0, 1.0, True, False, i, 0.5) for i in range(3)]
     nodes += [Node(3 + i, f"b{i}", 2.0, 20.0, 1.0, True, True, i, 0.5) for i in range(3)]
-    nodes += [Node(6, "grad_only", 0.5, 5.0, 0.0, True, True, 9, 0.5), Node(7, "leaf", 0.1, 1.0, 0.0, True, False, None, 0.0)]
+    nodes += [
+        Node(6, "grad_only", 0.5, 5.0, 0.0, True, True, 9, 0.5),
+        Node(7, "leaf", 0.1, 1.0, 0.0, True, False, None, 0.0),
+    ]
     edges = [(0, 1), (1, 2), (2, 5), (5, 6), (6, 4), (4, 3), (0, 3), (1, 4), (1, 7)]
     return Graph(nodes, edges, 2, 0, math.inf)
 

@@ -1,12 +1,13 @@
 """The path bound never exceeds the brute-force optimum; interval starts and the local search
 give feasible splits of the paper's model, interval starts optimal on chains; the orders they
 cut keep colour classes together."""
+
 import functools
 
 import pytest
-
 from _latency_brute import brute_force_latency
 from _small_graphs import node, random_graph
+
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency.bound import path_bound
 from kfac_ext.placement.latency.model import latency_of
@@ -15,8 +16,10 @@ from kfac_ext.placement.latency.starts import interval_split, orders
 
 def graphs():
     for seed in range(20):
-        yield seed, random_graph(seed, n_nodes=4 + seed % 4, k=1 + seed % 3, colours=seed % 2 == 0,
-                                 tight_memory=seed % 3 != 2)
+        yield (
+            seed,
+            random_graph(seed, n_nodes=4 + seed % 4, k=1 + seed % 3, colours=seed % 2 == 0, tight_memory=seed % 3 != 2),
+        )
 
 
 @functools.cache
@@ -30,8 +33,7 @@ def test_path_bound_is_below_the_optimum():
 
 
 def chain(n, k, cap):
-    nodes = [node(i, 1.0 + i % 3, 4.0 + 3 * (i % 2), 0.3 + 0.1 * i if i < n - 1 else 0.0, size=2.0)
-             for i in range(n)]
+    nodes = [node(i, 1.0 + i % 3, 4.0 + 3 * (i % 2), 0.3 + 0.1 * i if i < n - 1 else 0.0, size=2.0) for i in range(n)]
     return Graph(nodes, [(i, i + 1) for i in range(n - 1)], k, 1, cap)
 
 
@@ -96,8 +98,12 @@ def test_local_search_keeps_splits_feasible_and_never_worse():
 def test_a_weight_coloured_with_its_operator_counts_on_the_operators_path():
     # w (a weight: a source, 3 bytes) is coloured with b; the chain a -> b -> c cannot sit
     # in one call (5 bytes with w, cap 4), so the bound must pay a cut
-    nodes = [node(0, 1.0, 20.0, 0.5, size=1.0), node(1, 1.0, 20.0, 0.5, size=0.5, color=5),
-             node(2, 1.0, 20.0, 0.0, size=0.5), node(3, 0.0, 0.0, 0.1, size=3.0, color=5)]
+    nodes = [
+        node(0, 1.0, 20.0, 0.5, size=1.0),
+        node(1, 1.0, 20.0, 0.5, size=0.5, color=5),
+        node(2, 1.0, 20.0, 0.0, size=0.5),
+        node(3, 0.0, 0.0, 0.1, size=3.0, color=5),
+    ]
     g = Graph(nodes, [(0, 1), (1, 2), (3, 1)], 2, 1, 4.0)
     best = brute_force_latency(g)
     assert path_bound(g, subgraphs=2) < path_bound(g) <= best + 1e-9

@@ -1,6 +1,7 @@
 """`kfac-ext place --objective latency`: the paper's model end to end.  On small instances the
 answer is a feasible split whose reported value is its latency, optimal when it says so, its
 bound never above the brute-force optimum; the issue's three failing inputs; --subgraphs."""
+
 import json
 import pathlib
 import subprocess
@@ -8,9 +9,9 @@ import sys
 import time
 
 import pytest
-
 from _latency_brute import brute_force_latency, window
 from _small_graphs import node, random_graph
+
 from kfac_ext.cli import main
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency import Split, latency_of
@@ -27,8 +28,10 @@ def place(capsys, path, *argv):
 
 
 def split_of(out) -> Split:
-    return Split.of([(row["accelerator"], row["nodes"]) for row in out["stats"]["calls"]],
-                    [v for c in out["cpus"] for v in c["nodes"]])
+    return Split.of(
+        [(row["accelerator"], row["nodes"]) for row in out["stats"]["calls"]],
+        [v for c in out["cpus"] for v in c["nodes"]],
+    )
 
 
 def check_answer(graph, out, subgraphs=1):
@@ -44,8 +47,7 @@ def check_answer(graph, out, subgraphs=1):
 
 @pytest.mark.parametrize("seed", range(16))
 def test_small_random_graphs(tmp_path, capsys, seed):
-    g = random_graph(seed, n_nodes=4 + seed % 5, k=1 + seed % 3, colours=seed % 2 == 0,
-                     tight_memory=seed % 3 != 2)
+    g = random_graph(seed, n_nodes=4 + seed % 5, k=1 + seed % 3, colours=seed % 2 == 0, tight_memory=seed % 3 != 2)
     g.save(tmp_path / "g.json")
     out = place(capsys, tmp_path / "g.json", "--time-limit", 20)
     check_answer(g, out)
@@ -53,8 +55,9 @@ def test_small_random_graphs(tmp_path, capsys, seed):
 
 
 @pytest.mark.skipif(not WORKLOADS.is_dir(), reason="bundled workloads missing")
-@pytest.mark.parametrize("name,start,k", [("LayerGraphs/resnet50_inference.json", 40, 2),
-                                          ("OperatorGraphs/resnet50_inference.json", 100, 3)])
+@pytest.mark.parametrize(
+    "name,start,k", [("LayerGraphs/resnet50_inference.json", 40, 2), ("OperatorGraphs/resnet50_inference.json", 100, 3)]
+)
 def test_windows_of_the_workloads(tmp_path, capsys, name, start, k):
     g = window(Graph.from_json(WORKLOADS / name), start, 7, k, 0.5)
     g.save(tmp_path / "w.json")
@@ -84,13 +87,27 @@ def test_valid_topological_file_is_accepted(tmp_path, capsys):
 
 def test_chain_whose_ends_share_a_colour_answers(tmp_path):
     """Issue 31 bug 2: a 6-node chain whose ends share a colour class never answered."""
-    nodes = [node(i, 1.0, 4.0, 0.5 if i < 5 else 0.0, color=9 if i in (0, 5) else None)
-             for i in range(6)]
+    nodes = [node(i, 1.0, 4.0, 0.5 if i < 5 else 0.0, color=9 if i in (0, 5) else None) for i in range(6)]
     g = Graph(nodes, [(i, i + 1) for i in range(5)], 2, 1, 100.0)
     g.save(tmp_path / "g.json")
-    proc = subprocess.run([sys.executable, "-m", "kfac_ext", "place", str(tmp_path / "g.json"),
-                           "--objective", "latency", "--time-limit", "10", "--json"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kfac_ext",
+            "place",
+            str(tmp_path / "g.json"),
+            "--objective",
+            "latency",
+            "--time-limit",
+            "10",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["optimal"] and out["value"] == pytest.approx(brute_force_latency(g))
@@ -117,15 +134,18 @@ def test_baseline_is_scored_in_the_paper_model(tmp_path, capsys):
     g.save(tmp_path / "g.json")
     out = place(capsys, tmp_path / "g.json", "--method", "greedy")
     assert out["method"] == "greedy"
-    assert out["value"] == pytest.approx(latency_of(g, split_of(out), out["stats"]["subgraphs"],
-                                                    check_memory=False))
+    assert out["value"] == pytest.approx(latency_of(g, split_of(out), out["stats"]["subgraphs"], check_memory=False))
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--objective", "latency", "--subgraphs", "0"], "--subgraphs must be >= 1"),
-    (["--subgraphs", "2"], "--subgraphs goes with --objective latency"),
-    (["--objective", "latency", "--method", "milp"], "--method exact"),
-    (["--method", "exact"], "--method exact is the latency solver")])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--objective", "latency", "--subgraphs", "0"], "--subgraphs must be >= 1"),
+        (["--subgraphs", "2"], "--subgraphs goes with --objective latency"),
+        (["--objective", "latency", "--method", "milp"], "--method exact"),
+        (["--method", "exact"], "--method exact is the latency solver"),
+    ],
+)
 def test_bad_arguments(tmp_path, capsys, argv, message):
     random_graph(0).save(tmp_path / "g.json")
     assert main(["place", str(tmp_path / "g.json"), *argv]) == 1
@@ -136,10 +156,24 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
 def test_time_limit_holds_on_the_largest_workload():
     """Loose on purpose (a shared machine): the limit counts from the command's start."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kfac_ext", "place",
-                           str(WORKLOADS / "OperatorGraphs" / "bert_l-12_inference.json"),
-                           "--objective", "latency", "--time-limit", "6", "--json"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kfac_ext",
+            "place",
+            str(WORKLOADS / "OperatorGraphs" / "bert_l-12_inference.json"),
+            "--objective",
+            "latency",
+            "--time-limit",
+            "6",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert time.perf_counter() - t < 6 * 2
     out = json.loads(proc.stdout)
@@ -150,9 +184,11 @@ def test_time_limit_counts_from_the_process_start():
     from kfac_ext.placement.cli import _seconds_since_start
 
     assert _seconds_since_start() == 0.0  # called from pytest: its age is not a command's
-    code = ("import sys, time; t = time.perf_counter(); from kfac_ext.placement.cli import "
-            "_seconds_since_start; sys.argv[0] = 'kfac-ext'; print(_seconds_since_start(), "
-            "time.perf_counter() - t)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from kfac_ext.placement.cli import "
+        "_seconds_since_start; sys.argv[0] = 'kfac-ext'; print(_seconds_since_start(), "
+        "time.perf_counter() - t)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     since_start, importing = map(float, proc.stdout.split())
     assert since_start >= importing * 0.9 - 0.02  # start-up is seen, at least the import
@@ -162,9 +198,11 @@ def test_time_limit_counts_from_the_process_start():
 @pytest.mark.skipif(not WORKLOADS.is_dir(), reason="bundled workloads missing")
 def test_latency_without_highspy_answers_without_the_ip():
     """The [placement] extra missing: the exact search and the bound still run, the IP is skipped."""
-    code = ("import sys; sys.modules['highspy'] = None; from kfac_ext.cli import main; "
-            f"sys.exit(main(['place', {str(WORKLOADS / 'LayerGraphs' / 'gnmt_inference.json')!r}, "
-            "'--objective', 'latency', '--time-limit', '6', '--json']))")
+    code = (
+        "import sys; sys.modules['highspy'] = None; from kfac_ext.cli import main; "
+        f"sys.exit(main(['place', {str(WORKLOADS / 'LayerGraphs' / 'gnmt_inference.json')!r}, "
+        "'--objective', 'latency', '--time-limit', '6', '--json']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

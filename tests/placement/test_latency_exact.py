@@ -1,13 +1,14 @@
 """Exact latency (branch and bound, the authors' IP on HiGHS) against brute force in the
 paper's model: random graphs and windows of the bundled workloads, 1-3 accelerators,
 binding memory caps, colour classes, CPU-only nodes."""
+
 import math
 import pathlib
 
 import pytest
-
 from _latency_brute import brute_force_latency, window
 from _small_graphs import random_graph
+
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency.exact import branch_and_bound
 from kfac_ext.placement.latency.ip import solve_ip
@@ -18,8 +19,7 @@ needs_workloads = pytest.mark.skipif(not WORKLOADS.is_dir(), reason=f"no workloa
 
 
 def small(seed):
-    return random_graph(seed, n_nodes=4 + seed % 4, k=1 + seed % 3, colours=seed % 2 == 0,
-                        tight_memory=seed % 3 != 2)
+    return random_graph(seed, n_nodes=4 + seed % 4, k=1 + seed % 3, colours=seed % 2 == 0, tight_memory=seed % 3 != 2)
 
 
 @pytest.mark.parametrize("seed", range(24))
@@ -65,10 +65,15 @@ def test_answer_does_not_depend_on_the_file_order():
 
 
 @needs_workloads
-@pytest.mark.parametrize("name,start,k,share", [
-    ("LayerGraphs/bert24_inference.json", 0, 2, 0.6), ("LayerGraphs/gnmt_inference.json", 10, 3, 0.4),
-    ("LayerGraphs/inceptionv3_inference.json", 20, 2, 0.5),
-    ("OperatorGraphs/bert_l-3_inference.json", 30, 2, 0.7)])
+@pytest.mark.parametrize(
+    "name,start,k,share",
+    [
+        ("LayerGraphs/bert24_inference.json", 0, 2, 0.6),
+        ("LayerGraphs/gnmt_inference.json", 10, 3, 0.4),
+        ("LayerGraphs/inceptionv3_inference.json", 20, 2, 0.5),
+        ("OperatorGraphs/bert_l-3_inference.json", 30, 2, 0.7),
+    ],
+)
 def test_windows_of_the_workloads(name, start, k, share):
     g = window(Graph.from_json(WORKLOADS / name), start, 7, k, share)
     best = brute_force_latency(g)
@@ -92,8 +97,7 @@ def test_ip_warm_start_satisfies_every_row(q):
             ip = _LatencyIp(g, q, evaluate(g, split, q).latency, 0.0)
             values, prog = ip.values_of(split), ip.prog
             for r in range(len(prog.row_lower)):
-                activity = sum(prog.value[t] * values[prog.index[t]]
-                               for t in range(prog.starts[r], prog.starts[r + 1]))
+                activity = sum(prog.value[t] * values[prog.index[t]] for t in range(prog.starts[r], prog.starts[r + 1]))
                 assert prog.row_lower[r] - 1e-6 <= activity <= prog.row_upper[r] + 1e-6
             assert all(lo - 1e-9 <= x <= hi + 1e-9 for x, lo, hi in zip(values, prog.lower, prog.upper))
 

@@ -1,22 +1,24 @@
 """The paper's latency model (kfac_ext.placement.latency.model): hand-timed cases, every
 rule of the model, and the evaluator against the authors' IP with the split fixed."""
+
 import random
 
 import pytest
-
 from _small_graphs import node, random_graph
+
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.latency.ip import solve_ip
-from kfac_ext.placement.latency.model import (Split, contiguous_pieces, evaluate, latency_of,
-                                              split_from_placement)
+from kfac_ext.placement.latency.model import Split, contiguous_pieces, evaluate, latency_of, split_from_placement
 from kfac_ext.placement.objective import Placement, PlacementError
 
 
 def chain(k=2, cap=100.0, colours=(None, None, None), accel_ok=(True, True, True)):
     # a -> b -> c; accelerator times 1, 2, 3; CPU times 10, 20, 30; transfers 0.5, 0.25, 0
-    nodes = [node(1, 1.0, 10.0, 0.5, color=colours[0], accel_ok=accel_ok[0]),
-             node(2, 2.0, 20.0, 0.25, color=colours[1], accel_ok=accel_ok[1]),
-             node(3, 3.0, 30.0, 0.0, color=colours[2], accel_ok=accel_ok[2])]
+    nodes = [
+        node(1, 1.0, 10.0, 0.5, color=colours[0], accel_ok=accel_ok[0]),
+        node(2, 2.0, 20.0, 0.25, color=colours[1], accel_ok=accel_ok[1]),
+        node(3, 3.0, 30.0, 0.0, color=colours[2], accel_ok=accel_ok[2]),
+    ]
     return Graph(nodes, [(1, 2), (2, 3)], k, 1, cap)
 
 
@@ -27,8 +29,14 @@ def test_one_call_holds_everything():
 def test_call_between_cpu_nodes_pays_in_and_out():
     t = evaluate(chain(), Split.of([(0, (2,))], (1, 3)))
     # a on CPU ends at 10; the call fetches a (0.5), runs 2, sends b (0.25); c runs 30
-    assert t.calls[0] == {"accelerator": 0, "start": 10.0, "transfer_in": 0.5, "compute": 2.0,
-                          "transfer_out": 0.25, "finish": 12.75}
+    assert t.calls[0] == {
+        "accelerator": 0,
+        "start": 10.0,
+        "transfer_in": 0.5,
+        "compute": 2.0,
+        "transfer_out": 0.25,
+        "finish": 12.75,
+    }
     assert t.latency == pytest.approx(42.75)
     assert t.finish == {1: 10.0, 2: 12.75, 3: 42.75}
 
@@ -103,8 +111,10 @@ def test_latency_does_not_depend_on_the_file_order():
         ids = g.ids
         for _ in range(10):
             choice = [rng.randint(-1, 1) for _ in ids]
-            split = Split.of([(a, [v for v, d in zip(ids, choice) if d == a]) for a in (0, 1)],
-                             [v for v, d in zip(ids, choice) if d < 0])
+            split = Split.of(
+                [(a, [v for v, d in zip(ids, choice) if d == a]) for a in (0, 1)],
+                [v for v, d in zip(ids, choice) if d < 0],
+            )
             try:
                 value = latency_of(g, split)
             except PlacementError:
@@ -124,15 +134,16 @@ def test_contiguous_pieces_as_the_authors_rework():
 def test_evaluator_agrees_with_the_authors_ip_on_fixed_splits(seed):
     """The IP's own rows, with every x fixed to the split, give the evaluator's latency."""
     q = 1 + seed % 2
-    g = random_graph(seed, n_nodes=5 + seed % 4, k=1 + seed % 3, colours=seed % 3 == 0,
-                     tight_memory=seed % 4 == 0)
+    g = random_graph(seed, n_nodes=5 + seed % 4, k=1 + seed % 3, colours=seed % 3 == 0, tight_memory=seed % 4 == 0)
     rng = random.Random(seed)
     ids, checked = g.ids, 0
     for _ in range(150):
         slots = [(a, j) for a in range(g.num_accelerators) for j in range(q)]
         choice = [rng.randint(-1, len(slots) - 1) for _ in ids]
-        split = Split.of([(slots[s][0], [v for v, d in zip(ids, choice) if d == s])
-                          for s in range(len(slots))], [v for v, d in zip(ids, choice) if d < 0])
+        split = Split.of(
+            [(slots[s][0], [v for v, d in zip(ids, choice) if d == s]) for s in range(len(slots))],
+            [v for v, d in zip(ids, choice) if d < 0],
+        )
         try:
             value = latency_of(g, split, subgraphs=q)
         except PlacementError:

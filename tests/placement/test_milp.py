@@ -1,9 +1,10 @@
 """Non-contiguous throughput MILP (HiGHS): brute force on tiny graphs, never worse than the DP."""
+
 import pathlib
 
 import pytest
-
 from _small_graphs import brute_force, random_graph
+
 from kfac_ext.placement.dp import ideal_dp
 from kfac_ext.placement.graph import Graph
 from kfac_ext.placement.milp import solve_milp
@@ -19,8 +20,7 @@ def max_load(graph, placement):
 
 @pytest.mark.parametrize("seed", range(12))
 def test_equals_brute_force_and_beats_dp(seed):
-    g = random_graph(seed, n_nodes=6, k=2, l=seed % 2, colours=seed % 3 == 0,
-                     tight_memory=seed % 4 == 1)
+    g = random_graph(seed, n_nodes=6, k=2, l=seed % 2, colours=seed % 3 == 0, tight_memory=seed % 4 == 1)
     sol = solve_milp(g, time_limit=30)
     assert sol.optimal
     assert sol.value == pytest.approx(brute_force(g, max_load), rel=1e-9, abs=1e-9)
@@ -53,8 +53,7 @@ def test_never_worse_than_given_warm_start():
 
 
 @needs_workloads
-@pytest.mark.parametrize("name", ["LayerGraphs/bert24_inference.json",
-                                  "OperatorGraphs/bert_l-3_inference.json"])
+@pytest.mark.parametrize("name", ["LayerGraphs/bert24_inference.json", "OperatorGraphs/bert_l-3_inference.json"])
 def test_real_workload_short_time_limit(name):
     g = Graph.from_json(WORKLOADS / name)
     dp = ideal_dp(g)

@@ -1,15 +1,15 @@
 """A split found by the placement engine runs as a real pipeline (torch.distributed.pipelining,
 Gloo, 2 processes on 127.0.0.1) and gives the unsplit model's outputs and gradients."""
+
 import pytest
 import torch
 import torch.nn as nn
+from _small_modules import SmallCNN
 
 from kfac_ext.placement.dp import ideal_dp
 from kfac_ext.placement.fx_graph import from_module
 from kfac_ext.placement.objective import Placement, PlacementError
 from kfac_ext.placement.pipeline import pipeline_stages, run_locally, split_module, stage_order
-
-from _small_modules import SmallCNN
 
 
 class Residual(nn.Module):
@@ -60,8 +60,12 @@ def test_stage_order_and_split_module():
     torch.testing.assert_close(gm(x), model(x))
     # data flowing back and forth is no pipeline
     with pytest.raises(PlacementError, match="not contiguous"):
-        stage_order(g, Placement([[ids["x"], ids["inp"], ids["deep"], ids["add"], ids["out"]],
-                                  [ids["tanh"], ids["mid"], ids["relu"]]]))
+        stage_order(
+            g,
+            Placement(
+                [[ids["x"], ids["inp"], ids["deep"], ids["add"], ids["out"]], [ids["tanh"], ids["mid"], ids["relu"]]]
+            ),
+        )
     with pytest.raises(PlacementError, match="does not place"):
         stage_order(g, Placement([first]))
     # a device holding only the model input is no stage: inputs go to the first stage
@@ -78,8 +82,7 @@ def test_dp_split_runs_as_gpipe_float64():
     graph = from_module(model, (x[:4],), num_accelerators=2)
     solution = ideal_dp(graph)
     assert len(stage_order(graph, solution.placement)) == 2
-    result = run_locally(model, graph, solution.placement, (x,), y, nn.MSELoss(),
-                         n_microbatches=4, schedule="gpipe")
+    result = run_locally(model, graph, solution.placement, (x,), y, nn.MSELoss(), n_microbatches=4, schedule="gpipe")
     check_against_reference(model, result, x, y, nn.MSELoss(), 4, tol=1e-10)
 
 
@@ -92,8 +95,7 @@ def test_cnn_split_runs_as_1f1b_float32():
     names = [v.name for v in graph.nodes]
     cut = names.index("conv2")  # stage 0: conv1 block, stage 1: the rest
     placement = Placement([[v.id for v in graph.nodes[:cut]], [v.id for v in graph.nodes[cut:]]])
-    result = run_locally(model, graph, placement, (x,), y, nn.CrossEntropyLoss(),
-                         n_microbatches=3, schedule="1f1b")
+    result = run_locally(model, graph, placement, (x,), y, nn.CrossEntropyLoss(), n_microbatches=3, schedule="1f1b")
     check_against_reference(model, result, x, y, nn.CrossEntropyLoss(), 3, tol=1e-5)
 
 

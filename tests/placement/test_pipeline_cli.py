@@ -2,6 +2,7 @@
 (2 spawned Gloo processes on 127.0.0.1). On a model without batch statistics the loss
 sequence equals the unsplit model's (same init, data and optimizer); a CIFAR ResNet
 (BatchNorm) trains too; bad options are one-line errors before any process starts."""
+
 import json
 import math
 
@@ -41,8 +42,22 @@ def unsplit_losses(spec, shape, steps, lr, microbatches, loss, seed=0):
 
 def test_transformer_loss_sequence_equals_the_unsplit_model(capsys):
     spec, shape = "_small_modules:tiny_transformer", (4, 5, 8)
-    code, out, err = _pipeline(capsys, "--module", spec, "--input-shape", "4,5,8", "--devices", 2,
-                               "--steps", 3, "--lr", 0.5, "--microbatches", 2, "--json")
+    code, out, err = _pipeline(
+        capsys,
+        "--module",
+        spec,
+        "--input-shape",
+        "4,5,8",
+        "--devices",
+        2,
+        "--steps",
+        3,
+        "--lr",
+        0.5,
+        "--microbatches",
+        2,
+        "--json",
+    )
     assert code == 0, err
     result = json.loads(out)
     assert len(result["stages"]) == 2 and result["backend"] == "gloo"
@@ -54,8 +69,19 @@ def test_transformer_loss_sequence_equals_the_unsplit_model(capsys):
 
 
 def test_resnet_trains_as_a_1f1b_pipeline(capsys):
-    code, out, err = _pipeline(capsys, "--module", "_small_modules:small_resnet", "--input-shape", "4,3,8,8",
-                               "--devices", 2, "--steps", 2, "--schedule", "1f1b")
+    code, out, err = _pipeline(
+        capsys,
+        "--module",
+        "_small_modules:small_resnet",
+        "--input-shape",
+        "4,3,8,8",
+        "--devices",
+        2,
+        "--steps",
+        2,
+        "--schedule",
+        "1f1b",
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split() == ["step", "loss"]
@@ -64,17 +90,23 @@ def test_resnet_trains_as_a_1f1b_pipeline(capsys):
     assert "predicted load" in out and "measured ms" in out and "2 stages over gloo, 1f1b" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps must be >= 1, got 0"),
-    (["--devices", "0"], "--devices must be >= 1"),
-    (["--devices", "100000"], "a pipeline runs one process per stage, at most 64"),
-    (["--microbatches", "0"], "--microbatches must be >= 1"),
-    (["--lr", "nan"], "--lr must be a positive number, got nan"),
-    (["--lr", "-1"], "--lr must be a positive number"),
-    (["--microbatches", "3"], "the batch size 4 (first entry of --input-shape) is not divisible by --microbatches 3"),
-    (["--loss", "ce", "--module", "_small_modules:identity_features"], "--loss ce needs (batch, classes) outputs"),
-    (["--module", "nope.nope:f"], "--module: cannot import 'nope.nope'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--devices", "0"], "--devices must be >= 1"),
+        (["--devices", "100000"], "a pipeline runs one process per stage, at most 64"),
+        (["--microbatches", "0"], "--microbatches must be >= 1"),
+        (["--lr", "nan"], "--lr must be a positive number, got nan"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (
+            ["--microbatches", "3"],
+            "the batch size 4 (first entry of --input-shape) is not divisible by --microbatches 3",
+        ),
+        (["--loss", "ce", "--module", "_small_modules:identity_features"], "--loss ce needs (batch, classes) outputs"),
+        (["--module", "nope.nope:f"], "--module: cannot import 'nope.nope'"),
+    ],
+)
 def test_pipeline_option_errors_are_one_line(argv, message, capsys):
     base = ["--module", "_small_modules:tiny_transformer", "--input-shape", "4,5,8", "--devices", "2"]
     code, out, err = _pipeline(capsys, *base, *argv)
@@ -92,14 +124,42 @@ def test_under_torchrun_each_process_is_one_stage(tmp_path):
     import sys
 
     here = pathlib.Path(__file__).resolve().parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "kfac_ext", "pipeline", "--module", "_small_modules:tiny_transformer",
-           "--input-shape", "4,5,8", "--devices", "2", "--steps", "2", "--lr", "0.5", "--json"]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "kfac_ext",
+        "pipeline",
+        "--module",
+        "_small_modules:tiny_transformer",
+        "--input-shape",
+        "4,5,8",
+        "--devices",
+        "2",
+        "--steps",
+        "2",
+        "--lr",
+        "0.5",
+        "--json",
+    ]
+
     def run(argv):  # in its own session, so a hang kills torchrun's workers too
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                             cwd=tmp_path, start_new_session=True)
+        p = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
         try:
             out, err = p.communicate(timeout=240)
         except subprocess.TimeoutExpired:
@@ -124,8 +184,22 @@ def test_a_stage_without_parameters_trains(capsys):
     """Three stages of Linear-ReLU-Linear: the ReLU's stage has no parameters; the loss
     sequence is still the unsplit model's."""
     spec = "_small_modules:linear_relu_linear"
-    code, out, err = _pipeline(capsys, "--module", spec, "--input-shape", "4,8", "--devices", 3,
-                               "--steps", 3, "--lr", 0.5, "--microbatches", 2, "--json")
+    code, out, err = _pipeline(
+        capsys,
+        "--module",
+        spec,
+        "--input-shape",
+        "4,8",
+        "--devices",
+        3,
+        "--steps",
+        3,
+        "--lr",
+        0.5,
+        "--microbatches",
+        2,
+        "--json",
+    )
     assert code == 0, err
     result = json.loads(out)
     assert len(result["stages"]) == 3

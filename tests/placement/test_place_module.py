@@ -2,6 +2,7 @@
 command line (torch.fx trace, FLOP costs, the DP), on a ResNet and a small transformer;
 --save-graph writes the workloads' schema and solving that file again gives the same
 optimum; bad module paths, factories and shapes are one-line errors."""
+
 import json
 
 import pytest
@@ -22,8 +23,9 @@ def _place(capsys, *argv):
 def test_module_round_trip_through_save_graph(spec, shape, tmp_path, capsys):
     saved = tmp_path / "graph.json"
     png = tmp_path / "loads.png"
-    code, out, err = _place(capsys, "--module", spec, "--input-shape", shape, "--devices", 2,
-                            "--save-graph", saved, "--plot", png, "--json")
+    code, out, err = _place(
+        capsys, "--module", spec, "--input-shape", shape, "--devices", 2, "--save-graph", saved, "--plot", png, "--json"
+    )
     assert code == 0, err
     first = json.loads(out)
     assert first["method"] == "dp" and first["optimal"] and png.stat().st_size > 1000
@@ -39,33 +41,50 @@ def test_module_round_trip_through_save_graph(spec, shape, tmp_path, capsys):
 
 @pytest.mark.parametrize("cost", ["flops", "profile"])
 def test_module_table(capsys, cost):
-    code, out, _ = _place(capsys, "--module", MODELS[1][0], "--input-shape", MODELS[1][1], "--devices", 2,
-                          "--cost", cost)
+    code, out, _ = _place(
+        capsys, "--module", MODELS[1][0], "--input-shape", MODELS[1][1], "--devices", 2, "--cost", cost
+    )
     assert code == 0 and "accel1" in out and "optimal" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--module", "nodots", "--input-shape", "2,3"], "--module must look like PKG.MOD:FACTORY, got 'nodots'"),
-    (["--module", "no_such_pkg_xyz.mod:f", "--input-shape", "2,3"],
-     "--module: cannot import 'no_such_pkg_xyz.mod': ModuleNotFoundError"),
-    (["--module", "_small_modules:missing", "--input-shape", "2,3"],
-     "--module: '_small_modules' has no attribute 'missing'"),
-    (["--module", "_small_modules:torch", "--input-shape", "2,3"], "is not callable (it is a module)"),
-    (["--module", "_small_modules:broken_factory", "--input-shape", "2,3"],
-     "--module: _small_modules:broken_factory() raised RuntimeError: no weights here"),
-    (["--module", "_small_modules:not_a_module", "--input-shape", "2,3"], "returned a int, not a torch.nn.Module"),
-    (["--module", "_small_modules:small_cnn", "--input-shape", "2,x"], "--input-shape must be comma-separated"),
-    (["--module", "_small_modules:small_cnn", "--input-shape", "0,3,8,8"], "--input-shape must be comma-separated"),
-    (["--module", "_small_modules:small_cnn", "--input-shape", "100000,3,224,224"], "elements, over the limit"),
-    (["--module", "_small_modules:small_cnn", "--input-shape", "2,5,8,8"],
-     "the model's forward failed on an input of shape (2, 5, 8, 8)"),
-    (["--module", "_small_modules:small_cnn"], "--module needs --input-shape"),
-    ([], "give a graph FILE.json or --module"),
-    (["{file}", "--module", "_small_modules:small_cnn", "--input-shape", "2,3,8,8"], "give a graph FILE.json or --module"),
-    (["{file}", "--input-shape", "2,3"], "--input-shape goes with --module"),
-    (["--module", "_small_modules:small_cnn", "--input-shape", "2,3,8,8", "--save-graph", "{tmp}/no/dir/g.json"],
-     "--save-graph: cannot write"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--module", "nodots", "--input-shape", "2,3"], "--module must look like PKG.MOD:FACTORY, got 'nodots'"),
+        (
+            ["--module", "no_such_pkg_xyz.mod:f", "--input-shape", "2,3"],
+            "--module: cannot import 'no_such_pkg_xyz.mod': ModuleNotFoundError",
+        ),
+        (
+            ["--module", "_small_modules:missing", "--input-shape", "2,3"],
+            "--module: '_small_modules' has no attribute 'missing'",
+        ),
+        (["--module", "_small_modules:torch", "--input-shape", "2,3"], "is not callable (it is a module)"),
+        (
+            ["--module", "_small_modules:broken_factory", "--input-shape", "2,3"],
+            "--module: _small_modules:broken_factory() raised RuntimeError: no weights here",
+        ),
+        (["--module", "_small_modules:not_a_module", "--input-shape", "2,3"], "returned a int, not a torch.nn.Module"),
+        (["--module", "_small_modules:small_cnn", "--input-shape", "2,x"], "--input-shape must be comma-separated"),
+        (["--module", "_small_modules:small_cnn", "--input-shape", "0,3,8,8"], "--input-shape must be comma-separated"),
+        (["--module", "_small_modules:small_cnn", "--input-shape", "100000,3,224,224"], "elements, over the limit"),
+        (
+            ["--module", "_small_modules:small_cnn", "--input-shape", "2,5,8,8"],
+            "the model's forward failed on an input of shape (2, 5, 8, 8)",
+        ),
+        (["--module", "_small_modules:small_cnn"], "--module needs --input-shape"),
+        ([], "give a graph FILE.json or --module"),
+        (
+            ["{file}", "--module", "_small_modules:small_cnn", "--input-shape", "2,3,8,8"],
+            "give a graph FILE.json or --module",
+        ),
+        (["{file}", "--input-shape", "2,3"], "--input-shape goes with --module"),
+        (
+            ["--module", "_small_modules:small_cnn", "--input-shape", "2,3,8,8", "--save-graph", "{tmp}/no/dir/g.json"],
+            "--save-graph: cannot write",
+        ),
+    ],
+)
 def test_module_errors_are_one_line(argv, message, tmp_path, capsys):
     file = tmp_path / "g.json"
     file.write_text(json.dumps({"nodes": [{"id": 1, "fpgaLatency": 1, "cpuLatency": 1}], "edges": []}))

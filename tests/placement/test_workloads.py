@@ -1,5 +1,6 @@
 """Every throughput workload of the paper solves exactly; the optimum beats every baseline,
 and its reported loads recompute from the JSON alone. The k = 2, 4, 8 variants too."""
+
 import json
 import pathlib
 

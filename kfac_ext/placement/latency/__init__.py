@@ -6,10 +6,10 @@ without a solver), ``search.py`` (local search), ``exact.py`` (branch and
 bound), ``ip.py`` (the authors' IP on HiGHS) and ``solve.py``
 (``solve_latency``: what runs when).
 """
+
 from .model import Split, check_split, evaluate, latency_of, split_from_placement
 
-__all__ = ["Split", "check_split", "evaluate", "latency_of", "score_placement", "solve_latency",
-           "split_from_placement"]
+__all__ = ["Split", "check_split", "evaluate", "latency_of", "score_placement", "solve_latency", "split_from_placement"]
 
 
 def __getattr__(name):  # the solvers pull in highspy: loaded when asked for

@@ -26,6 +26,7 @@ grid keeps it a bound.  The call holding v ends no sooner than ``acc[v][cap]``:
 every split's latency is at least ``max_v min(cpu[v], acc[v][cap])``.
 Tested against brute force on small graphs.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,7 +61,7 @@ def path_bound(graph: Graph, grid: int = 256, subgraphs: int = 1) -> float:
             wait_cpu = max(wait_cpu, min(cpu[u], acc[u][top] + c))
             same = np.full(len(budgets), inf)  # u in v's call, within the bytes left
             if shift <= top:
-                same[shift:] = acc[u][:len(budgets) - shift]
+                same[shift:] = acc[u][: len(budgets) - shift]
             wait_acc = np.maximum(wait_acc, np.minimum(same, min(cpu[u] + c, acc[u][top] + 2 * c)))
         cpu[v] = node.cpu_time + wait_cpu
         if v in on_cpu_only:

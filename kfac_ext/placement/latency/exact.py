@@ -18,6 +18,7 @@ limit, the bound returned is the least bound of the branches still open, which
 is a lower bound on the optimum because the open branches cover every split
 not yet ruled out.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,6 +33,8 @@ __all__ = ["ExactResult", "Problem", "assignment_latency", "branch_and_bound"]
 
 @dataclass
 class ExactResult:
+    """What the branch and bound found: the best split, its latency, a proven bound and whether it finished."""
+
     split: Split | None
     value: float  # latency of ``split`` (inf if none was found)
     bound: float  # proven lower bound on the optimum
@@ -115,8 +118,9 @@ def assignment_latency(p: Problem, dev: list[int]) -> float:
     return best if done == nunits else math.inf
 
 
-def branch_and_bound(graph: Graph, time_limit: float, upper: float = math.inf,
-                     start: Split | None = None) -> ExactResult:
+def branch_and_bound(
+    graph: Graph, time_limit: float, upper: float = math.inf, start: Split | None = None
+) -> ExactResult:
     """The least latency over every split with one call per accelerator.
 
     ``start`` (with its latency ``upper``) is the incumbent to beat; the answer
@@ -143,8 +147,11 @@ def branch_and_bound(graph: Graph, time_limit: float, upper: float = math.inf,
             best_value, best_dev = lb, dev
             continue
         g = p.group[i]
-        options = [gdev[g]] if gdev[g] is not None else (
-            [-1] + (list(range(min(used + 1, p.k))) if p.group_accel_ok[g] else []))
+        options = (
+            [gdev[g]]
+            if gdev[g] is not None
+            else ([-1] + (list(range(min(used + 1, p.k))) if p.group_accel_ok[g] else []))
+        )
         children = []
         for d in options:
             if d >= 0 and any((taint[d] >> u) & 1 for u in p.preds[i]):
@@ -153,23 +160,25 @@ def branch_and_bound(graph: Graph, time_limit: float, upper: float = math.inf,
             if d >= 0 and gdev[g] is None:
                 if mem[d] + p.group_size[g] > p.cap * (1 + 1e-12):
                     continue
-                new_mem = mem[:d] + (mem[d] + p.group_size[g],) + mem[d + 1:]
+                new_mem = mem[:d] + (mem[d] + p.group_size[g],) + mem[d + 1 :]
             new_taint = tuple(
                 t | ((1 << i) if a != d and any(dev[u] == a or (t >> u) & 1 for u in p.preds[i]) else 0)
-                for a, t in enumerate(taint))
+                for a, t in enumerate(taint)
+            )
             new_dev = dev + (d,)
             value = assignment_latency(p, list(new_dev))
             if value >= best_value:
                 continue
-            new_gdev = gdev if gdev[g] is not None else gdev[:g] + (d,) + gdev[g + 1:]
+            new_gdev = gdev if gdev[g] is not None else gdev[:g] + (d,) + gdev[g + 1 :]
             children.append((value, new_dev, max(used, d + 1), new_mem, new_taint, new_gdev))
         children.sort(key=lambda c: -c[0])  # the most promising child is explored first
         stack.extend(children)
     return _result(p, best_dev, start, best_value, best_value, True, branches)
 
 
-def _result(p: Problem, dev, start: Split | None, value: float, bound: float, optimal: bool,
-            branches: int) -> ExactResult:
+def _result(
+    p: Problem, dev, start: Split | None, value: float, bound: float, optimal: bool, branches: int
+) -> ExactResult:
     if dev is None:
         return ExactResult(start, value, min(bound, value), optimal, branches)
     calls = [(a, tuple(p.ids[i] for i, d in enumerate(dev) if d == a)) for a in range(p.k)]

@@ -25,6 +25,7 @@ one per call, run in that order.  Variables and rows (the model of :mod:`.model`
 authors use the sum of all CPU times; here it is the warm start's latency, which
 every split that improves on it respects (and ``T <= U`` is a row).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,6 +42,8 @@ __all__ = ["IpResult", "solve_ip"]
 
 @dataclass
 class IpResult:
+    """What the authors' IP on HiGHS gave: the better split of HiGHS's and the warm start, with HiGHS's bound."""
+
     split: Split | None  # the better of HiGHS's answer and the warm start
     value: float
     bound: float  # HiGHS's dual bound (0 if it has none)
@@ -59,8 +62,11 @@ class _LatencyIp:
         ids = graph.ids
         M = range(self.machines)
         U = self.U = upper * (1 + 1e-9) + 1e-9
-        self.x = {(v, m): prog.var(0.0, 1.0 if (m == 0 or graph.node(v).accel_ok) else 0.0, integer=True)
-                  for v in ids for m in M}
+        self.x = {
+            (v, m): prog.var(0.0, 1.0 if (m == 0 or graph.node(v).accel_ok) else 0.0, integer=True)
+            for v in ids
+            for m in M
+        }
         for v in ids:
             prog.row({self.x[v, m]: 1.0 for m in M}, 1.0, 1.0)
         for a in range(k):
@@ -211,8 +217,16 @@ def _ancestors(graph: Graph, nodes: set[int]) -> set[int]:
     return seen
 
 
-def solve_ip(graph: Graph, start: Split, time_limit: float, subgraphs: int = 1, lower: float = 0.0,
-             rel_gap: float = 1e-6, verbose: bool = False, fixed: bool = False) -> IpResult:
+def solve_ip(
+    graph: Graph,
+    start: Split,
+    time_limit: float,
+    subgraphs: int = 1,
+    lower: float = 0.0,
+    rel_gap: float = 1e-6,
+    verbose: bool = False,
+    fixed: bool = False,
+) -> IpResult:
     """The IP warm-started from ``start`` (a feasible split), within ``time_limit`` s.
 
     The answer is the better of HiGHS's split and ``start``, re-scored by the
@@ -223,8 +237,11 @@ def solve_ip(graph: Graph, start: Split, time_limit: float, subgraphs: int = 1, 
     t0 = time.perf_counter()
     upper = evaluate(graph, start, subgraphs).latency
     if fixed:  # a big-M that holds for any schedule: every unit's time, one after another
-        big_m = sum(n.cpu_time + n.accel_time + 2 * n.out_cost * graph.num_accelerators * subgraphs
-                    for n in graph.nodes) + upper + 1.0
+        big_m = (
+            sum(n.cpu_time + n.accel_time + 2 * n.out_cost * graph.num_accelerators * subgraphs for n in graph.nodes)
+            + upper
+            + 1.0
+        )
     ip = _LatencyIp(graph, subgraphs, big_m if fixed else upper, lower)
     values = ip.values_of(start)
     if fixed:

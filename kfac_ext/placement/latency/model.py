@@ -27,6 +27,7 @@ calls, each ``(accelerator, node ids)``, in run order per accelerator, and the
 CPU pool's nodes.  :func:`evaluate` is the one evaluator; every solver's answer
 is scored by it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,8 +35,16 @@ from dataclasses import dataclass, field
 from ..graph import Graph
 from ..objective import Placement, PlacementError
 
-__all__ = ["Split", "Timing", "evaluate", "latency_of", "check_split", "split_from_placement",
-           "contiguous_pieces", "is_contiguous"]
+__all__ = [
+    "Split",
+    "Timing",
+    "evaluate",
+    "latency_of",
+    "check_split",
+    "split_from_placement",
+    "contiguous_pieces",
+    "is_contiguous",
+]
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class Split:
     cpu: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, calls, cpu=()) -> "Split":
+    def of(cls, calls, cpu=()) -> Split:
         return cls(tuple((int(a), tuple(nodes)) for a, nodes in calls if nodes), tuple(cpu))
 
     def device_of(self) -> dict[int, int]:
@@ -110,15 +119,17 @@ def check_split(graph: Graph, split: Split, subgraphs: int = 1, check_memory: bo
     per_accel: dict[int, list[int]] = {}
     for c, (a, nodes) in enumerate(split.calls):
         if not 0 <= a < graph.num_accelerators:
-            raise PlacementError(f"call {c} is on accelerator {a}, but the graph has "
-                                 f"{graph.num_accelerators} accelerators")
+            raise PlacementError(
+                f"call {c} is on accelerator {a}, but the graph has {graph.num_accelerators} accelerators"
+            )
         per_accel.setdefault(a, []).append(c)
         for v in nodes:
             if not graph.node(v).accel_ok:
                 raise PlacementError(f"{graph.node(v).describe()} runs only on CPUs but is on accelerator {a}")
         if not is_contiguous(graph, nodes):
-            raise PlacementError(f"call {c} (accelerator {a}) is not contiguous: a path leaves its "
-                                 f"nodes and comes back")
+            raise PlacementError(
+                f"call {c} (accelerator {a}) is not contiguous: a path leaves its nodes and comes back"
+            )
     for a, calls in per_accel.items():
         if len(calls) > subgraphs:
             raise PlacementError(f"accelerator {a} runs {len(calls)} calls, more than subgraphs={subgraphs}")
@@ -128,8 +139,10 @@ def check_split(graph: Graph, split: Split, subgraphs: int = 1, check_memory: bo
     for colour, members in graph.colour_classes().items():
         devices = {-1 if where[v] < 0 else split.calls[where[v]][0] for v in members}
         if len(devices) > 1:
-            raise PlacementError(f"colour class {colour} is split over devices "
-                                 f"{sorted('cpu' if d < 0 else f'accelerator {d}' for d in devices)}")
+            raise PlacementError(
+                f"colour class {colour} is split over devices "
+                f"{sorted('cpu' if d < 0 else f'accelerator {d}' for d in devices)}"
+            )
 
 
 def evaluate(graph: Graph, split: Split, subgraphs: int = 1, check_memory: bool = True) -> Timing:
@@ -173,8 +186,14 @@ def evaluate(graph: Graph, split: Split, subgraphs: int = 1, check_memory: bool 
         compute = sum(graph.node(v).accel_time for v in split.calls[u][1])
         t_out = sum(graph.node(v).out_cost for v in leavers[u])
         finish[u] = ready + t_in + compute + t_out
-        call_rows[u] = {"accelerator": split.calls[u][0], "start": ready, "transfer_in": t_in,
-                        "compute": compute, "transfer_out": t_out, "finish": finish[u]}
+        call_rows[u] = {
+            "accelerator": split.calls[u][0],
+            "start": ready,
+            "transfer_in": t_in,
+            "compute": compute,
+            "transfer_out": t_out,
+            "finish": finish[u],
+        }
     node_finish = {v: finish[unit[v]] for v in where}
     return Timing(max(finish, default=0.0), node_finish, call_rows)
 

@@ -8,6 +8,7 @@ latency falls; passes repeat until none helps or the time is up.  The latency
 of a candidate is computed by :func:`.exact.assignment_latency`, the model's rule
 on an array encoding; the answer is re-scored by :func:`.model.evaluate`.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ def improve(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]:
             if unused:
                 targets.append(unused[0])
             for d in targets:
-                if d == here or (d >= 0 and (not p.group_accel_ok[g]
-                                             or mem[d] + p.group_size[g] > p.cap * (1 + 1e-12))):
+                if d == here or (
+                    d >= 0 and (not p.group_accel_ok[g] or mem[d] + p.group_size[g] > p.cap * (1 + 1e-12))
+                ):
                     continue
                 for i in ms:
                     dev[i] = d

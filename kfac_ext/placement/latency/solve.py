@@ -15,6 +15,7 @@
 5. The answer is scored by the model's evaluator; the bound is the best of the
    bounds proven (each valid alone); ``optimal`` means the gap is closed.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,7 @@ _IP_ROWS_PER_SECOND = 5_000
 _REL_GAP = 1e-6
 
 
-def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1,
-                  verbose: bool = False) -> Solution:
+def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1, verbose: bool = False) -> Solution:
     """Least latency in the paper's model found within ``time_limit`` seconds, with a proven
     lower bound; ``subgraphs`` calls per accelerator at most (the authors' default 1)."""
     if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0):
@@ -81,14 +81,12 @@ def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1,
         status = "the path bound meets the local search"
     if best_value - bound > _REL_GAP * best_value:
         left = _EXACT_SHARE * (deadline - time.perf_counter())
-        best, best_value, bound, status = _exact(graph, best, best_value, bound, left, subgraphs,
-                                                 verbose, stats)
+        best, best_value, bound, status = _exact(graph, best, best_value, bound, left, subgraphs, verbose, stats)
     stats["status"] = status
     return _solution(graph, best, bound, subgraphs, time.perf_counter() - t0, stats, "exact")
 
 
-def _exact(graph: Graph, best: Split, best_value: float, bound: float, left: float, q: int,
-           verbose: bool, stats: dict):
+def _exact(graph: Graph, best: Split, best_value: float, bound: float, left: float, q: int, verbose: bool, stats: dict):
     if left <= 0:
         return best, best_value, bound, "no time left for an exact method"
     if q == 1 and len(graph) <= _BNB_MAX_NODES:
@@ -106,8 +104,9 @@ def _exact(graph: Graph, best: Split, best_value: float, bound: float, left: flo
     except ImportError:
         return best, best_value, bound, "IP not run (highspy, the [placement] extra, is not installed)"
     r = solve_ip(graph, best, left, subgraphs=q, lower=bound, rel_gap=_REL_GAP, verbose=verbose)
-    stats.update(method="authors' IP (HiGHS)", ip_status=r.status, ip_bound=r.bound,
-                 ip_variables=r.variables, ip_rows=r.rows)
+    stats.update(
+        method="authors' IP (HiGHS)", ip_status=r.status, ip_bound=r.bound, ip_variables=r.variables, ip_rows=r.rows
+    )
     return r.split, r.value, max(bound, r.bound), f"IP: {r.status}"
 
 
@@ -123,18 +122,26 @@ def score_placement(graph: Graph, placement: Placement, method: str, seconds: fl
     return _solution(graph, split, 0.0, q, seconds, stats, method, check_memory=False)
 
 
-def _solution(graph: Graph, split: Split, bound: float, q: int, seconds: float, stats: dict,
-              method: str, check_memory: bool = True) -> Solution:
+def _solution(
+    graph: Graph,
+    split: Split,
+    bound: float,
+    q: int,
+    seconds: float,
+    stats: dict,
+    method: str,
+    check_memory: bool = True,
+) -> Solution:
     timing = evaluate(graph, split, q, check_memory)  # the reported value is always the evaluator's
     value = timing.latency
     bound = min(bound, value)
     gap = 0.0 if value <= 0 else max(0.0, (value - bound) / value)
-    stats.update(gap=gap, calls=[dict(row, nodes=list(nodes))
-                                 for row, (_, nodes) in zip(timing.calls, split.calls)])
+    stats.update(gap=gap, calls=[dict(row, nodes=list(nodes)) for row, (_, nodes) in zip(timing.calls, split.calls)])
     accel = [0.0] * graph.num_accelerators
     for row in timing.calls:
         accel[row["accelerator"]] += row["finish"] - row["start"]
     cpu = [float(sum(graph.node(v).cpu_time for v in split.cpu))]
     optimal = bound > 0 and gap <= _REL_GAP + 1e-12
-    return Solution(split.to_placement(graph.num_accelerators), "latency", method, value,
-                    optimal, bound, seconds, stats, accel, cpu)
+    return Solution(
+        split.to_placement(graph.num_accelerators), "latency", method, value, optimal, bound, seconds, stats, accel, cpu
+    )

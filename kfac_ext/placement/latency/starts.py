@@ -10,6 +10,7 @@ after another: each unit's inputs come from units before it.
 over (prefix, accelerators used); :func:`orders` gives the orders tried.
 The split it returns is scored by the evaluator, which is never above the DP's sum.
 """
+
 from __future__ import annotations
 
 import math
