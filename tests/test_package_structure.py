@@ -28,11 +28,21 @@ def _imports(name, path):
     (a lazy import closes a circle as surely as an eager one). The root package
     ``kfac_ext`` is left out: every submodule loads it first, and it imports
     nothing of ours at its top; ``from kfac_ext import _C`` (the compiled ops) names
-    no module of ours."""
+    no module of ours. Imports under ``if TYPE_CHECKING:`` are left out: they name a
+    type for the annotations and are never executed, so they close no circle."""
     tree = ast.parse(path.read_text())
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

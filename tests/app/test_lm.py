@@ -102,12 +102,13 @@ def test_char_gpt_is_causal_and_checks_its_context():
         char_gpt(d_model=30, n_heads=4)
 
 
-def test_kfac_preconditions_every_linear_layer_and_skips_the_rest():
+def test_kfac_preconditions_every_linear_and_embedding_layer_and_skips_the_rest():
     torch.manual_seed(0)
     model = char_gpt(context=8, n_layers=2)
     pre = KFACPreconditioner(model, comm=LocalComm(), compute_method="inverse", damping=0.03)
-    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    assert {layer.name for layer in pre.layers} == linears and len(linears) == 9
+    kinds = (torch.nn.Linear, torch.nn.Embedding)  # LayerNorm is left to the optimizer
+    covered = {n for n, m in model.named_modules() if isinstance(m, kinds)}
+    assert {layer.name for layer in pre.layers} == covered and len(covered) == 11
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     idx = torch.randint(0, 256, (4, 9))
     losses = []

@@ -154,7 +154,9 @@ def test_bad_arguments(tmp_path, capsys, argv, message):
 
 @pytest.mark.skipif(not WORKLOADS.is_dir(), reason="bundled workloads missing")
 def test_time_limit_holds_on_the_largest_workload():
-    """Loose on purpose (a shared machine): the limit counts from the command's start."""
+    """The limit counts from the command's start. Loose on purpose, so that the verdict does
+    not depend on machine load: a solver that ignored the limit runs for minutes, and the
+    limit + 10 % promise is measured in benchmarks/table_latency.py, not here."""
     t = time.perf_counter()
     proc = subprocess.run(
         [
@@ -175,7 +177,7 @@ def test_time_limit_holds_on_the_largest_workload():
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    assert time.perf_counter() - t < 6 * 2
+    assert time.perf_counter() - t < 60
     out = json.loads(proc.stdout)
     assert 0 < out["lower_bound"] <= out["value"]
 
