@@ -45,21 +45,21 @@ Interval = int | Callable[[int], int]
 
 
 def update_fraction(interval: Interval, steps: int) -> float:
-    """Share of ``steps`` steps that update, for a constant interval or a schedule of the step:
-    a step updates when ``interval(step)`` steps have passed since the last update
-    (kfac_ext.schedules.IntervalTracker), starting with step 0."""
+    """Share of ``steps`` steps that update, for a constant interval or a schedule of the step,
+    by the preconditioner's own rule (kfac_ext.schedules.IntervalTracker, kfac-pytorch's):
+    step 0 updates, then every step ``s`` with ``s % interval(s) == 0``."""
     if not callable(interval):
         k = int(interval)
         if k < 1:
             raise ValueError(f"an update interval must be >= 1, got {interval!r}")
         return math.ceil(steps / k) / steps
-    updates, last = 0, None
+    updates = 0
     for s in range(steps):
         k = int(interval(s))
         if k < 1:
             raise ValueError(f"the interval schedule gave {k} at step {s}; it must be >= 1")
-        if last is None or s - last >= k:
-            updates, last = updates + 1, s
+        if s == 0 or s % k == 0:
+            updates += 1
     return updates / steps
 
 

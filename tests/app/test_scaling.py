@@ -38,10 +38,24 @@ def test_alpha_beta_formulas():
 def test_update_fraction_of_intervals_and_schedules():
     assert update_fraction(10, 100) == 0.1
     assert update_fraction(10, 95) == 10 / 95  # steps 0, 10, ..., 90
-    # every step for 10 steps, then every 5th since the last update: 0..9, 14, 19
+    # every step for 10 steps, then every step that 5 divides: 0..9, 10, 15
     assert update_fraction(lambda s: 1 if s < 10 else 5, 20) == 12 / 20
     with pytest.raises(ValueError, match="interval"):
         update_fraction(0, 10)
+
+
+def test_update_fraction_follows_the_preconditioners_interval_rule():
+    """The model counts update steps as the preconditioner decides them, schedules too."""
+    from kfac_ext.schedules import Hyperparameter, IntervalTracker, growing_interval
+
+    for interval in (growing_interval(1, 2, 5), growing_interval(3, 1.5, 7), lambda s: 1 + s % 4):
+        tracker = IntervalTracker(Hyperparameter("interval", interval, lambda v: None))
+        due = 0
+        for s in range(60):
+            if tracker.is_due(s):
+                tracker.mark(s)
+                due += 1
+        assert update_fraction(interval, 60) == due / 60
 
 
 def test_comm_opt_step_by_hand():
@@ -321,10 +335,11 @@ def test_cli_growing_intervals_average_over_the_horizon(capsys):
     )
     grown = json.loads(out)
     row = grown["rows"][0]
-    # intervals 1, 2, 4, 8 over 5 steps each: updates at 0-4, 6, 8, 12 = 8 of 20
-    assert update_fraction(growing_interval(1, 2, 5), 20) == 8 / 20
-    assert row["eigen_compute"] == pytest.approx(fixed["eigen_compute"] * 8 / 20)
-    assert row["factor_compute"] == pytest.approx(fixed["factor_compute"] * 8 / 20)
+    # intervals 1, 2, 4, 8 over 5 steps each, an update where s % interval(s) == 0:
+    # 0-4, 6, 8, 12, 16 = 9 of 20
+    assert update_fraction(growing_interval(1, 2, 5), 20) == 9 / 20
+    assert row["eigen_compute"] == pytest.approx(fixed["eigen_compute"] * 9 / 20)
+    assert row["factor_compute"] == pytest.approx(fixed["factor_compute"] * 9 / 20)
     assert row["intervals"] == "1/1 x2 per 5"
     assert grown["plans"][0]["choice"]["intervals"].endswith("x2 per 5")
 
