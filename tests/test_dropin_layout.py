@@ -10,24 +10,10 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from _tiny_classifier import tiny_model, tiny_step
 
 import kfac_ext
 from kfac_ext.enums import AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy
-
-
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-
-
-def _step(model, p, s):
-    gen = torch.Generator().manual_seed(s)
-    model.zero_grad()
-    F.cross_entropy(model(torch.randn(8, 6, generator=gen)), torch.randint(0, 3, (8,), generator=gen)).backward()
-    p.step()
-
 
 # ------------------------------------------------------------- layout ----
 
@@ -41,7 +27,7 @@ def test_enums_have_kfac_pytorchs_member_names_and_values():
 
 def test_the_constructor_takes_kfac_ext_enums():
     p = kfac_ext.KFACPreconditioner(
-        _model(),
+        tiny_model(),
         compute_method=ComputeMethod.INVERSE,
         assignment_strategy=AssignmentStrategy.MEMORY,
         grad_worker_fraction=DistributedStrategy.HYBRID_OPT,
@@ -77,7 +63,7 @@ def test_kfac_pytorch_internals_are_refused_by_name():
         (kfac_ext, "base_preconditioner"),
         (kfac_ext.preconditioner, "KAISAAssignment"),
         (kfac_ext.scheduler, "BaseKFACPreconditioner"),
-        (kfac_ext.KFACPreconditioner(_model()), "tdc"),
+        (kfac_ext.KFACPreconditioner(tiny_model()), "tdc"),
     ):
         with pytest.raises(AttributeError, match=internal.format(name)):
             getattr(owner, name)
@@ -94,7 +80,7 @@ def test_kfac_preconditioner_module_also_has_the_enums():
 
 
 def test_hyperparameters_read_as_numbers_where_kfac_pytorch_gives_numbers():
-    p = kfac_ext.KFACPreconditioner(_model(), damping=0.003, inv_update_steps=10, lr=lambda s: 0.1)
+    p = kfac_ext.KFACPreconditioner(tiny_model(), damping=0.003, inv_update_steps=10, lr=lambda s: 0.1)
     assert float(p.damping) == 0.003 and int(p.inv_update_steps) == 10
     assert f"{p.damping:.4f} {p.inv_update_steps}" == "0.0030 10"
     with pytest.raises(TypeError, match=r"lr is a schedule: call it with the step"):
@@ -118,15 +104,15 @@ def test_distributed_strategy_and_allreduce_method(fraction, strategy):
         world_size = 4
 
     p = kfac_ext.KFACPreconditioner(
-        _model(), grad_worker_fraction=fraction, comm=FourRanks(), allreduce_bucket_cap_mb=0
+        tiny_model(), grad_worker_fraction=fraction, comm=FourRanks(), allreduce_bucket_cap_mb=0
     )
     assert p.distributed_strategy is strategy
     assert p.allreduce_method is AllreduceMethod.ALLREDUCE
-    assert kfac_ext.KFACPreconditioner(_model()).allreduce_method is AllreduceMethod.ALLREDUCE_BUCKETED
+    assert kfac_ext.KFACPreconditioner(tiny_model()).allreduce_method is AllreduceMethod.ALLREDUCE_BUCKETED
 
 
 def test_reset_batch_forgets_the_captured_micro_batches():
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model, accumulation_steps=2)
     model(torch.randn(4, 6)).sum().backward()
     assert p.layers[0].a_count == 1
@@ -135,9 +121,9 @@ def test_reset_batch_forgets_the_captured_micro_batches():
 
 
 def test_kfac_pytorch_state_dict_keywords():
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model)
-    _step(model, p, 0)
+    tiny_step(model, p, 0)
     state = p.state_dict(include_factors=True)
     with pytest.raises(ValueError, match=r"include_factors=False\) is not supported"):
         p.state_dict(include_factors=False)
@@ -154,15 +140,15 @@ def test_exp_decay_factor_averaging_as_kfac_pytorchs():
         f(-1)
     with pytest.raises(ValueError, match="min_value must be > 0"):
         kfac_ext.hyperparams.exp_decay_factor_averaging(0)
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model, factor_decay=f)
-    _step(model, p, 0)  # β = 0 at step 0: A is the first batch's factor
+    tiny_step(model, p, 0)  # β = 0 at step 0: A is the first batch's factor
     x = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))
     a = torch.cat([x, torch.ones(8, 1)], 1)
     torch.testing.assert_close(p.layers[0].A, a.T @ a / 8)
 
 
 def test_compute_inverses_must_be_a_flag():
-    p = kfac_ext.KFACPreconditioner(_model())
+    p = kfac_ext.KFACPreconditioner(tiny_model())
     with pytest.raises(ValueError, match="compute_inverses must be True or False"):
         p.load_state_dict(p.state_dict(), compute_inverses="yes")

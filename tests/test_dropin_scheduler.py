@@ -4,32 +4,18 @@ checkpoint carries."""
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
+from _tiny_classifier import tiny_model, tiny_step
 
 import kfac_ext
 from kfac_ext.adaptive_damping import AdaptiveDamping
 from kfac_ext.scheduler import LambdaParamScheduler
-
-
-def _model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
-
-
-def _step(model, p, s):
-    gen = torch.Generator().manual_seed(s)
-    model.zero_grad()
-    F.cross_entropy(model(torch.randn(8, 6, generator=gen)), torch.randint(0, 3, (8,), generator=gen)).backward()
-    p.step()
-
 
 # ---------------------------------------------------------- scheduler ----
 
 
 def test_lambdas_multiply_the_current_values_and_compound():
     p = kfac_ext.KFACPreconditioner(
-        _model(), damping=0.004, factor_update_steps=1, inv_update_steps=3, kl_clip=0.01, lr=0.2, factor_decay=0.9
+        tiny_model(), damping=0.004, factor_update_steps=1, inv_update_steps=3, kl_clip=0.01, lr=0.2, factor_decay=0.9
     )
     after_2 = lambda e: 0.5 if e >= 2 else 1.0  # noqa: E731
     s = LambdaParamScheduler(
@@ -53,12 +39,12 @@ def test_lambdas_multiply_the_current_values_and_compound():
 
 
 def test_step_without_a_step_uses_the_preconditioners_step_count():
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model)
     seen = []
     s = LambdaParamScheduler(p, damping_lambda=lambda k: seen.append(k) or 1.0)
     for k in range(3):
-        _step(model, p, k)
+        tiny_step(model, p, k)
         s.step()
     s.step(step=42)
     assert seen == [1, 2, 3, 42]
@@ -77,14 +63,14 @@ def test_step_without_a_step_uses_the_preconditioners_step_count():
     ],
 )
 def test_a_parameter_that_is_already_a_callable_is_refused(name, value):
-    p = kfac_ext.KFACPreconditioner(_model(), **{name: value})
+    p = kfac_ext.KFACPreconditioner(tiny_model(), **{name: value})
     with pytest.raises(ValueError, match=f"{name} is already a callable"):
         LambdaParamScheduler(p, **{f"{name}_lambda": lambda e: 0.5})
     LambdaParamScheduler(p)  # nothing to rescale: fine
 
 
 def test_scheduler_misuse_is_refused_by_name():
-    p = kfac_ext.KFACPreconditioner(_model(), kl_clip=None)
+    p = kfac_ext.KFACPreconditioner(tiny_model(), kl_clip=None)
     with pytest.raises(ValueError, match="kl_clip is None"):
         LambdaParamScheduler(p, kl_clip_lambda=lambda e: 2)
     with pytest.raises(ValueError, match="damping_lambda must be a callable"):
@@ -94,7 +80,7 @@ def test_scheduler_misuse_is_refused_by_name():
 
 
 def test_an_interval_truncated_to_zero_is_refused_before_anything_changes():
-    p = kfac_ext.KFACPreconditioner(_model(), damping=0.01, inv_update_steps=1)
+    p = kfac_ext.KFACPreconditioner(tiny_model(), damping=0.01, inv_update_steps=1)
     s = LambdaParamScheduler(p, damping_lambda=lambda e: 0.1, inv_update_steps_lambda=lambda e: 0.5)
     with pytest.raises(ValueError, match="inv_update_steps must be a positive integer, got 0"):
         s.step(step=1)
@@ -109,7 +95,7 @@ def _update_steps(p, model, steps, scheduler=None, at=None):
     factors, eigens = [], []
     for k in range(steps):
         before = (p.layers[0].factor_updates, p._inv_tracker.last)
-        _step(model, p, k)
+        tiny_step(model, p, k)
         if p.layers[0].factor_updates != before[0]:
             factors.append(k)
         if p._inv_tracker.last != before[1]:
@@ -122,7 +108,7 @@ def _update_steps(p, model, steps, scheduler=None, at=None):
 def test_a_rescaled_interval_updates_where_step_mod_interval_is_zero():
     """kfac-pytorch's rule: after intervals 1/3 become 2/6 at the end of step 4, the
     updates fall on the multiples of the new intervals (not 4 + 2, 4 + 6...)."""
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model, factor_update_steps=1, inv_update_steps=3)
     s = LambdaParamScheduler(p, factor_update_steps_lambda=lambda e: 2, inv_update_steps_lambda=lambda e: 2)
     factors, eigens = _update_steps(p, model, 14, s, at=4)
@@ -131,7 +117,7 @@ def test_a_rescaled_interval_updates_where_step_mod_interval_is_zero():
 
 
 def test_a_schedule_interval_updates_where_step_mod_interval_is_zero():
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(
         model, factor_update_steps=lambda s: 2 if s < 5 else 3, inv_update_steps=lambda s: 4 if s < 5 else 7
     )
@@ -141,7 +127,7 @@ def test_a_schedule_interval_updates_where_step_mod_interval_is_zero():
 
 
 def test_set_hyperparameters_checks_everything_first():
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model, damping=0.01, lr=lambda s: 0.1)
     with pytest.raises(ValueError, match="'dampling' is not a hyperparameter"):
         p.set_hyperparameters(damping=0.02, dampling=0.1)
@@ -152,7 +138,7 @@ def test_set_hyperparameters_checks_everything_first():
     assert p.damping(0) == 0.01
     p.set_hyperparameters(damping=0.02, factor_update_steps=3)
     assert p.damping(0) == 0.02
-    _step(model, p, 0)
+    tiny_step(model, p, 0)
     assert not p._capturing  # step 1 of interval 3: the hooks already know
 
 
@@ -160,13 +146,13 @@ def test_set_hyperparameters_checks_everything_first():
 
 
 def test_state_dict_carries_the_rescaled_numbers():
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model, damping=0.003, factor_update_steps=1, inv_update_steps=2, lr=lambda s: 0.1)
     s = LambdaParamScheduler(
         p, damping_lambda=lambda e: 0.5, factor_update_steps_lambda=lambda e: 2, inv_update_steps_lambda=lambda e: 2
     )
     for k in range(3):
-        _step(model, p, k)
+        tiny_step(model, p, k)
         s.step()
     state = p.state_dict()
     assert state["hyperparameters"] == {
@@ -177,7 +163,7 @@ def test_state_dict_carries_the_rescaled_numbers():
         "kl_clip": 0.001,
     }  # lr is a schedule: nothing to save
     fresh = kfac_ext.KFACPreconditioner(
-        _model(), damping=0.003, factor_update_steps=1, inv_update_steps=2, lr=lambda s: 0.2
+        tiny_model(), damping=0.003, factor_update_steps=1, inv_update_steps=2, lr=lambda s: 0.2
     )
     fresh.load_state_dict(state)
     assert (fresh.damping(0), fresh.factor_update_steps(0), fresh.inv_update_steps(0)) == (0.000375, 8, 16)
@@ -186,12 +172,12 @@ def test_state_dict_carries_the_rescaled_numbers():
 
 
 def test_a_bad_saved_hyperparameter_is_refused_before_loading():
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(model, damping=0.003)
-    _step(model, p, 0)
+    tiny_step(model, p, 0)
     state = p.state_dict()
     state["hyperparameters"]["damping"] = -1.0
-    fresh = kfac_ext.KFACPreconditioner(_model(), damping=0.003)
+    fresh = kfac_ext.KFACPreconditioner(tiny_model(), damping=0.003)
     with pytest.raises(ValueError, match="load_state_dict: damping must be a finite number > 0"):
         fresh.load_state_dict(state)
     assert fresh.steps == 0 and fresh.damping(0) == 0.003
@@ -203,11 +189,11 @@ def test_a_bad_saved_hyperparameter_is_refused_before_loading():
 def _second_step_grad(outer_product, new_damping, reload=False):
     """Layer 0's gradient at step 1, when the damping changes after step 0 (an
     eigendecomposition step) and step 1 is not one."""
-    model = _model()
+    model = tiny_model()
     p = kfac_ext.KFACPreconditioner(
         model, damping=0.01, inv_update_steps=2, kl_clip=None, compute_eigenvalue_outer_product=outer_product
     )
-    _step(model, p, 0)
+    tiny_step(model, p, 0)
     p.set_hyperparameters(damping=new_damping)
     if reload:
         state = p.state_dict()
@@ -215,7 +201,7 @@ def _second_step_grad(outer_product, new_damping, reload=False):
             model, damping=0.3, inv_update_steps=2, kl_clip=None, compute_eigenvalue_outer_product=outer_product
         )
         p.load_state_dict(state)
-    _step(model, p, 1)
+    tiny_step(model, p, 1)
     return model[0].weight.grad.clone()
 
 
