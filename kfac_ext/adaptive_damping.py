@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from kfac_ext.layers import KFACLayer
+    from kfac_ext.layers.base import KFACLayer
     from kfac_ext.preconditioner import KFACPreconditioner
 
 __all__ = ["AdaptiveDamping"]

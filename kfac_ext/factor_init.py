@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # for the annotation only: layers.py need not load to use this module
-    from kfac_ext.layers import KFACLayer
+if TYPE_CHECKING:  # for the annotation only: layers/base.py need not load to use this module
+    from kfac_ext.layers.base import KFACLayer
 
 __all__ = ["FACTOR_INITS", "check_factor_init", "check_g_scale", "update_running"]
 

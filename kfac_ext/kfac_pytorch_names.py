@@ -18,7 +18,7 @@ from kfac_ext.enums import AllreduceMethod, DistributedStrategy
 
 if TYPE_CHECKING:
     from kfac_ext.comm import Comm
-    from kfac_ext.layers import KFACLayer
+    from kfac_ext.layers.base import KFACLayer
 
 # kfac-pytorch's own machinery (its base class, work assignment, layer objects,
 # communicator): what kfac_ext does in its own way, with no objects of these kinds.

@@ -13,7 +13,7 @@ initialised with more than one rank, else :class:`~kfac_ext.comm.LocalComm`.
 
 Documented behaviours a user may rely on:
 
-- Registration: every module a layer type of :mod:`kfac_ext.layer_types` takes
+- Registration: every module a layer type of :mod:`kfac_ext.layers.registry` takes
   (``nn.Linear``, ``nn.Conv2d``, HF ``Conv1D``, ``nn.Embedding``,
   ``nn.MultiheadAttention``, and any registered with ``register_layer_type``) with a
   trainable weight (a frozen bias is left out of the factor), not matched by
@@ -76,12 +76,12 @@ from kfac_ext.eigen_refresh import SkipTest, check_eigen_refresh
 from kfac_ext.enums import AllreduceMethod, AssignmentStrategy, ComputeMethod, DistributedStrategy  # noqa: F401  (kfac-pytorch's kfac.preconditioner has them too)
 from kfac_ext.factor_init import check_factor_init, check_g_scale, update_running
 from kfac_ext.kfac_pytorch_names import KfacPytorchNames, refuse_internal
-from kfac_ext.layer_types import layer_type_for
-from kfac_ext.layers import KFACLayer, factor_size_limit, is_computed_weight
+from kfac_ext.layers.base import KFACLayer, factor_size_limit, is_computed_weight
+from kfac_ext.layers.registry import layer_type_for
+from kfac_ext.layers.tied import mark_tied
 from kfac_ext.methods import method as make_method
 from kfac_ext.precision import check_precondition_dtype
 from kfac_ext.second_order import SecondOrder
-from kfac_ext.tied_weights import mark_tied
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ class KFACPreconditioner(KfacPytorchNames):
 
     def _candidates(self, model: nn.Module) -> dict[int, tuple]:
         """id -> (name, module, layer type) of every module registration takes: one a
-        layer type matches (kfac_ext.layer_types), not skipped, not inside a module
+        layer type matches (kfac_ext.layers.registry), not skipped, not inside a module
         whose type claims its children (an attention module's out_proj), and not one
         whose weight is computed (weight_norm, spectral_norm, any parametrization: its
         gradient is not a parameter's, so the layer is left out with a warning)."""
@@ -446,7 +446,7 @@ class KFACPreconditioner(KfacPytorchNames):
         if not layers:
             warnings.warn(
                 "KFACPreconditioner: no layer registered (it preconditions the layer types "
-                "of kfac_ext.layer_types with a trainable weight, not matched by "
+                "of kfac_ext.layers.registry with a trainable weight, not matched by "
                 "skip_layers); "
                 "step() will leave every gradient as is",
                 stacklevel=3,

@@ -12,8 +12,8 @@ from _kfac_reference import dense_precondition
 from torch import nn
 
 import kfac_ext
-import kfac_ext.layer_types
 import kfac_ext.layers
+import kfac_ext.layers.registry
 
 DAMPING = 0.03
 
@@ -310,7 +310,7 @@ def test_a_users_layer_type_is_registered_and_preconditioned():
         assert _rel(p.layers[0].A, a) < 1e-12 and _rel(p.layers[0].G, g) < 1e-12
         assert _rel(model.w.grad, dense_precondition(a, g, gamma, DAMPING)) < 1e-8
     finally:
-        kfac_ext.layer_types.unregister_layer_type(_Scaled)
+        kfac_ext.layers.registry.unregister_layer_type(_Scaled)
     with pytest.warns(UserWarning, match="no layer registered"):
         kfac_ext.KFACPreconditioner(_Scaled())
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kfac_ext.layers import KFACLayer
+from kfac_ext.layers.base import KFACLayer
 
 
 class ProjectionLayer(KFACLayer):

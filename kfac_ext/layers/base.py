@@ -2,7 +2,7 @@
 
 A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``; other layer
 types subclass it in a file of their own and register in
-:mod:`kfac_ext.layer_types` (docs/design.md §2a). While capture
+:mod:`kfac_ext.layers.registry` (docs/design.md §2a). While capture
 is on (the preconditioner turns it on for steps that update factors), a
 forward hook turns the layer input into this micro-batch's activation factor
 contribution at once, and registers a tensor hook on the layer output that

@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kfac_ext.layers import KFACLayer
+from kfac_ext.layers.base import KFACLayer
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:

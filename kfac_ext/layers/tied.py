@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-from kfac_ext.layers import KFACLayer
+from kfac_ext.layers.base import KFACLayer
 
 
 def mark_tied(layers: list[KFACLayer], log: Callable[[str, list], None]) -> set:

@@ -25,7 +25,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from kfac_ext.layers import KFACLayer
+from kfac_ext.layers.base import KFACLayer
 
 
 class EmbeddingLayer(KFACLayer):

@@ -24,10 +24,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from kfac_ext.attention_layer import attention_layers
-from kfac_ext.conv1d_layer import conv1d_layers, is_hf_conv1d
-from kfac_ext.embedding_layer import embedding_layers
-from kfac_ext.layers import KFACLayer, has_trainable_weight
+from kfac_ext.layers.attention import attention_layers
+from kfac_ext.layers.base import KFACLayer, has_trainable_weight
+from kfac_ext.layers.conv1d import conv1d_layers, is_hf_conv1d
+from kfac_ext.layers.embedding import embedding_layers
 
 Factory = Callable[[str, nn.Module, torch.dtype | None], Sequence[KFACLayer]]
 Match = type | tuple[type, ...] | Callable[[nn.Module], bool]
