@@ -65,7 +65,6 @@ import torch
 
 if TYPE_CHECKING:
     from kfac_ext.layers.base import KFACLayer
-    from kfac_ext.preconditioner import KFACPreconditioner
 
 __all__ = ["AdaptiveDamping"]
 
@@ -151,11 +150,10 @@ class AdaptiveDamping:
         return self._pending is not None
 
     # ---------------------------------------------------------------- observe
-    def observe(self, preconditioner: KFACPreconditioner, step: int, closure: Callable | None) -> None:
-        """Called by ``KFACPreconditioner.step`` before it changes any gradient. The new
+    def observe(self, layers: list[KFACLayer], step: int, closure: Callable | None) -> None:
+        """Called by ``KFACPreconditioner.step`` (with its layers) before it changes any gradient. The new
         measurement's closure is checked (and its loss taken) before the pending one
         finishes, so a bad closure changes nothing."""
-        layers = preconditioner.layers
         measure = step % self.interval == 0 and all(l.has_grad() and l.factor_updates > 0 for l in layers)
         if step % self.interval == 0 and closure is None:
             raise ValueError(

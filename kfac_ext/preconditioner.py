@@ -574,7 +574,7 @@ class KFACPreconditioner(KfacPytorchNames):
                 "preconditioner has neither)",
             )
         if self._adaptive is not None:  # reads the raw gradients: before any change
-            self._adaptive.observe(self, step, closure)
+            self._adaptive.observe(self.layers, step, closure)
         if self._auto is not None:  # adds weight decay to every gradient, keeps g
             self._auto.before(self._model, closure)
             try:

@@ -66,7 +66,7 @@ def test_reduction_ratio_is_one_for_a_quadratic_with_exact_factors(curvature_sca
     loss = closure()
     loss.backward()
     g = torch.cat([model.weight.grad, model.bias.grad[:, None]], 1).clone()
-    damping.observe(pre, 0, closure)
+    damping.observe(pre.layers, 0, closure)
     # A descent move that is not the gradient's direction: -(g + noise).
     gen = torch.Generator().manual_seed(5)
     delta = -0.2 * (g + 0.5 * torch.randn(3, 7, generator=gen, dtype=torch.float64))
@@ -74,7 +74,7 @@ def test_reduction_ratio_is_one_for_a_quadratic_with_exact_factors(curvature_sca
         model.weight.add_(delta[:, :-1])
         model.bias.add_(delta[:, -1])
     new_loss = closure().item()
-    damping.observe(pre, 1, closure)  # next step: finishes the pending measurement
+    damping.observe(pre.layers, 1, closure)  # next step: finishes the pending measurement
     model_change = (g * delta).sum() + 0.5 * curvature_scale * ((layer.G @ delta @ layer.A) * delta).sum()
     assert model_change < 0
     rho = (new_loss - loss.item()) / model_change.item()
