@@ -21,6 +21,9 @@ K-FAC adds, for the slowest rank:
   rank's block;
 - preconditioned-gradient broadcast (every step, N/g > 1 blocks): every layer
   outside the rank's block arrives from its block.
+A diagonal factor (``FactorLayer.a_diagonal``/``g_diagonal``: an Embedding's A, one
+over ``max_factor_bytes``) is n numbers everywhere (covariance, all-reduce, memory,
+second-order data) and has no eigendecomposition.
 Memory per rank: the tensors autograd saves for backward (activations), parameters,
 gradients and a momentum buffer, every factor (all ranks hold them after the
 all-reduce), and (Q, d) of each layer in its block. Workspace and the allocator's
@@ -202,13 +205,13 @@ def predict(
     grad_ar = ring_allreduce_time(work.params * eb, ranks, net)
 
     factor_compute = f_factor * profile.compute_time(work.factor_flops(batch))
-    elems = sum(n * (n + 1) // 2 if packed_factors else n * n for lay in layers for n in (lay.dim_a, lay.dim_g))
+    elems = sum(lay.factor_elements(packed_factors) for lay in layers)
     cap = bucket_cap_mb * 1024 * 1024
     nbytes = elems * eb
     full, rest = divmod(nbytes, cap)
     factor_comm = f_factor * (full * ring_allreduce_time(cap, ranks, net) + ring_allreduce_time(rest, ranks, net))
 
-    layer_eig = tuple(profile.eigh_time(lay.dim_a) + profile.eigh_time(lay.dim_g) for lay in layers)
+    layer_eig = tuple(sum(profile.eigh_time(n) for n in lay.dense_dims()) for lay in layers)
     block_of, makespan = _eigen_makespan(layer_eig, n_blocks, g)
     eigen_compute = f_inv * makespan
 
@@ -220,9 +223,9 @@ def predict(
     for b in sorted(owning) + ([] if empty is None else [empty]):
         mine = [lay for lay, owner in zip(layers, block_of) if owner == b]
         others = [lay for lay, owner in zip(layers, block_of) if owner != b]
-        eig_bytes = sum((n * n + n) * eb for lay in mine for n in (lay.dim_a, lay.dim_g))
+        eig_bytes = sum(lay.eigen_elements() * eb for lay in mine)
         if eigen_allreduce:
-            all_bytes = sum((n * n + n) * eb for lay in layers for n in (lay.dim_a, lay.dim_g))
+            all_bytes = sum(lay.eigen_elements() * eb for lay in layers)
             ec = f_inv * ring_allreduce_time(all_bytes, ranks, net)
         else:
             ec = f_inv * (broadcast_time(eig_bytes, g, net) + 2 * len(mine) * net.alpha if g > 1 and mine else 0.0)
@@ -238,7 +241,7 @@ def predict(
     memory = {
         "activations": float(batch * work.activation_bytes),
         "params_grads_momentum": 3.0 * work.params * eb,
-        "factors": float(sum((lay.dim_a**2 + lay.dim_g**2) * eb for lay in layers)),
+        "factors": float(sum(lay.factor_elements() * eb for lay in layers)),
         "eigenbases": float(eig_bytes_max),
     }
     return StepTime(

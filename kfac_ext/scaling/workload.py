@@ -2,17 +2,29 @@
 
 ``workload_of(factory, input_shape)`` builds the model on the meta device (no
 memory, no arithmetic), runs one forward and one backward of a single sample
-under ``torch.utils.flop_counter.FlopCounterMode``, sums
-the bytes autograd saves for backward (parameters excluded), and records every Linear/Conv2d K-FAC would register with the
-shapes its factors take (the other layer types of docs/design.md §2a — attention,
-embeddings, HF Conv1D — are not modelled yet: their cost is left out). Convolution and matmul FLOPs are linear in
-the batch, so per-sample figures times the batch per rank give the step.
+under ``torch.utils.flop_counter.FlopCounterMode``, and sums the bytes autograd
+saves for backward (parameters excluded). The K-FAC layers are the preconditioner's
+own: a ``KFACPreconditioner`` is built on the meta model (so every layer type of
+``kfac_ext.layer_types`` counts, a user's registered ones included: Linear, Conv2d
+and its channel groups, HF Conv1D, the q/k/v/out projections of
+``nn.MultiheadAttention``, ``nn.Embedding``; ``skip_layers``, ``max_factor_bytes``,
+``kfac_approx`` and tied weights as the preconditioner takes them), and each layer's
+dims and diagonal flags come from its ``KFACLayer``. The rows per sample entering
+its factors are counted where the layer would capture them, during the same
+forward and backward (its capture methods are replaced by counters on the throwaway
+meta model: nothing is computed). Convolution and matmul FLOPs are linear in the
+batch, so per-sample figures times the batch per rank give the step.
+
+A diagonal factor (an Embedding's A, a factor over ``max_factor_bytes``) costs O(n):
+its covariance is n squares per row (a one-hot input, token ids, one count per
+row), it has no eigendecomposition (its eigenvalues are its entries), and it is
+stored, sent and kept as n numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,27 +33,59 @@ from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["FactorLayer", "Workload", "workload_of"]
 
-# The layer types whose factor shapes _factor_layer knows.
-MODELLED_TYPES = (nn.Linear, nn.Conv2d)
-
 
 @dataclasses.dataclass(frozen=True)
 class FactorLayer:
-    """One K-FAC layer: A is dim_a x dim_a, G is dim_g x dim_g; ``rows`` rows per sample
-    enter each factor (output positions of a conv, leading dims of a Linear)."""
+    """One K-FAC layer: A is dim_a x dim_a, G is dim_g x dim_g (or their diagonals);
+    ``rows`` rows per sample enter each factor (output positions of a conv, the
+    leading dims of a Linear, tokens of an Embedding); ``a_onehot``: A's rows are
+    one-hot (token ids), so its diagonal is a count per row."""
 
     name: str
     dim_a: int
     dim_g: int
     rows: int
+    a_diagonal: bool = False
+    g_diagonal: bool = False
+    a_onehot: bool = False
+
+    def factors(self) -> tuple[tuple[int, bool], tuple[int, bool]]:
+        """(n, diagonal) of A and of G."""
+        return (self.dim_a, self.a_diagonal), (self.dim_g, self.g_diagonal)
+
+    def dense_dims(self) -> tuple[int, ...]:
+        """The sizes of the factors that are eigendecomposed (the dense ones)."""
+        return tuple(n for n, diag in self.factors() if not diag)
+
+    def factor_elements(self, packed: bool = False) -> int:
+        """Numbers held (or sent) for A and G: n for a diagonal factor, n^2 for a dense
+        one (n (n + 1) / 2 ``packed``: the upper triangle)."""
+        return sum(n if diag else n * (n + 1) // 2 if packed else n * n for n, diag in self.factors())
+
+    def eigen_elements(self) -> int:
+        """Numbers of the second-order data: (Q, d) of a dense factor, d of a diagonal one."""
+        return sum(n if diag else n * n + n for n, diag in self.factors())
 
     def factor_flops(self, batch: int) -> float:
-        """Multiply-adds x 2 of the two covariances as full GEMMs (rows x n by n x rows)."""
-        return 2.0 * batch * self.rows * (self.dim_a**2 + self.dim_g**2)
+        """Multiply-adds x 2 of the two covariances: a dense factor as a full GEMM
+        (rows x n by n x rows), a diagonal one n squares per row (one count per row
+        for one-hot rows)."""
+        total = 0.0
+        for i, (n, diag) in enumerate(self.factors()):
+            if not diag:
+                total += 2.0 * batch * self.rows * n * n
+            elif i == 0 and self.a_onehot:
+                total += float(batch * self.rows)
+            else:
+                total += 2.0 * batch * self.rows * n
+        return total
 
     def precondition_flops(self) -> float:
-        """The two basis changes each way: Q_G^T Γ Q_A and Q_G V Q_A^T, Γ of g x a."""
-        return 4.0 * self.dim_g * self.dim_a * (self.dim_g + self.dim_a)
+        """The basis changes each way, Q_G^T Γ Q_A and Q_G V Q_A^T with Γ of g x a (two
+        GEMMs per dense factor, none for a diagonal one), and the division by the
+        eigenvalues' outer product (2 g a)."""
+        dense = sum(n for n, diag in self.factors() if not diag)
+        return 4.0 * self.dim_g * self.dim_a * dense + 2.0 * self.dim_g * self.dim_a
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +106,73 @@ class Workload:
         return sum(layer.factor_flops(batch) for layer in self.layers)
 
 
-def _factor_layer(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> FactorLayer:
-    bias = 1 if module.bias is not None else 0
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        dim_a = module.in_channels // module.groups * kh * kw + bias
-        return FactorLayer(name, dim_a, module.out_channels, out.shape[-2] * out.shape[-1])
-    rows = math.prod(out.shape[1:-1]) if out.dim() > 2 else 1
-    return FactorLayer(name, module.in_features + bias, module.out_features, rows)
+def _hooked(layer) -> bool:
+    """Whether ``layer`` is fed by its module's forward hook (KFACLayer's own), not by a
+    type-specific capture (an attention projection's F.linear calls)."""
+    from kfac_ext.layers import KFACLayer
+
+    return type(layer)._install_hooks is KFACLayer._install_hooks
+
+
+def _counting(layer, rows: dict, onehot: dict) -> None:
+    """Replace ``layer``'s capture methods (instance attributes, on a throwaway meta
+    model) by counters of the rows that reach its G, and of whether A's input is ids.
+    A layer not fed by its module's hook is counted by ``_linear_counter`` instead
+    (its own capture tells the views of one packed weight apart by address, and every
+    meta tensor has address 0)."""
+    key = id(layer)
+    hooked = _hooked(layer)
+
+    def add_gradient_rows(g: torch.Tensor) -> None:
+        if hooked:
+            rows[key] = rows.get(key, 0) + int(g.shape[0])
+
+    def add_gradient(g: torch.Tensor) -> None:
+        if layer.is_conv:  # (N, C, H, W): a row per output position
+            rows[key] = rows.get(key, 0) + g.numel() // g.shape[1 if g.dim() == 4 else 0]
+        else:
+            add_gradient_rows(layer.rows(g, "sum"))
+
+    def add_activation(x: torch.Tensor) -> None:
+        onehot[key] = not x.is_floating_point()
+
+    layer.add_gradient_rows = add_gradient_rows
+    layer._add_gradient = add_gradient
+    layer._add_activation = add_activation
+    layer.add_activation_rows = lambda x: None
+
+
+def _linear_counter(layers: list, rows: dict, linear: Callable) -> Callable:
+    """F.linear, counting the input rows of every call on (a row slice of) the weight of
+    a layer in ``layers``: the weight itself or a view of it (``_base``), told apart by
+    storage offset, which the meta device keeps."""
+
+    def counted(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in layers:
+            base = layer.weight
+            if weight is not base and weight._base is not base:
+                continue
+            offset = (weight.storage_offset() - base.storage_offset()) // max(base.stride(0), 1)
+            lo, hi = layer.out_slice.start, layer.out_slice.stop
+            if offset <= lo and hi <= offset + weight.shape[0]:
+                rows[id(layer)] = rows.get(id(layer), 0) + int(layer.rows(input, "mean").shape[0])
+        return linear(input, weight, bias)
+
+    return counted
+
+
+def _preconditioner_layers(model: nn.Module, options: dict):
+    """The KFACLayer objects a one-process KFACPreconditioner registers for ``model``,
+    capturing (the preconditioner's first step updates the factors)."""
+    from kfac_ext.comm import LocalComm  # the preconditioner imports scaling's users late
+    from kfac_ext.preconditioner import KFACPreconditioner
+
+    with warnings.catch_warnings():  # "no layer registered", "kept diagonal": reported by the tool
+        warnings.simplefilter("ignore")
+        pre = KFACPreconditioner(model, comm=LocalComm(), **options)
+    for layer in pre.layers:
+        layer.capture = True
+    return pre.layers
 
 
 def workload_of(
@@ -77,9 +180,12 @@ def workload_of(
     input_shape: Sequence[int],
     name: str | None = None,
     input_dtype: torch.dtype = torch.float32,
+    **preconditioner_options,
 ) -> Workload:
     """Measure one sample of ``factory()`` on the meta device; ``input_shape`` excludes the batch
-    (``input_dtype=torch.long`` for token ids)."""
+    (``input_dtype=torch.long`` for token ids). ``preconditioner_options`` (``skip_layers``,
+    ``max_factor_bytes``, ``kfac_approx``, ``factor_dtype``) go to the KFACPreconditioner
+    whose layers are counted."""
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"input_shape must be positive sizes without the batch, got {input_shape!r}")
@@ -88,19 +194,11 @@ def workload_of(
     if not isinstance(model, nn.Module):
         raise ValueError(f"the model factory returned {type(model).__name__}, not an nn.Module")
     model = model.to("meta")
-    layers: dict[str, FactorLayer] = {}
-
-    def record(name):
-        def hook(module, args, out):  # returns None: the output is left as it is
-            layers.setdefault(name, _factor_layer(name, module, args[0], out))
-
-        return hook
-
-    hooks = [
-        m.register_forward_hook(record(n))
-        for n, m in model.named_modules()
-        if isinstance(m, MODELLED_TYPES) and m.weight.requires_grad
-    ]
+    kfac_layers = _preconditioner_layers(model, preconditioner_options)
+    rows: dict[int, int] = {}
+    onehot: dict[int, bool] = {}
+    for layer in kfac_layers:
+        _counting(layer, rows, onehot)
     x = torch.zeros((1, *shape), device="meta", dtype=input_dtype)
     saved: dict[int, int] = {}
 
@@ -108,6 +206,10 @@ def workload_of(
         saved[id(t)] = t.numel() * t.element_size()
         return t
 
+    functional = [layer for layer in kfac_layers if not _hooked(layer)]
+    linear = torch.nn.functional.linear
+    if functional:
+        torch.nn.functional.linear = _linear_counter(functional, rows, linear)
     try:
         with FlopCounterMode(display=False) as fwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x)
@@ -116,17 +218,29 @@ def workload_of(
             if loss.requires_grad:  # a model without trainable parameters has no backward
                 loss.backward()
     finally:
-        for h in hooks:
-            h.remove()
+        torch.nn.functional.linear = linear
+        for layer in kfac_layers:
+            layer.remove_hooks()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     param_ids = {id(p) for p in model.parameters()}
     activation = sum(b for key, b in saved.items() if key not in param_ids)
-    ordered = tuple(layers[n] for n, _ in model.named_modules() if n in layers)
+    layers = tuple(
+        FactorLayer(
+            layer.name,
+            layer.a_dim,
+            layer.g_dim,
+            rows.get(id(layer), 0),
+            layer.a_diagonal,
+            layer.g_diagonal,
+            onehot.get(id(layer), False),
+        )
+        for layer in kfac_layers
+    )
     return Workload(
         name or type(model).__name__,
         float(fwd.get_total_flops()),
         float(bwd.get_total_flops()),
         params,
         float(activation),
-        ordered,
+        layers,
     )

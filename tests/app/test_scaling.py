@@ -70,7 +70,8 @@ def test_comm_opt_step_by_hand():
     assert s.eigen_compute == pytest.approx(2e-3 + (30**3 + 40**3) / 1e9)
     eig_bytes = (110 + 420 + 930 + 1640) * 4  # Q and d of every factor
     assert s.eigen_comm == pytest.approx(2e-5 + eig_bytes / 1e9 + 4 * 1e-5)
-    assert s.precondition == pytest.approx((4 * 20 * 10 * 30 + 4 * 40 * 30 * 70) / 1e12)
+    # two GEMMs per factor each way, and the division by the eigenvalues' outer product
+    assert s.precondition == pytest.approx((4 * 20 * 10 * 30 + 4 * 40 * 30 * 70 + 2 * (20 * 10 + 40 * 30)) / 1e12)
     assert s.grad_comm == 0.0
     assert s.memory == {
         "activations": 8e3,
@@ -201,8 +202,9 @@ def token_model() -> nn.Module:
 
 def test_token_inputs_and_sequence_rows(capsys):
     w = workload_of(token_model, (8,), input_dtype=torch.long)
-    (layer,) = w.layers  # the Embedding is not a K-FAC layer
-    assert (layer.dim_a, layer.dim_g, layer.rows) == (17, 4, 8)  # 8 positions per sample
+    emb, layer = w.layers  # the Embedding is a K-FAC layer with a diagonal A
+    assert (emb.dim_a, emb.dim_g, emb.rows, emb.a_diagonal, emb.a_onehot) == (100, 16, 8, True, True)
+    assert (layer.dim_a, layer.dim_g, layer.rows, layer.a_diagonal) == (17, 4, 8, False)  # 8 positions per sample
     assert w.forward_flops == 2 * 8 * 16 * 4
     code, out, _ = _run(
         capsys,
@@ -218,11 +220,99 @@ def test_token_inputs_and_sequence_rows(capsys):
         "a100",
         "--json",
     )
-    assert code == 0 and json.loads(out)["model"]["kfac_layers"] == 1
+    assert code == 0 and json.loads(out)["model"]["kfac_layers"] == 2
     code, _, err = _run(
         capsys, "--model", "test_scaling:token_model", "--input-shape", "8", "--ranks", "2"
     )  # float ids: a one-line error
     assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
+
+
+class TinyTransformer(nn.Module):
+    """Embedding (V=50, E=16) -> self-attention (2 heads) -> Linear head back to V."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 50)
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.head(self.att(h, h, h)[0])
+
+
+def test_tiny_transformer_layers_come_from_the_preconditioners_registry():
+    w = workload_of(TinyTransformer, (7,), input_dtype=torch.long)
+    got = [(la.name, la.dim_a, la.dim_g, la.rows, la.a_diagonal, la.g_diagonal) for la in w.layers]
+    assert got == [
+        ("emb", 50, 16, 7, True, False),  # A: token counts (diagonal), G: 16x16
+        ("att[q]", 17, 16, 7, False, False),  # each projection of the packed in_proj, bias row
+        ("att[k]", 17, 16, 7, False, False),
+        ("att[v]", 17, 16, 7, False, False),
+        ("att[out]", 17, 16, 7, False, False),
+        ("head", 17, 50, 7, False, False),
+    ]
+    emb, q, *_ = w.layers
+    # the one-hot A is a count per token; G a 16x16 GEMM over the 7 tokens of each sample
+    assert emb.factor_flops(4) == 4 * 7 + 2 * 4 * 7 * 16**2
+    assert q.factor_flops(4) == 2 * 4 * 7 * (17**2 + 16**2)
+    # a diagonal A needs no basis change: Q_G on the left only, and the eigenvalue division
+    assert emb.precondition_flops() == 4 * 16 * 50 * 16 + 2 * 16 * 50
+    assert q.precondition_flops() == 4 * 16 * 17 * (16 + 17) + 2 * 16 * 17
+    assert emb.dense_dims() == (16,) and emb.factor_elements() == 50 + 16**2
+    assert emb.factor_elements(packed=True) == 50 + 16 * 17 // 2 and emb.eigen_elements() == 50 + 16**2 + 16
+
+    s = predict(w, 1, PROFILE, NET, batch=4, intervals=Intervals(1, 1))
+    eigh = lambda n: 1e-3 + 9 * n**3 / 9e9  # noqa: E731  PROFILE's eigendecomposition
+    # 11 eigendecompositions: G of the embedding, A and G of the 4 projections and the head
+    assert s.eigen_compute == pytest.approx(eigh(16) + 4 * (eigh(17) + eigh(16)) + eigh(17) + eigh(50))
+    assert s.memory["factors"] == 4 * ((50 + 16**2) + 4 * (17**2 + 16**2) + (17**2 + 50**2))
+    assert s.memory["eigenbases"] == 4 * ((50 + 272) + 4 * (306 + 272) + (306 + 2550))
+    assert s.factor_compute == pytest.approx(sum(la.factor_flops(4) for la in w.layers) / 1e12)
+    assert s.precondition == pytest.approx(sum(la.precondition_flops() for la in w.layers) / 1e12)
+
+
+def test_factors_over_max_factor_bytes_go_diagonal_and_cost_o_n():
+    mlp = lambda: nn.Sequential(nn.Linear(4000, 300), nn.Linear(300, 3))  # noqa: E731
+    w = workload_of(mlp, (5, 4000), max_factor_bytes=2**20)  # A of the first: 4001^2 x 4 B > 1 MiB
+    big, small = w.layers
+    assert (big.dim_a, big.a_diagonal, big.g_diagonal, big.rows) == (4001, True, False, 5)
+    assert big.factor_flops(2) == 2 * 2 * 5 * (4001 + 300**2) and big.dense_dims() == (300,)
+    assert not small.a_diagonal and not small.g_diagonal
+    dense = workload_of(mlp, (5, 4000), max_factor_bytes=None).layers[0]
+    assert dense.dense_dims() == (4001, 300)
+    s = predict(w, 2, PROFILE, NET, batch=2, grad_workers=1)
+    assert s.memory["factors"] == 4 * (4001 + 300**2 + 301**2 + 3**2)
+
+
+def test_skip_layers_reach_the_workload():
+    w = workload_of(TinyTransformer, (7,), input_dtype=torch.long, skip_layers=["^emb$", "^head$"])
+    assert [la.name for la in w.layers] == ["att[q]", "att[k]", "att[v]", "att[out]"]
+
+
+def transformer_model() -> nn.Module:
+    return nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+
+
+def test_cli_plans_a_transformer_encoder(capsys):
+    code, out, _ = _run(
+        capsys,
+        "--model",
+        "test_scaling:transformer_model",
+        "--input-shape",
+        "10,32",
+        "--ranks",
+        "2,4",
+        "--profile",
+        "a100",
+        "--json",
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["model"]["kfac_layers"] == 12  # per block: q, k, v, out, linear1, linear2
+    for row in data["rows"]:
+        assert row["kfac"] > row["sgd"] > 0 and row["memory"]["factors"] > 0
+    assert data["plans"]
 
 
 def test_a_model_without_parameters_has_nothing_to_precondition():
