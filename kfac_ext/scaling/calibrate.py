@@ -25,34 +25,61 @@ from kfac_ext.scaling.published import Row
 from kfac_ext.scaling.step import Intervals, predict
 from kfac_ext.scaling.workload import Workload
 
-__all__ = ["MEASURED", "gpu_profile", "Calibration", "calibrate", "KFAC_LW", "V100_CALIBRATION"]
+__all__ = [
+    "MEASURED",
+    "SYMEIG_2020_LATENCY_S",
+    "gpu_profile",
+    "Calibration",
+    "calibrate",
+    "KFAC_LW",
+    "V100_CALIBRATION",
+]
 
 # Fractions of the FP32 peak measured on an H200 (module docstring).
 MEASURED = {"dense": 0.45, "eigh": 0.103, "eigh_latency_s": 0.95e-3}
+
+# The latency of one eigendecomposition call in the stack the published rows ran
+# (2020: torch.symeig on CUDA, which went through MAGMA's syevd, a hybrid CPU/GPU
+# routine; pytorch/pytorch#4634). Measured, not fitted: pytorch/pytorch#10172
+# (2018-08, gpleiss) times `symeig` of one 32x32 CUDA matrix at 19.1 ms +- 0.84 ms
+# per call (%timeit, 7 runs x 100 loops), against 40.8 us on the CPU. The GPU is not
+# named there; the one other figure found, #22573 (2019-07, torch 1.2, GTX TITAN X),
+# is 0.9 s for one batched call on 500 2x2 matrices, 1.8 ms per matrix inside one call
+# (a loop of MAGMA calls sharing one copy). kfac-pytorch of 2020 called symeig once
+# per factor, which is #10172's case. It is a property of that software stack, not of
+# the V100's rates, so k does not scale it (docs/distributed.md, validation).
+SYMEIG_2020_LATENCY_S = 19.1e-3
 
 # kfac-pytorch's layer-wise K-FAC of 2020 (the published rows): factors every step,
 # eigendecompositions every 10, full factors all-reduced, (Q, d) all-reduced, COMM-OPT.
 KFAC_LW = {"intervals": Intervals(1, 10), "packed_factors": False, "eigen_allreduce": True}
 
-# calibrate(resnet50-32 row, ResNet-50, ib100) gives these; tests/app/test_scaling_model.py
-# re-fits them, so a change to the model that moves them fails there.
-V100_CALIBRATION = {"k": 1.7965, "host_s": 0.3140}
+# calibrate(resnet50-32 row, ResNet-50, ib100) gives these (with the 2020 stack's
+# eigendecomposition latency); tests/app/test_scaling_model.py re-fits them, so a
+# change to the model that moves them fails there.
+V100_CALIBRATION = {"k": 1.8341, "host_s": 0.3152}
 
 
-def gpu_profile(name: str, k: float = 1.0) -> DeviceProfile:
-    """The measured fractions (times k) applied to the datasheet peak of ``name``."""
+def gpu_profile(name: str, k: float = 1.0, eigh_latency_s: float | None = None) -> DeviceProfile:
+    """The measured fractions (times k) applied to the datasheet peak of ``name``; the
+    eigendecomposition latency is the H200-measured one over k, or ``eigh_latency_s``
+    (a software stack's own, e.g. ``SYMEIG_2020_LATENCY_S``)."""
     if name not in PEAKS:
         raise ValueError(f"profile must be one of {sorted(PEAKS)}, got {name!r}")
     if not k > 0:
         raise ValueError(f"k must be > 0, got {k!r}")
     peak = PEAKS[name]
+    latency = MEASURED["eigh_latency_s"] / k if eigh_latency_s is None else eigh_latency_s
+    source = peak.source
+    if eigh_latency_s is not None:
+        source += f"; eigendecomposition latency {eigh_latency_s * 1e3:.3g} ms per call given"
     return DeviceProfile(
         name,
         k * MEASURED["dense"] * peak.fp32_flops_per_s,
         k * MEASURED["eigh"] * peak.fp32_flops_per_s,
-        MEASURED["eigh_latency_s"] / k,
+        latency,
         peak.memory_bytes,
-        peak.source,
+        source,
     )
 
 
@@ -70,24 +97,33 @@ def _overhead(work: Workload, row: Row, profile: DeviceProfile, net: Network) ->
     return predict(work, row.gpus, profile, net, batch=row.batch, **KFAC_LW).kfac_overhead
 
 
-def calibrate(row: Row, work: Workload, net: Network, name: str = "v100") -> Calibration:
+def calibrate(
+    row: Row,
+    work: Workload,
+    net: Network,
+    name: str = "v100",
+    eigh_latency_s: float | None = SYMEIG_2020_LATENCY_S,
+) -> Calibration:
     """Bisect k (log scale) until the predicted K-FAC overhead is the row's (its first
-    K-FAC run); then the host time that closes the SGD step."""
+    K-FAC run); then the host time that closes the SGD step. ``eigh_latency_s``: the
+    latency per eigendecomposition of the row's software stack (default: 2020's
+    symeig), held fixed while k moves; None scales the H200-measured one by 1/k."""
     target = row.overhead_s[0]
     lo, hi = 1e-3, 1e3
-    if not _overhead(work, row, gpu_profile(name, hi), net) < target < _overhead(work, row, gpu_profile(name, lo), net):
+    prof = lambda k: gpu_profile(name, k, eigh_latency_s)  # noqa: E731
+    if not _overhead(work, row, prof(hi), net) < target < _overhead(work, row, prof(lo), net):
         raise ValueError(
             f"row {row.key}: no k in [{lo}, {hi}] reaches its overhead "
             f"{target * 1e3:.1f} ms (communication alone may exceed it)"
         )
     for _ in range(100):
         mid = (lo * hi) ** 0.5
-        if _overhead(work, row, gpu_profile(name, mid), net) > target:
+        if _overhead(work, row, prof(mid), net) > target:
             lo = mid
         else:
             hi = mid
     k = (lo * hi) ** 0.5
-    profile = gpu_profile(name, k)
+    profile = prof(k)
     step = predict(work, row.gpus, profile, net, batch=row.batch, **KFAC_LW)
     host = max(0.0, row.sgd_s - step.sgd)
     return Calibration(row.key, k, host, profile)

@@ -3,7 +3,7 @@
 import pytest
 
 from kfac_ext.scaling import NETWORKS, workload_of
-from kfac_ext.scaling.calibrate import V100_CALIBRATION, calibrate, gpu_profile
+from kfac_ext.scaling.calibrate import MEASURED, SYMEIG_2020_LATENCY_S, V100_CALIBRATION, calibrate, gpu_profile
 from kfac_ext.scaling.models import resnet32_cifar, resnet50
 from kfac_ext.scaling.published import CALIBRATION_ROW, ROWS
 from kfac_ext.scaling.validation import SGD_TOLERANCE, check_rows, sc20_saving, sc20_table
@@ -58,16 +58,22 @@ def test_calibration_row_is_reproduced(checks):
     assert c.sgd_ratio == pytest.approx(1.0, rel=1e-3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known miss: the CIFAR rows' K-FAC overhead needs "
-    "~13-18 ms per eigendecomposition call (2020's symeig); the H200-measured "
-    "latency gives 0.5 ms (docs/distributed.md)",
-)
 @pytest.mark.parametrize("key", ["cifar-1", "cifar-4"])
 def test_cifar_rows_within_2x(checks, key):
+    # with the 2020 stack's measured symeig latency (SYMEIG_2020_LATENCY_S, #10172)
     c = checks[key]
     assert 1 / c.tolerance <= c.overhead_ratios[0] <= c.tolerance
+
+
+def test_cifar_rows_rest_on_the_2020_symeig_latency(works):
+    """The CIFAR rows hold only with the published per-call latency of 2020's symeig;
+    with today's cuSOLVER latency (or #22573's 1.8 ms per batched matrix) they miss,
+    while the ResNet-50 rows hardly move (docs/distributed.md, validation)."""
+    assert SYMEIG_2020_LATENCY_S == 19.1e-3  # pytorch/pytorch#10172, not a fit
+    for latency in (MEASURED["eigh_latency_s"] / V100_CALIBRATION["k"], 1.8e-3):
+        other = {c.key: c for c in check_rows(works, NET, latency)}
+        assert other["cifar-1"].overhead_ratios[0] < 0.5 and other["cifar-4"].overhead_ratios[0] < 0.5
+        assert other["resnet50-32"].overhead_ratios[0] == pytest.approx(1.0, abs=0.02)
 
 
 def test_sc20_saving_arithmetic_and_interval_trend(works):
