@@ -1,5 +1,7 @@
 """The two networks of the published K-FAC timings, buildable without torchvision.
 
+``transformer_lm()`` is a small encoder language model (token embedding, a stack of
+``nn.TransformerEncoderLayer``, a vocabulary head) for planning a transformer.
 ``resnet50()`` follows torchvision's ResNet-50 (v1.5: the stride sits on the 3x3
 conv of a bottleneck); ``resnet32_cifar()`` is the CIFAR ResNet-32 of He et al.
 2016 with the parameter-free option-A shortcut (kfac_ext.app.models).
@@ -11,7 +13,7 @@ from torch import nn
 
 from kfac_ext.app.models import resnet_cifar
 
-__all__ = ["resnet50", "resnet32_cifar"]
+__all__ = ["resnet50", "resnet32_cifar", "transformer_lm"]
 
 
 class _Bottleneck(nn.Module):
@@ -56,3 +58,21 @@ def resnet50(num_classes: int = 1000) -> nn.Module:
 def resnet32_cifar(num_classes: int = 10) -> nn.Module:
     """The CIFAR ResNet-32 (three stages of five basic blocks)."""
     return resnet_cifar(32, num_classes)
+
+
+class _TransformerLM(nn.Module):
+    def __init__(self, vocab: int, dim: int, heads: int, layers: int, ff: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        block = nn.TransformerEncoderLayer(dim, heads, ff, dropout=0.0, batch_first=True)
+        self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids):
+        return self.head(self.blocks(self.embed(ids)))
+
+
+def transformer_lm(vocab: int = 32000, dim: int = 512, heads: int = 8, layers: int = 6, ff: int = 2048) -> nn.Module:
+    """Token ids (batch, length) to logits: Embedding, ``layers`` encoder blocks, Linear head
+    (``--input-shape LENGTH --input-dtype int64``)."""
+    return _TransformerLM(vocab, dim, heads, layers, ff)

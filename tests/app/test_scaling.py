@@ -478,3 +478,16 @@ def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
 def test_cli_refuses_bad_values_in_one_line(capsys, argv, flag):
     code, out, err = _run(capsys, *argv)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and flag in err, err
+
+
+def test_transformer_lm_head_over_the_default_factor_limit_goes_diagonal():
+    from kfac_ext.scaling.models import transformer_lm
+
+    w = workload_of(transformer_lm, (64,), input_dtype=torch.long)
+    names = [la.name for la in w.layers]
+    assert len(names) == 1 + 6 * 6 + 1 and names[0] == "embed" and names[-1] == "head"
+    embed, head = w.layers[0], w.layers[-1]
+    assert embed.a_diagonal and embed.a_onehot and embed.rows == 64
+    # G of the head is 32000^2 x 4 B = 4.1 GB > the preconditioner's default 1 GiB
+    assert (head.dim_g, head.g_diagonal, head.a_diagonal) == (32000, True, False)
+    assert all(la.dense_dims() for la in w.layers)
