@@ -9,10 +9,12 @@ The starting point is what this project measured on a GPU (one H200, torch 2.11,
 - 0.95 ms per eigh call, all latency: 12 calls at n = 64 took 11.44 ms.
 
 ``gpu_profile(name)`` applies those fractions to another GPU's peak. ``calibrate``
-scales both rates by one factor k, and the latency by 1/k, so that the model's K-FAC
-overhead matches one published row, and takes the rest of that row's SGD step, beyond
-the FLOPs and the gradient all-reduce, as the run's host time (input pipeline,
-framework). Two numbers from one row: nothing else is fitted.
+scales both rates by one factor k so that the model's K-FAC overhead matches one
+published row, holding the row's software stack's latency per eigendecomposition
+fixed (``SYMEIG_2020_LATENCY_S``, a published measurement; without one the H200's
+latency over k), and takes the rest of that row's SGD step, beyond the FLOPs and the
+gradient all-reduce, as the run's host time (input pipeline, framework). Two numbers
+from one row: nothing else is fitted.
 """
 
 from __future__ import annotations
