@@ -118,14 +118,13 @@ def _counting(layer, rows: dict, onehot: dict) -> None:
     """Replace ``layer``'s capture methods (instance attributes, on a throwaway meta
     model) by counters of the rows that reach its G, and of whether A's input is ids.
     A layer not fed by its module's hook is counted by ``_linear_counter`` instead
-    (its own capture tells the views of one packed weight apart by address, and every
-    meta tensor has address 0)."""
+    where F.linear sees its weight (an attention projection: its own capture tells the
+    views of one packed weight apart by address, and every meta tensor has address 0);
+    its own capture's count stands only where F.linear never sees it."""
     key = id(layer)
-    hooked = _hooked(layer)
 
     def add_gradient_rows(g: torch.Tensor) -> None:
-        if hooked:
-            rows[key] = rows.get(key, 0) + int(g.shape[0])
+        rows[key] = rows.get(key, 0) + int(g.shape[0])
 
     def add_gradient(g: torch.Tensor) -> None:
         if layer.is_conv:  # (N, C, H, W): a row per output position
@@ -195,7 +194,8 @@ def workload_of(
         raise ValueError(f"the model factory returned {type(model).__name__}, not an nn.Module")
     model = model.to("meta")
     kfac_layers = _preconditioner_layers(model, preconditioner_options)
-    rows: dict[int, int] = {}
+    rows: dict[int, int] = {}  # from the layers' own captures
+    linear_rows: dict[int, int] = {}  # from F.linear, for the layers not fed by a module hook
     onehot: dict[int, bool] = {}
     for layer in kfac_layers:
         _counting(layer, rows, onehot)
@@ -209,7 +209,7 @@ def workload_of(
     functional = [layer for layer in kfac_layers if not _hooked(layer)]
     linear = torch.nn.functional.linear
     if functional:
-        torch.nn.functional.linear = _linear_counter(functional, rows, linear)
+        torch.nn.functional.linear = _linear_counter(functional, linear_rows, linear)
     try:
         with FlopCounterMode(display=False) as fwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(x)
@@ -229,7 +229,7 @@ def workload_of(
             layer.name,
             layer.a_dim,
             layer.g_dim,
-            rows.get(id(layer), 0),
+            linear_rows.get(id(layer), rows.get(id(layer), 0)),
             layer.a_diagonal,
             layer.g_diagonal,
             onehot.get(id(layer), False),

@@ -491,3 +491,27 @@ def test_transformer_lm_head_over_the_default_factor_limit_goes_diagonal():
     # G of the head is 32000^2 x 4 B = 4.1 GB > the preconditioner's default 1 GiB
     assert (head.dim_g, head.g_diagonal, head.a_diagonal) == (32000, True, False)
     assert all(la.dense_dims() for la in w.layers)
+
+
+class _RowMatmul(nn.Module):
+    """y = x Wᵀ with the weight under another name: a layer type the user registers."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 5))
+
+    def forward(self, x):
+        return x @ self.w.T
+
+
+def test_a_user_registered_layer_type_is_modelled():
+    from kfac_ext.layer_types import register_layer_type, unregister_layer_type
+    from kfac_ext.layers import KFACLayer
+
+    register_layer_type(_RowMatmul, lambda name, m, dt: [KFACLayer(name, m, dt, weight=m.w, in_dim=5, out_dim=3)])
+    try:
+        w = workload_of(lambda: nn.Sequential(_RowMatmul()), (4, 5))
+    finally:
+        unregister_layer_type(_RowMatmul)
+    (layer,) = w.layers
+    assert (layer.name, layer.dim_a, layer.dim_g, layer.rows) == ("0", 5, 3, 4)
