@@ -1,6 +1,7 @@
 """A model of the whole distributed K-FAC step, to plan runs past one machine.
 
-- ``workload``: FLOPs, ops and K-FAC layers of any ``nn.Module`` (meta device);
+- ``workload``: FLOPs, activations and the K-FAC layers the preconditioner registers (its
+  layer-type registry) of any ``nn.Module`` (meta device);
 - ``network``: alpha-beta collectives; ``profiles``: device rates;
 - ``step``: SGD and K-FAC step time and memory per rank, per strategy and intervals;
 - ``assign``: the one call into the eigendecomposition assignment (makespan solver);

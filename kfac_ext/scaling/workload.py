@@ -146,6 +146,8 @@ def _linear_counter(layers: list, rows: dict, linear: Callable) -> Callable:
     a layer in ``layers``: the weight itself or a view of it (``_base``), told apart by
     storage offset, which the meta device keeps."""
 
+    query_len: dict[int, int] = {}  # per module: L of its first (L, N, E) input, the query's
+
     def counted(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         for layer in layers:
             base = layer.weight
@@ -154,7 +156,12 @@ def _linear_counter(layers: list, rows: dict, linear: Callable) -> Callable:
             offset = (weight.storage_offset() - base.storage_offset()) // max(base.stride(0), 1)
             lo, hi = layer.out_slice.start, layer.out_slice.stop
             if offset <= lo and hi <= offset + weight.shape[0]:
-                rows[id(layer)] = rows.get(id(layer), 0) + int(layer.rows(input, "mean").shape[0])
+                x = input
+                if x.dim() == 3:
+                    query_len.setdefault(id(layer.module), x.shape[0])
+                elif x.dim() == 2 and id(layer.module) in query_len:  # (L·N, E): the output projection's
+                    x = x.unflatten(0, (query_len[id(layer.module)], -1))
+                rows[id(layer)] = rows.get(id(layer), 0) + int(layer.rows(x, "mean").shape[0])
         return linear(input, weight, bias)
 
     return counted

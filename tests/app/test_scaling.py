@@ -285,6 +285,19 @@ def test_factors_over_max_factor_bytes_go_diagonal_and_cost_o_n():
     assert s.memory["factors"] == 4 * (4001 + 300**2 + 301**2 + 3**2)
 
 
+def test_reduce_counts_one_row_per_sequence_as_the_preconditioner_does():
+    w = workload_of(TinyTransformer, (7,), input_dtype=torch.long, kfac_approx="reduce")
+    # an Embedding stays 'expand'; every projection and the head fold the 7 positions
+    assert [(la.name, la.rows) for la in w.layers] == [
+        ("emb", 7),
+        ("att[q]", 1),
+        ("att[k]", 1),
+        ("att[v]", 1),
+        ("att[out]", 1),
+        ("head", 1),
+    ]
+
+
 def test_skip_layers_reach_the_workload():
     w = workload_of(TinyTransformer, (7,), input_dtype=torch.long, skip_layers=["^emb$", "^head$"])
     assert [la.name for la in w.layers] == ["att[q]", "att[k]", "att[v]", "att[out]"]
