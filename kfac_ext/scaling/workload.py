@@ -5,7 +5,7 @@ memory, no arithmetic), runs one forward and one backward of a single sample
 under ``torch.utils.flop_counter.FlopCounterMode``, and sums the bytes autograd
 saves for backward (parameters excluded). The K-FAC layers are the preconditioner's
 own: a ``KFACPreconditioner`` is built on the meta model (so every layer type of
-``kfac_ext.layer_types`` counts, a user's registered ones included: Linear, Conv2d
+``kfac_ext.layers`` counts, a user's registered ones included: Linear, Conv2d
 and its channel groups, HF Conv1D, the q/k/v/out projections of
 ``nn.MultiheadAttention``, ``nn.Embedding``; ``skip_layers``, ``max_factor_bytes``,
 ``kfac_approx`` and tied weights as the preconditioner takes them), and each layer's
@@ -30,6 +30,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from kfac_ext.comm import LocalComm
+from kfac_ext.layers import KFACLayer
+from kfac_ext.preconditioner import KFACPreconditioner
 
 __all__ = ["FactorLayer", "Workload", "workload_of"]
 
@@ -109,8 +113,6 @@ class Workload:
 def _hooked(layer) -> bool:
     """Whether ``layer`` is fed by its module's forward hook (KFACLayer's own), not by a
     type-specific capture (an attention projection's F.linear calls)."""
-    from kfac_ext.layers import KFACLayer
-
     return type(layer)._install_hooks is KFACLayer._install_hooks
 
 
@@ -170,9 +172,6 @@ def _linear_counter(layers: list, rows: dict, linear: Callable) -> Callable:
 def _preconditioner_layers(model: nn.Module, options: dict):
     """The KFACLayer objects a one-process KFACPreconditioner registers for ``model``,
     capturing (the preconditioner's first step updates the factors)."""
-    from kfac_ext.comm import LocalComm  # the preconditioner imports scaling's users late
-    from kfac_ext.preconditioner import KFACPreconditioner
-
     with warnings.catch_warnings():  # "no layer registered", "kept diagonal": reported by the tool
         warnings.simplefilter("ignore")
         pre = KFACPreconditioner(model, comm=LocalComm(), **options)

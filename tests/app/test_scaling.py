@@ -518,8 +518,7 @@ class _RowMatmul(nn.Module):
 
 
 def test_a_user_registered_layer_type_is_modelled():
-    from kfac_ext.layer_types import register_layer_type, unregister_layer_type
-    from kfac_ext.layers import KFACLayer
+    from kfac_ext.layers import KFACLayer, register_layer_type, unregister_layer_type
 
     register_layer_type(_RowMatmul, lambda name, m, dt: [KFACLayer(name, m, dt, weight=m.w, in_dim=5, out_dim=3)])
     try:
