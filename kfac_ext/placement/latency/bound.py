@@ -41,6 +41,11 @@ __all__ = ["path_bound"]
 def path_bound(graph: Graph, grid: int = 256, subgraphs: int = 1) -> float:
     """The bound above; ``subgraphs`` > 1 (a colour class may then span calls) drops the
     charging of a class's bytes to one member."""
+    return _path_tables(graph, grid, subgraphs)[0]
+
+
+def _path_tables(graph: Graph, grid: int = 256, subgraphs: int = 1):
+    """(the path bound, ``cpu[v]``, ``acc[v][cap]``) of the DP above."""
     cap = graph.memory_cap
     size = _charged_sizes(graph) if subgraphs == 1 else {n.id: n.size for n in graph.nodes}
     step = cap / grid if math.isfinite(cap) and cap > 0 else math.inf
@@ -70,7 +75,7 @@ def path_bound(graph: Graph, grid: int = 256, subgraphs: int = 1) -> float:
             acc[v] = node.accel_time + wait_acc
             acc[v][budgets < size[v]] = inf  # v (and what it carries) alone does not fit
         best = max(best, min(cpu[v], float(acc[v][top])))
-    return best
+    return best, cpu, {v: float(a[top]) for v, a in acc.items()}
 
 
 def _charged_sizes(graph: Graph) -> dict[int, float]:
@@ -112,3 +117,158 @@ def _cpu_only(graph: Graph) -> set[int]:
         if not all(n.accel_ok for n in nodes) or sum(n.size for n in nodes) > graph.memory_cap * (1 + 1e-12):
             out.update(members)
     return out
+
+
+def chain_bound(graph: Graph, subgraphs: int = 1, paths=None) -> float:
+    """The best of :func:`path_chain_bound` over ``paths`` (default :func:`candidate_paths`),
+    each run with the path bound's per-node tables."""
+    if paths is None:
+        paths = candidate_paths(graph)
+    _, cpu, acc = _path_tables(graph, subgraphs=subgraphs)
+    return max((path_chain_bound(graph, p, subgraphs, (cpu, acc)) for p in paths), default=0.0)
+
+
+def candidate_paths(graph: Graph) -> list[list[int]]:
+    """Source-to-sink paths on which :func:`path_chain_bound` is tried: the longest by
+    accelerator time, by CPU time, by bytes, by output cost, and by a mix of them."""
+    cap = graph.memory_cap
+    acc_total = sum(n.accel_time for n in graph.nodes) or 1.0
+    cost_total = sum(n.out_cost for n in graph.nodes) or 1.0
+    size_total = sum(n.size for n in graph.nodes) or 1.0
+    weights = [
+        lambda n: n.accel_time,
+        lambda n: n.cpu_time,
+        lambda n: n.size,
+        lambda n: n.out_cost,
+        lambda n: n.accel_time / acc_total + n.out_cost / cost_total + n.size / size_total,
+    ]
+    if math.isfinite(cap) and cap > 0:
+        weights.append(lambda n: n.accel_time + n.size / cap * acc_total / max(1, len(graph)))
+    out, seen = [], set()
+    for w in weights:
+        p = _longest_path(graph, w)
+        if tuple(p) not in seen:
+            seen.add(tuple(p))
+            out.append(p)
+    return out
+
+
+def _longest_path(graph: Graph, weight) -> list[int]:
+    order = graph.topological_order()
+    best: dict[int, float] = {}
+    back: dict[int, int | None] = {}
+    for v in order:
+        preds = graph.predecessors(v)
+        u = max(preds, key=lambda u: best[u], default=None)
+        best[v] = weight(graph.node(v)) + (best[u] if u is not None else 0.0)
+        back[v] = u
+    v = max(order, key=lambda v: best[v])
+    path = []
+    while v is not None:
+        path.append(v)
+        v = back[v]
+    path.reverse()
+    while graph.successors(path[-1]):  # run on to a sink, so the last node sends nothing off the path
+        path.append(graph.successors(path[-1])[0])
+    return path
+
+
+def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=None) -> float:
+    """A lower bound on the least latency from one path ``p_0 -> ... -> p_L-1`` (each an input
+    of the next), restating the model's timing rule (:mod:`.model`) for the units on it.
+
+    In any split, the path's nodes fall into runs of consecutive nodes on one unit (a call,
+    or a CPU node): a call holding ``p_i`` and ``p_l`` holds every ``p_j`` between, as no
+    path may leave it and come back, so each call is one run and the runs of calls are
+    distinct calls (at most ``k * subgraphs`` of them).  A call whose run is ``p_i .. p_j``
+    holds every node on a path from ``p_i`` to ``p_j`` (contiguity) and, with one call per
+    accelerator, the whole colour class of each (the *forced* set): their bytes fit the cap
+    and their accelerator times are all paid.  It starts after ``p_i-1`` has finished (an
+    input from outside), fetches ``p_i-1``'s output, and sends ``p_j``'s (its edge to
+    ``p_j+1`` leaves the call): finish >= finish(p_i-1) + out_cost(p_i-1) + accel(forced)
+    + out_cost(p_j).  A CPU node ``p_j`` finishes >= finish(p_j-1) + cpu_time(p_j).  The
+    latency is at least the last node's finish; the DP over runs and calls used takes the
+    least such chain, so it is below every split's latency.  Unlike :func:`path_bound` it
+    charges the bytes and times of every node a run forces in, not only the path's own.
+
+    ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
+    a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
+    run it no sooner than ``acc[p_j]``, then still sends ``p_j``'s output."""
+    L = len(path)
+    if L == 0:
+        return 0.0
+    kq = graph.num_accelerators * subgraphs
+    cap = graph.memory_cap * (1 + 1e-12)
+    order = graph.topological_order()
+    index = {v: i for i, v in enumerate(order)}
+    anc = [0] * len(order)
+    for v in order:
+        m = 0
+        for u in graph.predecessors(v):
+            m |= anc[index[u]] | (1 << index[u])
+        anc[index[v]] = m
+    desc = [0] * len(order)
+    for v in reversed(order):
+        m = 0
+        for w in graph.successors(v):
+            m |= desc[index[w]] | (1 << index[w])
+        desc[index[v]] = m
+    node = [graph.node(v) for v in order]
+    members: list[list[int]] = [[i] for i in range(len(order))]  # what placing i on a call forces in
+    if subgraphs == 1:
+        for cls in graph.colour_classes().values():
+            ms = [index[v] for v in cls]
+            for i in ms:
+                members[i] = ms
+    inf = math.inf
+    # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far
+    F = [[inf] * (kq + 1) for _ in range(L)]
+    prev0 = [0.0] + [inf] * kq  # "before p_0": nothing finished, no call used
+    for i in range(L):
+        before = F[i - 1] if i > 0 else prev0
+        if min(before) == inf:
+            continue
+        pi = index[path[i]]
+        # p_i alone on the CPU pool
+        c = node[pi].cpu_time
+        floor = tables[0][path[i]] if tables else 0.0
+        row = F[i]
+        for u in range(kq + 1):
+            t = max(before[u] + c, floor)
+            if t < row[u]:
+                row[u] = t
+        if kq == 0:
+            continue
+        t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
+        inside = 0
+        mem = compute = 0.0
+        for j in range(i, L):
+            pj = index[path[j]]
+            forced = (desc[pi] & anc[pj]) | (1 << pi) | (1 << pj)
+            new = forced & ~inside
+            ok = True
+            while new:
+                low = new & -new
+                x = low.bit_length() - 1
+                new ^= low
+                if (inside >> x) & 1:
+                    continue
+                for y in members[x]:
+                    if (inside >> y) & 1:
+                        continue
+                    inside |= 1 << y
+                    if not node[y].accel_ok:
+                        ok = False
+                    mem += node[y].size
+                    compute += node[y].accel_time
+            if not ok or mem > cap:
+                break
+            t_out = node[pj].out_cost if j < L - 1 else 0.0
+            w = t_in + compute + t_out
+            floor = tables[1][path[j]] + t_out if tables else 0.0
+            row = F[j]
+            for u in range(kq):
+                t = max(before[u] + w, floor)
+                if t < row[u + 1]:
+                    row[u + 1] = t
+    return min(F[L - 1])

@@ -1,0 +1,113 @@
+"""The chain bound (bound.chain_bound, one DP per path) never exceeds the optimum of the
+paper's model: brute force on random graphs (1-3 accelerators, binding memory caps, colour
+classes, CPU-only nodes, one or two calls per accelerator) and on windows of the bundled
+workloads, on every path, not only the ones it picks; branch and bound on graphs of 10-12."""
+
+import functools
+import math
+import pathlib
+import random
+
+import pytest
+from _latency_brute import brute_force_latency, window
+from _small_graphs import node, random_graph
+
+from kfac_ext.placement.graph import Graph
+from kfac_ext.placement.latency.bound import _path_tables, candidate_paths, chain_bound, path_chain_bound
+from kfac_ext.placement.latency.exact import branch_and_bound
+
+WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
+needs_workloads = pytest.mark.skipif(not WORKLOADS.is_dir(), reason="bundled workloads not present")
+
+
+def all_paths(graph: Graph, limit: int = 200):
+    """Source-to-sink paths of a small graph (at most ``limit``)."""
+    out = []
+
+    def walk(path):
+        if len(out) >= limit:
+            return
+        succ = graph.successors(path[-1])
+        if not succ:
+            out.append(list(path))
+        for w in succ:
+            walk(path + [w])
+
+    for v in graph.ids:
+        if not graph.predecessors(v):
+            walk([v])
+    return out
+
+
+def cases():
+    for seed in range(36):
+        yield (
+            seed,
+            random_graph(seed, n_nodes=4 + seed % 4, k=1 + seed % 3, colours=seed % 2 == 0, tight_memory=seed % 3 != 2),
+            1 + (seed % 5 == 4),
+        )
+
+
+@functools.cache
+def optimum(seed):
+    _, g, q = next(c for c in cases() if c[0] == seed)
+    return brute_force_latency(g, subgraphs=q)
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_every_path_gives_a_bound_below_the_brute_force_optimum(seed):
+    _, g, q = next(c for c in cases() if c[0] == seed)
+    best = optimum(seed)
+    _, cpu, acc = _path_tables(g, subgraphs=q)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+    assert chain_bound(g, q) <= best + 1e-9
+
+
+def test_candidate_paths_are_source_to_sink_paths():
+    for _, g, _ in cases():
+        for p in candidate_paths(g):
+            assert not g.predecessors(p[0]) and not g.successors(p[-1])
+            assert all(b in g.successors(a) for a, b in zip(p, p[1:]))
+
+
+def test_a_run_pays_the_bytes_and_time_of_the_branch_it_forces_in():
+    """0 -> {1, 2} -> 3, every node one unit of bytes, a cap of 3: on one call the four do
+    not fit, so the path 0-1-3 pays a cut that the path bound (bytes along a path) misses."""
+    nodes = [node(i, 1.0, 100.0, 5.0 if i < 3 else 0.0) for i in range(4)]
+    g = Graph(nodes, [(0, 1), (0, 2), (1, 3), (2, 3)], 2, 1, 3.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) <= best + 1e-9
+    assert path_chain_bound(g, [0, 1, 3]) > 4.0  # all four on one call would take 4
+
+
+@needs_workloads
+@pytest.mark.parametrize(
+    "name,start,k,share",
+    [
+        ("LayerGraphs/inceptionv3_inference.json", 20, 2, 0.5),
+        ("LayerGraphs/resnet50_inference.json", 5, 3, 0.4),
+        ("OperatorGraphs/bert_l-3_inference.json", 30, 2, 0.7),
+        ("OperatorGraphs/resnet50_inference.json", 40, 1, 0.6),
+    ],
+)
+def test_windows_of_the_workloads(name, start, k, share):
+    g = window(Graph.from_json(WORKLOADS / name), start, 7, k, share)
+    best = brute_force_latency(g)
+    assert math.isfinite(best)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_below_the_exact_optimum_on_graphs_of_10_to_12(seed):
+    rng = random.Random(seed)
+    g = random_graph(100 + seed, n_nodes=10 + seed % 3, k=1 + seed % 3, colours=rng.random() < 0.5, tight_memory=True)
+    r = branch_and_bound(g, time_limit=60)
+    assert r.optimal
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= r.value + 1e-9
+    assert chain_bound(g) <= r.value + 1e-9
