@@ -111,3 +111,62 @@ def test_below_the_exact_optimum_on_graphs_of_10_to_12(seed):
     for p in all_paths(g):
         assert path_chain_bound(g, p) <= r.value + 1e-9
     assert chain_bound(g) <= r.value + 1e-9
+
+
+def residual_graph(seed: int, n_nodes: int, k: int) -> Graph:
+    """A main path with side routes (direct edges and chains of one-input, one-output nodes)
+    that leave it and rejoin it further on, as in ResNet and BERT blocks; a tight cap."""
+    rng = random.Random(seed)
+    main = rng.randint(3, n_nodes - 1)
+    edges = [(v, v + 1) for v in range(main - 1)]
+    nxt = main
+    while nxt < n_nodes:
+        a = rng.randrange(0, main - 2)
+        b = rng.randrange(a + 2, main)
+        length = min(n_nodes - nxt, rng.randint(0, 2))
+        route = [a] + list(range(nxt, nxt + length)) + [b]
+        nxt += length
+        edges += [(s, d) for s, d in zip(route, route[1:]) if (s, d) not in edges]
+        if length == 0 and rng.random() < 0.5:
+            continue
+    edges = sorted(set(edges))
+    ids = range(nxt)
+    outs = {s for s, _ in edges}
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(0.5, 4.0), 3),
+            round(rng.uniform(2.0, 20.0), 3),
+            round(rng.uniform(0.2, 3.0), 3) if v in outs else 0.0,
+            size=float(rng.randint(1, 6)),
+            color=(v % 3 if rng.random() < 0.2 else None),
+            accel_ok=rng.random() > 0.08,
+        )
+        for v in ids
+    ]
+    total = sum(x.size for x in nodes)
+    g = Graph(nodes, edges, k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7)))))
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_side_routes_are_charged_within_the_optimum(seed):
+    g = residual_graph(seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
+    q = 1 + (seed % 7 == 6)
+    best = brute_force_latency(g, subgraphs=q)
+    _, cpu, acc = _path_tables(g, subgraphs=q)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+    assert chain_bound(g, q) <= best + 1e-9
+
+
+def test_a_residual_block_cut_inside_pays_both_tensors():
+    """0 -> 1 -> 2 -> 3 with a skip 0 -> 3, a cap of two nodes: every call that runs 0 sends 0's
+    output and, if it stops at 1 or 2, also the one it stops at."""
+    nodes = [node(i, 1.0, 1000.0, 4.0 if i < 3 else 0.0, size=1.0) for i in range(4)]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (0, 3)], 3, 1, 2.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) == pytest.approx(best)

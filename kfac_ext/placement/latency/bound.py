@@ -173,7 +173,7 @@ def _longest_path(graph: Graph, weight) -> list[int]:
     return path
 
 
-def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=None) -> float:
+def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=None, runs: list | None = None) -> float:
     """A lower bound on the least latency from one path ``p_0 -> ... -> p_L-1`` (each an input
     of the next), restating the model's timing rule (:mod:`.model`) for the units on it.
 
@@ -191,9 +191,21 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     least such chain, so it is below every split's latency.  Unlike :func:`path_bound` it
     charges the bytes and times of every node a run forces in, not only the path's own.
 
+    Tensors that go round the run are charged too, through *bypasses*: a route from a path
+    node ``p_a`` to a later ``p_b`` whose inner nodes are off the path, each with one input
+    and one output (a direct edge is a bypass with none).  A call with run ``p_i .. p_j``
+    sends one output on every bypass from ``a`` in ``i .. j-1`` to ``b > j`` (the route
+    leaves the call at ``p_a`` or an inner node), and fetches one on every bypass from
+    ``a < i-1`` to ``b`` in ``i .. j`` (it enters from ``p_a`` or an inner node).  Bypasses
+    from different ``a`` share no node, so per ``a`` the call pays at least ``min(out_cost(p_a),
+    sum over its bypasses of their inner nodes' least out_cost)``, and these add up.
+
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
     a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
-    run it no sooner than ``acc[p_j]``, then still sends ``p_j``'s output."""
+    run it no sooner than ``acc[p_j]``, then still sends ``p_j``'s output.
+
+    ``runs``, a list, receives the least chain's runs ``(i, j, on_call)`` (positions on the
+    path): a shape for a split, which :mod:`.starts` fills in."""
     L = len(path)
     if L == 0:
         return 0.0
@@ -221,8 +233,15 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
             for i in ms:
                 members[i] = ms
     inf = math.inf
+    ends = _bypasses(graph, path)
+    starts: list[list[tuple[int, float]]] = [[] for _ in path]  # starts[a]: (b, m)
+    for b, routes in enumerate(ends):
+        for a, m in routes:
+            starts[a].append((b, m))
+    cost_at = [graph.node(v).out_cost for v in path]
     # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far
     F = [[inf] * (kq + 1) for _ in range(L)]
+    back = [[None] * (kq + 1) for _ in range(L)]
     prev0 = [0.0] + [inf] * kq  # "before p_0": nothing finished, no call used
     for i in range(L):
         before = F[i - 1] if i > 0 else prev0
@@ -237,12 +256,32 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
             t = max(before[u] + c, floor)
             if t < row[u]:
                 row[u] = t
+                back[i][u] = (i, False)
         if kq == 0:
             continue
         t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
         inside = 0
         mem = compute = 0.0
+        fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
+        fetch_total = 0.0
+        send = {}  # a in i..j-1 -> [finite sum, direct edges] of its bypasses ending after j
         for j in range(i, L):
+            for a, m in ends[j]:
+                if a < i - 1:
+                    old = _group(cost_at[a], fetch.get(a))
+                    acc_m = fetch.setdefault(a, [0.0, 0])
+                    _add(acc_m, m, 1)
+                    fetch_total += _group(cost_at[a], acc_m) - old
+                elif a in send:
+                    _add(send[a], m, -1)
+            if j > i:  # p_j-1 joins the run: its bypasses that end after j
+                a = j - 1
+                group = [0.0, 0]
+                for b, m in starts[a]:
+                    if b > j:
+                        _add(group, m, 1)
+                if group[1] or group[0] > 0:
+                    send[a] = group
             pj = index[path[j]]
             forced = (desc[pi] & anc[pj]) | (1 << pi) | (1 << pj)
             new = forced & ~inside
@@ -264,11 +303,58 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
             if not ok or mem > cap:
                 break
             t_out = node[pj].out_cost if j < L - 1 else 0.0
-            w = t_in + compute + t_out
-            floor = tables[1][path[j]] + t_out if tables else 0.0
+            t_out += sum(_group(cost_at[a], g) for a, g in send.items())
+            w = t_in + fetch_total + compute + t_out
+            floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
             row = F[j]
             for u in range(kq):
                 t = max(before[u] + w, floor)
                 if t < row[u + 1]:
                     row[u + 1] = t
-    return min(F[L - 1])
+                    back[j][u + 1] = (i, True)
+    value = min(F[L - 1])
+    if runs is not None and value < inf:
+        j, u = L - 1, F[L - 1].index(value)
+        while j >= 0:
+            i, on_call = back[j][u]
+            runs.append((i, j, on_call))
+            u -= on_call
+            j = i - 1
+        runs.reverse()
+    return value
+
+
+def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float]]]:
+    """``ends[b]``: the bypasses ``(a, m)`` into ``p_b`` (see :func:`path_chain_bound`): ``m``
+    the least out_cost of the route's inner nodes, inf for a direct edge ``p_a -> p_b``
+    with ``b > a + 1``."""
+    at = {v: i for i, v in enumerate(path)}
+    ends: list[list[tuple[int, float]]] = [[] for _ in path]
+    for a, v in enumerate(path):
+        for x in graph.successors(v):
+            if x in at:
+                if at[x] > a + 1:
+                    ends[at[x]].append((a, math.inf))
+                continue
+            m = math.inf
+            while x not in at and len(graph.predecessors(x)) == 1 and len(graph.successors(x)) == 1:
+                m = min(m, graph.node(x).out_cost)
+                x = graph.successors(x)[0]
+            if x in at and m < math.inf and at[x] > a:
+                ends[at[x]].append((a, m))
+    return ends
+
+
+def _add(group: list, m: float, sign: int) -> None:
+    if m == math.inf:
+        group[1] += sign
+    else:
+        group[0] += sign * m
+
+
+def _group(cost: float, group) -> float:
+    """What a call pays at least for one ``a``'s bypasses: ``p_a``'s output, or one inner
+    node's on each route."""
+    if group is None:
+        return 0.0
+    return cost if group[1] > 0 else min(cost, max(group[0], 0.0))
