@@ -183,7 +183,8 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     distinct calls (at most ``k * subgraphs`` of them).  A call whose run is ``p_i .. p_j``
     holds every node on a path from ``p_i`` to ``p_j`` (contiguity) and, with one call per
     accelerator, the whole colour class of each (the *forced* set): their bytes fit the cap
-    and their accelerator times are all paid.  It starts after ``p_i-1`` has finished (an
+    and their accelerator times are all paid, and no path node outside the run is among
+    them (it would be in the call, so in the run).  It starts after ``p_i-1`` has finished (an
     input from outside), fetches ``p_i-1``'s output, and sends ``p_j``'s (its edge to
     ``p_j+1`` leaves the call): finish >= finish(p_i-1) + out_cost(p_i-1) + accel(forced)
     + out_cost(p_j).  A CPU node ``p_j`` finishes >= finish(p_j-1) + cpu_time(p_j).  The
@@ -234,6 +235,11 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                 members[i] = ms
     inf = math.inf
     ends = _bypasses(graph, path)
+    path_mask = 0
+    before_mask = []  # before_mask[i]: the bits of p_0 .. p_i-1
+    for v in path:
+        before_mask.append(path_mask)
+        path_mask |= 1 << index[v]
     starts: list[list[tuple[int, float]]] = [[] for _ in path]  # starts[a]: (b, m)
     for b, routes in enumerate(ends):
         for a, m in routes:
@@ -260,7 +266,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
         if kq == 0:
             continue
         t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
-        inside = 0
+        inside = run_mask = 0
         mem = compute = 0.0
         fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
         fetch_total = 0.0
@@ -302,6 +308,12 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                     compute += node[y].accel_time
             if not ok or mem > cap:
                 break
+            run_mask |= 1 << pj
+            stray = inside & path_mask & ~run_mask  # a path node off the run pulled in by a colour class
+            if stray:
+                if stray & before_mask[i]:
+                    break  # it lies before p_i: no longer run repairs that
+                continue  # it lies after p_j: the run must reach it
             t_out = node[pj].out_cost if j < L - 1 else 0.0
             t_out += sum(_group(cost_at[a], g) for a, g in send.items())
             w = t_in + fetch_total + compute + t_out
