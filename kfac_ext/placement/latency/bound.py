@@ -181,8 +181,9 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     or a CPU node): a call holding ``p_i`` and ``p_l`` holds every ``p_j`` between, as no
     path may leave it and come back, so each call is one run and the runs of calls are
     distinct calls (at most ``k * subgraphs`` of them).  A call whose run is ``p_i .. p_j``
-    holds every node on a path from ``p_i`` to ``p_j`` (contiguity) and, with one call per
-    accelerator, the whole colour class of each (the *forced* set): their bytes fit the cap
+    holds every node on a path between two of its nodes (contiguity) and, with one call per
+    accelerator, the whole colour class of each; closing ``{p_i, p_j}`` under both rules
+    gives the *forced* set: their bytes fit the cap
     and their accelerator times are all paid, and no path node outside the run is among
     them (it would be in the call, so in the run).  It starts after ``p_i-1`` has finished (an
     input from outside), fetches ``p_i-1``'s output, and sends ``p_j``'s (its edge to
@@ -266,7 +267,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
         if kq == 0:
             continue
         t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
-        inside = run_mask = 0
+        inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
         mem = compute = 0.0
         fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
         fetch_total = 0.0
@@ -289,23 +290,26 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                 if group[1] or group[0] > 0:
                     send[a] = group
             pj = index[path[j]]
-            forced = (desc[pi] & anc[pj]) | (1 << pi) | (1 << pj)
-            new = forced & ~inside
+            new = ((1 << pi) | (1 << pj)) & ~inside
             ok = True
-            while new:
-                low = new & -new
-                x = low.bit_length() - 1
-                new ^= low
-                if (inside >> x) & 1:
-                    continue
-                for y in members[x]:
-                    if (inside >> y) & 1:
+            while new:  # close under colour classes and contiguity until nothing is added
+                while new:
+                    low = new & -new
+                    x = low.bit_length() - 1
+                    new ^= low
+                    if (inside >> x) & 1:
                         continue
-                    inside |= 1 << y
-                    if not node[y].accel_ok:
-                        ok = False
-                    mem += node[y].size
-                    compute += node[y].accel_time
+                    for y in members[x]:
+                        if (inside >> y) & 1:
+                            continue
+                        inside |= 1 << y
+                        below |= desc[y]
+                        above |= anc[y]
+                        if not node[y].accel_ok:
+                            ok = False
+                        mem += node[y].size
+                        compute += node[y].accel_time
+                new = below & above & ~inside  # on a path between two of the call's nodes
             if not ok or mem > cap:
                 break
             run_mask |= 1 << pj
