@@ -113,11 +113,13 @@ def test_below_the_exact_optimum_on_graphs_of_10_to_12(seed):
     assert chain_bound(g) <= r.value + 1e-9
 
 
-def residual_graph(seed: int, n_nodes: int, k: int) -> Graph:
+def residual_graph(seed: int, n_nodes: int, k: int, sources: int = 0) -> Graph:
     """A main path with side routes (direct edges and chains of one-input, one-output nodes)
-    that leave it and rejoin it further on, as in ResNet and BERT blocks; a tight cap."""
+    that leave it and rejoin it further on, as in ResNet and BERT blocks, and ``sources``
+    extra inputs (a weight, a decoder's input) feeding nodes of it; a tight cap."""
     rng = random.Random(seed)
-    main = rng.randint(3, n_nodes - 1)
+    main = rng.randint(3, n_nodes - 1 - sources)
+    n_nodes -= sources
     edges = [(v, v + 1) for v in range(main - 1)]
     nxt = main
     while nxt < n_nodes:
@@ -129,6 +131,9 @@ def residual_graph(seed: int, n_nodes: int, k: int) -> Graph:
         edges += [(s, d) for s, d in zip(route, route[1:]) if (s, d) not in edges]
         if length == 0 and rng.random() < 0.5:
             continue
+    for _ in range(sources):
+        edges.append((nxt, rng.randrange(1, main)))
+        nxt += 1
     edges = sorted(set(edges))
     ids = range(nxt)
     outs = {s for s, _ in edges}
@@ -162,6 +167,15 @@ def test_side_routes_are_charged_within_the_optimum(seed):
     assert chain_bound(g, q) <= best + 1e-9
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_inputs_from_off_the_path_are_charged_within_the_optimum(seed):
+    g = residual_graph(500 + seed, n_nodes=7 + seed % 2, k=1 + seed % 2, sources=1 + seed % 2)
+    best = brute_force_latency(g)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9
+
+
 def test_a_residual_block_cut_inside_pays_both_tensors():
     """0 -> 1 -> 2 -> 3 with a skip 0 -> 3, a cap of two nodes: every call that runs 0 sends 0's
     output and, if it stops at 1 or 2, also the one it stops at."""
@@ -170,3 +184,18 @@ def test_a_residual_block_cut_inside_pays_both_tensors():
     g.validate()
     best = brute_force_latency(g)
     assert chain_bound(g) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("cap", [4.0, 3.0])
+def test_an_input_from_off_the_path_is_held_or_fetched(cap):
+    """0 -> 1 -> 2 with a source 3 -> 1 (a costly tensor, quick to compute): with room for
+    all four the best call holds 3 (the bound is the optimum); with room for three it fetches
+    3 from the CPU pool (the bound pays the fetch, not the 0.2 s wait for 3)."""
+    nodes = [node(0, 1.0, 100.0, 0.5), node(1, 1.0, 100.0, 0.5), node(2, 1.0, 100.0, 0.0), node(3, 0.1, 0.2, 5.0)]
+    g = Graph(nodes, [(0, 1), (1, 2), (3, 1)], 1, 1, cap)
+    g.validate()
+    best = brute_force_latency(g)
+    if cap == 4.0:
+        assert chain_bound(g) == pytest.approx(best) == 3.1
+    else:
+        assert best == pytest.approx(8.2) and chain_bound(g) == pytest.approx(8.0)

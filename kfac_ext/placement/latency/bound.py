@@ -202,6 +202,11 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     from different ``a`` share no node, so per ``a`` the call pays at least ``min(out_cost(p_a),
     sum over its bypasses of their inner nodes' least out_cost)``, and these add up.
 
+    A source off the path that feeds the forced set is on the call (its accelerator time
+    paid, its bytes held) or fetched (its out_cost paid); the least of these over the bytes
+    left under the cap, with fractions allowed (a knapsack's LP, :func:`_sources_cost`), is
+    charged.  Such a source is no bypass's node and no ``p_i-1``, so nothing is paid twice.
+
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
     a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
     run it no sooner than ``acc[p_j]``, then still sends ``p_j``'s output.
@@ -236,6 +241,11 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                 members[i] = ms
     inf = math.inf
     ends = _bypasses(graph, path)
+    on_path = {index[v] for v in path}
+    feeding_sources = [
+        [index[u] for u in graph.predecessors(v) if not graph.predecessors(u) and index[u] not in on_path]
+        for v in order
+    ]
     path_mask = 0
     before_mask = []  # before_mask[i]: the bits of p_0 .. p_i-1
     for v in path:
@@ -268,6 +278,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
             continue
         t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
         inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
+        hanging: set[int] = set()  # sources off the path feeding the forced set from outside it
         mem = compute = 0.0
         fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
         fetch_total = 0.0
@@ -309,6 +320,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                             ok = False
                         mem += node[y].size
                         compute += node[y].accel_time
+                        hanging.update(feeding_sources[y])
                 new = below & above & ~inside  # on a path between two of the call's nodes
             if not ok or mem > cap:
                 break
@@ -318,9 +330,12 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                 if stray & before_mask[i]:
                     break  # it lies before p_i: no longer run repairs that
                 continue  # it lies after p_j: the run must reach it
+            hanging = {x for x in hanging if not (inside >> x) & 1}
             t_out = node[pj].out_cost if j < L - 1 else 0.0
             t_out += sum(_group(cost_at[a], g) for a, g in send.items())
             w = t_in + fetch_total + compute + t_out
+            if hanging:
+                w += _sources_cost([node[x] for x in hanging], graph.memory_cap - mem)
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
             row = F[j]
             for u in range(kq):
@@ -374,3 +389,26 @@ def _group(cost: float, group) -> float:
     if group is None:
         return 0.0
     return cost if group[1] > 0 else min(cost, max(group[0], 0.0))
+
+
+def _sources_cost(sources, room: float) -> float:
+    """The least of ``sum over sources of (x accel_time + (1 - x) out_cost)`` with each ``x``
+    in [0, 1] and ``sum x size <= room``: a lower bound on what a call pays for sources that
+    it either holds or fetches, when ``room`` bytes are left under its cap."""
+    total = 0.0
+    gains = []
+    for n in sources:
+        total += n.out_cost
+        gain = n.out_cost - n.accel_time
+        if gain > 0:
+            gains.append((gain, n.size))
+    room = max(room, 0.0)
+    gains.sort(key=lambda g: -g[0] / g[1] if g[1] > 0 else -math.inf)
+    for gain, size in gains:
+        if size <= room:
+            total -= gain
+            room -= size
+        else:
+            total -= gain * room / size
+            break
+    return total
