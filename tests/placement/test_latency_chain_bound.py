@@ -199,3 +199,22 @@ def test_an_input_from_off_the_path_is_held_or_fetched(cap):
         assert chain_bound(g) == pytest.approx(best) == 3.1
     else:
         assert best == pytest.approx(8.2) and chain_bound(g) == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize("cap", [3.0, 4.0])
+def test_a_side_route_fed_from_before_the_run_is_held_or_fetched(cap):
+    """0 -> 1 -> 2 -> 3 with a side route 0 -> 4 -> 3, one accelerator: 0 and 1 are quick on
+    the CPU pool, 2 and 3 only on the accelerator.  Node 4's output is costly and 4 is quick:
+    the call holds 4 (fetching 0) when there is room for it, else fetches 4."""
+    nodes = [
+        node(0, 1.0, 0.1, 2.0),
+        node(1, 1.0, 0.1, 0.5),
+        node(2, 1.0, 1000.0, 0.5),
+        node(3, 1.0, 1000.0, 0.0),
+        node(4, 0.1, 0.1, 20.0),
+    ]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (0, 4), (4, 3)], 1, 1, cap)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) <= best + 1e-9
+    assert chain_bound(g) == pytest.approx(best)

@@ -251,10 +251,10 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     for v in path:
         before_mask.append(path_mask)
         path_mask |= 1 << index[v]
-    starts: list[list[tuple[int, float]]] = [[] for _ in path]  # starts[a]: (b, m)
+    starts: list[list[tuple[int, float, tuple]]] = [[] for _ in path]  # starts[a]: (b, m, inner)
     for b, routes in enumerate(ends):
-        for a, m in routes:
-            starts[a].append((b, m))
+        for a, m, inner in routes:
+            starts[a].append((b, m, tuple(index[x] for x in inner)))
     cost_at = [graph.node(v).out_cost for v in path]
     # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far
     F = [[inf] * (kq + 1) for _ in range(L)]
@@ -283,9 +283,12 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
         fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
         fetch_total = 0.0
         send = {}  # a in i..j-1 -> [finite sum, direct edges] of its bypasses ending after j
+        fetch_routes: list[tuple[int, tuple]] = []  # (a, inner nodes) of the bypasses in fetch
+        send_routes: list[tuple[int, int, tuple]] = []  # (a, b, inner nodes), b > j once filtered
         for j in range(i, L):
-            for a, m in ends[j]:
+            for a, m, inner in ends[j]:
                 if a < i - 1:
+                    fetch_routes.append((a, tuple(index[x] for x in inner)))
                     old = _group(cost_at[a], fetch.get(a))
                     acc_m = fetch.setdefault(a, [0.0, 0])
                     _add(acc_m, m, 1)
@@ -295,9 +298,10 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
             if j > i:  # p_j-1 joins the run: its bypasses that end after j
                 a = j - 1
                 group = [0.0, 0]
-                for b, m in starts[a]:
+                for b, m, inner in starts[a]:
                     if b > j:
                         _add(group, m, 1)
+                        send_routes.append((a, b, inner))
                 if group[1] or group[0] > 0:
                     send[a] = group
             pj = index[path[j]]
@@ -331,11 +335,14 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                     break  # it lies before p_i: no longer run repairs that
                 continue  # it lies after p_j: the run must reach it
             hanging = {x for x in hanging if not (inside >> x) & 1}
-            t_out = node[pj].out_cost if j < L - 1 else 0.0
-            t_out += sum(_group(cost_at[a], g) for a, g in send.items())
-            w = t_in + fetch_total + compute + t_out
+            room = graph.memory_cap - mem
+            extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
             if hanging:
-                w += _sources_cost([node[x] for x in hanging], graph.memory_cap - mem)
+                extra += _sources_cost([node[x] for x in hanging], room)
+            if fetch_routes or send_routes:
+                send_routes = [r for r in send_routes if r[1] > j]
+                extra = max(extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room))
+            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
             row = F[j]
             for u in range(kq):
@@ -355,24 +362,26 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     return value
 
 
-def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float]]]:
-    """``ends[b]``: the bypasses ``(a, m)`` into ``p_b`` (see :func:`path_chain_bound`): ``m``
-    the least out_cost of the route's inner nodes, inf for a direct edge ``p_a -> p_b``
-    with ``b > a + 1``."""
+def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float, tuple]]]:
+    """``ends[b]``: the bypasses ``(a, m, inner)`` into ``p_b`` (see :func:`path_chain_bound`):
+    ``inner`` the route's inner nodes from ``p_a``'s side, ``m`` their least out_cost, inf for
+    a direct edge ``p_a -> p_b`` with ``b > a + 1``."""
     at = {v: i for i, v in enumerate(path)}
-    ends: list[list[tuple[int, float]]] = [[] for _ in path]
+    ends: list[list[tuple[int, float, tuple]]] = [[] for _ in path]
     for a, v in enumerate(path):
         for x in graph.successors(v):
             if x in at:
                 if at[x] > a + 1:
-                    ends[at[x]].append((a, math.inf))
+                    ends[at[x]].append((a, math.inf, ()))
                 continue
             m = math.inf
+            inner = []
             while x not in at and len(graph.predecessors(x)) == 1 and len(graph.successors(x)) == 1:
                 m = min(m, graph.node(x).out_cost)
+                inner.append(x)
                 x = graph.successors(x)[0]
             if x in at and m < math.inf and at[x] > a:
-                ends[at[x]].append((a, m))
+                ends[at[x]].append((a, m, tuple(inner)))
     return ends
 
 
@@ -410,5 +419,73 @@ def _sources_cost(sources, room: float) -> float:
             room -= size
         else:
             total -= gain * room / size
+            break
+    return total
+
+
+def _routes_cost(node, cost_at, fetch_routes, send_routes, sources, inside: int, room: float) -> float:
+    """A lower bound on what a call pays for its bypasses and off-path sources, transfers and
+    the time of the inner nodes it holds, with their bytes within ``room``.
+
+    A bypass fetched enters the call after its feeder (``p_a`` or an inner node): the inner
+    nodes after it are on the call (else the route would leave the call and come back).  A
+    bypass sent leaves the call at ``p_a`` or an inner node, the inner nodes up to it on the
+    call.  One choice per route, ``p_a``'s out_cost shared among its routes (all of them
+    choosing ``p_a`` pay it once); a route with an inner node already in the forced set is
+    left out (charged nothing).  A source is held or fetched.  Fractions allowed: the LP of
+    this multiple-choice knapsack (:func:`_choices_cost`)."""
+    groups = []
+    for routes, fetched in ((fetch_routes, True), (send_routes, False)):
+        live = [(r[0], r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
+        count: dict[int, int] = {}
+        for a, _ in live:
+            count[a] = count.get(a, 0) + 1
+        for a, inner in live:
+            share = cost_at[a] / count[a]
+            times = [node[x].accel_time for x in inner]
+            sizes = [node[x].size for x in inner]
+            if fetched:  # feeder p_a: all inner nodes held; feeder x_t: those after it held
+                options = [(sum(sizes), share + sum(times))]
+                options += [(sum(sizes[t + 1 :]), node[x].out_cost + sum(times[t + 1 :])) for t, x in enumerate(inner)]
+            else:  # leaver p_a: none held; leaver x_t: x_1 .. x_t held
+                options = [(0.0, share)]
+                options += [(sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1])) for t, x in enumerate(inner)]
+            groups.append(options)
+    for x in sources:
+        groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
+    return _choices_cost(groups, room)
+
+
+def _choices_cost(groups, room: float) -> float:
+    """The LP of a multiple-choice knapsack: one option ``(size, cost)`` per group, fractions
+    allowed, sizes within ``room``; least total cost.  Each group starts at its smallest
+    option; the segments of the groups' lower convex hulls that trade bytes for cost are
+    taken steepest first (the LP optimum of this problem)."""
+    total = 0.0
+    segments = []
+    for options in groups:
+        options = sorted(options, key=lambda o: (o[0], o[1]))
+        hull = [options[0]]
+        for o in options[1:]:
+            if o[1] >= hull[-1][1]:
+                continue  # more bytes and no cheaper: never chosen
+            while len(hull) >= 2:  # keep the hull convex
+                (s1, c1), (s2, c2) = hull[-2], hull[-1]
+                if (c2 - c1) * (o[0] - s1) >= (o[1] - c1) * (s2 - s1):
+                    hull.pop()
+                else:
+                    break
+            hull.append(o)
+        total += hull[0][1]
+        room -= hull[0][0]
+        segments += [(b[0] - a[0], b[1] - a[1]) for a, b in zip(hull, hull[1:])]
+    room = max(room, 0.0)
+    segments.sort(key=lambda sg: sg[1] / sg[0] if sg[0] > 0 else -math.inf)
+    for size, gain in segments:  # gain < 0: cost saved for ``size`` more bytes
+        if size <= room:
+            total += gain
+            room -= size
+        else:
+            total += gain * room / size
             break
     return total
