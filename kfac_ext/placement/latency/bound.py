@@ -131,6 +131,8 @@ def chain_bound(graph: Graph, subgraphs: int = 1, paths=None) -> float:
 def candidate_paths(graph: Graph) -> list[list[int]]:
     """Source-to-sink paths on which :func:`path_chain_bound` is tried: the longest by
     accelerator time, by CPU time, by bytes, by output cost, and by a mix of them."""
+    if not graph.nodes:
+        return []
     cap = graph.memory_cap
     acc_total = sum(n.accel_time for n in graph.nodes) or 1.0
     cost_total = sum(n.out_cost for n in graph.nodes) or 1.0
