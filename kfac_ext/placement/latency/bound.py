@@ -1,6 +1,9 @@
-"""A lower bound on the least latency, by a DP along the graph (no solver).
+"""Lower bounds on the least latency, by DPs along the graph (no solver): the path bound
+(:func:`path_bound`, below) and the chain bound (:func:`chain_bound`: a DP over the runs
+of one path on one unit, charging everything a run forces into its call; see
+:func:`path_chain_bound`).  Each is valid alone; :mod:`.solve` takes the better.
 
-It restates the model's timing rule (:mod:`.model`) path by path, relaxed: the
+The path bound restates the model's timing rule (:mod:`.model`) path by path, relaxed: the
 number of accelerators, colour classes (but for a class that no accelerator can
 hold, which forces its nodes onto the CPU pool) and the nodes of a call off the
 path are ignored.  Per node ``v``:
