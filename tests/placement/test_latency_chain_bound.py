@@ -218,3 +218,22 @@ def test_a_side_route_fed_from_before_the_run_is_held_or_fetched(cap):
     best = brute_force_latency(g)
     assert chain_bound(g) <= best + 1e-9
     assert chain_bound(g) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("cap", [5.0, 3.0])
+def test_an_input_computed_off_the_path_is_held_or_fetched(cap):
+    """0 -> 1 -> 2 and 3 -> 4 -> 2 (a weight and its transpose, as BERT's output layer):
+    4 is quick and its output costly.  With room, the call holds 4 (the bound charges
+    its time, not the fetch); without, it fetches 4's output."""
+    nodes = [
+        node(0, 1.0, 1000.0, 0.5),
+        node(1, 1.0, 1000.0, 0.5),
+        node(2, 1.0, 1000.0, 0.0),
+        node(3, 0.1, 0.1, 5.0),
+        node(4, 0.1, 0.1, 20.0),
+    ]
+    g = Graph(nodes, [(0, 1), (1, 2), (3, 4), (4, 2)], 1, 1, cap)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) <= best + 1e-9
+    assert chain_bound(g) >= (3.1 if cap == 5.0 else 23.0) - 1e-9

@@ -207,10 +207,11 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     from different ``a`` share no node, so per ``a`` the call pays at least ``min(out_cost(p_a),
     sum over its bypasses of their inner nodes' least out_cost)``, and these add up.
 
-    A source off the path that feeds the forced set is on the call (its accelerator time
-    paid, its bytes held) or fetched (its out_cost paid); the least of these over the bytes
-    left under the cap, with fractions allowed (a knapsack's LP, :func:`_sources_cost`), is
-    charged.  Such a source is no bypass's node and no ``p_i-1``, so nothing is paid twice.
+    A node off the path and off its bypasses that feeds the forced set from outside it is
+    on the call (its accelerator time paid, its bytes held) or fetched (its out_cost paid);
+    the least of these over the bytes left under the cap, with fractions allowed (a
+    knapsack's LP, :func:`_sources_cost`), is charged.  Such a node is no bypass's node and
+    no ``p_i-1``, so nothing is paid twice.
 
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
     a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
@@ -247,9 +248,9 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     inf = math.inf
     ends = _bypasses(graph, path)
     on_path = {index[v] for v in path}
-    feeding_sources = [
-        [index[u] for u in graph.predecessors(v) if not graph.predecessors(u) and index[u] not in on_path]
-        for v in order
+    on_route = {index[x] for routes in ends for _, _, inner in routes for x in inner}
+    feeding_sources = [  # inputs off the path and off every bypass (charged there)
+        [index[u] for u in graph.predecessors(v) if index[u] not in on_path and index[u] not in on_route] for v in order
     ]
     path_mask = 0
     before_mask = []  # before_mask[i]: the bits of p_0 .. p_i-1
@@ -283,7 +284,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
             continue
         t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
         inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
-        hanging: set[int] = set()  # sources off the path feeding the forced set from outside it
+        hanging: set[int] = set()  # inputs off the path and its bypasses feeding the forced set
         mem = compute = 0.0
         fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
         fetch_total = 0.0
