@@ -210,7 +210,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     A node off the path and off its bypasses that feeds the forced set from outside it is
     on the call (its accelerator time paid, its bytes held) or fetched (its out_cost paid);
     the least of these over the bytes left under the cap, with fractions allowed (a
-    knapsack's LP, :func:`_sources_cost`), is charged.  Such a node is no bypass's node and
+    knapsack's LP, :func:`_inputs_cost`), is charged.  Such a node is no bypass's node and
     no ``p_i-1``, so nothing is paid twice.
 
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
@@ -249,7 +249,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     ends = _bypasses(graph, path)
     on_path = {index[v] for v in path}
     on_route = {index[x] for routes in ends for _, _, inner in routes for x in inner}
-    feeding_sources = [  # inputs off the path and off every bypass (charged there)
+    feeding_inputs = [  # inputs off the path and off every bypass (charged there)
         [index[u] for u in graph.predecessors(v) if index[u] not in on_path and index[u] not in on_route] for v in order
     ]
     path_mask = 0
@@ -330,7 +330,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
                             ok = False
                         mem += node[y].size
                         compute += node[y].accel_time
-                        hanging.update(feeding_sources[y])
+                        hanging.update(feeding_inputs[y])
                 new = below & above & ~inside  # on a path between two of the call's nodes
             if not ok or mem > cap:
                 break
@@ -344,7 +344,7 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
             room = graph.memory_cap - mem
             extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
             if hanging:
-                extra += _sources_cost([node[x] for x in hanging], room)
+                extra += _inputs_cost([node[x] for x in hanging], room)
             if fetch_routes or send_routes:
                 send_routes = [r for r in send_routes if r[1] > j]
                 extra = max(extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room))
@@ -406,13 +406,13 @@ def _group(cost: float, group) -> float:
     return cost if group[1] > 0 else min(cost, max(group[0], 0.0))
 
 
-def _sources_cost(sources, room: float) -> float:
-    """The least of ``sum over sources of (x accel_time + (1 - x) out_cost)`` with each ``x``
-    in [0, 1] and ``sum x size <= room``: a lower bound on what a call pays for sources that
+def _inputs_cost(inputs, room: float) -> float:
+    """The least of ``sum over inputs of (x accel_time + (1 - x) out_cost)`` with each ``x``
+    in [0, 1] and ``sum x size <= room``: a lower bound on what a call pays for inputs that
     it either holds or fetches, when ``room`` bytes are left under its cap."""
     total = 0.0
     gains = []
-    for n in sources:
+    for n in inputs:
         total += n.out_cost
         gain = n.out_cost - n.accel_time
         if gain > 0:
@@ -429,8 +429,8 @@ def _sources_cost(sources, room: float) -> float:
     return total
 
 
-def _routes_cost(node, cost_at, fetch_routes, send_routes, sources, inside: int, room: float) -> float:
-    """A lower bound on what a call pays for its bypasses and off-path sources, transfers and
+def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float) -> float:
+    """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
     the time of the inner nodes it holds, with their bytes within ``room``.
 
     A bypass fetched enters the call after its feeder (``p_a`` or an inner node): the inner
@@ -438,7 +438,7 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, sources, inside: int,
     bypass sent leaves the call at ``p_a`` or an inner node, the inner nodes up to it on the
     call.  One choice per route, ``p_a``'s out_cost shared among its routes (all of them
     choosing ``p_a`` pay it once); a route with an inner node already in the forced set is
-    left out (charged nothing).  A source is held or fetched.  Fractions allowed: the LP of
+    left out (charged nothing).  An input is held or fetched.  Fractions allowed: the LP of
     this multiple-choice knapsack (:func:`_choices_cost`)."""
     groups = []
     for routes, fetched in ((fetch_routes, True), (send_routes, False)):
@@ -457,7 +457,7 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, sources, inside: int,
                 options = [(0.0, share)]
                 options += [(sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1])) for t, x in enumerate(inner)]
             groups.append(options)
-    for x in sources:
+    for x in inputs:
         groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
     return _choices_cost(groups, room)
 
