@@ -237,3 +237,9 @@ def test_an_input_computed_off_the_path_is_held_or_fetched(cap):
     best = brute_force_latency(g)
     assert chain_bound(g) <= best + 1e-9
     assert chain_bound(g) >= (3.1 if cap == 5.0 else 23.0) - 1e-9
+
+
+def test_past_its_deadline_it_gives_up_and_stays_a_bound():
+    g = residual_graph(3, n_nodes=8, k=2)
+    assert chain_bound(g, deadline=0.0) == 0.0
+    assert chain_bound(g) <= brute_force_latency(g) + 1e-9

@@ -33,6 +33,7 @@ Tested against brute force on small graphs.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -122,13 +123,19 @@ def _cpu_only(graph: Graph) -> set[int]:
     return out
 
 
-def chain_bound(graph: Graph, subgraphs: int = 1, paths=None) -> float:
+def chain_bound(graph: Graph, subgraphs: int = 1, paths=None, deadline: float = math.inf) -> float:
     """The best of :func:`path_chain_bound` over ``paths`` (default :func:`candidate_paths`),
-    each run with the path bound's per-node tables."""
+    each run with the path bound's per-node tables; the paths not finished by ``deadline``
+    (``time.perf_counter()``) are left out, which keeps it a bound."""
     if paths is None:
         paths = candidate_paths(graph)
     _, cpu, acc = _path_tables(graph, subgraphs=subgraphs)
-    return max((path_chain_bound(graph, p, subgraphs, (cpu, acc)) for p in paths), default=0.0)
+    best = 0.0
+    for p in paths:
+        if time.perf_counter() > deadline:
+            break
+        best = max(best, path_chain_bound(graph, p, subgraphs, (cpu, acc), deadline=deadline))
+    return best
 
 
 def candidate_paths(graph: Graph) -> list[list[int]]:
@@ -178,7 +185,14 @@ def _longest_path(graph: Graph, weight) -> list[int]:
     return path
 
 
-def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=None, runs: list | None = None) -> float:
+def path_chain_bound(
+    graph: Graph,
+    path: list[int],
+    subgraphs: int = 1,
+    tables=None,
+    runs: list | None = None,
+    deadline: float = math.inf,
+) -> float:
     """A lower bound on the least latency from one path ``p_0 -> ... -> p_L-1`` (each an input
     of the next), restating the model's timing rule (:mod:`.model`) for the units on it.
 
@@ -267,6 +281,8 @@ def path_chain_bound(graph: Graph, path: list[int], subgraphs: int = 1, tables=N
     back = [[None] * (kq + 1) for _ in range(L)]
     prev0 = [0.0] + [inf] * kq  # "before p_0": nothing finished, no call used
     for i in range(L):
+        if i % 16 == 0 and time.perf_counter() > deadline:
+            return 0.0  # out of time: no bound from this path
         before = F[i - 1] if i > 0 else prev0
         if min(before) == inf:
             continue

@@ -33,6 +33,7 @@ from .starts import all_on_cpu, interval_split, orders
 __all__ = ["solve_latency", "score_placement"]
 
 _START_SHARE = 0.2
+_BOUND_SHARE = 0.4  # the chain bound starts no path after this share of the time
 _SEARCH_SHARE = 0.45  # the local search ends by this share of the time
 _ORDERS = 24
 _EXACT_SHARE = 0.9
@@ -73,7 +74,7 @@ def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1,
                 best, best_value = split, value
     stats.update(orders_tried=tried, start_value=best_value)
     stats["path_bound"] = path_bound(graph, subgraphs=subgraphs)
-    stats["chain_bound"] = chain_bound(graph, subgraphs=subgraphs)
+    stats["chain_bound"] = chain_bound(graph, subgraphs=subgraphs, deadline=t0 + _BOUND_SHARE * time_limit)
     bound = max(stats["path_bound"], stats["chain_bound"])
     status = "the path/chain bound meets the best start"
     if best_value - bound > _REL_GAP * best_value:
