@@ -1,6 +1,9 @@
-"""A lower bound on the least latency, by a DP along the graph (no solver).
+"""Lower bounds on the least latency, by DPs along the graph (no solver): the path bound
+(:func:`path_bound`, below) and the chain bound (:func:`chain_bound`: a DP over the runs
+of one path on one unit, charging everything a run forces into its call; see
+:func:`path_chain_bound`).  Each is valid alone; :mod:`.solve` takes the better.
 
-It restates the model's timing rule (:mod:`.model`) path by path, relaxed: the
+The path bound restates the model's timing rule (:mod:`.model`) path by path, relaxed: the
 number of accelerators, colour classes (but for a class that no accelerator can
 hold, which forces its nodes onto the CPU pool) and the nodes of a call off the
 path are ignored.  Per node ``v``:
@@ -30,6 +33,7 @@ Tested against brute force on small graphs.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -41,6 +45,11 @@ __all__ = ["path_bound"]
 def path_bound(graph: Graph, grid: int = 256, subgraphs: int = 1) -> float:
     """The bound above; ``subgraphs`` > 1 (a colour class may then span calls) drops the
     charging of a class's bytes to one member."""
+    return _path_tables(graph, grid, subgraphs)[0]
+
+
+def _path_tables(graph: Graph, grid: int = 256, subgraphs: int = 1):
+    """(the path bound, ``cpu[v]``, ``acc[v][cap]``) of the DP above."""
     cap = graph.memory_cap
     size = _charged_sizes(graph) if subgraphs == 1 else {n.id: n.size for n in graph.nodes}
     step = cap / grid if math.isfinite(cap) and cap > 0 else math.inf
@@ -70,7 +79,7 @@ def path_bound(graph: Graph, grid: int = 256, subgraphs: int = 1) -> float:
             acc[v] = node.accel_time + wait_acc
             acc[v][budgets < size[v]] = inf  # v (and what it carries) alone does not fit
         best = max(best, min(cpu[v], float(acc[v][top])))
-    return best
+    return best, cpu, {v: float(a[top]) for v, a in acc.items()}
 
 
 def _charged_sizes(graph: Graph) -> dict[int, float]:
@@ -112,3 +121,393 @@ def _cpu_only(graph: Graph) -> set[int]:
         if not all(n.accel_ok for n in nodes) or sum(n.size for n in nodes) > graph.memory_cap * (1 + 1e-12):
             out.update(members)
     return out
+
+
+def chain_bound(graph: Graph, subgraphs: int = 1, paths=None, deadline: float = math.inf) -> float:
+    """The best of :func:`path_chain_bound` over ``paths`` (default :func:`candidate_paths`),
+    each run with the path bound's per-node tables; the paths not finished by ``deadline``
+    (``time.perf_counter()``) are left out, which keeps it a bound."""
+    if paths is None:
+        paths = candidate_paths(graph)
+    _, cpu, acc = _path_tables(graph, subgraphs=subgraphs)
+    best = 0.0
+    for p in paths:
+        if time.perf_counter() > deadline:
+            break
+        best = max(best, path_chain_bound(graph, p, subgraphs, (cpu, acc), deadline=deadline))
+    return best
+
+
+def candidate_paths(graph: Graph) -> list[list[int]]:
+    """Source-to-sink paths on which :func:`path_chain_bound` is tried: the longest by
+    accelerator time, by CPU time, by bytes, by output cost, and by a mix of them."""
+    if not graph.nodes:
+        return []
+    cap = graph.memory_cap
+    acc_total = sum(n.accel_time for n in graph.nodes) or 1.0
+    cost_total = sum(n.out_cost for n in graph.nodes) or 1.0
+    size_total = sum(n.size for n in graph.nodes) or 1.0
+    weights = [
+        lambda n: n.accel_time,
+        lambda n: n.cpu_time,
+        lambda n: n.size,
+        lambda n: n.out_cost,
+        lambda n: n.accel_time / acc_total + n.out_cost / cost_total + n.size / size_total,
+    ]
+    if math.isfinite(cap) and cap > 0:
+        weights.append(lambda n: n.accel_time + n.size / cap * acc_total / max(1, len(graph)))
+    out, seen = [], set()
+    for w in weights:
+        p = _longest_path(graph, w)
+        if tuple(p) not in seen:
+            seen.add(tuple(p))
+            out.append(p)
+    return out
+
+
+def _longest_path(graph: Graph, weight) -> list[int]:
+    order = graph.topological_order()
+    best: dict[int, float] = {}
+    back: dict[int, int | None] = {}
+    for v in order:
+        preds = graph.predecessors(v)
+        u = max(preds, key=lambda u: best[u], default=None)
+        best[v] = weight(graph.node(v)) + (best[u] if u is not None else 0.0)
+        back[v] = u
+    v = max(order, key=lambda v: best[v])
+    path = []
+    while v is not None:
+        path.append(v)
+        v = back[v]
+    path.reverse()
+    while graph.successors(path[-1]):  # run on to a sink, so the last node sends nothing off the path
+        path.append(graph.successors(path[-1])[0])
+    return path
+
+
+def path_chain_bound(
+    graph: Graph,
+    path: list[int],
+    subgraphs: int = 1,
+    tables=None,
+    runs: list | None = None,
+    deadline: float = math.inf,
+) -> float:
+    """A lower bound on the least latency from one path ``p_0 -> ... -> p_L-1`` (each an input
+    of the next), restating the model's timing rule (:mod:`.model`) for the units on it.
+
+    In any split, the path's nodes fall into runs of consecutive nodes on one unit (a call,
+    or a CPU node): a call holding ``p_i`` and ``p_l`` holds every ``p_j`` between, as no
+    path may leave it and come back, so each call is one run and the runs of calls are
+    distinct calls (at most ``k * subgraphs`` of them).  A call whose run is ``p_i .. p_j``
+    holds every node on a path between two of its nodes (contiguity) and, with one call per
+    accelerator, the whole colour class of each; closing ``{p_i, p_j}`` under both rules
+    gives the *forced* set: their bytes fit the cap
+    and their accelerator times are all paid, and no path node outside the run is among
+    them (it would be in the call, so in the run).  It starts after ``p_i-1`` has finished (an
+    input from outside), fetches ``p_i-1``'s output, and sends ``p_j``'s (its edge to
+    ``p_j+1`` leaves the call): finish >= finish(p_i-1) + out_cost(p_i-1) + accel(forced)
+    + out_cost(p_j).  A CPU node ``p_j`` finishes >= finish(p_j-1) + cpu_time(p_j).  The
+    latency is at least the last node's finish; the DP over runs and calls used takes the
+    least such chain, so it is below every split's latency.  Unlike :func:`path_bound` it
+    charges the bytes and times of every node a run forces in, not only the path's own.
+
+    Tensors that go round the run are charged too, through *bypasses*: a route from a path
+    node ``p_a`` to a later ``p_b`` whose inner nodes are off the path, each with one input
+    and one output (a direct edge is a bypass with none).  A call with run ``p_i .. p_j``
+    sends one output on every bypass from ``a`` in ``i .. j-1`` to ``b > j`` (the route
+    leaves the call at ``p_a`` or an inner node), and fetches one on every bypass from
+    ``a < i-1`` to ``b`` in ``i .. j`` (it enters from ``p_a`` or an inner node).  Bypasses
+    from different ``a`` share no node, so per ``a`` the call pays at least ``min(out_cost(p_a),
+    sum over its bypasses of their inner nodes' least out_cost)``, and these add up.
+
+    A node off the path and off its bypasses that feeds the forced set from outside it is
+    on the call (its accelerator time paid, its bytes held) or fetched (its out_cost paid);
+    the least of these over the bytes left under the cap, with fractions allowed (a
+    knapsack's LP, :func:`_inputs_cost`), is charged.  Such a node is no bypass's node and
+    no ``p_i-1``, so nothing is paid twice.
+
+    ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
+    a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
+    run it no sooner than ``acc[p_j]``, then still sends ``p_j``'s output.
+
+    ``runs``, a list, receives the least chain's runs ``(i, j, on_call)`` (positions on the
+    path): a shape for a split, which :mod:`.starts` fills in."""
+    L = len(path)
+    if L == 0:
+        return 0.0
+    kq = graph.num_accelerators * subgraphs
+    cap = graph.memory_cap * (1 + 1e-12)
+    order = graph.topological_order()
+    index = {v: i for i, v in enumerate(order)}
+    anc = [0] * len(order)
+    for v in order:
+        m = 0
+        for u in graph.predecessors(v):
+            m |= anc[index[u]] | (1 << index[u])
+        anc[index[v]] = m
+    desc = [0] * len(order)
+    for v in reversed(order):
+        m = 0
+        for w in graph.successors(v):
+            m |= desc[index[w]] | (1 << index[w])
+        desc[index[v]] = m
+    node = [graph.node(v) for v in order]
+    members: list[list[int]] = [[i] for i in range(len(order))]  # what placing i on a call forces in
+    if subgraphs == 1:
+        for cls in graph.colour_classes().values():
+            ms = [index[v] for v in cls]
+            for i in ms:
+                members[i] = ms
+    inf = math.inf
+    ends = _bypasses(graph, path)
+    on_path = {index[v] for v in path}
+    on_route = {index[x] for routes in ends for _, _, inner in routes for x in inner}
+    feeding_inputs = [  # inputs off the path and off every bypass (charged there)
+        [index[u] for u in graph.predecessors(v) if index[u] not in on_path and index[u] not in on_route] for v in order
+    ]
+    path_mask = 0
+    before_mask = []  # before_mask[i]: the bits of p_0 .. p_i-1
+    for v in path:
+        before_mask.append(path_mask)
+        path_mask |= 1 << index[v]
+    starts: list[list[tuple[int, float, tuple]]] = [[] for _ in path]  # starts[a]: (b, m, inner)
+    for b, routes in enumerate(ends):
+        for a, m, inner in routes:
+            starts[a].append((b, m, tuple(index[x] for x in inner)))
+    cost_at = [graph.node(v).out_cost for v in path]
+    # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far
+    F = [[inf] * (kq + 1) for _ in range(L)]
+    back = [[None] * (kq + 1) for _ in range(L)]
+    prev0 = [0.0] + [inf] * kq  # "before p_0": nothing finished, no call used
+    for i in range(L):
+        if i % 16 == 0 and time.perf_counter() > deadline:
+            return 0.0  # out of time: no bound from this path
+        before = F[i - 1] if i > 0 else prev0
+        if min(before) == inf:
+            continue
+        pi = index[path[i]]
+        # p_i alone on the CPU pool
+        c = node[pi].cpu_time
+        floor = tables[0][path[i]] if tables else 0.0
+        row = F[i]
+        for u in range(kq + 1):
+            t = max(before[u] + c, floor)
+            if t < row[u]:
+                row[u] = t
+                back[i][u] = (i, False)
+        if kq == 0:
+            continue
+        t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
+        inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
+        hanging: set[int] = set()  # inputs off the path and its bypasses feeding the forced set
+        mem = compute = 0.0
+        fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
+        fetch_total = 0.0
+        send = {}  # a in i..j-1 -> [finite sum, direct edges] of its bypasses ending after j
+        fetch_routes: list[tuple[int, tuple]] = []  # (a, inner nodes) of the bypasses in fetch
+        send_routes: list[tuple[int, int, tuple]] = []  # (a, b, inner nodes), b > j once filtered
+        for j in range(i, L):
+            for a, m, inner in ends[j]:
+                if a < i - 1:
+                    fetch_routes.append((a, tuple(index[x] for x in inner)))
+                    old = _group(cost_at[a], fetch.get(a))
+                    acc_m = fetch.setdefault(a, [0.0, 0])
+                    _add(acc_m, m, 1)
+                    fetch_total += _group(cost_at[a], acc_m) - old
+                elif a in send:
+                    _add(send[a], m, -1)
+            if j > i:  # p_j-1 joins the run: its bypasses that end after j
+                a = j - 1
+                group = [0.0, 0]
+                for b, m, inner in starts[a]:
+                    if b > j:
+                        _add(group, m, 1)
+                        send_routes.append((a, b, inner))
+                if group[1] or group[0] > 0:
+                    send[a] = group
+            pj = index[path[j]]
+            new = ((1 << pi) | (1 << pj)) & ~inside
+            ok = True
+            while new:  # close under colour classes and contiguity until nothing is added
+                while new:
+                    low = new & -new
+                    x = low.bit_length() - 1
+                    new ^= low
+                    if (inside >> x) & 1:
+                        continue
+                    for y in members[x]:
+                        if (inside >> y) & 1:
+                            continue
+                        inside |= 1 << y
+                        below |= desc[y]
+                        above |= anc[y]
+                        if not node[y].accel_ok:
+                            ok = False
+                        mem += node[y].size
+                        compute += node[y].accel_time
+                        hanging.update(feeding_inputs[y])
+                new = below & above & ~inside  # on a path between two of the call's nodes
+            if not ok or mem > cap:
+                break
+            run_mask |= 1 << pj
+            stray = inside & path_mask & ~run_mask  # a path node off the run pulled in by a colour class
+            if stray:
+                if stray & before_mask[i]:
+                    break  # it lies before p_i: no longer run repairs that
+                continue  # it lies after p_j: the run must reach it
+            hanging = {x for x in hanging if not (inside >> x) & 1}
+            room = graph.memory_cap - mem
+            extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
+            if hanging:
+                extra += _inputs_cost([node[x] for x in hanging], room)
+            if fetch_routes or send_routes:
+                send_routes = [r for r in send_routes if r[1] > j]
+                extra = max(extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room))
+            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra
+            floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
+            row = F[j]
+            for u in range(kq):
+                t = max(before[u] + w, floor)
+                if t < row[u + 1]:
+                    row[u + 1] = t
+                    back[j][u + 1] = (i, True)
+    value = min(F[L - 1])
+    if runs is not None and value < inf:
+        j, u = L - 1, F[L - 1].index(value)
+        while j >= 0:
+            i, on_call = back[j][u]
+            runs.append((i, j, on_call))
+            u -= on_call
+            j = i - 1
+        runs.reverse()
+    return value
+
+
+def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float, tuple]]]:
+    """``ends[b]``: the bypasses ``(a, m, inner)`` into ``p_b`` (see :func:`path_chain_bound`):
+    ``inner`` the route's inner nodes from ``p_a``'s side, ``m`` their least out_cost, inf for
+    a direct edge ``p_a -> p_b`` with ``b > a + 1``."""
+    at = {v: i for i, v in enumerate(path)}
+    ends: list[list[tuple[int, float, tuple]]] = [[] for _ in path]
+    for a, v in enumerate(path):
+        for x in graph.successors(v):
+            if x in at:
+                if at[x] > a + 1:
+                    ends[at[x]].append((a, math.inf, ()))
+                continue
+            m = math.inf
+            inner = []
+            while x not in at and len(graph.predecessors(x)) == 1 and len(graph.successors(x)) == 1:
+                m = min(m, graph.node(x).out_cost)
+                inner.append(x)
+                x = graph.successors(x)[0]
+            if x in at and m < math.inf and at[x] > a:
+                ends[at[x]].append((a, m, tuple(inner)))
+    return ends
+
+
+def _add(group: list, m: float, sign: int) -> None:
+    if m == math.inf:
+        group[1] += sign
+    else:
+        group[0] += sign * m
+
+
+def _group(cost: float, group) -> float:
+    """What a call pays at least for one ``a``'s bypasses: ``p_a``'s output, or one inner
+    node's on each route."""
+    if group is None:
+        return 0.0
+    return cost if group[1] > 0 else min(cost, max(group[0], 0.0))
+
+
+def _inputs_cost(inputs, room: float) -> float:
+    """The least of ``sum over inputs of (x accel_time + (1 - x) out_cost)`` with each ``x``
+    in [0, 1] and ``sum x size <= room``: a lower bound on what a call pays for inputs that
+    it either holds or fetches, when ``room`` bytes are left under its cap."""
+    total = 0.0
+    gains = []
+    for n in inputs:
+        total += n.out_cost
+        gain = n.out_cost - n.accel_time
+        if gain > 0:
+            gains.append((gain, n.size))
+    room = max(room, 0.0)
+    gains.sort(key=lambda g: -g[0] / g[1] if g[1] > 0 else -math.inf)
+    for gain, size in gains:
+        if size <= room:
+            total -= gain
+            room -= size
+        else:
+            total -= gain * room / size
+            break
+    return total
+
+
+def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float) -> float:
+    """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
+    the time of the inner nodes it holds, with their bytes within ``room``.
+
+    A bypass fetched enters the call after its feeder (``p_a`` or an inner node): the inner
+    nodes after it are on the call (else the route would leave the call and come back).  A
+    bypass sent leaves the call at ``p_a`` or an inner node, the inner nodes up to it on the
+    call.  One choice per route, ``p_a``'s out_cost shared among its routes (all of them
+    choosing ``p_a`` pay it once); a route with an inner node already in the forced set is
+    left out (charged nothing).  An input is held or fetched.  Fractions allowed: the LP of
+    this multiple-choice knapsack (:func:`_choices_cost`)."""
+    groups = []
+    for routes, fetched in ((fetch_routes, True), (send_routes, False)):
+        live = [(r[0], r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
+        count: dict[int, int] = {}
+        for a, _ in live:
+            count[a] = count.get(a, 0) + 1
+        for a, inner in live:
+            share = cost_at[a] / count[a]
+            times = [node[x].accel_time for x in inner]
+            sizes = [node[x].size for x in inner]
+            if fetched:  # feeder p_a: all inner nodes held; feeder x_t: those after it held
+                options = [(sum(sizes), share + sum(times))]
+                options += [(sum(sizes[t + 1 :]), node[x].out_cost + sum(times[t + 1 :])) for t, x in enumerate(inner)]
+            else:  # leaver p_a: none held; leaver x_t: x_1 .. x_t held
+                options = [(0.0, share)]
+                options += [(sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1])) for t, x in enumerate(inner)]
+            groups.append(options)
+    for x in inputs:
+        groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
+    return _choices_cost(groups, room)
+
+
+def _choices_cost(groups, room: float) -> float:
+    """The LP of a multiple-choice knapsack: one option ``(size, cost)`` per group, fractions
+    allowed, sizes within ``room``; least total cost.  Each group starts at its smallest
+    option; the segments of the groups' lower convex hulls that trade bytes for cost are
+    taken steepest first (the LP optimum of this problem)."""
+    total = 0.0
+    segments = []
+    for options in groups:
+        options = sorted(options, key=lambda o: (o[0], o[1]))
+        hull = [options[0]]
+        for o in options[1:]:
+            if o[1] >= hull[-1][1]:
+                continue  # more bytes and no cheaper: never chosen
+            while len(hull) >= 2:  # keep the hull convex
+                (s1, c1), (s2, c2) = hull[-2], hull[-1]
+                if (c2 - c1) * (o[0] - s1) >= (o[1] - c1) * (s2 - s1):
+                    hull.pop()
+                else:
+                    break
+            hull.append(o)
+        total += hull[0][1]
+        room -= hull[0][0]
+        segments += [(b[0] - a[0], b[1] - a[1]) for a, b in zip(hull, hull[1:])]
+    room = max(room, 0.0)
+    segments.sort(key=lambda sg: sg[1] / sg[0] if sg[0] > 0 else -math.inf)
+    for size, gain in segments:  # gain < 0: cost saved for ``size`` more bytes
+        if size <= room:
+            total += gain
+            room -= size
+        else:
+            total += gain * room / size
+            break
+    return total

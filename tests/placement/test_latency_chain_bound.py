@@ -1,0 +1,245 @@
+"""The chain bound (bound.chain_bound, one DP per path) never exceeds the optimum of the
+paper's model: brute force on random graphs (1-3 accelerators, binding memory caps, colour
+classes, CPU-only nodes, one or two calls per accelerator) and on windows of the bundled
+workloads, on every path, not only the ones it picks; branch and bound on graphs of 10-12."""
+
+import functools
+import math
+import pathlib
+import random
+
+import pytest
+from _latency_brute import brute_force_latency, window
+from _small_graphs import node, random_graph
+
+from kfac_ext.placement.graph import Graph
+from kfac_ext.placement.latency.bound import _path_tables, candidate_paths, chain_bound, path_chain_bound
+from kfac_ext.placement.latency.exact import branch_and_bound
+
+WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
+needs_workloads = pytest.mark.skipif(not WORKLOADS.is_dir(), reason="bundled workloads not present")
+
+
+def all_paths(graph: Graph, limit: int = 200):
+    """Source-to-sink paths of a small graph (at most ``limit``)."""
+    out = []
+
+    def walk(path):
+        if len(out) >= limit:
+            return
+        succ = graph.successors(path[-1])
+        if not succ:
+            out.append(list(path))
+        for w in succ:
+            walk(path + [w])
+
+    for v in graph.ids:
+        if not graph.predecessors(v):
+            walk([v])
+    return out
+
+
+def cases():
+    for seed in range(36):
+        yield (
+            seed,
+            random_graph(seed, n_nodes=4 + seed % 4, k=1 + seed % 3, colours=seed % 2 == 0, tight_memory=seed % 3 != 2),
+            1 + (seed % 5 == 4),
+        )
+
+
+@functools.cache
+def optimum(seed):
+    _, g, q = next(c for c in cases() if c[0] == seed)
+    return brute_force_latency(g, subgraphs=q)
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_every_path_gives_a_bound_below_the_brute_force_optimum(seed):
+    _, g, q = next(c for c in cases() if c[0] == seed)
+    best = optimum(seed)
+    _, cpu, acc = _path_tables(g, subgraphs=q)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+    assert chain_bound(g, q) <= best + 1e-9
+
+
+def test_candidate_paths_are_source_to_sink_paths():
+    for _, g, _ in cases():
+        for p in candidate_paths(g):
+            assert not g.predecessors(p[0]) and not g.successors(p[-1])
+            assert all(b in g.successors(a) for a, b in zip(p, p[1:]))
+
+
+def test_a_run_pays_the_bytes_and_time_of_the_branch_it_forces_in():
+    """0 -> {1, 2} -> 3, every node one unit of bytes, a cap of 3: on one call the four do
+    not fit, so the path 0-1-3 pays a cut that the path bound (bytes along a path) misses."""
+    nodes = [node(i, 1.0, 100.0, 5.0 if i < 3 else 0.0) for i in range(4)]
+    g = Graph(nodes, [(0, 1), (0, 2), (1, 3), (2, 3)], 2, 1, 3.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) <= best + 1e-9
+    assert path_chain_bound(g, [0, 1, 3]) > 4.0  # all four on one call would take 4
+
+
+@needs_workloads
+@pytest.mark.parametrize(
+    "name,start,k,share",
+    [
+        ("LayerGraphs/inceptionv3_inference.json", 20, 2, 0.5),
+        ("LayerGraphs/resnet50_inference.json", 5, 3, 0.4),
+        ("OperatorGraphs/bert_l-3_inference.json", 30, 2, 0.7),
+        ("OperatorGraphs/resnet50_inference.json", 40, 1, 0.6),
+    ],
+)
+def test_windows_of_the_workloads(name, start, k, share):
+    g = window(Graph.from_json(WORKLOADS / name), start, 7, k, share)
+    best = brute_force_latency(g)
+    assert math.isfinite(best)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_below_the_exact_optimum_on_graphs_of_10_to_12(seed):
+    rng = random.Random(seed)
+    g = random_graph(100 + seed, n_nodes=10 + seed % 3, k=1 + seed % 3, colours=rng.random() < 0.5, tight_memory=True)
+    r = branch_and_bound(g, time_limit=60)
+    assert r.optimal
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= r.value + 1e-9
+    assert chain_bound(g) <= r.value + 1e-9
+
+
+def residual_graph(seed: int, n_nodes: int, k: int, sources: int = 0) -> Graph:
+    """A main path with side routes (direct edges and chains of one-input, one-output nodes)
+    that leave it and rejoin it further on, as in ResNet and BERT blocks, and ``sources``
+    extra inputs (a weight, a decoder's input) feeding nodes of it; a tight cap."""
+    rng = random.Random(seed)
+    main = rng.randint(3, n_nodes - 1 - sources)
+    n_nodes -= sources
+    edges = [(v, v + 1) for v in range(main - 1)]
+    nxt = main
+    while nxt < n_nodes:
+        a = rng.randrange(0, main - 2)
+        b = rng.randrange(a + 2, main)
+        length = min(n_nodes - nxt, rng.randint(0, 2))
+        route = [a] + list(range(nxt, nxt + length)) + [b]
+        nxt += length
+        edges += [(s, d) for s, d in zip(route, route[1:]) if (s, d) not in edges]
+        if length == 0 and rng.random() < 0.5:
+            continue
+    for _ in range(sources):
+        edges.append((nxt, rng.randrange(1, main)))
+        nxt += 1
+    edges = sorted(set(edges))
+    ids = range(nxt)
+    outs = {s for s, _ in edges}
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(0.5, 4.0), 3),
+            round(rng.uniform(2.0, 20.0), 3),
+            round(rng.uniform(0.2, 3.0), 3) if v in outs else 0.0,
+            size=float(rng.randint(1, 6)),
+            color=(v % 3 if rng.random() < 0.2 else None),
+            accel_ok=rng.random() > 0.08,
+        )
+        for v in ids
+    ]
+    total = sum(x.size for x in nodes)
+    g = Graph(nodes, edges, k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7)))))
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_side_routes_are_charged_within_the_optimum(seed):
+    g = residual_graph(seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
+    q = 1 + (seed % 7 == 6)
+    best = brute_force_latency(g, subgraphs=q)
+    _, cpu, acc = _path_tables(g, subgraphs=q)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+    assert chain_bound(g, q) <= best + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_inputs_from_off_the_path_are_charged_within_the_optimum(seed):
+    g = residual_graph(500 + seed, n_nodes=7 + seed % 2, k=1 + seed % 2, sources=1 + seed % 2)
+    best = brute_force_latency(g)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9
+
+
+def test_a_residual_block_cut_inside_pays_both_tensors():
+    """0 -> 1 -> 2 -> 3 with a skip 0 -> 3, a cap of two nodes: every call that runs 0 sends 0's
+    output and, if it stops at 1 or 2, also the one it stops at."""
+    nodes = [node(i, 1.0, 1000.0, 4.0 if i < 3 else 0.0, size=1.0) for i in range(4)]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (0, 3)], 3, 1, 2.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("cap", [4.0, 3.0])
+def test_an_input_from_off_the_path_is_held_or_fetched(cap):
+    """0 -> 1 -> 2 with a source 3 -> 1 (a costly tensor, quick to compute): with room for
+    all four the best call holds 3 (the bound is the optimum); with room for three it fetches
+    3 from the CPU pool (the bound pays the fetch, not the 0.2 s wait for 3)."""
+    nodes = [node(0, 1.0, 100.0, 0.5), node(1, 1.0, 100.0, 0.5), node(2, 1.0, 100.0, 0.0), node(3, 0.1, 0.2, 5.0)]
+    g = Graph(nodes, [(0, 1), (1, 2), (3, 1)], 1, 1, cap)
+    g.validate()
+    best = brute_force_latency(g)
+    if cap == 4.0:
+        assert chain_bound(g) == pytest.approx(best) == 3.1
+    else:
+        assert best == pytest.approx(8.2) and chain_bound(g) == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize("cap", [3.0, 4.0])
+def test_a_side_route_fed_from_before_the_run_is_held_or_fetched(cap):
+    """0 -> 1 -> 2 -> 3 with a side route 0 -> 4 -> 3, one accelerator: 0 and 1 are quick on
+    the CPU pool, 2 and 3 only on the accelerator.  Node 4's output is costly and 4 is quick:
+    the call holds 4 (fetching 0) when there is room for it, else fetches 4."""
+    nodes = [
+        node(0, 1.0, 0.1, 2.0),
+        node(1, 1.0, 0.1, 0.5),
+        node(2, 1.0, 1000.0, 0.5),
+        node(3, 1.0, 1000.0, 0.0),
+        node(4, 0.1, 0.1, 20.0),
+    ]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (0, 4), (4, 3)], 1, 1, cap)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) <= best + 1e-9
+    assert chain_bound(g) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("cap", [5.0, 3.0])
+def test_an_input_computed_off_the_path_is_held_or_fetched(cap):
+    """0 -> 1 -> 2 and 3 -> 4 -> 2 (a weight and its transpose, as BERT's output layer):
+    4 is quick and its output costly.  With room, the call holds 4 (the bound charges
+    its time, not the fetch); without, it fetches 4's output."""
+    nodes = [
+        node(0, 1.0, 1000.0, 0.5),
+        node(1, 1.0, 1000.0, 0.5),
+        node(2, 1.0, 1000.0, 0.0),
+        node(3, 0.1, 0.1, 5.0),
+        node(4, 0.1, 0.1, 20.0),
+    ]
+    g = Graph(nodes, [(0, 1), (1, 2), (3, 4), (4, 2)], 1, 1, cap)
+    g.validate()
+    best = brute_force_latency(g)
+    assert chain_bound(g) <= best + 1e-9
+    assert chain_bound(g) >= (3.1 if cap == 5.0 else 23.0) - 1e-9
+
+
+def test_past_its_deadline_it_gives_up_and_stays_a_bound():
+    g = residual_graph(3, n_nodes=8, k=2)
+    assert chain_bound(g, deadline=0.0) == 0.0
+    assert chain_bound(g) <= brute_force_latency(g) + 1e-9
