@@ -56,7 +56,28 @@ from _common import machine_line  # noqa: E402
 NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "kfac-lazy": "K-FAC lazy", "soap": "SOAP"}
 # K-FAC's factor / inverse update intervals: every step (most progress per step), and lazy
 # (cheap steps; the intervals measured best for time on the sweep seeds, docs/training-races.md).
+# Other intervals by name: "kfac-fF-iI" updates factors every F steps, inverses every I.
 KFAC_INTERVALS = {"kfac": (1, 1), "kfac-lazy": (2, 10)}
+
+
+def kfac_intervals(name: str) -> tuple[int, int]:
+    """(factor, inverse) update intervals of a K-FAC optimizer name."""
+    if name in KFAC_INTERVALS:
+        return KFAC_INTERVALS[name]
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == "kfac" and parts[1][:1] == "f" and parts[2][:1] == "i":
+        return int(parts[1][1:]), int(parts[2][1:])
+    raise ValueError(f"unknown K-FAC optimizer name {name!r} (kfac, kfac-lazy or kfac-fF-iI)")
+
+
+def display(name: str) -> str:
+    """The optimizer's name in tables."""
+    if name in NAMES:
+        return NAMES[name]
+    f, i = kfac_intervals(name)
+    return f"K-FAC {f}/{i}"
+
+
 CUTOFF = 2.0  # a sweep run stops at this x the best median so far
 PREFILTER = 1.3  # evaluate only once the batch loss is within this x the target
 EDGE_EXTENSIONS = 3  # grid extensions allowed per side
@@ -79,6 +100,9 @@ class Problem:
     kfac: dict = field(default_factory=dict)  # KFACPreconditioner arguments
     damping: float = 0.03
     tokens_per_sample: int = 1
+    # --variants: stage 3 of the sweep, settings changed one at a time from the best of
+    # stages 1-2; the same number for every optimizer (equal budget)
+    variants: dict = field(default_factory=dict)
 
 
 def autoencoder_problem(target: float | None = None) -> Problem:
@@ -139,6 +163,12 @@ def lm_problem(target: float | None = None) -> Problem:
         kfac=dict(compute_method="inverse"),
         damping=0.03,
         tokens_per_sample=task.context,
+        variants=dict(
+            kfac=[dict(method="eigen"), dict(approx="reduce")],
+            adamw=[dict(beta2=0.95), dict(beta2=0.99)],
+            sgd=[dict(momentum=0.8), dict(momentum=0.95)],
+            soap=[dict(beta2=0.95), dict(beta2=0.99)],
+        ),
     )
 
 
@@ -177,25 +207,32 @@ SWEPT = {
 
 # --------------------------------------------------------------------------- one run
 def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict):
-    """(optimizer, preconditioner or None) for one setting {lr, damping}."""
+    """(optimizer, preconditioner or None) for one setting {lr, damping} and, from a --variants
+    sweep, method (K-FAC's compute method), approx (kfac_approx), beta2, momentum."""
     lr = setting["lr"]
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0), None
+        betas = (0.9, setting.get("beta2", 0.999))
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=0.0), None
     if name == "soap":
         import heavyball
         import heavyball.utils
 
         heavyball.utils.compile_mode = None
-        return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=0.0, compile_step=False), None
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        kw = {"betas": (0.95, setting["beta2"])} if "beta2" in setting else {}  # else heavyball's default
+        return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=0.0, compile_step=False, **kw), None
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=setting.get("momentum", 0.9))
     if name == "sgd":
         return optimizer, None
     from kfac_ext import KFACPreconditioner
     from kfac_ext.comm import LocalComm
 
-    factor_steps, inv_steps = KFAC_INTERVALS[name]
+    factor_steps, inv_steps = kfac_intervals(name)
     kw = dict(factor_update_steps=factor_steps, inv_update_steps=inv_steps, kl_clip=0.001, factor_decay=0.95)
     kw.update(problem.kfac)
+    if "method" in setting:
+        kw["compute_method"] = setting["method"]
+    if "approx" in setting:
+        kw["kfac_approx"] = setting["approx"]
     return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
 
 
@@ -237,8 +274,12 @@ def _score(steps: list[int | None], cap: int) -> float:
     return statistics.median([cap + 1 if s is None else s for s in steps])
 
 
-def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: int, log) -> tuple[dict, list[dict]]:
-    """The best setting for (optimizer, batch) and every setting tried with its steps."""
+def sweep(
+    problem: Problem, name: str, batch: int, seeds: list[int], max_steps: int, log, variants: bool = False
+) -> tuple[dict, list[dict]]:
+    """The best setting for (optimizer, batch) and every setting tried with its steps;
+    ``variants``: stage 3, the problem's variants of the optimizer applied to the best
+    of stages 1-2, one at a time."""
     base = problem.center_lr.get(name, problem.center_lr[name.split("-")[0]])
     center = base * math.sqrt(batch / 64)
     tried: dict[tuple, dict] = {}
@@ -288,11 +329,16 @@ def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: 
     else:
         for f in (2**-0.5, 2**0.5):
             run(with_lr(stage1["lr"] * f))
+    if variants:
+        stage2 = dict(best["setting"])
+        for change in problem.variants.get(name.split("-")[0], []):
+            run(dict(stage2, **change))
     return best, list(tried.values())
 
 
 def _fmt_setting(s: dict) -> str:
-    return ", ".join(f"{'lr' if k == 'lr' else 'λ'} {v:g}" for k, v in s.items())
+    label = dict(lr="lr", damping="λ", beta2="β2", momentum="momentum")
+    return ", ".join(f"{label[k]} {v:g}" if k in label else str(v) for k, v in s.items())
 
 
 # --------------------------------------------------------------------------- step times
@@ -396,7 +442,7 @@ def plot(results: dict, batches: list[int], problem: Problem, path: str) -> None
     for name, per_batch in results.items():
         xs = [b for b in batches if b in per_batch and per_batch[b]["median"] is not None]
         ys = [per_batch[b]["median"] for b in xs]
-        ax.plot(xs, ys, "o-", color=colors.get(name), label=NAMES[name])
+        ax.plot(xs, ys, "o-", color=colors.get(name), label=display(name))
         for b in (b for b in batches if b in per_batch):
             seeds = [s for s in per_batch[b]["steps"] if s is not None]
             ax.scatter([b] * len(seeds), seeds, s=8, color=colors.get(name), alpha=0.4)
@@ -428,8 +474,8 @@ def format_tables(out: dict) -> str:
 
     lines = [
         "| batch | "
-        + " | ".join(f"{NAMES[n]} steps (per seed) | median" for n in names)
-        + "".join(f" | {NAMES[k]} / AdamW steps" for k in kfacs)
+        + " | ".join(f"{display(n)} steps (per seed) | median" for n in names)
+        + "".join(f" | {display(k)} / AdamW steps" for k in kfacs)
         + " |",
         "|---" * (2 * len(names) + 1 + len(kfacs)) + "|",
     ]
@@ -451,7 +497,7 @@ def format_tables(out: dict) -> str:
         "",
         "Settings (best of the sweep): "
         + "; ".join(
-            f"{NAMES[n]} "
+            f"{display(n)} "
             + ", ".join(f"B{b}: {_fmt_setting(results[n][str(b)]['setting'])}" for b in batches if str(b) in results[n])
             for n in names
         ),
@@ -459,10 +505,10 @@ def format_tables(out: dict) -> str:
     ]
     lines += [
         "| batch | "
-        + " | ".join(f"{NAMES[n]} ms/step" for n in names)
-        + "".join(f" | {NAMES[k]} / AdamW step time" for k in kfacs)
+        + " | ".join(f"{display(n)} ms/step" for n in names)
+        + "".join(f" | {display(k)} / AdamW step time" for k in kfacs)
         + " | "
-        + " | ".join(f"{NAMES[n]} s to target" for n in names)
+        + " | ".join(f"{display(n)} s to target" for n in names)
         + " |",
         "|---" * (2 * len(names) + 1 + len(kfacs)) + "|",
     ]
@@ -484,11 +530,11 @@ def format_tables(out: dict) -> str:
     lines += [
         "",
         "Critical batch size (doubling cuts the steps by < 30 %): "
-        + "; ".join(f"{NAMES[n]} {out['critical_batch'][n]}" for n in names),
+        + "; ".join(f"{display(n)} {out['critical_batch'][n]}" for n in names),
     ]
     lines.append(
         "Best time to target, each at its own best batch: "
-        + "; ".join(f"{NAMES[n]} {s:.2f} s (B {b})" for n, (s, b) in best.items())
+        + "; ".join(f"{display(n)} {s:.2f} s (B {b})" for n, (s, b) in best.items())
     )
     return "\n".join(lines)
 
@@ -508,8 +554,15 @@ def main(argv: list[str] | None = None) -> int:
         "--optimizers",
         nargs="+",
         default=None,
-        help="any of sgd adamw kfac kfac-lazy soap (default: sgd adamw kfac "
-        "kfac-lazy; soap, whose eager CPU step costs 3-15x AdamW's, on request)",
+        help="any of sgd adamw kfac kfac-lazy kfac-fF-iI soap (default: sgd adamw kfac "
+        "kfac-lazy; soap, whose eager CPU step costs 3-15x AdamW's, on request; "
+        "kfac-fF-iI: factors every F steps, inverses every I)",
+    )
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="a third sweep stage: the task's variants of each optimizer (lm: K-FAC eigen, "
+        "kfac_approx reduce; AdamW beta2 0.95, 0.99; SGD momentum 0.8, 0.95), two each",
     )
     p.add_argument("--sweep-seeds", type=int, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -549,6 +602,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--sweep-seeds must be disjoint from --seeds")
     batches = [b for b in batches if b <= problem.n_train]
     names = a.optimizers or (["sgd", "adamw", "kfac"] if a.quick else ["sgd", "adamw", "kfac", "kfac-lazy"])
+    for n in names:
+        if n.startswith("kfac"):
+            try:
+                kfac_intervals(n)
+            except ValueError as e:
+                p.error(str(e))
+        elif n not in NAMES:
+            p.error(f"unknown optimizer {n!r}")
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -572,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 best, tried = dict(setting=SWEPT[a.task][n][b]), []
             else:
-                best, tried = sweep(problem, n, b, sweep_seeds, max_steps, log)
+                best, tried = sweep(problem, n, b, sweep_seeds, max_steps, log, a.variants)
             steps = [steps_to_target(problem, n, best["setting"], b, s, max_steps)[0] for s in a.seeds]
             results[n][str(b)] = dict(setting=best["setting"], steps=steps, median=median_or_none(steps), sweep=tried)
             log(f"{n:5s} B={b:5d} {_fmt_setting(best['setting'])}: steps {steps} ({time.time() - t_start:.0f} s)")
@@ -629,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|")
         for r in out["best_batch_times"]:
             print(
-                f"| {NAMES[r['optimizer']]} | {r['batch']} | {_fmt_setting(r['setting'])} | "
+                f"| {display(r['optimizer'])} | {r['batch']} | {_fmt_setting(r['setting'])} | "
                 f"{r['median_steps']:g} | {r['ms']:.2f} | {r['seconds']:.2f} |"
             )
     if a.json_out:
