@@ -67,6 +67,16 @@ def test_variants_stage_gives_every_optimizer_the_same_count(monkeypatch):
     assert counts == {"adamw": 2, "kfac": 2, "kfac-f5-i20": 2}
 
 
+def test_digits_problem_evaluates_without_the_batch_loss_gate(monkeypatch):
+    problem = bs.digits_problem()
+    assert problem.target == 0.03 and not problem.batch_loss_gate
+    evaluated = []
+    metric = problem.metric
+    problem.metric = lambda model: evaluated.append(1) or metric(model)
+    steps, last = bs.steps_to_target(problem, "sgd", dict(lr=0.05), 16, 100, 3)
+    assert steps is None and len(evaluated) == 3 and 0.0 <= last <= 1.0  # every due step
+
+
 def test_kfac_interval_names():
     assert bs.kfac_intervals("kfac") == (1, 1) and bs.kfac_intervals("kfac-lazy") == (2, 10)
     assert bs.kfac_intervals("kfac-f5-i20") == (5, 20) and bs.display("kfac-f5-i20") == "K-FAC 5/20"
