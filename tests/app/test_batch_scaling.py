@@ -211,4 +211,4 @@ def test_quick_runs_the_stored_settings_without_a_sweep(tmp_path, capsys):
     assert all(r["seconds"] == pytest.approx(r["median_steps"] * r["ms"] / 1000) for r in res["best_batch_times"])
     assert "one round-robin loop" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        bs.main(["--quick", "--task", "lm"])
+        bs.main(["--quick", "--task", "digits"])
