@@ -21,7 +21,10 @@ The sweep (per task, batch size and optimizer; every optimizer the same budget):
      rule on the task's batch-64 default; while the best is at the grid's edge the
      grid is extended by one point that way (at most 3 times);
   2. two more settings around stage 1's best: K-FAC its damping x1/3 and x3,
-     SGD and AdamW the lr x2^(-1/2) and x2^(1/2).
+     SGD and AdamW the lr x2^(-1/2) and x2^(1/2);
+  3. with --variants, the task's variants of each optimizer, applied one at a time to
+     the best so far, the same number for every optimizer (lm: K-FAC the eigen method
+     and kfac_approx='reduce', AdamW beta2 0.95 and 0.99, SGD momentum 0.8 and 0.95).
   A setting scores its median steps to target over the sweep seeds; a run is cut
   off at 2x the best median so far (it cannot win) and counts as never.
 
@@ -30,9 +33,11 @@ cuts the median steps by less than 30 % (steps(2B) / steps(B) > 0.7); perfect
 scaling would halve them.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/batch_scaling.py \
-        [--task autoencoder|lm] [--quick] [--json-out F] [--plot docs/F.png]
+        [--task autoencoder|lm|digits] [--optimizers sgd adamw kfac kfac-lazy kfac-fF-iI ...]
+        [--variants] [--quick] [--json-out F] [--plot docs/F.png]
 
---quick skips the sweep and runs the settings it chose on 2026-12-07 (SWEPT below).
+--quick skips the sweep and runs the settings it chose on 2026-12-07 (SWEPT below;
+autoencoder and lm). digits: the digits CNN to 3 % test error.
 """
 
 from __future__ import annotations
@@ -56,7 +61,28 @@ from _common import machine_line  # noqa: E402
 NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "kfac-lazy": "K-FAC lazy", "soap": "SOAP"}
 # K-FAC's factor / inverse update intervals: every step (most progress per step), and lazy
 # (cheap steps; the intervals measured best for time on the sweep seeds, docs/training-races.md).
+# Other intervals by name: "kfac-fF-iI" updates factors every F steps, inverses every I.
 KFAC_INTERVALS = {"kfac": (1, 1), "kfac-lazy": (2, 10)}
+
+
+def kfac_intervals(name: str) -> tuple[int, int]:
+    """(factor, inverse) update intervals of a K-FAC optimizer name."""
+    if name in KFAC_INTERVALS:
+        return KFAC_INTERVALS[name]
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == "kfac" and parts[1][:1] == "f" and parts[2][:1] == "i":
+        return int(parts[1][1:]), int(parts[2][1:])
+    raise ValueError(f"unknown K-FAC optimizer name {name!r} (kfac, kfac-lazy or kfac-fF-iI)")
+
+
+def display(name: str) -> str:
+    """The optimizer's name in tables."""
+    if name in NAMES:
+        return NAMES[name]
+    f, i = kfac_intervals(name)
+    return f"K-FAC {f}/{i}"
+
+
 CUTOFF = 2.0  # a sweep run stops at this x the best median so far
 PREFILTER = 1.3  # evaluate only once the batch loss is within this x the target
 EDGE_EXTENSIONS = 3  # grid extensions allowed per side
@@ -79,6 +105,12 @@ class Problem:
     kfac: dict = field(default_factory=dict)  # KFACPreconditioner arguments
     damping: float = 0.03
     tokens_per_sample: int = 1
+    # --variants: stage 3 of the sweep, settings changed one at a time from the best of
+    # stages 1-2; the same number for every optimizer (equal budget)
+    variants: dict = field(default_factory=dict)
+    # evaluate only once the step's batch loss is within PREFILTER x the target (the metric is a
+    # loss of the same scale); False: at every due step (a metric such as an error rate)
+    batch_loss_gate: bool = True
 
 
 def autoencoder_problem(target: float | None = None) -> Problem:
@@ -139,10 +171,51 @@ def lm_problem(target: float | None = None) -> Problem:
         kfac=dict(compute_method="inverse"),
         damping=0.03,
         tokens_per_sample=task.context,
+        variants=dict(
+            kfac=[dict(method="eigen"), dict(approx="reduce")],
+            adamw=[dict(beta2=0.95), dict(beta2=0.99)],
+            sgd=[dict(momentum=0.8), dict(momentum=0.95)],
+            soap=[dict(beta2=0.95), dict(beta2=0.99)],
+        ),
     )
 
 
-PROBLEMS = {"autoencoder": autoencoder_problem, "lm": lm_problem}
+def digits_problem(target: float | None = None) -> Problem:
+    """The digits CNN (every layer preconditioned, as `kfac-ext train`'s default); the metric
+    is the test error, the target 3 % (the race's 97 % test accuracy)."""
+    from kfac_ext.app.data import load_digits_dataset
+    from kfac_ext.app.models import digits_cnn
+    from kfac_ext.app.tasks import Classification
+
+    data = load_digits_dataset()
+    task = Classification(data)
+    test_x, test_y = data.batch(torch.arange(len(data.test_y)), train=False)
+
+    def sample(batch, gen):
+        return data.batch(torch.randperm(task.n_train, generator=gen)[:batch], True, gen)
+
+    def metric(model):
+        with torch.no_grad():
+            return (model(test_x).argmax(1) != test_y).float().mean().item()
+
+    # The batch-64 centres are kfac-ext train's swept digits defaults.
+    return Problem(
+        "digits",
+        0.03 if target is None else target,
+        "test error",
+        digits_cnn,
+        sample,
+        task.loss,
+        metric,
+        task.n_train,
+        center_lr=dict(sgd=0.05, adamw=0.01, kfac=0.1, soap=0.01),
+        kfac=dict(compute_method="eigen"),
+        damping=0.1,
+        batch_loss_gate=False,
+    )
+
+
+PROBLEMS = {"autoencoder": autoencoder_problem, "lm": lm_problem, "digits": digits_problem}
 
 # --quick: no sweep, the settings the sweep of 2026-12-07 chose (benchmarks/RESULTS.md; sweep
 # seed 100, batches 32-512), run on the reported seeds. SGD's are the sweep's picks, at the
@@ -171,31 +244,51 @@ SWEPT = {
             512: dict(lr=0.0707, damping=0.01),
         },
         "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
-    }
+    },
+    # the 2026-12-07 11:08 sweep with --variants (seeds 100, 101; RESULTS.md); AdamW's B 64 pick
+    # is at its edge of stability (RESULTS gives the next-lower lr's steps)
+    "lm": {
+        "adamw": {8: dict(lr=0.0015), 16: dict(lr=0.00212), 32: dict(lr=0.00212), 64: dict(lr=0.003)},
+        "kfac": {
+            8: dict(lr=0.00884, damping=0.03),
+            16: dict(lr=0.05, damping=0.03),
+            32: dict(lr=0.0177, damping=0.03),
+            64: dict(lr=0.05, damping=0.01),
+        },
+    },
 }
 
 
 # --------------------------------------------------------------------------- one run
 def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict):
-    """(optimizer, preconditioner or None) for one setting {lr, damping}."""
+    """(optimizer, preconditioner or None) for one setting {lr, damping} and, from a --variants
+    sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip, beta2, momentum."""
     lr = setting["lr"]
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0), None
+        betas = (0.9, setting.get("beta2", 0.999))
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=0.0), None
     if name == "soap":
         import heavyball
         import heavyball.utils
 
         heavyball.utils.compile_mode = None
-        return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=0.0, compile_step=False), None
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        kw = {"betas": (0.95, setting["beta2"])} if "beta2" in setting else {}  # else heavyball's default
+        return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=0.0, compile_step=False, **kw), None
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=setting.get("momentum", 0.9))
     if name == "sgd":
         return optimizer, None
     from kfac_ext import KFACPreconditioner
     from kfac_ext.comm import LocalComm
 
-    factor_steps, inv_steps = KFAC_INTERVALS[name]
+    factor_steps, inv_steps = kfac_intervals(name)
     kw = dict(factor_update_steps=factor_steps, inv_update_steps=inv_steps, kl_clip=0.001, factor_decay=0.95)
     kw.update(problem.kfac)
+    if "method" in setting:
+        kw["compute_method"] = setting["method"]
+    if "approx" in setting:
+        kw["kfac_approx"] = setting["approx"]
+    if "kl_clip" in setting:
+        kw["kl_clip"] = setting["kl_clip"]
     return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
 
 
@@ -223,7 +316,8 @@ def steps_to_target(
         if precond is not None:
             precond.step()
         optimizer.step()
-        if (_eval_due(step) and batch_loss <= PREFILTER * problem.target) or step == cap:
+        gate = batch_loss <= PREFILTER * problem.target if problem.batch_loss_gate else True
+        if (_eval_due(step) and gate) or step == cap:
             last = problem.metric(model)
             if not math.isfinite(last):
                 return None, math.inf
@@ -237,8 +331,12 @@ def _score(steps: list[int | None], cap: int) -> float:
     return statistics.median([cap + 1 if s is None else s for s in steps])
 
 
-def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: int, log) -> tuple[dict, list[dict]]:
-    """The best setting for (optimizer, batch) and every setting tried with its steps."""
+def sweep(
+    problem: Problem, name: str, batch: int, seeds: list[int], max_steps: int, log, variants: bool = False
+) -> tuple[dict, list[dict]]:
+    """The best setting for (optimizer, batch) and every setting tried with its steps;
+    ``variants``: stage 3, the problem's variants of the optimizer applied to the best
+    of stages 1-2, one at a time."""
     base = problem.center_lr.get(name, problem.center_lr[name.split("-")[0]])
     center = base * math.sqrt(batch / 64)
     tried: dict[tuple, dict] = {}
@@ -288,11 +386,16 @@ def sweep(problem: Problem, name: str, batch: int, seeds: list[int], max_steps: 
     else:
         for f in (2**-0.5, 2**0.5):
             run(with_lr(stage1["lr"] * f))
+    if variants:
+        stage2 = dict(best["setting"])
+        for change in problem.variants.get(name.split("-")[0], []):
+            run(dict(stage2, **change))
     return best, list(tried.values())
 
 
 def _fmt_setting(s: dict) -> str:
-    return ", ".join(f"{'lr' if k == 'lr' else 'λ'} {v:g}" for k, v in s.items())
+    label = dict(lr="lr", damping="λ", beta2="β2", momentum="momentum", kl_clip="KL clip")
+    return ", ".join(f"{label[k]} {v:g}" if k in label else str(v) for k, v in s.items())
 
 
 # --------------------------------------------------------------------------- step times
@@ -396,7 +499,7 @@ def plot(results: dict, batches: list[int], problem: Problem, path: str) -> None
     for name, per_batch in results.items():
         xs = [b for b in batches if b in per_batch and per_batch[b]["median"] is not None]
         ys = [per_batch[b]["median"] for b in xs]
-        ax.plot(xs, ys, "o-", color=colors.get(name), label=NAMES[name])
+        ax.plot(xs, ys, "o-", color=colors.get(name), label=display(name))
         for b in (b for b in batches if b in per_batch):
             seeds = [s for s in per_batch[b]["steps"] if s is not None]
             ax.scatter([b] * len(seeds), seeds, s=8, color=colors.get(name), alpha=0.4)
@@ -428,8 +531,8 @@ def format_tables(out: dict) -> str:
 
     lines = [
         "| batch | "
-        + " | ".join(f"{NAMES[n]} steps (per seed) | median" for n in names)
-        + "".join(f" | {NAMES[k]} / AdamW steps" for k in kfacs)
+        + " | ".join(f"{display(n)} steps (per seed) | median" for n in names)
+        + "".join(f" | {display(k)} / AdamW steps" for k in kfacs)
         + " |",
         "|---" * (2 * len(names) + 1 + len(kfacs)) + "|",
     ]
@@ -451,7 +554,7 @@ def format_tables(out: dict) -> str:
         "",
         "Settings (best of the sweep): "
         + "; ".join(
-            f"{NAMES[n]} "
+            f"{display(n)} "
             + ", ".join(f"B{b}: {_fmt_setting(results[n][str(b)]['setting'])}" for b in batches if str(b) in results[n])
             for n in names
         ),
@@ -459,10 +562,10 @@ def format_tables(out: dict) -> str:
     ]
     lines += [
         "| batch | "
-        + " | ".join(f"{NAMES[n]} ms/step" for n in names)
-        + "".join(f" | {NAMES[k]} / AdamW step time" for k in kfacs)
+        + " | ".join(f"{display(n)} ms/step" for n in names)
+        + "".join(f" | {display(k)} / AdamW step time" for k in kfacs)
         + " | "
-        + " | ".join(f"{NAMES[n]} s to target" for n in names)
+        + " | ".join(f"{display(n)} s to target" for n in names)
         + " |",
         "|---" * (2 * len(names) + 1 + len(kfacs)) + "|",
     ]
@@ -484,11 +587,11 @@ def format_tables(out: dict) -> str:
     lines += [
         "",
         "Critical batch size (doubling cuts the steps by < 30 %): "
-        + "; ".join(f"{NAMES[n]} {out['critical_batch'][n]}" for n in names),
+        + "; ".join(f"{display(n)} {out['critical_batch'][n]}" for n in names),
     ]
     lines.append(
         "Best time to target, each at its own best batch: "
-        + "; ".join(f"{NAMES[n]} {s:.2f} s (B {b})" for n, (s, b) in best.items())
+        + "; ".join(f"{display(n)} {s:.2f} s (B {b})" for n, (s, b) in best.items())
     )
     return "\n".join(lines)
 
@@ -500,16 +603,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="no sweep: the settings the 2026-12-07 sweep chose (SWEPT), on the "
-        "reported seeds, batches 32-512, sgd adamw kfac; then the step times",
+        help="no sweep: the settings the 2026-12-07 sweeps chose (SWEPT), on the "
+        "reported seeds, at the batches swept (autoencoder 32-512, lm 8-64); then the step times",
     )
     p.add_argument("--batches", type=int, nargs="+", default=None)
     p.add_argument(
         "--optimizers",
         nargs="+",
         default=None,
-        help="any of sgd adamw kfac kfac-lazy soap (default: sgd adamw kfac "
-        "kfac-lazy; soap, whose eager CPU step costs 3-15x AdamW's, on request)",
+        help="any of sgd adamw kfac kfac-lazy kfac-fF-iI soap (default: sgd adamw kfac "
+        "kfac-lazy; soap, whose eager CPU step costs 3-15x AdamW's, on request; "
+        "kfac-fF-iI: factors every F steps, inverses every I)",
+    )
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="a third sweep stage: the task's variants of each optimizer (lm: K-FAC eigen, "
+        "kfac_approx reduce; AdamW beta2 0.95, 0.99; SGD momentum 0.8, 0.95), two each",
     )
     p.add_argument("--sweep-seeds", type=int, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -538,8 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         if a.task not in SWEPT:
             p.error(f"--quick: no swept settings stored for --task {a.task}")
-        batches = a.batches or [32, 64, 128, 256, 512]
-        sweep_seeds = a.sweep_seeds or [100]
+        batches = a.batches or sorted({b for per_batch in SWEPT[a.task].values() for b in per_batch})
+        sweep_seeds = a.sweep_seeds or ([100] if a.task == "autoencoder" else [100, 101])
         max_steps = a.max_steps or 1200
     else:
         batches = a.batches or [32, 64, 128, 256, 512, 1024]
@@ -549,6 +659,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--sweep-seeds must be disjoint from --seeds")
     batches = [b for b in batches if b <= problem.n_train]
     names = a.optimizers or (["sgd", "adamw", "kfac"] if a.quick else ["sgd", "adamw", "kfac", "kfac-lazy"])
+    if a.quick:  # only what the sweep stored settings for
+        names = [n for n in names if n in SWEPT[a.task]]
+    for n in names:
+        if n.startswith("kfac"):
+            try:
+                kfac_intervals(n)
+            except ValueError as e:
+                p.error(str(e))
+        elif n not in NAMES:
+            p.error(f"unknown optimizer {n!r}")
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -572,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 best, tried = dict(setting=SWEPT[a.task][n][b]), []
             else:
-                best, tried = sweep(problem, n, b, sweep_seeds, max_steps, log)
+                best, tried = sweep(problem, n, b, sweep_seeds, max_steps, log, a.variants)
             steps = [steps_to_target(problem, n, best["setting"], b, s, max_steps)[0] for s in a.seeds]
             results[n][str(b)] = dict(setting=best["setting"], steps=steps, median=median_or_none(steps), sweep=tried)
             log(f"{n:5s} B={b:5d} {_fmt_setting(best['setting'])}: steps {steps} ({time.time() - t_start:.0f} s)")
@@ -629,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|")
         for r in out["best_batch_times"]:
             print(
-                f"| {NAMES[r['optimizer']]} | {r['batch']} | {_fmt_setting(r['setting'])} | "
+                f"| {display(r['optimizer'])} | {r['batch']} | {_fmt_setting(r['setting'])} | "
                 f"{r['median_steps']:g} | {r['ms']:.2f} | {r['seconds']:.2f} |"
             )
     if a.json_out:

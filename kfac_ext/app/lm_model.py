@@ -4,10 +4,10 @@ Pre-LayerNorm transformer blocks (Radford et al. 2019): causal self-attention
 whose query/key/value and output projections are ``nn.Linear`` layers (attention
 itself by ``F.scaled_dot_product_attention``, which has no weights), and a
 two-layer GELU MLP. Token and position embeddings are ``nn.Embedding``; the output
-head is a separate ``nn.Linear``. K-FAC preconditions every ``nn.Linear`` (their
-inputs are (batch, time, features): the factors take every position as a sample);
-the embeddings and LayerNorms take plain steps until K-FAC supports those layer
-types.
+head is a separate ``nn.Linear``. K-FAC preconditions the 9 ``nn.Linear`` layers
+(their inputs are (batch, time, features): with ``kfac_approx='expand'`` the factors
+take every position as a sample) and the two ``nn.Embedding`` layers (11 in all);
+the LayerNorms take plain steps at K-FAC's learning rate (no K-FAC layer type).
 """
 
 from __future__ import annotations

@@ -138,16 +138,16 @@ AUTOENCODER_DEFAULTS = dict(
     target_loss=1.5,
 )
 # --task lm (kfac_ext/app/lm_task.py): a byte-level GPT on Python's standard library; these
-# replace the digits defaults. AdamW's and K-FAC's lr: the best of the batch-8 sweep (seed 100,
-# benchmarks/batch_scaling.py --task lm; RESULTS.md) scaled to batch 32 by the square-root
-# rule; SGD's and SOAP's are not swept.
+# replace the digits defaults. AdamW's and K-FAC's lr and K-FAC's damping and method: the best
+# of the batch-32 sweep (2026-12-07 11:08, seeds 100 and 101, benchmarks/batch_scaling.py --task
+# lm --variants; RESULTS.md); SGD's and SOAP's are not swept.
 LM_DEFAULTS = dict(
     model="char-gpt",
     epochs=2,
     batch_size=32,
     lr_sgd=0.1,
     lr_kfac=0.0177,
-    lr_adamw=0.003,
+    lr_adamw=0.00212,
     adamw_weight_decay=0.0,
     lr_soap=0.003,
     soap_weight_decay=0.0,

@@ -52,6 +52,38 @@ def test_sweep_extends_the_grid_at_its_edge_and_gives_kfac_its_damping(monkeypat
     assert {t["setting"]["damping"] for t in tried} == {0.1, 0.0333, 0.3}
 
 
+def test_variants_stage_gives_every_optimizer_the_same_count(monkeypatch):
+    monkeypatch.setattr(bs, "steps_to_target", lambda problem, name, setting, batch, seed, cap: (50, 0.0))
+    variants = dict(kfac=[dict(method="eigen"), dict(approx="reduce")], adamw=[dict(beta2=0.95), dict(beta2=0.99)])
+    problem = bs.Problem(
+        "toy", 1.0, "loss", None, None, None, None, 100, center_lr=dict(adamw=1.0, kfac=1.0), variants=variants
+    )
+    counts = {}
+    for name in ("adamw", "kfac", "kfac-f5-i20"):
+        _, plain = bs.sweep(problem, name, 64, [100], 10_000, lambda m: None)
+        _, tried = bs.sweep(problem, name, 64, [100], 10_000, lambda m: None, variants=True)
+        counts[name] = len(tried) - len(plain)
+        assert tried[-1]["setting"] == dict(tried[0]["setting"], **variants[name.split("-")[0]][-1])
+    assert counts == {"adamw": 2, "kfac": 2, "kfac-f5-i20": 2}
+
+
+def test_digits_problem_evaluates_without_the_batch_loss_gate(monkeypatch):
+    problem = bs.digits_problem()
+    assert problem.target == 0.03 and not problem.batch_loss_gate
+    evaluated = []
+    metric = problem.metric
+    problem.metric = lambda model: evaluated.append(1) or metric(model)
+    steps, last = bs.steps_to_target(problem, "sgd", dict(lr=0.05), 16, 100, 3)
+    assert steps is None and len(evaluated) == 3 and 0.0 <= last <= 1.0  # every due step
+
+
+def test_kfac_interval_names():
+    assert bs.kfac_intervals("kfac") == (1, 1) and bs.kfac_intervals("kfac-lazy") == (2, 10)
+    assert bs.kfac_intervals("kfac-f5-i20") == (5, 20) and bs.display("kfac-f5-i20") == "K-FAC 5/20"
+    with pytest.raises(ValueError):
+        bs.kfac_intervals("kfac-fast")
+
+
 @pytest.mark.slow
 def test_quick_run_writes_tables_json_and_plot(tmp_path, capsys):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
@@ -179,4 +211,4 @@ def test_quick_runs_the_stored_settings_without_a_sweep(tmp_path, capsys):
     assert all(r["seconds"] == pytest.approx(r["median_steps"] * r["ms"] / 1000) for r in res["best_batch_times"])
     assert "one round-robin loop" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        bs.main(["--quick", "--task", "lm"])
+        bs.main(["--quick", "--task", "digits"])
