@@ -108,6 +108,33 @@ def time_modes(modes: dict, reps: int, approx: str, method: str) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def gemm_gflop(method: str) -> dict[str, float]:
+    """GEMM arithmetic of one step (GFLOP, 2 per multiply-add), from the registered layers.
+
+    forward + backward: 3 products of rows x in x out per Linear-like layer (output,
+    input gradient, weight gradient; the Embeddings' lookups are none), plus the
+    attention core (Q Kᵀ and A V: 2·B·T²·D each way, ×3 with backward, causal masking
+    not discounted). Preconditioning: per layer 2·(g²·a + g·a²) for each of the two
+    sides' multiplications, twice for the eigen method (Q_ᵀ … then Q …), once for the
+    inverse method; a diagonal factor's side is elementwise (none). Factors: one
+    triangle, rows·n², per dense factor."""
+    pre = Runner((1, 1), "expand", method).pre
+    assert pre is not None
+    rows = BATCH * TOKENS
+    fwd_bwd = 3 * 2 * 2 * BATCH * TOKENS * TOKENS * D * LAYERS
+    precondition = factors = 0.0
+    sides = 2 if method == "eigen" else 1
+    for layer in pre.layers:
+        a, g = layer.a_dim, layer.g_dim
+        if not layer.a_diagonal:  # an Embedding's lookup is no GEMM
+            fwd_bwd += 3 * 2 * rows * (a - int(layer.has_bias)) * g
+            precondition += sides * 2 * g * a * a
+            factors += rows * a * a
+        precondition += 0 if layer.g_diagonal else sides * 2 * g * g * a
+        factors += 0 if layer.g_diagonal else rows * g * g
+    return {"forward + backward": fwd_bwd / 1e9, "preconditioning": precondition / 1e9, "factors": factors / 1e9}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5)
@@ -135,6 +162,8 @@ def main(argv=None) -> None:
     print("| step | ms | × AdamW |\n|---|---|---|")
     for name, t in rows.items():
         print(f"| {name} | {t * 1e3:.0f} | {t / adamw:.2f} |")
+    flops = gemm_gflop(args.method)
+    print("GEMM GFLOP a step: " + ", ".join(f"{k} {v:.2f}" for k, v in flops.items()))
 
 
 if __name__ == "__main__":
