@@ -166,6 +166,33 @@ inline void check_precondition_layer(size_t i, const at::Tensor& g, const at::Te
               "; got shape ", dg.sizes());
 }
 
+// inverse_precondition: per layer grad (out, in), a_inv (in, in), g_inv (out, out),
+// all floating, of grads[0]'s device and of one dtype per layer.
+inline void check_inverse_precondition_args(const char* op, at::TensorList grads,
+                                            at::TensorList a_inv, at::TensorList g_inv) {
+  const size_t layers = grads.size();
+  TORCH_CHECK(a_inv.size() == layers && g_inv.size() == layers, op,
+              ": grads, a_inv, g_inv must be lists of equal length (one entry per layer); got ",
+              layers, ", ", a_inv.size(), ", ", g_inv.size());
+  for (size_t i = 0; i < layers; ++i) {
+    const auto gn = item("grads", i), an = item("a_inv", i), qn = item("g_inv", i);
+    const at::Tensor& g = grads[i];
+    check_float(g, op, gn.c_str());
+    TORCH_CHECK(g.dim() == 2, op, ": ", gn, " must be 2-D (out, in); got shape ", g.sizes());
+    check_same_device(g, grads[0], op, gn.c_str(), "grads[0]");
+    check_same_dtype(a_inv[i], g, op, an.c_str(), gn.c_str());
+    check_same_dtype(g_inv[i], g, op, qn.c_str(), gn.c_str());
+    check_same_device(a_inv[i], g, op, an.c_str(), gn.c_str());
+    check_same_device(g_inv[i], g, op, qn.c_str(), gn.c_str());
+    TORCH_CHECK(a_inv[i].dim() == 2 && a_inv[i].size(0) == g.size(1) && a_inv[i].size(1) == g.size(1),
+                op, ": ", an, " must be (in, in) == (", g.size(1), ", ", g.size(1), ") to match ", gn,
+                " of shape ", g.sizes(), "; got shape ", a_inv[i].sizes());
+    TORCH_CHECK(g_inv[i].dim() == 2 && g_inv[i].size(0) == g.size(0) && g_inv[i].size(1) == g.size(0),
+                op, ": ", qn, " must be (out, out) == (", g.size(0), ", ", g.size(0), ") to match ", gn,
+                " of shape ", g.sizes(), "; got shape ", g_inv[i].sizes());
+  }
+}
+
 // The square matrices of pack_triu / unpack_triu_, all of mats[0]'s dtype and device.
 inline void check_triu_mats(at::TensorList mats, const char* op) {
   for (size_t i = 0; i < mats.size(); ++i) {

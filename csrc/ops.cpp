@@ -23,6 +23,9 @@ TORCH_LIBRARY(kfac_ext, m) {
   // Q_G [(Q_G^T grad Q_A) / (d_G d_A^T + damping)] Q_A^T per layer, batched
   // over layers of equal shape.
   m.def("eigen_precondition(Tensor[] grads, Tensor[] qa, Tensor[] da, Tensor[] qg, Tensor[] dg, float damping) -> Tensor[]");
+  // G_inv grad A_inv per layer (the inverse method's P; new tensors). The CPU
+  // kernel runs small layers one per thread; elsewhere a per-layer loop.
+  m.def("inverse_precondition(Tensor[] grads, Tensor[] a_inv, Tensor[] g_inv) -> Tensor[]");
   // Upper triangles of square matrices, concatenated into one flat buffer,
   // and the inverse (mirrored, scaled) into existing matrices.
   m.def("pack_triu(Tensor[] mats) -> Tensor");

@@ -38,6 +38,25 @@ std::vector<at::Tensor> call_eigen_precondition(const std::vector<at::Tensor>& g
   return op.call(grads, qa, da, qg, dg, damping);
 }
 
+std::vector<at::Tensor> call_inverse_precondition(const std::vector<at::Tensor>& grads,
+                                                  at::TensorList a_inv, at::TensorList g_inv) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kfac_ext::inverse_precondition", "")
+                             .typed<std::vector<at::Tensor>(at::TensorList, at::TensorList,
+                                                            at::TensorList)>();
+  return op.call(grads, a_inv, g_inv);
+}
+
+// inverse_precondition on any device without a kernel of its own: one layer after another.
+std::vector<at::Tensor> inverse_precondition_loop(at::TensorList grads, at::TensorList a_inv,
+                                                  at::TensorList g_inv) {
+  check_inverse_precondition_args("inverse_precondition", grads, a_inv, g_inv);
+  std::vector<at::Tensor> out;
+  out.reserve(grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) out.push_back(at::mm(at::mm(g_inv[i], grads[i]), a_inv[i]));
+  return out;
+}
+
 at::Tensor call_kl_clip_sum(const std::vector<at::Tensor>& precond,
                             const std::vector<at::Tensor>& grads) {
   static const auto op = c10::Dispatcher::singleton()
@@ -182,11 +201,7 @@ at::Tensor precondition_grads_inverse(at::TensorList weight_grads, at::TensorLis
   }
   const LayerGammas built = build_gammas(op, weight_grads, bias_grads, a_inv, "a_inv", g_inv,
                                          "g_inv");
-  std::vector<at::Tensor> precond;
-  precond.reserve(layers);
-  for (size_t i = 0; i < layers; ++i) {
-    precond.push_back(at::mm(at::mm(g_inv[i], built.gammas[i]), a_inv[i]));
-  }
+  std::vector<at::Tensor> precond = call_inverse_precondition(built.gammas, a_inv, g_inv);
   return scale_and_write_back(weight_grads, bias_grads, built, precond, kl_clip, kl_factor);
 }
 
@@ -195,6 +210,7 @@ at::Tensor precondition_grads_inverse(at::TensorList weight_grads, at::TensorLis
 TORCH_LIBRARY_IMPL(kfac_ext, CompositeExplicitAutograd, m) {
   m.impl("precondition_grads_", &precondition_grads);
   m.impl("precondition_grads_inverse_", &precondition_grads_inverse);
+  m.impl("inverse_precondition", &inverse_precondition_loop);
 }
 
 }  // namespace kfac_ext

@@ -178,6 +178,18 @@ class InverseMethod(Method):
         v = grad * g.values.unsqueeze(1) if isinstance(g, DiagonalData) else g.inverse @ grad
         return v * a.values if isinstance(a, DiagonalData) else v @ a.inverse
 
+    def precondition_many(self, grads, a, g, damping):
+        """The layers whose factors are all dense in one op (small ones concurrently), the rest one by one."""
+        dense = [k for k in range(len(grads)) if isinstance(a[k], InverseData) and isinstance(g[k], InverseData)]
+        out: list[Tensor | None] = [None] * len(grads)
+        if dense:
+            done = ops.inverse_precondition(
+                [grads[k] for k in dense], [a[k].inverse for k in dense], [g[k].inverse for k in dense]
+            )
+            for k, p in zip(dense, done):
+                out[k] = p
+        return [p if p is not None else self.precondition(x, a_, g_, damping) for p, x, a_, g_ in zip(out, grads, a, g)]
+
     def precondition_fused_(self, weight_grads, bias_grads, a, g, damping, kl_clip, kl_factor, dtype=torch.float32):
         # The raw op: every list is built by the caller, the wrapper's checks would repeat
         # the kernel's own. kl_clip 0 is the op's "off".

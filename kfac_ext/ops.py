@@ -32,6 +32,7 @@ __all__ = [
     "conv2d_act_factor",
     "batched_eigh",
     "eigen_precondition",
+    "inverse_precondition",
     "pack_triu",
     "unpack_triu_",
     "kl_clip_sum",
@@ -189,6 +190,24 @@ def eigen_precondition(
     if not any(lists.values()):  # no tensor to dispatch on
         return []
     return list(_ops.eigen_precondition(*lists.values(), float(damping)))
+
+
+def inverse_precondition(grads: Sequence[Tensor], a_inv: Sequence[Tensor], g_inv: Sequence[Tensor]) -> list[Tensor]:
+    """Per layer ``P = g_inv Γ a_inv`` (new tensors): the inverse method's two GEMMs.
+
+    grads[i] is Γ (out, in[+1]); a_inv[i] (in[+1], in[+1]) and g_inv[i] (out, out) are
+    the damped factor inverses, of Γ's dtype; all on one device. The CPU kernel runs
+    the small layers concurrently, one per thread (as :func:`eigen_precondition`).
+    """
+    op = "inverse_precondition"
+    lists = {
+        name: _check_tensor_list(op, name, value)
+        for name, value in (("grads", grads), ("a_inv", a_inv), ("g_inv", g_inv))
+    }
+    _check_one_device(op, [pair for name, value in lists.items() for pair in _listed(name, value)])
+    if not lists["grads"]:
+        return []
+    return list(_ops.inverse_precondition(*lists.values()))
 
 
 def pack_triu(mats: Sequence[Tensor]) -> Tensor:
@@ -373,6 +392,15 @@ def _eigen_precondition_fake(grads, qa, da, qg, dg, damping):
         lambda: "eigen_precondition: grads, qa, da, qg, dg must be lists of equal length",
     )
     return [torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads]
+
+
+@torch.library.register_fake("kfac_ext::inverse_precondition")
+def _inverse_precondition_fake(grads, a_inv, g_inv):
+    torch._check(
+        len(a_inv) == len(grads) and len(g_inv) == len(grads),
+        lambda: "inverse_precondition: grads, a_inv, g_inv must be lists of equal length",
+    )
+    return [g.new_empty((g.shape[0], g.shape[1])) for g in grads]
 
 
 @torch.library.register_fake("kfac_ext::pack_triu")

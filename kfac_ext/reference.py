@@ -72,6 +72,11 @@ def eigen_precondition(
     return out
 
 
+def inverse_precondition(grads: list[Tensor], a_inv: list[Tensor], g_inv: list[Tensor]) -> list[Tensor]:
+    """Per layer ``g_inv Γ a_inv`` (ops.inverse_precondition)."""
+    return [gi @ g @ ai for g, ai, gi in zip(grads, a_inv, g_inv)]
+
+
 def pack_triu(mats: list[Tensor]) -> Tensor:
     """The row-major upper triangles (diagonal included) of mats, concatenated."""
     parts = []

@@ -234,6 +234,48 @@ def test_eigen_precondition_empty_list():
     assert ops.eigen_precondition([], [], [], [], [], 0.1) == []
 
 
+# ------------------------------------------------ inverse_precondition ----
+
+
+def _inverse_layers(shapes, dtype, device):
+    """(grads, a_inv, g_inv) with SPD inverses of the right sizes, one seed per layer."""
+    grads = [randn(o, i, seed=3 * k, device=device, dtype=dtype) for k, (o, i) in enumerate(shapes)]
+    a_inv = [spd(i, seed=3 * k + 1, device=device).to(dtype) for k, (o, i) in enumerate(shapes)]
+    g_inv = [spd(o, seed=3 * k + 2, device=device).to(dtype) for k, (o, i) in enumerate(shapes)]
+    return grads, a_inv, g_inv
+
+
+# Many small layers (run concurrently, one per thread) beside one that is more than an
+# even share of the work (run first, alone, with multi-threaded products).
+INVERSE_SHAPES = [(7, 5), (16, 28), (1, 1), (64, 129), (7, 5), (33, 17)] * 3 + [(257, 129)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shapes", [INVERSE_SHAPES, [(513, 65)], [(3, 4), (5, 2)]], ids=["mixed", "513x65", "two"])
+def test_inverse_precondition_matches_reference(device, dtype, shapes):
+    layers = _inverse_layers(shapes, dtype, device)
+    layers64 = [[t.double().cpu() for t in lst] for lst in layers]
+    exact = ref.inverse_precondition(*layers64)
+    theirs = ref.inverse_precondition(*layers)
+    ours = ops.inverse_precondition(*layers)
+    assert len(ours) == len(shapes)
+    for i, (p, e, t) in enumerate(zip(ours, exact, theirs)):
+        assert p.shape == layers[0][i].shape and p.dtype == dtype and p.device == layers[0][i].device
+        assert_accurate(p, e, t, f"inverse_precondition layer {i}")
+
+
+def test_inverse_precondition_checks_and_empty_list():
+    assert ops.inverse_precondition([], [], []) == []
+    g, a, q = _inverse_layers([(3, 4)], torch.float64, "cpu")
+    with pytest.raises(RuntimeError, match=r"a_inv\[0\] must be \(in, in\)"):
+        ops.inverse_precondition(g, q, q)
+    with pytest.raises(RuntimeError, match="equal length"):
+        torch.ops.kfac_ext.inverse_precondition(g, a, [])
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.inverse_precondition(g, [a[0].float()], q)
+
+
 # ---------------------------------------------- pack_triu / unpack_triu_ ----
 
 
@@ -297,6 +339,7 @@ def _opcheck_cases(device):
         "channel_cov_update_": (sym(4, seed=3, device=device), randn(2, 4, 7, seed=4, device=device), 0.5, 0.9),
         "batched_eigh": ([spd(n, seed=n, device=device) for n in (3, 5, 3)], True),
         "eigen_precondition": (*layers, 0.1),
+        "inverse_precondition": _inverse_layers([(3, 4), (3, 4), (2, 5)], torch.float64, device),
         "pack_triu": (mats,),
         "unpack_triu_": (ref.pack_triu(mats), [torch.zeros_like(m) for m in mats], 0.5),
         "kl_clip_sum": (layers[0], [g * 2 for g in layers[0]]),
