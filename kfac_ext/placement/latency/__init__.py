@@ -12,9 +12,14 @@ from .model import Split, check_split, evaluate, latency_of, split_from_placemen
 __all__ = ["Split", "check_split", "evaluate", "latency_of", "score_placement", "solve_latency", "split_from_placement"]
 
 
-def __getattr__(name):  # the solvers pull in highspy: loaded when asked for
-    if name in ("solve_latency", "score_placement"):
-        from . import solve
+def __getattr__(name: str) -> object:  # the solvers pull in highspy: loaded when asked for
+    # Static imports, one per name, so the import graph sees what this loads.
+    if name == "solve_latency":
+        from .solve import solve_latency
 
-        return getattr(solve, name)
+        return solve_latency
+    if name == "score_placement":
+        from .solve import score_placement
+
+        return score_placement
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
