@@ -320,12 +320,6 @@ class KFACPreconditioner(KfacPytorchNames):
                 assignment_cost=self.assignment_strategy,
             )
         )
-        if any(l.tied for l in self.layers) and not self.comm.replicates_preconditioning:
-            raise ValueError(
-                "tied weights (layers sharing one weight) are preconditioned per use "
-                "on every rank: they need grad_worker_fraction=1 (COMM-OPT) or one "
-                "process (or name all but one use in skip_layers)"
-            )
         self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
         for layer in self.layers:
             logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
@@ -886,7 +880,11 @@ class KFACPreconditioner(KfacPytorchNames):
         if comm.replicates_preconditioning:
             self._precondition_in_place(step, active)
             return
-        grads = {i: self.layers[i].grad_matrix(self.inv_dtype) for i in active}
+        # HYBRID/MEM-OPT: a layer's grad workers precondition its Γ (a tied use's Γ_u,
+        # averaged over every rank first) and send P down their column; then every rank
+        # holds every P and writes the same gradients (a tied weight: its per-use sum).
+        active, gammas = self._gammas(active)
+        grads = dict(zip(active, gammas))
         mine = [i for i in active if comm.is_grad_worker(i)]
         precond: dict[int, torch.Tensor] = {}
         if mine:
@@ -906,12 +904,7 @@ class KFACPreconditioner(KfacPytorchNames):
             if i not in precond:
                 precond[i] = torch.empty_like(grads[i])
         comm.wait(comm.broadcast_preconditioned([(i, precond[i]) for i in active]))
-        nu = self._kl_scale(step, [precond[i] for i in active], [grads[i] for i in active])
-        for i in active:
-            p = precond[i]
-            if nu is not None:
-                p = p.mul_(nu)
-            self.layers[i].set_grad(p)
+        self._write_back(step, active, [precond[i] for i in active], gammas)
 
     def _precondition_in_place(self, step: int, active: Sequence[int]) -> None:
         """Every rank preconditions every layer (one process, COMM-OPT), so nothing is
@@ -950,30 +943,43 @@ class KFACPreconditioner(KfacPytorchNames):
             layer.set_grad(p)
 
     def _precondition_per_layer(self, step: int, active: Sequence[int]) -> None:
-        """Γ, P per layer (any factor kind), one KL-clip scale over all, ν·P written back.
-
-        A tied weight's uses each precondition their own Γ_u; the weight's new gradient
-        is Σ_u P_u plus whatever of ``.grad`` the registered uses do not explain (a use
-        outside them: left as is), and the KL sum reads that whole update."""
-        active = [i for i in active if not self.layers[i].tied or self.layers[i].use_grad is not None]
-        layers = [self.layers[i] for i in active]
-        # Each rank's Γ_u is its own batch's; data parallelism averaged .grad, so they too.
-        tied_uses = [_use_grad(l) for l in layers if l.tied]
-        if tied_uses and self.comm.world_size > 1:
-            self.comm.wait(self.comm.average(tied_uses))
-        grads = [_use_grad(l).to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype) for l in layers]
+        """Γ, P per layer (any factor kind), one KL-clip scale over all, ν·P written back."""
+        active, grads = self._gammas(active)
         second = [self._second[i] for i in active]
         ps = self._method.precondition_many(
             grads, [s["A"] for s in second], [s["G"] for s in second], self._precondition_damping(step)
         )
+        self._write_back(step, active, ps, grads)
+
+    def _gammas(self, active: Sequence[int]) -> tuple[list[int], list[torch.Tensor]]:
+        """The layers to precondition and their Γ in inv_dtype: a tied layer's is its own
+        use's Γ_u (docs/design.md §2a), averaged over the ranks as data parallelism
+        averaged ``.grad`` (every rank joins, whatever it preconditions); a tied layer
+        whose use saw no backward since the last step is left out."""
+        active = [i for i in active if not self.layers[i].tied or self.layers[i].use_grad is not None]
+        layers = [self.layers[i] for i in active]
+        tied_uses = [_use_grad(l) for l in layers if l.tied]
+        if tied_uses and self.comm.world_size > 1:
+            self.comm.wait(self.comm.average(tied_uses))
+        return active, [_use_grad(l).to(self.inv_dtype) if l.tied else l.grad_matrix(self.inv_dtype) for l in layers]
+
+    def _write_back(
+        self, step: int, active: Sequence[int], ps: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
+    ) -> None:
+        """Write ν·P into the gradients of the layers ``active`` (P, Γ in their order).
+
+        A tied weight's new gradient is Σ_u P_u plus whatever of ``.grad`` the registered
+        uses do not explain (a use outside them: left as is), and the KL sum reads that
+        whole update against the whole ``.grad``."""
+        layers = [self.layers[i] for i in active]
         pairs = [(p, g) for l, p, g in zip(layers, ps, grads) if not l.tied]
         tied: dict[int, torch.Tensor] = {}  # id(weight) -> its new gradient
         for l, p, g in zip(layers, ps, grads):
             if not l.tied:
                 continue
             w = l.weight
-            if id(w) not in tied:
-                tied[id(w)] = _grad(w).to(self.inv_dtype)
+            if id(w) not in tied:  # a copy: .grad itself is the KL sum's Γ below
+                tied[id(w)] = _grad(w).to(self.inv_dtype, copy=True)
             part = torch.zeros_like(tied[id(w)])
             l.write_weight(part, g[:, : g.shape[1] - int(l.has_bias)])
             tied[id(w)].sub_(part)

@@ -78,12 +78,22 @@ def test_two_ranks_match_one_process_with_the_transformer_layer_types():
                     assert err < 1e-9, (fraction, rank, step, k, err)
 
 
+# (grad_worker_fraction, kl_clip) per world size: COMM-OPT and MEM-OPT on 2 ranks,
+# HYBRID-OPT (2 blocks of 2) and MEM-OPT on 4; one spawn runs all of a world size's.
+TIED_SCENARIOS = {2: [(1.0, None), (0.5, None), (0.5, 1e-3)], 4: [(0.5, None), (0.5, 1e-3), (0.25, None)]}
+
+
 def _tied_ranks(rank, world_size):
     from test_tied_weights import _LM
 
-    ddp = nn.parallel.DistributedDataParallel(_LM(True).double())
-    precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=DistributedComm(timeout=30), **HPARAMS)
-    return _train_lm(ddp, precond, rank, world_size)
+    out = {}
+    for fraction, kl_clip in TIED_SCENARIOS[world_size]:
+        ddp = nn.parallel.DistributedDataParallel(_LM(True).double())
+        comm = DistributedComm(grad_worker_fraction=fraction, timeout=30)
+        precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=comm, **{**HPARAMS, "kl_clip": kl_clip})
+        assert [l.name for l in precond.layers if l.tied] == ["emb", "head"]
+        out[(comm.strategy, fraction, kl_clip)] = _train_lm(ddp, precond, rank, world_size)
+    return out
 
 
 def _train_lm(model, precond, rank=0, world_size=1):
@@ -101,15 +111,28 @@ def _train_lm(model, precond, rank=0, world_size=1):
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process_with_a_tied_weight():
-    """Each rank's per-use gradients are averaged like .grad before the per-use sum."""
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_n_ranks_match_one_process_with_a_tied_weight_under_every_strategy(world_size):
+    """COMM-OPT, HYBRID-OPT and MEM-OPT: each rank's per-use gradients are averaged like
+    .grad before the per-use sum, which every rank forms from the same P_u (under
+    HYBRID/MEM-OPT sent by the use's grad workers); the one-process reference is the
+    untied per-use sum (test_tied_weights.py)."""
     from test_tied_weights import _LM
 
-    model = _LM(True).double()
-    ref = _train_lm(model, KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(), **HPARAMS))
-    results = run_workers(_tied_ranks, 2, timeout=240)
-    for rank in range(2):
-        for step, (got, want) in enumerate(zip(results[rank], ref)):
-            for k, (g, w) in enumerate(zip(got, want)):
-                err = float((g - w).norm() / w.norm())
-                assert err < 1e-9, (rank, step, k, err)
+    refs = {}
+    for _, kl_clip in TIED_SCENARIOS[world_size]:
+        if kl_clip not in refs:
+            model = _LM(True).double()
+            pre = KFACPreconditioner(
+                model, inv_dtype=torch.float64, comm=LocalComm(), **{**HPARAMS, "kl_clip": kl_clip}
+            )
+            refs[kl_clip] = _train_lm(model, pre)
+    results = run_workers(_tied_ranks, world_size, timeout=300)
+    strategies = {key[0] for key in results[0]}
+    assert strategies == ({"COMM-OPT", "MEM-OPT"} if world_size == 2 else {"HYBRID-OPT", "MEM-OPT"})
+    for rank in range(world_size):
+        for (strategy, fraction, kl_clip), runs in results[rank].items():
+            for step, (got, want) in enumerate(zip(runs, refs[kl_clip])):
+                for k, (g, w) in enumerate(zip(got, want)):
+                    err = float((g - w).norm() / w.norm())
+                    assert err < 1e-9, (strategy, fraction, kl_clip, rank, step, k, err)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import kfac_ext
+from kfac_ext.comm import LocalComm
 
 
 class _LM(nn.Module):
@@ -90,3 +91,57 @@ def test_a_tie_with_a_conv_is_not_registered_with_a_warning():
     with pytest.warns(UserWarning, match=r"\['0', '1'\] share one weight"):
         p = kfac_ext.KFACPreconditioner(model)
     assert p.layers == []
+
+
+class _SendsPreconditioned(LocalComm):
+    """One process on the path HYBRID-OPT and MEM-OPT take (the grad workers' P is
+    'sent', then written back on every rank), not the fused in-place one."""
+
+    @property
+    def replicates_preconditioning(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("head_bias", [False, True])
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
+def test_tied_weights_on_the_hybrid_and_mem_opt_path_equal_the_untied_per_use_sum(head_bias, method):
+    tied, untied = _LM(True, head_bias).double(), _LM(False, head_bias).double()
+    p = _steps(tied, compute_method=method, comm=_SendsPreconditioned())
+    _steps(untied, compute_method=method)
+    assert [l.name for l in p.layers if l.tied] == ["emb", "head"]
+    want = untied.emb.weight.grad + untied.head.weight.grad
+    assert float((tied.emb.weight.grad - want).norm() / want.norm()) < 1e-8
+    for name in ("mid.weight", "mid.bias") + (("head.bias",) if head_bias else ()):
+        got, ref = tied.get_parameter(name).grad, untied.get_parameter(name).grad
+        assert float((got - ref).norm() / ref.norm()) < 1e-8, name
+
+
+@pytest.mark.parametrize("comm", [None, _SendsPreconditioned()], ids=["in-place", "sends-P"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tied_weights_kl_clip_reads_the_whole_update_against_the_whole_gradient(comm, dtype):
+    """ν = min(1, sqrt(κ / (lr² |Σ⟨P, Γ⟩|))) where a tied weight's P is Σ_u P_u and its Γ
+    the whole .grad, computed by hand from the untied model's per-use results (with the
+    weight's dtype equal to inv_dtype the sum once read Σ_u P_u against itself)."""
+    kl, lr = 1e-4, 0.5
+    tied, untied = _LM(True, True).to(dtype), _LM(False, True).to(dtype)
+    kw = dict(kl_clip=kl, lr=lr, inv_dtype=dtype, damping=0.05, factor_decay=0.7)
+    p = kfac_ext.KFACPreconditioner(tied, comm=comm, **kw)
+    q = kfac_ext.KFACPreconditioner(untied, **{**kw, "kl_clip": None})
+    idx = torch.randint(0, 9, (4, 6), generator=torch.Generator().manual_seed(3))
+    for m, pre in ((tied, p), (untied, q)):
+        m.zero_grad()
+        nn.functional.cross_entropy(m(idx).reshape(-1, 9), idx.roll(1, 1).reshape(-1)).backward()
+        if m is untied:
+            raw = {n: x.grad.double().clone() for n, x in m.named_parameters()}
+        pre.step()
+    new = {n: x.grad.double() for n, x in untied.named_parameters()}
+    update = new["emb.weight"] + new["head.weight"]
+    vg = (update * (raw["emb.weight"] + raw["head.weight"])).sum()
+    vg += sum((new[n] * raw[n]).sum() for n in ("mid.weight", "mid.bias", "head.bias"))
+    nu = min(1.0, (kl / abs(float(vg) * lr**2)) ** 0.5)
+    assert nu < 0.9  # the clip is active
+    tol = 1e-9 if dtype == torch.float64 else 2e-4
+    got = tied.emb.weight.grad.double()
+    assert float((got - nu * update).norm() / update.norm()) < tol
+    got = tied.mid.weight.grad.double()
+    assert float((got - nu * new["mid.weight"]).norm() / new["mid.weight"].norm()) < tol
