@@ -92,3 +92,73 @@ def test_a_lagged_update_with_a_diagonal_factor_survives_a_checkpoint():
     assert "pending_second_order" in saved[1]  # step 2's update lands at step 3
     resumed, _ = run(saved, steps=[3])
     assert torch.equal(resumed[0], grads[3])
+
+
+def _conv_case(conv, x, limit, method):
+    p = kfac_ext.KFACPreconditioner(
+        conv,
+        max_factor_bytes=limit,
+        kl_clip=None,
+        damping=0.05,
+        factor_decay=0.0,
+        inv_dtype=torch.float64,
+        compute_method=method,
+    )
+    xin, gout = captured_io(conv, lambda: conv(x).pow(3).mean().backward())
+    grad = grad_matrix(conv)
+    p.step()
+    return p, batch_factors(conv, xin, gout), grad
+
+
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
+@pytest.mark.parametrize("which", ["A", "AG"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+        lambda: nn.Conv2d(3, 5, (2, 3), padding="same", padding_mode="reflect", bias=False),
+    ],
+    ids=["strided-dilated", "same-reflect"],
+)
+def test_a_conv_factor_over_the_limit_is_diagonal_and_matches_the_dense_solve(make, which, method):
+    """A Conv2d goes diagonal like the other types: its diagonal equals the dense
+    im2col factor's (float64, from F.unfold), and P the dense Kronecker solve with that
+    factor replaced by its diagonal."""
+    torch.manual_seed(0)
+    conv = make().double()
+    a_dim = 3 * conv.kernel_size[0] * conv.kernel_size[1] + int(conv.bias is not None)
+    limit = 5 * 5 * 8 + 1 if which == "A" else 8  # G (5x5) fits in the first, nothing in the second
+    assert a_dim * a_dim * 8 > limit
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"kept diagonal: '' \(" + "/".join(which) + r"\)"):
+        p, (a, g), grad = _conv_case(conv, x, limit, method)
+    kl = p.layers[0]
+    assert (kl.a_diagonal, kl.g_diagonal) == (True, which == "AG") and kl.A.shape == (a_dim,)
+    torch.testing.assert_close(kl.A, a.diagonal(), rtol=1e-12, atol=0)
+    if which == "AG":
+        torch.testing.assert_close(kl.G, g.diagonal(), rtol=1e-12, atol=0)
+        g = torch.diag(g.diagonal())
+    a = torch.diag(a.diagonal())
+    if method == "eigen":
+        want = dense_precondition(a, g, grad, 0.05)
+    else:
+        eye = lambda n: torch.eye(n, dtype=torch.float64)  # noqa: E731
+        want = torch.linalg.solve(g + 0.05 * eye(5), grad) @ torch.linalg.inv(a + 0.05 * eye(a_dim))
+    got = grad_matrix(conv)
+    assert float((got - want).norm() / want.norm()) < 1e-8
+
+
+def test_a_grouped_conv_over_the_limit_is_diagonal_per_group():
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, groups=2, stride=2, padding=1).double()
+    x = torch.randn(3, 4, 5, 7, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="kept diagonal"):
+        p = kfac_ext.KFACPreconditioner(conv, max_factor_bytes=200, factor_decay=0.0, inv_dtype=torch.float64)
+    xin, gout = captured_io(conv, lambda: conv(x).pow(3).mean().backward())
+    p.step()
+    for k, kl in enumerate(p.layers):
+        assert kl.name == f"[group {k}]" and kl.a_diagonal and not kl.g_diagonal
+        part = nn.Conv2d(2, 3, 3, stride=2, padding=1).double()  # one group as a conv of its own
+        a, g = batch_factors(part, xin[:, 2 * k : 2 * k + 2], gout[:, 3 * k : 3 * k + 3])
+        torch.testing.assert_close(kl.A, a.diagonal(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(kl.G, g, rtol=1e-12, atol=0)

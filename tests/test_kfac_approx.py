@@ -75,3 +75,71 @@ def test_reduce_folds_the_positions_of_attention_projections():
 def test_bad_kfac_approx_is_a_clear_error():
     with pytest.raises(ValueError, match="kfac_approx must be"):
         kfac_ext.KFACPreconditioner(nn.Linear(2, 2), kfac_approx="both")
+
+
+def _cnn():
+    torch.manual_seed(2)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+        nn.Tanh(),
+        nn.Conv2d(4, 5, 2, bias=False),
+        nn.Flatten(),
+        nn.Linear(5 * 3 * 3, 3),
+    ).double()
+
+
+def test_conv_reduce_factors_match_curvlinops():
+    """Conv2d under 'reduce': A from each example's patches averaged over the output
+    positions, G from its output gradient summed over them (Eschenhagen et al. 2023)."""
+    curvlinops = pytest.importorskip("curvlinops")
+    n = 5
+    x = torch.randn(n, 3, 7, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,))
+    model = _cnn()
+    assert model(x).shape == (n, 3)
+    op = curvlinops.KFACLinearOperator(
+        model,
+        nn.CrossEntropyLoss(),
+        list(model.parameters()),
+        [(x, y)],
+        fisher_type="empirical",
+        kfac_approx="reduce",
+        separate_weight_and_bias=False,
+        check_deterministic=False,
+    )
+    op.compute_kronecker_factors()
+    p = kfac_ext.KFACPreconditioner(model, factor_decay=0.0, kfac_approx="reduce")
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    p.step()
+    # one loss term per example: G_ours = G_cl / N² (the R = 1 case of the sequence test)
+    for layer, key in zip(p.layers, ("0", "2", "4")):
+        a_cl, g_cl = op._input_covariances[key], op._gradient_covariances[key]
+        assert float((layer.A - a_cl).norm() / a_cl.norm()) < 1e-6, key
+        assert float((layer.G - g_cl / n**2).norm() / g_cl.norm() * n**2) < 1e-6, key
+
+
+def test_conv_reduce_with_groups_padding_modes_and_a_diagonal_a():
+    """The grouped, reflect-padded and diagonal cases against F.unfold in float64."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 6, (2, 3), groups=2, padding="same", padding_mode="reflect").double()
+    x = torch.randn(3, 4, 5, 7, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="kept diagonal"):
+        p = kfac_ext.KFACPreconditioner(conv, factor_decay=0.0, kfac_approx="reduce", max_factor_bytes=1000)
+    seen = {}
+
+    def keep_grad(module, args, out):
+        out.register_hook(lambda g: seen.__setitem__("g", g))
+
+    h = conv.register_forward_hook(keep_grad)
+    conv(x).pow(3).mean().backward()
+    h.remove()
+    p.step()
+    xp = F.pad(x, conv._reversed_padding_repeated_twice, mode="reflect")
+    for k, layer in enumerate(p.layers):
+        cols = F.unfold(xp[:, 2 * k : 2 * k + 2], (2, 3))  # (N, 2·2·3, T)
+        a = torch.cat([cols.mean(2), torch.ones(3, 1, dtype=torch.float64)], 1)
+        g = seen["g"][:, 3 * k : 3 * k + 3].sum((2, 3))
+        assert layer.a_diagonal and not layer.g_diagonal
+        torch.testing.assert_close(layer.A, (a.T @ a / 3).diagonal(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(layer.G, g.T @ g / 3, rtol=1e-12, atol=1e-300)

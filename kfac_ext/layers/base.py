@@ -45,7 +45,7 @@ _MAX_FACTOR_BYTES: ContextVar[int | None] = ContextVar("max_factor_bytes", defau
 @contextlib.contextmanager
 def factor_size_limit(max_bytes: int | None) -> Iterator[None]:
     """Layers built inside hold a factor whose dense size n²·itemsize exceeds
-    ``max_bytes`` as its diagonal (row-type layers; a conv's factors stay dense)."""
+    ``max_bytes`` as its diagonal (every built-in type, Conv2d included)."""
     token = _MAX_FACTOR_BYTES.set(max_bytes)
     try:
         yield
@@ -92,6 +92,66 @@ def _conv_explicit_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
         return cast(tuple[int, int, int, int], tuple(pads))  # two pairs
     ph, pw = module.padding
     return (pw, pw, ph, ph)
+
+
+def _conv_window_sums(
+    x: torch.Tensor,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, int],
+    dilation: tuple[int, ...],
+    dims: tuple[int, ...],
+) -> tuple[torch.Tensor, int]:
+    """For each kernel offset (i, j), the zero-padded ``x`` at the pixels that offset
+    reads over all output positions, summed over ``dims`` of (N, C, oh, ow); stacked
+    last, (…, C, kh·kw): the im2col patches' column (c, i, j), summed, without building
+    the patches (one strided slice per offset). Also T = oh·ow."""
+    h, w = x.shape[2:]
+    kh, kw = kernel_size
+    sh, sw = stride
+    dh, dw = dilation
+    ph, pw = padding
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    cols = [
+        xp[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw].sum(dims)
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return torch.stack(cols, dim=-1), oh * ow
+
+
+def _conv_act_diagonal(
+    x: torch.Tensor,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, int],
+    dilation: tuple[int, ...],
+    has_bias: bool,
+) -> torch.Tensor:
+    """The diagonal of ``ops.conv2d_act_factor`` (A = āᵀā/(N·T), ā the im2col patches
+    divided by T) without the patches or the dense factor: entry (c, i, j) is
+    Σ x²/(N·T³) over the pixels offset (i, j) reads; the bias entry is 1/T² (its ā
+    column is 1/T)."""
+    sums, t = _conv_window_sums(x.square(), kernel_size, stride, padding, dilation, (0, 2, 3))
+    d = sums.reshape(-1).div_(x.shape[0] * t * t * t)
+    if has_bias:
+        d = torch.cat([d, d.new_full((1,), 1.0 / (t * t))])
+    return d
+
+
+def _conv_mean_patches(
+    x: torch.Tensor,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, int],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
+    """K-FAC-reduce's rows of a conv: each example's im2col patch averaged over the
+    output positions, (N, C·kh·kw)."""
+    sums, t = _conv_window_sums(x, kernel_size, stride, padding, dilation, (2, 3))
+    return sums.reshape(x.shape[0], -1).div_(t)
 
 
 class KFACLayer:
@@ -163,7 +223,7 @@ class KFACLayer:
         self.over_limit = [
             w
             for w, n, diag in (("A", self.a_dim, a_diagonal), ("G", self.g_dim, g_diagonal))
-            if limit is not None and not diag and not self.is_conv and n * n * itemsize > limit
+            if limit is not None and not diag and n * n * itemsize > limit
         ]
         self.a_diagonal = a_diagonal or "A" in self.over_limit
         self.g_diagonal = g_diagonal or "G" in self.over_limit
@@ -274,7 +334,13 @@ class KFACLayer:
                 padding = (0, 0)
             else:
                 padding = (top, left)
-            a = ops.conv2d_act_factor(x.contiguous(), m.kernel_size, m.stride, padding, m.dilation, self.has_bias)
+            if self.kfac_approx == "reduce":  # one row per example (docs/design.md §2a)
+                self.add_activation_rows(_conv_mean_patches(x, m.kernel_size, m.stride, padding, m.dilation))
+                return
+            if self.a_diagonal:
+                a = _conv_act_diagonal(x, m.kernel_size, m.stride, padding, m.dilation, self.has_bias)
+            else:
+                a = ops.conv2d_act_factor(x.contiguous(), m.kernel_size, m.stride, padding, m.dilation, self.has_bias)
             if first:
                 self.A_sum = a  # a fresh tensor the op returned
             else:
@@ -299,10 +365,17 @@ class KFACLayer:
                 g = g.unsqueeze(0)
             if self.group is not None:
                 g = g[:, self.out_slice]
+            if self.kfac_approx == "reduce":  # one row per example: summed over positions
+                self.add_gradient_rows(g.sum((2, 3)))
+                return
             n, c = g.shape[:2]
             t = g.shape[2] * g.shape[3]
             # rows n*t, each entry divided by t: alpha = 1 / (n*t * t^2)
-            ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), beta)
+            if self.g_diagonal:
+                d = g.square().sum((0, 2, 3)).div_(n * t * t * t)
+                self.G_sum.copy_(d) if beta == 0.0 else self.G_sum.add_(d)
+            else:
+                ops.channel_cov_update_(self.G_sum, g.reshape(n, c, t), 1.0 / (n * t * t * t), beta)
         else:
             self.add_gradient_rows(self.rows(g, "sum"))
             return
