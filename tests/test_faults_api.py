@@ -276,9 +276,9 @@ CASES = [
 
 
 def _tied_preconditioner():
-    # Linear/Conv1D/Embedding ties are preconditioned per use (test_tied_weights.py);
-    # a conv tie is not registered, with a warning.
-    model = nn.Sequential(nn.Conv2d(6, 6, 1), nn.Tanh(), nn.Conv2d(6, 6, 1))
+    # Whole-weight ties are preconditioned per use (test_tied_weights.py); a grouped
+    # conv's tie is not registered, with a warning.
+    model = nn.Sequential(nn.Conv2d(6, 6, 1, groups=2), nn.Tanh(), nn.Conv2d(6, 6, 1, groups=2))
     model[2].weight = model[0].weight
     return P(model)
 
@@ -404,8 +404,8 @@ def test_damping_zero_would_have_made_nan_gradients():
     assert all(torch.isfinite(g).all() for g in _grads(model))
 
 
-def test_tied_conv_weights_keep_their_plain_gradient():
-    model = nn.Sequential(nn.Conv2d(6, 6, 1), nn.Tanh(), nn.Conv2d(6, 6, 1))
+def test_tied_grouped_conv_weights_keep_their_plain_gradient():
+    model = nn.Sequential(nn.Conv2d(6, 6, 1, groups=2), nn.Tanh(), nn.Conv2d(6, 6, 1, groups=2))
     model[2].weight = model[0].weight
     with pytest.warns(UserWarning, match=r"\['0', '2'\] share one weight"):
         p = P(model, kl_clip=None)

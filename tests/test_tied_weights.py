@@ -85,8 +85,8 @@ def test_tied_weights_with_kl_clip_stay_finite_and_are_not_the_plain_gradient():
     assert not torch.allclose(model.emb.weight.grad, plain)
 
 
-def test_a_tie_with_a_conv_is_not_registered_with_a_warning():
-    model = nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1))
+def test_a_tie_with_a_grouped_conv_is_not_registered_with_a_warning():
+    model = nn.Sequential(nn.Conv2d(2, 2, 1, groups=2), nn.Conv2d(2, 2, 1, groups=2))
     model[1].weight = model[0].weight
     with pytest.warns(UserWarning, match=r"\['0', '1'\] share one weight"):
         p = kfac_ext.KFACPreconditioner(model)
@@ -145,3 +145,43 @@ def test_tied_weights_kl_clip_reads_the_whole_update_against_the_whole_gradient(
     assert float((got - nu * update).norm() / update.norm()) < tol
     got = tied.mid.weight.grad.double()
     assert float((got - nu * new["mid.weight"]).norm() / new["mid.weight"].norm()) < tol
+
+
+class _ConvTie(nn.Module):
+    """Two convs of one 3x3 weight (odd kernel reads: strided and dilated, then 'same'
+    with reflect padding) around a Linear head; untied, the weight is copied."""
+
+    def __init__(self, tie):
+        super().__init__()
+        torch.manual_seed(4)
+        self.c1 = nn.Conv2d(3, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+        self.c2 = nn.Conv2d(3, 3, (3, 2), padding="same", padding_mode="reflect", bias=False)
+        self.c2.weight = self.c1.weight if tie else nn.Parameter(self.c1.weight.detach().clone())
+        self.head = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.c2(torch.tanh(self.c1(x)))).flatten(1))
+
+
+@pytest.mark.parametrize("comm", [None, _SendsPreconditioned()], ids=["in-place", "sends-P"])
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
+def test_tied_conv_weights_equal_the_untied_per_use_sum(method, comm):
+    tied, untied = _ConvTie(True).double(), _ConvTie(False).double()
+    gen = torch.Generator().manual_seed(5)
+    data = [(torch.randn(4, 3, 7, 6, generator=gen, dtype=torch.float64), torch.randint(0, 5, (4,), generator=gen))]
+    data.append(data[0])
+    for m, c in ((tied, comm), (untied, None)):
+        p = kfac_ext.KFACPreconditioner(
+            m, kl_clip=None, inv_dtype=torch.float64, damping=0.05, factor_decay=0.7, compute_method=method, comm=c
+        )
+        for x, y in data:
+            m.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            p.step()
+        if m is tied:
+            assert [l.name for l in p.layers if l.tied] == ["c1", "c2"]
+    want = untied.c1.weight.grad + untied.c2.weight.grad
+    assert float((tied.c1.weight.grad - want).norm() / want.norm()) < 1e-8
+    for name in ("c1.bias", "head.weight", "head.bias"):
+        got, ref = tied.get_parameter(name).grad, untied.get_parameter(name).grad
+        assert float((got - ref).norm() / ref.norm()) < 1e-8, name

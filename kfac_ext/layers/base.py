@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad
 from torch import nn
 
 from kfac_ext import ops
@@ -154,6 +155,16 @@ def _conv_mean_patches(
     return sums.reshape(x.shape[0], -1).div_(t)
 
 
+def _conv_padded(m: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(x, padding) such that a conv with symmetric zero ``padding`` of x reads what
+    ``m`` reads: 'same', asymmetric and non-zero padding modes are applied to x."""
+    left, right, top, bottom = _conv_explicit_padding(m)
+    if m.padding_mode != "zeros" or left != right or top != bottom:
+        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+        return F.pad(x, (left, right, top, bottom), mode=mode), (0, 0)
+    return x, (top, left)
+
+
 class KFACLayer:
     """K-FAC state of one registered module."""
 
@@ -178,8 +189,8 @@ class KFACLayer:
         self.name = name
         self.module = module
         self.is_conv = isinstance(module, nn.Conv2d)
-        if self.is_conv:
-            self.per_use_capable = False  # its Γ_u would need the im2col patches
+        if self.is_conv and cast(nn.Conv2d, module).groups > 1:
+            self.per_use_capable = False  # a group's block of a tied weight: not supported
         # The parameters this layer preconditions: the module's own unless a layer
         # type names others (an attention block's slice of a packed weight).
         if weight is None:
@@ -327,13 +338,7 @@ class KFACLayer:
                 x = x.unsqueeze(0)
             if self.in_slice is not None:
                 x = x[:, self.in_slice]
-            left, right, top, bottom = _conv_explicit_padding(m)
-            if m.padding_mode != "zeros" or left != right or top != bottom:
-                mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-                x = F.pad(x, (left, right, top, bottom), mode=mode)
-                padding = (0, 0)
-            else:
-                padding = (top, left)
+            x, padding = _conv_padded(m, x)
             if self.kfac_approx == "reduce":  # one row per example (docs/design.md §2a)
                 self.add_activation_rows(_conv_mean_patches(x, m.kernel_size, m.stride, padding, m.dilation))
                 return
@@ -434,6 +439,17 @@ class KFACLayer:
     def _add_use_grad(self, x: torch.Tensor, g: torch.Tensor) -> None:
         """Γ_u += g_rowsᵀ [x_rows, 1]: this use's contribution to the weight's gradient."""
         with torch.no_grad():
+            if self.is_conv:  # ∂L/∂W of this use alone: the conv's own weight gradient
+                m = cast(nn.Conv2d, self.module)
+                x, g = (x.unsqueeze(0), g.unsqueeze(0)) if x.dim() == 3 else (x, g)
+                x, padding = _conv_padded(m, x.to(self.factor_dtype))
+                g = g.to(self.factor_dtype)
+                w = torch.nn.grad.conv2d_weight(x, list(self.weight_shape), g, m.stride, padding, m.dilation)
+                gamma = w.reshape(self.g_dim, -1)
+                if self.has_bias:
+                    gamma = torch.cat([gamma, g.sum((0, 2, 3)).unsqueeze(1)], dim=1)
+                self._accumulate_use(gamma)
+                return
             x2d = x.reshape(-1, x.shape[-1]).to(self.factor_dtype)
             if self.has_bias:
                 x2d = torch.cat([x2d, x2d.new_ones(x2d.shape[0], 1)], dim=1)

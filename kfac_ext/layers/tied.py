@@ -15,19 +15,18 @@ from kfac_ext.layers.base import KFACLayer
 
 def mark_tied(layers: list[KFACLayer], log: Callable[[str, list], None]) -> set:
     """Set ``tied`` on every layer whose whole weight another layer also uses, and
-    return the layers that cannot be preconditioned per use (a conv, or a tie that
-    involves a slice of a weight): they are not registered, with a warning naming
+    return the layers that cannot be preconditioned per use (a grouped conv, or a tie
+    that involves a slice of a weight): they are not registered, with a warning naming
     them. ``log(message, names)`` reports each tie that is preconditioned per use."""
     by_weight: dict[int, list[KFACLayer]] = {}
     for layer in layers:
         by_weight.setdefault(id(layer.weight), []).append(layer)
     dropped: set = set()
     for group in by_weight.values():
-        whole = [l for l in group if l.covers_weight()]
-        if len(whole) < 2 and len(whole) in (0, len(group)):
-            continue  # one use, or disjoint blocks (conv groups, attention projections)
+        if len({id(l.module) for l in group}) < 2:
+            continue  # one module: one use, or its disjoint blocks (conv groups, attention projections)
         names = sorted({l.name.split("[")[0] for l in group})
-        if len(whole) == len(group) and all(l.per_use_capable for l in group):
+        if all(l.covers_weight() and l.per_use_capable for l in group):
             for l in group:
                 l.tied = True
             log(
@@ -41,8 +40,8 @@ def mark_tied(layers: list[KFACLayer], log: Callable[[str, list], None]) -> set:
         dropped.update(group)
         warnings.warn(
             f"KFACPreconditioner: layers {names} share one weight (tied weights) "
-            "and a conv or a slice of a weight is among them (only Linear, Conv1D "
-            "and Embedding uses are preconditioned per use); none of them is "
+            "and a grouped conv or a slice of a weight is among them (whole-weight "
+            "Linear, Conv2d, Conv1D and Embedding uses are preconditioned per use); none of them is "
             "registered, their weight keeps its plain gradient (to precondition "
             "it with one layer's factors anyway, name the others in skip_layers)",
             stacklevel=4,
