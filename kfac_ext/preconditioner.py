@@ -20,7 +20,8 @@ Documented behaviours a user may rely on:
   ``skip_layers``; a grouped conv becomes one block-diagonal K-FAC layer per channel
   group (``"name[group k]"``), an attention module one per projection
   (``"name[q]"`` … ``"name[out]"``); modules inside DDP/DataParallel keep their own
-  names. A weight tied between layers is preconditioned per use (docs/design.md §2a).
+  names. A weight tied between layers is preconditioned per use and summed, under
+  every distribution strategy (docs/design.md §2a).
 
 - Capture: the hooks capture only on factor-update steps, only in training
   mode with grad enabled (``model.eval()`` or ``torch.no_grad()`` forwards are
@@ -203,9 +204,10 @@ class KFACPreconditioner(KfacPytorchNames):
     it with ``SGD(lr=1.0)``, no momentum or weight decay); it needs
     ``kl_clip=None``, a fixed-number or scheduled damping, one process, and
     ``step(closure=...)`` returning (inputs, loss_of_outputs).
-    max_factor_bytes: a factor whose dense size exceeds it is kept diagonal (named in
-    a warning; None: no limit); ``memory()`` reports bytes per layer. kfac_approx:
-    'expand' or 'reduce' for layers applied to sequences (docs/design.md §2a, which
+    max_factor_bytes: a factor whose dense size exceeds it is kept diagonal, whatever
+    the layer type (named in a warning; None: no limit); ``memory()`` reports bytes per
+    layer. kfac_approx: 'expand' or 'reduce' for layers applied to sequences and for
+    Conv2d's output positions (docs/design.md §2a, which
     also lists the layer types: Linear, Conv2d, HF Conv1D, Embedding,
     MultiheadAttention, and ``kfac_ext.register_layer_type`` for others).
     """
