@@ -129,8 +129,11 @@ def _counting(layer, rows: dict, onehot: dict) -> None:
         rows[key] = rows.get(key, 0) + int(g.shape[0])
 
     def add_gradient(g: torch.Tensor) -> None:
-        if layer.is_conv:  # (N, C, H, W): a row per output position
-            rows[key] = rows.get(key, 0) + g.numel() // g.shape[1 if g.dim() == 4 else 0]
+        if layer.is_conv:  # (N, C, H, W): a row per output position, or per sample (reduce)
+            per_sample = g.shape[0] if g.dim() == 4 else 1
+            rows[key] = rows.get(key, 0) + (
+                per_sample if layer.kfac_approx == "reduce" else g.numel() // g.shape[1 if g.dim() == 4 else 0]
+            )
         else:
             add_gradient_rows(layer.rows(g, "sum"))
 

@@ -527,3 +527,15 @@ def test_a_user_registered_layer_type_is_modelled():
         unregister_layer_type(_RowMatmul)
     (layer,) = w.layers
     assert (layer.name, layer.dim_a, layer.dim_g, layer.rows) == ("0", 5, 3, 4)
+
+
+def test_conv_rows_follow_kfac_approx_and_a_conv_tie_counts_each_use():
+    def cnn():
+        m = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1), nn.Flatten(), nn.Linear(75, 2))
+        m[1].weight = m[0].weight  # tied: each use is a layer of its own
+        return m
+
+    expand = workload_of(cnn, (3, 5, 5))
+    reduce = workload_of(cnn, (3, 5, 5), kfac_approx="reduce")
+    assert [(la.name, la.rows) for la in expand.layers] == [("0", 25), ("1", 25), ("3", 1)]
+    assert [(la.name, la.rows) for la in reduce.layers] == [("0", 1), ("1", 1), ("3", 1)]
