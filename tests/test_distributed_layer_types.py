@@ -93,7 +93,34 @@ def _tied_ranks(rank, world_size):
         precond = KFACPreconditioner(ddp, inv_dtype=torch.float64, comm=comm, **{**HPARAMS, "kl_clip": kl_clip})
         assert [l.name for l in precond.layers if l.tied] == ["emb", "head"]
         out[(comm.strategy, fraction, kl_clip)] = _train_lm(ddp, precond, rank, world_size)
+    if world_size == 2:  # a Conv2d tie (its Γ_u from the conv's own weight gradient), MEM-OPT
+        ddp = nn.parallel.DistributedDataParallel(_conv_tie())
+        precond = KFACPreconditioner(
+            ddp, inv_dtype=torch.float64, comm=DistributedComm(grad_worker_fraction=0.5, timeout=30), **HPARAMS
+        )
+        out["conv"] = _train_cnn(ddp, precond, rank, world_size)
     return out
+
+
+def _conv_tie():
+    from test_tied_weights import _ConvTie
+
+    return _ConvTie(True).double()
+
+
+def _train_cnn(model, precond, rank=0, world_size=1):
+    opt = torch.optim.SGD(model.parameters(), lr=HPARAMS["lr"])
+    chunk, grads = BATCH // world_size, []
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(STEPS):
+        x = torch.randn(BATCH, 3, 7, 6, generator=gen, dtype=torch.float64)[rank * chunk : (rank + 1) * chunk]
+        y = torch.randint(0, 5, (BATCH,), generator=gen)[rank * chunk : (rank + 1) * chunk]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        precond.step()
+        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        opt.step()
+    return grads
 
 
 def _train_lm(model, precond, rank=0, world_size=1):
@@ -128,6 +155,14 @@ def test_n_ranks_match_one_process_with_a_tied_weight_under_every_strategy(world
             )
             refs[kl_clip] = _train_lm(model, pre)
     results = run_workers(_tied_ranks, world_size, timeout=300)
+    if world_size == 2:
+        model = _conv_tie()
+        want = _train_cnn(model, KFACPreconditioner(model, inv_dtype=torch.float64, comm=LocalComm(), **HPARAMS))
+        for rank in range(2):
+            for step, (got, ref) in enumerate(zip(results[rank].pop("conv"), want)):
+                for k, (g, w) in enumerate(zip(got, ref)):
+                    err = float((g - w).norm() / w.norm())
+                    assert err < 1e-9, ("conv", rank, step, k, err)
     strategies = {key[0] for key in results[0]}
     assert strategies == ({"COMM-OPT", "MEM-OPT"} if world_size == 2 else {"HYBRID-OPT", "MEM-OPT"})
     for rank in range(world_size):
