@@ -4,20 +4,38 @@ Rows: gpauloski/kfac_pytorch branch kfac-lw, docs/results.md (kfac_ext/scaling/p
 converts them to ms per iteration). Model: the V100 profile calibrated on the
 resnet50-32 row (kfac_ext/scaling/calibrate.py), kfac-pytorch-2020's exchange, and the
 2020 stack's latency per eigendecomposition (calibrate.SYMEIG_2020_LATENCY_S, from
-pytorch/pytorch#10172). A second table shows the K-FAC overhead ratios under other
-per-call latencies: the H200's cuSOLVER one over k, and #22573's 1.8 ms per matrix.
+pytorch/pytorch#10172), and the host work the model counts (calibrate.HOST_2020: ops
+of the step x 20 us, Horovod's blocking collectives). A second table shows the K-FAC
+overhead ratios under other per-call latencies: the H200's cuSOLVER one over k, and
+#22573's 1.8 ms per matrix; a third the SGD step ratios under other costs per op (each
+with the ImageNet host time re-fitted on the calibration row); a fourth the share of
+per-message latency in the 32- and 64-GPU overheads.
 
     python benchmarks/table_scaling_validation.py
 """
 
+import dataclasses
+import os
 import sys
 
 import torch  # noqa: F401  (kfac_ext/__init__ loads the op library, which needs libtorch)
 from _common import machine_line
 
 from kfac_ext.scaling import NETWORKS, workload_of
-from kfac_ext.scaling.calibrate import MEASURED, SYMEIG_2020_LATENCY_S, V100_CALIBRATION
+from kfac_ext.scaling.calibrate import (
+    HOST_2020,
+    KFAC_LW,
+    MEASURED,
+    PYTORCH_OP_OVERHEAD_2020_S,
+    SYMEIG_2020_LATENCY_S,
+    V100_CALIBRATION,
+    calibrate,
+)
+from kfac_ext.scaling.measure import measure_op_overhead
 from kfac_ext.scaling.models import resnet32_cifar, resnet50
+from kfac_ext.scaling.network import Network
+from kfac_ext.scaling.published import CALIBRATION_ROW, ROWS
+from kfac_ext.scaling.step import predict
 from kfac_ext.scaling.validation import check_rows, sc20_table, v100_2020
 
 
@@ -32,13 +50,21 @@ def main() -> int:
         "resnet32_cifar": workload_of(resnet32_cifar, (3, 32, 32)),
     }
     v100 = v100_2020()
-    print(f"{machine_line()}; `python {' '.join(sys.argv)}`")
+    print(f"{machine_line()}, load average {os.getloadavg()[0]:.1f}; `python {' '.join(sys.argv)}`")
     print(
         f"V100 calibrated: k = {V100_CALIBRATION['k']}, dense {v100.flops_per_s / 1e12:.2f} "
         f"TFLOP/s, eigh {v100.eigh_latency_s * 1e3:.3g} ms (2020 symeig) + 9n^3 at "
-        f"{v100.eigh_flops_per_s / 1e12:.2f} TFLOP/s, host {V100_CALIBRATION['host_s'] * 1e3:.0f}"
-        f" ms/step (ImageNet rows only); {net.name}\n"
+        f"{v100.eigh_flops_per_s / 1e12:.2f} TFLOP/s, fitted host {V100_CALIBRATION['host_s'] * 1e3:.0f}"
+        f" ms/step (ImageNet rows only); {net.name}"
     )
+    print(f"Host work counted (all rows): {HOST_2020.source}")
+    for key, w in works.items():
+        print(
+            f"  {key}: {w.forward_ops} forward + {w.backward_ops} backward ops + "
+            f"{HOST_2020.optimizer_ops_per_tensor} x {w.param_tensors} optimizer ops = {HOST_2020.ops(w)} ops, "
+            f"{HOST_2020.launch_time(w) * 1e3:.1f} ms at {HOST_2020.per_op_s * 1e6:g} us"
+        )
+    print()
     print(
         "| row | SGD ms: published | predicted | ratio | K-FAC − SGD ms: published | predicted "
         "| ratio | overhead target |"
@@ -68,6 +94,43 @@ def main() -> int:
     for i, c in enumerate(by_latency[0]):
         cells = [" / ".join(f"{r:.2f}" for r in checks[i].overhead_ratios) for checks in by_latency]
         print(f"| {c.key} | " + " | ".join(cells) + " |")
+    fast, median = measure_op_overhead()
+    costs = {
+        "none": 0.0,
+        f"{PYTORCH_OP_OVERHEAD_2020_S * 1e6:g} us (#41383, CPU, 2020)": PYTORCH_OP_OVERHEAD_2020_S,
+        f"{fast * 1e6:.1f} us (this CPU, fastest of 15; median {median * 1e6:.1f})": fast,
+        f"{HOST_2020.per_op_s * 1e6:g} us (V100 launch, NVIDIA)": HOST_2020.per_op_s,
+    }
+    print("\nSGD step ratio (predicted / published) per host cost per op (Horovod waits as above; the")
+    print("ImageNet host time re-fitted on the calibration row each time, given in the last line)\n")
+    print("| row | " + " | ".join(costs) + " |")
+    print("|---|" + "---:|" * len(costs))
+    cal_row = next(r for r in ROWS if r.key == CALIBRATION_ROW)
+    by_cost, fits = [], []
+    for per_op in costs.values():
+        hc = dataclasses.replace(HOST_2020, per_op_s=per_op)
+        fit = calibrate(cal_row, works["resnet50"], net, host_cost=hc).host_s
+        fits.append(fit)
+        by_cost.append(check_rows(works, net, host_cost=hc, host_s=fit))
+    for i, c in enumerate(by_cost[0]):
+        print(f"| {c.key} | " + " | ".join(f"{checks[i].sgd_ratio:.2f}" for checks in by_cost) + " |")
+    print("| fitted ImageNet host ms | " + " | ".join(f"{f * 1e3:.0f}" for f in fits) + " |")
+    print("\nPer-message latency in the ResNet-50 K-FAC overhead (ms): the model's alpha terms, and one")
+    print("message per factor (no fusion) instead of fused buckets\n")
+    n_factors = 2 * len(works["resnet50"].layers)
+    print(f"| GPUs | overhead | of it alpha | {n_factors} factor messages x 2(N-1) alpha | alpha for 666 ms |")
+    print("|---:|---:|---:|---:|---:|")
+    profile = v100_2020()
+    no_alpha = Network(net.name, 0.0, net.bandwidth)
+    for gpus in (32, 64):
+        full = predict(works["resnet50"], gpus, profile, net, batch=32, **KFAC_LW).kfac_overhead
+        bare = predict(works["resnet50"], gpus, profile, no_alpha, batch=32, **KFAC_LW).kfac_overhead
+        per_factor = n_factors * 2 * (gpus - 1) * net.alpha
+        need = (0.666 - bare) / (n_factors * 2 * (gpus - 1)) if gpus == 64 else float("nan")
+        print(
+            f"| {gpus} | {full * 1e3:.0f} | {(full - bare) * 1e3:.1f} | {per_factor * 1e3:.0f} "
+            f"| {'' if need != need else f'{need * 1e6:.0f} us'} |"
+        )
     print("\nSC20 headline, 64 V100s, batch 32: time to 75.9 % = epochs x step (K-FAC 55, SGD 90 epochs)\n")
     print("| factors every | eigh every | SGD ms | K-FAC ms | K-FAC / SGD step | time saved |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -88,6 +88,45 @@ def bucket_cap_mb(value: Any) -> float:
     return float(value)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def accumulation_steps(value: Any) -> int:
+    """Micro-batches per optimizer step: an integer >= 1."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1):
+        raise ValueError(f"accumulation_steps must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def inv_lag_steps(value: Any) -> int:
+    """Steps between snapshotting factors and installing their decomposition: >= 0."""
+    if not (_is_int(value) and value >= 0):
+        raise ValueError(f"inv_lag_steps must be an integer >= 0, got {value!r}")
+    return value
+
+
+def max_factor_bytes(value: Any) -> int | None:
+    """The dense-factor size above which a factor is kept diagonal; None: no limit."""
+    if value is not None and not (_is_int(value) and value > 0):
+        raise ValueError(f"max_factor_bytes must be a positive integer or None, got {value!r}")
+    return value
+
+
+def kfac_approx(value: Any) -> str:
+    """'expand' or 'reduce' (Eschenhagen et al. 2023; docs/design.md §2a)."""
+    if value not in ("expand", "reduce"):
+        raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {value!r}")
+    return value
+
+
+def defaults(value: object) -> dict:
+    """kfac-pytorch's ``defaults``: a dict (copied) or None."""
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"defaults must be a dict or None; got {type(value).__name__}")
+    return dict(value or {})
+
+
 def flag(arg: str, value: object) -> bool:
     """``value`` when it is a bool; a ValueError naming ``arg`` otherwise."""
     if not isinstance(value, bool):

@@ -247,17 +247,16 @@ class KFACPreconditioner(KfacPytorchNames):
         max_factor_bytes: int | None = 2**30,
         kfac_approx: str = "expand",
     ):
+        # Every argument is checked before a hook touches the model: a refused
+        # configuration leaves the model exactly as it was.
         self.factor_update_steps = sch.Hyperparameter("factor_update_steps", factor_update_steps, sch.positive_int)
         self.inv_update_steps = sch.Hyperparameter("inv_update_steps", inv_update_steps, sch.positive_int)
         self.damping = sch.Hyperparameter("damping", damping, sch.positive)
         self.factor_decay = sch.Hyperparameter("factor_decay", factor_decay, sch.decay)
         self.kl_clip = sch.Hyperparameter("kl_clip", kl_clip, sch.positive_or_none)
         self.lr = sch.Hyperparameter("lr", lr, sch.non_negative)
-        if sch.positive_int(accumulation_steps) is not None:
-            raise ValueError(f"accumulation_steps must be a positive integer, got {accumulation_steps!r}")
-        self.accumulation_steps = accumulation_steps
-        compute_method = args.compute_method(compute_method)
-        self.compute_method = compute_method
+        self.accumulation_steps = args.accumulation_steps(accumulation_steps)
+        self.compute_method = compute_method = args.compute_method(compute_method)
         self._method = make_method(compute_method)
         self.factor_dtype = args.kernel_dtype("factor_dtype", factor_dtype, allow_none=True)
         self.inv_dtype = args.kernel_dtype("inv_dtype", inv_dtype, allow_none=False)
@@ -273,74 +272,75 @@ class KFACPreconditioner(KfacPytorchNames):
         )
         self.symmetry_aware = args.flag("symmetry_aware", symmetry_aware)
         self.update_factors_in_hook = args.flag("update_factors_in_hook", update_factors_in_hook)
-        if defaults is not None and not isinstance(defaults, dict):
-            raise ValueError(f"defaults must be a dict or None; got {type(defaults).__name__}")
-        self.defaults = dict(defaults or {})
+        self.defaults = args.defaults(defaults)
         self.loglevel = args.loglevel(loglevel)
-
-        if max_factor_bytes is not None and not (
-            isinstance(max_factor_bytes, int) and not isinstance(max_factor_bytes, bool) and max_factor_bytes > 0
-        ):
-            raise ValueError(f"max_factor_bytes must be a positive integer or None, got {max_factor_bytes!r}")
-        self.max_factor_bytes = max_factor_bytes
-        if kfac_approx not in ("expand", "reduce"):
-            raise ValueError(f"kfac_approx must be 'expand' or 'reduce', got {kfac_approx!r}")
-        self.kfac_approx = kfac_approx
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        self._model = _unwrap(model)
-        self.layers: list[KFACLayer] = self._register(self._model)
-        if not (isinstance(inv_lag_steps, int) and not isinstance(inv_lag_steps, bool) and inv_lag_steps >= 0):
-            raise ValueError(f"inv_lag_steps must be an integer >= 0, got {inv_lag_steps!r}")
-        # CPU models only for now: on a GPU the lagged solve runs on this thread when
-        # it lands (same results; a side thread would need its own CUDA stream).
-        self._background = all(l.device.type == "cpu" for l in self.layers)
-        self.inv_lag_steps = inv_lag_steps
+        self.max_factor_bytes = args.max_factor_bytes(max_factor_bytes)
+        self.kfac_approx = args.kfac_approx(kfac_approx)
+        self.inv_lag_steps = args.inv_lag_steps(inv_lag_steps)
         self.eigen_refresh = check_eigen_refresh(eigen_refresh, compute_method, inv_lag_steps)
         self.precondition_dtype = check_precondition_dtype(precondition_dtype)
-        self.factor_init = check_factor_init(factor_init)
-        self.g_scale = check_g_scale(g_scale)
-        self._adaptive = damping if isinstance(damping, AdaptiveDamping) else None
-        self._auto = self._check_auto_step(auto_step, kl_clip, grad_scaler, comm)
         if self.precondition_dtype is not torch.float32 and compute_method != "eigen":
             raise ValueError(
                 f"precondition_dtype applies to compute_method='eigen', got compute_method={compute_method!r}"
             )
+        self.factor_init = check_factor_init(factor_init)
+        self.g_scale = check_g_scale(g_scale)
+        self._adaptive = damping if isinstance(damping, AdaptiveDamping) else None
+        self._auto = self._check_auto_step(auto_step, kl_clip, grad_scaler, comm)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        self._model = _unwrap(model)
+
+        self.layers: list[KFACLayer] = self._register(self._model)
+        try:
+            self.comm = comm if comm is not None else self._default_comm()
+            self._check_layers_against_comm()
+            self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
+        except BaseException:
+            self.remove_hooks()
+            raise
+        for layer in self.layers:
+            logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
+        logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
+        self._init_step_state()
+
+    def _default_comm(self) -> Comm:
+        return _auto_comm(
+            self.grad_worker_fraction,
+            colocate_factors=self.colocate_factors,
+            allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
+            assignment_cost=self.assignment_strategy,
+        )
+
+    def _check_layers_against_comm(self) -> None:
+        """Refuse (or warn about) options the registered layers and the comm cannot honour.
+        (Tied weights are preconditioned per use under every comm: docs/design.md §2a.)"""
+        if self.precondition_dtype is torch.float32:
+            return
+        if not self.comm.replicates_preconditioning:
+            raise ValueError(
+                "precondition_dtype other than torch.float32 needs a comm that "
+                "preconditions every layer on every rank (one process, COMM-OPT)"
+            )
+        if any(l.a_diagonal or l.g_diagonal or l.tied for l in self.layers):
+            warnings.warn(
+                "KFACPreconditioner: precondition_dtype applies to the fused path; this "
+                "model has diagonal factors or tied weights, whose per-layer path runs "
+                f"in inv_dtype={self.inv_dtype}",
+                stacklevel=3,
+            )
+
+    def _init_step_state(self) -> None:
+        """Counters, schedules and per-layer wiring of a preconditioner that has taken no step."""
+        # CPU models only for now: on a GPU the lagged solve runs on this thread when
+        # it lands (same results; a side thread would need its own CUDA stream).
+        self._background = all(l.device.type == "cpu" for l in self.layers)
         self._solver = BackgroundSolver()
         self._pending: PendingSecondOrder | None = None
         # Layers that went through an inverse update, on every rank alike (which
         # ranks hold a layer's second-order data differs under HYBRID/MEM-OPT,
         # and whether an update is lagged must not: it decides the collectives).
         self._has_basis: set = set()
-        self.comm = (
-            comm
-            if comm is not None
-            else _auto_comm(
-                self.grad_worker_fraction,
-                colocate_factors=self.colocate_factors,
-                allreduce_bucket_cap_mb=self.allreduce_bucket_cap_mb,
-                assignment_cost=self.assignment_strategy,
-            )
-        )
-        self.comm.setup([l.name for l in self.layers], [(l.a_dim, l.g_dim) for l in self.layers])
-        for layer in self.layers:
-            logger.log(self.loglevel, "KFACPreconditioner: registered %r", layer)
-        logger.log(self.loglevel, "KFACPreconditioner: comm %r", self.comm)
-        if self.precondition_dtype is not torch.float32 and any(
-            l.a_diagonal or l.g_diagonal or l.tied for l in self.layers
-        ):
-            warnings.warn(
-                "KFACPreconditioner: precondition_dtype applies to the fused path; this "
-                "model has diagonal factors or tied weights, whose per-layer path runs "
-                f"in inv_dtype={self.inv_dtype}",
-                stacklevel=2,
-            )
-        if self.precondition_dtype is not torch.float32 and not self.comm.replicates_preconditioning:
-            raise ValueError(
-                "precondition_dtype other than torch.float32 needs a comm that "
-                "preconditions every layer on every rank (one process, COMM-OPT)"
-            )
-
         self.steps = 0
         self.skipped_factor_updates = 0
         self.failed_inverse_updates = 0
@@ -418,7 +418,7 @@ class KFACPreconditioner(KfacPytorchNames):
                 f"KFACPreconditioner: layers {computed} have a computed weight "
                 "(weight_norm, spectral_norm or another parametrization); they are not "
                 "registered and their parameters keep their plain gradients",
-                stacklevel=4,
+                stacklevel=3,
             )
         return out
 
@@ -430,11 +430,11 @@ class KFACPreconditioner(KfacPytorchNames):
             with factor_size_limit(self.max_factor_bytes):
                 for name, module, layer_type in candidates.values():
                     layers += layer_type.factory(name, module, self.factor_dtype)
+            dropped = mark_tied(layers, lambda msg, names: logger.log(self.loglevel, msg, names))
         except Exception:
             for layer in layers:  # a layer type refused its module: leave the model as it was
                 layer.remove_hooks()
             raise
-        dropped = mark_tied(layers, lambda msg, names: logger.log(self.loglevel, msg, names))
         layers = [l for l in layers if l not in dropped]
         big = [f"{l.name!r} ({'/'.join(l.over_limit)})" for l in layers if l.over_limit]
         if big:

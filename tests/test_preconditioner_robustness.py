@@ -172,6 +172,34 @@ def test_invalid_hyperparameters(kwargs, name):
         kfac_ext.KFACPreconditioner(_model(), **kwargs)
 
 
+class _TwoRanks:
+    """A comm that does not precondition every layer on every rank (as HYBRID/MEM-OPT)."""
+
+    world_size = 2
+    replicates_preconditioning = False
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(inv_lag_steps=-1), "inv_lag_steps"),
+        (dict(eigen_refresh=3), "eigen_refresh"),
+        (dict(precondition_dtype=torch.bfloat16, compute_method="inverse"), "precondition_dtype"),
+        (dict(max_factor_bytes=0), "max_factor_bytes"),
+        (dict(kfac_approx="mean"), "kfac_approx"),
+        (dict(defaults=[1]), "defaults"),
+        (dict(precondition_dtype=torch.bfloat16, comm=_TwoRanks()), "precondition_dtype"),
+    ],
+)
+def test_refused_configuration_leaves_the_model_untouched(kwargs, match):
+    # A constructor that raises must not leave hooks behind: they would keep
+    # capturing activations for a preconditioner nobody holds.
+    model = _model()
+    with pytest.raises(ValueError, match=match):
+        kfac_ext.KFACPreconditioner(model, **kwargs)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 def test_schedule_turning_invalid_raises_at_step():
     model = _model()
     p = kfac_ext.KFACPreconditioner(model, damping=lambda step: 0.01 if step < 1 else -1.0)

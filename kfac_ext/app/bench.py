@@ -39,6 +39,7 @@ from kfac_ext.scaling import (
     workload_of,
 )
 from kfac_ext.scaling.measure import measure_profile
+from kfac_ext.scaling.step import HostCost
 from kfac_ext.schedules import growing_interval
 
 # An eigendecomposition of a larger factor takes minutes and gigabytes to time.
@@ -121,7 +122,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override the profile's time per eigendecomposition call (e.g. an older solver)",
     )
     parser.add_argument(
-        "--host-ms", type=float, default=0.0, help="time per step no FLOP count explains (input pipeline, framework)"
+        "--host-ms", type=float, default=0.0, help="time per step nothing else explains (input pipeline)"
+    )
+    parser.add_argument(
+        "--op-us",
+        type=float,
+        default=0.0,
+        help="host time per dispatched op (Python, dispatcher, kernel launch), times the model's "
+        "counted ops and 6 per parameter tensor for a non-foreach SGD; e.g. 20 (a V100 launch, "
+        "kfac_ext.scaling.calibrate.LAUNCH_LATENCY_V100_S)",
     )
     parser.add_argument(
         "--memory-limit-gb",
@@ -186,6 +195,7 @@ def _check_args(args) -> None:
         ),
         ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
         ("--host-ms", args.host_ms, math.isfinite(args.host_ms) and args.host_ms >= 0, "a finite number of ms >= 0"),
+        ("--op-us", args.op_us, math.isfinite(args.op_us) and args.op_us >= 0, "a finite number of us >= 0"),
         (
             "--eigh-latency-ms",
             args.eigh_latency_ms,
@@ -336,7 +346,12 @@ def run(args) -> int:
         profile = dataclasses.replace(profile, eigh_latency_s=args.eigh_latency_ms / 1e3)
     limit = profile.memory_bytes if args.memory_limit_gb is None else args.memory_limit_gb * 1e9
     intervals = _intervals(args, args.factor_update_steps, args.inv_update_steps)
-    common = dict(batch=args.batch_size, bucket_cap_mb=args.bucket_cap_mb, host_s=args.host_ms / 1e3)
+    common = dict(
+        batch=args.batch_size,
+        bucket_cap_mb=args.bucket_cap_mb,
+        host_s=args.host_ms / 1e3,
+        host_cost=HostCost(per_op_s=args.op_us / 1e6),
+    )
     rows = [
         predict(work, n, profile, net, grad_workers=g, intervals=intervals, **common)
         for n in args.ranks
@@ -376,7 +391,11 @@ def run(args) -> int:
                         "params": work.params,
                         "kfac_layers": len(work.layers),
                         "activation_bytes_per_sample": work.activation_bytes,
+                        "forward_ops": work.forward_ops,
+                        "backward_ops": work.backward_ops,
+                        "param_tensors": work.param_tensors,
                     },
+                    "op_us": args.op_us,
                     "profile": _finite(dataclasses.asdict(profile)),
                     "measured": measured,
                     "network": dataclasses.asdict(net),
@@ -433,7 +452,9 @@ def _print_tables(args, work, profile, net, measured, rows, plans, limit, comman
         )
     print(
         f"network {net.name}: alpha {net.alpha * 1e6:g} us, {net.bandwidth / 1e9:g} GB/s; "
-        f"host time {args.host_ms:g} ms/step"
+        f"host time {args.host_ms:g} ms/step, {args.op_us:g} us per op "
+        f"({HostCost().ops(work)} ops a step: {work.forward_ops} forward, {work.backward_ops} backward, "
+        f"6 x {work.param_tensors} optimizer)"
     )
     print(f"command: {command}")
     print()

@@ -3,7 +3,8 @@
 - ``workload``: FLOPs, activations and the K-FAC layers the preconditioner registers (its
   layer-type registry) of any ``nn.Module`` (meta device);
 - ``network``: alpha-beta collectives; ``profiles``: device rates;
-- ``step``: SGD and K-FAC step time and memory per rank, per strategy and intervals;
+- ``step``: SGD and K-FAC step time and memory per rank, per strategy and intervals,
+  with the host work the model's op count sets (``HostCost``);
 - ``assign``: the one call into the eigendecomposition assignment (makespan solver);
 - ``measure``: this machine (or a GPU) timed robustly; ``calibrate``: GPU profiles
   from datasheet peaks, the V100 fitted to one published row (``published``);
@@ -16,7 +17,7 @@ docs/distributed.md has the model's validation.
 from kfac_ext.scaling.network import NETWORKS, Network, broadcast_time, ring_allreduce_time
 from kfac_ext.scaling.planner import Plan, plan
 from kfac_ext.scaling.profiles import DeviceProfile
-from kfac_ext.scaling.step import Intervals, StepTime, predict, strategies
+from kfac_ext.scaling.step import HostCost, Intervals, StepTime, predict, strategies
 from kfac_ext.scaling.workload import FactorLayer, Workload, workload_of
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Plan",
     "plan",
     "DeviceProfile",
+    "HostCost",
     "Intervals",
     "StepTime",
     "predict",

@@ -27,7 +27,7 @@ import torch
 
 from kfac_ext.scaling.profiles import EIGH_FLOPS_PER_N3, DeviceProfile
 
-__all__ = ["Measurement", "monotone", "fit_eigh", "measure_profile"]
+__all__ = ["Measurement", "monotone", "fit_eigh", "measure_profile", "measure_op_overhead"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,3 +155,23 @@ def measure_profile(
     return Measurement(
         profile, samples, tuple(rejected), max(gemm) / min(gemm), max(max(times[n]) / min(times[n]) for n, _ in kept)
     )
+
+
+def measure_op_overhead(ops: int = 2000, repeats: int = 15) -> tuple[float, float]:
+    """This machine's eager per-op host cost, seconds: (fastest, median) over ``repeats``
+    runs of ``ops`` multiplications of a one-element CPU tensor that requires grad (the
+    case of pytorch/pytorch#41383: Python, dispatcher and autograd, no arithmetic to speak
+    of), each run timed by the thread's CPU time (time slices of other processes are left
+    out). It is today's stack on this CPU, a lower figure than a 2020 GPU's launch path."""
+    if ops < 1 or repeats < 1:
+        raise ValueError(f"ops and repeats must be >= 1, got {ops} and {repeats}")
+    x = torch.ones(1, requires_grad=True)
+    for _ in range(100):  # warm-up
+        x * 2.0
+    per_op = []
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        for _ in range(ops):
+            x * 2.0
+        per_op.append((time.thread_time() - t0) / ops)
+    return min(per_op), statistics.median(per_op)

@@ -4,8 +4,19 @@ Per rank and step, amortised over the update intervals (``Intervals``):
 
 SGD: forward + backward (the workload's FLOPs at the profile's rate), the ring
 all-reduce of the gradients (``Network``), no overlap of the two, and ``host_s``:
-the part of a step no FLOP count explains (input pipeline, framework), a property
-of the run that ``kfac_ext.scaling.calibrate`` fits to a published step.
+the part of a step nothing below explains (input pipeline), a property of the run
+that ``kfac_ext.scaling.calibrate`` fits to a published step.
+
+Host work the model sets (``HostCost``, off by default): every aten op of the step
+costs the host ``per_op_s`` (Python, dispatcher, kernel launch): the workload's
+counted forward and backward ops, and ``optimizer_ops_per_tensor`` kernels per
+parameter tensor (6 for 2020's non-foreach SGD with momentum and weight decay:
+zero_grad's zero_, the accumulation into .grad, the weight-decay add, the momentum
+mul_ and add_, the update add_). Kernels run asynchronously, so the GPU waits on the
+host only when issuing is the slower: forward + backward take max(FLOP time, ops x
+per_op_s) (a lower bound: per-op maxima would add up to more). A synchronising
+collective (a blocking all-reduce of a metric, the wait for the gradient all-reduce)
+waits ``sync_s`` more each: ``syncs`` a step, one more on N > 1 ranks for the gradients.
 
 K-FAC adds, for the slowest rank:
 - factor computation (on factor-update steps): A and G of every layer as full
@@ -42,7 +53,7 @@ from kfac_ext.scaling.network import Network, broadcast_time, ring_allreduce_tim
 from kfac_ext.scaling.profiles import DeviceProfile
 from kfac_ext.scaling.workload import Workload
 
-__all__ = ["Intervals", "StepTime", "predict", "strategies", "update_fraction"]
+__all__ = ["HostCost", "Intervals", "StepTime", "predict", "strategies", "update_fraction"]
 
 Interval = int | Callable[[int], int]
 
@@ -88,6 +99,36 @@ class Intervals:
 
 
 @dataclasses.dataclass(frozen=True)
+class HostCost:
+    """The host's time per step that the model's op count and the training loop set
+    (module docstring); the default costs nothing."""
+
+    per_op_s: float = 0.0  # host time per dispatched op: Python, dispatcher, kernel launch
+    optimizer_ops_per_tensor: int = 6  # 2020's SGD, momentum, weight decay, non-foreach
+    sync_s: float = 0.0  # wait of one synchronising collective
+    syncs: int = 0  # synchronising collectives a step besides the gradients' (metrics)
+    source: str = ""
+
+    def __post_init__(self):
+        for field in ("per_op_s", "sync_s"):
+            v = getattr(self, field)
+            if not 0 <= v < math.inf:
+                raise ValueError(f"HostCost.{field} must be finite seconds >= 0, got {v!r}")
+        if self.optimizer_ops_per_tensor < 0 or self.syncs < 0:
+            raise ValueError(f"HostCost counts must be >= 0, got {self.optimizer_ops_per_tensor}, {self.syncs}")
+
+    def ops(self, work: Workload) -> int:
+        """Ops the host dispatches in one SGD step."""
+        return work.forward_ops + work.backward_ops + self.optimizer_ops_per_tensor * work.param_tensors
+
+    def launch_time(self, work: Workload) -> float:
+        return self.ops(work) * self.per_op_s
+
+    def sync_time(self, ranks: int) -> float:
+        return self.sync_s * (self.syncs + (1 if ranks > 1 else 0))
+
+
+@dataclasses.dataclass(frozen=True)
 class StepTime:
     """Seconds per step of the slowest rank and bytes each rank holds."""
 
@@ -106,10 +147,12 @@ class StepTime:
     precondition: float
     grad_comm: float
     memory: dict
+    launch: float = 0.0  # host time issuing the SGD step's ops (HostCost)
+    sync: float = 0.0  # waits of the step's synchronising collectives (HostCost)
 
     @property
     def sgd(self) -> float:
-        return self.host + self.forward_backward + self.grad_allreduce
+        return self.host + max(self.forward_backward, self.launch) + self.sync + self.grad_allreduce
 
     @property
     def kfac_overhead(self) -> float:
@@ -181,6 +224,7 @@ def predict(
     packed_factors: bool = True,
     eigen_allreduce: bool = False,
     host_s: float = 0.0,
+    host_cost: HostCost = HostCost(),
     dtype_bytes: int = 4,
 ) -> StepTime:
     """Step time and memory of one rank out of ``ranks``; ``grad_workers`` g (default N:
@@ -260,4 +304,6 @@ def predict(
         precondition,
         grad_comm,
         memory,
+        host_cost.launch_time(work),
+        host_cost.sync_time(ranks),
     )

@@ -3,8 +3,10 @@
 ``check_rows`` predicts every row of ``published.ROWS`` with the V100 profile
 calibrated on ``published.CALIBRATION_ROW``, kfac-pytorch-2020's exchange
 (``calibrate.KFAC_LW``) and its software stack's latency per eigendecomposition
-(``calibrate.SYMEIG_2020_LATENCY_S``, a published measurement, not a fit). The fitted host time (input pipeline) belongs to the
-ImageNet runs: CIFAR rows get none, so their SGD step is FLOPs and all-reduce only.
+(``calibrate.SYMEIG_2020_LATENCY_S``, a published measurement, not a fit), and the
+host work every row's model sets (``calibrate.HOST_2020``: its op count at a sourced
+cost per op, and the training loop's blocking collectives). The fitted host time
+(input pipeline) belongs to the ImageNet runs: CIFAR rows get none.
 
 ``sc20_saving(r)``: with K-FAC at 55 epochs and SGD at 90 (SC20's epochs to 75.9 %),
 a K-FAC step r times SGD's saves 1 - (55/90) r of SGD's time.
@@ -15,10 +17,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from kfac_ext.scaling.calibrate import KFAC_LW, SYMEIG_2020_LATENCY_S, V100_CALIBRATION, gpu_profile
+from kfac_ext.scaling.calibrate import HOST_2020, KFAC_LW, SYMEIG_2020_LATENCY_S, V100_CALIBRATION, gpu_profile
 from kfac_ext.scaling.network import Network
 from kfac_ext.scaling.published import CALIBRATION_ROW, ROWS, SC20_EPOCHS
-from kfac_ext.scaling.step import Intervals, predict
+from kfac_ext.scaling.step import HostCost, Intervals, predict
 from kfac_ext.scaling.workload import Workload
 
 __all__ = ["RowCheck", "check_rows", "sc20_saving", "sc20_table", "v100_2020"]
@@ -55,15 +57,24 @@ def v100_2020(eigh_latency_s: float = SYMEIG_2020_LATENCY_S):
 
 
 def check_rows(
-    works: Mapping[str, Workload], net: Network, eigh_latency_s: float = SYMEIG_2020_LATENCY_S
+    works: Mapping[str, Workload],
+    net: Network,
+    eigh_latency_s: float = SYMEIG_2020_LATENCY_S,
+    host_cost: HostCost = HOST_2020,
+    host_s: float | None = None,
 ) -> list[RowCheck]:
     """``works`` maps ``Row.model`` ("resnet50", "resnet32_cifar") to its workload;
-    ``eigh_latency_s`` the latency per eigendecomposition (default: 2020's symeig)."""
+    ``eigh_latency_s`` the latency per eigendecomposition (default: 2020's symeig);
+    ``host_cost`` the host work the model counts, ``host_s`` the ImageNet rows' fitted
+    host time that goes with it (default: ``V100_CALIBRATION``'s, fitted with HOST_2020)."""
     profile = v100_2020(eigh_latency_s)
+    fitted = V100_CALIBRATION["host_s"] if host_s is None else host_s
     out = []
     for row in ROWS:
-        host = V100_CALIBRATION["host_s"] if row.model == "resnet50" else 0.0
-        step = predict(works[row.model], row.gpus, profile, net, batch=row.batch, host_s=host, **KFAC_LW)
+        host = fitted if row.model == "resnet50" else 0.0
+        step = predict(
+            works[row.model], row.gpus, profile, net, batch=row.batch, host_s=host, host_cost=host_cost, **KFAC_LW
+        )
         out.append(
             RowCheck(
                 row.key,
@@ -96,7 +107,9 @@ def sc20_table(
     rows = []
     for fi, ii in intervals:
         kw = dict(KFAC_LW, intervals=Intervals(fi, ii))
-        step = predict(work, gpus, profile, net, batch=batch, host_s=V100_CALIBRATION["host_s"], **kw)
+        step = predict(
+            work, gpus, profile, net, batch=batch, host_s=V100_CALIBRATION["host_s"], host_cost=HOST_2020, **kw
+        )
         r = step.kfac / step.sgd
         rows.append(
             {"factor": fi, "inv": ii, "sgd_s": step.sgd, "kfac_s": step.kfac, "step_ratio": r, "saving": sc20_saving(r)}

@@ -15,6 +15,12 @@ forward and backward (its capture methods are replaced by counters on the throwa
 meta model: nothing is computed). Convolution and matmul FLOPs are linear in the
 batch, so per-sample figures times the batch per rank give the step.
 
+The host work of a step is counted in the same pass: the aten operators one forward
+(with the loss's sum) and one backward dispatch, views excluded (``forward_ops``,
+``backward_ops``; a batch-independent count, as each op is one kernel launch whatever
+the batch), and the trainable parameter tensors (``param_tensors``), which set the
+optimizer's per-tensor kernels (``kfac_ext.scaling.step.HostCost``).
+
 A diagonal factor (an Embedding's A, a factor over ``max_factor_bytes``) costs O(n):
 its covariance is n squares per row (a one-hot input, token ids, one count per
 row), it has no eigendecomposition (its eigenvalues are its entries), and it is
@@ -29,6 +35,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_ext.comm import LocalComm
@@ -102,12 +109,29 @@ class Workload:
     params: int
     activation_bytes: float  # saved for backward, per sample
     layers: tuple[FactorLayer, ...]
+    forward_ops: int = 0  # aten ops dispatched by one forward and the loss (views excluded)
+    backward_ops: int = 0  # the same for one backward
+    param_tensors: int = 0  # trainable parameter tensors (the optimizer's kernels are per tensor)
 
     def step_flops(self, batch: int) -> float:
         return batch * (self.forward_flops + self.backward_flops)
 
     def factor_flops(self, batch: int) -> float:
         return sum(layer.factor_flops(batch) for layer in self.layers)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operators dispatched under it that do work: views (``is_view``), which
+    launch no kernel, and the profiler's record-function markers are left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.namespace != "profiler":
+            self.ops += 1
+        return func(*args, **(kwargs or {}))
 
 
 def _hooked(layer) -> bool:
@@ -220,10 +244,14 @@ def workload_of(
     if functional:
         torch.nn.functional.linear = _linear_counter(functional, linear_rows, linear)
     try:
-        with FlopCounterMode(display=False) as fwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with (
+            FlopCounterMode(display=False) as fwd,
+            OpCounter() as fwd_ops,
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
             out = model(x)
             loss = out.float().sum() if isinstance(out, torch.Tensor) else sum(o.float().sum() for o in out)
-        with FlopCounterMode(display=False) as bwd:
+        with FlopCounterMode(display=False) as bwd, OpCounter() as bwd_ops:
             if loss.requires_grad:  # a model without trainable parameters has no backward
                 loss.backward()
     finally:
@@ -231,6 +259,7 @@ def workload_of(
         for layer in kfac_layers:
             layer.remove_hooks()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    param_tensors = sum(1 for p in model.parameters() if p.requires_grad)
     param_ids = {id(p) for p in model.parameters()}
     activation = sum(b for key, b in saved.items() if key not in param_ids)
     layers = tuple(
@@ -252,4 +281,7 @@ def workload_of(
         params,
         float(activation),
         layers,
+        fwd_ops.ops,
+        bwd_ops.ops,
+        param_tensors,
     )

@@ -11,10 +11,11 @@ from kfac_ext.app.scaling import resnet50_factor_shapes
 from kfac_ext.cli import main
 from kfac_ext.scaling import FactorLayer, Intervals, Network, Workload, plan, predict, strategies, workload_of
 from kfac_ext.scaling.calibrate import gpu_profile
-from kfac_ext.scaling.measure import fit_eigh, measure_profile, monotone
+from kfac_ext.scaling.measure import fit_eigh, measure_op_overhead, measure_profile, monotone
 from kfac_ext.scaling.network import broadcast_time, ring_allreduce_time
 from kfac_ext.scaling.profiles import DeviceProfile, from_json, to_json
-from kfac_ext.scaling.step import update_fraction
+from kfac_ext.scaling.step import HostCost, update_fraction
+from kfac_ext.scaling.workload import OpCounter
 
 NET = Network("test", alpha=1e-5, bandwidth=1e9)
 # dense 1 TFLOP/s; eigh(n) = 1 ms + n^3 / 1e9 s (9 n^3 flops at 9 GFLOP/s)
@@ -136,6 +137,68 @@ def test_strategies_and_bad_arguments():
         predict(WORK, 4, PROFILE, NET, batch=1, host_s=-1.0)
     with pytest.raises(ValueError, match="flops_per_s"):
         DeviceProfile("x", flops_per_s=0.0, eigh_flops_per_s=1.0)
+
+
+def test_host_cost_by_hand():
+    """10 + 20 counted ops and 3 parameter tensors x 6 optimizer kernels = 48 ops; at 100 us
+    each 4.8 ms, above the 3 ms of FLOPs (3 GFLOP at 1 TFLOP/s), so the step is host-bound;
+    two metric syncs of 1 ms, a third for the gradients on more than one rank."""
+    work = dataclasses.replace(WORK, forward_ops=10, backward_ops=20, param_tensors=3)
+    host = HostCost(per_op_s=1e-4, optimizer_ops_per_tensor=6, sync_s=1e-3, syncs=2)
+    assert host.ops(work) == 48
+    assert host.launch_time(work) == pytest.approx(4.8e-3)
+    assert host.sync_time(1) == pytest.approx(2e-3) and host.sync_time(4) == pytest.approx(3e-3)
+    one = predict(work, 1, PROFILE, NET, batch=1, host_s=0.5e-3, host_cost=host)
+    assert one.forward_backward == pytest.approx(3e-3) and one.launch == pytest.approx(4.8e-3)
+    assert one.sgd == pytest.approx(0.5e-3 + 4.8e-3 + 2e-3)  # max(3, 4.8) + syncs + host
+    four = predict(work, 4, PROFILE, NET, batch=1, host_cost=host)
+    allreduce = ring_allreduce_time(4e6, 4, NET)  # 1 M parameters x 4 bytes
+    assert four.sgd == pytest.approx(4.8e-3 + 3e-3 + allreduce)
+    # a batch of 2 makes the FLOPs (6 ms) the bound; the host term leaves K-FAC's overhead alone
+    two = predict(work, 4, PROFILE, NET, batch=2, host_cost=host)
+    assert two.sgd == pytest.approx(6e-3 + 3e-3 + allreduce)
+    assert two.kfac_overhead == predict(work, 4, PROFILE, NET, batch=2).kfac_overhead
+    assert predict(work, 4, PROFILE, NET, batch=1).sgd == pytest.approx(3e-3 + allreduce)  # default: none
+    with pytest.raises(ValueError, match="per_op_s"):
+        HostCost(per_op_s=-1.0)
+    with pytest.raises(ValueError, match="counts"):
+        HostCost(syncs=-1)
+
+
+def test_op_counts_of_a_linear_layer_by_hand():
+    """Linear(4, 3) without bias, one sample: forward mm + the loss's sum; backward the
+    seed gradient (ones_like) and the weight's mm (the input needs no gradient); the
+    transposes, expand and detach are views and launch nothing."""
+    work = workload_of(lambda: nn.Linear(4, 3, bias=False), (4,))
+    assert (work.forward_ops, work.backward_ops, work.param_tensors) == (2, 2, 1)
+    # with a bias: addmm replaces mm, and the bias gradient is one more sum
+    mlp = workload_of(lambda: nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), (4,))
+    assert (mlp.forward_ops, mlp.param_tensors) == (4, 4)  # addmm, relu, addmm, sum
+
+
+def test_six_kernels_per_tensor_for_a_non_foreach_sgd_with_momentum_and_weight_decay():
+    """HostCost's default: zero_grad's zero_, the accumulation into the zeroed .grad, and
+    the step's weight-decay add, momentum mul_ and add_, and update add_ (counted on the meta
+    device with torch's own SGD, from its second step, when the momentum buffers exist)."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, foreach=False)
+    x = torch.zeros(2, 4, device="meta")
+    model(x).sum().backward()
+    opt.step()
+    with OpCounter() as zero:
+        opt.zero_grad(set_to_none=False)
+    with OpCounter() as first:
+        loss = model(x).sum()
+    with OpCounter() as accumulate:
+        loss.backward()
+    with OpCounter() as step:
+        opt.step()
+    fresh = workload_of(lambda: nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), (4,))
+    tensors = fresh.param_tensors
+    assert first.ops == fresh.forward_ops
+    per_tensor = (zero.ops + accumulate.ops - fresh.backward_ops + step.ops) / tensors
+    assert per_tensor == HostCost().optimizer_ops_per_tensor == 6
 
 
 def test_planner_prefers_fresh_curvature_within_budget_and_memory():
@@ -455,6 +518,27 @@ def test_cli_table_names_the_recommendation(capsys):
     assert "grad_worker_fraction=" in out
 
 
+def test_cli_op_cost_reaches_the_sgd_step(capsys):
+    """--op-us 1000 costs ResNet-32's counted ops a millisecond each: the one-rank SGD step is
+    at least that many ms (the host is slower than the GPU's FLOPs), K-FAC's overhead is not moved."""
+    code, out, err = _run(capsys, *SMALL, "--json", "--op-us", "1000")
+    assert code == 0, err
+    data = json.loads(out)
+    m = data["model"]
+    ops = m["forward_ops"] + m["backward_ops"] + 6 * m["param_tensors"]
+    assert m["param_tensors"] == 95 and m["forward_ops"] > 100 and data["op_us"] == 1000
+    one = data["rows"][0]
+    assert one["launch"] == pytest.approx(ops * 1e-3)
+    assert one["sgd"] == pytest.approx(ops * 1e-3)
+    base = json.loads(_run(capsys, *SMALL, "--json")[1])["rows"][0]
+    assert base["kfac_overhead"] == pytest.approx(one["kfac_overhead"])
+
+
+def test_measured_op_overhead_is_positive():
+    fastest, median = measure_op_overhead(ops=50, repeats=3)
+    assert 0 < fastest <= median
+
+
 def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
     code, out, _ = _run(capsys, *SMALL[:-2], "--profile", "cpu", "--eigh-sizes", "48,96", "--repeats", "3", "--json")
     assert code == 0
@@ -479,6 +563,7 @@ def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
         (["--memory-limit-gb", "0"], "--memory-limit-gb"),
         (["--max-overhead", "-1"], "--max-overhead"),
         (["--host-ms", "nan"], "--host-ms"),
+        (["--op-us", "-1"], "--op-us"),
         (["--threads", "0"], "--threads"),
         (["--eigh-latency-ms", "-1"], "--eigh-latency-ms"),
         (["--interval-growth", "0.5"], "--interval-growth"),

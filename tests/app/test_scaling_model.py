@@ -3,9 +3,17 @@
 import pytest
 
 from kfac_ext.scaling import NETWORKS, workload_of
-from kfac_ext.scaling.calibrate import MEASURED, SYMEIG_2020_LATENCY_S, V100_CALIBRATION, calibrate, gpu_profile
+from kfac_ext.scaling.calibrate import (
+    HOST_2020,
+    MEASURED,
+    SYMEIG_2020_LATENCY_S,
+    V100_CALIBRATION,
+    calibrate,
+    gpu_profile,
+)
 from kfac_ext.scaling.models import resnet32_cifar, resnet50
 from kfac_ext.scaling.published import CALIBRATION_ROW, ROWS
+from kfac_ext.scaling.step import HostCost
 from kfac_ext.scaling.validation import SGD_TOLERANCE, check_rows, sc20_saving, sc20_table
 
 NET = NETWORKS["ib100"]
@@ -28,7 +36,10 @@ def test_published_rows_convert_to_the_issues_ms_per_iteration():
     rows = {r.key: r for r in ROWS}
     assert rows["resnet50-32"].iterations == 1252  # ceil(1281167 / 1024)
     assert rows["resnet50-32"].overhead_s[0] * 1e3 == pytest.approx(293.9, abs=0.1)
-    assert [round(o * 1e3) for o in rows["resnet50-64"].overhead_s] == [666, 302]
+    assert [round(o * 1e3) for o in rows["resnet50-64"].overhead_s] == [666, 302, 302]
+    # the 16-GPU SGD rerun of results.md's last edit (14:30, not 15:00): the issue's 372 / 396
+    assert rows["resnet50-16"].sgd_s * 1e3 == pytest.approx(347.6, abs=0.1)  # 870 s / 2503 iterations
+    assert [round(o * 1e3) for o in rows["resnet50-16"].overhead_s] == [372, 396]
     assert [round(o * 1e3) for o in rows["cifar-1"].overhead_s] == [139]
     assert [round(o * 1e3) for o in rows["cifar-4"].overhead_s] == [77]
 
@@ -46,8 +57,8 @@ def test_the_v100_constants_are_the_fit_to_the_calibration_row(works):
 def test_resnet50_rows_hold_within_the_issues_ratios(checks, key):
     c = checks[key]
     assert 1 / SGD_TOLERANCE <= c.sgd_ratio <= SGD_TOLERANCE
-    # the 64-GPU row has two runs 2.2x apart (302 and 666 ms); the model matches the
-    # faster, which agrees with the 16- and 32-GPU rows
+    # the 64-GPU row has three runs: 666 ms once, 302 ms twice; the model matches the
+    # 302, which agrees with the 16- and 32-GPU rows
     best = min(c.overhead_ratios, key=lambda r: abs(r - 1))
     assert 1 / c.tolerance <= best <= c.tolerance
 
@@ -83,3 +94,25 @@ def test_sc20_saving_arithmetic_and_interval_trend(works):
     savings = [r["saving"] for r in table]
     assert savings == sorted(savings)  # sparser updates, cheaper steps
     assert savings[0] < 0 < savings[-1]  # every-step factors lose, sparse ones win
+
+
+def test_cifar_sgd_step_is_the_counted_host_work_and_still_short(works):
+    """The CIFAR SGD step is host-bound: ResNet-32's 95 parameter tensors (31 convs, 31
+    batch norms' weight and bias, the head's two) x 6 optimizer kernels and its counted
+    forward and backward ops at 20 us (a V100 launch) outweigh its 4 ms of FLOPs, and
+    Horovod's blocking collectives wait 2.5 ms each. Both sourced, not fitted: the
+    prediction rises from 0.05-0.06x of the published step to ~0.3x, still short of 1/1.5
+    (docs/distributed.md, validation). This fails when a change closes the gap."""
+    assert (HOST_2020.per_op_s, HOST_2020.sync_s, HOST_2020.syncs) == (20e-6, 2.5e-3, 2)
+    w = works["resnet32_cifar"]
+    assert w.param_tensors == 95
+    assert HOST_2020.ops(w) == w.forward_ops + w.backward_ops + 6 * 95
+    checks = {c.key: c for c in check_rows(works, NET)}
+    bare = {c.key: c for c in check_rows(works, NET, host_cost=HostCost(), host_s=0.3152)}
+    for key in ("cifar-1", "cifar-4"):
+        assert bare[key].sgd_ratio < 0.07
+        assert 0.2 < checks[key].sgd_ratio < 1 / SGD_TOLERANCE
+    # ResNet-50 at batch 32 is FLOP-bound (1424 ops x 20 us = 28 ms < 60 ms): its rows keep
+    # their SGD ratios, and the fitted ImageNet host time only loses the Horovod waits
+    for key in ("resnet50-16", "resnet50-64"):
+        assert checks[key].sgd_ratio == pytest.approx(bare[key].sgd_ratio, rel=1e-6)
