@@ -263,6 +263,20 @@ def path_chain_bound(
     ends = _bypasses(graph, path)
     on_path = {index[v] for v in path}
     on_route = {index[x] for routes in ends for _, _, inner in routes for x in inner}
+    # leaves_until[x]: x (off the path and its bypasses) sends out of any call whose run ends
+    # before this path position: a successor of x is p_b or after it for some b > j
+    latest = [-1] * len(order)  # the last path position among a node's ancestors (or itself)
+    at_path = {index[v]: b for b, v in enumerate(path)}
+    for x in range(len(order)):
+        best_b = at_path.get(x, -1)
+        for u in graph.predecessors(order[x]):
+            best_b = max(best_b, latest[index[u]])
+        latest[x] = best_b
+    leaves_until = [
+        -1 if x in on_path or x in on_route else max((latest[index[w]] for w in graph.successors(order[x])), default=-1)
+        for x in range(len(order))
+    ]
+    path_inputs = [[at_path[index[u]] for u in graph.predecessors(v) if index[u] in at_path] for v in order]
     feeding_inputs = [  # inputs off the path and off every bypass (charged there)
         [index[u] for u in graph.predecessors(v) if index[u] not in on_path and index[u] not in on_route] for v in order
     ]
@@ -304,10 +318,13 @@ def path_chain_bound(
         mem = compute = 0.0
         fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
         fetch_total = 0.0
+        sending = 0.0  # out_cost of the forced nodes off the path that send past p_j
+        stops = [0.0] * (L + 1)  # stops[b]: their out_cost that stops counting at j = b
         send = {}  # a in i..j-1 -> [finite sum, direct edges] of its bypasses ending after j
         fetch_routes: list[tuple[int, tuple]] = []  # (a, inner nodes) of the bypasses in fetch
         send_routes: list[tuple[int, int, tuple]] = []  # (a, b, inner nodes), b > j once filtered
         for j in range(i, L):
+            sending -= stops[j]
             for a, m, inner in ends[j]:
                 if a < i - 1:
                     fetch_routes.append((a, tuple(index[x] for x in inner)))
@@ -347,6 +364,9 @@ def path_chain_bound(
                         mem += node[y].size
                         compute += node[y].accel_time
                         hanging.update(feeding_inputs[y])
+                        if leaves_until[y] > j:
+                            sending += node[y].out_cost
+                            stops[leaves_until[y]] += node[y].out_cost
                 new = below & above & ~inside  # on a path between two of the call's nodes
             if not ok or mem > cap:
                 break
@@ -357,14 +377,18 @@ def path_chain_bound(
                     break  # it lies before p_i: no longer run repairs that
                 continue  # it lies after p_j: the run must reach it
             hanging = {x for x in hanging if not (inside >> x) & 1}
-            room = graph.memory_cap - mem
+            room = cap - mem  # cap with the evaluator's tolerance: an option that fits there is kept
             extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
             if hanging:
                 extra += _inputs_cost([node[x] for x in hanging], room)
-            if fetch_routes or send_routes:
+            needs = {x: [a for a in path_inputs[x] if a < i - 1] for x in hanging if path_inputs[x]}
+            needs = {x: a for x, a in needs.items() if a}
+            if fetch_routes or send_routes or needs:
                 send_routes = [r for r in send_routes if r[1] > j]
-                extra = max(extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room))
-            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra
+                extra = max(
+                    extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, needs)
+                )
+            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra + max(sending, 0.0)
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
             row = F[j]
             for u in range(kq):
@@ -431,7 +455,7 @@ def _inputs_cost(inputs, room: float) -> float:
     for n in inputs:
         total += n.out_cost
         gain = n.out_cost - n.accel_time
-        if gain > 0:
+        if gain > 0 and n.size <= room:  # an input bigger than the room is fetched whole
             gains.append((gain, n.size))
     room = max(room, 0.0)
     gains.sort(key=lambda g: -g[0] / g[1] if g[1] > 0 else -math.inf)
@@ -445,7 +469,7 @@ def _inputs_cost(inputs, room: float) -> float:
     return total
 
 
-def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float) -> float:
+def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, needs=None) -> float:
     """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
     the time of the inner nodes it holds, with their bytes within ``room``.
 
@@ -457,11 +481,17 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, 
     left out (charged nothing).  An input is held or fetched.  Fractions allowed: the LP of
     this multiple-choice knapsack (:func:`_choices_cost`)."""
     groups = []
+    fetch_count: dict[int, int] = {}
     for routes, fetched in ((fetch_routes, True), (send_routes, False)):
         live = [(r[0], r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
         count: dict[int, int] = {}
         for a, _ in live:
             count[a] = count.get(a, 0) + 1
+        if fetched and needs:
+            for x in inputs:
+                for a in needs.get(x, ()):
+                    count[a] = count.get(a, 0) + 1
+            fetch_count = count
         for a, inner in live:
             share = cost_at[a] / count[a]
             times = [node[x].accel_time for x in inner]
@@ -474,7 +504,10 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, 
                 options += [(sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1])) for t, x in enumerate(inner)]
             groups.append(options)
     for x in inputs:
-        groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
+        held = node[x].accel_time
+        if needs:  # held, x fetches its inputs on the path before the run
+            held += sum(cost_at[a] / fetch_count[a] for a in needs.get(x, ()))
+        groups.append([(0.0, node[x].out_cost), (node[x].size, held)])
     return _choices_cost(groups, room)
 
 
@@ -487,6 +520,7 @@ def _choices_cost(groups, room: float) -> float:
     segments = []
     for options in groups:
         options = sorted(options, key=lambda o: (o[0], o[1]))
+        options = [o for o in options if o[0] <= room] or options[:1]  # one bigger than the room is never chosen
         hull = [options[0]]
         for o in options[1:]:
             if o[1] >= hull[-1][1]:
