@@ -304,3 +304,17 @@ def test_a_forced_node_that_feeds_a_later_call_pays_its_send():
     best = brute_force_latency(g)
     assert best == pytest.approx(7.5)
     assert 7.0 - 1e-9 <= path_chain_bound(g, [0, 1, 2, 3, 4]) <= best + 1e-9
+
+
+def test_two_held_inputs_share_the_fetch_of_their_one_path_input():
+    """0 -> 1 -> 2 -> 3, side nodes 4 and 5 read from 0 and feed 2 and 3 (quick, costly
+    outputs), 0 and 1 quicker on the CPU pool: the call that runs 2, 3 holds both and fetches 0's output once; the bound
+    charges that fetch once, shared, and meets the optimum."""
+    nodes = [node(0, 10.0, 0.1, 2.0), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 0.5), node(3, 1.0, 1000.0, 0.0)]
+    nodes += [node(4, 0.1, 0.1, 20.0), node(5, 0.1, 0.1, 20.0)]
+    edges = [(0, 1), (1, 2), (2, 3), (0, 4), (0, 5), (4, 2), (4, 3), (5, 2), (5, 3)]
+    g = Graph(nodes, edges, 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert path_chain_bound(g, [0, 1, 2, 3]) <= best + 1e-9
+    assert chain_bound(g) == pytest.approx(best)
