@@ -273,7 +273,9 @@ def fan_out_graph(seed: int, n_nodes: int, k: int) -> Graph:
         for v in range(n_nodes)
     ]
     total = sum(x.size for x in nodes)
-    g = Graph(nodes, sorted(edges), k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7)))))
+    g = Graph(
+        nodes, sorted(edges), k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7))))
+    )
     g.validate()
     return g
 
@@ -318,3 +320,98 @@ def test_two_held_inputs_share_the_fetch_of_their_one_path_input():
     best = brute_force_latency(g)
     assert path_chain_bound(g, [0, 1, 2, 3]) <= best + 1e-9
     assert chain_bound(g) == pytest.approx(best)
+
+
+def branch_graph(seed: int, n_nodes: int, k: int) -> Graph:
+    """A main path with side branches, as an attention layer's key and value projections: a
+    chain of one to three nodes read from a path node (or a source), its nodes given a source
+    of their own (a weight) now and then, its end feeding one or two later path nodes; now
+    and then a branch node also read by a second branch.  A tight cap."""
+    rng = random.Random(seed)
+    main = rng.randint(3, max(3, n_nodes - 3))
+    edges = {(v, v + 1) for v in range(main - 1)}
+    nxt = main
+    side: list[int] = []
+    while nxt < n_nodes:
+        feeder = rng.randrange(0, main - 2) if rng.random() < 0.8 else None
+        chain = []
+        for _ in range(rng.randint(1, 3)):
+            if nxt >= n_nodes:
+                break
+            x = nxt
+            nxt += 1
+            prev = chain[-1] if chain else feeder
+            if prev is not None:
+                edges.add((prev, x))
+            if side and rng.random() < 0.25:
+                edges.add((rng.choice(side), x))
+            if nxt < n_nodes and rng.random() < 0.3:  # a weight
+                edges.add((nxt, x))
+                nxt += 1
+            chain.append(x)
+        if not chain:
+            break
+        side += chain
+        lo = 1 if feeder is None else feeder + 2
+        lo = min(lo, main - 1)
+        for b in rng.sample(range(lo, main), k=min(main - lo, rng.randint(1, 2))):
+            edges.add((chain[-1], b))
+    outs = {s for s, _ in edges}
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(0.0, 3.0), 3),
+            round(rng.uniform(1.0, 20.0), 3),
+            round(rng.uniform(0.1, 4.0), 3) if v in outs else 0.0,
+            size=float(rng.randint(1, 6)),
+            color=(v % 3 if rng.random() < 0.15 else None),
+            accel_ok=rng.random() > 0.08,
+        )
+        for v in range(n_nodes)
+    ]
+    total = sum(x.size for x in nodes)
+    g = Graph(
+        nodes, sorted(edges), k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7))))
+    )
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_inputs_computed_on_side_branches_are_charged_within_the_optimum(seed):
+    """An input held needs its own inputs, held or fetched, up its branch: never above the
+    brute-force optimum, on every path."""
+    g = branch_graph(1300 + seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
+    q = 1 + (seed % 9 == 8)
+    best = brute_force_latency(g, subgraphs=q)
+    _, cpu, acc = _path_tables(g, subgraphs=q)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+    assert chain_bound(g, q) <= best + 1e-9
+
+
+def test_an_input_held_pays_for_the_branch_that_computes_it():
+    """0 -> 1 -> 2 -> 3 with a branch 1 -> 4 -> 5 -> 3 (4 also reads a weight 6), 0 and 1
+    quick on the CPU pool, the rest only on the accelerator, every output costly but 1's:
+    the call that runs 2, 3 holds the branch and the weight, paying their times."""
+    nodes = [node(0, 10.0, 0.1, 0.5), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 5.0), node(3, 1.0, 1000.0, 0.0)]
+    nodes += [node(4, 1.0, 1000.0, 5.0), node(5, 1.0, 1000.0, 5.0), node(6, 1.0, 1000.0, 5.0)]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (1, 4), (4, 5), (5, 3), (6, 4)], 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert best == pytest.approx(5.7)
+    assert path_chain_bound(g, [0, 1, 2, 3]) == pytest.approx(best)
+
+
+def test_a_node_read_by_two_held_inputs_is_charged_once():
+    """0 -> 1 -> 2 with side nodes 3 and 4 both read from 5 and feeding 2: holding both holds
+    (or fetches) 5 once; the bound must not charge 5 for each."""
+    nodes = [node(0, 10.0, 0.1, 0.5), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 0.0)]
+    nodes += [node(3, 0.1, 1000.0, 9.0), node(4, 0.1, 1000.0, 9.0), node(5, 3.0, 1000.0, 9.0)]
+    g = Graph(nodes, [(0, 1), (1, 2), (5, 3), (5, 4), (3, 2), (4, 2)], 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9

@@ -225,7 +225,14 @@ def path_chain_bound(
     on the call (its accelerator time paid, its bytes held) or fetched (its out_cost paid);
     the least of these over the bytes left under the cap, with fractions allowed (a
     knapsack's LP, :func:`_inputs_cost`), is charged.  Such a node is no bypass's node and
-    no ``p_i-1``, so nothing is paid twice.
+    no ``p_i-1``, so nothing is paid twice.  An option bigger than the bytes left is never
+    taken, not even in part.  Held, such an input needs its own inputs on the call, held or
+    fetched up its branch (:class:`_Upstream`; the LP of :func:`_routes_cost`).
+
+    A node of the forced set off the path and its bypasses with an edge to ``p_j+1`` or to a
+    node after it sends its output out of the call (that node is not on the call: the call
+    holds ``p_j`` but not ``p_j+1``); its out_cost is charged.  These are no bypass's nodes and
+    not ``p_j``, so no send is paid twice.
 
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
     a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
@@ -276,7 +283,7 @@ def path_chain_bound(
         -1 if x in on_path or x in on_route else max((latest[index[w]] for w in graph.successors(order[x])), default=-1)
         for x in range(len(order))
     ]
-    path_inputs = [[at_path[index[u]] for u in graph.predecessors(v) if index[u] in at_path] for v in order]
+    trees = _Upstream(graph, order, index, at_path, on_route)
     feeding_inputs = [  # inputs off the path and off every bypass (charged there)
         [index[u] for u in graph.predecessors(v) if index[u] not in on_path and index[u] not in on_route] for v in order
     ]
@@ -381,12 +388,10 @@ def path_chain_bound(
             extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
             if hanging:
                 extra += _inputs_cost([node[x] for x in hanging], room)
-            needs = {x: [a for a in path_inputs[x] if a < i - 1] for x in hanging if path_inputs[x]}
-            needs = {x: a for x, a in needs.items() if a}
-            if fetch_routes or send_routes or needs:
+            if fetch_routes or send_routes or hanging:
                 send_routes = [r for r in send_routes if r[1] > j]
                 extra = max(
-                    extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, needs)
+                    extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, trees, i)
                 )
             w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra + max(sending, 0.0)
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
@@ -469,7 +474,9 @@ def _inputs_cost(inputs, room: float) -> float:
     return total
 
 
-def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, needs=None) -> float:
+def _routes_cost(
+    node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, trees=None, i: int = 0
+) -> float:
     """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
     the time of the inner nodes it holds, with their bytes within ``room``.
 
@@ -478,8 +485,10 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, 
     bypass sent leaves the call at ``p_a`` or an inner node, the inner nodes up to it on the
     call.  One choice per route, ``p_a``'s out_cost shared among its routes (all of them
     choosing ``p_a`` pay it once); a route with an inner node already in the forced set is
-    left out (charged nothing).  An input is held or fetched.  Fractions allowed: the LP of
-    this multiple-choice knapsack (:func:`_choices_cost`)."""
+    left out (charged nothing).  An input is held or fetched; held, it needs its own inputs
+    (``trees``, :class:`_Upstream`: held or fetched in turn, ``p_a``'s output fetched and
+    shared with the routes from ``a``).  Fractions allowed: the LP of this multiple-choice
+    knapsack (:func:`_choices_cost`)."""
     groups = []
     fetch_count: dict[int, int] = {}
     for routes, fetched in ((fetch_routes, True), (send_routes, False)):
@@ -487,10 +496,11 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, 
         count: dict[int, int] = {}
         for a, _ in live:
             count[a] = count.get(a, 0) + 1
-        if fetched and needs:
+        if fetched and trees is not None:
             for x in inputs:
-                for a in needs.get(x, ()):
-                    count[a] = count.get(a, 0) + 1
+                for a in trees.path_leaves(x):
+                    if a < i - 1:
+                        count[a] = count.get(a, 0) + 1
             fetch_count = count
         for a, inner in live:
             share = cost_at[a] / count[a]
@@ -504,11 +514,104 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, 
                 options += [(sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1])) for t, x in enumerate(inner)]
             groups.append(options)
     for x in inputs:
-        held = node[x].accel_time
-        if needs:  # held, x fetches its inputs on the path before the run
-            held += sum(cost_at[a] / fetch_count[a] for a in needs.get(x, ()))
-        groups.append([(0.0, node[x].out_cost), (node[x].size, held)])
+        if trees is None:
+            groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
+        else:
+            groups.append(trees.provide(x, i, {a: cost_at[a] / c for a, c in fetch_count.items()}))
     return _choices_cost(groups, room)
+
+
+class _Upstream:
+    """What a call pays to hold an input ``x`` from off the path (not in the forced set): x's
+    time and bytes, and each input ``u`` of x provided in turn.  ``u`` on the path: ``p_i-1``
+    is fetched already (charged as the call's first transfer), ``p_a`` with ``a < i - 1``
+    is fetched, its out_cost shared (the caller's ``shares``) among everything that may
+    fetch it; ``p_a`` in the run is on the call.  ``u`` off the path and off the bypasses
+    with ``x`` its only successor: fetched (its out_cost) or held (recursively), and no
+    other input's tree holds it, so nothing is charged twice; any other ``u`` is charged
+    nothing.  No node of the tree is in the forced set (it would pull ``x`` in, as ``x``
+    lies between it and the call).  At most ``budget`` nodes per tree."""
+
+    _MAX_OPTIONS = 8
+
+    def __init__(self, graph: Graph, order, index, at_path, on_route, budget: int = 16):
+        self.node = [graph.node(v) for v in order]
+        self.preds = [[index[u] for u in graph.predecessors(v)] for v in order]
+        self.at_path = at_path
+        self.climbable = [
+            x not in at_path and x not in on_route and len(graph.successors(v)) == 1 for x, v in enumerate(order)
+        ]
+        self.budget = budget
+        self._trees: dict[int, tuple] = {}
+        self._leaves: dict[int, list[int]] = {}
+        self._cache: dict[int, list] = {}
+
+    def tree(self, x: int) -> tuple:
+        """``(x, subtrees, path positions of x's inputs on the path)``."""
+        t = self._trees.get(x)
+        if t is None:
+            left = [self.budget]
+            t = self._grow(x, left)
+            self._trees[x] = t
+        return t
+
+    def _grow(self, x: int, left: list) -> tuple:
+        left[0] -= 1
+        subs, at = [], []
+        for u in self.preds[x]:
+            if u in self.at_path:
+                at.append(self.at_path[u])
+            elif self.climbable[u] and left[0] > 0:
+                subs.append(self._grow(u, left))
+        return (x, tuple(subs), tuple(at))
+
+    def path_leaves(self, x: int) -> list[int]:
+        out = self._leaves.get(x)
+        if out is None:
+            out = []
+            stack = [self.tree(x)]
+            while stack:
+                _, subs, at = stack.pop()
+                out.extend(at)
+                stack.extend(subs)
+            self._leaves[x] = out
+        return out
+
+    def provide(self, x: int, i: int, shares: dict) -> list:
+        """The options ``(bytes, cost)`` of having ``x``'s output on the call: fetched, or held."""
+        if any(a < i - 1 for a in self.path_leaves(x)):
+            return self._provide(self.tree(x), i, shares)  # the shares vary with the run
+        hit = self._cache.get(x)  # every input on the path is free: the same for every run
+        if hit is None:
+            hit = self._cache[x] = self._provide(self.tree(x), i, shares)
+        return hit
+
+    def _provide(self, t: tuple, i: int, shares: dict) -> list:
+        x, subs, at = t
+        n = self.node[x]
+        held = [(n.size, n.accel_time)]
+        for a in at:
+            if a < i - 1:
+                held = [(s, c + shares.get(a, 0.0)) for s, c in held]
+        for sub in subs:
+            opts = self._provide(sub, i, shares)
+            held = self._pareto([(s1 + s2, c1 + c2) for s1, c1 in held for s2, c2 in opts])
+        return self._pareto([(0.0, n.out_cost)] + held)
+
+    def _pareto(self, options: list) -> list:
+        """The options no other beats in both bytes and cost; over the cap on their number,
+        neighbours are merged into one that takes the smaller bytes and the smaller cost of
+        the two (a relaxation: it lowers the least total, which keeps it a bound)."""
+        options.sort()
+        front = []
+        for s, c in options:
+            if not front or c < front[-1][1]:
+                front.append((s, c))
+        while len(front) > self._MAX_OPTIONS:
+            front = [
+                (front[k][0], front[k + 1][1]) if k + 1 < len(front) else front[k] for k in range(0, len(front), 2)
+            ]
+        return front
 
 
 def _choices_cost(groups, room: float) -> float:
