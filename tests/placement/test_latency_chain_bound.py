@@ -415,3 +415,56 @@ def test_a_node_read_by_two_held_inputs_is_charged_once():
     for p in all_paths(g):
         assert path_chain_bound(g, p) <= best + 1e-9
     assert chain_bound(g) <= best + 1e-9
+
+
+def test_a_weight_already_in_the_forced_set_is_not_charged_again():
+    """0 -> 1 -> 2 -> 3 with a side route 1 -> 4 -> 3 whose node 4 reads a weight 5 coloured
+    with 2: the call that runs 2, 3 holds 5 for the colour class (its time paid there) and
+    holds 4; the bound meets the optimum, charging 5 once."""
+    nodes = [node(0, 10.0, 0.1, 0.5), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 5.0, color=7)]
+    nodes += [node(3, 1.0, 1000.0, 0.0), node(4, 1.0, 1000.0, 5.0), node(5, 3.0, 1000.0, 5.0, color=7)]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (1, 4), (4, 3), (5, 4)], 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert best == pytest.approx(6.7)
+    assert path_chain_bound(g, [0, 1, 2, 3]) == pytest.approx(best)
+
+
+def weighted_route_graph(seed: int) -> Graph:
+    """A path of 3-5 nodes and a side route ``p_a -> x -> p_b`` whose node ``x`` reads a weight
+    ``w`` coloured with a path node (so the weight may sit in a call's forced set while ``x``
+    does not); random times, costs, sizes and cap."""
+    rng = random.Random(seed)
+    length = rng.randint(3, 5)
+    edges = [(v, v + 1) for v in range(length - 1)]
+    a = rng.randrange(0, length - 2)
+    b = rng.randrange(a + 2, length)
+    x, w = length, length + 1
+    edges += [(a, x), (x, b), (w, x)]
+    coloured = rng.randrange(0, length)
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(0.1, 3), 2),
+            round(rng.uniform(0.1, 30), 2),
+            round(rng.uniform(0.1, 4), 2) if v != length - 1 else 0.0,
+            size=float(rng.randint(1, 3)),
+            color=(7 if v in (coloured, w) else None),
+        )
+        for v in range(length + 2)
+    ]
+    g = Graph(nodes, edges, rng.randint(1, 2), 1, float(rng.randint(3, 9)))
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", list(range(120, 150)))
+def test_a_weight_on_a_side_route_is_charged_within_the_optimum(seed):
+    """A route node's weight is charged (held or fetched) when the call holds the node, but not
+    when the weight is in the forced set already (seed 135 catches a bound that charges it
+    twice)."""
+    g = weighted_route_graph(seed)
+    best = brute_force_latency(g)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9

@@ -214,10 +214,12 @@ def path_chain_bound(
 
     Tensors that go round the run are charged too, through *bypasses*: a route from a path
     node ``p_a`` to a later ``p_b`` whose inner nodes are off the path, each with one input
-    and one output (a direct edge is a bypass with none).  A call with run ``p_i .. p_j``
+    and one output but for weights and dropped statistics (:func:`_route_next`; a direct edge
+    is a bypass with none).  A call with run ``p_i .. p_j``
     sends one output on every bypass from ``a`` in ``i .. j-1`` to ``b > j`` (the route
     leaves the call at ``p_a`` or an inner node), and fetches one on every bypass from
-    ``a < i-1`` to ``b`` in ``i .. j`` (it enters from ``p_a`` or an inner node).  Bypasses
+    ``a < i-1`` to ``b`` in ``i .. j`` (it enters from ``p_a`` or an inner node); on one from
+    ``p_i-1`` it pays the inner nodes it holds (the LP of :func:`_routes_cost`).  Bypasses
     from different ``a`` share no node, so per ``a`` the call pays at least ``min(out_cost(p_a),
     sum over its bypasses of their inner nodes' least out_cost)``, and these add up.
 
@@ -339,6 +341,8 @@ def path_chain_bound(
                     acc_m = fetch.setdefault(a, [0.0, 0])
                     _add(acc_m, m, 1)
                     fetch_total += _group(cost_at[a], acc_m) - old
+                elif a == i - 1 and inner:  # p_i-1's output is fetched already; inner nodes held are paid
+                    fetch_routes.append((a, tuple(index[x] for x in inner)))
                 elif a in send:
                     _add(send[a], m, -1)
             if j > i:  # p_j-1 joins the run: its bypasses that end after j
@@ -427,13 +431,28 @@ def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float, tupl
                 continue
             m = math.inf
             inner = []
-            while x not in at and len(graph.predecessors(x)) == 1 and len(graph.successors(x)) == 1:
+            prev = v
+            while x not in at and (nxt := _route_next(graph, prev, x, at)) is not None:
                 m = min(m, graph.node(x).out_cost)
                 inner.append(x)
-                x = graph.successors(x)[0]
+                prev, x = x, nxt
             if x in at and m < math.inf and at[x] > a:
                 ends[at[x]].append((a, m, tuple(inner)))
     return ends
+
+
+def _route_next(graph: Graph, prev: int, x: int, at) -> int | None:
+    """The node after ``x`` on a bypass that reached ``x`` from ``prev``, or None where none
+    goes on.  ``x`` passes one tensor on: ``prev`` is its one input but for sources off the
+    path that feed ``x`` alone (weights: :func:`_weights_cost`; their bytes left out), and it has
+    one consumer but for sinks off the path (a normalisation's saved statistics).  So the
+    bypass's inner nodes are a chain that shares no node with another bypass, and a call
+    holding one of them and ``p_b`` holds those between (contiguity)."""
+    for u in graph.predecessors(x):
+        if u != prev and (u in at or graph.predecessors(u) or len(graph.successors(u)) != 1):
+            return None
+    outs = [w for w in graph.successors(x) if w in at or graph.successors(w)]
+    return outs[0] if len(outs) == 1 else None
 
 
 def _add(group: list, m: float, sign: int) -> None:
@@ -503,8 +522,8 @@ def _routes_cost(
                         count[a] = count.get(a, 0) + 1
             fetch_count = count
         for a, inner in live:
-            share = cost_at[a] / count[a]
-            times = [node[x].accel_time for x in inner]
+            share = 0.0 if fetched and a == i - 1 else cost_at[a] / count[a]
+            times = [node[x].accel_time + _weights_cost(node, trees, x, inside) for x in inner]
             sizes = [node[x].size for x in inner]
             if fetched:  # feeder p_a: all inner nodes held; feeder x_t: those after it held
                 options = [(sum(sizes), share + sum(times))]
@@ -541,6 +560,7 @@ class _Upstream:
         self.climbable = [
             x not in at_path and x not in on_route and len(graph.successors(v)) == 1 for x, v in enumerate(order)
         ]
+        self.private = [not graph.predecessors(v) and len(graph.successors(v)) == 1 for v in order]  # weights
         self.budget = budget
         self._trees: dict[int, tuple] = {}
         self._leaves: dict[int, list[int]] = {}
@@ -612,6 +632,19 @@ class _Upstream:
                 (front[k][0], front[k + 1][1]) if k + 1 < len(front) else front[k] for k in range(0, len(front), 2)
             ]
         return front
+
+
+def _weights_cost(node, trees, x: int, inside: int) -> float:
+    """What a call holding a bypass's inner node ``x`` pays at least for the sources that feed
+    ``x`` alone (its weights): each held (its time) or fetched (its out_cost), but for those
+    already in the forced set (paid there)."""
+    if trees is None:
+        return 0.0
+    return sum(
+        min(node[w].accel_time, node[w].out_cost)
+        for w in trees.preds[x]
+        if trees.private[w] and w not in trees.at_path and not (inside >> w) & 1
+    )
 
 
 def _choices_cost(groups, room: float) -> float:
