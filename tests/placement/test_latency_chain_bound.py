@@ -243,3 +243,228 @@ def test_past_its_deadline_it_gives_up_and_stays_a_bound():
     g = residual_graph(3, n_nodes=8, k=2)
     assert chain_bound(g, deadline=0.0) == 0.0
     assert chain_bound(g) <= brute_force_latency(g) + 1e-9
+
+
+def fan_out_graph(seed: int, n_nodes: int, k: int) -> Graph:
+    """A main path with side nodes that each read one node (on the path, or a source of their
+    own) and feed two or three later path nodes, as GNMT's attention output and BERT's mask;
+    a tight cap, so that runs are cut between a side node's readers."""
+    rng = random.Random(seed)
+    main = rng.randint(3, n_nodes - 1)
+    edges = {(v, v + 1) for v in range(main - 1)}
+    for x in range(main, n_nodes):
+        feeder = rng.randrange(0, main - 2) if rng.random() < 0.7 else None
+        lo = 0 if feeder is None else feeder + 1
+        for b in rng.sample(range(lo, main), k=min(main - lo, rng.randint(2, 3))):
+            edges.add((x, b))
+        if feeder is not None:
+            edges.add((feeder, x))
+    outs = {s for s, _ in edges}
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(0.0, 3.0), 3),
+            round(rng.uniform(1.0, 20.0), 3),
+            round(rng.uniform(0.1, 4.0), 3) if v in outs else 0.0,
+            size=float(rng.randint(1, 6)),
+            color=(v % 3 if rng.random() < 0.15 else None),
+            accel_ok=rng.random() > 0.08,
+        )
+        for v in range(n_nodes)
+    ]
+    total = sum(x.size for x in nodes)
+    g = Graph(
+        nodes, sorted(edges), k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7))))
+    )
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_side_nodes_read_by_several_calls_are_charged_within_the_optimum(seed):
+    """Charges for a forced node that sends past the run's end, for an input held (which then
+    fetches its own input from before the run) or bigger than the room left: never above the
+    brute-force optimum, on every path."""
+    g = fan_out_graph(900 + seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
+    q = 1 + (seed % 9 == 8)
+    best = brute_force_latency(g, subgraphs=q)
+    _, cpu, acc = _path_tables(g, subgraphs=q)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+    assert chain_bound(g, q) <= best + 1e-9
+
+
+def test_a_forced_node_that_feeds_a_later_call_pays_its_send():
+    """0 -> 1 -> 2 -> 3 -> 4 with a side node 5 (read from 0, feeding 2 and 4; a costly tensor),
+    a cap of four nodes: the call that runs 0 .. 2 holds 5 and sends it to the call that runs 4;
+    a call that runs 2 .. 4 and holds 5 fetches 0's output.  Both are charged."""
+    nodes = [node(i, 1.0, 100.0, 0.5, size=1.0) for i in range(4)]
+    nodes += [node(4, 1.0, 100.0, 0.0, size=1.0), node(5, 0.5, 100.0, 3.0, size=1.0)]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 2), (5, 4)], 2, 1, 4.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert best == pytest.approx(7.5)
+    assert 7.0 - 1e-9 <= path_chain_bound(g, [0, 1, 2, 3, 4]) <= best + 1e-9
+
+
+def test_two_held_inputs_share_the_fetch_of_their_one_path_input():
+    """0 -> 1 -> 2 -> 3, side nodes 4 and 5 read from 0 and feed 2 and 3 (quick, costly
+    outputs), 0 and 1 quicker on the CPU pool: the call that runs 2, 3 holds both and fetches 0's output once; the bound
+    charges that fetch once, shared, and meets the optimum."""
+    nodes = [node(0, 10.0, 0.1, 2.0), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 0.5), node(3, 1.0, 1000.0, 0.0)]
+    nodes += [node(4, 0.1, 0.1, 20.0), node(5, 0.1, 0.1, 20.0)]
+    edges = [(0, 1), (1, 2), (2, 3), (0, 4), (0, 5), (4, 2), (4, 3), (5, 2), (5, 3)]
+    g = Graph(nodes, edges, 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert path_chain_bound(g, [0, 1, 2, 3]) <= best + 1e-9
+    assert chain_bound(g) == pytest.approx(best)
+
+
+def branch_graph(seed: int, n_nodes: int, k: int) -> Graph:
+    """A main path with side branches, as an attention layer's key and value projections: a
+    chain of one to three nodes read from a path node (or a source), its nodes given a source
+    of their own (a weight) now and then, its end feeding one or two later path nodes; now
+    and then a branch node also read by a second branch.  A tight cap."""
+    rng = random.Random(seed)
+    main = rng.randint(3, max(3, n_nodes - 3))
+    edges = {(v, v + 1) for v in range(main - 1)}
+    nxt = main
+    side: list[int] = []
+    while nxt < n_nodes:
+        feeder = rng.randrange(0, main - 2) if rng.random() < 0.8 else None
+        chain = []
+        for _ in range(rng.randint(1, 3)):
+            if nxt >= n_nodes:
+                break
+            x = nxt
+            nxt += 1
+            prev = chain[-1] if chain else feeder
+            if prev is not None:
+                edges.add((prev, x))
+            if side and rng.random() < 0.25:
+                edges.add((rng.choice(side), x))
+            if nxt < n_nodes and rng.random() < 0.3:  # a weight
+                edges.add((nxt, x))
+                nxt += 1
+            chain.append(x)
+        if not chain:
+            break
+        side += chain
+        lo = 1 if feeder is None else feeder + 2
+        lo = min(lo, main - 1)
+        for b in rng.sample(range(lo, main), k=min(main - lo, rng.randint(1, 2))):
+            edges.add((chain[-1], b))
+    outs = {s for s, _ in edges}
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(0.0, 3.0), 3),
+            round(rng.uniform(1.0, 20.0), 3),
+            round(rng.uniform(0.1, 4.0), 3) if v in outs else 0.0,
+            size=float(rng.randint(1, 6)),
+            color=(v % 3 if rng.random() < 0.15 else None),
+            accel_ok=rng.random() > 0.08,
+        )
+        for v in range(n_nodes)
+    ]
+    total = sum(x.size for x in nodes)
+    g = Graph(
+        nodes, sorted(edges), k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7))))
+    )
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_inputs_computed_on_side_branches_are_charged_within_the_optimum(seed):
+    """An input held needs its own inputs, held or fetched, up its branch: never above the
+    brute-force optimum, on every path."""
+    g = branch_graph(1300 + seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
+    q = 1 + (seed % 9 == 8)
+    best = brute_force_latency(g, subgraphs=q)
+    _, cpu, acc = _path_tables(g, subgraphs=q)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+    assert chain_bound(g, q) <= best + 1e-9
+
+
+def test_an_input_held_pays_for_the_branch_that_computes_it():
+    """0 -> 1 -> 2 -> 3 with a branch 1 -> 4 -> 5 -> 3 (4 also reads a weight 6), 0 and 1
+    quick on the CPU pool, the rest only on the accelerator, every output costly but 1's:
+    the call that runs 2, 3 holds the branch and the weight, paying their times."""
+    nodes = [node(0, 10.0, 0.1, 0.5), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 5.0), node(3, 1.0, 1000.0, 0.0)]
+    nodes += [node(4, 1.0, 1000.0, 5.0), node(5, 1.0, 1000.0, 5.0), node(6, 1.0, 1000.0, 5.0)]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (1, 4), (4, 5), (5, 3), (6, 4)], 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert best == pytest.approx(5.7)
+    assert path_chain_bound(g, [0, 1, 2, 3]) == pytest.approx(best)
+
+
+def test_a_node_read_by_two_held_inputs_is_charged_once():
+    """0 -> 1 -> 2 with side nodes 3 and 4 both read from 5 and feeding 2: holding both holds
+    (or fetches) 5 once; the bound must not charge 5 for each."""
+    nodes = [node(0, 10.0, 0.1, 0.5), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 0.0)]
+    nodes += [node(3, 0.1, 1000.0, 9.0), node(4, 0.1, 1000.0, 9.0), node(5, 3.0, 1000.0, 9.0)]
+    g = Graph(nodes, [(0, 1), (1, 2), (5, 3), (5, 4), (3, 2), (4, 2)], 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9
+
+
+def test_a_weight_already_in_the_forced_set_is_not_charged_again():
+    """0 -> 1 -> 2 -> 3 with a side route 1 -> 4 -> 3 whose node 4 reads a weight 5 coloured
+    with 2: the call that runs 2, 3 holds 5 for the colour class (its time paid there) and
+    holds 4; the bound meets the optimum, charging 5 once."""
+    nodes = [node(0, 10.0, 0.1, 0.5), node(1, 10.0, 0.1, 0.5), node(2, 1.0, 1000.0, 5.0, color=7)]
+    nodes += [node(3, 1.0, 1000.0, 0.0), node(4, 1.0, 1000.0, 5.0), node(5, 3.0, 1000.0, 5.0, color=7)]
+    g = Graph(nodes, [(0, 1), (1, 2), (2, 3), (1, 4), (4, 3), (5, 4)], 1, 1, 100.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert best == pytest.approx(6.7)
+    assert path_chain_bound(g, [0, 1, 2, 3]) == pytest.approx(best)
+
+
+def weighted_route_graph(seed: int) -> Graph:
+    """A path of 3-5 nodes and a side route ``p_a -> x -> p_b`` whose node ``x`` reads a weight
+    ``w`` coloured with a path node (so the weight may sit in a call's forced set while ``x``
+    does not); random times, costs, sizes and cap."""
+    rng = random.Random(seed)
+    length = rng.randint(3, 5)
+    edges = [(v, v + 1) for v in range(length - 1)]
+    a = rng.randrange(0, length - 2)
+    b = rng.randrange(a + 2, length)
+    x, w = length, length + 1
+    edges += [(a, x), (x, b), (w, x)]
+    coloured = rng.randrange(0, length)
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(0.1, 3), 2),
+            round(rng.uniform(0.1, 30), 2),
+            round(rng.uniform(0.1, 4), 2) if v != length - 1 else 0.0,
+            size=float(rng.randint(1, 3)),
+            color=(7 if v in (coloured, w) else None),
+        )
+        for v in range(length + 2)
+    ]
+    g = Graph(nodes, edges, rng.randint(1, 2), 1, float(rng.randint(3, 9)))
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("seed", list(range(120, 150)))
+def test_a_weight_on_a_side_route_is_charged_within_the_optimum(seed):
+    """A route node's weight is charged (held or fetched) when the call holds the node, but not
+    when the weight is in the forced set already (seed 135 catches a bound that charges it
+    twice)."""
+    g = weighted_route_graph(seed)
+    best = brute_force_latency(g)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p) <= best + 1e-9
+    assert chain_bound(g) <= best + 1e-9

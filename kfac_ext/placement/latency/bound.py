@@ -214,10 +214,12 @@ def path_chain_bound(
 
     Tensors that go round the run are charged too, through *bypasses*: a route from a path
     node ``p_a`` to a later ``p_b`` whose inner nodes are off the path, each with one input
-    and one output (a direct edge is a bypass with none).  A call with run ``p_i .. p_j``
+    and one output but for weights and dropped statistics (:func:`_route_next`; a direct edge
+    is a bypass with none).  A call with run ``p_i .. p_j``
     sends one output on every bypass from ``a`` in ``i .. j-1`` to ``b > j`` (the route
     leaves the call at ``p_a`` or an inner node), and fetches one on every bypass from
-    ``a < i-1`` to ``b`` in ``i .. j`` (it enters from ``p_a`` or an inner node).  Bypasses
+    ``a < i-1`` to ``b`` in ``i .. j`` (it enters from ``p_a`` or an inner node); on one from
+    ``p_i-1`` it pays the inner nodes it holds (the LP of :func:`_routes_cost`).  Bypasses
     from different ``a`` share no node, so per ``a`` the call pays at least ``min(out_cost(p_a),
     sum over its bypasses of their inner nodes' least out_cost)``, and these add up.
 
@@ -225,7 +227,14 @@ def path_chain_bound(
     on the call (its accelerator time paid, its bytes held) or fetched (its out_cost paid);
     the least of these over the bytes left under the cap, with fractions allowed (a
     knapsack's LP, :func:`_inputs_cost`), is charged.  Such a node is no bypass's node and
-    no ``p_i-1``, so nothing is paid twice.
+    no ``p_i-1``, so nothing is paid twice.  An option bigger than the bytes left is never
+    taken, not even in part.  Held, such an input needs its own inputs on the call, held or
+    fetched up its branch (:class:`_Upstream`; the LP of :func:`_routes_cost`).
+
+    A node of the forced set off the path and its bypasses with an edge to ``p_j+1`` or to a
+    node after it sends its output out of the call (that node is not on the call: the call
+    holds ``p_j`` but not ``p_j+1``); its out_cost is charged.  These are no bypass's nodes and
+    not ``p_j``, so no send is paid twice.
 
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
     a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
@@ -263,6 +272,20 @@ def path_chain_bound(
     ends = _bypasses(graph, path)
     on_path = {index[v] for v in path}
     on_route = {index[x] for routes in ends for _, _, inner in routes for x in inner}
+    # leaves_until[x]: x (off the path and its bypasses) sends out of any call whose run ends
+    # before this path position: a successor of x is p_b or after it for some b > j
+    latest = [-1] * len(order)  # the last path position among a node's ancestors (or itself)
+    at_path = {index[v]: b for b, v in enumerate(path)}
+    for x in range(len(order)):
+        best_b = at_path.get(x, -1)
+        for u in graph.predecessors(order[x]):
+            best_b = max(best_b, latest[index[u]])
+        latest[x] = best_b
+    leaves_until = [
+        -1 if x in on_path or x in on_route else max((latest[index[w]] for w in graph.successors(order[x])), default=-1)
+        for x in range(len(order))
+    ]
+    trees = _Upstream(graph, order, index, at_path, on_route)
     feeding_inputs = [  # inputs off the path and off every bypass (charged there)
         [index[u] for u in graph.predecessors(v) if index[u] not in on_path and index[u] not in on_route] for v in order
     ]
@@ -304,10 +327,13 @@ def path_chain_bound(
         mem = compute = 0.0
         fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
         fetch_total = 0.0
+        sending = 0.0  # out_cost of the forced nodes off the path that send past p_j
+        stops = [0.0] * (L + 1)  # stops[b]: their out_cost that stops counting at j = b
         send = {}  # a in i..j-1 -> [finite sum, direct edges] of its bypasses ending after j
         fetch_routes: list[tuple[int, tuple]] = []  # (a, inner nodes) of the bypasses in fetch
         send_routes: list[tuple[int, int, tuple]] = []  # (a, b, inner nodes), b > j once filtered
         for j in range(i, L):
+            sending -= stops[j]
             for a, m, inner in ends[j]:
                 if a < i - 1:
                     fetch_routes.append((a, tuple(index[x] for x in inner)))
@@ -315,6 +341,8 @@ def path_chain_bound(
                     acc_m = fetch.setdefault(a, [0.0, 0])
                     _add(acc_m, m, 1)
                     fetch_total += _group(cost_at[a], acc_m) - old
+                elif a == i - 1 and inner:  # p_i-1's output is fetched already; inner nodes held are paid
+                    fetch_routes.append((a, tuple(index[x] for x in inner)))
                 elif a in send:
                     _add(send[a], m, -1)
             if j > i:  # p_j-1 joins the run: its bypasses that end after j
@@ -347,6 +375,9 @@ def path_chain_bound(
                         mem += node[y].size
                         compute += node[y].accel_time
                         hanging.update(feeding_inputs[y])
+                        if leaves_until[y] > j:
+                            sending += node[y].out_cost
+                            stops[leaves_until[y]] += node[y].out_cost
                 new = below & above & ~inside  # on a path between two of the call's nodes
             if not ok or mem > cap:
                 break
@@ -357,14 +388,16 @@ def path_chain_bound(
                     break  # it lies before p_i: no longer run repairs that
                 continue  # it lies after p_j: the run must reach it
             hanging = {x for x in hanging if not (inside >> x) & 1}
-            room = graph.memory_cap - mem
+            room = cap - mem  # cap with the evaluator's tolerance: an option that fits there is kept
             extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
             if hanging:
                 extra += _inputs_cost([node[x] for x in hanging], room)
-            if fetch_routes or send_routes:
+            if fetch_routes or send_routes or hanging:
                 send_routes = [r for r in send_routes if r[1] > j]
-                extra = max(extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room))
-            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra
+                extra = max(
+                    extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, trees, i)
+                )
+            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra + max(sending, 0.0)
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
             row = F[j]
             for u in range(kq):
@@ -398,13 +431,28 @@ def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float, tupl
                 continue
             m = math.inf
             inner = []
-            while x not in at and len(graph.predecessors(x)) == 1 and len(graph.successors(x)) == 1:
+            prev = v
+            while x not in at and (nxt := _route_next(graph, prev, x, at)) is not None:
                 m = min(m, graph.node(x).out_cost)
                 inner.append(x)
-                x = graph.successors(x)[0]
+                prev, x = x, nxt
             if x in at and m < math.inf and at[x] > a:
                 ends[at[x]].append((a, m, tuple(inner)))
     return ends
+
+
+def _route_next(graph: Graph, prev: int, x: int, at) -> int | None:
+    """The node after ``x`` on a bypass that reached ``x`` from ``prev``, or None where none
+    goes on.  ``x`` passes one tensor on: ``prev`` is its one input but for sources off the
+    path that feed ``x`` alone (weights: :func:`_weights_cost`; their bytes left out), and it has
+    one consumer but for sinks off the path (a normalisation's saved statistics).  So the
+    bypass's inner nodes are a chain that shares no node with another bypass, and a call
+    holding one of them and ``p_b`` holds those between (contiguity)."""
+    for u in graph.predecessors(x):
+        if u != prev and (u in at or graph.predecessors(u) or len(graph.successors(u)) != 1):
+            return None
+    outs = [w for w in graph.successors(x) if w in at or graph.successors(w)]
+    return outs[0] if len(outs) == 1 else None
 
 
 def _add(group: list, m: float, sign: int) -> None:
@@ -431,7 +479,7 @@ def _inputs_cost(inputs, room: float) -> float:
     for n in inputs:
         total += n.out_cost
         gain = n.out_cost - n.accel_time
-        if gain > 0:
+        if gain > 0 and n.size <= room:  # an input bigger than the room is fetched whole
             gains.append((gain, n.size))
     room = max(room, 0.0)
     gains.sort(key=lambda g: -g[0] / g[1] if g[1] > 0 else -math.inf)
@@ -445,7 +493,9 @@ def _inputs_cost(inputs, room: float) -> float:
     return total
 
 
-def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float) -> float:
+def _routes_cost(
+    node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, trees=None, i: int = 0
+) -> float:
     """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
     the time of the inner nodes it holds, with their bytes within ``room``.
 
@@ -454,17 +504,26 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, 
     bypass sent leaves the call at ``p_a`` or an inner node, the inner nodes up to it on the
     call.  One choice per route, ``p_a``'s out_cost shared among its routes (all of them
     choosing ``p_a`` pay it once); a route with an inner node already in the forced set is
-    left out (charged nothing).  An input is held or fetched.  Fractions allowed: the LP of
-    this multiple-choice knapsack (:func:`_choices_cost`)."""
+    left out (charged nothing).  An input is held or fetched; held, it needs its own inputs
+    (``trees``, :class:`_Upstream`: held or fetched in turn, ``p_a``'s output fetched and
+    shared with the routes from ``a``).  Fractions allowed: the LP of this multiple-choice
+    knapsack (:func:`_choices_cost`)."""
     groups = []
+    fetch_count: dict[int, int] = {}
     for routes, fetched in ((fetch_routes, True), (send_routes, False)):
         live = [(r[0], r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
         count: dict[int, int] = {}
         for a, _ in live:
             count[a] = count.get(a, 0) + 1
+        if fetched and trees is not None:
+            for x in inputs:
+                for a in trees.path_leaves(x):
+                    if a < i - 1:
+                        count[a] = count.get(a, 0) + 1
+            fetch_count = count
         for a, inner in live:
-            share = cost_at[a] / count[a]
-            times = [node[x].accel_time for x in inner]
+            share = 0.0 if fetched and a == i - 1 else cost_at[a] / count[a]
+            times = [node[x].accel_time + _weights_cost(node, trees, x, inside) for x in inner]
             sizes = [node[x].size for x in inner]
             if fetched:  # feeder p_a: all inner nodes held; feeder x_t: those after it held
                 options = [(sum(sizes), share + sum(times))]
@@ -474,8 +533,118 @@ def _routes_cost(node, cost_at, fetch_routes, send_routes, inputs, inside: int, 
                 options += [(sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1])) for t, x in enumerate(inner)]
             groups.append(options)
     for x in inputs:
-        groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
+        if trees is None:
+            groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
+        else:
+            groups.append(trees.provide(x, i, {a: cost_at[a] / c for a, c in fetch_count.items()}))
     return _choices_cost(groups, room)
+
+
+class _Upstream:
+    """What a call pays to hold an input ``x`` from off the path (not in the forced set): x's
+    time and bytes, and each input ``u`` of x provided in turn.  ``u`` on the path: ``p_i-1``
+    is fetched already (charged as the call's first transfer), ``p_a`` with ``a < i - 1``
+    is fetched, its out_cost shared (the caller's ``shares``) among everything that may
+    fetch it; ``p_a`` in the run is on the call.  ``u`` off the path and off the bypasses
+    with ``x`` its only successor: fetched (its out_cost) or held (recursively), and no
+    other input's tree holds it, so nothing is charged twice; any other ``u`` is charged
+    nothing.  No node of the tree is in the forced set (it would pull ``x`` in, as ``x``
+    lies between it and the call).  At most ``budget`` nodes per tree."""
+
+    _MAX_OPTIONS = 8
+
+    def __init__(self, graph: Graph, order, index, at_path, on_route, budget: int = 16):
+        self.node = [graph.node(v) for v in order]
+        self.preds = [[index[u] for u in graph.predecessors(v)] for v in order]
+        self.at_path = at_path
+        self.climbable = [
+            x not in at_path and x not in on_route and len(graph.successors(v)) == 1 for x, v in enumerate(order)
+        ]
+        self.private = [not graph.predecessors(v) and len(graph.successors(v)) == 1 for v in order]  # weights
+        self.budget = budget
+        self._trees: dict[int, tuple] = {}
+        self._leaves: dict[int, list[int]] = {}
+        self._cache: dict[int, list] = {}
+
+    def tree(self, x: int) -> tuple:
+        """``(x, subtrees, path positions of x's inputs on the path)``."""
+        t = self._trees.get(x)
+        if t is None:
+            left = [self.budget]
+            t = self._grow(x, left)
+            self._trees[x] = t
+        return t
+
+    def _grow(self, x: int, left: list) -> tuple:
+        left[0] -= 1
+        subs, at = [], []
+        for u in self.preds[x]:
+            if u in self.at_path:
+                at.append(self.at_path[u])
+            elif self.climbable[u] and left[0] > 0:
+                subs.append(self._grow(u, left))
+        return (x, tuple(subs), tuple(at))
+
+    def path_leaves(self, x: int) -> list[int]:
+        out = self._leaves.get(x)
+        if out is None:
+            out = []
+            stack = [self.tree(x)]
+            while stack:
+                _, subs, at = stack.pop()
+                out.extend(at)
+                stack.extend(subs)
+            self._leaves[x] = out
+        return out
+
+    def provide(self, x: int, i: int, shares: dict) -> list:
+        """The options ``(bytes, cost)`` of having ``x``'s output on the call: fetched, or held."""
+        if any(a < i - 1 for a in self.path_leaves(x)):
+            return self._provide(self.tree(x), i, shares)  # the shares vary with the run
+        hit = self._cache.get(x)  # every input on the path is free: the same for every run
+        if hit is None:
+            hit = self._cache[x] = self._provide(self.tree(x), i, shares)
+        return hit
+
+    def _provide(self, t: tuple, i: int, shares: dict) -> list:
+        x, subs, at = t
+        n = self.node[x]
+        held = [(n.size, n.accel_time)]
+        for a in at:
+            if a < i - 1:
+                held = [(s, c + shares.get(a, 0.0)) for s, c in held]
+        for sub in subs:
+            opts = self._provide(sub, i, shares)
+            held = self._pareto([(s1 + s2, c1 + c2) for s1, c1 in held for s2, c2 in opts])
+        return self._pareto([(0.0, n.out_cost)] + held)
+
+    def _pareto(self, options: list) -> list:
+        """The options no other beats in both bytes and cost; over the cap on their number,
+        neighbours are merged into one that takes the smaller bytes and the smaller cost of
+        the two (a relaxation: it lowers the least total, which keeps it a bound)."""
+        options.sort()
+        front = []
+        for s, c in options:
+            if not front or c < front[-1][1]:
+                front.append((s, c))
+        while len(front) > self._MAX_OPTIONS:
+            front = [
+                (front[k][0], front[k + 1][1]) if k + 1 < len(front) else front[k] for k in range(0, len(front), 2)
+            ]
+        return front
+
+
+def _weights_cost(node, trees, x: int, inside: int) -> float:
+    """What a call holding a bypass's inner node ``x`` pays at least for the sources that feed
+    ``x`` alone (its weights): each held (its time) or fetched (its out_cost), but for those
+    already in the forced set (paid there)."""
+    if trees is None:
+        return 0.0
+    return sum(
+        min(node[w].accel_time, node[w].out_cost)
+        for w in trees.preds[x]
+        if trees.private[w] and w not in trees.at_path and not (inside >> w) & 1
+    )
 
 
 def _choices_cost(groups, room: float) -> float:
@@ -487,6 +656,7 @@ def _choices_cost(groups, room: float) -> float:
     segments = []
     for options in groups:
         options = sorted(options, key=lambda o: (o[0], o[1]))
+        options = [o for o in options if o[0] <= room] or options[:1]  # one bigger than the room is never chosen
         hull = [options[0]]
         for o in options[1:]:
             if o[1] >= hull[-1][1]:

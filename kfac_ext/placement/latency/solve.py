@@ -36,7 +36,7 @@ _START_SHARE = 0.2
 _BOUND_SHARE = 0.4  # the chain bound starts no path after this share of the time
 _SEARCH_SHARE = 0.45  # the local search ends by this share of the time
 _ORDERS = 24
-_EXACT_SHARE = 0.9
+_EXACT_SHARE = 0.8
 _BNB_MAX_NODES = 30
 _IP_MAX_ROWS = 60_000
 # HiGHS checks its time limit seldom while it solves a big program's first LP: on
