@@ -262,7 +262,8 @@ SWEPT = {
 # --------------------------------------------------------------------------- one run
 def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict):
     """(optimizer, preconditioner or None) for one setting {lr, damping} and, from a --variants
-    sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip, beta2, momentum."""
+    sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip (None: off),
+    factor_decay, beta2, momentum."""
     lr = setting["lr"]
     if name == "adamw":
         betas = (0.9, setting.get("beta2", 0.999))
@@ -289,6 +290,8 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict)
         kw["kfac_approx"] = setting["approx"]
     if "kl_clip" in setting:
         kw["kl_clip"] = setting["kl_clip"]
+    if "factor_decay" in setting:
+        kw["factor_decay"] = setting["factor_decay"]
     return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
 
 
@@ -394,8 +397,10 @@ def sweep(
 
 
 def _fmt_setting(s: dict) -> str:
-    label = dict(lr="lr", damping="λ", beta2="β2", momentum="momentum", kl_clip="KL clip")
-    return ", ".join(f"{label[k]} {v:g}" if k in label else str(v) for k, v in s.items())
+    label = dict(lr="lr", damping="λ", beta2="β2", momentum="momentum", kl_clip="KL clip", factor_decay="decay")
+    return ", ".join(
+        f"{label[k]} {'off' if v is None else f'{v:g}'}" if k in label else str(v) for k, v in s.items()
+    )
 
 
 # --------------------------------------------------------------------------- step times

@@ -67,6 +67,18 @@ def test_variants_stage_gives_every_optimizer_the_same_count(monkeypatch):
     assert counts == {"adamw": 2, "kfac": 2, "kfac-f5-i20": 2}
 
 
+def test_kfac_setting_reaches_the_preconditioner_kl_clip_off_and_factor_decay():
+    torch = pytest.importorskip("torch")
+    problem = bs.Problem("toy", 1.0, "loss", None, None, None, None, 100, center_lr=dict(kfac=1.0))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    _, pre = bs.make_optimizer("kfac", model, problem, dict(lr=0.1, damping=0.03))
+    assert pre.kl_clip(0) == 0.001 and pre.factor_decay(0) == 0.95  # the defaults
+    setting = dict(lr=0.1, damping=0.03, kl_clip=None, factor_decay=0.8)
+    _, pre = bs.make_optimizer("kfac", model, problem, setting)
+    assert pre.kl_clip(0) is None and pre.factor_decay(0) == 0.8
+    assert bs._fmt_setting(setting) == "lr 0.1, λ 0.03, KL clip off, decay 0.8"
+
+
 def test_digits_problem_evaluates_without_the_batch_loss_gate(monkeypatch):
     problem = bs.digits_problem()
     assert problem.target == 0.03 and not problem.batch_loss_gate
