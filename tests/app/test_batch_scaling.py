@@ -77,6 +77,12 @@ def test_kfac_setting_reaches_the_preconditioner_kl_clip_off_and_factor_decay():
     _, pre = bs.make_optimizer("kfac", model, problem, setting)
     assert pre.kl_clip(0) is None and pre.factor_decay(0) == 0.8
     assert bs._fmt_setting(setting) == "lr 0.1, λ 0.03, KL clip off, decay 0.8"
+    setting = dict(lr=0.1, damping=0.03, factor_init="first_batch", per_example_g=True)
+    _, pre = bs.make_optimizer("kfac", model, problem, setting, batch=8)
+    assert pre.factor_init == "first_batch" and pre.g_scale == 64.0  # (8 x 1 loss term per sample)^2
+    assert bs._fmt_setting(setting) == "lr 0.1, λ 0.03, init first_batch, per-example G on"
+    with pytest.raises(ValueError):
+        bs.make_optimizer("kfac", model, problem, setting)
 
 
 def test_digits_problem_evaluates_without_the_batch_loss_gate(monkeypatch):
