@@ -254,16 +254,18 @@ SWEPT = {
         },
         "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
     },
-    # the 2026-12-07 11:08 sweep with --variants (seeds 100, 101; RESULTS.md); AdamW's B 64 pick
-    # is at its edge of stability (RESULTS gives the next-lower lr's steps)
+    # AdamW: the 2026-12-07 11:08 sweep with --variants (seeds 100, 101; RESULTS.md), its B 64 pick
+    # at its edge of stability (RESULTS gives the next-lower lr's steps); K-FAC (G per loss term,
+    # factor decay 0.5) and K-FAC lazy: the 14:09-14:37 sweeps with --variants, same seeds
     "lm": {
         "adamw": {8: dict(lr=0.0015), 16: dict(lr=0.00212), 32: dict(lr=0.00212), 64: dict(lr=0.003)},
-        "kfac": {  # the configuration before per-example G and decay 0.5
-            8: dict(lr=0.00884, damping=0.03, factor_decay=0.95, per_example_g=False),
-            16: dict(lr=0.05, damping=0.03, factor_decay=0.95, per_example_g=False),
-            32: dict(lr=0.0177, damping=0.03, factor_decay=0.95, per_example_g=False),
-            64: dict(lr=0.05, damping=0.01, factor_decay=0.95, per_example_g=False),
+        "kfac": {
+            8: dict(lr=0.00884, damping=0.03),
+            16: dict(lr=0.05, damping=0.03),
+            32: dict(lr=0.0177, damping=0.03),
+            64: dict(lr=0.2, damping=0.01),
         },
+        "kfac-lazy": {8: dict(lr=0.00884, damping=0.03), 16: dict(lr=0.05, damping=0.09)},
     },
 }
 

@@ -85,6 +85,17 @@ def test_kfac_setting_reaches_the_preconditioner_kl_clip_off_and_factor_decay():
         bs.make_optimizer("kfac", model, problem, setting)
 
 
+def test_lm_kfac_scales_g_per_loss_term_and_keeps_a_short_factor_memory():
+    problem = bs.lm_problem()
+    model = problem.make_model()
+    _, pre = bs.make_optimizer("kfac", model, problem, dict(lr=0.01, damping=0.03), batch=8)
+    assert pre.g_scale == float(8 * problem.tokens_per_sample) ** 2 and pre.factor_decay(0) == 0.5
+    _, pre = bs.make_optimizer("kfac", model, problem, dict(lr=0.01, damping=0.03, per_example_g=False), batch=8)
+    assert pre.g_scale == 1.0  # the batch-mean G, as before the 2026-12-07 14:09 sweep
+    assert problem.variants["kfac"] == [dict(factor_decay=0.8), dict(factor_decay=0.95)]
+    assert len(problem.variants["kfac"]) == len(problem.variants["adamw"])  # the same budget
+
+
 def test_digits_problem_evaluates_without_the_batch_loss_gate(monkeypatch):
     problem = bs.digits_problem()
     assert problem.target == 0.03 and not problem.batch_loss_gate
