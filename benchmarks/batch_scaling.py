@@ -24,8 +24,8 @@ The sweep (per task, batch size and optimizer; every optimizer the same budget):
      SGD and AdamW the lr x2^(-1/2) and x2^(1/2);
   3. with --variants, the task's variants of each optimizer, applied one at a time to
      the best so far, the same number for every optimizer (lm: K-FAC factor decay 0.8
-     and 0.95 (its base: 0.5, G per loss term), AdamW beta2 0.95 and 0.99, SGD momentum
-     0.8 and 0.95).
+     and 0.95 (its base: 0.5, G per loss term), AdamW beta1 0.9 and beta2 0.999 (its base:
+     0.8, 0.95), SGD momentum 0.8 and 0.95).
   A setting scores its median steps to target over the sweep seeds; a run is cut
   off at 2x the best median so far (it cannot win) and counts as never.
 
@@ -115,6 +115,8 @@ class Problem:
     # K-FAC's G scaled by the loss terms squared (make_optimizer's per_example_g), unless a
     # setting says otherwise
     per_example_g: bool = False
+    # optimizer -> settings every sweep setting of it starts from (recorded in each setting)
+    base: dict = field(default_factory=dict)
 
 
 def autoencoder_problem(target: float | None = None) -> Problem:
@@ -180,9 +182,12 @@ def lm_problem(target: float | None = None) -> Problem:
         per_example_g=True,
         damping=0.03,
         tokens_per_sample=task.context,
+        # AdamW's betas from its own probe (B 8, sweep seeds, 14:20; RESULTS.md): β1 0.8 and β2
+        # 0.95 at lr 0.00212 took 180, 176 steps against 192, 208 at the defaults
+        base=dict(adamw=dict(beta1=0.8, beta2=0.95)),
         variants=dict(
             kfac=[dict(factor_decay=0.8), dict(factor_decay=0.95)],
-            adamw=[dict(beta2=0.95), dict(beta2=0.99)],
+            adamw=[dict(beta1=0.9), dict(beta2=0.999)],
             sgd=[dict(momentum=0.8), dict(momentum=0.95)],
             soap=[dict(beta2=0.95), dict(beta2=0.99)],
         ),
@@ -379,7 +384,7 @@ def sweep(
         return rec
 
     def with_lr(lr: float) -> dict:
-        s = dict(lr=float(f"{lr:.3g}"))
+        s = dict(lr=float(f"{lr:.3g}"), **problem.base.get(name.split("-")[0], {}))
         if name.startswith("kfac"):
             s["damping"] = problem.damping
         return s
@@ -659,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         "--variants",
         action="store_true",
         help="a third sweep stage: the task's variants of each optimizer (lm: K-FAC factor "
-        "decay 0.8, 0.95; AdamW beta2 0.95, 0.99; SGD momentum 0.8, 0.95), two each",
+        "decay 0.8, 0.95; AdamW beta1 0.9, beta2 0.999; SGD momentum 0.8, 0.95), two each",
     )
     p.add_argument("--sweep-seeds", type=int, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -96,6 +96,26 @@ def test_lm_kfac_scales_g_per_loss_term_and_keeps_a_short_factor_memory():
     assert len(problem.variants["kfac"]) == len(problem.variants["adamw"])  # the same budget
 
 
+def test_sweep_starts_every_setting_from_the_optimizers_base(monkeypatch):
+    monkeypatch.setattr(bs, "steps_to_target", lambda problem, name, setting, batch, seed, cap: (50, 0.0))
+    problem = bs.Problem(
+        "toy",
+        1.0,
+        "loss",
+        None,
+        None,
+        None,
+        None,
+        100,
+        center_lr=dict(adamw=1.0),
+        base=dict(adamw=dict(beta1=0.8, beta2=0.95)),
+        variants=dict(adamw=[dict(beta1=0.9), dict(beta2=0.999)]),
+    )
+    _, tried = bs.sweep(problem, "adamw", 64, [100], 10_000, lambda m: None, variants=True)
+    assert all(t["setting"]["beta1"] == 0.8 and t["setting"]["beta2"] == 0.95 for t in tried[:-2])
+    assert [(t["setting"]["beta1"], t["setting"]["beta2"]) for t in tried[-2:]] == [(0.9, 0.95), (0.8, 0.999)]
+
+
 def test_digits_problem_evaluates_without_the_batch_loss_gate(monkeypatch):
     problem = bs.digits_problem()
     assert problem.target == 0.03 and not problem.batch_loss_gate
