@@ -182,7 +182,7 @@ def lm_problem(target: float | None = None) -> Problem:
         per_example_g=True,
         damping=0.03,
         tokens_per_sample=task.context,
-        # AdamW's betas from its own probe (B 8, sweep seeds, 14:20; RESULTS.md): β1 0.8 and β2
+        # AdamW's betas from its own probe (B 8, sweep seeds, 14:25; RESULTS.md): β1 0.8 and β2
         # 0.95 at lr 0.00212 took 180, 176 steps against 192, 208 at the defaults
         base=dict(adamw=dict(beta1=0.8, beta2=0.95)),
         variants=dict(
@@ -259,11 +259,10 @@ SWEPT = {
         },
         "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
     },
-    # AdamW: the 2026-12-07 11:08 sweep with --variants (seeds 100, 101; RESULTS.md), its B 64 pick
-    # at its edge of stability (RESULTS gives the next-lower lr's steps); K-FAC (G per loss term,
-    # factor decay 0.5) and K-FAC lazy: the 14:09-14:37 sweeps with --variants, same seeds
+    # the 2026-12-07 14:09-15:01 sweeps with --variants (seeds 100, 101; RESULTS.md): AdamW from
+    # beta1 0.8, beta2 0.95, K-FAC (G per loss term, factor decay 0.5) and K-FAC lazy
     "lm": {
-        "adamw": {8: dict(lr=0.0015), 16: dict(lr=0.00212), 32: dict(lr=0.00212), 64: dict(lr=0.003)},
+        "adamw": {b: dict(lr=0.00212, beta1=0.8, beta2=0.95) for b in (8, 16, 32, 64)},
         "kfac": {
             8: dict(lr=0.00884, damping=0.03),
             16: dict(lr=0.05, damping=0.03),
