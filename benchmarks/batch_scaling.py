@@ -23,8 +23,9 @@ The sweep (per task, batch size and optimizer; every optimizer the same budget):
   2. two more settings around stage 1's best: K-FAC its damping x1/3 and x3,
      SGD and AdamW the lr x2^(-1/2) and x2^(1/2);
   3. with --variants, the task's variants of each optimizer, applied one at a time to
-     the best so far, the same number for every optimizer (lm: K-FAC the eigen method
-     and kfac_approx='reduce', AdamW beta2 0.95 and 0.99, SGD momentum 0.8 and 0.95).
+     the best so far, the same number for every optimizer (lm: K-FAC factor decay 0.8
+     and 0.95 (its base: 0.5, G per loss term), AdamW beta1 0.9 and beta2 0.999 (its base:
+     0.8, 0.95), SGD momentum 0.8 and 0.95).
   A setting scores its median steps to target over the sweep seeds; a run is cut
   off at 2x the best median so far (it cannot win) and counts as never.
 
@@ -111,6 +112,11 @@ class Problem:
     # evaluate only once the step's batch loss is within PREFILTER x the target (the metric is a
     # loss of the same scale); False: at every due step (a metric such as an error rate)
     batch_loss_gate: bool = True
+    # K-FAC's G scaled by the loss terms squared (make_optimizer's per_example_g), unless a
+    # setting says otherwise
+    per_example_g: bool = False
+    # optimizer -> settings every sweep setting of it starts from (recorded in each setting)
+    base: dict = field(default_factory=dict)
 
 
 def autoencoder_problem(target: float | None = None) -> Problem:
@@ -168,12 +174,20 @@ def lm_problem(target: float | None = None) -> Problem:
         metric,
         task.n_train,
         center_lr=dict(sgd=0.1, adamw=0.003, kfac=0.05, soap=0.003),
-        kfac=dict(compute_method="inverse"),
+        # G at the per-example (per loss term) scale and a short factor memory: a probe on the
+        # sweep seeds at B 8 (2026-12-07 13:50, RESULTS.md) found the batch-mean G 1e-10-1e-7,
+        # so λ 0.03 swamped it (K-FAC was A-only), and decay 0.95 kept the identity start in
+        # A for most of a 200-step run
+        kfac=dict(compute_method="inverse", factor_decay=0.5),
+        per_example_g=True,
         damping=0.03,
         tokens_per_sample=task.context,
+        # AdamW's betas from its own probe (B 8, sweep seeds, 14:25; RESULTS.md): β1 0.8 and β2
+        # 0.95 at lr 0.00212 took 180, 176 steps against 192, 208 at the defaults
+        base=dict(adamw=dict(beta1=0.8, beta2=0.95)),
         variants=dict(
-            kfac=[dict(method="eigen"), dict(approx="reduce")],
-            adamw=[dict(beta2=0.95), dict(beta2=0.99)],
+            kfac=[dict(factor_decay=0.8), dict(factor_decay=0.95)],
+            adamw=[dict(beta1=0.9), dict(beta2=0.999)],
             sgd=[dict(momentum=0.8), dict(momentum=0.95)],
             soap=[dict(beta2=0.95), dict(beta2=0.99)],
         ),
@@ -245,27 +259,31 @@ SWEPT = {
         },
         "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
     },
-    # the 2026-12-07 11:08 sweep with --variants (seeds 100, 101; RESULTS.md); AdamW's B 64 pick
-    # is at its edge of stability (RESULTS gives the next-lower lr's steps)
+    # the 2026-12-07 14:09-15:01 sweeps with --variants (seeds 100, 101; RESULTS.md): AdamW from
+    # beta1 0.8, beta2 0.95, K-FAC (G per loss term, factor decay 0.5) and K-FAC lazy
     "lm": {
-        "adamw": {8: dict(lr=0.0015), 16: dict(lr=0.00212), 32: dict(lr=0.00212), 64: dict(lr=0.003)},
+        "adamw": {b: dict(lr=0.00212, beta1=0.8, beta2=0.95) for b in (8, 16, 32, 64)},
         "kfac": {
             8: dict(lr=0.00884, damping=0.03),
             16: dict(lr=0.05, damping=0.03),
             32: dict(lr=0.0177, damping=0.03),
-            64: dict(lr=0.05, damping=0.01),
+            64: dict(lr=0.2, damping=0.01),
         },
+        "kfac-lazy": {8: dict(lr=0.00884, damping=0.03), 16: dict(lr=0.05, damping=0.09)},
     },
 }
 
 
 # --------------------------------------------------------------------------- one run
-def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict):
+def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict, batch: int | None = None):
     """(optimizer, preconditioner or None) for one setting {lr, damping} and, from a --variants
-    sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip, beta2, momentum."""
+    sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip (None: off),
+    factor_decay, factor_init ('identity' or 'first_batch'), per_example_g (True: G scaled
+    by the batch's loss terms squared, batch x tokens_per_sample, Martens & Grosse's
+    per-example scale, so that λ is not 10^5-10^9 x the batch-mean G), beta1, beta2, momentum."""
     lr = setting["lr"]
     if name == "adamw":
-        betas = (0.9, setting.get("beta2", 0.999))
+        betas = (setting.get("beta1", 0.9), setting.get("beta2", 0.999))
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=0.0), None
     if name == "soap":
         import heavyball
@@ -289,6 +307,14 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict)
         kw["kfac_approx"] = setting["approx"]
     if "kl_clip" in setting:
         kw["kl_clip"] = setting["kl_clip"]
+    if "factor_decay" in setting:
+        kw["factor_decay"] = setting["factor_decay"]
+    if "factor_init" in setting:
+        kw["factor_init"] = setting["factor_init"]
+    if setting.get("per_example_g", problem.per_example_g):
+        if batch is None:
+            raise ValueError("per_example_g needs the batch size")
+        kw["g_scale"] = float(batch * problem.tokens_per_sample) ** 2
     return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
 
 
@@ -302,7 +328,7 @@ def steps_to_target(
     """(steps to the target or None within ``cap`` steps, the last metric measured)."""
     torch.manual_seed(seed)
     model = problem.make_model()
-    optimizer, precond = make_optimizer(name, model, problem, setting)
+    optimizer, precond = make_optimizer(name, model, problem, setting, batch)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + batch)
     last = math.inf
     for step in range(1, cap + 1):
@@ -357,7 +383,7 @@ def sweep(
         return rec
 
     def with_lr(lr: float) -> dict:
-        s = dict(lr=float(f"{lr:.3g}"))
+        s = dict(lr=float(f"{lr:.3g}"), **problem.base.get(name.split("-")[0], {}))
         if name.startswith("kfac"):
             s["damping"] = problem.damping
         return s
@@ -394,8 +420,26 @@ def sweep(
 
 
 def _fmt_setting(s: dict) -> str:
-    label = dict(lr="lr", damping="λ", beta2="β2", momentum="momentum", kl_clip="KL clip")
-    return ", ".join(f"{label[k]} {v:g}" if k in label else str(v) for k, v in s.items())
+    label = dict(
+        lr="lr",
+        damping="λ",
+        beta1="β1",
+        beta2="β2",
+        momentum="momentum",
+        kl_clip="KL clip",
+        factor_decay="decay",
+        factor_init="init",
+        per_example_g="per-example G",
+    )
+
+    def value(v) -> str:
+        if v is None or v is False:
+            return "off"
+        if v is True:
+            return "on"
+        return v if isinstance(v, str) else f"{v:g}"
+
+    return ", ".join(f"{label[k]} {value(v)}" if k in label else str(v) for k, v in s.items())
 
 
 # --------------------------------------------------------------------------- step times
@@ -406,7 +450,7 @@ def step_times(problem: Problem, chosen: dict, batch: int, reps: int) -> dict:
     for name, setting in chosen.items():
         torch.manual_seed(0)
         model = problem.make_model()
-        opt, pre = make_optimizer(name, model, problem, setting)
+        opt, pre = make_optimizer(name, model, problem, setting, batch)
         runs[name] = (model, opt, pre, torch.Generator().manual_seed(batch), [])
     for i in range(reps + 3):
         order = list(runs) if i % 2 == 0 else list(runs)[::-1]
@@ -432,7 +476,7 @@ def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]], re
     for name, setting, batch in configs:
         torch.manual_seed(0)
         model = problem.make_model()
-        opt, pre = make_optimizer(name, model, problem, setting)
+        opt, pre = make_optimizer(name, model, problem, setting, batch)
         runs.append((model, opt, pre, torch.Generator().manual_seed(batch), batch, []))
     for i in range(reps + 3):
         for model, opt, pre, gen, batch, times in runs if i % 2 == 0 else runs[::-1]:
@@ -618,8 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variants",
         action="store_true",
-        help="a third sweep stage: the task's variants of each optimizer (lm: K-FAC eigen, "
-        "kfac_approx reduce; AdamW beta2 0.95, 0.99; SGD momentum 0.8, 0.95), two each",
+        help="a third sweep stage: the task's variants of each optimizer (lm: K-FAC factor "
+        "decay 0.8, 0.95; AdamW beta1 0.9, beta2 0.999; SGD momentum 0.8, 0.95), two each",
     )
     p.add_argument("--sweep-seeds", type=int, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -67,6 +67,55 @@ def test_variants_stage_gives_every_optimizer_the_same_count(monkeypatch):
     assert counts == {"adamw": 2, "kfac": 2, "kfac-f5-i20": 2}
 
 
+def test_kfac_setting_reaches_the_preconditioner_kl_clip_off_and_factor_decay():
+    torch = pytest.importorskip("torch")
+    problem = bs.Problem("toy", 1.0, "loss", None, None, None, None, 100, center_lr=dict(kfac=1.0))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    _, pre = bs.make_optimizer("kfac", model, problem, dict(lr=0.1, damping=0.03))
+    assert pre.kl_clip(0) == 0.001 and pre.factor_decay(0) == 0.95  # the defaults
+    setting = dict(lr=0.1, damping=0.03, kl_clip=None, factor_decay=0.8)
+    _, pre = bs.make_optimizer("kfac", model, problem, setting)
+    assert pre.kl_clip(0) is None and pre.factor_decay(0) == 0.8
+    assert bs._fmt_setting(setting) == "lr 0.1, λ 0.03, KL clip off, decay 0.8"
+    setting = dict(lr=0.1, damping=0.03, factor_init="first_batch", per_example_g=True)
+    _, pre = bs.make_optimizer("kfac", model, problem, setting, batch=8)
+    assert pre.factor_init == "first_batch" and pre.g_scale == 64.0  # (8 x 1 loss term per sample)^2
+    assert bs._fmt_setting(setting) == "lr 0.1, λ 0.03, init first_batch, per-example G on"
+    with pytest.raises(ValueError):
+        bs.make_optimizer("kfac", model, problem, setting)
+
+
+def test_lm_kfac_scales_g_per_loss_term_and_keeps_a_short_factor_memory():
+    problem = bs.lm_problem()
+    model = problem.make_model()
+    _, pre = bs.make_optimizer("kfac", model, problem, dict(lr=0.01, damping=0.03), batch=8)
+    assert pre.g_scale == float(8 * problem.tokens_per_sample) ** 2 and pre.factor_decay(0) == 0.5
+    _, pre = bs.make_optimizer("kfac", model, problem, dict(lr=0.01, damping=0.03, per_example_g=False), batch=8)
+    assert pre.g_scale == 1.0  # the batch-mean G, as before the 2026-12-07 14:09 sweep
+    assert problem.variants["kfac"] == [dict(factor_decay=0.8), dict(factor_decay=0.95)]
+    assert len(problem.variants["kfac"]) == len(problem.variants["adamw"])  # the same budget
+
+
+def test_sweep_starts_every_setting_from_the_optimizers_base(monkeypatch):
+    monkeypatch.setattr(bs, "steps_to_target", lambda problem, name, setting, batch, seed, cap: (50, 0.0))
+    problem = bs.Problem(
+        "toy",
+        1.0,
+        "loss",
+        None,
+        None,
+        None,
+        None,
+        100,
+        center_lr=dict(adamw=1.0),
+        base=dict(adamw=dict(beta1=0.8, beta2=0.95)),
+        variants=dict(adamw=[dict(beta1=0.9), dict(beta2=0.999)]),
+    )
+    _, tried = bs.sweep(problem, "adamw", 64, [100], 10_000, lambda m: None, variants=True)
+    assert all(t["setting"]["beta1"] == 0.8 and t["setting"]["beta2"] == 0.95 for t in tried[:-2])
+    assert [(t["setting"]["beta1"], t["setting"]["beta2"]) for t in tried[-2:]] == [(0.9, 0.95), (0.8, 0.999)]
+
+
 def test_digits_problem_evaluates_without_the_batch_loss_gate(monkeypatch):
     problem = bs.digits_problem()
     assert problem.target == 0.03 and not problem.batch_loss_gate
