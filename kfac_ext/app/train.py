@@ -67,6 +67,8 @@ DEFAULTS = {
         lr_kfac=0.1,
         lr_adamw=0.01,
         adamw_weight_decay=0.1,
+        adamw_betas=(0.9, 0.999),
+        factor_decay=0.95,
         lr_soap=0.01,
         soap_weight_decay=0.01,
         damping=0.1,
@@ -95,6 +97,8 @@ DEFAULTS = {
         lr_kfac=0.1,
         lr_adamw=0.001,
         adamw_weight_decay=0.05,
+        adamw_betas=(0.9, 0.999),
+        factor_decay=0.95,
         lr_soap=0.001,  # not swept
         soap_weight_decay=0.05,
         damping=0.003,
@@ -138,9 +142,10 @@ AUTOENCODER_DEFAULTS = dict(
     target_loss=1.5,
 )
 # --task lm (kfac_ext/app/lm_task.py): a byte-level GPT on Python's standard library; these
-# replace the digits defaults. AdamW's and K-FAC's lr and K-FAC's damping and method: the best
-# of the batch-32 sweep (2026-12-07 11:08, seeds 100 and 101, benchmarks/batch_scaling.py --task
-# lm --variants; RESULTS.md); SGD's and SOAP's are not swept.
+# replace the digits defaults. AdamW's lr and betas, K-FAC's lr, damping, method, G scale and
+# factor decay: the best of the batch-32 sweep (2026-12-07 15:01, seeds 100 and 101,
+# benchmarks/batch_scaling.py --task lm --variants; RESULTS.md): with the batch-mean G
+# (1e-10-1e-7 here) λ swamped it, so G is per loss term; SGD's and SOAP's are not swept.
 LM_DEFAULTS = dict(
     model="char-gpt",
     epochs=2,
@@ -149,10 +154,13 @@ LM_DEFAULTS = dict(
     lr_kfac=0.0177,
     lr_adamw=0.00212,
     adamw_weight_decay=0.0,
+    adamw_betas=(0.8, 0.95),
     lr_soap=0.003,
     soap_weight_decay=0.0,
     damping=0.03,
     compute_method="inverse",
+    per_example_g=True,
+    factor_decay=0.5,
     skip_layers=(),
     weight_decay=0.0,
     warmup_epochs=0.0,
@@ -161,6 +169,7 @@ LM_DEFAULTS = dict(
     target_accuracy=1.0,
     target_loss=2.3,
 )
+TORCH_ADAMW_BETAS = (0.9, 0.999)
 OPTIMIZERS = ("sgd", "adamw", "kfac", "soap")
 ALIASES = {"both": ("sgd", "kfac")}  # and "all": every installed optimizer
 NAMES = {"sgd": "SGD", "adamw": "AdamW", "kfac": "K-FAC", "soap": "SOAP"}
@@ -246,6 +255,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="AdamW's decoupled weight decay (default from the digits sweep)",
     )
+    o.add_argument(
+        "--adamw-betas",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("BETA1", "BETA2"),
+        help="AdamW's betas (default torch's 0.9 0.999; --task lm: 0.8 0.95, from its sweep)",
+    )
     o.add_argument("--lr-soap", type=float, default=None, help="peak learning rate for SOAP")
     o.add_argument("--soap-weight-decay", type=float, default=None, help="SOAP's decoupled weight decay")
     o.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, also K-FAC's (default 0.9)")
@@ -307,7 +324,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "means the same",
     )
     k.add_argument(
-        "--factor-decay", type=float, default=0.95, help="running-average weight of the factors (default 0.95)"
+        "--factor-decay",
+        type=float,
+        default=None,
+        help="running-average weight of the factors (default 0.95; --task lm: 0.5)",
     )
     k.add_argument(
         "--factor-init",
@@ -319,7 +339,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--per-example-g",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="scale G by batch**2 (Martens & Grosse's per-example factor; --damping is then in those units)",
+        help="scale G by (batch x loss terms per sample)**2, the per-loss-term factor of Martens & Grosse "
+        "(a loss term is a sample, or a byte for --task lm; --damping is then in those units)",
     )
     k.add_argument(
         "--adaptive-damping",
@@ -525,8 +546,10 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
     if a.task != "classify":
         cfg["task"] = a.task
     if name in ("adamw", "soap"):
-        del cfg["momentum"]  # their own betas (library defaults)
+        del cfg["momentum"]  # their own betas (SOAP: the library's)
         cfg["weight_decay"] = getattr(a, f"{name}_weight_decay")
+    if name == "adamw" and tuple(a.adamw_betas) != TORCH_ADAMW_BETAS:
+        cfg["betas"] = list(a.adamw_betas)  # only when set: older checkpoints still resume
     if name == "kfac":
         cfg.update(
             compute_method=a.compute_method,
@@ -571,11 +594,16 @@ def _check_skip_layers(model: torch.nn.Module, a: argparse.Namespace) -> None:
         )
 
 
-def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Namespace):
-    """The preconditioner, and its AdaptiveDamping (None without --adaptive-damping)."""
+def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Namespace, terms_per_sample: int = 1):
+    """The preconditioner, and its AdaptiveDamping (None without --adaptive-damping).
+
+    The loss is a mean over batch x terms_per_sample terms (an LM's bytes), so G from its
+    gradient is 1/terms² of the per-term Fisher factor: ``--per-example-g`` multiplies it back.
+    """
     from kfac_ext import KFACPreconditioner  # imported here: SGD runs never need it
 
-    g_scale = float(a.batch_size) ** 2 if a.per_example_g else 1.0
+    loss_terms = float(a.batch_size * terms_per_sample)
+    g_scale = loss_terms**2 if a.per_example_g else 1.0
     damping, auto_step = a.damping, None
     if a.auto_step:
         from kfac_ext.auto_step import AutoStep
@@ -584,9 +612,7 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
     if a.adaptive_damping:
         from kfac_ext.adaptive_damping import AdaptiveDamping
 
-        damping = AdaptiveDamping(
-            a.damping, interval=a.adaptive_damping, curvature_scale=float(a.batch_size) ** 2 / g_scale
-        )
+        damping = AdaptiveDamping(a.damping, interval=a.adaptive_damping, curvature_scale=loss_terms**2 / g_scale)
     adaptive = damping if a.adaptive_damping else None
     return KFACPreconditioner(
         model,
@@ -617,7 +643,9 @@ def _make_optimizer(name: str, model: torch.nn.Module, lr: float, a: argparse.Na
     if name in ("sgd", "kfac"):
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=a.momentum, weight_decay=a.weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=a.adamw_weight_decay)
+        return torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=tuple(a.adamw_betas), weight_decay=a.adamw_weight_decay
+        )
     import heavyball  # the [soap] extra
     import heavyball.utils
 
@@ -666,7 +694,11 @@ class _Run:
                 model, device_ids=[world.device.index] if world.device.type == "cuda" else None
             )
         self.optimizer = _make_optimizer(name, model, self.sched.lr(0), a)
-        self.precond, self.adaptive = _make_preconditioner(self.net, self.sched, a) if name == "kfac" else (None, None)
+        self.precond, self.adaptive = (
+            _make_preconditioner(self.net, self.sched, a, getattr(task, "tokens_per_sample", 1))
+            if name == "kfac"
+            else (None, None)
+        )
         self.last_batch = None  # the global batch of the last step (see _pending_batch)
         if self.precond is not None and resume is None:
             layers = ", ".join(f"{l.name} ({type(l.module).__name__})" for l in self.precond.layers)

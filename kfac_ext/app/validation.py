@@ -110,6 +110,8 @@ def check_train_args(a: argparse.Namespace) -> None:
     # K-FAC settings, checked even when only SGD runs (they are in the printed config).
     _number("--damping", a.damping, low=0, low_open=True, expected="a finite number > 0")
     _number("--factor-decay", a.factor_decay, low=0, high=1, high_open=True, expected="in [0, 1)")
+    for beta in a.adamw_betas:
+        _number("--adamw-betas", beta, low=0, high=1, high_open=True, expected="two numbers in [0, 1)")
     _number("--kl-clip", a.kl_clip, low=0, low_open=True, expected="a finite number > 0")
     _number("--factor-update-steps", a.factor_update_steps, low=1, expected="an integer >= 1")
     _number("--inv-update-steps", a.inv_update_steps, low=1, expected="an integer >= 1")

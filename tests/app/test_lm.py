@@ -162,3 +162,38 @@ def test_train_task_lm_end_to_end(capsys, monkeypatch):
         run = res["runs"][name]
         assert run["epochs_to_target"] == 1 and run["steps"] == run["epochs"] * 4
         assert run["final_val_loss"] < math.log(256) + 0.5
+    # The task's defaults are its sweep's best: AdamW's betas, K-FAC's G per loss term.
+    assert res["runs"]["adamw"]["config"]["betas"] == [0.8, 0.95]
+    kfac_cfg = res["runs"]["kfac"]["config"]
+    assert (kfac_cfg["per_example_g"], kfac_cfg["factor_decay"]) == (True, 0.5)
+
+
+def test_per_example_g_scales_g_by_the_loss_terms_squared():
+    """An LM's loss is a mean over batch x context bytes: G is scaled by that count squared,
+    and the adaptive damping's curvature scale divides it out again."""
+    import argparse
+
+    from kfac_ext.app import train
+
+    model = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 5))
+    sched = argparse.Namespace(factor_update_steps=1, inv_update_steps=1, lr=lambda step: 0.1)
+    a = argparse.Namespace(
+        per_example_g=True,
+        batch_size=8,
+        damping=0.03,
+        auto_step=False,
+        adaptive_damping=2,
+        factor_init="identity",
+        factor_decay=0.5,
+        kl_clip=0.001,
+        inv_lag_steps=0,
+        compute_method="inverse",
+        skip_layers=(),
+    )
+    pre, adaptive = train._make_preconditioner(model, sched, a, terms_per_sample=64)
+    assert pre.g_scale == float(8 * 64) ** 2 and adaptive.curvature_scale == 1.0
+    pre.remove_hooks()
+    a.per_example_g = False
+    pre, adaptive = train._make_preconditioner(model, sched, a, terms_per_sample=64)
+    assert pre.g_scale == 1.0 and adaptive.curvature_scale == float(8 * 64) ** 2
+    pre.remove_hooks()

@@ -143,6 +143,24 @@ def test_adamw_run_is_torch_adamw_with_the_schedule(capsys):
     assert out["runs"]["adamw"]["history"][0]["train_loss"] == pytest.approx(np.mean(losses), rel=1e-6)
 
 
+def test_adamw_betas_reach_the_optimizer_and_are_checked(capsys, monkeypatch):
+    made = []
+    real = torch.optim.AdamW
+
+    def recording(*args, **kwargs):
+        made.append(kwargs["betas"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording)
+    out = _train(capsys, "--optimizer", "adamw", "--epochs", "1", "--adamw-betas", "0.7", "0.9")
+    assert made == [(0.7, 0.9)] and out["runs"]["adamw"]["config"]["betas"] == [0.7, 0.9]
+    made.clear()
+    default = _train(capsys, "--optimizer", "adamw", "--epochs", "1")["runs"]["adamw"]["config"]
+    assert made == [train.TORCH_ADAMW_BETAS] and "betas" not in default  # older checkpoints resume
+    assert main(["train", *FAST, "--adamw-betas", "1.0", "0.9"]) == 2
+    assert "--adamw-betas" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not HAS_HEAVYBALL, reason="heavyball (the [soap] extra) not installed")
 def test_soap_trains_when_heavyball_is_installed(capsys):
     out = _train(capsys, "--optimizer", "soap", "--epochs", "3", "--lr-soap", "0.01", "--target-accuracy", "0.3")
