@@ -113,6 +113,30 @@ def test_below_the_exact_optimum_on_graphs_of_10_to_12(seed):
     assert chain_bound(g) <= r.value + 1e-9
 
 
+def random_costs_graph(
+    rng: random.Random, ids, edges, k: int, cpu: tuple, accel: tuple, send: tuple, colour_p: float
+) -> Graph:
+    """Random times, transfer costs (only for nodes with an edge out), sizes, colours and
+    CPU-only nodes on the given edges, and a cap between 30 % and 70 % of the total size."""
+    outs = {s for s, _ in edges}
+    nodes = [
+        node(
+            v,
+            round(rng.uniform(*cpu), 3),
+            round(rng.uniform(*accel), 3),
+            round(rng.uniform(*send), 3) if v in outs else 0.0,
+            size=float(rng.randint(1, 6)),
+            color=(v % 3 if rng.random() < colour_p else None),
+            accel_ok=rng.random() > 0.08,
+        )
+        for v in ids
+    ]
+    total = sum(x.size for x in nodes)
+    g = Graph(nodes, edges, k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7)))))
+    g.validate()
+    return g
+
+
 def residual_graph(seed: int, n_nodes: int, k: int, sources: int = 0) -> Graph:
     """A main path with side routes (direct edges and chains of one-input, one-output nodes)
     that leave it and rejoin it further on, as in ResNet and BERT blocks, and ``sources``
@@ -135,24 +159,7 @@ def residual_graph(seed: int, n_nodes: int, k: int, sources: int = 0) -> Graph:
         edges.append((nxt, rng.randrange(1, main)))
         nxt += 1
     edges = sorted(set(edges))
-    ids = range(nxt)
-    outs = {s for s, _ in edges}
-    nodes = [
-        node(
-            v,
-            round(rng.uniform(0.5, 4.0), 3),
-            round(rng.uniform(2.0, 20.0), 3),
-            round(rng.uniform(0.2, 3.0), 3) if v in outs else 0.0,
-            size=float(rng.randint(1, 6)),
-            color=(v % 3 if rng.random() < 0.2 else None),
-            accel_ok=rng.random() > 0.08,
-        )
-        for v in ids
-    ]
-    total = sum(x.size for x in nodes)
-    g = Graph(nodes, edges, k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7)))))
-    g.validate()
-    return g
+    return random_costs_graph(rng, range(nxt), edges, k, (0.5, 4.0), (2.0, 20.0), (0.2, 3.0), 0.2)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -259,25 +266,7 @@ def fan_out_graph(seed: int, n_nodes: int, k: int) -> Graph:
             edges.add((x, b))
         if feeder is not None:
             edges.add((feeder, x))
-    outs = {s for s, _ in edges}
-    nodes = [
-        node(
-            v,
-            round(rng.uniform(0.0, 3.0), 3),
-            round(rng.uniform(1.0, 20.0), 3),
-            round(rng.uniform(0.1, 4.0), 3) if v in outs else 0.0,
-            size=float(rng.randint(1, 6)),
-            color=(v % 3 if rng.random() < 0.15 else None),
-            accel_ok=rng.random() > 0.08,
-        )
-        for v in range(n_nodes)
-    ]
-    total = sum(x.size for x in nodes)
-    g = Graph(
-        nodes, sorted(edges), k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7))))
-    )
-    g.validate()
-    return g
+    return random_costs_graph(rng, range(n_nodes), sorted(edges), k, (0.0, 3.0), (1.0, 20.0), (0.1, 4.0), 0.15)
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -356,25 +345,7 @@ def branch_graph(seed: int, n_nodes: int, k: int) -> Graph:
         lo = min(lo, main - 1)
         for b in rng.sample(range(lo, main), k=min(main - lo, rng.randint(1, 2))):
             edges.add((chain[-1], b))
-    outs = {s for s, _ in edges}
-    nodes = [
-        node(
-            v,
-            round(rng.uniform(0.0, 3.0), 3),
-            round(rng.uniform(1.0, 20.0), 3),
-            round(rng.uniform(0.1, 4.0), 3) if v in outs else 0.0,
-            size=float(rng.randint(1, 6)),
-            color=(v % 3 if rng.random() < 0.15 else None),
-            accel_ok=rng.random() > 0.08,
-        )
-        for v in range(n_nodes)
-    ]
-    total = sum(x.size for x in nodes)
-    g = Graph(
-        nodes, sorted(edges), k, 1, float(max(max(x.size for x in nodes), math.ceil(total * rng.uniform(0.3, 0.7))))
-    )
-    g.validate()
-    return g
+    return random_costs_graph(rng, range(n_nodes), sorted(edges), k, (0.0, 3.0), (1.0, 20.0), (0.1, 4.0), 0.15)
 
 
 @pytest.mark.parametrize("seed", range(40))
