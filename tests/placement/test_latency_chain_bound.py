@@ -54,15 +54,20 @@ def optimum(seed):
     return brute_force_latency(g, subgraphs=q)
 
 
-@pytest.mark.parametrize("seed", range(36))
-def test_every_path_gives_a_bound_below_the_brute_force_optimum(seed):
-    _, g, q = next(c for c in cases() if c[0] == seed)
-    best = optimum(seed)
+def assert_every_path_within(g: Graph, q: int, best: float) -> None:
+    """The chain bound of every source-to-sink path (with and without the path tables) and
+    the whole bound stay at or below ``best``, the brute-force optimum."""
     _, cpu, acc = _path_tables(g, subgraphs=q)
     for p in all_paths(g):
         assert path_chain_bound(g, p, q) <= best + 1e-9
         assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
     assert chain_bound(g, q) <= best + 1e-9
+
+
+@pytest.mark.parametrize("seed", range(36))
+def test_every_path_gives_a_bound_below_the_brute_force_optimum(seed):
+    _, g, q = next(c for c in cases() if c[0] == seed)
+    assert_every_path_within(g, q, optimum(seed))
 
 
 def test_candidate_paths_are_source_to_sink_paths():
@@ -166,12 +171,7 @@ def residual_graph(seed: int, n_nodes: int, k: int, sources: int = 0) -> Graph:
 def test_side_routes_are_charged_within_the_optimum(seed):
     g = residual_graph(seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
     q = 1 + (seed % 7 == 6)
-    best = brute_force_latency(g, subgraphs=q)
-    _, cpu, acc = _path_tables(g, subgraphs=q)
-    for p in all_paths(g):
-        assert path_chain_bound(g, p, q) <= best + 1e-9
-        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
-    assert chain_bound(g, q) <= best + 1e-9
+    assert_every_path_within(g, q, brute_force_latency(g, subgraphs=q))
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -276,12 +276,7 @@ def test_side_nodes_read_by_several_calls_are_charged_within_the_optimum(seed):
     brute-force optimum, on every path."""
     g = fan_out_graph(900 + seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
     q = 1 + (seed % 9 == 8)
-    best = brute_force_latency(g, subgraphs=q)
-    _, cpu, acc = _path_tables(g, subgraphs=q)
-    for p in all_paths(g):
-        assert path_chain_bound(g, p, q) <= best + 1e-9
-        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
-    assert chain_bound(g, q) <= best + 1e-9
+    assert_every_path_within(g, q, brute_force_latency(g, subgraphs=q))
 
 
 def test_a_forced_node_that_feeds_a_later_call_pays_its_send():
@@ -354,12 +349,7 @@ def test_inputs_computed_on_side_branches_are_charged_within_the_optimum(seed):
     brute-force optimum, on every path."""
     g = branch_graph(1300 + seed, n_nodes=6 + seed % 3, k=1 + seed % 2)
     q = 1 + (seed % 9 == 8)
-    best = brute_force_latency(g, subgraphs=q)
-    _, cpu, acc = _path_tables(g, subgraphs=q)
-    for p in all_paths(g):
-        assert path_chain_bound(g, p, q) <= best + 1e-9
-        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
-    assert chain_bound(g, q) <= best + 1e-9
+    assert_every_path_within(g, q, brute_force_latency(g, subgraphs=q))
 
 
 def test_an_input_held_pays_for_the_branch_that_computes_it():
