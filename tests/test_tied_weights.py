@@ -38,11 +38,13 @@ def _steps(model, n=3, **kw):
     return p
 
 
+@pytest.mark.parametrize("hybrid", [False, True], ids=["one-process", "hybrid-mem-opt-path"])
 @pytest.mark.parametrize("head_bias", [False, True])
 @pytest.mark.parametrize("method", ["eigen", "inverse"])
-def test_tied_embedding_and_linear_equal_the_untied_per_use_sum(head_bias, method):
+def test_tied_embedding_and_linear_equal_the_untied_per_use_sum(head_bias, method, hybrid):
+    """In one process, and on the HYBRID/MEM-OPT path (each use's P sent like a layer's)."""
     tied, untied = _LM(True, head_bias).double(), _LM(False, head_bias).double()
-    p = _steps(tied, compute_method=method)
+    p = _steps(tied, compute_method=method, comm=_SendsPreconditioned() if hybrid else None)
     _steps(untied, compute_method=method)
     assert [l.name for l in p.layers if l.tied] == ["emb", "head"]
     want = untied.emb.weight.grad + untied.head.weight.grad
@@ -100,20 +102,6 @@ class _SendsPreconditioned(LocalComm):
     @property
     def replicates_preconditioning(self) -> bool:
         return False
-
-
-@pytest.mark.parametrize("head_bias", [False, True])
-@pytest.mark.parametrize("method", ["eigen", "inverse"])
-def test_tied_weights_on_the_hybrid_and_mem_opt_path_equal_the_untied_per_use_sum(head_bias, method):
-    tied, untied = _LM(True, head_bias).double(), _LM(False, head_bias).double()
-    p = _steps(tied, compute_method=method, comm=_SendsPreconditioned())
-    _steps(untied, compute_method=method)
-    assert [l.name for l in p.layers if l.tied] == ["emb", "head"]
-    want = untied.emb.weight.grad + untied.head.weight.grad
-    assert float((tied.emb.weight.grad - want).norm() / want.norm()) < 1e-8
-    for name in ("mid.weight", "mid.bias") + (("head.bias",) if head_bias else ()):
-        got, ref = tied.get_parameter(name).grad, untied.get_parameter(name).grad
-        assert float((got - ref).norm() / ref.norm()) < 1e-8, name
 
 
 @pytest.mark.parametrize("comm", [None, _SendsPreconditioned()], ids=["in-place", "sends-P"])
