@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +80,25 @@ def _checkpoint_recomputation() -> bool:
     return top is not None and getattr(top[0], "__qualname__", "").startswith("_recomputation_hook")
 
 
-def _conv_explicit_padding(module: nn.Conv2d) -> tuple[int, int, int, int]:
+class ConvGeometry(Protocol):
+    """What the conv capture reads of a module: an ``nn.Conv2d``'s geometry (a 1-D conv
+    gives its own as 2-D pairs with a height of 1)."""
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]: ...
+    @property
+    def stride(self) -> tuple[int, ...]: ...
+    @property
+    def padding(self) -> str | tuple[int, ...]: ...
+    @property
+    def dilation(self) -> tuple[int, ...]: ...
+    @property
+    def padding_mode(self) -> str: ...
+    @property
+    def groups(self) -> int: ...
+
+
+def _conv_explicit_padding(module: ConvGeometry) -> tuple[int, int, int, int]:
     """(left, right, top, bottom) zero/mode padding the conv applies to its input."""
     if isinstance(module.padding, str):
         if module.padding == "valid":
@@ -155,7 +173,7 @@ def _conv_mean_patches(
     return sums.reshape(x.shape[0], -1).div_(t)
 
 
-def _conv_padded(m: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def _conv_padded(m: ConvGeometry, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """(x, padding) such that a conv with symmetric zero ``padding`` of x reads what
     ``m`` reads: 'same', asymmetric and non-zero padding modes are applied to x."""
     left, right, top, bottom = _conv_explicit_padding(m)
@@ -188,8 +206,9 @@ class KFACLayer:
     ):
         self.name = name
         self.module = module
-        self.is_conv = isinstance(module, nn.Conv2d)
-        if self.is_conv and cast(nn.Conv2d, module).groups > 1:
+        geometry = self.conv_geometry()
+        self.is_conv = geometry is not None
+        if geometry is not None and geometry.groups > 1:
             self.per_use_capable = False  # a group's block of a tied weight: not supported
         # The parameters this layer preconditions: the module's own unless a layer
         # type names others (an attention block's slice of a packed weight).
@@ -213,7 +232,7 @@ class KFACLayer:
             self.g_dim = out_dim
         else:
             self.g_dim = (
-                weight.shape[0] if group is None else weight.shape[0] // cast(nn.Conv2d, module).groups
+                weight.shape[0] if group is None else weight.shape[0] // cast(ConvGeometry, geometry).groups
             )  # groups: a conv's
         self.out_slice = (
             slice(0, weight.shape[0]) if group is None else slice(group * self.g_dim, (group + 1) * self.g_dim)
@@ -264,6 +283,22 @@ class KFACLayer:
         self.tied = False
         self.use_grad: torch.Tensor | None = None
         self._handles = self._install_hooks()
+
+    def conv_geometry(self) -> ConvGeometry | None:
+        """The conv whose im2col patches are this layer's rows (None: not a conv). A type
+        for another conv gives its geometry as an ``nn.Conv2d``'s and overrides
+        :meth:`as_image` to give its tensors that layout."""
+        return self.module if isinstance(self.module, nn.Conv2d) else None
+
+    def as_image(self, t: torch.Tensor) -> torch.Tensor:
+        """A conv's input or output gradient in ``nn.Conv2d``'s layout, (N, C, H, W) or
+        (C, H, W) unbatched (here: unchanged)."""
+        return t
+
+    def _geometry(self) -> ConvGeometry:
+        geometry = self.conv_geometry()
+        assert geometry is not None  # only called on the conv paths (is_conv)
+        return geometry
 
     def _install_hooks(self) -> list:
         """The hooks that feed this layer (removable handles)."""
@@ -328,12 +363,12 @@ class KFACLayer:
         x = x.to(self.factor_dtype)
         # The first capture of a step overwrites the sum (beta 0): no zeroing pass.
         first = self.a_count == 0
-        m = self.module
         if x.numel() == 0:  # an empty batch, counted as a zero contribution
             if first:
                 self.A_sum = torch.zeros_like(self.A)
         elif self.is_conv:
-            m = cast(nn.Conv2d, m)
+            m = self._geometry()
+            x = self.as_image(x)
             if x.dim() == 3:  # unbatched (C, H, W) input
                 x = x.unsqueeze(0)
             if self.in_slice is not None:
@@ -366,6 +401,7 @@ class KFACLayer:
             if beta == 0.0:
                 self.G_sum.zero_()
         elif self.is_conv:
+            g = self.as_image(g)
             if g.dim() == 3:
                 g = g.unsqueeze(0)
             if self.group is not None:
@@ -440,11 +476,13 @@ class KFACLayer:
         """Γ_u += g_rowsᵀ [x_rows, 1]: this use's contribution to the weight's gradient."""
         with torch.no_grad():
             if self.is_conv:  # ∂L/∂W of this use alone: the conv's own weight gradient
-                m = cast(nn.Conv2d, self.module)
+                m = self._geometry()
+                x, g = self.as_image(x), self.as_image(g)
                 x, g = (x.unsqueeze(0), g.unsqueeze(0)) if x.dim() == 3 else (x, g)
                 x, padding = _conv_padded(m, x.to(self.factor_dtype))
                 g = g.to(self.factor_dtype)
-                w = torch.nn.grad.conv2d_weight(x, list(self.weight_shape), g, m.stride, padding, m.dilation)
+                shape = [*self.weight_shape[:2], *m.kernel_size]  # (out, in/groups, kh, kw)
+                w = torch.nn.grad.conv2d_weight(x, shape, g, m.stride, padding, m.dilation)
                 gamma = w.reshape(self.g_dim, -1)
                 if self.has_bias:
                     gamma = torch.cat([gamma, g.sum((0, 2, 3)).unsqueeze(1)], dim=1)

@@ -154,6 +154,7 @@ def _counting(layer, rows: dict, onehot: dict) -> None:
 
     def add_gradient(g: torch.Tensor) -> None:
         if layer.is_conv:  # (N, C, H, W): a row per output position, or per sample (reduce)
+            g = layer.as_image(g)
             per_sample = g.shape[0] if g.dim() == 4 else 1
             rows[key] = rows.get(key, 0) + (
                 per_sample if layer.kfac_approx == "reduce" else g.numel() // g.shape[1 if g.dim() == 4 else 0]
