@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kfac_ext.layers.base import KFACLayer
+from kfac_ext.layers.registry import builtin_layer_type
 
 
 class ProjectionLayer(KFACLayer):
@@ -157,6 +158,7 @@ def _sequences(t: torch.Tensor, length: int) -> torch.Tensor:
     return t.unflatten(0, (length, -1)) if t.dim() == 2 else t
 
 
+@builtin_layer_type(nn.MultiheadAttention, claims_children=True)
 def attention_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
     """The K-FAC layers of one ``nn.MultiheadAttention``: q, k, v (slices of the packed weight, or their own) and out."""
     module = cast(nn.MultiheadAttention, module)  # registered for nn.MultiheadAttention

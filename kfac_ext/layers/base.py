@@ -1,8 +1,8 @@
 """Per-layer K-FAC state: hooks, factor capture, gradient matrix get/set.
 
 A :class:`KFACLayer` wraps one ``nn.Linear`` or ``nn.Conv2d``; other layer
-types subclass it in a file of their own and register in
-:mod:`kfac_ext.layers.registry` (docs/design.md §2a). While capture
+types subclass it in a file of their own that registers its factory with
+:func:`kfac_ext.layers.registry.builtin_layer_type` (docs/design.md §2a). While capture
 is on (the preconditioner turns it on for steps that update factors), a
 forward hook turns the layer input into this micro-batch's activation factor
 contribution at once, and registers a tensor hook on the layer output that
@@ -27,7 +27,7 @@ activations), accumulated over micro-batches and averaged in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
@@ -37,6 +37,7 @@ import torch.nn.grad
 from torch import nn
 
 from kfac_ext import ops
+from kfac_ext.layers.registry import builtin_layer_type
 
 # The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
@@ -619,3 +620,14 @@ class KFACLayer:
             return f"{n} (diagonal)" if diagonal else f"{n}x{n}"
 
         return f"{self.name} ({kind}): A {dims(self.a_dim, self.a_diagonal)}, G {dims(self.g_dim, self.g_diagonal)}"
+
+
+@builtin_layer_type((nn.Linear, nn.Conv2d))
+def linear_conv_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+    """nn.Linear / nn.Conv2d: one layer, or one per channel group (block-diagonal)."""
+    if not has_trainable_weight(module):
+        return []  # a frozen weight is left out silently
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        return [KFACLayer(name, module, factor_dtype)]
+    return [KFACLayer(f"{name}[group {k}]", module, factor_dtype, group=k) for k in range(groups)]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kfac_ext.layers.base import KFACLayer
+from kfac_ext.layers.registry import builtin_layer_type
 
 
 class EmbeddingLayer(KFACLayer):
@@ -95,6 +96,7 @@ class EmbeddingLayer(KFACLayer):
         grad.copy_(p.T)
 
 
+@builtin_layer_type(nn.Embedding)
 def embedding_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
     """The K-FAC layer of an ``nn.Embedding`` with a trainable weight (none if it is frozen)."""
     embedding = cast(nn.Embedding, module)  # registered for nn.Embedding

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kfac_ext.layers.base import KFACLayer
+from kfac_ext.layers.registry import builtin_layer_type
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -50,7 +51,8 @@ class Conv1DLayer(KFACLayer):
         return b
 
 
-def conv1d_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
+@builtin_layer_type(is_hf_conv1d)
+def hf_conv1d_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
     """The K-FAC layer of an HF ``Conv1D`` with a trainable weight (none if it is frozen)."""
     if not cast(torch.Tensor, module.weight).requires_grad:
         return []
