@@ -128,7 +128,7 @@ CASES = [
     ("model is a list of layers", lambda: P([nn.Linear(2, 2)]), ("error", TypeError, "nn.Module")),
     ("model passed as the optimizer's parameters", lambda: P(_mlp().parameters()), ("error", TypeError, "nn.Module")),
     # ---- what registration finds ----
-    ("no supported layer", lambda: P(nn.Sequential(nn.Conv1d(3, 4, 3))), ("warning", "no layer registered")),
+    ("no supported layer", lambda: P(nn.Sequential(nn.Conv3d(3, 4, 3))), ("warning", "no layer registered")),
     ("every layer skipped", _construct(skip_layers="linear"), ("warning", "no layer registered")),
     ("tied weights", lambda: _tied_preconditioner(), ("warning", "share one weight")),
     ("frozen weight", lambda: _frozen_preconditioner(), ("ok",)),

@@ -30,6 +30,7 @@ class Conv1D(nn.Module):
 ZOO = [
     (lambda: nn.Linear(4, 3), "base.linear_conv_layers"),
     (lambda: nn.Conv2d(2, 3, 3), "base.linear_conv_layers"),
+    (lambda: nn.Conv1d(2, 3, 3), "conv1d.conv1d_layers"),
     (lambda: nn.MultiheadAttention(8, 2), "attention.attention_layers"),
     (lambda: nn.MultiheadAttention(8, 2).out_proj, "base.linear_conv_layers"),  # a Linear subclass
     (lambda: nn.Embedding(10, 4), "embedding.embedding_layers"),
