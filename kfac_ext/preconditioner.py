@@ -14,7 +14,7 @@ initialised with more than one rank, else :class:`~kfac_ext.comm.LocalComm`.
 Documented behaviours a user may rely on:
 
 - Registration: every module a layer type of :mod:`kfac_ext.layers.registry` takes
-  (``nn.Linear``, ``nn.Conv2d``, HF ``Conv1D``, ``nn.Embedding``,
+  (``nn.Linear``, ``nn.Conv2d``, ``nn.Conv1d``, HF ``Conv1D``, ``nn.Embedding``,
   ``nn.MultiheadAttention``, and any registered with ``register_layer_type``) with a
   trainable weight (a frozen bias is left out of the factor), not matched by
   ``skip_layers``; a grouped conv becomes one block-diagonal K-FAC layer per channel
