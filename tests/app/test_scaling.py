@@ -624,3 +624,13 @@ def test_conv_rows_follow_kfac_approx_and_a_conv_tie_counts_each_use():
     reduce = workload_of(cnn, (3, 5, 5), kfac_approx="reduce")
     assert [(la.name, la.rows) for la in expand.layers] == [("0", 25), ("1", 25), ("3", 1)]
     assert [(la.name, la.rows) for la in reduce.layers] == [("0", 1), ("1", 1), ("3", 1)]
+
+
+def test_a_conv1d_counts_a_row_per_output_position():
+    def net():
+        return nn.Sequential(nn.Conv1d(3, 4, 3, stride=2), nn.Flatten(), nn.Linear(20, 2))
+
+    expand = workload_of(net, (3, 11))  # L' = (11 - 3) // 2 + 1 = 5 positions
+    reduce = workload_of(net, (3, 11), kfac_approx="reduce")
+    assert [(la.name, la.dim_a, la.dim_g, la.rows) for la in expand.layers] == [("0", 10, 4, 5), ("2", 21, 2, 1)]
+    assert [la.rows for la in reduce.layers] == [1, 1]
