@@ -129,12 +129,16 @@ def measure_profile(
     sync()
     # Round robin: a burst of load from a neighbour lands on every size alike, so it
     # moves the fitted rate less than it would if one size were timed after another.
+    # The GEMM runs five times a round, its estimate the smallest of the rounds' medians
+    # (``min_of_medians``); an eigendecomposition once (repeated back to back, a small one
+    # runs from a warm cache: its median of five fitted half the latency of single calls).
+    calls = {key: 5 if key == "gemm" else 1 for key in jobs}
     times: dict = {key: [] for key in jobs}
     for _ in range(repeats):
         for key, fn in jobs.items():
-            for _ in range(5 if key == "gemm" else 1):
+            for _ in range(calls[key]):
                 times[key].append(_timed(fn, sync, clock))
-    best = [(n, min(times[n])) for n in sizes]
+    best = [(n, min_of_medians(times[n], calls[n])) for n in sizes]
     kept, rejected = monotone(best)
     if len(kept) < 2:
         raise RuntimeError(
@@ -143,7 +147,7 @@ def measure_profile(
         )
     latency, eigh_rate = fit_eigh(kept)
     gemm = times["gemm"]
-    rate = 2.0 * gemm_size**3 / min_of_medians(gemm, 5)  # a round's five GEMMs, its median
+    rate = 2.0 * gemm_size**3 / min_of_medians(gemm, calls["gemm"])
     label = name or (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu")
     profile = DeviceProfile(
         label,
