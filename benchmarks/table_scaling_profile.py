@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     p.add_argument("--sizes", default="64,128,256,512")
-    p.add_argument("--repeats", type=int, default=45)
+    p.add_argument("--repeats", type=int, default=120)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--out", default="", help="write the median run's profile here (JSON)")
     a = p.parse_args(argv)
