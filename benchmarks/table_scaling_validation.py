@@ -4,8 +4,9 @@ Rows: gpauloski/kfac_pytorch branch kfac-lw, docs/results.md (kfac_ext/scaling/p
 converts them to ms per iteration). Model: the V100 profile calibrated on the
 resnet50-32 row (kfac_ext/scaling/calibrate.py), kfac-pytorch-2020's exchange, and the
 2020 stack's latency per eigendecomposition (calibrate.SYMEIG_2020_LATENCY_S, from
-pytorch/pytorch#10172), and the host work the model counts (calibrate.HOST_2020: ops
-of the step x 20 us, Horovod's blocking collectives). A second table shows the K-FAC
+pytorch/pytorch#10172), the host work the model counts (calibrate.HOST_2020: ops
+of the step x 20 us, Horovod's blocking collectives), and the CIFAR rows' in-process
+input pipeline (calibrate.CIFAR_INPUT_S, measured by table_scaling_input_check.py). A second table shows the K-FAC
 overhead ratios under other per-call latencies: the H200's cuSOLVER one over k, and
 #22573's 1.8 ms per matrix; a third the SGD step ratios under other costs per op (each
 with the ImageNet host time re-fitted on the calibration row); a fourth the share of
@@ -23,6 +24,7 @@ from _common import machine_line
 
 from kfac_ext.scaling import NETWORKS, workload_of
 from kfac_ext.scaling.calibrate import (
+    CIFAR_INPUT_S,
     HOST_2020,
     KFAC_LW,
     MEASURED,
@@ -58,6 +60,10 @@ def main() -> int:
         f" ms/step (ImageNet rows only); {net.name}"
     )
     print(f"Host work counted (all rows): {HOST_2020.source}")
+    print(
+        f"CIFAR rows' input pipeline (num_workers=0, in turn with the step): {CIFAR_INPUT_S * 1e3:.1f} ms "
+        "a step, measured on this CPU (benchmarks/table_scaling_input_check.py)"
+    )
     for key, w in works.items():
         print(
             f"  {key}: {w.forward_ops} forward + {w.backward_ops} backward ops + "
@@ -98,11 +104,11 @@ def main() -> int:
     costs = {
         "none": 0.0,
         f"{PYTORCH_OP_OVERHEAD_2020_S * 1e6:g} us (#41383, CPU, 2020)": PYTORCH_OP_OVERHEAD_2020_S,
-        f"{fast * 1e6:.1f} us (this CPU, fastest of 15; median {median * 1e6:.1f})": fast,
+        f"{fast * 1e6:.1f} us (this CPU, min of medians; median {median * 1e6:.1f})": fast,
         f"{HOST_2020.per_op_s * 1e6:g} us (V100 launch, NVIDIA)": HOST_2020.per_op_s,
     }
-    print("\nSGD step ratio (predicted / published) per host cost per op (Horovod waits as above; the")
-    print("ImageNet host time re-fitted on the calibration row each time, given in the last line)\n")
+    print("\nSGD step ratio (predicted / published) per host cost per op (Horovod waits and the CIFAR input")
+    print("as above; the ImageNet host time re-fitted on the calibration row each time, given in the last line)\n")
     print("| row | " + " | ".join(costs) + " |")
     print("|---|" + "---:|" * len(costs))
     cal_row = next(r for r in ROWS if r.key == CALIBRATION_ROW)

@@ -150,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[64, 128, 256, 512],
         help=f"--profile cpu: factor sizes timed (2..{MAX_EIGH_SIZE})",
     )
-    parser.add_argument("--repeats", type=int, default=15, help="--profile cpu: timings per size")
+    parser.add_argument("--repeats", type=int, default=120, help="--profile cpu: timings per size")
     parser.add_argument(
         "--threads",
         type=int,

@@ -39,6 +39,7 @@ __all__ = [
     "PYTORCH_OP_OVERHEAD_2020_S",
     "HOROVOD_CYCLE_2020_S",
     "V100_CALIBRATION",
+    "CIFAR_INPUT_S",
 ]
 
 # Fractions of the FP32 peak measured on an H200 (module docstring).
@@ -87,6 +88,19 @@ HOST_2020 = HostCost(
     source="20 us per op (NVIDIA Nsight Systems blog, V100-SXM launch latency); "
     "half of Horovod's 5 ms cycle per blocking collective, 2 metrics a step (kfac-lw examples)",
 )
+
+# The CIFAR rows' input pipeline: the published script (gpauloski/kfac_pytorch
+# examples/pytorch_cifar10_resnet.py at 493f693, 2020-03-02, the commit that records the
+# CIFAR rows) loads every batch in the training process (DataLoader num_workers=0,
+# torch.set_num_threads(1)): 128 PIL images padded, cropped, flipped, made tensors and
+# normalised, in turn with the step, which ends blocked on the GPU (the metrics' .cpu()),
+# and rank 0 redraws a tqdm bar every step. Measured on this CPU, not Longhorn's POWER9:
+# `python benchmarks/table_scaling_input_check.py` (five runs of 300 iterations, thread CPU
+# time, min of medians of 3; 2026-12-07 17:02 UTC, load 5.6-6.2): 22.0-25.3 ms per
+# iteration, median of the runs 23.6 ms (the loaded medians 30-35 ms). A measurement, not
+# a fit; the ImageNet runs loaded with 4 worker processes (overlapped with the step), so
+# their input time is inside the fitted host time.
+CIFAR_INPUT_S = 23.6e-3
 
 # kfac-pytorch's layer-wise K-FAC of 2020 (the published rows): factors every step,
 # eigendecompositions every 10, full factors all-reduced, (Q, d) all-reduced, COMM-OPT.

@@ -6,7 +6,9 @@ calibrated on ``published.CALIBRATION_ROW``, kfac-pytorch-2020's exchange
 (``calibrate.SYMEIG_2020_LATENCY_S``, a published measurement, not a fit), and the
 host work every row's model sets (``calibrate.HOST_2020``: its op count at a sourced
 cost per op, and the training loop's blocking collectives). The fitted host time
-(input pipeline) belongs to the ImageNet runs: CIFAR rows get none.
+belongs to the ImageNet runs; the CIFAR rows' host time is their input pipeline, which
+the published script ran in the training process (``calibrate.CIFAR_INPUT_S``, measured
+on this CPU, not fitted).
 
 ``sc20_saving(r)``: with K-FAC at 55 epochs and SGD at 90 (SC20's epochs to 75.9 %),
 a K-FAC step r times SGD's saves 1 - (55/90) r of SGD's time.
@@ -17,7 +19,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from kfac_ext.scaling.calibrate import HOST_2020, KFAC_LW, SYMEIG_2020_LATENCY_S, V100_CALIBRATION, gpu_profile
+from kfac_ext.scaling.calibrate import (
+    CIFAR_INPUT_S,
+    HOST_2020,
+    KFAC_LW,
+    SYMEIG_2020_LATENCY_S,
+    V100_CALIBRATION,
+    gpu_profile,
+)
 from kfac_ext.scaling.network import Network
 from kfac_ext.scaling.published import CALIBRATION_ROW, ROWS, SC20_EPOCHS
 from kfac_ext.scaling.step import HostCost, Intervals, predict
@@ -62,16 +71,18 @@ def check_rows(
     eigh_latency_s: float = SYMEIG_2020_LATENCY_S,
     host_cost: HostCost = HOST_2020,
     host_s: float | None = None,
+    cifar_input_s: float = CIFAR_INPUT_S,
 ) -> list[RowCheck]:
     """``works`` maps ``Row.model`` ("resnet50", "resnet32_cifar") to its workload;
     ``eigh_latency_s`` the latency per eigendecomposition (default: 2020's symeig);
     ``host_cost`` the host work the model counts, ``host_s`` the ImageNet rows' fitted
-    host time that goes with it (default: ``V100_CALIBRATION``'s, fitted with HOST_2020)."""
+    host time that goes with it (default: ``V100_CALIBRATION``'s, fitted with HOST_2020);
+    ``cifar_input_s`` the CIFAR rows' input pipeline per step (default: measured)."""
     profile = v100_2020(eigh_latency_s)
     fitted = V100_CALIBRATION["host_s"] if host_s is None else host_s
     out = []
     for row in ROWS:
-        host = fitted if row.model == "resnet50" else 0.0
+        host = fitted if row.model == "resnet50" else cifar_input_s
         step = predict(
             works[row.model], row.gpus, profile, net, batch=row.batch, host_s=host, host_cost=host_cost, **KFAC_LW
         )

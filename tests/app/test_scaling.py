@@ -11,7 +11,14 @@ from kfac_ext.app.scaling import resnet50_factor_shapes
 from kfac_ext.cli import main
 from kfac_ext.scaling import FactorLayer, Intervals, Network, Workload, plan, predict, strategies, workload_of
 from kfac_ext.scaling.calibrate import gpu_profile
-from kfac_ext.scaling.measure import fit_eigh, measure_op_overhead, measure_profile, monotone
+from kfac_ext.scaling.measure import (
+    fit_eigh,
+    measure_op_overhead,
+    measure_profile,
+    min_of_medians,
+    monotone,
+    quiet_seen,
+)
 from kfac_ext.scaling.network import broadcast_time, ring_allreduce_time
 from kfac_ext.scaling.profiles import DeviceProfile, from_json, to_json
 from kfac_ext.scaling.step import HostCost, update_fraction
@@ -535,8 +542,34 @@ def test_cli_op_cost_reaches_the_sgd_step(capsys):
 
 
 def test_measured_op_overhead_is_positive():
-    fastest, median = measure_op_overhead(ops=50, repeats=3)
-    assert 0 < fastest <= median
+    quiet, median = measure_op_overhead(ops=50, repeats=3)
+    assert 0 < quiet <= median
+    quiet, median = measure_op_overhead(ops=20, repeats=12, group=4, extend=0.0)
+    assert 0 < quiet <= median
+    with pytest.raises(ValueError, match="group"):
+        measure_op_overhead(group=0)
+    with pytest.raises(ValueError, match="extend"):
+        measure_op_overhead(extend=-1.0)
+
+
+def test_quiet_seen_by_hand():
+    # a run at half speed throughout: min of medians = median, no quiet window
+    assert not quiet_seen([10.0] * 9, 3)
+    # three quiet bursts in a row: min of medians 4 <= 0.65 x median 10
+    assert quiet_seen([10.0] * 6 + [4.0] * 3 + [10.0] * 3, 3)
+    # one quick burst alone is no quiet window: its group's median stays 10
+    assert not quiet_seen([10.0, 4.0, 10.0] + [10.0] * 9, 3)
+
+
+def test_min_of_medians_by_hand():
+    # groups (3, 1, 2) -> 2, (9, 8, 7) -> 8, trailing (1,) -> 1
+    assert min_of_medians([3.0, 1.0, 2.0, 9.0, 8.0, 7.0, 1.0], 3) == 1.0
+    # one quick sample inside a slow group does not set it: (10, 1, 10) -> 10, (4, 5, 6) -> 5
+    assert min_of_medians([10.0, 1.0, 10.0, 4.0, 5.0, 6.0], 3) == 5.0
+    assert min_of_medians([2.0, 4.0], 1) == 2.0  # group 1: the minimum
+    assert min_of_medians([2.0, 4.0], 2) == 3.0  # an even group: the mean of the middle two
+    with pytest.raises(ValueError, match="samples"):
+        min_of_medians([], 3)
 
 
 def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
