@@ -28,11 +28,11 @@ class Conv1D(nn.Module):
 
 # One module of every kind a built-in type claims, and the factory expected for it.
 ZOO = [
-    (lambda: nn.Linear(4, 3), "base.linear_conv_layers"),
-    (lambda: nn.Conv2d(2, 3, 3), "base.linear_conv_layers"),
+    (lambda: nn.Linear(4, 3), "linear_conv.linear_conv_layers"),
+    (lambda: nn.Conv2d(2, 3, 3), "linear_conv.linear_conv_layers"),
     (lambda: nn.Conv1d(2, 3, 3), "conv1d.conv1d_layers"),
     (lambda: nn.MultiheadAttention(8, 2), "attention.attention_layers"),
-    (lambda: nn.MultiheadAttention(8, 2).out_proj, "base.linear_conv_layers"),  # a Linear subclass
+    (lambda: nn.MultiheadAttention(8, 2).out_proj, "linear_conv.linear_conv_layers"),  # a Linear subclass
     (lambda: nn.Embedding(10, 4), "embedding.embedding_layers"),
     (lambda: Conv1D(), "hf_conv1d.hf_conv1d_layers"),
 ]
@@ -64,7 +64,9 @@ def test_each_module_matches_exactly_one_built_in_type(make, expected):
 def test_a_module_two_built_ins_match_is_refused_by_name(monkeypatch):
     overlap = registry.LayerType(nn.Linear, lambda name, m, dtype: [])
     monkeypatch.setattr(registry, "_BUILTIN", [*registry._BUILTIN, overlap])
-    with pytest.raises(TypeError, match=r"Linear matches 2 built-in K-FAC layer types \(base.linear_conv_layers, "):
+    with pytest.raises(
+        TypeError, match=r"Linear matches 2 built-in K-FAC layer types \(linear_conv.linear_conv_layers, "
+    ):
         registry.layer_type_for(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="must be disjoint"):
         kfac_ext.KFACPreconditioner(nn.Sequential(nn.Linear(2, 2)))
@@ -80,7 +82,7 @@ def test_a_users_type_takes_precedence_over_the_built_in_one():
         assert registry.layer_type_for(nn.Linear(2, 2)).factory is two_halves
     finally:
         registry.unregister_layer_type((nn.Linear, nn.Bilinear))
-    assert registry.layer_type_for(nn.Linear(2, 2)).describe() == "base.linear_conv_layers"
+    assert registry.layer_type_for(nn.Linear(2, 2)).describe() == "linear_conv.linear_conv_layers"
 
 
 @pytest.mark.parametrize("match", [(), (nn.Linear, 3), "Linear"])

@@ -1,9 +1,10 @@
 """K-FAC layer types: what a module's Kronecker factors are and how its gradient is read and written.
 
-``base.py`` holds :class:`KFACLayer` (``nn.Linear`` and ``nn.Conv2d``, and the
-base of every other type); every other file but ``registry.py`` (which module
-becomes which type, and :func:`register_layer_type` for a user's own) and
-``tied.py`` (weights shared by several layers) holds one type. How to add a
+``base.py`` holds :class:`KFACLayer` (the math of ``nn.Linear`` and ``nn.Conv2d``,
+and the base of every other type); every other file but ``registry.py`` (which
+module becomes which type, and :func:`register_layer_type` for a user's own) and
+``tied.py`` (weights shared by several layers) registers one type
+(``linear_conv.py``: Linear and Conv2d). How to add a
 type: README.md in this folder.
 """
 

@@ -27,7 +27,7 @@ activations), accumulated over micro-batches and averaged in
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
@@ -37,7 +37,6 @@ import torch.nn.grad
 from torch import nn
 
 from kfac_ext import ops
-from kfac_ext.layers.registry import builtin_layer_type
 
 # The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
@@ -620,14 +619,3 @@ class KFACLayer:
             return f"{n} (diagonal)" if diagonal else f"{n}x{n}"
 
         return f"{self.name} ({kind}): A {dims(self.a_dim, self.a_diagonal)}, G {dims(self.g_dim, self.g_diagonal)}"
-
-
-@builtin_layer_type((nn.Linear, nn.Conv2d))
-def linear_conv_layers(name: str, module: nn.Module, factor_dtype: torch.dtype | None) -> Sequence[KFACLayer]:
-    """nn.Linear / nn.Conv2d: one layer, or one per channel group (block-diagonal)."""
-    if not has_trainable_weight(module):
-        return []  # a frozen weight is left out silently
-    groups = getattr(module, "groups", 1)
-    if groups == 1:
-        return [KFACLayer(name, module, factor_dtype)]
-    return [KFACLayer(f"{name}[group {k}]", module, factor_dtype, group=k) for k in range(groups)]

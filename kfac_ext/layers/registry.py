@@ -18,22 +18,21 @@ A factory whose module owns K-FAC blocks among its children (an
 ``nn.MultiheadAttention`` owns its ``out_proj``) claims them: the children are
 not matched on their own.
 
-This file imports none of the layer types (they import it), so the types stand
-beside each other with no import between them.
+This file imports only ``base.py`` (the layer class); the types' files import it
+and base, and none of them another.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from kfac_ext.layers.base import KFACLayer
+from kfac_ext.layers.base import KFACLayer
 
-Factory = Callable[[str, nn.Module, "torch.dtype | None"], "Sequence[KFACLayer]"]
+Factory = Callable[[str, nn.Module, torch.dtype | None], Sequence[KFACLayer]]
 Match = type | tuple[type, ...] | Callable[[nn.Module], bool]
 F = TypeVar("F", bound=Factory)
 
