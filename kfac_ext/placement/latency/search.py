@@ -13,7 +13,14 @@ edge, or an unused accelerator:
 A move is kept when the split stays feasible (memory, contiguity of the calls it
 changes, no calls waiting in a cycle) and the latency falls; passes of group moves
 repeat until none helps, then a pass of stretch moves, and again while either
-helps or the time is up.  The latency of a candidate is computed by
+helps or the time is up.
+
+Then *kicks*: each call in turn is dissolved (its nodes to the CPU pool, always a
+split of the model) and the moves above run again from there; the first kick that
+ends below the incumbent replaces it, and the kicks start over.  They stop after a
+round in which no call's kick helps, or when the time is up.  (Inception-v3: a big
+call over two modules dissolved, the search rebuilds them as a call per long branch
+beside the CPU pool, 1258.7 -> 1206.1.)  The latency of a candidate is computed by
 :func:`.exact.assignment_latency`, the model's rule on an array encoding; the
 answer is re-scored by :func:`.model.evaluate`.
 """
@@ -31,7 +38,25 @@ __all__ = ["improve"]
 
 
 def improve(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]:
-    """A split no worse than ``split`` (one call per accelerator), by first-improvement moves."""
+    """A split no worse than ``split`` (one call per accelerator): moves, then kicks."""
+    split, value = _descend(graph, split, deadline)
+    kicked = True
+    while kicked and time.perf_counter() < deadline:
+        kicked = False
+        for c in range(len(split.calls)):
+            if time.perf_counter() > deadline:
+                break
+            rest = [call for d, call in enumerate(split.calls) if d != c]
+            start = Split.of(rest, tuple(split.cpu) + split.calls[c][1])
+            candidate, new = _descend(graph, start, deadline)
+            if new < value - 1e-9 * max(1.0, value):
+                split, value, kicked = candidate, new, True
+                break
+    return split, value
+
+
+def _descend(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]:
+    """First-improvement moves from ``split`` until none helps or the time is up."""
     p = Problem(graph)
     pos = {v: i for i, v in enumerate(p.ids)}
     dev = [-1] * p.n
