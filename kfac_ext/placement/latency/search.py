@@ -7,8 +7,8 @@ edge, or an unused accelerator:
 * a *stretch* of a branch: consecutive nodes of a chain of one-input one-output nodes
   that are alone in their colocation groups (an Inception branch, a run of layers),
   moved together.  One node moved alone to a new call pays a fetch and a send that
-  the whole stretch pays once: a branch run beside the path on an idle accelerator,
-  while the path's call runs, is reached only this way.
+  the whole stretch pays once: a branch run on an idle accelerator while the CPU
+  pool runs the module's other branches is reached only this way.
 
 A move is kept when the split stays feasible (memory, contiguity of the calls it
 changes, no calls waiting in a cycle) and the latency falls; passes of group moves
