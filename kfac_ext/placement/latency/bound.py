@@ -269,7 +269,10 @@ def path_chain_bound(
             for i in ms:
                 members[i] = ms
     inf = math.inf
-    ends = _bypasses(graph, path)
+    colour = {v: c for c, cls in graph.colour_classes().items() for v in cls} if subgraphs == 1 else {}
+    sealed: set[int] = set()  # inner nodes whose tensor cannot cross: a colour mate reads it
+    ends = _bypasses(graph, path, colour, sealed)
+    sealed = {index[x] for x in sealed}
     on_path = {index[v] for v in path}
     on_route = {index[x] for routes in ends for _, _, inner in routes for x in inner}
     # leaves_until[x]: x (off the path and its bypasses) sends out of any call whose run ends
@@ -395,7 +398,8 @@ def path_chain_bound(
             if fetch_routes or send_routes or hanging:
                 send_routes = [r for r in send_routes if r[1] > j]
                 extra = max(
-                    extra, _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, trees, i)
+                    extra,
+                    _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, trees, i, sealed),
                 )
             w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra + max(sending, 0.0)
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
@@ -417,11 +421,21 @@ def path_chain_bound(
     return value
 
 
-def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float, tuple]]]:
+def _bypasses(
+    graph: Graph, path: list[int], colour: dict | None = None, sealed: set | None = None
+) -> list[list[tuple[int, float, tuple]]]:
     """``ends[b]``: the bypasses ``(a, m, inner)`` into ``p_b`` (see :func:`path_chain_bound`):
-    ``inner`` the route's inner nodes from ``p_a``'s side, ``m`` their least out_cost, inf for
-    a direct edge ``p_a -> p_b`` with ``b > a + 1``."""
+    ``inner`` the route's inner nodes from ``p_a``'s side, ``m`` the least out_cost of those
+    whose tensor can cross, inf for a direct edge ``p_a -> p_b`` with ``b > a + 1``.
+
+    ``colour`` (node -> colour class; give it only with one call per accelerator) seals an
+    inner node ``x`` whose next node on the route is a colour mate: both sit on one device, so
+    no call holds ``x`` without its reader and ``x``'s tensor never leaves or enters a call
+    there (an operator graph's normalisation writes its output through a zero-cost node of its
+    own class).  The sealed nodes are added to ``sealed``; a route with no crossing left but
+    ``p_a``'s gets ``m`` = inf."""
     at = {v: i for i, v in enumerate(path)}
+    colour = colour or {}
     ends: list[list[tuple[int, float, tuple]]] = [[] for _ in path]
     for a, v in enumerate(path):
         for x in graph.successors(v):
@@ -432,11 +446,17 @@ def _bypasses(graph: Graph, path: list[int]) -> list[list[tuple[int, float, tupl
             m = math.inf
             inner = []
             prev = v
+            crossable = False
             while x not in at and (nxt := _route_next(graph, prev, x, at)) is not None:
-                m = min(m, graph.node(x).out_cost)
+                if x in colour and colour.get(nxt) == colour[x]:
+                    if sealed is not None:
+                        sealed.add(x)
+                else:
+                    m = min(m, graph.node(x).out_cost)
                 inner.append(x)
+                crossable = True
                 prev, x = x, nxt
-            if x in at and m < math.inf and at[x] > a:
+            if x in at and crossable and at[x] > a:
                 ends[at[x]].append((a, m, tuple(inner)))
     return ends
 
@@ -494,7 +514,7 @@ def _inputs_cost(inputs, room: float) -> float:
 
 
 def _routes_cost(
-    node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, trees=None, i: int = 0
+    node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, trees=None, i: int = 0, sealed=()
 ) -> float:
     """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
     the time of the inner nodes it holds, with their bytes within ``room``.
@@ -504,7 +524,7 @@ def _routes_cost(
     bypass sent leaves the call at ``p_a`` or an inner node, the inner nodes up to it on the
     call.  One choice per route, ``p_a``'s out_cost shared among its routes (all of them
     choosing ``p_a`` pay it once); a route with an inner node already in the forced set is
-    left out (charged nothing).  An input is held or fetched; held, it needs its own inputs
+    left out (charged nothing); a ``sealed`` inner node (:func:`_bypasses`) is no crossing.  An input is held or fetched; held, it needs its own inputs
     (``trees``, :class:`_Upstream`: held or fetched in turn, ``p_a``'s output fetched and
     shared with the routes from ``a``).  Fractions allowed: the LP of this multiple-choice
     knapsack (:func:`_choices_cost`)."""
@@ -525,12 +545,21 @@ def _routes_cost(
             share = 0.0 if fetched and a == i - 1 else cost_at[a] / count[a]
             times = [node[x].accel_time + _weights_cost(node, trees, x, inside) for x in inner]
             sizes = [node[x].size for x in inner]
+            # a sealed x_t (its reader is a colour mate) is never the feeder or the leaver
             if fetched:  # feeder p_a: all inner nodes held; feeder x_t: those after it held
                 options = [(sum(sizes), share + sum(times))]
-                options += [(sum(sizes[t + 1 :]), node[x].out_cost + sum(times[t + 1 :])) for t, x in enumerate(inner)]
+                options += [
+                    (sum(sizes[t + 1 :]), node[x].out_cost + sum(times[t + 1 :]))
+                    for t, x in enumerate(inner)
+                    if x not in sealed
+                ]
             else:  # leaver p_a: none held; leaver x_t: x_1 .. x_t held
                 options = [(0.0, share)]
-                options += [(sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1])) for t, x in enumerate(inner)]
+                options += [
+                    (sum(sizes[: t + 1]), node[x].out_cost + sum(times[: t + 1]))
+                    for t, x in enumerate(inner)
+                    if x not in sealed
+                ]
             groups.append(options)
     for x in inputs:
         if trees is None:
