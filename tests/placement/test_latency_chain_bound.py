@@ -119,7 +119,7 @@ def test_below_the_exact_optimum_on_graphs_of_10_to_12(seed):
 
 
 def random_costs_graph(
-    rng: random.Random, ids, edges, k: int, cpu: tuple, accel: tuple, send: tuple, colour_p: float
+    rng: random.Random, ids, edges, k: int, accel: tuple, cpu: tuple, send: tuple, colour_p: float
 ) -> Graph:
     """Random times, transfer costs (only for nodes with an edge out), sizes, colours and
     CPU-only nodes on the given edges, and a cap between 30 % and 70 % of the total size."""
@@ -127,8 +127,8 @@ def random_costs_graph(
     nodes = [
         node(
             v,
-            round(rng.uniform(*cpu), 3),
             round(rng.uniform(*accel), 3),
+            round(rng.uniform(*cpu), 3),
             round(rng.uniform(*send), 3) if v in outs else 0.0,
             size=float(rng.randint(1, 6)),
             color=(v % 3 if rng.random() < colour_p else None),
