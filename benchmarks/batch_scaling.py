@@ -280,11 +280,22 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
     sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip (None: off),
     factor_decay, factor_init ('identity' or 'first_batch'), per_example_g (True: G scaled
     by the batch's loss terms squared, batch x tokens_per_sample, Martens & Grosse's
-    per-example scale, so that λ is not 10^5-10^9 x the batch-mean G), beta1, beta2, momentum."""
+    per-example scale, so that λ is not 10^5-10^9 x the batch-mean G), g_scale_mult (a
+    factor on that scale), skip (K-FAC's skip_layers: those layers take the optimizer's
+    plain steps at its lr), beta1, beta2, eps, weight_decay (AdamW's), momentum."""
     lr = setting["lr"]
     if name == "adamw":
         betas = (setting.get("beta1", 0.9), setting.get("beta2", 0.999))
-        return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=0.0), None
+        return (
+            torch.optim.AdamW(
+                model.parameters(),
+                lr=lr,
+                betas=betas,
+                eps=setting.get("eps", 1e-8),
+                weight_decay=setting.get("weight_decay", 0.0),
+            ),
+            None,
+        )
     if name == "soap":
         import heavyball
         import heavyball.utils
@@ -309,12 +320,14 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
         kw["kl_clip"] = setting["kl_clip"]
     if "factor_decay" in setting:
         kw["factor_decay"] = setting["factor_decay"]
+    if "skip" in setting:
+        kw["skip_layers"] = setting["skip"]
     if "factor_init" in setting:
         kw["factor_init"] = setting["factor_init"]
     if setting.get("per_example_g", problem.per_example_g):
         if batch is None:
             raise ValueError("per_example_g needs the batch size")
-        kw["g_scale"] = float(batch * problem.tokens_per_sample) ** 2
+        kw["g_scale"] = float(batch * problem.tokens_per_sample) ** 2 * setting.get("g_scale_mult", 1.0)
     return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
 
 
@@ -430,9 +443,15 @@ def _fmt_setting(s: dict) -> str:
         factor_decay="decay",
         factor_init="init",
         per_example_g="per-example G",
+        eps="eps",
+        weight_decay="wd",
+        skip="skip",
+        g_scale_mult="G scale x",
     )
 
     def value(v) -> str:
+        if isinstance(v, list | tuple):
+            return "+".join(map(str, v))
         if v is None or v is False:
             return "off"
         if v is True:
