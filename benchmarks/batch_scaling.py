@@ -280,11 +280,24 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
     sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip (None: off),
     factor_decay, factor_init ('identity' or 'first_batch'), per_example_g (True: G scaled
     by the batch's loss terms squared, batch x tokens_per_sample, Martens & Grosse's
-    per-example scale, so that λ is not 10^5-10^9 x the batch-mean G), beta1, beta2, momentum."""
+    per-example scale, so that λ is not 10^5-10^9 x the batch-mean G), g_scale_mult (a
+    factor on that scale), skip (K-FAC's skip_layers: those layers take the optimizer's
+    plain steps at its lr), relative_damping (eigen only: each factor's eigenvalues divided by
+    their mean, so λ is relative to each layer's curvature; _relative_eigenvalues), beta1,
+    beta2, eps, weight_decay (AdamW's), momentum."""
     lr = setting["lr"]
     if name == "adamw":
         betas = (setting.get("beta1", 0.9), setting.get("beta2", 0.999))
-        return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=0.0), None
+        return (
+            torch.optim.AdamW(
+                model.parameters(),
+                lr=lr,
+                betas=betas,
+                eps=setting.get("eps", 1e-8),
+                weight_decay=setting.get("weight_decay", 0.0),
+            ),
+            None,
+        )
     if name == "soap":
         import heavyball
         import heavyball.utils
@@ -309,13 +322,35 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
         kw["kl_clip"] = setting["kl_clip"]
     if "factor_decay" in setting:
         kw["factor_decay"] = setting["factor_decay"]
+    if "skip" in setting:
+        kw["skip_layers"] = setting["skip"]
     if "factor_init" in setting:
         kw["factor_init"] = setting["factor_init"]
     if setting.get("per_example_g", problem.per_example_g):
         if batch is None:
             raise ValueError("per_example_g needs the batch size")
-        kw["g_scale"] = float(batch * problem.tokens_per_sample) ** 2
-    return optimizer, KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
+        kw["g_scale"] = float(batch * problem.tokens_per_sample) ** 2 * setting.get("g_scale_mult", 1.0)
+    precond = KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
+    if setting.get("relative_damping", False):
+        if precond.compute_method != "eigen":
+            raise ValueError("relative_damping needs compute_method 'eigen'")
+        _relative_eigenvalues(precond)
+    return optimizer, precond
+
+
+def _relative_eigenvalues(precond) -> None:
+    """Each factor's eigenvalues divided by their mean (a trace-normalised factor): d_G d_A has
+    mean 1 in every layer, so λ is relative to each layer's own curvature scale (one λ cannot
+    serve layers whose factors are 10^8 apart: the digits CNN, RESULTS.md), and each layer's
+    step is its K-FAC direction at the gradient's scale (the KL clip still sets the length).
+    A benchmark setting (``relative_damping``), not a library option."""
+    method = precond._method
+    solve = method.solve
+
+    def relative(factors, damping):
+        return [type(d)(d.values / d.values.mean().clamp_min(1e-30), *d[1:]) for d in solve(factors, damping)]
+
+    method.solve = relative
 
 
 def _eval_due(step: int) -> bool:
@@ -430,9 +465,16 @@ def _fmt_setting(s: dict) -> str:
         factor_decay="decay",
         factor_init="init",
         per_example_g="per-example G",
+        eps="eps",
+        weight_decay="wd",
+        skip="skip",
+        g_scale_mult="G scale x",
+        relative_damping="relative λ",
     )
 
     def value(v) -> str:
+        if isinstance(v, list | tuple):
+            return "+".join(map(str, v))
         if v is None or v is False:
             return "off"
         if v is True:
@@ -665,6 +707,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a third sweep stage: the task's variants of each optimizer (lm: K-FAC factor "
         "decay 0.8, 0.95; AdamW beta1 0.9, beta2 0.999; SGD momentum 0.8, 0.95), two each",
     )
+    p.add_argument(
+        "--kfac-base",
+        type=json.loads,
+        default=None,
+        metavar="JSON",
+        help='settings every K-FAC sweep setting starts from, e.g. \'{"relative_damping": true, '
+        "\"factor_decay\": 0.5}' (added to the task's own; recorded in each setting)",
+    )
     p.add_argument("--sweep-seeds", type=int, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-steps", type=int, default=None)
@@ -689,6 +739,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     problem = PROBLEMS[a.task](a.target)
+    if a.kfac_base is not None:
+        if not isinstance(a.kfac_base, dict):
+            p.error("--kfac-base must be a JSON object")
+        problem.base["kfac"] = {**problem.base.get("kfac", {}), **a.kfac_base}
     if a.quick:
         if a.task not in SWEPT:
             p.error(f"--quick: no swept settings stored for --task {a.task}")

@@ -85,6 +85,44 @@ def test_kfac_setting_reaches_the_preconditioner_kl_clip_off_and_factor_decay():
         bs.make_optimizer("kfac", model, problem, setting)
 
 
+def test_probe_settings_reach_adamw_and_the_preconditioner():
+    """The knobs of the 2026-12-07 16:53 probes: AdamW's eps and weight decay, K-FAC's skipped
+    layers, its kfac_approx and a factor on the per-example G scale."""
+    torch = pytest.importorskip("torch")
+    problem = bs.Problem("toy", 1.0, "loss", None, None, None, None, 100, center_lr=dict(kfac=1.0))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt, _ = bs.make_optimizer("adamw", model, problem, dict(lr=0.1, beta1=0.7, beta2=0.9))
+    group = opt.param_groups[0]
+    assert (group["betas"], group["eps"], group["weight_decay"]) == ((0.7, 0.9), 1e-8, 0.0)
+    setting = dict(lr=0.1, beta1=0.7, beta2=0.9, eps=1e-6, weight_decay=0.1)
+    opt, _ = bs.make_optimizer("adamw", model, problem, setting)
+    assert (opt.param_groups[0]["eps"], opt.param_groups[0]["weight_decay"]) == (1e-6, 0.1)
+    assert bs._fmt_setting(setting) == "lr 0.1, β1 0.7, β2 0.9, eps 1e-06, wd 0.1"
+    setting = dict(lr=0.1, damping=0.03, skip=["1"], approx="reduce", per_example_g=True, g_scale_mult=0.25)
+    _, pre = bs.make_optimizer("kfac", model, problem, setting, batch=8)
+    assert len(pre.layers) == 1 and pre.kfac_approx == "reduce" and pre.g_scale == 16.0  # 8² x 0.25
+    assert bs._fmt_setting(setting) == "lr 0.1, λ 0.03, skip 1, reduce, per-example G on, G scale x 0.25"
+
+
+def test_relative_damping_normalises_each_factors_eigenvalues():
+    """relative_damping: every factor's eigenvalues get mean 1 (λ relative to the layer's own
+    curvature), the eigenvectors stay; only with the eigen method."""
+    torch = pytest.importorskip("torch")
+    problem = bs.Problem("toy", 1.0, "loss", None, None, None, None, 100, center_lr=dict(kfac=1.0))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    x = torch.randn(6, 3, dtype=torch.float64)
+    f = (x.T @ x / 6).float() * 1e-6  # a factor far below any damping
+    setting = dict(lr=0.1, damping=0.03, method="eigen")
+    _, plain = bs.make_optimizer("kfac", model, problem, setting)
+    _, rel = bs.make_optimizer("kfac", model, problem, dict(setting, relative_damping=True))
+    (p,), (r,) = plain._method.solve([f], 0.03), rel._method.solve([f], 0.03)
+    assert torch.allclose(r.values, p.values / p.values.mean()) and torch.equal(r.vectors, p.vectors)
+    assert float(r.values.mean()) == pytest.approx(1.0)
+    assert bs._fmt_setting(dict(relative_damping=True)) == "relative λ on"
+    with pytest.raises(ValueError, match="eigen"):
+        bs.make_optimizer("kfac", model, problem, dict(setting, method="inverse", relative_damping=True))
+
+
 def test_lm_kfac_scales_g_per_loss_term_and_keeps_a_short_factor_memory():
     problem = bs.lm_problem()
     model = problem.make_model()
