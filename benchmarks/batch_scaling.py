@@ -282,8 +282,8 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
     by the batch's loss terms squared, batch x tokens_per_sample, Martens & Grosse's
     per-example scale, so that λ is not 10^5-10^9 x the batch-mean G), g_scale_mult (a
     factor on that scale), skip (K-FAC's skip_layers: those layers take the optimizer's
-    plain steps at its lr), relative_damping (eigen only: each factor's eigenvalues divided by
-    their mean, so λ is relative to each layer's curvature; _relative_eigenvalues), beta1,
+    plain steps at its lr), relative_damping (KFACPreconditioner's: each factor divided by its
+    mean eigenvalue before the solve, so λ is relative to each layer's curvature), beta1,
     beta2, eps, weight_decay (AdamW's), momentum."""
     lr = setting["lr"]
     if name == "adamw":
@@ -330,27 +330,10 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
         if batch is None:
             raise ValueError("per_example_g needs the batch size")
         kw["g_scale"] = float(batch * problem.tokens_per_sample) ** 2 * setting.get("g_scale_mult", 1.0)
-    precond = KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
     if setting.get("relative_damping", False):
-        if precond.compute_method != "eigen":
-            raise ValueError("relative_damping needs compute_method 'eigen'")
-        _relative_eigenvalues(precond)
+        kw["relative_damping"] = True
+    precond = KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
     return optimizer, precond
-
-
-def _relative_eigenvalues(precond) -> None:
-    """Each factor's eigenvalues divided by their mean (a trace-normalised factor): d_G d_A has
-    mean 1 in every layer, so λ is relative to each layer's own curvature scale (one λ cannot
-    serve layers whose factors are 10^8 apart: the digits CNN, RESULTS.md), and each layer's
-    step is its K-FAC direction at the gradient's scale (the KL clip still sets the length).
-    A benchmark setting (``relative_damping``), not a library option."""
-    method = precond._method
-    solve = method.solve
-
-    def relative(factors, damping):
-        return [type(d)(d.values / d.values.mean().clamp_min(1e-30), *d[1:]) for d in solve(factors, damping)]
-
-    method.solve = relative
 
 
 def _eval_due(step: int) -> bool:

@@ -210,6 +210,11 @@ class KFACPreconditioner(KfacPytorchNames):
     Conv2d's output positions (docs/design.md §2a, which
     also lists the layer types: Linear, Conv2d, HF Conv1D, Embedding,
     MultiheadAttention, and ``kfac_ext.register_layer_type`` for others).
+    relative_damping: False (kfac-pytorch: λ is added to the factors as they are) or
+    True: each factor is divided by its mean eigenvalue (trace / n) before it is
+    decomposed or inverted, so λ is relative to each layer's own curvature scale
+    (layers whose factors are orders of magnitude apart, as in a CNN whose loss is a
+    mean, then all see the same damping); not with an AdaptiveDamping.
     """
 
     def __init__(
@@ -246,6 +251,7 @@ class KFACPreconditioner(KfacPytorchNames):
         auto_step: AutoStep | None = None,
         max_factor_bytes: int | None = 2**30,
         kfac_approx: str = "expand",
+        relative_damping: bool = False,
     ):
         # Every argument is checked before a hook touches the model: a refused
         # configuration leaves the model exactly as it was.
@@ -286,6 +292,12 @@ class KFACPreconditioner(KfacPytorchNames):
         self.factor_init = check_factor_init(factor_init)
         self.g_scale = check_g_scale(g_scale)
         self._adaptive = damping if isinstance(damping, AdaptiveDamping) else None
+        self.relative_damping = args.flag("relative_damping", relative_damping)
+        if self.relative_damping and self._adaptive is not None:
+            raise ValueError(
+                "relative_damping=True does not combine with an AdaptiveDamping: its "
+                "Levenberg-Marquardt rule tunes λ against the factors as they are"
+            )
         self._auto = self._check_auto_step(auto_step, kl_clip, grad_scaler, comm)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -807,8 +819,14 @@ class KFACPreconditioner(KfacPytorchNames):
         return self._method.identity(*self._shape(layer, which), self.inv_dtype, layer.device, damping)
 
     def _factor(self, i: int, which: str) -> torch.Tensor:
+        """The factor to decompose or invert, in inv_dtype (a new tensor when it is
+        rescaled: the running average itself is never changed)."""
         layer = self.layers[i]
-        return (layer.A if which == "A" else layer.G).to(self.inv_dtype)
+        f = (layer.A if which == "A" else layer.G).to(self.inv_dtype)
+        if self.relative_damping:  # mean eigenvalue 1: trace / n, the mean of the diagonal
+            mean = (f if f.dim() == 1 else f.diagonal()).mean()
+            f = f / mean.clamp_min(torch.finfo(f.dtype).tiny)
+        return f
 
     def _solve(self, factors: list[torch.Tensor], damping: float) -> list[SecondOrder]:
         """Second-order data of each factor. Reads only its arguments, so it may run on
@@ -1082,6 +1100,8 @@ class KFACPreconditioner(KfacPytorchNames):
             "hyperparameters": sch.number_values(self._hyperparameters()),
             "basis_damping": self._basis_damping,
         }
+        if self.relative_damping:  # only then: a default state keeps kfac-pytorch's keys
+            state["relative_damping"] = True
         if self._pending is not None:
             state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
         if self._adaptive is not None:
@@ -1115,6 +1135,15 @@ class KFACPreconditioner(KfacPytorchNames):
             raise ValueError(
                 f"load_state_dict: saved with compute_method="
                 f"{state['compute_method']!r}, this one uses {self.compute_method!r}"
+            )
+        if bool(state.get("relative_damping", False)) != self.relative_damping and any(
+            "second_order" in e for e in saved.values()
+        ):
+            raise ValueError(
+                f"load_state_dict: saved with relative_damping={not self.relative_damping}, "
+                f"this one uses relative_damping={self.relative_damping} (the saved "
+                "eigendecompositions are of differently scaled factors; save with "
+                "state_dict(include_eigens=False) or match the setting)"
             )
         for i, l in enumerate(self.layers):
             e = saved[l.name]

@@ -8,6 +8,7 @@ from torch import nn
 
 import kfac_ext
 from kfac_ext import ops
+from kfac_ext.adaptive_damping import AdaptiveDamping
 
 
 def _model():
@@ -189,6 +190,8 @@ class _TwoRanks:
         (dict(kfac_approx="mean"), "kfac_approx"),
         (dict(defaults=[1]), "defaults"),
         (dict(precondition_dtype=torch.bfloat16, comm=_TwoRanks()), "precondition_dtype"),
+        (dict(relative_damping=1), "relative_damping"),
+        (dict(relative_damping=True, damping=AdaptiveDamping(0.1)), "relative_damping"),
     ],
 )
 def test_refused_configuration_leaves_the_model_untouched(kwargs, match):
