@@ -343,6 +343,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(a loss term is a sample, or a byte for --task lm; --damping is then in those units)",
     )
     k.add_argument(
+        "--relative-damping",
+        action="store_true",
+        help="divide each factor by its mean eigenvalue before the solve, so --damping is "
+        "relative to each layer's curvature (docs/design.md §2)",
+    )
+    k.add_argument(
         "--adaptive-damping",
         type=int,
         default=None,
@@ -565,6 +571,8 @@ def _run_config(name: str, a: argparse.Namespace, world: World) -> dict:
             per_example_g=a.per_example_g,
             adaptive_damping=a.adaptive_damping,
         )
+        if a.relative_damping:
+            cfg["relative_damping"] = True  # only when set: older checkpoints still resume
         if a.auto_step:  # the step is the quadratic model's: SGD at lr 1, no schedule
             cfg.update(
                 auto_step=True,
@@ -628,6 +636,7 @@ def _make_preconditioner(model: torch.nn.Module, sched: Schedule, a: argparse.Na
         compute_method=a.compute_method,
         skip_layers=a.skip_layers,
         auto_step=auto_step,
+        relative_damping=a.relative_damping,
     ), adaptive
 
 

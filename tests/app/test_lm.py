@@ -189,6 +189,7 @@ def test_per_example_g_scales_g_by_the_loss_terms_squared():
         inv_lag_steps=0,
         compute_method="inverse",
         skip_layers=(),
+        relative_damping=False,
     )
     pre, adaptive = train._make_preconditioner(model, sched, a, terms_per_sample=64)
     assert pre.g_scale == float(8 * 64) ** 2 and adaptive.curvature_scale == 1.0

@@ -264,6 +264,17 @@ def test_kfac_options_reach_the_preconditioner_and_the_config(capsys, tmp_path):
     assert "--adaptive-damping" in capsys.readouterr().err
 
 
+def test_relative_damping_flag_reaches_the_preconditioner_and_the_run_config(capsys, tmp_path):
+    out = _train(capsys, "--optimizer", "kfac", "--epochs", "1", "--relative-damping", "--save", str(tmp_path))
+    assert out["runs"]["kfac"]["config"]["relative_damping"] is True
+    state = torch.load(tmp_path / "kfac.pt", weights_only=False)["preconditioner"]
+    assert state["relative_damping"] is True
+    default = _train(capsys, "--optimizer", "kfac", "--epochs", "1")["runs"]["kfac"]["config"]
+    assert "relative_damping" not in default  # only when set: older checkpoints still resume
+    assert main(["train", *FAST, "--optimizer", "kfac", "--relative-damping", "--adaptive-damping", "3"]) == 2
+    assert "does not combine with an AdaptiveDamping" in capsys.readouterr().err
+
+
 def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, tmp_path):
     flags = ["--optimizer", "kfac", "--auto-step", "--auto-step-damping", "0.5", "--save", str(tmp_path / "a")]
     out = _train(capsys, *flags)
