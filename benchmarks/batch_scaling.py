@@ -275,6 +275,18 @@ SWEPT = {
 
 
 # --------------------------------------------------------------------------- one run
+# A K-FAC sweep setting's keys and the KFACPreconditioner arguments they set.
+_KFAC_SETTINGS = {
+    "method": "compute_method",
+    "approx": "kfac_approx",
+    "kl_clip": "kl_clip",
+    "factor_decay": "factor_decay",
+    "skip": "skip_layers",
+    "factor_init": "factor_init",
+    "relative_damping": "relative_damping",
+}
+
+
 def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict, batch: int | None = None):
     """(optimizer, preconditioner or None) for one setting {lr, damping} and, from a --variants
     sweep, method (K-FAC's compute method), approx (kfac_approx), kl_clip (None: off),
@@ -314,24 +326,11 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
     factor_steps, inv_steps = kfac_intervals(name)
     kw = dict(factor_update_steps=factor_steps, inv_update_steps=inv_steps, kl_clip=0.001, factor_decay=0.95)
     kw.update(problem.kfac)
-    if "method" in setting:
-        kw["compute_method"] = setting["method"]
-    if "approx" in setting:
-        kw["kfac_approx"] = setting["approx"]
-    if "kl_clip" in setting:
-        kw["kl_clip"] = setting["kl_clip"]
-    if "factor_decay" in setting:
-        kw["factor_decay"] = setting["factor_decay"]
-    if "skip" in setting:
-        kw["skip_layers"] = setting["skip"]
-    if "factor_init" in setting:
-        kw["factor_init"] = setting["factor_init"]
+    kw.update({arg: setting[key] for key, arg in _KFAC_SETTINGS.items() if key in setting})
     if setting.get("per_example_g", problem.per_example_g):
         if batch is None:
             raise ValueError("per_example_g needs the batch size")
         kw["g_scale"] = float(batch * problem.tokens_per_sample) ** 2 * setting.get("g_scale_mult", 1.0)
-    if setting.get("relative_damping", False):
-        kw["relative_damping"] = True
     precond = KFACPreconditioner(model, lr=lr, damping=setting["damping"], comm=LocalComm(), **kw)
     return optimizer, precond
 
