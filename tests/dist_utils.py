@@ -133,3 +133,12 @@ def run_workers(
         details = "\n".join(f"--- rank {o.rank} (exit code {o.exitcode}):\n{o.error}" for o in failed)
         raise RuntimeError(f"{len(failed)} of {world_size} ranks failed:\n{details}")
     return [o.value for o in result]
+
+
+def assert_steps_match(got_steps, want_steps, label, rtol=1e-9):
+    """Per step and per tensor, ‖got − want‖ / ‖want‖ < rtol; a failure names ``label``
+    (a tuple: strategy, rank, ...), the step and the tensor's index."""
+    for step, (got, want) in enumerate(zip(got_steps, want_steps)):
+        for k, (g, w) in enumerate(zip(got, want)):
+            err = float((g - w).norm() / w.norm())
+            assert err < rtol, (*label, step, k, err)

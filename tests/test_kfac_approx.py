@@ -19,13 +19,9 @@ def _model():
     return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4, bias=False), _ToClassesFirst()).double()
 
 
-@pytest.mark.parametrize("approx", ["expand", "reduce"])
-def test_sequence_factors_match_curvlinops(approx):
-    curvlinops = pytest.importorskip("curvlinops")
-    n, t = 3, 6
-    x = torch.randn(n, t, 5, dtype=torch.float64)
-    y = torch.randint(0, 4, (n, t))
-    model = _model()
+def _both_factors(curvlinops, model, x, y, approx):
+    """curvlinops' empirical K-FAC factors of the batch (x, y), and a preconditioner
+    that has taken one step on it (factor_decay 0: this batch's factors)."""
     op = curvlinops.KFACLinearOperator(
         model,
         nn.CrossEntropyLoss(),
@@ -41,6 +37,17 @@ def test_sequence_factors_match_curvlinops(approx):
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
     p.step()
+    return op, p
+
+
+@pytest.mark.parametrize("approx", ["expand", "reduce"])
+def test_sequence_factors_match_curvlinops(approx):
+    curvlinops = pytest.importorskip("curvlinops")
+    n, t = 3, 6
+    x = torch.randn(n, t, 5, dtype=torch.float64)
+    y = torch.randint(0, 4, (n, t))
+    model = _model()
+    op, p = _both_factors(curvlinops, model, x, y, approx)
     # curvlinops scales G by N·R (R = T loss terms per sequence) where ours divides by
     # the rows: expand G_ours = G_cl / (N·T)², reduce G_ours = G_cl / (N²·T); A is the same.
     g_scale = (n * t) ** 2 if approx == "expand" else n * n * t
@@ -97,21 +104,7 @@ def test_conv_reduce_factors_match_curvlinops():
     y = torch.randint(0, 3, (n,))
     model = _cnn()
     assert model(x).shape == (n, 3)
-    op = curvlinops.KFACLinearOperator(
-        model,
-        nn.CrossEntropyLoss(),
-        list(model.parameters()),
-        [(x, y)],
-        fisher_type="empirical",
-        kfac_approx="reduce",
-        separate_weight_and_bias=False,
-        check_deterministic=False,
-    )
-    op.compute_kronecker_factors()
-    p = kfac_ext.KFACPreconditioner(model, factor_decay=0.0, kfac_approx="reduce")
-    model.zero_grad()
-    F.cross_entropy(model(x), y).backward()
-    p.step()
+    op, p = _both_factors(curvlinops, model, x, y, "reduce")
     # one loss term per example: G_ours = G_cl / N² (the R = 1 case of the sequence test)
     for layer, key in zip(p.layers, ("0", "2", "4")):
         a_cl, g_cl = op._input_covariances[key], op._gradient_covariances[key]
