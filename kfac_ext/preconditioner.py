@@ -82,6 +82,7 @@ from kfac_ext.layers.registry import layer_type_for
 from kfac_ext.layers.tied import mark_tied
 from kfac_ext.methods import method as make_method
 from kfac_ext.precision import check_precondition_dtype
+from kfac_ext.preconditioner_state import build_state, check_state
 from kfac_ext.second_order import SecondOrder
 
 logger = logging.getLogger(__name__)
@@ -1083,102 +1084,21 @@ class KFACPreconditioner(KfacPytorchNames):
                 "state always holds the factors (include_eigens=False leaves out "
                 "the eigendecompositions)"
             )
-        layers = {}
-        for i, l in enumerate(self.layers):
-            entry = {"A": l.A.clone(), "G": l.G.clone(), "factor_updates": l.factor_updates}
-            if include_eigens and i in self._second:
-                entry["second_order"] = {w: [t.clone() for t in ts] for w, ts in self._second[i].items()}
-            layers[l.name] = entry
-        state = {
-            "steps": self.steps,
-            "compute_method": self.compute_method,
-            "factor_tracker": self._factor_tracker.state_dict(),
-            "inv_tracker": self._inv_tracker.state_dict(),
-            "skipped_factor_updates": self.skipped_factor_updates,
-            "layers": layers,
-            # the current numbers, which a LambdaParamScheduler may have changed
-            "hyperparameters": sch.number_values(self._hyperparameters()),
-            "basis_damping": self._basis_damping,
-        }
-        if self.relative_damping:  # only then: a default state keeps kfac-pytorch's keys
-            state["relative_damping"] = True
-        if self._pending is not None:
-            state["pending_second_order"] = self._pending.state_dict([l.name for l in self.layers])
-        if self._adaptive is not None:
-            state["adaptive_damping"] = self._adaptive.state_dict()
-        if self._auto is not None:
-            state["auto_step"] = self._auto.state_dict()
-        return state
+        return build_state(self, include_eigens)
 
     def load_state_dict(self, state: dict, compute_inverses: bool = True) -> None:
         """Load a :meth:`state_dict`; everything is validated before anything is assigned.
         Eigendecompositions the state lacks are computed at the next ``step()``, from
         the loaded factors, whatever kfac-pytorch's ``compute_inverses`` says."""
         args.flag("compute_inverses", compute_inverses)
-        try:
-            saved = state["layers"]
-            steps = int(state["steps"])
-            trackers = state["factor_tracker"], state["inv_tracker"]
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"load_state_dict: not a KFACPreconditioner state dict ({exc!r})") from None
-        names = [l.name for l in self.layers]
-        missing = [n for n in names if n not in saved]
-        unexpected = [n for n in saved if n not in names]
-        if missing or unexpected:
-            raise ValueError(
-                f"load_state_dict: layer sets differ; missing from the state dict: "
-                f"{missing}, not registered here: {unexpected}"
-            )
-        if state.get("compute_method", self.compute_method) != self.compute_method and any(
-            "second_order" in e for e in saved.values()
-        ):
-            raise ValueError(
-                f"load_state_dict: saved with compute_method="
-                f"{state['compute_method']!r}, this one uses {self.compute_method!r}"
-            )
-        if bool(state.get("relative_damping", False)) != self.relative_damping and any(
-            "second_order" in e for e in saved.values()
-        ):
-            raise ValueError(
-                f"load_state_dict: saved with relative_damping={not self.relative_damping}, "
-                f"this one uses relative_damping={self.relative_damping} (the saved "
-                "eigendecompositions are of differently scaled factors; save with "
-                "state_dict(include_eigens=False) or match the setting)"
-            )
-        for i, l in enumerate(self.layers):
-            e = saved[l.name]
-            for w, want in (("A", tuple(l.A.shape)), ("G", tuple(l.G.shape))):
-                t = e.get(w)
-                if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
-                    got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-                    shape = "x".join(map(str, want)) + (" (diagonal)" if len(want) == 1 else "")
-                    raise ValueError(f"load_state_dict: layer {l.name!r}: factor {w} must be {shape}, got {got}")
-            for w, ts in e.get("second_order", {}).items():
-                shapes = [tuple(t.shape) for t in self._empty_second_order(l, w)]
-                if w not in ("A", "G") or [tuple(t.shape) for t in ts] != shapes:
-                    raise ValueError(
-                        f"load_state_dict: layer {l.name!r}: second-order data of "
-                        f"factor {w!r} must have shapes {shapes}"
-                    )
-        try:  # a schedule given here wins over a saved number: it is a function of the step
-            numbers = sch.checked_values(self._hyperparameters(), state.get("hyperparameters", {}), schedules="skip")
-            basis_damping = state.get("basis_damping")
-            if basis_damping is not None and sch.positive(basis_damping) is not None:
-                raise ValueError(f"basis_damping must be None or {sch.positive(basis_damping)}, got {basis_damping!r}")
-        except ValueError as exc:
-            raise ValueError(f"load_state_dict: {exc}") from None
-        pending = self._pending_from_state(state.get("pending_second_order"), names)
-        if self._adaptive is not None and "adaptive_damping" in state:
-            self._adaptive.check_state_dict(state["adaptive_damping"], self.layers)
-        if self._auto is not None and "auto_step" in state:  # validates before it assigns
-            self._auto.load_state_dict(state["auto_step"], self._model)
+        checked = check_state(self, state)
         # all checks passed: assign
         self._second = {}
-        self._pending = pending
-        if pending is not None and self.inv_lag_steps and self._background:  # else: when it lands
-            pending.future = self._solver.submit(self._solve, pending.factors, pending.damping)
+        self._pending = checked.pending
+        if checked.pending is not None and self.inv_lag_steps and self._background:  # else: when it lands
+            checked.pending.future = self._solver.submit(self._solve, checked.pending.factors, checked.pending.damping)
         for i, l in enumerate(self.layers):
-            e = saved[l.name]
+            e = checked.layers[l.name]
             l.A.copy_(e["A"])
             l.G.copy_(e["G"])
             l.factor_updates = int(e.get("factor_updates", 1))
@@ -1190,36 +1110,21 @@ class KFACPreconditioner(KfacPytorchNames):
                     )
                     for w, ts in e["second_order"].items()
                 }
-        self.steps = steps
-        for h, value in numbers:
+        self.steps = checked.steps
+        for h, value in checked.numbers:
             h.value = value
-        self._basis_damping = basis_damping
+        self._basis_damping = checked.basis_damping
         if self._adaptive is not None and "adaptive_damping" in state:
             self._adaptive.load_state_dict(state["adaptive_damping"], self.layers)
-        self.skipped_factor_updates = int(state.get("skipped_factor_updates", 0))
-        self._factor_tracker.load_state_dict(trackers[0])
-        self._inv_tracker.load_state_dict(trackers[1])
+        self.skipped_factor_updates = checked.skipped_factor_updates
+        self._factor_tracker.load_state_dict(checked.factor_tracker)
+        self._inv_tracker.load_state_dict(checked.inv_tracker)
         if any(l.factor_updates > 0 for l in self.layers) and not self._second:
             self._inv_tracker.last = None  # recompute eigens from the loaded factors next step
         # A layer gets its first basis in the step of its first factor update.
         self._has_basis = {i for i, l in enumerate(self.layers) if l.factor_updates > 0}
         self._grad_marks = []
         self._set_capture()
-
-    def _pending_from_state(self, saved: dict | None, names: list[str]) -> PendingSecondOrder | None:
-        """A lagged update from a state dict, validated (None when there is none)."""
-        if saved is None:
-            return None
-        try:
-            return PendingSecondOrder.from_state_dict(
-                saved,
-                names,
-                [{"A": tuple(l.A.shape), "G": tuple(l.G.shape)} for l in self.layers],
-                self.inv_dtype,
-                [l.device for l in self.layers],
-            )
-        except ValueError as exc:
-            raise ValueError(f"load_state_dict: {exc}") from None
 
     def reset(self) -> None:
         """Back to the state after construction: identity factors, no eigens, step 0."""
