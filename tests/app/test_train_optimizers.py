@@ -269,8 +269,18 @@ def test_relative_damping_flag_reaches_the_preconditioner_and_the_run_config(cap
     assert out["runs"]["kfac"]["config"]["relative_damping"] is True
     state = torch.load(tmp_path / "kfac.pt", weights_only=False)["preconditioner"]
     assert state["relative_damping"] is True
+    # On digits it is the default; --no-relative-damping turns it off, and then the run config
+    # has no key (only when set: older checkpoints still resume).
     default = _train(capsys, "--optimizer", "kfac", "--epochs", "1")["runs"]["kfac"]["config"]
-    assert "relative_damping" not in default  # only when set: older checkpoints still resume
+    assert default["relative_damping"] is True and train.DEFAULTS["digits"]["relative_damping"] is True
+    off = _train(capsys, "--optimizer", "kfac", "--epochs", "1", "--no-relative-damping")["runs"]["kfac"]["config"]
+    assert "relative_damping" not in off
+    # The other tasks keep λ added to the factors as they are.
+    for task in (train.AUTOENCODER_DEFAULTS, train.LM_DEFAULTS, train.DEFAULTS["cifar10"]):
+        assert task["relative_damping"] is False
+    # --adaptive-damping does not combine with it: the default yields, an explicit flag is refused.
+    adaptive = _train(capsys, "--optimizer", "kfac", "--epochs", "1", "--adaptive-damping", "3")
+    assert "relative_damping" not in adaptive["runs"]["kfac"]["config"]
     assert main(["train", *FAST, "--optimizer", "kfac", "--relative-damping", "--adaptive-damping", "3"]) == 2
     assert "does not combine with an AdaptiveDamping" in capsys.readouterr().err
 
