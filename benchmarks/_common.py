@@ -13,7 +13,7 @@ import json
 import torch
 from _machine import describe_machine
 
-from kfac_ext.app import train
+from kfac_ext.app import train, train_options
 from kfac_ext.app.scaling import resnet50_factor_shapes
 
 DTYPE = torch.float32
@@ -59,7 +59,7 @@ def run_train(flags: list[str], allow_diverged: bool = False) -> dict | None:
     """Run `kfac-ext train FLAGS --json` in this process; its JSON result (None for a
     diverged run when ``allow_diverged``: a sweep scores it as never reaching the target)."""
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_options.add_arguments(parser)
     args = parser.parse_args([*flags, "--json", "--quiet", "--plot", ""])
     out = io.StringIO()
     try:

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from _common import machine_line
 
-from kfac_ext.app import train
+from kfac_ext.app import train_options
 from kfac_ext.app.models import build_model
 
 
@@ -82,14 +82,14 @@ def step_macs(shapes, method: str, factor_steps: int, inv_steps: int) -> dict[st
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.parse_args()
-    digits = train.DEFAULTS["digits"]
+    digits = train_options.DEFAULTS["digits"]
     races = [
         ("digits CNN", "digits-cnn", (digits["batch_size"], 1, 8, 8), digits),
         (
             "autoencoder",
             "digits-autoencoder",
-            (train.AUTOENCODER_DEFAULTS["batch_size"], 64),
-            {**digits, **train.AUTOENCODER_DEFAULTS},
+            (train_options.AUTOENCODER_DEFAULTS["batch_size"], 64),
+            {**digits, **train_options.AUTOENCODER_DEFAULTS},
         ),
     ]
     print(f"## MACs per training step, K-FAC against SGD ({machine_line()})")

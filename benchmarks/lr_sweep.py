@@ -112,12 +112,14 @@ def main() -> int:
 
 def out_epochs(a) -> int:
     """The schedule length of a run that diverged (it returned no history)."""
-    from kfac_ext.app import train
+    from kfac_ext.app import train_options
 
     flags = a.extra
     if "--epochs" in flags:
         return int(flags[flags.index("--epochs") + 1])
-    return (train.AUTOENCODER_DEFAULTS if a.task == "autoencoder" else train.DEFAULTS["digits"])["epochs"]
+    return (train_options.AUTOENCODER_DEFAULTS if a.task == "autoencoder" else train_options.DEFAULTS["digits"])[
+        "epochs"
+    ]
 
 
 if __name__ == "__main__":

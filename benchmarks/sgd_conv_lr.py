@@ -21,7 +21,7 @@ import sys
 import torch
 from _common import machine_line, run_train
 
-from kfac_ext.app import train
+from kfac_ext.app import train_options
 
 PlainSGD = torch.optim.SGD
 
@@ -81,7 +81,7 @@ def main() -> int:
             finally:
                 torch.optim.SGD = PlainSGD
             epochs = [r["epochs_to_target"] for r in runs]
-            never = train.DEFAULTS["digits"]["epochs"] + 1  # an unreached target ranks last
+            never = train_options.DEFAULTS["digits"]["epochs"] + 1  # an unreached target ranks last
             median = statistics.median(never if e is None else e for e in epochs)
             print(
                 f"| {lr:g} | {lr * scale:g} | "

@@ -29,7 +29,7 @@ from _machine import describe_machine
 from kfac_ext import KFACPreconditioner
 from kfac_ext.app.data import load_dataset
 from kfac_ext.app.models import build_model
-from kfac_ext.app.train import DEFAULTS
+from kfac_ext.app.train_options import DEFAULTS
 
 PHASES = ("batch", "fwd+bwd", "pre.step", "opt.step", "step")
 KINDS = ("plain", "factor", "eigh")

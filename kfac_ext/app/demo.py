@@ -24,7 +24,7 @@ import io
 import json
 import sys
 
-from kfac_ext.app import train
+from kfac_ext.app import train, train_options
 
 RACES = (
     ("digits CNN", "test accuracy ≥ 97 %", ["--optimizer", "sgd,adamw,kfac"]),
@@ -41,7 +41,7 @@ RACES = (
 def run_race(flags: list[str], seed: int) -> dict:
     """One `kfac-ext train` race in this process; its JSON result."""
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_options.add_arguments(parser)
     args = parser.parse_args([*flags, "--seed", str(seed), "--json", "--quiet", "--plot", ""])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -61,8 +61,8 @@ def verdict(race: str, goal: str, runs: dict) -> str:
     """One line per race, from its figures: who was first and what K-FAC's time was against
     the best of the others."""
     first = winner(runs)
-    never = [train.NAMES[n] for n, r in runs.items() if r["time_to_target_s"] is None]
-    line = f"{race} to {goal}: " + (f"{train.NAMES[first]} first" if first else "nobody reached it")
+    never = [train_options.NAMES[n] for n, r in runs.items() if r["time_to_target_s"] is None]
+    line = f"{race} to {goal}: " + (f"{train_options.NAMES[first]} first" if first else "nobody reached it")
     k = runs.get("kfac", {}).get("time_to_target_s")
     others = [r["time_to_target_s"] for n, r in runs.items() if n != "kfac" and r["time_to_target_s"]]
     if k and others:
@@ -89,7 +89,7 @@ def format_table(results: list[tuple[str, str, dict]]) -> str:
             )
             mark = " (first)" if name == first else ""
             lines.append(
-                f"| {race} | {goal} | {train.NAMES[name]}{mark} | "
+                f"| {race} | {goal} | {train_options.NAMES[name]}{mark} | "
                 f"{fmt(r['epochs_to_target'], 'd')} | "
                 f"{fmt(r['time_to_target_s'], '.2f')} | {final} | "
                 f"{r['step_ms_median']:.2f} |"
@@ -111,7 +111,7 @@ def plot(results: list[tuple[str, str, dict]], path: str) -> str:
         for name, r in res["runs"].items():
             xs = [h["train_time_s"] for h in r["history"]]
             ys = [(100 if accuracy else 1) * h[key] for h in r["history"]]
-            ax.plot(xs, ys, marker=".", color=colours.get(name), label=train.NAMES[name])
+            ax.plot(xs, ys, marker=".", color=colours.get(name), label=train_options.NAMES[name])
         target = 100 * res["target_accuracy"] if accuracy else res["target_loss"]
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target: {goal}")
         if accuracy:
@@ -124,7 +124,7 @@ def plot(results: list[tuple[str, str, dict]], path: str) -> str:
         verdict = (
             "K-FAC first"
             if first == "kfac"
-            else f"K-FAC not first ({train.NAMES[first]} is)"
+            else f"K-FAC not first ({train_options.NAMES[first]} is)"
             if first
             else "nobody reached it"
         )

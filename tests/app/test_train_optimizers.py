@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kfac_ext.app import train
+from kfac_ext.app import train, train_options
 from kfac_ext.app.tasks import Autoencoder
-from kfac_ext.app.train import RunState, format_table, parse_optimizers, summarize
+from kfac_ext.app.train import RunState, format_table, summarize
+from kfac_ext.app.train_options import parse_optimizers
 from kfac_ext.cli import main
 
 FAST = [
@@ -97,8 +98,8 @@ def test_three_optimizers_report_every_field_and_interleaving_changes_no_curve(c
             assert run[key] is not None, (name, key)
         assert run["config"]["optimizer"] == name and run["final_test_accuracy"] > 0.3
     adamw = out["runs"]["adamw"]["config"]
-    assert adamw["lr"] == train.DEFAULTS["digits"]["lr_adamw"]
-    assert adamw["weight_decay"] == train.DEFAULTS["digits"]["adamw_weight_decay"]
+    assert adamw["lr"] == train_options.DEFAULTS["digits"]["lr_adamw"]
+    assert adamw["weight_decay"] == train_options.DEFAULTS["digits"]["adamw_weight_decay"]
     assert "momentum" not in adamw
     # Each run alone gives the curve it has interleaved with the others.
     alone = _train(capsys, "--optimizer", "adamw", "--target-accuracy", "0.3")
@@ -156,7 +157,7 @@ def test_adamw_betas_reach_the_optimizer_and_are_checked(capsys, monkeypatch):
     assert made == [(0.7, 0.9)] and out["runs"]["adamw"]["config"]["betas"] == [0.7, 0.9]
     made.clear()
     default = _train(capsys, "--optimizer", "adamw", "--epochs", "1")["runs"]["adamw"]["config"]
-    assert made == [train.TORCH_ADAMW_BETAS] and "betas" not in default  # older checkpoints resume
+    assert made == [train_options.TORCH_ADAMW_BETAS] and "betas" not in default  # older checkpoints resume
     assert main(["train", *FAST, "--adamw-betas", "1.0", "0.9"]) == 2
     assert "--adamw-betas" in capsys.readouterr().err
 
@@ -165,7 +166,7 @@ def test_adamw_betas_reach_the_optimizer_and_are_checked(capsys, monkeypatch):
 def test_soap_trains_when_heavyball_is_installed(capsys):
     out = _train(capsys, "--optimizer", "soap", "--epochs", "3", "--lr-soap", "0.01", "--target-accuracy", "0.3")
     assert out["runs"]["soap"]["final_test_accuracy"] > 0.3  # chance: 0.1
-    assert out["runs"]["soap"]["config"]["weight_decay"] == train.DEFAULTS["digits"]["soap_weight_decay"]
+    assert out["runs"]["soap"]["config"]["weight_decay"] == train_options.DEFAULTS["digits"]["soap_weight_decay"]
 
 
 def test_table_compares_kfac_with_every_baseline():
@@ -219,7 +220,7 @@ def test_autoencoder_run_targets_the_training_loss(capsys, tmp_path):
         assert run["final_test_accuracy"] is None and run["config"]["task"] == "autoencoder"
     # The autoencoder's K-FAC default is the inverse method; digits keeps the eigenbasis.
     assert out["runs"]["kfac"]["config"]["compute_method"] == "inverse"
-    assert train.DEFAULTS["digits"]["compute_method"] == "eigen"
+    assert train_options.DEFAULTS["digits"]["compute_method"] == "eigen"
     unreached = _train(capsys, "--optimizer", "sgd", "--target-loss", "1e-6", base=AE)
     assert unreached["runs"]["sgd"]["time_to_target_s"] is None
 
@@ -256,7 +257,7 @@ def test_kfac_options_reach_the_preconditioner_and_the_config(capsys, tmp_path):
     # The default run is the kfac-pytorch configuration.
     default = _train(capsys, "--optimizer", "kfac", "--epochs", "1")["runs"]["kfac"]["config"]
     assert (default["factor_init"], default["per_example_g"], default["adaptive_damping"]) == (
-        train.DEFAULTS["digits"]["factor_init"],
+        train_options.DEFAULTS["digits"]["factor_init"],
         False,
         0,
     )
@@ -272,11 +273,11 @@ def test_relative_damping_flag_reaches_the_preconditioner_and_the_run_config(cap
     # On digits it is the default; --no-relative-damping turns it off, and then the run config
     # has no key (only when set: older checkpoints still resume).
     default = _train(capsys, "--optimizer", "kfac", "--epochs", "1")["runs"]["kfac"]["config"]
-    assert default["relative_damping"] is True and train.DEFAULTS["digits"]["relative_damping"] is True
+    assert default["relative_damping"] is True and train_options.DEFAULTS["digits"]["relative_damping"] is True
     off = _train(capsys, "--optimizer", "kfac", "--epochs", "1", "--no-relative-damping")["runs"]["kfac"]["config"]
     assert "relative_damping" not in off
     # The other tasks keep λ added to the factors as they are.
-    for task in (train.AUTOENCODER_DEFAULTS, train.LM_DEFAULTS, train.DEFAULTS["cifar10"]):
+    for task in (train_options.AUTOENCODER_DEFAULTS, train_options.LM_DEFAULTS, train_options.DEFAULTS["cifar10"]):
         assert task["relative_damping"] is False
     # --adaptive-damping does not combine with it: the default yields, an explicit flag is refused.
     adaptive = _train(capsys, "--optimizer", "kfac", "--epochs", "1", "--adaptive-damping", "3")
@@ -308,11 +309,11 @@ def test_auto_step_flag_makes_kfac_sgd_at_lr_1_and_resumes_identically(capsys, t
     assert _history(resumed, "kfac") == _history(whole, "kfac")
     # The default K-FAC run has no auto step (and keeps its config, hence its checkpoints).
     parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
+    train_options.add_arguments(parser)
     default = parser.parse_args(["--optimizer", "kfac"])
-    train._resolve_defaults(default)
+    train_options.resolve_defaults(default)
     cfg = train._run_config("kfac", default, train.World())
-    assert "auto_step" not in cfg and cfg["lr"] == train.DEFAULTS["digits"]["lr_kfac"]
+    assert "auto_step" not in cfg and cfg["lr"] == train_options.DEFAULTS["digits"]["lr_kfac"]
     for bad, flag in (
         (["--auto-step-damping", "0"], "--auto-step-damping"),
         (["--auto-step-interval", "-1"], "--auto-step-interval"),
