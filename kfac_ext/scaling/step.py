@@ -112,9 +112,9 @@ class HostCost:
     per_op_s: float = 0.0  # host time per dispatched op: Python, dispatcher, kernel launch
     optimizer_ops_per_tensor: int = 6  # 2020's SGD, momentum, weight decay, non-foreach
     sync_s: float = 0.0  # wait of one synchronising collective issued after other work
-    syncs: int = 0  # synchronising collectives a step besides the gradients' (metrics)
+    syncs: int = 0  # such collectives a step besides the gradients' (metrics)
     chained_sync_s: float = 0.0  # wait of one issued as soon as the previous one returned
-    chained_syncs: int = 0  # of the step's synchronising collectives, those chained so
+    chained_syncs: int = 0  # such chained collectives a step, on top of ``syncs``
     grad_ops_per_tensor: int = 0  # ops per gradient tensor releasing the all-reduce (N > 1)
     source: str = ""
 
