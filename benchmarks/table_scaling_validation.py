@@ -5,10 +5,10 @@ converts them to ms per iteration). Model: the V100 profile calibrated on the
 resnet50-32 row (kfac_ext/scaling/calibrate.py), kfac-pytorch-2020's exchange, and the
 2020 stack's latency per eigendecomposition (calibrate.SYMEIG_2020_LATENCY_S, from
 pytorch/pytorch#10172), the host work the model counts (calibrate.HOST_2020: ops
-of the step x 20 us, Horovod's blocking collectives), and the CIFAR rows' in-process
+of the step x 20 us, Horovod 0.19.0's blocking collectives and gradient release), and the CIFAR rows' in-process
 input pipeline (calibrate.CIFAR_INPUT_S, measured by table_scaling_input_check.py). A second table shows the K-FAC
 overhead ratios under other per-call latencies: the H200's cuSOLVER one over k, and
-#22573's 1.8 ms per matrix; a third the SGD step ratios under other costs per op (each
+#22573's 1.8 ms per matrix; one the CIFAR SGD step by part; one the SGD step ratios under other costs per op (each
 with the ImageNet host time re-fitted on the calibration row); a fourth the share of
 per-message latency in the 32- and 64-GPU overheads.
 
@@ -85,6 +85,19 @@ def main() -> int:
             f"| {c.sgd_ratio:.2f} | {_ms(c.overhead_published)} "
             f"| {c.overhead_predicted * 1e3:.0f} | {ratios} | {tag} |"
         )
+    print("\nThe CIFAR SGD step by part (ms; Horovod 0.19.0's cycle and poll, calibrate.HOST_2020)\n")
+    print(
+        "| row | input | op issue | blocking waits | gradient release | all-reduce | predicted | published | >= published / 1.5 |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in ROWS:
+        if row.model != "resnet32_cifar":
+            continue
+        w = works[row.model]
+        st = predict(w, row.gpus, v100, net, batch=row.batch, host_s=CIFAR_INPUT_S, host_cost=HOST_2020, **KFAC_LW)
+        parts = (st.host, max(st.forward_backward, st.launch), HOST_2020.sync_time(row.gpus))
+        parts += (HOST_2020.grad_release_time(w, row.gpus), st.grad_allreduce, st.sgd, row.sgd_s, row.sgd_s / 1.5)
+        print(f"| {row.key} | " + " | ".join(f"{p * 1e3:.1f}" for p in parts) + " |")
     latencies = {
         f"{MEASURED['eigh_latency_s'] / V100_CALIBRATION['k'] * 1e3:.2f} ms (H200 cuSOLVER / k)": MEASURED[
             "eigh_latency_s"

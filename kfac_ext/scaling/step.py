@@ -16,7 +16,13 @@ mul_ and add_, the update add_). Kernels run asynchronously, so the GPU waits on
 host only when issuing is the slower: forward + backward take max(FLOP time, ops x
 per_op_s) (a lower bound: per-op maxima would add up to more). A synchronising
 collective (a blocking all-reduce of a metric, the wait for the gradient all-reduce)
-waits ``sync_s`` more each: ``syncs`` a step, one more on N > 1 ranks for the gradients.
+issued after other work waits ``sync_s`` more each: ``syncs`` a step, one more on N > 1
+ranks for the gradients; one issued as soon as the previous one returns waits
+``chained_sync_s`` (``chained_syncs`` a step: a cycle-driven runtime such as Horovod
+picks it up only at its next cycle, a whole cycle later on average). On N > 1 ranks
+the gradients' release adds ``grad_ops_per_tensor`` ops per parameter tensor at
+``per_op_s`` after the wait (Horovod's averaging: one ``div_`` per gradient before
+its handle is released), in series with the step.
 
 K-FAC adds, for the slowest rank:
 - factor computation (on factor-update steps): A and G of every layer as full
@@ -105,17 +111,21 @@ class HostCost:
 
     per_op_s: float = 0.0  # host time per dispatched op: Python, dispatcher, kernel launch
     optimizer_ops_per_tensor: int = 6  # 2020's SGD, momentum, weight decay, non-foreach
-    sync_s: float = 0.0  # wait of one synchronising collective
-    syncs: int = 0  # synchronising collectives a step besides the gradients' (metrics)
+    sync_s: float = 0.0  # wait of one synchronising collective issued after other work
+    syncs: int = 0  # such collectives a step besides the gradients' (metrics)
+    chained_sync_s: float = 0.0  # wait of one issued as soon as the previous one returned
+    chained_syncs: int = 0  # such chained collectives a step, on top of ``syncs``
+    grad_ops_per_tensor: int = 0  # ops per gradient tensor releasing the all-reduce (N > 1)
     source: str = ""
 
     def __post_init__(self):
-        for field in ("per_op_s", "sync_s"):
+        for field in ("per_op_s", "sync_s", "chained_sync_s"):
             v = getattr(self, field)
             if not 0 <= v < math.inf:
                 raise ValueError(f"HostCost.{field} must be finite seconds >= 0, got {v!r}")
-        if self.optimizer_ops_per_tensor < 0 or self.syncs < 0:
-            raise ValueError(f"HostCost counts must be >= 0, got {self.optimizer_ops_per_tensor}, {self.syncs}")
+        counts = (self.optimizer_ops_per_tensor, self.syncs, self.chained_syncs, self.grad_ops_per_tensor)
+        if min(counts) < 0:
+            raise ValueError(f"HostCost counts must be >= 0, got {counts}")
 
     def ops(self, work: Workload) -> int:
         """Ops the host dispatches in one SGD step."""
@@ -125,7 +135,13 @@ class HostCost:
         return self.ops(work) * self.per_op_s
 
     def sync_time(self, ranks: int) -> float:
-        return self.sync_s * (self.syncs + (1 if ranks > 1 else 0))
+        """Waits of the step's synchronising collectives: ``syncs`` after other work (one
+        more for the gradients on N > 1 ranks), ``chained_syncs`` right after another."""
+        return self.sync_s * (self.syncs + (1 if ranks > 1 else 0)) + self.chained_sync_s * self.chained_syncs
+
+    def grad_release_time(self, work: Workload, ranks: int) -> float:
+        """Ops between the gradients' all-reduce and the optimizer (N > 1 only)."""
+        return self.grad_ops_per_tensor * work.param_tensors * self.per_op_s if ranks > 1 else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +164,7 @@ class StepTime:
     grad_comm: float
     memory: dict
     launch: float = 0.0  # host time issuing the SGD step's ops (HostCost)
-    sync: float = 0.0  # waits of the step's synchronising collectives (HostCost)
+    sync: float = 0.0  # waits of the step's synchronising collectives, gradients' release (HostCost)
 
     @property
     def sgd(self) -> float:
@@ -305,5 +321,5 @@ def predict(
         grad_comm,
         memory,
         host_cost.launch_time(work),
-        host_cost.sync_time(ranks),
+        host_cost.sync_time(ranks) + host_cost.grad_release_time(work, ranks),
     )

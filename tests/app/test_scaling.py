@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -170,6 +171,24 @@ def test_host_cost_by_hand():
         HostCost(per_op_s=-1.0)
     with pytest.raises(ValueError, match="counts"):
         HostCost(syncs=-1)
+
+
+def test_chained_syncs_and_gradient_release_by_hand():
+    """One sync after other work (1 ms), one chained right after it (2 ms); on 4 ranks a
+    second 1 ms one for the gradients and 1 op per parameter tensor (3 x 100 us) to release
+    them: 3 ms on 1 rank, 4.3 ms on 4."""
+    work = dataclasses.replace(WORK, forward_ops=10, backward_ops=20, param_tensors=3)
+    host = HostCost(per_op_s=1e-4, sync_s=1e-3, syncs=1, chained_sync_s=2e-3, chained_syncs=1, grad_ops_per_tensor=1)
+    assert host.sync_time(1) == pytest.approx(3e-3) and host.sync_time(4) == pytest.approx(4e-3)
+    assert host.grad_release_time(work, 1) == 0.0 and host.grad_release_time(work, 4) == pytest.approx(3e-4)
+    one = predict(work, 1, PROFILE, NET, batch=1, host_cost=host)
+    assert one.sync == pytest.approx(3e-3) and one.sgd == pytest.approx(4.8e-3 + 3e-3)
+    four = predict(work, 4, PROFILE, NET, batch=1, host_cost=host)
+    assert four.sgd == pytest.approx(4.8e-3 + 4.3e-3 + ring_allreduce_time(4e6, 4, NET))
+    with pytest.raises(ValueError, match="chained_sync_s"):
+        HostCost(chained_sync_s=math.inf)
+    with pytest.raises(ValueError, match="counts"):
+        HostCost(grad_ops_per_tensor=-1)
 
 
 def test_op_counts_of_a_linear_layer_by_hand():

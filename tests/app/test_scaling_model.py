@@ -1,10 +1,14 @@
 """The scaling model against the published K-FAC timings (docs/distributed.md, validation)."""
 
+import math
+
 import pytest
 
 from kfac_ext.scaling import NETWORKS, workload_of
 from kfac_ext.scaling.calibrate import (
     CIFAR_INPUT_S,
+    HOROVOD_CYCLE_2020_S,
+    HOROVOD_POLL_2020_S,
     HOST_2020,
     MEASURED,
     SYMEIG_2020_LATENCY_S,
@@ -97,29 +101,63 @@ def test_sc20_saving_arithmetic_and_interval_trend(works):
     assert savings[0] < 0 < savings[-1]  # every-step factors lose, sparse ones win
 
 
-def test_cifar_sgd_step_is_host_work_and_input_and_still_short(works):
+def _horovod_blocking(enqueue, cycle, run, poll):
+    """Horovod 0.19.0's loop, directly: cycles start at multiples of ``cycle`` (RunLoopOnce
+    sleeps until the previous start + the cycle time), an op enqueued at ``enqueue`` runs
+    in the next cycle and is done ``run`` after its start; the caller polls at once and then
+    every ``poll`` (WaitAndClear) and returns at the first poll that finds it done."""
+    done = math.floor(enqueue / cycle + 1) * cycle + run
+    return enqueue + math.ceil((done - enqueue) / poll - 1e-9) * poll
+
+
+@pytest.mark.parametrize("poll", [1.0e-3, 1.07e-3])  # sleep_for(1 ms) may oversleep
+def test_horovod_waits_by_simulation_and_by_hand(poll):
+    """A blocking collective at an unknown phase of the 5 ms cycle returns cycle/2 + poll/2
+    (+ its run time) later on average; one enqueued as soon as the previous returned, a whole
+    cycle later. Simulated over 2,000 phases, against HOST_2020's closed forms."""
+    cycle, run, gap = HOROVOD_CYCLE_2020_S, 0.05e-3, 0.02e-3
+    first, chained = [], []
+    for i in range(2000):
+        e1 = 1.0 + cycle * i / 2000
+        r1 = _horovod_blocking(e1, cycle, run, poll)
+        r2 = _horovod_blocking(r1 + gap, cycle, run, poll)
+        first.append(r1 - e1)
+        chained.append(r2 - (r1 + gap))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    assert mean(first) == pytest.approx(cycle / 2 + poll / 2 + run, abs=0.03e-3)
+    assert mean(chained) == pytest.approx(cycle - gap, abs=0.1e-3)
+    assert HOROVOD_POLL_2020_S == 1e-3  # horovod v0.19.0 torch/mpi_ops_v2.cc WaitAndClear
+    assert HOST_2020.sync_s == pytest.approx(3.0e-3) and HOST_2020.chained_sync_s == pytest.approx(5.0e-3)
+
+
+def test_cifar_sgd_step_is_host_work_and_input(works):
     """The CIFAR SGD step is host-bound: ResNet-32's 95 parameter tensors (31 convs, 31
     batch norms' weight and bias, the head's two) x 6 optimizer kernels and its counted
-    forward and backward ops at 20 us (a V100 launch) outweigh its 4 ms of FLOPs, Horovod's
-    blocking collectives wait 2.5 ms each, and the published script built every batch in
-    the training process (num_workers=0), measured here at CIFAR_INPUT_S. All sourced or
-    measured, not fitted: the prediction rises from 0.05-0.06x of the published step to
-    ~0.3x with the host work and ~0.56-0.65x with the input, still short of 1/1.5
-    (docs/distributed.md, validation). This fails when a change closes the gap."""
-    assert (HOST_2020.per_op_s, HOST_2020.sync_s, HOST_2020.syncs) == (20e-6, 2.5e-3, 2)
+    forward and backward ops at 20 us (a V100 launch) outweigh its 4 ms of FLOPs; Horovod
+    0.19.0's blocking collectives (the accuracy metric 3 ms, the loss metric right after it
+    5 ms, the gradients 3 ms on 4 GPUs and one div_ per gradient, 1.9 ms); and the published
+    script built every batch in the training process (num_workers=0), measured here at
+    CIFAR_INPUT_S. All sourced or measured, not fitted: 1 GPU within 1.5x of the published
+    step, 4 GPUs still short of 1/1.5 (docs/distributed.md, validation). This fails when a
+    change moves either."""
+    assert (HOST_2020.per_op_s, HOST_2020.syncs, HOST_2020.chained_syncs) == (20e-6, 1, 1)
     w = works["resnet32_cifar"]
     assert w.param_tensors == 95
     assert HOST_2020.ops(w) == w.forward_ops + w.backward_ops + 6 * 95
+    # by hand: 3 + 5 ms on 1 GPU; 3 + 3 + 5 ms and 95 x 20 us on 4
+    assert HOST_2020.sync_time(1) == pytest.approx(8.0e-3)
+    assert HOST_2020.sync_time(4) + HOST_2020.grad_release_time(w, 4) == pytest.approx(11.0e-3 + 1.9e-3)
     checks = {c.key: c for c in check_rows(works, NET)}
     no_input = {c.key: c for c in check_rows(works, NET, cifar_input_s=0.0)}
     bare = {c.key: c for c in check_rows(works, NET, host_cost=HostCost(), host_s=0.3152, cifar_input_s=0.0)}
     for key in ("cifar-1", "cifar-4"):
         assert bare[key].sgd_ratio < 0.07
-        assert 0.2 < no_input[key].sgd_ratio < 0.35
+        assert 0.2 < no_input[key].sgd_ratio < 0.4
         # the input pipeline adds to the step one for one: nothing overlaps it
         added = (checks[key].sgd_predicted - no_input[key].sgd_predicted) - CIFAR_INPUT_S
         assert added == pytest.approx(0.0, abs=1e-12)
-        assert 0.5 < checks[key].sgd_ratio < 1 / SGD_TOLERANCE
         assert checks[key].overhead_predicted == pytest.approx(no_input[key].overhead_predicted)
-    for key in ("resnet50-16", "resnet50-64"):
-        assert checks[key].sgd_ratio == pytest.approx(bare[key].sgd_ratio, rel=1e-6)
+    assert 1 / SGD_TOLERANCE <= checks["cifar-1"].sgd_ratio < 0.72
+    assert 0.6 < checks["cifar-4"].sgd_ratio < 1 / SGD_TOLERANCE  # 54 ms of 86.7: the open miss
+    for key in ("resnet50-16", "resnet50-64"):  # the fitted host time takes it all (to its rounding)
+        assert checks[key].sgd_ratio == pytest.approx(bare[key].sgd_ratio, rel=1e-4)
