@@ -22,7 +22,8 @@ baselines'. Since 2026-12-02 K-FAC preconditions every layer of the digits CNN
 lead against SGD with a separate convolution lr). Since 2026-12-07 its default is
 relative damping with factor decay 0.5 (`--relative-damping --factor-decay 0.5`):
 the same K-FAC grid run with and without it on the sweep seeds, best 3.5 epochs
-against 5 (lr 0.2, at the grid's upper edge; docs/results/digits_lr_sweep_*_2026-12-07e.log).
+against 5 (lr 0.2, at the grid's upper edge; one step up, lr 0.4, tied at 3.5 and 4
+epochs and was not taken; docs/results/digits_lr_sweep_*_2026-12-07e.log).
 The AdamW grid was moved up one lr step after its first run put the best at the grid's edge.
 
     .venv/bin/python benchmarks/lr_sweep.py [--task autoencoder] [--optimizers adamw]
