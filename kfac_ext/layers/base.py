@@ -29,14 +29,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 import torch.nn.grad
 from torch import nn
 
 from kfac_ext import ops
+from kfac_ext.layers import conv_patches
 
 # The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
@@ -78,109 +78,6 @@ def _checkpoint_recomputation() -> bool:
         return False
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)(False)
     return top is not None and getattr(top[0], "__qualname__", "").startswith("_recomputation_hook")
-
-
-class ConvGeometry(Protocol):
-    """What the conv capture reads of a module: an ``nn.Conv2d``'s geometry (a 1-D conv
-    gives its own as 2-D pairs with a height of 1)."""
-
-    @property
-    def kernel_size(self) -> tuple[int, ...]: ...
-    @property
-    def stride(self) -> tuple[int, ...]: ...
-    @property
-    def padding(self) -> str | tuple[int, ...]: ...
-    @property
-    def dilation(self) -> tuple[int, ...]: ...
-    @property
-    def padding_mode(self) -> str: ...
-    @property
-    def groups(self) -> int: ...
-
-
-def _conv_explicit_padding(module: ConvGeometry) -> tuple[int, int, int, int]:
-    """(left, right, top, bottom) zero/mode padding the conv applies to its input."""
-    if isinstance(module.padding, str):
-        if module.padding == "valid":
-            return (0, 0, 0, 0)
-        # 'same': total d*(k-1) per dim, the extra pixel on the right/bottom (as torch does).
-        pads = []
-        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
-            total = d * (k - 1)
-            pads += [total // 2, total - total // 2]
-        return cast(tuple[int, int, int, int], tuple(pads))  # two pairs
-    ph, pw = module.padding
-    return (pw, pw, ph, ph)
-
-
-def _conv_window_sums(
-    x: torch.Tensor,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: tuple[int, int],
-    dilation: tuple[int, ...],
-    dims: tuple[int, ...],
-) -> tuple[torch.Tensor, int]:
-    """For each kernel offset (i, j), the zero-padded ``x`` at the pixels that offset
-    reads over all output positions, summed over ``dims`` of (N, C, oh, ow); stacked
-    last, (…, C, kh·kw): the im2col patches' column (c, i, j), summed, without building
-    the patches (one strided slice per offset). Also T = oh·ow."""
-    h, w = x.shape[2:]
-    kh, kw = kernel_size
-    sh, sw = stride
-    dh, dw = dilation
-    ph, pw = padding
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-    cols = [
-        xp[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw].sum(dims)
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    return torch.stack(cols, dim=-1), oh * ow
-
-
-def _conv_act_diagonal(
-    x: torch.Tensor,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: tuple[int, int],
-    dilation: tuple[int, ...],
-    has_bias: bool,
-) -> torch.Tensor:
-    """The diagonal of ``ops.conv2d_act_factor`` (A = āᵀā/(N·T), ā the im2col patches
-    divided by T) without the patches or the dense factor: entry (c, i, j) is
-    Σ x²/(N·T³) over the pixels offset (i, j) reads; the bias entry is 1/T² (its ā
-    column is 1/T)."""
-    sums, t = _conv_window_sums(x.square(), kernel_size, stride, padding, dilation, (0, 2, 3))
-    d = sums.reshape(-1).div_(x.shape[0] * t * t * t)
-    if has_bias:
-        d = torch.cat([d, d.new_full((1,), 1.0 / (t * t))])
-    return d
-
-
-def _conv_mean_patches(
-    x: torch.Tensor,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: tuple[int, int],
-    dilation: tuple[int, ...],
-) -> torch.Tensor:
-    """K-FAC-reduce's rows of a conv: each example's im2col patch averaged over the
-    output positions, (N, C·kh·kw)."""
-    sums, t = _conv_window_sums(x, kernel_size, stride, padding, dilation, (2, 3))
-    return sums.reshape(x.shape[0], -1).div_(t)
-
-
-def _conv_padded(m: ConvGeometry, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(x, padding) such that a conv with symmetric zero ``padding`` of x reads what
-    ``m`` reads: 'same', asymmetric and non-zero padding modes are applied to x."""
-    left, right, top, bottom = _conv_explicit_padding(m)
-    if m.padding_mode != "zeros" or left != right or top != bottom:
-        mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-        return F.pad(x, (left, right, top, bottom), mode=mode), (0, 0)
-    return x, (top, left)
 
 
 class KFACLayer:
@@ -232,7 +129,9 @@ class KFACLayer:
             self.g_dim = out_dim
         else:
             self.g_dim = (
-                weight.shape[0] if group is None else weight.shape[0] // cast(ConvGeometry, geometry).groups
+                weight.shape[0]
+                if group is None
+                else weight.shape[0] // cast(conv_patches.ConvGeometry, geometry).groups
             )  # groups: a conv's
         self.out_slice = (
             slice(0, weight.shape[0]) if group is None else slice(group * self.g_dim, (group + 1) * self.g_dim)
@@ -284,7 +183,7 @@ class KFACLayer:
         self.use_grad: torch.Tensor | None = None
         self._handles = self._install_hooks()
 
-    def conv_geometry(self) -> ConvGeometry | None:
+    def conv_geometry(self) -> conv_patches.ConvGeometry | None:
         """The conv whose im2col patches are this layer's rows (None: not a conv). A type
         for another conv gives its geometry as an ``nn.Conv2d``'s and overrides
         :meth:`as_image` to give its tensors that layout."""
@@ -295,7 +194,7 @@ class KFACLayer:
         (C, H, W) unbatched (here: unchanged)."""
         return t
 
-    def _geometry(self) -> ConvGeometry:
+    def _geometry(self) -> conv_patches.ConvGeometry:
         geometry = self.conv_geometry()
         assert geometry is not None  # only called on the conv paths (is_conv)
         return geometry
@@ -373,12 +272,12 @@ class KFACLayer:
                 x = x.unsqueeze(0)
             if self.in_slice is not None:
                 x = x[:, self.in_slice]
-            x, padding = _conv_padded(m, x)
+            x, padding = conv_patches.padded_input(m, x)
             if self.kfac_approx == "reduce":  # one row per example (docs/design.md §2a)
-                self.add_activation_rows(_conv_mean_patches(x, m.kernel_size, m.stride, padding, m.dilation))
+                self.add_activation_rows(conv_patches.mean_patches(x, m.kernel_size, m.stride, padding, m.dilation))
                 return
             if self.a_diagonal:
-                a = _conv_act_diagonal(x, m.kernel_size, m.stride, padding, m.dilation, self.has_bias)
+                a = conv_patches.act_diagonal(x, m.kernel_size, m.stride, padding, m.dilation, self.has_bias)
             else:
                 a = ops.conv2d_act_factor(x.contiguous(), m.kernel_size, m.stride, padding, m.dilation, self.has_bias)
             if first:
@@ -479,7 +378,7 @@ class KFACLayer:
                 m = self._geometry()
                 x, g = self.as_image(x), self.as_image(g)
                 x, g = (x.unsqueeze(0), g.unsqueeze(0)) if x.dim() == 3 else (x, g)
-                x, padding = _conv_padded(m, x.to(self.factor_dtype))
+                x, padding = conv_patches.padded_input(m, x.to(self.factor_dtype))
                 g = g.to(self.factor_dtype)
                 shape = [*self.weight_shape[:2], *m.kernel_size]  # (out, in/groups, kh, kw)
                 w = torch.nn.grad.conv2d_weight(x, shape, g, m.stride, padding, m.dilation)
