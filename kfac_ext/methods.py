@@ -159,10 +159,9 @@ class InverseMethod(Method):
     _dense = InverseData
 
     def solve(self, factors, damping):
-        return [
-            DiagonalData(1.0 / (f + damping)) if f.dim() == 1 else InverseData(damped_inverse(f, damping))
-            for f in factors
-        ]
+        dense = damped_inverses([f for f in factors if f.dim() == 2], damping)
+        solved = iter(dense)
+        return [DiagonalData(1.0 / (f + damping)) if f.dim() == 1 else InverseData(next(solved)) for f in factors]
 
     def empty(self, n, diagonal, dtype, device):
         if diagonal:
@@ -203,8 +202,48 @@ class InverseMethod(Method):
         )
 
 
+def damped_inverses(factors: Sequence[Tensor], damping: float) -> list[Tensor]:
+    """(F + λI)⁻¹ of each dense factor, as :func:`damped_inverse` computes it, with the
+    factors of one shape (and dtype, device) stacked into one batched Cholesky and
+    ``cholesky_inverse`` call, and one host synchronisation for every check.
+
+    A factor's Cholesky is accepted when LAPACK's ``info`` is 0 and the diagonal of its
+    Cholesky factor is finite: a NaN or Inf anywhere in the (lower triangle of the)
+    factor reaches that diagonal (each L_jj is sqrt(F_jj + λ - sum_k L_jk^2)), so
+    checking n numbers does what checking the n^2 of L did (a sixth of the update's
+    time on the LM, benchmarks/RESULTS.md). A factor that fails goes alone through
+    :func:`damped_inverse` (its float64 retry, its error). Each result is its own
+    tensor (a copy out of the batch), so a state dict saves n^2 numbers, not the batch.
+    """
+    out: list[Tensor | None] = [None] * len(factors)
+    groups: dict[tuple, list[int]] = {}
+    for k, f in enumerate(factors):
+        groups.setdefault((tuple(f.shape), f.dtype, f.device), []).append(k)
+    batches = []
+    for ks in groups.values():
+        damped = torch.stack([factors[k] for k in ks])
+        damped.diagonal(dim1=-2, dim2=-1).add_(damping)
+        chol, info = torch.linalg.cholesky_ex(damped)
+        ok = (info == 0) & torch.isfinite(chol.diagonal(dim1=-2, dim2=-1)).all(-1)
+        batches.append((ks, chol, ok))
+    flags = torch.cat([ok.to(batches[0][2].device) for _, _, ok in batches]).tolist() if batches else []
+    at = 0
+    for ks, chol, _ in batches:
+        good = flags[at : at + len(ks)]
+        at += len(ks)
+        if all(good):
+            inverses = torch.cholesky_inverse(chol)
+            for j, k in enumerate(ks):
+                out[k] = inverses[j] if len(ks) == 1 else inverses[j].clone()
+            continue
+        for j, k in enumerate(ks):  # a failed one alone, the rest as they are
+            out[k] = torch.cholesky_inverse(chol[j]) if good[j] else damped_inverse(factors[k], damping)
+    return out  # type: ignore[return-value]
+
+
 def damped_inverse(f: Tensor, damping: float) -> Tensor:
-    """(F + λI)⁻¹ through Cholesky; retried in float64 when float32 fails."""
+    """(F + λI)⁻¹ through Cholesky; retried in float64 when float32 fails (one factor;
+    :func:`damped_inverses` batches many)."""
     damped = f + damping * torch.eye(f.shape[0], dtype=f.dtype, device=f.device)
     chol, info = torch.linalg.cholesky_ex(damped)
     if int(info) != 0 or not bool(torch.isfinite(chol).all()):
