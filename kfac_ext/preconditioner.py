@@ -47,7 +47,8 @@ Documented behaviours a user may rely on:
   - An eigendecomposition step makes one sync in ``batched_eigh``, which reads
     cuSOLVER's info codes and decides on a retry or an error; a float64 retry
     adds a second.
-  - The inverse method makes one sync per factor for its Cholesky check.
+  - An inverse-update step of the inverse method makes one sync for the Cholesky checks
+    of all its factors (a failed factor adds its own, and a float64 retry another).
   - With an enabled ``grad_scaler``, reading its scale makes one per step.
   - Otherwise a plain step makes none: the KL-clip scale stays on the device
     (``ops.precondition_grads_`` or ``precondition_grads_inverse_`` in one
