@@ -236,6 +236,19 @@ def path_chain_bound(
     holds ``p_j`` but not ``p_j+1``); its out_cost is charged.  These are no bypass's nodes and
     not ``p_j``, so no send is paid twice.
 
+    A join waits for the branches a call leaves off.  When the path goes on from the call's
+    run ``p_i .. p_j`` on the CPU pool, ``p_j+1 .. p_b``, a bypass from a node of the run into
+    ``p_b`` is sent at the call's end by ``p_a`` or by the last inner node the call holds, and
+    the rest of its inner nodes run after that, each on the CPU pool or on some other call
+    (:func:`_route_waits`: their least time, the route's ``r[h]`` with ``h`` inner nodes
+    held); ``p_b`` starts no sooner.  So ``p_b`` finishes no sooner than the call's start +
+    the call's fixed part + the LP above with ``r[h]`` added to that route's option ``h``
+    (the LP's minimum over every choice, so the choice the split makes is covered) + the
+    CPU time of ``p_b``, and of each CPU node after it up to the last such join.  The call and
+    that CPU stretch are one transition of the DP (a CPU node right after a call is reached
+    only through it), ending at the last route's join; a call may start before it (then the
+    route is one it fetches).  A bypass from ``p_j`` itself costs nothing sent at ``p_j``.
+
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
     a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
     run it no sooner than ``acc[p_j]``, then still sends ``p_j``'s output.
@@ -302,28 +315,40 @@ def path_chain_bound(
         for a, m, inner in routes:
             starts[a].append((b, m, tuple(index[x] for x in inner)))
     cost_at = [graph.node(v).out_cost for v in path]
-    # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far
+    # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far;
+    # Fp[j][u] the same with p_j on the CPU pool and no route from an earlier call still to
+    # join the path after p_j.  A CPU stretch after a call is one transition of the call, which
+    # charges the joins' waits (see :func:`_route_waits`); only Fp feeds a CPU node.
     F = [[inf] * (kq + 1) for _ in range(L)]
-    back = [[None] * (kq + 1) for _ in range(L)]
+    Fp = [[inf] * (kq + 1) for _ in range(L)]
+    # back[j][u] (for F) and backp[j][u] (for Fp): ("clean",) = see backp; ("cpu",) = p_j on
+    # the CPU pool after p_j-1 in Fp; ("call", i) = a call runs p_i .. p_j; ("stretch", i, e) =
+    # a call runs p_i .. p_e, then p_e+1 .. p_j on the CPU pool
+    back: list[list] = [[None] * (kq + 1) for _ in range(L)]
+    backp: list[list] = [[None] * (kq + 1) for _ in range(L)]
     prev0 = [0.0] + [inf] * kq  # "before p_0": nothing finished, no call used
+    join_waits: dict[tuple, list[float]] = {}
+    cpu_at = [graph.node(v).cpu_time for v in path]
+    cpu_floor = [tables[0][v] if tables else 0.0 for v in path]
     for i in range(L):
         if i % 16 == 0 and time.perf_counter() > deadline:
             return 0.0  # out of time: no bound from this path
-        before = F[i - 1] if i > 0 else prev0
-        if min(before) == inf:
-            continue
-        pi = index[path[i]]
-        # p_i alone on the CPU pool
-        c = node[pi].cpu_time
-        floor = tables[0][path[i]] if tables else 0.0
-        row = F[i]
+        # p_i alone on the CPU pool after p_i-1 there (after a call: pushed by the call's stretch)
+        before_cpu = Fp[i - 1] if i > 0 else prev0
+        row = Fp[i]
         for u in range(kq + 1):
-            t = max(before[u] + c, floor)
+            t = max(before_cpu[u] + cpu_at[i], cpu_floor[i])
             if t < row[u]:
                 row[u] = t
-                back[i][u] = (i, False)
-        if kq == 0:
+                backp[i][u] = ("cpu",)
+        for u in range(kq + 1):
+            if row[u] < F[i][u]:
+                F[i][u] = row[u]
+                back[i][u] = ("clean",)
+        before = F[i - 1] if i > 0 else prev0
+        if kq == 0 or min(before) == inf:
             continue
+        pi = index[path[i]]
         t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
         inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
         hanging: set[int] = set()  # inputs off the path and its bypasses feeding the forced set
@@ -395,28 +420,63 @@ def path_chain_bound(
             extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
             if hanging:
                 extra += _inputs_cost([node[x] for x in hanging], room)
-            if fetch_routes or send_routes or hanging:
+            waits = []  # (b, fixed part of the wait for the route into the CPU node p_b)
+            own = [(j, b, inner) for b, _, inner in starts[j] if inner and j < L - 1]  # sent at p_j
+            if fetch_routes or send_routes or hanging or own:
                 send_routes = [r for r in send_routes if r[1] > j]
-                extra = max(
-                    extra,
-                    _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, trees, i, sealed),
+                groups, delays = _routes_groups(
+                    node, cost_at, fetch_routes, send_routes + own, hanging, inside, room, trees, i, sealed, j
                 )
-            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra + max(sending, 0.0)
+                extra = max(extra, _choices_cost(groups, room))
+                for g, a, b, inner, held in delays:  # p_b on the CPU pool waits for this route
+                    r = join_waits.get(inner)
+                    if r is None:
+                        r = join_waits[inner] = _route_waits(node, cost_at[a], inner)
+                    waited = groups[:g] + [[(s, c + r[h]) for (s, c), h in zip(groups[g], held)]] + groups[g + 1 :]
+                    waits.append((b, _choices_cost(waited, room)))
+            fixed = t_in + compute + node[pj].out_cost * (j < L - 1) + max(sending, 0.0)
+            w = fixed + extra
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
             row = F[j]
             for u in range(kq):
                 t = max(before[u] + w, floor)
                 if t < row[u + 1]:
                     row[u + 1] = t
-                    back[j][u + 1] = (i, True)
+                    back[j][u + 1] = ("call", i)
+            # p_j+1 .. p_b on the CPU pool after the call: each after its input, and p_b after
+            # every route from the call into it; up to the last route's end, past which no
+            # wait is pending (the stretch ends there, clean, or a call runs next)
+            last = max([b for b, _ in waits], default=j + 1)
+            wait_at = [0.0] * (last + 1)
+            for b, lp in waits:
+                wait_at[b] = max(wait_at[b], fixed + max(extra, lp))
+            w_b, floor_b = w, floor
+            for b in range(j + 1, min(last, L - 1) + 1):
+                w_b = max(w_b, wait_at[b]) + cpu_at[b]
+                floor_b = max(floor_b + cpu_at[b], cpu_floor[b])
+                row, rows = (Fp[b], backp) if b == last else (F[b], back)
+                for u in range(kq):
+                    t = max(before[u] + w_b, floor_b)
+                    if t < row[u + 1]:
+                        row[u + 1] = t
+                        rows[b][u + 1] = ("stretch", i, j)
     value = min(F[L - 1])
     if runs is not None and value < inf:
-        j, u = L - 1, F[L - 1].index(value)
+        j, u, table = L - 1, F[L - 1].index(value), back
         while j >= 0:
-            i, on_call = back[j][u]
-            runs.append((i, j, on_call))
-            u -= on_call
-            j = i - 1
+            step = table[j][u]
+            if step[0] == "clean":
+                table = backp
+                continue
+            table = back
+            if step[0] == "cpu":
+                runs.append((j, j, False))
+                table, j = backp, j - 1
+                continue
+            i, e = step[1], (step[2] if step[0] == "stretch" else j)
+            runs.extend((x, x, False) for x in range(j, e, -1))
+            runs.append((i, e, True))
+            u, j = u - 1, i - 1
         runs.reverse()
     return value
 
@@ -516,6 +576,24 @@ def _inputs_cost(inputs, room: float) -> float:
 def _routes_cost(
     node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, trees=None, i: int = 0, sealed=()
 ) -> float:
+    """:func:`_routes_groups`'s least total (the LP of :func:`_choices_cost`)."""
+    groups, _ = _routes_groups(node, cost_at, fetch_routes, send_routes, inputs, inside, room, trees, i, sealed)
+    return _choices_cost(groups, room)
+
+
+def _routes_groups(
+    node,
+    cost_at,
+    fetch_routes,
+    send_routes,
+    inputs,
+    inside: int,
+    room: float,
+    trees=None,
+    i: int = 0,
+    sealed=(),
+    last: int | None = None,
+):
     """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
     the time of the inner nodes it holds, with their bytes within ``room``.
 
@@ -527,13 +605,17 @@ def _routes_cost(
     left out (charged nothing); a ``sealed`` inner node (:func:`_bypasses`) is no crossing.  An input is held or fetched; held, it needs its own inputs
     (``trees``, :class:`_Upstream`: held or fetched in turn, ``p_a``'s output fetched and
     shared with the routes from ``a``).  Fractions allowed: the LP of this multiple-choice
-    knapsack (:func:`_choices_cost`)."""
+    knapsack (:func:`_choices_cost`), whose groups this returns, with ``delays`` (given
+    ``last``, the run's last position ``j``): per bypass sent through inner nodes, ``(group
+    index, a, b, inner nodes, inner nodes held per option)`` (for :func:`_route_waits`).  A
+    bypass from ``p_j`` itself costs nothing sent at ``p_j`` (the call sends ``p_j`` anyway)."""
     groups = []
+    delays = []
     fetch_count: dict[int, int] = {}
     for routes, fetched in ((fetch_routes, True), (send_routes, False)):
-        live = [(r[0], r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
+        live = [(r[0], r[1] if len(r) == 3 else -1, r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
         count: dict[int, int] = {}
-        for a, _ in live:
+        for a, _, _ in live:
             count[a] = count.get(a, 0) + 1
         if fetched and trees is not None:
             for x in inputs:
@@ -541,8 +623,8 @@ def _routes_cost(
                     if a < i - 1:
                         count[a] = count.get(a, 0) + 1
             fetch_count = count
-        for a, inner in live:
-            share = 0.0 if fetched and a == i - 1 else cost_at[a] / count[a]
+        for a, b, inner in live:
+            share = 0.0 if (fetched and a == i - 1) or (not fetched and a == last) else cost_at[a] / count[a]
             times = [node[x].accel_time + _weights_cost(node, trees, x, inside) for x in inner]
             sizes = [node[x].size for x in inner]
             # a sealed x_t (its reader is a colour mate) is never the feeder or the leaver
@@ -560,13 +642,41 @@ def _routes_cost(
                     for t, x in enumerate(inner)
                     if x not in sealed
                 ]
+                if inner and last is not None:
+                    held = [0] + [t + 1 for t, x in enumerate(inner) if x not in sealed]
+                    delays.append((len(groups), a, b, inner, held))
             groups.append(options)
     for x in inputs:
         if trees is None:
             groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
         else:
             groups.append(trees.provide(x, i, {a: cost_at[a] / c for a, c in fetch_count.items()}))
-    return _choices_cost(groups, room)
+    return groups, delays
+
+
+def _route_waits(node, cost: float, inner: tuple) -> list[float]:
+    """``r[h]``: the least time from the moment a call sends the ``h``-th node of a bypass's
+    ``inner`` nodes (``h`` = 0: its path node ``p_a``, whose out_cost is ``cost``) to the
+    moment the last inner node's output is ready for a CPU node, the ``inner[h:]`` being off
+    that call: each on the CPU pool (its cpu_time after its input) or on some other call
+    (fetch the input before it, run the stretch, send the last), every other rule relaxed
+    (memory, accelerators, weights).  ``r[len(inner)]`` = 0."""
+    m = len(inner)
+    out = []
+    for h in range(m + 1):
+        d = [math.inf] * (m + 1)  # d[e]: inner[h:e] done, inner[e-1]'s output ready
+        d[h] = 0.0
+        for e in range(h, m):
+            x = inner[e]
+            best = d[e] + node[x].cpu_time
+            run = 0.0
+            for s in range(e, h - 1, -1):  # a call holding inner[s .. e]
+                run += node[inner[s]].accel_time
+                fetched = cost if s == 0 else node[inner[s - 1]].out_cost
+                best = min(best, d[s] + fetched + run + node[x].out_cost)
+            d[e + 1] = best
+        out.append(d[m])
+    return out
 
 
 class _Upstream:
