@@ -5,24 +5,27 @@ import itertools
 import math
 
 from kfac_ext.placement.graph import Graph
-from kfac_ext.placement.latency.model import Split, latency_of
+from kfac_ext.placement.latency.model import Split, evaluate
 from kfac_ext.placement.objective import PlacementError
 
 
 def brute_force_latency(graph: Graph, subgraphs: int = 1) -> float:
+    return min((t.latency for _, t in all_timings(graph, subgraphs)), default=math.inf)
+
+
+def all_timings(graph: Graph, subgraphs: int = 1):
+    """Every feasible split with its schedule (the evaluator's Timing)."""
     ids = graph.ids
     slots = [(a, j) for a in range(graph.num_accelerators) for j in range(subgraphs)]
-    best = math.inf
     for choice in itertools.product(range(-1, len(slots)), repeat=len(ids)):
         split = Split.of(
             [(slots[s][0], [v for v, d in zip(ids, choice) if d == s]) for s in range(len(slots))],
             [v for v, d in zip(ids, choice) if d < 0],
         )
         try:
-            best = min(best, latency_of(graph, split, subgraphs))
+            yield split, evaluate(graph, split, subgraphs)
         except PlacementError:
             continue
-    return best
 
 
 def window(graph: Graph, start: int, size: int, k: int, cap_share: float) -> Graph:

@@ -9,11 +9,17 @@ import pathlib
 import random
 
 import pytest
-from _latency_brute import brute_force_latency, window
+from _latency_brute import all_timings, brute_force_latency, window
 from _small_graphs import node, random_graph
 
 from kfac_ext.placement.graph import Graph
-from kfac_ext.placement.latency.bound import _path_tables, candidate_paths, chain_bound, path_chain_bound
+from kfac_ext.placement.latency.bound import (
+    _finish_floors,
+    _path_tables,
+    candidate_paths,
+    chain_bound,
+    path_chain_bound,
+)
 from kfac_ext.placement.latency.exact import branch_and_bound
 
 WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
@@ -55,12 +61,17 @@ def optimum(seed):
 
 
 def assert_every_path_within(g: Graph, q: int, best: float) -> None:
-    """The chain bound of every source-to-sink path (with and without the path tables) and
-    the whole bound stay at or below ``best``, the brute-force optimum."""
+    """The chain bound of every source-to-sink path (with and without the path tables, and
+    with the ready floors that every path's first DP gives) and the whole bound stay at or
+    below ``best``, the brute-force optimum."""
     _, cpu, acc = _path_tables(g, subgraphs=q)
+    found: dict = {}
     for p in all_paths(g):
         assert path_chain_bound(g, p, q) <= best + 1e-9
-        assert path_chain_bound(g, p, q, (cpu, acc)) <= best + 1e-9
+        assert path_chain_bound(g, p, q, (cpu, acc), finishes=found) <= best + 1e-9
+    ready = _finish_floors(g, found)
+    for p in all_paths(g):
+        assert path_chain_bound(g, p, q, (cpu, acc), ready=ready) <= best + 1e-9
     assert chain_bound(g, q) <= best + 1e-9
 
 
@@ -562,3 +573,203 @@ def test_a_route_through_a_node_with_two_inputs_is_caught(monkeypatch):
     for seed in (0, 1, 16, 22):
         g = shared_route_graph(seed)
         assert max(path_chain_bound(g, p) for p in all_paths(g)) > brute_force_latency(g) + 1e-9
+
+
+def module_graph(seed: int, n_nodes: int = 8, k: int = 2, late: bool = False) -> Graph:
+    """An Inception module in small: 0 -> 1 (the fork, both slow on the CPU pool), two or three
+    branches of one to three nodes from 1 to a join, now and then one node after the join;
+    CPU 3-6 times the accelerator, random transfers and sizes, a cap of 40-100 % of the total,
+    now and then a colour pair (a branch node with the join's successor) or a CPU-only node.
+    The call that holds the fork leaves some branches to the CPU pool or to other calls, and
+    the join waits for them (what :func:`bound._route_waits` charges).  ``late``: the join and
+    what follows are the slow ones on the CPU pool instead, so a call starts inside the module
+    and fetches the branches the CPU pool ran (what :func:`bound._start_waits` charges)."""
+    rng = random.Random(seed)
+    edges = [(0, 1)]
+    nxt, ends = 2, []
+    budget = n_nodes - 3 - (rng.random() < 0.4)
+    branches = rng.randint(2, 3)
+    for b in range(branches):
+        left = budget - (nxt - 2)
+        if left <= 0:
+            break
+        length = left if b == branches - 1 else rng.randint(1, max(1, min(3, left - (branches - 1 - b))))
+        prev = 1
+        for _ in range(length):
+            edges.append((prev, nxt))
+            prev, nxt = nxt, nxt + 1
+        ends.append(prev)
+    join, nxt = nxt, nxt + 1
+    edges += [(e, join) for e in ends]
+    if nxt < n_nodes:
+        edges.append((join, nxt))
+        nxt += 1
+    senders = {s for s, _ in edges}
+    pair = (rng.randrange(2, join), nxt - 1) if nxt - 1 > join and rng.random() < 0.25 else ()
+    nodes = []
+    for v in range(nxt):
+        a = round(rng.uniform(0.2, 2.0), 3)
+        nodes.append(
+            node(
+                v,
+                a,
+                round((5.0 if (v >= join if late else v <= 1) else 1.0) * a * rng.uniform(3, 6), 3),
+                round(rng.uniform(1, 3), 3) if v in senders else 0.0,
+                size=float(rng.randint(1, 4)),
+                color=0 if v in pair else None,
+                accel_ok=v <= 1 or rng.random() > 0.08,
+            )
+        )
+    total = sum(x.size for x in nodes)
+    g = Graph(nodes, sorted(edges), k, 1, float(max(4, math.ceil(total * rng.uniform(0.4, 1.0)))))
+    g.validate()
+    return g
+
+
+def _without_join_waits(monkeypatch):
+    from kfac_ext.placement.latency import bound
+
+    monkeypatch.setattr(bound, "_route_waits", lambda node, cost, inner: [0.0] * (len(inner) + 1))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_join_after_a_call_is_charged_within_the_optimum(seed):
+    """The join's wait for the branches a call leaves off (to the CPU pool or other calls),
+    on every path: never above the brute-force optimum (one or two calls per accelerator)."""
+    g = module_graph(seed, n_nodes=7 + seed % 2, k=1 + seed % 2)
+    q = 1 + (seed % 10 == 9 and g.num_accelerators == 1)
+    assert_every_path_within(g, q, brute_force_latency(g, subgraphs=q))
+
+
+def test_the_join_wait_lifts_the_bound_on_a_third_of_the_module_graphs(monkeypatch):
+    """On the 60 graphs above the chain bound with the join's wait is above the bound without
+    it on 19 (and never below); so the test above exercises it."""
+    with_wait = [chain_bound(module_graph(s, 7 + s % 2, 1 + s % 2)) for s in range(60)]
+    _without_join_waits(monkeypatch)
+    without = [chain_bound(module_graph(s, 7 + s % 2, 1 + s % 2)) for s in range(60)]
+    assert all(a >= b - 1e-9 for a, b in zip(with_wait, without))
+    assert sum(a > b + 1e-9 for a, b in zip(with_wait, without)) >= 15
+
+
+def test_a_join_on_the_cpu_pool_waits_for_the_branch_on_another_call(monkeypatch):
+    """0 -> 1 -> 2 -> 4 and 1 -> 3 -> 4, 1 and 2 one colour class, 4 CPU-only, a cap of three
+    nodes, two accelerators.  Best: a call runs 0, 1, 2 (3 + sends of 1 and 2 = 5), a second
+    call runs 3 (fetch 1, run 1, send 1: 8), 4 on the CPU pool at 9.  The bound meets it;
+    without the join's wait it is 7, and a wait that knew only the CPU pool (3 there takes 50)
+    would say 27 (0 alone on a call, then 1, 2, 3 on a second: it leaves 3 to nobody), above
+    the optimum."""
+    from kfac_ext.placement.latency import bound
+
+    nodes = [node(0, 1.0, 100.0, 10.0), node(1, 1.0, 100.0, 1.0, color=7), node(2, 1.0, 100.0, 1.0, color=7)]
+    nodes += [node(3, 1.0, 50.0, 1.0), node(4, 1.0, 1.0, 0.0, accel_ok=False)]
+    g = Graph(nodes, [(0, 1), (1, 2), (1, 3), (2, 4), (3, 4)], 2, 1, 3.0)
+    g.validate()
+    best = brute_force_latency(g)
+    assert best == pytest.approx(9.0)
+    assert chain_bound(g) == pytest.approx(9.0)
+    real = bound._route_waits
+    monkeypatch.setattr(
+        bound,
+        "_route_waits",
+        lambda node, cost, inner: [sum(node[x].cpu_time for x in inner[h:]) for h in range(len(inner) + 1)],
+    )
+    assert chain_bound(g) == pytest.approx(27.0)
+    _without_join_waits(monkeypatch)
+    assert chain_bound(g) == pytest.approx(7.0)
+    monkeypatch.setattr(bound, "_route_waits", real)
+
+
+def test_a_join_wait_that_ignores_what_the_call_holds_is_caught(monkeypatch):
+    """The mutation check of the family above: charging the whole branch's wait even when the
+    call holds part or all of it (``r[0]`` for every option) goes above the optimum (on seeds
+    0, 42 and 48 of every third)."""
+    from kfac_ext.placement.latency import bound
+
+    real = bound._route_waits
+    monkeypatch.setattr(
+        bound, "_route_waits", lambda node, cost, inner: [real(node, cost, inner)[0]] * (len(inner) + 1)
+    )
+    over = 0
+    for seed in range(0, 60, 3):
+        g = module_graph(seed, n_nodes=7 + seed % 2, k=1 + seed % 2)
+        over += max(path_chain_bound(g, p) for p in all_paths(g)) > brute_force_latency(g) + 1e-9
+    assert over >= 2
+
+
+def _floors(g: Graph):
+    """Every path's first DP's finishes, and the ready floors made of them."""
+    _, cpu, acc = _path_tables(g)
+    found: dict = {}
+    for p in all_paths(g):
+        path_chain_bound(g, p, 1, (cpu, acc), finishes=found)
+    return found, _finish_floors(g, found)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_finish_floors_hold_in_every_split(seed):
+    """What the DPs report as a node's least finish (on any device, and on a call) and the
+    ready floors made of them are at or below that node's finish in every feasible split."""
+    g = module_graph(seed, n_nodes=7 + seed % 2, k=1 + seed % 2, late=seed % 2 == 0)
+    found, ready = _floors(g)
+    assert found and ready
+    for split, timing in all_timings(g):
+        where = split.device_of()
+        for v, (least, on_call) in found.items():
+            assert timing.finish[v] >= least - 1e-9
+            if where[v] >= 0:
+                assert timing.finish[v] >= on_call - 1e-9
+        for v, r in ready.items():
+            assert timing.finish[v] >= r - 1e-9
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_a_call_inside_a_module_is_charged_within_the_optimum(seed):
+    """A call that starts inside a module and fetches what the CPU pool ran of its other
+    branches starts no sooner than that is ready (the later rounds' start waits), on every
+    path: never above the brute-force optimum."""
+    g = module_graph(seed, n_nodes=7 + seed % 2, k=1 + seed % 2, late=True)
+    assert_every_path_within(g, 1, brute_force_latency(g))
+
+
+def test_the_start_wait_lifts_the_bound_on_some_module_graphs():
+    """On the 60 graphs above the later rounds lift the chain bound on 6 (and never lower it)."""
+    graphs = [module_graph(s, 7 + s % 2, 1 + s % 2, late=True) for s in range(60)]
+    one = [chain_bound(g, rounds=1) for g in graphs]
+    three = [chain_bound(g) for g in graphs]
+    assert all(a >= b - 1e-9 for a, b in zip(three, one))
+    assert sum(a > b + 1e-9 for a, b in zip(three, one)) >= 5
+
+
+def test_a_start_wait_charged_from_the_wrong_end_is_caught(monkeypatch):
+    """The mutation check of the start waits: a call whose fetched tensors are ready by
+    ``g_k+1`` charged as starting after ``g_k+1`` (not ``g_k``) goes above the optimum (seeds 3,
+    15, 19 and 43 of the graphs above); and ready floors that forget a node may share its
+    input's call are above some split's finish."""
+    from kfac_ext.placement.latency import bound
+
+    real = bound._start_waits
+
+    def upper_start(groups, hulls, entries, room, earliest, extra):
+        out = real(groups, hulls, entries, room, earliest, extra)
+        return [(out[k + 1][0], c) for k, (_, c) in enumerate(out[:-1])] + out[-1:]
+
+    monkeypatch.setattr(bound, "_start_waits", upper_start)
+    for seed in (3, 15, 19, 43):
+        g = module_graph(seed, 7 + seed % 2, 1 + seed % 2, late=True)
+        assert chain_bound(g) > brute_force_latency(g) + 1e-9
+    monkeypatch.setattr(bound, "_start_waits", real)
+
+    def no_shared_call(graph, found):
+        out: dict = {}
+        for v in graph.topological_order():
+            n, preds = graph.node(v), graph.predecessors(v)
+            on_cpu = n.cpu_time + max((out[u] for u in preds), default=0.0)
+            on_call = max((out[u] + graph.node(u).out_cost + n.accel_time for u in preds), default=n.accel_time)
+            least, least_on_call = found.get(v, (0.0, 0.0))
+            out[v] = min(max(on_cpu, least), max(on_call, least_on_call))
+        return out
+
+    g = module_graph(0, 7, 1, late=True)
+    found, _ = _floors(g)
+    ready = no_shared_call(g, found)
+    assert any(t.finish[v] < r - 1e-9 for _, t in all_timings(g) for v, r in ready.items())

@@ -123,19 +123,61 @@ def _cpu_only(graph: Graph) -> set[int]:
     return out
 
 
-def chain_bound(graph: Graph, subgraphs: int = 1, paths=None, deadline: float = math.inf) -> float:
+def chain_bound(graph: Graph, subgraphs: int = 1, paths=None, deadline: float = math.inf, rounds: int = 3) -> float:
     """The best of :func:`path_chain_bound` over ``paths`` (default :func:`candidate_paths`),
     each run with the path bound's per-node tables; the paths not finished by ``deadline``
-    (``time.perf_counter()``) are left out, which keeps it a bound."""
+    (``time.perf_counter()``) are left out, which keeps it a bound.
+
+    Then ``rounds - 1`` more rounds: each path's DP gave a lower bound on the finish of each of
+    its nodes, valid in every split (:func:`_finish_floors` carries them to every node), and
+    the DPs run again with them: a call that fetches a tensor starts no sooner than it can be
+    ready (on Inception-v3, a call that starts inside a module and fetches the branches the
+    CPU pool ran); each round's finishes feed the next."""
     if paths is None:
         paths = candidate_paths(graph)
     _, cpu, acc = _path_tables(graph, subgraphs=subgraphs)
     best = 0.0
+    found: dict[int, list[float]] = {}
     for p in paths:
         if time.perf_counter() > deadline:
-            break
-        best = max(best, path_chain_bound(graph, p, subgraphs, (cpu, acc), deadline=deadline))
+            return best
+        best = max(best, path_chain_bound(graph, p, subgraphs, (cpu, acc), deadline=deadline, finishes=found))
+    for _ in range(rounds - 1):
+        ready = _finish_floors(graph, found)
+        for p in paths:
+            if time.perf_counter() > deadline:
+                return best
+            best = max(
+                best, path_chain_bound(graph, p, subgraphs, (cpu, acc), deadline=deadline, ready=ready, finishes=found)
+            )
     return best
+
+
+def _finish_floors(graph: Graph, found: dict) -> dict[int, float]:
+    """Per node, a lower bound on the moment its output is ready (its finish) in every split,
+    from ``found`` (path node -> [its finish, its finish when on a call], each a lower bound
+    in every split): a CPU node finishes after its inputs and its CPU time; a call holding
+    ``v`` ends no sooner than, per input ``u``, the end of ``u``'s call (``u`` in it) or
+    ``u``'s finish, its fetch and ``v``'s accelerator time (``u`` outside it)."""
+    on_cpu_only = _cpu_only(graph)
+    any_: dict[int, float] = {}
+    call: dict[int, float] = {}
+    for v in graph.topological_order():
+        n = graph.node(v)
+        preds = graph.predecessors(v)
+        on_cpu = n.cpu_time + max((any_[u] for u in preds), default=0.0)
+        on_call = math.inf
+        if v not in on_cpu_only:
+            on_call = max(
+                (min(call[u], any_[u] + graph.node(u).out_cost + n.accel_time) for u in preds), default=n.accel_time
+            )
+        lb = found.get(v)
+        if lb is not None:
+            on_cpu = max(on_cpu, lb[0])
+            on_call = max(on_call, lb[1])
+        call[v] = on_call
+        any_[v] = min(on_cpu, on_call)
+    return any_
 
 
 def candidate_paths(graph: Graph) -> list[list[int]]:
@@ -192,6 +234,8 @@ def path_chain_bound(
     tables=None,
     runs: list | None = None,
     deadline: float = math.inf,
+    finishes: dict | None = None,
+    ready: dict | None = None,
 ) -> float:
     """A lower bound on the least latency from one path ``p_0 -> ... -> p_L-1`` (each an input
     of the next), restating the model's timing rule (:mod:`.model`) for the units on it.
@@ -236,9 +280,32 @@ def path_chain_bound(
     holds ``p_j`` but not ``p_j+1``); its out_cost is charged.  These are no bypass's nodes and
     not ``p_j``, so no send is paid twice.
 
+    A join waits for the branches a call leaves off.  When the path goes on from the call's
+    run ``p_i .. p_j`` on the CPU pool, ``p_j+1 .. p_b``, a bypass from a node of the run into
+    ``p_b`` is sent at the call's end by ``p_a`` or by the last inner node the call holds, and
+    the rest of its inner nodes run after that, each on the CPU pool or on some other call
+    (:func:`_route_waits`: their least time, the route's ``r[h]`` with ``h`` inner nodes
+    held); ``p_b`` starts no sooner.  So ``p_b`` finishes no sooner than the call's start +
+    the call's fixed part + the LP above with ``r[h]`` added to that route's option ``h``
+    (the LP's minimum over every choice, so the choice the split makes is covered) + the
+    CPU time of ``p_b``, and of each CPU node after it up to the last such join.  The call and
+    that CPU stretch are one transition of the DP (a CPU node right after a call is reached
+    only through it), ending at the last route's join; a call may start before it (then the
+    route is one it fetches).  A bypass from ``p_j`` itself costs nothing sent at ``p_j``.
+
     ``tables`` = ``(cpu, acc)`` of :func:`path_bound` adds that bound's per-node floors:
     a CPU node ``p_j`` finishes no sooner than ``cpu[p_j]``, and a call holding ``p_j`` has
     run it no sooner than ``acc[p_j]``, then still sends ``p_j``'s output.
+
+    ``ready`` (node -> a lower bound on its finish in every split, :func:`_finish_floors`)
+    adds a wait at the call's start: per bypass it fetches it fetches ``p_a``'s output or an
+    inner node's (its option in the LP), and starts no sooner than that is ready.  With ``T``
+    the latest ready floor of its choices, the call ends no sooner than ``max(start of the
+    chain, T)`` + the fixed part + the LP over the options ready by ``T``; :func:`_start_waits`
+    takes the least of this over a grid of ``T``.  ``finishes``, a dict, receives per path
+    node ``[least finish, least finish on a call]``: the least of the chains that end a run
+    at it and of the calls that end at it or after (a call holding it ends there), lower
+    bounds in every split, merged with what it holds (the larger kept).
 
     ``runs``, a list, receives the least chain's runs ``(i, j, on_call)`` (positions on the
     path): a shape for a split, which :mod:`.starts` fills in."""
@@ -302,28 +369,43 @@ def path_chain_bound(
         for a, m, inner in routes:
             starts[a].append((b, m, tuple(index[x] for x in inner)))
     cost_at = [graph.node(v).out_cost for v in path]
-    # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far
+    path_index = [index[v] for v in path]
+    ready_at = [ready.get(v, 0.0) for v in order] if ready else None
+    call_end = [inf] * L  # call_end[j]: least end of a call whose run ends at p_j
+    # F[j][u]: least finish of p_j's unit when p_j ends its run and u calls are used so far;
+    # Fp[j][u] the same with p_j on the CPU pool and no route from an earlier call still to
+    # join the path after p_j.  A CPU stretch after a call is one transition of the call, which
+    # charges the joins' waits (see :func:`_route_waits`); only Fp feeds a CPU node.
     F = [[inf] * (kq + 1) for _ in range(L)]
-    back = [[None] * (kq + 1) for _ in range(L)]
+    Fp = [[inf] * (kq + 1) for _ in range(L)]
+    # back[j][u] (for F) and backp[j][u] (for Fp): ("clean",) = see backp; ("cpu",) = p_j on
+    # the CPU pool after p_j-1 in Fp; ("call", i) = a call runs p_i .. p_j; ("stretch", i, e) =
+    # a call runs p_i .. p_e, then p_e+1 .. p_j on the CPU pool
+    back: list[list] = [[None] * (kq + 1) for _ in range(L)]
+    backp: list[list] = [[None] * (kq + 1) for _ in range(L)]
     prev0 = [0.0] + [inf] * kq  # "before p_0": nothing finished, no call used
+    join_waits: dict[tuple, list[float]] = {}
+    cpu_at = [graph.node(v).cpu_time for v in path]
+    cpu_floor = [tables[0][v] if tables else 0.0 for v in path]
     for i in range(L):
         if i % 16 == 0 and time.perf_counter() > deadline:
             return 0.0  # out of time: no bound from this path
-        before = F[i - 1] if i > 0 else prev0
-        if min(before) == inf:
-            continue
-        pi = index[path[i]]
-        # p_i alone on the CPU pool
-        c = node[pi].cpu_time
-        floor = tables[0][path[i]] if tables else 0.0
-        row = F[i]
+        # p_i alone on the CPU pool after p_i-1 there (after a call: pushed by the call's stretch)
+        before_cpu = Fp[i - 1] if i > 0 else prev0
+        row = Fp[i]
         for u in range(kq + 1):
-            t = max(before[u] + c, floor)
+            t = max(before_cpu[u] + cpu_at[i], cpu_floor[i])
             if t < row[u]:
                 row[u] = t
-                back[i][u] = (i, False)
-        if kq == 0:
+                backp[i][u] = ("cpu",)
+        for u in range(kq + 1):
+            if row[u] < F[i][u]:
+                F[i][u] = row[u]
+                back[i][u] = ("clean",)
+        before = F[i - 1] if i > 0 else prev0
+        if kq == 0 or min(before) == inf:
             continue
+        pi = index[path[i]]
         t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
         inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
         hanging: set[int] = set()  # inputs off the path and its bypasses feeding the forced set
@@ -395,28 +477,92 @@ def path_chain_bound(
             extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
             if hanging:
                 extra += _inputs_cost([node[x] for x in hanging], room)
-            if fetch_routes or send_routes or hanging:
+            waits = []  # (b, fixed part of the wait for the route into the CPU node p_b)
+            starts_at = []  # (T, c): the call starts no sooner than T and pays c, or later
+            own = [(j, b, inner) for b, _, inner in starts[j] if inner and j < L - 1]  # sent at p_j
+            if fetch_routes or send_routes or hanging or own:
                 send_routes = [r for r in send_routes if r[1] > j]
-                extra = max(
-                    extra,
-                    _routes_cost(node, cost_at, fetch_routes, send_routes, hanging, inside, room, trees, i, sealed),
+                groups, delays, entries = _routes_groups(
+                    node,
+                    cost_at,
+                    fetch_routes,
+                    send_routes + own,
+                    hanging,
+                    inside,
+                    room,
+                    trees,
+                    i,
+                    sealed,
+                    j,
+                    ready_at,
+                    path_index,
                 )
-            w = t_in + compute + node[pj].out_cost * (j < L - 1) + extra + max(sending, 0.0)
+                hulls = [_hull(options, room) for options in groups]
+                extra = max(extra, _hulls_cost(hulls, room))
+                if entries:
+                    starts_at = _start_waits(groups, hulls, entries, room, min(before), extra)
+                for g, a, b, inner, held in delays:  # p_b on the CPU pool waits for this route
+                    r = join_waits.get(inner)
+                    if r is None:
+                        r = join_waits[inner] = _route_waits(node, cost_at[a], inner)
+                    waited = [(s, c + r[h]) for (s, c), h in zip(groups[g], held)]
+                    waits.append((b, _hulls_cost(hulls[:g] + [_hull(waited, room)] + hulls[g + 1 :], room)))
+            fixed = t_in + compute + node[pj].out_cost * (j < L - 1) + max(sending, 0.0)
+            w = fixed + extra
             floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
+            ended = [max(before[u] + w, floor) for u in range(kq)]
+            if starts_at:
+                for u in range(kq):
+                    ended[u] = max(ended[u], fixed + min(max(before[u], t) + c for t, c in starts_at))
             row = F[j]
             for u in range(kq):
-                t = max(before[u] + w, floor)
+                t = ended[u]
                 if t < row[u + 1]:
                     row[u + 1] = t
-                    back[j][u + 1] = (i, True)
+                    back[j][u + 1] = ("call", i)
+            call_end[j] = min(call_end[j], min(ended))
+            # p_j+1 .. p_b on the CPU pool after the call: each after its input, and p_b after
+            # every route from the call into it; up to the last route's end, past which no
+            # wait is pending (the stretch ends there, clean, or a call runs next)
+            last = max([b for b, _ in waits], default=j + 1)
+            wait_at = [0.0] * (last + 1)
+            for b, lp in waits:
+                wait_at[b] = max(wait_at[b], fixed + max(extra, lp))
+            cur = list(ended)
+            floor_b = floor
+            for b in range(j + 1, min(last, L - 1) + 1):
+                floor_b = max(floor_b + cpu_at[b], cpu_floor[b])
+                row, rows = (Fp[b], backp) if b == last else (F[b], back)
+                for u in range(kq):
+                    cur[u] = max(cur[u], before[u] + wait_at[b]) + cpu_at[b]
+                    t = max(cur[u], floor_b)
+                    if t < row[u + 1]:
+                        row[u + 1] = t
+                        rows[b][u + 1] = ("stretch", i, j)
+    if finishes is not None:  # p_j finishes no sooner than its least chain, in every split
+        on_call = inf
+        for j in range(L - 1, -1, -1):
+            on_call = min(on_call, call_end[j])  # a call holding p_j ends at some p_j' >= p_j
+            old = finishes.setdefault(path[j], [0.0, 0.0])
+            old[0] = max(old[0], min(min(F[j]), on_call))  # F[j]: p_j ends its run; else a call's
+            old[1] = max(old[1], on_call)
     value = min(F[L - 1])
     if runs is not None and value < inf:
-        j, u = L - 1, F[L - 1].index(value)
+        j, u, table = L - 1, F[L - 1].index(value), back
         while j >= 0:
-            i, on_call = back[j][u]
-            runs.append((i, j, on_call))
-            u -= on_call
-            j = i - 1
+            step = table[j][u]
+            if step[0] == "clean":
+                table = backp
+                continue
+            table = back
+            if step[0] == "cpu":
+                runs.append((j, j, False))
+                table, j = backp, j - 1
+                continue
+            i, e = step[1], (step[2] if step[0] == "stretch" else j)
+            runs.extend((x, x, False) for x in range(j, e, -1))
+            runs.append((i, e, True))
+            u, j = u - 1, i - 1
         runs.reverse()
     return value
 
@@ -516,6 +662,26 @@ def _inputs_cost(inputs, room: float) -> float:
 def _routes_cost(
     node, cost_at, fetch_routes, send_routes, inputs, inside: int, room: float, trees=None, i: int = 0, sealed=()
 ) -> float:
+    """:func:`_routes_groups`'s least total (the LP of :func:`_choices_cost`)."""
+    groups, _, _ = _routes_groups(node, cost_at, fetch_routes, send_routes, inputs, inside, room, trees, i, sealed)
+    return _choices_cost(groups, room)
+
+
+def _routes_groups(
+    node,
+    cost_at,
+    fetch_routes,
+    send_routes,
+    inputs,
+    inside: int,
+    room: float,
+    trees=None,
+    i: int = 0,
+    sealed=(),
+    last: int | None = None,
+    ready=None,
+    path_index=(),
+):
     """A lower bound on what a call pays for its bypasses and off-path inputs, transfers and
     the time of the inner nodes it holds, with their bytes within ``room``.
 
@@ -527,13 +693,20 @@ def _routes_cost(
     left out (charged nothing); a ``sealed`` inner node (:func:`_bypasses`) is no crossing.  An input is held or fetched; held, it needs its own inputs
     (``trees``, :class:`_Upstream`: held or fetched in turn, ``p_a``'s output fetched and
     shared with the routes from ``a``).  Fractions allowed: the LP of this multiple-choice
-    knapsack (:func:`_choices_cost`)."""
+    knapsack (:func:`_choices_cost`), whose groups this returns, with ``delays`` (given
+    ``last``, the run's last position ``j``): per bypass sent through inner nodes, ``(group
+    index, a, b, inner nodes, inner nodes held per option)`` (for :func:`_route_waits`).  A
+    bypass from ``p_j`` itself costs nothing sent at ``p_j`` (the call sends ``p_j`` anyway).
+    Given ``ready`` (per node, a lower bound on its finish), also ``entries``: per bypass
+    fetched, ``(group index, per option the ready floor of the node it fetches)``."""
     groups = []
+    delays = []
+    entries = []
     fetch_count: dict[int, int] = {}
     for routes, fetched in ((fetch_routes, True), (send_routes, False)):
-        live = [(r[0], r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
+        live = [(r[0], r[1] if len(r) == 3 else -1, r[-1]) for r in routes if not any((inside >> x) & 1 for x in r[-1])]
         count: dict[int, int] = {}
-        for a, _ in live:
+        for a, _, _ in live:
             count[a] = count.get(a, 0) + 1
         if fetched and trees is not None:
             for x in inputs:
@@ -541,8 +714,8 @@ def _routes_cost(
                     if a < i - 1:
                         count[a] = count.get(a, 0) + 1
             fetch_count = count
-        for a, inner in live:
-            share = 0.0 if fetched and a == i - 1 else cost_at[a] / count[a]
+        for a, b, inner in live:
+            share = 0.0 if (fetched and a == i - 1) or (not fetched and a == last) else cost_at[a] / count[a]
             times = [node[x].accel_time + _weights_cost(node, trees, x, inside) for x in inner]
             sizes = [node[x].size for x in inner]
             # a sealed x_t (its reader is a colour mate) is never the feeder or the leaver
@@ -553,6 +726,8 @@ def _routes_cost(
                     for t, x in enumerate(inner)
                     if x not in sealed
                 ]
+                if ready is not None:
+                    entries.append((len(groups), [ready[path_index[a]]] + [ready[x] for x in inner if x not in sealed]))
             else:  # leaver p_a: none held; leaver x_t: x_1 .. x_t held
                 options = [(0.0, share)]
                 options += [
@@ -560,13 +735,75 @@ def _routes_cost(
                     for t, x in enumerate(inner)
                     if x not in sealed
                 ]
+                if inner and last is not None:
+                    held = [0] + [t + 1 for t, x in enumerate(inner) if x not in sealed]
+                    delays.append((len(groups), a, b, inner, held))
             groups.append(options)
     for x in inputs:
         if trees is None:
             groups.append([(0.0, node[x].out_cost), (node[x].size, node[x].accel_time)])
         else:
             groups.append(trees.provide(x, i, {a: cost_at[a] / c for a, c in fetch_count.items()}))
-    return _choices_cost(groups, room)
+    return groups, delays, entries
+
+
+_START_GRID = 6  # grid points of :func:`_start_waits` at most (besides the first and no limit)
+
+
+def _start_waits(groups, hulls, entries, room: float, earliest: float, extra: float) -> list[tuple[float, float]]:
+    """``[(T, c)]``: a call whose fetched bypasses' options (``entries``, their ready floors)
+    are ``groups``' starts no sooner than ``max(earliest, T)`` and pays at least ``c`` (the
+    LP), for one ``T`` of the list, whatever it chooses: with ``T*`` the latest ready floor of
+    its choices (or ``earliest``), between two grid points ``g_k <= T* <= g_k+1`` it starts
+    after ``g_k`` and chooses among the options ready by ``g_k+1``.  The grid: ``earliest``,
+    the ready floors above it (every few of them when they are many), and no limit.  Empty
+    when no option waits past ``earliest``."""
+    grid = sorted({r for _, readies in entries for r in readies if r > earliest})
+    if not grid:
+        return []
+    if len(grid) > _START_GRID:  # fewer points: each interval is charged as its ends allow
+        grid = grid[:: -(-len(grid) // _START_GRID)] + grid[-1:]
+    out = []
+    lower = earliest
+    for upper in grid:
+        restricted = list(hulls)
+        for g, readies in entries:
+            if max(readies) <= upper:
+                continue  # every option ready by then: the group as it is
+            ready_by = [o for o, r in zip(groups[g], readies) if r <= upper]
+            if not ready_by:
+                break  # no choice is ready by upper
+            restricted[g] = _hull(ready_by, room)
+        else:
+            out.append((lower, max(extra, _hulls_cost(restricted, room))))
+        lower = upper
+    out.append((lower, extra))
+    return out
+
+
+def _route_waits(node, cost: float, inner: tuple) -> list[float]:
+    """``r[h]``: the least time from the moment a call sends the ``h``-th node of a bypass's
+    ``inner`` nodes (``h`` = 0: its path node ``p_a``, whose out_cost is ``cost``) to the
+    moment the last inner node's output is ready for a CPU node, the ``inner[h:]`` being off
+    that call: each on the CPU pool (its cpu_time after its input) or on some other call
+    (fetch the input before it, run the stretch, send the last), every other rule relaxed
+    (memory, accelerators, weights).  ``r[len(inner)]`` = 0."""
+    m = len(inner)
+    out = []
+    for h in range(m + 1):
+        d = [math.inf] * (m + 1)  # d[e]: inner[h:e] done, inner[e-1]'s output ready
+        d[h] = 0.0
+        for e in range(h, m):
+            x = inner[e]
+            best = d[e] + node[x].cpu_time
+            run = 0.0
+            for s in range(e, h - 1, -1):  # a call holding inner[s .. e]
+                run += node[inner[s]].accel_time
+                fetched = cost if s == 0 else node[inner[s - 1]].out_cost
+                best = min(best, d[s] + fetched + run + node[x].out_cost)
+            d[e + 1] = best
+        out.append(d[m])
+    return out
 
 
 class _Upstream:
@@ -681,28 +918,43 @@ def _choices_cost(groups, room: float) -> float:
     allowed, sizes within ``room``; least total cost.  Each group starts at its smallest
     option; the segments of the groups' lower convex hulls that trade bytes for cost are
     taken steepest first (the LP optimum of this problem)."""
+    return _hulls_cost([_hull(options, room) for options in groups], room)
+
+
+def _hull(options, room: float) -> tuple[float, float, list]:
+    """One group of :func:`_choices_cost`: its smallest option's cost and bytes, and the
+    segments ``(slope, bytes, gain)`` of its lower convex hull."""
+    options = sorted(options)
+    options = [o for o in options if o[0] <= room] or options[:1]  # one bigger than the room is never chosen
+    hull = [options[0]]
+    for o in options[1:]:
+        if o[1] >= hull[-1][1]:
+            continue  # more bytes and no cheaper: never chosen
+        while len(hull) >= 2:  # keep the hull convex
+            (s1, c1), (s2, c2) = hull[-2], hull[-1]
+            if (c2 - c1) * (o[0] - s1) >= (o[1] - c1) * (s2 - s1):
+                hull.pop()
+            else:
+                break
+        hull.append(o)
+    segments = []
+    for (s1, c1), (s2, c2) in zip(hull, hull[1:]):
+        size, gain = s2 - s1, c2 - c1
+        segments.append((gain / size if size > 0 else -math.inf, size, gain))
+    return hull[0][1], hull[0][0], segments
+
+
+def _hulls_cost(hulls, room: float) -> float:
+    """:func:`_choices_cost` from the groups' :func:`_hull`."""
     total = 0.0
     segments = []
-    for options in groups:
-        options = sorted(options, key=lambda o: (o[0], o[1]))
-        options = [o for o in options if o[0] <= room] or options[:1]  # one bigger than the room is never chosen
-        hull = [options[0]]
-        for o in options[1:]:
-            if o[1] >= hull[-1][1]:
-                continue  # more bytes and no cheaper: never chosen
-            while len(hull) >= 2:  # keep the hull convex
-                (s1, c1), (s2, c2) = hull[-2], hull[-1]
-                if (c2 - c1) * (o[0] - s1) >= (o[1] - c1) * (s2 - s1):
-                    hull.pop()
-                else:
-                    break
-            hull.append(o)
-        total += hull[0][1]
-        room -= hull[0][0]
-        segments += [(b[0] - a[0], b[1] - a[1]) for a, b in zip(hull, hull[1:])]
+    for cost, size, segs in hulls:
+        total += cost
+        room -= size
+        segments += segs
     room = max(room, 0.0)
-    segments.sort(key=lambda sg: sg[1] / sg[0] if sg[0] > 0 else -math.inf)
-    for size, gain in segments:  # gain < 0: cost saved for ``size`` more bytes
+    segments.sort()
+    for _, size, gain in segments:  # gain < 0: cost saved for ``size`` more bytes
         if size <= room:
             total += gain
             room -= size
