@@ -10,8 +10,8 @@ from _latency_brute import brute_force_latency
 from _small_graphs import node, random_graph
 
 from kfac_ext.placement.graph import Graph
-from kfac_ext.placement.latency.bound import path_bound
 from kfac_ext.placement.latency.model import latency_of
+from kfac_ext.placement.latency.path_bound import path_bound
 from kfac_ext.placement.latency.starts import interval_split, orders
 
 

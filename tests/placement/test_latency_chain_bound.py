@@ -1,4 +1,4 @@
-"""The chain bound (bound.chain_bound, one DP per path) never exceeds the optimum of the
+"""The chain bound (chain_bound.chain_bound, one DP per path) never exceeds the optimum of the
 paper's model: brute force on random graphs (1-3 accelerators, binding memory caps, colour
 classes, CPU-only nodes, one or two calls per accelerator) and on windows of the bundled
 workloads, on every path, not only the ones it picks; branch and bound on graphs of 10-12."""
@@ -13,14 +13,14 @@ from _latency_brute import all_timings, brute_force_latency, window
 from _small_graphs import node, random_graph
 
 from kfac_ext.placement.graph import Graph
-from kfac_ext.placement.latency.bound import (
+from kfac_ext.placement.latency.chain_bound import (
     _finish_floors,
-    _path_tables,
     candidate_paths,
     chain_bound,
     path_chain_bound,
 )
 from kfac_ext.placement.latency.exact import branch_and_bound
+from kfac_ext.placement.latency.path_bound import path_tables
 
 WORKLOADS = pathlib.Path(__file__).resolve().parents[2] / "workloads" / "latency-inputs"
 needs_workloads = pytest.mark.skipif(not WORKLOADS.is_dir(), reason="bundled workloads not present")
@@ -64,7 +64,7 @@ def assert_every_path_within(g: Graph, q: int, best: float) -> None:
     """The chain bound of every source-to-sink path (with and without the path tables, and
     with the ready floors that every path's first DP gives) and the whole bound stay at or
     below ``best``, the brute-force optimum."""
-    _, cpu, acc = _path_tables(g, subgraphs=q)
+    _, cpu, acc = path_tables(g, subgraphs=q)
     found: dict = {}
     for p in all_paths(g):
         assert path_chain_bound(g, p, q) <= best + 1e-9
@@ -492,7 +492,7 @@ def test_a_route_through_colour_mates_crosses_only_between_classes(seed):
 def test_a_colour_blind_crossing_rule_is_caught(monkeypatch):
     """The mutation check of the test above: skipping every crossing inside a route, mates or
     not, charges more than some splits pay (seeds 6 and 29)."""
-    from kfac_ext.placement.latency import bound
+    from kfac_ext.placement.latency import chain_bound as bound
 
     real = bound._bypasses
 
@@ -513,7 +513,7 @@ def test_a_normalisation_output_on_a_side_route_is_charged(monkeypatch):
     one accelerator, a cap of 5 bytes (0 and 1 take 4, the class takes 4): a call holding 0
     and 1 cannot let the route cross between 3 and 4, so it sends 0's or 4's output.  The bound
     that let it cross there for nothing gave 24.89 on this path; the optimum is 28.78."""
-    from kfac_ext.placement.latency import bound
+    from kfac_ext.placement.latency import chain_bound as bound
 
     g = normalised_route_graph(3)
     path = [0, 1, 2]
@@ -563,7 +563,7 @@ def test_a_route_through_a_node_with_two_inputs_is_caught(monkeypatch):
     """The mutation check of the test above: a bound that takes ``p_a -> y -> x -> p_b`` for a
     bypass although ``x`` has a second input from the path (charged as if ``y`` fed ``x``
     alone) goes above the optimum on seeds 0, 1, 16 and 22 (7 of the first 80)."""
-    from kfac_ext.placement.latency import bound
+    from kfac_ext.placement.latency import chain_bound as bound
 
     def any_input(graph, prev, x, at):
         outs = [w for w in graph.successors(x) if w in at or graph.successors(w)]
@@ -627,7 +627,7 @@ def module_graph(seed: int, n_nodes: int = 8, k: int = 2, late: bool = False) ->
 
 
 def _without_join_waits(monkeypatch):
-    from kfac_ext.placement.latency import bound
+    from kfac_ext.placement.latency import chain_bound as bound
 
     monkeypatch.setattr(bound, "_route_waits", lambda node, cost, inner: [0.0] * (len(inner) + 1))
 
@@ -658,7 +658,7 @@ def test_a_join_on_the_cpu_pool_waits_for_the_branch_on_another_call(monkeypatch
     without the join's wait it is 7, and a wait that knew only the CPU pool (3 there takes 50)
     would say 27 (0 alone on a call, then 1, 2, 3 on a second: it leaves 3 to nobody), above
     the optimum."""
-    from kfac_ext.placement.latency import bound
+    from kfac_ext.placement.latency import chain_bound as bound
 
     nodes = [node(0, 1.0, 100.0, 10.0), node(1, 1.0, 100.0, 1.0, color=7), node(2, 1.0, 100.0, 1.0, color=7)]
     nodes += [node(3, 1.0, 50.0, 1.0), node(4, 1.0, 1.0, 0.0, accel_ok=False)]
@@ -683,7 +683,7 @@ def test_a_join_wait_that_ignores_what_the_call_holds_is_caught(monkeypatch):
     """The mutation check of the family above: charging the whole branch's wait even when the
     call holds part or all of it (``r[0]`` for every option) goes above the optimum (on seeds
     0, 42 and 48 of every third)."""
-    from kfac_ext.placement.latency import bound
+    from kfac_ext.placement.latency import chain_bound as bound
 
     real = bound._route_waits
     monkeypatch.setattr(
@@ -698,7 +698,7 @@ def test_a_join_wait_that_ignores_what_the_call_holds_is_caught(monkeypatch):
 
 def _floors(g: Graph):
     """Every path's first DP's finishes, and the ready floors made of them."""
-    _, cpu, acc = _path_tables(g)
+    _, cpu, acc = path_tables(g)
     found: dict = {}
     for p in all_paths(g):
         path_chain_bound(g, p, 1, (cpu, acc), finishes=found)
@@ -745,7 +745,7 @@ def test_a_start_wait_charged_from_the_wrong_end_is_caught(monkeypatch):
     ``g_k+1`` charged as starting after ``g_k+1`` (not ``g_k``) goes above the optimum (seeds 3,
     15, 19 and 43 of the graphs above); and ready floors that forget a node may share its
     input's call are above some split's finish."""
-    from kfac_ext.placement.latency import bound
+    from kfac_ext.placement.latency import chain_bound as bound
 
     real = bound._start_waits
 

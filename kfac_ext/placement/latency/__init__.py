@@ -1,8 +1,8 @@
 """Latency placement in the model of Tarnawski et al. (2020), as the authors' code defines it.
 
 One file per idea: ``model.py`` (the model: the Split encoding and the one
-evaluator), ``starts.py`` (fast feasible splits), ``bound.py`` (a lower bound
-without a solver), ``search.py`` (local search), ``exact.py`` (branch and
+evaluator), ``starts.py`` (fast feasible splits), ``path_bound.py`` and
+``chain_bound.py`` (lower bounds without a solver), ``search.py`` (local search), ``exact.py`` (branch and
 bound), ``ip.py`` (the authors' IP on HiGHS) and ``solve.py``
 (``solve_latency``: what runs when).
 """

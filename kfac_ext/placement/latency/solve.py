@@ -26,9 +26,10 @@ import time
 
 from ..graph import Graph
 from ..objective import Placement, Solution, memory_violations
-from .bound import chain_bound, path_bound
+from .chain_bound import chain_bound
 from .exact import branch_and_bound
 from .model import Split, evaluate, split_from_placement
+from .path_bound import path_bound
 from .search import improve
 from .starts import all_on_cpu, interval_split, orders
 
