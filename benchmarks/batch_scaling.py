@@ -467,29 +467,24 @@ def _fmt_setting(s: dict) -> str:
 
 
 # --------------------------------------------------------------------------- step times
+def timed_step(problem: Problem, model, opt, pre, batch: int, gen: torch.Generator) -> float:
+    """Seconds of one training step (batch drawn first, not timed): zero_grad, forward,
+    backward, the preconditioner's step when there is one, the optimizer's step."""
+    x, y = problem.sample(batch, gen)
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    problem.loss(model(x), y).backward()
+    if pre is not None:
+        pre.step()
+    opt.step()
+    return time.perf_counter() - t0
+
+
 def step_times(problem: Problem, chosen: dict, batch: int, reps: int) -> dict:
-    """Median seconds per step of each optimizer at its chosen setting, interleaved step by
-    step (so a change of load hits all alike); the first 3 steps of each are warm-up."""
-    runs = {}
-    for name, setting in chosen.items():
-        torch.manual_seed(0)
-        model = problem.make_model()
-        opt, pre = make_optimizer(name, model, problem, setting, batch)
-        runs[name] = (model, opt, pre, torch.Generator().manual_seed(batch), [])
-    for i in range(reps + 3):
-        order = list(runs) if i % 2 == 0 else list(runs)[::-1]
-        for name in order:
-            model, opt, pre, gen, times = runs[name]
-            x, y = problem.sample(batch, gen)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            problem.loss(model(x), y).backward()
-            if pre is not None:
-                pre.step()
-            opt.step()
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return {n: statistics.median(r[4]) for n, r in runs.items()}
+    """Median seconds per step of each optimizer at its chosen setting and one batch size,
+    interleaved step by step (:func:`round_robin_times`)."""
+    secs = round_robin_times(problem, [(name, setting, batch) for name, setting in chosen.items()], reps)
+    return dict(zip(chosen, secs))
 
 
 def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]], reps: int) -> list[float]:
@@ -504,15 +499,9 @@ def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]], re
         runs.append((model, opt, pre, torch.Generator().manual_seed(batch), batch, []))
     for i in range(reps + 3):
         for model, opt, pre, gen, batch, times in runs if i % 2 == 0 else runs[::-1]:
-            x, y = problem.sample(batch, gen)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            problem.loss(model(x), y).backward()
-            if pre is not None:
-                pre.step()
-            opt.step()
+            t = timed_step(problem, model, opt, pre, batch, gen)
             if i >= 3:
-                times.append(time.perf_counter() - t0)
+                times.append(t)
     return [statistics.median(r[5]) for r in runs]
 
 

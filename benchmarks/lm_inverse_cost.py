@@ -158,16 +158,10 @@ def race(problem, reps: int, old_solve: bool) -> dict:
     load_before = os.getloadavg()
     start = time.strftime("%H:%M:%S", time.gmtime())
     for i in range(reps + 3):
-        for label, model, opt, pre, gen, batch, steps, times in runs if i % 2 == 0 else runs[::-1]:
-            x, y = problem.sample(batch, gen)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            problem.loss(model(x), y).backward()
-            if pre is not None:
-                pre.step()
-            opt.step()
+        for _label, model, opt, pre, gen, batch, _steps, times in runs if i % 2 == 0 else runs[::-1]:
+            t = bs.timed_step(problem, model, opt, pre, batch, gen)
             if i >= 3:
-                times.append(time.perf_counter() - t0)
+                times.append(t)
     rows = {r[0]: dict(ms=statistics.median(r[7]) * 1e3, steps=r[6]) for r in runs}
     adamw = rows["AdamW B 8"]
     for row in rows.values():
