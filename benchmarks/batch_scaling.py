@@ -5,7 +5,9 @@ seeds disjoint from the reported ones, then the chosen setting is run on the
 reported seeds. Steps, not seconds, are the main figure: they do not depend on
 the machine's load. A second, separate measurement times each optimizer's step
 at every batch size, interleaved step by step, so the K-FAC / AdamW step-time
-ratio is load-fair; seconds to target are steps x the median step time.
+ratio is load-fair; seconds to target are median steps x the mean step time (over
+whole update periods: until 2026-12-07 20:50 UTC the median step time, which
+understated lazy K-FAC's seconds by 5-11 %).
 
 The loop: a constant learning rate (no warm-up, no decay), each step a fresh
 random draw of ``batch`` distinct training samples (seeded by the run's seed,
@@ -480,17 +482,38 @@ def timed_step(problem: Problem, model, opt, pre, batch: int, gen: torch.Generat
     return time.perf_counter() - t0
 
 
+def update_period(names) -> int:
+    """Steps after which every K-FAC optimizer among ``names`` repeats its pattern of
+    factor and inverse updates (the lcm of their intervals; 1 without K-FAC)."""
+    period = 1
+    for n in names:
+        if n.startswith("kfac"):
+            period = math.lcm(period, *kfac_intervals(n))
+    return period
+
+
+def whole_periods(reps: int, names) -> int:
+    """``reps`` rounded up to a whole number of :func:`update_period` steps, so the mean
+    step time weighs update steps as often as training does."""
+    period = update_period(names)
+    return -(-reps // period) * period
+
+
 def step_times(problem: Problem, chosen: dict, batch: int, reps: int) -> dict:
-    """Median seconds per step of each optimizer at its chosen setting and one batch size,
+    """Mean seconds per step of each optimizer at its chosen setting and one batch size,
     interleaved step by step (:func:`round_robin_times`)."""
     secs = round_robin_times(problem, [(name, setting, batch) for name, setting in chosen.items()], reps)
     return dict(zip(chosen, secs))
 
 
 def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]], reps: int) -> list[float]:
-    """Median seconds per step of each (optimizer, setting, batch), all of them stepped in
+    """Mean seconds per step of each (optimizer, setting, batch), all of them stepped in
     one round-robin loop (the order reversed every other round), so that configurations at
-    different batch sizes are timed under the same load; 3 warm-up steps each."""
+    different batch sizes are timed under the same load; 3 warm-up steps each, then ``reps``
+    rounded up to whole update periods (:func:`whole_periods`). The mean, not the median:
+    time to target is the sum of the steps, and the median step of lazy K-FAC is one
+    without updates (it understated lazy K-FAC's time by 5-11 %, docs/training-races.md)."""
+    reps = whole_periods(reps, [name for name, _, _ in configs])
     runs = []
     for name, setting, batch in configs:
         torch.manual_seed(0)
@@ -502,7 +525,7 @@ def round_robin_times(problem: Problem, configs: list[tuple[str, dict, int]], re
             t = timed_step(problem, model, opt, pre, batch, gen)
             if i >= 3:
                 times.append(t)
-    return [statistics.median(r[5]) for r in runs]
+    return [statistics.fmean(r[5]) for r in runs]
 
 
 def best_batches(out: dict, per_optimizer: int = 2) -> list[tuple[str, dict, int, float]]:
@@ -690,7 +713,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--target", type=float, default=None)
-    p.add_argument("--time-reps", type=int, default=30, help="timed steps per optimizer")
+    p.add_argument(
+        "--time-reps", type=int, default=30, help="timed steps per optimizer (rounded up to whole update periods)"
+    )
     p.add_argument("--json-out", default=None)
     p.add_argument("--plot", default=None, help="PNG of steps vs batch (log-log)")
     p.add_argument(

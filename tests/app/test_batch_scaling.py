@@ -293,3 +293,31 @@ def test_quick_runs_the_stored_settings_without_a_sweep(tmp_path, capsys):
     assert "one round-robin loop" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bs.main(["--quick", "--task", "digits"])
+
+
+def test_timing_covers_whole_update_periods():
+    """The mean step time weighs update steps as training does: the timed steps are a whole
+    number of every K-FAC optimizer's update period."""
+    assert bs.update_period(["sgd", "adamw"]) == 1
+    assert bs.update_period(["sgd", "kfac-lazy"]) == 10
+    assert bs.update_period(["kfac-lazy", "kfac-f5-i20", "kfac"]) == 20
+    assert bs.update_period(["kfac-f3-i7"]) == 21
+    assert bs.whole_periods(30, ["kfac-lazy"]) == 30
+    assert bs.whole_periods(30, ["kfac-f5-i20"]) == 40
+    assert bs.whole_periods(1, ["sgd"]) == 1
+
+
+def test_round_robin_times_is_the_mean_over_whole_periods(monkeypatch):
+    """Time to target is the sum of the steps: an optimizer whose every 10th step also
+    updates its inverses is charged those steps (the median would hide them)."""
+    problem = bs.PROBLEMS["digits"]()
+    calls = {"n": 0}
+
+    def fake_step(problem, model, opt, pre, batch, gen):
+        calls["n"] += 1
+        return 10.0 if calls["n"] % 10 == 0 else 1.0
+
+    monkeypatch.setattr(bs, "timed_step", fake_step)
+    (t,) = bs.round_robin_times(problem, [("kfac-lazy", dict(lr=0.1, damping=0.1), 16)], reps=15)
+    assert calls["n"] == 3 + 20  # warm-up, then 15 rounded up to two periods of 10
+    assert t == pytest.approx((18 * 1.0 + 2 * 10.0) / 20)
