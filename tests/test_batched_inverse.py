@@ -33,8 +33,10 @@ def test_matches_float64_inverse(dtype, tol):
     for f, x in zip(factors, out):
         assert x.shape == f.shape and x.dtype == dtype
         assert _rel(x, _exact(f, damping)) < tol
-        # the same numbers as the one-factor function
-        assert torch.allclose(x, damped_inverse(f, damping), rtol=1e-5 if dtype == torch.float32 else 1e-12)
+        # the one-factor function's numbers, to rounding: a batched LAPACK call may order its
+        # sums differently (6e-8 in norm in float32 with one thread, where entries near zero
+        # differ by more than an elementwise rtol allows)
+        assert _rel(x, damped_inverse(f, damping).double()) < (1e-6 if dtype == torch.float32 else 1e-14)
 
 
 def test_results_are_separate_tensors():
