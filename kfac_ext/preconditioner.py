@@ -507,14 +507,15 @@ class KFACPreconditioner(KfacPytorchNames):
             )
         raise RuntimeError("KFACPreconditioner.step() called before backward(): no registered layer has a gradient")
 
-    def _follow_layer_changes(self) -> None:
+    def _follow_layer_changes(self) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         """Follow a bias frozen after registration: its layer continues as weight-only
         K-FAC (the factor's bias row/column sliced off, the basis recomputed this step),
         so neither is the weight left unpreconditioned nor a stale bias .grad moved. A
         bias unfrozen after registration keeps its plain gradient; a weight frozen or
-        parametrized after it is not preconditioned (each warned once)."""
-        for i, layer in enumerate(self.layers):
-            weight, bias = layer.current_params()
+        parametrized after it is not preconditioned (each warned once). Returns each
+        layer's current (weight, bias), which step() hands on to ``has_grad``."""
+        current = [layer.current_params() for layer in self.layers]
+        for i, (layer, (weight, bias)) in enumerate(zip(self.layers, current)):
             if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
                 self._warn_once(
                     ("weight lost", i),
@@ -549,6 +550,7 @@ class KFACPreconditioner(KfacPytorchNames):
                     f"{layer.name!r} was frozen when the preconditioner was built and "
                     "is trainable now; it keeps its plain gradient",
                 )
+        return current
 
     def _warn_once(self, key: Hashable, message: str) -> None:
         if key not in self._warned:
@@ -568,8 +570,8 @@ class KFACPreconditioner(KfacPytorchNames):
         ``closure``: returns the current batch's loss (adaptive damping), or
         (inputs, loss_of_outputs) of it (auto_step)."""
         step = self.steps
-        self._follow_layer_changes()
-        with_grad = [i for i, l in enumerate(self.layers) if l.has_grad()]
+        current = self._follow_layer_changes()
+        with_grad = [i for i, (l, params) in enumerate(zip(self.layers, current)) if l.has_grad(params)]
         if self.layers and not with_grad:
             self._raise_no_grad()
         if with_grad and self._grads_unchanged(with_grad):

@@ -124,3 +124,28 @@ def test_ddp_wrapped_model_registers_inner_names():
             plain.load_state_dict(p.state_dict())  # same names: checkpoints interchange
         finally:
             dist.destroy_process_group()
+
+
+def test_gradient_views_skip_the_slice_only_for_whole_rows():
+    # An ungrouped layer hands the op its .grad tensors themselves (no view per step); a
+    # conv group still gets its own rows, and has_grad(current) agrees with has_grad().
+    p = kfac_ext.KFACPreconditioner(_Net())
+    p._model(torch.randn(2, 3, 5, 5)).sum().backward()
+    for layer in p.layers:
+        assert layer.has_grad(layer.current_params()) == layer.has_grad() is True
+        w, b = layer.grad_tensors()
+        wg, bg = layer.weight.grad, layer.bias.grad
+        if layer.group is None:
+            assert w is wg and b is bg
+        else:
+            assert torch.equal(w, wg[layer.out_slice]) and w.shape[0] == layer.g_dim < wg.shape[0]
+            assert torch.equal(b, bg[layer.out_slice]) and w.data_ptr() == wg[layer.out_slice].data_ptr()
+
+
+def test_capture_with_a_factor_on_another_device_keeps_the_wrappers_error():
+    # The capture path calls the kernel directly; a device mismatch still goes through
+    # ops.cov_update_, whose check names the devices (here: a meta factor, CPU rows).
+    from kfac_ext.layers import base
+
+    with pytest.raises(RuntimeError, match="must be on the device"):
+        base._cov_update_(torch.empty(3, 3, device="meta"), torch.randn(4, 2), 0.25, 0.0, True)

@@ -38,6 +38,8 @@ from torch import nn
 from kfac_ext import ops
 from kfac_ext.layers import conv_patches
 
+_COV_UPDATE = torch.ops.kfac_ext.cov_update_.default
+
 # The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
 _MAX_FACTOR_BYTES: ContextVar[int | None] = ContextVar("max_factor_bytes", default=None)
@@ -78,6 +80,24 @@ def _checkpoint_recomputation() -> bool:
         return False
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)(False)
     return top is not None and getattr(top[0], "__qualname__", "").startswith("_recomputation_hook")
+
+
+def _in_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the call when it is a no-op (the usual case: a float32
+    model's rows in float32 factors). A capture step makes a few of these per layer,
+    and on a small model such per-call costs add up (docs/cost-model.md)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _cov_update_(factor: torch.Tensor, x: torch.Tensor, alpha: float, beta: float, append_ones: bool = False) -> None:
+    """``ops.cov_update_`` on the capture path: the kernel straight away (it checks the
+    shapes and dtypes itself); the wrapper, which adds the device check before dispatch,
+    only when the devices differ (a model moved after the preconditioner was built), so
+    that case keeps the wrapper's clear error."""
+    if x.device != factor.device:
+        ops.cov_update_(factor, x, alpha, beta, append_ones)
+    else:
+        _COV_UPDATE(factor, x, float(alpha), float(beta), bool(append_ones))
 
 
 class KFACLayer:
@@ -259,7 +279,7 @@ class KFACLayer:
                 self.on_gradient_captured(self)
 
     def _add_activation(self, x: torch.Tensor) -> None:
-        x = x.to(self.factor_dtype)
+        x = _in_dtype(x, self.factor_dtype)
         # The first capture of a step overwrites the sum (beta 0): no zeroing pass.
         first = self.a_count == 0
         if x.numel() == 0:  # an empty batch, counted as a zero contribution
@@ -292,7 +312,7 @@ class KFACLayer:
         self.ever_fired = True
 
     def _add_gradient(self, g: torch.Tensor) -> None:
-        g = g.to(self.factor_dtype)
+        g = _in_dtype(g, self.factor_dtype)
         if self.G_sum is None:
             self.G_sum = torch.empty_like(self.G)
         beta = 0.0 if self.g_count == 0 else 1.0
@@ -337,11 +357,11 @@ class KFACLayer:
         if self.kfac_approx == "reduce" and t.dim() >= 3:
             dims = self.sequence_dims(t)
             t = t.mean(dims) if fold == "mean" else t.sum(dims)
-        return t.reshape(-1, t.shape[-1])
+        return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
 
     def add_activation_rows(self, rows: torch.Tensor) -> None:
         """Add one micro-batch's A = [a, 1]ᵀ[a, 1]/n (or its diagonal) from rows (n, in)."""
-        rows = rows.to(self.factor_dtype)
+        rows = _in_dtype(rows, self.factor_dtype)
         first = self.a_count == 0
         if self.A_sum is None:
             self.A_sum = torch.empty_like(self.A)
@@ -351,13 +371,13 @@ class KFACLayer:
                 d = torch.cat([d, d.new_ones(1)])
             self.A_sum.copy_(d) if first else self.A_sum.add_(d)
         else:
-            ops.cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0, self.has_bias)
+            _cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0, self.has_bias)
         self.a_count += 1
         self.ever_fired = True
 
     def add_gradient_rows(self, rows: torch.Tensor) -> None:
         """Add one micro-batch's G = gᵀg/n (or its diagonal) from rows (n, out)."""
-        rows = rows.to(self.factor_dtype)
+        rows = _in_dtype(rows, self.factor_dtype)
         first = self.g_count == 0
         if self.G_sum is None:
             self.G_sum = torch.empty_like(self.G)
@@ -365,7 +385,7 @@ class KFACLayer:
             d = rows.square().sum(0) / max(rows.shape[0], 1)
             self.G_sum.copy_(d) if first else self.G_sum.add_(d)
         else:
-            ops.cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
+            _cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
         self.g_count += 1
 
     #: Whether this type can keep its own use's gradient (a tied weight's per-use sum).
@@ -459,8 +479,10 @@ class KFACLayer:
         assert wg is not None and (bg is not None or not self.has_bias)
         return wg, bg
 
-    def has_grad(self) -> bool:
-        weight, bias = self.current_params()
+    def has_grad(self, current: tuple[torch.Tensor | None, torch.Tensor | None] | None = None) -> bool:
+        """Whether the weight (and a bias in the factor) has a gradient to precondition;
+        ``current``: :meth:`current_params` if the caller has it already."""
+        weight, bias = self.current_params() if current is None else current
         # A weight frozen (or made computed) after registration is not preconditioned,
         # even with a stale zero .grad left by zero_grad(set_to_none=False).
         if not isinstance(weight, nn.Parameter) or not weight.requires_grad or weight.grad is None:
@@ -485,7 +507,16 @@ class KFACLayer:
         w.copy_(p.reshape(w.shape))
 
     def bias_rows(self, b: torch.Tensor) -> torch.Tensor:
-        return b[self.out_slice]
+        return self._rows_of(b)
+
+    def _rows_of(self, t: torch.Tensor) -> torch.Tensor:
+        """``t[self.out_slice]``, or ``t`` itself when that slice is all of its rows (an
+        ungrouped layer: the usual case). The same elements either way; skipping the view
+        saves a tensor op per gradient on every step (docs/cost-model.md)."""
+        s = self.out_slice
+        if s.start == 0 and s.step is None and s.stop == t.shape[0]:
+            return t
+        return t[s]
 
     def grad_matrix(self, dtype: torch.dtype) -> torch.Tensor:
         """Γ: (out, in[+1]) with the bias gradient as the last column."""
@@ -500,7 +531,7 @@ class KFACLayer:
         views of the parameters' ``.grad``: what ``ops.precondition_grads_``
         reads and overwrites in place (only when ``direct_grads``)."""
         wg, bg = self._grads()
-        return wg[self.out_slice], (self.bias_rows(bg) if bg is not None else None)
+        return self._rows_of(wg), (self.bias_rows(bg) if bg is not None else None)
 
     def set_grad(self, p: torch.Tensor) -> None:
         """Write P back into weight.grad (and bias.grad), in the parameters' dtype."""
