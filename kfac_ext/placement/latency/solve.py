@@ -8,8 +8,10 @@
 3. Local search (:mod:`.search`) from the incumbent, for a work budget of
    ``search_moves`` candidate splits (by default :func:`default_search_moves`: in
    proportion to ``time_limit`` and inverse to the graph's size, so the same command
-   gives the same answer at any machine load), with ``_SEARCH_SHARE`` of the time as a
-   safety net (``stats["search_stopped_by"]`` says ``"time"`` when the net cut it);
+   gives the same answer whatever the load, as long as the process gets the CPU time
+   the budget needs), with ``_SEARCH_SHARE`` of the time as a safety net
+   (``stats["search_stopped_by"]`` says ``"time"`` when the net cut it: then the
+   answer may differ between runs);
    done if it meets the bound.  Then the chain bound's later rounds (a call's
    wait for what it fetches), until ``_ROUNDS_SHARE`` of the time: after the search,
    which needs its share more (on Inception-v3 the rounds first left it 1258 for 1206).
@@ -41,11 +43,11 @@ __all__ = ["solve_latency", "score_placement", "default_search_moves"]
 
 _START_SHARE = 0.2
 _BOUND_SHARE = 0.4  # the chain bound starts no path after this share of the time
-_SEARCH_SHARE = 0.5  # the local search's safety net: it ends by this share of the time
+_SEARCH_SHARE = 0.6  # the local search's safety net: it ends by this share of the time at the latest
 # the search's default budget: this much work (nodes + edges per candidate scored) per second
 # of the time limit.  Inception-v3's search reaches 1206.1 at 21,911 candidates (of 71,011 to
-# converge): 300k/s gives it 26k at --time-limit 60, about 35 s of a 2-core EPYC at load 10,
-# 12-15 s at load 1-2 (the net, 0.5 of the limit, is 30 s).
+# converge): 300k/s gives it 26,124 at --time-limit 60, which took 6-7 s of a 2-core EPYC at
+# load ~5 (2026-12-07); when the process gets much less CPU than that, the net stops it first.
 _SEARCH_WORK_PER_SECOND = 300_000
 # the chain bound's rounds with start waits (a round needs the one before), until this share
 _ROUNDS_SHARE = 0.75
