@@ -2,7 +2,10 @@
 one unit, charging everything a run forces into its call (:func:`path_chain_bound`), over
 candidate paths and rounds that carry each node's least finish (:func:`chain_bound`).
 It starts from the path bound's per-node tables (:mod:`.path_bound`); the timing rule
-is the model's (:mod:`.model`), relaxed as each docstring says.  Tested against brute
+is the model's (:mod:`.model`), relaxed as each docstring says.  The DP of one path:
+:func:`_setup` (what it reads, its tables), then per path position :func:`_cpu_step` and
+:func:`_calls_from` (a call from there, and :func:`_stretch_after_call`), then
+:func:`_record_finishes` and :func:`_trace_runs`.  Tested against brute
 force on small graphs, with mutation checks (tests/placement/test_latency_chain_bound.py).
 """
 
@@ -207,20 +210,20 @@ def path_chain_bound(
     L = len(path)
     if L == 0:
         return 0.0
-    c = _setup(graph, path, subgraphs, tables, ready)
+    ctx = _setup(graph, path, subgraphs, tables, ready)
     for i in range(L):
         if i % 16 == 0 and time.perf_counter() > deadline:
             return 0.0  # out of time: no bound from this path
-        _cpu_step(c, i)
-        before = c.F[i - 1] if i > 0 else c.prev0
-        if c.kq == 0 or min(before) == math.inf:
+        _cpu_step(ctx, i)
+        before = ctx.F[i - 1] if i > 0 else ctx.prev0
+        if ctx.kq == 0 or min(before) == math.inf:
             continue
-        _calls_from(c, i, before)
+        _calls_from(ctx, i, before)
     if finishes is not None:
-        _record_finishes(c, finishes)
-    value = min(c.F[L - 1])
+        _record_finishes(ctx, finishes)
+    value = min(ctx.F[L - 1])
     if runs is not None and value < math.inf:
-        _trace_runs(c, value, runs)
+        _trace_runs(ctx, value, runs)
     return value
 
 
@@ -345,18 +348,18 @@ def _setup(graph: Graph, path: list[int], subgraphs: int, tables, ready: dict | 
     )
 
 
-def _cpu_step(c: SimpleNamespace, i: int) -> None:
+def _cpu_step(ctx: SimpleNamespace, i: int) -> None:
     """The DP's step that puts ``p_i`` alone on the CPU pool after ``p_i-1`` there (after a
     call, the call's stretch has pushed it)."""
     (kq, F, Fp, back, backp, prev0, cpu_at, cpu_floor) = (
-        c.kq,
-        c.F,
-        c.Fp,
-        c.back,
-        c.backp,
-        c.prev0,
-        c.cpu_at,
-        c.cpu_floor,
+        ctx.kq,
+        ctx.F,
+        ctx.Fp,
+        ctx.back,
+        ctx.backp,
+        ctx.prev0,
+        ctx.cpu_at,
+        ctx.cpu_floor,
     )
     before_cpu = Fp[i - 1] if i > 0 else prev0
     row = Fp[i]
@@ -371,7 +374,7 @@ def _cpu_step(c: SimpleNamespace, i: int) -> None:
             back[i][u] = ("clean",)
 
 
-def _calls_from(c: SimpleNamespace, i: int, before: list[float]) -> None:
+def _calls_from(ctx: SimpleNamespace, i: int, before: list[float]) -> None:
     """The DP's steps that start a call at ``p_i`` (``before``: the least finishes of
     ``p_i-1`` per number of calls used): a call runs ``p_i .. p_j`` for each ``j`` it can
     reach, then perhaps a CPU stretch up to the last join it feeds."""
@@ -396,45 +399,37 @@ def _calls_from(c: SimpleNamespace, i: int, before: list[float]) -> None:
         ready_at,
         call_end,
         F,
-        Fp,
         back,
-        backp,
         join_waits,
-        cpu_at,
-        cpu_floor,
         path,
         tables,
         L,
     ) = (
-        c.kq,
-        c.cap,
-        c.index,
-        c.anc,
-        c.desc,
-        c.node,
-        c.members,
-        c.sealed,
-        c.ends,
-        c.leaves_until,
-        c.trees,
-        c.feeding_inputs,
-        c.path_mask,
-        c.before_mask,
-        c.starts,
-        c.cost_at,
-        c.path_index,
-        c.ready_at,
-        c.call_end,
-        c.F,
-        c.Fp,
-        c.back,
-        c.backp,
-        c.join_waits,
-        c.cpu_at,
-        c.cpu_floor,
-        c.path,
-        c.tables,
-        c.L,
+        ctx.kq,
+        ctx.cap,
+        ctx.index,
+        ctx.anc,
+        ctx.desc,
+        ctx.node,
+        ctx.members,
+        ctx.sealed,
+        ctx.ends,
+        ctx.leaves_until,
+        ctx.trees,
+        ctx.feeding_inputs,
+        ctx.path_mask,
+        ctx.before_mask,
+        ctx.starts,
+        ctx.cost_at,
+        ctx.path_index,
+        ctx.ready_at,
+        ctx.call_end,
+        ctx.F,
+        ctx.back,
+        ctx.join_waits,
+        ctx.path,
+        ctx.tables,
+        ctx.L,
     )
     pi = index[path[i]]
     t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
@@ -552,31 +547,57 @@ def _calls_from(c: SimpleNamespace, i: int, before: list[float]) -> None:
                 row[u + 1] = t
                 back[j][u + 1] = ("call", i)
         call_end[j] = min(call_end[j], min(ended))
-        # p_j+1 .. p_b on the CPU pool after the call: each after its input, and p_b after
-        # every route from the call into it; up to the last route's end, past which no
-        # wait is pending (the stretch ends there, clean, or a call runs next)
-        last = max([b for b, _ in waits], default=j + 1)
-        wait_at = [0.0] * (last + 1)
-        for b, lp in waits:
-            wait_at[b] = max(wait_at[b], fixed + max(extra, lp))
-        cur = list(ended)
-        floor_b = floor
-        for b in range(j + 1, min(last, L - 1) + 1):
-            floor_b = max(floor_b + cpu_at[b], cpu_floor[b])
-            row, rows = (Fp[b], backp) if b == last else (F[b], back)
-            for u in range(kq):
-                cur[u] = max(cur[u], before[u] + wait_at[b]) + cpu_at[b]
-                t = max(cur[u], floor_b)
-                if t < row[u + 1]:
-                    row[u + 1] = t
-                    rows[b][u + 1] = ("stretch", i, j)
+        _stretch_after_call(ctx, i, j, before, ended, fixed, extra, waits, floor)
 
 
-def _record_finishes(c: SimpleNamespace, finishes: dict) -> None:
+def _stretch_after_call(
+    ctx: SimpleNamespace,
+    i: int,
+    j: int,
+    before: list[float],
+    ended: list[float],
+    fixed: float,
+    extra: float,
+    waits: list,
+    floor: float,
+) -> None:
+    """The DP's steps after a call that runs ``p_i .. p_j`` and ends at ``ended`` (per number
+    of calls used before it): ``p_j+1 .. p_b`` on the CPU pool, each after its input, and
+    ``p_b`` after every route from the call into it (``waits``: ``(b, LP with that route's
+    wait)``; ``fixed`` and ``extra`` the call's parts); up to the last route's end, past
+    which no wait is pending (the stretch ends there, clean, or a call runs next)."""
+    (L, kq, F, Fp, back, backp, cpu_at, cpu_floor) = (
+        ctx.L,
+        ctx.kq,
+        ctx.F,
+        ctx.Fp,
+        ctx.back,
+        ctx.backp,
+        ctx.cpu_at,
+        ctx.cpu_floor,
+    )
+    last = max([b for b, _ in waits], default=j + 1)
+    wait_at = [0.0] * (last + 1)
+    for b, lp in waits:
+        wait_at[b] = max(wait_at[b], fixed + max(extra, lp))
+    cur = list(ended)
+    floor_b = floor
+    for b in range(j + 1, min(last, L - 1) + 1):
+        floor_b = max(floor_b + cpu_at[b], cpu_floor[b])
+        row, rows = (Fp[b], backp) if b == last else (F[b], back)
+        for u in range(kq):
+            cur[u] = max(cur[u], before[u] + wait_at[b]) + cpu_at[b]
+            t = max(cur[u], floor_b)
+            if t < row[u + 1]:
+                row[u + 1] = t
+                rows[b][u + 1] = ("stretch", i, j)
+
+
+def _record_finishes(ctx: SimpleNamespace, finishes: dict) -> None:
     """Per path node, ``[least finish, least finish on a call]`` into ``finishes``: the least
     of the chains that end a run at it and of the calls that end at it or after, lower
     bounds in every split (the larger of it and what is there kept)."""
-    (inf, call_end, F, path, L) = (c.inf, c.call_end, c.F, c.path, c.L)
+    (inf, call_end, F, path, L) = (ctx.inf, ctx.call_end, ctx.F, ctx.path, ctx.L)
     on_call = inf
     for j in range(L - 1, -1, -1):
         on_call = min(on_call, call_end[j])  # a call holding p_j ends at some p_j' >= p_j
@@ -585,10 +606,10 @@ def _record_finishes(c: SimpleNamespace, finishes: dict) -> None:
         old[1] = max(old[1], on_call)
 
 
-def _trace_runs(c: SimpleNamespace, value: float, runs: list) -> None:
+def _trace_runs(ctx: SimpleNamespace, value: float, runs: list) -> None:
     """The least chain (of latency ``value``), as runs ``(i, j, on_call)`` appended to
     ``runs``, which is then reversed: path order."""
-    (F, back, backp, L) = (c.F, c.back, c.backp, c.L)
+    (F, back, backp, L) = (ctx.F, ctx.back, ctx.backp, ctx.L)
     j, u, table = L - 1, F[L - 1].index(value), back
     while j >= 0:
         step = table[j][u]
