@@ -1,7 +1,9 @@
 """Latency in the paper's model on the 8 bundled workloads: `kfac-ext place FILE --objective
 latency --json`, one subprocess each (exactly the user's command, start-up included), as a
 markdown table: value (re-scored here by the model's evaluator), proven lower bound, gap =
-(value - bound) / value, wall seconds, what proved the bound; then the baselines scored in the
+(value - bound) / value, wall seconds, what proved the bound, the local search's candidates
+scored of its budget and what stopped it (budget / converged / time: only "time" can
+depend on load); then the baselines scored in the
 same model: every node on the CPU pool, greedy, one device, the human experts' split where one
 is bundled (an accelerator's nodes cut into contiguous calls, as the authors' evaluator does).
 
@@ -65,6 +67,13 @@ def _expert(graph, path) -> str:
     return _scored(graph, lambda: score_placement(graph, baselines.expert(graph, path).placement, "expert"))
 
 
+def _search(stats) -> str:
+    """The local search's candidates scored of its budget, and what stopped it."""
+    if "search_moves" not in stats:
+        return "not run"
+    return f"{stats['search_moves']} of {stats['search_budget']}, {stats['search_stopped_by']}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per workload")
@@ -78,10 +87,10 @@ def main() -> int:
         f"`kfac-ext place FILE --objective latency --time-limit {args.time_limit:g} --json`\n"
     )
     print(
-        "| workload | nodes | k | value | lower bound | gap | wall s | how | all on CPU | greedy "
+        "| workload | nodes | k | value | lower bound | gap | wall s | how | search | all on CPU | greedy "
         "| one device | experts |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in FILES:
         graph = Graph.from_json(LATENCY / name)
         cmd = [
@@ -118,6 +127,7 @@ def main() -> int:
             f"{100 * stats['gap']:.2f} %",
             f"{seconds:.1f}",
             stats.get("status", ""),
+            _search(stats),
             f"{latency_of(graph, all_on_cpu(graph)):.2f}",
             _scored(graph, lambda: score_placement(graph, baselines.greedy(graph).placement, "greedy")),
             _scored(graph, lambda: score_placement(graph, baselines.one_device(graph).placement, "one")),

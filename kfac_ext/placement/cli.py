@@ -66,6 +66,13 @@ def add_arguments(parser) -> None:
         metavar="Q",
         help="latency: calls (contiguous node sets) per accelerator at most (default 1)",
     )
+    parser.add_argument(
+        "--search-moves",
+        type=int,
+        metavar="N",
+        help="latency: the local search's budget, candidate splits scored (default: in proportion to "
+        "--time-limit, so a run's answer does not depend on the machine's load; the time limit stays a safety net)",
+    )
     parser.add_argument("--method", choices=METHODS, help="solver (default: dp for throughput, exact for latency)")
     parser.add_argument("--split", help="expert split JSON (with --method expert)")
     parser.add_argument(
@@ -92,14 +99,22 @@ def _solve(graph, args, started: float):
             "(the default), which runs the authors' IP"
         )
     if method == "exact":
-        from .latency import solve_latency
+        from .latency.solve import default_search_moves, solve_latency
 
         # the limit holds for the whole command: what reading the file took, and a
         # margin for scoring and printing, come off the solver's share
         margin = min(_LATENCY_MARGIN, 0.1 * args.time_limit)
         left = _LATENCY_SHARE * args.time_limit - (time.perf_counter() - started) - margin
+        # the search's budget follows the limit the user gave, not the time left after start-up
+        moves = getattr(args, "search_moves", None)
+        if moves is None:
+            moves = default_search_moves(graph, args.time_limit)
         return solve_latency(
-            graph, time_limit=max(left, 0.01), subgraphs=args.subgraphs, verbose=getattr(args, "verbose", False)
+            graph,
+            time_limit=max(left, 0.01),
+            subgraphs=args.subgraphs,
+            verbose=getattr(args, "verbose", False),
+            search_moves=moves,
         )
     if method == "milp":
         from . import milp  # lazy: pulls in highspy
@@ -223,6 +238,12 @@ def _check_limits(args) -> None:
         raise ValueError(f"--subgraphs must be >= 1, got {subgraphs}")
     if subgraphs != 1 and getattr(args, "objective", "throughput") != "latency":
         raise ValueError("--subgraphs goes with --objective latency")
+    moves = getattr(args, "search_moves", None)
+    if moves is not None:
+        if moves < 0:
+            raise ValueError(f"--search-moves must be >= 0, got {moves}")
+        if getattr(args, "objective", "throughput") != "latency":
+            raise ValueError("--search-moves goes with --objective latency")
 
 
 def _check_writable(flag: str, path: str) -> None:

@@ -150,7 +150,7 @@ def test_local_search_moves_a_branch_stretch_onto_its_own_call(monkeypatch):
         best = brute_force_latency(g)
         split, value = search.improve(g, all_on_cpu(g), time.perf_counter() + 5)
         assert latency_of(g, split) == pytest.approx(value)
-        monkeypatch.setattr(search, "_stretch_pass", lambda p, dev, mem, chains, value, deadline: (value, False))
+        monkeypatch.setattr(search, "_stretch_pass", lambda p, dev, mem, chains, value, budget: (value, False))
         _, without = search.improve(g, all_on_cpu(g), time.perf_counter() + 5)
         monkeypatch.setattr(search, "_stretch_pass", real)
         assert best - 1e-9 <= value <= without + 1e-9
@@ -177,7 +177,7 @@ def test_a_kick_dissolves_a_call_and_the_search_rebuilds_a_better_split():
     for seed in range(24):
         g = residual_graph(seed, 7 + seed % 2, 1 + seed % 2)
         split, value = search.improve(g, all_on_cpu(g), time.perf_counter() + 5)
-        _, moves_only = search._descend(g, all_on_cpu(g), time.perf_counter() + 5)
+        _, moves_only = search._descend(g, all_on_cpu(g), search.Budget(deadline=time.perf_counter() + 5))
         assert latency_of(g, split) == pytest.approx(value)
         assert brute_force_latency(g) - 1e-9 <= value <= moves_only + 1e-9
         if value < moves_only - 1e-9:

@@ -144,6 +144,8 @@ def test_baseline_is_scored_in_the_paper_model(tmp_path, capsys):
         (["--subgraphs", "2"], "--subgraphs goes with --objective latency"),
         (["--objective", "latency", "--method", "milp"], "--method exact"),
         (["--method", "exact"], "--method exact is the latency solver"),
+        (["--objective", "latency", "--search-moves", "-1"], "--search-moves must be >= 0"),
+        (["--search-moves", "10"], "--search-moves goes with --objective latency"),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, argv, message):

@@ -2,7 +2,10 @@
 one unit, charging everything a run forces into its call (:func:`path_chain_bound`), over
 candidate paths and rounds that carry each node's least finish (:func:`chain_bound`).
 It starts from the path bound's per-node tables (:mod:`.path_bound`); the timing rule
-is the model's (:mod:`.model`), relaxed as each docstring says.  Tested against brute
+is the model's (:mod:`.model`), relaxed as each docstring says.  The DP of one path:
+:func:`_setup` (what it reads, its tables), then per path position :func:`_cpu_step` and
+:func:`_calls_from` (a call from there, and :func:`_stretch_after_call`), then
+:func:`_record_finishes` and :func:`_trace_runs`.  Tested against brute
 force on small graphs, with mutation checks (tests/placement/test_latency_chain_bound.py).
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 from ..graph import Graph
 from .path_bound import cpu_only, path_tables
@@ -206,6 +210,27 @@ def path_chain_bound(
     L = len(path)
     if L == 0:
         return 0.0
+    ctx = _setup(graph, path, subgraphs, tables, ready)
+    for i in range(L):
+        if i % 16 == 0 and time.perf_counter() > deadline:
+            return 0.0  # out of time: no bound from this path
+        _cpu_step(ctx, i)
+        before = ctx.F[i - 1] if i > 0 else ctx.prev0
+        if ctx.kq == 0 or min(before) == math.inf:
+            continue
+        _calls_from(ctx, i, before)
+    if finishes is not None:
+        _record_finishes(ctx, finishes)
+    value = min(ctx.F[L - 1])
+    if runs is not None and value < math.inf:
+        _trace_runs(ctx, value, runs)
+    return value
+
+
+def _setup(graph: Graph, path: list[int], subgraphs: int, tables, ready: dict | None) -> SimpleNamespace:
+    """What :func:`path_chain_bound`'s DP reads about the graph and the path, and its
+    tables (``F``, ``Fp``, ``back``, ``backp``, ``call_end``, ``join_waits``), empty."""
+    L = len(path)
     kq = graph.num_accelerators * subgraphs
     cap = graph.memory_cap * (1 + 1e-12)
     order = graph.topological_order()
@@ -281,184 +306,326 @@ def path_chain_bound(
     join_waits: dict[tuple, list[float]] = {}
     cpu_at = [graph.node(v).cpu_time for v in path]
     cpu_floor = [tables[0][v] if tables else 0.0 for v in path]
-    for i in range(L):
-        if i % 16 == 0 and time.perf_counter() > deadline:
-            return 0.0  # out of time: no bound from this path
-        # p_i alone on the CPU pool after p_i-1 there (after a call: pushed by the call's stretch)
-        before_cpu = Fp[i - 1] if i > 0 else prev0
-        row = Fp[i]
-        for u in range(kq + 1):
-            t = max(before_cpu[u] + cpu_at[i], cpu_floor[i])
-            if t < row[u]:
-                row[u] = t
-                backp[i][u] = ("cpu",)
-        for u in range(kq + 1):
-            if row[u] < F[i][u]:
-                F[i][u] = row[u]
-                back[i][u] = ("clean",)
-        before = F[i - 1] if i > 0 else prev0
-        if kq == 0 or min(before) == inf:
-            continue
-        pi = index[path[i]]
-        t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
-        inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
-        hanging: set[int] = set()  # inputs off the path and its bypasses feeding the forced set
-        mem = compute = 0.0
-        fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
-        fetch_total = 0.0
-        sending = 0.0  # out_cost of the forced nodes off the path that send past p_j
-        stops = [0.0] * (L + 1)  # stops[b]: their out_cost that stops counting at j = b
-        send = {}  # a in i..j-1 -> [finite sum, direct edges] of its bypasses ending after j
-        fetch_routes: list[tuple[int, tuple]] = []  # (a, inner nodes) of the bypasses in fetch
-        send_routes: list[tuple[int, int, tuple]] = []  # (a, b, inner nodes), b > j once filtered
-        for j in range(i, L):
-            sending -= stops[j]
-            for a, m, inner in ends[j]:
-                if a < i - 1:
-                    fetch_routes.append((a, tuple(index[x] for x in inner)))
-                    old = _group(cost_at[a], fetch.get(a))
-                    acc_m = fetch.setdefault(a, [0.0, 0])
-                    _add(acc_m, m, 1)
-                    fetch_total += _group(cost_at[a], acc_m) - old
-                elif a == i - 1 and inner:  # p_i-1's output is fetched already; inner nodes held are paid
-                    fetch_routes.append((a, tuple(index[x] for x in inner)))
-                elif a in send:
-                    _add(send[a], m, -1)
-            if j > i:  # p_j-1 joins the run: its bypasses that end after j
-                a = j - 1
-                group = [0.0, 0]
-                for b, m, inner in starts[a]:
-                    if b > j:
-                        _add(group, m, 1)
-                        send_routes.append((a, b, inner))
-                if group[1] or group[0] > 0:
-                    send[a] = group
-            pj = index[path[j]]
-            new = ((1 << pi) | (1 << pj)) & ~inside
-            ok = True
-            while new:  # close under colour classes and contiguity until nothing is added
-                while new:
-                    low = new & -new
-                    x = low.bit_length() - 1
-                    new ^= low
-                    if (inside >> x) & 1:
+    return SimpleNamespace(
+        kq=kq,
+        cap=cap,
+        order=order,
+        index=index,
+        anc=anc,
+        desc=desc,
+        node=node,
+        members=members,
+        inf=inf,
+        colour=colour,
+        sealed=sealed,
+        ends=ends,
+        on_path=on_path,
+        on_route=on_route,
+        latest=latest,
+        at_path=at_path,
+        leaves_until=leaves_until,
+        trees=trees,
+        feeding_inputs=feeding_inputs,
+        path_mask=path_mask,
+        before_mask=before_mask,
+        starts=starts,
+        cost_at=cost_at,
+        path_index=path_index,
+        ready_at=ready_at,
+        call_end=call_end,
+        F=F,
+        Fp=Fp,
+        back=back,
+        backp=backp,
+        prev0=prev0,
+        join_waits=join_waits,
+        cpu_at=cpu_at,
+        cpu_floor=cpu_floor,
+        path=path,
+        graph=graph,
+        tables=tables,
+        L=L,
+    )
+
+
+def _cpu_step(ctx: SimpleNamespace, i: int) -> None:
+    """The DP's step that puts ``p_i`` alone on the CPU pool after ``p_i-1`` there (after a
+    call, the call's stretch has pushed it)."""
+    (kq, F, Fp, back, backp, prev0, cpu_at, cpu_floor) = (
+        ctx.kq,
+        ctx.F,
+        ctx.Fp,
+        ctx.back,
+        ctx.backp,
+        ctx.prev0,
+        ctx.cpu_at,
+        ctx.cpu_floor,
+    )
+    before_cpu = Fp[i - 1] if i > 0 else prev0
+    row = Fp[i]
+    for u in range(kq + 1):
+        t = max(before_cpu[u] + cpu_at[i], cpu_floor[i])
+        if t < row[u]:
+            row[u] = t
+            backp[i][u] = ("cpu",)
+    for u in range(kq + 1):
+        if row[u] < F[i][u]:
+            F[i][u] = row[u]
+            back[i][u] = ("clean",)
+
+
+def _calls_from(ctx: SimpleNamespace, i: int, before: list[float]) -> None:
+    """The DP's steps that start a call at ``p_i`` (``before``: the least finishes of
+    ``p_i-1`` per number of calls used): a call runs ``p_i .. p_j`` for each ``j`` it can
+    reach, then perhaps a CPU stretch up to the last join it feeds."""
+    (
+        kq,
+        cap,
+        index,
+        anc,
+        desc,
+        node,
+        members,
+        sealed,
+        ends,
+        leaves_until,
+        trees,
+        feeding_inputs,
+        path_mask,
+        before_mask,
+        starts,
+        cost_at,
+        path_index,
+        ready_at,
+        call_end,
+        F,
+        back,
+        join_waits,
+        path,
+        tables,
+        L,
+    ) = (
+        ctx.kq,
+        ctx.cap,
+        ctx.index,
+        ctx.anc,
+        ctx.desc,
+        ctx.node,
+        ctx.members,
+        ctx.sealed,
+        ctx.ends,
+        ctx.leaves_until,
+        ctx.trees,
+        ctx.feeding_inputs,
+        ctx.path_mask,
+        ctx.before_mask,
+        ctx.starts,
+        ctx.cost_at,
+        ctx.path_index,
+        ctx.ready_at,
+        ctx.call_end,
+        ctx.F,
+        ctx.back,
+        ctx.join_waits,
+        ctx.path,
+        ctx.tables,
+        ctx.L,
+    )
+    pi = index[path[i]]
+    t_in = node[index[path[i - 1]]].out_cost if i > 0 else 0.0
+    inside = run_mask = below = above = 0  # below/above: descendants/ancestors of the call's nodes
+    hanging: set[int] = set()  # inputs off the path and its bypasses feeding the forced set
+    mem = compute = 0.0
+    fetch = {}  # a < i-1 -> [finite sum, direct edges] of its bypasses ending in i..j
+    fetch_total = 0.0
+    sending = 0.0  # out_cost of the forced nodes off the path that send past p_j
+    stops = [0.0] * (L + 1)  # stops[b]: their out_cost that stops counting at j = b
+    send = {}  # a in i..j-1 -> [finite sum, direct edges] of its bypasses ending after j
+    fetch_routes: list[tuple[int, tuple]] = []  # (a, inner nodes) of the bypasses in fetch
+    send_routes: list[tuple[int, int, tuple]] = []  # (a, b, inner nodes), b > j once filtered
+    for j in range(i, L):
+        sending -= stops[j]
+        for a, m, inner in ends[j]:
+            if a < i - 1:
+                fetch_routes.append((a, tuple(index[x] for x in inner)))
+                old = _group(cost_at[a], fetch.get(a))
+                acc_m = fetch.setdefault(a, [0.0, 0])
+                _add(acc_m, m, 1)
+                fetch_total += _group(cost_at[a], acc_m) - old
+            elif a == i - 1 and inner:  # p_i-1's output is fetched already; inner nodes held are paid
+                fetch_routes.append((a, tuple(index[x] for x in inner)))
+            elif a in send:
+                _add(send[a], m, -1)
+        if j > i:  # p_j-1 joins the run: its bypasses that end after j
+            a = j - 1
+            group = [0.0, 0]
+            for b, m, inner in starts[a]:
+                if b > j:
+                    _add(group, m, 1)
+                    send_routes.append((a, b, inner))
+            if group[1] or group[0] > 0:
+                send[a] = group
+        pj = index[path[j]]
+        new = ((1 << pi) | (1 << pj)) & ~inside
+        ok = True
+        while new:  # close under colour classes and contiguity until nothing is added
+            while new:
+                low = new & -new
+                x = low.bit_length() - 1
+                new ^= low
+                if (inside >> x) & 1:
+                    continue
+                for y in members[x]:
+                    if (inside >> y) & 1:
                         continue
-                    for y in members[x]:
-                        if (inside >> y) & 1:
-                            continue
-                        inside |= 1 << y
-                        below |= desc[y]
-                        above |= anc[y]
-                        if not node[y].accel_ok:
-                            ok = False
-                        mem += node[y].size
-                        compute += node[y].accel_time
-                        hanging.update(feeding_inputs[y])
-                        if leaves_until[y] > j:
-                            sending += node[y].out_cost
-                            stops[leaves_until[y]] += node[y].out_cost
-                new = below & above & ~inside  # on a path between two of the call's nodes
-            if not ok or mem > cap:
-                break
-            run_mask |= 1 << pj
-            stray = inside & path_mask & ~run_mask  # a path node off the run pulled in by a colour class
-            if stray:
-                if stray & before_mask[i]:
-                    break  # it lies before p_i: no longer run repairs that
-                continue  # it lies after p_j: the run must reach it
-            hanging = {x for x in hanging if not (inside >> x) & 1}
-            room = cap - mem  # cap with the evaluator's tolerance: an option that fits there is kept
-            extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
-            if hanging:
-                extra += _inputs_cost([node[x] for x in hanging], room)
-            waits = []  # (b, fixed part of the wait for the route into the CPU node p_b)
-            starts_at = []  # (T, c): the call starts no sooner than T and pays c, or later
-            own = [(j, b, inner) for b, _, inner in starts[j] if inner and j < L - 1]  # sent at p_j
-            if fetch_routes or send_routes or hanging or own:
-                send_routes = [r for r in send_routes if r[1] > j]
-                groups, delays, entries = _routes_groups(
-                    node,
-                    cost_at,
-                    fetch_routes,
-                    send_routes + own,
-                    hanging,
-                    inside,
-                    room,
-                    trees,
-                    i,
-                    sealed,
-                    j,
-                    ready_at,
-                    path_index,
-                )
-                hulls = [_hull(options, room) for options in groups]
-                extra = max(extra, _hulls_cost(hulls, room))
-                if entries:
-                    starts_at = _start_waits(groups, hulls, entries, room, min(before), extra)
-                for g, a, b, inner, held in delays:  # p_b on the CPU pool waits for this route
-                    r = join_waits.get(inner)
-                    if r is None:
-                        r = join_waits[inner] = _route_waits(node, cost_at[a], inner)
-                    waited = [(s, c + r[h]) for (s, c), h in zip(groups[g], held)]
-                    waits.append((b, _hulls_cost(hulls[:g] + [_hull(waited, room)] + hulls[g + 1 :], room)))
-            fixed = t_in + compute + node[pj].out_cost * (j < L - 1) + max(sending, 0.0)
-            w = fixed + extra
-            floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
-            ended = [max(before[u] + w, floor) for u in range(kq)]
-            if starts_at:
-                for u in range(kq):
-                    ended[u] = max(ended[u], fixed + min(max(before[u], t) + c for t, c in starts_at))
-            row = F[j]
+                    inside |= 1 << y
+                    below |= desc[y]
+                    above |= anc[y]
+                    if not node[y].accel_ok:
+                        ok = False
+                    mem += node[y].size
+                    compute += node[y].accel_time
+                    hanging.update(feeding_inputs[y])
+                    if leaves_until[y] > j:
+                        sending += node[y].out_cost
+                        stops[leaves_until[y]] += node[y].out_cost
+            new = below & above & ~inside  # on a path between two of the call's nodes
+        if not ok or mem > cap:
+            break
+        run_mask |= 1 << pj
+        stray = inside & path_mask & ~run_mask  # a path node off the run pulled in by a colour class
+        if stray:
+            if stray & before_mask[i]:
+                break  # it lies before p_i: no longer run repairs that
+            continue  # it lies after p_j: the run must reach it
+        hanging = {x for x in hanging if not (inside >> x) & 1}
+        room = cap - mem  # cap with the evaluator's tolerance: an option that fits there is kept
+        extra = fetch_total + sum(_group(cost_at[a], g) for a, g in send.items())
+        if hanging:
+            extra += _inputs_cost([node[x] for x in hanging], room)
+        waits = []  # (b, fixed part of the wait for the route into the CPU node p_b)
+        starts_at = []  # (T, c): the call starts no sooner than T and pays c, or later
+        own = [(j, b, inner) for b, _, inner in starts[j] if inner and j < L - 1]  # sent at p_j
+        if fetch_routes or send_routes or hanging or own:
+            send_routes = [r for r in send_routes if r[1] > j]
+            groups, delays, entries = _routes_groups(
+                node,
+                cost_at,
+                fetch_routes,
+                send_routes + own,
+                hanging,
+                inside,
+                room,
+                trees,
+                i,
+                sealed,
+                j,
+                ready_at,
+                path_index,
+            )
+            hulls = [_hull(options, room) for options in groups]
+            extra = max(extra, _hulls_cost(hulls, room))
+            if entries:
+                starts_at = _start_waits(groups, hulls, entries, room, min(before), extra)
+            for g, a, b, inner, held in delays:  # p_b on the CPU pool waits for this route
+                r = join_waits.get(inner)
+                if r is None:
+                    r = join_waits[inner] = _route_waits(node, cost_at[a], inner)
+                waited = [(s, c + r[h]) for (s, c), h in zip(groups[g], held)]
+                waits.append((b, _hulls_cost(hulls[:g] + [_hull(waited, room)] + hulls[g + 1 :], room)))
+        fixed = t_in + compute + node[pj].out_cost * (j < L - 1) + max(sending, 0.0)
+        w = fixed + extra
+        floor = tables[1][path[j]] + node[pj].out_cost * (j < L - 1) if tables else 0.0
+        ended = [max(before[u] + w, floor) for u in range(kq)]
+        if starts_at:
             for u in range(kq):
-                t = ended[u]
-                if t < row[u + 1]:
-                    row[u + 1] = t
-                    back[j][u + 1] = ("call", i)
-            call_end[j] = min(call_end[j], min(ended))
-            # p_j+1 .. p_b on the CPU pool after the call: each after its input, and p_b after
-            # every route from the call into it; up to the last route's end, past which no
-            # wait is pending (the stretch ends there, clean, or a call runs next)
-            last = max([b for b, _ in waits], default=j + 1)
-            wait_at = [0.0] * (last + 1)
-            for b, lp in waits:
-                wait_at[b] = max(wait_at[b], fixed + max(extra, lp))
-            cur = list(ended)
-            floor_b = floor
-            for b in range(j + 1, min(last, L - 1) + 1):
-                floor_b = max(floor_b + cpu_at[b], cpu_floor[b])
-                row, rows = (Fp[b], backp) if b == last else (F[b], back)
-                for u in range(kq):
-                    cur[u] = max(cur[u], before[u] + wait_at[b]) + cpu_at[b]
-                    t = max(cur[u], floor_b)
-                    if t < row[u + 1]:
-                        row[u + 1] = t
-                        rows[b][u + 1] = ("stretch", i, j)
-    if finishes is not None:  # p_j finishes no sooner than its least chain, in every split
-        on_call = inf
-        for j in range(L - 1, -1, -1):
-            on_call = min(on_call, call_end[j])  # a call holding p_j ends at some p_j' >= p_j
-            old = finishes.setdefault(path[j], [0.0, 0.0])
-            old[0] = max(old[0], min(min(F[j]), on_call))  # F[j]: p_j ends its run; else a call's
-            old[1] = max(old[1], on_call)
-    value = min(F[L - 1])
-    if runs is not None and value < inf:
-        j, u, table = L - 1, F[L - 1].index(value), back
-        while j >= 0:
-            step = table[j][u]
-            if step[0] == "clean":
-                table = backp
-                continue
-            table = back
-            if step[0] == "cpu":
-                runs.append((j, j, False))
-                table, j = backp, j - 1
-                continue
-            i, e = step[1], (step[2] if step[0] == "stretch" else j)
-            runs.extend((x, x, False) for x in range(j, e, -1))
-            runs.append((i, e, True))
-            u, j = u - 1, i - 1
-        runs.reverse()
-    return value
+                ended[u] = max(ended[u], fixed + min(max(before[u], t) + c for t, c in starts_at))
+        row = F[j]
+        for u in range(kq):
+            t = ended[u]
+            if t < row[u + 1]:
+                row[u + 1] = t
+                back[j][u + 1] = ("call", i)
+        call_end[j] = min(call_end[j], min(ended))
+        _stretch_after_call(ctx, i, j, before, ended, fixed, extra, waits, floor)
+
+
+def _stretch_after_call(
+    ctx: SimpleNamespace,
+    i: int,
+    j: int,
+    before: list[float],
+    ended: list[float],
+    fixed: float,
+    extra: float,
+    waits: list,
+    floor: float,
+) -> None:
+    """The DP's steps after a call that runs ``p_i .. p_j`` and ends at ``ended`` (per number
+    of calls used before it): ``p_j+1 .. p_b`` on the CPU pool, each after its input, and
+    ``p_b`` after every route from the call into it (``waits``: ``(b, LP with that route's
+    wait)``; ``fixed`` and ``extra`` the call's parts); up to the last route's end, past
+    which no wait is pending (the stretch ends there, clean, or a call runs next)."""
+    (L, kq, F, Fp, back, backp, cpu_at, cpu_floor) = (
+        ctx.L,
+        ctx.kq,
+        ctx.F,
+        ctx.Fp,
+        ctx.back,
+        ctx.backp,
+        ctx.cpu_at,
+        ctx.cpu_floor,
+    )
+    last = max([b for b, _ in waits], default=j + 1)
+    wait_at = [0.0] * (last + 1)
+    for b, lp in waits:
+        wait_at[b] = max(wait_at[b], fixed + max(extra, lp))
+    cur = list(ended)
+    floor_b = floor
+    for b in range(j + 1, min(last, L - 1) + 1):
+        floor_b = max(floor_b + cpu_at[b], cpu_floor[b])
+        row, rows = (Fp[b], backp) if b == last else (F[b], back)
+        for u in range(kq):
+            cur[u] = max(cur[u], before[u] + wait_at[b]) + cpu_at[b]
+            t = max(cur[u], floor_b)
+            if t < row[u + 1]:
+                row[u + 1] = t
+                rows[b][u + 1] = ("stretch", i, j)
+
+
+def _record_finishes(ctx: SimpleNamespace, finishes: dict) -> None:
+    """Per path node, ``[least finish, least finish on a call]`` into ``finishes``: the least
+    of the chains that end a run at it and of the calls that end at it or after, lower
+    bounds in every split (the larger of it and what is there kept)."""
+    (inf, call_end, F, path, L) = (ctx.inf, ctx.call_end, ctx.F, ctx.path, ctx.L)
+    on_call = inf
+    for j in range(L - 1, -1, -1):
+        on_call = min(on_call, call_end[j])  # a call holding p_j ends at some p_j' >= p_j
+        old = finishes.setdefault(path[j], [0.0, 0.0])
+        old[0] = max(old[0], min(min(F[j]), on_call))  # F[j]: p_j ends its run; else a call's
+        old[1] = max(old[1], on_call)
+
+
+def _trace_runs(ctx: SimpleNamespace, value: float, runs: list) -> None:
+    """The least chain (of latency ``value``), as runs ``(i, j, on_call)`` appended to
+    ``runs``, which is then reversed: path order."""
+    (F, back, backp, L) = (ctx.F, ctx.back, ctx.backp, ctx.L)
+    j, u, table = L - 1, F[L - 1].index(value), back
+    while j >= 0:
+        step = table[j][u]
+        if step[0] == "clean":
+            table = backp
+            continue
+        table = back
+        if step[0] == "cpu":
+            runs.append((j, j, False))
+            table, j = backp, j - 1
+            continue
+        i, e = step[1], (step[2] if step[0] == "stretch" else j)
+        runs.extend((x, x, False) for x in range(j, e, -1))
+        runs.append((i, e, True))
+        u, j = u - 1, i - 1
+    runs.reverse()
 
 
 def _bypasses(

@@ -34,28 +34,63 @@ from ..graph import Graph
 from .exact import Problem, assignment_latency
 from .model import Split
 
-__all__ = ["improve"]
+__all__ = ["Budget", "improve"]
 
 
-def improve(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]:
-    """A split no worse than ``split`` (one call per accelerator): moves, then kicks."""
-    split, value = _descend(graph, split, deadline)
+class Budget:
+    """The search's work budget: ``moves`` candidate splits scored (each a contiguity
+    check and a latency, O(nodes + edges)), with ``deadline`` (``time.perf_counter()``)
+    as a safety net.  Stopped by the count, the search's answer depends on the graph and
+    the count only, not on the machine's load; stopped by the deadline, it may not."""
+
+    def __init__(self, moves: float = math.inf, deadline: float = math.inf):
+        self.moves = moves
+        self.deadline = deadline
+        self.spent = 0
+        self.timed_out = False
+
+    def left(self) -> bool:
+        """True while both the count and the time allow another candidate."""
+        if self.spent >= self.moves:
+            return False
+        if time.perf_counter() > self.deadline:
+            self.timed_out = True
+            return False
+        return True
+
+    def spend(self) -> None:
+        self.spent += 1
+
+    @property
+    def stopped_by(self) -> str:
+        """``"time"``, ``"budget"`` or ``""`` (the search ended by itself)."""
+        return "time" if self.timed_out else ("budget" if self.spent >= self.moves else "")
+
+
+def improve(graph: Graph, split: Split, deadline: float, budget: Budget | None = None) -> tuple[Split, float]:
+    """A split no worse than ``split`` (one call per accelerator): moves, then kicks, until
+    neither helps, ``budget``'s moves are spent or ``deadline`` passes (a budget's deadline
+    is the earlier of its own and ``deadline``)."""
+    if budget is None:
+        budget = Budget()
+    budget.deadline = min(budget.deadline, deadline)
+    split, value = _descend(graph, split, budget)
     kicked = True
-    while kicked and time.perf_counter() < deadline:
+    while kicked and budget.left():
         kicked = False
         for c in range(len(split.calls)):
-            if time.perf_counter() > deadline:
+            if not budget.left():
                 break
             rest = [call for d, call in enumerate(split.calls) if d != c]
             start = Split.of(rest, tuple(split.cpu) + split.calls[c][1])
-            candidate, new = _descend(graph, start, deadline)
+            candidate, new = _descend(graph, start, budget)
             if new < value - 1e-9 * max(1.0, value):
                 split, value, kicked = candidate, new, True
                 break
     return split, value
 
 
-def _descend(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]:
+def _descend(graph: Graph, split: Split, budget: Budget) -> tuple[Split, float]:
     """First-improvement moves from ``split`` until none helps or the time is up."""
     p = Problem(graph)
     pos = {v: i for i, v in enumerate(p.ids)}
@@ -74,20 +109,21 @@ def _descend(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]
     chains = _chains(p, members)
     improved = True
     stretches = True
-    while (improved or stretches) and time.perf_counter() < deadline:
+    while (improved or stretches) and budget.left():
         if not improved:  # group moves are stuck: try stretches, then groups again
             stretches = False
-            value, improved = _stretch_pass(p, dev, mem, chains, value, deadline)
+            value, improved = _stretch_pass(p, dev, mem, chains, value, budget)
             continue
         improved = False
         stretches = True
         for g, ms in members.items():
-            if time.perf_counter() > deadline:
+            if not budget.left():
                 break
             here = dev[ms[0]]
             touching = {dev[j] for i in ms for j in p.preds[i] + p.succs[i]} - {here, -1}
             targets = sorted(touching) + [-1]
-            unused = [a for a in range(p.k) if mem[a] == 0.0 and not any(d == a for d in dev)]
+            used = set(dev)  # one pass in C, not k passes in Python
+            unused = [a for a in range(p.k) if mem[a] == 0.0 and a not in used]
             if unused:
                 targets.append(unused[0])
             for d in targets:
@@ -95,6 +131,9 @@ def _descend(graph: Graph, split: Split, deadline: float) -> tuple[Split, float]
                     d >= 0 and (not p.group_accel_ok[g] or mem[d] + p.group_size[g] > p.cap * (1 + 1e-12))
                 ):
                     continue
+                if not budget.left():
+                    break
+                budget.spend()
                 for i in ms:
                     dev[i] = d
                 ok = all(_contiguous(p, dev, a) for a in {here, d} if a >= 0)
@@ -130,13 +169,13 @@ def _chains(p: Problem, members: dict[int, list[int]]) -> list[list[int]]:
     return out
 
 
-def _stretch_pass(p: Problem, dev: list[int], mem: list[float], chains, value: float, deadline: float):
+def _stretch_pass(p: Problem, dev: list[int], mem: list[float], chains, value: float, budget: Budget):
     """One pass of stretch moves (first improvement), in place; returns (value, improved)."""
     improved = False
     for chain in chains:
         for s in range(len(chain)):
             for e in range(s + 1, min(len(chain), s + _MAX_STRETCH)):
-                if time.perf_counter() > deadline:
+                if not budget.left():
                     return value, improved
                 seg = chain[s : e + 1]
                 old = [dev[i] for i in seg]
@@ -144,7 +183,8 @@ def _stretch_pass(p: Problem, dev: list[int], mem: list[float], chains, value: f
                 accel_ok = all(p.group_accel_ok[p.group[i]] for i in seg)
                 touching = {dev[j] for i in (seg[0], seg[-1]) for j in p.preds[i] + p.succs[i]} | set(old)
                 targets = sorted(touching - {-1}) + [-1]
-                unused = [a for a in range(p.k) if mem[a] == 0.0 and a not in dev]
+                used = set(dev)
+                unused = [a for a in range(p.k) if mem[a] == 0.0 and a not in used]
                 if unused:
                     targets.append(unused[0])
                 for d in targets:
@@ -154,6 +194,9 @@ def _stretch_pass(p: Problem, dev: list[int], mem: list[float], chains, value: f
                         extra = sum(b for b, x in zip(size, old) if x != d)
                         if not accel_ok or mem[d] + extra > p.cap * (1 + 1e-12):
                             continue
+                    if not budget.left():
+                        return value, improved
+                    budget.spend()
                     for i in seg:
                         dev[i] = d
                     ok = all(_contiguous(p, dev, a) for a in set(old) | {d} if a >= 0)
@@ -172,9 +215,14 @@ def _stretch_pass(p: Problem, dev: list[int], mem: list[float], chains, value: f
 
 
 def _contiguous(p: Problem, dev: list[int], a: int) -> bool:
-    """No path leaves accelerator a's set and comes back (positions are topological)."""
+    """No path leaves accelerator a's set and comes back (positions are topological).
+    Only positions between the set's first and last can be on such a path."""
+    if a not in dev:
+        return True
+    first = dev.index(a)
+    last = p.n - 1 - dev[::-1].index(a)
     left = [False] * p.n  # reached after leaving the set
-    for i in range(p.n):
+    for i in range(first + 1, last + 1):
         if dev[i] == a:
             if any(left[j] for j in p.preds[i]):
                 return False

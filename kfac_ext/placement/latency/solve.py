@@ -5,8 +5,14 @@
    ``_START_SHARE`` of the time.  The best is the incumbent.
 2. The path bound and the chain bound's first round (:mod:`.bound`), the better of the
    two.  If it meets the incumbent, done.
-3. Local search (:mod:`.search`) from the incumbent, until ``_SEARCH_SHARE`` of
-   the time; done if it meets the bound.  Then the chain bound's later rounds (a call's
+3. Local search (:mod:`.search`) from the incumbent, for a work budget of
+   ``search_moves`` candidate splits (by default :func:`default_search_moves`: in
+   proportion to ``time_limit`` and inverse to the graph's size, so the same command
+   gives the same answer whatever the load, as long as the process gets the CPU time
+   the budget needs), with ``_SEARCH_SHARE`` of the time as a safety net
+   (``stats["search_stopped_by"]`` says ``"time"`` when the net cut it: then the
+   answer may differ between runs);
+   done if it meets the bound.  Then the chain bound's later rounds (a call's
    wait for what it fetches), until ``_ROUNDS_SHARE`` of the time: after the search,
    which needs its share more (on Inception-v3 the rounds first left it 1258 for 1206).
 4. An exact method on what is left of the time (but ``_EXACT_SHARE`` of it, so
@@ -30,14 +36,19 @@ from .chain_bound import chain_bound
 from .exact import branch_and_bound
 from .model import Split, evaluate, split_from_placement
 from .path_bound import path_bound
-from .search import improve
+from .search import Budget, improve
 from .starts import all_on_cpu, interval_split, orders
 
-__all__ = ["solve_latency", "score_placement"]
+__all__ = ["solve_latency", "score_placement", "default_search_moves"]
 
 _START_SHARE = 0.2
 _BOUND_SHARE = 0.4  # the chain bound starts no path after this share of the time
-_SEARCH_SHARE = 0.45  # the local search ends by this share of the time
+_SEARCH_SHARE = 0.6  # the local search's safety net: it ends by this share of the time at the latest
+# the search's default budget: this much work (nodes + edges per candidate scored) per second
+# of the time limit.  Inception-v3's search reaches 1206.1 at 21,911 candidates (of 71,011 to
+# converge): 300k/s gives it 26,124 at --time-limit 60, which took 6-7 s of a 2-core EPYC at
+# load ~5 (2026-12-07); when the process gets much less CPU than that, the net stops it first.
+_SEARCH_WORK_PER_SECOND = 300_000
 # the chain bound's rounds with start waits (a round needs the one before), until this share
 _ROUNDS_SHARE = 0.75
 _ROUNDS = 3
@@ -54,13 +65,33 @@ _IP_ROWS_PER_SECOND = 5_000
 _REL_GAP = 1e-6
 
 
-def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1, verbose: bool = False) -> Solution:
+def default_search_moves(graph: Graph, time_limit: float) -> int:
+    """The local search's default budget, candidate splits: ``_SEARCH_WORK_PER_SECOND``
+    per second of ``time_limit`` over (nodes + edges), at least 1000.  It depends on the
+    graph and the limit the user gave, never on the time measured."""
+    return max(1000, int(_SEARCH_WORK_PER_SECOND * time_limit / max(1, len(graph) + len(graph.edges))))
+
+
+def solve_latency(
+    graph: Graph,
+    *,
+    time_limit: float = 60.0,
+    subgraphs: int = 1,
+    verbose: bool = False,
+    search_moves: int | None = None,
+) -> Solution:
     """Least latency in the paper's model found within ``time_limit`` seconds, with a proven
-    lower bound; ``subgraphs`` calls per accelerator at most (the authors' default 1)."""
+    lower bound; ``subgraphs`` calls per accelerator at most (the authors' default 1).
+    ``search_moves``: the local search's budget (candidate splits; default
+    :func:`default_search_moves` of ``time_limit``)."""
     if not (isinstance(time_limit, (int, float)) and math.isfinite(time_limit) and time_limit > 0):
         raise ValueError(f"time_limit must be a positive number of seconds, got {time_limit!r}")
     if isinstance(subgraphs, bool) or not isinstance(subgraphs, int) or subgraphs < 1:
         raise ValueError(f"subgraphs must be an integer >= 1, got {subgraphs!r}")
+    if search_moves is None:
+        search_moves = default_search_moves(graph, time_limit)
+    if isinstance(search_moves, bool) or not isinstance(search_moves, int) or search_moves < 0:
+        raise ValueError(f"search_moves must be an integer >= 0, got {search_moves!r}")
     t0 = time.perf_counter()
     deadline = t0 + time_limit
     if graph.num_cpus == 0:  # the model's CPU pool exists whatever maxCPUs says
@@ -86,9 +117,15 @@ def solve_latency(graph: Graph, *, time_limit: float = 60.0, subgraphs: int = 1,
     bound = max(stats["path_bound"], stats["chain_bound"])
     status = "the path/chain bound meets the best start"
     if best_value - bound > _REL_GAP * best_value:
-        best, value = improve(graph, best, t0 + _SEARCH_SHARE * time_limit)
+        budget = Budget(search_moves, t0 + _SEARCH_SHARE * time_limit)
+        best, value = improve(graph, best, budget.deadline, budget)
         best_value = evaluate(graph, best, subgraphs).latency  # the model's own word
-        stats["search_value"] = best_value
+        stats.update(
+            search_value=best_value,
+            search_moves=budget.spent,
+            search_budget=search_moves,
+            search_stopped_by=budget.stopped_by or "converged",
+        )
         status = "the path/chain bound meets the local search"
     if best_value - bound > _REL_GAP * best_value:  # the chain bound's later rounds (start waits)
         stats["chain_bound"] = max(
