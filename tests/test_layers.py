@@ -143,9 +143,10 @@ def test_gradient_views_skip_the_slice_only_for_whole_rows():
 
 
 def test_capture_with_a_factor_on_another_device_keeps_the_wrappers_error():
-    # The capture path calls the kernel directly; a device mismatch still goes through
-    # ops.cov_update_, whose check names the devices (here: a meta factor, CPU rows).
-    from kfac_ext.layers import base
-
-    with pytest.raises(RuntimeError, match="must be on the device"):
-        base._cov_update_(torch.empty(3, 3, device="meta"), torch.randn(4, 2), 0.25, 0.0, True)
+    # The capture path calls ops.cov_update_, whose fast path (one device) goes straight
+    # to the kernel; a device mismatch still gets the wrapper's check, which names the
+    # devices (here: a meta factor, CPU rows).
+    layer = kfac_ext.KFACPreconditioner(nn.Sequential(nn.Linear(2, 3))).layers[0]
+    layer.A_sum = torch.empty(3, 3, device="meta")
+    with pytest.raises(RuntimeError, match=r"cov_update_: x must be on the device of factor \(meta\); got cpu"):
+        layer.add_activation_rows(torch.randn(4, 2))

@@ -38,8 +38,6 @@ from torch import nn
 from kfac_ext import ops
 from kfac_ext.layers import conv_patches
 
-_COV_UPDATE = torch.ops.kfac_ext.cov_update_.default
-
 # The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
 _MAX_FACTOR_BYTES: ContextVar[int | None] = ContextVar("max_factor_bytes", default=None)
@@ -87,17 +85,6 @@ def _in_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     model's rows in float32 factors). A capture step makes a few of these per layer,
     and on a small model such per-call costs add up (docs/cost-model.md)."""
     return t if t.dtype == dtype else t.to(dtype)
-
-
-def _cov_update_(factor: torch.Tensor, x: torch.Tensor, alpha: float, beta: float, append_ones: bool = False) -> None:
-    """``ops.cov_update_`` on the capture path: the kernel straight away (it checks the
-    shapes and dtypes itself); the wrapper, which adds the device check before dispatch,
-    only when the devices differ (a model moved after the preconditioner was built), so
-    that case keeps the wrapper's clear error."""
-    if x.device != factor.device:
-        ops.cov_update_(factor, x, alpha, beta, append_ones)
-    else:
-        _COV_UPDATE(factor, x, float(alpha), float(beta), bool(append_ones))
 
 
 class KFACLayer:
@@ -371,7 +358,7 @@ class KFACLayer:
                 d = torch.cat([d, d.new_ones(1)])
             self.A_sum.copy_(d) if first else self.A_sum.add_(d)
         else:
-            _cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0, self.has_bias)
+            ops.cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0, self.has_bias)
         self.a_count += 1
         self.ever_fired = True
 
@@ -385,7 +372,7 @@ class KFACLayer:
             d = rows.square().sum(0) / max(rows.shape[0], 1)
             self.G_sum.copy_(d) if first else self.G_sum.add_(d)
         else:
-            _cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
+            ops.cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
         self.g_count += 1
 
     #: Whether this type can keep its own use's gradient (a tied weight's per-use sum).
