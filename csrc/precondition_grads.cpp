@@ -65,23 +65,12 @@ at::Tensor call_kl_clip_sum(const std::vector<at::Tensor>& precond,
   return op.call(precond, grads);
 }
 
-// Writes `value` into `grad` (any layout: a grouped conv passes a slice), times
-// `nu` (a 0-d tensor) when scale is set: into a contiguous grad of value's dtype in
-// one pass (mul_out, the same float arithmetic as value.mul_(nu) then a copy, one
-// pass over P fewer; on the digits autoencoder P is ~0.5 MB a step), else as
-// value * nu then a copy.
-void write_back(at::Tensor& grad, const at::Tensor& value, bool scale, const at::Tensor& nu) {
+// Writes `value` into `grad` (any layout: a grouped conv passes a slice).
+void write_back(at::Tensor& grad, const at::Tensor& value) {
   if (grad.is_contiguous()) {
-    at::Tensor out = grad.view(value.sizes());
-    if (!scale) {
-      out.copy_(value);
-    } else if (out.scalar_type() == value.scalar_type()) {
-      at::mul_out(out, value, nu);
-    } else {
-      out.copy_(value.mul(nu));
-    }
+    grad.view(value.sizes()).copy_(value);
   } else {
-    grad.copy_((scale ? value.mul(nu) : value).reshape(grad.sizes()));
+    grad.copy_(value.reshape(grad.sizes()));
   }
 }
 
@@ -157,15 +146,15 @@ at::Tensor scale_and_write_back(at::TensorList weight_grads, at::TensorList bias
     }
   }
   for (size_t i = 0; i < precond.size(); ++i) {
-    // ν·P into the gradients (ν a 0-d tensor: P's dtype is kept).
-    const at::Tensor& p = precond[i];
+    at::Tensor p = precond[i];
+    if (scale) p.mul_(nu);  // a 0-d tensor: P keeps its dtype
     at::Tensor w = weight_grads[i];
     const int bias = built.bias_of[i];
     const int64_t in = p.size(1) - (bias >= 0 ? 1 : 0);
-    write_back(w, p.narrow(1, 0, in), scale, nu);
+    write_back(w, p.narrow(1, 0, in));
     if (bias >= 0) {
       at::Tensor b = bias_grads[static_cast<size_t>(bias)];
-      write_back(b, p.select(1, in), scale, nu);
+      write_back(b, p.select(1, in));
     }
   }
   return nu;

@@ -55,9 +55,9 @@ def test_cov_update_matches_reference(device, dtype, d, rows, append_ones):
     assert_accurate(factor, exact, theirs, "cov_update_")
 
 
-# Both sides of the CPU kernel's choice between one full GEMM (at most 64 rows and
-# 512 columns) and the triangle recursion (more rows, or wider): fewer rows than
-# columns and more, odd widths, the bias column, beta 0 and 1.
+# The CPU kernel's paths at autoencoder-like shapes: fewer rows than columns and
+# more, one GEMM (n <= 128) and the triangle recursion, power-of-two and odd widths
+# (the mirror's tiles), the bias column, beta 0 and 1.
 PATH_CASES = [
     (d, rows, ones, beta)
     for d, rows in [(256, 64), (300, 17), (511, 64), (512, 64), (513, 64), (257, 65), (200, 128), (130, 300)]

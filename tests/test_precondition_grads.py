@@ -350,9 +350,8 @@ def test_inverse_opcheck(device):
 @pytest.mark.parametrize("method", ["eigen", "inverse"])
 def test_clipped_write_back_is_nu_times_the_unclipped_one(dtype, layout, method):
     """With the KL clip active the gradients get exactly ν·P, P in the factor dtype (float32
-    here) and then cast to the gradient's: the scale is fused into the write-back of a
-    contiguous gradient of P's dtype, and a slice (a grouped conv's rows) or another
-    dtype takes the plain product; both must give the same values as P·ν."""
+    here) and then cast to the gradient's, for a contiguous gradient, a slice (a grouped
+    conv's rows) and another dtype alike (pins the arithmetic of the write-back)."""
     layers = [((4, 3, 3, 3), True), ((10, 65), True), ((7, 5), False)]
     weights, biases, a_inv, g_inv = _inverse_case(torch.float32, "cpu", layers)
     _, _, qa, da, qg, dg = _case(torch.float32, "cpu", layers)

@@ -12,13 +12,6 @@ namespace {
 constexpr int64_t kLeaf = 128;
 // Split points are multiples of this, keeping the blocks aligned for the GEMM kernels.
 constexpr int64_t kAlign = 32;
-// With few rows (k) the recursion's GEMMs, each k deep, run far below peak and lose
-// more than the half of the FLOPs the triangle saves: up to these sizes one full
-// GEMM is faster (measured with one thread, docs/cost-model.md: at k = 64 the
-// triangle took 1.4-1.6x the full GEMM's time for n = 192-512; at k = 128 the two
-// were within noise of one another at n = 256 and the triangle won above).
-constexpr int64_t kFullGemmMaxRows = 64;
-constexpr int64_t kFullGemmMaxCols = 512;
 
 void gemm_tn(at::Tensor c, const at::Tensor& a1, const at::Tensor& a2, double alpha, double beta) {
   // c <- beta*c + alpha * a1^T a2, written straight into the view c (self and
@@ -30,7 +23,7 @@ void gemm_tn(at::Tensor c, const at::Tensor& a1, const at::Tensor& a2, double al
 
 void syrk_upper(at::Tensor c, const at::Tensor& a, double alpha, double beta) {
   const int64_t n = c.size(0);
-  if (n <= kLeaf || (a.size(0) <= kFullGemmMaxRows && n <= kFullGemmMaxCols)) {
+  if (n <= kLeaf) {
     gemm_tn(c, a, a, alpha, beta);
     return;
   }
