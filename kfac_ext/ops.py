@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 _ops = torch.ops.kfac_ext
+# The overload itself: calling it skips the packet's overload resolution.
+_COV_UPDATE = _ops.cov_update_.default
 
 
 # ---------------------------------------------------------------- checks ----
@@ -98,11 +100,18 @@ def cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float, append_one
     ``beta == 0`` ignores factor's old values (NaN included), as
     ``torch.addmm`` does.
     """
+    # The usual call (two tensors on one device) goes straight to the kernel, which
+    # checks shapes and dtypes itself: the capture path makes two calls per layer
+    # per factor step, and on a small model the per-call cost counts
+    # (docs/cost-model.md). Anything else takes the checks with the clear errors.
+    if isinstance(factor, Tensor) and isinstance(x, Tensor) and x.device == factor.device:
+        _COV_UPDATE(factor, x, float(alpha), float(beta), bool(append_ones))
+        return
     op = "cov_update_"
     _check_tensor(op, "factor", factor)
     _check_tensor(op, "x", x)
     _check_one_device(op, [("factor", factor), ("x", x)])
-    _ops.cov_update_(factor, x, float(alpha), float(beta), bool(append_ones))
+    _COV_UPDATE(factor, x, float(alpha), float(beta), bool(append_ones))
 
 
 def channel_cov_update_(factor: Tensor, x: Tensor, alpha: float, beta: float) -> None:

@@ -143,9 +143,71 @@ def test_gradient_views_skip_the_slice_only_for_whole_rows():
 
 
 def test_capture_with_a_factor_on_another_device_keeps_the_wrappers_error():
-    # The capture path calls the kernel directly; a device mismatch still goes through
-    # ops.cov_update_, whose check names the devices (here: a meta factor, CPU rows).
-    from kfac_ext.layers import base
+    # The capture path calls ops.cov_update_, whose fast path (one device) goes straight
+    # to the kernel; a device mismatch still gets the wrapper's check, which names the
+    # devices (here: a meta factor, CPU rows).
+    layer = kfac_ext.KFACPreconditioner(nn.Sequential(nn.Linear(2, 3))).layers[0]
+    layer.A_sum = torch.empty(3, 3, device="meta")
+    with pytest.raises(RuntimeError, match=r"cov_update_: x must be on the device of factor \(meta\); got cpu"):
+        layer.add_activation_rows(torch.randn(4, 2))
 
-    with pytest.raises(RuntimeError, match="must be on the device"):
-        base._cov_update_(torch.empty(3, 3, device="meta"), torch.randn(4, 2), 0.25, 0.0, True)
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _train(model, pre, steps=7):
+    torch.manual_seed(1)
+    hooks = []
+    for _ in range(steps):
+        x = torch.randn(16, 5)
+        model.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+        pre.step()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        hooks.append([len(l.module._forward_hooks) for l in pre.layers])
+    return hooks
+
+
+def test_forward_hook_is_off_between_capture_steps_and_results_unchanged():
+    parked, kept = _mlp(), _mlp()
+    pre = kfac_ext.KFACPreconditioner(parked, factor_update_steps=3, inv_update_steps=3, damping=0.1)
+    ref_pre = kfac_ext.KFACPreconditioner(kept, factor_update_steps=3, inv_update_steps=3, damping=0.1)
+    for layer in ref_pre.layers:  # the hook stays on, as before parking existed
+        layer._can_park = lambda: False
+    hooks = _train(parked, pre)
+    assert _train(kept, ref_pre) == [[1, 1]] * 7
+    # Seen after step s: on for step s + 1, which captures when it is a multiple of 3.
+    assert hooks == [[0, 0], [0, 0], [1, 1], [0, 0], [0, 0], [1, 1], [0, 0]]
+    for p, q in zip(parked.parameters(), kept.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_capture_set_by_hand_puts_the_hook_back():
+    model = _mlp()
+    pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=3, inv_update_steps=3)
+    _train(model, pre, steps=1)
+    layer = pre.layers[0]
+    assert not layer.capture and not layer.module._forward_hooks
+    layer.capture = True
+    model(torch.randn(4, 5))
+    assert layer.a_count == 1
+
+
+def test_forward_hook_stays_when_the_module_has_other_hooks_or_was_removed():
+    model = _mlp()
+    pre = kfac_ext.KFACPreconditioner(model, factor_update_steps=3, inv_update_steps=3)
+    seen = []
+    model[0].register_forward_hook(lambda m, a, o: seen.append(1))
+    _train(model, pre, steps=4)
+    ours = pre.layers[0]._handles[0].id
+    assert list(model[0]._forward_hooks)[0] == ours  # still first, never taken off
+    assert len(seen) == 4
+    assert not model[2]._forward_hooks  # the other layer's (its only hook) is off
+    pre.remove_hooks()
+    for layer in pre.layers:
+        layer.capture = True
+    assert list(model[0]._forward_hooks) != [ours] and not model[2]._forward_hooks

@@ -55,6 +55,30 @@ def test_cov_update_matches_reference(device, dtype, d, rows, append_ones):
     assert_accurate(factor, exact, theirs, "cov_update_")
 
 
+# The CPU kernel's paths at autoencoder-like shapes: fewer rows than columns and
+# more, one GEMM (n <= 128) and the triangle recursion, power-of-two and odd widths
+# (the mirror's tiles), the bias column, beta 0 and 1.
+PATH_CASES = [
+    (d, rows, ones, beta)
+    for d, rows in [(256, 64), (300, 17), (511, 64), (512, 64), (513, 64), (257, 65), (200, 128), (130, 300)]
+    for ones, beta in [(False, 0.7), (True, 0.0), (True, 1.0)]
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d,rows,append_ones,beta", PATH_CASES)
+def test_cov_update_full_gemm_and_triangle_paths(dtype, d, rows, append_ones, beta):
+    n = d + append_ones
+    factor64 = sym(n, seed=d + rows)
+    x64 = randn(rows, d, seed=d + rows + 1)
+    exact = ref.cov_update(factor64, x64, 0.37, beta, append_ones)
+    factor, x = factor64.to(dtype), x64.to(dtype)
+    theirs = ref.cov_update(factor, x, 0.37, beta, append_ones)
+    ops.cov_update_(factor, x, 0.37, beta, append_ones)
+    assert torch.equal(factor, factor.T), "result must be exactly symmetric"
+    assert_accurate(factor, exact, theirs, f"cov_update_ d={d} rows={rows}")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_cov_update_beta_zero_ignores_old_factor(device):
     factor = torch.full((9, 9), float("nan"), dtype=torch.float64, device=device)

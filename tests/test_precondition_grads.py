@@ -343,3 +343,35 @@ def test_inverse_opcheck(device):
     torch.library.opcheck(
         torch.ops.kfac_ext.precondition_grads_inverse_.default, (weights, biases, a_inv, g_inv, 1e-3, 0.5)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "rows of a larger gradient"])
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
+def test_clipped_write_back_is_nu_times_the_unclipped_one(dtype, layout, method):
+    """With the KL clip active the gradients get exactly ν·P, P in the factor dtype (float32
+    here) and then cast to the gradient's, for a contiguous gradient, a slice (a grouped
+    conv's rows) and another dtype alike (pins the arithmetic of the write-back)."""
+    layers = [((4, 3, 3, 3), True), ((10, 65), True), ((7, 5), False)]
+    weights, biases, a_inv, g_inv = _inverse_case(torch.float32, "cpu", layers)
+    _, _, qa, da, qg, dg = _case(torch.float32, "cpu", layers)
+
+    def grads():
+        if layout == "contiguous":
+            return [w.to(dtype, copy=True) for w in weights], [b.to(dtype, copy=True) for b in biases]
+        big_w = [torch.cat([w, w]).to(dtype) for w in weights]
+        big_b = [torch.cat([b, b]).to(dtype) for b in biases]
+        return [w[1 : 1 + len(v)] for w, v in zip(big_w, weights)], [b[1 : 1 + len(v)] for b, v in zip(big_b, biases)]
+
+    def run(w, b, kl_clip):
+        if method == "inverse":
+            return ops.precondition_grads_inverse_(w, b, a_inv, g_inv, kl_clip, 0.25)
+        return ops.precondition_grads_(w, b, qa, da, qg, dg, 0.05, kl_clip, 0.25)
+
+    w0, b0 = [w.float().clone() for w in grads()[0]], [b.float().clone() for b in grads()[1]]
+    run(w0, b0, None)  # P in float32, written unscaled (an exact copy)
+    w1, b1 = grads()
+    nu = run(w1, b1, 1e-3)
+    assert float(nu) < 0.5, "test premise: the clip scales the step down"
+    for ours, unscaled in zip(w1 + b1, w0 + b0):
+        assert torch.equal(ours, (unscaled * nu.float()).to(dtype))

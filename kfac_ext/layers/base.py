@@ -38,8 +38,6 @@ from torch import nn
 from kfac_ext import ops
 from kfac_ext.layers import conv_patches
 
-_COV_UPDATE = torch.ops.kfac_ext.cov_update_.default
-
 # The size limit of one dense factor while layers are built (docs/design.md §2a): a
 # context variable, so layer types (a user's included) honour it without passing it on.
 _MAX_FACTOR_BYTES: ContextVar[int | None] = ContextVar("max_factor_bytes", default=None)
@@ -87,17 +85,6 @@ def _in_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     model's rows in float32 factors). A capture step makes a few of these per layer,
     and on a small model such per-call costs add up (docs/cost-model.md)."""
     return t if t.dtype == dtype else t.to(dtype)
-
-
-def _cov_update_(factor: torch.Tensor, x: torch.Tensor, alpha: float, beta: float, append_ones: bool = False) -> None:
-    """``ops.cov_update_`` on the capture path: the kernel straight away (it checks the
-    shapes and dtypes itself); the wrapper, which adds the device check before dispatch,
-    only when the devices differ (a model moved after the preconditioner was built), so
-    that case keeps the wrapper's clear error."""
-    if x.device != factor.device:
-        ops.cov_update_(factor, x, alpha, beta, append_ones)
-    else:
-        _COV_UPDATE(factor, x, float(alpha), float(beta), bool(append_ones))
 
 
 class KFACLayer:
@@ -186,7 +173,9 @@ class KFACLayer:
         self.factor_updates = 0  # how many running-average updates happened
         self.ever_fired = False  # a forward pass was captured at least once
         self.ever_called = False  # the forward hook ran at all (even when not capturing)
-        self.capture = False
+        self._capture = False
+        self._parked = False  # the forward hook is off while not capturing (see `capture`)
+        self._detached = False  # remove_hooks() was called: nothing is re-installed
         # A micro-batch with no rows (an empty batch) adds nothing: skip_empty leaves it
         # out and counts it in empty_batches; otherwise (set by the preconditioner when
         # ranks must reduce the same factors) it counts as a zero contribution.
@@ -237,10 +226,48 @@ class KFACLayer:
         return (self.a_dim if self.a_diagonal else self.a_dim**2, self.g_dim if self.g_diagonal else self.g_dim**2)
 
     # ----------------------------------------------------------- hooks ----
+    @property
+    def capture(self) -> bool:
+        """Whether forward and backward passes now feed the batch factors.
+
+        While it is False the plain forward hook has nothing to do, yet a module with a
+        forward hook takes torch's slower call path (~0.1 ms a step on the 8-layer digits
+        autoencoder, docs/cost-model.md), so the hook is taken off then and put back when
+        capture turns on. Only where that cannot change anything: the base class's own
+        hook, a layer that is not tied (its hook works on every step), whose hook has run
+        once (``ever_called`` is settled), and whose module has no other forward hook (put
+        back first in line, it keeps its place)."""
+        return self._capture
+
+    @capture.setter
+    def capture(self, on: bool) -> None:
+        self._capture = on
+        if on:
+            if self._parked:
+                self._parked = False
+                if not self._detached:
+                    self._handles = [self.module.register_forward_hook(self._forward_hook, prepend=True)]
+        elif not self._parked and self._can_park():
+            self._handles[0].remove()
+            self._handles = []
+            self._parked = True
+
+    def _can_park(self) -> bool:
+        handles = getattr(self, "_handles", [])
+        return (
+            type(self)._install_hooks is KFACLayer._install_hooks
+            and not self.tied
+            and self.ever_called
+            and len(handles) == 1
+            and list(self.module._forward_hooks) == [handles[0].id]
+        )
+
     def remove_hooks(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._parked = False
+        self._detached = True
 
     def _forward_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         self.ever_called = True
@@ -371,7 +398,7 @@ class KFACLayer:
                 d = torch.cat([d, d.new_ones(1)])
             self.A_sum.copy_(d) if first else self.A_sum.add_(d)
         else:
-            _cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0, self.has_bias)
+            ops.cov_update_(self.A_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0, self.has_bias)
         self.a_count += 1
         self.ever_fired = True
 
@@ -385,7 +412,7 @@ class KFACLayer:
             d = rows.square().sum(0) / max(rows.shape[0], 1)
             self.G_sum.copy_(d) if first else self.G_sum.add_(d)
         else:
-            _cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
+            ops.cov_update_(self.G_sum, rows, 1.0 / max(rows.shape[0], 1), 0.0 if first else 1.0)
         self.g_count += 1
 
     #: Whether this type can keep its own use's gradient (a tied weight's per-use sum).
