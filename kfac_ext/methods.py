@@ -205,15 +205,15 @@ class InverseMethod(Method):
 def damped_inverses(factors: Sequence[Tensor], damping: float) -> list[Tensor]:
     """(F + λI)⁻¹ of each dense factor (its lower triangle read, as Cholesky reads it).
 
-    On the CPU (float32, float64) by ``torch.ops.kfac_ext.damped_inverses``: a recursive
-    block inverse (Schur complements) whose flops are GEMMs, blocks of ≤ 64 rows by
-    the symmetric sweep operator (csrc/cpu/damped_inverses.cpp); 2-4× cheaper than LAPACK's
-    Cholesky + ``cholesky_inverse`` at 64-257 rows with one thread (docs/cost-model.md).
-    Elsewhere by :func:`cholesky_inverses`. Either way a factor is accepted when every
-    pivot (the diagonal of its Cholesky factor, or of the successive Schur complements) is
-    positive and finite, which a NaN or Inf anywhere in the lower triangle reaches, and
-    one host synchronisation covers every check; a factor that fails goes alone through
-    :func:`damped_inverse` (its float64 retry, its error). Each result is its own tensor.
+    On the CPU (float32, float64) by ``torch.ops.kfac_ext.damped_inverses``: Y = L⁻¹ of
+    the Cholesky factor and then YᵀY, both by recursive blocks whose flops are GEMMs,
+    blocks of ≤ 80 rows by vectorised loops (csrc/cpu/damped_inverses.cpp); 1.4-3× cheaper
+    than LAPACK's Cholesky + ``cholesky_inverse`` at 64-257 rows with one thread, as
+    accurate (docs/cost-model.md). Elsewhere by :func:`cholesky_inverses`. Either way a
+    factor is accepted when every Cholesky pivot is positive and finite (which a NaN or
+    Inf anywhere in the lower triangle reaches) and one host synchronisation covers every
+    check; a factor that fails goes alone through :func:`damped_inverse` (its float64
+    retry, its error). Each result is its own tensor.
     """
     out: list[Tensor | None] = [None] * len(factors)
     on_cpu = [k for k, f in enumerate(factors) if f.device.type == "cpu" and f.dtype in _BLOCK_DTYPES]
