@@ -62,11 +62,22 @@ inline __attribute__((always_inline)) bool leaf_y_body(T* a, int64_t n, int64_t 
       for (int64_t j = k + 1; j <= i; ++j) ri[j] -= ci * c[j];
     }
   }
-  // Y = L⁻¹ row by row: y_i = (e_i − Σ_{k<i} l_ik y_k) / l_ii
+  // Y = L⁻¹ row by row: y_i = (e_i − Σ_{k<i} l_ik y_k) / l_ii. The rows of Y above
+  // row i are final and zero right of their diagonal, so four of them go into one
+  // pass over r (up to the last one's diagonal): a quarter of the loads and stores.
   for (int64_t i = 0; i < n; ++i) {
     T* ri = a + i * ld;
     for (int64_t j = 0; j < i; ++j) r[j] = T(0);
-    for (int64_t k = 0; k < i; ++k) {
+    int64_t k = 0;
+    for (; k + 4 <= i; k += 4) {
+      const T l0 = ri[k], l1 = ri[k + 1], l2 = ri[k + 2], l3 = ri[k + 3];
+      const T* __restrict y0 = a + k * ld;
+      const T* __restrict y1 = y0 + ld;
+      const T* __restrict y2 = y1 + ld;
+      const T* __restrict y3 = y2 + ld;
+      for (int64_t j = 0; j <= k + 3; ++j) r[j] -= l0 * y0[j] + l1 * y1[j] + l2 * y2[j] + l3 * y3[j];
+    }
+    for (; k < i; ++k) {
       const T lik = ri[k];
       const T* __restrict yk = a + k * ld;
       for (int64_t j = 0; j <= k; ++j) r[j] -= lik * yk[j];
@@ -87,7 +98,16 @@ inline __attribute__((always_inline)) void leaf_lauum_body(T* a, int64_t n, int6
   // row i of the result needs rows k >= i of Y only: fill rows top-down
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j <= i; ++j) r[j] = T(0);
-    for (int64_t k = i; k < n; ++k) {
+    int64_t k = i;
+    for (; k + 4 <= n; k += 4) {  // four rows of Y a pass over r
+      const T* __restrict y0 = a + k * ld;
+      const T* __restrict y1 = y0 + ld;
+      const T* __restrict y2 = y1 + ld;
+      const T* __restrict y3 = y2 + ld;
+      const T c0 = y0[i], c1 = y1[i], c2 = y2[i], c3 = y3[i];
+      for (int64_t j = 0; j <= i; ++j) r[j] += c0 * y0[j] + c1 * y1[j] + c2 * y2[j] + c3 * y3[j];
+    }
+    for (; k < n; ++k) {
       const T* __restrict yk = a + k * ld;
       const T yki = yk[i];
       for (int64_t j = 0; j <= i; ++j) r[j] += yki * yk[j];
