@@ -202,6 +202,42 @@ void lauum(const at::Tensor& x, int64_t leaf) {
   lauum<T>(k.c, leaf);
 }
 
+// Lower triangle into the upper one, in place, on a view with row stride ld.
+template <typename T>
+void symmetrize(const at::Tensor& x) {
+  const int64_t n = x.size(0), ld = x.stride(0);
+  T* a = x.data_ptr<T>();
+  for (int64_t i = 1; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) a[j * ld + i] = a[i * ld + j];
+}
+
+// Both recursions in one: lower triangle of the SPD block in, the lower triangle
+// of its inverse out. At this level only X is needed, not Y, so with T = Z Y_A
+// (= B A⁻¹): X_21 = −X_S T and X_11 = X_A + Tᵀ X_S T, five GEMMs where
+// inverse_cholesky + lauum take six.
+template <typename T>
+bool full_inverse(const at::Tensor& x, int64_t leaf) {
+  const int64_t n = x.size(0);
+  if (is_leaf(n, leaf)) {
+    T* p = x.data_ptr<T>();
+    if (!leaf_y(p, n, x.stride(0))) return false;
+    leaf_lauum(p, n, x.stride(0));
+    return true;
+  }
+  Blocks k = blocks(x, leaf);
+  if (!inverse_cholesky<T>(k.a, leaf)) return false;
+  const at::Tensor z = at::mm(k.b, k.a.t());  // L_21 = B Y_Aᵀ, m×h
+  k.c.addmm_(z, z.t(), 1, -1);                // S = C − L_21 L_21ᵀ
+  const at::Tensor t = at::mm(z, k.a);        // T = L_21 Y_A = B A⁻¹
+  lauum<T>(k.a, leaf);                        // X_A = Y_Aᵀ Y_A (lower triangle)
+  if (!full_inverse<T>(k.c, leaf)) return false;
+  symmetrize<T>(k.c);           // X_S, whole, for the GEMM
+  at::mm_out(k.b, k.c, t);      // X_S T
+  k.a.addmm_(t.t(), k.b);       // X_11 = X_A + Tᵀ X_S T
+  k.b.neg_();                   // X_21 = −X_S T
+  return true;
+}
+
 // Mirror the lower triangle into the upper one (tile by tile) and check that
 // every entry is finite.
 template <typename T>
@@ -241,8 +277,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> damped_inverses_cpu(at::TensorLi
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kOp, [&] {
       scalar_t* p = x.data_ptr<scalar_t>();
       for (int64_t i = 0; i < n; ++i) p[i * n + i] += static_cast<scalar_t>(damping);
-      bool good = n == 0 || inverse_cholesky<scalar_t>(x, leaf);
-      if (good && n > 0) lauum<scalar_t>(x, leaf);
+      const bool good = n == 0 || full_inverse<scalar_t>(x, leaf);
       okp[k] = good && (n == 0 || mirror_check<scalar_t>(p, n));
     });
     out.push_back(std::move(x));
