@@ -207,7 +207,7 @@ def damped_inverses(factors: Sequence[Tensor], damping: float) -> list[Tensor]:
 
     On the CPU (float32, float64) by ``torch.ops.kfac_ext.damped_inverses``: Y = L⁻¹ of
     the Cholesky factor and then YᵀY, both by recursive blocks whose flops are GEMMs,
-    blocks of ≤ 80 rows by vectorised loops (csrc/cpu/damped_inverses.cpp); 1.4-3× cheaper
+    blocks of ≤ 80 rows by vectorised loops (csrc/cpu/damped_inverses.cpp); 1.6-3× cheaper
     than LAPACK's Cholesky + ``cholesky_inverse`` at 64-257 rows with one thread, as
     accurate (docs/cost-model.md). Elsewhere by :func:`cholesky_inverses`. Either way a
     factor is accepted when every Cholesky pivot is positive and finite (which a NaN or

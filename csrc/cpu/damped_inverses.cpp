@@ -11,14 +11,17 @@
 //      [−Y_S Z Y_A, Y_S]].
 // 2. M⁻¹ = Yᵀ Y: X_11 = Y_11ᵀ Y_11 (recursively) + Y_21ᵀ Y_21, X_21 = Y_22ᵀ Y_21,
 //      X_22 = Y_22ᵀ Y_22 (recursively).
+// Along the path of S blocks from the top, where only X is needed, the two are
+// merged (full_inverse): T = Z Y_A (= B A⁻¹), X_S = S⁻¹ (recursively), X_21 =
+// −X_S T, X_11 = X_A + Tᵀ X_S T: five GEMMs a level where the two take six.
 // The Schur complement is formed from Z = L_21 as Cholesky forms it: a block
-// Schur inverse with the explicit A⁻¹ (W = A⁻¹ Bᵀ, S = C − B W; 2/3 of these
-// flops) loses up to 100× more accuracy at condition numbers of 1e5-1e6
-// (benchmarks/inverse_ab.py --accuracy). The GEMMs are full (the triangular
-// blocks' zeros multiplied too): n³ multiply-adds in all against potrf + potri's
-// n³/2, at GEMM speed. Blocks of at most `leaf` rows use plain loops (Cholesky,
-// the triangular inverse, YᵀY) that the compiler vectorises (AVX2 + FMA where
-// the CPU has it).
+// Schur inverse with the explicit A⁻¹ (W = A⁻¹ Bᵀ, S = C − B W; fewer flops)
+// loses 10-2000× more accuracy at condition numbers of 1e4-1e6
+// (docs/cost-model.md). The GEMMs are full (the triangular blocks' zeros
+// multiplied too): ~6n³/7 multiply-adds in all against potrf + potri's n³/2,
+// at GEMM speed. Blocks of at most leaf + leaf/4 rows use plain loops
+// (Cholesky, the triangular inverse, YᵀY) that the compiler vectorises (AVX2 +
+// FMA where the CPU has it).
 //
 // Only the lower triangle of each factor is read (as Cholesky does), and a
 // factor is accepted when every Cholesky pivot is positive and finite (a NaN or
