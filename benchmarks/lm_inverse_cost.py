@@ -11,9 +11,11 @@ Three measurements (issue 29's LM time line; benchmarks/RESULTS.md):
    (``R ← R²``), so it converges only for ρ < 1, and one step (2 GEMMs) reaches a
    residual ≤ 1e-3 only from ρ ≤ 0.03 (k steps from ρ^(2^k) ≤ 1e-3).
 2. **Inverse update cost**, one update of all the dense factors of that run, timed
-   interleaved: per factor (``methods.damped_inverse``, as before 2026-12-07 19:50) and
-   batched (``methods.damped_inverses``: one Cholesky and ``cholesky_inverse`` call
-   per shape, the check on the Cholesky diagonal), with its pieces and the GEMM floor.
+   interleaved: per factor (``methods.damped_inverse``, as before 2026-12-07 19:50),
+   batched (``methods.cholesky_inverses``: one Cholesky and ``cholesky_inverse`` call
+   per shape, the check on the Cholesky diagonal; the CPU solve until 23:30) and the
+   recursive GEMM blocks (``methods.damped_inverses``, the CPU solve since; its own
+   benchmark is ``inverse_ab.py``), with LAPACK's pieces and the GEMM floor.
 3. ``--race``: the step of each configuration in one round-robin loop
    (``batch_scaling.round_robin_times``' protocol, the order reversed every other
    round, 3 warm-up steps), AdamW B 8 and K-FAC at B 16 and 8, with ``--old-solve`` also
@@ -39,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batch_scaling as bs  # noqa: E402
 from _common import machine_line  # noqa: E402
 
-from kfac_ext.methods import DiagonalData, InverseData, damped_inverse, damped_inverses  # noqa: E402
+from kfac_ext.methods import DiagonalData, InverseData, cholesky_inverses, damped_inverse, damped_inverses  # noqa: E402
 
 # (name, setting, batch): the LM's swept settings (batch_scaling.SWEPT["lm"])
 RUNS = {
@@ -111,6 +113,10 @@ def per_factor(factors, damping):
 
 
 def batched(factors, damping):
+    return cholesky_inverses([f for f in factors if f.dim() == 2], damping)
+
+
+def blocks(factors, damping):
     return damped_inverses([f for f in factors if f.dim() == 2], damping)
 
 
@@ -133,7 +139,8 @@ def inverse_cost(seen: list, reps: int) -> dict:
     ms = interleaved(
         {
             "per factor (damped_inverse)": lambda: per_factor(factors, damping),
-            "batched (damped_inverses)": lambda: batched(factors, damping),
+            "batched (cholesky_inverses)": lambda: batched(factors, damping),
+            "recursive blocks (damped_inverses)": lambda: blocks(factors, damping),
             "cholesky_ex alone": lambda: [torch.linalg.cholesky_ex(d) for d in damped],
             "cholesky_inverse alone": lambda: [torch.cholesky_inverse(c) for c in chol],
             "one n x n GEMM each (2n^3 flops)": lambda: [d @ d for d in damped],

@@ -42,6 +42,12 @@ TORCH_LIBRARY(kfac_ext, m) {
   // The same for the inverse method: P = g_inv Γ a_inv per layer (the damped
   // factor inverses; a_inv has the bias row where the layer has a bias).
   m.def("precondition_grads_inverse_(Tensor(a!)[] weight_grads, Tensor(b!)[] bias_grads, Tensor[] a_inv, Tensor[] g_inv, float kl_clip, float kl_factor) -> Tensor");
+  // (F + damping I)^-1 of symmetric factors (their lower triangles read): the
+  // inverse of the Cholesky factor and its product by recursive blocks (GEMMs),
+  // blocks of at most `leaf` rows by plain loops (CPU only); ok[k] is false
+  // where factor k's pivots or inverse were not positive / finite (its inverse
+  // then undefined: the caller retries it).
+  m.def("damped_inverses(Tensor[] factors, float damping, int leaf=64) -> (Tensor[] inverses, Tensor ok)");
 }
 
 // An importable, empty Python module: importing kfac_ext._C loads this shared
