@@ -205,7 +205,7 @@ class InverseMethod(Method):
 def damped_inverses(factors: Sequence[Tensor], damping: float) -> list[Tensor]:
     """(F + λI)⁻¹ of each dense factor (its lower triangle read, as Cholesky reads it).
 
-    On the CPU (float32, float64) by ``torch.ops.kfac_ext.damped_inverses``: Y = L⁻¹ of
+    On the CPU (float32, float64) by :func:`kfac_ext.ops.damped_inverses`: Y = L⁻¹ of
     the Cholesky factor and then YᵀY, both by recursive blocks whose flops are GEMMs,
     blocks of ≤ 80 rows by vectorised loops (csrc/cpu/damped_inverses.cpp); 1.6-3× cheaper
     than LAPACK's Cholesky + ``cholesky_inverse`` at 64-257 rows with one thread, as
@@ -218,7 +218,7 @@ def damped_inverses(factors: Sequence[Tensor], damping: float) -> list[Tensor]:
     out: list[Tensor | None] = [None] * len(factors)
     on_cpu = [k for k, f in enumerate(factors) if f.device.type == "cpu" and f.dtype in _BLOCK_DTYPES]
     if on_cpu:
-        inverses, ok = torch.ops.kfac_ext.damped_inverses([factors[k] for k in on_cpu], float(damping))
+        inverses, ok = ops.damped_inverses([factors[k] for k in on_cpu], damping)
         for k, x, good in zip(on_cpu, inverses, ok.tolist()):
             out[k] = x if good else damped_inverse(factors[k], damping)
     rest = [k for k in range(len(factors)) if out[k] is None]
@@ -228,12 +228,6 @@ def damped_inverses(factors: Sequence[Tensor], damping: float) -> list[Tensor]:
 
 
 _BLOCK_DTYPES = (torch.float32, torch.float64)
-
-
-@torch.library.register_fake("kfac_ext::damped_inverses")
-def _damped_inverses_fake(factors, damping, leaf=64):
-    # here rather than in ops.py beside the other fake kernels while ops.py is edited elsewhere
-    return [torch.empty_like(f) for f in factors], torch.empty(len(factors), dtype=torch.bool)
 
 
 def cholesky_inverses(factors: Sequence[Tensor], damping: float) -> list[Tensor]:

@@ -31,6 +31,7 @@ __all__ = [
     "channel_cov_update_",
     "conv2d_act_factor",
     "batched_eigh",
+    "damped_inverses",
     "eigen_precondition",
     "inverse_precondition",
     "pack_triu",
@@ -171,6 +172,31 @@ def batched_eigh(factors: Sequence[Tensor], clamp: bool = True) -> tuple[list[Te
         return [], []
     values, vectors = _ops.batched_eigh(factors, bool(clamp))
     return list(values), list(vectors)
+
+
+def damped_inverses(factors: Sequence[Tensor], damping: float) -> tuple[list[Tensor], Tensor]:
+    """(F + λI)⁻¹ of each symmetric positive definite factor on the CPU (float32/64).
+
+    Only the lower triangle of each factor is read. Returns (inverses, ok): ``ok[k]``
+    is False when a Cholesky pivot of factor k (or of one of its Schur complements) is
+    not positive and finite, or its inverse is not finite; that inverse is then
+    undefined, and the caller retries the factor its own way
+    (:func:`kfac_ext.methods.damped_inverses` does, in float64). The work is recursive
+    blocks whose flops are GEMMs (csrc/cpu/damped_inverses.cpp), not LAPACK's
+    potrf + potri.
+    """
+    op = "damped_inverses"
+    factors = _check_tensor_list(op, "factors", factors)
+    # λ = 0 is allowed here: the factor may be damped already, and a singular one fails its pivot check
+    if (
+        isinstance(damping, bool)
+        or not isinstance(damping, (int, float))
+        or not (math.isfinite(damping) and damping >= 0)
+    ):
+        raise ValueError(f"{op}: damping must be a finite number >= 0; got {damping!r}")
+    _check_one_device(op, _listed("factors", factors))
+    inverses, ok = _ops.damped_inverses(factors, float(damping))
+    return list(inverses), ok
 
 
 def eigen_precondition(
@@ -392,6 +418,11 @@ def _batched_eigh_fake(factors, clamp=True):
     # row-major would buy nothing.
     vectors = [f.new_empty_strided((f.shape[0], f.shape[0]), (1, max(f.shape[0], 1))) for f in factors]
     return values, vectors
+
+
+@torch.library.register_fake("kfac_ext::damped_inverses")
+def _damped_inverses_fake(factors, damping, leaf=64):
+    return [torch.empty_like(f) for f in factors], torch.empty(len(factors), dtype=torch.bool)
 
 
 @torch.library.register_fake("kfac_ext::eigen_precondition")

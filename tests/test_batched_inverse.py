@@ -245,3 +245,21 @@ def test_op_bad_input():
 
 def test_op_opcheck():
     torch.library.opcheck(_op.default, ([spd(5, seed=0).float(), spd(70, seed=1).float()], 0.1, 64))
+
+
+def test_typed_wrapper_checks_and_matches_the_op():
+    from kfac_ext import ops
+
+    factors = [spd(5, seed=0).float(), spd(70, seed=1).float()]
+    inverses, ok = ops.damped_inverses(factors, 0.1)
+    want, want_ok = _op(factors, 0.1)
+    assert ok.tolist() == want_ok.tolist() == [True, True]
+    for x, y in zip(inverses, want):
+        assert torch.equal(x, y)
+    with pytest.raises(TypeError, match="damped_inverses: factors must be a list of tensors"):
+        ops.damped_inverses(factors[0], 0.1)
+    for bad in (-1.0, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="damped_inverses: damping must be a finite number >= 0"):
+            ops.damped_inverses(factors, bad)
+    with pytest.raises(RuntimeError, match=r"damped_inverses: factors\[1\] must be on the device of factors\[0\]"):
+        ops.damped_inverses([factors[0], torch.empty(5, 5, device="meta")], 0.1)
