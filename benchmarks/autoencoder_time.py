@@ -41,6 +41,13 @@ CONFIGS = [
         119,
         "seeds 0-8 (relative λ sweep 19:58-20:46)",
     ),
+    (
+        "kfac-f10-i20",
+        dict(lr=0.141, relative_damping=True, factor_decay=0.5, damping=0.01),
+        128,
+        119,
+        "seeds 0-8 (sweep 2026-12-07 23:56, docs/results/ae_reldamp_f10_i20_sweep_2026-12-07g.log)",
+    ),
 ]
 
 
