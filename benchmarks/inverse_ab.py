@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import batch_scaling as bs  # noqa: E402
 from _common import machine_line  # noqa: E402
+from lm_inverse_cost import record as record_solves  # noqa: E402
 
 from kfac_ext.methods import DiagonalData, InverseData, cholesky_inverses, damped_inverses  # noqa: E402
 
@@ -65,28 +66,10 @@ def old_solve(factors, damping):
 
 
 def record(task: str) -> list:
-    """[(factors, damping)] of every solve of a short run (as the preconditioner passes them)."""
+    """[(dense factors, damping)] of every solve of a short run (as the preconditioner passes them)."""
     make, name, setting, batch, steps = TASKS[task]
-    problem = make()
-    torch.manual_seed(100)
-    model = problem.make_model()
-    opt, pre = bs.make_optimizer(name, model, problem, setting, batch)
-    seen = []
-    solve = pre._method.solve
-
-    def recording(factors, damping):
-        seen.append(([f.clone() for f in factors if f.dim() == 2], damping))
-        return solve(factors, damping)
-
-    pre._method.solve = recording
-    gen = torch.Generator().manual_seed(100 * 1_000_003 + batch)
-    for _ in range(steps):
-        x, y = problem.sample(batch, gen)
-        opt.zero_grad(set_to_none=True)
-        problem.loss(model(x), y).backward()
-        pre.step()
-        opt.step()
-    return seen
+    seen = record_solves(make(), name, setting, batch, steps, seed=100)
+    return [([f for f in factors if f.dim() == 2], damping) for factors, damping in seen]
 
 
 def interleaved(fns: dict, reps: int) -> dict:
