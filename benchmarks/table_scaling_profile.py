@@ -3,7 +3,11 @@
 Each run times the eigendecomposition at several sizes and at 4 x 4 (its per-call
 latency, timed directly), and a GEMM (kfac_ext/scaling/measure.py: round robin, in
 windows of ``--repeats`` rounds, each quantity the best window's min of medians, timed
-until a second window agrees within 5 % (at least 30 s, at most 90 s), sizes not
+until a second window agrees within 5 % (here at least 120 s, at most 150 s: this VM's
+quiet speed moves by ~30 % from minute to minute under load, and 30-90 s profiles, the
+library's and the CLI's default, repeated within 20 % in one set of four at load 6-10,
+2-2.5 min ones in two sets of three at 3-6, the third over its confirmed runs;
+docs/distributed.md), sizes not
 monotone in n rejected; on one CPU thread the thread's CPU time is the clock) and
 prints each run's rates, which quantities it could not confirm, and the spread across
 runs (all runs, and the confirmed ones); on the CPU also this machine's per-op host
@@ -34,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="64,128,256,512")
     p.add_argument("--repeats", type=int, default=5, help="rounds per window")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--min-seconds", type=float, default=120.0, help="time each profile at least this long")
+    p.add_argument("--max-seconds", type=float, default=150.0, help="and at most this long")
     p.add_argument("--out", default="", help="write the median run's profile here (JSON)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -46,7 +52,7 @@ def main(argv=None) -> int:
     print("|---:|---:|---:|---:|---:|---:|---|---|---|")
     runs, ops = [], []
     for i in range(a.runs):
-        m = measure_profile(sizes, a.repeats, device=a.device)
+        m = measure_profile(sizes, a.repeats, device=a.device, min_s=a.min_seconds, max_s=a.max_seconds)
         runs.append(m)
         q = m.profile
         op = op_overhead_estimate() if a.device == "cpu" else None

@@ -21,9 +21,11 @@ quantity is estimated from the quiet spells, and the estimator says when it foun
   (``monotone``).
 
 The same estimator gives the per-op host cost (``op_overhead_estimate``). Repeatability
-at load: docs/distributed.md, "Profiling this machine" (2026-12-07, load 6-10: the latency
-and per-op cost within 8 % in every set of five; the GEMM and eigh rates not within 20 %
-in most sets, because this VM's quiet speed itself moves by ~30 % from minute to minute).
+at load: docs/distributed.md, "Profiling this machine" (2026-12-07, load 6-10, the
+default 30-90 s: the latency and per-op cost within 8 % in every set of five, the GEMM
+and eigh rates within 20 % in one set of four, because this VM's quiet speed itself
+moves by ~30 % from minute to minute; 120-150 s profiles at load 3-6: every rate within
+20 % in two sets of three, and in the third over the confirmed runs).
 """
 
 from __future__ import annotations
