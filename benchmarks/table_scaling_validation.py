@@ -25,6 +25,7 @@ from _common import machine_line
 from kfac_ext.scaling import NETWORKS, workload_of
 from kfac_ext.scaling.calibrate import (
     CIFAR_INPUT_S,
+    CIFAR_STRAGGLER_S,
     HOST_2020,
     KFAC_LW,
     MEASURED,
@@ -38,7 +39,7 @@ from kfac_ext.scaling.models import resnet32_cifar, resnet50
 from kfac_ext.scaling.network import Network
 from kfac_ext.scaling.published import CALIBRATION_ROW, ROWS
 from kfac_ext.scaling.step import predict
-from kfac_ext.scaling.validation import check_rows, sc20_table, v100_2020
+from kfac_ext.scaling.validation import SGD_TOLERANCE, check_rows, sc20_table, v100_2020
 
 
 def _ms(values) -> str:
@@ -62,7 +63,9 @@ def main() -> int:
     print(f"Host work counted (all rows): {HOST_2020.source}")
     print(
         f"CIFAR rows' input pipeline (num_workers=0, in turn with the step): {CIFAR_INPUT_S * 1e3:.1f} ms "
-        "a step, measured on this CPU (benchmarks/table_scaling_input_check.py)"
+        "a step, measured on this CPU (benchmarks/table_scaling_input_check.py); on N > 1 the slowest "
+        f"rank's: + {', '.join(f'{v * 1e3:.2f} ms on {n}' for n, v in CIFAR_STRAGGLER_S.items())} "
+        "(benchmarks/table_scaling_straggler_check.py)"
     )
     for key, w in works.items():
         print(
@@ -87,15 +90,20 @@ def main() -> int:
         )
     print("\nThe CIFAR SGD step by part (ms; Horovod 0.19.0's cycle and poll, calibrate.HOST_2020)\n")
     print(
-        "| row | input | op issue | blocking waits | gradient release | all-reduce | predicted | published | >= published / 1.5 |"
+        "| row | input | slowest rank's input | op issue | of it hooks | blocking waits | gradient release "
+        "| all-reduce | predicted | published | >= published / 1.5 |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in ROWS:
         if row.model != "resnet32_cifar":
             continue
         w = works[row.model]
-        st = predict(w, row.gpus, v100, net, batch=row.batch, host_s=CIFAR_INPUT_S, host_cost=HOST_2020, **KFAC_LW)
-        parts = (st.host, max(st.forward_backward, st.launch), HOST_2020.sync_time(row.gpus))
+        straggler = CIFAR_STRAGGLER_S[row.gpus] if row.gpus > 1 else 0.0
+        st = predict(
+            w, row.gpus, v100, net, batch=row.batch, host_s=CIFAR_INPUT_S + straggler, host_cost=HOST_2020, **KFAC_LW
+        )
+        parts = (CIFAR_INPUT_S, straggler, max(st.forward_backward, st.launch), HOST_2020.hook_time(w, row.gpus))
+        parts += (HOST_2020.sync_time(row.gpus),)
         parts += (HOST_2020.grad_release_time(w, row.gpus), st.grad_allreduce, st.sgd, row.sgd_s, row.sgd_s / 1.5)
         print(f"| {row.key} | " + " | ".join(f"{p * 1e3:.1f}" for p in parts) + " |")
     latencies = {
@@ -134,6 +142,15 @@ def main() -> int:
     for i, c in enumerate(by_cost[0]):
         print(f"| {c.key} | " + " | ".join(f"{checks[i].sgd_ratio:.2f}" for checks in by_cost) + " |")
     print("| fitted ImageNet host ms | " + " | ".join(f"{f * 1e3:.0f}" for f in fits) + " |")
+    print("\nThe 4-GPU CIFAR SGD step with a straggler term (the wait for the slowest rank's input; not measured")
+    print("on this VM, calibrate.CIFAR_STRAGGLER_S: 0 in the model; 0.9 ms from one quiet stretch, 4.5 ms from")
+    print("locally normalised loaded samples, benchmarks/table_scaling_straggler_check.py)\n")
+    print("| straggler ms | SGD predicted ms | ratio | short of 1/1.5 by ms |")
+    print("|---:|---:|---:|---:|")
+    for extra in (0.0, 0.9e-3, 4.5e-3):
+        c4 = next(c for c in check_rows(works, net, cifar_straggler_s={4: extra}) if c.key == "cifar-4")
+        short = max(0.0, c4.sgd_published / SGD_TOLERANCE - c4.sgd_predicted)
+        print(f"| {extra * 1e3:.1f} | {c4.sgd_predicted * 1e3:.1f} | {c4.sgd_ratio:.3f} | {short * 1e3:.1f} |")
     print("\nPer-message latency in the ResNet-50 K-FAC overhead (ms): the model's alpha terms, and one")
     print("message per factor (no fusion) instead of fused buckets\n")
     n_factors = 2 * len(works["resnet50"].layers)

@@ -150,7 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[64, 128, 256, 512],
         help=f"--profile cpu: factor sizes timed (2..{MAX_EIGH_SIZE})",
     )
-    parser.add_argument("--repeats", type=int, default=120, help="--profile cpu: timings per size")
+    parser.add_argument("--repeats", type=int, default=5, help="--profile cpu: rounds per window of timings")
+    parser.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=30.0,
+        help="--profile cpu: time at least this long (and until the estimates are confirmed; at most 3x, >= 90 s)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -216,6 +222,12 @@ def _check_args(args) -> None:
         ),
         ("--repeats", args.repeats, args.repeats >= 1, "an integer >= 1"),
         (
+            "--profile-seconds",
+            args.profile_seconds,
+            math.isfinite(args.profile_seconds) and 0 <= args.profile_seconds <= 600,
+            "seconds in 0..600",
+        ),
+        (
             "--interval-growth",
             args.interval_growth,
             math.isfinite(args.interval_growth) and args.interval_growth >= 1,
@@ -278,7 +290,9 @@ def _profile(args) -> tuple[profiles.DeviceProfile, dict | None]:
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         try:
-            m = measure_profile(args.eigh_sizes, args.repeats)
+            m = measure_profile(
+                args.eigh_sizes, args.repeats, min_s=args.profile_seconds, max_s=max(90.0, 3 * args.profile_seconds)
+            )
         except RuntimeError as exc:  # too few sizes monotone in n: the user can retry
             raise ValueError(f"--profile cpu: {exc} (--repeats, --eigh-sizes)") from None
         finally:
@@ -446,9 +460,10 @@ def _print_tables(args, work, profile, net, measured, rows, plans, limit, comman
     if measured:
         fastest = [(n, round(t * 1e3, 3)) for n, t, _ in measured["samples"]]
         print(
-            f"measured: eigh fastest of {args.repeats} (n, ms) {fastest}, rejected "
-            f"{measured['rejected']}, spread of repeats: GEMM {measured['gemm_spread']:.2f}x, "
-            f"eigh {measured['eigh_spread']:.2f}x"
+            f"measured: eigh in quiet windows (n, ms) {fastest}, rejected {measured['rejected']}, "
+            f"{measured['windows']} windows of {args.repeats} rounds, median / estimate: GEMM "
+            f"{measured['gemm_spread']:.2f}x, eigh {measured['eigh_spread']:.2f}x"
+            + ("" if measured["confirmed"] else f"; NOT confirmed: {', '.join(measured['unconfirmed'])}")
         )
     print(
         f"network {net.name}: alpha {net.alpha * 1e6:g} us, {net.bandwidth / 1e9:g} GB/s; "

@@ -22,7 +22,9 @@ ranks for the gradients; one issued as soon as the previous one returns waits
 picks it up only at its next cycle, a whole cycle later on average). On N > 1 ranks
 the gradients' release adds ``grad_ops_per_tensor`` ops per parameter tensor at
 ``per_op_s`` after the wait (Horovod's averaging: one ``div_`` per gradient before
-its handle is released), in series with the step.
+its handle is released), in series with the step, and each parameter tensor's
+gradient hook costs ``grad_hook_s`` during backward (a data-parallel runtime's
+per-gradient Python hook), added to the issue time.
 
 K-FAC adds, for the slowest rank:
 - factor computation (on factor-update steps): A and G of every layer as full
@@ -116,10 +118,11 @@ class HostCost:
     chained_sync_s: float = 0.0  # wait of one issued as soon as the previous one returned
     chained_syncs: int = 0  # such chained collectives a step, on top of ``syncs``
     grad_ops_per_tensor: int = 0  # ops per gradient tensor releasing the all-reduce (N > 1)
+    grad_hook_s: float = 0.0  # host time per gradient hook fired in backward (N > 1)
     source: str = ""
 
     def __post_init__(self):
-        for field in ("per_op_s", "sync_s", "chained_sync_s"):
+        for field in ("per_op_s", "sync_s", "chained_sync_s", "grad_hook_s"):
             v = getattr(self, field)
             if not 0 <= v < math.inf:
                 raise ValueError(f"HostCost.{field} must be finite seconds >= 0, got {v!r}")
@@ -138,6 +141,11 @@ class HostCost:
         """Waits of the step's synchronising collectives: ``syncs`` after other work (one
         more for the gradients on N > 1 ranks), ``chained_syncs`` right after another."""
         return self.sync_s * (self.syncs + (1 if ranks > 1 else 0)) + self.chained_sync_s * self.chained_syncs
+
+    def hook_time(self, work: Workload, ranks: int) -> float:
+        """Gradient hooks fired during backward, one per parameter tensor (N > 1 only), on
+        the thread that issues backward's ops, so in series with them."""
+        return work.param_tensors * self.grad_hook_s if ranks > 1 else 0.0
 
     def grad_release_time(self, work: Workload, ranks: int) -> float:
         """Ops between the gradients' all-reduce and the optimizer (N > 1 only)."""
@@ -320,6 +328,6 @@ def predict(
         precondition,
         grad_comm,
         memory,
-        host_cost.launch_time(work),
+        host_cost.launch_time(work) + host_cost.hook_time(work, ranks),
         host_cost.sync_time(ranks) + host_cost.grad_release_time(work, ranks),
     )

@@ -8,7 +8,8 @@ host work every row's model sets (``calibrate.HOST_2020``: its op count at a sou
 cost per op, and the training loop's blocking collectives). The fitted host time
 belongs to the ImageNet runs; the CIFAR rows' host time is their input pipeline, which
 the published script ran in the training process (``calibrate.CIFAR_INPUT_S``, measured
-on this CPU, not fitted).
+on this CPU, not fitted), and on N > 1 GPUs the wait for the slowest rank's input each
+step (``calibrate.CIFAR_STRAGGLER_S``, from the measured per-iteration distribution).
 
 ``sc20_saving(r)``: with K-FAC at 55 epochs and SGD at 90 (SC20's epochs to 75.9 %),
 a K-FAC step r times SGD's saves 1 - (55/90) r of SGD's time.
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 
 from kfac_ext.scaling.calibrate import (
     CIFAR_INPUT_S,
+    CIFAR_STRAGGLER_S,
     HOST_2020,
     KFAC_LW,
     SYMEIG_2020_LATENCY_S,
@@ -72,17 +74,27 @@ def check_rows(
     host_cost: HostCost = HOST_2020,
     host_s: float | None = None,
     cifar_input_s: float = CIFAR_INPUT_S,
+    cifar_straggler_s: Mapping[int, float] = CIFAR_STRAGGLER_S,
 ) -> list[RowCheck]:
     """``works`` maps ``Row.model`` ("resnet50", "resnet32_cifar") to its workload;
     ``eigh_latency_s`` the latency per eigendecomposition (default: 2020's symeig);
     ``host_cost`` the host work the model counts, ``host_s`` the ImageNet rows' fitted
     host time that goes with it (default: ``V100_CALIBRATION``'s, fitted with HOST_2020);
-    ``cifar_input_s`` the CIFAR rows' input pipeline per step (default: measured)."""
+    ``cifar_input_s`` the CIFAR rows' input pipeline per step (default: measured);
+    ``cifar_straggler_s`` maps N > 1 to the wait for the slowest of N ranks' input each
+    step (the metrics' all-reduces are a barrier; default: measured), added to it."""
     profile = v100_2020(eigh_latency_s)
     fitted = V100_CALIBRATION["host_s"] if host_s is None else host_s
     out = []
     for row in ROWS:
-        host = fitted if row.model == "resnet50" else cifar_input_s
+        if row.model == "resnet50":
+            host = fitted
+        elif row.gpus == 1:
+            host = cifar_input_s
+        elif row.gpus in cifar_straggler_s:
+            host = cifar_input_s + cifar_straggler_s[row.gpus]
+        else:
+            raise ValueError(f"row {row.key}: no straggler term for {row.gpus} ranks in {dict(cifar_straggler_s)}")
         step = predict(
             works[row.model], row.gpus, profile, net, batch=row.batch, host_s=host, host_cost=host_cost, **KFAC_LW
         )

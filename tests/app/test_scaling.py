@@ -13,12 +13,20 @@ from kfac_ext.cli import main
 from kfac_ext.scaling import FactorLayer, Intervals, Network, Workload, plan, predict, strategies, workload_of
 from kfac_ext.scaling.calibrate import gpu_profile
 from kfac_ext.scaling.measure import (
+    expected_max_excess,
     fit_eigh,
+    fit_eigh_rate,
+    local_relative,
     measure_op_overhead,
     measure_profile,
     min_of_medians,
     monotone,
+    op_overhead_estimate,
     quiet_seen,
+    quietest_window,
+    sample_until_stable,
+    stable_estimate,
+    window_estimates,
 )
 from kfac_ext.scaling.network import broadcast_time, ring_allreduce_time
 from kfac_ext.scaling.profiles import DeviceProfile, from_json, to_json
@@ -187,8 +195,26 @@ def test_chained_syncs_and_gradient_release_by_hand():
     assert four.sgd == pytest.approx(4.8e-3 + 4.3e-3 + ring_allreduce_time(4e6, 4, NET))
     with pytest.raises(ValueError, match="chained_sync_s"):
         HostCost(chained_sync_s=math.inf)
+    with pytest.raises(ValueError, match="grad_hook_s"):
+        HostCost(grad_hook_s=-1e-6)
     with pytest.raises(ValueError, match="counts"):
         HostCost(grad_ops_per_tensor=-1)
+
+
+def test_gradient_hooks_by_hand():
+    """3 parameter tensors, a hook of 0.5 ms each on more than one rank: 1.5 ms added to
+    the issue time (4.8 ms of ops at 100 us), which already bounds forward + backward."""
+    work = dataclasses.replace(WORK, forward_ops=10, backward_ops=20, param_tensors=3)
+    host = HostCost(per_op_s=1e-4, grad_hook_s=5e-4)
+    assert host.hook_time(work, 1) == 0.0 and host.hook_time(work, 4) == pytest.approx(1.5e-3)
+    one = predict(work, 1, PROFILE, NET, batch=1, host_cost=host)
+    assert one.launch == pytest.approx(4.8e-3) and one.sgd == pytest.approx(4.8e-3)
+    four = predict(work, 4, PROFILE, NET, batch=1, host_cost=host)
+    assert four.launch == pytest.approx(6.3e-3)
+    assert four.sgd == pytest.approx(6.3e-3 + ring_allreduce_time(4e6, 4, NET))
+    # hooks below the FLOP time are hidden: at batch 3 the FLOPs take 9 ms > 6.3 ms
+    three = predict(work, 4, PROFILE, NET, batch=3, host_cost=host)
+    assert three.sgd == pytest.approx(9e-3 + ring_allreduce_time(4e6, 4, NET))
 
 
 def test_op_counts_of_a_linear_layer_by_hand():
@@ -446,10 +472,13 @@ def test_monotone_rejection_and_the_eigh_fit():
 
 def test_measured_profile_is_positive(tmp_path):
     torch.set_num_threads(1)
-    m = measure_profile(sizes=(48, 96), repeats=3, gemm_size=64)
+    m = measure_profile(sizes=(48, 96), repeats=3, gemm_size=64, min_s=0.0, max_windows=4)
     p = m.profile
-    assert p.flops_per_s > 0 and p.eigh_flops_per_s > 0 and p.eigh_latency_s >= 0
-    assert "thread CPU time" in p.source and m.gemm_spread >= 1.0
+    assert p.flops_per_s > 0 and p.eigh_flops_per_s > 0 and p.eigh_latency_s > 0
+    assert "thread CPU time" in p.source and "latency at n=4" in p.source and m.gemm_spread >= 1.0
+    assert 3 <= m.windows <= 4 and m.as_dict()["confirmed"] == (not m.unconfirmed)
+    with pytest.raises(ValueError, match="latency_size"):
+        measure_profile(sizes=(8, 16), latency_size=8)
     path = tmp_path / "p.json"
     to_json(p, str(path), samples=list(m.samples))
     assert from_json(str(path)) == p
@@ -561,14 +590,137 @@ def test_cli_op_cost_reaches_the_sgd_step(capsys):
 
 
 def test_measured_op_overhead_is_positive():
-    quiet, median = measure_op_overhead(ops=50, repeats=3)
-    assert 0 < quiet <= median
     quiet, median = measure_op_overhead(ops=20, repeats=12, group=4, extend=0.0)
     assert 0 < quiet <= median
+    e = op_overhead_estimate(ops=10, repeats=6, group=3, min_windows=2, max_windows=3, min_s=0.0)
+    assert 0 < e.value <= e.median and 2 <= e.windows <= 3
+    calls = []
+    op_overhead_estimate(ops=2, repeats=2, group=1, max_windows=2, min_s=0.0, op=lambda: calls.append(1))
+    assert len(calls) == 200 + 2 * 2 * 2  # warm-up, then 2 windows of 2 bursts of 2 ops
     with pytest.raises(ValueError, match="group"):
         measure_op_overhead(group=0)
     with pytest.raises(ValueError, match="extend"):
         measure_op_overhead(extend=-1.0)
+
+
+def test_window_estimates_and_stable_estimate_by_hand():
+    # windows of 4, group 2: (5, 1, 5, 5) -> medians 3, 5 -> 3; (2, 2, 9, 9) -> 2; the
+    # trailing part window (1,) is left out
+    assert window_estimates([5.0, 1.0, 5.0, 5.0, 2.0, 2.0, 9.0, 9.0, 1.0], 4, 2) == [3.0, 2.0]
+    # two quiet windows (1.00 and 1.04) among loaded ones (2.0): confirmed at 1.00
+    quiet = [2.0] * 3 + [1.0] * 3 + [2.0] * 3 + [1.04] * 3
+    e = stable_estimate(quiet, 3, 1, tol=0.05)
+    assert (e.value, e.confirmed, e.windows, e.median) == (1.0, True, 4, 1.52)
+    assert e.agreement == pytest.approx(1.04)
+    assert not stable_estimate(quiet, 3, 1, tol=0.03).confirmed  # 4 % apart, 3 % asked
+    # one quick window alone (a lucky spell) is not confirmed: the next best is 1.9
+    lone = [2.0] * 3 + [1.0] * 3 + [1.9] * 3 + [2.0] * 3
+    e = stable_estimate(lone, 3, 1)
+    assert e.value == 1.0 and not e.confirmed and e.agreement == pytest.approx(1.9)
+    # a single quick sample inside a window does not set it (group 3: the median)
+    assert stable_estimate([2.0, 0.1, 2.0, 2.0, 2.0, 2.0], 3, 3).value == 2.0
+    # one window: nothing to agree with
+    one = stable_estimate([1.0, 1.0, 1.0], 3, 1)
+    assert not one.confirmed and one.agreement == math.inf
+    # the known limit: a run inside one loaded spell has loaded windows agreeing
+    assert stable_estimate([2.0] * 9, 3, 1).confirmed
+    # with a known quiet/loaded contrast (0.65), two loaded windows agreeing are not enough:
+    # best 8.9 against a median of 12 is 0.74 (no quiet spell seen) and the windows differ
+    loaded = [12.0] * 6 + [8.9] * 3 + [9.0] * 3 + [12.0] * 6
+    assert stable_estimate(loaded, 3, 1).confirmed
+    assert not stable_estimate(loaded, 3, 1, contrast=0.65).confirmed
+    # a quiet spell seen (5.0 and 5.1 against a median of 12) is confirmed
+    seen = [12.0] * 6 + [5.0] * 3 + [5.1] * 3 + [12.0] * 6
+    assert stable_estimate(seen, 3, 1, contrast=0.65).confirmed
+    # an unloaded run (every window within tol of the best) has no contrast to see
+    assert stable_estimate([5.0, 5.1, 5.05] * 4, 3, 1, contrast=0.65).confirmed
+    with pytest.raises(ValueError, match="complete window"):
+        stable_estimate([1.0, 1.0], 3)
+    with pytest.raises(ValueError, match="tol"):
+        stable_estimate([1.0] * 6, 3, tol=-0.1)
+
+
+def _scripted(values, fake_clock=None, tick=0.0):
+    """A time_round for sample_until_stable that returns the next of ``values`` per round
+    (key "x", one sample) and advances a fake clock by ``tick`` seconds a round."""
+    it = iter(values)
+
+    def time_round():
+        if fake_clock is not None:
+            fake_clock[0] += tick
+        return {"x": [next(it)]}
+
+    return time_round
+
+
+def test_sample_until_stable_stops_when_two_windows_agree():
+    # windows of 2 rounds, group 1: (2, 2) (1, 2) (2, 2) (1.02, 3) ... -> 2, 1, 2, 1.02
+    seq = [2.0, 2.0, 1.0, 2.0, 2.0, 2.0, 1.02, 3.0] + [9.0] * 100
+    est, rounds = sample_until_stable(_scripted(seq), {"x": 1}, 2, min_windows=2, max_windows=50, tol=0.05)
+    assert rounds == 8 and est["x"].confirmed and est["x"].value == 1.0 and est["x"].windows == 4
+    # the same sequence with a 3 % tolerance never confirms: it runs to the window cap
+    est, rounds = sample_until_stable(_scripted(seq), {"x": 1}, 2, min_windows=2, max_windows=10, tol=0.01)
+    assert rounds == 20 and not est["x"].confirmed and est["x"].value == 1.0
+
+
+def test_sample_until_stable_floors_and_caps_on_time():
+    clock = [0.0]
+    seq = [1.0] * 1000  # agrees at once
+    # confirmed after 2 windows, but held to min_s = 5 s at 1 s a round: 6 rounds (windows end at 2, 4, 6 s)
+    est, rounds = sample_until_stable(
+        _scripted(seq, clock, 1.0), {"x": 1}, 2, 2, 100, 0.05, math.inf, lambda: clock[0], min_s=5.0
+    )
+    assert rounds == 6 and est["x"].confirmed
+    # never agreeing (each window quicker than the last): stopped by max_s = 7 s at 1 s a round
+    clock[0] = 0.0
+    falling = [10.0 / (k + 1) for k in range(1000)]
+    est, rounds = sample_until_stable(_scripted(falling, clock, 1.0), {"x": 1}, 2, 2, 100, 0.05, 7.0, lambda: clock[0])
+    assert rounds == 8 and not est["x"].confirmed
+    with pytest.raises(ValueError, match="min_windows"):
+        sample_until_stable(_scripted(seq), {"x": 1}, 2, min_windows=3, max_windows=2)
+
+
+def test_sample_until_stable_waits_for_every_key():
+    # "a" agrees at once, "b" only in its 4th window: 4 windows of 1 round
+    seq_b = iter([3.0, 1.0, 2.0, 1.01])
+    est, rounds = sample_until_stable(lambda: {"a": [1.0, 1.0], "b": [next(seq_b)]}, {"a": 2, "b": 1}, 1, 2, 10)
+    assert rounds == 4 and est["a"].confirmed and est["b"].confirmed and est["b"].value == 1.0
+
+
+def test_expected_max_excess_and_quietest_window_by_hand():
+    # rank 0 in {1, 3}, the other rank always 2: max is 2 or 3, E = 2.5, E[rank 0] = 2
+    assert expected_max_excess([1.0, 3.0], [2.0], 2) == pytest.approx(0.5)
+    assert expected_max_excess([1.0, 3.0], [2.0], 3) == pytest.approx(0.5)
+    # rank 0 always 1, two others each 0 or 2: max is 1 with probability 1/4, else 2
+    assert expected_max_excess([1.0], [0.0, 2.0], 3) == pytest.approx(0.25 * 1 + 0.75 * 2 - 1)
+    # i.i.d. uniform on {0, 1}: E[max of 4] = 1 - 1/16, E[one] = 1/2
+    assert expected_max_excess([0.0, 1.0], [0.0, 1.0], 4) == pytest.approx(1 - 1 / 16 - 0.5)
+    assert expected_max_excess([5.0, 7.0], [], 1) == 0.0
+    with pytest.raises(ValueError, match="ranks"):
+        expected_max_excess([1.0], [1.0], 0)
+    # medians of 2: (5, 1) 3, (1, 1) 1, (1, 5) 3, (5, 1) 3 -> the second window
+    assert quietest_window([5.0, 1.0, 1.0, 5.0, 1.0], 2) == 1
+    with pytest.raises(ValueError, match="length"):
+        quietest_window([1.0], 2)
+    # a speed change (x2 from the 5th sample on) is divided out and the jitter (1.1) stays,
+    # but for the sample next to the change (1 / median(1.1, 1, 2)) and the clipped end (2 / 2.1)
+    rel = local_relative([1.0, 1.0, 1.1, 1.0, 2.0, 2.0, 2.2, 2.0], 1)
+    assert rel == pytest.approx([1.0, 1.0, 1.1, 1 / 1.1, 1.0, 1.0, 1.1, 2 / 2.1])
+    with pytest.raises(ValueError, match="half_width"):
+        local_relative([1.0], 0)
+
+
+def test_fit_eigh_rate_with_a_given_latency():
+    exact = [(n, 2e-5 + 9 * n**3 / 5e9) for n in (64, 128, 512)]
+    assert fit_eigh_rate(exact, 2e-5) == pytest.approx(5e9, rel=1e-12)
+    # by hand, one size: (t - latency) = 9 * 10^3 / rate -> rate = 9000 / (1e-3 - 1e-4)
+    assert fit_eigh_rate([(10, 1e-3)], 1e-4) == pytest.approx(9000 / 9e-4)
+    # two sizes, least squares on time: x = sum c (t - L) / sum c^2 with c = 9 n^3
+    c1, c2 = 9 * 10**3, 9 * 20**3
+    x = (c1 * 1e-3 + c2 * 5e-3) / (c1**2 + c2**2)
+    assert fit_eigh_rate([(10, 1e-3), (20, 5e-3)], 0.0) == pytest.approx(1 / x)
+    with pytest.raises(ValueError, match="positive rate"):
+        fit_eigh_rate([(10, 1e-4)], 1e-3)
 
 
 def test_quiet_seen_by_hand():
@@ -592,10 +744,25 @@ def test_min_of_medians_by_hand():
 
 
 def test_cli_profiles_from_this_machine_and_from_a_file(capsys, tmp_path):
-    code, out, _ = _run(capsys, *SMALL[:-2], "--profile", "cpu", "--eigh-sizes", "48,96", "--repeats", "3", "--json")
+    code, out, _ = _run(
+        capsys,
+        *SMALL[:-2],
+        "--profile",
+        "cpu",
+        "--eigh-sizes",
+        "48,96",
+        "--repeats",
+        "3",
+        "--profile-seconds",
+        "0",
+        "--json",
+    )
     assert code == 0
     data = json.loads(out)
     assert data["measured"]["samples"] and data["profile"]["name"] == "cpu"
+    assert isinstance(data["measured"]["confirmed"], bool) and data["measured"]["windows"] >= 4
+    code, _, err = _run(capsys, *SMALL[:-2], "--profile", "cpu", "--profile-seconds", "-1")
+    assert code != 0 and "--profile-seconds must be seconds in 0..600; got -1" in err
     path = tmp_path / "gpu.json"
     to_json(DeviceProfile("fake-gpu", 1e13, 1e12, 1e-3, memory_bytes=8e9), str(path))
     code, out, _ = _run(capsys, *SMALL[:-2], "--profile", str(path), "--json")
