@@ -76,27 +76,39 @@ class _Cifar(torch.utils.data.Dataset):
         return x, self.targets[i]
 
 
-def _run(dataset, batches: int) -> list[float]:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=0)
-    loss_sum, acc_sum, n = torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0)
-    out = []
-    with tempfile.TemporaryFile("w") as log, tqdm(total=len(loader), file=log) as bar:
-        it = iter(loader)
-        next(it)  # warm-up
-        for _ in range(batches):
-            t0 = time.thread_time()
-            try:
-                data, target = next(it)
-            except StopIteration:
-                it = iter(loader)
-                data, target = next(it)
-            loss_sum += torch.tensor(2.3)  # Metric.update of the loss and the accuracy
-            acc_sum += torch.tensor(0.1)
-            n += 1
-            bar.set_postfix_str(f"loss: {(loss_sum / n).item():.4f}, acc: {100 * (acc_sum / n).item():.2f}%")
+class InputLoop:
+    """The published loop's per-iteration host work apart from the step: the next batch
+    (a new epoch when the loader is spent), the two Metric updates and the tqdm postfix
+    (drawn by rank 0 only)."""
+
+    def __init__(self, dataset):
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=0)
+        self.it = iter(self.loader)
+        next(self.it)  # warm-up
+        self.loss_sum, self.acc_sum, self.n = torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0)
+
+    def iteration(self, bar=None) -> float:
+        """Thread CPU seconds of one iteration; ``bar`` is rank 0's tqdm bar (None: another rank)."""
+        t0 = time.thread_time()
+        try:
+            data, target = next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            data, target = next(self.it)
+        self.loss_sum += torch.tensor(2.3)  # Metric.update of the loss and the accuracy
+        self.acc_sum += torch.tensor(0.1)
+        self.n += 1
+        postfix = f"loss: {(self.loss_sum / self.n).item():.4f}, acc: {100 * (self.acc_sum / self.n).item():.2f}%"
+        if bar is not None:
+            bar.set_postfix_str(postfix)
             bar.update(1)
-            out.append(time.thread_time() - t0)
-    return out
+        return time.thread_time() - t0
+
+
+def _run(dataset, batches: int) -> list[float]:
+    loop = InputLoop(dataset)
+    with tempfile.TemporaryFile("w") as log, tqdm(total=len(loop.loader), file=log) as bar:
+        return [loop.iteration(bar) for _ in range(batches)]
 
 
 def main() -> int:

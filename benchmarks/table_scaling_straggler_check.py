@@ -31,11 +31,10 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 from _common import machine_line
-from table_scaling_input_check import _Cifar
+from table_scaling_input_check import InputLoop, _Cifar
 
 from kfac_ext.scaling.calibrate import CIFAR_INPUT_S
 from kfac_ext.scaling.measure import expected_max_excess, local_relative, quietest_window
@@ -50,28 +49,12 @@ RANKS = (2, 4, 8, 16)
 
 def _run(dataset, batches: int) -> tuple[list[float], list[float]]:
     """Per-iteration thread CPU seconds of rank 0's and another rank's loop, alternating."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=0)
-    loss_sum, acc_sum, n = torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0)
+    loop = InputLoop(dataset)
     first, others = [], []
     with tempfile.TemporaryFile("w") as log, tqdm(total=10**9, file=log) as bar:
-        it = iter(loader)
-        next(it)  # warm-up
         for k in range(2 * batches):
-            rank0 = k % 2 == 0
-            t0 = time.thread_time()
-            try:
-                data, target = next(it)
-            except StopIteration:
-                it = iter(loader)
-                data, target = next(it)
-            loss_sum += torch.tensor(2.3)  # Metric.update of the accuracy and the loss
-            acc_sum += torch.tensor(0.1)
-            n += 1
-            postfix = f"loss: {(loss_sum / n).item():.4f}, acc: {100 * (acc_sum / n).item():.2f}%"
-            if rank0:  # only rank 0's bar is enabled
-                bar.set_postfix_str(postfix)
-                bar.update(1)
-            (first if rank0 else others).append(time.thread_time() - t0)
+            rank0 = k % 2 == 0  # only rank 0's bar is enabled
+            (first if rank0 else others).append(loop.iteration(bar if rank0 else None))
     return first, others
 
 
