@@ -15,6 +15,7 @@ Plain-PyTorch references of every op: :mod:`kfac_ext.reference`.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,14 +74,15 @@ def _check_one_device(op: str, named: Sequence[tuple[str, Tensor]]) -> None:
             raise RuntimeError(f"{op}: {name} must be on the device of {first_name} ({first.device}); got {t.device}")
 
 
-def _check_damping(op: str, damping: Any) -> None:
-    # λ <= 0 divides by a zero eigenvalue of a singular factor: NaN gradients.
-    try:
-        value = float(damping)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(damping, bool) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{op}: damping must be a finite number > 0; got {damping!r}")
+def _check_damping(op: str, damping: Any, *, allow_zero: bool = False) -> None:
+    # λ <= 0 divides by a zero eigenvalue of a singular factor: NaN gradients. The ops'
+    # schemas take a float, so anything but a real number (a bool, a string) is refused.
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real):
+        raise ValueError(f"{op}: damping must be a finite number {bound}; got {damping!r}")
+    value = float(damping)
+    if not (math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
+        raise ValueError(f"{op}: damping must be a finite number {bound}; got {damping!r}")
 
 
 def _listed(name: str, tensors: Sequence[Tensor]) -> list[tuple[str, Tensor]]:
@@ -188,12 +190,7 @@ def damped_inverses(factors: Sequence[Tensor], damping: float) -> tuple[list[Ten
     op = "damped_inverses"
     factors = _check_tensor_list(op, "factors", factors)
     # λ = 0 is allowed here: the factor may be damped already, and a singular one fails its pivot check
-    if (
-        isinstance(damping, bool)
-        or not isinstance(damping, (int, float))
-        or not (math.isfinite(damping) and damping >= 0)
-    ):
-        raise ValueError(f"{op}: damping must be a finite number >= 0; got {damping!r}")
+    _check_damping(op, damping, allow_zero=True)
     _check_one_device(op, _listed("factors", factors))
     inverses, ok = _ops.damped_inverses(factors, float(damping))
     return list(inverses), ok

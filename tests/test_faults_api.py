@@ -11,6 +11,7 @@ import re
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -163,6 +164,14 @@ CASES = [
         ("error", ValueError, "damping"),
     ),
     ("precondition_grads_ damping<0", lambda: _precondition_grads(-1.0), ("error", ValueError, "damping")),
+    # the schemas take a float: a numeric string or a bool is refused, not converted
+    (
+        "eigen_precondition damping='0.1'",
+        lambda: ops.eigen_precondition(*_layer(), "0.1"),
+        ("error", ValueError, "damping must be a finite number > 0; got '0.1'"),
+    ),
+    ("precondition_grads_ damping=True", lambda: _precondition_grads(True), ("error", ValueError, "damping")),
+    ("eigen_precondition damping=np.float32", lambda: ops.eigen_precondition(*_layer(), np.float32(0.1)), ("ok",)),
     # ---- ops: sizes that must fail fast ----
     (
         "conv2d_act_factor kernel 100000, padding 100000",
