@@ -8,8 +8,10 @@ eigendecompositions as the makespan solver assigns them, eigenbasis and
 preconditioned-gradient exchange), the memory per rank, and recommends a strategy
 and update intervals that fit ``--memory-limit-gb``. Device rates come from
 ``--profile``: v100 (calibrated on a published timing), a100 or h100 (datasheet
-peak x efficiencies measured on an H200), cpu (this machine, timed now), or a JSON
-profile file. The model and its validation: docs/distributed.md.
+peak x efficiencies measured on an H200), cpu (this machine: measured once, 120-150 s,
+then reused from a cache file keyed by the CPU model, torch version, threads and the
+measurement's settings; ``--reprofile``, ``--profile-cache``, ``--no-profile-cache``), or a
+JSON profile file. The model and its validation: docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 
 import torch
 
@@ -34,6 +37,7 @@ from kfac_ext.scaling import (
     models,
     plan,
     predict,
+    profile_cache,
     profiles,
     strategies,
     workload_of,
@@ -48,6 +52,10 @@ MAX_EIGH_SIZE = 4096
 MAX_WORKERS = 2**16
 BUILTIN = {"resnet50": (models.resnet50, (3, 224, 224)), "resnet32-cifar": (models.resnet32_cifar, (3, 32, 32))}
 PROFILES = ("v100", "a100", "h100", "cpu")
+# --profile cpu: 120-150 s profiles repeated within 20 % at load 3-6, 30-90 s ones did not
+# (docs/distributed.md, "Profiling this machine", 2026-12-07); measured once, then cached.
+PROFILE_SECONDS = 120.0
+PROFILE_MAX_SECONDS = 150.0
 INPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}
 
 
@@ -154,8 +162,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile-seconds",
         type=float,
-        default=30.0,
-        help="--profile cpu: time at least this long (and until the estimates are confirmed; at most 3x, >= 90 s)",
+        default=PROFILE_SECONDS,
+        help="--profile cpu, when measured: time at least this long, and until the estimates are "
+        f"confirmed, at most max({PROFILE_MAX_SECONDS:g}, 1.25x) s (default {PROFILE_SECONDS:g}: "
+        "profiles this long repeated within 20%% at load 3-6, docs/distributed.md)",
+    )
+    parser.add_argument(
+        "--reprofile",
+        action="store_true",
+        help="--profile cpu: measure this machine now even if a cached profile fits, and replace it",
+    )
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--profile-cache",
+        default=None,
+        metavar="FILE",
+        help="--profile cpu: the cache file to reuse and write (default: "
+        "$XDG_CACHE_HOME/kfac_ext/profile-cpu-HASH.json, ~/.cache without XDG_CACHE_HOME; "
+        "HASH of the CPU model, torch version, --threads, --eigh-sizes, --repeats, "
+        "--profile-seconds and the cache format)",
+    )
+    cache.add_argument(
+        "--no-profile-cache",
+        action="store_true",
+        help="--profile cpu: measure now; neither read nor write a cache",
     )
     parser.add_argument(
         "--threads",
@@ -239,6 +269,19 @@ def _check_args(args) -> None:
     ):
         if not ok:
             raise ValueError(f"{flag} must be {expected}; got {value}")
+    cache_flags = [
+        flag
+        for flag, given in (
+            ("--reprofile", args.reprofile),
+            ("--profile-cache", args.profile_cache is not None),
+            ("--no-profile-cache", args.no_profile_cache),
+        )
+        if given
+    ]
+    if cache_flags and args.profile != "cpu":
+        raise ValueError(f"{cache_flags[0]} applies to --profile cpu only (the profile measured on this machine)")
+    if args.profile_cache is not None:
+        _check_cache_path(args.profile_cache)
     if args.profile not in PROFILES and not os.path.isfile(args.profile):
         raise ValueError(f"--profile must be one of {', '.join(PROFILES)} or a JSON file; got {args.profile!r}")
     if args.model not in BUILTIN:
@@ -248,6 +291,21 @@ def _check_args(args) -> None:
             raise ValueError("--input-shape is needed with --model MODULE:FACTORY")
     if args.plot:
         check_output_path("--plot", args.plot)
+
+
+def _check_cache_path(path: str) -> None:
+    """--profile-cache names a file whose folder can be created and written, before minutes of timing."""
+    target = os.path.abspath(path)
+    if not path or os.path.isdir(target):
+        raise ValueError(f"--profile-cache {path!r}: give a file name, not a folder")
+    directory = os.path.dirname(target)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kfac-ext-write-test-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"--profile-cache {path}: cannot write in {directory}: {exc.strerror or exc}") from None
 
 
 def _factory(spec: str):
@@ -285,24 +343,83 @@ def _network(args) -> Network:
     )
 
 
-def _profile(args) -> tuple[profiles.DeviceProfile, dict | None]:
-    if args.profile == "cpu":
-        threads = torch.get_num_threads()
-        torch.set_num_threads(args.threads)
+def _note(message: str) -> None:
+    """A line for the user on stderr (stdout stays the tables, or the one JSON object)."""
+    print(f"kfac-ext bench scaling: {message}", file=sys.stderr, flush=True)
+
+
+def _measure_cpu(args) -> tuple[profiles.DeviceProfile, dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        m = measure_profile(
+            args.eigh_sizes,
+            args.repeats,
+            min_s=args.profile_seconds,
+            max_s=max(PROFILE_MAX_SECONDS, 1.25 * args.profile_seconds),
+        )
+    except RuntimeError as exc:  # too few sizes monotone in n: the user can retry
+        raise ValueError(f"--profile cpu: {exc} (--repeats, --eigh-sizes)") from None
+    finally:
+        torch.set_num_threads(threads)
+    return m.profile, m.as_dict()
+
+
+def _cpu_profile(args) -> tuple[profiles.DeviceProfile, dict, dict]:
+    """This machine's profile: the cached one when it fits (profile_cache), else measured
+    now and cached when its quiet windows were confirmed. Returns (profile, measurement,
+    what the cache did)."""
+    key = profile_cache.cache_key(args.threads, args.eigh_sizes, args.repeats, args.profile_seconds)
+    path = None if args.no_profile_cache else (args.profile_cache or profile_cache.default_path(key))
+    info: dict = {"path": path, "hit": False, "written": False, "why_measured": None, "key": key}
+    if path is None:
+        info["why_measured"] = "--no-profile-cache"
+    elif args.reprofile:
+        info["why_measured"] = "--reprofile"
+    else:
         try:
-            m = measure_profile(
-                args.eigh_sizes, args.repeats, min_s=args.profile_seconds, max_s=max(90.0, 3 * args.profile_seconds)
+            profile, measured = profile_cache.load(path, key)
+        except profile_cache.CacheMissError as exc:
+            info["why_measured"] = str(exc)
+            if os.path.exists(path):
+                _note(f"profile cache {path}: {exc}; measuring again")
+        else:
+            info["hit"] = True
+            # memory is read, not measured: this machine's, whatever the cached one's
+            return dataclasses.replace(profile, memory_bytes=_ram_bytes()), measured, info
+    cap = max(PROFILE_MAX_SECONDS, 1.25 * args.profile_seconds)
+    _note(
+        f"measuring this machine's profile ({args.profile_seconds:g}-{cap:g} s, {args.threads} thread"
+        f"{'s' if args.threads > 1 else ''})" + (f"; it will be cached in {path}" if path else "")
+    )
+    profile, measured = _measure_cpu(args)
+    if path is not None:
+        if not measured["confirmed"]:
+            _note(
+                f"not cached: quiet window not confirmed for {', '.join(measured['unconfirmed'])} "
+                "(the machine was busy); the next run measures again"
             )
-        except RuntimeError as exc:  # too few sizes monotone in n: the user can retry
-            raise ValueError(f"--profile cpu: {exc} (--repeats, --eigh-sizes)") from None
-        finally:
-            torch.set_num_threads(threads)
-        return m.profile, m.as_dict()
+        else:
+            try:
+                profile_cache.save(path, key, measured)
+                info["written"] = True
+            except OSError as exc:
+                _note(f"could not write the profile cache {path}: {exc.strerror or exc}")
+    return profile, measured, info
+
+
+def _ram_bytes() -> float:
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _profile(args) -> tuple[profiles.DeviceProfile, dict | None, dict | None]:
+    if args.profile == "cpu":
+        return _cpu_profile(args)
     if args.profile == "v100":
-        return calibrate.gpu_profile("v100", calibrate.V100_CALIBRATION["k"]), None
+        return calibrate.gpu_profile("v100", calibrate.V100_CALIBRATION["k"]), None, None
     if args.profile in PROFILES:
-        return calibrate.gpu_profile(args.profile), None
-    return profiles.from_json(args.profile), None
+        return calibrate.gpu_profile(args.profile), None, None
+    return profiles.from_json(args.profile), None, None
 
 
 def _plot(rows, plans, path: str, title: str, limit: float) -> None:
@@ -355,7 +472,7 @@ def run(args) -> int:
         raise ValueError(
             f"--model {args.model} with --input-shape {','.join(map(str, shape))}: {' '.join(str(exc).split())[:300]}"
         ) from None
-    profile, measured = _profile(args)
+    profile, measured, cache = _profile(args)
     if args.eigh_latency_ms is not None:
         profile = dataclasses.replace(profile, eigh_latency_s=args.eigh_latency_ms / 1e3)
     limit = profile.memory_bytes if args.memory_limit_gb is None else args.memory_limit_gb * 1e9
@@ -412,6 +529,7 @@ def run(args) -> int:
                     "op_us": args.op_us,
                     "profile": _finite(dataclasses.asdict(profile)),
                     "measured": measured,
+                    "profile_cache": cache,
                     "network": dataclasses.asdict(net),
                     "batch_size": args.batch_size,
                     "intervals": {
@@ -431,7 +549,7 @@ def run(args) -> int:
             )
         )
         return 0
-    _print_tables(args, work, profile, net, measured, rows, plans, limit, command)
+    _print_tables(args, work, profile, net, measured, cache, rows, plans, limit, command)
     return 0
 
 
@@ -440,7 +558,7 @@ def _finite(d: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
-def _print_tables(args, work, profile, net, measured, rows, plans, limit, command) -> None:
+def _print_tables(args, work, profile, net, measured, cache, rows, plans, limit, command) -> None:
     print(
         f"{work.name}: {work.forward_flops * args.batch_size / 1e9:.1f} GFLOP forward, "
         f"{len(work.layers)} K-FAC layers, {work.params / 1e6:.2f} M parameters; batch "
@@ -465,6 +583,14 @@ def _print_tables(args, work, profile, net, measured, rows, plans, limit, comman
             f"{measured['gemm_spread']:.2f}x, eigh {measured['eigh_spread']:.2f}x"
             + ("" if measured["confirmed"] else f"; NOT confirmed: {', '.join(measured['unconfirmed'])}")
         )
+    if cache:
+        if cache["hit"]:
+            state = "reused (--reprofile to measure again)"
+        elif cache["written"]:
+            state = f"measured now ({cache['why_measured']}), written"
+        else:
+            state = f"measured now ({cache['why_measured']}), not written"
+        print(f"profile cache: {cache['path'] or 'none'}: {state}")
     print(
         f"network {net.name}: alpha {net.alpha * 1e6:g} us, {net.bandwidth / 1e9:g} GB/s; "
         f"host time {args.host_ms:g} ms/step, {args.op_us:g} us per op "

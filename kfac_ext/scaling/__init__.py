@@ -6,7 +6,8 @@
 - ``step``: SGD and K-FAC step time and memory per rank, per strategy and intervals,
   with the host work the model's op count sets (``HostCost``);
 - ``assign``: the one call into the eigendecomposition assignment (makespan solver);
-- ``measure``: this machine (or a GPU) timed robustly; ``calibrate``: GPU profiles
+- ``measure``: this machine (or a GPU) timed robustly; ``profile_cache``: that profile
+  kept on disk and reused, keyed by what it is valid for; ``calibrate``: GPU profiles
   from datasheet peaks, the V100 fitted to one published row (``published``);
 - ``planner``: the recommended strategy and intervals under a memory limit.
 

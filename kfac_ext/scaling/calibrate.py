@@ -43,6 +43,8 @@ __all__ = [
     "CIFAR_INPUT_S",
     "CIFAR_STRAGGLER_S",
     "HOROVOD_HOOK_PY_S",
+    "HOROVOD_FUSION_COPY_2020_S",
+    "FUSION_COPY_FIGURES_S",
 ]
 
 # Fractions of the FP32 peak measured on an H200 (module docstring).
@@ -114,6 +116,32 @@ HOROVOD_POLL_2020_S = 1e-3
 # host-bound (ResNet-50 at batch 32); on ResNet-32's 95 tensors, 1.1 ms on 4 GPUs.
 HOROVOD_HOOK_PY_S = 11.7e-6
 
+# v0.19.0's fusion-buffer copies: with more than one gradient in a response, the background
+# thread issues one cudaMemcpyAsync (device to device) per gradient into the fusion buffer,
+# the ncclAllReduce, and one per gradient back out (common/ops/nccl_operations.cc
+# NCCLAllreduce::Execute, cuda_operations.cc MemcpyEntryIn/OutFusionBuffer; horovod#2435,
+# v0.21, 2020-11, replaced them by one batched kernel "to reduce latency"), 190 calls for
+# ResNet-32's 95 tensors (HostCost.fusion_copy_time). No per-call host cost of that call on
+# the runs' stack (CUDA 10, V100, POWER9, 2020) was found, so the model carries 0. Figures
+# found (2026-12-08, h27i), none the runs' stack, in FUSION_COPY_FIGURES_S: DualPath
+# (arXiv 2602.21548, 2026, sec. 5.2): "submitting a single copy operation via
+# cudaMemcpyAsync incurs a latency overhead of approximately 5-7 us" (many small
+# KV-cache chunks, a 2026 stack); an nvprof API summary of a PyTorch run on a Volta GPU
+# (ryujaehun/pytorch-gpu-benchmark#6, 2019-12, profiler on): cudaMemcpyAsync 3.4 us at
+# least (its 69.6 us mean mixes in blocking host copies), cudaMemsetAsync (asynchronous,
+# no host data, the nearest kind of call) 12.7 us on average, cudaLaunchKernel 10.4 us; a
+# ROCm trace (ROCm/tensorflow-upstream#664, 2019) of back-to-back hipMemcpyDtoDAsync calls
+# 11.5-12.8 thousand stamp units apart (the unit unstated). At the largest, 12.7 us, the
+# 4-GPU CIFAR step would gain 2.2 ms and still be 0.5 ms short of 1/1.5 of the published
+# (benchmarks/table_scaling_validation.py).
+HOROVOD_FUSION_COPY_2020_S = 0.0
+FUSION_COPY_FIGURES_S = {
+    "DualPath 2026, low": 5e-6,
+    "DualPath 2026, high": 7e-6,
+    "Volta nvprof 2019, cudaLaunchKernel mean": 10.4e-6,
+    "Volta nvprof 2019, cudaMemsetAsync mean": 12.7e-6,
+}
+
 HOST_2020 = HostCost(
     per_op_s=LAUNCH_LATENCY_V100_S,
     optimizer_ops_per_tensor=6,
@@ -123,6 +151,7 @@ HOST_2020 = HostCost(
     chained_syncs=1,
     grad_ops_per_tensor=1,
     grad_hook_s=HOROVOD_HOOK_PY_S,
+    fusion_copy_s=HOROVOD_FUSION_COPY_2020_S,
     source="20 us per op (NVIDIA Nsight Systems blog, V100-SXM launch latency); Horovod 0.19.0: "
     "5 ms cycle, 1 ms poll: 3 ms for a blocking collective after other work (a metric; the "
     "gradients on N > 1), 5 ms for the metric right after it; on N > 1 one div_ per gradient and "

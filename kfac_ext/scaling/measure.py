@@ -60,7 +60,6 @@ __all__ = [
     "measure_profile",
     "measure_op_overhead",
     "min_of_medians",
-    "quiet_seen",
 ]
 
 
@@ -167,7 +166,7 @@ def stable_estimate(
     run that met no quiet spell rarely has two windows agreeing at the bottom, but a run
     inside one long loaded spell can. Where the quiet/loaded contrast of a quantity is
     known (the per-op cost: ~0.5), ``contrast`` asks more: the best window at most
-    ``contrast`` x the median of all samples (a quiet spell seen, ``quiet_seen``), or
+    ``contrast`` x the median of all samples (a quiet spell seen), or
     every window within ``tol`` of the best (an unloaded run, no contrast to see). The
     median of all samples is kept beside it as the loaded figure."""
     if not 0 <= tol < math.inf:
@@ -363,16 +362,11 @@ def min_of_medians(samples: Sequence[float], group: int = 5) -> float:
     return min(statistics.median(samples[i : i + group]) for i in range(0, len(samples), group))
 
 
-QUIET = 0.65  # a quiet window's estimate is at most this share of the median
-
-
-def quiet_seen(samples: Sequence[float], group: int = 5) -> bool:
-    """Whether ``samples`` met a quiet window of this VM: their ``min_of_medians`` is at most
-    ``QUIET`` of their median. Loaded, the CPU runs at about half its quiet speed, so a run
-    that met quiet windows shows ~0.5 (0.48-0.58 in the runs of 2026-12-07); one that met
-    none, or that was never loaded, shows ~0.7-1. Kept as a diagnostic; the estimators
-    confirm with ``stable_estimate`` instead (an unloaded run has no quiet/loaded contrast)."""
-    return min_of_medians(samples, group) <= QUIET * statistics.median(samples)
+# A quiet window's estimate is at most this share of the median of all samples: loaded,
+# this VM's CPU runs at about half its quiet speed, so a run that met quiet windows shows
+# ~0.5 (0.48-0.58 in the runs of 2026-12-07) and one that met none, or was never loaded,
+# ~0.7-1. The per-op estimate's ``contrast`` (``stable_estimate``).
+QUIET = 0.65
 
 
 def op_overhead_estimate(

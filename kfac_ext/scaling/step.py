@@ -24,7 +24,10 @@ the gradients' release adds ``grad_ops_per_tensor`` ops per parameter tensor at
 ``per_op_s`` after the wait (Horovod's averaging: one ``div_`` per gradient before
 its handle is released), in series with the step, and each parameter tensor's
 gradient hook costs ``grad_hook_s`` during backward (a data-parallel runtime's
-per-gradient Python hook), added to the issue time.
+per-gradient Python hook), added to the issue time. Where the runtime copies each
+gradient into a fusion buffer and back with one call each way (``fusion_copy_s`` a
+call; ``HostCost.fusion_copy_time``), the copies in precede the all-reduce and the
+copies out overlap it.
 
 K-FAC adds, for the slowest rank:
 - factor computation (on factor-update steps): A and G of every layer as full
@@ -119,10 +122,11 @@ class HostCost:
     chained_syncs: int = 0  # such chained collectives a step, on top of ``syncs``
     grad_ops_per_tensor: int = 0  # ops per gradient tensor releasing the all-reduce (N > 1)
     grad_hook_s: float = 0.0  # host time per gradient hook fired in backward (N > 1)
+    fusion_copy_s: float = 0.0  # host time per copy call into or out of a fusion buffer (N > 1)
     source: str = ""
 
     def __post_init__(self):
-        for field in ("per_op_s", "sync_s", "chained_sync_s", "grad_hook_s"):
+        for field in ("per_op_s", "sync_s", "chained_sync_s", "grad_hook_s", "fusion_copy_s"):
             v = getattr(self, field)
             if not 0 <= v < math.inf:
                 raise ValueError(f"HostCost.{field} must be finite seconds >= 0, got {v!r}")
@@ -146,6 +150,18 @@ class HostCost:
         """Gradient hooks fired during backward, one per parameter tensor (N > 1 only), on
         the thread that issues backward's ops, so in series with them."""
         return work.param_tensors * self.grad_hook_s if ranks > 1 else 0.0
+
+    def fusion_copy_time(self, work: Workload, ranks: int, allreduce_s: float) -> float:
+        """What copying every gradient into a fusion buffer and back, one call each way per
+        parameter tensor at ``fusion_copy_s`` each (Horovod before v0.21), adds to the
+        gradients' all-reduce of ``allreduce_s`` (N > 1 only): the copies in are issued
+        before the all-reduce and the copies out behind it on the same stream, so the
+        exchange takes t + max(allreduce_s, t) for t = tensors x ``fusion_copy_s`` (the
+        all-reduce runs while the host issues the copies out) instead of allreduce_s."""
+        if ranks == 1 or self.fusion_copy_s == 0:
+            return 0.0
+        t = work.param_tensors * self.fusion_copy_s
+        return t + max(allreduce_s, t) - allreduce_s
 
     def grad_release_time(self, work: Workload, ranks: int) -> float:
         """Ops between the gradients' all-reduce and the optimizer (N > 1 only)."""
@@ -172,7 +188,7 @@ class StepTime:
     grad_comm: float
     memory: dict
     launch: float = 0.0  # host time issuing the SGD step's ops (HostCost)
-    sync: float = 0.0  # waits of the step's synchronising collectives, gradients' release (HostCost)
+    sync: float = 0.0  # waits of the step's synchronising collectives, gradients' release and copies (HostCost)
 
     @property
     def sgd(self) -> float:
@@ -329,5 +345,7 @@ def predict(
         grad_comm,
         memory,
         host_cost.launch_time(work) + host_cost.hook_time(work, ranks),
-        host_cost.sync_time(ranks) + host_cost.grad_release_time(work, ranks),
+        host_cost.sync_time(ranks)
+        + host_cost.grad_release_time(work, ranks)
+        + host_cost.fusion_copy_time(work, ranks, grad_ar),
     )

@@ -22,7 +22,6 @@ from kfac_ext.scaling.measure import (
     min_of_medians,
     monotone,
     op_overhead_estimate,
-    quiet_seen,
     quietest_window,
     sample_until_stable,
     stable_estimate,
@@ -721,15 +720,6 @@ def test_fit_eigh_rate_with_a_given_latency():
     assert fit_eigh_rate([(10, 1e-3), (20, 5e-3)], 0.0) == pytest.approx(1 / x)
     with pytest.raises(ValueError, match="positive rate"):
         fit_eigh_rate([(10, 1e-4)], 1e-3)
-
-
-def test_quiet_seen_by_hand():
-    # a run at half speed throughout: min of medians = median, no quiet window
-    assert not quiet_seen([10.0] * 9, 3)
-    # three quiet bursts in a row: min of medians 4 <= 0.65 x median 10
-    assert quiet_seen([10.0] * 6 + [4.0] * 3 + [10.0] * 3, 3)
-    # one quick burst alone is no quiet window: its group's median stays 10
-    assert not quiet_seen([10.0, 4.0, 10.0] + [10.0] * 9, 3)
 
 
 def test_min_of_medians_by_hand():
