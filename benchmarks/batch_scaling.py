@@ -298,7 +298,8 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
     factor on that scale), skip (K-FAC's skip_layers: those layers take the optimizer's
     plain steps at its lr), relative_damping (KFACPreconditioner's: each factor divided by its
     mean eigenvalue before the solve, so λ is relative to each layer's curvature), beta1,
-    beta2, eps, weight_decay (AdamW's), momentum."""
+    beta2, eps, weight_decay (AdamW's), momentum, nesterov (SGD's and K-FAC's SGD: Nesterov
+    momentum)."""
     lr = setting["lr"]
     if name == "adamw":
         betas = (setting.get("beta1", 0.9), setting.get("beta2", 0.999))
@@ -319,7 +320,9 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
         heavyball.utils.compile_mode = None
         kw = {"betas": (0.95, setting["beta2"])} if "beta2" in setting else {}  # else heavyball's default
         return heavyball.SOAP(model.parameters(), lr=lr, weight_decay=0.0, compile_step=False, **kw), None
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=setting.get("momentum", 0.9))
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=setting.get("momentum", 0.9), nesterov=setting.get("nesterov", False)
+    )
     if name == "sgd":
         return optimizer, None
     from kfac_ext import KFACPreconditioner
@@ -445,6 +448,7 @@ def _fmt_setting(s: dict) -> str:
         beta1="β1",
         beta2="β2",
         momentum="momentum",
+        nesterov="Nesterov",
         kl_clip="KL clip",
         factor_decay="decay",
         factor_init="init",

@@ -104,6 +104,21 @@ def test_probe_settings_reach_adamw_and_the_preconditioner():
     assert bs._fmt_setting(setting) == "lr 0.1, λ 0.03, skip 1, reduce, per-example G on, G scale x 0.25"
 
 
+def test_sgd_nesterov_setting_reaches_the_optimizer():
+    """nesterov: the 2026-12-08 SGD probe's knob, off unless a setting turns it on, for SGD and
+    for K-FAC's SGD alike."""
+    torch = pytest.importorskip("torch")
+    problem = bs.Problem("toy", 1.0, "loss", None, None, None, None, 100, center_lr=dict(kfac=1.0))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt, _ = bs.make_optimizer("sgd", model, problem, dict(lr=0.1))
+    assert opt.param_groups[0]["nesterov"] is False
+    opt, _ = bs.make_optimizer("sgd", model, problem, dict(lr=0.1, momentum=0.8, nesterov=True))
+    assert opt.param_groups[0]["nesterov"] is True and opt.param_groups[0]["momentum"] == 0.8
+    opt, _ = bs.make_optimizer("kfac", model, problem, dict(lr=0.1, damping=0.03, nesterov=True))
+    assert opt.param_groups[0]["nesterov"] is True
+    assert bs._fmt_setting(dict(lr=0.1, nesterov=True)) == "lr 0.1, Nesterov on"
+
+
 def test_relative_damping_is_the_preconditioners_option():
     """relative_damping: the setting turns on KFACPreconditioner(relative_damping=True)
     (tests/test_relative_damping.py holds its math)."""
