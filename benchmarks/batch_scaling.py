@@ -298,7 +298,8 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
     factor on that scale), skip (K-FAC's skip_layers: those layers take the optimizer's
     plain steps at its lr), relative_damping (KFACPreconditioner's: each factor divided by its
     mean eigenvalue before the solve, so λ is relative to each layer's curvature), beta1,
-    beta2, eps, weight_decay (AdamW's), momentum."""
+    beta2, eps, weight_decay (AdamW's), momentum, and warmup (steps_to_target's linear lr
+    warm-up over that many steps, the optimizer's lr only: K-FAC's KL clip keeps its lr)."""
     lr = setting["lr"]
     if name == "adamw":
         betas = (setting.get("beta1", 0.9), setting.get("beta2", 0.999))
@@ -350,7 +351,11 @@ def steps_to_target(
     optimizer, precond = make_optimizer(name, model, problem, setting, batch)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + batch)
     last = math.inf
+    warmup = setting.get("warmup", 0)  # a linear lr warm-up over this many steps (optimizer's lr only)
     for step in range(1, cap + 1):
+        if warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = setting["lr"] * min(1.0, step / warmup)
         x, y = problem.sample(batch, gen)
         optimizer.zero_grad(set_to_none=True)
         loss = problem.loss(model(x), y)
@@ -454,6 +459,7 @@ def _fmt_setting(s: dict) -> str:
         skip="skip",
         g_scale_mult="G scale x",
         relative_damping="relative λ",
+        warmup="warm-up",
     )
 
     def value(v) -> str:
