@@ -262,16 +262,26 @@ SWEPT = {
         "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
     },
     # the 2026-12-07 14:09-15:01 sweeps with --variants (seeds 100, 101; RESULTS.md): AdamW from
-    # beta1 0.8, beta2 0.95, K-FAC (G per loss term, factor decay 0.5) and K-FAC lazy
+    # beta1 0.8, beta2 0.95, K-FAC (G per loss term, factor decay 0.5) and K-FAC lazy; then the
+    # 2026-12-08 01:30-01:59 probes, 24 settings each on the sweep seeds, whose winners are kept
+    # where they beat the sweep's pick there (RESULTS, fifth pass): AdamW B 8 beta2 0.9 with a
+    # 20-step warm-up (160, 176 against 180, 176), K-FAC B 16 momentum 0.8 (72, 75 against 72,
+    # 80), K-FAC lazy B 16 factor decay 0.3 (96, 102 against 102, 112)
     "lm": {
-        "adamw": {b: dict(lr=0.00212, beta1=0.8, beta2=0.95) for b in (8, 16, 32, 64)},
+        "adamw": {
+            8: dict(lr=0.00212, beta1=0.8, beta2=0.9, warmup=20),
+            **{b: dict(lr=0.00212, beta1=0.8, beta2=0.95) for b in (16, 32, 64)},
+        },
         "kfac": {
             8: dict(lr=0.00884, damping=0.03),
-            16: dict(lr=0.05, damping=0.03),
+            16: dict(lr=0.05, damping=0.03, momentum=0.8),
             32: dict(lr=0.0177, damping=0.03),
             64: dict(lr=0.2, damping=0.01),
         },
-        "kfac-lazy": {8: dict(lr=0.00884, damping=0.03), 16: dict(lr=0.05, damping=0.09)},
+        "kfac-lazy": {
+            8: dict(lr=0.00884, damping=0.03),
+            16: dict(lr=0.05, damping=0.09, factor_decay=0.3),
+        },
     },
 }
 
@@ -299,7 +309,8 @@ def make_optimizer(name: str, model: nn.Module, problem: Problem, setting: dict,
     plain steps at its lr), relative_damping (KFACPreconditioner's: each factor divided by its
     mean eigenvalue before the solve, so λ is relative to each layer's curvature), beta1,
     beta2, eps, weight_decay (AdamW's), momentum, nesterov (SGD's and K-FAC's SGD: Nesterov
-    momentum)."""
+    momentum), and warmup (steps_to_target's linear lr warm-up over that many steps, the
+    optimizer's lr only: K-FAC's KL clip keeps its lr)."""
     lr = setting["lr"]
     if name == "adamw":
         betas = (setting.get("beta1", 0.9), setting.get("beta2", 0.999))
@@ -353,7 +364,11 @@ def steps_to_target(
     optimizer, precond = make_optimizer(name, model, problem, setting, batch)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + batch)
     last = math.inf
+    warmup = setting.get("warmup", 0)  # a linear lr warm-up over this many steps (optimizer's lr only)
     for step in range(1, cap + 1):
+        if warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = setting["lr"] * min(1.0, step / warmup)
         x, y = problem.sample(batch, gen)
         optimizer.zero_grad(set_to_none=True)
         loss = problem.loss(model(x), y)
@@ -458,6 +473,7 @@ def _fmt_setting(s: dict) -> str:
         skip="skip",
         g_scale_mult="G scale x",
         relative_damping="relative λ",
+        warmup="warm-up",
     )
 
     def value(v) -> str:

@@ -22,6 +22,8 @@ Three measurements (issue 29's LM time line; benchmarks/RESULTS.md):
    K-FAC with the per-factor solve (B 16); seconds = the reported seeds' median steps
    (RESULTS) × the mean ms/step over whole update periods (until 2026-12-07 20:50 UTC the
    median step, which has no update for lazy K-FAC and read its seconds low).
+   ``--race-rows LABEL ...`` times only those rows of ``RACE`` (and AdamW B 8), e.g. the
+   2026-12-08 probe's winners against the picks they replace.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/lm_inverse_cost.py [--race] [--reps N] [--json]
 """
@@ -58,6 +60,10 @@ RACE = [
     # factors and inverses every 2 steps at B 8: the best of three B 8 intervals probed on the
     # sweep seeds (2026-12-07 19:50, RESULTS), its reported seeds 135, 150, 165
     ("K-FAC f2/i2 B 8", "kfac-f2-i2", dict(lr=0.00884, damping=0.03), 8, 150),
+    # the 2026-12-08 probe's winners on the sweep seeds (RESULTS, fifth pass), their reported
+    # seeds' medians: momentum 0.8 (72, 75, 80) and factor decay 0.3 (105, 112, 102)
+    ("K-FAC every step B 16, momentum 0.8", "kfac", dict(lr=0.05, damping=0.03, momentum=0.8), 16, 75),
+    ("K-FAC lazy B 16, decay 0.3", "kfac-lazy", dict(lr=0.05, damping=0.09, factor_decay=0.3), 16, 105),
 ]
 
 
@@ -150,8 +156,8 @@ def inverse_cost(seen: list, reps: int) -> dict:
     return dict(dense_factors=[f.shape[0] for f in dense], ms=ms)
 
 
-def race(problem, reps: int, old_solve: bool) -> dict:
-    configs = list(RACE)
+def race(problem, reps: int, old_solve: bool, rows: list[str] | None = None) -> dict:
+    configs = [c for c in RACE if rows is None or c[0] == "AdamW B 8" or c[0] in rows]
     if old_solve:
         configs.append(("K-FAC lazy B 16, per-factor solve", "kfac-lazy", dict(lr=0.05, damping=0.09), 16, 102))
         configs.append(("K-FAC every step B 16, per-factor solve", "kfac", dict(lr=0.05, damping=0.03), 16, 80))
@@ -194,8 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--race-only", action="store_true", help="only the round-robin step times")
     p.add_argument("--race-steps", type=int, default=40, help="timed steps per configuration in --race (default 40)")
     p.add_argument("--old-solve", action="store_true", help="--race also times K-FAC with the per-factor solve")
+    p.add_argument(
+        "--race-rows",
+        nargs="+",
+        metavar="LABEL",
+        help="--race times only these RACE rows (by label) and AdamW B 8",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args(argv)
+    labels = [c[0] for c in RACE]
+    bad = [r for r in a.race_rows or [] if r not in labels]
+    if bad:
+        p.error(f"--race-rows: unknown {bad}; the rows are {labels}")
     if a.reps < 1 or a.race_steps < 1:
         p.error(f"--reps and --race-steps must be >= 1, got {a.reps}, {a.race_steps}")
     torch.set_num_threads(1)
@@ -219,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             if label == "every step":
                 out["inverse update"] = inverse_cost(seen, a.reps)
     if a.race or a.race_only:
-        out["race"] = race(problem, a.race_steps, a.old_solve)
+        out["race"] = race(problem, a.race_steps, a.old_solve, a.race_rows)
     if a.json:
         print(json.dumps(out))
         return 0

@@ -336,3 +336,33 @@ def test_round_robin_times_is_the_mean_over_whole_periods(monkeypatch):
     (t,) = bs.round_robin_times(problem, [("kfac-lazy", dict(lr=0.1, damping=0.1), 16)], reps=15)
     assert calls["n"] == 3 + 20  # warm-up, then 15 rounded up to two periods of 10
     assert t == pytest.approx((18 * 1.0 + 2 * 10.0) / 20)
+
+
+def test_warmup_ramps_the_optimizers_lr_linearly_then_holds_it(monkeypatch):
+    """The 2026-12-08 AdamW probe's warm-up: step s runs at lr x min(1, s / warmup)."""
+    torch = pytest.importorskip("torch")
+    seen = []
+
+    def make_optimizer(name, model, problem, setting, batch=None):
+        opt = torch.optim.AdamW(model.parameters(), lr=setting["lr"])
+        step = opt.step
+        opt.step = lambda: seen.append(opt.param_groups[0]["lr"]) or step()
+        return opt, None
+
+    monkeypatch.setattr(bs, "make_optimizer", make_optimizer)
+    problem = bs.Problem(
+        "toy",
+        -1.0,  # never reached
+        "loss",
+        lambda: torch.nn.Linear(2, 1),
+        lambda batch, gen: (torch.randn(batch, 2, generator=gen), torch.zeros(batch, 1)),
+        torch.nn.functional.mse_loss,
+        lambda model: 1.0,
+        100,
+        center_lr=dict(adamw=1.0),
+    )
+    assert bs.steps_to_target(problem, "adamw", dict(lr=0.4, warmup=4), 8, 0, 6) == (None, 1.0)
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    seen.clear()
+    bs.steps_to_target(problem, "adamw", dict(lr=0.4), 8, 0, 3)
+    assert seen == [0.4, 0.4, 0.4]
