@@ -25,6 +25,9 @@ the same K-FAC grid run with and without it on the sweep seeds, best 3.5 epochs
 against 5 (lr 0.2, at the grid's upper edge; one step up, lr 0.4, tied at 3.5 and 4
 epochs and was not taken; docs/results/digits_lr_sweep_*_2026-12-07e.log).
 The AdamW grid was moved up one lr step after its first run put the best at the grid's edge.
+On the autoencoder AdamW's betas are (0.7, 0.9) since 2026-12-08 (batch_scaling.py's equal-budget
+probe); its grid was re-run with them (`-- --adamw-betas 0.7 0.9`; lr 0.01, one step past the edge,
+took twice the epochs: docs/results/ae_adamw_betas_lr_sweep_2026-12-08.log).
 
     .venv/bin/python benchmarks/lr_sweep.py [--task autoencoder] [--optimizers adamw]
         [--seeds 100 101] [-- more train flags]
