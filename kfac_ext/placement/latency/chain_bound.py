@@ -29,6 +29,7 @@ def chain_bound(
     deadline: float = math.inf,
     rounds: int = 3,
     found: dict | None = None,
+    shape: list | None = None,
 ) -> float:
     """The best of :func:`path_chain_bound` over ``paths`` (default :func:`candidate_paths`),
     each run with the path bound's per-node tables; the paths not finished by ``deadline``
@@ -43,7 +44,10 @@ def chain_bound(
     ``found`` (a dict) carries those finishes between calls: it receives them, and a call
     that finds it filled by an earlier one (on the same graph and paths) takes it for the
     rounds already run, so all its ``rounds`` use ready floors (``solve_latency`` runs one
-    round before the local search and the others after it)."""
+    round before the local search and the others after it).
+
+    ``shape`` (a list) receives ``(path, runs)`` of the last round's best path: its least
+    chain's runs (:func:`path_chain_bound`'s ``runs``), a shape for a split."""
     if paths is None:
         paths = candidate_paths(graph)
     _, cpu, acc = path_tables(graph, subgraphs=subgraphs)
@@ -58,12 +62,18 @@ def chain_bound(
             best = max(best, path_chain_bound(graph, p, subgraphs, (cpu, acc), deadline=deadline, finishes=found))
     for _ in range(rounds):
         ready = _finish_floors(graph, found)
+        top = -math.inf
         for p in paths:
             if time.perf_counter() > deadline:
                 return best
-            best = max(
-                best, path_chain_bound(graph, p, subgraphs, (cpu, acc), deadline=deadline, ready=ready, finishes=found)
+            runs: list = []
+            value = path_chain_bound(
+                graph, p, subgraphs, (cpu, acc), deadline=deadline, ready=ready, finishes=found, runs=runs
             )
+            best = max(best, value)
+            if shape is not None and value > top:
+                top = value
+                shape[:] = [(p, runs)]
     return best
 
 
