@@ -38,23 +38,37 @@ def _graphs():
 
 @pytest.mark.parametrize("index", range(40))
 def test_a_grafted_split_is_a_split_of_the_model(index):
-    """From the best search split, every graft of the chain's last calls (1 to 3) is None or
-    a feasible split (the evaluator accepts it) whose calls are contiguous, at most k, one of
-    them the last run's forced set."""
+    """From the best search split, the graft is None or a feasible split (the evaluator accepts
+    it) whose calls are contiguous, at most k, one of them the forced set of a span of the
+    chain's calls that ends with the last one and fits the cap."""
     g = _graphs()[index]
     shape: list = []
     chain_bound(g, shape=shape)
     path, runs = shape[0]
     split, _ = improve(g, all_on_cpu(g), float("inf"), Budget(500))
-    for last in (1, 2, 3):
-        out = graft(g, split, path, runs, last)
-        if out is None:
-            continue
-        evaluate(g, out)
-        assert len(out.calls) <= g.num_accelerators
-        assert all(is_contiguous(g, nodes) for _, nodes in out.calls)
-        i, j, _ = [r for r in runs if r[2]][-1]
-        assert set(forced_set(g, path[i], path[j])) in [set(nodes) for _, nodes in out.calls]
+    out = graft(g, split, path, runs)
+    if out is None:
+        return
+    evaluate(g, out)
+    assert len(out.calls) <= g.num_accelerators
+    assert all(is_contiguous(g, nodes) for _, nodes in out.calls)
+    calls = [r for r in runs if r[2]]
+    spans = [forced_set(g, path[i], path[calls[-1][1]]) for i, _, _ in calls]
+    held = [set(nodes) for _, nodes in out.calls]
+    assert any(span is not None and span in held for span in spans)
+
+
+def test_the_graft_takes_the_longest_span_that_fits():
+    """A chain 0 .. 5 cut into calls {0, 1}, {2, 3}, {4, 5}, each node of size 1: with a cap of
+    4 the graft holds 2 .. 5 (the span from the first call would be 6), with a cap of 6 all."""
+    nodes = [node(v, 1.0, 5.0, 1.0) for v in range(6)]
+    edges = [(v, v + 1) for v in range(5)]
+    runs = [(0, 1, True), (2, 3, True), (4, 5, True)]
+    for cap, want in ((4.0, {2, 3, 4, 5}), (6.0, set(range(6)))):
+        g = Graph(nodes, edges, 3, 1, cap)
+        g.validate()
+        out = graft(g, all_on_cpu(g), list(range(6)), runs)
+        assert out is not None and want in [set(c) for _, c in out.calls]
 
 
 def test_solve_keeps_the_better_of_the_two_searches(monkeypatch):

@@ -869,7 +869,10 @@ def _routes_groups(
     return groups, delays, entries
 
 
-_START_GRID = 6  # grid points of :func:`_start_waits` at most (besides the first and no limit)
+# grid points of :func:`_start_waits` at most (besides the first and no limit); a coarser grid
+# charges a call from the grid point below the ready floor it waits for.  Inception-v3's chain
+# bound: 1183.59 with 6 points, 1186.27 with 24 and with 1000, at the same CPU time (2026-12-08)
+_START_GRID = 64
 
 
 def _start_waits(groups, hulls, entries, room: float, earliest: float, extra: float) -> list[tuple[float, float]]:

@@ -3,16 +3,21 @@
 
 Each call of the least chain runs ``p_i .. p_j`` of its path and holds the run's *forced*
 set: every node on a path between two of its nodes and, with one call per accelerator,
-their colour classes (closed under both).  :func:`graft` makes the forced set of each of the
-chain's last ``last`` calls one call of the split: those nodes leave the calls that held
-them, a call left non-contiguous is cut into its contiguous pieces, and beyond the
-accelerators' count the other calls with the least accelerator time go to the CPU pool.  The
-result is checked by the model's evaluator; the local search then starts from it.
+their colour classes (closed under both).  :func:`graft` takes the longest span of the
+chain's last calls whose forced set fits the cap (from the first node of one call to the
+last node of the last call) and makes that set one call of the split: its nodes leave the
+calls that held them, a call left non-contiguous is cut into its contiguous pieces, and
+beyond the accelerators' count the other calls with the least accelerator time go to the
+CPU pool.  The result is checked by the model's evaluator; the local search then starts
+from it.
 
 Why: on Inception-v3 the search's moves and kicks stop at 1206.1, a call over modules 7 to 9
 and one over 10 and 11; the bound's chain has one call from module 8's long branch to the
 end (its forced set fits the cap), which no single move reaches.  Grafted onto that split
-and searched with the same budget, it gives 1199.7 (2026-12-08).
+and searched with the same budget, it gives 1199.7 (2026-12-08).  With a finer grid of start
+waits the chain splits that stretch into three calls (211-224, 247-255, 256-326); their
+longest span that fits, 211 to the end (0.96 of the cap), gives the same 1199.7, the last
+call alone nothing.
 """
 
 from __future__ import annotations
@@ -59,29 +64,31 @@ def _reach(graph: Graph, start, step) -> set[int]:
     return seen
 
 
-def graft(graph: Graph, split: Split, path: list[int], runs, last: int = 1) -> Split | None:
-    """``split`` with the forced sets of the last ``last`` calls of ``runs`` (``(i, j,
-    on_call)`` positions on ``path``) as calls of their own (see the module's docstring);
-    None when a forced set has a CPU-only node or is over the cap, or the result is no split
-    of the model (calls that wait on each other in a cycle)."""
-    grafts = []
-    for i, j, on_call in [r for r in runs if r[2]][-last:] if last > 0 else []:
-        inside = forced_set(graph, path[i], path[j])
-        if inside is None or sum(graph.node(v).size for v in inside) > graph.memory_cap * (1 + 1e-12):
-            return None
-        grafts.append(inside)
-    if not grafts:
+def graft(graph: Graph, split: Split, path: list[int], runs) -> Split | None:
+    """``split`` with one call grafted on (see the module's docstring): the forced set of the
+    longest span of the chain's last calls (``runs``: ``(i, j, on_call)`` positions on
+    ``path``) that fits the cap, from the first node of one of them to the last node of the
+    last; None when there is none (no call, or a CPU-only node in the last one), or the result
+    is no split of the model (calls that wait on each other in a cycle)."""
+    calls = [r for r in runs if r[2]]
+    if not calls:
         return None
-    sets = [set(nodes) for _, nodes in split.calls]
-    for inside in grafts:
-        pieces = []
-        for nodes in sets:
-            nodes = nodes - inside
-            if nodes:
-                pieces += [set(piece) for piece in contiguous_pieces(graph, nodes)]
-        sets = pieces
+    end = path[calls[-1][1]]
+    inside = None
+    for i, _, _ in calls:  # the longest span first
+        inside = forced_set(graph, path[i], end)
+        if inside is not None and sum(graph.node(v).size for v in inside) <= graph.memory_cap * (1 + 1e-12):
+            break
+        inside = None
+    if inside is None:
+        return None
+    sets = []
+    for _, nodes in split.calls:
+        rest = set(nodes) - inside
+        if rest:
+            sets += [set(piece) for piece in contiguous_pieces(graph, rest)]
     sets.sort(key=lambda s: -sum(graph.node(v).accel_time for v in s))
-    sets = (grafts + sets)[: graph.num_accelerators]  # the grafted calls first
+    sets = ([inside] + sets)[: graph.num_accelerators]  # the grafted call first
     placed = set().union(*sets)
     out = Split.of([(a, sorted(s)) for a, s in enumerate(sets)], [v for v in graph.ids if v not in placed])
     try:
