@@ -245,12 +245,14 @@ SWEPT = {
             256: dict(lr=0.113),
             512: dict(lr=0.0799),
         },
+        # AdamW: re-swept 2026-12-08 02:18-02:25 with betas (0.7, 0.9) and (0.7, 0.95) on seeds
+        # 100, 101 (--base); the new betas beat the default-betas picks at every batch (RESULTS)
         "adamw": {
-            32: dict(lr=0.004),
-            64: dict(lr=0.008),
-            128: dict(lr=0.00566),
-            256: dict(lr=0.008),
-            512: dict(lr=0.008),
+            32: dict(lr=0.004, beta1=0.7, beta2=0.9),
+            64: dict(lr=0.008, beta1=0.7, beta2=0.95),
+            128: dict(lr=0.008, beta1=0.7, beta2=0.95),
+            256: dict(lr=0.008, beta1=0.7, beta2=0.9),
+            512: dict(lr=0.008, beta1=0.7, beta2=0.9),
         },
         "kfac": {
             32: dict(lr=0.0354, damping=0.09),
