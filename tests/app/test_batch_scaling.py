@@ -366,3 +366,26 @@ def test_warmup_ramps_the_optimizers_lr_linearly_then_holds_it(monkeypatch):
     seen.clear()
     bs.steps_to_target(problem, "adamw", dict(lr=0.4), 8, 0, 3)
     assert seen == [0.4, 0.4, 0.4]
+
+
+def test_base_option_starts_a_first_order_optimizers_sweep_from_its_settings(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_steps(problem, name, setting, batch, seed, cap):
+        seen.append((name, dict(setting)))
+        return 50, 0.0
+
+    monkeypatch.setattr(bs, "steps_to_target", fake_steps)
+    argv = ["--task", "autoencoder", "--optimizers", "adamw", "--batches", "32", "--sweep-seeds", "100"]
+    argv += ["--seeds", "0", "--sweep-only", "--json-out", str(tmp_path / "a.json")]
+    assert bs.main([*argv, "--base", "adamw", '{"beta1": 0.7, "beta2": 0.9}']) == 0
+    assert seen and all(n == "adamw" and s["beta1"] == 0.7 and s["beta2"] == 0.9 for n, s in seen)
+    res = json.loads((tmp_path / "a.json.partial").read_text())
+    assert res["adamw"]["32"]["setting"]["beta1"] == 0.7
+
+
+@pytest.mark.parametrize("base", [["kfac", "{}"], ["nosuch", "{}"], ["adamw", "[1]"], ["adamw", "{beta1: 0.7}"]])
+def test_base_option_rejects_kfac_unknown_optimizers_and_non_objects(base, capsys):
+    with pytest.raises(SystemExit):
+        bs.main(["--task", "autoencoder", "--base", *base])
+    assert "--base" in capsys.readouterr().err
