@@ -39,7 +39,7 @@ scaling would halve them.
         [--task autoencoder|lm|digits] [--optimizers sgd adamw kfac kfac-lazy kfac-fF-iI ...]
         [--variants] [--quick] [--json-out F] [--plot docs/F.png]
 
---quick skips the sweep and runs the settings it chose on 2026-12-07 (SWEPT below;
+--quick skips the sweep and runs the settings its sweeps chose on 2026-12-07 and 08 (SWEPT below;
 autoencoder and lm). digits: the digits CNN to 3 % test error.
 """
 
@@ -233,7 +233,7 @@ def digits_problem(target: float | None = None) -> Problem:
 
 PROBLEMS = {"autoencoder": autoencoder_problem, "lm": lm_problem, "digits": digits_problem}
 
-# --quick: no sweep, the settings the sweep of 2026-12-07 chose (benchmarks/RESULTS.md; sweep
+# --quick: no sweep, the settings the sweeps of 2026-12-07 and 08 chose (benchmarks/RESULTS.md; sweep
 # seed 100, batches 32-512), run on the reported seeds. SGD's are the sweep's picks, at the
 # edge of its stability (RESULTS says what a smaller lr gives).
 SWEPT = {
@@ -254,12 +254,18 @@ SWEPT = {
             256: dict(lr=0.008, beta1=0.7, beta2=0.9),
             512: dict(lr=0.008, beta1=0.7, beta2=0.9),
         },
+        # K-FAC every step: re-swept 2026-12-08 02:27-02:31 from its B 128 probe's base (SGD
+        # momentum 0.8 with Nesterov, KL clip 0.003; --kfac-base), which beat the lr/λ-only picks
+        # at every batch on seeds 100, 101 (RESULTS)
         "kfac": {
-            32: dict(lr=0.0354, damping=0.09),
-            64: dict(lr=0.1, damping=0.03),
-            128: dict(lr=0.0707, damping=0.03),
-            256: dict(lr=0.05, damping=0.01),
-            512: dict(lr=0.0707, damping=0.01),
+            b: dict(lr=lr, damping=lam, momentum=0.8, nesterov=True, kl_clip=0.003)
+            for b, lr, lam in (
+                (32, 0.141, 0.03),
+                (64, 0.1, 0.03),
+                (128, 0.141, 0.01),
+                (256, 0.2, 0.03),
+                (512, 0.283, 0.01),
+            )
         },
         "kfac-lazy": {128: dict(lr=0.0354, damping=0.03), 256: dict(lr=0.1, damping=0.03)},
     },
@@ -705,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="no sweep: the settings the 2026-12-07 sweeps chose (SWEPT), on the "
+        help="no sweep: the settings the 2026-12-07 and 08 sweeps chose (SWEPT), on the "
         "reported seeds, at the batches swept (autoencoder 32-512, lm 8-64); then the step times",
     )
     p.add_argument("--batches", type=int, nargs="+", default=None)
