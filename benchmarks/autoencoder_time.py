@@ -33,7 +33,9 @@ from batch_scaling import autoencoder_problem, display, round_robin_times  # noq
 # seeds 0-8 (docs/results/ae_time_probe_2026-12-08.log); a first-order setting here replaces
 # the older one at its batch (fewer steps at the same batch and step cost). K-FAC's probe
 # winner (factor decay 0.2: 96 steps on the sweep seeds) needed 240 on seeds 0-8 (three seeds
-# never), so it is left out; K-FAC's 2026-12-07 pick stays in beside the runner-up.
+# never), so it is left out. Then two more settings each (2026-12-08 02:32, RESULTS' sixth
+# pass): K-FAC's SGD momentum 0.8 with Nesterov (from its every-step probe) beat its runner-up
+# and replaces its 2026-12-07 pick here; SGD's and AdamW's two did not beat theirs.
 _PROBE = "seeds 0-8 (probe 2026-12-08, docs/results/ae_time_probe_2026-12-08.log)"
 CONFIGS = [
     ("sgd", dict(lr=0.0566, momentum=0.9, nesterov=True), 16, 315, _PROBE + ", B 16 winner"),
@@ -43,10 +45,12 @@ CONFIGS = [
     ("adamw", dict(lr=0.00566, beta1=0.7, beta2=0.9), 128, 119, _PROBE + ", runner-up"),
     (
         "kfac-f10-i20",
-        dict(lr=0.141, relative_damping=True, factor_decay=0.5, damping=0.01),
+        dict(
+            lr=0.141, relative_damping=True, factor_decay=0.5, damping=0.01, kl_clip=0.02, momentum=0.8, nesterov=True
+        ),
         128,
-        119,
-        "seeds 0-8 (sweep 2026-12-07 23:56, docs/results/ae_reldamp_f10_i20_sweep_2026-12-07g.log)",
+        75,
+        "seeds 0-8 (two more settings each, 2026-12-08 02:32, docs/results/ae_time_extra_round_2026-12-08.log)",
     ),
     (
         "kfac-f10-i20",
