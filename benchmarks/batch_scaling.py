@@ -282,7 +282,7 @@ SWEPT = {
         },
         "kfac": {
             8: dict(lr=0.00884, damping=0.03),
-            16: dict(lr=0.05, damping=0.03, momentum=0.8),
+            16: dict(lr=0.05, damping=0.03, momentum=0.9, nesterov=True),  # 2026-12-08 02:36 (RESULTS)
             32: dict(lr=0.0177, damping=0.03),
             64: dict(lr=0.2, damping=0.01),
         },

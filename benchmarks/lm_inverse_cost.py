@@ -64,6 +64,9 @@ RACE = [
     # seeds' medians: momentum 0.8 (72, 75, 80) and factor decay 0.3 (105, 112, 102)
     ("K-FAC every step B 16, momentum 0.8", "kfac", dict(lr=0.05, damping=0.03, momentum=0.8), 16, 75),
     ("K-FAC lazy B 16, decay 0.3", "kfac-lazy", dict(lr=0.05, damping=0.09, factor_decay=0.3), 16, 105),
+    # K-FAC's SGD momentum 0.9 with Nesterov (2026-12-08 02:36, eight K-FAC settings and eight
+    # AdamW settings on the sweep seeds, RESULTS' sixth pass): reported seeds 57, 68, 57
+    ("K-FAC every step B 16, Nesterov", "kfac", dict(lr=0.05, damping=0.03, momentum=0.9, nesterov=True), 16, 57),
 ]
 
 
