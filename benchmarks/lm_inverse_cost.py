@@ -67,6 +67,8 @@ RACE = [
     # K-FAC's SGD momentum 0.9 with Nesterov (2026-12-08 02:36, eight K-FAC settings and eight
     # AdamW settings on the sweep seeds, RESULTS' sixth pass): reported seeds 57, 68, 57
     ("K-FAC every step B 16, Nesterov", "kfac", dict(lr=0.05, damping=0.03, momentum=0.9, nesterov=True), 16, 57),
+    # the same with factors and inverses every 2 steps (2026-12-08 02:42; reported seeds 54, 60, 75)
+    ("K-FAC f2/i2 B 16, Nesterov", "kfac-f2-i2", dict(lr=0.05, damping=0.03, momentum=0.9, nesterov=True), 16, 60),
 ]
 
 
