@@ -59,3 +59,24 @@ def test_demo_runs_two_small_races(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| digits MLP | test accuracy ≥ 50 % |" in out and "digits autoencoder to" in out
     assert png.stat().st_size > 1000
+
+
+def test_milestone_reads_the_same_runs_at_an_easier_target():
+    def curve(points):
+        return [dict(epoch=e, train_time_s=t, train_eval_loss=loss) for e, (t, loss) in enumerate(points, 1)]
+
+    res = dict(
+        task="autoencoder",
+        target_loss=0.5,
+        runs=dict(
+            adamw=dict(_run(None, loss=0.8), history=curve([(0.1, 3.0), (0.2, 1.4), (0.3, 0.8)])),
+            kfac=dict(_run(0.9, 3, loss=0.4), history=curve([(0.3, 2.0), (0.6, 1.5), (0.9, 0.4)])),
+        ),
+    )
+    m = demo.at_milestone(res, 1.5)
+    assert m["target_loss"] == 1.5 and res["target_loss"] == 0.5  # the race itself is untouched
+    assert (m["runs"]["adamw"]["epochs_to_target"], m["runs"]["adamw"]["time_to_target_s"]) == (2, 0.2)
+    assert (m["runs"]["kfac"]["epochs_to_target"], m["runs"]["kfac"]["time_to_target_s"]) == (2, 0.6)  # <= counts
+    assert demo.winner(m["runs"]) == "adamw" and demo.winner(res["runs"]) == "kfac"
+    never = demo.at_milestone(res, 0.1)
+    assert demo.winner(never["runs"]) is None and never["runs"]["kfac"]["epochs_to_target"] is None
