@@ -24,11 +24,10 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 import torch
 
-from kfac_ext.app.validation import check_output_path
+from kfac_ext.app.validation import check_output_path, probe_write
 from kfac_ext.scaling import (
     NETWORKS,
     Intervals,
@@ -300,10 +299,7 @@ def _check_cache_path(path: str) -> None:
         raise ValueError(f"--profile-cache {path!r}: give a file name, not a folder")
     directory = os.path.dirname(target)
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".kfac-ext-write-test-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(directory)
     except OSError as exc:
         raise ValueError(f"--profile-cache {path}: cannot write in {directory}: {exc.strerror or exc}") from None
 

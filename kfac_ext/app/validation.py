@@ -186,6 +186,15 @@ def _check_device(device: str) -> None:
         raise ValueError(f"--device cuda: {why} (torch {torch.__version__}); use --device cpu or auto")
 
 
+def probe_write(directory: str) -> None:
+    """Creates ``directory`` if needed and writes and removes one probe file in it; raises the
+    ``OSError`` of whichever step fails (callers turn it into their flag's message)."""
+    os.makedirs(directory, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".kfac-ext-write-test-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_output_path(flag: str, path: str, folder: bool = False) -> None:
     """``path`` (a file, or with ``folder=True`` a folder) can be written: checked by writing.
 
@@ -210,10 +219,7 @@ def check_output_path(flag: str, path: str, folder: bool = False) -> None:
                 f"{flag} {path}: give a file name ending in one of {', '.join(PLOT_SUFFIXES[:3])}, ... ('' for no plot)"
             )
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".kfac-ext-write-test-", dir=directory)
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(directory)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise ValueError(f"{flag} {path}: cannot write there ({reason}: {exc.filename or directory})") from None
